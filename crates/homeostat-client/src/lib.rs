@@ -1,0 +1,3 @@
+//! Typed HTTP client for homeostat and the agent runtime.
+//!
+//! Filled by the client issue.

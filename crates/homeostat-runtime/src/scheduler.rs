@@ -1,0 +1,550 @@
+//! The loop that drives one controller: ticks, runs, timeouts, retries,
+//! triggers, leadership and draining at shutdown.
+//!
+//! Each registered controller gets one such loop (a tokio task) that owns all
+//! of the controller's scheduling state, so there is no locking between
+//! decisions; runs themselves are spawned as separate tasks so a panic or a
+//! hang stays inside the run.
+
+use std::future::pending;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio::task::JoinError;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{Instrument, Span, debug, error, field, info, info_span, warn};
+
+use crate::backoff::{Backoff, spread};
+use crate::controller::DynController;
+use crate::lease::DynLeaseStore;
+use crate::metrics::ControllerMetrics;
+use crate::{
+    BoxError, BoxFuture, Clock, Context, ControllerOptions, ControllerStatus, Fence, LastRun,
+    Lease, Outcome, Reconciled, RunReason,
+};
+
+/// First retry delay after a failed run; doubles per consecutive failure,
+/// capped at the controller's interval.
+const RETRY_INITIAL: Duration = Duration::from_secs(1);
+
+/// One registered controller and what the outside world sees of it.
+pub(crate) struct Slot {
+    pub(crate) name: Arc<str>,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) options: ControllerOptions,
+    pub(crate) controller: Arc<dyn DynController>,
+    pub(crate) trigger: Notify,
+    pub(crate) status: Mutex<ControllerStatus>,
+    pub(crate) metrics: ControllerMetrics,
+}
+
+/// What every loop of one manager shares.
+pub(crate) struct Shared {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) leases: Arc<dyn DynLeaseStore>,
+    pub(crate) holder: String,
+    pub(crate) lease_ttl: Duration,
+    /// Cancelled when shutdown begins: no new runs from then on.
+    pub(crate) stop: CancellationToken,
+    /// Set before `stop` is cancelled: when in-flight runs get cancelled.
+    pub(crate) shutdown_deadline: OnceLock<SystemTime>,
+}
+
+impl Shared {
+    /// How long after sending an acquire or renewal this replica still treats
+    /// the lease as its own. Shorter than the TTL, so this replica stops
+    /// acting as leader well before the store lets a peer take over.
+    fn renew_deadline(&self) -> Duration {
+        self.lease_ttl * 2 / 3
+    }
+
+    fn renew_every(&self) -> Duration {
+        self.lease_ttl / 3
+    }
+}
+
+/// How a loop ended.
+pub(crate) struct LoopExit {
+    pub(crate) stopped_in_time: bool,
+}
+
+struct InFlight {
+    handle: AbortOnDropHandle<Result<Reconciled, BoxError>>,
+    cancel: CancellationToken,
+    started_at: SystemTime,
+    deadline: SystemTime,
+    span: Span,
+}
+
+struct Held {
+    lease: Lease,
+    renew_at: SystemTime,
+    valid_until: SystemTime,
+}
+
+enum Event {
+    Stop,
+    ShutdownDeadline,
+    Finished(Result<Result<Reconciled, BoxError>, JoinError>),
+    RunTimeout,
+    LeaseDeadline,
+    Renew,
+    Trigger,
+    Tick,
+}
+
+pub(crate) struct Driver {
+    slot: Arc<Slot>,
+    shared: Arc<Shared>,
+    rng: fastrand::Rng,
+    next_due: SystemTime,
+    next_reason: RunReason,
+    in_flight: Option<InFlight>,
+    held: Option<Held>,
+    pending_trigger: bool,
+    failures: u32,
+    stopping: bool,
+    stopped_in_time: bool,
+}
+
+impl Driver {
+    pub(crate) fn new(slot: Arc<Slot>, shared: Arc<Shared>, seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let now = shared.clock.now();
+        let (next_due, next_reason) = if slot.options.run_on_start {
+            (now, RunReason::Start)
+        } else {
+            let first = spread(slot.interval, slot.options.jitter, rng.f64());
+            (now + first, RunReason::Tick)
+        };
+        Self {
+            slot,
+            shared,
+            rng,
+            next_due,
+            next_reason,
+            in_flight: None,
+            held: None,
+            pending_trigger: false,
+            failures: 0,
+            stopping: false,
+            stopped_in_time: true,
+        }
+    }
+
+    pub(crate) async fn run(mut self) -> LoopExit {
+        loop {
+            if self.stopping && self.in_flight.is_none() {
+                break;
+            }
+            self.publish();
+            match self.next_event().await {
+                Event::Stop => self.stopping = true,
+                Event::ShutdownDeadline => {
+                    self.stopped_in_time = false;
+                    self.cancel_run(Outcome::Timeout, "cancelled: shutdown deadline passed")
+                        .await;
+                }
+                Event::Finished(result) => {
+                    if let Some(run) = self.in_flight.take() {
+                        self.settle(run, result).await;
+                    }
+                }
+                Event::RunTimeout => {
+                    let message = format!("timed out after {:?}", self.slot.timeout);
+                    self.cancel_run(Outcome::Timeout, &message).await;
+                }
+                Event::LeaseDeadline => {
+                    self.lose_lease("the lease could not be renewed in time")
+                        .await
+                }
+                Event::Renew => self.renew().await,
+                Event::Trigger => {
+                    if self.in_flight.is_some() {
+                        self.pending_trigger = true;
+                    } else {
+                        let now = self.shared.clock.now();
+                        self.start_run(now, RunReason::Trigger).await;
+                    }
+                }
+                Event::Tick => self.tick().await,
+            }
+        }
+        self.release().await;
+        let mut status = self.slot.status.lock().unwrap();
+        status.next_run = None;
+        status.running = false;
+        status.leader = !self.slot.options.exclusive;
+        LoopExit {
+            stopped_in_time: self.stopped_in_time,
+        }
+    }
+
+    async fn next_event(&mut self) -> Event {
+        let clock = &self.shared.clock;
+        let run_deadline = self.in_flight.as_ref().map(|r| r.deadline);
+        let renew_at = self.held.as_ref().map(|h| h.renew_at);
+        let valid_until = self.held.as_ref().map(|h| h.valid_until);
+        let shutdown_at = if self.stopping {
+            self.shared.shutdown_deadline.get().copied()
+        } else {
+            None
+        };
+        let in_flight = &mut self.in_flight;
+        let finished = async move {
+            match in_flight {
+                Some(run) => (&mut run.handle).await,
+                None => pending().await,
+            }
+        };
+        let stopping = self.stopping;
+        tokio::select! {
+            biased;
+            _ = self.shared.stop.cancelled(), if !stopping => Event::Stop,
+            result = finished => Event::Finished(result),
+            _ = sleep_opt(clock, shutdown_at) => Event::ShutdownDeadline,
+            _ = sleep_opt(clock, run_deadline) => Event::RunTimeout,
+            _ = sleep_opt(clock, valid_until) => Event::LeaseDeadline,
+            _ = sleep_opt(clock, renew_at) => Event::Renew,
+            _ = self.slot.trigger.notified(), if !stopping => Event::Trigger,
+            _ = clock.sleep_until(self.next_due), if !stopping => Event::Tick,
+        }
+    }
+
+    /// Copies the loop's state into the status snapshot.
+    fn publish(&self) {
+        let mut status = self.slot.status.lock().unwrap();
+        status.next_run = (!self.stopping).then_some(self.next_due);
+        status.running = self.in_flight.is_some();
+        status.leader = !self.slot.options.exclusive || self.held.is_some();
+        status.consecutive_failures = self.failures;
+    }
+
+    async fn tick(&mut self) {
+        let due = self.next_due;
+        let reason = self.next_reason;
+        self.next_due = self.following_tick(due);
+        self.next_reason = RunReason::Tick;
+        if self.in_flight.is_some() {
+            self.slot.metrics.outcome(Outcome::SkippedOverlap).inc();
+            debug!(controller = %self.slot.name, "previous run still going; tick skipped");
+        } else {
+            self.start_run(due, reason).await;
+        }
+    }
+
+    /// The tick after the one due at `due`, with fresh jitter. Missed ticks
+    /// (the process was suspended, the clock jumped) are not replayed.
+    fn following_tick(&mut self, due: SystemTime) -> SystemTime {
+        let interval = spread(self.slot.interval, self.slot.options.jitter, self.rng.f64());
+        let now = self.shared.clock.now();
+        let next = due + interval;
+        if next > now { next } else { now + interval }
+    }
+
+    async fn start_run(&mut self, scheduled_at: SystemTime, reason: RunReason) {
+        let fence = if self.slot.options.exclusive {
+            match self.ensure_leader().await {
+                Some(fence) => Some(fence),
+                None => return,
+            }
+        } else {
+            None
+        };
+        let clock = Arc::clone(&self.shared.clock);
+        let started_at = clock.now();
+        let cancel = CancellationToken::new();
+        let span = info_span!(
+            "reconcile",
+            controller = %self.slot.name,
+            epoch = fence.as_ref().map(|f| f.epoch),
+            reason = ?reason,
+            outcome = field::Empty,
+            items = field::Empty,
+            duration_ms = field::Empty,
+        );
+        let ctx = Context {
+            controller: Arc::clone(&self.slot.name),
+            cancel: cancel.clone(),
+            fence,
+            clock,
+            scheduled_at,
+            started_at,
+            reason,
+        };
+        let run = Arc::clone(&self.slot.controller)
+            .reconcile_boxed(ctx)
+            .instrument(span.clone());
+        self.in_flight = Some(InFlight {
+            handle: AbortOnDropHandle::new(tokio::spawn(run)),
+            cancel,
+            started_at,
+            deadline: started_at + self.slot.timeout,
+            span,
+        });
+        self.slot.metrics.running.set(1);
+    }
+
+    /// The fence to run under, acquiring the lease if this replica does not
+    /// hold it. `None` (counted as `not_leader`) when a peer holds it or the
+    /// store cannot say.
+    async fn ensure_leader(&mut self) -> Option<Fence> {
+        if let Some(held) = &self.held {
+            return Some(self.fence(&held.lease));
+        }
+        let shared = Arc::clone(&self.shared);
+        let sent = shared.clock.now();
+        let valid_until = sent + shared.renew_deadline();
+        let answer = tokio::select! {
+            biased;
+            _ = shared.stop.cancelled() => return None,
+            answer = shared.leases.acquire_boxed(&self.slot.name, &shared.holder, shared.lease_ttl) => Some(answer),
+            _ = shared.clock.sleep_until(valid_until) => None,
+        };
+        let lease = match answer {
+            Some(Ok(Some(lease))) if shared.clock.now() < valid_until => lease,
+            Some(Ok(Some(lease))) => {
+                warn!(controller = %self.slot.name, "lease granted too late to use; giving it back");
+                self.release_lease(&lease).await;
+                self.slot.metrics.outcome(Outcome::NotLeader).inc();
+                return None;
+            }
+            Some(Ok(None)) => {
+                debug!(controller = %self.slot.name, "another replica holds the lease");
+                self.slot.metrics.outcome(Outcome::NotLeader).inc();
+                return None;
+            }
+            Some(Err(e)) => {
+                warn!(controller = %self.slot.name, error = %e, "could not acquire the lease");
+                self.slot.metrics.outcome(Outcome::NotLeader).inc();
+                return None;
+            }
+            None => {
+                warn!(controller = %self.slot.name, "lease store did not answer in time");
+                self.slot.metrics.outcome(Outcome::NotLeader).inc();
+                return None;
+            }
+        };
+        info!(controller = %self.slot.name, epoch = lease.epoch, "leadership acquired");
+        self.slot.metrics.leader.set(1);
+        let fence = self.fence(&lease);
+        self.held = Some(Held {
+            lease,
+            renew_at: sent + shared.renew_every(),
+            valid_until,
+        });
+        Some(fence)
+    }
+
+    fn fence(&self, lease: &Lease) -> Fence {
+        Fence {
+            name: lease.name.clone(),
+            epoch: lease.epoch,
+        }
+    }
+
+    async fn renew(&mut self) {
+        let Some(held) = &self.held else { return };
+        let shared = Arc::clone(&self.shared);
+        let lease = held.lease.clone();
+        let valid_until = held.valid_until;
+        let sent = shared.clock.now();
+        let answer = tokio::select! {
+            answer = shared.leases.renew_boxed(&lease, shared.lease_ttl) => Some(answer),
+            _ = shared.clock.sleep_until(valid_until) => None,
+        };
+        match answer {
+            Some(Ok(Some(renewed))) if renewed.epoch == lease.epoch => {
+                self.held = Some(Held {
+                    lease: renewed,
+                    renew_at: sent + shared.renew_every(),
+                    valid_until: sent + shared.renew_deadline(),
+                });
+            }
+            Some(Ok(_)) => self.lose_lease("another replica took the lease").await,
+            Some(Err(e)) => {
+                warn!(controller = %self.slot.name, error = %e, "lease renewal failed; retrying");
+                // Retry soon, but the lease deadline still applies.
+                let retry = shared.clock.now() + (shared.renew_every() / 4);
+                if let Some(held) = &mut self.held {
+                    held.renew_at = retry.min(held.valid_until);
+                }
+            }
+            None => {
+                self.lose_lease("the lease store did not answer before the lease ran out")
+                    .await
+            }
+        }
+    }
+
+    async fn lose_lease(&mut self, why: &str) {
+        let Some(held) = self.held.take() else { return };
+        self.slot.metrics.leader.set(0);
+        warn!(controller = %self.slot.name, epoch = held.lease.epoch, reason = why, "leadership lost");
+        if self.in_flight.is_some() {
+            self.cancel_run(Outcome::NotLeader, &format!("leadership lost: {why}"))
+                .await;
+        }
+    }
+
+    /// Cancels the in-flight run and records `outcome`, unless it managed to
+    /// finish first, in which case its own result counts.
+    async fn cancel_run(&mut self, outcome: Outcome, message: &str) {
+        let Some(mut run) = self.in_flight.take() else {
+            return;
+        };
+        run.cancel.cancel();
+        run.handle.abort();
+        match (&mut run.handle).await {
+            Err(e) if e.is_cancelled() => {
+                self.record(&run, outcome, 0, Some(message.to_owned()));
+                self.after_run(outcome).await;
+            }
+            finished => self.settle(run, finished).await,
+        }
+    }
+
+    /// Records a run that ended by itself.
+    async fn settle(
+        &mut self,
+        run: InFlight,
+        result: Result<Result<Reconciled, BoxError>, JoinError>,
+    ) {
+        let (outcome, items, message) = match result {
+            Ok(Ok(done)) => (Outcome::Success, done.items, None),
+            Ok(Err(e)) => (Outcome::Error, 0, Some(error_chain(&*e))),
+            Err(e) if e.is_panic() => (Outcome::Panic, 0, Some(panic_message(e))),
+            Err(e) => (Outcome::Timeout, 0, Some(format!("run aborted: {e}"))),
+        };
+        self.record(&run, outcome, items, message);
+        self.after_run(outcome).await;
+    }
+
+    fn record(&mut self, run: &InFlight, outcome: Outcome, items: u64, message: Option<String>) {
+        let now = self.shared.clock.now();
+        let duration = now.duration_since(run.started_at).unwrap_or_default();
+        let metrics = &self.slot.metrics;
+        metrics.outcome(outcome).inc();
+        metrics.duration.observe(duration.as_secs_f64());
+        metrics.running.set(0);
+        if outcome == Outcome::Success {
+            self.failures = 0;
+            metrics.items.inc_by(items);
+            metrics.last_success.set(unix_seconds(now));
+        } else if outcome.is_failure() {
+            self.failures = self.failures.saturating_add(1);
+        }
+
+        let span = &run.span;
+        span.record("outcome", outcome.as_str());
+        span.record("items", items);
+        span.record("duration_ms", duration.as_millis() as u64);
+        match (&message, outcome.is_failure()) {
+            (Some(error), true) => error!(
+                parent: span,
+                controller = %self.slot.name,
+                %outcome,
+                error,
+                consecutive_failures = self.failures,
+                "reconcile failed"
+            ),
+            _ => debug!(parent: span, %outcome, items, "reconcile finished"),
+        }
+
+        let mut status = self.slot.status.lock().unwrap();
+        if outcome == Outcome::Success {
+            status.last_success_at = Some(now);
+        }
+        status.consecutive_failures = self.failures;
+        status.last_run = Some(LastRun {
+            started_at: run.started_at,
+            duration,
+            outcome,
+            items,
+            error: message,
+        });
+    }
+
+    /// What follows a run: a sooner retry after a failure, then the trigger
+    /// that arrived while it ran.
+    async fn after_run(&mut self, outcome: Outcome) {
+        if self.stopping {
+            return;
+        }
+        if outcome.is_failure() {
+            let delay = Backoff::new(RETRY_INITIAL)
+                .max_delay(self.slot.interval)
+                .delay(self.failures);
+            let retry = self.shared.clock.now() + delay;
+            if retry < self.next_due {
+                self.next_due = retry;
+                self.next_reason = RunReason::Retry;
+            }
+        }
+        if std::mem::take(&mut self.pending_trigger) {
+            let now = self.shared.clock.now();
+            self.start_run(now, RunReason::Trigger).await;
+        }
+    }
+
+    async fn release(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.release_lease(&held.lease).await;
+            self.slot.metrics.leader.set(0);
+            info!(controller = %self.slot.name, epoch = held.lease.epoch, "leadership released");
+        }
+    }
+
+    async fn release_lease(&self, lease: &Lease) {
+        let shared = &self.shared;
+        let limit = shared.clock.now() + shared.renew_every();
+        tokio::select! {
+            result = shared.leases.release_boxed(lease) => {
+                if let Err(e) = result {
+                    warn!(controller = %self.slot.name, error = %e, "could not release the lease; it will expire");
+                }
+            }
+            _ = shared.clock.sleep_until(limit) => {
+                warn!(controller = %self.slot.name, "lease release timed out; it will expire");
+            }
+        }
+    }
+}
+
+fn sleep_opt(clock: &Arc<dyn Clock>, at: Option<SystemTime>) -> BoxFuture<'static, ()> {
+    match at {
+        Some(at) => clock.sleep_until(at),
+        None => Box::pin(pending()),
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The error and its sources, joined: "outer: inner: root".
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+fn panic_message(e: JoinError) -> String {
+    let payload = e.into_panic();
+    let detail = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    format!("panicked: {detail}")
+}

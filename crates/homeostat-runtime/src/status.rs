@@ -1,0 +1,183 @@
+//! What the manager tells about each controller: for the API, the CLI and the
+//! dashboard.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+/// How a run (or a tick that did not become a run) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The reconcile returned `Ok`.
+    Success,
+    /// The reconcile returned an error.
+    Error,
+    /// The run exceeded its timeout (or the shutdown deadline) and was cancelled.
+    Timeout,
+    /// The reconcile panicked.
+    Panic,
+    /// A tick found the previous run still going and was skipped.
+    SkippedOverlap,
+    /// Another replica holds the lease, or the lease was lost mid-run.
+    NotLeader,
+}
+
+impl Outcome {
+    /// Every outcome, in a stable order.
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Success,
+        Outcome::Error,
+        Outcome::Timeout,
+        Outcome::Panic,
+        Outcome::SkippedOverlap,
+        Outcome::NotLeader,
+    ];
+
+    /// The metric label and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::Panic => "panic",
+            Outcome::SkippedOverlap => "skipped_overlap",
+            Outcome::NotLeader => "not_leader",
+        }
+    }
+
+    /// Whether this outcome counts as a failure of the controller (and so
+    /// brings its next attempt forward with backoff).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Outcome::Error | Outcome::Timeout | Outcome::Panic)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The most recent run of a controller.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastRun {
+    /// When it started.
+    #[serde(with = "unix_ms")]
+    pub started_at: SystemTime,
+    /// How long it took.
+    #[serde(rename = "duration_ms", with = "millis")]
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Items changed (0 unless it succeeded).
+    pub items: u64,
+    /// The error, timeout or panic message.
+    pub error: Option<String>,
+}
+
+/// A snapshot of one controller as its manager sees it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ControllerStatus {
+    /// The controller's name.
+    pub name: String,
+    /// Interval before jitter.
+    #[serde(rename = "interval_ms", with = "millis")]
+    pub interval: Duration,
+    /// Whether it runs under a lease.
+    pub exclusive: bool,
+    /// Whether this replica holds its lease (always true when not exclusive).
+    pub leader: bool,
+    /// Whether a run is going now.
+    pub running: bool,
+    /// The most recent run, if any.
+    pub last_run: Option<LastRun>,
+    /// When it last succeeded.
+    #[serde(with = "unix_ms::option")]
+    pub last_success_at: Option<SystemTime>,
+    /// Failed runs (error, timeout, panic) since the last success.
+    pub consecutive_failures: u32,
+    /// When the next tick is due (`None` once stopped).
+    #[serde(with = "unix_ms::option")]
+    pub next_run: Option<SystemTime>,
+}
+
+/// Serde helpers: times as integer Unix epoch milliseconds.
+pub(crate) mod unix_ms {
+    use std::time::SystemTime;
+
+    use serde::Serializer;
+
+    pub(crate) fn to_millis(t: SystemTime) -> i64 {
+        match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(to_millis(*t))
+    }
+
+    pub(crate) mod option {
+        use std::time::SystemTime;
+
+        use serde::Serializer;
+
+        pub(crate) fn serialize<S: Serializer>(
+            t: &Option<SystemTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_some(&super::to_millis(*t)),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}
+
+/// Serde helper: durations as integer milliseconds.
+pub(crate) mod millis {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_serializes_times_as_epoch_millis_and_outcomes_in_snake_case() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_767_225_600_123);
+        let status = ControllerStatus {
+            name: "job-scheduler".into(),
+            interval: Duration::from_secs(1),
+            exclusive: true,
+            leader: true,
+            running: false,
+            last_run: Some(LastRun {
+                started_at: at,
+                duration: Duration::from_millis(12),
+                outcome: Outcome::SkippedOverlap,
+                items: 0,
+                error: None,
+            }),
+            last_success_at: None,
+            consecutive_failures: 0,
+            next_run: Some(at + Duration::from_secs(1)),
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["interval_ms"], 1000);
+        assert_eq!(json["last_run"]["started_at"], 1_767_225_600_123i64);
+        assert_eq!(json["last_run"]["duration_ms"], 12);
+        assert_eq!(json["last_run"]["outcome"], "skipped_overlap");
+        assert_eq!(json["last_success_at"], serde_json::Value::Null);
+        assert_eq!(json["next_run"], 1_767_225_601_123i64);
+    }
+}
