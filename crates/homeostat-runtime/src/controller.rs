@@ -96,6 +96,24 @@ pub enum RunReason {
     Trigger,
 }
 
+impl RunReason {
+    /// The wire and log name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunReason::Start => "start",
+            RunReason::Tick => "tick",
+            RunReason::Retry => "retry",
+            RunReason::Trigger => "trigger",
+        }
+    }
+}
+
+impl fmt::Display for RunReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Everything a run gets from the manager.
 #[derive(Clone)]
 pub struct Context {

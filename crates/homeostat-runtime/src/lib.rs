@@ -19,6 +19,7 @@ mod controller;
 mod lease;
 mod manager;
 mod metrics;
+mod run;
 mod scheduler;
 mod status;
 

@@ -210,7 +210,7 @@ impl ManagerBuilder {
             timeout,
             options,
             controller,
-            trigger: Notify::new(),
+            trigger: Arc::new(Notify::new()),
             status: Mutex::new(status),
         }));
         Ok(())
@@ -341,6 +341,9 @@ impl Manager {
         let shared = &self.inner.shared;
         let _ = shared.shutdown_deadline.set(shared.clock.now() + grace);
         shared.stop.cancel();
+        for slot in &self.inner.slots {
+            slot.trigger.notify_one();
+        }
         let Some((mut loops, names)) = self.inner.loops.lock().unwrap().take() else {
             return ShutdownReport::default();
         };

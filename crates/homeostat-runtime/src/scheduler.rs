@@ -3,26 +3,30 @@
 //!
 //! Each registered controller gets one such loop (a tokio task) that owns all
 //! of the controller's scheduling state, so there is no locking between
-//! decisions; runs themselves are spawned as separate tasks so a panic or a
-//! hang stays inside the run.
+//! decisions. The loop polls the in-flight run itself (no task per run: at
+//! thousands of runs a second the spawns and cross-thread wake-ups would cost
+//! more than the runs), catching its panics, and arms a single timer for the
+//! earliest of its deadlines.
 
-use std::future::pending;
+use std::future::{Future, pending, poll_fn};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
-use tokio::task::JoinError;
+use tokio::sync::futures::OwnedNotified;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
-use tracing::{Instrument, Span, debug, error, field, info, info_span, warn};
+use tracing::{Instrument, debug, error, field, info, info_span, warn};
 
 use crate::backoff::{Backoff, spread};
 use crate::controller::DynController;
 use crate::lease::DynLeaseStore;
 use crate::metrics::ControllerMetrics;
+use crate::run::{InFlight, RunResult, classify};
 use crate::{
-    BoxError, BoxFuture, Clock, Context, ControllerOptions, ControllerStatus, Fence, LastRun,
-    Lease, Outcome, Reconciled, RunReason,
+    BoxFuture, Clock, Context, ControllerOptions, ControllerStatus, Fence, LastRun, Lease, Outcome,
+    RunReason,
 };
 
 /// First retry delay after a failed run; doubles per consecutive failure,
@@ -36,7 +40,7 @@ pub(crate) struct Slot {
     pub(crate) timeout: Duration,
     pub(crate) options: ControllerOptions,
     pub(crate) controller: Arc<dyn DynController>,
-    pub(crate) trigger: Notify,
+    pub(crate) trigger: Arc<Notify>,
     pub(crate) status: Mutex<ControllerStatus>,
     pub(crate) metrics: ControllerMetrics,
 }
@@ -47,7 +51,8 @@ pub(crate) struct Shared {
     pub(crate) leases: Arc<dyn DynLeaseStore>,
     pub(crate) holder: String,
     pub(crate) lease_ttl: Duration,
-    /// Cancelled when shutdown begins: no new runs from then on.
+    /// Cancelled when shutdown begins (and every loop's trigger notified, so
+    /// it looks): no new runs from then on.
     pub(crate) stop: CancellationToken,
     /// Set before `stop` is cancelled: when in-flight runs get cancelled.
     pub(crate) shutdown_deadline: OnceLock<SystemTime>,
@@ -71,14 +76,6 @@ pub(crate) struct LoopExit {
     pub(crate) stopped_in_time: bool,
 }
 
-struct InFlight {
-    handle: AbortOnDropHandle<Result<Reconciled, BoxError>>,
-    cancel: CancellationToken,
-    started_at: SystemTime,
-    deadline: SystemTime,
-    span: Span,
-}
-
 struct Held {
     lease: Lease,
     renew_at: SystemTime,
@@ -86,14 +83,9 @@ struct Held {
 }
 
 enum Event {
-    Stop,
-    ShutdownDeadline,
-    Finished(Result<Result<Reconciled, BoxError>, JoinError>),
-    RunTimeout,
-    LeaseDeadline,
-    Renew,
+    Finished(RunResult),
+    Timer,
     Trigger,
-    Tick,
 }
 
 pub(crate) struct Driver {
@@ -104,6 +96,11 @@ pub(crate) struct Driver {
     next_reason: RunReason,
     in_flight: Option<InFlight>,
     held: Option<Held>,
+    /// The armed timer and the deadline it fires at.
+    timer: Option<(SystemTime, BoxFuture<'static, ()>)>,
+    /// Wakes the loop for a trigger or for shutdown. Kept across iterations:
+    /// registering a waiter anew on every wake-up costs a lock each time.
+    trigger_signal: Pin<Box<OwnedNotified>>,
     pending_trigger: bool,
     failures: u32,
     stopping: bool,
@@ -120,6 +117,7 @@ impl Driver {
             let first = spread(slot.interval, slot.options.jitter, rng.f64());
             (now + first, RunReason::Tick)
         };
+        let trigger_signal = Box::pin(Arc::clone(&slot.trigger).notified_owned());
         Self {
             slot,
             shared,
@@ -128,6 +126,8 @@ impl Driver {
             next_reason,
             in_flight: None,
             held: None,
+            timer: None,
+            trigger_signal,
             pending_trigger: false,
             failures: 0,
             stopping: false,
@@ -142,35 +142,26 @@ impl Driver {
             }
             self.publish();
             match self.next_event().await {
-                Event::Stop => self.stopping = true,
-                Event::ShutdownDeadline => {
-                    self.stopped_in_time = false;
-                    self.cancel_run(Outcome::Timeout, "cancelled: shutdown deadline passed")
-                        .await;
-                }
                 Event::Finished(result) => {
                     if let Some(run) = self.in_flight.take() {
                         self.settle(run, result).await;
                     }
                 }
-                Event::RunTimeout => {
-                    let message = format!("timed out after {:?}", self.slot.timeout);
-                    self.cancel_run(Outcome::Timeout, &message).await;
+                Event::Timer => {
+                    self.timer = None;
+                    self.on_timer().await;
                 }
-                Event::LeaseDeadline => {
-                    self.lose_lease("the lease could not be renewed in time")
-                        .await
-                }
-                Event::Renew => self.renew().await,
                 Event::Trigger => {
-                    if self.in_flight.is_some() {
+                    self.trigger_signal = Box::pin(Arc::clone(&self.slot.trigger).notified_owned());
+                    if self.shared.stop.is_cancelled() {
+                        self.stopping = true;
+                    } else if self.in_flight.is_some() {
                         self.pending_trigger = true;
                     } else {
                         let now = self.shared.clock.now();
                         self.start_run(now, RunReason::Trigger).await;
                     }
                 }
-                Event::Tick => self.tick().await,
             }
         }
         self.release().await;
@@ -183,35 +174,92 @@ impl Driver {
         }
     }
 
-    async fn next_event(&mut self) -> Event {
-        let clock = &self.shared.clock;
-        let run_deadline = self.in_flight.as_ref().map(|r| r.deadline);
-        let renew_at = self.held.as_ref().map(|h| h.renew_at);
-        let valid_until = self.held.as_ref().map(|h| h.valid_until);
+    /// The earliest moment something is due: the shutdown deadline, the
+    /// run's timeout, the lease's deadline or renewal, or the next tick.
+    fn wake_at(&self) -> Option<SystemTime> {
         let shutdown_at = if self.stopping {
             self.shared.shutdown_deadline.get().copied()
         } else {
             None
         };
-        let in_flight = &mut self.in_flight;
+        [
+            shutdown_at,
+            self.in_flight.as_ref().map(|r| r.deadline),
+            self.held.as_ref().map(|h| h.valid_until),
+            self.held.as_ref().map(|h| h.renew_at),
+            (!self.stopping).then_some(self.next_due),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    async fn next_event(&mut self) -> Event {
+        // Most runs finish on their first poll: try that before arming a timer
+        // for their timeout.
+        if let Some(run) = &mut self.in_flight
+            && !run.polled
+        {
+            run.polled = true;
+            let mut finished = run.finished();
+            if let Poll::Ready(result) =
+                poll_fn(|cx| Poll::Ready(Pin::new(&mut finished).poll(cx))).await
+            {
+                return Event::Finished(result);
+            }
+        }
+        let wake_at = self.wake_at();
+        if self.timer.as_ref().map(|(at, _)| *at) != wake_at {
+            self.timer = wake_at.map(|at| (at, self.shared.clock.sleep_until(at)));
+        }
+        let Driver {
+            in_flight,
+            timer,
+            trigger_signal,
+            stopping,
+            ..
+        } = self;
         let finished = async move {
             match in_flight {
-                Some(run) => (&mut run.handle).await,
+                Some(run) => run.finished().await,
                 None => pending().await,
             }
         };
-        let stopping = self.stopping;
+        let timer = async move {
+            match timer {
+                Some((_, sleep)) => sleep.await,
+                None => pending().await,
+            }
+        };
         tokio::select! {
             biased;
-            _ = self.shared.stop.cancelled(), if !stopping => Event::Stop,
             result = finished => Event::Finished(result),
-            _ = sleep_opt(clock, shutdown_at) => Event::ShutdownDeadline,
-            _ = sleep_opt(clock, run_deadline) => Event::RunTimeout,
-            _ = sleep_opt(clock, valid_until) => Event::LeaseDeadline,
-            _ = sleep_opt(clock, renew_at) => Event::Renew,
-            _ = self.slot.trigger.notified(), if !stopping => Event::Trigger,
-            _ = clock.sleep_until(self.next_due), if !stopping => Event::Tick,
+            _ = timer => Event::Timer,
+            _ = trigger_signal, if !*stopping => Event::Trigger,
         }
+    }
+
+    /// Handles the most urgent deadline that has passed; the loop comes back
+    /// at once for any other that is also due.
+    async fn on_timer(&mut self) {
+        let now = self.shared.clock.now();
+        let due = |at: Option<SystemTime>| at.is_some_and(|at| at <= now);
+        if self.stopping && due(self.shared.shutdown_deadline.get().copied()) {
+            self.stopped_in_time = false;
+            self.cancel_run(Outcome::Timeout, "cancelled: shutdown deadline passed");
+        } else if due(self.in_flight.as_ref().map(|r| r.deadline)) {
+            let message = format!("timed out after {:?}", self.slot.timeout);
+            self.cancel_run(Outcome::Timeout, &message);
+            self.after_run(Outcome::Timeout).await;
+        } else if due(self.held.as_ref().map(|h| h.valid_until)) {
+            self.lose_lease("the lease could not be renewed in time");
+        } else if due(self.held.as_ref().map(|h| h.renew_at)) {
+            self.renew().await;
+        } else if !self.stopping && self.next_due <= now {
+            self.tick().await;
+        }
+        // Otherwise the timer fired early (the wall clock stepped back): the
+        // loop re-arms it.
     }
 
     /// Copies the loop's state into the status snapshot.
@@ -261,7 +309,7 @@ impl Driver {
             "reconcile",
             controller = %self.slot.name,
             epoch = fence.as_ref().map(|f| f.epoch),
-            reason = ?reason,
+            reason = %reason,
             outcome = field::Empty,
             items = field::Empty,
             duration_ms = field::Empty,
@@ -275,16 +323,16 @@ impl Driver {
             started_at,
             reason,
         };
-        let run = Arc::clone(&self.slot.controller)
+        let future = Arc::clone(&self.slot.controller)
             .reconcile_boxed(ctx)
             .instrument(span.clone());
-        self.in_flight = Some(InFlight {
-            handle: AbortOnDropHandle::new(tokio::spawn(run)),
+        self.in_flight = Some(InFlight::new(
+            future,
             cancel,
             started_at,
-            deadline: started_at + self.slot.timeout,
+            started_at + self.slot.timeout,
             span,
-        });
+        ));
         self.slot.metrics.running.set(1);
     }
 
@@ -308,7 +356,7 @@ impl Driver {
             Some(Ok(Some(lease))) if shared.clock.now() < valid_until => lease,
             Some(Ok(Some(lease))) => {
                 warn!(controller = %self.slot.name, "lease granted too late to use; giving it back");
-                self.release_lease(&lease).await;
+                release_lease(&self.shared, &self.slot.name, &lease).await;
                 self.slot.metrics.outcome(Outcome::NotLeader).inc();
                 return None;
             }
@@ -364,7 +412,7 @@ impl Driver {
                     valid_until: sent + shared.renew_deadline(),
                 });
             }
-            Some(Ok(_)) => self.lose_lease("another replica took the lease").await,
+            Some(Ok(_)) => self.lose_lease("another replica took the lease"),
             Some(Err(e)) => {
                 warn!(controller = %self.slot.name, error = %e, "lease renewal failed; retrying");
                 // Retry soon, but the lease deadline still applies.
@@ -373,52 +421,32 @@ impl Driver {
                     held.renew_at = retry.min(held.valid_until);
                 }
             }
-            None => {
-                self.lose_lease("the lease store did not answer before the lease ran out")
-                    .await
-            }
+            None => self.lose_lease("the lease store did not answer before the lease ran out"),
         }
     }
 
-    async fn lose_lease(&mut self, why: &str) {
+    /// Steps down: this replica no longer leads, and its in-flight run (whose
+    /// writes the store would now refuse) is cancelled.
+    fn lose_lease(&mut self, why: &str) {
         let Some(held) = self.held.take() else { return };
         self.slot.metrics.leader.set(0);
+        // A trigger asked this replica, as leader, for a run it may no longer make.
+        self.pending_trigger = false;
         warn!(controller = %self.slot.name, epoch = held.lease.epoch, reason = why, "leadership lost");
-        if self.in_flight.is_some() {
-            self.cancel_run(Outcome::NotLeader, &format!("leadership lost: {why}"))
-                .await;
+        self.cancel_run(Outcome::NotLeader, &format!("leadership lost: {why}"));
+    }
+
+    /// Fires the run's cancellation, drops it, and records `outcome`.
+    fn cancel_run(&mut self, outcome: Outcome, message: &str) {
+        if let Some(run) = self.in_flight.take() {
+            run.cancel.cancel();
+            self.record(&run, outcome, 0, Some(message.to_owned()));
         }
     }
 
-    /// Cancels the in-flight run and records `outcome`, unless it managed to
-    /// finish first, in which case its own result counts.
-    async fn cancel_run(&mut self, outcome: Outcome, message: &str) {
-        let Some(mut run) = self.in_flight.take() else {
-            return;
-        };
-        run.cancel.cancel();
-        run.handle.abort();
-        match (&mut run.handle).await {
-            Err(e) if e.is_cancelled() => {
-                self.record(&run, outcome, 0, Some(message.to_owned()));
-                self.after_run(outcome).await;
-            }
-            finished => self.settle(run, finished).await,
-        }
-    }
-
-    /// Records a run that ended by itself.
-    async fn settle(
-        &mut self,
-        run: InFlight,
-        result: Result<Result<Reconciled, BoxError>, JoinError>,
-    ) {
-        let (outcome, items, message) = match result {
-            Ok(Ok(done)) => (Outcome::Success, done.items, None),
-            Ok(Err(e)) => (Outcome::Error, 0, Some(error_chain(&*e))),
-            Err(e) if e.is_panic() => (Outcome::Panic, 0, Some(panic_message(e))),
-            Err(e) => (Outcome::Timeout, 0, Some(format!("run aborted: {e}"))),
-        };
+    /// Records a run that ended by itself, then schedules what follows.
+    async fn settle(&mut self, run: InFlight, result: RunResult) {
+        let (outcome, items, message) = classify(result);
         self.record(&run, outcome, items, message);
         self.after_run(outcome).await;
     }
@@ -469,7 +497,8 @@ impl Driver {
     }
 
     /// What follows a run: a sooner retry after a failure, then the trigger
-    /// that arrived while it ran.
+    /// that arrived while it ran. Not after a lost lease: the run stopped
+    /// because it may not go on here.
     async fn after_run(&mut self, outcome: Outcome) {
         if self.stopping {
             return;
@@ -492,32 +521,26 @@ impl Driver {
 
     async fn release(&mut self) {
         if let Some(held) = self.held.take() {
-            self.release_lease(&held.lease).await;
+            release_lease(&self.shared, &self.slot.name, &held.lease).await;
             self.slot.metrics.leader.set(0);
             info!(controller = %self.slot.name, epoch = held.lease.epoch, "leadership released");
         }
     }
-
-    async fn release_lease(&self, lease: &Lease) {
-        let shared = &self.shared;
-        let limit = shared.clock.now() + shared.renew_every();
-        tokio::select! {
-            result = shared.leases.release_boxed(lease) => {
-                if let Err(e) = result {
-                    warn!(controller = %self.slot.name, error = %e, "could not release the lease; it will expire");
-                }
-            }
-            _ = shared.clock.sleep_until(limit) => {
-                warn!(controller = %self.slot.name, "lease release timed out; it will expire");
-            }
-        }
-    }
 }
 
-fn sleep_opt(clock: &Arc<dyn Clock>, at: Option<SystemTime>) -> BoxFuture<'static, ()> {
-    match at {
-        Some(at) => clock.sleep_until(at),
-        None => Box::pin(pending()),
+/// Gives a lease back, bounded in time: a store that does not answer leaves
+/// the lease to expire.
+async fn release_lease(shared: &Shared, controller: &str, lease: &Lease) {
+    let limit = shared.clock.now() + shared.renew_every();
+    tokio::select! {
+        result = shared.leases.release_boxed(lease) => {
+            if let Err(e) = result {
+                warn!(controller, error = %e, "could not release the lease; it will expire");
+            }
+        }
+        _ = shared.clock.sleep_until(limit) => {
+            warn!(controller, "lease release timed out; it will expire");
+        }
     }
 }
 
@@ -525,26 +548,4 @@ fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// The error and its sources, joined: "outer: inner: root".
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
-}
-
-fn panic_message(e: JoinError) -> String {
-    let payload = e.into_panic();
-    let detail = payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned());
-    format!("panicked: {detail}")
 }
