@@ -1,0 +1,118 @@
+//! Agents: the workers that pull and run jobs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::{Id, ValidationError, validate_name};
+
+/// Whether an agent takes work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    /// Heartbeating and claiming.
+    Online,
+    /// Silent past the stale timeout; its running jobs were reclaimed.
+    Offline,
+    /// Finishing its jobs, claiming no new ones.
+    Draining,
+}
+
+impl AgentStatus {
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentStatus::Online => "online",
+            AgentStatus::Offline => "offline",
+            AgentStatus::Draining => "draining",
+        }
+    }
+}
+
+impl fmt::Display for AgentStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AgentStatus {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "online" => Ok(AgentStatus::Online),
+            "offline" => Ok(AgentStatus::Offline),
+            "draining" => Ok(AgentStatus::Draining),
+            _ => Err(ValidationError::new(
+                "status",
+                format!("unknown agent status {s:?}"),
+            )),
+        }
+    }
+}
+
+/// What an agent says about itself when it registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgent {
+    /// Human-readable name (host name, pod name).
+    pub name: String,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Queues it pulls from (1 to 50).
+    pub queues: Vec<String>,
+}
+
+impl NewAgent {
+    /// Checks every field; the error names the first that is wrong.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("name", &self.name)?;
+        if self.queues.is_empty() || self.queues.len() > 50 {
+            return Err(ValidationError::new(
+                "queues",
+                format!("must list 1 to 50 queues, got {}", self.queues.len()),
+            ));
+        }
+        for queue in &self.queues {
+            validate_name("queues", queue)?;
+        }
+        if self.labels.len() > 50 {
+            return Err(ValidationError::new("labels", "at most 50 labels"));
+        }
+        for (key, value) in &self.labels {
+            validate_name("labels", key)?;
+            if value.len() > 200 {
+                return Err(ValidationError::new(
+                    "labels",
+                    format!("value of {key:?} is longer than 200 characters"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An agent as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Agent {
+    /// Identifier.
+    pub id: Id,
+    /// Owning tenant; `None` for platform agents that serve every tenant.
+    pub tenant_id: Option<Id>,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Queues.
+    pub queues: Vec<String>,
+    /// Status.
+    pub status: AgentStatus,
+    /// Last heartbeat.
+    pub last_heartbeat_at: Timestamp,
+    /// Registration time.
+    pub registered_at: Timestamp,
+}

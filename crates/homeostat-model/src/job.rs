@@ -1,0 +1,378 @@
+//! Jobs and their state machine.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::{Id, ValidationError, validate_name};
+
+/// Attempts a job gets unless it says otherwise.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// How long a running attempt may take unless the job says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest timeout a job may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Largest payload (serialized JSON) a job may carry.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its `run_at` (delayed, or backing off after a failure).
+    Scheduled,
+    /// Waiting for an operator's approval.
+    AwaitingApproval,
+    /// Ready to be claimed.
+    Queued,
+    /// Claimed by an agent under a lease.
+    Running,
+    /// Finished successfully.
+    Succeeded,
+    /// Attempts exhausted or failed permanently.
+    Dead,
+    /// Cancelled by an operator or tenant.
+    Cancelled,
+    /// Waited past its deadline, or its approval expired.
+    Expired,
+}
+
+impl JobState {
+    /// States from which a job never moves by itself. Everything else,
+    /// including states added later, is live (for fingerprint dedup too).
+    pub const TERMINAL: [JobState; 4] = [
+        JobState::Succeeded,
+        JobState::Dead,
+        JobState::Cancelled,
+        JobState::Expired,
+    ];
+
+    /// Every state.
+    pub const ALL: [JobState; 8] = [
+        JobState::Scheduled,
+        JobState::AwaitingApproval,
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Dead,
+        JobState::Cancelled,
+        JobState::Expired,
+    ];
+
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::AwaitingApproval => "awaiting_approval",
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
+        }
+    }
+
+    /// Whether the job is finished.
+    pub fn is_terminal(self) -> bool {
+        Self::TERMINAL.contains(&self)
+    }
+
+    /// Whether `self → to` is a legal transition.
+    pub fn can_become(self, to: JobState) -> bool {
+        use JobState::*;
+        matches!(
+            (self, to),
+            (Scheduled, Queued | Cancelled | Expired)
+                | (AwaitingApproval, Queued | Scheduled | Cancelled | Expired)
+                | (Queued, Running | Cancelled | Expired)
+                | (Running, Succeeded | Scheduled | Queued | Dead | Cancelled)
+                | (Dead | Expired, Queued)
+        )
+    }
+
+    /// `Ok(())` if `self → to` is legal, else an error naming both.
+    pub fn check_transition(self, to: JobState) -> Result<(), ValidationError> {
+        if self.can_become(to) {
+            Ok(())
+        } else {
+            Err(ValidationError::new(
+                "state",
+                format!("a {self} job cannot become {to}"),
+            ))
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| ValidationError::new("state", format!("unknown job state {s:?}")))
+    }
+}
+
+/// A job as submitted by a tenant or operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    /// Queue agents pull from.
+    pub queue: String,
+    /// What the job does, for the agent.
+    pub kind: String,
+    /// Job input; at most [`MAX_PAYLOAD_BYTES`] serialized.
+    #[serde(default)]
+    pub payload: serde_json::Value,
+    /// Added to the tenant's tier priority (−1000 to 1000).
+    #[serde(default)]
+    pub priority: i32,
+    /// While a live job of the tenant has this fingerprint, enqueueing again
+    /// returns that job (its occurrence count increased) instead.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// Attempts allowed, the first included (1 to 100).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Longest a running attempt may take, in seconds (1 s to 24 h).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Do not run before this time.
+    #[serde(default)]
+    pub run_at: Option<Timestamp>,
+    /// Expire if not started by this time.
+    #[serde(default)]
+    pub deadline: Option<Timestamp>,
+    /// Wait for an operator's approval; expire if none comes by this time.
+    #[serde(default)]
+    pub approval_expires_at: Option<Timestamp>,
+}
+
+impl NewJob {
+    /// A job for `queue` doing `kind`, with defaults for everything else.
+    pub fn new(queue: impl Into<String>, kind: impl Into<String>) -> Self {
+        Self {
+            queue: queue.into(),
+            kind: kind.into(),
+            payload: serde_json::Value::Null,
+            priority: 0,
+            fingerprint: None,
+            max_attempts: None,
+            timeout_secs: None,
+            run_at: None,
+            deadline: None,
+            approval_expires_at: None,
+        }
+    }
+
+    /// Checks every field; the error names the first that is wrong.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_name("queue", &self.queue)?;
+        validate_name("kind", &self.kind)?;
+        let size = serde_json::to_vec(&self.payload)
+            .map(|v| v.len())
+            .unwrap_or(0);
+        if size > MAX_PAYLOAD_BYTES {
+            return Err(ValidationError::new(
+                "payload",
+                format!("is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}"),
+            ));
+        }
+        if !(-1000..=1000).contains(&self.priority) {
+            return Err(ValidationError::new(
+                "priority",
+                format!("{} is outside -1000..=1000", self.priority),
+            ));
+        }
+        if let Some(fp) = &self.fingerprint
+            && (fp.is_empty() || fp.len() > 200)
+        {
+            return Err(ValidationError::new(
+                "fingerprint",
+                "must be 1 to 200 characters",
+            ));
+        }
+        if let Some(n) = self.max_attempts
+            && !(1..=100).contains(&n)
+        {
+            return Err(ValidationError::new(
+                "max_attempts",
+                format!("{n} is outside 1..=100"),
+            ));
+        }
+        if let Some(t) = self.timeout_secs
+            && !(1..=MAX_TIMEOUT.as_secs()).contains(&t)
+        {
+            return Err(ValidationError::new(
+                "timeout_secs",
+                format!("{t} is outside 1..={}", MAX_TIMEOUT.as_secs()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Attempts allowed.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS)
+    }
+
+    /// Timeout of one attempt.
+    pub fn timeout(&self) -> Duration {
+        self.timeout_secs
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// The state the job starts in at `now`.
+    pub fn initial_state(&self, now: Timestamp) -> JobState {
+        if self.approval_expires_at.is_some() {
+            JobState::AwaitingApproval
+        } else if self.run_at.is_some_and(|at| at > now) {
+            JobState::Scheduled
+        } else {
+            JobState::Queued
+        }
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    /// Identifier.
+    pub id: Id,
+    /// Owner.
+    pub tenant_id: Id,
+    /// Queue.
+    pub queue: String,
+    /// Kind.
+    pub kind: String,
+    /// Input.
+    pub payload: serde_json::Value,
+    /// Priority as submitted (before tier and ageing).
+    pub priority: i32,
+    /// Priority claims order by: tier base + submitted + ageing bonus.
+    pub effective_priority: i64,
+    /// Dedup fingerprint.
+    pub fingerprint: Option<String>,
+    /// How many enqueues this job stands for (1 + deduplicated ones).
+    pub occurrences: u32,
+    /// State.
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Timeout of one attempt, in seconds.
+    pub timeout_secs: u64,
+    /// When it may run (scheduled jobs).
+    pub run_at: Timestamp,
+    /// Start-by deadline.
+    pub deadline: Option<Timestamp>,
+    /// Approval expiry (jobs awaiting approval).
+    pub approval_expires_at: Option<Timestamp>,
+    /// Agent holding the lease (running jobs).
+    pub lease_agent: Option<Id>,
+    /// Fencing token of the current lease; grows with every claim.
+    pub lease_token: i64,
+    /// When the lease runs out unless heartbeated.
+    pub lease_expires_at: Option<Timestamp>,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Output reported on success.
+    pub result: Option<serde_json::Value>,
+    /// Created.
+    pub created_at: Timestamp,
+    /// Last changed.
+    pub updated_at: Timestamp,
+    /// Current or last attempt started.
+    pub started_at: Option<Timestamp>,
+    /// Reached a terminal state.
+    pub finished_at: Option<Timestamp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_states_are_a_whitelist() {
+        let live: Vec<_> = JobState::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal())
+            .collect();
+        assert_eq!(
+            live,
+            [
+                JobState::Scheduled,
+                JobState::AwaitingApproval,
+                JobState::Queued,
+                JobState::Running
+            ]
+        );
+    }
+
+    #[test]
+    fn illegal_transitions_are_errors_naming_both_states() {
+        assert!(JobState::Queued.can_become(JobState::Running));
+        assert!(JobState::Dead.can_become(JobState::Queued));
+        let err = JobState::Succeeded
+            .check_transition(JobState::Queued)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid state: a succeeded job cannot become queued"
+        );
+        assert!(!JobState::Cancelled.can_become(JobState::Running));
+        assert!(!JobState::Scheduled.can_become(JobState::Running));
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for state in JobState::ALL {
+            assert_eq!(state.as_str().parse::<JobState>().unwrap(), state);
+        }
+        assert!("paused".parse::<JobState>().is_err());
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut job = NewJob::new("builds", "compile");
+        assert!(job.validate().is_ok());
+        job.payload = serde_json::json!({"blob": "x".repeat(MAX_PAYLOAD_BYTES)});
+        assert_eq!(job.validate().unwrap_err().field, "payload");
+        let mut job = NewJob::new("builds", "compile");
+        job.timeout_secs = Some(MAX_TIMEOUT.as_secs() + 1);
+        assert_eq!(job.validate().unwrap_err().field, "timeout_secs");
+        let job = NewJob::new("bad queue!", "compile");
+        assert_eq!(job.validate().unwrap_err().field, "queue");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_str::<NewJob>(r#"{"queue":"q","kind":"k","colour":"red"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown field `colour`"), "{err}");
+    }
+
+    #[test]
+    fn initial_state_follows_approval_then_run_at() {
+        let now = Timestamp::from_second(1_767_225_600).unwrap();
+        let mut job = NewJob::new("q", "k");
+        assert_eq!(job.initial_state(now), JobState::Queued);
+        job.run_at = Some(now + jiff::SignedDuration::from_secs(60));
+        assert_eq!(job.initial_state(now), JobState::Scheduled);
+        job.approval_expires_at = Some(now + jiff::SignedDuration::from_secs(3600));
+        assert_eq!(job.initial_state(now), JobState::AwaitingApproval);
+    }
+}
