@@ -1,4 +1,628 @@
-//! The homeostat store: one interface over SQLite and PostgreSQL, each with
-//! its own SQL and migrations, and the runtime's lease store with fencing.
+//! The homeostat store: one interface over SQLite (embedded, zero setup) and
+//! PostgreSQL (N replicas), each with its own SQL and migrations.
 //!
-//! Filled by the store issue.
+//! Every operation takes the time it acts at (`now`) from the caller's clock,
+//! except leases, whose expiry is judged by the database's clock so replicas
+//! with skewed clocks agree. Controller sweeps take a [`Fence`]: the store
+//! executes them only while that lease epoch is current, in the same
+//! transaction, and records each change in the hash-chained audit log.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), homeostat_store::StoreError> {
+//! use homeostat_model::{NewJob, PlanTier};
+//! use homeostat_store::{Store, StoreOptions};
+//!
+//! let store = Store::connect("sqlite:homeostat.db", StoreOptions::default()).await?;
+//! let now = jiff::Timestamp::now();
+//! let tenant = store.create_tenant("acme", PlanTier::Standard, "operator:setup", now).await?;
+//! let job = store.enqueue(tenant.id, &NewJob::new("builds", "compile"), now).await?;
+//! assert!(!job.deduplicated);
+//! # Ok(())
+//! # }
+//! ```
+
+mod audit;
+mod error;
+mod migrations;
+mod postgres;
+mod secret;
+mod sqlite;
+mod time;
+mod types;
+
+use std::time::Duration;
+
+use homeostat_model::{
+    Agent, ApiScope, Id, Job, JobState, NewAgent, NewAuditEvent, NewJob, Notification,
+    NotificationState, PlanTier, Tenant,
+};
+use homeostat_runtime::{Fence, Lease, LeaseError, LeaseStore};
+use jiff::Timestamp;
+
+pub use audit::{ChainBreak, VerifyReport};
+pub use error::StoreError;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+pub use types::*;
+
+/// The store: SQLite or PostgreSQL behind one interface.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// Embedded, one process.
+    Sqlite(SqliteStore),
+    /// Shared by replicas.
+    Postgres(PgStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident.$method:ident($($arg:expr),*)) => {
+        match $self {
+            Store::Sqlite(s) => s.$method($($arg),*).await,
+            Store::Postgres(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite:path`, `sqlite://path`, `postgres://…`),
+    /// refuses a schema newer than this build, and applies migrations.
+    pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(Store::Sqlite(SqliteStore::connect(url, options).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Store::Postgres(PgStore::connect(url, options).await?))
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+
+    /// Which backend this is: `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Closes the connection pool.
+    pub async fn close(&self) {
+        dispatch!(self.close())
+    }
+
+    // --- tenants, tokens, agents ------------------------------------------
+
+    /// Creates a tenant (audited).
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        tier: PlanTier,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Tenant, StoreError> {
+        dispatch!(self.create_tenant(name, tier, actor, now))
+    }
+
+    /// Changes a tenant's plan tier (audited).
+    pub async fn set_tenant_tier(
+        &self,
+        id: Id,
+        tier: PlanTier,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Tenant, StoreError> {
+        dispatch!(self.set_tenant_tier(id, tier, actor, now))
+    }
+
+    /// One tenant.
+    pub async fn get_tenant(&self, id: Id) -> Result<Tenant, StoreError> {
+        dispatch!(self.get_tenant(id))
+    }
+
+    /// Every tenant, by name.
+    pub async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        dispatch!(self.list_tenants())
+    }
+
+    /// Issues a bootstrap token for agents of `tenant_id` (or platform agents),
+    /// valid for `ttl` and `uses` registrations (audited, without the secret).
+    pub async fn issue_bootstrap_token(
+        &self,
+        tenant_id: Option<Id>,
+        ttl: Duration,
+        uses: u32,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<IssuedSecret, StoreError> {
+        dispatch!(self.issue_bootstrap_token(tenant_id, ttl, uses, actor, now))
+    }
+
+    /// Issues an API key (audited, without the secret).
+    pub async fn issue_api_key(
+        &self,
+        scope: ApiScope,
+        ttl: Option<Duration>,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<IssuedSecret, StoreError> {
+        dispatch!(self.issue_api_key(scope, ttl, actor, now))
+    }
+
+    /// Revokes a token (audited).
+    pub async fn revoke_token(
+        &self,
+        id: Id,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.revoke_token(id, actor, now))
+    }
+
+    /// The scope of a live API key.
+    pub async fn authenticate_api_key(
+        &self,
+        secret: &str,
+        now: Timestamp,
+    ) -> Result<ApiKeyIdentity, StoreError> {
+        dispatch!(self.authenticate_api_key(secret, now))
+    }
+
+    /// The agent a live credential belongs to.
+    pub async fn authenticate_agent(&self, secret: &str, now: Timestamp) -> Result<Id, StoreError> {
+        dispatch!(self.authenticate_agent(secret, now))
+    }
+
+    /// Registers an agent, consuming one use of the bootstrap token in the
+    /// same transaction, and issues its credential.
+    pub async fn register_agent(
+        &self,
+        bootstrap_secret: &str,
+        agent: &NewAgent,
+        now: Timestamp,
+    ) -> Result<(Agent, IssuedSecret), StoreError> {
+        dispatch!(self.register_agent(bootstrap_secret, agent, now))
+    }
+
+    /// Records heartbeats of many agents in one statement; an offline agent
+    /// that heartbeats is online again. Returns how many agents exist.
+    pub async fn heartbeat_agents(&self, ids: &[Id], now: Timestamp) -> Result<u64, StoreError> {
+        dispatch!(self.heartbeat_agents(ids, now))
+    }
+
+    /// One agent.
+    pub async fn get_agent(&self, id: Id) -> Result<Agent, StoreError> {
+        dispatch!(self.get_agent(id))
+    }
+
+    /// Agents, of one tenant or all, by name.
+    pub async fn list_agents(&self, tenant: Option<Id>) -> Result<Vec<Agent>, StoreError> {
+        dispatch!(self.list_agents(tenant))
+    }
+
+    /// Stops an agent from claiming new jobs (audited).
+    pub async fn drain_agent(
+        &self,
+        id: Id,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Agent, StoreError> {
+        dispatch!(self.drain_agent(id, actor, now))
+    }
+
+    // --- jobs -------------------------------------------------------------
+
+    /// Enqueues one job (see [`Store::enqueue_batch`]).
+    pub async fn enqueue(
+        &self,
+        tenant_id: Id,
+        job: &NewJob,
+        now: Timestamp,
+    ) -> Result<Enqueued, StoreError> {
+        let mut out = self
+            .enqueue_batch(tenant_id, std::slice::from_ref(job), now)
+            .await?;
+        Ok(out.remove(0))
+    }
+
+    /// Enqueues jobs in one transaction, all or none. A job whose fingerprint
+    /// matches a live job of the tenant returns that job, its occurrences
+    /// increased.
+    pub async fn enqueue_batch(
+        &self,
+        tenant_id: Id,
+        jobs: &[NewJob],
+        now: Timestamp,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self.enqueue_batch(tenant_id, jobs, now))
+    }
+
+    /// Claims up to `limit` queued jobs from the agent's queues (its tenant's
+    /// only, unless it is a platform agent), highest effective priority then
+    /// oldest, each under a lease of `lease` with a new fencing token.
+    pub async fn claim(
+        &self,
+        agent_id: Id,
+        limit: u32,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        dispatch!(self.claim(agent_id, limit, lease, now))
+    }
+
+    /// Extends a running job's lease; refused for a stale token.
+    pub async fn heartbeat_job(
+        &self,
+        id: Id,
+        lease_token: i64,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<Timestamp, StoreError> {
+        dispatch!(self.heartbeat_job(id, lease_token, lease, now))
+    }
+
+    /// Completes jobs; each entry says whether its completion was accepted
+    /// (false: the token was stale or the job not running).
+    pub async fn complete_batch(
+        &self,
+        completions: &[Completion],
+        now: Timestamp,
+    ) -> Result<Vec<bool>, StoreError> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(self.complete_batch(completions, now))
+    }
+
+    /// Completes one job; a stale token is an error.
+    pub async fn complete(
+        &self,
+        id: Id,
+        lease_token: i64,
+        result: Option<serde_json::Value>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let accepted = self
+            .complete_batch(
+                &[Completion {
+                    id,
+                    lease_token,
+                    result,
+                }],
+                now,
+            )
+            .await?;
+        if accepted[0] {
+            Ok(())
+        } else {
+            Err(StoreError::StaleLease {
+                operation: "completing a job",
+                job: id,
+                token: lease_token,
+            })
+        }
+    }
+
+    /// Records a failed attempt: retried (`scheduled` after the backoff)
+    /// while attempts are left and the error is not permanent, else `dead`.
+    pub async fn fail(
+        &self,
+        id: Id,
+        lease_token: i64,
+        error: &str,
+        permanent: bool,
+        now: Timestamp,
+    ) -> Result<FailOutcome, StoreError> {
+        dispatch!(self.fail(id, lease_token, error, permanent, now))
+    }
+
+    /// Cancels a live job (audited).
+    pub async fn cancel(&self, id: Id, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
+        dispatch!(self.transition(id, JobState::Cancelled, "job.cancelled", actor, now))
+    }
+
+    /// Approves a job awaiting approval (audited).
+    pub async fn approve(&self, id: Id, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
+        dispatch!(self.transition(id, JobState::Queued, "job.approved", actor, now))
+    }
+
+    /// Re-queues a dead or expired job with fresh attempts (audited).
+    pub async fn redrive(&self, id: Id, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
+        dispatch!(self.transition(id, JobState::Queued, "job.redriven", actor, now))
+    }
+
+    /// One job.
+    pub async fn get_job(&self, id: Id) -> Result<Job, StoreError> {
+        dispatch!(self.get_job(id))
+    }
+
+    /// A page of jobs, newest first; pass the previous page's
+    /// `next_cursor` as `after`.
+    pub async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<Id>,
+        limit: u32,
+    ) -> Result<Page<Job>, StoreError> {
+        dispatch!(self.list_jobs(filter, after, limit))
+    }
+
+    // --- sweeps (controllers) -----------------------------------------------
+
+    /// Agents silent for `stale_after` go offline.
+    pub async fn mark_silent_agents_offline(
+        &self,
+        now: Timestamp,
+        stale_after: Duration,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Vec<Id>, StoreError> {
+        dispatch!(self.mark_silent_agents_offline(now, stale_after, limit, fence))
+    }
+
+    /// Running jobs of offline agents: re-queued, or dead with no attempts left.
+    pub async fn reclaim_offline_agent_jobs(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        dispatch!(self.reclaim_offline_agent_jobs(now, limit, fence))
+    }
+
+    /// Running jobs whose lease expired: re-queued, or dead with no attempts left.
+    pub async fn requeue_expired_leases(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        dispatch!(self.requeue_expired_leases(now, limit, fence))
+    }
+
+    /// Queued jobs never started by their deadline: expired.
+    pub async fn expire_overdue_queued(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        dispatch!(self.expire_overdue_queued(now, limit, fence))
+    }
+
+    /// Running jobs past their own timeout: a failed attempt (scheduled for
+    /// retry after the backoff, or dead).
+    pub async fn time_out_running(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        dispatch!(self.time_out_running(now, limit, fence))
+    }
+
+    /// Scheduled jobs whose time has come: queued.
+    pub async fn promote_scheduled(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        dispatch!(self.promote_scheduled(now, limit, fence))
+    }
+
+    /// Effective priority of queued jobs = tier base + job priority +
+    /// min(cap, whole minutes waited × `bonus_per_minute`).
+    pub async fn recompute_priorities(
+        &self,
+        now: Timestamp,
+        bonus_per_minute: i64,
+        cap: i64,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self.recompute_priorities(now, bonus_per_minute, cap, limit, fence))
+    }
+
+    /// Jobs awaiting an approval that expired: expired.
+    pub async fn expire_approvals(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        dispatch!(self.expire_approvals(now, limit, fence))
+    }
+
+    /// Deletes expired, used-up and revoked tokens.
+    pub async fn delete_dead_tokens(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self.delete_dead_tokens(now, limit, fence))
+    }
+
+    /// Deletes finished jobs past retention.
+    pub async fn delete_finished_jobs(
+        &self,
+        now: Timestamp,
+        retention: JobRetention,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        dispatch!(self.delete_finished_jobs(now, retention, limit, fence))
+    }
+
+    /// Deletes up to `batch` of the oldest audit events older than
+    /// `retention` (or, with `dry_run`, counts them), keeping the chain
+    /// verifiable; the deletion itself is audited.
+    pub async fn delete_old_audit_events(
+        &self,
+        now: Timestamp,
+        retention: Duration,
+        batch: u32,
+        dry_run: bool,
+        fence: Option<&Fence>,
+    ) -> Result<u64, StoreError> {
+        let cutoff = time::ms(now) - time::dur_ms(retention);
+        let actor = actor_for(fence);
+        dispatch!(self.delete_old_audit_events(
+            cutoff,
+            batch,
+            dry_run,
+            time::ms(now),
+            fence,
+            &actor
+        ))
+    }
+
+    // --- audit ------------------------------------------------------------
+
+    /// Appends events to the audit log (for state changes made outside the
+    /// store's own operations).
+    pub async fn append_audit(
+        &self,
+        events: &[NewAuditEvent],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.append_audit_events(events, time::ms(now)))
+    }
+
+    /// Audit events after `after_seq`, oldest first.
+    pub async fn audit_events(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<homeostat_model::AuditEvent>, StoreError> {
+        let events = dispatch!(self.audit_events(after_seq, limit))?;
+        Ok(events
+            .into_iter()
+            .map(|e| homeostat_model::AuditEvent {
+                seq: e.seq,
+                at: time::ts(e.at_ms),
+                actor: e.actor,
+                action: e.action,
+                subject: e.subject,
+                details: serde_json::from_str(&e.details).unwrap_or(serde_json::Value::Null),
+                prev_hash: hex::encode(&e.prev_hash),
+                hash: hex::encode(&e.hash),
+            })
+            .collect())
+    }
+
+    /// Walks the whole chain, calling `progress` with the count checked after
+    /// each page, and reports the first broken link.
+    pub async fn verify_audit_chain(
+        &self,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<VerifyReport, StoreError> {
+        dispatch!(self.verify_audit_chain(progress))
+    }
+
+    // --- notifications ----------------------------------------------------
+
+    /// Queues a notification for delivery.
+    pub async fn add_notification(
+        &self,
+        event: &str,
+        payload: &serde_json::Value,
+        now: Timestamp,
+    ) -> Result<Id, StoreError> {
+        dispatch!(self.add_notification(event, payload, now))
+    }
+
+    /// Takes up to `limit` due notifications for sending, hiding them from
+    /// other senders for `hold`.
+    pub async fn claim_due_notifications(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        hold: Duration,
+        fence: Option<&Fence>,
+    ) -> Result<Vec<Notification>, StoreError> {
+        dispatch!(self.claim_due_notifications(now, limit, hold, fence))
+    }
+
+    /// Records a delivery attempt: sent; or retried after min(2^n min, 1 h);
+    /// or dead after 5 attempts or a permanent failure.
+    pub async fn record_delivery(
+        &self,
+        id: Id,
+        delivery: &Delivery,
+        now: Timestamp,
+    ) -> Result<NotificationState, StoreError> {
+        dispatch!(self.record_delivery(id, delivery, now))
+    }
+
+    /// One notification.
+    pub async fn get_notification(&self, id: Id) -> Result<Notification, StoreError> {
+        dispatch!(self.get_notification(id))
+    }
+}
+
+impl LeaseStore for Store {
+    async fn acquire(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, LeaseError> {
+        dispatch!(self.acquire_lease(name, holder, ttl))
+            .map_err(|e| lease_error("acquire", name, e))
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>, LeaseError> {
+        dispatch!(self.renew_lease(lease, ttl)).map_err(|e| lease_error("renew", &lease.name, e))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
+        dispatch!(self.release_lease(lease)).map_err(|e| lease_error("release", &lease.name, e))
+    }
+}
+
+fn lease_error(operation: &'static str, name: &str, e: StoreError) -> LeaseError {
+    LeaseError {
+        operation,
+        name: name.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+/// The audit actor of a sweep: the controller and epoch when fenced.
+pub(crate) fn actor_for(fence: Option<&Fence>) -> String {
+    match fence {
+        Some(f) => format!("controller:{}@{}", f.name, f.epoch),
+        None => "system".to_owned(),
+    }
+}
+
+/// One audit event describing a sweep.
+pub(crate) fn sweep_event(actor: &str, action: &str, reason: &str, swept: &Swept) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        subject: "jobs".into(),
+        details: serde_json::json!({
+            "count": swept.changed,
+            "ids": swept.ids,
+            "dead": swept.dead,
+            "reason": reason,
+        }),
+    }
+}
+
+/// Error texts from agents are kept, but bounded.
+pub(crate) fn truncate(text: &str) -> String {
+    const MAX: usize = 4096;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}

@@ -1,0 +1,159 @@
+//! The audit hash chain, shared by both backends: each event's hash is
+//! SHA-256 over the previous hash and the event's canonical content.
+
+use homeostat_model::NewAuditEvent;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// An event as it is hashed and stored.
+#[derive(Debug, Clone)]
+pub(crate) struct ChainedEvent {
+    pub(crate) seq: i64,
+    pub(crate) at_ms: i64,
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) subject: String,
+    pub(crate) details: String,
+    pub(crate) prev_hash: Vec<u8>,
+    pub(crate) hash: Vec<u8>,
+}
+
+/// The canonical content: fields in a fixed order, length-prefixed so no
+/// field can bleed into the next; details as compact JSON with sorted keys.
+pub(crate) fn chain_hash(
+    prev: &[u8],
+    seq: i64,
+    at_ms: i64,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    details: &str,
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(at_ms.to_be_bytes());
+    for field in [actor, action, subject, details] {
+        h.update((field.len() as u64).to_be_bytes());
+        h.update(field.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// Links `events` after the head (`next_seq`, `head_hash`).
+pub(crate) fn link(
+    events: &[NewAuditEvent],
+    at_ms: i64,
+    next_seq: i64,
+    head_hash: &[u8],
+) -> Vec<ChainedEvent> {
+    let mut prev = head_hash.to_vec();
+    let mut out = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        let seq = next_seq + i as i64;
+        // serde_json's maps are ordered by key, so this is canonical.
+        let details = serde_json::to_string(&e.details).unwrap_or_else(|_| "null".into());
+        let hash = chain_hash(&prev, seq, at_ms, &e.actor, &e.action, &e.subject, &details);
+        out.push(ChainedEvent {
+            seq,
+            at_ms,
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            subject: e.subject.clone(),
+            details,
+            prev_hash: prev.clone(),
+            hash: hash.to_vec(),
+        });
+        prev = hash.to_vec();
+    }
+    out
+}
+
+/// The first broken link of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChainBreak {
+    /// Sequence number of the first event that does not verify.
+    pub seq: i64,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+/// The outcome of walking the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Events checked.
+    pub checked: u64,
+    /// Sequence number the retained chain starts at.
+    pub first_seq: i64,
+    /// The first break, if any.
+    pub first_break: Option<ChainBreak>,
+}
+
+/// Walks pages of events in sequence order, keeping what it expects next.
+pub(crate) struct Verifier {
+    pub(crate) expected_seq: i64,
+    pub(crate) expected_prev: Vec<u8>,
+    pub(crate) checked: u64,
+}
+
+impl Verifier {
+    pub(crate) fn new(first_seq: i64, first_prev_hash: Vec<u8>) -> Self {
+        Self {
+            expected_seq: first_seq,
+            expected_prev: first_prev_hash,
+            checked: 0,
+        }
+    }
+
+    /// Checks the next event; the first failure is a break.
+    pub(crate) fn check(&mut self, e: &ChainedEvent) -> Result<(), ChainBreak> {
+        let fail = |reason: String| ChainBreak { seq: e.seq, reason };
+        if e.seq != self.expected_seq {
+            return Err(ChainBreak {
+                seq: self.expected_seq,
+                reason: format!(
+                    "event {} is missing (the next stored event is {})",
+                    self.expected_seq, e.seq
+                ),
+            });
+        }
+        if e.prev_hash != self.expected_prev {
+            return Err(fail(
+                "its previous-hash does not match the event before it (deleted or reordered)"
+                    .into(),
+            ));
+        }
+        let hash = chain_hash(
+            &e.prev_hash,
+            e.seq,
+            e.at_ms,
+            &e.actor,
+            &e.action,
+            &e.subject,
+            &e.details,
+        );
+        if e.hash != hash {
+            return Err(fail("its content does not match its hash (edited)".into()));
+        }
+        self.expected_seq += 1;
+        self.expected_prev = e.hash.clone();
+        self.checked += 1;
+        Ok(())
+    }
+
+    /// At the end: the head must be where the last event left off.
+    pub(crate) fn finish(&self, next_seq: i64, head_hash: &[u8]) -> Option<ChainBreak> {
+        if next_seq != self.expected_seq || head_hash != self.expected_prev.as_slice() {
+            Some(ChainBreak {
+                seq: self.expected_seq,
+                reason: format!(
+                    "the chain ends at event {} but the head says {} (events at the end deleted)",
+                    self.expected_seq - 1,
+                    next_seq - 1
+                ),
+            })
+        } else {
+            None
+        }
+    }
+}

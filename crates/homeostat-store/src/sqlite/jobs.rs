@@ -1,0 +1,754 @@
+//! Jobs on SQLite: the hot path (enqueue, claim, heartbeat, complete, fail),
+//! operator actions, listing, and the set-based sweeps controllers call.
+
+use std::time::Duration;
+
+use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, new_id};
+use homeostat_runtime::{Fence, RetryDecision};
+use jiff::Timestamp;
+use serde_json::json;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::{SqliteStore, Tx, id_of, opt_id_of};
+use crate::error::{Context, StoreError, corrupt};
+use crate::time::{add, dur_ms, ms, ts};
+use crate::{ClaimedJob, Completion, Enqueued, FailOutcome, JobFilter, JobRetention, Page};
+use crate::{Swept, actor_for, sweep_event, truncate};
+
+macro_rules! job_columns {
+    () => {
+        "id, tenant_id, queue, kind, payload, priority, effective_priority, fingerprint, \
+         occurrences, state, attempt, max_attempts, timeout_ms, run_at, deadline_at, \
+         approval_expires_at, lease_agent, lease_token, lease_expires_at, last_error, result, \
+         created_at, updated_at, started_at, finished_at"
+    };
+}
+
+/// The terminal whitelist, as SQL.
+macro_rules! terminal {
+    () => {
+        "('succeeded', 'dead', 'cancelled', 'expired')"
+    };
+}
+
+fn job_from_row(r: &SqliteRow) -> Result<Job, StoreError> {
+    let op = "reading a job";
+    let json = |col: &str| -> Result<Option<serde_json::Value>, StoreError> {
+        let text: Option<String> = r.try_get(col).op(op)?;
+        text.map(|t| serde_json::from_str(&t).map_err(|e| corrupt(op, e)))
+            .transpose()
+    };
+    let opt_ts = |col: &str| -> Result<Option<Timestamp>, StoreError> {
+        Ok(r.try_get::<Option<i64>, _>(col).op(op)?.map(ts))
+    };
+    let state: String = r.try_get("state").op(op)?;
+    Ok(Job {
+        id: id_of(r, "id")?,
+        tenant_id: id_of(r, "tenant_id")?,
+        queue: r.try_get("queue").op(op)?,
+        kind: r.try_get("kind").op(op)?,
+        payload: json("payload")?.unwrap_or_default(),
+        priority: r.try_get::<i64, _>("priority").op(op)? as i32,
+        effective_priority: r.try_get("effective_priority").op(op)?,
+        fingerprint: r.try_get("fingerprint").op(op)?,
+        occurrences: r.try_get::<i64, _>("occurrences").op(op)? as u32,
+        state: state.parse().map_err(|e| corrupt(op, e))?,
+        attempt: r.try_get::<i64, _>("attempt").op(op)? as u32,
+        max_attempts: r.try_get::<i64, _>("max_attempts").op(op)? as u32,
+        timeout_secs: (r.try_get::<i64, _>("timeout_ms").op(op)? / 1000) as u64,
+        run_at: ts(r.try_get("run_at").op(op)?),
+        deadline: opt_ts("deadline_at")?,
+        approval_expires_at: opt_ts("approval_expires_at")?,
+        lease_agent: opt_id_of(r, "lease_agent")?,
+        lease_token: r.try_get("lease_token").op(op)?,
+        lease_expires_at: opt_ts("lease_expires_at")?,
+        last_error: r.try_get("last_error").op(op)?,
+        result: json("result")?,
+        created_at: ts(r.try_get("created_at").op(op)?),
+        updated_at: ts(r.try_get("updated_at").op(op)?),
+        started_at: opt_ts("started_at")?,
+        finished_at: opt_ts("finished_at")?,
+    })
+}
+
+fn ids_from(rows: &[SqliteRow]) -> Result<Vec<Id>, StoreError> {
+    rows.iter().map(|r| id_of(r, "id")).collect()
+}
+
+impl SqliteStore {
+    pub(crate) async fn enqueue_batch(
+        &self,
+        tenant_id: Id,
+        jobs: &[NewJob],
+        now: Timestamp,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let op = "enqueueing jobs";
+        for job in jobs {
+            job.validate()?;
+        }
+        let mut tx = self.write(op).await?;
+        let tier = tenant_tier(&mut tx, tenant_id, op).await?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let id = new_id();
+            let run_at = job.run_at.map(ms).unwrap_or(ms(now)).max(ms(now));
+            let deadline = job
+                .deadline
+                .map(ms)
+                .unwrap_or_else(|| run_at + dur_ms(self.options().default_queue_deadline));
+            let base = tier + i64::from(job.priority);
+            let row = sqlx::query(concat!(
+                "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+                   effective_priority, fingerprint, state, max_attempts, timeout_ms, run_at,
+                   queued_at, deadline_at, approval_expires_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?15)
+                 ON CONFLICT (tenant_id, fingerprint)
+                   WHERE fingerprint IS NOT NULL AND state NOT IN ",
+                terminal!(),
+                " DO UPDATE SET occurrences = occurrences + 1, updated_at = excluded.updated_at
+                 RETURNING ",
+                job_columns!()
+            ))
+            .bind(id.to_string())
+            .bind(tenant_id.to_string())
+            .bind(&job.queue)
+            .bind(&job.kind)
+            .bind(job.payload.to_string())
+            .bind(i64::from(job.priority))
+            .bind(base)
+            .bind(&job.fingerprint)
+            .bind(job.initial_state(now).as_str())
+            .bind(i64::from(job.max_attempts()))
+            .bind(dur_ms(job.timeout()))
+            .bind(run_at)
+            .bind(deadline)
+            .bind(job.approval_expires_at.map(ms))
+            .bind(ms(now))
+            .fetch_one(&mut *tx)
+            .await
+            .op(op)?;
+            let stored = job_from_row(&row)?;
+            out.push(Enqueued {
+                deduplicated: stored.id != id,
+                job: stored,
+            });
+        }
+        tx.commit().await.op(op)?;
+        Ok(out)
+    }
+
+    pub(crate) async fn claim(
+        &self,
+        agent_id: Id,
+        limit: u32,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let op = "claiming jobs";
+        let mut tx = self.write(op).await?;
+        let agent = sqlx::query("SELECT tenant_id, status, queues FROM agents WHERE id = ?")
+            .bind(agent_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await
+            .op(op)?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "agent",
+                id: agent_id.to_string(),
+            })?;
+        let status: String = agent.get(1);
+        if status != "online" {
+            return Err(StoreError::Conflict {
+                operation: op,
+                entity: "agent",
+                id: agent_id.to_string(),
+                reason: format!("the agent is {status}; only online agents claim jobs"),
+            });
+        }
+        let tenant: Option<String> = agent.get(0);
+        let queues: Vec<String> =
+            serde_json::from_str(&agent.get::<String, _>(2)).map_err(|e| corrupt(op, e))?;
+        // One index-ordered scan per queue, merged here: a single query over
+        // all queues would sort every queued job.
+        let mut candidates: Vec<(i64, i64, String)> = Vec::new();
+        for queue in &queues {
+            let rows = sqlx::query(
+                "SELECT id, effective_priority, queued_at FROM jobs INDEXED BY jobs_claim
+                 WHERE state = 'queued' AND queue = ?1 AND (?2 IS NULL OR tenant_id = ?2)
+                 ORDER BY effective_priority DESC, queued_at LIMIT ?3",
+            )
+            .bind(queue)
+            .bind(&tenant)
+            .bind(i64::from(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .op(op)?;
+            candidates.extend(
+                rows.iter()
+                    .map(|r| (-r.get::<i64, _>(1), r.get(2), r.get(0))),
+            );
+        }
+        candidates.sort();
+        candidates.truncate(limit as usize);
+        let ids: Vec<String> = candidates.into_iter().map(|(_, _, id)| id).collect();
+        let rows = sqlx::query(
+            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = ?1,
+               lease_token = lease_token + 1, lease_expires_at = ?2, started_at = ?3,
+               timeout_at = ?3 + timeout_ms, updated_at = ?3
+             WHERE id IN (SELECT value FROM json_each(?4))
+             RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
+               lease_expires_at, timeout_ms, effective_priority, queued_at",
+        )
+        .bind(agent_id.to_string())
+        .bind(add(now, lease))
+        .bind(ms(now))
+        .bind(serde_json::to_string(&ids).unwrap_or_default())
+        .fetch_all(&mut *tx)
+        .await
+        .op(op)?;
+        tx.commit().await.op(op)?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut order = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let payload: String = r.get(4);
+            claimed.push(ClaimedJob {
+                id: id_of(r, "id")?,
+                tenant_id: id_of(r, "tenant_id")?,
+                queue: r.get(2),
+                kind: r.get(3),
+                payload: serde_json::from_str(&payload).map_err(|e| corrupt(op, e))?,
+                attempt: r.get::<i64, _>(5) as u32,
+                max_attempts: r.get::<i64, _>(6) as u32,
+                lease_token: r.get(7),
+                lease_expires_at: ts(r.get(8)),
+                timeout_secs: (r.get::<i64, _>(9) / 1000) as u64,
+            });
+            order.push((-r.get::<i64, _>(10), r.get::<i64, _>(11)));
+        }
+        // RETURNING gives no order; hand them out in claim order.
+        let mut indexed: Vec<_> = order.into_iter().zip(claimed).collect();
+        indexed.sort_by_key(|(key, _)| *key);
+        Ok(indexed.into_iter().map(|(_, job)| job).collect())
+    }
+
+    pub(crate) async fn heartbeat_job(
+        &self,
+        id: Id,
+        lease_token: i64,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<Timestamp, StoreError> {
+        let op = "extending a job lease";
+        let mut tx = self.write(op).await?;
+        let expires: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_expires_at = ?3
+             WHERE id = ?1 AND lease_token = ?2 AND state = 'running'
+             RETURNING lease_expires_at",
+        )
+        .bind(id.to_string())
+        .bind(lease_token)
+        .bind(add(now, lease))
+        .fetch_optional(&mut *tx)
+        .await
+        .op(op)?;
+        tx.commit().await.op(op)?;
+        expires.map(ts).ok_or(StoreError::StaleLease {
+            operation: op,
+            job: id,
+            token: lease_token,
+        })
+    }
+
+    pub(crate) async fn complete_batch(
+        &self,
+        completions: &[Completion],
+        now: Timestamp,
+    ) -> Result<Vec<bool>, StoreError> {
+        let op = "completing jobs";
+        let mut tx = self.write(op).await?;
+        let mut accepted = Vec::with_capacity(completions.len());
+        for c in completions {
+            let done = sqlx::query(
+                "UPDATE jobs SET state = 'succeeded', result = ?3, finished_at = ?4, updated_at = ?4,
+                   lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+                 WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
+            )
+            .bind(c.id.to_string())
+            .bind(c.lease_token)
+            .bind(c.result.as_ref().map(|v| v.to_string()))
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .op(op)?
+            .rows_affected();
+            accepted.push(done == 1);
+        }
+        tx.commit().await.op(op)?;
+        Ok(accepted)
+    }
+
+    pub(crate) async fn fail(
+        &self,
+        id: Id,
+        lease_token: i64,
+        error: &str,
+        permanent: bool,
+        now: Timestamp,
+    ) -> Result<FailOutcome, StoreError> {
+        let op = "failing a job";
+        let mut tx = self.write(op).await?;
+        let row = sqlx::query(
+            "SELECT attempt, max_attempts FROM jobs
+             WHERE id = ? AND lease_token = ? AND state = 'running'",
+        )
+        .bind(id.to_string())
+        .bind(lease_token)
+        .fetch_optional(&mut *tx)
+        .await
+        .op(op)?
+        .ok_or(StoreError::StaleLease {
+            operation: op,
+            job: id,
+            token: lease_token,
+        })?;
+        let (attempt, max) = (row.get::<i64, _>(0) as u32, row.get::<i64, _>(1) as u32);
+        let outcome = match self
+            .options()
+            .retry_policy(max)
+            .decide(attempt, permanent, 0.5)
+        {
+            RetryDecision::RetryAfter(delay) => FailOutcome {
+                state: JobState::Scheduled,
+                retry_at: Some(ts(add(now, delay))),
+            },
+            RetryDecision::GiveUp => FailOutcome {
+                state: JobState::Dead,
+                retry_at: None,
+            },
+        };
+        let dead = outcome.state == JobState::Dead;
+        sqlx::query(
+            "UPDATE jobs SET state = ?2, run_at = COALESCE(?3, run_at), last_error = ?4,
+               finished_at = ?5, updated_at = ?6, lease_agent = NULL, lease_expires_at = NULL,
+               timeout_at = NULL
+             WHERE id = ?1",
+        )
+        .bind(id.to_string())
+        .bind(outcome.state.as_str())
+        .bind(outcome.retry_at.map(ms))
+        .bind(truncate(error))
+        .bind(dead.then_some(ms(now)))
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .op(op)?;
+        tx.commit().await.op(op)?;
+        Ok(outcome)
+    }
+
+    /// Operator transitions: cancel, approve, redrive. Audited.
+    pub(crate) async fn transition(
+        &self,
+        id: Id,
+        to: JobState,
+        action: &'static str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<Job, StoreError> {
+        let op = action;
+        let mut tx = self.write(op).await?;
+        let current = self.job_in(&mut tx, id, op).await?;
+        let to = if to == JobState::Queued && current.run_at > now && action == "job.approved" {
+            JobState::Scheduled
+        } else {
+            to
+        };
+        current
+            .state
+            .check_transition(to)
+            .map_err(|e| StoreError::Conflict {
+                operation: op,
+                entity: "job",
+                id: id.to_string(),
+                reason: e.message,
+            })?;
+        let redrive = current.state.is_terminal();
+        let row = sqlx::query(concat!(
+            "UPDATE jobs SET state = ?2, updated_at = ?3, queued_at = ?3,
+               finished_at = CASE WHEN ?2 IN ",
+            terminal!(),
+            " THEN ?3 ELSE NULL END,
+               attempt = CASE WHEN ?4 THEN 0 ELSE attempt END,
+               deadline_at = CASE WHEN ?4 THEN NULL ELSE deadline_at END,
+               lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+             WHERE id = ?1 RETURNING ",
+            job_columns!()
+        ))
+        .bind(id.to_string())
+        .bind(to.as_str())
+        .bind(ms(now))
+        .bind(redrive)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict {
+                operation: op,
+                entity: "job",
+                id: id.to_string(),
+                reason: "another live job has the same fingerprint".into(),
+            },
+            e => StoreError::Database {
+                operation: op,
+                source: e,
+            },
+        })?;
+        let job = job_from_row(&row)?;
+        Self::append_audit(
+            &mut tx,
+            &[NewAuditEvent {
+                actor: actor.to_owned(),
+                action: action.to_owned(),
+                subject: format!("job:{id}"),
+                details: json!({"from": current.state, "to": to, "tenant_id": job.tenant_id}),
+            }],
+            ms(now),
+        )
+        .await?;
+        tx.commit().await.op(op)?;
+        Ok(job)
+    }
+
+    async fn job_in(&self, tx: &mut Tx, id: Id, op: &'static str) -> Result<Job, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .op(op)?
+        .ok_or_else(|| StoreError::NotFound {
+            entity: "job",
+            id: id.to_string(),
+        })?;
+        job_from_row(&row)
+    }
+
+    pub(crate) async fn get_job(&self, id: Id) -> Result<Job, StoreError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs WHERE id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .op("reading a job")?
+        .ok_or_else(|| StoreError::NotFound {
+            entity: "job",
+            id: id.to_string(),
+        })?;
+        job_from_row(&row)
+    }
+
+    pub(crate) async fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        after: Option<Id>,
+        limit: u32,
+    ) -> Result<Page<Job>, StoreError> {
+        let limit = limit.clamp(1, 1000);
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            job_columns!(),
+            " FROM jobs
+             WHERE (?1 IS NULL OR tenant_id = ?1) AND (?2 IS NULL OR state = ?2)
+               AND (?3 IS NULL OR queue = ?3) AND (?4 IS NULL OR id < ?4)
+             ORDER BY id DESC LIMIT ?5"
+        ))
+        .bind(filter.tenant_id.map(|t| t.to_string()))
+        .bind(filter.state.map(|s| s.as_str()))
+        .bind(filter.queue.as_deref())
+        .bind(after.map(|a| a.to_string()))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .op("listing jobs")?;
+        let mut items = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|j| j.id)
+        } else {
+            None
+        };
+        Ok(Page { items, next_cursor })
+    }
+
+    // --- sweeps -------------------------------------------------------
+
+    /// Runs one sweep statement returning `(id, state)` rows, fenced and
+    /// audited in one transaction.
+    async fn sweep(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        binds: &[i64],
+        fence: Option<&Fence>,
+        now: Timestamp,
+        reason: &str,
+    ) -> Result<Swept, StoreError> {
+        let mut tx = self.write(op).await?;
+        Self::check_fence(&mut tx, fence, op).await?;
+        let mut query = sqlx::query(sql);
+        for b in binds {
+            query = query.bind(*b);
+        }
+        let rows = query.fetch_all(&mut *tx).await.op(op)?;
+        let swept = swept_from(&rows)?;
+        if swept.changed > 0 {
+            Self::append_audit(
+                &mut tx,
+                &[sweep_event(&actor_for(fence), op, reason, &swept)],
+                ms(now),
+            )
+            .await?;
+        }
+        tx.commit().await.op(op)?;
+        Ok(swept)
+    }
+
+    pub(crate) async fn requeue_expired_leases(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        self.sweep(
+            "jobs.lease_expired",
+            "UPDATE jobs SET
+               state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+               finished_at = CASE WHEN attempt >= max_attempts THEN ?1 ELSE NULL END,
+               queued_at = ?1, updated_at = ?1, last_error = 'lease expired: the agent stopped heartbeating the job',
+               lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < ?1 LIMIT ?2)
+             RETURNING id, state",
+            &[ms(now), i64::from(limit)],
+            fence,
+            now,
+            "lease expired",
+        )
+        .await
+    }
+
+    pub(crate) async fn reclaim_offline_agent_jobs(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        self.sweep(
+            "jobs.agent_offline",
+            "UPDATE jobs SET
+               state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+               finished_at = CASE WHEN attempt >= max_attempts THEN ?1 ELSE NULL END,
+               queued_at = ?1, updated_at = ?1, last_error = 'reclaimed: the agent went offline',
+               lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+             WHERE id IN (SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent
+                          WHERE j.state = 'running' AND a.status = 'offline' LIMIT ?2)
+             RETURNING id, state",
+            &[ms(now), i64::from(limit)],
+            fence,
+            now,
+            "agent offline",
+        )
+        .await
+    }
+
+    pub(crate) async fn expire_overdue_queued(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        self.sweep(
+            "jobs.deadline_passed",
+            "UPDATE jobs SET state = 'expired', finished_at = ?1, updated_at = ?1,
+               last_error = 'not started before its deadline'
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND attempt = 0
+                          AND deadline_at < ?1 LIMIT ?2)
+             RETURNING id, state",
+            &[ms(now), i64::from(limit)],
+            fence,
+            now,
+            "deadline passed",
+        )
+        .await
+    }
+
+    pub(crate) async fn time_out_running(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        let (initial, cap) = self.options().retry_bounds_ms();
+        self.sweep(
+            "jobs.timed_out",
+            "UPDATE jobs SET
+               state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'scheduled' END,
+               finished_at = CASE WHEN attempt >= max_attempts THEN ?1 ELSE NULL END,
+               run_at = ?1 + MIN(?4, ?3 << MIN(MAX(attempt - 1, 0), 40)),
+               updated_at = ?1, last_error = 'attempt timed out',
+               lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND timeout_at < ?1 LIMIT ?2)
+             RETURNING id, state",
+            &[ms(now), i64::from(limit), initial, cap],
+            fence,
+            now,
+            "attempt timed out",
+        )
+        .await
+    }
+
+    pub(crate) async fn promote_scheduled(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        self.sweep(
+            "jobs.promoted",
+            "UPDATE jobs SET state = 'queued', queued_at = ?1, updated_at = ?1
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= ?1 LIMIT ?2)
+             RETURNING id, state",
+            &[ms(now), i64::from(limit)],
+            fence,
+            now,
+            "run time reached",
+        )
+        .await
+    }
+
+    pub(crate) async fn recompute_priorities(
+        &self,
+        now: Timestamp,
+        bonus_per_minute: i64,
+        cap: i64,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<u64, StoreError> {
+        let op = "jobs.reprioritized";
+        let mut tx = self.write(op).await?;
+        Self::check_fence(&mut tx, fence, op).await?;
+        let changed = sqlx::query(
+            "UPDATE jobs SET effective_priority = base_priority + MIN(?3, ((?1 - queued_at) / 60000) * ?2)
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'queued'
+                 AND effective_priority <> base_priority + MIN(?3, ((?1 - queued_at) / 60000) * ?2)
+                 LIMIT ?4)",
+        )
+        .bind(ms(now))
+        .bind(bonus_per_minute)
+        .bind(cap)
+        .bind(i64::from(limit))
+        .execute(&mut *tx)
+        .await
+        .op(op)?
+        .rows_affected();
+        if changed > 0 {
+            Self::append_audit(
+                &mut tx,
+                &[NewAuditEvent {
+                    actor: actor_for(fence),
+                    action: op.into(),
+                    subject: "jobs".into(),
+                    details: json!({"count": changed, "bonus_per_minute": bonus_per_minute, "cap": cap}),
+                }],
+                ms(now),
+            )
+            .await?;
+        }
+        tx.commit().await.op(op)?;
+        Ok(changed)
+    }
+
+    pub(crate) async fn expire_approvals(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        self.sweep(
+            "jobs.approval_expired",
+            "UPDATE jobs SET state = 'expired', finished_at = ?1, updated_at = ?1,
+               last_error = 'approval expired'
+             WHERE id IN (SELECT id FROM jobs WHERE state = 'awaiting_approval'
+                          AND approval_expires_at < ?1 LIMIT ?2)
+             RETURNING id, state",
+            &[ms(now), i64::from(limit)],
+            fence,
+            now,
+            "approval expired",
+        )
+        .await
+    }
+
+    pub(crate) async fn delete_finished_jobs(
+        &self,
+        now: Timestamp,
+        retention: JobRetention,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<Swept, StoreError> {
+        self.sweep(
+            "jobs.deleted",
+            "DELETE FROM jobs WHERE id IN (
+               SELECT id FROM jobs WHERE state IN ('succeeded', 'cancelled') AND finished_at < ?1
+               UNION ALL
+               SELECT id FROM jobs WHERE state IN ('dead', 'expired') AND finished_at < ?2
+               LIMIT ?3)
+             RETURNING id, state",
+            &[
+                ms(now) - dur_ms(retention.succeeded),
+                ms(now) - dur_ms(retention.failed),
+                i64::from(limit),
+            ],
+            fence,
+            now,
+            "past retention",
+        )
+        .await
+    }
+}
+
+async fn tenant_tier(tx: &mut Tx, tenant_id: Id, op: &'static str) -> Result<i64, StoreError> {
+    let tier: Option<String> = sqlx::query_scalar("SELECT tier FROM tenants WHERE id = ?")
+        .bind(tenant_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .op(op)?;
+    let tier = tier.ok_or_else(|| StoreError::NotFound {
+        entity: "tenant",
+        id: tenant_id.to_string(),
+    })?;
+    let tier: homeostat_model::PlanTier = tier.parse().map_err(|e| corrupt(op, e))?;
+    Ok(tier.base_priority())
+}
+
+fn swept_from(rows: &[SqliteRow]) -> Result<Swept, StoreError> {
+    let ids = ids_from(rows)?;
+    let mut dead = Vec::new();
+    for (r, id) in rows.iter().zip(&ids) {
+        if r.get::<String, _>("state") == "dead" {
+            dead.push(*id);
+        }
+    }
+    Ok(Swept {
+        changed: ids.len() as u64,
+        ids,
+        dead,
+    })
+}

@@ -1,0 +1,198 @@
+//! Inputs and outputs of store operations.
+
+use std::time::Duration;
+
+use homeostat_model::{ApiScope, Id, Job, JobState, TokenInfo};
+use homeostat_runtime::Backoff;
+use jiff::Timestamp;
+use serde::Serialize;
+
+/// Store-wide policies.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// A queued job that has not started this long after it became due
+    /// expires, unless it carries its own deadline.
+    pub default_queue_deadline: Duration,
+    /// Delay before the first retry of a failed attempt; it doubles with each
+    /// attempt (the runtime's [`Backoff`]) up to `retry_max`.
+    pub retry_initial: Duration,
+    /// Longest delay between attempts.
+    pub retry_max: Duration,
+    /// Connections in the pool.
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            default_queue_deadline: Duration::from_secs(3600),
+            retry_initial: Duration::from_secs(10),
+            retry_max: Duration::from_secs(3600),
+            max_connections: 16,
+        }
+    }
+}
+
+impl StoreOptions {
+    /// The retry policy of a job allowing `max_attempts` attempts.
+    pub fn retry_policy(&self, max_attempts: u32) -> Backoff {
+        Backoff::new(self.retry_initial)
+            .max_delay(self.retry_max)
+            .max_attempts(max_attempts)
+    }
+
+    /// The same policy for set-based SQL: (initial, cap) in milliseconds;
+    /// the delay before retry `n` is `min(cap, initial << (n - 1))`.
+    pub(crate) fn retry_bounds_ms(&self) -> (i64, i64) {
+        (
+            crate::time::dur_ms(self.retry_initial),
+            crate::time::dur_ms(self.retry_max),
+        )
+    }
+}
+
+/// What a sweep changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Swept {
+    /// Rows changed.
+    pub changed: u64,
+    /// Their ids.
+    pub ids: Vec<Id>,
+    /// Those of them that went dead (for notifications).
+    pub dead: Vec<Id>,
+}
+
+/// The result of an enqueue.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Enqueued {
+    /// The new job, or the live job with the same fingerprint.
+    pub job: Job,
+    /// Whether an existing job was returned (its occurrences increased).
+    pub deduplicated: bool,
+}
+
+/// A job handed to an agent by a claim.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClaimedJob {
+    /// The job.
+    pub id: Id,
+    /// Its tenant.
+    pub tenant_id: Id,
+    /// Its queue.
+    pub queue: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its input.
+    pub payload: serde_json::Value,
+    /// This attempt's number (1-based).
+    pub attempt: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Fencing token: present it to heartbeat, complete or fail.
+    pub lease_token: i64,
+    /// When the lease runs out unless heartbeated.
+    pub lease_expires_at: Timestamp,
+    /// Timeout of this attempt in seconds.
+    pub timeout_secs: u64,
+}
+
+/// One completion in a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The job.
+    pub id: Id,
+    /// The lease token from the claim.
+    pub lease_token: i64,
+    /// Output to keep on the job.
+    pub result: Option<serde_json::Value>,
+}
+
+/// What a failure did to the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FailOutcome {
+    /// `scheduled` (to be retried at `retry_at`) or `dead`.
+    pub state: JobState,
+    /// When the retry is due.
+    pub retry_at: Option<Timestamp>,
+}
+
+/// What an authenticated API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiKeyIdentity {
+    /// The key's id (for audit actors).
+    pub token_id: Id,
+    /// Its scope.
+    pub scope: ApiScope,
+}
+
+/// A freshly created secret: shown once, never stored.
+#[derive(Debug, Clone)]
+pub struct IssuedSecret {
+    /// The token's metadata.
+    pub info: TokenInfo,
+    /// The secret itself.
+    pub secret: String,
+}
+
+/// Filters for listing jobs.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this tenant's jobs.
+    pub tenant_id: Option<Id>,
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs in this queue.
+    pub queue: Option<String>,
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Page<T> {
+    /// The items.
+    pub items: Vec<T>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next_cursor: Option<Id>,
+}
+
+/// How long finished jobs are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobRetention {
+    /// Succeeded and cancelled jobs.
+    pub succeeded: Duration,
+    /// Dead and expired jobs.
+    pub failed: Duration,
+}
+
+impl Default for JobRetention {
+    fn default() -> Self {
+        Self {
+            succeeded: Duration::from_secs(24 * 3600),
+            failed: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// How a notification delivery went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// Delivered.
+    Sent,
+    /// Not delivered; `permanent` failures are not retried.
+    Failed {
+        /// Why (never secrets).
+        error: String,
+        /// Whether retrying is pointless.
+        permanent: bool,
+    },
+}
+
+/// Attempts after which a notification goes dead.
+pub const NOTIFICATION_MAX_ATTEMPTS: u32 = 5;
+
+/// Delay before notification attempt `n + 1` after `n` failures:
+/// min(2^n minutes, 1 hour).
+pub fn notification_backoff(failures: u32) -> Duration {
+    Backoff::new(Duration::from_secs(120))
+        .max_delay(Duration::from_secs(3600))
+        .delay(failures)
+}
