@@ -1,0 +1,156 @@
+//! Test databases: a fresh SQLite file, or a fresh schema in the PostgreSQL
+//! named by `HOMEOSTAT_TEST_DATABASE_URL`.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::path::PathBuf;
+
+use homeostat_store::{PgStore, Store, StoreOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+/// A store and what to clean up after it.
+#[derive(Debug)]
+pub struct TestStore {
+    pub store: Store,
+    cleanup: Cleanup,
+}
+
+#[derive(Debug)]
+enum Cleanup {
+    File(PathBuf),
+    Schema { url: String, schema: String },
+}
+
+impl std::ops::Deref for TestStore {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl TestStore {
+    /// Closes the store and removes its file or schema.
+    pub async fn cleanup(self) {
+        self.store.close().await;
+        match self.cleanup {
+            Cleanup::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.clone().into_os_string();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+            Cleanup::Schema { url, schema } => {
+                if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+                    )))
+                    .execute(&pool)
+                    .await;
+                    pool.close().await;
+                }
+            }
+        }
+    }
+}
+
+pub fn sqlite_path() -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "homeostat-test-{}.db",
+        uuid::Uuid::now_v7().simple()
+    ))
+}
+
+pub async fn sqlite_with(options: StoreOptions) -> TestStore {
+    let path = sqlite_path();
+    let store = Store::connect(&format!("sqlite:{}", path.display()), options)
+        .await
+        .expect("opening a SQLite test database");
+    TestStore {
+        store,
+        cleanup: Cleanup::File(path),
+    }
+}
+
+pub async fn sqlite() -> TestStore {
+    sqlite_with(StoreOptions::default()).await
+}
+
+/// The PostgreSQL test URL, or `None` with a visible notice.
+pub fn pg_url() -> Option<String> {
+    match std::env::var("HOMEOSTAT_TEST_DATABASE_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!(
+                "SKIPPED (PostgreSQL): HOMEOSTAT_TEST_DATABASE_URL is not set; \
+                 set it (e.g. postgres://postgres@127.0.0.1:5432/test) to run this test on PostgreSQL"
+            );
+            None
+        }
+    }
+}
+
+/// A pool whose connections live in `schema`.
+pub async fn pg_pool(url: &str, schema: &str, max: u32) -> sqlx::PgPool {
+    let options: PgConnectOptions = url
+        .parse::<PgConnectOptions>()
+        .expect("parsing HOMEOSTAT_TEST_DATABASE_URL")
+        .options([("search_path", schema)]);
+    PgPoolOptions::new()
+        .max_connections(max)
+        .connect_with(options)
+        .await
+        .expect("connecting to HOMEOSTAT_TEST_DATABASE_URL")
+}
+
+pub async fn postgres_with(options: StoreOptions) -> Option<TestStore> {
+    let url = pg_url()?;
+    let schema = format!("hs_test_{}", uuid::Uuid::now_v7().simple());
+    let admin = sqlx::PgPool::connect(&url)
+        .await
+        .expect("connecting to HOMEOSTAT_TEST_DATABASE_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .expect("creating a test schema");
+    admin.close().await;
+    let pool = pg_pool(&url, &schema, options.max_connections).await;
+    let store = PgStore::from_pool(pool, options)
+        .await
+        .expect("migrating the test schema");
+    Some(TestStore {
+        store: Store::Postgres(store),
+        cleanup: Cleanup::Schema { url, schema },
+    })
+}
+
+pub async fn postgres() -> Option<TestStore> {
+    postgres_with(StoreOptions::default()).await
+}
+
+/// Runs each named async test function against both backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let store = $crate::backends::sqlite().await;
+                    super::$name(&store).await;
+                    store.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let Some(store) = $crate::backends::postgres().await else { return };
+                    super::$name(&store).await;
+                    store.cleanup().await;
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,1062 @@
+//! The store's contract, written once and run against SQLite and PostgreSQL.
+
+mod backends;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use homeostat_model::{ApiScope, Id, JobState, NewAgent, NewJob, NotificationState, PlanTier};
+use homeostat_runtime::{Fence, LeaseStore};
+use homeostat_store::{Delivery, JobFilter, JobRetention, Store, StoreError};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn t0() -> Timestamp {
+    Timestamp::from_second(1_767_225_600).unwrap()
+}
+
+fn at(secs: i64) -> Timestamp {
+    t0() + SignedDuration::from_secs(secs)
+}
+
+async fn tenant(store: &Store, name: &str, tier: PlanTier) -> Id {
+    store
+        .create_tenant(name, tier, "operator:test", t0())
+        .await
+        .unwrap()
+        .id
+}
+
+async fn agent(store: &Store, tenant: Option<Id>, queues: &[&str]) -> Id {
+    let token = store
+        .issue_bootstrap_token(tenant, Duration::from_secs(3600), 1, "operator:test", t0())
+        .await
+        .unwrap();
+    let (agent, _) = store
+        .register_agent(
+            &token.secret,
+            &NewAgent {
+                name: format!("agent-{}", uuid::Uuid::now_v7().simple()),
+                labels: Default::default(),
+                queues: queues.iter().map(|q| q.to_string()).collect(),
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    agent.id
+}
+
+fn job(queue: &str) -> NewJob {
+    NewJob::new(queue, "build")
+}
+
+async fn full_lifecycle(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, Some(t), &["builds"]).await;
+    let mut new = job("builds");
+    new.payload = json!({"repo": "acme/app", "ref": "main"});
+    let enq = store.enqueue(t, &new, t0()).await.unwrap();
+    assert!(!enq.deduplicated);
+    assert_eq!(enq.job.state, JobState::Queued);
+    assert_eq!(enq.job.effective_priority, 100, "standard tier base");
+
+    let claimed = store.claim(a, 10, LEASE, at(1)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = &claimed[0];
+    assert_eq!((c.id, c.attempt, c.lease_token), (enq.job.id, 1, 1));
+    assert_eq!(c.payload, new.payload);
+    assert_eq!(c.lease_expires_at, at(61));
+
+    let extended = store
+        .heartbeat_job(c.id, c.lease_token, LEASE, at(30))
+        .await
+        .unwrap();
+    assert_eq!(extended, at(90));
+    store
+        .complete(c.id, c.lease_token, Some(json!({"ok": true})), at(40))
+        .await
+        .unwrap();
+    let done = store.get_job(c.id).await.unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done.result, Some(json!({"ok": true})));
+    assert_eq!(done.finished_at, Some(at(40)));
+    assert_eq!(done.lease_agent, None);
+    assert!(store.claim(a, 10, LEASE, at(41)).await.unwrap().is_empty());
+    // A second completion is refused.
+    assert!(matches!(
+        store.complete(c.id, c.lease_token, None, at(42)).await,
+        Err(StoreError::StaleLease { .. })
+    ));
+}
+
+async fn failures_retry_with_backoff_then_die(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t), &["q"]).await;
+    let mut new = job("q");
+    new.max_attempts = Some(2);
+    let id = store.enqueue(t, &new, t0()).await.unwrap().job.id;
+
+    let c = store.claim(a, 1, LEASE, t0()).await.unwrap().remove(0);
+    let out = store
+        .fail(id, c.lease_token, "exit 1", false, at(5))
+        .await
+        .unwrap();
+    assert_eq!(out.state, JobState::Scheduled);
+    assert_eq!(out.retry_at, Some(at(15)), "first retry after 10 s");
+    assert!(store.claim(a, 1, LEASE, at(6)).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .promote_scheduled(at(14), 100, None)
+            .await
+            .unwrap()
+            .changed,
+        0
+    );
+    assert_eq!(
+        store
+            .promote_scheduled(at(15), 100, None)
+            .await
+            .unwrap()
+            .changed,
+        1
+    );
+
+    let c = store.claim(a, 1, LEASE, at(16)).await.unwrap().remove(0);
+    assert_eq!(c.attempt, 2);
+    let out = store
+        .fail(id, c.lease_token, "exit 1 again", false, at(20))
+        .await
+        .unwrap();
+    assert_eq!(out.state, JobState::Dead, "attempts used up");
+    let dead = store.get_job(id).await.unwrap();
+    assert_eq!(dead.last_error.as_deref(), Some("exit 1 again"));
+    assert_eq!(dead.finished_at, Some(at(20)));
+
+    // A permanent failure is dead at once, attempts left or not.
+    let id = store.enqueue(t, &job("q"), at(30)).await.unwrap().job.id;
+    let c = store.claim(a, 1, LEASE, at(31)).await.unwrap().remove(0);
+    let out = store
+        .fail(id, c.lease_token, "bad input", true, at(32))
+        .await
+        .unwrap();
+    assert_eq!(out.state, JobState::Dead);
+    // Redrive: back to queued with fresh attempts.
+    let again = store.redrive(id, "operator:test", at(40)).await.unwrap();
+    assert_eq!((again.state, again.attempt), (JobState::Queued, 0));
+    // Illegal transitions are refused, naming the states.
+    let err = store
+        .approve(id, "operator:test", at(41))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("a queued job cannot become"),
+        "{err}"
+    );
+}
+
+async fn fingerprints_deduplicate_live_jobs_only(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let other = tenant(store, "globex", PlanTier::Free).await;
+    let a = agent(store, Some(t), &["alerts"]).await;
+    let mut new = job("alerts");
+    new.fingerprint = Some("disk-full:host-1".into());
+    let first = store.enqueue(t, &new, t0()).await.unwrap();
+    let second = store.enqueue(t, &new, at(1)).await.unwrap();
+    assert!(second.deduplicated);
+    assert_eq!(second.job.id, first.job.id);
+    assert_eq!(second.job.occurrences, 2);
+    // Another tenant's fingerprints are its own.
+    assert!(
+        !store
+            .enqueue(other, &new, at(1))
+            .await
+            .unwrap()
+            .deduplicated
+    );
+    // Duplicates within one batch fold into one job.
+    let batch = store
+        .enqueue_batch(t, &[new.clone(), new.clone(), job("alerts")], at(2))
+        .await
+        .unwrap();
+    assert!(batch[0].deduplicated && batch[1].deduplicated && !batch[2].deduplicated);
+    assert_eq!(store.get_job(first.job.id).await.unwrap().occurrences, 4);
+    // Running is live too.
+    let c = store.claim(a, 1, LEASE, at(3)).await.unwrap().remove(0);
+    assert_eq!(c.id, first.job.id);
+    assert!(store.enqueue(t, &new, at(4)).await.unwrap().deduplicated);
+    // Once terminal, the fingerprint is free again.
+    store
+        .complete(c.id, c.lease_token, None, at(5))
+        .await
+        .unwrap();
+    let fresh = store.enqueue(t, &new, at(6)).await.unwrap();
+    assert!(!fresh.deduplicated);
+    assert_ne!(fresh.job.id, first.job.id);
+}
+
+async fn concurrent_same_fingerprint_enqueues_create_one_job(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let mut new = job("alerts");
+    new.fingerprint = Some("cpu-high".into());
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (store, new) = (store.clone(), new.clone());
+        tasks.push(tokio::spawn(async move {
+            store.enqueue(t, &new, at(i)).await.unwrap()
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut fresh = 0;
+    for task in tasks {
+        let e = task.await.unwrap();
+        ids.insert(e.job.id);
+        fresh += usize::from(!e.deduplicated);
+    }
+    assert_eq!(ids.len(), 1, "one job");
+    assert_eq!(fresh, 1, "exactly one enqueue created it");
+    let id = *ids.iter().next().unwrap();
+    assert_eq!(store.get_job(id).await.unwrap().occurrences, 16);
+}
+
+async fn eight_claimers_take_every_job_exactly_once(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let jobs: Vec<NewJob> = (0..10_000).map(|_| job("bulk")).collect();
+    for chunk in jobs.chunks(2_500) {
+        store.enqueue_batch(t, chunk, t0()).await.unwrap();
+    }
+    let mut agents = Vec::new();
+    for _ in 0..8 {
+        agents.push(agent(store, Some(t), &["bulk"]).await);
+    }
+    let mut tasks = Vec::new();
+    for a in agents {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = store.claim(a, 50, LEASE, at(1)).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|c| c.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 10_000, "every job claimed");
+    assert_eq!(unique.len(), 10_000, "no job claimed twice");
+}
+
+async fn a_stale_completion_racing_the_current_one_loses(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t), &["q"]).await;
+    let b = agent(store, Some(t), &["q"]).await;
+    let id = store.enqueue(t, &job("q"), t0()).await.unwrap().job.id;
+    let old = store
+        .claim(a, 1, Duration::from_secs(10), t0())
+        .await
+        .unwrap()
+        .remove(0);
+    // a stops heartbeating; the lease expires and b gets the job.
+    let swept = store
+        .requeue_expired_leases(at(11), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(swept.ids, vec![id]);
+    let new = store.claim(b, 1, LEASE, at(12)).await.unwrap().remove(0);
+    assert_eq!(new.lease_token, old.lease_token + 1);
+    let (s1, s2) = (store.clone(), store.clone());
+    let (stale, current) = tokio::join!(
+        s1.complete(id, old.lease_token, Some(json!("a")), at(13)),
+        s2.complete(id, new.lease_token, Some(json!("b")), at(13)),
+    );
+    assert!(matches!(stale, Err(StoreError::StaleLease { .. })));
+    current.unwrap();
+    assert_eq!(store.get_job(id).await.unwrap().result, Some(json!("b")));
+    assert!(
+        store
+            .heartbeat_job(id, old.lease_token, LEASE, at(14))
+            .await
+            .is_err()
+    );
+    assert!(
+        store
+            .fail(id, old.lease_token, "x", false, at(14))
+            .await
+            .is_err()
+    );
+}
+
+async fn fenced_writes_from_a_superseded_epoch_change_nothing(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    store
+        .enqueue(
+            t,
+            &{
+                let mut j = job("q");
+                j.run_at = Some(at(10));
+                j
+            },
+            t0(),
+        )
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(60);
+    let old = store
+        .acquire("job-scheduler", "replica-a", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    store.release(&old).await.unwrap();
+    let new = store
+        .acquire("job-scheduler", "replica-b", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.epoch, old.epoch + 1);
+
+    let stale = Fence {
+        name: "job-scheduler".into(),
+        epoch: old.epoch,
+    };
+    let err = store
+        .promote_scheduled(at(20), 100, Some(&stale))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Fenced { epoch, .. } if epoch == old.epoch),
+        "{err}"
+    );
+    let page = store
+        .list_jobs(&JobFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].state, JobState::Scheduled, "nothing changed");
+
+    let current = Fence {
+        name: "job-scheduler".into(),
+        epoch: new.epoch,
+    };
+    assert_eq!(
+        store
+            .promote_scheduled(at(20), 100, Some(&current))
+            .await
+            .unwrap()
+            .changed,
+        1
+    );
+    let events = store.audit_events(0, 1000).await.unwrap();
+    let last = events.last().unwrap();
+    assert_eq!(last.action, "jobs.promoted");
+    assert_eq!(
+        last.actor,
+        format!("controller:job-scheduler@{}", new.epoch)
+    );
+}
+
+async fn leases_follow_the_database_clock_and_epochs_grow(store: &Store) {
+    let ttl = Duration::from_secs(30);
+    let a = store.acquire("c", "a", ttl).await.unwrap().unwrap();
+    assert_eq!(a.epoch, 1);
+    assert!(store.acquire("c", "b", ttl).await.unwrap().is_none());
+    let again = store.acquire("c", "a", ttl).await.unwrap().unwrap();
+    assert_eq!(again.epoch, 1, "the holder keeps its epoch");
+    let renewed = store.renew(&a, ttl).await.unwrap().unwrap();
+    assert!(renewed.expires_at >= a.expires_at);
+    store.release(&a).await.unwrap();
+    assert!(store.renew(&a, ttl).await.unwrap().is_none(), "released");
+    let b = store
+        .acquire("c", "b", Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.epoch, 2);
+    // Expiry is the database's: wait for it (bounded), then a takes over.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let taken = loop {
+        if let Some(l) = store.acquire("c", "a", ttl).await.unwrap() {
+            break l;
+        }
+        assert!(std::time::Instant::now() < deadline, "lease never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(taken.epoch, 3);
+    assert!(store.renew(&b, ttl).await.unwrap().is_none());
+}
+
+async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t), &["q"]).await;
+    let gone = agent(store, Some(t), &["q"]).await;
+    let enqueue = |mut j: NewJob, f: &dyn Fn(&mut NewJob)| {
+        f(&mut j);
+        j
+    };
+    // Lease expiry: claimed with a 10 s lease at t0.
+    let leased = store.enqueue(t, &job("q"), t0()).await.unwrap().job.id;
+    store
+        .claim(a, 1, Duration::from_secs(10), t0())
+        .await
+        .unwrap();
+    // Agent offline: a job on `gone`, whose heartbeat stops.
+    let orphan = store.enqueue(t, &job("q"), t0()).await.unwrap().job.id;
+    store
+        .claim(gone, 1, Duration::from_secs(3600), t0())
+        .await
+        .unwrap();
+    // Timeout: a 5 s job.
+    let slow = store
+        .enqueue(t, &enqueue(job("q"), &|j| j.timeout_secs = Some(5)), t0())
+        .await
+        .unwrap()
+        .job
+        .id;
+    store
+        .claim(a, 1, Duration::from_secs(3600), t0())
+        .await
+        .unwrap();
+    // Deadline: must start by t0 + 30 s.
+    let overdue = store
+        .enqueue(
+            t,
+            &enqueue(job("late"), &|j| j.deadline = Some(at(30))),
+            t0(),
+        )
+        .await
+        .unwrap()
+        .job
+        .id;
+    // Scheduled for t0 + 20 s.
+    let delayed = store
+        .enqueue(
+            t,
+            &enqueue(job("later"), &|j| j.run_at = Some(at(20))),
+            t0(),
+        )
+        .await
+        .unwrap()
+        .job
+        .id;
+    // Approval that expires at t0 + 40 s.
+    let unapproved = store
+        .enqueue(
+            t,
+            &enqueue(job("q"), &|j| j.approval_expires_at = Some(at(40))),
+            t0(),
+        )
+        .await
+        .unwrap()
+        .job
+        .id;
+    store.heartbeat_agents(&[a], at(100)).await.unwrap();
+
+    let now = at(100);
+    let offline = store
+        .mark_silent_agents_offline(now, Duration::from_secs(90), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(offline, vec![gone]);
+    let reclaimed = store
+        .reclaim_offline_agent_jobs(now, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.ids, vec![orphan]);
+    let requeued = store.requeue_expired_leases(now, 100, None).await.unwrap();
+    assert_eq!(requeued.ids, vec![leased]);
+    let timed_out = store.time_out_running(now, 100, None).await.unwrap();
+    assert_eq!(timed_out.ids, vec![slow]);
+    let slow_job = store.get_job(slow).await.unwrap();
+    assert_eq!(slow_job.state, JobState::Scheduled);
+    assert_eq!(slow_job.run_at, at(110), "retried after the 10 s backoff");
+    let expired = store.expire_overdue_queued(now, 100, None).await.unwrap();
+    assert_eq!(expired.ids, vec![overdue]);
+    let promoted = store.promote_scheduled(now, 100, None).await.unwrap();
+    assert_eq!(promoted.ids, vec![delayed]);
+    let approvals = store.expire_approvals(now, 100, None).await.unwrap();
+    assert_eq!(approvals.ids, vec![unapproved]);
+    assert_eq!(
+        store.get_job(unapproved).await.unwrap().state,
+        JobState::Expired
+    );
+
+    // Again: nothing left to do.
+    assert!(
+        store
+            .mark_silent_agents_offline(now, Duration::from_secs(90), 100, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .reclaim_offline_agent_jobs(now, 100, None)
+            .await
+            .unwrap()
+            .changed,
+        0
+    );
+    assert_eq!(
+        store
+            .requeue_expired_leases(now, 100, None)
+            .await
+            .unwrap()
+            .changed,
+        0
+    );
+    assert_eq!(
+        store
+            .time_out_running(now, 100, None)
+            .await
+            .unwrap()
+            .changed,
+        0
+    );
+    assert_eq!(
+        store
+            .expire_overdue_queued(now, 100, None)
+            .await
+            .unwrap()
+            .changed,
+        0
+    );
+    assert_eq!(
+        store
+            .promote_scheduled(now, 100, None)
+            .await
+            .unwrap()
+            .changed,
+        0
+    );
+    assert_eq!(
+        store
+            .expire_approvals(now, 100, None)
+            .await
+            .unwrap()
+            .changed,
+        0
+    );
+    // Three jobs are queued since `now`; five minutes on, their priority
+    // ages once.
+    let aged = at(400);
+    let recompute = || store.recompute_priorities(aged, 1, 50, 1000, None);
+    assert_eq!(recompute().await.unwrap(), 3);
+    assert_eq!(recompute().await.unwrap(), 0);
+    assert_eq!(store.get_job(leased).await.unwrap().effective_priority, 5);
+
+    // Retention: finished jobs go after their retention, in batches.
+    let retention = JobRetention {
+        succeeded: Duration::from_secs(60),
+        failed: Duration::from_secs(600),
+    };
+    let later = at(100 + 601);
+    let deleted = store
+        .delete_finished_jobs(later, retention, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(deleted.changed, 2, "the expired jobs: {:?}", deleted.ids);
+    assert_eq!(
+        store
+            .delete_finished_jobs(later, retention, 100, None)
+            .await
+            .unwrap()
+            .changed,
+        0
+    );
+    assert!(matches!(
+        store.get_job(overdue).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn reclaimed_jobs_with_no_attempts_left_go_dead(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t), &["q"]).await;
+    let mut new = job("q");
+    new.max_attempts = Some(1);
+    let id = store.enqueue(t, &new, t0()).await.unwrap().job.id;
+    store
+        .claim(a, 1, Duration::from_secs(10), t0())
+        .await
+        .unwrap();
+    let swept = store
+        .requeue_expired_leases(at(20), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        swept.dead,
+        vec![id],
+        "a stuck job with no attempts left leaves the live states"
+    );
+    assert_eq!(store.get_job(id).await.unwrap().state, JobState::Dead);
+}
+
+async fn the_audit_chain_detects_edits_deletions_and_reordering(store: &Store) {
+    use homeostat_model::NewAuditEvent;
+    let events: Vec<NewAuditEvent> = (0..5)
+        .map(|i| NewAuditEvent {
+            actor: "operator:test".into(),
+            action: "test.event".into(),
+            subject: format!("thing:{i}"),
+            details: json!({"i": i}),
+        })
+        .collect();
+    for (i, e) in events.iter().enumerate() {
+        store
+            .append_audit(std::slice::from_ref(e), at(i as i64))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let report = store
+        .verify_audit_chain(&mut |n| seen.push(n))
+        .await
+        .unwrap();
+    assert_eq!((report.checked, report.first_break.clone()), (5, None));
+    assert_eq!(seen, vec![5], "progress reported per page");
+
+    let exec = |sql: &'static str| {
+        let store = store.clone();
+        async move { raw(&store, sql).await }
+    };
+    // Edited.
+    exec("UPDATE audit_events SET subject = 'thing:x' WHERE seq = 3").await;
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    assert_eq!(
+        report.first_break.as_ref().map(|b| b.seq),
+        Some(3),
+        "{report:?}"
+    );
+    assert!(report.first_break.unwrap().reason.contains("edited"));
+    exec("UPDATE audit_events SET subject = 'thing:2' WHERE seq = 3").await;
+    assert_eq!(
+        store
+            .verify_audit_chain(&mut |_| {})
+            .await
+            .unwrap()
+            .first_break,
+        None
+    );
+    // Reordered: swap the contents of events 2 and 3.
+    exec("UPDATE audit_events SET seq = -2 WHERE seq = 2").await;
+    exec("UPDATE audit_events SET seq = 2 WHERE seq = 3").await;
+    exec("UPDATE audit_events SET seq = 3 WHERE seq = -2").await;
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    assert_eq!(report.first_break.map(|b| b.seq), Some(2));
+    exec("UPDATE audit_events SET seq = -2 WHERE seq = 2").await;
+    exec("UPDATE audit_events SET seq = 2 WHERE seq = 3").await;
+    exec("UPDATE audit_events SET seq = 3 WHERE seq = -2").await;
+    assert_eq!(
+        store
+            .verify_audit_chain(&mut |_| {})
+            .await
+            .unwrap()
+            .first_break,
+        None
+    );
+    // Deleted.
+    exec("DELETE FROM audit_events WHERE seq = 4").await;
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    assert_eq!(report.first_break.map(|b| b.seq), Some(4));
+}
+
+async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
+    use homeostat_model::NewAuditEvent;
+    for i in 0..25 {
+        store
+            .append_audit(
+                &[NewAuditEvent {
+                    actor: "system".into(),
+                    action: "test.event".into(),
+                    subject: format!("n:{i}"),
+                    details: json!({}),
+                }],
+                at(i),
+            )
+            .await
+            .unwrap();
+    }
+    let now = at(1000);
+    let retention = Duration::from_secs(1000 - 20); // events before at(20) are old
+    assert_eq!(
+        store
+            .delete_old_audit_events(now, retention, 8, true, None)
+            .await
+            .unwrap(),
+        8
+    );
+    assert_eq!(
+        store
+            .delete_old_audit_events(now, retention, 8, false, None)
+            .await
+            .unwrap(),
+        8
+    );
+    assert_eq!(
+        store
+            .delete_old_audit_events(now, retention, 8, false, None)
+            .await
+            .unwrap(),
+        8
+    );
+    assert_eq!(
+        store
+            .delete_old_audit_events(now, retention, 8, false, None)
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        store
+            .delete_old_audit_events(now, retention, 8, false, None)
+            .await
+            .unwrap(),
+        0
+    );
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    assert_eq!(report.first_break, None, "{report:?}");
+    assert_eq!(report.first_seq, 21);
+    // 5 kept + 3 retention events, each audited.
+    assert_eq!(report.checked, 8);
+    let events = store.audit_events(0, 100).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.action == "audit.retention")
+            .count(),
+        3
+    );
+}
+
+async fn tokens_are_hashed_consumed_and_cleaned_up(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Premium).await;
+    let boot = store
+        .issue_bootstrap_token(Some(t), Duration::from_secs(600), 1, "operator:test", t0())
+        .await
+        .unwrap();
+    let spec = NewAgent {
+        name: "runner-1".into(),
+        labels: [("zone".to_string(), "eu-1".to_string())].into(),
+        queues: vec!["builds".into()],
+    };
+    let (agent, credential) = store
+        .register_agent(&boot.secret, &spec, at(1))
+        .await
+        .unwrap();
+    assert_eq!(agent.tenant_id, Some(t));
+    assert_eq!(
+        store
+            .authenticate_agent(&credential.secret, at(2))
+            .await
+            .unwrap(),
+        agent.id
+    );
+    // One use only.
+    assert!(matches!(
+        store.register_agent(&boot.secret, &spec, at(2)).await,
+        Err(StoreError::Unauthorized { .. })
+    ));
+    assert!(store.authenticate_agent("hsa_nope", at(2)).await.is_err());
+
+    let key = store
+        .issue_api_key(ApiScope::Tenant(t), None, "operator:test", t0())
+        .await
+        .unwrap();
+    let who = store
+        .authenticate_api_key(&key.secret, at(3))
+        .await
+        .unwrap();
+    assert_eq!(who.scope, ApiScope::Tenant(t));
+    store
+        .revoke_token(key.info.id, "operator:test", at(4))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .authenticate_api_key(&key.secret, at(5))
+            .await
+            .is_err()
+    );
+    let expiring = store
+        .issue_bootstrap_token(None, Duration::from_secs(10), 5, "operator:test", t0())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.register_agent(&expiring.secret, &spec, at(11)).await,
+        Err(StoreError::Unauthorized { .. })
+    ));
+
+    // No secret is ever in the audit log.
+    let log = serde_json::to_string(&store.audit_events(0, 1000).await.unwrap()).unwrap();
+    for secret in [
+        &boot.secret,
+        &credential.secret,
+        &key.secret,
+        &expiring.secret,
+    ] {
+        assert!(!log.contains(secret.as_str()));
+    }
+    // Used-up, revoked and expired tokens go; the live credential stays.
+    assert_eq!(
+        store.delete_dead_tokens(at(20), 100, None).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        store.delete_dead_tokens(at(20), 100, None).await.unwrap(),
+        0
+    );
+    assert!(
+        store
+            .authenticate_agent(&credential.secret, at(21))
+            .await
+            .is_ok()
+    );
+}
+
+async fn agents_heartbeat_in_batches_and_drain(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(agent(store, Some(t), &["q"]).await);
+    }
+    assert_eq!(store.heartbeat_agents(&ids, at(50)).await.unwrap(), 5);
+    let a = store.get_agent(ids[0]).await.unwrap();
+    assert_eq!(a.last_heartbeat_at, at(50));
+    store
+        .drain_agent(ids[0], "operator:test", at(51))
+        .await
+        .unwrap();
+    store.enqueue(t, &job("q"), at(52)).await.unwrap();
+    let err = store.claim(ids[0], 1, LEASE, at(53)).await.unwrap_err();
+    assert!(err.to_string().contains("draining"), "{err}");
+    assert_eq!(
+        store.claim(ids[1], 1, LEASE, at(53)).await.unwrap().len(),
+        1
+    );
+    assert_eq!(store.list_agents(Some(t)).await.unwrap().len(), 5);
+}
+
+async fn tenant_agents_see_only_their_tenants_jobs(store: &Store) {
+    let t1 = tenant(store, "acme", PlanTier::Free).await;
+    let t2 = tenant(store, "globex", PlanTier::Free).await;
+    let a1 = agent(store, Some(t1), &["q"]).await;
+    let platform = agent(store, None, &["q", "other"]).await;
+    store.enqueue(t2, &job("q"), t0()).await.unwrap();
+    assert!(store.claim(a1, 10, LEASE, at(1)).await.unwrap().is_empty());
+    let got = store.claim(platform, 10, LEASE, at(1)).await.unwrap();
+    assert_eq!(got[0].tenant_id, t2);
+}
+
+async fn claims_follow_priority_and_age(store: &Store) {
+    let free = tenant(store, "small", PlanTier::Free).await;
+    let premium = tenant(store, "big", PlanTier::Premium).await;
+    let platform = agent(store, None, &["q"]).await;
+    let old_free = store.enqueue(free, &job("q"), t0()).await.unwrap().job.id;
+    // A big tenant floods the queue 20.5 minutes later.
+    let flood_at = 21 * 60 - 30;
+    let flood = store
+        .enqueue_batch(
+            premium,
+            &(0..20).map(|_| job("q")).collect::<Vec<_>>(),
+            at(flood_at),
+        )
+        .await
+        .unwrap();
+    // By tier alone (premium 200, free 0) the flood goes first...
+    let first = store
+        .claim(platform, 1, LEASE, at(flood_at + 1))
+        .await
+        .unwrap();
+    assert_eq!(first[0].id, flood[0].job.id);
+    // ...but at 10 points per minute waited (capped at 300) the small
+    // tenant's job, 21 minutes old, passes the fresh flood.
+    store
+        .recompute_priorities(at(21 * 60), 10, 300, 1000, None)
+        .await
+        .unwrap();
+    let next = store.claim(platform, 1, LEASE, at(21 * 60)).await.unwrap();
+    assert_eq!(next[0].id, old_free);
+    assert_eq!(
+        store.get_job(old_free).await.unwrap().effective_priority,
+        210
+    );
+}
+
+async fn listing_pages_newest_first(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(store.enqueue(t, &job("q"), at(i)).await.unwrap().job.id);
+    }
+    let filter = JobFilter {
+        tenant_id: Some(t),
+        state: Some(JobState::Queued),
+        queue: Some("q".into()),
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_jobs(&filter, after, 3).await.unwrap();
+        seen.extend(page.items.iter().map(|j| j.id));
+        match page.next_cursor {
+            Some(c) => after = Some(c),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids);
+}
+
+async fn notifications_back_off_then_die(store: &Store) {
+    let id = store
+        .add_notification("job.dead", &json!({"job": "x"}), t0())
+        .await
+        .unwrap();
+    let hold = Duration::from_secs(30);
+    let claimed = store
+        .claim_due_notifications(t0(), 10, hold, None)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        store
+            .claim_due_notifications(t0(), 10, hold, None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "held"
+    );
+    let failed = Delivery::Failed {
+        error: "502".into(),
+        permanent: false,
+    };
+    let mut now = t0();
+    for attempt in 1..=4u32 {
+        let state = store.record_delivery(id, &failed, now).await.unwrap();
+        assert_eq!(state, NotificationState::Pending);
+        let n = store.get_notification(id).await.unwrap();
+        let wait = (2i64.pow(attempt) * 60).min(3600);
+        assert_eq!(
+            n.next_attempt_at,
+            now + SignedDuration::from_secs(wait),
+            "attempt {attempt}"
+        );
+        now = n.next_attempt_at;
+        assert_eq!(
+            store
+                .claim_due_notifications(now, 10, hold, None)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+    assert_eq!(
+        store.record_delivery(id, &failed, now).await.unwrap(),
+        NotificationState::Dead
+    );
+    assert!(
+        store
+            .claim_due_notifications(at(100_000), 10, hold, None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let id = store
+        .add_notification("agent.offline", &json!({}), t0())
+        .await
+        .unwrap();
+    let gone = Delivery::Failed {
+        error: "404".into(),
+        permanent: true,
+    };
+    assert_eq!(
+        store.record_delivery(id, &gone, t0()).await.unwrap(),
+        NotificationState::Dead
+    );
+    let id = store
+        .add_notification("agent.offline", &json!({}), t0())
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .record_delivery(id, &Delivery::Sent, t0())
+            .await
+            .unwrap(),
+        NotificationState::Sent
+    );
+}
+
+async fn bad_input_is_refused_whole(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let mut bad = job("q");
+    bad.max_attempts = Some(0);
+    let err = store
+        .enqueue_batch(t, &[job("q"), bad], t0())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Invalid(ref e) if e.field == "max_attempts"),
+        "{err}"
+    );
+    let page = store
+        .list_jobs(&JobFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert!(page.items.is_empty(), "no partial write");
+    let unknown = Id::now_v7();
+    assert!(matches!(
+        store.enqueue(unknown, &job("q"), t0()).await,
+        Err(StoreError::NotFound {
+            entity: "tenant",
+            ..
+        })
+    ));
+    assert!(matches!(
+        store
+            .create_tenant("acme", PlanTier::Free, "operator:test", t0())
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+}
+
+/// Runs tampering SQL directly against the backend.
+async fn raw(store: &Store, sql: &'static str) {
+    match store {
+        Store::Sqlite(s) => {
+            sqlx::query(sql).execute(s.pool()).await.unwrap();
+        }
+        Store::Postgres(s) => {
+            sqlx::query(sql).execute(s.pool()).await.unwrap();
+        }
+    }
+}
+
+on_both_backends!(
+    full_lifecycle,
+    failures_retry_with_backoff_then_die,
+    fingerprints_deduplicate_live_jobs_only,
+    concurrent_same_fingerprint_enqueues_create_one_job,
+    eight_claimers_take_every_job_exactly_once,
+    a_stale_completion_racing_the_current_one_loses,
+    fenced_writes_from_a_superseded_epoch_change_nothing,
+    leases_follow_the_database_clock_and_epochs_grow,
+    every_sweep_changes_what_it_should_then_nothing,
+    reclaimed_jobs_with_no_attempts_left_go_dead,
+    the_audit_chain_detects_edits_deletions_and_reordering,
+    audit_retention_keeps_the_chain_verifiable,
+    tokens_are_hashed_consumed_and_cleaned_up,
+    agents_heartbeat_in_batches_and_drain,
+    tenant_agents_see_only_their_tenants_jobs,
+    claims_follow_priority_and_age,
+    listing_pages_newest_first,
+    notifications_back_off_then_die,
+    bad_input_is_refused_whole,
+);
