@@ -1,1 +1,665 @@
-fn main() {}
+//! Store throughput and sweep latency, on SQLite and PostgreSQL.
+//!
+//! `cargo bench -p homeostat-store --bench store -- [--backend sqlite|postgres|both]
+//!  [--jobs N] [--workers N] [--sweep-rows N] [--skip-lifecycle] [--skip-sweeps] [--plans]`
+//!
+//! PostgreSQL comes from `HOMEOSTAT_TEST_DATABASE_URL`; every run uses a
+//! fresh schema (dropped afterwards) and SQLite a fresh file.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use homeostat_model::{Id, NewJob, PlanTier};
+use homeostat_store::{Completion, JobRetention, PgStore, Store, StoreOptions};
+use jiff::{SignedDuration, Timestamp};
+use sqlx::AssertSqlSafe;
+
+struct Args {
+    backends: Vec<&'static str>,
+    jobs: usize,
+    workers: usize,
+    sweep_rows: Vec<usize>,
+    lifecycle: bool,
+    sweeps: bool,
+    plans: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        backends: vec!["sqlite", "postgres"],
+        jobs: 100_000,
+        workers: 8,
+        sweep_rows: vec![100_000, 1_000_000],
+        lifecycle: true,
+        sweeps: true,
+        plans: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--backend" => {
+                a.backends = match it.next().as_deref() {
+                    Some("sqlite") => vec!["sqlite"],
+                    Some("postgres") => vec!["postgres"],
+                    _ => vec!["sqlite", "postgres"],
+                }
+            }
+            "--jobs" => a.jobs = it.next().and_then(|v| v.parse().ok()).expect("--jobs N"),
+            "--workers" => a.workers = it.next().and_then(|v| v.parse().ok()).expect("--workers N"),
+            "--sweep-rows" => {
+                a.sweep_rows = vec![
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--sweep-rows N"),
+                ]
+            }
+            "--skip-lifecycle" => a.lifecycle = false,
+            "--skip-sweeps" => a.sweeps = false,
+            "--plans" => a.plans = true,
+            _ => {}
+        }
+    }
+    a
+}
+
+/// A fresh database and how to drop it.
+struct Db {
+    store: Store,
+    url: String,
+    schema: Option<String>,
+}
+
+async fn fresh(backend: &str) -> Db {
+    let options = StoreOptions {
+        max_connections: 16,
+        ..StoreOptions::default()
+    };
+    match backend {
+        "sqlite" => {
+            let path =
+                std::env::temp_dir().join(format!("homeostat-bench-{}.db", Id::now_v7().simple()));
+            let url = format!("sqlite:{}", path.display());
+            Db {
+                store: Store::connect(&url, options).await.unwrap(),
+                url: path.display().to_string(),
+                schema: None,
+            }
+        }
+        _ => {
+            let url = std::env::var("HOMEOSTAT_TEST_DATABASE_URL")
+                .expect("HOMEOSTAT_TEST_DATABASE_URL for the PostgreSQL benchmark");
+            let schema = format!("hs_bench_{}", Id::now_v7().simple());
+            let admin = sqlx::PgPool::connect(&url).await.unwrap();
+            sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+            let connect = url
+                .parse::<sqlx::postgres::PgConnectOptions>()
+                .unwrap()
+                .options([("search_path", schema.as_str())]);
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(16)
+                .connect_with(connect)
+                .await
+                .unwrap();
+            Db {
+                store: Store::Postgres(PgStore::from_pool(pool, options).await.unwrap()),
+                url,
+                schema: Some(schema),
+            }
+        }
+    }
+}
+
+impl Db {
+    async fn drop_all(self) {
+        self.store.close().await;
+        match self.schema {
+            Some(schema) => {
+                let admin = sqlx::PgPool::connect(&self.url).await.unwrap();
+                sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+                admin.close().await;
+            }
+            None => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", self.url));
+                }
+            }
+        }
+    }
+
+    async fn exec(&self, sql: String) {
+        match &self.store {
+            Store::Sqlite(s) => {
+                sqlx::raw_sql(AssertSqlSafe(sql))
+                    .execute(s.pool())
+                    .await
+                    .unwrap();
+            }
+            Store::Postgres(s) => {
+                sqlx::raw_sql(AssertSqlSafe(sql))
+                    .execute(s.pool())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    async fn plan(&self, sql: &str) -> String {
+        let rows: Vec<String> = match &self.store {
+            Store::Sqlite(s) => {
+                let rows: Vec<(i64, i64, i64, String)> =
+                    sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                        .fetch_all(s.pool())
+                        .await
+                        .unwrap();
+                rows.into_iter().map(|r| r.3).collect()
+            }
+            Store::Postgres(s) => {
+                sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (COSTS OFF) {sql}")))
+                    .fetch_all(s.pool())
+                    .await
+                    .unwrap()
+            }
+        };
+        rows.join("\n")
+    }
+}
+
+fn t0() -> Timestamp {
+    Timestamp::from_second(1_767_225_600).unwrap()
+}
+
+fn at(secs: i64) -> Timestamp {
+    t0() + SignedDuration::from_secs(secs)
+}
+
+async fn platform_agents(db: &Db, n: usize) -> Vec<Id> {
+    let token = db
+        .store
+        .issue_bootstrap_token(None, Duration::from_secs(3600), n as u32, "bench", t0())
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let (agent, _) = db
+            .store
+            .register_agent(
+                &token.secret,
+                &homeostat_model::NewAgent {
+                    name: format!("worker-{i}"),
+                    labels: Default::default(),
+                    queues: vec!["bench".into()],
+                },
+                t0(),
+            )
+            .await
+            .unwrap();
+        ids.push(agent.id);
+    }
+    ids
+}
+
+/// The full lifecycle through the store's API.
+async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (f64, f64) {
+    let tenant = db
+        .store
+        .create_tenant("bench", PlanTier::Standard, "bench", t0())
+        .await
+        .unwrap();
+    let agents = platform_agents(db, workers).await;
+    let new: Vec<NewJob> = (0..1000).map(|_| NewJob::new("bench", "noop")).collect();
+    let start = Instant::now();
+    for _ in 0..jobs / 1000 {
+        db.store.enqueue_batch(tenant.id, &new, t0()).await.unwrap();
+    }
+    let enqueue_rate = jobs as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for agent in agents {
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            loop {
+                let claimed = store
+                    .claim(agent, batch, Duration::from_secs(300), at(1))
+                    .await
+                    .unwrap();
+                if claimed.is_empty() {
+                    return done;
+                }
+                let completions: Vec<Completion> = claimed
+                    .iter()
+                    .map(|c| Completion {
+                        id: c.id,
+                        lease_token: c.lease_token,
+                        result: None,
+                    })
+                    .collect();
+                let accepted = store.complete_batch(&completions, at(2)).await.unwrap();
+                done += accepted.iter().filter(|a| **a).count();
+            }
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.unwrap();
+    }
+    assert_eq!(done, jobs, "every job completed once");
+    (done as f64 / start.elapsed().as_secs_f64(), enqueue_rate)
+}
+
+/// The minimal claim and complete statements on a bare table.
+async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> f64 {
+    match &db.store {
+        Store::Sqlite(s) => {
+            let pool = s.pool().clone();
+            sqlx::raw_sql(
+                "CREATE TABLE bare (id INTEGER PRIMARY KEY, state TEXT NOT NULL, payload TEXT NOT NULL);
+                 CREATE INDEX bare_queued ON bare (id) WHERE state = 'queued';",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(AssertSqlSafe(format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {jobs})
+                 INSERT INTO bare (state, payload) SELECT 'queued', 'null' FROM n"
+            )))
+            .execute(&pool)
+            .await
+            .unwrap();
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..workers {
+                let pool = pool.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut done = 0;
+                    loop {
+                        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                        let ids: Vec<i64> = sqlx::query_scalar(
+                            "UPDATE bare SET state = 'running' WHERE id IN
+                               (SELECT id FROM bare WHERE state = 'queued' ORDER BY id LIMIT ?)
+                             RETURNING id",
+                        )
+                        .bind(i64::from(batch))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .unwrap();
+                        tx.commit().await.unwrap();
+                        if ids.is_empty() {
+                            return done;
+                        }
+                        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                        sqlx::query(
+                            "UPDATE bare SET state = 'done' WHERE id IN (SELECT value FROM json_each(?))",
+                        )
+                        .bind(serde_json::to_string(&ids).unwrap())
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                        tx.commit().await.unwrap();
+                        done += ids.len();
+                    }
+                }));
+            }
+            let mut done = 0;
+            for t in tasks {
+                done += t.await.unwrap();
+            }
+            assert_eq!(done, jobs);
+            done as f64 / start.elapsed().as_secs_f64()
+        }
+        Store::Postgres(s) => {
+            let pool = s.pool().clone();
+            sqlx::raw_sql(
+                "CREATE TABLE bare (id BIGSERIAL PRIMARY KEY, state TEXT NOT NULL, payload TEXT NOT NULL);
+                 CREATE INDEX bare_queued ON bare (id) WHERE state = 'queued';",
+            )
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO bare (state, payload) SELECT 'queued', 'null' FROM generate_series(1, {jobs})"
+            )))
+            .execute(&pool)
+            .await
+            .unwrap();
+            sqlx::query("VACUUM ANALYZE bare")
+                .execute(&pool)
+                .await
+                .unwrap();
+            let start = Instant::now();
+            let mut tasks = Vec::new();
+            for _ in 0..workers {
+                let pool = pool.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut done = 0;
+                    loop {
+                        let ids: Vec<i64> = sqlx::query_scalar(
+                            "UPDATE bare SET state = 'running' WHERE id IN
+                               (SELECT id FROM bare WHERE state = 'queued' ORDER BY id LIMIT $1
+                                FOR UPDATE SKIP LOCKED)
+                             RETURNING id",
+                        )
+                        .bind(i64::from(batch))
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap();
+                        if ids.is_empty() {
+                            return done;
+                        }
+                        sqlx::query("UPDATE bare SET state = 'done' WHERE id = ANY($1)")
+                            .bind(&ids)
+                            .execute(&pool)
+                            .await
+                            .unwrap();
+                        done += ids.len();
+                    }
+                }));
+            }
+            let mut done = 0;
+            for t in tasks {
+                done += t.await.unwrap();
+            }
+            assert_eq!(done, jobs);
+            done as f64 / start.elapsed().as_secs_f64()
+        }
+    }
+}
+
+/// Fills the jobs table to `rows` finished-recently jobs (not eligible for
+/// any sweep), plus 1,000 eligible rows per sweep.
+async fn seed_sweeps(db: &Db, rows: usize) -> Id {
+    let tenant = db
+        .store
+        .create_tenant("sweeps", PlanTier::Free, "bench", t0())
+        .await
+        .unwrap();
+    let t = tenant.id;
+    let now = at(0).as_millisecond();
+    let (id_expr, series, tid) = match db.store {
+        Store::Sqlite(_) => (
+            // UUID-shaped text ids, unique and time-ordered enough for a bench.
+            "printf('00000000-0000-7000-8000-%012x', i)".to_string(),
+            format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) SELECT i FROM n"
+            ),
+            format!("'{t}'"),
+        ),
+        Store::Postgres(_) => (
+            "('00000000-0000-7000-8000-' || lpad(to_hex(i), 12, '0'))::uuid".to_string(),
+            format!("SELECT i FROM generate_series(1, {rows}) AS g(i)"),
+            format!("'{t}'::uuid"),
+        ),
+    };
+    db.exec(format!(
+        "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+           effective_priority, state, attempt, max_attempts, timeout_ms, run_at, queued_at,
+           deadline_at, lease_token, created_at, updated_at, finished_at)
+         SELECT {id_expr}, {tid}, 'bench', 'noop', 'null', 0, 0, 0, 'succeeded', 1, 3, 3600000,
+           {now}, {now}, {now} + 3600000, 1, {now}, {now}, {now}
+         FROM ({series}) AS s"
+    ))
+    .await;
+    let agents = platform_agents(db, 1).await;
+    let _ = agents;
+    // Eligible rows, 1,000 per sweep, by rewriting rows in place.
+    let eligible = [
+        // lease expired
+        "state = 'running', lease_expires_at = {now} - 1000, timeout_at = {now} + 3600000, finished_at = NULL",
+        // timed out
+        "state = 'running', lease_expires_at = {now} + 3600000, timeout_at = {now} - 1000, finished_at = NULL",
+        // scheduled and due
+        "state = 'scheduled', run_at = {now} - 1000, finished_at = NULL",
+        // queued past its deadline
+        "state = 'queued', attempt = 0, deadline_at = {now} - 1000, finished_at = NULL",
+        // approval expired
+        "state = 'awaiting_approval', approval_expires_at = {now} - 1000, finished_at = NULL",
+        // finished long ago
+        "finished_at = {now} - 2592000000",
+    ];
+    for (k, set) in eligible.iter().enumerate() {
+        let set = set.replace("{now}", &now.to_string());
+        let lo = 1 + k * 1000 * (rows / 6000).max(1);
+        db.exec(format!(
+            "UPDATE jobs SET {set} WHERE id IN (SELECT id FROM jobs WHERE state = 'succeeded'
+               AND finished_at = {now} ORDER BY id LIMIT 1000 OFFSET {lo})"
+        ))
+        .await;
+    }
+    if let Store::Postgres(_) = db.store {
+        db.exec("VACUUM ANALYZE jobs".into()).await;
+    } else {
+        db.exec("ANALYZE".into()).await;
+    }
+    t
+}
+
+async fn sweeps(db: &Db, rows: usize, plans: bool) -> Vec<(&'static str, f64, u64)> {
+    seed_sweeps(db, rows).await;
+    let now = at(0);
+    let s = &db.store;
+    let mut out = Vec::new();
+    macro_rules! time {
+        ($name:literal, $call:expr) => {{
+            let start = Instant::now();
+            let changed = $call;
+            out.push(($name, start.elapsed().as_secs_f64() * 1000.0, changed));
+        }};
+    }
+    if plans {
+        for (name, sql) in plan_queries(db) {
+            println!(
+                "plan {name} ({}):\n{}\n",
+                db.store.backend(),
+                db.plan(&sql).await
+            );
+        }
+    }
+    time!(
+        "requeue_expired_leases",
+        s.requeue_expired_leases(now, 1000, None)
+            .await
+            .unwrap()
+            .changed
+    );
+    time!(
+        "time_out_running",
+        s.time_out_running(now, 1000, None).await.unwrap().changed
+    );
+    time!(
+        "promote_scheduled",
+        s.promote_scheduled(now, 1000, None).await.unwrap().changed
+    );
+    time!(
+        "expire_overdue_queued",
+        s.expire_overdue_queued(now, 1000, None)
+            .await
+            .unwrap()
+            .changed
+    );
+    time!(
+        "expire_approvals",
+        s.expire_approvals(now, 1000, None).await.unwrap().changed
+    );
+    time!(
+        "recompute_priorities",
+        s.recompute_priorities(at(600), 1, 100, 1000, None)
+            .await
+            .unwrap()
+    );
+    time!(
+        "delete_finished_jobs",
+        s.delete_finished_jobs(now, JobRetention::default(), 1000, None)
+            .await
+            .unwrap()
+            .changed
+    );
+    time!(
+        "mark_silent_agents_offline",
+        s.mark_silent_agents_offline(at(3600), Duration::from_secs(90), 1000, None)
+            .await
+            .unwrap()
+            .len() as u64
+    );
+    time!(
+        "reclaim_offline_agent_jobs",
+        s.reclaim_offline_agent_jobs(now, 1000, None)
+            .await
+            .unwrap()
+            .changed
+    );
+    out
+}
+
+fn plan_queries(db: &Db) -> Vec<(&'static str, String)> {
+    let p = |n: u32| match db.store {
+        Store::Sqlite(_) => format!("?{n}"),
+        Store::Postgres(_) => format!("${n}"),
+    };
+    let (now, lim) = (p(1), p(2));
+    vec![
+        (
+            "requeue_expired_leases",
+            format!(
+                "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < {now} LIMIT {lim}"
+            ),
+        ),
+        (
+            "time_out_running",
+            format!(
+                "SELECT id FROM jobs WHERE state = 'running' AND timeout_at < {now} LIMIT {lim}"
+            ),
+        ),
+        (
+            "promote_scheduled",
+            format!(
+                "SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= {now} LIMIT {lim}"
+            ),
+        ),
+        (
+            "expire_overdue_queued",
+            format!(
+                "SELECT id FROM jobs WHERE state = 'queued' AND attempt = 0 AND deadline_at < {now} LIMIT {lim}"
+            ),
+        ),
+        (
+            "expire_approvals",
+            format!(
+                "SELECT id FROM jobs WHERE state = 'awaiting_approval' AND approval_expires_at < {now} LIMIT {lim}"
+            ),
+        ),
+        (
+            "recompute_priorities",
+            format!(
+                "SELECT id FROM jobs WHERE state = 'queued' AND effective_priority <> base_priority + ({now} - queued_at) / 60000 LIMIT {lim}"
+            ),
+        ),
+        (
+            "delete_finished_jobs",
+            format!(
+                "SELECT id FROM jobs WHERE state IN ('succeeded', 'cancelled') AND finished_at < {now} LIMIT {lim}"
+            ),
+        ),
+        (
+            "mark_silent_agents_offline",
+            format!(
+                "SELECT id FROM agents WHERE status <> 'offline' AND last_heartbeat_at < {now} LIMIT {lim}"
+            ),
+        ),
+        (
+            "claim (one queue)",
+            format!(
+                "SELECT id FROM jobs WHERE state = 'queued' AND queue = {now} ORDER BY effective_priority DESC, queued_at LIMIT {lim}"
+            ),
+        ),
+    ]
+}
+
+async fn heartbeats(db: &Db, n: usize) -> f64 {
+    let (series, id) = match db.store {
+        Store::Sqlite(_) => (
+            format!(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) SELECT i FROM n"
+            ),
+            "printf('00000000-0000-7000-9000-%012x', i)",
+        ),
+        Store::Postgres(_) => (
+            format!("SELECT i FROM generate_series(1, {n}) AS g(i)"),
+            "('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid",
+        ),
+    };
+    let queues = match db.store {
+        Store::Sqlite(_) => "'[\"q\"]'",
+        Store::Postgres(_) => "ARRAY['q']",
+    };
+    db.exec(format!(
+        "INSERT INTO agents (id, name, labels, queues, status, last_heartbeat_at, registered_at)
+         SELECT {id}, 'a' || i, '{{}}', {queues}, 'online', 0, 0 FROM ({series}) AS s"
+    ))
+    .await;
+    let ids: Vec<Id> = (1..=n)
+        .map(|i| Id::parse_str(&format!("00000000-0000-7000-9000-{i:012x}")).unwrap())
+        .collect();
+    let start = Instant::now();
+    let updated = db.store.heartbeat_agents(&ids, at(10)).await.unwrap();
+    assert_eq!(updated as usize, n);
+    start.elapsed().as_secs_f64() * 1000.0
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Arc::new(args());
+    for backend in args.backends.clone() {
+        if args.lifecycle {
+            for batch in [10u32, 100] {
+                let db = fresh(backend).await;
+                let (store_rate, enqueue_rate) =
+                    lifecycle(&db, args.jobs, args.workers, batch).await;
+                db.drop_all().await;
+                let db = fresh(backend).await;
+                let raw = baseline(&db, args.jobs, args.workers, batch).await;
+                db.drop_all().await;
+                println!(
+                    "{backend} lifecycle batch={batch} jobs={} workers={}: store {store_rate:.0} jobs/s, raw SQL {raw:.0} jobs/s, ratio {:.2}; batch enqueue {enqueue_rate:.0} jobs/s",
+                    args.jobs,
+                    args.workers,
+                    store_rate / raw
+                );
+            }
+            let db = fresh(backend).await;
+            let tenant = db
+                .store
+                .create_tenant("enqueue", PlanTier::Free, "bench", t0())
+                .await
+                .unwrap();
+            let batch: Vec<NewJob> = (0..10_000).map(|_| NewJob::new("bench", "noop")).collect();
+            let start = Instant::now();
+            db.store
+                .enqueue_batch(tenant.id, &batch, t0())
+                .await
+                .unwrap();
+            let enqueue_ms = start.elapsed().as_secs_f64() * 1000.0;
+            let hb_ms = heartbeats(&db, 10_000).await;
+            println!(
+                "{backend} batch enqueue of 10,000 jobs: {enqueue_ms:.1} ms; heartbeats of 10,000 agents: {hb_ms:.1} ms"
+            );
+            db.drop_all().await;
+        }
+        if args.sweeps {
+            for rows in args.sweep_rows.clone() {
+                let db = fresh(backend).await;
+                let timings = sweeps(&db, rows, args.plans).await;
+                db.drop_all().await;
+                for (name, ms, changed) in timings {
+                    println!("{backend} sweep rows={rows} {name}: {ms:.1} ms ({changed} changed)");
+                }
+            }
+        }
+    }
+}

@@ -614,6 +614,43 @@ pub(crate) fn sweep_event(actor: &str, action: &str, reason: &str, swept: &Swept
     }
 }
 
+/// Pairs each enqueued job with the row it became: by fingerprint when it
+/// has one (the live job of that fingerprint, as last updated), else by the
+/// id generated for it. `generated[i]` is the id input `i` would have had
+/// as a new job; any other id means it was deduplicated.
+pub(crate) fn match_enqueued(
+    jobs: &[NewJob],
+    generated: &[Id],
+    stored: Vec<Job>,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let mut by_id = std::collections::HashMap::with_capacity(stored.len());
+    let mut by_fp: std::collections::HashMap<String, Job> = std::collections::HashMap::new();
+    for job in stored {
+        if let Some(fp) = &job.fingerprint {
+            let newer = by_fp.get(fp).is_none_or(|seen| job.occurrences >= seen.occurrences);
+            if newer {
+                by_fp.insert(fp.clone(), job.clone());
+            }
+        }
+        by_id.insert(job.id, job);
+    }
+    jobs.iter()
+        .zip(generated)
+        .map(|(job, generated)| {
+            let stored = match &job.fingerprint {
+                Some(fp) => by_fp.get(fp),
+                None => by_id.get(generated),
+            }
+            .cloned()
+            .ok_or_else(|| error::corrupt("enqueueing jobs", "an enqueued job was not returned"))?;
+            Ok(Enqueued {
+                deduplicated: stored.id != *generated,
+                job: stored,
+            })
+        })
+        .collect()
+}
+
 /// Error texts from agents are kept, but bounded.
 pub(crate) fn truncate(text: &str) -> String {
     const MAX: usize = 4096;

@@ -163,31 +163,16 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .op(op)?;
-        let mut by_id: HashMap<Id, Job> = HashMap::with_capacity(stored.len());
-        let mut by_fp: HashMap<String, Job> = HashMap::new();
-        for r in &stored {
-            let job = job_from_row(r)?;
-            if let Some(fp) = &job.fingerprint {
-                by_fp.insert(fp.clone(), job.clone());
-            }
-            by_id.insert(job.id, job);
-        }
-        let mut out = Vec::with_capacity(jobs.len());
-        for (i, job) in jobs.iter().enumerate() {
-            let row = fold[i].expect("every input maps to a row");
-            let generated = rows[row].1;
-            let stored = match &job.fingerprint {
-                Some(fp) => by_fp.get(fp),
-                None => by_id.get(&generated),
-            }
-            .cloned()
-            .ok_or_else(|| corrupt(op, "an enqueued job was not returned"))?;
-            out.push(Enqueued {
-                deduplicated: stored.id != generated || rows[row].0 != i,
-                job: stored,
-            });
-        }
-        Ok(out)
+        let stored = stored.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        // Inputs folded into an earlier row get an id that matches nothing:
+        // they come back deduplicated.
+        let generated: Vec<Id> = (0..jobs.len())
+            .map(|i| match fold[i] {
+                Some(row) if rows[row].0 == i => rows[row].1,
+                _ => new_id(),
+            })
+            .collect();
+        crate::match_enqueued(jobs, &generated, stored)
     }
 
     pub(crate) async fn claim(

@@ -87,55 +87,60 @@ impl SqliteStore {
         for job in jobs {
             job.validate()?;
         }
+        let generated: Vec<Id> = jobs.iter().map(|_| new_id()).collect();
         let mut tx = self.write(op).await?;
         let tier = tenant_tier(&mut tx, tenant_id, op).await?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let id = new_id();
-            let run_at = job.run_at.map(ms).unwrap_or(ms(now)).max(ms(now));
-            let deadline = job
-                .deadline
-                .map(ms)
-                .unwrap_or_else(|| run_at + dur_ms(self.options().default_queue_deadline));
-            let base = tier + i64::from(job.priority);
-            let row = sqlx::query(concat!(
-                "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
-                   effective_priority, fingerprint, state, max_attempts, timeout_ms, run_at,
-                   queued_at, deadline_at, approval_expires_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?15)
-                 ON CONFLICT (tenant_id, fingerprint)
-                   WHERE fingerprint IS NOT NULL AND state NOT IN ",
-                terminal!(),
-                " DO UPDATE SET occurrences = occurrences + 1, updated_at = excluded.updated_at
-                 RETURNING ",
-                job_columns!()
-            ))
-            .bind(id.to_string())
-            .bind(tenant_id.to_string())
-            .bind(&job.queue)
-            .bind(&job.kind)
-            .bind(job.payload.to_string())
-            .bind(i64::from(job.priority))
-            .bind(base)
-            .bind(&job.fingerprint)
-            .bind(job.initial_state(now).as_str())
-            .bind(i64::from(job.max_attempts()))
-            .bind(dur_ms(job.timeout()))
-            .bind(run_at)
-            .bind(deadline)
-            .bind(job.approval_expires_at.map(ms))
-            .bind(ms(now))
-            .fetch_one(&mut *tx)
-            .await
-            .op(op)?;
-            let stored = job_from_row(&row)?;
-            out.push(Enqueued {
-                deduplicated: stored.id != id,
-                job: stored,
-            });
-        }
+        // The whole batch travels as one JSON array into one statement;
+        // SQLite applies the upsert row by row, so duplicates within the
+        // batch fold into the first.
+        let rows: Vec<serde_json::Value> = jobs
+            .iter()
+            .zip(&generated)
+            .map(|(job, id)| {
+                let run_at = job.run_at.map(ms).unwrap_or(ms(now)).max(ms(now));
+                json!({
+                    "id": id.to_string(),
+                    "queue": job.queue,
+                    "kind": job.kind,
+                    "payload": job.payload.to_string(),
+                    "priority": job.priority,
+                    "base": tier + i64::from(job.priority),
+                    "fp": job.fingerprint,
+                    "state": job.initial_state(now).as_str(),
+                    "max": job.max_attempts(),
+                    "timeout": dur_ms(job.timeout()),
+                    "run_at": run_at,
+                    "deadline": job.deadline.map(ms).unwrap_or_else(|| {
+                        run_at + dur_ms(self.options().default_queue_deadline)
+                    }),
+                    "approval": job.approval_expires_at.map(ms),
+                })
+            })
+            .collect();
+        let stored = sqlx::query(concat!(
+            "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+               effective_priority, fingerprint, state, max_attempts, timeout_ms, run_at,
+               queued_at, deadline_at, approval_expires_at, created_at, updated_at)
+             SELECT j->>'id', ?1, j->>'queue', j->>'kind', j->>'payload', j->>'priority',
+               j->>'base', j->>'base', j->>'fp', j->>'state', j->>'max', j->>'timeout',
+               j->>'run_at', j->>'run_at', j->>'deadline', j->>'approval', ?2, ?2
+             FROM (SELECT value AS j FROM json_each(?3) ORDER BY key) WHERE true
+             ON CONFLICT (tenant_id, fingerprint)
+               WHERE fingerprint IS NOT NULL AND state NOT IN ",
+            terminal!(),
+            " DO UPDATE SET occurrences = occurrences + 1, updated_at = excluded.updated_at
+             RETURNING ",
+            job_columns!()
+        ))
+        .bind(tenant_id.to_string())
+        .bind(ms(now))
+        .bind(serde_json::Value::Array(rows).to_string())
+        .fetch_all(&mut *tx)
+        .await
+        .op(op)?;
+        let stored = stored.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
         tx.commit().await.op(op)?;
-        Ok(out)
+        crate::match_enqueued(jobs, &generated, stored)
     }
 
     pub(crate) async fn claim(
@@ -265,26 +270,36 @@ impl SqliteStore {
         now: Timestamp,
     ) -> Result<Vec<bool>, StoreError> {
         let op = "completing jobs";
+        let batch: Vec<serde_json::Value> = completions
+            .iter()
+            .map(|c| {
+                json!({
+                    "id": c.id.to_string(),
+                    "t": c.lease_token,
+                    "r": c.result.as_ref().map(|v| v.to_string()),
+                })
+            })
+            .collect();
         let mut tx = self.write(op).await?;
-        let mut accepted = Vec::with_capacity(completions.len());
-        for c in completions {
-            let done = sqlx::query(
-                "UPDATE jobs SET state = 'succeeded', result = ?3, finished_at = ?4, updated_at = ?4,
-                   lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
-                 WHERE id = ?1 AND lease_token = ?2 AND state = 'running'",
-            )
-            .bind(c.id.to_string())
-            .bind(c.lease_token)
-            .bind(c.result.as_ref().map(|v| v.to_string()))
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await
-            .op(op)?
-            .rows_affected();
-            accepted.push(done == 1);
-        }
+        let done: Vec<String> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'succeeded', result = c.r, finished_at = ?2, updated_at = ?2,
+               lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+             FROM (SELECT value->>'id' AS id, value->>'t' AS t, value->>'r' AS r
+                   FROM json_each(?1)) AS c
+             WHERE jobs.id = c.id AND jobs.lease_token = c.t AND jobs.state = 'running'
+             RETURNING jobs.id",
+        )
+        .bind(serde_json::Value::Array(batch).to_string())
+        .bind(ms(now))
+        .fetch_all(&mut *tx)
+        .await
+        .op(op)?;
         tx.commit().await.op(op)?;
-        Ok(accepted)
+        let done: std::collections::HashSet<String> = done.into_iter().collect();
+        Ok(completions
+            .iter()
+            .map(|c| done.contains(&c.id.to_string()))
+            .collect())
     }
 
     pub(crate) async fn fail(
@@ -557,7 +572,8 @@ impl SqliteStore {
                finished_at = CASE WHEN attempt >= max_attempts THEN ?1 ELSE NULL END,
                queued_at = ?1, updated_at = ?1, last_error = 'reclaimed: the agent went offline',
                lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
-             WHERE id IN (SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent
+             WHERE id IN (SELECT j.id FROM jobs j INDEXED BY jobs_running_lease
+                          JOIN agents a ON a.id = j.lease_agent
                           WHERE j.state = 'running' AND a.status = 'offline' LIMIT ?2)
              RETURNING id, state",
             &[ms(now), i64::from(limit)],
@@ -604,7 +620,8 @@ impl SqliteStore {
                run_at = ?1 + MIN(?4, ?3 << MIN(MAX(attempt - 1, 0), 40)),
                updated_at = ?1, last_error = 'attempt timed out',
                lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
-             WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND timeout_at < ?1 LIMIT ?2)
+             WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_running_lease
+                          WHERE state = 'running' AND timeout_at < ?1 LIMIT ?2)
              RETURNING id, state",
             &[ms(now), i64::from(limit), initial, cap],
             fence,
