@@ -31,6 +31,17 @@ pub fn new_id() -> Id {
     uuid::Uuid::now_v7()
 }
 
+/// A time-ordered identifier for something created at `at` (the caller's
+/// clock, so ids and stored times agree even under a test clock).
+pub fn id_at(at: jiff::Timestamp) -> Id {
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        at.as_second().max(0) as u64,
+        at.subsec_nanosecond().max(0) as u32,
+    );
+    uuid::Uuid::new_v7(ts)
+}
+
 /// Checks a name used as a queue, job kind, agent name or tenant name:
 /// 1–100 characters of `[A-Za-z0-9._:/-]`.
 pub fn validate_name(field: &'static str, value: &str) -> Result<(), ValidationError> {

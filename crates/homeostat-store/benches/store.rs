@@ -258,7 +258,8 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (f64, f6
 async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> f64 {
     match &db.store {
         Store::Sqlite(s) => {
-            let pool = s.pool().clone();
+            // The same single write connection the store uses.
+            let pool = s.writer().clone();
             sqlx::raw_sql(
                 "CREATE TABLE bare (id INTEGER PRIMARY KEY, state TEXT NOT NULL, payload TEXT NOT NULL);
                  CREATE INDEX bare_queued ON bare (id) WHERE state = 'queued';",

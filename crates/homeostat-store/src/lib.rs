@@ -627,7 +627,9 @@ pub(crate) fn match_enqueued(
     let mut by_fp: std::collections::HashMap<String, Job> = std::collections::HashMap::new();
     for job in stored {
         if let Some(fp) = &job.fingerprint {
-            let newer = by_fp.get(fp).is_none_or(|seen| job.occurrences >= seen.occurrences);
+            let newer = by_fp
+                .get(fp)
+                .is_none_or(|seen| job.occurrences >= seen.occurrences);
             if newer {
                 by_fp.insert(fp.clone(), job.clone());
             }
@@ -649,6 +651,12 @@ pub(crate) fn match_enqueued(
             })
         })
         .collect()
+}
+
+/// The smallest UUID v7 of a job created at or after `ms`: every id below
+/// it was created before `ms`.
+pub(crate) fn id_before(ms: i64) -> Id {
+    Id::from_u128((ms.max(0) as u128) << 80)
 }
 
 /// Error texts from agents are kept, but bounded.

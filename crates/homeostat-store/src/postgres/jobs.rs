@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, new_id};
+use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, id_at, new_id};
 use homeostat_runtime::{Fence, RetryDecision};
 use jiff::Timestamp;
 use serde_json::json;
@@ -99,7 +99,7 @@ impl PgStore {
                 first_of.insert(fp, rows.len());
             }
             fold[i] = Some(rows.len());
-            rows.push((i, new_id(), 1));
+            rows.push((i, id_at(now), 1));
         }
         let n = rows.len();
         let mut c = Columns::with_capacity(n);
@@ -163,7 +163,10 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .op(op)?;
-        let stored = stored.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        let stored = stored
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         // Inputs folded into an earlier row get an id that matches nothing:
         // they come back deduplicated.
         let generated: Vec<Id> = (0..jobs.len())
@@ -516,11 +519,15 @@ impl PgStore {
 
     // --- sweeps -------------------------------------------------------
 
+    // The statement, its binds and its audit wording travel together from each
+    // sweep's one call site.
+    #[allow(clippy::too_many_arguments)]
     async fn sweep(
         &self,
         op: &'static str,
         sql: &'static str,
         binds: &[i64],
+        id_bound: Option<Id>,
         fence: Option<&Fence>,
         now: Timestamp,
         reason: &str,
@@ -530,6 +537,9 @@ impl PgStore {
         let mut query = sqlx::query(sql);
         for b in binds {
             query = query.bind(*b);
+        }
+        if let Some(b) = id_bound {
+            query = query.bind(b);
         }
         let rows = query.fetch_all(&mut *tx).await.op(op)?;
         let swept = swept_from(&rows);
@@ -562,6 +572,7 @@ impl PgStore {
                           LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING id, state",
             &[ms(now), i64::from(limit)],
+            None,
             fence,
             now,
             "lease expired",
@@ -587,6 +598,7 @@ impl PgStore {
                           LIMIT $2 FOR UPDATE OF j SKIP LOCKED)
              RETURNING id, state",
             &[ms(now), i64::from(limit)],
+            None,
             fence,
             now,
             "agent offline",
@@ -608,6 +620,7 @@ impl PgStore {
                           AND deadline_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING id, state",
             &[ms(now), i64::from(limit)],
+            None,
             fence,
             now,
             "deadline passed",
@@ -634,6 +647,7 @@ impl PgStore {
                           LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING id, state",
             &[ms(now), i64::from(limit), initial, cap],
+            None,
             fence,
             now,
             "attempt timed out",
@@ -654,6 +668,7 @@ impl PgStore {
                           LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING id, state",
             &[ms(now), i64::from(limit)],
+            None,
             fence,
             now,
             "run time reached",
@@ -717,6 +732,7 @@ impl PgStore {
                           AND approval_expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
              RETURNING id, state",
             &[ms(now), i64::from(limit)],
+            None,
             fence,
             now,
             "approval expired",
@@ -734,16 +750,19 @@ impl PgStore {
         self.sweep(
             "jobs.deleted",
             "DELETE FROM jobs WHERE id IN (
-               (SELECT id FROM jobs WHERE state IN ('succeeded', 'cancelled') AND finished_at < $1 LIMIT $3)
-               UNION ALL
-               (SELECT id FROM jobs WHERE state IN ('dead', 'expired') AND finished_at < $2 LIMIT $3)
-               LIMIT $3)
+               SELECT id FROM jobs WHERE id < $4 AND (
+                 (state IN ('succeeded', 'cancelled') AND finished_at < $1)
+                 OR (state IN ('dead', 'expired') AND finished_at < $2))
+               LIMIT $3 FOR UPDATE SKIP LOCKED)
              RETURNING id, state",
             &[
                 ms(now) - dur_ms(retention.succeeded),
                 ms(now) - dur_ms(retention.failed),
                 i64::from(limit),
             ],
+            Some(crate::id_before(
+                ms(now) - dur_ms(retention.succeeded.min(retention.failed)),
+            )),
             fence,
             now,
             "past retention",

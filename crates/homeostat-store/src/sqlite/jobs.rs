@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, new_id};
+use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, id_at};
 use homeostat_runtime::{Fence, RetryDecision};
 use jiff::Timestamp;
 use serde_json::json;
@@ -87,7 +87,7 @@ impl SqliteStore {
         for job in jobs {
             job.validate()?;
         }
-        let generated: Vec<Id> = jobs.iter().map(|_| new_id()).collect();
+        let generated: Vec<Id> = jobs.iter().map(|_| id_at(now)).collect();
         let mut tx = self.write(op).await?;
         let tier = tenant_tier(&mut tx, tenant_id, op).await?;
         // The whole batch travels as one JSON array into one statement;
@@ -138,7 +138,10 @@ impl SqliteStore {
         .fetch_all(&mut *tx)
         .await
         .op(op)?;
-        let stored = stored.iter().map(job_from_row).collect::<Result<Vec<_>, _>>()?;
+        let stored = stored
+            .iter()
+            .map(job_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         tx.commit().await.op(op)?;
         crate::match_enqueued(jobs, &generated, stored)
     }
@@ -174,40 +177,53 @@ impl SqliteStore {
         let queues: Vec<String> =
             serde_json::from_str(&agent.get::<String, _>(2)).map_err(|e| corrupt(op, e))?;
         // One index-ordered scan per queue, merged here: a single query over
-        // all queues would sort every queued job.
-        let mut candidates: Vec<(i64, i64, String)> = Vec::new();
-        for queue in &queues {
-            let rows = sqlx::query(
-                "SELECT id, effective_priority, queued_at FROM jobs INDEXED BY jobs_claim
-                 WHERE state = 'queued' AND queue = ?1 AND (?2 IS NULL OR tenant_id = ?2)
-                 ORDER BY effective_priority DESC, queued_at LIMIT ?3",
-            )
-            .bind(queue)
-            .bind(&tenant)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *tx)
-            .await
-            .op(op)?;
-            candidates.extend(
-                rows.iter()
-                    .map(|r| (-r.get::<i64, _>(1), r.get(2), r.get(0))),
-            );
-        }
-        candidates.sort();
-        candidates.truncate(limit as usize);
-        let ids: Vec<String> = candidates.into_iter().map(|(_, _, id)| id).collect();
+        // all queues would sort every queued job. With one queue (the usual
+        // case) the scan is the update's own subquery.
+        let pick = if let [queue] = queues.as_slice() {
+            json!({"queue": queue}).to_string()
+        } else {
+            let mut candidates: Vec<(i64, i64, String)> = Vec::new();
+            for queue in &queues {
+                let rows = sqlx::query(
+                    "SELECT id, effective_priority, queued_at FROM jobs INDEXED BY jobs_claim
+                     WHERE state = 'queued' AND queue = ?1 AND (?2 IS NULL OR tenant_id = ?2)
+                     ORDER BY effective_priority DESC, queued_at LIMIT ?3",
+                )
+                .bind(queue)
+                .bind(&tenant)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await
+                .op(op)?;
+                candidates.extend(
+                    rows.iter()
+                        .map(|r| (-r.get::<i64, _>(1), r.get(2), r.get(0))),
+                );
+            }
+            candidates.sort();
+            candidates.truncate(limit as usize);
+            let ids: Vec<String> = candidates.into_iter().map(|(_, _, id)| id).collect();
+            json!({"ids": ids}).to_string()
+        };
         let rows = sqlx::query(
             "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = ?1,
                lease_token = lease_token + 1, lease_expires_at = ?2, started_at = ?3,
                timeout_at = ?3 + timeout_ms, updated_at = ?3
-             WHERE id IN (SELECT value FROM json_each(?4))
+             WHERE id IN (
+               SELECT id FROM jobs INDEXED BY jobs_claim
+               WHERE ?4->>'queue' IS NOT NULL AND state = 'queued' AND queue = ?4->>'queue'
+                 AND (?5 IS NULL OR tenant_id = ?5)
+               ORDER BY effective_priority DESC, queued_at LIMIT ?6)
+               OR id IN (SELECT value FROM json_each(?4, '$.ids'))
              RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
                lease_expires_at, timeout_ms, effective_priority, queued_at",
         )
         .bind(agent_id.to_string())
         .bind(add(now, lease))
         .bind(ms(now))
-        .bind(serde_json::to_string(&ids).unwrap_or_default())
+        .bind(pick)
+        .bind(&tenant)
+        .bind(i64::from(limit))
         .fetch_all(&mut *tx)
         .await
         .op(op)?;
@@ -507,11 +523,15 @@ impl SqliteStore {
 
     /// Runs one sweep statement returning `(id, state)` rows, fenced and
     /// audited in one transaction.
+    // The statement, its binds and its audit wording travel together from each
+    // sweep's one call site.
+    #[allow(clippy::too_many_arguments)]
     async fn sweep(
         &self,
         op: &'static str,
         sql: &'static str,
         binds: &[i64],
+        id_bound: Option<Id>,
         fence: Option<&Fence>,
         now: Timestamp,
         reason: &str,
@@ -521,6 +541,9 @@ impl SqliteStore {
         let mut query = sqlx::query(sql);
         for b in binds {
             query = query.bind(*b);
+        }
+        if let Some(b) = id_bound {
+            query = query.bind(b.to_string());
         }
         let rows = query.fetch_all(&mut *tx).await.op(op)?;
         let swept = swept_from(&rows)?;
@@ -552,6 +575,7 @@ impl SqliteStore {
              WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < ?1 LIMIT ?2)
              RETURNING id, state",
             &[ms(now), i64::from(limit)],
+            None,
             fence,
             now,
             "lease expired",
@@ -577,6 +601,7 @@ impl SqliteStore {
                           WHERE j.state = 'running' AND a.status = 'offline' LIMIT ?2)
              RETURNING id, state",
             &[ms(now), i64::from(limit)],
+            None,
             fence,
             now,
             "agent offline",
@@ -598,6 +623,7 @@ impl SqliteStore {
                           AND deadline_at < ?1 LIMIT ?2)
              RETURNING id, state",
             &[ms(now), i64::from(limit)],
+            None,
             fence,
             now,
             "deadline passed",
@@ -624,6 +650,7 @@ impl SqliteStore {
                           WHERE state = 'running' AND timeout_at < ?1 LIMIT ?2)
              RETURNING id, state",
             &[ms(now), i64::from(limit), initial, cap],
+            None,
             fence,
             now,
             "attempt timed out",
@@ -643,6 +670,7 @@ impl SqliteStore {
              WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= ?1 LIMIT ?2)
              RETURNING id, state",
             &[ms(now), i64::from(limit)],
+            None,
             fence,
             now,
             "run time reached",
@@ -706,6 +734,7 @@ impl SqliteStore {
                           AND approval_expires_at < ?1 LIMIT ?2)
              RETURNING id, state",
             &[ms(now), i64::from(limit)],
+            None,
             fence,
             now,
             "approval expired",
@@ -723,9 +752,9 @@ impl SqliteStore {
         self.sweep(
             "jobs.deleted",
             "DELETE FROM jobs WHERE id IN (
-               SELECT id FROM jobs WHERE state IN ('succeeded', 'cancelled') AND finished_at < ?1
-               UNION ALL
-               SELECT id FROM jobs WHERE state IN ('dead', 'expired') AND finished_at < ?2
+               SELECT id FROM jobs WHERE id < ?4 AND (
+                 (state IN ('succeeded', 'cancelled') AND finished_at < ?1)
+                 OR (state IN ('dead', 'expired') AND finished_at < ?2))
                LIMIT ?3)
              RETURNING id, state",
             &[
@@ -733,6 +762,9 @@ impl SqliteStore {
                 ms(now) - dur_ms(retention.failed),
                 i64::from(limit),
             ],
+            Some(crate::id_before(
+                ms(now) - dur_ms(retention.succeeded.min(retention.failed)),
+            )),
             fence,
             now,
             "past retention",
