@@ -373,63 +373,73 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> f64 {
     }
 }
 
-/// Fills the jobs table to `rows` finished-recently jobs (not eligible for
-/// any sweep), plus 1,000 eligible rows per sweep.
-async fn seed_sweeps(db: &Db, rows: usize) -> Id {
+/// UUID v7 text for an id created at `ms` (SQL expression over row number `i`).
+fn v7(db: &Db, ms: i64, salt: &str) -> String {
+    let (hi, lo) = (ms >> 16, ms & 0xffff);
+    match db.store {
+        Store::Sqlite(_) => format!("printf('%08x-%04x-7000-{salt}-%012x', {hi}, {lo}, i)"),
+        Store::Postgres(_) => format!(
+            "(lpad(to_hex({hi}), 8, '0') || '-' || lpad(to_hex({lo}), 4, '0') || '-7000-{salt}-' || lpad(to_hex(i), 12, '0'))::uuid"
+        ),
+    }
+}
+
+fn series(db: &Db, n: usize) -> String {
+    match db.store {
+        Store::Sqlite(_) => format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) SELECT i FROM n"
+        ),
+        Store::Postgres(_) => format!("SELECT i FROM generate_series(1, {n}) AS g(i)"),
+    }
+}
+
+/// Fills the jobs table to `rows` jobs that no sweep wants (finished just
+/// now), then makes 1,000 rows eligible for each sweep. Ids carry their
+/// creation time, as real ones do.
+async fn seed_sweeps(db: &Db, rows: usize) {
     let tenant = db
         .store
         .create_tenant("sweeps", PlanTier::Free, "bench", t0())
         .await
         .unwrap();
-    let t = tenant.id;
-    let now = at(0).as_millisecond();
-    let (id_expr, series, tid) = match db.store {
-        Store::Sqlite(_) => (
-            // UUID-shaped text ids, unique and time-ordered enough for a bench.
-            "printf('00000000-0000-7000-8000-%012x', i)".to_string(),
-            format!(
-                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows}) SELECT i FROM n"
-            ),
-            format!("'{t}'"),
-        ),
-        Store::Postgres(_) => (
-            "('00000000-0000-7000-8000-' || lpad(to_hex(i), 12, '0'))::uuid".to_string(),
-            format!("SELECT i FROM generate_series(1, {rows}) AS g(i)"),
-            format!("'{t}'::uuid"),
-        ),
+    let tid = match db.store {
+        Store::Sqlite(_) => format!("'{}'", tenant.id),
+        Store::Postgres(_) => format!("'{}'::uuid", tenant.id),
     };
+    let now = at(0).as_millisecond();
+    let month_ago = now - 30 * 86_400_000;
+    let insert = |id: String, created: i64, n: usize| {
+        format!(
+            "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+               effective_priority, state, attempt, max_attempts, timeout_ms, run_at, queued_at,
+               deadline_at, lease_token, created_at, updated_at, finished_at)
+             SELECT {id}, {tid}, 'bench', 'noop', 'null', 0, 0, 0, 'succeeded', 1, 3, 3600000,
+               {created}, {created}, {created} + 3600000, 1, {created}, {now}, {now}
+             FROM ({}) AS s",
+            series(db, n)
+        )
+    };
+    db.exec(insert(v7(db, now, "8000"), now, rows - 1000)).await;
+    // Finished a month ago: past every retention.
+    db.exec(insert(v7(db, month_ago, "a000"), month_ago, 1000)).await;
     db.exec(format!(
-        "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
-           effective_priority, state, attempt, max_attempts, timeout_ms, run_at, queued_at,
-           deadline_at, lease_token, created_at, updated_at, finished_at)
-         SELECT {id_expr}, {tid}, 'bench', 'noop', 'null', 0, 0, 0, 'succeeded', 1, 3, 3600000,
-           {now}, {now}, {now} + 3600000, 1, {now}, {now}, {now}
-         FROM ({series}) AS s"
+        "UPDATE jobs SET finished_at = {month_ago}, updated_at = {month_ago} WHERE created_at = {month_ago}"
     ))
     .await;
-    let agents = platform_agents(db, 1).await;
-    let _ = agents;
-    // Eligible rows, 1,000 per sweep, by rewriting rows in place.
+    platform_agents(db, 1).await;
     let eligible = [
-        // lease expired
         "state = 'running', lease_expires_at = {now} - 1000, timeout_at = {now} + 3600000, finished_at = NULL",
-        // timed out
         "state = 'running', lease_expires_at = {now} + 3600000, timeout_at = {now} - 1000, finished_at = NULL",
-        // scheduled and due
         "state = 'scheduled', run_at = {now} - 1000, finished_at = NULL",
-        // queued past its deadline
         "state = 'queued', attempt = 0, deadline_at = {now} - 1000, finished_at = NULL",
-        // approval expired
         "state = 'awaiting_approval', approval_expires_at = {now} - 1000, finished_at = NULL",
-        // finished long ago
-        "finished_at = {now} - 2592000000",
     ];
     for (k, set) in eligible.iter().enumerate() {
         let set = set.replace("{now}", &now.to_string());
-        let lo = 1 + k * 1000 * (rows / 6000).max(1);
+        let offset = k * (rows / 6).max(1000);
         db.exec(format!(
             "UPDATE jobs SET {set} WHERE id IN (SELECT id FROM jobs WHERE state = 'succeeded'
-               AND finished_at = {now} ORDER BY id LIMIT 1000 OFFSET {lo})"
+               AND finished_at = {now} ORDER BY id LIMIT 1000 OFFSET {offset})"
         ))
         .await;
     }
@@ -438,7 +448,6 @@ async fn seed_sweeps(db: &Db, rows: usize) -> Id {
     } else {
         db.exec("ANALYZE".into()).await;
     }
-    t
 }
 
 async fn sweeps(db: &Db, rows: usize, plans: bool) -> Vec<(&'static str, f64, u64)> {
@@ -454,7 +463,7 @@ async fn sweeps(db: &Db, rows: usize, plans: bool) -> Vec<(&'static str, f64, u6
         }};
     }
     if plans {
-        for (name, sql) in plan_queries(db) {
+        for (name, sql) in plan_queries(now.as_millisecond()) {
             println!(
                 "plan {name} ({}):\n{}\n",
                 db.store.backend(),
@@ -518,67 +527,18 @@ async fn sweeps(db: &Db, rows: usize, plans: bool) -> Vec<(&'static str, f64, u6
     out
 }
 
-fn plan_queries(db: &Db) -> Vec<(&'static str, String)> {
-    let p = |n: u32| match db.store {
-        Store::Sqlite(_) => format!("?{n}"),
-        Store::Postgres(_) => format!("${n}"),
-    };
-    let (now, lim) = (p(1), p(2));
+fn plan_queries(now: i64) -> Vec<(&'static str, String)> {
+    let cutoff = now - 86_400_000;
     vec![
-        (
-            "requeue_expired_leases",
-            format!(
-                "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < {now} LIMIT {lim}"
-            ),
-        ),
-        (
-            "time_out_running",
-            format!(
-                "SELECT id FROM jobs WHERE state = 'running' AND timeout_at < {now} LIMIT {lim}"
-            ),
-        ),
-        (
-            "promote_scheduled",
-            format!(
-                "SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= {now} LIMIT {lim}"
-            ),
-        ),
-        (
-            "expire_overdue_queued",
-            format!(
-                "SELECT id FROM jobs WHERE state = 'queued' AND attempt = 0 AND deadline_at < {now} LIMIT {lim}"
-            ),
-        ),
-        (
-            "expire_approvals",
-            format!(
-                "SELECT id FROM jobs WHERE state = 'awaiting_approval' AND approval_expires_at < {now} LIMIT {lim}"
-            ),
-        ),
-        (
-            "recompute_priorities",
-            format!(
-                "SELECT id FROM jobs WHERE state = 'queued' AND effective_priority <> base_priority + ({now} - queued_at) / 60000 LIMIT {lim}"
-            ),
-        ),
-        (
-            "delete_finished_jobs",
-            format!(
-                "SELECT id FROM jobs WHERE state IN ('succeeded', 'cancelled') AND finished_at < {now} LIMIT {lim}"
-            ),
-        ),
-        (
-            "mark_silent_agents_offline",
-            format!(
-                "SELECT id FROM agents WHERE status <> 'offline' AND last_heartbeat_at < {now} LIMIT {lim}"
-            ),
-        ),
-        (
-            "claim (one queue)",
-            format!(
-                "SELECT id FROM jobs WHERE state = 'queued' AND queue = {now} ORDER BY effective_priority DESC, queued_at LIMIT {lim}"
-            ),
-        ),
+        ("requeue_expired_leases", format!("SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < {now} LIMIT 1000")),
+        ("time_out_running", format!("SELECT id FROM jobs WHERE state = 'running' AND timeout_at < {now} LIMIT 1000")),
+        ("promote_scheduled", format!("SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= {now} LIMIT 1000")),
+        ("expire_overdue_queued", format!("SELECT id FROM jobs WHERE state = 'queued' AND attempt = 0 AND deadline_at < {now} LIMIT 1000")),
+        ("expire_approvals", format!("SELECT id FROM jobs WHERE state = 'awaiting_approval' AND approval_expires_at < {now} LIMIT 1000")),
+        ("recompute_priorities", format!("SELECT id FROM jobs WHERE state = 'queued' AND effective_priority <> base_priority + ({now} - queued_at) / 60000 LIMIT 1000")),
+        ("mark_silent_agents_offline", format!("SELECT id FROM agents WHERE status <> 'offline' AND last_heartbeat_at < {now} LIMIT 1000")),
+        ("claim (one queue)", "SELECT id FROM jobs WHERE state = 'queued' AND queue = 'bench' ORDER BY effective_priority DESC, queued_at LIMIT 100".to_string()),
+        ("delete_finished_jobs (id bound for the cutoff)", format!("SELECT id FROM jobs WHERE id < '{}' AND state IN ('succeeded', 'cancelled') AND finished_at < {cutoff} LIMIT 1000", Id::from_u128((cutoff as u128) << 80))),
     ]
 }
 
