@@ -421,7 +421,8 @@ async fn seed_sweeps(db: &Db, rows: usize) {
     };
     db.exec(insert(v7(db, now, "8000"), now, rows - 1000)).await;
     // Finished a month ago: past every retention.
-    db.exec(insert(v7(db, month_ago, "a000"), month_ago, 1000)).await;
+    db.exec(insert(v7(db, month_ago, "a000"), month_ago, 1000))
+        .await;
     db.exec(format!(
         "UPDATE jobs SET finished_at = {month_ago}, updated_at = {month_ago} WHERE created_at = {month_ago}"
     ))
