@@ -1,4 +1,109 @@
-//! The built-in controllers that keep a homeostat queue healthy, and the
-//! notifier.
+//! The built-in controllers that keep a homeostat queue healthy.
 //!
-//! Filled by the controllers issue.
+//! Each controller is a thin, idempotent loop over one or two of the store's
+//! set-based sweeps: it passes its lease's [`Fence`] so a deposed leader
+//! changes nothing, works in bounded batches, stops early when its run is
+//! cancelled, and reports how many items it changed. The store writes the
+//! audit events (naming the controller and its epoch) in the same
+//! transactions.
+//!
+//! ```no_run
+//! # async fn demo(store: homeostat_store::Store) -> Result<(), Box<dyn std::error::Error>> {
+//! use homeostat_controllers::{ControllersConfig, register_builtin};
+//! use homeostat_runtime::Manager;
+//!
+//! let mut builder = Manager::builder().lease_store(std::sync::Arc::new(store.clone()));
+//! register_builtin(&mut builder, &store, &ControllersConfig::default())?;
+//! let manager = builder.start()?;
+//! # let _ = manager;
+//! # Ok(())
+//! # }
+//! ```
+
+mod agent_health;
+mod approval_expiration;
+mod audit_chain_verify;
+mod audit_retention;
+mod config;
+mod job_recovery;
+mod job_retention;
+mod job_scheduler;
+mod job_timeout;
+mod queue_priority;
+mod sweep;
+mod token_cleanup;
+
+pub use agent_health::AgentHealth;
+pub use approval_expiration::ApprovalExpiration;
+pub use audit_chain_verify::AuditChainVerify;
+pub use audit_retention::AuditRetention;
+pub use config::*;
+pub use job_recovery::JobRecovery;
+pub use job_retention::JobRetention;
+pub use job_scheduler::JobScheduler;
+pub use job_timeout::JobTimeout;
+pub use queue_priority::QueuePriority;
+pub use token_cleanup::TokenCleanup;
+
+use homeostat_runtime::{ControllerOptions, ManagerBuilder, ManagerError};
+use homeostat_store::Store;
+
+#[doc(no_inline)]
+pub use homeostat_runtime::Fence;
+
+/// Registers every enabled built-in controller with `builder`.
+pub fn register_builtin(
+    builder: &mut ManagerBuilder,
+    store: &Store,
+    config: &ControllersConfig,
+) -> Result<(), ManagerError> {
+    let options = ControllerOptions::default();
+    macro_rules! add {
+        ($settings:expr, $controller:expr) => {
+            if $settings.enabled {
+                builder.register($controller, options)?;
+            }
+        };
+    }
+    add!(
+        config.agent_health.settings,
+        AgentHealth::new(store.clone(), config.agent_health.clone())
+    );
+    add!(
+        config.job_recovery,
+        JobRecovery::new(store.clone(), config.job_recovery)
+    );
+    add!(
+        config.job_timeout,
+        JobTimeout::new(store.clone(), config.job_timeout)
+    );
+    add!(
+        config.job_scheduler,
+        JobScheduler::new(store.clone(), config.job_scheduler)
+    );
+    add!(
+        config.queue_priority.settings,
+        QueuePriority::new(store.clone(), config.queue_priority.clone())
+    );
+    add!(
+        config.approval_expiration,
+        ApprovalExpiration::new(store.clone(), config.approval_expiration)
+    );
+    add!(
+        config.token_cleanup,
+        TokenCleanup::new(store.clone(), config.token_cleanup)
+    );
+    add!(
+        config.job_retention.settings,
+        JobRetention::new(store.clone(), config.job_retention.clone())
+    );
+    add!(
+        config.audit_retention.settings,
+        AuditRetention::new(store.clone(), config.audit_retention.clone())
+    );
+    add!(
+        config.audit_chain_verify,
+        AuditChainVerify::new(store.clone(), config.audit_chain_verify)
+    );
+    Ok(())
+}

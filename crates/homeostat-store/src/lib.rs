@@ -412,8 +412,10 @@ impl Store {
         dispatch!(self.promote_scheduled(now, limit, fence))
     }
 
-    /// Effective priority of queued jobs = tier base + job priority +
-    /// min(cap, whole minutes waited × `bonus_per_minute`).
+    /// Effective priority of queued jobs = tier base + job priority + whole
+    /// minutes waited × `bonus_per_minute`, but never above `cap` (nor below
+    /// the job's own base). Jobs of every tier that waited long enough meet
+    /// at the ceiling, where the oldest goes first: no tenant starves.
     pub async fn recompute_priorities(
         &self,
         now: Timestamp,

@@ -688,9 +688,9 @@ impl PgStore {
         let mut tx = self.write(op).await?;
         Self::check_fence(&mut tx, fence, op).await?;
         let changed = sqlx::query(
-            "UPDATE jobs SET effective_priority = base_priority + LEAST($3, (($1 - queued_at) / 60000) * $2)
+            "UPDATE jobs SET effective_priority = GREATEST(base_priority, LEAST($3, base_priority + (($1 - queued_at) / 60000) * $2))
              WHERE id IN (SELECT id FROM jobs WHERE state = 'queued'
-                 AND effective_priority <> base_priority + LEAST($3, (($1 - queued_at) / 60000) * $2)
+                 AND effective_priority <> GREATEST(base_priority, LEAST($3, base_priority + (($1 - queued_at) / 60000) * $2))
                  LIMIT $4 FOR UPDATE SKIP LOCKED)",
         )
         .bind(ms(now))

@@ -690,9 +690,9 @@ impl SqliteStore {
         let mut tx = self.write(op).await?;
         Self::check_fence(&mut tx, fence, op).await?;
         let changed = sqlx::query(
-            "UPDATE jobs SET effective_priority = base_priority + MIN(?3, ((?1 - queued_at) / 60000) * ?2)
+            "UPDATE jobs SET effective_priority = MAX(base_priority, MIN(?3, base_priority + ((?1 - queued_at) / 60000) * ?2))
              WHERE id IN (SELECT id FROM jobs WHERE state = 'queued'
-                 AND effective_priority <> base_priority + MIN(?3, ((?1 - queued_at) / 60000) * ?2)
+                 AND effective_priority <> MAX(base_priority, MIN(?3, base_priority + ((?1 - queued_at) / 60000) * ?2))
                  LIMIT ?4)",
         )
         .bind(ms(now))

@@ -1,0 +1,44 @@
+//! approval-expiration: jobs awaiting an approval that expired become
+//! `expired`.
+
+use std::time::Duration;
+
+use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
+use homeostat_store::Store;
+
+use crate::Settings;
+use crate::sweep::{drain, now, total};
+
+/// The approval-expiration controller.
+#[derive(Debug, Clone)]
+pub struct ApprovalExpiration {
+    store: Store,
+    settings: Settings,
+}
+
+impl ApprovalExpiration {
+    /// A controller over `store`.
+    pub fn new(store: Store, settings: Settings) -> Self {
+        Self { store, settings }
+    }
+}
+
+impl Controller for ApprovalExpiration {
+    fn name(&self) -> &str {
+        "approval-expiration"
+    }
+
+    fn interval(&self) -> Duration {
+        self.settings.interval
+    }
+
+    async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
+        let now = now(&ctx)?;
+        let (batch, fence) = (self.settings.batch, ctx.fence());
+        let done = drain(&ctx, batch, || {
+            self.store.expire_approvals(now, batch, fence)
+        })
+        .await?;
+        Ok(Reconciled::items(total(&done)))
+    }
+}

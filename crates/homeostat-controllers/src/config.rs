@@ -1,0 +1,131 @@
+//! Settings of the built-in controllers, with the defaults of the design.
+
+use std::time::Duration;
+
+/// What every controller has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Registered at all.
+    pub enabled: bool,
+    /// Time between runs (jittered by the manager).
+    pub interval: Duration,
+    /// Rows per sweep statement; a run repeats full batches up to
+    /// [`MAX_BATCHES_PER_RUN`].
+    pub batch: u32,
+}
+
+/// Upper bound of batches in one run, so one run cannot go on forever.
+pub const MAX_BATCHES_PER_RUN: u32 = 100;
+
+impl Settings {
+    /// Enabled, every `interval`, batches of `batch`.
+    pub const fn every(interval: Duration, batch: u32) -> Self {
+        Self {
+            enabled: true,
+            interval,
+            batch,
+        }
+    }
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// agent-health: silent agents go offline, their running jobs are reclaimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentHealthConfig {
+    /// Interval and batch.
+    pub settings: Settings,
+    /// An online agent silent this long goes offline.
+    pub stale_after: Duration,
+}
+
+/// queue-priority: ageing of queued jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuePriorityConfig {
+    /// Interval and batch.
+    pub settings: Settings,
+    /// Priority points per whole minute waited.
+    pub bonus_per_minute: i64,
+    /// Ceiling ageing raises a job to. Above every tier's base, so that every
+    /// job that waited long enough reaches it and the oldest goes first.
+    pub cap: i64,
+}
+
+/// job-retention: how long finished jobs are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRetentionConfig {
+    /// Interval and batch.
+    pub settings: Settings,
+    /// Retention per outcome.
+    pub retention: homeostat_store::JobRetention,
+}
+
+/// audit-retention: how long audit events are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRetentionConfig {
+    /// Interval and batch (10,000 by default).
+    pub settings: Settings,
+    /// Events older than this are removed.
+    pub retention: Duration,
+    /// Count what would be removed, remove nothing.
+    pub dry_run: bool,
+}
+
+/// All built-in controllers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllersConfig {
+    /// agent-health (30 s; stale after 90 s).
+    pub agent_health: AgentHealthConfig,
+    /// job-recovery (60 s).
+    pub job_recovery: Settings,
+    /// job-timeout (60 s).
+    pub job_timeout: Settings,
+    /// job-scheduler (1 s).
+    pub job_scheduler: Settings,
+    /// queue-priority (60 s; 2 points a minute up to a ceiling of 300).
+    pub queue_priority: QueuePriorityConfig,
+    /// approval-expiration (1 h).
+    pub approval_expiration: Settings,
+    /// token-cleanup (1 h).
+    pub token_cleanup: Settings,
+    /// job-retention (1 h; succeeded and cancelled 24 h, dead and expired 7 d).
+    pub job_retention: JobRetentionConfig,
+    /// audit-retention (24 h; 365 d, batches of 10,000).
+    pub audit_retention: AuditRetentionConfig,
+    /// audit-chain-verify (6 h).
+    pub audit_chain_verify: Settings,
+}
+
+impl Default for ControllersConfig {
+    fn default() -> Self {
+        Self {
+            agent_health: AgentHealthConfig {
+                settings: Settings::every(30 * SECOND, 1000),
+                stale_after: 90 * SECOND,
+            },
+            job_recovery: Settings::every(MINUTE, 1000),
+            job_timeout: Settings::every(MINUTE, 1000),
+            job_scheduler: Settings::every(SECOND, 1000),
+            queue_priority: QueuePriorityConfig {
+                settings: Settings::every(MINUTE, 5000),
+                bonus_per_minute: 2,
+                cap: 300,
+            },
+            approval_expiration: Settings::every(HOUR, 1000),
+            token_cleanup: Settings::every(HOUR, 1000),
+            job_retention: JobRetentionConfig {
+                settings: Settings::every(HOUR, 1000),
+                retention: homeostat_store::JobRetention::default(),
+            },
+            audit_retention: AuditRetentionConfig {
+                settings: Settings::every(DAY, 10_000),
+                retention: 365 * DAY,
+                dry_run: false,
+            },
+            audit_chain_verify: Settings::every(6 * HOUR, 1000),
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! job-retention: finished jobs past their retention (succeeded and
+//! cancelled 24 h, dead and expired 7 d by default) are deleted in batches.
+
+use std::time::Duration;
+
+use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
+use homeostat_store::Store;
+
+use crate::JobRetentionConfig;
+use crate::sweep::{drain, now, total};
+
+/// The job-retention controller.
+#[derive(Debug, Clone)]
+pub struct JobRetention {
+    store: Store,
+    config: JobRetentionConfig,
+}
+
+impl JobRetention {
+    /// A controller over `store`.
+    pub fn new(store: Store, config: JobRetentionConfig) -> Self {
+        Self { store, config }
+    }
+}
+
+impl Controller for JobRetention {
+    fn name(&self) -> &str {
+        "job-retention"
+    }
+
+    fn interval(&self) -> Duration {
+        self.config.settings.interval
+    }
+
+    async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
+        let now = now(&ctx)?;
+        let (batch, fence) = (self.config.settings.batch, ctx.fence());
+        let retention = self.config.retention;
+        let done = drain(&ctx, batch, || {
+            self.store
+                .delete_finished_jobs(now, retention, batch, fence)
+        })
+        .await?;
+        Ok(Reconciled::items(total(&done)))
+    }
+}

@@ -1,0 +1,44 @@
+//! job-scheduler: `scheduled` jobs whose time has come (delayed, or backing
+//! off after a failure) become `queued`.
+
+use std::time::Duration;
+
+use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
+use homeostat_store::Store;
+
+use crate::Settings;
+use crate::sweep::{drain, now, total};
+
+/// The job-scheduler controller.
+#[derive(Debug, Clone)]
+pub struct JobScheduler {
+    store: Store,
+    settings: Settings,
+}
+
+impl JobScheduler {
+    /// A controller over `store`.
+    pub fn new(store: Store, settings: Settings) -> Self {
+        Self { store, settings }
+    }
+}
+
+impl Controller for JobScheduler {
+    fn name(&self) -> &str {
+        "job-scheduler"
+    }
+
+    fn interval(&self) -> Duration {
+        self.settings.interval
+    }
+
+    async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
+        let now = now(&ctx)?;
+        let (batch, fence) = (self.settings.batch, ctx.fence());
+        let done = drain(&ctx, batch, || {
+            self.store.promote_scheduled(now, batch, fence)
+        })
+        .await?;
+        Ok(Reconciled::items(total(&done)))
+    }
+}

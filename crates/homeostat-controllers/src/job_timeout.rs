@@ -1,0 +1,52 @@
+//! job-timeout: running jobs past their own timeout count a failed attempt:
+//! retried after the backoff, or dead when attempts are used up.
+
+use std::time::Duration;
+
+use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
+use homeostat_store::Store;
+
+use crate::Settings;
+use crate::sweep::{drain, notify_dead, now, total};
+
+/// The job-timeout controller.
+#[derive(Debug, Clone)]
+pub struct JobTimeout {
+    store: Store,
+    settings: Settings,
+}
+
+impl JobTimeout {
+    /// A controller over `store`.
+    pub fn new(store: Store, settings: Settings) -> Self {
+        Self { store, settings }
+    }
+}
+
+impl Controller for JobTimeout {
+    fn name(&self) -> &str {
+        "job-timeout"
+    }
+
+    fn interval(&self) -> Duration {
+        self.settings.interval
+    }
+
+    async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
+        let now = now(&ctx)?;
+        let (batch, fence) = (self.settings.batch, ctx.fence());
+        let timed_out = drain(&ctx, batch, || {
+            self.store.time_out_running(now, batch, fence)
+        })
+        .await?;
+        notify_dead(
+            &self.store,
+            &ctx,
+            &timed_out,
+            "timed out with no attempts left",
+            now,
+        )
+        .await?;
+        Ok(Reconciled::items(total(&timed_out)))
+    }
+}

@@ -1,0 +1,91 @@
+//! What the controllers share: the run's time, batch loops, notifications.
+
+use std::future::Future;
+
+use homeostat_model::Id;
+use homeostat_runtime::{BoxError, Context};
+use homeostat_store::{Store, StoreError, Swept};
+use jiff::Timestamp;
+use serde_json::json;
+
+use crate::MAX_BATCHES_PER_RUN;
+
+/// The run's current time on the manager's clock.
+pub(crate) fn now(ctx: &Context) -> Result<Timestamp, BoxError> {
+    Ok(Timestamp::try_from(ctx.now())?)
+}
+
+/// Something a sweep returns: how many rows it changed.
+pub(crate) trait Changed {
+    fn changed(&self) -> u64;
+}
+
+impl Changed for u64 {
+    fn changed(&self) -> u64 {
+        *self
+    }
+}
+
+impl Changed for Swept {
+    fn changed(&self) -> u64 {
+        self.changed
+    }
+}
+
+impl Changed for Vec<Id> {
+    fn changed(&self) -> u64 {
+        self.len() as u64
+    }
+}
+
+/// Runs `sweep` batch after batch until one comes back short of `batch`,
+/// the run is cancelled, or [`MAX_BATCHES_PER_RUN`] batches ran.
+pub(crate) async fn drain<T, F, Fut>(
+    ctx: &Context,
+    batch: u32,
+    mut sweep: F,
+) -> Result<Vec<T>, StoreError>
+where
+    T: Changed,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, StoreError>>,
+{
+    let mut results = Vec::new();
+    for _ in 0..MAX_BATCHES_PER_RUN {
+        if ctx.is_cancelled() {
+            break;
+        }
+        let result = sweep().await?;
+        let full = result.changed() >= u64::from(batch);
+        results.push(result);
+        if !full {
+            break;
+        }
+    }
+    Ok(results)
+}
+
+/// Total rows changed by a run's batches.
+pub(crate) fn total<T: Changed>(results: &[T]) -> u64 {
+    results.iter().map(Changed::changed).sum()
+}
+
+/// Queues a `job.dead` notification for each job a sweep killed.
+pub(crate) async fn notify_dead(
+    store: &Store,
+    ctx: &Context,
+    swept: &[Swept],
+    reason: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    for id in swept.iter().flat_map(|s| &s.dead) {
+        store
+            .add_notification(
+                "job.dead",
+                &json!({"job_id": id, "reason": reason, "controller": ctx.controller()}),
+                now,
+            )
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! token-cleanup: expired, used-up and revoked tokens are deleted.
+
+use std::time::Duration;
+
+use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
+use homeostat_store::Store;
+
+use crate::Settings;
+use crate::sweep::{drain, now, total};
+
+/// The token-cleanup controller.
+#[derive(Debug, Clone)]
+pub struct TokenCleanup {
+    store: Store,
+    settings: Settings,
+}
+
+impl TokenCleanup {
+    /// A controller over `store`.
+    pub fn new(store: Store, settings: Settings) -> Self {
+        Self { store, settings }
+    }
+}
+
+impl Controller for TokenCleanup {
+    fn name(&self) -> &str {
+        "token-cleanup"
+    }
+
+    fn interval(&self) -> Duration {
+        self.settings.interval
+    }
+
+    async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
+        let now = now(&ctx)?;
+        let (batch, fence) = (self.settings.batch, ctx.fence());
+        let done = drain(&ctx, batch, || {
+            self.store.delete_dead_tokens(now, batch, fence)
+        })
+        .await?;
+        Ok(Reconciled::items(total(&done)))
+    }
+}

@@ -1,0 +1,416 @@
+//! Each built-in controller on both backends: seed a state, reconcile,
+//! assert exactly the expected transitions; reconcile again, assert nothing
+//! changes; a deposed leader's run changes nothing.
+
+#[path = "../../homeostat-store/tests/backends/mod.rs"]
+mod backends;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use homeostat_controllers::*;
+use homeostat_model::{Id, JobState, NewAgent, NewJob, PlanTier};
+use homeostat_runtime::{CancellationToken, Context, Controller, Fence, LeaseStore, ManualClock};
+use homeostat_store::{JobFilter, Store};
+use jiff::{SignedDuration, Timestamp};
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn t0() -> Timestamp {
+    Timestamp::from_second(1_767_225_600).unwrap()
+}
+
+fn at(secs: i64) -> Timestamp {
+    t0() + SignedDuration::from_secs(secs)
+}
+
+/// Runs `controller` once at `when`, under a live lease of its own.
+async fn run_at<C: Controller>(
+    store: &Store,
+    controller: &C,
+    when: Timestamp,
+) -> Result<u64, String> {
+    let fence = fence(store, controller.name()).await;
+    run_fenced(controller, when, Some(fence)).await
+}
+
+async fn run_fenced<C: Controller>(
+    controller: &C,
+    when: Timestamp,
+    fence: Option<Fence>,
+) -> Result<u64, String> {
+    let clock = ManualClock::new(SystemTime::from(when));
+    let ctx = Context::detached(
+        controller.name(),
+        Arc::new(clock),
+        CancellationToken::new(),
+        fence,
+    );
+    controller
+        .reconcile(ctx)
+        .await
+        .map(|r| r.items)
+        .map_err(|e| e.to_string())
+}
+
+async fn fence(store: &Store, name: &str) -> Fence {
+    let lease = store
+        .acquire(name, "test-replica", Duration::from_secs(300))
+        .await
+        .unwrap()
+        .unwrap();
+    Fence {
+        name: name.into(),
+        epoch: lease.epoch,
+    }
+}
+
+async fn tenant(store: &Store, name: &str, tier: PlanTier) -> Id {
+    store
+        .create_tenant(name, tier, "operator:test", t0())
+        .await
+        .unwrap()
+        .id
+}
+
+async fn agent(store: &Store, tenant: Option<Id>) -> Id {
+    let token = store
+        .issue_bootstrap_token(tenant, Duration::from_secs(3600), 1, "operator:test", t0())
+        .await
+        .unwrap();
+    store
+        .register_agent(
+            &token.secret,
+            &NewAgent {
+                name: format!("agent-{}", uuid::Uuid::now_v7().simple()),
+                labels: Default::default(),
+                queues: vec!["q".into()],
+            },
+            t0(),
+        )
+        .await
+        .unwrap()
+        .0
+        .id
+}
+
+fn config() -> ControllersConfig {
+    ControllersConfig::default()
+}
+
+async fn state(store: &Store, id: Id) -> JobState {
+    store.get_job(id).await.unwrap().state
+}
+
+async fn agent_health_takes_silent_agents_offline_and_reclaims_their_jobs(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let alive = agent(store, Some(t)).await;
+    let silent = agent(store, Some(t)).await;
+    let mut last_try = NewJob::new("q", "k");
+    last_try.max_attempts = Some(1);
+    let retried = store
+        .enqueue(t, &NewJob::new("q", "k"), t0())
+        .await
+        .unwrap()
+        .job
+        .id;
+    store
+        .claim(silent, 1, Duration::from_secs(3600), t0())
+        .await
+        .unwrap();
+    let doomed = store.enqueue(t, &last_try, t0()).await.unwrap().job.id;
+    store
+        .claim(silent, 1, Duration::from_secs(3600), t0())
+        .await
+        .unwrap();
+    store.heartbeat_agents(&[alive], at(60)).await.unwrap();
+
+    let controller = AgentHealth::new(store.clone(), config().agent_health);
+    // 100 s after the last heartbeat of `silent`, 40 s after `alive`'s.
+    assert_eq!(run_at(store, &controller, at(100)).await.unwrap(), 3);
+    assert_eq!(
+        store.get_agent(silent).await.unwrap().status,
+        homeostat_model::AgentStatus::Offline
+    );
+    assert_eq!(
+        store.get_agent(alive).await.unwrap().status,
+        homeostat_model::AgentStatus::Online
+    );
+    assert_eq!(
+        state(store, retried).await,
+        JobState::Queued,
+        "re-queued at once"
+    );
+    assert_eq!(
+        state(store, doomed).await,
+        JobState::Dead,
+        "no attempts left"
+    );
+    let due = store
+        .claim_due_notifications(at(100), 10, LEASE, None)
+        .await
+        .unwrap();
+    let mut events: Vec<_> = due.iter().map(|n| n.event.as_str()).collect();
+    events.sort();
+    assert_eq!(events, ["agent.offline", "job.dead"]);
+    assert_eq!(run_at(store, &controller, at(100)).await.unwrap(), 0);
+}
+
+async fn job_recovery_requeues_expired_leases_and_expires_overdue_jobs(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t)).await;
+    let stuck = store
+        .enqueue(t, &NewJob::new("q", "k"), t0())
+        .await
+        .unwrap()
+        .job
+        .id;
+    store
+        .claim(a, 1, Duration::from_secs(30), t0())
+        .await
+        .unwrap();
+    let mut late = NewJob::new("other", "k");
+    late.deadline = Some(at(50));
+    let overdue = store.enqueue(t, &late, t0()).await.unwrap().job.id;
+    let waiting = store
+        .enqueue(t, &NewJob::new("other", "k"), t0())
+        .await
+        .unwrap()
+        .job
+        .id;
+
+    let controller = JobRecovery::new(store.clone(), config().job_recovery);
+    assert_eq!(run_at(store, &controller, at(60)).await.unwrap(), 2);
+    let job = store.get_job(stuck).await.unwrap();
+    assert_eq!((job.state, job.attempt), (JobState::Queued, 1));
+    assert_eq!(state(store, overdue).await, JobState::Expired);
+    assert_eq!(
+        state(store, waiting).await,
+        JobState::Queued,
+        "default deadline is 60 min"
+    );
+    assert_eq!(run_at(store, &controller, at(60)).await.unwrap(), 0);
+    // The default deadline: an hour after the job was due (the re-queued
+    // job started once already, so no deadline applies to it).
+    assert_eq!(run_at(store, &controller, at(3601)).await.unwrap(), 1);
+    assert_eq!(state(store, waiting).await, JobState::Expired);
+}
+
+async fn job_timeout_fails_attempts_past_their_timeout(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t)).await;
+    let mut quick = NewJob::new("q", "k");
+    quick.timeout_secs = Some(30);
+    let id = store.enqueue(t, &quick, t0()).await.unwrap().job.id;
+    store
+        .claim(a, 1, Duration::from_secs(3600), t0())
+        .await
+        .unwrap();
+    let controller = JobTimeout::new(store.clone(), config().job_timeout);
+    assert_eq!(run_at(store, &controller, at(29)).await.unwrap(), 0);
+    assert_eq!(run_at(store, &controller, at(31)).await.unwrap(), 1);
+    let job = store.get_job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Scheduled);
+    assert_eq!(job.last_error.as_deref(), Some("attempt timed out"));
+    assert_eq!(run_at(store, &controller, at(31)).await.unwrap(), 0);
+}
+
+async fn job_scheduler_promotes_due_jobs(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let mut delayed = NewJob::new("q", "k");
+    delayed.run_at = Some(at(10));
+    let mut later = delayed.clone();
+    later.run_at = Some(at(20));
+    let first = store.enqueue(t, &delayed, t0()).await.unwrap().job.id;
+    let second = store.enqueue(t, &later, t0()).await.unwrap().job.id;
+    let controller = JobScheduler::new(store.clone(), config().job_scheduler);
+    assert_eq!(run_at(store, &controller, at(15)).await.unwrap(), 1);
+    assert_eq!(state(store, first).await, JobState::Queued);
+    assert_eq!(state(store, second).await, JobState::Scheduled);
+    assert_eq!(run_at(store, &controller, at(15)).await.unwrap(), 0);
+}
+
+async fn approval_expiration_and_token_cleanup_sweep_what_expired(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let mut gated = NewJob::new("q", "k");
+    gated.approval_expires_at = Some(at(100));
+    let id = store.enqueue(t, &gated, t0()).await.unwrap().job.id;
+    let approvals = ApprovalExpiration::new(store.clone(), config().approval_expiration);
+    assert_eq!(run_at(store, &approvals, at(99)).await.unwrap(), 0);
+    assert_eq!(run_at(store, &approvals, at(101)).await.unwrap(), 1);
+    assert_eq!(state(store, id).await, JobState::Expired);
+    assert_eq!(run_at(store, &approvals, at(101)).await.unwrap(), 0);
+
+    store
+        .issue_bootstrap_token(None, Duration::from_secs(60), 1, "operator:test", t0())
+        .await
+        .unwrap();
+    let tokens = TokenCleanup::new(store.clone(), config().token_cleanup);
+    assert_eq!(run_at(store, &tokens, at(30)).await.unwrap(), 0);
+    assert_eq!(run_at(store, &tokens, at(61)).await.unwrap(), 1);
+    assert_eq!(run_at(store, &tokens, at(61)).await.unwrap(), 0);
+}
+
+async fn job_retention_deletes_finished_jobs_past_retention(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let id = store
+        .enqueue(t, &NewJob::new("q", "k"), t0())
+        .await
+        .unwrap()
+        .job
+        .id;
+    store.cancel(id, "operator:test", at(1)).await.unwrap();
+    let controller = JobRetention::new(store.clone(), config().job_retention);
+    let day = 24 * 3600;
+    assert_eq!(run_at(store, &controller, at(day)).await.unwrap(), 0);
+    assert_eq!(run_at(store, &controller, at(day + 2)).await.unwrap(), 1);
+    assert!(store.get_job(id).await.is_err());
+    assert_eq!(run_at(store, &controller, at(day + 2)).await.unwrap(), 0);
+}
+
+async fn audit_retention_removes_old_events_and_keeps_the_chain(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await; // one audit event at t0
+    let _ = t;
+    let year = 365 * 24 * 3600;
+    let mut cfg = config().audit_retention;
+    cfg.dry_run = true;
+    let dry = AuditRetention::new(store.clone(), cfg.clone());
+    assert_eq!(run_at(store, &dry, at(year + 10)).await.unwrap(), 0);
+    assert_eq!(store.audit_events(0, 10).await.unwrap().len(), 1, "dry run");
+    cfg.dry_run = false;
+    let controller = AuditRetention::new(store.clone(), cfg);
+    assert_eq!(run_at(store, &controller, at(year - 10)).await.unwrap(), 0);
+    assert_eq!(run_at(store, &controller, at(year + 10)).await.unwrap(), 1);
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    assert_eq!(report.first_break, None);
+    let events = store.audit_events(0, 10).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].action, "audit.retention");
+    assert!(events[0].actor.starts_with("controller:audit-retention@"));
+    assert_eq!(run_at(store, &controller, at(year + 10)).await.unwrap(), 0);
+}
+
+async fn audit_chain_verify_reports_a_break_once(store: &Store) {
+    tenant(store, "acme", PlanTier::Free).await;
+    tenant(store, "globex", PlanTier::Free).await;
+    let controller = AuditChainVerify::new(store.clone(), config().audit_chain_verify);
+    assert_eq!(run_at(store, &controller, at(10)).await.unwrap(), 2);
+    match store {
+        Store::Sqlite(s) => {
+            sqlx::query("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
+                .execute(s.pool())
+                .await
+                .unwrap();
+        }
+        Store::Postgres(s) => {
+            sqlx::query("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
+                .execute(s.pool())
+                .await
+                .unwrap();
+        }
+    }
+    let err = run_at(store, &controller, at(20)).await.unwrap_err();
+    assert!(err.contains("audit chain broken at event 1"), "{err}");
+    assert!(run_at(store, &controller, at(30)).await.is_err());
+    let due = store
+        .claim_due_notifications(at(40), 10, LEASE, None)
+        .await
+        .unwrap();
+    assert_eq!(due.len(), 1, "one notification for one break");
+    assert_eq!(due[0].event, "audit.chain_broken");
+}
+
+async fn a_deposed_leader_changes_nothing(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let mut delayed = NewJob::new("q", "k");
+    delayed.run_at = Some(at(10));
+    let id = store.enqueue(t, &delayed, t0()).await.unwrap().job.id;
+    let controller = JobScheduler::new(store.clone(), config().job_scheduler);
+    let old = fence(store, "job-scheduler").await;
+    let lease = store
+        .acquire("job-scheduler", "test-replica", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    store.release(&lease).await.unwrap();
+    store
+        .acquire("job-scheduler", "another-replica", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = run_fenced(&controller, at(20), Some(old))
+        .await
+        .unwrap_err();
+    assert!(err.contains("no longer held"), "{err}");
+    assert_eq!(state(store, id).await, JobState::Scheduled);
+}
+
+async fn a_small_tenant_is_not_starved_by_a_flood(store: &Store) {
+    // Bound: at 2 points a minute a free job (base 0) reaches the ceiling of
+    // 300 after 150 minutes; there the oldest job goes first, and it is the
+    // oldest (ties with the first flood batch aside).
+    let small = tenant(store, "small", PlanTier::Free).await;
+    let big = tenant(store, "big", PlanTier::Premium).await;
+    let worker = agent(store, None).await;
+    let controller = QueuePriority::new(store.clone(), config().queue_priority);
+    let mine = store
+        .enqueue(small, &NewJob::new("q", "k"), t0())
+        .await
+        .unwrap()
+        .job
+        .id;
+    // Every minute the big tenant enqueues 10 jobs and the worker takes 5:
+    // its backlog only grows.
+    let mut claimed_at = None;
+    for minute in 0..=240 {
+        let now = at(minute * 60);
+        let flood: Vec<NewJob> = (0..10).map(|_| NewJob::new("q", "k")).collect();
+        store.enqueue_batch(big, &flood, now).await.unwrap();
+        run_at(store, &controller, now).await.unwrap();
+        let got = store.claim(worker, 5, LEASE, now).await.unwrap();
+        let done: Vec<_> = got
+            .iter()
+            .map(|c| homeostat_store::Completion {
+                id: c.id,
+                lease_token: c.lease_token,
+                result: None,
+            })
+            .collect();
+        store.complete_batch(&done, now).await.unwrap();
+        if got.iter().any(|c| c.id == mine) {
+            claimed_at = Some(minute);
+            break;
+        }
+    }
+    let minute = claimed_at.expect("the small tenant's job was never claimed");
+    assert!(
+        minute <= 201,
+        "claimed after {minute} minutes; bound is 201"
+    );
+    let backlog = store
+        .list_jobs(
+            &JobFilter {
+                tenant_id: Some(big),
+                state: Some(JobState::Queued),
+                queue: None,
+            },
+            None,
+            1000,
+        )
+        .await
+        .unwrap();
+    assert!(backlog.items.len() > 500, "the flood was still queued");
+}
+
+on_both_backends!(
+    agent_health_takes_silent_agents_offline_and_reclaims_their_jobs,
+    job_recovery_requeues_expired_leases_and_expires_overdue_jobs,
+    job_timeout_fails_attempts_past_their_timeout,
+    job_scheduler_promotes_due_jobs,
+    approval_expiration_and_token_cleanup_sweep_what_expired,
+    job_retention_deletes_finished_jobs_past_retention,
+    audit_retention_removes_old_events_and_keeps_the_chain,
+    audit_chain_verify_reports_a_break_once,
+    a_deposed_leader_changes_nothing,
+    a_small_tenant_is_not_starved_by_a_flood,
+);
