@@ -97,6 +97,8 @@ pub struct ControllersConfig {
     pub audit_retention: AuditRetentionConfig,
     /// audit-chain-verify (6 h).
     pub audit_chain_verify: Settings,
+    /// notification-dispatch (15 s, batches of 100).
+    pub notification_dispatch: Settings,
 }
 
 impl Default for ControllersConfig {
@@ -126,6 +128,7 @@ impl Default for ControllersConfig {
                 dry_run: false,
             },
             audit_chain_verify: Settings::every(6 * HOUR, 1000),
+            notification_dispatch: Settings::every(15 * SECOND, 100),
         }
     }
 }

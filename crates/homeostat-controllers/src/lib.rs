@@ -9,11 +9,11 @@
 //!
 //! ```no_run
 //! # async fn demo(store: homeostat_store::Store) -> Result<(), Box<dyn std::error::Error>> {
-//! use homeostat_controllers::{ControllersConfig, register_builtin};
+//! use homeostat_controllers::{ControllersConfig, Notifier, register_builtin};
 //! use homeostat_runtime::Manager;
 //!
 //! let mut builder = Manager::builder().lease_store(std::sync::Arc::new(store.clone()));
-//! register_builtin(&mut builder, &store, &ControllersConfig::default())?;
+//! register_builtin(&mut builder, &store, &ControllersConfig::default(), Notifier::Log)?;
 //! let manager = builder.start()?;
 //! # let _ = manager;
 //! # Ok(())
@@ -29,6 +29,8 @@ mod job_recovery;
 mod job_retention;
 mod job_scheduler;
 mod job_timeout;
+mod notification_dispatch;
+pub mod notifier;
 mod queue_priority;
 mod sweep;
 mod token_cleanup;
@@ -42,6 +44,8 @@ pub use job_recovery::JobRecovery;
 pub use job_retention::JobRetention;
 pub use job_scheduler::JobScheduler;
 pub use job_timeout::JobTimeout;
+pub use notification_dispatch::NotificationDispatch;
+pub use notifier::Notifier;
 pub use queue_priority::QueuePriority;
 pub use token_cleanup::TokenCleanup;
 
@@ -51,11 +55,13 @@ use homeostat_store::Store;
 #[doc(no_inline)]
 pub use homeostat_runtime::Fence;
 
-/// Registers every enabled built-in controller with `builder`.
+/// Registers every enabled built-in controller with `builder`, sending
+/// notifications through `notifier`.
 pub fn register_builtin(
     builder: &mut ManagerBuilder,
     store: &Store,
     config: &ControllersConfig,
+    notifier: Notifier,
 ) -> Result<(), ManagerError> {
     let options = ControllerOptions::default();
     macro_rules! add {
@@ -104,6 +110,10 @@ pub fn register_builtin(
     add!(
         config.audit_chain_verify,
         AuditChainVerify::new(store.clone(), config.audit_chain_verify)
+    );
+    add!(
+        config.notification_dispatch,
+        NotificationDispatch::new(store.clone(), notifier, config.notification_dispatch)
     );
     Ok(())
 }
