@@ -74,6 +74,16 @@ pub struct AuditRetentionConfig {
     pub dry_run: bool,
 }
 
+/// watchdog: when a controller counts as unhealthy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogConfig {
+    /// Interval (batch unused).
+    pub settings: Settings,
+    /// Unhealthy after this many of its intervals without a success while
+    /// leading, or this many failures in a row.
+    pub intervals: u32,
+}
+
 /// All built-in controllers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControllersConfig {
@@ -99,6 +109,8 @@ pub struct ControllersConfig {
     pub audit_chain_verify: Settings,
     /// notification-dispatch (15 s, batches of 100).
     pub notification_dispatch: Settings,
+    /// watchdog (30 s; 3 intervals).
+    pub watchdog: WatchdogConfig,
 }
 
 impl Default for ControllersConfig {
@@ -129,6 +141,10 @@ impl Default for ControllersConfig {
             },
             audit_chain_verify: Settings::every(6 * HOUR, 1000),
             notification_dispatch: Settings::every(15 * SECOND, 100),
+            watchdog: WatchdogConfig {
+                settings: Settings::every(30 * SECOND, 0),
+                intervals: 3,
+            },
         }
     }
 }

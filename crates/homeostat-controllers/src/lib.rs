@@ -34,6 +34,7 @@ pub mod notifier;
 mod queue_priority;
 mod sweep;
 mod token_cleanup;
+mod watchdog;
 
 pub use agent_health::AgentHealth;
 pub use approval_expiration::ApprovalExpiration;
@@ -48,6 +49,7 @@ pub use notification_dispatch::NotificationDispatch;
 pub use notifier::Notifier;
 pub use queue_priority::QueuePriority;
 pub use token_cleanup::TokenCleanup;
+pub use watchdog::Watchdog;
 
 use homeostat_runtime::{ControllerOptions, ManagerBuilder, ManagerError};
 use homeostat_store::Store;
@@ -115,5 +117,12 @@ pub fn register_builtin(
         config.notification_dispatch,
         NotificationDispatch::new(store.clone(), notifier, config.notification_dispatch)
     );
+    if config.watchdog.settings.enabled {
+        // Every replica watches the controllers it leads.
+        builder.register(
+            Watchdog::new(store.clone(), config.watchdog.clone()),
+            options.exclusive(false),
+        )?;
+    }
     Ok(())
 }

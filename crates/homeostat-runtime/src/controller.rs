@@ -124,6 +124,7 @@ pub struct Context {
     pub(crate) scheduled_at: SystemTime,
     pub(crate) started_at: SystemTime,
     pub(crate) reason: RunReason,
+    pub(crate) board: Option<Arc<[Arc<crate::scheduler::Slot>]>>,
 }
 
 impl Context {
@@ -145,7 +146,18 @@ impl Context {
             scheduled_at: now,
             started_at: now,
             reason: RunReason::Trigger,
+            board: None,
         }
+    }
+
+    /// A snapshot of every controller of the manager running this one (for
+    /// watchdogs); empty for a detached context.
+    pub fn manager_status(&self) -> Vec<crate::ControllerStatus> {
+        self.board
+            .iter()
+            .flat_map(|board| board.iter())
+            .map(|slot| slot.status.lock().unwrap().clone())
+            .collect()
     }
 
     /// The controller's name.

@@ -227,7 +227,9 @@ impl ManagerBuilder {
         let leases = self
             .leases
             .unwrap_or_else(|| Arc::new(InMemoryLeaseStore::new(Arc::clone(&self.clock))));
+        let slots: Arc<[Arc<Slot>]> = self.slots.into();
         let shared = Arc::new(Shared {
+            board: Arc::clone(&slots),
             clock: self.clock,
             leases,
             holder: self.holder.unwrap_or_else(default_holder),
@@ -238,7 +240,7 @@ impl ManagerBuilder {
         let seed = self.seed.unwrap_or_else(|| fastrand::u64(..));
         let mut loops = JoinSet::new();
         let mut names = HashMap::new();
-        for (index, slot) in self.slots.iter().enumerate() {
+        for (index, slot) in slots.iter().enumerate() {
             let driver = Driver::new(
                 Arc::clone(slot),
                 Arc::clone(&shared),
@@ -250,7 +252,7 @@ impl ManagerBuilder {
         Ok(Manager {
             inner: Arc::new(Inner {
                 shared,
-                slots: self.slots,
+                slots,
                 loops: Mutex::new(Some((loops, names))),
             }),
         })
@@ -271,7 +273,7 @@ pub struct Manager {
 
 struct Inner {
     shared: Arc<Shared>,
-    slots: Vec<Arc<Slot>>,
+    slots: Arc<[Arc<Slot>]>,
     loops: Mutex<Option<Loops>>,
 }
 
@@ -341,7 +343,7 @@ impl Manager {
         let shared = &self.inner.shared;
         let _ = shared.shutdown_deadline.set(shared.clock.now() + grace);
         shared.stop.cancel();
-        for slot in &self.inner.slots {
+        for slot in self.inner.slots.iter() {
             slot.trigger.notify_one();
         }
         let Some((mut loops, names)) = self.inner.loops.lock().unwrap().take() else {

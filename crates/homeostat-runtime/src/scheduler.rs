@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub(crate) stop: CancellationToken,
     /// Set before `stop` is cancelled: when in-flight runs get cancelled.
     pub(crate) shutdown_deadline: OnceLock<SystemTime>,
+    /// Every controller of this manager, for [`Context::manager_status`].
+    pub(crate) board: Arc<[Arc<Slot>]>,
 }
 
 impl Shared {
@@ -322,6 +324,7 @@ impl Driver {
             scheduled_at,
             started_at,
             reason,
+            board: Some(Arc::clone(&self.shared.board)),
         };
         let future = Arc::clone(&self.slot.controller)
             .reconcile_boxed(ctx)

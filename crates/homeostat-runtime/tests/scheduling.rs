@@ -359,3 +359,28 @@ async fn registration_rejects_bad_configuration_with_the_controller_named() {
         .unwrap_err();
     assert!(matches!(err, ManagerError::LeaseTtl { .. }));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_sees_the_status_of_its_managers_controllers() {
+    let clock = TokioClock::at_test_epoch();
+    let mut registry = Registry::default();
+    let (watcher, wp) = TestController::new("watcher", 10 * S, |ctx, _| async move {
+        let names: Vec<String> = ctx.manager_status().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["watcher", "watched"]);
+        Ok(Reconciled::items(names.len() as u64))
+    });
+    let (watched, _) = TestController::quick("watched", 10 * S);
+    let manager = start(
+        builder(&clock, &mut registry),
+        vec![(watcher, exact()), (watched, exact())],
+    );
+    wait_until("the watcher ran", S, || wp.count() == 1).await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let last = manager
+        .controller_status("watcher")
+        .unwrap()
+        .last_run
+        .unwrap();
+    assert_eq!((last.outcome, last.items), (Outcome::Success, 2));
+    manager.shutdown(S).await;
+}

@@ -1,0 +1,148 @@
+//! watchdog: a controller of this replica that has not succeeded for N of its
+//! intervals (default 3) while leading, or has failed N times in a row,
+//! raises a `controller.unhealthy` notification and makes the watchdog's own
+//! run fail with the list (so it shows in status); when it recovers, a
+//! `controller.recovered` notification follows.
+//!
+//! It runs on every replica (not exclusive): each replica watches the
+//! controllers it leads.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use homeostat_runtime::{BoxError, Context, Controller, ControllerStatus, Reconciled};
+use homeostat_store::Store;
+use serde_json::json;
+
+use crate::WatchdogConfig;
+use crate::sweep::now;
+
+/// The watchdog controller.
+#[derive(Debug)]
+pub struct Watchdog {
+    store: Store,
+    config: WatchdogConfig,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// When the watchdog first looked: the baseline for controllers that
+    /// never succeeded.
+    since: Option<SystemTime>,
+    /// Controllers reported unhealthy, with why.
+    unhealthy: BTreeMap<String, String>,
+}
+
+impl Watchdog {
+    /// A watchdog raising notifications in `store`.
+    pub fn new(store: Store, config: WatchdogConfig) -> Self {
+        Self {
+            store,
+            config,
+            state: Mutex::default(),
+        }
+    }
+
+    /// Why `status` is unhealthy at `now`, if it is.
+    fn diagnose(
+        &self,
+        status: &ControllerStatus,
+        now: SystemTime,
+        since: SystemTime,
+    ) -> Option<String> {
+        let n = self.config.intervals;
+        if status.consecutive_failures >= n {
+            let error = status
+                .last_run
+                .as_ref()
+                .and_then(|r| r.error.clone())
+                .unwrap_or_default();
+            return Some(format!(
+                "failed {} times in a row (last: {error})",
+                status.consecutive_failures
+            ));
+        }
+        if !status.leader {
+            return None; // another replica runs it
+        }
+        let allowed = status.interval * n;
+        let last = status.last_success_at.unwrap_or(since);
+        let silent = now.duration_since(last).unwrap_or_default();
+        (silent > allowed).then(|| {
+            format!(
+                "no success for {}s, more than {n} intervals of {}s",
+                silent.as_secs(),
+                status.interval.as_secs()
+            )
+        })
+    }
+}
+
+impl Controller for Watchdog {
+    fn name(&self) -> &str {
+        "watchdog"
+    }
+
+    fn interval(&self) -> Duration {
+        self.config.settings.interval
+    }
+
+    async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
+        let wall = ctx.now();
+        let now = now(&ctx)?;
+        let (raised, cleared, standing) = {
+            let mut state = self.state.lock().unwrap();
+            let since = *state.since.get_or_insert(wall);
+            let mut current = BTreeMap::new();
+            for status in ctx.manager_status() {
+                if status.name == self.name() {
+                    continue;
+                }
+                if let Some(why) = self.diagnose(&status, wall, since) {
+                    current.insert(status.name, why);
+                }
+            }
+            let raised: Vec<(String, String)> = current
+                .iter()
+                .filter(|(name, _)| !state.unhealthy.contains_key(*name))
+                .map(|(n, w)| (n.clone(), w.clone()))
+                .collect();
+            let cleared: Vec<String> = state
+                .unhealthy
+                .keys()
+                .filter(|name| !current.contains_key(*name))
+                .cloned()
+                .collect();
+            state.unhealthy = current.clone();
+            (raised, cleared, current)
+        };
+        for (controller, why) in &raised {
+            tracing::warn!(controller, reason = why, "controller unhealthy");
+            self.store
+                .add_notification(
+                    "controller.unhealthy",
+                    &json!({"controller": controller, "reason": why}),
+                    now,
+                )
+                .await?;
+        }
+        for controller in &cleared {
+            tracing::info!(controller, "controller recovered");
+            self.store
+                .add_notification(
+                    "controller.recovered",
+                    &json!({"controller": controller}),
+                    now,
+                )
+                .await?;
+        }
+        if standing.is_empty() {
+            Ok(Reconciled::items((raised.len() + cleared.len()) as u64))
+        } else {
+            let list: Vec<String> = standing.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+            Err(format!("unhealthy controllers: {}", list.join("; ")).into())
+        }
+    }
+}
