@@ -29,6 +29,20 @@ impl std::ops::Deref for TestStore {
 }
 
 impl TestStore {
+    /// Another store on the same PostgreSQL schema with its own pool, as a
+    /// second replica would have; `None` for SQLite.
+    pub async fn replica(&self) -> Option<Store> {
+        let Cleanup::Schema { url, schema } = &self.cleanup else {
+            return None;
+        };
+        let pool = pg_pool(url, schema, 4).await;
+        Some(Store::Postgres(
+            PgStore::from_pool(pool, StoreOptions::default())
+                .await
+                .expect("opening a replica"),
+        ))
+    }
+
     /// Closes the store and removes its file or schema.
     pub async fn cleanup(self) {
         self.store.close().await;

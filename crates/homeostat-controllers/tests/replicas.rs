@@ -1,0 +1,228 @@
+//! Three replicas (three managers, each with its own connection pool) on one
+//! PostgreSQL: an exclusive controller runs on exactly one at a time, a
+//! stopped or crashed leader is replaced in time, and a leader frozen past
+//! its lease has its writes refused when it wakes.
+
+#[path = "../../homeostat-store/tests/backends/mod.rs"]
+mod backends;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use homeostat_model::{NewJob, PlanTier};
+use homeostat_runtime::{
+    BoxError, Context, Controller, ControllerOptions, Fence, LeaseStore, Manager, Reconciled,
+};
+use homeostat_store::{Store, StoreError};
+
+const TTL: Duration = Duration::from_secs(3);
+const INTERVAL: Duration = Duration::from_millis(200);
+/// Real databases and a shared 2-core machine: room for latency and
+/// scheduling on top of the bounds (which the runtime's simulations check
+/// exactly).
+const SLACK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+struct Run {
+    replica: usize,
+    epoch: u64,
+    start: Instant,
+    end: Instant,
+}
+
+/// Records each run and makes a fenced write, taking a little time.
+struct Probe {
+    replica: usize,
+    store: Store,
+    runs: Arc<Mutex<Vec<Run>>>,
+}
+
+impl Controller for Probe {
+    fn name(&self) -> &str {
+        "exclusive-probe"
+    }
+    fn interval(&self) -> Duration {
+        INTERVAL
+    }
+    async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
+        let start = Instant::now();
+        let now = jiff::Timestamp::now();
+        let changed = self
+            .store
+            .promote_scheduled(now, 100, ctx.fence())
+            .await?
+            .changed;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        self.runs.lock().unwrap().push(Run {
+            replica: self.replica,
+            epoch: ctx.epoch().expect("exclusive runs carry an epoch"),
+            start,
+            end: Instant::now(),
+        });
+        Ok(Reconciled::items(changed))
+    }
+}
+
+async fn replica(store: Store, index: usize, runs: &Arc<Mutex<Vec<Run>>>) -> Manager {
+    let mut builder = Manager::builder()
+        .lease_store(Arc::new(store.clone()))
+        .lease_ttl(TTL)
+        .holder(format!("replica-{index}"));
+    builder
+        .register(
+            Probe {
+                replica: index,
+                store,
+                runs: Arc::clone(runs),
+            },
+            ControllerOptions::default().jitter(0.0),
+        )
+        .unwrap();
+    builder.start().unwrap()
+}
+
+fn leader(store_runs: &[Run]) -> usize {
+    store_runs.last().expect("somebody ran").replica
+}
+
+async fn wait_for_new_epoch(runs: &Arc<Mutex<Vec<Run>>>, after: u64, limit: Duration) -> Run {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(run) = runs
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.epoch > after)
+            .cloned()
+        {
+            return run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new leader within {limit:?}: {:?}",
+            runs.lock().unwrap().iter().rev().take(3).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_share_one_leader_and_fail_over_in_time() {
+    let Some(db) = backends::postgres().await else {
+        return;
+    };
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let mut managers = Vec::new();
+    for i in 0..3 {
+        let store = db.replica().await.unwrap();
+        managers.push(Some(replica(store, i, &runs).await));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Graceful stop: the lease is released, a peer takes over at its next tick.
+    let first = leader(&runs.lock().unwrap());
+    let epoch = runs.lock().unwrap().last().unwrap().epoch;
+    let stopped = Instant::now();
+    managers[first]
+        .take()
+        .unwrap()
+        .shutdown(Duration::from_secs(5))
+        .await;
+    let next = wait_for_new_epoch(&runs, epoch, INTERVAL + SLACK).await;
+    assert_ne!(next.replica, first);
+    assert!(next.start.duration_since(stopped) <= INTERVAL + SLACK);
+
+    // Crash: nothing released; a peer takes over once the lease expires.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let second = leader(&runs.lock().unwrap());
+    let epoch = runs.lock().unwrap().last().unwrap().epoch;
+    let crashed = Instant::now();
+    drop(managers[second].take());
+    let next = wait_for_new_epoch(&runs, epoch, TTL + INTERVAL + SLACK).await;
+    assert!(next.replica != first && next.replica != second);
+    assert!(
+        next.start.duration_since(crashed) <= TTL + INTERVAL + SLACK,
+        "took over after {:?}",
+        next.start.duration_since(crashed)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for m in managers.into_iter().flatten() {
+        m.shutdown(Duration::from_secs(5)).await;
+    }
+
+    // Exactly one replica ran it at any time, and epochs only grow.
+    let mut runs = runs.lock().unwrap().clone();
+    runs.sort_by_key(|r| r.start);
+    assert!(runs.len() > 10, "{} runs", runs.len());
+    for pair in runs.windows(2) {
+        assert!(
+            pair[0].end <= pair[1].start,
+            "replicas {} and {} overlapped",
+            pair[0].replica,
+            pair[1].replica
+        );
+        assert!(pair[0].epoch <= pair[1].epoch);
+    }
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_frozen_past_its_lease_has_its_writes_refused() {
+    let Some(db) = backends::postgres().await else {
+        return;
+    };
+    let store = db.store.clone();
+    let tenant = store
+        .create_tenant(
+            "acme",
+            PlanTier::Free,
+            "operator:test",
+            jiff::Timestamp::now(),
+        )
+        .await
+        .unwrap();
+    let mut job = NewJob::new("q", "k");
+    job.run_at = Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1));
+    let id = store
+        .enqueue(tenant.id, &job, jiff::Timestamp::now())
+        .await
+        .unwrap()
+        .job
+        .id;
+    // Replica a leads, then freezes (stops renewing) past its lease...
+    let a = store
+        .acquire("job-scheduler", "replica-a", Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    let frozen = Fence {
+        name: "job-scheduler".into(),
+        epoch: a.epoch,
+    };
+    let other = db.replica().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let b = loop {
+        if let Some(lease) = other
+            .acquire("job-scheduler", "replica-b", Duration::from_secs(60))
+            .await
+            .unwrap()
+        {
+            break lease;
+        }
+        assert!(Instant::now() < deadline, "replica b never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(b.epoch > a.epoch);
+    // ...and wakes up to write with its old epoch: refused, nothing changed.
+    let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(5);
+    let err = store
+        .promote_scheduled(later, 100, Some(&frozen))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    assert_eq!(
+        store.get_job(id).await.unwrap().state,
+        homeostat_model::JobState::Scheduled
+    );
+    db.cleanup().await;
+}
