@@ -84,8 +84,17 @@ pub struct WatchdogConfig {
     pub intervals: u32,
 }
 
+/// periodic-jobs: cron schedules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeriodicConfig {
+    /// Interval (1 s) between looks at the schedules.
+    pub settings: Settings,
+    /// The schedules.
+    pub schedules: Vec<crate::PeriodicSchedule>,
+}
+
 /// All built-in controllers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ControllersConfig {
     /// agent-health (30 s; stale after 90 s).
     pub agent_health: AgentHealthConfig,
@@ -111,6 +120,8 @@ pub struct ControllersConfig {
     pub notification_dispatch: Settings,
     /// watchdog (30 s; 3 intervals).
     pub watchdog: WatchdogConfig,
+    /// periodic-jobs (1 s; no schedules by default).
+    pub periodic: PeriodicConfig,
 }
 
 impl Default for ControllersConfig {
@@ -144,6 +155,10 @@ impl Default for ControllersConfig {
             watchdog: WatchdogConfig {
                 settings: Settings::every(30 * SECOND, 0),
                 intervals: 3,
+            },
+            periodic: PeriodicConfig {
+                settings: Settings::every(SECOND, 0),
+                schedules: Vec::new(),
             },
         }
     }

@@ -31,6 +31,7 @@ mod job_scheduler;
 mod job_timeout;
 mod notification_dispatch;
 pub mod notifier;
+mod periodic_jobs;
 mod queue_priority;
 mod sweep;
 mod token_cleanup;
@@ -47,6 +48,7 @@ pub use job_scheduler::JobScheduler;
 pub use job_timeout::JobTimeout;
 pub use notification_dispatch::NotificationDispatch;
 pub use notifier::Notifier;
+pub use periodic_jobs::{PeriodicJobs, PeriodicSchedule, ScheduleError};
 pub use queue_priority::QueuePriority;
 pub use token_cleanup::TokenCleanup;
 pub use watchdog::Watchdog;
@@ -57,6 +59,17 @@ use homeostat_store::Store;
 #[doc(no_inline)]
 pub use homeostat_runtime::Fence;
 
+/// Why the built-in controllers could not be registered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    /// The manager refused a controller.
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    /// A periodic schedule is invalid.
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+}
+
 /// Registers every enabled built-in controller with `builder`, sending
 /// notifications through `notifier`.
 pub fn register_builtin(
@@ -64,7 +77,7 @@ pub fn register_builtin(
     store: &Store,
     config: &ControllersConfig,
     notifier: Notifier,
-) -> Result<(), ManagerError> {
+) -> Result<(), RegisterError> {
     let options = ControllerOptions::default();
     macro_rules! add {
         ($settings:expr, $controller:expr) => {
@@ -117,6 +130,14 @@ pub fn register_builtin(
         config.notification_dispatch,
         NotificationDispatch::new(store.clone(), notifier, config.notification_dispatch)
     );
+    if config.periodic.settings.enabled && !config.periodic.schedules.is_empty() {
+        let periodic = PeriodicJobs::new(
+            store.clone(),
+            config.periodic.settings,
+            config.periodic.schedules.clone(),
+        )?;
+        builder.register(periodic, options)?;
+    }
     if config.watchdog.settings.enabled {
         // Every replica watches the controllers it leads.
         builder.register(

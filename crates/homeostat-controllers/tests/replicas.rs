@@ -100,7 +100,12 @@ async fn wait_for_new_epoch(runs: &Arc<Mutex<Vec<Run>>>, after: u64, limit: Dura
         assert!(
             Instant::now() < deadline,
             "no new leader within {limit:?}: {:?}",
-            runs.lock().unwrap().iter().rev().take(3).collect::<Vec<_>>()
+            runs.lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

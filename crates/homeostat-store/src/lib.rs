@@ -238,6 +238,23 @@ impl Store {
         dispatch!(self.enqueue_batch(tenant_id, jobs, now))
     }
 
+    /// Enqueues `job` for cron slot `slot` of periodic schedule `schedule`,
+    /// unless that slot or a later one was already enqueued (by any
+    /// replica): claiming the slot and enqueueing are one transaction.
+    /// `None` when the slot was taken. Audited.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn enqueue_periodic(
+        &self,
+        schedule: &str,
+        slot: Timestamp,
+        tenant_id: Id,
+        job: &NewJob,
+        now: Timestamp,
+        fence: Option<&Fence>,
+    ) -> Result<Option<Enqueued>, StoreError> {
+        dispatch!(self.enqueue_periodic(schedule, slot, tenant_id, job, now, fence))
+    }
+
     /// Claims up to `limit` queued jobs from the agent's queues (its tenant's
     /// only, unless it is a platform agent), highest effective priority then
     /// oldest, each under a lease of `lease` with a new fencing token.
@@ -598,6 +615,25 @@ pub(crate) fn actor_for(fence: Option<&Fence>) -> String {
     match fence {
         Some(f) => format!("controller:{}@{}", f.name, f.epoch),
         None => "system".to_owned(),
+    }
+}
+
+/// The audit event of a periodic enqueue.
+pub(crate) fn periodic_event(
+    fence: Option<&Fence>,
+    schedule: &str,
+    slot: Timestamp,
+    enqueued: &Enqueued,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: actor_for(fence),
+        action: "jobs.periodic".into(),
+        subject: format!("job:{}", enqueued.job.id),
+        details: serde_json::json!({
+            "schedule": schedule,
+            "slot": slot,
+            "deduplicated": enqueued.deduplicated,
+        }),
     }
 }
 

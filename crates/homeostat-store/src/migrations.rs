@@ -9,17 +9,31 @@ use crate::StoreError;
 /// One backend's migrations: (version, description, SQL).
 pub(crate) type Set = &'static [(i64, &'static str, &'static str)];
 
-pub(crate) const SQLITE: Set = &[(
-    1,
-    "init",
-    include_str!("../migrations/sqlite/0001_init.sql"),
-)];
+pub(crate) const SQLITE: Set = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "periodic",
+        include_str!("../migrations/sqlite/0002_periodic.sql"),
+    ),
+];
 
-pub(crate) const POSTGRES: Set = &[(
-    1,
-    "init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+pub(crate) const POSTGRES: Set = &[
+    (
+        1,
+        "init",
+        include_str!("../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "periodic",
+        include_str!("../migrations/postgres/0002_periodic.sql"),
+    ),
+];
 
 /// The newest schema version this build knows.
 pub(crate) fn latest(set: Set) -> i64 {

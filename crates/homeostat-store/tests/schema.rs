@@ -28,7 +28,7 @@ async fn sqlite_refuses_a_schema_newer_than_this_build() {
             err,
             StoreError::SchemaTooNew {
                 database: 999,
-                supported: 1
+                supported: 2
             }
         ),
         "{err}"

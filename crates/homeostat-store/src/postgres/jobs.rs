@@ -82,7 +82,20 @@ impl PgStore {
         for job in jobs {
             job.validate()?;
         }
-        let tier = tenant_tier(&self.pool, tenant_id, op).await?;
+        let mut conn = self.pool.acquire().await.op(op)?;
+        self.enqueue_on(&mut conn, tenant_id, jobs, now).await
+    }
+
+    /// Enqueues validated jobs on `conn` (a transaction, or not).
+    async fn enqueue_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tenant_id: Id,
+        jobs: &[NewJob],
+        now: Timestamp,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let op = "enqueueing jobs";
+        let tier = tenant_tier(&mut *conn, tenant_id, op).await?;
         // Fold same-fingerprint jobs of the batch into one row (PostgreSQL
         // refuses to upsert one row twice in a statement); the later ones
         // come back deduplicated.
@@ -160,7 +173,7 @@ impl PgStore {
         .bind(&c.run_at)
         .bind(&c.deadline)
         .bind(&c.approval)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .op(op)?;
         let stored = stored
@@ -176,6 +189,47 @@ impl PgStore {
             })
             .collect();
         crate::match_enqueued(jobs, &generated, stored)
+    }
+
+    pub(crate) async fn enqueue_periodic(
+        &self,
+        schedule: &str,
+        slot: Timestamp,
+        tenant_id: Id,
+        job: &NewJob,
+        now: Timestamp,
+        fence: Option<&Fence>,
+    ) -> Result<Option<Enqueued>, StoreError> {
+        let op = "jobs.periodic";
+        job.validate()?;
+        let mut tx = self.write(op).await?;
+        Self::check_fence(&mut tx, fence, op).await?;
+        let claimed = sqlx::query(
+            "INSERT INTO periodic_slots (name, last_slot) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET last_slot = excluded.last_slot
+             WHERE periodic_slots.last_slot < excluded.last_slot
+             RETURNING last_slot",
+        )
+        .bind(schedule)
+        .bind(ms(slot))
+        .fetch_optional(&mut *tx)
+        .await
+        .op(op)?;
+        if claimed.is_none() {
+            return Ok(None);
+        }
+        let enqueued = self
+            .enqueue_on(&mut tx, tenant_id, std::slice::from_ref(job), now)
+            .await?
+            .remove(0);
+        Self::append_audit(
+            &mut tx,
+            &[crate::periodic_event(fence, schedule, slot, &enqueued)],
+            ms(now),
+        )
+        .await?;
+        tx.commit().await.op(op)?;
+        Ok(Some(enqueued))
     }
 
     pub(crate) async fn claim(
@@ -801,13 +855,13 @@ impl Columns {
 }
 
 async fn tenant_tier(
-    pool: &sqlx::PgPool,
+    conn: &mut sqlx::PgConnection,
     tenant_id: Id,
     op: &'static str,
 ) -> Result<i64, StoreError> {
     let tier: Option<String> = sqlx::query_scalar("SELECT tier FROM tenants WHERE id = $1")
         .bind(tenant_id)
-        .fetch_optional(pool)
+        .fetch_optional(conn)
         .await
         .op(op)?;
     let tier = tier.ok_or_else(|| StoreError::NotFound {

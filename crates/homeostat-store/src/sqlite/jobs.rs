@@ -87,9 +87,23 @@ impl SqliteStore {
         for job in jobs {
             job.validate()?;
         }
-        let generated: Vec<Id> = jobs.iter().map(|_| id_at(now)).collect();
         let mut tx = self.write(op).await?;
-        let tier = tenant_tier(&mut tx, tenant_id, op).await?;
+        let out = self.enqueue_in(&mut tx, tenant_id, jobs, now).await?;
+        tx.commit().await.op(op)?;
+        Ok(out)
+    }
+
+    /// Enqueues validated jobs inside `tx`.
+    async fn enqueue_in(
+        &self,
+        tx: &mut Tx,
+        tenant_id: Id,
+        jobs: &[NewJob],
+        now: Timestamp,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let op = "enqueueing jobs";
+        let generated: Vec<Id> = jobs.iter().map(|_| id_at(now)).collect();
+        let tier = tenant_tier(tx, tenant_id, op).await?;
         // The whole batch travels as one JSON array into one statement;
         // SQLite applies the upsert row by row, so duplicates within the
         // batch fold into the first.
@@ -135,15 +149,55 @@ impl SqliteStore {
         .bind(tenant_id.to_string())
         .bind(ms(now))
         .bind(serde_json::Value::Array(rows).to_string())
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await
         .op(op)?;
         let stored = stored
             .iter()
             .map(job_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        tx.commit().await.op(op)?;
         crate::match_enqueued(jobs, &generated, stored)
+    }
+
+    pub(crate) async fn enqueue_periodic(
+        &self,
+        schedule: &str,
+        slot: Timestamp,
+        tenant_id: Id,
+        job: &NewJob,
+        now: Timestamp,
+        fence: Option<&Fence>,
+    ) -> Result<Option<Enqueued>, StoreError> {
+        let op = "jobs.periodic";
+        job.validate()?;
+        let mut tx = self.write(op).await?;
+        Self::check_fence(&mut tx, fence, op).await?;
+        let claimed = sqlx::query(
+            "INSERT INTO periodic_slots (name, last_slot) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET last_slot = excluded.last_slot
+             WHERE periodic_slots.last_slot < excluded.last_slot
+             RETURNING last_slot",
+        )
+        .bind(schedule)
+        .bind(ms(slot))
+        .fetch_optional(&mut *tx)
+        .await
+        .op(op)?;
+        if claimed.is_none() {
+            return Ok(None);
+        }
+        let enqueued = self
+            .enqueue_in(&mut tx, tenant_id, std::slice::from_ref(job), now)
+            .await?
+            .remove(0);
+        Self::append_audit(
+            &mut tx,
+            &[crate::periodic_event(fence, schedule, slot, &enqueued)],
+            ms(now),
+        )
+        .await?;
+        tx.commit().await.op(op)?;
+        Ok(Some(enqueued))
     }
 
     pub(crate) async fn claim(

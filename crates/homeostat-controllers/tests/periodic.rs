@@ -1,0 +1,150 @@
+//! periodic-jobs on both backends: one job per slot across replicas, one
+//! catch-up after downtime, time zones, bad schedules named.
+
+#[path = "../../homeostat-store/tests/backends/mod.rs"]
+mod backends;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use homeostat_controllers::{PeriodicJobs, PeriodicSchedule, Settings};
+use homeostat_model::{Id, NewJob, PlanTier};
+use homeostat_runtime::{CancellationToken, Context, Controller, ManualClock};
+use homeostat_store::{JobFilter, Store};
+use jiff::Timestamp;
+
+fn ts(text: &str) -> Timestamp {
+    text.parse().unwrap()
+}
+
+fn schedule(name: &str, cron: &str, tz: &str, tenant: Id) -> PeriodicSchedule {
+    PeriodicSchedule {
+        name: name.into(),
+        cron: cron.into(),
+        timezone: tz.into(),
+        tenant_id: tenant,
+        job: NewJob::new("reports", name),
+    }
+}
+
+fn controller(store: &Store, schedules: Vec<PeriodicSchedule>) -> PeriodicJobs {
+    PeriodicJobs::new(
+        store.clone(),
+        Settings::every(Duration::from_secs(1), 0),
+        schedules,
+    )
+    .unwrap()
+}
+
+async fn run(c: &PeriodicJobs, at: &str) -> u64 {
+    let ctx = Context::detached(
+        c.name(),
+        Arc::new(ManualClock::new(SystemTime::from(ts(at)))),
+        CancellationToken::new(),
+        None,
+    );
+    c.reconcile(ctx).await.unwrap().items
+}
+
+async fn jobs(store: &Store, tenant: Id) -> Vec<homeostat_model::Job> {
+    let filter = JobFilter {
+        tenant_id: Some(tenant),
+        ..JobFilter::default()
+    };
+    store.list_jobs(&filter, None, 100).await.unwrap().items
+}
+
+async fn one_job_per_slot_across_replicas(store: &Store) {
+    let t = store
+        .create_tenant(
+            "acme",
+            PlanTier::Free,
+            "operator:test",
+            ts("2026-01-01T00:00:00Z"),
+        )
+        .await
+        .unwrap()
+        .id;
+    let every5 = vec![schedule("digest", "*/5 * * * *", "UTC", t)];
+    let a = controller(store, every5.clone());
+    let b = controller(store, every5);
+    // Two replicas look at the same moment: one slot, one job.
+    let (x, y) = tokio::join!(
+        run(&a, "2026-01-01T00:07:00Z"),
+        run(&b, "2026-01-01T00:07:00Z")
+    );
+    assert_eq!(x + y, 1);
+    assert_eq!(run(&a, "2026-01-01T00:08:00Z").await, 0, "same slot");
+    assert_eq!(run(&b, "2026-01-01T00:10:00Z").await, 1, "next slot");
+    assert_eq!(run(&a, "2026-01-01T00:10:30Z").await, 0);
+    // Down for an hour: one catch-up for the latest slot, not twelve.
+    assert_eq!(run(&a, "2026-01-01T01:03:00Z").await, 1);
+    assert_eq!(run(&a, "2026-01-01T01:04:00Z").await, 0);
+    let all = jobs(store, t).await;
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().all(|j| j.kind == "digest"));
+    let audit = store.audit_events(0, 100).await.unwrap();
+    assert_eq!(
+        audit.iter().filter(|e| e.action == "jobs.periodic").count(),
+        3
+    );
+}
+
+async fn schedules_follow_their_time_zone(store: &Store) {
+    let t = store
+        .create_tenant(
+            "acme",
+            PlanTier::Free,
+            "operator:test",
+            ts("2026-01-01T00:00:00Z"),
+        )
+        .await
+        .unwrap()
+        .id;
+    let c = controller(
+        store,
+        vec![schedule("morning", "0 9 * * *", "Europe/Paris", t)],
+    );
+    // 09:00 in Paris in January is 08:00 UTC.
+    assert_eq!(
+        run(&c, "2026-01-10T07:59:00Z").await,
+        1,
+        "yesterday's slot, once"
+    );
+    assert_eq!(run(&c, "2026-01-10T07:59:30Z").await, 0);
+    assert_eq!(run(&c, "2026-01-10T08:00:00Z").await, 1);
+    assert_eq!(run(&c, "2026-01-10T12:00:00Z").await, 0);
+}
+
+on_both_backends!(
+    one_job_per_slot_across_replicas,
+    schedules_follow_their_time_zone
+);
+
+#[tokio::test]
+async fn bad_schedules_are_refused_by_name() {
+    let store = backends::sqlite().await;
+    let t = Id::now_v7();
+    let err = PeriodicJobs::new(
+        store.store.clone(),
+        Settings::every(Duration::from_secs(1), 0),
+        vec![schedule("nightly", "61 * * * *", "UTC", t)],
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("periodic schedule \"nightly\": cron pattern"),
+        "{err}"
+    );
+    let err = PeriodicJobs::new(
+        store.store.clone(),
+        Settings::every(Duration::from_secs(1), 0),
+        vec![schedule("nightly", "0 0 * * *", "Mars/Olympus", t)],
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("time zone \"Mars/Olympus\""),
+        "{err}"
+    );
+    store.cleanup().await;
+}
