@@ -403,7 +403,15 @@ impl Driver {
         let lease = held.lease.clone();
         let valid_until = held.valid_until;
         let sent = shared.clock.now();
+        let stopping = self.stopping;
         let answer = tokio::select! {
+            biased;
+            // A slow store must not hold up shutdown: drain now, and renew
+            // (without this branch) while draining.
+            _ = shared.stop.cancelled(), if !stopping => {
+                self.stopping = true;
+                return;
+            }
             answer = shared.leases.renew_boxed(&lease, shared.lease_ttl) => Some(answer),
             _ = shared.clock.sleep_until(valid_until) => None,
         };

@@ -258,6 +258,33 @@ async fn non_exclusive_controllers_run_on_every_replica_without_a_lease() {
     b.shutdown(S).await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn shutdown_is_not_held_up_by_a_hanging_renewal() {
+    let clock = TokioClock::at_test_epoch();
+    let store = Arc::new(SlowLeases::new(shared_store(&clock)));
+    let (quick, _) = TestController::quick("steady", 60 * S);
+    let mut builder = Manager::builder()
+        .clock(Arc::new(clock))
+        .lease_store(Arc::clone(&store))
+        .lease_ttl(TTL)
+        .holder("a");
+    builder.register(quick, exact()).unwrap();
+    let manager = builder.start().unwrap();
+    wait_until("leading", S, || store.inner.current("steady").is_some()).await;
+    store.hang_renewals();
+    // Let the renewal (due a third of the TTL after acquiring) start hanging.
+    tokio::time::sleep(TTL / 3 + S).await;
+    let begun = clock.now();
+    let report = manager.shutdown(S).await;
+    assert_eq!(report.stopped, vec!["steady"]);
+    assert!(
+        secs(begun, clock.now()) < 1.0,
+        "shutdown waited {}s for the renewal",
+        secs(begun, clock.now())
+    );
+    assert_eq!(store.inner.current("steady"), None, "released for a peer");
+}
+
 /// A lease store whose renewals can be made to hang, as a partitioned
 /// database would.
 struct SlowLeases {
