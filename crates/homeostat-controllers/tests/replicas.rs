@@ -113,10 +113,6 @@ async fn wait_for_new_epoch(runs: &Arc<Mutex<Vec<Run>>>, after: u64, limit: Dura
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_share_one_leader_and_fail_over_in_time() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("homeostat_runtime=debug")
-        .with_test_writer()
-        .try_init();
     let Some(db) = backends::postgres().await else {
         return;
     };
