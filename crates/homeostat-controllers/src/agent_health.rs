@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
-use homeostat_store::Store;
+use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
+use homeostat_store::{PlanKind, Store};
 use serde_json::json;
 
 use crate::AgentHealthConfig;
@@ -33,6 +33,28 @@ impl Controller for AgentHealth {
 
     fn interval(&self) -> Duration {
         self.config.settings.interval
+    }
+
+    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+        crate::sweep::plan_of(
+            &self.store,
+            &ctx,
+            &[
+                (
+                    PlanKind::SilentAgents {
+                        stale_after: self.config.stale_after,
+                    },
+                    "silent past the stale timeout",
+                ),
+                (
+                    PlanKind::OfflineAgentJobs {
+                        stale_after: self.config.stale_after,
+                    },
+                    "its agent is offline",
+                ),
+            ],
+        )
+        .await
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {

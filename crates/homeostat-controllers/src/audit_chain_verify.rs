@@ -5,7 +5,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
+use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::Store;
 use serde_json::json;
 
@@ -39,6 +39,13 @@ impl Controller for AuditChainVerify {
 
     fn interval(&self) -> Duration {
         self.settings.interval
+    }
+
+    async fn plan(&self, _ctx: Context) -> Result<Plan, BoxError> {
+        Ok(Plan {
+            note: Some("read-only: walks the audit chain and changes nothing".into()),
+            ..Plan::default()
+        })
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
-use homeostat_store::Store;
+use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
+use homeostat_store::{PlanKind, Store};
 
 use crate::Settings;
 use crate::sweep::{drain, notify_dead, now, total};
@@ -32,6 +32,18 @@ impl Controller for JobRecovery {
 
     fn interval(&self) -> Duration {
         self.settings.interval
+    }
+
+    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+        crate::sweep::plan_of(
+            &self.store,
+            &ctx,
+            &[
+                (PlanKind::ExpiredLeases, "lease expired"),
+                (PlanKind::OverdueQueued, "not started before its deadline"),
+            ],
+        )
+        .await
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {

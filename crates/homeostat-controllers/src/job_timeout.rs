@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
-use homeostat_store::Store;
+use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
+use homeostat_store::{PlanKind, Store};
 
 use crate::Settings;
 use crate::sweep::{drain, notify_dead, now, total};
@@ -30,6 +30,15 @@ impl Controller for JobTimeout {
 
     fn interval(&self) -> Duration {
         self.settings.interval
+    }
+
+    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+        crate::sweep::plan_of(
+            &self.store,
+            &ctx,
+            &[(PlanKind::TimedOut, "attempt timed out")],
+        )
+        .await
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {

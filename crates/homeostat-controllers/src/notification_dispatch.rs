@@ -8,8 +8,8 @@
 use std::time::Duration;
 
 use homeostat_model::NotificationState;
-use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
-use homeostat_store::{Delivery, Store};
+use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
+use homeostat_store::{Delivery, PlanKind, Store};
 use serde_json::json;
 
 use crate::notifier::{Notifier, SEND_TIMEOUT};
@@ -42,6 +42,10 @@ impl Controller for NotificationDispatch {
 
     fn interval(&self) -> Duration {
         self.settings.interval
+    }
+
+    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+        crate::sweep::plan_of(&self.store, &ctx, &[(PlanKind::DueNotifications, "due")]).await
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use croner::Cron;
 use homeostat_model::{Id, NewJob};
-use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
+use homeostat_runtime::{BoxError, Context, Controller, Plan, PlannedChange, Reconciled};
 use homeostat_store::Store;
 use jiff::tz::TimeZone;
 
@@ -106,6 +106,30 @@ impl Controller for PeriodicJobs {
 
     fn interval(&self) -> Duration {
         self.settings.interval
+    }
+
+    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+        let now = now(&ctx)?;
+        let mut plan = Plan::default();
+        for c in &self.schedules {
+            let Ok(slot) = c
+                .cron
+                .find_previous_occurrence(&now.to_zoned(c.zone.clone()), true)
+            else {
+                continue;
+            };
+            let last = self.store.periodic_last_slot(&c.schedule.name).await?;
+            if last.is_none_or(|last| last < slot.timestamp()) {
+                plan.count += 1;
+                plan.items.push(PlannedChange {
+                    subject: format!("schedule:{}", c.schedule.name),
+                    from: last.map_or("never run".into(), |l| format!("last slot {l}")),
+                    to: format!("job enqueued for {slot}"),
+                    why: "a slot came due".into(),
+                });
+            }
+        }
+        Ok(plan)
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {

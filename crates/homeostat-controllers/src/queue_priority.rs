@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
-use homeostat_store::Store;
+use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
+use homeostat_store::{PlanKind, Store};
 
 use crate::QueuePriorityConfig;
 use crate::sweep::{drain, now, total};
@@ -35,6 +35,21 @@ impl Controller for QueuePriority {
 
     fn interval(&self) -> Duration {
         self.config.settings.interval
+    }
+
+    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+        crate::sweep::plan_of(
+            &self.store,
+            &ctx,
+            &[(
+                PlanKind::Priorities {
+                    bonus_per_minute: self.config.bonus_per_minute,
+                    cap: self.config.cap,
+                },
+                "waited in the queue",
+            )],
+        )
+        .await
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {

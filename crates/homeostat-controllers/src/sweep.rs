@@ -3,8 +3,8 @@
 use std::future::Future;
 
 use homeostat_model::Id;
-use homeostat_runtime::{BoxError, Context};
-use homeostat_store::{Store, StoreError, Swept};
+use homeostat_runtime::{BoxError, Context, Plan, PlannedChange};
+use homeostat_store::{PlanKind, Store, StoreError, Swept};
 use jiff::Timestamp;
 use serde_json::json;
 
@@ -88,4 +88,30 @@ pub(crate) async fn notify_dead(
             .await?;
     }
     Ok(())
+}
+
+/// Items shown in a dry run.
+pub(crate) const PLAN_SAMPLE: u32 = 20;
+
+/// A dry run over one or more sweeps, each with why it would act.
+pub(crate) async fn plan_of(
+    store: &Store,
+    ctx: &Context,
+    sweeps: &[(PlanKind, &str)],
+) -> Result<Plan, BoxError> {
+    let now = now(ctx)?;
+    let mut plan = Plan::default();
+    for (kind, why) in sweeps {
+        let sweep = store.plan(*kind, now, PLAN_SAMPLE).await?;
+        plan.count += sweep.count;
+        plan.items
+            .extend(sweep.items.into_iter().map(|i| PlannedChange {
+                subject: i.subject,
+                from: i.from,
+                to: i.to,
+                why: (*why).to_owned(),
+            }));
+    }
+    plan.items.truncate(PLAN_SAMPLE as usize);
+    Ok(plan)
 }

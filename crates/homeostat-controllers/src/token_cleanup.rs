@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use homeostat_runtime::{BoxError, Context, Controller, Reconciled};
-use homeostat_store::Store;
+use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
+use homeostat_store::{PlanKind, Store};
 
 use crate::Settings;
 use crate::sweep::{drain, now, total};
@@ -29,6 +29,15 @@ impl Controller for TokenCleanup {
 
     fn interval(&self) -> Duration {
         self.settings.interval
+    }
+
+    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+        crate::sweep::plan_of(
+            &self.store,
+            &ctx,
+            &[(PlanKind::DeadTokens, "expired, used up or revoked")],
+        )
+        .await
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {

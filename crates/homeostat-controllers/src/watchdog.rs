@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use homeostat_runtime::{BoxError, Context, Controller, ControllerStatus, Reconciled};
+use homeostat_runtime::{
+    BoxError, Context, Controller, ControllerStatus, Plan, PlannedChange, Reconciled,
+};
 use homeostat_store::Store;
 use serde_json::json;
 
@@ -87,6 +89,33 @@ impl Controller for Watchdog {
 
     fn interval(&self) -> Duration {
         self.config.settings.interval
+    }
+
+    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+        let wall = ctx.now();
+        let state = self.state.lock().unwrap();
+        let since = state.since.unwrap_or(wall);
+        let mut plan = Plan::default();
+        for status in ctx.manager_status() {
+            if status.name == self.name() {
+                continue;
+            }
+            let now_unhealthy = self.diagnose(&status, wall, since);
+            let was = state.unhealthy.contains_key(&status.name);
+            let (from, to, why) = match (&now_unhealthy, was) {
+                (Some(why), false) => ("healthy", "unhealthy", why.clone()),
+                (None, true) => ("unhealthy", "healthy", "it recovered".to_owned()),
+                _ => continue,
+            };
+            plan.count += 1;
+            plan.items.push(PlannedChange {
+                subject: format!("controller:{}", status.name),
+                from: from.into(),
+                to: to.into(),
+                why,
+            });
+        }
+        Ok(plan)
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {

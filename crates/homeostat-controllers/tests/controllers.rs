@@ -53,6 +53,28 @@ async fn run_fenced<C: Controller>(
         .map_err(|e| e.to_string())
 }
 
+/// The dry run of `controller` at `when`.
+async fn plan_at<C: Controller>(controller: &C, when: Timestamp) -> homeostat_runtime::Plan {
+    let ctx = Context::detached(
+        controller.name(),
+        Arc::new(ManualClock::new(SystemTime::from(when))),
+        CancellationToken::new(),
+        None,
+    );
+    controller.plan(ctx).await.unwrap()
+}
+
+/// Subjects and transitions of a plan, sorted.
+fn changes(plan: &homeostat_runtime::Plan) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = plan
+        .items
+        .iter()
+        .map(|i| (i.subject.clone(), i.from.clone(), i.to.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
 async fn fence(store: &Store, name: &str) -> Fence {
     let lease = store
         .acquire(name, "test-replica", Duration::from_secs(300))
@@ -127,7 +149,32 @@ async fn agent_health_takes_silent_agents_offline_and_reclaims_their_jobs(store:
 
     let controller = AgentHealth::new(store.clone(), config().agent_health);
     // 100 s after the last heartbeat of `silent`, 40 s after `alive`'s.
+    let plan = plan_at(&controller, at(100)).await;
+    let mut expected = vec![
+        (
+            format!("agent:{silent}"),
+            "online".to_string(),
+            "offline".to_string(),
+        ),
+        (
+            format!("job:{retried}"),
+            "running".to_string(),
+            "queued".to_string(),
+        ),
+        (
+            format!("job:{doomed}"),
+            "running".to_string(),
+            "dead".to_string(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(
+        (plan.count, changes(&plan)),
+        (3, expected),
+        "the plan is what the run does"
+    );
     assert_eq!(run_at(store, &controller, at(100)).await.unwrap(), 3);
+    assert_eq!(plan_at(&controller, at(100)).await.count, 0);
     assert_eq!(
         store.get_agent(silent).await.unwrap().status,
         homeostat_model::AgentStatus::Offline
@@ -180,6 +227,21 @@ async fn job_recovery_requeues_expired_leases_and_expires_overdue_jobs(store: &S
         .id;
 
     let controller = JobRecovery::new(store.clone(), config().job_recovery);
+    let plan = plan_at(&controller, at(60)).await;
+    let mut expected = vec![
+        (
+            format!("job:{stuck}"),
+            "running".to_string(),
+            "queued".to_string(),
+        ),
+        (
+            format!("job:{overdue}"),
+            "queued".to_string(),
+            "expired".to_string(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(changes(&plan), expected);
     assert_eq!(run_at(store, &controller, at(60)).await.unwrap(), 2);
     let job = store.get_job(stuck).await.unwrap();
     assert_eq!((job.state, job.attempt), (JobState::Queued, 1));
@@ -207,6 +269,8 @@ async fn job_timeout_fails_attempts_past_their_timeout(store: &Store) {
         .await
         .unwrap();
     let controller = JobTimeout::new(store.clone(), config().job_timeout);
+    assert_eq!(plan_at(&controller, at(29)).await.count, 0);
+    assert_eq!(plan_at(&controller, at(31)).await.count, 1);
     assert_eq!(run_at(store, &controller, at(29)).await.unwrap(), 0);
     assert_eq!(run_at(store, &controller, at(31)).await.unwrap(), 1);
     let job = store.get_job(id).await.unwrap();
@@ -224,6 +288,16 @@ async fn job_scheduler_promotes_due_jobs(store: &Store) {
     let first = store.enqueue(t, &delayed, t0()).await.unwrap().job.id;
     let second = store.enqueue(t, &later, t0()).await.unwrap().job.id;
     let controller = JobScheduler::new(store.clone(), config().job_scheduler);
+    let plan = plan_at(&controller, at(15)).await;
+    assert_eq!(
+        changes(&plan),
+        [(
+            format!("job:{first}"),
+            "scheduled".to_string(),
+            "queued".to_string()
+        )]
+    );
+    assert_eq!(plan.items[0].why, "run time reached");
     assert_eq!(run_at(store, &controller, at(15)).await.unwrap(), 1);
     assert_eq!(state(store, first).await, JobState::Queued);
     assert_eq!(state(store, second).await, JobState::Scheduled);
@@ -246,6 +320,7 @@ async fn approval_expiration_and_token_cleanup_sweep_what_expired(store: &Store)
         .await
         .unwrap();
     let tokens = TokenCleanup::new(store.clone(), config().token_cleanup);
+    assert_eq!(plan_at(&tokens, at(61)).await.count, 1);
     assert_eq!(run_at(store, &tokens, at(30)).await.unwrap(), 0);
     assert_eq!(run_at(store, &tokens, at(61)).await.unwrap(), 1);
     assert_eq!(run_at(store, &tokens, at(61)).await.unwrap(), 0);
@@ -262,6 +337,14 @@ async fn job_retention_deletes_finished_jobs_past_retention(store: &Store) {
     store.cancel(id, "operator:test", at(1)).await.unwrap();
     let controller = JobRetention::new(store.clone(), config().job_retention);
     let day = 24 * 3600;
+    assert_eq!(
+        changes(&plan_at(&controller, at(day + 2)).await),
+        [(
+            format!("job:{id}"),
+            "cancelled".to_string(),
+            "deleted".to_string()
+        )]
+    );
     assert_eq!(run_at(store, &controller, at(day)).await.unwrap(), 0);
     assert_eq!(run_at(store, &controller, at(day + 2)).await.unwrap(), 1);
     assert!(store.get_job(id).await.is_err());

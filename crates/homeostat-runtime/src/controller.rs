@@ -51,6 +51,48 @@ pub trait Controller: Send + Sync + 'static {
     /// pass [`Context::fence`] to every write so a deposed leader's writes are
     /// refused.
     fn reconcile(&self, ctx: Context) -> impl Future<Output = Result<Reconciled, BoxError>> + Send;
+
+    /// What a run would change now, without changing it (a dry run): the
+    /// count and the first items. The default says the controller cannot
+    /// tell.
+    fn plan(&self, ctx: Context) -> impl Future<Output = Result<Plan, BoxError>> + Send {
+        let _ = ctx;
+        async { Ok(Plan::unsupported()) }
+    }
+}
+
+/// What a controller would change now: its dry run.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Plan {
+    /// How many items a run would change.
+    pub count: u64,
+    /// The first of them.
+    pub items: Vec<PlannedChange>,
+    /// Anything else to know (for instance that the controller cannot plan).
+    pub note: Option<String>,
+}
+
+impl Plan {
+    /// The plan of a controller that cannot tell in advance.
+    pub fn unsupported() -> Self {
+        Self {
+            note: Some("this controller does not support dry runs".into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// One change a run would make.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlannedChange {
+    /// What changes: `job:<id>`, `agent:<id>`, `token:<id>`, ….
+    pub subject: String,
+    /// Its state now.
+    pub from: String,
+    /// Its state after the run (`deleted` for removals).
+    pub to: String,
+    /// Why.
+    pub why: String,
 }
 
 /// What one run changed.
@@ -300,6 +342,7 @@ pub(crate) trait DynController: Send + Sync + 'static {
         self: Arc<Self>,
         ctx: Context,
     ) -> BoxFuture<'static, Result<Reconciled, BoxError>>;
+    fn plan_boxed(self: Arc<Self>, ctx: Context) -> BoxFuture<'static, Result<Plan, BoxError>>;
 }
 
 impl<C: Controller> DynController for C {
@@ -308,5 +351,8 @@ impl<C: Controller> DynController for C {
         ctx: Context,
     ) -> BoxFuture<'static, Result<Reconciled, BoxError>> {
         Box::pin(async move { self.reconcile(ctx).await })
+    }
+    fn plan_boxed(self: Arc<Self>, ctx: Context) -> BoxFuture<'static, Result<Plan, BoxError>> {
+        Box::pin(async move { self.plan(ctx).await })
     }
 }

@@ -26,7 +26,8 @@ mod status;
 pub use backoff::{Backoff, RetryDecision};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use controller::{
-    Context, Controller, ControllerOptions, Fence, MAX_DEFAULT_TIMEOUT, Reconciled, RunReason,
+    Context, Controller, ControllerOptions, Fence, MAX_DEFAULT_TIMEOUT, Plan, PlannedChange,
+    Reconciled, RunReason,
 };
 pub use lease::{InMemoryLeaseStore, Lease, LeaseError, LeaseStore};
 pub use manager::{

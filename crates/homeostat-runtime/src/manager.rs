@@ -16,8 +16,8 @@ use crate::lease::DynLeaseStore;
 use crate::metrics::Metrics;
 use crate::scheduler::{Driver, LoopExit, Shared, Slot};
 use crate::{
-    Clock, Controller, ControllerOptions, ControllerStatus, InMemoryLeaseStore, LeaseStore,
-    SystemClock,
+    Clock, Context, Controller, ControllerOptions, ControllerStatus, InMemoryLeaseStore,
+    LeaseStore, SystemClock,
 };
 
 /// Default lease time-to-live.
@@ -59,6 +59,15 @@ pub enum ManagerError {
     /// No controller has this name.
     #[error("no controller named {0:?}")]
     UnknownController(String),
+    /// A dry run failed.
+    #[error("planning controller {name:?} failed: {source}")]
+    Plan {
+        /// The controller.
+        name: String,
+        /// What failed.
+        #[source]
+        source: crate::BoxError,
+    },
 }
 
 /// Configures a [`Manager`]: clock, leases, metrics, controllers.
@@ -319,6 +328,30 @@ impl Manager {
     pub fn trigger(&self, name: &str) -> Result<(), ManagerError> {
         self.slot(name)?.trigger.notify_one();
         Ok(())
+    }
+
+    /// What controller `name` would change now, without changing anything
+    /// (its dry run). Runs on this replica whether or not it leads, outside
+    /// the schedule.
+    pub async fn plan(&self, name: &str) -> Result<crate::Plan, ManagerError> {
+        let slot = self.slot(name)?;
+        let ctx = Context {
+            controller: Arc::clone(&slot.name),
+            cancel: CancellationToken::new(),
+            fence: None,
+            clock: Arc::clone(&self.inner.shared.clock),
+            scheduled_at: self.inner.shared.clock.now(),
+            started_at: self.inner.shared.clock.now(),
+            reason: crate::RunReason::Trigger,
+            board: Some(Arc::clone(&self.inner.shared.board)),
+        };
+        Arc::clone(&slot.controller)
+            .plan_boxed(ctx)
+            .await
+            .map_err(|source| ManagerError::Plan {
+                name: name.to_owned(),
+                source,
+            })
     }
 
     /// A snapshot of every controller, in registration order.

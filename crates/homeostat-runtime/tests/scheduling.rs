@@ -384,3 +384,23 @@ async fn a_run_sees_the_status_of_its_managers_controllers() {
     assert_eq!((last.outcome, last.items), (Outcome::Success, 2));
     manager.shutdown(S).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn plans_are_asked_by_name_and_default_to_unsupported() {
+    let clock = TokioClock::at_test_epoch();
+    let mut registry = Registry::default();
+    let (quick, probe) = TestController::quick("quick", 60 * S);
+    let manager = start(
+        builder(&clock, &mut registry),
+        vec![(quick, exact().run_on_start(false))],
+    );
+    let plan = manager.plan("quick").await.unwrap();
+    assert_eq!(plan.count, 0);
+    assert!(plan.note.unwrap().contains("does not support dry runs"));
+    assert_eq!(probe.count(), 0, "a plan is not a run");
+    assert!(matches!(
+        manager.plan("nope").await,
+        Err(ManagerError::UnknownController(_))
+    ));
+    manager.shutdown(S).await;
+}

@@ -24,6 +24,7 @@
 mod audit;
 mod error;
 mod migrations;
+mod plan;
 mod postgres;
 mod secret;
 mod sqlite;
@@ -41,6 +42,7 @@ use jiff::Timestamp;
 
 pub use audit::{ChainBreak, VerifyReport};
 pub use error::StoreError;
+pub use plan::{PlanKind, PlannedItem, SweepPlan};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use types::*;
@@ -496,6 +498,25 @@ impl Store {
             fence,
             &actor
         ))
+    }
+
+    /// What a sweep would change at `now`, without changing it: the count
+    /// and the first `sample` rows.
+    pub async fn plan(
+        &self,
+        kind: PlanKind,
+        now: Timestamp,
+        sample: u32,
+    ) -> Result<SweepPlan, StoreError> {
+        dispatch!(self.plan(kind, now, sample))
+    }
+
+    /// The last cron slot enqueued for a periodic schedule.
+    pub async fn periodic_last_slot(
+        &self,
+        schedule: &str,
+    ) -> Result<Option<Timestamp>, StoreError> {
+        dispatch!(self.periodic_last_slot(schedule))
     }
 
     // --- audit ------------------------------------------------------------

@@ -386,3 +386,48 @@ impl PgStore {
         Ok(deleted)
     }
 }
+
+impl PgStore {
+    pub(crate) async fn plan(
+        &self,
+        kind: crate::PlanKind,
+        now: jiff::Timestamp,
+        sample: u32,
+    ) -> Result<crate::SweepPlan, StoreError> {
+        let op = "planning a sweep";
+        let (count_sql, sample_sql, binds) = crate::plan::sql(kind, now.as_millisecond(), true);
+        let mut count = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(count_sql));
+        let mut rows =
+            sqlx::query_as::<_, (String, String, String)>(sqlx::AssertSqlSafe(sample_sql));
+        for b in &binds {
+            count = count.bind(*b);
+            rows = rows.bind(*b);
+        }
+        let count = count.fetch_one(&self.pool).await.op(op)?;
+        let items = rows
+            .bind(i64::from(sample))
+            .fetch_all(&self.pool)
+            .await
+            .op(op)?
+            .into_iter()
+            .map(|(subject, from, to)| crate::PlannedItem { subject, from, to })
+            .collect();
+        Ok(crate::SweepPlan {
+            count: count as u64,
+            items,
+        })
+    }
+
+    pub(crate) async fn periodic_last_slot(
+        &self,
+        schedule: &str,
+    ) -> Result<Option<jiff::Timestamp>, StoreError> {
+        let slot: Option<i64> =
+            sqlx::query_scalar("SELECT last_slot FROM periodic_slots WHERE name = $1")
+                .bind(schedule)
+                .fetch_optional(&self.pool)
+                .await
+                .op("reading a periodic schedule")?;
+        Ok(slot.map(crate::time::ts))
+    }
+}

@@ -701,7 +701,13 @@ impl SqliteStore {
         .await
         .op(op)?;
         tx.commit().await.op(op)?;
-        rows.iter().map(notification_from_row).collect()
+        // RETURNING has no order: oldest first.
+        let mut due = rows
+            .iter()
+            .map(notification_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        due.sort_by_key(|n| (n.created_at, n.id));
+        Ok(due)
     }
 
     pub(crate) async fn record_delivery(
