@@ -225,12 +225,18 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (f64, f6
         let store = db.store.clone();
         tasks.push(tokio::spawn(async move {
             let mut done = 0usize;
+            let (mut in_claim, mut in_complete) = (Duration::ZERO, Duration::ZERO);
             loop {
+                let t = Instant::now();
                 let claimed = store
                     .claim(agent, batch, Duration::from_secs(300), at(1))
                     .await
                     .unwrap();
+                in_claim += t.elapsed();
                 if claimed.is_empty() {
+                    if std::env::var_os("HOMEOSTAT_BENCH_SPLIT").is_some() {
+                        eprintln!("worker: claim {in_claim:?}, complete {in_complete:?}");
+                    }
                     return done;
                 }
                 let completions: Vec<Completion> = claimed
@@ -241,7 +247,9 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (f64, f6
                         result: None,
                     })
                     .collect();
+                let t = Instant::now();
                 let accepted = store.complete_batch(&completions, at(2)).await.unwrap();
+                in_complete += t.elapsed();
                 done += accepted.iter().filter(|a| **a).count();
             }
         }));
@@ -281,29 +289,26 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> f64 {
                 tasks.push(tokio::spawn(async move {
                     let mut done = 0;
                     loop {
-                        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
+                        // Single statements in autocommit, as the store runs them.
                         let ids: Vec<i64> = sqlx::query_scalar(
                             "UPDATE bare SET state = 'running' WHERE id IN
                                (SELECT id FROM bare WHERE state = 'queued' ORDER BY id LIMIT ?)
                              RETURNING id",
                         )
                         .bind(i64::from(batch))
-                        .fetch_all(&mut *tx)
+                        .fetch_all(&pool)
                         .await
                         .unwrap();
-                        tx.commit().await.unwrap();
                         if ids.is_empty() {
                             return done;
                         }
-                        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.unwrap();
                         sqlx::query(
                             "UPDATE bare SET state = 'done' WHERE id IN (SELECT value FROM json_each(?))",
                         )
                         .bind(serde_json::to_string(&ids).unwrap())
-                        .execute(&mut *tx)
+                        .execute(&pool)
                         .await
                         .unwrap();
-                        tx.commit().await.unwrap();
                         done += ids.len();
                     }
                 }));

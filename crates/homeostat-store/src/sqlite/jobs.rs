@@ -25,6 +25,22 @@ macro_rules! job_columns {
     };
 }
 
+/// What a claim sets: ?1 agent, ?2 lease expiry, ?3 now.
+macro_rules! claim_set {
+    () => {
+        "state = 'running', attempt = attempt + 1, lease_agent = ?1,
+         lease_token = lease_token + 1, lease_expires_at = ?2, started_at = ?3,
+         timeout_at = ?3 + timeout_ms, updated_at = ?3"
+    };
+}
+
+macro_rules! claim_returning {
+    () => {
+        "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
+         lease_expires_at, timeout_ms, effective_priority, queued_at"
+    };
+}
+
 /// The terminal whitelist, as SQL.
 macro_rules! terminal {
     () => {
@@ -208,43 +224,43 @@ impl SqliteStore {
         now: Timestamp,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let op = "claiming jobs";
-        let mut tx = self.write(op).await?;
-        let agent = sqlx::query("SELECT tenant_id, status, queues FROM agents WHERE id = ?")
+        let facts = self.agent_facts(agent_id, op).await?;
+        let rows = if let [queue] = facts.queues.as_slice() {
+            // The usual case: one statement, which SQLite runs as its own
+            // transaction on the single write connection.
+            sqlx::query(concat!(
+                "UPDATE jobs SET ",
+                claim_set!(),
+                " WHERE id IN (
+                   SELECT id FROM jobs INDEXED BY jobs_claim
+                   WHERE state = 'queued' AND queue = ?4 AND (?5 IS NULL OR tenant_id = ?5)
+                   ORDER BY effective_priority DESC, queued_at LIMIT ?6)
+                 AND EXISTS (SELECT 1 FROM agents WHERE id = ?1 AND status = 'online')
+                 RETURNING ",
+                claim_returning!()
+            ))
             .bind(agent_id.to_string())
-            .fetch_optional(&mut *tx)
+            .bind(add(now, lease))
+            .bind(ms(now))
+            .bind(queue)
+            .bind(&facts.tenant)
+            .bind(i64::from(limit))
+            .fetch_all(self.writer())
             .await
             .op(op)?
-            .ok_or_else(|| StoreError::NotFound {
-                entity: "agent",
-                id: agent_id.to_string(),
-            })?;
-        let status: String = agent.get(1);
-        if status != "online" {
-            return Err(StoreError::Conflict {
-                operation: op,
-                entity: "agent",
-                id: agent_id.to_string(),
-                reason: format!("the agent is {status}; only online agents claim jobs"),
-            });
-        }
-        let tenant: Option<String> = agent.get(0);
-        let queues: Vec<String> =
-            serde_json::from_str(&agent.get::<String, _>(2)).map_err(|e| corrupt(op, e))?;
-        // One index-ordered scan per queue, merged here: a single query over
-        // all queues would sort every queued job. With one queue (the usual
-        // case) the scan is the update's own subquery.
-        let pick = if let [queue] = queues.as_slice() {
-            json!({"queue": queue}).to_string()
         } else {
+            // One index-ordered scan per queue, merged here: a single query
+            // over all queues would sort every queued job.
+            let mut tx = self.write(op).await?;
             let mut candidates: Vec<(i64, i64, String)> = Vec::new();
-            for queue in &queues {
+            for queue in &facts.queues {
                 let rows = sqlx::query(
                     "SELECT id, effective_priority, queued_at FROM jobs INDEXED BY jobs_claim
                      WHERE state = 'queued' AND queue = ?1 AND (?2 IS NULL OR tenant_id = ?2)
                      ORDER BY effective_priority DESC, queued_at LIMIT ?3",
                 )
                 .bind(queue)
-                .bind(&tenant)
+                .bind(&facts.tenant)
                 .bind(i64::from(limit))
                 .fetch_all(&mut *tx)
                 .await
@@ -257,31 +273,27 @@ impl SqliteStore {
             candidates.sort();
             candidates.truncate(limit as usize);
             let ids: Vec<String> = candidates.into_iter().map(|(_, _, id)| id).collect();
-            json!({"ids": ids}).to_string()
+            let rows = sqlx::query(concat!(
+                "UPDATE jobs SET ",
+                claim_set!(),
+                " WHERE id IN (SELECT value FROM json_each(?4))
+                 AND EXISTS (SELECT 1 FROM agents WHERE id = ?1 AND status = 'online')
+                 RETURNING ",
+                claim_returning!()
+            ))
+            .bind(agent_id.to_string())
+            .bind(add(now, lease))
+            .bind(ms(now))
+            .bind(serde_json::to_string(&ids).unwrap_or_default())
+            .fetch_all(&mut *tx)
+            .await
+            .op(op)?;
+            tx.commit().await.op(op)?;
+            rows
         };
-        let rows = sqlx::query(
-            "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = ?1,
-               lease_token = lease_token + 1, lease_expires_at = ?2, started_at = ?3,
-               timeout_at = ?3 + timeout_ms, updated_at = ?3
-             WHERE id IN (
-               SELECT id FROM jobs INDEXED BY jobs_claim
-               WHERE ?4->>'queue' IS NOT NULL AND state = 'queued' AND queue = ?4->>'queue'
-                 AND (?5 IS NULL OR tenant_id = ?5)
-               ORDER BY effective_priority DESC, queued_at LIMIT ?6)
-               OR id IN (SELECT value FROM json_each(?4, '$.ids'))
-             RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
-               lease_expires_at, timeout_ms, effective_priority, queued_at",
-        )
-        .bind(agent_id.to_string())
-        .bind(add(now, lease))
-        .bind(ms(now))
-        .bind(pick)
-        .bind(&tenant)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await
-        .op(op)?;
-        tx.commit().await.op(op)?;
+        if rows.is_empty() {
+            self.require_online(agent_id, op).await?;
+        }
         let mut claimed = Vec::with_capacity(rows.len());
         let mut order = Vec::with_capacity(rows.len());
         for r in &rows {
@@ -314,7 +326,7 @@ impl SqliteStore {
         now: Timestamp,
     ) -> Result<Timestamp, StoreError> {
         let op = "extending a job lease";
-        let mut tx = self.write(op).await?;
+        // One statement: its own transaction on the single write connection.
         let expires: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET lease_expires_at = ?3
              WHERE id = ?1 AND lease_token = ?2 AND state = 'running'
@@ -323,10 +335,9 @@ impl SqliteStore {
         .bind(id.to_string())
         .bind(lease_token)
         .bind(add(now, lease))
-        .fetch_optional(&mut *tx)
+        .fetch_optional(self.writer())
         .await
         .op(op)?;
-        tx.commit().await.op(op)?;
         expires.map(ts).ok_or(StoreError::StaleLease {
             operation: op,
             job: id,
@@ -350,7 +361,7 @@ impl SqliteStore {
                 })
             })
             .collect();
-        let mut tx = self.write(op).await?;
+        // One statement: its own transaction on the single write connection.
         let done: Vec<String> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'succeeded', result = c.r, finished_at = ?2, updated_at = ?2,
                lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
@@ -361,10 +372,9 @@ impl SqliteStore {
         )
         .bind(serde_json::Value::Array(batch).to_string())
         .bind(ms(now))
-        .fetch_all(&mut *tx)
+        .fetch_all(self.writer())
         .await
         .op(op)?;
-        tx.commit().await.op(op)?;
         let done: std::collections::HashSet<String> = done.into_iter().collect();
         Ok(completions
             .iter()

@@ -11,7 +11,9 @@
 mod jobs;
 mod registry;
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use homeostat_model::{Id, NewAuditEvent};
@@ -41,6 +43,15 @@ pub struct SqliteStore {
     pool: SqlitePool,
     writer: SqlitePool,
     options: StoreOptions,
+    /// Tenant and queues of agents, which never change after registration;
+    /// claims look them up here instead of in a statement of their own.
+    agents: Arc<Mutex<HashMap<Id, AgentFacts>>>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AgentFacts {
+    pub(crate) tenant: Option<String>,
+    pub(crate) queues: Vec<String>,
 }
 
 impl SqliteStore {
@@ -77,6 +88,7 @@ impl SqliteStore {
             pool,
             writer,
             options,
+            agents: Arc::default(),
         })
     }
 
@@ -92,6 +104,54 @@ impl SqliteStore {
 
     pub(crate) fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    /// An agent's tenant and queues, cached after the first look.
+    pub(crate) async fn agent_facts(
+        &self,
+        id: Id,
+        op: &'static str,
+    ) -> Result<AgentFacts, StoreError> {
+        if let Some(facts) = self.agents.lock().unwrap().get(&id) {
+            return Ok(facts.clone());
+        }
+        let row = sqlx::query("SELECT tenant_id, queues FROM agents WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .op(op)?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "agent",
+                id: id.to_string(),
+            })?;
+        let facts = AgentFacts {
+            tenant: row.get(0),
+            queues: serde_json::from_str(&row.get::<String, _>(1)).map_err(|e| corrupt(op, e))?,
+        };
+        self.agents.lock().unwrap().insert(id, facts.clone());
+        Ok(facts)
+    }
+
+    /// Says why an agent claimed nothing, when the agent is the reason.
+    pub(crate) async fn require_online(&self, id: Id, op: &'static str) -> Result<(), StoreError> {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM agents WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .op(op)?;
+        match status.as_deref() {
+            None => Err(StoreError::NotFound {
+                entity: "agent",
+                id: id.to_string(),
+            }),
+            Some("online") => Ok(()),
+            Some(status) => Err(StoreError::Conflict {
+                operation: op,
+                entity: "agent",
+                id: id.to_string(),
+                reason: format!("the agent is {status}; only online agents claim jobs"),
+            }),
+        }
     }
 
     /// A write transaction that holds the write lock from its start.

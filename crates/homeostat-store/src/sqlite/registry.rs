@@ -492,7 +492,7 @@ impl SqliteStore {
     ) -> Result<u64, StoreError> {
         let op = "recording agent heartbeats";
         let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-        let mut tx = self.write(op).await?;
+        // One statement: its own transaction on the single write connection.
         let n = sqlx::query(
             "UPDATE agents SET last_heartbeat_at = ?1,
                status = CASE WHEN status = 'offline' THEN 'online' ELSE status END
@@ -500,11 +500,10 @@ impl SqliteStore {
         )
         .bind(ms(now))
         .bind(serde_json::to_string(&ids).unwrap_or_default())
-        .execute(&mut *tx)
+        .execute(self.writer())
         .await
         .op(op)?
         .rows_affected();
-        tx.commit().await.op(op)?;
         Ok(n)
     }
 
