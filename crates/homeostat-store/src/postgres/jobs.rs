@@ -240,38 +240,66 @@ impl PgStore {
         now: Timestamp,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let op = "claiming jobs";
-        // Per queue an index-ordered scan that skips locked rows, then the
-        // best `limit` across queues; all in one statement.
-        let rows = sqlx::query(
-            "WITH agent AS (
-               SELECT tenant_id, queues FROM agents WHERE id = $1 AND status = 'online'),
-             picked AS (
-               SELECT c.id, c.effective_priority, c.queued_at
-               FROM agent a, unnest(a.queues) AS q(name),
-               LATERAL (
-                 SELECT j.id, j.effective_priority, j.queued_at FROM jobs j
-                 WHERE j.state = 'queued' AND j.queue = q.name
-                   AND (a.tenant_id IS NULL OR j.tenant_id = a.tenant_id)
-                 ORDER BY j.effective_priority DESC, j.queued_at
-                 LIMIT $4
-                 FOR UPDATE SKIP LOCKED) c
-               ORDER BY c.effective_priority DESC, c.queued_at
-               LIMIT $4)
-             UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
-               lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
-               timeout_at = $3 + timeout_ms, updated_at = $3
-             FROM picked WHERE jobs.id = picked.id
-             RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.payload, jobs.attempt,
-               jobs.max_attempts, jobs.lease_token, jobs.lease_expires_at, jobs.timeout_ms,
-               jobs.effective_priority, jobs.queued_at",
-        )
-        .bind(agent_id)
-        .bind(add(now, lease))
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .op(op)?;
+        let (tenant, queues) = self.agent_facts(agent_id, op).await?;
+        let rows = if let [queue] = queues.as_slice() {
+            // The usual case, shaped like the minimal claim.
+            sqlx::query(
+                "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
+                   lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
+                   timeout_at = $3 + timeout_ms, updated_at = $3
+                 WHERE id IN (
+                   SELECT id FROM jobs
+                   WHERE state = 'queued' AND queue = $4 AND ($5::uuid IS NULL OR tenant_id = $5)
+                   ORDER BY effective_priority DESC, queued_at
+                   LIMIT $6
+                   FOR UPDATE SKIP LOCKED)
+                 AND EXISTS (SELECT 1 FROM agents WHERE id = $1 AND status = 'online')
+                 RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
+                   lease_expires_at, timeout_ms, effective_priority, queued_at",
+            )
+            .bind(agent_id)
+            .bind(add(now, lease))
+            .bind(ms(now))
+            .bind(queue)
+            .bind(tenant)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .op(op)?
+        } else {
+            // Per queue an index-ordered scan that skips locked rows, then
+            // the best `limit` across queues; one statement.
+            sqlx::query(
+                "WITH agent AS (
+                   SELECT tenant_id, queues FROM agents WHERE id = $1 AND status = 'online'),
+                 picked AS (
+                   SELECT c.id, c.effective_priority, c.queued_at
+                   FROM agent a, unnest(a.queues) AS q(name),
+                   LATERAL (
+                     SELECT j.id, j.effective_priority, j.queued_at FROM jobs j
+                     WHERE j.state = 'queued' AND j.queue = q.name
+                       AND (a.tenant_id IS NULL OR j.tenant_id = a.tenant_id)
+                     ORDER BY j.effective_priority DESC, j.queued_at
+                     LIMIT $4
+                     FOR UPDATE SKIP LOCKED) c
+                   ORDER BY c.effective_priority DESC, c.queued_at
+                   LIMIT $4)
+                 UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
+                   lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
+                   timeout_at = $3 + timeout_ms, updated_at = $3
+                 FROM picked WHERE jobs.id = picked.id
+                 RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.payload, jobs.attempt,
+                   jobs.max_attempts, jobs.lease_token, jobs.lease_expires_at, jobs.timeout_ms,
+                   jobs.effective_priority, jobs.queued_at",
+            )
+            .bind(agent_id)
+            .bind(add(now, lease))
+            .bind(ms(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .op(op)?
+        };
         if rows.is_empty() {
             // Nothing claimed: say why when the agent is the reason.
             let status: Option<String> =

@@ -5,9 +5,11 @@
 mod jobs;
 mod registry;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use homeostat_model::NewAuditEvent;
+use homeostat_model::{Id, NewAuditEvent};
 use homeostat_runtime::{Fence, Lease};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
@@ -31,6 +33,8 @@ macro_rules! now_ms {
 pub struct PgStore {
     pool: PgPool,
     options: StoreOptions,
+    /// Tenant and queues of agents, which never change after registration.
+    agents: Arc<Mutex<HashMap<Id, (Option<Id>, Vec<String>)>>>,
 }
 
 impl PgStore {
@@ -57,7 +61,11 @@ impl PgStore {
         migrations::migrator(migrations::POSTGRES)
             .run(&pool)
             .await?;
-        Ok(Self { pool, options })
+        Ok(Self {
+            pool,
+            options,
+            agents: Arc::default(),
+        })
     }
 
     /// The connection pool, for tests and benchmarks.
@@ -67,6 +75,29 @@ impl PgStore {
 
     pub(crate) fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    /// An agent's tenant and queues, cached after the first look.
+    pub(crate) async fn agent_facts(
+        &self,
+        id: Id,
+        op: &'static str,
+    ) -> Result<(Option<Id>, Vec<String>), StoreError> {
+        if let Some(facts) = self.agents.lock().unwrap().get(&id) {
+            return Ok(facts.clone());
+        }
+        let row = sqlx::query("SELECT tenant_id, queues FROM agents WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .op(op)?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "agent",
+                id: id.to_string(),
+            })?;
+        let facts: (Option<Id>, Vec<String>) = (row.get(0), row.get(1));
+        self.agents.lock().unwrap().insert(id, facts.clone());
+        Ok(facts)
     }
 
     async fn write(&self, operation: &'static str) -> Result<Tx, StoreError> {
