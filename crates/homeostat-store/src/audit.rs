@@ -1,9 +1,13 @@
 //! The audit hash chain, shared by both backends: each event's hash is
 //! SHA-256 over the previous hash and the event's canonical content.
 
+use std::future::Future;
+
 use homeostat_model::NewAuditEvent;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+use crate::StoreError;
 
 /// An event as it is hashed and stored.
 #[derive(Debug, Clone)]
@@ -156,4 +160,49 @@ impl Verifier {
             None
         }
     }
+}
+
+/// The chain's bookkeeping row: where appends continue and where the
+/// retained chain starts.
+pub(crate) struct ChainHead {
+    pub(crate) next_seq: i64,
+    pub(crate) head_hash: Vec<u8>,
+    pub(crate) first_seq: i64,
+    pub(crate) first_prev_hash: Vec<u8>,
+}
+
+/// Walks the chain page by page (`page(after_seq)` returns the next events
+/// in order) and reports the first break.
+pub(crate) async fn verify<F, Fut>(
+    head: ChainHead,
+    mut page: F,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<VerifyReport, StoreError>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: Future<Output = Result<Vec<ChainedEvent>, StoreError>>,
+{
+    let first_seq = head.first_seq;
+    let mut verifier = Verifier::new(first_seq, head.first_prev_hash);
+    let mut after = first_seq - 1;
+    loop {
+        let events = page(after).await?;
+        let Some(last) = events.last() else { break };
+        after = last.seq;
+        for e in &events {
+            if let Err(first_break) = verifier.check(e) {
+                return Ok(VerifyReport {
+                    checked: verifier.checked,
+                    first_seq,
+                    first_break: Some(first_break),
+                });
+            }
+        }
+        progress(verifier.checked);
+    }
+    Ok(VerifyReport {
+        checked: verifier.checked,
+        first_seq,
+        first_break: verifier.finish(head.next_seq, &head.head_hash),
+    })
 }

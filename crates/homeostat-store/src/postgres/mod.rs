@@ -14,7 +14,7 @@ use homeostat_runtime::{Fence, Lease};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
-use crate::audit::{self, ChainedEvent, Verifier, VerifyReport};
+use crate::audit::{self, ChainedEvent, VerifyReport};
 use crate::error::{Context, StoreError};
 use crate::time::{dur_ms, system_time};
 use crate::{StoreOptions, migrations};
@@ -34,8 +34,11 @@ pub struct PgStore {
     pool: PgPool,
     options: StoreOptions,
     /// Tenant and queues of agents, which never change after registration.
-    agents: Arc<Mutex<HashMap<Id, (Option<Id>, Vec<String>)>>>,
+    agents: Arc<Mutex<HashMap<Id, AgentFacts>>>,
 }
+
+/// An agent's tenant and queues.
+type AgentFacts = (Option<Id>, Vec<String>);
 
 impl PgStore {
     /// Connects to `url` and migrates the database.
@@ -82,7 +85,7 @@ impl PgStore {
         &self,
         id: Id,
         op: &'static str,
-    ) -> Result<(Option<Id>, Vec<String>), StoreError> {
+    ) -> Result<AgentFacts, StoreError> {
         if let Some(facts) = self.agents.lock().unwrap().get(&id) {
             return Ok(facts.clone());
         }
@@ -95,7 +98,7 @@ impl PgStore {
                 entity: "agent",
                 id: id.to_string(),
             })?;
-        let facts: (Option<Id>, Vec<String>) = (row.get(0), row.get(1));
+        let facts: AgentFacts = (row.get(0), row.get(1));
         self.agents.lock().unwrap().insert(id, facts.clone());
         Ok(facts)
     }
@@ -315,30 +318,13 @@ impl PgStore {
         .fetch_one(&self.pool)
         .await
         .op(op)?;
-        let (next_seq, head_hash, first_seq, first_prev): (i64, Vec<u8>, i64, Vec<u8>) =
-            (chain.get(0), chain.get(1), chain.get(2), chain.get(3));
-        let mut verifier = Verifier::new(first_seq, first_prev);
-        let mut after = first_seq - 1;
-        loop {
-            let page = self.audit_events(after, 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for e in &page {
-                if let Err(first_break) = verifier.check(e) {
-                    return Ok(VerifyReport {
-                        checked: verifier.checked,
-                        first_seq,
-                        first_break: Some(first_break),
-                    });
-                }
-            }
-            progress(verifier.checked);
-        }
-        Ok(VerifyReport {
-            checked: verifier.checked,
-            first_seq,
-            first_break: verifier.finish(next_seq, &head_hash),
-        })
+        let head = audit::ChainHead {
+            next_seq: chain.get(0),
+            head_hash: chain.get(1),
+            first_seq: chain.get(2),
+            first_prev_hash: chain.get(3),
+        };
+        audit::verify(head, |after| self.audit_events(after, 1000), progress).await
     }
 
     pub(crate) async fn delete_old_audit_events(

@@ -23,7 +23,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use crate::audit::{self, ChainedEvent, Verifier, VerifyReport};
+use crate::audit::{self, ChainedEvent, VerifyReport};
 use crate::error::{Context, StoreError, corrupt};
 use crate::time::{dur_ms, system_time};
 use crate::{StoreOptions, migrations};
@@ -383,34 +383,15 @@ impl SqliteStore {
         .fetch_one(&self.pool)
         .await
         .op(op)?;
-        let (next_seq, head_hash, first_seq, first_prev): (i64, Vec<u8>, i64, Vec<u8>) =
-            (chain.get(0), chain.get(1), chain.get(2), chain.get(3));
-        let mut verifier = Verifier::new(first_seq, first_prev);
-        let mut after = first_seq - 1;
-        loop {
-            let page = self.audit_events(after, 1000).await?;
-            let Some(last) = page.last() else { break };
-            after = last.seq;
-            for e in &page {
-                if let Err(first_break) = verifier.check(e) {
-                    return Ok(VerifyReport {
-                        checked: verifier.checked,
-                        first_seq,
-                        first_break: Some(first_break),
-                    });
-                }
-            }
-            progress(verifier.checked);
-        }
-        Ok(VerifyReport {
-            checked: verifier.checked,
-            first_seq,
-            first_break: verifier.finish(next_seq, &head_hash),
-        })
+        let head = audit::ChainHead {
+            next_seq: chain.get(0),
+            head_hash: chain.get(1),
+            first_seq: chain.get(2),
+            first_prev_hash: chain.get(3),
+        };
+        audit::verify(head, |after| self.audit_events(after, 1000), progress).await
     }
 
-    /// Deletes the oldest events older than `cutoff_ms`, at most `batch`,
-    /// and moves the chain's start past them so it stays verifiable.
     pub(crate) async fn delete_old_audit_events(
         &self,
         cutoff_ms: i64,
