@@ -16,6 +16,9 @@ use crate::notifier::{Notifier, SEND_TIMEOUT};
 use crate::sweep::now;
 use crate::{MAX_BATCHES_PER_RUN, Settings};
 
+/// Notifications claimed (and hidden from other senders) at a time.
+const CLAIM_CHUNK: u32 = 10;
+
 /// The notification-dispatch controller.
 #[derive(Debug, Clone)]
 pub struct NotificationDispatch {
@@ -49,9 +52,10 @@ impl Controller for NotificationDispatch {
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
-        let batch = self.settings.batch;
-        // Long enough to send a whole batch one by one.
-        let hold = SEND_TIMEOUT * batch.max(1) + Duration::from_secs(30);
+        // Claim a few at a time and hide them for as long as sending them
+        // can take: if this replica dies mid-send, they are due again soon.
+        let batch = self.settings.batch.clamp(1, CLAIM_CHUNK);
+        let hold = SEND_TIMEOUT * batch + Duration::from_secs(30);
         let mut changed = 0;
         for _ in 0..MAX_BATCHES_PER_RUN {
             let now = now(&ctx)?;
