@@ -116,7 +116,7 @@ pub struct ControllersConfig {
     pub audit_retention: AuditRetentionConfig,
     /// audit-chain-verify (6 h).
     pub audit_chain_verify: Settings,
-    /// notification-dispatch (15 s, batches of 100).
+    /// notification-dispatch (15 s, claims of 10; at most 10 per claim).
     pub notification_dispatch: Settings,
     /// watchdog (30 s; 3 intervals).
     pub watchdog: WatchdogConfig,
@@ -151,7 +151,7 @@ impl Default for ControllersConfig {
                 dry_run: false,
             },
             audit_chain_verify: Settings::every(6 * HOUR, 1000),
-            notification_dispatch: Settings::every(15 * SECOND, 100),
+            notification_dispatch: Settings::every(15 * SECOND, 10),
             watchdog: WatchdogConfig {
                 settings: Settings::every(30 * SECOND, 0),
                 intervals: 3,
