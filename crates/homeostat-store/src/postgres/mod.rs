@@ -3,7 +3,9 @@
 //! statement; lease expiry is judged by the database's clock.
 
 mod jobs;
+mod notifications;
 mod registry;
+mod sweeps;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -9,7 +9,9 @@
 //! pool of their own.
 
 mod jobs;
+mod notifications;
 mod registry;
+mod sweeps;
 
 use std::collections::HashMap;
 use std::str::FromStr;
