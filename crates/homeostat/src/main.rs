@@ -9,8 +9,9 @@ use clap::Parser;
 /// jobs are reclaimed, stuck jobs are re-queued, failures are retried with
 /// backoff, expired tokens and approvals are swept, notifications get through.
 ///
-/// This build provides the controller runtime library (homeostat-runtime);
-/// the `run` and `agent` commands arrive with the store, API and client.
+/// This build provides the libraries: the controller runtime, the store
+/// (SQLite and PostgreSQL) and the built-in controllers; the `run` and
+/// `agent` commands arrive with the HTTP API and the client.
 #[derive(Debug, Parser)]
 #[command(name = "homeostat", version, about, long_about)]
 struct Cli {}
