@@ -162,6 +162,39 @@ impl Verifier {
     }
 }
 
+/// The last event of the oldest run of events (in sequence order, as
+/// `(seq, at_ms, hash)`) older than `cutoff_ms`: retention deletes through
+/// it and the retained chain starts after it.
+pub(crate) fn retention_end(
+    oldest: impl IntoIterator<Item = (i64, i64, Vec<u8>)>,
+    cutoff_ms: i64,
+) -> Option<(i64, Vec<u8>)> {
+    oldest
+        .into_iter()
+        .take_while(|(_, at, _)| *at < cutoff_ms)
+        .last()
+        .map(|(seq, _, hash)| (seq, hash))
+}
+
+/// The audit event recording a retention run.
+pub(crate) fn retention_event(
+    actor: &str,
+    deleted: u64,
+    through_seq: i64,
+    cutoff_ms: i64,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: actor.to_owned(),
+        action: "audit.retention".into(),
+        subject: "audit_events".into(),
+        details: serde_json::json!({
+            "deleted": deleted,
+            "through_seq": through_seq,
+            "cutoff_ms": cutoff_ms,
+        }),
+    }
+}
+
 /// The chain's bookkeeping row: where appends continue and where the
 /// retained chain starts.
 pub(crate) struct ChainHead {

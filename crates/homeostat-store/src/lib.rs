@@ -712,6 +712,79 @@ pub(crate) fn match_enqueued(
         .collect()
 }
 
+/// What an operator's `to` becomes for `current` (an approved job not yet
+/// due is scheduled, not queued), checked against the state machine; and
+/// whether it is a redrive (a terminal job coming back with fresh attempts).
+pub(crate) fn operator_transition(
+    current: &Job,
+    to: JobState,
+    action: &'static str,
+    now: Timestamp,
+) -> Result<(JobState, bool), StoreError> {
+    let to = if to == JobState::Queued && current.run_at > now && action == "job.approved" {
+        JobState::Scheduled
+    } else {
+        to
+    };
+    current
+        .state
+        .check_transition(to)
+        .map_err(|e| StoreError::Conflict {
+            operation: action,
+            entity: "job",
+            id: current.id.to_string(),
+            reason: e.message,
+        })?;
+    Ok((to, current.state.is_terminal()))
+}
+
+/// Where a failed attempt (`attempt` of `max_attempts`) leaves a job.
+pub(crate) fn fail_outcome(
+    options: &StoreOptions,
+    attempt: u32,
+    max_attempts: u32,
+    permanent: bool,
+    now: Timestamp,
+) -> FailOutcome {
+    match options
+        .retry_policy(max_attempts)
+        .decide(attempt, permanent, 0.5)
+    {
+        homeostat_runtime::RetryDecision::RetryAfter(delay) => FailOutcome {
+            state: JobState::Scheduled,
+            retry_at: Some(time::ts(time::add(now, delay))),
+        },
+        homeostat_runtime::RetryDecision::GiveUp => FailOutcome {
+            state: JobState::Dead,
+            retry_at: None,
+        },
+    }
+}
+
+/// A notification's state, next attempt time (epoch ms) and error after
+/// delivery attempt number `attempts`.
+pub(crate) fn delivery_outcome(
+    delivery: &Delivery,
+    attempts: u32,
+    now: Timestamp,
+) -> (NotificationState, i64, Option<String>) {
+    match delivery {
+        Delivery::Sent => (NotificationState::Sent, time::ms(now), None),
+        Delivery::Failed { error, permanent } => {
+            let state = if *permanent || attempts >= NOTIFICATION_MAX_ATTEMPTS {
+                NotificationState::Dead
+            } else {
+                NotificationState::Pending
+            };
+            (
+                state,
+                time::add(now, notification_backoff(attempts)),
+                Some(truncate(error)),
+            )
+        }
+    }
+}
+
 /// The smallest UUID v7 of a job created at or after `ms`: every id below
 /// it was created before `ms`.
 pub(crate) fn id_before(ms: i64) -> Id {

@@ -365,14 +365,10 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await
         .op(op)?;
-        let prefix: Vec<_> = rows
-            .iter()
-            .take_while(|r| r.get::<i64, _>(1) < cutoff_ms)
-            .collect();
-        let Some(last) = prefix.last() else {
+        let oldest = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2)));
+        let Some((last_seq, last_hash)) = audit::retention_end(oldest, cutoff_ms) else {
             return Ok(0);
         };
-        let (last_seq, last_hash): (i64, Vec<u8>) = (last.get(0), last.get(2));
         let deleted = sqlx::query("DELETE FROM audit_events WHERE seq >= $1 AND seq <= $2")
             .bind(first_seq)
             .bind(last_seq)
@@ -388,16 +384,7 @@ impl PgStore {
             .op(op)?;
         Self::append_audit(
             &mut tx,
-            &[NewAuditEvent {
-                actor: actor.to_owned(),
-                action: "audit.retention".into(),
-                subject: "audit_events".into(),
-                details: serde_json::json!({
-                    "deleted": deleted,
-                    "through_seq": last_seq,
-                    "cutoff_ms": cutoff_ms,
-                }),
-            }],
+            &[audit::retention_event(actor, deleted, last_seq, cutoff_ms)],
             now_ms,
         )
         .await?;

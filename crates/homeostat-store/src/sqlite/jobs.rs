@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, id_at};
-use homeostat_runtime::{Fence, RetryDecision};
+use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
 use sqlx::Row;
@@ -403,20 +403,7 @@ impl SqliteStore {
             token: lease_token,
         })?;
         let (attempt, max) = (row.get::<i64, _>(0) as u32, row.get::<i64, _>(1) as u32);
-        let outcome = match self
-            .options()
-            .retry_policy(max)
-            .decide(attempt, permanent, 0.5)
-        {
-            RetryDecision::RetryAfter(delay) => FailOutcome {
-                state: JobState::Scheduled,
-                retry_at: Some(ts(add(now, delay))),
-            },
-            RetryDecision::GiveUp => FailOutcome {
-                state: JobState::Dead,
-                retry_at: None,
-            },
-        };
+        let outcome = crate::fail_outcome(self.options(), attempt, max, permanent, now);
         let dead = outcome.state == JobState::Dead;
         sqlx::query(
             "UPDATE jobs SET state = ?2, run_at = COALESCE(?3, run_at), last_error = ?4,
@@ -449,21 +436,7 @@ impl SqliteStore {
         let op = action;
         let mut tx = self.write(op).await?;
         let current = self.job_in(&mut tx, id, op).await?;
-        let to = if to == JobState::Queued && current.run_at > now && action == "job.approved" {
-            JobState::Scheduled
-        } else {
-            to
-        };
-        current
-            .state
-            .check_transition(to)
-            .map_err(|e| StoreError::Conflict {
-                operation: op,
-                entity: "job",
-                id: id.to_string(),
-                reason: e.message,
-            })?;
-        let redrive = current.state.is_terminal();
+        let (to, redrive) = crate::operator_transition(&current, to, action, now)?;
         let row = sqlx::query(concat!(
             "UPDATE jobs SET state = ?2, updated_at = ?3, queued_at = ?3,
                finished_at = CASE WHEN ?2 IN ",

@@ -9,9 +9,9 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::{SqliteStore, id_of};
+use crate::Delivery;
 use crate::error::{Context, StoreError, corrupt};
 use crate::time::{add, ms, ts};
-use crate::{Delivery, NOTIFICATION_MAX_ATTEMPTS, notification_backoff};
 
 fn notification_from_row(r: &SqliteRow) -> Result<Notification, StoreError> {
     let op = "reading a notification";
@@ -110,21 +110,7 @@ impl SqliteStore {
             id: id.to_string(),
         })? as u32
             + 1;
-        let (state, next, error) = match delivery {
-            Delivery::Sent => (NotificationState::Sent, ms(now), None),
-            Delivery::Failed { error, permanent } => {
-                let state = if *permanent || attempts >= NOTIFICATION_MAX_ATTEMPTS {
-                    NotificationState::Dead
-                } else {
-                    NotificationState::Pending
-                };
-                (
-                    state,
-                    add(now, notification_backoff(attempts)),
-                    Some(crate::truncate(error)),
-                )
-            }
-        };
+        let (state, next, error) = crate::delivery_outcome(delivery, attempts, now);
         sqlx::query(
             "UPDATE notifications SET state = ?2, attempts = ?3, next_attempt_at = ?4,
                last_error = COALESCE(?5, last_error),
