@@ -785,6 +785,27 @@ pub(crate) fn delivery_outcome(
     }
 }
 
+/// The audit event of a token change: its metadata, never its secret.
+pub(crate) fn token_event(
+    actor: &str,
+    action: &str,
+    info: &homeostat_model::TokenInfo,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        subject: format!("token:{}", info.id),
+        details: serde_json::json!({
+            "kind": info.kind,
+            "tenant_id": info.tenant_id,
+            "agent_id": info.agent_id,
+            "admin": info.admin,
+            "expires_at": info.expires_at,
+            "uses_left": info.uses_left,
+        }),
+    }
+}
+
 /// The smallest UUID v7 of a job created at or after `ms`: every id below
 /// it was created before `ms`.
 pub(crate) fn id_before(ms: i64) -> Id {

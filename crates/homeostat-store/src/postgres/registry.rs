@@ -210,22 +210,6 @@ impl PgStore {
         Ok(IssuedSecret { info, secret })
     }
 
-    fn token_event(actor: &str, action: &str, info: &TokenInfo) -> NewAuditEvent {
-        NewAuditEvent {
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            subject: format!("token:{}", info.id),
-            details: json!({
-                "kind": info.kind,
-                "tenant_id": info.tenant_id,
-                "agent_id": info.agent_id,
-                "admin": info.admin,
-                "expires_at": info.expires_at,
-                "uses_left": info.uses_left,
-            }),
-        }
-    }
-
     pub(crate) async fn issue_bootstrap_token(
         &self,
         tenant_id: Option<Id>,
@@ -250,7 +234,7 @@ impl PgStore {
         .await?;
         Self::append_audit(
             &mut tx,
-            &[Self::token_event(actor, "token.created", &issued.info)],
+            &[crate::token_event(actor, "token.created", &issued.info)],
             ms(now),
         )
         .await?;
@@ -285,7 +269,7 @@ impl PgStore {
         .await?;
         Self::append_audit(
             &mut tx,
-            &[Self::token_event(actor, "token.created", &issued.info)],
+            &[crate::token_event(actor, "token.created", &issued.info)],
             ms(now),
         )
         .await?;
