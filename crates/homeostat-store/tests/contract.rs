@@ -643,15 +643,16 @@ async fn the_audit_chain_detects_edits_deletions_and_reordering(store: &Store) {
             .first_break,
         None
     );
-    // Reordered: swap the contents of events 2 and 3.
-    exec("UPDATE audit_events SET seq = -2 WHERE seq = 2").await;
-    exec("UPDATE audit_events SET seq = 2 WHERE seq = 3").await;
-    exec("UPDATE audit_events SET seq = 3 WHERE seq = -2").await;
+    // Reordered: swap the contents of events 2 and 3 (and back after).
+    let swap_2_and_3 = || async {
+        exec("UPDATE audit_events SET seq = -2 WHERE seq = 2").await;
+        exec("UPDATE audit_events SET seq = 2 WHERE seq = 3").await;
+        exec("UPDATE audit_events SET seq = 3 WHERE seq = -2").await;
+    };
+    swap_2_and_3().await;
     let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
     assert_eq!(report.first_break.map(|b| b.seq), Some(2));
-    exec("UPDATE audit_events SET seq = -2 WHERE seq = 2").await;
-    exec("UPDATE audit_events SET seq = 2 WHERE seq = 3").await;
-    exec("UPDATE audit_events SET seq = 3 WHERE seq = -2").await;
+    swap_2_and_3().await;
     assert_eq!(
         store
             .verify_audit_chain(&mut |_| {})
