@@ -270,7 +270,6 @@ impl Driver {
         status.next_run = (!self.stopping).then_some(self.next_due);
         status.running = self.in_flight.is_some();
         status.leader = !self.slot.options.exclusive || self.held.is_some();
-        status.consecutive_failures = self.failures;
     }
 
     async fn tick(&mut self) {
