@@ -1,7 +1,7 @@
 //! Store throughput and sweep latency, on SQLite and PostgreSQL.
 //!
 //! `cargo bench -p homeostat-store --bench store -- [--backend sqlite|postgres|both]
-//!  [--jobs N] [--workers N] [--sweep-rows N] [--skip-lifecycle] [--skip-sweeps] [--plans]`
+//!  [--jobs N] [--workers N] [--batch N] [--sweep-rows N] [--skip-lifecycle] [--skip-sweeps] [--plans]`
 //!
 //! PostgreSQL comes from `HOMEOSTAT_TEST_DATABASE_URL`; every run uses a
 //! fresh schema (dropped afterwards) and SQLite a fresh file.
@@ -22,6 +22,7 @@ struct Args {
     lifecycle: bool,
     sweeps: bool,
     plans: bool,
+    batches: Vec<u32>,
 }
 
 fn args() -> Args {
@@ -33,6 +34,7 @@ fn args() -> Args {
         lifecycle: true,
         sweeps: true,
         plans: false,
+        batches: vec![10, 100],
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -52,6 +54,9 @@ fn args() -> Args {
                         .and_then(|v| v.parse().ok())
                         .expect("--sweep-rows N"),
                 ]
+            }
+            "--batch" => {
+                a.batches = vec![it.next().and_then(|v| v.parse().ok()).expect("--batch N")]
             }
             "--skip-lifecycle" => a.lifecycle = false,
             "--skip-sweeps" => a.sweeps = false,
@@ -584,7 +589,7 @@ async fn main() {
     let args = Arc::new(args());
     for backend in args.backends.clone() {
         if args.lifecycle {
-            for batch in [10u32, 100] {
+            for batch in args.batches.clone() {
                 let db = fresh(backend).await;
                 let (store_rate, enqueue_rate) =
                     lifecycle(&db, args.jobs, args.workers, batch).await;

@@ -67,9 +67,12 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // A claim or completion returns up to a batch of rows: with room for
+        // them all, SQLite's worker thread runs the statement to its end
+        // instead of waiting for the caller to drain every 50 rows.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(connect.clone())
+            .connect_with(connect.clone().row_buffer_size(1024))
             .await
             .op("opening the SQLite database")?;
         let pool = SqlitePoolOptions::new()
