@@ -33,6 +33,11 @@ pub(crate) const POSTGRES: Set = &[
         "periodic",
         include_str!("../migrations/postgres/0002_periodic.sql"),
     ),
+    (
+        3,
+        "jobs layout",
+        include_str!("../migrations/postgres/0003_jobs_layout.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

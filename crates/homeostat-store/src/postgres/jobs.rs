@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, id_at, new_id};
+use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, ids_at, new_id};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
@@ -22,6 +22,18 @@ macro_rules! job_columns {
          occurrences, state, attempt, max_attempts, timeout_ms, run_at, deadline_at, \
          approval_expires_at, lease_agent, lease_token, lease_expires_at, last_error, result, \
          created_at, updated_at, started_at, finished_at"
+    };
+}
+
+/// "The job is running", for statements that find jobs by id, written so
+/// that it does not imply the predicate of the running-jobs partial index.
+/// With statistics that show few running jobs, the planner would otherwise
+/// read the jobs through that index (every running job, and every entry left
+/// behind by jobs that stopped running, for each statement) instead of the
+/// primary key.
+macro_rules! running {
+    () => {
+        "state IS NOT DISTINCT FROM 'running'"
     };
 }
 
@@ -102,6 +114,7 @@ impl PgStore {
         let mut first_of: HashMap<&str, usize> = HashMap::new();
         let mut rows: Vec<(usize, Id, i64)> = Vec::new(); // (input index, id, occurrences)
         let mut fold: Vec<Option<usize>> = vec![None; jobs.len()];
+        let mut ids = ids_at(now, jobs.len());
         for (i, job) in jobs.iter().enumerate() {
             if let Some(fp) = job.fingerprint.as_deref() {
                 if let Some(&row) = first_of.get(fp) {
@@ -112,7 +125,8 @@ impl PgStore {
                 first_of.insert(fp, rows.len());
             }
             fold[i] = Some(rows.len());
-            rows.push((i, id_at(now), 1));
+            let id = ids.next().unwrap_or_else(new_id);
+            rows.push((i, id, 1));
         }
         let n = rows.len();
         let mut c = Columns::with_capacity(n);
@@ -247,12 +261,12 @@ impl PgStore {
                 "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
                    lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
                    timeout_at = $3 + timeout_ms, updated_at = $3
-                 WHERE id IN (
+                 WHERE id = ANY(ARRAY(
                    SELECT id FROM jobs
                    WHERE state = 'queued' AND queue = $4 AND ($5::uuid IS NULL OR tenant_id = $5)
                    ORDER BY effective_priority DESC, queued_at
                    LIMIT $6
-                   FOR UPDATE SKIP LOCKED)
+                   FOR UPDATE SKIP LOCKED))
                  AND EXISTS (SELECT 1 FROM agents WHERE id = $1 AND status = 'online')
                  RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
                    lease_expires_at, timeout_ms, effective_priority, queued_at",
@@ -287,10 +301,9 @@ impl PgStore {
                  UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
                    lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
                    timeout_at = $3 + timeout_ms, updated_at = $3
-                 FROM picked WHERE jobs.id = picked.id
-                 RETURNING jobs.id, jobs.tenant_id, jobs.queue, jobs.kind, jobs.payload, jobs.attempt,
-                   jobs.max_attempts, jobs.lease_token, jobs.lease_expires_at, jobs.timeout_ms,
-                   jobs.effective_priority, jobs.queued_at",
+                 WHERE id = ANY(ARRAY(SELECT id FROM picked))
+                 RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
+                   lease_expires_at, timeout_ms, effective_priority, queued_at",
             )
             .bind(agent_id)
             .bind(add(now, lease))
@@ -355,11 +368,12 @@ impl PgStore {
         now: Timestamp,
     ) -> Result<Timestamp, StoreError> {
         let op = "extending a job lease";
-        let expires: Option<i64> = sqlx::query_scalar(
+        let expires: Option<i64> = sqlx::query_scalar(concat!(
             "UPDATE jobs SET lease_expires_at = $3
-             WHERE id = $1 AND lease_token = $2 AND state = 'running'
-             RETURNING lease_expires_at",
-        )
+                 WHERE id = $1 AND lease_token = $2 AND ",
+            running!(),
+            " RETURNING lease_expires_at"
+        ))
         .bind(id)
         .bind(lease_token)
         .bind(add(now, lease))
@@ -385,13 +399,14 @@ impl PgStore {
             .iter()
             .map(|c| c.result.as_ref().map(|v| v.to_string()))
             .collect();
-        let done: Vec<Id> = sqlx::query_scalar(
+        let done: Vec<Id> = sqlx::query_scalar(concat!(
             "UPDATE jobs SET state = 'succeeded', result = c.result, finished_at = $4,
-               updated_at = $4, lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
-             WHERE jobs.id = c.id AND jobs.lease_token = c.token AND jobs.state = 'running'
-             RETURNING jobs.id",
-        )
+                   updated_at = $4, lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+                 FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
+                 WHERE jobs.id = c.id AND jobs.lease_token = c.token AND jobs.",
+            running!(),
+            " RETURNING jobs.id"
+        ))
         .bind(&ids)
         .bind(&tokens)
         .bind(&results)
@@ -413,10 +428,11 @@ impl PgStore {
     ) -> Result<FailOutcome, StoreError> {
         let op = "failing a job";
         let mut tx = self.write(op).await?;
-        let row = sqlx::query(
-            "SELECT attempt, max_attempts FROM jobs
-             WHERE id = $1 AND lease_token = $2 AND state = 'running' FOR UPDATE",
-        )
+        let row = sqlx::query(concat!(
+            "SELECT attempt, max_attempts FROM jobs WHERE id = $1 AND lease_token = $2 AND ",
+            running!(),
+            " FOR UPDATE"
+        ))
         .bind(id)
         .bind(lease_token)
         .fetch_optional(&mut *tx)

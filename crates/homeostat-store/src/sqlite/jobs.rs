@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, id_at};
+use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, ids_at};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
@@ -114,7 +114,7 @@ impl SqliteStore {
         now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
         let op = "enqueueing jobs";
-        let generated: Vec<Id> = jobs.iter().map(|_| id_at(now)).collect();
+        let generated: Vec<Id> = ids_at(now, jobs.len()).collect();
         let tier = tenant_tier(tx, tenant_id, op).await?;
         // The whole batch travels as one JSON array into one statement;
         // SQLite applies the upsert row by row, so duplicates within the
