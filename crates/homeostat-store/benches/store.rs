@@ -1,7 +1,7 @@
 //! Store throughput and sweep latency, on SQLite and PostgreSQL.
 //!
 //! `cargo bench -p homeostat-store --bench store -- [--backend sqlite|postgres|both]
-//!  [--jobs N] [--workers N] [--batch N] [--sweep-rows N] [--skip-lifecycle] [--skip-sweeps] [--plans]`
+//!  [--jobs N] [--workers N] [--batch N] [--runs N] [--sweep-rows N] [--skip-lifecycle] [--skip-sweeps] [--plans]`
 //!
 //! PostgreSQL comes from `HOMEOSTAT_TEST_DATABASE_URL`; every run uses a
 //! fresh schema (dropped afterwards) and SQLite a fresh file.
@@ -23,6 +23,7 @@ struct Args {
     sweeps: bool,
     plans: bool,
     batches: Vec<u32>,
+    runs: usize,
 }
 
 fn args() -> Args {
@@ -35,6 +36,7 @@ fn args() -> Args {
         sweeps: true,
         plans: false,
         batches: vec![10, 100],
+        runs: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -58,6 +60,7 @@ fn args() -> Args {
             "--batch" => {
                 a.batches = vec![it.next().and_then(|v| v.parse().ok()).expect("--batch N")]
             }
+            "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
             "--skip-lifecycle" => a.lifecycle = false,
             "--skip-sweeps" => a.sweeps = false,
             "--plans" => a.plans = true,
@@ -211,7 +214,7 @@ async fn platform_agents(db: &Db, n: usize) -> Vec<Id> {
 }
 
 /// The full lifecycle through the store's API.
-async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (f64, f64) {
+async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (Run, f64) {
     let tenant = db
         .store
         .create_tenant("bench", PlanTier::Standard, "bench", t0())
@@ -231,6 +234,7 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (f64, f6
         Store::Sqlite(_) => db.exec("ANALYZE".into()).await,
     }
     let cpu_before = process_cpu_secs();
+    let wal_start = wal_position(db).await;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for agent in agents {
@@ -278,7 +282,50 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (f64, f6
         );
     }
     assert_eq!(done, jobs, "every job completed once");
-    (done as f64 / start.elapsed().as_secs_f64(), enqueue_rate)
+    (finish(db, jobs, start, wal_start).await, enqueue_rate)
+}
+
+/// One lifecycle run: jobs per second and, on PostgreSQL, WAL bytes per job.
+struct Run {
+    rate: f64,
+    wal_per_job: Option<f64>,
+}
+
+impl Run {
+    fn wal(&self) -> String {
+        self.wal_per_job
+            .map(|b| format!(" ({b:.0} B of WAL a job)"))
+            .unwrap_or_default()
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The WAL position in bytes (PostgreSQL), to count what a run wrote.
+async fn wal_position(db: &Db) -> Option<i64> {
+    match &db.store {
+        Store::Sqlite(_) => None,
+        Store::Postgres(s) => Some(
+            sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+                .fetch_one(s.pool())
+                .await
+                .unwrap(),
+        ),
+    }
+}
+
+async fn finish(db: &Db, jobs: usize, start: Instant, wal_start: Option<i64>) -> Run {
+    let rate = jobs as f64 / start.elapsed().as_secs_f64();
+    let wal_end = wal_position(db).await;
+    Run {
+        rate,
+        wal_per_job: wal_start
+            .zip(wal_end)
+            .map(|(a, b)| (b - a) as f64 / jobs as f64),
+    }
 }
 
 /// CPU time (user + system) of this process so far, from /proc (Linux).
@@ -297,7 +344,7 @@ fn process_cpu_secs() -> f64 {
 }
 
 /// The minimal claim and complete statements on a bare table.
-async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> f64 {
+async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
     match &db.store {
         Store::Sqlite(s) => {
             // The same single write connection the store uses.
@@ -316,6 +363,7 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> f64 {
             .execute(&pool)
             .await
             .unwrap();
+            let wal_start = wal_position(db).await;
             let start = Instant::now();
             let mut tasks = Vec::new();
             for _ in 0..workers {
@@ -352,7 +400,7 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> f64 {
                 done += t.await.unwrap();
             }
             assert_eq!(done, jobs);
-            done as f64 / start.elapsed().as_secs_f64()
+            finish(db, jobs, start, wal_start).await
         }
         Store::Postgres(s) => {
             let pool = s.pool().clone();
@@ -373,6 +421,7 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> f64 {
                 .execute(&pool)
                 .await
                 .unwrap();
+            let wal_start = wal_position(db).await;
             let start = Instant::now();
             let mut tasks = Vec::new();
             for _ in 0..workers {
@@ -407,7 +456,7 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> f64 {
                 done += t.await.unwrap();
             }
             assert_eq!(done, jobs);
-            done as f64 / start.elapsed().as_secs_f64()
+            finish(db, jobs, start, wal_start).await
         }
     }
 }
@@ -619,18 +668,36 @@ async fn main() {
     for backend in args.backends.clone() {
         if args.lifecycle {
             for batch in args.batches.clone() {
-                let db = fresh(backend).await;
-                let (store_rate, enqueue_rate) =
-                    lifecycle(&db, args.jobs, args.workers, batch).await;
-                db.drop_all().await;
-                let db = fresh(backend).await;
-                let raw = baseline(&db, args.jobs, args.workers, batch).await;
-                db.drop_all().await;
+                // Store and baseline alternate, so a noisy neighbour
+                // weighs on both; the ratio is taken within each pair.
+                let (mut store, mut raw, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+                for run in 1..=args.runs {
+                    let db = fresh(backend).await;
+                    let (s, enqueue_rate) = lifecycle(&db, args.jobs, args.workers, batch).await;
+                    db.drop_all().await;
+                    let db = fresh(backend).await;
+                    let r = baseline(&db, args.jobs, args.workers, batch).await;
+                    db.drop_all().await;
+                    println!(
+                        "{backend} lifecycle batch={batch} run {run}: store {:.0} jobs/s{}, raw SQL {:.0} jobs/s{}, ratio {:.2}; batch enqueue {enqueue_rate:.0} jobs/s",
+                        s.rate,
+                        s.wal(),
+                        r.rate,
+                        r.wal(),
+                        s.rate / r.rate
+                    );
+                    ratio.push(s.rate / r.rate);
+                    store.push(s.rate);
+                    raw.push(r.rate);
+                }
                 println!(
-                    "{backend} lifecycle batch={batch} jobs={} workers={}: store {store_rate:.0} jobs/s, raw SQL {raw:.0} jobs/s, ratio {:.2}; batch enqueue {enqueue_rate:.0} jobs/s",
+                    "{backend} lifecycle batch={batch} jobs={} workers={} median of {}: store {:.0} jobs/s, raw SQL {:.0} jobs/s, ratio {:.2}",
                     args.jobs,
                     args.workers,
-                    store_rate / raw
+                    args.runs,
+                    median(&mut store),
+                    median(&mut raw),
+                    median(&mut ratio)
                 );
             }
             let db = fresh(backend).await;

@@ -256,13 +256,18 @@ impl PgStore {
         let op = "claiming jobs";
         let (tenant, queues) = self.agent_facts(agent_id, op).await?;
         let rows = if let [queue] = queues.as_slice() {
-            // The usual case, shaped like the minimal claim.
+            // The usual case, shaped like the minimal claim. The rows are
+            // updated by the address the locking scan found them at (no
+            // second walk down the primary key): the lock keeps that version
+            // current. A job another transaction changed after this
+            // statement's snapshot is locked at its new address, which the
+            // snapshot cannot see: it stays queued for the next claim.
             sqlx::query(
                 "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
                    lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
                    timeout_at = $3 + timeout_ms, updated_at = $3
-                 WHERE id = ANY(ARRAY(
-                   SELECT id FROM jobs
+                 WHERE ctid = ANY(ARRAY(
+                   SELECT ctid FROM jobs
                    WHERE state = 'queued' AND queue = $4 AND ($5::uuid IS NULL OR tenant_id = $5)
                    ORDER BY effective_priority DESC, queued_at
                    LIMIT $6
