@@ -34,6 +34,12 @@ macro_rules! claim_set {
     };
 }
 
+// Statements that find a running job by id write the state test as
+// `+state = 'running'`: the unary plus keeps it from matching the partial
+// index of running jobs. With statistics, SQLite would otherwise scan that
+// index for every completion instead of looking the ids up (measured: batch
+// completions of 100 became twenty times slower).
+
 macro_rules! claim_returning {
     () => {
         "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
@@ -325,7 +331,7 @@ impl SqliteStore {
         // One statement: its own transaction on the single write connection.
         let expires: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET lease_expires_at = ?3
-             WHERE id = ?1 AND lease_token = ?2 AND state = 'running'
+             WHERE id = ?1 AND lease_token = ?2 AND +state = 'running'
              RETURNING lease_expires_at",
         )
         .bind(id.to_string())
@@ -365,7 +371,7 @@ impl SqliteStore {
                lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
              FROM (SELECT value->>0 AS id, value->>1 AS t, value->>2 AS r
                    FROM json_each(?1)) AS c
-             WHERE jobs.id = c.id AND jobs.lease_token = c.t AND jobs.state = 'running'
+             WHERE jobs.id = c.id AND jobs.lease_token = c.t AND +jobs.state = 'running'
              RETURNING jobs.id",
         )
         .bind(serde_json::to_string(&batch).map_err(|e| corrupt(op, e))?)
@@ -392,7 +398,7 @@ impl SqliteStore {
         let mut tx = self.write(op).await?;
         let row = sqlx::query(
             "SELECT attempt, max_attempts FROM jobs
-             WHERE id = ? AND lease_token = ? AND state = 'running'",
+             WHERE id = ? AND lease_token = ? AND +state = 'running'",
         )
         .bind(id.to_string())
         .bind(lease_token)
