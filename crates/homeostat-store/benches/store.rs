@@ -36,7 +36,7 @@ fn args() -> Args {
         sweeps: true,
         plans: false,
         batches: vec![10, 100],
-        runs: 3,
+        runs: 5,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
