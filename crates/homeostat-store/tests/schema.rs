@@ -78,3 +78,103 @@ async fn unknown_urls_are_refused_by_name() {
         "unsupported database URL \"mysql://localhost/db\": expected sqlite:… or postgres://…"
     );
 }
+
+/// A PostgreSQL database migrated by an earlier build (schema 2), with a job
+/// in it, keeps the job through the rebuild of the jobs table (3), and the
+/// rebuilt table keeps its indexes' guarantees.
+#[tokio::test]
+async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
+    use std::borrow::Cow;
+
+    use homeostat_model::NewJob;
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+    let Some(url) = backends::pg_url() else {
+        return;
+    };
+    let schema = format!("hs_test_{}", uuid::Uuid::now_v7().simple());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let pool = backends::pg_pool(&url, &schema, 2).await;
+    let earlier = Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("init"),
+            MigrationType::Simple,
+            sqlx::SqlStr::from_static(include_str!("../migrations/postgres/0001_init.sql")),
+            false,
+        ),
+        Migration::new(
+            2,
+            Cow::Borrowed("periodic"),
+            MigrationType::Simple,
+            sqlx::SqlStr::from_static(include_str!("../migrations/postgres/0002_periodic.sql")),
+            false,
+        ),
+    ]);
+    earlier.run(&pool).await.unwrap();
+    let tenant = uuid::Uuid::now_v7();
+    let job = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO tenants (id, name, tier, created_at) VALUES ($1, 'acme', 'standard', 1000)",
+    )
+    .bind(tenant)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+           effective_priority, fingerprint, occurrences, state, max_attempts, timeout_ms, run_at,
+           queued_at, deadline_at, created_at, updated_at)
+         VALUES ($1, $2, 'builds', 'build', '{\"ref\":\"main\"}', 5, 105, 130, 'fp-1', 2, 'queued',
+           4, 600000, 1000, 1000, 3601000, 1000, 2000)",
+    )
+    .bind(job)
+    .bind(tenant)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let store = Store::Postgres(
+        homeostat_store::PgStore::from_pool(pool, StoreOptions::default())
+            .await
+            .unwrap(),
+    );
+    let kept = store.get_job(job).await.unwrap();
+    assert_eq!(kept.tenant_id, tenant);
+    assert_eq!(
+        (kept.queue.as_str(), kept.kind.as_str()),
+        ("builds", "build")
+    );
+    assert_eq!(kept.payload, serde_json::json!({"ref": "main"}));
+    assert_eq!((kept.priority, kept.effective_priority), (5, 130));
+    assert_eq!(kept.fingerprint.as_deref(), Some("fp-1"));
+    assert_eq!(
+        (kept.occurrences, kept.max_attempts, kept.timeout_secs),
+        (2, 4, 600)
+    );
+    assert_eq!(kept.state, homeostat_model::JobState::Queued);
+    assert_eq!(kept.updated_at.as_millisecond(), 2000);
+    // The live-fingerprint index came back: the same fingerprint folds in.
+    let mut again = NewJob::new("builds", "build");
+    again.fingerprint = Some("fp-1".into());
+    let folded = store
+        .enqueue(
+            tenant,
+            &again,
+            jiff::Timestamp::from_millisecond(3000).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(folded.deduplicated);
+    assert_eq!((folded.job.id, folded.job.occurrences), (job, 3));
+    store.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
