@@ -890,6 +890,34 @@ async fn claims_follow_priority_and_age(store: &Store) {
     );
 }
 
+async fn claims_across_queues_take_the_best_of_all(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t), &["a", "b"]).await;
+    let mut ids = std::collections::HashMap::new();
+    for (queue, priority) in [("a", 1), ("a", 5), ("b", 3), ("b", 7), ("c", 9)] {
+        let mut new = job(queue);
+        new.priority = priority;
+        let id = store.enqueue(t, &new, t0()).await.unwrap().job.id;
+        ids.insert(priority, id);
+    }
+    let first = store.claim(a, 3, LEASE, at(1)).await.unwrap();
+    let got: Vec<Id> = first.iter().map(|c| c.id).collect();
+    assert_eq!(
+        got,
+        vec![ids[&7], ids[&5], ids[&3]],
+        "best first, across both queues"
+    );
+    assert!(first.iter().all(|c| c.attempt == 1 && c.lease_token == 1));
+    let rest = store.claim(a, 10, LEASE, at(2)).await.unwrap();
+    assert_eq!(rest.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[&1]]);
+    // Queue c is not the agent's.
+    assert!(store.claim(a, 10, LEASE, at(3)).await.unwrap().is_empty());
+    assert_eq!(
+        store.get_job(ids[&9]).await.unwrap().state,
+        JobState::Queued
+    );
+}
+
 async fn listing_pages_newest_first(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let mut ids = Vec::new();
@@ -1058,6 +1086,7 @@ on_both_backends!(
     agents_heartbeat_in_batches_and_drain,
     tenant_agents_see_only_their_tenants_jobs,
     claims_follow_priority_and_age,
+    claims_across_queues_take_the_best_of_all,
     listing_pages_newest_first,
     notifications_back_off_then_die,
     bad_input_is_refused_whole,
