@@ -1,7 +1,8 @@
 //! Store throughput and sweep latency, on SQLite and PostgreSQL.
 //!
 //! `cargo bench -p homeostat-store --bench store -- [--backend sqlite|postgres|both]
-//!  [--jobs N] [--workers N] [--batch N] [--runs N] [--sweep-rows N] [--skip-lifecycle] [--skip-sweeps] [--plans]`
+//!  [--jobs N] [--workers N] [--batch N] [--runs N] [--only store|baseline] [--sweep-rows N]
+//!  [--skip-lifecycle] [--skip-sweeps] [--plans]`
 //!
 //! PostgreSQL comes from `HOMEOSTAT_TEST_DATABASE_URL`; every run uses a
 //! fresh schema (dropped afterwards) and SQLite a fresh file.
@@ -24,6 +25,8 @@ struct Args {
     plans: bool,
     batches: Vec<u32>,
     runs: usize,
+    /// Run only one side of the lifecycle pair (for profiling one of them).
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -37,6 +40,7 @@ fn args() -> Args {
         plans: false,
         batches: vec![10, 100],
         runs: 5,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -61,6 +65,7 @@ fn args() -> Args {
                 a.batches = vec![it.next().and_then(|v| v.parse().ok()).expect("--batch N")]
             }
             "--runs" => a.runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--only" => a.only = it.next().filter(|v| v == "store" || v == "baseline"),
             "--skip-lifecycle" => a.lifecycle = false,
             "--skip-sweeps" => a.sweeps = false,
             "--plans" => a.plans = true,
@@ -235,6 +240,7 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (Run, f6
     }
     let cpu_before = process_cpu_secs();
     let wal_start = wal_position(db).await;
+    perf_ctl("enable");
     let start = Instant::now();
     let mut tasks = Vec::new();
     for agent in agents {
@@ -274,6 +280,7 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (Run, f6
     for t in tasks {
         done += t.await.unwrap();
     }
+    perf_ctl("disable");
     if std::env::var_os("HOMEOSTAT_BENCH_SPLIT").is_some() {
         eprintln!(
             "client CPU: {:.2} s for {:.2} s of wall time",
@@ -292,6 +299,14 @@ struct Run {
 }
 
 impl Run {
+    /// The side `--only` left out.
+    fn skipped() -> Run {
+        Run {
+            rate: f64::NAN,
+            wal_per_job: None,
+        }
+    }
+
     fn wal(&self) -> String {
         self.wal_per_job
             .map(|b| format!(" ({b:.0} B of WAL a job)"))
@@ -320,11 +335,29 @@ async fn wal_position(db: &Db) -> Option<i64> {
 async fn finish(db: &Db, jobs: usize, start: Instant, wal_start: Option<i64>) -> Run {
     let rate = jobs as f64 / start.elapsed().as_secs_f64();
     let wal_end = wal_position(db).await;
+    if let (Some(a), Some(b), Some(_)) = (
+        wal_start,
+        wal_end,
+        std::env::var_os("HOMEOSTAT_BENCH_SPLIT"),
+    ) {
+        // For pg_walinspect: pg_get_wal_stats(lsn(a), lsn(b), true).
+        let lsn = |p: i64| format!("{:X}/{:X}", p >> 32, p & 0xffff_ffff);
+        eprintln!("WAL of the timed phase: {} to {}", lsn(a), lsn(b));
+    }
     Run {
         rate,
         wal_per_job: wal_start
             .zip(wal_end)
             .map(|(a, b)| (b - a) as f64 / jobs as f64),
+    }
+}
+
+/// Switches a `perf record --control fifo:PATH -D -1` on or off around a
+/// timed phase, when `HOMEOSTAT_BENCH_PERF_FIFO` names that fifo, so a
+/// profile holds the timed phase alone.
+fn perf_ctl(command: &str) {
+    if let Some(path) = std::env::var_os("HOMEOSTAT_BENCH_PERF_FIFO") {
+        std::fs::write(path, format!("{command}\n")).expect("writing to the perf control fifo");
     }
 }
 
@@ -364,6 +397,7 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
             .await
             .unwrap();
             let wal_start = wal_position(db).await;
+            perf_ctl("enable");
             let start = Instant::now();
             let mut tasks = Vec::new();
             for _ in 0..workers {
@@ -399,6 +433,7 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
             for t in tasks {
                 done += t.await.unwrap();
             }
+            perf_ctl("disable");
             assert_eq!(done, jobs);
             finish(db, jobs, start, wal_start).await
         }
@@ -422,6 +457,7 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
                 .await
                 .unwrap();
             let wal_start = wal_position(db).await;
+            perf_ctl("enable");
             let start = Instant::now();
             let mut tasks = Vec::new();
             for _ in 0..workers {
@@ -455,6 +491,7 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
             for t in tasks {
                 done += t.await.unwrap();
             }
+            perf_ctl("disable");
             assert_eq!(done, jobs);
             finish(db, jobs, start, wal_start).await
         }
@@ -672,12 +709,22 @@ async fn main() {
                 // weighs on both; the ratio is taken within each pair.
                 let (mut store, mut raw, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
                 for run in 1..=args.runs {
-                    let db = fresh(backend).await;
-                    let (s, enqueue_rate) = lifecycle(&db, args.jobs, args.workers, batch).await;
-                    db.drop_all().await;
-                    let db = fresh(backend).await;
-                    let r = baseline(&db, args.jobs, args.workers, batch).await;
-                    db.drop_all().await;
+                    let (s, enqueue_rate) = if args.only.as_deref() == Some("baseline") {
+                        (Run::skipped(), f64::NAN)
+                    } else {
+                        let db = fresh(backend).await;
+                        let s = lifecycle(&db, args.jobs, args.workers, batch).await;
+                        db.drop_all().await;
+                        s
+                    };
+                    let r = if args.only.as_deref() == Some("store") {
+                        Run::skipped()
+                    } else {
+                        let db = fresh(backend).await;
+                        let r = baseline(&db, args.jobs, args.workers, batch).await;
+                        db.drop_all().await;
+                        r
+                    };
                     println!(
                         "{backend} lifecycle batch={batch} run {run}: store {:.0} jobs/s{}, raw SQL {:.0} jobs/s{}, ratio {:.2}; batch enqueue {enqueue_rate:.0} jobs/s",
                         s.rate,

@@ -38,6 +38,11 @@ pub(crate) const POSTGRES: Set = &[
         "jobs layout",
         include_str!("../migrations/postgres/0003_jobs_layout.sql"),
     ),
+    (
+        4,
+        "jobs state type",
+        include_str!("../migrations/postgres/0004_jobs_state_type.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

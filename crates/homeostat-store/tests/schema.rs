@@ -79,9 +79,10 @@ async fn unknown_urls_are_refused_by_name() {
     );
 }
 
-/// A PostgreSQL database migrated by an earlier build (schema 2), with a job
-/// in it, keeps the job through the rebuild of the jobs table (3), and the
-/// rebuilt table keeps its indexes' guarantees.
+/// A PostgreSQL database migrated by an earlier build (schema 2), with jobs
+/// in it, keeps them through the rebuilds of the jobs table (3: column
+/// order; 4: state as an enum), and the rebuilt table keeps its indexes'
+/// guarantees.
 #[tokio::test]
 async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
     use std::borrow::Cow;
@@ -137,6 +138,23 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
     .execute(&pool)
     .await
     .unwrap();
+    // A running job: its state and lease survive the change of state type.
+    let running = uuid::Uuid::now_v7();
+    let agent = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+           effective_priority, occurrences, state, attempt, max_attempts, timeout_ms, run_at,
+           queued_at, created_at, updated_at, lease_agent, lease_token, lease_expires_at,
+           timeout_at, started_at)
+         VALUES ($1, $2, 'builds', 'build', 'null', 0, 100, 100, 1, 'running', 1, 3, 600000,
+           1000, 1000, 1000, 1500, $3, 7, 301500, 601500, 1500)",
+    )
+    .bind(running)
+    .bind(tenant)
+    .bind(agent)
+    .execute(&pool)
+    .await
+    .unwrap();
 
     let store = Store::Postgres(
         homeostat_store::PgStore::from_pool(pool, StoreOptions::default())
@@ -158,6 +176,27 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
     );
     assert_eq!(kept.state, homeostat_model::JobState::Queued);
     assert_eq!(kept.updated_at.as_millisecond(), 2000);
+    let still_running = store.get_job(running).await.unwrap();
+    assert_eq!(still_running.state, homeostat_model::JobState::Running);
+    assert_eq!(
+        (
+            still_running.lease_agent,
+            still_running.lease_token,
+            still_running.lease_expires_at.map(|t| t.as_millisecond())
+        ),
+        (Some(agent), 7, Some(301_500))
+    );
+    // The running-jobs index came back: its lease expires and the sweep
+    // finds it.
+    let swept = store
+        .requeue_expired_leases(
+            jiff::Timestamp::from_millisecond(400_000).unwrap(),
+            10,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(swept.ids, vec![running]);
     // The live-fingerprint index came back: the same fingerprint folds in.
     let mut again = NewJob::new("builds", "build");
     again.fingerprint = Some("fp-1".into());

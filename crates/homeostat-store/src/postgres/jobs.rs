@@ -19,7 +19,7 @@ use crate::{ClaimedJob, Completion, Enqueued, FailOutcome, JobFilter, Page};
 macro_rules! job_columns {
     () => {
         "id, tenant_id, queue, kind, payload, priority, effective_priority, fingerprint, \
-         occurrences, state, attempt, max_attempts, timeout_ms, run_at, deadline_at, \
+         occurrences, state::text AS state, attempt, max_attempts, timeout_ms, run_at, deadline_at, \
          approval_expires_at, lease_agent, lease_token, lease_expires_at, last_error, result, \
          created_at, updated_at, started_at, finished_at"
     };
@@ -157,7 +157,7 @@ impl PgStore {
                effective_priority, fingerprint, occurrences, state, max_attempts, timeout_ms, run_at,
                queued_at, deadline_at, approval_expires_at, created_at, updated_at)
              SELECT id, $1, queue, kind, payload, priority, base, base, fingerprint, occurrences,
-               state, max_attempts, timeout_ms, run_at, run_at, deadline_at, approval, $2, $2
+               state::job_state, max_attempts, timeout_ms, run_at, run_at, deadline_at, approval, $2, $2
              FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
                          $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[],
                          $14::bigint[], $15::bigint[], $16::bigint[])
@@ -452,7 +452,7 @@ impl PgStore {
         let outcome = crate::fail_outcome(self.options(), attempt, max, permanent, now);
         let dead = outcome.state == JobState::Dead;
         sqlx::query(
-            "UPDATE jobs SET state = $2, run_at = COALESCE($3, run_at), last_error = $4,
+            "UPDATE jobs SET state = $2::job_state, run_at = COALESCE($3, run_at), last_error = $4,
                finished_at = $5, updated_at = $6, lease_agent = NULL, lease_expires_at = NULL,
                timeout_at = NULL
              WHERE id = $1",
@@ -496,7 +496,7 @@ impl PgStore {
         let current = job_from_row(&row)?;
         let (to, redrive) = crate::operator_transition(&current, to, action, now)?;
         let row = sqlx::query(concat!(
-            "UPDATE jobs SET state = $2, updated_at = $3, queued_at = $3,
+            "UPDATE jobs SET state = $2::job_state, updated_at = $3, queued_at = $3,
                finished_at = CASE WHEN $2 IN ",
             terminal!(),
             " THEN $3 ELSE NULL END,
@@ -568,7 +568,7 @@ impl PgStore {
             "SELECT ",
             job_columns!(),
             " FROM jobs
-             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR state = $2)
+             WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR state = $2::job_state)
                AND ($3::text IS NULL OR queue = $3) AND ($4::uuid IS NULL OR id < $4)
              ORDER BY id DESC LIMIT $5"
         ))

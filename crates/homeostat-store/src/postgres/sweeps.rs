@@ -60,13 +60,13 @@ impl PgStore {
         self.sweep(
             "jobs.lease_expired",
             "UPDATE jobs SET
-               state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+               state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
                finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
                queued_at = $1, updated_at = $1, last_error = 'lease expired: the agent stopped heartbeating the job',
                lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
              WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1
                           LIMIT $2 FOR UPDATE SKIP LOCKED)
-             RETURNING id, state",
+             RETURNING id, state::text",
             &[ms(now), i64::from(limit)],
             None,
             fence,
@@ -85,14 +85,14 @@ impl PgStore {
         self.sweep(
             "jobs.agent_offline",
             "UPDATE jobs SET
-               state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+               state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
                finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
                queued_at = $1, updated_at = $1, last_error = 'reclaimed: the agent went offline',
                lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
              WHERE id IN (SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent
                           WHERE j.state = 'running' AND a.status = 'offline'
                           LIMIT $2 FOR UPDATE OF j SKIP LOCKED)
-             RETURNING id, state",
+             RETURNING id, state::text",
             &[ms(now), i64::from(limit)],
             None,
             fence,
@@ -114,7 +114,7 @@ impl PgStore {
                last_error = 'not started before its deadline'
              WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND attempt = 0
                           AND deadline_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
-             RETURNING id, state",
+             RETURNING id, state::text",
             &[ms(now), i64::from(limit)],
             None,
             fence,
@@ -134,14 +134,14 @@ impl PgStore {
         self.sweep(
             "jobs.timed_out",
             "UPDATE jobs SET
-               state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'scheduled' END,
+               state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'scheduled' END,
                finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
                run_at = $1 + LEAST($4, $3 << LEAST(GREATEST(attempt - 1, 0), 40)::int),
                updated_at = $1, last_error = 'attempt timed out',
                lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
              WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND timeout_at < $1
                           LIMIT $2 FOR UPDATE SKIP LOCKED)
-             RETURNING id, state",
+             RETURNING id, state::text",
             &[ms(now), i64::from(limit), initial, cap],
             None,
             fence,
@@ -162,7 +162,7 @@ impl PgStore {
             "UPDATE jobs SET state = 'queued', queued_at = $1, updated_at = $1
              WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1
                           LIMIT $2 FOR UPDATE SKIP LOCKED)
-             RETURNING id, state",
+             RETURNING id, state::text",
             &[ms(now), i64::from(limit)],
             None,
             fence,
@@ -226,7 +226,7 @@ impl PgStore {
                last_error = 'approval expired'
              WHERE id IN (SELECT id FROM jobs WHERE state = 'awaiting_approval'
                           AND approval_expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
-             RETURNING id, state",
+             RETURNING id, state::text",
             &[ms(now), i64::from(limit)],
             None,
             fence,
@@ -250,7 +250,7 @@ impl PgStore {
                  (state IN ('succeeded', 'cancelled') AND finished_at < $1)
                  OR (state IN ('dead', 'expired') AND finished_at < $2))
                LIMIT $3 FOR UPDATE SKIP LOCKED)
-             RETURNING id, state",
+             RETURNING id, state::text",
             &[
                 ms(now) - dur_ms(retention.succeeded),
                 ms(now) - dur_ms(retention.failed),
