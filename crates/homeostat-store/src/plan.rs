@@ -81,6 +81,7 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
         ("MIN", "MAX")
     };
     let requeue_or_dead = "CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END";
+    // A job's state is an enum on PostgreSQL: read as text, as on SQLite.
     let (source, subject, from, to, binds): (String, &str, String, String, Vec<i64>) = match kind {
         PlanKind::SilentAgents { stale_after } => (
             "agents WHERE status <> 'offline' AND last_heartbeat_at < ?1".into(),
@@ -94,35 +95,35 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
                AND (a.status = 'offline' OR a.last_heartbeat_at < ?1)"
                 .into(),
             "'job:' || j.id",
-            "j.state".into(),
+            "CAST(j.state AS TEXT)".into(),
             "CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'queued' END".into(),
             vec![now_ms - dur_ms(stale_after)],
         ),
         PlanKind::ExpiredLeases => (
             "jobs WHERE state = 'running' AND lease_expires_at < ?1".into(),
             "'job:' || id",
-            "state".into(),
+            "CAST(state AS TEXT)".into(),
             requeue_or_dead.into(),
             vec![now_ms],
         ),
         PlanKind::OverdueQueued => (
             "jobs WHERE state = 'queued' AND attempt = 0 AND deadline_at < ?1".into(),
             "'job:' || id",
-            "state".into(),
+            "CAST(state AS TEXT)".into(),
             "'expired'".into(),
             vec![now_ms],
         ),
         PlanKind::TimedOut => (
             "jobs WHERE state = 'running' AND timeout_at < ?1".into(),
             "'job:' || id",
-            "state".into(),
+            "CAST(state AS TEXT)".into(),
             "CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'scheduled' END".into(),
             vec![now_ms],
         ),
         PlanKind::DueScheduled => (
             "jobs WHERE state = 'scheduled' AND run_at <= ?1".into(),
             "'job:' || id",
-            "state".into(),
+            "CAST(state AS TEXT)".into(),
             "'queued'".into(),
             vec![now_ms],
         ),
@@ -144,7 +145,7 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
         PlanKind::ExpiredApprovals => (
             "jobs WHERE state = 'awaiting_approval' AND approval_expires_at < ?1".into(),
             "'job:' || id",
-            "state".into(),
+            "CAST(state AS TEXT)".into(),
             "'expired'".into(),
             vec![now_ms],
         ),
@@ -160,7 +161,7 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
                OR (state IN ('dead', 'expired') AND finished_at < ?2)"
                 .into(),
             "'job:' || id",
-            "state".into(),
+            "CAST(state AS TEXT)".into(),
             "'deleted'".into(),
             vec![
                 now_ms - dur_ms(retention.succeeded),
