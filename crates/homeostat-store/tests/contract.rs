@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use homeostat_model::{ApiScope, Id, JobState, NewAgent, NewJob, NotificationState, PlanTier};
 use homeostat_runtime::{Fence, LeaseStore};
-use homeostat_store::{Delivery, JobFilter, JobRetention, Store, StoreError};
+use homeostat_store::{Delivery, JobFilter, JobRetention, PlanKind, Store, StoreError};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
@@ -597,6 +597,55 @@ async fn reclaimed_jobs_with_no_attempts_left_go_dead(store: &Store) {
     assert_eq!(store.get_job(id).await.unwrap().state, JobState::Dead);
 }
 
+async fn sweep_plans_show_what_would_change_without_changing_it(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t), &["q"]).await;
+    let mut last_try = job("q");
+    last_try.max_attempts = Some(1);
+    let doomed = store.enqueue(t, &last_try, t0()).await.unwrap().job.id;
+    let retried = store.enqueue(t, &job("q"), t0()).await.unwrap().job.id;
+    store
+        .claim(a, 2, Duration::from_secs(10), t0())
+        .await
+        .unwrap();
+    let plan = store
+        .plan(PlanKind::ExpiredLeases, at(20), 10)
+        .await
+        .unwrap();
+    assert_eq!(plan.count, 2);
+    let mut items: Vec<(String, String, String)> = plan
+        .items
+        .into_iter()
+        .map(|i| (i.subject, i.from, i.to))
+        .collect();
+    items.sort();
+    let mut expected = vec![
+        (
+            format!("job:{doomed}"),
+            "running".to_owned(),
+            "dead".to_owned(),
+        ),
+        (
+            format!("job:{retried}"),
+            "running".to_owned(),
+            "queued".to_owned(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(items, expected);
+    for id in [doomed, retried] {
+        assert_eq!(store.get_job(id).await.unwrap().state, JobState::Running);
+    }
+    let swept = store
+        .requeue_expired_leases(at(20), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        swept.changed, plan.count,
+        "the sweep does what the plan said"
+    );
+}
+
 async fn the_audit_chain_detects_edits_deletions_and_reordering(store: &Store) {
     use homeostat_model::NewAuditEvent;
     let events: Vec<NewAuditEvent> = (0..5)
@@ -1080,6 +1129,7 @@ on_both_backends!(
     leases_follow_the_database_clock_and_epochs_grow,
     every_sweep_changes_what_it_should_then_nothing,
     reclaimed_jobs_with_no_attempts_left_go_dead,
+    sweep_plans_show_what_would_change_without_changing_it,
     the_audit_chain_detects_edits_deletions_and_reordering,
     audit_retention_keeps_the_chain_verifiable,
     tokens_are_hashed_consumed_and_cleaned_up,
