@@ -82,6 +82,7 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
     };
     let requeue_or_dead = "CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END";
     // A job's state is an enum on PostgreSQL: read as text, as on SQLite.
+    let state = "CAST(state AS TEXT)";
     let (source, subject, from, to, binds): (String, &str, String, String, Vec<i64>) = match kind {
         PlanKind::SilentAgents { stale_after } => (
             "agents WHERE status <> 'offline' AND last_heartbeat_at < ?1".into(),
@@ -102,28 +103,28 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
         PlanKind::ExpiredLeases => (
             "jobs WHERE state = 'running' AND lease_expires_at < ?1".into(),
             "'job:' || id",
-            "CAST(state AS TEXT)".into(),
+            state.into(),
             requeue_or_dead.into(),
             vec![now_ms],
         ),
         PlanKind::OverdueQueued => (
             "jobs WHERE state = 'queued' AND attempt = 0 AND deadline_at < ?1".into(),
             "'job:' || id",
-            "CAST(state AS TEXT)".into(),
+            state.into(),
             "'expired'".into(),
             vec![now_ms],
         ),
         PlanKind::TimedOut => (
             "jobs WHERE state = 'running' AND timeout_at < ?1".into(),
             "'job:' || id",
-            "CAST(state AS TEXT)".into(),
+            state.into(),
             "CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'scheduled' END".into(),
             vec![now_ms],
         ),
         PlanKind::DueScheduled => (
             "jobs WHERE state = 'scheduled' AND run_at <= ?1".into(),
             "'job:' || id",
-            "CAST(state AS TEXT)".into(),
+            state.into(),
             "'queued'".into(),
             vec![now_ms],
         ),
@@ -145,7 +146,7 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
         PlanKind::ExpiredApprovals => (
             "jobs WHERE state = 'awaiting_approval' AND approval_expires_at < ?1".into(),
             "'job:' || id",
-            "CAST(state AS TEXT)".into(),
+            state.into(),
             "'expired'".into(),
             vec![now_ms],
         ),
@@ -161,7 +162,7 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
                OR (state IN ('dead', 'expired') AND finished_at < ?2)"
                 .into(),
             "'job:' || id",
-            "CAST(state AS TEXT)".into(),
+            state.into(),
             "'deleted'".into(),
             vec![
                 now_ms - dur_ms(retention.succeeded),
