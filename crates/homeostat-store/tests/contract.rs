@@ -195,6 +195,17 @@ async fn fingerprints_deduplicate_live_jobs_only(store: &Store) {
     let fresh = store.enqueue(t, &new, at(6)).await.unwrap();
     assert!(!fresh.deduplicated);
     assert_ne!(fresh.job.id, first.job.id);
+    // A fingerprint new to the store, twice in one batch: one job, and the
+    // second input is folded into it.
+    let mut other = job("alerts");
+    other.fingerprint = Some("disk-full".into());
+    let twice = store
+        .enqueue_batch(t, &[other.clone(), other], at(7))
+        .await
+        .unwrap();
+    assert!(!twice[0].deduplicated && twice[1].deduplicated);
+    assert_eq!(twice[0].job.id, twice[1].job.id);
+    assert_eq!(twice[1].job.occurrences, 2);
 }
 
 async fn concurrent_same_fingerprint_enqueues_create_one_job(store: &Store) {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, ids_at, new_id};
+use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob, ids_at};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
@@ -109,24 +109,21 @@ impl PgStore {
         let op = "enqueueing jobs";
         let tier = tenant_tier(&mut *conn, tenant_id, op).await?;
         // Fold same-fingerprint jobs of the batch into one row (PostgreSQL
-        // refuses to upsert one row twice in a statement); the later ones
-        // come back deduplicated.
+        // refuses to upsert one row twice in a statement). Each input has an
+        // id; those of the inputs folded into an earlier row are never
+        // stored, so they match nothing and come back deduplicated.
+        let generated: Vec<Id> = ids_at(now, jobs.len()).collect();
         let mut first_of: HashMap<&str, usize> = HashMap::new();
         let mut rows: Vec<(usize, Id, i64)> = Vec::new(); // (input index, id, occurrences)
-        let mut fold: Vec<Option<usize>> = vec![None; jobs.len()];
-        let mut ids = ids_at(now, jobs.len());
         for (i, job) in jobs.iter().enumerate() {
             if let Some(fp) = job.fingerprint.as_deref() {
                 if let Some(&row) = first_of.get(fp) {
                     rows[row].2 += 1;
-                    fold[i] = Some(row);
                     continue;
                 }
                 first_of.insert(fp, rows.len());
             }
-            fold[i] = Some(rows.len());
-            let id = ids.next().unwrap_or_else(new_id);
-            rows.push((i, id, 1));
+            rows.push((i, generated[i], 1));
         }
         let n = rows.len();
         let mut c = Columns::with_capacity(n);
@@ -194,14 +191,6 @@ impl PgStore {
             .iter()
             .map(job_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        // Inputs folded into an earlier row get an id that matches nothing:
-        // they come back deduplicated.
-        let generated: Vec<Id> = (0..jobs.len())
-            .map(|i| match fold[i] {
-                Some(row) if rows[row].0 == i => rows[row].1,
-                _ => new_id(),
-            })
-            .collect();
         crate::match_enqueued(jobs, &generated, stored)
     }
 
