@@ -239,9 +239,7 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (Run, f6
         Store::Sqlite(_) => db.exec("ANALYZE".into()).await,
     }
     let cpu_before = process_cpu_secs();
-    let wal_start = wal_position(db).await;
-    perf_ctl("enable");
-    let start = Instant::now();
+    let timed = Timed::start(db).await;
     let mut tasks = Vec::new();
     for agent in agents {
         let store = db.store.clone();
@@ -280,16 +278,16 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (Run, f6
     for t in tasks {
         done += t.await.unwrap();
     }
-    perf_ctl("disable");
+    let run = timed.finish(db, jobs).await;
     if std::env::var_os("HOMEOSTAT_BENCH_SPLIT").is_some() {
         eprintln!(
             "client CPU: {:.2} s for {:.2} s of wall time",
             process_cpu_secs() - cpu_before,
-            start.elapsed().as_secs_f64()
+            jobs as f64 / run.rate
         );
     }
     assert_eq!(done, jobs, "every job completed once");
-    (finish(db, jobs, start, wal_start).await, enqueue_rate)
+    (run, enqueue_rate)
 }
 
 /// One lifecycle run: jobs per second and, on PostgreSQL, WAL bytes per job.
@@ -332,23 +330,44 @@ async fn wal_position(db: &Db) -> Option<i64> {
     }
 }
 
-async fn finish(db: &Db, jobs: usize, start: Instant, wal_start: Option<i64>) -> Run {
-    let rate = jobs as f64 / start.elapsed().as_secs_f64();
-    let wal_end = wal_position(db).await;
-    if let (Some(a), Some(b), Some(_)) = (
-        wal_start,
-        wal_end,
-        std::env::var_os("HOMEOSTAT_BENCH_SPLIT"),
-    ) {
-        // For pg_walinspect: pg_get_wal_stats(lsn(a), lsn(b), true).
-        let lsn = |p: i64| format!("{:X}/{:X}", p >> 32, p & 0xffff_ffff);
-        eprintln!("WAL of the timed phase: {} to {}", lsn(a), lsn(b));
+/// A timed phase: its start, the WAL position then (PostgreSQL), and the
+/// profiler switched on for it.
+struct Timed {
+    start: Instant,
+    wal_start: Option<i64>,
+}
+
+impl Timed {
+    async fn start(db: &Db) -> Timed {
+        let wal_start = wal_position(db).await;
+        perf_ctl("enable");
+        Timed {
+            start: Instant::now(),
+            wal_start,
+        }
     }
-    Run {
-        rate,
-        wal_per_job: wal_start
-            .zip(wal_end)
-            .map(|(a, b)| (b - a) as f64 / jobs as f64),
+
+    /// Ends the phase after `jobs` jobs: their rate and WAL a job.
+    async fn finish(self, db: &Db, jobs: usize) -> Run {
+        let rate = jobs as f64 / self.start.elapsed().as_secs_f64();
+        perf_ctl("disable");
+        let wal_end = wal_position(db).await;
+        if let (Some(a), Some(b), Some(_)) = (
+            self.wal_start,
+            wal_end,
+            std::env::var_os("HOMEOSTAT_BENCH_SPLIT"),
+        ) {
+            // For pg_walinspect: pg_get_wal_stats(lsn(a), lsn(b), true).
+            let lsn = |p: i64| format!("{:X}/{:X}", p >> 32, p & 0xffff_ffff);
+            eprintln!("WAL of the timed phase: {} to {}", lsn(a), lsn(b));
+        }
+        Run {
+            rate,
+            wal_per_job: self
+                .wal_start
+                .zip(wal_end)
+                .map(|(a, b)| (b - a) as f64 / jobs as f64),
+        }
     }
 }
 
@@ -396,9 +415,7 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
             .execute(&pool)
             .await
             .unwrap();
-            let wal_start = wal_position(db).await;
-            perf_ctl("enable");
-            let start = Instant::now();
+            let timed = Timed::start(db).await;
             let mut tasks = Vec::new();
             for _ in 0..workers {
                 let pool = pool.clone();
@@ -433,9 +450,9 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
             for t in tasks {
                 done += t.await.unwrap();
             }
-            perf_ctl("disable");
+            let run = timed.finish(db, jobs).await;
             assert_eq!(done, jobs);
-            finish(db, jobs, start, wal_start).await
+            run
         }
         Store::Postgres(s) => {
             let pool = s.pool().clone();
@@ -456,9 +473,7 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
                 .execute(&pool)
                 .await
                 .unwrap();
-            let wal_start = wal_position(db).await;
-            perf_ctl("enable");
-            let start = Instant::now();
+            let timed = Timed::start(db).await;
             let mut tasks = Vec::new();
             for _ in 0..workers {
                 let pool = pool.clone();
@@ -491,9 +506,9 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
             for t in tasks {
                 done += t.await.unwrap();
             }
-            perf_ctl("disable");
+            let run = timed.finish(db, jobs).await;
             assert_eq!(done, jobs);
-            finish(db, jobs, start, wal_start).await
+            run
         }
     }
 }
