@@ -24,7 +24,7 @@ pub struct Lease {
 
 /// A lease store could not answer.
 #[derive(Debug, thiserror::Error)]
-#[error("lease store failed to {operation} lease {name:?}: {source}")]
+#[error("lease store failed to {operation} lease {name:?}")]
 pub struct LeaseError {
     /// `acquire`, `renew` or `release`.
     pub operation: &'static str,

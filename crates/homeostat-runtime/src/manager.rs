@@ -29,6 +29,7 @@ pub const MIN_LEASE_TTL: Duration = Duration::from_millis(300);
 
 /// A manager could not be set up, or was asked about a controller it lacks.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManagerError {
     /// A controller's name is empty.
     #[error("controller name must not be empty")]
@@ -60,7 +61,7 @@ pub enum ManagerError {
     #[error("no controller named {0:?}")]
     UnknownController(String),
     /// A dry run failed.
-    #[error("planning controller {name:?} failed: {source}")]
+    #[error("planning controller {name:?} failed")]
     Plan {
         /// The controller.
         name: String,
@@ -68,6 +69,24 @@ pub enum ManagerError {
         #[source]
         source: crate::BoxError,
     },
+}
+
+impl ManagerError {
+    /// A stable snake_case code: `invalid` for a registration the manager
+    /// refuses, `not_found` for an unknown controller, `internal` for a
+    /// failed dry run.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ManagerError::UnknownController(_) => "not_found",
+            ManagerError::Plan { .. } => "internal",
+            ManagerError::EmptyName
+            | ManagerError::Duplicate(_)
+            | ManagerError::ZeroInterval(_)
+            | ManagerError::InvalidJitter { .. }
+            | ManagerError::ZeroTimeout(_)
+            | ManagerError::LeaseTtl { .. } => "invalid",
+        }
+    }
 }
 
 /// Configures a [`Manager`]: clock, leases, metrics, controllers.

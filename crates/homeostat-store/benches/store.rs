@@ -112,13 +112,8 @@ async fn fresh(backend: &str) -> Db {
                 .parse::<sqlx::postgres::PgConnectOptions>()
                 .unwrap()
                 .options([("search_path", schema.as_str())]);
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(16)
-                .connect_with(connect)
-                .await
-                .unwrap();
             Db {
-                store: Store::Postgres(PgStore::from_pool(pool, options).await.unwrap()),
+                store: Store::Postgres(PgStore::connect_with(connect, options).await.unwrap()),
                 url,
                 schema: Some(schema),
             }

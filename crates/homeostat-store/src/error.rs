@@ -1,7 +1,10 @@
 use homeostat_model::{Id, ValidationError};
 
-/// What can go wrong in the store. Messages name the operation and the ids.
+/// What can go wrong in the store. Messages name the operation and the ids;
+/// each variant's text is this layer's only, and the cause, when there is
+/// one, is its [`source`](std::error::Error::source).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The input breaks a rule of the model.
     #[error(transparent)]
@@ -65,11 +68,34 @@ pub enum StoreError {
         /// Newest version this build knows.
         supported: i64,
     },
-    /// The URL names no supported backend.
-    #[error("unsupported database URL {0:?}: expected sqlite:… or postgres://…")]
-    UnsupportedUrl(String),
+    /// The URL names no supported backend. Only its scheme is kept: the
+    /// rest may hold a password.
+    #[error("unsupported database URL scheme {scheme:?}: expected sqlite:… or postgres://…")]
+    UnsupportedUrl {
+        /// What stood before the first `:` (at most 20 characters).
+        scheme: String,
+    },
+    /// The database could not be reached, or the connection broke during
+    /// the operation. Retryable: the pool replaces the connection.
+    #[error("{operation} failed: the database is unavailable")]
+    Unavailable {
+        /// What was asked.
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A stored row does not decode into the model (edited by hand, or
+    /// written by an incompatible build).
+    #[error("{operation} failed: a stored row is corrupt: {detail}")]
+    Corrupt {
+        /// What was asked.
+        operation: &'static str,
+        /// What does not decode.
+        detail: String,
+    },
     /// The database failed.
-    #[error("{operation} failed: {source}")]
+    #[error("{operation} failed")]
     Database {
         /// What was asked.
         operation: &'static str,
@@ -78,8 +104,84 @@ pub enum StoreError {
         source: sqlx::Error,
     },
     /// Applying migrations failed.
-    #[error("migrating the database failed: {0}")]
-    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("migrating the database failed")]
+    Migration(#[source] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// A stable snake_case code for this kind of error, which the API
+    /// returns to clients: `invalid`, `not_found`, `conflict`, `stale_lease`,
+    /// `fenced`, `unauthorized`, `schema_too_new`, `unavailable` (retryable)
+    /// or `internal`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Invalid(_) | StoreError::UnsupportedUrl { .. } => "invalid",
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::Conflict { .. } => "conflict",
+            StoreError::StaleLease { .. } => "stale_lease",
+            StoreError::Fenced { .. } => "fenced",
+            StoreError::Unauthorized { .. } => "unauthorized",
+            StoreError::SchemaTooNew { .. } => "schema_too_new",
+            StoreError::Unavailable { .. } => "unavailable",
+            StoreError::Corrupt { .. } | StoreError::Database { .. } | StoreError::Migration(_) => {
+                "internal"
+            }
+        }
+    }
+
+    /// Whether the same call may succeed if made again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+
+    pub(crate) fn unsupported_url(url: &str) -> Self {
+        let scheme = url.split(':').next().unwrap_or_default();
+        StoreError::UnsupportedUrl {
+            scheme: scheme.chars().take(20).collect(),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        match e {
+            sqlx::migrate::MigrateError::Execute(source) if is_unavailable(&source) => {
+                StoreError::Unavailable {
+                    operation: "migrating the database",
+                    source,
+                }
+            }
+            e => StoreError::Migration(e),
+        }
+    }
+}
+
+/// Whether a driver error means the database or the connection is gone
+/// rather than that the statement was wrong.
+pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        // PostgreSQL: class 08 (connection exception), 57P01-57P03 (admin
+        // shutdown, crash shutdown, cannot connect now), 53300 (too many
+        // connections). SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6) after
+        // the busy timeout.
+        sqlx::Error::Database(d) => d.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "5" | "6")
+        }),
+        _ => false,
+    }
+}
+
+/// SQLite's busy and locked: the database is there, another writer held it
+/// past the busy timeout.
+fn is_busy(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| matches!(&*c, "5" | "6")))
 }
 
 /// Adds the operation's name to driver errors.
@@ -89,13 +191,131 @@ pub(crate) trait Context<T> {
 
 impl<T> Context<T> for Result<T, sqlx::Error> {
     fn op(self, operation: &'static str) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Database { operation, source })
+        self.map_err(|source| db_error(operation, source))
+    }
+}
+
+/// A driver error as the store reports it: `Unavailable` when the database
+/// or connection is gone, a corrupt row when a value does not decode.
+pub(crate) fn db_error(operation: &'static str, source: sqlx::Error) -> StoreError {
+    if is_unavailable(&source) {
+        if !is_busy(&source) {
+            crate::health::connections_broke();
+        }
+        return StoreError::Unavailable { operation, source };
+    }
+    match source {
+        sqlx::Error::ColumnDecode { index, source } => StoreError::Corrupt {
+            operation,
+            detail: format!("column {index}: {source}"),
+        },
+        sqlx::Error::Decode(source) => StoreError::Corrupt {
+            operation,
+            detail: source.to_string(),
+        },
+        source => StoreError::Database { operation, source },
     }
 }
 
 pub(crate) fn corrupt(operation: &'static str, what: impl std::fmt::Display) -> StoreError {
-    StoreError::Database {
+    StoreError::Corrupt {
         operation,
-        source: sqlx::Error::Decode(what.to_string().into()),
+        detail: what.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_error_prints_its_operation_once_and_keeps_the_cause_as_source() {
+        let e = db_error("promoting scheduled jobs", sqlx::Error::PoolTimedOut);
+        assert_eq!(e.code(), "unavailable");
+        assert!(e.is_retryable());
+        let text = e.to_string();
+        assert_eq!(
+            text,
+            "promoting scheduled jobs failed: the database is unavailable"
+        );
+        let source = std::error::Error::source(&e).expect("the driver error is the source");
+        assert!(!text.contains(&source.to_string()));
+    }
+
+    #[test]
+    fn undecodable_values_are_corrupt_rows_not_driver_failures() {
+        let e = db_error("reading a job", sqlx::Error::Decode("bad state".into()));
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+        assert_eq!(e.code(), "internal");
+        assert_eq!(
+            e.to_string(),
+            "reading a job failed: a stored row is corrupt: bad state"
+        );
+    }
+
+    #[test]
+    fn an_unsupported_url_does_not_repeat_its_password() {
+        let e = StoreError::unsupported_url("mysql://admin:hunter2@db/homeostat");
+        assert_eq!(e.code(), "invalid");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("\"mysql\""), "{e}");
+    }
+
+    #[test]
+    fn every_kind_has_its_own_stable_code() {
+        let cases = [
+            (
+                StoreError::Invalid(ValidationError::new("queue", "empty")),
+                "invalid",
+            ),
+            (
+                StoreError::NotFound {
+                    entity: "job",
+                    id: "x".into(),
+                },
+                "not_found",
+            ),
+            (
+                StoreError::Conflict {
+                    operation: "cancelling a job",
+                    entity: "job",
+                    id: "x".into(),
+                    reason: "finished".into(),
+                },
+                "conflict",
+            ),
+            (
+                StoreError::StaleLease {
+                    operation: "completing a job",
+                    job: Id::nil(),
+                    token: 1,
+                },
+                "stale_lease",
+            ),
+            (
+                StoreError::Fenced {
+                    operation: "jobs.promoted",
+                    lease: "job-scheduler".into(),
+                    epoch: 3,
+                },
+                "fenced",
+            ),
+            (StoreError::Unauthorized { kind: "API key" }, "unauthorized"),
+            (
+                StoreError::SchemaTooNew {
+                    database: 9,
+                    supported: 4,
+                },
+                "schema_too_new",
+            ),
+            (
+                db_error("listing jobs", sqlx::Error::RowNotFound),
+                "internal",
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.code(), code, "{e}");
+            assert_eq!(e.is_retryable(), code == "unavailable");
+        }
     }
 }

@@ -23,6 +23,7 @@
 
 mod audit;
 mod error;
+mod health;
 mod migrations;
 mod plan;
 mod postgres;
@@ -74,7 +75,7 @@ impl Store {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Store::Postgres(PgStore::connect(url, options).await?))
         } else {
-            Err(StoreError::UnsupportedUrl(url.to_owned()))
+            Err(StoreError::unsupported_url(url))
         }
     }
 

@@ -58,9 +58,12 @@ async fn postgres_refuses_a_schema_newer_than_this_build() {
     .execute(s.pool())
     .await
     .unwrap();
-    let err = homeostat_store::PgStore::from_pool(s.pool().clone(), StoreOptions::default())
-        .await
-        .unwrap_err();
+    let err = homeostat_store::PgStore::connect_with(
+        s.pool().connect_options().as_ref().clone(),
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(err, StoreError::SchemaTooNew { database: 999, .. }),
         "{err}"
@@ -69,14 +72,18 @@ async fn postgres_refuses_a_schema_newer_than_this_build() {
 }
 
 #[tokio::test]
-async fn unknown_urls_are_refused_by_name() {
-    let err = Store::connect("mysql://localhost/db", StoreOptions::default())
-        .await
-        .unwrap_err();
+async fn unknown_urls_are_refused_by_scheme_without_their_password() {
+    let err = Store::connect(
+        "mysql://admin:hunter2@localhost/db",
+        StoreOptions::default(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "unsupported database URL \"mysql://localhost/db\": expected sqlite:… or postgres://…"
+        "unsupported database URL scheme \"mysql\": expected sqlite:… or postgres://…"
     );
+    assert_eq!(err.code(), "invalid");
 }
 
 /// A PostgreSQL database migrated by an earlier build (schema 2), with jobs
@@ -156,10 +163,14 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
     .await
     .unwrap();
 
+    pool.close().await;
     let store = Store::Postgres(
-        homeostat_store::PgStore::from_pool(pool, StoreOptions::default())
-            .await
-            .unwrap(),
+        homeostat_store::PgStore::connect_with(
+            backends::pg_connect(&url, &schema),
+            StoreOptions::default(),
+        )
+        .await
+        .unwrap(),
     );
     let kept = store.get_job(job).await.unwrap();
     assert_eq!(kept.tenant_id, tenant);

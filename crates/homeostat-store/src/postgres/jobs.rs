@@ -513,10 +513,7 @@ impl PgStore {
                 id: id.to_string(),
                 reason: "another live job has the same fingerprint".into(),
             },
-            e => StoreError::Database {
-                operation: op,
-                source: e,
-            },
+            e => crate::error::db_error(op, e),
         })?;
         let job = job_from_row(&row)?;
         Self::append_audit(

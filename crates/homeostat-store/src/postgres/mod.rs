@@ -46,17 +46,27 @@ impl PgStore {
     /// Connects to `url` and migrates the database.
     pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let connect: PgConnectOptions = url.parse().op("parsing the PostgreSQL URL")?;
+        Self::connect_with(connect, options).await
+    }
+
+    /// Connects with `connect` (for instance with a `search_path` in its
+    /// options) and migrates the database.
+    pub async fn connect_with(
+        connect: PgConnectOptions,
+        options: StoreOptions,
+    ) -> Result<Self, StoreError> {
+        // No ping before each acquire: that is a round trip per statement. A
+        // connection that broke fails its statement instead (`Unavailable`,
+        // retryable), and every connection as old is replaced (`health`).
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            .test_before_acquire(false)
+            .before_acquire(|_, meta| {
+                Box::pin(async move { Ok(crate::health::is_trusted(meta.age)) })
+            })
             .connect_with(connect)
             .await
             .op("connecting to PostgreSQL")?;
-        Self::from_pool(pool, options).await
-    }
-
-    /// Uses an existing pool (for instance one whose connections set a
-    /// `search_path`) and migrates the database.
-    pub async fn from_pool(pool: PgPool, options: StoreOptions) -> Result<Self, StoreError> {
         let applied: Option<i64> =
             sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
                 .fetch_one(&pool)

@@ -88,10 +88,7 @@ impl PgStore {
                     id: name.to_owned(),
                     reason: "a tenant with this name exists".into(),
                 },
-                e => StoreError::Database {
-                    operation: op,
-                    source: e,
-                },
+                e => crate::error::db_error(op, e),
             })?;
         Self::append_audit(
             &mut tx,

@@ -70,13 +70,16 @@ impl SqliteStore {
         // A claim or completion returns up to a batch of rows: with room for
         // them all, SQLite's worker thread runs the statement to its end
         // instead of waiting for the caller to drain every 50 rows.
+        // No ping before each acquire (see the PostgreSQL backend).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(connect.clone().row_buffer_size(1024))
             .await
             .op("opening the SQLite database")?;
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            .test_before_acquire(false)
             .connect_with(connect)
             .await
             .op("opening the SQLite database")?;

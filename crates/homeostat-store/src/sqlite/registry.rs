@@ -86,10 +86,7 @@ impl SqliteStore {
                     id: name.to_owned(),
                     reason: "a tenant with this name exists".into(),
                 },
-                e => StoreError::Database {
-                    operation: op,
-                    source: e,
-                },
+                e => crate::error::db_error(op, e),
             })?;
         Self::append_audit(
             &mut tx,

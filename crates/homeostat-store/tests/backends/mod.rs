@@ -29,15 +29,27 @@ impl std::ops::Deref for TestStore {
 }
 
 impl TestStore {
+    /// The PostgreSQL schema (and application name) of this store's
+    /// connections; `None` for SQLite.
+    pub fn schema(&self) -> Option<&str> {
+        match &self.cleanup {
+            Cleanup::Schema { schema, .. } => Some(schema),
+            Cleanup::File(_) => None,
+        }
+    }
+
     /// Another store on the same PostgreSQL schema with its own pool, as a
     /// second replica would have; `None` for SQLite.
     pub async fn replica(&self) -> Option<Store> {
         let Cleanup::Schema { url, schema } = &self.cleanup else {
             return None;
         };
-        let pool = pg_pool(url, schema, 4).await;
+        let options = StoreOptions {
+            max_connections: 4,
+            ..StoreOptions::default()
+        };
         Some(Store::Postgres(
-            PgStore::from_pool(pool, StoreOptions::default())
+            PgStore::connect_with(pg_connect(url, schema), options)
                 .await
                 .expect("opening a replica"),
         ))
@@ -104,15 +116,20 @@ pub fn pg_url() -> Option<String> {
     }
 }
 
+/// Connection options whose sessions live in `schema`, named after it in
+/// `pg_stat_activity` so a test can find its own connections.
+pub fn pg_connect(url: &str, schema: &str) -> PgConnectOptions {
+    url.parse::<PgConnectOptions>()
+        .expect("parsing HOMEOSTAT_TEST_DATABASE_URL")
+        .options([("search_path", schema)])
+        .application_name(schema)
+}
+
 /// A pool whose connections live in `schema`.
 pub async fn pg_pool(url: &str, schema: &str, max: u32) -> sqlx::PgPool {
-    let options: PgConnectOptions = url
-        .parse::<PgConnectOptions>()
-        .expect("parsing HOMEOSTAT_TEST_DATABASE_URL")
-        .options([("search_path", schema)]);
     PgPoolOptions::new()
         .max_connections(max)
-        .connect_with(options)
+        .connect_with(pg_connect(url, schema))
         .await
         .expect("connecting to HOMEOSTAT_TEST_DATABASE_URL")
 }
@@ -128,8 +145,7 @@ pub async fn postgres_with(options: StoreOptions) -> Option<TestStore> {
         .await
         .expect("creating a test schema");
     admin.close().await;
-    let pool = pg_pool(&url, &schema, options.max_connections).await;
-    let store = PgStore::from_pool(pool, options)
+    let store = PgStore::connect_with(pg_connect(&url, &schema), options)
         .await
         .expect("migrating the test schema");
     Some(TestStore {

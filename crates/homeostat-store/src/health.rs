@@ -1,0 +1,56 @@
+//! Replacing broken connections. The pools do not ping a connection before
+//! handing it out (a round trip per statement); instead, the first statement
+//! that meets a broken connection reports `Unavailable`, and from then on no
+//! connection opened before that moment is handed out again: a database
+//! restart or a network cut breaks them all at once, so each is replaced
+//! rather than failing one more call apiece.
+//!
+//! The moment is process-wide: a process holds one store as a rule, and a
+//! replaced healthy connection costs only a reconnect.
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+/// Microseconds after `BASE` when a broken connection was last met; 0: never.
+static BROKE_AT: AtomicU64 = AtomicU64::new(0);
+
+fn since_base(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(*BASE).as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// A statement met a broken connection now.
+pub(crate) fn connections_broke() {
+    BROKE_AT.fetch_max(since_base(Instant::now()), Ordering::Relaxed);
+}
+
+/// Whether a pooled connection of this age was opened after the last
+/// breakage (and may be handed out).
+pub(crate) fn is_trusted(age: Duration) -> bool {
+    let broke = BROKE_AT.load(Ordering::Relaxed);
+    if broke == 0 {
+        return true;
+    }
+    let opened = Instant::now().checked_sub(age).unwrap_or(*BASE);
+    since_base(opened) > broke
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_older_than_a_breakage_are_not_trusted_newer_ones_are() {
+        // Make sure the base is set before the "old" connection opened.
+        let _ = *BASE;
+        std::thread::sleep(Duration::from_millis(2));
+        connections_broke();
+        assert!(!is_trusted(Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(is_trusted(Duration::from_micros(100)));
+    }
+}
