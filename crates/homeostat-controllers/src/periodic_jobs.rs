@@ -9,7 +9,7 @@ use std::time::Duration;
 use croner::Cron;
 use homeostat_model::{Id, NewJob};
 use homeostat_runtime::{BoxError, Context, Controller, Plan, PlannedChange, Reconciled};
-use homeostat_store::Store;
+use homeostat_store::{PeriodicEnqueue, Store};
 use jiff::tz::TimeZone;
 
 use crate::Settings;
@@ -145,16 +145,15 @@ impl Controller for PeriodicJobs {
             let Ok(slot) = c.cron.find_previous_occurrence(&local, true) else {
                 continue;
             };
+            let periodic = PeriodicEnqueue {
+                schedule: &c.schedule.name,
+                slot: slot.timestamp(),
+                tenant_id: c.schedule.tenant_id,
+                job: &c.schedule.job,
+            };
             let done = self
                 .store
-                .enqueue_periodic(
-                    &c.schedule.name,
-                    slot.timestamp(),
-                    c.schedule.tenant_id,
-                    &c.schedule.job,
-                    now,
-                    ctx.fence(),
-                )
+                .enqueue_periodic(&periodic, now, ctx.fence())
                 .await?;
             if let Some(e) = done {
                 tracing::info!(schedule = %c.schedule.name, slot = %slot, job = %e.job.id, "periodic job enqueued");

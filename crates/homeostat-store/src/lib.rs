@@ -22,13 +22,22 @@
 //! ```
 
 mod audit;
+mod audit_log;
+mod backend;
+mod decisions;
 mod error;
 mod health;
+mod jobs;
+mod leases;
 mod migrations;
+mod notifications;
 mod plan;
 mod postgres;
+mod registry;
+mod rows;
 mod secret;
 mod sqlite;
+mod sweeps;
 mod time;
 mod types;
 
@@ -57,7 +66,16 @@ pub enum Store {
     Postgres(PgStore),
 }
 
+/// Runs an operation written once over [`backend::Backend`]
+/// (`dispatch!(self, module::operation(args))`), or a backend's own tuned
+/// method (`dispatch!(self.method(args))`).
 macro_rules! dispatch {
+    ($self:ident, $($op:ident)::+($($arg:expr),*)) => {
+        match $self {
+            Store::Sqlite(s) => $($op)::+(s, $($arg),*).await,
+            Store::Postgres(s) => $($op)::+(s, $($arg),*).await,
+        }
+    };
     ($self:ident.$method:ident($($arg:expr),*)) => {
         match $self {
             Store::Sqlite(s) => s.$method($($arg),*).await,
@@ -102,7 +120,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<Tenant, StoreError> {
-        dispatch!(self.create_tenant(name, tier, actor, now))
+        dispatch!(self, registry::create_tenant(name, tier, actor, now))
     }
 
     /// Changes a tenant's plan tier (audited).
@@ -113,17 +131,17 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<Tenant, StoreError> {
-        dispatch!(self.set_tenant_tier(id, tier, actor, now))
+        dispatch!(self, registry::set_tenant_tier(id, tier, actor, now))
     }
 
     /// One tenant.
     pub async fn get_tenant(&self, id: Id) -> Result<Tenant, StoreError> {
-        dispatch!(self.get_tenant(id))
+        dispatch!(self, registry::get_tenant(id))
     }
 
     /// Every tenant, by name.
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        dispatch!(self.list_tenants())
+        dispatch!(self, registry::list_tenants())
     }
 
     /// Issues a bootstrap token for agents of `tenant_id` (or platform agents),
@@ -136,7 +154,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<IssuedSecret, StoreError> {
-        dispatch!(self.issue_bootstrap_token(tenant_id, ttl, uses, actor, now))
+        dispatch!(self, registry::issue_bootstrap_token(tenant_id, ttl, uses, actor, now))
     }
 
     /// Issues an API key (audited, without the secret).
@@ -147,7 +165,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<IssuedSecret, StoreError> {
-        dispatch!(self.issue_api_key(scope, ttl, actor, now))
+        dispatch!(self, registry::issue_api_key(scope, ttl, actor, now))
     }
 
     /// Revokes a token (audited).
@@ -157,7 +175,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        dispatch!(self.revoke_token(id, actor, now))
+        dispatch!(self, registry::revoke_token(id, actor, now))
     }
 
     /// The scope of a live API key.
@@ -166,12 +184,12 @@ impl Store {
         secret: &str,
         now: Timestamp,
     ) -> Result<ApiKeyIdentity, StoreError> {
-        dispatch!(self.authenticate_api_key(secret, now))
+        dispatch!(self, registry::authenticate_api_key(secret, now))
     }
 
     /// The agent a live credential belongs to.
     pub async fn authenticate_agent(&self, secret: &str, now: Timestamp) -> Result<Id, StoreError> {
-        dispatch!(self.authenticate_agent(secret, now))
+        dispatch!(self, registry::authenticate_agent(secret, now))
     }
 
     /// Registers an agent, consuming one use of the bootstrap token in the
@@ -182,23 +200,23 @@ impl Store {
         agent: &NewAgent,
         now: Timestamp,
     ) -> Result<(Agent, IssuedSecret), StoreError> {
-        dispatch!(self.register_agent(bootstrap_secret, agent, now))
+        dispatch!(self, registry::register_agent(bootstrap_secret, agent, now))
     }
 
     /// Records heartbeats of many agents in one statement; an offline agent
     /// that heartbeats is online again. Returns how many agents exist.
     pub async fn heartbeat_agents(&self, ids: &[Id], now: Timestamp) -> Result<u64, StoreError> {
-        dispatch!(self.heartbeat_agents(ids, now))
+        dispatch!(self, registry::heartbeat_agents(ids, now))
     }
 
     /// One agent.
     pub async fn get_agent(&self, id: Id) -> Result<Agent, StoreError> {
-        dispatch!(self.get_agent(id))
+        dispatch!(self, registry::get_agent(id))
     }
 
     /// Agents, of one tenant or all, by name.
     pub async fn list_agents(&self, tenant: Option<Id>) -> Result<Vec<Agent>, StoreError> {
-        dispatch!(self.list_agents(tenant))
+        dispatch!(self, registry::list_agents(tenant))
     }
 
     /// Stops an agent from claiming new jobs (audited).
@@ -208,7 +226,7 @@ impl Store {
         actor: &str,
         now: Timestamp,
     ) -> Result<Agent, StoreError> {
-        dispatch!(self.drain_agent(id, actor, now))
+        dispatch!(self, registry::drain_agent(id, actor, now))
     }
 
     // --- jobs -------------------------------------------------------------
@@ -245,17 +263,13 @@ impl Store {
     /// unless that slot or a later one was already enqueued (by any
     /// replica): claiming the slot and enqueueing are one transaction.
     /// `None` when the slot was taken. Audited.
-    #[allow(clippy::too_many_arguments)]
     pub async fn enqueue_periodic(
         &self,
-        schedule: &str,
-        slot: Timestamp,
-        tenant_id: Id,
-        job: &NewJob,
+        periodic: &PeriodicEnqueue<'_>,
         now: Timestamp,
         fence: Option<&Fence>,
     ) -> Result<Option<Enqueued>, StoreError> {
-        dispatch!(self.enqueue_periodic(schedule, slot, tenant_id, job, now, fence))
+        dispatch!(self, jobs::enqueue_periodic(periodic, now, fence))
     }
 
     /// Claims up to `limit` queued jobs from the agent's queues (its tenant's
@@ -279,7 +293,7 @@ impl Store {
         lease: Duration,
         now: Timestamp,
     ) -> Result<Timestamp, StoreError> {
-        dispatch!(self.heartbeat_job(id, lease_token, lease, now))
+        dispatch!(self, jobs::heartbeat_job(id, lease_token, lease, now))
     }
 
     /// Completes jobs; each entry says whether its completion was accepted
@@ -334,27 +348,27 @@ impl Store {
         permanent: bool,
         now: Timestamp,
     ) -> Result<FailOutcome, StoreError> {
-        dispatch!(self.fail(id, lease_token, error, permanent, now))
+        dispatch!(self, jobs::fail(id, lease_token, error, permanent, now))
     }
 
     /// Cancels a live job (audited).
     pub async fn cancel(&self, id: Id, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
-        dispatch!(self.transition(id, JobState::Cancelled, "job.cancelled", actor, now))
+        dispatch!(self, jobs::transition(id, JobState::Cancelled, "job.cancelled", actor, now))
     }
 
     /// Approves a job awaiting approval (audited).
     pub async fn approve(&self, id: Id, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
-        dispatch!(self.transition(id, JobState::Queued, "job.approved", actor, now))
+        dispatch!(self, jobs::transition(id, JobState::Queued, "job.approved", actor, now))
     }
 
     /// Re-queues a dead or expired job with fresh attempts (audited).
     pub async fn redrive(&self, id: Id, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
-        dispatch!(self.transition(id, JobState::Queued, "job.redriven", actor, now))
+        dispatch!(self, jobs::transition(id, JobState::Queued, "job.redriven", actor, now))
     }
 
     /// One job.
     pub async fn get_job(&self, id: Id) -> Result<Job, StoreError> {
-        dispatch!(self.get_job(id))
+        dispatch!(self, jobs::get_job(id))
     }
 
     /// A page of jobs, newest first; pass the previous page's
@@ -365,7 +379,7 @@ impl Store {
         after: Option<Id>,
         limit: u32,
     ) -> Result<Page<Job>, StoreError> {
-        dispatch!(self.list_jobs(filter, after, limit))
+        dispatch!(self, jobs::list_jobs(filter, after, limit))
     }
 
     // --- sweeps (controllers) -----------------------------------------------
@@ -378,7 +392,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Vec<Id>, StoreError> {
-        dispatch!(self.mark_silent_agents_offline(now, stale_after, limit, fence))
+        dispatch!(self, registry::mark_silent_agents_offline(now, stale_after, limit, fence))
     }
 
     /// Running jobs of offline agents: re-queued, or dead with no attempts left.
@@ -388,7 +402,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self.reclaim_offline_agent_jobs(now, limit, fence))
+        dispatch!(self, sweeps::reclaim_offline_agent_jobs(now, limit, fence))
     }
 
     /// Running jobs whose lease expired: re-queued, or dead with no attempts left.
@@ -398,7 +412,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self.requeue_expired_leases(now, limit, fence))
+        dispatch!(self, sweeps::requeue_expired_leases(now, limit, fence))
     }
 
     /// Queued jobs never started by their deadline: expired.
@@ -408,7 +422,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self.expire_overdue_queued(now, limit, fence))
+        dispatch!(self, sweeps::expire_overdue_queued(now, limit, fence))
     }
 
     /// Running jobs past their own timeout: a failed attempt (scheduled for
@@ -419,7 +433,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self.time_out_running(now, limit, fence))
+        dispatch!(self, sweeps::time_out_running(now, limit, fence))
     }
 
     /// Scheduled jobs whose time has come: queued.
@@ -429,7 +443,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self.promote_scheduled(now, limit, fence))
+        dispatch!(self, sweeps::promote_scheduled(now, limit, fence))
     }
 
     /// Effective priority of queued jobs = tier base + job priority + whole
@@ -444,7 +458,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
-        dispatch!(self.recompute_priorities(now, bonus_per_minute, cap, limit, fence))
+        dispatch!(self, sweeps::recompute_priorities(now, bonus_per_minute, cap, limit, fence))
     }
 
     /// Jobs awaiting an approval that expired: expired.
@@ -454,7 +468,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self.expire_approvals(now, limit, fence))
+        dispatch!(self, sweeps::expire_approvals(now, limit, fence))
     }
 
     /// Deletes expired, used-up and revoked tokens.
@@ -464,7 +478,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
-        dispatch!(self.delete_dead_tokens(now, limit, fence))
+        dispatch!(self, registry::delete_dead_tokens(now, limit, fence))
     }
 
     /// Deletes finished jobs past retention.
@@ -475,7 +489,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self.delete_finished_jobs(now, retention, limit, fence))
+        dispatch!(self, sweeps::delete_finished_jobs(now, retention, limit, fence))
     }
 
     /// Deletes up to `batch` of the oldest audit events older than
@@ -489,16 +503,15 @@ impl Store {
         dry_run: bool,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
-        let cutoff = time::ms(now) - time::dur_ms(retention);
-        let actor = actor_for(fence);
-        dispatch!(self.delete_old_audit_events(
-            cutoff,
+        let run = audit_log::Retention {
+            cutoff_ms: time::ms(now) - time::dur_ms(retention),
             batch,
             dry_run,
-            time::ms(now),
+            now_ms: time::ms(now),
             fence,
-            &actor
-        ))
+        };
+        let actor = decisions::actor_for(fence);
+        dispatch!(self, audit_log::delete_old(run, &actor))
     }
 
     /// What a sweep would change at `now`, without changing it: the count
@@ -509,7 +522,7 @@ impl Store {
         now: Timestamp,
         sample: u32,
     ) -> Result<SweepPlan, StoreError> {
-        dispatch!(self.plan(kind, now, sample))
+        dispatch!(self, plan::plan(kind, now, sample))
     }
 
     /// The last cron slot enqueued for a periodic schedule.
@@ -517,7 +530,7 @@ impl Store {
         &self,
         schedule: &str,
     ) -> Result<Option<Timestamp>, StoreError> {
-        dispatch!(self.periodic_last_slot(schedule))
+        dispatch!(self, jobs::periodic_last_slot(schedule))
     }
 
     // --- audit ------------------------------------------------------------
@@ -529,7 +542,7 @@ impl Store {
         events: &[NewAuditEvent],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        dispatch!(self.append_audit_events(events, time::ms(now)))
+        dispatch!(self, audit_log::append_events(events, time::ms(now)))
     }
 
     /// Audit events after `after_seq`, oldest first.
@@ -538,7 +551,7 @@ impl Store {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<homeostat_model::AuditEvent>, StoreError> {
-        let events = dispatch!(self.audit_events(after_seq, limit))?;
+        let events = dispatch!(self, audit_log::events(after_seq, limit))?;
         Ok(events
             .into_iter()
             .map(|e| homeostat_model::AuditEvent {
@@ -560,7 +573,7 @@ impl Store {
         &self,
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<VerifyReport, StoreError> {
-        dispatch!(self.verify_audit_chain(progress))
+        dispatch!(self, audit_log::verify(progress))
     }
 
     // --- notifications ----------------------------------------------------
@@ -572,7 +585,7 @@ impl Store {
         payload: &serde_json::Value,
         now: Timestamp,
     ) -> Result<Id, StoreError> {
-        dispatch!(self.add_notification(event, payload, now))
+        dispatch!(self, notifications::add_notification(event, payload, now))
     }
 
     /// Takes up to `limit` due notifications for sending, hiding them from
@@ -584,7 +597,7 @@ impl Store {
         hold: Duration,
         fence: Option<&Fence>,
     ) -> Result<Vec<Notification>, StoreError> {
-        dispatch!(self.claim_due_notifications(now, limit, hold, fence))
+        dispatch!(self, notifications::claim_due(now, limit, hold, fence))
     }
 
     /// Records a delivery attempt: sent; or retried after min(2^n min, 1 h);
@@ -595,12 +608,12 @@ impl Store {
         delivery: &Delivery,
         now: Timestamp,
     ) -> Result<NotificationState, StoreError> {
-        dispatch!(self.record_delivery(id, delivery, now))
+        dispatch!(self, notifications::record_delivery(id, delivery, now))
     }
 
     /// One notification.
     pub async fn get_notification(&self, id: Id) -> Result<Notification, StoreError> {
-        dispatch!(self.get_notification(id))
+        dispatch!(self, notifications::get(id))
     }
 }
 
@@ -611,16 +624,16 @@ impl LeaseStore for Store {
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<Lease>, LeaseError> {
-        dispatch!(self.acquire_lease(name, holder, ttl))
+        dispatch!(self, leases::acquire(name, holder, ttl))
             .map_err(|e| lease_error("acquire", name, e))
     }
 
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>, LeaseError> {
-        dispatch!(self.renew_lease(lease, ttl)).map_err(|e| lease_error("renew", &lease.name, e))
+        dispatch!(self, leases::renew(lease, ttl)).map_err(|e| lease_error("renew", &lease.name, e))
     }
 
     async fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
-        dispatch!(self.release_lease(lease)).map_err(|e| lease_error("release", &lease.name, e))
+        dispatch!(self, leases::release(lease)).map_err(|e| lease_error("release", &lease.name, e))
     }
 }
 
@@ -632,196 +645,3 @@ fn lease_error(operation: &'static str, name: &str, e: StoreError) -> LeaseError
     }
 }
 
-/// The audit actor of a sweep: the controller and epoch when fenced.
-pub(crate) fn actor_for(fence: Option<&Fence>) -> String {
-    match fence {
-        Some(f) => format!("controller:{}@{}", f.name, f.epoch),
-        None => "system".to_owned(),
-    }
-}
-
-/// The audit event of a periodic enqueue.
-pub(crate) fn periodic_event(
-    fence: Option<&Fence>,
-    schedule: &str,
-    slot: Timestamp,
-    enqueued: &Enqueued,
-) -> NewAuditEvent {
-    NewAuditEvent {
-        actor: actor_for(fence),
-        action: "jobs.periodic".into(),
-        subject: format!("job:{}", enqueued.job.id),
-        details: serde_json::json!({
-            "schedule": schedule,
-            "slot": slot,
-            "deduplicated": enqueued.deduplicated,
-        }),
-    }
-}
-
-/// One audit event describing a sweep.
-pub(crate) fn sweep_event(actor: &str, action: &str, reason: &str, swept: &Swept) -> NewAuditEvent {
-    NewAuditEvent {
-        actor: actor.to_owned(),
-        action: action.to_owned(),
-        subject: "jobs".into(),
-        details: serde_json::json!({
-            "count": swept.changed,
-            "ids": swept.ids,
-            "dead": swept.dead,
-            "reason": reason,
-        }),
-    }
-}
-
-/// Pairs each enqueued job with the row it became: by fingerprint when it
-/// has one (the live job of that fingerprint, as last updated), else by the
-/// id generated for it. `generated[i]` is the id input `i` would have had
-/// as a new job; any other id means it was deduplicated.
-pub(crate) fn match_enqueued(
-    jobs: &[NewJob],
-    generated: &[Id],
-    stored: Vec<Job>,
-) -> Result<Vec<Enqueued>, StoreError> {
-    let mut by_id = std::collections::HashMap::with_capacity(stored.len());
-    let mut by_fp: std::collections::HashMap<String, Job> = std::collections::HashMap::new();
-    for job in stored {
-        if let Some(fp) = &job.fingerprint {
-            let newer = by_fp
-                .get(fp)
-                .is_none_or(|seen| job.occurrences >= seen.occurrences);
-            if newer {
-                by_fp.insert(fp.clone(), job.clone());
-            }
-        }
-        by_id.insert(job.id, job);
-    }
-    jobs.iter()
-        .zip(generated)
-        .map(|(job, generated)| {
-            let stored = match &job.fingerprint {
-                Some(fp) => by_fp.get(fp),
-                None => by_id.get(generated),
-            }
-            .cloned()
-            .ok_or_else(|| error::corrupt("enqueueing jobs", "an enqueued job was not returned"))?;
-            Ok(Enqueued {
-                deduplicated: stored.id != *generated,
-                job: stored,
-            })
-        })
-        .collect()
-}
-
-/// What an operator's `to` becomes for `current` (an approved job not yet
-/// due is scheduled, not queued), checked against the state machine; and
-/// whether it is a redrive (a terminal job coming back with fresh attempts).
-pub(crate) fn operator_transition(
-    current: &Job,
-    to: JobState,
-    action: &'static str,
-    now: Timestamp,
-) -> Result<(JobState, bool), StoreError> {
-    let to = if to == JobState::Queued && current.run_at > now && action == "job.approved" {
-        JobState::Scheduled
-    } else {
-        to
-    };
-    current
-        .state
-        .check_transition(to)
-        .map_err(|e| StoreError::Conflict {
-            operation: action,
-            entity: "job",
-            id: current.id.to_string(),
-            reason: e.message,
-        })?;
-    Ok((to, current.state.is_terminal()))
-}
-
-/// Where a failed attempt (`attempt` of `max_attempts`) leaves a job.
-pub(crate) fn fail_outcome(
-    options: &StoreOptions,
-    attempt: u32,
-    max_attempts: u32,
-    permanent: bool,
-    now: Timestamp,
-) -> FailOutcome {
-    match options
-        .retry_policy(max_attempts)
-        .decide(attempt, permanent, 0.5)
-    {
-        homeostat_runtime::RetryDecision::RetryAfter(delay) => FailOutcome {
-            state: JobState::Scheduled,
-            retry_at: Some(time::ts(time::add(now, delay))),
-        },
-        homeostat_runtime::RetryDecision::GiveUp => FailOutcome {
-            state: JobState::Dead,
-            retry_at: None,
-        },
-    }
-}
-
-/// A notification's state, next attempt time (epoch ms) and error after
-/// delivery attempt number `attempts`.
-pub(crate) fn delivery_outcome(
-    delivery: &Delivery,
-    attempts: u32,
-    now: Timestamp,
-) -> (NotificationState, i64, Option<String>) {
-    match delivery {
-        Delivery::Sent => (NotificationState::Sent, time::ms(now), None),
-        Delivery::Failed { error, permanent } => {
-            let state = if *permanent || attempts >= NOTIFICATION_MAX_ATTEMPTS {
-                NotificationState::Dead
-            } else {
-                NotificationState::Pending
-            };
-            (
-                state,
-                time::add(now, notification_backoff(attempts)),
-                Some(truncate(error)),
-            )
-        }
-    }
-}
-
-/// The audit event of a token change: its metadata, never its secret.
-pub(crate) fn token_event(
-    actor: &str,
-    action: &str,
-    info: &homeostat_model::TokenInfo,
-) -> NewAuditEvent {
-    NewAuditEvent {
-        actor: actor.to_owned(),
-        action: action.to_owned(),
-        subject: format!("token:{}", info.id),
-        details: serde_json::json!({
-            "kind": info.kind,
-            "tenant_id": info.tenant_id,
-            "agent_id": info.agent_id,
-            "admin": info.admin,
-            "expires_at": info.expires_at,
-            "uses_left": info.uses_left,
-        }),
-    }
-}
-
-/// The smallest UUID v7 of a job created at or after `ms`: every id below
-/// it was created before `ms`.
-pub(crate) fn id_before(ms: i64) -> Id {
-    Id::from_u128((ms.max(0) as u128) << 80)
-}
-
-/// Error texts from agents are kept, but bounded.
-pub(crate) fn truncate(text: &str) -> String {
-    const MAX: usize = 4096;
-    if text.len() <= MAX {
-        return text.to_owned();
-    }
-    let mut end = MAX;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
-}

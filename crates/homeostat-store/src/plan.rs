@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use jiff::Timestamp;
+
 use crate::JobRetention;
+use crate::backend::{Backend, RowExt, Stmt};
+use crate::error::{Context, StoreError};
 use crate::time::dur_ms;
 
 /// Which sweep to look at.
@@ -71,10 +75,9 @@ pub struct PlannedItem {
     pub to: String,
 }
 
-/// The SQL of a plan, with `?N` placeholders (the PostgreSQL backend turns
-/// them into `$N`): (count query, sample query, binds). The sample's limit is
-/// the last bind.
-pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, String, Vec<i64>) {
+/// The SQL of a plan: (count query, sample query, binds). The sample's
+/// limit is the last bind.
+fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, String, Vec<i64>) {
     let (least, greatest) = if postgres {
         ("LEAST", "GREATEST")
     } else {
@@ -85,7 +88,7 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
     let state = "CAST(state AS TEXT)";
     let (source, subject, from, to, binds): (String, &str, String, String, Vec<i64>) = match kind {
         PlanKind::SilentAgents { stale_after } => (
-            "agents WHERE status <> 'offline' AND last_heartbeat_at < ?1".into(),
+            "agents WHERE status <> 'offline' AND last_heartbeat_at < $1".into(),
             "'agent:' || id",
             "status".into(),
             "'offline'".into(),
@@ -93,7 +96,7 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
         ),
         PlanKind::OfflineAgentJobs { stale_after } => (
             "jobs j JOIN agents a ON a.id = j.lease_agent WHERE j.state = 'running'
-               AND (a.status = 'offline' OR a.last_heartbeat_at < ?1)"
+               AND (a.status = 'offline' OR a.last_heartbeat_at < $1)"
                 .into(),
             "'job:' || j.id",
             "CAST(j.state AS TEXT)".into(),
@@ -101,28 +104,28 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
             vec![now_ms - dur_ms(stale_after)],
         ),
         PlanKind::ExpiredLeases => (
-            "jobs WHERE state = 'running' AND lease_expires_at < ?1".into(),
+            "jobs WHERE state = 'running' AND lease_expires_at < $1".into(),
             "'job:' || id",
             state.into(),
             requeue_or_dead.into(),
             vec![now_ms],
         ),
         PlanKind::OverdueQueued => (
-            "jobs WHERE state = 'queued' AND attempt = 0 AND deadline_at < ?1".into(),
+            "jobs WHERE state = 'queued' AND attempt = 0 AND deadline_at < $1".into(),
             "'job:' || id",
             state.into(),
             "'expired'".into(),
             vec![now_ms],
         ),
         PlanKind::TimedOut => (
-            "jobs WHERE state = 'running' AND timeout_at < ?1".into(),
+            "jobs WHERE state = 'running' AND timeout_at < $1".into(),
             "'job:' || id",
             state.into(),
             "CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'scheduled' END".into(),
             vec![now_ms],
         ),
         PlanKind::DueScheduled => (
-            "jobs WHERE state = 'scheduled' AND run_at <= ?1".into(),
+            "jobs WHERE state = 'scheduled' AND run_at <= $1".into(),
             "'job:' || id",
             state.into(),
             "'queued'".into(),
@@ -133,7 +136,7 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
             cap,
         } => {
             let aged = format!(
-                "{greatest}(base_priority, {least}(?3, base_priority + ((?1 - queued_at) / 60000) * ?2))"
+                "{greatest}(base_priority, {least}($3, base_priority + (($1 - queued_at) / 60000) * $2))"
             );
             (
                 format!("jobs WHERE state = 'queued' AND effective_priority <> {aged}"),
@@ -144,22 +147,22 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
             )
         }
         PlanKind::ExpiredApprovals => (
-            "jobs WHERE state = 'awaiting_approval' AND approval_expires_at < ?1".into(),
+            "jobs WHERE state = 'awaiting_approval' AND approval_expires_at < $1".into(),
             "'job:' || id",
             state.into(),
             "'expired'".into(),
             vec![now_ms],
         ),
         PlanKind::DeadTokens => (
-            "tokens WHERE expires_at <= ?1 OR uses_left = 0 OR revoked_at IS NOT NULL".into(),
+            "tokens WHERE expires_at <= $1 OR uses_left = 0 OR revoked_at IS NOT NULL".into(),
             "'token:' || id",
             "kind".into(),
             "'deleted'".into(),
             vec![now_ms],
         ),
         PlanKind::FinishedJobs(retention) => (
-            "jobs WHERE (state IN ('succeeded', 'cancelled') AND finished_at < ?1)
-               OR (state IN ('dead', 'expired') AND finished_at < ?2)"
+            "jobs WHERE (state IN ('succeeded', 'cancelled') AND finished_at < $1)
+               OR (state IN ('dead', 'expired') AND finished_at < $2)"
                 .into(),
             "'job:' || id",
             state.into(),
@@ -170,14 +173,14 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
             ],
         ),
         PlanKind::OldAuditEvents { retention } => (
-            "audit_events WHERE at < ?1".into(),
+            "audit_events WHERE at < $1".into(),
             "'audit:' || CAST(seq AS TEXT)",
             "action".into(),
             "'deleted'".into(),
             vec![now_ms - dur_ms(retention)],
         ),
         PlanKind::DueNotifications => (
-            "notifications WHERE state = 'pending' AND next_attempt_at <= ?1".into(),
+            "notifications WHERE state = 'pending' AND next_attempt_at <= $1".into(),
             "'notification:' || id",
             "event".into(),
             "'sent'".into(),
@@ -185,13 +188,45 @@ pub(crate) fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, Strin
         ),
     };
     let limit = binds.len() + 1;
-    let count = format!("SELECT COUNT(*) FROM {source}");
-    let sample = format!("SELECT {subject}, {from}, {to} FROM {source} LIMIT ?{limit}");
-    if postgres {
-        // Text concatenation with uuids needs no cast in PostgreSQL; the
-        // placeholders do change.
-        (count.replace('?', "$"), sample.replace('?', "$"), binds)
-    } else {
-        (count, sample, binds)
+    let count = format!("SELECT COUNT(*) AS n FROM {source}");
+    let sample = format!(
+        "SELECT {subject} AS subject, {from} AS from_state, {to} AS to_state FROM {source} LIMIT ${limit}"
+    );
+    (count, sample, binds)
+}
+
+/// What a sweep would change at `now`, read-only.
+pub(crate) async fn plan<B: Backend>(
+    b: &B,
+    kind: PlanKind,
+    now: Timestamp,
+    sample: u32,
+) -> Result<SweepPlan, StoreError> {
+    let op = "planning a sweep";
+    let (count_sql, sample_sql, binds) = sql(kind, now.as_millisecond(), B::POSTGRES);
+    let mut count = Stmt::dynamic(count_sql);
+    let mut rows = Stmt::dynamic(sample_sql);
+    for bind in binds {
+        count = count.arg(bind);
+        rows = rows.arg(bind);
     }
+    let count = b.fetch(count).await.op(op)?;
+    let count = count.first().map(|r| r.int("n")).transpose()?.unwrap_or(0);
+    let items = b
+        .fetch(rows.arg(i64::from(sample)))
+        .await
+        .op(op)?
+        .iter()
+        .map(|r| {
+            Ok(PlannedItem {
+                subject: r.text("subject")?,
+                from: r.text("from_state")?,
+                to: r.text("to_state")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(SweepPlan {
+        count: count as u64,
+        items,
+    })
 }

@@ -96,6 +96,19 @@ pub struct ClaimedJob {
     pub timeout_secs: u64,
 }
 
+/// A job for one slot of a periodic (cron) schedule.
+#[derive(Debug, Clone, Copy)]
+pub struct PeriodicEnqueue<'a> {
+    /// The schedule's name.
+    pub schedule: &'a str,
+    /// The slot's time: enqueued once, by one replica.
+    pub slot: Timestamp,
+    /// The tenant whose job it is.
+    pub tenant_id: Id,
+    /// The job.
+    pub job: &'a homeostat_model::NewJob,
+}
+
 /// One completion in a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {

@@ -1,0 +1,284 @@
+//! The boundary between the store's logic and its two databases, at the
+//! statement (as River's driver interface draws it). Everything above a
+//! statement — transactions, fence checks, audit appends, outcomes — is
+//! written once, generic over [`Backend`]; a backend holds only how to run a
+//! statement, bind an argument and read a column, plus the tuned hot path
+//! (enqueue, claim, complete) and the audit insert.
+//!
+//! SQL lives with the operation that runs it. Where the two dialects agree
+//! (SQLite reads `$N` placeholders by number, as PostgreSQL does) one text
+//! serves both; where they differ, [`Sql::pair`] keeps the two texts side
+//! by side for a reviewer to compare.
+
+use std::borrow::Cow;
+use std::future::Future;
+
+use homeostat_model::{Id, NewJob};
+use jiff::Timestamp;
+
+use crate::audit::ChainedEvent;
+use crate::error::StoreError;
+use crate::{Enqueued, StoreOptions};
+
+/// The database clock in epoch milliseconds, as SQLite spells it.
+macro_rules! sqlite_now {
+    () => {
+        "CAST(unixepoch('subsec') * 1000 AS INTEGER)"
+    };
+}
+
+/// The database clock in epoch milliseconds, as PostgreSQL spells it.
+macro_rules! pg_now {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+    };
+}
+
+/// "The job is running" on SQLite, for statements that find jobs by id: the
+/// unary plus keeps it from matching the partial index of running jobs.
+/// With statistics, SQLite would otherwise scan that index for every
+/// completion instead of looking the ids up (measured: batch completions of
+/// 100 became twenty times slower).
+macro_rules! sqlite_running {
+    () => {
+        "+state = 'running'"
+    };
+}
+
+/// "The job is running" on PostgreSQL, for statements that find jobs by id,
+/// written so that it does not imply the predicate of the running-jobs
+/// partial index. With statistics that show few running jobs, the planner
+/// would otherwise read the jobs through that index (every running job, and
+/// every entry left behind by jobs that stopped running, for each
+/// statement) instead of the primary key.
+macro_rules! pg_running {
+    () => {
+        "state IS NOT DISTINCT FROM 'running'"
+    };
+}
+
+pub(crate) use {pg_now, pg_running, sqlite_now, sqlite_running};
+
+/// The text of one statement in each dialect.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sql {
+    sqlite: &'static str,
+    postgres: &'static str,
+}
+
+impl Sql {
+    /// One text, valid in both dialects.
+    pub(crate) const fn both(text: &'static str) -> Self {
+        Self {
+            sqlite: text,
+            postgres: text,
+        }
+    }
+
+    /// Two texts: SQLite's, then PostgreSQL's.
+    pub(crate) const fn pair(sqlite: &'static str, postgres: &'static str) -> Self {
+        Self { sqlite, postgres }
+    }
+
+    /// The text `B` runs.
+    pub(crate) fn text<B: Backend>(&self) -> &'static str {
+        if B::POSTGRES {
+            self.postgres
+        } else {
+            self.sqlite
+        }
+    }
+}
+
+/// One argument of a statement. Ids, flags and lists are stored differently
+/// by the two databases; each backend binds them its own way.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Arg<'a> {
+    Int(i64),
+    OptInt(Option<i64>),
+    Text(&'a str),
+    OptText(Option<&'a str>),
+    Bool(bool),
+    Bytes(&'a [u8]),
+    Id(Id),
+    OptId(Option<Id>),
+    /// A list of ids: a JSON array on SQLite (for `json_each`), `uuid[]` on
+    /// PostgreSQL.
+    Ids(&'a [Id]),
+    /// A list of names: a JSON array on SQLite, `text[]` on PostgreSQL.
+    List(&'a [String]),
+}
+
+impl From<i64> for Arg<'_> {
+    fn from(v: i64) -> Self {
+        Arg::Int(v)
+    }
+}
+
+impl From<Option<i64>> for Arg<'_> {
+    fn from(v: Option<i64>) -> Self {
+        Arg::OptInt(v)
+    }
+}
+
+impl<'a> From<&'a str> for Arg<'a> {
+    fn from(v: &'a str) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl<'a> From<&'a String> for Arg<'a> {
+    fn from(v: &'a String) -> Self {
+        Arg::Text(v)
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Arg::OptText(v)
+    }
+}
+
+impl From<bool> for Arg<'_> {
+    fn from(v: bool) -> Self {
+        Arg::Bool(v)
+    }
+}
+
+impl<'a> From<&'a [u8]> for Arg<'a> {
+    fn from(v: &'a [u8]) -> Self {
+        Arg::Bytes(v)
+    }
+}
+
+impl From<Id> for Arg<'_> {
+    fn from(v: Id) -> Self {
+        Arg::Id(v)
+    }
+}
+
+impl From<Option<Id>> for Arg<'_> {
+    fn from(v: Option<Id>) -> Self {
+        Arg::OptId(v)
+    }
+}
+
+impl<'a> From<&'a [Id]> for Arg<'a> {
+    fn from(v: &'a [Id]) -> Self {
+        Arg::Ids(v)
+    }
+}
+
+impl<'a> From<&'a [String]> for Arg<'a> {
+    fn from(v: &'a [String]) -> Self {
+        Arg::List(v)
+    }
+}
+
+/// A statement and its arguments, `$1` first.
+#[derive(Debug, Clone)]
+pub(crate) struct Stmt<'a> {
+    pub(crate) sql: Cow<'static, str>,
+    pub(crate) args: Vec<Arg<'a>>,
+}
+
+impl<'a> Stmt<'a> {
+    /// `sql` in `B`'s dialect.
+    pub(crate) fn new<B: Backend>(sql: Sql) -> Self {
+        Self {
+            sql: Cow::Borrowed(sql.text::<B>()),
+            args: Vec::new(),
+        }
+    }
+
+    /// A statement built at run time (dry-run plans).
+    pub(crate) fn dynamic(sql: String) -> Self {
+        Self {
+            sql: Cow::Owned(sql),
+            args: Vec::new(),
+        }
+    }
+
+    /// Adds the next argument.
+    pub(crate) fn arg(mut self, arg: impl Into<Arg<'a>>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+}
+
+/// Reading columns by name from a result row, with the backend's storage
+/// of ids, flags and lists decoded into the model's types. A value that
+/// does not decode is a corrupt row.
+pub(crate) trait RowExt {
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, col: &str) -> Result<Option<i64>, StoreError>;
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn flag(&self, col: &str) -> Result<bool, StoreError>;
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError>;
+    fn id(&self, col: &str) -> Result<Id, StoreError>;
+    fn opt_id(&self, col: &str) -> Result<Option<Id>, StoreError>;
+    fn list(&self, col: &str) -> Result<Vec<String>, StoreError>;
+}
+
+/// A database the store runs on. Crate-private: its two implementations
+/// are the SQLite and PostgreSQL backends.
+pub(crate) trait Backend: Sync {
+    /// A write transaction.
+    type Tx: Send;
+    /// A result row.
+    type Row: RowExt + Send + Sync;
+    /// Which dialect [`Sql::text`] picks.
+    const POSTGRES: bool;
+
+    /// Store-wide policies.
+    fn options(&self) -> &StoreOptions;
+
+    /// Begins a write transaction: `BEGIN IMMEDIATE` on SQLite, so that
+    /// writers queue for the lock instead of failing to upgrade to it.
+    fn begin(&self, op: &'static str) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
+
+    /// Commits a write transaction.
+    fn commit(tx: Self::Tx, op: &'static str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Runs a statement in a transaction; its rows.
+    fn fetch_in(
+        tx: &mut Self::Tx,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
+
+    /// Runs a statement in a transaction; the rows it changed.
+    fn execute_in(
+        tx: &mut Self::Tx,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Runs a read-only statement on the read connections.
+    fn fetch(&self, stmt: Stmt<'_>)
+    -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
+
+    /// Runs one write statement as a transaction of its own.
+    fn fetch_write(
+        &self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
+
+    /// Runs one write statement as a transaction of its own; the rows it
+    /// changed.
+    fn execute_write(&self, stmt: Stmt<'_>) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+
+    /// Inserts linked audit events (one statement on PostgreSQL).
+    fn insert_audit(
+        tx: &mut Self::Tx,
+        events: &[ChainedEvent],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Enqueues validated jobs inside `tx` (the tuned batch insert).
+    fn enqueue_in(
+        &self,
+        tx: &mut Self::Tx,
+        tenant_id: Id,
+        jobs: &[NewJob],
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<Enqueued>, StoreError>> + Send;
+}

@@ -1,0 +1,209 @@
+//! Decisions both backends share, kept out of SQL so they are written and
+//! tested once: what an operator's transition becomes, where a failed
+//! attempt leaves a job, a notification's next attempt, and what the audit
+//! log says about each.
+
+use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob};
+use homeostat_runtime::Fence;
+use jiff::Timestamp;
+
+use crate::error::{self, StoreError};
+use crate::{
+    Delivery, Enqueued, FailOutcome, NOTIFICATION_MAX_ATTEMPTS, StoreOptions, Swept,
+    notification_backoff, time,
+};
+use homeostat_model::NotificationState;
+
+/// The audit actor of a sweep: the controller and epoch when fenced.
+pub(crate) fn actor_for(fence: Option<&Fence>) -> String {
+    match fence {
+        Some(f) => format!("controller:{}@{}", f.name, f.epoch),
+        None => "system".to_owned(),
+    }
+}
+
+/// The audit event of a periodic enqueue.
+pub(crate) fn periodic_event(
+    fence: Option<&Fence>,
+    schedule: &str,
+    slot: Timestamp,
+    enqueued: &Enqueued,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: actor_for(fence),
+        action: "jobs.periodic".into(),
+        subject: format!("job:{}", enqueued.job.id),
+        details: serde_json::json!({
+            "schedule": schedule,
+            "slot": slot,
+            "deduplicated": enqueued.deduplicated,
+        }),
+    }
+}
+
+/// One audit event describing a sweep.
+pub(crate) fn sweep_event(actor: &str, action: &str, reason: &str, swept: &Swept) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        subject: "jobs".into(),
+        details: serde_json::json!({
+            "count": swept.changed,
+            "ids": swept.ids,
+            "dead": swept.dead,
+            "reason": reason,
+        }),
+    }
+}
+
+/// Pairs each enqueued job with the row it became: by fingerprint when it
+/// has one (the live job of that fingerprint, as last updated), else by the
+/// id generated for it. `generated[i]` is the id input `i` would have had
+/// as a new job; any other id means it was deduplicated.
+pub(crate) fn match_enqueued(
+    jobs: &[NewJob],
+    generated: &[Id],
+    stored: Vec<Job>,
+) -> Result<Vec<Enqueued>, StoreError> {
+    let mut by_id = std::collections::HashMap::with_capacity(stored.len());
+    let mut by_fp: std::collections::HashMap<String, Job> = std::collections::HashMap::new();
+    for job in stored {
+        if let Some(fp) = &job.fingerprint {
+            let newer = by_fp
+                .get(fp)
+                .is_none_or(|seen| job.occurrences >= seen.occurrences);
+            if newer {
+                by_fp.insert(fp.clone(), job.clone());
+            }
+        }
+        by_id.insert(job.id, job);
+    }
+    jobs.iter()
+        .zip(generated)
+        .map(|(job, generated)| {
+            let stored = match &job.fingerprint {
+                Some(fp) => by_fp.get(fp),
+                None => by_id.get(generated),
+            }
+            .cloned()
+            .ok_or_else(|| error::corrupt("enqueueing jobs", "an enqueued job was not returned"))?;
+            Ok(Enqueued {
+                deduplicated: stored.id != *generated,
+                job: stored,
+            })
+        })
+        .collect()
+}
+
+/// What an operator's `to` becomes for `current` (an approved job not yet
+/// due is scheduled, not queued), checked against the state machine; and
+/// whether it is a redrive (a terminal job coming back with fresh attempts).
+pub(crate) fn operator_transition(
+    current: &Job,
+    to: JobState,
+    action: &'static str,
+    now: Timestamp,
+) -> Result<(JobState, bool), StoreError> {
+    let to = if to == JobState::Queued && current.run_at > now && action == "job.approved" {
+        JobState::Scheduled
+    } else {
+        to
+    };
+    current
+        .state
+        .check_transition(to)
+        .map_err(|e| StoreError::Conflict {
+            operation: action,
+            entity: "job",
+            id: current.id.to_string(),
+            reason: e.message,
+        })?;
+    Ok((to, current.state.is_terminal()))
+}
+
+/// Where a failed attempt (`attempt` of `max_attempts`) leaves a job.
+pub(crate) fn fail_outcome(
+    options: &StoreOptions,
+    attempt: u32,
+    max_attempts: u32,
+    permanent: bool,
+    now: Timestamp,
+) -> FailOutcome {
+    match options
+        .retry_policy(max_attempts)
+        .decide(attempt, permanent, 0.5)
+    {
+        homeostat_runtime::RetryDecision::RetryAfter(delay) => FailOutcome {
+            state: JobState::Scheduled,
+            retry_at: Some(time::ts(time::add(now, delay))),
+        },
+        homeostat_runtime::RetryDecision::GiveUp => FailOutcome {
+            state: JobState::Dead,
+            retry_at: None,
+        },
+    }
+}
+
+/// A notification's state, next attempt time (epoch ms) and error after
+/// delivery attempt number `attempts`.
+pub(crate) fn delivery_outcome(
+    delivery: &Delivery,
+    attempts: u32,
+    now: Timestamp,
+) -> (NotificationState, i64, Option<String>) {
+    match delivery {
+        Delivery::Sent => (NotificationState::Sent, time::ms(now), None),
+        Delivery::Failed { error, permanent } => {
+            let state = if *permanent || attempts >= NOTIFICATION_MAX_ATTEMPTS {
+                NotificationState::Dead
+            } else {
+                NotificationState::Pending
+            };
+            (
+                state,
+                time::add(now, notification_backoff(attempts)),
+                Some(truncate(error)),
+            )
+        }
+    }
+}
+
+/// The audit event of a token change: its metadata, never its secret.
+pub(crate) fn token_event(
+    actor: &str,
+    action: &str,
+    info: &homeostat_model::TokenInfo,
+) -> NewAuditEvent {
+    NewAuditEvent {
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        subject: format!("token:{}", info.id),
+        details: serde_json::json!({
+            "kind": info.kind,
+            "tenant_id": info.tenant_id,
+            "agent_id": info.agent_id,
+            "admin": info.admin,
+            "expires_at": info.expires_at,
+            "uses_left": info.uses_left,
+        }),
+    }
+}
+
+/// The smallest UUID v7 of a job created at or after `ms`: every id below
+/// it was created before `ms`.
+pub(crate) fn id_before(ms: i64) -> Id {
+    Id::from_u128((ms.max(0) as u128) << 80)
+}
+
+/// Error texts from agents are kept, but bounded.
+pub(crate) fn truncate(text: &str) -> String {
+    const MAX: usize = 4096;
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}

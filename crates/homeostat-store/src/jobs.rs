@@ -1,0 +1,330 @@
+//! Jobs outside the tuned hot path: periodic enqueues, lease extension,
+//! failures, operator transitions, reads and listings.
+
+use std::time::Duration;
+
+use homeostat_model::{Id, Job, JobState, NewAuditEvent};
+use homeostat_runtime::Fence;
+use jiff::Timestamp;
+use serde_json::json;
+
+use crate::backend::{Backend, RowExt, Sql, Stmt, pg_running, sqlite_running};
+use crate::decisions::{fail_outcome, operator_transition, periodic_event, truncate};
+use crate::error::{Context, StoreError, db_error};
+use crate::leases::check_fence;
+use crate::rows::{self, job_columns, terminal};
+use crate::time::{add, ms, ts};
+use crate::{Enqueued, FailOutcome, JobFilter, Page, PeriodicEnqueue, audit_log};
+
+const AGENT_STATUS: Sql = Sql::both("SELECT status FROM agents WHERE id = $1");
+
+/// Takes cron slot `$2` of schedule `$1` unless it or a later one was taken.
+const TAKE_SLOT: Sql = Sql::both(
+    "INSERT INTO periodic_slots (name, last_slot) VALUES ($1, $2)
+     ON CONFLICT (name) DO UPDATE SET last_slot = excluded.last_slot
+     WHERE periodic_slots.last_slot < excluded.last_slot
+     RETURNING last_slot",
+);
+const LAST_SLOT: Sql = Sql::both("SELECT last_slot FROM periodic_slots WHERE name = $1");
+
+const EXTEND_LEASE: Sql = Sql::pair(
+    concat!(
+        "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2 AND ",
+        sqlite_running!(),
+        " RETURNING lease_expires_at"
+    ),
+    concat!(
+        "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2 AND ",
+        pg_running!(),
+        " RETURNING lease_expires_at"
+    ),
+);
+
+const FAILING: Sql = Sql::pair(
+    concat!(
+        "SELECT attempt, max_attempts FROM jobs WHERE id = $1 AND lease_token = $2 AND ",
+        sqlite_running!()
+    ),
+    concat!(
+        "SELECT attempt, max_attempts FROM jobs WHERE id = $1 AND lease_token = $2 AND ",
+        pg_running!(),
+        " FOR UPDATE"
+    ),
+);
+
+const FAIL: Sql = Sql::pair(
+    "UPDATE jobs SET state = $2, run_at = COALESCE($3, run_at), last_error = $4,
+       finished_at = $5, updated_at = $6, lease_agent = NULL, lease_expires_at = NULL,
+       timeout_at = NULL
+     WHERE id = $1",
+    "UPDATE jobs SET state = $2::job_state, run_at = COALESCE($3, run_at), last_error = $4,
+       finished_at = $5, updated_at = $6, lease_agent = NULL, lease_expires_at = NULL,
+       timeout_at = NULL
+     WHERE id = $1",
+);
+
+const JOB: Sql = Sql::both(concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE id = $1"
+));
+
+const JOB_FOR_UPDATE: Sql = Sql::pair(
+    concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"),
+    concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1 FOR UPDATE"),
+);
+
+/// `$2` the new state, `$3` now, `$4` whether attempts start over.
+const TRANSITION: Sql = Sql::pair(
+    concat!(
+        "UPDATE jobs SET state = $2, updated_at = $3, queued_at = $3,
+           finished_at = CASE WHEN $2 IN ",
+        terminal!(),
+        " THEN $3 ELSE NULL END,
+           attempt = CASE WHEN $4 THEN 0 ELSE attempt END,
+           deadline_at = CASE WHEN $4 THEN NULL ELSE deadline_at END,
+           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id = $1 RETURNING ",
+        job_columns!()
+    ),
+    concat!(
+        "UPDATE jobs SET state = $2::job_state, updated_at = $3, queued_at = $3,
+           finished_at = CASE WHEN $2 IN ",
+        terminal!(),
+        " THEN $3 ELSE NULL END,
+           attempt = CASE WHEN $4 THEN 0 ELSE attempt END,
+           deadline_at = CASE WHEN $4 THEN NULL ELSE deadline_at END,
+           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id = $1 RETURNING ",
+        job_columns!()
+    ),
+);
+
+const LIST: Sql = Sql::pair(
+    concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs
+         WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR state = $2)
+           AND ($3 IS NULL OR queue = $3) AND ($4 IS NULL OR id < $4)
+         ORDER BY id DESC LIMIT $5"
+    ),
+    concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs
+         WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR state = $2::job_state)
+           AND ($3::text IS NULL OR queue = $3) AND ($4::uuid IS NULL OR id < $4)
+         ORDER BY id DESC LIMIT $5"
+    ),
+);
+
+/// Says why an agent claimed nothing, when the agent is the reason.
+pub(crate) async fn require_online<B: Backend>(
+    b: &B,
+    id: Id,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(AGENT_STATUS).arg(id))
+        .await
+        .op(op)?;
+    let status = rows.first().map(|r| r.text("status")).transpose()?;
+    match status.as_deref() {
+        None => Err(StoreError::NotFound {
+            entity: "agent",
+            id: id.to_string(),
+        }),
+        Some("online") => Ok(()),
+        Some(status) => Err(StoreError::Conflict {
+            operation: op,
+            entity: "agent",
+            id: id.to_string(),
+            reason: format!("the agent is {status}; only online agents claim jobs"),
+        }),
+    }
+}
+
+pub(crate) async fn enqueue_periodic<B: Backend>(
+    b: &B,
+    p: &PeriodicEnqueue<'_>,
+    now: Timestamp,
+    fence: Option<&Fence>,
+) -> Result<Option<Enqueued>, StoreError> {
+    let op = "jobs.periodic";
+    p.job.validate()?;
+    let mut tx = b.begin(op).await?;
+    check_fence::<B>(&mut tx, fence, op).await?;
+    let stmt = Stmt::new::<B>(TAKE_SLOT).arg(p.schedule).arg(ms(p.slot));
+    if B::fetch_in(&mut tx, stmt).await.op(op)?.is_empty() {
+        return Ok(None);
+    }
+    let enqueued = b
+        .enqueue_in(&mut tx, p.tenant_id, std::slice::from_ref(p.job), now)
+        .await?
+        .remove(0);
+    let event = periodic_event(fence, p.schedule, p.slot, &enqueued);
+    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    B::commit(tx, op).await?;
+    Ok(Some(enqueued))
+}
+
+pub(crate) async fn periodic_last_slot<B: Backend>(
+    b: &B,
+    schedule: &str,
+) -> Result<Option<Timestamp>, StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(LAST_SLOT).arg(schedule))
+        .await
+        .op("reading a periodic schedule")?;
+    Ok(rows
+        .first()
+        .map(|r| r.int("last_slot"))
+        .transpose()?
+        .map(ts))
+}
+
+pub(crate) async fn heartbeat_job<B: Backend>(
+    b: &B,
+    id: Id,
+    lease_token: i64,
+    lease: Duration,
+    now: Timestamp,
+) -> Result<Timestamp, StoreError> {
+    let op = "extending a job lease";
+    let stmt = Stmt::new::<B>(EXTEND_LEASE)
+        .arg(id)
+        .arg(lease_token)
+        .arg(add(now, lease));
+    let rows = b.fetch_write(stmt).await.op(op)?;
+    match rows.first() {
+        Some(r) => Ok(ts(r.int("lease_expires_at")?)),
+        None => Err(StoreError::StaleLease {
+            operation: op,
+            job: id,
+            token: lease_token,
+        }),
+    }
+}
+
+pub(crate) async fn fail<B: Backend>(
+    b: &B,
+    id: Id,
+    lease_token: i64,
+    error: &str,
+    permanent: bool,
+    now: Timestamp,
+) -> Result<FailOutcome, StoreError> {
+    let op = "failing a job";
+    let mut tx = b.begin(op).await?;
+    let rows = B::fetch_in(&mut tx, Stmt::new::<B>(FAILING).arg(id).arg(lease_token))
+        .await
+        .op(op)?;
+    let row = rows.first().ok_or(StoreError::StaleLease {
+        operation: op,
+        job: id,
+        token: lease_token,
+    })?;
+    let (attempt, max) = (row.int("attempt")? as u32, row.int("max_attempts")? as u32);
+    let outcome = fail_outcome(b.options(), attempt, max, permanent, now);
+    let dead = outcome.state == JobState::Dead;
+    let error = truncate(error);
+    let stmt = Stmt::new::<B>(FAIL)
+        .arg(id)
+        .arg(outcome.state.as_str())
+        .arg(outcome.retry_at.map(ms))
+        .arg(&error)
+        .arg(dead.then_some(ms(now)))
+        .arg(ms(now));
+    B::execute_in(&mut tx, stmt).await.op(op)?;
+    B::commit(tx, op).await?;
+    Ok(outcome)
+}
+
+/// Operator transitions: cancel, approve, redrive. Audited.
+pub(crate) async fn transition<B: Backend>(
+    b: &B,
+    id: Id,
+    to: JobState,
+    action: &'static str,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Job, StoreError> {
+    let op = action;
+    let mut tx = b.begin(op).await?;
+    let rows = B::fetch_in(&mut tx, Stmt::new::<B>(JOB_FOR_UPDATE).arg(id))
+        .await
+        .op(op)?;
+    let current = rows::job(rows.first().ok_or_else(|| StoreError::NotFound {
+        entity: "job",
+        id: id.to_string(),
+    })?)?;
+    let (to, redrive) = operator_transition(&current, to, action, now)?;
+    let stmt = Stmt::new::<B>(TRANSITION)
+        .arg(id)
+        .arg(to.as_str())
+        .arg(ms(now))
+        .arg(redrive);
+    let rows = B::fetch_in(&mut tx, stmt).await.map_err(|e| match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict {
+            operation: op,
+            entity: "job",
+            id: id.to_string(),
+            reason: "another live job has the same fingerprint".into(),
+        },
+        e => db_error(op, e),
+    })?;
+    let job = rows::job(rows.first().ok_or_else(|| StoreError::NotFound {
+        entity: "job",
+        id: id.to_string(),
+    })?)?;
+    let event = NewAuditEvent {
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        subject: format!("job:{id}"),
+        details: json!({"from": current.state, "to": to, "tenant_id": job.tenant_id}),
+    };
+    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    B::commit(tx, op).await?;
+    Ok(job)
+}
+
+pub(crate) async fn get_job<B: Backend>(b: &B, id: Id) -> Result<Job, StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(JOB).arg(id))
+        .await
+        .op("reading a job")?;
+    rows::job(rows.first().ok_or_else(|| StoreError::NotFound {
+        entity: "job",
+        id: id.to_string(),
+    })?)
+}
+
+pub(crate) async fn list_jobs<B: Backend>(
+    b: &B,
+    filter: &JobFilter,
+    after: Option<Id>,
+    limit: u32,
+) -> Result<Page<Job>, StoreError> {
+    let limit = limit.clamp(1, 1000);
+    let stmt = Stmt::new::<B>(LIST)
+        .arg(filter.tenant_id)
+        .arg(filter.state.map(|s| s.as_str()))
+        .arg(filter.queue.as_deref())
+        .arg(after)
+        .arg(i64::from(limit) + 1);
+    let mut items = b
+        .fetch(stmt)
+        .await
+        .op("listing jobs")?
+        .iter()
+        .map(rows::job)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|j| j.id)
+    } else {
+        None
+    };
+    Ok(Page { items, next_cursor })
+}

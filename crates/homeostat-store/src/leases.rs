@@ -1,0 +1,167 @@
+//! Controller leases for the runtime's leader election, and the fence check
+//! that refuses a deposed leader's writes. Expiry is judged by the
+//! database's clock, so replicas with skewed clocks agree. Each lease
+//! operation is one statement, a transaction of its own.
+
+use std::time::Duration;
+
+use homeostat_runtime::{Fence, Lease};
+
+use crate::backend::{Backend, RowExt, Sql, Stmt, pg_now, sqlite_now};
+use crate::error::{Context, StoreError};
+use crate::time::{dur_ms, system_time};
+
+const ACQUIRE: Sql = Sql::pair(
+    concat!(
+        "INSERT INTO leases (name, holder, epoch, expires_at) VALUES ($1, $2, 1, ",
+        sqlite_now!(),
+        " + $3)
+         ON CONFLICT (name) DO UPDATE SET
+           epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires_at > ",
+        sqlite_now!(),
+        " THEN leases.epoch ELSE leases.epoch + 1 END,
+           holder = excluded.holder,
+           expires_at = excluded.expires_at
+         WHERE leases.holder IS NULL OR leases.expires_at <= ",
+        sqlite_now!(),
+        " OR leases.holder = excluded.holder
+         RETURNING epoch, expires_at"
+    ),
+    concat!(
+        "INSERT INTO leases (name, holder, epoch, expires_at) VALUES ($1, $2, 1, ",
+        pg_now!(),
+        " + $3)
+         ON CONFLICT (name) DO UPDATE SET
+           epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires_at > ",
+        pg_now!(),
+        " THEN leases.epoch ELSE leases.epoch + 1 END,
+           holder = excluded.holder,
+           expires_at = excluded.expires_at
+         WHERE leases.holder IS NULL OR leases.expires_at <= ",
+        pg_now!(),
+        " OR leases.holder = excluded.holder
+         RETURNING epoch, expires_at"
+    ),
+);
+
+const RENEW: Sql = Sql::pair(
+    concat!(
+        "UPDATE leases SET expires_at = ",
+        sqlite_now!(),
+        " + $4 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > ",
+        sqlite_now!(),
+        " RETURNING expires_at"
+    ),
+    concat!(
+        "UPDATE leases SET expires_at = ",
+        pg_now!(),
+        " + $4 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > ",
+        pg_now!(),
+        " RETURNING expires_at"
+    ),
+);
+
+const RELEASE: Sql = Sql::pair(
+    concat!(
+        "UPDATE leases SET holder = NULL, expires_at = ",
+        sqlite_now!(),
+        " WHERE name = $1 AND holder = $2 AND epoch = $3"
+    ),
+    concat!(
+        "UPDATE leases SET holder = NULL, expires_at = ",
+        pg_now!(),
+        " WHERE name = $1 AND holder = $2 AND epoch = $3"
+    ),
+);
+
+/// On PostgreSQL the shared row lock holds off a takeover until the fenced
+/// transaction ends; SQLite's write lock already does.
+const FENCE: Sql = Sql::pair(
+    concat!(
+        "SELECT 1 AS live FROM leases WHERE name = $1 AND epoch = $2 AND holder IS NOT NULL
+         AND expires_at > ",
+        sqlite_now!()
+    ),
+    concat!(
+        "SELECT 1 AS live FROM leases WHERE name = $1 AND epoch = $2 AND holder IS NOT NULL
+         AND expires_at > ",
+        pg_now!(),
+        " FOR SHARE"
+    ),
+);
+
+pub(crate) async fn acquire<B: Backend>(
+    b: &B,
+    name: &str,
+    holder: &str,
+    ttl: Duration,
+) -> Result<Option<Lease>, StoreError> {
+    let op = "acquiring a lease";
+    let stmt = Stmt::new::<B>(ACQUIRE)
+        .arg(name)
+        .arg(holder)
+        .arg(dur_ms(ttl));
+    let row = b.fetch_write(stmt).await.op(op)?.into_iter().next();
+    row.map(|r| {
+        Ok(Lease {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            epoch: r.int("epoch")? as u64,
+            expires_at: system_time(r.int("expires_at")?),
+        })
+    })
+    .transpose()
+}
+
+pub(crate) async fn renew<B: Backend>(
+    b: &B,
+    lease: &Lease,
+    ttl: Duration,
+) -> Result<Option<Lease>, StoreError> {
+    let op = "renewing a lease";
+    let stmt = Stmt::new::<B>(RENEW)
+        .arg(&lease.name)
+        .arg(&lease.holder)
+        .arg(lease.epoch as i64)
+        .arg(dur_ms(ttl));
+    let row = b.fetch_write(stmt).await.op(op)?.into_iter().next();
+    row.map(|r| {
+        Ok(Lease {
+            expires_at: system_time(r.int("expires_at")?),
+            ..lease.clone()
+        })
+    })
+    .transpose()
+}
+
+pub(crate) async fn release<B: Backend>(b: &B, lease: &Lease) -> Result<(), StoreError> {
+    let op = "releasing a lease";
+    let stmt = Stmt::new::<B>(RELEASE)
+        .arg(&lease.name)
+        .arg(&lease.holder)
+        .arg(lease.epoch as i64);
+    b.fetch_write(stmt).await.op(op)?;
+    Ok(())
+}
+
+/// Refuses the transaction's writes unless `fence` is the live lease.
+pub(crate) async fn check_fence<B: Backend>(
+    tx: &mut B::Tx,
+    fence: Option<&Fence>,
+    operation: &'static str,
+) -> Result<(), StoreError> {
+    let Some(fence) = fence else { return Ok(()) };
+    let stmt = Stmt::new::<B>(FENCE)
+        .arg(&fence.name)
+        .arg(fence.epoch as i64);
+    let live = B::fetch_in(tx, stmt).await.op(operation)?;
+    if live.is_empty() {
+        Err(StoreError::Fenced {
+            operation,
+            lease: fence.name.clone(),
+            epoch: fence.epoch,
+        })
+    } else {
+        Ok(())
+    }
+}

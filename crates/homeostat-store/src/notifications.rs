@@ -1,0 +1,130 @@
+//! Notifications waiting to be delivered: queued by controllers, claimed by
+//! the dispatcher, retried with backoff until sent or dead.
+
+use std::time::Duration;
+
+use homeostat_model::{Id, Notification, NotificationState, new_id};
+use homeostat_runtime::Fence;
+use jiff::Timestamp;
+
+use crate::Delivery;
+use crate::backend::{Backend, RowExt, Sql, Stmt};
+use crate::decisions::delivery_outcome;
+use crate::error::{Context, StoreError};
+use crate::leases::check_fence;
+use crate::rows::{self, notification_columns};
+use crate::time::{add, ms};
+
+const INSERT: Sql = Sql::both(
+    "INSERT INTO notifications (id, event, payload, state, next_attempt_at, created_at)
+     VALUES ($1, $2, $3, 'pending', $4, $5)",
+);
+/// Hides the due notifications from other senders until `hold` has passed.
+const CLAIM_DUE: Sql = Sql::both(concat!(
+    "UPDATE notifications SET next_attempt_at = $2
+     WHERE id IN (SELECT id FROM notifications WHERE state = 'pending'
+                  AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $3)
+     RETURNING ",
+    notification_columns!()
+));
+const PENDING_ATTEMPTS: Sql =
+    Sql::both("SELECT attempts FROM notifications WHERE id = $1 AND state = 'pending'");
+const RECORD: Sql = Sql::both(
+    "UPDATE notifications SET state = $2, attempts = $3, next_attempt_at = $4,
+       last_error = COALESCE($5, last_error),
+       sent_at = CASE WHEN $2 = 'sent' THEN $6 ELSE sent_at END
+     WHERE id = $1",
+);
+const GET: Sql = Sql::both(concat!(
+    "SELECT ",
+    notification_columns!(),
+    " FROM notifications WHERE id = $1"
+));
+
+pub(crate) async fn add_notification<B: Backend>(
+    b: &B,
+    event: &str,
+    payload: &serde_json::Value,
+    now: Timestamp,
+) -> Result<Id, StoreError> {
+    let id = new_id();
+    let payload = payload.to_string();
+    let stmt = Stmt::new::<B>(INSERT)
+        .arg(id)
+        .arg(event)
+        .arg(&payload)
+        .arg(ms(now))
+        .arg(ms(now));
+    b.execute_write(stmt)
+        .await
+        .op("queueing a notification")?;
+    Ok(id)
+}
+
+pub(crate) async fn claim_due<B: Backend>(
+    b: &B,
+    now: Timestamp,
+    limit: u32,
+    hold: Duration,
+    fence: Option<&Fence>,
+) -> Result<Vec<Notification>, StoreError> {
+    let op = "claiming due notifications";
+    let mut tx = b.begin(op).await?;
+    check_fence::<B>(&mut tx, fence, op).await?;
+    let stmt = Stmt::new::<B>(CLAIM_DUE)
+        .arg(ms(now))
+        .arg(add(now, hold))
+        .arg(i64::from(limit));
+    let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
+    B::commit(tx, op).await?;
+    // RETURNING has no order: oldest first.
+    let mut due = rows
+        .iter()
+        .map(rows::notification)
+        .collect::<Result<Vec<_>, _>>()?;
+    due.sort_by_key(|n| (n.created_at, n.id));
+    Ok(due)
+}
+
+pub(crate) async fn record_delivery<B: Backend>(
+    b: &B,
+    id: Id,
+    delivery: &Delivery,
+    now: Timestamp,
+) -> Result<NotificationState, StoreError> {
+    let op = "recording a notification delivery";
+    let mut tx = b.begin(op).await?;
+    let rows = B::fetch_in(&mut tx, Stmt::new::<B>(PENDING_ATTEMPTS).arg(id))
+        .await
+        .op(op)?;
+    let attempts = rows
+        .first()
+        .ok_or_else(|| StoreError::NotFound {
+            entity: "pending notification",
+            id: id.to_string(),
+        })?
+        .int("attempts")? as u32
+        + 1;
+    let (state, next, error) = delivery_outcome(delivery, attempts, now);
+    let stmt = Stmt::new::<B>(RECORD)
+        .arg(id)
+        .arg(state.as_str())
+        .arg(i64::from(attempts))
+        .arg(next)
+        .arg(error.as_deref())
+        .arg(ms(now));
+    B::execute_in(&mut tx, stmt).await.op(op)?;
+    B::commit(tx, op).await?;
+    Ok(state)
+}
+
+pub(crate) async fn get<B: Backend>(b: &B, id: Id) -> Result<Notification, StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(GET).arg(id))
+        .await
+        .op("reading a notification")?;
+    rows::notification(rows.first().ok_or_else(|| StoreError::NotFound {
+        entity: "notification",
+        id: id.to_string(),
+    })?)
+}

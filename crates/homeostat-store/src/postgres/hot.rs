@@ -1,0 +1,337 @@
+//! The hot path on PostgreSQL, tuned per backend (see docs/benchmarks.md):
+//! batch enqueue, claim and batch completion.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use homeostat_model::{Id, NewJob, ids_at};
+use jiff::Timestamp;
+use sqlx::Row;
+
+use super::PgStore;
+use crate::backend::Backend;
+use crate::error::{Context, StoreError, corrupt};
+use crate::time::{add, dur_ms, ms, ts};
+use crate::{ClaimedJob, Completion, Enqueued};
+
+/// An agent's tenant and queues.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentFacts {
+    pub(crate) tenant: Option<Id>,
+    pub(crate) queues: Vec<String>,
+}
+
+impl PgStore {
+    /// An agent's tenant and queues, cached after the first look.
+    async fn agent_facts(&self, id: Id, op: &'static str) -> Result<AgentFacts, StoreError> {
+        if let Some(facts) = self.agents.lock().unwrap().get(&id) {
+            return Ok(facts.clone());
+        }
+        let row = sqlx::query("SELECT tenant_id, queues FROM agents WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .op(op)?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "agent",
+                id: id.to_string(),
+            })?;
+        let facts = AgentFacts {
+            tenant: row.try_get(0).map_err(|e| corrupt(op, e))?,
+            queues: row.try_get(1).map_err(|e| corrupt(op, e))?,
+        };
+        self.agents.lock().unwrap().insert(id, facts.clone());
+        Ok(facts)
+    }
+
+    pub(crate) async fn enqueue_batch(
+        &self,
+        tenant_id: Id,
+        jobs: &[NewJob],
+        now: Timestamp,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let op = "enqueueing jobs";
+        for job in jobs {
+            job.validate()?;
+        }
+        let mut conn = self.pool.acquire().await.op(op)?;
+        self.enqueue_on(&mut conn, tenant_id, jobs, now).await
+    }
+
+    /// Enqueues validated jobs on `conn` (a transaction, or not).
+    pub(super) async fn enqueue_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tenant_id: Id,
+        jobs: &[NewJob],
+        now: Timestamp,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let op = "enqueueing jobs";
+        let tier = tenant_tier(&mut *conn, tenant_id, op).await?;
+        // Fold same-fingerprint jobs of the batch into one row (PostgreSQL
+        // refuses to upsert one row twice in a statement). Each input has an
+        // id; those of the inputs folded into an earlier row are never
+        // stored, so they match nothing and come back deduplicated.
+        let generated: Vec<Id> = ids_at(now, jobs.len()).collect();
+        let mut first_of: HashMap<&str, usize> = HashMap::new();
+        let mut rows: Vec<(usize, Id, i64)> = Vec::new(); // (input index, id, occurrences)
+        for (i, job) in jobs.iter().enumerate() {
+            if let Some(fp) = job.fingerprint.as_deref() {
+                if let Some(&row) = first_of.get(fp) {
+                    rows[row].2 += 1;
+                    continue;
+                }
+                first_of.insert(fp, rows.len());
+            }
+            rows.push((i, generated[i], 1));
+        }
+        let n = rows.len();
+        let mut c = Columns::with_capacity(n);
+        for (i, id, occurrences) in &rows {
+            let job = &jobs[*i];
+            let run_at = job.run_at.map(ms).unwrap_or(ms(now)).max(ms(now));
+            c.id.push(*id);
+            c.queue.push(job.queue.clone());
+            c.kind.push(job.kind.clone());
+            c.payload.push(job.payload.to_string());
+            c.priority.push(i64::from(job.priority));
+            c.base.push(tier + i64::from(job.priority));
+            c.fingerprint.push(job.fingerprint.clone());
+            c.occurrences.push(*occurrences);
+            c.state.push(job.initial_state(now).as_str().to_owned());
+            c.max_attempts.push(i64::from(job.max_attempts()));
+            c.timeout.push(dur_ms(job.timeout()));
+            c.run_at.push(run_at);
+            c.deadline.push(
+                job.deadline
+                    .map(ms)
+                    .unwrap_or_else(|| run_at + dur_ms(Backend::options(self).default_queue_deadline)),
+            );
+            c.approval.push(job.approval_expires_at.map(ms));
+        }
+        let stored = sqlx::query(concat!(
+            "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+               effective_priority, fingerprint, occurrences, state, max_attempts, timeout_ms, run_at,
+               queued_at, deadline_at, approval_expires_at, created_at, updated_at)
+             SELECT id, $1, queue, kind, payload, priority, base, base, fingerprint, occurrences,
+               state::job_state, max_attempts, timeout_ms, run_at, run_at, deadline_at, approval, $2, $2
+             FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
+                         $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[],
+                         $14::bigint[], $15::bigint[], $16::bigint[])
+               AS t(id, queue, kind, payload, priority, base, fingerprint, occurrences, state,
+                    max_attempts, timeout_ms, run_at, deadline_at, approval)
+             ON CONFLICT (tenant_id, fingerprint)
+               WHERE fingerprint IS NOT NULL AND state NOT IN ",
+            crate::rows::terminal!(),
+            " DO UPDATE SET occurrences = jobs.occurrences + excluded.occurrences,
+                            updated_at = excluded.updated_at
+             RETURNING ",
+            crate::rows::job_columns!()
+        ))
+        .bind(tenant_id)
+        .bind(ms(now))
+        .bind(&c.id)
+        .bind(&c.queue)
+        .bind(&c.kind)
+        .bind(&c.payload)
+        .bind(&c.priority)
+        .bind(&c.base)
+        .bind(&c.fingerprint)
+        .bind(&c.occurrences)
+        .bind(&c.state)
+        .bind(&c.max_attempts)
+        .bind(&c.timeout)
+        .bind(&c.run_at)
+        .bind(&c.deadline)
+        .bind(&c.approval)
+        .fetch_all(&mut *conn)
+        .await
+        .op(op)?;
+        let stored = stored
+            .iter()
+            .map(crate::rows::job)
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::decisions::match_enqueued(jobs, &generated, stored)
+    }
+
+    pub(crate) async fn claim(
+        &self,
+        agent_id: Id,
+        limit: u32,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let op = "claiming jobs";
+        let AgentFacts { tenant, queues } = self.agent_facts(agent_id, op).await?;
+        let rows = if let [queue] = queues.as_slice() {
+            // The usual case, shaped like the minimal claim. The rows are
+            // updated by the address the locking scan found them at (no
+            // second walk down the primary key): the lock keeps that version
+            // current. A job another transaction changed after this
+            // statement's snapshot is locked at its new address, which the
+            // snapshot cannot see: it stays queued for the next claim.
+            sqlx::query(
+                "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
+                   lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
+                   timeout_at = $3 + timeout_ms, updated_at = $3
+                 WHERE ctid = ANY(ARRAY(
+                   SELECT ctid FROM jobs
+                   WHERE state = 'queued' AND queue = $4 AND ($5::uuid IS NULL OR tenant_id = $5)
+                   ORDER BY effective_priority DESC, queued_at
+                   LIMIT $6
+                   FOR UPDATE SKIP LOCKED))
+                 AND EXISTS (SELECT 1 FROM agents WHERE id = $1 AND status = 'online')
+                 RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
+                   timeout_ms, effective_priority, queued_at",
+            )
+            .bind(agent_id)
+            .bind(add(now, lease))
+            .bind(ms(now))
+            .bind(queue)
+            .bind(tenant)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .op(op)?
+        } else {
+            // Per queue an index-ordered scan that skips locked rows, then
+            // the best `limit` across queues; one statement.
+            sqlx::query(
+                "WITH agent AS (
+                   SELECT tenant_id, queues FROM agents WHERE id = $1 AND status = 'online'),
+                 picked AS (
+                   SELECT c.id, c.effective_priority, c.queued_at
+                   FROM agent a, unnest(a.queues) AS q(name),
+                   LATERAL (
+                     SELECT j.id, j.effective_priority, j.queued_at FROM jobs j
+                     WHERE j.state = 'queued' AND j.queue = q.name
+                       AND (a.tenant_id IS NULL OR j.tenant_id = a.tenant_id)
+                     ORDER BY j.effective_priority DESC, j.queued_at
+                     LIMIT $4
+                     FOR UPDATE SKIP LOCKED) c
+                   ORDER BY c.effective_priority DESC, c.queued_at
+                   LIMIT $4)
+                 UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
+                   lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
+                   timeout_at = $3 + timeout_ms, updated_at = $3
+                 WHERE id = ANY(ARRAY(SELECT id FROM picked))
+                 RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
+                   timeout_ms, effective_priority, queued_at",
+            )
+            .bind(agent_id)
+            .bind(add(now, lease))
+            .bind(ms(now))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .op(op)?
+        };
+        if rows.is_empty() {
+            // Nothing claimed: say why when the agent is the reason.
+            crate::jobs::require_online(self, agent_id, op).await?;
+        }
+        // Unchecked decoding: the statement above fixes each column's type,
+        // and checking it again per value is a tenth of the claim's client
+        // time. A wrong width still fails to decode, as an error.
+        let lease_expires_at = ts(add(now, lease));
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let int = |i: usize| r.try_get_unchecked::<i64, _>(i).op(op);
+            let payload: &str = r.try_get_unchecked(4).op(op)?;
+            let job = ClaimedJob {
+                id: r.try_get_unchecked(0).op(op)?,
+                tenant_id: r.try_get_unchecked(1).op(op)?,
+                queue: r.try_get_unchecked(2).op(op)?,
+                kind: r.try_get_unchecked(3).op(op)?,
+                payload: serde_json::from_str(payload).map_err(|e| corrupt(op, e))?,
+                attempt: int(5)? as u32,
+                max_attempts: int(6)? as u32,
+                lease_token: int(7)?,
+                lease_expires_at,
+                timeout_secs: (int(8)? / 1000) as u64,
+            };
+            claimed.push(((-int(9)?, int(10)?), job));
+        }
+        claimed.sort_by_key(|(key, _)| *key);
+        Ok(claimed.into_iter().map(|(_, job)| job).collect())
+    }
+
+    pub(crate) async fn complete_batch(
+        &self,
+        completions: &[Completion],
+        now: Timestamp,
+    ) -> Result<Vec<bool>, StoreError> {
+        let op = "completing jobs";
+        let ids: Vec<Id> = completions.iter().map(|c| c.id).collect();
+        let tokens: Vec<i64> = completions.iter().map(|c| c.lease_token).collect();
+        let results: Vec<Option<String>> = completions
+            .iter()
+            .map(|c| c.result.as_ref().map(|v| v.to_string()))
+            .collect();
+        let done: Vec<Id> = sqlx::query_scalar(concat!(
+            "UPDATE jobs SET state = 'succeeded', result = c.result, finished_at = $4,
+                   updated_at = $4, lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+                 FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
+                 WHERE jobs.id = c.id AND jobs.lease_token = c.token AND jobs.",
+            crate::backend::pg_running!(),
+            " RETURNING jobs.id"
+        ))
+        .bind(&ids)
+        .bind(&tokens)
+        .bind(&results)
+        .bind(ms(now))
+        .fetch_all(&self.pool)
+        .await
+        .op(op)?;
+        let done: std::collections::HashSet<Id> = done.into_iter().collect();
+        Ok(ids.iter().map(|id| done.contains(id)).collect())
+    }
+
+}
+
+/// Column arrays of a batch insert.
+#[derive(Default)]
+struct Columns {
+    id: Vec<Id>,
+    queue: Vec<String>,
+    kind: Vec<String>,
+    payload: Vec<String>,
+    priority: Vec<i64>,
+    base: Vec<i64>,
+    fingerprint: Vec<Option<String>>,
+    occurrences: Vec<i64>,
+    state: Vec<String>,
+    max_attempts: Vec<i64>,
+    timeout: Vec<i64>,
+    run_at: Vec<i64>,
+    deadline: Vec<i64>,
+    approval: Vec<Option<i64>>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            id: Vec::with_capacity(n),
+            payload: Vec::with_capacity(n),
+            ..Self::default()
+        }
+    }
+}
+
+async fn tenant_tier(
+    conn: &mut sqlx::PgConnection,
+    tenant_id: Id,
+    op: &'static str,
+) -> Result<i64, StoreError> {
+    let tier: Option<String> = sqlx::query_scalar("SELECT tier FROM tenants WHERE id = $1")
+        .bind(tenant_id)
+        .fetch_optional(conn)
+        .await
+        .op(op)?;
+    let tier = tier.ok_or_else(|| StoreError::NotFound {
+        entity: "tenant",
+        id: tenant_id.to_string(),
+    })?;
+    let tier: homeostat_model::PlanTier = tier.parse().map_err(|e| corrupt(op, e))?;
+    Ok(tier.base_priority())
+}

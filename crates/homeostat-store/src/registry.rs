@@ -1,0 +1,554 @@
+//! Tenants, tokens and agents: the registry operations, audited.
+
+use std::time::Duration;
+
+use homeostat_model::{
+    Agent, AgentStatus, ApiScope, Id, NewAgent, NewAuditEvent, PlanTier, Tenant, TokenInfo,
+    TokenKind, new_id,
+};
+use homeostat_runtime::Fence;
+use jiff::Timestamp;
+use serde_json::json;
+
+use crate::backend::{Backend, RowExt, Sql, Stmt};
+use crate::decisions::{actor_for, token_event};
+use crate::error::{Context, StoreError, corrupt, db_error};
+use crate::leases::check_fence;
+use crate::rows::{self, agent_columns};
+use crate::time::{add, dur_ms, ms, ts};
+use crate::{ApiKeyIdentity, IssuedSecret, audit_log, secret};
+
+const INSERT_TENANT: Sql =
+    Sql::both("INSERT INTO tenants (id, name, tier, created_at) VALUES ($1, $2, $3, $4)");
+const SET_TIER: Sql = Sql::both(
+    "UPDATE tenants SET tier = $1 WHERE id = $2 RETURNING id, name, tier, created_at",
+);
+const TENANT: Sql = Sql::both("SELECT id, name, tier, created_at FROM tenants WHERE id = $1");
+const TENANTS: Sql = Sql::both("SELECT id, name, tier, created_at FROM tenants ORDER BY name");
+
+const INSERT_TOKEN: Sql = Sql::both(
+    "INSERT INTO tokens (id, kind, hash, tenant_id, agent_id, admin, expires_at, uses_left, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+);
+const REVOKE_TOKEN: Sql = Sql::both(
+    "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 RETURNING kind",
+);
+const LIVE_TOKEN: Sql = Sql::both(
+    "SELECT id, hash, tenant_id, agent_id, admin, uses_left FROM tokens
+     WHERE hash = $1 AND kind = $2 AND revoked_at IS NULL
+       AND (expires_at IS NULL OR expires_at > $3)
+       AND (uses_left IS NULL OR uses_left > 0)",
+);
+const USE_TOKEN: Sql = Sql::both("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1");
+const DELETE_DEAD_TOKENS: Sql = Sql::both(
+    "DELETE FROM tokens WHERE id IN (
+       SELECT id FROM tokens WHERE expires_at <= $1
+       UNION SELECT id FROM tokens WHERE uses_left = 0
+       UNION SELECT id FROM tokens WHERE revoked_at IS NOT NULL
+       LIMIT $2)",
+);
+
+const INSERT_AGENT: Sql = Sql::both(
+    "INSERT INTO agents (id, tenant_id, name, labels, queues, status, last_heartbeat_at, registered_at)
+     VALUES ($1, $2, $3, $4, $5, 'online', $6, $7)",
+);
+const HEARTBEAT_AGENTS: Sql = Sql::pair(
+    "UPDATE agents SET last_heartbeat_at = $1,
+       status = CASE WHEN status = 'offline' THEN 'online' ELSE status END
+     WHERE id IN (SELECT value FROM json_each($2))",
+    "UPDATE agents SET last_heartbeat_at = $1,
+       status = CASE WHEN status = 'offline' THEN 'online' ELSE status END
+     WHERE id = ANY($2)",
+);
+const AGENT: Sql = Sql::both(concat!(
+    "SELECT ",
+    agent_columns!(),
+    " FROM agents WHERE id = $1"
+));
+const AGENTS: Sql = Sql::pair(
+    concat!(
+        "SELECT ",
+        agent_columns!(),
+        " FROM agents WHERE ($1 IS NULL OR tenant_id = $1) ORDER BY name"
+    ),
+    concat!(
+        "SELECT ",
+        agent_columns!(),
+        " FROM agents WHERE ($1::uuid IS NULL OR tenant_id = $1) ORDER BY name"
+    ),
+);
+const DRAIN_AGENT: Sql = Sql::both(concat!(
+    "UPDATE agents SET status = 'draining' WHERE id = $1 RETURNING ",
+    agent_columns!()
+));
+const SILENT_AGENTS_OFFLINE: Sql = Sql::both(
+    "UPDATE agents SET status = 'offline'
+     WHERE id IN (SELECT id FROM agents WHERE status <> 'offline'
+                  AND last_heartbeat_at < $1 LIMIT $2)
+     RETURNING id",
+);
+
+fn not_found(entity: &'static str, id: impl ToString) -> StoreError {
+    StoreError::NotFound {
+        entity,
+        id: id.to_string(),
+    }
+}
+
+// --- tenants -----------------------------------------------------------
+
+pub(crate) async fn create_tenant<B: Backend>(
+    b: &B,
+    name: &str,
+    tier: PlanTier,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Tenant, StoreError> {
+    homeostat_model::validate_name("name", name)?;
+    let op = "creating a tenant";
+    let mut tx = b.begin(op).await?;
+    let tenant = Tenant {
+        id: new_id(),
+        name: name.to_owned(),
+        tier,
+        created_at: ts(ms(now)),
+    };
+    let stmt = Stmt::new::<B>(INSERT_TENANT)
+        .arg(tenant.id)
+        .arg(name)
+        .arg(tier.as_str())
+        .arg(ms(now));
+    B::execute_in(&mut tx, stmt).await.map_err(|e| match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict {
+            operation: op,
+            entity: "tenant",
+            id: name.to_owned(),
+            reason: "a tenant with this name exists".into(),
+        },
+        e => db_error(op, e),
+    })?;
+    let event = NewAuditEvent {
+        actor: actor.to_owned(),
+        action: "tenant.created".into(),
+        subject: format!("tenant:{}", tenant.id),
+        details: json!({"name": name, "tier": tier}),
+    };
+    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    B::commit(tx, op).await?;
+    Ok(tenant)
+}
+
+pub(crate) async fn set_tenant_tier<B: Backend>(
+    b: &B,
+    id: Id,
+    tier: PlanTier,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Tenant, StoreError> {
+    let op = "changing a tenant's tier";
+    let mut tx = b.begin(op).await?;
+    let stmt = Stmt::new::<B>(SET_TIER).arg(tier.as_str()).arg(id);
+    let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
+    let row = rows.first().ok_or_else(|| not_found("tenant", id))?;
+    let event = NewAuditEvent {
+        actor: actor.to_owned(),
+        action: "tenant.tier_changed".into(),
+        subject: format!("tenant:{id}"),
+        details: json!({"tier": tier}),
+    };
+    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    B::commit(tx, op).await?;
+    rows::tenant(row)
+}
+
+pub(crate) async fn get_tenant<B: Backend>(b: &B, id: Id) -> Result<Tenant, StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(TENANT).arg(id))
+        .await
+        .op("reading a tenant")?;
+    rows::tenant(rows.first().ok_or_else(|| not_found("tenant", id))?)
+}
+
+pub(crate) async fn list_tenants<B: Backend>(b: &B) -> Result<Vec<Tenant>, StoreError> {
+    b.fetch(Stmt::new::<B>(TENANTS))
+        .await
+        .op("listing tenants")?
+        .iter()
+        .map(rows::tenant)
+        .collect()
+}
+
+// --- tokens ------------------------------------------------------------
+
+/// A token to store: who it is for and how long it lives.
+struct NewToken {
+    kind: TokenKind,
+    prefix: &'static str,
+    tenant_id: Option<Id>,
+    agent_id: Option<Id>,
+    admin: bool,
+    expires_at: Option<i64>,
+    uses_left: Option<u32>,
+}
+
+async fn insert_token<B: Backend>(
+    tx: &mut B::Tx,
+    token: NewToken,
+    now: Timestamp,
+) -> Result<IssuedSecret, StoreError> {
+    let secret = secret::generate(token.prefix);
+    let info = TokenInfo {
+        id: new_id(),
+        kind: token.kind,
+        tenant_id: token.tenant_id,
+        agent_id: token.agent_id,
+        admin: token.admin,
+        expires_at: token.expires_at.map(ts),
+        uses_left: token.uses_left,
+        revoked_at: None,
+        created_at: ts(ms(now)),
+    };
+    let hash = secret::hash(&secret);
+    let stmt = Stmt::new::<B>(INSERT_TOKEN)
+        .arg(info.id)
+        .arg(token.kind.as_str())
+        .arg(hash.as_slice())
+        .arg(token.tenant_id)
+        .arg(token.agent_id)
+        .arg(token.admin)
+        .arg(token.expires_at)
+        .arg(token.uses_left.map(i64::from))
+        .arg(ms(now));
+    B::execute_in(tx, stmt).await.op("storing a token")?;
+    Ok(IssuedSecret { info, secret })
+}
+
+async fn issue<B: Backend>(
+    b: &B,
+    op: &'static str,
+    token: NewToken,
+    actor: &str,
+    now: Timestamp,
+) -> Result<IssuedSecret, StoreError> {
+    let mut tx = b.begin(op).await?;
+    let issued = insert_token::<B>(&mut tx, token, now).await?;
+    let event = token_event(actor, "token.created", &issued.info);
+    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    B::commit(tx, op).await?;
+    Ok(issued)
+}
+
+pub(crate) async fn issue_bootstrap_token<B: Backend>(
+    b: &B,
+    tenant_id: Option<Id>,
+    ttl: Duration,
+    uses: u32,
+    actor: &str,
+    now: Timestamp,
+) -> Result<IssuedSecret, StoreError> {
+    let token = NewToken {
+        kind: TokenKind::Bootstrap,
+        prefix: "hsb",
+        tenant_id,
+        agent_id: None,
+        admin: false,
+        expires_at: Some(add(now, ttl)),
+        uses_left: Some(uses),
+    };
+    issue(b, "issuing a bootstrap token", token, actor, now).await
+}
+
+pub(crate) async fn issue_api_key<B: Backend>(
+    b: &B,
+    scope: ApiScope,
+    ttl: Option<Duration>,
+    actor: &str,
+    now: Timestamp,
+) -> Result<IssuedSecret, StoreError> {
+    let (tenant_id, admin) = match scope {
+        ApiScope::Admin => (None, true),
+        ApiScope::Tenant(t) => (Some(t), false),
+    };
+    let token = NewToken {
+        kind: TokenKind::ApiKey,
+        prefix: "hsk",
+        tenant_id,
+        agent_id: None,
+        admin,
+        expires_at: ttl.map(|t| add(now, t)),
+        uses_left: None,
+    };
+    issue(b, "issuing an API key", token, actor, now).await
+}
+
+pub(crate) async fn revoke_token<B: Backend>(
+    b: &B,
+    id: Id,
+    actor: &str,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let op = "revoking a token";
+    let mut tx = b.begin(op).await?;
+    let stmt = Stmt::new::<B>(REVOKE_TOKEN).arg(ms(now)).arg(id);
+    let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
+    let kind = rows.first().ok_or_else(|| not_found("token", id))?.text("kind")?;
+    let event = NewAuditEvent {
+        actor: actor.to_owned(),
+        action: "token.revoked".into(),
+        subject: format!("token:{id}"),
+        details: json!({"kind": kind}),
+    };
+    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    B::commit(tx, op).await
+}
+
+/// A live token of `kind` with this secret, compared in constant time.
+fn live_token<B: Backend>(
+    rows: Vec<B::Row>,
+    presented: &[u8; 32],
+) -> Result<Option<B::Row>, StoreError> {
+    for row in rows {
+        if secret::matches(&row.bytes("hash")?, presented) {
+            return Ok(Some(row));
+        }
+    }
+    Ok(None)
+}
+
+fn live_token_stmt<'a, B: Backend>(
+    presented: &'a [u8; 32],
+    kind: TokenKind,
+    now: Timestamp,
+) -> Stmt<'a> {
+    Stmt::new::<B>(LIVE_TOKEN)
+        .arg(presented.as_slice())
+        .arg(kind.as_str())
+        .arg(ms(now))
+}
+
+pub(crate) async fn authenticate_api_key<B: Backend>(
+    b: &B,
+    secret_text: &str,
+    now: Timestamp,
+) -> Result<ApiKeyIdentity, StoreError> {
+    let op = "checking a token";
+    let presented = secret::hash(secret_text);
+    let rows = b
+        .fetch(live_token_stmt::<B>(&presented, TokenKind::ApiKey, now))
+        .await
+        .op(op)?;
+    let row = live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized { kind: "API key" })?;
+    let scope = if row.flag("admin")? {
+        ApiScope::Admin
+    } else {
+        ApiScope::Tenant(
+            row.opt_id("tenant_id")?
+                .ok_or_else(|| corrupt(op, "tenant API key without a tenant"))?,
+        )
+    };
+    Ok(ApiKeyIdentity {
+        token_id: row.id("id")?,
+        scope,
+    })
+}
+
+pub(crate) async fn authenticate_agent<B: Backend>(
+    b: &B,
+    secret_text: &str,
+    now: Timestamp,
+) -> Result<Id, StoreError> {
+    let op = "checking a token";
+    let presented = secret::hash(secret_text);
+    let rows = b
+        .fetch(live_token_stmt::<B>(&presented, TokenKind::AgentCredential, now))
+        .await
+        .op(op)?;
+    let row = live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized {
+        kind: "agent credential",
+    })?;
+    row.opt_id("agent_id")?
+        .ok_or_else(|| corrupt(op, "agent credential without an agent"))
+}
+
+pub(crate) async fn delete_dead_tokens<B: Backend>(
+    b: &B,
+    now: Timestamp,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<u64, StoreError> {
+    let op = "tokens.deleted";
+    let mut tx = b.begin(op).await?;
+    check_fence::<B>(&mut tx, fence, op).await?;
+    let stmt = Stmt::new::<B>(DELETE_DEAD_TOKENS)
+        .arg(ms(now))
+        .arg(i64::from(limit));
+    let n = B::execute_in(&mut tx, stmt).await.op(op)?;
+    if n > 0 {
+        let event = NewAuditEvent {
+            actor: actor_for(fence),
+            action: op.into(),
+            subject: "tokens".into(),
+            details: json!({"count": n, "reason": "expired, used up or revoked"}),
+        };
+        audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    }
+    B::commit(tx, op).await?;
+    Ok(n)
+}
+
+// --- agents ------------------------------------------------------------
+
+pub(crate) async fn register_agent<B: Backend>(
+    b: &B,
+    bootstrap_secret: &str,
+    agent: &NewAgent,
+    now: Timestamp,
+) -> Result<(Agent, IssuedSecret), StoreError> {
+    agent.validate()?;
+    let op = "registering an agent";
+    let presented = secret::hash(bootstrap_secret);
+    let mut tx = b.begin(op).await?;
+    let rows = B::fetch_in(
+        &mut tx,
+        live_token_stmt::<B>(&presented, TokenKind::Bootstrap, now),
+    )
+    .await
+    .op(op)?;
+    let token = live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized {
+        kind: "bootstrap token",
+    })?;
+    let token_id = token.id("id")?;
+    B::execute_in(&mut tx, Stmt::new::<B>(USE_TOKEN).arg(token_id))
+        .await
+        .op(op)?;
+    let stored = Agent {
+        id: new_id(),
+        tenant_id: token.opt_id("tenant_id")?,
+        name: agent.name.clone(),
+        labels: agent.labels.clone(),
+        queues: agent.queues.clone(),
+        status: AgentStatus::Online,
+        last_heartbeat_at: ts(ms(now)),
+        registered_at: ts(ms(now)),
+    };
+    let labels = serde_json::to_string(&stored.labels).map_err(|e| corrupt(op, e))?;
+    let stmt = Stmt::new::<B>(INSERT_AGENT)
+        .arg(stored.id)
+        .arg(stored.tenant_id)
+        .arg(&stored.name)
+        .arg(&labels)
+        .arg(stored.queues.as_slice())
+        .arg(ms(now))
+        .arg(ms(now));
+    B::execute_in(&mut tx, stmt).await.op(op)?;
+    let credential = NewToken {
+        kind: TokenKind::AgentCredential,
+        prefix: "hsa",
+        tenant_id: stored.tenant_id,
+        agent_id: Some(stored.id),
+        admin: false,
+        expires_at: None,
+        uses_left: None,
+    };
+    let credential = insert_token::<B>(&mut tx, credential, now).await?;
+    let event = NewAuditEvent {
+        actor: format!("bootstrap-token:{token_id}"),
+        action: "agent.registered".into(),
+        subject: format!("agent:{}", stored.id),
+        details: json!({
+            "name": stored.name,
+            "tenant_id": stored.tenant_id,
+            "queues": stored.queues,
+            "credential_token_id": credential.info.id,
+        }),
+    };
+    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    B::commit(tx, op).await?;
+    Ok((stored, credential))
+}
+
+pub(crate) async fn heartbeat_agents<B: Backend>(
+    b: &B,
+    ids: &[Id],
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let stmt = Stmt::new::<B>(HEARTBEAT_AGENTS).arg(ms(now)).arg(ids);
+    b.execute_write(stmt)
+        .await
+        .op("recording agent heartbeats")
+}
+
+pub(crate) async fn get_agent<B: Backend>(b: &B, id: Id) -> Result<Agent, StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(AGENT).arg(id))
+        .await
+        .op("reading an agent")?;
+    rows::agent(rows.first().ok_or_else(|| not_found("agent", id))?)
+}
+
+pub(crate) async fn list_agents<B: Backend>(
+    b: &B,
+    tenant: Option<Id>,
+) -> Result<Vec<Agent>, StoreError> {
+    b.fetch(Stmt::new::<B>(AGENTS).arg(tenant))
+        .await
+        .op("listing agents")?
+        .iter()
+        .map(rows::agent)
+        .collect()
+}
+
+pub(crate) async fn drain_agent<B: Backend>(
+    b: &B,
+    id: Id,
+    actor: &str,
+    now: Timestamp,
+) -> Result<Agent, StoreError> {
+    let op = "draining an agent";
+    let mut tx = b.begin(op).await?;
+    let rows = B::fetch_in(&mut tx, Stmt::new::<B>(DRAIN_AGENT).arg(id))
+        .await
+        .op(op)?;
+    let row = rows.first().ok_or_else(|| not_found("agent", id))?;
+    let event = NewAuditEvent {
+        actor: actor.to_owned(),
+        action: "agent.draining".into(),
+        subject: format!("agent:{id}"),
+        details: json!({}),
+    };
+    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    B::commit(tx, op).await?;
+    rows::agent(row)
+}
+
+pub(crate) async fn mark_silent_agents_offline<B: Backend>(
+    b: &B,
+    now: Timestamp,
+    stale_after: Duration,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<Vec<Id>, StoreError> {
+    let op = "agents.offline";
+    let mut tx = b.begin(op).await?;
+    check_fence::<B>(&mut tx, fence, op).await?;
+    let stmt = Stmt::new::<B>(SILENT_AGENTS_OFFLINE)
+        .arg(ms(now) - dur_ms(stale_after))
+        .arg(i64::from(limit));
+    let ids = B::fetch_in(&mut tx, stmt)
+        .await
+        .op(op)?
+        .iter()
+        .map(|r| r.id("id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if !ids.is_empty() {
+        let event = NewAuditEvent {
+            actor: actor_for(fence),
+            action: op.into(),
+            subject: "agents".into(),
+            details: json!({"ids": ids, "count": ids.len(), "reason": "silent past the stale timeout"}),
+        };
+        audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    }
+    B::commit(tx, op).await?;
+    Ok(ids)
+}

@@ -1,0 +1,301 @@
+//! The hot path on SQLite, tuned per backend (see docs/benchmarks.md):
+//! batch enqueue, claim and batch completion.
+
+use std::time::Duration;
+
+use homeostat_model::{Id, NewJob, ids_at};
+use jiff::Timestamp;
+use serde_json::json;
+use sqlx::Row;
+
+use super::{SqliteStore, Tx};
+use crate::backend::{Backend, RowExt};
+use crate::error::{Context, StoreError, corrupt};
+use crate::time::{add, dur_ms, ms, ts};
+use crate::{ClaimedJob, Completion, Enqueued};
+
+/// An agent's tenant and queues.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentFacts {
+    pub(crate) tenant: Option<String>,
+    pub(crate) queues: Vec<String>,
+}
+
+/// What a claim sets: ?1 agent, ?2 lease expiry, ?3 now.
+macro_rules! claim_set {
+    () => {
+        "state = 'running', attempt = attempt + 1, lease_agent = ?1,
+         lease_token = lease_token + 1, lease_expires_at = ?2, started_at = ?3,
+         timeout_at = ?3 + timeout_ms, updated_at = ?3"
+    };
+}
+
+macro_rules! claim_returning {
+    () => {
+        "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
+         lease_expires_at, timeout_ms, effective_priority, queued_at"
+    };
+}
+
+impl SqliteStore {
+    /// An agent's tenant and queues, cached after the first look.
+    async fn agent_facts(&self, id: Id, op: &'static str) -> Result<AgentFacts, StoreError> {
+        if let Some(facts) = self.agents.lock().unwrap().get(&id) {
+            return Ok(facts.clone());
+        }
+        let row = sqlx::query("SELECT tenant_id, queues FROM agents WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .op(op)?
+            .ok_or_else(|| StoreError::NotFound {
+                entity: "agent",
+                id: id.to_string(),
+            })?;
+        let facts = AgentFacts {
+            tenant: row.get(0),
+            queues: serde_json::from_str(&row.get::<String, _>(1)).map_err(|e| corrupt(op, e))?,
+        };
+        self.agents.lock().unwrap().insert(id, facts.clone());
+        Ok(facts)
+    }
+
+    pub(crate) async fn enqueue_batch(
+        &self,
+        tenant_id: Id,
+        jobs: &[NewJob],
+        now: Timestamp,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let op = "enqueueing jobs";
+        for job in jobs {
+            job.validate()?;
+        }
+        let mut tx = self.begin(op).await?;
+        let out = self.enqueue_batch_in(&mut tx, tenant_id, jobs, now).await?;
+        tx.commit().await.op(op)?;
+        Ok(out)
+    }
+
+    /// Enqueues validated jobs inside `tx`.
+    pub(super) async fn enqueue_batch_in(
+        &self,
+        tx: &mut Tx,
+        tenant_id: Id,
+        jobs: &[NewJob],
+        now: Timestamp,
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        let op = "enqueueing jobs";
+        let generated: Vec<Id> = ids_at(now, jobs.len()).collect();
+        let tier = tenant_tier(tx, tenant_id, op).await?;
+        // The whole batch travels as one JSON array into one statement;
+        // SQLite applies the upsert row by row, so duplicates within the
+        // batch fold into the first.
+        let rows: Vec<serde_json::Value> = jobs
+            .iter()
+            .zip(&generated)
+            .map(|(job, id)| {
+                let run_at = job.run_at.map(ms).unwrap_or(ms(now)).max(ms(now));
+                json!({
+                    "id": id.to_string(),
+                    "queue": job.queue,
+                    "kind": job.kind,
+                    "payload": job.payload.to_string(),
+                    "priority": job.priority,
+                    "base": tier + i64::from(job.priority),
+                    "fp": job.fingerprint,
+                    "state": job.initial_state(now).as_str(),
+                    "max": job.max_attempts(),
+                    "timeout": dur_ms(job.timeout()),
+                    "run_at": run_at,
+                    "deadline": job.deadline.map(ms).unwrap_or_else(|| {
+                        run_at + dur_ms(Backend::options(self).default_queue_deadline)
+                    }),
+                    "approval": job.approval_expires_at.map(ms),
+                })
+            })
+            .collect();
+        let stored = sqlx::query(concat!(
+            "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+               effective_priority, fingerprint, state, max_attempts, timeout_ms, run_at,
+               queued_at, deadline_at, approval_expires_at, created_at, updated_at)
+             SELECT j->>'id', ?1, j->>'queue', j->>'kind', j->>'payload', j->>'priority',
+               j->>'base', j->>'base', j->>'fp', j->>'state', j->>'max', j->>'timeout',
+               j->>'run_at', j->>'run_at', j->>'deadline', j->>'approval', ?2, ?2
+             FROM (SELECT value AS j FROM json_each(?3) ORDER BY key) WHERE true
+             ON CONFLICT (tenant_id, fingerprint)
+               WHERE fingerprint IS NOT NULL AND state NOT IN ",
+            crate::rows::terminal!(),
+            " DO UPDATE SET occurrences = occurrences + 1, updated_at = excluded.updated_at
+             RETURNING ",
+            crate::rows::job_columns!()
+        ))
+        .bind(tenant_id.to_string())
+        .bind(ms(now))
+        .bind(serde_json::Value::Array(rows).to_string())
+        .fetch_all(&mut **tx)
+        .await
+        .op(op)?;
+        let stored = stored
+            .iter()
+            .map(crate::rows::job)
+            .collect::<Result<Vec<_>, _>>()?;
+        crate::decisions::match_enqueued(jobs, &generated, stored)
+    }
+
+    pub(crate) async fn claim(
+        &self,
+        agent_id: Id,
+        limit: u32,
+        lease: Duration,
+        now: Timestamp,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let op = "claiming jobs";
+        let facts = self.agent_facts(agent_id, op).await?;
+        let rows = if let [queue] = facts.queues.as_slice() {
+            // The usual case: one statement, which SQLite runs as its own
+            // transaction on the single write connection.
+            sqlx::query(concat!(
+                "UPDATE jobs SET ",
+                claim_set!(),
+                " WHERE rowid IN (
+                   SELECT rowid FROM jobs INDEXED BY jobs_claim
+                   WHERE state = 'queued' AND queue = ?4 AND (?5 IS NULL OR tenant_id = ?5)
+                   ORDER BY effective_priority DESC, queued_at LIMIT ?6)
+                 AND EXISTS (SELECT 1 FROM agents WHERE id = ?1 AND status = 'online')
+                 RETURNING ",
+                claim_returning!()
+            ))
+            .bind(agent_id.to_string())
+            .bind(add(now, lease))
+            .bind(ms(now))
+            .bind(queue)
+            .bind(&facts.tenant)
+            .bind(i64::from(limit))
+            .fetch_all(&self.writer)
+            .await
+            .op(op)?
+        } else {
+            // One index-ordered scan per queue, merged here: a single query
+            // over all queues would sort every queued job.
+            let mut tx = self.begin(op).await?;
+            let mut candidates: Vec<(i64, i64, String)> = Vec::new();
+            for queue in &facts.queues {
+                let rows = sqlx::query(
+                    "SELECT id, effective_priority, queued_at FROM jobs INDEXED BY jobs_claim
+                     WHERE state = 'queued' AND queue = ?1 AND (?2 IS NULL OR tenant_id = ?2)
+                     ORDER BY effective_priority DESC, queued_at LIMIT ?3",
+                )
+                .bind(queue)
+                .bind(&facts.tenant)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await
+                .op(op)?;
+                candidates.extend(
+                    rows.iter()
+                        .map(|r| (-r.get::<i64, _>(1), r.get(2), r.get(0))),
+                );
+            }
+            candidates.sort();
+            candidates.truncate(limit as usize);
+            let ids: Vec<String> = candidates.into_iter().map(|(_, _, id)| id).collect();
+            let rows = sqlx::query(concat!(
+                "UPDATE jobs SET ",
+                claim_set!(),
+                " WHERE id IN (SELECT value FROM json_each(?4))
+                 AND EXISTS (SELECT 1 FROM agents WHERE id = ?1 AND status = 'online')
+                 RETURNING ",
+                claim_returning!()
+            ))
+            .bind(agent_id.to_string())
+            .bind(add(now, lease))
+            .bind(ms(now))
+            .bind(serde_json::to_string(&ids).unwrap_or_default())
+            .fetch_all(&mut *tx)
+            .await
+            .op(op)?;
+            tx.commit().await.op(op)?;
+            rows
+        };
+        if rows.is_empty() {
+            crate::jobs::require_online(self, agent_id, op).await?;
+        }
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut order = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let payload: String = r.get(4);
+            claimed.push(ClaimedJob {
+                id: r.id("id")?,
+                tenant_id: r.id("tenant_id")?,
+                queue: r.get(2),
+                kind: r.get(3),
+                payload: serde_json::from_str(&payload).map_err(|e| corrupt(op, e))?,
+                attempt: r.get::<i64, _>(5) as u32,
+                max_attempts: r.get::<i64, _>(6) as u32,
+                lease_token: r.get(7),
+                lease_expires_at: ts(r.get(8)),
+                timeout_secs: (r.get::<i64, _>(9) / 1000) as u64,
+            });
+            order.push((-r.get::<i64, _>(10), r.get::<i64, _>(11)));
+        }
+        // RETURNING gives no order; hand them out in claim order.
+        let mut indexed: Vec<_> = order.into_iter().zip(claimed).collect();
+        indexed.sort_by_key(|(key, _)| *key);
+        Ok(indexed.into_iter().map(|(_, job)| job).collect())
+    }
+
+    pub(crate) async fn complete_batch(
+        &self,
+        completions: &[Completion],
+        now: Timestamp,
+    ) -> Result<Vec<bool>, StoreError> {
+        let op = "completing jobs";
+        // [[id, token, result], …]: positional, cheaper for SQLite to take
+        // apart than objects.
+        let batch: Vec<(String, i64, Option<String>)> = completions
+            .iter()
+            .map(|c| {
+                (
+                    c.id.to_string(),
+                    c.lease_token,
+                    c.result.as_ref().map(|v| v.to_string()),
+                )
+            })
+            .collect();
+        // One statement: its own transaction on the single write connection.
+        let done: Vec<String> = sqlx::query_scalar(concat!(
+            "UPDATE jobs SET state = 'succeeded', result = c.r, finished_at = ?2, updated_at = ?2,
+               lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+             FROM (SELECT value->>0 AS id, value->>1 AS t, value->>2 AS r
+                   FROM json_each(?1)) AS c
+             WHERE jobs.id = c.id AND jobs.lease_token = c.t AND ",
+            crate::backend::sqlite_running!(),
+            " RETURNING jobs.id"
+        ))
+        .bind(serde_json::to_string(&batch).map_err(|e| corrupt(op, e))?)
+        .bind(ms(now))
+        .fetch_all(&self.writer)
+        .await
+        .op(op)?;
+        let done: std::collections::HashSet<String> = done.into_iter().collect();
+        Ok(completions
+            .iter()
+            .map(|c| done.contains(&c.id.to_string()))
+            .collect())
+    }
+
+}
+
+async fn tenant_tier(tx: &mut Tx, tenant_id: Id, op: &'static str) -> Result<i64, StoreError> {
+    let tier: Option<String> = sqlx::query_scalar("SELECT tier FROM tenants WHERE id = ?")
+        .bind(tenant_id.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .op(op)?;
+    let tier = tier.ok_or_else(|| StoreError::NotFound {
+        entity: "tenant",
+        id: tenant_id.to_string(),
+    })?;
+    let tier: homeostat_model::PlanTier = tier.parse().map_err(|e| corrupt(op, e))?;
+    Ok(tier.base_priority())
+}

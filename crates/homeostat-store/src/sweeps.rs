@@ -1,0 +1,342 @@
+//! The set-based sweeps the controllers call: each one statement, limited
+//! to a batch, fenced by the caller's lease and audited, in one
+//! transaction. Each sweep's SQLite and PostgreSQL texts stand side by
+//! side: PostgreSQL skips rows other replicas hold (`SKIP LOCKED`) and
+//! casts to its state enum; SQLite names the index its planner would miss.
+
+use homeostat_model::NewAuditEvent;
+use homeostat_runtime::Fence;
+use jiff::Timestamp;
+use serde_json::json;
+
+use crate::backend::{Backend, RowExt, Sql, Stmt};
+use crate::decisions::{actor_for, id_before, sweep_event};
+use crate::error::{Context, StoreError};
+use crate::leases::check_fence;
+use crate::time::{dur_ms, ms};
+use crate::{JobRetention, Swept, audit_log};
+
+/// A sweep statement returning `(id, state)` of the rows it changed, with
+/// the audit action and reason that describe it.
+struct Sweep {
+    action: &'static str,
+    reason: &'static str,
+    sql: Sql,
+}
+
+/// `$1` now, `$2` limit.
+const LEASE_EXPIRED: Sweep = Sweep {
+    action: "jobs.lease_expired",
+    reason: "lease expired",
+    sql: Sql::pair(
+        "UPDATE jobs SET
+           state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
+           queued_at = $1, updated_at = $1, last_error = 'lease expired: the agent stopped heartbeating the job',
+           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 LIMIT $2)
+         RETURNING id, state",
+        "UPDATE jobs SET
+           state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
+           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
+           queued_at = $1, updated_at = $1, last_error = 'lease expired: the agent stopped heartbeating the job',
+           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1
+                      LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id, state::text AS state",
+    ),
+};
+
+/// `$1` now, `$2` limit.
+const AGENT_OFFLINE: Sweep = Sweep {
+    action: "jobs.agent_offline",
+    reason: "agent offline",
+    sql: Sql::pair(
+        "UPDATE jobs SET
+           state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
+           queued_at = $1, updated_at = $1, last_error = 'reclaimed: the agent went offline',
+           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id IN (SELECT j.id FROM jobs j INDEXED BY jobs_running_lease
+                      JOIN agents a ON a.id = j.lease_agent
+                      WHERE j.state = 'running' AND a.status = 'offline' LIMIT $2)
+         RETURNING id, state",
+        "UPDATE jobs SET
+           state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
+           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
+           queued_at = $1, updated_at = $1, last_error = 'reclaimed: the agent went offline',
+           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id IN (SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent
+                      WHERE j.state = 'running' AND a.status = 'offline'
+                      LIMIT $2 FOR UPDATE OF j SKIP LOCKED)
+         RETURNING id, state::text AS state",
+    ),
+};
+
+/// `$1` now, `$2` limit.
+const DEADLINE_PASSED: Sweep = Sweep {
+    action: "jobs.deadline_passed",
+    reason: "deadline passed",
+    sql: Sql::pair(
+        "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
+           last_error = 'not started before its deadline'
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND attempt = 0
+                      AND deadline_at < $1 LIMIT $2)
+         RETURNING id, state",
+        "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
+           last_error = 'not started before its deadline'
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND attempt = 0
+                      AND deadline_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id, state::text AS state",
+    ),
+};
+
+/// `$1` now, `$2` limit, `$3` first retry delay, `$4` longest delay (ms).
+const TIMED_OUT: Sweep = Sweep {
+    action: "jobs.timed_out",
+    reason: "attempt timed out",
+    sql: Sql::pair(
+        "UPDATE jobs SET
+           state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'scheduled' END,
+           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
+           run_at = $1 + MIN($4, $3 << MIN(MAX(attempt - 1, 0), 40)),
+           updated_at = $1, last_error = 'attempt timed out',
+           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_running_lease
+                      WHERE state = 'running' AND timeout_at < $1 LIMIT $2)
+         RETURNING id, state",
+        "UPDATE jobs SET
+           state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'scheduled' END,
+           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
+           run_at = $1 + LEAST($4, $3 << LEAST(GREATEST(attempt - 1, 0), 40)::int),
+           updated_at = $1, last_error = 'attempt timed out',
+           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND timeout_at < $1
+                      LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id, state::text AS state",
+    ),
+};
+
+/// `$1` now, `$2` limit.
+const PROMOTED: Sweep = Sweep {
+    action: "jobs.promoted",
+    reason: "run time reached",
+    sql: Sql::pair(
+        "UPDATE jobs SET state = 'queued', queued_at = $1, updated_at = $1
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1 LIMIT $2)
+         RETURNING id, state",
+        "UPDATE jobs SET state = 'queued', queued_at = $1, updated_at = $1
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1
+                      LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id, state::text AS state",
+    ),
+};
+
+/// `$1` now, `$2` limit.
+const APPROVAL_EXPIRED: Sweep = Sweep {
+    action: "jobs.approval_expired",
+    reason: "approval expired",
+    sql: Sql::pair(
+        "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
+           last_error = 'approval expired'
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'awaiting_approval'
+                      AND approval_expires_at < $1 LIMIT $2)
+         RETURNING id, state",
+        "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
+           last_error = 'approval expired'
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'awaiting_approval'
+                      AND approval_expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id, state::text AS state",
+    ),
+};
+
+/// `$1` succeeded/cancelled cutoff, `$2` dead/expired cutoff, `$3` limit,
+/// `$4` the smallest id created after the older cutoff: every job below it
+/// is old enough to look at, so the scan walks the primary key's prefix.
+const DELETED: Sweep = Sweep {
+    action: "jobs.deleted",
+    reason: "past retention",
+    sql: Sql::pair(
+        "DELETE FROM jobs WHERE id IN (
+           SELECT id FROM jobs WHERE id < $4 AND (
+             (state IN ('succeeded', 'cancelled') AND finished_at < $1)
+             OR (state IN ('dead', 'expired') AND finished_at < $2))
+           LIMIT $3)
+         RETURNING id, state",
+        "DELETE FROM jobs WHERE id IN (
+           SELECT id FROM jobs WHERE id < $4 AND (
+             (state IN ('succeeded', 'cancelled') AND finished_at < $1)
+             OR (state IN ('dead', 'expired') AND finished_at < $2))
+           LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING id, state::text AS state",
+    ),
+};
+
+/// `$1` now, `$2` bonus per minute, `$3` ceiling, `$4` limit.
+const REPRIORITIZE: Sql = Sql::pair(
+    "UPDATE jobs SET effective_priority = MAX(base_priority, MIN($3, base_priority + (($1 - queued_at) / 60000) * $2))
+     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued'
+         AND effective_priority <> MAX(base_priority, MIN($3, base_priority + (($1 - queued_at) / 60000) * $2))
+         LIMIT $4)",
+    "UPDATE jobs SET effective_priority = GREATEST(base_priority, LEAST($3, base_priority + (($1 - queued_at) / 60000) * $2))
+     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued'
+         AND effective_priority <> GREATEST(base_priority, LEAST($3, base_priority + (($1 - queued_at) / 60000) * $2))
+         LIMIT $4 FOR UPDATE SKIP LOCKED)",
+);
+
+/// Runs one sweep, fenced and audited in one transaction.
+async fn run<B: Backend>(
+    b: &B,
+    sweep: &Sweep,
+    stmt: impl FnOnce(Stmt<'static>) -> Stmt<'static>,
+    fence: Option<&Fence>,
+    now: Timestamp,
+) -> Result<Swept, StoreError> {
+    let op = sweep.action;
+    let mut tx = b.begin(op).await?;
+    check_fence::<B>(&mut tx, fence, op).await?;
+    let rows = B::fetch_in(&mut tx, stmt(Stmt::new::<B>(sweep.sql)))
+        .await
+        .op(op)?;
+    let mut swept = Swept::default();
+    for r in &rows {
+        let id = r.id("id")?;
+        if r.text("state")? == "dead" {
+            swept.dead.push(id);
+        }
+        swept.ids.push(id);
+    }
+    swept.changed = swept.ids.len() as u64;
+    if swept.changed > 0 {
+        let event = sweep_event(&actor_for(fence), op, sweep.reason, &swept);
+        audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    }
+    B::commit(tx, op).await?;
+    Ok(swept)
+}
+
+/// A sweep whose only arguments are now and the batch limit.
+async fn run_due<B: Backend>(
+    b: &B,
+    sweep: &Sweep,
+    now: Timestamp,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<Swept, StoreError> {
+    run(
+        b,
+        sweep,
+        |s| s.arg(ms(now)).arg(i64::from(limit)),
+        fence,
+        now,
+    )
+    .await
+}
+
+pub(crate) async fn requeue_expired_leases<B: Backend>(
+    b: &B,
+    now: Timestamp,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<Swept, StoreError> {
+    run_due(b, &LEASE_EXPIRED, now, limit, fence).await
+}
+
+pub(crate) async fn reclaim_offline_agent_jobs<B: Backend>(
+    b: &B,
+    now: Timestamp,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<Swept, StoreError> {
+    run_due(b, &AGENT_OFFLINE, now, limit, fence).await
+}
+
+pub(crate) async fn expire_overdue_queued<B: Backend>(
+    b: &B,
+    now: Timestamp,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<Swept, StoreError> {
+    run_due(b, &DEADLINE_PASSED, now, limit, fence).await
+}
+
+pub(crate) async fn promote_scheduled<B: Backend>(
+    b: &B,
+    now: Timestamp,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<Swept, StoreError> {
+    run_due(b, &PROMOTED, now, limit, fence).await
+}
+
+pub(crate) async fn expire_approvals<B: Backend>(
+    b: &B,
+    now: Timestamp,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<Swept, StoreError> {
+    run_due(b, &APPROVAL_EXPIRED, now, limit, fence).await
+}
+
+pub(crate) async fn time_out_running<B: Backend>(
+    b: &B,
+    now: Timestamp,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<Swept, StoreError> {
+    let (initial, cap) = b.options().retry_bounds_ms();
+    let stmt = |s: Stmt<'static>| {
+        s.arg(ms(now))
+            .arg(i64::from(limit))
+            .arg(initial)
+            .arg(cap)
+    };
+    run(b, &TIMED_OUT, stmt, fence, now).await
+}
+
+pub(crate) async fn delete_finished_jobs<B: Backend>(
+    b: &B,
+    now: Timestamp,
+    retention: JobRetention,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<Swept, StoreError> {
+    let oldest = ms(now) - dur_ms(retention.succeeded.min(retention.failed));
+    let stmt = |s: Stmt<'static>| {
+        s.arg(ms(now) - dur_ms(retention.succeeded))
+            .arg(ms(now) - dur_ms(retention.failed))
+            .arg(i64::from(limit))
+            .arg(id_before(oldest))
+    };
+    run(b, &DELETED, stmt, fence, now).await
+}
+
+pub(crate) async fn recompute_priorities<B: Backend>(
+    b: &B,
+    now: Timestamp,
+    bonus_per_minute: i64,
+    cap: i64,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<u64, StoreError> {
+    let op = "jobs.reprioritized";
+    let mut tx = b.begin(op).await?;
+    check_fence::<B>(&mut tx, fence, op).await?;
+    let stmt = Stmt::new::<B>(REPRIORITIZE)
+        .arg(ms(now))
+        .arg(bonus_per_minute)
+        .arg(cap)
+        .arg(i64::from(limit));
+    let changed = B::execute_in(&mut tx, stmt).await.op(op)?;
+    if changed > 0 {
+        let event = NewAuditEvent {
+            actor: actor_for(fence),
+            action: op.into(),
+            subject: "jobs".into(),
+            details: json!({"count": changed, "bonus_per_minute": bonus_per_minute, "cap": cap}),
+        };
+        audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    }
+    B::commit(tx, op).await?;
+    Ok(changed)
+}
