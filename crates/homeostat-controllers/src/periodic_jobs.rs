@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use croner::Cron;
-use homeostat_model::{Id, NewJob};
+use homeostat_model::{NewJob, TenantId};
 use homeostat_runtime::{BoxError, Context, Controller, Plan, PlannedChange, Reconciled};
 use homeostat_store::{PeriodicEnqueue, Store};
 use jiff::tz::TimeZone;
@@ -25,7 +25,7 @@ pub struct PeriodicSchedule {
     /// IANA time zone the pattern is read in (`UTC`, `Europe/Paris`).
     pub timezone: String,
     /// Tenant the jobs belong to.
-    pub tenant_id: Id,
+    pub tenant_id: TenantId,
     /// The job to enqueue at each slot.
     pub job: NewJob,
 }

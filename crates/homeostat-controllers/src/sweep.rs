@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use homeostat_model::Id;
+use homeostat_model::AgentId;
 use homeostat_runtime::{BoxError, Context, Plan, PlannedChange};
 use homeostat_store::{PlanKind, Store, StoreError, Swept};
 use jiff::Timestamp;
@@ -32,7 +32,7 @@ impl Changed for Swept {
     }
 }
 
-impl Changed for Vec<Id> {
+impl Changed for Vec<AgentId> {
     fn changed(&self) -> u64 {
         self.len() as u64
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use homeostat_controllers::*;
-use homeostat_model::{Id, JobState, NewAgent, NewJob, PlanTier};
+use homeostat_model::{AgentId, JobId, JobState, NewAgent, NewJob, PlanTier, TenantId};
 use homeostat_runtime::{CancellationToken, Context, Controller, Fence, LeaseStore, ManualClock};
 use homeostat_store::{JobFilter, Store};
 use jiff::{SignedDuration, Timestamp};
@@ -87,7 +87,7 @@ async fn fence(store: &Store, name: &str) -> Fence {
     }
 }
 
-async fn tenant(store: &Store, name: &str, tier: PlanTier) -> Id {
+async fn tenant(store: &Store, name: &str, tier: PlanTier) -> TenantId {
     store
         .create_tenant(name, tier, "operator:test", t0())
         .await
@@ -95,7 +95,7 @@ async fn tenant(store: &Store, name: &str, tier: PlanTier) -> Id {
         .id
 }
 
-async fn agent(store: &Store, tenant: Option<Id>) -> Id {
+async fn agent(store: &Store, tenant: Option<TenantId>) -> AgentId {
     let token = store
         .issue_bootstrap_token(tenant, Duration::from_secs(3600), 1, "operator:test", t0())
         .await
@@ -120,7 +120,7 @@ fn config() -> ControllersConfig {
     ControllersConfig::default()
 }
 
-async fn state(store: &Store, id: Id) -> JobState {
+async fn state(store: &Store, id: JobId) -> JobState {
     store.get_job(id).await.unwrap().state
 }
 

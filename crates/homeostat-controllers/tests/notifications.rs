@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use homeostat_controllers::notifier::{SIGNATURE_HEADER, Secret, sign};
 use homeostat_controllers::{NotificationDispatch, Notifier, Settings};
-use homeostat_model::{Id, NotificationState};
+use homeostat_model::{NotificationId, NotificationState};
 use homeostat_runtime::{CancellationToken, Context, Controller, ManualClock};
 use homeostat_store::Store;
 use jiff::{SignedDuration, Timestamp};
@@ -47,7 +47,7 @@ async fn run(controller: &NotificationDispatch, when: Timestamp) -> u64 {
     controller.reconcile(ctx).await.unwrap().items
 }
 
-async fn notify(store: &Store) -> Id {
+async fn notify(store: &Store) -> NotificationId {
     store
         .add_notification(
             "job.dead",
@@ -58,7 +58,7 @@ async fn notify(store: &Store) -> Id {
         .unwrap()
 }
 
-async fn state(store: &Store, id: Id) -> NotificationState {
+async fn state(store: &Store, id: NotificationId) -> NotificationState {
     store.get_notification(id).await.unwrap().state
 }
 

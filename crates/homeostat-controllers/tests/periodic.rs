@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use homeostat_controllers::{PeriodicJobs, PeriodicSchedule, Settings};
-use homeostat_model::{Id, NewJob, PlanTier};
+use homeostat_model::{NewJob, PlanTier, TenantId};
 use homeostat_runtime::{CancellationToken, Context, Controller, ManualClock};
 use homeostat_store::{JobFilter, Store};
 use jiff::Timestamp;
@@ -17,7 +17,7 @@ fn ts(text: &str) -> Timestamp {
     text.parse().unwrap()
 }
 
-fn schedule(name: &str, cron: &str, tz: &str, tenant: Id) -> PeriodicSchedule {
+fn schedule(name: &str, cron: &str, tz: &str, tenant: TenantId) -> PeriodicSchedule {
     PeriodicSchedule {
         name: name.into(),
         cron: cron.into(),
@@ -46,7 +46,7 @@ async fn run(c: &PeriodicJobs, at: &str) -> u64 {
     c.reconcile(ctx).await.unwrap().items
 }
 
-async fn jobs(store: &Store, tenant: Id) -> Vec<homeostat_model::Job> {
+async fn jobs(store: &Store, tenant: TenantId) -> Vec<homeostat_model::Job> {
     let filter = JobFilter {
         tenant_id: Some(tenant),
         ..JobFilter::default()
@@ -124,7 +124,7 @@ on_both_backends!(
 #[tokio::test]
 async fn bad_schedules_are_refused_by_name() {
     let store = backends::sqlite().await;
-    let t = Id::now_v7();
+    let t = TenantId::from(uuid::Uuid::now_v7());
     let err = PeriodicJobs::new(
         store.store.clone(),
         Settings::every(Duration::from_secs(1), 0),

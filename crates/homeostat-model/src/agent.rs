@@ -7,7 +7,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::{Id, ValidationError, validate_name};
+use crate::{AgentId, TenantId, ValidationError, validate_name};
 
 /// Whether an agent takes work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -100,9 +100,9 @@ impl NewAgent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Agent {
     /// Identifier.
-    pub id: Id,
+    pub id: AgentId,
     /// Owning tenant; `None` for platform agents that serve every tenant.
-    pub tenant_id: Option<Id>,
+    pub tenant_id: Option<TenantId>,
     /// Name.
     pub name: String,
     /// Labels.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::{Id, ValidationError, validate_name};
+use crate::{AgentId, JobId, TenantId, ValidationError, validate_name};
 
 /// Attempts a job gets unless it says otherwise.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -250,9 +250,9 @@ impl NewJob {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Job {
     /// Identifier.
-    pub id: Id,
+    pub id: JobId,
     /// Owner.
-    pub tenant_id: Id,
+    pub tenant_id: TenantId,
     /// Queue.
     pub queue: String,
     /// Kind.
@@ -282,7 +282,7 @@ pub struct Job {
     /// Approval expiry (jobs awaiting approval).
     pub approval_expires_at: Option<Timestamp>,
     /// Agent holding the lease (running jobs).
-    pub lease_agent: Option<Id>,
+    pub lease_agent: Option<AgentId>,
     /// Fencing token of the current lease; grows with every claim.
     pub lease_token: i64,
     /// When the lease runs out unless heartbeated.

@@ -7,6 +7,7 @@
 mod agent;
 mod audit;
 mod error;
+mod id;
 mod job;
 mod notification;
 mod tenant;
@@ -15,6 +16,7 @@ mod token;
 pub use agent::{Agent, AgentStatus, NewAgent};
 pub use audit::{AuditEvent, NewAuditEvent};
 pub use error::ValidationError;
+pub use id::{AgentId, JobId, NotificationId, TenantId, TokenId};
 pub use job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, Job, JobState, MAX_PAYLOAD_BYTES, MAX_TIMEOUT, NewJob,
 };
@@ -22,8 +24,9 @@ pub use notification::{Notification, NotificationState};
 pub use tenant::{PlanTier, Tenant};
 pub use token::{ApiScope, TokenInfo, TokenKind};
 
-/// Identifiers are UUID v7: unique without coordination and ordered by
-/// creation time, which cursor pagination relies on.
+/// A raw identifier: UUID v7, unique without coordination and ordered by
+/// creation time. Entities are named by typed ids ([`JobId`], [`AgentId`],
+/// …) built from it.
 pub type Id = uuid::Uuid;
 
 /// A new, time-ordered identifier.

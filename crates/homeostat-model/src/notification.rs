@@ -6,7 +6,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::{Id, ValidationError};
+use crate::{NotificationId, ValidationError};
 
 /// Delivery state of a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -57,7 +57,7 @@ impl FromStr for NotificationState {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Notification {
     /// Identifier.
-    pub id: Id,
+    pub id: NotificationId,
     /// Event: `job.dead`, `agent.offline`, `audit.chain_broken`, ….
     pub event: String,
     /// Body. Never secrets.

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::{Id, ValidationError};
+use crate::{TenantId, ValidationError};
 
 /// A tenant's plan; sets the base priority of its jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -66,7 +66,7 @@ impl FromStr for PlanTier {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Tenant {
     /// Identifier.
-    pub id: Id,
+    pub id: TenantId,
     /// Unique name.
     pub name: String,
     /// Plan.

@@ -6,7 +6,7 @@ use std::fmt;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::Id;
+use crate::{AgentId, TenantId, TokenId};
 
 /// What a token is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,20 +44,20 @@ pub enum ApiScope {
     /// Everything.
     Admin,
     /// One tenant's jobs and agents.
-    Tenant(Id),
+    Tenant(TenantId),
 }
 
 /// A token's metadata: never its secret or hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenInfo {
     /// Identifier.
-    pub id: Id,
+    pub id: TokenId,
     /// Kind.
     pub kind: TokenKind,
     /// Tenant it belongs to, if any.
-    pub tenant_id: Option<Id>,
+    pub tenant_id: Option<TenantId>,
     /// Agent it identifies (credentials).
-    pub agent_id: Option<Id>,
+    pub agent_id: Option<AgentId>,
     /// Admin key (API keys without a tenant).
     pub admin: bool,
     /// Unusable after this time.

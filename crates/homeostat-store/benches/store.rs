@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use homeostat_model::{Id, NewJob, PlanTier};
+use homeostat_model::{AgentId, Id, NewJob, PlanTier};
 use homeostat_store::{Completion, JobRetention, PgStore, Store, StoreOptions};
 use jiff::{SignedDuration, Timestamp};
 use sqlx::AssertSqlSafe;
@@ -187,7 +187,7 @@ fn at(secs: i64) -> Timestamp {
     t0() + SignedDuration::from_secs(secs)
 }
 
-async fn platform_agents(db: &Db, n: usize) -> Vec<Id> {
+async fn platform_agents(db: &Db, n: usize) -> Vec<AgentId> {
     let token = db
         .store
         .issue_bootstrap_token(None, Duration::from_secs(3600), n as u32, "bench", t0())
@@ -700,8 +700,9 @@ async fn heartbeats(db: &Db, n: usize) -> f64 {
          SELECT {id}, 'a' || i, '{{}}', {queues}, 'online', 0, 0 FROM ({series}) AS s"
     ))
     .await;
-    let ids: Vec<Id> = (1..=n)
+    let ids: Vec<AgentId> = (1..=n)
         .map(|i| Id::parse_str(&format!("00000000-0000-7000-9000-{i:012x}")).unwrap())
+        .map(AgentId::from)
         .collect();
     let start = Instant::now();
     let updated = db.store.heartbeat_agents(&ids, at(10)).await.unwrap();

@@ -6,8 +6,8 @@ use homeostat_runtime::Fence;
 
 use crate::audit::{self, ChainHead, ChainedEvent, VerifyReport};
 use crate::backend::{Backend, RowExt, Sql, Stmt};
-use crate::leases::check_fence;
 use crate::error::{Context, StoreError};
+use crate::leases::check_fence;
 use crate::rows;
 
 /// The head row lock serializes appends across PostgreSQL replicas; SQLite's
@@ -29,21 +29,18 @@ const CHAIN: Sql = Sql::both(
     "SELECT next_seq, head_hash, first_seq, first_prev_hash FROM audit_chain WHERE id = 1",
 );
 
-const COUNT_OLD: Sql = Sql::both(
-    "SELECT COUNT(*) AS n FROM (SELECT 1 FROM audit_events WHERE at < $1 LIMIT $2) t",
-);
+const COUNT_OLD: Sql =
+    Sql::both("SELECT COUNT(*) AS n FROM (SELECT 1 FROM audit_events WHERE at < $1 LIMIT $2) t");
 
 const FIRST_SEQ: Sql = Sql::pair(
     "SELECT first_seq FROM audit_chain WHERE id = 1",
     "SELECT first_seq FROM audit_chain WHERE id = 1 FOR UPDATE",
 );
 
-const OLDEST: Sql = Sql::both(
-    "SELECT seq, at, hash FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2",
-);
+const OLDEST: Sql =
+    Sql::both("SELECT seq, at, hash FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2");
 
-const DELETE_THROUGH: Sql =
-    Sql::both("DELETE FROM audit_events WHERE seq >= $1 AND seq <= $2");
+const DELETE_THROUGH: Sql = Sql::both("DELETE FROM audit_events WHERE seq >= $1 AND seq <= $2");
 
 const MOVE_START: Sql =
     Sql::both("UPDATE audit_chain SET first_seq = $1, first_prev_hash = $2 WHERE id = 1");
@@ -90,9 +87,7 @@ pub(crate) async fn events<B: Backend>(
     after_seq: i64,
     limit: u32,
 ) -> Result<Vec<ChainedEvent>, StoreError> {
-    let stmt = Stmt::new::<B>(EVENTS)
-        .arg(after_seq)
-        .arg(i64::from(limit));
+    let stmt = Stmt::new::<B>(EVENTS).arg(after_seq).arg(i64::from(limit));
     b.fetch(stmt)
         .await
         .op("reading the audit log")?
@@ -148,7 +143,9 @@ pub(crate) async fn delete_old<B: Backend>(
     }
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, run.fence, op).await?;
-    let first = B::fetch_in(&mut tx, Stmt::new::<B>(FIRST_SEQ)).await.op(op)?;
+    let first = B::fetch_in(&mut tx, Stmt::new::<B>(FIRST_SEQ))
+        .await
+        .op(op)?;
     let first_seq = first
         .first()
         .ok_or_else(|| crate::error::corrupt(op, "the audit chain has no head row"))?

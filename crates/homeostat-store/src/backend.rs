@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 use std::future::Future;
 
-use homeostat_model::{Id, NewJob};
+use homeostat_model::{AgentId, Id, JobId, NewJob, NotificationId, TenantId, TokenId};
 use jiff::Timestamp;
 
 use crate::audit::ChainedEvent;
@@ -151,17 +151,24 @@ impl<'a> From<&'a [u8]> for Arg<'a> {
     }
 }
 
-impl From<Id> for Arg<'_> {
-    fn from(v: Id) -> Self {
-        Arg::Id(v)
-    }
+/// Typed ids bind as their UUID.
+macro_rules! id_args {
+    ($($id:ty),*) => {$(
+        impl From<$id> for Arg<'_> {
+            fn from(v: $id) -> Self {
+                Arg::Id(v.into())
+            }
+        }
+
+        impl From<Option<$id>> for Arg<'_> {
+            fn from(v: Option<$id>) -> Self {
+                Arg::OptId(v.map(Into::into))
+            }
+        }
+    )*};
 }
 
-impl From<Option<Id>> for Arg<'_> {
-    fn from(v: Option<Id>) -> Self {
-        Arg::OptId(v)
-    }
-}
+id_args!(Id, JobId, AgentId, TenantId, TokenId, NotificationId);
 
 impl<'a> From<&'a [Id]> for Arg<'a> {
     fn from(v: &'a [Id]) -> Self {
@@ -216,8 +223,8 @@ pub(crate) trait RowExt {
     fn opt_text(&self, col: &str) -> Result<Option<String>, StoreError>;
     fn flag(&self, col: &str) -> Result<bool, StoreError>;
     fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError>;
-    fn id(&self, col: &str) -> Result<Id, StoreError>;
-    fn opt_id(&self, col: &str) -> Result<Option<Id>, StoreError>;
+    fn id<T: From<Id>>(&self, col: &str) -> Result<T, StoreError>;
+    fn opt_id<T: From<Id>>(&self, col: &str) -> Result<Option<T>, StoreError>;
     fn list(&self, col: &str) -> Result<Vec<String>, StoreError>;
 }
 
@@ -239,7 +246,10 @@ pub(crate) trait Backend: Sync {
     fn begin(&self, op: &'static str) -> impl Future<Output = Result<Self::Tx, StoreError>> + Send;
 
     /// Commits a write transaction.
-    fn commit(tx: Self::Tx, op: &'static str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn commit(
+        tx: Self::Tx,
+        op: &'static str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Runs a statement in a transaction; its rows.
     fn fetch_in(
@@ -254,8 +264,10 @@ pub(crate) trait Backend: Sync {
     ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
     /// Runs a read-only statement on the read connections.
-    fn fetch(&self, stmt: Stmt<'_>)
-    -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
+    fn fetch(
+        &self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
 
     /// Runs one write statement as a transaction of its own.
     fn fetch_write(
@@ -265,7 +277,10 @@ pub(crate) trait Backend: Sync {
 
     /// Runs one write statement as a transaction of its own; the rows it
     /// changed.
-    fn execute_write(&self, stmt: Stmt<'_>) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
+    fn execute_write(
+        &self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<u64, sqlx::Error>> + Send;
 
     /// Inserts linked audit events (one statement on PostgreSQL).
     fn insert_audit(
@@ -277,7 +292,7 @@ pub(crate) trait Backend: Sync {
     fn enqueue_in(
         &self,
         tx: &mut Self::Tx,
-        tenant_id: Id,
+        tenant_id: TenantId,
         jobs: &[NewJob],
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<Enqueued>, StoreError>> + Send;

@@ -3,7 +3,7 @@
 //! attempt leaves a job, a notification's next attempt, and what the audit
 //! log says about each.
 
-use homeostat_model::{Id, Job, JobState, NewAuditEvent, NewJob};
+use homeostat_model::{Job, JobId, JobState, NewAuditEvent, NewJob};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 
@@ -62,7 +62,7 @@ pub(crate) fn sweep_event(actor: &str, action: &str, reason: &str, swept: &Swept
 /// as a new job; any other id means it was deduplicated.
 pub(crate) fn match_enqueued(
     jobs: &[NewJob],
-    generated: &[Id],
+    generated: &[JobId],
     stored: Vec<Job>,
 ) -> Result<Vec<Enqueued>, StoreError> {
     let mut by_id = std::collections::HashMap::with_capacity(stored.len());
@@ -191,8 +191,8 @@ pub(crate) fn token_event(
 
 /// The smallest UUID v7 of a job created at or after `ms`: every id below
 /// it was created before `ms`.
-pub(crate) fn id_before(ms: i64) -> Id {
-    Id::from_u128((ms.max(0) as u128) << 80)
+pub(crate) fn id_before(ms: i64) -> JobId {
+    JobId::from_uuid(uuid::Uuid::from_u128((ms.max(0) as u128) << 80))
 }
 
 /// Error texts from agents are kept, but bounded.

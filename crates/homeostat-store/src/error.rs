@@ -1,4 +1,4 @@
-use homeostat_model::{Id, ValidationError};
+use homeostat_model::{JobId, ValidationError};
 
 /// What can go wrong in the store. Messages name the operation and the ids;
 /// each variant's text is this layer's only, and the cause, when there is
@@ -36,7 +36,7 @@ pub enum StoreError {
         /// What was asked.
         operation: &'static str,
         /// The job.
-        job: Id,
+        job: JobId,
         /// The token presented.
         token: i64,
     },
@@ -287,7 +287,7 @@ mod tests {
             (
                 StoreError::StaleLease {
                     operation: "completing a job",
-                    job: Id::nil(),
+                    job: JobId::from_uuid(uuid::Uuid::nil()),
                     token: 1,
                 },
                 "stale_lease",

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use homeostat_model::{Id, Job, JobState, NewAuditEvent};
+use homeostat_model::{AgentId, Job, JobId, JobState, NewAuditEvent};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
@@ -71,7 +71,11 @@ const JOB: Sql = Sql::both(concat!(
 
 const JOB_FOR_UPDATE: Sql = Sql::pair(
     concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1"),
-    concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = $1 FOR UPDATE"),
+    concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE id = $1 FOR UPDATE"
+    ),
 );
 
 /// `$2` the new state, `$3` now, `$4` whether attempts start over.
@@ -122,13 +126,10 @@ const LIST: Sql = Sql::pair(
 /// Says why an agent claimed nothing, when the agent is the reason.
 pub(crate) async fn require_online<B: Backend>(
     b: &B,
-    id: Id,
+    id: AgentId,
     op: &'static str,
 ) -> Result<(), StoreError> {
-    let rows = b
-        .fetch(Stmt::new::<B>(AGENT_STATUS).arg(id))
-        .await
-        .op(op)?;
+    let rows = b.fetch(Stmt::new::<B>(AGENT_STATUS).arg(id)).await.op(op)?;
     let status = rows.first().map(|r| r.text("status")).transpose()?;
     match status.as_deref() {
         None => Err(StoreError::NotFound {
@@ -186,7 +187,7 @@ pub(crate) async fn periodic_last_slot<B: Backend>(
 
 pub(crate) async fn heartbeat_job<B: Backend>(
     b: &B,
-    id: Id,
+    id: JobId,
     lease_token: i64,
     lease: Duration,
     now: Timestamp,
@@ -209,7 +210,7 @@ pub(crate) async fn heartbeat_job<B: Backend>(
 
 pub(crate) async fn fail<B: Backend>(
     b: &B,
-    id: Id,
+    id: JobId,
     lease_token: i64,
     error: &str,
     permanent: bool,
@@ -244,7 +245,7 @@ pub(crate) async fn fail<B: Backend>(
 /// Operator transitions: cancel, approve, redrive. Audited.
 pub(crate) async fn transition<B: Backend>(
     b: &B,
-    id: Id,
+    id: JobId,
     to: JobState,
     action: &'static str,
     actor: &str,
@@ -289,7 +290,7 @@ pub(crate) async fn transition<B: Backend>(
     Ok(job)
 }
 
-pub(crate) async fn get_job<B: Backend>(b: &B, id: Id) -> Result<Job, StoreError> {
+pub(crate) async fn get_job<B: Backend>(b: &B, id: JobId) -> Result<Job, StoreError> {
     let rows = b
         .fetch(Stmt::new::<B>(JOB).arg(id))
         .await
@@ -303,7 +304,7 @@ pub(crate) async fn get_job<B: Backend>(b: &B, id: Id) -> Result<Job, StoreError
 pub(crate) async fn list_jobs<B: Backend>(
     b: &B,
     filter: &JobFilter,
-    after: Option<Id>,
+    after: Option<JobId>,
     limit: u32,
 ) -> Result<Page<Job>, StoreError> {
     let limit = limit.clamp(1, 1000);

@@ -44,8 +44,8 @@ mod types;
 use std::time::Duration;
 
 use homeostat_model::{
-    Agent, ApiScope, Id, Job, JobState, NewAgent, NewAuditEvent, NewJob, Notification,
-    NotificationState, PlanTier, Tenant,
+    Agent, AgentId, ApiScope, Job, JobId, JobState, NewAgent, NewAuditEvent, NewJob, Notification,
+    NotificationId, NotificationState, PlanTier, Tenant, TenantId, TokenId,
 };
 use homeostat_runtime::{Fence, Lease, LeaseError, LeaseStore};
 use jiff::Timestamp;
@@ -126,7 +126,7 @@ impl Store {
     /// Changes a tenant's plan tier (audited).
     pub async fn set_tenant_tier(
         &self,
-        id: Id,
+        id: TenantId,
         tier: PlanTier,
         actor: &str,
         now: Timestamp,
@@ -135,7 +135,7 @@ impl Store {
     }
 
     /// One tenant.
-    pub async fn get_tenant(&self, id: Id) -> Result<Tenant, StoreError> {
+    pub async fn get_tenant(&self, id: TenantId) -> Result<Tenant, StoreError> {
         dispatch!(self, registry::get_tenant(id))
     }
 
@@ -148,13 +148,16 @@ impl Store {
     /// valid for `ttl` and `uses` registrations (audited, without the secret).
     pub async fn issue_bootstrap_token(
         &self,
-        tenant_id: Option<Id>,
+        tenant_id: Option<TenantId>,
         ttl: Duration,
         uses: u32,
         actor: &str,
         now: Timestamp,
     ) -> Result<IssuedSecret, StoreError> {
-        dispatch!(self, registry::issue_bootstrap_token(tenant_id, ttl, uses, actor, now))
+        dispatch!(
+            self,
+            registry::issue_bootstrap_token(tenant_id, ttl, uses, actor, now)
+        )
     }
 
     /// Issues an API key (audited, without the secret).
@@ -171,7 +174,7 @@ impl Store {
     /// Revokes a token (audited).
     pub async fn revoke_token(
         &self,
-        id: Id,
+        id: TokenId,
         actor: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
@@ -188,7 +191,11 @@ impl Store {
     }
 
     /// The agent a live credential belongs to.
-    pub async fn authenticate_agent(&self, secret: &str, now: Timestamp) -> Result<Id, StoreError> {
+    pub async fn authenticate_agent(
+        &self,
+        secret: &str,
+        now: Timestamp,
+    ) -> Result<AgentId, StoreError> {
         dispatch!(self, registry::authenticate_agent(secret, now))
     }
 
@@ -205,24 +212,28 @@ impl Store {
 
     /// Records heartbeats of many agents in one statement; an offline agent
     /// that heartbeats is online again. Returns how many agents exist.
-    pub async fn heartbeat_agents(&self, ids: &[Id], now: Timestamp) -> Result<u64, StoreError> {
+    pub async fn heartbeat_agents(
+        &self,
+        ids: &[AgentId],
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
         dispatch!(self, registry::heartbeat_agents(ids, now))
     }
 
     /// One agent.
-    pub async fn get_agent(&self, id: Id) -> Result<Agent, StoreError> {
+    pub async fn get_agent(&self, id: AgentId) -> Result<Agent, StoreError> {
         dispatch!(self, registry::get_agent(id))
     }
 
     /// Agents, of one tenant or all, by name.
-    pub async fn list_agents(&self, tenant: Option<Id>) -> Result<Vec<Agent>, StoreError> {
+    pub async fn list_agents(&self, tenant: Option<TenantId>) -> Result<Vec<Agent>, StoreError> {
         dispatch!(self, registry::list_agents(tenant))
     }
 
     /// Stops an agent from claiming new jobs (audited).
     pub async fn drain_agent(
         &self,
-        id: Id,
+        id: AgentId,
         actor: &str,
         now: Timestamp,
     ) -> Result<Agent, StoreError> {
@@ -234,7 +245,7 @@ impl Store {
     /// Enqueues one job (see [`Store::enqueue_batch`]).
     pub async fn enqueue(
         &self,
-        tenant_id: Id,
+        tenant_id: TenantId,
         job: &NewJob,
         now: Timestamp,
     ) -> Result<Enqueued, StoreError> {
@@ -249,7 +260,7 @@ impl Store {
     /// increased.
     pub async fn enqueue_batch(
         &self,
-        tenant_id: Id,
+        tenant_id: TenantId,
         jobs: &[NewJob],
         now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
@@ -277,7 +288,7 @@ impl Store {
     /// oldest, each under a lease of `lease` with a new fencing token.
     pub async fn claim(
         &self,
-        agent_id: Id,
+        agent_id: AgentId,
         limit: u32,
         lease: Duration,
         now: Timestamp,
@@ -288,7 +299,7 @@ impl Store {
     /// Extends a running job's lease; refused for a stale token.
     pub async fn heartbeat_job(
         &self,
-        id: Id,
+        id: JobId,
         lease_token: i64,
         lease: Duration,
         now: Timestamp,
@@ -312,7 +323,7 @@ impl Store {
     /// Completes one job; a stale token is an error.
     pub async fn complete(
         &self,
-        id: Id,
+        id: JobId,
         lease_token: i64,
         result: Option<serde_json::Value>,
         now: Timestamp,
@@ -342,7 +353,7 @@ impl Store {
     /// while attempts are left and the error is not permanent, else `dead`.
     pub async fn fail(
         &self,
-        id: Id,
+        id: JobId,
         lease_token: i64,
         error: &str,
         permanent: bool,
@@ -352,22 +363,31 @@ impl Store {
     }
 
     /// Cancels a live job (audited).
-    pub async fn cancel(&self, id: Id, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
-        dispatch!(self, jobs::transition(id, JobState::Cancelled, "job.cancelled", actor, now))
+    pub async fn cancel(&self, id: JobId, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
+        dispatch!(
+            self,
+            jobs::transition(id, JobState::Cancelled, "job.cancelled", actor, now)
+        )
     }
 
     /// Approves a job awaiting approval (audited).
-    pub async fn approve(&self, id: Id, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
-        dispatch!(self, jobs::transition(id, JobState::Queued, "job.approved", actor, now))
+    pub async fn approve(&self, id: JobId, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
+        dispatch!(
+            self,
+            jobs::transition(id, JobState::Queued, "job.approved", actor, now)
+        )
     }
 
     /// Re-queues a dead or expired job with fresh attempts (audited).
-    pub async fn redrive(&self, id: Id, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
-        dispatch!(self, jobs::transition(id, JobState::Queued, "job.redriven", actor, now))
+    pub async fn redrive(&self, id: JobId, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
+        dispatch!(
+            self,
+            jobs::transition(id, JobState::Queued, "job.redriven", actor, now)
+        )
     }
 
     /// One job.
-    pub async fn get_job(&self, id: Id) -> Result<Job, StoreError> {
+    pub async fn get_job(&self, id: JobId) -> Result<Job, StoreError> {
         dispatch!(self, jobs::get_job(id))
     }
 
@@ -376,7 +396,7 @@ impl Store {
     pub async fn list_jobs(
         &self,
         filter: &JobFilter,
-        after: Option<Id>,
+        after: Option<JobId>,
         limit: u32,
     ) -> Result<Page<Job>, StoreError> {
         dispatch!(self, jobs::list_jobs(filter, after, limit))
@@ -391,8 +411,11 @@ impl Store {
         stale_after: Duration,
         limit: u32,
         fence: Option<&Fence>,
-    ) -> Result<Vec<Id>, StoreError> {
-        dispatch!(self, registry::mark_silent_agents_offline(now, stale_after, limit, fence))
+    ) -> Result<Vec<AgentId>, StoreError> {
+        dispatch!(
+            self,
+            registry::mark_silent_agents_offline(now, stale_after, limit, fence)
+        )
     }
 
     /// Running jobs of offline agents: re-queued, or dead with no attempts left.
@@ -458,7 +481,10 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
-        dispatch!(self, sweeps::recompute_priorities(now, bonus_per_minute, cap, limit, fence))
+        dispatch!(
+            self,
+            sweeps::recompute_priorities(now, bonus_per_minute, cap, limit, fence)
+        )
     }
 
     /// Jobs awaiting an approval that expired: expired.
@@ -489,7 +515,10 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::delete_finished_jobs(now, retention, limit, fence))
+        dispatch!(
+            self,
+            sweeps::delete_finished_jobs(now, retention, limit, fence)
+        )
     }
 
     /// Deletes up to `batch` of the oldest audit events older than
@@ -584,7 +613,7 @@ impl Store {
         event: &str,
         payload: &serde_json::Value,
         now: Timestamp,
-    ) -> Result<Id, StoreError> {
+    ) -> Result<NotificationId, StoreError> {
         dispatch!(self, notifications::add_notification(event, payload, now))
     }
 
@@ -604,7 +633,7 @@ impl Store {
     /// or dead after 5 attempts or a permanent failure.
     pub async fn record_delivery(
         &self,
-        id: Id,
+        id: NotificationId,
         delivery: &Delivery,
         now: Timestamp,
     ) -> Result<NotificationState, StoreError> {
@@ -612,7 +641,7 @@ impl Store {
     }
 
     /// One notification.
-    pub async fn get_notification(&self, id: Id) -> Result<Notification, StoreError> {
+    pub async fn get_notification(&self, id: NotificationId) -> Result<Notification, StoreError> {
         dispatch!(self, notifications::get(id))
     }
 }
@@ -644,4 +673,3 @@ fn lease_error(operation: &'static str, name: &str, e: StoreError) -> LeaseError
         source: Box::new(e),
     }
 }
-

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use homeostat_model::{Id, Notification, NotificationState, new_id};
+use homeostat_model::{Notification, NotificationId, NotificationState, new_id};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 
@@ -46,8 +46,8 @@ pub(crate) async fn add_notification<B: Backend>(
     event: &str,
     payload: &serde_json::Value,
     now: Timestamp,
-) -> Result<Id, StoreError> {
-    let id = new_id();
+) -> Result<NotificationId, StoreError> {
+    let id = NotificationId::from(new_id());
     let payload = payload.to_string();
     let stmt = Stmt::new::<B>(INSERT)
         .arg(id)
@@ -55,9 +55,7 @@ pub(crate) async fn add_notification<B: Backend>(
         .arg(&payload)
         .arg(ms(now))
         .arg(ms(now));
-    b.execute_write(stmt)
-        .await
-        .op("queueing a notification")?;
+    b.execute_write(stmt).await.op("queueing a notification")?;
     Ok(id)
 }
 
@@ -88,7 +86,7 @@ pub(crate) async fn claim_due<B: Backend>(
 
 pub(crate) async fn record_delivery<B: Backend>(
     b: &B,
-    id: Id,
+    id: NotificationId,
     delivery: &Delivery,
     now: Timestamp,
 ) -> Result<NotificationState, StoreError> {
@@ -118,7 +116,7 @@ pub(crate) async fn record_delivery<B: Backend>(
     Ok(state)
 }
 
-pub(crate) async fn get<B: Backend>(b: &B, id: Id) -> Result<Notification, StoreError> {
+pub(crate) async fn get<B: Backend>(b: &B, id: NotificationId) -> Result<Notification, StoreError> {
     let rows = b
         .fetch(Stmt::new::<B>(GET).arg(id))
         .await

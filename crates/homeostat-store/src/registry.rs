@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use homeostat_model::{
-    Agent, AgentStatus, ApiScope, Id, NewAgent, NewAuditEvent, PlanTier, Tenant, TokenInfo,
-    TokenKind, new_id,
+    Agent, AgentId, AgentStatus, ApiScope, NewAgent, NewAuditEvent, PlanTier, Tenant, TenantId,
+    TokenId, TokenInfo, TokenKind, new_id,
 };
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
@@ -20,9 +20,8 @@ use crate::{ApiKeyIdentity, IssuedSecret, audit_log, secret};
 
 const INSERT_TENANT: Sql =
     Sql::both("INSERT INTO tenants (id, name, tier, created_at) VALUES ($1, $2, $3, $4)");
-const SET_TIER: Sql = Sql::both(
-    "UPDATE tenants SET tier = $1 WHERE id = $2 RETURNING id, name, tier, created_at",
-);
+const SET_TIER: Sql =
+    Sql::both("UPDATE tenants SET tier = $1 WHERE id = $2 RETURNING id, name, tier, created_at");
 const TENANT: Sql = Sql::both("SELECT id, name, tier, created_at FROM tenants WHERE id = $1");
 const TENANTS: Sql = Sql::both("SELECT id, name, tier, created_at FROM tenants ORDER BY name");
 
@@ -108,7 +107,7 @@ pub(crate) async fn create_tenant<B: Backend>(
     let op = "creating a tenant";
     let mut tx = b.begin(op).await?;
     let tenant = Tenant {
-        id: new_id(),
+        id: new_id().into(),
         name: name.to_owned(),
         tier,
         created_at: ts(ms(now)),
@@ -140,7 +139,7 @@ pub(crate) async fn create_tenant<B: Backend>(
 
 pub(crate) async fn set_tenant_tier<B: Backend>(
     b: &B,
-    id: Id,
+    id: TenantId,
     tier: PlanTier,
     actor: &str,
     now: Timestamp,
@@ -161,7 +160,7 @@ pub(crate) async fn set_tenant_tier<B: Backend>(
     rows::tenant(row)
 }
 
-pub(crate) async fn get_tenant<B: Backend>(b: &B, id: Id) -> Result<Tenant, StoreError> {
+pub(crate) async fn get_tenant<B: Backend>(b: &B, id: TenantId) -> Result<Tenant, StoreError> {
     let rows = b
         .fetch(Stmt::new::<B>(TENANT).arg(id))
         .await
@@ -184,8 +183,8 @@ pub(crate) async fn list_tenants<B: Backend>(b: &B) -> Result<Vec<Tenant>, Store
 struct NewToken {
     kind: TokenKind,
     prefix: &'static str,
-    tenant_id: Option<Id>,
-    agent_id: Option<Id>,
+    tenant_id: Option<TenantId>,
+    agent_id: Option<AgentId>,
     admin: bool,
     expires_at: Option<i64>,
     uses_left: Option<u32>,
@@ -198,7 +197,7 @@ async fn insert_token<B: Backend>(
 ) -> Result<IssuedSecret, StoreError> {
     let secret = secret::generate(token.prefix);
     let info = TokenInfo {
-        id: new_id(),
+        id: new_id().into(),
         kind: token.kind,
         tenant_id: token.tenant_id,
         agent_id: token.agent_id,
@@ -240,7 +239,7 @@ async fn issue<B: Backend>(
 
 pub(crate) async fn issue_bootstrap_token<B: Backend>(
     b: &B,
-    tenant_id: Option<Id>,
+    tenant_id: Option<TenantId>,
     ttl: Duration,
     uses: u32,
     actor: &str,
@@ -283,7 +282,7 @@ pub(crate) async fn issue_api_key<B: Backend>(
 
 pub(crate) async fn revoke_token<B: Backend>(
     b: &B,
-    id: Id,
+    id: TokenId,
     actor: &str,
     now: Timestamp,
 ) -> Result<(), StoreError> {
@@ -291,7 +290,10 @@ pub(crate) async fn revoke_token<B: Backend>(
     let mut tx = b.begin(op).await?;
     let stmt = Stmt::new::<B>(REVOKE_TOKEN).arg(ms(now)).arg(id);
     let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
-    let kind = rows.first().ok_or_else(|| not_found("token", id))?.text("kind")?;
+    let kind = rows
+        .first()
+        .ok_or_else(|| not_found("token", id))?
+        .text("kind")?;
     let event = NewAuditEvent {
         actor: actor.to_owned(),
         action: "token.revoked".into(),
@@ -337,7 +339,8 @@ pub(crate) async fn authenticate_api_key<B: Backend>(
         .fetch(live_token_stmt::<B>(&presented, TokenKind::ApiKey, now))
         .await
         .op(op)?;
-    let row = live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized { kind: "API key" })?;
+    let row =
+        live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized { kind: "API key" })?;
     let scope = if row.flag("admin")? {
         ApiScope::Admin
     } else {
@@ -356,11 +359,15 @@ pub(crate) async fn authenticate_agent<B: Backend>(
     b: &B,
     secret_text: &str,
     now: Timestamp,
-) -> Result<Id, StoreError> {
+) -> Result<AgentId, StoreError> {
     let op = "checking a token";
     let presented = secret::hash(secret_text);
     let rows = b
-        .fetch(live_token_stmt::<B>(&presented, TokenKind::AgentCredential, now))
+        .fetch(live_token_stmt::<B>(
+            &presented,
+            TokenKind::AgentCredential,
+            now,
+        ))
         .await
         .op(op)?;
     let row = live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized {
@@ -417,12 +424,12 @@ pub(crate) async fn register_agent<B: Backend>(
     let token = live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized {
         kind: "bootstrap token",
     })?;
-    let token_id = token.id("id")?;
+    let token_id: TokenId = token.id("id")?;
     B::execute_in(&mut tx, Stmt::new::<B>(USE_TOKEN).arg(token_id))
         .await
         .op(op)?;
     let stored = Agent {
-        id: new_id(),
+        id: new_id().into(),
         tenant_id: token.opt_id("tenant_id")?,
         name: agent.name.clone(),
         labels: agent.labels.clone(),
@@ -469,16 +476,17 @@ pub(crate) async fn register_agent<B: Backend>(
 
 pub(crate) async fn heartbeat_agents<B: Backend>(
     b: &B,
-    ids: &[Id],
+    ids: &[AgentId],
     now: Timestamp,
 ) -> Result<u64, StoreError> {
-    let stmt = Stmt::new::<B>(HEARTBEAT_AGENTS).arg(ms(now)).arg(ids);
-    b.execute_write(stmt)
-        .await
-        .op("recording agent heartbeats")
+    let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
+    let stmt = Stmt::new::<B>(HEARTBEAT_AGENTS)
+        .arg(ms(now))
+        .arg(ids.as_slice());
+    b.execute_write(stmt).await.op("recording agent heartbeats")
 }
 
-pub(crate) async fn get_agent<B: Backend>(b: &B, id: Id) -> Result<Agent, StoreError> {
+pub(crate) async fn get_agent<B: Backend>(b: &B, id: AgentId) -> Result<Agent, StoreError> {
     let rows = b
         .fetch(Stmt::new::<B>(AGENT).arg(id))
         .await
@@ -488,7 +496,7 @@ pub(crate) async fn get_agent<B: Backend>(b: &B, id: Id) -> Result<Agent, StoreE
 
 pub(crate) async fn list_agents<B: Backend>(
     b: &B,
-    tenant: Option<Id>,
+    tenant: Option<TenantId>,
 ) -> Result<Vec<Agent>, StoreError> {
     b.fetch(Stmt::new::<B>(AGENTS).arg(tenant))
         .await
@@ -500,7 +508,7 @@ pub(crate) async fn list_agents<B: Backend>(
 
 pub(crate) async fn drain_agent<B: Backend>(
     b: &B,
-    id: Id,
+    id: AgentId,
     actor: &str,
     now: Timestamp,
 ) -> Result<Agent, StoreError> {
@@ -527,7 +535,7 @@ pub(crate) async fn mark_silent_agents_offline<B: Backend>(
     stale_after: Duration,
     limit: u32,
     fence: Option<&Fence>,
-) -> Result<Vec<Id>, StoreError> {
+) -> Result<Vec<AgentId>, StoreError> {
     let op = "agents.offline";
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;

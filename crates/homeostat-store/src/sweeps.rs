@@ -285,12 +285,7 @@ pub(crate) async fn time_out_running<B: Backend>(
     fence: Option<&Fence>,
 ) -> Result<Swept, StoreError> {
     let (initial, cap) = b.options().retry_bounds_ms();
-    let stmt = |s: Stmt<'static>| {
-        s.arg(ms(now))
-            .arg(i64::from(limit))
-            .arg(initial)
-            .arg(cap)
-    };
+    let stmt = |s: Stmt<'static>| s.arg(ms(now)).arg(i64::from(limit)).arg(initial).arg(cap);
     run(b, &TIMED_OUT, stmt, fence, now).await
 }
 

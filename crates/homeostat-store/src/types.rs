@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use homeostat_model::{ApiScope, Id, Job, JobState, TokenInfo};
+use homeostat_model::{ApiScope, Job, JobId, JobState, TenantId, TokenId, TokenInfo};
 use homeostat_runtime::Backoff;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -57,9 +57,9 @@ pub struct Swept {
     /// Rows changed.
     pub changed: u64,
     /// Their ids.
-    pub ids: Vec<Id>,
+    pub ids: Vec<JobId>,
     /// Those of them that went dead (for notifications).
-    pub dead: Vec<Id>,
+    pub dead: Vec<JobId>,
 }
 
 /// The result of an enqueue.
@@ -75,9 +75,9 @@ pub struct Enqueued {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ClaimedJob {
     /// The job.
-    pub id: Id,
+    pub id: JobId,
     /// Its tenant.
-    pub tenant_id: Id,
+    pub tenant_id: TenantId,
     /// Its queue.
     pub queue: String,
     /// Its kind.
@@ -104,7 +104,7 @@ pub struct PeriodicEnqueue<'a> {
     /// The slot's time: enqueued once, by one replica.
     pub slot: Timestamp,
     /// The tenant whose job it is.
-    pub tenant_id: Id,
+    pub tenant_id: TenantId,
     /// The job.
     pub job: &'a homeostat_model::NewJob,
 }
@@ -113,7 +113,7 @@ pub struct PeriodicEnqueue<'a> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     /// The job.
-    pub id: Id,
+    pub id: JobId,
     /// The lease token from the claim.
     pub lease_token: i64,
     /// Output to keep on the job.
@@ -133,7 +133,7 @@ pub struct FailOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiKeyIdentity {
     /// The key's id (for audit actors).
-    pub token_id: Id,
+    pub token_id: TokenId,
     /// Its scope.
     pub scope: ApiScope,
 }
@@ -151,7 +151,7 @@ pub struct IssuedSecret {
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     /// Only this tenant's jobs.
-    pub tenant_id: Option<Id>,
+    pub tenant_id: Option<TenantId>,
     /// Only jobs in this state.
     pub state: Option<JobState>,
     /// Only jobs in this queue.
@@ -160,11 +160,11 @@ pub struct JobFilter {
 
 /// One page of a listing, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Page<T> {
+pub struct Page<T, C = JobId> {
     /// The items.
     pub items: Vec<T>,
     /// Pass as `after` to get the next page; `None` on the last page.
-    pub next_cursor: Option<Id>,
+    pub next_cursor: Option<C>,
 }
 
 /// How long finished jobs are kept.

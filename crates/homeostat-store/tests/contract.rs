@@ -5,7 +5,9 @@ mod backends;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use homeostat_model::{ApiScope, Id, JobState, NewAgent, NewJob, NotificationState, PlanTier};
+use homeostat_model::{
+    AgentId, ApiScope, JobId, JobState, NewAgent, NewJob, NotificationState, PlanTier, TenantId,
+};
 use homeostat_runtime::{Fence, LeaseStore};
 use homeostat_store::{Delivery, JobFilter, JobRetention, PlanKind, Store, StoreError};
 use jiff::{SignedDuration, Timestamp};
@@ -21,7 +23,7 @@ fn at(secs: i64) -> Timestamp {
     t0() + SignedDuration::from_secs(secs)
 }
 
-async fn tenant(store: &Store, name: &str, tier: PlanTier) -> Id {
+async fn tenant(store: &Store, name: &str, tier: PlanTier) -> TenantId {
     store
         .create_tenant(name, tier, "operator:test", t0())
         .await
@@ -29,7 +31,7 @@ async fn tenant(store: &Store, name: &str, tier: PlanTier) -> Id {
         .id
 }
 
-async fn agent(store: &Store, tenant: Option<Id>, queues: &[&str]) -> Id {
+async fn agent(store: &Store, tenant: Option<TenantId>, queues: &[&str]) -> AgentId {
     let token = store
         .issue_bootstrap_token(tenant, Duration::from_secs(3600), 1, "operator:test", t0())
         .await
@@ -961,7 +963,7 @@ async fn claims_across_queues_take_the_best_of_all(store: &Store) {
         ids.insert(priority, id);
     }
     let first = store.claim(a, 3, LEASE, at(1)).await.unwrap();
-    let got: Vec<Id> = first.iter().map(|c| c.id).collect();
+    let got: Vec<JobId> = first.iter().map(|c| c.id).collect();
     assert_eq!(
         got,
         vec![ids[&7], ids[&5], ids[&3]],
@@ -1101,7 +1103,7 @@ async fn bad_input_is_refused_whole(store: &Store) {
         .await
         .unwrap();
     assert!(page.items.is_empty(), "no partial write");
-    let unknown = Id::now_v7();
+    let unknown = TenantId::from(uuid::Uuid::now_v7());
     assert!(matches!(
         store.enqueue(unknown, &job("q"), t0()).await,
         Err(StoreError::NotFound {

@@ -2,6 +2,7 @@
 
 mod backends;
 
+use homeostat_model::{AgentId, JobId, TenantId};
 use homeostat_store::{Store, StoreError, StoreOptions};
 
 #[tokio::test]
@@ -172,6 +173,8 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
         .await
         .unwrap(),
     );
+    let (job, running) = (JobId::from(job), JobId::from(running));
+    let (tenant, agent) = (TenantId::from(tenant), AgentId::from(agent));
     let kept = store.get_job(job).await.unwrap();
     assert_eq!(kept.tenant_id, tenant);
     assert_eq!(

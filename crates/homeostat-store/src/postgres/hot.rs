@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use homeostat_model::{Id, NewJob, ids_at};
+use homeostat_model::{AgentId, Id, JobId, NewJob, TenantId, ids_at};
 use jiff::Timestamp;
 use sqlx::Row;
 
@@ -23,12 +23,12 @@ pub(crate) struct AgentFacts {
 
 impl PgStore {
     /// An agent's tenant and queues, cached after the first look.
-    async fn agent_facts(&self, id: Id, op: &'static str) -> Result<AgentFacts, StoreError> {
+    async fn agent_facts(&self, id: AgentId, op: &'static str) -> Result<AgentFacts, StoreError> {
         if let Some(facts) = self.agents.lock().unwrap().get(&id) {
             return Ok(facts.clone());
         }
         let row = sqlx::query("SELECT tenant_id, queues FROM agents WHERE id = $1")
-            .bind(id)
+            .bind(id.as_uuid())
             .fetch_optional(&self.pool)
             .await
             .op(op)?
@@ -46,7 +46,7 @@ impl PgStore {
 
     pub(crate) async fn enqueue_batch(
         &self,
-        tenant_id: Id,
+        tenant_id: TenantId,
         jobs: &[NewJob],
         now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
@@ -62,7 +62,7 @@ impl PgStore {
     pub(super) async fn enqueue_on(
         &self,
         conn: &mut sqlx::PgConnection,
-        tenant_id: Id,
+        tenant_id: TenantId,
         jobs: &[NewJob],
         now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
@@ -72,9 +72,9 @@ impl PgStore {
         // refuses to upsert one row twice in a statement). Each input has an
         // id; those of the inputs folded into an earlier row are never
         // stored, so they match nothing and come back deduplicated.
-        let generated: Vec<Id> = ids_at(now, jobs.len()).collect();
+        let generated: Vec<JobId> = ids_at(now, jobs.len()).map(JobId::from).collect();
         let mut first_of: HashMap<&str, usize> = HashMap::new();
-        let mut rows: Vec<(usize, Id, i64)> = Vec::new(); // (input index, id, occurrences)
+        let mut rows: Vec<(usize, JobId, i64)> = Vec::new(); // (input index, id, occurrences)
         for (i, job) in jobs.iter().enumerate() {
             if let Some(fp) = job.fingerprint.as_deref() {
                 if let Some(&row) = first_of.get(fp) {
@@ -90,7 +90,7 @@ impl PgStore {
         for (i, id, occurrences) in &rows {
             let job = &jobs[*i];
             let run_at = job.run_at.map(ms).unwrap_or(ms(now)).max(ms(now));
-            c.id.push(*id);
+            c.id.push(id.as_uuid());
             c.queue.push(job.queue.clone());
             c.kind.push(job.kind.clone());
             c.payload.push(job.payload.to_string());
@@ -103,9 +103,9 @@ impl PgStore {
             c.timeout.push(dur_ms(job.timeout()));
             c.run_at.push(run_at);
             c.deadline.push(
-                job.deadline
-                    .map(ms)
-                    .unwrap_or_else(|| run_at + dur_ms(Backend::options(self).default_queue_deadline)),
+                job.deadline.map(ms).unwrap_or_else(|| {
+                    run_at + dur_ms(Backend::options(self).default_queue_deadline)
+                }),
             );
             c.approval.push(job.approval_expires_at.map(ms));
         }
@@ -128,7 +128,7 @@ impl PgStore {
              RETURNING ",
             crate::rows::job_columns!()
         ))
-        .bind(tenant_id)
+        .bind(tenant_id.as_uuid())
         .bind(ms(now))
         .bind(&c.id)
         .bind(&c.queue)
@@ -156,7 +156,7 @@ impl PgStore {
 
     pub(crate) async fn claim(
         &self,
-        agent_id: Id,
+        agent_id: AgentId,
         limit: u32,
         lease: Duration,
         now: Timestamp,
@@ -184,7 +184,7 @@ impl PgStore {
                  RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
                    timeout_ms, effective_priority, queued_at",
             )
-            .bind(agent_id)
+            .bind(agent_id.as_uuid())
             .bind(add(now, lease))
             .bind(ms(now))
             .bind(queue)
@@ -218,7 +218,7 @@ impl PgStore {
                  RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
                    timeout_ms, effective_priority, queued_at",
             )
-            .bind(agent_id)
+            .bind(agent_id.as_uuid())
             .bind(add(now, lease))
             .bind(ms(now))
             .bind(i64::from(limit))
@@ -239,8 +239,8 @@ impl PgStore {
             let int = |i: usize| r.try_get_unchecked::<i64, _>(i).op(op);
             let payload: &str = r.try_get_unchecked(4).op(op)?;
             let job = ClaimedJob {
-                id: r.try_get_unchecked(0).op(op)?,
-                tenant_id: r.try_get_unchecked(1).op(op)?,
+                id: JobId::from(r.try_get_unchecked::<Id, _>(0).op(op)?),
+                tenant_id: TenantId::from(r.try_get_unchecked::<Id, _>(1).op(op)?),
                 queue: r.try_get_unchecked(2).op(op)?,
                 kind: r.try_get_unchecked(3).op(op)?,
                 payload: serde_json::from_str(payload).map_err(|e| corrupt(op, e))?,
@@ -262,7 +262,7 @@ impl PgStore {
         now: Timestamp,
     ) -> Result<Vec<bool>, StoreError> {
         let op = "completing jobs";
-        let ids: Vec<Id> = completions.iter().map(|c| c.id).collect();
+        let ids: Vec<Id> = completions.iter().map(|c| c.id.as_uuid()).collect();
         let tokens: Vec<i64> = completions.iter().map(|c| c.lease_token).collect();
         let results: Vec<Option<String>> = completions
             .iter()
@@ -286,7 +286,6 @@ impl PgStore {
         let done: std::collections::HashSet<Id> = done.into_iter().collect();
         Ok(ids.iter().map(|id| done.contains(id)).collect())
     }
-
 }
 
 /// Column arrays of a batch insert.
@@ -320,11 +319,11 @@ impl Columns {
 
 async fn tenant_tier(
     conn: &mut sqlx::PgConnection,
-    tenant_id: Id,
+    tenant_id: TenantId,
     op: &'static str,
 ) -> Result<i64, StoreError> {
     let tier: Option<String> = sqlx::query_scalar("SELECT tier FROM tenants WHERE id = $1")
-        .bind(tenant_id)
+        .bind(tenant_id.as_uuid())
         .fetch_optional(conn)
         .await
         .op(op)?;

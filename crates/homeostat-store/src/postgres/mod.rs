@@ -7,7 +7,7 @@ mod hot;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use homeostat_model::{Id, NewJob};
+use homeostat_model::{AgentId, Id, NewJob, TenantId};
 use jiff::Timestamp;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
@@ -25,7 +25,7 @@ pub struct PgStore {
     pool: PgPool,
     options: StoreOptions,
     /// Tenant and queues of agents, which never change after registration.
-    agents: Arc<Mutex<HashMap<Id, hot::AgentFacts>>>,
+    agents: Arc<Mutex<HashMap<AgentId, hot::AgentFacts>>>,
 }
 
 impl PgStore {
@@ -128,11 +128,11 @@ impl RowExt for PgRow {
     fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
         decode(col, self.try_get(col))
     }
-    fn id(&self, col: &str) -> Result<Id, StoreError> {
-        decode(col, self.try_get(col))
+    fn id<T: From<Id>>(&self, col: &str) -> Result<T, StoreError> {
+        decode(col, self.try_get::<Id, _>(col)).map(T::from)
     }
-    fn opt_id(&self, col: &str) -> Result<Option<Id>, StoreError> {
-        decode(col, self.try_get(col))
+    fn opt_id<T: From<Id>>(&self, col: &str) -> Result<Option<T>, StoreError> {
+        decode(col, self.try_get::<Option<Id>, _>(col)).map(|id| id.map(T::from))
     }
     fn list(&self, col: &str) -> Result<Vec<String>, StoreError> {
         decode(col, self.try_get(col))
@@ -204,7 +204,7 @@ impl Backend for PgStore {
     async fn enqueue_in(
         &self,
         tx: &mut Tx,
-        tenant_id: Id,
+        tenant_id: TenantId,
         jobs: &[NewJob],
         now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use homeostat_model::{Id, NewJob, ids_at};
+use homeostat_model::{AgentId, JobId, NewJob, TenantId, ids_at};
 use jiff::Timestamp;
 use serde_json::json;
 use sqlx::Row;
@@ -39,7 +39,7 @@ macro_rules! claim_returning {
 
 impl SqliteStore {
     /// An agent's tenant and queues, cached after the first look.
-    async fn agent_facts(&self, id: Id, op: &'static str) -> Result<AgentFacts, StoreError> {
+    async fn agent_facts(&self, id: AgentId, op: &'static str) -> Result<AgentFacts, StoreError> {
         if let Some(facts) = self.agents.lock().unwrap().get(&id) {
             return Ok(facts.clone());
         }
@@ -62,7 +62,7 @@ impl SqliteStore {
 
     pub(crate) async fn enqueue_batch(
         &self,
-        tenant_id: Id,
+        tenant_id: TenantId,
         jobs: &[NewJob],
         now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
@@ -80,12 +80,12 @@ impl SqliteStore {
     pub(super) async fn enqueue_batch_in(
         &self,
         tx: &mut Tx,
-        tenant_id: Id,
+        tenant_id: TenantId,
         jobs: &[NewJob],
         now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
         let op = "enqueueing jobs";
-        let generated: Vec<Id> = ids_at(now, jobs.len()).collect();
+        let generated: Vec<JobId> = ids_at(now, jobs.len()).map(JobId::from).collect();
         let tier = tenant_tier(tx, tenant_id, op).await?;
         // The whole batch travels as one JSON array into one statement;
         // SQLite applies the upsert row by row, so duplicates within the
@@ -144,7 +144,7 @@ impl SqliteStore {
 
     pub(crate) async fn claim(
         &self,
-        agent_id: Id,
+        agent_id: AgentId,
         limit: u32,
         lease: Duration,
         now: Timestamp,
@@ -283,10 +283,13 @@ impl SqliteStore {
             .map(|c| done.contains(&c.id.to_string()))
             .collect())
     }
-
 }
 
-async fn tenant_tier(tx: &mut Tx, tenant_id: Id, op: &'static str) -> Result<i64, StoreError> {
+async fn tenant_tier(
+    tx: &mut Tx,
+    tenant_id: TenantId,
+    op: &'static str,
+) -> Result<i64, StoreError> {
     let tier: Option<String> = sqlx::query_scalar("SELECT tier FROM tenants WHERE id = ?")
         .bind(tenant_id.to_string())
         .fetch_optional(&mut **tx)

@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use homeostat_model::{Id, NewJob};
+use homeostat_model::{AgentId, Id, NewJob, TenantId};
 use jiff::Timestamp;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -38,7 +38,7 @@ pub struct SqliteStore {
     options: StoreOptions,
     /// Tenant and queues of agents, which never change after registration;
     /// claims look them up here instead of in a statement of their own.
-    agents: Arc<Mutex<HashMap<Id, hot::AgentFacts>>>,
+    agents: Arc<Mutex<HashMap<AgentId, hot::AgentFacts>>>,
 }
 
 impl SqliteStore {
@@ -158,11 +158,13 @@ impl RowExt for SqliteRow {
     fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
         decode(col, self.try_get(col))
     }
-    fn id(&self, col: &str) -> Result<Id, StoreError> {
-        parse_id(col, &self.text(col)?)
+    fn id<T: From<Id>>(&self, col: &str) -> Result<T, StoreError> {
+        parse_id(col, &self.text(col)?).map(T::from)
     }
-    fn opt_id(&self, col: &str) -> Result<Option<Id>, StoreError> {
-        self.opt_text(col)?.map(|t| parse_id(col, &t)).transpose()
+    fn opt_id<T: From<Id>>(&self, col: &str) -> Result<Option<T>, StoreError> {
+        self.opt_text(col)?
+            .map(|t| parse_id(col, &t).map(T::from))
+            .transpose()
     }
     fn list(&self, col: &str) -> Result<Vec<String>, StoreError> {
         serde_json::from_str(&self.text(col)?)
@@ -231,7 +233,7 @@ impl Backend for SqliteStore {
     async fn enqueue_in(
         &self,
         tx: &mut Tx,
-        tenant_id: Id,
+        tenant_id: TenantId,
         jobs: &[NewJob],
         now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
