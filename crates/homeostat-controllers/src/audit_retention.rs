@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
-use homeostat_store::{PlanKind, Store};
+use homeostat_store::{AuditRetentionRun, PlanKind, Store};
 
 use crate::AuditRetentionConfig;
 use crate::sweep::{drain, now, total};
@@ -51,12 +51,13 @@ impl Controller for AuditRetention {
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
         let now = now(&ctx)?;
         let (batch, fence) = (self.config.settings.batch, ctx.fence());
-        let retention = self.config.retention;
-        if self.config.dry_run {
-            let would = self
-                .store
-                .delete_old_audit_events(now, retention, batch, true, fence)
-                .await?;
+        let run = AuditRetentionRun {
+            retention: self.config.retention,
+            batch,
+            dry_run: self.config.dry_run,
+        };
+        if run.dry_run {
+            let would = self.store.delete_old_audit_events(now, run, fence).await?;
             tracing::info!(
                 controller = ctx.controller(),
                 would_delete = would,
@@ -65,8 +66,7 @@ impl Controller for AuditRetention {
             return Ok(Reconciled::nothing());
         }
         let done = drain(&ctx, batch, || {
-            self.store
-                .delete_old_audit_events(now, retention, batch, false, fence)
+            self.store.delete_old_audit_events(now, run, fence)
         })
         .await?;
         Ok(Reconciled::items(total(&done)))

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
-use homeostat_store::{PlanKind, Store};
+use homeostat_store::{Ageing, PlanKind, Store};
 
 use crate::QueuePriorityConfig;
 use crate::sweep::{drain, now, total};
@@ -55,10 +55,12 @@ impl Controller for QueuePriority {
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
         let now = now(&ctx)?;
         let (batch, fence) = (self.config.settings.batch, ctx.fence());
-        let (bonus, cap) = (self.config.bonus_per_minute, self.config.cap);
+        let ageing = Ageing {
+            bonus_per_minute: self.config.bonus_per_minute,
+            cap: self.config.cap,
+        };
         let done = drain(&ctx, batch, || {
-            self.store
-                .recompute_priorities(now, bonus, cap, batch, fence)
+            self.store.recompute_priorities(now, ageing, batch, fence)
         })
         .await?;
         Ok(Reconciled::items(total(&done)))

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use homeostat_controllers::*;
 use homeostat_model::{AgentId, JobId, JobState, NewAgent, NewJob, PlanTier, TenantId};
 use homeostat_runtime::{CancellationToken, Context, Controller, Fence, LeaseStore, ManualClock};
-use homeostat_store::{JobFilter, Store};
+use homeostat_store::{JobFilter, NewBootstrapToken, Store};
 use jiff::{SignedDuration, Timestamp};
 
 const LEASE: Duration = Duration::from_secs(60);
@@ -97,7 +97,15 @@ async fn tenant(store: &Store, name: &str, tier: PlanTier) -> TenantId {
 
 async fn agent(store: &Store, tenant: Option<TenantId>) -> AgentId {
     let token = store
-        .issue_bootstrap_token(tenant, Duration::from_secs(3600), 1, "operator:test", t0())
+        .issue_bootstrap_token(
+            &NewBootstrapToken {
+                tenant_id: tenant,
+                ttl: Duration::from_secs(3600),
+                uses: 1,
+            },
+            "operator:test",
+            t0(),
+        )
         .await
         .unwrap();
     store
@@ -316,7 +324,15 @@ async fn approval_expiration_and_token_cleanup_sweep_what_expired(store: &Store)
     assert_eq!(run_at(store, &approvals, at(101)).await.unwrap(), 0);
 
     store
-        .issue_bootstrap_token(None, Duration::from_secs(60), 1, "operator:test", t0())
+        .issue_bootstrap_token(
+            &NewBootstrapToken {
+                tenant_id: None,
+                ttl: Duration::from_secs(60),
+                uses: 1,
+            },
+            "operator:test",
+            t0(),
+        )
         .await
         .unwrap();
     let tokens = TokenCleanup::new(store.clone(), config().token_cleanup);

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use homeostat_model::{AgentId, Id, NewJob, PlanTier};
-use homeostat_store::{Completion, JobRetention, PgStore, Store, StoreOptions};
+use homeostat_store::{
+    Ageing, Completion, JobRetention, NewBootstrapToken, PgStore, Store, StoreOptions,
+};
 use jiff::{SignedDuration, Timestamp};
 use sqlx::AssertSqlSafe;
 
@@ -190,7 +192,15 @@ fn at(secs: i64) -> Timestamp {
 async fn platform_agents(db: &Db, n: usize) -> Vec<AgentId> {
     let token = db
         .store
-        .issue_bootstrap_token(None, Duration::from_secs(3600), n as u32, "bench", t0())
+        .issue_bootstrap_token(
+            &NewBootstrapToken {
+                tenant_id: None,
+                ttl: Duration::from_secs(3600),
+                uses: n as u32,
+            },
+            "bench",
+            t0(),
+        )
         .await
         .unwrap();
     let mut ids = Vec::new();
@@ -635,9 +645,17 @@ async fn sweeps(db: &Db, rows: usize, plans: bool) -> Vec<(&'static str, f64, u6
     );
     time!(
         "recompute_priorities",
-        s.recompute_priorities(at(600), 1, 100, 1000, None)
-            .await
-            .unwrap()
+        s.recompute_priorities(
+            at(600),
+            Ageing {
+                bonus_per_minute: 1,
+                cap: 100
+            },
+            1000,
+            None
+        )
+        .await
+        .unwrap()
     );
     time!(
         "delete_finished_jobs",

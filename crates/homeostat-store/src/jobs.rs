@@ -14,7 +14,7 @@ use crate::error::{Context, StoreError, db_error};
 use crate::leases::check_fence;
 use crate::rows::{self, job_columns, terminal};
 use crate::time::{add, ms, ts};
-use crate::{Enqueued, FailOutcome, JobFilter, Page, PeriodicEnqueue, audit_log};
+use crate::{Enqueued, FailOutcome, Failure, JobFilter, Page, PeriodicEnqueue, audit_log};
 
 const AGENT_STATUS: Sql = Sql::both("SELECT status FROM agents WHERE id = $1");
 
@@ -210,13 +210,16 @@ pub(crate) async fn heartbeat_job<B: Backend>(
 
 pub(crate) async fn fail<B: Backend>(
     b: &B,
-    id: JobId,
-    lease_token: i64,
-    error: &str,
-    permanent: bool,
+    failure: &Failure<'_>,
     now: Timestamp,
 ) -> Result<FailOutcome, StoreError> {
     let op = "failing a job";
+    let Failure {
+        id,
+        lease_token,
+        error,
+        permanent,
+    } = *failure;
     let mut tx = b.begin(op).await?;
     let rows = B::fetch_in(&mut tx, Stmt::new::<B>(FAILING).arg(id).arg(lease_token))
         .await

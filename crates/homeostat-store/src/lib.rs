@@ -144,20 +144,16 @@ impl Store {
         dispatch!(self, registry::list_tenants())
     }
 
-    /// Issues a bootstrap token for agents of `tenant_id` (or platform agents),
-    /// valid for `ttl` and `uses` registrations (audited, without the secret).
+    /// Issues a bootstrap token for agents of a tenant (or platform agents),
+    /// valid for a time and a number of registrations (audited, without the
+    /// secret).
     pub async fn issue_bootstrap_token(
         &self,
-        tenant_id: Option<TenantId>,
-        ttl: Duration,
-        uses: u32,
+        token: &NewBootstrapToken,
         actor: &str,
         now: Timestamp,
     ) -> Result<IssuedSecret, StoreError> {
-        dispatch!(
-            self,
-            registry::issue_bootstrap_token(tenant_id, ttl, uses, actor, now)
-        )
+        dispatch!(self, registry::issue_bootstrap_token(token, actor, now))
     }
 
     /// Issues an API key (audited, without the secret).
@@ -353,13 +349,10 @@ impl Store {
     /// while attempts are left and the error is not permanent, else `dead`.
     pub async fn fail(
         &self,
-        id: JobId,
-        lease_token: i64,
-        error: &str,
-        permanent: bool,
+        failure: &Failure<'_>,
         now: Timestamp,
     ) -> Result<FailOutcome, StoreError> {
-        dispatch!(self, jobs::fail(id, lease_token, error, permanent, now))
+        dispatch!(self, jobs::fail(failure, now))
     }
 
     /// Cancels a live job (audited).
@@ -470,20 +463,19 @@ impl Store {
     }
 
     /// Effective priority of queued jobs = tier base + job priority + whole
-    /// minutes waited × `bonus_per_minute`, but never above `cap` (nor below
+    /// minutes waited × the ageing bonus, but never above its cap (nor below
     /// the job's own base). Jobs of every tier that waited long enough meet
     /// at the ceiling, where the oldest goes first: no tenant starves.
     pub async fn recompute_priorities(
         &self,
         now: Timestamp,
-        bonus_per_minute: i64,
-        cap: i64,
+        ageing: Ageing,
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
         dispatch!(
             self,
-            sweeps::recompute_priorities(now, bonus_per_minute, cap, limit, fence)
+            sweeps::recompute_priorities(now, ageing, limit, fence)
         )
     }
 
@@ -521,21 +513,19 @@ impl Store {
         )
     }
 
-    /// Deletes up to `batch` of the oldest audit events older than
-    /// `retention` (or, with `dry_run`, counts them), keeping the chain
-    /// verifiable; the deletion itself is audited.
+    /// Deletes up to a batch of the oldest audit events past retention (or,
+    /// on a dry run, counts them), keeping the chain verifiable; the
+    /// deletion itself is audited.
     pub async fn delete_old_audit_events(
         &self,
         now: Timestamp,
-        retention: Duration,
-        batch: u32,
-        dry_run: bool,
+        run: AuditRetentionRun,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
         let run = audit_log::Retention {
-            cutoff_ms: time::ms(now) - time::dur_ms(retention),
-            batch,
-            dry_run,
+            cutoff_ms: time::ms(now) - time::dur_ms(run.retention),
+            batch: run.batch,
+            dry_run: run.dry_run,
             now_ms: time::ms(now),
             fence,
         };

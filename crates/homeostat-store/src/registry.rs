@@ -16,7 +16,7 @@ use crate::error::{Context, StoreError, corrupt, db_error};
 use crate::leases::check_fence;
 use crate::rows::{self, agent_columns};
 use crate::time::{add, dur_ms, ms, ts};
-use crate::{ApiKeyIdentity, IssuedSecret, audit_log, secret};
+use crate::{ApiKeyIdentity, IssuedSecret, NewBootstrapToken, audit_log, secret};
 
 const INSERT_TENANT: Sql =
     Sql::both("INSERT INTO tenants (id, name, tier, created_at) VALUES ($1, $2, $3, $4)");
@@ -239,20 +239,18 @@ async fn issue<B: Backend>(
 
 pub(crate) async fn issue_bootstrap_token<B: Backend>(
     b: &B,
-    tenant_id: Option<TenantId>,
-    ttl: Duration,
-    uses: u32,
+    new: &NewBootstrapToken,
     actor: &str,
     now: Timestamp,
 ) -> Result<IssuedSecret, StoreError> {
     let token = NewToken {
         kind: TokenKind::Bootstrap,
         prefix: "hsb",
-        tenant_id,
+        tenant_id: new.tenant_id,
         agent_id: None,
         admin: false,
-        expires_at: Some(add(now, ttl)),
-        uses_left: Some(uses),
+        expires_at: Some(add(now, new.ttl)),
+        uses_left: Some(new.uses),
     };
     issue(b, "issuing a bootstrap token", token, actor, now).await
 }

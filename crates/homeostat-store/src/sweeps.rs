@@ -14,7 +14,7 @@ use crate::decisions::{actor_for, id_before, sweep_event};
 use crate::error::{Context, StoreError};
 use crate::leases::check_fence;
 use crate::time::{dur_ms, ms};
-use crate::{JobRetention, Swept, audit_log};
+use crate::{Ageing, JobRetention, Swept, audit_log};
 
 /// A sweep statement returning `(id, state)` of the rows it changed, with
 /// the audit action and reason that describe it.
@@ -309,11 +309,14 @@ pub(crate) async fn delete_finished_jobs<B: Backend>(
 pub(crate) async fn recompute_priorities<B: Backend>(
     b: &B,
     now: Timestamp,
-    bonus_per_minute: i64,
-    cap: i64,
+    ageing: Ageing,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<u64, StoreError> {
+    let Ageing {
+        bonus_per_minute,
+        cap,
+    } = ageing;
     let op = "jobs.reprioritized";
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;

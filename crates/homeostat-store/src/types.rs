@@ -120,6 +120,51 @@ pub struct Completion {
     pub result: Option<serde_json::Value>,
 }
 
+/// One failed attempt, as an agent reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure<'a> {
+    /// The job.
+    pub id: JobId,
+    /// The lease token from the claim.
+    pub lease_token: i64,
+    /// What went wrong (kept on the job, bounded; never a secret).
+    pub error: &'a str,
+    /// Whether retrying is pointless: the job goes dead at once.
+    pub permanent: bool,
+}
+
+/// A bootstrap token to issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewBootstrapToken {
+    /// The tenant whose agents it registers; `None` for platform agents.
+    pub tenant_id: Option<TenantId>,
+    /// How long it stays valid.
+    pub ttl: Duration,
+    /// How many registrations it allows.
+    pub uses: u32,
+}
+
+/// How queued jobs age: the effective priority grows by
+/// `bonus_per_minute` for every whole minute waited, up to `cap`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ageing {
+    /// Points per minute waited.
+    pub bonus_per_minute: i64,
+    /// The ceiling.
+    pub cap: i64,
+}
+
+/// One run of audit retention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditRetentionRun {
+    /// Events older than this go.
+    pub retention: Duration,
+    /// At most this many in one run.
+    pub batch: u32,
+    /// Count them instead.
+    pub dry_run: bool,
+}
+
 /// What a failure did to the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct FailOutcome {

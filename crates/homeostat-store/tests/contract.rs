@@ -9,7 +9,10 @@ use homeostat_model::{
     AgentId, ApiScope, JobId, JobState, NewAgent, NewJob, NotificationState, PlanTier, TenantId,
 };
 use homeostat_runtime::{Fence, LeaseStore};
-use homeostat_store::{Delivery, JobFilter, JobRetention, PlanKind, Store, StoreError};
+use homeostat_store::{
+    Ageing, AuditRetentionRun, Delivery, Failure, JobFilter, JobRetention, NewBootstrapToken,
+    PlanKind, Store, StoreError,
+};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
@@ -33,7 +36,15 @@ async fn tenant(store: &Store, name: &str, tier: PlanTier) -> TenantId {
 
 async fn agent(store: &Store, tenant: Option<TenantId>, queues: &[&str]) -> AgentId {
     let token = store
-        .issue_bootstrap_token(tenant, Duration::from_secs(3600), 1, "operator:test", t0())
+        .issue_bootstrap_token(
+            &NewBootstrapToken {
+                tenant_id: tenant,
+                ttl: Duration::from_secs(3600),
+                uses: 1,
+            },
+            "operator:test",
+            t0(),
+        )
         .await
         .unwrap();
     let (agent, _) = store
@@ -103,7 +114,15 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
 
     let c = store.claim(a, 1, LEASE, t0()).await.unwrap().remove(0);
     let out = store
-        .fail(id, c.lease_token, "exit 1", false, at(5))
+        .fail(
+            &Failure {
+                id,
+                lease_token: c.lease_token,
+                error: "exit 1",
+                permanent: false,
+            },
+            at(5),
+        )
         .await
         .unwrap();
     assert_eq!(out.state, JobState::Scheduled);
@@ -129,7 +148,15 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
     let c = store.claim(a, 1, LEASE, at(16)).await.unwrap().remove(0);
     assert_eq!(c.attempt, 2);
     let out = store
-        .fail(id, c.lease_token, "exit 1 again", false, at(20))
+        .fail(
+            &Failure {
+                id,
+                lease_token: c.lease_token,
+                error: "exit 1 again",
+                permanent: false,
+            },
+            at(20),
+        )
         .await
         .unwrap();
     assert_eq!(out.state, JobState::Dead, "attempts used up");
@@ -141,7 +168,15 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
     let id = store.enqueue(t, &job("q"), at(30)).await.unwrap().job.id;
     let c = store.claim(a, 1, LEASE, at(31)).await.unwrap().remove(0);
     let out = store
-        .fail(id, c.lease_token, "bad input", true, at(32))
+        .fail(
+            &Failure {
+                id,
+                lease_token: c.lease_token,
+                error: "bad input",
+                permanent: true,
+            },
+            at(32),
+        )
         .await
         .unwrap();
     assert_eq!(out.state, JobState::Dead);
@@ -301,7 +336,15 @@ async fn a_stale_completion_racing_the_current_one_loses(store: &Store) {
     );
     assert!(
         store
-            .fail(id, old.lease_token, "x", false, at(14))
+            .fail(
+                &Failure {
+                    id,
+                    lease_token: old.lease_token,
+                    error: "x",
+                    permanent: false
+                },
+                at(14)
+            )
             .await
             .is_err()
     );
@@ -558,7 +601,17 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
     // Three jobs are queued since `now`; five minutes on, their priority
     // ages once.
     let aged = at(400);
-    let recompute = || store.recompute_priorities(aged, 1, 50, 1000, None);
+    let recompute = || {
+        store.recompute_priorities(
+            aged,
+            Ageing {
+                bonus_per_minute: 1,
+                cap: 50,
+            },
+            1000,
+            None,
+        )
+    };
     assert_eq!(recompute().await.unwrap(), 3);
     assert_eq!(recompute().await.unwrap(), 0);
     assert_eq!(store.get_job(leased).await.unwrap().effective_priority, 5);
@@ -749,35 +802,75 @@ async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
     let retention = Duration::from_secs(1000 - 20); // events before at(20) are old
     assert_eq!(
         store
-            .delete_old_audit_events(now, retention, 8, true, None)
+            .delete_old_audit_events(
+                now,
+                AuditRetentionRun {
+                    retention,
+                    batch: 8,
+                    dry_run: true
+                },
+                None
+            )
             .await
             .unwrap(),
         8
     );
     assert_eq!(
         store
-            .delete_old_audit_events(now, retention, 8, false, None)
+            .delete_old_audit_events(
+                now,
+                AuditRetentionRun {
+                    retention,
+                    batch: 8,
+                    dry_run: false
+                },
+                None
+            )
             .await
             .unwrap(),
         8
     );
     assert_eq!(
         store
-            .delete_old_audit_events(now, retention, 8, false, None)
+            .delete_old_audit_events(
+                now,
+                AuditRetentionRun {
+                    retention,
+                    batch: 8,
+                    dry_run: false
+                },
+                None
+            )
             .await
             .unwrap(),
         8
     );
     assert_eq!(
         store
-            .delete_old_audit_events(now, retention, 8, false, None)
+            .delete_old_audit_events(
+                now,
+                AuditRetentionRun {
+                    retention,
+                    batch: 8,
+                    dry_run: false
+                },
+                None
+            )
             .await
             .unwrap(),
         4
     );
     assert_eq!(
         store
-            .delete_old_audit_events(now, retention, 8, false, None)
+            .delete_old_audit_events(
+                now,
+                AuditRetentionRun {
+                    retention,
+                    batch: 8,
+                    dry_run: false
+                },
+                None
+            )
             .await
             .unwrap(),
         0
@@ -800,7 +893,15 @@ async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
 async fn tokens_are_hashed_consumed_and_cleaned_up(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Premium).await;
     let boot = store
-        .issue_bootstrap_token(Some(t), Duration::from_secs(600), 1, "operator:test", t0())
+        .issue_bootstrap_token(
+            &NewBootstrapToken {
+                tenant_id: Some(t),
+                ttl: Duration::from_secs(600),
+                uses: 1,
+            },
+            "operator:test",
+            t0(),
+        )
         .await
         .unwrap();
     let spec = NewAgent {
@@ -847,7 +948,15 @@ async fn tokens_are_hashed_consumed_and_cleaned_up(store: &Store) {
             .is_err()
     );
     let expiring = store
-        .issue_bootstrap_token(None, Duration::from_secs(10), 5, "operator:test", t0())
+        .issue_bootstrap_token(
+            &NewBootstrapToken {
+                tenant_id: None,
+                ttl: Duration::from_secs(10),
+                uses: 5,
+            },
+            "operator:test",
+            t0(),
+        )
         .await
         .unwrap();
     assert!(matches!(
@@ -941,7 +1050,15 @@ async fn claims_follow_priority_and_age(store: &Store) {
     // ...but at 10 points per minute waited (capped at 300) the small
     // tenant's job, 21 minutes old, passes the fresh flood.
     store
-        .recompute_priorities(at(21 * 60), 10, 300, 1000, None)
+        .recompute_priorities(
+            at(21 * 60),
+            Ageing {
+                bonus_per_minute: 10,
+                cap: 300,
+            },
+            1000,
+            None,
+        )
         .await
         .unwrap();
     let next = store.claim(platform, 1, LEASE, at(21 * 60)).await.unwrap();
