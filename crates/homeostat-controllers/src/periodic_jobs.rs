@@ -156,7 +156,7 @@ impl Controller for PeriodicJobs {
                 .enqueue_periodic(&periodic, now, ctx.fence())
                 .await?;
             if let Some(e) = done {
-                tracing::info!(schedule = %c.schedule.name, slot = %slot, job = %e.job.id, "periodic job enqueued");
+                tracing::info!(schedule = %c.schedule.name, slot = %slot, job = %e.id, "periodic job enqueued");
                 enqueued += 1;
             }
         }

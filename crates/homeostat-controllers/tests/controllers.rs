@@ -142,13 +142,12 @@ async fn agent_health_takes_silent_agents_offline_and_reclaims_their_jobs(store:
         .enqueue(t, &NewJob::new("q", "k"), t0())
         .await
         .unwrap()
-        .job
         .id;
     store
         .claim(silent, 1, Duration::from_secs(3600), t0())
         .await
         .unwrap();
-    let doomed = store.enqueue(t, &last_try, t0()).await.unwrap().job.id;
+    let doomed = store.enqueue(t, &last_try, t0()).await.unwrap().id;
     store
         .claim(silent, 1, Duration::from_secs(3600), t0())
         .await
@@ -218,7 +217,6 @@ async fn job_recovery_requeues_expired_leases_and_expires_overdue_jobs(store: &S
         .enqueue(t, &NewJob::new("q", "k"), t0())
         .await
         .unwrap()
-        .job
         .id;
     store
         .claim(a, 1, Duration::from_secs(30), t0())
@@ -226,12 +224,11 @@ async fn job_recovery_requeues_expired_leases_and_expires_overdue_jobs(store: &S
         .unwrap();
     let mut late = NewJob::new("other", "k");
     late.deadline = Some(at(50));
-    let overdue = store.enqueue(t, &late, t0()).await.unwrap().job.id;
+    let overdue = store.enqueue(t, &late, t0()).await.unwrap().id;
     let waiting = store
         .enqueue(t, &NewJob::new("other", "k"), t0())
         .await
         .unwrap()
-        .job
         .id;
 
     let controller = JobRecovery::new(store.clone(), config().job_recovery);
@@ -271,7 +268,7 @@ async fn job_timeout_fails_attempts_past_their_timeout(store: &Store) {
     let a = agent(store, Some(t)).await;
     let mut quick = NewJob::new("q", "k");
     quick.timeout_secs = Some(30);
-    let id = store.enqueue(t, &quick, t0()).await.unwrap().job.id;
+    let id = store.enqueue(t, &quick, t0()).await.unwrap().id;
     store
         .claim(a, 1, Duration::from_secs(3600), t0())
         .await
@@ -293,8 +290,8 @@ async fn job_scheduler_promotes_due_jobs(store: &Store) {
     delayed.run_at = Some(at(10));
     let mut later = delayed.clone();
     later.run_at = Some(at(20));
-    let first = store.enqueue(t, &delayed, t0()).await.unwrap().job.id;
-    let second = store.enqueue(t, &later, t0()).await.unwrap().job.id;
+    let first = store.enqueue(t, &delayed, t0()).await.unwrap().id;
+    let second = store.enqueue(t, &later, t0()).await.unwrap().id;
     let controller = JobScheduler::new(store.clone(), config().job_scheduler);
     let plan = plan_at(&controller, at(15)).await;
     assert_eq!(
@@ -316,7 +313,7 @@ async fn approval_expiration_and_token_cleanup_sweep_what_expired(store: &Store)
     let t = tenant(store, "acme", PlanTier::Free).await;
     let mut gated = NewJob::new("q", "k");
     gated.approval_expires_at = Some(at(100));
-    let id = store.enqueue(t, &gated, t0()).await.unwrap().job.id;
+    let id = store.enqueue(t, &gated, t0()).await.unwrap().id;
     let approvals = ApprovalExpiration::new(store.clone(), config().approval_expiration);
     assert_eq!(run_at(store, &approvals, at(99)).await.unwrap(), 0);
     assert_eq!(run_at(store, &approvals, at(101)).await.unwrap(), 1);
@@ -348,7 +345,6 @@ async fn job_retention_deletes_finished_jobs_past_retention(store: &Store) {
         .enqueue(t, &NewJob::new("q", "k"), t0())
         .await
         .unwrap()
-        .job
         .id;
     store.cancel(id, "operator:test", at(1)).await.unwrap();
     let controller = JobRetention::new(store.clone(), config().job_retention);
@@ -423,7 +419,7 @@ async fn a_deposed_leader_changes_nothing(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let mut delayed = NewJob::new("q", "k");
     delayed.run_at = Some(at(10));
-    let id = store.enqueue(t, &delayed, t0()).await.unwrap().job.id;
+    let id = store.enqueue(t, &delayed, t0()).await.unwrap().id;
     let controller = JobScheduler::new(store.clone(), config().job_scheduler);
     let old = fence(store, "job-scheduler").await;
     let lease = store
@@ -456,7 +452,6 @@ async fn a_small_tenant_is_not_starved_by_a_flood(store: &Store) {
         .enqueue(small, &NewJob::new("q", "k"), t0())
         .await
         .unwrap()
-        .job
         .id;
     // Every minute the big tenant enqueues 10 jobs and the worker takes 5:
     // its backlog only grows.

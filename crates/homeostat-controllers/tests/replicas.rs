@@ -192,7 +192,6 @@ async fn a_leader_frozen_past_its_lease_has_its_writes_refused() {
         .enqueue(tenant.id, &job, jiff::Timestamp::now())
         .await
         .unwrap()
-        .job
         .id;
     // Replica a leads, then freezes (stops renewing) past its lease...
     let a = store

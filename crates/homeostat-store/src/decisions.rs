@@ -3,11 +3,14 @@
 //! attempt leaves a job, a notification's next attempt, and what the audit
 //! log says about each.
 
+use std::collections::HashMap;
+
 use homeostat_model::{Job, JobId, JobState, NewAuditEvent, NewJob};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 
 use crate::error::{self, StoreError};
+use crate::rows::EnqueuedRow;
 use crate::{
     Delivery, Enqueued, FailOutcome, NOTIFICATION_MAX_ATTEMPTS, StoreOptions, Swept,
     notification_backoff, time,
@@ -32,7 +35,7 @@ pub(crate) fn periodic_event(
     NewAuditEvent {
         actor: actor_for(fence),
         action: "jobs.periodic".into(),
-        subject: format!("job:{}", enqueued.job.id),
+        subject: format!("job:{}", enqueued.id),
         details: serde_json::json!({
             "schedule": schedule,
             "slot": slot,
@@ -63,20 +66,20 @@ pub(crate) fn sweep_event(actor: &str, action: &str, reason: &str, swept: &Swept
 pub(crate) fn match_enqueued(
     jobs: &[NewJob],
     generated: &[JobId],
-    stored: Vec<Job>,
+    stored: Vec<EnqueuedRow>,
 ) -> Result<Vec<Enqueued>, StoreError> {
-    let mut by_id = std::collections::HashMap::with_capacity(stored.len());
-    let mut by_fp: std::collections::HashMap<String, Job> = std::collections::HashMap::new();
-    for job in stored {
-        if let Some(fp) = &job.fingerprint {
+    let mut by_id = HashMap::with_capacity(stored.len());
+    let mut by_fp: HashMap<String, EnqueuedRow> = HashMap::new();
+    for row in stored {
+        if let Some(fp) = &row.fingerprint {
             let newer = by_fp
                 .get(fp)
-                .is_none_or(|seen| job.occurrences >= seen.occurrences);
+                .is_none_or(|seen| row.occurrences >= seen.occurrences);
             if newer {
-                by_fp.insert(fp.clone(), job.clone());
+                by_fp.insert(fp.clone(), row.clone());
             }
         }
-        by_id.insert(job.id, job);
+        by_id.insert(row.id, row);
     }
     jobs.iter()
         .zip(generated)
@@ -85,11 +88,11 @@ pub(crate) fn match_enqueued(
                 Some(fp) => by_fp.get(fp),
                 None => by_id.get(generated),
             }
-            .cloned()
             .ok_or_else(|| error::corrupt("enqueueing jobs", "an enqueued job was not returned"))?;
             Ok(Enqueued {
+                id: stored.id,
                 deduplicated: stored.id != *generated,
-                job: stored,
+                occurrences: stored.occurrences,
             })
         })
         .collect()

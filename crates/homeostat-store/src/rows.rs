@@ -1,7 +1,7 @@
 //! Rows into model types, once for both backends (each backend's
 //! [`RowExt`] decodes its own storage of ids, flags and lists).
 
-use homeostat_model::{Agent, Job, Notification, Tenant};
+use homeostat_model::{Agent, Job, JobId, Notification, Tenant};
 
 use crate::audit::ChainedEvent;
 use crate::backend::RowExt;
@@ -113,6 +113,22 @@ pub(crate) fn job(r: &impl RowExt) -> Result<Job, StoreError> {
         updated_at: ts(r.int("updated_at")?),
         started_at: opt_ts("started_at")?,
         finished_at: opt_ts("finished_at")?,
+    })
+}
+
+/// What an enqueue returns of each row it wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EnqueuedRow {
+    pub(crate) id: JobId,
+    pub(crate) fingerprint: Option<String>,
+    pub(crate) occurrences: u32,
+}
+
+pub(crate) fn enqueued(r: &impl RowExt) -> Result<EnqueuedRow, StoreError> {
+    Ok(EnqueuedRow {
+        id: r.id("id")?,
+        fingerprint: r.opt_text("fingerprint")?,
+        occurrences: r.int("occurrences")? as u32,
     })
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use homeostat_model::{ApiScope, Job, JobId, JobState, TenantId, TokenId, TokenInfo};
+use homeostat_model::{ApiScope, JobId, JobState, TenantId, TokenId, TokenInfo};
 use homeostat_runtime::Backoff;
 use jiff::Timestamp;
 use serde::Serialize;
@@ -62,13 +62,17 @@ pub struct Swept {
     pub dead: Vec<JobId>,
 }
 
-/// The result of an enqueue.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The result of an enqueue: the job's id and whether it was new, not the
+/// whole row (read it with [`Store::get_job`](crate::Store::get_job) when
+/// needed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Enqueued {
     /// The new job, or the live job with the same fingerprint.
-    pub job: Job,
+    pub id: JobId,
     /// Whether an existing job was returned (its occurrences increased).
     pub deduplicated: bool,
+    /// How many enqueues the job now stands for.
+    pub occurrences: u32,
 }
 
 /// A job handed to an agent by a claim.

@@ -73,13 +73,15 @@ async fn full_lifecycle(store: &Store) {
     new.payload = json!({"repo": "acme/app", "ref": "main"});
     let enq = store.enqueue(t, &new, t0()).await.unwrap();
     assert!(!enq.deduplicated);
-    assert_eq!(enq.job.state, JobState::Queued);
-    assert_eq!(enq.job.effective_priority, 100, "standard tier base");
+    assert_eq!((enq.deduplicated, enq.occurrences), (false, 1));
+    let stored = store.get_job(enq.id).await.unwrap();
+    assert_eq!(stored.state, JobState::Queued);
+    assert_eq!(stored.effective_priority, 100, "standard tier base");
 
     let claimed = store.claim(a, 10, LEASE, at(1)).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let c = &claimed[0];
-    assert_eq!((c.id, c.attempt, c.lease_token), (enq.job.id, 1, 1));
+    assert_eq!((c.id, c.attempt, c.lease_token), (enq.id, 1, 1));
     assert_eq!(c.payload, new.payload);
     assert_eq!(c.lease_expires_at, at(61));
 
@@ -110,7 +112,7 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
     let a = agent(store, Some(t), &["q"]).await;
     let mut new = job("q");
     new.max_attempts = Some(2);
-    let id = store.enqueue(t, &new, t0()).await.unwrap().job.id;
+    let id = store.enqueue(t, &new, t0()).await.unwrap().id;
 
     let c = store.claim(a, 1, LEASE, t0()).await.unwrap().remove(0);
     let out = store
@@ -165,7 +167,7 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
     assert_eq!(dead.finished_at, Some(at(20)));
 
     // A permanent failure is dead at once, attempts left or not.
-    let id = store.enqueue(t, &job("q"), at(30)).await.unwrap().job.id;
+    let id = store.enqueue(t, &job("q"), at(30)).await.unwrap().id;
     let c = store.claim(a, 1, LEASE, at(31)).await.unwrap().remove(0);
     let out = store
         .fail(
@@ -203,8 +205,8 @@ async fn fingerprints_deduplicate_live_jobs_only(store: &Store) {
     let first = store.enqueue(t, &new, t0()).await.unwrap();
     let second = store.enqueue(t, &new, at(1)).await.unwrap();
     assert!(second.deduplicated);
-    assert_eq!(second.job.id, first.job.id);
-    assert_eq!(second.job.occurrences, 2);
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.occurrences, 2);
     // Another tenant's fingerprints are its own.
     assert!(
         !store
@@ -219,10 +221,10 @@ async fn fingerprints_deduplicate_live_jobs_only(store: &Store) {
         .await
         .unwrap();
     assert!(batch[0].deduplicated && batch[1].deduplicated && !batch[2].deduplicated);
-    assert_eq!(store.get_job(first.job.id).await.unwrap().occurrences, 4);
+    assert_eq!(store.get_job(first.id).await.unwrap().occurrences, 4);
     // Running is live too.
     let c = store.claim(a, 1, LEASE, at(3)).await.unwrap().remove(0);
-    assert_eq!(c.id, first.job.id);
+    assert_eq!(c.id, first.id);
     assert!(store.enqueue(t, &new, at(4)).await.unwrap().deduplicated);
     // Once terminal, the fingerprint is free again.
     store
@@ -231,7 +233,7 @@ async fn fingerprints_deduplicate_live_jobs_only(store: &Store) {
         .unwrap();
     let fresh = store.enqueue(t, &new, at(6)).await.unwrap();
     assert!(!fresh.deduplicated);
-    assert_ne!(fresh.job.id, first.job.id);
+    assert_ne!(fresh.id, first.id);
     // A fingerprint new to the store, twice in one batch: one job, and the
     // second input is folded into it.
     let mut other = job("alerts");
@@ -241,8 +243,8 @@ async fn fingerprints_deduplicate_live_jobs_only(store: &Store) {
         .await
         .unwrap();
     assert!(!twice[0].deduplicated && twice[1].deduplicated);
-    assert_eq!(twice[0].job.id, twice[1].job.id);
-    assert_eq!(twice[1].job.occurrences, 2);
+    assert_eq!(twice[0].id, twice[1].id);
+    assert_eq!(twice[1].occurrences, 2);
 }
 
 async fn concurrent_same_fingerprint_enqueues_create_one_job(store: &Store) {
@@ -260,7 +262,7 @@ async fn concurrent_same_fingerprint_enqueues_create_one_job(store: &Store) {
     let mut fresh = 0;
     for task in tasks {
         let e = task.await.unwrap();
-        ids.insert(e.job.id);
+        ids.insert(e.id);
         fresh += usize::from(!e.deduplicated);
     }
     assert_eq!(ids.len(), 1, "one job");
@@ -306,7 +308,7 @@ async fn a_stale_completion_racing_the_current_one_loses(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let a = agent(store, Some(t), &["q"]).await;
     let b = agent(store, Some(t), &["q"]).await;
-    let id = store.enqueue(t, &job("q"), t0()).await.unwrap().job.id;
+    let id = store.enqueue(t, &job("q"), t0()).await.unwrap().id;
     let old = store
         .claim(a, 1, Duration::from_secs(10), t0())
         .await
@@ -456,13 +458,13 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
         j
     };
     // Lease expiry: claimed with a 10 s lease at t0.
-    let leased = store.enqueue(t, &job("q"), t0()).await.unwrap().job.id;
+    let leased = store.enqueue(t, &job("q"), t0()).await.unwrap().id;
     store
         .claim(a, 1, Duration::from_secs(10), t0())
         .await
         .unwrap();
     // Agent offline: a job on `gone`, whose heartbeat stops.
-    let orphan = store.enqueue(t, &job("q"), t0()).await.unwrap().job.id;
+    let orphan = store.enqueue(t, &job("q"), t0()).await.unwrap().id;
     store
         .claim(gone, 1, Duration::from_secs(3600), t0())
         .await
@@ -472,7 +474,6 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
         .enqueue(t, &enqueue(job("q"), &|j| j.timeout_secs = Some(5)), t0())
         .await
         .unwrap()
-        .job
         .id;
     store
         .claim(a, 1, Duration::from_secs(3600), t0())
@@ -487,7 +488,6 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
         )
         .await
         .unwrap()
-        .job
         .id;
     // Scheduled for t0 + 20 s.
     let delayed = store
@@ -498,7 +498,6 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
         )
         .await
         .unwrap()
-        .job
         .id;
     // Approval that expires at t0 + 40 s.
     let unapproved = store
@@ -509,7 +508,6 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
         )
         .await
         .unwrap()
-        .job
         .id;
     store.heartbeat_agents(&[a], at(100)).await.unwrap();
 
@@ -646,7 +644,7 @@ async fn reclaimed_jobs_with_no_attempts_left_go_dead(store: &Store) {
     let a = agent(store, Some(t), &["q"]).await;
     let mut new = job("q");
     new.max_attempts = Some(1);
-    let id = store.enqueue(t, &new, t0()).await.unwrap().job.id;
+    let id = store.enqueue(t, &new, t0()).await.unwrap().id;
     store
         .claim(a, 1, Duration::from_secs(10), t0())
         .await
@@ -668,8 +666,8 @@ async fn sweep_plans_show_what_would_change_without_changing_it(store: &Store) {
     let a = agent(store, Some(t), &["q"]).await;
     let mut last_try = job("q");
     last_try.max_attempts = Some(1);
-    let doomed = store.enqueue(t, &last_try, t0()).await.unwrap().job.id;
-    let retried = store.enqueue(t, &job("q"), t0()).await.unwrap().job.id;
+    let doomed = store.enqueue(t, &last_try, t0()).await.unwrap().id;
+    let retried = store.enqueue(t, &job("q"), t0()).await.unwrap().id;
     store
         .claim(a, 2, Duration::from_secs(10), t0())
         .await
@@ -1029,7 +1027,7 @@ async fn claims_follow_priority_and_age(store: &Store) {
     let free = tenant(store, "small", PlanTier::Free).await;
     let premium = tenant(store, "big", PlanTier::Premium).await;
     let platform = agent(store, None, &["q"]).await;
-    let old_free = store.enqueue(free, &job("q"), t0()).await.unwrap().job.id;
+    let old_free = store.enqueue(free, &job("q"), t0()).await.unwrap().id;
     // A big tenant floods the queue 20.5 minutes later.
     let flood_at = 21 * 60 - 30;
     let flood = store
@@ -1046,7 +1044,7 @@ async fn claims_follow_priority_and_age(store: &Store) {
         .claim(platform, 1, LEASE, at(flood_at + 1))
         .await
         .unwrap();
-    assert!(flood.iter().any(|e| e.job.id == first[0].id));
+    assert!(flood.iter().any(|e| e.id == first[0].id));
     // ...but at 10 points per minute waited (capped at 300) the small
     // tenant's job, 21 minutes old, passes the fresh flood.
     store
@@ -1076,7 +1074,7 @@ async fn claims_across_queues_take_the_best_of_all(store: &Store) {
     for (queue, priority) in [("a", 1), ("a", 5), ("b", 3), ("b", 7), ("c", 9)] {
         let mut new = job(queue);
         new.priority = priority;
-        let id = store.enqueue(t, &new, t0()).await.unwrap().job.id;
+        let id = store.enqueue(t, &new, t0()).await.unwrap().id;
         ids.insert(priority, id);
     }
     let first = store.claim(a, 3, LEASE, at(1)).await.unwrap();
@@ -1101,7 +1099,7 @@ async fn listing_pages_newest_first(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let mut ids = Vec::new();
     for i in 0..7 {
-        ids.push(store.enqueue(t, &job("q"), at(i)).await.unwrap().job.id);
+        ids.push(store.enqueue(t, &job("q"), at(i)).await.unwrap().id);
     }
     let filter = JobFilter {
         tenant_id: Some(t),

@@ -223,7 +223,7 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
         .await
         .unwrap();
     assert!(folded.deduplicated);
-    assert_eq!((folded.job.id, folded.job.occurrences), (job, 3));
+    assert_eq!((folded.id, folded.occurrences), (job, 3));
     store.close().await;
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&admin)

@@ -126,7 +126,7 @@ impl PgStore {
             " DO UPDATE SET occurrences = jobs.occurrences + excluded.occurrences,
                             updated_at = excluded.updated_at
              RETURNING ",
-            crate::rows::job_columns!()
+            "id, fingerprint, occurrences"
         ))
         .bind(tenant_id.as_uuid())
         .bind(ms(now))
@@ -149,7 +149,7 @@ impl PgStore {
         .op(op)?;
         let stored = stored
             .iter()
-            .map(crate::rows::job)
+            .map(crate::rows::enqueued)
             .collect::<Result<Vec<_>, _>>()?;
         crate::decisions::match_enqueued(jobs, &generated, stored)
     }

@@ -127,7 +127,7 @@ impl SqliteStore {
             crate::rows::terminal!(),
             " DO UPDATE SET occurrences = occurrences + 1, updated_at = excluded.updated_at
              RETURNING ",
-            crate::rows::job_columns!()
+            "id, fingerprint, occurrences"
         ))
         .bind(tenant_id.to_string())
         .bind(ms(now))
@@ -137,7 +137,7 @@ impl SqliteStore {
         .op(op)?;
         let stored = stored
             .iter()
-            .map(crate::rows::job)
+            .map(crate::rows::enqueued)
             .collect::<Result<Vec<_>, _>>()?;
         crate::decisions::match_enqueued(jobs, &generated, stored)
     }
