@@ -14,6 +14,30 @@ use crate::error::{Context, StoreError, corrupt};
 use crate::time::{add, dur_ms, ms, ts};
 use crate::{ClaimedJob, Completion, Enqueued};
 
+/// What a claim returns of each job it took.
+macro_rules! claim_returning {
+    () => {
+        "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token, timeout_ms,
+         effective_priority, queued_at"
+    };
+}
+
+/// The rows of the `claimed` CTE, then — only when it is empty — one row
+/// whose last column says why: the agent's status, `missing` when there is
+/// no such agent. An empty claim (a long poll's usual answer) costs one
+/// statement, not a second one asking about the agent.
+macro_rules! claimed_or_status {
+    () => {
+        "SELECT id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
+           timeout_ms, effective_priority, queued_at, NULL::text AS agent_status
+         FROM claimed
+         UNION ALL
+         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           COALESCE((SELECT status FROM agents WHERE id = $1), 'missing')
+         WHERE NOT EXISTS (SELECT 1 FROM claimed)"
+    };
+}
+
 /// An agent's tenant and queues.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentFacts {
@@ -170,8 +194,9 @@ impl PgStore {
             // current. A job another transaction changed after this
             // statement's snapshot is locked at its new address, which the
             // snapshot cannot see: it stays queued for the next claim.
-            sqlx::query(
-                "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
+            sqlx::query(concat!(
+                "WITH claimed AS (
+                 UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
                    lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
                    timeout_at = $3 + timeout_ms, updated_at = $3
                  WHERE ctid = ANY(ARRAY(
@@ -181,9 +206,11 @@ impl PgStore {
                    LIMIT $6
                    FOR UPDATE SKIP LOCKED))
                  AND EXISTS (SELECT 1 FROM agents WHERE id = $1 AND status = 'online')
-                 RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
-                   timeout_ms, effective_priority, queued_at",
-            )
+                 RETURNING ",
+                claim_returning!(),
+                ") ",
+                claimed_or_status!()
+            ))
             .bind(agent_id.as_uuid())
             .bind(add(now, lease))
             .bind(ms(now))
@@ -196,7 +223,7 @@ impl PgStore {
         } else {
             // Per queue an index-ordered scan that skips locked rows, then
             // the best `limit` across queues; one statement.
-            sqlx::query(
+            sqlx::query(concat!(
                 "WITH agent AS (
                    SELECT tenant_id, queues FROM agents WHERE id = $1 AND status = 'online'),
                  picked AS (
@@ -210,14 +237,17 @@ impl PgStore {
                      LIMIT $4
                      FOR UPDATE SKIP LOCKED) c
                    ORDER BY c.effective_priority DESC, c.queued_at
-                   LIMIT $4)
+                   LIMIT $4),
+                 claimed AS (
                  UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
                    lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
                    timeout_at = $3 + timeout_ms, updated_at = $3
                  WHERE id = ANY(ARRAY(SELECT id FROM picked))
-                 RETURNING id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
-                   timeout_ms, effective_priority, queued_at",
-            )
+                 RETURNING ",
+                claim_returning!(),
+                ") ",
+                claimed_or_status!()
+            ))
             .bind(agent_id.as_uuid())
             .bind(add(now, lease))
             .bind(ms(now))
@@ -226,9 +256,24 @@ impl PgStore {
             .await
             .op(op)?
         };
-        if rows.is_empty() {
-            // Nothing claimed: say why when the agent is the reason.
-            crate::jobs::require_online(self, agent_id, op).await?;
+        if let [row] = rows.as_slice() {
+            // Nothing claimed: the one row says why when the agent is the
+            // reason, in the same statement.
+            if let Some(status) = row.try_get::<Option<String>, _>(11).op(op)? {
+                return match status.as_str() {
+                    "online" => Ok(Vec::new()),
+                    "missing" => Err(StoreError::NotFound {
+                        entity: "agent",
+                        id: agent_id.to_string(),
+                    }),
+                    status => Err(StoreError::Conflict {
+                        operation: op,
+                        entity: "agent",
+                        id: agent_id.to_string(),
+                        reason: format!("the agent is {status}; only online agents claim jobs"),
+                    }),
+                };
+            }
         }
         // Unchecked decoding: the statement above fixes each column's type,
         // and checking it again per value is a tenth of the claim's client

@@ -1,0 +1,172 @@
+//! The hot path keeps its index plans whatever the statistics and the plan
+//! cache say: a table that grew after the store's statements were first
+//! prepared, and was never analyzed, is still read through its indexes.
+
+mod backends;
+
+use std::time::{Duration, Instant};
+
+use homeostat_model::{NewAgent, NewJob, PlanTier};
+use homeostat_store::{Completion, NewBootstrapToken, Store, StoreOptions};
+use jiff::{SignedDuration, Timestamp};
+
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_second(1_767_225_600).unwrap() + SignedDuration::from_secs(secs)
+}
+
+/// How the jobs table has been read so far, as PostgreSQL counts it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Reads {
+    seq_tup_read: i64,
+    idx_tup_fetch: i64,
+    updated: i64,
+}
+
+async fn reads(admin: &sqlx::PgPool, schema: &str) -> Reads {
+    let (seq_tup_read, idx_tup_fetch, updated): (i64, i64, i64) = sqlx::query_as(
+        "SELECT seq_tup_read, COALESCE(idx_tup_fetch, 0), n_tup_upd FROM pg_stat_user_tables
+         WHERE schemaname = $1 AND relname = 'jobs'",
+    )
+    .bind(schema)
+    .fetch_one(admin)
+    .await
+    .unwrap();
+    Reads {
+        seq_tup_read,
+        idx_tup_fetch,
+        updated,
+    }
+}
+
+/// Backends publish their counters a moment after they go idle: waits until
+/// `updated` rows updates are counted.
+async fn reads_after(admin: &sqlx::PgPool, schema: &str, updated: i64) -> Reads {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = reads(admin, schema).await;
+        if r.updated >= updated {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "table statistics never counted {updated} updates: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_table() {
+    let Some(url) = backends::pg_url() else {
+        return;
+    };
+    // One connection: every statement below is prepared, and executed more
+    // than five times, on it.
+    let options = StoreOptions {
+        max_connections: 1,
+        ..StoreOptions::default()
+    };
+    let test = backends::postgres_with(options).await.unwrap();
+    let schema = test.schema().unwrap().to_owned();
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let raw = backends::pg_pool(&url, &schema, 1).await;
+    sqlx::query("ALTER TABLE jobs SET (autovacuum_enabled = false)")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let store: &Store = &test;
+    let tenant = store
+        .create_tenant("acme", PlanTier::Standard, "operator:test", at(0))
+        .await
+        .unwrap();
+    let token = NewBootstrapToken {
+        tenant_id: Some(tenant.id),
+        ttl: Duration::from_secs(3600),
+        uses: 1,
+    };
+    let token = store
+        .issue_bootstrap_token(&token, "operator:test", at(0))
+        .await
+        .unwrap();
+    let new_agent = NewAgent {
+        name: "worker".into(),
+        labels: Default::default(),
+        queues: vec!["q".into()],
+    };
+    let (agent, _) = store
+        .register_agent(&token.secret, &new_agent, at(0))
+        .await
+        .unwrap();
+
+    // Warm the statements on a near-empty table: past five executions a
+    // statement may switch to a generic plan made for this size.
+    let lifecycle = |round: i64, batch: u32| async move {
+        let claimed = store
+            .claim(agent.id, batch, Duration::from_secs(60), at(round))
+            .await
+            .unwrap();
+        for c in &claimed {
+            store
+                .heartbeat_job(c.id, c.lease_token, Duration::from_secs(60), at(round))
+                .await
+                .unwrap();
+        }
+        let done: Vec<Completion> = claimed
+            .iter()
+            .map(|c| Completion {
+                id: c.id,
+                lease_token: c.lease_token,
+                result: None,
+            })
+            .collect();
+        let accepted = store.complete_batch(&done, at(round)).await.unwrap();
+        assert!(accepted.iter().all(|a| *a));
+        claimed.len()
+    };
+    for round in 1..=8 {
+        store
+            .enqueue(tenant.id, &NewJob::new("q", "build"), at(round))
+            .await
+            .unwrap();
+        assert_eq!(lifecycle(round, 1).await, 1);
+    }
+
+    // Grow the table to 100,000 queued jobs without analyzing it.
+    for chunk in 0..100 {
+        let jobs: Vec<NewJob> = (0..1000).map(|_| NewJob::new("q", "build")).collect();
+        store
+            .enqueue_batch(tenant.id, &jobs, at(100 + chunk))
+            .await
+            .unwrap();
+    }
+    let analyzed: Option<i64> = sqlx::query_scalar(
+        "SELECT analyze_count + autoanalyze_count FROM pg_stat_user_tables
+         WHERE schemaname = $1 AND relname = 'jobs'",
+    )
+    .bind(&schema)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(analyzed, Some(0), "the table must stay unanalyzed");
+
+    let before = reads_after(&admin, &schema, 3 * 8).await;
+    const ROUNDS: i64 = 5;
+    for round in 0..ROUNDS {
+        assert_eq!(lifecycle(1000 + round, 10).await, 10);
+    }
+    // Each job: claimed, heartbeated, completed.
+    let after = reads_after(&admin, &schema, before.updated + ROUNDS * 10 * 3).await;
+    assert_eq!(
+        after.seq_tup_read, before.seq_tup_read,
+        "a claim, heartbeat or completion scanned the jobs table"
+    );
+    let fetched = after.idx_tup_fetch - before.idx_tup_fetch;
+    assert!(
+        fetched < 2_000,
+        "{fetched} rows fetched through indexes for {} jobs: the claims read the whole queue",
+        ROUNDS * 10
+    );
+    admin.close().await;
+    raw.close().await;
+    test.cleanup().await;
+}
