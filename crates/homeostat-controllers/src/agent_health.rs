@@ -10,7 +10,7 @@ use homeostat_store::{PlanKind, Store};
 use serde_json::json;
 
 use crate::AgentHealthConfig;
-use crate::sweep::{drain, notify_dead, now, total};
+use crate::sweep::{drain, notify_dead, total};
 
 /// The agent-health controller.
 #[derive(Debug, Clone)]
@@ -35,10 +35,9 @@ impl Controller for AgentHealth {
         self.config.settings.interval
     }
 
-    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+    async fn plan(&self, _ctx: Context) -> Result<Plan, BoxError> {
         crate::sweep::plan_of(
             &self.store,
-            &ctx,
             &[
                 (
                     PlanKind::SilentAgents {
@@ -58,11 +57,10 @@ impl Controller for AgentHealth {
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
-        let now = now(&ctx)?;
         let (batch, fence) = (self.config.settings.batch, ctx.fence());
         let offline = drain(&ctx, batch, || {
             self.store
-                .mark_silent_agents_offline(now, self.config.stale_after, batch, fence)
+                .mark_silent_agents_offline(self.config.stale_after, batch, fence)
         })
         .await?;
         for id in offline.iter().flatten() {
@@ -70,15 +68,14 @@ impl Controller for AgentHealth {
                 .add_notification(
                     "agent.offline",
                     &json!({"agent_id": id, "silent_for_secs": self.config.stale_after.as_secs()}),
-                    now,
                 )
                 .await?;
         }
         let reclaimed = drain(&ctx, batch, || {
-            self.store.reclaim_offline_agent_jobs(now, batch, fence)
+            self.store.reclaim_offline_agent_jobs(batch, fence)
         })
         .await?;
-        notify_dead(&self.store, &ctx, &reclaimed, "its agent went offline", now).await?;
+        notify_dead(&self.store, &ctx, &reclaimed, "its agent went offline").await?;
         Ok(Reconciled::items(total(&offline) + total(&reclaimed)))
     }
 }

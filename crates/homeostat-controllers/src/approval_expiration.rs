@@ -7,7 +7,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{PlanKind, Store};
 
 use crate::Settings;
-use crate::sweep::{drain, now, total};
+use crate::sweep::{drain, total};
 
 /// The approval-expiration controller.
 #[derive(Debug, Clone)]
@@ -32,22 +32,17 @@ impl Controller for ApprovalExpiration {
         self.settings.interval
     }
 
-    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+    async fn plan(&self, _ctx: Context) -> Result<Plan, BoxError> {
         crate::sweep::plan_of(
             &self.store,
-            &ctx,
             &[(PlanKind::ExpiredApprovals, "approval expired")],
         )
         .await
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
-        let now = now(&ctx)?;
         let (batch, fence) = (self.settings.batch, ctx.fence());
-        let done = drain(&ctx, batch, || {
-            self.store.expire_approvals(now, batch, fence)
-        })
-        .await?;
+        let done = drain(&ctx, batch, || self.store.expire_approvals(batch, fence)).await?;
         Ok(Reconciled::items(total(&done)))
     }
 }

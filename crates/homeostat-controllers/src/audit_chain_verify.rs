@@ -10,7 +10,6 @@ use homeostat_store::Store;
 use serde_json::json;
 
 use crate::Settings;
-use crate::sweep::now;
 
 /// The audit-chain-verify controller.
 #[derive(Debug)]
@@ -48,8 +47,7 @@ impl Controller for AuditChainVerify {
         })
     }
 
-    async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
-        let now = now(&ctx)?;
+    async fn reconcile(&self, _ctx: Context) -> Result<Reconciled, BoxError> {
         let report = self
             .store
             .verify_audit_chain(&mut |checked| {
@@ -66,7 +64,6 @@ impl Controller for AuditChainVerify {
                 .add_notification(
                     "audit.chain_broken",
                     &json!({"seq": broken.seq, "reason": broken.reason, "checked": report.checked}),
-                    now,
                 )
                 .await?;
         }

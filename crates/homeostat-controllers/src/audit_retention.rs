@@ -9,7 +9,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{AuditRetentionRun, PlanKind, Store};
 
 use crate::AuditRetentionConfig;
-use crate::sweep::{drain, now, total};
+use crate::sweep::{drain, total};
 
 /// The audit-retention controller.
 #[derive(Debug, Clone)]
@@ -34,10 +34,9 @@ impl Controller for AuditRetention {
         self.config.settings.interval
     }
 
-    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+    async fn plan(&self, _ctx: Context) -> Result<Plan, BoxError> {
         crate::sweep::plan_of(
             &self.store,
-            &ctx,
             &[(
                 PlanKind::OldAuditEvents {
                     retention: self.config.retention,
@@ -49,7 +48,6 @@ impl Controller for AuditRetention {
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
-        let now = now(&ctx)?;
         let (batch, fence) = (self.config.settings.batch, ctx.fence());
         let run = AuditRetentionRun {
             retention: self.config.retention,
@@ -57,7 +55,7 @@ impl Controller for AuditRetention {
             dry_run: self.config.dry_run,
         };
         if run.dry_run {
-            let would = self.store.delete_old_audit_events(now, run, fence).await?;
+            let would = self.store.delete_old_audit_events(run, fence).await?;
             tracing::info!(
                 controller = ctx.controller(),
                 would_delete = would,
@@ -66,7 +64,7 @@ impl Controller for AuditRetention {
             return Ok(Reconciled::nothing());
         }
         let done = drain(&ctx, batch, || {
-            self.store.delete_old_audit_events(now, run, fence)
+            self.store.delete_old_audit_events(run, fence)
         })
         .await?;
         Ok(Reconciled::items(total(&done)))

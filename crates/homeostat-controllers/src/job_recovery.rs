@@ -9,7 +9,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{PlanKind, Store};
 
 use crate::Settings;
-use crate::sweep::{drain, notify_dead, now, total};
+use crate::sweep::{drain, notify_dead, total};
 
 /// The job-recovery controller.
 #[derive(Debug, Clone)]
@@ -34,10 +34,9 @@ impl Controller for JobRecovery {
         self.settings.interval
     }
 
-    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+    async fn plan(&self, _ctx: Context) -> Result<Plan, BoxError> {
         crate::sweep::plan_of(
             &self.store,
-            &ctx,
             &[
                 (PlanKind::ExpiredLeases, "lease expired"),
                 (PlanKind::OverdueQueued, "not started before its deadline"),
@@ -47,10 +46,9 @@ impl Controller for JobRecovery {
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
-        let now = now(&ctx)?;
         let (batch, fence) = (self.settings.batch, ctx.fence());
         let requeued = drain(&ctx, batch, || {
-            self.store.requeue_expired_leases(now, batch, fence)
+            self.store.requeue_expired_leases(batch, fence)
         })
         .await?;
         notify_dead(
@@ -58,11 +56,10 @@ impl Controller for JobRecovery {
             &ctx,
             &requeued,
             "lease expired with no attempts left",
-            now,
         )
         .await?;
         let expired = drain(&ctx, batch, || {
-            self.store.expire_overdue_queued(now, batch, fence)
+            self.store.expire_overdue_queued(batch, fence)
         })
         .await?;
         Ok(Reconciled::items(total(&requeued) + total(&expired)))

@@ -7,7 +7,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{PlanKind, Store};
 
 use crate::JobRetentionConfig;
-use crate::sweep::{drain, now, total};
+use crate::sweep::{drain, total};
 
 /// The job-retention controller.
 #[derive(Debug, Clone)]
@@ -32,10 +32,9 @@ impl Controller for JobRetention {
         self.config.settings.interval
     }
 
-    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+    async fn plan(&self, _ctx: Context) -> Result<Plan, BoxError> {
         crate::sweep::plan_of(
             &self.store,
-            &ctx,
             &[(
                 PlanKind::FinishedJobs(self.config.retention),
                 "past retention",
@@ -45,12 +44,10 @@ impl Controller for JobRetention {
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
-        let now = now(&ctx)?;
         let (batch, fence) = (self.config.settings.batch, ctx.fence());
         let retention = self.config.retention;
         let done = drain(&ctx, batch, || {
-            self.store
-                .delete_finished_jobs(now, retention, batch, fence)
+            self.store.delete_finished_jobs(retention, batch, fence)
         })
         .await?;
         Ok(Reconciled::items(total(&done)))

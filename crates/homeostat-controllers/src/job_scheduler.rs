@@ -7,7 +7,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{PlanKind, Store};
 
 use crate::Settings;
-use crate::sweep::{drain, now, total};
+use crate::sweep::{drain, total};
 
 /// The job-scheduler controller.
 #[derive(Debug, Clone)]
@@ -32,22 +32,13 @@ impl Controller for JobScheduler {
         self.settings.interval
     }
 
-    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
-        crate::sweep::plan_of(
-            &self.store,
-            &ctx,
-            &[(PlanKind::DueScheduled, "run time reached")],
-        )
-        .await
+    async fn plan(&self, _ctx: Context) -> Result<Plan, BoxError> {
+        crate::sweep::plan_of(&self.store, &[(PlanKind::DueScheduled, "run time reached")]).await
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
-        let now = now(&ctx)?;
         let (batch, fence) = (self.settings.batch, ctx.fence());
-        let done = drain(&ctx, batch, || {
-            self.store.promote_scheduled(now, batch, fence)
-        })
-        .await?;
+        let done = drain(&ctx, batch, || self.store.promote_scheduled(batch, fence)).await?;
         Ok(Reconciled::items(total(&done)))
     }
 }

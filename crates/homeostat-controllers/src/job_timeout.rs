@@ -7,7 +7,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{PlanKind, Store};
 
 use crate::Settings;
-use crate::sweep::{drain, notify_dead, now, total};
+use crate::sweep::{drain, notify_dead, total};
 
 /// The job-timeout controller.
 #[derive(Debug, Clone)]
@@ -32,28 +32,18 @@ impl Controller for JobTimeout {
         self.settings.interval
     }
 
-    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
-        crate::sweep::plan_of(
-            &self.store,
-            &ctx,
-            &[(PlanKind::TimedOut, "attempt timed out")],
-        )
-        .await
+    async fn plan(&self, _ctx: Context) -> Result<Plan, BoxError> {
+        crate::sweep::plan_of(&self.store, &[(PlanKind::TimedOut, "attempt timed out")]).await
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
-        let now = now(&ctx)?;
         let (batch, fence) = (self.settings.batch, ctx.fence());
-        let timed_out = drain(&ctx, batch, || {
-            self.store.time_out_running(now, batch, fence)
-        })
-        .await?;
+        let timed_out = drain(&ctx, batch, || self.store.time_out_running(batch, fence)).await?;
         notify_dead(
             &self.store,
             &ctx,
             &timed_out,
             "timed out with no attempts left",
-            now,
         )
         .await?;
         Ok(Reconciled::items(total(&timed_out)))

@@ -13,7 +13,6 @@ use homeostat_store::{Delivery, PlanKind, Store};
 use serde_json::json;
 
 use crate::notifier::{Notifier, SEND_TIMEOUT};
-use crate::sweep::now;
 use crate::{MAX_BATCHES_PER_RUN, Settings};
 
 /// Notifications claimed (and hidden from other senders) at a time.
@@ -47,8 +46,8 @@ impl Controller for NotificationDispatch {
         self.settings.interval
     }
 
-    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
-        crate::sweep::plan_of(&self.store, &ctx, &[(PlanKind::DueNotifications, "due")]).await
+    async fn plan(&self, _ctx: Context) -> Result<Plan, BoxError> {
+        crate::sweep::plan_of(&self.store, &[(PlanKind::DueNotifications, "due")]).await
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
@@ -58,10 +57,9 @@ impl Controller for NotificationDispatch {
         let hold = SEND_TIMEOUT * batch + Duration::from_secs(30);
         let mut changed = 0;
         for _ in 0..MAX_BATCHES_PER_RUN {
-            let now = now(&ctx)?;
             let due = self
                 .store
-                .claim_due_notifications(now, batch, hold, ctx.fence())
+                .claim_due_notifications(batch, hold, ctx.fence())
                 .await?;
             for n in &due {
                 if ctx.is_cancelled() {
@@ -75,8 +73,7 @@ impl Controller for NotificationDispatch {
                         permanent: e.permanent,
                     },
                 };
-                let when = crate::sweep::now(&ctx)?;
-                let state = self.store.record_delivery(n.id, &delivery, when).await?;
+                let state = self.store.record_delivery(n.id, &delivery).await?;
                 match state {
                     NotificationState::Sent => changed += 1,
                     NotificationState::Dead => {
@@ -90,8 +87,7 @@ impl Controller for NotificationDispatch {
                             self.store
                                 .add_notification(
                                     "notification.dead",
-                                    &json!({"notification_id": n.id, "event": n.event, "error": error}),
-                                    when,
+                                    &json!({"notification_id": n.id, "event": n.event, "error": error})
                                 )
                                 .await?;
                         }

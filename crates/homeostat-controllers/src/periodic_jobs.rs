@@ -151,10 +151,7 @@ impl Controller for PeriodicJobs {
                 tenant_id: c.schedule.tenant_id,
                 job: &c.schedule.job,
             };
-            let done = self
-                .store
-                .enqueue_periodic(&periodic, now, ctx.fence())
-                .await?;
+            let done = self.store.enqueue_periodic(&periodic, ctx.fence()).await?;
             if let Some(e) = done {
                 tracing::info!(schedule = %c.schedule.name, slot = %slot, job = %e.id, "periodic job enqueued");
                 enqueued += 1;

@@ -12,7 +12,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{Ageing, PlanKind, Store};
 
 use crate::QueuePriorityConfig;
-use crate::sweep::{drain, now, total};
+use crate::sweep::{drain, total};
 
 /// The queue-priority controller.
 #[derive(Debug, Clone)]
@@ -37,10 +37,9 @@ impl Controller for QueuePriority {
         self.config.settings.interval
     }
 
-    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+    async fn plan(&self, _ctx: Context) -> Result<Plan, BoxError> {
         crate::sweep::plan_of(
             &self.store,
-            &ctx,
             &[(
                 PlanKind::Priorities {
                     bonus_per_minute: self.config.bonus_per_minute,
@@ -53,14 +52,13 @@ impl Controller for QueuePriority {
     }
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
-        let now = now(&ctx)?;
         let (batch, fence) = (self.config.settings.batch, ctx.fence());
         let ageing = Ageing {
             bonus_per_minute: self.config.bonus_per_minute,
             cap: self.config.cap,
         };
         let done = drain(&ctx, batch, || {
-            self.store.recompute_priorities(now, ageing, batch, fence)
+            self.store.recompute_priorities(ageing, batch, fence)
         })
         .await?;
         Ok(Reconciled::items(total(&done)))

@@ -76,14 +76,12 @@ pub(crate) async fn notify_dead(
     ctx: &Context,
     swept: &[Swept],
     reason: &str,
-    now: Timestamp,
 ) -> Result<(), StoreError> {
     for id in swept.iter().flat_map(|s| &s.dead) {
         store
             .add_notification(
                 "job.dead",
                 &json!({"job_id": id, "reason": reason, "controller": ctx.controller()}),
-                now,
             )
             .await?;
     }
@@ -94,15 +92,10 @@ pub(crate) async fn notify_dead(
 pub(crate) const PLAN_SAMPLE: u32 = 20;
 
 /// A dry run over one or more sweeps, each with why it would act.
-pub(crate) async fn plan_of(
-    store: &Store,
-    ctx: &Context,
-    sweeps: &[(PlanKind, &str)],
-) -> Result<Plan, BoxError> {
-    let now = now(ctx)?;
+pub(crate) async fn plan_of(store: &Store, sweeps: &[(PlanKind, &str)]) -> Result<Plan, BoxError> {
     let mut plan = Plan::default();
     for (kind, why) in sweeps {
-        let sweep = store.plan(*kind, now, PLAN_SAMPLE).await?;
+        let sweep = store.plan(*kind, PLAN_SAMPLE).await?;
         plan.count += sweep.count;
         plan.items
             .extend(sweep.items.into_iter().map(|i| PlannedChange {

@@ -18,7 +18,6 @@ use homeostat_store::Store;
 use serde_json::json;
 
 use crate::WatchdogConfig;
-use crate::sweep::now;
 
 /// The watchdog controller.
 #[derive(Debug)]
@@ -120,7 +119,6 @@ impl Controller for Watchdog {
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
         let wall = ctx.now();
-        let now = now(&ctx)?;
         let (raised, cleared, standing) = {
             let mut state = self.state.lock().unwrap();
             let since = *state.since.get_or_insert(wall);
@@ -153,18 +151,13 @@ impl Controller for Watchdog {
                 .add_notification(
                     "controller.unhealthy",
                     &json!({"controller": controller, "reason": why}),
-                    now,
                 )
                 .await?;
         }
         for controller in &cleared {
             tracing::info!(controller, "controller recovered");
             self.store
-                .add_notification(
-                    "controller.recovered",
-                    &json!({"controller": controller}),
-                    now,
-                )
+                .add_notification("controller.recovered", &json!({"controller": controller}))
                 .await?;
         }
         if standing.is_empty() {

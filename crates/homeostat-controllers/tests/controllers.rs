@@ -5,12 +5,13 @@
 #[path = "../../homeostat-store/tests/backends/mod.rs"]
 mod backends;
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use backends::At;
+
+use std::time::Duration;
 
 use homeostat_controllers::*;
 use homeostat_model::{AgentId, JobId, JobState, NewAgent, NewJob, PlanTier, TenantId};
-use homeostat_runtime::{CancellationToken, Context, Controller, Fence, LeaseStore, ManualClock};
+use homeostat_runtime::{Controller, Fence, LeaseStore};
 use homeostat_store::{JobFilter, NewBootstrapToken, Store};
 use jiff::{SignedDuration, Timestamp};
 
@@ -31,21 +32,16 @@ async fn run_at<C: Controller>(
     when: Timestamp,
 ) -> Result<u64, String> {
     let fence = fence(store, controller.name()).await;
-    run_fenced(controller, when, Some(fence)).await
+    run_fenced(store, controller, when, Some(fence)).await
 }
 
 async fn run_fenced<C: Controller>(
+    store: &Store,
     controller: &C,
     when: Timestamp,
     fence: Option<Fence>,
 ) -> Result<u64, String> {
-    let clock = ManualClock::new(SystemTime::from(when));
-    let ctx = Context::detached(
-        controller.name(),
-        Arc::new(clock),
-        CancellationToken::new(),
-        fence,
-    );
+    let ctx = backends::context_at(store, controller.name(), when, fence);
     controller
         .reconcile(ctx)
         .await
@@ -54,13 +50,12 @@ async fn run_fenced<C: Controller>(
 }
 
 /// The dry run of `controller` at `when`.
-async fn plan_at<C: Controller>(controller: &C, when: Timestamp) -> homeostat_runtime::Plan {
-    let ctx = Context::detached(
-        controller.name(),
-        Arc::new(ManualClock::new(SystemTime::from(when))),
-        CancellationToken::new(),
-        None,
-    );
+async fn plan_at<C: Controller>(
+    store: &Store,
+    controller: &C,
+    when: Timestamp,
+) -> homeostat_runtime::Plan {
+    let ctx = backends::context_at(store, controller.name(), when, None);
     controller.plan(ctx).await.unwrap()
 }
 
@@ -89,7 +84,8 @@ async fn fence(store: &Store, name: &str) -> Fence {
 
 async fn tenant(store: &Store, name: &str, tier: PlanTier) -> TenantId {
     store
-        .create_tenant(name, tier, "operator:test", t0())
+        .at(t0())
+        .create_tenant(name, tier, "operator:test")
         .await
         .unwrap()
         .id
@@ -97,6 +93,7 @@ async fn tenant(store: &Store, name: &str, tier: PlanTier) -> TenantId {
 
 async fn agent(store: &Store, tenant: Option<TenantId>) -> AgentId {
     let token = store
+        .at(t0())
         .issue_bootstrap_token(
             &NewBootstrapToken {
                 tenant_id: tenant,
@@ -104,11 +101,11 @@ async fn agent(store: &Store, tenant: Option<TenantId>) -> AgentId {
                 uses: 1,
             },
             "operator:test",
-            t0(),
         )
         .await
         .unwrap();
     store
+        .at(t0())
         .register_agent(
             &token.secret,
             &NewAgent {
@@ -116,7 +113,6 @@ async fn agent(store: &Store, tenant: Option<TenantId>) -> AgentId {
                 labels: Default::default(),
                 queues: vec!["q".into()],
             },
-            t0(),
         )
         .await
         .unwrap()
@@ -139,24 +135,27 @@ async fn agent_health_takes_silent_agents_offline_and_reclaims_their_jobs(store:
     let mut last_try = NewJob::new("q", "k");
     last_try.max_attempts = Some(1);
     let retried = store
-        .enqueue(t, &NewJob::new("q", "k"), t0())
+        .at(t0())
+        .enqueue(t, &NewJob::new("q", "k"))
         .await
         .unwrap()
         .id;
     store
-        .claim(silent, 1, Duration::from_secs(3600), t0())
+        .at(t0())
+        .claim(silent, 1, Duration::from_secs(3600))
         .await
         .unwrap();
-    let doomed = store.enqueue(t, &last_try, t0()).await.unwrap().id;
+    let doomed = store.at(t0()).enqueue(t, &last_try).await.unwrap().id;
     store
-        .claim(silent, 1, Duration::from_secs(3600), t0())
+        .at(t0())
+        .claim(silent, 1, Duration::from_secs(3600))
         .await
         .unwrap();
-    store.heartbeat_agents(&[alive], at(60)).await.unwrap();
+    store.at(at(60)).heartbeat_agents(&[alive]).await.unwrap();
 
     let controller = AgentHealth::new(store.clone(), config().agent_health);
     // 100 s after the last heartbeat of `silent`, 40 s after `alive`'s.
-    let plan = plan_at(&controller, at(100)).await;
+    let plan = plan_at(store, &controller, at(100)).await;
     let mut expected = vec![
         (
             format!("agent:{silent}"),
@@ -181,7 +180,7 @@ async fn agent_health_takes_silent_agents_offline_and_reclaims_their_jobs(store:
         "the plan is what the run does"
     );
     assert_eq!(run_at(store, &controller, at(100)).await.unwrap(), 3);
-    assert_eq!(plan_at(&controller, at(100)).await.count, 0);
+    assert_eq!(plan_at(store, &controller, at(100)).await.count, 0);
     assert_eq!(
         store.get_agent(silent).await.unwrap().status,
         homeostat_model::AgentStatus::Offline
@@ -201,7 +200,8 @@ async fn agent_health_takes_silent_agents_offline_and_reclaims_their_jobs(store:
         "no attempts left"
     );
     let due = store
-        .claim_due_notifications(at(100), 10, LEASE, None)
+        .at(at(100))
+        .claim_due_notifications(10, LEASE, None)
         .await
         .unwrap();
     let mut events: Vec<_> = due.iter().map(|n| n.event.as_str()).collect();
@@ -214,25 +214,28 @@ async fn job_recovery_requeues_expired_leases_and_expires_overdue_jobs(store: &S
     let t = tenant(store, "acme", PlanTier::Free).await;
     let a = agent(store, Some(t)).await;
     let stuck = store
-        .enqueue(t, &NewJob::new("q", "k"), t0())
+        .at(t0())
+        .enqueue(t, &NewJob::new("q", "k"))
         .await
         .unwrap()
         .id;
     store
-        .claim(a, 1, Duration::from_secs(30), t0())
+        .at(t0())
+        .claim(a, 1, Duration::from_secs(30))
         .await
         .unwrap();
     let mut late = NewJob::new("other", "k");
     late.deadline = Some(at(50));
-    let overdue = store.enqueue(t, &late, t0()).await.unwrap().id;
+    let overdue = store.at(t0()).enqueue(t, &late).await.unwrap().id;
     let waiting = store
-        .enqueue(t, &NewJob::new("other", "k"), t0())
+        .at(t0())
+        .enqueue(t, &NewJob::new("other", "k"))
         .await
         .unwrap()
         .id;
 
     let controller = JobRecovery::new(store.clone(), config().job_recovery);
-    let plan = plan_at(&controller, at(60)).await;
+    let plan = plan_at(store, &controller, at(60)).await;
     let mut expected = vec![
         (
             format!("job:{stuck}"),
@@ -268,14 +271,15 @@ async fn job_timeout_fails_attempts_past_their_timeout(store: &Store) {
     let a = agent(store, Some(t)).await;
     let mut quick = NewJob::new("q", "k");
     quick.timeout_secs = Some(30);
-    let id = store.enqueue(t, &quick, t0()).await.unwrap().id;
+    let id = store.at(t0()).enqueue(t, &quick).await.unwrap().id;
     store
-        .claim(a, 1, Duration::from_secs(3600), t0())
+        .at(t0())
+        .claim(a, 1, Duration::from_secs(3600))
         .await
         .unwrap();
     let controller = JobTimeout::new(store.clone(), config().job_timeout);
-    assert_eq!(plan_at(&controller, at(29)).await.count, 0);
-    assert_eq!(plan_at(&controller, at(31)).await.count, 1);
+    assert_eq!(plan_at(store, &controller, at(29)).await.count, 0);
+    assert_eq!(plan_at(store, &controller, at(31)).await.count, 1);
     assert_eq!(run_at(store, &controller, at(29)).await.unwrap(), 0);
     assert_eq!(run_at(store, &controller, at(31)).await.unwrap(), 1);
     let job = store.get_job(id).await.unwrap();
@@ -290,10 +294,10 @@ async fn job_scheduler_promotes_due_jobs(store: &Store) {
     delayed.run_at = Some(at(10));
     let mut later = delayed.clone();
     later.run_at = Some(at(20));
-    let first = store.enqueue(t, &delayed, t0()).await.unwrap().id;
-    let second = store.enqueue(t, &later, t0()).await.unwrap().id;
+    let first = store.at(t0()).enqueue(t, &delayed).await.unwrap().id;
+    let second = store.at(t0()).enqueue(t, &later).await.unwrap().id;
     let controller = JobScheduler::new(store.clone(), config().job_scheduler);
-    let plan = plan_at(&controller, at(15)).await;
+    let plan = plan_at(store, &controller, at(15)).await;
     assert_eq!(
         changes(&plan),
         [(
@@ -313,7 +317,7 @@ async fn approval_expiration_and_token_cleanup_sweep_what_expired(store: &Store)
     let t = tenant(store, "acme", PlanTier::Free).await;
     let mut gated = NewJob::new("q", "k");
     gated.approval_expires_at = Some(at(100));
-    let id = store.enqueue(t, &gated, t0()).await.unwrap().id;
+    let id = store.at(t0()).enqueue(t, &gated).await.unwrap().id;
     let approvals = ApprovalExpiration::new(store.clone(), config().approval_expiration);
     assert_eq!(run_at(store, &approvals, at(99)).await.unwrap(), 0);
     assert_eq!(run_at(store, &approvals, at(101)).await.unwrap(), 1);
@@ -321,6 +325,7 @@ async fn approval_expiration_and_token_cleanup_sweep_what_expired(store: &Store)
     assert_eq!(run_at(store, &approvals, at(101)).await.unwrap(), 0);
 
     store
+        .at(t0())
         .issue_bootstrap_token(
             &NewBootstrapToken {
                 tenant_id: None,
@@ -328,12 +333,11 @@ async fn approval_expiration_and_token_cleanup_sweep_what_expired(store: &Store)
                 uses: 1,
             },
             "operator:test",
-            t0(),
         )
         .await
         .unwrap();
     let tokens = TokenCleanup::new(store.clone(), config().token_cleanup);
-    assert_eq!(plan_at(&tokens, at(61)).await.count, 1);
+    assert_eq!(plan_at(store, &tokens, at(61)).await.count, 1);
     assert_eq!(run_at(store, &tokens, at(30)).await.unwrap(), 0);
     assert_eq!(run_at(store, &tokens, at(61)).await.unwrap(), 1);
     assert_eq!(run_at(store, &tokens, at(61)).await.unwrap(), 0);
@@ -342,15 +346,16 @@ async fn approval_expiration_and_token_cleanup_sweep_what_expired(store: &Store)
 async fn job_retention_deletes_finished_jobs_past_retention(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let id = store
-        .enqueue(t, &NewJob::new("q", "k"), t0())
+        .at(t0())
+        .enqueue(t, &NewJob::new("q", "k"))
         .await
         .unwrap()
         .id;
-    store.cancel(id, "operator:test", at(1)).await.unwrap();
+    store.at(at(1)).cancel(id, "operator:test").await.unwrap();
     let controller = JobRetention::new(store.clone(), config().job_retention);
     let day = 24 * 3600;
     assert_eq!(
-        changes(&plan_at(&controller, at(day + 2)).await),
+        changes(&plan_at(store, &controller, at(day + 2)).await),
         [(
             format!("job:{id}"),
             "cancelled".to_string(),
@@ -408,7 +413,8 @@ async fn audit_chain_verify_reports_a_break_once(store: &Store) {
     assert!(err.contains("audit chain broken at event 1"), "{err}");
     assert!(run_at(store, &controller, at(30)).await.is_err());
     let due = store
-        .claim_due_notifications(at(40), 10, LEASE, None)
+        .at(at(40))
+        .claim_due_notifications(10, LEASE, None)
         .await
         .unwrap();
     assert_eq!(due.len(), 1, "one notification for one break");
@@ -419,7 +425,7 @@ async fn a_deposed_leader_changes_nothing(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let mut delayed = NewJob::new("q", "k");
     delayed.run_at = Some(at(10));
-    let id = store.enqueue(t, &delayed, t0()).await.unwrap().id;
+    let id = store.at(t0()).enqueue(t, &delayed).await.unwrap().id;
     let controller = JobScheduler::new(store.clone(), config().job_scheduler);
     let old = fence(store, "job-scheduler").await;
     let lease = store
@@ -433,7 +439,7 @@ async fn a_deposed_leader_changes_nothing(store: &Store) {
         .await
         .unwrap()
         .unwrap();
-    let err = run_fenced(&controller, at(20), Some(old))
+    let err = run_fenced(store, &controller, at(20), Some(old))
         .await
         .unwrap_err();
     assert!(err.contains("no longer held"), "{err}");
@@ -449,7 +455,8 @@ async fn a_small_tenant_is_not_starved_by_a_flood(store: &Store) {
     let worker = agent(store, None).await;
     let controller = QueuePriority::new(store.clone(), config().queue_priority);
     let mine = store
-        .enqueue(small, &NewJob::new("q", "k"), t0())
+        .at(t0())
+        .enqueue(small, &NewJob::new("q", "k"))
         .await
         .unwrap()
         .id;
@@ -459,9 +466,9 @@ async fn a_small_tenant_is_not_starved_by_a_flood(store: &Store) {
     for minute in 0..=240 {
         let now = at(minute * 60);
         let flood: Vec<NewJob> = (0..10).map(|_| NewJob::new("q", "k")).collect();
-        store.enqueue_batch(big, &flood, now).await.unwrap();
+        store.at(now).enqueue_batch(big, &flood).await.unwrap();
         run_at(store, &controller, now).await.unwrap();
-        let got = store.claim(worker, 5, LEASE, now).await.unwrap();
+        let got = store.at(now).claim(worker, 5, LEASE).await.unwrap();
         let done: Vec<_> = got
             .iter()
             .map(|c| homeostat_store::Completion {
@@ -470,7 +477,7 @@ async fn a_small_tenant_is_not_starved_by_a_flood(store: &Store) {
                 result: None,
             })
             .collect();
-        store.complete_batch(&done, now).await.unwrap();
+        store.at(now).complete_batch(&done).await.unwrap();
         if got.iter().any(|c| c.id == mine) {
             claimed_at = Some(minute);
             break;

@@ -4,13 +4,14 @@
 #[path = "../../homeostat-store/tests/backends/mod.rs"]
 mod backends;
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use backends::At;
+
+use std::time::Duration;
 
 use homeostat_controllers::notifier::{SIGNATURE_HEADER, Secret, sign};
 use homeostat_controllers::{NotificationDispatch, Notifier, Settings};
 use homeostat_model::{NotificationId, NotificationState};
-use homeostat_runtime::{CancellationToken, Context, Controller, ManualClock};
+use homeostat_runtime::Controller;
 use homeostat_store::Store;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
@@ -37,23 +38,15 @@ fn dispatcher(store: &Store, notifier: Notifier) -> NotificationDispatch {
     )
 }
 
-async fn run(controller: &NotificationDispatch, when: Timestamp) -> u64 {
-    let ctx = Context::detached(
-        controller.name(),
-        Arc::new(ManualClock::new(SystemTime::from(when))),
-        CancellationToken::new(),
-        None,
-    );
+async fn run(store: &Store, controller: &NotificationDispatch, when: Timestamp) -> u64 {
+    let ctx = backends::context_at(store, controller.name(), when, None);
     controller.reconcile(ctx).await.unwrap().items
 }
 
 async fn notify(store: &Store) -> NotificationId {
     store
-        .add_notification(
-            "job.dead",
-            &json!({"job_id": "j-1", "reason": "exit 1"}),
-            t0(),
-        )
+        .at(t0())
+        .add_notification("job.dead", &json!({"job_id": "j-1", "reason": "exit 1"}))
         .await
         .unwrap()
 }
@@ -77,7 +70,7 @@ async fn a_webhook_delivery_is_signed_and_sent(store: &Store) {
     )
     .unwrap();
     let id = notify(store).await;
-    assert_eq!(run(&dispatcher(store, sink), t0()).await, 1);
+    assert_eq!(run(store, &dispatcher(store, sink), t0()).await, 1);
     assert_eq!(state(store, id).await, NotificationState::Sent);
 
     let request = &server.received_requests().await.unwrap()[0];
@@ -108,7 +101,7 @@ async fn a_failed_delivery_is_retried_after_the_backoff(store: &Store) {
         .await;
     let controller = dispatcher(store, Notifier::webhook(server.uri(), None).unwrap());
     let id = notify(store).await;
-    assert_eq!(run(&controller, t0()).await, 0);
+    assert_eq!(run(store, &controller, t0()).await, 0);
     let n = store.get_notification(id).await.unwrap();
     assert_eq!((n.state, n.attempts), (NotificationState::Pending, 1));
     assert_eq!(
@@ -117,8 +110,8 @@ async fn a_failed_delivery_is_retried_after_the_backoff(store: &Store) {
         "2 minutes after the first failure"
     );
     assert!(n.last_error.unwrap().contains("502"));
-    assert_eq!(run(&controller, at(60)).await, 0, "not due yet");
-    assert_eq!(run(&controller, at(120)).await, 1);
+    assert_eq!(run(store, &controller, at(60)).await, 0, "not due yet");
+    assert_eq!(run(store, &controller, at(120)).await, 1);
     assert_eq!(state(store, id).await, NotificationState::Sent);
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
 }
@@ -133,13 +126,13 @@ async fn a_client_error_is_permanent_and_raises_notification_dead(store: &Store)
     let controller = dispatcher(store, Notifier::webhook(server.uri(), None).unwrap());
     let id = notify(store).await;
     // The job.dead notification dies at once and raises notification.dead...
-    assert_eq!(run(&controller, t0()).await, 1);
+    assert_eq!(run(store, &controller, t0()).await, 1);
     assert_eq!(state(store, id).await, NotificationState::Dead);
     // ...which, sent on the next run to the same sink, dies too and raises
     // nothing more.
-    assert_eq!(run(&controller, at(15)).await, 1);
+    assert_eq!(run(store, &controller, at(15)).await, 1);
     assert_eq!(server.received_requests().await.unwrap().len(), 2);
-    assert_eq!(run(&controller, at(3600)).await, 0);
+    assert_eq!(run(store, &controller, at(3600)).await, 0);
 }
 
 async fn five_failures_are_the_end(store: &Store) {
@@ -153,7 +146,7 @@ async fn five_failures_are_the_end(store: &Store) {
     let id = notify(store).await;
     let mut when = t0();
     for attempt in 1..=5 {
-        run(&controller, when).await;
+        run(store, &controller, when).await;
         let n = store.get_notification(id).await.unwrap();
         assert_eq!(n.attempts, attempt);
         when = n.next_attempt_at;
@@ -167,7 +160,7 @@ async fn five_failures_are_the_end(store: &Store) {
         .await;
     let controller = dispatcher(store, Notifier::webhook(server.uri(), None).unwrap());
     let id = notify(store).await;
-    run(&controller, at(100_000)).await;
+    run(store, &controller, at(100_000)).await;
     assert_eq!(state(store, id).await, NotificationState::Pending);
 }
 
@@ -188,7 +181,7 @@ async fn slack_gets_text_and_fan_out_needs_every_sink(store: &Store) {
         Notifier::slack(slack.uri()).unwrap(),
         Notifier::webhook(broken.uri(), None).unwrap(),
     ]);
-    run(&dispatcher(store, fan_out), t0()).await;
+    run(store, &dispatcher(store, fan_out), t0()).await;
     assert_eq!(
         state(store, id).await,
         NotificationState::Pending,
@@ -204,10 +197,11 @@ async fn slack_gets_text_and_fan_out_needs_every_sink(store: &Store) {
     // An unreachable sink is a transient failure, and its error names no URL.
     let gone = Notifier::slack("http://127.0.0.1:9/services/T000/B000/secret-token").unwrap();
     let id = store
-        .add_notification("agent.offline", &json!({}), t0())
+        .at(t0())
+        .add_notification("agent.offline", &json!({}))
         .await
         .unwrap();
-    run(&dispatcher(store, gone), at(600)).await;
+    run(store, &dispatcher(store, gone), at(600)).await;
     let n = store.get_notification(id).await.unwrap();
     assert_eq!(n.state, NotificationState::Pending);
     assert!(!n.last_error.unwrap().contains("secret-token"));

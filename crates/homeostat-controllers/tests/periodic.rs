@@ -4,6 +4,8 @@
 #[path = "../../homeostat-store/tests/backends/mod.rs"]
 mod backends;
 
+use backends::At;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -56,12 +58,8 @@ async fn jobs(store: &Store, tenant: TenantId) -> Vec<homeostat_model::Job> {
 
 async fn one_job_per_slot_across_replicas(store: &Store) {
     let t = store
-        .create_tenant(
-            "acme",
-            PlanTier::Free,
-            "operator:test",
-            ts("2026-01-01T00:00:00Z"),
-        )
+        .at(ts("2026-01-01T00:00:00Z"))
+        .create_tenant("acme", PlanTier::Free, "operator:test")
         .await
         .unwrap()
         .id;
@@ -92,12 +90,8 @@ async fn one_job_per_slot_across_replicas(store: &Store) {
 
 async fn schedules_follow_their_time_zone(store: &Store) {
     let t = store
-        .create_tenant(
-            "acme",
-            PlanTier::Free,
-            "operator:test",
-            ts("2026-01-01T00:00:00Z"),
-        )
+        .at(ts("2026-01-01T00:00:00Z"))
+        .create_tenant("acme", PlanTier::Free, "operator:test")
         .await
         .unwrap()
         .id;

@@ -6,6 +6,8 @@
 #[path = "../../homeostat-store/tests/backends/mod.rs"]
 mod backends;
 
+use backends::At;
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,7 +51,8 @@ impl Controller for Probe {
         let now = jiff::Timestamp::now();
         let changed = self
             .store
-            .promote_scheduled(now, 100, ctx.fence())
+            .at(now)
+            .promote_scheduled(100, ctx.fence())
             .await?
             .changed;
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -178,18 +181,15 @@ async fn a_leader_frozen_past_its_lease_has_its_writes_refused() {
     };
     let store = db.store.clone();
     let tenant = store
-        .create_tenant(
-            "acme",
-            PlanTier::Free,
-            "operator:test",
-            jiff::Timestamp::now(),
-        )
+        .at(jiff::Timestamp::now())
+        .create_tenant("acme", PlanTier::Free, "operator:test")
         .await
         .unwrap();
     let mut job = NewJob::new("q", "k");
     job.run_at = Some(jiff::Timestamp::now() + jiff::SignedDuration::from_secs(1));
     let id = store
-        .enqueue(tenant.id, &job, jiff::Timestamp::now())
+        .at(jiff::Timestamp::now())
+        .enqueue(tenant.id, &job)
         .await
         .unwrap()
         .id;
@@ -220,7 +220,8 @@ async fn a_leader_frozen_past_its_lease_has_its_writes_refused() {
     // ...and wakes up to write with its old epoch: refused, nothing changed.
     let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(5);
     let err = store
-        .promote_scheduled(later, 100, Some(&frozen))
+        .at(later)
+        .promote_scheduled(100, Some(&frozen))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Fenced { .. }), "{err}");

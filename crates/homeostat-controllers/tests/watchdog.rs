@@ -4,6 +4,8 @@
 #[path = "../../homeostat-store/tests/backends/mod.rs"]
 mod backends;
 
+use backends::At;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -118,7 +120,8 @@ async fn the_watchdog_raises_then_clears_an_unhealthy_controller(store: &Store) 
 
     let far = Timestamp::from_second(1_767_225_600 + 86_400).unwrap();
     let notes = store
-        .claim_due_notifications(far, 10, Duration::from_secs(60), None)
+        .at(far)
+        .claim_due_notifications(10, Duration::from_secs(60), None)
         .await
         .unwrap();
     let events: Vec<(&str, String)> = notes

@@ -2,7 +2,11 @@
 //!
 //! `cargo bench -p homeostat-store --bench store -- [--backend sqlite|postgres|both]
 //!  [--jobs N] [--workers N] [--batch N] [--runs N] [--only store|baseline] [--sweep-rows N]
-//!  [--skip-lifecycle] [--skip-sweeps] [--plans]`
+//!  [--skip-lifecycle] [--skip-sweeps] [--plans] [--cold | --steady]`
+//!
+//! `--cold` pairs each analyzed lifecycle with one on a table never
+//! analyzed; `--steady` with one whose jobs a producer enqueues while the
+//! workers drain them. Both replace the raw-SQL side of the pair.
 //!
 //! PostgreSQL comes from `HOMEOSTAT_TEST_DATABASE_URL`; every run uses a
 //! fresh schema (dropped afterwards) and SQLite a fresh file.
@@ -11,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use homeostat_model::{AgentId, Id, NewJob, PlanTier};
+use homeostat_runtime::ManualClock;
 use homeostat_store::{
-    Ageing, Completion, JobRetention, NewBootstrapToken, PgStore, Store, StoreOptions,
+    Ageing, Completion, JobRetention, NewBootstrapToken, PgStore, Store, StoreClock, StoreOptions,
 };
 use jiff::{SignedDuration, Timestamp};
 use sqlx::AssertSqlSafe;
@@ -29,6 +34,9 @@ struct Args {
     runs: usize,
     /// Run only one side of the lifecycle pair (for profiling one of them).
     only: Option<String>,
+    /// Compare the analyzed lifecycle with a cold or steady one instead of
+    /// with the raw-SQL baseline.
+    against: Option<Load>,
 }
 
 fn args() -> Args {
@@ -43,6 +51,7 @@ fn args() -> Args {
         batches: vec![10, 100],
         runs: 5,
         only: None,
+        against: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -71,6 +80,8 @@ fn args() -> Args {
             "--skip-lifecycle" => a.lifecycle = false,
             "--skip-sweeps" => a.sweeps = false,
             "--plans" => a.plans = true,
+            "--cold" => a.against = Some(Load::Cold),
+            "--steady" => a.against = Some(Load::Steady),
             _ => {}
         }
     }
@@ -84,9 +95,13 @@ struct Db {
     schema: Option<String>,
 }
 
-async fn fresh(backend: &str) -> Db {
+/// A fresh database whose store runs on `clock`: the system clock for the
+/// lifecycle (as in production), a manual one for the sweeps, whose rows
+/// are seeded at fixed times.
+async fn fresh(backend: &str, clock: StoreClock) -> Db {
     let options = StoreOptions {
         max_connections: 16,
+        clock,
         ..StoreOptions::default()
     };
     match backend {
@@ -199,7 +214,6 @@ async fn platform_agents(db: &Db, n: usize) -> Vec<AgentId> {
                 uses: n as u32,
             },
             "bench",
-            t0(),
         )
         .await
         .unwrap();
@@ -214,7 +228,6 @@ async fn platform_agents(db: &Db, n: usize) -> Vec<AgentId> {
                     labels: Default::default(),
                     queues: vec!["bench".into()],
                 },
-                t0(),
             )
             .await
             .unwrap();
@@ -223,42 +236,93 @@ async fn platform_agents(db: &Db, n: usize) -> Vec<AgentId> {
     ids
 }
 
-/// The full lifecycle through the store's API.
-async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (Run, f64) {
+/// How the jobs meet the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Enqueued first, then `VACUUM ANALYZE` (as the baseline's table is,
+    /// and as autovacuum would after a bulk load), then drained.
+    Analyzed,
+    /// Enqueued first, never analyzed (autovacuum off), then drained.
+    Cold,
+    /// Enqueued by a producer in the same process while the workers drain,
+    /// faster than they can: a table that grows as it is drained.
+    Steady,
+}
+
+/// The full lifecycle through the store's API: jobs per second drained,
+/// and the batch enqueue rate.
+async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32, load: Load) -> (Run, f64) {
     let tenant = db
         .store
-        .create_tenant("bench", PlanTier::Standard, "bench", t0())
+        .create_tenant("bench", PlanTier::Standard, "bench")
         .await
         .unwrap();
     let agents = platform_agents(db, workers).await;
-    let new: Vec<NewJob> = (0..1000).map(|_| NewJob::new("bench", "noop")).collect();
-    let start = Instant::now();
-    for _ in 0..jobs / 1000 {
-        db.store.enqueue_batch(tenant.id, &new, t0()).await.unwrap();
+    if let Store::Postgres(_) = db.store {
+        db.exec("ALTER TABLE jobs SET (autovacuum_enabled = false)".into())
+            .await;
     }
-    let enqueue_rate = jobs as f64 / start.elapsed().as_secs_f64();
-    // As the baseline does for its table after loading it (and as
-    // autovacuum would after a bulk load).
-    match db.store {
-        Store::Postgres(_) => db.exec("VACUUM ANALYZE jobs".into()).await,
-        Store::Sqlite(_) => db.exec("ANALYZE".into()).await,
+    let enqueue = {
+        let store = db.store.clone();
+        move |chunk: usize| {
+            let store = store.clone();
+            async move {
+                let new: Vec<NewJob> = (0..chunk).map(|_| NewJob::new("bench", "noop")).collect();
+                let start = Instant::now();
+                for _ in 0..jobs / chunk {
+                    store.enqueue_batch(tenant.id, &new).await.unwrap();
+                }
+                jobs as f64 / start.elapsed().as_secs_f64()
+            }
+        }
+    };
+    let mut enqueue_rate = f64::NAN;
+    match load {
+        Load::Analyzed | Load::Cold => {
+            enqueue_rate = enqueue(1000).await;
+            if load == Load::Analyzed {
+                match db.store {
+                    Store::Postgres(_) => db.exec("VACUUM ANALYZE jobs".into()).await,
+                    Store::Sqlite(_) => db.exec("ANALYZE".into()).await,
+                }
+            }
+        }
+        Load::Steady => {}
     }
+    let producing = Arc::new(std::sync::atomic::AtomicBool::new(load == Load::Steady));
     let cpu_before = process_cpu_secs();
     let timed = Timed::start(db).await;
+    let producer = (load == Load::Steady).then(|| {
+        let producing = Arc::clone(&producing);
+        let enqueue = enqueue.clone();
+        tokio::spawn(async move {
+            let rate = enqueue(100).await;
+            producing.store(false, std::sync::atomic::Ordering::Release);
+            rate
+        })
+    });
     let mut tasks = Vec::new();
     for agent in agents {
         let store = db.store.clone();
+        let producing = Arc::clone(&producing);
         tasks.push(tokio::spawn(async move {
             let mut done = 0usize;
             let (mut in_claim, mut in_complete) = (Duration::ZERO, Duration::ZERO);
             loop {
+                // Read before the claim: an empty claim after the producer
+                // finished means the queue is drained.
+                let still_producing = producing.load(std::sync::atomic::Ordering::Acquire);
                 let t = Instant::now();
                 let claimed = store
-                    .claim(agent, batch, Duration::from_secs(300), at(1))
+                    .claim(agent, batch, Duration::from_secs(300))
                     .await
                     .unwrap();
                 in_claim += t.elapsed();
                 if claimed.is_empty() {
+                    if still_producing {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
                     if std::env::var_os("HOMEOSTAT_BENCH_SPLIT").is_some() {
                         eprintln!("worker: claim {in_claim:?}, complete {in_complete:?}");
                     }
@@ -273,7 +337,7 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (Run, f6
                     })
                     .collect();
                 let t = Instant::now();
-                let accepted = store.complete_batch(&completions, at(2)).await.unwrap();
+                let accepted = store.complete_batch(&completions).await.unwrap();
                 in_complete += t.elapsed();
                 done += accepted.iter().filter(|a| **a).count();
             }
@@ -282,6 +346,9 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32) -> (Run, f6
     let mut done = 0;
     for t in tasks {
         done += t.await.unwrap();
+    }
+    if let Some(producer) = producer {
+        enqueue_rate = producer.await.unwrap();
     }
     let run = timed.finish(db, jobs).await;
     if std::env::var_os("HOMEOSTAT_BENCH_SPLIT").is_some() {
@@ -544,7 +611,7 @@ fn series(db: &Db, n: usize) -> String {
 async fn seed_sweeps(db: &Db, rows: usize) {
     let tenant = db
         .store
-        .create_tenant("sweeps", PlanTier::Free, "bench", t0())
+        .create_tenant("sweeps", PlanTier::Free, "bench")
         .await
         .unwrap();
     let tid = match db.store {
@@ -600,6 +667,11 @@ async fn sweeps(db: &Db, rows: usize, plans: bool) -> Vec<(&'static str, f64, u6
     seed_sweeps(db, rows).await;
     let now = at(0);
     let s = &db.store;
+    let clock = s
+        .options()
+        .clock
+        .as_manual()
+        .expect("the sweeps run on a manual clock");
     let mut out = Vec::new();
     macro_rules! time {
         ($name:literal, $call:expr) => {{
@@ -619,34 +691,28 @@ async fn sweeps(db: &Db, rows: usize, plans: bool) -> Vec<(&'static str, f64, u6
     }
     time!(
         "requeue_expired_leases",
-        s.requeue_expired_leases(now, 1000, None)
-            .await
-            .unwrap()
-            .changed
+        s.requeue_expired_leases(1000, None).await.unwrap().changed
     );
     time!(
         "time_out_running",
-        s.time_out_running(now, 1000, None).await.unwrap().changed
+        s.time_out_running(1000, None).await.unwrap().changed
     );
     time!(
         "promote_scheduled",
-        s.promote_scheduled(now, 1000, None).await.unwrap().changed
+        s.promote_scheduled(1000, None).await.unwrap().changed
     );
     time!(
         "expire_overdue_queued",
-        s.expire_overdue_queued(now, 1000, None)
-            .await
-            .unwrap()
-            .changed
+        s.expire_overdue_queued(1000, None).await.unwrap().changed
     );
     time!(
         "expire_approvals",
-        s.expire_approvals(now, 1000, None).await.unwrap().changed
+        s.expire_approvals(1000, None).await.unwrap().changed
     );
+    clock.set(at(600).into());
     time!(
         "recompute_priorities",
         s.recompute_priorities(
-            at(600),
             Ageing {
                 bonus_per_minute: 1,
                 cap: 100
@@ -657,23 +723,25 @@ async fn sweeps(db: &Db, rows: usize, plans: bool) -> Vec<(&'static str, f64, u6
         .await
         .unwrap()
     );
+    clock.set(now.into());
     time!(
         "delete_finished_jobs",
-        s.delete_finished_jobs(now, JobRetention::default(), 1000, None)
+        s.delete_finished_jobs(JobRetention::default(), 1000, None)
             .await
             .unwrap()
             .changed
     );
+    clock.set(at(3600).into());
     time!(
         "mark_silent_agents_offline",
-        s.mark_silent_agents_offline(at(3600), Duration::from_secs(90), 1000, None)
+        s.mark_silent_agents_offline(Duration::from_secs(90), 1000, None)
             .await
             .unwrap()
             .len() as u64
     );
     time!(
         "reclaim_offline_agent_jobs",
-        s.reclaim_offline_agent_jobs(now, 1000, None)
+        s.reclaim_offline_agent_jobs(1000, None)
             .await
             .unwrap()
             .changed
@@ -723,7 +791,7 @@ async fn heartbeats(db: &Db, n: usize) -> f64 {
         .map(AgentId::from)
         .collect();
     let start = Instant::now();
-    let updated = db.store.heartbeat_agents(&ids, at(10)).await.unwrap();
+    let updated = db.store.heartbeat_agents(&ids).await.unwrap();
     assert_eq!(updated as usize, n);
     start.elapsed().as_secs_f64() * 1000.0
 }
@@ -741,15 +809,28 @@ async fn main() {
                     let (s, enqueue_rate) = if args.only.as_deref() == Some("baseline") {
                         (Run::skipped(), f64::NAN)
                     } else {
-                        let db = fresh(backend).await;
-                        let s = lifecycle(&db, args.jobs, args.workers, batch).await;
+                        let db = fresh(backend, StoreClock::system()).await;
+                        let s =
+                            lifecycle(&db, args.jobs, args.workers, batch, Load::Analyzed).await;
                         db.drop_all().await;
                         s
                     };
-                    let r = if args.only.as_deref() == Some("store") {
+                    let r = if let Some(load) = args.against {
+                        let db = fresh(backend, StoreClock::system()).await;
+                        let (r, other_enqueue) =
+                            lifecycle(&db, args.jobs, args.workers, batch, load).await;
+                        db.drop_all().await;
+                        println!(
+                            "{backend} {load:?} batch={batch} run {run}: {:.0} jobs/s against {:.0} analyzed, ratio {:.2}; enqueue {other_enqueue:.0} jobs/s",
+                            r.rate,
+                            s.rate,
+                            r.rate / s.rate
+                        );
+                        r
+                    } else if args.only.as_deref() == Some("store") {
                         Run::skipped()
                     } else {
-                        let db = fresh(backend).await;
+                        let db = fresh(backend, StoreClock::system()).await;
                         let r = baseline(&db, args.jobs, args.workers, batch).await;
                         db.drop_all().await;
                         r
@@ -762,12 +843,20 @@ async fn main() {
                         r.wal(),
                         s.rate / r.rate
                     );
-                    ratio.push(s.rate / r.rate);
+                    ratio.push(if args.against.is_some() {
+                        r.rate / s.rate
+                    } else {
+                        s.rate / r.rate
+                    });
                     store.push(s.rate);
                     raw.push(r.rate);
                 }
+                let other = match args.against {
+                    Some(load) => format!("{load:?}").to_lowercase(),
+                    None => "raw SQL".into(),
+                };
                 println!(
-                    "{backend} lifecycle batch={batch} jobs={} workers={} median of {}: store {:.0} jobs/s, raw SQL {:.0} jobs/s, ratio {:.2}",
+                    "{backend} lifecycle batch={batch} jobs={} workers={} median of {}: store {:.0} jobs/s, {other} {:.0} jobs/s, ratio {:.2}",
                     args.jobs,
                     args.workers,
                     args.runs,
@@ -776,18 +865,15 @@ async fn main() {
                     median(&mut ratio)
                 );
             }
-            let db = fresh(backend).await;
+            let db = fresh(backend, StoreClock::system()).await;
             let tenant = db
                 .store
-                .create_tenant("enqueue", PlanTier::Free, "bench", t0())
+                .create_tenant("enqueue", PlanTier::Free, "bench")
                 .await
                 .unwrap();
             let batch: Vec<NewJob> = (0..10_000).map(|_| NewJob::new("bench", "noop")).collect();
             let start = Instant::now();
-            db.store
-                .enqueue_batch(tenant.id, &batch, t0())
-                .await
-                .unwrap();
+            db.store.enqueue_batch(tenant.id, &batch).await.unwrap();
             let enqueue_ms = start.elapsed().as_secs_f64() * 1000.0;
             let hb_ms = heartbeats(&db, 10_000).await;
             println!(
@@ -797,7 +883,7 @@ async fn main() {
         }
         if args.sweeps {
             for rows in args.sweep_rows.clone() {
-                let db = fresh(backend).await;
+                let db = fresh(backend, StoreClock::manual(ManualClock::new(at(0).into()))).await;
                 let timings = sweeps(&db, rows, args.plans).await;
                 db.drop_all().await;
                 for (name, ms, changed) in timings {

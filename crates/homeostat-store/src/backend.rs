@@ -34,6 +34,19 @@ macro_rules! pg_now {
     };
 }
 
+/// The time that judges expiry on PostgreSQL, from parameter `$n`: the
+/// caller's when bound (a test's clock), else the database's clock at the
+/// statement's start (the same for every row it touches).
+macro_rules! pg_judged {
+    ($n:literal) => {
+        concat!(
+            "COALESCE($",
+            $n,
+            "::bigint, (extract(epoch from statement_timestamp()) * 1000)::bigint)"
+        )
+    };
+}
+
 /// "The job is running" on SQLite, for statements that find jobs by id: the
 /// unary plus keeps it from matching the partial index of running jobs.
 /// With statistics, SQLite would otherwise scan that index for every
@@ -57,7 +70,7 @@ macro_rules! pg_running {
     };
 }
 
-pub(crate) use {pg_now, pg_running, sqlite_now, sqlite_running};
+pub(crate) use {pg_judged, pg_now, pg_running, sqlite_now, sqlite_running};
 
 /// The text of one statement in each dialect.
 #[derive(Debug, Clone, Copy)]
@@ -228,6 +241,15 @@ pub(crate) trait RowExt {
     fn list(&self, col: &str) -> Result<Vec<String>, StoreError>;
 }
 
+/// When an operation acts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    /// The store's clock: stamps rows, events and ids.
+    pub(crate) now: Timestamp,
+    /// What judges expiry; `None`: the database's clock.
+    pub(crate) judged: Option<i64>,
+}
+
 /// A database the store runs on. Crate-private: its two implementations
 /// are the SQLite and PostgreSQL backends.
 pub(crate) trait Backend: Sync {
@@ -240,6 +262,27 @@ pub(crate) trait Backend: Sync {
 
     /// Store-wide policies.
     fn options(&self) -> &StoreOptions;
+
+    /// The time now, by the store's clock.
+    fn now(&self) -> Timestamp {
+        self.options().clock.now()
+    }
+
+    /// The time (epoch ms) that judges expiry at `now`: `None` on
+    /// PostgreSQL in production, where the database's clock does (the
+    /// statement reads `pg_judged!`).
+    fn judged_ms(&self, now: Timestamp) -> Option<i64> {
+        self.options().clock.judged_ms(now, Self::POSTGRES)
+    }
+
+    /// [`Backend::now`] with [`Backend::judged_ms`].
+    fn at(&self) -> At {
+        let now = self.options().clock.now();
+        At {
+            now,
+            judged: self.options().clock.judged_ms(now, Self::POSTGRES),
+        }
+    }
 
     /// Begins a write transaction: `BEGIN IMMEDIATE` on SQLite, so that
     /// writers queue for the lock instead of failing to upgrade to it.
@@ -294,6 +337,5 @@ pub(crate) trait Backend: Sync {
         tx: &mut Self::Tx,
         tenant_id: TenantId,
         jobs: &[NewJob],
-        now: Timestamp,
     ) -> impl Future<Output = Result<Vec<Enqueued>, StoreError>> + Send;
 }

@@ -12,8 +12,7 @@ use jiff::Timestamp;
 use crate::error::{self, StoreError};
 use crate::rows::EnqueuedRow;
 use crate::{
-    Delivery, Enqueued, FailOutcome, NOTIFICATION_MAX_ATTEMPTS, StoreOptions, Swept,
-    notification_backoff, time,
+    Delivery, Enqueued, NOTIFICATION_MAX_ATTEMPTS, StoreOptions, Swept, notification_backoff, time,
 };
 use homeostat_model::NotificationState;
 
@@ -124,26 +123,20 @@ pub(crate) fn operator_transition(
     Ok((to, current.state.is_terminal()))
 }
 
-/// Where a failed attempt (`attempt` of `max_attempts`) leaves a job.
+/// Where a failed attempt (`attempt` of `max_attempts`) leaves a job:
+/// `scheduled` for a retry after the returned delay, or `dead`.
 pub(crate) fn fail_outcome(
     options: &StoreOptions,
     attempt: u32,
     max_attempts: u32,
     permanent: bool,
-    now: Timestamp,
-) -> FailOutcome {
+) -> (JobState, Option<std::time::Duration>) {
     match options
         .retry_policy(max_attempts)
         .decide(attempt, permanent, 0.5)
     {
-        homeostat_runtime::RetryDecision::RetryAfter(delay) => FailOutcome {
-            state: JobState::Scheduled,
-            retry_at: Some(time::ts(time::add(now, delay))),
-        },
-        homeostat_runtime::RetryDecision::GiveUp => FailOutcome {
-            state: JobState::Dead,
-            retry_at: None,
-        },
+        homeostat_runtime::RetryDecision::RetryAfter(delay) => (JobState::Scheduled, Some(delay)),
+        homeostat_runtime::RetryDecision::GiveUp => (JobState::Dead, None),
     }
 }
 

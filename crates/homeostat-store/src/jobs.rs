@@ -8,12 +8,12 @@ use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
 
-use crate::backend::{Backend, RowExt, Sql, Stmt, pg_running, sqlite_running};
+use crate::backend::{Backend, RowExt, Sql, Stmt, pg_judged, pg_running, sqlite_running};
 use crate::decisions::{fail_outcome, operator_transition, periodic_event, truncate};
 use crate::error::{Context, StoreError, db_error};
 use crate::leases::check_fence;
 use crate::rows::{self, job_columns, terminal};
-use crate::time::{add, ms, ts};
+use crate::time::{dur_ms, ms, ts};
 use crate::{Enqueued, FailOutcome, Failure, JobFilter, Page, PeriodicEnqueue, audit_log};
 
 const AGENT_STATUS: Sql = Sql::both("SELECT status FROM agents WHERE id = $1");
@@ -27,14 +27,17 @@ const TAKE_SLOT: Sql = Sql::both(
 );
 const LAST_SLOT: Sql = Sql::both("SELECT last_slot FROM periodic_slots WHERE name = $1");
 
+/// `$3` now (judged), `$4` the lease (ms).
 const EXTEND_LEASE: Sql = Sql::pair(
     concat!(
-        "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2 AND ",
+        "UPDATE jobs SET lease_expires_at = $3 + $4 WHERE id = $1 AND lease_token = $2 AND ",
         sqlite_running!(),
         " RETURNING lease_expires_at"
     ),
     concat!(
-        "UPDATE jobs SET lease_expires_at = $3 WHERE id = $1 AND lease_token = $2 AND ",
+        "UPDATE jobs SET lease_expires_at = ",
+        pg_judged!(3),
+        " + $4 WHERE id = $1 AND lease_token = $2 AND ",
         pg_running!(),
         " RETURNING lease_expires_at"
     ),
@@ -52,15 +55,21 @@ const FAILING: Sql = Sql::pair(
     ),
 );
 
+/// `$3` the delay before the retry (ms; none when the job dies), `$6`
+/// now, `$7` now (judged: the retry is due by it).
 const FAIL: Sql = Sql::pair(
-    "UPDATE jobs SET state = $2, run_at = COALESCE($3, run_at), last_error = $4,
+    "UPDATE jobs SET state = $2, run_at = COALESCE($7 + $3, run_at), last_error = $4,
        finished_at = $5, updated_at = $6, lease_agent = NULL, lease_expires_at = NULL,
        timeout_at = NULL
-     WHERE id = $1",
-    "UPDATE jobs SET state = $2::job_state, run_at = COALESCE($3, run_at), last_error = $4,
-       finished_at = $5, updated_at = $6, lease_agent = NULL, lease_expires_at = NULL,
-       timeout_at = NULL
-     WHERE id = $1",
+     WHERE id = $1 RETURNING run_at",
+    concat!(
+        "UPDATE jobs SET state = $2::job_state, run_at = COALESCE(",
+        pg_judged!(7),
+        " + $3, run_at), last_error = $4,
+           finished_at = $5, updated_at = $6, lease_agent = NULL, lease_expires_at = NULL,
+           timeout_at = NULL
+         WHERE id = $1 RETURNING run_at"
+    ),
 );
 
 const JOB: Sql = Sql::both(concat!(
@@ -149,9 +158,9 @@ pub(crate) async fn require_online<B: Backend>(
 pub(crate) async fn enqueue_periodic<B: Backend>(
     b: &B,
     p: &PeriodicEnqueue<'_>,
-    now: Timestamp,
     fence: Option<&Fence>,
 ) -> Result<Option<Enqueued>, StoreError> {
+    let now = b.now();
     let op = "jobs.periodic";
     p.job.validate()?;
     let mut tx = b.begin(op).await?;
@@ -161,7 +170,7 @@ pub(crate) async fn enqueue_periodic<B: Backend>(
         return Ok(None);
     }
     let enqueued = b
-        .enqueue_in(&mut tx, p.tenant_id, std::slice::from_ref(p.job), now)
+        .enqueue_in(&mut tx, p.tenant_id, std::slice::from_ref(p.job))
         .await?
         .remove(0);
     let event = periodic_event(fence, p.schedule, p.slot, &enqueued);
@@ -190,13 +199,14 @@ pub(crate) async fn heartbeat_job<B: Backend>(
     id: JobId,
     lease_token: i64,
     lease: Duration,
-    now: Timestamp,
 ) -> Result<Timestamp, StoreError> {
+    let now = b.now();
     let op = "extending a job lease";
     let stmt = Stmt::new::<B>(EXTEND_LEASE)
         .arg(id)
         .arg(lease_token)
-        .arg(add(now, lease));
+        .arg(b.judged_ms(now))
+        .arg(dur_ms(lease));
     let rows = b.fetch_write(stmt).await.op(op)?;
     match rows.first() {
         Some(r) => Ok(ts(r.int("lease_expires_at")?)),
@@ -211,8 +221,8 @@ pub(crate) async fn heartbeat_job<B: Backend>(
 pub(crate) async fn fail<B: Backend>(
     b: &B,
     failure: &Failure<'_>,
-    now: Timestamp,
 ) -> Result<FailOutcome, StoreError> {
+    let now = b.now();
     let op = "failing a job";
     let Failure {
         id,
@@ -230,19 +240,24 @@ pub(crate) async fn fail<B: Backend>(
         token: lease_token,
     })?;
     let (attempt, max) = (row.int("attempt")? as u32, row.int("max_attempts")? as u32);
-    let outcome = fail_outcome(b.options(), attempt, max, permanent, now);
-    let dead = outcome.state == JobState::Dead;
+    let (state, retry_after) = fail_outcome(b.options(), attempt, max, permanent);
+    let dead = state == JobState::Dead;
     let error = truncate(error);
     let stmt = Stmt::new::<B>(FAIL)
         .arg(id)
-        .arg(outcome.state.as_str())
-        .arg(outcome.retry_at.map(ms))
+        .arg(state.as_str())
+        .arg(retry_after.map(dur_ms))
         .arg(&error)
         .arg(dead.then_some(ms(now)))
-        .arg(ms(now));
-    B::execute_in(&mut tx, stmt).await.op(op)?;
+        .arg(ms(now))
+        .arg(b.judged_ms(now));
+    let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
+    let run_at = rows.first().map(|r| r.int("run_at")).transpose()?;
     B::commit(tx, op).await?;
-    Ok(outcome)
+    Ok(FailOutcome {
+        state,
+        retry_at: retry_after.and(run_at).map(ts),
+    })
 }
 
 /// Operator transitions: cancel, approve, redrive. Audited.
@@ -252,8 +267,8 @@ pub(crate) async fn transition<B: Backend>(
     to: JobState,
     action: &'static str,
     actor: &str,
-    now: Timestamp,
 ) -> Result<Job, StoreError> {
+    let now = b.now();
     let op = action;
     let mut tx = b.begin(op).await?;
     let rows = B::fetch_in(&mut tx, Stmt::new::<B>(JOB_FOR_UPDATE).arg(id))

@@ -1,22 +1,30 @@
 //! The homeostat store: one interface over SQLite (embedded, zero setup) and
 //! PostgreSQL (N replicas), each with its own SQL and migrations.
 //!
-//! Every operation takes the time it acts at (`now`) from the caller's clock,
-//! except leases, whose expiry is judged by the database's clock so replicas
-//! with skewed clocks agree. Controller sweeps take a [`Fence`]: the store
-//! executes them only while that lease epoch is current, in the same
-//! transaction, and records each change in the hash-chained audit log.
+//! Operations act at the time of the store's clock ([`StoreClock`]): the
+//! system clock in production, where PostgreSQL's own clock judges lease
+//! expiry, heartbeats and deadlines so replicas with skewed clocks agree; a
+//! manual clock in tests, which move it instead of sleeping. Controller
+//! sweeps take a [`Fence`]: the store executes them only while that lease
+//! epoch is current, in the same transaction, and records each change in the
+//! hash-chained audit log.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), homeostat_store::StoreError> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), homeostat_store::StoreError> {
 //! use homeostat_model::{NewJob, PlanTier};
 //! use homeostat_store::{Store, StoreOptions};
 //!
-//! let store = Store::connect("sqlite:homeostat.db", StoreOptions::default()).await?;
-//! let now = jiff::Timestamp::now();
-//! let tenant = store.create_tenant("acme", PlanTier::Standard, "operator:setup", now).await?;
-//! let job = store.enqueue(tenant.id, &NewJob::new("builds", "compile"), now).await?;
+//! # let dir = std::env::temp_dir().join(format!("homeostat-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! # let url = format!("sqlite:{}", dir.join("homeostat.db").display());
+//! // url: "sqlite:homeostat.db", or "postgres://user@host/db"
+//! let store = Store::connect(&url, StoreOptions::default()).await?;
+//! let tenant = store.create_tenant("acme", PlanTier::Standard, "operator:setup").await?;
+//! let job = store.enqueue(tenant.id, &NewJob::new("builds", "compile")).await?;
 //! assert!(!job.deduplicated);
+//! # store.close().await;
+//! # std::fs::remove_dir_all(&dir).unwrap();
 //! # Ok(())
 //! # }
 //! ```
@@ -105,6 +113,19 @@ impl Store {
         }
     }
 
+    /// The time now, by the store's clock ([`StoreOptions::clock`]).
+    pub fn now(&self) -> Timestamp {
+        self.options().clock.now()
+    }
+
+    /// The store's policies.
+    pub fn options(&self) -> &StoreOptions {
+        match self {
+            Store::Sqlite(s) => backend::Backend::options(s),
+            Store::Postgres(s) => backend::Backend::options(s),
+        }
+    }
+
     /// Closes the connection pool.
     pub async fn close(&self) {
         dispatch!(self.close())
@@ -118,9 +139,8 @@ impl Store {
         name: &str,
         tier: PlanTier,
         actor: &str,
-        now: Timestamp,
     ) -> Result<Tenant, StoreError> {
-        dispatch!(self, registry::create_tenant(name, tier, actor, now))
+        dispatch!(self, registry::create_tenant(name, tier, actor))
     }
 
     /// Changes a tenant's plan tier (audited).
@@ -129,9 +149,8 @@ impl Store {
         id: TenantId,
         tier: PlanTier,
         actor: &str,
-        now: Timestamp,
     ) -> Result<Tenant, StoreError> {
-        dispatch!(self, registry::set_tenant_tier(id, tier, actor, now))
+        dispatch!(self, registry::set_tenant_tier(id, tier, actor))
     }
 
     /// One tenant.
@@ -151,9 +170,8 @@ impl Store {
         &self,
         token: &NewBootstrapToken,
         actor: &str,
-        now: Timestamp,
     ) -> Result<IssuedSecret, StoreError> {
-        dispatch!(self, registry::issue_bootstrap_token(token, actor, now))
+        dispatch!(self, registry::issue_bootstrap_token(token, actor))
     }
 
     /// Issues an API key (audited, without the secret).
@@ -162,37 +180,23 @@ impl Store {
         scope: ApiScope,
         ttl: Option<Duration>,
         actor: &str,
-        now: Timestamp,
     ) -> Result<IssuedSecret, StoreError> {
-        dispatch!(self, registry::issue_api_key(scope, ttl, actor, now))
+        dispatch!(self, registry::issue_api_key(scope, ttl, actor))
     }
 
     /// Revokes a token (audited).
-    pub async fn revoke_token(
-        &self,
-        id: TokenId,
-        actor: &str,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, registry::revoke_token(id, actor, now))
+    pub async fn revoke_token(&self, id: TokenId, actor: &str) -> Result<(), StoreError> {
+        dispatch!(self, registry::revoke_token(id, actor))
     }
 
     /// The scope of a live API key.
-    pub async fn authenticate_api_key(
-        &self,
-        secret: &str,
-        now: Timestamp,
-    ) -> Result<ApiKeyIdentity, StoreError> {
-        dispatch!(self, registry::authenticate_api_key(secret, now))
+    pub async fn authenticate_api_key(&self, secret: &str) -> Result<ApiKeyIdentity, StoreError> {
+        dispatch!(self, registry::authenticate_api_key(secret))
     }
 
     /// The agent a live credential belongs to.
-    pub async fn authenticate_agent(
-        &self,
-        secret: &str,
-        now: Timestamp,
-    ) -> Result<AgentId, StoreError> {
-        dispatch!(self, registry::authenticate_agent(secret, now))
+    pub async fn authenticate_agent(&self, secret: &str) -> Result<AgentId, StoreError> {
+        dispatch!(self, registry::authenticate_agent(secret))
     }
 
     /// Registers an agent, consuming one use of the bootstrap token in the
@@ -201,19 +205,14 @@ impl Store {
         &self,
         bootstrap_secret: &str,
         agent: &NewAgent,
-        now: Timestamp,
     ) -> Result<(Agent, IssuedSecret), StoreError> {
-        dispatch!(self, registry::register_agent(bootstrap_secret, agent, now))
+        dispatch!(self, registry::register_agent(bootstrap_secret, agent))
     }
 
     /// Records heartbeats of many agents in one statement; an offline agent
     /// that heartbeats is online again. Returns how many agents exist.
-    pub async fn heartbeat_agents(
-        &self,
-        ids: &[AgentId],
-        now: Timestamp,
-    ) -> Result<u64, StoreError> {
-        dispatch!(self, registry::heartbeat_agents(ids, now))
+    pub async fn heartbeat_agents(&self, ids: &[AgentId]) -> Result<u64, StoreError> {
+        dispatch!(self, registry::heartbeat_agents(ids))
     }
 
     /// One agent.
@@ -227,26 +226,16 @@ impl Store {
     }
 
     /// Stops an agent from claiming new jobs (audited).
-    pub async fn drain_agent(
-        &self,
-        id: AgentId,
-        actor: &str,
-        now: Timestamp,
-    ) -> Result<Agent, StoreError> {
-        dispatch!(self, registry::drain_agent(id, actor, now))
+    pub async fn drain_agent(&self, id: AgentId, actor: &str) -> Result<Agent, StoreError> {
+        dispatch!(self, registry::drain_agent(id, actor))
     }
 
     // --- jobs -------------------------------------------------------------
 
     /// Enqueues one job (see [`Store::enqueue_batch`]).
-    pub async fn enqueue(
-        &self,
-        tenant_id: TenantId,
-        job: &NewJob,
-        now: Timestamp,
-    ) -> Result<Enqueued, StoreError> {
+    pub async fn enqueue(&self, tenant_id: TenantId, job: &NewJob) -> Result<Enqueued, StoreError> {
         let mut out = self
-            .enqueue_batch(tenant_id, std::slice::from_ref(job), now)
+            .enqueue_batch(tenant_id, std::slice::from_ref(job))
             .await?;
         Ok(out.remove(0))
     }
@@ -258,12 +247,11 @@ impl Store {
         &self,
         tenant_id: TenantId,
         jobs: &[NewJob],
-        now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        dispatch!(self.enqueue_batch(tenant_id, jobs, now))
+        dispatch!(self.enqueue_batch(tenant_id, jobs))
     }
 
     /// Enqueues `job` for cron slot `slot` of periodic schedule `schedule`,
@@ -273,10 +261,9 @@ impl Store {
     pub async fn enqueue_periodic(
         &self,
         periodic: &PeriodicEnqueue<'_>,
-        now: Timestamp,
         fence: Option<&Fence>,
     ) -> Result<Option<Enqueued>, StoreError> {
-        dispatch!(self, jobs::enqueue_periodic(periodic, now, fence))
+        dispatch!(self, jobs::enqueue_periodic(periodic, fence))
     }
 
     /// Claims up to `limit` queued jobs from the agent's queues (its tenant's
@@ -287,9 +274,8 @@ impl Store {
         agent_id: AgentId,
         limit: u32,
         lease: Duration,
-        now: Timestamp,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        dispatch!(self.claim(agent_id, limit, lease, now))
+        dispatch!(self.claim(agent_id, limit, lease))
     }
 
     /// Extends a running job's lease; refused for a stale token.
@@ -298,9 +284,8 @@ impl Store {
         id: JobId,
         lease_token: i64,
         lease: Duration,
-        now: Timestamp,
     ) -> Result<Timestamp, StoreError> {
-        dispatch!(self, jobs::heartbeat_job(id, lease_token, lease, now))
+        dispatch!(self, jobs::heartbeat_job(id, lease_token, lease))
     }
 
     /// Completes jobs; each entry says whether its completion was accepted
@@ -308,12 +293,11 @@ impl Store {
     pub async fn complete_batch(
         &self,
         completions: &[Completion],
-        now: Timestamp,
     ) -> Result<Vec<bool>, StoreError> {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        dispatch!(self.complete_batch(completions, now))
+        dispatch!(self.complete_batch(completions))
     }
 
     /// Completes one job; a stale token is an error.
@@ -322,17 +306,13 @@ impl Store {
         id: JobId,
         lease_token: i64,
         result: Option<serde_json::Value>,
-        now: Timestamp,
     ) -> Result<(), StoreError> {
         let accepted = self
-            .complete_batch(
-                &[Completion {
-                    id,
-                    lease_token,
-                    result,
-                }],
-                now,
-            )
+            .complete_batch(&[Completion {
+                id,
+                lease_token,
+                result,
+            }])
             .await?;
         if accepted[0] {
             Ok(())
@@ -347,35 +327,31 @@ impl Store {
 
     /// Records a failed attempt: retried (`scheduled` after the backoff)
     /// while attempts are left and the error is not permanent, else `dead`.
-    pub async fn fail(
-        &self,
-        failure: &Failure<'_>,
-        now: Timestamp,
-    ) -> Result<FailOutcome, StoreError> {
-        dispatch!(self, jobs::fail(failure, now))
+    pub async fn fail(&self, failure: &Failure<'_>) -> Result<FailOutcome, StoreError> {
+        dispatch!(self, jobs::fail(failure))
     }
 
     /// Cancels a live job (audited).
-    pub async fn cancel(&self, id: JobId, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
+    pub async fn cancel(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
         dispatch!(
             self,
-            jobs::transition(id, JobState::Cancelled, "job.cancelled", actor, now)
+            jobs::transition(id, JobState::Cancelled, "job.cancelled", actor)
         )
     }
 
     /// Approves a job awaiting approval (audited).
-    pub async fn approve(&self, id: JobId, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
+    pub async fn approve(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
         dispatch!(
             self,
-            jobs::transition(id, JobState::Queued, "job.approved", actor, now)
+            jobs::transition(id, JobState::Queued, "job.approved", actor)
         )
     }
 
     /// Re-queues a dead or expired job with fresh attempts (audited).
-    pub async fn redrive(&self, id: JobId, actor: &str, now: Timestamp) -> Result<Job, StoreError> {
+    pub async fn redrive(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
         dispatch!(
             self,
-            jobs::transition(id, JobState::Queued, "job.redriven", actor, now)
+            jobs::transition(id, JobState::Queued, "job.redriven", actor)
         )
     }
 
@@ -400,66 +376,60 @@ impl Store {
     /// Agents silent for `stale_after` go offline.
     pub async fn mark_silent_agents_offline(
         &self,
-        now: Timestamp,
         stale_after: Duration,
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Vec<AgentId>, StoreError> {
         dispatch!(
             self,
-            registry::mark_silent_agents_offline(now, stale_after, limit, fence)
+            registry::mark_silent_agents_offline(stale_after, limit, fence)
         )
     }
 
     /// Running jobs of offline agents: re-queued, or dead with no attempts left.
     pub async fn reclaim_offline_agent_jobs(
         &self,
-        now: Timestamp,
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::reclaim_offline_agent_jobs(now, limit, fence))
+        dispatch!(self, sweeps::reclaim_offline_agent_jobs(limit, fence))
     }
 
     /// Running jobs whose lease expired: re-queued, or dead with no attempts left.
     pub async fn requeue_expired_leases(
         &self,
-        now: Timestamp,
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::requeue_expired_leases(now, limit, fence))
+        dispatch!(self, sweeps::requeue_expired_leases(limit, fence))
     }
 
     /// Queued jobs never started by their deadline: expired.
     pub async fn expire_overdue_queued(
         &self,
-        now: Timestamp,
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::expire_overdue_queued(now, limit, fence))
+        dispatch!(self, sweeps::expire_overdue_queued(limit, fence))
     }
 
     /// Running jobs past their own timeout: a failed attempt (scheduled for
     /// retry after the backoff, or dead).
     pub async fn time_out_running(
         &self,
-        now: Timestamp,
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::time_out_running(now, limit, fence))
+        dispatch!(self, sweeps::time_out_running(limit, fence))
     }
 
     /// Scheduled jobs whose time has come: queued.
     pub async fn promote_scheduled(
         &self,
-        now: Timestamp,
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::promote_scheduled(now, limit, fence))
+        dispatch!(self, sweeps::promote_scheduled(limit, fence))
     }
 
     /// Effective priority of queued jobs = tier base + job priority + whole
@@ -468,49 +438,39 @@ impl Store {
     /// at the ceiling, where the oldest goes first: no tenant starves.
     pub async fn recompute_priorities(
         &self,
-        now: Timestamp,
         ageing: Ageing,
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
-        dispatch!(
-            self,
-            sweeps::recompute_priorities(now, ageing, limit, fence)
-        )
+        dispatch!(self, sweeps::recompute_priorities(ageing, limit, fence))
     }
 
     /// Jobs awaiting an approval that expired: expired.
     pub async fn expire_approvals(
         &self,
-        now: Timestamp,
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::expire_approvals(now, limit, fence))
+        dispatch!(self, sweeps::expire_approvals(limit, fence))
     }
 
     /// Deletes expired, used-up and revoked tokens.
     pub async fn delete_dead_tokens(
         &self,
-        now: Timestamp,
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
-        dispatch!(self, registry::delete_dead_tokens(now, limit, fence))
+        dispatch!(self, registry::delete_dead_tokens(limit, fence))
     }
 
     /// Deletes finished jobs past retention.
     pub async fn delete_finished_jobs(
         &self,
-        now: Timestamp,
         retention: JobRetention,
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(
-            self,
-            sweeps::delete_finished_jobs(now, retention, limit, fence)
-        )
+        dispatch!(self, sweeps::delete_finished_jobs(retention, limit, fence))
     }
 
     /// Deletes up to a batch of the oldest audit events past retention (or,
@@ -518,10 +478,10 @@ impl Store {
     /// deletion itself is audited.
     pub async fn delete_old_audit_events(
         &self,
-        now: Timestamp,
         run: AuditRetentionRun,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
+        let now = self.now();
         let run = audit_log::Retention {
             cutoff_ms: time::ms(now) - time::dur_ms(run.retention),
             batch: run.batch,
@@ -535,13 +495,8 @@ impl Store {
 
     /// What a sweep would change at `now`, without changing it: the count
     /// and the first `sample` rows.
-    pub async fn plan(
-        &self,
-        kind: PlanKind,
-        now: Timestamp,
-        sample: u32,
-    ) -> Result<SweepPlan, StoreError> {
-        dispatch!(self, plan::plan(kind, now, sample))
+    pub async fn plan(&self, kind: PlanKind, sample: u32) -> Result<SweepPlan, StoreError> {
+        dispatch!(self, plan::plan(kind, sample))
     }
 
     /// The last cron slot enqueued for a periodic schedule.
@@ -556,12 +511,8 @@ impl Store {
 
     /// Appends events to the audit log (for state changes made outside the
     /// store's own operations).
-    pub async fn append_audit(
-        &self,
-        events: &[NewAuditEvent],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        dispatch!(self, audit_log::append_events(events, time::ms(now)))
+    pub async fn append_audit(&self, events: &[NewAuditEvent]) -> Result<(), StoreError> {
+        dispatch!(self, audit_log::append_events(events, time::ms(self.now())))
     }
 
     /// Audit events after `after_seq`, oldest first.
@@ -602,21 +553,19 @@ impl Store {
         &self,
         event: &str,
         payload: &serde_json::Value,
-        now: Timestamp,
     ) -> Result<NotificationId, StoreError> {
-        dispatch!(self, notifications::add_notification(event, payload, now))
+        dispatch!(self, notifications::add_notification(event, payload))
     }
 
     /// Takes up to `limit` due notifications for sending, hiding them from
     /// other senders for `hold`.
     pub async fn claim_due_notifications(
         &self,
-        now: Timestamp,
         limit: u32,
         hold: Duration,
         fence: Option<&Fence>,
     ) -> Result<Vec<Notification>, StoreError> {
-        dispatch!(self, notifications::claim_due(now, limit, hold, fence))
+        dispatch!(self, notifications::claim_due(limit, hold, fence))
     }
 
     /// Records a delivery attempt: sent; or retried after min(2^n min, 1 h);
@@ -625,9 +574,8 @@ impl Store {
         &self,
         id: NotificationId,
         delivery: &Delivery,
-        now: Timestamp,
     ) -> Result<NotificationState, StoreError> {
-        dispatch!(self, notifications::record_delivery(id, delivery, now))
+        dispatch!(self, notifications::record_delivery(id, delivery))
     }
 
     /// One notification.

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use homeostat_model::{Notification, NotificationId, NotificationState, new_id};
 use homeostat_runtime::Fence;
-use jiff::Timestamp;
 
 use crate::Delivery;
 use crate::backend::{Backend, RowExt, Sql, Stmt};
@@ -45,8 +44,8 @@ pub(crate) async fn add_notification<B: Backend>(
     b: &B,
     event: &str,
     payload: &serde_json::Value,
-    now: Timestamp,
 ) -> Result<NotificationId, StoreError> {
+    let now = b.now();
     let id = NotificationId::from(new_id());
     let payload = payload.to_string();
     let stmt = Stmt::new::<B>(INSERT)
@@ -61,11 +60,11 @@ pub(crate) async fn add_notification<B: Backend>(
 
 pub(crate) async fn claim_due<B: Backend>(
     b: &B,
-    now: Timestamp,
     limit: u32,
     hold: Duration,
     fence: Option<&Fence>,
 ) -> Result<Vec<Notification>, StoreError> {
+    let now = b.now();
     let op = "claiming due notifications";
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;
@@ -88,8 +87,8 @@ pub(crate) async fn record_delivery<B: Backend>(
     b: &B,
     id: NotificationId,
     delivery: &Delivery,
-    now: Timestamp,
 ) -> Result<NotificationState, StoreError> {
+    let now = b.now();
     let op = "recording a notification delivery";
     let mut tx = b.begin(op).await?;
     let rows = B::fetch_in(&mut tx, Stmt::new::<B>(PENDING_ATTEMPTS).arg(id))

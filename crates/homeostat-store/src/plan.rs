@@ -5,8 +5,6 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use jiff::Timestamp;
-
 use crate::JobRetention;
 use crate::backend::{Backend, RowExt, Stmt};
 use crate::error::{Context, StoreError};
@@ -199,9 +197,9 @@ fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, String, Vec<i64>
 pub(crate) async fn plan<B: Backend>(
     b: &B,
     kind: PlanKind,
-    now: Timestamp,
     sample: u32,
 ) -> Result<SweepPlan, StoreError> {
+    let now = b.now();
     let op = "planning a sweep";
     let (count_sql, sample_sql, binds) = sql(kind, now.as_millisecond(), B::POSTGRES);
     let mut count = Stmt::dynamic(count_sql);

@@ -10,7 +10,7 @@ use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
 
-use crate::backend::{Backend, RowExt, Sql, Stmt};
+use crate::backend::{Backend, RowExt, Sql, Stmt, pg_judged};
 use crate::decisions::{actor_for, token_event};
 use crate::error::{Context, StoreError, corrupt, db_error};
 use crate::leases::check_fence;
@@ -47,17 +47,28 @@ const DELETE_DEAD_TOKENS: Sql = Sql::both(
        LIMIT $2)",
 );
 
-const INSERT_AGENT: Sql = Sql::both(
+/// `$6` now (judged: the last heartbeat), `$7` now.
+const INSERT_AGENT: Sql = Sql::pair(
     "INSERT INTO agents (id, tenant_id, name, labels, queues, status, last_heartbeat_at, registered_at)
      VALUES ($1, $2, $3, $4, $5, 'online', $6, $7)",
+    concat!(
+        "INSERT INTO agents (id, tenant_id, name, labels, queues, status, last_heartbeat_at, registered_at)
+         VALUES ($1, $2, $3, $4, $5, 'online', ",
+        pg_judged!(6),
+        ", $7)"
+    ),
 );
+/// `$1` now (judged), `$2` the agents.
 const HEARTBEAT_AGENTS: Sql = Sql::pair(
     "UPDATE agents SET last_heartbeat_at = $1,
        status = CASE WHEN status = 'offline' THEN 'online' ELSE status END
      WHERE id IN (SELECT value FROM json_each($2))",
-    "UPDATE agents SET last_heartbeat_at = $1,
-       status = CASE WHEN status = 'offline' THEN 'online' ELSE status END
-     WHERE id = ANY($2)",
+    concat!(
+        "UPDATE agents SET last_heartbeat_at = ",
+        pg_judged!(1),
+        ", status = CASE WHEN status = 'offline' THEN 'online' ELSE status END
+         WHERE id = ANY($2)"
+    ),
 );
 const AGENT: Sql = Sql::both(concat!(
     "SELECT ",
@@ -80,11 +91,20 @@ const DRAIN_AGENT: Sql = Sql::both(concat!(
     "UPDATE agents SET status = 'draining' WHERE id = $1 RETURNING ",
     agent_columns!()
 ));
-const SILENT_AGENTS_OFFLINE: Sql = Sql::both(
+/// `$1` now (judged), `$2` limit, `$3` the stale timeout (ms).
+const SILENT_AGENTS_OFFLINE: Sql = Sql::pair(
     "UPDATE agents SET status = 'offline'
      WHERE id IN (SELECT id FROM agents WHERE status <> 'offline'
-                  AND last_heartbeat_at < $1 LIMIT $2)
+                  AND last_heartbeat_at < $1 - $3 LIMIT $2)
      RETURNING id",
+    concat!(
+        "UPDATE agents SET status = 'offline'
+         WHERE id IN (SELECT id FROM agents WHERE status <> 'offline'
+                      AND last_heartbeat_at < ",
+        pg_judged!(1),
+        " - $3 LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id"
+    ),
 );
 
 fn not_found(entity: &'static str, id: impl ToString) -> StoreError {
@@ -101,8 +121,8 @@ pub(crate) async fn create_tenant<B: Backend>(
     name: &str,
     tier: PlanTier,
     actor: &str,
-    now: Timestamp,
 ) -> Result<Tenant, StoreError> {
+    let now = b.now();
     homeostat_model::validate_name("name", name)?;
     let op = "creating a tenant";
     let mut tx = b.begin(op).await?;
@@ -142,8 +162,8 @@ pub(crate) async fn set_tenant_tier<B: Backend>(
     id: TenantId,
     tier: PlanTier,
     actor: &str,
-    now: Timestamp,
 ) -> Result<Tenant, StoreError> {
+    let now = b.now();
     let op = "changing a tenant's tier";
     let mut tx = b.begin(op).await?;
     let stmt = Stmt::new::<B>(SET_TIER).arg(tier.as_str()).arg(id);
@@ -241,8 +261,8 @@ pub(crate) async fn issue_bootstrap_token<B: Backend>(
     b: &B,
     new: &NewBootstrapToken,
     actor: &str,
-    now: Timestamp,
 ) -> Result<IssuedSecret, StoreError> {
+    let now = b.now();
     let token = NewToken {
         kind: TokenKind::Bootstrap,
         prefix: "hsb",
@@ -260,8 +280,8 @@ pub(crate) async fn issue_api_key<B: Backend>(
     scope: ApiScope,
     ttl: Option<Duration>,
     actor: &str,
-    now: Timestamp,
 ) -> Result<IssuedSecret, StoreError> {
+    let now = b.now();
     let (tenant_id, admin) = match scope {
         ApiScope::Admin => (None, true),
         ApiScope::Tenant(t) => (Some(t), false),
@@ -282,8 +302,8 @@ pub(crate) async fn revoke_token<B: Backend>(
     b: &B,
     id: TokenId,
     actor: &str,
-    now: Timestamp,
 ) -> Result<(), StoreError> {
+    let now = b.now();
     let op = "revoking a token";
     let mut tx = b.begin(op).await?;
     let stmt = Stmt::new::<B>(REVOKE_TOKEN).arg(ms(now)).arg(id);
@@ -329,8 +349,8 @@ fn live_token_stmt<'a, B: Backend>(
 pub(crate) async fn authenticate_api_key<B: Backend>(
     b: &B,
     secret_text: &str,
-    now: Timestamp,
 ) -> Result<ApiKeyIdentity, StoreError> {
+    let now = b.now();
     let op = "checking a token";
     let presented = secret::hash(secret_text);
     let rows = b
@@ -356,8 +376,8 @@ pub(crate) async fn authenticate_api_key<B: Backend>(
 pub(crate) async fn authenticate_agent<B: Backend>(
     b: &B,
     secret_text: &str,
-    now: Timestamp,
 ) -> Result<AgentId, StoreError> {
+    let now = b.now();
     let op = "checking a token";
     let presented = secret::hash(secret_text);
     let rows = b
@@ -377,10 +397,10 @@ pub(crate) async fn authenticate_agent<B: Backend>(
 
 pub(crate) async fn delete_dead_tokens<B: Backend>(
     b: &B,
-    now: Timestamp,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<u64, StoreError> {
+    let now = b.now();
     let op = "tokens.deleted";
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;
@@ -407,8 +427,8 @@ pub(crate) async fn register_agent<B: Backend>(
     b: &B,
     bootstrap_secret: &str,
     agent: &NewAgent,
-    now: Timestamp,
 ) -> Result<(Agent, IssuedSecret), StoreError> {
+    let now = b.now();
     agent.validate()?;
     let op = "registering an agent";
     let presented = secret::hash(bootstrap_secret);
@@ -443,7 +463,7 @@ pub(crate) async fn register_agent<B: Backend>(
         .arg(&stored.name)
         .arg(&labels)
         .arg(stored.queues.as_slice())
-        .arg(ms(now))
+        .arg(b.judged_ms(now))
         .arg(ms(now));
     B::execute_in(&mut tx, stmt).await.op(op)?;
     let credential = NewToken {
@@ -475,11 +495,11 @@ pub(crate) async fn register_agent<B: Backend>(
 pub(crate) async fn heartbeat_agents<B: Backend>(
     b: &B,
     ids: &[AgentId],
-    now: Timestamp,
 ) -> Result<u64, StoreError> {
+    let now = b.now();
     let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
     let stmt = Stmt::new::<B>(HEARTBEAT_AGENTS)
-        .arg(ms(now))
+        .arg(b.judged_ms(now))
         .arg(ids.as_slice());
     b.execute_write(stmt).await.op("recording agent heartbeats")
 }
@@ -508,8 +528,8 @@ pub(crate) async fn drain_agent<B: Backend>(
     b: &B,
     id: AgentId,
     actor: &str,
-    now: Timestamp,
 ) -> Result<Agent, StoreError> {
+    let now = b.now();
     let op = "draining an agent";
     let mut tx = b.begin(op).await?;
     let rows = B::fetch_in(&mut tx, Stmt::new::<B>(DRAIN_AGENT).arg(id))
@@ -529,17 +549,18 @@ pub(crate) async fn drain_agent<B: Backend>(
 
 pub(crate) async fn mark_silent_agents_offline<B: Backend>(
     b: &B,
-    now: Timestamp,
     stale_after: Duration,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<Vec<AgentId>, StoreError> {
+    let now = b.now();
     let op = "agents.offline";
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;
     let stmt = Stmt::new::<B>(SILENT_AGENTS_OFFLINE)
-        .arg(ms(now) - dur_ms(stale_after))
-        .arg(i64::from(limit));
+        .arg(b.judged_ms(now))
+        .arg(i64::from(limit))
+        .arg(dur_ms(stale_after));
     let ids = B::fetch_in(&mut tx, stmt)
         .await
         .op(op)?

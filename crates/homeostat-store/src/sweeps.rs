@@ -6,10 +6,9 @@
 
 use homeostat_model::NewAuditEvent;
 use homeostat_runtime::Fence;
-use jiff::Timestamp;
 use serde_json::json;
 
-use crate::backend::{Backend, RowExt, Sql, Stmt};
+use crate::backend::{At, Backend, RowExt, Sql, Stmt, pg_judged};
 use crate::decisions::{actor_for, id_before, sweep_event};
 use crate::error::{Context, StoreError};
 use crate::leases::check_fence;
@@ -24,7 +23,7 @@ struct Sweep {
     sql: Sql,
 }
 
-/// `$1` now, `$2` limit.
+/// `$1` now (judged), `$2` limit.
 const LEASE_EXPIRED: Sweep = Sweep {
     action: "jobs.lease_expired",
     reason: "lease expired",
@@ -36,18 +35,24 @@ const LEASE_EXPIRED: Sweep = Sweep {
            lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 LIMIT $2)
          RETURNING id, state",
-        "UPDATE jobs SET
+        concat!(
+            "WITH t(now) AS (SELECT ",
+            pg_judged!(1),
+            ")
+         UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
-           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
-           queued_at = $1, updated_at = $1, last_error = 'lease expired: the agent stopped heartbeating the job',
+           finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
+           queued_at = t.now, updated_at = t.now, last_error = 'lease expired: the agent stopped heartbeating the job',
            lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1
-                      LIMIT $2 FOR UPDATE SKIP LOCKED)
-         RETURNING id, state::text AS state",
+         FROM t
+         WHERE id IN (SELECT id FROM jobs, t WHERE state = 'running' AND lease_expires_at < t.now
+                      LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
+         RETURNING id, state::text AS state"
+        ),
     ),
 };
 
-/// `$1` now, `$2` limit.
+/// `$1` now (judged), `$2` limit.
 const AGENT_OFFLINE: Sweep = Sweep {
     action: "jobs.agent_offline",
     reason: "agent offline",
@@ -61,19 +66,25 @@ const AGENT_OFFLINE: Sweep = Sweep {
                       JOIN agents a ON a.id = j.lease_agent
                       WHERE j.state = 'running' AND a.status = 'offline' LIMIT $2)
          RETURNING id, state",
-        "UPDATE jobs SET
+        concat!(
+            "WITH t(now) AS (SELECT ",
+            pg_judged!(1),
+            ")
+         UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
-           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
-           queued_at = $1, updated_at = $1, last_error = 'reclaimed: the agent went offline',
+           finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
+           queued_at = t.now, updated_at = t.now, last_error = 'reclaimed: the agent went offline',
            lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         FROM t
          WHERE id IN (SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent
                       WHERE j.state = 'running' AND a.status = 'offline'
                       LIMIT $2 FOR UPDATE OF j SKIP LOCKED)
-         RETURNING id, state::text AS state",
+         RETURNING id, state::text AS state"
+        ),
     ),
 };
 
-/// `$1` now, `$2` limit.
+/// `$1` now (judged), `$2` limit.
 const DEADLINE_PASSED: Sweep = Sweep {
     action: "jobs.deadline_passed",
     reason: "deadline passed",
@@ -83,15 +94,22 @@ const DEADLINE_PASSED: Sweep = Sweep {
          WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND attempt = 0
                       AND deadline_at < $1 LIMIT $2)
          RETURNING id, state",
-        "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
+        concat!(
+            "WITH t(now) AS (SELECT ",
+            pg_judged!(1),
+            ")
+         UPDATE jobs SET state = 'expired', finished_at = t.now, updated_at = t.now,
            last_error = 'not started before its deadline'
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND attempt = 0
-                      AND deadline_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
-         RETURNING id, state::text AS state",
+         FROM t
+         WHERE id IN (SELECT id FROM jobs, t WHERE state = 'queued' AND attempt = 0
+                      AND deadline_at < t.now LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
+         RETURNING id, state::text AS state"
+        ),
     ),
 };
 
-/// `$1` now, `$2` limit, `$3` first retry delay, `$4` longest delay (ms).
+/// `$1` now (judged), `$2` limit, `$3` first retry delay, `$4` longest
+/// delay (ms).
 const TIMED_OUT: Sweep = Sweep {
     action: "jobs.timed_out",
     reason: "attempt timed out",
@@ -105,19 +123,25 @@ const TIMED_OUT: Sweep = Sweep {
          WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_running_lease
                       WHERE state = 'running' AND timeout_at < $1 LIMIT $2)
          RETURNING id, state",
-        "UPDATE jobs SET
+        concat!(
+            "WITH t(now) AS (SELECT ",
+            pg_judged!(1),
+            ")
+         UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'scheduled' END,
-           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
-           run_at = $1 + LEAST($4, $3 << LEAST(GREATEST(attempt - 1, 0), 40)::int),
-           updated_at = $1, last_error = 'attempt timed out',
+           finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
+           run_at = t.now + LEAST($4, $3 << LEAST(GREATEST(attempt - 1, 0), 40)::int),
+           updated_at = t.now, last_error = 'attempt timed out',
            lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND timeout_at < $1
-                      LIMIT $2 FOR UPDATE SKIP LOCKED)
-         RETURNING id, state::text AS state",
+         FROM t
+         WHERE id IN (SELECT id FROM jobs, t WHERE state = 'running' AND timeout_at < t.now
+                      LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
+         RETURNING id, state::text AS state"
+        ),
     ),
 };
 
-/// `$1` now, `$2` limit.
+/// `$1` now (judged), `$2` limit.
 const PROMOTED: Sweep = Sweep {
     action: "jobs.promoted",
     reason: "run time reached",
@@ -125,14 +149,20 @@ const PROMOTED: Sweep = Sweep {
         "UPDATE jobs SET state = 'queued', queued_at = $1, updated_at = $1
          WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1 LIMIT $2)
          RETURNING id, state",
-        "UPDATE jobs SET state = 'queued', queued_at = $1, updated_at = $1
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1
-                      LIMIT $2 FOR UPDATE SKIP LOCKED)
-         RETURNING id, state::text AS state",
+        concat!(
+            "WITH t(now) AS (SELECT ",
+            pg_judged!(1),
+            ")
+         UPDATE jobs SET state = 'queued', queued_at = t.now, updated_at = t.now
+         FROM t
+         WHERE id IN (SELECT id FROM jobs, t WHERE state = 'scheduled' AND run_at <= t.now
+                      LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
+         RETURNING id, state::text AS state"
+        ),
     ),
 };
 
-/// `$1` now, `$2` limit.
+/// `$1` now (judged), `$2` limit.
 const APPROVAL_EXPIRED: Sweep = Sweep {
     action: "jobs.approval_expired",
     reason: "approval expired",
@@ -142,11 +172,17 @@ const APPROVAL_EXPIRED: Sweep = Sweep {
          WHERE id IN (SELECT id FROM jobs WHERE state = 'awaiting_approval'
                       AND approval_expires_at < $1 LIMIT $2)
          RETURNING id, state",
-        "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
+        concat!(
+            "WITH t(now) AS (SELECT ",
+            pg_judged!(1),
+            ")
+         UPDATE jobs SET state = 'expired', finished_at = t.now, updated_at = t.now,
            last_error = 'approval expired'
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'awaiting_approval'
-                      AND approval_expires_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)
-         RETURNING id, state::text AS state",
+         FROM t
+         WHERE id IN (SELECT id FROM jobs, t WHERE state = 'awaiting_approval'
+                      AND approval_expires_at < t.now LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
+         RETURNING id, state::text AS state"
+        ),
     ),
 };
 
@@ -173,30 +209,37 @@ const DELETED: Sweep = Sweep {
     ),
 };
 
-/// `$1` now, `$2` bonus per minute, `$3` ceiling, `$4` limit.
+/// `$1` now (judged), `$2` bonus per minute, `$3` ceiling, `$4` limit.
 const REPRIORITIZE: Sql = Sql::pair(
     "UPDATE jobs SET effective_priority = MAX(base_priority, MIN($3, base_priority + (($1 - queued_at) / 60000) * $2))
      WHERE id IN (SELECT id FROM jobs WHERE state = 'queued'
          AND effective_priority <> MAX(base_priority, MIN($3, base_priority + (($1 - queued_at) / 60000) * $2))
          LIMIT $4)",
-    "UPDATE jobs SET effective_priority = GREATEST(base_priority, LEAST($3, base_priority + (($1 - queued_at) / 60000) * $2))
-     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued'
-         AND effective_priority <> GREATEST(base_priority, LEAST($3, base_priority + (($1 - queued_at) / 60000) * $2))
-         LIMIT $4 FOR UPDATE SKIP LOCKED)",
+    concat!(
+        "WITH t(now) AS (SELECT ",
+        pg_judged!(1),
+        ")
+     UPDATE jobs SET effective_priority = GREATEST(base_priority, LEAST($3, base_priority + ((t.now - queued_at) / 60000) * $2))
+     FROM t
+     WHERE id IN (SELECT id FROM jobs, t WHERE state = 'queued'
+         AND effective_priority <> GREATEST(base_priority, LEAST($3, base_priority + ((t.now - queued_at) / 60000) * $2))
+         LIMIT $4 FOR UPDATE OF jobs SKIP LOCKED)"
+    ),
 );
 
-/// Runs one sweep, fenced and audited in one transaction.
+/// Runs one sweep, fenced and audited in one transaction. `args` binds
+/// the statement's arguments for the moment it runs at.
 async fn run<B: Backend>(
     b: &B,
     sweep: &Sweep,
-    stmt: impl FnOnce(Stmt<'static>) -> Stmt<'static>,
+    args: impl FnOnce(Stmt<'static>, At) -> Stmt<'static>,
     fence: Option<&Fence>,
-    now: Timestamp,
 ) -> Result<Swept, StoreError> {
+    let at = b.at();
     let op = sweep.action;
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;
-    let rows = B::fetch_in(&mut tx, stmt(Stmt::new::<B>(sweep.sql)))
+    let rows = B::fetch_in(&mut tx, args(Stmt::new::<B>(sweep.sql), at))
         .await
         .op(op)?;
     let mut swept = Swept::default();
@@ -210,110 +253,99 @@ async fn run<B: Backend>(
     swept.changed = swept.ids.len() as u64;
     if swept.changed > 0 {
         let event = sweep_event(&actor_for(fence), op, sweep.reason, &swept);
-        audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+        audit_log::append::<B>(&mut tx, &[event], ms(at.now)).await?;
     }
     B::commit(tx, op).await?;
     Ok(swept)
 }
 
-/// A sweep whose only arguments are now and the batch limit.
+/// A sweep whose only arguments are the judged time and the batch limit.
 async fn run_due<B: Backend>(
     b: &B,
     sweep: &Sweep,
-    now: Timestamp,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<Swept, StoreError> {
-    run(
-        b,
-        sweep,
-        |s| s.arg(ms(now)).arg(i64::from(limit)),
-        fence,
-        now,
-    )
-    .await
+    let args = |s: Stmt<'static>, at: At| s.arg(at.judged).arg(i64::from(limit));
+    run(b, sweep, args, fence).await
 }
 
 pub(crate) async fn requeue_expired_leases<B: Backend>(
     b: &B,
-    now: Timestamp,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<Swept, StoreError> {
-    run_due(b, &LEASE_EXPIRED, now, limit, fence).await
+    run_due(b, &LEASE_EXPIRED, limit, fence).await
 }
 
 pub(crate) async fn reclaim_offline_agent_jobs<B: Backend>(
     b: &B,
-    now: Timestamp,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<Swept, StoreError> {
-    run_due(b, &AGENT_OFFLINE, now, limit, fence).await
+    run_due(b, &AGENT_OFFLINE, limit, fence).await
 }
 
 pub(crate) async fn expire_overdue_queued<B: Backend>(
     b: &B,
-    now: Timestamp,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<Swept, StoreError> {
-    run_due(b, &DEADLINE_PASSED, now, limit, fence).await
+    run_due(b, &DEADLINE_PASSED, limit, fence).await
 }
 
 pub(crate) async fn promote_scheduled<B: Backend>(
     b: &B,
-    now: Timestamp,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<Swept, StoreError> {
-    run_due(b, &PROMOTED, now, limit, fence).await
+    run_due(b, &PROMOTED, limit, fence).await
 }
 
 pub(crate) async fn expire_approvals<B: Backend>(
     b: &B,
-    now: Timestamp,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<Swept, StoreError> {
-    run_due(b, &APPROVAL_EXPIRED, now, limit, fence).await
+    run_due(b, &APPROVAL_EXPIRED, limit, fence).await
 }
 
 pub(crate) async fn time_out_running<B: Backend>(
     b: &B,
-    now: Timestamp,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<Swept, StoreError> {
     let (initial, cap) = b.options().retry_bounds_ms();
-    let stmt = |s: Stmt<'static>| s.arg(ms(now)).arg(i64::from(limit)).arg(initial).arg(cap);
-    run(b, &TIMED_OUT, stmt, fence, now).await
+    let args =
+        |s: Stmt<'static>, at: At| s.arg(at.judged).arg(i64::from(limit)).arg(initial).arg(cap);
+    run(b, &TIMED_OUT, args, fence).await
 }
 
+/// Finished jobs are kept for days: the store's clock judges them.
 pub(crate) async fn delete_finished_jobs<B: Backend>(
     b: &B,
-    now: Timestamp,
     retention: JobRetention,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<Swept, StoreError> {
-    let oldest = ms(now) - dur_ms(retention.succeeded.min(retention.failed));
-    let stmt = |s: Stmt<'static>| {
-        s.arg(ms(now) - dur_ms(retention.succeeded))
-            .arg(ms(now) - dur_ms(retention.failed))
+    let args = |s: Stmt<'static>, at: At| {
+        let now = ms(at.now);
+        let oldest = now - dur_ms(retention.succeeded.min(retention.failed));
+        s.arg(now - dur_ms(retention.succeeded))
+            .arg(now - dur_ms(retention.failed))
             .arg(i64::from(limit))
             .arg(id_before(oldest))
     };
-    run(b, &DELETED, stmt, fence, now).await
+    run(b, &DELETED, args, fence).await
 }
 
 pub(crate) async fn recompute_priorities<B: Backend>(
     b: &B,
-    now: Timestamp,
     ageing: Ageing,
     limit: u32,
     fence: Option<&Fence>,
 ) -> Result<u64, StoreError> {
+    let at = b.at();
     let Ageing {
         bonus_per_minute,
         cap,
@@ -322,7 +354,7 @@ pub(crate) async fn recompute_priorities<B: Backend>(
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;
     let stmt = Stmt::new::<B>(REPRIORITIZE)
-        .arg(ms(now))
+        .arg(at.judged)
         .arg(bonus_per_minute)
         .arg(cap)
         .arg(i64::from(limit));
@@ -334,7 +366,7 @@ pub(crate) async fn recompute_priorities<B: Backend>(
             subject: "jobs".into(),
             details: json!({"count": changed, "bonus_per_minute": bonus_per_minute, "cap": cap}),
         };
-        audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+        audit_log::append::<B>(&mut tx, &[event], ms(at.now)).await?;
     }
     B::commit(tx, op).await?;
     Ok(changed)

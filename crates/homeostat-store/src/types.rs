@@ -1,11 +1,76 @@
 //! Inputs and outputs of store operations.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use homeostat_model::{ApiScope, JobId, JobState, TenantId, TokenId, TokenInfo};
-use homeostat_runtime::Backoff;
+use homeostat_runtime::{Backoff, Clock, ManualClock, SystemClock};
 use jiff::Timestamp;
 use serde::Serialize;
+
+/// Where the store's operations take their time from.
+///
+/// In production a replica's own clock stamps what it writes, and on
+/// PostgreSQL the decisions that compare times written by different
+/// replicas — a job's lease expiry and timeout, an agent's last heartbeat,
+/// a queued job's due time and deadline — are judged by the database's
+/// clock, so replicas whose clocks disagree still agree on them. A test
+/// gives the store a [`ManualClock`] instead, which then judges everything,
+/// on both backends.
+#[derive(Debug, Clone)]
+pub struct StoreClock {
+    clock: Arc<dyn Clock>,
+    manual: Option<ManualClock>,
+    database_judges: bool,
+}
+
+impl StoreClock {
+    /// The system clock; the database judges expiry on PostgreSQL.
+    pub fn system() -> Self {
+        Self::replica(Arc::new(SystemClock))
+    }
+
+    /// A replica's own clock, which may be skewed; the database judges
+    /// expiry on PostgreSQL.
+    pub fn replica(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            manual: None,
+            database_judges: true,
+        }
+    }
+
+    /// A clock a test moves: it stamps and judges everything.
+    pub fn manual(clock: ManualClock) -> Self {
+        Self {
+            clock: Arc::new(clock.clone()),
+            manual: Some(clock),
+            database_judges: false,
+        }
+    }
+
+    /// The test's clock, when this is one.
+    pub fn as_manual(&self) -> Option<&ManualClock> {
+        self.manual.as_ref()
+    }
+
+    /// The time now, by this clock.
+    pub fn now(&self) -> Timestamp {
+        Timestamp::try_from(self.clock.now()).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    /// The time (epoch ms) that judges expiry on this backend: `None` when
+    /// the database's own clock does.
+    pub(crate) fn judged_ms(&self, now: Timestamp, postgres: bool) -> Option<i64> {
+        (!(postgres && self.database_judges)).then(|| now.as_millisecond())
+    }
+}
+
+impl Default for StoreClock {
+    fn default() -> Self {
+        Self::system()
+    }
+}
 
 /// Store-wide policies.
 #[derive(Debug, Clone)]
@@ -20,6 +85,8 @@ pub struct StoreOptions {
     pub retry_max: Duration,
     /// Connections in the pool.
     pub max_connections: u32,
+    /// Where operations take their time from.
+    pub clock: StoreClock,
 }
 
 impl Default for StoreOptions {
@@ -29,6 +96,7 @@ impl Default for StoreOptions {
             retry_initial: Duration::from_secs(10),
             retry_max: Duration::from_secs(3600),
             max_connections: 16,
+            clock: StoreClock::default(),
         }
     }
 }

@@ -27,7 +27,6 @@ async fn a_terminated_connection_fails_one_call_as_unavailable_then_is_replaced(
     };
     let store = backends::postgres().await.unwrap();
     let schema = store.schema().unwrap().to_owned();
-    let now = jiff::Timestamp::now();
     // Several connections in the pool, so that more than one is broken.
     let homeostat_store::Store::Postgres(pg) = &store.store else {
         unreachable!()
@@ -42,13 +41,13 @@ async fn a_terminated_connection_fails_one_call_as_unavailable_then_is_replaced(
     }
     assert!(pg.pool().num_idle() >= 2, "{}", pg.pool().num_idle());
     store
-        .create_tenant("before", PlanTier::Standard, "operator:test", now)
+        .create_tenant("before", PlanTier::Standard, "operator:test")
         .await
         .unwrap();
     assert!(kill_store_connections(&url, &schema).await >= 1);
 
     match store
-        .create_tenant("during", PlanTier::Standard, "operator:test", now)
+        .create_tenant("during", PlanTier::Standard, "operator:test")
         .await
     {
         Ok(_) => {}
@@ -62,7 +61,7 @@ async fn a_terminated_connection_fails_one_call_as_unavailable_then_is_replaced(
     // handed out again.
     for name in ["after-1", "after-2", "after-3"] {
         store
-            .create_tenant(name, PlanTier::Standard, "operator:test", now)
+            .create_tenant(name, PlanTier::Standard, "operator:test")
             .await
             .unwrap();
     }

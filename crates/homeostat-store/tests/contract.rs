@@ -2,6 +2,8 @@
 
 mod backends;
 
+use backends::At;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -28,7 +30,8 @@ fn at(secs: i64) -> Timestamp {
 
 async fn tenant(store: &Store, name: &str, tier: PlanTier) -> TenantId {
     store
-        .create_tenant(name, tier, "operator:test", t0())
+        .at(t0())
+        .create_tenant(name, tier, "operator:test")
         .await
         .unwrap()
         .id
@@ -36,6 +39,7 @@ async fn tenant(store: &Store, name: &str, tier: PlanTier) -> TenantId {
 
 async fn agent(store: &Store, tenant: Option<TenantId>, queues: &[&str]) -> AgentId {
     let token = store
+        .at(t0())
         .issue_bootstrap_token(
             &NewBootstrapToken {
                 tenant_id: tenant,
@@ -43,11 +47,11 @@ async fn agent(store: &Store, tenant: Option<TenantId>, queues: &[&str]) -> Agen
                 uses: 1,
             },
             "operator:test",
-            t0(),
         )
         .await
         .unwrap();
     let (agent, _) = store
+        .at(t0())
         .register_agent(
             &token.secret,
             &NewAgent {
@@ -55,7 +59,6 @@ async fn agent(store: &Store, tenant: Option<TenantId>, queues: &[&str]) -> Agen
                 labels: Default::default(),
                 queues: queues.iter().map(|q| q.to_string()).collect(),
             },
-            t0(),
         )
         .await
         .unwrap();
@@ -71,14 +74,14 @@ async fn full_lifecycle(store: &Store) {
     let a = agent(store, Some(t), &["builds"]).await;
     let mut new = job("builds");
     new.payload = json!({"repo": "acme/app", "ref": "main"});
-    let enq = store.enqueue(t, &new, t0()).await.unwrap();
+    let enq = store.at(t0()).enqueue(t, &new).await.unwrap();
     assert!(!enq.deduplicated);
     assert_eq!((enq.deduplicated, enq.occurrences), (false, 1));
     let stored = store.get_job(enq.id).await.unwrap();
     assert_eq!(stored.state, JobState::Queued);
     assert_eq!(stored.effective_priority, 100, "standard tier base");
 
-    let claimed = store.claim(a, 10, LEASE, at(1)).await.unwrap();
+    let claimed = store.at(at(1)).claim(a, 10, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let c = &claimed[0];
     assert_eq!((c.id, c.attempt, c.lease_token), (enq.id, 1, 1));
@@ -86,12 +89,14 @@ async fn full_lifecycle(store: &Store) {
     assert_eq!(c.lease_expires_at, at(61));
 
     let extended = store
-        .heartbeat_job(c.id, c.lease_token, LEASE, at(30))
+        .at(at(30))
+        .heartbeat_job(c.id, c.lease_token, LEASE)
         .await
         .unwrap();
     assert_eq!(extended, at(90));
     store
-        .complete(c.id, c.lease_token, Some(json!({"ok": true})), at(40))
+        .at(at(40))
+        .complete(c.id, c.lease_token, Some(json!({"ok": true})))
         .await
         .unwrap();
     let done = store.get_job(c.id).await.unwrap();
@@ -99,10 +104,17 @@ async fn full_lifecycle(store: &Store) {
     assert_eq!(done.result, Some(json!({"ok": true})));
     assert_eq!(done.finished_at, Some(at(40)));
     assert_eq!(done.lease_agent, None);
-    assert!(store.claim(a, 10, LEASE, at(41)).await.unwrap().is_empty());
+    assert!(
+        store
+            .at(at(41))
+            .claim(a, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // A second completion is refused.
     assert!(matches!(
-        store.complete(c.id, c.lease_token, None, at(42)).await,
+        store.at(at(42)).complete(c.id, c.lease_token, None).await,
         Err(StoreError::StaleLease { .. })
     ));
 }
@@ -112,27 +124,26 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
     let a = agent(store, Some(t), &["q"]).await;
     let mut new = job("q");
     new.max_attempts = Some(2);
-    let id = store.enqueue(t, &new, t0()).await.unwrap().id;
+    let id = store.at(t0()).enqueue(t, &new).await.unwrap().id;
 
-    let c = store.claim(a, 1, LEASE, t0()).await.unwrap().remove(0);
+    let c = store.at(t0()).claim(a, 1, LEASE).await.unwrap().remove(0);
     let out = store
-        .fail(
-            &Failure {
-                id,
-                lease_token: c.lease_token,
-                error: "exit 1",
-                permanent: false,
-            },
-            at(5),
-        )
+        .at(at(5))
+        .fail(&Failure {
+            id,
+            lease_token: c.lease_token,
+            error: "exit 1",
+            permanent: false,
+        })
         .await
         .unwrap();
     assert_eq!(out.state, JobState::Scheduled);
     assert_eq!(out.retry_at, Some(at(15)), "first retry after 10 s");
-    assert!(store.claim(a, 1, LEASE, at(6)).await.unwrap().is_empty());
+    assert!(store.at(at(6)).claim(a, 1, LEASE).await.unwrap().is_empty());
     assert_eq!(
         store
-            .promote_scheduled(at(14), 100, None)
+            .at(at(14))
+            .promote_scheduled(100, None)
             .await
             .unwrap()
             .changed,
@@ -140,25 +151,24 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
     );
     assert_eq!(
         store
-            .promote_scheduled(at(15), 100, None)
+            .at(at(15))
+            .promote_scheduled(100, None)
             .await
             .unwrap()
             .changed,
         1
     );
 
-    let c = store.claim(a, 1, LEASE, at(16)).await.unwrap().remove(0);
+    let c = store.at(at(16)).claim(a, 1, LEASE).await.unwrap().remove(0);
     assert_eq!(c.attempt, 2);
     let out = store
-        .fail(
-            &Failure {
-                id,
-                lease_token: c.lease_token,
-                error: "exit 1 again",
-                permanent: false,
-            },
-            at(20),
-        )
+        .at(at(20))
+        .fail(&Failure {
+            id,
+            lease_token: c.lease_token,
+            error: "exit 1 again",
+            permanent: false,
+        })
         .await
         .unwrap();
     assert_eq!(out.state, JobState::Dead, "attempts used up");
@@ -167,27 +177,26 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
     assert_eq!(dead.finished_at, Some(at(20)));
 
     // A permanent failure is dead at once, attempts left or not.
-    let id = store.enqueue(t, &job("q"), at(30)).await.unwrap().id;
-    let c = store.claim(a, 1, LEASE, at(31)).await.unwrap().remove(0);
+    let id = store.at(at(30)).enqueue(t, &job("q")).await.unwrap().id;
+    let c = store.at(at(31)).claim(a, 1, LEASE).await.unwrap().remove(0);
     let out = store
-        .fail(
-            &Failure {
-                id,
-                lease_token: c.lease_token,
-                error: "bad input",
-                permanent: true,
-            },
-            at(32),
-        )
+        .at(at(32))
+        .fail(&Failure {
+            id,
+            lease_token: c.lease_token,
+            error: "bad input",
+            permanent: true,
+        })
         .await
         .unwrap();
     assert_eq!(out.state, JobState::Dead);
     // Redrive: back to queued with fresh attempts.
-    let again = store.redrive(id, "operator:test", at(40)).await.unwrap();
+    let again = store.at(at(40)).redrive(id, "operator:test").await.unwrap();
     assert_eq!((again.state, again.attempt), (JobState::Queued, 0));
     // Illegal transitions are refused, naming the states.
     let err = store
-        .approve(id, "operator:test", at(41))
+        .at(at(41))
+        .approve(id, "operator:test")
         .await
         .unwrap_err();
     assert!(
@@ -202,36 +211,39 @@ async fn fingerprints_deduplicate_live_jobs_only(store: &Store) {
     let a = agent(store, Some(t), &["alerts"]).await;
     let mut new = job("alerts");
     new.fingerprint = Some("disk-full:host-1".into());
-    let first = store.enqueue(t, &new, t0()).await.unwrap();
-    let second = store.enqueue(t, &new, at(1)).await.unwrap();
+    let first = store.at(t0()).enqueue(t, &new).await.unwrap();
+    let second = store.at(at(1)).enqueue(t, &new).await.unwrap();
     assert!(second.deduplicated);
     assert_eq!(second.id, first.id);
     assert_eq!(second.occurrences, 2);
     // Another tenant's fingerprints are its own.
     assert!(
         !store
-            .enqueue(other, &new, at(1))
+            .at(at(1))
+            .enqueue(other, &new)
             .await
             .unwrap()
             .deduplicated
     );
     // Duplicates within one batch fold into one job.
     let batch = store
-        .enqueue_batch(t, &[new.clone(), new.clone(), job("alerts")], at(2))
+        .at(at(2))
+        .enqueue_batch(t, &[new.clone(), new.clone(), job("alerts")])
         .await
         .unwrap();
     assert!(batch[0].deduplicated && batch[1].deduplicated && !batch[2].deduplicated);
     assert_eq!(store.get_job(first.id).await.unwrap().occurrences, 4);
     // Running is live too.
-    let c = store.claim(a, 1, LEASE, at(3)).await.unwrap().remove(0);
+    let c = store.at(at(3)).claim(a, 1, LEASE).await.unwrap().remove(0);
     assert_eq!(c.id, first.id);
-    assert!(store.enqueue(t, &new, at(4)).await.unwrap().deduplicated);
+    assert!(store.at(at(4)).enqueue(t, &new).await.unwrap().deduplicated);
     // Once terminal, the fingerprint is free again.
     store
-        .complete(c.id, c.lease_token, None, at(5))
+        .at(at(5))
+        .complete(c.id, c.lease_token, None)
         .await
         .unwrap();
-    let fresh = store.enqueue(t, &new, at(6)).await.unwrap();
+    let fresh = store.at(at(6)).enqueue(t, &new).await.unwrap();
     assert!(!fresh.deduplicated);
     assert_ne!(fresh.id, first.id);
     // A fingerprint new to the store, twice in one batch: one job, and the
@@ -239,7 +251,8 @@ async fn fingerprints_deduplicate_live_jobs_only(store: &Store) {
     let mut other = job("alerts");
     other.fingerprint = Some("disk-full".into());
     let twice = store
-        .enqueue_batch(t, &[other.clone(), other], at(7))
+        .at(at(7))
+        .enqueue_batch(t, &[other.clone(), other])
         .await
         .unwrap();
     assert!(!twice[0].deduplicated && twice[1].deduplicated);
@@ -255,7 +268,7 @@ async fn concurrent_same_fingerprint_enqueues_create_one_job(store: &Store) {
     for i in 0..16 {
         let (store, new) = (store.clone(), new.clone());
         tasks.push(tokio::spawn(async move {
-            store.enqueue(t, &new, at(i)).await.unwrap()
+            store.at(at(i)).enqueue(t, &new).await.unwrap()
         }));
     }
     let mut ids = HashSet::new();
@@ -275,7 +288,7 @@ async fn eight_claimers_take_every_job_exactly_once(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let jobs: Vec<NewJob> = (0..10_000).map(|_| job("bulk")).collect();
     for chunk in jobs.chunks(2_500) {
-        store.enqueue_batch(t, chunk, t0()).await.unwrap();
+        store.at(t0()).enqueue_batch(t, chunk).await.unwrap();
     }
     let mut agents = Vec::new();
     for _ in 0..8 {
@@ -287,7 +300,7 @@ async fn eight_claimers_take_every_job_exactly_once(store: &Store) {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let got = store.claim(a, 50, LEASE, at(1)).await.unwrap();
+                let got = store.at(at(1)).claim(a, 50, LEASE).await.unwrap();
                 if got.is_empty() {
                     return mine;
                 }
@@ -308,45 +321,48 @@ async fn a_stale_completion_racing_the_current_one_loses(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let a = agent(store, Some(t), &["q"]).await;
     let b = agent(store, Some(t), &["q"]).await;
-    let id = store.enqueue(t, &job("q"), t0()).await.unwrap().id;
+    let id = store.at(t0()).enqueue(t, &job("q")).await.unwrap().id;
     let old = store
-        .claim(a, 1, Duration::from_secs(10), t0())
+        .at(t0())
+        .claim(a, 1, Duration::from_secs(10))
         .await
         .unwrap()
         .remove(0);
     // a stops heartbeating; the lease expires and b gets the job.
     let swept = store
-        .requeue_expired_leases(at(11), 100, None)
+        .at(at(11))
+        .requeue_expired_leases(100, None)
         .await
         .unwrap();
     assert_eq!(swept.ids, vec![id]);
-    let new = store.claim(b, 1, LEASE, at(12)).await.unwrap().remove(0);
+    let new = store.at(at(12)).claim(b, 1, LEASE).await.unwrap().remove(0);
     assert_eq!(new.lease_token, old.lease_token + 1);
     let (s1, s2) = (store.clone(), store.clone());
     let (stale, current) = tokio::join!(
-        s1.complete(id, old.lease_token, Some(json!("a")), at(13)),
-        s2.complete(id, new.lease_token, Some(json!("b")), at(13)),
+        s1.at(at(13))
+            .complete(id, old.lease_token, Some(json!("a"))),
+        s2.at(at(13))
+            .complete(id, new.lease_token, Some(json!("b"))),
     );
     assert!(matches!(stale, Err(StoreError::StaleLease { .. })));
     current.unwrap();
     assert_eq!(store.get_job(id).await.unwrap().result, Some(json!("b")));
     assert!(
         store
-            .heartbeat_job(id, old.lease_token, LEASE, at(14))
+            .at(at(14))
+            .heartbeat_job(id, old.lease_token, LEASE)
             .await
             .is_err()
     );
     assert!(
         store
-            .fail(
-                &Failure {
-                    id,
-                    lease_token: old.lease_token,
-                    error: "x",
-                    permanent: false
-                },
-                at(14)
-            )
+            .at(at(14))
+            .fail(&Failure {
+                id,
+                lease_token: old.lease_token,
+                error: "x",
+                permanent: false
+            })
             .await
             .is_err()
     );
@@ -355,15 +371,12 @@ async fn a_stale_completion_racing_the_current_one_loses(store: &Store) {
 async fn fenced_writes_from_a_superseded_epoch_change_nothing(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     store
-        .enqueue(
-            t,
-            &{
-                let mut j = job("q");
-                j.run_at = Some(at(10));
-                j
-            },
-            t0(),
-        )
+        .at(t0())
+        .enqueue(t, &{
+            let mut j = job("q");
+            j.run_at = Some(at(10));
+            j
+        })
         .await
         .unwrap();
     let ttl = Duration::from_secs(60);
@@ -385,7 +398,8 @@ async fn fenced_writes_from_a_superseded_epoch_change_nothing(store: &Store) {
         epoch: old.epoch,
     };
     let err = store
-        .promote_scheduled(at(20), 100, Some(&stale))
+        .at(at(20))
+        .promote_scheduled(100, Some(&stale))
         .await
         .unwrap_err();
     assert!(
@@ -404,7 +418,8 @@ async fn fenced_writes_from_a_superseded_epoch_change_nothing(store: &Store) {
     };
     assert_eq!(
         store
-            .promote_scheduled(at(20), 100, Some(&current))
+            .at(at(20))
+            .promote_scheduled(100, Some(&current))
             .await
             .unwrap()
             .changed,
@@ -458,82 +473,90 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
         j
     };
     // Lease expiry: claimed with a 10 s lease at t0.
-    let leased = store.enqueue(t, &job("q"), t0()).await.unwrap().id;
+    let leased = store.at(t0()).enqueue(t, &job("q")).await.unwrap().id;
     store
-        .claim(a, 1, Duration::from_secs(10), t0())
+        .at(t0())
+        .claim(a, 1, Duration::from_secs(10))
         .await
         .unwrap();
     // Agent offline: a job on `gone`, whose heartbeat stops.
-    let orphan = store.enqueue(t, &job("q"), t0()).await.unwrap().id;
+    let orphan = store.at(t0()).enqueue(t, &job("q")).await.unwrap().id;
     store
-        .claim(gone, 1, Duration::from_secs(3600), t0())
+        .at(t0())
+        .claim(gone, 1, Duration::from_secs(3600))
         .await
         .unwrap();
     // Timeout: a 5 s job.
     let slow = store
-        .enqueue(t, &enqueue(job("q"), &|j| j.timeout_secs = Some(5)), t0())
+        .at(t0())
+        .enqueue(t, &enqueue(job("q"), &|j| j.timeout_secs = Some(5)))
         .await
         .unwrap()
         .id;
     store
-        .claim(a, 1, Duration::from_secs(3600), t0())
+        .at(t0())
+        .claim(a, 1, Duration::from_secs(3600))
         .await
         .unwrap();
     // Deadline: must start by t0 + 30 s.
     let overdue = store
-        .enqueue(
-            t,
-            &enqueue(job("late"), &|j| j.deadline = Some(at(30))),
-            t0(),
-        )
+        .at(t0())
+        .enqueue(t, &enqueue(job("late"), &|j| j.deadline = Some(at(30))))
         .await
         .unwrap()
         .id;
     // Scheduled for t0 + 20 s.
     let delayed = store
-        .enqueue(
-            t,
-            &enqueue(job("later"), &|j| j.run_at = Some(at(20))),
-            t0(),
-        )
+        .at(t0())
+        .enqueue(t, &enqueue(job("later"), &|j| j.run_at = Some(at(20))))
         .await
         .unwrap()
         .id;
     // Approval that expires at t0 + 40 s.
     let unapproved = store
+        .at(t0())
         .enqueue(
             t,
             &enqueue(job("q"), &|j| j.approval_expires_at = Some(at(40))),
-            t0(),
         )
         .await
         .unwrap()
         .id;
-    store.heartbeat_agents(&[a], at(100)).await.unwrap();
+    store.at(at(100)).heartbeat_agents(&[a]).await.unwrap();
 
     let now = at(100);
     let offline = store
-        .mark_silent_agents_offline(now, Duration::from_secs(90), 100, None)
+        .at(now)
+        .mark_silent_agents_offline(Duration::from_secs(90), 100, None)
         .await
         .unwrap();
     assert_eq!(offline, vec![gone]);
     let reclaimed = store
-        .reclaim_offline_agent_jobs(now, 100, None)
+        .at(now)
+        .reclaim_offline_agent_jobs(100, None)
         .await
         .unwrap();
     assert_eq!(reclaimed.ids, vec![orphan]);
-    let requeued = store.requeue_expired_leases(now, 100, None).await.unwrap();
+    let requeued = store
+        .at(now)
+        .requeue_expired_leases(100, None)
+        .await
+        .unwrap();
     assert_eq!(requeued.ids, vec![leased]);
-    let timed_out = store.time_out_running(now, 100, None).await.unwrap();
+    let timed_out = store.at(now).time_out_running(100, None).await.unwrap();
     assert_eq!(timed_out.ids, vec![slow]);
     let slow_job = store.get_job(slow).await.unwrap();
     assert_eq!(slow_job.state, JobState::Scheduled);
     assert_eq!(slow_job.run_at, at(110), "retried after the 10 s backoff");
-    let expired = store.expire_overdue_queued(now, 100, None).await.unwrap();
+    let expired = store
+        .at(now)
+        .expire_overdue_queued(100, None)
+        .await
+        .unwrap();
     assert_eq!(expired.ids, vec![overdue]);
-    let promoted = store.promote_scheduled(now, 100, None).await.unwrap();
+    let promoted = store.at(now).promote_scheduled(100, None).await.unwrap();
     assert_eq!(promoted.ids, vec![delayed]);
-    let approvals = store.expire_approvals(now, 100, None).await.unwrap();
+    let approvals = store.at(now).expire_approvals(100, None).await.unwrap();
     assert_eq!(approvals.ids, vec![unapproved]);
     assert_eq!(
         store.get_job(unapproved).await.unwrap().state,
@@ -543,14 +566,16 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
     // Again: nothing left to do.
     assert!(
         store
-            .mark_silent_agents_offline(now, Duration::from_secs(90), 100, None)
+            .at(now)
+            .mark_silent_agents_offline(Duration::from_secs(90), 100, None)
             .await
             .unwrap()
             .is_empty()
     );
     assert_eq!(
         store
-            .reclaim_offline_agent_jobs(now, 100, None)
+            .at(now)
+            .reclaim_offline_agent_jobs(100, None)
             .await
             .unwrap()
             .changed,
@@ -558,7 +583,8 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
     );
     assert_eq!(
         store
-            .requeue_expired_leases(now, 100, None)
+            .at(now)
+            .requeue_expired_leases(100, None)
             .await
             .unwrap()
             .changed,
@@ -566,7 +592,8 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
     );
     assert_eq!(
         store
-            .time_out_running(now, 100, None)
+            .at(now)
+            .time_out_running(100, None)
             .await
             .unwrap()
             .changed,
@@ -574,7 +601,8 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
     );
     assert_eq!(
         store
-            .expire_overdue_queued(now, 100, None)
+            .at(now)
+            .expire_overdue_queued(100, None)
             .await
             .unwrap()
             .changed,
@@ -582,7 +610,8 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
     );
     assert_eq!(
         store
-            .promote_scheduled(now, 100, None)
+            .at(now)
+            .promote_scheduled(100, None)
             .await
             .unwrap()
             .changed,
@@ -590,7 +619,8 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
     );
     assert_eq!(
         store
-            .expire_approvals(now, 100, None)
+            .at(now)
+            .expire_approvals(100, None)
             .await
             .unwrap()
             .changed,
@@ -600,8 +630,7 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
     // ages once.
     let aged = at(400);
     let recompute = || {
-        store.recompute_priorities(
-            aged,
+        store.at(aged).recompute_priorities(
             Ageing {
                 bonus_per_minute: 1,
                 cap: 50,
@@ -621,13 +650,15 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
     };
     let later = at(100 + 601);
     let deleted = store
-        .delete_finished_jobs(later, retention, 100, None)
+        .at(later)
+        .delete_finished_jobs(retention, 100, None)
         .await
         .unwrap();
     assert_eq!(deleted.changed, 2, "the expired jobs: {:?}", deleted.ids);
     assert_eq!(
         store
-            .delete_finished_jobs(later, retention, 100, None)
+            .at(later)
+            .delete_finished_jobs(retention, 100, None)
             .await
             .unwrap()
             .changed,
@@ -644,13 +675,15 @@ async fn reclaimed_jobs_with_no_attempts_left_go_dead(store: &Store) {
     let a = agent(store, Some(t), &["q"]).await;
     let mut new = job("q");
     new.max_attempts = Some(1);
-    let id = store.enqueue(t, &new, t0()).await.unwrap().id;
+    let id = store.at(t0()).enqueue(t, &new).await.unwrap().id;
     store
-        .claim(a, 1, Duration::from_secs(10), t0())
+        .at(t0())
+        .claim(a, 1, Duration::from_secs(10))
         .await
         .unwrap();
     let swept = store
-        .requeue_expired_leases(at(20), 100, None)
+        .at(at(20))
+        .requeue_expired_leases(100, None)
         .await
         .unwrap();
     assert_eq!(
@@ -666,14 +699,16 @@ async fn sweep_plans_show_what_would_change_without_changing_it(store: &Store) {
     let a = agent(store, Some(t), &["q"]).await;
     let mut last_try = job("q");
     last_try.max_attempts = Some(1);
-    let doomed = store.enqueue(t, &last_try, t0()).await.unwrap().id;
-    let retried = store.enqueue(t, &job("q"), t0()).await.unwrap().id;
+    let doomed = store.at(t0()).enqueue(t, &last_try).await.unwrap().id;
+    let retried = store.at(t0()).enqueue(t, &job("q")).await.unwrap().id;
     store
-        .claim(a, 2, Duration::from_secs(10), t0())
+        .at(t0())
+        .claim(a, 2, Duration::from_secs(10))
         .await
         .unwrap();
     let plan = store
-        .plan(PlanKind::ExpiredLeases, at(20), 10)
+        .at(at(20))
+        .plan(PlanKind::ExpiredLeases, 10)
         .await
         .unwrap();
     assert_eq!(plan.count, 2);
@@ -701,7 +736,8 @@ async fn sweep_plans_show_what_would_change_without_changing_it(store: &Store) {
         assert_eq!(store.get_job(id).await.unwrap().state, JobState::Running);
     }
     let swept = store
-        .requeue_expired_leases(at(20), 100, None)
+        .at(at(20))
+        .requeue_expired_leases(100, None)
         .await
         .unwrap();
     assert_eq!(
@@ -722,7 +758,8 @@ async fn the_audit_chain_detects_edits_deletions_and_reordering(store: &Store) {
         .collect();
     for (i, e) in events.iter().enumerate() {
         store
-            .append_audit(std::slice::from_ref(e), at(i as i64))
+            .at(at(i as i64))
+            .append_audit(std::slice::from_ref(e))
             .await
             .unwrap();
     }
@@ -784,15 +821,13 @@ async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
     use homeostat_model::NewAuditEvent;
     for i in 0..25 {
         store
-            .append_audit(
-                &[NewAuditEvent {
-                    actor: "system".into(),
-                    action: "test.event".into(),
-                    subject: format!("n:{i}"),
-                    details: json!({}),
-                }],
-                at(i),
-            )
+            .at(at(i))
+            .append_audit(&[NewAuditEvent {
+                actor: "system".into(),
+                action: "test.event".into(),
+                subject: format!("n:{i}"),
+                details: json!({}),
+            }])
             .await
             .unwrap();
     }
@@ -800,8 +835,8 @@ async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
     let retention = Duration::from_secs(1000 - 20); // events before at(20) are old
     assert_eq!(
         store
+            .at(now)
             .delete_old_audit_events(
-                now,
                 AuditRetentionRun {
                     retention,
                     batch: 8,
@@ -815,8 +850,8 @@ async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
     );
     assert_eq!(
         store
+            .at(now)
             .delete_old_audit_events(
-                now,
                 AuditRetentionRun {
                     retention,
                     batch: 8,
@@ -830,8 +865,8 @@ async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
     );
     assert_eq!(
         store
+            .at(now)
             .delete_old_audit_events(
-                now,
                 AuditRetentionRun {
                     retention,
                     batch: 8,
@@ -845,8 +880,8 @@ async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
     );
     assert_eq!(
         store
+            .at(now)
             .delete_old_audit_events(
-                now,
                 AuditRetentionRun {
                     retention,
                     batch: 8,
@@ -860,8 +895,8 @@ async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
     );
     assert_eq!(
         store
+            .at(now)
             .delete_old_audit_events(
-                now,
                 AuditRetentionRun {
                     retention,
                     batch: 8,
@@ -891,6 +926,7 @@ async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
 async fn tokens_are_hashed_consumed_and_cleaned_up(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Premium).await;
     let boot = store
+        .at(t0())
         .issue_bootstrap_token(
             &NewBootstrapToken {
                 tenant_id: Some(t),
@@ -898,7 +934,6 @@ async fn tokens_are_hashed_consumed_and_cleaned_up(store: &Store) {
                 uses: 1,
             },
             "operator:test",
-            t0(),
         )
         .await
         .unwrap();
@@ -908,44 +943,57 @@ async fn tokens_are_hashed_consumed_and_cleaned_up(store: &Store) {
         queues: vec!["builds".into()],
     };
     let (agent, credential) = store
-        .register_agent(&boot.secret, &spec, at(1))
+        .at(at(1))
+        .register_agent(&boot.secret, &spec)
         .await
         .unwrap();
     assert_eq!(agent.tenant_id, Some(t));
     assert_eq!(
         store
-            .authenticate_agent(&credential.secret, at(2))
+            .at(at(2))
+            .authenticate_agent(&credential.secret)
             .await
             .unwrap(),
         agent.id
     );
     // One use only.
     assert!(matches!(
-        store.register_agent(&boot.secret, &spec, at(2)).await,
+        store.at(at(2)).register_agent(&boot.secret, &spec).await,
         Err(StoreError::Unauthorized { .. })
     ));
-    assert!(store.authenticate_agent("hsa_nope", at(2)).await.is_err());
+    assert!(
+        store
+            .at(at(2))
+            .authenticate_agent("hsa_nope")
+            .await
+            .is_err()
+    );
 
     let key = store
-        .issue_api_key(ApiScope::Tenant(t), None, "operator:test", t0())
+        .at(t0())
+        .issue_api_key(ApiScope::Tenant(t), None, "operator:test")
         .await
         .unwrap();
     let who = store
-        .authenticate_api_key(&key.secret, at(3))
+        .at(at(3))
+        .authenticate_api_key(&key.secret)
         .await
         .unwrap();
     assert_eq!(who.scope, ApiScope::Tenant(t));
     store
-        .revoke_token(key.info.id, "operator:test", at(4))
+        .at(at(4))
+        .revoke_token(key.info.id, "operator:test")
         .await
         .unwrap();
     assert!(
         store
-            .authenticate_api_key(&key.secret, at(5))
+            .at(at(5))
+            .authenticate_api_key(&key.secret)
             .await
             .is_err()
     );
     let expiring = store
+        .at(t0())
         .issue_bootstrap_token(
             &NewBootstrapToken {
                 tenant_id: None,
@@ -953,12 +1001,14 @@ async fn tokens_are_hashed_consumed_and_cleaned_up(store: &Store) {
                 uses: 5,
             },
             "operator:test",
-            t0(),
         )
         .await
         .unwrap();
     assert!(matches!(
-        store.register_agent(&expiring.secret, &spec, at(11)).await,
+        store
+            .at(at(11))
+            .register_agent(&expiring.secret, &spec)
+            .await,
         Err(StoreError::Unauthorized { .. })
     ));
 
@@ -974,16 +1024,25 @@ async fn tokens_are_hashed_consumed_and_cleaned_up(store: &Store) {
     }
     // Used-up, revoked and expired tokens go; the live credential stays.
     assert_eq!(
-        store.delete_dead_tokens(at(20), 100, None).await.unwrap(),
+        store
+            .at(at(20))
+            .delete_dead_tokens(100, None)
+            .await
+            .unwrap(),
         3
     );
     assert_eq!(
-        store.delete_dead_tokens(at(20), 100, None).await.unwrap(),
+        store
+            .at(at(20))
+            .delete_dead_tokens(100, None)
+            .await
+            .unwrap(),
         0
     );
     assert!(
         store
-            .authenticate_agent(&credential.secret, at(21))
+            .at(at(21))
+            .authenticate_agent(&credential.secret)
             .await
             .is_ok()
     );
@@ -995,18 +1054,24 @@ async fn agents_heartbeat_in_batches_and_drain(store: &Store) {
     for _ in 0..5 {
         ids.push(agent(store, Some(t), &["q"]).await);
     }
-    assert_eq!(store.heartbeat_agents(&ids, at(50)).await.unwrap(), 5);
+    assert_eq!(store.at(at(50)).heartbeat_agents(&ids).await.unwrap(), 5);
     let a = store.get_agent(ids[0]).await.unwrap();
     assert_eq!(a.last_heartbeat_at, at(50));
     store
-        .drain_agent(ids[0], "operator:test", at(51))
+        .at(at(51))
+        .drain_agent(ids[0], "operator:test")
         .await
         .unwrap();
-    store.enqueue(t, &job("q"), at(52)).await.unwrap();
-    let err = store.claim(ids[0], 1, LEASE, at(53)).await.unwrap_err();
+    store.at(at(52)).enqueue(t, &job("q")).await.unwrap();
+    let err = store.at(at(53)).claim(ids[0], 1, LEASE).await.unwrap_err();
     assert!(err.to_string().contains("draining"), "{err}");
     assert_eq!(
-        store.claim(ids[1], 1, LEASE, at(53)).await.unwrap().len(),
+        store
+            .at(at(53))
+            .claim(ids[1], 1, LEASE)
+            .await
+            .unwrap()
+            .len(),
         1
     );
     assert_eq!(store.list_agents(Some(t)).await.unwrap().len(), 5);
@@ -1017,9 +1082,16 @@ async fn tenant_agents_see_only_their_tenants_jobs(store: &Store) {
     let t2 = tenant(store, "globex", PlanTier::Free).await;
     let a1 = agent(store, Some(t1), &["q"]).await;
     let platform = agent(store, None, &["q", "other"]).await;
-    store.enqueue(t2, &job("q"), t0()).await.unwrap();
-    assert!(store.claim(a1, 10, LEASE, at(1)).await.unwrap().is_empty());
-    let got = store.claim(platform, 10, LEASE, at(1)).await.unwrap();
+    store.at(t0()).enqueue(t2, &job("q")).await.unwrap();
+    assert!(
+        store
+            .at(at(1))
+            .claim(a1, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let got = store.at(at(1)).claim(platform, 10, LEASE).await.unwrap();
     assert_eq!(got[0].tenant_id, t2);
 }
 
@@ -1027,29 +1099,27 @@ async fn claims_follow_priority_and_age(store: &Store) {
     let free = tenant(store, "small", PlanTier::Free).await;
     let premium = tenant(store, "big", PlanTier::Premium).await;
     let platform = agent(store, None, &["q"]).await;
-    let old_free = store.enqueue(free, &job("q"), t0()).await.unwrap().id;
+    let old_free = store.at(t0()).enqueue(free, &job("q")).await.unwrap().id;
     // A big tenant floods the queue 20.5 minutes later.
     let flood_at = 21 * 60 - 30;
     let flood = store
-        .enqueue_batch(
-            premium,
-            &(0..20).map(|_| job("q")).collect::<Vec<_>>(),
-            at(flood_at),
-        )
+        .at(at(flood_at))
+        .enqueue_batch(premium, &(0..20).map(|_| job("q")).collect::<Vec<_>>())
         .await
         .unwrap();
     // By tier alone (premium 200, free 0) the flood goes first (which of
     // its jobs is open: they tie on priority and queue time)...
     let first = store
-        .claim(platform, 1, LEASE, at(flood_at + 1))
+        .at(at(flood_at + 1))
+        .claim(platform, 1, LEASE)
         .await
         .unwrap();
     assert!(flood.iter().any(|e| e.id == first[0].id));
     // ...but at 10 points per minute waited (capped at 300) the small
     // tenant's job, 21 minutes old, passes the fresh flood.
     store
+        .at(at(21 * 60))
         .recompute_priorities(
-            at(21 * 60),
             Ageing {
                 bonus_per_minute: 10,
                 cap: 300,
@@ -1059,7 +1129,11 @@ async fn claims_follow_priority_and_age(store: &Store) {
         )
         .await
         .unwrap();
-    let next = store.claim(platform, 1, LEASE, at(21 * 60)).await.unwrap();
+    let next = store
+        .at(at(21 * 60))
+        .claim(platform, 1, LEASE)
+        .await
+        .unwrap();
     assert_eq!(next[0].id, old_free);
     assert_eq!(
         store.get_job(old_free).await.unwrap().effective_priority,
@@ -1074,10 +1148,10 @@ async fn claims_across_queues_take_the_best_of_all(store: &Store) {
     for (queue, priority) in [("a", 1), ("a", 5), ("b", 3), ("b", 7), ("c", 9)] {
         let mut new = job(queue);
         new.priority = priority;
-        let id = store.enqueue(t, &new, t0()).await.unwrap().id;
+        let id = store.at(t0()).enqueue(t, &new).await.unwrap().id;
         ids.insert(priority, id);
     }
-    let first = store.claim(a, 3, LEASE, at(1)).await.unwrap();
+    let first = store.at(at(1)).claim(a, 3, LEASE).await.unwrap();
     let got: Vec<JobId> = first.iter().map(|c| c.id).collect();
     assert_eq!(
         got,
@@ -1085,10 +1159,17 @@ async fn claims_across_queues_take_the_best_of_all(store: &Store) {
         "best first, across both queues"
     );
     assert!(first.iter().all(|c| c.attempt == 1 && c.lease_token == 1));
-    let rest = store.claim(a, 10, LEASE, at(2)).await.unwrap();
+    let rest = store.at(at(2)).claim(a, 10, LEASE).await.unwrap();
     assert_eq!(rest.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[&1]]);
     // Queue c is not the agent's.
-    assert!(store.claim(a, 10, LEASE, at(3)).await.unwrap().is_empty());
+    assert!(
+        store
+            .at(at(3))
+            .claim(a, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store.get_job(ids[&9]).await.unwrap().state,
         JobState::Queued
@@ -1099,7 +1180,7 @@ async fn listing_pages_newest_first(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let mut ids = Vec::new();
     for i in 0..7 {
-        ids.push(store.enqueue(t, &job("q"), at(i)).await.unwrap().id);
+        ids.push(store.at(at(i)).enqueue(t, &job("q")).await.unwrap().id);
     }
     let filter = JobFilter {
         tenant_id: Some(t),
@@ -1122,18 +1203,21 @@ async fn listing_pages_newest_first(store: &Store) {
 
 async fn notifications_back_off_then_die(store: &Store) {
     let id = store
-        .add_notification("job.dead", &json!({"job": "x"}), t0())
+        .at(t0())
+        .add_notification("job.dead", &json!({"job": "x"}))
         .await
         .unwrap();
     let hold = Duration::from_secs(30);
     let claimed = store
-        .claim_due_notifications(t0(), 10, hold, None)
+        .at(t0())
+        .claim_due_notifications(10, hold, None)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);
     assert!(
         store
-            .claim_due_notifications(t0(), 10, hold, None)
+            .at(t0())
+            .claim_due_notifications(10, hold, None)
             .await
             .unwrap()
             .is_empty(),
@@ -1145,7 +1229,7 @@ async fn notifications_back_off_then_die(store: &Store) {
     };
     let mut now = t0();
     for attempt in 1..=4u32 {
-        let state = store.record_delivery(id, &failed, now).await.unwrap();
+        let state = store.at(now).record_delivery(id, &failed).await.unwrap();
         assert_eq!(state, NotificationState::Pending);
         let n = store.get_notification(id).await.unwrap();
         let wait = (2i64.pow(attempt) * 60).min(3600);
@@ -1157,7 +1241,8 @@ async fn notifications_back_off_then_die(store: &Store) {
         now = n.next_attempt_at;
         assert_eq!(
             store
-                .claim_due_notifications(now, 10, hold, None)
+                .at(now)
+                .claim_due_notifications(10, hold, None)
                 .await
                 .unwrap()
                 .len(),
@@ -1165,19 +1250,21 @@ async fn notifications_back_off_then_die(store: &Store) {
         );
     }
     assert_eq!(
-        store.record_delivery(id, &failed, now).await.unwrap(),
+        store.at(now).record_delivery(id, &failed).await.unwrap(),
         NotificationState::Dead
     );
     assert!(
         store
-            .claim_due_notifications(at(100_000), 10, hold, None)
+            .at(at(100_000))
+            .claim_due_notifications(10, hold, None)
             .await
             .unwrap()
             .is_empty()
     );
 
     let id = store
-        .add_notification("agent.offline", &json!({}), t0())
+        .at(t0())
+        .add_notification("agent.offline", &json!({}))
         .await
         .unwrap();
     let gone = Delivery::Failed {
@@ -1185,16 +1272,18 @@ async fn notifications_back_off_then_die(store: &Store) {
         permanent: true,
     };
     assert_eq!(
-        store.record_delivery(id, &gone, t0()).await.unwrap(),
+        store.at(t0()).record_delivery(id, &gone).await.unwrap(),
         NotificationState::Dead
     );
     let id = store
-        .add_notification("agent.offline", &json!({}), t0())
+        .at(t0())
+        .add_notification("agent.offline", &json!({}))
         .await
         .unwrap();
     assert_eq!(
         store
-            .record_delivery(id, &Delivery::Sent, t0())
+            .at(t0())
+            .record_delivery(id, &Delivery::Sent)
             .await
             .unwrap(),
         NotificationState::Sent
@@ -1206,7 +1295,8 @@ async fn bad_input_is_refused_whole(store: &Store) {
     let mut bad = job("q");
     bad.max_attempts = Some(0);
     let err = store
-        .enqueue_batch(t, &[job("q"), bad], t0())
+        .at(t0())
+        .enqueue_batch(t, &[job("q"), bad])
         .await
         .unwrap_err();
     assert!(
@@ -1220,7 +1310,7 @@ async fn bad_input_is_refused_whole(store: &Store) {
     assert!(page.items.is_empty(), "no partial write");
     let unknown = TenantId::from(uuid::Uuid::now_v7());
     assert!(matches!(
-        store.enqueue(unknown, &job("q"), t0()).await,
+        store.at(t0()).enqueue(unknown, &job("q")).await,
         Err(StoreError::NotFound {
             entity: "tenant",
             ..
@@ -1228,7 +1318,8 @@ async fn bad_input_is_refused_whole(store: &Store) {
     ));
     assert!(matches!(
         store
-            .create_tenant("acme", PlanTier::Free, "operator:test", t0())
+            .at(t0())
+            .create_tenant("acme", PlanTier::Free, "operator:test")
             .await,
         Err(StoreError::Conflict { .. })
     ));

@@ -4,6 +4,8 @@
 
 mod backends;
 
+use backends::At;
+
 use std::time::{Duration, Instant};
 
 use homeostat_model::{NewAgent, NewJob, PlanTier};
@@ -76,7 +78,8 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
         .unwrap();
     let store: &Store = &test;
     let tenant = store
-        .create_tenant("acme", PlanTier::Standard, "operator:test", at(0))
+        .at(at(0))
+        .create_tenant("acme", PlanTier::Standard, "operator:test")
         .await
         .unwrap();
     let token = NewBootstrapToken {
@@ -85,7 +88,8 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
         uses: 1,
     };
     let token = store
-        .issue_bootstrap_token(&token, "operator:test", at(0))
+        .at(at(0))
+        .issue_bootstrap_token(&token, "operator:test")
         .await
         .unwrap();
     let new_agent = NewAgent {
@@ -94,7 +98,8 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
         queues: vec!["q".into()],
     };
     let (agent, _) = store
-        .register_agent(&token.secret, &new_agent, at(0))
+        .at(at(0))
+        .register_agent(&token.secret, &new_agent)
         .await
         .unwrap();
 
@@ -102,12 +107,14 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
     // statement may switch to a generic plan made for this size.
     let lifecycle = |round: i64, batch: u32| async move {
         let claimed = store
-            .claim(agent.id, batch, Duration::from_secs(60), at(round))
+            .at(at(round))
+            .claim(agent.id, batch, Duration::from_secs(60))
             .await
             .unwrap();
         for c in &claimed {
             store
-                .heartbeat_job(c.id, c.lease_token, Duration::from_secs(60), at(round))
+                .at(at(round))
+                .heartbeat_job(c.id, c.lease_token, Duration::from_secs(60))
                 .await
                 .unwrap();
         }
@@ -119,13 +126,14 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
                 result: None,
             })
             .collect();
-        let accepted = store.complete_batch(&done, at(round)).await.unwrap();
+        let accepted = store.at(at(round)).complete_batch(&done).await.unwrap();
         assert!(accepted.iter().all(|a| *a));
         claimed.len()
     };
     for round in 1..=8 {
         store
-            .enqueue(tenant.id, &NewJob::new("q", "build"), at(round))
+            .at(at(round))
+            .enqueue(tenant.id, &NewJob::new("q", "build"))
             .await
             .unwrap();
         assert_eq!(lifecycle(round, 1).await, 1);
@@ -135,7 +143,8 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
     for chunk in 0..100 {
         let jobs: Vec<NewJob> = (0..1000).map(|_| NewJob::new("q", "build")).collect();
         store
-            .enqueue_batch(tenant.id, &jobs, at(100 + chunk))
+            .at(at(100 + chunk))
+            .enqueue_batch(tenant.id, &jobs)
             .await
             .unwrap();
     }

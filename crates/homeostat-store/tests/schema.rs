@@ -2,6 +2,8 @@
 
 mod backends;
 
+use backends::At;
+
 use homeostat_model::{AgentId, JobId, TenantId};
 use homeostat_store::{Store, StoreError, StoreOptions};
 
@@ -168,7 +170,12 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
     let store = Store::Postgres(
         homeostat_store::PgStore::connect_with(
             backends::pg_connect(&url, &schema),
-            StoreOptions::default(),
+            StoreOptions {
+                clock: homeostat_store::StoreClock::manual(
+                    homeostat_runtime::ManualClock::at_test_epoch(),
+                ),
+                ..StoreOptions::default()
+            },
         )
         .await
         .unwrap(),
@@ -203,11 +210,8 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
     // The running-jobs index came back: its lease expires and the sweep
     // finds it.
     let swept = store
-        .requeue_expired_leases(
-            jiff::Timestamp::from_millisecond(400_000).unwrap(),
-            10,
-            None,
-        )
+        .at(jiff::Timestamp::from_millisecond(400_000).unwrap())
+        .requeue_expired_leases(10, None)
         .await
         .unwrap();
     assert_eq!(swept.ids, vec![running]);
@@ -215,11 +219,8 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
     let mut again = NewJob::new("builds", "build");
     again.fingerprint = Some("fp-1".into());
     let folded = store
-        .enqueue(
-            tenant,
-            &again,
-            jiff::Timestamp::from_millisecond(3000).unwrap(),
-        )
+        .at(jiff::Timestamp::from_millisecond(3000).unwrap())
+        .enqueue(tenant, &again)
         .await
         .unwrap();
     assert!(folded.deduplicated);

@@ -5,20 +5,36 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use homeostat_model::{AgentId, Id, JobId, NewJob, TenantId, ids_at};
-use jiff::Timestamp;
 use sqlx::Row;
 
 use super::PgStore;
-use crate::backend::Backend;
+use crate::backend::{At, Backend, pg_judged};
 use crate::error::{Context, StoreError, corrupt};
-use crate::time::{add, dur_ms, ms, ts};
+use crate::time::{dur_ms, ms, ts};
 use crate::{ClaimedJob, Completion, Enqueued};
 
 /// What a claim returns of each job it took.
 macro_rules! claim_returning {
     () => {
         "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token, timeout_ms,
-         effective_priority, queued_at"
+         effective_priority, queued_at, lease_expires_at"
+    };
+}
+
+/// What a claim sets by the judged time `$3` (the database's clock unless a
+/// test gives one), with the lease `$2` (ms).
+macro_rules! claim_times {
+    () => {
+        concat!(
+            "started_at = ",
+            pg_judged!(3),
+            ", lease_expires_at = ",
+            pg_judged!(3),
+            " + $2, timeout_at = ",
+            pg_judged!(3),
+            " + timeout_ms, updated_at = ",
+            pg_judged!(3)
+        )
     };
 }
 
@@ -29,10 +45,10 @@ macro_rules! claim_returning {
 macro_rules! claimed_or_status {
     () => {
         "SELECT id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
-           timeout_ms, effective_priority, queued_at, NULL::text AS agent_status
+           timeout_ms, effective_priority, queued_at, lease_expires_at, NULL::text AS agent_status
          FROM claimed
          UNION ALL
-         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
            COALESCE((SELECT status FROM agents WHERE id = $1), 'missing')
          WHERE NOT EXISTS (SELECT 1 FROM claimed)"
     };
@@ -72,14 +88,13 @@ impl PgStore {
         &self,
         tenant_id: TenantId,
         jobs: &[NewJob],
-        now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
         let op = "enqueueing jobs";
         for job in jobs {
             job.validate()?;
         }
         let mut conn = self.pool.acquire().await.op(op)?;
-        self.enqueue_on(&mut conn, tenant_id, jobs, now).await
+        self.enqueue_on(&mut conn, tenant_id, jobs).await
     }
 
     /// Enqueues validated jobs on `conn` (a transaction, or not).
@@ -88,9 +103,9 @@ impl PgStore {
         conn: &mut sqlx::PgConnection,
         tenant_id: TenantId,
         jobs: &[NewJob],
-        now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
         let op = "enqueueing jobs";
+        let At { now, judged } = self.at();
         let tier = tenant_tier(&mut *conn, tenant_id, op).await?;
         // Fold same-fingerprint jobs of the batch into one row (PostgreSQL
         // refuses to upsert one row twice in a statement). Each input has an
@@ -113,7 +128,10 @@ impl PgStore {
         let mut c = Columns::with_capacity(n);
         for (i, id, occurrences) in &rows {
             let job = &jobs[*i];
-            let run_at = job.run_at.map(ms).unwrap_or(ms(now)).max(ms(now));
+            // Due no earlier than now, by the clock that judges it (the
+            // database's, unless a test gives one): the statement takes the
+            // later of the two.
+            let run_at = job.run_at.map(ms);
             c.id.push(id.as_uuid());
             c.queue.push(job.queue.clone());
             c.kind.push(job.kind.clone());
@@ -126,11 +144,7 @@ impl PgStore {
             c.max_attempts.push(i64::from(job.max_attempts()));
             c.timeout.push(dur_ms(job.timeout()));
             c.run_at.push(run_at);
-            c.deadline.push(
-                job.deadline.map(ms).unwrap_or_else(|| {
-                    run_at + dur_ms(Backend::options(self).default_queue_deadline)
-                }),
-            );
+            c.deadline.push(job.deadline.map(ms));
             c.approval.push(job.approval_expires_at.map(ms));
         }
         let stored = sqlx::query(concat!(
@@ -138,7 +152,13 @@ impl PgStore {
                effective_priority, fingerprint, occurrences, state, max_attempts, timeout_ms, run_at,
                queued_at, deadline_at, approval_expires_at, created_at, updated_at)
              SELECT id, $1, queue, kind, payload, priority, base, base, fingerprint, occurrences,
-               state::job_state, max_attempts, timeout_ms, run_at, run_at, deadline_at, approval, $2, $2
+               state::job_state, max_attempts, timeout_ms, GREATEST(run_at, ",
+            pg_judged!(17),
+            "), GREATEST(run_at, ",
+            pg_judged!(17),
+            "), COALESCE(deadline_at, GREATEST(run_at, ",
+            pg_judged!(17),
+            ") + $18), approval, $2, $2
              FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
                          $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[],
                          $14::bigint[], $15::bigint[], $16::bigint[])
@@ -168,6 +188,8 @@ impl PgStore {
         .bind(&c.run_at)
         .bind(&c.deadline)
         .bind(&c.approval)
+        .bind(judged)
+        .bind(dur_ms(Backend::options(self).default_queue_deadline))
         .fetch_all(&mut *conn)
         .await
         .op(op)?;
@@ -183,9 +205,9 @@ impl PgStore {
         agent_id: AgentId,
         limit: u32,
         lease: Duration,
-        now: Timestamp,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let op = "claiming jobs";
+        let judged = self.at().judged;
         let AgentFacts { tenant, queues } = self.agent_facts(agent_id, op).await?;
         let rows = if let [queue] = queues.as_slice() {
             // The usual case, shaped like the minimal claim. The rows are
@@ -197,8 +219,9 @@ impl PgStore {
             sqlx::query(concat!(
                 "WITH claimed AS (
                  UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
-                   lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
-                   timeout_at = $3 + timeout_ms, updated_at = $3
+                   lease_token = lease_token + 1, ",
+                claim_times!(),
+                "
                  WHERE ctid = ANY(ARRAY(
                    SELECT ctid FROM jobs
                    WHERE state = 'queued' AND queue = $4 AND ($5::uuid IS NULL OR tenant_id = $5)
@@ -212,8 +235,8 @@ impl PgStore {
                 claimed_or_status!()
             ))
             .bind(agent_id.as_uuid())
-            .bind(add(now, lease))
-            .bind(ms(now))
+            .bind(dur_ms(lease))
+            .bind(judged)
             .bind(queue)
             .bind(tenant)
             .bind(i64::from(limit))
@@ -240,8 +263,9 @@ impl PgStore {
                    LIMIT $4),
                  claimed AS (
                  UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
-                   lease_token = lease_token + 1, lease_expires_at = $2, started_at = $3,
-                   timeout_at = $3 + timeout_ms, updated_at = $3
+                   lease_token = lease_token + 1, ",
+                claim_times!(),
+                "
                  WHERE id = ANY(ARRAY(SELECT id FROM picked))
                  RETURNING ",
                 claim_returning!(),
@@ -249,8 +273,8 @@ impl PgStore {
                 claimed_or_status!()
             ))
             .bind(agent_id.as_uuid())
-            .bind(add(now, lease))
-            .bind(ms(now))
+            .bind(dur_ms(lease))
+            .bind(judged)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
@@ -259,7 +283,7 @@ impl PgStore {
         if let [row] = rows.as_slice() {
             // Nothing claimed: the one row says why when the agent is the
             // reason, in the same statement.
-            if let Some(status) = row.try_get::<Option<String>, _>(11).op(op)? {
+            if let Some(status) = row.try_get::<Option<String>, _>(12).op(op)? {
                 return match status.as_str() {
                     "online" => Ok(Vec::new()),
                     "missing" => Err(StoreError::NotFound {
@@ -278,7 +302,6 @@ impl PgStore {
         // Unchecked decoding: the statement above fixes each column's type,
         // and checking it again per value is a tenth of the claim's client
         // time. A wrong width still fails to decode, as an error.
-        let lease_expires_at = ts(add(now, lease));
         let mut claimed = Vec::with_capacity(rows.len());
         for r in &rows {
             let int = |i: usize| r.try_get_unchecked::<i64, _>(i).op(op);
@@ -292,7 +315,7 @@ impl PgStore {
                 attempt: int(5)? as u32,
                 max_attempts: int(6)? as u32,
                 lease_token: int(7)?,
-                lease_expires_at,
+                lease_expires_at: ts(int(11)?),
                 timeout_secs: (int(8)? / 1000) as u64,
             };
             claimed.push(((-int(9)?, int(10)?), job));
@@ -304,9 +327,9 @@ impl PgStore {
     pub(crate) async fn complete_batch(
         &self,
         completions: &[Completion],
-        now: Timestamp,
     ) -> Result<Vec<bool>, StoreError> {
         let op = "completing jobs";
+        let now = self.now();
         let ids: Vec<Id> = completions.iter().map(|c| c.id.as_uuid()).collect();
         let tokens: Vec<i64> = completions.iter().map(|c| c.lease_token).collect();
         let results: Vec<Option<String>> = completions
@@ -347,8 +370,8 @@ struct Columns {
     state: Vec<String>,
     max_attempts: Vec<i64>,
     timeout: Vec<i64>,
-    run_at: Vec<i64>,
-    deadline: Vec<i64>,
+    run_at: Vec<Option<i64>>,
+    deadline: Vec<Option<i64>>,
     approval: Vec<Option<i64>>,
 }
 

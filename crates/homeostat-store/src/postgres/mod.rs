@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use homeostat_model::{AgentId, Id, NewJob, TenantId};
-use jiff::Timestamp;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
@@ -220,8 +219,7 @@ impl Backend for PgStore {
         tx: &mut Tx,
         tenant_id: TenantId,
         jobs: &[NewJob],
-        now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        self.enqueue_on(tx, tenant_id, jobs, now).await
+        self.enqueue_on(tx, tenant_id, jobs).await
     }
 }

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use homeostat_model::{AgentId, JobId, NewJob, TenantId, ids_at};
-use jiff::Timestamp;
 use serde_json::json;
 use sqlx::Row;
 
@@ -64,14 +63,13 @@ impl SqliteStore {
         &self,
         tenant_id: TenantId,
         jobs: &[NewJob],
-        now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
         let op = "enqueueing jobs";
         for job in jobs {
             job.validate()?;
         }
         let mut tx = self.begin(op).await?;
-        let out = self.enqueue_batch_in(&mut tx, tenant_id, jobs, now).await?;
+        let out = self.enqueue_batch_in(&mut tx, tenant_id, jobs).await?;
         tx.commit().await.op(op)?;
         Ok(out)
     }
@@ -82,9 +80,9 @@ impl SqliteStore {
         tx: &mut Tx,
         tenant_id: TenantId,
         jobs: &[NewJob],
-        now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
         let op = "enqueueing jobs";
+        let now = self.now();
         let generated: Vec<JobId> = ids_at(now, jobs.len()).map(JobId::from).collect();
         let tier = tenant_tier(tx, tenant_id, op).await?;
         // The whole batch travels as one JSON array into one statement;
@@ -147,9 +145,9 @@ impl SqliteStore {
         agent_id: AgentId,
         limit: u32,
         lease: Duration,
-        now: Timestamp,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let op = "claiming jobs";
+        let now = self.now();
         let facts = self.agent_facts(agent_id, op).await?;
         let rows = if let [queue] = facts.queues.as_slice() {
             // The usual case: one statement, which SQLite runs as its own
@@ -247,9 +245,9 @@ impl SqliteStore {
     pub(crate) async fn complete_batch(
         &self,
         completions: &[Completion],
-        now: Timestamp,
     ) -> Result<Vec<bool>, StoreError> {
         let op = "completing jobs";
+        let now = self.now();
         // [[id, token, result], …]: positional, cheaper for SQLite to take
         // apart than objects.
         let batch: Vec<(String, i64, Option<String>)> = completions

@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use homeostat_model::{AgentId, Id, NewJob, TenantId};
-use jiff::Timestamp;
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -235,8 +234,7 @@ impl Backend for SqliteStore {
         tx: &mut Tx,
         tenant_id: TenantId,
         jobs: &[NewJob],
-        now: Timestamp,
     ) -> Result<Vec<Enqueued>, StoreError> {
-        self.enqueue_batch_in(tx, tenant_id, jobs, now).await
+        self.enqueue_batch_in(tx, tenant_id, jobs).await
     }
 }

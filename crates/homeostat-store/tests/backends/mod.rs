@@ -5,14 +5,72 @@
 
 use std::path::PathBuf;
 
-use homeostat_store::{PgStore, Store, StoreOptions};
+use homeostat_runtime::ManualClock;
+use homeostat_store::{PgStore, Store, StoreClock, StoreOptions};
+use jiff::Timestamp;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-/// A store and what to clean up after it.
+/// A store on a test clock, and what to clean up after it.
 #[derive(Debug)]
 pub struct TestStore {
     pub store: Store,
+    /// The store's clock, stopped at the test epoch until a test moves it.
+    pub clock: ManualClock,
     cleanup: Cleanup,
+}
+
+/// Moves a test store's clock: `store.at(t).claim(…)` claims at `t`.
+pub trait At {
+    fn at(&self, t: Timestamp) -> &Self;
+}
+
+impl At for Store {
+    fn at(&self, t: Timestamp) -> &Store {
+        let clock = self
+            .options()
+            .clock
+            .as_manual()
+            .expect("a test store runs on a manual clock");
+        clock.set(t.into());
+        self
+    }
+}
+
+/// Sets `store`'s clock to `when` and returns a controller context on that
+/// same clock, so the controller and the store agree on the time.
+pub fn context_at(
+    store: &Store,
+    controller: &str,
+    when: Timestamp,
+    fence: Option<homeostat_runtime::Fence>,
+) -> homeostat_runtime::Context {
+    let clock = store
+        .at(when)
+        .options()
+        .clock
+        .as_manual()
+        .expect("a test store runs on a manual clock")
+        .clone();
+    homeostat_runtime::Context::detached(
+        controller,
+        std::sync::Arc::new(clock),
+        homeostat_runtime::CancellationToken::new(),
+        fence,
+    )
+}
+
+/// Options with a fresh manual clock at the test epoch, unless `options`
+/// already carries one.
+fn on_test_clock(mut options: StoreOptions) -> (StoreOptions, ManualClock) {
+    let clock = match options.clock.as_manual() {
+        Some(clock) => clock.clone(),
+        None => {
+            let clock = ManualClock::at_test_epoch();
+            options.clock = StoreClock::manual(clock.clone());
+            clock
+        }
+    };
+    (options, clock)
 }
 
 #[derive(Debug)]
@@ -46,6 +104,7 @@ impl TestStore {
         };
         let options = StoreOptions {
             max_connections: 4,
+            clock: StoreClock::manual(self.clock.clone()),
             ..StoreOptions::default()
         };
         Some(Store::Postgres(
@@ -88,12 +147,14 @@ pub fn sqlite_path() -> PathBuf {
 }
 
 pub async fn sqlite_with(options: StoreOptions) -> TestStore {
+    let (options, clock) = on_test_clock(options);
     let path = sqlite_path();
     let store = Store::connect(&format!("sqlite:{}", path.display()), options)
         .await
         .expect("opening a SQLite test database");
     TestStore {
         store,
+        clock,
         cleanup: Cleanup::File(path),
     }
 }
@@ -135,6 +196,7 @@ pub async fn pg_pool(url: &str, schema: &str, max: u32) -> sqlx::PgPool {
 }
 
 pub async fn postgres_with(options: StoreOptions) -> Option<TestStore> {
+    let (options, clock) = on_test_clock(options);
     let url = pg_url()?;
     let schema = format!("hs_test_{}", uuid::Uuid::now_v7().simple());
     let admin = sqlx::PgPool::connect(&url)
@@ -150,6 +212,7 @@ pub async fn postgres_with(options: StoreOptions) -> Option<TestStore> {
         .expect("migrating the test schema");
     Some(TestStore {
         store: Store::Postgres(store),
+        clock,
         cleanup: Cleanup::Schema { url, schema },
     })
 }
