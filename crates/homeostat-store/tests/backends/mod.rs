@@ -99,12 +99,18 @@ impl TestStore {
     /// Another store on the same PostgreSQL schema with its own pool, as a
     /// second replica would have; `None` for SQLite.
     pub async fn replica(&self) -> Option<Store> {
+        self.replica_on(StoreClock::manual(self.clock.clone()))
+            .await
+    }
+
+    /// Another replica on the same PostgreSQL schema, on a clock of its own.
+    pub async fn replica_on(&self, clock: StoreClock) -> Option<Store> {
         let Cleanup::Schema { url, schema } = &self.cleanup else {
             return None;
         };
         let options = StoreOptions {
             max_connections: 4,
-            clock: StoreClock::manual(self.clock.clone()),
+            clock,
             ..StoreOptions::default()
         };
         Some(Store::Postgres(
