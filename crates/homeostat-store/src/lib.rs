@@ -45,6 +45,7 @@ mod registry;
 mod rows;
 mod secret;
 mod sqlite;
+mod stats;
 mod sweeps;
 mod time;
 mod types;
@@ -63,6 +64,7 @@ pub use error::StoreError;
 pub use plan::{PlanKind, PlannedItem, SweepPlan};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use stats::{AgentCount, JobCount, QueueBacklog, Stats};
 pub use types::*;
 
 /// The store: SQLite or PostgreSQL behind one interface.
@@ -288,16 +290,26 @@ impl Store {
         dispatch!(self, jobs::heartbeat_job(id, lease_token, lease))
     }
 
-    /// Completes jobs; each entry says whether its completion was accepted
-    /// (false: the token was stale or the job not running).
+    /// Completes jobs in one statement. A completion whose lease token is
+    /// not the job's current one (the job was reclaimed, or is no longer
+    /// running) changes nothing and is reported as stale, by id.
     pub async fn complete_batch(
         &self,
         completions: &[Completion],
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<CompletedBatch, StoreError> {
+        let mut out = CompletedBatch::default();
         if completions.is_empty() {
-            return Ok(Vec::new());
+            return Ok(out);
         }
-        dispatch!(self.complete_batch(completions))
+        let accepted = dispatch!(self.complete_batch(completions))?;
+        for (c, accepted) in completions.iter().zip(accepted) {
+            if accepted {
+                out.completed.push(c.id);
+            } else {
+                out.stale.push(c.id);
+            }
+        }
+        Ok(out)
     }
 
     /// Completes one job; a stale token is an error.
@@ -307,14 +319,14 @@ impl Store {
         lease_token: i64,
         result: Option<serde_json::Value>,
     ) -> Result<(), StoreError> {
-        let accepted = self
+        let done = self
             .complete_batch(&[Completion {
                 id,
                 lease_token,
                 result,
             }])
             .await?;
-        if accepted[0] {
+        if done.stale.is_empty() {
             Ok(())
         } else {
             Err(StoreError::StaleLease {
@@ -358,6 +370,14 @@ impl Store {
     /// One job.
     pub async fn get_job(&self, id: JobId) -> Result<Job, StoreError> {
         dispatch!(self, jobs::get_job(id))
+    }
+
+    /// Live jobs by state and queue, each queue's backlog and oldest
+    /// waiting job, agents by status: what metrics and dashboards read. The
+    /// cost follows the live jobs (each count reads a live state's partial
+    /// index), not the finished jobs kept for retention.
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        dispatch!(self, stats::stats())
     }
 
     /// A page of jobs, newest first; pass the previous page's

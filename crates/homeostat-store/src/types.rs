@@ -192,6 +192,15 @@ pub struct Completion {
     pub result: Option<serde_json::Value>,
 }
 
+/// What a batch of completions did, in the order given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CompletedBatch {
+    /// Jobs now succeeded.
+    pub completed: Vec<JobId>,
+    /// Completions refused: the lease token was not the job's current one.
+    pub stale: Vec<JobId>,
+}
+
 /// One failed attempt, as an agent reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failure<'a> {

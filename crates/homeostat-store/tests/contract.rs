@@ -8,12 +8,13 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use homeostat_model::{
-    AgentId, ApiScope, JobId, JobState, NewAgent, NewJob, NotificationState, PlanTier, TenantId,
+    AgentId, AgentStatus, ApiScope, JobId, JobState, NewAgent, NewJob, NotificationState, PlanTier,
+    TenantId,
 };
 use homeostat_runtime::{Fence, LeaseStore};
 use homeostat_store::{
-    Ageing, AuditRetentionRun, Delivery, Failure, JobFilter, JobRetention, NewBootstrapToken,
-    PlanKind, Store, StoreError,
+    Ageing, AuditRetentionRun, Completion, Delivery, Failure, JobFilter, JobRetention,
+    NewBootstrapToken, PlanKind, Store, StoreError,
 };
 use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
@@ -315,6 +316,95 @@ async fn eight_claimers_take_every_job_exactly_once(store: &Store) {
     let unique: HashSet<_> = all.iter().collect();
     assert_eq!(all.len(), 10_000, "every job claimed");
     assert_eq!(unique.len(), 10_000, "no job claimed twice");
+}
+
+async fn stats_count_live_jobs_by_state_and_queue(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t), &["builds"]).await;
+    agent(store, Some(t), &["builds"]).await;
+    for at_secs in [10, 20, 30] {
+        store
+            .at(at(at_secs))
+            .enqueue(t, &job("builds"))
+            .await
+            .unwrap();
+    }
+    store.at(at(40)).enqueue(t, &job("deploys")).await.unwrap();
+    let mut later = job("deploys");
+    later.run_at = Some(at(3600));
+    store.at(at(40)).enqueue(t, &later).await.unwrap();
+    let done = store.at(at(50)).claim(a, 1, LEASE).await.unwrap().remove(0);
+    store.at(at(51)).claim(a, 1, LEASE).await.unwrap();
+    store
+        .at(at(52))
+        .complete(done.id, done.lease_token, None)
+        .await
+        .unwrap();
+    store
+        .at(at(53))
+        .drain_agent(a, "operator:test")
+        .await
+        .unwrap();
+
+    let stats = store.stats().await.unwrap();
+    let jobs: Vec<(JobState, &str, u64)> = stats
+        .jobs
+        .iter()
+        .map(|c| (c.state, c.queue.as_str(), c.count))
+        .collect();
+    assert_eq!(
+        jobs,
+        vec![
+            (JobState::Queued, "builds", 1),
+            (JobState::Queued, "deploys", 1),
+            (JobState::Running, "builds", 1),
+            (JobState::Scheduled, "deploys", 1),
+        ],
+        "the succeeded job is history"
+    );
+    let queues: Vec<(&str, u64, Timestamp)> = stats
+        .queues
+        .iter()
+        .map(|q| (q.queue.as_str(), q.queued, q.oldest_queued_at))
+        .collect();
+    assert_eq!(queues, vec![("builds", 1, at(30)), ("deploys", 1, at(40))]);
+    let agents: Vec<(AgentStatus, u64)> =
+        stats.agents.iter().map(|c| (c.status, c.count)).collect();
+    assert_eq!(
+        agents,
+        vec![(AgentStatus::Draining, 1), (AgentStatus::Online, 1)]
+    );
+}
+
+async fn a_batch_names_its_stale_completions(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t), &["q"]).await;
+    for _ in 0..3 {
+        store.at(t0()).enqueue(t, &job("q")).await.unwrap();
+    }
+    let claimed = store.at(at(1)).claim(a, 3, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    let batch: Vec<Completion> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| Completion {
+            id: c.id,
+            // The second carries a token from before its claim.
+            lease_token: if i == 1 {
+                c.lease_token - 1
+            } else {
+                c.lease_token
+            },
+            result: None,
+        })
+        .collect();
+    let done = store.at(at(2)).complete_batch(&batch).await.unwrap();
+    assert_eq!(done.completed, vec![claimed[0].id, claimed[2].id]);
+    assert_eq!(done.stale, vec![claimed[1].id]);
+    assert_eq!(
+        store.get_job(claimed[1].id).await.unwrap().state,
+        JobState::Running
+    );
 }
 
 async fn a_stale_completion_racing_the_current_one_loses(store: &Store) {
@@ -1338,6 +1428,8 @@ async fn raw(store: &Store, sql: &'static str) {
 }
 
 on_both_backends!(
+    stats_count_live_jobs_by_state_and_queue,
+    a_batch_names_its_stale_completions,
     full_lifecycle,
     failures_retry_with_backoff_then_die,
     fingerprints_deduplicate_live_jobs_only,
