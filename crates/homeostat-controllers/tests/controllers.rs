@@ -2,28 +2,17 @@
 //! assert exactly the expected transitions; reconcile again, assert nothing
 //! changes; a deposed leader's run changes nothing.
 
-#[path = "../../homeostat-store/tests/backends/mod.rs"]
-mod backends;
-
-use backends::At;
+use homeostat_testkit::{self as backends, At, agent, at, on_both_backends, t0, tenant};
 
 use std::time::Duration;
 
 use homeostat_controllers::*;
-use homeostat_model::{AgentId, JobId, JobState, NewAgent, NewJob, PlanTier, TenantId};
+use homeostat_model::{JobId, JobState, NewJob, PlanTier};
 use homeostat_runtime::{Controller, Fence, LeaseStore};
 use homeostat_store::{JobFilter, NewBootstrapToken, Store};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 
 const LEASE: Duration = Duration::from_secs(60);
-
-fn t0() -> Timestamp {
-    Timestamp::from_second(1_767_225_600).unwrap()
-}
-
-fn at(secs: i64) -> Timestamp {
-    t0() + SignedDuration::from_secs(secs)
-}
 
 /// Runs `controller` once at `when`, under a live lease of its own.
 async fn run_at<C: Controller>(
@@ -82,44 +71,6 @@ async fn fence(store: &Store, name: &str) -> Fence {
     }
 }
 
-async fn tenant(store: &Store, name: &str, tier: PlanTier) -> TenantId {
-    store
-        .at(t0())
-        .create_tenant(name, tier, "operator:test")
-        .await
-        .unwrap()
-        .id
-}
-
-async fn agent(store: &Store, tenant: Option<TenantId>) -> AgentId {
-    let token = store
-        .at(t0())
-        .issue_bootstrap_token(
-            &NewBootstrapToken {
-                tenant_id: tenant,
-                ttl: Duration::from_secs(3600),
-                uses: 1,
-            },
-            "operator:test",
-        )
-        .await
-        .unwrap();
-    store
-        .at(t0())
-        .register_agent(
-            &token.secret,
-            &NewAgent {
-                name: format!("agent-{}", uuid::Uuid::now_v7().simple()),
-                labels: Default::default(),
-                queues: vec!["q".into()],
-            },
-        )
-        .await
-        .unwrap()
-        .0
-        .id
-}
-
 fn config() -> ControllersConfig {
     ControllersConfig::default()
 }
@@ -130,8 +81,8 @@ async fn state(store: &Store, id: JobId) -> JobState {
 
 async fn agent_health_takes_silent_agents_offline_and_reclaims_their_jobs(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
-    let alive = agent(store, Some(t)).await;
-    let silent = agent(store, Some(t)).await;
+    let alive = agent(store, Some(t), &["q"]).await;
+    let silent = agent(store, Some(t), &["q"]).await;
     let mut last_try = NewJob::new("q", "k");
     last_try.max_attempts = Some(1);
     let retried = store
@@ -212,7 +163,7 @@ async fn agent_health_takes_silent_agents_offline_and_reclaims_their_jobs(store:
 
 async fn job_recovery_requeues_expired_leases_and_expires_overdue_jobs(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
-    let a = agent(store, Some(t)).await;
+    let a = agent(store, Some(t), &["q"]).await;
     let stuck = store
         .at(t0())
         .enqueue(t, &NewJob::new("q", "k"))
@@ -268,7 +219,7 @@ async fn job_recovery_requeues_expired_leases_and_expires_overdue_jobs(store: &S
 
 async fn job_timeout_fails_attempts_past_their_timeout(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
-    let a = agent(store, Some(t)).await;
+    let a = agent(store, Some(t), &["q"]).await;
     let mut quick = NewJob::new("q", "k");
     quick.timeout_secs = Some(30);
     let id = store.at(t0()).enqueue(t, &quick).await.unwrap().id;
@@ -452,7 +403,7 @@ async fn a_small_tenant_is_not_starved_by_a_flood(store: &Store) {
     // oldest (ties with the first flood batch aside).
     let small = tenant(store, "small", PlanTier::Free).await;
     let big = tenant(store, "big", PlanTier::Premium).await;
-    let worker = agent(store, None).await;
+    let worker = agent(store, None, &["q"]).await;
     let controller = QueuePriority::new(store.clone(), config().queue_priority);
     let mine = store
         .at(t0())

@@ -1,10 +1,7 @@
 //! The notifier against a real local HTTP server, through the
 //! notification-dispatch controller, on both backends.
 
-#[path = "../../homeostat-store/tests/backends/mod.rs"]
-mod backends;
-
-use backends::At;
+use homeostat_testkit::{self as backends, At, at, on_both_backends, t0};
 
 use std::time::Duration;
 
@@ -13,18 +10,10 @@ use homeostat_controllers::{NotificationDispatch, Notifier, Settings};
 use homeostat_model::{NotificationId, NotificationState};
 use homeostat_runtime::Controller;
 use homeostat_store::Store;
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
-
-fn t0() -> Timestamp {
-    Timestamp::from_second(1_767_225_600).unwrap()
-}
-
-fn at(secs: i64) -> Timestamp {
-    t0() + SignedDuration::from_secs(secs)
-}
 
 fn crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -1,10 +1,7 @@
 //! periodic-jobs on both backends: one job per slot across replicas, one
 //! catch-up after downtime, time zones, bad schedules named.
 
-#[path = "../../homeostat-store/tests/backends/mod.rs"]
-mod backends;
-
-use backends::At;
+use homeostat_testkit::{self as backends, At, on_both_backends};
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -3,10 +3,7 @@
 //! stopped or crashed leader is replaced in time, and a leader frozen past
 //! its lease has its writes refused when it wakes.
 
-#[path = "../../homeostat-store/tests/backends/mod.rs"]
-mod backends;
-
-use backends::At;
+use homeostat_testkit::{self as backends, At};
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,10 +1,7 @@
 //! The watchdog inside a real manager (manual clock), raising and clearing
 //! notifications in a real store.
 
-#[path = "../../homeostat-store/tests/backends/mod.rs"]
-mod backends;
-
-use backends::At;
+use homeostat_testkit::{At, on_both_backends};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

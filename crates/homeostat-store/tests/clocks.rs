@@ -2,7 +2,7 @@
 //! times written by different replicas are judged by the database's clock,
 //! not by the clock of the replica that happens to run the sweep.
 
-mod backends;
+use homeostat_testkit as backends;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,7 +1,7 @@
 //! Broken connections: detected by the statement that meets them, reported
 //! as retryable, and replaced.
 
-mod backends;
+use homeostat_testkit as backends;
 
 use homeostat_model::PlanTier;
 use homeostat_store::StoreError;

@@ -2,9 +2,7 @@
 //! cache say: a table that grew after the store's statements were first
 //! prepared, and was never analyzed, is still read through its indexes.
 
-mod backends;
-
-use backends::At;
+use homeostat_testkit::{self as backends, At};
 
 use std::time::{Duration, Instant};
 

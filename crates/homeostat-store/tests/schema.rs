@@ -1,8 +1,6 @@
 //! The schema version check at start.
 
-mod backends;
-
-use backends::At;
+use homeostat_testkit::{self as backends, At};
 
 use homeostat_model::{AgentId, JobId, TenantId};
 use homeostat_store::{Store, StoreError, StoreOptions};

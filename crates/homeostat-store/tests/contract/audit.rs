@@ -1,0 +1,191 @@
+//! The hash-chained audit log: verification and retention.
+
+use std::time::Duration;
+
+use homeostat_store::{AuditRetentionRun, Store};
+use homeostat_testkit::{At, at, on_both_backends};
+use serde_json::json;
+
+use crate::raw;
+
+async fn the_audit_chain_detects_edits_deletions_and_reordering(store: &Store) {
+    use homeostat_model::NewAuditEvent;
+    let events: Vec<NewAuditEvent> = (0..5)
+        .map(|i| NewAuditEvent {
+            actor: "operator:test".into(),
+            action: "test.event".into(),
+            subject: format!("thing:{i}"),
+            details: json!({"i": i}),
+        })
+        .collect();
+    for (i, e) in events.iter().enumerate() {
+        store
+            .at(at(i as i64))
+            .append_audit(std::slice::from_ref(e))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let report = store
+        .verify_audit_chain(&mut |n| seen.push(n))
+        .await
+        .unwrap();
+    assert_eq!((report.checked, report.first_break.clone()), (5, None));
+    assert_eq!(seen, vec![5], "progress reported per page");
+
+    let exec = |sql: &'static str| {
+        let store = store.clone();
+        async move { raw(&store, sql).await }
+    };
+    // Edited.
+    exec("UPDATE audit_events SET subject = 'thing:x' WHERE seq = 3").await;
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    assert_eq!(
+        report.first_break.as_ref().map(|b| b.seq),
+        Some(3),
+        "{report:?}"
+    );
+    assert!(report.first_break.unwrap().reason.contains("edited"));
+    exec("UPDATE audit_events SET subject = 'thing:2' WHERE seq = 3").await;
+    assert_eq!(
+        store
+            .verify_audit_chain(&mut |_| {})
+            .await
+            .unwrap()
+            .first_break,
+        None
+    );
+    // Reordered: swap the contents of events 2 and 3 (and back after).
+    let swap_2_and_3 = || async {
+        exec("UPDATE audit_events SET seq = -2 WHERE seq = 2").await;
+        exec("UPDATE audit_events SET seq = 2 WHERE seq = 3").await;
+        exec("UPDATE audit_events SET seq = 3 WHERE seq = -2").await;
+    };
+    swap_2_and_3().await;
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    assert_eq!(report.first_break.map(|b| b.seq), Some(2));
+    swap_2_and_3().await;
+    assert_eq!(
+        store
+            .verify_audit_chain(&mut |_| {})
+            .await
+            .unwrap()
+            .first_break,
+        None
+    );
+    // Deleted.
+    exec("DELETE FROM audit_events WHERE seq = 4").await;
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    assert_eq!(report.first_break.map(|b| b.seq), Some(4));
+}
+
+async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
+    use homeostat_model::NewAuditEvent;
+    for i in 0..25 {
+        store
+            .at(at(i))
+            .append_audit(&[NewAuditEvent {
+                actor: "system".into(),
+                action: "test.event".into(),
+                subject: format!("n:{i}"),
+                details: json!({}),
+            }])
+            .await
+            .unwrap();
+    }
+    let now = at(1000);
+    let retention = Duration::from_secs(1000 - 20); // events before at(20) are old
+    assert_eq!(
+        store
+            .at(now)
+            .delete_old_audit_events(
+                AuditRetentionRun {
+                    retention,
+                    batch: 8,
+                    dry_run: true
+                },
+                None
+            )
+            .await
+            .unwrap(),
+        8
+    );
+    assert_eq!(
+        store
+            .at(now)
+            .delete_old_audit_events(
+                AuditRetentionRun {
+                    retention,
+                    batch: 8,
+                    dry_run: false
+                },
+                None
+            )
+            .await
+            .unwrap(),
+        8
+    );
+    assert_eq!(
+        store
+            .at(now)
+            .delete_old_audit_events(
+                AuditRetentionRun {
+                    retention,
+                    batch: 8,
+                    dry_run: false
+                },
+                None
+            )
+            .await
+            .unwrap(),
+        8
+    );
+    assert_eq!(
+        store
+            .at(now)
+            .delete_old_audit_events(
+                AuditRetentionRun {
+                    retention,
+                    batch: 8,
+                    dry_run: false
+                },
+                None
+            )
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        store
+            .at(now)
+            .delete_old_audit_events(
+                AuditRetentionRun {
+                    retention,
+                    batch: 8,
+                    dry_run: false
+                },
+                None
+            )
+            .await
+            .unwrap(),
+        0
+    );
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    assert_eq!(report.first_break, None, "{report:?}");
+    assert_eq!(report.first_seq, 21);
+    // 5 kept + 3 retention events, each audited.
+    assert_eq!(report.checked, 8);
+    let events = store.audit_events(0, 100).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.action == "audit.retention")
+            .count(),
+        3
+    );
+}
+
+on_both_backends!(
+    the_audit_chain_detects_edits_deletions_and_reordering,
+    audit_retention_keeps_the_chain_verifiable,
+);

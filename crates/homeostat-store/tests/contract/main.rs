@@ -1,0 +1,29 @@
+//! The store's contract, written once and run against SQLite and
+//! PostgreSQL, by area.
+
+mod audit;
+mod claims;
+mod jobs;
+mod leases;
+mod notifications;
+mod registry;
+mod sweeps;
+
+use std::time::Duration;
+
+use homeostat_store::Store;
+
+/// The lease most tests claim with.
+pub(crate) const LEASE: Duration = Duration::from_secs(60);
+
+/// Runs tampering SQL directly against the backend.
+pub(crate) async fn raw(store: &Store, sql: &'static str) {
+    match store {
+        Store::Sqlite(s) => {
+            sqlx::query(sql).execute(s.pool()).await.unwrap();
+        }
+        Store::Postgres(s) => {
+            sqlx::query(sql).execute(s.pool()).await.unwrap();
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Tokens and agents.
+
+use std::time::Duration;
+
+use homeostat_model::{ApiScope, NewAgent, PlanTier};
+use homeostat_store::{NewBootstrapToken, Store, StoreError};
+use homeostat_testkit::{At, agent, at, job, on_both_backends, t0, tenant};
+
+use crate::LEASE;
+
+async fn tokens_are_hashed_consumed_and_cleaned_up(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Premium).await;
+    let boot = store
+        .at(t0())
+        .issue_bootstrap_token(
+            &NewBootstrapToken {
+                tenant_id: Some(t),
+                ttl: Duration::from_secs(600),
+                uses: 1,
+            },
+            "operator:test",
+        )
+        .await
+        .unwrap();
+    let spec = NewAgent {
+        name: "runner-1".into(),
+        labels: [("zone".to_string(), "eu-1".to_string())].into(),
+        queues: vec!["builds".into()],
+    };
+    let (agent, credential) = store
+        .at(at(1))
+        .register_agent(&boot.secret, &spec)
+        .await
+        .unwrap();
+    assert_eq!(agent.tenant_id, Some(t));
+    assert_eq!(
+        store
+            .at(at(2))
+            .authenticate_agent(&credential.secret)
+            .await
+            .unwrap(),
+        agent.id
+    );
+    // One use only.
+    assert!(matches!(
+        store.at(at(2)).register_agent(&boot.secret, &spec).await,
+        Err(StoreError::Unauthorized { .. })
+    ));
+    assert!(
+        store
+            .at(at(2))
+            .authenticate_agent("hsa_nope")
+            .await
+            .is_err()
+    );
+
+    let key = store
+        .at(t0())
+        .issue_api_key(ApiScope::Tenant(t), None, "operator:test")
+        .await
+        .unwrap();
+    let who = store
+        .at(at(3))
+        .authenticate_api_key(&key.secret)
+        .await
+        .unwrap();
+    assert_eq!(who.scope, ApiScope::Tenant(t));
+    store
+        .at(at(4))
+        .revoke_token(key.info.id, "operator:test")
+        .await
+        .unwrap();
+    assert!(
+        store
+            .at(at(5))
+            .authenticate_api_key(&key.secret)
+            .await
+            .is_err()
+    );
+    let expiring = store
+        .at(t0())
+        .issue_bootstrap_token(
+            &NewBootstrapToken {
+                tenant_id: None,
+                ttl: Duration::from_secs(10),
+                uses: 5,
+            },
+            "operator:test",
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .at(at(11))
+            .register_agent(&expiring.secret, &spec)
+            .await,
+        Err(StoreError::Unauthorized { .. })
+    ));
+
+    // No secret is ever in the audit log.
+    let log = serde_json::to_string(&store.audit_events(0, 1000).await.unwrap()).unwrap();
+    for secret in [
+        &boot.secret,
+        &credential.secret,
+        &key.secret,
+        &expiring.secret,
+    ] {
+        assert!(!log.contains(secret.as_str()));
+    }
+    // Used-up, revoked and expired tokens go; the live credential stays.
+    assert_eq!(
+        store
+            .at(at(20))
+            .delete_dead_tokens(100, None)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        store
+            .at(at(20))
+            .delete_dead_tokens(100, None)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        store
+            .at(at(21))
+            .authenticate_agent(&credential.secret)
+            .await
+            .is_ok()
+    );
+}
+
+async fn agents_heartbeat_in_batches_and_drain(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(agent(store, Some(t), &["q"]).await);
+    }
+    assert_eq!(store.at(at(50)).heartbeat_agents(&ids).await.unwrap(), 5);
+    let a = store.get_agent(ids[0]).await.unwrap();
+    assert_eq!(a.last_heartbeat_at, at(50));
+    store
+        .at(at(51))
+        .drain_agent(ids[0], "operator:test")
+        .await
+        .unwrap();
+    store.at(at(52)).enqueue(t, &job("q")).await.unwrap();
+    let err = store.at(at(53)).claim(ids[0], 1, LEASE).await.unwrap_err();
+    assert!(err.to_string().contains("draining"), "{err}");
+    assert_eq!(
+        store
+            .at(at(53))
+            .claim(ids[1], 1, LEASE)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(store.list_agents(Some(t)).await.unwrap().len(), 5);
+}
+
+on_both_backends!(
+    tokens_are_hashed_consumed_and_cleaned_up,
+    agents_heartbeat_in_batches_and_drain,
+);
