@@ -1,13 +1,21 @@
 //! Settings of the built-in controllers, with the defaults of the design.
+//!
+//! Every controller's configuration has one shape: `enabled`, `interval`
+//! and `batch` (its [`Settings`], flattened) and, for some, keys of its own.
+//! They serialize and deserialize (durations as `"30s"`, `"1h"`), so a
+//! configuration file can be layered over [`ControllersConfig::default`].
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 /// What every controller has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
     /// Registered at all.
     pub enabled: bool,
     /// Time between runs (jittered by the manager).
+    #[serde(with = "homeostat_model::duration")]
     pub interval: Duration,
     /// Rows per sweep statement; a run repeats full batches up to
     /// [`MAX_BATCHES_PER_RUN`].
@@ -34,18 +42,21 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// agent-health: silent agents go offline, their running jobs are reclaimed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentHealthConfig {
     /// Interval and batch.
+    #[serde(flatten)]
     pub settings: Settings,
     /// An online agent silent this long goes offline.
+    #[serde(with = "homeostat_model::duration")]
     pub stale_after: Duration,
 }
 
 /// queue-priority: ageing of queued jobs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuePriorityConfig {
     /// Interval and batch.
+    #[serde(flatten)]
     pub settings: Settings,
     /// Priority points per whole minute waited.
     pub bonus_per_minute: i64,
@@ -55,29 +66,33 @@ pub struct QueuePriorityConfig {
 }
 
 /// job-retention: how long finished jobs are kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRetentionConfig {
     /// Interval and batch.
+    #[serde(flatten)]
     pub settings: Settings,
     /// Retention per outcome.
     pub retention: homeostat_store::JobRetention,
 }
 
 /// audit-retention: how long audit events are kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRetentionConfig {
     /// Interval and batch (10,000 by default).
+    #[serde(flatten)]
     pub settings: Settings,
     /// Events older than this are removed.
+    #[serde(with = "homeostat_model::duration")]
     pub retention: Duration,
     /// Count what would be removed, remove nothing.
     pub dry_run: bool,
 }
 
 /// watchdog: when a controller counts as unhealthy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchdogConfig {
     /// Interval (batch unused).
+    #[serde(flatten)]
     pub settings: Settings,
     /// Unhealthy after this many of its intervals without a success while
     /// leading, or this many failures in a row.
@@ -85,16 +100,17 @@ pub struct WatchdogConfig {
 }
 
 /// periodic-jobs: cron schedules.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeriodicConfig {
     /// Interval (1 s) between looks at the schedules.
+    #[serde(flatten)]
     pub settings: Settings,
     /// The schedules.
     pub schedules: Vec<crate::PeriodicSchedule>,
 }
 
 /// All built-in controllers.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ControllersConfig {
     /// agent-health (30 s; stale after 90 s).
     pub agent_health: AgentHealthConfig,
@@ -161,5 +177,48 @@ impl Default for ControllersConfig {
                 schedules: Vec::new(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_controller_section_has_the_settings_keys_and_its_own() {
+        let json = serde_json::to_value(ControllersConfig::default()).unwrap();
+        let sections = json.as_object().unwrap();
+        assert_eq!(sections.len(), 13);
+        for (name, section) in sections {
+            for key in ["enabled", "interval", "batch"] {
+                assert!(section.get(key).is_some(), "{name} lacks {key}");
+            }
+        }
+        assert_eq!(json["agent_health"]["interval"], "30s");
+        assert_eq!(json["agent_health"]["stale_after"], "1m 30s");
+        assert_eq!(json["job_retention"]["retention"]["failed"], "168h");
+    }
+
+    #[test]
+    fn a_file_layered_over_the_defaults_changes_only_what_it_names() {
+        let mut json = serde_json::to_value(ControllersConfig::default()).unwrap();
+        json["agent_health"]["stale_after"] = "2m".into();
+        json["audit_retention"]["dry_run"] = true.into();
+        let config: ControllersConfig = serde_json::from_value(json).unwrap();
+        let mut expected = ControllersConfig::default();
+        expected.agent_health.stale_after = Duration::from_secs(120);
+        expected.audit_retention.dry_run = true;
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn a_bad_duration_names_itself() {
+        let mut json = serde_json::to_value(ControllersConfig::default()).unwrap();
+        json["job_scheduler"]["interval"] = "often".into();
+        let err = serde_json::from_value::<ControllersConfig>(json).unwrap_err();
+        assert!(
+            err.to_string().contains("\"often\" is not a duration"),
+            "{err}"
+        );
     }
 }

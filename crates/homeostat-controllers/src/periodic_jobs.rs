@@ -16,7 +16,7 @@ use crate::Settings;
 use crate::sweep::now;
 
 /// One periodic schedule.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PeriodicSchedule {
     /// Unique name; the slot record is kept under it.
     pub name: String,

@@ -37,3 +37,154 @@ pub struct AuditEvent {
     /// SHA-256 of `prev_hash` and this event's canonical content (hex).
     pub hash: String,
 }
+
+/// Every action the audit log records, as `noun.verb`: one vocabulary for
+/// the store that writes them and the readers that filter on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AuditAction {
+    /// A tenant was created.
+    #[serde(rename = "tenant.created")]
+    TenantCreated,
+    /// A tenant's plan tier changed.
+    #[serde(rename = "tenant.tier_changed")]
+    TenantTierChanged,
+    /// A token was issued (its metadata, never its secret).
+    #[serde(rename = "token.created")]
+    TokenCreated,
+    /// A token was revoked.
+    #[serde(rename = "token.revoked")]
+    TokenRevoked,
+    /// Expired, used-up and revoked tokens were deleted.
+    #[serde(rename = "tokens.deleted")]
+    TokensDeleted,
+    /// An agent registered with a bootstrap token.
+    #[serde(rename = "agent.registered")]
+    AgentRegistered,
+    /// An operator drained an agent.
+    #[serde(rename = "agent.draining")]
+    AgentDraining,
+    /// Silent agents were marked offline.
+    #[serde(rename = "agents.offline")]
+    AgentsOffline,
+    /// An operator cancelled a job.
+    #[serde(rename = "job.cancelled")]
+    JobCancelled,
+    /// An operator approved a job.
+    #[serde(rename = "job.approved")]
+    JobApproved,
+    /// An operator re-queued a dead or expired job with fresh attempts.
+    #[serde(rename = "job.redriven")]
+    JobRedriven,
+    /// Running jobs whose lease expired were re-queued or went dead.
+    #[serde(rename = "jobs.lease_expired")]
+    JobsLeaseExpired,
+    /// Running jobs of offline agents were re-queued or went dead.
+    #[serde(rename = "jobs.agent_offline")]
+    JobsAgentOffline,
+    /// Queued jobs past their deadline expired.
+    #[serde(rename = "jobs.deadline_passed")]
+    JobsDeadlinePassed,
+    /// Running jobs past their timeout failed an attempt.
+    #[serde(rename = "jobs.timed_out")]
+    JobsTimedOut,
+    /// Scheduled jobs whose time came were queued.
+    #[serde(rename = "jobs.promoted")]
+    JobsPromoted,
+    /// Jobs awaiting an approval that expired expired.
+    #[serde(rename = "jobs.approval_expired")]
+    JobsApprovalExpired,
+    /// Finished jobs past retention were deleted.
+    #[serde(rename = "jobs.deleted")]
+    JobsDeleted,
+    /// Queued jobs' effective priorities were aged.
+    #[serde(rename = "jobs.reprioritized")]
+    JobsReprioritized,
+    /// A periodic schedule enqueued its slot's job.
+    #[serde(rename = "jobs.periodic")]
+    JobsPeriodic,
+    /// Audit events past retention were deleted.
+    #[serde(rename = "audit.retention")]
+    AuditRetention,
+}
+
+impl AuditAction {
+    /// Every action.
+    pub const ALL: [AuditAction; 21] = [
+        AuditAction::TenantCreated,
+        AuditAction::TenantTierChanged,
+        AuditAction::TokenCreated,
+        AuditAction::TokenRevoked,
+        AuditAction::TokensDeleted,
+        AuditAction::AgentRegistered,
+        AuditAction::AgentDraining,
+        AuditAction::AgentsOffline,
+        AuditAction::JobCancelled,
+        AuditAction::JobApproved,
+        AuditAction::JobRedriven,
+        AuditAction::JobsLeaseExpired,
+        AuditAction::JobsAgentOffline,
+        AuditAction::JobsDeadlinePassed,
+        AuditAction::JobsTimedOut,
+        AuditAction::JobsPromoted,
+        AuditAction::JobsApprovalExpired,
+        AuditAction::JobsDeleted,
+        AuditAction::JobsReprioritized,
+        AuditAction::JobsPeriodic,
+        AuditAction::AuditRetention,
+    ];
+
+    /// The name stored in the log.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::TenantCreated => "tenant.created",
+            AuditAction::TenantTierChanged => "tenant.tier_changed",
+            AuditAction::TokenCreated => "token.created",
+            AuditAction::TokenRevoked => "token.revoked",
+            AuditAction::TokensDeleted => "tokens.deleted",
+            AuditAction::AgentRegistered => "agent.registered",
+            AuditAction::AgentDraining => "agent.draining",
+            AuditAction::AgentsOffline => "agents.offline",
+            AuditAction::JobCancelled => "job.cancelled",
+            AuditAction::JobApproved => "job.approved",
+            AuditAction::JobRedriven => "job.redriven",
+            AuditAction::JobsLeaseExpired => "jobs.lease_expired",
+            AuditAction::JobsAgentOffline => "jobs.agent_offline",
+            AuditAction::JobsDeadlinePassed => "jobs.deadline_passed",
+            AuditAction::JobsTimedOut => "jobs.timed_out",
+            AuditAction::JobsPromoted => "jobs.promoted",
+            AuditAction::JobsApprovalExpired => "jobs.approval_expired",
+            AuditAction::JobsDeleted => "jobs.deleted",
+            AuditAction::JobsReprioritized => "jobs.reprioritized",
+            AuditAction::JobsPeriodic => "jobs.periodic",
+            AuditAction::AuditRetention => "audit.retention",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<AuditAction> for String {
+    fn from(action: AuditAction) -> Self {
+        action.as_str().to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_action_has_one_name_in_the_log_and_on_the_wire() {
+        let mut seen = std::collections::HashSet::new();
+        for action in AuditAction::ALL {
+            assert!(seen.insert(action.as_str()), "{action} twice");
+            let wire = serde_json::to_string(&action).unwrap();
+            assert_eq!(wire, format!("\"{}\"", action.as_str()));
+            assert_eq!(serde_json::from_str::<AuditAction>(&wire).unwrap(), action);
+        }
+    }
+}

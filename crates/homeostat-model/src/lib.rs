@@ -6,6 +6,7 @@
 
 mod agent;
 mod audit;
+pub mod duration;
 mod error;
 mod id;
 mod job;
@@ -14,7 +15,7 @@ mod tenant;
 mod token;
 
 pub use agent::{Agent, AgentStatus, NewAgent};
-pub use audit::{AuditEvent, NewAuditEvent};
+pub use audit::{AuditAction, AuditEvent, NewAuditEvent};
 pub use error::ValidationError;
 pub use id::{AgentId, JobId, NotificationId, TenantId, TokenId};
 pub use job::{

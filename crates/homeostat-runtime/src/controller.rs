@@ -166,7 +166,7 @@ pub struct Context {
     pub(crate) scheduled_at: SystemTime,
     pub(crate) started_at: SystemTime,
     pub(crate) reason: RunReason,
-    pub(crate) board: Option<Arc<[Arc<crate::scheduler::Slot>]>>,
+    pub(crate) board: Option<crate::status::StatusBoard>,
 }
 
 impl Context {
@@ -196,10 +196,9 @@ impl Context {
     /// watchdogs); empty for a detached context.
     pub fn manager_status(&self) -> Vec<crate::ControllerStatus> {
         self.board
-            .iter()
-            .flat_map(|board| board.iter())
-            .map(|slot| slot.status.lock().unwrap().clone())
-            .collect()
+            .as_ref()
+            .map(crate::status::StatusBoard::snapshot)
+            .unwrap_or_default()
     }
 
     /// The controller's name.

@@ -15,6 +15,7 @@ use crate::controller::{DynController, MAX_DEFAULT_TIMEOUT};
 use crate::lease::DynLeaseStore;
 use crate::metrics::Metrics;
 use crate::scheduler::{Driver, LoopExit, Shared, Slot};
+use crate::status::StatusBoard;
 use crate::{
     Clock, Context, Controller, ControllerOptions, ControllerStatus, InMemoryLeaseStore,
     LeaseStore, SystemClock,
@@ -239,7 +240,7 @@ impl ManagerBuilder {
             options,
             controller,
             trigger: Arc::new(Notify::new()),
-            status: Mutex::new(status),
+            status: Arc::new(Mutex::new(status)),
         }));
         Ok(())
     }
@@ -257,7 +258,7 @@ impl ManagerBuilder {
             .unwrap_or_else(|| Arc::new(InMemoryLeaseStore::new(Arc::clone(&self.clock))));
         let slots: Arc<[Arc<Slot>]> = self.slots.into();
         let shared = Arc::new(Shared {
-            board: Arc::clone(&slots),
+            board: StatusBoard::new(slots.iter().map(|s| Arc::clone(&s.status))),
             clock: self.clock,
             leases,
             holder: self.holder.unwrap_or_else(default_holder),
@@ -362,7 +363,7 @@ impl Manager {
             scheduled_at: self.inner.shared.clock.now(),
             started_at: self.inner.shared.clock.now(),
             reason: crate::RunReason::Trigger,
-            board: Some(Arc::clone(&self.inner.shared.board)),
+            board: Some(self.inner.shared.board.clone()),
         };
         Arc::clone(&slot.controller)
             .plan_boxed(ctx)

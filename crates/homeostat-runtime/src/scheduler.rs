@@ -24,6 +24,7 @@ use crate::controller::DynController;
 use crate::lease::DynLeaseStore;
 use crate::metrics::ControllerMetrics;
 use crate::run::{InFlight, RunResult, classify};
+use crate::status::StatusBoard;
 use crate::{
     BoxFuture, Clock, Context, ControllerOptions, ControllerStatus, Fence, LastRun, Lease, Outcome,
     RunReason,
@@ -41,7 +42,7 @@ pub(crate) struct Slot {
     pub(crate) options: ControllerOptions,
     pub(crate) controller: Arc<dyn DynController>,
     pub(crate) trigger: Arc<Notify>,
-    pub(crate) status: Mutex<ControllerStatus>,
+    pub(crate) status: Arc<Mutex<ControllerStatus>>,
     pub(crate) metrics: ControllerMetrics,
 }
 
@@ -57,7 +58,7 @@ pub(crate) struct Shared {
     /// Set before `stop` is cancelled: when in-flight runs get cancelled.
     pub(crate) shutdown_deadline: OnceLock<SystemTime>,
     /// Every controller of this manager, for [`Context::manager_status`].
-    pub(crate) board: Arc<[Arc<Slot>]>,
+    pub(crate) board: StatusBoard,
 }
 
 impl Shared {
@@ -323,7 +324,7 @@ impl Driver {
             scheduled_at,
             started_at,
             reason,
-            board: Some(Arc::clone(&self.shared.board)),
+            board: Some(self.shared.board.clone()),
         };
         let future = Arc::clone(&self.slot.controller)
             .reconcile_boxed(ctx)

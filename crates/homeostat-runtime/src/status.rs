@@ -2,6 +2,7 @@
 //! dashboard.
 
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -145,6 +146,34 @@ pub(crate) mod millis {
 
     pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+/// The statuses of every controller of one manager: written by their
+/// loops, read by the manager's API and by controllers that watch the
+/// others ([`crate::Context::manager_status`]).
+#[derive(Clone, Default)]
+pub(crate) struct StatusBoard(Arc<[Arc<Mutex<ControllerStatus>>]>);
+
+impl StatusBoard {
+    pub(crate) fn new(entries: impl IntoIterator<Item = Arc<Mutex<ControllerStatus>>>) -> Self {
+        Self(entries.into_iter().collect())
+    }
+
+    /// A copy of every status, in registration order.
+    pub(crate) fn snapshot(&self) -> Vec<ControllerStatus> {
+        self.0
+            .iter()
+            .map(|status| status.lock().unwrap().clone())
+            .collect()
+    }
+}
+
+impl fmt::Debug for StatusBoard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatusBoard")
+            .field("controllers", &self.0.len())
+            .finish()
     }
 }
 

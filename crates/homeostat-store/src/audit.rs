@@ -3,7 +3,7 @@
 
 use std::future::Future;
 
-use homeostat_model::NewAuditEvent;
+use homeostat_model::{AuditAction, NewAuditEvent};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -185,7 +185,7 @@ pub(crate) fn retention_event(
 ) -> NewAuditEvent {
     NewAuditEvent {
         actor: actor.to_owned(),
-        action: "audit.retention".into(),
+        action: AuditAction::AuditRetention.into(),
         subject: "audit_events".into(),
         details: serde_json::json!({
             "deleted": deleted,

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use homeostat_model::{Job, JobId, JobState, NewAuditEvent, NewJob};
+use homeostat_model::{AuditAction, Job, JobId, JobState, NewAuditEvent, NewJob};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 
@@ -33,7 +33,7 @@ pub(crate) fn periodic_event(
 ) -> NewAuditEvent {
     NewAuditEvent {
         actor: actor_for(fence),
-        action: "jobs.periodic".into(),
+        action: AuditAction::JobsPeriodic.into(),
         subject: format!("job:{}", enqueued.id),
         details: serde_json::json!({
             "schedule": schedule,
@@ -103,10 +103,11 @@ pub(crate) fn match_enqueued(
 pub(crate) fn operator_transition(
     current: &Job,
     to: JobState,
-    action: &'static str,
+    action: AuditAction,
     now: Timestamp,
 ) -> Result<(JobState, bool), StoreError> {
-    let to = if to == JobState::Queued && current.run_at > now && action == "job.approved" {
+    let to = if to == JobState::Queued && current.run_at > now && action == AuditAction::JobApproved
+    {
         JobState::Scheduled
     } else {
         to
@@ -115,7 +116,7 @@ pub(crate) fn operator_transition(
         .state
         .check_transition(to)
         .map_err(|e| StoreError::Conflict {
-            operation: action,
+            operation: action.as_str(),
             entity: "job",
             id: current.id.to_string(),
             reason: e.message,

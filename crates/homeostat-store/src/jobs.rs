@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use homeostat_model::{AgentId, Job, JobId, JobState, NewAuditEvent};
+use homeostat_model::{AuditAction, Job, JobId, JobState, NewAuditEvent};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
@@ -15,8 +15,6 @@ use crate::leases::check_fence;
 use crate::rows::{self, job_columns, terminal};
 use crate::time::{dur_ms, ms, ts};
 use crate::{Enqueued, FailOutcome, Failure, JobFilter, Page, PeriodicEnqueue, audit_log};
-
-const AGENT_STATUS: Sql = Sql::both("SELECT status FROM agents WHERE id = $1");
 
 /// Takes cron slot `$2` of schedule `$1` unless it or a later one was taken.
 const TAKE_SLOT: Sql = Sql::both(
@@ -132,36 +130,13 @@ const LIST: Sql = Sql::pair(
     ),
 );
 
-/// Says why an agent claimed nothing, when the agent is the reason.
-pub(crate) async fn require_online<B: Backend>(
-    b: &B,
-    id: AgentId,
-    op: &'static str,
-) -> Result<(), StoreError> {
-    let rows = b.fetch(Stmt::new::<B>(AGENT_STATUS).arg(id)).await.op(op)?;
-    let status = rows.first().map(|r| r.text("status")).transpose()?;
-    match status.as_deref() {
-        None => Err(StoreError::NotFound {
-            entity: "agent",
-            id: id.to_string(),
-        }),
-        Some("online") => Ok(()),
-        Some(status) => Err(StoreError::Conflict {
-            operation: op,
-            entity: "agent",
-            id: id.to_string(),
-            reason: format!("the agent is {status}; only online agents claim jobs"),
-        }),
-    }
-}
-
 pub(crate) async fn enqueue_periodic<B: Backend>(
     b: &B,
     p: &PeriodicEnqueue<'_>,
     fence: Option<&Fence>,
 ) -> Result<Option<Enqueued>, StoreError> {
     let now = b.now();
-    let op = "jobs.periodic";
+    let op = AuditAction::JobsPeriodic.as_str();
     p.job.validate()?;
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;
@@ -265,11 +240,11 @@ pub(crate) async fn transition<B: Backend>(
     b: &B,
     id: JobId,
     to: JobState,
-    action: &'static str,
+    action: AuditAction,
     actor: &str,
 ) -> Result<Job, StoreError> {
     let now = b.now();
-    let op = action;
+    let op = action.as_str();
     let mut tx = b.begin(op).await?;
     let rows = B::fetch_in(&mut tx, Stmt::new::<B>(JOB_FOR_UPDATE).arg(id))
         .await
@@ -299,7 +274,7 @@ pub(crate) async fn transition<B: Backend>(
     })?)?;
     let event = NewAuditEvent {
         actor: actor.to_owned(),
-        action: action.to_owned(),
+        action: action.into(),
         subject: format!("job:{id}"),
         details: json!({"from": current.state, "to": to, "tenant_id": job.tenant_id}),
     };

@@ -12,7 +12,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), homeostat_store::StoreError> {
-//! use homeostat_model::{NewJob, PlanTier};
+//! use homeostat_model::{AuditAction, NewJob, PlanTier};
 //! use homeostat_store::{Store, StoreOptions};
 //!
 //! # let dir = std::env::temp_dir().join(format!("homeostat-doc-{}", std::process::id()));
@@ -29,6 +29,9 @@
 //! # }
 //! ```
 
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+compile_error!("homeostat-store needs a backend: enable the `sqlite` or `postgres` feature");
+
 mod audit;
 mod audit_log;
 mod backend;
@@ -40,10 +43,12 @@ mod leases;
 mod migrations;
 mod notifications;
 mod plan;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod registry;
 mod rows;
 mod secret;
+#[cfg(feature = "sqlite")]
 mod sqlite;
 mod stats;
 mod sweeps;
@@ -53,8 +58,8 @@ mod types;
 use std::time::Duration;
 
 use homeostat_model::{
-    Agent, AgentId, ApiScope, Job, JobId, JobState, NewAgent, NewAuditEvent, NewJob, Notification,
-    NotificationId, NotificationState, PlanTier, Tenant, TenantId, TokenId,
+    Agent, AgentId, ApiScope, AuditAction, Job, JobId, JobState, NewAgent, NewAuditEvent, NewJob,
+    Notification, NotificationId, NotificationState, PlanTier, Tenant, TenantId, TokenId,
 };
 use homeostat_runtime::{Fence, Lease, LeaseError, LeaseStore};
 use jiff::Timestamp;
@@ -62,7 +67,9 @@ use jiff::Timestamp;
 pub use audit::{ChainBreak, VerifyReport};
 pub use error::StoreError;
 pub use plan::{PlanKind, PlannedItem, SweepPlan};
+#[cfg(feature = "postgres")]
 pub use postgres::PgStore;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use stats::{AgentCount, JobCount, QueueBacklog, Stats};
 pub use types::*;
@@ -71,8 +78,10 @@ pub use types::*;
 #[derive(Debug, Clone)]
 pub enum Store {
     /// Embedded, one process.
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteStore),
     /// Shared by replicas.
+    #[cfg(feature = "postgres")]
     Postgres(PgStore),
 }
 
@@ -82,13 +91,17 @@ pub enum Store {
 macro_rules! dispatch {
     ($self:ident, $($op:ident)::+($($arg:expr),*)) => {
         match $self {
+            #[cfg(feature = "sqlite")]
             Store::Sqlite(s) => $($op)::+(s, $($arg),*).await,
+            #[cfg(feature = "postgres")]
             Store::Postgres(s) => $($op)::+(s, $($arg),*).await,
         }
     };
     ($self:ident.$method:ident($($arg:expr),*)) => {
         match $self {
+            #[cfg(feature = "sqlite")]
             Store::Sqlite(s) => s.$method($($arg),*).await,
+            #[cfg(feature = "postgres")]
             Store::Postgres(s) => s.$method($($arg),*).await,
         }
     };
@@ -98,19 +111,24 @@ impl Store {
     /// Connects to `url` (`sqlite:path`, `sqlite://path`, `postgres://…`),
     /// refuses a schema newer than this build, and applies migrations.
     pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+        #[cfg(feature = "sqlite")]
         if url.starts_with("sqlite:") {
-            Ok(Store::Sqlite(SqliteStore::connect(url, options).await?))
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Store::Postgres(PgStore::connect(url, options).await?))
-        } else {
-            Err(StoreError::unsupported_url(url))
+            return Ok(Store::Sqlite(SqliteStore::connect(url, options).await?));
         }
+        #[cfg(feature = "postgres")]
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Store::Postgres(PgStore::connect(url, options).await?));
+        }
+        let _ = options;
+        Err(StoreError::unsupported_url(url))
     }
 
     /// Which backend this is: `sqlite` or `postgres`.
     pub fn backend(&self) -> &'static str {
         match self {
+            #[cfg(feature = "sqlite")]
             Store::Sqlite(_) => "sqlite",
+            #[cfg(feature = "postgres")]
             Store::Postgres(_) => "postgres",
         }
     }
@@ -123,7 +141,9 @@ impl Store {
     /// The store's policies.
     pub fn options(&self) -> &StoreOptions {
         match self {
+            #[cfg(feature = "sqlite")]
             Store::Sqlite(s) => backend::Backend::options(s),
+            #[cfg(feature = "postgres")]
             Store::Postgres(s) => backend::Backend::options(s),
         }
     }
@@ -347,7 +367,7 @@ impl Store {
     pub async fn cancel(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
         dispatch!(
             self,
-            jobs::transition(id, JobState::Cancelled, "job.cancelled", actor)
+            jobs::transition(id, JobState::Cancelled, AuditAction::JobCancelled, actor)
         )
     }
 
@@ -355,7 +375,7 @@ impl Store {
     pub async fn approve(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
         dispatch!(
             self,
-            jobs::transition(id, JobState::Queued, "job.approved", actor)
+            jobs::transition(id, JobState::Queued, AuditAction::JobApproved, actor)
         )
     }
 
@@ -363,7 +383,7 @@ impl Store {
     pub async fn redrive(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
         dispatch!(
             self,
-            jobs::transition(id, JobState::Queued, "job.redriven", actor)
+            jobs::transition(id, JobState::Queued, AuditAction::JobRedriven, actor)
         )
     }
 

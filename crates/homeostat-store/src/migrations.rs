@@ -9,6 +9,7 @@ use crate::StoreError;
 /// One backend's migrations: (version, description, SQL).
 pub(crate) type Set = &'static [(i64, &'static str, &'static str)];
 
+#[cfg(feature = "sqlite")]
 pub(crate) const SQLITE: Set = &[
     (
         1,
@@ -22,6 +23,7 @@ pub(crate) const SQLITE: Set = &[
     ),
 ];
 
+#[cfg(feature = "postgres")]
 pub(crate) const POSTGRES: Set = &[
     (
         1,

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use homeostat_model::{
-    Agent, AgentId, AgentStatus, ApiScope, NewAgent, NewAuditEvent, PlanTier, Tenant, TenantId,
-    TokenId, TokenInfo, TokenKind, new_id,
+    Agent, AgentId, AgentStatus, ApiScope, AuditAction, NewAgent, NewAuditEvent, PlanTier, Tenant,
+    TenantId, TokenId, TokenInfo, TokenKind, new_id,
 };
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
@@ -148,7 +148,7 @@ pub(crate) async fn create_tenant<B: Backend>(
     })?;
     let event = NewAuditEvent {
         actor: actor.to_owned(),
-        action: "tenant.created".into(),
+        action: AuditAction::TenantCreated.into(),
         subject: format!("tenant:{}", tenant.id),
         details: json!({"name": name, "tier": tier}),
     };
@@ -171,7 +171,7 @@ pub(crate) async fn set_tenant_tier<B: Backend>(
     let row = rows.first().ok_or_else(|| not_found("tenant", id))?;
     let event = NewAuditEvent {
         actor: actor.to_owned(),
-        action: "tenant.tier_changed".into(),
+        action: AuditAction::TenantTierChanged.into(),
         subject: format!("tenant:{id}"),
         details: json!({"tier": tier}),
     };
@@ -251,7 +251,7 @@ async fn issue<B: Backend>(
 ) -> Result<IssuedSecret, StoreError> {
     let mut tx = b.begin(op).await?;
     let issued = insert_token::<B>(&mut tx, token, now).await?;
-    let event = token_event(actor, "token.created", &issued.info);
+    let event = token_event(actor, AuditAction::TokenCreated.as_str(), &issued.info);
     audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
     B::commit(tx, op).await?;
     Ok(issued)
@@ -314,7 +314,7 @@ pub(crate) async fn revoke_token<B: Backend>(
         .text("kind")?;
     let event = NewAuditEvent {
         actor: actor.to_owned(),
-        action: "token.revoked".into(),
+        action: AuditAction::TokenRevoked.into(),
         subject: format!("token:{id}"),
         details: json!({"kind": kind}),
     };
@@ -401,7 +401,7 @@ pub(crate) async fn delete_dead_tokens<B: Backend>(
     fence: Option<&Fence>,
 ) -> Result<u64, StoreError> {
     let now = b.now();
-    let op = "tokens.deleted";
+    let op = AuditAction::TokensDeleted.as_str();
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;
     let stmt = Stmt::new::<B>(DELETE_DEAD_TOKENS)
@@ -478,7 +478,7 @@ pub(crate) async fn register_agent<B: Backend>(
     let credential = insert_token::<B>(&mut tx, credential, now).await?;
     let event = NewAuditEvent {
         actor: format!("bootstrap-token:{token_id}"),
-        action: "agent.registered".into(),
+        action: AuditAction::AgentRegistered.into(),
         subject: format!("agent:{}", stored.id),
         details: json!({
             "name": stored.name,
@@ -538,7 +538,7 @@ pub(crate) async fn drain_agent<B: Backend>(
     let row = rows.first().ok_or_else(|| not_found("agent", id))?;
     let event = NewAuditEvent {
         actor: actor.to_owned(),
-        action: "agent.draining".into(),
+        action: AuditAction::AgentDraining.into(),
         subject: format!("agent:{id}"),
         details: json!({}),
     };
@@ -554,7 +554,7 @@ pub(crate) async fn mark_silent_agents_offline<B: Backend>(
     fence: Option<&Fence>,
 ) -> Result<Vec<AgentId>, StoreError> {
     let now = b.now();
-    let op = "agents.offline";
+    let op = AuditAction::AgentsOffline.as_str();
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;
     let stmt = Stmt::new::<B>(SILENT_AGENTS_OFFLINE)

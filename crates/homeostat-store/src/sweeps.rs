@@ -4,7 +4,7 @@
 //! side: PostgreSQL skips rows other replicas hold (`SKIP LOCKED`) and
 //! casts to its state enum; SQLite names the index its planner would miss.
 
-use homeostat_model::NewAuditEvent;
+use homeostat_model::{AuditAction, NewAuditEvent};
 use homeostat_runtime::Fence;
 use serde_json::json;
 
@@ -25,7 +25,7 @@ struct Sweep {
 
 /// `$1` now (judged), `$2` limit.
 const LEASE_EXPIRED: Sweep = Sweep {
-    action: "jobs.lease_expired",
+    action: AuditAction::JobsLeaseExpired.as_str(),
     reason: "lease expired",
     sql: Sql::pair(
         "UPDATE jobs SET
@@ -54,7 +54,7 @@ const LEASE_EXPIRED: Sweep = Sweep {
 
 /// `$1` now (judged), `$2` limit.
 const AGENT_OFFLINE: Sweep = Sweep {
-    action: "jobs.agent_offline",
+    action: AuditAction::JobsAgentOffline.as_str(),
     reason: "agent offline",
     sql: Sql::pair(
         "UPDATE jobs SET
@@ -86,7 +86,7 @@ const AGENT_OFFLINE: Sweep = Sweep {
 
 /// `$1` now (judged), `$2` limit.
 const DEADLINE_PASSED: Sweep = Sweep {
-    action: "jobs.deadline_passed",
+    action: AuditAction::JobsDeadlinePassed.as_str(),
     reason: "deadline passed",
     sql: Sql::pair(
         "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
@@ -111,7 +111,7 @@ const DEADLINE_PASSED: Sweep = Sweep {
 /// `$1` now (judged), `$2` limit, `$3` first retry delay, `$4` longest
 /// delay (ms).
 const TIMED_OUT: Sweep = Sweep {
-    action: "jobs.timed_out",
+    action: AuditAction::JobsTimedOut.as_str(),
     reason: "attempt timed out",
     sql: Sql::pair(
         "UPDATE jobs SET
@@ -143,7 +143,7 @@ const TIMED_OUT: Sweep = Sweep {
 
 /// `$1` now (judged), `$2` limit.
 const PROMOTED: Sweep = Sweep {
-    action: "jobs.promoted",
+    action: AuditAction::JobsPromoted.as_str(),
     reason: "run time reached",
     sql: Sql::pair(
         "UPDATE jobs SET state = 'queued', queued_at = $1, updated_at = $1
@@ -164,7 +164,7 @@ const PROMOTED: Sweep = Sweep {
 
 /// `$1` now (judged), `$2` limit.
 const APPROVAL_EXPIRED: Sweep = Sweep {
-    action: "jobs.approval_expired",
+    action: AuditAction::JobsApprovalExpired.as_str(),
     reason: "approval expired",
     sql: Sql::pair(
         "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
@@ -191,7 +191,7 @@ const APPROVAL_EXPIRED: Sweep = Sweep {
 /// is old enough to look at, so the scan walks the primary key's prefix (in
 /// its order, which keeps that plan even without statistics).
 const DELETED: Sweep = Sweep {
-    action: "jobs.deleted",
+    action: AuditAction::JobsDeleted.as_str(),
     reason: "past retention",
     sql: Sql::pair(
         "DELETE FROM jobs WHERE id IN (
@@ -350,7 +350,7 @@ pub(crate) async fn recompute_priorities<B: Backend>(
         bonus_per_minute,
         cap,
     } = ageing;
-    let op = "jobs.reprioritized";
+    let op = AuditAction::JobsReprioritized.as_str();
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;
     let stmt = Stmt::new::<B>(REPRIORITIZE)

@@ -294,11 +294,13 @@ pub struct Page<T, C = JobId> {
 }
 
 /// How long finished jobs are kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct JobRetention {
     /// Succeeded and cancelled jobs.
+    #[serde(with = "homeostat_model::duration")]
     pub succeeded: Duration,
     /// Dead and expired jobs.
+    #[serde(with = "homeostat_model::duration")]
     pub failed: Duration,
 }
 

@@ -59,6 +59,29 @@ impl SqliteStore {
         Ok(facts)
     }
 
+    /// Says why an agent claimed nothing, when the agent is the reason
+    /// (PostgreSQL's claim says so in its own statement).
+    async fn require_online(&self, id: AgentId, op: &'static str) -> Result<(), StoreError> {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM agents WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await
+            .op(op)?;
+        match status.as_deref() {
+            None => Err(StoreError::NotFound {
+                entity: "agent",
+                id: id.to_string(),
+            }),
+            Some("online") => Ok(()),
+            Some(status) => Err(StoreError::Conflict {
+                operation: op,
+                entity: "agent",
+                id: id.to_string(),
+                reason: format!("the agent is {status}; only online agents claim jobs"),
+            }),
+        }
+    }
+
     pub(crate) async fn enqueue_batch(
         &self,
         tenant_id: TenantId,
@@ -216,7 +239,7 @@ impl SqliteStore {
             rows
         };
         if rows.is_empty() {
-            crate::jobs::require_online(self, agent_id, op).await?;
+            self.require_online(agent_id, op).await?;
         }
         let mut claimed = Vec::with_capacity(rows.len());
         let mut order = Vec::with_capacity(rows.len());
