@@ -13,6 +13,7 @@ mod job;
 mod notification;
 mod tenant;
 mod token;
+pub mod wire;
 
 pub use agent::{Agent, AgentStatus, NewAgent};
 pub use audit::{AuditAction, AuditEvent, NewAuditEvent};
@@ -24,6 +25,7 @@ pub use job::{
 pub use notification::{Notification, NotificationState};
 pub use tenant::{PlanTier, Tenant};
 pub use token::{ApiScope, TokenInfo, TokenKind};
+pub use wire::{ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
 
 /// A raw identifier: UUID v7, unique without coordination and ordered by
 /// creation time. Entities are named by typed ids ([`JobId`], [`AgentId`],

@@ -204,3 +204,148 @@ pub(crate) fn truncate(text: &str) -> String {
     }
     format!("{}…", &text[..end])
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use homeostat_model::{NewJob, TenantId, ids_at};
+
+    use super::*;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_767_225_600 + secs).unwrap()
+    }
+
+    fn job(state: JobState, run_at: Timestamp) -> Job {
+        Job {
+            id: JobId::at(at(0)),
+            tenant_id: TenantId::at(at(0)),
+            queue: "q".into(),
+            kind: "k".into(),
+            payload: serde_json::Value::Null,
+            priority: 0,
+            effective_priority: 0,
+            fingerprint: None,
+            occurrences: 1,
+            state,
+            attempt: 0,
+            max_attempts: 3,
+            timeout_secs: 60,
+            run_at,
+            deadline: None,
+            approval_expires_at: None,
+            lease_agent: None,
+            lease_token: 0,
+            lease_expires_at: None,
+            last_error: None,
+            result: None,
+            created_at: at(0),
+            updated_at: at(0),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    #[test]
+    fn an_approved_job_not_yet_due_is_scheduled_a_due_one_queued() {
+        let gated = job(JobState::AwaitingApproval, at(100));
+        let approve =
+            |now| operator_transition(&gated, JobState::Queued, AuditAction::JobApproved, now);
+        assert_eq!(approve(at(10)).unwrap(), (JobState::Scheduled, false));
+        assert_eq!(approve(at(100)).unwrap(), (JobState::Queued, false));
+    }
+
+    #[test]
+    fn a_redrive_brings_a_terminal_job_back_and_says_so() {
+        let dead = job(JobState::Dead, at(0));
+        let out = operator_transition(&dead, JobState::Queued, AuditAction::JobRedriven, at(5));
+        assert_eq!(out.unwrap(), (JobState::Queued, true));
+    }
+
+    #[test]
+    fn an_illegal_transition_is_a_conflict_naming_the_job() {
+        let done = job(JobState::Succeeded, at(0));
+        let err = operator_transition(&done, JobState::Cancelled, AuditAction::JobCancelled, at(5))
+            .unwrap_err();
+        assert_eq!(err.code(), "conflict");
+        assert!(err.to_string().contains(&done.id.to_string()), "{err}");
+    }
+
+    #[test]
+    fn failures_back_off_doubling_then_die() {
+        let options = StoreOptions::default();
+        assert_eq!(
+            fail_outcome(&options, 1, 3, false),
+            (JobState::Scheduled, Some(Duration::from_secs(10)))
+        );
+        assert_eq!(
+            fail_outcome(&options, 2, 3, false),
+            (JobState::Scheduled, Some(Duration::from_secs(20)))
+        );
+        assert_eq!(fail_outcome(&options, 3, 3, false), (JobState::Dead, None));
+        assert_eq!(fail_outcome(&options, 1, 3, true), (JobState::Dead, None));
+    }
+
+    #[test]
+    fn deliveries_retry_then_go_dead_after_five_attempts() {
+        let failed = Delivery::Failed {
+            error: "503".into(),
+            permanent: false,
+        };
+        let (state, next, error) = delivery_outcome(&failed, 1, at(0));
+        assert_eq!(state, NotificationState::Pending);
+        assert_eq!(next, at(120).as_millisecond());
+        assert_eq!(error.as_deref(), Some("503"));
+        assert_eq!(
+            delivery_outcome(&failed, 5, at(0)).0,
+            NotificationState::Dead
+        );
+        assert_eq!(
+            delivery_outcome(&Delivery::Sent, 1, at(0)).0,
+            NotificationState::Sent
+        );
+    }
+
+    #[test]
+    fn enqueued_jobs_pair_with_their_rows_by_fingerprint_or_id() {
+        let mut fp = NewJob::new("q", "k");
+        fp.fingerprint = Some("alert-1".into());
+        let plain = NewJob::new("q", "k");
+        let jobs = [fp.clone(), plain, fp];
+        let generated: Vec<JobId> = ids_at(at(0), 3).map(JobId::from).collect();
+        let live = JobId::at(at(-60));
+        let stored = vec![
+            EnqueuedRow {
+                id: live,
+                fingerprint: Some("alert-1".into()),
+                occurrences: 3,
+            },
+            EnqueuedRow {
+                id: generated[1],
+                fingerprint: None,
+                occurrences: 1,
+            },
+        ];
+        let out = match_enqueued(&jobs, &generated, stored).unwrap();
+        assert_eq!((out[0].id, out[0].deduplicated), (live, true));
+        assert_eq!((out[1].id, out[1].deduplicated), (generated[1], false));
+        assert_eq!((out[2].id, out[2].occurrences), (live, 3));
+    }
+
+    #[test]
+    fn errors_are_kept_bounded_on_a_character_boundary() {
+        let long = "é".repeat(3000);
+        let kept = truncate(&long);
+        assert!(kept.len() <= 4096 + "…".len());
+        assert!(kept.ends_with('…'));
+        assert_eq!(truncate("short"), "short");
+    }
+
+    #[test]
+    fn ids_below_the_bound_were_made_before_it() {
+        let bound = id_before(at(100).as_millisecond());
+        assert!(JobId::at(at(99)) < bound);
+        assert!(JobId::at(at(100)) >= bound);
+    }
+}

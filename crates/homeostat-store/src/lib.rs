@@ -66,6 +66,7 @@ use jiff::Timestamp;
 
 pub use audit::{ChainBreak, VerifyReport};
 pub use error::StoreError;
+pub use homeostat_model::{ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
 pub use plan::{PlanKind, PlannedItem, SweepPlan};
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;

@@ -130,44 +130,6 @@ pub struct Swept {
     pub dead: Vec<JobId>,
 }
 
-/// The result of an enqueue: the job's id and whether it was new, not the
-/// whole row (read it with [`Store::get_job`](crate::Store::get_job) when
-/// needed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Enqueued {
-    /// The new job, or the live job with the same fingerprint.
-    pub id: JobId,
-    /// Whether an existing job was returned (its occurrences increased).
-    pub deduplicated: bool,
-    /// How many enqueues the job now stands for.
-    pub occurrences: u32,
-}
-
-/// A job handed to an agent by a claim.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ClaimedJob {
-    /// The job.
-    pub id: JobId,
-    /// Its tenant.
-    pub tenant_id: TenantId,
-    /// Its queue.
-    pub queue: String,
-    /// Its kind.
-    pub kind: String,
-    /// Its input.
-    pub payload: serde_json::Value,
-    /// This attempt's number (1-based).
-    pub attempt: u32,
-    /// Attempts allowed.
-    pub max_attempts: u32,
-    /// Fencing token: present it to heartbeat, complete or fail.
-    pub lease_token: i64,
-    /// When the lease runs out unless heartbeated.
-    pub lease_expires_at: Timestamp,
-    /// Timeout of this attempt in seconds.
-    pub timeout_secs: u64,
-}
-
 /// A job for one slot of a periodic (cron) schedule.
 #[derive(Debug, Clone, Copy)]
 pub struct PeriodicEnqueue<'a> {
@@ -179,26 +141,6 @@ pub struct PeriodicEnqueue<'a> {
     pub tenant_id: TenantId,
     /// The job.
     pub job: &'a homeostat_model::NewJob,
-}
-
-/// One completion in a batch.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Completion {
-    /// The job.
-    pub id: JobId,
-    /// The lease token from the claim.
-    pub lease_token: i64,
-    /// Output to keep on the job.
-    pub result: Option<serde_json::Value>,
-}
-
-/// What a batch of completions did, in the order given.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct CompletedBatch {
-    /// Jobs now succeeded.
-    pub completed: Vec<JobId>,
-    /// Completions refused: the lease token was not the job's current one.
-    pub stale: Vec<JobId>,
 }
 
 /// One failed attempt, as an agent reports it.
@@ -246,15 +188,6 @@ pub struct AuditRetentionRun {
     pub dry_run: bool,
 }
 
-/// What a failure did to the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct FailOutcome {
-    /// `scheduled` (to be retried at `retry_at`) or `dead`.
-    pub state: JobState,
-    /// When the retry is due.
-    pub retry_at: Option<Timestamp>,
-}
-
 /// What an authenticated API key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiKeyIdentity {
@@ -282,15 +215,6 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     /// Only jobs in this queue.
     pub queue: Option<String>,
-}
-
-/// One page of a listing, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Page<T, C = JobId> {
-    /// The items.
-    pub items: Vec<T>,
-    /// Pass as `after` to get the next page; `None` on the last page.
-    pub next_cursor: Option<C>,
 }
 
 /// How long finished jobs are kept.
