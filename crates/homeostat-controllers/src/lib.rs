@@ -147,3 +147,19 @@ pub fn register_builtin(
     }
     Ok(())
 }
+
+/// The Rust snippets of the README and the guides, compiled as doctests so
+/// that they stay true to the code.
+#[cfg(doctest)]
+mod guides {
+    #[doc = include_str!("../../../README.md")]
+    struct Readme;
+    #[doc = include_str!("../../../docs/architecture.md")]
+    struct Architecture;
+    #[doc = include_str!("../../../docs/store.md")]
+    struct Store;
+    #[doc = include_str!("../../../docs/runtime.md")]
+    struct Runtime;
+    #[doc = include_str!("../../../docs/controllers.md")]
+    struct Controllers;
+}

@@ -36,13 +36,15 @@ macro_rules! pg_now {
 
 /// The time that judges expiry on PostgreSQL, from parameter `$n`: the
 /// caller's when bound (a test's clock), else the database's clock at the
-/// statement's start (the same for every row it touches).
+/// statement's start. A scalar subquery, so PostgreSQL computes it once per
+/// statement (an init plan) rather than once per row it touches: per row,
+/// the four of a claim cost a tenth of its throughput (measured).
 macro_rules! pg_judged {
     ($n:literal) => {
         concat!(
-            "COALESCE($",
+            "(SELECT COALESCE($",
             $n,
-            "::bigint, (extract(epoch from statement_timestamp()) * 1000)::bigint)"
+            "::bigint, (date_part('epoch', statement_timestamp()) * 1000)::bigint))"
         )
     };
 }

@@ -44,16 +44,15 @@ impl PgStore {
         // table never analyzed (autovacuum off, or before its first
         // auto-analyze) has no statistics, and the planner's default
         // selectivities make every claim read and sort all queued jobs of a
-        // queue in a bitmap scan; without bitmap scans its only sensible plan
-        // walks the queue's index in order. A statement prepared while the
-        // table was small would switch to a generic plan after five
-        // executions and keep its sequential scan for the connection's life;
-        // custom plans are made for the table as it is (measured in
-        // docs/benchmarks.md).
-        let connect = connect.options([
-            ("plan_cache_mode", "force_custom_plan"),
-            ("enable_bitmapscan", "off"),
-        ]);
+        // queue in a bitmap scan. A statement prepared while the table was
+        // small switches to a generic plan after five executions and keeps
+        // its sequential scan for the connection's life. Every statement of
+        // the store has an index to walk; with sequential and bitmap scans
+        // off, that walk is its only plan, whatever the statistics, and a
+        // cached generic plan is as good as a custom one (re-planning every
+        // execution instead, `plan_cache_mode=force_custom_plan`, measured
+        // no better; docs/benchmarks.md).
+        let connect = connect.options([("enable_seqscan", "off"), ("enable_bitmapscan", "off")]);
         // No ping before each acquire: that is a round trip per statement. A
         // connection that broke fails its statement instead (`Unavailable`,
         // retryable), and every connection as old is replaced (`health`).
