@@ -296,7 +296,7 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32, load: Load)
         let producing = Arc::clone(&producing);
         let enqueue = enqueue.clone();
         tokio::spawn(async move {
-            let rate = enqueue(100).await;
+            let rate = enqueue(1000).await;
             producing.store(false, std::sync::atomic::Ordering::Release);
             rate
         })
