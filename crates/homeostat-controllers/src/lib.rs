@@ -61,6 +61,7 @@ pub use homeostat_runtime::Fence;
 
 /// Why the built-in controllers could not be registered.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegisterError {
     /// The manager refused a controller.
     #[error(transparent)]
