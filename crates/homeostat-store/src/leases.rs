@@ -11,84 +11,68 @@ use crate::backend::{Backend, RowExt, Sql, Stmt, pg_now, sqlite_now};
 use crate::error::{Context, StoreError};
 use crate::time::{dur_ms, system_time};
 
-const ACQUIRE: Sql = Sql::pair(
-    concat!(
-        "INSERT INTO leases (name, holder, epoch, expires_at) VALUES ($1, $2, 1, ",
-        sqlite_now!(),
-        " + $3)
-         ON CONFLICT (name) DO UPDATE SET
-           epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires_at > ",
-        sqlite_now!(),
-        " THEN leases.epoch ELSE leases.epoch + 1 END,
-           holder = excluded.holder,
-           expires_at = excluded.expires_at
-         WHERE leases.holder IS NULL OR leases.expires_at <= ",
-        sqlite_now!(),
-        " OR leases.holder = excluded.holder
-         RETURNING epoch, expires_at"
-    ),
-    concat!(
-        "INSERT INTO leases (name, holder, epoch, expires_at) VALUES ($1, $2, 1, ",
-        pg_now!(),
-        " + $3)
-         ON CONFLICT (name) DO UPDATE SET
-           epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires_at > ",
-        pg_now!(),
-        " THEN leases.epoch ELSE leases.epoch + 1 END,
-           holder = excluded.holder,
-           expires_at = excluded.expires_at
-         WHERE leases.holder IS NULL OR leases.expires_at <= ",
-        pg_now!(),
-        " OR leases.holder = excluded.holder
-         RETURNING epoch, expires_at"
-    ),
-);
+/// Lease statements differ between the dialects only in how they read the
+/// database's clock: each is written once, with `$now` the dialect's.
+macro_rules! acquire {
+    ($now:expr) => {
+        concat!(
+            "INSERT INTO leases (name, holder, epoch, expires_at) VALUES ($1, $2, 1, ",
+            $now,
+            " + $3)
+             ON CONFLICT (name) DO UPDATE SET
+               epoch = CASE WHEN leases.holder = excluded.holder AND leases.expires_at > ",
+            $now,
+            " THEN leases.epoch ELSE leases.epoch + 1 END,
+               holder = excluded.holder,
+               expires_at = excluded.expires_at
+             WHERE leases.holder IS NULL OR leases.expires_at <= ",
+            $now,
+            " OR leases.holder = excluded.holder
+             RETURNING epoch, expires_at"
+        )
+    };
+}
 
-const RENEW: Sql = Sql::pair(
-    concat!(
-        "UPDATE leases SET expires_at = ",
-        sqlite_now!(),
-        " + $4 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > ",
-        sqlite_now!(),
-        " RETURNING expires_at"
-    ),
-    concat!(
-        "UPDATE leases SET expires_at = ",
-        pg_now!(),
-        " + $4 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > ",
-        pg_now!(),
-        " RETURNING expires_at"
-    ),
-);
+macro_rules! renew {
+    ($now:expr) => {
+        concat!(
+            "UPDATE leases SET expires_at = ",
+            $now,
+            " + $4 WHERE name = $1 AND holder = $2 AND epoch = $3 AND expires_at > ",
+            $now,
+            " RETURNING expires_at"
+        )
+    };
+}
 
-const RELEASE: Sql = Sql::pair(
-    concat!(
-        "UPDATE leases SET holder = NULL, expires_at = ",
-        sqlite_now!(),
-        " WHERE name = $1 AND holder = $2 AND epoch = $3"
-    ),
-    concat!(
-        "UPDATE leases SET holder = NULL, expires_at = ",
-        pg_now!(),
-        " WHERE name = $1 AND holder = $2 AND epoch = $3"
-    ),
-);
+macro_rules! release {
+    ($now:expr) => {
+        concat!(
+            "UPDATE leases SET holder = NULL, expires_at = ",
+            $now,
+            " WHERE name = $1 AND holder = $2 AND epoch = $3"
+        )
+    };
+}
 
+/// Whether lease `$1` is live at epoch `$2`, then what the dialect adds.
+macro_rules! fence {
+    ($now:expr, $tail:expr) => {
+        concat!(
+            "SELECT 1 AS live FROM leases WHERE name = $1 AND epoch = $2 AND holder IS NOT NULL
+             AND expires_at > ",
+            $now,
+            $tail
+        )
+    };
+}
+
+const ACQUIRE: Sql = Sql::pair(acquire!(sqlite_now!()), acquire!(pg_now!()));
+const RENEW: Sql = Sql::pair(renew!(sqlite_now!()), renew!(pg_now!()));
+const RELEASE: Sql = Sql::pair(release!(sqlite_now!()), release!(pg_now!()));
 /// On PostgreSQL the shared row lock holds off a takeover until the fenced
 /// transaction ends; SQLite's write lock already does.
-const FENCE: Sql = Sql::pair(
-    concat!(
-        "SELECT 1 AS live FROM leases WHERE name = $1 AND epoch = $2 AND holder IS NOT NULL
-         AND expires_at > ",
-        sqlite_now!()
-    ),
-    concat!(
-        "SELECT 1 AS live FROM leases WHERE name = $1 AND epoch = $2 AND holder IS NOT NULL
-         AND expires_at > ",
-        pg_now!(),
-        " FOR SHARE"
-    ),
-);
+const FENCE: Sql = Sql::pair(fence!(sqlite_now!(), ""), fence!(pg_now!(), " FOR SHARE"));
 
 pub(crate) async fn acquire<B: Backend>(
     b: &B,

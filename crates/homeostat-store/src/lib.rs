@@ -433,7 +433,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::reclaim_offline_agent_jobs(limit, fence))
+        dispatch!(self, sweeps::run_due(&sweeps::AGENT_OFFLINE, limit, fence))
     }
 
     /// Running jobs whose lease expired: re-queued, or dead with no attempts left.
@@ -442,7 +442,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::requeue_expired_leases(limit, fence))
+        dispatch!(self, sweeps::run_due(&sweeps::LEASE_EXPIRED, limit, fence))
     }
 
     /// Queued jobs never started by their deadline: expired.
@@ -451,7 +451,10 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::expire_overdue_queued(limit, fence))
+        dispatch!(
+            self,
+            sweeps::run_due(&sweeps::DEADLINE_PASSED, limit, fence)
+        )
     }
 
     /// Running jobs past their own timeout: a failed attempt (scheduled for
@@ -470,7 +473,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::promote_scheduled(limit, fence))
+        dispatch!(self, sweeps::run_due(&sweeps::PROMOTED, limit, fence))
     }
 
     /// Effective priority of queued jobs = tier base + job priority + whole
@@ -492,7 +495,10 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::expire_approvals(limit, fence))
+        dispatch!(
+            self,
+            sweeps::run_due(&sweeps::APPROVAL_EXPIRED, limit, fence)
+        )
     }
 
     /// Deletes expired, used-up and revoked tokens.

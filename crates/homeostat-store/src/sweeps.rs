@@ -17,14 +17,14 @@ use crate::{Ageing, JobRetention, Swept, audit_log};
 
 /// A sweep statement returning `(id, state)` of the rows it changed, with
 /// the audit action and reason that describe it.
-struct Sweep {
+pub(crate) struct Sweep {
     action: &'static str,
     reason: &'static str,
     sql: Sql,
 }
 
 /// `$1` now (judged), `$2` limit.
-const LEASE_EXPIRED: Sweep = Sweep {
+pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
     action: AuditAction::JobsLeaseExpired.as_str(),
     reason: "lease expired",
     sql: Sql::pair(
@@ -53,7 +53,7 @@ const LEASE_EXPIRED: Sweep = Sweep {
 };
 
 /// `$1` now (judged), `$2` limit.
-const AGENT_OFFLINE: Sweep = Sweep {
+pub(crate) const AGENT_OFFLINE: Sweep = Sweep {
     action: AuditAction::JobsAgentOffline.as_str(),
     reason: "agent offline",
     sql: Sql::pair(
@@ -85,7 +85,7 @@ const AGENT_OFFLINE: Sweep = Sweep {
 };
 
 /// `$1` now (judged), `$2` limit.
-const DEADLINE_PASSED: Sweep = Sweep {
+pub(crate) const DEADLINE_PASSED: Sweep = Sweep {
     action: AuditAction::JobsDeadlinePassed.as_str(),
     reason: "deadline passed",
     sql: Sql::pair(
@@ -142,7 +142,7 @@ const TIMED_OUT: Sweep = Sweep {
 };
 
 /// `$1` now (judged), `$2` limit.
-const PROMOTED: Sweep = Sweep {
+pub(crate) const PROMOTED: Sweep = Sweep {
     action: AuditAction::JobsPromoted.as_str(),
     reason: "run time reached",
     sql: Sql::pair(
@@ -163,7 +163,7 @@ const PROMOTED: Sweep = Sweep {
 };
 
 /// `$1` now (judged), `$2` limit.
-const APPROVAL_EXPIRED: Sweep = Sweep {
+pub(crate) const APPROVAL_EXPIRED: Sweep = Sweep {
     action: AuditAction::JobsApprovalExpired.as_str(),
     reason: "approval expired",
     sql: Sql::pair(
@@ -259,8 +259,10 @@ async fn run<B: Backend>(
     Ok(swept)
 }
 
-/// A sweep whose only arguments are the judged time and the batch limit.
-async fn run_due<B: Backend>(
+/// A sweep whose only arguments are the judged time and the batch limit:
+/// [`LEASE_EXPIRED`], [`AGENT_OFFLINE`], [`DEADLINE_PASSED`], [`PROMOTED`],
+/// [`APPROVAL_EXPIRED`].
+pub(crate) async fn run_due<B: Backend>(
     b: &B,
     sweep: &Sweep,
     limit: u32,
@@ -268,46 +270,6 @@ async fn run_due<B: Backend>(
 ) -> Result<Swept, StoreError> {
     let args = |s: Stmt<'static>, at: At| s.arg(at.judged).arg(i64::from(limit));
     run(b, sweep, args, fence).await
-}
-
-pub(crate) async fn requeue_expired_leases<B: Backend>(
-    b: &B,
-    limit: u32,
-    fence: Option<&Fence>,
-) -> Result<Swept, StoreError> {
-    run_due(b, &LEASE_EXPIRED, limit, fence).await
-}
-
-pub(crate) async fn reclaim_offline_agent_jobs<B: Backend>(
-    b: &B,
-    limit: u32,
-    fence: Option<&Fence>,
-) -> Result<Swept, StoreError> {
-    run_due(b, &AGENT_OFFLINE, limit, fence).await
-}
-
-pub(crate) async fn expire_overdue_queued<B: Backend>(
-    b: &B,
-    limit: u32,
-    fence: Option<&Fence>,
-) -> Result<Swept, StoreError> {
-    run_due(b, &DEADLINE_PASSED, limit, fence).await
-}
-
-pub(crate) async fn promote_scheduled<B: Backend>(
-    b: &B,
-    limit: u32,
-    fence: Option<&Fence>,
-) -> Result<Swept, StoreError> {
-    run_due(b, &PROMOTED, limit, fence).await
-}
-
-pub(crate) async fn expire_approvals<B: Backend>(
-    b: &B,
-    limit: u32,
-    fence: Option<&Fence>,
-) -> Result<Swept, StoreError> {
-    run_due(b, &APPROVAL_EXPIRED, limit, fence).await
 }
 
 pub(crate) async fn time_out_running<B: Backend>(
