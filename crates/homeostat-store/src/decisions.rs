@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use homeostat_model::{AuditAction, Job, JobId, JobState, NewAuditEvent, NewJob};
+use homeostat_model::{AgentId, AuditAction, Job, JobId, JobState, NewAuditEvent, NewJob};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 
@@ -122,6 +122,29 @@ pub(crate) fn operator_transition(
             reason: e.message,
         })?;
     Ok((to, current.state.is_terminal()))
+}
+
+/// Whether an agent whose claim took nothing was the reason: fine when it
+/// is online; not found without a status; a conflict naming its status
+/// otherwise.
+pub(crate) fn claim_refusal(
+    op: &'static str,
+    agent: AgentId,
+    status: Option<&str>,
+) -> Result<(), StoreError> {
+    match status {
+        None => Err(StoreError::NotFound {
+            entity: "agent",
+            id: agent.to_string(),
+        }),
+        Some("online") => Ok(()),
+        Some(status) => Err(StoreError::Conflict {
+            operation: op,
+            entity: "agent",
+            id: agent.to_string(),
+            reason: format!("the agent is {status}; only online agents claim jobs"),
+        }),
+    }
 }
 
 /// Where a failed attempt (`attempt` of `max_attempts`) leaves a job:

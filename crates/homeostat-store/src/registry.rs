@@ -1,5 +1,7 @@
 //! Tenants, tokens and agents: the registry operations, audited.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use homeostat_model::{
@@ -46,6 +48,11 @@ const DELETE_DEAD_TOKENS: Sql = Sql::both(
        UNION SELECT id FROM tokens WHERE revoked_at IS NOT NULL
        LIMIT $2)",
 );
+
+/// `$6` now (judged: the last heartbeat), `$7` now.
+const AGENT_FACTS: Sql = Sql::both("SELECT tenant_id, queues FROM agents WHERE id = $1");
+#[cfg(feature = "sqlite")]
+const AGENT_STATUS: Sql = Sql::both("SELECT status FROM agents WHERE id = $1");
 
 /// `$6` now (judged: the last heartbeat), `$7` now.
 const INSERT_AGENT: Sql = Sql::pair(
@@ -422,6 +429,50 @@ pub(crate) async fn delete_dead_tokens<B: Backend>(
 }
 
 // --- agents ------------------------------------------------------------
+
+/// An agent's tenant and queues. They never change after registration, so
+/// claims read them from a cache instead of a statement of their own.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentFacts {
+    pub(crate) tenant: Option<TenantId>,
+    pub(crate) queues: Vec<String>,
+}
+
+/// Each store's cache of [`AgentFacts`].
+pub(crate) type AgentFactsCache = Arc<Mutex<HashMap<AgentId, AgentFacts>>>;
+
+/// An agent's tenant and queues, cached after the first look.
+pub(crate) async fn agent_facts<B: Backend>(
+    b: &B,
+    cache: &AgentFactsCache,
+    id: AgentId,
+    op: &'static str,
+) -> Result<AgentFacts, StoreError> {
+    if let Some(facts) = cache.lock().unwrap().get(&id) {
+        return Ok(facts.clone());
+    }
+    let rows = b.fetch(Stmt::new::<B>(AGENT_FACTS).arg(id)).await.op(op)?;
+    let row = rows.first().ok_or_else(|| not_found("agent", id))?;
+    let facts = AgentFacts {
+        tenant: row.opt_id("tenant_id")?,
+        queues: row.list("queues")?,
+    };
+    cache.lock().unwrap().insert(id, facts.clone());
+    Ok(facts)
+}
+
+/// Says why an agent claimed nothing, when the agent is the reason (on
+/// SQLite; PostgreSQL's claim says so in its own statement).
+#[cfg(feature = "sqlite")]
+pub(crate) async fn require_online<B: Backend>(
+    b: &B,
+    id: AgentId,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    let rows = b.fetch(Stmt::new::<B>(AGENT_STATUS).arg(id)).await.op(op)?;
+    let status = rows.first().map(|r| r.text("status")).transpose()?;
+    crate::decisions::claim_refusal(op, id, status.as_deref())
+}
 
 pub(crate) async fn register_agent<B: Backend>(
     b: &B,

@@ -2,17 +2,12 @@
 //! cache say: a table that grew after the store's statements were first
 //! prepared, and was never analyzed, is still read through its indexes.
 
-use homeostat_testkit::{self as backends, At};
+use homeostat_testkit::{self as backends, At, agent, at, tenant};
 
 use std::time::{Duration, Instant};
 
-use homeostat_model::{NewAgent, NewJob, PlanTier};
-use homeostat_store::{Completion, NewBootstrapToken, Store, StoreOptions};
-use jiff::{SignedDuration, Timestamp};
-
-fn at(secs: i64) -> Timestamp {
-    Timestamp::from_second(1_767_225_600).unwrap() + SignedDuration::from_secs(secs)
-}
+use homeostat_model::{NewJob, PlanTier};
+use homeostat_store::{Completion, Store, StoreOptions};
 
 /// How the jobs table has been read so far, as PostgreSQL counts it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -75,38 +70,15 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
         .await
         .unwrap();
     let store: &Store = &test;
-    let tenant = store
-        .at(at(0))
-        .create_tenant("acme", PlanTier::Standard, "operator:test")
-        .await
-        .unwrap();
-    let token = NewBootstrapToken {
-        tenant_id: Some(tenant.id),
-        ttl: Duration::from_secs(3600),
-        uses: 1,
-    };
-    let token = store
-        .at(at(0))
-        .issue_bootstrap_token(&token, "operator:test")
-        .await
-        .unwrap();
-    let new_agent = NewAgent {
-        name: "worker".into(),
-        labels: Default::default(),
-        queues: vec!["q".into()],
-    };
-    let (agent, _) = store
-        .at(at(0))
-        .register_agent(&token.secret, &new_agent)
-        .await
-        .unwrap();
+    let tenant = tenant(store, "acme", PlanTier::Standard).await;
+    let agent = agent(store, Some(tenant), &["q"]).await;
 
     // Warm the statements on a near-empty table: past five executions a
     // statement may switch to a generic plan made for this size.
     let lifecycle = |round: i64, batch: u32| async move {
         let claimed = store
             .at(at(round))
-            .claim(agent.id, batch, Duration::from_secs(60))
+            .claim(agent, batch, Duration::from_secs(60))
             .await
             .unwrap();
         for c in &claimed {
@@ -131,7 +103,7 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
     for round in 1..=8 {
         store
             .at(at(round))
-            .enqueue(tenant.id, &NewJob::new("q", "build"))
+            .enqueue(tenant, &NewJob::new("q", "build"))
             .await
             .unwrap();
         assert_eq!(lifecycle(round, 1).await, 1);
@@ -142,7 +114,7 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
         let jobs: Vec<NewJob> = (0..1000).map(|_| NewJob::new("q", "build")).collect();
         store
             .at(at(100 + chunk))
-            .enqueue_batch(tenant.id, &jobs)
+            .enqueue_batch(tenant, &jobs)
             .await
             .unwrap();
     }

@@ -10,6 +10,7 @@ use sqlx::Row;
 use super::PgStore;
 use crate::backend::{At, Backend, pg_judged};
 use crate::error::{Context, StoreError, corrupt};
+use crate::registry::{self, AgentFacts};
 use crate::time::{dur_ms, ms, ts};
 use crate::{ClaimedJob, Completion, Enqueued};
 
@@ -54,36 +55,7 @@ macro_rules! claimed_or_status {
     };
 }
 
-/// An agent's tenant and queues.
-#[derive(Debug, Clone)]
-pub(crate) struct AgentFacts {
-    pub(crate) tenant: Option<Id>,
-    pub(crate) queues: Vec<String>,
-}
-
 impl PgStore {
-    /// An agent's tenant and queues, cached after the first look.
-    async fn agent_facts(&self, id: AgentId, op: &'static str) -> Result<AgentFacts, StoreError> {
-        if let Some(facts) = self.agents.lock().unwrap().get(&id) {
-            return Ok(facts.clone());
-        }
-        let row = sqlx::query("SELECT tenant_id, queues FROM agents WHERE id = $1")
-            .bind(id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await
-            .op(op)?
-            .ok_or_else(|| StoreError::NotFound {
-                entity: "agent",
-                id: id.to_string(),
-            })?;
-        let facts = AgentFacts {
-            tenant: row.try_get(0).map_err(|e| corrupt(op, e))?,
-            queues: row.try_get(1).map_err(|e| corrupt(op, e))?,
-        };
-        self.agents.lock().unwrap().insert(id, facts.clone());
-        Ok(facts)
-    }
-
     pub(crate) async fn enqueue_batch(
         &self,
         tenant_id: TenantId,
@@ -208,7 +180,9 @@ impl PgStore {
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let op = "claiming jobs";
         let judged = self.at().judged;
-        let AgentFacts { tenant, queues } = self.agent_facts(agent_id, op).await?;
+        let AgentFacts { tenant, queues } =
+            registry::agent_facts(self, &self.agents, agent_id, op).await?;
+        let tenant = tenant.map(Id::from);
         let rows = if let [queue] = queues.as_slice() {
             // The usual case, shaped like the minimal claim. The rows are
             // updated by the address the locking scan found them at (no
@@ -284,19 +258,9 @@ impl PgStore {
             // Nothing claimed: the one row says why when the agent is the
             // reason, in the same statement.
             if let Some(status) = row.try_get::<Option<String>, _>(12).op(op)? {
-                return match status.as_str() {
-                    "online" => Ok(Vec::new()),
-                    "missing" => Err(StoreError::NotFound {
-                        entity: "agent",
-                        id: agent_id.to_string(),
-                    }),
-                    status => Err(StoreError::Conflict {
-                        operation: op,
-                        entity: "agent",
-                        id: agent_id.to_string(),
-                        reason: format!("the agent is {status}; only online agents claim jobs"),
-                    }),
-                };
+                let status = Some(status.as_str()).filter(|s| *s != "missing");
+                crate::decisions::claim_refusal(op, agent_id, status)?;
+                return Ok(Vec::new());
             }
         }
         // Unchecked decoding: the statement above fixes each column's type,

@@ -4,10 +4,9 @@
 
 mod hot;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use homeostat_model::{AgentId, Id, NewJob, TenantId};
+use homeostat_model::{Id, NewJob, TenantId};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
@@ -24,7 +23,7 @@ pub struct PgStore {
     pool: PgPool,
     options: StoreOptions,
     /// Tenant and queues of agents, which never change after registration.
-    agents: Arc<Mutex<HashMap<AgentId, hot::AgentFacts>>>,
+    agents: crate::registry::AgentFactsCache,
 }
 
 impl PgStore {

@@ -10,15 +10,9 @@ use sqlx::Row;
 use super::{SqliteStore, Tx};
 use crate::backend::{Backend, RowExt};
 use crate::error::{Context, StoreError, corrupt};
+use crate::registry;
 use crate::time::{add, dur_ms, ms, ts};
 use crate::{ClaimedJob, Completion, Enqueued};
-
-/// An agent's tenant and queues.
-#[derive(Debug, Clone)]
-pub(crate) struct AgentFacts {
-    pub(crate) tenant: Option<String>,
-    pub(crate) queues: Vec<String>,
-}
 
 /// What a claim sets: ?1 agent, ?2 lease expiry, ?3 now.
 macro_rules! claim_set {
@@ -37,51 +31,6 @@ macro_rules! claim_returning {
 }
 
 impl SqliteStore {
-    /// An agent's tenant and queues, cached after the first look.
-    async fn agent_facts(&self, id: AgentId, op: &'static str) -> Result<AgentFacts, StoreError> {
-        if let Some(facts) = self.agents.lock().unwrap().get(&id) {
-            return Ok(facts.clone());
-        }
-        let row = sqlx::query("SELECT tenant_id, queues FROM agents WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .op(op)?
-            .ok_or_else(|| StoreError::NotFound {
-                entity: "agent",
-                id: id.to_string(),
-            })?;
-        let facts = AgentFacts {
-            tenant: row.get(0),
-            queues: serde_json::from_str(&row.get::<String, _>(1)).map_err(|e| corrupt(op, e))?,
-        };
-        self.agents.lock().unwrap().insert(id, facts.clone());
-        Ok(facts)
-    }
-
-    /// Says why an agent claimed nothing, when the agent is the reason
-    /// (PostgreSQL's claim says so in its own statement).
-    async fn require_online(&self, id: AgentId, op: &'static str) -> Result<(), StoreError> {
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM agents WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_optional(&self.pool)
-            .await
-            .op(op)?;
-        match status.as_deref() {
-            None => Err(StoreError::NotFound {
-                entity: "agent",
-                id: id.to_string(),
-            }),
-            Some("online") => Ok(()),
-            Some(status) => Err(StoreError::Conflict {
-                operation: op,
-                entity: "agent",
-                id: id.to_string(),
-                reason: format!("the agent is {status}; only online agents claim jobs"),
-            }),
-        }
-    }
-
     pub(crate) async fn enqueue_batch(
         &self,
         tenant_id: TenantId,
@@ -171,7 +120,8 @@ impl SqliteStore {
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let op = "claiming jobs";
         let now = self.now();
-        let facts = self.agent_facts(agent_id, op).await?;
+        let facts = registry::agent_facts(self, &self.agents, agent_id, op).await?;
+        let tenant = facts.tenant.map(|t| t.to_string());
         let rows = if let [queue] = facts.queues.as_slice() {
             // The usual case: one statement, which SQLite runs as its own
             // transaction on the single write connection.
@@ -190,7 +140,7 @@ impl SqliteStore {
             .bind(add(now, lease))
             .bind(ms(now))
             .bind(queue)
-            .bind(&facts.tenant)
+            .bind(&tenant)
             .bind(i64::from(limit))
             .fetch_all(&self.writer)
             .await
@@ -207,7 +157,7 @@ impl SqliteStore {
                      ORDER BY effective_priority DESC, queued_at LIMIT ?3",
                 )
                 .bind(queue)
-                .bind(&facts.tenant)
+                .bind(&tenant)
                 .bind(i64::from(limit))
                 .fetch_all(&mut *tx)
                 .await
@@ -239,7 +189,7 @@ impl SqliteStore {
             rows
         };
         if rows.is_empty() {
-            self.require_online(agent_id, op).await?;
+            registry::require_online(self, agent_id, op).await?;
         }
         let mut claimed = Vec::with_capacity(rows.len());
         let mut order = Vec::with_capacity(rows.len());

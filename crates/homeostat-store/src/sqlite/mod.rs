@@ -10,12 +10,11 @@
 
 mod hot;
 
-use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use homeostat_model::{AgentId, Id, NewJob, TenantId};
+use homeostat_model::{Id, NewJob, TenantId};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -37,7 +36,7 @@ pub struct SqliteStore {
     options: StoreOptions,
     /// Tenant and queues of agents, which never change after registration;
     /// claims look them up here instead of in a statement of their own.
-    agents: Arc<Mutex<HashMap<AgentId, hot::AgentFacts>>>,
+    agents: crate::registry::AgentFactsCache,
 }
 
 impl SqliteStore {
