@@ -444,7 +444,7 @@ async fn a_small_tenant_is_not_starved_by_a_flood(store: &Store) {
             &JobFilter {
                 tenant_id: Some(big),
                 state: Some(JobState::Queued),
-                queue: None,
+                ..JobFilter::default()
             },
             None,
             1000,

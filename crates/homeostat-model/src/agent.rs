@@ -97,7 +97,7 @@ impl NewAgent {
 }
 
 /// An agent as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Agent {
     /// Identifier.
     pub id: AgentId,

@@ -18,7 +18,7 @@ pub struct NewAuditEvent {
 }
 
 /// An event as stored, with its place in the chain.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEvent {
     /// Position in the log; grows by one per event.
     pub seq: i64,

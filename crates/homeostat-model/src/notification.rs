@@ -54,7 +54,7 @@ impl FromStr for NotificationState {
 }
 
 /// A notification as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
     /// Identifier.
     pub id: NotificationId,

@@ -63,7 +63,7 @@ impl FromStr for PlanTier {
 }
 
 /// A tenant as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
     /// Identifier.
     pub id: TenantId,

@@ -45,10 +45,12 @@ pub enum ApiScope {
     Admin,
     /// One tenant's jobs and agents.
     Tenant(TenantId),
+    /// Reads everything, changes nothing.
+    Viewer,
 }
 
 /// A token's metadata: never its secret or hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenInfo {
     /// Identifier.
     pub id: TokenId,

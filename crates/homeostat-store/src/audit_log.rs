@@ -25,6 +25,11 @@ const EVENTS: Sql = Sql::both(
      WHERE seq > $1 ORDER BY seq LIMIT $2",
 );
 
+const EVENTS_OF: Sql = Sql::both(
+    "SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit_events
+     WHERE subject = $1 ORDER BY seq LIMIT $2",
+);
+
 const CHAIN: Sql = Sql::both(
     "SELECT next_seq, head_hash, first_seq, first_prev_hash FROM audit_chain WHERE id = 1",
 );
@@ -88,6 +93,20 @@ pub(crate) async fn events<B: Backend>(
     limit: u32,
 ) -> Result<Vec<ChainedEvent>, StoreError> {
     let stmt = Stmt::new::<B>(EVENTS).arg(after_seq).arg(i64::from(limit));
+    b.fetch(stmt)
+        .await
+        .op("reading the audit log")?
+        .iter()
+        .map(rows::chained_event)
+        .collect()
+}
+
+pub(crate) async fn events_of<B: Backend>(
+    b: &B,
+    subject: &str,
+    limit: u32,
+) -> Result<Vec<ChainedEvent>, StoreError> {
+    let stmt = Stmt::new::<B>(EVENTS_OF).arg(subject).arg(i64::from(limit));
     b.fetch(stmt)
         .await
         .op("reading the audit log")?

@@ -178,6 +178,11 @@ pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A unique constraint refused the row (PostgreSQL 23505, SQLite 2067/1555).
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
 /// SQLite's busy and locked: the database is there, another writer held it
 /// past the busy timeout.
 fn is_busy(e: &sqlx::Error) -> bool {

@@ -118,6 +118,7 @@ const LIST: Sql = Sql::pair(
         " FROM jobs
          WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR state = $2)
            AND ($3 IS NULL OR queue = $3) AND ($4 IS NULL OR id < $4)
+           AND ($6 IS NULL OR kind = $6) AND ($7 IS NULL OR lease_agent = $7)
          ORDER BY id DESC LIMIT $5"
     ),
     concat!(
@@ -126,6 +127,7 @@ const LIST: Sql = Sql::pair(
         " FROM jobs
          WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR state = $2::job_state)
            AND ($3::text IS NULL OR queue = $3) AND ($4::uuid IS NULL OR id < $4)
+           AND ($6::text IS NULL OR kind = $6) AND ($7::uuid IS NULL OR lease_agent = $7)
          ORDER BY id DESC LIMIT $5"
     ),
 );
@@ -306,7 +308,9 @@ pub(crate) async fn list_jobs<B: Backend>(
         .arg(filter.state.map(|s| s.as_str()))
         .arg(filter.queue.as_deref())
         .arg(after)
-        .arg(i64::from(limit) + 1);
+        .arg(i64::from(limit) + 1)
+        .arg(filter.kind.as_deref())
+        .arg(filter.agent_id);
     let mut items = b
         .fetch(stmt)
         .await

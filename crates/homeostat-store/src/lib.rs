@@ -38,6 +38,7 @@ mod backend;
 mod decisions;
 mod error;
 mod health;
+mod idempotency;
 mod jobs;
 mod leases;
 mod migrations;
@@ -48,6 +49,7 @@ mod postgres;
 mod registry;
 mod rows;
 mod secret;
+mod signals;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod stats;
@@ -60,6 +62,7 @@ use std::time::Duration;
 use homeostat_model::{
     Agent, AgentId, ApiScope, AuditAction, Job, JobId, JobState, NewAgent, NewAuditEvent, NewJob,
     Notification, NotificationId, NotificationState, PlanTier, Tenant, TenantId, TokenId,
+    TokenInfo, TokenKind,
 };
 use homeostat_runtime::{Fence, Lease, LeaseError, LeaseStore};
 use jiff::Timestamp;
@@ -67,9 +70,11 @@ use jiff::Timestamp;
 pub use audit::{ChainBreak, VerifyReport};
 pub use error::StoreError;
 pub use homeostat_model::{ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
+pub use idempotency::MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN;
 pub use plan::{PlanKind, PlannedItem, SweepPlan};
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
+pub use signals::QueueWaiter;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use stats::{AgentCount, JobCount, QueueBacklog, Stats};
@@ -149,6 +154,12 @@ impl Store {
         }
     }
 
+    /// Whether the database answers and its schema is this build's (a
+    /// readiness probe).
+    pub async fn check_schema(&self) -> Result<(), StoreError> {
+        dispatch!(self, migrations::check_current())
+    }
+
     /// Closes the connection pool.
     pub async fn close(&self) {
         dispatch!(self.close())
@@ -205,6 +216,16 @@ impl Store {
         actor: &str,
     ) -> Result<IssuedSecret, StoreError> {
         dispatch!(self, registry::issue_api_key(scope, ttl, actor))
+    }
+
+    /// Tokens of one kind (of one tenant, or all), oldest first: their
+    /// metadata, never a secret or a hash.
+    pub async fn list_tokens(
+        &self,
+        kind: TokenKind,
+        tenant: Option<TenantId>,
+    ) -> Result<Vec<TokenInfo>, StoreError> {
+        dispatch!(self, registry::list_tokens(kind, tenant))
     }
 
     /// Revokes a token (audited).
@@ -274,7 +295,79 @@ impl Store {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        dispatch!(self.enqueue_batch(tenant_id, jobs))
+        let enqueued = dispatch!(self.enqueue_batch(tenant_id, jobs))?;
+        // PostgreSQL's statement announced its queues itself.
+        #[cfg(feature = "sqlite")]
+        if let Store::Sqlite(s) = self {
+            let now = self.now();
+            for job in jobs
+                .iter()
+                .filter(|j| j.initial_state(now) == JobState::Queued)
+            {
+                s.signals.queued(&job.queue);
+            }
+        }
+        Ok(enqueued)
+    }
+
+    /// Enqueues like [`Store::enqueue_batch`], once per idempotency `key`
+    /// of the tenant within `lifetime`: a repeat gets the first answer back
+    /// (`replayed`) instead of enqueueing again, even when it races the
+    /// first.
+    pub async fn enqueue_once(
+        &self,
+        tenant_id: TenantId,
+        key: &str,
+        jobs: &[NewJob],
+        lifetime: Duration,
+    ) -> Result<Once, StoreError> {
+        let once = dispatch!(
+            self,
+            idempotency::enqueue_once(tenant_id, key, jobs, lifetime)
+        )?;
+        if !once.replayed {
+            self.wake_any().await;
+        }
+        Ok(once)
+    }
+
+    /// Deletes up to `limit` idempotency keys older than `lifetime`.
+    pub async fn delete_old_idempotency_keys(
+        &self,
+        lifetime: Duration,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, idempotency::forget_old(lifetime, limit))
+    }
+
+    /// A waiter for jobs queued from now on, by any replica (long-polling
+    /// claims). Take it before looking for work.
+    pub fn queued_waiter(&self) -> QueueWaiter {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(s) => s.signals.waiter(),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) => s.waiter(),
+        }
+    }
+
+    /// Wakes waiting claims of every queue, after a change that may have
+    /// queued jobs (a promotion, a requeue, an approval, a redrive).
+    async fn wake_any(&self) {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(s) => s.signals.any(),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) => s.notify_any().await,
+        }
+    }
+
+    /// Wakes waiting claims when `swept` moved jobs back to `queued`.
+    async fn woken(&self, swept: Result<Swept, StoreError>) -> Result<Swept, StoreError> {
+        if swept.as_ref().is_ok_and(|s| s.requeued_any()) {
+            self.wake_any().await;
+        }
+        swept
     }
 
     /// Enqueues `job` for cron slot `slot` of periodic schedule `schedule`,
@@ -286,7 +379,11 @@ impl Store {
         periodic: &PeriodicEnqueue<'_>,
         fence: Option<&Fence>,
     ) -> Result<Option<Enqueued>, StoreError> {
-        dispatch!(self, jobs::enqueue_periodic(periodic, fence))
+        let enqueued = dispatch!(self, jobs::enqueue_periodic(periodic, fence))?;
+        if enqueued.is_some() {
+            self.wake_any().await;
+        }
+        Ok(enqueued)
     }
 
     /// Claims up to `limit` queued jobs from the agent's queues (its tenant's
@@ -374,18 +471,22 @@ impl Store {
 
     /// Approves a job awaiting approval (audited).
     pub async fn approve(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
-        dispatch!(
+        let job = dispatch!(
             self,
             jobs::transition(id, JobState::Queued, AuditAction::JobApproved, actor)
-        )
+        )?;
+        self.wake_any().await;
+        Ok(job)
     }
 
     /// Re-queues a dead or expired job with fresh attempts (audited).
     pub async fn redrive(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
-        dispatch!(
+        let job = dispatch!(
             self,
             jobs::transition(id, JobState::Queued, AuditAction::JobRedriven, actor)
-        )
+        )?;
+        self.wake_any().await;
+        Ok(job)
     }
 
     /// One job.
@@ -433,7 +534,11 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::run_due(&sweeps::AGENT_OFFLINE, limit, fence))
+        self.woken(dispatch!(
+            self,
+            sweeps::run_due(&sweeps::AGENT_OFFLINE, limit, fence)
+        ))
+        .await
     }
 
     /// Running jobs whose lease expired: re-queued, or dead with no attempts left.
@@ -442,7 +547,11 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::run_due(&sweeps::LEASE_EXPIRED, limit, fence))
+        self.woken(dispatch!(
+            self,
+            sweeps::run_due(&sweeps::LEASE_EXPIRED, limit, fence)
+        ))
+        .await
     }
 
     /// Queued jobs never started by their deadline: expired.
@@ -473,7 +582,11 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::run_due(&sweeps::PROMOTED, limit, fence))
+        self.woken(dispatch!(
+            self,
+            sweeps::run_due(&sweeps::PROMOTED, limit, fence)
+        ))
+        .await
     }
 
     /// Effective priority of queued jobs = tier base + job priority + whole
@@ -569,19 +682,18 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<homeostat_model::AuditEvent>, StoreError> {
         let events = dispatch!(self, audit_log::events(after_seq, limit))?;
-        Ok(events
-            .into_iter()
-            .map(|e| homeostat_model::AuditEvent {
-                seq: e.seq,
-                at: time::ts(e.at_ms),
-                actor: e.actor,
-                action: e.action,
-                subject: e.subject,
-                details: serde_json::from_str(&e.details).unwrap_or(serde_json::Value::Null),
-                prev_hash: hex::encode(&e.prev_hash),
-                hash: hex::encode(&e.hash),
-            })
-            .collect())
+        Ok(events.into_iter().map(public_event).collect())
+    }
+
+    /// The audit events about one subject (`job:<id>`, `agent:<id>`, …),
+    /// oldest first.
+    pub async fn audit_events_of(
+        &self,
+        subject: &str,
+        limit: u32,
+    ) -> Result<Vec<homeostat_model::AuditEvent>, StoreError> {
+        let events = dispatch!(self, audit_log::events_of(subject, limit))?;
+        Ok(events.into_iter().map(public_event).collect())
     }
 
     /// Walks the whole chain, calling `progress` with the count checked after
@@ -648,6 +760,19 @@ impl LeaseStore for Store {
 
     async fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
         dispatch!(self, leases::release(lease)).map_err(|e| lease_error("release", &lease.name, e))
+    }
+}
+
+fn public_event(e: audit::ChainedEvent) -> homeostat_model::AuditEvent {
+    homeostat_model::AuditEvent {
+        seq: e.seq,
+        at: time::ts(e.at_ms),
+        actor: e.actor,
+        action: e.action,
+        subject: e.subject,
+        details: serde_json::from_str(&e.details).unwrap_or(serde_json::Value::Null),
+        prev_hash: hex::encode(&e.prev_hash),
+        hash: hex::encode(&e.hash),
     }
 }
 

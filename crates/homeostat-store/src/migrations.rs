@@ -21,6 +21,7 @@ pub(crate) const SQLITE: Set = &[
         "periodic",
         include_str!("../migrations/sqlite/0002_periodic.sql"),
     ),
+    (3, "api", include_str!("../migrations/sqlite/0003_api.sql")),
 ];
 
 #[cfg(feature = "postgres")]
@@ -44,6 +45,11 @@ pub(crate) const POSTGRES: Set = &[
         4,
         "jobs state type",
         include_str!("../migrations/postgres/0004_jobs_state_type.sql"),
+    ),
+    (
+        5,
+        "api",
+        include_str!("../migrations/postgres/0005_api.sql"),
     ),
 ];
 
@@ -78,4 +84,43 @@ pub(crate) fn check_version(found: Option<i64>, set: Set) -> Result<(), StoreErr
         }),
         _ => Ok(()),
     }
+}
+
+const APPLIED: crate::backend::Sql = crate::backend::Sql::both(
+    "SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success",
+);
+
+/// The database answers and its schema is exactly this build's.
+pub(crate) async fn check_current<B: crate::backend::Backend>(b: &B) -> Result<(), StoreError> {
+    use crate::backend::{RowExt, Stmt};
+    use crate::error::Context;
+    let op = "checking the schema version";
+    let rows = b.fetch(Stmt::new::<B>(APPLIED)).await.op(op)?;
+    let found = rows.first().map(|r| r.opt_int("v")).transpose()?.flatten();
+    let set = if B::POSTGRES { postgres_set() } else { sqlite_set() };
+    check_version(found, set)?;
+    let wanted = latest(set);
+    if found != Some(wanted) {
+        return Err(StoreError::Conflict {
+            operation: op,
+            entity: "schema",
+            id: found.unwrap_or(0).to_string(),
+            reason: format!("this build needs version {wanted}"),
+        });
+    }
+    Ok(())
+}
+
+fn postgres_set() -> Set {
+    #[cfg(feature = "postgres")]
+    return POSTGRES;
+    #[cfg(not(feature = "postgres"))]
+    return &[];
+}
+
+fn sqlite_set() -> Set {
+    #[cfg(feature = "sqlite")]
+    return SQLITE;
+    #[cfg(not(feature = "sqlite"))]
+    return &[];
 }

@@ -40,6 +40,10 @@ const LIVE_TOKEN: Sql = Sql::both(
        AND (expires_at IS NULL OR expires_at > $3)
        AND (uses_left IS NULL OR uses_left > 0)",
 );
+const LIST_TOKENS: Sql = Sql::both(
+    "SELECT id, kind, tenant_id, agent_id, admin, expires_at, uses_left, revoked_at, created_at
+     FROM tokens WHERE kind = $1 AND ($2 IS NULL OR tenant_id = $2) ORDER BY id",
+);
 const USE_TOKEN: Sql = Sql::both("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1");
 const DELETE_DEAD_TOKENS: Sql = Sql::both(
     "DELETE FROM tokens WHERE id IN (
@@ -292,6 +296,8 @@ pub(crate) async fn issue_api_key<B: Backend>(
     let (tenant_id, admin) = match scope {
         ApiScope::Admin => (None, true),
         ApiScope::Tenant(t) => (Some(t), false),
+        // Neither every tenant's rights nor one tenant's: read only.
+        ApiScope::Viewer => (None, false),
     };
     let token = NewToken {
         kind: TokenKind::ApiKey,
@@ -303,6 +309,34 @@ pub(crate) async fn issue_api_key<B: Backend>(
         uses_left: None,
     };
     issue(b, "issuing an API key", token, actor, now).await
+}
+
+pub(crate) async fn list_tokens<B: Backend>(
+    b: &B,
+    kind: TokenKind,
+    tenant: Option<TenantId>,
+) -> Result<Vec<TokenInfo>, StoreError> {
+    let op = "listing tokens";
+    let stmt = Stmt::new::<B>(LIST_TOKENS).arg(kind.as_str()).arg(tenant);
+    let rows = b.fetch(stmt).await.op(op)?;
+    rows.iter()
+        .map(|r| {
+            Ok(TokenInfo {
+                id: r.id("id")?,
+                kind,
+                tenant_id: r.opt_id("tenant_id")?,
+                agent_id: r.opt_id("agent_id")?,
+                admin: r.flag("admin")?,
+                expires_at: r.opt_int("expires_at")?.map(ts),
+                uses_left: r
+                    .opt_int("uses_left")?
+                    .map(|n| u32::try_from(n).map_err(|_| corrupt(op, "uses_left out of range")))
+                    .transpose()?,
+                revoked_at: r.opt_int("revoked_at")?.map(ts),
+                created_at: ts(r.int("created_at")?),
+            })
+        })
+        .collect()
 }
 
 pub(crate) async fn revoke_token<B: Backend>(
@@ -366,13 +400,10 @@ pub(crate) async fn authenticate_api_key<B: Backend>(
         .op(op)?;
     let row =
         live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized { kind: "API key" })?;
-    let scope = if row.flag("admin")? {
-        ApiScope::Admin
-    } else {
-        ApiScope::Tenant(
-            row.opt_id("tenant_id")?
-                .ok_or_else(|| corrupt(op, "tenant API key without a tenant"))?,
-        )
+    let scope = match (row.flag("admin")?, row.opt_id("tenant_id")?) {
+        (true, _) => ApiScope::Admin,
+        (false, Some(tenant)) => ApiScope::Tenant(tenant),
+        (false, None) => ApiScope::Viewer,
     };
     Ok(ApiKeyIdentity {
         token_id: row.id("id")?,

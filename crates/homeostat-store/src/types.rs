@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use homeostat_model::{ApiScope, JobId, JobState, TenantId, TokenId, TokenInfo};
+use homeostat_model::{AgentId, ApiScope, JobId, JobState, TenantId, TokenId, TokenInfo};
 use homeostat_runtime::{Backoff, Clock, ManualClock, SystemClock};
 use jiff::Timestamp;
 use serde::Serialize;
@@ -130,6 +130,14 @@ pub struct Swept {
     pub dead: Vec<JobId>,
 }
 
+impl Swept {
+    /// Whether a sweep that requeues jobs (or dead-letters them) requeued
+    /// any.
+    pub fn requeued_any(&self) -> bool {
+        self.changed > self.dead.len() as u64
+    }
+}
+
 /// A job for one slot of a periodic (cron) schedule.
 #[derive(Debug, Clone, Copy)]
 pub struct PeriodicEnqueue<'a> {
@@ -215,6 +223,10 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     /// Only jobs in this queue.
     pub queue: Option<String>,
+    /// Only jobs of this kind.
+    pub kind: Option<String>,
+    /// Only jobs whose lease this agent holds or held last.
+    pub agent_id: Option<AgentId>,
 }
 
 /// How long finished jobs are kept.
@@ -260,4 +272,13 @@ pub fn notification_backoff(failures: u32) -> Duration {
     Backoff::new(Duration::from_secs(120))
         .max_delay(Duration::from_secs(3600))
         .delay(failures)
+}
+
+/// An enqueue made with an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Once {
+    /// What the enqueue did (the first time).
+    pub enqueued: Vec<crate::Enqueued>,
+    /// Whether this is the answer to an earlier request with the same key.
+    pub replayed: bool,
 }

@@ -119,8 +119,11 @@ impl PgStore {
             c.deadline.push(job.deadline.map(ms));
             c.approval.push(job.approval_expires_at.map(ms));
         }
+        // The statement also announces the queues that got a job to every
+        // replica's waiting claims (`NOTIFY`, delivered at commit; an
+        // uncorrelated subquery, so it runs once per statement).
         let stored = sqlx::query(concat!(
-            "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+            "WITH ins AS (INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
                effective_priority, fingerprint, occurrences, state, max_attempts, timeout_ms, run_at,
                queued_at, deadline_at, approval_expires_at, created_at, updated_at)
              SELECT id, $1, queue, kind, payload, priority, base, base, fingerprint, occurrences,
@@ -141,8 +144,10 @@ impl PgStore {
             crate::rows::terminal!(),
             " DO UPDATE SET occurrences = jobs.occurrences + excluded.occurrences,
                             updated_at = excluded.updated_at
-             RETURNING ",
-            "id, fingerprint, occurrences"
+             RETURNING id, fingerprint, occurrences, queue, state)
+             SELECT id, fingerprint, occurrences FROM ins,
+               (SELECT count(pg_notify('homeostat_queued', queue)) AS announced
+                FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS q) AS n"
         ))
         .bind(tenant_id.as_uuid())
         .bind(ms(now))

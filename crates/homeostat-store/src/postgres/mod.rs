@@ -24,6 +24,17 @@ pub struct PgStore {
     options: StoreOptions,
     /// Tenant and queues of agents, which never change after registration.
     agents: crate::registry::AgentFactsCache,
+    /// Wake-ups for waiting claims, relayed from `LISTEN` by one listener
+    /// per store, started by the first waiter.
+    signals: crate::signals::Signals,
+    listener: Arc<Listener>,
+}
+
+/// The listener task: started once, stopped by `close`.
+#[derive(Debug, Default)]
+struct Listener {
+    started: std::sync::OnceLock<()>,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl PgStore {
@@ -77,6 +88,8 @@ impl PgStore {
             pool,
             options,
             agents: Arc::default(),
+            signals: crate::signals::Signals::default(),
+            listener: Arc::default(),
         })
     }
 
@@ -86,7 +99,83 @@ impl PgStore {
     }
 
     pub(crate) async fn close(&self) {
+        self.listener.stop.cancel();
         self.pool.close().await;
+    }
+
+    /// A waiter for queued jobs; the first one starts this store's listener.
+    pub(crate) fn waiter(&self) -> crate::signals::QueueWaiter {
+        let waiter = self.signals.waiter();
+        self.listener.started.get_or_init(|| {
+            tokio::spawn(listen(
+                self.pool.clone(),
+                self.signals.clone(),
+                self.listener.stop.clone(),
+            ));
+        });
+        waiter
+    }
+
+    /// Wakes the claims waiting on every replica (after a change that may
+    /// have queued jobs on any queue).
+    pub(crate) async fn notify_any(&self) {
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::signals::CHANNEL)
+            .bind(crate::signals::ANY_QUEUE)
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = sent {
+            // Waiting claims wake at the end of their wait instead.
+            tracing::debug!(error = %e, "could not announce queued jobs");
+        }
+    }
+}
+
+/// Relays `NOTIFY`s of queued jobs to this replica's waiting claims, on one
+/// connection, reconnecting when it drops; while it is down, waiters are
+/// woken every [`FALLBACK_POLL`](crate::signals::FALLBACK_POLL) instead.
+async fn listen(
+    pool: PgPool,
+    signals: crate::signals::Signals,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use crate::signals::{CHANNEL, FALLBACK_POLL};
+    use sqlx::postgres::PgListener;
+    while !stop.is_cancelled() {
+        let connected = async {
+            let mut l = PgListener::connect_with(&pool).await?;
+            l.listen(CHANNEL).await?;
+            Ok::<_, sqlx::Error>(l)
+        };
+        let mut listener = tokio::select! {
+            () = stop.cancelled() => return,
+            l = connected => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "listening for queued jobs failed; polling");
+                    signals.any();
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(FALLBACK_POLL) => continue,
+                    }
+                }
+            },
+        };
+        // Whatever was queued while nobody listened.
+        signals.any();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                n = listener.try_recv() => match n {
+                    Ok(Some(n)) => signals.queued(n.payload()),
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("the connection listening for queued jobs dropped; reconnecting");
+                        signals.any();
+                        break;
+                    }
+                },
+            }
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub struct SqliteStore {
     /// Tenant and queues of agents, which never change after registration;
     /// claims look them up here instead of in a statement of their own.
     agents: crate::registry::AgentFactsCache,
+    /// Wake-ups for waiting claims, announced in-process.
+    pub(crate) signals: crate::signals::Signals,
 }
 
 impl SqliteStore {
@@ -80,6 +82,7 @@ impl SqliteStore {
             writer,
             options,
             agents: Arc::default(),
+            signals: crate::signals::Signals::default(),
         })
     }
 

@@ -235,6 +235,7 @@ async fn listing_pages_newest_first(store: &Store) {
         tenant_id: Some(t),
         state: Some(JobState::Queued),
         queue: Some("q".into()),
+        ..JobFilter::default()
     };
     let mut seen = Vec::new();
     let mut after = None;

@@ -1,0 +1,120 @@
+//! Who is calling: an agent (its credential) or an API key (its role), both
+//! as `Authorization: Bearer …`. A missing or dead credential is 401; a role
+//! that may not do something is 403; another tenant's entity is 404, so a
+//! tenant cannot learn what exists outside it.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use homeostat_model::{AgentId, ApiScope, TenantId, TokenId};
+
+use crate::error::ApiError;
+use crate::state::ApiState;
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let value = parts
+        .headers
+        .get(AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer credential"))?;
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header is not a Bearer credential"))
+}
+
+/// An authenticated agent.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentCaller {
+    /// The agent.
+    pub id: AgentId,
+}
+
+impl FromRequestParts<ApiState> for AgentCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let secret = bearer(parts)?;
+        let id = state.store.authenticate_agent(secret).await?;
+        Ok(Self { id })
+    }
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Everything, every tenant.
+    Admin,
+    /// Its own tenant: enqueue, read, cancel, retry, approve.
+    Tenant(TenantId),
+    /// Read only, every tenant.
+    Viewer,
+}
+
+/// An authenticated API key.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// The key.
+    pub token_id: TokenId,
+    /// Its role.
+    pub role: Role,
+}
+
+impl FromRequestParts<ApiState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let secret = bearer(parts)?;
+        let identity = state.store.authenticate_api_key(secret).await?;
+        let role = match identity.scope {
+            ApiScope::Admin => Role::Admin,
+            ApiScope::Tenant(t) => Role::Tenant(t),
+            ApiScope::Viewer => Role::Viewer,
+        };
+        Ok(Self {
+            token_id: identity.token_id,
+            role,
+        })
+    }
+}
+
+impl Caller {
+    /// The audit actor for changes this key makes (its id, never its secret).
+    pub fn actor(&self) -> String {
+        format!("api_key:{}", self.token_id)
+    }
+
+    /// Admin keys only.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            _ => Err(ApiError::forbidden("this needs an admin API key")),
+        }
+    }
+
+    /// Keys that may change jobs (admin, tenant).
+    pub fn require_write(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Viewer => Err(ApiError::forbidden("a viewer API key is read only")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The one tenant this key is confined to, if any.
+    pub fn tenant(&self) -> Option<TenantId> {
+        match self.role {
+            Role::Tenant(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// Whether this key sees entities of `tenant` (`None`: the platform's).
+    pub fn sees(&self, tenant: Option<TenantId>) -> bool {
+        match self.role {
+            Role::Tenant(t) => tenant == Some(t),
+            Role::Admin | Role::Viewer => true,
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! `/metrics` in the OpenMetrics text format: what others registered (the
+//! controller manager's reconcile metrics), the API's own (requests by route
+//! and status with durations, claims and their wait), and the store read at
+//! scrape time (live jobs by state and queue, each queue's backlog and the
+//! age of its oldest job, agents by status).
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::error::ApiError;
+use crate::state::ApiState;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteMethod {
+    route: String,
+    method: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClaimLabels {
+    outcome: &'static str,
+}
+
+/// The API's own metrics.
+#[derive(Debug)]
+pub(crate) struct HttpMetrics {
+    requests: Family<RouteLabels, Counter>,
+    durations: Family<RouteMethod, Histogram>,
+    claims: Family<ClaimLabels, Counter>,
+    claim_wait: Histogram,
+}
+
+impl HttpMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            durations: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 4.0, 10))
+            }),
+            claims: Family::default(),
+            claim_wait: Histogram::new(exponential_buckets(0.001, 4.0, 10)),
+        };
+        registry.register(
+            "homeostat_http_requests",
+            "HTTP requests by route, method and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "homeostat_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route and method",
+            m.durations.clone(),
+        );
+        registry.register(
+            "homeostat_claims",
+            "Agent claims, by outcome: jobs (answered with work) or empty (the wait ran out)",
+            m.claims.clone(),
+        );
+        registry.register(
+            "homeostat_claim_wait_seconds",
+            "Time a claim waited before it was answered",
+            m.claim_wait.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn claimed(&self, got_jobs: bool, waited: Duration) {
+        let outcome = if got_jobs { "jobs" } else { "empty" };
+        self.claims.get_or_create(&ClaimLabels { outcome }).inc();
+        self.claim_wait.observe(waited.as_secs_f64());
+    }
+}
+
+/// Counts and times every request by its route template (never its path:
+/// ids would make a series per job).
+pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    state
+        .http
+        .requests
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+            method: method.clone(),
+            status: response.status().as_u16(),
+        })
+        .inc();
+    state
+        .http
+        .durations
+        .get_or_create(&RouteMethod { route, method })
+        .observe(elapsed);
+    response
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateQueue {
+    state: &'static str,
+    queue: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabel {
+    queue: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+/// `GET /metrics`.
+pub(crate) async fn serve(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let stats = state.store.stats().await?;
+    let now = state.store.now();
+    let mut snapshot = Registry::default();
+    let jobs = Family::<StateQueue, Gauge>::default();
+    for c in &stats.jobs {
+        jobs.get_or_create(&StateQueue {
+            state: c.state.as_str(),
+            queue: c.queue.clone(),
+        })
+        .set(i64::try_from(c.count).unwrap_or(i64::MAX));
+    }
+    snapshot.register("homeostat_jobs", "Live jobs by state and queue", jobs);
+    let backlog = Family::<QueueLabel, Gauge>::default();
+    let oldest = Family::<QueueLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for q in &stats.queues {
+        let label = QueueLabel {
+            queue: q.queue.clone(),
+        };
+        backlog
+            .get_or_create(&label)
+            .set(i64::try_from(q.queued).unwrap_or(i64::MAX));
+        let age = now.duration_since(q.oldest_queued_at).as_secs_f64().max(0.0);
+        oldest.get_or_create(&label).set(age);
+    }
+    snapshot.register(
+        "homeostat_queue_backlog",
+        "Jobs waiting to be claimed, by queue",
+        backlog,
+    );
+    snapshot.register(
+        "homeostat_queue_oldest_job_age_seconds",
+        "How long the longest-waiting queued job of each queue has waited",
+        oldest,
+    );
+    let agents = Family::<StatusLabel, Gauge>::default();
+    for a in &stats.agents {
+        agents
+            .get_or_create(&StatusLabel {
+                status: a.status.as_str(),
+            })
+            .set(i64::try_from(a.count).unwrap_or(i64::MAX));
+    }
+    snapshot.register("homeostat_agents", "Agents by status", agents);
+
+    let mut body = String::new();
+    let written = encode_registry(&mut body, &state.registry)
+        .and_then(|()| encode_registry(&mut body, &snapshot))
+        .and_then(|()| encode_eof(&mut body));
+    if written.is_err() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "encoding the metrics failed",
+        ));
+    }
+    Ok((
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}

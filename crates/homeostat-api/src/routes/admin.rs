@@ -1,0 +1,344 @@
+//! The operator's API: agents (list, show, drain), tenants, bootstrap
+//! tokens and API keys (created with their secret shown once, listed,
+//! revoked), the audit log (list, verify), and the controllers (status,
+//! trigger, plan).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use homeostat_model::{
+    Agent, AgentId, ApiScope, AuditEvent, PlanTier, Tenant, TenantId, TokenId, TokenInfo,
+    TokenKind,
+};
+use homeostat_runtime::{ControllerStatus, Manager};
+use homeostat_store::{NewBootstrapToken, VerifyReport};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+use crate::state::ApiState;
+
+// --- agents --------------------------------------------------------------
+
+pub(crate) async fn list_agents(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<Agent>>, ApiError> {
+    let mut agents = state.store.list_agents(caller.tenant()).await?;
+    agents.retain(|a| caller.sees(a.tenant_id));
+    Ok(Json(agents))
+}
+
+async fn visible_agent(state: &ApiState, caller: &Caller, id: AgentId) -> Result<Agent, ApiError> {
+    let agent = state.store.get_agent(id).await?;
+    if !caller.sees(agent.tenant_id) {
+        return Err(ApiError::not_found(format!("agent {id} not found")));
+    }
+    Ok(agent)
+}
+
+pub(crate) async fn show_agent(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<AgentId>,
+) -> Result<Json<Agent>, ApiError> {
+    Ok(Json(visible_agent(&state, &caller, id).await?))
+}
+
+pub(crate) async fn drain_agent(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<AgentId>,
+) -> Result<Json<Agent>, ApiError> {
+    caller.require_admin()?;
+    visible_agent(&state, &caller, id).await?;
+    Ok(Json(state.store.drain_agent(id, &caller.actor()).await?))
+}
+
+// --- tenants -------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewTenant {
+    name: String,
+    #[serde(default = "default_tier")]
+    tier: PlanTier,
+}
+
+fn default_tier() -> PlanTier {
+    PlanTier::Standard
+}
+
+pub(crate) async fn create_tenant(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(req): Json<NewTenant>,
+) -> Result<(StatusCode, Json<Tenant>), ApiError> {
+    caller.require_admin()?;
+    let tenant = state
+        .store
+        .create_tenant(&req.name, req.tier, &caller.actor())
+        .await?;
+    Ok((StatusCode::CREATED, Json(tenant)))
+}
+
+pub(crate) async fn list_tenants(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<Tenant>>, ApiError> {
+    let mut tenants = state.store.list_tenants().await?;
+    tenants.retain(|t| caller.sees(Some(t.id)));
+    Ok(Json(tenants))
+}
+
+// --- tokens --------------------------------------------------------------
+
+/// A created secret: its metadata and the secret itself, shown this once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CreatedSecret {
+    /// Metadata.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// The secret: store it now, it is never shown again.
+    pub secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewBootstrap {
+    #[serde(default)]
+    tenant_id: Option<TenantId>,
+    #[serde(default = "default_bootstrap_ttl")]
+    ttl_secs: u64,
+    #[serde(default = "default_uses")]
+    uses: u32,
+}
+
+fn default_bootstrap_ttl() -> u64 {
+    24 * 3600
+}
+
+fn default_uses() -> u32 {
+    1
+}
+
+/// Longest a bootstrap token may live.
+const MAX_BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+pub(crate) async fn create_bootstrap_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(req): Json<NewBootstrap>,
+) -> Result<(StatusCode, Json<CreatedSecret>), ApiError> {
+    caller.require_admin()?;
+    let ttl = Duration::from_secs(req.ttl_secs);
+    if ttl.is_zero() || ttl > MAX_BOOTSTRAP_TTL {
+        return Err(ApiError::invalid(
+            "ttl_secs: must be above 0 and at most 30 days (2592000)",
+        ));
+    }
+    if !(1..=10_000).contains(&req.uses) {
+        return Err(ApiError::invalid("uses: must be 1 to 10000"));
+    }
+    if let Some(t) = req.tenant_id {
+        state.store.get_tenant(t).await?;
+    }
+    let issued = state
+        .store
+        .issue_bootstrap_token(
+            &NewBootstrapToken {
+                tenant_id: req.tenant_id,
+                ttl,
+                uses: req.uses,
+            },
+            &caller.actor(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedSecret {
+            info: issued.info,
+            secret: issued.secret,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewApiKey {
+    role: KeyRole,
+    #[serde(default)]
+    tenant_id: Option<TenantId>,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum KeyRole {
+    Admin,
+    Tenant,
+    Viewer,
+}
+
+pub(crate) async fn create_api_key(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Json(req): Json<NewApiKey>,
+) -> Result<(StatusCode, Json<CreatedSecret>), ApiError> {
+    caller.require_admin()?;
+    let scope = match (req.role, req.tenant_id) {
+        (KeyRole::Admin, None) => ApiScope::Admin,
+        (KeyRole::Viewer, None) => ApiScope::Viewer,
+        (KeyRole::Tenant, Some(t)) => {
+            state.store.get_tenant(t).await?;
+            ApiScope::Tenant(t)
+        }
+        (KeyRole::Tenant, None) => {
+            return Err(ApiError::invalid("tenant_id: a tenant key names its tenant"));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                "tenant_id: only a tenant key belongs to a tenant",
+            ));
+        }
+    };
+    let issued = state
+        .store
+        .issue_api_key(scope, req.ttl_secs.map(Duration::from_secs), &caller.actor())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedSecret {
+            info: issued.info,
+            secret: issued.secret,
+        }),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TokenQuery {
+    tenant_id: Option<TenantId>,
+}
+
+pub(crate) async fn list_bootstrap_tokens(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<TokenQuery>,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(
+        state
+            .store
+            .list_tokens(TokenKind::Bootstrap, q.tenant_id)
+            .await?,
+    ))
+}
+
+pub(crate) async fn list_api_keys(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<TokenQuery>,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(
+        state.store.list_tokens(TokenKind::ApiKey, q.tenant_id).await?,
+    ))
+}
+
+pub(crate) async fn revoke_token(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<TokenId>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    state.store.revoke_token(id, &caller.actor()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// --- audit ---------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+pub(crate) async fn list_audit(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditEvent>>, ApiError> {
+    if caller.tenant().is_some() {
+        return Err(ApiError::forbidden(
+            "the audit log spans tenants: it needs an admin or viewer key",
+        ));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit: must be 1 to 1000"));
+    }
+    Ok(Json(
+        state.store.audit_events(q.after.unwrap_or(0), limit).await?,
+    ))
+}
+
+pub(crate) async fn verify_audit(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<VerifyReport>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(state.store.verify_audit_chain(&mut |_| {}).await?))
+}
+
+// --- controllers ---------------------------------------------------------
+
+fn manager(state: &ApiState) -> Result<&Manager, ApiError> {
+    state
+        .manager
+        .as_ref()
+        .ok_or_else(|| ApiError::unavailable("no controller manager runs in this server"))
+}
+
+fn manager_error(e: homeostat_runtime::ManagerError) -> ApiError {
+    let status = match e.code() {
+        "not_found" => StatusCode::NOT_FOUND,
+        "invalid" => StatusCode::UNPROCESSABLE_ENTITY,
+        "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        "conflict" => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.code(), e.to_string())
+}
+
+pub(crate) async fn list_controllers(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<ControllerStatus>>, ApiError> {
+    let _ = caller;
+    Ok(Json(manager(&state)?.status()))
+}
+
+pub(crate) async fn trigger_controller(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    manager(&state)?.trigger(&name).map_err(manager_error)?;
+    Ok(StatusCode::ACCEPTED)
+}
+
+pub(crate) async fn plan_controller(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<homeostat_runtime::Plan>, ApiError> {
+    let _ = caller;
+    let plan = manager(&state)?.plan(&name).await.map_err(manager_error)?;
+    Ok(Json(plan))
+}

@@ -1,0 +1,225 @@
+//! The agent protocol (`/v1/agent/…`): register with a bootstrap token, then
+//! heartbeat, claim (a long poll), complete and fail with the agent's
+//! credential. Completions and failures are safe to resend with the same
+//! lease token: the first answer comes back again.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use homeostat_model::wire::{
+    ClaimRequest, ClaimResponse, CompleteRequest, FailRequest, HeartbeatRequest,
+    HeartbeatResponse, RegisterRequest, RegisterResponse,
+};
+use homeostat_model::{AgentStatus, FailOutcome, Job, JobId, JobState};
+use homeostat_store::{Failure, StoreError};
+
+use crate::auth::AgentCaller;
+use crate::error::ApiError;
+use crate::extract::{Json, Path};
+use crate::state::ApiState;
+
+/// `POST /v1/agent/register`: spends one use of a bootstrap token; the
+/// credential in the answer is shown this once.
+pub(crate) async fn register(
+    State(state): State<ApiState>,
+    Json(req): Json<RegisterRequest>,
+) -> Result<(StatusCode, Json<RegisterResponse>), ApiError> {
+    req.agent.validate()?;
+    let (agent, credential) = state
+        .store
+        .register_agent(&req.bootstrap_token, &req.agent)
+        .await?;
+    tracing::info!(agent = %agent.id, name = %agent.name, "agent registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisterResponse {
+            agent_id: agent.id,
+            tenant_id: agent.tenant_id,
+            credential: credential.secret,
+        }),
+    ))
+}
+
+/// `POST /v1/agent/heartbeat`: the agent is alive; the leases of the jobs it
+/// names are extended. The reply tells which of them it no longer holds
+/// (lost, or cancelled by an operator) and whether it is drained.
+pub(crate) async fn heartbeat(
+    State(state): State<ApiState>,
+    agent: AgentCaller,
+    Json(req): Json<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    if req.jobs.len() > homeostat_model::wire::MAX_CLAIM_CAPACITY as usize * 10 {
+        return Err(ApiError::invalid(format!(
+            "jobs: at most {} per heartbeat",
+            homeostat_model::wire::MAX_CLAIM_CAPACITY * 10
+        )));
+    }
+    state.store.heartbeat_agents(&[agent.id]).await?;
+    let record = state.store.get_agent(agent.id).await?;
+    let settings = &state.settings;
+    let mut reply = HeartbeatResponse {
+        heartbeat_interval_secs: settings.heartbeat_interval.as_secs(),
+        lease_ttl_secs: settings.lease_ttl.as_secs(),
+        drain: record.status == AgentStatus::Draining,
+        lost: Vec::new(),
+        cancelled: Vec::new(),
+    };
+    for held in &req.jobs {
+        match state
+            .store
+            .heartbeat_job(held.id, held.lease_token, settings.lease_ttl)
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::StaleLease { .. } | StoreError::NotFound { .. }) => {
+                let cancelled = state
+                    .store
+                    .get_job(held.id)
+                    .await
+                    .is_ok_and(|j| j.state == JobState::Cancelled);
+                if cancelled {
+                    reply.cancelled.push(held.id);
+                } else {
+                    reply.lost.push(held.id);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Json(reply))
+}
+
+/// `POST /v1/agent/claim`: up to `capacity` jobs at once, or, when none is
+/// queued, a wait of up to `wait_secs` that an enqueue on one of the agent's
+/// queues ends at once (on any replica).
+pub(crate) async fn claim(
+    State(state): State<ApiState>,
+    agent: AgentCaller,
+    Json(req): Json<ClaimRequest>,
+) -> Result<Json<ClaimResponse>, ApiError> {
+    req.validate()?;
+    let wait = req
+        .wait_secs
+        .map_or(state.settings.default_claim_wait, |s| {
+            Duration::from_secs(u64::from(s))
+        });
+    let started = tokio::time::Instant::now();
+    let deadline = started + wait;
+    let answer = |jobs: Vec<homeostat_model::ClaimedJob>| {
+        state.http.claimed(!jobs.is_empty(), started.elapsed());
+        Json(ClaimResponse { jobs })
+    };
+    let mut queues: Option<Vec<String>> = None;
+    loop {
+        // Waiting starts before the look, so an enqueue between the two
+        // still wakes this claim.
+        let mut waiter = state.store.queued_waiter();
+        let jobs = state
+            .store
+            .claim(agent.id, req.capacity, state.settings.lease_ttl)
+            .await?;
+        if !jobs.is_empty() || wait.is_zero() || state.shutdown.is_cancelled() {
+            return Ok(answer(jobs));
+        }
+        let queues = match &queues {
+            Some(q) => q,
+            None => queues.insert(state.store.get_agent(agent.id).await?.queues),
+        };
+        tokio::select! {
+            () = waiter.changed(queues) => {}
+            () = tokio::time::sleep_until(deadline) => return Ok(answer(Vec::new())),
+            () = state.shutdown.cancelled() => return Ok(answer(Vec::new())),
+        }
+    }
+}
+
+/// The job, if `agent` holds or held its lease with `token`: a resend of an
+/// outcome it already reported, or a job it no longer holds.
+async fn held_job(
+    state: &ApiState,
+    agent: AgentCaller,
+    id: JobId,
+    token: i64,
+) -> Result<Job, ApiError> {
+    let job = state.store.get_job(id).await?;
+    if job.lease_agent != Some(agent.id) || job.lease_token != token {
+        return Err(StoreError::StaleLease {
+            operation: "reporting on a job",
+            job: id,
+            token,
+        }
+        .into());
+    }
+    Ok(job)
+}
+
+fn bounded_result(state: &ApiState, result: &Option<serde_json::Value>) -> Result<(), ApiError> {
+    let Some(value) = result else { return Ok(()) };
+    let len = serde_json::to_vec(value).map_or(usize::MAX, |v| v.len());
+    if len > state.settings.max_result_bytes {
+        return Err(ApiError::too_large(format!(
+            "result: {len} bytes of JSON, at most {} accepted",
+            state.settings.max_result_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// `POST /v1/agent/jobs/{id}/complete`.
+pub(crate) async fn complete(
+    State(state): State<ApiState>,
+    agent: AgentCaller,
+    Path(id): Path<JobId>,
+    Json(req): Json<CompleteRequest>,
+) -> Result<Json<Job>, ApiError> {
+    bounded_result(&state, &req.result)?;
+    let job = held_job(&state, agent, id, req.lease_token).await?;
+    if job.state == JobState::Succeeded {
+        // The reply to the first completion was lost: answer it again.
+        return Ok(Json(job));
+    }
+    state.store.complete(id, req.lease_token, req.result).await?;
+    Ok(Json(state.store.get_job(id).await?))
+}
+
+/// `POST /v1/agent/jobs/{id}/fail`: a failed attempt; retried after the
+/// backoff while attempts are left and it is `retryable`, else dead.
+pub(crate) async fn fail(
+    State(state): State<ApiState>,
+    agent: AgentCaller,
+    Path(id): Path<JobId>,
+    Json(req): Json<FailRequest>,
+) -> Result<Json<FailOutcome>, ApiError> {
+    if req.error.len() > 8 * 1024 {
+        return Err(ApiError::too_large("error: at most 8192 bytes"));
+    }
+    let job = held_job(&state, agent, id, req.lease_token).await?;
+    if job.state != JobState::Running {
+        // A resend of a failure already recorded under this lease.
+        if matches!(job.state, JobState::Scheduled | JobState::Dead)
+            && job.last_error.as_deref() == Some(req.error.as_str())
+        {
+            return Ok(Json(FailOutcome {
+                state: job.state,
+                retry_at: (job.state == JobState::Scheduled).then_some(job.run_at),
+            }));
+        }
+        return Err(StoreError::StaleLease {
+            operation: "failing a job",
+            job: id,
+            token: req.lease_token,
+        }
+        .into());
+    }
+    let outcome = state
+        .store
+        .fail(&Failure {
+            id,
+            lease_token: req.lease_token,
+            error: &req.error,
+            permanent: !req.retryable,
+        })
+        .await?;
+    Ok(Json(outcome))
+}

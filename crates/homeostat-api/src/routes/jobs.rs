@@ -1,0 +1,286 @@
+//! Jobs (`/v1/jobs`): enqueue (one or a batch, optionally under an
+//! `Idempotency-Key`), list, show with history, and the operator's
+//! transitions: cancel, retry, approve.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use homeostat_model::{AuditEvent, Enqueued, Job, JobId, JobState, NewJob, Page, TenantId};
+use homeostat_store::{JobFilter, MAX_IDEMPOTENCY_KEY_LEN};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{Json, Path, Query};
+use crate::state::ApiState;
+
+/// How long an idempotency key's answer is kept.
+pub const IDEMPOTENCY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Most jobs in one batch enqueue.
+pub const MAX_BATCH: usize = 1000;
+
+/// `POST /v1/jobs`: one job, or `{"jobs": [...]}`; a tenant key enqueues
+/// for its tenant, an admin key names `tenant_id`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum EnqueueBody {
+    Batch(BatchBody),
+    One(OneBody),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchBody {
+    #[serde(default)]
+    tenant_id: Option<TenantId>,
+    jobs: Vec<NewJob>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct OneBody {
+    #[serde(default)]
+    tenant_id: Option<TenantId>,
+    #[serde(flatten)]
+    job: NewJob,
+}
+
+/// The answer to an enqueue of one job: 201 when created, 200 with the live
+/// job when its fingerprint deduplicated.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnqueueResponse {
+    /// What was done.
+    #[serde(flatten)]
+    pub enqueued: Enqueued,
+    /// The job as it is now.
+    pub job: Job,
+}
+
+/// The answer to a batch enqueue.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BatchResponse {
+    /// One per job given, in order.
+    pub jobs: Vec<Enqueued>,
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .map_err(|_| ApiError::malformed("Idempotency-Key: must be visible ASCII"))?;
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(ApiError::invalid(format!(
+            "Idempotency-Key: must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} bytes"
+        )));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn target_tenant(caller: &Caller, named: Option<TenantId>) -> Result<TenantId, ApiError> {
+    caller.require_write()?;
+    match (caller.tenant(), named) {
+        (Some(own), None) => Ok(own),
+        (Some(own), Some(t)) if t == own => Ok(own),
+        (Some(_), Some(_)) => Err(ApiError::forbidden(
+            "tenant_id: a tenant key enqueues for its own tenant only",
+        )),
+        (None, Some(t)) => Ok(t),
+        (None, None) => Err(ApiError::invalid(
+            "tenant_id: an admin key must name the tenant",
+        )),
+    }
+}
+
+pub(crate) async fn enqueue(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let body: EnqueueBody = parse_json(&headers, &body)?;
+    let (tenant, jobs, batch) = match body {
+        EnqueueBody::Batch(b) => (b.tenant_id, b.jobs, true),
+        EnqueueBody::One(o) => (o.tenant_id, vec![o.job], false),
+    };
+    let tenant = target_tenant(&caller, tenant)?;
+    if jobs.is_empty() || jobs.len() > MAX_BATCH {
+        return Err(ApiError::invalid(format!(
+            "jobs: 1 to {MAX_BATCH} per batch"
+        )));
+    }
+    for (i, job) in jobs.iter().enumerate() {
+        job.validate().map_err(|e| {
+            let at = if batch { format!("jobs[{i}].") } else { String::new() };
+            ApiError::invalid(format!("{at}{e}"))
+        })?;
+    }
+    // The tenant must exist (and an admin's typo must not enqueue for
+    // nobody): reading it is also the 404.
+    state.store.get_tenant(tenant).await?;
+    let enqueued = match idempotency_key(&headers)? {
+        Some(key) => {
+            state
+                .store
+                .enqueue_once(tenant, &key, &jobs, IDEMPOTENCY_LIFETIME)
+                .await?
+                .enqueued
+        }
+        None => state.store.enqueue_batch(tenant, &jobs).await?,
+    };
+    if batch {
+        let created = enqueued.iter().any(|e| !e.deduplicated);
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        return Ok((status, Json(BatchResponse { jobs: enqueued })).into_response());
+    }
+    let first = enqueued[0];
+    let job = state.store.get_job(first.id).await?;
+    let status = if first.deduplicated {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(EnqueueResponse {
+            enqueued: first,
+            job,
+        }),
+    )
+        .into_response())
+}
+
+/// An untagged enum loses serde's messages; parse once as each shape so an
+/// error names the field.
+fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<EnqueueBody, ApiError> {
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "malformed",
+            "the body must be JSON (Content-Type: application/json)",
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::malformed(format!("the body is not JSON: {e}")))?;
+    if value.get("jobs").is_some() {
+        serde_json::from_value(value)
+            .map(EnqueueBody::Batch)
+            .map_err(|e| ApiError::malformed(format!("the batch does not parse: {e}")))
+    } else {
+        serde_json::from_value(value)
+            .map(EnqueueBody::One)
+            .map_err(|e| ApiError::malformed(format!("the job does not parse: {e}")))
+    }
+}
+
+/// Filters and paging of `GET /v1/jobs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    state: Option<JobState>,
+    queue: Option<String>,
+    kind: Option<String>,
+    tenant_id: Option<TenantId>,
+    agent_id: Option<homeostat_model::AgentId>,
+    after: Option<JobId>,
+    limit: Option<u32>,
+}
+
+/// Most jobs in one page.
+pub const MAX_PAGE: u32 = 500;
+
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page<Job>>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit: must be 1 to {MAX_PAGE}")));
+    }
+    let tenant_id = match (caller.tenant(), q.tenant_id) {
+        (Some(own), Some(t)) if t != own => return Ok(Json(Page { items: vec![], next_cursor: None })),
+        (Some(own), _) => Some(own),
+        (None, t) => t,
+    };
+    let filter = JobFilter {
+        tenant_id,
+        state: q.state,
+        queue: q.queue,
+        kind: q.kind,
+        agent_id: q.agent_id,
+    };
+    Ok(Json(state.store.list_jobs(&filter, q.after, limit).await?))
+}
+
+/// A job with its audit history and its failed attempts.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobDetail {
+    /// The job.
+    #[serde(flatten)]
+    pub job: Job,
+    /// What operators and controllers did to it, oldest first.
+    pub history: Vec<AuditEvent>,
+}
+
+/// The job, if the caller may see it: another tenant's job is 404.
+async fn visible_job(state: &ApiState, caller: &Caller, id: JobId) -> Result<Job, ApiError> {
+    let job = state.store.get_job(id).await?;
+    if !caller.sees(Some(job.tenant_id)) {
+        return Err(ApiError::not_found(format!("job {id} not found")));
+    }
+    Ok(job)
+}
+
+pub(crate) async fn show(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<JobId>,
+) -> Result<Json<JobDetail>, ApiError> {
+    let job = visible_job(&state, &caller, id).await?;
+    let history = state
+        .store
+        .audit_events_of(&format!("job:{id}"), 1000)
+        .await?;
+    Ok(Json(JobDetail { job, history }))
+}
+
+pub(crate) async fn cancel(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<JobId>,
+) -> Result<Json<Job>, ApiError> {
+    caller.require_write()?;
+    visible_job(&state, &caller, id).await?;
+    Ok(Json(state.store.cancel(id, &caller.actor()).await?))
+}
+
+pub(crate) async fn retry(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<JobId>,
+) -> Result<Json<Job>, ApiError> {
+    caller.require_write()?;
+    visible_job(&state, &caller, id).await?;
+    Ok(Json(state.store.redrive(id, &caller.actor()).await?))
+}
+
+pub(crate) async fn approve(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<JobId>,
+) -> Result<Json<Job>, ApiError> {
+    caller.require_write()?;
+    visible_job(&state, &caller, id).await?;
+    Ok(Json(state.store.approve(id, &caller.actor()).await?))
+}

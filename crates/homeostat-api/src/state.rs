@@ -1,0 +1,91 @@
+//! What every handler shares: the store, the controller manager, the
+//! server's settings, its metrics and its shutdown signal.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use homeostat_runtime::Manager;
+use homeostat_store::Store;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::HttpMetrics;
+
+/// The server's protocol settings and limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// How often agents heartbeat (told in every heartbeat reply).
+    #[serde(with = "homeostat_model::duration")]
+    pub heartbeat_interval: Duration,
+    /// How long a job's lease lasts after its claim or heartbeat.
+    #[serde(with = "homeostat_model::duration")]
+    pub lease_ttl: Duration,
+    /// How long a claim waits for work when it does not say.
+    #[serde(with = "homeostat_model::duration")]
+    pub default_claim_wait: Duration,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest job result, in bytes of JSON.
+    pub max_result_bytes: usize,
+    /// Longest a request may take (above the longest claim wait).
+    #[serde(with = "homeostat_model::duration")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(10),
+            lease_ttl: Duration::from_secs(60),
+            default_claim_wait: Duration::from_secs(30),
+            max_body_bytes: 1024 * 1024,
+            max_result_bytes: 64 * 1024,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub(crate) store: Store,
+    pub(crate) settings: Arc<ApiSettings>,
+    pub(crate) manager: Option<Manager>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) http: Arc<HttpMetrics>,
+    pub(crate) registry: Arc<prometheus_client::registry::Registry>,
+}
+
+impl ApiState {
+    /// A state over `store`. `registry` holds the metrics others (the
+    /// controller manager) registered; `/metrics` serves them with the
+    /// API's own.
+    pub fn new(
+        store: Store,
+        settings: ApiSettings,
+        manager: Option<Manager>,
+        mut registry: prometheus_client::registry::Registry,
+    ) -> Self {
+        let http = Arc::new(HttpMetrics::register(&mut registry));
+        Self {
+            store,
+            settings: Arc::new(settings),
+            manager,
+            shutdown: CancellationToken::new(),
+            http,
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// Cancelled when the server stops: waiting claims answer at once
+    /// (empty) and readiness fails.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
