@@ -22,7 +22,9 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| ApiError::unauthorized("the Authorization header is not a Bearer credential"))
+        .ok_or_else(|| {
+            ApiError::unauthorized("the Authorization header is not a Bearer credential")
+        })
 }
 
 /// An authenticated agent.

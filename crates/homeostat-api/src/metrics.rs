@@ -155,7 +155,10 @@ pub(crate) async fn serve(State(state): State<ApiState>) -> Result<Response, Api
         backlog
             .get_or_create(&label)
             .set(i64::try_from(q.queued).unwrap_or(i64::MAX));
-        let age = now.duration_since(q.oldest_queued_at).as_secs_f64().max(0.0);
+        let age = now
+            .duration_since(q.oldest_queued_at)
+            .as_secs_f64()
+            .max(0.0);
         oldest.get_or_create(&label).set(age);
     }
     snapshot.register(

@@ -2,6 +2,7 @@
 //! server's settings, its metrics and its shutdown signal.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use homeostat_runtime::Manager;
@@ -55,6 +56,8 @@ pub struct ApiState {
     pub(crate) shutdown: CancellationToken,
     pub(crate) http: Arc<HttpMetrics>,
     pub(crate) registry: Arc<prometheus_client::registry::Registry>,
+    /// Claims waiting for work now.
+    pub(crate) waiting: Arc<AtomicUsize>,
 }
 
 impl ApiState {
@@ -75,6 +78,7 @@ impl ApiState {
             shutdown: CancellationToken::new(),
             http,
             registry: Arc::new(registry),
+            waiting: Arc::default(),
         }
     }
 
@@ -82,6 +86,16 @@ impl ApiState {
     /// (empty) and readiness fails.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// How many claims wait for work now.
+    pub fn waiting_claims(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The controller manager, if one runs in this server.
+    pub fn manager(&self) -> Option<&Manager> {
+        self.manager.as_ref()
     }
 
     /// The store.

@@ -281,7 +281,9 @@ pub struct Job {
     pub deadline: Option<Timestamp>,
     /// Approval expiry (jobs awaiting approval).
     pub approval_expires_at: Option<Timestamp>,
-    /// Agent holding the lease (running jobs).
+    /// Agent holding the lease (running jobs); after an attempt the agent
+    /// completed or failed, the one that ran it (so a resent outcome can be
+    /// recognised as its own).
     pub lease_agent: Option<AgentId>,
     /// Fencing token of the current lease; grows with every claim.
     pub lease_token: i64,

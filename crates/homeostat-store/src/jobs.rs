@@ -57,15 +57,13 @@ const FAILING: Sql = Sql::pair(
 /// now, `$7` now (judged: the retry is due by it).
 const FAIL: Sql = Sql::pair(
     "UPDATE jobs SET state = $2, run_at = COALESCE($7 + $3, run_at), last_error = $4,
-       finished_at = $5, updated_at = $6, lease_agent = NULL, lease_expires_at = NULL,
-       timeout_at = NULL
+       finished_at = $5, updated_at = $6, lease_expires_at = NULL, timeout_at = NULL
      WHERE id = $1 RETURNING run_at",
     concat!(
         "UPDATE jobs SET state = $2::job_state, run_at = COALESCE(",
         pg_judged!(7),
         " + $3, run_at), last_error = $4,
-           finished_at = $5, updated_at = $6, lease_agent = NULL, lease_expires_at = NULL,
-           timeout_at = NULL
+           finished_at = $5, updated_at = $6, lease_expires_at = NULL, timeout_at = NULL
          WHERE id = $1 RETURNING run_at"
     ),
 );

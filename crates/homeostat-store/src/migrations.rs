@@ -86,9 +86,8 @@ pub(crate) fn check_version(found: Option<i64>, set: Set) -> Result<(), StoreErr
     }
 }
 
-const APPLIED: crate::backend::Sql = crate::backend::Sql::both(
-    "SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success",
-);
+const APPLIED: crate::backend::Sql =
+    crate::backend::Sql::both("SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success");
 
 /// The database answers and its schema is exactly this build's.
 pub(crate) async fn check_current<B: crate::backend::Backend>(b: &B) -> Result<(), StoreError> {
@@ -97,7 +96,11 @@ pub(crate) async fn check_current<B: crate::backend::Backend>(b: &B) -> Result<(
     let op = "checking the schema version";
     let rows = b.fetch(Stmt::new::<B>(APPLIED)).await.op(op)?;
     let found = rows.first().map(|r| r.opt_int("v")).transpose()?.flatten();
-    let set = if B::POSTGRES { postgres_set() } else { sqlite_set() };
+    let set = if B::POSTGRES {
+        postgres_set()
+    } else {
+        sqlite_set()
+    };
     check_version(found, set)?;
     let wanted = latest(set);
     if found != Some(wanted) {

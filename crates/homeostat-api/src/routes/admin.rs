@@ -8,8 +8,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use homeostat_model::{
-    Agent, AgentId, ApiScope, AuditEvent, PlanTier, Tenant, TenantId, TokenId, TokenInfo,
-    TokenKind,
+    Agent, AgentId, ApiScope, AuditEvent, PlanTier, Tenant, TenantId, TokenId, TokenInfo, TokenKind,
 };
 use homeostat_runtime::{ControllerStatus, Manager};
 use homeostat_store::{NewBootstrapToken, VerifyReport};
@@ -197,7 +196,9 @@ pub(crate) async fn create_api_key(
             ApiScope::Tenant(t)
         }
         (KeyRole::Tenant, None) => {
-            return Err(ApiError::invalid("tenant_id: a tenant key names its tenant"));
+            return Err(ApiError::invalid(
+                "tenant_id: a tenant key names its tenant",
+            ));
         }
         (_, Some(_)) => {
             return Err(ApiError::invalid(
@@ -207,7 +208,11 @@ pub(crate) async fn create_api_key(
     };
     let issued = state
         .store
-        .issue_api_key(scope, req.ttl_secs.map(Duration::from_secs), &caller.actor())
+        .issue_api_key(
+            scope,
+            req.ttl_secs.map(Duration::from_secs),
+            &caller.actor(),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -245,7 +250,10 @@ pub(crate) async fn list_api_keys(
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     caller.require_admin()?;
     Ok(Json(
-        state.store.list_tokens(TokenKind::ApiKey, q.tenant_id).await?,
+        state
+            .store
+            .list_tokens(TokenKind::ApiKey, q.tenant_id)
+            .await?,
     ))
 }
 
@@ -283,7 +291,10 @@ pub(crate) async fn list_audit(
         return Err(ApiError::invalid("limit: must be 1 to 1000"));
     }
     Ok(Json(
-        state.store.audit_events(q.after.unwrap_or(0), limit).await?,
+        state
+            .store
+            .audit_events(q.after.unwrap_or(0), limit)
+            .await?,
     ))
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use homeostat_model::wire::{
-    ClaimRequest, ClaimResponse, CompleteRequest, FailRequest, HeartbeatRequest,
-    HeartbeatResponse, RegisterRequest, RegisterResponse,
+    ClaimRequest, ClaimResponse, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse,
+    RegisterRequest, RegisterResponse,
 };
 use homeostat_model::{AgentStatus, FailOutcome, Job, JobId, JobState};
 use homeostat_store::{Failure, StoreError};
@@ -126,11 +126,30 @@ pub(crate) async fn claim(
             Some(q) => q,
             None => queues.insert(state.store.get_agent(agent.id).await?.queues),
         };
+        let _waiting = Waiting::new(&state);
         tokio::select! {
             () = waiter.changed(queues) => {}
             () = tokio::time::sleep_until(deadline) => return Ok(answer(Vec::new())),
             () = state.shutdown.cancelled() => return Ok(answer(Vec::new())),
         }
+    }
+}
+
+/// Counts a waiting claim while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(state: &'a ApiState) -> Self {
+        state
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(&state.waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -179,7 +198,10 @@ pub(crate) async fn complete(
         // The reply to the first completion was lost: answer it again.
         return Ok(Json(job));
     }
-    state.store.complete(id, req.lease_token, req.result).await?;
+    state
+        .store
+        .complete(id, req.lease_token, req.result)
+        .await?;
     Ok(Json(state.store.get_job(id).await?))
 }
 

@@ -22,8 +22,7 @@ pub const MAX_BATCH: usize = 1000;
 
 /// `POST /v1/jobs`: one job, or `{"jobs": [...]}`; a tenant key enqueues
 /// for its tenant, an admin key names `tenant_id`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(crate) enum EnqueueBody {
     Batch(BatchBody),
     One(OneBody),
@@ -37,11 +36,11 @@ pub(crate) struct BatchBody {
     jobs: Vec<NewJob>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One job: its fields and, from an admin, `tenant_id`. (Not a flattened
+/// struct: flattening would accept unknown fields silently.)
+#[derive(Debug)]
 pub(crate) struct OneBody {
-    #[serde(default)]
     tenant_id: Option<TenantId>,
-    #[serde(flatten)]
     job: NewJob,
 }
 
@@ -97,9 +96,16 @@ pub(crate) async fn enqueue(
     State(state): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large("the request body is larger than the server accepts")
+        } else {
+            ApiError::malformed(r.body_text())
+        }
+    })?;
     let body: EnqueueBody = parse_json(&headers, &body)?;
     let (tenant, jobs, batch) = match body {
         EnqueueBody::Batch(b) => (b.tenant_id, b.jobs, true),
@@ -113,8 +119,12 @@ pub(crate) async fn enqueue(
     }
     for (i, job) in jobs.iter().enumerate() {
         job.validate().map_err(|e| {
-            let at = if batch { format!("jobs[{i}].") } else { String::new() };
-            ApiError::invalid(format!("{at}{e}"))
+            let at = if batch {
+                format!("jobs[{i}].")
+            } else {
+                String::new()
+            };
+            ApiError::invalid(format!("{at}{}: {}", e.field, e.message))
         })?;
     }
     // The tenant must exist (and an admin's typo must not enqueue for
@@ -173,14 +183,21 @@ fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<EnqueueBody, ApiError>
     let value: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::malformed(format!("the body is not JSON: {e}")))?;
     if value.get("jobs").is_some() {
-        serde_json::from_value(value)
+        return serde_json::from_value(value)
             .map(EnqueueBody::Batch)
-            .map_err(|e| ApiError::malformed(format!("the batch does not parse: {e}")))
-    } else {
-        serde_json::from_value(value)
-            .map(EnqueueBody::One)
-            .map_err(|e| ApiError::malformed(format!("the job does not parse: {e}")))
+            .map_err(|e| ApiError::malformed(format!("the batch does not parse: {e}")));
     }
+    let mut value = value;
+    let tenant_id = match value.as_object_mut().and_then(|o| o.remove("tenant_id")) {
+        Some(t) => Some(
+            serde_json::from_value(t)
+                .map_err(|e| ApiError::malformed(format!("tenant_id: {e}")))?,
+        ),
+        None => None,
+    };
+    let job = serde_json::from_value(value)
+        .map_err(|e| ApiError::malformed(format!("the job does not parse: {e}")))?;
+    Ok(EnqueueBody::One(OneBody { tenant_id, job }))
 }
 
 /// Filters and paging of `GET /v1/jobs`.
@@ -209,7 +226,12 @@ pub(crate) async fn list(
         return Err(ApiError::invalid(format!("limit: must be 1 to {MAX_PAGE}")));
     }
     let tenant_id = match (caller.tenant(), q.tenant_id) {
-        (Some(own), Some(t)) if t != own => return Ok(Json(Page { items: vec![], next_cursor: None })),
+        (Some(own), Some(t)) if t != own => {
+            return Ok(Json(Page {
+                items: vec![],
+                next_cursor: None,
+            }));
+        }
         (Some(own), _) => Some(own),
         (None, t) => t,
     };

@@ -307,7 +307,7 @@ impl PgStore {
             .collect();
         let done: Vec<Id> = sqlx::query_scalar(concat!(
             "UPDATE jobs SET state = 'succeeded', result = c.result, finished_at = $4,
-                   updated_at = $4, lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+                   updated_at = $4, lease_expires_at = NULL, timeout_at = NULL
                  FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
                  WHERE jobs.id = c.id AND jobs.lease_token = c.token AND jobs.",
             crate::backend::pg_running!(),

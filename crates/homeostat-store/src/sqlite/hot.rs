@@ -236,7 +236,7 @@ impl SqliteStore {
         // One statement: its own transaction on the single write connection.
         let done: Vec<String> = sqlx::query_scalar(concat!(
             "UPDATE jobs SET state = 'succeeded', result = c.r, finished_at = ?2, updated_at = ?2,
-               lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+               lease_expires_at = NULL, timeout_at = NULL
              FROM (SELECT value->>0 AS id, value->>1 AS t, value->>2 AS r
                    FROM json_each(?1)) AS c
              WHERE jobs.id = c.id AND jobs.lease_token = c.t AND ",

@@ -44,7 +44,9 @@ async fn full_lifecycle(store: &Store) {
     assert_eq!(done.state, JobState::Succeeded);
     assert_eq!(done.result, Some(json!({"ok": true})));
     assert_eq!(done.finished_at, Some(at(40)));
-    assert_eq!(done.lease_agent, None);
+    // The agent that ran it stays named: a resent outcome is recognised as its own.
+    assert_eq!(done.lease_agent, Some(a));
+    assert_eq!(done.lease_expires_at, None);
     assert!(
         store
             .at(at(41))

@@ -1,0 +1,439 @@
+//! The agent protocol: register, heartbeat, claim (long poll), complete,
+//! fail.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use homeostat_store::Store;
+use homeostat_testkit::on_both_backends;
+use serde_json::json;
+
+use crate::Api;
+
+async fn registration_spends_the_bootstrap_token(store: &Store) {
+    let api = Api::new(store).await;
+    let token = api
+        .post(
+            "/v1/bootstrap-tokens",
+            &api.admin,
+            json!({"ttl_secs": 600, "uses": 1}),
+        )
+        .await;
+    assert_eq!(token.status, StatusCode::CREATED, "{}", token.text);
+    let secret = token.body["secret"].as_str().unwrap().to_owned();
+    let body = json!({"bootstrap_token": secret, "agent": {"name": "n1", "queues": ["builds"]}});
+    let first = api
+        .call(
+            axum::http::Method::POST,
+            "/v1/agent/register",
+            None,
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    assert!(first.body["credential"].as_str().unwrap().len() > 20);
+    let again = api
+        .call(
+            axum::http::Method::POST,
+            "/v1/agent/register",
+            None,
+            Some(body),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::UNAUTHORIZED, "{}", again.text);
+    assert_eq!(again.code(), "unauthorized");
+    // The credential authenticates the agent's calls.
+    let cred = first.body["credential"].as_str().unwrap();
+    let hb = api.post("/v1/agent/heartbeat", cred, json!({})).await;
+    assert_eq!(hb.status, StatusCode::OK, "{}", hb.text);
+    assert_eq!(hb.body["lease_ttl_secs"], 60);
+    assert_eq!(hb.body["drain"], false);
+    let wrong = api
+        .post("/v1/agent/heartbeat", "hsa_wrong", json!({}))
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    api.stop().await;
+}
+
+async fn a_claim_answers_at_once_when_work_is_queued(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    let id = api
+        .enqueue(
+            &key,
+            json!({"queue": "builds", "kind": "compile", "payload": {"ref": "main"}}),
+        )
+        .await;
+    let claim = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 5, "wait_secs": 0}),
+        )
+        .await;
+    assert_eq!(claim.status, StatusCode::OK, "{}", claim.text);
+    let jobs = claim.body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["id"], id);
+    assert_eq!(jobs[0]["attempt"], 1);
+    assert_eq!(jobs[0]["payload"], json!({"ref": "main"}));
+    assert!(jobs[0]["lease_token"].as_i64().unwrap() > 0);
+    api.stop().await;
+}
+
+async fn a_waiting_claim_is_woken_by_an_enqueue(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    let app = api.app.clone();
+    let waiting = tokio::spawn({
+        let api_app = app;
+        let cred = cred.clone();
+        async move {
+            let started = std::time::Instant::now();
+            let req = axum::http::Request::post("/v1/agent/claim")
+                .header("authorization", format!("Bearer {cred}"))
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(
+                    json!({"capacity": 1, "wait_secs": 50}).to_string(),
+                ))
+                .unwrap();
+            let res = tower::ServiceExt::oneshot(api_app, req).await.unwrap();
+            let bytes = http_body_util::BodyExt::collect(res.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            (
+                started.elapsed(),
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+            )
+        }
+    });
+    // Enqueue once the claim waits: a claim counted as waiting shows in the
+    // metrics only when it answers, so poll the store's view instead: the
+    // claim found nothing when no job exists, and the enqueue comes after.
+    wait_for_waiter(&api).await;
+    let id = api
+        .enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+        .await;
+    let (waited, body) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the claim was not woken")
+        .unwrap();
+    assert_eq!(body["jobs"][0]["id"], id, "{body}");
+    assert!(
+        waited < Duration::from_secs(50),
+        "woken by the wait's end, not the enqueue"
+    );
+    api.stop().await;
+}
+
+/// Polls (with a deadline) until a claim waits for work.
+pub(crate) async fn wait_for_waiter(api: &Api) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while api.state.waiting_claims() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no claim started waiting"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn a_claim_with_no_work_answers_empty_when_its_wait_ends(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, _) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    let claim = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 1, "wait_secs": 1}),
+        )
+        .await;
+    assert_eq!(claim.status, StatusCode::OK);
+    assert_eq!(claim.body["jobs"], json!([]));
+    api.stop().await;
+}
+
+async fn claims_out_of_bounds_are_refused_by_field(store: &Store) {
+    let api = Api::new(store).await;
+    let (_, cred) = api.agent(None, &["builds"]).await;
+    let zero = api
+        .post("/v1/agent/claim", &cred, json!({"capacity": 0}))
+        .await;
+    assert_eq!(zero.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(zero.body["message"].as_str().unwrap().contains("capacity"));
+    let long = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 1, "wait_secs": 51}),
+        )
+        .await;
+    assert_eq!(long.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(long.body["message"].as_str().unwrap().contains("wait_secs"));
+    let unknown = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 1, "queue": "x"}),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST);
+    assert_eq!(unknown.code(), "malformed");
+    assert!(
+        unknown.body["message"].as_str().unwrap().contains("queue"),
+        "{}",
+        unknown.text
+    );
+    api.stop().await;
+}
+
+/// Claims one job on `queue` for `cred`: (job id, lease token).
+async fn claim_one(api: &Api, cred: &str) -> (String, i64) {
+    let claim = api
+        .post(
+            "/v1/agent/claim",
+            cred,
+            json!({"capacity": 1, "wait_secs": 0}),
+        )
+        .await;
+    let job = &claim.body["jobs"][0];
+    (
+        job["id"].as_str().expect("claimed nothing").to_owned(),
+        job["lease_token"].as_i64().unwrap(),
+    )
+}
+
+async fn a_resent_completion_gets_the_first_answer(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    api.enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+        .await;
+    let (id, token) = claim_one(&api, &cred).await;
+    let path = format!("/v1/agent/jobs/{id}/complete");
+    let body = json!({"lease_token": token, "result": {"artifact": "a.tar"}});
+    let first = api.post(&path, &cred, body.clone()).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(first.body["state"], "succeeded");
+    let again = api.post(&path, &cred, body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.body, first.body);
+    // Another token is stale.
+    let stale = api
+        .post(&path, &cred, json!({"lease_token": token + 1}))
+        .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT);
+    assert_eq!(stale.code(), "stale_lease");
+    api.stop().await;
+}
+
+async fn another_agent_cannot_report_on_a_job_it_does_not_hold(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, holder) = api.agent(Some(tenant_id), &["builds"]).await;
+    let (_, other) = api.agent(Some(tenant_id), &["builds"]).await;
+    api.enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+        .await;
+    let (id, token) = claim_one(&api, &holder).await;
+    let hijack = api
+        .post(
+            &format!("/v1/agent/jobs/{id}/complete"),
+            &other,
+            json!({"lease_token": token}),
+        )
+        .await;
+    assert_eq!(hijack.status, StatusCode::CONFLICT);
+    assert_eq!(hijack.code(), "stale_lease");
+    let job = api.store.get_job(id.parse().unwrap()).await.unwrap();
+    assert_eq!(job.state, homeostat_model::JobState::Running);
+    api.stop().await;
+}
+
+async fn oversized_results_are_refused_and_the_job_keeps_running(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    api.enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+        .await;
+    let (id, token) = claim_one(&api, &cred).await;
+    let big = "x".repeat(70 * 1024);
+    let res = api
+        .post(
+            &format!("/v1/agent/jobs/{id}/complete"),
+            &cred,
+            json!({"lease_token": token, "result": {"log": big}}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", res.text);
+    assert!(res.body["message"].as_str().unwrap().contains("result"));
+    let job = api.store.get_job(id.parse().unwrap()).await.unwrap();
+    assert_eq!(job.state, homeostat_model::JobState::Running);
+    api.stop().await;
+}
+
+async fn a_failure_is_retried_and_resending_it_is_harmless(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    api.enqueue(
+        &key,
+        json!({"queue": "builds", "kind": "compile", "max_attempts": 3}),
+    )
+    .await;
+    let (id, token) = claim_one(&api, &cred).await;
+    let path = format!("/v1/agent/jobs/{id}/fail");
+    let body = json!({"lease_token": token, "error": "exit 1", "retryable": true});
+    let first = api.post(&path, &cred, body.clone()).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text);
+    assert_eq!(first.body["state"], "scheduled");
+    let again = api.post(&path, &cred, body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert_eq!(again.body, first.body);
+    let job = api.store.get_job(id.parse().unwrap()).await.unwrap();
+    assert_eq!(job.attempt, 1, "the resend counted another attempt");
+    api.stop().await;
+}
+
+async fn a_permanent_failure_is_dead(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    api.enqueue(
+        &key,
+        json!({"queue": "builds", "kind": "compile", "max_attempts": 3}),
+    )
+    .await;
+    let (id, token) = claim_one(&api, &cred).await;
+    let res = api
+        .post(
+            &format!("/v1/agent/jobs/{id}/fail"),
+            &cred,
+            json!({"lease_token": token, "error": "bad input", "retryable": false}),
+        )
+        .await;
+    assert_eq!(res.body["state"], "dead", "{}", res.text);
+    api.stop().await;
+}
+
+async fn the_heartbeat_reply_carries_drain_cancel_and_lost_leases(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (agent_id, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    for _ in 0..3 {
+        api.enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+            .await;
+    }
+    let claim = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 3, "wait_secs": 0}),
+        )
+        .await;
+    let held: Vec<(String, i64)> = claim.body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["id"].as_str().unwrap().to_owned(),
+                j["lease_token"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(held.len(), 3);
+    // The first is cancelled by its tenant; the second is held with a token
+    // that is not its own (as after a reclaim); the third is fine.
+    let cancel = api
+        .post(&format!("/v1/jobs/{}/cancel", held[0].0), &key, json!({}))
+        .await;
+    assert_eq!(cancel.status, StatusCode::OK, "{}", cancel.text);
+    let drain = api
+        .post(
+            &format!("/v1/agents/{agent_id}/drain"),
+            &api.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(drain.status, StatusCode::OK, "{}", drain.text);
+    let jobs = json!([
+        {"id": held[0].0, "lease_token": held[0].1},
+        {"id": held[1].0, "lease_token": held[1].1 + 100},
+        {"id": held[2].0, "lease_token": held[2].1},
+    ]);
+    let hb = api
+        .post("/v1/agent/heartbeat", &cred, json!({"jobs": jobs}))
+        .await;
+    assert_eq!(hb.status, StatusCode::OK, "{}", hb.text);
+    assert_eq!(hb.body["drain"], true);
+    assert_eq!(hb.body["cancelled"], json!([held[0].0]));
+    assert_eq!(hb.body["lost"], json!([held[1].0]));
+    api.stop().await;
+}
+
+on_both_backends!(
+    registration_spends_the_bootstrap_token,
+    a_claim_answers_at_once_when_work_is_queued,
+    a_waiting_claim_is_woken_by_an_enqueue,
+    a_claim_with_no_work_answers_empty_when_its_wait_ends,
+    claims_out_of_bounds_are_refused_by_field,
+    a_resent_completion_gets_the_first_answer,
+    another_agent_cannot_report_on_a_job_it_does_not_hold,
+    oversized_results_are_refused_and_the_job_keeps_running,
+    a_failure_is_retried_and_resending_it_is_harmless,
+    a_permanent_failure_is_dead,
+    the_heartbeat_reply_carries_drain_cancel_and_lost_leases,
+);
+
+/// Two replicas on one PostgreSQL database: a claim waiting on one is woken
+/// by an enqueue on the other (LISTEN/NOTIFY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_on_one_replica_is_woken_by_an_enqueue_on_another() {
+    let Some(store) = homeostat_testkit::postgres().await else {
+        return;
+    };
+    let replica = store.replica().await.unwrap();
+    let one = Api::new(&store).await;
+    let two = Api::new(&replica).await;
+    let (tenant_id, key) = one.tenant("acme").await;
+    let (_, cred) = one.agent(Some(tenant_id), &["builds"]).await;
+    let app = one.app.clone();
+    let waiting = tokio::spawn(async move {
+        let req = axum::http::Request::post("/v1/agent/claim")
+            .header("authorization", format!("Bearer {cred}"))
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(
+                json!({"capacity": 1, "wait_secs": 50}).to_string(),
+            ))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let res = tower::ServiceExt::oneshot(app, req).await.unwrap();
+        let bytes = http_body_util::BodyExt::collect(res.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (
+            started.elapsed(),
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+        )
+    });
+    wait_for_waiter(&one).await;
+    let id = two
+        .enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+        .await;
+    let (waited, body) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the claim was not woken")
+        .unwrap();
+    assert_eq!(body["jobs"][0]["id"], id, "{body}");
+    assert!(waited < Duration::from_secs(50));
+    one.stop().await;
+    two.stop().await;
+    replica.close().await;
+    store.cleanup().await;
+}

@@ -1,0 +1,170 @@
+//! Bad input: every refusal is JSON `{"code", "message"}` with a 4xx that
+//! fits, and writes nothing.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use homeostat_api::ApiSettings;
+use homeostat_store::Store;
+use homeostat_testkit::on_both_backends;
+use serde_json::json;
+
+use crate::Api;
+
+async fn credentials_are_required_and_checked(store: &Store) {
+    let api = Api::new(store).await;
+    let none = api.call(Method::GET, "/v1/jobs", None, None).await;
+    assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(none.code(), "unauthorized");
+    let wrong = api.get("/v1/jobs", "hsk_not_a_key").await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    let basic = api
+        .send(
+            Request::get("/v1/jobs")
+                .header("authorization", "Basic YWxhZGRpbjpvcGVuc2VzYW1l")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(basic.status, StatusCode::UNAUTHORIZED);
+    // An agent credential is not an API key, nor the reverse.
+    let (_, cred) = api.agent(None, &["q"]).await;
+    assert_eq!(
+        api.get("/v1/jobs", &cred).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let hb = api.post("/v1/agent/heartbeat", &api.admin, json!({})).await;
+    assert_eq!(hb.status, StatusCode::UNAUTHORIZED);
+    api.stop().await;
+}
+
+async fn malformed_bodies_are_400_naming_the_problem(store: &Store) {
+    let api = Api::new(store).await;
+    let (_, key) = api.tenant("acme").await;
+    let syntax = api
+        .send(
+            Request::post("/v1/jobs")
+                .header("authorization", format!("Bearer {key}"))
+                .header("content-type", "application/json")
+                .body(Body::from("{\"queue\": "))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(syntax.status, StatusCode::BAD_REQUEST, "{}", syntax.text);
+    assert_eq!(syntax.code(), "malformed");
+    let unknown = api
+        .post(
+            "/v1/jobs",
+            &key,
+            json!({"queue": "q", "kind": "a", "priorty": 5}),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.text);
+    assert!(
+        unknown.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("priorty"),
+        "{}",
+        unknown.text
+    );
+    let not_json = api
+        .send(
+            Request::post("/v1/tenants")
+                .header("authorization", format!("Bearer {}", api.admin))
+                .header("content-type", "text/plain")
+                .body(Body::from("name=acme"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        not_json.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "{}",
+        not_json.text
+    );
+    let bad_id = api.get("/v1/jobs/not-a-uuid", &key).await;
+    assert_eq!(bad_id.status, StatusCode::BAD_REQUEST, "{}", bad_id.text);
+    assert_eq!(bad_id.code(), "malformed");
+    let missing = api
+        .get(&format!("/v1/jobs/{}", homeostat_model::new_id()), &key)
+        .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.code(), "not_found");
+    let nowhere = api.get("/v1/nowhere", &key).await;
+    assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
+    assert_eq!(nowhere.code(), "not_found");
+    let method = api.call(Method::DELETE, "/v1/jobs", Some(&key), None).await;
+    assert_eq!(method.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(method.code(), "method_not_allowed");
+    api.stop().await;
+}
+
+async fn out_of_range_values_are_422(store: &Store) {
+    let api = Api::new(store).await;
+    let (_, key) = api.tenant("acme").await;
+    let timeout = api
+        .post(
+            "/v1/jobs",
+            &key,
+            json!({"queue": "q", "kind": "a", "timeout_secs": 999999999}),
+        )
+        .await;
+    assert_eq!(
+        timeout.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        timeout.text
+    );
+    assert!(
+        timeout.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("timeout_secs")
+    );
+    let token = api
+        .post("/v1/bootstrap-tokens", &api.admin, json!({"ttl_secs": 0}))
+        .await;
+    assert_eq!(token.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(token.body["message"].as_str().unwrap().contains("ttl_secs"));
+    api.stop().await;
+}
+
+async fn an_oversized_body_is_413_and_writes_nothing(store: &Store) {
+    let settings = ApiSettings {
+        max_body_bytes: 4096,
+        ..ApiSettings::default()
+    };
+    let api = Api::with_settings(store, settings).await;
+    let (tenant, key) = api.tenant("acme").await;
+    let big = "x".repeat(8192);
+    let res = api
+        .post(
+            "/v1/jobs",
+            &key,
+            json!({"queue": "q", "kind": "a", "payload": {"blob": big}}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", res.text);
+    assert_eq!(res.code(), "too_large");
+    let listed = api
+        .store
+        .list_jobs(
+            &homeostat_store::JobFilter {
+                tenant_id: Some(tenant),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(listed.items.is_empty());
+    api.stop().await;
+}
+
+on_both_backends!(
+    credentials_are_required_and_checked,
+    malformed_bodies_are_400_naming_the_problem,
+    out_of_range_values_are_422,
+    an_oversized_body_is_413_and_writes_nothing,
+);

@@ -1,0 +1,182 @@
+//! The API through its router (no socket), on both backends: every route's
+//! success and its error codes, roles and tenant isolation, the agent
+//! protocol with long-poll claims.
+
+mod agent;
+mod errors;
+mod jobs;
+mod operators;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use homeostat_api::{ApiSettings, ApiState, router};
+use homeostat_model::{ApiScope, PlanTier, TenantId};
+use homeostat_runtime::Manager;
+use homeostat_store::{NewBootstrapToken, Store};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// A router over a store, with an admin key.
+pub(crate) struct Api {
+    pub(crate) store: Store,
+    pub(crate) state: ApiState,
+    pub(crate) app: Router,
+    pub(crate) admin: String,
+}
+
+/// An answer: status and JSON body (`Null` when empty or not JSON).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Value,
+    pub(crate) text: String,
+}
+
+impl Answer {
+    /// The error code of an error answer.
+    pub(crate) fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("<no code>")
+    }
+}
+
+impl Api {
+    pub(crate) async fn new(store: &Store) -> Self {
+        Self::with_settings(store, ApiSettings::default()).await
+    }
+
+    pub(crate) async fn with_settings(store: &Store, settings: ApiSettings) -> Self {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let manager = Manager::builder()
+            .lease_store(Arc::new(store.clone()))
+            .metrics(&mut registry);
+        let mut manager = manager;
+        homeostat_controllers::register_builtin(
+            &mut manager,
+            store,
+            &homeostat_controllers::ControllersConfig::default(),
+            homeostat_controllers::Notifier::Log,
+        )
+        .unwrap();
+        let manager = manager.start().unwrap();
+        let state = ApiState::new(store.clone(), settings, Some(manager), registry);
+        let admin = store
+            .issue_api_key(ApiScope::Admin, None, "operator:test")
+            .await
+            .unwrap()
+            .secret;
+        Self {
+            store: store.clone(),
+            app: router(state.clone()),
+            state,
+            admin,
+        }
+    }
+
+    pub(crate) async fn send(&self, req: Request<Body>) -> Answer {
+        let res = self.app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Answer { status, body, text }
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        };
+        self.send(req.unwrap()).await
+    }
+
+    pub(crate) async fn get(&self, path: &str, token: &str) -> Answer {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub(crate) async fn post(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// A tenant and a tenant key for it.
+    pub(crate) async fn tenant(&self, name: &str) -> (TenantId, String) {
+        let t = self
+            .store
+            .create_tenant(name, PlanTier::Standard, "operator:test")
+            .await
+            .unwrap();
+        let key = self
+            .store
+            .issue_api_key(ApiScope::Tenant(t.id), None, "operator:test")
+            .await
+            .unwrap()
+            .secret;
+        (t.id, key)
+    }
+
+    /// An agent registered through the API: its id and credential.
+    pub(crate) async fn agent(
+        &self,
+        tenant: Option<TenantId>,
+        queues: &[&str],
+    ) -> (String, String) {
+        let token = self
+            .store
+            .issue_bootstrap_token(
+                &NewBootstrapToken {
+                    tenant_id: tenant,
+                    ttl: std::time::Duration::from_secs(3600),
+                    uses: 1,
+                },
+                "operator:test",
+            )
+            .await
+            .unwrap()
+            .secret;
+        let a = self
+            .call(
+                Method::POST,
+                "/v1/agent/register",
+                None,
+                Some(json!({"bootstrap_token": token, "agent": {"name": "a1", "queues": queues}})),
+            )
+            .await;
+        assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+        (
+            a.body["agent_id"].as_str().unwrap().to_owned(),
+            a.body["credential"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Enqueues one job with a tenant key; returns its id.
+    pub(crate) async fn enqueue(&self, key: &str, job: Value) -> String {
+        let a = self.post("/v1/jobs", key, job).await;
+        assert!(a.status.is_success(), "{}", a.text);
+        a.body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub(crate) async fn stop(self) {
+        if let Some(m) = &self.state_manager() {
+            m.shutdown(std::time::Duration::from_secs(5)).await;
+        }
+    }
+
+    fn state_manager(&self) -> Option<Manager> {
+        self.state.manager().cloned()
+    }
+}

@@ -1,0 +1,206 @@
+//! The operator's API: tenants, tokens, agents, audit, controllers, probes
+//! and metrics.
+
+use axum::http::StatusCode;
+use homeostat_store::Store;
+use homeostat_testkit::on_both_backends;
+use serde_json::json;
+
+use crate::Api;
+
+async fn tenants_and_keys_need_an_admin(store: &Store) {
+    let api = Api::new(store).await;
+    let created = api
+        .post(
+            "/v1/tenants",
+            &api.admin,
+            json!({"name": "acme", "tier": "premium"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let tenant = created.body["id"].as_str().unwrap().to_owned();
+    let dup = api
+        .post("/v1/tenants", &api.admin, json!({"name": "acme"}))
+        .await;
+    assert_eq!(dup.status, StatusCode::CONFLICT, "{}", dup.text);
+    let key = api
+        .post(
+            "/v1/api-keys",
+            &api.admin,
+            json!({"role": "tenant", "tenant_id": tenant}),
+        )
+        .await;
+    assert_eq!(key.status, StatusCode::CREATED, "{}", key.text);
+    let secret = key.body["secret"].as_str().unwrap().to_owned();
+    let forbidden = api
+        .post("/v1/tenants", &secret, json!({"name": "globex"}))
+        .await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+    // Listing shows metadata, never a secret or a hash.
+    let keys = api.get("/v1/api-keys", &api.admin).await;
+    assert_eq!(keys.status, StatusCode::OK);
+    assert!(!keys.text.contains(&secret));
+    assert!(!keys.text.contains("hash"));
+    // Revoked, the key stops working at once.
+    let id = key.body["id"].as_str().unwrap();
+    let revoke = api
+        .post(&format!("/v1/tokens/{id}/revoke"), &api.admin, json!({}))
+        .await;
+    assert_eq!(revoke.status, StatusCode::NO_CONTENT, "{}", revoke.text);
+    assert_eq!(
+        api.get("/v1/jobs", &secret).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    // A tenant key without its tenant, an admin key with one: refused.
+    let bad = api
+        .post("/v1/api-keys", &api.admin, json!({"role": "tenant"}))
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let role = api
+        .post("/v1/api-keys", &api.admin, json!({"role": "root"}))
+        .await;
+    assert_eq!(role.status, StatusCode::BAD_REQUEST, "{}", role.text);
+    api.stop().await;
+}
+
+async fn agents_are_listed_by_tenant_and_drained_by_admins(store: &Store) {
+    let api = Api::new(store).await;
+    let (acme, acme_key) = api.tenant("acme").await;
+    let (globex, _) = api.tenant("globex").await;
+    let (mine, _) = api.agent(Some(acme), &["q"]).await;
+    let (theirs, _) = api.agent(Some(globex), &["q"]).await;
+    let listed = api.get("/v1/agents", &acme_key).await;
+    let ids: Vec<_> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!(mine)]);
+    assert_eq!(
+        api.get(&format!("/v1/agents/{theirs}"), &acme_key)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    let drain = api
+        .post(&format!("/v1/agents/{mine}/drain"), &acme_key, json!({}))
+        .await;
+    assert_eq!(drain.status, StatusCode::FORBIDDEN);
+    let drain = api
+        .post(&format!("/v1/agents/{mine}/drain"), &api.admin, json!({}))
+        .await;
+    assert_eq!(drain.body["status"], "draining", "{}", drain.text);
+    api.stop().await;
+}
+
+async fn the_audit_log_lists_and_verifies_without_secrets(store: &Store) {
+    let api = Api::new(store).await;
+    let token = api
+        .post("/v1/bootstrap-tokens", &api.admin, json!({"uses": 3}))
+        .await;
+    let secret = token.body["secret"].as_str().unwrap();
+    let events = api.get("/v1/audit?limit=1000", &api.admin).await;
+    assert_eq!(events.status, StatusCode::OK, "{}", events.text);
+    assert!(
+        events
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "token.created")
+    );
+    assert!(
+        !events.text.contains(secret),
+        "a secret reached the audit log"
+    );
+    let verify = api.post("/v1/audit/verify", &api.admin, json!({})).await;
+    assert_eq!(verify.status, StatusCode::OK, "{}", verify.text);
+    assert_eq!(verify.body["first_break"], serde_json::Value::Null);
+    let (_, tenant_key) = api.tenant("acme").await;
+    assert_eq!(
+        api.get("/v1/audit", &tenant_key).await.status,
+        StatusCode::FORBIDDEN
+    );
+    api.stop().await;
+}
+
+async fn controllers_report_trigger_and_plan(store: &Store) {
+    let api = Api::new(store).await;
+    let list = api.get("/v1/controllers", &api.admin).await;
+    assert_eq!(list.status, StatusCode::OK);
+    let names: Vec<_> = list
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    assert!(names.contains(&json!("job-recovery")), "{names:?}");
+    let trigger = api
+        .post(
+            "/v1/controllers/job-recovery/trigger",
+            &api.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(trigger.status, StatusCode::ACCEPTED, "{}", trigger.text);
+    let unknown = api
+        .post("/v1/controllers/nope/trigger", &api.admin, json!({}))
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let plan = api
+        .get("/v1/controllers/job-recovery/plan", &api.admin)
+        .await;
+    assert_eq!(plan.status, StatusCode::OK, "{}", plan.text);
+    assert_eq!(plan.body["count"], 0);
+    api.stop().await;
+}
+
+async fn probes_and_metrics(store: &Store) {
+    let api = Api::new(store).await;
+    let health = api
+        .call(axum::http::Method::GET, "/healthz", None, None)
+        .await;
+    assert_eq!(health.status, StatusCode::OK);
+    let ready = api
+        .call(axum::http::Method::GET, "/readyz", None, None)
+        .await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
+    let (_, key) = api.tenant("acme").await;
+    api.enqueue(&key, json!({"queue": "builds", "kind": "a"}))
+        .await;
+    let metrics = api
+        .call(axum::http::Method::GET, "/metrics", None, None)
+        .await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    for needle in [
+        "homeostat_jobs{state=\"queued\",queue=\"builds\"} 1",
+        "homeostat_queue_backlog{queue=\"builds\"} 1",
+        "homeostat_http_requests_total{route=\"/v1/jobs\",method=\"POST\",status=\"201\"} 1",
+        "homeostat_controller_reconcile_total",
+        "# EOF",
+    ] {
+        assert!(
+            metrics.text.contains(needle),
+            "no {needle} in\n{}",
+            metrics.text
+        );
+    }
+    api.state.shutdown_token().cancel();
+    let stopping = api
+        .call(axum::http::Method::GET, "/readyz", None, None)
+        .await;
+    assert_eq!(stopping.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(stopping.text.contains("stopping"));
+    api.stop().await;
+}
+
+on_both_backends!(
+    tenants_and_keys_need_an_admin,
+    agents_are_listed_by_tenant_and_drained_by_admins,
+    the_audit_log_lists_and_verifies_without_secrets,
+    controllers_report_trigger_and_plan,
+    probes_and_metrics,
+);
