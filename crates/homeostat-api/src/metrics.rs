@@ -180,6 +180,13 @@ pub(crate) async fn serve(State(state): State<ApiState>) -> Result<Response, Api
             .set(i64::try_from(a.count).unwrap_or(i64::MAX));
     }
     snapshot.register("homeostat_agents", "Agents by status", agents);
+    let waiting = Gauge::<i64>::default();
+    waiting.set(i64::try_from(state.waiting_claims()).unwrap_or(i64::MAX));
+    snapshot.register(
+        "homeostat_claims_waiting",
+        "Claims of this replica waiting for work now (long polls)",
+        waiting,
+    );
 
     let mut body = String::new();
     let written = encode_registry(&mut body, &state.registry)

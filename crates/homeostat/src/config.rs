@@ -1,0 +1,328 @@
+//! The server's configuration: defaults, overridden by a TOML file
+//! (`--config`), overridden by `HOMEOSTAT_*` environment variables
+//! (`HOMEOSTAT_DATABASE_URL`, `HOMEOSTAT_API__LEASE_TTL=30s`: a double
+//! underscore steps into a table). A wrong value or an unknown key stops
+//! start-up with a message that names the key and where it came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use homeostat_api::ApiSettings;
+use homeostat_controllers::ControllersConfig;
+use serde::{Deserialize, Serialize};
+
+/// Everything `homeostat run` reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Config {
+    /// Address the API listens on.
+    pub(crate) listen: String,
+    /// Directory of the embedded SQLite database (created if missing).
+    pub(crate) data_dir: PathBuf,
+    /// `postgres://…` to share a PostgreSQL database between replicas;
+    /// unset for the embedded SQLite database in `data_dir`.
+    pub(crate) database_url: Option<String>,
+    /// `auto` (human-readable on a terminal, JSON otherwise), `json` or
+    /// `text`.
+    pub(crate) log_format: LogFormat,
+    /// A tracing filter (`info`, `homeostat=debug,info`); `RUST_LOG` wins.
+    pub(crate) log_level: String,
+    /// How long a stop waits for in-flight requests and controller runs.
+    #[serde(with = "homeostat_model::duration")]
+    pub(crate) shutdown_grace: Duration,
+    /// Connections to the database, per replica.
+    pub(crate) max_connections: u32,
+    /// Agent protocol intervals and request limits.
+    pub(crate) api: ApiSettings,
+    /// Where notifications go (none: they are logged).
+    pub(crate) notifications: Notifications,
+    /// The built-in controllers.
+    pub(crate) controllers: ControllersConfig,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LogFormat {
+    Auto,
+    Json,
+    Text,
+}
+
+/// Notification sinks; every one set receives every notification.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Notifications {
+    /// POST each notification as JSON here.
+    pub(crate) webhook_url: Option<String>,
+    /// Sign webhook bodies (HMAC-SHA256) with this secret.
+    pub(crate) webhook_secret: Option<String>,
+    /// A Slack incoming-webhook URL.
+    pub(crate) slack_url: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("homeostat-data"),
+            database_url: None,
+            log_format: LogFormat::Auto,
+            log_level: "info".into(),
+            shutdown_grace: Duration::from_secs(30),
+            max_connections: 10,
+            api: ApiSettings::default(),
+            notifications: Notifications::default(),
+            controllers: ControllersConfig::default(),
+        }
+    }
+}
+
+/// The commented default file that `homeostat config default` prints. A
+/// test checks that it reads back as [`Config::default`].
+pub(crate) const DEFAULT_FILE: &str = include_str!("default.toml");
+
+/// A configuration that cannot be used.
+#[derive(Debug)]
+pub(crate) struct ConfigError(pub(crate) String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Defaults, then `file` (if any), then the environment.
+    pub(crate) fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed("HOMEOSTAT_").split("__"))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "configuration file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // `HOMEOSTAT_TEST_…` and the like are not settings.
+        let env = env.ignore(&["TEST_DATABASE_URL"]);
+        figment = figment.merge(env);
+        let config: Config = figment.extract().map_err(|e| {
+            ConfigError(
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        Self::refuse_unknown_keys(&figment)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Serde's `deny_unknown_fields` does not work through the flattened
+    /// controller settings; walk the merged value instead and name every key
+    /// nothing read, with its source.
+    fn refuse_unknown_keys(figment: &Figment) -> Result<(), ConfigError> {
+        let value: figment::value::Value =
+            figment.extract().map_err(|e| ConfigError(e.to_string()))?;
+        let mut unknown = Vec::new();
+        let read: Result<Config, _> =
+            serde_ignored::deserialize(&value, |path| unknown.push(path.to_string()));
+        read.map_err(|e| ConfigError(e.to_string()))?;
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let named: Vec<String> = unknown
+            .iter()
+            .map(|key| match figment.find_metadata(key) {
+                Some(meta) => match &meta.source {
+                    Some(source) => format!("`{key}` (in {source})"),
+                    None => format!("`{key}` (from {})", meta.name),
+                },
+                None => format!("`{key}`"),
+            })
+            .collect();
+        Err(ConfigError(format!(
+            "unknown configuration key{} {}",
+            if named.len() > 1 { "s" } else { "" },
+            named.join(", ")
+        )))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("{key}: {why}")));
+        if let Err(e) = self.listen.parse::<SocketAddr>() {
+            return bad(
+                "listen",
+                format!("{:?} is not an address:port ({e})", self.listen),
+            );
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            let scheme = url.split(':').next().unwrap_or_default();
+            return bad(
+                "database_url",
+                format!("must be postgres://… (got scheme {scheme:?}); leave it unset for SQLite"),
+            );
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1".into());
+        }
+        let api = &self.api;
+        if api.lease_ttl < Duration::from_secs(5) {
+            return bad("api.lease_ttl", "must be at least 5s".into());
+        }
+        if api.heartbeat_interval.is_zero() || api.heartbeat_interval * 2 > api.lease_ttl {
+            return bad(
+                "api.heartbeat_interval",
+                "must be above 0 and at most half of api.lease_ttl, so a lease survives a missed heartbeat".into(),
+            );
+        }
+        let max_wait = Duration::from_secs(u64::from(homeostat_model::wire::MAX_CLAIM_WAIT_SECS));
+        if api.default_claim_wait > max_wait {
+            return bad(
+                "api.default_claim_wait",
+                format!("must be at most {}s", max_wait.as_secs()),
+            );
+        }
+        if api.request_timeout <= max_wait {
+            return bad(
+                "api.request_timeout",
+                format!(
+                    "must be above the longest claim wait ({}s)",
+                    max_wait.as_secs()
+                ),
+            );
+        }
+        if api.max_body_bytes < 1024 || api.max_result_bytes > api.max_body_bytes {
+            return bad(
+                "api.max_body_bytes",
+                "must be at least 1024 and at least api.max_result_bytes".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The database URL: PostgreSQL's, or the SQLite file in the data
+    /// directory (created if missing).
+    pub(crate) fn store_url(&self) -> Result<String, ConfigError> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        std::fs::create_dir_all(&self.data_dir).map_err(|e| {
+            ConfigError(format!(
+                "data_dir: cannot create {}: {e}",
+                self.data_dir.display()
+            ))
+        })?;
+        Ok(format!(
+            "sqlite:{}",
+            self.data_dir.join("homeostat.db").display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Env {
+        Env::prefixed("HOMEOSTAT_NOTHING_SET_HERE_")
+    }
+
+    fn file(text: &str) -> tempfile_path::Path {
+        tempfile_path::write(text)
+    }
+
+    /// A file in the temporary directory, removed when dropped.
+    mod tempfile_path {
+        pub(super) struct Path(pub(super) std::path::PathBuf);
+        impl Drop for Path {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        pub(super) fn write(text: &str) -> Path {
+            let p = std::env::temp_dir().join(format!(
+                "homeostat-config-{}-{}.toml",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            std::fs::write(&p, text).unwrap();
+            Path(p)
+        }
+    }
+
+    #[test]
+    fn the_default_file_reads_back_as_the_defaults() {
+        let f = file(DEFAULT_FILE);
+        let config = Config::load_from(Some(&f.0), no_env()).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail decides the closure's type
+    fn a_file_overrides_the_defaults_and_the_environment_overrides_the_file() {
+        let f = file("listen = \"0.0.0.0:9000\"\n[api]\nlease_ttl = \"2m\"\n");
+        let config = Config::load_from(Some(&f.0), no_env()).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000");
+        assert_eq!(config.api.lease_ttl, Duration::from_secs(120));
+        assert_eq!(config.controllers, ControllersConfig::default());
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HOMEOSTAT_T1_API__LEASE_TTL", "90s");
+            let env = Env::prefixed("HOMEOSTAT_T1_").split("__");
+            let config = Config::load_from(Some(&f.0), env).unwrap();
+            assert_eq!(config.api.lease_ttl, Duration::from_secs(90));
+            assert_eq!(config.listen, "0.0.0.0:9000");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key_and_source() {
+        let f = file("[api]\nlease_ttl = \"soon\"\n");
+        let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+        assert!(err.contains("lease_ttl"), "{err}");
+        let name = f.0.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(err.contains(&name), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name_even_inside_flattened_settings() {
+        let f = file("[controllers.job_recovery]\nintervall = \"5s\"\n");
+        let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+        assert!(err.contains("controllers.job_recovery.intervall"), "{err}");
+        let name = f.0.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(err.contains(&name), "{err}");
+        let f = file("listn = \"0.0.0.0:1\"\n");
+        let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+        assert!(err.contains("`listn`"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused_by_key() {
+        let f = file("[api]\nheartbeat_interval = \"50s\"\nlease_ttl = \"60s\"\n");
+        let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+        assert!(err.starts_with("api.heartbeat_interval"), "{err}");
+        let f = file("listen = \"localhost\"\n");
+        let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+        assert!(err.starts_with("listen"), "{err}");
+        let f = file("database_url = \"mysql://u:secret@h/db\"\n");
+        let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+        assert!(err.starts_with("database_url"), "{err}");
+        assert!(!err.contains("secret"), "the password leaked: {err}");
+    }
+}

@@ -1,0 +1,170 @@
+//! `homeostat run`: the store, the controller manager and the HTTP API in
+//! one process, stopped cleanly by SIGTERM or SIGINT.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use homeostat_api::{ApiState, router};
+use homeostat_controllers::notifier::Secret;
+use homeostat_controllers::{Notifier, register_builtin};
+use homeostat_model::{ApiScope, TokenKind};
+use homeostat_runtime::Manager;
+use homeostat_store::{Store, StoreOptions};
+use prometheus_client::registry::Registry;
+
+use crate::config::{Config, ConfigError, Notifications};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub(crate) fn main(config: Config) -> ExitCode {
+    crate::logging::init(config.log_format, &config.log_level);
+    // reqwest's rustls needs a crypto provider, installed once per process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("homeostat: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let usage = e.is::<ConfigError>();
+            tracing::error!(error = %e, "homeostat stopped");
+            eprintln!("homeostat: {e}");
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), BoxError> {
+    let url = config.store_url()?;
+    let options = StoreOptions {
+        max_connections: config.max_connections,
+        ..StoreOptions::default()
+    };
+    // Migrations run here; on PostgreSQL they hold an advisory lock, so N
+    // replicas starting at once migrate once.
+    let store = Store::connect(&url, options).await?;
+    tracing::info!(backend = store.backend(), "store ready");
+    ensure_admin_key(&store).await?;
+
+    let mut registry = Registry::default();
+    let mut builder = Manager::builder()
+        .lease_store(Arc::new(store.clone()))
+        .metrics(&mut registry);
+    register_builtin(
+        &mut builder,
+        &store,
+        &config.controllers,
+        notifier(&config.notifications)?,
+    )?;
+    let manager = builder.start()?;
+    let state = ApiState::new(
+        store.clone(),
+        config.api.clone(),
+        Some(manager.clone()),
+        registry,
+    );
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, holder = manager.holder(), "homeostat listening");
+
+    let stopping = state.shutdown_token();
+    let served = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            stop_signal().await;
+            tracing::info!("stopping: finishing in-flight requests");
+            // Waiting claims answer (empty) at once; readiness fails.
+            stopping.cancel();
+        })
+        .await;
+    let report = manager.shutdown(config.shutdown_grace).await;
+    tracing::info!(?report, "controllers stopped, leases released");
+    store.close().await;
+    served?;
+    Ok(())
+}
+
+async fn stop_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// On the first start (no live admin key), creates an admin API key and
+/// prints it once on standard output; only its hash is stored.
+async fn ensure_admin_key(store: &Store) -> Result<(), BoxError> {
+    let now = store.now();
+    let keys = store.list_tokens(TokenKind::ApiKey, None).await?;
+    let live_admin = keys
+        .iter()
+        .any(|k| k.admin && k.revoked_at.is_none() && k.expires_at.is_none_or(|at| at > now));
+    if live_admin {
+        return Ok(());
+    }
+    let issued = store
+        .issue_api_key(ApiScope::Admin, None, "homeostat:first-start")
+        .await?;
+    tracing::warn!(
+        token_id = %issued.info.id,
+        "created an admin API key; it is printed once on standard output"
+    );
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "homeostat: admin API key (shown once, only its hash is stored):\n{}",
+        issued.secret
+    )?;
+    out.flush()?;
+    Ok(())
+}
+
+fn notifier(n: &Notifications) -> Result<Notifier, BoxError> {
+    let mut sinks = Vec::new();
+    let client = || Notifier::http_client().map_err(|e| format!("notifications: {e}"));
+    if let Some(url) = &n.webhook_url {
+        sinks.push(Notifier::Webhook {
+            url: Secret::new(url.clone()),
+            secret: n.webhook_secret.clone().map(Secret::new),
+            client: client()?,
+        });
+    }
+    if let Some(url) = &n.slack_url {
+        sinks.push(Notifier::Slack {
+            url: Secret::new(url.clone()),
+            client: client()?,
+        });
+    }
+    Ok(match sinks.len() {
+        0 => Notifier::Log,
+        1 => sinks.remove(0),
+        _ => Notifier::FanOut(sinks),
+    })
+}
