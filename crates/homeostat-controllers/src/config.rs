@@ -50,6 +50,12 @@ pub struct AgentHealthConfig {
     /// An online agent silent this long goes offline.
     #[serde(with = "homeostat_model::duration")]
     pub stale_after: Duration,
+    /// When more than this percentage of the agents not offline would go
+    /// offline in one run, the run marks none and raises a notification;
+    /// the next run, still seeing as many, confirms it. Mass silence is
+    /// more often the control plane's deafness (a network partition, an
+    /// outage) than mass death.
+    pub max_offline_percent: u8,
 }
 
 /// queue-priority: ageing of queued jobs.
@@ -146,6 +152,7 @@ impl Default for ControllersConfig {
             agent_health: AgentHealthConfig {
                 settings: Settings::every(30 * SECOND, 1000),
                 stale_after: 90 * SECOND,
+                max_offline_percent: 50,
             },
             job_recovery: Settings::every(MINUTE, 1000),
             job_timeout: Settings::every(MINUTE, 1000),

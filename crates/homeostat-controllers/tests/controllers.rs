@@ -105,6 +105,12 @@ async fn agent_health_takes_silent_agents_offline_and_reclaims_their_jobs(store:
     store.at(at(60)).heartbeat_agents(&[alive]).await.unwrap();
 
     let controller = AgentHealth::new(store.clone(), config().agent_health);
+    // Listening since t0: a start judges nobody's silence.
+    assert_eq!(run_at(store, &controller, t0()).await.unwrap(), 0);
+    assert_eq!(
+        store.get_agent(silent).await.unwrap().status,
+        homeostat_model::AgentStatus::Online
+    );
     // 100 s after the last heartbeat of `silent`, 40 s after `alive`'s.
     let plan = plan_at(store, &controller, at(100)).await;
     let mut expected = vec![
@@ -454,7 +460,100 @@ async fn a_small_tenant_is_not_starved_by_a_flood(store: &Store) {
     assert!(backlog.items.len() > 500, "the flood was still queued");
 }
 
+/// Agents each running one job, all heartbeating at t0.
+async fn fleet(store: &Store, n: usize) -> (Vec<homeostat_model::AgentId>, Vec<JobId>) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let mut agents = Vec::new();
+    let mut jobs = Vec::new();
+    for _ in 0..n {
+        let a = agent(store, Some(t), &["q"]).await;
+        jobs.push(
+            store
+                .at(t0())
+                .enqueue(t, &NewJob::new("q", "k"))
+                .await
+                .unwrap()
+                .id,
+        );
+        store
+            .at(t0())
+            .claim(a, 1, Duration::from_secs(3600))
+            .await
+            .unwrap();
+        agents.push(a);
+    }
+    (agents, jobs)
+}
+
+async fn agent_health_reclaims_nothing_after_an_outage_of_the_control_plane(store: &Store) {
+    let (agents, jobs) = fleet(store, 4).await;
+    // The control plane was down for 10 minutes (far past the 90 s stale
+    // timeout); it restarts: a new controller, every heartbeat 600 s old.
+    let controller = AgentHealth::new(store.clone(), config().agent_health);
+    assert_eq!(run_at(store, &controller, at(600)).await.unwrap(), 0);
+    // The agents resume heartbeating (within their 10 s period)…
+    store.at(at(605)).heartbeat_agents(&agents).await.unwrap();
+    // …so a full stale timeout later nobody is silent, nothing reclaimed.
+    assert_eq!(run_at(store, &controller, at(630)).await.unwrap(), 0);
+    assert_eq!(run_at(store, &controller, at(695)).await.unwrap(), 0);
+    for a in &agents {
+        assert_eq!(
+            store.get_agent(*a).await.unwrap().status,
+            homeostat_model::AgentStatus::Online
+        );
+    }
+    for j in &jobs {
+        assert_eq!(state(store, *j).await, JobState::Running, "a job ran twice");
+    }
+}
+
+async fn agent_health_brakes_a_mass_offline_then_confirms_it(store: &Store) {
+    let (agents, jobs) = fleet(store, 4).await;
+    let controller = AgentHealth::new(store.clone(), config().agent_health);
+    assert_eq!(run_at(store, &controller, t0()).await.unwrap(), 0);
+    // One agent keeps heartbeating; three (75 %) fall silent for real.
+    store
+        .at(at(60))
+        .heartbeat_agents(&agents[..1])
+        .await
+        .unwrap();
+    assert_eq!(
+        run_at(store, &controller, at(100)).await.unwrap(),
+        0,
+        "the brake let a mass offline through at once"
+    );
+    let due = store
+        .at(at(100))
+        .claim_due_notifications(10, LEASE, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        due.iter().map(|n| n.event.as_str()).collect::<Vec<_>>(),
+        ["agents.mass_silence"]
+    );
+    assert_eq!(due[0].payload["silent"], 3);
+    // The next run still sees them silent: confirmed, offline, reclaimed.
+    store
+        .at(at(125))
+        .heartbeat_agents(&agents[..1])
+        .await
+        .unwrap();
+    assert_eq!(run_at(store, &controller, at(130)).await.unwrap(), 6);
+    for a in &agents[1..] {
+        assert_eq!(
+            store.get_agent(*a).await.unwrap().status,
+            homeostat_model::AgentStatus::Offline
+        );
+    }
+    assert_eq!(state(store, jobs[0]).await, JobState::Running);
+    for j in &jobs[1..] {
+        assert_eq!(state(store, *j).await, JobState::Queued);
+    }
+}
+
 on_both_backends!(
+    agent_health_reclaims_nothing_after_an_outage_of_the_control_plane,
+    agent_health_brakes_a_mass_offline_then_confirms_it,
     agent_health_takes_silent_agents_offline_and_reclaims_their_jobs,
     job_recovery_requeues_expired_leases_and_expires_overdue_jobs,
     job_timeout_fails_attempts_past_their_timeout,
