@@ -301,6 +301,25 @@ pub struct Job {
     pub started_at: Option<Timestamp>,
     /// Reached a terminal state.
     pub finished_at: Option<Timestamp>,
+    /// Each failed attempt, oldest first (as River keeps its `errors`).
+    #[serde(default)]
+    pub attempts: Vec<FailedAttempt>,
+}
+
+/// One attempt that failed: reported by its agent, timed out, or reclaimed
+/// when its lease expired or its agent went offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedAttempt {
+    /// Its number (1-based).
+    pub attempt: u32,
+    /// The agent that ran it.
+    pub agent_id: Option<AgentId>,
+    /// When it started.
+    pub started_at: Option<Timestamp>,
+    /// When it failed.
+    pub failed_at: Timestamp,
+    /// Why.
+    pub error: String,
 }
 
 #[cfg(test)]

@@ -20,7 +20,8 @@ pub use audit::{AuditAction, AuditEvent, NewAuditEvent};
 pub use error::ValidationError;
 pub use id::{AgentId, JobId, NotificationId, TenantId, TokenId};
 pub use job::{
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, Job, JobState, MAX_PAYLOAD_BYTES, MAX_TIMEOUT, NewJob,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, FailedAttempt, Job, JobState, MAX_PAYLOAD_BYTES,
+    MAX_TIMEOUT, NewJob,
 };
 pub use notification::{Notification, NotificationState};
 pub use tenant::{PlanTier, Tenant};

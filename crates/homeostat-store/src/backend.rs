@@ -49,6 +49,38 @@ macro_rules! pg_judged {
     };
 }
 
+/// Appends the attempt that just failed (the row's number, agent and start
+/// before the update, `$now` and `$error` as SQL expressions) to the job's
+/// `attempts` JSON array.
+macro_rules! sqlite_failed_attempt {
+    ($now:literal, $error:literal) => {
+        concat!(
+            "attempts = json_insert(COALESCE(attempts, '[]'), '$[#]', json_object('attempt', attempt, \
+             'agent_id', lease_agent, 'started_at', started_at, 'failed_at', ",
+            $now,
+            ", 'error', ",
+            $error,
+            "))"
+        )
+    };
+}
+pub(crate) use sqlite_failed_attempt;
+
+/// [`sqlite_failed_attempt!`] on PostgreSQL; `$error` must be typed (`::text`).
+macro_rules! pg_failed_attempt {
+    ($now:literal, $error:literal) => {
+        concat!(
+            "attempts = (COALESCE(attempts, '[]')::jsonb || jsonb_build_array(jsonb_build_object( \
+             'attempt', attempt, 'agent_id', lease_agent, 'started_at', started_at, 'failed_at', ",
+            $now,
+            ", 'error', ",
+            $error,
+            ")))::text"
+        )
+    };
+}
+pub(crate) use pg_failed_attempt;
+
 /// "The job is running" on SQLite, for statements that find jobs by id: the
 /// unary plus keeps it from matching the partial index of running jobs.
 /// With statistics, SQLite would otherwise scan that index for every

@@ -267,6 +267,7 @@ mod tests {
             updated_at: at(0),
             started_at: None,
             finished_at: None,
+            attempts: Vec::new(),
         }
     }
 

@@ -8,7 +8,10 @@ use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
 
-use crate::backend::{Backend, RowExt, Sql, Stmt, pg_judged, pg_running, sqlite_running};
+use crate::backend::{
+    Backend, RowExt, Sql, Stmt, pg_failed_attempt, pg_judged, pg_running, sqlite_failed_attempt,
+    sqlite_running,
+};
 use crate::decisions::{fail_outcome, operator_transition, periodic_event, truncate};
 use crate::error::{Context, StoreError, db_error};
 use crate::leases::check_fence;
@@ -56,15 +59,19 @@ const FAILING: Sql = Sql::pair(
 /// `$3` the delay before the retry (ms; none when the job dies), `$6`
 /// now, `$7` now (judged: the retry is due by it).
 const FAIL: Sql = Sql::pair(
-    "UPDATE jobs SET state = $2, run_at = COALESCE($7 + $3, run_at), last_error = $4,
-       finished_at = $5, updated_at = $6, lease_expires_at = NULL, timeout_at = NULL
-     WHERE id = $1 RETURNING run_at",
+    concat!(
+        "UPDATE jobs SET state = $2, run_at = COALESCE($7 + $3, run_at), last_error = $4,
+           finished_at = $5, updated_at = $6, lease_expires_at = NULL, timeout_at = NULL, ",
+        sqlite_failed_attempt!("$6", "$4"),
+        " WHERE id = $1 RETURNING run_at"
+    ),
     concat!(
         "UPDATE jobs SET state = $2::job_state, run_at = COALESCE(",
         pg_judged!(7),
         " + $3, run_at), last_error = $4,
-           finished_at = $5, updated_at = $6, lease_expires_at = NULL, timeout_at = NULL
-         WHERE id = $1 RETURNING run_at"
+           finished_at = $5, updated_at = $6, lease_expires_at = NULL, timeout_at = NULL, ",
+        pg_failed_attempt!("$6", "$4::text"),
+        " WHERE id = $1 RETURNING run_at"
     ),
 );
 

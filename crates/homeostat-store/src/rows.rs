@@ -15,7 +15,7 @@ macro_rules! job_columns {
         "id, tenant_id, queue, kind, payload, priority, effective_priority, fingerprint, \
          occurrences, CAST(state AS TEXT) AS state, attempt, max_attempts, timeout_ms, run_at, \
          deadline_at, approval_expires_at, lease_agent, lease_token, lease_expires_at, \
-         last_error, result, created_at, updated_at, started_at, finished_at"
+         last_error, result, created_at, updated_at, started_at, finished_at, attempts"
     };
 }
 pub(crate) use job_columns;
@@ -113,7 +113,35 @@ pub(crate) fn job(r: &impl RowExt) -> Result<Job, StoreError> {
         updated_at: ts(r.int("updated_at")?),
         started_at: opt_ts("started_at")?,
         finished_at: opt_ts("finished_at")?,
+        attempts: match r.opt_text("attempts")? {
+            Some(text) => failed_attempts(&text)?,
+            None => Vec::new(),
+        },
     })
+}
+
+/// The `attempts` column: JSON objects with times in epoch milliseconds.
+fn failed_attempts(text: &str) -> Result<Vec<homeostat_model::FailedAttempt>, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        attempt: u32,
+        agent_id: Option<homeostat_model::AgentId>,
+        started_at: Option<i64>,
+        failed_at: i64,
+        error: String,
+    }
+    let stored: Vec<Stored> = serde_json::from_str(text)
+        .map_err(|e| crate::error::corrupt("reading a job", format!("column attempts: {e}")))?;
+    Ok(stored
+        .into_iter()
+        .map(|a| homeostat_model::FailedAttempt {
+            attempt: a.attempt,
+            agent_id: a.agent_id,
+            started_at: a.started_at.map(ts),
+            failed_at: ts(a.failed_at),
+            error: a.error,
+        })
+        .collect())
 }
 
 /// What an enqueue returns of each row it wrote.

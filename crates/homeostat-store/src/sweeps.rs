@@ -8,7 +8,9 @@ use homeostat_model::{AuditAction, NewAuditEvent};
 use homeostat_runtime::Fence;
 use serde_json::json;
 
-use crate::backend::{At, Backend, RowExt, Sql, Stmt, pg_judged};
+use crate::backend::{
+    At, Backend, RowExt, Sql, Stmt, pg_failed_attempt, pg_judged, sqlite_failed_attempt,
+};
 use crate::decisions::{actor_for, id_before, sweep_event};
 use crate::error::{Context, StoreError};
 use crate::leases::check_fence;
@@ -28,13 +30,16 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
     action: AuditAction::JobsLeaseExpired.as_str(),
     reason: "lease expired",
     sql: Sql::pair(
-        "UPDATE jobs SET
+        concat!(
+            "UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
            finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
-           queued_at = $1, updated_at = $1, last_error = 'lease expired: the agent stopped heartbeating the job',
-           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+           queued_at = $1, updated_at = $1, last_error = 'lease expired: the agent stopped heartbeating the job', ",
+            sqlite_failed_attempt!("$1", "'lease expired: the agent stopped heartbeating the job'"),
+            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 LIMIT $2)
-         RETURNING id, state",
+         RETURNING id, state"
+        ),
         concat!(
             "WITH t(now) AS (SELECT ",
             pg_judged!(1),
@@ -42,8 +47,9 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
          UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
            finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
-           queued_at = t.now, updated_at = t.now, last_error = 'lease expired: the agent stopped heartbeating the job',
-           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+           queued_at = t.now, updated_at = t.now, last_error = 'lease expired: the agent stopped heartbeating the job', ",
+            pg_failed_attempt!("t.now", "'lease expired: the agent stopped heartbeating the job'::text"),
+            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'running' AND lease_expires_at < t.now
                       LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
@@ -57,15 +63,18 @@ pub(crate) const AGENT_OFFLINE: Sweep = Sweep {
     action: AuditAction::JobsAgentOffline.as_str(),
     reason: "agent offline",
     sql: Sql::pair(
-        "UPDATE jobs SET
+        concat!(
+            "UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
            finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
-           queued_at = $1, updated_at = $1, last_error = 'reclaimed: the agent went offline',
-           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+           queued_at = $1, updated_at = $1, last_error = 'reclaimed: the agent went offline', ",
+            sqlite_failed_attempt!("$1", "'reclaimed: the agent went offline'"),
+            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          WHERE id IN (SELECT j.id FROM jobs j INDEXED BY jobs_running_lease
                       JOIN agents a ON a.id = j.lease_agent
                       WHERE j.state = 'running' AND a.status = 'offline' LIMIT $2)
-         RETURNING id, state",
+         RETURNING id, state"
+        ),
         concat!(
             "WITH t(now) AS (SELECT ",
             pg_judged!(1),
@@ -73,8 +82,9 @@ pub(crate) const AGENT_OFFLINE: Sweep = Sweep {
          UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
            finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
-           queued_at = t.now, updated_at = t.now, last_error = 'reclaimed: the agent went offline',
-           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+           queued_at = t.now, updated_at = t.now, last_error = 'reclaimed: the agent went offline', ",
+            pg_failed_attempt!("t.now", "'reclaimed: the agent went offline'::text"),
+            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          FROM t
          WHERE id IN (SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent
                       WHERE j.state = 'running' AND a.status = 'offline'
@@ -114,15 +124,18 @@ const TIMED_OUT: Sweep = Sweep {
     action: AuditAction::JobsTimedOut.as_str(),
     reason: "attempt timed out",
     sql: Sql::pair(
-        "UPDATE jobs SET
+        concat!(
+            "UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'scheduled' END,
            finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
            run_at = $1 + MIN($4, $3 << MIN(MAX(attempt - 1, 0), 40)),
-           updated_at = $1, last_error = 'attempt timed out',
-           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+           updated_at = $1, last_error = 'attempt timed out', ",
+            sqlite_failed_attempt!("$1", "'attempt timed out'"),
+            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_running_lease
                       WHERE state = 'running' AND timeout_at < $1 LIMIT $2)
-         RETURNING id, state",
+         RETURNING id, state"
+        ),
         concat!(
             "WITH t(now) AS (SELECT ",
             pg_judged!(1),
@@ -131,8 +144,9 @@ const TIMED_OUT: Sweep = Sweep {
            state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'scheduled' END,
            finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
            run_at = t.now + LEAST($4, $3 << LEAST(GREATEST(attempt - 1, 0), 40)::int),
-           updated_at = t.now, last_error = 'attempt timed out',
-           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+           updated_at = t.now, last_error = 'attempt timed out', ",
+            pg_failed_attempt!("t.now", "'attempt timed out'::text"),
+            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'running' AND timeout_at < t.now
                       LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)

@@ -10,6 +10,7 @@ async fn sqlite_refuses_a_schema_newer_than_this_build() {
     let path = backends::sqlite_path();
     let url = format!("sqlite:{}", path.display());
     let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
+    store.check_schema().await.unwrap();
     let Store::Sqlite(s) = &store else {
         unreachable!()
     };
@@ -20,6 +21,11 @@ async fn sqlite_refuses_a_schema_newer_than_this_build() {
     .execute(s.pool())
     .await
     .unwrap();
+    // Readiness sees it at once, without a restart.
+    assert!(matches!(
+        store.check_schema().await,
+        Err(StoreError::SchemaTooNew { database: 999, .. })
+    ));
     store.close().await;
     let err = Store::connect(&url, StoreOptions::default())
         .await
@@ -29,7 +35,7 @@ async fn sqlite_refuses_a_schema_newer_than_this_build() {
             err,
             StoreError::SchemaTooNew {
                 database: 999,
-                supported: 2
+                supported: 3
             }
         ),
         "{err}"

@@ -10,3 +10,6 @@ CREATE TABLE idempotency_keys (
 );
 CREATE INDEX idempotency_keys_created ON idempotency_keys (created_at);
 CREATE INDEX audit_events_subject ON audit_events (subject, seq);
+-- Each failed attempt (number, agent, start, failure, error), appended when
+-- it fails; the success path writes nothing here.
+ALTER TABLE jobs ADD COLUMN attempts TEXT;

@@ -346,7 +346,43 @@ async fn bad_input_is_refused_whole(store: &Store) {
     ));
 }
 
+async fn failed_attempts_are_kept_on_the_job(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, Some(t), &["q"]).await;
+    let id = store.at(t0()).enqueue(t, &job("q")).await.unwrap().id;
+    let c = store.at(at(1)).claim(a, 1, LEASE).await.unwrap().remove(0);
+    store
+        .at(at(5))
+        .fail(&Failure {
+            id,
+            lease_token: c.lease_token,
+            error: "exit 1",
+            permanent: false,
+        })
+        .await
+        .unwrap();
+    // The retry is due; the second attempt's lease expires unheartbeated.
+    store.at(at(600)).promote_scheduled(10, None).await.unwrap();
+    store.at(at(601)).claim(a, 1, LEASE).await.unwrap().remove(0);
+    store
+        .at(at(601 + 61))
+        .requeue_expired_leases(10, None)
+        .await
+        .unwrap();
+    let attempts = store.get_job(id).await.unwrap().attempts;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(
+        (attempts[0].attempt, attempts[0].agent_id, attempts[0].error.as_str()),
+        (1, Some(a), "exit 1")
+    );
+    assert_eq!(attempts[0].started_at, Some(at(1)));
+    assert_eq!(attempts[0].failed_at, at(5));
+    assert_eq!((attempts[1].attempt, attempts[1].agent_id), (2, Some(a)));
+    assert!(attempts[1].error.starts_with("lease expired"), "{:?}", attempts[1]);
+}
+
 on_both_backends!(
+    failed_attempts_are_kept_on_the_job,
     full_lifecycle,
     failures_retry_with_backoff_then_die,
     fingerprints_deduplicate_live_jobs_only,
