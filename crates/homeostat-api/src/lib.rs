@@ -38,6 +38,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/claim", post(agent::claim))
         .route("/v1/agent/jobs/{id}/complete", post(agent::complete))
         .route("/v1/agent/jobs/{id}/fail", post(agent::fail))
+        .route("/v1/agent/jobs/{id}/release", post(agent::release))
         .route("/v1/jobs", post(jobs::enqueue).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::show))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))

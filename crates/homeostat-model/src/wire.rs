@@ -219,6 +219,25 @@ pub struct FailRequest {
     pub retryable: bool,
 }
 
+/// Why an agent gives a job back unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseReason {
+    /// The agent is stopping: the job goes back to its queue and the attempt
+    /// does not count.
+    Shutdown,
+}
+
+/// A job given back unfinished, safe to resend with the same lease token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    /// The lease token from the claim.
+    pub lease_token: i64,
+    /// Why.
+    pub reason: ReleaseReason,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

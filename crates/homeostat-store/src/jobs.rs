@@ -44,6 +44,24 @@ const EXTEND_LEASE: Sql = Sql::pair(
     ),
 );
 
+/// `$3` now. The attempt is given back: a release is not a failure.
+const RELEASE: Sql = Sql::pair(
+    concat!(
+        "UPDATE jobs SET state = 'queued', attempt = MAX(attempt - 1, 0), queued_at = $3,
+           updated_at = $3, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id = $1 AND lease_token = $2 AND ",
+        sqlite_running!(),
+        " RETURNING id"
+    ),
+    concat!(
+        "UPDATE jobs SET state = 'queued', attempt = GREATEST(attempt - 1, 0), queued_at = $3,
+           updated_at = $3, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id = $1 AND lease_token = $2 AND ",
+        pg_running!(),
+        " RETURNING id"
+    ),
+);
+
 const FAILING: Sql = Sql::pair(
     concat!(
         "SELECT attempt, max_attempts FROM jobs WHERE id = $1 AND lease_token = $2 AND ",
@@ -198,6 +216,26 @@ pub(crate) async fn heartbeat_job<B: Backend>(
             token: lease_token,
         }),
     }
+}
+
+pub(crate) async fn release<B: Backend>(
+    b: &B,
+    id: JobId,
+    lease_token: i64,
+) -> Result<(), StoreError> {
+    let op = "releasing a job";
+    let stmt = Stmt::new::<B>(RELEASE)
+        .arg(id)
+        .arg(lease_token)
+        .arg(ms(b.now()));
+    if b.fetch_write(stmt).await.op(op)?.is_empty() {
+        return Err(StoreError::StaleLease {
+            operation: op,
+            job: id,
+            token: lease_token,
+        });
+    }
+    Ok(())
 }
 
 pub(crate) async fn fail<B: Backend>(

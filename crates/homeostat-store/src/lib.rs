@@ -461,6 +461,14 @@ impl Store {
         dispatch!(self, jobs::fail(failure))
     }
 
+    /// Gives a running job back to its queue without using up its attempt
+    /// (its agent is shutting down); refused for a stale token.
+    pub async fn release(&self, id: JobId, lease_token: i64) -> Result<(), StoreError> {
+        dispatch!(self, jobs::release(id, lease_token))?;
+        self.wake_any().await;
+        Ok(())
+    }
+
     /// Cancels a live job (audited).
     pub async fn cancel(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
         dispatch!(

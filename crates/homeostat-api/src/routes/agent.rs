@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use homeostat_model::wire::{
     ClaimRequest, ClaimResponse, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse,
-    RegisterRequest, RegisterResponse,
+    RegisterRequest, RegisterResponse, ReleaseRequest,
 };
 use homeostat_model::{AgentStatus, FailOutcome, Job, JobId, JobState};
 use homeostat_store::{Failure, StoreError};
@@ -244,4 +244,29 @@ pub(crate) async fn fail(
         })
         .await?;
     Ok(Json(outcome))
+}
+
+/// `POST /v1/agent/jobs/{id}/release`: an agent that shuts down gives its
+/// unfinished jobs back; they are queued again at once and the attempt does
+/// not count.
+pub(crate) async fn release(
+    State(state): State<ApiState>,
+    agent: AgentCaller,
+    Path(id): Path<JobId>,
+    Json(req): Json<ReleaseRequest>,
+) -> Result<Json<Job>, ApiError> {
+    let job = held_job(&state, agent, id, req.lease_token).await?;
+    if job.state == JobState::Running {
+        state.store.release(id, req.lease_token).await?;
+    } else if job.state != JobState::Queued {
+        return Err(StoreError::StaleLease {
+            operation: "releasing a job",
+            job: id,
+            token: req.lease_token,
+        }
+        .into());
+    }
+    // Queued under this token: released already (a resend), unless another
+    // agent claimed it since, which moved the token on.
+    Ok(Json(state.store.get_job(id).await?))
 }

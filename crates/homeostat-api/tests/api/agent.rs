@@ -376,7 +376,44 @@ async fn the_heartbeat_reply_carries_drain_cancel_and_lost_leases(store: &Store)
     api.stop().await;
 }
 
+async fn a_job_released_at_shutdown_keeps_its_attempt(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    api.enqueue(
+        &key,
+        json!({"queue": "builds", "kind": "compile", "max_attempts": 1}),
+    )
+    .await;
+    let (id, token) = claim_one(&api, &cred).await;
+    let path = format!("/v1/agent/jobs/{id}/release");
+    let body = json!({"lease_token": token, "reason": "shutdown"});
+    let released = api.post(&path, &cred, body.clone()).await;
+    assert_eq!(released.status, StatusCode::OK, "{}", released.text);
+    assert_eq!(released.body["state"], "queued");
+    assert_eq!(
+        released.body["attempt"], 0,
+        "the release used up an attempt"
+    );
+    let again = api.post(&path, &cred, body).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    // Its only attempt is still there: another claim gets it as attempt 1.
+    let (again_id, new_token) = claim_one(&api, &cred).await;
+    assert_eq!(again_id, id);
+    assert!(new_token > token);
+    let bad = api
+        .post(
+            &path,
+            &cred,
+            json!({"lease_token": new_token, "reason": "bored"}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "{}", bad.text);
+    api.stop().await;
+}
+
 on_both_backends!(
+    a_job_released_at_shutdown_keeps_its_attempt,
     registration_spends_the_bootstrap_token,
     a_claim_answers_at_once_when_work_is_queued,
     a_waiting_claim_is_woken_by_an_enqueue,

@@ -363,7 +363,12 @@ async fn failed_attempts_are_kept_on_the_job(store: &Store) {
         .unwrap();
     // The retry is due; the second attempt's lease expires unheartbeated.
     store.at(at(600)).promote_scheduled(10, None).await.unwrap();
-    store.at(at(601)).claim(a, 1, LEASE).await.unwrap().remove(0);
+    store
+        .at(at(601))
+        .claim(a, 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
     store
         .at(at(601 + 61))
         .requeue_expired_leases(10, None)
@@ -372,13 +377,21 @@ async fn failed_attempts_are_kept_on_the_job(store: &Store) {
     let attempts = store.get_job(id).await.unwrap().attempts;
     assert_eq!(attempts.len(), 2, "{attempts:?}");
     assert_eq!(
-        (attempts[0].attempt, attempts[0].agent_id, attempts[0].error.as_str()),
+        (
+            attempts[0].attempt,
+            attempts[0].agent_id,
+            attempts[0].error.as_str()
+        ),
         (1, Some(a), "exit 1")
     );
     assert_eq!(attempts[0].started_at, Some(at(1)));
     assert_eq!(attempts[0].failed_at, at(5));
     assert_eq!((attempts[1].attempt, attempts[1].agent_id), (2, Some(a)));
-    assert!(attempts[1].error.starts_with("lease expired"), "{:?}", attempts[1]);
+    assert!(
+        attempts[1].error.starts_with("lease expired"),
+        "{:?}",
+        attempts[1]
+    );
 }
 
 on_both_backends!(
