@@ -463,7 +463,7 @@ impl Store {
 
     /// Gives a running job back to its queue without using up its attempt
     /// (its agent is shutting down); refused for a stale token.
-    pub async fn release(&self, id: JobId, lease_token: i64) -> Result<(), StoreError> {
+    pub async fn release_job(&self, id: JobId, lease_token: i64) -> Result<(), StoreError> {
         dispatch!(self, jobs::release(id, lease_token))?;
         self.wake_any().await;
         Ok(())

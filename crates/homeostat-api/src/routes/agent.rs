@@ -257,7 +257,7 @@ pub(crate) async fn release(
 ) -> Result<Json<Job>, ApiError> {
     let job = held_job(&state, agent, id, req.lease_token).await?;
     if job.state == JobState::Running {
-        state.store.release(id, req.lease_token).await?;
+        state.store.release_job(id, req.lease_token).await?;
     } else if job.state != JobState::Queued {
         return Err(StoreError::StaleLease {
             operation: "releasing a job",
