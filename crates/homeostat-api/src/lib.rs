@@ -26,11 +26,12 @@ pub use routes::admin::CreatedSecret;
 pub use routes::jobs::{
     BatchResponse, EnqueueResponse, IDEMPOTENCY_LIFETIME, JobDetail, MAX_BATCH, MAX_PAGE,
 };
-pub use state::{ApiSettings, ApiState};
+pub use routes::signals::SignalOutcome;
+pub use state::{AlertRoute, ApiSettings, ApiState};
 
 /// The whole API.
 pub fn router(state: ApiState) -> Router {
-    use routes::{admin, agent, jobs, probes};
+    use routes::{admin, agent, jobs, probes, signals};
     let settings = state.settings.clone();
     let api = Router::new()
         .route("/v1/agent/register", post(agent::register))
@@ -60,6 +61,7 @@ pub fn router(state: ApiState) -> Router {
             post(admin::create_api_key).get(admin::list_api_keys),
         )
         .route("/v1/tokens/{id}/revoke", post(admin::revoke_token))
+        .route("/v1/signals/alertmanager", post(signals::alertmanager))
         .route("/v1/audit", get(admin::list_audit))
         .route("/v1/audit/verify", post(admin::verify_audit))
         .route("/v1/controllers", get(admin::list_controllers))

@@ -1,10 +1,12 @@
 //! What every handler shares: the store, the controller manager, the
 //! server's settings, its metrics and its shutdown signal.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use homeostat_model::TenantId;
 use homeostat_runtime::Manager;
 use homeostat_store::Store;
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,38 @@ pub struct ApiSettings {
     /// Longest a request may take (above the longest claim wait).
     #[serde(with = "homeostat_model::duration")]
     pub request_timeout: Duration,
+    /// How Alertmanager's alerts become jobs: the first route whose
+    /// matchers all hold.
+    pub alert_routes: Vec<AlertRoute>,
+}
+
+/// Alerts whose labels match become jobs of this queue and kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRoute {
+    /// Labels the alert must carry with these values (none: every alert).
+    #[serde(default)]
+    pub matchers: BTreeMap<String, String>,
+    /// The job's queue.
+    pub queue: String,
+    /// The job's kind.
+    pub kind: String,
+    /// The jobs' tenant when an admin key posts (a tenant key posts for its
+    /// own tenant).
+    #[serde(default)]
+    pub tenant_id: Option<TenantId>,
+    /// The jobs' priority.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+impl AlertRoute {
+    /// Whether an alert with these labels takes this route.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matchers
+            .iter()
+            .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+    }
 }
 
 impl Default for ApiSettings {
@@ -43,6 +77,13 @@ impl Default for ApiSettings {
             max_body_bytes: 1024 * 1024,
             max_result_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(60),
+            alert_routes: vec![AlertRoute {
+                matchers: BTreeMap::new(),
+                queue: "alerts".into(),
+                kind: "alert".into(),
+                tenant_id: None,
+                priority: 0,
+            }],
         }
     }
 }

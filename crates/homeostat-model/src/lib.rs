@@ -5,6 +5,7 @@
 //! milliseconds, so they round-trip at millisecond precision.
 
 mod agent;
+pub mod alertmanager;
 mod audit;
 pub mod duration;
 mod error;

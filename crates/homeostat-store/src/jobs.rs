@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use homeostat_model::{AuditAction, Job, JobId, JobState, NewAuditEvent};
+use homeostat_model::{AuditAction, Job, JobId, JobState, NewAuditEvent, TenantId};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
@@ -73,6 +73,14 @@ const FAILING: Sql = Sql::pair(
         " FOR UPDATE"
     ),
 );
+
+/// The live job of a tenant with a fingerprint (at most one: the dedup index).
+const LIVE_BY_FINGERPRINT: Sql = Sql::both(concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE tenant_id = $1 AND fingerprint = $2 AND state NOT IN ",
+    terminal!()
+));
 
 /// `$3` the delay before the retry (ms; none when the job dies), `$6`
 /// now, `$7` now (judged: the retry is due by it).
@@ -337,6 +345,18 @@ pub(crate) async fn get_job<B: Backend>(b: &B, id: JobId) -> Result<Job, StoreEr
         entity: "job",
         id: id.to_string(),
     })?)
+}
+
+pub(crate) async fn live_job_by_fingerprint<B: Backend>(
+    b: &B,
+    tenant_id: TenantId,
+    fingerprint: &str,
+) -> Result<Option<Job>, StoreError> {
+    let stmt = Stmt::new::<B>(LIVE_BY_FINGERPRINT)
+        .arg(tenant_id)
+        .arg(fingerprint);
+    let rows = b.fetch(stmt).await.op("reading a job")?;
+    rows.first().map(rows::job).transpose()
 }
 
 pub(crate) async fn list_jobs<B: Backend>(

@@ -502,6 +502,15 @@ impl Store {
         dispatch!(self, jobs::get_job(id))
     }
 
+    /// The tenant's live job with this fingerprint, if any.
+    pub async fn live_job_by_fingerprint(
+        &self,
+        tenant_id: TenantId,
+        fingerprint: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        dispatch!(self, jobs::live_job_by_fingerprint(tenant_id, fingerprint))
+    }
+
     /// Live jobs by state and queue, each queue's backlog and oldest
     /// waiting job, agents by status: what metrics and dashboards read. The
     /// cost follows the live jobs (each count reads a live state's partial

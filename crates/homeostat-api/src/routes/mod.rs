@@ -4,3 +4,4 @@ pub(crate) mod admin;
 pub(crate) mod agent;
 pub(crate) mod jobs;
 pub(crate) mod probes;
+pub(crate) mod signals;

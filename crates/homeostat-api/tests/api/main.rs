@@ -6,6 +6,7 @@ mod agent;
 mod errors;
 mod jobs;
 mod operators;
+mod signals;
 
 use std::sync::Arc;
 
