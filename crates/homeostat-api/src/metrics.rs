@@ -132,8 +132,18 @@ struct StatusLabel {
     status: &'static str,
 }
 
-/// `GET /metrics`.
-pub(crate) async fn serve(State(state): State<ApiState>) -> Result<Response, ApiError> {
+/// `GET /metrics`: OpenMetrics to a scraper that asks for it (Prometheus
+/// does), the Prometheus text format otherwise (`promtool check metrics`,
+/// curl, older scrapers).
+pub(crate) async fn serve(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let openmetrics = headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
     let stats = state.store.stats().await?;
     let now = state.store.now();
     let mut snapshot = Registry::default();
@@ -199,12 +209,66 @@ pub(crate) async fn serve(State(state): State<ApiState>) -> Result<Response, Api
             "encoding the metrics failed",
         ));
     }
+    if openmetrics {
+        return Ok((
+            [(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response());
+    }
     Ok((
-        [(
-            CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        body,
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        prometheus_text(&body),
     )
         .into_response())
+}
+
+/// OpenMetrics text as the Prometheus text format: a counter's family is
+/// named with its `_total` suffix, and there is no `# EOF` or `# UNIT`.
+fn prometheus_text(openmetrics: &str) -> String {
+    let lines: Vec<&str> = openmetrics.lines().collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            i += 1;
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap_or_default();
+            let counter = lines
+                .get(i + 1)
+                .is_some_and(|next| *next == format!("# TYPE {name} counter"));
+            if counter {
+                out.push_str(&format!("# HELP {name}_total{}\n", &rest[name.len()..]));
+                out.push_str(&format!("# TYPE {name}_total counter\n"));
+                i += 2;
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prometheus_text;
+
+    #[test]
+    fn counters_are_named_with_their_suffix_in_the_prometheus_format() {
+        let om = "# HELP jobs Jobs.\n# TYPE jobs counter\njobs_total{q=\"a\"} 3\n\
+                  # HELP depth Depth.\n# TYPE depth gauge\n# UNIT depth seconds\ndepth 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(om),
+            "# HELP jobs_total Jobs.\n# TYPE jobs_total counter\njobs_total{q=\"a\"} 3\n\
+             # HELP depth Depth.\n# TYPE depth gauge\ndepth 1\n"
+        );
+    }
 }

@@ -2,143 +2,23 @@
 //! `/readyz`, prints its admin key once, serves the API over real HTTP, and
 //! stops cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{client, data_dir, ready, start};
 use serde_json::{Value, json};
-
-struct Server {
-    child: Child,
-    address: String,
-    stdout: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn data_dir() -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "homeostat-run-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() ^ rand_suffix()
-    ))
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-/// Starts the server on a free port and waits (with a deadline) for the
-/// line that says where it listens.
-fn start(dir: &Path) -> Server {
-    let mut child = Command::new(assert_cmd::cargo::cargo_bin("homeostat"))
-        .args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .env("HOMEOSTAT_LOG_FORMAT", "json")
-        .env_remove("HOMEOSTAT_DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if parsed["fields"]["message"] == "homeostat listening" {
-                let _ = tx.send(parsed["fields"]["address"].as_str().unwrap().to_owned());
-            }
-        }
-    });
-    let address = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server never said where it listens");
-    Server {
-        child,
-        address,
-        stdout: String::new(),
-    }
-}
-
-impl Server {
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.address)
-    }
-
-    /// Sends SIGTERM and waits (with a deadline) for the exit status.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id();
-        // kill(2) through libc needs `unsafe`, which this workspace denies;
-        // the `kill` command sends the same signal.
-        let sent = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut out = String::new();
-                self.child
-                    .stdout
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut out)
-                    .unwrap();
-                self.stdout = out;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "did not stop within 30 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-async fn ready(client: &reqwest::Client, server: &Server) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(res) = client.get(server.url("/readyz")).send().await
-            && res.status() == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_server_is_ready_prints_its_admin_key_once_and_stops_on_sigterm() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = data_dir();
-    let client = reqwest::Client::new();
+    let client = client();
     let mut server = start(&dir);
     ready(&client, &server).await;
-
-    // Read the admin key from standard output: printed at start, before
-    // listening. The process must stop first for the pipe to close, so stop
-    // it and start again on the same data directory.
+    let key = server.admin_key().expect("no admin key printed");
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
-    let key = server
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("hsk_"))
-        .expect("no admin key printed")
-        .to_owned();
 
     let mut again = start(&dir);
     ready(&client, &again).await;
@@ -244,7 +124,8 @@ async fn a_fresh_server_is_ready_prints_its_admin_key_once_and_stops_on_sigterm(
     let stopped_at = Instant::now();
     let status = tokio::task::spawn_blocking(move || {
         let s = again.terminate();
-        (s, again.stdout.clone())
+        let printed = again.stdout.lock().unwrap().clone();
+        (s, printed)
     })
     .await
     .unwrap();

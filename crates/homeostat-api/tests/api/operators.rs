@@ -172,14 +172,22 @@ async fn probes_and_metrics(store: &Store) {
     api.enqueue(&key, json!({"queue": "builds", "kind": "a"}))
         .await;
     let metrics = api
-        .call(axum::http::Method::GET, "/metrics", None, None)
+        .send(
+            axum::http::Request::get("/metrics")
+                .header(
+                    "accept",
+                    "application/openmetrics-text;version=1.0.0,text/plain;q=0.5",
+                )
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
         .await;
     assert_eq!(metrics.status, StatusCode::OK);
     for needle in [
         "homeostat_jobs{state=\"queued\",queue=\"builds\"} 1",
         "homeostat_queue_backlog{queue=\"builds\"} 1",
         "homeostat_http_requests_total{route=\"/v1/jobs\",method=\"POST\",status=\"201\"} 1",
-        "homeostat_controller_reconcile_total",
+        "# TYPE homeostat_controller_reconcile counter",
         "# EOF",
     ] {
         assert!(
@@ -188,6 +196,16 @@ async fn probes_and_metrics(store: &Store) {
             metrics.text
         );
     }
+    // Without asking for OpenMetrics: the Prometheus text format.
+    let plain = api
+        .call(axum::http::Method::GET, "/metrics", None, None)
+        .await;
+    assert!(
+        plain
+            .text
+            .contains("# TYPE homeostat_controller_reconcile_total counter")
+    );
+    assert!(!plain.text.contains("# EOF"));
     api.state.shutdown_token().cancel();
     let stopping = api
         .call(axum::http::Method::GET, "/readyz", None, None)

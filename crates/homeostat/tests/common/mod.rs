@@ -1,0 +1,158 @@
+//! Starting `homeostat run` as a process, for the process tests.
+
+#![allow(dead_code, unreachable_pub)] // each test file uses part of it
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running `homeostat run`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub address: String,
+    /// Everything it printed on standard output so far.
+    pub stdout: Arc<Mutex<String>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh directory name under the temporary directory.
+pub fn data_dir() -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::env::temp_dir().join(format!("homeostat-run-{}-{nanos}", std::process::id()))
+}
+
+/// Starts the server on a free port of loopback with the embedded
+/// database in `dir`, and waits (with a deadline) for the line that says
+/// where it listens.
+pub fn start(dir: &Path) -> Server {
+    start_with(dir, &[])
+}
+
+/// [`start`] with extra `HOMEOSTAT_*` variables.
+pub fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("homeostat"));
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("HOMEOSTAT_LOG_FORMAT", "json")
+        .env_remove("HOMEOSTAT_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if parsed["fields"]["message"] == "homeostat listening" {
+                let _ = tx.send(parsed["fields"]["address"].as_str().unwrap().to_owned());
+            }
+        }
+    });
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let out = child.stdout.take().unwrap();
+    let sink = stdout.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server never said where it listens");
+    Server {
+        child,
+        address,
+        stdout,
+    }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// The admin key it printed on its first start (printed before it
+    /// listens, so present once it listens).
+    pub fn admin_key(&self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let printed = self.stdout.lock().unwrap().clone();
+            if let Some(key) = printed.lines().find(|l| l.starts_with("hsk_")) {
+                return Some(key.to_owned());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGTERM and waits (with a deadline) for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        // kill(2) through libc needs `unsafe`, which this workspace denies;
+        // the `kill` command sends the same signal.
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Waits (with a deadline) until `/readyz` answers 200.
+pub async fn ready(client: &reqwest::Client, server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(res) = client.get(server.url("/readyz")).send().await
+            && res.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An HTTP client (installing the crypto provider reqwest needs).
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// A free TCP port on loopback (free when this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
