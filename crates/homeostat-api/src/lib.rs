@@ -64,6 +64,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/signals/alertmanager", post(signals::alertmanager))
         .route("/v1/audit", get(admin::list_audit))
         .route("/v1/audit/verify", post(admin::verify_audit))
+        .route("/v1/notifications", get(admin::list_notifications))
+        .route(
+            "/v1/notifications/{id}/redrive",
+            post(admin::redrive_notification),
+        )
         .route("/v1/controllers", get(admin::list_controllers))
         .route(
             "/v1/controllers/{name}/trigger",

@@ -75,6 +75,8 @@ pub enum AuditAction {
     /// An operator re-queued a dead or expired job with fresh attempts.
     #[serde(rename = "job.redriven")]
     JobRedriven,
+    /// An operator sent a dead notification again.
+    NotificationRedriven,
     /// Running jobs whose lease expired were re-queued or went dead.
     #[serde(rename = "jobs.lease_expired")]
     JobsLeaseExpired,
@@ -109,7 +111,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 21] = [
+    pub const ALL: [AuditAction; 22] = [
         AuditAction::TenantCreated,
         AuditAction::TenantTierChanged,
         AuditAction::TokenCreated,
@@ -121,6 +123,7 @@ impl AuditAction {
         AuditAction::JobCancelled,
         AuditAction::JobApproved,
         AuditAction::JobRedriven,
+        AuditAction::NotificationRedriven,
         AuditAction::JobsLeaseExpired,
         AuditAction::JobsAgentOffline,
         AuditAction::JobsDeadlinePassed,
@@ -147,6 +150,7 @@ impl AuditAction {
             AuditAction::JobCancelled => "job.cancelled",
             AuditAction::JobApproved => "job.approved",
             AuditAction::JobRedriven => "job.redriven",
+            AuditAction::NotificationRedriven => "notification.redriven",
             AuditAction::JobsLeaseExpired => "jobs.lease_expired",
             AuditAction::JobsAgentOffline => "jobs.agent_offline",
             AuditAction::JobsDeadlinePassed => "jobs.deadline_passed",

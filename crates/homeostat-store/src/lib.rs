@@ -754,6 +754,25 @@ impl Store {
         dispatch!(self, notifications::record_delivery(id, delivery))
     }
 
+    /// Notifications in one state (`dead` ones, for an operator), newest
+    /// first.
+    pub async fn list_notifications(
+        &self,
+        state: NotificationState,
+        limit: u32,
+    ) -> Result<Vec<Notification>, StoreError> {
+        dispatch!(self, notifications::list(state, limit))
+    }
+
+    /// Sends a dead notification again, with fresh attempts (audited).
+    pub async fn redrive_notification(
+        &self,
+        id: NotificationId,
+        actor: &str,
+    ) -> Result<Notification, StoreError> {
+        dispatch!(self, notifications::redrive(id, actor))
+    }
+
     /// One notification.
     pub async fn get_notification(&self, id: NotificationId) -> Result<Notification, StoreError> {
         dispatch!(self, notifications::get(id))

@@ -40,6 +40,64 @@ const GET: Sql = Sql::both(concat!(
     " FROM notifications WHERE id = $1"
 ));
 
+const LIST: Sql = Sql::both(concat!(
+    "SELECT ",
+    notification_columns!(),
+    " FROM notifications WHERE state = $1 ORDER BY id DESC LIMIT $2"
+));
+const REDRIVE: Sql = Sql::both(concat!(
+    "UPDATE notifications SET state = 'pending', attempts = 0, next_attempt_at = $2
+     WHERE id = $1 AND state = 'dead' RETURNING ",
+    notification_columns!()
+));
+
+pub(crate) async fn list<B: Backend>(
+    b: &B,
+    state: NotificationState,
+    limit: u32,
+) -> Result<Vec<Notification>, StoreError> {
+    let stmt = Stmt::new::<B>(LIST)
+        .arg(state.as_str())
+        .arg(i64::from(limit));
+    b.fetch(stmt)
+        .await
+        .op("listing notifications")?
+        .iter()
+        .map(rows::notification)
+        .collect()
+}
+
+pub(crate) async fn redrive<B: Backend>(
+    b: &B,
+    id: NotificationId,
+    actor: &str,
+) -> Result<Notification, StoreError> {
+    let now = b.now();
+    let op = "redriving a notification";
+    let mut tx = b.begin(op).await?;
+    let stmt = Stmt::new::<B>(REDRIVE).arg(id).arg(ms(now));
+    let Some(row) = B::fetch_in(&mut tx, stmt).await.op(op)?.into_iter().next() else {
+        drop(tx);
+        let current = get(b, id).await?;
+        return Err(StoreError::Conflict {
+            operation: op,
+            entity: "notification",
+            id: id.to_string(),
+            reason: format!("it is {}, not dead", current.state.as_str()),
+        });
+    };
+    let notification = rows::notification(&row)?;
+    let event = homeostat_model::NewAuditEvent {
+        actor: actor.to_owned(),
+        action: homeostat_model::AuditAction::NotificationRedriven.into(),
+        subject: format!("notification:{id}"),
+        details: serde_json::json!({"event": notification.event}),
+    };
+    crate::audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    B::commit(tx, op).await?;
+    Ok(notification)
+}
+
 pub(crate) async fn add_notification<B: Backend>(
     b: &B,
     event: &str,

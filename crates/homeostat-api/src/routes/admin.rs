@@ -353,3 +353,48 @@ pub(crate) async fn plan_controller(
     let plan = manager(&state)?.plan(&name).await.map_err(manager_error)?;
     Ok(Json(plan))
 }
+
+// --- notifications -------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NotificationQuery {
+    #[serde(default = "dead")]
+    state: homeostat_model::NotificationState,
+    limit: Option<u32>,
+}
+
+fn dead() -> homeostat_model::NotificationState {
+    homeostat_model::NotificationState::Dead
+}
+
+pub(crate) async fn list_notifications(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<NotificationQuery>,
+) -> Result<Json<Vec<homeostat_model::Notification>>, ApiError> {
+    if caller.tenant().is_some() {
+        return Err(ApiError::forbidden(
+            "notifications span tenants: they need an admin or viewer key",
+        ));
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit: must be 1 to 1000"));
+    }
+    Ok(Json(state.store.list_notifications(q.state, limit).await?))
+}
+
+pub(crate) async fn redrive_notification(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<homeostat_model::NotificationId>,
+) -> Result<Json<homeostat_model::Notification>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(
+        state
+            .store
+            .redrive_notification(id, &caller.actor())
+            .await?,
+    ))
+}

@@ -215,7 +215,53 @@ async fn probes_and_metrics(store: &Store) {
     api.stop().await;
 }
 
+async fn dead_notifications_are_listed_and_redriven(store: &Store) {
+    let api = Api::new(store).await;
+    let id = api
+        .store
+        .add_notification("job.dead", &json!({"job_id": "x"}))
+        .await
+        .unwrap();
+    api.store
+        .record_delivery(
+            id,
+            &homeostat_store::Delivery::Failed {
+                error: "410 Gone".into(),
+                permanent: true,
+            },
+        )
+        .await
+        .unwrap();
+    let dead = api.get("/v1/notifications?state=dead", &api.admin).await;
+    assert_eq!(dead.status, StatusCode::OK, "{}", dead.text);
+    assert_eq!(dead.body[0]["id"], json!(id));
+    assert_eq!(dead.body[0]["last_error"], "410 Gone");
+    let redriven = api
+        .post(
+            &format!("/v1/notifications/{id}/redrive"),
+            &api.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(redriven.status, StatusCode::OK, "{}", redriven.text);
+    assert_eq!(redriven.body["state"], "pending");
+    assert_eq!(redriven.body["attempts"], 0);
+    let again = api
+        .post(
+            &format!("/v1/notifications/{id}/redrive"),
+            &api.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+    let (_, tenant_key) = api.tenant("acme").await;
+    let hidden = api.get("/v1/notifications", &tenant_key).await;
+    assert_eq!(hidden.status, StatusCode::FORBIDDEN);
+    api.stop().await;
+}
+
 on_both_backends!(
+    dead_notifications_are_listed_and_redriven,
     tenants_and_keys_need_an_admin,
     agents_are_listed_by_tenant_and_drained_by_admins,
     the_audit_log_lists_and_verifies_without_secrets,
