@@ -37,6 +37,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/agent/register", post(agent::register))
         .route("/v1/agent/heartbeat", post(agent::heartbeat))
         .route("/v1/agent/claim", post(agent::claim))
+        .route("/v1/agent/jobs/complete", post(agent::complete_batch))
         .route("/v1/agent/jobs/{id}/complete", post(agent::complete))
         .route("/v1/agent/jobs/{id}/fail", post(agent::fail))
         .route("/v1/agent/jobs/{id}/release", post(agent::release))

@@ -219,6 +219,17 @@ pub struct FailRequest {
     pub retryable: bool,
 }
 
+/// Completions of many jobs in one call, safe to resend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteBatchRequest {
+    /// The jobs, each with its lease token and result.
+    pub completions: Vec<Completion>,
+}
+
+/// Most completions in one batch.
+pub const MAX_COMPLETION_BATCH: usize = 1000;
+
 /// Why an agent gives a job back unfinished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -415,11 +415,21 @@ impl Store {
         &self,
         completions: &[Completion],
     ) -> Result<CompletedBatch, StoreError> {
+        self.complete_batch_of(None, completions).await
+    }
+
+    /// [`Store::complete_batch`] for the jobs `agent` holds: a completion of
+    /// a job held by another agent is stale, whatever its token.
+    pub async fn complete_batch_of(
+        &self,
+        agent: Option<AgentId>,
+        completions: &[Completion],
+    ) -> Result<CompletedBatch, StoreError> {
         let mut out = CompletedBatch::default();
         if completions.is_empty() {
             return Ok(out);
         }
-        let accepted = dispatch!(self.complete_batch(completions))?;
+        let accepted = dispatch!(self.complete_batch(agent, completions))?;
         for (c, accepted) in completions.iter().zip(accepted) {
             if accepted {
                 out.completed.push(c.id);

@@ -8,10 +8,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use homeostat_model::wire::{
-    ClaimRequest, ClaimResponse, CompleteRequest, FailRequest, HeartbeatRequest, HeartbeatResponse,
-    RegisterRequest, RegisterResponse, ReleaseRequest,
+    ClaimRequest, ClaimResponse, CompleteBatchRequest, CompleteRequest, FailRequest,
+    HeartbeatRequest, HeartbeatResponse, MAX_COMPLETION_BATCH, RegisterRequest, RegisterResponse,
+    ReleaseRequest,
 };
-use homeostat_model::{AgentStatus, FailOutcome, Job, JobId, JobState};
+use homeostat_model::{AgentStatus, CompletedBatch, FailOutcome, Job, JobId, JobState};
 use homeostat_store::{Failure, StoreError};
 
 use crate::auth::AgentCaller;
@@ -203,6 +204,55 @@ pub(crate) async fn complete(
         .complete(id, req.lease_token, req.result)
         .await?;
     Ok(Json(state.store.get_job(id).await?))
+}
+
+/// `POST /v1/agent/jobs/complete`: many completions in one statement. A
+/// completion already recorded under the same token (a resend) counts as
+/// completed; one whose lease the agent no longer holds is `stale`.
+pub(crate) async fn complete_batch(
+    State(state): State<ApiState>,
+    agent: AgentCaller,
+    Json(req): Json<CompleteBatchRequest>,
+) -> Result<Json<CompletedBatch>, ApiError> {
+    if req.completions.len() > MAX_COMPLETION_BATCH {
+        return Err(ApiError::invalid(format!(
+            "completions: at most {MAX_COMPLETION_BATCH} per batch"
+        )));
+    }
+    for (i, c) in req.completions.iter().enumerate() {
+        bounded_result(&state, &c.result)
+            .map_err(|e| ApiError::too_large(format!("completions[{i}].{}", e.message)))?;
+    }
+    let mut done = state
+        .store
+        .complete_batch_of(Some(agent.id), &req.completions)
+        .await?;
+    if !done.stale.is_empty() {
+        let tokens: std::collections::HashMap<JobId, i64> = req
+            .completions
+            .iter()
+            .map(|c| (c.id, c.lease_token))
+            .collect();
+        let mut stale = Vec::new();
+        for id in std::mem::take(&mut done.stale) {
+            let resent = match state.store.get_job(id).await {
+                Ok(job) => {
+                    job.state == JobState::Succeeded
+                        && job.lease_agent == Some(agent.id)
+                        && Some(&job.lease_token) == tokens.get(&id)
+                }
+                Err(StoreError::NotFound { .. }) => false,
+                Err(e) => return Err(e.into()),
+            };
+            if resent {
+                done.completed.push(id);
+            } else {
+                stale.push(id);
+            }
+        }
+        done.stale = stale;
+    }
+    Ok(Json(done))
 }
 
 /// `POST /v1/agent/jobs/{id}/fail`: a failed attempt; retried after the

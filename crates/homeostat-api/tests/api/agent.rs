@@ -412,7 +412,71 @@ async fn a_job_released_at_shutdown_keeps_its_attempt(store: &Store) {
     api.stop().await;
 }
 
+async fn a_batch_completion_completes_what_the_agent_holds(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    let (_, other) = api.agent(Some(tenant_id), &["builds"]).await;
+    for _ in 0..3 {
+        api.enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+            .await;
+    }
+    let claim = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 3, "wait_secs": 0}),
+        )
+        .await;
+    let jobs = claim.body["jobs"].as_array().unwrap().clone();
+    let completions: Vec<_> = jobs
+        .iter()
+        .map(|j| json!({"id": j["id"], "lease_token": j["lease_token"], "result": {"ok": true}}))
+        .collect();
+    // Another agent presenting the right tokens completes nothing.
+    let hijack = api
+        .post(
+            "/v1/agent/jobs/complete",
+            &other,
+            json!({"completions": completions}),
+        )
+        .await;
+    assert_eq!(hijack.status, StatusCode::OK, "{}", hijack.text);
+    assert_eq!(hijack.body["completed"], json!([]));
+    assert_eq!(hijack.body["stale"].as_array().unwrap().len(), 3);
+    let done = api
+        .post(
+            "/v1/agent/jobs/complete",
+            &cred,
+            json!({"completions": completions}),
+        )
+        .await;
+    assert_eq!(
+        done.body["completed"].as_array().unwrap().len(),
+        3,
+        "{}",
+        done.text
+    );
+    // Resent (the reply was lost): the same answer.
+    let again = api
+        .post(
+            "/v1/agent/jobs/complete",
+            &cred,
+            json!({"completions": completions}),
+        )
+        .await;
+    assert_eq!(
+        again.body["completed"].as_array().unwrap().len(),
+        3,
+        "{}",
+        again.text
+    );
+    assert_eq!(again.body["stale"], json!([]));
+    api.stop().await;
+}
+
 on_both_backends!(
+    a_batch_completion_completes_what_the_agent_holds,
     a_job_released_at_shutdown_keeps_its_attempt,
     registration_spends_the_bootstrap_token,
     a_claim_answers_at_once_when_work_is_queued,
