@@ -199,10 +199,25 @@ pub(crate) async fn complete(
         // The reply to the first completion was lost: answer it again.
         return Ok(Json(job));
     }
-    state
+    let done = state
         .store
-        .complete(id, req.lease_token, req.result)
+        .complete_batch_of(
+            Some(agent.id),
+            &[homeostat_model::Completion {
+                id,
+                lease_token: req.lease_token,
+                result: req.result,
+            }],
+        )
         .await?;
+    if !done.stale.is_empty() {
+        return Err(StoreError::StaleLease {
+            operation: "completing a job",
+            job: id,
+            token: req.lease_token,
+        }
+        .into());
+    }
     Ok(Json(state.store.get_job(id).await?))
 }
 
