@@ -76,6 +76,7 @@ pub enum AuditAction {
     #[serde(rename = "job.redriven")]
     JobRedriven,
     /// An operator sent a dead notification again.
+    #[serde(rename = "notification.redriven")]
     NotificationRedriven,
     /// Running jobs whose lease expired were re-queued or went dead.
     #[serde(rename = "jobs.lease_expired")]
