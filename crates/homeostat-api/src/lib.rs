@@ -17,7 +17,6 @@ mod state;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use tower_http::timeout::TimeoutLayer;
 
 pub use auth::{AgentCaller, Caller, Role};
@@ -29,56 +28,112 @@ pub use routes::jobs::{
 pub use routes::signals::SignalOutcome;
 pub use state::{AlertRoute, ApiSettings, ApiState};
 
-/// The whole API.
-pub fn router(state: ApiState) -> Router {
+/// The OpenAPI document's frame; the paths come from the handlers' own
+/// annotations as the router registers them, so none is missing.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "homeostat",
+        description = "A self-healing control plane for fleets of agents that run jobs. \
+            Agents authenticate with their credential, tenants and operators with an API key, \
+            both as `Authorization: Bearer …`. Every error is JSON `{\"code\", \"message\"}`."
+    ),
+    modifiers(&BearerSchemes),
+    tags(
+        (name = "agent", description = "The agent protocol: register, heartbeat, claim, complete, fail, release"),
+        (name = "jobs", description = "Enqueue, list, show, cancel, retry, approve"),
+        (name = "agents", description = "The fleet"),
+        (name = "tenants", description = "Tenants and their plan tier"),
+        (name = "tokens", description = "Bootstrap tokens and API keys"),
+        (name = "audit", description = "The hash-chained audit log"),
+        (name = "notifications", description = "Notifications that could not be delivered"),
+        (name = "controllers", description = "The reconciliation controllers"),
+        (name = "signals", description = "Alertmanager intake"),
+        (name = "probes", description = "Health, readiness, metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerSchemes;
+
+impl utoipa::Modify for BearerSchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, what) in [
+            ("api_key", "An API key (role admin, tenant or viewer)"),
+            (
+                "agent_credential",
+                "The credential an agent received at registration",
+            ),
+        ] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(what))
+                        .build(),
+                ),
+            );
+        }
+    }
+}
+
+/// The routes and their OpenAPI document.
+fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     use routes::{admin, agent, jobs, probes, signals};
+    use utoipa::OpenApi;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(agent::register))
+        .routes(routes!(agent::heartbeat))
+        .routes(routes!(agent::claim))
+        .routes(routes!(agent::complete_batch))
+        .routes(routes!(agent::complete))
+        .routes(routes!(agent::fail))
+        .routes(routes!(agent::release))
+        .routes(routes!(jobs::enqueue, jobs::list))
+        .routes(routes!(jobs::show))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::retry))
+        .routes(routes!(jobs::approve))
+        .routes(routes!(admin::list_agents))
+        .routes(routes!(admin::show_agent))
+        .routes(routes!(admin::drain_agent))
+        .routes(routes!(admin::create_tenant, admin::list_tenants))
+        .routes(routes!(
+            admin::create_bootstrap_token,
+            admin::list_bootstrap_tokens
+        ))
+        .routes(routes!(admin::create_api_key, admin::list_api_keys))
+        .routes(routes!(admin::revoke_token))
+        .routes(routes!(signals::alertmanager))
+        .routes(routes!(admin::list_audit))
+        .routes(routes!(admin::verify_audit))
+        .routes(routes!(admin::list_notifications))
+        .routes(routes!(admin::redrive_notification))
+        .routes(routes!(admin::list_controllers))
+        .routes(routes!(admin::trigger_controller))
+        .routes(routes!(admin::plan_controller))
+        .routes(routes!(probes::healthz))
+        .routes(routes!(probes::readyz))
+        .routes(routes!(metrics::serve))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of every route (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
+/// The whole API, with `/openapi.json` and its Swagger UI at `/docs`
+/// (vendored: no CDN at build or run time).
+pub fn router(state: ApiState) -> Router {
     let settings = state.settings.clone();
-    let api = Router::new()
-        .route("/v1/agent/register", post(agent::register))
-        .route("/v1/agent/heartbeat", post(agent::heartbeat))
-        .route("/v1/agent/claim", post(agent::claim))
-        .route("/v1/agent/jobs/complete", post(agent::complete_batch))
-        .route("/v1/agent/jobs/{id}/complete", post(agent::complete))
-        .route("/v1/agent/jobs/{id}/fail", post(agent::fail))
-        .route("/v1/agent/jobs/{id}/release", post(agent::release))
-        .route("/v1/jobs", post(jobs::enqueue).get(jobs::list))
-        .route("/v1/jobs/{id}", get(jobs::show))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/v1/jobs/{id}/retry", post(jobs::retry))
-        .route("/v1/jobs/{id}/approve", post(jobs::approve))
-        .route("/v1/agents", get(admin::list_agents))
-        .route("/v1/agents/{id}", get(admin::show_agent))
-        .route("/v1/agents/{id}/drain", post(admin::drain_agent))
-        .route(
-            "/v1/tenants",
-            post(admin::create_tenant).get(admin::list_tenants),
-        )
-        .route(
-            "/v1/bootstrap-tokens",
-            post(admin::create_bootstrap_token).get(admin::list_bootstrap_tokens),
-        )
-        .route(
-            "/v1/api-keys",
-            post(admin::create_api_key).get(admin::list_api_keys),
-        )
-        .route("/v1/tokens/{id}/revoke", post(admin::revoke_token))
-        .route("/v1/signals/alertmanager", post(signals::alertmanager))
-        .route("/v1/audit", get(admin::list_audit))
-        .route("/v1/audit/verify", post(admin::verify_audit))
-        .route("/v1/notifications", get(admin::list_notifications))
-        .route(
-            "/v1/notifications/{id}/redrive",
-            post(admin::redrive_notification),
-        )
-        .route("/v1/controllers", get(admin::list_controllers))
-        .route(
-            "/v1/controllers/{name}/trigger",
-            post(admin::trigger_controller),
-        )
-        .route("/v1/controllers/{name}/plan", get(admin::plan_controller))
-        .route("/healthz", get(probes::healthz))
-        .route("/readyz", get(probes::readyz))
-        .route("/metrics", get(metrics::serve))
+    let (api, doc) = routes();
+    let api = api
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     api.layer(axum::middleware::from_fn_with_state(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{AgentId, TenantId, ValidationError, validate_name};
 
 /// Whether an agent takes work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentStatus {
     /// Heartbeating and claiming.
@@ -55,7 +55,7 @@ impl FromStr for AgentStatus {
 }
 
 /// What an agent says about itself when it registers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
     /// Human-readable name (host name, pod name).
@@ -97,7 +97,7 @@ impl NewAgent {
 }
 
 /// An agent as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Agent {
     /// Identifier.
     pub id: AgentId,

@@ -19,7 +19,7 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for its `run_at` (delayed, or backing off after a failure).
@@ -125,7 +125,7 @@ impl FromStr for JobState {
 }
 
 /// A job as submitted by a tenant or operator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// Queue agents pull from.
@@ -247,7 +247,7 @@ impl NewJob {
 }
 
 /// A job as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     /// Identifier.
     pub id: JobId,
@@ -308,7 +308,7 @@ pub struct Job {
 
 /// One attempt that failed: reported by its agent, timed out, or reclaimed
 /// when its lease expired or its agent went offline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailedAttempt {
     /// Its number (1-based).
     pub attempt: u32,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{NotificationId, ValidationError};
 
 /// Delivery state of a notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NotificationState {
     /// Waiting for its next attempt.
@@ -54,7 +54,7 @@ impl FromStr for NotificationState {
 }
 
 /// A notification as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Notification {
     /// Identifier.
     pub id: NotificationId,

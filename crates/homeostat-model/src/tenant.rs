@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{TenantId, ValidationError};
 
 /// A tenant's plan; sets the base priority of its jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PlanTier {
     /// Base priority 0.
@@ -63,7 +63,7 @@ impl FromStr for PlanTier {
 }
 
 /// A tenant as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Tenant {
     /// Identifier.
     pub id: TenantId,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::{AgentId, TenantId, TokenId};
 
 /// What a token is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
     /// Lets an agent register (TTL, limited uses).
@@ -38,7 +38,7 @@ impl fmt::Display for TokenKind {
 }
 
 /// What an API key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "scope", content = "tenant_id")]
 pub enum ApiScope {
     /// Everything.
@@ -50,7 +50,7 @@ pub enum ApiScope {
 }
 
 /// A token's metadata: never its secret or hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TokenInfo {
     /// Identifier.
     pub id: TokenId,

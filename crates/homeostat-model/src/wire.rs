@@ -11,7 +11,7 @@ use crate::{AgentId, JobId, JobState, NewAgent, TenantId, ValidationError};
 
 /// The result of an enqueue: the job's id and whether it was new, not the
 /// whole row (the store's `get_job` reads it when needed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Enqueued {
     /// The new job, or the live job with the same fingerprint.
     pub id: JobId,
@@ -22,7 +22,7 @@ pub struct Enqueued {
 }
 
 /// A job handed to an agent by a claim.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClaimedJob {
     /// The job.
     pub id: JobId,
@@ -47,7 +47,7 @@ pub struct ClaimedJob {
 }
 
 /// One completion in a batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Completion {
     /// The job.
@@ -59,7 +59,7 @@ pub struct Completion {
 }
 
 /// What a batch of completions did, in the order given.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CompletedBatch {
     /// Jobs now succeeded.
     pub completed: Vec<JobId>,
@@ -68,7 +68,7 @@ pub struct CompletedBatch {
 }
 
 /// What a failure did to the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailOutcome {
     /// `scheduled` (to be retried at `retry_at`) or `dead`.
     pub state: JobState,
@@ -77,7 +77,7 @@ pub struct FailOutcome {
 }
 
 /// One page of a listing, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Page<T, C = JobId> {
     /// The items.
     pub items: Vec<T>,
@@ -88,7 +88,7 @@ pub struct Page<T, C = JobId> {
 /// An error as the API returns it: a stable code from the store's
 /// vocabulary (`invalid`, `not_found`, `conflict`, `stale_lease`,
 /// `unauthorized`, `unavailable`, …) and a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// Stable, snake_case; clients branch on it.
@@ -99,7 +99,7 @@ pub struct ErrorBody {
 
 /// An agent's registration: a bootstrap token and what the agent says
 /// about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The bootstrap token (spent by one use).
@@ -109,7 +109,7 @@ pub struct RegisterRequest {
 }
 
 /// A registered agent and its credential, shown this once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegisterResponse {
     /// The agent's id.
     pub agent_id: AgentId,
@@ -120,7 +120,7 @@ pub struct RegisterResponse {
 }
 
 /// A job an agent holds, and the lease token it holds it with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeldJob {
     /// The job.
@@ -130,7 +130,7 @@ pub struct HeldJob {
 }
 
 /// One heartbeat: the agent is alive, and still working on these jobs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// The jobs whose leases to extend.
@@ -139,7 +139,7 @@ pub struct HeartbeatRequest {
 }
 
 /// The server's answer to a heartbeat.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HeartbeatResponse {
     /// Seconds until the next heartbeat is due.
     pub heartbeat_interval_secs: u64,
@@ -160,7 +160,7 @@ pub const MAX_CLAIM_CAPACITY: u32 = 100;
 
 /// A claim: up to `capacity` jobs from the agent's queues, waiting up to
 /// `wait_secs` for one to be enqueued when none is queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// Jobs wanted (1 to 100).
@@ -190,14 +190,14 @@ impl ClaimRequest {
 }
 
 /// The jobs a claim took (none when the wait ran out).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClaimResponse {
     /// Best first.
     pub jobs: Vec<ClaimedJob>,
 }
 
 /// A job's completion, safe to resend with the same lease token.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     /// The lease token from the claim.
@@ -208,7 +208,7 @@ pub struct CompleteRequest {
 }
 
 /// A failed attempt, safe to resend with the same lease token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailRequest {
     /// The lease token from the claim.
@@ -220,7 +220,7 @@ pub struct FailRequest {
 }
 
 /// Completions of many jobs in one call, safe to resend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBatchRequest {
     /// The jobs, each with its lease token and result.
@@ -231,7 +231,7 @@ pub struct CompleteBatchRequest {
 pub const MAX_COMPLETION_BATCH: usize = 1000;
 
 /// Why an agent gives a job back unfinished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseReason {
     /// The agent is stopping: the job goes back to its queue and the attempt
@@ -240,7 +240,7 @@ pub enum ReleaseReason {
 }
 
 /// A job given back unfinished, safe to resend with the same lease token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     /// The lease token from the claim.

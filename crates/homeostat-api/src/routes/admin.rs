@@ -21,6 +21,7 @@ use crate::state::ApiState;
 
 // --- agents --------------------------------------------------------------
 
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, description = "agents the key sees", body = Vec<homeostat_model::Agent>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn list_agents(
     State(state): State<ApiState>,
     caller: Caller,
@@ -38,6 +39,7 @@ async fn visible_agent(state: &ApiState, caller: &Caller, id: AgentId) -> Result
     Ok(agent)
 }
 
+#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path, description = "agent id")), responses((status = 200, description = "the agent", body = homeostat_model::Agent), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn show_agent(
     State(state): State<ApiState>,
     caller: Caller,
@@ -46,6 +48,7 @@ pub(crate) async fn show_agent(
     Ok(Json(visible_agent(&state, &caller, id).await?))
 }
 
+#[utoipa::path(post, path = "/v1/agents/{id}/drain", tag = "agents", params(("id" = String, Path, description = "agent id")), responses((status = 200, description = "draining: it finishes its jobs and claims no more", body = homeostat_model::Agent), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn drain_agent(
     State(state): State<ApiState>,
     caller: Caller,
@@ -58,7 +61,7 @@ pub(crate) async fn drain_agent(
 
 // --- tenants -------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewTenant {
     name: String,
@@ -70,6 +73,7 @@ fn default_tier() -> PlanTier {
     PlanTier::Standard
 }
 
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = NewTenant, responses((status = 201, description = "created", body = homeostat_model::Tenant), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn create_tenant(
     State(state): State<ApiState>,
     caller: Caller,
@@ -83,6 +87,7 @@ pub(crate) async fn create_tenant(
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", responses((status = 200, description = "tenants the key sees", body = Vec<homeostat_model::Tenant>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn list_tenants(
     State(state): State<ApiState>,
     caller: Caller,
@@ -95,7 +100,7 @@ pub(crate) async fn list_tenants(
 // --- tokens --------------------------------------------------------------
 
 /// A created secret: its metadata and the secret itself, shown this once.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreatedSecret {
     /// Metadata.
     #[serde(flatten)]
@@ -104,7 +109,7 @@ pub struct CreatedSecret {
     pub secret: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewBootstrap {
     #[serde(default)]
@@ -126,6 +131,7 @@ fn default_uses() -> u32 {
 /// Longest a bootstrap token may live.
 const MAX_BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
+#[utoipa::path(post, path = "/v1/bootstrap-tokens", tag = "tokens", request_body = NewBootstrap, responses((status = 201, description = "created; the secret is shown this once", body = CreatedSecret), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn create_bootstrap_token(
     State(state): State<ApiState>,
     caller: Caller,
@@ -164,7 +170,7 @@ pub(crate) async fn create_bootstrap_token(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewApiKey {
     role: KeyRole,
@@ -174,14 +180,15 @@ pub(crate) struct NewApiKey {
     ttl_secs: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-enum KeyRole {
+pub(crate) enum KeyRole {
     Admin,
     Tenant,
     Viewer,
 }
 
+#[utoipa::path(post, path = "/v1/api-keys", tag = "tokens", request_body = NewApiKey, responses((status = 201, description = "created; the secret is shown this once", body = CreatedSecret), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn create_api_key(
     State(state): State<ApiState>,
     caller: Caller,
@@ -223,12 +230,14 @@ pub(crate) async fn create_api_key(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct TokenQuery {
     tenant_id: Option<TenantId>,
 }
 
+#[utoipa::path(get, path = "/v1/bootstrap-tokens", tag = "tokens", params(TokenQuery), responses((status = 200, description = "metadata, never a secret", body = Vec<homeostat_model::TokenInfo>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn list_bootstrap_tokens(
     State(state): State<ApiState>,
     caller: Caller,
@@ -243,6 +252,7 @@ pub(crate) async fn list_bootstrap_tokens(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/api-keys", tag = "tokens", params(TokenQuery), responses((status = 200, description = "metadata, never a secret", body = Vec<homeostat_model::TokenInfo>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn list_api_keys(
     State(state): State<ApiState>,
     caller: Caller,
@@ -257,6 +267,7 @@ pub(crate) async fn list_api_keys(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", params(("id" = String, Path, description = "token id")), responses((status = 204, description = "revoked: refused from now on"), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn revoke_token(
     State(state): State<ApiState>,
     caller: Caller,
@@ -269,13 +280,15 @@ pub(crate) async fn revoke_token(
 
 // --- audit ---------------------------------------------------------------
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     after: Option<i64>,
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery), responses((status = 200, description = "audit events after `after`, oldest first", body = Vec<homeostat_model::AuditEvent>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn list_audit(
     State(state): State<ApiState>,
     caller: Caller,
@@ -298,6 +311,7 @@ pub(crate) async fn list_audit(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/audit/verify", tag = "audit", responses((status = 200, description = "events checked and the first break, if any", body = Object), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn verify_audit(
     State(state): State<ApiState>,
     caller: Caller,
@@ -326,6 +340,7 @@ fn manager_error(e: homeostat_runtime::ManagerError) -> ApiError {
     ApiError::new(status, e.code(), e.to_string())
 }
 
+#[utoipa::path(get, path = "/v1/controllers", tag = "controllers", responses((status = 200, description = "each controller: last run, outcome, items, error, next run, leader", body = Vec<Object>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 503, description = "unavailable (retryable)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn list_controllers(
     State(state): State<ApiState>,
     caller: Caller,
@@ -334,6 +349,7 @@ pub(crate) async fn list_controllers(
     Ok(Json(manager(&state)?.status()))
 }
 
+#[utoipa::path(post, path = "/v1/controllers/{name}/trigger", tag = "controllers", params(("name" = String, Path, description = "controller name")), responses((status = 202, description = "a run is due now (coalesced with one already due)"), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 503, description = "unavailable (retryable)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn trigger_controller(
     State(state): State<ApiState>,
     caller: Caller,
@@ -344,6 +360,7 @@ pub(crate) async fn trigger_controller(
     Ok(StatusCode::ACCEPTED)
 }
 
+#[utoipa::path(get, path = "/v1/controllers/{name}/plan", tag = "controllers", params(("name" = String, Path, description = "controller name")), responses((status = 200, description = "what a run would change now (a dry run)", body = Object), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 503, description = "unavailable (retryable)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn plan_controller(
     State(state): State<ApiState>,
     caller: Caller,
@@ -356,8 +373,9 @@ pub(crate) async fn plan_controller(
 
 // --- notifications -------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct NotificationQuery {
     #[serde(default = "dead")]
     state: homeostat_model::NotificationState,
@@ -368,6 +386,7 @@ fn dead() -> homeostat_model::NotificationState {
     homeostat_model::NotificationState::Dead
 }
 
+#[utoipa::path(get, path = "/v1/notifications", tag = "notifications", params(NotificationQuery), responses((status = 200, description = "notifications in a state (dead by default), newest first", body = Vec<homeostat_model::Notification>), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn list_notifications(
     State(state): State<ApiState>,
     caller: Caller,
@@ -385,6 +404,7 @@ pub(crate) async fn list_notifications(
     Ok(Json(state.store.list_notifications(q.state, limit).await?))
 }
 
+#[utoipa::path(post, path = "/v1/notifications/{id}/redrive", tag = "notifications", params(("id" = String, Path, description = "notification id")), responses((status = 200, description = "pending again, with fresh attempts", body = homeostat_model::Notification), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn redrive_notification(
     State(state): State<ApiState>,
     caller: Caller,

@@ -28,12 +28,32 @@ pub(crate) enum EnqueueBody {
     One(OneBody),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BatchBody {
     #[serde(default)]
     tenant_id: Option<TenantId>,
     jobs: Vec<NewJob>,
+}
+
+/// The request body of `POST /v1/jobs`, as documented: one job (its
+/// fields, and `tenant_id` from an admin key) or a batch.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // the handler parses the body itself, naming bad fields
+pub(crate) enum EnqueueRequest {
+    One(EnqueueOne),
+    Batch(BatchBody),
+}
+
+/// One job to enqueue.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct EnqueueOne {
+    /// The tenant (admin keys only; a tenant key enqueues for its own).
+    tenant_id: Option<TenantId>,
+    #[serde(flatten)]
+    job: NewJob,
 }
 
 /// One job: its fields and, from an admin, `tenant_id`. (Not a flattened
@@ -46,7 +66,7 @@ pub(crate) struct OneBody {
 
 /// The answer to an enqueue of one job: 201 when created, 200 with the live
 /// job when its fingerprint deduplicated.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnqueueResponse {
     /// What was done.
     #[serde(flatten)]
@@ -56,7 +76,7 @@ pub struct EnqueueResponse {
 }
 
 /// The answer to a batch enqueue.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BatchResponse {
     /// One per job given, in order.
     pub jobs: Vec<Enqueued>,
@@ -92,6 +112,7 @@ fn target_tenant(caller: &Caller, named: Option<TenantId>) -> Result<TenantId, A
     }
 }
 
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = EnqueueRequest, params(("Idempotency-Key" = Option<String>, Header, description = "the same key from the same tenant within 24 h returns the first answer")), responses((status = 201, description = "created (one job: EnqueueResponse; a batch: BatchResponse)", body = EnqueueResponse), (status = 200, description = "deduplicated by fingerprint: the live job, its occurrences increased", body = EnqueueResponse), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 413, description = "too large", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn enqueue(
     State(state): State<ApiState>,
     caller: Caller,
@@ -201,8 +222,9 @@ fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<EnqueueBody, ApiError>
 }
 
 /// Filters and paging of `GET /v1/jobs`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListQuery {
     state: Option<JobState>,
     queue: Option<String>,
@@ -216,6 +238,7 @@ pub(crate) struct ListQuery {
 /// Most jobs in one page.
 pub const MAX_PAGE: u32 = 500;
 
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery), responses((status = 200, description = "a page of jobs, newest first", body = homeostat_model::Page<homeostat_model::Job>), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -246,7 +269,7 @@ pub(crate) async fn list(
 }
 
 /// A job with its audit history and its failed attempts.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct JobDetail {
     /// The job.
     #[serde(flatten)]
@@ -264,6 +287,7 @@ async fn visible_job(state: &ApiState, caller: &Caller, id: JobId) -> Result<Job
     Ok(job)
 }
 
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "the job, its failed attempts and its audit history", body = JobDetail), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn show(
     State(state): State<ApiState>,
     caller: Caller,
@@ -277,6 +301,7 @@ pub(crate) async fn show(
     Ok(Json(JobDetail { job, history }))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "cancelled (a running job's agent learns it at its next heartbeat)", body = homeostat_model::Job), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn cancel(
     State(state): State<ApiState>,
     caller: Caller,
@@ -287,6 +312,7 @@ pub(crate) async fn cancel(
     Ok(Json(state.store.cancel(id, &caller.actor()).await?))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "a dead or expired job queued again with fresh attempts", body = homeostat_model::Job), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn retry(
     State(state): State<ApiState>,
     caller: Caller,
@@ -297,6 +323,7 @@ pub(crate) async fn retry(
     Ok(Json(state.store.redrive(id, &caller.actor()).await?))
 }
 
+#[utoipa::path(post, path = "/v1/jobs/{id}/approve", tag = "jobs", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "approved: queued", body = homeostat_model::Job), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
 pub(crate) async fn approve(
     State(state): State<ApiState>,
     caller: Caller,

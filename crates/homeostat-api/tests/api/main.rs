@@ -5,6 +5,7 @@
 mod agent;
 mod errors;
 mod jobs;
+mod openapi;
 mod operators;
 mod signals;
 
