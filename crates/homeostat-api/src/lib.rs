@@ -22,9 +22,7 @@ use tower_http::timeout::TimeoutLayer;
 pub use auth::{AgentCaller, Caller, Role};
 pub use error::ApiError;
 pub use routes::admin::CreatedSecret;
-pub use routes::jobs::{
-    BatchResponse, EnqueueResponse, IDEMPOTENCY_LIFETIME, JobDetail, MAX_BATCH, MAX_PAGE,
-};
+pub use routes::jobs::{BatchResponse, EnqueueResponse, JobDetail, MAX_BATCH, MAX_PAGE};
 pub use routes::signals::SignalOutcome;
 pub use state::{AlertRoute, ApiSettings, ApiState};
 

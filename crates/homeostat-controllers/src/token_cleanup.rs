@@ -1,4 +1,5 @@
-//! token-cleanup: expired, used-up and revoked tokens are deleted.
+//! token-cleanup: expired, used-up and revoked tokens are deleted, and so
+//! are idempotency keys past their lifetime (24 h).
 
 use std::time::Duration;
 
@@ -42,6 +43,14 @@ impl Controller for TokenCleanup {
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
         let (batch, fence) = (self.settings.batch, ctx.fence());
         let done = drain(&ctx, batch, || self.store.delete_dead_tokens(batch, fence)).await?;
-        Ok(Reconciled::items(total(&done)))
+        let keys = drain(&ctx, batch, || {
+            self.store.delete_old_idempotency_keys(
+                homeostat_store::IDEMPOTENCY_LIFETIME,
+                batch,
+                fence,
+            )
+        })
+        .await?;
+        Ok(Reconciled::items(total(&done) + total(&keys)))
     }
 }

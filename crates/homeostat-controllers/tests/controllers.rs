@@ -551,7 +551,38 @@ async fn agent_health_brakes_a_mass_offline_then_confirms_it(store: &Store) {
     }
 }
 
+async fn token_cleanup_forgets_idempotency_keys_past_their_lifetime(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let jobs = [NewJob::new("q", "k")];
+    let life = homeostat_store::IDEMPOTENCY_LIFETIME;
+    let first = store
+        .at(t0())
+        .enqueue_once(t, "deploy-1", &jobs, life)
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    let controller = TokenCleanup::new(store.clone(), config().token_cleanup);
+    // Within its lifetime the key stays and answers again.
+    assert_eq!(run_at(store, &controller, at(23 * 3600)).await.unwrap(), 0);
+    let again = store
+        .at(at(23 * 3600))
+        .enqueue_once(t, "deploy-1", &jobs, life)
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.enqueued, first.enqueued);
+    // Past it, the key is deleted, and the same key enqueues anew.
+    assert_eq!(run_at(store, &controller, at(25 * 3600)).await.unwrap(), 1);
+    let later = store
+        .at(at(25 * 3600))
+        .enqueue_once(t, "deploy-1", &jobs, life)
+        .await
+        .unwrap();
+    assert!(!later.replayed);
+}
+
 on_both_backends!(
+    token_cleanup_forgets_idempotency_keys_past_their_lifetime,
     agent_health_reclaims_nothing_after_an_outage_of_the_control_plane,
     agent_health_brakes_a_mass_offline_then_confirms_it,
     agent_health_takes_silent_agents_offline_and_reclaims_their_jobs,

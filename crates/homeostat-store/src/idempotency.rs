@@ -31,6 +31,9 @@ const FORGET: Sql = Sql::both(
        SELECT key FROM idempotency_keys WHERE created_at <= $1 LIMIT $2)",
 );
 
+/// How long an idempotency key's answer is kept.
+pub const LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 /// Longest idempotency key accepted.
 pub const MAX_KEY_LEN: usize = 255;
 
@@ -121,10 +124,14 @@ pub(crate) async fn forget_old<B: Backend>(
     b: &B,
     lifetime: Duration,
     limit: u32,
+    fence: Option<&homeostat_runtime::Fence>,
 ) -> Result<u64, StoreError> {
+    let op = "deleting old idempotency keys";
     let cutoff = ms(b.now()) - dur_ms(lifetime);
+    let mut tx = b.begin(op).await?;
+    crate::leases::check_fence::<B>(&mut tx, fence, op).await?;
     let stmt = Stmt::new::<B>(FORGET).arg(cutoff).arg(i64::from(limit));
-    b.execute_write(stmt)
-        .await
-        .op("deleting old idempotency keys")
+    let n = B::execute_in(&mut tx, stmt).await.op(op)?;
+    B::commit(tx, op).await?;
+    Ok(n)
 }

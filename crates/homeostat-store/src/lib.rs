@@ -70,7 +70,7 @@ use jiff::Timestamp;
 pub use audit::{ChainBreak, VerifyReport};
 pub use error::StoreError;
 pub use homeostat_model::{ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
-pub use idempotency::MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN;
+pub use idempotency::{LIFETIME as IDEMPOTENCY_LIFETIME, MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN};
 pub use plan::{PlanKind, PlannedItem, SweepPlan};
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
@@ -336,8 +336,9 @@ impl Store {
         &self,
         lifetime: Duration,
         limit: u32,
+        fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
-        dispatch!(self, idempotency::forget_old(lifetime, limit))
+        dispatch!(self, idempotency::forget_old(lifetime, limit, fence))
     }
 
     /// A waiter for jobs queued from now on, by any replica (long-polling

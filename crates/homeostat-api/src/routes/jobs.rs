@@ -2,12 +2,10 @@
 //! `Idempotency-Key`), list, show with history, and the operator's
 //! transitions: cancel, retry, approve.
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use homeostat_model::{AuditEvent, Enqueued, Job, JobId, JobState, NewJob, Page, TenantId};
-use homeostat_store::{JobFilter, MAX_IDEMPOTENCY_KEY_LEN};
+use homeostat_store::{IDEMPOTENCY_LIFETIME, JobFilter, MAX_IDEMPOTENCY_KEY_LEN};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
@@ -15,8 +13,6 @@ use crate::error::ApiError;
 use crate::extract::{Json, Path, Query};
 use crate::state::ApiState;
 
-/// How long an idempotency key's answer is kept.
-pub const IDEMPOTENCY_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Most jobs in one batch enqueue.
 pub const MAX_BATCH: usize = 1000;
 

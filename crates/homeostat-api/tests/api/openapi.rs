@@ -98,4 +98,3 @@ async fn the_document_covers_every_route_and_the_ui_is_served(store: &Store) {
 }
 
 on_both_backends!(the_document_covers_every_route_and_the_ui_is_served);
-
