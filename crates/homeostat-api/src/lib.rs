@@ -17,6 +17,7 @@ mod state;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
 pub use auth::{AgentCaller, Caller, Role};
@@ -143,6 +144,10 @@ pub fn router(state: ApiState) -> Router {
         settings.request_timeout,
     ))
     .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+    // Outermost: every request has an id (the caller's, or a new one), and
+    // the answer carries it back.
+    .layer(PropagateRequestIdLayer::x_request_id())
+    .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
     .with_state(state)
 }
 

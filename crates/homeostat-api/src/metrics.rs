@@ -88,24 +88,37 @@ impl HttpMetrics {
     }
 }
 
-/// Counts and times every request by its route template (never its path:
-/// ids would make a series per job).
+/// Counts, times and logs every request by its route template (never its
+/// path: ids would make a series per job) and its request id; never a
+/// header, so no credential reaches a log line.
 pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = req.method().as_str().to_owned();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let started = Instant::now();
     let response = next.run(req).await;
     let elapsed = started.elapsed().as_secs_f64();
+    let status = response.status().as_u16();
+    if status >= 500 {
+        tracing::warn!(%method, %route, status, ms = elapsed * 1e3, %request_id, "request failed");
+    } else {
+        tracing::debug!(%method, %route, status, ms = elapsed * 1e3, %request_id, "request");
+    }
     state
         .http
         .requests
         .get_or_create(&RouteLabels {
             route: route.clone(),
             method: method.clone(),
-            status: response.status().as_u16(),
+            status,
         })
         .inc();
     state

@@ -20,7 +20,8 @@ async fn a_fresh_server_is_ready_prints_its_admin_key_once_and_stops_on_sigterm(
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
 
-    let mut again = start(&dir);
+    // Logging everything it can: no secret may reach a log line.
+    let mut again = common::start_with(&dir, &[("RUST_LOG", "debug")]);
     ready(&client, &again).await;
     let auth = format!("Bearer {key}");
     // The key works over real HTTP: a tenant, a bootstrap token, an agent, a
@@ -85,6 +86,10 @@ async fn a_fresh_server_is_ready_prints_its_admin_key_once_and_stops_on_sigterm(
         .await
         .unwrap();
     assert_eq!(done.status(), 200);
+    assert!(
+        done.headers().get("x-request-id").is_some(),
+        "every answer carries its request id"
+    );
 
     // A long poll in flight when SIGTERM arrives answers at once, empty.
     let waiting = tokio::spawn({
@@ -122,9 +127,25 @@ async fn a_fresh_server_is_ready_prints_its_admin_key_once_and_stops_on_sigterm(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let stopped_at = Instant::now();
+    let secrets = [
+        key.clone(),
+        bootstrap["secret"].as_str().unwrap().to_owned(),
+        agent["credential"].as_str().unwrap().to_owned(),
+    ];
     let status = tokio::task::spawn_blocking(move || {
         let s = again.terminate();
         let printed = again.stdout.lock().unwrap().clone();
+        let logged = again.stderr.lock().unwrap().clone();
+        assert!(
+            logged.contains("\"request\""),
+            "debug logs name each request"
+        );
+        for secret in &secrets {
+            assert!(
+                !logged.contains(secret.as_str()),
+                "a secret reached the log"
+            );
+        }
         (s, printed)
     })
     .await

@@ -16,6 +16,8 @@ pub struct Server {
     pub address: String,
     /// Everything it printed on standard output so far.
     pub stdout: Arc<Mutex<String>>,
+    /// Everything it logged (standard error) so far.
+    pub stderr: Arc<Mutex<String>>,
 }
 
 impl Drop for Server {
@@ -56,8 +58,15 @@ pub fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    let logged = Arc::new(Mutex::new(String::new()));
+    let log_sink = logged.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            {
+                let mut s = log_sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
             let parsed: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
             if parsed["fields"]["message"] == "homeostat listening" {
                 let _ = tx.send(parsed["fields"]["address"].as_str().unwrap().to_owned());
@@ -81,6 +90,7 @@ pub fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
         child,
         address,
         stdout,
+        stderr: logged,
     }
 }
 
