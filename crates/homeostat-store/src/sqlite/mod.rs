@@ -39,6 +39,8 @@ pub struct SqliteStore {
     agents: crate::registry::AgentFactsCache,
     /// Wake-ups for waiting claims, announced in-process.
     pub(crate) signals: crate::signals::Signals,
+    /// Stops the checkpoint task when the last clone goes (held, not read).
+    _checkpointer: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl SqliteStore {
@@ -56,10 +58,21 @@ impl SqliteStore {
         // them all, SQLite's worker thread runs the statement to its end
         // instead of waiting for the caller to drain every 50 rows. No ping
         // before each acquire (see the PostgreSQL backend).
+        //
+        // The writer never checkpoints: a checkpoint copies the WAL into the
+        // database and syncs it, a stall of milliseconds in whichever commit
+        // crossed the WAL's threshold (every ~200 ms at 500 jobs/s, the
+        // tail of pickup latency; docs/benchmarks.md). A background task
+        // checkpoints instead, beside the writer, not in its way.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
-            .connect_with(connect.clone().row_buffer_size(1024))
+            .connect_with(
+                connect
+                    .clone()
+                    .row_buffer_size(1024)
+                    .pragma("wal_autocheckpoint", "0"),
+            )
             .await
             .op("opening the SQLite database")?;
         let pool = SqlitePoolOptions::new()
@@ -77,12 +90,15 @@ impl SqliteStore {
         migrations::migrator(migrations::SQLITE)
             .run(&writer)
             .await?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(checkpoints(pool.clone(), writer.clone(), stop.clone()));
         Ok(Self {
             pool,
             writer,
             options,
             agents: Arc::default(),
             signals: crate::signals::Signals::default(),
+            _checkpointer: Arc::new(stop.drop_guard()),
         })
     }
 
@@ -99,6 +115,53 @@ impl SqliteStore {
     pub(crate) async fn close(&self) {
         self.pool.close().await;
         self.writer.close().await;
+    }
+}
+
+/// How often the WAL is checkpointed (when it has anything to copy).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// WAL frames (pages) past which it is truncated: 64 MiB of 4 KiB pages.
+const WAL_LIMIT_FRAMES: i64 = 4_096;
+
+/// Copies the WAL into the database beside the writer (`PASSIVE`: it waits
+/// for nobody and nobody waits for it), until the store closes. Under
+/// writes that never pause, a passive checkpoint never catches up with the
+/// WAL's end, and the WAL is never restarted: past [`WAL_LIMIT_FRAMES`] the
+/// writer's own connection truncates it, copying only what the passive
+/// checkpoint left (one short stall per 64 MiB written, measured in
+/// docs/benchmarks.md).
+async fn checkpoints(
+    pool: SqlitePool,
+    writer: SqlitePool,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(CHECKPOINT_EVERY) => {}
+        }
+        if pool.is_closed() || writer.is_closed() {
+            return;
+        }
+        let passive: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
+            .await;
+        let result = match passive {
+            Ok((_, frames, _)) if frames > WAL_LIMIT_FRAMES => {
+                sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                    .execute(&writer)
+                    .await
+                    .map(drop)
+            }
+            other => other.map(drop),
+        };
+        if let Err(e) = result {
+            if pool.is_closed() || writer.is_closed() {
+                return;
+            }
+            tracing::warn!(error = %e, "checkpointing the SQLite WAL failed; retrying");
+        }
     }
 }
 

@@ -1,0 +1,494 @@
+//! The API's costs, measured against the store's own, in the same run.
+//!
+//! `cargo bench -p homeostat-api --bench http -- [--backend sqlite|postgres]
+//!  [--jobs N] [--agents N] [--batch N] [--runs N] [--latency] [--rate N]
+//!  [--seconds N] [--replicas 1|2]`
+//!
+//! Lifecycle (default): N queued jobs drained by 8 agents that claim 100 and
+//! complete them as a batch, once through the store directly (as the store
+//! bench's lifecycle does) and once through HTTP on loopback (a real server,
+//! real connections); pairs alternate, and the ratio of the medians is
+//! reported.
+//!
+//! `--latency`: agents wait in long polls; a producer enqueues jobs through
+//! HTTP at `--rate` per second; each job's pickup latency runs from the
+//! moment its enqueue was sent to the moment a claim's answer carrying it
+//! arrived at an agent. With `--replicas 2` (PostgreSQL), the agents poll one
+//! replica and the producer enqueues through the other. The first second is
+//! a warm-up, not counted: the pools open their connections and PostgreSQL
+//! prepares its statements then.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use homeostat_api::{ApiSettings, ApiState, router};
+use homeostat_model::{AgentId, ApiScope, Completion, NewAgent, NewJob, PlanTier, TenantId};
+use homeostat_store::{NewBootstrapToken, PgStore, Store, StoreClock, StoreOptions};
+use homeostat_testkit::TestStore;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone)]
+struct Args {
+    backend: String,
+    jobs: usize,
+    agents: usize,
+    batch: u32,
+    runs: usize,
+    latency: bool,
+    rate: u64,
+    seconds: u64,
+    replicas: usize,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        backend: "sqlite".into(),
+        jobs: 20_000,
+        agents: 8,
+        batch: 100,
+        runs: 5,
+        latency: false,
+        rate: 500,
+        seconds: 10,
+        replicas: 1,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--backend" => a.backend = value(),
+            "--jobs" => a.jobs = value().parse().expect("--jobs N"),
+            "--agents" => a.agents = value().parse().expect("--agents N"),
+            "--batch" => a.batch = value().parse().expect("--batch N"),
+            "--runs" => a.runs = value().parse().expect("--runs N"),
+            "--rate" => a.rate = value().parse().expect("--rate N"),
+            "--seconds" => a.seconds = value().parse().expect("--seconds N"),
+            "--replicas" => a.replicas = value().parse().expect("--replicas N"),
+            "--latency" => a.latency = true,
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+/// A fresh database (removed at the end by the test kit's guard) and a
+/// store on it with the system clock, as in production.
+async fn fresh(backend: &str) -> (TestStore, Store) {
+    let options = || StoreOptions {
+        max_connections: 16,
+        clock: StoreClock::system(),
+        ..StoreOptions::default()
+    };
+    if backend == "postgres" {
+        let test = homeostat_testkit::postgres()
+            .await
+            .expect("HOMEOSTAT_TEST_DATABASE_URL for the PostgreSQL benchmark");
+        let store = replica(&test, options()).await;
+        (test, store)
+    } else {
+        let test = homeostat_testkit::sqlite().await;
+        let url = format!("sqlite:{}", test.path().unwrap().display());
+        let store = Store::connect(&url, options()).await.unwrap();
+        (test, store)
+    }
+}
+
+async fn replica(test: &TestStore, options: StoreOptions) -> Store {
+    let url = homeostat_testkit::pg_url().unwrap();
+    let connect = homeostat_testkit::pg_connect(&url, test.schema().unwrap());
+    Store::Postgres(PgStore::connect_with(connect, options).await.unwrap())
+}
+
+async fn bootstrap(store: &Store, tenant: Option<TenantId>, uses: u32) -> String {
+    store
+        .issue_bootstrap_token(
+            &NewBootstrapToken {
+                tenant_id: tenant,
+                ttl: Duration::from_secs(3600),
+                uses,
+            },
+            "bench",
+        )
+        .await
+        .unwrap()
+        .secret
+}
+
+async fn enqueue_all(store: &Store, tenant: TenantId, jobs: usize) {
+    let chunk: Vec<NewJob> = (0..1000).map(|_| NewJob::new("bench", "noop")).collect();
+    for _ in 0..jobs / 1000 {
+        store.enqueue_batch(tenant, &chunk).await.unwrap();
+    }
+}
+
+/// A server on a free loopback port: its base URL.
+async fn serve(store: &Store, settings: ApiSettings) -> (String, tokio::task::JoinHandle<()>) {
+    let state = ApiState::new(store.clone(), settings, None, Default::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = router(state);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (url, task)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap()
+}
+
+async fn post(client: &reqwest::Client, url: String, token: &str, body: Value) -> Value {
+    let res = client
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+async fn register(client: &reqwest::Client, base: &str, token: &str, i: usize) -> String {
+    let body = json!({
+        "bootstrap_token": token,
+        "agent": {"name": format!("bench-{i}"), "queues": ["bench"]},
+    });
+    let res = client
+        .post(format!("{base}/v1/agent/register"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    body["credential"].as_str().unwrap().to_owned()
+}
+
+/// Drains the queue through the store: jobs per second.
+async fn drain_store(store: &Store, agents: &[AgentId], jobs: usize, batch: u32) -> f64 {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for &agent in agents {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            loop {
+                let claimed = store
+                    .claim(agent, batch, Duration::from_secs(300))
+                    .await
+                    .unwrap();
+                if claimed.is_empty() {
+                    return done;
+                }
+                let completions: Vec<Completion> = claimed
+                    .iter()
+                    .map(|c| Completion {
+                        id: c.id,
+                        lease_token: c.lease_token,
+                        result: None,
+                    })
+                    .collect();
+                done += store
+                    .complete_batch(&completions)
+                    .await
+                    .unwrap()
+                    .completed
+                    .len();
+            }
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.unwrap();
+    }
+    assert_eq!(done, jobs);
+    jobs as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Drains the queue through HTTP: jobs per second.
+async fn drain_http(base: &str, credentials: &[String], jobs: usize, batch: u32) -> f64 {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for cred in credentials {
+        let (client, base, cred) = (client(), base.to_owned(), cred.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0;
+            loop {
+                let claimed = post(
+                    &client,
+                    format!("{base}/v1/agent/claim"),
+                    &cred,
+                    json!({"capacity": batch, "wait_secs": 0}),
+                )
+                .await;
+                let claimed = claimed["jobs"].as_array().unwrap();
+                if claimed.is_empty() {
+                    return done;
+                }
+                let completions: Vec<Value> = claimed
+                    .iter()
+                    .map(|j| json!({"id": j["id"], "lease_token": j["lease_token"]}))
+                    .collect();
+                let answer = post(
+                    &client,
+                    format!("{base}/v1/agent/jobs/complete"),
+                    &cred,
+                    json!({"completions": completions}),
+                )
+                .await;
+                done += answer["completed"].as_array().unwrap().len();
+            }
+        }));
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.unwrap();
+    }
+    assert_eq!(done, jobs);
+    jobs as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn platform_agents(store: &Store, n: usize) -> Vec<AgentId> {
+    let token = bootstrap(store, None, n as u32).await;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let agent = NewAgent {
+            name: format!("bench-store-{i}"),
+            labels: Default::default(),
+            queues: vec!["bench".into()],
+        };
+        out.push(store.register_agent(&token, &agent).await.unwrap().0.id);
+    }
+    out
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn lifecycle(a: &Args) {
+    let (mut direct, mut http) = (Vec::new(), Vec::new());
+    for run in 0..a.runs {
+        // Alternate which side goes first, so drift favours neither.
+        for side in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
+            let (test, store) = fresh(&a.backend).await;
+            let tenant = store
+                .create_tenant("bench", PlanTier::Standard, "bench")
+                .await
+                .unwrap();
+            if side == 0 {
+                let agents = platform_agents(&store, a.agents).await;
+                enqueue_all(&store, tenant.id, a.jobs).await;
+                direct.push(drain_store(&store, &agents, a.jobs, a.batch).await);
+            } else {
+                let (base, server) = serve(&store, ApiSettings::default()).await;
+                let token = bootstrap(&store, None, a.agents as u32).await;
+                let c = client();
+                let mut creds = Vec::new();
+                for i in 0..a.agents {
+                    creds.push(register(&c, &base, &token, i).await);
+                }
+                enqueue_all(&store, tenant.id, a.jobs).await;
+                http.push(drain_http(&base, &creds, a.jobs, a.batch).await);
+                server.abort();
+            }
+            store.close().await;
+            test.cleanup().await;
+        }
+        println!(
+            "run {run}: store {:.0} jobs/s, http {:.0} jobs/s",
+            direct[run], http[run]
+        );
+    }
+    let (d, h) = (median(&mut direct), median(&mut http));
+    println!(
+        "{} lifecycle jobs={} agents={} batch={} median of {}: store {d:.0} jobs/s, http {h:.0} jobs/s, http/store {:.2}",
+        a.backend,
+        a.jobs,
+        a.agents,
+        a.batch,
+        a.runs,
+        h / d
+    );
+}
+
+async fn latency(a: &Args) {
+    let (test, store) = fresh(&a.backend).await;
+    let other = if a.replicas > 1 {
+        assert_eq!(a.backend, "postgres", "two replicas need PostgreSQL");
+        replica(
+            &test,
+            StoreOptions {
+                max_connections: 16,
+                clock: StoreClock::system(),
+                ..StoreOptions::default()
+            },
+        )
+        .await
+    } else {
+        store.clone()
+    };
+    let tenant = store
+        .create_tenant("bench", PlanTier::Standard, "bench")
+        .await
+        .unwrap();
+    let key = store
+        .issue_api_key(ApiScope::Tenant(tenant.id), None, "bench")
+        .await
+        .unwrap()
+        .secret;
+    let (agents_url, s1) = serve(&store, ApiSettings::default()).await;
+    let (producer_url, s2) = if a.replicas > 1 {
+        let (u, s) = serve(&other, ApiSettings::default()).await;
+        (u, Some(s))
+    } else {
+        (agents_url.clone(), None)
+    };
+    let token = bootstrap(&store, None, a.agents as u32).await;
+    let c = client();
+    let mut creds = Vec::new();
+    for i in 0..a.agents {
+        creds.push(register(&c, &agents_url, &token, i).await);
+    }
+    let epoch = Instant::now();
+    let warmup = a.rate as usize;
+    let total = (a.rate * a.seconds) as usize + warmup;
+    let received = Arc::new(std::sync::Mutex::new(Vec::with_capacity(total)));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    for cred in creds {
+        let (client, base, received, stop) =
+            (client(), agents_url.clone(), received.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let claimed = tokio::select! {
+                    () = stop.cancelled() => return,
+                    b = post(
+                        &client,
+                        format!("{base}/v1/agent/claim"),
+                        &cred,
+                        json!({"capacity": 10, "wait_secs": 5}),
+                    ) => b,
+                };
+                let at = epoch.elapsed();
+                let jobs = claimed["jobs"].as_array().unwrap();
+                if jobs.is_empty() {
+                    continue;
+                }
+                {
+                    let mut r = received.lock().unwrap();
+                    for j in jobs {
+                        let sent = Duration::from_nanos(j["payload"]["sent_ns"].as_u64().unwrap());
+                        r.push((sent, at.saturating_sub(sent)));
+                    }
+                }
+                let completions: Vec<Value> = jobs
+                    .iter()
+                    .map(|j| json!({"id": j["id"], "lease_token": j["lease_token"]}))
+                    .collect();
+                post(
+                    &client,
+                    format!("{base}/v1/agent/jobs/complete"),
+                    &cred,
+                    json!({"completions": completions}),
+                )
+                .await;
+            }
+        }));
+    }
+    // Let every agent park in its long poll.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let producer = client();
+    let period = Duration::from_nanos(1_000_000_000 / a.rate);
+    let start = tokio::time::Instant::now();
+    for i in 0..total {
+        tokio::time::sleep_until(start + period * i as u32).await;
+        let sent_ns = epoch.elapsed().as_nanos() as u64;
+        let (p, url, key) = (producer.clone(), producer_url.clone(), key.clone());
+        // Each enqueue on its own task, so a slow one does not delay the
+        // next (the rate is the producer's, not the server's).
+        tokio::spawn(async move {
+            post(
+                &p,
+                format!("{url}/v1/jobs"),
+                &key,
+                json!({"queue": "bench", "kind": "noop", "payload": {"sent_ns": sent_ns}}),
+            )
+            .await;
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.lock().unwrap().len() < total {
+        assert!(Instant::now() < deadline, "not every job was picked up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let mut received = received.lock().unwrap().clone();
+    // The warm-up's jobs: the first second sent.
+    received.sort_by_key(|(sent, _)| *sent);
+    received.drain(..warmup);
+    if std::env::var_os("HOMEOSTAT_BENCH_WORST").is_some() {
+        let mut worst = received.clone();
+        worst.sort_by_key(|(_, d)| std::cmp::Reverse(*d));
+        for (sent, d) in worst.iter().take(30) {
+            eprintln!(
+                "sent at {:.1} ms: picked up after {:.2} ms",
+                sent.as_secs_f64() * 1e3,
+                d.as_secs_f64() * 1e3
+            );
+        }
+    }
+    let mut lat: Vec<f64> = received
+        .iter()
+        .map(|(_, d)| d.as_secs_f64() * 1e3)
+        .collect();
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    println!(
+        "{} pickup latency replicas={} rate={}/s jobs={} agents={}: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        a.backend,
+        a.replicas,
+        a.rate,
+        lat.len(),
+        a.agents,
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        lat[lat.len() - 1]
+    );
+    s1.abort();
+    if let Some(s) = s2 {
+        s.abort();
+    }
+    if a.replicas > 1 {
+        other.close().await;
+    }
+    store.close().await;
+    test.cleanup().await;
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if a.latency {
+            latency(&a).await;
+        } else {
+            lifecycle(&a).await;
+        }
+    });
+}
