@@ -307,15 +307,15 @@ async fn lifecycle(a: &Args) {
             direct[run], http[run]
         );
     }
+    // The ratio within each pair (the machine's speed drifts between
+    // pairs more than between the two halves of one).
+    let mut ratios: Vec<f64> = http.iter().zip(&direct).map(|(h, d)| h / d).collect();
+    let ratio = median(&mut ratios);
+    let (lo, hi) = (ratios[0], ratios[ratios.len() - 1]);
     let (d, h) = (median(&mut direct), median(&mut http));
     println!(
-        "{} lifecycle jobs={} agents={} batch={} median of {}: store {d:.0} jobs/s, http {h:.0} jobs/s, http/store {:.2}",
-        a.backend,
-        a.jobs,
-        a.agents,
-        a.batch,
-        a.runs,
-        h / d
+        "{} lifecycle jobs={} agents={} batch={} median of {}: store {d:.0} jobs/s, http {h:.0} jobs/s, http/store {ratio:.2} ({lo:.2}-{hi:.2})",
+        a.backend, a.jobs, a.agents, a.batch, a.runs,
     );
 }
 
