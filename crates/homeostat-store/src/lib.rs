@@ -296,16 +296,20 @@ impl Store {
             return Ok(Vec::new());
         }
         let enqueued = dispatch!(self.enqueue_batch(tenant_id, jobs))?;
-        // PostgreSQL's statement announced its queues itself.
-        #[cfg(feature = "sqlite")]
-        if let Store::Sqlite(s) = self {
-            let now = self.now();
-            for job in jobs
-                .iter()
-                .filter(|j| j.initial_state(now) == JobState::Queued)
-            {
-                s.signals.queued(&job.queue);
+        match self {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(s) => {
+                let now = self.now();
+                for job in jobs
+                    .iter()
+                    .filter(|j| j.initial_state(now) == JobState::Queued)
+                {
+                    s.signals.queued(&job.queue);
+                }
             }
+            // Its statement announced its queues itself (`NOTIFY`).
+            #[cfg(feature = "postgres")]
+            Store::Postgres(_) => {}
         }
         Ok(enqueued)
     }

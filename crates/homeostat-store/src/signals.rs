@@ -10,17 +10,18 @@
 //! connection dropped, a waiter fell behind) everyone is woken.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::broadcast;
 
 /// The `NOTIFY` channel; the payload is a queue name or [`ANY_QUEUE`].
+#[cfg(feature = "postgres")]
 pub(crate) const CHANNEL: &str = "homeostat_queued";
 /// Wakes every waiter, whatever its queues.
 pub(crate) const ANY_QUEUE: &str = "*";
 /// While the listener connection is down, waiters are woken this often
 /// (a slow poll) so that no claim waits out its whole long poll.
-pub(crate) const FALLBACK_POLL: Duration = Duration::from_secs(1);
+#[cfg(feature = "postgres")]
+pub(crate) const FALLBACK_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The in-process fan-out of wake-ups.
 #[derive(Debug, Clone)]
@@ -105,8 +106,11 @@ mod tests {
         let signals = Signals::default();
         let mut w = signals.waiter();
         signals.queued("builds");
-        tokio::time::timeout(Duration::from_secs(5), w.changed(&["builds".to_owned()]))
-            .await
-            .expect("the signal sent between subscribing and waiting was lost");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            w.changed(&["builds".to_owned()]),
+        )
+        .await
+        .expect("the signal sent between subscribing and waiting was lost");
     }
 }

@@ -236,3 +236,45 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
         .unwrap();
     admin.close().await;
 }
+
+/// N replicas starting at once on a fresh database: every one starts, and
+/// each migration is applied once (sqlx holds an advisory lock while it
+/// migrates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_at_once_migrate_once() {
+    let Some(url) = backends::pg_url() else {
+        return;
+    };
+    let schema = format!("hs_test_{}", homeostat_model::new_id().simple());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let connect = backends::pg_connect(&url, &schema);
+            tokio::spawn(async move {
+                homeostat_store::PgStore::connect_with(connect, StoreOptions::default()).await
+            })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for start in starts {
+        stores.push(start.await.unwrap().expect("a replica failed to start"));
+    }
+    let (applied, versions): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*), count(DISTINCT version) FROM {schema}._sqlx_migrations"
+    )))
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(applied, versions, "a migration was applied twice");
+    for s in stores {
+        s.pool().close().await;
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
