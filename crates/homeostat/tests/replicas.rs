@@ -1,0 +1,88 @@
+//! Two `homeostat run` processes on one PostgreSQL database: both serve the
+//! API, each controller runs on one of them, and when the leader stops on
+//! SIGTERM it releases its leases, so the other takes over at once rather
+//! than after the leases expire (15 s).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{client, data_dir, ready};
+use serde_json::Value;
+
+async fn leads(client: &reqwest::Client, server: &common::Server, key: &str, name: &str) -> bool {
+    let all: Value = client
+        .get(server.url("/v1/controllers"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .map(|c| c["leader"] == true)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_leader_hands_its_controllers_over_at_once() {
+    let Some(test) = homeostat_testkit::postgres().await else {
+        return;
+    };
+    let url = format!(
+        "{}?options[search_path]={}",
+        homeostat_testkit::pg_url().unwrap(),
+        test.schema().unwrap()
+    );
+    let env = [("HOMEOSTAT_DATABASE_URL", url.as_str())];
+    let client = client();
+    let (dir_a, dir_b) = (data_dir(), data_dir());
+    let mut a = common::start_with(&dir_a, &env);
+    ready(&client, &a).await;
+    let key = a
+        .admin_key()
+        .expect("the first replica prints the admin key");
+    let b = common::start_with(&dir_b, &env);
+    ready(&client, &b).await;
+    assert!(
+        b.admin_key().is_none(),
+        "the second replica made a second admin key"
+    );
+
+    // job-scheduler ticks every second: the first replica leads it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !leads(&client, &a, &key, "job-scheduler").await {
+        assert!(Instant::now() < deadline, "the first replica never led");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!leads(&client, &b, &key, "job-scheduler").await);
+
+    let stopped = Instant::now();
+    let status = tokio::task::spawn_blocking(move || a.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !leads(&client, &b, &key, "job-scheduler").await {
+        assert!(
+            Instant::now() < deadline,
+            "the second replica never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = stopped.elapsed();
+    // Waiting for the lease to expire would take its 15 s TTL; a released
+    // lease is taken at the follower's next tick (1 s).
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?}: the lease was not released"
+    );
+    drop(b);
+    test.cleanup().await;
+    let _ = std::fs::remove_dir_all(dir_a);
+    let _ = std::fs::remove_dir_all(dir_b);
+}
