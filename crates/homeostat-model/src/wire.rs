@@ -160,7 +160,7 @@ pub const MAX_CLAIM_CAPACITY: u32 = 100;
 
 /// A claim: up to `capacity` jobs from the agent's queues, waiting up to
 /// `wait_secs` for one to be enqueued when none is queued.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// Jobs wanted (1 to 100).
@@ -168,6 +168,9 @@ pub struct ClaimRequest {
     /// Seconds to wait for work (default 30, at most 50; 0 answers at once).
     #[serde(default)]
     pub wait_secs: Option<u32>,
+    /// Only these of the agent's queues (default: all it registered).
+    #[serde(default)]
+    pub queues: Option<Vec<String>>,
 }
 
 impl ClaimRequest {
@@ -183,6 +186,12 @@ impl ClaimRequest {
             return Err(ValidationError::new(
                 "wait_secs",
                 format!("must be at most {MAX_CLAIM_WAIT_SECS}, got {wait}"),
+            ));
+        }
+        if self.queues.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ValidationError::new(
+                "queues",
+                "names at least one queue (or is left out for all)",
             ));
         }
         Ok(())
@@ -265,18 +274,24 @@ mod tests {
         let ok = ClaimRequest {
             capacity: 10,
             wait_secs: Some(50),
+            queues: None,
         };
         assert_eq!(ok.validate(), Ok(()));
         let too_many = ClaimRequest {
             capacity: 101,
-            ..ok
+            ..ok.clone()
         };
         assert_eq!(too_many.validate().unwrap_err().field, "capacity");
         let too_long = ClaimRequest {
             wait_secs: Some(51),
-            ..ok
+            ..ok.clone()
         };
         assert_eq!(too_long.validate().unwrap_err().field, "wait_secs");
+        let no_queue = ClaimRequest {
+            queues: Some(vec![]),
+            ..ok.clone()
+        };
+        assert_eq!(no_queue.validate().unwrap_err().field, "queues");
     }
 
     #[test]

@@ -228,6 +228,18 @@ pub(crate) fn truncate(text: &str) -> String {
     format!("{}…", &text[..end])
 }
 
+/// The queues a claim looks at: the agent's, or those of them it named.
+pub(crate) fn claim_queues(registered: &[String], only: Option<&[String]>) -> Vec<String> {
+    match only {
+        None => registered.to_vec(),
+        Some(only) => registered
+            .iter()
+            .filter(|q| only.contains(q))
+            .cloned()
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

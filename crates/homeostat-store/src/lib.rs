@@ -400,7 +400,19 @@ impl Store {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        dispatch!(self.claim(agent_id, limit, lease))
+        dispatch!(self.claim(agent_id, None, limit, lease))
+    }
+
+    /// [`Store::claim`] from some of the agent's queues only (queues it
+    /// was not registered for are ignored).
+    pub async fn claim_from(
+        &self,
+        agent_id: AgentId,
+        queues: &[String],
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        dispatch!(self.claim(agent_id, Some(queues), limit, lease))
     }
 
     /// Extends a running job's lease; refused for a stale token.

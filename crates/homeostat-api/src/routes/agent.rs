@@ -115,14 +115,29 @@ pub(crate) async fn claim(
         Json(ClaimResponse { jobs })
     };
     let mut queues: Option<Vec<String>> = None;
+    if let Some(only) = &req.queues {
+        let registered = state.store.get_agent(agent.id).await?.queues;
+        if let Some(q) = only.iter().find(|q| !registered.contains(q)) {
+            return Err(ApiError::invalid(format!(
+                "queues: the agent is not registered for queue {q:?}"
+            )));
+        }
+        queues = Some(only.clone());
+    }
     loop {
         // Waiting starts before the look, so an enqueue between the two
         // still wakes this claim.
         let mut waiter = state.store.queued_waiter();
-        let jobs = state
-            .store
-            .claim(agent.id, req.capacity, state.settings.lease_ttl)
-            .await?;
+        let lease = state.settings.lease_ttl;
+        let jobs = match &req.queues {
+            Some(only) => {
+                state
+                    .store
+                    .claim_from(agent.id, only, req.capacity, lease)
+                    .await?
+            }
+            None => state.store.claim(agent.id, req.capacity, lease).await?,
+        };
         if !jobs.is_empty() || wait.is_zero() || state.shutdown.is_cancelled() {
             return Ok(answer(jobs));
         }

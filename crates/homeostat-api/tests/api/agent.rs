@@ -475,7 +475,58 @@ async fn a_batch_completion_completes_what_the_agent_holds(store: &Store) {
     api.stop().await;
 }
 
+async fn a_claim_may_name_some_of_the_agents_queues(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds", "deploys"]).await;
+    let build = api
+        .enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+        .await;
+    let deploy = api
+        .enqueue(&key, json!({"queue": "deploys", "kind": "ship"}))
+        .await;
+    let only = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 10, "wait_secs": 0, "queues": ["deploys"]}),
+        )
+        .await;
+    assert_eq!(only.status, StatusCode::OK, "{}", only.text);
+    let ids: Vec<_> = only.body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!(deploy)]);
+    let rest = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 10, "wait_secs": 0}),
+        )
+        .await;
+    assert_eq!(rest.body["jobs"][0]["id"], json!(build));
+    let foreign = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 1, "queues": ["payroll"]}),
+        )
+        .await;
+    assert_eq!(foreign.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        foreign.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("payroll")
+    );
+    api.stop().await;
+}
+
 on_both_backends!(
+    a_claim_may_name_some_of_the_agents_queues,
     a_batch_completion_completes_what_the_agent_holds,
     a_job_released_at_shutdown_keeps_its_attempt,
     registration_spends_the_bootstrap_token,

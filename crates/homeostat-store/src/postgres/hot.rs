@@ -180,6 +180,7 @@ impl PgStore {
     pub(crate) async fn claim(
         &self,
         agent_id: AgentId,
+        only: Option<&[String]>,
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
@@ -187,6 +188,7 @@ impl PgStore {
         let judged = self.at().judged;
         let AgentFacts { tenant, queues } =
             registry::agent_facts(self, &self.agents, agent_id, op).await?;
+        let queues = crate::decisions::claim_queues(&queues, only);
         let tenant = tenant.map(Id::from);
         let rows = if let [queue] = queues.as_slice() {
             // The usual case, shaped like the minimal claim. The rows are
@@ -227,10 +229,10 @@ impl PgStore {
             // the best `limit` across queues; one statement.
             sqlx::query(concat!(
                 "WITH agent AS (
-                   SELECT tenant_id, queues FROM agents WHERE id = $1 AND status = 'online'),
+                   SELECT tenant_id FROM agents WHERE id = $1 AND status = 'online'),
                  picked AS (
                    SELECT c.id, c.effective_priority, c.queued_at
-                   FROM agent a, unnest(a.queues) AS q(name),
+                   FROM agent a, unnest($5::text[]) AS q(name),
                    LATERAL (
                      SELECT j.id, j.effective_priority, j.queued_at FROM jobs j
                      WHERE j.state = 'queued' AND j.queue = q.name
@@ -255,6 +257,7 @@ impl PgStore {
             .bind(dur_ms(lease))
             .bind(judged)
             .bind(i64::from(limit))
+            .bind(&queues)
             .fetch_all(&self.pool)
             .await
             .op(op)?

@@ -115,6 +115,7 @@ impl SqliteStore {
     pub(crate) async fn claim(
         &self,
         agent_id: AgentId,
+        only: Option<&[String]>,
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
@@ -122,7 +123,8 @@ impl SqliteStore {
         let now = self.now();
         let facts = registry::agent_facts(self, &self.agents, agent_id, op).await?;
         let tenant = facts.tenant.map(|t| t.to_string());
-        let rows = if let [queue] = facts.queues.as_slice() {
+        let queues = crate::decisions::claim_queues(&facts.queues, only);
+        let rows = if let [queue] = queues.as_slice() {
             // The usual case: one statement, which SQLite runs as its own
             // transaction on the single write connection.
             sqlx::query(concat!(
@@ -150,7 +152,7 @@ impl SqliteStore {
             // over all queues would sort every queued job.
             let mut tx = self.begin(op).await?;
             let mut candidates: Vec<(i64, i64, String)> = Vec::new();
-            for queue in &facts.queues {
+            for queue in &queues {
                 let rows = sqlx::query(
                     "SELECT id, effective_priority, queued_at FROM jobs INDEXED BY jobs_claim
                      WHERE state = 'queued' AND queue = ?1 AND (?2 IS NULL OR tenant_id = ?2)
