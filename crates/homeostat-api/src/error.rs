@@ -146,3 +146,49 @@ impl From<PathRejection> for ApiError {
         Self::malformed(r.body_text())
     }
 }
+
+/// The error answers of the API's routes, documented once in the OpenAPI
+/// document (every one is an [`ErrorBody`]).
+#[derive(Debug, utoipa::IntoResponses)]
+#[allow(dead_code)] // documentation only: handlers answer with `ApiError`
+pub(crate) enum ErrorResponses {
+    /// Not JSON, a syntax error, an unknown field or a wrong type.
+    #[response(
+        status = 400,
+        description = "malformed: not JSON, an unknown field, a wrong type"
+    )]
+    Malformed(ErrorBody),
+    /// No credential, or not a live one of the right kind.
+    #[response(
+        status = 401,
+        description = "unauthorized: no credential, or not a live one"
+    )]
+    Unauthorized(ErrorBody),
+    /// The key's role may not do this.
+    #[response(
+        status = 403,
+        description = "forbidden: the key's role may not do this"
+    )]
+    Forbidden(ErrorBody),
+    /// No such entity, or another tenant's.
+    #[response(
+        status = 404,
+        description = "not_found: no such entity, or another tenant's"
+    )]
+    NotFound(ErrorBody),
+    /// The entity's state does not allow it, or a stale lease token.
+    #[response(status = 409, description = "conflict or stale_lease")]
+    Conflict(ErrorBody),
+    /// A body or a result past its bound.
+    #[response(
+        status = 413,
+        description = "too_large: a body or a result past its bound"
+    )]
+    TooLarge(ErrorBody),
+    /// A value out of range.
+    #[response(status = 422, description = "invalid: a value out of range, named")]
+    Invalid(ErrorBody),
+    /// The database is unreachable: retry.
+    #[response(status = 503, description = "unavailable: retry")]
+    Unavailable(ErrorBody),
+}

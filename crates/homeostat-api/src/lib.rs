@@ -38,6 +38,7 @@ pub use state::{AlertRoute, ApiSettings, ApiState};
             both as `Authorization: Bearer …`. Every error is JSON `{\"code\", \"message\"}`."
     ),
     modifiers(&BearerSchemes),
+    components(schemas(homeostat_model::wire::ErrorBody)),
     tags(
         (name = "agent", description = "The agent protocol: register, heartbeat, claim, complete, fail, release"),
         (name = "jobs", description = "Enqueue, list, show, cancel, retry, approve"),

@@ -148,7 +148,14 @@ struct StatusLabel {
 /// `GET /metrics`: OpenMetrics to a scraper that asks for it (Prometheus
 /// does), the Prometheus text format otherwise (`promtool check metrics`,
 /// curl, older scrapers).
-#[utoipa::path(get, path = "/metrics", tag = "probes", responses((status = 200, description = "OpenMetrics when asked for (Accept: application/openmetrics-text), else the Prometheus text format", content_type = "text/plain")))]
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "probes",
+    responses(
+        (status = 200, description = "OpenMetrics when asked for (Accept: application/openmetrics-text), else the Prometheus text format", content_type = "text/plain"),
+    ),
+)]
 pub(crate) async fn serve(
     State(state): State<ApiState>,
     headers: axum::http::HeaderMap,

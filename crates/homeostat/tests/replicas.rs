@@ -8,18 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{client, data_dir, ready};
-use serde_json::Value;
 
 async fn leads(client: &reqwest::Client, server: &common::Server, key: &str, name: &str) -> bool {
-    let all: Value = client
-        .get(server.url("/v1/controllers"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = common::get_json(client, server.url("/v1/controllers"), key).await;
     all.as_array()
         .unwrap()
         .iter()

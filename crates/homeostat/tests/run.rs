@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{client, data_dir, ready, start};
+use common::{client, data_dir, post_json, ready, start};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,35 +26,27 @@ async fn a_fresh_server_is_ready_prints_its_admin_key_once_and_stops_on_sigterm(
     let auth = format!("Bearer {key}");
     // The key works over real HTTP: a tenant, a bootstrap token, an agent, a
     // job through its whole life.
-    let tenant: Value = client
-        .post(again.url("/v1/tenants"))
-        .header("authorization", &auth)
-        .json(&json!({"name": "acme"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bootstrap: Value = client
-        .post(again.url("/v1/bootstrap-tokens"))
-        .header("authorization", &auth)
-        .json(&json!({"tenant_id": tenant["id"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent: Value = client
-        .post(again.url("/v1/agent/register"))
-        .json(&json!({"bootstrap_token": bootstrap["secret"], "agent": {"name": "n1", "queues": ["q"]}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenant = post_json(
+        &client,
+        again.url("/v1/tenants"),
+        Some(&key),
+        &json!({"name": "acme"}),
+    )
+    .await;
+    let bootstrap = post_json(
+        &client,
+        again.url("/v1/bootstrap-tokens"),
+        Some(&key),
+        &json!({"tenant_id": tenant["id"]}),
+    )
+    .await;
+    let agent = post_json(
+        &client,
+        again.url("/v1/agent/register"),
+        None,
+        &json!({"bootstrap_token": bootstrap["secret"], "agent": {"name": "n1", "queues": ["q"]}}),
+    )
+    .await;
     let cred = format!("Bearer {}", agent["credential"].as_str().unwrap());
     let enqueued = client
         .post(again.url("/v1/jobs"))
@@ -64,16 +56,13 @@ async fn a_fresh_server_is_ready_prints_its_admin_key_once_and_stops_on_sigterm(
         .await
         .unwrap();
     assert_eq!(enqueued.status(), 201);
-    let claimed: Value = client
-        .post(again.url("/v1/agent/claim"))
-        .header("authorization", &cred)
-        .json(&json!({"capacity": 1, "wait_secs": 5}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let claimed = post_json(
+        &client,
+        again.url("/v1/agent/claim"),
+        cred.strip_prefix("Bearer "),
+        &json!({"capacity": 1, "wait_secs": 5}),
+    )
+    .await;
     let job = &claimed["jobs"][0];
     let done = client
         .post(again.url(&format!(

@@ -8,8 +8,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client, data_dir, free_port, ready, start};
-use serde_json::{Value, json};
+use common::{client, data_dir, free_port, get_json, post_json, ready, start};
+use serde_json::json;
 
 fn require(program: &str, package: &str) -> String {
     let found = Command::new("sh")
@@ -32,16 +32,13 @@ async fn promtool_finds_no_problem_in_the_metrics() {
     ready(&client, &server).await;
     let key = server.admin_key().unwrap();
     // Some traffic, so that every family has samples.
-    let tenant: Value = client
-        .post(server.url("/v1/tenants"))
-        .bearer_auth(&key)
-        .json(&json!({"name": "acme"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenant = post_json(
+        &client,
+        server.url("/v1/tenants"),
+        Some(&key),
+        &json!({"name": "acme"}),
+    )
+    .await;
     client
         .post(server.url("/v1/jobs"))
         .bearer_auth(&key)
@@ -177,26 +174,20 @@ async fn alertmanager_alerts_become_jobs_and_their_resolution_cancels_them() {
     let server = start(&dir.join("data"));
     ready(&client, &server).await;
     let admin = server.admin_key().unwrap();
-    let tenant: Value = client
-        .post(server.url("/v1/tenants"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "ops"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key: Value = client
-        .post(server.url("/v1/api-keys"))
-        .bearer_auth(&admin)
-        .json(&json!({"role": "tenant", "tenant_id": tenant["id"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenant = post_json(
+        &client,
+        server.url("/v1/tenants"),
+        Some(&admin),
+        &json!({"name": "ops"}),
+    )
+    .await;
+    let key = post_json(
+        &client,
+        server.url("/v1/api-keys"),
+        Some(&admin),
+        &json!({"role": "tenant", "tenant_id": tenant["id"]}),
+    )
+    .await;
     let key = key["secret"].as_str().unwrap().to_owned();
     let am = alertmanager(&dir, &server.url("/v1/signals/alertmanager"), &key);
     eventually("Alertmanager to be ready", || {
@@ -229,15 +220,7 @@ async fn alertmanager_alerts_become_jobs_and_their_resolution_cancels_them() {
         let url = server.url(&format!("/v1/jobs?{query}"));
         let key = key.clone();
         async move {
-            let page: Value = client
-                .get(url)
-                .bearer_auth(key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let page = get_json(&client, url, &key).await;
             page["items"].as_array().unwrap().clone()
         }
     };

@@ -15,13 +15,22 @@ use homeostat_store::{NewBootstrapToken, VerifyReport};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Json, Path, Query};
 use crate::state::ApiState;
 
 // --- agents --------------------------------------------------------------
 
-#[utoipa::path(get, path = "/v1/agents", tag = "agents", responses((status = 200, description = "agents the key sees", body = Vec<homeostat_model::Agent>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/agents",
+    tag = "agents",
+    responses(
+        (status = 200, description = "agents the key sees", body = Vec<homeostat_model::Agent>),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn list_agents(
     State(state): State<ApiState>,
     caller: Caller,
@@ -39,7 +48,17 @@ async fn visible_agent(state: &ApiState, caller: &Caller, id: AgentId) -> Result
     Ok(agent)
 }
 
-#[utoipa::path(get, path = "/v1/agents/{id}", tag = "agents", params(("id" = String, Path, description = "agent id")), responses((status = 200, description = "the agent", body = homeostat_model::Agent), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{id}",
+    tag = "agents",
+    params(("id" = String, Path, description = "agent id")),
+    responses(
+        (status = 200, description = "the agent", body = homeostat_model::Agent),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn show_agent(
     State(state): State<ApiState>,
     caller: Caller,
@@ -48,7 +67,17 @@ pub(crate) async fn show_agent(
     Ok(Json(visible_agent(&state, &caller, id).await?))
 }
 
-#[utoipa::path(post, path = "/v1/agents/{id}/drain", tag = "agents", params(("id" = String, Path, description = "agent id")), responses((status = 200, description = "draining: it finishes its jobs and claims no more", body = homeostat_model::Agent), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{id}/drain",
+    tag = "agents",
+    params(("id" = String, Path, description = "agent id")),
+    responses(
+        (status = 200, description = "draining: it finishes its jobs and claims no more", body = homeostat_model::Agent),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn drain_agent(
     State(state): State<ApiState>,
     caller: Caller,
@@ -73,7 +102,17 @@ fn default_tier() -> PlanTier {
     PlanTier::Standard
 }
 
-#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = NewTenant, responses((status = 201, description = "created", body = homeostat_model::Tenant), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/tenants",
+    tag = "tenants",
+    request_body = NewTenant,
+    responses(
+        (status = 201, description = "created", body = homeostat_model::Tenant),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn create_tenant(
     State(state): State<ApiState>,
     caller: Caller,
@@ -87,7 +126,16 @@ pub(crate) async fn create_tenant(
     Ok((StatusCode::CREATED, Json(tenant)))
 }
 
-#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", responses((status = 200, description = "tenants the key sees", body = Vec<homeostat_model::Tenant>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/tenants",
+    tag = "tenants",
+    responses(
+        (status = 200, description = "tenants the key sees", body = Vec<homeostat_model::Tenant>),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn list_tenants(
     State(state): State<ApiState>,
     caller: Caller,
@@ -131,7 +179,17 @@ fn default_uses() -> u32 {
 /// Longest a bootstrap token may live.
 const MAX_BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-#[utoipa::path(post, path = "/v1/bootstrap-tokens", tag = "tokens", request_body = NewBootstrap, responses((status = 201, description = "created; the secret is shown this once", body = CreatedSecret), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/bootstrap-tokens",
+    tag = "tokens",
+    request_body = NewBootstrap,
+    responses(
+        (status = 201, description = "created; the secret is shown this once", body = CreatedSecret),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn create_bootstrap_token(
     State(state): State<ApiState>,
     caller: Caller,
@@ -188,7 +246,17 @@ pub(crate) enum KeyRole {
     Viewer,
 }
 
-#[utoipa::path(post, path = "/v1/api-keys", tag = "tokens", request_body = NewApiKey, responses((status = 201, description = "created; the secret is shown this once", body = CreatedSecret), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/api-keys",
+    tag = "tokens",
+    request_body = NewApiKey,
+    responses(
+        (status = 201, description = "created; the secret is shown this once", body = CreatedSecret),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn create_api_key(
     State(state): State<ApiState>,
     caller: Caller,
@@ -237,37 +305,65 @@ pub(crate) struct TokenQuery {
     tenant_id: Option<TenantId>,
 }
 
-#[utoipa::path(get, path = "/v1/bootstrap-tokens", tag = "tokens", params(TokenQuery), responses((status = 200, description = "metadata, never a secret", body = Vec<homeostat_model::TokenInfo>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/bootstrap-tokens",
+    tag = "tokens",
+    params(TokenQuery),
+    responses(
+        (status = 200, description = "metadata, never a secret", body = Vec<homeostat_model::TokenInfo>),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn list_bootstrap_tokens(
     State(state): State<ApiState>,
     caller: Caller,
     Query(q): Query<TokenQuery>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
-    caller.require_admin()?;
-    Ok(Json(
-        state
-            .store
-            .list_tokens(TokenKind::Bootstrap, q.tenant_id)
-            .await?,
-    ))
+    list_tokens(&state, &caller, TokenKind::Bootstrap, q).await
 }
 
-#[utoipa::path(get, path = "/v1/api-keys", tag = "tokens", params(TokenQuery), responses((status = 200, description = "metadata, never a secret", body = Vec<homeostat_model::TokenInfo>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/api-keys",
+    tag = "tokens",
+    params(TokenQuery),
+    responses(
+        (status = 200, description = "metadata, never a secret", body = Vec<homeostat_model::TokenInfo>),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn list_api_keys(
     State(state): State<ApiState>,
     caller: Caller,
     Query(q): Query<TokenQuery>,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
-    caller.require_admin()?;
-    Ok(Json(
-        state
-            .store
-            .list_tokens(TokenKind::ApiKey, q.tenant_id)
-            .await?,
-    ))
+    list_tokens(&state, &caller, TokenKind::ApiKey, q).await
 }
 
-#[utoipa::path(post, path = "/v1/tokens/{id}/revoke", tag = "tokens", params(("id" = String, Path, description = "token id")), responses((status = 204, description = "revoked: refused from now on"), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+async fn list_tokens(
+    state: &ApiState,
+    caller: &Caller,
+    kind: TokenKind,
+    q: TokenQuery,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    caller.require_admin()?;
+    Ok(Json(state.store.list_tokens(kind, q.tenant_id).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/tokens/{id}/revoke",
+    tag = "tokens",
+    params(("id" = String, Path, description = "token id")),
+    responses(
+        (status = 204, description = "revoked: refused from now on"),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn revoke_token(
     State(state): State<ApiState>,
     caller: Caller,
@@ -288,7 +384,17 @@ pub(crate) struct AuditQuery {
     limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery), responses((status = 200, description = "audit events after `after`, oldest first", body = Vec<homeostat_model::AuditEvent>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    tag = "audit",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "audit events after `after`, oldest first", body = Vec<homeostat_model::AuditEvent>),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn list_audit(
     State(state): State<ApiState>,
     caller: Caller,
@@ -311,7 +417,16 @@ pub(crate) async fn list_audit(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/audit/verify", tag = "audit", responses((status = 200, description = "events checked and the first break, if any", body = Object), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/audit/verify",
+    tag = "audit",
+    responses(
+        (status = 200, description = "events checked and the first break, if any", body = Object),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn verify_audit(
     State(state): State<ApiState>,
     caller: Caller,
@@ -340,7 +455,16 @@ fn manager_error(e: homeostat_runtime::ManagerError) -> ApiError {
     ApiError::new(status, e.code(), e.to_string())
 }
 
-#[utoipa::path(get, path = "/v1/controllers", tag = "controllers", responses((status = 200, description = "each controller: last run, outcome, items, error, next run, leader", body = Vec<Object>), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 503, description = "unavailable (retryable)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/controllers",
+    tag = "controllers",
+    responses(
+        (status = 200, description = "each controller: last run, outcome, items, error, next run, leader", body = Vec<Object>),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn list_controllers(
     State(state): State<ApiState>,
     caller: Caller,
@@ -349,7 +473,17 @@ pub(crate) async fn list_controllers(
     Ok(Json(manager(&state)?.status()))
 }
 
-#[utoipa::path(post, path = "/v1/controllers/{name}/trigger", tag = "controllers", params(("name" = String, Path, description = "controller name")), responses((status = 202, description = "a run is due now (coalesced with one already due)"), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 503, description = "unavailable (retryable)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/controllers/{name}/trigger",
+    tag = "controllers",
+    params(("name" = String, Path, description = "controller name")),
+    responses(
+        (status = 202, description = "a run is due now (coalesced with one already due)"),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn trigger_controller(
     State(state): State<ApiState>,
     caller: Caller,
@@ -360,7 +494,17 @@ pub(crate) async fn trigger_controller(
     Ok(StatusCode::ACCEPTED)
 }
 
-#[utoipa::path(get, path = "/v1/controllers/{name}/plan", tag = "controllers", params(("name" = String, Path, description = "controller name")), responses((status = 200, description = "what a run would change now (a dry run)", body = Object), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 503, description = "unavailable (retryable)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/controllers/{name}/plan",
+    tag = "controllers",
+    params(("name" = String, Path, description = "controller name")),
+    responses(
+        (status = 200, description = "what a run would change now (a dry run)", body = Object),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn plan_controller(
     State(state): State<ApiState>,
     caller: Caller,
@@ -386,7 +530,17 @@ fn dead() -> homeostat_model::NotificationState {
     homeostat_model::NotificationState::Dead
 }
 
-#[utoipa::path(get, path = "/v1/notifications", tag = "notifications", params(NotificationQuery), responses((status = 200, description = "notifications in a state (dead by default), newest first", body = Vec<homeostat_model::Notification>), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/notifications",
+    tag = "notifications",
+    params(NotificationQuery),
+    responses(
+        (status = 200, description = "notifications in a state (dead by default), newest first", body = Vec<homeostat_model::Notification>),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn list_notifications(
     State(state): State<ApiState>,
     caller: Caller,
@@ -404,7 +558,17 @@ pub(crate) async fn list_notifications(
     Ok(Json(state.store.list_notifications(q.state, limit).await?))
 }
 
-#[utoipa::path(post, path = "/v1/notifications/{id}/redrive", tag = "notifications", params(("id" = String, Path, description = "notification id")), responses((status = 200, description = "pending again, with fresh attempts", body = homeostat_model::Notification), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/notifications/{id}/redrive",
+    tag = "notifications",
+    params(("id" = String, Path, description = "notification id")),
+    responses(
+        (status = 200, description = "pending again, with fresh attempts", body = homeostat_model::Notification),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn redrive_notification(
     State(state): State<ApiState>,
     caller: Caller,

@@ -16,13 +16,22 @@ use homeostat_model::{AgentStatus, CompletedBatch, FailOutcome, Job, JobId, JobS
 use homeostat_store::{Failure, StoreError};
 
 use crate::auth::AgentCaller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Json, Path};
 use crate::state::ApiState;
 
 /// `POST /v1/agent/register`: spends one use of a bootstrap token; the
 /// credential in the answer is shown this once.
-#[utoipa::path(post, path = "/v1/agent/register", tag = "agent", request_body = homeostat_model::wire::RegisterRequest, responses((status = 201, description = "registered; the credential is shown this once", body = homeostat_model::wire::RegisterResponse), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)))]
+#[utoipa::path(
+    post,
+    path = "/v1/agent/register",
+    tag = "agent",
+    request_body = homeostat_model::wire::RegisterRequest,
+    responses(
+        (status = 201, description = "registered; the credential is shown this once", body = homeostat_model::wire::RegisterResponse),
+        ErrorResponses,
+    ),
+)]
 pub(crate) async fn register(
     State(state): State<ApiState>,
     Json(req): Json<RegisterRequest>,
@@ -46,7 +55,17 @@ pub(crate) async fn register(
 /// `POST /v1/agent/heartbeat`: the agent is alive; the leases of the jobs it
 /// names are extended. The reply tells which of them it no longer holds
 /// (lost, or cancelled by an operator) and whether it is drained.
-#[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agent", request_body = homeostat_model::wire::HeartbeatRequest, responses((status = 200, description = "intervals, drain, lost and cancelled jobs", body = homeostat_model::wire::HeartbeatResponse), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("agent_credential" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/agent/heartbeat",
+    tag = "agent",
+    request_body = homeostat_model::wire::HeartbeatRequest,
+    responses(
+        (status = 200, description = "intervals, drain, lost and cancelled jobs", body = homeostat_model::wire::HeartbeatResponse),
+        ErrorResponses,
+    ),
+    security(("agent_credential" = [])),
+)]
 pub(crate) async fn heartbeat(
     State(state): State<ApiState>,
     agent: AgentCaller,
@@ -96,7 +115,17 @@ pub(crate) async fn heartbeat(
 /// `POST /v1/agent/claim`: up to `capacity` jobs at once, or, when none is
 /// queued, a wait of up to `wait_secs` that an enqueue on one of the agent's
 /// queues ends at once (on any replica).
-#[utoipa::path(post, path = "/v1/agent/claim", tag = "agent", request_body = homeostat_model::wire::ClaimRequest, responses((status = 200, description = "the jobs claimed (none when the wait ran out)", body = homeostat_model::wire::ClaimResponse), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("agent_credential" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/agent/claim",
+    tag = "agent",
+    request_body = homeostat_model::wire::ClaimRequest,
+    responses(
+        (status = 200, description = "the jobs claimed (none when the wait ran out)", body = homeostat_model::wire::ClaimResponse),
+        ErrorResponses,
+    ),
+    security(("agent_credential" = [])),
+)]
 pub(crate) async fn claim(
     State(state): State<ApiState>,
     agent: AgentCaller,
@@ -205,7 +234,18 @@ fn bounded_result(state: &ApiState, result: &Option<serde_json::Value>) -> Resul
 }
 
 /// `POST /v1/agent/jobs/{id}/complete`.
-#[utoipa::path(post, path = "/v1/agent/jobs/{id}/complete", tag = "agent", params(("id" = String, Path, description = "job id")), request_body = homeostat_model::wire::CompleteRequest, responses((status = 200, description = "the job, succeeded (again, for a resend)", body = homeostat_model::Job), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody), (status = 413, description = "too large", body = homeostat_model::wire::ErrorBody)), security(("agent_credential" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/agent/jobs/{id}/complete",
+    tag = "agent",
+    params(("id" = String, Path, description = "job id")),
+    request_body = homeostat_model::wire::CompleteRequest,
+    responses(
+        (status = 200, description = "the job, succeeded (again, for a resend)", body = homeostat_model::Job),
+        ErrorResponses,
+    ),
+    security(("agent_credential" = [])),
+)]
 pub(crate) async fn complete(
     State(state): State<ApiState>,
     agent: AgentCaller,
@@ -243,7 +283,17 @@ pub(crate) async fn complete(
 /// `POST /v1/agent/jobs/complete`: many completions in one statement. A
 /// completion already recorded under the same token (a resend) counts as
 /// completed; one whose lease the agent no longer holds is `stale`.
-#[utoipa::path(post, path = "/v1/agent/jobs/complete", tag = "agent", request_body = homeostat_model::wire::CompleteBatchRequest, responses((status = 200, description = "completed and stale jobs", body = homeostat_model::CompletedBatch), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 413, description = "too large", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("agent_credential" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/agent/jobs/complete",
+    tag = "agent",
+    request_body = homeostat_model::wire::CompleteBatchRequest,
+    responses(
+        (status = 200, description = "completed and stale jobs", body = homeostat_model::CompletedBatch),
+        ErrorResponses,
+    ),
+    security(("agent_credential" = [])),
+)]
 pub(crate) async fn complete_batch(
     State(state): State<ApiState>,
     agent: AgentCaller,
@@ -292,7 +342,18 @@ pub(crate) async fn complete_batch(
 
 /// `POST /v1/agent/jobs/{id}/fail`: a failed attempt; retried after the
 /// backoff while attempts are left and it is `retryable`, else dead.
-#[utoipa::path(post, path = "/v1/agent/jobs/{id}/fail", tag = "agent", params(("id" = String, Path, description = "job id")), request_body = homeostat_model::wire::FailRequest, responses((status = 200, description = "retried (scheduled) or dead", body = homeostat_model::FailOutcome), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody), (status = 413, description = "too large", body = homeostat_model::wire::ErrorBody)), security(("agent_credential" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/agent/jobs/{id}/fail",
+    tag = "agent",
+    params(("id" = String, Path, description = "job id")),
+    request_body = homeostat_model::wire::FailRequest,
+    responses(
+        (status = 200, description = "retried (scheduled) or dead", body = homeostat_model::FailOutcome),
+        ErrorResponses,
+    ),
+    security(("agent_credential" = [])),
+)]
 pub(crate) async fn fail(
     State(state): State<ApiState>,
     agent: AgentCaller,
@@ -335,7 +396,18 @@ pub(crate) async fn fail(
 /// `POST /v1/agent/jobs/{id}/release`: an agent that shuts down gives its
 /// unfinished jobs back; they are queued again at once and the attempt does
 /// not count.
-#[utoipa::path(post, path = "/v1/agent/jobs/{id}/release", tag = "agent", params(("id" = String, Path, description = "job id")), request_body = homeostat_model::wire::ReleaseRequest, responses((status = 200, description = "the job, queued again; the attempt does not count", body = homeostat_model::Job), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody)), security(("agent_credential" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/agent/jobs/{id}/release",
+    tag = "agent",
+    params(("id" = String, Path, description = "job id")),
+    request_body = homeostat_model::wire::ReleaseRequest,
+    responses(
+        (status = 200, description = "the job, queued again; the attempt does not count", body = homeostat_model::Job),
+        ErrorResponses,
+    ),
+    security(("agent_credential" = [])),
+)]
 pub(crate) async fn release(
     State(state): State<ApiState>,
     agent: AgentCaller,

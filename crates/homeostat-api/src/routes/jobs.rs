@@ -9,7 +9,7 @@ use homeostat_store::{IDEMPOTENCY_LIFETIME, JobFilter, MAX_IDEMPOTENCY_KEY_LEN};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Json, Path, Query};
 use crate::state::ApiState;
 
@@ -108,7 +108,19 @@ fn target_tenant(caller: &Caller, named: Option<TenantId>) -> Result<TenantId, A
     }
 }
 
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = EnqueueRequest, params(("Idempotency-Key" = Option<String>, Header, description = "the same key from the same tenant within 24 h returns the first answer")), responses((status = 201, description = "created (one job: EnqueueResponse; a batch: BatchResponse)", body = EnqueueResponse), (status = 200, description = "deduplicated by fingerprint: the live job, its occurrences increased", body = EnqueueResponse), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 413, description = "too large", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    request_body = EnqueueRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "the same key from the same tenant within 24 h returns the first answer")),
+    responses(
+        (status = 201, description = "created (one job: EnqueueResponse; a batch: BatchResponse)", body = EnqueueResponse),
+        (status = 200, description = "deduplicated by fingerprint: the live job, its occurrences increased", body = EnqueueResponse),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn enqueue(
     State(state): State<ApiState>,
     caller: Caller,
@@ -234,7 +246,17 @@ pub(crate) struct ListQuery {
 /// Most jobs in one page.
 pub const MAX_PAGE: u32 = 500;
 
-#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery), responses((status = 200, description = "a page of jobs, newest first", body = homeostat_model::Page<homeostat_model::Job>), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "a page of jobs, newest first", body = homeostat_model::Page<homeostat_model::Job>),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn list(
     State(state): State<ApiState>,
     caller: Caller,
@@ -283,7 +305,43 @@ async fn visible_job(state: &ApiState, caller: &Caller, id: JobId) -> Result<Job
     Ok(job)
 }
 
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "the job, its failed attempts and its audit history", body = JobDetail), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+/// What an operator does to one job.
+#[derive(Debug, Clone, Copy)]
+enum Operation {
+    Cancel,
+    Retry,
+    Approve,
+}
+
+/// Does `op` to a job the caller may change (another tenant's is 404).
+async fn operate(
+    state: &ApiState,
+    caller: &Caller,
+    id: JobId,
+    op: Operation,
+) -> Result<Json<Job>, ApiError> {
+    caller.require_write()?;
+    visible_job(state, caller, id).await?;
+    let actor = caller.actor();
+    let job = match op {
+        Operation::Cancel => state.store.cancel(id, &actor).await?,
+        Operation::Retry => state.store.redrive(id, &actor).await?,
+        Operation::Approve => state.store.approve(id, &actor).await?,
+    };
+    Ok(Json(job))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 200, description = "the job, its failed attempts and its audit history", body = JobDetail),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn show(
     State(state): State<ApiState>,
     caller: Caller,
@@ -297,35 +355,59 @@ pub(crate) async fn show(
     Ok(Json(JobDetail { job, history }))
 }
 
-#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "cancelled (a running job's agent learns it at its next heartbeat)", body = homeostat_model::Job), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/cancel",
+    tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 200, description = "cancelled (a running job's agent learns it at its next heartbeat)", body = homeostat_model::Job),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn cancel(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<JobId>,
 ) -> Result<Json<Job>, ApiError> {
-    caller.require_write()?;
-    visible_job(&state, &caller, id).await?;
-    Ok(Json(state.store.cancel(id, &caller.actor()).await?))
+    operate(&state, &caller, id, Operation::Cancel).await
 }
 
-#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "a dead or expired job queued again with fresh attempts", body = homeostat_model::Job), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/retry",
+    tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 200, description = "a dead or expired job queued again with fresh attempts", body = homeostat_model::Job),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn retry(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<JobId>,
 ) -> Result<Json<Job>, ApiError> {
-    caller.require_write()?;
-    visible_job(&state, &caller, id).await?;
-    Ok(Json(state.store.redrive(id, &caller.actor()).await?))
+    operate(&state, &caller, id, Operation::Retry).await
 }
 
-#[utoipa::path(post, path = "/v1/jobs/{id}/approve", tag = "jobs", params(("id" = String, Path, description = "job id")), responses((status = 200, description = "approved: queued", body = homeostat_model::Job), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 404, description = "not found (or another tenant's)", body = homeostat_model::wire::ErrorBody), (status = 409, description = "state conflict or stale lease", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/approve",
+    tag = "jobs",
+    params(("id" = String, Path, description = "job id")),
+    responses(
+        (status = 200, description = "approved: queued", body = homeostat_model::Job),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn approve(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<JobId>,
 ) -> Result<Json<Job>, ApiError> {
-    caller.require_write()?;
-    visible_job(&state, &caller, id).await?;
-    Ok(Json(state.store.approve(id, &caller.actor()).await?))
+    operate(&state, &caller, id, Operation::Approve).await
 }

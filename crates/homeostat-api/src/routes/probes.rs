@@ -9,12 +9,27 @@ use serde_json::{Value, json};
 
 use crate::state::ApiState;
 
-#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "the process is alive")))]
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "probes",
+    responses(
+        (status = 200, description = "the process is alive"),
+    ),
+)]
 pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "probes", responses((status = 200, description = "ready"), (status = 503, description = "not ready, with the reason")))]
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "probes",
+    responses(
+        (status = 200, description = "ready"),
+        (status = 503, description = "not ready, with the reason"),
+    ),
+)]
 pub(crate) async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
     let not_ready = |reason: String| {
         (

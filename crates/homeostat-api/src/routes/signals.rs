@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorResponses};
 use crate::extract::Json;
 use crate::state::{AlertRoute, ApiState};
 
@@ -55,7 +55,17 @@ fn job_of(alert: &Alert, route: &AlertRoute) -> NewJob {
     job
 }
 
-#[utoipa::path(post, path = "/v1/signals/alertmanager", tag = "signals", request_body = homeostat_model::alertmanager::AlertmanagerWebhook, responses((status = 200, description = "jobs enqueued, jobs cancelled, alerts ignored", body = SignalOutcome), (status = 400, description = "malformed request", body = homeostat_model::wire::ErrorBody), (status = 401, description = "missing or bad credential", body = homeostat_model::wire::ErrorBody), (status = 403, description = "the key's role may not do this", body = homeostat_model::wire::ErrorBody), (status = 422, description = "invalid value", body = homeostat_model::wire::ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(
+    post,
+    path = "/v1/signals/alertmanager",
+    tag = "signals",
+    request_body = homeostat_model::alertmanager::AlertmanagerWebhook,
+    responses(
+        (status = 200, description = "jobs enqueued, jobs cancelled, alerts ignored", body = SignalOutcome),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
 pub(crate) async fn alertmanager(
     State(state): State<ApiState>,
     caller: Caller,

@@ -86,33 +86,8 @@ async fn a_waiting_claim_is_woken_by_an_enqueue(store: &Store) {
     let api = Api::new(store).await;
     let (tenant_id, key) = api.tenant("acme").await;
     let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
-    let app = api.app.clone();
-    let waiting = tokio::spawn({
-        let api_app = app;
-        let cred = cred.clone();
-        async move {
-            let started = std::time::Instant::now();
-            let req = axum::http::Request::post("/v1/agent/claim")
-                .header("authorization", format!("Bearer {cred}"))
-                .header("content-type", "application/json")
-                .body(axum::body::Body::from(
-                    json!({"capacity": 1, "wait_secs": 50}).to_string(),
-                ))
-                .unwrap();
-            let res = tower::ServiceExt::oneshot(api_app, req).await.unwrap();
-            let bytes = http_body_util::BodyExt::collect(res.into_body())
-                .await
-                .unwrap()
-                .to_bytes();
-            (
-                started.elapsed(),
-                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
-            )
-        }
-    });
-    // Enqueue once the claim waits: a claim counted as waiting shows in the
-    // metrics only when it answers, so poll the store's view instead: the
-    // claim found nothing when no job exists, and the enqueue comes after.
+    let waiting = api.long_poll(&cred, 50);
+    // Enqueue once the claim waits (found nothing and parked).
     wait_for_waiter(&api).await;
     let id = api
         .enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
@@ -554,26 +529,7 @@ async fn a_claim_on_one_replica_is_woken_by_an_enqueue_on_another() {
     let two = Api::new(&replica).await;
     let (tenant_id, key) = one.tenant("acme").await;
     let (_, cred) = one.agent(Some(tenant_id), &["builds"]).await;
-    let app = one.app.clone();
-    let waiting = tokio::spawn(async move {
-        let req = axum::http::Request::post("/v1/agent/claim")
-            .header("authorization", format!("Bearer {cred}"))
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(
-                json!({"capacity": 1, "wait_secs": 50}).to_string(),
-            ))
-            .unwrap();
-        let started = std::time::Instant::now();
-        let res = tower::ServiceExt::oneshot(app, req).await.unwrap();
-        let bytes = http_body_util::BodyExt::collect(res.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
-        (
-            started.elapsed(),
-            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
-        )
-    });
+    let waiting = one.long_poll(&cred, 50);
     wait_for_waiter(&one).await;
     let id = two
         .enqueue(&key, json!({"queue": "builds", "kind": "compile"}))

@@ -175,6 +175,29 @@ impl Api {
         a.body["id"].as_str().unwrap().to_owned()
     }
 
+    /// A claim of one job waiting up to `wait_secs`, on a task of its own:
+    /// how long it took, and its answer.
+    pub(crate) fn long_poll(
+        &self,
+        cred: &str,
+        wait_secs: u32,
+    ) -> tokio::task::JoinHandle<(std::time::Duration, Value)> {
+        let (app, cred) = (self.app.clone(), cred.to_owned());
+        tokio::spawn(async move {
+            let req = Request::post("/v1/agent/claim")
+                .header("authorization", format!("Bearer {cred}"))
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({"capacity": 1, "wait_secs": wait_secs}).to_string(),
+                ))
+                .unwrap();
+            let started = std::time::Instant::now();
+            let res = app.oneshot(req).await.unwrap();
+            let bytes = res.into_body().collect().await.unwrap().to_bytes();
+            (started.elapsed(), serde_json::from_slice(&bytes).unwrap())
+        })
+    }
+
     pub(crate) async fn stop(self) {
         if let Some(m) = &self.state_manager() {
             m.shutdown(std::time::Duration::from_secs(5)).await;

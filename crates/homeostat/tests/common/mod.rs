@@ -166,3 +166,31 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// POSTs `body` as JSON (with a bearer credential, if any) and returns the
+/// answer's JSON, asserting a success status.
+pub async fn post_json(
+    client: &reqwest::Client,
+    url: String,
+    bearer: Option<&str>,
+    body: &Value,
+) -> Value {
+    let mut req = client.post(url).json(body);
+    if let Some(token) = bearer {
+        req = req.bearer_auth(token);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+/// GETs JSON with a bearer credential, asserting a success status.
+pub async fn get_json(client: &reqwest::Client, url: String, bearer: &str) -> Value {
+    let res = client.get(url).bearer_auth(bearer).send().await.unwrap();
+    let status = res.status();
+    let text = res.text().await.unwrap();
+    assert!(status.is_success(), "{status}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
