@@ -74,6 +74,31 @@ const RELEASE: Sql = Sql::pair(release!(sqlite_now!()), release!(pg_now!()));
 /// transaction ends; SQLite's write lock already does.
 const FENCE: Sql = Sql::pair(fence!(sqlite_now!(), ""), fence!(pg_now!(), " FOR SHARE"));
 
+/// The live leases: who holds each controller now, by the database's clock.
+const HOLDERS: Sql = Sql::pair(
+    concat!(
+        "SELECT name, holder FROM leases WHERE holder IS NOT NULL AND expires_at > ",
+        sqlite_now!()
+    ),
+    concat!(
+        "SELECT name, holder FROM leases WHERE holder IS NOT NULL AND expires_at > ",
+        pg_now!()
+    ),
+);
+
+/// Which replica (holder) leads each controller now.
+pub(crate) async fn holders<B: Backend>(
+    b: &B,
+) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(HOLDERS))
+        .await
+        .op("reading the controller leases")?;
+    rows.iter()
+        .map(|r| Ok((r.text("name")?, r.text("holder")?)))
+        .collect()
+}
+
 pub(crate) async fn acquire<B: Backend>(
     b: &B,
     name: &str,

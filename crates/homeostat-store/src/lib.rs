@@ -703,6 +703,13 @@ impl Store {
         dispatch!(self, plan::plan(kind, sample))
     }
 
+    /// Which replica (lease holder) leads each exclusive controller now.
+    pub async fn lease_holders(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, String>, StoreError> {
+        dispatch!(self, leases::holders())
+    }
+
     /// The last cron slot enqueued for a periodic schedule.
     pub async fn periodic_last_slot(
         &self,

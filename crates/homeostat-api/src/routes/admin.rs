@@ -468,9 +468,29 @@ fn manager_error(e: homeostat_runtime::ManagerError) -> ApiError {
 pub(crate) async fn list_controllers(
     State(state): State<ApiState>,
     caller: Caller,
-) -> Result<Json<Vec<ControllerStatus>>, ApiError> {
+) -> Result<Json<Vec<ControllerView>>, ApiError> {
     let _ = caller;
-    Ok(Json(manager(&state)?.status()))
+    let statuses = manager(&state)?.status();
+    let mut holders = state.store.lease_holders().await?;
+    Ok(Json(
+        statuses
+            .into_iter()
+            .map(|status| ControllerView {
+                leader_replica: holders.remove(&status.name),
+                status,
+            })
+            .collect(),
+    ))
+}
+
+/// A controller as this replica's manager sees it, and which replica leads
+/// it now (the lease's holder; none for a controller that is not exclusive,
+/// or between leaders).
+#[derive(Debug, Serialize)]
+pub(crate) struct ControllerView {
+    #[serde(flatten)]
+    status: ControllerStatus,
+    leader_replica: Option<String>,
 }
 
 #[utoipa::path(

@@ -138,6 +138,29 @@ async fn controllers_report_trigger_and_plan(store: &Store) {
         .map(|c| c["name"].clone())
         .collect();
     assert!(names.contains(&json!("job-recovery")), "{names:?}");
+    // The lease holder is named: this replica, once it leads.
+    let holder = api.state.manager().unwrap().holder().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let list = api.get("/v1/controllers", &api.admin).await;
+        let scheduler = list
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "job-scheduler")
+            .unwrap()
+            .clone();
+        if scheduler["leader_replica"] == json!(holder) {
+            assert_eq!(scheduler["leader"], true);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no leader named: {scheduler}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let trigger = api
         .post(
             "/v1/controllers/job-recovery/trigger",
