@@ -98,3 +98,33 @@ async fn the_document_covers_every_route_and_the_ui_is_served(store: &Store) {
 }
 
 on_both_backends!(the_document_covers_every_route_and_the_ui_is_served);
+/// The document passes a validator of the OpenAPI specification
+/// (`openapi-spec-validator`, from PyPI; `.ci/run` installs it), as a
+/// client generator would need.
+#[test]
+fn the_document_is_valid_openapi() {
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v openapi-spec-validator"])
+        .output()
+        .unwrap();
+    assert!(
+        found.status.success(),
+        "openapi-spec-validator is missing: pip install openapi-spec-validator (.ci/run does)"
+    );
+    let path = std::env::temp_dir().join(format!(
+        "homeostat-openapi-{}.json",
+        homeostat_model::new_id().simple()
+    ));
+    std::fs::write(&path, homeostat_api::openapi().to_pretty_json().unwrap()).unwrap();
+    let out = std::process::Command::new("openapi-spec-validator")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
