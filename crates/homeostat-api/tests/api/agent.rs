@@ -545,3 +545,47 @@ async fn a_claim_on_one_replica_is_woken_by_an_enqueue_on_another() {
     replica.close().await;
     store.cleanup().await;
 }
+
+/// The replica's listener connection dies (terminated by PostgreSQL): a
+/// claim waiting there is still woken by an enqueue on another replica,
+/// through the reconnected listener or, while it is down, the slow poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiting_claim_survives_the_loss_of_its_replicas_listener() {
+    let Some(store) = homeostat_testkit::postgres().await else {
+        return;
+    };
+    let schema = store.schema().unwrap().to_owned();
+    let replica = store.replica().await.unwrap();
+    let one = Api::new(&store).await;
+    let two = Api::new(&replica).await;
+    let (tenant_id, key) = one.tenant("acme").await;
+    let (_, cred) = one.agent(Some(tenant_id), &["builds"]).await;
+    let waiting = one.long_poll(&cred, 50);
+    wait_for_waiter(&one).await;
+    // Every listening connection of this schema's replicas.
+    let admin =
+        homeostat_testkit::pg_pool(&homeostat_testkit::pg_url().unwrap(), "public", 1).await;
+    let killed: Vec<(bool,)> = sqlx::query_as(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = $1 AND query LIKE 'LISTEN%'",
+    )
+    .bind(&schema)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "no listener connection found");
+    let id = two
+        .enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+        .await;
+    let (waited, body) = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the claim was not woken")
+        .unwrap();
+    assert_eq!(body["jobs"][0]["id"], id, "{body}");
+    assert!(waited < Duration::from_secs(50), "woken by the wait's end");
+    admin.close().await;
+    one.stop().await;
+    two.stop().await;
+    replica.close().await;
+    store.cleanup().await;
+}
