@@ -18,7 +18,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 
 pub use auth::{AgentCaller, Caller, Role};
 pub use error::ApiError;
@@ -137,12 +136,12 @@ pub fn router(state: ApiState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     api.layer(axum::middleware::from_fn_with_state(
+        settings.request_timeout,
+        deadline,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
         state.clone(),
         metrics::track,
-    ))
-    .layer(TimeoutLayer::with_status_code(
-        StatusCode::REQUEST_TIMEOUT,
-        settings.request_timeout,
     ))
     .layer(DefaultBodyLimit::max(settings.max_body_bytes))
     // Outermost: every request has an id (the caller's, or a new one), and
@@ -150,6 +149,26 @@ pub fn router(state: ApiState) -> Router {
     .layer(PropagateRequestIdLayer::x_request_id())
     .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
     .with_state(state)
+}
+
+/// Every request ends by `api.request_timeout`: past it the answer is 408
+/// with the API's error body (and the handler is dropped, which rolls back
+/// what it had not committed).
+async fn deadline(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!("the request took longer than {} s", limit.as_secs()),
+        )
+        .into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

@@ -162,7 +162,27 @@ async fn an_oversized_body_is_413_and_writes_nothing(store: &Store) {
     api.stop().await;
 }
 
+async fn a_request_past_its_deadline_is_408_with_an_error_body(store: &Store) {
+    let settings = ApiSettings {
+        request_timeout: std::time::Duration::from_millis(200),
+        ..ApiSettings::default()
+    };
+    let api = Api::with_settings(store, settings).await;
+    let (_, cred) = api.agent(None, &["q"]).await;
+    let res = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 1, "wait_secs": 30}),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::REQUEST_TIMEOUT, "{}", res.text);
+    assert_eq!(res.code(), "timeout");
+    api.stop().await;
+}
+
 on_both_backends!(
+    a_request_past_its_deadline_is_408_with_an_error_body,
     credentials_are_required_and_checked,
     malformed_bodies_are_400_naming_the_problem,
     out_of_range_values_are_422,
