@@ -21,9 +21,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 
 pub use auth::{AgentCaller, Caller, Role};
 pub use error::ApiError;
-pub use routes::admin::CreatedSecret;
-pub use routes::jobs::{BatchResponse, EnqueueResponse, JobDetail, MAX_BATCH, MAX_PAGE};
-pub use routes::signals::SignalOutcome;
+pub use routes::jobs::{MAX_BATCH, MAX_PAGE};
 pub use state::{AlertRoute, ApiSettings, ApiState};
 
 /// The OpenAPI document's frame; the paths come from the handlers' own

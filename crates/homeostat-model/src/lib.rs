@@ -12,6 +12,7 @@ mod error;
 mod id;
 mod job;
 mod notification;
+pub mod operator;
 mod tenant;
 mod token;
 pub mod wire;

@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use homeostat_model::operator::{
+    CreatedSecret, KeyRole, NewApiKeyRequest, NewBootstrapTokenRequest, NewTenantRequest,
+};
 use homeostat_model::{
-    Agent, AgentId, ApiScope, AuditEvent, PlanTier, Tenant, TenantId, TokenId, TokenInfo, TokenKind,
+    Agent, AgentId, ApiScope, AuditEvent, Tenant, TenantId, TokenId, TokenInfo, TokenKind,
 };
 use homeostat_runtime::{ControllerStatus, Manager};
 use homeostat_store::{NewBootstrapToken, VerifyReport};
@@ -90,23 +93,11 @@ pub(crate) async fn drain_agent(
 
 // --- tenants -------------------------------------------------------------
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewTenant {
-    name: String,
-    #[serde(default = "default_tier")]
-    tier: PlanTier,
-}
-
-fn default_tier() -> PlanTier {
-    PlanTier::Standard
-}
-
 #[utoipa::path(
     post,
     path = "/v1/tenants",
     tag = "tenants",
-    request_body = NewTenant,
+    request_body = NewTenantRequest,
     responses(
         (status = 201, description = "created", body = homeostat_model::Tenant),
         ErrorResponses,
@@ -116,7 +107,7 @@ fn default_tier() -> PlanTier {
 pub(crate) async fn create_tenant(
     State(state): State<ApiState>,
     caller: Caller,
-    Json(req): Json<NewTenant>,
+    Json(req): Json<NewTenantRequest>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
     caller.require_admin()?;
     let tenant = state
@@ -147,35 +138,6 @@ pub(crate) async fn list_tenants(
 
 // --- tokens --------------------------------------------------------------
 
-/// A created secret: its metadata and the secret itself, shown this once.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct CreatedSecret {
-    /// Metadata.
-    #[serde(flatten)]
-    pub info: TokenInfo,
-    /// The secret: store it now, it is never shown again.
-    pub secret: String,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewBootstrap {
-    #[serde(default)]
-    tenant_id: Option<TenantId>,
-    #[serde(default = "default_bootstrap_ttl")]
-    ttl_secs: u64,
-    #[serde(default = "default_uses")]
-    uses: u32,
-}
-
-fn default_bootstrap_ttl() -> u64 {
-    24 * 3600
-}
-
-fn default_uses() -> u32 {
-    1
-}
-
 /// Longest a bootstrap token may live.
 const MAX_BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -183,7 +145,7 @@ const MAX_BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
     post,
     path = "/v1/bootstrap-tokens",
     tag = "tokens",
-    request_body = NewBootstrap,
+    request_body = NewBootstrapTokenRequest,
     responses(
         (status = 201, description = "created; the secret is shown this once", body = CreatedSecret),
         ErrorResponses,
@@ -193,7 +155,7 @@ const MAX_BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub(crate) async fn create_bootstrap_token(
     State(state): State<ApiState>,
     caller: Caller,
-    Json(req): Json<NewBootstrap>,
+    Json(req): Json<NewBootstrapTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedSecret>), ApiError> {
     caller.require_admin()?;
     let ttl = Duration::from_secs(req.ttl_secs);
@@ -228,29 +190,11 @@ pub(crate) async fn create_bootstrap_token(
     ))
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct NewApiKey {
-    role: KeyRole,
-    #[serde(default)]
-    tenant_id: Option<TenantId>,
-    #[serde(default)]
-    ttl_secs: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum KeyRole {
-    Admin,
-    Tenant,
-    Viewer,
-}
-
 #[utoipa::path(
     post,
     path = "/v1/api-keys",
     tag = "tokens",
-    request_body = NewApiKey,
+    request_body = NewApiKeyRequest,
     responses(
         (status = 201, description = "created; the secret is shown this once", body = CreatedSecret),
         ErrorResponses,
@@ -260,7 +204,7 @@ pub(crate) enum KeyRole {
 pub(crate) async fn create_api_key(
     State(state): State<ApiState>,
     caller: Caller,
-    Json(req): Json<NewApiKey>,
+    Json(req): Json<NewApiKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedSecret>), ApiError> {
     caller.require_admin()?;
     let scope = match (req.role, req.tenant_id) {

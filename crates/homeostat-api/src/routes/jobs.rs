@@ -4,9 +4,12 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use homeostat_model::{AuditEvent, Enqueued, Job, JobId, JobState, NewJob, Page, TenantId};
+use homeostat_model::operator::{
+    BatchEnqueueRequest, BatchEnqueueResponse, EnqueueResponse, JobDetail,
+};
+use homeostat_model::{Job, JobId, JobState, NewJob, Page, TenantId};
 use homeostat_store::{IDEMPOTENCY_LIFETIME, JobFilter, MAX_IDEMPOTENCY_KEY_LEN};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponses};
@@ -20,16 +23,8 @@ pub const MAX_BATCH: usize = 1000;
 /// for its tenant, an admin key names `tenant_id`.
 #[derive(Debug)]
 pub(crate) enum EnqueueBody {
-    Batch(BatchBody),
+    Batch(BatchEnqueueRequest),
     One(OneBody),
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct BatchBody {
-    #[serde(default)]
-    tenant_id: Option<TenantId>,
-    jobs: Vec<NewJob>,
 }
 
 /// The request body of `POST /v1/jobs`, as documented: one job (its
@@ -39,7 +34,7 @@ pub(crate) struct BatchBody {
 #[allow(dead_code)] // the handler parses the body itself, naming bad fields
 pub(crate) enum EnqueueRequest {
     One(EnqueueOne),
-    Batch(BatchBody),
+    Batch(BatchEnqueueRequest),
 }
 
 /// One job to enqueue.
@@ -58,24 +53,6 @@ pub(crate) struct EnqueueOne {
 pub(crate) struct OneBody {
     tenant_id: Option<TenantId>,
     job: NewJob,
-}
-
-/// The answer to an enqueue of one job: 201 when created, 200 with the live
-/// job when its fingerprint deduplicated.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct EnqueueResponse {
-    /// What was done.
-    #[serde(flatten)]
-    pub enqueued: Enqueued,
-    /// The job as it is now.
-    pub job: Job,
-}
-
-/// The answer to a batch enqueue.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BatchResponse {
-    /// One per job given, in order.
-    pub jobs: Vec<Enqueued>,
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -176,7 +153,7 @@ pub(crate) async fn enqueue(
         } else {
             StatusCode::OK
         };
-        return Ok((status, Json(BatchResponse { jobs: enqueued })).into_response());
+        return Ok((status, Json(BatchEnqueueResponse { jobs: enqueued })).into_response());
     }
     let first = enqueued[0];
     let job = state.store.get_job(first.id).await?;
@@ -284,16 +261,6 @@ pub(crate) async fn list(
         agent_id: q.agent_id,
     };
     Ok(Json(state.store.list_jobs(&filter, q.after, limit).await?))
-}
-
-/// A job with its audit history and its failed attempts.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct JobDetail {
-    /// The job.
-    #[serde(flatten)]
-    pub job: Job,
-    /// What operators and controllers did to it, oldest first.
-    pub history: Vec<AuditEvent>,
 }
 
 /// The job, if the caller may see it: another tenant's job is 404.

@@ -8,26 +8,14 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use homeostat_model::alertmanager::{Alert, AlertmanagerWebhook};
-use homeostat_model::{Enqueued, JobId, JobState, NewJob, TenantId};
-use serde::{Deserialize, Serialize};
+use homeostat_model::operator::SignalOutcome;
+use homeostat_model::{JobState, NewJob, TenantId};
 use serde_json::json;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::Json;
 use crate::state::{AlertRoute, ApiState};
-
-/// What the intake did.
-#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SignalOutcome {
-    /// One per firing alert that took a route.
-    pub enqueued: Vec<Enqueued>,
-    /// Jobs cancelled because their alert resolved before they started.
-    pub cancelled: Vec<JobId>,
-    /// Alerts that took no route, had no fingerprint, or resolved with no
-    /// job left to cancel.
-    pub ignored: usize,
-}
 
 fn tenant_of(caller: &Caller, route: &AlertRoute) -> Result<TenantId, ApiError> {
     match (caller.tenant(), route.tenant_id) {

@@ -1,0 +1,132 @@
+//! What travels on the tenant and operator API (`/v1/jobs`, `/v1/tenants`,
+//! tokens, signals): requests and responses, defined once for the server and
+//! its clients. (The agent protocol's are in [`crate::wire`].)
+
+use serde::{Deserialize, Serialize};
+
+use crate::{AuditEvent, Enqueued, Job, JobId, NewJob, PlanTier, TenantId, TokenInfo};
+
+/// A batch to enqueue (`POST /v1/jobs` with `jobs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchEnqueueRequest {
+    /// The tenant (admin keys only; a tenant key enqueues for its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
+    /// The jobs (1 to 1,000), all or none.
+    pub jobs: Vec<NewJob>,
+}
+
+/// The answer to an enqueue of one job: 201 when created, 200 with the live
+/// job when its fingerprint deduplicated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EnqueueResponse {
+    /// What was done.
+    #[serde(flatten)]
+    pub enqueued: Enqueued,
+    /// The job as it is now.
+    pub job: Job,
+}
+
+/// The answer to a batch enqueue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BatchEnqueueResponse {
+    /// One per job given, in order.
+    pub jobs: Vec<Enqueued>,
+}
+
+/// A job with its audit history (`GET /v1/jobs/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobDetail {
+    /// The job, with its failed attempts.
+    #[serde(flatten)]
+    pub job: Job,
+    /// What operators and controllers did to it, oldest first.
+    pub history: Vec<AuditEvent>,
+}
+
+/// A tenant to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenantRequest {
+    /// Unique name.
+    pub name: String,
+    /// Plan tier (default `standard`).
+    #[serde(default = "standard")]
+    pub tier: PlanTier,
+}
+
+fn standard() -> PlanTier {
+    PlanTier::Standard
+}
+
+/// A bootstrap token to create: agents register with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewBootstrapTokenRequest {
+    /// The tenant whose agents it registers; none for platform agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
+    /// Lifetime in seconds (default a day, at most 30 days).
+    #[serde(default = "day")]
+    pub ttl_secs: u64,
+    /// Registrations it allows (default 1, at most 10,000).
+    #[serde(default = "one")]
+    pub uses: u32,
+}
+
+fn day() -> u64 {
+    24 * 3600
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRole {
+    /// Everything, every tenant.
+    Admin,
+    /// One tenant's jobs and agents.
+    Tenant,
+    /// Read everything, change nothing.
+    Viewer,
+}
+
+/// An API key to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewApiKeyRequest {
+    /// Its role.
+    pub role: KeyRole,
+    /// Its tenant (tenant keys only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
+    /// Lifetime in seconds (default: until revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A created secret: its metadata and the secret itself, shown this once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CreatedSecret {
+    /// Metadata.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    /// The secret: store it now, it is never shown again.
+    pub secret: String,
+}
+
+/// What the Alertmanager intake did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SignalOutcome {
+    /// One per firing alert that took a route.
+    pub enqueued: Vec<Enqueued>,
+    /// Jobs cancelled because their alert resolved before they started.
+    pub cancelled: Vec<JobId>,
+    /// Alerts that took no route, had no fingerprint, or resolved with no
+    /// job left to cancel.
+    pub ignored: usize,
+}
