@@ -1,0 +1,367 @@
+//! The agent runtime: claims jobs from the server up to its free capacity
+//! (long polls), runs each with a [`JobHandler`], heartbeats itself and its
+//! running jobs in one call at the server's interval, stops a job whose
+//! cancellation arrives or whose lease is lost, and on shutdown stops
+//! claiming, lets running jobs finish until a deadline, then releases the
+//! rest (the attempt does not count).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use homeostat_model::wire::{ClaimRequest, HeartbeatRequest, HeldJob, MAX_CLAIM_CAPACITY};
+use homeostat_model::{ClaimedJob, JobId};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Client, ClientError};
+
+/// Why a job failed, and whether another attempt may succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    /// What went wrong (kept on the job; never a secret).
+    pub message: String,
+    /// Whether to retry it (after the server's backoff).
+    pub retryable: bool,
+}
+
+impl JobError {
+    /// A failure another attempt may not have.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure every attempt would have: the job goes dead.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// Runs jobs. `stop` is cancelled when the job must stop: it was cancelled
+/// by an operator, its lease was lost, its timeout passed, or the agent is
+/// shutting down past its grace; the result is then ignored.
+pub trait JobHandler: Send + Sync + 'static {
+    /// Runs one job: its result (kept on the job), or why it failed.
+    fn handle(
+        &self,
+        job: ClaimedJob,
+        stop: CancellationToken,
+    ) -> impl Future<Output = Result<Option<Value>, JobError>> + Send;
+}
+
+/// Configures an agent.
+#[derive(Debug, Clone)]
+pub struct AgentBuilder {
+    client: Client,
+    queues: Option<Vec<String>>,
+    concurrency: u32,
+    claim_wait: u32,
+    grace: Duration,
+    abort: CancellationToken,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentReport {
+    /// Jobs completed.
+    pub completed: u64,
+    /// Jobs reported failed.
+    pub failed: u64,
+    /// Jobs stopped: cancelled, lease lost, or timed out.
+    pub stopped: u64,
+    /// Jobs given back at shutdown.
+    pub released: u64,
+}
+
+/// The agent runtime.
+#[derive(Debug)]
+pub struct Agent;
+
+impl Agent {
+    /// An agent on `client`, whose token is the agent's credential.
+    pub fn builder(client: Client) -> AgentBuilder {
+        AgentBuilder {
+            client,
+            queues: None,
+            concurrency: 1,
+            claim_wait: 30,
+            grace: Duration::from_secs(30),
+            abort: CancellationToken::new(),
+        }
+    }
+}
+
+/// One running job.
+#[derive(Debug)]
+struct Running {
+    lease_token: i64,
+    stop: CancellationToken,
+}
+
+type RunningJobs = Arc<Mutex<HashMap<JobId, Running>>>;
+
+/// The server's intervals, from its heartbeat replies.
+const FIRST_HEARTBEAT: Duration = Duration::from_secs(10);
+
+impl AgentBuilder {
+    /// Claim from these of the agent's queues only (default: all).
+    pub fn queues(mut self, queues: Vec<String>) -> Self {
+        self.queues = Some(queues);
+        self
+    }
+
+    /// Jobs run at once (1 to 100).
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n.clamp(1, MAX_CLAIM_CAPACITY);
+        self
+    }
+
+    /// Seconds a claim waits for work (0 to 50).
+    pub fn claim_wait(mut self, secs: u32) -> Self {
+        self.claim_wait = secs.min(homeostat_model::wire::MAX_CLAIM_WAIT_SECS);
+        self
+    }
+
+    /// How long running jobs may finish after shutdown is asked.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// When cancelled during a shutdown, running jobs are stopped and
+    /// released at once (a second signal).
+    pub fn abort_on(mut self, abort: CancellationToken) -> Self {
+        self.abort = abort;
+        self
+    }
+
+    /// Runs until `shutdown` is cancelled (or the server drains the agent),
+    /// then drains.
+    pub async fn run<H: JobHandler>(
+        self,
+        handler: H,
+        shutdown: CancellationToken,
+    ) -> Result<AgentReport, ClientError> {
+        let handler = Arc::new(handler);
+        let running: RunningJobs = Arc::default();
+        let report = Arc::new(Mutex::new(AgentReport::default()));
+        let drained = CancellationToken::new();
+        // The first heartbeat proves the credential before anything else.
+        let first = self.heartbeat(&running, &drained).await?;
+        let beats = tokio::spawn(heartbeats(
+            self.client.clone(),
+            running.clone(),
+            drained.clone(),
+            shutdown.clone(),
+            first,
+        ));
+        let free = Arc::new(Semaphore::new(self.concurrency as usize));
+        let mut jobs = JoinSet::new();
+        let stopping = CancellationToken::new();
+        loop {
+            let permit = tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = drained.cancelled() => break,
+                p = free.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let mut permits = vec![permit];
+            while let Ok(p) = free.clone().try_acquire_owned() {
+                permits.push(p);
+            }
+            let req = ClaimRequest {
+                capacity: permits.len() as u32,
+                wait_secs: Some(self.claim_wait),
+                queues: self.queues.clone(),
+            };
+            let claimed = tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = drained.cancelled() => break,
+                c = self.client.claim(&req) => c,
+            };
+            let claimed = match claimed {
+                Ok(c) => c.jobs,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "claim failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => {
+                    shutdown.cancel();
+                    let _ = beats.await;
+                    return Err(e);
+                }
+            };
+            for job in claimed {
+                let Some(permit) = permits.pop() else { break };
+                let stop = stopping.child_token();
+                running.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    job.id,
+                    Running {
+                        lease_token: job.lease_token,
+                        stop: stop.clone(),
+                    },
+                );
+                let (client, handler, running, report) = (
+                    self.client.clone(),
+                    handler.clone(),
+                    running.clone(),
+                    report.clone(),
+                );
+                jobs.spawn(async move {
+                    run_one(client, handler, job, stop, running, report).await;
+                    drop(permit);
+                });
+            }
+        }
+        // Draining: no more claims; running jobs get the grace.
+        let grace = tokio::time::sleep(self.grace);
+        tokio::pin!(grace);
+        loop {
+            tokio::select! {
+                next = jobs.join_next() => if next.is_none() { break },
+                () = &mut grace => break,
+                () = self.abort.cancelled() => break,
+            }
+        }
+        // Past the grace: stop what still runs and give it back.
+        let left: Vec<(JobId, i64)> = {
+            let running = running.lock().unwrap_or_else(|e| e.into_inner());
+            running.iter().map(|(id, r)| (*id, r.lease_token)).collect()
+        };
+        stopping.cancel();
+        for (id, token) in left {
+            running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            match self.client.release(id, token).await {
+                Ok(_) => report.lock().unwrap_or_else(|e| e.into_inner()).released += 1,
+                Err(e) => tracing::warn!(job = %id, error = %e, "could not release a job"),
+            }
+        }
+        jobs.shutdown().await;
+        shutdown.cancel();
+        let _ = beats.await;
+        let report = report.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(report)
+    }
+
+    async fn heartbeat(
+        &self,
+        running: &RunningJobs,
+        drained: &CancellationToken,
+    ) -> Result<Duration, ClientError> {
+        beat(&self.client, running, drained).await
+    }
+}
+
+/// One heartbeat: stops the jobs the server says we no longer hold, notes a
+/// drain, and returns the server's interval.
+async fn beat(
+    client: &Client,
+    running: &RunningJobs,
+    drained: &CancellationToken,
+) -> Result<Duration, ClientError> {
+    let held: Vec<HeldJob> = running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(id, r)| HeldJob {
+            id: *id,
+            lease_token: r.lease_token,
+        })
+        .collect();
+    let reply = client.heartbeat(&HeartbeatRequest { jobs: held }).await?;
+    {
+        let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+        for id in reply.lost.iter().chain(&reply.cancelled) {
+            if let Some(job) = running.remove(id) {
+                tracing::info!(job = %id, "stopping a job: cancelled, or its lease was lost");
+                job.stop.cancel();
+            }
+        }
+    }
+    if reply.drain && !drained.is_cancelled() {
+        tracing::info!("drained by an operator: finishing running jobs, claiming no more");
+        drained.cancel();
+    }
+    Ok(Duration::from_secs(reply.heartbeat_interval_secs.max(1)))
+}
+
+async fn heartbeats(
+    client: Client,
+    running: RunningJobs,
+    drained: CancellationToken,
+    shutdown: CancellationToken,
+    mut every: Duration,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match beat(&client, &running, &drained).await {
+            Ok(next) => every = next,
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed; retrying");
+                every = FIRST_HEARTBEAT.min(every);
+            }
+        }
+    }
+}
+
+async fn run_one<H: JobHandler>(
+    client: Client,
+    handler: Arc<H>,
+    job: ClaimedJob,
+    stop: CancellationToken,
+    running: RunningJobs,
+    report: Arc<Mutex<AgentReport>>,
+) {
+    let (id, token) = (job.id, job.lease_token);
+    let timeout = Duration::from_secs(job.timeout_secs.max(1));
+    let outcome = tokio::select! {
+        r = handler.handle(job, stop.clone()) => Some(r),
+        () = tokio::time::sleep(timeout) => {
+            stop.cancel();
+            Some(Err(JobError::retryable(format!("timed out after {} s", timeout.as_secs()))))
+        }
+        () = stop.cancelled() => None,
+    };
+    // Still ours? (A heartbeat may have taken it away, or the shutdown.)
+    let ours = running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id)
+        .is_some();
+    let report = |f: fn(&mut AgentReport)| f(&mut report.lock().unwrap_or_else(|e| e.into_inner()));
+    // Stopped before it finished, or no longer ours to report on.
+    let Some(outcome) = outcome.filter(|_| ours) else {
+        report(|r| r.stopped += 1);
+        return;
+    };
+    let sent = match outcome {
+        Ok(result) => client.complete(id, token, result).await.map(|_| true),
+        Err(e) => client
+            .fail(id, token, e.message, e.retryable)
+            .await
+            .map(|_| false),
+    };
+    match sent {
+        Ok(true) => report(|r| r.completed += 1),
+        Ok(false) => report(|r| r.failed += 1),
+        Err(e) => {
+            tracing::warn!(job = %id, error = %e, "could not report a job's outcome");
+            report(|r| r.stopped += 1);
+        }
+    }
+}

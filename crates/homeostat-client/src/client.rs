@@ -1,0 +1,671 @@
+//! `Client`: one typed call per endpoint of the API, over reqwest with
+//! rustls. Calls that are safe to repeat are retried with jittered backoff
+//! when the server is unreachable or says it is unavailable; a call whose
+//! repetition could do twice what it did once is retried only when the
+//! server answered that it did nothing (503).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use homeostat_model::operator::{
+    BatchEnqueueRequest, BatchEnqueueResponse, CreatedSecret, EnqueueResponse, JobDetail,
+    NewApiKeyRequest, NewBootstrapTokenRequest, NewTenantRequest,
+};
+use homeostat_model::wire::{
+    ClaimRequest, ClaimResponse, CompleteBatchRequest, CompleteRequest, ErrorBody, FailRequest,
+    HeartbeatRequest, HeartbeatResponse, RegisterRequest, RegisterResponse, ReleaseReason,
+    ReleaseRequest,
+};
+use homeostat_model::{
+    Agent, AgentId, AuditEvent, CompletedBatch, Completion, FailOutcome, Job, JobId, NewJob,
+    Notification, NotificationId, Page, Tenant, TenantId, TokenId, TokenInfo,
+};
+use reqwest::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::ClientError;
+
+/// How a call may be repeated after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Doing it twice is doing it once (reads, heartbeats, completions and
+    /// failures with their lease token, enqueues with an idempotency key).
+    Safe,
+    /// Only when the server said it did nothing (503 unavailable).
+    IfNothingHappened,
+}
+
+/// Filters of [`Client::list_jobs`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JobQuery {
+    /// Only jobs in this state (`queued`, `running`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Only this queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Only this kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Only this tenant's (admin and viewer keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<TenantId>,
+    /// Only jobs this agent holds or held last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<AgentId>,
+    /// The previous page's `next_cursor`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<JobId>,
+    /// Page size (1 to 500; default 100).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// A client of one homeostat server, with one credential; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Arc<str>,
+    token: Option<Arc<str>>,
+    retries: usize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("authenticated", &self.token.is_some())
+            .finish()
+    }
+}
+
+/// Configures a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    base: String,
+    token: Option<String>,
+    timeout: Duration,
+    connect_timeout: Duration,
+    user_agent: String,
+    retries: usize,
+}
+
+impl ClientBuilder {
+    /// The bearer credential: an API key, or an agent's credential.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Longest a call may take (long-poll claims get their wait on top).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Longest connecting may take.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The `User-Agent` header.
+    pub fn user_agent(mut self, agent: impl Into<String>) -> Self {
+        self.user_agent = agent.into();
+        self
+    }
+
+    /// How many times a failed call that may be repeated is tried again
+    /// (default 4; 0 never).
+    pub fn retries(mut self, retries: usize) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The client.
+    pub fn build(self) -> Result<Client, ClientError> {
+        // reqwest's rustls needs a crypto provider; install ring's once
+        // (a no-op when the process already has one).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = self.base.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::Config(format!(
+                "the server URL must start with http:// or https://, got {base:?}"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .user_agent(self.user_agent)
+            .build()
+            .map_err(|e| ClientError::Config(e.to_string()))?;
+        Ok(Client {
+            http,
+            base: base.into(),
+            token: self.token.map(Into::into),
+            retries: self.retries,
+        })
+    }
+}
+
+impl Client {
+    /// A builder for a client of the server at `base` (`http://host:8080`).
+    pub fn builder(base: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            base: base.into(),
+            token: None,
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            user_agent: concat!("homeostat-client/", env!("CARGO_PKG_VERSION")).to_owned(),
+            retries: 4,
+        }
+    }
+
+    /// The same client with another credential (an agent's, after it
+    /// registered).
+    pub fn with_token(&self, token: impl Into<String>) -> Client {
+        Client {
+            token: Some(token.into().into()),
+            ..self.clone()
+        }
+    }
+
+    /// The server's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn once<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        method: &Method,
+        path: &str,
+        body: Option<&Value>,
+        extra: &[(&'static str, String)],
+        wait: Option<Duration>,
+    ) -> Result<T, ClientError> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        for (name, value) in extra {
+            req = req.header(*name, value);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        if let Some(wait) = wait {
+            // A long poll: the server holds the request up to `wait`.
+            req = req.timeout(wait + Duration::from_secs(15));
+        }
+        let res = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport { operation, source })?;
+        let status = res.status();
+        let bytes = res
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Transport { operation, source })?;
+        if !status.is_success() {
+            let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => (e.code, e.message),
+                Err(_) => (
+                    "unknown".to_owned(),
+                    String::from_utf8_lossy(&bytes).chars().take(500).collect(),
+                ),
+            };
+            return Err(ClientError::Api {
+                operation,
+                status: status.as_u16(),
+                code,
+                message,
+            });
+        }
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
+            operation,
+            detail: e.to_string(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn call<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        extra: Vec<(&'static str, String)>,
+        repeat: Repeat,
+        wait: Option<Duration>,
+    ) -> Result<T, ClientError> {
+        let attempt = || self.once(operation, &method, path, body.as_ref(), &extra, wait);
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(self.retries)
+                    .with_jitter(),
+            )
+            .when(move |e: &ClientError| match repeat {
+                Repeat::Safe => e.is_transient(),
+                Repeat::IfNothingHappened => e.status() == Some(503),
+            })
+            .notify(|e, after| {
+                tracing::debug!(operation, error = %e, ?after, "retrying");
+            })
+            .await
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+    ) -> Result<T, ClientError> {
+        self.call(
+            operation,
+            Method::GET,
+            path,
+            None,
+            vec![],
+            Repeat::Safe,
+            None,
+        )
+        .await
+    }
+
+    async fn post<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+        body: impl Serialize,
+        repeat: Repeat,
+    ) -> Result<T, ClientError> {
+        let body = serde_json::to_value(body).map_err(|e| ClientError::Decode {
+            operation,
+            detail: e.to_string(),
+        })?;
+        self.call(
+            operation,
+            Method::POST,
+            path,
+            Some(body),
+            vec![],
+            repeat,
+            None,
+        )
+        .await
+    }
+
+    // --- the agent protocol ----------------------------------------------
+
+    /// Registers an agent with a bootstrap token; the credential in the
+    /// answer is shown this once.
+    pub async fn register(&self, req: &RegisterRequest) -> Result<RegisterResponse, ClientError> {
+        self.post(
+            "registering",
+            "/v1/agent/register",
+            req,
+            Repeat::IfNothingHappened,
+        )
+        .await
+    }
+
+    /// Proves the agent alive and extends the leases of the jobs it names.
+    pub async fn heartbeat(
+        &self,
+        req: &HeartbeatRequest,
+    ) -> Result<HeartbeatResponse, ClientError> {
+        self.post("heartbeating", "/v1/agent/heartbeat", req, Repeat::Safe)
+            .await
+    }
+
+    /// Claims jobs, waiting up to `req.wait_secs` for one (a long poll).
+    pub async fn claim(&self, req: &ClaimRequest) -> Result<ClaimResponse, ClientError> {
+        let body = serde_json::to_value(req).map_err(|e| ClientError::Decode {
+            operation: "claiming",
+            detail: e.to_string(),
+        })?;
+        let wait = Duration::from_secs(u64::from(req.wait_secs.unwrap_or(30)));
+        // A claim whose answer was lost leased its jobs to nobody who knows:
+        // they come back when their leases expire. Repeat it only when the
+        // server says it did nothing.
+        self.call(
+            "claiming",
+            Method::POST,
+            "/v1/agent/claim",
+            Some(body),
+            vec![],
+            Repeat::IfNothingHappened,
+            Some(wait),
+        )
+        .await
+    }
+
+    /// Completes a job (safe to resend: the server answers the first
+    /// completion again).
+    pub async fn complete(
+        &self,
+        job: JobId,
+        lease_token: i64,
+        result: Option<Value>,
+    ) -> Result<Job, ClientError> {
+        let path = format!("/v1/agent/jobs/{job}/complete");
+        let req = CompleteRequest {
+            lease_token,
+            result,
+        };
+        self.post("completing a job", &path, req, Repeat::Safe)
+            .await
+    }
+
+    /// Completes many jobs in one call.
+    pub async fn complete_batch(
+        &self,
+        completions: Vec<Completion>,
+    ) -> Result<CompletedBatch, ClientError> {
+        let req = CompleteBatchRequest { completions };
+        self.post(
+            "completing jobs",
+            "/v1/agent/jobs/complete",
+            req,
+            Repeat::Safe,
+        )
+        .await
+    }
+
+    /// Reports a failed attempt.
+    pub async fn fail(
+        &self,
+        job: JobId,
+        lease_token: i64,
+        error: impl Into<String>,
+        retryable: bool,
+    ) -> Result<FailOutcome, ClientError> {
+        let path = format!("/v1/agent/jobs/{job}/fail");
+        let req = FailRequest {
+            lease_token,
+            error: error.into(),
+            retryable,
+        };
+        self.post("failing a job", &path, req, Repeat::Safe).await
+    }
+
+    /// Gives a job back unfinished: the agent is shutting down.
+    pub async fn release(&self, job: JobId, lease_token: i64) -> Result<Job, ClientError> {
+        let path = format!("/v1/agent/jobs/{job}/release");
+        let req = ReleaseRequest {
+            lease_token,
+            reason: ReleaseReason::Shutdown,
+        };
+        self.post("releasing a job", &path, req, Repeat::Safe).await
+    }
+
+    // --- jobs ------------------------------------------------------------
+
+    /// Enqueues a job (for `tenant` with an admin key). The call carries an
+    /// idempotency key, so a retry after a lost answer does not enqueue
+    /// twice.
+    pub async fn enqueue(
+        &self,
+        tenant: Option<TenantId>,
+        job: &NewJob,
+    ) -> Result<EnqueueResponse, ClientError> {
+        let mut body = serde_json::to_value(job).map_err(|e| ClientError::Decode {
+            operation: "enqueueing",
+            detail: e.to_string(),
+        })?;
+        if let (Some(t), Some(map)) = (tenant, body.as_object_mut()) {
+            map.insert("tenant_id".into(), Value::String(t.to_string()));
+        }
+        self.call(
+            "enqueueing",
+            Method::POST,
+            "/v1/jobs",
+            Some(body),
+            vec![("idempotency-key", uuid::Uuid::now_v7().to_string())],
+            Repeat::Safe,
+            None,
+        )
+        .await
+    }
+
+    /// Enqueues jobs all or none, with an idempotency key.
+    pub async fn enqueue_batch(
+        &self,
+        req: &BatchEnqueueRequest,
+    ) -> Result<BatchEnqueueResponse, ClientError> {
+        let body = serde_json::to_value(req).map_err(|e| ClientError::Decode {
+            operation: "enqueueing",
+            detail: e.to_string(),
+        })?;
+        self.call(
+            "enqueueing",
+            Method::POST,
+            "/v1/jobs",
+            Some(body),
+            vec![("idempotency-key", uuid::Uuid::now_v7().to_string())],
+            Repeat::Safe,
+            None,
+        )
+        .await
+    }
+
+    /// A page of jobs, newest first.
+    pub async fn list_jobs(&self, query: &JobQuery) -> Result<Page<Job>, ClientError> {
+        let query = serde_json::to_value(query)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                other => format!("{k}={other}"),
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        let path = if query.is_empty() {
+            "/v1/jobs".to_owned()
+        } else {
+            format!("/v1/jobs?{query}")
+        };
+        self.get("listing jobs", &path).await
+    }
+
+    /// A job, its failed attempts and its audit history.
+    pub async fn job(&self, id: JobId) -> Result<JobDetail, ClientError> {
+        self.get("reading a job", &format!("/v1/jobs/{id}")).await
+    }
+
+    /// Cancels a live job.
+    pub async fn cancel(&self, id: JobId) -> Result<Job, ClientError> {
+        let path = format!("/v1/jobs/{id}/cancel");
+        self.post(
+            "cancelling a job",
+            &path,
+            Value::Null,
+            Repeat::IfNothingHappened,
+        )
+        .await
+    }
+
+    /// Queues a dead or expired job again with fresh attempts.
+    pub async fn retry(&self, id: JobId) -> Result<Job, ClientError> {
+        let path = format!("/v1/jobs/{id}/retry");
+        self.post(
+            "retrying a job",
+            &path,
+            Value::Null,
+            Repeat::IfNothingHappened,
+        )
+        .await
+    }
+
+    /// Approves a job awaiting approval.
+    pub async fn approve(&self, id: JobId) -> Result<Job, ClientError> {
+        let path = format!("/v1/jobs/{id}/approve");
+        self.post(
+            "approving a job",
+            &path,
+            Value::Null,
+            Repeat::IfNothingHappened,
+        )
+        .await
+    }
+
+    // --- operators -------------------------------------------------------
+
+    /// Agents the key sees.
+    pub async fn agents(&self) -> Result<Vec<Agent>, ClientError> {
+        self.get("listing agents", "/v1/agents").await
+    }
+
+    /// One agent.
+    pub async fn agent(&self, id: AgentId) -> Result<Agent, ClientError> {
+        self.get("reading an agent", &format!("/v1/agents/{id}"))
+            .await
+    }
+
+    /// Drains an agent: it finishes its jobs and claims no more.
+    pub async fn drain(&self, id: AgentId) -> Result<Agent, ClientError> {
+        let path = format!("/v1/agents/{id}/drain");
+        self.post("draining an agent", &path, Value::Null, Repeat::Safe)
+            .await
+    }
+
+    /// Creates a tenant.
+    pub async fn create_tenant(&self, req: &NewTenantRequest) -> Result<Tenant, ClientError> {
+        self.post(
+            "creating a tenant",
+            "/v1/tenants",
+            req,
+            Repeat::IfNothingHappened,
+        )
+        .await
+    }
+
+    /// Tenants the key sees.
+    pub async fn tenants(&self) -> Result<Vec<Tenant>, ClientError> {
+        self.get("listing tenants", "/v1/tenants").await
+    }
+
+    /// Creates a bootstrap token (its secret is in the answer, once).
+    pub async fn create_bootstrap_token(
+        &self,
+        req: &NewBootstrapTokenRequest,
+    ) -> Result<CreatedSecret, ClientError> {
+        self.post(
+            "creating a bootstrap token",
+            "/v1/bootstrap-tokens",
+            req,
+            Repeat::IfNothingHappened,
+        )
+        .await
+    }
+
+    /// Bootstrap tokens (metadata).
+    pub async fn bootstrap_tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        self.get("listing bootstrap tokens", "/v1/bootstrap-tokens")
+            .await
+    }
+
+    /// Creates an API key (its secret is in the answer, once).
+    pub async fn create_api_key(
+        &self,
+        req: &NewApiKeyRequest,
+    ) -> Result<CreatedSecret, ClientError> {
+        self.post(
+            "creating an API key",
+            "/v1/api-keys",
+            req,
+            Repeat::IfNothingHappened,
+        )
+        .await
+    }
+
+    /// API keys (metadata).
+    pub async fn api_keys(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        self.get("listing API keys", "/v1/api-keys").await
+    }
+
+    /// Revokes a token or key.
+    pub async fn revoke(&self, id: TokenId) -> Result<(), ClientError> {
+        let path = format!("/v1/tokens/{id}/revoke");
+        self.post("revoking a token", &path, Value::Null, Repeat::Safe)
+            .await
+    }
+
+    /// Audit events after `after`, oldest first.
+    pub async fn audit(&self, after: i64, limit: u32) -> Result<Vec<AuditEvent>, ClientError> {
+        self.get(
+            "reading the audit log",
+            &format!("/v1/audit?after={after}&limit={limit}"),
+        )
+        .await
+    }
+
+    /// Walks the audit chain: events checked, and the first break.
+    pub async fn verify_audit(&self) -> Result<Value, ClientError> {
+        self.post(
+            "verifying the audit chain",
+            "/v1/audit/verify",
+            Value::Null,
+            Repeat::Safe,
+        )
+        .await
+    }
+
+    /// Dead notifications, newest first.
+    pub async fn dead_notifications(&self) -> Result<Vec<Notification>, ClientError> {
+        self.get("listing notifications", "/v1/notifications?state=dead")
+            .await
+    }
+
+    /// Sends a dead notification again.
+    pub async fn redrive_notification(
+        &self,
+        id: NotificationId,
+    ) -> Result<Notification, ClientError> {
+        let path = format!("/v1/notifications/{id}/redrive");
+        self.post(
+            "redriving a notification",
+            &path,
+            Value::Null,
+            Repeat::IfNothingHappened,
+        )
+        .await
+    }
+
+    /// Every controller's status (as JSON: last run, next run, leader).
+    pub async fn controllers(&self) -> Result<Vec<Value>, ClientError> {
+        self.get("listing controllers", "/v1/controllers").await
+    }
+
+    /// Asks for a controller's run now.
+    pub async fn trigger(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/controllers/{name}/trigger");
+        self.post("triggering a controller", &path, Value::Null, Repeat::Safe)
+            .await
+    }
+
+    /// What a controller's run would change now.
+    pub async fn plan(&self, name: &str) -> Result<Value, ClientError> {
+        self.get(
+            "planning a controller",
+            &format!("/v1/controllers/{name}/plan"),
+        )
+        .await
+    }
+}
