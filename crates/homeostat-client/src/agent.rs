@@ -112,6 +112,9 @@ type RunningJobs = Arc<Mutex<HashMap<JobId, Running>>>;
 /// The server's intervals, from its heartbeat replies.
 const FIRST_HEARTBEAT: Duration = Duration::from_secs(10);
 
+/// How long a handler told to stop may take to return.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl AgentBuilder {
     /// Claim from these of the agent's queues only (default: all).
     pub fn queues(mut self, queues: Vec<String>) -> Self {
@@ -329,13 +332,19 @@ async fn run_one<H: JobHandler>(
 ) {
     let (id, token) = (job.id, job.lease_token);
     let timeout = Duration::from_secs(job.timeout_secs.max(1));
+    // A stopped handler gets a moment to wind down (kill its process,
+    // clean up) before it is dropped.
+    let abandoned = async {
+        stop.cancelled().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
     let outcome = tokio::select! {
         r = handler.handle(job, stop.clone()) => Some(r),
         () = tokio::time::sleep(timeout) => {
             stop.cancel();
             Some(Err(JobError::retryable(format!("timed out after {} s", timeout.as_secs()))))
         }
-        () = stop.cancelled() => None,
+        () = abandoned => None,
     };
     // Still ours? (A heartbeat may have taken it away, or the shutdown.)
     let ours = running
