@@ -34,12 +34,41 @@ pub(crate) struct Config {
     pub(crate) shutdown_grace: Duration,
     /// Connections to the database, per replica.
     pub(crate) max_connections: u32,
+    /// Retries and deadlines of jobs.
+    pub(crate) jobs: JobPolicy,
     /// Agent protocol intervals and request limits.
     pub(crate) api: ApiSettings,
     /// Where notifications go (none: they are logged).
     pub(crate) notifications: Notifications,
     /// The built-in controllers.
     pub(crate) controllers: ControllersConfig,
+}
+
+/// Retries and deadlines of jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct JobPolicy {
+    /// Delay before the first retry of a failed attempt; it doubles with
+    /// each attempt.
+    #[serde(with = "homeostat_model::duration")]
+    pub(crate) retry_initial: Duration,
+    /// Longest delay between attempts.
+    #[serde(with = "homeostat_model::duration")]
+    pub(crate) retry_max: Duration,
+    /// A queued job not started this long after it became due expires,
+    /// unless it carries its own deadline.
+    #[serde(with = "homeostat_model::duration")]
+    pub(crate) default_deadline: Duration,
+}
+
+impl Default for JobPolicy {
+    fn default() -> Self {
+        let store = homeostat_store::StoreOptions::default();
+        Self {
+            retry_initial: store.retry_initial,
+            retry_max: store.retry_max,
+            default_deadline: store.default_queue_deadline,
+        }
+    }
 }
 
 /// How logs are written.
@@ -72,6 +101,7 @@ impl Default for Config {
             log_level: "info".into(),
             shutdown_grace: Duration::from_secs(30),
             max_connections: 10,
+            jobs: JobPolicy::default(),
             api: ApiSettings::default(),
             notifications: Notifications::default(),
             controllers: ControllersConfig::default(),
@@ -177,6 +207,16 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1".into());
+        }
+        let jobs = &self.jobs;
+        if jobs.retry_initial.is_zero() || jobs.retry_initial > jobs.retry_max {
+            return bad(
+                "jobs.retry_initial",
+                "must be above 0 and at most jobs.retry_max".into(),
+            );
+        }
+        if jobs.default_deadline.is_zero() {
+            return bad("jobs.default_deadline", "must be above 0".into());
         }
         let api = &self.api;
         if api.lease_ttl < Duration::from_secs(5) {

@@ -1,6 +1,8 @@
 //! The `homeostat` command.
 
+mod agent;
 mod config;
+mod exec;
 mod logging;
 mod serve;
 
@@ -34,9 +36,69 @@ enum Command {
     /// migrations, creates and prints an admin API key on the first start,
     /// and stops cleanly on SIGTERM or SIGINT.
     Run(RunArgs),
+    /// Runs a program for each job an agent claims.
+    ///
+    /// Registers once with a bootstrap token and keeps the credential in a
+    /// state file (a restart reuses it). Each job runs CMD with its payload
+    /// on standard input and HOMEOSTAT_JOB_ID, HOMEOSTAT_JOB_KIND,
+    /// HOMEOSTAT_JOB_QUEUE and HOMEOSTAT_JOB_ATTEMPT in its environment.
+    /// Exit 0 completes the job with standard output as its result (JSON if
+    /// it parses, else a string); exit 75 fails it as retryable; any other
+    /// exit fails it as permanent, with the end of standard error as the
+    /// error. A cancellation, a lost lease or the job's timeout kills the
+    /// program's process group. SIGTERM or SIGINT stops claiming and lets
+    /// running jobs finish (--grace); a second one gives them back at once.
+    Agent(AgentCmd),
     /// Checks or prints configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, clap::Args)]
+struct AgentCmd {
+    /// The server's URL.
+    #[arg(long, env = "HOMEOSTAT_SERVER", value_name = "URL")]
+    server: String,
+    /// A bootstrap token, to register (not needed once registered).
+    #[arg(
+        long,
+        env = "HOMEOSTAT_BOOTSTRAP_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    bootstrap_token: Option<String>,
+    /// A queue to claim from (repeat for several).
+    #[arg(long = "queue", value_name = "QUEUE", required = true)]
+    queues: Vec<String>,
+    /// The agent's name (default: the host's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// A label, key=value (repeat for several).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    concurrency: u32,
+    /// Where the agent keeps its credential.
+    #[arg(long, default_value = "homeostat-agent.json", value_name = "FILE")]
+    state_file: PathBuf,
+    /// Seconds running jobs may finish after SIGTERM before they are given
+    /// back.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    grace: u64,
+    /// Run one job, then exit.
+    #[arg(long)]
+    once: bool,
+    /// The program and its arguments, after `--exec`.
+    #[arg(long, num_args = 1.., required = true, allow_hyphen_values = true, value_name = "CMD")]
+    exec: Vec<String>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,6 +146,35 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Agent(cmd) => {
+            logging::init(config::LogFormat::Auto, "info");
+            let name = cmd.name.unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .ok()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "agent".to_owned())
+            });
+            let args = agent::AgentArgs {
+                server: cmd.server,
+                bootstrap_token: cmd.bootstrap_token,
+                queues: cmd.queues,
+                name,
+                labels: cmd.labels.into_iter().collect(),
+                concurrency: cmd.concurrency,
+                state_file: cmd.state_file,
+                grace: std::time::Duration::from_secs(cmd.grace),
+                once: cmd.once,
+                exec: cmd.exec,
+            };
+            match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt.block_on(agent::run(args)),
+                Err(e) => {
+                    eprintln!("homeostat: cannot start the runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run(args) => {
             let mut config = match config::Config::load(args.config.as_deref()) {
                 Ok(c) => c,

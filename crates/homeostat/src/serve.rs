@@ -50,6 +50,9 @@ async fn run(config: Config) -> Result<(), BoxError> {
     let url = config.store_url()?;
     let options = StoreOptions {
         max_connections: config.max_connections,
+        retry_initial: config.jobs.retry_initial,
+        retry_max: config.jobs.retry_max,
+        default_queue_deadline: config.jobs.default_deadline,
         ..StoreOptions::default()
     };
     // Migrations run here; on PostgreSQL they hold an advisory lock, so N

@@ -1,0 +1,236 @@
+//! `homeostat agent`: registers once (the credential is kept in a state
+//! file), then runs a program for each job it claims, until SIGTERM or
+//! SIGINT drains it (a second signal releases what still runs at once).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use homeostat_client::{Agent, Client, ClientError, JobError, JobHandler};
+use homeostat_model::wire::{HeartbeatRequest, RegisterRequest};
+use homeostat_model::{ClaimedJob, NewAgent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::Exec;
+
+/// What `homeostat agent` was asked.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentArgs {
+    pub(crate) server: String,
+    pub(crate) bootstrap_token: Option<String>,
+    pub(crate) queues: Vec<String>,
+    pub(crate) name: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) concurrency: u32,
+    pub(crate) state_file: PathBuf,
+    pub(crate) grace: Duration,
+    pub(crate) once: bool,
+    pub(crate) exec: Vec<String>,
+}
+
+/// What the state file keeps: which server, and the credential it gave.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    server: String,
+    agent_id: String,
+    credential: String,
+}
+
+fn load(path: &Path) -> Result<Option<State>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("the state file {} is not readable: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!(
+            "cannot read the state file {}: {e}",
+            path.display()
+        )),
+    }
+}
+
+/// Writes the state readable by its owner only: it holds a credential.
+fn save(path: &Path, state: &State) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let write = || -> std::io::Result<()> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(serde_json::to_string_pretty(state)?.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| format!("cannot write the state file {}: {e}", path.display()))
+}
+
+/// Exit codes shared with the CLI.
+pub(crate) fn exit_code(e: &ClientError) -> ExitCode {
+    ExitCode::from(match e.code() {
+        "not_found" => 3,
+        "conflict" | "stale_lease" => 4,
+        "unreachable" | "unavailable" => 5,
+        _ => 1,
+    })
+}
+
+/// The agent's client: from the state file, or registered now.
+async fn credential(args: &AgentArgs) -> Result<Client, (ExitCode, String)> {
+    let fail = |code: u8, msg: String| (ExitCode::from(code), msg);
+    let anonymous = Client::builder(&args.server)
+        .build()
+        .map_err(|e| fail(2, e.to_string()))?;
+    let state = load(&args.state_file).map_err(|m| fail(1, m))?;
+    if let Some(state) = state.filter(|s| s.server == args.server) {
+        let client = anonymous.with_token(&state.credential);
+        // Proves the credential before any claim.
+        return match client.heartbeat(&HeartbeatRequest::default()).await {
+            Ok(_) => {
+                tracing::info!(agent = %state.agent_id, "resuming with the saved credential");
+                Ok(client)
+            }
+            Err(e) if e.code() == "unauthorized" => Err(fail(
+                1,
+                format!(
+                    "the server refused this agent's saved credential (revoked?); delete {} \
+                     and start again with a new --bootstrap-token",
+                    args.state_file.display()
+                ),
+            )),
+            Err(e) => Err((exit_code(&e), e.to_string())),
+        };
+    }
+    let Some(token) = &args.bootstrap_token else {
+        return Err(fail(
+            2,
+            format!(
+                "no saved credential in {} for {}: pass --bootstrap-token (or \
+                 HOMEOSTAT_BOOTSTRAP_TOKEN) to register",
+                args.state_file.display(),
+                args.server
+            ),
+        ));
+    };
+    let req = RegisterRequest {
+        bootstrap_token: token.clone(),
+        agent: NewAgent {
+            name: args.name.clone(),
+            labels: args.labels.clone(),
+            queues: args.queues.clone(),
+        },
+    };
+    let registered = anonymous.register(&req).await.map_err(|e| {
+        let hint = if e.code() == "unauthorized" {
+            ": the bootstrap token is unknown, expired or used up; ask an operator for a new one"
+        } else {
+            ""
+        };
+        (exit_code(&e), format!("{e}{hint}"))
+    })?;
+    save(
+        &args.state_file,
+        &State {
+            server: args.server.clone(),
+            agent_id: registered.agent_id.to_string(),
+            credential: registered.credential.clone(),
+        },
+    )
+    .map_err(|m| fail(1, m))?;
+    tracing::info!(agent = %registered.agent_id, state_file = %args.state_file.display(), "registered");
+    Ok(anonymous.with_token(registered.credential))
+}
+
+/// `--once`: the program's handler, stopping the agent after its first job.
+#[derive(Debug)]
+struct Once {
+    exec: Exec,
+    done: CancellationToken,
+}
+
+impl JobHandler for Once {
+    async fn handle(
+        &self,
+        job: ClaimedJob,
+        stop: CancellationToken,
+    ) -> Result<Option<Value>, JobError> {
+        let result = self.exec.handle(job, stop).await;
+        self.done.cancel();
+        result
+    }
+}
+
+pub(crate) async fn run(args: AgentArgs) -> ExitCode {
+    let client = match credential(&args).await {
+        Ok(c) => c,
+        Err((code, message)) => {
+            eprintln!("homeostat agent: {message}");
+            return code;
+        }
+    };
+    let exec = Exec {
+        program: args.exec[0].clone(),
+        args: args.exec[1..].to_vec(),
+    };
+    let (shutdown, abort) = (CancellationToken::new(), CancellationToken::new());
+    tokio::spawn(signals(shutdown.clone(), abort.clone()));
+    let agent = Agent::builder(client)
+        .queues(args.queues.clone())
+        .concurrency(if args.once { 1 } else { args.concurrency })
+        .grace(args.grace)
+        .abort_on(abort);
+    let ran = if args.once {
+        let handler = Once {
+            exec,
+            done: shutdown.clone(),
+        };
+        agent.run(handler, shutdown).await
+    } else {
+        agent.run(exec, shutdown).await
+    };
+    match ran {
+        Ok(report) => {
+            tracing::info!(?report, "agent stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("homeostat agent: {e}");
+            exit_code(&e)
+        }
+    }
+}
+
+/// The first SIGTERM or SIGINT drains; the second releases at once.
+async fn signals(shutdown: CancellationToken, abort: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    for token in [shutdown, abort] {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!(
+            "stopping: {}",
+            if token.is_cancelled() {
+                "again"
+            } else {
+                "draining"
+            }
+        );
+        token.cancel();
+    }
+}

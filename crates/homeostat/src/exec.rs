@@ -1,0 +1,150 @@
+//! Runs a job as a program: the payload on standard input, the job's facts
+//! in `HOMEOSTAT_JOB_*` variables, in a process group of its own so that a
+//! cancellation, a lost lease or a timeout kills everything it started.
+//!
+//! Exit 0 completes the job with standard output as its result (JSON if it
+//! parses, else a string); exit 75 (`EX_TEMPFAIL`) fails it as retryable;
+//! any other exit fails it as permanent. The error is the tail of standard
+//! error.
+
+use std::process::Stdio;
+
+use homeostat_client::{JobError, JobHandler};
+use homeostat_model::ClaimedJob;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+/// The exit code that asks for another attempt (sysexits' `EX_TEMPFAIL`).
+pub(crate) const RETRY_EXIT_CODE: i32 = 75;
+/// Most of standard output kept as the result.
+const MAX_RESULT: usize = 64 * 1024;
+/// Most of standard error kept as the error (its end).
+const MAX_ERROR: usize = 4 * 1024;
+
+/// A program run for each job.
+#[derive(Debug, Clone)]
+pub(crate) struct Exec {
+    pub(crate) program: String,
+    pub(crate) args: Vec<String>,
+}
+
+/// Reads all of `from`, keeping at most `keep` bytes (the first ones, or
+/// with `tail` the last ones).
+async fn read_bounded(mut from: impl AsyncRead + Unpin, keep: usize, tail: bool) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = from.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > keep {
+            if tail {
+                kept.drain(..kept.len() - keep);
+            } else {
+                kept.truncate(keep + 1);
+            }
+        }
+    }
+    kept
+}
+
+/// Kills the process group `pgid` (the job's program and its children).
+async fn kill_group(pgid: u32) {
+    // kill(2) through libc needs `unsafe`, which this workspace denies; the
+    // `kill` command sends the same signal to the group.
+    let _ = tokio::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status()
+        .await;
+}
+
+impl JobHandler for Exec {
+    async fn handle(
+        &self,
+        job: ClaimedJob,
+        stop: CancellationToken,
+    ) -> Result<Option<Value>, JobError> {
+        let mut child = tokio::process::Command::new(&self.program)
+            .args(&self.args)
+            .env("HOMEOSTAT_JOB_ID", job.id.to_string())
+            .env("HOMEOSTAT_JOB_KIND", &job.kind)
+            .env("HOMEOSTAT_JOB_QUEUE", &job.queue)
+            .env("HOMEOSTAT_JOB_ATTEMPT", job.attempt.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| JobError::permanent(format!("cannot start {}: {e}", self.program)))?;
+        let pgid = child.id().unwrap_or_default();
+        let mut stdin = child.stdin.take().expect("piped");
+        let payload = job.payload.to_string();
+        // A program that does not read its input must not block the job.
+        let feed = tokio::spawn(async move {
+            let _ = stdin.write_all(payload.as_bytes()).await;
+        });
+        let stdout = tokio::spawn(read_bounded(
+            child.stdout.take().expect("piped"),
+            MAX_RESULT,
+            false,
+        ));
+        let stderr = tokio::spawn(read_bounded(
+            child.stderr.take().expect("piped"),
+            MAX_ERROR,
+            true,
+        ));
+        let status = tokio::select! {
+            s = child.wait() => s,
+            () = stop.cancelled() => {
+                kill_group(pgid).await;
+                let _ = child.wait().await;
+                feed.abort();
+                return Err(JobError::retryable("stopped"));
+            }
+        };
+        feed.abort();
+        let out = stdout.await.unwrap_or_default();
+        let err = stderr.await.unwrap_or_default();
+        // Anything it left running in its group goes with it.
+        kill_group(pgid).await;
+        let status =
+            status.map_err(|e| JobError::retryable(format!("waiting for the program: {e}")))?;
+        let error_tail = String::from_utf8_lossy(&err).trim().to_owned();
+        match status.code() {
+            Some(0) => {
+                if out.len() > MAX_RESULT {
+                    return Err(JobError::permanent(format!(
+                        "the result (standard output) is over {MAX_RESULT} bytes"
+                    )));
+                }
+                let text = String::from_utf8_lossy(&out).trim().to_owned();
+                if text.is_empty() {
+                    return Ok(None);
+                }
+                Ok(Some(
+                    serde_json::from_str(&text).unwrap_or(Value::String(text)),
+                ))
+            }
+            Some(RETRY_EXIT_CODE) => Err(JobError::retryable(describe(&error_tail, "exit 75"))),
+            Some(code) => Err(JobError::permanent(describe(
+                &error_tail,
+                &format!("exit {code}"),
+            ))),
+            None => Err(JobError::retryable(describe(
+                &error_tail,
+                "killed by a signal",
+            ))),
+        }
+    }
+}
+
+fn describe(stderr_tail: &str, how: &str) -> String {
+    if stderr_tail.is_empty() {
+        how.to_owned()
+    } else {
+        format!("{how}: {stderr_tail}")
+    }
+}

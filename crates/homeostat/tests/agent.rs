@@ -1,0 +1,211 @@
+//! `homeostat agent` as a process against `homeostat run` on loopback
+//! (SQLite): jobs run as a shell script succeed, retry on exit 75, die on
+//! other exits; a cancel kills the running program within a heartbeat;
+//! SIGTERM drains; a restart reuses the saved credential.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{client, data_dir, get_json, post_json, ready};
+use serde_json::{Value, json};
+
+const SCRIPT: &str = r#"
+case "$HOMEOSTAT_JOB_KIND" in
+  ok) read -r input; echo "{\"ok\": true, \"attempt\": $HOMEOSTAT_JOB_ATTEMPT}";;
+  retry) if [ "$HOMEOSTAT_JOB_ATTEMPT" = 1 ]; then echo 'try later' >&2; exit 75; fi; echo second;;
+  fail) echo 'bad input' >&2; exit 3;;
+  hang) sleep 300 & echo $! > "$PIDFILE"; wait;;
+esac
+"#;
+
+fn agent(server: &str, dir: &Path, token: Option<&str>, extra: &[&str]) -> Child {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("homeostat"));
+    cmd.args(["agent", "--server", server, "--queue", "q", "--state-file"])
+        .arg(dir.join("agent.json"))
+        .args(extra)
+        .env("PIDFILE", dir.join("hang.pid"))
+        .env_remove("HOMEOSTAT_BOOTSTRAP_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(t) = token {
+        cmd.args(["--bootstrap-token", t]);
+    }
+    cmd.args(["--exec", "sh", "-c", SCRIPT]);
+    cmd.spawn().unwrap()
+}
+
+async fn job_until(
+    c: &reqwest::Client,
+    s: &common::Server,
+    key: &str,
+    id: &str,
+    state: &str,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let job = get_json(c, s.url(&format!("/v1/jobs/{id}")), key).await;
+        if job["state"] == state {
+            return job;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} is {} not {state}",
+            job["state"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_programs_as_jobs() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = client();
+    let server = common::start_with(
+        &dir.join("data"),
+        &[
+            ("HOMEOSTAT_API__HEARTBEAT_INTERVAL", "1s"),
+            ("HOMEOSTAT_JOBS__RETRY_INITIAL", "1s"),
+        ],
+    );
+    ready(&c, &server).await;
+    let admin = server.admin_key().unwrap();
+    let tenant = post_json(
+        &c,
+        server.url("/v1/tenants"),
+        Some(&admin),
+        &json!({"name": "acme"}),
+    )
+    .await;
+    let bootstrap = post_json(
+        &c,
+        server.url("/v1/bootstrap-tokens"),
+        Some(&admin),
+        &json!({"tenant_id": tenant["id"]}),
+    )
+    .await;
+    let enqueue = |kind: &'static str| {
+        let (c, url, admin, t) = (
+            c.clone(),
+            server.url("/v1/jobs"),
+            admin.clone(),
+            tenant["id"].clone(),
+        );
+        async move {
+            let r = post_json(
+                &c,
+                url,
+                Some(&admin),
+                &json!({"tenant_id": t, "queue": "q", "kind": kind, "payload": {"n": 1}}),
+            )
+            .await;
+            r["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let ok = enqueue("ok").await;
+    let retry = enqueue("retry").await;
+    let fail = enqueue("fail").await;
+
+    let mut worker = agent(
+        &server.url(""),
+        &dir,
+        bootstrap["secret"].as_str(),
+        &["--concurrency", "2", "--grace", "5"],
+    );
+    let done = job_until(&c, &server, &admin, &ok, "succeeded").await;
+    assert_eq!(done["result"], json!({"ok": true, "attempt": 1}));
+    let dead = job_until(&c, &server, &admin, &fail, "dead").await;
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("bad input"),
+        "{dead}"
+    );
+    let retried = job_until(&c, &server, &admin, &retry, "succeeded").await;
+    assert_eq!(retried["result"], json!("second"));
+    assert!(
+        retried["attempts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("try later")
+    );
+
+    // A cancel kills the running program within a heartbeat (1 s).
+    let hang = enqueue("hang").await;
+    job_until(&c, &server, &admin, &hang, "running").await;
+    let pidfile = dir.join("hang.pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
+        assert!(Instant::now() < deadline, "the program never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    post_json(
+        &c,
+        server.url(&format!("/v1/jobs/{hang}/cancel")),
+        Some(&admin),
+        &json!({}),
+    )
+    .await;
+    let cancelled = Instant::now();
+    loop {
+        let alive = Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if !alive {
+            break;
+        }
+        assert!(
+            cancelled.elapsed() < Duration::from_secs(5),
+            "the program outlived its cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // SIGTERM: the agent drains and exits 0.
+    Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_exit(&mut worker, Duration::from_secs(20)).success());
+
+    // A restart reuses the saved credential: no bootstrap token needed.
+    let again = enqueue("ok").await;
+    let mut once = agent(&server.url(""), &dir, None, &["--once"]);
+    assert!(wait_exit(&mut once, Duration::from_secs(30)).success());
+    job_until(&c, &server, &admin, &again, "succeeded").await;
+    let agents = get_json(&c, server.url("/v1/agents"), &admin).await;
+    assert_eq!(
+        agents.as_array().unwrap().len(),
+        1,
+        "the restart registered again"
+    );
+
+    // Without a saved credential or a bootstrap token: a usage error.
+    std::fs::remove_file(dir.join("agent.json")).unwrap();
+    let mut orphan = agent(&server.url(""), &dir, None, &["--once"]);
+    assert_eq!(
+        wait_exit(&mut orphan, Duration::from_secs(10)).code(),
+        Some(2)
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
