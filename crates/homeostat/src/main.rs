@@ -1,9 +1,11 @@
 //! The `homeostat` command.
 
 mod agent;
+mod cli;
 mod config;
 mod exec;
 mod logging;
+mod output;
 mod serve;
 
 use std::path::PathBuf;
@@ -18,8 +20,13 @@ use clap::{Parser, Subcommand};
 /// jobs are reclaimed, stuck jobs are re-queued, failures are retried with
 /// backoff, expired tokens and approvals are swept, notifications get through.
 ///
-/// Exit codes: 0 success; 1 a runtime failure (database unreachable, port
-/// taken); 2 bad usage or configuration.
+/// Exit codes: 0 success; 1 failure; 2 bad usage or configuration; 3 not
+/// found; 4 conflict (the entity's state does not allow it); 5 the server
+/// or the database is unreachable.
+///
+/// The operator's commands (jobs, agents, controllers, tokens, tenants,
+/// notifications, audit) talk to a server (--server or HOMEOSTAT_SERVER)
+/// with an API key (--token or HOMEOSTAT_TOKEN); -o json for scripts.
 #[derive(Debug, Parser)]
 #[command(name = "homeostat", version, about, long_about)]
 struct Cli {
@@ -52,6 +59,34 @@ enum Command {
     /// Checks or prints configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Jobs: enqueue, list, show, cancel, retry, approve, watch.
+    Jobs(Operate<cli::Jobs>),
+    /// Agents: list, show, drain.
+    Agents(Operate<cli::Agents>),
+    /// Controllers: list, trigger, plan.
+    Controllers(Operate<cli::Controllers>),
+    /// Bootstrap tokens and API keys: create, list, revoke.
+    Tokens(Operate<cli::Tokens>),
+    /// Tenants: create, list.
+    Tenants(Operate<cli::Tenants>),
+    /// Notifications that could not be delivered: list, redrive.
+    Notifications(Operate<cli::Notifications>),
+    /// The audit log: verify its hash chain.
+    Audit(Operate<cli::Audit>),
+    /// Prints shell completions (bash, zsh, fish, …).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// An operator's command: the connection, and what to do.
+#[derive(Debug, clap::Args)]
+struct Operate<T: clap::Subcommand> {
+    #[command(flatten)]
+    connection: cli::Connection,
+    #[command(subcommand)]
+    command: T,
 }
 
 #[derive(Debug, clap::Args)]
@@ -133,7 +168,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Config(ConfigCommand::Default) => {
-            print!("{}", config::DEFAULT_FILE);
+            output::emit(config::DEFAULT_FILE);
             ExitCode::SUCCESS
         }
         Command::Config(ConfigCommand::Check { file }) => match config::Config::load(Some(&file)) {
@@ -146,6 +181,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Jobs(o) => cli::main(o.connection, cli::Command::Jobs(o.command)),
+        Command::Agents(o) => cli::main(o.connection, cli::Command::Agents(o.command)),
+        Command::Controllers(o) => cli::main(o.connection, cli::Command::Controllers(o.command)),
+        Command::Tokens(o) => cli::main(o.connection, cli::Command::Tokens(o.command)),
+        Command::Tenants(o) => cli::main(o.connection, cli::Command::Tenants(o.command)),
+        Command::Notifications(o) => {
+            cli::main(o.connection, cli::Command::Notifications(o.command))
+        }
+        Command::Audit(o) => cli::main(o.connection, cli::Command::Audit(o.command)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "homeostat", &mut script);
+            output::emit(&String::from_utf8_lossy(&script));
+            ExitCode::SUCCESS
+        }
         Command::Agent(cmd) => {
             logging::init(config::LogFormat::Auto, "info");
             let name = cmd.name.unwrap_or_else(|| {

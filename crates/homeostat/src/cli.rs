@@ -1,0 +1,596 @@
+//! The operator's commands: jobs, agents, controllers, tokens, tenants,
+//! notifications and the audit log, through the API with an API key.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage, 3 not found, 4 conflict,
+//! 5 server unreachable or unavailable.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use homeostat_client::{Client, ClientError, JobQuery};
+use homeostat_model::operator::{
+    KeyRole, NewApiKeyRequest, NewBootstrapTokenRequest, NewTenantRequest,
+};
+use homeostat_model::{AgentId, JobId, NewJob, NotificationId, PlanTier, TenantId, TokenId};
+use serde_json::Value;
+
+use crate::output::{self, Column, Format, outln};
+
+/// Where the server is and who is asking.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Connection {
+    /// The server's URL.
+    #[arg(
+        long,
+        env = "HOMEOSTAT_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    server: String,
+    /// An API key (admin, tenant or viewer).
+    #[arg(long, env = "HOMEOSTAT_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Output: a table for people, JSON for scripts (jsonl: a line per item).
+    #[arg(long, short = 'o', value_enum, default_value = "table", global = true)]
+    output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Jobs {
+    /// Enqueues a job.
+    Enqueue {
+        /// Its queue.
+        #[arg(long)]
+        queue: String,
+        /// Its kind.
+        #[arg(long)]
+        kind: String,
+        /// Its input, as JSON.
+        #[arg(long, value_parser = parse_json)]
+        payload: Option<Value>,
+        /// Its tenant (admin keys; a tenant key enqueues for its own).
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        /// Priority within its tenant's tier.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+        /// Deduplicates live jobs with the same fingerprint.
+        #[arg(long)]
+        fingerprint: Option<String>,
+        /// Attempts allowed.
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Seconds one attempt may take.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Lists jobs, newest first.
+    List {
+        /// Only this state.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        /// Only those this agent holds or held last.
+        #[arg(long)]
+        agent: Option<AgentId>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Shows a job, its failed attempts and its history.
+    Show { id: JobId },
+    /// Cancels a live job.
+    Cancel { id: JobId },
+    /// Queues a dead or expired job again with fresh attempts.
+    Retry { id: JobId },
+    /// Approves a job awaiting approval.
+    Approve { id: JobId },
+    /// Follows a job until it ends; exits 0 when it succeeded, 1 otherwise.
+    Watch {
+        id: JobId,
+        /// Seconds between looks.
+        #[arg(long, default_value_t = 1)]
+        every: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Agents {
+    /// Lists agents.
+    List,
+    /// Shows an agent.
+    Show { id: AgentId },
+    /// Drains an agent: it finishes its jobs and claims no more.
+    Drain { id: AgentId },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Controllers {
+    /// Each controller: last run, outcome, next run, leader.
+    List,
+    /// Runs a controller now.
+    Trigger { name: String },
+    /// What a controller's run would change now (a dry run).
+    Plan { name: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum TokenType {
+    /// Lets agents register.
+    Bootstrap,
+    /// A bearer key for the API.
+    ApiKey,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Tokens {
+    /// Creates a bootstrap token or an API key; its secret is shown once.
+    Create {
+        /// What to create.
+        #[arg(long = "type", value_enum)]
+        kind: TokenType,
+        /// The tenant (bootstrap tokens for its agents; tenant API keys).
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        /// An API key's role: admin, tenant or viewer.
+        #[arg(long, value_parser = parse_role)]
+        role: Option<KeyRole>,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Registrations a bootstrap token allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// Lists tokens (metadata, never secrets).
+    List {
+        #[arg(long = "type", value_enum, default_value = "api-key")]
+        kind: TokenType,
+    },
+    /// Revokes a token or key.
+    Revoke { id: TokenId },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Tenants {
+    /// Creates a tenant.
+    Create {
+        name: String,
+        /// free, standard or premium.
+        #[arg(long, default_value = "standard", value_parser = parse_tier)]
+        tier: PlanTier,
+    },
+    /// Lists tenants.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Notifications {
+    /// Notifications that could not be delivered.
+    Dead,
+    /// Sends a dead notification again.
+    Redrive { id: NotificationId },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Audit {
+    /// Walks the audit log's hash chain; exits 1 at a break.
+    Verify,
+}
+
+fn parse_json(s: &str) -> Result<Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))
+}
+
+fn parse_role(s: &str) -> Result<KeyRole, String> {
+    serde_json::from_value(Value::String(s.to_owned()))
+        .map_err(|_| format!("{s:?}: the role is admin, tenant or viewer"))
+}
+
+fn parse_tier(s: &str) -> Result<PlanTier, String> {
+    serde_json::from_value(Value::String(s.to_owned()))
+        .map_err(|_| format!("{s:?}: the tier is free, standard or premium"))
+}
+
+/// One command of the CLI, ready to run.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Jobs(Jobs),
+    Agents(Agents),
+    Controllers(Controllers),
+    Tokens(Tokens),
+    Tenants(Tenants),
+    Notifications(Notifications),
+    Audit(Audit),
+}
+
+const JOB_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("STATE", "state"),
+    ("QUEUE", "queue"),
+    ("KIND", "kind"),
+    ("ATTEMPT", "attempt"),
+    ("CREATED", "created_at"),
+];
+const JOB_FIELDS: &[Column] = &[
+    ("id", "id"),
+    ("tenant", "tenant_id"),
+    ("queue", "queue"),
+    ("kind", "kind"),
+    ("state", "state"),
+    ("attempt", "attempt"),
+    ("max attempts", "max_attempts"),
+    ("occurrences", "occurrences"),
+    ("agent", "lease_agent"),
+    ("last error", "last_error"),
+    ("result", "result"),
+    ("created", "created_at"),
+    ("finished", "finished_at"),
+];
+const AGENT_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("STATUS", "status"),
+    ("QUEUES", "queues"),
+    ("LAST HEARTBEAT", "last_heartbeat_at"),
+];
+const TENANT_COLUMNS: &[Column] = &[("ID", "id"), ("NAME", "name"), ("TIER", "tier")];
+const TOKEN_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("KIND", "kind"),
+    ("TENANT", "tenant_id"),
+    ("ADMIN", "admin"),
+    ("USES LEFT", "uses_left"),
+    ("EXPIRES", "expires_at"),
+    ("REVOKED", "revoked_at"),
+];
+const CONTROLLER_COLUMNS: &[Column] = &[
+    ("NAME", "name"),
+    ("LEADER", "leader_replica"),
+    ("RUNNING", "running"),
+    ("LAST OUTCOME", "last_run.outcome"),
+    ("ITEMS", "last_run.items"),
+    ("FAILURES", "consecutive_failures"),
+];
+const NOTIFICATION_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("EVENT", "event"),
+    ("ATTEMPTS", "attempts"),
+    ("LAST ERROR", "last_error"),
+];
+
+/// Runs a command; prints the error with what to do next, and maps it to
+/// the exit code.
+pub(crate) fn main(connection: Connection, command: Command) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("homeostat: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&connection, command)) {
+        Ok(code) => code,
+        Err(e) => {
+            let hint = match e.code() {
+                "unauthorized" => " (check --token or HOMEOSTAT_TOKEN)",
+                "forbidden" => " (this needs a key with another role)",
+                "unreachable" => " (is the server running at --server or HOMEOSTAT_SERVER?)",
+                _ => "",
+            };
+            eprintln!("homeostat: {e}{hint}");
+            crate::agent::exit_code(&e)
+        }
+    }
+}
+
+async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> {
+    let mut builder = Client::builder(&c.server).retries(2);
+    if let Some(token) = &c.token {
+        builder = builder.token(token);
+    }
+    let client = builder.build()?;
+    let out = c.output;
+    match command {
+        Command::Jobs(j) => return jobs(&client, out, j).await,
+        Command::Agents(Agents::List) => output::list(out, AGENT_COLUMNS, &client.agents().await?),
+        Command::Agents(Agents::Show { id }) => {
+            output::one(out, AGENT_COLUMNS_AS_FIELDS, &client.agent(id).await?)
+        }
+        Command::Agents(Agents::Drain { id }) => {
+            output::one(out, AGENT_COLUMNS_AS_FIELDS, &client.drain(id).await?)
+        }
+        Command::Controllers(Controllers::List) => {
+            output::list(out, CONTROLLER_COLUMNS, &client.controllers().await?)
+        }
+        Command::Controllers(Controllers::Trigger { name }) => {
+            client.trigger(&name).await?;
+            if out == Format::Table {
+                outln!("{name}: a run is due now");
+            }
+        }
+        Command::Controllers(Controllers::Plan { name }) => {
+            let plan = client.plan(&name).await?;
+            match out {
+                Format::Table => {
+                    outln!("{name} would change {} item(s)", plan["count"]);
+                    let items = plan["items"].as_array().cloned().unwrap_or_default();
+                    output::emit(&output::table(
+                        &[
+                            ("SUBJECT", "subject"),
+                            ("FROM", "from"),
+                            ("TO", "to"),
+                            ("WHY", "why"),
+                        ],
+                        &items,
+                    ));
+                }
+                _ => output::one(out, &[], &plan),
+            }
+        }
+        Command::Tokens(t) => tokens(&client, out, t).await?,
+        Command::Tenants(Tenants::Create { name, tier }) => {
+            let t = client
+                .create_tenant(&NewTenantRequest { name, tier })
+                .await?;
+            output::one(out, &[("id", "id"), ("name", "name"), ("tier", "tier")], &t);
+        }
+        Command::Tenants(Tenants::List) => {
+            output::list(out, TENANT_COLUMNS, &client.tenants().await?)
+        }
+        Command::Notifications(Notifications::Dead) => output::list(
+            out,
+            NOTIFICATION_COLUMNS,
+            &client.dead_notifications().await?,
+        ),
+        Command::Notifications(Notifications::Redrive { id }) => {
+            let n = client.redrive_notification(id).await?;
+            output::one(
+                out,
+                &[("id", "id"), ("event", "event"), ("state", "state")],
+                &n,
+            );
+        }
+        Command::Audit(Audit::Verify) => return verify(&client, out).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+const AGENT_COLUMNS_AS_FIELDS: &[Column] = &[
+    ("id", "id"),
+    ("name", "name"),
+    ("tenant", "tenant_id"),
+    ("status", "status"),
+    ("queues", "queues"),
+    ("labels", "labels"),
+    ("last heartbeat", "last_heartbeat_at"),
+    ("registered", "registered_at"),
+];
+
+async fn jobs(client: &Client, out: Format, j: Jobs) -> Result<ExitCode, ClientError> {
+    match j {
+        Jobs::Enqueue {
+            queue,
+            kind,
+            payload,
+            tenant,
+            priority,
+            fingerprint,
+            max_attempts,
+            timeout,
+        } => {
+            let mut job = NewJob::new(queue, kind);
+            job.payload = payload.unwrap_or(Value::Null);
+            job.priority = priority;
+            job.fingerprint = fingerprint;
+            job.max_attempts = max_attempts;
+            job.timeout_secs = timeout;
+            let e = client.enqueue(tenant, &job).await?;
+            match out {
+                Format::Table => outln!(
+                    "{} {} ({} occurrence{})",
+                    e.job.id,
+                    if e.enqueued.deduplicated {
+                        "deduplicated"
+                    } else {
+                        "enqueued"
+                    },
+                    e.enqueued.occurrences,
+                    if e.enqueued.occurrences == 1 { "" } else { "s" }
+                ),
+                _ => output::one(out, &[], &e),
+            }
+        }
+        Jobs::List {
+            state,
+            queue,
+            kind,
+            tenant,
+            agent,
+            limit,
+        } => {
+            let query = JobQuery {
+                state,
+                queue,
+                kind,
+                tenant_id: tenant,
+                agent_id: agent,
+                after: None,
+                limit: Some(limit.clamp(1, 500)),
+            };
+            output::list(out, JOB_COLUMNS, &client.list_jobs(&query).await?.items);
+        }
+        Jobs::Show { id } => {
+            let detail = client.job(id).await?;
+            match out {
+                Format::Table => {
+                    output::one(out, JOB_FIELDS, &detail.job);
+                    if !detail.job.attempts.is_empty() {
+                        outln!("\nfailed attempts:");
+                        output::list(
+                            out,
+                            &[
+                                ("ATTEMPT", "attempt"),
+                                ("AGENT", "agent_id"),
+                                ("FAILED", "failed_at"),
+                                ("ERROR", "error"),
+                            ],
+                            &detail.job.attempts,
+                        );
+                    }
+                    if !detail.history.is_empty() {
+                        outln!("\nhistory:");
+                        output::list(
+                            out,
+                            &[("AT", "at"), ("ACTION", "action"), ("ACTOR", "actor")],
+                            &detail.history,
+                        );
+                    }
+                }
+                _ => output::one(out, &[], &detail),
+            }
+        }
+        Jobs::Cancel { id } => output::one(out, JOB_FIELDS, &client.cancel(id).await?),
+        Jobs::Retry { id } => output::one(out, JOB_FIELDS, &client.retry(id).await?),
+        Jobs::Approve { id } => output::one(out, JOB_FIELDS, &client.approve(id).await?),
+        Jobs::Watch { id, every } => {
+            let mut last = None;
+            loop {
+                let job = client.job(id).await?.job;
+                if last != Some(job.state) {
+                    match out {
+                        Format::Table => outln!("{} {}", job.updated_at, job.state),
+                        _ => outln!(
+                            "{}",
+                            serde_json::json!({"at": job.updated_at, "state": job.state})
+                        ),
+                    }
+                    last = Some(job.state);
+                }
+                if job.state.is_terminal() {
+                    return Ok(if job.state == homeostat_model::JobState::Succeeded {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    });
+                }
+                tokio::time::sleep(Duration::from_secs(every.max(1))).await;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tokens(client: &Client, out: Format, t: Tokens) -> Result<(), ClientError> {
+    let created = match t {
+        Tokens::Create {
+            kind: TokenType::Bootstrap,
+            tenant,
+            ttl,
+            uses,
+            ..
+        } => {
+            client
+                .create_bootstrap_token(&NewBootstrapTokenRequest {
+                    tenant_id: tenant,
+                    ttl_secs: ttl.unwrap_or(24 * 3600),
+                    uses,
+                })
+                .await?
+        }
+        Tokens::Create {
+            kind: TokenType::ApiKey,
+            tenant,
+            role,
+            ttl,
+            ..
+        } => {
+            let role = role.unwrap_or(if tenant.is_some() {
+                KeyRole::Tenant
+            } else {
+                KeyRole::Viewer
+            });
+            client
+                .create_api_key(&NewApiKeyRequest {
+                    role,
+                    tenant_id: tenant,
+                    ttl_secs: ttl,
+                })
+                .await?
+        }
+        Tokens::List { kind } => {
+            let list = match kind {
+                TokenType::Bootstrap => client.bootstrap_tokens().await?,
+                TokenType::ApiKey => client.api_keys().await?,
+            };
+            output::list(out, TOKEN_COLUMNS, &list);
+            return Ok(());
+        }
+        Tokens::Revoke { id } => {
+            client.revoke(id).await?;
+            if out == Format::Table {
+                outln!("{id} revoked");
+            }
+            return Ok(());
+        }
+    };
+    match out {
+        Format::Table => {
+            outln!("{} created; its secret, shown this once:", created.info.id);
+            outln!("{}", created.secret);
+        }
+        _ => output::one(out, &[], &created),
+    }
+    Ok(())
+}
+
+async fn verify(client: &Client, out: Format) -> Result<ExitCode, ClientError> {
+    use std::io::IsTerminal;
+    // The server walks the chain in one call: a spinner says it is at work,
+    // on a terminal only.
+    let spinner = std::io::stderr().is_terminal().then(|| {
+        let s = indicatif::ProgressBar::new_spinner();
+        s.set_message("verifying the audit chain");
+        s.enable_steady_tick(Duration::from_millis(100));
+        s
+    });
+    let report = client.verify_audit().await;
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    let report = report?;
+    let broken = !report["first_break"].is_null();
+    match out {
+        Format::Table => {
+            outln!(
+                "{} event(s) checked from #{}",
+                report["checked"],
+                report["first_seq"]
+            );
+            if broken {
+                outln!(
+                    "BROKEN at #{}: {}",
+                    report["first_break"]["seq"],
+                    report["first_break"]["reason"].as_str().unwrap_or_default()
+                );
+            } else {
+                outln!("the chain is intact");
+            }
+        }
+        _ => output::one(out, &[], &report),
+    }
+    Ok(if broken {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,167 @@
+//! The operator's commands as real processes against `homeostat run`:
+//! tables (snapshots, ids and times masked) and JSON, and the documented
+//! exit codes with a message saying what to do.
+
+mod common;
+
+use std::process::Output;
+
+use common::{client, data_dir, ready};
+use serde_json::Value;
+
+struct Cli {
+    server: String,
+    token: String,
+}
+
+impl Cli {
+    fn run(&self, args: &[&str]) -> Output {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("homeostat"))
+            .args(args)
+            .env("HOMEOSTAT_SERVER", &self.server)
+            .env("HOMEOSTAT_TOKEN", &self.token)
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed: its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&all)).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_commands() {
+    let dir = data_dir();
+    let c = client();
+    let server = common::start(&dir);
+    ready(&c, &server).await;
+    let cli = Cli {
+        server: server.url(""),
+        token: server.admin_key().unwrap(),
+    };
+    let mut settings = insta::Settings::clone_current();
+    settings.add_filter(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+        "[id]",
+    );
+    settings.add_filter(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "[time]");
+    settings.add_filter(r"hs[bk]_[0-9a-f]{64}", "[secret]");
+    let _guard = settings.bind_to_scope();
+
+    let tenant = cli.json(&["tenants", "create", "acme", "--tier", "premium"]);
+    let tenant_id = tenant["id"].as_str().unwrap().to_owned();
+    insta::assert_snapshot!("tenants_list", cli.ok(&["tenants", "list"]));
+
+    let created = cli.ok(&[
+        "jobs",
+        "enqueue",
+        "--queue",
+        "builds",
+        "--kind",
+        "compile",
+        "--tenant",
+        &tenant_id,
+        "--payload",
+        r#"{"ref":"main"}"#,
+        "--fingerprint",
+        "main",
+    ]);
+    let job_id = created.split_whitespace().next().unwrap().to_owned();
+    insta::assert_snapshot!("jobs_enqueue", created);
+    insta::assert_snapshot!(
+        "jobs_enqueue_again",
+        cli.ok(&[
+            "jobs",
+            "enqueue",
+            "--queue",
+            "builds",
+            "--kind",
+            "compile",
+            "--tenant",
+            &tenant_id,
+            "--fingerprint",
+            "main"
+        ])
+    );
+    insta::assert_snapshot!("jobs_list", cli.ok(&["jobs", "list"]));
+    let lines = cli.ok(&["jobs", "list", "-o", "jsonl"]);
+    assert_eq!(lines.lines().count(), 1);
+    let shown = cli.json(&["jobs", "show", &job_id]);
+    assert_eq!(shown["payload"], serde_json::json!({"ref": "main"}));
+    assert_eq!(shown["occurrences"], 2);
+    insta::assert_snapshot!("jobs_cancel", cli.ok(&["jobs", "cancel", &job_id]));
+    insta::assert_snapshot!("jobs_show", cli.ok(&["jobs", "show", &job_id]));
+
+    // Documented exit codes, with what to do next.
+    let again = cli.run(&["jobs", "cancel", &job_id]);
+    assert_eq!(again.status.code(), Some(4), "a conflict");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("conflict"));
+    let missing = cli.run(&["jobs", "show", &homeostat_model::new_id().to_string()]);
+    assert_eq!(missing.status.code(), Some(3), "not found");
+    let bad_id = cli.run(&["jobs", "show", "not-an-id"]);
+    assert_eq!(bad_id.status.code(), Some(2), "a usage error");
+    let wrong = Cli {
+        server: cli.server.clone(),
+        token: "hsk_wrong".into(),
+    };
+    let denied = wrong.run(&["jobs", "list"]);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("HOMEOSTAT_TOKEN"));
+    let nowhere = Cli {
+        server: "http://127.0.0.1:9".into(),
+        token: cli.token.clone(),
+    };
+    let unreachable = nowhere.run(&["jobs", "list"]);
+    assert_eq!(unreachable.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("is the server running"));
+
+    // A job watched to its end: exit 1, it was cancelled.
+    let watch = cli.run(&["jobs", "watch", &job_id]);
+    assert_eq!(watch.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&watch.stdout).contains("cancelled"));
+
+    let key = cli.ok(&[
+        "tokens", "create", "--type", "api-key", "--tenant", &tenant_id,
+    ]);
+    insta::assert_snapshot!("tokens_create", key);
+    let keys = cli.json(&["tokens", "list"]);
+    assert_eq!(
+        keys.as_array().unwrap().len(),
+        2,
+        "the admin key and the new one"
+    );
+    assert!(
+        !serde_json::to_string(&keys).unwrap().contains("hsk_"),
+        "a secret in a listing"
+    );
+
+    let controllers = cli.ok(&["controllers", "list"]);
+    assert!(controllers.contains("job-scheduler"), "{controllers}");
+    let plan = cli.ok(&["controllers", "plan", "job-recovery"]);
+    assert!(
+        plan.starts_with("job-recovery would change 0 item(s)"),
+        "{plan}"
+    );
+    assert_eq!(
+        cli.run(&["controllers", "trigger", "nope"]).status.code(),
+        Some(3)
+    );
+    insta::assert_snapshot!("notifications_dead", cli.ok(&["notifications", "dead"]));
+    insta::assert_snapshot!("audit_verify", cli.ok(&["audit", "verify"]));
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
