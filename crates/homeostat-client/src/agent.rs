@@ -338,10 +338,15 @@ async fn run_one<H: JobHandler>(
         stop.cancelled().await;
         tokio::time::sleep(STOP_GRACE).await;
     };
+    let handling = handler.handle(job, stop.clone());
+    tokio::pin!(handling);
     let outcome = tokio::select! {
-        r = handler.handle(job, stop.clone()) => Some(r),
+        r = &mut handling => Some(r),
         () = tokio::time::sleep(timeout) => {
+            // Told to stop, the handler winds down (kills its process)
+            // before its attempt is reported as timed out.
             stop.cancel();
+            let _ = tokio::time::timeout(STOP_GRACE, &mut handling).await;
             Some(Err(JobError::retryable(format!("timed out after {} s", timeout.as_secs()))))
         }
         () = abandoned => None,

@@ -648,6 +648,22 @@ impl Client {
         .await
     }
 
+    /// Delivers an Alertmanager webhook body, as Alertmanager would.
+    pub async fn alertmanager(
+        &self,
+        hook: &homeostat_model::alertmanager::AlertmanagerWebhook,
+    ) -> Result<homeostat_model::operator::SignalOutcome, ClientError> {
+        // Re-sending a firing alert only counts an occurrence; a resolved one
+        // cancels nothing twice.
+        self.post(
+            "delivering alerts",
+            "/v1/signals/alertmanager",
+            hook,
+            Repeat::Safe,
+        )
+        .await
+    }
+
     /// Every controller's status (as JSON: last run, next run, leader).
     pub async fn controllers(&self) -> Result<Vec<Value>, ClientError> {
         self.get("listing controllers", "/v1/controllers").await

@@ -180,6 +180,51 @@ async fn an_agent_runs_programs_as_jobs() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A job past its timeout (2 s): its program is killed, the attempt
+    // fails as retryable.
+    std::fs::remove_file(&pidfile).unwrap();
+    let slow = post_json(
+        &c,
+        server.url("/v1/jobs"),
+        Some(&admin),
+        &json!({"tenant_id": tenant["id"], "queue": "q", "kind": "hang", "timeout_secs": 2}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
+        assert!(Instant::now() < deadline, "the slow program never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    let started = Instant::now();
+    loop {
+        let alive = Command::new("kill")
+            .args(["-0", &pid])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if !alive {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the program outlived its timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let timed_out = job_until(&c, &server, &admin, &slow, "scheduled").await;
+    assert!(
+        timed_out["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{timed_out}"
+    );
+
     // SIGTERM: the agent drains and exits 0.
     Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
