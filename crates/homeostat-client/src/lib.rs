@@ -1,5 +1,6 @@
 //! The typed HTTP client of homeostat ([`Client`]) and the agent runtime
-//! that turns a [`JobHandler`] into a worker ([`Agent`]).
+//! that turns a [`JobHandler`] into a worker ([`Agent`]). Guide:
+//! `docs/agent-and-cli.md`.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), homeostat_client::ClientError> {
@@ -20,3 +21,11 @@ mod error;
 pub use agent::{Agent, AgentBuilder, AgentReport, JobError, JobHandler};
 pub use client::{Client, ClientBuilder, JobQuery};
 pub use error::ClientError;
+
+/// The Rust snippets of the agent guide, compiled as doctests so that they
+/// stay true to the code.
+#[cfg(doctest)]
+mod guide {
+    #[doc = include_str!("../../../docs/agent-and-cli.md")]
+    struct AgentAndCli;
+}
