@@ -59,6 +59,38 @@ async fn job_until(
     }
 }
 
+/// The pid the `hang` job's program wrote, once it wrote it.
+async fn started(pidfile: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(pid) = std::fs::read_to_string(pidfile)
+            && !pid.trim().is_empty()
+        {
+            return pid.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the program never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until process `pid` is gone; fails after `within`.
+async fn gone(pid: &str, within: Duration, why: &str) {
+    let since = Instant::now();
+    loop {
+        let alive = Command::new("kill")
+            .args(["-0", pid])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if !alive {
+            return;
+        }
+        assert!(since.elapsed() < within, "the program outlived its {why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     let deadline = Instant::now() + within;
     loop {
@@ -149,12 +181,7 @@ async fn an_agent_runs_programs_as_jobs() {
     let hang = enqueue("hang").await;
     job_until(&c, &server, &admin, &hang, "running").await;
     let pidfile = dir.join("hang.pid");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
-        assert!(Instant::now() < deadline, "the program never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
+    let pid = started(&pidfile).await;
     post_json(
         &c,
         server.url(&format!("/v1/jobs/{hang}/cancel")),
@@ -162,23 +189,7 @@ async fn an_agent_runs_programs_as_jobs() {
         &json!({}),
     )
     .await;
-    let cancelled = Instant::now();
-    loop {
-        let alive = Command::new("kill")
-            .args(["-0", &pid])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        if !alive {
-            break;
-        }
-        assert!(
-            cancelled.elapsed() < Duration::from_secs(5),
-            "the program outlived its cancel"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gone(&pid, Duration::from_secs(5), "cancel").await;
 
     // A job past its timeout (2 s): its program is killed, the attempt
     // fails as retryable.
@@ -193,29 +204,8 @@ async fn an_agent_runs_programs_as_jobs() {
         .as_str()
         .unwrap()
         .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_to_string(&pidfile).map_or(true, |p| p.trim().is_empty()) {
-        assert!(Instant::now() < deadline, "the slow program never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_owned();
-    let started = Instant::now();
-    loop {
-        let alive = Command::new("kill")
-            .args(["-0", &pid])
-            .stderr(Stdio::null())
-            .status()
-            .unwrap()
-            .success();
-        if !alive {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the program outlived its timeout"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let pid = started(&pidfile).await;
+    gone(&pid, Duration::from_secs(10), "timeout").await;
     // Its failed attempt is on record (it may be running again already).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
