@@ -28,3 +28,32 @@ pub(crate) struct Query<T>(pub(crate) T);
 #[derive(Debug, Clone, Copy, Default, FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub(crate) struct Path<T>(pub(crate) T);
+
+/// The body of a request that takes none (`POST …/cancel`): empty or `{}`.
+/// Anything else is refused, as an unknown field would be, rather than
+/// ignored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NoBody;
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| {
+                if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::too_large("the request body is larger than the server accepts")
+                } else {
+                    ApiError::malformed(r.body_text())
+                }
+            })?;
+        let text = std::str::from_utf8(&bytes).unwrap_or("\u{fffd}").trim();
+        if text.is_empty() || text == "{}" || text == "null" {
+            return Ok(NoBody);
+        }
+        Err(ApiError::malformed(
+            "this request takes no body (send none, or {})",
+        ))
+    }
+}

@@ -41,7 +41,11 @@ fn cell(item: &Value, path: &str) -> String {
     }
     match v {
         Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
+        // Times to the second, all of one width, for people.
+        Value::String(s) => match s.parse::<jiff::Timestamp>() {
+            Ok(t) => t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            Err(_) => s.clone(),
+        },
         other => other.to_string(),
     }
 }
@@ -123,6 +127,18 @@ pub(crate) fn one<T: Serialize>(format: Format, fields: &[Column], item: &T) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_show_to_the_second() {
+        let items = vec![
+            serde_json::json!({"at": "2026-11-28T23:12:57.761Z"}),
+            serde_json::json!({"at": "2026-11-28T23:12:58Z"}),
+        ];
+        assert_eq!(
+            table(&[("AT", "at")], &items),
+            "AT\n2026-11-28T23:12:57Z\n2026-11-28T23:12:58Z\n"
+        );
+    }
 
     #[test]
     fn columns_align_and_missing_values_show_a_dash() {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponses};
-use crate::extract::{Json, Path, Query};
+use crate::extract::{Json, NoBody, Path, Query};
 use crate::state::ApiState;
 
 // --- agents --------------------------------------------------------------
@@ -85,6 +85,7 @@ pub(crate) async fn drain_agent(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<AgentId>,
+    _: NoBody,
 ) -> Result<Json<Agent>, ApiError> {
     caller.require_admin()?;
     visible_agent(&state, &caller, id).await?;
@@ -312,6 +313,7 @@ pub(crate) async fn revoke_token(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<TokenId>,
+    _: NoBody,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     state.store.revoke_token(id, &caller.actor()).await?;
@@ -374,6 +376,7 @@ pub(crate) async fn list_audit(
 pub(crate) async fn verify_audit(
     State(state): State<ApiState>,
     caller: Caller,
+    _: NoBody,
 ) -> Result<Json<VerifyReport>, ApiError> {
     caller.require_admin()?;
     Ok(Json(state.store.verify_audit_chain(&mut |_| {}).await?))
@@ -452,6 +455,7 @@ pub(crate) async fn trigger_controller(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
+    _: NoBody,
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     manager(&state)?.trigger(&name).map_err(manager_error)?;
@@ -537,6 +541,7 @@ pub(crate) async fn redrive_notification(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<homeostat_model::NotificationId>,
+    _: NoBody,
 ) -> Result<Json<homeostat_model::Notification>, ApiError> {
     caller.require_admin()?;
     Ok(Json(

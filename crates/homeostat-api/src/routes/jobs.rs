@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponses};
-use crate::extract::{Json, Path, Query};
+use crate::extract::{Json, NoBody, Path, Query};
 use crate::state::ApiState;
 
 /// Most jobs in one batch enqueue.
@@ -337,6 +337,7 @@ pub(crate) async fn cancel(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<JobId>,
+    _: NoBody,
 ) -> Result<Json<Job>, ApiError> {
     operate(&state, &caller, id, Operation::Cancel).await
 }
@@ -356,6 +357,7 @@ pub(crate) async fn retry(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<JobId>,
+    _: NoBody,
 ) -> Result<Json<Job>, ApiError> {
     operate(&state, &caller, id, Operation::Retry).await
 }
@@ -375,6 +377,7 @@ pub(crate) async fn approve(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<JobId>,
+    _: NoBody,
 ) -> Result<Json<Job>, ApiError> {
     operate(&state, &caller, id, Operation::Approve).await
 }

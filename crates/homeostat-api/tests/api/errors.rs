@@ -181,7 +181,28 @@ async fn a_request_past_its_deadline_is_408_with_an_error_body(store: &Store) {
     api.stop().await;
 }
 
+async fn a_body_sent_where_none_is_taken_is_refused(store: &Store) {
+    let api = Api::new(store).await;
+    let (_, key) = api.tenant("acme").await;
+    let id = api.enqueue(&key, json!({"queue": "q", "kind": "a"})).await;
+    let path = format!("/v1/jobs/{id}/cancel");
+    let refused = api.post(&path, &key, json!({"reason": "nope"})).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.text);
+    assert_eq!(refused.code(), "malformed");
+    let job = api.store.get_job(id.parse().unwrap()).await.unwrap();
+    assert_eq!(
+        job.state,
+        homeostat_model::JobState::Queued,
+        "the refused cancel cancelled"
+    );
+    // None, or `{}`, is taken.
+    let empty = api.call(Method::POST, &path, Some(&key), None).await;
+    assert_eq!(empty.status, StatusCode::OK, "{}", empty.text);
+    api.stop().await;
+}
+
 on_both_backends!(
+    a_body_sent_where_none_is_taken_is_refused,
     a_request_past_its_deadline_is_408_with_an_error_body,
     credentials_are_required_and_checked,
     malformed_bodies_are_400_naming_the_problem,
