@@ -1,8 +1,15 @@
-//! End to end on SQLite, as a user runs it: `homeostat run`, three
-//! `homeostat agent --exec` processes, 300 jobs, and an agent killed with
-//! SIGKILL four times. Every job ends succeeded, completed once; each killed
-//! agent is marked offline within agent-health's interval + stale threshold
-//! + 1 s, and its jobs run elsewhere; the audit chain verifies.
+//! End to end, as a user runs it, with processes killed by SIGKILL.
+//!
+//! SQLite: `homeostat run`, three `homeostat agent --exec` processes, 300
+//! jobs, an agent killed four times. Every job ends succeeded, completed
+//! once; each killed agent is marked offline within agent-health's interval
+//! + stale threshold + 1 s, and its jobs run elsewhere; the audit chain
+//! verifies.
+//!
+//! PostgreSQL: two replicas, agents split between them; the replica leading
+//! agent-health and job-recovery is killed midway. The other takes both
+//! over within the lease TTL + 1 s, no controller ever wrote under two
+//! leaders at once (audit epochs), and every job still ends succeeded.
 
 mod common;
 
@@ -22,6 +29,18 @@ echo "$HOMEOSTAT_JOB_ID $HOMEOSTAT_JOB_ATTEMPT" >> "$LOG"
 
 const INTERVAL: Duration = Duration::from_secs(1);
 const STALE: Duration = Duration::from_secs(3);
+/// The controllers' lease TTL (the manager's default).
+const LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// Settings that make healing quick enough to watch.
+const QUICK: &[(&str, &str)] = &[
+    ("HOMEOSTAT_API__HEARTBEAT_INTERVAL", "1s"),
+    ("HOMEOSTAT_API__LEASE_TTL", "5s"),
+    ("HOMEOSTAT_CONTROLLERS__AGENT_HEALTH__INTERVAL", "1s"),
+    ("HOMEOSTAT_CONTROLLERS__AGENT_HEALTH__STALE_AFTER", "3s"),
+    ("HOMEOSTAT_CONTROLLERS__JOB_RECOVERY__INTERVAL", "1s"),
+    ("HOMEOSTAT_JOBS__RETRY_INITIAL", "1s"),
+];
 
 fn agent(server: &str, dir: &Path, n: usize, bootstrap: &str) -> Child {
     Command::new(assert_cmd::cargo::cargo_bin("homeostat"))
@@ -64,17 +83,7 @@ async fn killed_agents_are_healed_around_and_every_job_completes_once() {
     let dir = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let c = client();
-    let server = common::start_with(
-        &dir.join("data"),
-        &[
-            ("HOMEOSTAT_API__HEARTBEAT_INTERVAL", "1s"),
-            ("HOMEOSTAT_API__LEASE_TTL", "5s"),
-            ("HOMEOSTAT_CONTROLLERS__AGENT_HEALTH__INTERVAL", "1s"),
-            ("HOMEOSTAT_CONTROLLERS__AGENT_HEALTH__STALE_AFTER", "3s"),
-            ("HOMEOSTAT_CONTROLLERS__JOB_RECOVERY__INTERVAL", "1s"),
-            ("HOMEOSTAT_JOBS__RETRY_INITIAL", "1s"),
-        ],
-    );
+    let server = common::start_with(&dir.join("data"), QUICK);
     ready(&c, &server).await;
     let admin = server.admin_key().unwrap();
     let tenant = post_json(
@@ -210,5 +219,152 @@ async fn killed_agents_are_healed_around_and_every_job_completes_once() {
         String::from_utf8_lossy(&verify.stdout)
     );
     drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Who leads `name`, by `server`'s account.
+async fn leader(
+    c: &reqwest::Client,
+    server: &common::Server,
+    key: &str,
+    name: &str,
+) -> Option<String> {
+    let all = get_json(c, server.url("/v1/controllers"), key).await;
+    all.as_array()?.iter().find(|x| x["name"] == name)?["leader_replica"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_hands_its_controllers_over_and_no_job_is_lost() {
+    let Some(test) = homeostat_testkit::postgres().await else {
+        return;
+    };
+    let db = format!(
+        "{}?options[search_path]={}",
+        homeostat_testkit::pg_url().unwrap(),
+        test.schema().unwrap()
+    );
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = client();
+    let mut env = QUICK.to_vec();
+    env.push(("HOMEOSTAT_DATABASE_URL", db.as_str()));
+    let mut one = common::start_with(&dir.join("one"), &env);
+    ready(&c, &one).await;
+    let admin = one.admin_key().unwrap();
+    let two = common::start_with(&dir.join("two"), &env);
+    ready(&c, &two).await;
+    // The first replica leads agent-health and job-recovery.
+    let holder_one = loop {
+        if let (Some(a), Some(b)) = (
+            leader(&c, &one, &admin, "agent-health").await,
+            leader(&c, &one, &admin, "job-recovery").await,
+        ) && a == b
+        {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let tenant = post_json(
+        &c,
+        one.url("/v1/tenants"),
+        Some(&admin),
+        &json!({"name": "acme"}),
+    )
+    .await;
+    let bootstrap = post_json(
+        &c,
+        one.url("/v1/bootstrap-tokens"),
+        Some(&admin),
+        &json!({"tenant_id": tenant["id"], "uses": 3}),
+    )
+    .await;
+    let bootstrap = bootstrap["secret"].as_str().unwrap().to_owned();
+    // Two agents on the first replica, one on the second.
+    let (url_one, url_two) = (one.url(""), two.url(""));
+    let mut agents: Vec<Child> = vec![
+        agent(&url_one, &dir, 0, &bootstrap),
+        agent(&url_one, &dir, 1, &bootstrap),
+        agent(&url_two, &dir, 2, &bootstrap),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (0..3).any(|n| !dir.join(format!("agent-{n}.json")).exists()) {
+        assert!(Instant::now() < deadline, "the agents never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let jobs: Vec<_> = (0..300)
+        .map(|i| json!({"queue": "work", "kind": "step", "payload": {"i": i}}))
+        .collect();
+    post_json(
+        &c,
+        two.url("/v1/jobs"),
+        Some(&admin),
+        &json!({"tenant_id": tenant["id"], "jobs": jobs}),
+    )
+    .await;
+    // Midway, the leader dies.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = get_json(&c, two.url("/v1/jobs?state=succeeded&limit=500"), &admin).await;
+        if done["items"].as_array().unwrap().len() >= 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    one.child.kill().unwrap();
+    one.child.wait().unwrap();
+    let killed = Instant::now();
+    for name in ["agent-health", "job-recovery"] {
+        loop {
+            let now = leader(&c, &two, &admin, name).await;
+            if now.as_deref().is_some_and(|h| h != holder_one) {
+                break;
+            }
+            assert!(
+                killed.elapsed() < LEASE_TTL + Duration::from_secs(1),
+                "{name} not taken over after {:?}",
+                killed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Every job ends succeeded: the first replica's agents are cut off,
+    // their jobs come back when their leases expire or they go offline.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = get_json(&c, two.url("/v1/jobs?state=succeeded&limit=500"), &admin).await;
+        if done["items"].as_array().unwrap().len() == 300 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not every job succeeded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for a in &mut agents {
+        let _ = a.kill();
+        let _ = a.wait();
+    }
+    // No controller wrote under two leaders at once: in the audit log, each
+    // controller's epochs never go back.
+    let events = get_json(&c, two.url("/v1/audit?limit=1000"), &admin).await;
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for e in events.as_array().unwrap() {
+        let actor = e["actor"].as_str().unwrap();
+        let Some(rest) = actor.strip_prefix("controller:") else {
+            continue;
+        };
+        let (name, epoch) = rest.rsplit_once('@').unwrap();
+        let epoch: u64 = epoch.parse().unwrap();
+        let prev = last.insert(name.to_owned(), epoch).unwrap_or(0);
+        assert!(
+            epoch >= prev,
+            "{name} wrote at epoch {epoch} after epoch {prev}"
+        );
+    }
+    let verify = post_json(&c, two.url("/v1/audit/verify"), Some(&admin), &json!({})).await;
+    assert_eq!(verify["first_break"], serde_json::Value::Null);
+    drop(two);
+    test.cleanup().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
