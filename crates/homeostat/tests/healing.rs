@@ -3,8 +3,8 @@
 //! SQLite: `homeostat run`, three `homeostat agent --exec` processes, 300
 //! jobs, an agent killed four times. Every job ends succeeded, completed
 //! once; each killed agent is marked offline within agent-health's interval
-//! + stale threshold + 1 s, and its jobs run elsewhere; the audit chain
-//! verifies.
+//! plus its stale threshold plus 1 s, and its jobs run elsewhere; the audit
+//! chain verifies.
 //!
 //! PostgreSQL: two replicas, agents split between them; the replica leading
 //! agent-health and job-recovery is killed midway. The other takes both
