@@ -28,6 +28,8 @@ pub(crate) enum Format {
     Json,
     /// One JSON value a line (lists).
     Jsonl,
+    /// Only ids, one a line (for shell variables).
+    Id,
 }
 
 /// A column: its header and where its value is in each item.
@@ -102,6 +104,11 @@ pub(crate) fn list<T: Serialize>(format: Format, columns: &[Column], items: &[T]
                 outln!("{i}");
             }
         }
+        Format::Id => {
+            for i in &items {
+                outln!("{}", cell(i, "id"));
+            }
+        }
     }
 }
 
@@ -120,6 +127,15 @@ pub(crate) fn one<T: Serialize>(format: Format, fields: &[Column], item: &T) {
                 "{}",
                 serde_json::to_string_pretty(&item).unwrap_or_default()
             )
+        }
+        Format::Id => {
+            // An enqueue's answer carries the job under `job`.
+            let id = if item["id"].is_null() {
+                &item["job"]["id"]
+            } else {
+                &item["id"]
+            };
+            outln!("{}", cell(&serde_json::json!({ "id": id }), "id"))
         }
     }
 }
