@@ -17,6 +17,9 @@ use crate::{Enqueued, StoreOptions, migrations};
 
 pub(crate) type Tx = Transaction<'static, Postgres>;
 
+/// Longest wait for a connection: a free one under load, or a new one.
+const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A store on a PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -68,6 +71,9 @@ impl PgStore {
         // retryable), and every connection as old is replaced (`health`).
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            // While the database is down, a call fails `unavailable` within
+            // seconds rather than after sqlx's default 30 s of reconnecting.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
             .before_acquire(|_, meta| {
                 Box::pin(async move { Ok(crate::health::is_trusted(meta.age)) })
