@@ -56,6 +56,7 @@ async fn kill_group(pgid: u32) {
     // `kill` command sends the same signal to the group.
     let _ = tokio::process::Command::new("kill")
         .args(["-KILL", "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
         .status()
         .await;
 }
