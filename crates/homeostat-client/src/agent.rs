@@ -192,15 +192,21 @@ impl AgentBuilder {
             };
             let claimed = match claimed {
                 Ok(c) => c.jobs,
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, "claim failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Err(e) => {
+                // A refused credential will not come back: stop.
+                Err(e) if e.code() == "unauthorized" => {
                     shutdown.cancel();
                     let _ = beats.await;
                     return Err(e);
+                }
+                // The server unreachable, or refusing claims for now (the
+                // agent was marked offline: its next heartbeat brings it
+                // back): try again shortly.
+                Err(e) => {
+                    tracing::warn!(error = %e, "claim failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
                 }
             };
             for job in claimed {

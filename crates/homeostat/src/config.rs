@@ -228,6 +228,16 @@ impl Config {
                 "must be above 0 and at most half of api.lease_ttl, so a lease survives a missed heartbeat".into(),
             );
         }
+        // An agent heartbeating on time must never look silent.
+        if self.controllers.agent_health.stale_after < api.heartbeat_interval * 2 {
+            return bad(
+                "controllers.agent_health.stale_after",
+                format!(
+                    "must be at least twice api.heartbeat_interval ({}s), or agents that heartbeat on time look silent",
+                    api.heartbeat_interval.as_secs()
+                ),
+            );
+        }
         let max_wait = Duration::from_secs(u64::from(homeostat_model::wire::MAX_CLAIM_WAIT_SECS));
         if api.default_claim_wait > max_wait {
             return bad(
@@ -357,6 +367,12 @@ mod tests {
         let f = file("[api]\nheartbeat_interval = \"50s\"\nlease_ttl = \"60s\"\n");
         let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
         assert!(err.starts_with("api.heartbeat_interval"), "{err}");
+        let f = file("[controllers.agent_health]\nstale_after = \"15s\"\n");
+        let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+        assert!(
+            err.starts_with("controllers.agent_health.stale_after"),
+            "{err}"
+        );
         let f = file("listen = \"localhost\"\n");
         let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
         assert!(err.starts_with("listen"), "{err}");
