@@ -86,21 +86,7 @@ async fn killed_agents_are_healed_around_and_every_job_completes_once() {
     let server = common::start_with(&dir.join("data"), QUICK);
     ready(&c, &server).await;
     let admin = server.admin_key().unwrap();
-    let tenant = post_json(
-        &c,
-        server.url("/v1/tenants"),
-        Some(&admin),
-        &json!({"name": "acme"}),
-    )
-    .await;
-    let bootstrap = post_json(
-        &c,
-        server.url("/v1/bootstrap-tokens"),
-        Some(&admin),
-        &json!({"tenant_id": tenant["id"], "uses": 3}),
-    )
-    .await;
-    let bootstrap = bootstrap["secret"].as_str().unwrap().to_owned();
+    let (tenant, bootstrap) = common::tenant_and_bootstrap(&c, &server, &admin, "acme", 3).await;
     let url = server.url("");
     let mut agents: Vec<Child> = (0..3).map(|n| agent(&url, &dir, n, &bootstrap)).collect();
     // Each has registered (its state file) before jobs arrive.
@@ -157,15 +143,7 @@ async fn killed_agents_are_healed_around_and_every_job_completes_once() {
         agents[n] = agent(&url, &dir, n, &bootstrap);
     }
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let page = get_json(&c, server.url("/v1/jobs?state=succeeded&limit=500"), &admin).await;
-        if page["items"].as_array().unwrap().len() == 300 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not every job succeeded");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::until_succeeded(&c, &server, &admin, 300, Duration::from_secs(120)).await;
     for a in &mut agents {
         Command::new("kill")
             .args(["-TERM", &a.id().to_string()])
@@ -266,21 +244,7 @@ async fn a_killed_replica_hands_its_controllers_over_and_no_job_is_lost() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let tenant = post_json(
-        &c,
-        one.url("/v1/tenants"),
-        Some(&admin),
-        &json!({"name": "acme"}),
-    )
-    .await;
-    let bootstrap = post_json(
-        &c,
-        one.url("/v1/bootstrap-tokens"),
-        Some(&admin),
-        &json!({"tenant_id": tenant["id"], "uses": 3}),
-    )
-    .await;
-    let bootstrap = bootstrap["secret"].as_str().unwrap().to_owned();
+    let (tenant, bootstrap) = common::tenant_and_bootstrap(&c, &one, &admin, "acme", 3).await;
     // Two agents on the first replica, one on the second.
     let (url_one, url_two) = (one.url(""), two.url(""));
     let mut agents: Vec<Child> = vec![
@@ -304,15 +268,7 @@ async fn a_killed_replica_hands_its_controllers_over_and_no_job_is_lost() {
     )
     .await;
     // Midway, the leader dies.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = get_json(&c, two.url("/v1/jobs?state=succeeded&limit=500"), &admin).await;
-        if done["items"].as_array().unwrap().len() >= 100 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until_succeeded(&c, &two, &admin, 100, Duration::from_secs(60)).await;
     one.child.kill().unwrap();
     one.child.wait().unwrap();
     let killed = Instant::now();
@@ -332,15 +288,7 @@ async fn a_killed_replica_hands_its_controllers_over_and_no_job_is_lost() {
     }
     // Every job ends succeeded: the first replica's agents are cut off,
     // their jobs come back when their leases expire or they go offline.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done = get_json(&c, two.url("/v1/jobs?state=succeeded&limit=500"), &admin).await;
-        if done["items"].as_array().unwrap().len() == 300 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not every job succeeded");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::until_succeeded(&c, &two, &admin, 300, Duration::from_secs(120)).await;
     for a in &mut agents {
         let _ = a.kill();
         let _ = a.wait();

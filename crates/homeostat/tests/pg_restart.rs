@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{client, data_dir, get_json, post_json, ready};
+use common::{client, data_dir, post_json, ready};
 use serde_json::json;
 
 /// A PostgreSQL cluster of the test's own.
@@ -160,21 +160,7 @@ async fn a_postgres_restart_under_load_loses_nothing() {
     );
     ready(&c, &server).await;
     let admin = server.admin_key().unwrap();
-    let tenant = post_json(
-        &c,
-        server.url("/v1/tenants"),
-        Some(&admin),
-        &json!({"name": "acme"}),
-    )
-    .await;
-    let bootstrap = post_json(
-        &c,
-        server.url("/v1/bootstrap-tokens"),
-        Some(&admin),
-        &json!({"tenant_id": tenant["id"], "uses": 2}),
-    )
-    .await;
-    let bootstrap = bootstrap["secret"].as_str().unwrap().to_owned();
+    let (tenant, bootstrap) = common::tenant_and_bootstrap(&c, &server, &admin, "acme", 2).await;
     let url = server.url("");
     let mut agents: Vec<Child> = (0..2).map(|n| agent(&url, &dir, n, &bootstrap)).collect();
     let jobs: Vec<_> = (0..200)
@@ -188,15 +174,7 @@ async fn a_postgres_restart_under_load_loses_nothing() {
     )
     .await;
     // Some work done, then PostgreSQL goes down.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = get_json(&c, server.url("/v1/jobs?state=succeeded&limit=500"), &admin).await;
-        if done["items"].as_array().unwrap().len() >= 40 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no progress");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::until_succeeded(&c, &server, &admin, 40, Duration::from_secs(60)).await;
     pg.stop();
     // Down: 503 unavailable (retryable), and readiness says why.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -226,18 +204,7 @@ async fn a_postgres_restart_under_load_loses_nothing() {
     // Back: everything resumes, with no restart of homeostat.
     pg.start();
     ready(&c, &server).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done = get_json(&c, server.url("/v1/jobs?state=succeeded&limit=500"), &admin).await;
-        if done["items"].as_array().unwrap().len() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every job succeeded after the restart"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::until_succeeded(&c, &server, &admin, 200, Duration::from_secs(120)).await;
     let verify = post_json(&c, server.url("/v1/audit/verify"), Some(&admin), &json!({})).await;
     assert_eq!(verify["first_break"], serde_json::Value::Null);
     for a in &mut agents {

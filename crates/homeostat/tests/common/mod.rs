@@ -194,3 +194,55 @@ pub async fn get_json(client: &reqwest::Client, url: String, bearer: &str) -> Va
     assert!(status.is_success(), "{status}: {text}");
     serde_json::from_str(&text).unwrap()
 }
+
+/// A tenant named `name` and a bootstrap token for `uses` of its agents:
+/// the tenant's JSON and the token's secret.
+pub async fn tenant_and_bootstrap(
+    client: &reqwest::Client,
+    server: &Server,
+    admin: &str,
+    name: &str,
+    uses: u32,
+) -> (Value, String) {
+    let tenant = post_json(
+        client,
+        server.url("/v1/tenants"),
+        Some(admin),
+        &serde_json::json!({ "name": name }),
+    )
+    .await;
+    let token = post_json(
+        client,
+        server.url("/v1/bootstrap-tokens"),
+        Some(admin),
+        &serde_json::json!({"tenant_id": tenant["id"], "uses": uses}),
+    )
+    .await;
+    let secret = token["secret"].as_str().unwrap().to_owned();
+    (tenant, secret)
+}
+
+/// Polls (with a deadline of `within`) until at least `n` jobs succeeded.
+pub async fn until_succeeded(
+    client: &reqwest::Client,
+    server: &Server,
+    key: &str,
+    n: usize,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let done = get_json(
+            client,
+            server.url("/v1/jobs?state=succeeded&limit=500"),
+            key,
+        )
+        .await;
+        let count = done["items"].as_array().unwrap().len();
+        if count >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{count} of {n} jobs succeeded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
