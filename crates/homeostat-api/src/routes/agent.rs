@@ -183,6 +183,17 @@ pub(crate) async fn claim(
     }
 }
 
+/// A lease token that is not the job's current one, or a job another
+/// agent holds.
+fn stale(operation: &'static str, job: JobId, token: i64) -> ApiError {
+    StoreError::StaleLease {
+        operation,
+        job,
+        token,
+    }
+    .into()
+}
+
 /// Counts a waiting claim while it lives.
 struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
 
@@ -211,12 +222,7 @@ async fn held_job(
 ) -> Result<Job, ApiError> {
     let job = state.store.get_job(id).await?;
     if job.lease_agent != Some(agent.id) || job.lease_token != token {
-        return Err(StoreError::StaleLease {
-            operation: "reporting on a job",
-            job: id,
-            token,
-        }
-        .into());
+        return Err(stale("reporting on a job", id, token));
     }
     Ok(job)
 }
@@ -270,12 +276,7 @@ pub(crate) async fn complete(
         )
         .await?;
     if !done.stale.is_empty() {
-        return Err(StoreError::StaleLease {
-            operation: "completing a job",
-            job: id,
-            token: req.lease_token,
-        }
-        .into());
+        return Err(stale("completing a job", id, req.lease_token));
     }
     Ok(Json(state.store.get_job(id).await?))
 }
@@ -374,12 +375,7 @@ pub(crate) async fn fail(
                 retry_at: (job.state == JobState::Scheduled).then_some(job.run_at),
             }));
         }
-        return Err(StoreError::StaleLease {
-            operation: "failing a job",
-            job: id,
-            token: req.lease_token,
-        }
-        .into());
+        return Err(stale("failing a job", id, req.lease_token));
     }
     let outcome = state
         .store
@@ -418,12 +414,7 @@ pub(crate) async fn release(
     if job.state == JobState::Running {
         state.store.release_job(id, req.lease_token).await?;
     } else if job.state != JobState::Queued {
-        return Err(StoreError::StaleLease {
-            operation: "releasing a job",
-            job: id,
-            token: req.lease_token,
-        }
-        .into());
+        return Err(stale("releasing a job", id, req.lease_token));
     }
     // Queued under this token: released already (a resend), unless another
     // agent claimed it since, which moved the token on.
