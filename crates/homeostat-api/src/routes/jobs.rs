@@ -133,9 +133,8 @@ pub(crate) async fn enqueue(
             ApiError::invalid(format!("{at}{}: {}", e.field, e.message))
         })?;
     }
-    // The tenant must exist (and an admin's typo must not enqueue for
-    // nobody): reading it is also the 404.
-    state.store.get_tenant(tenant).await?;
+    // An unknown tenant (an admin's typo) is the store's 404: the enqueue
+    // reads the tenant's tier in its own transaction.
     let enqueued = match idempotency_key(&headers)? {
         Some(key) => {
             state
