@@ -70,19 +70,24 @@ impl FromRequestParts<ApiState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         let secret = bearer(parts)?;
         let identity = state.store.authenticate_api_key(secret).await?;
+        Ok(Self::from_identity(&identity))
+    }
+}
+
+impl Caller {
+    /// The caller an authenticated key is.
+    pub fn from_identity(identity: &homeostat_store::ApiKeyIdentity) -> Self {
         let role = match identity.scope {
             ApiScope::Admin => Role::Admin,
             ApiScope::Tenant(t) => Role::Tenant(t),
             ApiScope::Viewer => Role::Viewer,
         };
-        Ok(Self {
+        Self {
             token_id: identity.token_id,
             role,
-        })
+        }
     }
-}
 
-impl Caller {
     /// The audit actor for changes this key makes (its id, never its secret).
     pub fn actor(&self) -> String {
         format!("api_key:{}", self.token_id)

@@ -1,6 +1,6 @@
 //! The homeostat HTTP server: the agent protocol (`/v1/agent/…`), the
 //! tenant and operator API (`/v1/…`), probes (`/healthz`, `/readyz`) and
-//! metrics (`/metrics`).
+//! metrics (`/metrics`), and the dashboard at `/` for people.
 //!
 //! [`router`] builds the whole service over an [`ApiState`]; the `homeostat
 //! run` command serves it, tests call it without a socket. Every error is
@@ -8,6 +8,7 @@
 //! every route has a body-size limit and a request timeout.
 
 mod auth;
+mod dashboard;
 mod error;
 mod extract;
 mod metrics;
@@ -20,6 +21,7 @@ use axum::http::StatusCode;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use auth::{AgentCaller, Caller, Role};
+pub use dashboard::MAX_BULK;
 pub use error::ApiError;
 pub use routes::jobs::{MAX_BATCH, MAX_PAGE};
 pub use state::{AlertRoute, ApiSettings, ApiState};
@@ -131,6 +133,7 @@ pub fn router(state: ApiState) -> Router {
     let (api, doc) = routes();
     let api = api
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     api.layer(axum::middleware::from_fn_with_state(

@@ -99,6 +99,11 @@ pub struct ApiState {
     pub(crate) registry: Arc<prometheus_client::registry::Registry>,
     /// Claims waiting for work now.
     pub(crate) waiting: Arc<AtomicUsize>,
+    /// When this server started: the dashboard's baseline for a controller
+    /// that never succeeded.
+    pub(crate) started_at: std::time::SystemTime,
+    /// The dashboard's audit verification, if one ran in this server.
+    pub(crate) verification: Arc<std::sync::Mutex<Option<crate::dashboard::Verification>>>,
 }
 
 impl ApiState {
@@ -120,6 +125,8 @@ impl ApiState {
             http,
             registry: Arc::new(registry),
             waiting: Arc::default(),
+            started_at: std::time::SystemTime::now(),
+            verification: Arc::default(),
         }
     }
 

@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use homeostat_runtime::{
-    BoxError, Context, Controller, ControllerStatus, Plan, PlannedChange, Reconciled,
-};
+use homeostat_runtime::{BoxError, Context, Controller, Plan, PlannedChange, Reconciled};
 use homeostat_store::Store;
 use serde_json::json;
 
@@ -45,40 +43,6 @@ impl Watchdog {
             state: Mutex::default(),
         }
     }
-
-    /// Why `status` is unhealthy at `now`, if it is.
-    fn diagnose(
-        &self,
-        status: &ControllerStatus,
-        now: SystemTime,
-        since: SystemTime,
-    ) -> Option<String> {
-        let n = self.config.intervals;
-        if status.consecutive_failures >= n {
-            let error = status
-                .last_run
-                .as_ref()
-                .and_then(|r| r.error.clone())
-                .unwrap_or_default();
-            return Some(format!(
-                "failed {} times in a row (last: {error})",
-                status.consecutive_failures
-            ));
-        }
-        if !status.leader {
-            return None; // another replica runs it
-        }
-        let allowed = status.interval * n;
-        let last = status.last_success_at.unwrap_or(since);
-        let silent = now.duration_since(last).unwrap_or_default();
-        (silent > allowed).then(|| {
-            format!(
-                "no success for {}s, more than {n} intervals of {}s",
-                silent.as_secs(),
-                status.interval.as_secs()
-            )
-        })
-    }
 }
 
 impl Controller for Watchdog {
@@ -99,7 +63,7 @@ impl Controller for Watchdog {
             if status.name == self.name() {
                 continue;
             }
-            let now_unhealthy = self.diagnose(&status, wall, since);
+            let now_unhealthy = status.unhealthy(wall, since, self.config.intervals);
             let was = state.unhealthy.contains_key(&status.name);
             let (from, to, why) = match (&now_unhealthy, was) {
                 (Some(why), false) => ("healthy", "unhealthy", why.clone()),
@@ -127,7 +91,7 @@ impl Controller for Watchdog {
                 if status.name == self.name() {
                     continue;
                 }
-                if let Some(why) = self.diagnose(&status, wall, since) {
+                if let Some(why) = status.unhealthy(wall, since, self.config.intervals) {
                     current.insert(status.name, why);
                 }
             }

@@ -104,6 +104,40 @@ pub struct ControllerStatus {
     pub next_run: Option<SystemTime>,
 }
 
+impl ControllerStatus {
+    /// Why this controller is unhealthy at `now`, if it is: it failed
+    /// `intervals` runs in a row, or it leads and has not succeeded for
+    /// more than `intervals` of its intervals (counted from `since` when it
+    /// never succeeded). The watchdog raises notifications by this rule and
+    /// the dashboard flags controllers by it.
+    pub fn unhealthy(&self, now: SystemTime, since: SystemTime, intervals: u32) -> Option<String> {
+        if self.consecutive_failures >= intervals {
+            let error = self
+                .last_run
+                .as_ref()
+                .and_then(|r| r.error.clone())
+                .unwrap_or_default();
+            return Some(format!(
+                "failed {} times in a row (last: {error})",
+                self.consecutive_failures
+            ));
+        }
+        if !self.leader {
+            return None; // another replica runs it
+        }
+        let allowed = self.interval * intervals;
+        let last = self.last_success_at.unwrap_or(since);
+        let silent = now.duration_since(last).unwrap_or_default();
+        (silent > allowed).then(|| {
+            format!(
+                "no success for {}s, more than {intervals} intervals of {}s",
+                silent.as_secs(),
+                self.interval.as_secs()
+            )
+        })
+    }
+}
+
 /// Serde helpers: times as integer Unix epoch milliseconds.
 pub(crate) mod unix_ms {
     use std::time::SystemTime;

@@ -150,6 +150,7 @@ const LIST: Sql = Sql::pair(
          WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR state = $2)
            AND ($3 IS NULL OR queue = $3) AND ($4 IS NULL OR id < $4)
            AND ($6 IS NULL OR kind = $6) AND ($7 IS NULL OR lease_agent = $7)
+           AND ($8 IS NULL OR instr(fingerprint, $8) > 0)
          ORDER BY id DESC LIMIT $5"
     ),
     concat!(
@@ -159,6 +160,7 @@ const LIST: Sql = Sql::pair(
          WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR state = $2::job_state)
            AND ($3::text IS NULL OR queue = $3) AND ($4::uuid IS NULL OR id < $4)
            AND ($6::text IS NULL OR kind = $6) AND ($7::uuid IS NULL OR lease_agent = $7)
+           AND ($8::text IS NULL OR strpos(fingerprint, $8) > 0)
          ORDER BY id DESC LIMIT $5"
     ),
 );
@@ -373,7 +375,8 @@ pub(crate) async fn list_jobs<B: Backend>(
         .arg(after)
         .arg(i64::from(limit) + 1)
         .arg(filter.kind.as_deref())
-        .arg(filter.agent_id);
+        .arg(filter.agent_id)
+        .arg(filter.fingerprint.as_deref());
     let mut items = b
         .fetch(stmt)
         .await

@@ -32,6 +32,7 @@
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!("homeostat-store needs a backend: enable the `sqlite` or `postgres` feature");
 
+mod attention;
 mod audit;
 mod audit_log;
 mod backend;
@@ -67,6 +68,7 @@ use homeostat_model::{
 use homeostat_runtime::{Fence, Lease, LeaseError, LeaseStore};
 use jiff::Timestamp;
 
+pub use attention::MinuteOutcomes;
 pub use audit::{ChainBreak, VerifyReport};
 pub use error::StoreError;
 pub use homeostat_model::{ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
@@ -546,6 +548,33 @@ impl Store {
         dispatch!(self, stats::stats())
     }
 
+    /// Jobs finished per minute since `since` (succeeded; dead or
+    /// expired), oldest minute first; minutes without any are absent.
+    pub async fn finished_per_minute(
+        &self,
+        since: Timestamp,
+    ) -> Result<Vec<MinuteOutcomes>, StoreError> {
+        dispatch!(self, attention::finished_per_minute(time::ms(since)))
+    }
+
+    /// The newest `limit` dead jobs, and how many dead jobs there are.
+    pub async fn dead_jobs(&self, limit: u32) -> Result<(Vec<Job>, u64), StoreError> {
+        dispatch!(self, attention::dead_jobs(limit))
+    }
+
+    /// The newest `limit` jobs waiting for approval.
+    pub async fn awaiting_approval(&self, limit: u32) -> Result<Vec<Job>, StoreError> {
+        dispatch!(self, attention::awaiting_approval(limit))
+    }
+
+    /// How many running jobs each agent holds (agents holding none are
+    /// absent).
+    pub async fn running_by_agent(
+        &self,
+    ) -> Result<std::collections::BTreeMap<AgentId, u64>, StoreError> {
+        dispatch!(self, attention::running_by_agent())
+    }
+
     /// A page of jobs, newest first; pass the previous page's
     /// `next_cursor` as `after`.
     pub async fn list_jobs(
@@ -745,6 +774,25 @@ impl Store {
     ) -> Result<Vec<homeostat_model::AuditEvent>, StoreError> {
         let events = dispatch!(self, audit_log::events_of(subject, limit))?;
         Ok(events.into_iter().map(public_event).collect())
+    }
+
+    /// Audit events before `before_seq` (from the newest when `None`),
+    /// newest first, matching `filter`.
+    pub async fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<homeostat_model::AuditEvent>, StoreError> {
+        let events = dispatch!(self, attention::audit_page(filter, before_seq, limit))?;
+        Ok(events.into_iter().map(public_event).collect())
+    }
+
+    /// How many events the retained audit chain holds (what a verification
+    /// walks).
+    pub async fn audit_len(&self) -> Result<u64, StoreError> {
+        let (first, next) = dispatch!(self, attention::audit_span())?;
+        Ok(u64::try_from(next - first).unwrap_or(0))
     }
 
     /// Walks the whole chain, calling `progress` with the count checked after

@@ -22,6 +22,11 @@ pub(crate) const SQLITE: Set = &[
         include_str!("../migrations/sqlite/0002_periodic.sql"),
     ),
     (3, "api", include_str!("../migrations/sqlite/0003_api.sql")),
+    (
+        4,
+        "dashboard",
+        include_str!("../migrations/sqlite/0004_dashboard.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -50,6 +55,11 @@ pub(crate) const POSTGRES: Set = &[
         5,
         "api",
         include_str!("../migrations/postgres/0005_api.sql"),
+    ),
+    (
+        6,
+        "dashboard",
+        include_str!("../migrations/postgres/0006_dashboard.sql"),
     ),
 ];
 

@@ -227,6 +227,19 @@ pub struct JobFilter {
     pub kind: Option<String>,
     /// Only jobs whose lease this agent holds or held last.
     pub agent_id: Option<AgentId>,
+    /// Only jobs whose fingerprint contains this text.
+    pub fingerprint: Option<String>,
+}
+
+/// Filters for reading the audit log; each is an exact match.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only events with this action (`job.cancelled`, …).
+    pub action: Option<String>,
+    /// Only events about this subject (`job:<id>`, `agent:<id>`, …).
+    pub subject: Option<String>,
+    /// Only events by this actor (`api_key:<id>`, `controller:<name>`, …).
+    pub actor: Option<String>,
 }
 
 /// How long finished jobs are kept.

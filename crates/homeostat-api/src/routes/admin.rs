@@ -384,14 +384,14 @@ pub(crate) async fn verify_audit(
 
 // --- controllers ---------------------------------------------------------
 
-fn manager(state: &ApiState) -> Result<&Manager, ApiError> {
+pub(crate) fn manager(state: &ApiState) -> Result<&Manager, ApiError> {
     state
         .manager
         .as_ref()
         .ok_or_else(|| ApiError::unavailable("no controller manager runs in this server"))
 }
 
-fn manager_error(e: homeostat_runtime::ManagerError) -> ApiError {
+pub(crate) fn manager_error(e: homeostat_runtime::ManagerError) -> ApiError {
     let status = match e.code() {
         "not_found" => StatusCode::NOT_FOUND,
         "invalid" => StatusCode::UNPROCESSABLE_ENTITY,

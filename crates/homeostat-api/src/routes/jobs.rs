@@ -215,6 +215,8 @@ pub(crate) struct ListQuery {
     kind: Option<String>,
     tenant_id: Option<TenantId>,
     agent_id: Option<homeostat_model::AgentId>,
+    /// Only jobs whose fingerprint contains this text.
+    fingerprint: Option<String>,
     after: Option<JobId>,
     limit: Option<u32>,
 }
@@ -258,12 +260,17 @@ pub(crate) async fn list(
         queue: q.queue,
         kind: q.kind,
         agent_id: q.agent_id,
+        fingerprint: q.fingerprint.filter(|f| !f.is_empty()),
     };
     Ok(Json(state.store.list_jobs(&filter, q.after, limit).await?))
 }
 
 /// The job, if the caller may see it: another tenant's job is 404.
-async fn visible_job(state: &ApiState, caller: &Caller, id: JobId) -> Result<Job, ApiError> {
+pub(crate) async fn visible_job(
+    state: &ApiState,
+    caller: &Caller,
+    id: JobId,
+) -> Result<Job, ApiError> {
     let job = state.store.get_job(id).await?;
     if !caller.sees(Some(job.tenant_id)) {
         return Err(ApiError::not_found(format!("job {id} not found")));
@@ -273,19 +280,19 @@ async fn visible_job(state: &ApiState, caller: &Caller, id: JobId) -> Result<Job
 
 /// What an operator does to one job.
 #[derive(Debug, Clone, Copy)]
-enum Operation {
+pub(crate) enum Operation {
     Cancel,
     Retry,
     Approve,
 }
 
 /// Does `op` to a job the caller may change (another tenant's is 404).
-async fn operate(
+pub(crate) async fn operate_job(
     state: &ApiState,
     caller: &Caller,
     id: JobId,
     op: Operation,
-) -> Result<Json<Job>, ApiError> {
+) -> Result<Job, ApiError> {
     caller.require_write()?;
     visible_job(state, caller, id).await?;
     let actor = caller.actor();
@@ -294,7 +301,7 @@ async fn operate(
         Operation::Retry => state.store.redrive(id, &actor).await?,
         Operation::Approve => state.store.approve(id, &actor).await?,
     };
-    Ok(Json(job))
+    Ok(job)
 }
 
 #[utoipa::path(
@@ -338,7 +345,9 @@ pub(crate) async fn cancel(
     Path(id): Path<JobId>,
     _: NoBody,
 ) -> Result<Json<Job>, ApiError> {
-    operate(&state, &caller, id, Operation::Cancel).await
+    operate_job(&state, &caller, id, Operation::Cancel)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(
@@ -358,7 +367,9 @@ pub(crate) async fn retry(
     Path(id): Path<JobId>,
     _: NoBody,
 ) -> Result<Json<Job>, ApiError> {
-    operate(&state, &caller, id, Operation::Retry).await
+    operate_job(&state, &caller, id, Operation::Retry)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(
@@ -378,5 +389,7 @@ pub(crate) async fn approve(
     Path(id): Path<JobId>,
     _: NoBody,
 ) -> Result<Json<Job>, ApiError> {
-    operate(&state, &caller, id, Operation::Approve).await
+    operate_job(&state, &caller, id, Operation::Approve)
+        .await
+        .map(Json)
 }

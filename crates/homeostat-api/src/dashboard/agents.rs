@@ -1,0 +1,99 @@
+//! `/agents`: the fleet with labels, queues, last heartbeat and running
+//! jobs; drain.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use homeostat_model::AgentId;
+
+use super::notice::{Done, NoticeQuery};
+use super::page::{Page, Problem, ago, fragment, short, when};
+use super::session::{CsrfForm, Session};
+use crate::state::ApiState;
+
+struct Row {
+    id: String,
+    short: String,
+    name: String,
+    status: &'static str,
+    tenant: String,
+    labels: String,
+    queues: String,
+    heartbeat: String,
+    heartbeat_at: String,
+    running: u64,
+    can_drain: bool,
+}
+
+#[derive(Template)]
+#[template(path = "agents.html")]
+struct Agents {
+    rows: Vec<Row>,
+    csrf: String,
+}
+
+/// `GET /agents`.
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+    session: Session,
+    headers: HeaderMap,
+    Query(notice): Query<NoticeQuery>,
+) -> Result<Response, Problem> {
+    let now = state.store.now();
+    let mut agents = state.store.list_agents(session.caller.tenant()).await?;
+    agents.retain(|a| session.caller.sees(a.tenant_id));
+    let running = state.store.running_by_agent().await?;
+    let admin = session.is_admin();
+    let rows = agents
+        .iter()
+        .map(|a| Row {
+            id: a.id.to_string(),
+            short: short(a.id),
+            name: a.name.clone(),
+            status: a.status.as_str(),
+            tenant: a.tenant_id.map_or_else(|| "platform".into(), short),
+            labels: a
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            queues: a.queues.join(", "),
+            heartbeat: ago(now, a.last_heartbeat_at),
+            heartbeat_at: when(a.last_heartbeat_at),
+            running: running.get(&a.id).copied().unwrap_or(0),
+            can_drain: admin && a.status == homeostat_model::AgentStatus::Online,
+        })
+        .collect();
+    let view = Agents {
+        rows,
+        csrf: session.csrf.clone(),
+    };
+    Ok(Page {
+        title: "Agents".into(),
+        section: "Agents",
+        notice: notice.message(),
+        body: fragment(&view)?,
+        live: true,
+        self_url: "/agents".into(),
+        ..Page::default()
+    }
+    .respond(&session, &headers))
+}
+
+/// `POST /agents/{id}/drain` (admin keys).
+pub(crate) async fn drain(
+    State(state): State<ApiState>,
+    session: Session,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> Result<Response, Problem> {
+    session.check_csrf(&form.csrf)?;
+    session.require_admin()?;
+    let id: AgentId = id
+        .parse()
+        .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no agent {id}: {e}")))?;
+    state.store.drain_agent(id, &session.caller.actor()).await?;
+    Ok(Redirect::to(&NoticeQuery::to("/agents", Done::Drained, None)).into_response())
+}

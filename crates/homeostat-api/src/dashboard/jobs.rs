@@ -1,0 +1,498 @@
+//! `/jobs`: the filterable, cursor-paged list; one job with its payload,
+//! result or error, attempts and audit history; cancel, retry, approve;
+//! bulk cancel or retry of a filtered set after a preview of its size.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use homeostat_model::{AgentId, Job, JobId, JobState, TenantId};
+use homeostat_store::JobFilter;
+use serde::Deserialize;
+
+use super::notice::{Done, NoticeQuery};
+use super::page::{Page, Problem, ago, fragment, query, short, when, when_opt};
+use super::session::{CsrfForm, Session};
+use crate::routes::jobs::{Operation, operate_job, visible_job};
+use crate::state::ApiState;
+
+/// Jobs on one page of the list.
+const PAGE: u32 = 50;
+/// Most jobs one bulk action touches.
+pub const MAX_BULK: u64 = 10_000;
+
+/// The list's filters as the form sends them: every field optional, empty
+/// meaning "any".
+#[derive(Debug, Default, Clone, Deserialize)]
+pub(crate) struct Filters {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    queue: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    agent: String,
+    #[serde(default)]
+    fingerprint: String,
+}
+
+impl Filters {
+    /// The store's filter, confined to the key's tenant; a value that does
+    /// not parse is refused by name.
+    fn to_filter(&self, session: &Session) -> Result<JobFilter, Problem> {
+        let bad =
+            |field: &str, e: String| Problem::new(StatusCode::BAD_REQUEST, format!("{field}: {e}"));
+        let opt = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+        let state = opt(&self.state)
+            .map(|s| s.parse::<JobState>())
+            .transpose()
+            .map_err(|e| bad("state", e.to_string()))?;
+        let tenant = opt(&self.tenant)
+            .map(|s| s.parse::<TenantId>())
+            .transpose()
+            .map_err(|e| bad("tenant", e.to_string()))?;
+        let agent = opt(&self.agent)
+            .map(|s| s.parse::<AgentId>())
+            .transpose()
+            .map_err(|e| bad("agent", e.to_string()))?;
+        let tenant_id = match session.caller.tenant() {
+            Some(own) => Some(own),
+            None => tenant,
+        };
+        Ok(JobFilter {
+            tenant_id,
+            state,
+            queue: opt(&self.queue),
+            kind: opt(&self.kind),
+            agent_id: agent,
+            fingerprint: opt(&self.fingerprint),
+        })
+    }
+
+    fn pairs(&self) -> Vec<(&'static str, Option<String>)> {
+        vec![
+            ("state", Some(self.state.clone())),
+            ("queue", Some(self.queue.clone())),
+            ("kind", Some(self.kind.clone())),
+            ("tenant", Some(self.tenant.clone())),
+            ("agent", Some(self.agent.clone())),
+            ("fingerprint", Some(self.fingerprint.clone())),
+        ]
+    }
+
+    /// `/jobs` with these filters.
+    fn url(&self) -> String {
+        format!("/jobs{}", query(&self.pairs()))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pairs()
+            .iter()
+            .all(|(_, v)| v.as_deref().is_none_or(|v| v.trim().is_empty()))
+    }
+}
+
+/// `GET /jobs`'s cursor.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Cursor {
+    #[serde(default)]
+    after: String,
+}
+
+/// One job in the list.
+struct Row {
+    id: String,
+    short: String,
+    state: &'static str,
+    queue: String,
+    kind: String,
+    tenant: String,
+    attempts: String,
+    agent: String,
+    updated: String,
+    fingerprint: String,
+}
+
+fn row(job: &Job, now: jiff::Timestamp) -> Row {
+    Row {
+        id: job.id.to_string(),
+        short: short(job.id),
+        state: job.state.as_str(),
+        queue: job.queue.clone(),
+        kind: job.kind.clone(),
+        tenant: short(job.tenant_id),
+        attempts: format!("{}/{}", job.attempt, job.max_attempts),
+        agent: job.lease_agent.map(short).unwrap_or_default(),
+        updated: ago(now, job.updated_at),
+        fingerprint: job.fingerprint.clone().unwrap_or_default(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "jobs_filters.html")]
+struct FiltersView<'a> {
+    f: &'a Filters,
+    states: Vec<&'static str>,
+    can_act: bool,
+    csrf: &'a str,
+    tenant_key: bool,
+}
+
+#[derive(Template)]
+#[template(path = "jobs.html")]
+struct ListView {
+    rows: Vec<Row>,
+    next: Option<String>,
+    first: Option<String>,
+}
+
+/// `GET /jobs`.
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+    session: Session,
+    headers: HeaderMap,
+    Query(filters): Query<Filters>,
+    Query(cursor): Query<Cursor>,
+    Query(notice): Query<NoticeQuery>,
+) -> Result<Response, Problem> {
+    let filter = filters.to_filter(&session)?;
+    let after = Some(cursor.after.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<JobId>())
+        .transpose()
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("after: {e}")))?;
+    let page = state.store.list_jobs(&filter, after, PAGE).await?;
+    let now = state.store.now();
+    let mut pairs = filters.pairs();
+    let next = page.next_cursor.map(|c| {
+        pairs.push(("after", Some(c.to_string())));
+        format!("/jobs{}", query(&pairs))
+    });
+    let view = ListView {
+        rows: page.items.iter().map(|j| row(j, now)).collect(),
+        next,
+        first: after.map(|_| filters.url()),
+    };
+    let head = FiltersView {
+        f: &filters,
+        states: JobState::ALL.iter().map(|s| s.as_str()).collect(),
+        can_act: session.can_act(),
+        csrf: &session.csrf,
+        tenant_key: session.caller.tenant().is_some(),
+    };
+    let self_url = match after {
+        Some(a) => {
+            let mut p = filters.pairs();
+            p.push(("after", Some(a.to_string())));
+            format!("/jobs{}", query(&p))
+        }
+        None => filters.url(),
+    };
+    Ok(Page {
+        title: "Jobs".into(),
+        section: "Jobs",
+        notice: notice.message(),
+        head: fragment(&head)?,
+        body: fragment(&view)?,
+        live: true,
+        self_url,
+    }
+    .respond(&session, &headers))
+}
+
+/// A failed attempt, formatted.
+struct AttemptRow {
+    attempt: u32,
+    agent: String,
+    agent_id: String,
+    started: String,
+    failed: String,
+    error: String,
+}
+
+/// An audit event, formatted.
+pub(crate) struct EventRow {
+    pub(crate) seq: i64,
+    pub(crate) at: String,
+    pub(crate) actor: String,
+    pub(crate) action: String,
+    pub(crate) subject: String,
+    pub(crate) details: String,
+}
+
+impl EventRow {
+    pub(crate) fn new(e: &homeostat_model::AuditEvent) -> Self {
+        Self {
+            seq: e.seq,
+            at: when(e.at),
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            subject: e.subject.clone(),
+            details: if e.details.is_null() {
+                String::new()
+            } else {
+                e.details.to_string()
+            },
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+struct JobView {
+    id: String,
+    state: &'static str,
+    queue: String,
+    kind: String,
+    tenant: String,
+    priority: i32,
+    attempts: String,
+    fingerprint: String,
+    created: String,
+    run_at: String,
+    deadline: String,
+    agent: String,
+    agent_id: String,
+    started: String,
+    finished: String,
+    lease_expires: String,
+    payload: String,
+    result: String,
+    error: String,
+    failed: Vec<AttemptRow>,
+    history: Vec<EventRow>,
+    can_cancel: bool,
+    can_retry: bool,
+    can_approve: bool,
+    csrf: String,
+}
+
+/// `GET /jobs/{id}`.
+pub(crate) async fn show(
+    State(state): State<ApiState>,
+    session: Session,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(notice): Query<NoticeQuery>,
+) -> Result<Response, Problem> {
+    let id: JobId = id
+        .parse()
+        .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no job {id}: {e}")))?;
+    let job = visible_job(&state, &session.caller, id).await?;
+    let history = state
+        .store
+        .audit_events_of(&format!("job:{id}"), 1000)
+        .await?;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let act = session.can_act();
+    let view = JobView {
+        id: job.id.to_string(),
+        state: job.state.as_str(),
+        queue: job.queue.clone(),
+        kind: job.kind.clone(),
+        tenant: job.tenant_id.to_string(),
+        priority: job.priority,
+        attempts: format!("{} of {}", job.attempt, job.max_attempts),
+        fingerprint: job.fingerprint.clone().unwrap_or_default(),
+        created: when(job.created_at),
+        run_at: when(job.run_at),
+        deadline: when_opt(job.deadline),
+        agent: job.lease_agent.map(short).unwrap_or_default(),
+        agent_id: job.lease_agent.map(|a| a.to_string()).unwrap_or_default(),
+        started: when_opt(job.started_at),
+        finished: when_opt(job.finished_at),
+        lease_expires: when_opt(job.lease_expires_at),
+        payload: pretty(&job.payload),
+        result: job.result.as_ref().map(pretty).unwrap_or_default(),
+        error: job.last_error.clone().unwrap_or_default(),
+        failed: job
+            .attempts
+            .iter()
+            .map(|a| AttemptRow {
+                attempt: a.attempt,
+                agent: a.agent_id.map(short).unwrap_or_default(),
+                agent_id: a.agent_id.map(|x| x.to_string()).unwrap_or_default(),
+                started: when_opt(a.started_at),
+                failed: when(a.failed_at),
+                error: a.error.clone(),
+            })
+            .collect(),
+        history: history.iter().map(EventRow::new).collect(),
+        can_cancel: act && job.state.can_become(JobState::Cancelled),
+        can_retry: act && retryable(job.state),
+        can_approve: act && job.state == JobState::AwaitingApproval,
+        csrf: session.csrf.clone(),
+    };
+    Ok(Page {
+        title: format!("Job {}", short(job.id)),
+        section: "Jobs",
+        notice: notice.message(),
+        body: fragment(&view)?,
+        live: true,
+        self_url: format!("/jobs/{id}"),
+        ..Page::default()
+    }
+    .respond(&session, &headers))
+}
+
+fn retryable(state: JobState) -> bool {
+    state.is_terminal() && state.can_become(JobState::Queued)
+}
+
+/// What one action does to one job.
+fn operation(action: &str) -> Result<(Operation, Done), Problem> {
+    match action {
+        "cancel" => Ok((Operation::Cancel, Done::Cancelled)),
+        "retry" => Ok((Operation::Retry, Done::Retried)),
+        "approve" => Ok((Operation::Approve, Done::Approved)),
+        other => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no action {other:?}: cancel, retry or approve"),
+        )),
+    }
+}
+
+/// `POST /jobs/{id}/{action}`: cancel, retry or approve one job, audited
+/// as the signed-in key.
+pub(crate) async fn act(
+    State(state): State<ApiState>,
+    session: Session,
+    Path((id, action)): Path<(String, String)>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> Result<Response, Problem> {
+    session.check_csrf(&form.csrf)?;
+    session.require_write()?;
+    let (op, done) = operation(&action)?;
+    let id: JobId = id
+        .parse()
+        .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no job {id}: {e}")))?;
+    operate_job(&state, &session.caller, id, op).await?;
+    Ok(Redirect::to(&NoticeQuery::to(&format!("/jobs/{id}"), done, None)).into_response())
+}
+
+/// The bulk form: the action, the list's filters, and whether the preview
+/// was confirmed.
+#[derive(Debug, Deserialize)]
+pub(crate) struct BulkForm {
+    #[serde(default)]
+    csrf: String,
+    action: String,
+    #[serde(default)]
+    confirm: Option<String>,
+    #[serde(flatten)]
+    filters: Filters,
+}
+
+#[derive(Template)]
+#[template(path = "bulk.html")]
+struct BulkPreview<'a> {
+    action: &'a str,
+    verb: &'a str,
+    applies: u64,
+    matching: u64,
+    capped: bool,
+    max: u64,
+    f: &'a Filters,
+    back: String,
+    csrf: &'a str,
+}
+
+/// The ids of jobs matching `filter` that `action` applies to (at most
+/// `MAX_BULK`), and how many jobs were read.
+async fn bulk_targets(
+    state: &ApiState,
+    filter: &JobFilter,
+    applies: fn(JobState) -> bool,
+) -> Result<(Vec<JobId>, u64, bool), Problem> {
+    let mut ids = Vec::new();
+    let mut read = 0u64;
+    let mut after = None;
+    loop {
+        let page = state.store.list_jobs(filter, after, 500).await?;
+        read += page.items.len() as u64;
+        for job in &page.items {
+            if applies(job.state) {
+                ids.push(job.id);
+                if ids.len() as u64 >= MAX_BULK {
+                    return Ok((ids, read, true));
+                }
+            }
+        }
+        match page.next_cursor {
+            Some(c) => after = Some(c),
+            None => return Ok((ids, read, false)),
+        }
+    }
+}
+
+/// `POST /jobs/bulk`: without `confirm`, a preview of how many jobs the
+/// action would touch; with it, the action on each (each audited as the
+/// signed-in key).
+pub(crate) async fn bulk(
+    State(state): State<ApiState>,
+    session: Session,
+    headers: HeaderMap,
+    axum::Form(form): axum::Form<BulkForm>,
+) -> Result<Response, Problem> {
+    session.check_csrf(&form.csrf)?;
+    session.require_write()?;
+    let (op, done, verb, applies): (_, _, _, fn(JobState) -> bool) = match form.action.as_str() {
+        "cancel" => (Operation::Cancel, Done::Cancelled, "cancel", |s| {
+            s.can_become(JobState::Cancelled)
+        }),
+        "retry" => (Operation::Retry, Done::Retried, "retry", retryable),
+        other => {
+            return Err(Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("action: {other:?} is not a bulk action (cancel or retry)"),
+            ));
+        }
+    };
+    if form.filters.is_empty() {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "A bulk action needs at least one filter: it will not touch every job.",
+        ));
+    }
+    let filter = form.filters.to_filter(&session)?;
+    let (ids, read, capped) = bulk_targets(&state, &filter, applies).await?;
+    if form.confirm.as_deref() != Some("yes") {
+        let view = BulkPreview {
+            action: &form.action,
+            verb,
+            applies: ids.len() as u64,
+            matching: read,
+            capped,
+            max: MAX_BULK,
+            f: &form.filters,
+            back: form.filters.url(),
+            csrf: &session.csrf,
+        };
+        return Ok(Page {
+            title: format!("Bulk {verb}"),
+            section: "Jobs",
+            body: fragment(&view)?,
+            ..Page::default()
+        }
+        .respond(&session, &headers));
+    }
+    let mut done_count = 0u64;
+    for id in ids {
+        match operate_job(&state, &session.caller, id, op).await {
+            Ok(_) => done_count += 1,
+            // It moved since it was listed (finished, cancelled by someone
+            // else): not an error of this action.
+            Err(e) if e.code == "conflict" || e.code == "not_found" => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Redirect::to(&NoticeQuery::to(
+        &form.filters.url(),
+        done,
+        Some(done_count),
+    ))
+    .into_response())
+}

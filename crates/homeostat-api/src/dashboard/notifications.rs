@@ -1,0 +1,90 @@
+//! `/notifications`: notifications that could not be delivered; redrive.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use homeostat_model::{NotificationId, NotificationState};
+
+use super::notice::{Done, NoticeQuery};
+use super::page::{Page, Problem, ago, fragment, short};
+use super::session::{CsrfForm, Session};
+use crate::state::ApiState;
+
+struct Row {
+    id: String,
+    short: String,
+    event: String,
+    payload: String,
+    attempts: u32,
+    error: String,
+    created: String,
+}
+
+#[derive(Template)]
+#[template(path = "notifications.html")]
+struct Notifications {
+    rows: Vec<Row>,
+    can_redrive: bool,
+    csrf: String,
+}
+
+/// `GET /notifications`: the dead ones, newest first.
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+    session: Session,
+    headers: HeaderMap,
+    Query(notice): Query<NoticeQuery>,
+) -> Result<Response, Problem> {
+    session.require_operator()?;
+    let now = state.store.now();
+    let dead = state
+        .store
+        .list_notifications(NotificationState::Dead, 200)
+        .await?;
+    let view = Notifications {
+        rows: dead
+            .iter()
+            .map(|n| Row {
+                id: n.id.to_string(),
+                short: short(n.id),
+                event: n.event.clone(),
+                payload: n.payload.to_string(),
+                attempts: n.attempts,
+                error: n.last_error.clone().unwrap_or_default(),
+                created: ago(now, n.created_at),
+            })
+            .collect(),
+        can_redrive: session.is_admin(),
+        csrf: session.csrf.clone(),
+    };
+    Ok(Page {
+        title: "Dead notifications".into(),
+        section: "Notifications",
+        notice: notice.message(),
+        body: fragment(&view)?,
+        live: true,
+        self_url: "/notifications".into(),
+        ..Page::default()
+    }
+    .respond(&session, &headers))
+}
+
+/// `POST /notifications/{id}/redrive` (admin keys).
+pub(crate) async fn redrive(
+    State(state): State<ApiState>,
+    session: Session,
+    Path(id): Path<String>,
+    axum::Form(form): axum::Form<CsrfForm>,
+) -> Result<Response, Problem> {
+    session.check_csrf(&form.csrf)?;
+    session.require_admin()?;
+    let id: NotificationId = id
+        .parse()
+        .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no notification {id}: {e}")))?;
+    state
+        .store
+        .redrive_notification(id, &session.caller.actor())
+        .await?;
+    Ok(Redirect::to(&NoticeQuery::to("/notifications", Done::Redriven, None)).into_response())
+}

@@ -1,0 +1,269 @@
+//! `/`: what is stuck and why, at a glance: live jobs by state per queue
+//! with each backlog's oldest job, jobs finished per minute over the last
+//! hour, agents by status, controllers, and what needs a person.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Redirect, Response};
+use homeostat_model::{AgentStatus, Job, JobState, Notification, NotificationState};
+use homeostat_store::MinuteOutcomes;
+use jiff::Timestamp;
+
+use super::controllers::{ControllerRow, controller_rows};
+use super::page::{Page, Problem, ago, fragment, short};
+use super::session::Session;
+use crate::state::ApiState;
+
+/// How many of each kind of trouble the overview lists.
+const SHOWN: u32 = 8;
+
+/// One queue's live jobs.
+struct QueueRow {
+    queue: String,
+    scheduled: u64,
+    awaiting_approval: u64,
+    queued: u64,
+    running: u64,
+    oldest: String,
+}
+
+/// One minute's bar in the chart (SVG coordinates).
+struct Bar {
+    x: u32,
+    ok_y: u32,
+    ok_h: u32,
+    fail_y: u32,
+    fail_h: u32,
+    title: String,
+}
+
+/// A job that needs a person.
+struct JobLine {
+    id: String,
+    short: String,
+    queue: String,
+    kind: String,
+    detail: String,
+}
+
+/// An offline agent that still holds jobs.
+struct AgentLine {
+    id: String,
+    name: String,
+    running: u64,
+    silent: String,
+}
+
+#[derive(Template)]
+#[template(path = "overview.html")]
+struct Overview {
+    queues: Vec<QueueRow>,
+    bars: Vec<Bar>,
+    chart_max: u64,
+    finished_succeeded: u64,
+    finished_failed: u64,
+    agents: Vec<(String, u64)>,
+    controllers: Vec<ControllerRow>,
+    dead_count: u64,
+    dead: Vec<JobLine>,
+    awaiting: Vec<JobLine>,
+    lost_agents: Vec<AgentLine>,
+    flagged: Vec<ControllerRow>,
+    notifications: Vec<(String, String, String)>,
+    attention: usize,
+}
+
+/// Chart geometry: 60 bars of `BAR` px with `GAP` between, `HEIGHT` tall.
+const BAR: u32 = 8;
+const GAP: u32 = 2;
+const HEIGHT: u32 = 100;
+
+fn bars(minutes: &[MinuteOutcomes], now: Timestamp) -> (Vec<Bar>, u64) {
+    let this_minute = now.as_second() / 60;
+    let max = minutes
+        .iter()
+        .map(|m| m.succeeded + m.failed)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let scale = |n: u64| ((n * u64::from(HEIGHT)).div_ceil(max)) as u32;
+    let bars = (0..60)
+        .map(|i| {
+            let minute = this_minute - 59 + i;
+            let m = minutes.iter().find(|m| m.minute.as_second() / 60 == minute);
+            let (ok, failed) = m.map(|m| (m.succeeded, m.failed)).unwrap_or((0, 0));
+            let (ok_h, fail_h) = (scale(ok), scale(failed));
+            let label = if i == 59 {
+                "this minute".to_owned()
+            } else {
+                format!("{} min ago", 59 - i)
+            };
+            Bar {
+                x: i as u32 * (BAR + GAP),
+                ok_y: HEIGHT - ok_h,
+                ok_h,
+                fail_y: HEIGHT - ok_h - fail_h,
+                fail_h,
+                title: format!("{label}: {ok} succeeded, {failed} failed"),
+            }
+        })
+        .collect();
+    (bars, max)
+}
+
+fn job_line(job: &Job, detail: String) -> JobLine {
+    JobLine {
+        id: job.id.to_string(),
+        short: short(job.id),
+        queue: job.queue.clone(),
+        kind: job.kind.clone(),
+        detail,
+    }
+}
+
+fn notification_line(n: &Notification, now: Timestamp) -> (String, String, String) {
+    (
+        n.event.clone(),
+        n.last_error.clone().unwrap_or_default(),
+        ago(now, n.created_at),
+    )
+}
+
+/// `GET /`.
+pub(crate) async fn overview(
+    State(state): State<ApiState>,
+    session: Session,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    if session.caller.tenant().is_some() {
+        // The overview spans tenants; a tenant key sees its own jobs.
+        return Ok(Redirect::to("/jobs").into_response());
+    }
+    let store = &state.store;
+    let now = store.now();
+    let stats = store.stats().await?;
+    let minutes = store
+        .finished_per_minute(now - jiff::SignedDuration::from_secs(3600))
+        .await?;
+    let (dead, dead_count) = store.dead_jobs(SHOWN).await?;
+    let awaiting = store.awaiting_approval(SHOWN).await?;
+    let running = store.running_by_agent().await?;
+    let agents = store.list_agents(None).await?;
+    let notifications = store
+        .list_notifications(NotificationState::Dead, SHOWN)
+        .await?;
+    let controllers = controller_rows(&state, now).await?;
+
+    let mut queues: Vec<QueueRow> = Vec::new();
+    for c in &stats.jobs {
+        let row = match queues.iter_mut().find(|q| q.queue == c.queue) {
+            Some(row) => row,
+            None => {
+                queues.push(QueueRow {
+                    queue: c.queue.clone(),
+                    scheduled: 0,
+                    awaiting_approval: 0,
+                    queued: 0,
+                    running: 0,
+                    oldest: "—".into(),
+                });
+                queues.last_mut().expect("just pushed")
+            }
+        };
+        match c.state {
+            JobState::Scheduled => row.scheduled = c.count,
+            JobState::AwaitingApproval => row.awaiting_approval = c.count,
+            JobState::Queued => row.queued = c.count,
+            JobState::Running => row.running = c.count,
+            _ => {}
+        }
+    }
+    for b in &stats.queues {
+        if let Some(row) = queues.iter_mut().find(|q| q.queue == b.queue) {
+            row.oldest = ago(now, b.oldest_queued_at);
+        }
+    }
+    queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+
+    let (bars, chart_max) = bars(&minutes, now);
+    let agents_by_status = [
+        AgentStatus::Online,
+        AgentStatus::Draining,
+        AgentStatus::Offline,
+    ]
+    .iter()
+    .map(|s| {
+        let n = stats
+            .agents
+            .iter()
+            .find(|a| a.status == *s)
+            .map_or(0, |a| a.count);
+        (s.as_str().to_owned(), n)
+    })
+    .collect();
+    let lost_agents: Vec<AgentLine> = agents
+        .iter()
+        .filter(|a| a.status == AgentStatus::Offline)
+        .filter_map(|a| {
+            running.get(&a.id).map(|n| AgentLine {
+                id: a.id.to_string(),
+                name: a.name.clone(),
+                running: *n,
+                silent: ago(now, a.last_heartbeat_at),
+            })
+        })
+        .collect();
+    let flagged: Vec<ControllerRow> = controllers
+        .iter()
+        .filter(|c| c.flag.is_some())
+        .cloned()
+        .collect();
+    let dead: Vec<JobLine> = dead
+        .iter()
+        .map(|j| job_line(j, j.last_error.clone().unwrap_or_default()))
+        .collect();
+    let awaiting: Vec<JobLine> = awaiting
+        .iter()
+        .map(|j| {
+            let expires = j
+                .approval_expires_at
+                .map(|t| format!("approval expires {}", ago(now, t)))
+                .unwrap_or_default();
+            job_line(j, expires)
+        })
+        .collect();
+    let attention = dead_count as usize
+        + awaiting.len()
+        + lost_agents.len()
+        + flagged.len()
+        + notifications.len();
+    let view = Overview {
+        finished_succeeded: minutes.iter().map(|m| m.succeeded).sum(),
+        finished_failed: minutes.iter().map(|m| m.failed).sum(),
+        queues,
+        bars,
+        chart_max,
+        agents: agents_by_status,
+        controllers,
+        dead_count,
+        dead,
+        awaiting,
+        lost_agents,
+        flagged,
+        notifications: notifications
+            .iter()
+            .map(|n| notification_line(n, now))
+            .collect(),
+        attention,
+    };
+    Ok(Page {
+        title: "Overview".into(),
+        section: "Overview",
+        body: fragment(&view)?,
+        live: true,
+        self_url: "/".into(),
+        ..Page::default()
+    }
+    .respond(&session, &headers))
+}

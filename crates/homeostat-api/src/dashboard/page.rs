@@ -1,0 +1,243 @@
+//! How a dashboard page answers: the whole document for a navigation, only
+//! the live part for htmx's polling, an error page for a problem. Also the
+//! formatting every view shares (times, ids).
+
+use askama::Template;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use homeostat_store::StoreError;
+use jiff::Timestamp;
+
+use super::session::Session;
+use crate::error::ApiError;
+
+/// The navigation: label and address.
+const NAV: [(&str, &str); 6] = [
+    ("Overview", "/"),
+    ("Jobs", "/jobs"),
+    ("Agents", "/agents"),
+    ("Controllers", "/controllers"),
+    ("Audit", "/audit"),
+    ("Notifications", "/notifications"),
+];
+
+#[derive(Template)]
+#[template(path = "layout.html")]
+struct Layout<'a> {
+    title: &'a str,
+    nav: &'a [(&'a str, &'a str)],
+    active: &'a str,
+    who: String,
+    csrf: &'a str,
+    notice: Option<&'a str>,
+    head: &'a str,
+    live: bool,
+    self_url: &'a str,
+    body: &'a str,
+}
+
+#[derive(Template)]
+#[template(path = "bare.html")]
+struct Bare<'a> {
+    title: &'a str,
+    error: Option<&'a str>,
+    login: bool,
+}
+
+/// One page: its title, the navigation entry it belongs to, a part that
+/// stays (filters, forms) and a part that refreshes itself every few
+/// seconds when `live`.
+#[derive(Debug, Default)]
+pub(crate) struct Page {
+    pub(crate) title: String,
+    pub(crate) section: &'static str,
+    pub(crate) notice: Option<String>,
+    pub(crate) head: String,
+    pub(crate) body: String,
+    pub(crate) live: bool,
+    pub(crate) self_url: String,
+}
+
+impl Page {
+    /// The document, or for htmx's own requests (polling, not a boosted
+    /// navigation) only the live part.
+    pub(crate) fn respond(self, session: &Session, headers: &HeaderMap) -> Response {
+        let htmx = headers.contains_key("hx-request");
+        let boosted = headers.contains_key("hx-boosted");
+        if htmx && !boosted {
+            return Html(self.body).into_response();
+        }
+        let layout = Layout {
+            title: &self.title,
+            nav: &NAV,
+            active: self.section,
+            who: session.who(),
+            csrf: &session.csrf,
+            notice: self.notice.as_deref(),
+            head: &self.head,
+            live: self.live,
+            self_url: &self.self_url,
+            body: &self.body,
+        };
+        html(layout.render())
+    }
+}
+
+/// Renders a template's fragment (a 500 page if the template fails).
+pub(crate) fn fragment(t: &impl Template) -> Result<String, Problem> {
+    t.render()
+        .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn html(rendered: askama::Result<String>) -> Response {
+    match rendered {
+        Ok(body) => Html(body).into_response(),
+        Err(e) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// The sign-in page, with why the last attempt failed.
+pub(crate) fn render_login(error: Option<&str>, status: StatusCode) -> Response {
+    let page = Bare {
+        title: "Sign in",
+        error,
+        login: true,
+    };
+    (status, html(page.render())).into_response()
+}
+
+/// What went wrong, as a page: the status and a sentence for a person.
+#[derive(Debug)]
+pub(crate) struct Problem {
+    status: StatusCode,
+    message: String,
+}
+
+impl Problem {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// 403 for what only an admin key may do.
+    pub(crate) fn admin_only() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "This needs an admin API key.")
+    }
+
+    /// 403 for a page that spans tenants, to a tenant key.
+    pub(crate) fn spans_tenants() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "This page spans tenants: it needs an admin or viewer API key.",
+        )
+    }
+
+    /// 403 for a viewer's action.
+    pub(crate) fn read_only() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "A viewer API key sees everything and can act on nothing.",
+        )
+    }
+}
+
+impl From<ApiError> for Problem {
+    fn from(e: ApiError) -> Self {
+        Self::new(e.status, e.message)
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Self {
+        ApiError::from(e).into()
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let title = self
+            .status
+            .canonical_reason()
+            .unwrap_or("Something went wrong");
+        let page = Bare {
+            title,
+            error: Some(&self.message),
+            login: false,
+        };
+        (self.status, html(page.render())).into_response()
+    }
+}
+
+/// `t` relative to `now`: "12 s ago", "in 3 min".
+pub(crate) fn ago(now: Timestamp, t: Timestamp) -> String {
+    let secs = now.as_second() - t.as_second();
+    let (n, past) = (secs.unsigned_abs(), secs >= 0);
+    let amount = match n {
+        0..=119 => format!("{n} s"),
+        120..=7199 => format!("{} min", n / 60),
+        7200..=172_799 => format!("{} h", n / 3600),
+        _ => format!("{} d", n / 86_400),
+    };
+    if past {
+        format!("{amount} ago")
+    } else {
+        format!("in {amount}")
+    }
+}
+
+/// `t` to the second, in UTC.
+pub(crate) fn when(t: Timestamp) -> String {
+    t.strftime("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+/// An optional time to the second, or a dash.
+pub(crate) fn when_opt(t: Option<Timestamp>) -> String {
+    t.map(when).unwrap_or_else(|| "—".into())
+}
+
+/// The first block of a UUID: enough to tell ids apart on a page.
+pub(crate) fn short(id: impl std::fmt::Display) -> String {
+    let s = id.to_string();
+    s.split('-').next().unwrap_or(&s).to_owned()
+}
+
+/// A query string of the pairs whose value is set.
+pub(crate) fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let mut out = String::new();
+    for (k, v) in pairs {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            out.push(if out.is_empty() { '?' } else { '&' });
+            out.push_str(k);
+            out.push('=');
+            out.extend(form_urlencoded::byte_serialize(v.as_bytes()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_read_naturally() {
+        let now: Timestamp = "2026-01-01T12:00:00Z".parse().unwrap();
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(ago(now, at("2026-01-01T11:59:48Z")), "12 s ago");
+        assert_eq!(ago(now, at("2026-01-01T12:05:00Z")), "in 5 min");
+        assert_eq!(ago(now, at("2025-12-30T12:00:00Z")), "2 d ago");
+    }
+
+    #[test]
+    fn a_query_keeps_only_set_values_and_encodes_them() {
+        let q = query(&[
+            ("state", Some("dead".into())),
+            ("queue", None),
+            ("fingerprint", Some("a b&c".into())),
+        ]);
+        assert_eq!(q, "?state=dead&fingerprint=a+b%26c");
+        assert_eq!(query(&[("queue", Some(String::new()))]), "");
+    }
+}
