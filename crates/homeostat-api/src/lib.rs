@@ -145,6 +145,9 @@ pub fn router(state: ApiState) -> Router {
         metrics::track,
     ))
     .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+    // A handler that panics answers 500 with the API's error body instead
+    // of dropping the connection (and logs where).
+    .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
     // Outermost: every request has an id (the caller's, or a new one), and
     // the answer carries it back.
     .layer(PropagateRequestIdLayer::x_request_id())
@@ -170,6 +173,22 @@ async fn deadline(
         )
         .into_response(),
     }
+}
+
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = what, "a request's handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "the server failed to answer this request",
+    )
+    .into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -93,7 +93,10 @@ fn bars(minutes: &[MinuteOutcomes], now: Timestamp) -> (Vec<Bar>, u64) {
             let minute = this_minute - 59 + i;
             let m = minutes.iter().find(|m| m.minute.as_second() / 60 == minute);
             let (ok, failed) = m.map(|m| (m.succeeded, m.failed)).unwrap_or((0, 0));
-            let (ok_h, fail_h) = (scale(ok), scale(failed));
+            // Scaled as a whole so rounding never stacks past the top.
+            let total_h = scale(ok + failed);
+            let ok_h = scale(ok).min(total_h);
+            let fail_h = total_h - ok_h;
             let label = if i == 59 {
                 "this minute".to_owned()
             } else {
@@ -266,4 +269,48 @@ pub(crate) async fn overview(
         ..Page::default()
     }
     .respond(&session, &headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minute(now: Timestamp, ago: i64, succeeded: u64, failed: u64) -> MinuteOutcomes {
+        let start = (now.as_second() / 60 - ago) * 60;
+        MinuteOutcomes {
+            minute: Timestamp::from_second(start).unwrap(),
+            succeeded,
+            failed,
+        }
+    }
+
+    #[test]
+    fn bars_stay_inside_the_chart_and_land_on_their_minute() {
+        let now: Timestamp = "2026-01-01T12:00:30Z".parse().unwrap();
+        // Uneven counts whose rounded heights would overflow if scaled apart.
+        let minutes = [
+            minute(now, 0, 2, 1),
+            minute(now, 59, 1, 2),
+            minute(now, 5, 0, 0),
+        ];
+        let (bars, max) = bars(&minutes, now);
+        assert_eq!(bars.len(), 60);
+        assert_eq!(max, 3);
+        for b in &bars {
+            assert!(b.ok_h + b.fail_h <= HEIGHT, "{}", b.title);
+            assert_eq!(b.fail_y + b.fail_h, b.ok_y);
+        }
+        assert_eq!(bars[59].ok_h + bars[59].fail_h, HEIGHT);
+        assert!(
+            bars[59]
+                .title
+                .starts_with("this minute: 2 succeeded, 1 failed")
+        );
+        assert!(
+            bars[0]
+                .title
+                .starts_with("59 min ago: 1 succeeded, 2 failed")
+        );
+        assert_eq!(bars[30].ok_h + bars[30].fail_h, 0);
+    }
 }

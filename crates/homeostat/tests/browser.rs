@@ -1,0 +1,339 @@
+//! The dashboard in a real browser: headless Chromium driven over
+//! WebDriver (chromedriver), against `homeostat run` and a `homeostat
+//! agent` as processes on loopback. An operator signs in, sees a dead job
+//! on the overview, opens it, retries it, and watches it succeed after the
+//! agent runs it, without the page reloading. Every page is photographed;
+//! `UPDATE_SCREENSHOTS=1` writes the pictures to docs/screenshots/.
+//!
+//! Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs
+//! them).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{client, data_dir, free_port, get_json, post_json, ready, tenant_and_bootstrap};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+const SCRIPT: &str = r#"
+case "$HOMEOSTAT_JOB_KIND" in
+  flaky) if [ ! -e "$MARK" ]; then touch "$MARK"; echo 'disk full on /var/cache' >&2; exit 3; fi
+         echo '{"built": true}';;
+  *) cat > /dev/null; echo '{"ok": true}';;
+esac
+"#;
+
+/// A child process killed when the test ends, however it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn chromedriver(port: u16) -> Killed {
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver runs (Debian's chromium-driver; .ci/run installs it)");
+    Killed(child)
+}
+
+async fn browser(port: u16, profile: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.display()),
+            ]
+        }),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector)
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no WebDriver session: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Where screenshots go: docs/screenshots/ when asked, else beside the
+/// test's data.
+fn shots_dir(data: &Path) -> PathBuf {
+    match std::env::var("UPDATE_SCREENSHOTS").as_deref() {
+        Ok("1") => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots"),
+        _ => data.join("screenshots"),
+    }
+}
+
+async fn shot(b: &Client, dir: &Path, name: &str) {
+    let png = b.screenshot().await.unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "{name} is not a PNG");
+    std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+}
+
+/// Waits (with a deadline) until `css` matches an element.
+async fn until_found(b: &Client, css: &str, within: Duration) -> fantoccini::elements::Element {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(e) = b.find(Locator::Css(css)).await {
+            return e;
+        }
+        if Instant::now() > deadline {
+            let url = b
+                .current_url()
+                .await
+                .map(|u| u.to_string())
+                .unwrap_or_default();
+            let text = match b.find(Locator::Css("body")).await {
+                Ok(body) => body.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            panic!("nothing matches {css} within {within:?} at {url}; the page says:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn job_state(c: &reqwest::Client, s: &common::Server, key: &str, id: &str) -> Value {
+    get_json(c, s.url(&format!("/v1/jobs/{id}")), key).await["state"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = common::start(&dir);
+    let c = client();
+    ready(&c, &server).await;
+    let admin = server.admin_key().unwrap();
+    let (tenant, bootstrap) = tenant_and_bootstrap(&c, &server, &admin, "acme", 2).await;
+
+    // One job that fails for good on its only attempt; others for a busy
+    // picture: done, waiting for approval, queued where no agent listens.
+    let jobs_url = server.url("/v1/jobs");
+    let enqueue = |body: Value| {
+        let (c, url, admin) = (&c, jobs_url.clone(), admin.clone());
+        async move { post_json(c, url, Some(&admin), &body).await }
+    };
+    let flaky = enqueue(
+        json!({"tenant_id": tenant["id"], "queue": "builds", "kind": "flaky",
+        "payload": {"repo": "web", "ref": "main"}, "max_attempts": 1, "fingerprint": "web@main"}),
+    )
+    .await;
+    let flaky_id = flaky["id"].as_str().unwrap().to_owned();
+    for n in 0..6 {
+        enqueue(
+            json!({"tenant_id": tenant["id"], "queue": "builds", "kind": "compile",
+            "payload": {"n": n}}),
+        )
+        .await;
+    }
+    for n in 0..3 {
+        enqueue(
+            json!({"tenant_id": tenant["id"], "queue": "reports", "kind": "render",
+            "payload": {"n": n}}),
+        )
+        .await;
+    }
+    let approval = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2)).to_string();
+    enqueue(
+        json!({"tenant_id": tenant["id"], "queue": "deploys", "kind": "rollout",
+        "payload": {"to": "production"}, "approval_expires_at": approval}),
+    )
+    .await;
+
+    let mut agent = Command::new(assert_cmd::cargo::cargo_bin("homeostat"));
+    agent
+        .args(["agent", "--server", &server.url(""), "--queue", "builds"])
+        .args(["--name", "builder-1", "--label", "zone=eu-west"])
+        .args(["--bootstrap-token", &bootstrap, "--state-file"])
+        .arg(dir.join("agent.json"))
+        .env("MARK", dir.join("flaky.mark"))
+        .args(["--exec", "sh", "-c", SCRIPT])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _agent = Killed(agent.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while job_state(&c, &server, &admin, &flaky_id).await != "dead" {
+        assert!(Instant::now() < deadline, "the flaky job never died");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let port = free_port();
+    let _driver = chromedriver(port);
+    let b = browser(port, &dir.join("chromium")).await;
+    let shots = shots_dir(&dir);
+    std::fs::create_dir_all(&shots).unwrap();
+
+    // Signed out, the dashboard sends the browser to sign in.
+    b.goto(&server.url("/")).await.unwrap();
+    until_found(&b, "form.login", Duration::from_secs(10)).await;
+    assert_eq!(b.current_url().await.unwrap().path(), "/login");
+    shot(&b, &shots, "login").await;
+    let key = b.find(Locator::Css("input#key")).await.unwrap();
+    key.send_keys(&admin).await.unwrap();
+    b.find(Locator::Css("form.login button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // The overview lists the dead job under "needs attention".
+    let link = format!("section.attention a[href=\"/jobs/{flaky_id}\"]");
+    until_found(&b, &link, Duration::from_secs(10)).await;
+    let attention = b
+        .find(Locator::Css("section.attention"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(attention.contains("Dead jobs"), "{attention}");
+    assert!(attention.contains("disk full on /var/cache"), "{attention}");
+    assert!(attention.contains("Waiting for approval"), "{attention}");
+    let htmx: Value = b.execute("return typeof htmx", vec![]).await.unwrap();
+    assert_eq!(htmx, "object", "the vendored htmx loaded");
+    shot(&b, &shots, "overview").await;
+
+    // Open it: its error and its failed attempt.
+    b.find(Locator::Css(&link))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until_found(&b, ".job-head .st-dead", Duration::from_secs(10)).await;
+    let page = b
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("disk full on /var/cache"), "{page}");
+    shot(&b, &shots, "job-dead").await;
+
+    // Retry it; the page follows the job to success by polling, without a
+    // reload (a mark left on the window survives).
+    b.execute("window.homeostatMark = 'still here'", vec![])
+        .await
+        .unwrap();
+    b.find(Locator::Css("form[action$=\"/retry\"] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until_found(&b, ".job-head .st-succeeded", Duration::from_secs(30)).await;
+    let mark: Value = b
+        .execute("return window.homeostatMark || null", vec![])
+        .await
+        .unwrap();
+    assert_eq!(mark, "still here", "the page reloaded");
+    assert_eq!(job_state(&c, &server, &admin, &flaky_id).await, "succeeded");
+    let page = b
+        .find(Locator::Css("main"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("job.redriven"),
+        "the history shows the retry: {page}"
+    );
+    shot(&b, &shots, "job-succeeded").await;
+
+    // The retry is an audit event naming the key that signed in.
+    let events =
+        get_json(&c, server.url(&format!("/v1/jobs/{flaky_id}")), &admin).await["history"].clone();
+    let retry = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "job.redriven")
+        .expect("a job.redriven event");
+    assert!(
+        retry["actor"].as_str().unwrap().starts_with("api_key:"),
+        "{retry}"
+    );
+
+    // Every other page, photographed.
+    for (path, name, ready_css) in [
+        ("/jobs", "jobs", "table.jobs"),
+        ("/agents", "agents", "main table"),
+        ("/controllers", "controllers", "main table"),
+        ("/controllers/job-recovery/plan", "plan", "main .actions"),
+        ("/notifications", "notifications", "main"),
+    ] {
+        b.goto(&server.url(path)).await.unwrap();
+        until_found(&b, ready_css, Duration::from_secs(10)).await;
+        shot(&b, &shots, name).await;
+    }
+
+    // Bulk cancel: a preview says how many, the confirmation does it.
+    b.goto(&server.url("/jobs?queue=reports")).await.unwrap();
+    until_found(&b, "form.bulk", Duration::from_secs(10)).await;
+    b.find(Locator::Css("form.bulk button[value=cancel]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let confirm = until_found(&b, "p.confirm", Duration::from_secs(10)).await;
+    let text = confirm.text().await.unwrap();
+    assert!(text.contains("cancel 3 jobs"), "{text}");
+    shot(&b, &shots, "bulk-preview").await;
+    b.find(Locator::Css("main button.danger"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let notice = until_found(&b, "p.notice", Duration::from_secs(10)).await;
+    assert_eq!(notice.text().await.unwrap(), "3 jobs cancelled.");
+
+    // The audit log, and its verification with progress to the end.
+    b.goto(&server.url("/audit")).await.unwrap();
+    until_found(&b, ".verify-box form button", Duration::from_secs(10))
+        .await
+        .click()
+        .await
+        .unwrap();
+    let verdict = until_found(&b, "#verify p.ok", Duration::from_secs(30)).await;
+    assert!(
+        verdict
+            .text()
+            .await
+            .unwrap()
+            .starts_with("The chain is intact"),
+        "{}",
+        verdict.text().await.unwrap()
+    );
+    shot(&b, &shots, "audit").await;
+
+    b.close().await.unwrap();
+}
