@@ -3,6 +3,7 @@
 //! protocol with long-poll claims.
 
 mod agent;
+mod dashboard;
 mod errors;
 mod jobs;
 mod openapi;

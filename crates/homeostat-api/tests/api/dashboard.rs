@@ -1,0 +1,614 @@
+//! The dashboard through the router, on both backends: every page renders
+//! on an empty and on a busy store; signing in; a viewer's action and a
+//! form without its CSRF token are refused and change nothing; actions are
+//! audited as the signed-in key; bulk actions preview before they act; a
+//! tenant key sees its own jobs only.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use homeostat_model::{ApiScope, JobState};
+use homeostat_store::Store;
+use homeostat_testkit::on_both_backends;
+use serde_json::json;
+
+use crate::{Answer, Api};
+
+const PAGES: [&str; 7] = [
+    "/",
+    "/jobs",
+    "/agents",
+    "/controllers",
+    "/audit",
+    "/notifications",
+    "/controllers/job-recovery/plan",
+];
+
+impl Api {
+    /// A page as a browser signed in with `key` asks for it.
+    async fn page(&self, path: &str, key: &str) -> Answer {
+        let req = Request::get(path)
+            .header("cookie", format!("homeostat_session={key}"))
+            .body(Body::empty())
+            .unwrap();
+        self.send(req).await
+    }
+
+    /// A form posted by a browser signed in with `key` (none: signed out).
+    async fn form(&self, path: &str, key: Option<&str>, fields: &[(&str, &str)]) -> Answer {
+        let body: String = fields
+            .iter()
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut req =
+            Request::post(path).header("content-type", "application/x-www-form-urlencoded");
+        if let Some(key) = key {
+            req = req.header("cookie", format!("homeostat_session={key}"));
+        }
+        self.send(req.body(Body::from(body)).unwrap()).await
+    }
+
+    /// The CSRF token the pages give `key`'s forms.
+    async fn csrf(&self, key: &str) -> String {
+        let page = self.page("/jobs", key).await;
+        let at = page
+            .text
+            .find("name=\"csrf\" value=\"")
+            .expect("a form with a CSRF token")
+            + "name=\"csrf\" value=\"".len();
+        page.text[at..].split('"').next().unwrap().to_owned()
+    }
+
+    async fn key(&self, scope: ApiScope) -> (String, String) {
+        let issued = self
+            .store
+            .issue_api_key(scope, None, "operator:test")
+            .await
+            .unwrap();
+        (issued.info.id.to_string(), issued.secret)
+    }
+
+    async fn job_state(&self, id: &str) -> JobState {
+        self.store.get_job(id.parse().unwrap()).await.unwrap().state
+    }
+}
+
+async fn redirect_of(
+    api: &Api,
+    req: Request<Body>,
+) -> (StatusCode, Option<String>, Option<String>) {
+    use tower::ServiceExt;
+    let res = api.app.clone().oneshot(req).await.unwrap();
+    let header = |name: &str| {
+        res.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    (res.status(), header("location"), header("set-cookie"))
+}
+
+/// A store with something in every state a page shows: queued, running,
+/// dead (with its error), awaiting approval, an agent holding a job, a
+/// dead notification.
+async fn busy(api: &Api) -> (String, String) {
+    let (tenant, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant), &["builds"]).await;
+    let dead = api
+        .enqueue(
+            &key,
+            json!({"queue": "builds", "kind": "compile", "max_attempts": 1,
+                   "fingerprint": "web@main", "payload": {"repo": "web"}}),
+        )
+        .await;
+    let claim = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 1, "wait_secs": 0}),
+        )
+        .await;
+    let job = &claim.body["jobs"][0];
+    assert_eq!(job["id"], json!(dead), "{}", claim.text);
+    let failed = api
+        .post(
+            &format!("/v1/agent/jobs/{dead}/fail"),
+            &cred,
+            json!({"lease_token": job["lease_token"], "error": "disk full on /var/cache",
+                   "retryable": false}),
+        )
+        .await;
+    assert!(failed.status.is_success(), "{}", failed.text);
+    for n in 0..12 {
+        api.enqueue(
+            &key,
+            json!({"queue": "builds", "kind": "compile", "payload": {"n": n}}),
+        )
+        .await;
+    }
+    api.post(
+        "/v1/agent/claim",
+        &cred,
+        json!({"capacity": 2, "wait_secs": 0}),
+    )
+    .await;
+    let later = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(1)).to_string();
+    api.enqueue(
+        &key,
+        json!({"queue": "deploys", "kind": "rollout", "approval_expires_at": later}),
+    )
+    .await;
+    let n = api
+        .store
+        .add_notification("job.dead", &json!({"job_id": dead}))
+        .await
+        .unwrap();
+    api.store
+        .record_delivery(
+            n,
+            &homeostat_store::Delivery::Failed {
+                error: "410 Gone".into(),
+                permanent: true,
+            },
+        )
+        .await
+        .unwrap();
+    (dead, key)
+}
+
+async fn every_page_renders_on_an_empty_and_a_busy_store(store: &Store) {
+    let api = Api::new(store).await;
+    for path in PAGES {
+        let page = api.page(path, &api.admin).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.text);
+        assert!(page.text.starts_with("<!doctype html>"), "{path}");
+        assert!(page.text.contains("/assets/htmx.min.js"), "{path}");
+    }
+    let empty = api.page("/", &api.admin).await.text;
+    assert!(empty.contains("Nothing needs a person"), "{empty}");
+
+    let (dead, _) = busy(&api).await;
+    let short = &dead[dead.len() - 8..];
+    for path in PAGES {
+        let page = api.page(path, &api.admin).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}: {}", page.text);
+    }
+    let overview = api.page("/", &api.admin).await.text;
+    for shown in [
+        "Dead jobs",
+        short,
+        "disk full on /var/cache",
+        "Waiting for approval",
+        "Dead notifications",
+        "410 Gone",
+    ] {
+        assert!(
+            overview.contains(shown),
+            "the overview lacks {shown:?}:\n{overview}"
+        );
+    }
+    // The chart has a bar for the job that died this minute.
+    assert!(
+        overview.contains("this minute: 0 succeeded, 1 failed"),
+        "{overview}"
+    );
+
+    let job = api.page(&format!("/jobs/{dead}"), &api.admin).await;
+    assert_eq!(job.status, StatusCode::OK);
+    for shown in [
+        "st-dead",
+        "disk full on /var/cache",
+        "&#34;repo&#34;: &#34;web&#34;",
+        "Retry",
+    ] {
+        assert!(
+            job.text.contains(shown),
+            "the job page lacks {shown:?}:\n{}",
+            job.text
+        );
+    }
+    // Its failed attempt is listed with the agent that ran it.
+    let attempts = &job.text[job.text.find("Failed attempts").unwrap()..];
+    assert!(
+        !attempts.starts_with("Failed attempts</h2>\n<p class=\"muted\">None."),
+        "{attempts}"
+    );
+    assert_eq!(
+        job.text.matches("disk full on /var/cache").count(),
+        2,
+        "{}",
+        job.text
+    );
+
+    let deads = api.page("/jobs?state=dead", &api.admin).await.text;
+    assert!(deads.contains(&dead), "{deads}");
+    assert!(
+        !deads.contains("st-queued"),
+        "a state filter shows other states"
+    );
+    let by_fingerprint = api
+        .page("/jobs?fingerprint=web%40ma", &api.admin)
+        .await
+        .text;
+    assert!(by_fingerprint.contains(&dead), "{by_fingerprint}");
+    assert_eq!(
+        by_fingerprint.matches("<tr><td><a href=\"/jobs/").count(),
+        1
+    );
+
+    let agents = api.page("/agents", &api.admin).await.text;
+    assert!(
+        agents.contains("a1") && agents.contains("builds"),
+        "{agents}"
+    );
+
+    // Polling (htmx, not a boosted navigation) gets only the live part.
+    let req = Request::get("/")
+        .header("cookie", format!("homeostat_session={}", api.admin))
+        .header("hx-request", "true")
+        .body(Body::empty())
+        .unwrap();
+    let fragment = api.send(req).await;
+    assert_eq!(fragment.status, StatusCode::OK);
+    assert!(!fragment.text.contains("<html"), "{}", fragment.text);
+    assert!(fragment.text.contains("Needs attention"));
+
+    let bad = api.page("/jobs?state=sleeping", &api.admin).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.text.contains("state:"), "{}", bad.text);
+    let missing = api.page("/jobs/not-a-job", &api.admin).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    api.stop().await;
+}
+
+async fn signing_in_sets_an_http_only_strict_cookie(store: &Store) {
+    let api = Api::new(store).await;
+    let (status, to, _) = redirect_of(&api, Request::get("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        (status, to.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/login"))
+    );
+    let req = Request::get("/jobs")
+        .header("hx-request", "true")
+        .body(Body::empty())
+        .unwrap();
+    let res = {
+        use tower::ServiceExt;
+        api.app.clone().oneshot(req).await.unwrap()
+    };
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["hx-redirect"], "/login");
+
+    let wrong = api.form("/login", None, &[("key", "hsk_not_a_key")]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        wrong.text.contains("unknown, revoked or expired"),
+        "{}",
+        wrong.text
+    );
+    let unknown_field = api
+        .form("/login", None, &[("key", &api.admin), ("remember", "1")])
+        .await;
+    assert!(unknown_field.status.is_client_error());
+
+    let body = format!(
+        "key={}",
+        form_urlencoded::byte_serialize(api.admin.as_bytes()).collect::<String>()
+    );
+    let req = Request::post("/login")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(body))
+        .unwrap();
+    let (status, to, cookie) = redirect_of(&api, req).await;
+    assert_eq!((status, to.as_deref()), (StatusCode::SEE_OTHER, Some("/")));
+    let cookie = cookie.expect("a session cookie");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+
+    // A revoked key's session ends at its next request.
+    let (id, viewer) = api.key(ApiScope::Viewer).await;
+    assert_eq!(api.page("/", &viewer).await.status, StatusCode::OK);
+    api.store
+        .revoke_token(id.parse().unwrap(), "operator:test")
+        .await
+        .unwrap();
+    assert_eq!(api.page("/", &viewer).await.status, StatusCode::SEE_OTHER);
+    api.stop().await;
+}
+
+async fn a_viewer_sees_everything_and_acts_on_nothing(store: &Store) {
+    let api = Api::new(store).await;
+    let (dead, _) = busy(&api).await;
+    let (_, viewer) = api.key(ApiScope::Viewer).await;
+    for path in PAGES {
+        assert_eq!(
+            api.page(path, &viewer).await.status,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    let page = api.page(&format!("/jobs/{dead}"), &viewer).await.text;
+    assert!(!page.contains("/retry\""), "a viewer is offered an action");
+    let csrf = api.csrf(&viewer).await;
+    let agents = api.store.list_agents(None).await.unwrap();
+    let refused = [
+        format!("/jobs/{dead}/retry"),
+        format!("/jobs/{dead}/cancel"),
+        format!("/agents/{}/drain", agents[0].id),
+        "/controllers/job-recovery/trigger".to_owned(),
+        "/audit/verify".to_owned(),
+    ];
+    for path in &refused {
+        let a = api.form(path, Some(&viewer), &[("csrf", &csrf)]).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{path}: {}", a.text);
+        assert!(a.text.contains("viewer"), "{path}: {}", a.text);
+    }
+    let bulk = api
+        .form(
+            "/jobs/bulk",
+            Some(&viewer),
+            &[
+                ("csrf", &csrf),
+                ("action", "cancel"),
+                ("queue", "builds"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(bulk.status, StatusCode::FORBIDDEN);
+    assert_eq!(api.job_state(&dead).await, JobState::Dead);
+    let agent = api.store.get_agent(agents[0].id).await.unwrap();
+    assert_eq!(agent.status, homeostat_model::AgentStatus::Online);
+    let cancelled = api
+        .store
+        .list_jobs(
+            &homeostat_store::JobFilter {
+                state: Some(JobState::Cancelled),
+                ..Default::default()
+            },
+            None,
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(cancelled.items.is_empty());
+    api.stop().await;
+}
+
+async fn a_form_without_its_csrf_token_is_refused(store: &Store) {
+    let api = Api::new(store).await;
+    let (dead, _) = busy(&api).await;
+    let (_, other_admin) = api.key(ApiScope::Admin).await;
+    let others = api.csrf(&other_admin).await;
+    let retry = format!("/jobs/{dead}/retry");
+    for fields in [vec![], vec![("csrf", "")], vec![("csrf", others.as_str())]] {
+        let a = api.form(&retry, Some(&api.admin), &fields).await;
+        assert_eq!(a.status, StatusCode::FORBIDDEN, "{fields:?}: {}", a.text);
+        assert!(a.text.contains("CSRF"), "{}", a.text);
+    }
+    assert_eq!(api.job_state(&dead).await, JobState::Dead);
+    let signed_out = api.form(&retry, None, &[("csrf", &others)]).await;
+    assert_eq!(signed_out.status, StatusCode::SEE_OTHER);
+    assert_eq!(api.job_state(&dead).await, JobState::Dead);
+
+    // With its token the action is done, and audited as the key.
+    let csrf = api.csrf(&api.admin).await;
+    let a = api.form(&retry, Some(&api.admin), &[("csrf", &csrf)]).await;
+    assert_eq!(a.status, StatusCode::SEE_OTHER, "{}", a.text);
+    assert_eq!(api.job_state(&dead).await, JobState::Queued);
+    let admin_id = api
+        .store
+        .authenticate_api_key(&api.admin)
+        .await
+        .unwrap()
+        .token_id;
+    let history = api
+        .store
+        .audit_events_of(&format!("job:{dead}"), 100)
+        .await
+        .unwrap();
+    let redriven = history
+        .iter()
+        .find(|e| e.action == "job.redriven")
+        .expect("an audit event for the retry");
+    assert_eq!(redriven.actor, format!("api_key:{admin_id}"));
+    for e in &history {
+        assert!(
+            !e.details.to_string().contains(&api.admin),
+            "a secret in the audit log"
+        );
+    }
+    api.stop().await;
+}
+
+async fn bulk_actions_preview_then_act_on_the_filtered_set(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant, key) = api.tenant("acme").await;
+    for n in 0..5 {
+        api.enqueue(
+            &key,
+            json!({"queue": "reports", "kind": "render", "payload": {"n": n}}),
+        )
+        .await;
+    }
+    let keep = api
+        .enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+        .await;
+    let csrf = api.csrf(&api.admin).await;
+    let fields = |confirm: bool| {
+        let mut f = vec![
+            ("csrf", csrf.clone()),
+            ("action", "cancel".to_owned()),
+            ("queue", "reports".to_owned()),
+            ("tenant", tenant.to_string()),
+        ];
+        if confirm {
+            f.push(("confirm", "yes".to_owned()));
+        }
+        f
+    };
+    let preview_fields = fields(false);
+    let preview_refs: Vec<(&str, &str)> = preview_fields
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let preview = api
+        .form("/jobs/bulk", Some(&api.admin), &preview_refs)
+        .await;
+    assert_eq!(preview.status, StatusCode::OK, "{}", preview.text);
+    assert!(
+        preview
+            .text
+            .contains("This will cancel <strong>5</strong> jobs of the 5"),
+        "{}",
+        preview.text
+    );
+    let queued = |api: &Api| {
+        let store = api.store.clone();
+        async move {
+            store
+                .list_jobs(
+                    &homeostat_store::JobFilter {
+                        queue: Some("reports".into()),
+                        state: Some(JobState::Queued),
+                        ..Default::default()
+                    },
+                    None,
+                    100,
+                )
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
+    };
+    assert_eq!(queued(&api).await, 5, "a preview changes nothing");
+
+    let confirm_fields = fields(true);
+    let confirm_refs: Vec<(&str, &str)> = confirm_fields
+        .iter()
+        .map(|(k, v)| (*k, v.as_str()))
+        .collect();
+    let done = api
+        .form("/jobs/bulk", Some(&api.admin), &confirm_refs)
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.text);
+    assert_eq!(queued(&api).await, 0);
+    assert_eq!(api.job_state(&keep).await, JobState::Queued);
+    let cancels = api
+        .store
+        .audit_page(
+            &homeostat_store::AuditFilter {
+                action: Some("job.cancelled".into()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(cancels.len(), 5);
+
+    let everything = api
+        .form(
+            "/jobs/bulk",
+            Some(&api.admin),
+            &[("csrf", &csrf), ("action", "cancel")],
+        )
+        .await;
+    assert_eq!(everything.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(everything.text.contains("at least one filter"));
+    let odd = api
+        .form(
+            "/jobs/bulk",
+            Some(&api.admin),
+            &[("csrf", &csrf), ("action", "delete"), ("queue", "builds")],
+        )
+        .await;
+    assert_eq!(odd.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(api.job_state(&keep).await, JobState::Queued);
+    api.stop().await;
+}
+
+async fn a_tenant_key_sees_only_its_own_jobs(store: &Store) {
+    let api = Api::new(store).await;
+    let (_, mine) = api.tenant("mine").await;
+    let (_, theirs) = api.tenant("theirs").await;
+    let own = api.enqueue(&mine, json!({"queue": "q", "kind": "k"})).await;
+    let other = api
+        .enqueue(&theirs, json!({"queue": "q", "kind": "k"}))
+        .await;
+    let (status, to, _) = redirect_of(
+        &api,
+        Request::get("/")
+            .header("cookie", format!("homeostat_session={mine}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, to.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/jobs"))
+    );
+    let list = api.page("/jobs", &mine).await.text;
+    assert!(list.contains(&own) && !list.contains(&other), "{list}");
+    assert_eq!(
+        api.page(&format!("/jobs/{other}"), &mine).await.status,
+        StatusCode::NOT_FOUND
+    );
+    for path in ["/audit", "/controllers", "/notifications"] {
+        assert_eq!(
+            api.page(path, &mine).await.status,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
+    api.stop().await;
+}
+
+async fn the_audit_chain_is_verified_with_progress(store: &Store) {
+    let api = Api::new(store).await;
+    busy(&api).await;
+    let before = api.page("/audit/verify", &api.admin).await.text;
+    assert!(before.contains("has not been verified"), "{before}");
+    let csrf = api.csrf(&api.admin).await;
+    let started = api
+        .form("/audit/verify", Some(&api.admin), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(started.status, StatusCode::SEE_OTHER, "{}", started.text);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let verdict = loop {
+        let fragment = api.page("/audit/verify", &api.admin).await.text;
+        if !fragment.contains("<progress") {
+            break fragment;
+        }
+        assert!(Instant::now() < deadline, "the verification never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(verdict.contains("The chain is intact"), "{verdict}");
+    let log = api
+        .page("/audit?action=agent.registered", &api.admin)
+        .await
+        .text;
+    assert!(
+        log.contains("agent.registered") && !log.contains("tenant.created"),
+        "{log}"
+    );
+    api.stop().await;
+}
+
+on_both_backends!(
+    every_page_renders_on_an_empty_and_a_busy_store,
+    signing_in_sets_an_http_only_strict_cookie,
+    a_viewer_sees_everything_and_acts_on_nothing,
+    a_form_without_its_csrf_token_is_refused,
+    bulk_actions_preview_then_act_on_the_filtered_set,
+    a_tenant_key_sees_only_its_own_jobs,
+    the_audit_chain_is_verified_with_progress,
+);
