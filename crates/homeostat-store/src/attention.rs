@@ -28,12 +28,15 @@ pub struct MinuteOutcomes {
     pub failed: u64,
 }
 
-/// Reads `jobs_finished` from `$1` on; cancelled jobs are neither outcome.
+/// Reads a range of `jobs_finished`; cancelled jobs are neither outcome.
+/// The range is closed on both ends: with one bound and no statistics
+/// (a fresh table, or a generic plan) PostgreSQL guesses a third of the
+/// table and scans all of it; a closed range it takes for a narrow one.
 const FINISHED: Sql = Sql::pair(
     "SELECT finished_at / 60000 AS minute, state, COUNT(*) AS n FROM jobs
-     WHERE finished_at >= $1 GROUP BY 1, 2",
+     WHERE finished_at >= $1 AND finished_at < $2 GROUP BY 1, 2",
     "SELECT finished_at / 60000 AS minute, state::text AS state, COUNT(*) AS n FROM jobs
-     WHERE finished_at >= $1 GROUP BY 1, 2",
+     WHERE finished_at >= $1 AND finished_at < $2 GROUP BY 1, 2",
 );
 
 /// The state is a literal so that the partial index `jobs_dead` applies.
@@ -45,11 +48,22 @@ const DEAD: Sql = Sql::both(concat!(
 
 const DEAD_COUNT: Sql = Sql::both("SELECT COUNT(*) AS n FROM jobs WHERE state = 'dead'");
 
-const AWAITING: Sql = Sql::both(concat!(
-    "SELECT ",
-    job_columns!(),
-    " FROM jobs WHERE state = 'awaiting_approval' ORDER BY id DESC LIMIT $1"
-));
+/// Soonest to expire first, in the order of `jobs_approval_expiry`
+/// (newest first would walk the primary key past every other job when
+/// none waits).
+const AWAITING: Sql = Sql::pair(
+    concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE state = 'awaiting_approval'
+          ORDER BY approval_expires_at IS NULL, approval_expires_at LIMIT $1"
+    ),
+    concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE state = 'awaiting_approval' ORDER BY approval_expires_at LIMIT $1"
+    ),
+);
 
 const RUNNING_BY_AGENT: Sql = Sql::both(
     "SELECT lease_agent, COUNT(*) AS n FROM jobs WHERE state = 'running'
@@ -77,8 +91,11 @@ pub(crate) async fn finished_per_minute<B: Backend>(
 ) -> Result<Vec<MinuteOutcomes>, StoreError> {
     let op = "counting finished jobs";
     let mut minutes: BTreeMap<i64, MinuteOutcomes> = BTreeMap::new();
+    // Up to a minute ahead: a replica whose clock runs behind another's
+    // still counts what the other finished.
+    let until_ms = crate::time::ms(b.now()) + 60_000;
     for r in b
-        .fetch(Stmt::new::<B>(FINISHED).arg(since_ms))
+        .fetch(Stmt::new::<B>(FINISHED).arg(since_ms).arg(until_ms))
         .await
         .op(op)?
     {
@@ -118,7 +135,7 @@ pub(crate) async fn dead_jobs<B: Backend>(
     Ok((jobs, count))
 }
 
-/// The newest jobs waiting for approval.
+/// The jobs waiting for approval whose approval expires soonest.
 pub(crate) async fn awaiting_approval<B: Backend>(
     b: &B,
     limit: u32,

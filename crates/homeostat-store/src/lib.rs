@@ -562,7 +562,8 @@ impl Store {
         dispatch!(self, attention::dead_jobs(limit))
     }
 
-    /// The newest `limit` jobs waiting for approval.
+    /// `limit` jobs waiting for approval, those whose approval expires
+    /// soonest first.
     pub async fn awaiting_approval(&self, limit: u32) -> Result<Vec<Job>, StoreError> {
         dispatch!(self, attention::awaiting_approval(limit))
     }

@@ -145,17 +145,16 @@ pub(crate) async fn overview(
     }
     let store = &state.store;
     let now = store.now();
-    let stats = store.stats().await?;
-    let minutes = store
-        .finished_per_minute(now - jiff::SignedDuration::from_secs(3600))
-        .await?;
-    let (dead, dead_count) = store.dead_jobs(SHOWN).await?;
-    let awaiting = store.awaiting_approval(SHOWN).await?;
-    let running = store.running_by_agent().await?;
-    let agents = store.list_agents(None).await?;
-    let notifications = store
-        .list_notifications(NotificationState::Dead, SHOWN)
-        .await?;
+    // Independent reads, so they go to the pool's connections at once.
+    let (stats, minutes, (dead, dead_count), awaiting, running, agents, notifications) = tokio::try_join!(
+        store.stats(),
+        store.finished_per_minute(now - jiff::SignedDuration::from_secs(3600)),
+        store.dead_jobs(SHOWN),
+        store.awaiting_approval(SHOWN),
+        store.running_by_agent(),
+        store.list_agents(None),
+        store.list_notifications(NotificationState::Dead, SHOWN),
+    )?;
     let controllers = controller_rows(&state, now).await?;
 
     let mut queues: Vec<QueueRow> = Vec::new();

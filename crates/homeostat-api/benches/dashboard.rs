@@ -1,0 +1,189 @@
+//! The dashboard's pages at a million jobs, on PostgreSQL.
+//!
+//! `HOMEOSTAT_TEST_DATABASE_URL=postgres://… cargo bench -p homeostat-api
+//!  --bench dashboard -- [--jobs N] [--runs N]`
+//!
+//! Loads N jobs (default 1,000,000) in one statement, spread over the last
+//! 24 hours as a busy control plane keeps them until retention: 95 %
+//! succeeded, 2 % dead, 2.5 % queued over four queues, 0.3 % running on 50
+//! agents, 0.2 % scheduled. Then renders each page through the router
+//! (store queries, templates; no socket) `--runs` times and reports the
+//! median and the slowest, first on the freshly loaded table (no ANALYZE:
+//! what a new database does before autovacuum's first pass) and then after
+//! ANALYZE.
+
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::Request;
+use homeostat_api::{ApiSettings, ApiState, router};
+use homeostat_model::{ApiScope, NewAgent, PlanTier};
+use homeostat_store::{NewBootstrapToken, PgStore, Store, StoreClock, StoreOptions};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+const PAGES: [&str; 7] = [
+    "/",
+    "/jobs",
+    "/jobs?state=dead",
+    "/jobs?queue=q1&state=queued",
+    "/agents",
+    "/audit",
+    "/notifications",
+];
+
+/// One statement that writes `$1` jobs; ids are UUIDv7-shaped (time first)
+/// so that "newest first" walks the primary key as it does in production.
+const LOAD: &str = "
+WITH a AS (SELECT array_agg(id ORDER BY id) AS ids FROM agents),
+     g AS (SELECT n, (extract(epoch FROM now()) * 1000)::bigint - ($1 - n) * (86400000 / $1) AS t,
+                  n % 1000 AS r
+           FROM generate_series(1, $1) AS n)
+INSERT INTO jobs (id, tenant_id, created_at, timeout_ms, priority, max_attempts, base_priority,
+    effective_priority, run_at, queued_at, attempt, lease_token, updated_at, state, queue,
+    lease_expires_at, started_at, finished_at, lease_agent, kind, payload, fingerprint,
+    last_error, result)
+SELECT (lpad(to_hex(t), 12, '0') || '7' || substr(md5(n::text), 1, 3) || '8'
+        || substr(md5(n::text), 4, 15))::uuid,
+    $2, t, 60000, 0, 3, 0, 0,
+    CASE WHEN r >= 998 THEN t + 86400000 ELSE t END, t,
+    CASE WHEN r < 970 OR r >= 995 THEN 1 ELSE 0 END, n, t,
+    (CASE WHEN r < 950 THEN 'succeeded' WHEN r < 970 THEN 'dead' WHEN r < 995 THEN 'queued'
+          WHEN r < 998 THEN 'running' ELSE 'scheduled' END)::job_state,
+    'q' || (n % 4),
+    CASE WHEN r >= 995 AND r < 998 THEN t + 60000 END,
+    CASE WHEN r < 970 OR (r >= 995 AND r < 998) THEN t END,
+    CASE WHEN r < 970 THEN t + 1000 END,
+    CASE WHEN r < 970 OR (r >= 995 AND r < 998) THEN a.ids[1 + n % 50] END,
+    'build', '{\"repo\":\"web\",\"n\":' || n || '}', 'web@' || n,
+    CASE WHEN r >= 950 AND r < 970 THEN 'exit 3: disk full' END,
+    CASE WHEN r < 950 THEN '{\"ok\":true}' END
+FROM g, a";
+
+fn args() -> (i64, usize) {
+    let (mut jobs, mut runs) = (1_000_000, 21);
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--jobs" => jobs = it.next().and_then(|v| v.parse().ok()).expect("--jobs N"),
+            "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    (jobs, runs)
+}
+
+async fn render(app: &axum::Router, path: &str, key: &str) -> Duration {
+    let req = Request::get(path)
+        .header("cookie", format!("homeostat_session={key}"))
+        .body(Body::empty())
+        .unwrap();
+    let started = Instant::now();
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let took = started.elapsed();
+    assert!(
+        status.is_success(),
+        "{path}: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    took
+}
+
+async fn measure(app: &axum::Router, key: &str, runs: usize, label: &str) {
+    println!("{label}");
+    println!("{:<32} {:>10} {:>10}", "page", "median ms", "max ms");
+    for path in PAGES {
+        for _ in 0..3 {
+            render(app, path, key).await;
+        }
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            times.push(render(app, path, key).await);
+        }
+        times.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "{path:<32} {:>10.1} {:>10.1}",
+            ms(times[runs / 2]),
+            ms(times[runs - 1])
+        );
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let (jobs, runs) = args();
+    let test = homeostat_testkit::postgres()
+        .await
+        .expect("HOMEOSTAT_TEST_DATABASE_URL for the dashboard benchmark");
+    let url = homeostat_testkit::pg_url().unwrap();
+    let schema = test.schema().unwrap().to_owned();
+    let options = StoreOptions {
+        clock: StoreClock::system(),
+        ..StoreOptions::default()
+    };
+    let store = Store::Postgres(
+        PgStore::connect_with(homeostat_testkit::pg_connect(&url, &schema), options)
+            .await
+            .unwrap(),
+    );
+    let tenant = store
+        .create_tenant("bench", PlanTier::Standard, "bench")
+        .await
+        .unwrap();
+    let bootstrap = store
+        .issue_bootstrap_token(
+            &NewBootstrapToken {
+                tenant_id: Some(tenant.id),
+                ttl: Duration::from_secs(3600),
+                uses: 50,
+            },
+            "bench",
+        )
+        .await
+        .unwrap()
+        .secret;
+    for i in 0..50 {
+        let agent = NewAgent {
+            name: format!("agent-{i}"),
+            labels: Default::default(),
+            queues: vec![format!("q{}", i % 4)],
+        };
+        store.register_agent(&bootstrap, &agent).await.unwrap();
+    }
+    let key = store
+        .issue_api_key(ApiScope::Admin, None, "bench")
+        .await
+        .unwrap()
+        .secret;
+
+    let pool = homeostat_testkit::pg_pool(&url, &schema, 1).await;
+    let started = Instant::now();
+    sqlx::query(LOAD)
+        .bind(jobs)
+        .bind(tenant.id.as_uuid())
+        .execute(&pool)
+        .await
+        .unwrap();
+    println!(
+        "loaded {jobs} jobs in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let state = ApiState::new(
+        store.clone(),
+        ApiSettings::default(),
+        None,
+        Default::default(),
+    );
+    let app = router(state);
+    measure(&app, &key, runs, "fresh table, no ANALYZE").await;
+    sqlx::query("ANALYZE jobs").execute(&pool).await.unwrap();
+    measure(&app, &key, runs, "after ANALYZE").await;
+    pool.close().await;
+    store.close().await;
+    test.cleanup().await;
+}
