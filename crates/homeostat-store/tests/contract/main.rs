@@ -1,6 +1,7 @@
 //! The store's contract, written once and run against SQLite and
 //! PostgreSQL, by area.
 
+mod attention;
 mod audit;
 mod claims;
 mod jobs;
