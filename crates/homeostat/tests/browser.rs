@@ -116,6 +116,15 @@ async fn until_found(b: &Client, css: &str, within: Duration) -> fantoccini::ele
     }
 }
 
+async fn click(b: &Client, css: &str) {
+    b.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 async fn job_state(c: &reqwest::Client, s: &common::Server, key: &str, id: &str) -> Value {
     get_json(c, s.url(&format!("/v1/jobs/{id}")), key).await["state"].clone()
 }
@@ -194,12 +203,7 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
     shot(&b, &shots, "login").await;
     let key = b.find(Locator::Css("input#key")).await.unwrap();
     key.send_keys(&admin).await.unwrap();
-    b.find(Locator::Css("form.login button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "form.login button").await;
 
     // The overview lists the dead job under "needs attention".
     let link = format!("section.attention a[href=\"/jobs/{flaky_id}\"]");
@@ -219,12 +223,7 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
     shot(&b, &shots, "overview").await;
 
     // Open it: its error and its failed attempt.
-    b.find(Locator::Css(&link))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, &link).await;
     until_found(&b, ".job-head .st-dead", Duration::from_secs(10)).await;
     let page = b
         .find(Locator::Css("main"))
@@ -241,12 +240,7 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
     b.execute("window.homeostatMark = 'still here'", vec![])
         .await
         .unwrap();
-    b.find(Locator::Css("form[action$=\"/retry\"] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "form[action$=\"/retry\"] button").await;
     until_found(&b, ".job-head .st-succeeded", Duration::from_secs(30)).await;
     let mark: Value = b
         .execute("return window.homeostatMark || null", vec![])
@@ -297,22 +291,12 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
     // Bulk cancel: a preview says how many, the confirmation does it.
     b.goto(&server.url("/jobs?queue=reports")).await.unwrap();
     until_found(&b, "form.bulk", Duration::from_secs(10)).await;
-    b.find(Locator::Css("form.bulk button[value=cancel]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "form.bulk button[value=cancel]").await;
     let confirm = until_found(&b, "p.confirm", Duration::from_secs(10)).await;
     let text = confirm.text().await.unwrap();
     assert!(text.contains("cancel 3 jobs"), "{text}");
     shot(&b, &shots, "bulk-preview").await;
-    b.find(Locator::Css("main button.danger"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&b, "main button.danger").await;
     let notice = until_found(&b, "p.notice", Duration::from_secs(10)).await;
     assert_eq!(notice.text().await.unwrap(), "3 jobs cancelled.");
 

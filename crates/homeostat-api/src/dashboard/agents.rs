@@ -3,12 +3,12 @@
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use homeostat_model::AgentId;
 
 use super::notice::{Done, NoticeQuery};
-use super::page::{Page, Problem, ago, fragment, short, when};
+use super::page::{Page, Problem, ago, fragment, parse_id, short, when};
 use super::session::{CsrfForm, Session};
 use crate::state::ApiState;
 
@@ -70,16 +70,9 @@ pub(crate) async fn list(
         rows,
         csrf: session.csrf.clone(),
     };
-    Ok(Page {
-        title: "Agents".into(),
-        section: "Agents",
-        notice: notice.message(),
-        body: fragment(&view)?,
-        live: true,
-        self_url: "/agents".into(),
-        ..Page::default()
-    }
-    .respond(&session, &headers))
+    Ok(Page::live("Agents", "Agents", "/agents", fragment(&view)?)
+        .notice(notice.message())
+        .respond(&session, &headers))
 }
 
 /// `POST /agents/{id}/drain` (admin keys).
@@ -91,9 +84,7 @@ pub(crate) async fn drain(
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     session.require_admin()?;
-    let id: AgentId = id
-        .parse()
-        .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no agent {id}: {e}")))?;
+    let id: AgentId = parse_id("agent", &id)?;
     state.store.drain_agent(id, &session.caller.actor()).await?;
-    Ok(Redirect::to(&NoticeQuery::to("/agents", Done::Drained, None)).into_response())
+    Ok(NoticeQuery::redirect("/agents", Done::Drained, None))
 }

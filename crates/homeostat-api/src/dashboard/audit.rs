@@ -197,5 +197,5 @@ pub(crate) async fn start(
             v.outcome = Some(outcome);
         }
     });
-    Ok(Redirect::to(&NoticeQuery::to("/audit", Done::Verified, None)).into_response())
+    Ok(NoticeQuery::redirect("/audit", Done::Verified, None))
 }

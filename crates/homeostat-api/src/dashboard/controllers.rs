@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use homeostat_runtime::ControllerStatus;
 use jiff::Timestamp;
 
@@ -108,15 +108,13 @@ pub(crate) async fn list(
         rows: controller_rows(&state, now).await?,
         has_manager: state.manager.is_some(),
     };
-    Ok(Page {
-        title: "Controllers".into(),
-        section: "Controllers",
-        notice: notice.message(),
-        body: fragment(&view)?,
-        live: true,
-        self_url: "/controllers".into(),
-        ..Page::default()
-    }
+    Ok(Page::live(
+        "Controllers",
+        "Controllers",
+        "/controllers",
+        fragment(&view)?,
+    )
+    .notice(notice.message())
     .respond(&session, &headers))
 }
 
@@ -184,5 +182,5 @@ pub(crate) async fn trigger(
     session.check_csrf(&form.csrf)?;
     session.require_admin()?;
     manager(&state)?.trigger(&name).map_err(manager_error)?;
-    Ok(Redirect::to(&NoticeQuery::to("/controllers", Done::Triggered, None)).into_response())
+    Ok(NoticeQuery::redirect("/controllers", Done::Triggered, None))
 }

@@ -5,13 +5,13 @@
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use homeostat_model::{AgentId, Job, JobId, JobState, TenantId};
 use homeostat_store::JobFilter;
 use serde::Deserialize;
 
 use super::notice::{Done, NoticeQuery};
-use super::page::{Page, Problem, ago, fragment, query, short, when, when_opt};
+use super::page::{Page, Problem, ago, fragment, parse_id, query, short, when, when_opt};
 use super::session::{CsrfForm, Session};
 use crate::routes::jobs::{Operation, operate_job, visible_job};
 use crate::state::ApiState;
@@ -278,9 +278,7 @@ pub(crate) async fn show(
     Path(id): Path<String>,
     Query(notice): Query<NoticeQuery>,
 ) -> Result<Response, Problem> {
-    let id: JobId = id
-        .parse()
-        .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no job {id}: {e}")))?;
+    let id: JobId = parse_id("job", &id)?;
     let job = visible_job(&state, &session.caller, id).await?;
     let history = state
         .store
@@ -326,15 +324,13 @@ pub(crate) async fn show(
         can_approve: act && job.state == JobState::AwaitingApproval,
         csrf: session.csrf.clone(),
     };
-    Ok(Page {
-        title: format!("Job {}", short(job.id)),
-        section: "Jobs",
-        notice: notice.message(),
-        body: fragment(&view)?,
-        live: true,
-        self_url: format!("/jobs/{id}"),
-        ..Page::default()
-    }
+    Ok(Page::live(
+        format!("Job {}", short(job.id)),
+        "Jobs",
+        format!("/jobs/{id}"),
+        fragment(&view)?,
+    )
+    .notice(notice.message())
     .respond(&session, &headers))
 }
 
@@ -366,11 +362,9 @@ pub(crate) async fn act(
     session.check_csrf(&form.csrf)?;
     session.require_write()?;
     let (op, done) = operation(&action)?;
-    let id: JobId = id
-        .parse()
-        .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no job {id}: {e}")))?;
+    let id: JobId = parse_id("job", &id)?;
     operate_job(&state, &session.caller, id, op).await?;
-    Ok(Redirect::to(&NoticeQuery::to(&format!("/jobs/{id}"), done, None)).into_response())
+    Ok(NoticeQuery::redirect(&format!("/jobs/{id}"), done, None))
 }
 
 /// The bulk form: the action, the list's filters, and whether the preview
@@ -489,10 +483,9 @@ pub(crate) async fn bulk(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Redirect::to(&NoticeQuery::to(
+    Ok(NoticeQuery::redirect(
         &form.filters.url(),
         done,
         Some(done_count),
     ))
-    .into_response())
 }

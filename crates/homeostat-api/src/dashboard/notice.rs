@@ -2,6 +2,7 @@
 //! travel in the address, never text, so a link made elsewhere cannot put
 //! words in the dashboard's mouth.
 
+use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
 
 /// What was done, from the `done` query parameter.
@@ -45,6 +46,11 @@ impl NoticeQuery {
             (Done::Cancelled | Done::Retried | Done::Approved, None) => format!("Job {what}."),
             _ => what.to_owned(),
         })
+    }
+
+    /// The redirect to `path` telling `done` (Post/Redirect/Get).
+    pub(crate) fn redirect(path: &str, done: Done, n: Option<u64>) -> Response {
+        Redirect::to(&Self::to(path, done, n)).into_response()
     }
 
     /// The address of `path` telling `done`.

@@ -2,12 +2,12 @@
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use homeostat_model::{NotificationId, NotificationState};
 
 use super::notice::{Done, NoticeQuery};
-use super::page::{Page, Problem, ago, fragment, short};
+use super::page::{Page, Problem, ago, fragment, parse_id, short};
 use super::session::{CsrfForm, Session};
 use crate::state::ApiState;
 
@@ -58,15 +58,13 @@ pub(crate) async fn list(
         can_redrive: session.is_admin(),
         csrf: session.csrf.clone(),
     };
-    Ok(Page {
-        title: "Dead notifications".into(),
-        section: "Notifications",
-        notice: notice.message(),
-        body: fragment(&view)?,
-        live: true,
-        self_url: "/notifications".into(),
-        ..Page::default()
-    }
+    Ok(Page::live(
+        "Dead notifications",
+        "Notifications",
+        "/notifications",
+        fragment(&view)?,
+    )
+    .notice(notice.message())
     .respond(&session, &headers))
 }
 
@@ -79,12 +77,14 @@ pub(crate) async fn redrive(
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     session.require_admin()?;
-    let id: NotificationId = id
-        .parse()
-        .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no notification {id}: {e}")))?;
+    let id: NotificationId = parse_id("notification", &id)?;
     state
         .store
         .redrive_notification(id, &session.caller.actor())
         .await?;
-    Ok(Redirect::to(&NoticeQuery::to("/notifications", Done::Redriven, None)).into_response())
+    Ok(NoticeQuery::redirect(
+        "/notifications",
+        Done::Redriven,
+        None,
+    ))
 }

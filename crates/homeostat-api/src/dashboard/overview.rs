@@ -259,15 +259,7 @@ pub(crate) async fn overview(
             .collect(),
         attention,
     };
-    Ok(Page {
-        title: "Overview".into(),
-        section: "Overview",
-        body: fragment(&view)?,
-        live: true,
-        self_url: "/".into(),
-        ..Page::default()
-    }
-    .respond(&session, &headers))
+    Ok(Page::live("Overview", "Overview", "/", fragment(&view)?).respond(&session, &headers))
 }
 
 #[cfg(test)]

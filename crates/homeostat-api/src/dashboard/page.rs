@@ -59,6 +59,29 @@ pub(crate) struct Page {
 }
 
 impl Page {
+    /// A page whose `body` refreshes itself from `self_url`.
+    pub(crate) fn live(
+        title: impl Into<String>,
+        section: &'static str,
+        self_url: impl Into<String>,
+        body: String,
+    ) -> Self {
+        Self {
+            title: title.into(),
+            section,
+            body,
+            live: true,
+            self_url: self_url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// With the sentence an action left for it.
+    pub(crate) fn notice(mut self, notice: Option<String>) -> Self {
+        self.notice = notice;
+        self
+    }
+
     /// The document, or for htmx's own requests (polling, not a boosted
     /// navigation) only the live part.
     pub(crate) fn respond(self, session: &Session, headers: &HeaderMap) -> Response {
@@ -168,6 +191,16 @@ impl IntoResponse for Problem {
         };
         (self.status, html(page.render())).into_response()
     }
+}
+
+/// An id from the address; one that does not parse names no entity (404).
+pub(crate) fn parse_id<T>(what: &str, raw: &str) -> Result<T, Problem>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    raw.parse()
+        .map_err(|e| Problem::new(StatusCode::NOT_FOUND, format!("no {what} {raw}: {e}")))
 }
 
 /// `t` relative to `now`: "12 s ago", "in 3 min".
