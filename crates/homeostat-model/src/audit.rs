@@ -78,6 +78,9 @@ pub enum AuditAction {
     /// An operator sent a dead notification again.
     #[serde(rename = "notification.redriven")]
     NotificationRedriven,
+    /// An operator asked a controller to run now.
+    #[serde(rename = "controller.triggered")]
+    ControllerTriggered,
     /// Running jobs whose lease expired were re-queued or went dead.
     #[serde(rename = "jobs.lease_expired")]
     JobsLeaseExpired,
@@ -112,7 +115,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 22] = [
+    pub const ALL: [AuditAction; 23] = [
         AuditAction::TenantCreated,
         AuditAction::TenantTierChanged,
         AuditAction::TokenCreated,
@@ -125,6 +128,7 @@ impl AuditAction {
         AuditAction::JobApproved,
         AuditAction::JobRedriven,
         AuditAction::NotificationRedriven,
+        AuditAction::ControllerTriggered,
         AuditAction::JobsLeaseExpired,
         AuditAction::JobsAgentOffline,
         AuditAction::JobsDeadlinePassed,
@@ -152,6 +156,7 @@ impl AuditAction {
             AuditAction::JobApproved => "job.approved",
             AuditAction::JobRedriven => "job.redriven",
             AuditAction::NotificationRedriven => "notification.redriven",
+            AuditAction::ControllerTriggered => "controller.triggered",
             AuditAction::JobsLeaseExpired => "jobs.lease_expired",
             AuditAction::JobsAgentOffline => "jobs.agent_offline",
             AuditAction::JobsDeadlinePassed => "jobs.deadline_passed",

@@ -181,6 +181,6 @@ pub(crate) async fn trigger(
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     session.require_admin()?;
-    manager(&state)?.trigger(&name).map_err(manager_error)?;
+    crate::routes::admin::trigger(&state, &session.caller, &name).await?;
     Ok(NoticeQuery::redirect("/controllers", Done::Triggered, None))
 }

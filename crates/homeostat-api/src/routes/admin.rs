@@ -457,9 +457,24 @@ pub(crate) async fn trigger_controller(
     Path(name): Path<String>,
     _: NoBody,
 ) -> Result<StatusCode, ApiError> {
-    caller.require_admin()?;
-    manager(&state)?.trigger(&name).map_err(manager_error)?;
+    trigger(&state, &caller, &name).await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Makes a run of `name` due now (admin keys), audited as the caller.
+pub(crate) async fn trigger(state: &ApiState, caller: &Caller, name: &str) -> Result<(), ApiError> {
+    caller.require_admin()?;
+    manager(state)?.trigger(name).map_err(manager_error)?;
+    state
+        .store
+        .append_audit(&[homeostat_model::NewAuditEvent {
+            actor: caller.actor(),
+            action: homeostat_model::AuditAction::ControllerTriggered.into(),
+            subject: format!("controller:{name}"),
+            details: serde_json::json!({}),
+        }])
+        .await?;
+    Ok(())
 }
 
 #[utoipa::path(
