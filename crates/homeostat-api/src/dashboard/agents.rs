@@ -2,7 +2,9 @@
 //! jobs; drain.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+
+use super::extract::{Form, Query};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use homeostat_model::AgentId;
@@ -80,7 +82,7 @@ pub(crate) async fn drain(
     State(state): State<ApiState>,
     session: Session,
     Path(id): Path<String>,
-    axum::Form(form): axum::Form<CsrfForm>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     session.require_admin()?;

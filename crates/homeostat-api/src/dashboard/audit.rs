@@ -4,7 +4,9 @@
 use std::sync::{Arc, Mutex};
 
 use askama::Template;
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use super::extract::{Form, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use homeostat_store::AuditFilter;
@@ -153,7 +155,7 @@ pub(crate) async fn progress(
 pub(crate) async fn start(
     State(state): State<ApiState>,
     session: Session,
-    axum::Form(form): axum::Form<CsrfForm>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     session.require_admin()?;

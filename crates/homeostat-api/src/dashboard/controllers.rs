@@ -5,7 +5,9 @@
 use std::time::SystemTime;
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+
+use super::extract::{Form, Query};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use homeostat_runtime::ControllerStatus;
@@ -177,7 +179,7 @@ pub(crate) async fn trigger(
     State(state): State<ApiState>,
     session: Session,
     Path(name): Path<String>,
-    axum::Form(form): axum::Form<CsrfForm>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     session.require_admin()?;

@@ -3,7 +3,9 @@
 //! bulk cancel or retry of a filtered set after a preview of its size.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+
+use super::extract::{Form, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use homeostat_model::{AgentId, Job, JobId, JobState, TenantId};
@@ -357,7 +359,7 @@ pub(crate) async fn act(
     State(state): State<ApiState>,
     session: Session,
     Path((id, action)): Path<(String, String)>,
-    axum::Form(form): axum::Form<CsrfForm>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     session.require_write()?;
@@ -429,7 +431,7 @@ pub(crate) async fn bulk(
     State(state): State<ApiState>,
     session: Session,
     headers: HeaderMap,
-    axum::Form(form): axum::Form<BulkForm>,
+    Form(form): Form<BulkForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     session.require_write()?;

@@ -7,6 +7,7 @@
 mod agents;
 mod audit;
 mod controllers;
+mod extract;
 mod jobs;
 mod notice;
 mod notifications;

@@ -1,7 +1,9 @@
 //! `/notifications`: notifications that could not be delivered; redrive.
 
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
+
+use super::extract::{Form, Query};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use homeostat_model::{NotificationId, NotificationState};
@@ -73,7 +75,7 @@ pub(crate) async fn redrive(
     State(state): State<ApiState>,
     session: Session,
     Path(id): Path<String>,
-    axum::Form(form): axum::Form<CsrfForm>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     session.require_admin()?;

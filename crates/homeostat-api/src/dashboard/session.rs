@@ -14,6 +14,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+use super::extract::Form;
 use super::page::{Problem, render_login};
 use crate::auth::{Caller, Role};
 use crate::state::ApiState;
@@ -157,10 +158,7 @@ pub(crate) async fn login_page() -> Response {
 
 /// `POST /login`: a live API key sets the cookie; anything else is the
 /// form again with why.
-pub(crate) async fn login(
-    State(state): State<ApiState>,
-    axum::Form(form): axum::Form<SignIn>,
-) -> Response {
+pub(crate) async fn login(State(state): State<ApiState>, Form(form): Form<SignIn>) -> Response {
     let key = form.key.trim();
     if key.is_empty() {
         return render_login(Some("Enter an API key."), StatusCode::UNPROCESSABLE_ENTITY);
@@ -199,7 +197,7 @@ pub(crate) struct CsrfForm {
 /// `POST /logout`: clears the cookie.
 pub(crate) async fn logout(
     session: Session,
-    axum::Form(form): axum::Form<CsrfForm>,
+    Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     let mut r = Redirect::to("/login").into_response();
