@@ -22,10 +22,11 @@ use homeostat_store::{NewBootstrapToken, PgStore, Store, StoreClock, StoreOption
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-const PAGES: [&str; 7] = [
+const PAGES: [&str; 8] = [
     "/",
     "/jobs",
     "/jobs?state=dead",
+    "/jobs?state=awaiting_approval",
     "/jobs?queue=q1&state=queued",
     "/agents",
     "/audit",

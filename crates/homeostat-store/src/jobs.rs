@@ -368,7 +368,20 @@ pub(crate) async fn list_jobs<B: Backend>(
     limit: u32,
 ) -> Result<Page<Job>, StoreError> {
     let limit = limit.clamp(1, 1000);
-    let stmt = Stmt::new::<B>(LIST)
+    // With the state as a literal, the planner can read that state's
+    // partial index (dead jobs newest first from `jobs_dead`) instead of
+    // walking every newer job to find a rare state; the generic
+    // `$2 IS NULL OR …` form matches no partial index. The literal comes
+    // from the enum, never from the caller's text.
+    let stmt = match filter.state {
+        Some(state) => Stmt::dynamic(LIST.text::<B>().replacen(
+            "WHERE ",
+            &format!("WHERE state = '{}' AND ", state.as_str()),
+            1,
+        )),
+        None => Stmt::new::<B>(LIST),
+    };
+    let stmt = stmt
         .arg(filter.tenant_id)
         .arg(filter.state.map(|s| s.as_str()))
         .arg(filter.queue.as_deref())

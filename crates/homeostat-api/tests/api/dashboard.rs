@@ -296,8 +296,16 @@ async fn signing_in_sets_an_http_only_strict_cookie(store: &Store) {
         .form("/login", None, &[("key", &api.admin), ("remember", "1")])
         .await;
     assert!(unknown_field.status.is_client_error());
-    assert!(unknown_field.text.contains("<!doctype html>"), "{}", unknown_field.text);
-    assert!(unknown_field.text.contains("remember"), "{}", unknown_field.text);
+    assert!(
+        unknown_field.text.contains("<!doctype html>"),
+        "{}",
+        unknown_field.text
+    );
+    assert!(
+        unknown_field.text.contains("remember"),
+        "{}",
+        unknown_field.text
+    );
     let odd_notice = api.page("/jobs?done=exploded", &api.admin).await;
     assert_eq!(odd_notice.status, StatusCode::BAD_REQUEST);
     assert!(odd_notice.text.contains("exploded"), "{}", odd_notice.text);
