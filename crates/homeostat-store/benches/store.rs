@@ -2,11 +2,12 @@
 //!
 //! `cargo bench -p homeostat-store --bench store -- [--backend sqlite|postgres|both]
 //!  [--jobs N] [--workers N] [--batch N] [--runs N] [--only store|baseline] [--sweep-rows N]
-//!  [--skip-lifecycle] [--skip-sweeps] [--plans] [--cold | --steady]`
+//!  [--skip-lifecycle] [--skip-sweeps] [--plans] [--cold | --steady [--producers N]]`
 //!
 //! `--cold` pairs each analyzed lifecycle with one on a table never
-//! analyzed; `--steady` with one whose jobs a producer enqueues while the
-//! workers drain them. Both replace the raw-SQL side of the pair.
+//! analyzed; `--steady` with one whose jobs producers (2 by default, so that
+//! on two cores they enqueue faster than the workers drain) enqueue while
+//! the workers drain them. Both replace the raw-SQL side of the pair.
 //!
 //! PostgreSQL comes from `HOMEOSTAT_TEST_DATABASE_URL`; every run uses a
 //! fresh schema (dropped afterwards) and SQLite a fresh file.
@@ -37,6 +38,8 @@ struct Args {
     /// Compare the analyzed lifecycle with a cold or steady one instead of
     /// with the raw-SQL baseline.
     against: Option<Load>,
+    /// Producer tasks of the steady load.
+    producers: usize,
 }
 
 fn args() -> Args {
@@ -52,6 +55,7 @@ fn args() -> Args {
         runs: 5,
         only: None,
         against: None,
+        producers: 2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -82,6 +86,12 @@ fn args() -> Args {
             "--plans" => a.plans = true,
             "--cold" => a.against = Some(Load::Cold),
             "--steady" => a.against = Some(Load::Steady),
+            "--producers" => {
+                a.producers = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--producers N")
+            }
             _ => {}
         }
     }
@@ -251,7 +261,14 @@ enum Load {
 
 /// The full lifecycle through the store's API: jobs per second drained,
 /// and the batch enqueue rate.
-async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32, load: Load) -> (Run, f64) {
+async fn lifecycle(
+    db: &Db,
+    jobs: usize,
+    workers: usize,
+    batch: u32,
+    load: Load,
+    producers: usize,
+) -> (Run, f64) {
     let tenant = db
         .store
         .create_tenant("bench", PlanTier::Standard, "bench")
@@ -264,22 +281,28 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32, load: Load)
     }
     let enqueue = {
         let store = db.store.clone();
-        move |chunk: usize| {
+        move |chunk: usize, total: usize| {
             let store = store.clone();
             async move {
                 let new: Vec<NewJob> = (0..chunk).map(|_| NewJob::new("bench", "noop")).collect();
                 let start = Instant::now();
-                for _ in 0..jobs / chunk {
+                for _ in 0..total / chunk {
                     store.enqueue_batch(tenant.id, &new).await.unwrap();
                 }
-                jobs as f64 / start.elapsed().as_secs_f64()
+                if total % chunk > 0 {
+                    store
+                        .enqueue_batch(tenant.id, &new[..total % chunk])
+                        .await
+                        .unwrap();
+                }
+                total as f64 / start.elapsed().as_secs_f64()
             }
         }
     };
     let mut enqueue_rate = f64::NAN;
     match load {
         Load::Analyzed | Load::Cold => {
-            enqueue_rate = enqueue(1000).await;
+            enqueue_rate = enqueue(1000, jobs).await;
             if load == Load::Analyzed {
                 match db.store {
                     Store::Postgres(_) => db.exec("VACUUM ANALYZE jobs".into()).await,
@@ -296,9 +319,22 @@ async fn lifecycle(db: &Db, jobs: usize, workers: usize, batch: u32, load: Load)
         let producing = Arc::clone(&producing);
         let enqueue = enqueue.clone();
         tokio::spawn(async move {
-            let rate = enqueue(1000).await;
+            // Several producers, each enqueueing its share: one alone, on
+            // two cores shared with the workers and PostgreSQL, enqueues no
+            // faster than they drain, and the run would measure it instead.
+            let n = producers.max(1);
+            let start = Instant::now();
+            let tasks: Vec<_> = (0..n)
+                .map(|i| {
+                    let share = jobs / n + if i == 0 { jobs % n } else { 0 };
+                    tokio::spawn(enqueue.clone()(1000, share))
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
             producing.store(false, std::sync::atomic::Ordering::Release);
-            rate
+            jobs as f64 / start.elapsed().as_secs_f64()
         })
     });
     let mut tasks = Vec::new();
@@ -810,15 +846,23 @@ async fn main() {
                         (Run::skipped(), f64::NAN)
                     } else {
                         let db = fresh(backend, StoreClock::system()).await;
-                        let s =
-                            lifecycle(&db, args.jobs, args.workers, batch, Load::Analyzed).await;
+                        let s = lifecycle(
+                            &db,
+                            args.jobs,
+                            args.workers,
+                            batch,
+                            Load::Analyzed,
+                            args.producers,
+                        )
+                        .await;
                         db.drop_all().await;
                         s
                     };
                     let r = if let Some(load) = args.against {
                         let db = fresh(backend, StoreClock::system()).await;
                         let (r, other_enqueue) =
-                            lifecycle(&db, args.jobs, args.workers, batch, load).await;
+                            lifecycle(&db, args.jobs, args.workers, batch, load, args.producers)
+                                .await;
                         db.drop_all().await;
                         println!(
                             "{backend} {load:?} batch={batch} run {run}: {:.0} jobs/s against {:.0} analyzed, ratio {:.2}; enqueue {other_enqueue:.0} jobs/s",
