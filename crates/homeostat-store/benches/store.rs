@@ -289,7 +289,7 @@ async fn lifecycle(
                 for _ in 0..total / chunk {
                     store.enqueue_batch(tenant.id, &new).await.unwrap();
                 }
-                if total % chunk > 0 {
+                if !total.is_multiple_of(chunk) {
                     store
                         .enqueue_batch(tenant.id, &new[..total % chunk])
                         .await

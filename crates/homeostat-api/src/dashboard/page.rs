@@ -42,6 +42,7 @@ struct Bare<'a> {
     title: &'a str,
     error: Option<&'a str>,
     login: bool,
+    csrf: &'a str,
 }
 
 /// One page: its title, the navigation entry it belongs to, a part that
@@ -119,12 +120,13 @@ fn html(rendered: askama::Result<String>) -> Response {
     }
 }
 
-/// The sign-in page, with why the last attempt failed.
-pub(crate) fn render_login(error: Option<&str>, status: StatusCode) -> Response {
+/// The sign-in page, with why the last attempt failed and the form's token.
+pub(crate) fn render_login(error: Option<&str>, status: StatusCode, csrf: &str) -> Response {
     let page = Bare {
         title: "Sign in",
         error,
         login: true,
+        csrf,
     };
     (status, html(page.render())).into_response()
 }
@@ -188,6 +190,7 @@ impl IntoResponse for Problem {
             title,
             error: Some(&self.message),
             login: false,
+            csrf: "",
         };
         (self.status, html(page.render())).into_response()
     }

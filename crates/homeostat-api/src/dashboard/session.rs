@@ -20,6 +20,10 @@ use crate::auth::{Caller, Role};
 use crate::state::ApiState;
 
 const COOKIE_NAME: &str = "homeostat_session";
+/// The sign-in form's own token (double-submit: the cookie and the form
+/// must agree), so that another site cannot sign a browser in with a key
+/// of its choosing.
+const LOGIN_COOKIE: &str = "homeostat_login";
 
 /// A signed-in operator: the key's identity and the CSRF token its forms
 /// carry.
@@ -98,19 +102,39 @@ fn csrf_token(secret: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// The session cookie's value, if the request carries one.
-fn session_secret(headers: &HeaderMap) -> Option<String> {
-    // A Cookie header is `name=value; name=value`; the key's alphabet
-    // needs no decoding.
+/// The value of cookie `wanted`, if the request carries it.
+fn cookie(headers: &HeaderMap, wanted: &str) -> Option<String> {
+    // A Cookie header is `name=value; name=value`; the values this site
+    // sets (keys, hex tokens) need no decoding.
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE_NAME)
+        .find(|(name, _)| *name == wanted)
         .map(|(_, value)| value.trim().to_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// The session cookie's value, if the request carries one.
+fn session_secret(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, COOKIE_NAME)
+}
+
+/// The sign-in page with a fresh form token, in the form and in a cookie
+/// that only `/login` receives.
+fn login_form(error: Option<&str>, status: StatusCode) -> Response {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    let token = hex::encode(bytes);
+    let mut r = render_login(error, status, &token);
+    let cookie = format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict");
+    r.headers_mut().append(
+        SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("a hex token is a header value"),
+    );
+    r
 }
 
 /// Where an unauthenticated request goes: the sign-in page (for htmx, by
@@ -149,19 +173,32 @@ impl FromRequestParts<ApiState> for Session {
 #[serde(deny_unknown_fields)]
 pub(crate) struct SignIn {
     key: String,
+    #[serde(default)]
+    csrf: String,
 }
 
 /// `GET /login`.
 pub(crate) async fn login_page() -> Response {
-    render_login(None, StatusCode::OK)
+    login_form(None, StatusCode::OK)
 }
 
 /// `POST /login`: a live API key sets the cookie; anything else is the
 /// form again with why.
-pub(crate) async fn login(State(state): State<ApiState>, Form(form): Form<SignIn>) -> Response {
+pub(crate) async fn login(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Form(form): Form<SignIn>,
+) -> Response {
+    let issued = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if issued.is_empty() || !bool::from(issued.as_bytes().ct_eq(form.csrf.as_bytes())) {
+        return login_form(
+            Some("This sign-in form was not this site's, or it expired: enter the key again."),
+            StatusCode::FORBIDDEN,
+        );
+    }
     let key = form.key.trim();
     if key.is_empty() {
-        return render_login(Some("Enter an API key."), StatusCode::UNPROCESSABLE_ENTITY);
+        return login_form(Some("Enter an API key."), StatusCode::UNPROCESSABLE_ENTITY);
     }
     match state.store.authenticate_api_key(key).await {
         Ok(_) => {
@@ -172,13 +209,13 @@ pub(crate) async fn login(State(state): State<ApiState>, Form(form): Form<SignIn
                     r.headers_mut().insert(SET_COOKIE, v);
                     r
                 }
-                Err(_) => render_login(
+                Err(_) => login_form(
                     Some("That is not an API key."),
                     StatusCode::UNPROCESSABLE_ENTITY,
                 ),
             }
         }
-        Err(e) if e.code() == "unauthorized" => render_login(
+        Err(e) if e.code() == "unauthorized" => login_form(
             Some("That API key is unknown, revoked or expired."),
             StatusCode::UNAUTHORIZED,
         ),

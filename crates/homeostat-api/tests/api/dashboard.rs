@@ -11,6 +11,7 @@ use axum::http::{Request, StatusCode};
 use homeostat_model::{ApiScope, JobState};
 use homeostat_store::Store;
 use homeostat_testkit::on_both_backends;
+use http_body_util::BodyExt;
 use serde_json::json;
 
 use crate::{Answer, Api};
@@ -92,6 +93,79 @@ async fn redirect_of(
             .map(|v| v.to_str().unwrap().to_owned())
     };
     (res.status(), header("location"), header("set-cookie"))
+}
+
+/// What a sign-in answered.
+struct SignedIn {
+    status: StatusCode,
+    location: Option<String>,
+    /// The session cookie it set, if any.
+    session: Option<String>,
+    text: String,
+}
+
+/// Posts the sign-in form with `fields`, as a browser that loaded the form
+/// first (its token in the form and in the cookie) or, when `from_form` is
+/// false, as a page of another site would (neither).
+async fn sign_in(api: &Api, fields: &[(&str, &str)], from_form: bool) -> SignedIn {
+    use tower::ServiceExt;
+    let mut fields: Vec<(&str, String)> = fields.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    let mut req =
+        Request::post("/login").header("content-type", "application/x-www-form-urlencoded");
+    if from_form {
+        let res = api
+            .app
+            .clone()
+            .oneshot(Request::get("/login").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("Path=/login"),
+            "{cookie}"
+        );
+        let pair = cookie.split(';').next().unwrap().to_owned();
+        let token = pair.split_once('=').unwrap().1.to_owned();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let page = String::from_utf8_lossy(&body);
+        assert!(
+            page.contains(&format!("name=\"csrf\" value=\"{token}\"")),
+            "{page}"
+        );
+        fields.push(("csrf", token));
+        req = req.header("cookie", pair);
+    }
+    let body: String = fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    let res = api
+        .app
+        .clone()
+        .oneshot(req.body(Body::from(body)).unwrap())
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        res.headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|v| name != "set-cookie" || v.starts_with("homeostat_session="))
+    };
+    let (status, location, session) = (res.status(), header("location"), header("set-cookie"));
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    SignedIn {
+        status,
+        location,
+        session,
+        text: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 /// A store with something in every state a page shows: queued, running,
@@ -285,16 +359,15 @@ async fn signing_in_sets_an_http_only_strict_cookie(store: &Store) {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(res.headers()["hx-redirect"], "/login");
 
-    let wrong = api.form("/login", None, &[("key", "hsk_not_a_key")]).await;
+    let wrong = sign_in(&api, &[("key", "hsk_not_a_key")], true).await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert!(
         wrong.text.contains("unknown, revoked or expired"),
         "{}",
         wrong.text
     );
-    let unknown_field = api
-        .form("/login", None, &[("key", &api.admin), ("remember", "1")])
-        .await;
+    assert!(wrong.session.is_none());
+    let unknown_field = sign_in(&api, &[("key", &api.admin), ("remember", "1")], true).await;
     assert!(unknown_field.status.is_client_error());
     assert!(
         unknown_field.text.contains("<!doctype html>"),
@@ -310,17 +383,18 @@ async fn signing_in_sets_an_http_only_strict_cookie(store: &Store) {
     assert_eq!(odd_notice.status, StatusCode::BAD_REQUEST);
     assert!(odd_notice.text.contains("exploded"), "{}", odd_notice.text);
 
-    let body = format!(
-        "key={}",
-        form_urlencoded::byte_serialize(api.admin.as_bytes()).collect::<String>()
+    // A sign-in form posted from elsewhere (without this site's form
+    // token) signs nobody in, even with a live key.
+    let forged = sign_in(&api, &[("key", &api.admin)], false).await;
+    assert_eq!(forged.status, StatusCode::FORBIDDEN, "{}", forged.text);
+    assert!(forged.session.is_none());
+
+    let signed = sign_in(&api, &[("key", &api.admin)], true).await;
+    assert_eq!(
+        (signed.status, signed.location.as_deref()),
+        (StatusCode::SEE_OTHER, Some("/"))
     );
-    let req = Request::post("/login")
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(Body::from(body))
-        .unwrap();
-    let (status, to, cookie) = redirect_of(&api, req).await;
-    assert_eq!((status, to.as_deref()), (StatusCode::SEE_OTHER, Some("/")));
-    let cookie = cookie.expect("a session cookie");
+    let cookie = signed.session.expect("a session cookie");
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(cookie.contains("SameSite=Strict"), "{cookie}");
 
