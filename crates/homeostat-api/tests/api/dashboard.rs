@@ -38,16 +38,7 @@ impl Api {
 
     /// A form posted by a browser signed in with `key` (none: signed out).
     async fn form(&self, path: &str, key: Option<&str>, fields: &[(&str, &str)]) -> Answer {
-        let body: String = fields
-            .iter()
-            .map(|(k, v)| {
-                format!(
-                    "{k}={}",
-                    form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("&");
+        let body = form_body(fields.iter().copied());
         let mut req =
             Request::post(path).header("content-type", "application/x-www-form-urlencoded");
         if let Some(key) = key {
@@ -95,6 +86,13 @@ async fn redirect_of(
     (res.status(), header("location"), header("set-cookie"))
 }
 
+/// `fields` as a form body (`application/x-www-form-urlencoded`).
+fn form_body<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish()
+}
+
 /// What a sign-in answered.
 struct SignedIn {
     status: StatusCode,
@@ -135,16 +133,7 @@ async fn sign_in(api: &Api, fields: &[(&str, &str)], from_form: bool) -> SignedI
         fields.push(("csrf", token));
         req = req.header("cookie", pair);
     }
-    let body: String = fields
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}={}",
-                form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("&");
+    let body = form_body(fields.iter().map(|(k, v)| (*k, v.as_str())));
     let res = api
         .app
         .clone()
