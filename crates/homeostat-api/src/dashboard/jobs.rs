@@ -387,6 +387,7 @@ pub(crate) struct BulkForm {
 struct BulkPreview<'a> {
     action: &'a str,
     verb: &'a str,
+    label: &'a str,
     applies: u64,
     matching: u64,
     capped: bool,
@@ -459,6 +460,7 @@ pub(crate) async fn bulk(
         let view = BulkPreview {
             action: &form.action,
             verb,
+            label: if verb == "cancel" { "Cancel" } else { "Retry" },
             applies: ids.len() as u64,
             matching: read,
             capped,
