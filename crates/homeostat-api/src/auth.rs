@@ -27,6 +27,10 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         })
 }
 
+fn read_only() -> ApiError {
+    ApiError::forbidden("a viewer API key is read only: it sees everything and changes nothing")
+}
+
 /// An authenticated agent.
 #[derive(Debug, Clone, Copy)]
 pub struct AgentCaller {
@@ -93,19 +97,43 @@ impl Caller {
         format!("api_key:{}", self.token_id)
     }
 
+    /// Whether this key may change jobs (admin, tenant; a viewer sees
+    /// everything and changes nothing).
+    pub fn may_write(&self) -> bool {
+        self.role != Role::Viewer
+    }
+
+    /// Whether this is an admin key.
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
     /// Admin keys only.
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.role {
             Role::Admin => Ok(()),
-            _ => Err(ApiError::forbidden("this needs an admin API key")),
+            Role::Viewer => Err(read_only()),
+            Role::Tenant(_) => Err(ApiError::forbidden("this needs an admin API key")),
         }
     }
 
     /// Keys that may change jobs (admin, tenant).
     pub fn require_write(&self) -> Result<(), ApiError> {
+        if self.may_write() {
+            Ok(())
+        } else {
+            Err(read_only())
+        }
+    }
+
+    /// Admin and viewer keys: `what` spans tenants, and a tenant key sees
+    /// its own tenant only.
+    pub fn require_operator(&self, what: &str) -> Result<(), ApiError> {
         match self.role {
-            Role::Viewer => Err(ApiError::forbidden("a viewer API key is read only")),
-            _ => Ok(()),
+            Role::Tenant(_) => Err(ApiError::forbidden(format!(
+                "{what} spans tenants: it needs an admin or viewer API key"
+            ))),
+            Role::Admin | Role::Viewer => Ok(()),
         }
     }
 

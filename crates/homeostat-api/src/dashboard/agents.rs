@@ -43,10 +43,9 @@ pub(crate) async fn list(
     Query(notice): Query<NoticeQuery>,
 ) -> Result<Response, Problem> {
     let now = state.store.now();
-    let mut agents = state.store.list_agents(session.caller.tenant()).await?;
-    agents.retain(|a| session.caller.sees(a.tenant_id));
+    let agents = crate::routes::admin::visible_agents(&state, &session.caller).await?;
     let running = state.store.running_by_agent().await?;
-    let admin = session.is_admin();
+    let admin = session.caller.is_admin();
     let rows = agents
         .iter()
         .map(|a| Row {
@@ -85,8 +84,7 @@ pub(crate) async fn drain(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
-    session.require_admin()?;
     let id: AgentId = parse_id("agent", &id)?;
-    state.store.drain_agent(id, &session.caller.actor()).await?;
+    crate::routes::admin::drain(&state, &session.caller, id).await?;
     Ok(NoticeQuery::redirect("/agents", Done::Drained, None))
 }

@@ -124,7 +124,7 @@ pub(crate) async fn list(
     };
     let head = FiltersView {
         f: &f,
-        can_verify: session.is_admin(),
+        can_verify: session.caller.is_admin(),
         csrf: &session.csrf,
         verify: verify_fragment(&state)?,
     };
@@ -158,7 +158,7 @@ pub(crate) async fn start(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
-    session.require_admin()?;
+    session.caller.require_admin()?;
     let total = state.store.audit_len().await?;
     {
         let mut slot = state.verification.lock().unwrap();

@@ -181,7 +181,7 @@ pub(crate) async fn list(
     let head = FiltersView {
         f: &filters,
         states: JobState::ALL.iter().map(|s| s.as_str()).collect(),
-        can_act: session.can_act(),
+        can_act: session.caller.may_write(),
         csrf: &session.csrf,
         tenant_key: session.caller.tenant().is_some(),
     };
@@ -287,7 +287,7 @@ pub(crate) async fn show(
         .audit_events_of(&format!("job:{id}"), 1000)
         .await?;
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
-    let act = session.can_act();
+    let act = session.caller.may_write();
     let view = JobView {
         id: job.id.to_string(),
         state: job.state.as_str(),
@@ -362,7 +362,7 @@ pub(crate) async fn act(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
-    session.require_write()?;
+    // The operation refuses what the key may not do, as the API does.
     let (op, done) = operation(&action)?;
     let id: JobId = parse_id("job", &id)?;
     operate_job(&state, &session.caller, id, op).await?;
@@ -435,7 +435,8 @@ pub(crate) async fn bulk(
     Form(form): Form<BulkForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
-    session.require_write()?;
+    // Before the preview too: a viewer is offered no bulk action.
+    session.caller.require_write()?;
     let (op, done, verb, applies): (_, _, _, fn(JobState) -> bool) = match form.action.as_str() {
         "cancel" => (Operation::Cancel, Done::Cancelled, "cancel", |s| {
             s.can_become(JobState::Cancelled)

@@ -57,7 +57,7 @@ pub(crate) async fn list(
                 created: ago(now, n.created_at),
             })
             .collect(),
-        can_redrive: session.is_admin(),
+        can_redrive: session.caller.is_admin(),
         csrf: session.csrf.clone(),
     };
     Ok(Page::live(
@@ -78,12 +78,8 @@ pub(crate) async fn redrive(
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
-    session.require_admin()?;
     let id: NotificationId = parse_id("notification", &id)?;
-    state
-        .store
-        .redrive_notification(id, &session.caller.actor())
-        .await?;
+    crate::routes::admin::redrive(&state, &session.caller, id).await?;
     Ok(NoticeQuery::redirect(
         "/notifications",
         Done::Redriven,

@@ -145,27 +145,6 @@ impl Problem {
             message: message.into(),
         }
     }
-
-    /// 403 for what only an admin key may do.
-    pub(crate) fn admin_only() -> Self {
-        Self::new(StatusCode::FORBIDDEN, "This needs an admin API key.")
-    }
-
-    /// 403 for a page that spans tenants, to a tenant key.
-    pub(crate) fn spans_tenants() -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "This page spans tenants: it needs an admin or viewer API key.",
-        )
-    }
-
-    /// 403 for a viewer's action.
-    pub(crate) fn read_only() -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            "A viewer API key sees everything and can act on nothing.",
-        )
-    }
 }
 
 impl From<ApiError> for Problem {

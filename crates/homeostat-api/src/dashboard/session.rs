@@ -45,41 +45,9 @@ impl Session {
         format!("{role} · key {}", self.caller.token_id)
     }
 
-    /// Whether this key may act (a viewer sees everything and acts on
-    /// nothing).
-    pub(crate) fn can_act(&self) -> bool {
-        self.caller.role != Role::Viewer
-    }
-
-    /// Whether this key may do what only an admin may.
-    pub(crate) fn is_admin(&self) -> bool {
-        self.caller.role == Role::Admin
-    }
-
     /// Refuses a tenant key a page that spans tenants.
     pub(crate) fn require_operator(&self) -> Result<(), Problem> {
-        match self.caller.role {
-            Role::Tenant(_) => Err(Problem::spans_tenants()),
-            Role::Admin | Role::Viewer => Ok(()),
-        }
-    }
-
-    /// Refuses a viewer key an action.
-    pub(crate) fn require_write(&self) -> Result<(), Problem> {
-        if self.can_act() {
-            Ok(())
-        } else {
-            Err(Problem::read_only())
-        }
-    }
-
-    /// Refuses what only an admin key may do.
-    pub(crate) fn require_admin(&self) -> Result<(), Problem> {
-        match self.caller.role {
-            Role::Admin => Ok(()),
-            Role::Viewer => Err(Problem::read_only()),
-            Role::Tenant(_) => Err(Problem::admin_only()),
-        }
+        Ok(self.caller.require_operator("This page")?)
     }
 
     /// Refuses a form whose CSRF token is not this session's.

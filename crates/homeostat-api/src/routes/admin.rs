@@ -38,9 +38,17 @@ pub(crate) async fn list_agents(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Json<Vec<Agent>>, ApiError> {
+    Ok(Json(visible_agents(&state, &caller).await?))
+}
+
+/// The agents the caller may see.
+pub(crate) async fn visible_agents(
+    state: &ApiState,
+    caller: &Caller,
+) -> Result<Vec<Agent>, ApiError> {
     let mut agents = state.store.list_agents(caller.tenant()).await?;
     agents.retain(|a| caller.sees(a.tenant_id));
-    Ok(Json(agents))
+    Ok(agents)
 }
 
 async fn visible_agent(state: &ApiState, caller: &Caller, id: AgentId) -> Result<Agent, ApiError> {
@@ -87,9 +95,18 @@ pub(crate) async fn drain_agent(
     Path(id): Path<AgentId>,
     _: NoBody,
 ) -> Result<Json<Agent>, ApiError> {
+    Ok(Json(drain(&state, &caller, id).await?))
+}
+
+/// Drains an agent (admin keys), audited as the caller.
+pub(crate) async fn drain(
+    state: &ApiState,
+    caller: &Caller,
+    id: AgentId,
+) -> Result<Agent, ApiError> {
     caller.require_admin()?;
-    visible_agent(&state, &caller, id).await?;
-    Ok(Json(state.store.drain_agent(id, &caller.actor()).await?))
+    visible_agent(state, caller, id).await?;
+    Ok(state.store.drain_agent(id, &caller.actor()).await?)
 }
 
 // --- tenants -------------------------------------------------------------
@@ -346,11 +363,7 @@ pub(crate) async fn list_audit(
     caller: Caller,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
-    if caller.tenant().is_some() {
-        return Err(ApiError::forbidden(
-            "the audit log spans tenants: it needs an admin or viewer key",
-        ));
-    }
+    caller.require_operator("the audit log")?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be 1 to 1000"));
@@ -529,11 +542,7 @@ pub(crate) async fn list_notifications(
     caller: Caller,
     Query(q): Query<NotificationQuery>,
 ) -> Result<Json<Vec<homeostat_model::Notification>>, ApiError> {
-    if caller.tenant().is_some() {
-        return Err(ApiError::forbidden(
-            "notifications span tenants: they need an admin or viewer key",
-        ));
-    }
+    caller.require_operator("the notification list")?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be 1 to 1000"));
@@ -558,11 +567,18 @@ pub(crate) async fn redrive_notification(
     Path(id): Path<homeostat_model::NotificationId>,
     _: NoBody,
 ) -> Result<Json<homeostat_model::Notification>, ApiError> {
+    Ok(Json(redrive(&state, &caller, id).await?))
+}
+
+/// Sends a dead notification again (admin keys), audited as the caller.
+pub(crate) async fn redrive(
+    state: &ApiState,
+    caller: &Caller,
+    id: homeostat_model::NotificationId,
+) -> Result<homeostat_model::Notification, ApiError> {
     caller.require_admin()?;
-    Ok(Json(
-        state
-            .store
-            .redrive_notification(id, &caller.actor())
-            .await?,
-    ))
+    Ok(state
+        .store
+        .redrive_notification(id, &caller.actor())
+        .await?)
 }
