@@ -149,3 +149,56 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
     raw.close().await;
     test.cleanup().await;
 }
+
+/// A claim is planned once per connection, not once per call: its plan,
+/// cached after the first executions, is reused from then on. Planning it
+/// anew each time cost a tenth of a millisecond a claim (docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_reuse_their_cached_plan() {
+    if backends::pg_url().is_none() {
+        return;
+    }
+    let options = StoreOptions {
+        max_connections: 1,
+        ..StoreOptions::default()
+    };
+    let test = backends::postgres_with(options).await.unwrap();
+    let store: &Store = &test;
+    let tenant = tenant(store, "acme", PlanTier::Standard).await;
+    let one = agent(store, Some(tenant), &["q"]).await;
+    let two = agent(store, Some(tenant), &["q", "r"]).await;
+    let jobs: Vec<NewJob> = (0..40).map(|_| NewJob::new("q", "build")).collect();
+    store.enqueue_batch(tenant, &jobs).await.unwrap();
+    // Both shapes of claim, with limits that differ from call to call.
+    for limit in [1, 2, 3, 1, 2, 3, 1, 2, 3, 1] {
+        for agent in [one, two] {
+            assert_eq!(
+                store
+                    .claim(agent, limit, Duration::from_secs(60))
+                    .await
+                    .unwrap()
+                    .len(),
+                limit as usize
+            );
+        }
+    }
+    let Store::Postgres(pg) = store else {
+        unreachable!("a PostgreSQL test store")
+    };
+    let plans: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT left(statement, 30), generic_plans, custom_plans FROM pg_prepared_statements
+         WHERE statement LIKE '%UPDATE jobs SET state = ''running''%' ORDER BY statement",
+    )
+    .fetch_all(pg.pool())
+    .await
+    .unwrap();
+    assert_eq!(plans.len(), 2, "one prepared statement per claim shape");
+    for (statement, generic, custom) in plans {
+        assert!(
+            custom <= 5 && generic >= 5,
+            "a claim ({statement}…) was planned anew {custom} times in 10 calls \
+             (cached plan used {generic} times)"
+        );
+    }
+    test.cleanup().await;
+}

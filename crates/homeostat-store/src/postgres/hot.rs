@@ -190,6 +190,12 @@ impl PgStore {
             registry::agent_facts(self, &self.agents, agent_id, op).await?;
         let queues = crate::decisions::claim_queues(&queues, only);
         let tenant = tenant.map(Id::from);
+        // The limit (and the list of queues) is a subquery, which the
+        // planner does not look into: given the value, it costs a claim of
+        // `limit` rows, and the cached generic plan (a tenth of the queue,
+        // for all it knows) always looked dearer, so every claim was planned
+        // anew (about a tenth of a millisecond). Hidden from both, the two
+        // costs agree and the cached plan is reused (`tests/plans.rs`).
         let rows = if let [queue] = queues.as_slice() {
             // The usual case, shaped like the minimal claim. The rows are
             // updated by the address the locking scan found them at (no
@@ -207,7 +213,7 @@ impl PgStore {
                    SELECT ctid FROM jobs
                    WHERE state = 'queued' AND queue = $4 AND ($5::uuid IS NULL OR tenant_id = $5)
                    ORDER BY effective_priority DESC, queued_at
-                   LIMIT $6
+                   LIMIT (SELECT $6::bigint)
                    FOR UPDATE SKIP LOCKED))
                  AND EXISTS (SELECT 1 FROM agents WHERE id = $1 AND status = 'online')
                  RETURNING ",
@@ -232,16 +238,16 @@ impl PgStore {
                    SELECT tenant_id FROM agents WHERE id = $1 AND status = 'online'),
                  picked AS (
                    SELECT c.id, c.effective_priority, c.queued_at
-                   FROM agent a, unnest($5::text[]) AS q(name),
+                   FROM agent a, unnest((SELECT $5::text[])) AS q(name),
                    LATERAL (
                      SELECT j.id, j.effective_priority, j.queued_at FROM jobs j
                      WHERE j.state = 'queued' AND j.queue = q.name
                        AND (a.tenant_id IS NULL OR j.tenant_id = a.tenant_id)
                      ORDER BY j.effective_priority DESC, j.queued_at
-                     LIMIT $4
+                     LIMIT (SELECT $4::bigint)
                      FOR UPDATE SKIP LOCKED) c
                    ORDER BY c.effective_priority DESC, c.queued_at
-                   LIMIT $4),
+                   LIMIT (SELECT $4::bigint)),
                  claimed AS (
                  UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
                    lease_token = lease_token + 1, ",
