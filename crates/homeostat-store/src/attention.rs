@@ -28,15 +28,21 @@ pub struct MinuteOutcomes {
     pub failed: u64,
 }
 
-/// Reads a range of `jobs_finished`; cancelled jobs are neither outcome.
-/// The range is closed on both ends: with one bound and no statistics
-/// (a fresh table, or a generic plan) PostgreSQL guesses a third of the
-/// table and scans all of it; a closed range it takes for a narrow one.
-const FINISHED: Sql = Sql::pair(
-    "SELECT finished_at / 60000 AS minute, state, COUNT(*) AS n FROM jobs
-     WHERE finished_at >= $1 AND finished_at < $2 GROUP BY 1, 2",
-    "SELECT finished_at / 60000 AS minute, state::text AS state, COUNT(*) AS n FROM jobs
-     WHERE finished_at >= $1 AND finished_at < $2 GROUP BY 1, 2",
+/// Jobs that succeeded per minute, as the stores counted them
+/// (`crate::tally`).
+const SUCCEEDED: Sql = Sql::both(
+    "SELECT minute, CAST(SUM(jobs) AS BIGINT) AS n FROM succeeded_per_minute
+     WHERE minute >= $1 AND minute < $2 GROUP BY minute",
+);
+
+/// Jobs that failed for good per minute: a range of `jobs_failed_finished`.
+/// The range is closed on both ends: with one bound and no statistics (a
+/// fresh table, or a generic plan) PostgreSQL guesses a third of the table
+/// and scans all of it; a closed range it takes for a narrow one.
+const FAILED: Sql = Sql::both(
+    "SELECT finished_at / 60000 AS minute, COUNT(*) AS n FROM jobs
+     WHERE state IN ('dead', 'expired') AND finished_at >= $1 AND finished_at < $2
+     GROUP BY 1",
 );
 
 /// The state is a literal so that the partial index `jobs_dead` applies.
@@ -90,28 +96,32 @@ pub(crate) async fn finished_per_minute<B: Backend>(
     since_ms: i64,
 ) -> Result<Vec<MinuteOutcomes>, StoreError> {
     let op = "counting finished jobs";
+    // What this store counted is written first, so that its own view is
+    // exact.
+    crate::tally::flush(b).await?;
     let mut minutes: BTreeMap<i64, MinuteOutcomes> = BTreeMap::new();
     // Up to a minute ahead: a replica whose clock runs behind another's
     // still counts what the other finished.
     let until_ms = crate::time::ms(b.now()) + 60_000;
-    for r in b
-        .fetch(Stmt::new::<B>(FINISHED).arg(since_ms).arg(until_ms))
-        .await
-        .op(op)?
-    {
-        let minute = r.int("minute")?;
-        let n = r.int("n")? as u64;
-        let entry = minutes.entry(minute).or_insert_with(|| MinuteOutcomes {
-            minute: ts(minute * 60_000),
-            ..MinuteOutcomes::default()
-        });
-        match r.text("state")?.as_str() {
-            "succeeded" => entry.succeeded += n,
-            "dead" | "expired" => entry.failed += n,
-            _ => {}
-        }
+    let first = since_ms.div_euclid(60_000);
+    let succeeded = Stmt::new::<B>(SUCCEEDED)
+        .arg(first)
+        .arg(until_ms.div_euclid(60_000) + 1);
+    for r in b.fetch(succeeded).await.op(op)? {
+        entry(&mut minutes, r.int("minute")?).succeeded += r.int("n")? as u64;
+    }
+    let failed = Stmt::new::<B>(FAILED).arg(first * 60_000).arg(until_ms);
+    for r in b.fetch(failed).await.op(op)? {
+        entry(&mut minutes, r.int("minute")?).failed += r.int("n")? as u64;
     }
     Ok(minutes.into_values().collect())
+}
+
+fn entry(minutes: &mut BTreeMap<i64, MinuteOutcomes>, minute: i64) -> &mut MinuteOutcomes {
+    minutes.entry(minute).or_insert_with(|| MinuteOutcomes {
+        minute: ts(minute * 60_000),
+        ..MinuteOutcomes::default()
+    })
 }
 
 /// The newest dead jobs, and how many there are.

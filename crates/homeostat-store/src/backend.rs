@@ -297,6 +297,9 @@ pub(crate) trait Backend: Sync {
     /// Store-wide policies.
     fn options(&self) -> &StoreOptions;
 
+    /// The jobs this store saw succeed, not yet written.
+    fn tally(&self) -> &crate::tally::Tally;
+
     /// The time now, by the store's clock.
     fn now(&self) -> Timestamp {
         self.options().clock.now()

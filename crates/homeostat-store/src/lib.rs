@@ -55,6 +55,7 @@ mod signals;
 mod sqlite;
 mod stats;
 mod sweeps;
+mod tally;
 mod time;
 mod types;
 
@@ -164,6 +165,9 @@ impl Store {
 
     /// Closes the connection pool.
     pub async fn close(&self) {
+        if let Err(e) = dispatch!(self, tally::flush()) {
+            tracing::warn!(error = %e, "the last counts of succeeded jobs were not written");
+        }
         dispatch!(self.close())
     }
 
@@ -456,6 +460,7 @@ impl Store {
                 out.stale.push(c.id);
             }
         }
+        dispatch!(self, tally::succeeded(out.completed.len()));
         Ok(out)
     }
 
@@ -548,8 +553,11 @@ impl Store {
         dispatch!(self, stats::stats())
     }
 
-    /// Jobs finished per minute since `since` (succeeded; dead or
-    /// expired), oldest minute first; minutes without any are absent.
+    /// Jobs finished per minute from the minute that holds `since`
+    /// (succeeded; dead or expired), oldest minute first; minutes without
+    /// any are absent. Succeeded jobs are counted as stores complete them:
+    /// this store's counts are exact, another replica's up to a few seconds
+    /// late; counts are kept a day.
     pub async fn finished_per_minute(
         &self,
         since: Timestamp,

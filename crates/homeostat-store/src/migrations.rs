@@ -27,6 +27,11 @@ pub(crate) const SQLITE: Set = &[
         "dashboard",
         include_str!("../migrations/sqlite/0004_dashboard.sql"),
     ),
+    (
+        5,
+        "succeeded per minute",
+        include_str!("../migrations/sqlite/0005_succeeded_per_minute.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -60,6 +65,11 @@ pub(crate) const POSTGRES: Set = &[
         6,
         "dashboard",
         include_str!("../migrations/postgres/0006_dashboard.sql"),
+    ),
+    (
+        7,
+        "succeeded per minute",
+        include_str!("../migrations/postgres/0007_succeeded_per_minute.sql"),
     ),
 ];
 

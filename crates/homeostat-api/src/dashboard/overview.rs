@@ -145,10 +145,17 @@ pub(crate) async fn overview(
     }
     let store = &state.store;
     let now = store.now();
+    // The chart's sixty minutes, this one included: counts are kept per
+    // whole minute.
+    let first_minute = now
+        - jiff::SignedDuration::new(
+            now.as_second().rem_euclid(60) + 59 * 60,
+            now.subsec_nanosecond(),
+        );
     // Independent reads, so they go to the pool's connections at once.
     let (stats, minutes, (dead, dead_count), awaiting, running, agents, notifications) = tokio::try_join!(
         store.stats(),
-        store.finished_per_minute(now - jiff::SignedDuration::from_secs(3600)),
+        store.finished_per_minute(first_minute),
         store.dead_jobs(SHOWN),
         store.awaiting_approval(SHOWN),
         store.running_by_agent(),

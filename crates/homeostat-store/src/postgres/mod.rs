@@ -27,6 +27,8 @@ pub struct PgStore {
     options: StoreOptions,
     /// Tenant and queues of agents, which never change after registration.
     agents: crate::registry::AgentFactsCache,
+    /// Jobs that succeeded, counted for the dashboard's chart.
+    tally: Arc<crate::tally::Tally>,
     /// Wake-ups for waiting claims, relayed from `LISTEN` by one listener
     /// per store, started by the first waiter.
     signals: crate::signals::Signals,
@@ -94,6 +96,7 @@ impl PgStore {
             pool,
             options,
             agents: Arc::default(),
+            tally: Arc::default(),
             signals: crate::signals::Signals::default(),
             listener: Arc::default(),
         })
@@ -252,6 +255,10 @@ impl Backend for PgStore {
 
     fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    fn tally(&self) -> &crate::tally::Tally {
+        &self.tally
     }
 
     async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {

@@ -37,6 +37,8 @@ pub struct SqliteStore {
     /// Tenant and queues of agents, which never change after registration;
     /// claims look them up here instead of in a statement of their own.
     agents: crate::registry::AgentFactsCache,
+    /// Jobs that succeeded, counted for the dashboard's chart.
+    tally: Arc<crate::tally::Tally>,
     /// Wake-ups for waiting claims, announced in-process.
     pub(crate) signals: crate::signals::Signals,
     /// Stops the checkpoint task when the last clone goes (held, not read).
@@ -97,6 +99,7 @@ impl SqliteStore {
             writer,
             options,
             agents: Arc::default(),
+            tally: Arc::default(),
             signals: crate::signals::Signals::default(),
             _checkpointer: Arc::new(stop.drop_guard()),
         })
@@ -243,6 +246,10 @@ impl Backend for SqliteStore {
 
     fn options(&self) -> &StoreOptions {
         &self.options
+    }
+
+    fn tally(&self) -> &crate::tally::Tally {
+        &self.tally
     }
 
     async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {

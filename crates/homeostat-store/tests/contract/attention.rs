@@ -3,7 +3,9 @@
 //! the audit log newest first with filters.
 
 use homeostat_model::{JobState, PlanTier};
-use homeostat_store::{AuditFilter, Failure, Store};
+use std::time::Duration;
+
+use homeostat_store::{AuditFilter, Completion, Failure, JobRetention, Store};
 use homeostat_testkit::{At, agent, at, job, on_both_backends, tenant};
 
 use crate::LEASE;
@@ -148,8 +150,73 @@ async fn the_audit_log_reads_newest_first_with_filters(store: &Store) {
     assert!(store.audit_page(&none, None, 10).await.unwrap().is_empty());
 }
 
+/// Succeeded jobs are counted as they complete: batches that complete at
+/// once add up, a completion that changes nothing counts nothing, and the
+/// counts are forgotten a day later by the retention sweep.
+async fn succeeded_counts_add_up_and_are_forgotten_after_a_day(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, Some(t), &["builds"]).await;
+    let jobs: Vec<_> = (0..7).map(|_| job("builds")).collect();
+    store.at(at(0)).enqueue_batch(t, &jobs).await.unwrap();
+    let claimed = store.at(at(10)).claim(a, 7, LEASE).await.unwrap();
+    let completions: Vec<Completion> = claimed
+        .iter()
+        .map(|c| Completion {
+            id: c.id,
+            lease_token: c.lease_token,
+            result: None,
+        })
+        .collect();
+    let (first, rest) = completions.split_at(3);
+    let (second, third) = rest.split_at(2);
+    let clock = store.at(at(70));
+    let (x, y, z) = tokio::join!(
+        clock.complete_batch(first),
+        clock.complete_batch(second),
+        clock.complete_batch(third),
+    );
+    for batch in [x, y, z] {
+        assert!(batch.unwrap().stale.is_empty());
+    }
+    let again = store.at(at(75)).complete_batch(first).await.unwrap();
+    assert_eq!(again.stale.len(), 3);
+
+    let counted = |now: i64| async move {
+        store
+            .at(at(now))
+            .finished_per_minute(at(0))
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| (m.minute.as_second() - at(0).as_second(), m.succeeded))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counted(200).await, vec![(60, 7)]);
+    // Read again: written once, counted once.
+    assert_eq!(counted(200).await, vec![(60, 7)]);
+    // Within the day the sweep keeps the counts, past it they go.
+    let retention = JobRetention {
+        succeeded: Duration::from_secs(7 * 24 * 3600),
+        failed: Duration::from_secs(7 * 24 * 3600),
+    };
+    let day = 24 * 3600;
+    store
+        .at(at(day))
+        .delete_finished_jobs(retention, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(counted(day).await, vec![(60, 7)]);
+    store
+        .at(at(day + 120))
+        .delete_finished_jobs(retention, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(counted(day + 120).await, vec![]);
+}
+
 on_both_backends!(
     finished_jobs_are_counted_per_minute_and_dead_ones_listed,
+    succeeded_counts_add_up_and_are_forgotten_after_a_day,
     approvals_come_soonest_to_expire_first_and_running_jobs_by_agent,
     the_audit_log_reads_newest_first_with_filters,
 );

@@ -1,0 +1,118 @@
+//! Jobs that succeeded, counted per minute for the dashboard's chart.
+//!
+//! An index of every finished job cost each completion an index entry, 4.7 %
+//! of the server's instructions a job, and adding each batch to a count in
+//! the completion's own statement cost nearly as much (docs/benchmarks.md).
+//! So a store counts its completions in memory and adds them to
+//! `succeeded_per_minute` when it has counted for [`FLUSH_EVERY`], before it
+//! reads the counts, and when it closes: one statement every few seconds
+//! instead of work in every completion. Each store writes rows of its own
+//! (`slot`), so replicas never wait on each other's count. What a store
+//! counted in the last few seconds before it crashed is lost to the chart,
+//! and another replica's chart sees a store's counts up to [`FLUSH_EVERY`]
+//! late while that store keeps completing jobs.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use homeostat_model::Id;
+
+use crate::backend::{Backend, Sql, Stmt};
+use crate::error::{Context, StoreError};
+use crate::time::ms;
+
+/// How long a store counts before it writes what it counted.
+pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(5);
+
+/// How long the counts are kept (the dashboard shows an hour of them);
+/// `delete_finished_jobs` forgets older ones.
+pub(crate) const KEPT_MS: i64 = 24 * 3600 * 1000;
+
+const ADD: Sql = Sql::both(
+    "INSERT INTO succeeded_per_minute (minute, slot, jobs) VALUES ($1, $2, $3)
+     ON CONFLICT (minute, slot) DO UPDATE SET jobs = succeeded_per_minute.jobs + excluded.jobs",
+);
+
+pub(crate) const FORGET: Sql = Sql::both("DELETE FROM succeeded_per_minute WHERE minute < $1");
+
+/// A store's counts not yet written.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    slot: i64,
+    pending: Mutex<Pending>,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// Jobs per minute (Unix epoch milliseconds / 60,000).
+    minutes: BTreeMap<i64, i64>,
+    since: Instant,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        // Random bits of a fresh v7 id: one slot per store, whatever the
+        // replica or process.
+        let (_, random) = Id::now_v7().as_u64_pair();
+        Self {
+            slot: (random >> 1) as i64,
+            pending: Mutex::new(Pending {
+                minutes: BTreeMap::new(),
+                since: Instant::now(),
+            }),
+        }
+    }
+}
+
+impl Tally {
+    /// Counts `jobs` that succeeded in `minute`; says whether it is time to
+    /// write the counts.
+    fn add(&self, minute: i64, jobs: usize) -> bool {
+        let mut p = self.pending.lock().unwrap();
+        *p.minutes.entry(minute).or_default() += jobs as i64;
+        p.since.elapsed() >= FLUSH_EVERY
+    }
+
+    fn take(&self) -> BTreeMap<i64, i64> {
+        let mut p = self.pending.lock().unwrap();
+        p.since = Instant::now();
+        std::mem::take(&mut p.minutes)
+    }
+
+    fn put_back(&self, minutes: impl Iterator<Item = (i64, i64)>) {
+        let mut p = self.pending.lock().unwrap();
+        for (minute, jobs) in minutes {
+            *p.minutes.entry(minute).or_default() += jobs;
+        }
+    }
+}
+
+/// Counts `jobs` that have just succeeded, and writes the counts when they
+/// are due. A failure to write them does not fail the completions: the
+/// counts stay pending for the next write.
+pub(crate) async fn succeeded<B: Backend>(b: &B, jobs: usize) {
+    if jobs == 0 {
+        return;
+    }
+    if b.tally().add(ms(b.now()).div_euclid(60_000), jobs)
+        && let Err(e) = flush(b).await
+    {
+        tracing::warn!(error = %e, "the counts of succeeded jobs wait for the next write");
+    }
+}
+
+/// Writes the pending counts: one statement a minute counted (usually
+/// one). What a failed statement did not write stays pending.
+pub(crate) async fn flush<B: Backend>(b: &B) -> Result<(), StoreError> {
+    let tally = b.tally();
+    let mut minutes = tally.take().into_iter();
+    while let Some((minute, jobs)) = minutes.next() {
+        let stmt = Stmt::new::<B>(ADD).arg(minute).arg(tally.slot).arg(jobs);
+        if let Err(e) = b.execute_write(stmt).await {
+            tally.put_back(std::iter::once((minute, jobs)).chain(minutes));
+            return Err(e).op("counting succeeded jobs");
+        }
+    }
+    Ok(())
+}
