@@ -4,17 +4,16 @@
 //! of the server's instructions a job, and adding each batch to a count in
 //! the completion's own statement cost nearly as much (docs/benchmarks.md).
 //! So a store counts its completions in memory and adds them to
-//! `succeeded_per_minute` when it has counted for [`FLUSH_EVERY`], before it
-//! reads the counts, and when it closes: one statement every few seconds
-//! instead of work in every completion. Each store writes rows of its own
-//! (`slot`), so replicas never wait on each other's count. What a store
-//! counted in the last few seconds before it crashed is lost to the chart,
-//! and another replica's chart sees a store's counts up to [`FLUSH_EVERY`]
-//! late while that store keeps completing jobs.
+//! `succeeded_per_minute` at most [`FLUSH_EVERY`] after it counted them,
+//! before it reads the counts, and when it closes: one statement every few
+//! seconds instead of work in every completion. Each store writes rows of
+//! its own (`slot`), so replicas never wait on each other's count. What a
+//! store counted in its last seconds before a crash is lost to the chart.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use homeostat_model::Id;
 
@@ -22,7 +21,7 @@ use crate::backend::{Backend, Sql, Stmt};
 use crate::error::{Context, StoreError};
 use crate::time::ms;
 
-/// How long a store counts before it writes what it counted.
+/// How long a store waits, after it counted a job, to write its counts.
 pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(5);
 
 /// How long the counts are kept (the dashboard shows an hour of them);
@@ -40,14 +39,10 @@ pub(crate) const FORGET: Sql = Sql::both("DELETE FROM succeeded_per_minute WHERE
 #[derive(Debug)]
 pub(crate) struct Tally {
     slot: i64,
-    pending: Mutex<Pending>,
-}
-
-#[derive(Debug)]
-struct Pending {
     /// Jobs per minute (Unix epoch milliseconds / 60,000).
-    minutes: BTreeMap<i64, i64>,
-    since: Instant,
+    minutes: Mutex<BTreeMap<i64, i64>>,
+    /// A write is scheduled.
+    scheduled: AtomicBool,
 }
 
 impl Default for Tally {
@@ -57,47 +52,42 @@ impl Default for Tally {
         let (_, random) = Id::now_v7().as_u64_pair();
         Self {
             slot: (random >> 1) as i64,
-            pending: Mutex::new(Pending {
-                minutes: BTreeMap::new(),
-                since: Instant::now(),
-            }),
+            minutes: Mutex::default(),
+            scheduled: AtomicBool::new(false),
         }
     }
 }
 
 impl Tally {
-    /// Counts `jobs` that succeeded in `minute`; says whether it is time to
-    /// write the counts.
-    fn add(&self, minute: i64, jobs: usize) -> bool {
-        let mut p = self.pending.lock().unwrap();
-        *p.minutes.entry(minute).or_default() += jobs as i64;
-        p.since.elapsed() >= FLUSH_EVERY
-    }
-
     fn take(&self) -> BTreeMap<i64, i64> {
-        let mut p = self.pending.lock().unwrap();
-        p.since = Instant::now();
-        std::mem::take(&mut p.minutes)
+        std::mem::take(&mut self.minutes.lock().unwrap())
     }
 
     fn put_back(&self, minutes: impl Iterator<Item = (i64, i64)>) {
-        let mut p = self.pending.lock().unwrap();
+        let mut pending = self.minutes.lock().unwrap();
         for (minute, jobs) in minutes {
-            *p.minutes.entry(minute).or_default() += jobs;
+            *pending.entry(minute).or_default() += jobs;
         }
     }
 }
 
-/// Counts `jobs` that have just succeeded, and writes the counts when they
-/// are due. A failure to write them does not fail the completions: the
-/// counts stay pending for the next write.
-pub(crate) async fn succeeded<B: Backend>(b: &B, jobs: usize) {
+/// Counts `jobs` that have just succeeded. True when the caller is to
+/// schedule [`write_scheduled`] in [`FLUSH_EVERY`]: none is scheduled yet.
+pub(crate) fn succeeded<B: Backend>(b: &B, jobs: usize) -> bool {
     if jobs == 0 {
-        return;
+        return false;
     }
-    if b.tally().add(ms(b.now()).div_euclid(60_000), jobs)
-        && let Err(e) = flush(b).await
-    {
+    let tally = b.tally();
+    let minute = ms(b.now()).div_euclid(60_000);
+    *tally.minutes.lock().unwrap().entry(minute).or_default() += jobs as i64;
+    !tally.scheduled.swap(true, Ordering::AcqRel)
+}
+
+/// The scheduled write. A failure does not lose the counts: they wait for
+/// the next write (the next completion schedules one).
+pub(crate) async fn write_scheduled<B: Backend>(b: &B) {
+    b.tally().scheduled.store(false, Ordering::Release);
+    if let Err(e) = flush(b).await {
         tracing::warn!(error = %e, "the counts of succeeded jobs wait for the next write");
     }
 }

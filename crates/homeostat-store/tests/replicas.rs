@@ -1,10 +1,10 @@
 //! What one replica counts, another sees: the jobs a replica completes are
-//! counted in its memory and written every few seconds, before it reads
+//! counted in its memory and written within a few seconds, before it reads
 //! the counts itself, and when it closes.
 
 use homeostat_testkit::{self as backends, agent, tenant};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use homeostat_model::{NewJob, PlanTier};
 use homeostat_store::{Completion, Store, StoreClock};
@@ -50,10 +50,29 @@ async fn a_replica_sees_the_jobs_another_completed_once_it_wrote_its_counts() {
                 .sum::<u64>()
         }
     };
-    // Not written yet: the other replica does not see them.
-    assert_eq!(succeeded(&two).await, 0);
-    one.close().await;
+    // Written within a few seconds, without the first replica reading or
+    // closing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while succeeded(&two).await < 4 {
+        assert!(Instant::now() < deadline, "the counts were never written");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(succeeded(&two).await, 4);
+    // Counted since then: written when the replica closes.
+    let jobs: Vec<NewJob> = (0..2).map(|_| NewJob::new("q", "build")).collect();
+    one.enqueue_batch(t, &jobs).await.unwrap();
+    let claimed = one.claim(a, 2, Duration::from_secs(60)).await.unwrap();
+    let done: Vec<Completion> = claimed
+        .iter()
+        .map(|c| Completion {
+            id: c.id,
+            lease_token: c.lease_token,
+            result: None,
+        })
+        .collect();
+    one.complete_batch(&done).await.unwrap();
+    one.close().await;
+    assert_eq!(succeeded(&two).await, 6);
     two.close().await;
     test.cleanup().await;
 }
