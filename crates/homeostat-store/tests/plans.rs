@@ -2,7 +2,7 @@
 //! cache say: a table that grew after the store's statements were first
 //! prepared, and was never analyzed, is still read through its indexes.
 
-use homeostat_testkit::{self as backends, At, agent, at, tenant};
+use homeostat_testkit::{self as backends, At, agent, at, completions, tenant};
 
 use std::time::{Duration, Instant};
 
@@ -88,14 +88,7 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
                 .await
                 .unwrap();
         }
-        let done: Vec<Completion> = claimed
-            .iter()
-            .map(|c| Completion {
-                id: c.id,
-                lease_token: c.lease_token,
-                result: None,
-            })
-            .collect();
+        let done: Vec<Completion> = completions(&claimed);
         let batch = store.at(at(round)).complete_batch(&done).await.unwrap();
         assert!(batch.stale.is_empty());
         claimed.len()

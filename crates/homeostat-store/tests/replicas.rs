@@ -2,7 +2,7 @@
 //! counted in its memory and written within a few seconds, before it reads
 //! the counts itself, and when it closes.
 
-use homeostat_testkit::{self as backends, agent, tenant};
+use homeostat_testkit::{self as backends, agent, completions, tenant};
 
 use std::time::{Duration, Instant};
 
@@ -27,14 +27,7 @@ async fn a_replica_sees_the_jobs_another_completed_once_it_wrote_its_counts() {
     let jobs: Vec<NewJob> = (0..4).map(|_| NewJob::new("q", "build")).collect();
     one.enqueue_batch(t, &jobs).await.unwrap();
     let claimed = one.claim(a, 4, Duration::from_secs(60)).await.unwrap();
-    let done: Vec<Completion> = claimed
-        .iter()
-        .map(|c| Completion {
-            id: c.id,
-            lease_token: c.lease_token,
-            result: None,
-        })
-        .collect();
+    let done: Vec<Completion> = completions(&claimed);
     one.complete_batch(&done).await.unwrap();
 
     let succeeded = |store: &Store| {
@@ -62,14 +55,7 @@ async fn a_replica_sees_the_jobs_another_completed_once_it_wrote_its_counts() {
     let jobs: Vec<NewJob> = (0..2).map(|_| NewJob::new("q", "build")).collect();
     one.enqueue_batch(t, &jobs).await.unwrap();
     let claimed = one.claim(a, 2, Duration::from_secs(60)).await.unwrap();
-    let done: Vec<Completion> = claimed
-        .iter()
-        .map(|c| Completion {
-            id: c.id,
-            lease_token: c.lease_token,
-            result: None,
-        })
-        .collect();
+    let done: Vec<Completion> = completions(&claimed);
     one.complete_batch(&done).await.unwrap();
     one.close().await;
     assert_eq!(succeeded(&two).await, 6);

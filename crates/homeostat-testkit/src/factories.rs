@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use homeostat_model::{AgentId, NewAgent, NewJob, PlanTier, TenantId};
-use homeostat_store::{NewBootstrapToken, Store};
+use homeostat_store::{ClaimedJob, Completion, NewBootstrapToken, Store};
 
 use crate::{At, t0};
 
@@ -46,4 +46,16 @@ pub async fn agent(store: &Store, tenant: Option<TenantId>, queues: &[&str]) -> 
 /// A job of kind `build` on `queue`.
 pub fn job(queue: &str) -> NewJob {
     NewJob::new(queue, "build")
+}
+
+/// A completion without a result for each job `claimed`.
+pub fn completions(claimed: &[ClaimedJob]) -> Vec<Completion> {
+    claimed
+        .iter()
+        .map(|c| Completion {
+            id: c.id,
+            lease_token: c.lease_token,
+            result: None,
+        })
+        .collect()
 }

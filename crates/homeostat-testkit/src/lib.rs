@@ -26,4 +26,4 @@ pub use backends::{
     sqlite_path, sqlite_with,
 };
 pub use clock::{At, at, t0};
-pub use factories::{agent, job, tenant};
+pub use factories::{agent, completions, job, tenant};

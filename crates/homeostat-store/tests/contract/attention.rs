@@ -6,7 +6,7 @@ use homeostat_model::{JobState, PlanTier};
 use std::time::Duration;
 
 use homeostat_store::{AuditFilter, Completion, Failure, JobRetention, Store};
-use homeostat_testkit::{At, agent, at, job, on_both_backends, tenant};
+use homeostat_testkit::{At, agent, at, completions, job, on_both_backends, tenant};
 
 use crate::LEASE;
 
@@ -159,14 +159,7 @@ async fn succeeded_counts_add_up_and_are_forgotten_after_a_day(store: &Store) {
     let jobs: Vec<_> = (0..7).map(|_| job("builds")).collect();
     store.at(at(0)).enqueue_batch(t, &jobs).await.unwrap();
     let claimed = store.at(at(10)).claim(a, 7, LEASE).await.unwrap();
-    let completions: Vec<Completion> = claimed
-        .iter()
-        .map(|c| Completion {
-            id: c.id,
-            lease_token: c.lease_token,
-            result: None,
-        })
-        .collect();
+    let completions: Vec<Completion> = completions(&claimed);
     let (first, rest) = completions.split_at(3);
     let (second, third) = rest.split_at(2);
     let clock = store.at(at(70));
