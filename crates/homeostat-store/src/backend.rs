@@ -154,6 +154,8 @@ pub(crate) enum Arg<'a> {
     Ids(&'a [Id]),
     /// A list of names: a JSON array on SQLite, `text[]` on PostgreSQL.
     List(&'a [String]),
+    /// A list of integers: a JSON array on SQLite, `bigint[]` on PostgreSQL.
+    Ints(&'a [i64]),
 }
 
 impl From<i64> for Arg<'_> {
@@ -216,6 +218,12 @@ macro_rules! id_args {
 }
 
 id_args!(Id, JobId, AgentId, TenantId, TokenId, NotificationId);
+
+impl<'a> From<&'a [i64]> for Arg<'a> {
+    fn from(v: &'a [i64]) -> Self {
+        Arg::Ints(v)
+    }
+}
 
 impl<'a> From<&'a [Id]> for Arg<'a> {
     fn from(v: &'a [Id]) -> Self {

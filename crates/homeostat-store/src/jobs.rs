@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use homeostat_model::{AuditAction, Job, JobId, JobState, NewAuditEvent, TenantId};
+use homeostat_model::{AuditAction, Id, Job, JobId, JobState, NewAuditEvent, TenantId};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
@@ -41,6 +41,27 @@ const EXTEND_LEASE: Sql = Sql::pair(
         " + $4 WHERE id = $1 AND lease_token = $2 AND ",
         pg_running!(),
         " RETURNING lease_expires_at"
+    ),
+);
+
+/// [`EXTEND_LEASE`] for many jobs: `$1` ids, `$2` their lease tokens (in
+/// the same order); the ids of the jobs whose lease was extended.
+const EXTEND_LEASES: Sql = Sql::pair(
+    concat!(
+        "UPDATE jobs SET lease_expires_at = $3 + $4
+         FROM (SELECT i.value AS id, t.value AS token
+               FROM json_each($1) AS i JOIN json_each($2) AS t ON t.key = i.key) AS h
+         WHERE jobs.id = h.id AND jobs.lease_token = h.token AND ",
+        sqlite_running!(),
+        " RETURNING jobs.id"
+    ),
+    concat!(
+        "UPDATE jobs SET lease_expires_at = ",
+        pg_judged!(3),
+        " + $4 FROM UNNEST($1::uuid[], $2::bigint[]) AS h(id, token)
+         WHERE jobs.id = h.id AND jobs.lease_token = h.token AND jobs.",
+        pg_running!(),
+        " RETURNING jobs.id"
     ),
 );
 
@@ -226,6 +247,32 @@ pub(crate) async fn heartbeat_job<B: Backend>(
             token: lease_token,
         }),
     }
+}
+
+/// Extends the leases of running jobs in one statement; for each, whether
+/// its lease was extended (false: the token is stale, or the job is no
+/// longer running).
+pub(crate) async fn heartbeat_jobs<B: Backend>(
+    b: &B,
+    held: &[(JobId, i64)],
+    lease: Duration,
+) -> Result<Vec<bool>, StoreError> {
+    if held.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Id> = held.iter().map(|(id, _)| id.as_uuid()).collect();
+    let tokens: Vec<i64> = held.iter().map(|(_, token)| *token).collect();
+    let stmt = Stmt::new::<B>(EXTEND_LEASES)
+        .arg(ids.as_slice())
+        .arg(tokens.as_slice())
+        .arg(b.judged_ms(b.now()))
+        .arg(dur_ms(lease));
+    let rows = b.fetch_write(stmt).await.op("extending job leases")?;
+    let extended = rows
+        .iter()
+        .map(|r| r.id::<JobId>("id"))
+        .collect::<Result<std::collections::HashSet<_>, _>>()?;
+    Ok(held.iter().map(|(id, _)| extended.contains(id)).collect())
 }
 
 pub(crate) async fn release<B: Backend>(

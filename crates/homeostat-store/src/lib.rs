@@ -508,6 +508,17 @@ impl Store {
         dispatch!(self, jobs::fail(failure))
     }
 
+    /// Extends the leases of running jobs in one statement: for each
+    /// `(id, lease token)`, whether its lease was extended (false when the
+    /// token is stale or the job is no longer running).
+    pub async fn heartbeat_jobs(
+        &self,
+        held: &[(JobId, i64)],
+        lease: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        dispatch!(self, jobs::heartbeat_jobs(held, lease))
+    }
+
     /// Gives a running job back to its queue without using up its attempt
     /// (its agent is shutting down); refused for a stale token.
     pub async fn release_job(&self, id: JobId, lease_token: i64) -> Result<(), StoreError> {

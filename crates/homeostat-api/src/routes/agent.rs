@@ -87,26 +87,26 @@ pub(crate) async fn heartbeat(
         lost: Vec::new(),
         cancelled: Vec::new(),
     };
-    for held in &req.jobs {
-        match state
+    // Every held job's lease in one statement; only the ones it did not
+    // extend are looked at again, to tell a cancelled job from a lost one.
+    let held: Vec<(JobId, i64)> = req.jobs.iter().map(|h| (h.id, h.lease_token)).collect();
+    let extended = state
+        .store
+        .heartbeat_jobs(&held, settings.lease_ttl)
+        .await?;
+    for ((id, _), extended) in held.iter().zip(extended) {
+        if extended {
+            continue;
+        }
+        let cancelled = state
             .store
-            .heartbeat_job(held.id, held.lease_token, settings.lease_ttl)
+            .get_job(*id)
             .await
-        {
-            Ok(_) => {}
-            Err(StoreError::StaleLease { .. } | StoreError::NotFound { .. }) => {
-                let cancelled = state
-                    .store
-                    .get_job(held.id)
-                    .await
-                    .is_ok_and(|j| j.state == JobState::Cancelled);
-                if cancelled {
-                    reply.cancelled.push(held.id);
-                } else {
-                    reply.lost.push(held.id);
-                }
-            }
-            Err(e) => return Err(e.into()),
+            .is_ok_and(|j| j.state == JobState::Cancelled);
+        if cancelled {
+            reply.cancelled.push(*id);
+        } else {
+            reply.lost.push(*id);
         }
     }
     Ok(Json(reply))

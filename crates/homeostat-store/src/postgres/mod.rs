@@ -204,6 +204,7 @@ fn arguments(args: &[Arg<'_>]) -> PgArguments {
             Arg::OptId(v) => out.add(v),
             Arg::Ids(v) => out.add(v),
             Arg::List(v) => out.add(v),
+            Arg::Ints(v) => out.add(v),
         };
     }
     out

@@ -188,6 +188,7 @@ fn arguments(args: &[Arg<'_>]) -> SqliteArguments {
             Arg::OptId(v) => out.add(v.map(|v| v.to_string())),
             Arg::Ids(v) => out.add(json_list(&v.iter().map(Id::to_string).collect::<Vec<_>>())),
             Arg::List(v) => out.add(json_list(v)),
+            Arg::Ints(v) => out.add(json_list(v)),
         };
     }
     out

@@ -224,8 +224,38 @@ async fn claims_across_queues_take_the_best_of_all(store: &Store) {
     );
 }
 
+async fn one_heartbeat_extends_every_live_lease_and_names_the_rest(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t), &["builds"]).await;
+    let jobs: Vec<NewJob> = (0..3).map(|_| job("builds")).collect();
+    store.at(at(0)).enqueue_batch(t, &jobs).await.unwrap();
+    let c = store.at(at(10)).claim(a, 3, LEASE).await.unwrap();
+    store
+        .at(at(11))
+        .complete(c[0].id, c[0].lease_token, None)
+        .await
+        .unwrap();
+    let held = [
+        (c[0].id, c[0].lease_token),
+        (c[1].id, c[1].lease_token),
+        (c[2].id, c[2].lease_token + 1),
+    ];
+    let extended = store.at(at(20)).heartbeat_jobs(&held, LEASE).await.unwrap();
+    assert_eq!(extended, vec![false, true, false]);
+    let lease_of = |id: JobId| async move { store.get_job(id).await.unwrap().lease_expires_at };
+    assert_eq!(lease_of(c[1].id).await, Some(at(20) + LEASE));
+    assert_eq!(
+        lease_of(c[2].id).await,
+        Some(at(10) + LEASE),
+        "a stale token extends nothing"
+    );
+    assert_eq!(lease_of(c[0].id).await, None);
+    assert!(store.heartbeat_jobs(&[], LEASE).await.unwrap().is_empty());
+}
+
 on_both_backends!(
     eight_claimers_take_every_job_exactly_once,
+    one_heartbeat_extends_every_live_lease_and_names_the_rest,
     a_batch_names_its_stale_completions,
     a_stale_completion_racing_the_current_one_loses,
     tenant_agents_see_only_their_tenants_jobs,
