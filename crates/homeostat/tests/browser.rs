@@ -125,6 +125,16 @@ async fn click(b: &Client, css: &str) {
         .unwrap();
 }
 
+/// The text of the first element `css` selects.
+async fn text_of(b: &Client, css: &str) -> String {
+    b.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 async fn job_state(c: &reqwest::Client, s: &common::Server, key: &str, id: &str) -> Value {
     get_json(c, s.url(&format!("/v1/jobs/{id}")), key).await["state"].clone()
 }
@@ -208,13 +218,7 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
     // The overview lists the dead job under "needs attention".
     let link = format!("section.attention a[href=\"/jobs/{flaky_id}\"]");
     until_found(&b, &link, Duration::from_secs(10)).await;
-    let attention = b
-        .find(Locator::Css("section.attention"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let attention = text_of(&b, "section.attention").await;
     assert!(attention.contains("Dead jobs"), "{attention}");
     assert!(attention.contains("disk full on /var/cache"), "{attention}");
     assert!(attention.contains("Waiting for approval"), "{attention}");
@@ -225,13 +229,7 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
     // Open it: its error and its failed attempt.
     click(&b, &link).await;
     until_found(&b, ".job-head .st-dead", Duration::from_secs(10)).await;
-    let page = b
-        .find(Locator::Css("main"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = text_of(&b, "main").await;
     assert!(page.contains("disk full on /var/cache"), "{page}");
     shot(&b, &shots, "job-dead").await;
 
@@ -248,13 +246,7 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
         .unwrap();
     assert_eq!(mark, "still here", "the page reloaded");
     assert_eq!(job_state(&c, &server, &admin, &flaky_id).await, "succeeded");
-    let page = b
-        .find(Locator::Css("main"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = text_of(&b, "main").await;
     assert!(
         page.contains("job.redriven"),
         "the history shows the retry: {page}"
