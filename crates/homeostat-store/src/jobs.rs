@@ -1,6 +1,7 @@
 //! Jobs outside the tuned hot path: periodic enqueues, lease extension,
 //! failures, operator transitions, reads and listings.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use homeostat_model::{AuditAction, Id, Job, JobId, JobState, NewAuditEvent, TenantId};
@@ -29,23 +30,9 @@ const TAKE_SLOT: Sql = Sql::both(
 const LAST_SLOT: Sql = Sql::both("SELECT last_slot FROM periodic_slots WHERE name = $1");
 
 /// `$3` now (judged), `$4` the lease (ms).
-const EXTEND_LEASE: Sql = Sql::pair(
-    concat!(
-        "UPDATE jobs SET lease_expires_at = $3 + $4 WHERE id = $1 AND lease_token = $2 AND ",
-        sqlite_running!(),
-        " RETURNING lease_expires_at"
-    ),
-    concat!(
-        "UPDATE jobs SET lease_expires_at = ",
-        pg_judged!(3),
-        " + $4 WHERE id = $1 AND lease_token = $2 AND ",
-        pg_running!(),
-        " RETURNING lease_expires_at"
-    ),
-);
-
-/// [`EXTEND_LEASE`] for many jobs: `$1` ids, `$2` their lease tokens (in
-/// the same order); the ids of the jobs whose lease was extended.
+/// Extends the leases of running jobs: `$1` ids, `$2` their lease tokens
+/// (in the same order), `$3` now (judged), `$4` the lease (ms); the jobs
+/// whose lease was extended, with its new expiry.
 const EXTEND_LEASES: Sql = Sql::pair(
     concat!(
         "UPDATE jobs SET lease_expires_at = $3 + $4
@@ -53,7 +40,7 @@ const EXTEND_LEASES: Sql = Sql::pair(
                FROM json_each($1) AS i JOIN json_each($2) AS t ON t.key = i.key) AS h
          WHERE jobs.id = h.id AND jobs.lease_token = h.token AND ",
         sqlite_running!(),
-        " RETURNING jobs.id"
+        " RETURNING jobs.id, jobs.lease_expires_at"
     ),
     concat!(
         "UPDATE jobs SET lease_expires_at = ",
@@ -61,7 +48,7 @@ const EXTEND_LEASES: Sql = Sql::pair(
         " + $4 FROM UNNEST($1::uuid[], $2::bigint[]) AS h(id, token)
          WHERE jobs.id = h.id AND jobs.lease_token = h.token AND jobs.",
         pg_running!(),
-        " RETURNING jobs.id"
+        " RETURNING jobs.id, jobs.lease_expires_at"
     ),
 );
 
@@ -231,16 +218,10 @@ pub(crate) async fn heartbeat_job<B: Backend>(
     lease_token: i64,
     lease: Duration,
 ) -> Result<Timestamp, StoreError> {
-    let now = b.now();
     let op = "extending a job lease";
-    let stmt = Stmt::new::<B>(EXTEND_LEASE)
-        .arg(id)
-        .arg(lease_token)
-        .arg(b.judged_ms(now))
-        .arg(dur_ms(lease));
-    let rows = b.fetch_write(stmt).await.op(op)?;
-    match rows.first() {
-        Some(r) => Ok(ts(r.int("lease_expires_at")?)),
+    let extended = extend_leases(b, &[(id, lease_token)], lease, op).await?;
+    match extended.get(&id) {
+        Some(expires) => Ok(ts(*expires)),
         None => Err(StoreError::StaleLease {
             operation: op,
             job: id,
@@ -260,6 +241,17 @@ pub(crate) async fn heartbeat_jobs<B: Backend>(
     if held.is_empty() {
         return Ok(Vec::new());
     }
+    let extended = extend_leases(b, held, lease, "extending job leases").await?;
+    Ok(held.iter().map(|(id, _)| extended.contains_key(id)).collect())
+}
+
+/// The jobs of `held` whose lease was extended, with its new expiry (ms).
+async fn extend_leases<B: Backend>(
+    b: &B,
+    held: &[(JobId, i64)],
+    lease: Duration,
+    op: &'static str,
+) -> Result<HashMap<JobId, i64>, StoreError> {
     let ids: Vec<Id> = held.iter().map(|(id, _)| id.as_uuid()).collect();
     let tokens: Vec<i64> = held.iter().map(|(_, token)| *token).collect();
     let stmt = Stmt::new::<B>(EXTEND_LEASES)
@@ -267,12 +259,12 @@ pub(crate) async fn heartbeat_jobs<B: Backend>(
         .arg(tokens.as_slice())
         .arg(b.judged_ms(b.now()))
         .arg(dur_ms(lease));
-    let rows = b.fetch_write(stmt).await.op("extending job leases")?;
-    let extended = rows
+    b.fetch_write(stmt)
+        .await
+        .op(op)?
         .iter()
-        .map(|r| r.id::<JobId>("id"))
-        .collect::<Result<std::collections::HashSet<_>, _>>()?;
-    Ok(held.iter().map(|(id, _)| extended.contains(id)).collect())
+        .map(|r| Ok((r.id::<JobId>("id")?, r.int("lease_expires_at")?)))
+        .collect()
 }
 
 pub(crate) async fn release<B: Backend>(
