@@ -242,7 +242,10 @@ pub(crate) async fn heartbeat_jobs<B: Backend>(
         return Ok(Vec::new());
     }
     let extended = extend_leases(b, held, lease, "extending job leases").await?;
-    Ok(held.iter().map(|(id, _)| extended.contains_key(id)).collect())
+    Ok(held
+        .iter()
+        .map(|(id, _)| extended.contains_key(id))
+        .collect())
 }
 
 /// The jobs of `held` whose lease was extended, with its new expiry (ms).

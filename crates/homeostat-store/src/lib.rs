@@ -460,20 +460,7 @@ impl Store {
                 out.stale.push(c.id);
             }
         }
-        let schedule = match self {
-            #[cfg(feature = "sqlite")]
-            Store::Sqlite(s) => tally::succeeded(s, out.completed.len()),
-            #[cfg(feature = "postgres")]
-            Store::Postgres(s) => tally::succeeded(s, out.completed.len()),
-        };
-        if schedule {
-            let store = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(tally::FLUSH_EVERY).await;
-                let store = &store;
-                dispatch!(store, tally::write_scheduled());
-            });
-        }
+        dispatch!(self, tally::succeeded(out.completed.len()));
         Ok(out)
     }
 

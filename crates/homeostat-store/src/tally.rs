@@ -22,7 +22,7 @@ use crate::error::{Context, StoreError};
 use crate::time::ms;
 
 /// How long a store waits, after it counted a job, to write its counts.
-pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(5);
+const FLUSH_EVERY: Duration = Duration::from_secs(5);
 
 /// How long the counts are kept (the dashboard shows an hour of them);
 /// `delete_finished_jobs` forgets older ones.
@@ -71,21 +71,27 @@ impl Tally {
     }
 }
 
-/// Counts `jobs` that have just succeeded. True when the caller is to
-/// schedule [`write_scheduled`] in [`FLUSH_EVERY`]: none is scheduled yet.
-pub(crate) fn succeeded<B: Backend>(b: &B, jobs: usize) -> bool {
+/// Counts `jobs` that have just succeeded, and schedules a write of the
+/// counts in [`FLUSH_EVERY`] unless one is scheduled already.
+pub(crate) async fn succeeded<B: Backend + Clone + Send + 'static>(b: &B, jobs: usize) {
     if jobs == 0 {
-        return false;
+        return;
     }
     let tally = b.tally();
     let minute = ms(b.now()).div_euclid(60_000);
     *tally.minutes.lock().unwrap().entry(minute).or_default() += jobs as i64;
-    !tally.scheduled.swap(true, Ordering::AcqRel)
+    if !tally.scheduled.swap(true, Ordering::AcqRel) {
+        let b = b.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FLUSH_EVERY).await;
+            write_scheduled(&b).await;
+        });
+    }
 }
 
 /// The scheduled write. A failure does not lose the counts: they wait for
 /// the next write (the next completion schedules one).
-pub(crate) async fn write_scheduled<B: Backend>(b: &B) {
+async fn write_scheduled<B: Backend>(b: &B) {
     b.tally().scheduled.store(false, Ordering::Release);
     if let Err(e) = flush(b).await {
         tracing::warn!(error = %e, "the counts of succeeded jobs wait for the next write");
