@@ -312,13 +312,9 @@ pub(crate) async fn delete_finished_jobs<B: Backend>(
             .arg(i64::from(limit))
             .arg(id_before(oldest))
     };
-    // The counts of succeeded jobs per minute are kept a day. Outside the
-    // fenced transaction: forgetting counts older than that is the same
+    // Outside the fenced transaction: forgetting old counts is the same
     // whoever does it, and twice is once.
-    let kept_from = (ms(b.now()) - crate::tally::KEPT_MS).div_euclid(60_000);
-    b.execute_write(Stmt::new::<B>(crate::tally::FORGET).arg(kept_from))
-        .await
-        .op("forgetting old counts of succeeded jobs")?;
+    crate::tally::forget_old(b).await?;
     run(b, &DELETED, args, fence).await
 }
 

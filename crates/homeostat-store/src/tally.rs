@@ -26,14 +26,14 @@ const FLUSH_EVERY: Duration = Duration::from_secs(5);
 
 /// How long the counts are kept (the dashboard shows an hour of them);
 /// `delete_finished_jobs` forgets older ones.
-pub(crate) const KEPT_MS: i64 = 24 * 3600 * 1000;
+const KEPT_MS: i64 = 24 * 3600 * 1000;
 
 const ADD: Sql = Sql::both(
     "INSERT INTO succeeded_per_minute (minute, slot, jobs) VALUES ($1, $2, $3)
      ON CONFLICT (minute, slot) DO UPDATE SET jobs = succeeded_per_minute.jobs + excluded.jobs",
 );
 
-pub(crate) const FORGET: Sql = Sql::both("DELETE FROM succeeded_per_minute WHERE minute < $1");
+const FORGET: Sql = Sql::both("DELETE FROM succeeded_per_minute WHERE minute < $1");
 
 /// A store's counts not yet written.
 #[derive(Debug)]
@@ -110,5 +110,14 @@ pub(crate) async fn flush<B: Backend>(b: &B) -> Result<(), StoreError> {
             return Err(e).op("counting succeeded jobs");
         }
     }
+    Ok(())
+}
+
+/// Deletes the counts older than [`KEPT_MS`].
+pub(crate) async fn forget_old<B: Backend>(b: &B) -> Result<(), StoreError> {
+    let kept_from = (ms(b.now()) - KEPT_MS).div_euclid(60_000);
+    b.execute_write(Stmt::new::<B>(FORGET).arg(kept_from))
+        .await
+        .op("forgetting old counts of succeeded jobs")?;
     Ok(())
 }
