@@ -71,6 +71,11 @@ pub(crate) const POSTGRES: Set = &[
         "succeeded per minute",
         include_str!("../migrations/postgres/0007_succeeded_per_minute.sql"),
     ),
+    (
+        8,
+        "claim guard",
+        include_str!("../migrations/postgres/0008_claim_guard.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

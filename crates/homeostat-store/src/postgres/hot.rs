@@ -39,21 +39,19 @@ macro_rules! claim_times {
     };
 }
 
-/// The rows of the `claimed` CTE, then — only when it is empty — one row
-/// whose last column says why: the agent's status, `missing` when there is
-/// no such agent. An empty claim (a long poll's usual answer) costs one
-/// statement, not a second one asking about the agent.
-macro_rules! claimed_or_status {
+/// The claim's gate, a one-time filter evaluated before the locking scan:
+/// true, or an error (`REFUSED`) whose message is the agent's status. An
+/// empty claim (a long poll's usual answer) so says in its one statement
+/// why it was empty when the agent is the reason, and the claimed rows
+/// come straight from `RETURNING` (migration 0008).
+macro_rules! agent_may_claim {
     () => {
-        "SELECT id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
-           timeout_ms, effective_priority, queued_at, lease_expires_at, NULL::text AS agent_status
-         FROM claimed
-         UNION ALL
-         SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-           COALESCE((SELECT status FROM agents WHERE id = $1), 'missing')
-         WHERE NOT EXISTS (SELECT 1 FROM claimed)"
+        "(SELECT agent_may_claim($1))"
     };
 }
+
+/// The SQLSTATE of `agent_may_claim`'s refusal.
+const REFUSED: &str = "QH001";
 
 impl PgStore {
     pub(crate) async fn enqueue_batch(
@@ -204,22 +202,20 @@ impl PgStore {
             // statement's snapshot is locked at its new address, which the
             // snapshot cannot see: it stays queued for the next claim.
             sqlx::query(concat!(
-                "WITH claimed AS (
-                 UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
+                "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
                    lease_token = lease_token + 1, ",
                 claim_times!(),
                 "
-                 WHERE ctid = ANY(ARRAY(
+                 WHERE ",
+                agent_may_claim!(),
+                " AND ctid = ANY(ARRAY(
                    SELECT ctid FROM jobs
                    WHERE state = 'queued' AND queue = $4 AND ($5::uuid IS NULL OR tenant_id = $5)
                    ORDER BY effective_priority DESC, queued_at
                    LIMIT (SELECT $6::bigint)
                    FOR UPDATE SKIP LOCKED))
-                 AND EXISTS (SELECT 1 FROM agents WHERE id = $1 AND status = 'online')
                  RETURNING ",
-                claim_returning!(),
-                ") ",
-                claimed_or_status!()
+                claim_returning!()
             ))
             .bind(agent_id.as_uuid())
             .bind(dur_ms(lease))
@@ -229,13 +225,12 @@ impl PgStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
-            .op(op)?
         } else {
             // Per queue an index-ordered scan that skips locked rows, then
-            // the best `limit` across queues; one statement.
+            // the best `limit` across queues; one statement (the gate has
+            // checked that the agent is online).
             sqlx::query(concat!(
-                "WITH agent AS (
-                   SELECT tenant_id FROM agents WHERE id = $1 AND status = 'online'),
+                "WITH agent AS (SELECT tenant_id FROM agents WHERE id = $1),
                  picked AS (
                    SELECT c.id, c.effective_priority, c.queued_at
                    FROM agent a, unnest((SELECT $5::text[])) AS q(name),
@@ -247,17 +242,16 @@ impl PgStore {
                      LIMIT (SELECT $4::bigint)
                      FOR UPDATE SKIP LOCKED) c
                    ORDER BY c.effective_priority DESC, c.queued_at
-                   LIMIT (SELECT $4::bigint)),
-                 claimed AS (
+                   LIMIT (SELECT $4::bigint))
                  UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
                    lease_token = lease_token + 1, ",
                 claim_times!(),
                 "
-                 WHERE id = ANY(ARRAY(SELECT id FROM picked))
+                 WHERE ",
+                agent_may_claim!(),
+                " AND id = ANY(ARRAY(SELECT id FROM picked))
                  RETURNING ",
-                claim_returning!(),
-                ") ",
-                claimed_or_status!()
+                claim_returning!()
             ))
             .bind(agent_id.as_uuid())
             .bind(dur_ms(lease))
@@ -266,17 +260,16 @@ impl PgStore {
             .bind(&queues)
             .fetch_all(&self.pool)
             .await
-            .op(op)?
         };
-        if let [row] = rows.as_slice() {
-            // Nothing claimed: the one row says why when the agent is the
-            // reason, in the same statement.
-            if let Some(status) = row.try_get::<Option<String>, _>(12).op(op)? {
-                let status = Some(status.as_str()).filter(|s| *s != "missing");
+        let rows = match rows {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(REFUSED) => {
+                let status = Some(e.message()).filter(|s| *s != "missing");
+                // Refuses every status but `online`, which the gate never reports.
                 crate::decisions::claim_refusal(op, agent_id, status)?;
                 return Ok(Vec::new());
             }
-        }
+            rows => rows.op(op)?,
+        };
         // Unchecked decoding: the statement above fixes each column's type,
         // and checking it again per value is a tenth of the claim's client
         // time. A wrong width still fails to decode, as an error.

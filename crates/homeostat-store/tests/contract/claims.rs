@@ -253,8 +253,58 @@ async fn one_heartbeat_extends_every_live_lease_and_names_the_rest(store: &Store
     assert!(store.heartbeat_jobs(&[], LEASE).await.unwrap().is_empty());
 }
 
+/// With nothing queued, a claim by an agent that may not claim is refused
+/// with the agent's status (PostgreSQL's gate runs before the scan, so an
+/// empty queue hides nothing), from one queue and from several.
+async fn an_agent_that_may_not_claim_is_told_why_even_with_nothing_queued(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let one = agent(store, Some(t), &["q"]).await;
+    let several = agent(store, Some(t), &["q", "r"]).await;
+    let silent = agent(store, Some(t), &["q"]).await;
+    for a in [one, several, silent] {
+        assert!(
+            store
+                .at(at(10))
+                .claim(a, 10, LEASE)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    for a in [one, several] {
+        store
+            .at(at(12))
+            .drain_agent(a, "operator:test")
+            .await
+            .unwrap();
+        let err = store.at(at(13)).claim(a, 10, LEASE).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+        assert!(err.to_string().contains("the agent is draining"), "{err}");
+    }
+    // Draining agents that keep heartbeating stay draining.
+    store
+        .at(at(150))
+        .heartbeat_agents(&[one, several])
+        .await
+        .unwrap();
+    let offline = store
+        .at(at(200))
+        .mark_silent_agents_offline(Duration::from_secs(90), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(offline, vec![silent]);
+    let err = store
+        .at(at(201))
+        .claim(silent, 10, LEASE)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("the agent is offline"), "{err}");
+    assert_eq!(err.code(), "conflict");
+}
+
 on_both_backends!(
     eight_claimers_take_every_job_exactly_once,
+    an_agent_that_may_not_claim_is_told_why_even_with_nothing_queued,
     one_heartbeat_extends_every_live_lease_and_names_the_rest,
     a_batch_names_its_stale_completions,
     a_stale_completion_racing_the_current_one_loses,
