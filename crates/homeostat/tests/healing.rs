@@ -27,6 +27,11 @@ sleep "$(awk 'BEGIN { srand(); printf "%.3f", rand() * 0.2 }')"
 echo "$HOMEOSTAT_JOB_ID $HOMEOSTAT_JOB_ATTEMPT" >> "$LOG"
 "#;
 
+/// Both tests time how fast healing happens, each with its own server,
+/// agents and (PostgreSQL) replicas; run side by side on two cores, one's
+/// processes delayed the other's controllers past the bound. One at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const INTERVAL: Duration = Duration::from_secs(1);
 const STALE: Duration = Duration::from_secs(3);
 /// The controllers' lease TTL (the manager's default).
@@ -80,6 +85,7 @@ fn agent_id(dir: &Path, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_agents_are_healed_around_and_every_job_completes_once() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let c = client();
@@ -215,6 +221,7 @@ async fn leader(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_hands_its_controllers_over_and_no_job_is_lost() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let Some(test) = homeostat_testkit::postgres().await else {
         return;
     };
