@@ -4,7 +4,7 @@
 -- empty claim still says in one statement why it was empty when the agent
 -- is the reason; without it the claim returned its rows through a
 -- data-modifying CTE to add that status row, and materializing the rows
--- cost about 4,900 server instructions a job (docs/benchmarks.md).
+-- cost about 5,300 server instructions a job, 2.5 % (docs/benchmarks.md).
 CREATE FUNCTION agent_may_claim(agent UUID) RETURNS BOOLEAN
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
