@@ -45,6 +45,7 @@ pub(crate) struct HttpMetrics {
     requests: Family<RouteLabels, Counter>,
     durations: Family<RouteMethod, Histogram>,
     claims: Family<ClaimLabels, Counter>,
+    wakeups: Family<ClaimLabels, Counter>,
     claim_wait: Histogram,
 }
 
@@ -56,6 +57,7 @@ impl HttpMetrics {
                 Histogram::new(exponential_buckets(0.0005, 4.0, 10))
             }),
             claims: Family::default(),
+            wakeups: Family::default(),
             claim_wait: Histogram::new(exponential_buckets(0.001, 4.0, 10)),
         };
         registry.register(
@@ -74,6 +76,11 @@ impl HttpMetrics {
             m.claims.clone(),
         );
         registry.register(
+            "homeostat_claim_wakeups",
+            "Waiting claims woken by queued jobs, by what their next look found: jobs, or empty (a wasted wake-up: another claim was faster)",
+            m.wakeups.clone(),
+        );
+        registry.register(
             "homeostat_claim_wait_seconds",
             "Time a claim waited before it was answered",
             m.claim_wait.clone(),
@@ -85,6 +92,11 @@ impl HttpMetrics {
         let outcome = if got_jobs { "jobs" } else { "empty" };
         self.claims.get_or_create(&ClaimLabels { outcome }).inc();
         self.claim_wait.observe(waited.as_secs_f64());
+    }
+
+    pub(crate) fn woken(&self, found_jobs: bool) {
+        let outcome = if found_jobs { "jobs" } else { "empty" };
+        self.wakeups.get_or_create(&ClaimLabels { outcome }).inc();
     }
 }
 

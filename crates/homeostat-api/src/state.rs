@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use homeostat_model::TenantId;
@@ -97,8 +96,6 @@ pub struct ApiState {
     pub(crate) shutdown: CancellationToken,
     pub(crate) http: Arc<HttpMetrics>,
     pub(crate) registry: Arc<prometheus_client::registry::Registry>,
-    /// Claims waiting for work now.
-    pub(crate) waiting: Arc<AtomicUsize>,
     /// When this server started: the dashboard's baseline for a controller
     /// that never succeeded.
     pub(crate) started_at: std::time::SystemTime,
@@ -124,7 +121,6 @@ impl ApiState {
             shutdown: CancellationToken::new(),
             http,
             registry: Arc::new(registry),
-            waiting: Arc::default(),
             started_at: std::time::SystemTime::now(),
             verification: Arc::default(),
         }
@@ -138,7 +134,7 @@ impl ApiState {
 
     /// How many claims wait for work now.
     pub fn waiting_claims(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.store.waiting_claims()
     }
 
     /// The controller manager, if one runs in this server.

@@ -308,6 +308,16 @@ pub(crate) trait Backend: Sync {
     /// The jobs this store saw succeed, not yet written.
     fn tally(&self) -> &crate::tally::Tally;
 
+    /// This store's waiting claims.
+    fn signals(&self) -> &crate::signals::Signals;
+
+    /// Agents' tenants and queues, looked up once.
+    fn agent_facts(&self) -> &crate::registry::AgentFactsCache;
+
+    /// Tells the other replicas of jobs queued that this one's waiting
+    /// claims did not cover (nothing to tell on SQLite: one process).
+    fn announce(&self, shortfall: &[crate::signals::Shortfall]) -> impl Future<Output = ()> + Send;
+
     /// The time now, by the store's clock.
     fn now(&self) -> Timestamp {
         self.options().clock.now()

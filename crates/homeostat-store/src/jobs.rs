@@ -59,14 +59,14 @@ const RELEASE: Sql = Sql::pair(
            updated_at = $3, lease_expires_at = NULL, timeout_at = NULL
          WHERE id = $1 AND lease_token = $2 AND ",
         sqlite_running!(),
-        " RETURNING id"
+        " RETURNING tenant_id, queue"
     ),
     concat!(
         "UPDATE jobs SET state = 'queued', attempt = GREATEST(attempt - 1, 0), queued_at = $3,
            updated_at = $3, lease_expires_at = NULL, timeout_at = NULL
          WHERE id = $1 AND lease_token = $2 AND ",
         pg_running!(),
-        " RETURNING id"
+        " RETURNING tenant_id, queue"
     ),
 );
 
@@ -274,20 +274,19 @@ pub(crate) async fn release<B: Backend>(
     b: &B,
     id: JobId,
     lease_token: i64,
-) -> Result<(), StoreError> {
+) -> Result<(TenantId, String), StoreError> {
     let op = "releasing a job";
     let stmt = Stmt::new::<B>(RELEASE)
         .arg(id)
         .arg(lease_token)
         .arg(ms(b.now()));
-    if b.fetch_write(stmt).await.op(op)?.is_empty() {
-        return Err(StoreError::StaleLease {
-            operation: op,
-            job: id,
-            token: lease_token,
-        });
-    }
-    Ok(())
+    let rows = b.fetch_write(stmt).await.op(op)?;
+    let row = rows.first().ok_or(StoreError::StaleLease {
+        operation: op,
+        job: id,
+        token: lease_token,
+    })?;
+    Ok((row.id("tenant_id")?, row.text("queue")?))
 }
 
 pub(crate) async fn fail<B: Backend>(

@@ -305,15 +305,11 @@ impl Store {
         match self {
             #[cfg(feature = "sqlite")]
             Store::Sqlite(s) => {
-                let now = self.now();
-                for job in jobs
-                    .iter()
-                    .filter(|j| j.initial_state(now) == JobState::Queued)
-                {
-                    s.signals.queued(&job.queue);
-                }
+                let queued = signals::queued_by_queue(jobs, self.now());
+                signals::wake(s, tenant_id, &queued).await;
             }
-            // Its statement announced its queues itself (`NOTIFY`).
+            // It woke this replica's waiting claims and told the others in
+            // its own statement.
             #[cfg(feature = "postgres")]
             Store::Postgres(_) => {}
         }
@@ -336,7 +332,8 @@ impl Store {
             idempotency::enqueue_once(tenant_id, key, jobs, lifetime)
         )?;
         if !once.replayed {
-            self.wake_any().await;
+            let queued = signals::queued_by_queue(jobs, self.now());
+            dispatch!(self, signals::wake(tenant_id, &queued));
         }
         Ok(once)
     }
@@ -351,34 +348,68 @@ impl Store {
         dispatch!(self, idempotency::forget_old(lifetime, limit, fence))
     }
 
-    /// A waiter for jobs queued from now on, by any replica (long-polling
-    /// claims). Take it before looking for work.
-    pub fn queued_waiter(&self) -> QueueWaiter {
-        match self {
-            #[cfg(feature = "sqlite")]
-            Store::Sqlite(s) => s.signals.waiter(),
-            #[cfg(feature = "postgres")]
-            Store::Postgres(s) => s.waiter(),
+    /// A waiting claim of `agent` for up to `capacity` jobs queued from now
+    /// on, by any replica, on its queues (`only` some of them): jobs queued
+    /// wake about as many waiting claims as they need, oldest first. Take it
+    /// before looking for work.
+    pub async fn queued_waiter(
+        &self,
+        agent: AgentId,
+        only: Option<&[String]>,
+        capacity: u32,
+    ) -> Result<QueueWaiter, StoreError> {
+        #[cfg(feature = "postgres")]
+        #[allow(irrefutable_let_patterns)]
+        if let Store::Postgres(s) = self {
+            s.listen();
+        }
+        dispatch!(self, signals::waiter(agent, only, capacity))
+    }
+
+    /// Returns once waiting claims hear of jobs queued by other replicas
+    /// (PostgreSQL's listener connected; at once on SQLite). Waiting claims
+    /// start listening themselves; a server waits for this before it
+    /// answers, so that no early claim misses an announcement.
+    pub async fn listening(&self) {
+        #[cfg(feature = "postgres")]
+        #[allow(irrefutable_let_patterns)]
+        if let Store::Postgres(s) = self {
+            s.listening().await;
         }
     }
 
-    /// Wakes waiting claims of every queue, after a change that may have
-    /// queued jobs (a promotion, a requeue, an approval, a redrive).
-    async fn wake_any(&self) {
+    /// How many claims wait on this store now.
+    pub fn waiting_claims(&self) -> usize {
+        use backend::Backend;
         match self {
             #[cfg(feature = "sqlite")]
-            Store::Sqlite(s) => s.signals.any(),
+            Store::Sqlite(s) => s.signals().waiting(),
             #[cfg(feature = "postgres")]
-            Store::Postgres(s) => s.notify_any().await,
+            Store::Postgres(s) => s.signals().waiting(),
         }
     }
 
-    /// Wakes waiting claims when `swept` moved jobs back to `queued`.
+    /// Wakes waiting claims for the jobs `swept` moved back to `queued`.
     async fn woken(&self, swept: Result<Swept, StoreError>) -> Result<Swept, StoreError> {
-        if swept.as_ref().is_ok_and(|s| s.requeued_any()) {
-            self.wake_any().await;
+        if let Ok(swept) = &swept {
+            for (tenant, queued) in swept.queued_by_tenant() {
+                dispatch!(self, signals::wake(tenant, &queued));
+            }
         }
         swept
+    }
+
+    /// Wakes waiting claims for one job queued again.
+    async fn woken_job(&self, job: Result<Job, StoreError>) -> Result<Job, StoreError> {
+        if let Ok(job) = &job
+            && job.state == JobState::Queued
+        {
+            dispatch!(
+                self,
+                signals::wake(job.tenant_id, &[(job.queue.clone(), 1)])
+            );
+        }
+        job
     }
 
     /// Enqueues `job` for cron slot `slot` of periodic schedule `schedule`,
@@ -392,7 +423,8 @@ impl Store {
     ) -> Result<Option<Enqueued>, StoreError> {
         let enqueued = dispatch!(self, jobs::enqueue_periodic(periodic, fence))?;
         if enqueued.is_some() {
-            self.wake_any().await;
+            let queued = signals::queued_by_queue(std::slice::from_ref(periodic.job), self.now());
+            dispatch!(self, signals::wake(periodic.tenant_id, &queued));
         }
         Ok(enqueued)
     }
@@ -509,8 +541,8 @@ impl Store {
     /// Gives a running job back to its queue without using up its attempt
     /// (its agent is shutting down); refused for a stale token.
     pub async fn release_job(&self, id: JobId, lease_token: i64) -> Result<(), StoreError> {
-        dispatch!(self, jobs::release(id, lease_token))?;
-        self.wake_any().await;
+        let (tenant, queue) = dispatch!(self, jobs::release(id, lease_token))?;
+        dispatch!(self, signals::wake(tenant, &[(queue, 1)]));
         Ok(())
     }
 
@@ -524,22 +556,20 @@ impl Store {
 
     /// Approves a job awaiting approval (audited).
     pub async fn approve(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
-        let job = dispatch!(
+        self.woken_job(dispatch!(
             self,
             jobs::transition(id, JobState::Queued, AuditAction::JobApproved, actor)
-        )?;
-        self.wake_any().await;
-        Ok(job)
+        ))
+        .await
     }
 
     /// Re-queues a dead or expired job with fresh attempts (audited).
     pub async fn redrive(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
-        let job = dispatch!(
+        self.woken_job(dispatch!(
             self,
             jobs::transition(id, JobState::Queued, AuditAction::JobRedriven, actor)
-        )?;
-        self.wake_any().await;
-        Ok(job)
+        ))
+        .await
     }
 
     /// One job.

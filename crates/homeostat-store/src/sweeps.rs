@@ -17,7 +17,8 @@ use crate::leases::check_fence;
 use crate::time::{dur_ms, ms};
 use crate::{Ageing, JobRetention, Swept, audit_log};
 
-/// A sweep statement returning `(id, state)` of the rows it changed, with
+/// A sweep statement returning `(id, state, tenant_id, queue)` of the
+/// rows it changed, with
 /// the audit action and reason that describe it.
 pub(crate) struct Sweep {
     action: &'static str,
@@ -38,7 +39,7 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
             sqlite_failed_attempt!("$1", "'lease expired: the agent stopped heartbeating the job'"),
             ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 LIMIT $2)
-         RETURNING id, state"
+         RETURNING id, state, tenant_id, queue"
         ),
         concat!(
             "WITH t(now) AS (SELECT ",
@@ -53,7 +54,7 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'running' AND lease_expires_at < t.now
                       LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state"
+         RETURNING id, state::text AS state, tenant_id, queue"
         ),
     ),
 };
@@ -73,7 +74,7 @@ pub(crate) const AGENT_OFFLINE: Sweep = Sweep {
          WHERE id IN (SELECT j.id FROM jobs j INDEXED BY jobs_running_lease
                       JOIN agents a ON a.id = j.lease_agent
                       WHERE j.state = 'running' AND a.status = 'offline' LIMIT $2)
-         RETURNING id, state"
+         RETURNING id, state, tenant_id, queue"
         ),
         concat!(
             "WITH t(now) AS (SELECT ",
@@ -89,7 +90,7 @@ pub(crate) const AGENT_OFFLINE: Sweep = Sweep {
          WHERE id IN (SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent
                       WHERE j.state = 'running' AND a.status = 'offline'
                       LIMIT $2 FOR UPDATE OF j SKIP LOCKED)
-         RETURNING id, state::text AS state"
+         RETURNING id, state::text AS state, tenant_id, queue"
         ),
     ),
 };
@@ -103,7 +104,7 @@ pub(crate) const DEADLINE_PASSED: Sweep = Sweep {
            last_error = 'not started before its deadline'
          WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND attempt = 0
                       AND deadline_at < $1 LIMIT $2)
-         RETURNING id, state",
+         RETURNING id, state, tenant_id, queue",
         concat!(
             "WITH t(now) AS (SELECT ",
             pg_judged!(1),
@@ -113,7 +114,7 @@ pub(crate) const DEADLINE_PASSED: Sweep = Sweep {
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'queued' AND attempt = 0
                       AND deadline_at < t.now LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state"
+         RETURNING id, state::text AS state, tenant_id, queue"
         ),
     ),
 };
@@ -134,7 +135,7 @@ const TIMED_OUT: Sweep = Sweep {
             ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_running_lease
                       WHERE state = 'running' AND timeout_at < $1 LIMIT $2)
-         RETURNING id, state"
+         RETURNING id, state, tenant_id, queue"
         ),
         concat!(
             "WITH t(now) AS (SELECT ",
@@ -150,7 +151,7 @@ const TIMED_OUT: Sweep = Sweep {
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'running' AND timeout_at < t.now
                       LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state"
+         RETURNING id, state::text AS state, tenant_id, queue"
         ),
     ),
 };
@@ -162,7 +163,7 @@ pub(crate) const PROMOTED: Sweep = Sweep {
     sql: Sql::pair(
         "UPDATE jobs SET state = 'queued', queued_at = $1, updated_at = $1
          WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1 LIMIT $2)
-         RETURNING id, state",
+         RETURNING id, state, tenant_id, queue",
         concat!(
             "WITH t(now) AS (SELECT ",
             pg_judged!(1),
@@ -171,7 +172,7 @@ pub(crate) const PROMOTED: Sweep = Sweep {
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'scheduled' AND run_at <= t.now
                       LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state"
+         RETURNING id, state::text AS state, tenant_id, queue"
         ),
     ),
 };
@@ -185,7 +186,7 @@ pub(crate) const APPROVAL_EXPIRED: Sweep = Sweep {
            last_error = 'approval expired'
          WHERE id IN (SELECT id FROM jobs WHERE state = 'awaiting_approval'
                       AND approval_expires_at < $1 LIMIT $2)
-         RETURNING id, state",
+         RETURNING id, state, tenant_id, queue",
         concat!(
             "WITH t(now) AS (SELECT ",
             pg_judged!(1),
@@ -195,7 +196,7 @@ pub(crate) const APPROVAL_EXPIRED: Sweep = Sweep {
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'awaiting_approval'
                       AND approval_expires_at < t.now LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state"
+         RETURNING id, state::text AS state, tenant_id, queue"
         ),
     ),
 };
@@ -213,13 +214,13 @@ const DELETED: Sweep = Sweep {
              (state IN ('succeeded', 'cancelled') AND finished_at < $1)
              OR (state IN ('dead', 'expired') AND finished_at < $2))
            ORDER BY id LIMIT $3)
-         RETURNING id, state",
+         RETURNING id, state, tenant_id, queue",
         "DELETE FROM jobs WHERE id IN (
            SELECT id FROM jobs WHERE id < $4 AND (
              (state IN ('succeeded', 'cancelled') AND finished_at < $1)
              OR (state IN ('dead', 'expired') AND finished_at < $2))
            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-         RETURNING id, state::text AS state",
+         RETURNING id, state::text AS state, tenant_id, queue",
     ),
 };
 
@@ -259,8 +260,10 @@ async fn run<B: Backend>(
     let mut swept = Swept::default();
     for r in &rows {
         let id = r.id("id")?;
-        if r.text("state")? == "dead" {
-            swept.dead.push(id);
+        match r.text("state")?.as_str() {
+            "dead" => swept.dead.push(id),
+            "queued" => swept.queued.push((r.id("tenant_id")?, r.text("queue")?)),
+            _ => {}
         }
         swept.ids.push(id);
     }

@@ -128,6 +128,9 @@ pub struct Swept {
     pub ids: Vec<JobId>,
     /// Those of them that went dead (for notifications).
     pub dead: Vec<JobId>,
+    /// The tenant and queue of each of them that was queued (whose waiting
+    /// claims to wake).
+    pub(crate) queued: Vec<(TenantId, String)>,
 }
 
 impl Swept {
@@ -135,6 +138,21 @@ impl Swept {
     /// any.
     pub fn requeued_any(&self) -> bool {
         self.changed > self.dead.len() as u64
+    }
+
+    /// The queued jobs by tenant, then queue.
+    pub(crate) fn queued_by_tenant(
+        &self,
+    ) -> std::collections::BTreeMap<TenantId, Vec<(String, u32)>> {
+        let mut out: std::collections::BTreeMap<TenantId, Vec<(String, u32)>> = Default::default();
+        for (tenant, queue) in &self.queued {
+            let queues = out.entry(*tenant).or_default();
+            match queues.iter_mut().find(|(q, _)| q == queue) {
+                Some((_, n)) => *n += 1,
+                None => queues.push((queue.clone(), 1)),
+            }
+        }
+        out
     }
 }
 

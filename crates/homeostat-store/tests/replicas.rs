@@ -2,7 +2,7 @@
 //! counted in its memory and written within a few seconds, before it reads
 //! the counts itself, and when it closes.
 
-use homeostat_testkit::{self as backends, agent, completions, tenant};
+use homeostat_testkit::{self as backends, agent, completions, tenant, wakes, woken};
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,56 @@ async fn a_replica_sees_the_jobs_another_completed_once_it_wrote_its_counts() {
     one.complete_batch(&done).await.unwrap();
     one.close().await;
     assert_eq!(succeeded(&two).await, 6);
+    two.close().await;
+    test.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_wake_claims_waiting_on_another_replica_only_for_what_its_own_did_not_cover() {
+    let Some(test) = backends::postgres().await else {
+        return;
+    };
+    let one = test.replica().await.expect("PostgreSQL");
+    let two = test.replica().await.expect("PostgreSQL");
+    let t = tenant(&test, "acme", PlanTier::Standard).await;
+    one.listening().await;
+    two.listening().await;
+    let mut here = Vec::new();
+    let mut there = Vec::new();
+    for _ in 0..2 {
+        let a = agent(&test, Some(t), &["builds"]).await;
+        here.push(one.queued_waiter(a, None, 1).await.unwrap());
+    }
+    for _ in 0..3 {
+        let a = agent(&test, Some(t), &["builds"]).await;
+        there.push(two.queued_waiter(a, None, 1).await.unwrap());
+    }
+    // A marker: a waiter on the second replica for a queue of its own.
+    // Announcements arrive in order, so once the marker's has, so has every
+    // earlier one.
+    let marker = agent(&test, Some(t), &["marker"]).await;
+    let mut marker_waiter = two.queued_waiter(marker, None, 1).await.unwrap();
+
+    // One job: the enqueueing replica's own waiter takes it; nothing is
+    // announced to the other.
+    one.enqueue(t, &NewJob::new("builds", "b")).await.unwrap();
+    assert!(woken(&mut here[0]).await);
+    // Three more: one left here, two announced.
+    let jobs: Vec<NewJob> = (0..3).map(|_| NewJob::new("builds", "b")).collect();
+    one.enqueue_batch(t, &jobs).await.unwrap();
+    assert!(woken(&mut here[1]).await);
+    one.enqueue(t, &NewJob::new("marker", "m")).await.unwrap();
+    wakes(&mut marker_waiter, "the marker").await;
+    let mut woke = Vec::new();
+    for w in &mut there {
+        woke.push(woken(w).await);
+    }
+    assert_eq!(
+        woke,
+        [true, true, false],
+        "the other replica woke more claims than the jobs needed"
+    );
+    one.close().await;
     two.close().await;
     test.cleanup().await;
 }

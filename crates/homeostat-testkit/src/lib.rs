@@ -20,6 +20,7 @@
 mod backends;
 mod clock;
 mod factories;
+mod waiting;
 
 pub use backends::{
     TestStore, context_at, pg_connect, pg_pool, pg_url, postgres, postgres_with, sqlite,
@@ -27,3 +28,4 @@ pub use backends::{
 };
 pub use clock::{At, at, t0};
 pub use factories::{agent, completions, job, tenant};
+pub use waiting::{wakes, woken};

@@ -59,6 +59,14 @@ async fn run(config: Config) -> Result<(), BoxError> {
     // replicas starting at once migrate once.
     let store = Store::connect(&url, options).await?;
     tracing::info!(backend = store.backend(), "store ready");
+    // Claims that wait must hear of jobs other replicas queue from the
+    // first one on; the listener retries on its own if this runs out.
+    if tokio::time::timeout(std::time::Duration::from_secs(10), store.listening())
+        .await
+        .is_err()
+    {
+        tracing::warn!("not yet listening for jobs queued by other replicas; retrying");
+    }
     ensure_admin_key(&store).await?;
 
     let mut registry = Registry::default();

@@ -143,7 +143,6 @@ pub(crate) async fn claim(
         state.http.claimed(!jobs.is_empty(), started.elapsed());
         Json(ClaimResponse { jobs })
     };
-    let mut queues: Option<Vec<String>> = None;
     if let Some(only) = &req.queues {
         let registered = state.store.get_agent(agent.id).await?.queues;
         if let Some(q) = only.iter().find(|q| !registered.contains(q)) {
@@ -151,14 +150,25 @@ pub(crate) async fn claim(
                 "queues: the agent is not registered for queue {q:?}"
             )));
         }
-        queues = Some(only.clone());
     }
+    let only = req.queues.as_deref();
+    let lease = state.settings.lease_ttl;
+    let mut woken = false;
     loop {
-        // Waiting starts before the look, so an enqueue between the two
-        // still wakes this claim.
-        let mut waiter = state.store.queued_waiter();
-        let lease = state.settings.lease_ttl;
-        let jobs = match &req.queues {
+        // Waiting starts before the look, so a job queued between the two
+        // still wakes this claim. Jobs wake only as many waiting claims as
+        // they need, so a woken claim usually finds work.
+        let mut waiter = if wait.is_zero() {
+            None
+        } else {
+            Some(
+                state
+                    .store
+                    .queued_waiter(agent.id, only, req.capacity)
+                    .await?,
+            )
+        };
+        let jobs = match only {
             Some(only) => {
                 state
                     .store
@@ -167,16 +177,17 @@ pub(crate) async fn claim(
             }
             None => state.store.claim(agent.id, req.capacity, lease).await?,
         };
-        if !jobs.is_empty() || wait.is_zero() || state.shutdown.is_cancelled() {
+        if woken {
+            state.http.woken(!jobs.is_empty());
+        }
+        let Some(waiter) = waiter.as_mut() else {
+            return Ok(answer(jobs));
+        };
+        if !jobs.is_empty() || state.shutdown.is_cancelled() {
             return Ok(answer(jobs));
         }
-        let queues = match &queues {
-            Some(q) => q,
-            None => queues.insert(state.store.get_agent(agent.id).await?.queues),
-        };
-        let _waiting = Waiting::new(&state);
         tokio::select! {
-            () = waiter.changed(queues) => {}
+            () = waiter.changed() => woken = true,
             () = tokio::time::sleep_until(deadline) => return Ok(answer(Vec::new())),
             () = state.shutdown.cancelled() => return Ok(answer(Vec::new())),
         }
@@ -192,24 +203,6 @@ fn stale(operation: &'static str, job: JobId, token: i64) -> ApiError {
         token,
     }
     .into()
-}
-
-/// Counts a waiting claim while it lives.
-struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn new(state: &'a ApiState) -> Self {
-        state
-            .waiting
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self(&state.waiting)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
 }
 
 /// The job, if `agent` holds or held its lease with `token`: a resend of an

@@ -63,16 +63,31 @@ impl PgStore {
         for job in jobs {
             job.validate()?;
         }
+        // This replica's waiting claims are taken for the jobs now and woken
+        // once they are committed; the statement tells the other replicas
+        // of the rest (`NOTIFY`, delivered at commit).
+        let queued = crate::signals::queued_by_queue(jobs, self.now());
+        let reserved = self.signals.reserve(tenant_id, &queued);
+        let origin = self.signals.origin();
+        let announce: Vec<String> = reserved
+            .shortfall
+            .iter()
+            .map(|s| s.payload(origin))
+            .collect();
         let mut conn = self.pool.acquire().await.op(op)?;
-        self.enqueue_on(&mut conn, tenant_id, jobs).await
+        let enqueued = self.enqueue_on(&mut conn, tenant_id, jobs, &announce).await;
+        reserved.fire();
+        enqueued
     }
 
-    /// Enqueues validated jobs on `conn` (a transaction, or not).
+    /// Enqueues validated jobs on `conn` (a transaction, or not), sending
+    /// the `announce` payloads with them.
     pub(super) async fn enqueue_on(
         &self,
         conn: &mut sqlx::PgConnection,
         tenant_id: TenantId,
         jobs: &[NewJob],
+        announce: &[String],
     ) -> Result<Vec<Enqueued>, StoreError> {
         let op = "enqueueing jobs";
         let At { now, judged } = self.at();
@@ -117,9 +132,10 @@ impl PgStore {
             c.deadline.push(job.deadline.map(ms));
             c.approval.push(job.approval_expires_at.map(ms));
         }
-        // The statement also announces the queues that got a job to every
-        // replica's waiting claims (`NOTIFY`, delivered at commit; an
-        // uncorrelated subquery, so it runs once per statement).
+        // The statement also sends the announcements to the other replicas'
+        // waiting claims (`NOTIFY`, delivered at commit; an uncorrelated
+        // subquery, so it runs once per statement, and none for an empty
+        // list).
         let stored = sqlx::query(concat!(
             "WITH ins AS (INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
                effective_priority, fingerprint, occurrences, state, max_attempts, timeout_ms, run_at,
@@ -142,10 +158,10 @@ impl PgStore {
             crate::rows::terminal!(),
             " DO UPDATE SET occurrences = jobs.occurrences + excluded.occurrences,
                             updated_at = excluded.updated_at
-             RETURNING id, fingerprint, occurrences, queue, state)
+             RETURNING id, fingerprint, occurrences)
              SELECT id, fingerprint, occurrences FROM ins,
-               (SELECT count(pg_notify('homeostat_queued', queue)) AS announced
-                FROM (SELECT DISTINCT queue FROM ins WHERE state = 'queued') AS q) AS n"
+               (SELECT count(pg_notify('homeostat_queued', p)) AS announced
+                FROM UNNEST($19::text[]) AS p) AS n"
         ))
         .bind(tenant_id.as_uuid())
         .bind(ms(now))
@@ -165,6 +181,7 @@ impl PgStore {
         .bind(&c.approval)
         .bind(judged)
         .bind(dur_ms(Backend::options(self).default_queue_deadline))
+        .bind(announce)
         .fetch_all(&mut *conn)
         .await
         .op(op)?;

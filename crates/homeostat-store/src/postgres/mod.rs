@@ -36,10 +36,22 @@ pub struct PgStore {
 }
 
 /// The listener task: started once, stopped by `close`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Listener {
     started: std::sync::OnceLock<()>,
     stop: tokio_util::sync::CancellationToken,
+    /// Whether it listens now.
+    connected: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Listener {
+    fn default() -> Self {
+        Self {
+            started: std::sync::OnceLock::new(),
+            stop: tokio_util::sync::CancellationToken::new(),
+            connected: tokio::sync::watch::channel(false).0,
+        }
+    }
 }
 
 impl PgStore {
@@ -112,31 +124,24 @@ impl PgStore {
         self.pool.close().await;
     }
 
-    /// A waiter for queued jobs; the first one starts this store's listener.
-    pub(crate) fn waiter(&self) -> crate::signals::QueueWaiter {
-        let waiter = self.signals.waiter();
+    /// Starts this store's listener, once (the first waiting claim does).
+    pub(crate) fn listen(&self) {
         self.listener.started.get_or_init(|| {
             tokio::spawn(listen(
                 self.pool.clone(),
                 self.signals.clone(),
                 self.listener.stop.clone(),
+                self.listener.connected.clone(),
             ));
         });
-        waiter
     }
 
-    /// Wakes the claims waiting on every replica (after a change that may
-    /// have queued jobs on any queue).
-    pub(crate) async fn notify_any(&self) {
-        let sent = sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(crate::signals::CHANNEL)
-            .bind(crate::signals::ANY_QUEUE)
-            .execute(&self.pool)
-            .await;
-        if let Err(e) = sent {
-            // Waiting claims wake at the end of their wait instead.
-            tracing::debug!(error = %e, "could not announce queued jobs");
-        }
+    /// Starts the listener and returns once it listens: from then on no
+    /// other replica's announcement is missed.
+    pub(crate) async fn listening(&self) {
+        self.listen();
+        let mut connected = self.listener.connected.subscribe();
+        let _ = connected.wait_for(|c| *c).await;
     }
 }
 
@@ -147,6 +152,7 @@ async fn listen(
     pool: PgPool,
     signals: crate::signals::Signals,
     stop: tokio_util::sync::CancellationToken,
+    listening: tokio::sync::watch::Sender<bool>,
 ) {
     use crate::signals::{CHANNEL, FALLBACK_POLL};
     use sqlx::postgres::PgListener;
@@ -171,13 +177,15 @@ async fn listen(
             },
         };
         // Whatever was queued while nobody listened.
+        listening.send_replace(true);
         signals.any();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
                 n = listener.try_recv() => match n {
-                    Ok(Some(n)) => signals.queued(n.payload()),
+                    Ok(Some(n)) => signals.heard(n.payload()),
                     Ok(None) | Err(_) => {
+                        listening.send_replace(false);
                         tracing::warn!("the connection listening for queued jobs dropped; reconnecting");
                         signals.any();
                         break;
@@ -262,6 +270,33 @@ impl Backend for PgStore {
         &self.tally
     }
 
+    fn signals(&self) -> &crate::signals::Signals {
+        &self.signals
+    }
+
+    fn agent_facts(&self) -> &crate::registry::AgentFactsCache {
+        &self.agents
+    }
+
+    async fn announce(&self, shortfall: &[crate::signals::Shortfall]) {
+        if shortfall.is_empty() {
+            return;
+        }
+        let payloads: Vec<String> = shortfall
+            .iter()
+            .map(|s| s.payload(self.signals.origin()))
+            .collect();
+        let sent = sqlx::query("SELECT count(pg_notify($1, p)) FROM UNNEST($2::text[]) AS p")
+            .bind(crate::signals::CHANNEL)
+            .bind(&payloads)
+            .execute(&self.pool)
+            .await;
+        if let Err(e) = sent {
+            // Waiting claims elsewhere wake at the end of their wait instead.
+            tracing::debug!(error = %e, "could not announce queued jobs");
+        }
+    }
+
     async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {
         self.pool.begin().await.op(op)
     }
@@ -321,6 +356,6 @@ impl Backend for PgStore {
         tenant_id: TenantId,
         jobs: &[NewJob],
     ) -> Result<Vec<Enqueued>, StoreError> {
-        self.enqueue_on(tx, tenant_id, jobs).await
+        self.enqueue_on(tx, tenant_id, jobs, &[]).await
     }
 }

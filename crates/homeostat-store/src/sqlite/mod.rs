@@ -40,7 +40,7 @@ pub struct SqliteStore {
     /// Jobs that succeeded, counted for the dashboard's chart.
     tally: Arc<crate::tally::Tally>,
     /// Wake-ups for waiting claims, announced in-process.
-    pub(crate) signals: crate::signals::Signals,
+    signals: crate::signals::Signals,
     /// Stops the checkpoint task when the last clone goes (held, not read).
     _checkpointer: Arc<tokio_util::sync::DropGuard>,
 }
@@ -252,6 +252,16 @@ impl Backend for SqliteStore {
     fn tally(&self) -> &crate::tally::Tally {
         &self.tally
     }
+
+    fn signals(&self) -> &crate::signals::Signals {
+        &self.signals
+    }
+
+    fn agent_facts(&self) -> &crate::registry::AgentFactsCache {
+        &self.agents
+    }
+
+    async fn announce(&self, _shortfall: &[crate::signals::Shortfall]) {}
 
     async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {
         self.writer.begin_with("BEGIN IMMEDIATE").await.op(op)

@@ -9,6 +9,7 @@ mod leases;
 mod notifications;
 mod registry;
 mod sweeps;
+mod wakeups;
 
 use std::time::Duration;
 
