@@ -12,6 +12,7 @@ mod dashboard;
 mod error;
 mod extract;
 mod metrics;
+mod presence;
 mod routes;
 mod state;
 

@@ -20,6 +20,10 @@ pub struct ApiSettings {
     /// How often agents heartbeat (told in every heartbeat reply).
     #[serde(with = "homeostat_model::duration")]
     pub heartbeat_interval: Duration,
+    /// How often the heartbeats this replica heard are written (in one
+    /// statement); agent-health sees an agent up to this much late.
+    #[serde(with = "homeostat_model::duration")]
+    pub heartbeat_flush: Duration,
     /// How long a job's lease lasts after its claim or heartbeat.
     #[serde(with = "homeostat_model::duration")]
     pub lease_ttl: Duration,
@@ -71,6 +75,7 @@ impl Default for ApiSettings {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_secs(10),
+            heartbeat_flush: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(60),
             default_claim_wait: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
@@ -96,6 +101,8 @@ pub struct ApiState {
     pub(crate) shutdown: CancellationToken,
     pub(crate) http: Arc<HttpMetrics>,
     pub(crate) registry: Arc<prometheus_client::registry::Registry>,
+    /// Agents heard, written about once a second.
+    pub(crate) presence: crate::presence::Presence,
     /// When this server started: the dashboard's baseline for a controller
     /// that never succeeded.
     pub(crate) started_at: std::time::SystemTime,
@@ -114,7 +121,9 @@ impl ApiState {
         mut registry: prometheus_client::registry::Registry,
     ) -> Self {
         let http = Arc::new(HttpMetrics::register(&mut registry));
+        let presence = crate::presence::Presence::start(store.clone(), settings.heartbeat_flush);
         Self {
+            presence,
             store,
             settings: Arc::new(settings),
             manager,
@@ -130,6 +139,20 @@ impl ApiState {
     /// (empty) and readiness fails.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Writes every agent heartbeat heard so far, now (they are otherwise
+    /// written every `heartbeat_flush`).
+    pub async fn checkpoint_heartbeats(&self) -> Result<usize, homeostat_runtime::BoxError> {
+        self.presence.checkpoint().await
+    }
+
+    /// Stops writing heartbeats periodically and writes what is left: call
+    /// it once the server has stopped answering, before closing the store.
+    pub async fn close(&self) {
+        if let Err(e) = self.presence.close().await {
+            tracing::warn!(error = %e, "the last heartbeats could not be written");
+        }
     }
 
     /// How many claims wait for work now.

@@ -527,9 +527,44 @@ impl Client {
 
     // --- operators -------------------------------------------------------
 
-    /// Agents the key sees.
+    /// Every agent the key sees, page by page (see [`Client::agents_page`]).
     pub async fn agents(&self) -> Result<Vec<Agent>, ClientError> {
-        self.get("listing agents", "/v1/agents").await
+        self.agents_in(None).await
+    }
+
+    /// Every agent the key sees in `status` (all, for `None`), page by page.
+    pub async fn agents_in(
+        &self,
+        status: Option<homeostat_model::AgentStatus>,
+    ) -> Result<Vec<Agent>, ClientError> {
+        let mut all = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.agents_page(status, after, 1000).await?;
+            all.extend(page.items);
+            match page.next_cursor {
+                Some(next) => after = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// A page of the agents the key sees, by name: those in `status` only,
+    /// if given; pass the previous page's `next_cursor` as `after`.
+    pub async fn agents_page(
+        &self,
+        status: Option<homeostat_model::AgentStatus>,
+        after: Option<AgentId>,
+        limit: u32,
+    ) -> Result<Page<Agent, AgentId>, ClientError> {
+        let mut path = format!("/v1/agents?limit={limit}");
+        if let Some(s) = status {
+            path.push_str(&format!("&status={}", s.as_str()));
+        }
+        if let Some(a) = after {
+            path.push_str(&format!("&after={a}"));
+        }
+        self.get("listing agents", &path).await
     }
 
     /// One agent.

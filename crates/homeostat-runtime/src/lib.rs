@@ -16,6 +16,7 @@ use std::pin::Pin;
 mod backoff;
 mod clock;
 mod controller;
+mod event_loop;
 mod lease;
 mod manager;
 mod metrics;
@@ -29,6 +30,7 @@ pub use controller::{
     Context, Controller, ControllerOptions, Fence, MAX_DEFAULT_TIMEOUT, Plan, PlannedChange,
     Reconciled, RunReason,
 };
+pub use event_loop::{EventLoop, keep_latest};
 pub use lease::{InMemoryLeaseStore, Lease, LeaseError, LeaseStore};
 pub use manager::{
     DEFAULT_LEASE_TTL, MIN_LEASE_TTL, Manager, ManagerBuilder, ManagerError, ShutdownReport,

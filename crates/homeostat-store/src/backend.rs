@@ -311,6 +311,9 @@ pub(crate) trait Backend: Sync {
     /// This store's waiting claims.
     fn signals(&self) -> &crate::signals::Signals;
 
+    /// Agents' credentials, verified once.
+    fn credentials(&self) -> &crate::credentials::CredentialCache;
+
     /// Agents' tenants and queues, looked up once.
     fn agent_facts(&self) -> &crate::registry::AgentFactsCache;
 

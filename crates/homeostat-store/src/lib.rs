@@ -36,6 +36,7 @@ mod attention;
 mod audit;
 mod audit_log;
 mod backend;
+mod credentials;
 mod decisions;
 mod error;
 mod health;
@@ -71,6 +72,7 @@ use jiff::Timestamp;
 
 pub use attention::MinuteOutcomes;
 pub use audit::{ChainBreak, VerifyReport};
+pub use credentials::REVOCATION_CHECK;
 pub use error::StoreError;
 pub use homeostat_model::{ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
 pub use idempotency::{LIFETIME as IDEMPOTENCY_LIFETIME, MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN};
@@ -262,7 +264,21 @@ impl Store {
     /// Records heartbeats of many agents in one statement; an offline agent
     /// that heartbeats is online again. Returns how many agents exist.
     pub async fn heartbeat_agents(&self, ids: &[AgentId]) -> Result<u64, StoreError> {
-        dispatch!(self, registry::heartbeat_agents(ids))
+        let now = self.now();
+        let heard: Vec<(AgentId, Timestamp)> = ids.iter().map(|id| (*id, now)).collect();
+        Ok(self.record_heartbeats(&heard).await?.len() as u64)
+    }
+
+    /// Records, in one statement, when each agent was heard (by this
+    /// store's clock when its heartbeat arrived; a server gathers them and
+    /// writes them about once a second): an offline agent heard again is
+    /// online. Each agent's status comes back (agents that no longer exist
+    /// are absent).
+    pub async fn record_heartbeats(
+        &self,
+        heard: &[(AgentId, Timestamp)],
+    ) -> Result<Vec<(AgentId, homeostat_model::AgentStatus)>, StoreError> {
+        dispatch!(self, registry::record_heartbeats(heard))
     }
 
     /// One agent.
@@ -271,8 +287,13 @@ impl Store {
     }
 
     /// Agents, of one tenant or all, by name.
-    pub async fn list_agents(&self, tenant: Option<TenantId>) -> Result<Vec<Agent>, StoreError> {
-        dispatch!(self, registry::list_agents(tenant))
+    pub async fn list_agents(
+        &self,
+        filter: &AgentFilter,
+        after: Option<AgentId>,
+        limit: u32,
+    ) -> Result<Page<Agent, AgentId>, StoreError> {
+        dispatch!(self, registry::list_agents(filter, after, limit))
     }
 
     /// Stops an agent from claiming new jobs (audited).

@@ -32,6 +32,11 @@ pub(crate) const SQLITE: Set = &[
         "succeeded per minute",
         include_str!("../migrations/sqlite/0005_succeeded_per_minute.sql"),
     ),
+    (
+        6,
+        "fleet",
+        include_str!("../migrations/sqlite/0006_fleet.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -75,6 +80,11 @@ pub(crate) const POSTGRES: Set = &[
         8,
         "claim guard",
         include_str!("../migrations/postgres/0008_claim_guard.sql"),
+    ),
+    (
+        9,
+        "fleet",
+        include_str!("../migrations/postgres/0009_fleet.sql"),
     ),
 ];
 

@@ -32,7 +32,7 @@ const INSERT_TOKEN: Sql = Sql::both(
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
 );
 const REVOKE_TOKEN: Sql = Sql::both(
-    "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 RETURNING kind",
+    "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 RETURNING kind, agent_id",
 );
 const LIVE_TOKEN: Sql = Sql::both(
     "SELECT id, hash, tenant_id, agent_id, admin, uses_left FROM tokens
@@ -69,16 +69,23 @@ const INSERT_AGENT: Sql = Sql::pair(
         ", $7)"
     ),
 );
-/// `$1` now (judged), `$2` the agents.
-const HEARTBEAT_AGENTS: Sql = Sql::pair(
-    "UPDATE agents SET last_heartbeat_at = $1,
+/// `$1` now (judged), `$2` the agents, `$3` how long ago each was heard
+/// (ms). A late batch never moves a heartbeat back.
+const HEARTBEATS: Sql = Sql::pair(
+    "UPDATE agents SET last_heartbeat_at = MAX(last_heartbeat_at, $1 - t.ago),
        status = CASE WHEN status = 'offline' THEN 'online' ELSE status END
-     WHERE id IN (SELECT value FROM json_each($2))",
+     FROM (SELECT i.value AS id, a.value AS ago
+           FROM json_each($2) AS i JOIN json_each($3) AS a ON a.key = i.key) AS t
+     WHERE agents.id = t.id
+     RETURNING agents.id AS id, agents.status AS status",
     concat!(
-        "UPDATE agents SET last_heartbeat_at = ",
+        "UPDATE agents SET last_heartbeat_at = GREATEST(agents.last_heartbeat_at, ",
         pg_judged!(1),
-        ", status = CASE WHEN status = 'offline' THEN 'online' ELSE status END
-         WHERE id = ANY($2)"
+        " - t.ago),
+         status = CASE WHEN agents.status = 'offline' THEN 'online' ELSE agents.status END
+         FROM UNNEST($2::uuid[], $3::bigint[]) AS t(id, ago)
+         WHERE agents.id = t.id
+         RETURNING agents.id AS id, agents.status AS status"
     ),
 );
 const AGENT: Sql = Sql::both(concat!(
@@ -86,16 +93,23 @@ const AGENT: Sql = Sql::both(concat!(
     agent_columns!(),
     " FROM agents WHERE id = $1"
 ));
+/// `$1` tenant, `$2` status, `$3` the agent after which the page starts,
+/// `$4` the page's size: by name, then id (the `agents_status_name` and
+/// `agents_name` indexes).
 const AGENTS: Sql = Sql::pair(
     concat!(
         "SELECT ",
         agent_columns!(),
-        " FROM agents WHERE ($1 IS NULL OR tenant_id = $1) ORDER BY name"
+        " FROM agents WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR status = $2)
+           AND ($3 IS NULL OR (name, id) > (SELECT name, id FROM agents WHERE id = $3))
+         ORDER BY name, id LIMIT $4"
     ),
     concat!(
         "SELECT ",
         agent_columns!(),
-        " FROM agents WHERE ($1::uuid IS NULL OR tenant_id = $1) ORDER BY name"
+        " FROM agents WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR status = $2)
+           AND ($3::uuid IS NULL OR (name, id) > (SELECT name, id FROM agents WHERE id = $3))
+         ORDER BY name, id LIMIT $4"
     ),
 );
 const DRAIN_AGENT: Sql = Sql::both(concat!(
@@ -349,10 +363,9 @@ pub(crate) async fn revoke_token<B: Backend>(
     let mut tx = b.begin(op).await?;
     let stmt = Stmt::new::<B>(REVOKE_TOKEN).arg(ms(now)).arg(id);
     let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
-    let kind = rows
-        .first()
-        .ok_or_else(|| not_found("token", id))?
-        .text("kind")?;
+    let row = rows.first().ok_or_else(|| not_found("token", id))?;
+    let kind = row.text("kind")?;
+    let agent: Option<AgentId> = row.opt_id("agent_id")?;
     let event = NewAuditEvent {
         actor: actor.to_owned(),
         action: AuditAction::TokenRevoked.into(),
@@ -360,7 +373,11 @@ pub(crate) async fn revoke_token<B: Backend>(
         details: json!({"kind": kind}),
     };
     audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
-    B::commit(tx, op).await
+    B::commit(tx, op).await?;
+    // Other replicas learn of it within `REVOCATION_CHECK`; this one now.
+    b.credentials()
+        .forget(&agent.into_iter().collect::<Vec<_>>());
+    Ok(())
 }
 
 /// A live token of `kind` with this secret, compared in constant time.
@@ -415,9 +432,13 @@ pub(crate) async fn authenticate_agent<B: Backend>(
     b: &B,
     secret_text: &str,
 ) -> Result<AgentId, StoreError> {
+    let presented = secret::hash(secret_text);
+    crate::credentials::check_revocations(b).await?;
+    if let Some(agent) = b.credentials().get(&presented) {
+        return Ok(agent);
+    }
     let now = b.now();
     let op = "checking a token";
-    let presented = secret::hash(secret_text);
     let rows = b
         .fetch(live_token_stmt::<B>(
             &presented,
@@ -429,8 +450,11 @@ pub(crate) async fn authenticate_agent<B: Backend>(
     let row = live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized {
         kind: "agent credential",
     })?;
-    row.opt_id("agent_id")?
-        .ok_or_else(|| corrupt(op, "agent credential without an agent"))
+    let agent = row
+        .opt_id("agent_id")?
+        .ok_or_else(|| corrupt(op, "agent credential without an agent"))?;
+    b.credentials().insert(presented, agent);
+    Ok(agent)
 }
 
 pub(crate) async fn delete_dead_tokens<B: Backend>(
@@ -574,16 +598,31 @@ pub(crate) async fn register_agent<B: Backend>(
     Ok((stored, credential))
 }
 
-pub(crate) async fn heartbeat_agents<B: Backend>(
+/// Records when agents were heard (by the store's clock when each
+/// heartbeat arrived; on PostgreSQL counted back from the database's clock
+/// by how long ago that was), in one statement: an offline agent heard
+/// again is online. Each agent's status comes back.
+pub(crate) async fn record_heartbeats<B: Backend>(
     b: &B,
-    ids: &[AgentId],
-) -> Result<u64, StoreError> {
-    let now = b.now();
-    let ids: Vec<uuid::Uuid> = ids.iter().map(|id| id.as_uuid()).collect();
-    let stmt = Stmt::new::<B>(HEARTBEAT_AGENTS)
-        .arg(b.judged_ms(now))
-        .arg(ids.as_slice());
-    b.execute_write(stmt).await.op("recording agent heartbeats")
+    heard: &[(AgentId, Timestamp)],
+) -> Result<Vec<(AgentId, AgentStatus)>, StoreError> {
+    if heard.is_empty() {
+        return Ok(Vec::new());
+    }
+    let at = b.at();
+    let now = ms(at.now);
+    let ids: Vec<uuid::Uuid> = heard.iter().map(|(id, _)| id.as_uuid()).collect();
+    let ago: Vec<i64> = heard.iter().map(|(_, t)| (now - ms(*t)).max(0)).collect();
+    let stmt = Stmt::new::<B>(HEARTBEATS)
+        .arg(at.judged)
+        .arg(ids.as_slice())
+        .arg(ago.as_slice());
+    b.fetch_write(stmt)
+        .await
+        .op("recording agent heartbeats")?
+        .iter()
+        .map(|r| Ok((r.id("id")?, rows::parsed("status", r.text("status")?)?)))
+        .collect()
 }
 
 pub(crate) async fn get_agent<B: Backend>(b: &B, id: AgentId) -> Result<Agent, StoreError> {
@@ -596,14 +635,29 @@ pub(crate) async fn get_agent<B: Backend>(b: &B, id: AgentId) -> Result<Agent, S
 
 pub(crate) async fn list_agents<B: Backend>(
     b: &B,
-    tenant: Option<TenantId>,
-) -> Result<Vec<Agent>, StoreError> {
-    b.fetch(Stmt::new::<B>(AGENTS).arg(tenant))
+    filter: &crate::AgentFilter,
+    after: Option<AgentId>,
+    limit: u32,
+) -> Result<homeostat_model::Page<Agent, AgentId>, StoreError> {
+    let stmt = Stmt::new::<B>(AGENTS)
+        .arg(filter.tenant_id)
+        .arg(filter.status.map(AgentStatus::as_str))
+        .arg(after)
+        .arg(i64::from(limit) + 1);
+    let mut items = b
+        .fetch(stmt)
         .await
         .op("listing agents")?
         .iter()
         .map(rows::agent)
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|a| a.id)
+    } else {
+        None
+    };
+    Ok(homeostat_model::Page { items, next_cursor })
 }
 
 pub(crate) async fn drain_agent<B: Backend>(

@@ -45,7 +45,7 @@ macro_rules! notification_columns {
 }
 pub(crate) use notification_columns;
 
-fn parsed<T: std::str::FromStr>(col: &str, text: String) -> Result<T, StoreError>
+pub(crate) fn parsed<T: std::str::FromStr>(col: &str, text: String) -> Result<T, StoreError>
 where
     T::Err: std::fmt::Display,
 {

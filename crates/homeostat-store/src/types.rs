@@ -313,3 +313,12 @@ pub struct Once {
     /// Whether this is the answer to an earlier request with the same key.
     pub replayed: bool,
 }
+
+/// Which agents a list shows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AgentFilter {
+    /// One tenant's agents only.
+    pub tenant_id: Option<TenantId>,
+    /// Agents in this status only.
+    pub status: Option<homeostat_model::AgentStatus>,
+}

@@ -105,8 +105,12 @@ pub(crate) enum Jobs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Agents {
-    /// Lists agents.
-    List,
+    /// Lists agents, by name.
+    List {
+        /// Only agents in this status (online, draining, offline).
+        #[arg(long)]
+        status: Option<homeostat_model::AgentStatus>,
+    },
     /// Shows an agent.
     Show { id: AgentId },
     /// Drains an agent: it finishes its jobs and claims no more.
@@ -302,7 +306,9 @@ async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> 
     let out = c.output;
     match command {
         Command::Jobs(j) => return jobs(&client, out, j).await,
-        Command::Agents(Agents::List) => output::list(out, AGENT_COLUMNS, &client.agents().await?),
+        Command::Agents(Agents::List { status }) => {
+            output::list(out, AGENT_COLUMNS, &client.agents_in(status).await?)
+        }
         Command::Agents(Agents::Show { id }) => {
             output::one(out, AGENT_COLUMNS_AS_FIELDS, &client.agent(id).await?)
         }

@@ -228,13 +228,22 @@ impl Config {
                 "must be above 0 and at most half of api.lease_ttl, so a lease survives a missed heartbeat".into(),
             );
         }
-        // An agent heartbeating on time must never look silent.
-        if self.controllers.agent_health.stale_after < api.heartbeat_interval * 2 {
+        if api.heartbeat_flush.is_zero() || api.heartbeat_flush > Duration::from_secs(10) {
+            return bad(
+                "api.heartbeat_flush",
+                "must be above 0 and at most 10s".into(),
+            );
+        }
+        // An agent heartbeating on time must never look silent: a heartbeat
+        // reaches the database up to one flush after it arrived.
+        if self.controllers.agent_health.stale_after
+            < api.heartbeat_interval * 2 + api.heartbeat_flush
+        {
             return bad(
                 "controllers.agent_health.stale_after",
                 format!(
-                    "must be at least twice api.heartbeat_interval ({}s), or agents that heartbeat on time look silent",
-                    api.heartbeat_interval.as_secs()
+                    "must be at least twice api.heartbeat_interval ({:?}) plus api.heartbeat_flush ({:?}), or agents that heartbeat on time look silent",
+                    api.heartbeat_interval, api.heartbeat_flush
                 ),
             );
         }

@@ -93,7 +93,7 @@ async fn run(config: Config) -> Result<(), BoxError> {
     tracing::info!(%address, holder = manager.holder(), "homeostat listening");
 
     let stopping = state.shutdown_token();
-    let served = axum::serve(listener, router(state))
+    let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(async move {
             stop_signal().await;
             tracing::info!("stopping: finishing in-flight requests");
@@ -101,6 +101,8 @@ async fn run(config: Config) -> Result<(), BoxError> {
             stopping.cancel();
         })
         .await;
+    // The heartbeats heard since the last write.
+    state.close().await;
     let report = manager.shutdown(config.shutdown_grace).await;
     tracing::info!(?report, "controllers stopped, leases released");
     store.close().await;

@@ -33,6 +33,23 @@ struct Row {
 struct Agents {
     rows: Vec<Row>,
     csrf: String,
+    /// The status shown (`""`: all).
+    status: &'static str,
+    /// The next page's link, if there is one.
+    next: Option<String>,
+}
+
+/// Agents shown in one page.
+const PAGE: u32 = 200;
+
+/// `/agents`' query: a status, the page, and an action's notice.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentsPageQuery {
+    status: Option<String>,
+    after: Option<AgentId>,
+    done: Option<super::notice::Done>,
+    n: Option<u64>,
 }
 
 /// `GET /agents`.
@@ -40,10 +57,34 @@ pub(crate) async fn list(
     State(state): State<ApiState>,
     session: Session,
     headers: HeaderMap,
-    Query(notice): Query<NoticeQuery>,
+    Query(q): Query<AgentsPageQuery>,
 ) -> Result<Response, Problem> {
     let now = state.store.now();
-    let agents = crate::routes::admin::visible_agents(&state, &session.caller).await?;
+    let notice = NoticeQuery {
+        done: q.done,
+        n: q.n,
+    };
+    let wanted = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<homeostat_model::AgentStatus>().map_err(|_| {
+            Problem::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("status: no agent status {s:?}"),
+            )
+        })?),
+    };
+    let query = crate::routes::admin::AgentsQuery {
+        status: wanted,
+        tenant_id: None,
+        after: q.after,
+        limit: Some(PAGE),
+    };
+    let agents = crate::routes::admin::visible_agents(&state, &session.caller, &query).await?;
+    let status = wanted.map_or("", homeostat_model::AgentStatus::as_str);
+    let next = agents
+        .next_cursor
+        .map(|after| format!("/agents?status={status}&after={after}"));
+    let agents = agents.items;
     let running = state.store.running_by_agent().await?;
     let admin = session.caller.is_admin();
     let rows = agents
@@ -70,6 +111,8 @@ pub(crate) async fn list(
     let view = Agents {
         rows,
         csrf: session.csrf.clone(),
+        status,
+        next,
     };
     Ok(Page::live("Agents", "Agents", "/agents", fragment(&view)?)
         .notice(notice.message())

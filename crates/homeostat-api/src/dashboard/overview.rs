@@ -159,7 +159,16 @@ pub(crate) async fn overview(
         store.dead_jobs(SHOWN),
         store.awaiting_approval(SHOWN),
         store.running_by_agent(),
-        store.list_agents(None),
+        // Offline agents still holding jobs are few (agent-health
+        // reclaims their jobs at once); departed agents can be thousands.
+        store.list_agents(
+            &homeostat_store::AgentFilter {
+                status: Some(AgentStatus::Offline),
+                tenant_id: None,
+            },
+            None,
+            1000,
+        ),
         store.list_notifications(NotificationState::Dead, SHOWN),
     )?;
     let controllers = controller_rows(&state, now).await?;
@@ -212,6 +221,7 @@ pub(crate) async fn overview(
     })
     .collect();
     let lost_agents: Vec<AgentLine> = agents
+        .items
         .iter()
         .filter(|a| a.status == AgentStatus::Offline)
         .filter_map(|a| {

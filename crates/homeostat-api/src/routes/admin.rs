@@ -11,7 +11,7 @@ use homeostat_model::operator::{
     CreatedSecret, KeyRole, NewApiKeyRequest, NewBootstrapTokenRequest, NewTenantRequest,
 };
 use homeostat_model::{
-    Agent, AgentId, ApiScope, AuditEvent, Tenant, TenantId, TokenId, TokenInfo, TokenKind,
+    Agent, AgentId, ApiScope, AuditEvent, Page, Tenant, TenantId, TokenId, TokenInfo, TokenKind,
 };
 use homeostat_runtime::{ControllerStatus, Manager};
 use homeostat_store::{NewBootstrapToken, VerifyReport};
@@ -24,12 +24,31 @@ use crate::state::ApiState;
 
 // --- agents --------------------------------------------------------------
 
+/// Filters and paging of `GET /v1/agents`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct AgentsQuery {
+    /// Agents in this status only.
+    pub(crate) status: Option<homeostat_model::AgentStatus>,
+    /// One tenant's agents only (a tenant key sees its own only).
+    pub(crate) tenant_id: Option<TenantId>,
+    /// The previous page's `next_cursor`.
+    pub(crate) after: Option<AgentId>,
+    /// Agents in one page: 1 to 1000, default 100.
+    pub(crate) limit: Option<u32>,
+}
+
+/// Most agents in one page.
+pub(crate) const MAX_AGENTS_PAGE: u32 = 1000;
+
 #[utoipa::path(
     get,
     path = "/v1/agents",
     tag = "agents",
+    params(AgentsQuery),
     responses(
-        (status = 200, description = "agents the key sees", body = Vec<homeostat_model::Agent>),
+        (status = 200, description = "a page of the agents the key sees, by name", body = homeostat_model::Page<homeostat_model::Agent, String>),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -37,18 +56,40 @@ use crate::state::ApiState;
 pub(crate) async fn list_agents(
     State(state): State<ApiState>,
     caller: Caller,
-) -> Result<Json<Vec<Agent>>, ApiError> {
-    Ok(Json(visible_agents(&state, &caller).await?))
+    Query(q): Query<AgentsQuery>,
+) -> Result<Json<Page<Agent, AgentId>>, ApiError> {
+    Ok(Json(visible_agents(&state, &caller, &q).await?))
 }
 
-/// The agents the caller may see.
+/// A page of the agents the caller may see.
 pub(crate) async fn visible_agents(
     state: &ApiState,
     caller: &Caller,
-) -> Result<Vec<Agent>, ApiError> {
-    let mut agents = state.store.list_agents(caller.tenant()).await?;
-    agents.retain(|a| caller.sees(a.tenant_id));
-    Ok(agents)
+    q: &AgentsQuery,
+) -> Result<Page<Agent, AgentId>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_AGENTS_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit: must be 1 to {MAX_AGENTS_PAGE}"
+        )));
+    }
+    let tenant_id = match (caller.tenant(), q.tenant_id) {
+        (Some(own), Some(t)) if t != own => {
+            return Ok(Page {
+                items: vec![],
+                next_cursor: None,
+            });
+        }
+        (Some(own), _) => Some(own),
+        (None, t) => t,
+    };
+    let filter = homeostat_store::AgentFilter {
+        tenant_id,
+        status: q.status,
+    };
+    let mut page = state.store.list_agents(&filter, q.after, limit).await?;
+    page.items.retain(|a| caller.sees(a.tenant_id));
+    Ok(page)
 }
 
 async fn visible_agent(state: &ApiState, caller: &Caller, id: AgentId) -> Result<Agent, ApiError> {

@@ -77,16 +77,23 @@ pub(crate) async fn heartbeat(
             homeostat_model::wire::MAX_CLAIM_CAPACITY * 10
         )));
     }
-    state.store.heartbeat_agents(&[agent.id]).await?;
-    let record = state.store.get_agent(agent.id).await?;
+    // Written with the others heard within the second; the status is the
+    // one the last write returned.
+    let status = state
+        .presence
+        .heard(&state.store, agent.id, state.store.now())
+        .await?;
     let settings = &state.settings;
     let mut reply = HeartbeatResponse {
         heartbeat_interval_secs: settings.heartbeat_interval.as_secs(),
         lease_ttl_secs: settings.lease_ttl.as_secs(),
-        drain: record.status == AgentStatus::Draining,
+        drain: status == AgentStatus::Draining,
         lost: Vec::new(),
         cancelled: Vec::new(),
     };
+    if req.jobs.is_empty() {
+        return Ok(Json(reply));
+    }
     // Every held job's lease in one statement; only the ones it did not
     // extend are looked at again, to tell a cancelled job from a lost one.
     let held: Vec<(JobId, i64)> = req.jobs.iter().map(|h| (h.id, h.lease_token)).collect();

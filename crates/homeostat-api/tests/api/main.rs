@@ -5,6 +5,7 @@
 mod agent;
 mod dashboard;
 mod errors;
+mod fleet;
 mod jobs;
 mod openapi;
 mod operators;

@@ -27,6 +27,8 @@ pub struct PgStore {
     options: StoreOptions,
     /// Tenant and queues of agents, which never change after registration.
     agents: crate::registry::AgentFactsCache,
+    /// Agents' credentials verified, and revocations looked for.
+    credentials: Arc<crate::credentials::CredentialCache>,
     /// Jobs that succeeded, counted for the dashboard's chart.
     tally: Arc<crate::tally::Tally>,
     /// Wake-ups for waiting claims, relayed from `LISTEN` by one listener
@@ -108,6 +110,7 @@ impl PgStore {
             pool,
             options,
             agents: Arc::default(),
+            credentials: Arc::default(),
             tally: Arc::default(),
             signals: crate::signals::Signals::default(),
             listener: Arc::default(),
@@ -272,6 +275,10 @@ impl Backend for PgStore {
 
     fn signals(&self) -> &crate::signals::Signals {
         &self.signals
+    }
+
+    fn credentials(&self) -> &crate::credentials::CredentialCache {
+        &self.credentials
     }
 
     fn agent_facts(&self) -> &crate::registry::AgentFactsCache {

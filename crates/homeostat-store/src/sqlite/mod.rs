@@ -37,6 +37,8 @@ pub struct SqliteStore {
     /// Tenant and queues of agents, which never change after registration;
     /// claims look them up here instead of in a statement of their own.
     agents: crate::registry::AgentFactsCache,
+    /// Agents' credentials verified, and revocations looked for.
+    credentials: Arc<crate::credentials::CredentialCache>,
     /// Jobs that succeeded, counted for the dashboard's chart.
     tally: Arc<crate::tally::Tally>,
     /// Wake-ups for waiting claims, announced in-process.
@@ -99,6 +101,7 @@ impl SqliteStore {
             writer,
             options,
             agents: Arc::default(),
+            credentials: Arc::default(),
             tally: Arc::default(),
             signals: crate::signals::Signals::default(),
             _checkpointer: Arc::new(stop.drop_guard()),
@@ -255,6 +258,10 @@ impl Backend for SqliteStore {
 
     fn signals(&self) -> &crate::signals::Signals {
         &self.signals
+    }
+
+    fn credentials(&self) -> &crate::credentials::CredentialCache {
+        &self.credentials
     }
 
     fn agent_facts(&self) -> &crate::registry::AgentFactsCache {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
+use homeostat_model::AgentStatus;
 use homeostat_model::{ApiScope, NewAgent, PlanTier};
+use homeostat_store::AgentFilter;
 use homeostat_store::{NewBootstrapToken, Store, StoreError};
 use homeostat_testkit::{At, agent, at, job, on_both_backends, t0, tenant};
 
@@ -159,10 +161,88 @@ async fn agents_heartbeat_in_batches_and_drain(store: &Store) {
             .len(),
         1
     );
-    assert_eq!(store.list_agents(Some(t)).await.unwrap().len(), 5);
+    let mine = AgentFilter {
+        tenant_id: Some(t),
+        status: None,
+    };
+    assert_eq!(
+        store
+            .list_agents(&mine, None, 100)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        5
+    );
+}
+
+async fn agents_list_by_status_in_pages(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let mut ids = Vec::new();
+    for _ in 0..7 {
+        ids.push(agent(store, Some(t), &["q"]).await);
+    }
+    let platform = agent(store, None, &["q"]).await;
+    // Two go offline, one drains.
+    store
+        .at(at(1_000))
+        .heartbeat_agents(&ids[2..])
+        .await
+        .unwrap();
+    store
+        .at(at(1_000))
+        .heartbeat_agents(&[platform])
+        .await
+        .unwrap();
+    let off = store
+        .at(at(1_050))
+        .mark_silent_agents_offline(Duration::from_secs(90), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(off.len(), 2);
+    store.drain_agent(ids[2], "operator:test").await.unwrap();
+
+    let by = |status, tenant_id| AgentFilter { tenant_id, status };
+    let offline = store
+        .list_agents(&by(Some(AgentStatus::Offline), None), None, 100)
+        .await
+        .unwrap();
+    let mut got: Vec<_> = offline.items.iter().map(|a| a.id).collect();
+    got.sort();
+    let mut want = ids[..2].to_vec();
+    want.sort();
+    assert_eq!(got, want, "the status filter");
+    assert!(
+        offline
+            .items
+            .iter()
+            .all(|a| a.status == AgentStatus::Offline)
+    );
+    let draining = store
+        .list_agents(&by(Some(AgentStatus::Draining), Some(t)), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(draining.items.len(), 1);
+    // Pages of three, by name, every agent once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_agents(&by(None, None), after, 3).await.unwrap();
+        assert!(page.items.len() <= 3);
+        seen.extend(page.items.iter().map(|a| (a.name.clone(), a.id)));
+        match page.next_cursor {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 8);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "pages follow the names");
 }
 
 on_both_backends!(
     tokens_are_hashed_consumed_and_cleaned_up,
     agents_heartbeat_in_batches_and_drain,
+    agents_list_by_status_in_pages,
 );
