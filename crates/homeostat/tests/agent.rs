@@ -238,7 +238,7 @@ async fn an_agent_runs_programs_as_jobs() {
     job_until(&c, &server, &admin, &again, "succeeded").await;
     let agents = get_json(&c, server.url("/v1/agents"), &admin).await;
     assert_eq!(
-        agents.as_array().unwrap().len(),
+        agents["items"].as_array().unwrap().len(),
         1,
         "the restart registered again"
     );

@@ -70,8 +70,7 @@ async fn agents_are_listed_by_tenant_and_drained_by_admins(store: &Store) {
     let (mine, _) = api.agent(Some(acme), &["q"]).await;
     let (theirs, _) = api.agent(Some(globex), &["q"]).await;
     let listed = api.get("/v1/agents", &acme_key).await;
-    let ids: Vec<_> = listed
-        .body
+    let ids: Vec<_> = listed.body["items"]
         .as_array()
         .unwrap()
         .iter()

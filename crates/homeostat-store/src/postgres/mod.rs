@@ -81,7 +81,17 @@ impl PgStore {
         // cached generic plan is as good as a custom one (re-planning every
         // execution instead, `plan_cache_mode=force_custom_plan`, measured
         // no better; docs/benchmarks.md).
-        let connect = connect.options([("enable_seqscan", "off"), ("enable_bitmapscan", "off")]);
+        //
+        // With sequential scans priced at 1e10, any statement that still
+        // takes one (a count over a table of eight agents) crossed the JIT
+        // threshold and was compiled first: 70–170 ms for a statement that
+        // takes 0.13 ms. Every statement of the store is a short one; JIT
+        // never pays here.
+        let connect = connect.options([
+            ("enable_seqscan", "off"),
+            ("enable_bitmapscan", "off"),
+            ("jit", "off"),
+        ]);
         // No ping before each acquire: that is a round trip per statement. A
         // connection that broke fails its statement instead (`Unavailable`,
         // retryable), and every connection as old is replaced (`health`).

@@ -1,0 +1,529 @@
+//! A fleet on one database: N agents against real `homeostat run`
+//! processes (one on SQLite; two replicas on PostgreSQL), simulated in this
+//! process as separate HTTP clients. Each agent holds one long-poll claim
+//! on its own connection, heartbeats every `--heartbeat` seconds (from a
+//! random phase) and completes each job at once; a producer enqueues
+//! `--rate` jobs a second through HTTP. On PostgreSQL the agents and the
+//! producer alternate between the two replicas.
+//!
+//! Per fleet size it reports: heartbeat and pickup latency (p50/p99; a
+//! pickup runs from the enqueue's send to the claim answer that carries
+//! the job), errors, agents marked offline, the servers' memory and file
+//! descriptors, memory per idle long poll (servers' RSS with every agent
+//! waiting, less their RSS before any agent registered, over N), database
+//! transactions per heartbeat while idle (PostgreSQL: `pg_stat_database`,
+//! every source counted), and wasted wake-ups per job
+//! (`homeostat_claim_wakeups_total{outcome="empty"}`).
+//!
+//! `cargo build --release -p homeostat && cargo bench -p homeostat --bench fleet --
+//!  [--backend sqlite|postgres] [--agents 100,1000,3000,10000] [--seconds 60]
+//!  [--idle-seconds 20] [--rate 50] [--heartbeat 10]`
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+struct Args {
+    backend: String,
+    agents: Vec<usize>,
+    seconds: u64,
+    idle_seconds: u64,
+    rate: u64,
+    heartbeat: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        backend: "sqlite".into(),
+        agents: vec![100, 1_000, 3_000, 10_000],
+        seconds: 60,
+        idle_seconds: 20,
+        rate: 50,
+        heartbeat: 10,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--backend" => a.backend = value(),
+            "--agents" => {
+                a.agents = value()
+                    .split(',')
+                    .map(|n| n.parse().expect("--agents N,N,…"))
+                    .collect()
+            }
+            "--seconds" => a.seconds = value().parse().expect("--seconds N"),
+            "--idle-seconds" => a.idle_seconds = value().parse().expect("--idle-seconds N"),
+            "--rate" => a.rate = value().parse().expect("--rate N"),
+            "--heartbeat" => a.heartbeat = value().parse().expect("--heartbeat N"),
+            "--bench" => {}
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    a
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    key: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).map_or(0, |d| d.count())
+    }
+}
+
+fn homeostat() -> PathBuf {
+    let me = std::env::current_exe().unwrap();
+    let bin = me.parent().unwrap().parent().unwrap().join("homeostat");
+    assert!(
+        bin.exists(),
+        "build the binary first: cargo build --release -p homeostat"
+    );
+    bin
+}
+
+fn start(dir: &Path, db: Option<&str>, heartbeat: u64) -> Server {
+    let mut cmd = Command::new(homeostat());
+    cmd.args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .env("HOMEOSTAT_LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn,homeostat::serve=info")
+        .env("HOMEOSTAT_API__HEARTBEAT_INTERVAL", format!("{heartbeat}s"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match db {
+        Some(url) => cmd.env("HOMEOSTAT_DATABASE_URL", url),
+        None => cmd.env_remove("HOMEOSTAT_DATABASE_URL"),
+    };
+    let mut child = cmd.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let key_tx = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.starts_with("hsk_") {
+                let _ = key_tx.send(("key", line));
+            }
+        }
+    });
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["fields"]["message"] == "homeostat listening" {
+                let address = v["fields"]["address"].as_str().unwrap_or_default();
+                let _ = tx.send(("url", format!("http://{address}")));
+            }
+        }
+    });
+    let (mut key, mut url) = (String::new(), String::new());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // A replica on a database another replica set up prints no key.
+    while url.is_empty() || (key.is_empty() && db.is_none()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(("key", v)) => key = v,
+            Ok((_, v)) => url = v,
+            Err(_) if !url.is_empty() => break,
+            Err(_) => panic!("the server did not start"),
+        }
+        if !url.is_empty() && !key.is_empty() {
+            break;
+        }
+        if !url.is_empty() && db.is_some() {
+            // The first replica prints the key; give it a moment.
+            if let Ok(("key", v)) = rx.recv_timeout(Duration::from_secs(2)) {
+                key = v;
+            }
+            break;
+        }
+    }
+    Server { child, url, key }
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-qAtc", sql])
+        .output()
+        .expect("psql runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Transactions committed and rolled back in the database so far.
+fn transactions(url: &str) -> u64 {
+    psql(
+        url,
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .parse()
+    .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn sorted(v: &Mutex<Vec<f64>>) -> Vec<f64> {
+    let mut v = v.lock().unwrap().clone();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+/// The sum of a metric's samples whose line contains `filter`, across servers.
+async fn metric(c: &reqwest::Client, servers: &[Server], name: &str, filter: &str) -> f64 {
+    let mut sum = 0.0;
+    for s in servers {
+        let text = c
+            .get(format!("{}/metrics", s.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in text.lines() {
+            if line.starts_with(name) && line.contains(filter) {
+                sum += line
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+            }
+        }
+    }
+    sum
+}
+
+#[derive(Default)]
+struct Tally {
+    heartbeats: AtomicU64,
+    errors: AtomicU64,
+    jobs: AtomicU64,
+    heartbeat_ms: Mutex<Vec<f64>>,
+    pickup_ms: Mutex<Vec<f64>>,
+    measuring: AtomicBool,
+}
+
+async fn one_fleet(a: &Args, n: usize) {
+    let run = format!("{}-{n}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("homeostat-fleet-{run}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pg = (a.backend == "postgres").then(|| {
+        let base = std::env::var("HOMEOSTAT_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let schema = format!("hs_bench_fleet_{n}");
+        psql(
+            &base,
+            &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"),
+        );
+        (base.clone(), format!("{base}?options[search_path]={schema}"))
+    });
+    let mut servers = Vec::new();
+    match &pg {
+        Some((_, url)) => {
+            for i in 0..2 {
+                servers.push(start(&dir.join(format!("r{i}")), Some(url), a.heartbeat));
+            }
+        }
+        None => servers.push(start(&dir, None, a.heartbeat)),
+    }
+    let key = servers
+        .iter()
+        .map(|s| s.key.clone())
+        .find(|k| !k.is_empty())
+        .expect("an admin key");
+    let rss_before: u64 = servers.iter().map(Server::rss_kib).sum();
+    let admin = reqwest::Client::new();
+    let tenant = admin
+        .post(format!("{}/v1/tenants", servers[0].url))
+        .bearer_auth(&key)
+        .json(&json!({"name": "fleet"}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tenant_key = admin
+        .post(format!("{}/v1/api-keys", servers[0].url))
+        .bearer_auth(&key)
+        .json(&json!({"role": "tenant", "tenant_id": tenant}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let boot = admin
+        .post(format!("{}/v1/bootstrap-tokens", servers[0].url))
+        .bearer_auth(&key)
+        .json(&json!({"tenant_id": tenant, "uses": n, "ttl_secs": 3600}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Registration, 64 at a time.
+    let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+    let mut creds = Vec::with_capacity(n);
+    for chunk in (0..n).collect::<Vec<_>>().chunks(64) {
+        let mut tasks = Vec::new();
+        for &i in chunk {
+            let (c, url, boot) = (admin.clone(), urls[i % urls.len()].clone(), boot.clone());
+            tasks.push(tokio::spawn(async move {
+                let body = json!({"bootstrap_token": boot,
+                    "agent": {"name": format!("agent-{i:05}"), "queues": ["work"]}});
+                let r: Value = c
+                    .post(format!("{url}/v1/agent/register"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                (url, r["credential"].as_str().expect("registered").to_owned())
+            }));
+        }
+        for t in tasks {
+            creds.push(t.await.unwrap());
+        }
+    }
+
+    let tally = Arc::new(Tally::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let bench_start = Instant::now();
+    // Long polls: one connection each (the pool opens one per waiting
+    // claim); heartbeats share a pool of their own.
+    let polls = reqwest::Client::builder()
+        .pool_max_idle_per_host(n + 16)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let beats = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let mut agents = Vec::new();
+    for (url, cred) in creds {
+        let (polls, beats, tally, stop) =
+            (polls.clone(), beats.clone(), tally.clone(), stop.clone());
+        let period = Duration::from_secs(a.heartbeat);
+        let (hb_url, hb_cred) = (url.clone(), cred.clone());
+        let (hb_tally, hb_stop) = (tally.clone(), stop.clone());
+        agents.push(tokio::spawn(async move {
+            tokio::time::sleep(period.mul_f64(fastrand::f64())).await;
+            let mut ticks = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    () = hb_stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let sent = Instant::now();
+                let r = beats
+                    .post(format!("{hb_url}/v1/agent/heartbeat"))
+                    .bearer_auth(&hb_cred)
+                    .json(&json!({}))
+                    .send()
+                    .await;
+                let ok = matches!(&r, Ok(r) if r.status().is_success());
+                if hb_tally.measuring.load(Ordering::Relaxed) {
+                    hb_tally.heartbeats.fetch_add(1, Ordering::Relaxed);
+                    if ok {
+                        hb_tally
+                            .heartbeat_ms
+                            .lock()
+                            .unwrap()
+                            .push(sent.elapsed().as_secs_f64() * 1e3);
+                    } else {
+                        hb_tally.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+        agents.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let r = tokio::select! {
+                    () = stop.cancelled() => return,
+                    r = polls
+                        .post(format!("{url}/v1/agent/claim"))
+                        .bearer_auth(&cred)
+                        .json(&json!({"capacity": 1, "wait_secs": 30}))
+                        .send() => r,
+                };
+                let body: Value = match r {
+                    Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+                    _ => {
+                        if tally.measuring.load(Ordering::Relaxed) {
+                            tally.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let now_us = bench_start.elapsed().as_micros() as f64;
+                for job in body["jobs"].as_array().into_iter().flatten() {
+                    let sent_us = job["payload"]["t"].as_f64().unwrap_or(now_us);
+                    if tally.measuring.load(Ordering::Relaxed) {
+                        tally.jobs.fetch_add(1, Ordering::Relaxed);
+                        tally
+                            .pickup_ms
+                            .lock()
+                            .unwrap()
+                            .push((now_us - sent_us) / 1e3);
+                    }
+                    let done = json!({"completions": [{"id": job["id"], "lease_token": job["lease_token"]}]});
+                    let _ = polls
+                        .post(format!("{url}/v1/agent/jobs/complete"))
+                        .bearer_auth(&cred)
+                        .json(&done)
+                        .send()
+                        .await;
+                }
+            }
+        }));
+    }
+    // Idle: every agent waiting, heartbeats only.
+    let idle = Duration::from_secs(a.idle_seconds.max(a.heartbeat + 5));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let waiting = metric(&admin, &servers, "homeostat_claims_waiting", "").await;
+    let rss_idle: u64 = servers.iter().map(Server::rss_kib).sum();
+    let fds_idle: usize = servers.iter().map(Server::fds).sum();
+    let tx0 = pg.as_ref().map(|(base, _)| transactions(base));
+    tally.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(idle).await;
+    let idle_beats = tally.heartbeats.load(Ordering::Relaxed);
+    let tx_per_beat = pg
+        .as_ref()
+        .map(|(base, _)| (transactions(base) - tx0.unwrap()) as f64 / idle_beats.max(1) as f64);
+    let idle_errors = tally.errors.load(Ordering::Relaxed);
+    tally.heartbeat_ms.lock().unwrap().clear();
+
+    // Under load: the producer at `rate` jobs a second.
+    let wasted0 = metric(&admin, &servers, "homeostat_claim_wakeups_total", "empty").await;
+    tally.jobs.store(0, Ordering::Relaxed);
+    let producer = {
+        let (c, urls, tenant_key, stop) = (admin.clone(), urls.clone(), tenant_key, stop.clone());
+        let rate = a.rate;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            let mut i = 0usize;
+            let mut sent = 0u64;
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return sent,
+                    _ = ticks.tick() => {}
+                }
+                let (c, url, key) = (c.clone(), urls[i % urls.len()].clone(), tenant_key.clone());
+                i += 1;
+                sent += 1;
+                tokio::spawn(async move {
+                    let t = bench_start.elapsed().as_micros() as f64;
+                    let _ = c
+                        .post(format!("{url}/v1/jobs"))
+                        .bearer_auth(&key)
+                        .json(&json!({"queue": "work", "kind": "sim", "payload": {"t": t}}))
+                        .send()
+                        .await;
+                });
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    let rss_load: u64 = servers.iter().map(Server::rss_kib).sum();
+    let fds_load: usize = servers.iter().map(Server::fds).sum();
+    let wasted = metric(&admin, &servers, "homeostat_claim_wakeups_total", "empty").await - wasted0;
+    let offline = admin
+        .get(format!("{}/v1/agents?status=offline&limit=1000", servers[0].url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["items"]
+        .as_array()
+        .map_or(0, Vec::len);
+    stop.cancel();
+    let enqueued = producer.await.unwrap();
+    for t in agents {
+        t.abort();
+    }
+    let jobs = tally.jobs.load(Ordering::Relaxed);
+    let hb = sorted(&tally.heartbeat_ms);
+    let pick = sorted(&tally.pickup_ms);
+    println!(
+        "{backend:8} agents {n:>6} | heartbeat p50 {:>7.1} p99 {:>7.1} ms | pickup p50 {:>7.1} p99 {:>7.1} ms | \
+         jobs {jobs}/{enqueued} | errors idle {idle_errors} load {} | offline {offline} | waiting {waiting} | \
+         RSS before {} MiB idle {} MiB load {} MiB | per idle poll {:.1} KiB | fds idle {fds_idle} load {fds_load} | \
+         db tx/heartbeat {} | wasted wake-ups/job {:.3}",
+        percentile(&hb, 0.5),
+        percentile(&hb, 0.99),
+        percentile(&pick, 0.5),
+        percentile(&pick, 0.99),
+        tally.errors.load(Ordering::Relaxed) - idle_errors,
+        rss_before / 1024,
+        rss_idle / 1024,
+        rss_load / 1024,
+        (rss_idle.saturating_sub(rss_before)) as f64 / n as f64,
+        tx_per_beat.map_or("n/a".into(), |t| format!("{t:.4}")),
+        wasted / jobs.max(1) as f64,
+        backend = a.backend,
+    );
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    let a = args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for &n in &a.agents {
+            one_fleet(&a, n).await;
+        }
+    });
+}
