@@ -246,7 +246,10 @@ async fn one_fleet(a: &Args, n: usize) {
             &base,
             &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema};"),
         );
-        (base.clone(), format!("{base}?options[search_path]={schema}"))
+        (
+            base.clone(),
+            format!("{base}?options[search_path]={schema}"),
+        )
     });
     let mut servers = Vec::new();
     match &pg {
@@ -322,7 +325,10 @@ async fn one_fleet(a: &Args, n: usize) {
                     .json()
                     .await
                     .unwrap();
-                (url, r["credential"].as_str().expect("registered").to_owned())
+                (
+                    url,
+                    r["credential"].as_str().expect("registered").to_owned(),
+                )
             }));
         }
         for t in tasks {
@@ -475,7 +481,10 @@ async fn one_fleet(a: &Args, n: usize) {
     let fds_load: usize = servers.iter().map(Server::fds).sum();
     let wasted = metric(&admin, &servers, "homeostat_claim_wakeups_total", "empty").await - wasted0;
     let offline = admin
-        .get(format!("{}/v1/agents?status=offline&limit=1000", servers[0].url))
+        .get(format!(
+            "{}/v1/agents?status=offline&limit=1000",
+            servers[0].url
+        ))
         .bearer_auth(&key)
         .send()
         .await
