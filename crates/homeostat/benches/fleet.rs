@@ -525,6 +525,7 @@ async fn one_fleet(a: &Args, n: usize) {
 }
 
 fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
