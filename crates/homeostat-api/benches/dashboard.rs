@@ -1,16 +1,20 @@
 //! The dashboard's pages at a million jobs, on PostgreSQL.
 //!
 //! `HOMEOSTAT_TEST_DATABASE_URL=postgres://… cargo bench -p homeostat-api
-//!  --bench dashboard -- [--jobs N] [--runs N]`
+//!  --bench dashboard -- [--jobs N] [--runs N] [--backlog] [--agents N] [--exact]`
 //!
 //! Loads N jobs (default 1,000,000) in one statement, spread over the last
 //! 24 hours as a busy control plane keeps them until retention: 95 %
 //! succeeded, 2 % dead, 2.5 % queued over four queues, 0.3 % running on 50
-//! agents, 0.2 % scheduled. Then renders each page through the router
-//! (store queries, templates; no socket) `--runs` times and reports the
-//! median and the slowest, first on the freshly loaded table (no ANALYZE:
-//! what a new database does before autovacuum's first pass) and then after
-//! ANALYZE.
+//! agents, 0.2 % scheduled. With `--backlog`, every job is queued instead
+//! (a backlog, the moment an operator looks at it). `--agents N` adds N
+//! agents beside the 50 (a fleet, a tenth of them offline). `--exact`
+//! counts the live jobs at every read however long that takes (what the
+//! store did before it counted a large backlog behind the reads). Then renders
+//! each page and `/metrics` through the router (store queries, templates;
+//! no socket) `--runs` times and reports the median and the slowest, first
+//! on the freshly loaded table (no ANALYZE: what a new database does before
+//! autovacuum's first pass) and then after ANALYZE.
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +26,9 @@ use homeostat_store::{NewBootstrapToken, PgStore, Store, StoreClock, StoreOption
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-const PAGES: [&str; 8] = [
+const PAGES: [&str; 9] = [
     "/",
+    "/metrics",
     "/jobs",
     "/jobs?state=dead",
     "/jobs?state=awaiting_approval",
@@ -49,7 +54,7 @@ SELECT (lpad(to_hex(t), 12, '0') || '7' || substr(md5(n::text), 1, 3) || '8'
     $2, t, 60000, 0, 3, 0, 0,
     CASE WHEN r >= 998 THEN t + 86400000 ELSE t END, t,
     CASE WHEN r < 970 OR r >= 995 THEN 1 ELSE 0 END, n, t,
-    (CASE WHEN r < 950 THEN 'succeeded' WHEN r < 970 THEN 'dead' WHEN r < 995 THEN 'queued'
+    (CASE WHEN $3 THEN 'queued' WHEN r < 950 THEN 'succeeded' WHEN r < 970 THEN 'dead' WHEN r < 995 THEN 'queued'
           WHEN r < 998 THEN 'running' ELSE 'scheduled' END)::job_state,
     'q' || (n % 4),
     CASE WHEN r >= 995 AND r < 998 THEN t + 60000 END,
@@ -61,18 +66,45 @@ SELECT (lpad(to_hex(t), 12, '0') || '7' || substr(md5(n::text), 1, 3) || '8'
     CASE WHEN r < 950 THEN '{\"ok\":true}' END
 FROM g, a";
 
-fn args() -> (i64, usize) {
-    let (mut jobs, mut runs) = (1_000_000, 21);
+/// `$1` more agents, registered over the last day, every tenth offline.
+const FLEET: &str = "
+INSERT INTO agents (id, tenant_id, name, labels, queues, status, last_heartbeat_at, registered_at)
+SELECT md5('agent' || n)::uuid, $2, 'fleet-' || n, '{}', ARRAY['q' || (n % 4)],
+    CASE WHEN n % 10 = 0 THEN 'offline' ELSE 'online' END,
+    (extract(epoch FROM now()) * 1000)::bigint - (n % 10) * 1000,
+    (extract(epoch FROM now()) * 1000)::bigint - n * 1000
+FROM generate_series(1, $1) AS n";
+
+struct Args {
+    jobs: i64,
+    runs: usize,
+    backlog: bool,
+    agents: i64,
+    exact: bool,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        jobs: 1_000_000,
+        runs: 21,
+        backlog: false,
+        agents: 0,
+        exact: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        let mut number = |name: &str| it.next().and_then(|v| v.parse().ok()).expect(name);
         match flag.as_str() {
-            "--jobs" => jobs = it.next().and_then(|v| v.parse().ok()).expect("--jobs N"),
-            "--runs" => runs = it.next().and_then(|v| v.parse().ok()).expect("--runs N"),
+            "--jobs" => args.jobs = number("--jobs N"),
+            "--runs" => args.runs = number("--runs N") as usize,
+            "--agents" => args.agents = number("--agents N"),
+            "--backlog" => args.backlog = true,
+            "--exact" => args.exact = true,
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
     }
-    (jobs, runs)
+    args
 }
 
 async fn render(app: &axum::Router, path: &str, key: &str) -> Duration {
@@ -116,7 +148,13 @@ async fn measure(app: &axum::Router, key: &str, runs: usize, label: &str) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let (jobs, runs) = args();
+    let Args {
+        jobs,
+        runs,
+        backlog,
+        agents,
+        exact,
+    } = args();
     let test = homeostat_testkit::postgres()
         .await
         .expect("HOMEOSTAT_TEST_DATABASE_URL for the dashboard benchmark");
@@ -124,6 +162,11 @@ async fn main() {
     let schema = test.schema().unwrap().to_owned();
     let options = StoreOptions {
         clock: StoreClock::system(),
+        cheap_count: if exact {
+            Duration::MAX
+        } else {
+            StoreOptions::default().cheap_count
+        },
         ..StoreOptions::default()
     };
     let store = Store::Postgres(
@@ -166,11 +209,18 @@ async fn main() {
     sqlx::query(LOAD)
         .bind(jobs)
         .bind(tenant.id.as_uuid())
+        .bind(backlog)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(FLEET)
+        .bind(agents)
+        .bind(tenant.id.as_uuid())
         .execute(&pool)
         .await
         .unwrap();
     println!(
-        "loaded {jobs} jobs in {:.1} s",
+        "loaded {jobs} jobs and {agents} more agents in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
@@ -182,7 +232,10 @@ async fn main() {
     );
     let app = router(state);
     measure(&app, &key, runs, "fresh table, no ANALYZE").await;
-    sqlx::query("ANALYZE jobs").execute(&pool).await.unwrap();
+    sqlx::query("ANALYZE jobs, agents")
+        .execute(&pool)
+        .await
+        .unwrap();
     measure(&app, &key, runs, "after ANALYZE").await;
     pool.close().await;
     store.close().await;

@@ -223,6 +223,13 @@ pub(crate) async fn serve(
             .set(i64::try_from(a.count).unwrap_or(i64::MAX));
     }
     snapshot.register("homeostat_agents", "Agents by status", agents);
+    let counted = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    counted.set(now.duration_since(stats.counted_at).as_secs_f64().max(0.0));
+    snapshot.register(
+        "homeostat_jobs_counted_age_seconds",
+        "How old the live job counts are: 0 while counting is cheap, up to the recount interval and a count's time when the backlog is too large to count at every scrape",
+        counted,
+    );
     let waiting = Gauge::<i64>::default();
     waiting.set(i64::try_from(state.waiting_claims()).unwrap_or(i64::MAX));
     snapshot.register(

@@ -13,6 +13,10 @@
 //! offline at once, a run marks none and raises a notification; only the
 //! next run, still seeing as many, takes them offline (Kubernetes' node
 //! lifecycle controller brakes the same way).
+//!
+//! Agents offline and unheard for `forget_after` (24 h) are deleted with
+//! their credentials: autoscaled runners come and go by the thousand, and
+//! the registry would otherwise keep every one of them.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -94,9 +98,8 @@ impl AgentHealth {
         }
         let present: u64 = self
             .store
-            .stats()
+            .agent_counts()
             .await?
-            .agents
             .iter()
             .filter(|a| a.status != AgentStatus::Offline)
             .map(|a| a.count)
@@ -155,7 +158,16 @@ impl AgentHealth {
         })
         .await?;
         notify_dead(&self.store, ctx, &reclaimed, "its agent went offline").await?;
-        Ok(total(&offline) + total(&reclaimed))
+        let forgotten = match self.config.forget_after {
+            Duration::ZERO => Vec::new(),
+            after => {
+                drain(ctx, batch, || {
+                    self.store.forget_departed_agents(after, batch, fence)
+                })
+                .await?
+            }
+        };
+        Ok(total(&offline) + total(&reclaimed) + total(&forgotten))
     }
 }
 
@@ -203,6 +215,16 @@ impl Controller for AgentHealth {
                         stale_after: self.config.stale_after,
                     },
                     "its agent is offline",
+                ),
+                (
+                    PlanKind::DepartedAgents {
+                        // Zero keeps them: nobody unheard for ever.
+                        offline_for: match self.config.forget_after {
+                            Duration::ZERO => Duration::MAX,
+                            after => after,
+                        },
+                    },
+                    "offline past retention",
                 ),
             ],
         )

@@ -56,6 +56,10 @@ pub struct AgentHealthConfig {
     /// more often the control plane's deafness (a network partition, an
     /// outage) than mass death.
     pub max_offline_percent: u8,
+    /// An offline agent unheard this long is deleted and its credential
+    /// revoked (its past jobs keep its id); zero keeps offline agents.
+    #[serde(with = "homeostat_model::duration")]
+    pub forget_after: Duration,
 }
 
 /// queue-priority: ageing of queued jobs.
@@ -118,7 +122,8 @@ pub struct PeriodicConfig {
 /// All built-in controllers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ControllersConfig {
-    /// agent-health (30 s; stale after 90 s).
+    /// agent-health (30 s; stale after 90 s; offline agents forgotten after
+    /// 24 h).
     pub agent_health: AgentHealthConfig,
     /// job-recovery (60 s).
     pub job_recovery: Settings,
@@ -153,6 +158,7 @@ impl Default for ControllersConfig {
                 settings: Settings::every(30 * SECOND, 1000),
                 stale_after: 90 * SECOND,
                 max_offline_percent: 50,
+                forget_after: DAY,
             },
             job_recovery: Settings::every(MINUTE, 1000),
             job_timeout: Settings::every(MINUTE, 1000),

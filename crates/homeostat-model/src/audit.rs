@@ -66,6 +66,9 @@ pub enum AuditAction {
     /// Silent agents were marked offline.
     #[serde(rename = "agents.offline")]
     AgentsOffline,
+    /// Agents offline past retention were deleted, with their credentials.
+    #[serde(rename = "agents.forgotten")]
+    AgentsForgotten,
     /// An operator cancelled a job.
     #[serde(rename = "job.cancelled")]
     JobCancelled,
@@ -115,7 +118,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 23] = [
+    pub const ALL: [AuditAction; 24] = [
         AuditAction::TenantCreated,
         AuditAction::TenantTierChanged,
         AuditAction::TokenCreated,
@@ -124,6 +127,7 @@ impl AuditAction {
         AuditAction::AgentRegistered,
         AuditAction::AgentDraining,
         AuditAction::AgentsOffline,
+        AuditAction::AgentsForgotten,
         AuditAction::JobCancelled,
         AuditAction::JobApproved,
         AuditAction::JobRedriven,
@@ -152,6 +156,7 @@ impl AuditAction {
             AuditAction::AgentRegistered => "agent.registered",
             AuditAction::AgentDraining => "agent.draining",
             AuditAction::AgentsOffline => "agents.offline",
+            AuditAction::AgentsForgotten => "agents.forgotten",
             AuditAction::JobCancelled => "job.cancelled",
             AuditAction::JobApproved => "job.approved",
             AuditAction::JobRedriven => "job.redriven",

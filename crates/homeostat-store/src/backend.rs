@@ -308,6 +308,9 @@ pub(crate) trait Backend: Sync {
     /// The jobs this store saw succeed, not yet written.
     fn tally(&self) -> &crate::tally::Tally;
 
+    /// The last count of the live jobs (`stats`).
+    fn counts(&self) -> &crate::stats::Counts;
+
     /// This store's waiting claims.
     fn signals(&self) -> &crate::signals::Signals;
 
@@ -366,6 +369,14 @@ pub(crate) trait Backend: Sync {
 
     /// Runs a read-only statement on the read connections.
     fn fetch(
+        &self,
+        stmt: Stmt<'_>,
+    ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;
+
+    /// Runs a read-only statement off the hot path (counts for metrics and
+    /// the dashboard) with the planner free to choose any plan by the
+    /// statistics, where [`Backend::fetch`] keeps the store's pinned plans.
+    fn fetch_unpinned(
         &self,
         stmt: Stmt<'_>,
     ) -> impl Future<Output = Result<Vec<Self::Row>, sqlx::Error>> + Send;

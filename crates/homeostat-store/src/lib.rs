@@ -610,9 +610,16 @@ impl Store {
     /// Live jobs by state and queue, each queue's backlog and oldest
     /// waiting job, agents by status: what metrics and dashboards read. The
     /// cost follows the live jobs (each count reads a live state's partial
-    /// index), not the finished jobs kept for retention.
+    /// index), not the finished jobs kept for retention; a backlog too large
+    /// to count at every read is counted behind the reads, and
+    /// `counted_at` says when (the module `stats`).
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         dispatch!(self, stats::stats())
+    }
+
+    /// Agents by status, counted now.
+    pub async fn agent_counts(&self) -> Result<Vec<AgentCount>, StoreError> {
+        dispatch!(self, stats::agent_counts())
     }
 
     /// Jobs finished per minute from the minute that holds `since`
@@ -765,6 +772,21 @@ impl Store {
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
         dispatch!(self, registry::delete_dead_tokens(limit, fence))
+    }
+
+    /// Deletes up to `limit` agents offline and unheard for `offline_for`,
+    /// oldest first, and revokes their credentials; their past jobs keep
+    /// their ids. Audited as `agents.forgotten`.
+    pub async fn forget_departed_agents(
+        &self,
+        offline_for: Duration,
+        limit: u32,
+        fence: Option<&Fence>,
+    ) -> Result<u64, StoreError> {
+        dispatch!(
+            self,
+            registry::forget_departed_agents(offline_for, limit, fence)
+        )
     }
 
     /// Deletes finished jobs past retention.

@@ -37,6 +37,11 @@ pub(crate) const SQLITE: Set = &[
         "fleet",
         include_str!("../migrations/sqlite/0006_fleet.sql"),
     ),
+    (
+        7,
+        "departed agents",
+        include_str!("../migrations/sqlite/0007_departed_agents.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -85,6 +90,11 @@ pub(crate) const POSTGRES: Set = &[
         9,
         "fleet",
         include_str!("../migrations/postgres/0009_fleet.sql"),
+    ),
+    (
+        10,
+        "departed agents",
+        include_str!("../migrations/postgres/0010_departed_agents.sql"),
     ),
 ];
 

@@ -40,6 +40,11 @@ pub enum PlanKind {
     },
     /// Jobs whose approval expired.
     ExpiredApprovals,
+    /// Agents offline and unheard this long, to be forgotten.
+    DepartedAgents {
+        /// How long.
+        offline_for: Duration,
+    },
     /// Expired, used-up or revoked tokens.
     DeadTokens,
     /// Finished jobs past retention.
@@ -150,6 +155,13 @@ fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, String, Vec<i64>
             state.into(),
             "'expired'".into(),
             vec![now_ms],
+        ),
+        PlanKind::DepartedAgents { offline_for } => (
+            "agents WHERE status = 'offline' AND last_heartbeat_at < $1".into(),
+            "'agent:' || id",
+            "status".into(),
+            "'deleted'".into(),
+            vec![now_ms.saturating_sub(dur_ms(offline_for))],
         ),
         PlanKind::DeadTokens => (
             "tokens WHERE expires_at <= $1 OR uses_left = 0 OR revoked_at IS NOT NULL".into(),

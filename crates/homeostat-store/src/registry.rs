@@ -52,6 +52,27 @@ const DELETE_DEAD_TOKENS: Sql = Sql::both(
        UNION SELECT id FROM tokens WHERE revoked_at IS NOT NULL
        LIMIT $2)",
 );
+/// `$1` heard before (ms), `$2` how many: the agents offline longest.
+const DEPARTED: Sql = Sql::both(
+    "SELECT id FROM agents WHERE status = 'offline' AND last_heartbeat_at < $1
+     ORDER BY last_heartbeat_at LIMIT $2",
+);
+/// `$1` the agents, `$2` heard before: deleted unless heard since.
+const FORGET_AGENTS: Sql = Sql::pair(
+    "DELETE FROM agents WHERE id IN (SELECT value FROM json_each($1))
+       AND status = 'offline' AND last_heartbeat_at < $2
+     RETURNING id",
+    "DELETE FROM agents WHERE id = ANY($1::uuid[])
+       AND status = 'offline' AND last_heartbeat_at < $2
+     RETURNING id",
+);
+/// `$1` the agents, `$2` now. Revoked rather than deleted: other replicas
+/// learn of revocations, not of deletions (token-cleanup deletes them).
+const REVOKE_AGENT_CREDENTIALS: Sql = Sql::pair(
+    "UPDATE tokens SET revoked_at = $2
+     WHERE agent_id IN (SELECT value FROM json_each($1)) AND revoked_at IS NULL",
+    "UPDATE tokens SET revoked_at = $2 WHERE agent_id = ANY($1::uuid[]) AND revoked_at IS NULL",
+);
 
 /// `$6` now (judged: the last heartbeat), `$7` now.
 const AGENT_FACTS: Sql = Sql::both("SELECT tenant_id, queues FROM agents WHERE id = $1");
@@ -480,6 +501,71 @@ pub(crate) async fn delete_dead_tokens<B: Backend>(
         audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
     }
     B::commit(tx, op).await?;
+    Ok(n)
+}
+
+/// Deletes up to `limit` agents offline and unheard for `offline_for`
+/// (autoscaled runners that came and went), oldest first, and revokes their
+/// credentials. An agent holds no job by then: agent-health reclaimed its
+/// jobs when it went offline. Their past jobs keep its id.
+pub(crate) async fn forget_departed_agents<B: Backend>(
+    b: &B,
+    offline_for: Duration,
+    limit: u32,
+    fence: Option<&Fence>,
+) -> Result<u64, StoreError> {
+    let now = b.now();
+    let heard_before = ms(now).saturating_sub(dur_ms(offline_for));
+    let op = AuditAction::AgentsForgotten.as_str();
+    let mut tx = b.begin(op).await?;
+    check_fence::<B>(&mut tx, fence, op).await?;
+    let stmt = Stmt::new::<B>(DEPARTED)
+        .arg(heard_before)
+        .arg(i64::from(limit));
+    let candidates = B::fetch_in(&mut tx, stmt)
+        .await
+        .op(op)?
+        .iter()
+        .map(|r| r.id::<homeostat_model::Id>("id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if candidates.is_empty() {
+        B::commit(tx, op).await?;
+        return Ok(0);
+    }
+    let stmt = Stmt::new::<B>(FORGET_AGENTS)
+        .arg(candidates.as_slice())
+        .arg(heard_before);
+    let forgotten = B::fetch_in(&mut tx, stmt)
+        .await
+        .op(op)?
+        .iter()
+        .map(|r| r.id::<homeostat_model::Id>("id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let stmt = Stmt::new::<B>(REVOKE_AGENT_CREDENTIALS)
+        .arg(forgotten.as_slice())
+        .arg(ms(now));
+    B::execute_in(&mut tx, stmt).await.op(op)?;
+    let n = forgotten.len() as u64;
+    if n > 0 {
+        let event = NewAuditEvent {
+            actor: actor_for(fence),
+            action: op.into(),
+            subject: "agents".into(),
+            details: json!({
+                "count": n,
+                "reason": "offline past retention",
+                "offline_for_secs": offline_for.as_secs(),
+            }),
+        };
+        audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    }
+    B::commit(tx, op).await?;
+    let forgotten: Vec<AgentId> = forgotten.into_iter().map(AgentId::from).collect();
+    b.credentials().forget(&forgotten);
+    let mut facts = b.agent_facts().lock().unwrap();
+    for agent in &forgotten {
+        facts.remove(agent);
+    }
     Ok(n)
 }
 

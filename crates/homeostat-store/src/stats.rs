@@ -2,6 +2,24 @@
 //! each queue's backlog and oldest waiting job, agents by status. Every
 //! count reads a live state's partial index, so its cost follows the live
 //! jobs, not the table (which also holds finished jobs until retention).
+//!
+//! Following the live jobs is still a scan of the backlog: a million
+//! queued jobs cost a count of a million index entries, tens to hundreds of
+//! milliseconds, and `/metrics` and the dashboard would pay it at every
+//! read. So the job counts are exact while counting them is cheap
+//! (`StoreOptions::cheap_count`, 10 ms); once a count costs more, reads
+//! answer the last count at once, and one count at a time runs behind them
+//! whenever the last is `StoreOptions::recount_after` old (5 s) and ten
+//! times as old as that count took (so counting takes at most a tenth of a
+//! connection's time): a backlog's counts lag by at most that and a count's
+//! own time, and [`Stats::counted_at`] says how much. The counts run with
+//! the planner free (`Backend::fetch_unpinned`): a backlog is a large share
+//! of the table, read faster in the heap's order than through an index. Agents are always counted afresh
+//! (an index of one row per agent).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use homeostat_model::{AgentStatus, JobState};
 use jiff::Timestamp;
@@ -14,6 +32,10 @@ use crate::time::ts;
 /// A snapshot of the store.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
+    /// When the job counts were taken (the store's clock): the moment of the
+    /// read, or up to `StoreOptions::recount_after` and a count's own time
+    /// before it when the backlog is too large to count at every read.
+    pub counted_at: Timestamp,
     /// Jobs in each live state (scheduled, awaiting approval, queued,
     /// running), by queue; finished jobs are history and are not counted.
     pub jobs: Vec<JobCount>,
@@ -55,50 +77,114 @@ pub struct AgentCount {
 }
 
 /// One branch per live state, each matching the predicate of that state's
-/// partial index.
+/// partial index; the queued branch also finds each queue's oldest job, so
+/// the backlog is read once.
 const LIVE_JOBS: Sql = Sql::both(
-    "SELECT 'queued' AS state, queue, COUNT(*) AS n FROM jobs WHERE state = 'queued' GROUP BY queue
+    "SELECT 'queued' AS state, queue, COUNT(*) AS n, MIN(queued_at) AS oldest
+       FROM jobs WHERE state = 'queued' GROUP BY queue
      UNION ALL
-     SELECT 'running', queue, COUNT(*) FROM jobs WHERE state = 'running' GROUP BY queue
+     SELECT 'running', queue, COUNT(*), NULL FROM jobs WHERE state = 'running' GROUP BY queue
      UNION ALL
-     SELECT 'scheduled', queue, COUNT(*) FROM jobs WHERE state = 'scheduled' GROUP BY queue
+     SELECT 'scheduled', queue, COUNT(*), NULL FROM jobs WHERE state = 'scheduled' GROUP BY queue
      UNION ALL
-     SELECT 'awaiting_approval', queue, COUNT(*) FROM jobs WHERE state = 'awaiting_approval'
-       GROUP BY queue
+     SELECT 'awaiting_approval', queue, COUNT(*), NULL FROM jobs
+       WHERE state = 'awaiting_approval' GROUP BY queue
      ORDER BY 1, 2",
-);
-
-const BACKLOG: Sql = Sql::both(
-    "SELECT queue, COUNT(*) AS n, MIN(queued_at) AS oldest FROM jobs WHERE state = 'queued'
-     GROUP BY queue ORDER BY queue",
 );
 
 const AGENTS: Sql =
     Sql::both("SELECT status, COUNT(*) AS n FROM agents GROUP BY status ORDER BY status");
 
-pub(crate) async fn stats<B: Backend>(b: &B) -> Result<Stats, StoreError> {
-    let op = "reading the store's statistics";
+/// The last count of the live jobs, for reads that come while counting is
+/// not cheap.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    last: Mutex<Option<Counted>>,
+    /// A count runs behind the reads.
+    counting: AtomicBool,
+}
+
+#[derive(Debug, Clone)]
+struct Counted {
+    stats: Arc<Stats>,
+    at: Instant,
+    took: Duration,
+}
+
+pub(crate) async fn stats<B: Backend + Clone + Send + Sync + 'static>(
+    b: &B,
+) -> Result<Stats, StoreError> {
+    let (counts, options) = (b.counts(), b.options());
+    let last = counts.last.lock().unwrap().clone();
+    let mut stats = match last {
+        Some(last) if last.took > options.cheap_count => {
+            // Counting behind the reads takes at most a tenth of a
+            // connection's time, however long a count takes.
+            let every = options.recount_after.max(last.took * 10);
+            if last.at.elapsed() >= every && !counts.counting.swap(true, Ordering::AcqRel) {
+                let b = b.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = count_jobs(&b).await {
+                        tracing::warn!(error = %e, "counting the live jobs failed; reads keep the last count");
+                    }
+                    b.counts().counting.store(false, Ordering::Release);
+                });
+            }
+            Stats::clone(&last.stats)
+        }
+        _ => Stats::clone(&*count_jobs(b).await?),
+    };
+    stats.agents = agent_counts(b).await?;
+    Ok(stats)
+}
+
+/// Counts the live jobs and keeps the count for the reads that follow.
+async fn count_jobs<B: Backend>(b: &B) -> Result<Arc<Stats>, StoreError> {
+    let started = Instant::now();
+    let counted_at = b.now();
+    let stats = Arc::new(live_jobs(b, counted_at).await?);
+    *b.counts().last.lock().unwrap() = Some(Counted {
+        stats: stats.clone(),
+        at: started,
+        took: started.elapsed(),
+    });
+    Ok(stats)
+}
+
+async fn live_jobs<B: Backend>(b: &B, counted_at: Timestamp) -> Result<Stats, StoreError> {
+    let op = "counting the live jobs";
     let parse = |text: String| {
         text.parse()
             .map_err(|e: homeostat_model::ValidationError| corrupt(op, e))
     };
-    let mut stats = Stats::default();
-    for r in b.fetch(Stmt::new::<B>(LIVE_JOBS)).await.op(op)? {
-        stats.jobs.push(JobCount {
+    let mut stats = Stats {
+        counted_at,
+        ..Stats::default()
+    };
+    for r in b.fetch_unpinned(Stmt::new::<B>(LIVE_JOBS)).await.op(op)? {
+        let count = JobCount {
             state: parse(r.text("state")?)?,
             queue: r.text("queue")?,
             count: r.int("n")? as u64,
-        });
+        };
+        if let Some(oldest) = r.opt_int("oldest")? {
+            stats.queues.push(QueueBacklog {
+                queue: count.queue.clone(),
+                queued: count.count,
+                oldest_queued_at: ts(oldest),
+            });
+        }
+        stats.jobs.push(count);
     }
-    for r in b.fetch(Stmt::new::<B>(BACKLOG)).await.op(op)? {
-        stats.queues.push(QueueBacklog {
-            queue: r.text("queue")?,
-            queued: r.int("n")? as u64,
-            oldest_queued_at: ts(r.int("oldest")?),
-        });
-    }
+    Ok(stats)
+}
+
+/// Agents by status, counted now.
+pub(crate) async fn agent_counts<B: Backend>(b: &B) -> Result<Vec<AgentCount>, StoreError> {
+    let op = "counting agents";
+    let mut agents = Vec::new();
     for r in b.fetch(Stmt::new::<B>(AGENTS)).await.op(op)? {
-        stats.agents.push(AgentCount {
+        agents.push(AgentCount {
             status: r
                 .text("status")?
                 .parse()
@@ -106,5 +192,5 @@ pub(crate) async fn stats<B: Backend>(b: &B) -> Result<Stats, StoreError> {
             count: r.int("n")? as u64,
         });
     }
-    Ok(stats)
+    Ok(agents)
 }

@@ -87,6 +87,13 @@ pub struct StoreOptions {
     pub max_connections: u32,
     /// Where operations take their time from.
     pub clock: StoreClock,
+    /// The longest a count of the live jobs may take and still be repeated
+    /// at every read of [`Store::stats`](crate::Store::stats); a costlier
+    /// count is taken behind the reads.
+    pub cheap_count: Duration,
+    /// Once counting is not cheap, how old the last count may grow before a
+    /// read starts a new one.
+    pub recount_after: Duration,
 }
 
 impl Default for StoreOptions {
@@ -97,6 +104,8 @@ impl Default for StoreOptions {
             retry_max: Duration::from_secs(3600),
             max_connections: 16,
             clock: StoreClock::default(),
+            cheap_count: Duration::from_millis(10),
+            recount_after: Duration::from_secs(5),
         }
     }
 }

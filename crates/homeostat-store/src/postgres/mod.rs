@@ -31,6 +31,7 @@ pub struct PgStore {
     credentials: Arc<crate::credentials::CredentialCache>,
     /// Jobs that succeeded, counted for the dashboard's chart.
     tally: Arc<crate::tally::Tally>,
+    counts: Arc<crate::stats::Counts>,
     /// Wake-ups for waiting claims, relayed from `LISTEN` by one listener
     /// per store, started by the first waiter.
     signals: crate::signals::Signals,
@@ -122,6 +123,7 @@ impl PgStore {
             agents: Arc::default(),
             credentials: Arc::default(),
             tally: Arc::default(),
+            counts: Arc::default(),
             signals: crate::signals::Signals::default(),
             listener: Arc::default(),
         })
@@ -283,6 +285,10 @@ impl Backend for PgStore {
         &self.tally
     }
 
+    fn counts(&self) -> &crate::stats::Counts {
+        &self.counts
+    }
+
     fn signals(&self) -> &crate::signals::Signals {
         &self.signals
     }
@@ -332,6 +338,24 @@ impl Backend for PgStore {
 
     async fn fetch(&self, stmt: Stmt<'_>) -> Result<Vec<PgRow>, sqlx::Error> {
         query(stmt).fetch_all(&self.pool).await
+    }
+
+    async fn fetch_unpinned(&self, stmt: Stmt<'_>) -> Result<Vec<PgRow>, sqlx::Error> {
+        // A count of a large share of a table (a backlog of a million
+        // queued jobs) walked through its partial index fetches each row
+        // from the heap at random until vacuum marks the pages all-visible:
+        // 1–2 s at a million, where a bitmap or sequential scan reads the
+        // pages in order. The settings last until this transaction ends.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "SELECT set_config('enable_seqscan', 'on', true),
+                    set_config('enable_bitmapscan', 'on', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let rows = query(stmt).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
     async fn fetch_write(&self, stmt: Stmt<'_>) -> Result<Vec<PgRow>, sqlx::Error> {

@@ -41,6 +41,7 @@ pub struct SqliteStore {
     credentials: Arc<crate::credentials::CredentialCache>,
     /// Jobs that succeeded, counted for the dashboard's chart.
     tally: Arc<crate::tally::Tally>,
+    counts: Arc<crate::stats::Counts>,
     /// Wake-ups for waiting claims, announced in-process.
     signals: crate::signals::Signals,
     /// Stops the checkpoint task when the last clone goes (held, not read).
@@ -103,6 +104,7 @@ impl SqliteStore {
             agents: Arc::default(),
             credentials: Arc::default(),
             tally: Arc::default(),
+            counts: Arc::default(),
             signals: crate::signals::Signals::default(),
             _checkpointer: Arc::new(stop.drop_guard()),
         })
@@ -256,6 +258,10 @@ impl Backend for SqliteStore {
         &self.tally
     }
 
+    fn counts(&self) -> &crate::stats::Counts {
+        &self.counts
+    }
+
     fn signals(&self) -> &crate::signals::Signals {
         &self.signals
     }
@@ -288,6 +294,11 @@ impl Backend for SqliteStore {
 
     async fn fetch(&self, stmt: Stmt<'_>) -> Result<Vec<SqliteRow>, sqlx::Error> {
         query(stmt).fetch_all(&self.pool).await
+    }
+
+    async fn fetch_unpinned(&self, stmt: Stmt<'_>) -> Result<Vec<SqliteRow>, sqlx::Error> {
+        // SQLite's plans are pinned by nothing.
+        self.fetch(stmt).await
     }
 
     async fn fetch_write(&self, stmt: Stmt<'_>) -> Result<Vec<SqliteRow>, sqlx::Error> {

@@ -241,7 +241,118 @@ async fn agents_list_by_status_in_pages(store: &Store) {
     assert_eq!(seen, sorted, "pages follow the names");
 }
 
+async fn departed_agents_age_out_with_their_credentials(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let token = NewBootstrapToken {
+        tenant_id: Some(t),
+        ttl: Duration::from_secs(3600),
+        uses: 3,
+    };
+    let token = store
+        .at(t0())
+        .issue_bootstrap_token(&token, "operator:test")
+        .await
+        .unwrap();
+    let mut agents = Vec::new();
+    for name in ["stays", "departed", "recent"] {
+        let new = NewAgent {
+            name: name.into(),
+            labels: Default::default(),
+            queues: vec!["q".into()],
+        };
+        let (agent, credential) = store
+            .at(t0())
+            .register_agent(&token.secret, &new)
+            .await
+            .unwrap();
+        // Verified once: the credential is in the store's cache.
+        assert_eq!(
+            store.authenticate_agent(&credential.secret).await.unwrap(),
+            agent.id
+        );
+        agents.push((agent.id, credential.secret));
+    }
+    let [
+        (stays, _),
+        (departed, departed_secret),
+        (recent, recent_secret),
+    ] = &agents[..]
+    else {
+        unreachable!()
+    };
+    let stale = Duration::from_secs(90);
+    store
+        .at(at(1_000))
+        .heartbeat_agents(&[*stays, *recent])
+        .await
+        .unwrap();
+    let off = store
+        .at(at(1_050))
+        .mark_silent_agents_offline(stale, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(off, vec![*departed]);
+    store
+        .at(at(2_000))
+        .heartbeat_agents(&[*stays])
+        .await
+        .unwrap();
+    let off = store
+        .at(at(2_050))
+        .mark_silent_agents_offline(stale, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(off, vec![*recent]);
+
+    // Unheard for 1,500 s at 2,100: only the agent last heard at t0.
+    let forgotten = store
+        .at(at(2_100))
+        .forget_departed_agents(Duration::from_secs(1_500), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(forgotten, 1);
+    assert!(matches!(
+        store.get_agent(*departed).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        matches!(
+            store.authenticate_agent(departed_secret).await,
+            Err(StoreError::Unauthorized { .. })
+        ),
+        "its credential is revoked, though it was verified before"
+    );
+    assert_eq!(
+        store.authenticate_agent(recent_secret).await.unwrap(),
+        *recent
+    );
+    assert_eq!(
+        store.get_agent(*recent).await.unwrap().status,
+        AgentStatus::Offline
+    );
+    assert_eq!(
+        store.get_agent(*stays).await.unwrap().status,
+        AgentStatus::Online
+    );
+    let events = store.audit_events(0, 1000).await.unwrap();
+    let event = events
+        .iter()
+        .find(|e| e.action == "agents.forgotten")
+        .expect("an agents.forgotten event");
+    assert_eq!(event.details["count"], 1);
+    // Nothing more to forget.
+    assert_eq!(
+        store
+            .at(at(2_100))
+            .forget_departed_agents(Duration::from_secs(1_500), 100, None)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
 on_both_backends!(
+    departed_agents_age_out_with_their_credentials,
     tokens_are_hashed_consumed_and_cleaned_up,
     agents_heartbeat_in_batches_and_drain,
     agents_list_by_status_in_pages,
