@@ -129,7 +129,9 @@ async fn serve(store: &Store, settings: ApiSettings) -> (String, tokio::task::Jo
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = router(state);
     let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        axum::serve(listener, app.into_make_service())
+            .await
+            .unwrap();
     });
     (url, task)
 }

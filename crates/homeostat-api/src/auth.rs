@@ -43,7 +43,9 @@ impl FromRequestParts<ApiState> for AgentCaller {
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
         let secret = bearer(parts)?;
-        let id = state.store.authenticate_agent(secret).await?;
+        // Boxed: this future would otherwise be part of every agent
+        // request's for the request's whole life (a long poll's too).
+        let id = Box::pin(state.store.authenticate_agent(secret)).await?;
         Ok(Self { id })
     }
 }

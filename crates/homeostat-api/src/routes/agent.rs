@@ -150,8 +150,12 @@ pub(crate) async fn claim(
         state.http.claimed(!jobs.is_empty(), started.elapsed());
         Json(ClaimResponse { jobs })
     };
+    // Each store call below is boxed: an async fn's future is as large as
+    // its largest await, kept for the request's whole life, and the store's
+    // futures are kilobytes each. Boxed, an idle long poll holds only what
+    // it waits with, and the store's futures live only while they run.
     if let Some(only) = &req.queues {
-        let registered = state.store.get_agent(agent.id).await?.queues;
+        let registered = Box::pin(state.store.get_agent(agent.id)).await?.queues;
         if let Some(q) = only.iter().find(|q| !registered.contains(q)) {
             return Err(ApiError::invalid(format!(
                 "queues: the agent is not registered for queue {q:?}"
@@ -168,21 +172,13 @@ pub(crate) async fn claim(
         let mut waiter = if wait.is_zero() {
             None
         } else {
-            Some(
-                state
-                    .store
-                    .queued_waiter(agent.id, only, req.capacity)
-                    .await?,
-            )
+            Some(Box::pin(state.store.queued_waiter(agent.id, only, req.capacity)).await?)
         };
         let jobs = match only {
             Some(only) => {
-                state
-                    .store
-                    .claim_from(agent.id, only, req.capacity, lease)
-                    .await?
+                Box::pin(state.store.claim_from(agent.id, only, req.capacity, lease)).await?
             }
-            None => state.store.claim(agent.id, req.capacity, lease).await?,
+            None => Box::pin(state.store.claim(agent.id, req.capacity, lease)).await?,
         };
         if woken {
             state.http.woken(!jobs.is_empty());
