@@ -32,12 +32,15 @@ const LAST_SLOT: Sql = Sql::both("SELECT last_slot FROM periodic_slots WHERE nam
 /// `$3` now (judged), `$4` the lease (ms).
 /// Extends the leases of running jobs: `$1` ids, `$2` their lease tokens
 /// (in the same order), `$3` now (judged), `$4` the lease (ms); the jobs
-/// whose lease was extended, with its new expiry.
+/// whose lease was extended, with its new expiry. The tokens are
+/// materialized on SQLite, as in `registry::HEARTBEATS`: a join on positions
+/// to `json_each` itself re-reads the list for every id.
 const EXTEND_LEASES: Sql = Sql::pair(
     concat!(
-        "UPDATE jobs SET lease_expires_at = $3 + $4
+        "WITH t AS MATERIALIZED (SELECT key, value FROM json_each($2))
+         UPDATE jobs SET lease_expires_at = $3 + $4
          FROM (SELECT i.value AS id, t.value AS token
-               FROM json_each($1) AS i JOIN json_each($2) AS t ON t.key = i.key) AS h
+               FROM json_each($1) AS i JOIN t ON t.key = i.key) AS h
          WHERE jobs.id = h.id AND jobs.lease_token = h.token AND ",
         sqlite_running!(),
         " RETURNING jobs.id, jobs.lease_expires_at"

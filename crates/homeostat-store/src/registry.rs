@@ -91,12 +91,16 @@ const INSERT_AGENT: Sql = Sql::pair(
     ),
 );
 /// `$1` now (judged), `$2` the agents, `$3` how long ago each was heard
-/// (ms). A late batch never moves a heartbeat back.
+/// (ms). A late batch never moves a heartbeat back. On SQLite the second
+/// list is materialized so the join on positions reads it through an
+/// automatic index: joined to `json_each` directly, each agent re-read the
+/// whole list (5,000 heartbeats among 10,000 agents: 1.65 s, against 23 ms).
 const HEARTBEATS: Sql = Sql::pair(
-    "UPDATE agents SET last_heartbeat_at = MAX(last_heartbeat_at, $1 - t.ago),
+    "WITH a AS MATERIALIZED (SELECT key, value FROM json_each($3))
+     UPDATE agents SET last_heartbeat_at = MAX(last_heartbeat_at, $1 - t.ago),
        status = CASE WHEN status = 'offline' THEN 'online' ELSE status END
      FROM (SELECT i.value AS id, a.value AS ago
-           FROM json_each($2) AS i JOIN json_each($3) AS a ON a.key = i.key) AS t
+           FROM json_each($2) AS i JOIN a ON a.key = i.key) AS t
      WHERE agents.id = t.id
      RETURNING agents.id AS id, agents.status AS status",
     concat!(

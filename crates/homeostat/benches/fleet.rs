@@ -135,6 +135,9 @@ fn start(dir: &Path, db: Option<&str>, heartbeat: u64) -> Server {
     std::thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
             let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["level"] == "ERROR" || v["level"] == "WARN" {
+                eprintln!("server: {line}");
+            }
             if v["fields"]["message"] == "homeostat listening" {
                 let address = v["fields"]["address"].as_str().unwrap_or_default();
                 let _ = tx.send(("url", format!("http://{address}")));
@@ -227,10 +230,24 @@ async fn metric(c: &reqwest::Client, servers: &[Server], name: &str, filter: &st
 struct Tally {
     heartbeats: AtomicU64,
     errors: AtomicU64,
+    /// What the errors were: a status code, or the client's error.
+    kinds: Mutex<std::collections::BTreeMap<String, u64>>,
     jobs: AtomicU64,
     heartbeat_ms: Mutex<Vec<f64>>,
     pickup_ms: Mutex<Vec<f64>>,
     measuring: AtomicBool,
+}
+
+impl Tally {
+    fn failed(&self, what: &str, r: &reqwest::Result<reqwest::Response>) {
+        let kind = match r {
+            Ok(r) => format!("{what} {}", r.status().as_u16()),
+            Err(e) if e.is_timeout() => format!("{what} client timeout"),
+            Err(e) if e.is_connect() => format!("{what} connect"),
+            Err(_) => format!("{what} other"),
+        };
+        *self.kinds.lock().unwrap().entry(kind).or_default() += 1;
+    }
 }
 
 async fn one_fleet(a: &Args, n: usize) {
@@ -374,6 +391,9 @@ async fn one_fleet(a: &Args, n: usize) {
                     .send()
                     .await;
                 let ok = matches!(&r, Ok(r) if r.status().is_success());
+                if !ok {
+                    hb_tally.failed("heartbeat", &r);
+                }
                 if hb_tally.measuring.load(Ordering::Relaxed) {
                     hb_tally.heartbeats.fetch_add(1, Ordering::Relaxed);
                     if ok {
@@ -400,7 +420,8 @@ async fn one_fleet(a: &Args, n: usize) {
                 };
                 let body: Value = match r {
                     Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
-                    _ => {
+                    r => {
+                        tally.failed("claim", &r);
                         if tally.measuring.load(Ordering::Relaxed) {
                             tally.errors.fetch_add(1, Ordering::Relaxed);
                         }
@@ -506,7 +527,7 @@ async fn one_fleet(a: &Args, n: usize) {
         "{backend:8} agents {n:>6} | heartbeat p50 {:>7.1} p99 {:>7.1} ms | pickup p50 {:>7.1} p99 {:>7.1} ms | \
          jobs {jobs}/{enqueued} | errors idle {idle_errors} load {} | offline {offline} | waiting {waiting} | \
          RSS before {} MiB idle {} MiB load {} MiB | per idle poll {:.1} KiB | fds idle {fds_idle} load {fds_load} | \
-         db tx/heartbeat {} | wasted wake-ups/job {:.3}",
+         db tx/heartbeat {} | wasted wake-ups/job {:.3} | failures {kinds:?}",
         percentile(&hb, 0.5),
         percentile(&hb, 0.99),
         percentile(&pick, 0.5),
@@ -518,6 +539,7 @@ async fn one_fleet(a: &Args, n: usize) {
         (rss_idle.saturating_sub(rss_before)) as f64 / n as f64,
         tx_per_beat.map_or("n/a".into(), |t| format!("{t:.4}")),
         wasted / jobs.max(1) as f64,
+        kinds = tally.kinds.lock().unwrap(),
         backend = a.backend,
     );
     drop(servers);

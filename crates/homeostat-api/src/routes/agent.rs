@@ -120,8 +120,9 @@ pub(crate) async fn heartbeat(
 }
 
 /// `POST /v1/agent/claim`: up to `capacity` jobs at once, or, when none is
-/// queued, a wait of up to `wait_secs` that an enqueue on one of the agent's
-/// queues ends at once (on any replica).
+/// queued, a wait of up to `wait_secs` (ending at a random point of its last
+/// fifth) that an enqueue on one of the agent's queues ends at once (on any
+/// replica).
 #[utoipa::path(
     post,
     path = "/v1/agent/claim",
@@ -144,6 +145,11 @@ pub(crate) async fn claim(
         .map_or(state.settings.default_claim_wait, |s| {
             Duration::from_secs(u64::from(s))
         });
+    // Claims that began together (a fleet reconnecting after a restart)
+    // would end their waits together and come back as one burst of claim
+    // transactions, again at every wait: each wait ends at a random point
+    // of its last fifth, and the burst spreads out within a few waits.
+    let wait = wait.mul_f64(1.0 - 0.2 * fastrand::f64());
     let started = tokio::time::Instant::now();
     let deadline = started + wait;
     let answer = |jobs: Vec<homeostat_model::ClaimedJob>| {
