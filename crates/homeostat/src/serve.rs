@@ -86,9 +86,8 @@ async fn run(config: Config) -> Result<(), BoxError> {
         Some(manager.clone()),
         registry,
     );
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let listener =
+        listen(&config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, holder = manager.holder(), "homeostat listening");
 
@@ -183,4 +182,23 @@ fn notifier(n: &Notifications) -> Result<Notifier, BoxError> {
         1 => sinks.remove(0),
         _ => Notifier::FanOut(sinks),
     })
+}
+
+/// Connections the kernel queues before the server accepts them (capped by
+/// `net.core.somaxconn`). With tokio's 1,024, a fleet of 10,000 agents
+/// reconnecting at once overflowed the queue, and connections whose
+/// handshakes were dropped waited for the client's retries (minutes).
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(address: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let address: std::net::SocketAddr = address.parse().map_err(std::io::Error::other)?;
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restart can listen again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
 }
