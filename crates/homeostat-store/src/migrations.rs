@@ -42,6 +42,11 @@ pub(crate) const SQLITE: Set = &[
         "departed agents",
         include_str!("../migrations/sqlite/0007_departed_agents.sql"),
     ),
+    (
+        8,
+        "used-up tokens",
+        include_str!("../migrations/sqlite/0008_used_up_tokens.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -95,6 +100,11 @@ pub(crate) const POSTGRES: Set = &[
         10,
         "departed agents",
         include_str!("../migrations/postgres/0010_departed_agents.sql"),
+    ),
+    (
+        11,
+        "used-up tokens",
+        include_str!("../migrations/postgres/0011_used_up_tokens.sql"),
     ),
 ];
 

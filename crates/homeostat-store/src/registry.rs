@@ -44,7 +44,13 @@ const LIST_TOKENS: Sql = Sql::both(
     "SELECT id, kind, tenant_id, agent_id, admin, expires_at, uses_left, revoked_at, created_at
      FROM tokens WHERE kind = $1 AND ($2 IS NULL OR tenant_id = $2) ORDER BY id",
 );
-const USE_TOKEN: Sql = Sql::both("UPDATE tokens SET uses_left = uses_left - 1 WHERE id = $1");
+/// Takes one use, only if one is left: of concurrent registrations that all
+/// read the token as live, the statement admits as many as it has uses
+/// (on PostgreSQL each waits for the one before and re-reads the row).
+const USE_TOKEN: Sql = Sql::both(
+    "UPDATE tokens SET uses_left = uses_left - 1
+     WHERE id = $1 AND (uses_left IS NULL OR uses_left > 0)",
+);
 const DELETE_DEAD_TOKENS: Sql = Sql::both(
     "DELETE FROM tokens WHERE id IN (
        SELECT id FROM tokens WHERE expires_at <= $1
@@ -639,9 +645,15 @@ pub(crate) async fn register_agent<B: Backend>(
         kind: "bootstrap token",
     })?;
     let token_id: TokenId = token.id("id")?;
-    B::execute_in(&mut tx, Stmt::new::<B>(USE_TOKEN).arg(token_id))
+    let used = B::execute_in(&mut tx, Stmt::new::<B>(USE_TOKEN).arg(token_id))
         .await
         .op(op)?;
+    if used == 0 {
+        // Its last use went to a registration that committed first.
+        return Err(StoreError::Unauthorized {
+            kind: "bootstrap token",
+        });
+    }
     let stored = Agent {
         id: new_id().into(),
         tenant_id: token.opt_id("tenant_id")?,

@@ -351,7 +351,57 @@ async fn departed_agents_age_out_with_their_credentials(store: &Store) {
     );
 }
 
+async fn concurrent_registrations_take_only_the_uses_left(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    for uses in [1, 3] {
+        let token = NewBootstrapToken {
+            tenant_id: Some(t),
+            ttl: Duration::from_secs(3600),
+            uses,
+        };
+        let token = store
+            .at(t0())
+            .issue_bootstrap_token(&token, "operator:test")
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let (store, secret) = (store.clone(), token.secret.clone());
+            tasks.push(tokio::spawn(async move {
+                let new = NewAgent {
+                    name: format!("racer-{uses}-{i}"),
+                    labels: Default::default(),
+                    queues: vec!["q".into()],
+                };
+                store.register_agent(&secret, &new).await
+            }));
+        }
+        let (mut registered, mut refused) = (0, 0);
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => registered += 1,
+                Err(StoreError::Unauthorized { .. }) => refused += 1,
+                Err(e) => panic!("neither registered nor refused: {e}"),
+            }
+        }
+        assert_eq!((registered, refused), (uses, 50 - uses), "{uses}-use token");
+        let tokens = store
+            .list_tokens(homeostat_model::TokenKind::Bootstrap, Some(t))
+            .await
+            .unwrap();
+        let info = tokens.iter().find(|i| i.id == token.info.id).unwrap();
+        assert_eq!(info.uses_left, Some(0), "never below zero");
+    }
+    let mine = AgentFilter {
+        tenant_id: Some(t),
+        status: None,
+    };
+    let agents = store.list_agents(&mine, None, 100).await.unwrap();
+    assert_eq!(agents.items.len(), 4);
+}
+
 on_both_backends!(
+    concurrent_registrations_take_only_the_uses_left,
     departed_agents_age_out_with_their_credentials,
     tokens_are_hashed_consumed_and_cleaned_up,
     agents_heartbeat_in_batches_and_drain,
