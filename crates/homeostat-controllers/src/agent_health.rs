@@ -110,6 +110,13 @@ impl AgentHealth {
         Ok(Verdict::Judge)
     }
 
+    /// How long an offline agent is kept; `None`: for ever (`forget_after`
+    /// zero).
+    fn forgetting(&self) -> Option<Duration> {
+        let after = self.config.forget_after;
+        (!after.is_zero()).then_some(after)
+    }
+
     async fn run(&self, ctx: &Context, now: Timestamp) -> Result<u64, BoxError> {
         let hearing = self.hearing();
         let verdict = self.verdict(now, hearing).await?;
@@ -158,14 +165,14 @@ impl AgentHealth {
         })
         .await?;
         notify_dead(&self.store, ctx, &reclaimed, "its agent went offline").await?;
-        let forgotten = match self.config.forget_after {
-            Duration::ZERO => Vec::new(),
-            after => {
+        let forgotten = match self.forgetting() {
+            Some(after) => {
                 drain(ctx, batch, || {
                     self.store.forget_departed_agents(after, batch, fence)
                 })
                 .await?
             }
+            None => Vec::new(),
         };
         Ok(total(&offline) + total(&reclaimed) + total(&forgotten))
     }
@@ -218,11 +225,8 @@ impl Controller for AgentHealth {
                 ),
                 (
                     PlanKind::DepartedAgents {
-                        // Zero keeps them: nobody unheard for ever.
-                        offline_for: match self.config.forget_after {
-                            Duration::ZERO => Duration::MAX,
-                            after => after,
-                        },
+                        // Kept: nobody is unheard for ever.
+                        offline_for: self.forgetting().unwrap_or(Duration::MAX),
                     },
                     "offline past retention",
                 ),

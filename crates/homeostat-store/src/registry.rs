@@ -58,18 +58,14 @@ const DELETE_DEAD_TOKENS: Sql = Sql::both(
        UNION SELECT id FROM tokens WHERE revoked_at IS NOT NULL
        LIMIT $2)",
 );
-/// `$1` heard before (ms), `$2` how many: the agents offline longest.
-const DEPARTED: Sql = Sql::both(
-    "SELECT id FROM agents WHERE status = 'offline' AND last_heartbeat_at < $1
-     ORDER BY last_heartbeat_at LIMIT $2",
-);
-/// `$1` the agents, `$2` heard before: deleted unless heard since.
-const FORGET_AGENTS: Sql = Sql::pair(
-    "DELETE FROM agents WHERE id IN (SELECT value FROM json_each($1))
-       AND status = 'offline' AND last_heartbeat_at < $2
-     RETURNING id",
-    "DELETE FROM agents WHERE id = ANY($1::uuid[])
-       AND status = 'offline' AND last_heartbeat_at < $2
+/// `$1` heard before (ms), `$2` how many: the agents offline longest,
+/// deleted. The outer predicate is checked again on each row as it is
+/// deleted, so an agent heard in between (PostgreSQL) stays.
+const FORGET_AGENTS: Sql = Sql::both(
+    "DELETE FROM agents WHERE id IN (
+       SELECT id FROM agents WHERE status = 'offline' AND last_heartbeat_at < $1
+       ORDER BY last_heartbeat_at LIMIT $2)
+     AND status = 'offline' AND last_heartbeat_at < $1
      RETURNING id",
 );
 /// `$1` the agents, `$2` now. Revoked rather than deleted: other replicas
@@ -529,22 +525,9 @@ pub(crate) async fn forget_departed_agents<B: Backend>(
     let op = AuditAction::AgentsForgotten.as_str();
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, fence, op).await?;
-    let stmt = Stmt::new::<B>(DEPARTED)
+    let stmt = Stmt::new::<B>(FORGET_AGENTS)
         .arg(heard_before)
         .arg(i64::from(limit));
-    let candidates = B::fetch_in(&mut tx, stmt)
-        .await
-        .op(op)?
-        .iter()
-        .map(|r| r.id::<homeostat_model::Id>("id"))
-        .collect::<Result<Vec<_>, _>>()?;
-    if candidates.is_empty() {
-        B::commit(tx, op).await?;
-        return Ok(0);
-    }
-    let stmt = Stmt::new::<B>(FORGET_AGENTS)
-        .arg(candidates.as_slice())
-        .arg(heard_before);
     let forgotten = B::fetch_in(&mut tx, stmt)
         .await
         .op(op)?

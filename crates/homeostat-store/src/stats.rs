@@ -14,8 +14,8 @@
 //! connection's time): a backlog's counts lag by at most that and a count's
 //! own time, and [`Stats::counted_at`] says how much. The counts run with
 //! the planner free (`Backend::fetch_unpinned`): a backlog is a large share
-//! of the table, read faster in the heap's order than through an index. Agents are always counted afresh
-//! (an index of one row per agent).
+//! of the table, read faster in the heap's order than through an index.
+//! Agents are always counted afresh (an index of one row per agent).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};

@@ -250,6 +250,31 @@ impl Tally {
     }
 }
 
+/// POSTs `body` to `path` with `key` and returns the answer's `field`.
+async fn post_for(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    path: &str,
+    body: Value,
+    field: &str,
+) -> String {
+    let answer: Value = client
+        .post(format!("{base}{path}"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: no {field} in {answer}"))
+        .to_owned()
+}
+
 async fn one_fleet(a: &Args, n: usize) {
     let run = format!("{}-{n}", std::process::id());
     let dir = std::env::temp_dir().join(format!("homeostat-fleet-{run}"));
@@ -284,45 +309,34 @@ async fn one_fleet(a: &Args, n: usize) {
         .expect("an admin key");
     let rss_before: u64 = servers.iter().map(Server::rss_kib).sum();
     let admin = reqwest::Client::new();
-    let tenant = admin
-        .post(format!("{}/v1/tenants", servers[0].url))
-        .bearer_auth(&key)
-        .json(&json!({"name": "fleet"}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let tenant_key = admin
-        .post(format!("{}/v1/api-keys", servers[0].url))
-        .bearer_auth(&key)
-        .json(&json!({"role": "tenant", "tenant_id": tenant}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let boot = admin
-        .post(format!("{}/v1/bootstrap-tokens", servers[0].url))
-        .bearer_auth(&key)
-        .json(&json!({"tenant_id": tenant, "uses": n, "ttl_secs": 3600}))
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap()["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let base = &servers[0].url;
+    let tenant = post_for(
+        &admin,
+        base,
+        &key,
+        "/v1/tenants",
+        json!({"name": "fleet"}),
+        "id",
+    )
+    .await;
+    let tenant_key = post_for(
+        &admin,
+        base,
+        &key,
+        "/v1/api-keys",
+        json!({"role": "tenant", "tenant_id": tenant}),
+        "secret",
+    )
+    .await;
+    let boot = post_for(
+        &admin,
+        base,
+        &key,
+        "/v1/bootstrap-tokens",
+        json!({"tenant_id": tenant, "uses": n, "ttl_secs": 3600}),
+        "secret",
+    )
+    .await;
     // Registration, 64 at a time.
     let urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
     let mut creds = Vec::with_capacity(n);
