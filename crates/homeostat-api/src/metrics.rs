@@ -227,7 +227,7 @@ pub(crate) async fn serve(
     counted.set(now.duration_since(stats.counted_at).as_secs_f64().max(0.0));
     snapshot.register(
         "homeostat_jobs_counted_age_seconds",
-        "How old the live job counts are: 0 while counting is cheap, up to the recount interval and a count's time when the backlog is too large to count at every scrape",
+        "How old the live job counts are: about 0 (this scrape's own count) while counting is cheap, up to the recount interval and a count's time when the backlog is too large to count at every scrape",
         counted,
     );
     let waiting = Gauge::<i64>::default();
