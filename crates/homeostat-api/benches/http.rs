@@ -197,7 +197,7 @@ async fn drain_store(store: &Store, agents: &[AgentId], jobs: usize, batch: u32)
                     })
                     .collect();
                 done += store
-                    .complete_batch(&completions)
+                    .complete_batch(agent, &completions)
                     .await
                     .unwrap()
                     .completed

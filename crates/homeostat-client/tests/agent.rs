@@ -266,7 +266,11 @@ async fn a_lost_lease_stops_the_job() {
     // The server takes the job back (as job-recovery does when a lease
     // expires): the next heartbeat says it is lost.
     let job = s.store.get_job(hang).await.unwrap();
-    s.store.release_job(hang, job.lease_token).await.unwrap();
+    let holder = job.lease_agent.expect("a running job has a holder");
+    s.store
+        .release_job(holder, hang, job.lease_token)
+        .await
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while stopped.load(Ordering::SeqCst) == 0 {
         assert!(Instant::now() < deadline, "the handler was never stopped");

@@ -434,7 +434,7 @@ async fn a_small_tenant_is_not_starved_by_a_flood(store: &Store) {
                 result: None,
             })
             .collect();
-        store.at(now).complete_batch(&done).await.unwrap();
+        store.at(now).complete_batch(worker, &done).await.unwrap();
         if got.iter().any(|c| c.id == mine) {
             claimed_at = Some(minute);
             break;

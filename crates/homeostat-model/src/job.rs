@@ -282,8 +282,9 @@ pub struct Job {
     /// Approval expiry (jobs awaiting approval).
     pub approval_expires_at: Option<Timestamp>,
     /// Agent holding the lease (running jobs); after an attempt the agent
-    /// completed or failed, the one that ran it (so a resent outcome can be
-    /// recognised as its own).
+    /// completed or failed, or that was running it when it was cancelled,
+    /// the one that ran it (so a resent outcome can be recognised as its
+    /// own, and only that agent learns of the cancel).
     pub lease_agent: Option<AgentId>,
     /// Fencing token of the current lease; grows with every claim.
     pub lease_token: i64,

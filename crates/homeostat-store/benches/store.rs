@@ -373,7 +373,7 @@ async fn lifecycle(
                     })
                     .collect();
                 let t = Instant::now();
-                let batch = store.complete_batch(&completions).await.unwrap();
+                let batch = store.complete_batch(agent, &completions).await.unwrap();
                 in_complete += t.elapsed();
                 done += batch.completed.len();
             }

@@ -49,10 +49,16 @@ async fn main() -> Result<(), StoreError> {
         claimed.attempt, claimed.lease_token
     );
     store
-        .heartbeat_job(claimed.id, claimed.lease_token, Duration::from_secs(60))
+        .heartbeat_job(
+            agent.id,
+            claimed.id,
+            claimed.lease_token,
+            Duration::from_secs(60),
+        )
         .await?;
     store
         .complete(
+            agent.id,
             claimed.id,
             claimed.lease_token,
             Some(serde_json::json!({"artifact": "app.tar.gz"})),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use homeostat_model::{AuditAction, Id, Job, JobId, JobState, NewAuditEvent, TenantId};
+use homeostat_model::{AgentId, AuditAction, Id, Job, JobId, JobState, NewAuditEvent, TenantId};
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
@@ -29,10 +29,11 @@ const TAKE_SLOT: Sql = Sql::both(
 );
 const LAST_SLOT: Sql = Sql::both("SELECT last_slot FROM periodic_slots WHERE name = $1");
 
-/// `$3` now (judged), `$4` the lease (ms).
-/// Extends the leases of running jobs: `$1` ids, `$2` their lease tokens
-/// (in the same order), `$3` now (judged), `$4` the lease (ms); the jobs
-/// whose lease was extended, with its new expiry. The tokens are
+/// Extends the leases of running jobs that agent `$5` holds: `$1` ids, `$2`
+/// their lease tokens (in the same order), `$3` now (judged), `$4` the lease
+/// (ms); the jobs whose lease was extended, with its new expiry. Lease
+/// tokens are claim counters, easy to guess: the holder is what proves the
+/// lease. The tokens are
 /// materialized on SQLite, as in `registry::HEARTBEATS`: a join on positions
 /// to `json_each` itself re-reads the list for every id.
 const EXTEND_LEASES: Sql = Sql::pair(
@@ -41,7 +42,7 @@ const EXTEND_LEASES: Sql = Sql::pair(
          UPDATE jobs SET lease_expires_at = $3 + $4
          FROM (SELECT i.value AS id, t.value AS token
                FROM json_each($1) AS i JOIN t ON t.key = i.key) AS h
-         WHERE jobs.id = h.id AND jobs.lease_token = h.token AND ",
+         WHERE jobs.id = h.id AND jobs.lease_token = h.token AND jobs.lease_agent = $5 AND ",
         sqlite_running!(),
         " RETURNING jobs.id, jobs.lease_expires_at"
     ),
@@ -49,37 +50,42 @@ const EXTEND_LEASES: Sql = Sql::pair(
         "UPDATE jobs SET lease_expires_at = ",
         pg_judged!(3),
         " + $4 FROM UNNEST($1::uuid[], $2::bigint[]) AS h(id, token)
-         WHERE jobs.id = h.id AND jobs.lease_token = h.token AND jobs.",
+         WHERE jobs.id = h.id AND jobs.lease_token = h.token AND jobs.lease_agent = $5
+           AND jobs.",
         pg_running!(),
         " RETURNING jobs.id, jobs.lease_expires_at"
     ),
 );
 
-/// `$3` now. The attempt is given back: a release is not a failure.
+/// `$3` now, `$4` the agent holding the lease. The attempt is given back: a
+/// release is not a failure.
 const RELEASE: Sql = Sql::pair(
     concat!(
         "UPDATE jobs SET state = 'queued', attempt = MAX(attempt - 1, 0), queued_at = $3,
            updated_at = $3, lease_expires_at = NULL, timeout_at = NULL
-         WHERE id = $1 AND lease_token = $2 AND ",
+         WHERE id = $1 AND lease_token = $2 AND lease_agent = $4 AND ",
         sqlite_running!(),
         " RETURNING tenant_id, queue"
     ),
     concat!(
         "UPDATE jobs SET state = 'queued', attempt = GREATEST(attempt - 1, 0), queued_at = $3,
            updated_at = $3, lease_expires_at = NULL, timeout_at = NULL
-         WHERE id = $1 AND lease_token = $2 AND ",
+         WHERE id = $1 AND lease_token = $2 AND lease_agent = $4 AND ",
         pg_running!(),
         " RETURNING tenant_id, queue"
     ),
 );
 
+/// `$3` the agent holding the lease.
 const FAILING: Sql = Sql::pair(
     concat!(
-        "SELECT attempt, max_attempts FROM jobs WHERE id = $1 AND lease_token = $2 AND ",
+        "SELECT attempt, max_attempts FROM jobs
+         WHERE id = $1 AND lease_token = $2 AND lease_agent = $3 AND ",
         sqlite_running!()
     ),
     concat!(
-        "SELECT attempt, max_attempts FROM jobs WHERE id = $1 AND lease_token = $2 AND ",
+        "SELECT attempt, max_attempts FROM jobs
+         WHERE id = $1 AND lease_token = $2 AND lease_agent = $3 AND ",
         pg_running!(),
         " FOR UPDATE"
     ),
@@ -127,7 +133,10 @@ const JOB_FOR_UPDATE: Sql = Sql::pair(
     ),
 );
 
-/// `$2` the new state, `$3` now, `$4` whether attempts start over.
+/// `$2` the new state, `$3` now, `$4` whether attempts start over. A
+/// cancelled job keeps the agent that last held it, as a finished one does:
+/// that agent's next heartbeat learns of the cancel, and no other agent
+/// can.
 const TRANSITION: Sql = Sql::pair(
     concat!(
         "UPDATE jobs SET state = $2, updated_at = $3, queued_at = $3,
@@ -136,7 +145,8 @@ const TRANSITION: Sql = Sql::pair(
         " THEN $3 ELSE NULL END,
            attempt = CASE WHEN $4 THEN 0 ELSE attempt END,
            deadline_at = CASE WHEN $4 THEN NULL ELSE deadline_at END,
-           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+           lease_agent = CASE WHEN $2 = 'cancelled' THEN lease_agent ELSE NULL END,
+           lease_expires_at = NULL, timeout_at = NULL
          WHERE id = $1 RETURNING ",
         job_columns!()
     ),
@@ -147,7 +157,8 @@ const TRANSITION: Sql = Sql::pair(
         " THEN $3 ELSE NULL END,
            attempt = CASE WHEN $4 THEN 0 ELSE attempt END,
            deadline_at = CASE WHEN $4 THEN NULL ELSE deadline_at END,
-           lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+           lease_agent = CASE WHEN $2 = 'cancelled' THEN lease_agent ELSE NULL END,
+           lease_expires_at = NULL, timeout_at = NULL
          WHERE id = $1 RETURNING ",
         job_columns!()
     ),
@@ -217,12 +228,13 @@ pub(crate) async fn periodic_last_slot<B: Backend>(
 
 pub(crate) async fn heartbeat_job<B: Backend>(
     b: &B,
+    agent: AgentId,
     id: JobId,
     lease_token: i64,
     lease: Duration,
 ) -> Result<Timestamp, StoreError> {
     let op = "extending a job lease";
-    let extended = extend_leases(b, &[(id, lease_token)], lease, op).await?;
+    let extended = extend_leases(b, agent, &[(id, lease_token)], lease, op).await?;
     match extended.get(&id) {
         Some(expires) => Ok(ts(*expires)),
         None => Err(StoreError::StaleLease {
@@ -238,13 +250,14 @@ pub(crate) async fn heartbeat_job<B: Backend>(
 /// longer running).
 pub(crate) async fn heartbeat_jobs<B: Backend>(
     b: &B,
+    agent: AgentId,
     held: &[(JobId, i64)],
     lease: Duration,
 ) -> Result<Vec<bool>, StoreError> {
     if held.is_empty() {
         return Ok(Vec::new());
     }
-    let extended = extend_leases(b, held, lease, "extending job leases").await?;
+    let extended = extend_leases(b, agent, held, lease, "extending job leases").await?;
     Ok(held
         .iter()
         .map(|(id, _)| extended.contains_key(id))
@@ -254,6 +267,7 @@ pub(crate) async fn heartbeat_jobs<B: Backend>(
 /// The jobs of `held` whose lease was extended, with its new expiry (ms).
 async fn extend_leases<B: Backend>(
     b: &B,
+    agent: AgentId,
     held: &[(JobId, i64)],
     lease: Duration,
     op: &'static str,
@@ -264,7 +278,8 @@ async fn extend_leases<B: Backend>(
         .arg(ids.as_slice())
         .arg(tokens.as_slice())
         .arg(b.judged_ms(b.now()))
-        .arg(dur_ms(lease));
+        .arg(dur_ms(lease))
+        .arg(agent);
     b.fetch_write(stmt)
         .await
         .op(op)?
@@ -275,6 +290,7 @@ async fn extend_leases<B: Backend>(
 
 pub(crate) async fn release<B: Backend>(
     b: &B,
+    agent: AgentId,
     id: JobId,
     lease_token: i64,
 ) -> Result<(TenantId, String), StoreError> {
@@ -282,7 +298,8 @@ pub(crate) async fn release<B: Backend>(
     let stmt = Stmt::new::<B>(RELEASE)
         .arg(id)
         .arg(lease_token)
-        .arg(ms(b.now()));
+        .arg(ms(b.now()))
+        .arg(agent);
     let rows = b.fetch_write(stmt).await.op(op)?;
     let row = rows.first().ok_or(StoreError::StaleLease {
         operation: op,
@@ -299,15 +316,19 @@ pub(crate) async fn fail<B: Backend>(
     let now = b.now();
     let op = "failing a job";
     let Failure {
+        agent,
         id,
         lease_token,
         error,
         permanent,
     } = *failure;
     let mut tx = b.begin(op).await?;
-    let rows = B::fetch_in(&mut tx, Stmt::new::<B>(FAILING).arg(id).arg(lease_token))
-        .await
-        .op(op)?;
+    let rows = B::fetch_in(
+        &mut tx,
+        Stmt::new::<B>(FAILING).arg(id).arg(lease_token).arg(agent),
+    )
+    .await
+    .op(op)?;
     let row = rows.first().ok_or(StoreError::StaleLease {
         operation: op,
         job: id,

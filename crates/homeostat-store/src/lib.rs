@@ -474,31 +474,25 @@ impl Store {
         dispatch!(self.claim(agent_id, Some(queues), limit, lease))
     }
 
-    /// Extends a running job's lease; refused for a stale token.
+    /// Extends the lease `agent` holds on a running job; refused for a stale
+    /// token or a job another agent holds.
     pub async fn heartbeat_job(
         &self,
+        agent: AgentId,
         id: JobId,
         lease_token: i64,
         lease: Duration,
     ) -> Result<Timestamp, StoreError> {
-        dispatch!(self, jobs::heartbeat_job(id, lease_token, lease))
+        dispatch!(self, jobs::heartbeat_job(agent, id, lease_token, lease))
     }
 
-    /// Completes jobs in one statement. A completion whose lease token is
-    /// not the job's current one (the job was reclaimed, or is no longer
-    /// running) changes nothing and is reported as stale, by id.
+    /// Completes the jobs `agent` holds, in one statement. A completion
+    /// whose lease token is not the job's current one (the job was
+    /// reclaimed, or is no longer running), or of a job another agent holds,
+    /// changes nothing and is reported as stale, by id.
     pub async fn complete_batch(
         &self,
-        completions: &[Completion],
-    ) -> Result<CompletedBatch, StoreError> {
-        self.complete_batch_of(None, completions).await
-    }
-
-    /// [`Store::complete_batch`] for the jobs `agent` holds: a completion of
-    /// a job held by another agent is stale, whatever its token.
-    pub async fn complete_batch_of(
-        &self,
-        agent: Option<AgentId>,
+        agent: AgentId,
         completions: &[Completion],
     ) -> Result<CompletedBatch, StoreError> {
         let mut out = CompletedBatch::default();
@@ -517,19 +511,23 @@ impl Store {
         Ok(out)
     }
 
-    /// Completes one job; a stale token is an error.
+    /// Completes one job `agent` holds; a stale token is an error.
     pub async fn complete(
         &self,
+        agent: AgentId,
         id: JobId,
         lease_token: i64,
         result: Option<serde_json::Value>,
     ) -> Result<(), StoreError> {
         let done = self
-            .complete_batch(&[Completion {
-                id,
-                lease_token,
-                result,
-            }])
+            .complete_batch(
+                agent,
+                &[Completion {
+                    id,
+                    lease_token,
+                    result,
+                }],
+            )
             .await?;
         if done.stale.is_empty() {
             Ok(())
@@ -548,21 +546,29 @@ impl Store {
         dispatch!(self, jobs::fail(failure))
     }
 
-    /// Extends the leases of running jobs in one statement: for each
-    /// `(id, lease token)`, whether its lease was extended (false when the
-    /// token is stale or the job is no longer running).
+    /// Extends the leases `agent` holds on running jobs, in one statement:
+    /// for each `(id, lease token)`, whether its lease was extended (false
+    /// when the token is stale, the job is no longer running, or another
+    /// agent holds it).
     pub async fn heartbeat_jobs(
         &self,
+        agent: AgentId,
         held: &[(JobId, i64)],
         lease: Duration,
     ) -> Result<Vec<bool>, StoreError> {
-        dispatch!(self, jobs::heartbeat_jobs(held, lease))
+        dispatch!(self, jobs::heartbeat_jobs(agent, held, lease))
     }
 
-    /// Gives a running job back to its queue without using up its attempt
-    /// (its agent is shutting down); refused for a stale token.
-    pub async fn release_job(&self, id: JobId, lease_token: i64) -> Result<(), StoreError> {
-        let (tenant, queue) = dispatch!(self, jobs::release(id, lease_token))?;
+    /// Gives a running job `agent` holds back to its queue without using up
+    /// its attempt (the agent is shutting down); refused for a stale token
+    /// or a job another agent holds.
+    pub async fn release_job(
+        &self,
+        agent: AgentId,
+        id: JobId,
+        lease_token: i64,
+    ) -> Result<(), StoreError> {
+        let (tenant, queue) = dispatch!(self, jobs::release(agent, id, lease_token))?;
         dispatch!(self, signals::wake(tenant, &[(queue, 1)]));
         Ok(())
     }

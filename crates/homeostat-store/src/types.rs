@@ -181,6 +181,8 @@ pub struct PeriodicEnqueue<'a> {
 /// One failed attempt, as an agent reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failure<'a> {
+    /// The agent reporting it: only the lease it holds is failed.
+    pub agent: AgentId,
     /// The job.
     pub id: JobId,
     /// The lease token from the claim.

@@ -84,12 +84,16 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
         for c in &claimed {
             store
                 .at(at(round))
-                .heartbeat_job(c.id, c.lease_token, Duration::from_secs(60))
+                .heartbeat_job(agent, c.id, c.lease_token, Duration::from_secs(60))
                 .await
                 .unwrap();
         }
         let done: Vec<Completion> = completions(&claimed);
-        let batch = store.at(at(round)).complete_batch(&done).await.unwrap();
+        let batch = store
+            .at(at(round))
+            .complete_batch(agent, &done)
+            .await
+            .unwrap();
         assert!(batch.stale.is_empty());
         claimed.len()
     };

@@ -28,7 +28,7 @@ async fn a_replica_sees_the_jobs_another_completed_once_it_wrote_its_counts() {
     one.enqueue_batch(t, &jobs).await.unwrap();
     let claimed = one.claim(a, 4, Duration::from_secs(60)).await.unwrap();
     let done: Vec<Completion> = completions(&claimed);
-    one.complete_batch(&done).await.unwrap();
+    one.complete_batch(a, &done).await.unwrap();
 
     let succeeded = |store: &Store| {
         let store = store.clone();
@@ -56,7 +56,7 @@ async fn a_replica_sees_the_jobs_another_completed_once_it_wrote_its_counts() {
     one.enqueue_batch(t, &jobs).await.unwrap();
     let claimed = one.claim(a, 2, Duration::from_secs(60)).await.unwrap();
     let done: Vec<Completion> = completions(&claimed);
-    one.complete_batch(&done).await.unwrap();
+    one.complete_batch(a, &done).await.unwrap();
     one.close().await;
     assert_eq!(succeeded(&two).await, 6);
     two.close().await;

@@ -94,26 +94,28 @@ pub(crate) async fn heartbeat(
     if req.jobs.is_empty() {
         return Ok(Json(reply));
     }
-    // Every held job's lease in one statement; only the ones it did not
-    // extend are looked at again, to tell a cancelled job from a lost one.
+    // Every lease the agent holds, in one statement; only the ones it did
+    // not extend are looked at again, to tell a cancelled job from a lost
+    // one. A job is reported cancelled only to the agent whose lease the
+    // cancel ended: to any other it is lost, whatever it is.
     let held: Vec<(JobId, i64)> = req.jobs.iter().map(|h| (h.id, h.lease_token)).collect();
     let extended = state
         .store
-        .heartbeat_jobs(&held, settings.lease_ttl)
+        .heartbeat_jobs(agent.id, &held, settings.lease_ttl)
         .await?;
-    for ((id, _), extended) in held.iter().zip(extended) {
+    for (&(id, token), extended) in held.iter().zip(extended) {
         if extended {
             continue;
         }
-        let cancelled = state
-            .store
-            .get_job(*id)
-            .await
-            .is_ok_and(|j| j.state == JobState::Cancelled);
+        let cancelled = state.store.get_job(id).await.is_ok_and(|j| {
+            j.state == JobState::Cancelled
+                && j.lease_agent == Some(agent.id)
+                && j.lease_token == token
+        });
         if cancelled {
-            reply.cancelled.push(*id);
+            reply.cancelled.push(id);
         } else {
-            reply.lost.push(*id);
+            reply.lost.push(id);
         }
     }
     Ok(Json(reply))
@@ -222,7 +224,13 @@ async fn held_job(
     id: JobId,
     token: i64,
 ) -> Result<Job, ApiError> {
-    let job = state.store.get_job(id).await?;
+    // A job the agent never held answers as a stale lease, whether or not
+    // it exists: the agent learns nothing about jobs that are not its own.
+    let job = match state.store.get_job(id).await {
+        Ok(job) => job,
+        Err(StoreError::NotFound { .. }) => return Err(stale("reporting on a job", id, token)),
+        Err(e) => return Err(e.into()),
+    };
     if job.lease_agent != Some(agent.id) || job.lease_token != token {
         return Err(stale("reporting on a job", id, token));
     }
@@ -268,8 +276,8 @@ pub(crate) async fn complete(
     }
     let done = state
         .store
-        .complete_batch_of(
-            Some(agent.id),
+        .complete_batch(
+            agent.id,
             &[homeostat_model::Completion {
                 id,
                 lease_token: req.lease_token,
@@ -313,7 +321,7 @@ pub(crate) async fn complete_batch(
     }
     let mut done = state
         .store
-        .complete_batch_of(Some(agent.id), &req.completions)
+        .complete_batch(agent.id, &req.completions)
         .await?;
     if !done.stale.is_empty() {
         let tokens: std::collections::HashMap<JobId, i64> = req
@@ -382,6 +390,7 @@ pub(crate) async fn fail(
     let outcome = state
         .store
         .fail(&Failure {
+            agent: agent.id,
             id,
             lease_token: req.lease_token,
             error: &req.error,
@@ -414,7 +423,10 @@ pub(crate) async fn release(
 ) -> Result<Json<Job>, ApiError> {
     let job = held_job(&state, agent, id, req.lease_token).await?;
     if job.state == JobState::Running {
-        state.store.release_job(id, req.lease_token).await?;
+        state
+            .store
+            .release_job(agent.id, id, req.lease_token)
+            .await?;
     } else if job.state != JobState::Queued {
         return Err(stale("releasing a job", id, req.lease_token));
     }

@@ -500,7 +500,76 @@ async fn a_claim_may_name_some_of_the_agents_queues(store: &Store) {
     api.stop().await;
 }
 
+/// An agent of one tenant that knows (or guesses) another tenant's job id
+/// and lease token can neither keep that job alive nor learn anything about
+/// it: its heartbeat calls the job lost, its reports are stale, as for a
+/// job that does not exist.
+async fn an_agent_acts_only_on_leases_it_holds(store: &Store) {
+    let api = Api::new(store).await;
+    let (t1, key) = api.tenant("acme").await;
+    let (t2, _) = api.tenant("globex").await;
+    let (_, holder) = api.agent(Some(t1), &["builds"]).await;
+    let (_, intruder) = api.agent(Some(t2), &["builds"]).await;
+    api.enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+        .await;
+    let (id, token) = claim_one(&api, &holder).await;
+    let job_id: homeostat_model::JobId = id.parse().unwrap();
+    let before = api.store.get_job(job_id).await.unwrap();
+    let held = json!({"jobs": [{"id": id, "lease_token": token}]});
+    let hb = api
+        .post("/v1/agent/heartbeat", &intruder, held.clone())
+        .await;
+    assert_eq!(hb.status, StatusCode::OK, "{}", hb.text);
+    assert_eq!(hb.body["lost"], json!([id]));
+    let after = api.store.get_job(job_id).await.unwrap();
+    assert_eq!(after.lease_expires_at, before.lease_expires_at, "extended");
+    let missing = homeostat_model::JobId::at(jiff::Timestamp::now());
+    let fail = json!({"lease_token": token, "error": "x", "retryable": false});
+    let complete = json!({"lease_token": token});
+    let release = json!({"lease_token": token, "reason": "shutdown"});
+    for (op, body) in [
+        ("complete", &complete),
+        ("fail", &fail),
+        ("release", &release),
+    ] {
+        for target in [id.clone(), missing.to_string()] {
+            let res = api
+                .post(
+                    &format!("/v1/agent/jobs/{target}/{op}"),
+                    &intruder,
+                    body.clone(),
+                )
+                .await;
+            assert_eq!(res.status, StatusCode::CONFLICT, "{op}: {}", res.text);
+            assert_eq!(res.code(), "stale_lease");
+        }
+    }
+    assert_eq!(
+        api.store.get_job(job_id).await.unwrap().state,
+        homeostat_model::JobState::Running
+    );
+    // Cancelled: the holder is told; the intruder still hears only "lost".
+    let cancel = api
+        .post(&format!("/v1/jobs/{id}/cancel"), &key, json!({}))
+        .await;
+    assert_eq!(cancel.status, StatusCode::OK, "{}", cancel.text);
+    let hb = api
+        .post("/v1/agent/heartbeat", &intruder, held.clone())
+        .await;
+    assert_eq!(
+        (&hb.body["lost"], &hb.body["cancelled"]),
+        (&json!([id]), &json!([]))
+    );
+    let hb = api.post("/v1/agent/heartbeat", &holder, held).await;
+    assert_eq!(
+        (&hb.body["lost"], &hb.body["cancelled"]),
+        (&json!([]), &json!([id]))
+    );
+    api.stop().await;
+}
+
 on_both_backends!(
+    an_agent_acts_only_on_leases_it_holds,
     a_claim_may_name_some_of_the_agents_queues,
     a_batch_completion_completes_what_the_agent_holds,
     a_job_released_at_shutdown_keeps_its_attempt,

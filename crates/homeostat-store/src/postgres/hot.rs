@@ -314,7 +314,7 @@ impl PgStore {
 
     pub(crate) async fn complete_batch(
         &self,
-        agent: Option<AgentId>,
+        agent: AgentId,
         completions: &[Completion],
     ) -> Result<Vec<bool>, StoreError> {
         let op = "completing jobs";
@@ -330,7 +330,7 @@ impl PgStore {
                    updated_at = $4, lease_expires_at = NULL, timeout_at = NULL
                  FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
                  WHERE jobs.id = c.id AND jobs.lease_token = c.token
-                   AND ($5::uuid IS NULL OR jobs.lease_agent = $5) AND jobs.",
+                   AND jobs.lease_agent = $5 AND jobs.",
             crate::backend::pg_running!(),
             " RETURNING jobs.id"
         ))
@@ -338,7 +338,7 @@ impl PgStore {
         .bind(&tokens)
         .bind(&results)
         .bind(ms(now))
-        .bind(agent.map(|a| a.as_uuid()))
+        .bind(agent.as_uuid())
         .fetch_all(&self.pool)
         .await
         .op(op)?;

@@ -219,7 +219,7 @@ impl SqliteStore {
 
     pub(crate) async fn complete_batch(
         &self,
-        agent: Option<AgentId>,
+        agent: AgentId,
         completions: &[Completion],
     ) -> Result<Vec<bool>, StoreError> {
         let op = "completing jobs";
@@ -243,13 +243,13 @@ impl SqliteStore {
              FROM (SELECT value->>0 AS id, value->>1 AS t, value->>2 AS r
                    FROM json_each(?1)) AS c
              WHERE jobs.id = c.id AND jobs.lease_token = c.t
-               AND (?3 IS NULL OR jobs.lease_agent = ?3) AND ",
+               AND jobs.lease_agent = ?3 AND ",
             crate::backend::sqlite_running!(),
             " RETURNING jobs.id"
         ))
         .bind(serde_json::to_string(&batch).map_err(|e| corrupt(op, e))?)
         .bind(ms(now))
-        .bind(agent.map(|a| a.to_string()))
+        .bind(agent.to_string())
         .fetch_all(&self.writer)
         .await
         .op(op)?;

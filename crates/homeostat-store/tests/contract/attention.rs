@@ -23,13 +23,14 @@ async fn finished_jobs_are_counted_per_minute_and_dead_ones_listed(store: &Store
     assert_eq!(claimed.len(), 3);
     store
         .at(at(70))
-        .complete(claimed[0].id, claimed[0].lease_token, None)
+        .complete(a, claimed[0].id, claimed[0].lease_token, None)
         .await
         .unwrap();
     for (c, secs) in [(&claimed[1], 75), (&claimed[2], 130)] {
         store
             .at(at(secs))
             .fail(&Failure {
+                agent: a,
                 id: c.id,
                 lease_token: c.lease_token,
                 error: "disk full",
@@ -164,14 +165,14 @@ async fn succeeded_counts_add_up_and_are_forgotten_after_a_day(store: &Store) {
     let (second, third) = rest.split_at(2);
     let clock = store.at(at(70));
     let (x, y, z) = tokio::join!(
-        clock.complete_batch(first),
-        clock.complete_batch(second),
-        clock.complete_batch(third),
+        clock.complete_batch(a, first),
+        clock.complete_batch(a, second),
+        clock.complete_batch(a, third),
     );
     for batch in [x, y, z] {
         assert!(batch.unwrap().stale.is_empty());
     }
-    let again = store.at(at(75)).complete_batch(first).await.unwrap();
+    let again = store.at(at(75)).complete_batch(a, first).await.unwrap();
     assert_eq!(again.stale.len(), 3);
 
     let counted = |now: i64| async move {

@@ -65,7 +65,7 @@ async fn a_batch_names_its_stale_completions(store: &Store) {
             result: None,
         })
         .collect();
-    let done = store.at(at(2)).complete_batch(&batch).await.unwrap();
+    let done = store.at(at(2)).complete_batch(a, &batch).await.unwrap();
     assert_eq!(done.completed, vec![claimed[0].id, claimed[2].id]);
     assert_eq!(done.stale, vec![claimed[1].id]);
     assert_eq!(
@@ -97,9 +97,9 @@ async fn a_stale_completion_racing_the_current_one_loses(store: &Store) {
     let (s1, s2) = (store.clone(), store.clone());
     let (stale, current) = tokio::join!(
         s1.at(at(13))
-            .complete(id, old.lease_token, Some(json!("a"))),
+            .complete(a, id, old.lease_token, Some(json!("a"))),
         s2.at(at(13))
-            .complete(id, new.lease_token, Some(json!("b"))),
+            .complete(b, id, new.lease_token, Some(json!("b"))),
     );
     assert!(matches!(stale, Err(StoreError::StaleLease { .. })));
     current.unwrap();
@@ -107,7 +107,7 @@ async fn a_stale_completion_racing_the_current_one_loses(store: &Store) {
     assert!(
         store
             .at(at(14))
-            .heartbeat_job(id, old.lease_token, LEASE)
+            .heartbeat_job(a, id, old.lease_token, LEASE)
             .await
             .is_err()
     );
@@ -115,6 +115,7 @@ async fn a_stale_completion_racing_the_current_one_loses(store: &Store) {
         store
             .at(at(14))
             .fail(&Failure {
+                agent: a,
                 id,
                 lease_token: old.lease_token,
                 error: "x",
@@ -232,7 +233,7 @@ async fn one_heartbeat_extends_every_live_lease_and_names_the_rest(store: &Store
     let c = store.at(at(10)).claim(a, 3, LEASE).await.unwrap();
     store
         .at(at(11))
-        .complete(c[0].id, c[0].lease_token, None)
+        .complete(a, c[0].id, c[0].lease_token, None)
         .await
         .unwrap();
     let held = [
@@ -240,7 +241,11 @@ async fn one_heartbeat_extends_every_live_lease_and_names_the_rest(store: &Store
         (c[1].id, c[1].lease_token),
         (c[2].id, c[2].lease_token + 1),
     ];
-    let extended = store.at(at(20)).heartbeat_jobs(&held, LEASE).await.unwrap();
+    let extended = store
+        .at(at(20))
+        .heartbeat_jobs(a, &held, LEASE)
+        .await
+        .unwrap();
     assert_eq!(extended, vec![false, true, false]);
     let lease_of = |id: JobId| async move { store.get_job(id).await.unwrap().lease_expires_at };
     assert_eq!(lease_of(c[1].id).await, Some(at(20) + LEASE));
@@ -250,7 +255,13 @@ async fn one_heartbeat_extends_every_live_lease_and_names_the_rest(store: &Store
         "a stale token extends nothing"
     );
     assert_eq!(lease_of(c[0].id).await, None);
-    assert!(store.heartbeat_jobs(&[], LEASE).await.unwrap().is_empty());
+    assert!(
+        store
+            .heartbeat_jobs(a, &[], LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// With nothing queued, a claim by an agent that may not claim is refused
@@ -302,7 +313,65 @@ async fn an_agent_that_may_not_claim_is_told_why_even_with_nothing_queued(store:
     assert_eq!(err.code(), "conflict");
 }
 
+/// Lease tokens are claim counters, easy to guess: every lease operation
+/// also names the agent, and one naming another agent's lease changes
+/// nothing, whatever the token.
+async fn only_the_holder_acts_on_a_lease(store: &Store) {
+    let t1 = tenant(store, "acme", PlanTier::Free).await;
+    let t2 = tenant(store, "globex", PlanTier::Free).await;
+    let holder = agent(store, Some(t1), &["q"]).await;
+    let intruder = agent(store, Some(t2), &["q"]).await;
+    store.at(t0()).enqueue(t1, &job("q")).await.unwrap();
+    let c = store
+        .at(at(1))
+        .claim(holder, 1, LEASE)
+        .await
+        .unwrap()
+        .remove(0);
+    let (id, token) = (c.id, c.lease_token);
+    let later = store.at(at(30));
+    assert!(matches!(
+        later.heartbeat_job(intruder, id, token, LEASE).await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    let held = [(id, token)];
+    assert_eq!(
+        later.heartbeat_jobs(intruder, &held, LEASE).await.unwrap(),
+        vec![false]
+    );
+    assert!(matches!(
+        later.complete(intruder, id, token, None).await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    let failure = Failure {
+        agent: intruder,
+        id,
+        lease_token: token,
+        error: "x",
+        permanent: true,
+    };
+    assert!(matches!(
+        later.fail(&failure).await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    assert!(matches!(
+        later.release_job(intruder, id, token).await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    let job = store.get_job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.attempt, 1);
+    assert_eq!(job.lease_expires_at, Some(at(1) + LEASE), "not extended");
+    // The holder's own operations go through.
+    assert_eq!(
+        later.heartbeat_jobs(holder, &held, LEASE).await.unwrap(),
+        vec![true]
+    );
+    later.complete(holder, id, token, None).await.unwrap();
+}
+
 on_both_backends!(
+    only_the_holder_acts_on_a_lease,
     eight_claimers_take_every_job_exactly_once,
     an_agent_that_may_not_claim_is_told_why_even_with_nothing_queued,
     one_heartbeat_extends_every_live_lease_and_names_the_rest,

@@ -31,13 +31,13 @@ async fn full_lifecycle(store: &Store) {
 
     let extended = store
         .at(at(30))
-        .heartbeat_job(c.id, c.lease_token, LEASE)
+        .heartbeat_job(a, c.id, c.lease_token, LEASE)
         .await
         .unwrap();
     assert_eq!(extended, at(90));
     store
         .at(at(40))
-        .complete(c.id, c.lease_token, Some(json!({"ok": true})))
+        .complete(a, c.id, c.lease_token, Some(json!({"ok": true})))
         .await
         .unwrap();
     let done = store.get_job(c.id).await.unwrap();
@@ -57,7 +57,10 @@ async fn full_lifecycle(store: &Store) {
     );
     // A second completion is refused.
     assert!(matches!(
-        store.at(at(42)).complete(c.id, c.lease_token, None).await,
+        store
+            .at(at(42))
+            .complete(a, c.id, c.lease_token, None)
+            .await,
         Err(StoreError::StaleLease { .. })
     ));
 }
@@ -73,6 +76,7 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
     let out = store
         .at(at(5))
         .fail(&Failure {
+            agent: a,
             id,
             lease_token: c.lease_token,
             error: "exit 1",
@@ -107,6 +111,7 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
     let out = store
         .at(at(20))
         .fail(&Failure {
+            agent: a,
             id,
             lease_token: c.lease_token,
             error: "exit 1 again",
@@ -125,6 +130,7 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
     let out = store
         .at(at(32))
         .fail(&Failure {
+            agent: a,
             id,
             lease_token: c.lease_token,
             error: "bad input",
@@ -183,7 +189,7 @@ async fn fingerprints_deduplicate_live_jobs_only(store: &Store) {
     // Once terminal, the fingerprint is free again.
     store
         .at(at(5))
-        .complete(c.id, c.lease_token, None)
+        .complete(a, c.id, c.lease_token, None)
         .await
         .unwrap();
     let fresh = store.at(at(6)).enqueue(t, &new).await.unwrap();
@@ -272,7 +278,7 @@ async fn stats_count_live_jobs_by_state_and_queue(store: &Store) {
     store.at(at(51)).claim(a, 1, LEASE).await.unwrap();
     store
         .at(at(52))
-        .complete(done.id, done.lease_token, None)
+        .complete(a, done.id, done.lease_token, None)
         .await
         .unwrap();
     store
@@ -354,6 +360,7 @@ async fn failed_attempts_are_kept_on_the_job(store: &Store) {
     store
         .at(at(5))
         .fail(&Failure {
+            agent: a,
             id,
             lease_token: c.lease_token,
             error: "exit 1",
