@@ -352,7 +352,8 @@ async fn list_tokens(
     kind: TokenKind,
     q: TokenQuery,
 ) -> Result<Json<Vec<TokenInfo>>, ApiError> {
-    caller.require_admin()?;
+    // Metadata only (never a secret): viewers read it as they read the rest.
+    caller.require_operator("the token list")?;
     Ok(Json(state.store.list_tokens(kind, q.tenant_id).await?))
 }
 
@@ -470,7 +471,7 @@ pub(crate) async fn list_controllers(
     State(state): State<ApiState>,
     caller: Caller,
 ) -> Result<Json<Vec<ControllerView>>, ApiError> {
-    let _ = caller;
+    caller.require_operator("controller status")?;
     let statuses = manager(&state)?.status();
     let mut holders = state.store.lease_holders().await?;
     Ok(Json(
@@ -547,7 +548,8 @@ pub(crate) async fn plan_controller(
     caller: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<homeostat_runtime::Plan>, ApiError> {
-    let _ = caller;
+    // A plan names the jobs and agents a run would touch, of every tenant.
+    caller.require_operator("a controller's plan")?;
     let plan = manager(&state)?.plan(&name).await.map_err(manager_error)?;
     Ok(Json(plan))
 }

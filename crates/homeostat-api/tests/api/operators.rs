@@ -282,7 +282,60 @@ async fn dead_notifications_are_listed_and_redriven(store: &Store) {
     api.stop().await;
 }
 
+/// Who reads what across tenants: a tenant key is refused (403) every
+/// listing that spans tenants, a viewer reads them all, and neither
+/// changes anything an admin alone may change.
+async fn roles_read_and_change_what_the_role_table_says(store: &Store) {
+    let api = Api::new(store).await;
+    let (_, tenant_key) = api.tenant("acme").await;
+    let viewer = api
+        .post("/v1/api-keys", &api.admin, json!({"role": "viewer"}))
+        .await;
+    let viewer = viewer.body["secret"].as_str().unwrap().to_owned();
+    let spanning = [
+        "/v1/controllers",
+        "/v1/controllers/job-recovery/plan",
+        "/v1/bootstrap-tokens",
+        "/v1/api-keys",
+        "/v1/audit",
+        "/v1/notifications",
+    ];
+    for path in spanning {
+        let refused = api.get(path, &tenant_key).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::FORBIDDEN,
+            "{path}: {}",
+            refused.text
+        );
+        assert_eq!(refused.code(), "forbidden");
+        for key in [&viewer, &api.admin] {
+            let read = api.get(path, key).await;
+            assert_eq!(read.status, StatusCode::OK, "{path}: {}", read.text);
+        }
+    }
+    let admin_only = [
+        ("/v1/controllers/job-recovery/trigger", json!({})),
+        ("/v1/bootstrap-tokens", json!({"uses": 1})),
+        ("/v1/tenants", json!({"name": "globex"})),
+        ("/v1/audit/verify", json!({})),
+    ];
+    for (path, body) in admin_only {
+        for key in [&viewer, &tenant_key] {
+            let refused = api.post(path, key, body.clone()).await;
+            assert_eq!(
+                refused.status,
+                StatusCode::FORBIDDEN,
+                "{path}: {}",
+                refused.text
+            );
+        }
+    }
+    api.stop().await;
+}
+
 on_both_backends!(
+    roles_read_and_change_what_the_role_table_says,
     dead_notifications_are_listed_and_redriven,
     tenants_and_keys_need_an_admin,
     agents_are_listed_by_tenant_and_drained_by_admins,
