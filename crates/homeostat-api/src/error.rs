@@ -3,7 +3,7 @@
 //! API's own (`malformed`, `forbidden`, `too_large`, `timeout`).
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::PathRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use homeostat_model::ValidationError;
@@ -114,30 +114,6 @@ impl From<StoreError> for ApiError {
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
         Self::invalid(e.to_string())
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        match r {
-            JsonRejection::MissingJsonContentType(_) => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "malformed",
-                "the body must be JSON (Content-Type: application/json)",
-            ),
-            JsonRejection::BytesRejection(b) if b.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Self::too_large("the request body is larger than the server accepts")
-            }
-            // Syntax, an unknown or missing field, a wrong type: serde's
-            // message names the field and where.
-            other => Self::malformed(other.body_text()),
-        }
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(r: QueryRejection) -> Self {
-        Self::malformed(r.body_text())
     }
 }
 

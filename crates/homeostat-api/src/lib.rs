@@ -15,6 +15,7 @@ mod metrics;
 mod presence;
 mod routes;
 mod state;
+mod strict_json;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

@@ -104,7 +104,7 @@ pub struct NewApiKeyRequest {
     /// Its tenant (tenant keys only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_id: Option<TenantId>,
-    /// Lifetime in seconds (default: until revoked).
+    /// Lifetime in seconds (default: until revoked; at most 10 years).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
 }

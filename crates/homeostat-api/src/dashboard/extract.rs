@@ -11,10 +11,26 @@ use super::page::Problem;
 #[from_request(via(axum::Form), rejection(Problem))]
 pub(crate) struct Form<T>(pub(crate) T);
 
-/// Query parameters.
-#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(Problem))]
+/// Query parameters; a NUL in one is refused naming it.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Query<T>(pub(crate) T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Problem> {
+        if let Some(name) = crate::extract::nul_parameter(&parts.uri) {
+            return Err(Problem::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                format!("{name}: contains a NUL character, which cannot be stored"),
+            ));
+        }
+        Ok(Query(axum::extract::Query::try_from_uri(&parts.uri)?.0))
+    }
+}
 
 impl From<FormRejection> for Problem {
     fn from(e: FormRejection) -> Self {

@@ -199,6 +199,8 @@ pub(crate) async fn list_tenants(
 
 /// Longest a bootstrap token may live.
 const MAX_BOOTSTRAP_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Longest an API key given a lifetime may live.
+const MAX_API_KEY_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
 
 #[utoipa::path(
     post,
@@ -284,13 +286,16 @@ pub(crate) async fn create_api_key(
             ));
         }
     };
+    let ttl = req.ttl_secs.map(Duration::from_secs);
+    if ttl.is_some_and(|t| t.is_zero() || t > MAX_API_KEY_TTL) {
+        return Err(ApiError::invalid(format!(
+            "ttl_secs: must be above 0 and at most 10 years ({}); leave it out for a key that does not expire",
+            MAX_API_KEY_TTL.as_secs()
+        )));
+    }
     let issued = state
         .store
-        .issue_api_key(
-            scope,
-            req.ttl_secs.map(Duration::from_secs),
-            &caller.actor(),
-        )
+        .issue_api_key(scope, ttl, &caller.actor())
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -17,7 +17,7 @@ use homeostat_store::{Failure, StoreError};
 
 use crate::auth::AgentCaller;
 use crate::error::{ApiError, ErrorResponses};
-use crate::extract::{Json, Path};
+use crate::extract::{Json, Path, ReportJson};
 use crate::state::ApiState;
 
 /// `POST /v1/agent/register`: spends one use of a bootstrap token; the
@@ -266,7 +266,7 @@ pub(crate) async fn complete(
     State(state): State<ApiState>,
     agent: AgentCaller,
     Path(id): Path<JobId>,
-    Json(req): Json<CompleteRequest>,
+    ReportJson(req): ReportJson<CompleteRequest>,
 ) -> Result<Json<Job>, ApiError> {
     bounded_result(&state, &req.result)?;
     let job = held_job(&state, agent, id, req.lease_token).await?;
@@ -308,7 +308,7 @@ pub(crate) async fn complete(
 pub(crate) async fn complete_batch(
     State(state): State<ApiState>,
     agent: AgentCaller,
-    Json(req): Json<CompleteBatchRequest>,
+    ReportJson(req): ReportJson<CompleteBatchRequest>,
 ) -> Result<Json<CompletedBatch>, ApiError> {
     if req.completions.len() > MAX_COMPLETION_BATCH {
         return Err(ApiError::invalid(format!(
@@ -369,7 +369,7 @@ pub(crate) async fn fail(
     State(state): State<ApiState>,
     agent: AgentCaller,
     Path(id): Path<JobId>,
-    Json(req): Json<FailRequest>,
+    ReportJson(req): ReportJson<FailRequest>,
 ) -> Result<Json<FailOutcome>, ApiError> {
     if req.error.len() > 8 * 1024 {
         return Err(ApiError::too_large("error: at most 8192 bytes"));

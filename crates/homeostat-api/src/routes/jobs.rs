@@ -15,6 +15,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Json, NoBody, Path, Query};
 use crate::state::ApiState;
+use crate::strict_json;
 
 /// Most jobs in one batch enqueue.
 pub const MAX_BATCH: usize = 1000;
@@ -102,17 +103,10 @@ pub(crate) async fn enqueue(
     State(state): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    Json(body): Json<serde_json::Value>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large("the request body is larger than the server accepts")
-        } else {
-            ApiError::malformed(r.body_text())
-        }
-    })?;
-    let body: EnqueueBody = parse_json(&headers, &body)?;
+    let body: EnqueueBody = parse_json(body)?;
     let (tenant, jobs, batch) = match body {
         EnqueueBody::Batch(b) => (b.tenant_id, b.jobs, true),
         EnqueueBody::One(o) => (o.tenant_id, vec![o.job], false),
@@ -173,35 +167,19 @@ pub(crate) async fn enqueue(
 
 /// An untagged enum loses serde's messages; parse once as each shape so an
 /// error names the field.
-fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<EnqueueBody, ApiError> {
-    let json = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "malformed",
-            "the body must be JSON (Content-Type: application/json)",
-        ));
-    }
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::malformed(format!("the body is not JSON: {e}")))?;
+fn parse_json(value: serde_json::Value) -> Result<EnqueueBody, ApiError> {
     if value.get("jobs").is_some() {
-        return serde_json::from_value(value)
-            .map(EnqueueBody::Batch)
-            .map_err(|e| ApiError::malformed(format!("the batch does not parse: {e}")));
+        return strict_json::from_value(&value).map(EnqueueBody::Batch);
     }
     let mut value = value;
     let tenant_id = match value.as_object_mut().and_then(|o| o.remove("tenant_id")) {
         Some(t) => Some(
-            serde_json::from_value(t)
-                .map_err(|e| ApiError::malformed(format!("tenant_id: {e}")))?,
+            strict_json::from_value(&t)
+                .map_err(|e| ApiError::malformed(format!("tenant_id: {}", e.message)))?,
         ),
         None => None,
     };
-    let job = serde_json::from_value(value)
-        .map_err(|e| ApiError::malformed(format!("the job does not parse: {e}")))?;
+    let job = strict_json::from_value(&value)?;
     Ok(EnqueueBody::One(OneBody { tenant_id, job }))
 }
 

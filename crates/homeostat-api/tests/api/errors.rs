@@ -129,6 +129,15 @@ async fn out_of_range_values_are_422(store: &Store) {
     api.stop().await;
 }
 
+/// The tenant's jobs (a first page).
+async fn jobs_of(api: &Api, tenant: homeostat_model::TenantId) -> Vec<homeostat_model::Job> {
+    let filter = homeostat_store::JobFilter {
+        tenant_id: Some(tenant),
+        ..Default::default()
+    };
+    api.store.list_jobs(&filter, None, 10).await.unwrap().items
+}
+
 async fn an_oversized_body_is_413_and_writes_nothing(store: &Store) {
     let settings = ApiSettings {
         max_body_bytes: 4096,
@@ -146,19 +155,7 @@ async fn an_oversized_body_is_413_and_writes_nothing(store: &Store) {
         .await;
     assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", res.text);
     assert_eq!(res.code(), "too_large");
-    let listed = api
-        .store
-        .list_jobs(
-            &homeostat_store::JobFilter {
-                tenant_id: Some(tenant),
-                ..Default::default()
-            },
-            None,
-            10,
-        )
-        .await
-        .unwrap();
-    assert!(listed.items.is_empty());
+    assert!(jobs_of(&api, tenant).await.is_empty());
     api.stop().await;
 }
 
@@ -201,7 +198,200 @@ async fn a_body_sent_where_none_is_taken_is_refused(store: &Store) {
     api.stop().await;
 }
 
+/// Sends `body` as it is written (a `json!` value cannot hold a duplicate
+/// key) to `path` with `key`.
+async fn post_raw(api: &Api, path: &str, key: &str, body: &str) -> crate::Answer {
+    api.send(
+        Request::post(path)
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .unwrap(),
+    )
+    .await
+}
+
+/// serde_json's laxness is not the API's: an array where an object belongs
+/// (at any depth), a duplicate key, a lifetime past any sense — refused,
+/// and nothing is created.
+async fn lax_shapes_are_refused_and_create_nothing(store: &Store) {
+    let api = Api::new(store).await;
+    let admin = api.admin.clone();
+    let cases = [
+        ("/v1/bootstrap-tokens", "[]", "expected an object"),
+        (
+            "/v1/bootstrap-tokens",
+            "[null, 600, 1]",
+            "expected an object",
+        ),
+        (
+            "/v1/bootstrap-tokens",
+            r#"{"uses": 1, "uses": 5}"#,
+            "duplicate key",
+        ),
+        (
+            "/v1/api-keys",
+            r#"{"role": "viewer", "role": "admin"}"#,
+            "duplicate key",
+        ),
+        (
+            "/v1/agent/register",
+            r#"{"bootstrap_token": "hsb_x", "agent": ["n1", {}, ["q"]]}"#,
+            "expected an object",
+        ),
+        (
+            "/v1/jobs",
+            r#"{"queue": "q", "kind": "k", "payload": {"a": 1, "a": 2}}"#,
+            "duplicate key",
+        ),
+    ];
+    for (path, body, says) in cases {
+        let res = post_raw(&api, path, &admin, body).await;
+        assert_eq!(
+            res.status,
+            StatusCode::BAD_REQUEST,
+            "{path} {body}: {}",
+            res.text
+        );
+        assert_eq!(res.code(), "malformed");
+        assert!(res.text.contains(says), "{path} {body}: {}", res.text);
+    }
+    let huge = api
+        .post(
+            "/v1/api-keys",
+            &admin,
+            json!({"role": "viewer", "ttl_secs": 1u64 << 63}),
+        )
+        .await;
+    assert_eq!(
+        huge.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        huge.text
+    );
+    assert!(huge.text.contains("ttl_secs"), "{}", huge.text);
+    let tokens = api.get("/v1/bootstrap-tokens", &admin).await;
+    assert_eq!(tokens.body, json!([]), "a refused body created a token");
+    let keys = api.get("/v1/api-keys", &admin).await;
+    assert_eq!(
+        keys.body.as_array().unwrap().len(),
+        1,
+        "only the first admin key: {}",
+        keys.text
+    );
+    api.stop().await;
+}
+
+/// PostgreSQL cannot store a NUL in text or JSON: what a client sends with
+/// one is refused naming the field, on both backends alike; what an agent
+/// reports is kept, the NUL made U+FFFD, so a failure is never lost.
+async fn nul_characters_are_refused_by_field_or_made_storable(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant, key) = api.tenant("acme").await;
+    let refused = [
+        (
+            r#"{"queue": "q", "kind": "k", "payload": {"log": "a\u0000b"}}"#,
+            "payload.log",
+        ),
+        (
+            r#"{"queue": "q", "kind": "k", "fingerprint": "x\u0000"}"#,
+            "fingerprint",
+        ),
+        (
+            r#"{"jobs": [{"queue": "q", "kind": "k"}, {"queue": "q", "kind": "k\u0000"}]}"#,
+            "jobs[1].kind",
+        ),
+    ];
+    for (body, field) in refused {
+        let res = post_raw(&api, "/v1/jobs", &key, body).await;
+        assert_eq!(
+            res.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            res.text
+        );
+        assert_eq!(res.code(), "invalid");
+        assert!(
+            res.body["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{field}: ")),
+            "{}",
+            res.text
+        );
+    }
+    let filter = api.get("/v1/jobs?queue=a%00b", &key).await;
+    assert_eq!(
+        filter.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        filter.text
+    );
+    assert!(filter.text.contains("queue"), "{}", filter.text);
+    assert!(
+        jobs_of(&api, tenant).await.is_empty(),
+        "a refused enqueue wrote a job"
+    );
+
+    // An agent's reports: a failure whose stderr held a NUL, a result too.
+    let (_, cred) = api.agent(Some(tenant), &["q"]).await;
+    for _ in 0..2 {
+        api.enqueue(&key, json!({"queue": "q", "kind": "k", "max_attempts": 1}))
+            .await;
+    }
+    let claim = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 2, "wait_secs": 0}),
+        )
+        .await;
+    let jobs = claim.body["jobs"].as_array().unwrap().clone();
+    assert_eq!(jobs.len(), 2, "{}", claim.text);
+    let (failed, done) = (&jobs[0], &jobs[1]);
+    let fail = post_raw(
+        &api,
+        &format!("/v1/agent/jobs/{}/fail", failed["id"].as_str().unwrap()),
+        &cred,
+        &format!(
+            r#"{{"lease_token": {}, "error": "exit 1: \u0000 in stderr", "retryable": false}}"#,
+            failed["lease_token"]
+        ),
+    )
+    .await;
+    assert_eq!(fail.status, StatusCode::OK, "{}", fail.text);
+    let complete = post_raw(
+        &api,
+        &format!("/v1/agent/jobs/{}/complete", done["id"].as_str().unwrap()),
+        &cred,
+        &format!(
+            r#"{{"lease_token": {}, "result": {{"out": "a\u0000b"}}}}"#,
+            done["lease_token"]
+        ),
+    )
+    .await;
+    assert_eq!(complete.status, StatusCode::OK, "{}", complete.text);
+    let failed = api
+        .store
+        .get_job(failed["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some("exit 1: \u{fffd} in stderr")
+    );
+    let done = api
+        .store
+        .get_job(done["id"].as_str().unwrap().parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(done.result, Some(json!({"out": "a\u{fffd}b"})));
+    api.stop().await;
+}
+
 on_both_backends!(
+    lax_shapes_are_refused_and_create_nothing,
+    nul_characters_are_refused_by_field_or_made_storable,
     a_body_sent_where_none_is_taken_is_refused,
     a_request_past_its_deadline_is_408_with_an_error_body,
     credentials_are_required_and_checked,
