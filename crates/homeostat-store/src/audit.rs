@@ -206,36 +206,63 @@ pub(crate) struct ChainHead {
 
 /// Walks the chain page by page (`page(after_seq)` returns the next events
 /// in order) and reports the first break.
-pub(crate) async fn verify<F, Fut>(
+///
+/// What is verified is the chain as the head read at the start describes
+/// it: events appended while the walk runs lie past that head and are left
+/// to the next verify (a walk that read them would find the chain longer
+/// than its head and call that tampering). Retention deletes from the other
+/// end while the walk may be there: a break at or before the retained
+/// chain's start as `start()` reads it again is retention's doing, and the
+/// walk starts over from the new start, the same head as its end.
+pub(crate) async fn verify<F, Fut, S, SFut>(
     head: ChainHead,
     mut page: F,
+    mut start: S,
     progress: &mut (dyn FnMut(u64) + Send),
 ) -> Result<VerifyReport, StoreError>
 where
     F: FnMut(i64) -> Fut,
     Fut: Future<Output = Result<Vec<ChainedEvent>, StoreError>>,
+    S: FnMut() -> SFut,
+    SFut: Future<Output = Result<(i64, Vec<u8>), StoreError>>,
 {
-    let first_seq = head.first_seq;
-    let mut verifier = Verifier::new(first_seq, head.first_prev_hash);
-    let mut after = first_seq - 1;
-    loop {
-        let events = page(after).await?;
-        let Some(last) = events.last() else { break };
-        after = last.seq;
-        for e in &events {
-            if let Err(first_break) = verifier.check(e) {
-                return Ok(VerifyReport {
-                    checked: verifier.checked,
-                    first_seq,
-                    first_break: Some(first_break),
-                });
+    let (mut first_seq, mut first_prev) = (head.first_seq, head.first_prev_hash);
+    // Each start over follows a retention run; a few in one walk means the
+    // walk is slower than retention, and its break is reported as found.
+    let mut restarts = 3;
+    'walk: loop {
+        let mut verifier = Verifier::new(first_seq, first_prev.clone());
+        let mut after = first_seq - 1;
+        loop {
+            let events = page(after).await?;
+            let Some(last) = events.last() else { break };
+            after = last.seq;
+            for e in events.iter().take_while(|e| e.seq < head.next_seq) {
+                if let Err(first_break) = verifier.check(e) {
+                    if restarts > 0 {
+                        let (now_first, now_prev) = start().await?;
+                        if now_first > first_break.seq.max(first_seq) {
+                            restarts -= 1;
+                            (first_seq, first_prev) = (now_first, now_prev);
+                            continue 'walk;
+                        }
+                    }
+                    return Ok(VerifyReport {
+                        checked: verifier.checked,
+                        first_seq,
+                        first_break: Some(first_break),
+                    });
+                }
+            }
+            progress(verifier.checked);
+            if after >= head.next_seq - 1 {
+                break;
             }
         }
-        progress(verifier.checked);
+        return Ok(VerifyReport {
+            checked: verifier.checked,
+            first_seq,
+            first_break: verifier.finish(head.next_seq, &head.head_hash),
+        });
     }
-    Ok(VerifyReport {
-        checked: verifier.checked,
-        first_seq,
-        first_break: verifier.finish(head.next_seq, &head.head_hash),
-    })
 }

@@ -130,7 +130,14 @@ pub(crate) async fn verify<B: Backend>(
         first_seq: chain.int("first_seq")?,
         first_prev_hash: chain.bytes("first_prev_hash")?,
     };
-    audit::verify(head, |after| events(b, after, 1000), progress).await
+    let start = || async {
+        let rows = b.fetch(Stmt::new::<B>(CHAIN)).await.op(op)?;
+        let row = rows
+            .first()
+            .ok_or_else(|| crate::error::corrupt(op, "the audit chain has no head row"))?;
+        Ok((row.int("first_seq")?, row.bytes("first_prev_hash")?))
+    };
+    audit::verify(head, |after| events(b, after, 1000), start, progress).await
 }
 
 /// What a retention run does.

@@ -185,7 +185,85 @@ async fn audit_retention_keeps_the_chain_verifiable(store: &Store) {
     );
 }
 
+/// A verify reads the chain as its head stood when it began: events
+/// appended while it walks (four writers here) are not tampering, and a
+/// retention run deleting the oldest events under it is not either.
+async fn verification_while_writers_append_is_always_intact(store: &Store) {
+    use homeostat_model::NewAuditEvent;
+    let event = |w: usize, i: usize| NewAuditEvent {
+        actor: format!("operator:w{w}"),
+        action: "test.event".into(),
+        subject: format!("thing:{i}"),
+        details: json!({"i": i}),
+    };
+    // A chain longer than a page, so a walk spans several reads.
+    let first: Vec<NewAuditEvent> = (0..2500).map(|i| event(9, i)).collect();
+    for chunk in first.chunks(500) {
+        store.at(at(0)).append_audit(chunk).await.unwrap();
+    }
+    // The writers' events are 100 s younger: retention takes only the first.
+    store.at(at(100));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..4 {
+        let (store, stop) = (store.clone(), stop.clone());
+        writers.spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store.append_audit(&[event(w, i)]).await.unwrap();
+                i += 1;
+            }
+            i
+        });
+    }
+    let retention = AuditRetentionRun {
+        retention: Duration::from_secs(50),
+        batch: 400,
+        dry_run: false,
+    };
+    for round in 0..20 {
+        if round % 5 == 4 {
+            // Retention of the oldest (the first 2,500, written at 0 s),
+            // racing the verify.
+            let mut progress = |_| {};
+            let (report, deleted) = tokio::join!(
+                store.verify_audit_chain(&mut progress),
+                store.delete_old_audit_events(retention, None)
+            );
+            assert!(
+                deleted.unwrap() > 0,
+                "round {round}: retention deleted nothing"
+            );
+            let report = report.unwrap();
+            assert_eq!(report.first_break, None, "round {round}: {report:?}");
+        } else {
+            let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+            assert_eq!(report.first_break, None, "round {round}: {report:?}");
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut appended = 0;
+    while let Some(n) = writers.join_next().await {
+        appended += n.unwrap();
+    }
+    assert!(appended > 0, "the writers wrote nothing");
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    assert_eq!(report.first_break, None, "{report:?}");
+    // Still caught once the writers stopped: events at the end deleted.
+    let last = store.audit_len().await.unwrap();
+    assert!(last > 0);
+    raw(
+        store,
+        "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)",
+    )
+    .await;
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    let broken = report.first_break.expect("a truncated chain verified");
+    assert!(broken.reason.contains("deleted"), "{broken:?}");
+}
+
 on_both_backends!(
+    verification_while_writers_append_is_always_intact,
     the_audit_chain_detects_edits_deletions_and_reordering,
     audit_retention_keeps_the_chain_verifiable,
 );
