@@ -16,11 +16,13 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
         .headers
         .get(AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer credential"))?;
+    // The scheme is case-insensitive (RFC 9110): `bearer` is `Bearer`.
     value
         .to_str()
         .ok()
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| {
             ApiError::unauthorized("the Authorization header is not a Bearer credential")

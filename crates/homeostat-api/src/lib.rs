@@ -11,6 +11,7 @@ mod auth;
 mod dashboard;
 mod error;
 mod extract;
+mod guard;
 mod metrics;
 mod presence;
 mod routes;
@@ -150,10 +151,15 @@ pub fn router(state: ApiState) -> Router {
     // A handler that panics answers 500 with the API's error body instead
     // of dropping the connection (and logs where).
     .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
-    // Outermost: every request has an id (the caller's, or a new one), and
-    // the answer carries it back.
+    // Every request has an id (the caller's, or a new one), and the answer
+    // carries it back.
     .layer(PropagateRequestIdLayer::x_request_id())
     .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+    // Outside even that: a caller's request id is checked before it is kept.
+    .layer(axum::middleware::from_fn_with_state(
+        settings.max_body_bytes,
+        guard::guard,
+    ))
     .with_state(state)
 }
 

@@ -275,15 +275,22 @@ impl Config {
     /// The database URL: PostgreSQL's, or the SQLite file in the data
     /// directory (created if missing).
     pub(crate) fn store_url(&self) -> Result<String, ConfigError> {
+        use std::os::unix::fs::DirBuilderExt;
         if let Some(url) = &self.database_url {
             return Ok(url.clone());
         }
-        std::fs::create_dir_all(&self.data_dir).map_err(|e| {
-            ConfigError(format!(
-                "data_dir: cannot create {}: {e}",
-                self.data_dir.display()
-            ))
-        })?;
+        // Private: it holds the database (payloads, credential hashes). A
+        // directory that exists is left as its owner made it.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.data_dir)
+            .map_err(|e| {
+                ConfigError(format!(
+                    "data_dir: cannot create {}: {e}",
+                    self.data_dir.display()
+                ))
+            })?;
         Ok(format!(
             "sqlite:{}",
             self.data_dir.join("homeostat.db").display()

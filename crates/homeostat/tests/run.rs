@@ -19,6 +19,17 @@ async fn a_fresh_server_is_ready_prints_its_admin_key_once_and_stops_on_sigterm(
     let key = server.admin_key().expect("no admin key printed");
     let status = server.terminate();
     assert!(status.success(), "exit status {status:?}");
+    // What it created is its owner's alone, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the data directory");
+    for file in ["homeostat.db", "homeostat.db-wal", "homeostat.db-shm"] {
+        let path = dir.join(file);
+        if path.exists() {
+            assert_eq!(mode(&path), 0o600, "{file}");
+        }
+    }
+    assert!(dir.join("homeostat.db").exists());
 
     // Logging everything it can: no secret may reach a log line.
     let mut again = common::start_with(&dir, &[("RUST_LOG", "debug")]);

@@ -389,7 +389,76 @@ async fn nul_characters_are_refused_by_field_or_made_storable(store: &Store) {
     api.stop().await;
 }
 
+/// Before any handler: a declared body too large is 413, any case of
+/// `Bearer` is the scheme, a caller's request id is kept only when short
+/// and plain; and every answer carries the browser hardening headers, with
+/// `no-store` unless it chose its own caching.
+async fn the_head_is_checked_and_every_answer_hardened(store: &Store) {
+    let api = Api::new(store).await;
+    let declared = api
+        .send(
+            Request::post("/v1/tenants")
+                .header("authorization", format!("Bearer {}", api.admin))
+                .header("content-type", "application/json")
+                .header("content-length", "1000000000")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        declared.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        declared.text
+    );
+    assert_eq!(declared.code(), "too_large");
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let res = api
+            .send(
+                Request::get("/v1/tenants")
+                    .header("authorization", format!("{scheme} {}", api.admin))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::OK, "{scheme}: {}", res.text);
+    }
+    let id_of = |id: &str| {
+        Request::get("/healthz")
+            .header("x-request-id", id)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let kept = api.send(id_of("trace-42")).await;
+    assert_eq!(kept.headers["x-request-id"], "trace-42");
+    for bad in ["x".repeat(65), "<script>alert(1)</script>".to_owned()] {
+        let replaced = api.send(id_of(&bad)).await;
+        let id = replaced.headers["x-request-id"].to_str().unwrap();
+        assert!(id != bad && id.len() == 36, "{id}");
+    }
+    let key = api
+        .post("/v1/api-keys", &api.admin, json!({"role": "viewer"}))
+        .await;
+    assert_eq!(key.status, StatusCode::CREATED);
+    let sign_in = api.call(Method::GET, "/", None, None).await;
+    for answer in [&key, &sign_in, &declared] {
+        let h = &answer.headers;
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    }
+    let css = api
+        .call(Method::GET, "/assets/dashboard.css", None, None)
+        .await;
+    assert_eq!(css.headers["cache-control"], "public, max-age=3600");
+    api.stop().await;
+}
+
 on_both_backends!(
+    the_head_is_checked_and_every_answer_hardened,
     lax_shapes_are_refused_and_create_nothing,
     nul_characters_are_refused_by_field_or_made_storable,
     a_body_sent_where_none_is_taken_is_refused,

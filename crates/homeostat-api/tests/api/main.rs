@@ -36,6 +36,7 @@ pub(crate) struct Api {
 #[derive(Debug)]
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
+    pub(crate) headers: axum::http::HeaderMap,
     pub(crate) body: Value,
     pub(crate) text: String,
 }
@@ -86,10 +87,16 @@ impl Api {
     pub(crate) async fn send(&self, req: Request<Body>) -> Answer {
         let res = self.app.clone().oneshot(req).await.unwrap();
         let status = res.status();
+        let headers = res.headers().clone();
         let bytes = res.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer { status, body, text }
+        Answer {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub(crate) async fn call(

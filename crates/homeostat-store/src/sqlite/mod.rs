@@ -59,6 +59,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        create_private(connect.get_filename())?;
         // A claim or completion returns up to a batch of rows: with room for
         // them all, SQLite's worker thread runs the statement to its end
         // instead of waiting for the caller to drain every 50 rows. No ping
@@ -337,5 +338,30 @@ impl Backend for SqliteStore {
         jobs: &[NewJob],
     ) -> Result<Vec<Enqueued>, StoreError> {
         self.enqueue_batch_in(tx, tenant_id, jobs).await
+    }
+}
+
+/// Creates the database file readable by its owner only, before SQLite
+/// would create it with the process's umask (commonly world-readable): it
+/// holds job payloads and credential hashes. SQLite gives its `-wal` and
+/// `-shm` files the database file's permissions. A file that exists is
+/// left as its owner made it.
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.as_os_str().is_empty() || path == std::path::Path::new(":memory:") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable {
+            operation: "creating the SQLite database file",
+            source: sqlx::Error::Io(e),
+        }),
     }
 }
