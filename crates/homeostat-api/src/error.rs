@@ -19,6 +19,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// For people: names the field or the entity.
     pub message: String,
+    /// For a 429: when to try again (`Retry-After`, seconds).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// 429: a limit is reached; `Retry-After` says when to try again.
+    pub fn limited(code: &'static str, message: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
         }
     }
 
@@ -87,7 +98,14 @@ impl IntoResponse for ApiError {
             code: self.code.to_owned(),
             message: self.message,
         };
-        (self.status, Json(body)).into_response()
+        let mut res = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            res.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        res
     }
 }
 

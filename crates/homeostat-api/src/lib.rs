@@ -8,6 +8,7 @@
 //! every route has a body-size limit and a request timeout.
 
 mod auth;
+mod claim_slots;
 mod dashboard;
 mod error;
 mod extract;

@@ -37,6 +37,15 @@ pub struct ApiSettings {
     /// Longest a request may take (above the longest claim wait).
     #[serde(with = "homeostat_model::duration")]
     pub request_timeout: Duration,
+    /// A connection sends a request's headers within this of opening or of
+    /// its last answer, or is closed (silent, trickling, idle keep-alive).
+    #[serde(with = "homeostat_model::duration")]
+    pub header_read_timeout: Duration,
+    /// Connections open at once (0: as many as the open-file limit allows);
+    /// at the bound a new one takes the place of the oldest idle one.
+    pub max_open_connections: usize,
+    /// Claims one agent may hold open (waiting) at once; beyond, 429.
+    pub max_claims_per_agent: u32,
     /// How Alertmanager's alerts become jobs: the first route whose
     /// matchers all hold.
     pub alert_routes: Vec<AlertRoute>,
@@ -81,6 +90,9 @@ impl Default for ApiSettings {
             max_body_bytes: 1024 * 1024,
             max_result_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            max_open_connections: 0,
+            max_claims_per_agent: 4,
             alert_routes: vec![AlertRoute {
                 matchers: BTreeMap::new(),
                 queue: "alerts".into(),
@@ -103,6 +115,8 @@ pub struct ApiState {
     pub(crate) registry: Arc<prometheus_client::registry::Registry>,
     /// Agents heard, written about once a second.
     pub(crate) presence: crate::presence::Presence,
+    /// The claims each agent holds open here.
+    pub(crate) claims: crate::claim_slots::ClaimSlots,
     /// When this server started: the dashboard's baseline for a controller
     /// that never succeeded.
     pub(crate) started_at: std::time::SystemTime,
@@ -124,6 +138,7 @@ impl ApiState {
         let presence = crate::presence::Presence::start(store.clone(), settings.heartbeat_flush);
         Self {
             presence,
+            claims: crate::claim_slots::ClaimSlots::default(),
             store,
             settings: Arc::new(settings),
             manager,

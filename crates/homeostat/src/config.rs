@@ -263,6 +263,12 @@ impl Config {
                 ),
             );
         }
+        if api.header_read_timeout.is_zero() {
+            return bad("api.header_read_timeout", "must be above 0".into());
+        }
+        if api.max_claims_per_agent == 0 {
+            return bad("api.max_claims_per_agent", "must be at least 1".into());
+        }
         if api.max_body_bytes < 1024 || api.max_result_bytes > api.max_body_bytes {
             return bad(
                 "api.max_body_bytes",

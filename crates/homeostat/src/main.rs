@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod config;
+mod connections;
 mod exec;
 mod logging;
 mod output;

@@ -92,23 +92,26 @@ async fn run(config: Config) -> Result<(), BoxError> {
     tracing::info!(%address, holder = manager.holder(), "homeostat listening");
 
     let stopping = state.shutdown_token();
+    let limits = crate::connections::Limits {
+        header_read_timeout: config.api.header_read_timeout,
+        max_open: crate::connections::max_open(config.api.max_open_connections),
+    };
+    tracing::info!(max_open = limits.max_open, "connection limits");
     // A `Router` served as is is rebuilt for each connection (every route's
     // layered service cloned: ~115 KiB a connection, measured with 400 idle
-    // ones); made into a service once, each connection shares it.
-    let served = axum::serve(listener, router(state.clone()).into_make_service())
-        .with_graceful_shutdown(async move {
-            stop_signal().await;
-            tracing::info!("stopping: finishing in-flight requests");
-            // Waiting claims answer (empty) at once; readiness fails.
-            stopping.cancel();
-        })
-        .await;
+    // ones); made once, each connection shares it.
+    crate::connections::serve(listener, router(state.clone()), limits, async move {
+        stop_signal().await;
+        tracing::info!("stopping: finishing in-flight requests");
+        // Waiting claims answer (empty) at once; readiness fails.
+        stopping.cancel();
+    })
+    .await;
     // The heartbeats heard since the last write.
     state.close().await;
     let report = manager.shutdown(config.shutdown_grace).await;
     tracing::info!(?report, "controllers stopped, leases released");
     store.close().await;
-    served?;
     Ok(())
 }
 

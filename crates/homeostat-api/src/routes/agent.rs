@@ -142,6 +142,14 @@ pub(crate) async fn claim(
     Json(req): Json<ClaimRequest>,
 ) -> Result<Json<ClaimResponse>, ApiError> {
     req.validate()?;
+    let max = state.settings.max_claims_per_agent;
+    let _slot = state.claims.take(agent.id, max).ok_or_else(|| {
+        ApiError::limited(
+            "too_many_claims",
+            format!("the agent has {max} claims open already (api.max_claims_per_agent)"),
+            1,
+        )
+    })?;
     let wait = req
         .wait_secs
         .map_or(state.settings.default_claim_wait, |s| {

@@ -568,7 +568,62 @@ async fn an_agent_acts_only_on_leases_it_holds(store: &Store) {
     api.stop().await;
 }
 
+/// One agent holds at most `api.max_claims_per_agent` claims open: the next
+/// is 429 with `Retry-After`, and a slot comes back when a claim answers.
+async fn an_agent_holds_a_bounded_number_of_open_claims(store: &Store) {
+    let settings = homeostat_api::ApiSettings {
+        max_claims_per_agent: 1,
+        ..homeostat_api::ApiSettings::default()
+    };
+    let api = Api::with_settings(store, settings).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    let (_, other) = api.agent(Some(tenant_id), &["builds"]).await;
+    let waiting = api.long_poll(&cred, 50);
+    wait_for_waiter(&api).await;
+    let refused = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 1, "wait_secs": 0}),
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.code(), "too_many_claims");
+    assert_eq!(refused.headers["retry-after"], "1");
+    // Another agent is not held back by this one's claims.
+    let theirs = api
+        .post(
+            "/v1/agent/claim",
+            &other,
+            json!({"capacity": 1, "wait_secs": 0}),
+        )
+        .await;
+    assert_eq!(theirs.status, StatusCode::OK, "{}", theirs.text);
+    api.enqueue(&key, json!({"queue": "builds", "kind": "compile"}))
+        .await;
+    tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the claim was not woken")
+        .unwrap();
+    let again = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 1, "wait_secs": 0}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    api.stop().await;
+}
+
 on_both_backends!(
+    an_agent_holds_a_bounded_number_of_open_claims,
     an_agent_acts_only_on_leases_it_holds,
     a_claim_may_name_some_of_the_agents_queues,
     a_batch_completion_completes_what_the_agent_holds,

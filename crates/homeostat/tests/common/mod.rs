@@ -45,7 +45,23 @@ pub fn start(dir: &Path) -> Server {
 
 /// [`start`] with extra `HOMEOSTAT_*` variables.
 pub fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
-    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("homeostat"));
+    spawn(
+        Command::new(assert_cmd::cargo::cargo_bin("homeostat")),
+        dir,
+        env,
+    )
+}
+
+/// [`start_with`] under an open-file limit of `files` (`ulimit -n`).
+pub fn start_with_open_files(dir: &Path, env: &[(&str, &str)], files: u32) -> Server {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
+        .arg(assert_cmd::cargo::cargo_bin("homeostat"));
+    spawn(cmd, dir, env)
+}
+
+fn spawn(mut cmd: Command, dir: &Path, env: &[(&str, &str)]) -> Server {
     cmd.args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)
         .env("HOMEOSTAT_LOG_FORMAT", "json")
