@@ -580,6 +580,23 @@ impl Client {
             .await
     }
 
+    /// An agent's credentials: metadata, never a secret; revoked ones too.
+    pub async fn agent_credentials(&self, id: AgentId) -> Result<Vec<TokenInfo>, ClientError> {
+        let path = format!("/v1/agents/{id}/credentials");
+        self.get("listing an agent's credentials", &path).await
+    }
+
+    /// Revokes an agent's credentials: its next request is refused, it is
+    /// offline, and its running jobs are reclaimed at once.
+    pub async fn revoke_agent(
+        &self,
+        id: AgentId,
+    ) -> Result<homeostat_model::operator::RevokedAgent, ClientError> {
+        let path = format!("/v1/agents/{id}/revoke");
+        self.post("revoking an agent", &path, Value::Null, Repeat::Safe)
+            .await
+    }
+
     /// Creates a tenant.
     pub async fn create_tenant(&self, req: &NewTenantRequest) -> Result<Tenant, ClientError> {
         self.post(

@@ -69,6 +69,10 @@ pub enum AuditAction {
     /// Agents offline past retention were deleted, with their credentials.
     #[serde(rename = "agents.forgotten")]
     AgentsForgotten,
+    /// An operator revoked an agent's credentials: it is offline and its
+    /// jobs reclaimed.
+    #[serde(rename = "agent.revoked")]
+    AgentRevoked,
     /// An operator cancelled a job.
     #[serde(rename = "job.cancelled")]
     JobCancelled,
@@ -118,7 +122,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 24] = [
+    pub const ALL: [AuditAction; 25] = [
         AuditAction::TenantCreated,
         AuditAction::TenantTierChanged,
         AuditAction::TokenCreated,
@@ -128,6 +132,7 @@ impl AuditAction {
         AuditAction::AgentDraining,
         AuditAction::AgentsOffline,
         AuditAction::AgentsForgotten,
+        AuditAction::AgentRevoked,
         AuditAction::JobCancelled,
         AuditAction::JobApproved,
         AuditAction::JobRedriven,
@@ -157,6 +162,7 @@ impl AuditAction {
             AuditAction::AgentDraining => "agent.draining",
             AuditAction::AgentsOffline => "agents.offline",
             AuditAction::AgentsForgotten => "agents.forgotten",
+            AuditAction::AgentRevoked => "agent.revoked",
             AuditAction::JobCancelled => "job.cancelled",
             AuditAction::JobApproved => "job.approved",
             AuditAction::JobRedriven => "job.redriven",

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{AuditEvent, Enqueued, Job, JobId, NewJob, PlanTier, TenantId, TokenInfo};
+use crate::{
+    Agent, AuditEvent, Enqueued, Job, JobId, NewJob, PlanTier, TenantId, TokenId, TokenInfo,
+};
 
 /// A batch to enqueue (`POST /v1/jobs` with `jobs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -129,4 +131,15 @@ pub struct SignalOutcome {
     /// Alerts that took no route, had no fingerprint, or resolved with no
     /// job left to cancel.
     pub ignored: usize,
+}
+
+/// What revoking an agent did (`POST /v1/agents/{id}/revoke`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RevokedAgent {
+    /// The agent, now offline.
+    pub agent: Agent,
+    /// The credentials revoked (the live ones; none when revoked before).
+    pub credentials: Vec<TokenId>,
+    /// Its running jobs, queued again (or dead, with no attempts left).
+    pub reclaimed: Vec<JobId>,
 }

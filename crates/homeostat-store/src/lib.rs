@@ -301,6 +301,40 @@ impl Store {
         dispatch!(self, registry::drain_agent(id, actor))
     }
 
+    /// An agent's credentials: metadata, never a secret; revoked ones too.
+    pub async fn agent_credentials(&self, id: AgentId) -> Result<Vec<TokenInfo>, StoreError> {
+        dispatch!(self, registry::agent_credentials(id))
+    }
+
+    /// Revokes every credential of an agent (its next request is refused,
+    /// on this replica at once and on the others within
+    /// [`REVOCATION_CHECK`]), takes it offline, and reclaims
+    /// its running jobs at once, as agent-health does for a silent agent.
+    /// Audited as `actor`.
+    pub async fn revoke_agent(
+        &self,
+        id: AgentId,
+        actor: &str,
+    ) -> Result<homeostat_model::operator::RevokedAgent, StoreError> {
+        let (agent, credentials) = dispatch!(self, registry::revoke_agent(id, actor))?;
+        let mut reclaimed = Vec::new();
+        loop {
+            let swept = self
+                .woken(dispatch!(self, sweeps::reclaim_revoked(id, 1000)))
+                .await?;
+            let done = swept.changed < 1000;
+            reclaimed.extend(swept.ids);
+            if done {
+                break;
+            }
+        }
+        Ok(homeostat_model::operator::RevokedAgent {
+            agent,
+            credentials,
+            reclaimed,
+        })
+    }
+
     // --- jobs -------------------------------------------------------------
 
     /// Enqueues one job (see [`Store::enqueue_batch`]).

@@ -139,6 +139,19 @@ const AGENTS: Sql = Sql::pair(
          ORDER BY name, id LIMIT $4"
     ),
 );
+/// `$1` now, `$2` the agent.
+const REVOKE_CREDENTIALS_OF: Sql = Sql::both(
+    "UPDATE tokens SET revoked_at = $1
+     WHERE agent_id = $2 AND kind = 'agent_credential' AND revoked_at IS NULL RETURNING id",
+);
+const AGENT_OFFLINE: Sql = Sql::both(concat!(
+    "UPDATE agents SET status = 'offline' WHERE id = $1 RETURNING ",
+    agent_columns!()
+));
+const AGENT_CREDENTIALS: Sql = Sql::both(
+    "SELECT id, kind, tenant_id, agent_id, admin, expires_at, uses_left, revoked_at, created_at
+     FROM tokens WHERE kind = 'agent_credential' AND agent_id = $1 ORDER BY id",
+);
 const DRAIN_AGENT: Sql = Sql::both(concat!(
     "UPDATE agents SET status = 'draining' WHERE id = $1 RETURNING ",
     agent_columns!()
@@ -360,24 +373,77 @@ pub(crate) async fn list_tokens<B: Backend>(
     let op = "listing tokens";
     let stmt = Stmt::new::<B>(LIST_TOKENS).arg(kind.as_str()).arg(tenant);
     let rows = b.fetch(stmt).await.op(op)?;
+    rows.iter().map(|r| token_info(r, kind, op)).collect()
+}
+
+/// An agent's credentials (metadata, never the secret), revoked ones too.
+pub(crate) async fn agent_credentials<B: Backend>(
+    b: &B,
+    agent: AgentId,
+) -> Result<Vec<TokenInfo>, StoreError> {
+    let op = "listing an agent's credentials";
+    let rows = b
+        .fetch(Stmt::new::<B>(AGENT_CREDENTIALS).arg(agent))
+        .await
+        .op(op)?;
     rows.iter()
-        .map(|r| {
-            Ok(TokenInfo {
-                id: r.id("id")?,
-                kind,
-                tenant_id: r.opt_id("tenant_id")?,
-                agent_id: r.opt_id("agent_id")?,
-                admin: r.flag("admin")?,
-                expires_at: r.opt_int("expires_at")?.map(ts),
-                uses_left: r
-                    .opt_int("uses_left")?
-                    .map(|n| u32::try_from(n).map_err(|_| corrupt(op, "uses_left out of range")))
-                    .transpose()?,
-                revoked_at: r.opt_int("revoked_at")?.map(ts),
-                created_at: ts(r.int("created_at")?),
-            })
-        })
+        .map(|r| token_info(r, TokenKind::AgentCredential, op))
         .collect()
+}
+
+fn token_info<R: RowExt>(
+    r: &R,
+    kind: TokenKind,
+    op: &'static str,
+) -> Result<TokenInfo, StoreError> {
+    Ok(TokenInfo {
+        id: r.id("id")?,
+        kind,
+        tenant_id: r.opt_id("tenant_id")?,
+        agent_id: r.opt_id("agent_id")?,
+        admin: r.flag("admin")?,
+        expires_at: r.opt_int("expires_at")?.map(ts),
+        uses_left: r
+            .opt_int("uses_left")?
+            .map(|n| u32::try_from(n).map_err(|_| corrupt(op, "uses_left out of range")))
+            .transpose()?,
+        revoked_at: r.opt_int("revoked_at")?.map(ts),
+        created_at: ts(r.int("created_at")?),
+    })
+}
+
+/// Revokes every live credential of an agent and takes it offline, audited
+/// in one transaction; its running jobs are reclaimed next (by the caller).
+pub(crate) async fn revoke_agent<B: Backend>(
+    b: &B,
+    id: AgentId,
+    actor: &str,
+) -> Result<(Agent, Vec<TokenId>), StoreError> {
+    let now = b.now();
+    let op = "revoking an agent";
+    let mut tx = b.begin(op).await?;
+    let rows = B::fetch_in(&mut tx, Stmt::new::<B>(AGENT_OFFLINE).arg(id))
+        .await
+        .op(op)?;
+    let agent = rows::agent(rows.first().ok_or_else(|| not_found("agent", id))?)?;
+    let stmt = Stmt::new::<B>(REVOKE_CREDENTIALS_OF).arg(ms(now)).arg(id);
+    let revoked = B::fetch_in(&mut tx, stmt)
+        .await
+        .op(op)?
+        .iter()
+        .map(|r| r.id::<TokenId>("id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let event = NewAuditEvent {
+        actor: actor.to_owned(),
+        action: AuditAction::AgentRevoked.into(),
+        subject: format!("agent:{id}"),
+        details: json!({"credentials": revoked, "tenant_id": agent.tenant_id}),
+    };
+    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    B::commit(tx, op).await?;
+    // Other replicas learn of it within `REVOCATION_CHECK`; this one now.
+    b.credentials().forget(&[id]);
+    Ok((agent, revoked))
 }
 
 pub(crate) async fn revoke_token<B: Backend>(

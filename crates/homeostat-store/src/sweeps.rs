@@ -95,6 +95,40 @@ pub(crate) const AGENT_OFFLINE: Sweep = Sweep {
     ),
 };
 
+/// `$1` now (judged), `$2` limit, `$3` the agent: its running jobs, as
+/// [`AGENT_OFFLINE`] reclaims them, when an operator revoked it.
+pub(crate) const AGENT_REVOKED: Sweep = Sweep {
+    action: AuditAction::JobsAgentOffline.as_str(),
+    reason: "the agent's credentials were revoked",
+    sql: Sql::pair(
+        concat!(
+            "UPDATE jobs SET
+           state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
+           queued_at = $1, updated_at = $1, last_error = 'reclaimed: the agent was revoked', ",
+            sqlite_failed_attempt!("$1", "'reclaimed: the agent was revoked'"),
+            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3 LIMIT $2)
+         RETURNING id, state, tenant_id, queue"
+        ),
+        concat!(
+            "WITH t(now) AS (SELECT ",
+            pg_judged!(1),
+            ")
+         UPDATE jobs SET
+           state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
+           finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
+           queued_at = t.now, updated_at = t.now, last_error = 'reclaimed: the agent was revoked', ",
+            pg_failed_attempt!("t.now", "'reclaimed: the agent was revoked'::text"),
+            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         FROM t
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3
+                      LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id, state::text AS state, tenant_id, queue"
+        ),
+    ),
+};
+
 /// `$1` now (judged), `$2` limit.
 pub(crate) const DEADLINE_PASSED: Sweep = Sweep {
     action: AuditAction::JobsDeadlinePassed.as_str(),
@@ -298,6 +332,17 @@ pub(crate) async fn time_out_running<B: Backend>(
     let args =
         |s: Stmt<'static>, at: At| s.arg(at.judged).arg(i64::from(limit)).arg(initial).arg(cap);
     run(b, &TIMED_OUT, args, fence).await
+}
+
+/// The running jobs of a revoked agent, a batch of them, audited as the
+/// operator who revoked it.
+pub(crate) async fn reclaim_revoked<B: Backend>(
+    b: &B,
+    agent: homeostat_model::AgentId,
+    limit: u32,
+) -> Result<Swept, StoreError> {
+    let args = move |s: Stmt<'static>, at: At| s.arg(at.judged).arg(i64::from(limit)).arg(agent);
+    run(b, &AGENT_REVOKED, args, None).await
 }
 
 /// Finished jobs are kept for days: the store's clock judges them.

@@ -115,6 +115,12 @@ pub(crate) enum Agents {
     Show { id: AgentId },
     /// Drains an agent: it finishes its jobs and claims no more.
     Drain { id: AgentId },
+    /// Lists an agent's credentials (never a secret), revoked ones too.
+    Credentials { id: AgentId },
+    /// Revokes an agent's credentials: its next request is refused (401),
+    /// it is offline, and its running jobs are queued again at once. For a
+    /// lost or compromised host; the agent must register anew to come back.
+    Revoke { id: AgentId },
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,6 +320,21 @@ async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> 
         }
         Command::Agents(Agents::Drain { id }) => {
             output::one(out, AGENT_COLUMNS_AS_FIELDS, &client.drain(id).await?)
+        }
+        Command::Agents(Agents::Credentials { id }) => {
+            output::list(out, TOKEN_COLUMNS, &client.agent_credentials(id).await?)
+        }
+        Command::Agents(Agents::Revoke { id }) => {
+            let revoked = client.revoke_agent(id).await?;
+            match out {
+                Format::Table => outln!(
+                    "{id}: {} credential(s) revoked, offline; {} running job(s) reclaimed",
+                    revoked.credentials.len(),
+                    revoked.reclaimed.len()
+                ),
+                Format::Id => outln!("{id}"),
+                Format::Json | Format::Jsonl => output::one(out, &[], &revoked),
+            }
         }
         Command::Controllers(Controllers::List) => {
             output::list(out, CONTROLLER_COLUMNS, &client.controllers().await?)

@@ -149,6 +149,57 @@ async fn the_operators_commands() {
         "a secret in a listing"
     );
 
+    // A compromised agent, revoked: refused at its next request, its job
+    // queued again at once.
+    let bootstrap = common::post_json(
+        &c,
+        server.url("/v1/bootstrap-tokens"),
+        Some(&cli.token),
+        &serde_json::json!({"tenant_id": tenant_id}),
+    )
+    .await;
+    let agent = common::post_json(
+        &c,
+        server.url("/v1/agent/register"),
+        None,
+        &serde_json::json!({"bootstrap_token": bootstrap["secret"], "agent": {"name": "n1", "queues": ["builds"]}}),
+    )
+    .await;
+    let (agent_id, credential) = (
+        agent["agent_id"].as_str().unwrap().to_owned(),
+        agent["credential"].as_str().unwrap().to_owned(),
+    );
+    let running = cli.ok(&[
+        "jobs", "enqueue", "--queue", "builds", "--kind", "compile", "--tenant", &tenant_id,
+    ]);
+    let running = running.split_whitespace().next().unwrap().to_owned();
+    let claimed = common::post_json(
+        &c,
+        server.url("/v1/agent/claim"),
+        Some(&credential),
+        &serde_json::json!({"capacity": 1, "wait_secs": 0}),
+    )
+    .await;
+    assert_eq!(claimed["jobs"][0]["id"], running.as_str(), "{claimed}");
+    let credentials = cli.json(&["agents", "credentials", &agent_id]);
+    assert_eq!(credentials.as_array().unwrap().len(), 1, "{credentials}");
+    assert!(credentials[0]["revoked_at"].is_null());
+    assert_eq!(
+        cli.ok(&["agents", "revoke", &agent_id]).trim(),
+        format!("{agent_id}: 1 credential(s) revoked, offline; 1 running job(s) reclaimed")
+    );
+    let heartbeat = c
+        .post(server.url("/v1/agent/heartbeat"))
+        .bearer_auth(&credential)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(heartbeat.status(), 401);
+    assert_eq!(cli.json(&["jobs", "show", &running])["state"], "queued");
+    let credentials = cli.json(&["agents", "credentials", &agent_id]);
+    assert!(!credentials[0]["revoked_at"].is_null(), "{credentials}");
+
     let controllers = cli.ok(&["controllers", "list"]);
     assert!(controllers.contains("job-scheduler"), "{controllers}");
     let plan = cli.ok(&["controllers", "plan", "job-recovery"]);

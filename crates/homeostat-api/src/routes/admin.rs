@@ -150,6 +150,50 @@ pub(crate) async fn drain(
     Ok(state.store.drain_agent(id, &caller.actor()).await?)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{id}/credentials",
+    tag = "agents",
+    params(("id" = String, Path, description = "agent id")),
+    responses(
+        (status = 200, description = "the agent's credentials: metadata, never a secret; revoked ones too", body = Vec<homeostat_model::TokenInfo>),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn agent_credentials(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<AgentId>,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    visible_agent(&state, &caller, id).await?;
+    Ok(Json(state.store.agent_credentials(id).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/agents/{id}/revoke",
+    tag = "agents",
+    params(("id" = String, Path, description = "agent id")),
+    responses(
+        (status = 200, description = "revoked: its next request is 401, it is offline, and its running jobs were reclaimed", body = homeostat_model::operator::RevokedAgent),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn revoke_agent(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<AgentId>,
+    _: NoBody,
+) -> Result<Json<homeostat_model::operator::RevokedAgent>, ApiError> {
+    caller.require_admin()?;
+    visible_agent(&state, &caller, id).await?;
+    let revoked = state.store.revoke_agent(id, &caller.actor()).await?;
+    tracing::info!(agent = %id, reclaimed = revoked.reclaimed.len(), "agent revoked");
+    Ok(Json(revoked))
+}
+
 // --- tenants -------------------------------------------------------------
 
 #[utoipa::path(

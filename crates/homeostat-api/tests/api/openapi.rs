@@ -25,6 +25,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/agents"),
     ("get", "/v1/agents/{id}"),
     ("post", "/v1/agents/{id}/drain"),
+    ("get", "/v1/agents/{id}/credentials"),
+    ("post", "/v1/agents/{id}/revoke"),
     ("post", "/v1/tenants"),
     ("get", "/v1/tenants"),
     ("post", "/v1/bootstrap-tokens"),

@@ -400,7 +400,96 @@ async fn concurrent_registrations_take_only_the_uses_left(store: &Store) {
     assert_eq!(agents.items.len(), 4);
 }
 
+/// Revoking an agent: its credential stops working (it was cached as
+/// verified), it is offline, its running jobs are queued again at once with
+/// the attempt counted, and the audit log names who did it.
+async fn a_revoked_agent_is_refused_and_its_jobs_reclaimed(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let token = NewBootstrapToken {
+        tenant_id: Some(t),
+        ttl: Duration::from_secs(3600),
+        uses: 2,
+    };
+    let token = store
+        .at(t0())
+        .issue_bootstrap_token(&token, "operator:test")
+        .await
+        .unwrap();
+    let new = |name: &str| NewAgent {
+        name: name.into(),
+        labels: Default::default(),
+        queues: vec!["q".into()],
+    };
+    let (bad, secret) = store
+        .register_agent(&token.secret, &new("compromised"))
+        .await
+        .unwrap();
+    let (good, _) = store
+        .register_agent(&token.secret, &new("fine"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.authenticate_agent(&secret.secret).await.unwrap(),
+        bad.id
+    );
+    for _ in 0..3 {
+        store.at(at(1)).enqueue(t, &job("q")).await.unwrap();
+    }
+    let held = store.at(at(2)).claim(bad.id, 2, LEASE).await.unwrap();
+    let other = store.at(at(2)).claim(good.id, 1, LEASE).await.unwrap();
+    let revoked = store
+        .at(at(3))
+        .revoke_agent(bad.id, "api_key:ops")
+        .await
+        .unwrap();
+    assert_eq!(revoked.agent.status, AgentStatus::Offline);
+    assert_eq!(revoked.credentials, vec![secret.info.id]);
+    let mut reclaimed = revoked.reclaimed.clone();
+    reclaimed.sort();
+    let mut ids: Vec<_> = held.iter().map(|c| c.id).collect();
+    ids.sort();
+    assert_eq!(reclaimed, ids);
+    assert!(matches!(
+        store.authenticate_agent(&secret.secret).await,
+        Err(StoreError::Unauthorized { .. })
+    ));
+    for c in &held {
+        let job = store.get_job(c.id).await.unwrap();
+        assert_eq!(
+            (job.state, job.attempt),
+            (homeostat_model::JobState::Queued, 1)
+        );
+    }
+    assert_eq!(
+        store.get_job(other[0].id).await.unwrap().state,
+        homeostat_model::JobState::Running,
+        "another agent's job was touched"
+    );
+    let creds = store.agent_credentials(bad.id).await.unwrap();
+    assert_eq!(creds.len(), 1);
+    assert_eq!(creds[0].revoked_at, Some(at(3)));
+    let events = store
+        .audit_events_of(&format!("agent:{}", bad.id), 10)
+        .await
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "agent.revoked" && e.actor == "api_key:ops"),
+        "{events:?}"
+    );
+    // Again: nothing left to revoke or reclaim. An unknown agent: 404.
+    let again = store.revoke_agent(bad.id, "api_key:ops").await.unwrap();
+    assert!(again.credentials.is_empty() && again.reclaimed.is_empty());
+    let unknown = homeostat_model::AgentId::at(jiff::Timestamp::now());
+    assert!(matches!(
+        store.revoke_agent(unknown, "api_key:ops").await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
 on_both_backends!(
+    a_revoked_agent_is_refused_and_its_jobs_reclaimed,
     concurrent_registrations_take_only_the_uses_left,
     departed_agents_age_out_with_their_credentials,
     tokens_are_hashed_consumed_and_cleaned_up,
