@@ -179,9 +179,30 @@ pub(crate) enum ErrorResponses {
         description = "too_large: a body or a result past its bound"
     )]
     TooLarge(ErrorBody),
+    /// A body that is not declared as JSON.
+    #[response(
+        status = 415,
+        description = "malformed: the body is not application/json"
+    )]
+    UnsupportedMediaType(ErrorBody),
     /// A value out of range.
-    #[response(status = 422, description = "invalid: a value out of range, named")]
+    #[response(
+        status = 422,
+        description = "invalid: a value out of range, or text with a NUL, named"
+    )]
     Invalid(ErrorBody),
+    /// A limit reached: `Retry-After` says when to try again.
+    #[response(
+        status = 429,
+        description = "a limit reached (too_many_claims, quota_exceeded); Retry-After says when to try again"
+    )]
+    TooMany(ErrorBody),
+    /// The request took longer than `api.request_timeout`.
+    #[response(status = 408, description = "timeout: the request took too long")]
+    Timeout(ErrorBody),
+    /// The server failed.
+    #[response(status = 500, description = "internal: the server failed")]
+    Internal(ErrorBody),
     /// The database is unreachable: retry.
     #[response(status = 503, description = "unavailable: retry")]
     Unavailable(ErrorBody),

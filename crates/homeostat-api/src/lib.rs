@@ -38,7 +38,9 @@ pub use state::{AlertRoute, ApiSettings, ApiState};
         title = "homeostat",
         description = "A self-healing control plane for fleets of agents that run jobs. \
             Agents authenticate with their credential, tenants and operators with an API key, \
-            both as `Authorization: Bearer …`. Every error is JSON `{\"code\", \"message\"}`."
+            both as `Authorization: Bearer …`. Every error is JSON `{\"code\", \"message\"}`. \
+            Bodies are JSON objects with no duplicate keys; text never holds U+0000 \
+            (refused with 422 naming the field; in an agent's error or result it is stored as U+FFFD)."
     ),
     modifiers(&BearerSchemes),
     components(schemas(homeostat_model::wire::ErrorBody)),

@@ -202,6 +202,27 @@ impl<'de> IntoDeserializer<'de, serde_json::Error> for Strict<'de> {
     }
 }
 
+/// An integer field takes an integral number however it is written: JSON
+/// does not tell 3 from 3.0, and neither does JSON Schema. (A payload keeps
+/// what was sent: only fields typed as integers are read this way.)
+macro_rules! integers {
+    ($($method:ident)*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+            match self.0.as_f64() {
+                Some(v) if self.0.is_f64() && v.fract() == 0.0 && v.abs() <= EXACT => {
+                    if v < 0.0 {
+                        visitor.visit_i64(v as i64)
+                    } else {
+                        visitor.visit_u64(v as u64)
+                    }
+                }
+                _ => self.deserialize_any(visitor),
+            }
+        }
+    )*};
+}
+
 impl<'de> Deserializer<'de> for Strict<'de> {
     type Error = serde_json::Error;
 
@@ -277,8 +298,13 @@ impl<'de> Deserializer<'de> for Strict<'de> {
         visitor.visit_unit()
     }
 
+    integers! {
+        deserialize_i8 deserialize_i16 deserialize_i32 deserialize_i64
+        deserialize_u8 deserialize_u16 deserialize_u32 deserialize_u64
+    }
+
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bool i128 u128 f32 f64 char str string
         bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier
     }
 }
@@ -431,6 +457,13 @@ mod tests {
         );
         let kept: Outer = from_slice(body.as_bytes(), Nul::Replace).unwrap();
         assert_eq!(kept.inner[1].name, "a\u{fffd}b");
+    }
+
+    #[test]
+    fn an_integral_number_is_an_integer_however_written() {
+        assert_eq!(read(r#"{"uses": 3.0}"#).unwrap().uses, Some(3));
+        assert_eq!(read(r#"{"uses": 3e0}"#).unwrap().uses, Some(3));
+        assert!(read(r#"{"uses": 3.5}"#).is_err());
     }
 
     #[test]

@@ -59,11 +59,14 @@ impl FromStr for AgentStatus {
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
     /// Human-readable name (host name, pod name).
+    #[schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")]
     pub name: String,
-    /// Free-form labels.
+    /// Free-form labels (at most 50; keys as names, values up to 200 characters).
     #[serde(default)]
+    #[schema(schema_with = crate::schema::labels)]
     pub labels: BTreeMap<String, String>,
     /// Queues it pulls from (1 to 50).
+    #[schema(schema_with = crate::schema::queues)]
     pub queues: Vec<String>,
 }
 
@@ -85,7 +88,7 @@ impl NewAgent {
         }
         for (key, value) in &self.labels {
             validate_name("labels", key)?;
-            if value.len() > 200 {
+            if value.chars().count() > 200 {
                 return Err(ValidationError::new(
                     "labels",
                     format!("value of {key:?} is longer than 200 characters"),

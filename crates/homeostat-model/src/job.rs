@@ -129,24 +129,30 @@ impl FromStr for JobState {
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// Queue agents pull from.
+    #[schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")]
     pub queue: String,
     /// What the job does, for the agent.
+    #[schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")]
     pub kind: String,
     /// Job input; at most [`MAX_PAYLOAD_BYTES`] serialized.
     #[serde(default)]
     pub payload: serde_json::Value,
     /// Added to the tenant's tier priority (−1000 to 1000).
     #[serde(default)]
+    #[schema(minimum = -1000, maximum = 1000)]
     pub priority: i32,
     /// While a live job of the tenant has this fingerprint, enqueueing again
     /// returns that job (its occurrence count increased) instead.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub fingerprint: Option<String>,
     /// Attempts allowed, the first included (1 to 100).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
     pub max_attempts: Option<u32>,
     /// Longest a running attempt may take, in seconds (1 s to 24 h).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 86400)]
     pub timeout_secs: Option<u64>,
     /// Do not run before this time.
     #[serde(default)]
@@ -196,7 +202,7 @@ impl NewJob {
             ));
         }
         if let Some(fp) = &self.fingerprint
-            && (fp.is_empty() || fp.len() > 200)
+            && (fp.is_empty() || fp.chars().count() > 200)
         {
             return Err(ValidationError::new(
                 "fingerprint",

@@ -13,6 +13,7 @@ mod id;
 mod job;
 mod notification;
 pub mod operator;
+mod schema;
 mod tenant;
 mod token;
 pub mod wire;

@@ -52,6 +52,7 @@ pub struct JobDetail {
 #[serde(deny_unknown_fields)]
 pub struct NewTenantRequest {
     /// Unique name.
+    #[schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")]
     pub name: String,
     /// Plan tier (default `standard`).
     #[serde(default = "standard")]
@@ -71,9 +72,11 @@ pub struct NewBootstrapTokenRequest {
     pub tenant_id: Option<TenantId>,
     /// Lifetime in seconds (default a day, at most 30 days).
     #[serde(default = "day")]
+    #[schema(minimum = 1, maximum = 2592000)]
     pub ttl_secs: u64,
     /// Registrations it allows (default 1, at most 10,000).
     #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub uses: u32,
 }
 
@@ -108,6 +111,7 @@ pub struct NewApiKeyRequest {
     pub tenant_id: Option<TenantId>,
     /// Lifetime in seconds (default: until revoked; at most 10 years).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 315360000)]
     pub ttl_secs: Option<u64>,
 }
 

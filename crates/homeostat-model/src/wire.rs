@@ -82,6 +82,9 @@ pub struct Page<T, C = JobId> {
     /// The items.
     pub items: Vec<T>,
     /// Pass as `after` to get the next page; `None` on the last page.
+    // Every cursor is an id (a UUID); stated so, since the derive loses the
+    // `Option` of a type parameter.
+    #[schema(value_type = Option<uuid::Uuid>)]
     pub next_cursor: Option<C>,
 }
 
@@ -133,8 +136,9 @@ pub struct HeldJob {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
-    /// The jobs whose leases to extend.
+    /// The jobs whose leases to extend (at most 1,000).
     #[serde(default)]
+    #[schema(max_items = 1000)]
     pub jobs: Vec<HeldJob>,
 }
 
@@ -164,9 +168,11 @@ pub const MAX_CLAIM_CAPACITY: u32 = 100;
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// Jobs wanted (1 to 100).
+    #[schema(minimum = 1, maximum = 100)]
     pub capacity: u32,
     /// Seconds to wait for work (default 30, at most 50; 0 answers at once).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 50)]
     pub wait_secs: Option<u32>,
     /// Only these of the agent's queues (default: all it registered).
     #[serde(default)]
@@ -222,7 +228,8 @@ pub struct CompleteRequest {
 pub struct FailRequest {
     /// The lease token from the claim.
     pub lease_token: i64,
-    /// What went wrong (never a secret).
+    /// What went wrong (never a secret; at most 8,192 characters).
+    #[schema(max_length = 8192)]
     pub error: String,
     /// Whether another attempt may succeed; `false` sends the job to `dead`.
     pub retryable: bool,
@@ -232,7 +239,8 @@ pub struct FailRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBatchRequest {
-    /// The jobs, each with its lease token and result.
+    /// The jobs, each with its lease token and result (at most 1,000).
+    #[schema(max_items = 1000)]
     pub completions: Vec<Completion>,
 }
 

@@ -36,6 +36,7 @@ pub(crate) struct AgentsQuery {
     /// The previous page's `next_cursor`.
     pub(crate) after: Option<AgentId>,
     /// Agents in one page: 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub(crate) limit: Option<u32>,
 }
 
@@ -48,7 +49,7 @@ pub(crate) const MAX_AGENTS_PAGE: u32 = 1000;
     tag = "agents",
     params(AgentsQuery),
     responses(
-        (status = 200, description = "a page of the agents the key sees, by name", body = homeostat_model::Page<homeostat_model::Agent, String>),
+        (status = 200, description = "a page of the agents the key sees, by name", body = homeostat_model::Page<homeostat_model::Agent, homeostat_model::AgentId>),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -104,7 +105,7 @@ async fn visible_agent(state: &ApiState, caller: &Caller, id: AgentId) -> Result
     get,
     path = "/v1/agents/{id}",
     tag = "agents",
-    params(("id" = String, Path, description = "agent id")),
+    params(("id" = uuid::Uuid, Path, description = "agent id")),
     responses(
         (status = 200, description = "the agent", body = homeostat_model::Agent),
         ErrorResponses,
@@ -123,7 +124,7 @@ pub(crate) async fn show_agent(
     post,
     path = "/v1/agents/{id}/drain",
     tag = "agents",
-    params(("id" = String, Path, description = "agent id")),
+    params(("id" = uuid::Uuid, Path, description = "agent id")),
     responses(
         (status = 200, description = "draining: it finishes its jobs and claims no more", body = homeostat_model::Agent),
         ErrorResponses,
@@ -154,7 +155,7 @@ pub(crate) async fn drain(
     get,
     path = "/v1/agents/{id}/credentials",
     tag = "agents",
-    params(("id" = String, Path, description = "agent id")),
+    params(("id" = uuid::Uuid, Path, description = "agent id")),
     responses(
         (status = 200, description = "the agent's credentials: metadata, never a secret; revoked ones too", body = Vec<homeostat_model::TokenInfo>),
         ErrorResponses,
@@ -174,7 +175,7 @@ pub(crate) async fn agent_credentials(
     post,
     path = "/v1/agents/{id}/revoke",
     tag = "agents",
-    params(("id" = String, Path, description = "agent id")),
+    params(("id" = uuid::Uuid, Path, description = "agent id")),
     responses(
         (status = 200, description = "revoked: its next request is 401, it is offline, and its running jobs were reclaimed", body = homeostat_model::operator::RevokedAgent),
         ErrorResponses,
@@ -410,7 +411,7 @@ async fn list_tokens(
     post,
     path = "/v1/tokens/{id}/revoke",
     tag = "tokens",
-    params(("id" = String, Path, description = "token id")),
+    params(("id" = uuid::Uuid, Path, description = "token id")),
     responses(
         (status = 204, description = "revoked: refused from now on"),
         ErrorResponses,
@@ -435,6 +436,7 @@ pub(crate) async fn revoke_token(
 #[into_params(parameter_in = Query)]
 pub(crate) struct AuditQuery {
     after: Option<i64>,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -611,6 +613,7 @@ pub(crate) async fn plan_controller(
 pub(crate) struct NotificationQuery {
     #[serde(default = "dead")]
     state: homeostat_model::NotificationState,
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -646,7 +649,7 @@ pub(crate) async fn list_notifications(
     post,
     path = "/v1/notifications/{id}/redrive",
     tag = "notifications",
-    params(("id" = String, Path, description = "notification id")),
+    params(("id" = uuid::Uuid, Path, description = "notification id")),
     responses(
         (status = 200, description = "pending again, with fresh attempts", body = homeostat_model::Notification),
         ErrorResponses,

@@ -262,7 +262,7 @@ fn bounded_result(state: &ApiState, result: &Option<serde_json::Value>) -> Resul
     post,
     path = "/v1/agent/jobs/{id}/complete",
     tag = "agent",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     request_body = homeostat_model::wire::CompleteRequest,
     responses(
         (status = 200, description = "the job, succeeded (again, for a resend)", body = homeostat_model::Job),
@@ -365,7 +365,7 @@ pub(crate) async fn complete_batch(
     post,
     path = "/v1/agent/jobs/{id}/fail",
     tag = "agent",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     request_body = homeostat_model::wire::FailRequest,
     responses(
         (status = 200, description = "retried (scheduled) or dead", body = homeostat_model::FailOutcome),
@@ -379,8 +379,8 @@ pub(crate) async fn fail(
     Path(id): Path<JobId>,
     ReportJson(req): ReportJson<FailRequest>,
 ) -> Result<Json<FailOutcome>, ApiError> {
-    if req.error.len() > 8 * 1024 {
-        return Err(ApiError::too_large("error: at most 8192 bytes"));
+    if req.error.chars().count() > 8 * 1024 {
+        return Err(ApiError::too_large("error: at most 8192 characters"));
     }
     let job = held_job(&state, agent, id, req.lease_token).await?;
     if job.state != JobState::Running {
@@ -415,7 +415,7 @@ pub(crate) async fn fail(
     post,
     path = "/v1/agent/jobs/{id}/release",
     tag = "agent",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     request_body = homeostat_model::wire::ReleaseRequest,
     responses(
         (status = 200, description = "the job, queued again; the attempt does not count", body = homeostat_model::Job),

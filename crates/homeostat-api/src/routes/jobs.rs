@@ -196,6 +196,8 @@ pub(crate) struct ListQuery {
     /// Only jobs whose fingerprint contains this text.
     fingerprint: Option<String>,
     after: Option<JobId>,
+    /// Jobs in one page (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
@@ -286,7 +288,7 @@ pub(crate) async fn operate_job(
     get,
     path = "/v1/jobs/{id}",
     tag = "jobs",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     responses(
         (status = 200, description = "the job, its failed attempts and its audit history", body = JobDetail),
         ErrorResponses,
@@ -310,7 +312,7 @@ pub(crate) async fn show(
     post,
     path = "/v1/jobs/{id}/cancel",
     tag = "jobs",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     responses(
         (status = 200, description = "cancelled (a running job's agent learns it at its next heartbeat)", body = homeostat_model::Job),
         ErrorResponses,
@@ -332,7 +334,7 @@ pub(crate) async fn cancel(
     post,
     path = "/v1/jobs/{id}/retry",
     tag = "jobs",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     responses(
         (status = 200, description = "a dead or expired job queued again with fresh attempts", body = homeostat_model::Job),
         ErrorResponses,
@@ -354,7 +356,7 @@ pub(crate) async fn retry(
     post,
     path = "/v1/jobs/{id}/approve",
     tag = "jobs",
-    params(("id" = String, Path, description = "job id")),
+    params(("id" = uuid::Uuid, Path, description = "job id")),
     responses(
         (status = 200, description = "approved: queued", body = homeostat_model::Job),
         ErrorResponses,
