@@ -46,6 +46,15 @@ pub struct ApiSettings {
     pub max_open_connections: usize,
     /// Claims one agent may hold open (waiting) at once; beyond, 429.
     pub max_claims_per_agent: u32,
+    /// A dashboard session ends after this long without a request.
+    #[serde(with = "homeostat_model::duration")]
+    pub session_idle: Duration,
+    /// A dashboard session ends this long after its sign-in.
+    #[serde(with = "homeostat_model::duration")]
+    pub session_max_age: Duration,
+    /// The dashboard's cookies are `Secure` (sent over HTTPS only): set it
+    /// when a TLS proxy serves the dashboard.
+    pub secure_cookies: bool,
     /// How Alertmanager's alerts become jobs: the first route whose
     /// matchers all hold.
     pub alert_routes: Vec<AlertRoute>,
@@ -93,6 +102,9 @@ impl Default for ApiSettings {
             header_read_timeout: Duration::from_secs(10),
             max_open_connections: 0,
             max_claims_per_agent: 4,
+            session_idle: Duration::from_secs(30 * 60),
+            session_max_age: Duration::from_secs(12 * 3600),
+            secure_cookies: false,
             alert_routes: vec![AlertRoute {
                 matchers: BTreeMap::new(),
                 queue: "alerts".into(),

@@ -51,6 +51,7 @@ mod postgres;
 mod registry;
 mod rows;
 mod secret;
+mod sessions;
 mod signals;
 #[cfg(feature = "sqlite")]
 mod sqlite;
@@ -79,6 +80,7 @@ pub use idempotency::{LIFETIME as IDEMPOTENCY_LIFETIME, MAX_KEY_LEN as MAX_IDEMP
 pub use plan::{PlanKind, PlannedItem, SweepPlan};
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
+pub use sessions::SessionLimits;
 pub use signals::QueueWaiter;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
@@ -244,6 +246,43 @@ impl Store {
     /// The scope of a live API key.
     pub async fn authenticate_api_key(&self, secret: &str) -> Result<ApiKeyIdentity, StoreError> {
         dispatch!(self, registry::authenticate_api_key(secret))
+    }
+
+    /// Starts a dashboard session for the API key `token_id` (one the
+    /// caller authenticated): the session id for the cookie, shown this
+    /// once and stored as its hash.
+    pub async fn start_session(&self, token_id: TokenId) -> Result<String, StoreError> {
+        dispatch!(self, sessions::create(token_id))
+    }
+
+    /// The API key a live dashboard session belongs to: unauthorized when
+    /// the session ended (signed out, idle, too old) or its key did.
+    pub async fn session(
+        &self,
+        id: &str,
+        limits: SessionLimits,
+    ) -> Result<ApiKeyIdentity, StoreError> {
+        dispatch!(self, sessions::identify(id, limits))
+    }
+
+    /// Ends a dashboard session (sign-out).
+    pub async fn end_session(&self, id: &str) -> Result<(), StoreError> {
+        dispatch!(self, sessions::end(id))
+    }
+
+    /// Deletes up to `limit` dashboard sessions that idled or aged out.
+    pub async fn delete_ended_sessions(
+        &self,
+        limits: SessionLimits,
+        limit: u32,
+    ) -> Result<u64, StoreError> {
+        dispatch!(self, sessions::delete_ended(limits, limit))
+    }
+
+    /// A secret the server keeps for itself under `name` (32 random bytes,
+    /// the same on every replica).
+    pub async fn server_secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        dispatch!(self, sessions::server_secret(name))
     }
 
     /// The agent a live credential belongs to.

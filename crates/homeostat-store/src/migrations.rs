@@ -47,6 +47,11 @@ pub(crate) const SQLITE: Set = &[
         "used-up tokens",
         include_str!("../migrations/sqlite/0008_used_up_tokens.sql"),
     ),
+    (
+        9,
+        "dashboard sessions",
+        include_str!("../migrations/sqlite/0009_sessions.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -105,6 +110,11 @@ pub(crate) const POSTGRES: Set = &[
         11,
         "used-up tokens",
         include_str!("../migrations/postgres/0011_used_up_tokens.sql"),
+    ),
+    (
+        12,
+        "dashboard sessions",
+        include_str!("../migrations/postgres/0012_sessions.sql"),
     ),
 ];
 

@@ -510,6 +510,11 @@ pub(crate) async fn authenticate_api_key<B: Backend>(
         .op(op)?;
     let row =
         live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized { kind: "API key" })?;
+    identity(&row)
+}
+
+/// Who an API key's row (`id`, `admin`, `tenant_id`) is.
+pub(crate) fn identity<R: RowExt>(row: &R) -> Result<ApiKeyIdentity, StoreError> {
     let scope = match (row.flag("admin")?, row.opt_id("tenant_id")?) {
         (true, _) => ApiScope::Admin,
         (false, Some(tenant)) => ApiScope::Tenant(tenant),

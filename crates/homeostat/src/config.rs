@@ -266,6 +266,12 @@ impl Config {
         if api.header_read_timeout.is_zero() {
             return bad("api.header_read_timeout", "must be above 0".into());
         }
+        if api.session_idle.is_zero() || api.session_max_age < api.session_idle {
+            return bad(
+                "api.session_idle",
+                "must be above 0 and at most api.session_max_age".into(),
+            );
+        }
         if api.max_claims_per_agent == 0 {
             return bad("api.max_claims_per_agent", "must be at least 1".into());
         }

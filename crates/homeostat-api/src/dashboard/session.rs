@@ -1,8 +1,13 @@
-//! Signing in to the dashboard: the API key lives in an HttpOnly,
-//! SameSite=Strict cookie (scripts cannot read it, other sites cannot send
-//! it), every request authenticates it as the API does, and every form
-//! carries a CSRF token derived from the key (HMAC), so it needs no server
-//! state and holds across replicas; a page elsewhere cannot compute it.
+//! Signing in to the dashboard. A sign-in proves an API key once and gets a
+//! session kept by the server: the HttpOnly, SameSite=Strict cookie holds a
+//! random session id (stored hashed), not the key, so a copy of it is no
+//! API credential and stops working at sign-out, after
+//! `api.session_idle`, at `api.session_max_age`, or when the key is revoked
+//! or expires. Every form carries a CSRF token derived from the session id
+//! (HMAC), which a page elsewhere cannot compute. The sign-in form's own
+//! double-submit token is bound to a secret of the server's, so a sibling
+//! origin that can set this site's cookies still cannot make a valid pair
+//! and sign a browser in with a key of its choosing.
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::{COOKIE, SET_COOKIE};
@@ -10,6 +15,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use hmac::{Hmac, Mac};
+use homeostat_store::SessionLimits;
 use serde::Deserialize;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
@@ -31,6 +37,8 @@ const LOGIN_COOKIE: &str = "homeostat_login";
 pub(crate) struct Session {
     pub(crate) caller: Caller,
     pub(crate) csrf: String,
+    /// The session's id (the cookie's value).
+    id: String,
 }
 
 impl Session {
@@ -63,11 +71,35 @@ impl Session {
     }
 }
 
-fn csrf_token(secret: &str) -> String {
-    let mut mac =
-        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes a key of any length");
-    mac.update(b"homeostat dashboard form");
+/// HMAC-SHA-256 of `message` under `key`, in hex.
+fn mac(key: &[u8], message: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(message);
     hex::encode(mac.finalize().into_bytes())
+}
+
+/// The CSRF token of a session's forms.
+fn csrf_token(session: &str) -> String {
+    mac(session.as_bytes(), b"homeostat dashboard form")
+}
+
+/// The server's key for sign-in form tokens.
+const LOGIN_SECRET: &str = "dashboard-login";
+
+fn limits(state: &ApiState) -> SessionLimits {
+    SessionLimits {
+        idle: state.settings.session_idle,
+        max_age: state.settings.session_max_age,
+    }
+}
+
+/// `; Secure` when the dashboard is served over TLS (`api.secure_cookies`).
+fn secure(state: &ApiState) -> &'static str {
+    if state.settings.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    }
 }
 
 /// The value of cookie `wanted`, if the request carries it.
@@ -86,23 +118,44 @@ fn cookie(headers: &HeaderMap, wanted: &str) -> Option<String> {
 }
 
 /// The session cookie's value, if the request carries one.
-fn session_secret(headers: &HeaderMap) -> Option<String> {
+fn session_id(headers: &HeaderMap) -> Option<String> {
     cookie(headers, COOKIE_NAME)
 }
 
-/// The sign-in page with a fresh form token, in the form and in a cookie
-/// that only `/login` receives.
-fn login_form(error: Option<&str>, status: StatusCode) -> Response {
+/// The sign-in page with a fresh form token: a random nonce in a cookie
+/// that only `/login` receives, and in the form its MAC under the server's
+/// secret.
+async fn login_form(state: &ApiState, error: Option<&str>, status: StatusCode) -> Response {
+    let key = match state.store.server_secret(LOGIN_SECRET).await {
+        Ok(key) => key,
+        Err(e) => return Problem::from(e).into_response(),
+    };
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-    let token = hex::encode(bytes);
-    let mut r = render_login(error, status, &token);
-    let cookie = format!("{LOGIN_COOKIE}={token}; Path=/login; HttpOnly; SameSite=Strict");
+    let nonce = hex::encode(bytes);
+    let mut r = render_login(error, status, &mac(&key, nonce.as_bytes()));
+    let cookie = format!(
+        "{LOGIN_COOKIE}={nonce}; Path=/login; HttpOnly; SameSite=Strict{}",
+        secure(state)
+    );
     r.headers_mut().append(
         SET_COOKIE,
-        HeaderValue::from_str(&cookie).expect("a hex token is a header value"),
+        HeaderValue::from_str(&cookie).expect("a hex nonce is a header value"),
     );
     r
+}
+
+/// Whether the form's token is the MAC of the cookie's nonce.
+async fn login_token_holds(state: &ApiState, nonce: &str, token: &str) -> bool {
+    let Ok(key) = state.store.server_secret(LOGIN_SECRET).await else {
+        return false;
+    };
+    !nonce.is_empty()
+        && bool::from(
+            mac(&key, nonce.as_bytes())
+                .as_bytes()
+                .ct_eq(token.as_bytes()),
+        )
 }
 
 /// Where an unauthenticated request goes: the sign-in page (for htmx, by
@@ -122,13 +175,14 @@ impl FromRequestParts<ApiState> for Session {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Response> {
-        let Some(secret) = session_secret(&parts.headers) else {
+        let Some(id) = session_id(&parts.headers) else {
             return Err(to_login(&parts.headers));
         };
-        match state.store.authenticate_api_key(&secret).await {
+        match state.store.session(&id, limits(state)).await {
             Ok(identity) => Ok(Session {
                 caller: Caller::from_identity(&identity),
-                csrf: csrf_token(&secret),
+                csrf: csrf_token(&id),
+                id,
             }),
             Err(e) if e.code() == "unauthorized" => Err(to_login(&parts.headers)),
             Err(e) => Err(Problem::from(e).into_response()),
@@ -146,49 +200,66 @@ pub(crate) struct SignIn {
 }
 
 /// `GET /login`.
-pub(crate) async fn login_page() -> Response {
-    login_form(None, StatusCode::OK)
+pub(crate) async fn login_page(State(state): State<ApiState>) -> Response {
+    login_form(&state, None, StatusCode::OK).await
 }
 
-/// `POST /login`: a live API key sets the cookie; anything else is the
+/// `POST /login`: a live API key starts a session; anything else is the
 /// form again with why.
 pub(crate) async fn login(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Form(form): Form<SignIn>,
 ) -> Response {
-    let issued = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if issued.is_empty() || !bool::from(issued.as_bytes().ct_eq(form.csrf.as_bytes())) {
+    let nonce = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
+    if !login_token_holds(&state, &nonce, &form.csrf).await {
         return login_form(
+            &state,
             Some("This sign-in form was not this site's, or it expired: enter the key again."),
             StatusCode::FORBIDDEN,
-        );
+        )
+        .await;
     }
     let key = form.key.trim();
     if key.is_empty() {
-        return login_form(Some("Enter an API key."), StatusCode::UNPROCESSABLE_ENTITY);
+        return login_form(
+            &state,
+            Some("Enter an API key."),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
     }
-    match state.store.authenticate_api_key(key).await {
-        Ok(_) => {
-            let mut r = Redirect::to("/").into_response();
-            let cookie = format!("{COOKIE_NAME}={key}; Path=/; HttpOnly; SameSite=Strict");
-            match HeaderValue::from_str(&cookie) {
-                Ok(v) => {
-                    r.headers_mut().insert(SET_COOKIE, v);
-                    r
-                }
-                Err(_) => login_form(
-                    Some("That is not an API key."),
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                ),
-            }
+    let identity = match state.store.authenticate_api_key(key).await {
+        Ok(identity) => identity,
+        Err(e) if e.code() == "unauthorized" => {
+            return login_form(
+                &state,
+                Some("That API key is unknown, revoked or expired."),
+                StatusCode::UNAUTHORIZED,
+            )
+            .await;
         }
-        Err(e) if e.code() == "unauthorized" => login_form(
-            Some("That API key is unknown, revoked or expired."),
-            StatusCode::UNAUTHORIZED,
-        ),
-        Err(e) => Problem::from(e).into_response(),
+        Err(e) => return Problem::from(e).into_response(),
+    };
+    // Sessions that idled or aged out go as others begin: their number
+    // follows the sign-ins, not the time the server has run.
+    if let Err(e) = state.store.delete_ended_sessions(limits(&state), 100).await {
+        tracing::warn!(error = %e, "ended dashboard sessions were not deleted");
     }
+    let id = match state.store.start_session(identity.token_id).await {
+        Ok(id) => id,
+        Err(e) => return Problem::from(e).into_response(),
+    };
+    let mut r = Redirect::to("/").into_response();
+    let cookie = format!(
+        "{COOKIE_NAME}={id}; Path=/; HttpOnly; SameSite=Strict{}",
+        secure(&state)
+    );
+    r.headers_mut().insert(
+        SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("a session id is a header value"),
+    );
+    r
 }
 
 /// A form that carries only its CSRF token.
@@ -199,18 +270,22 @@ pub(crate) struct CsrfForm {
     pub(crate) csrf: String,
 }
 
-/// `POST /logout`: clears the cookie.
+/// `POST /logout`: ends the session and clears the cookie.
 pub(crate) async fn logout(
+    State(state): State<ApiState>,
     session: Session,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
+    state.store.end_session(&session.id).await?;
     let mut r = Redirect::to("/login").into_response();
+    let cookie = format!(
+        "{COOKIE_NAME}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        secure(&state)
+    );
     r.headers_mut().insert(
         SET_COOKIE,
-        HeaderValue::from_static(
-            "homeostat_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0",
-        ),
+        HeaderValue::from_str(&cookie).expect("a constant is a header value"),
     );
     Ok(r)
 }
@@ -226,13 +301,13 @@ mod tests {
             COOKIE,
             HeaderValue::from_static("a=1; homeostat_session=hs_key_x; b=2"),
         );
-        assert_eq!(session_secret(&h).as_deref(), Some("hs_key_x"));
+        assert_eq!(session_id(&h).as_deref(), Some("hs_key_x"));
         h.insert(COOKIE, HeaderValue::from_static("homeostat_session="));
-        assert_eq!(session_secret(&h), None);
+        assert_eq!(session_id(&h), None);
     }
 
     #[test]
-    fn the_csrf_token_depends_on_the_key() {
+    fn the_csrf_token_depends_on_the_session() {
         assert_ne!(csrf_token("one"), csrf_token("two"));
         assert_eq!(csrf_token("one"), csrf_token("one"));
     }

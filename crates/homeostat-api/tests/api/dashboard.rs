@@ -27,10 +27,29 @@ const PAGES: [&str; 7] = [
 ];
 
 impl Api {
+    /// The session a browser that signed in with `key` holds: one per key,
+    /// started as a sign-in starts it. A key that does not authenticate
+    /// gets itself as the cookie, which no session is.
+    async fn session_of(&self, key: &str) -> String {
+        if let Some(id) = self.sessions.lock().unwrap().get(key) {
+            return id.clone();
+        }
+        let Ok(identity) = self.store.authenticate_api_key(key).await else {
+            return key.to_owned();
+        };
+        let id = self.store.start_session(identity.token_id).await.unwrap();
+        self.sessions
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), id.clone());
+        id
+    }
+
     /// A page as a browser signed in with `key` asks for it.
     async fn page(&self, path: &str, key: &str) -> Answer {
+        let session = self.session_of(key).await;
         let req = Request::get(path)
-            .header("cookie", format!("homeostat_session={key}"))
+            .header("cookie", format!("homeostat_session={session}"))
             .body(Body::empty())
             .unwrap();
         self.send(req).await
@@ -42,7 +61,8 @@ impl Api {
         let mut req =
             Request::post(path).header("content-type", "application/x-www-form-urlencoded");
         if let Some(key) = key {
-            req = req.header("cookie", format!("homeostat_session={key}"));
+            let session = self.session_of(key).await;
+            req = req.header("cookie", format!("homeostat_session={session}"));
         }
         self.send(req.body(Body::from(body)).unwrap()).await
     }
@@ -123,13 +143,11 @@ async fn sign_in(api: &Api, fields: &[(&str, &str)], from_form: bool) -> SignedI
             "{cookie}"
         );
         let pair = cookie.split(';').next().unwrap().to_owned();
-        let token = pair.split_once('=').unwrap().1.to_owned();
         let body = res.into_body().collect().await.unwrap().to_bytes();
         let page = String::from_utf8_lossy(&body);
-        assert!(
-            page.contains(&format!("name=\"csrf\" value=\"{token}\"")),
-            "{page}"
-        );
+        let at = page.find("name=\"csrf\" value=\"").expect("a form token")
+            + "name=\"csrf\" value=\"".len();
+        let token = page[at..].split('"').next().unwrap().to_owned();
         fields.push(("csrf", token));
         req = req.header("cookie", pair);
     }
@@ -313,7 +331,10 @@ async fn every_page_renders_on_an_empty_and_a_busy_store(store: &Store) {
 
     // Polling (htmx, not a boosted navigation) gets only the live part.
     let req = Request::get("/")
-        .header("cookie", format!("homeostat_session={}", api.admin))
+        .header(
+            "cookie",
+            format!("homeostat_session={}", api.session_of(&api.admin).await),
+        )
         .header("hx-request", "true")
         .body(Body::empty())
         .unwrap();
@@ -386,6 +407,60 @@ async fn signing_in_sets_an_http_only_strict_cookie(store: &Store) {
     let cookie = signed.session.expect("a session cookie");
     assert!(cookie.contains("HttpOnly"), "{cookie}");
     assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    // The cookie is a session, not the key: no API credential.
+    let session = cookie.split(';').next().unwrap()["homeostat_session=".len()..].to_owned();
+    assert!(!cookie.contains(&api.admin), "{cookie}");
+    assert_eq!(
+        api.get("/v1/jobs", &session).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let by_cookie = |path: &'static str| {
+        Request::get(path)
+            .header("cookie", format!("homeostat_session={session}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(api.send(by_cookie("/jobs")).await.status, StatusCode::OK);
+    // A form token made up by another origin that can set this site's
+    // cookies (its nonce and the same value in the form) signs no one in.
+    let planted = api
+        .send(
+            Request::post("/login")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", "homeostat_login=00112233445566778899aabbccddeeff")
+                .body(Body::from(form_body(
+                    [
+                        ("key", api.admin.as_str()),
+                        ("csrf", "00112233445566778899aabbccddeeff"),
+                    ]
+                    .into_iter(),
+                )))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(planted.status, StatusCode::FORBIDDEN, "{}", planted.text);
+    // Signed out: a copy of the cookie taken before works no more.
+    let csrf = {
+        let page = api.send(by_cookie("/jobs")).await.text;
+        let at = page.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+        page[at..].split('"').next().unwrap().to_owned()
+    };
+    let out = api
+        .send(
+            Request::post("/logout")
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", format!("homeostat_session={session}"))
+                .body(Body::from(form_body([("csrf", csrf.as_str())].into_iter())))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER, "{}", out.text);
+    let after = api.send(by_cookie("/jobs")).await;
+    assert_eq!(
+        after.status,
+        StatusCode::SEE_OTHER,
+        "a copied cookie outlived sign-out"
+    );
 
     // A revoked key's session ends at its next request.
     let (id, viewer) = api.key(ApiScope::Viewer).await;
@@ -628,7 +703,10 @@ async fn a_tenant_key_sees_only_its_own_jobs(store: &Store) {
     let (status, to, _) = redirect_of(
         &api,
         Request::get("/")
-            .header("cookie", format!("homeostat_session={mine}"))
+            .header(
+                "cookie",
+                format!("homeostat_session={}", api.session_of(&mine).await),
+            )
             .body(Body::empty())
             .unwrap(),
     )

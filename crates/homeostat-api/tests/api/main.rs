@@ -30,6 +30,8 @@ pub(crate) struct Api {
     pub(crate) state: ApiState,
     pub(crate) app: Router,
     pub(crate) admin: String,
+    /// The dashboard session signed in with each key (see `session_of`).
+    pub(crate) sessions: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// An answer: status and JSON body (`Null` when empty or not JSON).
@@ -81,6 +83,7 @@ impl Api {
             app: router(state.clone()),
             state,
             admin,
+            sessions: Default::default(),
         }
     }
 

@@ -488,7 +488,65 @@ async fn a_revoked_agent_is_refused_and_its_jobs_reclaimed(store: &Store) {
     ));
 }
 
+/// A dashboard session ends after idling, at its age, at sign-out and with
+/// its key; a request within the idle time keeps it alive.
+async fn dashboard_sessions_end_by_idle_age_sign_out_and_key(store: &Store) {
+    use homeostat_store::SessionLimits;
+    let limits = SessionLimits {
+        idle: Duration::from_secs(600),
+        max_age: Duration::from_secs(3600),
+    };
+    let key = store
+        .at(t0())
+        .issue_api_key(ApiScope::Viewer, None, "operator:test")
+        .await
+        .unwrap();
+    let kept = store.at(t0()).start_session(key.info.id).await.unwrap();
+    let idle = store.at(t0()).start_session(key.info.id).await.unwrap();
+    let out = store.at(t0()).start_session(key.info.id).await.unwrap();
+    assert_ne!(kept, idle);
+    let who = store.at(at(300)).session(&kept, limits).await.unwrap();
+    assert_eq!((who.token_id, who.scope), (key.info.id, ApiScope::Viewer));
+    store.at(at(300)).end_session(&out).await.unwrap();
+    assert!(store.at(at(301)).session(&out, limits).await.is_err());
+    // `kept` was used at 300 s: alive at 800 s; `idle` was not: ended.
+    assert!(store.at(at(800)).session(&kept, limits).await.is_ok());
+    assert!(store.at(at(800)).session(&idle, limits).await.is_err());
+    // Used every 500 s, it still ends at its age.
+    for t in [1300, 1800, 2300, 2800, 3300] {
+        assert!(store.at(at(t)).session(&kept, limits).await.is_ok(), "{t}");
+    }
+    assert!(store.at(at(3601)).session(&kept, limits).await.is_err());
+    assert_eq!(
+        store
+            .at(at(3601))
+            .delete_ended_sessions(limits, 100)
+            .await
+            .unwrap(),
+        2,
+        "the idle one and the old one"
+    );
+    // A revoked key ends its sessions.
+    let fresh = store.at(at(3700)).start_session(key.info.id).await.unwrap();
+    assert!(store.at(at(3701)).session(&fresh, limits).await.is_ok());
+    store
+        .at(at(3702))
+        .revoke_token(key.info.id, "operator:test")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.at(at(3703)).session(&fresh, limits).await,
+        Err(StoreError::Unauthorized { .. })
+    ));
+    // The server's secret is made once and kept.
+    let secret = store.server_secret("test").await.unwrap();
+    assert_eq!(secret.len(), 32);
+    assert_eq!(store.server_secret("test").await.unwrap(), secret);
+    assert_ne!(store.server_secret("other").await.unwrap(), secret);
+}
+
 on_both_backends!(
+    dashboard_sessions_end_by_idle_age_sign_out_and_key,
     a_revoked_agent_is_refused_and_its_jobs_reclaimed,
     concurrent_registrations_take_only_the_uses_left,
     departed_agents_age_out_with_their_credentials,
