@@ -15,6 +15,7 @@ mod extract;
 mod guard;
 mod metrics;
 mod presence;
+mod quotas;
 mod routes;
 mod state;
 mod strict_json;
@@ -28,7 +29,7 @@ pub use auth::{AgentCaller, Caller, Role};
 pub use dashboard::MAX_BULK;
 pub use error::ApiError;
 pub use routes::jobs::{MAX_BATCH, MAX_PAGE};
-pub use state::{AlertRoute, ApiSettings, ApiState};
+pub use state::{AlertRoute, ApiSettings, ApiState, QuotaOverride, Quotas};
 
 /// The OpenAPI document's frame; the paths come from the handlers' own
 /// annotations as the router registers them, so none is missing.
@@ -109,6 +110,7 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::agent_credentials))
         .routes(routes!(admin::revoke_agent))
         .routes(routes!(admin::create_tenant, admin::list_tenants))
+        .routes(routes!(admin::tenant_usage))
         .routes(routes!(
             admin::create_bootstrap_token,
             admin::list_bootstrap_tokens

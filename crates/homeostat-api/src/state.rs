@@ -58,6 +58,63 @@ pub struct ApiSettings {
     /// How Alertmanager's alerts become jobs: the first route whose
     /// matchers all hold.
     pub alert_routes: Vec<AlertRoute>,
+    /// Each tenant's quotas: defaults, and overrides by tenant id.
+    pub quotas: Quotas,
+}
+
+/// Quotas every tenant has (0: no limit), and overrides by tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    /// Live jobs (scheduled, awaiting approval, queued, running) at once.
+    pub live_jobs: u64,
+    /// Queues with live jobs at once.
+    pub live_queues: u64,
+    /// Jobs enqueued a second, on each replica…
+    pub enqueue_rate: u64,
+    /// …with bursts up to this many.
+    pub enqueue_burst: u64,
+    /// Per tenant: any of the above, in place of the default.
+    pub tenants: BTreeMap<TenantId, QuotaOverride>,
+}
+
+/// A tenant's own quotas, where they differ from the defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuotaOverride {
+    /// Live jobs at once.
+    pub live_jobs: Option<u64>,
+    /// Queues with live jobs at once.
+    pub live_queues: Option<u64>,
+    /// Jobs enqueued a second, on each replica.
+    pub enqueue_rate: Option<u64>,
+    /// Bursts up to this many.
+    pub enqueue_burst: Option<u64>,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            live_jobs: 1_000_000,
+            live_queues: 1_000,
+            enqueue_rate: 1_000,
+            enqueue_burst: 20_000,
+            tenants: BTreeMap::new(),
+        }
+    }
+}
+
+impl Quotas {
+    /// The limits of `tenant`.
+    pub fn of(&self, tenant: TenantId) -> homeostat_model::operator::QuotaLimits {
+        let own = self.tenants.get(&tenant).copied().unwrap_or_default();
+        homeostat_model::operator::QuotaLimits {
+            live_jobs: own.live_jobs.unwrap_or(self.live_jobs),
+            live_queues: own.live_queues.unwrap_or(self.live_queues),
+            enqueue_rate: own.enqueue_rate.unwrap_or(self.enqueue_rate),
+            enqueue_burst: own.enqueue_burst.unwrap_or(self.enqueue_burst),
+        }
+    }
 }
 
 /// Alerts whose labels match become jobs of this queue and kind.
@@ -112,6 +169,7 @@ impl Default for ApiSettings {
                 tenant_id: None,
                 priority: 0,
             }],
+            quotas: Quotas::default(),
         }
     }
 }
@@ -129,6 +187,8 @@ pub struct ApiState {
     pub(crate) presence: crate::presence::Presence,
     /// The claims each agent holds open here.
     pub(crate) claims: crate::claim_slots::ClaimSlots,
+    /// Each tenant's use of its quotas, as this replica knows it.
+    pub(crate) quotas: Arc<crate::quotas::QuotaGate>,
     /// When this server started: the dashboard's baseline for a controller
     /// that never succeeded.
     pub(crate) started_at: std::time::SystemTime,
@@ -151,6 +211,7 @@ impl ApiState {
         Self {
             presence,
             claims: crate::claim_slots::ClaimSlots::default(),
+            quotas: Arc::default(),
             store,
             settings: Arc::new(settings),
             manager,

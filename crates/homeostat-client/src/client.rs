@@ -613,6 +613,15 @@ impl Client {
         self.get("listing tenants", "/v1/tenants").await
     }
 
+    /// A tenant's live jobs and queues, and its quotas.
+    pub async fn tenant_usage(
+        &self,
+        id: TenantId,
+    ) -> Result<homeostat_model::operator::TenantUsage, ClientError> {
+        let path = format!("/v1/tenants/{id}/usage");
+        self.get("reading a tenant's usage", &path).await
+    }
+
     /// Creates a bootstrap token (its secret is in the answer, once).
     pub async fn create_bootstrap_token(
         &self,

@@ -147,3 +147,30 @@ pub struct RevokedAgent {
     /// Its running jobs, queued again (or dead, with no attempts left).
     pub reclaimed: Vec<JobId>,
 }
+
+/// A tenant's use of its quotas (`GET /v1/tenants/{id}/usage`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TenantUsage {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// Live jobs (scheduled, awaiting approval, queued, running): the last
+    /// count plus what this replica enqueued since.
+    pub live_jobs: u64,
+    /// Queues with live jobs.
+    pub live_queues: u64,
+    /// The limits that apply to it (0: none).
+    pub limits: QuotaLimits,
+}
+
+/// The quotas of one tenant; 0 is no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QuotaLimits {
+    /// Live jobs at once.
+    pub live_jobs: u64,
+    /// Queues with live jobs at once.
+    pub live_queues: u64,
+    /// Jobs enqueued a second, on each replica (a token bucket)…
+    pub enqueue_rate: u64,
+    /// …with bursts up to this many.
+    pub enqueue_burst: u64,
+}

@@ -696,6 +696,14 @@ impl Store {
         dispatch!(self, stats::stats())
     }
 
+    /// Each tenant's live jobs by queue, counted now (one grouped count of
+    /// the live jobs: its cost follows the backlog, so callers keep it).
+    pub async fn live_by_tenant(
+        &self,
+    ) -> Result<std::collections::HashMap<TenantId, Vec<(String, u64)>>, StoreError> {
+        dispatch!(self, stats::live_by_tenant())
+    }
+
     /// Agents by status, counted now.
     pub async fn agent_counts(&self) -> Result<Vec<AgentCount>, StoreError> {
         dispatch!(self, stats::agent_counts())

@@ -92,6 +92,13 @@ const LIVE_JOBS: Sql = Sql::both(
      ORDER BY 1, 2",
 );
 
+/// Live jobs by tenant and queue: what the tenants' quotas weigh.
+const LIVE_BY_TENANT: Sql = Sql::both(
+    "SELECT tenant_id, queue, COUNT(*) AS n FROM jobs
+     WHERE state IN ('queued', 'running', 'scheduled', 'awaiting_approval')
+     GROUP BY tenant_id, queue",
+);
+
 const AGENTS: Sql =
     Sql::both("SELECT status, COUNT(*) AS n FROM agents GROUP BY status ORDER BY status");
 
@@ -193,4 +200,24 @@ pub(crate) async fn agent_counts<B: Backend>(b: &B) -> Result<Vec<AgentCount>, S
         });
     }
     Ok(agents)
+}
+
+/// Each tenant's live jobs (scheduled, awaiting approval, queued, running),
+/// by queue. One grouped count of the live jobs (their cost follows the
+/// backlog): callers count seldom and keep the answer.
+pub(crate) async fn live_by_tenant<B: Backend>(
+    b: &B,
+) -> Result<std::collections::HashMap<homeostat_model::TenantId, Vec<(String, u64)>>, StoreError> {
+    let op = "counting each tenant's live jobs";
+    let rows = b
+        .fetch_unpinned(Stmt::new::<B>(LIVE_BY_TENANT))
+        .await
+        .op(op)?;
+    let mut out: std::collections::HashMap<_, Vec<(String, u64)>> = Default::default();
+    for r in rows {
+        out.entry(r.id("tenant_id")?)
+            .or_default()
+            .push((r.text("queue")?, r.int("n")? as u64));
+    }
+    Ok(out)
 }

@@ -51,6 +51,8 @@ fn start(dir: &Path, db: Option<&str>) -> Server {
         .env("HOMEOSTAT_CONTROLLERS__AGENT_HEALTH__INTERVAL", "1s")
         .env("HOMEOSTAT_CONTROLLERS__AGENT_HEALTH__STALE_AFTER", "3s")
         .env("HOMEOSTAT_API__HEARTBEAT_INTERVAL", "1s")
+        // The backlog is seeded at once: no enqueue rate.
+        .env("HOMEOSTAT_API__QUOTAS__ENQUEUE_RATE", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     match db {

@@ -181,6 +181,8 @@ pub(crate) enum Tenants {
     },
     /// Lists tenants.
     List,
+    /// A tenant's live jobs and queues against its quotas.
+    Usage { id: homeostat_model::TenantId },
 }
 
 #[derive(Debug, Subcommand)]
@@ -374,6 +376,18 @@ async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> 
         Command::Tenants(Tenants::List) => {
             output::list(out, TENANT_COLUMNS, &client.tenants().await?)
         }
+        Command::Tenants(Tenants::Usage { id }) => output::one(
+            out,
+            &[
+                ("live jobs", "live_jobs"),
+                ("  quota", "limits.live_jobs"),
+                ("live queues", "live_queues"),
+                ("  quota", "limits.live_queues"),
+                ("enqueue rate /s", "limits.enqueue_rate"),
+                ("  burst", "limits.enqueue_burst"),
+            ],
+            &client.tenant_usage(id).await?,
+        ),
         Command::Notifications(Notifications::Dead) => output::list(
             out,
             NOTIFICATION_COLUMNS,

@@ -65,6 +65,9 @@ async fn the_operators_commands() {
     let tenant = cli.json(&["tenants", "create", "acme", "--tier", "premium"]);
     let tenant_id = tenant["id"].as_str().unwrap().to_owned();
     insta::assert_snapshot!("tenants_list", cli.ok(&["tenants", "list"]));
+    let usage = cli.json(&["tenants", "usage", &tenant_id]);
+    assert_eq!(usage["live_jobs"], 0, "{usage}");
+    assert_eq!(usage["limits"]["live_queues"], 1000, "{usage}");
 
     let created = cli.ok(&[
         "jobs",

@@ -240,6 +240,30 @@ pub(crate) async fn list_tenants(
     Ok(Json(tenants))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{id}/usage",
+    tag = "tenants",
+    params(("id" = uuid::Uuid, Path, description = "tenant id")),
+    responses(
+        (status = 200, description = "the tenant's live jobs and queues, and its quotas", body = homeostat_model::operator::TenantUsage),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn tenant_usage(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<TenantId>,
+) -> Result<Json<homeostat_model::operator::TenantUsage>, ApiError> {
+    if !caller.sees(Some(id)) {
+        return Err(ApiError::not_found(format!("tenant {id} not found")));
+    }
+    state.store.get_tenant(id).await?;
+    let limits = state.settings.quotas.of(id);
+    Ok(Json(state.quotas.usage(&state.store, id, limits).await?))
+}
+
 // --- tokens --------------------------------------------------------------
 
 /// Longest a bootstrap token may live.

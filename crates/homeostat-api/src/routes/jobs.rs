@@ -127,18 +127,8 @@ pub(crate) async fn enqueue(
             ApiError::invalid(format!("{at}{}: {}", e.field, e.message))
         })?;
     }
-    // An unknown tenant (an admin's typo) is the store's 404: the enqueue
-    // reads the tenant's tier in its own transaction.
-    let enqueued = match idempotency_key(&headers)? {
-        Some(key) => {
-            state
-                .store
-                .enqueue_once(tenant, &key, &jobs, IDEMPOTENCY_LIFETIME)
-                .await?
-                .enqueued
-        }
-        None => state.store.enqueue_batch(tenant, &jobs).await?,
-    };
+    let key = idempotency_key(&headers)?;
+    let enqueued = enqueue_within_quotas(&state, tenant, &jobs, key.as_deref()).await?;
     if batch {
         let created = enqueued.iter().any(|e| !e.deduplicated);
         let status = if created {
@@ -163,6 +153,37 @@ pub(crate) async fn enqueue(
         }),
     )
         .into_response())
+}
+
+/// Enqueues `jobs` for `tenant` if its quotas admit them (429
+/// `quota_exceeded` otherwise), once per idempotency key when one is given.
+/// An unknown tenant (an admin's typo) is the store's 404: the enqueue reads
+/// the tenant's tier in its own transaction.
+pub(crate) async fn enqueue_within_quotas(
+    state: &ApiState,
+    tenant: TenantId,
+    jobs: &[NewJob],
+    idempotency_key: Option<&str>,
+) -> Result<Vec<homeostat_model::Enqueued>, ApiError> {
+    let limits = state.settings.quotas.of(tenant);
+    state
+        .quotas
+        .admit(&state.store, tenant, limits, jobs)
+        .await?;
+    let enqueued = match idempotency_key {
+        Some(key) => {
+            state
+                .store
+                .enqueue_once(tenant, key, jobs, IDEMPOTENCY_LIFETIME)
+                .await?
+                .enqueued
+        }
+        None => state.store.enqueue_batch(tenant, jobs).await?,
+    };
+    let created = enqueued.iter().filter(|e| !e.deduplicated).count() as u64;
+    let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    state.quotas.enqueued(tenant, created, &queues);
+    Ok(enqueued)
 }
 
 /// An untagged enum loses serde's messages; parse once as each shape so an

@@ -85,7 +85,7 @@ pub(crate) async fn alertmanager(
     }
     for (tenant, jobs) in firing {
         out.enqueued
-            .extend(state.store.enqueue_batch(tenant, &jobs).await?);
+            .extend(super::jobs::enqueue_within_quotas(&state, tenant, &jobs, None).await?);
     }
     let actor = format!("{}:alertmanager", caller.actor());
     for (tenant, fingerprint) in resolved {

@@ -9,6 +9,7 @@ mod fleet;
 mod jobs;
 mod openapi;
 mod operators;
+mod quotas;
 mod signals;
 
 use std::sync::Arc;

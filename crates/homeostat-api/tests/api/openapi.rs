@@ -29,6 +29,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/agents/{id}/revoke"),
     ("post", "/v1/tenants"),
     ("get", "/v1/tenants"),
+    ("get", "/v1/tenants/{id}/usage"),
     ("post", "/v1/bootstrap-tokens"),
     ("get", "/v1/bootstrap-tokens"),
     ("post", "/v1/api-keys"),
