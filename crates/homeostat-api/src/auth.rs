@@ -11,9 +11,8 @@ use homeostat_model::{AgentId, ApiScope, TenantId, TokenId};
 use crate::error::ApiError;
 use crate::state::ApiState;
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    let value = parts
-        .headers
+fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, ApiError> {
+    let value = headers
         .get(AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer credential"))?;
     // The scheme is case-insensitive (RFC 9110): `bearer` is `Bearer`.
@@ -44,7 +43,7 @@ impl FromRequestParts<ApiState> for AgentCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let secret = bearer(parts)?;
+        let secret = bearer(&parts.headers)?;
         // Boxed: this future would otherwise be part of every agent
         // request's for the request's whole life (a long poll's too).
         let id = Box::pin(state.store.authenticate_agent(secret)).await?;
@@ -76,7 +75,17 @@ impl FromRequestParts<ApiState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let secret = bearer(parts)?;
+        Self::from_request_parts_of(&parts.headers, state).await
+    }
+}
+
+impl Caller {
+    /// The API key a request's headers carry, authenticated.
+    pub(crate) async fn from_request_parts_of(
+        headers: &axum::http::HeaderMap,
+        state: &ApiState,
+    ) -> Result<Self, ApiError> {
+        let secret = bearer(headers)?;
         let identity = state.store.authenticate_api_key(secret).await?;
         Ok(Self::from_identity(&identity))
     }

@@ -28,6 +28,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 pub use auth::{AgentCaller, Caller, Role};
 pub use dashboard::MAX_BULK;
 pub use error::ApiError;
+pub use metrics::OTHER_QUEUES;
 pub use routes::jobs::{MAX_BATCH, MAX_PAGE};
 pub use state::{AlertRoute, ApiSettings, ApiState, QuotaOverride, Quotas};
 
@@ -168,6 +169,21 @@ pub fn router(state: ApiState) -> Router {
         guard::guard,
     ))
     .with_state(state)
+}
+
+/// The probes (`/healthz`, `/readyz`) and `/metrics` alone, for a listener
+/// of their own (`api.probes_listen`): a loopback or internal port for the
+/// kubelet and Prometheus, while the API's port may face tenants.
+pub fn probes_router(state: ApiState) -> Router {
+    use axum::routing::get;
+    use routes::probes;
+    Router::new()
+        .route("/healthz", get(probes::healthz))
+        .route("/readyz", get(probes::readyz))
+        .route("/metrics", get(metrics::serve))
+        .fallback(not_found)
+        .layer(axum::Extension(metrics::ProbesListener))
+        .with_state(state)
 }
 
 /// Every request ends by `api.request_timeout`: past it the answer is 408

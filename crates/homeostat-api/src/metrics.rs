@@ -141,6 +141,30 @@ pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Nex
     response
 }
 
+/// Marks a request that came through the probes listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProbesListener;
+
+/// The queue label of the queues past `api.metrics_max_queues`, summed.
+pub const OTHER_QUEUES: &str = "_other";
+
+/// The queues that get series of their own: the `max` with the most live
+/// jobs (ties by name); the rest are summed as [`OTHER_QUEUES`], so the
+/// number of series does not follow what tenants name their queues.
+fn kept_queues(stats: &homeostat_store::Stats, max: usize) -> std::collections::HashSet<String> {
+    let mut live: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for c in &stats.jobs {
+        *live.entry(c.queue.as_str()).or_default() += c.count;
+    }
+    let mut queues: Vec<(&str, u64)> = live.into_iter().collect();
+    queues.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    queues
+        .into_iter()
+        .take(max)
+        .map(|(q, _)| q.to_owned())
+        .collect()
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateQueue {
     state: &'static str,
@@ -171,38 +195,59 @@ struct StatusLabel {
 pub(crate) async fn serve(
     State(state): State<ApiState>,
     headers: axum::http::HeaderMap,
+    extensions: axum::http::Extensions,
 ) -> Result<Response, ApiError> {
     let openmetrics = headers
         .get_all(axum::http::header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("application/openmetrics-text"));
+    if state.settings.probes_listen.is_some() && extensions.get::<ProbesListener>().is_none() {
+        return Err(ApiError::not_found(
+            "/metrics is served on the probes listener (api.probes_listen)",
+        ));
+    }
+    if state.settings.metrics_need_key {
+        let caller = crate::auth::Caller::from_request_parts_of(&headers, &state).await?;
+        caller.require_operator("/metrics")?;
+    }
     let stats = state.store.stats().await?;
     let now = state.store.now();
+    let kept = kept_queues(&stats, state.settings.metrics_max_queues);
+    let label_of = |queue: &str| {
+        if kept.contains(queue) {
+            queue.to_owned()
+        } else {
+            OTHER_QUEUES.to_owned()
+        }
+    };
     let mut snapshot = Registry::default();
     let jobs = Family::<StateQueue, Gauge>::default();
     for c in &stats.jobs {
         jobs.get_or_create(&StateQueue {
             state: c.state.as_str(),
-            queue: c.queue.clone(),
+            queue: label_of(&c.queue),
         })
-        .set(i64::try_from(c.count).unwrap_or(i64::MAX));
+        .inc_by(i64::try_from(c.count).unwrap_or(i64::MAX));
     }
     snapshot.register("homeostat_jobs", "Live jobs by state and queue", jobs);
     let backlog = Family::<QueueLabel, Gauge>::default();
     let oldest = Family::<QueueLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     for q in &stats.queues {
         let label = QueueLabel {
-            queue: q.queue.clone(),
+            queue: label_of(&q.queue),
         };
         backlog
             .get_or_create(&label)
-            .set(i64::try_from(q.queued).unwrap_or(i64::MAX));
+            .inc_by(i64::try_from(q.queued).unwrap_or(i64::MAX));
         let age = now
             .duration_since(q.oldest_queued_at)
             .as_secs_f64()
             .max(0.0);
-        oldest.get_or_create(&label).set(age);
+        let gauge = oldest.get_or_create(&label);
+        if age > gauge.get() {
+            gauge.set(age);
+        }
     }
     snapshot.register(
         "homeostat_queue_backlog",

@@ -60,6 +60,16 @@ pub struct ApiSettings {
     pub alert_routes: Vec<AlertRoute>,
     /// Each tenant's quotas: defaults, and overrides by tenant id.
     pub quotas: Quotas,
+    /// Queues with series of their own in `/metrics` (the most loaded);
+    /// the rest are summed as the queue `_other`.
+    pub metrics_max_queues: usize,
+    /// `/metrics` needs an admin or viewer API key (else anyone who reaches
+    /// the port reads it).
+    pub metrics_need_key: bool,
+    /// Serve the probes (`/healthz`, `/readyz`) and `/metrics` on this
+    /// address too, and `/metrics` only there: a loopback or internal port
+    /// for the kubelet and Prometheus.
+    pub probes_listen: Option<String>,
 }
 
 /// Quotas every tenant has (0: no limit), and overrides by tenant.
@@ -170,6 +180,9 @@ impl Default for ApiSettings {
                 priority: 0,
             }],
             quotas: Quotas::default(),
+            metrics_max_queues: 100,
+            metrics_need_key: false,
+            probes_listen: None,
         }
     }
 }

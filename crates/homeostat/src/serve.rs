@@ -97,6 +97,18 @@ async fn run(config: Config) -> Result<(), BoxError> {
         max_open: crate::connections::max_open(config.api.max_open_connections),
     };
     tracing::info!(max_open = limits.max_open, "connection limits");
+    let probes = match &config.api.probes_listen {
+        Some(at) => {
+            let probes = listen(at).map_err(|e| format!("cannot listen on {at}: {e}"))?;
+            tracing::info!(address = %probes.local_addr()?, "probes and metrics listening");
+            let stop = stopping.clone().cancelled_owned();
+            let app = homeostat_api::probes_router(state.clone());
+            Some(tokio::spawn(crate::connections::serve(
+                probes, app, limits, stop,
+            )))
+        }
+        None => None,
+    };
     // A `Router` served as is is rebuilt for each connection (every route's
     // layered service cloned: ~115 KiB a connection, measured with 400 idle
     // ones); made once, each connection shares it.
@@ -107,6 +119,9 @@ async fn run(config: Config) -> Result<(), BoxError> {
         stopping.cancel();
     })
     .await;
+    if let Some(probes) = probes {
+        let _ = probes.await;
+    }
     // The heartbeats heard since the last write.
     state.close().await;
     let report = manager.shutdown(config.shutdown_grace).await;

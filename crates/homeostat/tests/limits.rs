@@ -124,3 +124,33 @@ async fn more_silent_connections_than_files_do_not_silence_the_probes() {
         "the server ran out of files: {logged}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_and_metrics_can_have_a_listener_of_their_own() {
+    let dir = data_dir();
+    let port = common::free_port();
+    let probes = format!("127.0.0.1:{port}");
+    let server = start_with(&dir, &[("HOMEOSTAT_API__PROBES_LISTEN", &probes)]);
+    let c = client();
+    ready(&c, &server).await;
+    let get = |url: String| {
+        let c = c.clone();
+        async move { c.get(url).send().await.unwrap() }
+    };
+    // The API's port no longer answers /metrics; the probes' port does,
+    // with the probes, and nothing of the API.
+    assert_eq!(get(server.url("/metrics")).await.status(), 404);
+    let metrics = get(format!("http://{probes}/metrics")).await;
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("homeostat_jobs_counted_age_seconds")
+    );
+    assert_eq!(get(format!("http://{probes}/healthz")).await.status(), 200);
+    assert_eq!(get(format!("http://{probes}/readyz")).await.status(), 200);
+    assert_eq!(get(format!("http://{probes}/v1/jobs")).await.status(), 404);
+    assert_eq!(get(server.url("/healthz")).await.status(), 200);
+}

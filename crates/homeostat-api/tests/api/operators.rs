@@ -334,7 +334,61 @@ async fn roles_read_and_change_what_the_role_table_says(store: &Store) {
     api.stop().await;
 }
 
+/// `/metrics` keeps its series bounded whatever tenants name their queues
+/// (the most loaded have their own, the rest are summed as `_other`), and
+/// can be kept for operators' keys.
+async fn metrics_are_bounded_and_may_need_a_key(store: &Store) {
+    let settings = homeostat_api::ApiSettings {
+        metrics_max_queues: 2,
+        metrics_need_key: true,
+        ..homeostat_api::ApiSettings::default()
+    };
+    let api = Api::with_settings(store, settings).await;
+    let (_, key) = api.tenant("acme").await;
+    for (queue, n) in [("big", 3), ("mid", 2), ("small", 1), ("tiny", 1)] {
+        for _ in 0..n {
+            api.enqueue(&key, json!({"queue": queue, "kind": "k"}))
+                .await;
+        }
+    }
+    let anonymous = api
+        .call(axum::http::Method::GET, "/metrics", None, None)
+        .await;
+    assert_eq!(
+        anonymous.status,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        anonymous.text
+    );
+    let tenant = api.get("/metrics", &key).await;
+    assert_eq!(tenant.status, StatusCode::FORBIDDEN, "{}", tenant.text);
+    let text = api.get("/metrics", &api.admin).await.text;
+    let backlog: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("homeostat_queue_backlog{"))
+        .collect();
+    assert_eq!(backlog.len(), 3, "{backlog:?}");
+    assert!(
+        text.contains("homeostat_queue_backlog{queue=\"big\"} 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("homeostat_queue_backlog{queue=\"mid\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "homeostat_queue_backlog{{queue=\"{}\"}} 2",
+            homeostat_api::OTHER_QUEUES
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("tiny") && !text.contains("small"), "{text}");
+    api.stop().await;
+}
+
 on_both_backends!(
+    metrics_are_bounded_and_may_need_a_key,
     roles_read_and_change_what_the_role_table_says,
     dead_notifications_are_listed_and_redriven,
     tenants_and_keys_need_an_admin,
