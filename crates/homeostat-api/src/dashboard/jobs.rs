@@ -149,6 +149,8 @@ struct ListView {
     rows: Vec<Row>,
     next: Option<String>,
     first: Option<String>,
+    /// A tenant key's own quotas, and where the tenant stands.
+    usage: Option<homeostat_model::operator::TenantUsage>,
 }
 
 /// `GET /jobs`.
@@ -173,10 +175,18 @@ pub(crate) async fn list(
         pairs.push(("after", Some(c.to_string())));
         format!("/jobs{}", query(&pairs))
     });
+    let usage = match session.caller.tenant() {
+        Some(t) => {
+            let limits = state.settings.quotas.of(t);
+            Some(state.quotas.usage(&state.store, t, limits).await?)
+        }
+        None => None,
+    };
     let view = ListView {
         rows: page.items.iter().map(|j| row(j, now)).collect(),
         next,
         first: after.map(|_| filters.url()),
+        usage,
     };
     let head = FiltersView {
         f: &filters,

@@ -717,6 +717,16 @@ async fn a_tenant_key_sees_only_its_own_jobs(store: &Store) {
     );
     let list = api.page("/jobs", &mine).await.text;
     assert!(list.contains(&own) && !list.contains(&other), "{list}");
+    // Its quotas, and where it stands: one live job, in one queue.
+    assert!(
+        list.contains(
+            "Your tenant&#x27;s quotas: 1 live jobs of 1000000 · jobs in 1 queues of 1000"
+        ) || list
+            .contains("Your tenant's quotas: 1 live jobs of 1000000 · jobs in 1 queues of 1000"),
+        "{list}"
+    );
+    let admin_list = api.page("/jobs", &api.admin).await.text;
+    assert!(!admin_list.contains("Your tenant"), "{admin_list}");
     assert_eq!(
         api.page(&format!("/jobs/{other}"), &mine).await.status,
         StatusCode::NOT_FOUND
