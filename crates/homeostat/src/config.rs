@@ -113,6 +113,47 @@ impl Default for Config {
 /// test checks that it reads back as [`Config::default`].
 pub(crate) const DEFAULT_FILE: &str = include_str!("default.toml");
 
+/// The keys of each controller's table that no setting reads. A table with
+/// its interval and batch flattened in takes every key it does not know
+/// into them, where serde forgets it (`deny_unknown_fields` does not work
+/// with `flatten`): they are compared with the keys the defaults have.
+fn unknown_in_flattened_tables(value: &figment::value::Value) -> Vec<String> {
+    let Ok(serde_json::Value::Object(defaults)) =
+        serde_json::to_value(ControllersConfig::default())
+    else {
+        return Vec::new();
+    };
+    let Some(controllers) = value
+        .find_ref("controllers")
+        .and_then(figment::value::Value::as_dict)
+    else {
+        return Vec::new();
+    };
+    let mut unknown = Vec::new();
+    for (name, table) in controllers {
+        let (Some(table), Some(serde_json::Value::Object(known))) =
+            (table.as_dict(), defaults.get(name))
+        else {
+            continue;
+        };
+        unknown.extend(
+            table
+                .keys()
+                .filter(|key| !known.contains_key(*key))
+                .map(|key| format!("controllers.{name}.{key}")),
+        );
+    }
+    unknown
+}
+
+/// The names of the top-level settings (`listen`, `api`, `controllers`, …).
+fn top_level_keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// A configuration that cannot be used.
 #[derive(Debug)]
 pub(crate) struct ConfigError(pub(crate) String);
@@ -142,8 +183,19 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        // `HOMEOSTAT_TEST_…` and the like are not settings.
-        let env = env.ignore(&["TEST_DATABASE_URL"]);
+        // Only variables that name a setting are configuration. Others share
+        // the prefix without being settings: the CLI's `HOMEOSTAT_SERVER`
+        // and `HOMEOSTAT_TOKEN`, the test suite's, a script's, and the
+        // `HOMEOSTAT_PORT`, `HOMEOSTAT_SERVICE_HOST`, … that Kubernetes
+        // injects into every pod of a namespace with a Service named
+        // `homeostat`. Within a setting's table, an unknown key is refused.
+        let settings = top_level_keys();
+        let env = env.filter(move |key| {
+            let key = key.as_str().to_ascii_lowercase();
+            let first = key.split(['.']).next().unwrap_or("");
+            let first = first.split("__").next().unwrap_or("");
+            settings.iter().any(|s| s == first)
+        });
         figment = figment.merge(env);
         let config: Config = figment.extract().map_err(|e| {
             ConfigError(
@@ -168,6 +220,7 @@ impl Config {
         let read: Result<Config, _> =
             serde_ignored::deserialize(&value, |path| unknown.push(path.to_string()));
         read.map_err(|e| ConfigError(e.to_string()))?;
+        unknown.extend(unknown_in_flattened_tables(&value));
         if unknown.is_empty() {
             return Ok(());
         }
@@ -370,6 +423,38 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail decides the closure's type
+    fn variables_that_name_no_setting_are_not_configuration() {
+        figment::Jail::expect_with(|jail| {
+            // The CLI's, a script's, and what Kubernetes injects for a
+            // Service named `homeostat`: none stops or changes the server.
+            for (k, v) in [
+                ("SERVER", "http://127.0.0.1:8080"),
+                ("TOKEN", "hsk_x"),
+                ("BIN", "target/debug/homeostat"),
+                ("PORT", "tcp://10.96.0.12:8080"),
+                ("SERVICE_HOST", "10.96.0.12"),
+                ("SERVICE_PORT", "8080"),
+                ("PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+                ("PORT_8080_TCP_ADDR", "10.96.0.12"),
+                ("PORT_8080_TCP_PROTO", "tcp"),
+                ("LISTEN", "127.0.0.1:9999"),
+            ] {
+                jail.set_env(format!("HOMEOSTAT_T2_{k}"), v);
+            }
+            let env = Env::prefixed("HOMEOSTAT_T2_").split("__");
+            let config = Config::load_from(None, env).unwrap();
+            assert_eq!(config.listen, "127.0.0.1:9999", "a setting still applies");
+            // Inside a setting's table a typo is still refused.
+            jail.set_env("HOMEOSTAT_T2_API__LEASE_TLL", "30s");
+            let env = Env::prefixed("HOMEOSTAT_T2_").split("__");
+            let err = Config::load_from(None, env).unwrap_err().0;
+            assert!(err.contains("lease_tll"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_bad_value_names_its_key_and_source() {
         let f = file("[api]\nlease_ttl = \"soon\"\n");
         let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
@@ -388,6 +473,28 @@ mod tests {
         let f = file("listn = \"0.0.0.0:1\"\n");
         let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
         assert!(err.contains("`listn`"), "{err}");
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused_in_every_controller_table() {
+        for (table, key) in [
+            ("agent_health", "stale_afterr"),
+            ("watchdog", "intervalls"),
+            ("periodic", "schedule"),
+            ("queue_priority", "bonus"),
+            ("audit_retention", "dryrun"),
+        ] {
+            let f = file(&format!("[controllers.{table}]\n{key} = 1\n"));
+            let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+            assert!(err.contains(&format!("controllers.{table}.{key}")), "{err}");
+        }
+        // Their own keys and the flattened interval still read.
+        let f = file("[controllers.agent_health]\ninterval = \"10s\"\nstale_after = \"2m\"\n");
+        let config = Config::load_from(Some(&f.0), no_env()).unwrap();
+        assert_eq!(
+            config.controllers.agent_health.stale_after,
+            Duration::from_secs(120)
+        );
     }
 
     #[test]

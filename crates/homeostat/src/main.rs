@@ -57,6 +57,14 @@ enum Command {
     /// program's process group. SIGTERM or SIGINT stops claiming and lets
     /// running jobs finish (--grace); a second one gives them back at once.
     Agent(AgentCmd),
+    /// Makes a new admin API key in the database directly, for when the one
+    /// the first start printed is lost; prints it once.
+    ///
+    /// Reads the database as `run` does (--config, --database-url,
+    /// --data-dir, HOMEOSTAT_*); the server may be running. The key is
+    /// audited (actor `homeostat:admin-key`); revoke the lost one with
+    /// `homeostat tokens revoke ID`.
+    AdminKey(StoreArgs),
     /// Checks or prints configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -139,18 +147,45 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Listen address (overrides the file and HOMEOSTAT_LISTEN).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+}
+
+/// Where the database is, as `run` finds it.
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
     /// A TOML configuration file (see `homeostat config default`).
     #[arg(long, short = 'c', value_name = "FILE")]
     config: Option<PathBuf>,
     /// PostgreSQL URL (overrides the file and HOMEOSTAT_DATABASE_URL).
     #[arg(long, value_name = "URL")]
     database_url: Option<String>,
-    /// Listen address (overrides the file and HOMEOSTAT_LISTEN).
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: Option<String>,
     /// Data directory of the embedded SQLite database.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The configuration with these arguments applied; exits 2 on a bad one.
+    fn load(self) -> Result<config::Config, ExitCode> {
+        let mut config = match config::Config::load(self.config.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("homeostat: configuration: {e}");
+                return Err(ExitCode::from(2));
+            }
+        };
+        if let Some(url) = self.database_url {
+            config.database_url = Some(url);
+        }
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -228,23 +263,18 @@ fn main() -> ExitCode {
             }
         }
         Command::Run(args) => {
-            let mut config = match config::Config::load(args.config.as_deref()) {
+            let mut config = match args.store.load() {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("homeostat: configuration: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
-            if let Some(url) = args.database_url {
-                config.database_url = Some(url);
-            }
             if let Some(listen) = args.listen {
                 config.listen = listen;
             }
-            if let Some(dir) = args.data_dir {
-                config.data_dir = dir;
-            }
             serve::main(config)
         }
+        Command::AdminKey(args) => match args.load() {
+            Ok(config) => serve::admin_key(config),
+            Err(code) => code,
+        },
     }
 }

@@ -130,6 +130,40 @@ async fn run(config: Config) -> Result<(), BoxError> {
     Ok(())
 }
 
+/// `homeostat admin-key`: a new admin API key, made in the database
+/// directly and printed once.
+pub(crate) fn admin_key(config: Config) -> ExitCode {
+    crate::logging::init(config.log_format, "warn");
+    let made = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(BoxError::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                let url = config.store_url()?;
+                let store = Store::connect(&url, StoreOptions::default()).await?;
+                let issued = store
+                    .issue_api_key(ApiScope::Admin, None, "homeostat:admin-key")
+                    .await?;
+                store.close().await;
+                Ok::<_, BoxError>(issued)
+            })
+        });
+    match made {
+        Ok(issued) => {
+            println!(
+                "homeostat: a new admin API key (id {}; shown once, only its hash is stored):\n{}",
+                issued.info.id, issued.secret
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("homeostat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 async fn stop_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{client, data_dir, post_json, ready, start};
+use common::{client, data_dir, post_json, ready, start, start_with};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -32,7 +32,7 @@ async fn a_fresh_server_is_ready_prints_its_admin_key_once_and_stops_on_sigterm(
     assert!(dir.join("homeostat.db").exists());
 
     // Logging everything it can: no secret may reach a log line.
-    let mut again = common::start_with(&dir, &[("RUST_LOG", "debug")]);
+    let mut again = start_with(&dir, &[("RUST_LOG", "debug")]);
     ready(&client, &again).await;
     let auth = format!("Bearer {key}");
     // The key works over real HTTP: a tenant, a bootstrap token, an agent, a
@@ -194,5 +194,70 @@ fn a_bad_configuration_exits_2_naming_the_key() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// In a shell where the CLI's variables are exported, and in a pod where
+/// Kubernetes injected a Service's variables, the server starts as if they
+/// were not there; and a lost first-start key has a way back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_variables_do_not_stop_it_and_a_lost_admin_key_is_replaced() {
+    let dir = data_dir();
+    let client = client();
+    let foreign = [
+        ("HOMEOSTAT_SERVER", "http://127.0.0.1:8080"),
+        ("HOMEOSTAT_TOKEN", "hsk_exported_by_the_walkthrough"),
+        ("HOMEOSTAT_BIN", "target/debug/homeostat"),
+        ("HOMEOSTAT_PORT", "tcp://10.96.0.12:8080"),
+        ("HOMEOSTAT_SERVICE_HOST", "10.96.0.12"),
+        ("HOMEOSTAT_SERVICE_PORT", "8080"),
+        ("HOMEOSTAT_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+        ("HOMEOSTAT_PORT_8080_TCP_ADDR", "10.96.0.12"),
+        ("HOMEOSTAT_PORT_8080_TCP_PORT", "8080"),
+        ("HOMEOSTAT_PORT_8080_TCP_PROTO", "tcp"),
+    ];
+    let mut server = start_with(&dir, &foreign);
+    ready(&client, &server).await;
+    assert!(server.admin_key().is_some());
+    assert!(server.terminate().success());
+    // The key printed at the first start is lost: make another.
+    let out = Command::new(assert_cmd::cargo::cargo_bin("homeostat"))
+        .args(["admin-key", "--data-dir"])
+        .arg(&dir)
+        .env_remove("HOMEOSTAT_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let key = printed
+        .lines()
+        .find(|l| l.starts_with("hsk_"))
+        .expect("a key printed")
+        .to_owned();
+    let again = start_with(&dir, &[]);
+    ready(&client, &again).await;
+    let tenants = client
+        .get(again.url("/v1/tenants"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tenants.status(), 200);
+    let audit = client
+        .get(again.url("/v1/audit?limit=1000"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(audit.contains("homeostat:admin-key"), "{audit}");
+    assert!(!audit.contains(&key), "a secret in the audit log");
+    drop(again);
     let _ = std::fs::remove_dir_all(&dir);
 }
