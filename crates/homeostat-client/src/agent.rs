@@ -241,17 +241,18 @@ impl AgentBuilder {
                 () = self.abort.cancelled() => break,
             }
         }
-        // Past the grace: stop what still runs and give it back.
-        let left: Vec<(JobId, i64)> = {
-            let running = running.lock().unwrap_or_else(|e| e.into_inner());
-            running.iter().map(|(id, r)| (*id, r.lease_token)).collect()
-        };
+        // Past the grace: stop what still runs and give it back. Every job
+        // leaves `running` before any is told to stop: a stopped handler
+        // returns at once, and one still found there would report its stop
+        // as a failure (an attempt counted) before its release went out.
+        let left: Vec<(JobId, i64)> = running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(id, r)| (id, r.lease_token))
+            .collect();
         stopping.cancel();
         for (id, token) in left {
-            running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
             match self.client.release(id, token).await {
                 Ok(_) => report.lock().unwrap_or_else(|e| e.into_inner()).released += 1,
                 Err(e) => tracing::warn!(job = %id, error = %e, "could not release a job"),

@@ -229,22 +229,32 @@ async fn a_cancel_stops_the_running_job_within_a_heartbeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shutdown_drains_then_releases_what_still_runs() {
     let s = server().await;
-    let hang = s.enqueue(json!({"do": "hang"}), 1).await;
+    // Several at once: each handler, stopped, returns at once, and none of
+    // them may report its stop as a failure while the releases go out.
+    let mut hanging = Vec::new();
+    for _ in 0..4 {
+        hanging.push(s.enqueue(json!({"do": "hang"}), 1).await);
+    }
     let shutdown = CancellationToken::new();
     let (handler, _) = scripted();
     let agent = tokio::spawn(
         Agent::builder(s.agent.clone())
             .claim_wait(1)
+            .concurrency(4)
             .grace(Duration::from_millis(300))
             .run(handler, shutdown.clone()),
     );
-    s.until(hang, JobState::Running).await;
+    for id in &hanging {
+        s.until(*id, JobState::Running).await;
+    }
     shutdown.cancel();
     let report = agent.await.unwrap().unwrap();
-    assert_eq!(report.released, 1, "{report:?}");
-    let job = s.store.get_job(hang).await.unwrap();
-    assert_eq!(job.state, JobState::Queued);
-    assert_eq!(job.attempt, 0, "the release used the job's only attempt");
+    assert_eq!((report.released, report.failed), (4, 0), "{report:?}");
+    for id in hanging {
+        let job = s.store.get_job(id).await.unwrap();
+        assert_eq!(job.state, JobState::Queued);
+        assert_eq!(job.attempt, 0, "the release used the job's only attempt");
+    }
     s.stop().await;
 }
 
