@@ -348,6 +348,17 @@ pub(crate) async fn fail<B: Backend>(
         .arg(b.judged_ms(now));
     let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
     let run_at = rows.first().map(|r| r.int("run_at")).transpose()?;
+    if dead {
+        // Every way a job dies is told; the error text is not in it (a
+        // program's output may hold anything).
+        let reason = if permanent {
+            "its agent reported a permanent failure"
+        } else {
+            "its attempts are used up"
+        };
+        let payload = json!({"job_id": id, "reason": reason, "attempt": attempt});
+        crate::notifications::add_in::<B>(&mut tx, "job.dead", &payload, ms(now)).await?;
+    }
     B::commit(tx, op).await?;
     Ok(FailOutcome {
         state,

@@ -362,6 +362,14 @@ impl Store {
                 .woken(dispatch!(self, sweeps::reclaim_revoked(id, 1000)))
                 .await?;
             let done = swept.changed < 1000;
+            for job in &swept.dead {
+                let payload = serde_json::json!({
+                    "job_id": job,
+                    "reason": "its agent was revoked",
+                    "actor": actor,
+                });
+                self.add_notification("job.dead", &payload).await?;
+            }
             reclaimed.extend(swept.ids);
             if done {
                 break;

@@ -98,6 +98,28 @@ pub(crate) async fn redrive<B: Backend>(
     Ok(notification)
 }
 
+/// Queues a notification inside `tx`: it is sent only if the change it
+/// tells of commits, and always then.
+pub(crate) async fn add_in<B: Backend>(
+    tx: &mut B::Tx,
+    event: &str,
+    payload: &serde_json::Value,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let id = NotificationId::from(new_id());
+    let payload = payload.to_string();
+    let stmt = Stmt::new::<B>(INSERT)
+        .arg(id)
+        .arg(event)
+        .arg(&payload)
+        .arg(now_ms)
+        .arg(now_ms);
+    B::execute_in(tx, stmt)
+        .await
+        .op("queueing a notification")?;
+    Ok(())
+}
+
 pub(crate) async fn add_notification<B: Backend>(
     b: &B,
     event: &str,
