@@ -133,7 +133,8 @@ const JOB_FOR_UPDATE: Sql = Sql::pair(
     ),
 );
 
-/// `$2` the new state, `$3` now, `$4` whether attempts start over. A
+/// `$2` the new state, `$3` now, `$4` whether attempts start over, `$5`
+/// how far the start-by deadline moves (ms: an approval's wait). A
 /// cancelled job keeps the agent that last held it, as a finished one does:
 /// that agent's next heartbeat learns of the cancel, and no other agent
 /// can.
@@ -144,7 +145,7 @@ const TRANSITION: Sql = Sql::pair(
         terminal!(),
         " THEN $3 ELSE NULL END,
            attempt = CASE WHEN $4 THEN 0 ELSE attempt END,
-           deadline_at = CASE WHEN $4 THEN NULL ELSE deadline_at END,
+           deadline_at = CASE WHEN $4 THEN NULL ELSE deadline_at + $5 END,
            lease_agent = CASE WHEN $2 = 'cancelled' THEN lease_agent ELSE NULL END,
            lease_expires_at = NULL, timeout_at = NULL
          WHERE id = $1 RETURNING ",
@@ -156,7 +157,7 @@ const TRANSITION: Sql = Sql::pair(
         terminal!(),
         " THEN $3 ELSE NULL END,
            attempt = CASE WHEN $4 THEN 0 ELSE attempt END,
-           deadline_at = CASE WHEN $4 THEN NULL ELSE deadline_at END,
+           deadline_at = CASE WHEN $4 THEN NULL ELSE deadline_at + $5 END,
            lease_agent = CASE WHEN $2 = 'cancelled' THEN lease_agent ELSE NULL END,
            lease_expires_at = NULL, timeout_at = NULL
          WHERE id = $1 RETURNING ",
@@ -385,11 +386,21 @@ pub(crate) async fn transition<B: Backend>(
         id: id.to_string(),
     })?)?;
     let (to, redrive) = operator_transition(&current, to, action, now)?;
+    // A job's start-by deadline bounds its wait to start once it may, not
+    // a person's wait to approve it: approving moves the deadline by the
+    // time the job waited, due, for its approval. Approving never expires
+    // a job.
+    let approval_wait = if action == AuditAction::JobApproved {
+        ms(now) - ms(current.created_at.max(current.run_at))
+    } else {
+        0
+    };
     let stmt = Stmt::new::<B>(TRANSITION)
         .arg(id)
         .arg(to.as_str())
         .arg(ms(now))
-        .arg(redrive);
+        .arg(redrive)
+        .arg(approval_wait.max(0));
     let rows = B::fetch_in(&mut tx, stmt).await.map_err(|e| match e {
         sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict {
             operation: op,

@@ -401,7 +401,41 @@ async fn failed_attempts_are_kept_on_the_job(store: &Store) {
     );
 }
 
+/// A job that waited for its approval past its start-by deadline is not
+/// expired for being approved: the deadline counts the wait to start once
+/// approved, and still bounds it.
+async fn approving_late_does_not_expire_the_job(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let mut gated = job("q");
+    gated.approval_expires_at = Some(at(24 * 3600));
+    let id = store.at(t0()).enqueue(t, &gated).await.unwrap().id;
+    let default = store.options().default_queue_deadline.as_secs() as i64;
+    // Approved twice the default deadline after it was created.
+    let late = 2 * default;
+    let approved = store
+        .at(at(late))
+        .approve(id, "operator:test")
+        .await
+        .unwrap();
+    assert_eq!(approved.state, JobState::Queued);
+    assert_eq!(approved.deadline, Some(at(late + default)));
+    let swept = store
+        .at(at(late + 1))
+        .expire_overdue_queued(100, None)
+        .await
+        .unwrap();
+    assert!(swept.ids.is_empty(), "approving expired the job");
+    // Unclaimed for the whole deadline after its approval, it expires.
+    let swept = store
+        .at(at(late + default + 1))
+        .expire_overdue_queued(100, None)
+        .await
+        .unwrap();
+    assert_eq!(swept.ids, vec![id]);
+}
+
 on_both_backends!(
+    approving_late_does_not_expire_the_job,
     failed_attempts_are_kept_on_the_job,
     full_lifecycle,
     failures_retry_with_backoff_then_die,
