@@ -77,3 +77,40 @@ async fn a_stopping_leader_hands_its_controllers_over_at_once() {
     let _ = std::fs::remove_dir_all(dir_a);
     let _ = std::fs::remove_dir_all(dir_b);
 }
+
+/// A stop is not a fault: stopping a replica on PostgreSQL logs no warning
+/// (its listener's connection closing under it was logged as a drop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_on_postgres_logs_no_warning() {
+    let Some(test) = homeostat_testkit::postgres().await else {
+        return;
+    };
+    let url = format!(
+        "{}?options[search_path]={}",
+        homeostat_testkit::pg_url().unwrap(),
+        test.schema().unwrap()
+    );
+    let env = [("HOMEOSTAT_DATABASE_URL", url.as_str())];
+    let client = client();
+    let dir = data_dir();
+    for round in 0..6 {
+        let mut server = common::start_with(&dir, &env);
+        ready(&client, &server).await;
+        let status = tokio::task::spawn_blocking(move || {
+            let status = server.terminate();
+            (status, server.stderr.lock().unwrap().clone())
+        })
+        .await
+        .unwrap();
+        assert!(status.0.success(), "{status:?}");
+        let warned: Vec<&str> = status
+            .1
+            .lines()
+            .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+            .filter(|l| !l.contains("created an admin API key"))
+            .collect();
+        assert!(warned.is_empty(), "round {round}: {warned:?}");
+    }
+    test.cleanup().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -196,9 +196,13 @@ async fn listen(
         signals.any();
         loop {
             tokio::select! {
+                biased;
                 () = stop.cancelled() => return,
                 n = listener.try_recv() => match n {
                     Ok(Some(n)) => signals.heard(n.payload()),
+                    // A stop closes the pool under the listener: its
+                    // connection dropping then is the stop, not a fault.
+                    Ok(None) | Err(_) if stop.is_cancelled() => return,
                     Ok(None) | Err(_) => {
                         listening.send_replace(false);
                         tracing::warn!("the connection listening for queued jobs dropped; reconnecting");
