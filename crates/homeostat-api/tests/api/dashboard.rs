@@ -549,6 +549,22 @@ async fn a_form_without_its_csrf_token_is_refused(store: &Store) {
         assert!(a.text.contains("CSRF"), "{}", a.text);
     }
     assert_eq!(api.job_state(&dead).await, JobState::Dead);
+    // A form with fields of its own but no token is refused for the token
+    // (403), not for its fields (422).
+    for (path, fields) in [
+        ("/jobs/bulk", vec![("queue", "q")]),
+        ("/jobs/bulk", vec![]),
+        ("/logout", vec![]),
+    ] {
+        let a = api.form(path, Some(&api.admin), &fields).await;
+        assert_eq!(
+            a.status,
+            StatusCode::FORBIDDEN,
+            "{path} {fields:?}: {}",
+            a.text
+        );
+        assert!(a.text.contains("CSRF"), "{}", a.text);
+    }
     let signed_out = api.form(&retry, None, &[("csrf", &others)]).await;
     assert_eq!(signed_out.status, StatusCode::SEE_OTHER);
     assert_eq!(api.job_state(&dead).await, JobState::Dead);
