@@ -423,6 +423,18 @@ impl Client {
         tenant: Option<TenantId>,
         job: &NewJob,
     ) -> Result<EnqueueResponse, ClientError> {
+        let key = uuid::Uuid::now_v7().to_string();
+        self.enqueue_once(tenant, job, &key).await
+    }
+
+    /// Enqueues one job under the caller's idempotency key: the same key
+    /// within 24 h answers the first enqueue again instead of another job.
+    pub async fn enqueue_once(
+        &self,
+        tenant: Option<TenantId>,
+        job: &NewJob,
+        idempotency_key: &str,
+    ) -> Result<EnqueueResponse, ClientError> {
         let mut body = serde_json::to_value(job).map_err(|e| ClientError::Decode {
             operation: "enqueueing",
             detail: e.to_string(),
@@ -435,7 +447,7 @@ impl Client {
             Method::POST,
             "/v1/jobs",
             Some(body),
-            vec![("idempotency-key", uuid::Uuid::now_v7().to_string())],
+            vec![("idempotency-key", idempotency_key.to_owned())],
             Repeat::Safe,
             None,
         )

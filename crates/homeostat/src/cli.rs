@@ -55,7 +55,9 @@ pub(crate) enum Jobs {
         /// Priority within its tenant's tier.
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         priority: i32,
-        /// Deduplicates live jobs with the same fingerprint.
+        /// Deduplicates: while a job of the tenant with this fingerprint is
+        /// live (in any queue, of any kind), enqueueing another adds an
+        /// occurrence to it instead (said as "deduplicated").
         #[arg(long)]
         fingerprint: Option<String>,
         /// Attempts allowed.
@@ -64,6 +66,22 @@ pub(crate) enum Jobs {
         /// Seconds one attempt may take.
         #[arg(long)]
         timeout: Option<u64>,
+        /// When it may run (RFC 3339, e.g. 2026-12-24T18:00:00Z): scheduled
+        /// until then.
+        #[arg(long, value_name = "TIME")]
+        run_at: Option<jiff::Timestamp>,
+        /// When it expires if it has not started (RFC 3339; default: an
+        /// hour after it may run).
+        #[arg(long, value_name = "TIME")]
+        deadline: Option<jiff::Timestamp>,
+        /// Waits for an operator's approval until this time (RFC 3339),
+        /// and expires if none comes.
+        #[arg(long, value_name = "TIME")]
+        approval_expires_at: Option<jiff::Timestamp>,
+        /// The same key within 24 h answers the first enqueue again instead
+        /// of enqueueing another (safe to rerun a script).
+        #[arg(long, value_name = "KEY")]
+        idempotency_key: Option<String>,
     },
     /// Lists jobs, newest first.
     List {
@@ -428,6 +446,10 @@ async fn jobs(client: &Client, out: Format, j: Jobs) -> Result<ExitCode, ClientE
             fingerprint,
             max_attempts,
             timeout,
+            run_at,
+            deadline,
+            approval_expires_at,
+            idempotency_key,
         } => {
             let mut job = NewJob::new(queue, kind);
             job.payload = payload.unwrap_or(Value::Null);
@@ -435,7 +457,13 @@ async fn jobs(client: &Client, out: Format, j: Jobs) -> Result<ExitCode, ClientE
             job.fingerprint = fingerprint;
             job.max_attempts = max_attempts;
             job.timeout_secs = timeout;
-            let e = client.enqueue(tenant, &job).await?;
+            job.run_at = run_at;
+            job.deadline = deadline;
+            job.approval_expires_at = approval_expires_at;
+            let e = match idempotency_key {
+                Some(key) => client.enqueue_once(tenant, &job, &key).await?,
+                None => client.enqueue(tenant, &job).await?,
+            };
             match out {
                 Format::Table => outln!(
                     "{} {} ({} occurrence{})",

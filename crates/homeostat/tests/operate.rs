@@ -100,8 +100,62 @@ async fn the_operators_commands() {
             "main"
         ])
     );
-    insta::assert_snapshot!("jobs_list", cli.ok(&["jobs", "list"]));
-    let lines = cli.ok(&["jobs", "list", "-o", "jsonl"]);
+    // Every field the API takes: a schedule, an approval, a deadline, and a
+    // key that makes a rerun harmless.
+    let later = cli.json(&[
+        "jobs",
+        "enqueue",
+        "--queue",
+        "reports",
+        "--kind",
+        "nightly",
+        "--tenant",
+        &tenant_id,
+        "--run-at",
+        "2099-01-01T00:00:00Z",
+        "--deadline",
+        "2099-01-01T06:00:00Z",
+        "--idempotency-key",
+        "nightly-2099-01-01",
+    ]);
+    assert_eq!(later["job"]["state"], "scheduled", "{later}");
+    assert_eq!(later["job"]["deadline"], "2099-01-01T06:00:00Z", "{later}");
+    let again = cli.json(&[
+        "jobs",
+        "enqueue",
+        "--queue",
+        "reports",
+        "--kind",
+        "nightly",
+        "--tenant",
+        &tenant_id,
+        "--run-at",
+        "2099-01-01T00:00:00Z",
+        "--idempotency-key",
+        "nightly-2099-01-01",
+    ]);
+    assert_eq!(
+        again["job"]["id"], later["job"]["id"],
+        "the key enqueued twice"
+    );
+    let gated = cli.json(&[
+        "jobs",
+        "enqueue",
+        "--queue",
+        "deploys",
+        "--kind",
+        "prod",
+        "--tenant",
+        &tenant_id,
+        "--approval-expires-at",
+        "2099-01-01T00:00:00Z",
+    ]);
+    assert_eq!(gated["job"]["state"], "awaiting_approval", "{gated}");
+    for id in [&later["job"]["id"], &gated["job"]["id"]] {
+        cli.ok(&["jobs", "cancel", id.as_str().unwrap()]);
+    }
+    insta::assert_snapshot!("jobs_list", cli.ok(&["jobs", "list", "--queue", "builds"]));
+    let lines = cli.ok(&["jobs", "list", "--queue", "builds", "-o", "jsonl"]);
     assert_eq!(lines.lines().count(), 1);
     let shown = cli.json(&["jobs", "show", &job_id]);
     assert_eq!(shown["payload"], serde_json::json!({"ref": "main"}));
