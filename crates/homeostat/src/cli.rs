@@ -233,6 +233,8 @@ fn parse_tier(s: &str) -> Result<PlanTier, String> {
 
 /// One command of the CLI, ready to run.
 #[derive(Debug)]
+// Parsed once per process from the command line: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Command {
     Jobs(Jobs),
     Agents(Agents),
