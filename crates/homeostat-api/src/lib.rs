@@ -108,6 +108,7 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::list_agents))
         .routes(routes!(admin::show_agent))
         .routes(routes!(admin::drain_agent))
+        .routes(routes!(admin::resume_agent))
         .routes(routes!(admin::agent_credentials))
         .routes(routes!(admin::revoke_agent))
         .routes(routes!(admin::create_tenant, admin::list_tenants))

@@ -592,6 +592,13 @@ impl Client {
             .await
     }
 
+    /// Undoes a drain: the agent claims again.
+    pub async fn resume(&self, id: AgentId) -> Result<Agent, ClientError> {
+        let path = format!("/v1/agents/{id}/resume");
+        self.post("resuming an agent", &path, Value::Null, Repeat::Safe)
+            .await
+    }
+
     /// An agent's credentials: metadata, never a secret; revoked ones too.
     pub async fn agent_credentials(&self, id: AgentId) -> Result<Vec<TokenInfo>, ClientError> {
         let path = format!("/v1/agents/{id}/credentials");

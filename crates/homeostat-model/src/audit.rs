@@ -63,6 +63,9 @@ pub enum AuditAction {
     /// An operator drained an agent.
     #[serde(rename = "agent.draining")]
     AgentDraining,
+    /// An operator resumed a draining agent: it claims again.
+    #[serde(rename = "agent.resumed")]
+    AgentResumed,
     /// Silent agents were marked offline.
     #[serde(rename = "agents.offline")]
     AgentsOffline,
@@ -122,7 +125,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 25] = [
+    pub const ALL: [AuditAction; 26] = [
         AuditAction::TenantCreated,
         AuditAction::TenantTierChanged,
         AuditAction::TokenCreated,
@@ -130,6 +133,7 @@ impl AuditAction {
         AuditAction::TokensDeleted,
         AuditAction::AgentRegistered,
         AuditAction::AgentDraining,
+        AuditAction::AgentResumed,
         AuditAction::AgentsOffline,
         AuditAction::AgentsForgotten,
         AuditAction::AgentRevoked,
@@ -160,6 +164,7 @@ impl AuditAction {
             AuditAction::TokensDeleted => "tokens.deleted",
             AuditAction::AgentRegistered => "agent.registered",
             AuditAction::AgentDraining => "agent.draining",
+            AuditAction::AgentResumed => "agent.resumed",
             AuditAction::AgentsOffline => "agents.offline",
             AuditAction::AgentsForgotten => "agents.forgotten",
             AuditAction::AgentRevoked => "agent.revoked",

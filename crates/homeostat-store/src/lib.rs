@@ -340,6 +340,12 @@ impl Store {
         dispatch!(self, registry::drain_agent(id, actor))
     }
 
+    /// Undoes a drain: the agent claims again (audited). An offline agent
+    /// is a conflict: it comes back by heartbeating.
+    pub async fn resume_agent(&self, id: AgentId, actor: &str) -> Result<Agent, StoreError> {
+        dispatch!(self, registry::resume_agent(id, actor))
+    }
+
     /// An agent's credentials: metadata, never a secret; revoked ones too.
     pub async fn agent_credentials(&self, id: AgentId) -> Result<Vec<TokenInfo>, StoreError> {
         dispatch!(self, registry::agent_credentials(id))

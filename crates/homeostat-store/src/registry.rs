@@ -156,6 +156,12 @@ const DRAIN_AGENT: Sql = Sql::both(concat!(
     "UPDATE agents SET status = 'draining' WHERE id = $1 RETURNING ",
     agent_columns!()
 ));
+/// A draining agent claims again; an online one stays so; an offline one is
+/// refused (it comes back by heartbeating).
+const RESUME_AGENT: Sql = Sql::both(concat!(
+    "UPDATE agents SET status = 'online' WHERE id = $1 AND status <> 'offline' RETURNING ",
+    agent_columns!()
+));
 /// `$1` now (judged), `$2` limit, `$3` the stale timeout (ms).
 const SILENT_AGENTS_OFFLINE: Sql = Sql::pair(
     "UPDATE agents SET status = 'offline'
@@ -831,6 +837,42 @@ pub(crate) async fn drain_agent<B: Backend>(
     let event = NewAuditEvent {
         actor: actor.to_owned(),
         action: AuditAction::AgentDraining.into(),
+        subject: format!("agent:{id}"),
+        details: json!({}),
+    };
+    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
+    B::commit(tx, op).await?;
+    rows::agent(row)
+}
+
+pub(crate) async fn resume_agent<B: Backend>(
+    b: &B,
+    id: AgentId,
+    actor: &str,
+) -> Result<Agent, StoreError> {
+    let now = b.now();
+    let op = "resuming an agent";
+    let mut tx = b.begin(op).await?;
+    let rows = B::fetch_in(&mut tx, Stmt::new::<B>(RESUME_AGENT).arg(id))
+        .await
+        .op(op)?;
+    let Some(row) = rows.first() else {
+        let status = B::fetch_in(&mut tx, Stmt::new::<B>(AGENT_STATUS).arg(id))
+            .await
+            .op(op)?;
+        return Err(match status.first() {
+            None => not_found("agent", id),
+            Some(_) => StoreError::Conflict {
+                operation: op,
+                entity: "agent",
+                id: id.to_string(),
+                reason: "the agent is offline: it comes back online by heartbeating".into(),
+            },
+        });
+    };
+    let event = NewAuditEvent {
+        actor: actor.to_owned(),
+        action: AuditAction::AgentResumed.into(),
         subject: format!("agent:{id}"),
         details: json!({}),
     };

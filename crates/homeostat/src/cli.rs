@@ -133,6 +133,8 @@ pub(crate) enum Agents {
     Show { id: AgentId },
     /// Drains an agent: it finishes its jobs and claims no more.
     Drain { id: AgentId },
+    /// Undoes a drain: the agent claims again.
+    Resume { id: AgentId },
     /// Lists an agent's credentials (never a secret), revoked ones too.
     Credentials { id: AgentId },
     /// Revokes an agent's credentials: its next request is refused (401),
@@ -342,6 +344,9 @@ async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> 
         }
         Command::Agents(Agents::Drain { id }) => {
             output::one(out, AGENT_COLUMNS_AS_FIELDS, &client.drain(id).await?)
+        }
+        Command::Agents(Agents::Resume { id }) => {
+            output::one(out, AGENT_COLUMNS_AS_FIELDS, &client.resume(id).await?)
         }
         Command::Agents(Agents::Credentials { id }) => {
             output::list(out, TOKEN_COLUMNS, &client.agent_credentials(id).await?)

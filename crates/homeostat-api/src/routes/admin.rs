@@ -152,6 +152,28 @@ pub(crate) async fn drain(
 }
 
 #[utoipa::path(
+    post,
+    path = "/v1/agents/{id}/resume",
+    tag = "agents",
+    params(("id" = uuid::Uuid, Path, description = "agent id")),
+    responses(
+        (status = 200, description = "online again: it claims jobs (a drain undone)", body = homeostat_model::Agent),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn resume_agent(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<AgentId>,
+    _: NoBody,
+) -> Result<Json<Agent>, ApiError> {
+    caller.require_admin()?;
+    visible_agent(&state, &caller, id).await?;
+    Ok(Json(state.store.resume_agent(id, &caller.actor()).await?))
+}
+
+#[utoipa::path(
     get,
     path = "/v1/agents/{id}/credentials",
     tag = "agents",

@@ -25,6 +25,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/agents"),
     ("get", "/v1/agents/{id}"),
     ("post", "/v1/agents/{id}/drain"),
+    ("post", "/v1/agents/{id}/resume"),
     ("get", "/v1/agents/{id}/credentials"),
     ("post", "/v1/agents/{id}/revoke"),
     ("post", "/v1/tenants"),

@@ -91,6 +91,37 @@ async fn agents_are_listed_by_tenant_and_drained_by_admins(store: &Store) {
         .post(&format!("/v1/agents/{mine}/drain"), &api.admin, json!({}))
         .await;
     assert_eq!(drain.body["status"], "draining", "{}", drain.text);
+    // A drain is undone by an admin, audited; a tenant key may not.
+    let path = format!("/v1/agents/{mine}/resume");
+    assert_eq!(
+        api.post(&path, &acme_key, json!({})).await.status,
+        StatusCode::FORBIDDEN
+    );
+    let resumed = api.post(&path, &api.admin, json!({})).await;
+    assert_eq!(resumed.body["status"], "online", "{}", resumed.text);
+    let events = api
+        .store
+        .audit_events_of(&format!("agent:{mine}"), 10)
+        .await
+        .unwrap();
+    let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+    assert!(
+        actions.contains(&"agent.draining") && actions.contains(&"agent.resumed"),
+        "{actions:?}"
+    );
+    // An offline agent comes back by heartbeating, not by a resume.
+    api.store
+        .revoke_agent(theirs.parse().unwrap(), "operator:test")
+        .await
+        .unwrap();
+    let offline = api
+        .post(
+            &format!("/v1/agents/{theirs}/resume"),
+            &api.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(offline.status, StatusCode::CONFLICT, "{}", offline.text);
     api.stop().await;
 }
 
