@@ -70,13 +70,13 @@ enum Command {
     Config(ConfigCommand),
     /// Jobs: enqueue, list, show, cancel, retry, approve, watch.
     Jobs(Operate<cli::Jobs>),
-    /// Agents: list, show, drain.
+    /// Agents: list, show, drain, resume, credentials, revoke.
     Agents(Operate<cli::Agents>),
     /// Controllers: list, trigger, plan.
     Controllers(Operate<cli::Controllers>),
     /// Bootstrap tokens and API keys: create, list, revoke.
     Tokens(Operate<cli::Tokens>),
-    /// Tenants: create, list.
+    /// Tenants: create, list, usage.
     Tenants(Operate<cli::Tenants>),
     /// Notifications that could not be delivered: list, redrive.
     Notifications(Operate<cli::Notifications>),
