@@ -78,7 +78,6 @@ const REVOKE_AGENT_CREDENTIALS: Sql = Sql::pair(
 
 /// `$6` now (judged: the last heartbeat), `$7` now.
 const AGENT_FACTS: Sql = Sql::both("SELECT tenant_id, queues FROM agents WHERE id = $1");
-#[cfg(feature = "sqlite")]
 const AGENT_STATUS: Sql = Sql::both("SELECT status FROM agents WHERE id = $1");
 
 /// `$6` now (judged: the last heartbeat), `$7` now.
