@@ -266,6 +266,10 @@ struct JobView {
     created: String,
     run_at: String,
     deadline: String,
+    /// When an approval must come by (empty: none needed).
+    approval_expires: String,
+    /// Enqueues this job stands for (1 + deduplicated ones).
+    occurrences: u32,
     agent: String,
     agent_id: String,
     started: String,
@@ -310,6 +314,8 @@ pub(crate) async fn show(
         created: when(job.created_at),
         run_at: when(job.run_at),
         deadline: when_opt(job.deadline),
+        approval_expires: job.approval_expires_at.map(when).unwrap_or_default(),
+        occurrences: job.occurrences,
         agent: job.lease_agent.map(short).unwrap_or_default(),
         agent_id: job.lease_agent.map(|a| a.to_string()).unwrap_or_default(),
         started: when_opt(job.started_at),

@@ -294,6 +294,17 @@ async fn every_page_renders_on_an_empty_and_a_busy_store(store: &Store) {
             job.text
         );
     }
+    assert!(
+        job.text.contains("<dt>Occurrences</dt><dd>1</dd>"),
+        "{}",
+        job.text
+    );
+    // A job waiting for approval says by when.
+    let gated = api.store.awaiting_approval(10).await.unwrap();
+    let page = api
+        .page(&format!("/jobs/{}", gated[0].id), &api.admin)
+        .await;
+    assert!(page.text.contains("<dt>Approval by</dt>"), "{}", page.text);
     // Its failed attempt is listed with the agent that ran it.
     let attempts = &job.text[job.text.find("Failed attempts").unwrap()..];
     assert!(
