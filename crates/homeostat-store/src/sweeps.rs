@@ -59,39 +59,62 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
     ),
 };
 
+/// Running jobs whose agent is gone, picked by `$pick` (a subquery of ids
+/// under `$1` now (judged) and `$2` the batch), queued again with the
+/// attempt counted, or dead with none left; `$error` (a quoted SQL
+/// literal, typed `::text` on PostgreSQL) is their last error.
+macro_rules! reclaim_running {
+    ($sqlite_error:literal, $sqlite_pick:literal, $pg_error:literal, $pg_pick:literal) => {
+        Sql::pair(
+            concat!(
+                "UPDATE jobs SET
+           state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
+           queued_at = $1, updated_at = $1, last_error = ",
+                $sqlite_error,
+                ", ",
+                sqlite_failed_attempt!("$1", $sqlite_error),
+                ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         WHERE id IN (",
+                $sqlite_pick,
+                ")
+         RETURNING id, state, tenant_id, queue"
+            ),
+            concat!(
+                "WITH t(now) AS (SELECT ",
+                pg_judged!(1),
+                ")
+         UPDATE jobs SET
+           state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
+           finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
+           queued_at = t.now, updated_at = t.now, last_error = ",
+                $pg_error,
+                ", ",
+                pg_failed_attempt!("t.now", $pg_error),
+                ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
+         FROM t
+         WHERE id IN (",
+                $pg_pick,
+                ")
+         RETURNING id, state::text AS state, tenant_id, queue"
+            ),
+        )
+    };
+}
+
 /// `$1` now (judged), `$2` limit.
 pub(crate) const AGENT_OFFLINE: Sweep = Sweep {
     action: AuditAction::JobsAgentOffline.as_str(),
     reason: "agent offline",
-    sql: Sql::pair(
-        concat!(
-            "UPDATE jobs SET
-           state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
-           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
-           queued_at = $1, updated_at = $1, last_error = 'reclaimed: the agent went offline', ",
-            sqlite_failed_attempt!("$1", "'reclaimed: the agent went offline'"),
-            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
-         WHERE id IN (SELECT j.id FROM jobs j INDEXED BY jobs_running_lease
+    sql: reclaim_running!(
+        "'reclaimed: the agent went offline'",
+        "SELECT j.id FROM jobs j INDEXED BY jobs_running_lease
                       JOIN agents a ON a.id = j.lease_agent
-                      WHERE j.state = 'running' AND a.status = 'offline' LIMIT $2)
-         RETURNING id, state, tenant_id, queue"
-        ),
-        concat!(
-            "WITH t(now) AS (SELECT ",
-            pg_judged!(1),
-            ")
-         UPDATE jobs SET
-           state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
-           finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
-           queued_at = t.now, updated_at = t.now, last_error = 'reclaimed: the agent went offline', ",
-            pg_failed_attempt!("t.now", "'reclaimed: the agent went offline'::text"),
-            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
-         FROM t
-         WHERE id IN (SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent
+                      WHERE j.state = 'running' AND a.status = 'offline' LIMIT $2",
+        "'reclaimed: the agent went offline'::text",
+        "SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent
                       WHERE j.state = 'running' AND a.status = 'offline'
-                      LIMIT $2 FOR UPDATE OF j SKIP LOCKED)
-         RETURNING id, state::text AS state, tenant_id, queue"
-        ),
+                      LIMIT $2 FOR UPDATE OF j SKIP LOCKED"
     ),
 };
 
@@ -100,32 +123,12 @@ pub(crate) const AGENT_OFFLINE: Sweep = Sweep {
 pub(crate) const AGENT_REVOKED: Sweep = Sweep {
     action: AuditAction::JobsAgentOffline.as_str(),
     reason: "the agent's credentials were revoked",
-    sql: Sql::pair(
-        concat!(
-            "UPDATE jobs SET
-           state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
-           finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
-           queued_at = $1, updated_at = $1, last_error = 'reclaimed: the agent was revoked', ",
-            sqlite_failed_attempt!("$1", "'reclaimed: the agent was revoked'"),
-            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3 LIMIT $2)
-         RETURNING id, state, tenant_id, queue"
-        ),
-        concat!(
-            "WITH t(now) AS (SELECT ",
-            pg_judged!(1),
-            ")
-         UPDATE jobs SET
-           state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
-           finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
-           queued_at = t.now, updated_at = t.now, last_error = 'reclaimed: the agent was revoked', ",
-            pg_failed_attempt!("t.now", "'reclaimed: the agent was revoked'::text"),
-            ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
-         FROM t
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3
-                      LIMIT $2 FOR UPDATE SKIP LOCKED)
-         RETURNING id, state::text AS state, tenant_id, queue"
-        ),
+    sql: reclaim_running!(
+        "'reclaimed: the agent was revoked'",
+        "SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3 LIMIT $2",
+        "'reclaimed: the agent was revoked'::text",
+        "SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3
+                      LIMIT $2 FOR UPDATE SKIP LOCKED"
     ),
 };
 
