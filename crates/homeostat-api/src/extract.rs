@@ -33,6 +33,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     }
 }
 
+/// A JSON body as a value, read by [`strict_json`] under [`Json`]'s rules,
+/// for a handler that picks its shape itself: read once, not rebuilt.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JsonValue(pub(crate) serde_json::Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonValue {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = json_body(req, state).await?;
+        strict_json::parse(&bytes, Nul::Refuse).map(JsonValue)
+    }
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ReportJson<T> {
     type Rejection = ApiError;
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponses};
-use crate::extract::{Json, NoBody, Path, Query};
+use crate::extract::{Json, JsonValue, NoBody, Path, Query};
 use crate::state::ApiState;
 use crate::strict_json;
 
@@ -103,7 +103,7 @@ pub(crate) async fn enqueue(
     State(state): State<ApiState>,
     caller: Caller,
     headers: HeaderMap,
-    Json(body): Json<serde_json::Value>,
+    JsonValue(body): JsonValue,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let body: EnqueueBody = parse_json(body)?;
