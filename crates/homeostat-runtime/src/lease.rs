@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::{BoxError, BoxFuture, Clock};
+use crate::{BoxError, BoxFuture, Clock, ControllerStatus};
 
 /// A lease as granted by a [`LeaseStore`].
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -61,6 +61,26 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Gives the lease up at once so a peer can take it without waiting for
     /// expiry. Releasing a lease that was already lost is not an error.
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<(), LeaseError>> + Send;
+
+    /// Shares the status of the controller `lease` names, as its leader
+    /// sees it after a run, so that every replica can show how it runs.
+    /// Ignored unless `lease` is still held at its epoch. A store that
+    /// shares nothing keeps this default.
+    fn publish(
+        &self,
+        lease: &Lease,
+        status: &ControllerStatus,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send {
+        let _ = (lease, status);
+        std::future::ready(Ok(()))
+    }
+
+    /// The statuses leaders published, by controller name.
+    fn published(
+        &self,
+    ) -> impl Future<Output = Result<HashMap<String, ControllerStatus>, LeaseError>> + Send {
+        std::future::ready(Ok(HashMap::new()))
+    }
 }
 
 /// Object-safe form of [`LeaseStore`].
@@ -77,6 +97,14 @@ pub(crate) trait DynLeaseStore: Send + Sync + 'static {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Option<Lease>, LeaseError>>;
     fn release_boxed<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LeaseError>>;
+    fn publish_boxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        status: &'a ControllerStatus,
+    ) -> BoxFuture<'a, Result<(), LeaseError>>;
+    fn published_boxed(
+        &self,
+    ) -> BoxFuture<'_, Result<HashMap<String, ControllerStatus>, LeaseError>>;
 }
 
 impl<L: LeaseStore> DynLeaseStore for L {
@@ -97,6 +125,18 @@ impl<L: LeaseStore> DynLeaseStore for L {
     }
     fn release_boxed<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LeaseError>> {
         Box::pin(LeaseStore::release(self, lease))
+    }
+    fn publish_boxed<'a>(
+        &'a self,
+        lease: &'a Lease,
+        status: &'a ControllerStatus,
+    ) -> BoxFuture<'a, Result<(), LeaseError>> {
+        Box::pin(LeaseStore::publish(self, lease, status))
+    }
+    fn published_boxed(
+        &self,
+    ) -> BoxFuture<'_, Result<HashMap<String, ControllerStatus>, LeaseError>> {
+        Box::pin(LeaseStore::published(self))
     }
 }
 
@@ -119,6 +159,18 @@ impl<L: LeaseStore> LeaseStore for Arc<L> {
     fn release(&self, lease: &Lease) -> impl Future<Output = Result<(), LeaseError>> + Send {
         L::release(self, lease)
     }
+    fn publish(
+        &self,
+        lease: &Lease,
+        status: &ControllerStatus,
+    ) -> impl Future<Output = Result<(), LeaseError>> + Send {
+        L::publish(self, lease, status)
+    }
+    fn published(
+        &self,
+    ) -> impl Future<Output = Result<HashMap<String, ControllerStatus>, LeaseError>> + Send {
+        L::published(self)
+    }
 }
 
 /// Leases in process memory: for a single process, and for tests that run
@@ -136,6 +188,7 @@ struct Entry {
     holder: Option<String>,
     epoch: u64,
     expires_at: SystemTime,
+    status: Option<ControllerStatus>,
 }
 
 impl Entry {
@@ -188,6 +241,7 @@ impl LeaseStore for InMemoryLeaseStore {
             holder: None,
             epoch: 0,
             expires_at: now,
+            status: None,
         });
         match entry.live_holder(now) {
             Some(current) if current != holder => return Ok(None),
@@ -231,6 +285,25 @@ impl LeaseStore for InMemoryLeaseStore {
             entry.holder = None;
         }
         Ok(())
+    }
+
+    async fn publish(&self, lease: &Lease, status: &ControllerStatus) -> Result<(), LeaseError> {
+        let mut leases = self.leases.lock().unwrap();
+        if let Some(entry) = leases.get_mut(&lease.name)
+            && entry.epoch == lease.epoch
+            && entry.holder.as_deref() == Some(lease.holder.as_str())
+        {
+            entry.status = Some(status.clone());
+        }
+        Ok(())
+    }
+
+    async fn published(&self) -> Result<HashMap<String, ControllerStatus>, LeaseError> {
+        let leases = self.leases.lock().unwrap();
+        Ok(leases
+            .iter()
+            .filter_map(|(name, entry)| Some((name.clone(), entry.status.clone()?)))
+            .collect())
     }
 }
 

@@ -383,6 +383,29 @@ impl Manager {
             .collect()
     }
 
+    /// A snapshot of every controller, with the runs of those another
+    /// replica leads as their leader published them (this replica's own view
+    /// when the lease store cannot say).
+    pub async fn cluster_status(&self) -> Vec<ControllerStatus> {
+        let mine = self.status();
+        if mine.iter().all(|s| s.leader) {
+            return mine;
+        }
+        let published = match self.inner.shared.leases.published_boxed().await {
+            Ok(published) => published,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the leaders' controller status");
+                return mine;
+            }
+        };
+        mine.into_iter()
+            .map(|s| match published.get(&s.name) {
+                Some(leader) if !s.leader => s.with_runs_of(leader),
+                _ => s,
+            })
+            .collect()
+    }
+
     /// A snapshot of one controller.
     pub fn controller_status(&self, name: &str) -> Result<ControllerStatus, ManagerError> {
         Ok(self.slot(name)?.status.lock().unwrap().clone())

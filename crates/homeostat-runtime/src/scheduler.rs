@@ -460,6 +460,28 @@ impl Driver {
         let (outcome, items, message) = classify(result);
         self.record(&run, outcome, items, message);
         self.after_run(outcome).await;
+        self.share_status().await;
+    }
+
+    /// As leader, tells the other replicas how the run went and when the
+    /// next is due, so any of them can show it. Bounded like a release: a
+    /// slow store delays the next status, not the loop.
+    async fn share_status(&mut self) {
+        let Some(held) = &self.held else { return };
+        self.publish();
+        let status = self.slot.status.lock().unwrap().clone();
+        let shared = &self.shared;
+        let limit = shared.clock.now() + shared.renew_every();
+        tokio::select! {
+            result = shared.leases.publish_boxed(&held.lease, &status) => {
+                if let Err(e) = result {
+                    warn!(controller = %self.slot.name, error = %e, "could not share the controller's status");
+                }
+            }
+            _ = shared.clock.sleep_until(limit) => {
+                warn!(controller = %self.slot.name, "sharing the controller's status timed out");
+            }
+        }
     }
 
     fn record(&mut self, run: &InFlight, outcome: Outcome, items: u64, message: Option<String>) {

@@ -5,10 +5,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How a run (or a tick that did not become a run) ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The reconcile returned `Ok`.
@@ -62,7 +62,7 @@ impl fmt::Display for Outcome {
 }
 
 /// The most recent run of a controller.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastRun {
     /// When it started.
     #[serde(with = "unix_ms")]
@@ -79,7 +79,7 @@ pub struct LastRun {
 }
 
 /// A snapshot of one controller as its manager sees it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ControllerStatus {
     /// The controller's name.
     pub name: String,
@@ -105,6 +105,21 @@ pub struct ControllerStatus {
 }
 
 impl ControllerStatus {
+    /// This replica's view of a controller another replica leads, with the
+    /// runs as the leader published them: when it last ran and how, and when
+    /// it runs next. What is this replica's own (name, interval, `leader`)
+    /// stays.
+    pub fn with_runs_of(self, leader: &ControllerStatus) -> Self {
+        Self {
+            running: leader.running,
+            last_run: leader.last_run.clone(),
+            last_success_at: leader.last_success_at,
+            consecutive_failures: leader.consecutive_failures,
+            next_run: leader.next_run,
+            ..self
+        }
+    }
+
     /// Why this controller is unhealthy at `now`, if it is: it failed
     /// `intervals` runs in a row, or it leads and has not succeeded for
     /// more than `intervals` of its intervals (counted from `since` when it
@@ -142,7 +157,7 @@ impl ControllerStatus {
 pub(crate) mod unix_ms {
     use std::time::SystemTime;
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub(crate) fn to_millis(t: SystemTime) -> i64 {
         match t.duration_since(SystemTime::UNIX_EPOCH) {
@@ -151,14 +166,27 @@ pub(crate) mod unix_ms {
         }
     }
 
+    pub(crate) fn from_millis(ms: i64) -> SystemTime {
+        let offset = std::time::Duration::from_millis(ms.unsigned_abs());
+        if ms >= 0 {
+            SystemTime::UNIX_EPOCH + offset
+        } else {
+            SystemTime::UNIX_EPOCH - offset
+        }
+    }
+
     pub(crate) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_i64(to_millis(*t))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        i64::deserialize(d).map(from_millis)
     }
 
     pub(crate) mod option {
         use std::time::SystemTime;
 
-        use serde::Serializer;
+        use serde::{Deserialize, Deserializer, Serializer};
 
         pub(crate) fn serialize<S: Serializer>(
             t: &Option<SystemTime>,
@@ -169,6 +197,12 @@ pub(crate) mod unix_ms {
                 None => s.serialize_none(),
             }
         }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
+            Ok(Option::<i64>::deserialize(d)?.map(super::from_millis))
+        }
     }
 }
 
@@ -176,10 +210,14 @@ pub(crate) mod unix_ms {
 pub(crate) mod millis {
     use std::time::Duration;
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 

@@ -32,8 +32,19 @@ fn shared_store(clock: &TokioClock) -> Arc<InMemoryLeaseStore> {
     Arc::new(InMemoryLeaseStore::new(Arc::new(*clock)))
 }
 
-#[tokio::test(start_paused = true)]
-async fn only_one_replica_runs_and_the_other_counts_not_leader() {
+/// Two replicas "a" and "b" on one lease store, each with a "sweeper"
+/// replica ticking every 5 s.
+struct Pair {
+    clock: TokioClock,
+    store: Arc<InMemoryLeaseStore>,
+    a: Manager,
+    b: Manager,
+    ra: Registry,
+    rb: Registry,
+    probe: Arc<Probe>,
+}
+
+fn two_sweepers() -> Pair {
     let clock = TokioClock::at_test_epoch();
     let store = shared_store(&clock);
     let (mut ra, mut rb) = (Registry::default(), Registry::default());
@@ -44,6 +55,28 @@ async fn only_one_replica_runs_and_the_other_counts_not_leader() {
         replica(&clock, &store, "b", &mut rb),
         vec![(other, exact())],
     );
+    Pair {
+        clock,
+        store,
+        a,
+        b,
+        ra,
+        rb,
+        probe,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_one_replica_runs_and_the_other_counts_not_leader() {
+    let Pair {
+        store,
+        a,
+        b,
+        ra,
+        rb,
+        probe,
+        ..
+    } = two_sweepers();
     tokio::time::sleep(Duration::from_millis(60_500)).await;
 
     // 13 runs in 60 s (0, 5, ..., 60), all by one holder with one epoch: the
@@ -67,6 +100,44 @@ async fn only_one_replica_runs_and_the_other_counts_not_leader() {
         follower.controller_status("sweeper").unwrap().last_run,
         None,
         "a follower has no runs to report"
+    );
+    a.shutdown(S).await;
+    b.shutdown(S).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_follower_shows_the_runs_its_leader_published() {
+    let clock = TokioClock::at_test_epoch();
+    let store = shared_store(&clock);
+    let (mut ra, mut rb) = (Registry::default(), Registry::default());
+    let (ctl, probe) = TestController::quick("sweeper", 5 * S);
+    let other = ctl.replica();
+    let a = start(replica(&clock, &store, "a", &mut ra), vec![(ctl, exact())]);
+    let b = start(
+        replica(&clock, &store, "b", &mut rb),
+        vec![(other, exact())],
+    );
+    tokio::time::sleep(Duration::from_millis(20_500)).await;
+
+    let holder = store.current("sweeper").unwrap().holder;
+    let (leader, follower) = if holder == "a" { (&a, &b) } else { (&b, &a) };
+    let led = leader.cluster_status().await.remove(0);
+    let seen = follower.cluster_status().await.remove(0);
+    assert!(
+        led.leader && !seen.leader,
+        "each keeps its own view of who leads"
+    );
+    let last = seen.last_run.clone().expect("the leader's last run");
+    assert_eq!(last.outcome, Outcome::Success);
+    assert_eq!(last.started_at, probe.runs().last().unwrap().started_at);
+    assert_eq!(seen.last_run, led.last_run);
+    assert_eq!(seen.next_run, led.next_run);
+    assert_eq!(seen.last_success_at, led.last_success_at);
+    assert!(seen.next_run.unwrap() > clock.now());
+    assert_eq!(
+        follower.controller_status("sweeper").unwrap().last_run,
+        None,
+        "the follower's own status still has no runs"
     );
     a.shutdown(S).await;
     b.shutdown(S).await;

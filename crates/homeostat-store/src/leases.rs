@@ -3,9 +3,10 @@
 //! database's clock, so replicas with skewed clocks agree. Each lease
 //! operation is one statement, a transaction of its own.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use homeostat_runtime::{Fence, Lease};
+use homeostat_runtime::{ControllerStatus, Fence, Lease};
 
 use crate::backend::{Backend, RowExt, Sql, Stmt, pg_now, sqlite_now};
 use crate::error::{Context, StoreError};
@@ -54,6 +55,11 @@ macro_rules! release {
         )
     };
 }
+
+/// The leader's status, kept only while `$2` holds the lease at epoch `$3`.
+const PUBLISH: Sql =
+    Sql::both("UPDATE leases SET status = $4 WHERE name = $1 AND holder = $2 AND epoch = $3");
+const PUBLISHED: Sql = Sql::both("SELECT name, status FROM leases WHERE status IS NOT NULL");
 
 /// Whether lease `$1` is live at epoch `$2`, then what the dialect adds.
 macro_rules! fence {
@@ -151,6 +157,40 @@ pub(crate) async fn release<B: Backend>(b: &B, lease: &Lease) -> Result<(), Stor
         .arg(lease.epoch as i64);
     b.fetch_write(stmt).await.op(op)?;
     Ok(())
+}
+
+pub(crate) async fn publish<B: Backend>(
+    b: &B,
+    lease: &Lease,
+    status: &ControllerStatus,
+) -> Result<(), StoreError> {
+    let status = serde_json::to_string(status).expect("a status serializes");
+    let stmt = Stmt::new::<B>(PUBLISH)
+        .arg(&lease.name)
+        .arg(&lease.holder)
+        .arg(lease.epoch as i64)
+        .arg(status.as_str());
+    b.fetch_write(stmt)
+        .await
+        .op("publishing a controller's status")?;
+    Ok(())
+}
+
+/// What the leaders published; a row this build cannot read is left out.
+pub(crate) async fn published<B: Backend>(
+    b: &B,
+) -> Result<HashMap<String, ControllerStatus>, StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(PUBLISHED))
+        .await
+        .op("reading the controllers' status")?;
+    let mut out = HashMap::new();
+    for r in &rows {
+        if let Ok(status) = serde_json::from_str(&r.text("status")?) {
+            out.insert(r.text("name")?, status);
+        }
+    }
+    Ok(out)
 }
 
 /// Refuses the transaction's writes unless `fence` is the live lease.

@@ -1073,6 +1073,22 @@ impl LeaseStore for Store {
     async fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
         dispatch!(self, leases::release(lease)).map_err(|e| lease_error("release", &lease.name, e))
     }
+
+    async fn publish(
+        &self,
+        lease: &Lease,
+        status: &homeostat_runtime::ControllerStatus,
+    ) -> Result<(), LeaseError> {
+        dispatch!(self, leases::publish(lease, status))
+            .map_err(|e| lease_error("publish", &lease.name, e))
+    }
+
+    async fn published(
+        &self,
+    ) -> Result<std::collections::HashMap<String, homeostat_runtime::ControllerStatus>, LeaseError>
+    {
+        dispatch!(self, leases::published()).map_err(|e| lease_error("read", "*", e))
+    }
 }
 
 fn public_event(e: audit::ChainedEvent) -> homeostat_model::AuditEvent {

@@ -52,6 +52,11 @@ pub(crate) const SQLITE: Set = &[
         "dashboard sessions",
         include_str!("../migrations/sqlite/0009_sessions.sql"),
     ),
+    (
+        10,
+        "controller status",
+        include_str!("../migrations/sqlite/0010_controller_status.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -115,6 +120,11 @@ pub(crate) const POSTGRES: Set = &[
         12,
         "dashboard sessions",
         include_str!("../migrations/postgres/0012_sessions.sql"),
+    ),
+    (
+        13,
+        "controller status",
+        include_str!("../migrations/postgres/0013_controller_status.sql"),
     ),
 ];
 

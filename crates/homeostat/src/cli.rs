@@ -293,6 +293,8 @@ const CONTROLLER_COLUMNS: &[Column] = &[
     ("RUNNING", "running"),
     ("LAST OUTCOME", "last_run.outcome"),
     ("ITEMS", "last_run.items"),
+    ("LAST RUN", "last_run.started_at"),
+    ("NEXT RUN", "next_run"),
     ("FAILURES", "consecutive_failures"),
 ];
 const NOTIFICATION_COLUMNS: &[Column] = &[
@@ -364,7 +366,17 @@ async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> 
             }
         }
         Command::Controllers(Controllers::List) => {
-            output::list(out, CONTROLLER_COLUMNS, &client.controllers().await?)
+            let mut controllers = client.controllers().await?;
+            if out == Format::Table {
+                for c in &mut controllers {
+                    // The API gives Unix milliseconds; people read times.
+                    output::millis_as_time(&mut c["next_run"]);
+                    if let Some(run) = c.get_mut("last_run").filter(|r| r.is_object()) {
+                        output::millis_as_time(&mut run["started_at"]);
+                    }
+                }
+            }
+            output::list(out, CONTROLLER_COLUMNS, &controllers)
         }
         Command::Controllers(Controllers::Trigger { name }) => {
             client.trigger(&name).await?;

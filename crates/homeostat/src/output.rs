@@ -52,6 +52,17 @@ fn cell(item: &Value, path: &str) -> String {
     }
 }
 
+/// Replaces Unix epoch milliseconds with the time they name, as the API's
+/// other times are written; anything else is left as it is.
+pub(crate) fn millis_as_time(v: &mut Value) {
+    if let Some(t) = v
+        .as_i64()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+    {
+        *v = Value::String(t.to_string());
+    }
+}
+
 /// Aligned columns, a header first.
 pub(crate) fn table(columns: &[Column], items: &[Value]) -> String {
     let rows: Vec<Vec<String>> = items

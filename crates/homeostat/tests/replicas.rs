@@ -52,6 +52,53 @@ async fn a_stopping_leader_hands_its_controllers_over_at_once() {
     }
     assert!(!leads(&client, &b, &key, "job-scheduler").await);
 
+    // The follower shows the leader's runs: when, how, and when the next is.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let all = common::get_json(&client, b.url("/v1/controllers"), &key).await;
+        let seen = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "job-scheduler")
+            .cloned()
+            .unwrap();
+        if seen["last_run"].is_object() {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "no run shared: {seen}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seen["leader"], false, "{seen}");
+    assert_eq!(seen["last_run"]["outcome"], "success", "{seen}");
+    assert!(seen["next_run"].as_i64().is_some(), "{seen}");
+    let listed = assert_cmd::Command::cargo_bin("homeostat")
+        .unwrap()
+        .args([
+            "controllers",
+            "list",
+            "--server",
+            &b.url(""),
+            "--token",
+            &key,
+        ])
+        .env_clear()
+        .output()
+        .unwrap();
+    let table = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.status.success(), "{table}");
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains("LAST RUN") && header.contains("NEXT RUN"),
+        "{table}"
+    );
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("job-scheduler "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("success"), "{table}");
+    assert!(row.matches('T').count() >= 2, "two times in {row}");
+
     let stopped = Instant::now();
     let status = tokio::task::spawn_blocking(move || a.terminate())
         .await

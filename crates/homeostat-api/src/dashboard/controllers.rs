@@ -74,7 +74,8 @@ fn row(
     }
 }
 
-/// Every controller of this replica's manager, with the replica leading it.
+/// Every controller of this replica's manager, with the replica leading it
+/// and the runs as its leader published them.
 pub(crate) async fn controller_rows(
     state: &ApiState,
     now: Timestamp,
@@ -84,7 +85,8 @@ pub(crate) async fn controller_rows(
     };
     let mut holders = state.store.lease_holders().await?;
     Ok(manager
-        .status()
+        .cluster_status()
+        .await
         .iter()
         .map(|s| row(s, holders.remove(&s.name), now, state.started_at))
         .collect())

@@ -569,7 +569,7 @@ pub(crate) async fn list_controllers(
     caller: Caller,
 ) -> Result<Json<Vec<ControllerView>>, ApiError> {
     caller.require_operator("controller status")?;
-    let statuses = manager(&state)?.status();
+    let statuses = manager(&state)?.cluster_status().await;
     let mut holders = state.store.lease_holders().await?;
     Ok(Json(
         statuses
@@ -582,8 +582,9 @@ pub(crate) async fn list_controllers(
     ))
 }
 
-/// A controller as this replica's manager sees it, and which replica leads
-/// it now (the lease's holder; none for a controller that is not exclusive,
+/// A controller as this replica's manager sees it, with the runs as its
+/// leader published them (for an exclusive controller another replica
+/// leads), and which replica leads it now (the lease's holder; none for a controller that is not exclusive,
 /// or between leaders).
 #[derive(Debug, Serialize)]
 pub(crate) struct ControllerView {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use homeostat_model::{JobState, PlanTier};
-use homeostat_runtime::{Fence, LeaseStore};
+use homeostat_runtime::{ControllerStatus, Fence, LastRun, LeaseStore, Outcome};
 use homeostat_store::{JobFilter, Store, StoreError};
 use homeostat_testkit::{At, at, job, on_both_backends, t0, tenant};
 
@@ -103,7 +103,57 @@ async fn leases_follow_the_database_clock_and_epochs_grow(store: &Store) {
     assert!(store.renew(&b, ttl).await.unwrap().is_none());
 }
 
+async fn only_the_holder_publishes_a_controllers_status(store: &Store) {
+    let ttl = Duration::from_secs(60);
+    let status = |items: u64| ControllerStatus {
+        name: "c".into(),
+        interval: Duration::from_secs(5),
+        exclusive: true,
+        leader: true,
+        running: false,
+        last_run: Some(LastRun {
+            started_at: std::time::SystemTime::UNIX_EPOCH
+                + Duration::from_millis(1_700_000_000_123),
+            duration: Duration::from_millis(42),
+            outcome: Outcome::Success,
+            items,
+            error: None,
+        }),
+        last_success_at: Some(
+            std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        ),
+        consecutive_failures: 0,
+        next_run: Some(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_005)),
+    };
+    assert!(store.published().await.unwrap().is_empty());
+    let a = store.acquire("c", "a", ttl).await.unwrap().unwrap();
+    store.publish(&a, &status(3)).await.unwrap();
+    assert_eq!(
+        store.published().await.unwrap()["c"],
+        status(3),
+        "read back whole"
+    );
+    store.release(&a).await.unwrap();
+    let b = store.acquire("c", "b", ttl).await.unwrap().unwrap();
+    store.publish(&a, &status(9)).await.unwrap();
+    assert_eq!(
+        store.published().await.unwrap()["c"],
+        status(3),
+        "a deposed leader's status is ignored"
+    );
+    store.publish(&b, &status(7)).await.unwrap();
+    assert_eq!(
+        store.published().await.unwrap()["c"]
+            .last_run
+            .as_ref()
+            .unwrap()
+            .items,
+        7
+    );
+}
+
 on_both_backends!(
+    only_the_holder_publishes_a_controllers_status,
     fenced_writes_from_a_superseded_epoch_change_nothing,
     leases_follow_the_database_clock_and_epochs_grow,
 );
