@@ -106,7 +106,7 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::retry))
         .routes(routes!(jobs::approve))
         .routes(routes!(admin::list_agents))
-        .routes(routes!(admin::show_agent))
+        .routes(routes!(admin::show_agent, admin::remove_agent))
         .routes(routes!(admin::drain_agent))
         .routes(routes!(admin::resume_agent))
         .routes(routes!(admin::agent_credentials))

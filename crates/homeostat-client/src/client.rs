@@ -599,6 +599,21 @@ impl Client {
             .await
     }
 
+    /// Removes an offline agent: deleted, its credentials revoked.
+    pub async fn remove_agent(&self, id: AgentId) -> Result<Agent, ClientError> {
+        let path = format!("/v1/agents/{id}");
+        self.call(
+            "removing an agent",
+            Method::DELETE,
+            &path,
+            None,
+            vec![],
+            Repeat::IfNothingHappened,
+            None,
+        )
+        .await
+    }
+
     /// An agent's credentials: metadata, never a secret; revoked ones too.
     pub async fn agent_credentials(&self, id: AgentId) -> Result<Vec<TokenInfo>, ClientError> {
         let path = format!("/v1/agents/{id}/credentials");

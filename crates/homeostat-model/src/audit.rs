@@ -69,9 +69,15 @@ pub enum AuditAction {
     /// Silent agents were marked offline.
     #[serde(rename = "agents.offline")]
     AgentsOffline,
+    /// Offline agents were heard again and are online.
+    #[serde(rename = "agents.online")]
+    AgentsOnline,
     /// Agents offline past retention were deleted, with their credentials.
     #[serde(rename = "agents.forgotten")]
     AgentsForgotten,
+    /// An operator removed an offline agent; its credentials are revoked.
+    #[serde(rename = "agent.removed")]
+    AgentRemoved,
     /// An operator revoked an agent's credentials: it is offline and its
     /// jobs reclaimed.
     #[serde(rename = "agent.revoked")]
@@ -82,9 +88,10 @@ pub enum AuditAction {
     /// An operator approved a job.
     #[serde(rename = "job.approved")]
     JobApproved,
-    /// An operator re-queued a dead or expired job with fresh attempts.
-    #[serde(rename = "job.redriven")]
-    JobRedriven,
+    /// An operator re-queued a dead or expired job with fresh attempts
+    /// (earlier builds wrote `job.redriven`).
+    #[serde(rename = "job.retried")]
+    JobRetried,
     /// An operator sent a dead notification again.
     #[serde(rename = "notification.redriven")]
     NotificationRedriven,
@@ -125,7 +132,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 26] = [
+    pub const ALL: [AuditAction; 28] = [
         AuditAction::TenantCreated,
         AuditAction::TenantTierChanged,
         AuditAction::TokenCreated,
@@ -135,11 +142,13 @@ impl AuditAction {
         AuditAction::AgentDraining,
         AuditAction::AgentResumed,
         AuditAction::AgentsOffline,
+        AuditAction::AgentsOnline,
         AuditAction::AgentsForgotten,
+        AuditAction::AgentRemoved,
         AuditAction::AgentRevoked,
         AuditAction::JobCancelled,
         AuditAction::JobApproved,
-        AuditAction::JobRedriven,
+        AuditAction::JobRetried,
         AuditAction::NotificationRedriven,
         AuditAction::ControllerTriggered,
         AuditAction::JobsLeaseExpired,
@@ -166,11 +175,13 @@ impl AuditAction {
             AuditAction::AgentDraining => "agent.draining",
             AuditAction::AgentResumed => "agent.resumed",
             AuditAction::AgentsOffline => "agents.offline",
+            AuditAction::AgentsOnline => "agents.online",
             AuditAction::AgentsForgotten => "agents.forgotten",
+            AuditAction::AgentRemoved => "agent.removed",
             AuditAction::AgentRevoked => "agent.revoked",
             AuditAction::JobCancelled => "job.cancelled",
             AuditAction::JobApproved => "job.approved",
-            AuditAction::JobRedriven => "job.redriven",
+            AuditAction::JobRetried => "job.retried",
             AuditAction::NotificationRedriven => "notification.redriven",
             AuditAction::ControllerTriggered => "controller.triggered",
             AuditAction::JobsLeaseExpired => "jobs.lease_expired",

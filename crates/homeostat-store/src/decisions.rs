@@ -295,7 +295,7 @@ mod tests {
     #[test]
     fn a_redrive_brings_a_terminal_job_back_and_says_so() {
         let dead = job(JobState::Dead, at(0));
-        let out = operator_transition(&dead, JobState::Queued, AuditAction::JobRedriven, at(5));
+        let out = operator_transition(&dead, JobState::Queued, AuditAction::JobRetried, at(5));
         assert_eq!(out.unwrap(), (JobState::Queued, true));
     }
 

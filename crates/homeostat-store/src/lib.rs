@@ -346,6 +346,13 @@ impl Store {
         dispatch!(self, registry::resume_agent(id, actor))
     }
 
+    /// Deletes an offline agent and revokes its credentials (audited as
+    /// `agent.removed`); its past jobs keep its id. An agent that is not
+    /// offline is a conflict: revoke it, or drain it and let it stop, first.
+    pub async fn remove_agent(&self, id: AgentId, actor: &str) -> Result<Agent, StoreError> {
+        dispatch!(self, registry::remove_agent(id, actor))
+    }
+
     /// An agent's credentials: metadata, never a secret; revoked ones too.
     pub async fn agent_credentials(&self, id: AgentId) -> Result<Vec<TokenInfo>, StoreError> {
         dispatch!(self, registry::agent_credentials(id))
@@ -678,10 +685,10 @@ impl Store {
     }
 
     /// Re-queues a dead or expired job with fresh attempts (audited).
-    pub async fn redrive(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
+    pub async fn retry(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
         self.woken_job(dispatch!(
             self,
-            jobs::transition(id, JobState::Queued, AuditAction::JobRedriven, actor)
+            jobs::transition(id, JobState::Queued, AuditAction::JobRetried, actor)
         ))
         .await
     }

@@ -54,8 +54,8 @@ pub(crate) const SQLITE: Set = &[
     ),
     (
         10,
-        "controller status",
-        include_str!("../migrations/sqlite/0010_controller_status.sql"),
+        "controller status, credentials by agent",
+        include_str!("../migrations/sqlite/0010_status_and_credentials.sql"),
     ),
 ];
 
@@ -123,8 +123,8 @@ pub(crate) const POSTGRES: Set = &[
     ),
     (
         13,
-        "controller status",
-        include_str!("../migrations/postgres/0013_controller_status.sql"),
+        "controller status, credentials by agent",
+        include_str!("../migrations/postgres/0013_status_and_credentials.sql"),
     ),
 ];
 

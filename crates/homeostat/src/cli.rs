@@ -141,6 +141,12 @@ pub(crate) enum Agents {
     /// it is offline, and its running jobs are queued again at once. For a
     /// lost or compromised host; the agent must register anew to come back.
     Revoke { id: AgentId },
+    /// Removes an offline agent: its row is deleted and its credentials
+    /// revoked (its past jobs keep its id; the audit log keeps its name).
+    /// An agent that is not offline is refused (exit 4): revoke it, or
+    /// drain it and let it stop, first. agent-health removes agents offline
+    /// past `controllers.agent_health.forget_after` by itself.
+    Remove { id: AgentId },
 }
 
 #[derive(Debug, Subcommand)]
@@ -349,6 +355,14 @@ async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> 
         }
         Command::Agents(Agents::Resume { id }) => {
             output::one(out, AGENT_COLUMNS_AS_FIELDS, &client.resume(id).await?)
+        }
+        Command::Agents(Agents::Remove { id }) => {
+            let removed = client.remove_agent(id).await?;
+            match out {
+                Format::Table => outln!("{id} ({}) removed", removed.name),
+                Format::Id => outln!("{id}"),
+                Format::Json | Format::Jsonl => output::one(out, &[], &removed),
+            }
         }
         Command::Agents(Agents::Credentials { id }) => {
             output::list(out, TOKEN_COLUMNS, &client.agent_credentials(id).await?)

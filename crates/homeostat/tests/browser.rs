@@ -248,7 +248,7 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
     assert_eq!(job_state(&c, &server, &admin, &flaky_id).await, "succeeded");
     let page = text_of(&b, "main").await;
     assert!(
-        page.contains("job.redriven"),
+        page.contains("job.retried"),
         "the history shows the retry: {page}"
     );
     shot(&b, &shots, "job-succeeded").await;
@@ -260,8 +260,8 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["action"] == "job.redriven")
-        .expect("a job.redriven event");
+        .find(|e| e["action"] == "job.retried")
+        .expect("a job.retried event");
     assert!(
         retry["actor"].as_str().unwrap().starts_with("api_key:"),
         "{retry}"

@@ -256,6 +256,20 @@ async fn the_operators_commands() {
     assert_eq!(cli.json(&["jobs", "show", &running])["state"], "queued");
     let credentials = cli.json(&["agents", "credentials", &agent_id]);
     assert!(!credentials[0]["revoked_at"].is_null(), "{credentials}");
+    // Offline now, so it can be removed; its job keeps its id.
+    assert_eq!(
+        cli.ok(&["agents", "remove", &agent_id]).trim(),
+        format!("{agent_id} (n1) removed")
+    );
+    assert_eq!(
+        cli.run(&["agents", "show", &agent_id]).status.code(),
+        Some(3),
+        "removed"
+    );
+    assert_eq!(
+        cli.run(&["agents", "remove", &agent_id]).status.code(),
+        Some(3)
+    );
 
     let controllers = cli.ok(&["controllers", "list"]);
     assert!(controllers.contains("job-scheduler"), "{controllers}");

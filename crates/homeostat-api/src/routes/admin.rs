@@ -174,6 +174,28 @@ pub(crate) async fn resume_agent(
 }
 
 #[utoipa::path(
+    delete,
+    path = "/v1/agents/{id}",
+    tag = "agents",
+    params(("id" = uuid::Uuid, Path, description = "agent id")),
+    responses(
+        (status = 200, description = "removed: the offline agent is deleted and its credentials revoked; its past jobs keep its id", body = homeostat_model::Agent),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn remove_agent(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<AgentId>,
+    _: NoBody,
+) -> Result<Json<Agent>, ApiError> {
+    caller.require_admin()?;
+    visible_agent(&state, &caller, id).await?;
+    Ok(Json(state.store.remove_agent(id, &caller.actor()).await?))
+}
+
+#[utoipa::path(
     get,
     path = "/v1/agents/{id}/credentials",
     tag = "agents",

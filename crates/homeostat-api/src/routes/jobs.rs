@@ -299,7 +299,7 @@ pub(crate) async fn operate_job(
     let actor = caller.actor();
     let job = match op {
         Operation::Cancel => state.store.cancel(id, &actor).await?,
-        Operation::Retry => state.store.redrive(id, &actor).await?,
+        Operation::Retry => state.store.retry(id, &actor).await?,
         Operation::Approve => state.store.approve(id, &actor).await?,
     };
     Ok(job)

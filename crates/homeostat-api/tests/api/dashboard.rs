@@ -598,7 +598,7 @@ async fn a_form_without_its_csrf_token_is_refused(store: &Store) {
         .unwrap();
     let redriven = history
         .iter()
-        .find(|e| e.action == "job.redriven")
+        .find(|e| e.action == "job.retried")
         .expect("an audit event for the retry");
     assert_eq!(redriven.actor, format!("api_key:{admin_id}"));
     for e in &history {

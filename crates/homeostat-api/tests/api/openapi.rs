@@ -24,6 +24,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/jobs/{id}/approve"),
     ("get", "/v1/agents"),
     ("get", "/v1/agents/{id}"),
+    ("delete", "/v1/agents/{id}"),
     ("post", "/v1/agents/{id}/drain"),
     ("post", "/v1/agents/{id}/resume"),
     ("get", "/v1/agents/{id}/credentials"),

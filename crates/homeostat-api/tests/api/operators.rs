@@ -1,7 +1,7 @@
 //! The operator's API: tenants, tokens, agents, audit, controllers, probes
 //! and metrics.
 
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use homeostat_store::Store;
 use homeostat_testkit::on_both_backends;
 use serde_json::json;
@@ -122,6 +122,42 @@ async fn agents_are_listed_by_tenant_and_drained_by_admins(store: &Store) {
         )
         .await;
     assert_eq!(offline.status, StatusCode::CONFLICT, "{}", offline.text);
+    // Removal: admins only, offline agents only, audited.
+    let remove = |id: &str, key: &str| {
+        let (path, key) = (format!("/v1/agents/{id}"), key.to_owned());
+        let api = &api;
+        async move { api.call(Method::DELETE, &path, Some(&key), None).await }
+    };
+    assert_eq!(remove(&mine, &acme_key).await.status, StatusCode::FORBIDDEN);
+    let online = remove(&mine, &api.admin).await;
+    assert_eq!(online.status, StatusCode::CONFLICT, "{}", online.text);
+    assert!(
+        online.text.contains("only an offline agent"),
+        "{}",
+        online.text
+    );
+    let removed = remove(&theirs, &api.admin).await;
+    assert_eq!(removed.status, StatusCode::OK, "{}", removed.text);
+    assert_eq!(removed.body["id"], json!(theirs));
+    assert_eq!(
+        api.get(&format!("/v1/agents/{theirs}"), &api.admin)
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        remove(&theirs, &api.admin).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let events = api
+        .store
+        .audit_events_of(&format!("agent:{theirs}"), 10)
+        .await
+        .unwrap();
+    assert!(
+        events.iter().any(|e| e.action == "agent.removed"),
+        "{events:?}"
+    );
     api.stop().await;
 }
 

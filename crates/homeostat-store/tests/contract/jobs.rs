@@ -140,7 +140,7 @@ async fn failures_retry_with_backoff_then_die(store: &Store) {
         .unwrap();
     assert_eq!(out.state, JobState::Dead);
     // Redrive: back to queued with fresh attempts.
-    let again = store.at(at(40)).redrive(id, "operator:test").await.unwrap();
+    let again = store.at(at(40)).retry(id, "operator:test").await.unwrap();
     assert_eq!((again.state, again.attempt), (JobState::Queued, 0));
     // Illegal transitions are refused, naming the states.
     let err = store

@@ -545,7 +545,111 @@ async fn dashboard_sessions_end_by_idle_age_sign_out_and_key(store: &Store) {
     assert_ne!(store.server_secret("other").await.unwrap(), secret);
 }
 
+/// Every step of an agent's life is in the audit log: registered, drained,
+/// resumed, offline, back online, revoked, removed. A revoked agent's late
+/// heartbeat does not bring it back; only an offline agent is removed.
+async fn an_agents_lifecycle_is_audited(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let (a, b) = (
+        agent(store, Some(t), &["q"]).await,
+        agent(store, Some(t), &["q"]).await,
+    );
+    let stale = Duration::from_secs(90);
+    store
+        .at(at(10))
+        .drain_agent(a, "api_key:ops")
+        .await
+        .unwrap();
+    store
+        .at(at(11))
+        .resume_agent(a, "api_key:ops")
+        .await
+        .unwrap();
+    let err = store
+        .at(at(12))
+        .remove_agent(a, "api_key:ops")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict { reason, .. } if reason.contains("online")),
+        "{err}"
+    );
+    let off = store
+        .at(at(200))
+        .mark_silent_agents_offline(stale, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(off.len(), 2);
+    // Heard again: online, audited once for the batch.
+    assert_eq!(store.at(at(210)).heartbeat_agents(&[a]).await.unwrap(), 1);
+    assert_eq!(
+        store.get_agent(a).await.unwrap().status,
+        AgentStatus::Online
+    );
+    assert_eq!(
+        store.get_agent(b).await.unwrap().status,
+        AgentStatus::Offline
+    );
+    // Revoked, then a heartbeat heard before the revocation is written: it
+    // stays offline.
+    store
+        .at(at(220))
+        .revoke_agent(a, "api_key:ops")
+        .await
+        .unwrap();
+    store.at(at(221)).heartbeat_agents(&[a]).await.unwrap();
+    assert_eq!(
+        store.get_agent(a).await.unwrap().status,
+        AgentStatus::Offline
+    );
+    let removed = store
+        .at(at(230))
+        .remove_agent(a, "api_key:ops")
+        .await
+        .unwrap();
+    assert_eq!(removed.id, a);
+    assert!(matches!(
+        store.get_agent(a).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.remove_agent(a, "api_key:ops").await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let events = store.audit_events(0, 1000).await.unwrap();
+    let about = |e: &homeostat_model::AuditEvent| {
+        e.subject == format!("agent:{a}")
+            || e.details["ids"]
+                .as_array()
+                .is_some_and(|ids| ids.contains(&serde_json::json!(a)))
+    };
+    let actions: Vec<&str> = events
+        .iter()
+        .filter(|e| about(e))
+        .map(|e| e.action.as_str())
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "agent.registered",
+            "agent.draining",
+            "agent.resumed",
+            "agents.offline",
+            "agents.online",
+            "agent.revoked",
+            "agent.removed"
+        ]
+    );
+    let removal = events.iter().find(|e| e.action == "agent.removed").unwrap();
+    assert_eq!(removal.actor, "api_key:ops");
+    assert_eq!(removal.details["name"], removed.name.as_str());
+    let back = events.iter().find(|e| e.action == "agents.online").unwrap();
+    assert_eq!(back.details["ids"], serde_json::json!([a]));
+}
+
 on_both_backends!(
+    an_agents_lifecycle_is_audited,
     dashboard_sessions_end_by_idle_age_sign_out_and_key,
     a_revoked_agent_is_refused_and_its_jobs_reclaimed,
     concurrent_registrations_take_only_the_uses_left,

@@ -1,0 +1,7 @@
+-- What the leader of each exclusive controller last published about its
+-- runs (JSON), so every replica can show it.
+ALTER TABLE leases ADD COLUMN status TEXT;
+
+-- An agent's credentials, found by agent (revocation, removal, and whether
+-- an agent heard while offline may come back).
+CREATE INDEX tokens_agent ON tokens (agent_id) WHERE agent_id IS NOT NULL;
