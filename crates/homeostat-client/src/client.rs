@@ -18,7 +18,7 @@ use homeostat_model::wire::{
     ReleaseRequest,
 };
 use homeostat_model::{
-    Agent, AgentId, AuditEvent, CompletedBatch, Completion, FailOutcome, Job, JobId, NewJob,
+    Agent, AgentId, AuditPage, CompletedBatch, Completion, FailOutcome, Job, JobId, NewJob,
     Notification, NotificationId, Page, Tenant, TenantId, TokenId, TokenInfo,
 };
 use reqwest::Method;
@@ -284,6 +284,16 @@ impl Client {
             None,
         )
         .await
+    }
+
+    /// The items of a whole list (`{items, next_cursor}` with no page after).
+    async fn list<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        path: &str,
+    ) -> Result<Vec<T>, ClientError> {
+        let page: Page<T, Value> = self.get(operation, path).await?;
+        Ok(page.items)
     }
 
     async fn post<T: DeserializeOwned>(
@@ -617,7 +627,7 @@ impl Client {
     /// An agent's credentials: metadata, never a secret; revoked ones too.
     pub async fn agent_credentials(&self, id: AgentId) -> Result<Vec<TokenInfo>, ClientError> {
         let path = format!("/v1/agents/{id}/credentials");
-        self.get("listing an agent's credentials", &path).await
+        self.list("listing an agent's credentials", &path).await
     }
 
     /// Revokes an agent's credentials: its next request is refused, it is
@@ -644,7 +654,7 @@ impl Client {
 
     /// Tenants the key sees.
     pub async fn tenants(&self) -> Result<Vec<Tenant>, ClientError> {
-        self.get("listing tenants", "/v1/tenants").await
+        self.list("listing tenants", "/v1/tenants").await
     }
 
     /// A tenant's live jobs and queues, and its quotas.
@@ -672,7 +682,7 @@ impl Client {
 
     /// Bootstrap tokens (metadata).
     pub async fn bootstrap_tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
-        self.get("listing bootstrap tokens", "/v1/bootstrap-tokens")
+        self.list("listing bootstrap tokens", "/v1/bootstrap-tokens")
             .await
     }
 
@@ -692,7 +702,7 @@ impl Client {
 
     /// API keys (metadata).
     pub async fn api_keys(&self) -> Result<Vec<TokenInfo>, ClientError> {
-        self.get("listing API keys", "/v1/api-keys").await
+        self.list("listing API keys", "/v1/api-keys").await
     }
 
     /// Revokes a token or key.
@@ -702,8 +712,8 @@ impl Client {
             .await
     }
 
-    /// Audit events after `after`, oldest first.
-    pub async fn audit(&self, after: i64, limit: u32) -> Result<Vec<AuditEvent>, ClientError> {
+    /// A page of audit events after `after`, oldest first.
+    pub async fn audit(&self, after: i64, limit: u32) -> Result<AuditPage, ClientError> {
         self.get(
             "reading the audit log",
             &format!("/v1/audit?after={after}&limit={limit}"),
@@ -722,10 +732,21 @@ impl Client {
         .await
     }
 
-    /// Dead notifications, newest first.
+    /// Every dead notification, newest first, page by page.
     pub async fn dead_notifications(&self) -> Result<Vec<Notification>, ClientError> {
-        self.get("listing notifications", "/v1/notifications?state=dead")
-            .await
+        let mut all = Vec::new();
+        let mut path = "/v1/notifications?state=dead&limit=1000".to_owned();
+        loop {
+            let page: Page<Notification, NotificationId> =
+                self.get("listing notifications", &path).await?;
+            all.extend(page.items);
+            match page.next_cursor {
+                Some(next) => {
+                    path = format!("/v1/notifications?state=dead&limit=1000&after={next}")
+                }
+                None => return Ok(all),
+            }
+        }
     }
 
     /// Sends a dead notification again.
@@ -761,7 +782,7 @@ impl Client {
 
     /// Every controller's status (as JSON: last run, next run, leader).
     pub async fn controllers(&self) -> Result<Vec<Value>, ClientError> {
-        self.get("listing controllers", "/v1/controllers").await
+        self.list("listing controllers", "/v1/controllers").await
     }
 
     /// Asks for a controller's run now.

@@ -29,7 +29,7 @@ pub use job::{
 pub use notification::{Notification, NotificationState};
 pub use tenant::{PlanTier, Tenant};
 pub use token::{ApiScope, TokenInfo, TokenKind};
-pub use wire::{ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
+pub use wire::{AuditPage, ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
 
 /// A raw identifier: UUID v7, unique without coordination and ordered by
 /// creation time. Entities are named by typed ids ([`JobId`], [`AgentId`],

@@ -88,6 +88,27 @@ pub struct Page<T, C = JobId> {
     pub next_cursor: Option<C>,
 }
 
+impl<T, C> Page<T, C> {
+    /// A list that is whole: no page follows.
+    pub fn whole(items: Vec<T>) -> Self {
+        Self {
+            items,
+            next_cursor: None,
+        }
+    }
+}
+
+/// One page of the audit log, oldest first: the shape of every listing,
+/// with the event sequence number as its cursor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    /// The events.
+    pub items: Vec<crate::AuditEvent>,
+    /// Pass as `after` to get the next page; `None` when no event follows
+    /// (yet).
+    pub next_cursor: Option<i64>,
+}
+
 /// An error as the API returns it: a stable code from the store's
 /// vocabulary (`invalid`, `not_found`, `conflict`, `stale_lease`,
 /// `unauthorized`, `unavailable`, …) and a message for people.

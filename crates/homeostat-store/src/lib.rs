@@ -1037,14 +1037,15 @@ impl Store {
         dispatch!(self, notifications::record_delivery(id, delivery))
     }
 
-    /// Notifications in one state (`dead` ones, for an operator), newest
-    /// first.
+    /// A page of the notifications in one state (`dead` ones, for an
+    /// operator), newest first, after the notification `after`.
     pub async fn list_notifications(
         &self,
         state: NotificationState,
+        after: Option<NotificationId>,
         limit: u32,
-    ) -> Result<Vec<Notification>, StoreError> {
-        dispatch!(self, notifications::list(state, limit))
+    ) -> Result<Page<Notification, NotificationId>, StoreError> {
+        dispatch!(self, notifications::list(state, after, limit))
     }
 
     /// Sends a dead notification again, with fresh attempts (audited).

@@ -40,11 +40,20 @@ const GET: Sql = Sql::both(concat!(
     " FROM notifications WHERE id = $1"
 ));
 
-const LIST: Sql = Sql::both(concat!(
-    "SELECT ",
-    notification_columns!(),
-    " FROM notifications WHERE state = $1 ORDER BY id DESC LIMIT $2"
-));
+/// `$1` the state, `$2` the notification after which the page starts (the
+/// newest first), `$3` the page's size.
+const LIST: Sql = Sql::pair(
+    concat!(
+        "SELECT ",
+        notification_columns!(),
+        " FROM notifications WHERE state = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+    ),
+    concat!(
+        "SELECT ",
+        notification_columns!(),
+        " FROM notifications WHERE state = $1 AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+    ),
+);
 const REDRIVE: Sql = Sql::both(concat!(
     "UPDATE notifications SET state = 'pending', attempts = 0, next_attempt_at = $2
      WHERE id = $1 AND state = 'dead' RETURNING ",
@@ -54,17 +63,27 @@ const REDRIVE: Sql = Sql::both(concat!(
 pub(crate) async fn list<B: Backend>(
     b: &B,
     state: NotificationState,
+    after: Option<NotificationId>,
     limit: u32,
-) -> Result<Vec<Notification>, StoreError> {
+) -> Result<homeostat_model::Page<Notification, NotificationId>, StoreError> {
     let stmt = Stmt::new::<B>(LIST)
         .arg(state.as_str())
-        .arg(i64::from(limit));
-    b.fetch(stmt)
+        .arg(after)
+        .arg(i64::from(limit) + 1);
+    let mut items = b
+        .fetch(stmt)
         .await
         .op("listing notifications")?
         .iter()
         .map(rows::notification)
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|n| n.id)
+    } else {
+        None
+    };
+    Ok(homeostat_model::Page { items, next_cursor })
 }
 
 pub(crate) async fn redrive<B: Backend>(

@@ -163,7 +163,9 @@ pub(crate) enum Controllers {
 pub(crate) enum TokenType {
     /// Lets agents register.
     Bootstrap,
-    /// A bearer key for the API.
+    /// A bearer key for the API (`api_key`, as the API writes a key's
+    /// kind and an actor's name; `api-key` is accepted too).
+    #[value(name = "api_key", alias = "api-key")]
     ApiKey,
 }
 
@@ -189,7 +191,7 @@ pub(crate) enum Tokens {
     },
     /// Lists tokens (metadata, never secrets).
     List {
-        #[arg(long = "type", value_enum, default_value = "api-key")]
+        #[arg(long = "type", value_enum, default_value = "api_key")]
         kind: TokenType,
     },
     /// Revokes a token or key.

@@ -129,10 +129,10 @@ async fn snapshot(c: &reqwest::Client, s: &common::Server, admin: &str) -> Value
     let verify = post_json(c, s.url("/v1/audit/verify"), Some(admin), &json!({})).await;
     json!({
         "jobs": jobs["items"],
-        "tenants": tenants,
-        "keys": keys.as_array().unwrap().iter().map(|k| k["revoked_at"].clone()).collect::<Vec<_>>(),
+        "tenants": tenants["items"],
+        "keys": keys["items"].as_array().unwrap().iter().map(|k| k["revoked_at"].clone()).collect::<Vec<_>>(),
         "agents": agents,
-        "audit": audit.as_array().unwrap().len(),
+        "audit": audit["items"].as_array().unwrap().len(),
         "chain_break": verify["first_break"],
     })
 }

@@ -214,7 +214,7 @@ async fn leader(
     name: &str,
 ) -> Option<String> {
     let all = get_json(c, server.url("/v1/controllers"), key).await;
-    all.as_array()?.iter().find(|x| x["name"] == name)?["leader_replica"]
+    all["items"].as_array()?.iter().find(|x| x["name"] == name)?["leader_replica"]
         .as_str()
         .map(str::to_owned)
 }
@@ -302,9 +302,19 @@ async fn a_killed_replica_hands_its_controllers_over_and_no_job_is_lost() {
     }
     // No controller wrote under two leaders at once: in the audit log, each
     // controller's epochs never go back.
-    let events = get_json(&c, two.url("/v1/audit?limit=1000"), &admin).await;
+    let mut events = Vec::new();
+    let mut after = 0;
+    loop {
+        let url = two.url(&format!("/v1/audit?limit=1000&after={after}"));
+        let page = get_json(&c, url, &admin).await;
+        events.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
     let mut last: HashMap<String, u64> = HashMap::new();
-    for e in events.as_array().unwrap() {
+    for e in &events {
         let actor = e["actor"].as_str().unwrap();
         let Some(rest) = actor.strip_prefix("controller:") else {
             continue;

@@ -192,7 +192,7 @@ async fn the_operators_commands() {
     assert!(String::from_utf8_lossy(&watch.stdout).contains("cancelled"));
 
     let key = cli.ok(&[
-        "tokens", "create", "--type", "api-key", "--tenant", &tenant_id,
+        "tokens", "create", "--type", "api_key", "--tenant", &tenant_id,
     ]);
     insta::assert_snapshot!("tokens_create", key);
     let keys = cli.json(&["tokens", "list"]);

@@ -11,7 +11,8 @@ use common::{client, data_dir, ready};
 
 async fn leads(client: &reqwest::Client, server: &common::Server, key: &str, name: &str) -> bool {
     let all = common::get_json(client, server.url("/v1/controllers"), key).await;
-    all.as_array()
+    all["items"]
+        .as_array()
         .unwrap()
         .iter()
         .find(|c| c["name"] == name)
@@ -56,7 +57,7 @@ async fn a_stopping_leader_hands_its_controllers_over_at_once() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let seen = loop {
         let all = common::get_json(&client, b.url("/v1/controllers"), &key).await;
-        let seen = all
+        let seen = all["items"]
             .as_array()
             .unwrap()
             .iter()

@@ -42,8 +42,9 @@ pub(crate) async fn list(
     let now = state.store.now();
     let dead = state
         .store
-        .list_notifications(NotificationState::Dead, 200)
-        .await?;
+        .list_notifications(NotificationState::Dead, None, 200)
+        .await?
+        .items;
     let view = Notifications {
         rows: dead
             .iter()

@@ -169,7 +169,7 @@ pub(crate) async fn overview(
             None,
             1000,
         ),
-        store.list_notifications(NotificationState::Dead, SHOWN),
+        store.list_notifications(NotificationState::Dead, None, SHOWN),
     )?;
     let controllers = controller_rows(&state, now).await?;
 
@@ -256,7 +256,7 @@ pub(crate) async fn overview(
         + awaiting.len()
         + lost_agents.len()
         + flagged.len()
-        + notifications.len();
+        + notifications.items.len();
     let view = Overview {
         finished_succeeded: minutes.iter().map(|m| m.succeeded).sum(),
         finished_failed: minutes.iter().map(|m| m.failed).sum(),
@@ -271,6 +271,7 @@ pub(crate) async fn overview(
         lost_agents,
         flagged,
         notifications: notifications
+            .items
             .iter()
             .map(|n| notification_line(n, now))
             .collect(),

@@ -11,7 +11,8 @@ use homeostat_model::operator::{
     CreatedSecret, KeyRole, NewApiKeyRequest, NewBootstrapTokenRequest, NewTenantRequest,
 };
 use homeostat_model::{
-    Agent, AgentId, ApiScope, AuditEvent, Page, Tenant, TenantId, TokenId, TokenInfo, TokenKind,
+    Agent, AgentId, ApiScope, AuditPage, NotificationId, Page, Tenant, TenantId, TokenId,
+    TokenInfo, TokenKind,
 };
 use homeostat_runtime::{ControllerStatus, Manager};
 use homeostat_store::{NewBootstrapToken, VerifyReport};
@@ -201,7 +202,7 @@ pub(crate) async fn remove_agent(
     tag = "agents",
     params(("id" = uuid::Uuid, Path, description = "agent id")),
     responses(
-        (status = 200, description = "the agent's credentials: metadata, never a secret; revoked ones too", body = Vec<homeostat_model::TokenInfo>),
+        (status = 200, description = "the agent's credentials: metadata, never a secret; revoked ones too (the whole list)", body = homeostat_model::Page<homeostat_model::TokenInfo, homeostat_model::TokenId>),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -210,9 +211,9 @@ pub(crate) async fn agent_credentials(
     State(state): State<ApiState>,
     caller: Caller,
     Path(id): Path<AgentId>,
-) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+) -> Result<Json<Page<TokenInfo, TokenId>>, ApiError> {
     visible_agent(&state, &caller, id).await?;
-    Ok(Json(state.store.agent_credentials(id).await?))
+    Ok(Json(Page::whole(state.store.agent_credentials(id).await?)))
 }
 
 #[utoipa::path(
@@ -270,7 +271,7 @@ pub(crate) async fn create_tenant(
     path = "/v1/tenants",
     tag = "tenants",
     responses(
-        (status = 200, description = "tenants the key sees", body = Vec<homeostat_model::Tenant>),
+        (status = 200, description = "tenants the key sees (the whole list)", body = homeostat_model::Page<homeostat_model::Tenant, homeostat_model::TenantId>),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -278,10 +279,10 @@ pub(crate) async fn create_tenant(
 pub(crate) async fn list_tenants(
     State(state): State<ApiState>,
     caller: Caller,
-) -> Result<Json<Vec<Tenant>>, ApiError> {
+) -> Result<Json<Page<Tenant, TenantId>>, ApiError> {
     let mut tenants = state.store.list_tenants().await?;
     tenants.retain(|t| caller.sees(Some(t.id)));
-    Ok(Json(tenants))
+    Ok(Json(Page::whole(tenants)))
 }
 
 #[utoipa::path(
@@ -432,7 +433,7 @@ pub(crate) struct TokenQuery {
     tag = "tokens",
     params(TokenQuery),
     responses(
-        (status = 200, description = "metadata, never a secret", body = Vec<homeostat_model::TokenInfo>),
+        (status = 200, description = "metadata, never a secret (the whole list)", body = homeostat_model::Page<homeostat_model::TokenInfo, homeostat_model::TokenId>),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -441,7 +442,7 @@ pub(crate) async fn list_bootstrap_tokens(
     State(state): State<ApiState>,
     caller: Caller,
     Query(q): Query<TokenQuery>,
-) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+) -> Result<Json<Page<TokenInfo, TokenId>>, ApiError> {
     list_tokens(&state, &caller, TokenKind::Bootstrap, q).await
 }
 
@@ -451,7 +452,7 @@ pub(crate) async fn list_bootstrap_tokens(
     tag = "tokens",
     params(TokenQuery),
     responses(
-        (status = 200, description = "metadata, never a secret", body = Vec<homeostat_model::TokenInfo>),
+        (status = 200, description = "metadata, never a secret (the whole list)", body = homeostat_model::Page<homeostat_model::TokenInfo, homeostat_model::TokenId>),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -460,7 +461,7 @@ pub(crate) async fn list_api_keys(
     State(state): State<ApiState>,
     caller: Caller,
     Query(q): Query<TokenQuery>,
-) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+) -> Result<Json<Page<TokenInfo, TokenId>>, ApiError> {
     list_tokens(&state, &caller, TokenKind::ApiKey, q).await
 }
 
@@ -469,10 +470,12 @@ async fn list_tokens(
     caller: &Caller,
     kind: TokenKind,
     q: TokenQuery,
-) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+) -> Result<Json<Page<TokenInfo, TokenId>>, ApiError> {
     // Metadata only (never a secret): viewers read it as they read the rest.
     caller.require_operator("the token list")?;
-    Ok(Json(state.store.list_tokens(kind, q.tenant_id).await?))
+    Ok(Json(Page::whole(
+        state.store.list_tokens(kind, q.tenant_id).await?,
+    )))
 }
 
 #[utoipa::path(
@@ -514,7 +517,7 @@ pub(crate) struct AuditQuery {
     tag = "audit",
     params(AuditQuery),
     responses(
-        (status = 200, description = "audit events after `after`, oldest first", body = Vec<homeostat_model::AuditEvent>),
+        (status = 200, description = "a page of audit events after `after`, oldest first", body = homeostat_model::AuditPage),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -523,18 +526,21 @@ pub(crate) async fn list_audit(
     State(state): State<ApiState>,
     caller: Caller,
     Query(q): Query<AuditQuery>,
-) -> Result<Json<Vec<AuditEvent>>, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     caller.require_operator("the audit log")?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be 1 to 1000"));
     }
-    Ok(Json(
-        state
-            .store
-            .audit_events(q.after.unwrap_or(0), limit)
-            .await?,
-    ))
+    let items = state
+        .store
+        .audit_events(q.after.unwrap_or(0), limit)
+        .await?;
+    // A full page may have more after it; a short one is the log's end.
+    let next_cursor = (items.len() == limit as usize)
+        .then(|| items.last().map(|e| e.seq))
+        .flatten();
+    Ok(Json(AuditPage { items, next_cursor }))
 }
 
 #[utoipa::path(
@@ -581,7 +587,7 @@ pub(crate) fn manager_error(e: homeostat_runtime::ManagerError) -> ApiError {
     path = "/v1/controllers",
     tag = "controllers",
     responses(
-        (status = 200, description = "each controller: last run, outcome, items, error, next run, leader", body = Vec<Object>),
+        (status = 200, description = "{items, next_cursor}: each controller's last run, outcome, items, error, next run, leader (the whole list)", body = Object),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -589,11 +595,11 @@ pub(crate) fn manager_error(e: homeostat_runtime::ManagerError) -> ApiError {
 pub(crate) async fn list_controllers(
     State(state): State<ApiState>,
     caller: Caller,
-) -> Result<Json<Vec<ControllerView>>, ApiError> {
+) -> Result<Json<Page<ControllerView, String>>, ApiError> {
     caller.require_operator("controller status")?;
     let statuses = manager(&state)?.cluster_status().await;
     let mut holders = state.store.lease_holders().await?;
-    Ok(Json(
+    Ok(Json(Page::whole(
         statuses
             .into_iter()
             .map(|status| ControllerView {
@@ -601,7 +607,7 @@ pub(crate) async fn list_controllers(
                 status,
             })
             .collect(),
-    ))
+    )))
 }
 
 /// A controller as this replica's manager sees it, with the runs as its
@@ -682,6 +688,8 @@ pub(crate) async fn plan_controller(
 pub(crate) struct NotificationQuery {
     #[serde(default = "dead")]
     state: homeostat_model::NotificationState,
+    /// The notification after which the page starts (a `next_cursor`).
+    after: Option<NotificationId>,
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
@@ -696,7 +704,7 @@ fn dead() -> homeostat_model::NotificationState {
     tag = "notifications",
     params(NotificationQuery),
     responses(
-        (status = 200, description = "notifications in a state (dead by default), newest first", body = Vec<homeostat_model::Notification>),
+        (status = 200, description = "a page of the notifications in a state (dead by default), newest first", body = homeostat_model::Page<homeostat_model::Notification, homeostat_model::NotificationId>),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -705,13 +713,18 @@ pub(crate) async fn list_notifications(
     State(state): State<ApiState>,
     caller: Caller,
     Query(q): Query<NotificationQuery>,
-) -> Result<Json<Vec<homeostat_model::Notification>>, ApiError> {
+) -> Result<Json<Page<homeostat_model::Notification, NotificationId>>, ApiError> {
     caller.require_operator("the notification list")?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be 1 to 1000"));
     }
-    Ok(Json(state.store.list_notifications(q.state, limit).await?))
+    Ok(Json(
+        state
+            .store
+            .list_notifications(q.state, q.after, limit)
+            .await?,
+    ))
 }
 
 #[utoipa::path(

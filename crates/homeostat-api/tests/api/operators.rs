@@ -170,13 +170,21 @@ async fn the_audit_log_lists_and_verifies_without_secrets(store: &Store) {
     let events = api.get("/v1/audit?limit=1000", &api.admin).await;
     assert_eq!(events.status, StatusCode::OK, "{}", events.text);
     assert!(
-        events
-            .body
+        events.body["items"]
             .as_array()
             .unwrap()
             .iter()
             .any(|e| e["action"] == "token.created")
     );
+    assert_eq!(events.body["next_cursor"], json!(null), "the whole log");
+    // Page by page: the cursor is the last event's sequence number.
+    let first = api.get("/v1/audit?limit=1", &api.admin).await;
+    let cursor = first.body["next_cursor"].as_i64().unwrap();
+    assert_eq!(json!(cursor), first.body["items"][0]["seq"]);
+    let second = api
+        .get(&format!("/v1/audit?limit=1&after={cursor}"), &api.admin)
+        .await;
+    assert_eq!(second.body["items"][0]["seq"], json!(cursor + 1));
     assert!(
         !events.text.contains(secret),
         "a secret reached the audit log"
@@ -196,8 +204,7 @@ async fn controllers_report_trigger_and_plan(store: &Store) {
     let api = Api::new(store).await;
     let list = api.get("/v1/controllers", &api.admin).await;
     assert_eq!(list.status, StatusCode::OK);
-    let names: Vec<_> = list
-        .body
+    let names: Vec<_> = list.body["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -209,8 +216,7 @@ async fn controllers_report_trigger_and_plan(store: &Store) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let list = api.get("/v1/controllers", &api.admin).await;
-        let scheduler = list
-            .body
+        let scheduler = list.body["items"]
             .as_array()
             .unwrap()
             .iter()
@@ -323,8 +329,32 @@ async fn dead_notifications_are_listed_and_redriven(store: &Store) {
         .unwrap();
     let dead = api.get("/v1/notifications?state=dead", &api.admin).await;
     assert_eq!(dead.status, StatusCode::OK, "{}", dead.text);
-    assert_eq!(dead.body[0]["id"], json!(id));
-    assert_eq!(dead.body[0]["last_error"], "410 Gone");
+    assert_eq!(dead.body["items"][0]["id"], json!(id));
+    assert_eq!(dead.body["items"][0]["last_error"], "410 Gone");
+    // Pending ones, page by page, newest first.
+    let mut pending = Vec::new();
+    for n in 0..3 {
+        pending.push(
+            api.store
+                .add_notification("job.dead", &json!({"job_id": n}))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/notifications?state=pending&limit=2".to_owned();
+    loop {
+        let page = api.get(&path, &api.admin).await;
+        for n in page.body["items"].as_array().unwrap() {
+            seen.push(n["id"].clone());
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(next) => path = format!("/v1/notifications?state=pending&limit=2&after={next}"),
+            None => break,
+        }
+    }
+    pending.reverse();
+    assert_eq!(seen, json!(pending).as_array().unwrap().clone());
     let redriven = api
         .post(
             &format!("/v1/notifications/{id}/redrive"),
@@ -346,6 +376,32 @@ async fn dead_notifications_are_listed_and_redriven(store: &Store) {
     let (_, tenant_key) = api.tenant("acme").await;
     let hidden = api.get("/v1/notifications", &tenant_key).await;
     assert_eq!(hidden.status, StatusCode::FORBIDDEN);
+    api.stop().await;
+}
+
+/// Every listing answers one shape, `{items, next_cursor}`.
+async fn every_list_answers_items_and_a_cursor(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant, _) = api.tenant("acme").await;
+    let (agent, _) = api.agent(Some(tenant), &["q"]).await;
+    let lists = [
+        "/v1/jobs".to_owned(),
+        "/v1/agents".to_owned(),
+        format!("/v1/agents/{agent}/credentials"),
+        "/v1/tenants".to_owned(),
+        "/v1/bootstrap-tokens".to_owned(),
+        "/v1/api-keys".to_owned(),
+        "/v1/audit".to_owned(),
+        "/v1/notifications".to_owned(),
+        "/v1/controllers".to_owned(),
+    ];
+    for path in &lists {
+        let list = api.get(path, &api.admin).await;
+        assert_eq!(list.status, StatusCode::OK, "{path}: {}", list.text);
+        let fields: Vec<&String> = list.body.as_object().unwrap().keys().collect();
+        assert_eq!(fields, ["items", "next_cursor"], "{path}: {}", list.text);
+        assert!(list.body["items"].is_array(), "{path}");
+    }
     api.stop().await;
 }
 
@@ -455,6 +511,7 @@ async fn metrics_are_bounded_and_may_need_a_key(store: &Store) {
 }
 
 on_both_backends!(
+    every_list_answers_items_and_a_cursor,
     metrics_are_bounded_and_may_need_a_key,
     roles_read_and_change_what_the_role_table_says,
     dead_notifications_are_listed_and_redriven,

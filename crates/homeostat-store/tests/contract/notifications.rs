@@ -129,9 +129,10 @@ async fn every_way_a_job_dies_is_told(store: &Store) {
         store.at(at(2)).fail(&failure).await.unwrap();
     }
     let pending = store
-        .list_notifications(NotificationState::Pending, 100)
+        .list_notifications(NotificationState::Pending, None, 100)
         .await
-        .unwrap();
+        .unwrap()
+        .items;
     let dead: Vec<_> = pending
         .iter()
         .filter(|n| n.event == "job.dead")
