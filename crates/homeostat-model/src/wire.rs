@@ -89,6 +89,19 @@ pub struct Page<T, C = JobId> {
 }
 
 impl<T, C> Page<T, C> {
+    /// The page of `items` read with one more than `limit` asked for: a
+    /// page follows if that extra item came, from the last kept item's
+    /// `cursor`.
+    pub fn of_one_more(mut items: Vec<T>, limit: u32, cursor: impl Fn(&T) -> C) -> Self {
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(cursor)
+        } else {
+            None
+        };
+        Self { items, next_cursor }
+    }
+
     /// A list that is whole: no page follows.
     pub fn whole(items: Vec<T>) -> Self {
         Self {

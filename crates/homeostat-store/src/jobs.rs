@@ -477,18 +477,12 @@ pub(crate) async fn list_jobs<B: Backend>(
         .arg(filter.kind.as_deref())
         .arg(filter.agent_id)
         .arg(filter.fingerprint.as_deref());
-    let mut items = b
+    let items = b
         .fetch(stmt)
         .await
         .op("listing jobs")?
         .iter()
         .map(rows::job)
         .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|j| j.id)
-    } else {
-        None
-    };
-    Ok(Page { items, next_cursor })
+    Ok(Page::of_one_more(items, limit, |j| j.id))
 }

@@ -70,20 +70,14 @@ pub(crate) async fn list<B: Backend>(
         .arg(state.as_str())
         .arg(after)
         .arg(i64::from(limit) + 1);
-    let mut items = b
+    let items = b
         .fetch(stmt)
         .await
         .op("listing notifications")?
         .iter()
         .map(rows::notification)
         .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|n| n.id)
-    } else {
-        None
-    };
-    Ok(homeostat_model::Page { items, next_cursor })
+    Ok(homeostat_model::Page::of_one_more(items, limit, |n| n.id))
 }
 
 pub(crate) async fn redrive<B: Backend>(

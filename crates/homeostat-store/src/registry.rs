@@ -937,20 +937,14 @@ pub(crate) async fn list_agents<B: Backend>(
         .arg(filter.status.map(AgentStatus::as_str))
         .arg(after)
         .arg(i64::from(limit) + 1);
-    let mut items = b
+    let items = b
         .fetch(stmt)
         .await
         .op("listing agents")?
         .iter()
         .map(rows::agent)
         .collect::<Result<Vec<_>, _>>()?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|a| a.id)
-    } else {
-        None
-    };
-    Ok(homeostat_model::Page { items, next_cursor })
+    Ok(homeostat_model::Page::of_one_more(items, limit, |a| a.id))
 }
 
 pub(crate) async fn drain_agent<B: Backend>(

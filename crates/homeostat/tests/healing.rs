@@ -214,7 +214,10 @@ async fn leader(
     name: &str,
 ) -> Option<String> {
     let all = get_json(c, server.url("/v1/controllers"), key).await;
-    all["items"].as_array()?.iter().find(|x| x["name"] == name)?["leader_replica"]
+    all["items"]
+        .as_array()?
+        .iter()
+        .find(|x| x["name"] == name)?["leader_replica"]
         .as_str()
         .map(str::to_owned)
 }
