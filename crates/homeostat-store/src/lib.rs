@@ -325,6 +325,20 @@ impl Store {
         dispatch!(self, registry::get_agent(id))
     }
 
+    /// The queues at least one online agent claims from (draining and
+    /// offline agents claim nothing).
+    pub async fn served_queues(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        dispatch!(self, registry::served_queues())
+    }
+
+    /// The names of those of `ids` that exist (removed agents are absent).
+    pub async fn agent_names(
+        &self,
+        ids: &[AgentId],
+    ) -> Result<std::collections::HashMap<AgentId, String>, StoreError> {
+        dispatch!(self, registry::agent_names(ids))
+    }
+
     /// Agents, of one tenant or all, by name.
     pub async fn list_agents(
         &self,

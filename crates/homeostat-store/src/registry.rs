@@ -129,6 +129,17 @@ const BACK_ONLINE: Sql = Sql::pair(
                    AND tokens.kind = 'agent_credential' AND tokens.revoked_at IS NULL)
      RETURNING id",
 );
+/// `$1` the agents: their names.
+const AGENT_NAMES: Sql = Sql::pair(
+    "SELECT id, name FROM agents WHERE id IN (SELECT value FROM json_each($1))",
+    "SELECT id, name FROM agents WHERE id = ANY($1::uuid[])",
+);
+/// The queues some online agent claims from.
+const SERVED_QUEUES: Sql = Sql::pair(
+    "SELECT DISTINCT q.value AS queue FROM agents, json_each(agents.queues) AS q
+     WHERE agents.status = 'online'",
+    "SELECT DISTINCT q AS queue FROM agents, unnest(agents.queues) AS q WHERE agents.status = 'online'",
+);
 /// `$1` the agent: deleted if offline.
 const REMOVE_AGENT: Sql = Sql::both(concat!(
     "DELETE FROM agents WHERE id = $1 AND status = 'offline' RETURNING ",
@@ -916,6 +927,33 @@ pub(crate) async fn remove_agent<B: Backend>(
     b.credentials().forget(&[id]);
     b.agent_facts().lock().unwrap().remove(&id);
     Ok(agent)
+}
+
+pub(crate) async fn agent_names<B: Backend>(
+    b: &B,
+    ids: &[AgentId],
+) -> Result<std::collections::HashMap<AgentId, String>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    let ids: Vec<homeostat_model::Id> = ids.iter().map(|a| (*a).into()).collect();
+    b.fetch(Stmt::new::<B>(AGENT_NAMES).arg(ids.as_slice()))
+        .await
+        .op("reading agents' names")?
+        .iter()
+        .map(|r| Ok((r.id("id")?, r.text("name")?)))
+        .collect()
+}
+
+pub(crate) async fn served_queues<B: Backend>(
+    b: &B,
+) -> Result<std::collections::BTreeSet<String>, StoreError> {
+    b.fetch(Stmt::new::<B>(SERVED_QUEUES))
+        .await
+        .op("reading the queues online agents serve")?
+        .iter()
+        .map(|r| r.text("queue"))
+        .collect()
 }
 
 pub(crate) async fn get_agent<B: Backend>(b: &B, id: AgentId) -> Result<Agent, StoreError> {

@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use homeostat_model::AgentId;
 
+use super::names::{Named, Names};
 use super::notice::{Done, NoticeQuery};
 use super::page::{Page, Problem, ago, fragment, parse_id, short, when};
 use super::session::{CsrfForm, Session};
@@ -19,7 +20,7 @@ struct Row {
     short: String,
     name: String,
     status: &'static str,
-    tenant: String,
+    tenant: Named,
     labels: String,
     queues: String,
     heartbeat: String,
@@ -86,6 +87,7 @@ pub(crate) async fn list(
         .map(|after| format!("/agents?status={status}&after={after}"));
     let agents = agents.items;
     let running = state.store.running_by_agent().await?;
+    let names = Names::load(&state, []).await?;
     let admin = session.caller.is_admin();
     let rows = agents
         .iter()
@@ -94,7 +96,7 @@ pub(crate) async fn list(
             short: short(a.id),
             name: a.name.clone(),
             status: a.status.as_str(),
-            tenant: a.tenant_id.map_or_else(|| "platform".into(), short),
+            tenant: names.tenant(a.tenant_id),
             labels: a
                 .labels
                 .iter()

@@ -12,6 +12,7 @@ use homeostat_model::{AgentId, Job, JobId, JobState, TenantId};
 use homeostat_store::JobFilter;
 use serde::Deserialize;
 
+use super::names::{Named, Names};
 use super::notice::{Done, NoticeQuery};
 use super::page::{Page, Problem, ago, fragment, parse_id, query, short, when, when_opt};
 use super::session::{CsrfForm, Session};
@@ -111,23 +112,23 @@ struct Row {
     state: &'static str,
     queue: String,
     kind: String,
-    tenant: String,
+    tenant: Named,
     attempts: String,
-    agent: String,
+    agent: Named,
     updated: String,
     fingerprint: String,
 }
 
-fn row(job: &Job, now: jiff::Timestamp) -> Row {
+fn row(job: &Job, names: &Names, now: jiff::Timestamp) -> Row {
     Row {
         id: job.id.to_string(),
         short: short(job.id),
         state: job.state.as_str(),
         queue: job.queue.clone(),
         kind: job.kind.clone(),
-        tenant: short(job.tenant_id),
+        tenant: names.tenant(Some(job.tenant_id)),
         attempts: format!("{}/{}", job.attempt, job.max_attempts),
-        agent: job.lease_agent.map(short).unwrap_or_default(),
+        agent: names.agent(job.lease_agent),
         updated: ago(now, job.updated_at),
         fingerprint: job.fingerprint.clone().unwrap_or_default(),
     }
@@ -182,8 +183,9 @@ pub(crate) async fn list(
         }
         None => None,
     };
+    let names = Names::load(&state, page.items.iter().filter_map(|j| j.lease_agent)).await?;
     let view = ListView {
-        rows: page.items.iter().map(|j| row(j, now)).collect(),
+        rows: page.items.iter().map(|j| row(j, &names, now)).collect(),
         next,
         first: after.map(|_| filters.url()),
         usage,
@@ -218,8 +220,7 @@ pub(crate) async fn list(
 /// A failed attempt, formatted.
 struct AttemptRow {
     attempt: u32,
-    agent: String,
-    agent_id: String,
+    agent: Named,
     started: String,
     failed: String,
     error: String,
@@ -259,7 +260,7 @@ struct JobView {
     state: &'static str,
     queue: String,
     kind: String,
-    tenant: String,
+    tenant: Named,
     priority: i32,
     attempts: String,
     fingerprint: String,
@@ -270,8 +271,7 @@ struct JobView {
     approval_expires: String,
     /// Enqueues this job stands for (1 + deduplicated ones).
     occurrences: u32,
-    agent: String,
-    agent_id: String,
+    agent: Named,
     started: String,
     finished: String,
     lease_expires: String,
@@ -302,12 +302,18 @@ pub(crate) async fn show(
         .await?;
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let act = session.caller.may_write();
+    let agents = job.lease_agent.into_iter();
+    let names = Names::load(
+        &state,
+        agents.chain(job.attempts.iter().filter_map(|a| a.agent_id)),
+    )
+    .await?;
     let view = JobView {
         id: job.id.to_string(),
         state: job.state.as_str(),
         queue: job.queue.clone(),
         kind: job.kind.clone(),
-        tenant: job.tenant_id.to_string(),
+        tenant: names.tenant(Some(job.tenant_id)),
         priority: job.priority,
         attempts: format!("{} of {}", job.attempt, job.max_attempts),
         fingerprint: job.fingerprint.clone().unwrap_or_default(),
@@ -316,8 +322,7 @@ pub(crate) async fn show(
         deadline: when_opt(job.deadline),
         approval_expires: job.approval_expires_at.map(when).unwrap_or_default(),
         occurrences: job.occurrences,
-        agent: job.lease_agent.map(short).unwrap_or_default(),
-        agent_id: job.lease_agent.map(|a| a.to_string()).unwrap_or_default(),
+        agent: names.agent(job.lease_agent),
         started: when_opt(job.started_at),
         finished: when_opt(job.finished_at),
         lease_expires: when_opt(job.lease_expires_at),
@@ -329,8 +334,7 @@ pub(crate) async fn show(
             .iter()
             .map(|a| AttemptRow {
                 attempt: a.attempt,
-                agent: a.agent_id.map(short).unwrap_or_default(),
-                agent_id: a.agent_id.map(|x| x.to_string()).unwrap_or_default(),
+                agent: names.agent(a.agent_id),
                 started: when_opt(a.started_at),
                 failed: when(a.failed_at),
                 error: a.error.clone(),

@@ -9,6 +9,7 @@ mod audit;
 mod controllers;
 mod extract;
 mod jobs;
+mod names;
 mod notice;
 mod notifications;
 mod overview;

@@ -26,6 +26,8 @@ struct QueueRow {
     queued: u64,
     running: u64,
     oldest: String,
+    /// Jobs wait here and no online agent claims from this queue.
+    unserved: bool,
 }
 
 /// One minute's bar in the chart (SVG coordinates).
@@ -69,6 +71,9 @@ struct Overview {
     dead: Vec<JobLine>,
     awaiting: Vec<JobLine>,
     lost_agents: Vec<AgentLine>,
+    /// Queues with queued jobs that no online agent claims from, and how
+    /// many wait there.
+    unserved: Vec<(String, u64)>,
     flagged: Vec<ControllerRow>,
     notifications: Vec<(String, String, String)>,
     attention: usize,
@@ -153,7 +158,7 @@ pub(crate) async fn overview(
             now.subsec_nanosecond(),
         );
     // Independent reads, so they go to the pool's connections at once.
-    let (stats, minutes, (dead, dead_count), awaiting, running, agents, notifications) = tokio::try_join!(
+    let (stats, minutes, (dead, dead_count), awaiting, running, agents, notifications, served) = tokio::try_join!(
         store.stats(),
         store.finished_per_minute(first_minute),
         store.dead_jobs(SHOWN),
@@ -170,6 +175,7 @@ pub(crate) async fn overview(
             1000,
         ),
         store.list_notifications(NotificationState::Dead, None, SHOWN),
+        store.served_queues(),
     )?;
     let controllers = controller_rows(&state, now).await?;
 
@@ -185,6 +191,7 @@ pub(crate) async fn overview(
                     queued: 0,
                     running: 0,
                     oldest: "—".into(),
+                    unserved: false,
                 });
                 queues.last_mut().expect("just pushed")
             }
@@ -203,6 +210,14 @@ pub(crate) async fn overview(
         }
     }
     queues.sort_by(|a, b| a.queue.cmp(&b.queue));
+    for q in &mut queues {
+        q.unserved = q.queued > 0 && !served.contains(&q.queue);
+    }
+    let unserved: Vec<(String, u64)> = queues
+        .iter()
+        .filter(|q| q.unserved)
+        .map(|q| (q.queue.clone(), q.queued))
+        .collect();
 
     let (bars, chart_max) = bars(&minutes, now);
     let agents_by_status = [
@@ -256,7 +271,8 @@ pub(crate) async fn overview(
         + awaiting.len()
         + lost_agents.len()
         + flagged.len()
-        + notifications.items.len();
+        + notifications.items.len()
+        + unserved.len();
     let view = Overview {
         finished_succeeded: minutes.iter().map(|m| m.succeeded).sum(),
         finished_failed: minutes.iter().map(|m| m.failed).sum(),
@@ -269,6 +285,7 @@ pub(crate) async fn overview(
         dead,
         awaiting,
         lost_agents,
+        unserved,
         flagged,
         notifications: notifications
             .items

@@ -254,7 +254,7 @@ async fn every_page_renders_on_an_empty_and_a_busy_store(store: &Store) {
     let empty = api.page("/", &api.admin).await.text;
     assert!(empty.contains("Nothing needs a person"), "{empty}");
 
-    let (dead, _) = busy(&api).await;
+    let (dead, tenant_key) = busy(&api).await;
     let short = &dead[dead.len() - 8..];
     for path in PAGES {
         let page = api.page(path, &api.admin).await;
@@ -305,11 +305,54 @@ async fn every_page_renders_on_an_empty_and_a_busy_store(store: &Store) {
         .page(&format!("/jobs/{}", gated[0].id), &api.admin)
         .await;
     assert!(page.text.contains("<dt>Approval by</dt>"), "{}", page.text);
-    // Its failed attempt is listed with the agent that ran it.
+    // Its failed attempt is listed with the agent that ran it, by name.
     let attempts = &job.text[job.text.find("Failed attempts").unwrap()..];
     assert!(
         !attempts.starts_with("Failed attempts</h2>\n<p class=\"muted\">None."),
         "{attempts}"
+    );
+    assert!(attempts.contains(">a1</span>"), "{attempts}");
+    // Tenants and agents by name, their ids on hover.
+    assert!(
+        job.text.contains("<dt>Tenant</dt><dd>acme "),
+        "{}",
+        job.text
+    );
+    let running = api.page("/jobs?state=running", &api.admin).await.text;
+    assert!(running.contains("\">acme</td>"), "{running}");
+    assert!(running.contains("\">a1</a>"), "{running}");
+    let agents = api.page("/agents", &api.admin).await.text;
+    assert!(agents.contains("\">acme</td>"), "{agents}");
+    // A queue with jobs waiting and no online agent claiming from it is
+    // flagged; one an agent serves is not.
+    assert!(
+        !overview.contains("Queues no online agent serves"),
+        "{overview}"
+    );
+    api.enqueue(&tenant_key, json!({"queue": "nightly", "kind": "report"}))
+        .await;
+    // Job counts may lag a few seconds behind a costly count (PostgreSQL on
+    // a busy machine): poll for the flag.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let overview = loop {
+        let overview = api.page("/", &api.admin).await.text;
+        if overview.contains("Queues no online agent serves") {
+            break overview;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never flagged: {overview}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let flagged = &overview[overview.find("Queues no online agent serves").unwrap()..];
+    assert!(
+        flagged.contains("nightly</a> <span class=\"why\">1 job queued"),
+        "{flagged}"
+    );
+    assert!(
+        !flagged[..flagged.find("</ul>").unwrap()].contains("builds"),
+        "{flagged}"
     );
     assert_eq!(
         job.text.matches("disk full on /var/cache").count(),
