@@ -16,6 +16,7 @@ mod guard;
 mod metrics;
 mod presence;
 mod quotas;
+mod readiness;
 mod routes;
 mod state;
 mod strict_json;

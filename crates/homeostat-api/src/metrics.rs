@@ -119,7 +119,10 @@ pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Nex
     let response = next.run(req).await;
     let elapsed = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
-    if status >= 500 {
+    // A probe's "not ready" is its answer, not a fault: the failing check
+    // is logged where it fails, not once per probe.
+    let answered = route == "/readyz";
+    if status >= 500 && !answered {
         tracing::warn!(%method, %route, status, ms = elapsed * 1e3, %request_id, "request failed");
     } else {
         tracing::debug!(%method, %route, status, ms = elapsed * 1e3, %request_id, "request");

@@ -205,6 +205,8 @@ pub struct ApiState {
     /// When this server started: the dashboard's baseline for a controller
     /// that never succeeded.
     pub(crate) started_at: std::time::SystemTime,
+    /// Readiness, checked every second in the background.
+    pub(crate) readiness: crate::readiness::Readiness,
     /// The dashboard's audit verification, if one ran in this server.
     pub(crate) verification: Arc<std::sync::Mutex<Option<crate::dashboard::Verification>>>,
 }
@@ -221,19 +223,37 @@ impl ApiState {
     ) -> Self {
         let http = Arc::new(HttpMetrics::register(&mut registry));
         let presence = crate::presence::Presence::start(store.clone(), settings.heartbeat_flush);
+        let shutdown = CancellationToken::new();
+        let replica = match &manager {
+            Some(m) => m.holder().to_owned(),
+            None => format!("api-{}", homeostat_model::new_id()),
+        };
+        let readiness = crate::readiness::Readiness::start(
+            store.clone(),
+            replica,
+            manager.is_some(),
+            shutdown.clone(),
+        );
         Self {
+            readiness,
             presence,
             claims: crate::claim_slots::ClaimSlots::default(),
             quotas: Arc::default(),
             store,
             settings: Arc::new(settings),
             manager,
-            shutdown: CancellationToken::new(),
+            shutdown,
             http,
             registry: Arc::new(registry),
             started_at: std::time::SystemTime::now(),
             verification: Arc::default(),
         }
+    }
+
+    /// Returns once readiness has been checked (so that the first probe
+    /// gets an answer of substance): call it before serving.
+    pub async fn readiness_checked(&self) {
+        self.readiness.first_checked().await;
     }
 
     /// Cancelled when the server stops: waiting claims answer at once

@@ -93,7 +93,11 @@ pub fn register_builtin(
     );
     add!(
         config.job_recovery,
-        JobRecovery::new(store.clone(), config.job_recovery)
+        JobRecovery::new(
+            store.clone(),
+            config.job_recovery,
+            config.agent_health.stale_after
+        )
     );
     add!(
         config.job_timeout,

@@ -191,7 +191,10 @@ async fn job_recovery_requeues_expired_leases_and_expires_overdue_jobs(store: &S
         .unwrap()
         .id;
 
-    let controller = JobRecovery::new(store.clone(), config().job_recovery);
+    let controller = recovery(store);
+    // It has heard the store since 10 s: the lease that ran out at 30 s
+    // counts.
+    assert_eq!(run_at(store, &controller, at(10)).await.unwrap(), 0);
     let plan = plan_at(store, &controller, at(60)).await;
     let mut expected = vec![
         (
@@ -221,6 +224,70 @@ async fn job_recovery_requeues_expired_leases_and_expires_overdue_jobs(store: &S
     // job started once already, so no deadline applies to it).
     assert_eq!(run_at(store, &controller, at(3601)).await.unwrap(), 1);
     assert_eq!(state(store, waiting).await, JobState::Expired);
+}
+
+fn recovery(store: &Store) -> JobRecovery {
+    let config = config();
+    JobRecovery::new(
+        store.clone(),
+        config.job_recovery,
+        config.agent_health.stale_after,
+    )
+}
+
+/// Leases that ran out while the control plane was down wait for their
+/// agents to be heard (agent-health's stale timeout, 90 s) before they
+/// count; leases that run out after it came back count at once.
+async fn job_recovery_reclaims_no_healthy_lease_after_an_outage(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let (alive, gone) = (
+        agent(store, Some(t), &["q"]).await,
+        agent(store, Some(t), &["q"]).await,
+    );
+    let mut held = Vec::new();
+    for a in [alive, gone] {
+        store
+            .at(t0())
+            .enqueue(t, &NewJob::new("q", "k"))
+            .await
+            .unwrap();
+        let claimed = store
+            .at(t0())
+            .claim(a, 1, Duration::from_secs(30))
+            .await
+            .unwrap();
+        held.push((claimed[0].id, claimed[0].lease_token));
+    }
+    let controller = recovery(store);
+    assert_eq!(run_at(store, &controller, at(10)).await.unwrap(), 0);
+    // The store was out of reach from 10 s to 300 s (runs every 60 s): both
+    // leases ran out at 30 s, neither agent could renew them.
+    assert_eq!(
+        run_at(store, &controller, at(300)).await.unwrap(),
+        0,
+        "reclaimed the moment the store came back"
+    );
+    let renew = |when: i64| {
+        let job = [held[0]];
+        async move {
+            let renewed = store
+                .at(at(when))
+                .heartbeat_jobs(alive, &job, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert_eq!(renewed, [true]);
+        }
+    };
+    renew(305).await;
+    assert_eq!(run_at(store, &controller, at(330)).await.unwrap(), 0);
+    renew(360).await;
+    renew(385).await;
+    assert_eq!(run_at(store, &controller, at(380)).await.unwrap(), 0);
+    // 90 s after the store came back the silent agent's lease counts; the
+    // heartbeating one's is whole.
+    assert_eq!(run_at(store, &controller, at(395)).await.unwrap(), 1);
+    assert_eq!(state(store, held[0].0).await, JobState::Running);
+    assert_eq!(state(store, held[1].0).await, JobState::Queued);
 }
 
 async fn job_timeout_fails_attempts_past_their_timeout(store: &Store) {
@@ -582,6 +649,7 @@ async fn token_cleanup_forgets_idempotency_keys_past_their_lifetime(store: &Stor
 }
 
 on_both_backends!(
+    job_recovery_reclaims_no_healthy_lease_after_an_outage,
     token_cleanup_forgets_idempotency_keys_past_their_lifetime,
     agent_health_reclaims_nothing_after_an_outage_of_the_control_plane,
     agent_health_brakes_a_mass_offline_then_confirms_it,

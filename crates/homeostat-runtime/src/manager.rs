@@ -406,6 +406,19 @@ impl Manager {
             .collect()
     }
 
+    /// Tells the manager that the lease of controller `name` was given up
+    /// (a peer stopped): unless this replica leads it, it tries to take the
+    /// lease at once, and runs the controller if it gets it, instead of
+    /// waiting for its next tick. A name it does not run is ignored.
+    pub fn lease_released(&self, name: &str) {
+        if let Ok(slot) = self.slot(name)
+            && slot.options.exclusive
+            && !slot.status.lock().unwrap().leader
+        {
+            slot.trigger.notify_one();
+        }
+    }
+
     /// A snapshot of one controller.
     pub fn controller_status(&self, name: &str) -> Result<ControllerStatus, ManagerError> {
         Ok(self.slot(name)?.status.lock().unwrap().clone())

@@ -727,7 +727,10 @@ async fn sweeps(db: &Db, rows: usize, plans: bool) -> Vec<(&'static str, f64, u6
     }
     time!(
         "requeue_expired_leases",
-        s.requeue_expired_leases(1000, None).await.unwrap().changed
+        s.requeue_expired_leases(1000, None, None)
+            .await
+            .unwrap()
+            .changed
     );
     time!(
         "time_out_running",

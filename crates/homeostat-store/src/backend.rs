@@ -314,6 +314,9 @@ pub(crate) trait Backend: Sync {
     /// This store's waiting claims.
     fn signals(&self) -> &crate::signals::Signals;
 
+    /// Leases given up, as this replica hears of them.
+    fn releases(&self) -> &crate::leases::Releases;
+
     /// Agents' credentials, verified once.
     fn credentials(&self) -> &crate::credentials::CredentialCache;
 

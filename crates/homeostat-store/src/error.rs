@@ -170,12 +170,26 @@ pub(crate) fn is_unavailable(e: &sqlx::Error) -> bool {
         // shutdown, crash shutdown, cannot connect now), 53300 (too many
         // connections). SQLite: SQLITE_BUSY (5) and SQLITE_LOCKED (6) after
         // the busy timeout.
-        sqlx::Error::Database(d) => d.code().is_some_and(|code| {
-            code.starts_with("08")
-                || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "5" | "6")
-        }),
+        sqlx::Error::Database(d) => {
+            d.code().is_some_and(|code| {
+                code.starts_with("08")
+                    || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300" | "5" | "6")
+            }) || is_disk_error(e)
+        }
         _ => false,
     }
+}
+
+/// SQLite could not read or write its files: SQLITE_IOERR (10, with its
+/// extended codes), SQLITE_FULL (13), SQLITE_CANTOPEN (14). The database
+/// is there, but writes fail until the disk lets them.
+pub(crate) fn is_disk_error(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    d.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|code| matches!(code & 0xff, 10 | 13 | 14))
 }
 
 /// A unique constraint refused the row (PostgreSQL 23505, SQLite 2067/1555).

@@ -9,6 +9,9 @@
 //! replaced healthy connection costs only a reconnect.
 
 use std::sync::LazyLock;
+
+use crate::backend::{Backend, Sql, Stmt};
+use crate::error::{Context, StoreError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -40,6 +43,22 @@ pub(crate) fn is_trusted(age: Duration) -> bool {
     }
     let opened = Instant::now().checked_sub(age).unwrap_or(*BASE);
     since_base(opened) > broke
+}
+
+/// `$1` the replica, `$2` now: a write that must reach the disk (a
+/// changed row is a WAL record on either database).
+const PROBE_WRITE: Sql = Sql::both(
+    "INSERT INTO write_probes (replica, at) VALUES ($1, $2)
+     ON CONFLICT (replica) DO UPDATE SET at = excluded.at",
+);
+
+/// Writes this replica's readiness row: whether writes succeed now.
+pub(crate) async fn probe_write<B: Backend>(b: &B, replica: &str) -> Result<(), StoreError> {
+    let now = crate::time::ms(b.now());
+    b.fetch_write(Stmt::new::<B>(PROBE_WRITE).arg(replica).arg(now))
+        .await
+        .op("writing the readiness probe")?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -507,6 +507,24 @@ impl Store {
         }
     }
 
+    /// Writes this replica's readiness row: `Ok` when writes succeed now
+    /// (a full disk, a read-only database or a lost primary fail it).
+    pub async fn probe_write(&self, replica: &str) -> Result<(), StoreError> {
+        dispatch!(self, health::probe_write(replica))
+    }
+
+    /// Whether the connection that hears other replicas (queued jobs,
+    /// released leases) listens now; `None` on SQLite, which has none, and
+    /// before it is started ([`Store::listening`]).
+    pub fn listener_connected(&self) -> Option<bool> {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(_) => None,
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) => s.listener_connected(),
+        }
+    }
+
     /// How many claims wait on this store now.
     pub fn waiting_claims(&self) -> usize {
         use backend::Backend;
@@ -814,17 +832,20 @@ impl Store {
         .await
     }
 
-    /// Running jobs whose lease expired: re-queued, or dead with no attempts left.
+    /// Running jobs whose lease expired: re-queued, or dead with no attempts
+    /// left. Only leases that ran out at or after `counted_from` count (all
+    /// for `None`): after an outage of the control plane, leases that ran
+    /// out while no agent could renew them wait until their agents have had
+    /// the chance to.
     pub async fn requeue_expired_leases(
         &self,
         limit: u32,
+        counted_from: Option<Timestamp>,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        self.woken(dispatch!(
-            self,
-            sweeps::run_due(&sweeps::LEASE_EXPIRED, limit, fence)
-        ))
-        .await
+        let from = counted_from.map_or(i64::MIN, time::ms);
+        self.woken(dispatch!(self, sweeps::requeue_expired(limit, from, fence)))
+            .await
     }
 
     /// Queued jobs never started by their deadline: expired.
@@ -1074,6 +1095,23 @@ impl Store {
     /// One notification.
     pub async fn get_notification(&self, id: NotificationId) -> Result<Notification, StoreError> {
         dispatch!(self, notifications::get(id))
+    }
+}
+
+impl Store {
+    /// Leases given up from now on, by name: this replica's own, and on
+    /// PostgreSQL every replica's (a peer that stops releases its leases).
+    /// A follower that tries to take a released lease at once takes over
+    /// within about a second instead of at its next tick
+    /// ([`homeostat_runtime::Manager::lease_released`]).
+    pub fn lease_releases(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>> {
+        use backend::Backend;
+        match self {
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(s) => s.releases().subscribe(),
+            #[cfg(feature = "postgres")]
+            Store::Postgres(s) => s.releases().subscribe(),
+        }
     }
 }
 

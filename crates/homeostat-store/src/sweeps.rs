@@ -26,7 +26,8 @@ pub(crate) struct Sweep {
     sql: Sql,
 }
 
-/// `$1` now (judged), `$2` limit.
+/// `$1` now (judged), `$2` limit, `$3` the earliest expiry that counts
+/// (ms; leases that ran out before it wait: see [`requeue_expired`]).
 pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
     action: AuditAction::JobsLeaseExpired.as_str(),
     reason: "lease expired",
@@ -38,7 +39,8 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
            queued_at = $1, updated_at = $1, last_error = 'lease expired: the agent stopped heartbeating the job', ",
             sqlite_failed_attempt!("$1", "'lease expired: the agent stopped heartbeating the job'"),
             ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1 LIMIT $2)
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1
+                        AND lease_expires_at >= $3 LIMIT $2)
          RETURNING id, state, tenant_id, queue"
         ),
         concat!(
@@ -53,6 +55,7 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
             ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'running' AND lease_expires_at < t.now
+                        AND lease_expires_at >= $3
                       LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
          RETURNING id, state::text AS state, tenant_id, queue"
         ),
@@ -313,8 +316,20 @@ async fn run<B: Backend>(
     Ok(swept)
 }
 
+/// Running jobs whose lease ran out at or after `counted_from` (ms):
+/// re-queued, or dead with no attempts left.
+pub(crate) async fn requeue_expired<B: Backend>(
+    b: &B,
+    limit: u32,
+    counted_from: i64,
+    fence: Option<&Fence>,
+) -> Result<Swept, StoreError> {
+    let args = |s: Stmt<'static>, at: At| s.arg(at.judged).arg(i64::from(limit)).arg(counted_from);
+    run(b, &LEASE_EXPIRED, args, fence).await
+}
+
 /// A sweep whose only arguments are the judged time and the batch limit:
-/// [`LEASE_EXPIRED`], [`AGENT_OFFLINE`], [`DEADLINE_PASSED`], [`PROMOTED`],
+/// [`AGENT_OFFLINE`], [`DEADLINE_PASSED`], [`PROMOTED`],
 /// [`APPROVAL_EXPIRED`].
 pub(crate) async fn run_due<B: Backend>(
     b: &B,

@@ -74,7 +74,7 @@ async fn a_replica_whose_clock_runs_ahead_requeues_no_live_lease_and_offlines_no
         .replica_on(StoreClock::replica(Arc::new(Ahead(SKEW))))
         .await
         .expect("PostgreSQL");
-    let requeued = ahead.requeue_expired_leases(100, None).await.unwrap();
+    let requeued = ahead.requeue_expired_leases(100, None, None).await.unwrap();
     assert_eq!(
         requeued.changed, 0,
         "a live lease was requeued: {requeued:?}"
@@ -104,7 +104,7 @@ async fn a_replica_whose_clock_runs_ahead_requeues_no_live_lease_and_offlines_no
     );
     assert_eq!(
         misjudging
-            .requeue_expired_leases(100, None)
+            .requeue_expired_leases(100, None, None)
             .await
             .unwrap()
             .changed,

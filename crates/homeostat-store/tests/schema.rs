@@ -220,7 +220,7 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
     // finds it.
     let swept = store
         .at(jiff::Timestamp::from_millisecond(400_000).unwrap())
-        .requeue_expired_leases(10, None)
+        .requeue_expired_leases(10, None, None)
         .await
         .unwrap();
     assert_eq!(swept.ids, vec![running]);

@@ -80,12 +80,28 @@ async fn run(config: Config) -> Result<(), BoxError> {
         notifier(&config.notifications)?,
     )?;
     let manager = builder.start()?;
+    // A peer that stops gives its leases up: take them at once, not at the
+    // next tick (which is a minute for some controllers).
+    let mut releases = store.lease_releases();
+    let follower = manager.clone();
+    tokio::spawn(async move {
+        loop {
+            match releases.recv().await {
+                Ok(name) => follower.lease_released(&name),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
     let state = ApiState::new(
         store.clone(),
         config.api.clone(),
         Some(manager.clone()),
         registry,
     );
+    // Bounded: a database that does not answer makes the checks fail
+    // within a second, and the server then starts not ready.
+    state.readiness_checked().await;
     let listener =
         listen(&config.listen).map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     let address = listener.local_addr()?;

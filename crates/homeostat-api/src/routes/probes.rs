@@ -1,6 +1,8 @@
 //! Probes: `/healthz` answers while the process runs; `/readyz` only while
-//! the database answers, its schema is this build's, the controller manager
-//! runs and the server is not stopping.
+//! the server is not stopping and its named checks pass (the database
+//! answers with this build's schema, writes succeed, the listener for other
+//! replicas is connected, the controller manager runs), as last checked in
+//! the background ([`crate::readiness`]): it answers at once.
 
 use axum::Json;
 use axum::extract::State;
@@ -26,8 +28,8 @@ pub(crate) async fn healthz() -> Json<Value> {
     path = "/readyz",
     tag = "probes",
     responses(
-        (status = 200, description = "ready"),
-        (status = 503, description = "not ready, with the reason"),
+        (status = 200, description = "ready, with each check"),
+        (status = 503, description = "not ready: the failing check named in `reason`, and each check"),
     ),
 )]
 pub(crate) async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Value>) {
@@ -40,14 +42,19 @@ pub(crate) async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<V
     if state.shutdown.is_cancelled() {
         return not_ready("the server is stopping".into());
     }
-    if state.manager.is_none() {
-        return not_ready("no controller manager runs".into());
-    }
-    if let Err(e) = state.store.check_schema().await {
-        return not_ready(e.to_string());
-    }
+    let verdict = state.readiness.verdict();
+    let status = if verdict.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
-        StatusCode::OK,
-        Json(json!({"status": "ready", "backend": state.store.backend()})),
+        status,
+        Json(json!({
+            "status": if verdict.ready { "ready" } else { "not_ready" },
+            "reason": verdict.reason,
+            "backend": state.store.backend(),
+            "checks": verdict.checks,
+        })),
     )
 }

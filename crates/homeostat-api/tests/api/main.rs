@@ -74,6 +74,7 @@ impl Api {
         .unwrap();
         let manager = manager.start().unwrap();
         let state = ApiState::new(store.clone(), settings, Some(manager), registry);
+        state.readiness_checked().await;
         let admin = store
             .issue_api_key(ApiScope::Admin, None, "operator:test")
             .await

@@ -263,6 +263,18 @@ async fn probes_and_metrics(store: &Store) {
         .call(axum::http::Method::GET, "/readyz", None, None)
         .await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.text);
+    let checks: Vec<&str> = ready.body["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == true)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    let expected: &[&str] = match api.store.listener_connected() {
+        Some(_) => &["database", "writes", "listener", "controllers"],
+        None => &["database", "writes", "controllers"],
+    };
+    assert_eq!(checks, expected, "{}", ready.text);
     let (_, key) = api.tenant("acme").await;
     api.enqueue(&key, json!({"queue": "builds", "kind": "a"}))
         .await;

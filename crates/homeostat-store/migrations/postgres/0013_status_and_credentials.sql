@@ -5,3 +5,10 @@ ALTER TABLE leases ADD COLUMN status TEXT;
 -- An agent's credentials, found by agent (revocation, removal, and whether
 -- an agent heard while offline may come back).
 CREATE INDEX tokens_agent ON tokens (agent_id) WHERE agent_id IS NOT NULL;
+
+-- Each replica's last readiness write: /readyz's proof that writes succeed
+-- (one row a replica, rewritten every few seconds).
+CREATE TABLE write_probes (
+    replica  TEXT PRIMARY KEY,
+    at       BIGINT NOT NULL
+);

@@ -35,6 +35,7 @@ pub struct PgStore {
     /// Wake-ups for waiting claims, relayed from `LISTEN` by one listener
     /// per store, started by the first waiter.
     signals: crate::signals::Signals,
+    releases: crate::leases::Releases,
     listener: Arc<Listener>,
 }
 
@@ -125,6 +126,7 @@ impl PgStore {
             tally: Arc::default(),
             counts: Arc::default(),
             signals: crate::signals::Signals::default(),
+            releases: crate::leases::Releases::default(),
             listener: Arc::default(),
         })
     }
@@ -145,10 +147,19 @@ impl PgStore {
             tokio::spawn(listen(
                 self.pool.clone(),
                 self.signals.clone(),
+                self.releases.clone(),
                 self.listener.stop.clone(),
                 self.listener.connected.clone(),
             ));
         });
+    }
+
+    /// Whether the listener listens now; `None` until it is started.
+    pub(crate) fn listener_connected(&self) -> Option<bool> {
+        self.listener
+            .started
+            .get()
+            .map(|()| *self.listener.connected.borrow())
     }
 
     /// Starts the listener and returns once it listens: from then on no
@@ -160,12 +171,14 @@ impl PgStore {
     }
 }
 
-/// Relays `NOTIFY`s of queued jobs to this replica's waiting claims, on one
-/// connection, reconnecting when it drops; while it is down, waiters are
-/// woken every [`FALLBACK_POLL`](crate::signals::FALLBACK_POLL) instead.
+/// Relays `NOTIFY`s of queued jobs to this replica's waiting claims, and of
+/// released leases to whoever follows them, on one connection,
+/// reconnecting when it drops; while it is down, waiters are woken every
+/// [`FALLBACK_POLL`](crate::signals::FALLBACK_POLL) instead.
 async fn listen(
     pool: PgPool,
     signals: crate::signals::Signals,
+    releases: crate::leases::Releases,
     stop: tokio_util::sync::CancellationToken,
     listening: tokio::sync::watch::Sender<bool>,
 ) {
@@ -174,7 +187,7 @@ async fn listen(
     while !stop.is_cancelled() {
         let connected = async {
             let mut l = PgListener::connect_with(&pool).await?;
-            l.listen(CHANNEL).await?;
+            l.listen_all([CHANNEL, crate::leases::RELEASED]).await?;
             Ok::<_, sqlx::Error>(l)
         };
         let mut listener = tokio::select! {
@@ -199,6 +212,9 @@ async fn listen(
                 biased;
                 () = stop.cancelled() => return,
                 n = listener.try_recv() => match n {
+                    Ok(Some(n)) if n.channel() == crate::leases::RELEASED => {
+                        releases.released(n.payload());
+                    }
                     Ok(Some(n)) => signals.heard(n.payload()),
                     // A stop closes the pool under the listener: its
                     // connection dropping then is the stop, not a fault.
@@ -291,6 +307,10 @@ impl Backend for PgStore {
 
     fn counts(&self) -> &crate::stats::Counts {
         &self.counts
+    }
+
+    fn releases(&self) -> &crate::leases::Releases {
+        &self.releases
     }
 
     fn signals(&self) -> &crate::signals::Signals {

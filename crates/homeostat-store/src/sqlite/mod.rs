@@ -44,6 +44,10 @@ pub struct SqliteStore {
     counts: Arc<crate::stats::Counts>,
     /// Wake-ups for waiting claims, announced in-process.
     signals: crate::signals::Signals,
+    releases: crate::leases::Releases,
+    /// Set when the writer's connection may be broken (a disk error, or a
+    /// transaction it could not end): its next acquire replaces it.
+    writer_suspect: Arc<std::sync::atomic::AtomicBool>,
     /// Stops the checkpoint task when the last clone goes (held, not read).
     _checkpointer: Arc<tokio_util::sync::DropGuard>,
 }
@@ -57,7 +61,7 @@ impl SqliteStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
+            .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         create_private(connect.get_filename())?;
         // A claim or completion returns up to a batch of rows: with room for
@@ -70,9 +74,22 @@ impl SqliteStore {
         // crossed the WAL's threshold (every ~200 ms at 500 jobs/s, the
         // tail of pickup latency; docs/benchmarks.md). A background task
         // checkpoints instead, beside the writer, not in its way.
+        // After a disk error (a full disk) the connection can be left inside
+        // a transaction it could not end, and every later write fails on it
+        // ("begin_with at non-zero transaction depth") for as long as the
+        // server runs: a suspect connection is replaced at its next acquire.
+        let writer_suspect = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let suspect = Arc::clone(&writer_suspect);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .test_before_acquire(false)
+            .before_acquire(move |_conn, _meta| {
+                let replace = suspect.swap(false, std::sync::atomic::Ordering::AcqRel);
+                if replace {
+                    tracing::warn!("replacing the SQLite write connection after a failed write");
+                }
+                Box::pin(async move { Ok(!replace) })
+            })
             .connect_with(
                 connect
                     .clone()
@@ -107,6 +124,8 @@ impl SqliteStore {
             tally: Arc::default(),
             counts: Arc::default(),
             signals: crate::signals::Signals::default(),
+            releases: crate::leases::Releases::default(),
+            writer_suspect,
             _checkpointer: Arc::new(stop.drop_guard()),
         })
     }
@@ -125,13 +144,42 @@ impl SqliteStore {
         self.pool.close().await;
         self.writer.close().await;
     }
+
+    /// The write connection is replaced at its next acquire.
+    fn suspect_writer(&self) {
+        self.writer_suspect
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Passes a write's error on, marking the write connection suspect
+    /// after a disk error.
+    fn writer_error(&self, e: sqlx::Error) -> sqlx::Error {
+        if crate::error::is_disk_error(&e) {
+            self.suspect_writer();
+        }
+        e
+    }
 }
+
+/// How long a statement waits for SQLite's locks.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the WAL is checkpointed (when it has anything to copy).
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// WAL frames (pages) past which it is truncated: 64 MiB of 4 KiB pages.
 const WAL_LIMIT_FRAMES: i64 = 4_096;
+
+/// How long a restart of the WAL may wait for readers to leave it. It runs
+/// on the writer's connection, so every write waits as long: with the
+/// connection's own busy timeout (10 s) a reader that lingered stalled all
+/// writes for 5–6 s, long enough for every controller to lose its lease.
+/// A restart that cannot have the WAL in time gives up and is tried again
+/// at the next checkpoint.
+const RESTART_WAIT: Duration = Duration::from_millis(200);
+
+/// A checkpoint slower than this is logged.
+const SLOW_CHECKPOINT: Duration = Duration::from_millis(500);
 
 /// Copies the WAL into the database beside the writer (`PASSIVE`: it waits
 /// for nobody and nobody waits for it), until the store closes. Under
@@ -153,24 +201,48 @@ async fn checkpoints(
         if pool.is_closed() || writer.is_closed() {
             return;
         }
+        let started = std::time::Instant::now();
         let passive: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&pool)
             .await;
         let result = match passive {
-            Ok((_, frames, _)) if frames > WAL_LIMIT_FRAMES => {
-                sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                    .execute(&writer)
-                    .await
-                    .map(drop)
-            }
+            Ok((_, frames, _)) if frames > WAL_LIMIT_FRAMES => restart_wal(&writer, frames).await,
             other => other.map(drop),
         };
+        let took = started.elapsed();
+        if took > SLOW_CHECKPOINT {
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                "a WAL checkpoint was slow"
+            );
+        }
         if let Err(e) = result {
             if pool.is_closed() || writer.is_closed() {
                 return;
             }
             tracing::warn!(error = %e, "checkpointing the SQLite WAL failed; retrying");
         }
+    }
+}
+
+/// Restarts the WAL on the writer's connection, waiting at most
+/// [`RESTART_WAIT`] for readers; busy (a reader stayed) is not an error.
+async fn restart_wal(writer: &SqlitePool, frames: i64) -> Result<(), sqlx::Error> {
+    let mut conn = writer.acquire().await?;
+    let wait = format!("PRAGMA busy_timeout = {}", RESTART_WAIT.as_millis());
+    sqlx::query(AssertSqlSafe(wait)).execute(&mut *conn).await?;
+    let restarted: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(RESTART)")
+        .fetch_one(&mut *conn)
+        .await;
+    // The writer's own busy timeout, whatever the restart did.
+    let back = format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis());
+    sqlx::query(AssertSqlSafe(back)).execute(&mut *conn).await?;
+    match restarted? {
+        (1, _, _) => {
+            tracing::debug!(frames, "the WAL's readers stayed; restarting it later");
+            Ok(())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -263,6 +335,10 @@ impl Backend for SqliteStore {
         &self.counts
     }
 
+    fn releases(&self) -> &crate::leases::Releases {
+        &self.releases
+    }
+
     fn signals(&self) -> &crate::signals::Signals {
         &self.signals
     }
@@ -278,7 +354,16 @@ impl Backend for SqliteStore {
     async fn announce(&self, _shortfall: &[crate::signals::Shortfall]) {}
 
     async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {
-        self.writer.begin_with("BEGIN IMMEDIATE").await.op(op)
+        match self.writer.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => Ok(tx),
+            // A connection left inside a transaction (its commit or rollback
+            // failed on a disk error) refuses to begin: replace it, once.
+            Err(sqlx::Error::InvalidSavePointStatement | sqlx::Error::BeginFailed) => {
+                self.suspect_writer();
+                self.writer.begin_with("BEGIN IMMEDIATE").await.op(op)
+            }
+            Err(e) => Err(crate::error::db_error(op, self.writer_error(e))),
+        }
     }
 
     async fn commit(tx: Tx, op: &'static str) -> Result<(), StoreError> {
@@ -304,11 +389,18 @@ impl Backend for SqliteStore {
 
     async fn fetch_write(&self, stmt: Stmt<'_>) -> Result<Vec<SqliteRow>, sqlx::Error> {
         // One statement: its own transaction on the single write connection.
-        query(stmt).fetch_all(&self.writer).await
+        query(stmt)
+            .fetch_all(&self.writer)
+            .await
+            .map_err(|e| self.writer_error(e))
     }
 
     async fn execute_write(&self, stmt: Stmt<'_>) -> Result<u64, sqlx::Error> {
-        Ok(query(stmt).execute(&self.writer).await?.rows_affected())
+        Ok(query(stmt)
+            .execute(&self.writer)
+            .await
+            .map_err(|e| self.writer_error(e))?
+            .rows_affected())
     }
 
     async fn insert_audit(tx: &mut Tx, events: &[ChainedEvent]) -> Result<(), sqlx::Error> {

@@ -88,7 +88,7 @@ async fn a_stale_completion_racing_the_current_one_loses(store: &Store) {
     // a stops heartbeating; the lease expires and b gets the job.
     let swept = store
         .at(at(11))
-        .requeue_expired_leases(100, None)
+        .requeue_expired_leases(100, None, None)
         .await
         .unwrap();
     assert_eq!(swept.ids, vec![id]);

@@ -378,7 +378,7 @@ async fn failed_attempts_are_kept_on_the_job(store: &Store) {
         .remove(0);
     store
         .at(at(601 + 61))
-        .requeue_expired_leases(10, None)
+        .requeue_expired_leases(10, None, None)
         .await
         .unwrap();
     let attempts = store.get_job(id).await.unwrap().attempts;

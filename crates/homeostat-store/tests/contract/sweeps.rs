@@ -81,7 +81,7 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
     assert_eq!(reclaimed.ids, vec![orphan]);
     let requeued = store
         .at(now)
-        .requeue_expired_leases(100, None)
+        .requeue_expired_leases(100, None, None)
         .await
         .unwrap();
     assert_eq!(requeued.ids, vec![leased]);
@@ -126,7 +126,7 @@ async fn every_sweep_changes_what_it_should_then_nothing(store: &Store) {
     assert_eq!(
         store
             .at(now)
-            .requeue_expired_leases(100, None)
+            .requeue_expired_leases(100, None, None)
             .await
             .unwrap()
             .changed,
@@ -225,7 +225,7 @@ async fn reclaimed_jobs_with_no_attempts_left_go_dead(store: &Store) {
         .unwrap();
     let swept = store
         .at(at(20))
-        .requeue_expired_leases(100, None)
+        .requeue_expired_leases(100, None, None)
         .await
         .unwrap();
     assert_eq!(
@@ -279,7 +279,7 @@ async fn sweep_plans_show_what_would_change_without_changing_it(store: &Store) {
     }
     let swept = store
         .at(at(20))
-        .requeue_expired_leases(100, None)
+        .requeue_expired_leases(100, None, None)
         .await
         .unwrap();
     assert_eq!(

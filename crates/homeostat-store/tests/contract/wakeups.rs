@@ -97,7 +97,7 @@ async fn jobs_queued_again_wake_waiting_claims(store: &Store) {
     // The lease runs out: the job is queued again and wakes one claim.
     let swept = store
         .at(at(62))
-        .requeue_expired_leases(100, None)
+        .requeue_expired_leases(100, None, None)
         .await
         .unwrap();
     assert_eq!(swept.changed, 1);
