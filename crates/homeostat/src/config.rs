@@ -356,10 +356,28 @@ impl Config {
                     self.data_dir.display()
                 ))
             })?;
-        Ok(format!(
-            "sqlite:{}",
-            self.data_dir.join("homeostat.db").display()
-        ))
+        // Opened here first so that a refusal names the file and the reason
+        // (SQLite's own says "unable to open database file").
+        let file = self.data_dir.join("homeostat.db");
+        let opened = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&file)
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                use std::os::unix::fs::OpenOptionsExt;
+                // Private, as the store would create it.
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&file)
+            }
+            other => other,
+        };
+        opened
+            .map_err(|e| ConfigError(format!("data_dir: cannot open {}: {e}", file.display())))?;
+        Ok(format!("sqlite:{}", file.display()))
     }
 }
 

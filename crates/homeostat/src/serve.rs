@@ -35,8 +35,17 @@ pub(crate) fn main(config: Config) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let usage = e.is::<ConfigError>();
-            tracing::error!(error = %e, "homeostat stopped");
-            eprintln!("homeostat: {e}");
+            // The causes too: "the database is unavailable" alone does not
+            // say which file or why.
+            let mut why = e.to_string();
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                why.push_str(": ");
+                why.push_str(&c.to_string());
+                cause = c.source();
+            }
+            tracing::error!(error = %why, "homeostat stopped");
+            eprintln!("homeostat: {why}");
             if usage {
                 ExitCode::from(2)
             } else {
