@@ -288,14 +288,17 @@ impl Config {
             );
         }
         // An agent heartbeating on time must never look silent: a heartbeat
-        // reaches the database up to one flush after it arrived.
+        // reaches the database up to one flush after it arrived, and one
+        // delayed by a busy agent or server must not count as missed (an
+        // agent at 1 s heartbeats and 3 s stale was once taken offline
+        // under load): three intervals and a flush.
         if self.controllers.agent_health.stale_after
-            < api.heartbeat_interval * 2 + api.heartbeat_flush
+            < api.heartbeat_interval * 3 + api.heartbeat_flush
         {
             return bad(
                 "controllers.agent_health.stale_after",
                 format!(
-                    "must be at least twice api.heartbeat_interval ({:?}) plus api.heartbeat_flush ({:?}), or agents that heartbeat on time look silent",
+                    "must be at least three times api.heartbeat_interval ({:?}) plus api.heartbeat_flush ({:?}), or agents that heartbeat on time, or a little late under load, look silent",
                     api.heartbeat_interval, api.heartbeat_flush
                 ),
             );

@@ -33,7 +33,7 @@ echo "$HOMEOSTAT_JOB_ID $HOMEOSTAT_JOB_ATTEMPT" >> "$LOG"
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const INTERVAL: Duration = Duration::from_secs(1);
-const STALE: Duration = Duration::from_secs(3);
+const STALE: Duration = Duration::from_secs(4);
 /// The controllers' lease TTL (the manager's default).
 const LEASE_TTL: Duration = Duration::from_secs(15);
 
@@ -42,7 +42,7 @@ const QUICK: &[(&str, &str)] = &[
     ("HOMEOSTAT_API__HEARTBEAT_INTERVAL", "1s"),
     ("HOMEOSTAT_API__LEASE_TTL", "5s"),
     ("HOMEOSTAT_CONTROLLERS__AGENT_HEALTH__INTERVAL", "1s"),
-    ("HOMEOSTAT_CONTROLLERS__AGENT_HEALTH__STALE_AFTER", "3s"),
+    ("HOMEOSTAT_CONTROLLERS__AGENT_HEALTH__STALE_AFTER", "4s"),
     ("HOMEOSTAT_CONTROLLERS__JOB_RECOVERY__INTERVAL", "1s"),
     ("HOMEOSTAT_JOBS__RETRY_INITIAL", "1s"),
 ];
