@@ -115,6 +115,14 @@ const FIRST_HEARTBEAT: Duration = Duration::from_secs(10);
 /// How long a handler told to stop may take to return.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// How long an outcome the server could not take is sent again (while the
+/// job is still this agent's: its heartbeats keep its lease, and say when
+/// it was lost). Finished work is not dropped for a replica restarting or
+/// the database being down for minutes.
+const REPORT_FOR: Duration = Duration::from_secs(15 * 60);
+/// The longest pause between two sends of an outcome.
+const REPORT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
 impl AgentBuilder {
     /// Claim from these of the agent's queues only (default: all).
     pub fn queues(mut self, queues: Vec<String>) -> Self {
@@ -359,30 +367,60 @@ async fn run_one<H: JobHandler>(
         () = abandoned => None,
     };
     // Still ours? (A heartbeat may have taken it away, or the shutdown.)
-    let ours = running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id)
-        .is_some();
+    // It stays among the running jobs until its outcome is delivered.
+    let ours = |running: &RunningJobs| {
+        running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&id)
+    };
+    let forget = || {
+        running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+    };
     let report = |f: fn(&mut AgentReport)| f(&mut report.lock().unwrap_or_else(|e| e.into_inner()));
     // Stopped before it finished, or no longer ours to report on.
-    let Some(outcome) = outcome.filter(|_| ours) else {
+    let Some(outcome) = outcome.filter(|_| ours(&running)) else {
+        forget();
         report(|r| r.stopped += 1);
         return;
     };
-    let sent = match outcome {
-        Ok(result) => client.complete(id, token, result).await.map(|_| true),
-        Err(e) => client
-            .fail(id, token, e.message, e.retryable)
-            .await
-            .map(|_| false),
-    };
-    match sent {
-        Ok(true) => report(|r| r.completed += 1),
-        Ok(false) => report(|r| r.failed += 1),
-        Err(e) => {
-            tracing::warn!(job = %id, error = %e, "could not report a job's outcome");
-            report(|r| r.stopped += 1);
+    // A report is resend-safe (its lease token): sent again while the
+    // server cannot take it and the job is still ours.
+    let deadline = tokio::time::Instant::now() + REPORT_FOR;
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let sent = match &outcome {
+            Ok(result) => client
+                .complete(id, token, result.clone())
+                .await
+                .map(|_| true),
+            Err(e) => client
+                .fail(id, token, e.message.clone(), e.retryable)
+                .await
+                .map(|_| false),
+        };
+        match sent {
+            Ok(true) => report(|r| r.completed += 1),
+            Ok(false) => report(|r| r.failed += 1),
+            Err(e)
+                if matches!(e.code(), "unreachable" | "unavailable")
+                    && ours(&running)
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(job = %id, error = %e, "could not report a job's outcome; sending it again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(REPORT_BACKOFF_MAX);
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "could not report a job's outcome");
+                report(|r| r.stopped += 1);
+            }
         }
+        forget();
+        return;
     }
 }

@@ -1,7 +1,8 @@
 //! The agent runtime against a real server on loopback (SQLite): jobs run
 //! to success, a retryable failure is retried, a permanent one goes dead, a
 //! cancel stops the running job within a heartbeat, a shutdown drains and
-//! then releases what still runs.
+//! then releases what still runs, and an outcome the server cannot take is
+//! sent again until it can.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,6 +18,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 struct Server {
+    base: String,
+    credential: String,
     test: TestStore,
     store: Store,
     admin: Client,
@@ -82,6 +85,8 @@ async fn server() -> Server {
         .await
         .unwrap();
     Server {
+        base,
+        credential: registered.credential.clone(),
         admin: anonymous.with_token(key),
         agent: anonymous.with_token(registered.credential),
         test,
@@ -288,5 +293,106 @@ async fn a_lost_lease_stops_the_job() {
     }
     shutdown.cancel();
     let _ = agent.await.unwrap().unwrap();
+    s.stop().await;
+}
+
+/// A TCP proxy in front of the server that can be cut: while down, it
+/// drops the connections it carries and refuses new ones.
+#[derive(Clone)]
+struct Cut {
+    down: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<std::sync::Mutex<CancellationToken>>,
+}
+
+impl Cut {
+    async fn start(upstream: String) -> (Self, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let cut = Cut {
+            down: Arc::default(),
+            cut: Arc::new(std::sync::Mutex::new(CancellationToken::new())),
+        };
+        let proxy = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if proxy.down.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let stop = proxy.cut.lock().unwrap().clone();
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        (cut, base)
+    }
+
+    fn down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        let mut cut = self.cut.lock().unwrap();
+        cut.cancel();
+        *cut = CancellationToken::new();
+    }
+
+    fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Cuts the proxy when it finishes its job, before the agent reports it.
+struct CutsWhenDone(Cut);
+
+impl JobHandler for CutsWhenDone {
+    async fn handle(
+        &self,
+        _job: ClaimedJob,
+        _stop: CancellationToken,
+    ) -> Result<Option<Value>, JobError> {
+        self.0.down();
+        Ok(Some(json!({"done": true})))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outcome_is_sent_again_until_the_server_takes_it() {
+    let s = server().await;
+    let upstream = s.base.trim_start_matches("http://").to_owned();
+    let (cut, base) = Cut::start(upstream).await;
+    let agent_client = Client::builder(&base)
+        .build()
+        .unwrap()
+        .with_token(&s.credential);
+    let id = s.enqueue(json!({}), 3).await;
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(
+        Agent::builder(agent_client)
+            .claim_wait(1)
+            .run(CutsWhenDone(cut.clone()), shutdown.clone()),
+    );
+    s.until(id, JobState::Running).await;
+    // The job finished and the server is out of reach: no outcome arrives
+    // while it is (the client's own retries give up within seconds).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cut.down.load(Ordering::SeqCst) {
+        assert!(Instant::now() < deadline, "the job never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(s.store.get_job(id).await.unwrap().state, JobState::Running);
+    cut.up();
+    s.until(id, JobState::Succeeded).await;
+    let job = s.store.get_job(id).await.unwrap();
+    assert_eq!(job.attempt, 1, "the finished work ran again");
+    assert_eq!(job.result, Some(json!({"done": true})));
+    shutdown.cancel();
+    let report = agent.await.unwrap().unwrap();
+    assert_eq!(report.completed, 1, "{report:?}");
     s.stop().await;
 }
