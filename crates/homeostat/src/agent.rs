@@ -170,6 +170,16 @@ impl JobHandler for Once {
 }
 
 pub(crate) async fn run(args: AgentArgs) -> ExitCode {
+    // Before anything else, even with the server out of reach: what a
+    // killed agent left running must not run on beside the next attempt.
+    let groups = std::sync::Arc::new(crate::groups::Groups::beside(&args.state_file));
+    let killed = groups.kill_left_behind().await;
+    if killed > 0 {
+        tracing::warn!(
+            killed,
+            "killed the programs of jobs a previous agent left running"
+        );
+    }
     let client = match credential(&args).await {
         Ok(c) => c,
         Err((code, message)) => {
@@ -177,9 +187,17 @@ pub(crate) async fn run(args: AgentArgs) -> ExitCode {
             return code;
         }
     };
+    let pdeathsig = crate::exec::pdeathsig_works().await;
+    if !pdeathsig {
+        tracing::warn!(
+            "setpriv (util-linux) cannot set a parent-death signal here: a job's program outlives a killed agent until the next agent starts"
+        );
+    }
     let exec = Exec {
         program: args.exec[0].clone(),
         args: args.exec[1..].to_vec(),
+        groups,
+        pdeathsig,
     };
     let (shutdown, abort) = (CancellationToken::new(), CancellationToken::new());
     tokio::spawn(signals(shutdown.clone(), abort.clone()));

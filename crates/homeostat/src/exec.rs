@@ -1,6 +1,9 @@
 //! Runs a job as a program: the payload on standard input, the job's facts
 //! in `HOMEOSTAT_JOB_*` variables, in a process group of its own so that a
 //! cancellation, a lost lease or a timeout kills everything it started.
+//! The program dies with its agent (a parent-death signal, set by
+//! util-linux's `setpriv` where it is installed), and its group is recorded
+//! ([`Groups`]) so that the next agent kills what a killed one left.
 //!
 //! Exit 0 completes the job with standard output as its result (JSON if it
 //! parses, else a string); exit 75 (`EX_TEMPFAIL`) fails it as retryable;
@@ -8,12 +11,15 @@
 //! error.
 
 use std::process::Stdio;
+use std::sync::Arc;
 
 use homeostat_client::{JobError, JobHandler};
 use homeostat_model::ClaimedJob;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+use crate::groups::Groups;
 
 /// The exit code that asks for another attempt (sysexits' `EX_TEMPFAIL`).
 pub(crate) const RETRY_EXIT_CODE: i32 = 75;
@@ -27,6 +33,33 @@ const MAX_ERROR: usize = 4 * 1024;
 pub(crate) struct Exec {
     pub(crate) program: String,
     pub(crate) args: Vec<String>,
+    /// Where running jobs' process groups are recorded.
+    pub(crate) groups: Arc<Groups>,
+    /// Whether `setpriv --pdeathsig` works here.
+    pub(crate) pdeathsig: bool,
+}
+
+/// Whether `setpriv` can give a program a parent-death signal here.
+pub(crate) async fn pdeathsig_works() -> bool {
+    tokio::process::Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
+
+/// Notes a job's group as gone when dropped, however the job ends.
+struct Recorded<'a> {
+    groups: &'a Groups,
+    pgid: u32,
+}
+
+impl Drop for Recorded<'_> {
+    fn drop(&mut self) {
+        self.groups.ended(self.pgid);
+    }
 }
 
 /// Reads all of `from`, keeping at most `keep` bytes (the first ones, or
@@ -51,7 +84,7 @@ async fn read_bounded(mut from: impl AsyncRead + Unpin, keep: usize, tail: bool)
 }
 
 /// Kills the process group `pgid` (the job's program and its children).
-async fn kill_group(pgid: u32) {
+pub(crate) async fn kill_group(pgid: u32) {
     // kill(2) through libc needs `unsafe`, which this workspace denies; the
     // `kill` command sends the same signal to the group.
     let _ = tokio::process::Command::new("kill")
@@ -67,7 +100,16 @@ impl JobHandler for Exec {
         job: ClaimedJob,
         stop: CancellationToken,
     ) -> Result<Option<Value>, JobError> {
-        let mut child = tokio::process::Command::new(&self.program)
+        // With a parent-death signal the program is killed if the agent
+        // dies (SIGKILL, a crash) instead of running on unsupervised.
+        let mut command = if self.pdeathsig {
+            let mut c = tokio::process::Command::new("setpriv");
+            c.args(["--pdeathsig", "KILL", "--"]).arg(&self.program);
+            c
+        } else {
+            tokio::process::Command::new(&self.program)
+        };
+        let mut child = command
             .args(&self.args)
             .env("HOMEOSTAT_JOB_ID", job.id.to_string())
             .env("HOMEOSTAT_JOB_KIND", &job.kind)
@@ -81,6 +123,11 @@ impl JobHandler for Exec {
             .spawn()
             .map_err(|e| JobError::permanent(format!("cannot start {}: {e}", self.program)))?;
         let pgid = child.id().unwrap_or_default();
+        self.groups.started(pgid, &job.id.to_string());
+        let _recorded = Recorded {
+            groups: &self.groups,
+            pgid,
+        };
         let mut stdin = child.stdin.take().expect("piped");
         let payload = job.payload.to_string();
         // A program that does not read its input must not block the job.
@@ -134,10 +181,16 @@ impl JobHandler for Exec {
                 &error_tail,
                 &format!("exit {code}"),
             ))),
-            None => Err(JobError::retryable(describe(
-                &error_tail,
-                "killed by a signal",
-            ))),
+            // Killed from outside (the OOM killer, an operator): not the
+            // job's own verdict, so another attempt, while attempts last.
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                let how = match status.signal() {
+                    Some(signal) => format!("killed by signal {signal}"),
+                    None => "killed by a signal".to_owned(),
+                };
+                Err(JobError::retryable(describe(&error_tail, &how)))
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod connections;
 mod exec;
+mod groups;
 mod logging;
 mod output;
 mod serve;

@@ -1,7 +1,9 @@
 //! `homeostat agent` as a process against `homeostat run` on loopback
 //! (SQLite): jobs run as a shell script succeed, retry on exit 75, die on
 //! other exits; a cancel kills the running program within a heartbeat;
-//! SIGTERM drains; a restart reuses the saved credential.
+//! SIGTERM drains; a restart reuses the saved credential; a SIGKILLed
+//! agent's program dies with it, and what it started is killed by the next
+//! agent.
 
 mod common;
 
@@ -18,6 +20,7 @@ case "$HOMEOSTAT_JOB_KIND" in
   retry) if [ "$HOMEOSTAT_JOB_ATTEMPT" = 1 ]; then echo 'try later' >&2; exit 75; fi; echo second;;
   fail) echo 'bad input' >&2; exit 3;;
   hang) sleep 300 & echo $! > "$PIDFILE"; wait;;
+  orphan) echo $$ > "$LEADERFILE"; sleep 300 & echo $! > "$PIDFILE"; wait;;
 esac
 "#;
 
@@ -27,6 +30,7 @@ fn agent(server: &str, dir: &Path, token: Option<&str>, extra: &[&str]) -> Child
         .arg(dir.join("agent.json"))
         .args(extra)
         .env("PIDFILE", dir.join("hang.pid"))
+        .env("LEADERFILE", dir.join("leader.pid"))
         .env_remove("HOMEOSTAT_BOOTSTRAP_TOKEN")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -250,6 +254,62 @@ async fn an_agent_runs_programs_as_jobs() {
         wait_exit(&mut orphan, Duration::from_secs(10)).code(),
         Some(2)
     );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether process `pid` runs (a zombie, dead but not yet reaped by
+/// whoever adopted it, does not).
+fn runs(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // "pid (comm) state ...": the state follows the last ')'.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// Waits until process `pid` no longer runs; fails after `within`.
+async fn ends(pid: &str, within: Duration, why: &str) {
+    let since = Instant::now();
+    while runs(pid) {
+        assert!(since.elapsed() < within, "process {pid} outlived {why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agents_job_dies_with_it_and_its_restart_kills_what_is_left() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = client();
+    let server = common::start(&dir.join("data"));
+    ready(&c, &server).await;
+    let admin = server.admin_key().unwrap();
+    let (tenant, bootstrap) = common::tenant_and_bootstrap(&c, &server, &admin, "acme", 1).await;
+    let mut first = agent(&server.url(""), &dir, Some(&bootstrap), &[]);
+    let job = post_json(
+        &c,
+        server.url("/v1/jobs"),
+        Some(&admin),
+        &json!({"tenant_id": tenant["id"], "queue": "q", "kind": "orphan"}),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    job_until(&c, &server, &admin, &id, "running").await;
+    let leader = started(&dir.join("leader.pid")).await;
+    let child = started(&dir.join("hang.pid")).await;
+
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The program dies with its agent (its parent-death signal)…
+    ends(&leader, Duration::from_secs(10), "its agent's SIGKILL").await;
+    // …but what it started in the background does not get that signal.
+    assert!(runs(&child), "the background program died on its own");
+    // The next agent on the same state file kills the job's group first.
+    let mut second = agent(&server.url(""), &dir, None, &[]);
+    ends(&child, Duration::from_secs(20), "the restart of its agent").await;
+    second.kill().unwrap();
+    second.wait().unwrap();
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
