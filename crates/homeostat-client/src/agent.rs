@@ -166,8 +166,24 @@ impl AgentBuilder {
         let running: RunningJobs = Arc::default();
         let report = Arc::new(Mutex::new(AgentReport::default()));
         let drained = CancellationToken::new();
-        // The first heartbeat proves the credential before anything else.
-        let first = self.heartbeat(&running, &drained).await?;
+        // The first heartbeat proves the credential before anything else;
+        // a control plane out of reach is waited for (an agent may start
+        // before its server, or during an outage), a refusal is final.
+        let mut pause = Duration::from_secs(1);
+        let first = loop {
+            match self.heartbeat(&running, &drained).await {
+                Ok(every) => break every,
+                Err(e) if matches!(e.code(), "unreachable" | "unavailable") => {
+                    tracing::warn!(error = %e, "the control plane is out of reach; trying again");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(AgentReport::default()),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let beats = tokio::spawn(heartbeats(
             self.client.clone(),
             running.clone(),

@@ -64,11 +64,15 @@ pub struct JobQuery {
     pub limit: Option<u32>,
 }
 
-/// A client of one homeostat server, with one credential; cheap to clone.
+/// A client of a homeostat control plane (one server, or replicas it fails
+/// over between), with one credential; cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: Arc<str>,
+    /// The servers: replicas of one control plane, tried in turn.
+    bases: Arc<[Arc<str>]>,
+    /// The one in use (clones share it).
+    current: Arc<std::sync::atomic::AtomicUsize>,
     token: Option<Arc<str>>,
     retries: usize,
 }
@@ -77,7 +81,7 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the token.
         f.debug_struct("Client")
-            .field("base", &self.base)
+            .field("servers", &self.bases)
             .field("authenticated", &self.token.is_some())
             .finish()
     }
@@ -87,6 +91,7 @@ impl std::fmt::Debug for Client {
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     base: String,
+    others: Vec<String>,
     token: Option<String>,
     timeout: Duration,
     connect_timeout: Duration,
@@ -95,6 +100,13 @@ pub struct ClientBuilder {
 }
 
 impl ClientBuilder {
+    /// Other replicas of the same control plane: when the server in use
+    /// cannot be reached or answers 502, 503 or 504, calls go to the next.
+    pub fn failover(mut self, servers: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.others.extend(servers.into_iter().map(Into::into));
+        self
+    }
+
     /// The bearer credential: an API key, or an agent's credential.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
@@ -131,11 +143,15 @@ impl ClientBuilder {
         // reqwest's rustls needs a crypto provider; install ring's once
         // (a no-op when the process already has one).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let base = self.base.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ClientError::Config(format!(
-                "the server URL must start with http:// or https://, got {base:?}"
-            )));
+        let mut bases: Vec<Arc<str>> = Vec::new();
+        for base in std::iter::once(&self.base).chain(&self.others) {
+            let base = base.trim_end_matches('/').to_owned();
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                return Err(ClientError::Config(format!(
+                    "the server URL must start with http:// or https://, got {base:?}"
+                )));
+            }
+            bases.push(base.into());
         }
         let http = reqwest::Client::builder()
             .timeout(self.timeout)
@@ -145,7 +161,8 @@ impl ClientBuilder {
             .map_err(|e| ClientError::Config(e.to_string()))?;
         Ok(Client {
             http,
-            base: base.into(),
+            bases: bases.into(),
+            current: Arc::default(),
             token: self.token.map(Into::into),
             retries: self.retries,
         })
@@ -157,6 +174,7 @@ impl Client {
     pub fn builder(base: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             base: base.into(),
+            others: Vec::new(),
             token: None,
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
@@ -174,9 +192,27 @@ impl Client {
         }
     }
 
-    /// The server's base URL.
+    /// The base URL of the server in use.
     pub fn base_url(&self) -> &str {
-        &self.base
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        &self.bases[i % self.bases.len()]
+    }
+
+    /// Moves to the next server after `failed` (the index a call used), if
+    /// no other call moved already.
+    fn fail_over(&self, failed: usize) {
+        if self.bases.len() > 1 {
+            let next = (failed + 1) % self.bases.len();
+            let moved = self.current.compare_exchange(
+                failed,
+                next,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            if moved.is_ok() {
+                tracing::warn!(from = %self.bases[failed], to = %self.bases[next], "failing over to another server");
+            }
+        }
     }
 
     async fn once<T: DeserializeOwned>(
@@ -188,9 +224,10 @@ impl Client {
         extra: &[(&'static str, String)],
         wait: Option<Duration>,
     ) -> Result<T, ClientError> {
+        let used = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.bases.len();
         let mut req = self
             .http
-            .request(method.clone(), format!("{}{path}", self.base));
+            .request(method.clone(), format!("{}{path}", self.bases[used]));
         if let Some(token) = &self.token {
             req = req.bearer_auth(token);
         }
@@ -204,11 +241,14 @@ impl Client {
             // A long poll: the server holds the request up to `wait`.
             req = req.timeout(wait + Duration::from_secs(15));
         }
-        let res = req
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport { operation, source })?;
+        let res = req.send().await.map_err(|source| {
+            self.fail_over(used);
+            ClientError::Transport { operation, source }
+        })?;
         let status = res.status();
+        if matches!(status.as_u16(), 502..=504) {
+            self.fail_over(used);
+        }
         let bytes = res
             .bytes()
             .await
@@ -261,7 +301,8 @@ impl Client {
             )
             .when(move |e: &ClientError| match repeat {
                 Repeat::Safe => e.is_transient(),
-                Repeat::IfNothingHappened => e.status() == Some(503),
+                // Refused or unresolved: the request never left.
+                Repeat::IfNothingHappened => e.status() == Some(503) || e.never_sent(),
             })
             .notify(|e, after| {
                 tracing::debug!(operation, error = %e, ?after, "retrying");

@@ -59,6 +59,12 @@ impl ClientError {
         }
     }
 
+    /// Whether the request never reached a server (the connection was
+    /// refused or could not be made): repeating it cannot do anything twice.
+    pub fn never_sent(&self) -> bool {
+        matches!(self, ClientError::Transport { source, .. } if source.is_connect())
+    }
+
     /// Whether the same call may succeed later: the server was unreachable
     /// or said so (`unavailable`, 503; a request `timeout`, 408).
     pub fn is_transient(&self) -> bool {

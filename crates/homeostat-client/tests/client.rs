@@ -191,3 +191,52 @@ fn a_url_without_scheme_is_refused() {
     let err = Client::builder("localhost:8080").build().unwrap_err();
     assert!(err.to_string().contains("http://"), "{err}");
 }
+
+#[tokio::test]
+async fn calls_fail_over_to_the_next_replica() {
+    let (down, up) = (MockServer::start().await, MockServer::start().await);
+    // One replica answers 503 (stopping), the next one works; a refused
+    // connection fails over the same way.
+    Mock::given(method("POST"))
+        .and(path("/v1/agent/heartbeat"))
+        .respond_with(
+            ResponseTemplate::new(503)
+                .set_body_json(json!({"code": "unavailable", "message": "stopping"})),
+        )
+        .expect(1)
+        .mount(&down)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/agent/heartbeat"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(heartbeat_reply()))
+        .expect(2)
+        .mount(&up)
+        .await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let replicas = Client::builder(down.uri())
+        .failover([up.uri()])
+        .token("c")
+        .build()
+        .unwrap();
+    replicas
+        .heartbeat(&HeartbeatRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        replicas.base_url(),
+        up.uri(),
+        "later calls stay on the one that works"
+    );
+    let after_refusal = Client::builder(refused)
+        .failover([up.uri()])
+        .token("c")
+        .build()
+        .unwrap();
+    after_refusal
+        .heartbeat(&HeartbeatRequest::default())
+        .await
+        .unwrap();
+}

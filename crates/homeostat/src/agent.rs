@@ -19,7 +19,8 @@ use crate::exec::Exec;
 /// What `homeostat agent` was asked.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentArgs {
-    pub(crate) server: String,
+    /// Replicas of one control plane, the first tried first.
+    pub(crate) servers: Vec<String>,
     pub(crate) bootstrap_token: Option<String>,
     pub(crate) queues: Vec<String>,
     pub(crate) name: String,
@@ -31,12 +32,43 @@ pub(crate) struct AgentArgs {
     pub(crate) exec: Vec<String>,
 }
 
-/// What the state file keeps: which server, and the credential it gave.
+/// What the state file keeps: the agent and its credential, whatever URL
+/// reaches its control plane (`server` notes where it registered).
 #[derive(Debug, Serialize, Deserialize)]
 struct State {
     server: String,
     agent_id: String,
     credential: String,
+}
+
+/// The first pause before trying an unreachable server again at start.
+const START_RETRY_INITIAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest pause between two tries at start.
+const START_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs `call` until it succeeds or fails in a way `again` does not accept
+/// (then its error), trying again with backoff: an agent started before its
+/// server, or during an outage, waits for it instead of exiting.
+async fn until_reachable<T, F, Fut>(
+    what: &str,
+    again: fn(&ClientError) -> bool,
+    mut call: F,
+) -> Result<T, ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut pause = START_RETRY_INITIAL;
+    loop {
+        match call().await {
+            Err(e) if again(&e) => {
+                tracing::warn!(error = %e, retry_in_secs = pause.as_secs(), "{what}: the control plane is out of reach; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(START_RETRY_MAX);
+            }
+            other => return other,
+        }
+    }
 }
 
 fn load(path: &Path) -> Result<Option<State>, String> {
@@ -74,6 +106,18 @@ fn save(path: &Path, state: &State) -> Result<(), String> {
     write().map_err(|e| format!("cannot write the state file {}: {e}", path.display()))
 }
 
+/// The control plane is out of reach or unavailable (a repeatable call).
+fn out_of_reach(e: &ClientError) -> bool {
+    matches!(e.code(), "unreachable" | "unavailable")
+}
+
+/// The call did not happen: it never reached a server, or the server said
+/// it did nothing (503). Only then is a registration sent again, which
+/// would otherwise use its token twice.
+fn nothing_happened(e: &ClientError) -> bool {
+    e.never_sent() || e.status() == Some(503)
+}
+
 /// Exit codes shared with the CLI.
 pub(crate) fn exit_code(e: &ClientError) -> ExitCode {
     ExitCode::from(match e.code() {
@@ -87,14 +131,20 @@ pub(crate) fn exit_code(e: &ClientError) -> ExitCode {
 /// The agent's client: from the state file, or registered now.
 async fn credential(args: &AgentArgs) -> Result<Client, (ExitCode, String)> {
     let fail = |code: u8, msg: String| (ExitCode::from(code), msg);
-    let anonymous = Client::builder(&args.server)
+    let anonymous = Client::builder(&args.servers[0])
+        .failover(args.servers[1..].iter().cloned())
         .build()
         .map_err(|e| fail(2, e.to_string()))?;
     let state = load(&args.state_file).map_err(|m| fail(1, m))?;
-    if let Some(state) = state.filter(|s| s.server == args.server) {
+    if let Some(state) = state {
         let client = anonymous.with_token(&state.credential);
         // Proves the credential before any claim.
-        return match client.heartbeat(&HeartbeatRequest::default()).await {
+        let beat = HeartbeatRequest::default();
+        let proven = until_reachable("proving the saved credential", out_of_reach, || {
+            client.heartbeat(&beat)
+        })
+        .await;
+        return match proven {
             Ok(_) => {
                 tracing::info!(agent = %state.agent_id, "resuming with the saved credential");
                 Ok(client)
@@ -102,8 +152,8 @@ async fn credential(args: &AgentArgs) -> Result<Client, (ExitCode, String)> {
             Err(e) if e.code() == "unauthorized" => Err(fail(
                 1,
                 format!(
-                    "the server refused this agent's saved credential (revoked?); delete {} \
-                     and start again with a new --bootstrap-token",
+                    "the server refused this agent's saved credential (revoked, or another \
+                     control plane's?); delete {} and start again with a new --bootstrap-token",
                     args.state_file.display()
                 ),
             )),
@@ -114,10 +164,9 @@ async fn credential(args: &AgentArgs) -> Result<Client, (ExitCode, String)> {
         return Err(fail(
             2,
             format!(
-                "no saved credential in {} for {}: pass --bootstrap-token (or \
+                "no saved credential in {}: pass --bootstrap-token (or \
                  HOMEOSTAT_BOOTSTRAP_TOKEN) to register",
                 args.state_file.display(),
-                args.server
             ),
         ));
     };
@@ -129,7 +178,13 @@ async fn credential(args: &AgentArgs) -> Result<Client, (ExitCode, String)> {
             queues: args.queues.clone(),
         },
     };
-    let registered = anonymous.register(&req).await.map_err(|e| {
+    // A registration that never reached a server may be sent again; one
+    // that did is not (it would use the token twice).
+    let registered = until_reachable("registering", nothing_happened, || {
+        anonymous.register(&req)
+    })
+    .await
+        .map_err(|e| {
         let hint = if e.code() == "unauthorized" {
             ": the bootstrap token is unknown, expired or used up; ask an operator for a new one"
         } else {
@@ -140,7 +195,7 @@ async fn credential(args: &AgentArgs) -> Result<Client, (ExitCode, String)> {
     save(
         &args.state_file,
         &State {
-            server: args.server.clone(),
+            server: args.servers.join(","),
             agent_id: registered.agent_id.to_string(),
             credential: registered.credential.clone(),
         },

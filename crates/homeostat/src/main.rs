@@ -101,9 +101,17 @@ struct Operate<T: clap::Subcommand> {
 
 #[derive(Debug, clap::Args)]
 struct AgentCmd {
-    /// The server's URL.
-    #[arg(long, env = "HOMEOSTAT_SERVER", value_name = "URL")]
-    server: String,
+    /// The server's URL; several (repeated, or separated by commas) are
+    /// replicas of one control plane, failed over between when one cannot
+    /// be reached or answers 502-504.
+    #[arg(
+        long,
+        env = "HOMEOSTAT_SERVER",
+        value_name = "URL",
+        value_delimiter = ',',
+        required = true
+    )]
+    server: Vec<String>,
     /// A bootstrap token, to register (not needed once registered).
     #[arg(
         long,
@@ -244,7 +252,7 @@ fn main() -> ExitCode {
                     .unwrap_or_else(|| "agent".to_owned())
             });
             let args = agent::AgentArgs {
-                server: cmd.server,
+                servers: cmd.server,
                 bootstrap_token: cmd.bootstrap_token,
                 queues: cmd.queues,
                 name,

@@ -228,6 +228,16 @@ async fn an_agent_runs_programs_as_jobs() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Cancelled, so that the restart below claims the job enqueued for it
+    // and not this one, queued again after its timeout.
+    post_json(
+        &c,
+        server.url(&format!("/v1/jobs/{slow}/cancel")),
+        Some(&admin),
+        &json!({}),
+    )
+    .await;
+
     // SIGTERM: the agent drains and exits 0.
     Command::new("kill")
         .args(["-TERM", &worker.id().to_string()])
@@ -235,9 +245,16 @@ async fn an_agent_runs_programs_as_jobs() {
         .unwrap();
     assert!(wait_exit(&mut worker, Duration::from_secs(20)).success());
 
-    // A restart reuses the saved credential: no bootstrap token needed.
+    // A restart reuses the saved credential: no bootstrap token needed,
+    // whatever URL reaches the server (it was saved under 127.0.0.1); the
+    // first server given cannot be reached, so it fails over to the next.
     let again = enqueue("ok").await;
-    let mut once = agent(&server.url(""), &dir, None, &["--once"]);
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let servers = format!(
+        "{dead},{}",
+        server.url("").replace("127.0.0.1", "localhost")
+    );
+    let mut once = agent(&servers, &dir, None, &["--once"]);
     assert!(wait_exit(&mut once, Duration::from_secs(30)).success());
     job_until(&c, &server, &admin, &again, "succeeded").await;
     let agents = get_json(&c, server.url("/v1/agents"), &admin).await;
@@ -246,6 +263,20 @@ async fn an_agent_runs_programs_as_jobs() {
         1,
         "the restart registered again"
     );
+
+    // Started while no server can be reached, it waits for one instead of
+    // exiting; SIGTERM still stops it cleanly.
+    let mut waiting = agent(&dead, &dir, None, &[]);
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(3) {
+        assert!(waiting.try_wait().unwrap().is_none(), "it gave up at once");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Command::new("kill")
+        .args(["-TERM", &waiting.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = wait_exit(&mut waiting, Duration::from_secs(20));
 
     // Without a saved credential or a bootstrap token: a usage error.
     std::fs::remove_file(dir.join("agent.json")).unwrap();
