@@ -20,6 +20,9 @@ use jiff::Timestamp;
 pub(crate) struct Presence {
     heard: EventLoop<AgentId, Timestamp>,
     statuses: Arc<Mutex<HashMap<AgentId, AgentStatus>>>,
+    /// The agent process each agent's heartbeats last came from, as this
+    /// replica recorded it: only a new one costs a statement.
+    incarnations: Arc<Mutex<HashMap<AgentId, homeostat_model::Id>>>,
 }
 
 fn later(held: &mut Timestamp, new: Timestamp) {
@@ -44,7 +47,33 @@ impl Presence {
                 Ok::<(), BoxError>(())
             })
         });
-        Self { heard, statuses }
+        Self {
+            heard,
+            statuses,
+            incarnations: Arc::default(),
+        }
+    }
+
+    /// Records that `agent`'s heartbeats come from process `incarnation`;
+    /// when that is new here, the store learns it, and reclaims the jobs the
+    /// agent's previous process held that this one (`held`) does not.
+    pub(crate) async fn incarnation(
+        &self,
+        store: &Store,
+        agent: AgentId,
+        incarnation: homeostat_model::Id,
+        held: &[homeostat_model::JobId],
+    ) -> Result<(), StoreError> {
+        let known = self.incarnations.lock().unwrap().get(&agent).copied();
+        if known == Some(incarnation) {
+            return Ok(());
+        }
+        let reclaimed = store.agent_incarnation(agent, incarnation, held).await?;
+        if !reclaimed.is_empty() {
+            tracing::info!(%agent, reclaimed = reclaimed.len(), "the agent restarted: the jobs its previous process held are queued again");
+        }
+        self.incarnations.lock().unwrap().insert(agent, incarnation);
+        Ok(())
     }
 
     /// Records that `agent` was heard at `at`; returns its status as last

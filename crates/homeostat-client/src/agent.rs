@@ -166,12 +166,16 @@ impl AgentBuilder {
         let running: RunningJobs = Arc::default();
         let report = Arc::new(Mutex::new(AgentReport::default()));
         let drained = CancellationToken::new();
+        // This process, told in every heartbeat: after a restart the server
+        // reclaims at once what the previous process held and this one
+        // does not.
+        let incarnation = homeostat_model::new_id();
         // The first heartbeat proves the credential before anything else;
         // a control plane out of reach is waited for (an agent may start
         // before its server, or during an outage), a refusal is final.
         let mut pause = Duration::from_secs(1);
         let first = loop {
-            match self.heartbeat(&running, &drained).await {
+            match self.heartbeat(incarnation, &running, &drained).await {
                 Ok(every) => break every,
                 Err(e) if matches!(e.code(), "unreachable" | "unavailable") => {
                     tracing::warn!(error = %e, "the control plane is out of reach; trying again");
@@ -186,6 +190,7 @@ impl AgentBuilder {
         };
         let beats = tokio::spawn(heartbeats(
             self.client.clone(),
+            incarnation,
             running.clone(),
             drained.clone(),
             shutdown.clone(),
@@ -291,10 +296,11 @@ impl AgentBuilder {
 
     async fn heartbeat(
         &self,
+        incarnation: uuid::Uuid,
         running: &RunningJobs,
         drained: &CancellationToken,
     ) -> Result<Duration, ClientError> {
-        beat(&self.client, running, drained).await
+        beat(&self.client, incarnation, running, drained).await
     }
 }
 
@@ -302,6 +308,7 @@ impl AgentBuilder {
 /// drain, and returns the server's interval.
 async fn beat(
     client: &Client,
+    incarnation: uuid::Uuid,
     running: &RunningJobs,
     drained: &CancellationToken,
 ) -> Result<Duration, ClientError> {
@@ -314,7 +321,12 @@ async fn beat(
             lease_token: r.lease_token,
         })
         .collect();
-    let reply = client.heartbeat(&HeartbeatRequest { jobs: held }).await?;
+    let reply = client
+        .heartbeat(&HeartbeatRequest {
+            jobs: held,
+            incarnation: Some(incarnation),
+        })
+        .await?;
     {
         let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
         for id in reply.lost.iter().chain(&reply.cancelled) {
@@ -333,6 +345,7 @@ async fn beat(
 
 async fn heartbeats(
     client: Client,
+    incarnation: uuid::Uuid,
     running: RunningJobs,
     drained: CancellationToken,
     shutdown: CancellationToken,
@@ -343,7 +356,7 @@ async fn heartbeats(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        match beat(&client, &running, &drained).await {
+        match beat(&client, incarnation, &running, &drained).await {
             Ok(next) => every = next,
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat failed; retrying");

@@ -174,6 +174,12 @@ pub struct HeartbeatRequest {
     #[serde(default)]
     #[schema(max_items = 1000)]
     pub jobs: Vec<HeldJob>,
+    /// The agent process: a random id it makes when it starts and sends
+    /// in every heartbeat. A new one means the agent restarted: the jobs
+    /// leased to its previous process that this heartbeat does not name
+    /// are reclaimed at once (their attempt counted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<uuid::Uuid>,
 }
 
 /// The server's answer to a heartbeat.

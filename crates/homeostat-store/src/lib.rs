@@ -120,6 +120,9 @@ macro_rules! dispatch {
     };
 }
 
+/// Jobs reclaimed from one agent in one transaction.
+const RECLAIM_BATCH: u32 = 1000;
+
 impl Store {
     /// Connects to `url` (`sqlite:path`, `sqlite://path`, `postgres://…`),
     /// refuses a schema newer than this build, and applies migrations.
@@ -360,6 +363,59 @@ impl Store {
         dispatch!(self, registry::resume_agent(id, actor))
     }
 
+    /// Records the agent process a heartbeat came from. When it is a new
+    /// one (the agent restarted), the running jobs leased to the agent that
+    /// the new process does not hold (`held`) are reclaimed at once, as for
+    /// an agent gone offline (attempt counted; `job.dead` for those with
+    /// none left); returns them.
+    pub async fn agent_incarnation(
+        &self,
+        id: AgentId,
+        incarnation: uuid::Uuid,
+        held: &[JobId],
+    ) -> Result<Vec<JobId>, StoreError> {
+        let new = incarnation.to_string();
+        let previous = dispatch!(self, registry::swap_incarnation(id, &new))?;
+        if previous.is_none_or(|p| p == new) {
+            return Ok(Vec::new());
+        }
+        let held: Vec<homeostat_model::Id> = held.iter().map(|j| j.as_uuid()).collect();
+        let dead = serde_json::json!({"reason": "its agent restarted without it"});
+        self.reclaim_in_batches(dead, || async {
+            dispatch!(self, sweeps::reclaim_restarted(id, &held, RECLAIM_BATCH))
+        })
+        .await
+    }
+
+    /// Runs `batch` (a reclaim of at most [`RECLAIM_BATCH`] jobs) until one
+    /// comes back short, waking claims for the jobs queued again and
+    /// sending `job.dead`, with `dead`'s fields, for those left with no
+    /// attempts; returns every job reclaimed.
+    async fn reclaim_in_batches<F, Fut>(
+        &self,
+        dead: serde_json::Value,
+        mut batch: F,
+    ) -> Result<Vec<JobId>, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Swept, StoreError>>,
+    {
+        let mut reclaimed = Vec::new();
+        loop {
+            let swept = self.woken(batch().await).await?;
+            for job in &swept.dead {
+                let mut payload = dead.clone();
+                payload["job_id"] = serde_json::json!(job);
+                self.add_notification("job.dead", &payload).await?;
+            }
+            let done = swept.changed < u64::from(RECLAIM_BATCH);
+            reclaimed.extend(swept.ids);
+            if done {
+                return Ok(reclaimed);
+            }
+        }
+    }
+
     /// Deletes an offline agent and revokes its credentials (audited as
     /// `agent.removed`); its past jobs keep its id. An agent that is not
     /// offline is a conflict: revoke it, or drain it and let it stop, first.
@@ -383,25 +439,12 @@ impl Store {
         actor: &str,
     ) -> Result<homeostat_model::operator::RevokedAgent, StoreError> {
         let (agent, credentials) = dispatch!(self, registry::revoke_agent(id, actor))?;
-        let mut reclaimed = Vec::new();
-        loop {
-            let swept = self
-                .woken(dispatch!(self, sweeps::reclaim_revoked(id, 1000)))
-                .await?;
-            let done = swept.changed < 1000;
-            for job in &swept.dead {
-                let payload = serde_json::json!({
-                    "job_id": job,
-                    "reason": "its agent was revoked",
-                    "actor": actor,
-                });
-                self.add_notification("job.dead", &payload).await?;
-            }
-            reclaimed.extend(swept.ids);
-            if done {
-                break;
-            }
-        }
+        let dead = serde_json::json!({"reason": "its agent was revoked", "actor": actor});
+        let reclaimed = self
+            .reclaim_in_batches(dead, || async {
+                dispatch!(self, sweeps::reclaim_revoked(id, RECLAIM_BATCH))
+            })
+            .await?;
         Ok(homeostat_model::operator::RevokedAgent {
             agent,
             credentials,

@@ -129,6 +129,8 @@ const BACK_ONLINE: Sql = Sql::pair(
                    AND tokens.kind = 'agent_credential' AND tokens.revoked_at IS NULL)
      RETURNING id",
 );
+const INCARNATION: Sql = Sql::both("SELECT incarnation FROM agents WHERE id = $1");
+const SET_INCARNATION: Sql = Sql::both("UPDATE agents SET incarnation = $2 WHERE id = $1");
 /// `$1` the agents: their names.
 const AGENT_NAMES: Sql = Sql::pair(
     "SELECT id, name FROM agents WHERE id IN (SELECT value FROM json_each($1))",
@@ -927,6 +929,30 @@ pub(crate) async fn remove_agent<B: Backend>(
     b.credentials().forget(&[id]);
     b.agent_facts().lock().unwrap().remove(&id);
     Ok(agent)
+}
+
+/// Records `incarnation` as agent `id`'s process; returns the one it
+/// replaced (`None` for the first).
+pub(crate) async fn swap_incarnation<B: Backend>(
+    b: &B,
+    id: AgentId,
+    incarnation: &str,
+) -> Result<Option<String>, StoreError> {
+    let op = "recording an agent's process";
+    let mut tx = b.begin(op).await?;
+    let rows = B::fetch_in(&mut tx, Stmt::new::<B>(INCARNATION).arg(id))
+        .await
+        .op(op)?;
+    let previous = rows
+        .first()
+        .ok_or_else(|| not_found("agent", id))?
+        .opt_text("incarnation")?;
+    if previous.as_deref() != Some(incarnation) {
+        let stmt = Stmt::new::<B>(SET_INCARNATION).arg(id).arg(incarnation);
+        B::execute_in(&mut tx, stmt).await.op(op)?;
+    }
+    B::commit(tx, op).await?;
+    Ok(previous)
 }
 
 pub(crate) async fn agent_names<B: Backend>(

@@ -135,6 +135,23 @@ pub(crate) const AGENT_REVOKED: Sweep = Sweep {
     ),
 };
 
+/// `$1` now (judged), `$2` limit, `$3` the agent, `$4` the jobs its new
+/// process holds: the others it was leased, reclaimed as [`AGENT_OFFLINE`]
+/// reclaims them, when the agent restarted.
+pub(crate) const AGENT_RESTARTED: Sweep = Sweep {
+    action: AuditAction::JobsAgentOffline.as_str(),
+    reason: "the agent restarted without them",
+    sql: reclaim_running!(
+        "'reclaimed: the agent restarted without it'",
+        "SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3
+                        AND id NOT IN (SELECT value FROM json_each($4)) LIMIT $2",
+        "'reclaimed: the agent restarted without it'::text",
+        "SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3
+                        AND NOT (id = ANY($4::uuid[]))
+                      LIMIT $2 FOR UPDATE SKIP LOCKED"
+    ),
+};
+
 /// `$1` now (judged), `$2` limit.
 pub(crate) const DEADLINE_PASSED: Sweep = Sweep {
     action: AuditAction::JobsDeadlinePassed.as_str(),
@@ -284,10 +301,10 @@ const REPRIORITIZE: Sql = Sql::pair(
 
 /// Runs one sweep, fenced and audited in one transaction. `args` binds
 /// the statement's arguments for the moment it runs at.
-async fn run<B: Backend>(
+async fn run<'a, B: Backend>(
     b: &B,
     sweep: &Sweep,
-    args: impl FnOnce(Stmt<'static>, At) -> Stmt<'static>,
+    args: impl FnOnce(Stmt<'a>, At) -> Stmt<'a>,
     fence: Option<&Fence>,
 ) -> Result<Swept, StoreError> {
     let at = b.at();
@@ -361,6 +378,19 @@ pub(crate) async fn reclaim_revoked<B: Backend>(
 ) -> Result<Swept, StoreError> {
     let args = move |s: Stmt<'static>, at: At| s.arg(at.judged).arg(i64::from(limit)).arg(agent);
     run(b, &AGENT_REVOKED, args, None).await
+}
+
+/// The running jobs an agent was leased that its new process does not
+/// hold (`held`), a batch of them.
+pub(crate) async fn reclaim_restarted<'a, B: Backend>(
+    b: &B,
+    agent: homeostat_model::AgentId,
+    held: &'a [homeostat_model::Id],
+    limit: u32,
+) -> Result<Swept, StoreError> {
+    let args =
+        move |s: Stmt<'a>, at: At| s.arg(at.judged).arg(i64::from(limit)).arg(agent).arg(held);
+    run(b, &AGENT_RESTARTED, args, None).await
 }
 
 /// Finished jobs are kept for days: the store's clock judges them.

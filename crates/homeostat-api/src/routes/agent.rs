@@ -83,6 +83,13 @@ pub(crate) async fn heartbeat(
         .presence
         .heard(&state.store, agent.id, state.store.now())
         .await?;
+    if let Some(incarnation) = req.incarnation {
+        let held: Vec<JobId> = req.jobs.iter().map(|h| h.id).collect();
+        state
+            .presence
+            .incarnation(&state.store, agent.id, incarnation, &held)
+            .await?;
+    }
     let settings = &state.settings;
     let mut reply = HeartbeatResponse {
         heartbeat_interval_secs: settings.heartbeat_interval.as_secs(),

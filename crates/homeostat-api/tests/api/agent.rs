@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use homeostat_store::Store;
 use homeostat_testkit::on_both_backends;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::Api;
 
@@ -181,6 +181,57 @@ async fn claim_one(api: &Api, cred: &str) -> (String, i64) {
         job["id"].as_str().expect("claimed nothing").to_owned(),
         job["lease_token"].as_i64().unwrap(),
     )
+}
+
+/// An agent that restarts says so (a new incarnation in its heartbeat):
+/// the jobs its previous process held that the new one does not are queued
+/// again at once, not when their leases run out.
+async fn a_restarted_agents_old_jobs_are_reclaimed_at_once(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    api.enqueue(&key, json!({"queue": "builds", "kind": "k"}))
+        .await;
+    api.enqueue(&key, json!({"queue": "builds", "kind": "k"}))
+        .await;
+    let (kept, kept_token) = claim_one(&api, &cred).await;
+    let (left, left_token) = claim_one(&api, &cred).await;
+    let beat = |incarnation: &str, jobs: Value| {
+        let body = json!({"incarnation": incarnation, "jobs": jobs});
+        let (api, cred) = (&api, cred.clone());
+        async move { api.post("/v1/agent/heartbeat", &cred, body).await }
+    };
+    let first = "0190a0a0-0000-7000-8000-000000000001";
+    let both =
+        json!([{"id": kept, "lease_token": kept_token}, {"id": left, "lease_token": left_token}]);
+    let answer = beat(first, both.clone()).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    assert_eq!(answer.body["lost"], json!([]));
+    // The same process again: nothing changes.
+    beat(first, both).await;
+    let state = |id: &str| {
+        let (api, key, id) = (&api, key.clone(), id.to_owned());
+        async move { api.get(&format!("/v1/jobs/{id}"), &key).await.body }
+    };
+    assert_eq!(state(&left).await["state"], "running");
+    // A new process that holds only one of them.
+    let second = "0190a0a0-0000-7000-8000-000000000002";
+    let answer = beat(second, json!([{"id": kept, "lease_token": kept_token}])).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+    assert_eq!(state(&kept).await["state"], "running");
+    let reclaimed = state(&left).await;
+    assert_eq!(reclaimed["state"], "queued", "{reclaimed}");
+    assert_eq!(
+        reclaimed["last_error"], "reclaimed: the agent restarted without it",
+        "{reclaimed}"
+    );
+    let events = api.store.audit_events(0, 1000).await.unwrap();
+    assert!(
+        events.iter().any(|e| e.action == "jobs.agent_offline"
+            && e.details["reason"] == "the agent restarted without them"),
+        "{events:?}"
+    );
+    api.stop().await;
 }
 
 async fn a_resent_completion_gets_the_first_answer(store: &Store) {
@@ -623,6 +674,7 @@ async fn an_agent_holds_a_bounded_number_of_open_claims(store: &Store) {
 }
 
 on_both_backends!(
+    a_restarted_agents_old_jobs_are_reclaimed_at_once,
     an_agent_holds_a_bounded_number_of_open_claims,
     an_agent_acts_only_on_leases_it_holds,
     a_claim_may_name_some_of_the_agents_queues,

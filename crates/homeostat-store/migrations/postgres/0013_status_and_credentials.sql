@@ -12,3 +12,8 @@ CREATE TABLE write_probes (
     replica  TEXT PRIMARY KEY,
     at       BIGINT NOT NULL
 );
+
+-- The agent process last heard (a random id each process announces in its
+-- heartbeats): a new one means the agent restarted, and the jobs leased to
+-- the previous process that the new one does not hold are reclaimed.
+ALTER TABLE agents ADD COLUMN incarnation TEXT;
