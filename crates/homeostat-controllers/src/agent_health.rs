@@ -4,8 +4,11 @@
 //! their leases to expire.
 //!
 //! Silence is judged only over time in which the control plane could hear.
-//! After this controller starts, and after a run found the store
-//! unreachable, every agent gets a full stale timeout from the first run
+//! After this controller starts, after a run found the store unreachable,
+//! and after a stale timeout and three intervals without a run that
+//! succeeded (runs cancelled
+//! at their timeout while the store hung), every agent gets a full stale
+//! timeout from the first run
 //! that reaches the store again: an outage of the control plane itself
 //! (database down, server restarted for an upgrade) leaves every last
 //! heartbeat old, and taking the agents offline for it would run their jobs
@@ -44,6 +47,11 @@ struct Hearing {
     /// Since when the store has answered every run (`None`: not yet, or a
     /// run just failed).
     since: Option<Timestamp>,
+    /// When the last run that succeeded started: a run cancelled at its
+    /// timeout (the store hung, as a database outage makes it) fails
+    /// without a word, and a stretch as follower runs nothing; either
+    /// leaves it old.
+    last_ok: Option<Timestamp>,
     /// The previous run braked a mass offline.
     braked: bool,
 }
@@ -237,12 +245,22 @@ impl Controller for AgentHealth {
 
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
         let now = now(&ctx)?;
-        // The first run that reaches the store starts the hearing.
+        // The first run that reaches the store starts the hearing; so does
+        // the first after no run succeeded for a stale timeout and three
+        // intervals (cancelled while the store hung, or another replica
+        // led).
+        let recent = self.config.settings.interval * 3 + self.config.stale_after;
         self.remember(|h| {
+            if h.last_ok.is_none_or(|t| t + recent < now) {
+                h.since = None;
+            }
             h.since.get_or_insert(now);
         });
         match self.run(&ctx, now).await {
-            Ok(items) => Ok(Reconciled::items(items)),
+            Ok(items) => {
+                self.remember(|h| h.last_ok = Some(now));
+                Ok(Reconciled::items(items))
+            }
             Err(e) => {
                 // The store may have been unreachable: heartbeats may have
                 // been refused too, so silence counts again only from the

@@ -62,10 +62,10 @@ impl JobRecovery {
 
     /// The earliest expiry that counts at `now`: none before the store
     /// answered again, until `grace` has passed since. Hearing starts anew
-    /// when no run succeeded for three intervals.
+    /// when no run succeeded for `grace` and three intervals.
     fn counted_from(&self, now: Timestamp) -> Option<Timestamp> {
         let mut hearing = self.hearing();
-        let recent = self.settings.interval * 3;
+        let recent = self.settings.interval * 3 + self.grace;
         if hearing.last_ok.is_none_or(|t| t + recent < now) {
             hearing.since = None;
         }

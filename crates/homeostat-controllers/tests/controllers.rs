@@ -574,6 +574,23 @@ async fn agent_health_reclaims_nothing_after_an_outage_of_the_control_plane(stor
     }
 }
 
+/// Runs cancelled at their timeout while the store hung say nothing: a
+/// first run after three intervals without a success hears anew.
+async fn agent_health_hears_anew_after_runs_that_never_finished(store: &Store) {
+    let (agents, jobs) = fleet(store, 2).await;
+    let controller = AgentHealth::new(store.clone(), config().agent_health);
+    store.at(at(0)).heartbeat_agents(&agents).await.unwrap();
+    assert_eq!(run_at(store, &controller, at(10)).await.unwrap(), 0);
+    // No run finished from 10 s to 600 s (the database hung, each run was
+    // cancelled): every heartbeat is 600 s old, and none of it counts.
+    assert_eq!(run_at(store, &controller, at(600)).await.unwrap(), 0);
+    store.at(at(605)).heartbeat_agents(&agents).await.unwrap();
+    assert_eq!(run_at(store, &controller, at(695)).await.unwrap(), 0);
+    for j in &jobs {
+        assert_eq!(state(store, *j).await, JobState::Running, "a job ran twice");
+    }
+}
+
 async fn agent_health_brakes_a_mass_offline_then_confirms_it(store: &Store) {
     let (agents, jobs) = fleet(store, 4).await;
     let controller = AgentHealth::new(store.clone(), config().agent_health);
@@ -649,6 +666,7 @@ async fn token_cleanup_forgets_idempotency_keys_past_their_lifetime(store: &Stor
 }
 
 on_both_backends!(
+    agent_health_hears_anew_after_runs_that_never_finished,
     job_recovery_reclaims_no_healthy_lease_after_an_outage,
     token_cleanup_forgets_idempotency_keys_past_their_lifetime,
     agent_health_reclaims_nothing_after_an_outage_of_the_control_plane,
