@@ -3,10 +3,14 @@
 //! running jobs in one call at the server's interval, stops a job whose
 //! cancellation arrives or whose lease is lost, and on shutdown stops
 //! claiming, lets running jobs finish until a deadline, then releases the
-//! rest (the attempt does not count).
+//! rest (the attempt does not count). Outcomes the server cannot take yet
+//! are sent again while the job is still the agent's, and, kept in a file
+//! ([`AgentBuilder::keep_outcomes_in`]), by the next process after a
+//! restart.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +21,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::outbox::{Outbox, Outcome, Pending};
 use crate::{Client, ClientError};
 
 /// Why a job failed, and whether another attempt may succeed.
@@ -67,6 +72,7 @@ pub struct AgentBuilder {
     claim_wait: u32,
     grace: Duration,
     abort: CancellationToken,
+    outcomes_file: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -96,6 +102,7 @@ impl Agent {
             claim_wait: 30,
             grace: Duration::from_secs(30),
             abort: CancellationToken::new(),
+            outcomes_file: None,
         }
     }
 }
@@ -105,6 +112,9 @@ impl Agent {
 struct Running {
     lease_token: i64,
     stop: CancellationToken,
+    /// Its outcome is decided and being sent: not released at shutdown
+    /// when kept for the next process.
+    decided: bool,
 }
 
 type RunningJobs = Arc<Mutex<HashMap<JobId, Running>>>;
@@ -148,6 +158,16 @@ impl AgentBuilder {
         self
     }
 
+    /// Keeps outcomes the server has not taken yet in `path`, so that the
+    /// next agent started with the same path sends them: a job that
+    /// finished while the control plane was out of reach does not run
+    /// again because its agent was restarted. One file per agent; written
+    /// before each outcome is sent, readable by its owner only.
+    pub fn keep_outcomes_in(mut self, path: impl Into<PathBuf>) -> Self {
+        self.outcomes_file = Some(path.into());
+        self
+    }
+
     /// When cancelled during a shutdown, running jobs are stopped and
     /// released at once (a second signal).
     pub fn abort_on(mut self, abort: CancellationToken) -> Self {
@@ -166,6 +186,24 @@ impl AgentBuilder {
         let running: RunningJobs = Arc::default();
         let report = Arc::new(Mutex::new(AgentReport::default()));
         let drained = CancellationToken::new();
+        // What a previous process decided and could not send: held (its
+        // heartbeats keep the leases, or say they were lost) and sent
+        // again.
+        let outbox = Arc::new(Outbox::open(self.outcomes_file.clone()));
+        let left = outbox.pending();
+        {
+            let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, pending) in &left {
+                running.insert(
+                    *id,
+                    Running {
+                        lease_token: pending.lease_token,
+                        stop: CancellationToken::new(),
+                        decided: true,
+                    },
+                );
+            }
+        }
         // This process, told in every heartbeat: after a restart the server
         // reclaims at once what the previous process held and this one
         // does not.
@@ -198,6 +236,21 @@ impl AgentBuilder {
         ));
         let free = Arc::new(Semaphore::new(self.concurrency as usize));
         let mut jobs = JoinSet::new();
+        if !left.is_empty() {
+            tracing::info!(
+                jobs = left.len(),
+                "sending the outcomes a previous process could not"
+            );
+        }
+        for (id, pending) in left {
+            let delivery = Delivery {
+                client: self.client.clone(),
+                running: running.clone(),
+                report: report.clone(),
+                outbox: outbox.clone(),
+            };
+            jobs.spawn(async move { delivery.send(id, pending).await });
+        }
         let stopping = CancellationToken::new();
         loop {
             let permit = tokio::select! {
@@ -246,16 +299,18 @@ impl AgentBuilder {
                     Running {
                         lease_token: job.lease_token,
                         stop: stop.clone(),
+                        decided: false,
                     },
                 );
-                let (client, handler, running, report) = (
-                    self.client.clone(),
-                    handler.clone(),
-                    running.clone(),
-                    report.clone(),
-                );
+                let delivery = Delivery {
+                    client: self.client.clone(),
+                    running: running.clone(),
+                    report: report.clone(),
+                    outbox: outbox.clone(),
+                };
+                let handler = handler.clone();
                 jobs.spawn(async move {
-                    run_one(client, handler, job, stop, running, report).await;
+                    run_one(handler, job, stop, delivery).await;
                     drop(permit);
                 });
             }
@@ -274,10 +329,13 @@ impl AgentBuilder {
         // leaves `running` before any is told to stop: a stopped handler
         // returns at once, and one still found there would report its stop
         // as a failure (an attempt counted) before its release went out.
+        // A finished job whose outcome is kept for the next process is not
+        // given back: it would run again.
         let left: Vec<(JobId, i64)> = running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
+            .filter(|(_, r)| !(r.decided && outbox.persistent()))
             .map(|(id, r)| (id, r.lease_token))
             .collect();
         stopping.cancel();
@@ -366,13 +424,85 @@ async fn heartbeats(
     }
 }
 
-async fn run_one<H: JobHandler>(
+/// What sending an outcome needs.
+struct Delivery {
     client: Client,
+    running: RunningJobs,
+    report: Arc<Mutex<AgentReport>>,
+    outbox: Arc<Outbox>,
+}
+
+impl Delivery {
+    /// Whether the job is still this agent's (a heartbeat may have taken it
+    /// away, or the shutdown).
+    fn ours(&self, id: JobId) -> bool {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&id)
+    }
+
+    fn forget(&self, id: JobId) {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    fn count(&self, f: fn(&mut AgentReport)) {
+        f(&mut self.report.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Sends an outcome, again while the server cannot take it and the job
+    /// is still ours (a report is resend-safe: its lease token), then
+    /// forgets the job.
+    async fn send(&self, id: JobId, pending: Pending) {
+        let token = pending.lease_token;
+        let deadline = tokio::time::Instant::now() + REPORT_FOR;
+        let mut pause = Duration::from_secs(1);
+        loop {
+            let sent = match &pending.outcome {
+                Outcome::Completed { result } => self
+                    .client
+                    .complete(id, token, result.clone())
+                    .await
+                    .map(|_| true),
+                Outcome::Failed { message, retryable } => self
+                    .client
+                    .fail(id, token, message.clone(), *retryable)
+                    .await
+                    .map(|_| false),
+            };
+            match sent {
+                Ok(true) => self.count(|r| r.completed += 1),
+                Ok(false) => self.count(|r| r.failed += 1),
+                Err(e)
+                    if matches!(e.code(), "unreachable" | "unavailable")
+                        && self.ours(id)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::warn!(job = %id, error = %e, "could not report a job's outcome; sending it again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(REPORT_BACKOFF_MAX);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "could not report a job's outcome");
+                    self.count(|r| r.stopped += 1);
+                }
+            }
+            self.outbox.sent(id);
+            self.forget(id);
+            return;
+        }
+    }
+}
+
+async fn run_one<H: JobHandler>(
     handler: Arc<H>,
     job: ClaimedJob,
     stop: CancellationToken,
-    running: RunningJobs,
-    report: Arc<Mutex<AgentReport>>,
+    delivery: Delivery,
 ) {
     let (id, token) = (job.id, job.lease_token);
     let timeout = Duration::from_secs(job.timeout_secs.max(1));
@@ -395,61 +525,23 @@ async fn run_one<H: JobHandler>(
         }
         () = abandoned => None,
     };
-    // Still ours? (A heartbeat may have taken it away, or the shutdown.)
-    // It stays among the running jobs until its outcome is delivered.
-    let ours = |running: &RunningJobs| {
-        running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&id)
-    };
-    let forget = || {
-        running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id)
-    };
-    let report = |f: fn(&mut AgentReport)| f(&mut report.lock().unwrap_or_else(|e| e.into_inner()));
+    // Still ours? It stays among the running jobs until its outcome is
+    // delivered; decided, it is kept (on disk if asked) before it is sent.
+    let decided = outcome.and_then(|outcome| {
+        let mut running = delivery.running.lock().unwrap_or_else(|e| e.into_inner());
+        let job = running.get_mut(&id)?;
+        job.decided = true;
+        Some(Pending {
+            lease_token: token,
+            outcome: outcome.into(),
+        })
+    });
     // Stopped before it finished, or no longer ours to report on.
-    let Some(outcome) = outcome.filter(|_| ours(&running)) else {
-        forget();
-        report(|r| r.stopped += 1);
+    let Some(pending) = decided else {
+        delivery.forget(id);
+        delivery.count(|r| r.stopped += 1);
         return;
     };
-    // A report is resend-safe (its lease token): sent again while the
-    // server cannot take it and the job is still ours.
-    let deadline = tokio::time::Instant::now() + REPORT_FOR;
-    let mut pause = Duration::from_secs(1);
-    loop {
-        let sent = match &outcome {
-            Ok(result) => client
-                .complete(id, token, result.clone())
-                .await
-                .map(|_| true),
-            Err(e) => client
-                .fail(id, token, e.message.clone(), e.retryable)
-                .await
-                .map(|_| false),
-        };
-        match sent {
-            Ok(true) => report(|r| r.completed += 1),
-            Ok(false) => report(|r| r.failed += 1),
-            Err(e)
-                if matches!(e.code(), "unreachable" | "unavailable")
-                    && ours(&running)
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tracing::warn!(job = %id, error = %e, "could not report a job's outcome; sending it again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(REPORT_BACKOFF_MAX);
-                continue;
-            }
-            Err(e) => {
-                tracing::warn!(job = %id, error = %e, "could not report a job's outcome");
-                report(|r| r.stopped += 1);
-            }
-        }
-        forget();
-        return;
-    }
+    delivery.outbox.keep(id, pending.clone());
+    delivery.send(id, pending).await;
 }

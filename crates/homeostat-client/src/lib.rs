@@ -17,6 +17,7 @@
 mod agent;
 mod client;
 mod error;
+mod outbox;
 
 pub use agent::{Agent, AgentBuilder, AgentReport, JobError, JobHandler};
 pub use client::{Client, ClientBuilder, JobQuery};

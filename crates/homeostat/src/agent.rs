@@ -205,6 +205,14 @@ async fn credential(args: &AgentArgs) -> Result<Client, (ExitCode, String)> {
     Ok(anonymous.with_token(registered.credential))
 }
 
+/// A file kept beside the state file: `<state file>.<what>`.
+pub(crate) fn beside(state_file: &Path, what: &str) -> PathBuf {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".");
+    name.push(what);
+    PathBuf::from(name)
+}
+
 /// `--once`: the program's handler, stopping the agent after its first job.
 #[derive(Debug)]
 struct Once {
@@ -260,7 +268,8 @@ pub(crate) async fn run(args: AgentArgs) -> ExitCode {
         .queues(args.queues.clone())
         .concurrency(if args.once { 1 } else { args.concurrency })
         .grace(args.grace)
-        .abort_on(abort);
+        .abort_on(abort)
+        .keep_outcomes_in(beside(&args.state_file, "outcomes"));
     let ran = if args.once {
         let handler = Once {
             exec,

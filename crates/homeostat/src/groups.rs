@@ -21,10 +21,8 @@ pub(crate) struct Groups {
 impl Groups {
     /// The groups file of the agent whose state file is `state_file`.
     pub(crate) fn beside(state_file: &Path) -> Self {
-        let mut name = state_file.as_os_str().to_owned();
-        name.push(".jobs");
         Self {
-            path: PathBuf::from(name),
+            path: crate::agent::beside(state_file, "jobs"),
             running: Mutex::default(),
         }
     }

@@ -3,7 +3,8 @@
 //! other exits; a cancel kills the running program within a heartbeat;
 //! SIGTERM drains; a restart reuses the saved credential; a SIGKILLed
 //! agent's program dies with it, and what it started is killed by the next
-//! agent.
+//! agent; an outcome the server could not take is sent by the next agent
+//! after a SIGKILL, and the job does not run again.
 
 mod common;
 
@@ -20,6 +21,7 @@ case "$HOMEOSTAT_JOB_KIND" in
   retry) if [ "$HOMEOSTAT_JOB_ATTEMPT" = 1 ]; then echo 'try later' >&2; exit 75; fi; echo second;;
   fail) echo 'bad input' >&2; exit 3;;
   hang) sleep 300 & echo $! > "$PIDFILE"; wait;;
+  wait) while [ ! -e "$GOFILE" ]; do sleep 0.05; done; echo ran >> "$RUNSFILE"; echo '{"done": true}';;
   orphan) echo $$ > "$LEADERFILE"; sleep 300 & echo $! > "$PIDFILE"; wait;;
 esac
 "#;
@@ -31,6 +33,8 @@ fn agent(server: &str, dir: &Path, token: Option<&str>, extra: &[&str]) -> Child
         .args(extra)
         .env("PIDFILE", dir.join("hang.pid"))
         .env("LEADERFILE", dir.join("leader.pid"))
+        .env("GOFILE", dir.join("go"))
+        .env("RUNSFILE", dir.join("runs"))
         .env_remove("HOMEOSTAT_BOOTSTRAP_TOKEN")
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -308,25 +312,54 @@ async fn ends(pid: &str, within: Duration, why: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_agents_job_dies_with_it_and_its_restart_kills_what_is_left() {
+/// A server, an agent registered with it, and a job it runs.
+struct RunningJob {
+    dir: std::path::PathBuf,
+    c: reqwest::Client,
+    server: common::Server,
+    admin: String,
+    agent: Child,
+    job: String,
+}
+
+/// Starts a server on `listen`, an agent, and a job of `kind`; returns once
+/// the job runs.
+async fn a_running_job(listen: &str, kind: &str) -> RunningJob {
     let dir = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let c = client();
-    let server = common::start(&dir.join("data"));
+    let server = common::start_at(&dir.join("data"), listen, &[]);
     ready(&c, &server).await;
     let admin = server.admin_key().unwrap();
     let (tenant, bootstrap) = common::tenant_and_bootstrap(&c, &server, &admin, "acme", 1).await;
-    let mut first = agent(&server.url(""), &dir, Some(&bootstrap), &[]);
+    let agent = agent(&server.url(""), &dir, Some(&bootstrap), &[]);
     let job = post_json(
         &c,
         server.url("/v1/jobs"),
         Some(&admin),
-        &json!({"tenant_id": tenant["id"], "queue": "q", "kind": "orphan"}),
+        &json!({"tenant_id": tenant["id"], "queue": "q", "kind": kind}),
     )
     .await;
-    let id = job["id"].as_str().unwrap().to_owned();
-    job_until(&c, &server, &admin, &id, "running").await;
+    let job = job["id"].as_str().unwrap().to_owned();
+    job_until(&c, &server, &admin, &job, "running").await;
+    RunningJob {
+        dir,
+        c,
+        server,
+        admin,
+        agent,
+        job,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agents_job_dies_with_it_and_its_restart_kills_what_is_left() {
+    let RunningJob {
+        dir,
+        server,
+        agent: mut first,
+        ..
+    } = a_running_job("127.0.0.1:0", "orphan").await;
     let leader = started(&dir.join("leader.pid")).await;
     let child = started(&dir.join("hang.pid")).await;
 
@@ -339,6 +372,49 @@ async fn a_killed_agents_job_dies_with_it_and_its_restart_kills_what_is_left() {
     // The next agent on the same state file kills the job's group first.
     let mut second = agent(&server.url(""), &dir, None, &[]);
     ends(&child, Duration::from_secs(20), "the restart of its agent").await;
+    second.kill().unwrap();
+    second.wait().unwrap();
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outcome_the_server_missed_is_sent_by_the_restarted_agent() {
+    let listen = format!("127.0.0.1:{}", common::free_port());
+    let RunningJob {
+        dir,
+        c,
+        server,
+        admin,
+        agent: mut first,
+        job: id,
+    } = a_running_job(&listen, "wait").await;
+
+    // The control plane goes away; the job finishes; its agent cannot
+    // report it, keeps its outcome, and is killed before the server is back.
+    drop(server);
+    std::fs::write(dir.join("go"), "").unwrap();
+    let outbox = dir.join("agent.json.outcomes");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&outbox).is_ok_and(|t| t.contains(&id)) {
+        assert!(Instant::now() < deadline, "the outcome was never kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let server = common::start_at(&dir.join("data"), &listen, &[]);
+    let mut second = agent(&server.url(""), &dir, None, &[]);
+    let done = job_until(&c, &server, &admin, &id, "succeeded").await;
+    assert_eq!(done["attempt"], 1, "{done}");
+    assert_eq!(done["result"], json!({"done": true}), "{done}");
+    let runs = std::fs::read_to_string(dir.join("runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "the job ran again: {runs:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&outbox).is_ok_and(|t| t.contains(&id)) {
+        assert!(Instant::now() < deadline, "the sent outcome was kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     second.kill().unwrap();
     second.wait().unwrap();
     drop(server);

@@ -45,9 +45,15 @@ pub fn start(dir: &Path) -> Server {
 
 /// [`start`] with extra `HOMEOSTAT_*` variables.
 pub fn start_with(dir: &Path, env: &[(&str, &str)]) -> Server {
+    start_at(dir, "127.0.0.1:0", env)
+}
+
+/// [`start_with`] listening on `listen` (a restart on the same address).
+pub fn start_at(dir: &Path, listen: &str, env: &[(&str, &str)]) -> Server {
     spawn(
         Command::new(assert_cmd::cargo::cargo_bin("homeostat")),
         dir,
+        listen,
         env,
     )
 }
@@ -58,11 +64,11 @@ pub fn start_with_open_files(dir: &Path, env: &[(&str, &str)], files: u32) -> Se
     cmd.arg("-c")
         .arg(format!("ulimit -n {files} && exec \"$0\" \"$@\""))
         .arg(assert_cmd::cargo::cargo_bin("homeostat"));
-    spawn(cmd, dir, env)
+    spawn(cmd, dir, "127.0.0.1:0", env)
 }
 
-fn spawn(mut cmd: Command, dir: &Path, env: &[(&str, &str)]) -> Server {
-    cmd.args(["run", "--listen", "127.0.0.1:0", "--data-dir"])
+fn spawn(mut cmd: Command, dir: &Path, listen: &str, env: &[(&str, &str)]) -> Server {
+    cmd.args(["run", "--listen", listen, "--data-dir"])
         .arg(dir)
         .env("HOMEOSTAT_LOG_FORMAT", "json")
         .env_remove("HOMEOSTAT_DATABASE_URL")
