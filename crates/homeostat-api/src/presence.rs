@@ -4,25 +4,25 @@
 //! statuses (drain) for the heartbeat replies. agent-health reads the
 //! written times, so it sees an agent up to one flush interval late; a
 //! replica that crashes loses at most that interval of heartbeats
-//! (docs/server.md).
+//! (docs/server.md). What it keeps per agent is bounded ([`BoundedMap`]),
+//! whatever the churn of the fleet.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use homeostat_model::{AgentId, AgentStatus};
 use homeostat_runtime::{BoxError, EventLoop};
-use homeostat_store::{Store, StoreError};
+use homeostat_store::{BoundedMap, Store, StoreError};
 use jiff::Timestamp;
 
 /// The agents this replica heard, not yet written, and their statuses.
 #[derive(Debug, Clone)]
 pub(crate) struct Presence {
     heard: EventLoop<AgentId, Timestamp>,
-    statuses: Arc<Mutex<HashMap<AgentId, AgentStatus>>>,
+    statuses: Arc<Mutex<BoundedMap<AgentId, AgentStatus>>>,
     /// The agent process each agent's heartbeats last came from, as this
     /// replica recorded it: only a new one costs a statement.
-    incarnations: Arc<Mutex<HashMap<AgentId, homeostat_model::Id>>>,
+    incarnations: Arc<Mutex<BoundedMap<AgentId, homeostat_model::Id>>>,
 }
 
 fn later(held: &mut Timestamp, new: Timestamp) {
@@ -32,7 +32,7 @@ fn later(held: &mut Timestamp, new: Timestamp) {
 impl Presence {
     /// Writes what was heard through `store` every `interval`.
     pub(crate) fn start(store: Store, interval: Duration) -> Self {
-        let statuses: Arc<Mutex<HashMap<AgentId, AgentStatus>>> = Arc::default();
+        let statuses: Arc<Mutex<BoundedMap<AgentId, AgentStatus>>> = Arc::default();
         let known = Arc::clone(&statuses);
         let heard = EventLoop::spawn("heartbeats", interval, later, move |batch| {
             let (store, known) = (store.clone(), Arc::clone(&known));
@@ -43,7 +43,9 @@ impl Presence {
                 for (id, _) in &batch {
                     known.remove(id);
                 }
-                known.extend(written);
+                for (id, status) in written {
+                    known.insert(id, status);
+                }
                 Ok::<(), BoxError>(())
             })
         });

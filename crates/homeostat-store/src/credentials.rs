@@ -7,7 +7,6 @@
 //! on every replica within that interval (plus the statement's time), and
 //! at once on the replica that revoked it.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -35,7 +34,7 @@ const REVOKED_SINCE: Sql = Sql::both(
 /// The credentials a store has verified.
 #[derive(Debug, Default)]
 pub(crate) struct CredentialCache {
-    known: Mutex<HashMap<[u8; 32], AgentId>>,
+    known: Mutex<crate::bounded::BoundedMap<[u8; 32], AgentId>>,
     /// The last look for revocations: when it started (monotonic and by
     /// the store's clock) and whether it failed. One look at a time.
     looked: tokio::sync::Mutex<Option<Look>>,

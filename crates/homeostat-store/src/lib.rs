@@ -36,6 +36,7 @@ mod attention;
 mod audit;
 mod audit_log;
 mod backend;
+mod bounded;
 mod credentials;
 mod decisions;
 mod error;
@@ -73,6 +74,7 @@ use jiff::Timestamp;
 
 pub use attention::MinuteOutcomes;
 pub use audit::{ChainBreak, VerifyReport};
+pub use bounded::{AGENT_CACHE_ENTRIES, BoundedMap};
 pub use credentials::REVOCATION_CHECK;
 pub use error::StoreError;
 pub use homeostat_model::{ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};

@@ -1,6 +1,5 @@
 //! Tenants, tokens and agents: the registry operations, audited.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -682,7 +681,7 @@ pub(crate) struct AgentFacts {
 }
 
 /// Each store's cache of [`AgentFacts`].
-pub(crate) type AgentFactsCache = Arc<Mutex<HashMap<AgentId, AgentFacts>>>;
+pub(crate) type AgentFactsCache = Arc<Mutex<crate::bounded::BoundedMap<AgentId, AgentFacts>>>;
 
 /// An agent's tenant and queues, cached after the first look.
 pub(crate) async fn agent_facts<B: Backend>(

@@ -17,7 +17,11 @@
 //!
 //! `cargo build --release -p homeostat && cargo bench -p homeostat --bench fleet --
 //!  [--backend sqlite|postgres] [--agents 100,1000,3000,10000] [--seconds 60]
-//!  [--idle-seconds 20] [--rate 50] [--heartbeat 10]`
+//!  [--idle-seconds 20] [--rate 50] [--heartbeat 10] [--rss-every SECS]`
+//!
+//! `--rss-every SECS` prints the servers' resident memory (and its
+//! anonymous part: heap, not mapped files) every SECS under load: a soak,
+//! with a long `--seconds`.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -35,6 +39,7 @@ struct Args {
     idle_seconds: u64,
     rate: u64,
     heartbeat: u64,
+    rss_every: u64,
 }
 
 fn args() -> Args {
@@ -45,6 +50,7 @@ fn args() -> Args {
         idle_seconds: 20,
         rate: 50,
         heartbeat: 10,
+        rss_every: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -61,6 +67,7 @@ fn args() -> Args {
             "--idle-seconds" => a.idle_seconds = value().parse().expect("--idle-seconds N"),
             "--rate" => a.rate = value().parse().expect("--rate N"),
             "--heartbeat" => a.heartbeat = value().parse().expect("--heartbeat N"),
+            "--rss-every" => a.rss_every = value().parse().expect("--rss-every SECS"),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -88,6 +95,17 @@ impl Server {
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Anonymous resident memory (the heap and stacks, not mapped files).
+    fn anon_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
@@ -511,7 +529,25 @@ async fn one_fleet(a: &Args, n: usize) {
             }
         })
     };
-    tokio::time::sleep(Duration::from_secs(a.seconds)).await;
+    let load_start = Instant::now();
+    let load_for = Duration::from_secs(a.seconds);
+    while load_start.elapsed() < load_for {
+        let every = if a.rss_every == 0 {
+            load_for
+        } else {
+            Duration::from_secs(a.rss_every)
+        };
+        tokio::time::sleep(every.min(load_for.saturating_sub(load_start.elapsed()))).await;
+        if a.rss_every > 0 {
+            println!(
+                "soak {:>6} s | RSS {} MiB | anonymous {} MiB | jobs {}",
+                load_start.elapsed().as_secs(),
+                servers.iter().map(Server::rss_kib).sum::<u64>() / 1024,
+                servers.iter().map(Server::anon_kib).sum::<u64>() / 1024,
+                tally.jobs.load(Ordering::Relaxed),
+            );
+        }
+    }
     let rss_load: u64 = servers.iter().map(Server::rss_kib).sum();
     let fds_load: usize = servers.iter().map(Server::fds).sum();
     let wasted = metric(&admin, &servers, "homeostat_claim_wakeups_total", "empty").await - wasted0;
