@@ -1,13 +1,15 @@
 //! The API's one error: an HTTP status and the JSON body
-//! `{"code", "message"}`, with the store's stable codes and a few of the
-//! API's own (`malformed`, `forbidden`, `too_large`, `timeout`).
+//! `{"code", "message"}`, the code from the shared vocabulary
+//! ([`ErrorCode`]). Turning an error into a response has no side effect:
+//! an internal error's cause travels on the response ([`FailureCause`]) and
+//! is logged once, by the request layer, with the request's id.
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use homeostat_model::ValidationError;
 use homeostat_model::wire::ErrorBody;
+use homeostat_model::{ErrorCode, ValidationError};
 use homeostat_store::StoreError;
 
 /// An error answer.
@@ -15,66 +17,95 @@ use homeostat_store::StoreError;
 pub struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,
-    /// Stable, snake_case.
-    pub code: &'static str,
+    /// What kind of error, for clients to branch on.
+    pub code: ErrorCode,
     /// For people: names the field or the entity.
     pub message: String,
     /// For a 429: when to try again (`Retry-After`, seconds).
     pub retry_after_secs: Option<u64>,
+    /// For the server's log only: why it failed.
+    cause: Option<String>,
 }
 
+/// Why a request failed on the server's side, carried on its response for
+/// the request layer to log with the request's id; never sent.
+#[derive(Debug, Clone)]
+pub(crate) struct FailureCause(pub(crate) String);
+
 impl ApiError {
-    /// An error with this status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with this code (and its status) and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: StatusCode::from_u16(code.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             code,
             message: message.into(),
             retry_after_secs: None,
+            cause: None,
         }
     }
 
+    /// The same error answered with another status (415 for a body that is
+    /// not JSON, which is `malformed`).
+    pub fn with_status(self, status: StatusCode) -> Self {
+        Self { status, ..self }
+    }
+
     /// 429: a limit is reached; `Retry-After` says when to try again.
-    pub fn limited(code: &'static str, message: impl Into<String>, retry_after_secs: u64) -> Self {
+    pub fn limited(code: ErrorCode, message: impl Into<String>, retry_after_secs: u64) -> Self {
         Self {
             retry_after_secs: Some(retry_after_secs.max(1)),
-            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+            ..Self::new(code, message).with_status(StatusCode::TOO_MANY_REQUESTS)
         }
     }
 
     /// 400: the request could not be read (syntax, unknown field, type).
     pub fn malformed(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "malformed", message)
+        Self::new(ErrorCode::Malformed, message)
     }
 
     /// 422: a value is out of range.
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+        Self::new(ErrorCode::Invalid, message)
     }
 
     /// 401: no credential, or not a live one.
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(ErrorCode::Unauthorized, message)
     }
 
     /// 403: a credential whose role may not do this.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
 
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(ErrorCode::NotFound, message)
     }
 
     /// 413: a body or a field past its bound.
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+        Self::new(ErrorCode::TooLarge, message)
     }
 
     /// 503, retryable.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        Self::new(ErrorCode::Unavailable, message)
+    }
+
+    /// Why it failed, for the log (internal errors only).
+    pub fn cause(&self) -> Option<&str> {
+        self.cause.as_deref()
+    }
+
+    /// 500: the server failed. The client reads `message`; `cause` goes to
+    /// the log only.
+    pub fn internal(message: impl Into<String>, cause: impl std::fmt::Display) -> Self {
+        Self {
+            cause: Some(cause.to_string()),
+            ..Self::new(ErrorCode::Internal, message)
+        }
     }
 }
 
@@ -95,7 +126,7 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
-            code: self.code.to_owned(),
+            code: self.code,
             message: self.message,
         };
         let mut res = (self.status, Json(body)).into_response();
@@ -105,27 +136,48 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from(secs),
             );
         }
+        if let Some(cause) = self.cause {
+            res.extensions_mut().insert(FailureCause(cause));
+        }
         res
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        let status = match e.code() {
-            "invalid" => StatusCode::UNPROCESSABLE_ENTITY,
-            "not_found" => StatusCode::NOT_FOUND,
-            "conflict" | "stale_lease" | "fenced" => StatusCode::CONFLICT,
-            "unauthorized" => StatusCode::UNAUTHORIZED,
-            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            // The cause stays in the log; the client learns only that it was
-            // the server's fault.
-            tracing::error!(error = %e, source = ?std::error::Error::source(&e), "request failed");
-            return Self::new(status, "internal", e.to_string());
+        let code = e.code();
+        if code.http_status() >= 500 && code != ErrorCode::Unavailable {
+            // The cause stays in the log; the client learns what failed,
+            // not why (a corrupt row's detail is the row's data).
+            let cause = match std::error::Error::source(&e) {
+                Some(source) => format!("{e}: {source}"),
+                None => e.to_string(),
+            };
+            let message = match (code, e.operation()) {
+                (ErrorCode::SchemaTooNew, _) => e.to_string(),
+                (_, Some(op)) => format!("{op} failed on the server (its log says why)"),
+                (_, None) => "the server failed (its log says why)".to_owned(),
+            };
+            return Self {
+                code,
+                ..Self::internal(message, cause)
+            };
         }
-        Self::new(status, e.code(), e.to_string())
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<homeostat_runtime::ManagerError> for ApiError {
+    fn from(e: homeostat_runtime::ManagerError) -> Self {
+        use homeostat_runtime::ManagerError as M;
+        match e {
+            M::UnknownController(_) => Self::not_found(e.to_string()),
+            M::Plan { ref source, .. } => {
+                let cause = format!("{e}: {source}");
+                Self::internal(e.to_string(), cause)
+            }
+            _ => Self::invalid(e.to_string()),
+        }
     }
 }
 
@@ -171,7 +223,7 @@ pub(crate) enum ErrorResponses {
     )]
     NotFound(ErrorBody),
     /// The entity's state does not allow it, or a stale lease token.
-    #[response(status = 409, description = "conflict or stale_lease")]
+    #[response(status = 409, description = "conflict, stale_lease or fenced")]
     Conflict(ErrorBody),
     /// A body or a result past its bound.
     #[response(
@@ -206,4 +258,47 @@ pub(crate) enum ErrorResponses {
     /// The database is unreachable: retry.
     #[response(status = 503, description = "unavailable: retry")]
     Unavailable(ErrorBody),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_internal_errors_cause_travels_on_the_response_not_in_its_body() {
+        let e = StoreError::Corrupt {
+            operation: "reading a job",
+            detail: "state 'bogus' is not a job state".into(),
+        };
+        let res = ApiError::from(e).into_response();
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let cause = res
+            .extensions()
+            .get::<FailureCause>()
+            .expect("the cause is on the response");
+        assert!(cause.0.contains("bogus"), "{cause:?}");
+        let body = body_of(res);
+        assert_eq!(body.code, ErrorCode::Internal);
+        assert!(!body.message.contains("bogus"), "{}", body.message);
+    }
+
+    #[test]
+    fn a_clients_error_carries_no_cause() {
+        let res = ApiError::from(StoreError::NotFound {
+            entity: "job",
+            id: "x".into(),
+        })
+        .into_response();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        assert!(res.extensions().get::<FailureCause>().is_none());
+    }
+
+    fn body_of(res: Response) -> ErrorBody {
+        let bytes = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(axum::body::to_bytes(res.into_body(), 1 << 16))
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
 }

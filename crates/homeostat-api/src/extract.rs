@@ -60,11 +60,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ReportJson<T> {
 /// `application/…+json`): 415 for another type, 413 past the body limit.
 pub(crate) async fn json_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
     if !is_json(req.headers()) {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "malformed",
-            "the body must be JSON (Content-Type: application/json)",
-        ));
+        return Err(
+            ApiError::malformed("the body must be JSON (Content-Type: application/json)")
+                .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        );
     }
     Bytes::from_request(req, state).await.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {

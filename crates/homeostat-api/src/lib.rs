@@ -23,7 +23,7 @@ mod strict_json;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use homeostat_model::ErrorCode;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 pub use auth::{AgentCaller, Caller, Role};
@@ -200,8 +200,7 @@ async fn deadline(
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "timeout",
+            ErrorCode::Timeout,
             format!("the request took longer than {} s", limit.as_secs()),
         )
         .into_response(),
@@ -217,8 +216,7 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
         .unwrap_or_default();
     tracing::error!(panic = what, "a request's handler panicked");
     ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
+        ErrorCode::Internal,
         "the server failed to answer this request",
     )
     .into_response()
@@ -230,8 +228,7 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         "this route does not take that method",
     )
 }

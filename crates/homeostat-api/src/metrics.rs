@@ -122,7 +122,9 @@ pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Nex
     // A probe's "not ready" is its answer, not a fault: the failing check
     // is logged where it fails, not once per probe.
     let answered = route == "/readyz";
-    if status >= 500 && !answered {
+    if let Some(cause) = response.extensions().get::<crate::error::FailureCause>() {
+        tracing::error!(%method, %route, status, ms = elapsed * 1e3, %request_id, cause = %cause.0, "request failed");
+    } else if status >= 500 && !answered {
         tracing::warn!(%method, %route, status, ms = elapsed * 1e3, %request_id, "request failed");
     } else {
         tracing::debug!(%method, %route, status, ms = elapsed * 1e3, %request_id, "request");
@@ -291,10 +293,9 @@ pub(crate) async fn serve(
         .and_then(|()| encode_registry(&mut body, &snapshot))
         .and_then(|()| encode_eof(&mut body));
     if written.is_err() {
-        return Err(ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+        return Err(ApiError::internal(
             "encoding the metrics failed",
+            "the OpenMetrics encoder failed",
         ));
     }
     if openmetrics {

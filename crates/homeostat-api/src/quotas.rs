@@ -53,7 +53,11 @@ pub(crate) struct QuotaGate {
 }
 
 fn exceeded(what: String, retry_after_secs: u64) -> ApiError {
-    ApiError::limited("quota_exceeded", what, retry_after_secs)
+    ApiError::limited(
+        homeostat_model::ErrorCode::QuotaExceeded,
+        what,
+        retry_after_secs,
+    )
 }
 
 impl QuotaGate {
@@ -228,7 +232,7 @@ mod tests {
         let t = TenantId::at(jiff::Timestamp::now());
         assert!(gate.take_tokens(t, limits(10, 50), 50).is_ok());
         let refused = gate.take_tokens(t, limits(10, 50), 20).unwrap_err();
-        assert_eq!(refused.code, "quota_exceeded");
+        assert_eq!(refused.code, homeostat_model::ErrorCode::QuotaExceeded);
         assert_eq!(refused.retry_after_secs, Some(2), "{refused:?}");
         assert!(refused.message.contains("quotas.enqueue_rate"));
         // More than a burst can never pass: said so.

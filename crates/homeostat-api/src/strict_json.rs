@@ -420,7 +420,7 @@ mod tests {
     fn an_array_is_not_a_struct_at_any_depth() {
         for body in [r#"[]"#, r#"[3]"#, r#"{"inner": [["a"]]}"#] {
             let err = read(body).unwrap_err();
-            assert_eq!(err.code, "malformed", "{body}");
+            assert_eq!(err.code, homeostat_model::ErrorCode::Malformed, "{body}");
             assert!(
                 err.message.contains("expected an object"),
                 "{}",
@@ -449,7 +449,7 @@ mod tests {
     fn a_nul_is_refused_naming_where_or_replaced() {
         let body = r#"{"inner": [{"name": "ok"}, {"name": "a\u0000b"}]}"#;
         let err = read(body).unwrap_err();
-        assert_eq!(err.code, "invalid");
+        assert_eq!(err.code, homeostat_model::ErrorCode::Invalid);
         assert!(
             err.message.starts_with("inner[1].name: "),
             "{}",

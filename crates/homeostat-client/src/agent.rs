@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use homeostat_model::wire::{ClaimRequest, HeartbeatRequest, HeldJob, MAX_CLAIM_CAPACITY};
-use homeostat_model::{ClaimedJob, JobId};
+use homeostat_model::{ClaimedJob, ErrorCode, JobId};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -215,7 +215,7 @@ impl AgentBuilder {
         let first = loop {
             match self.heartbeat(incarnation, &running, &drained).await {
                 Ok(every) => break every,
-                Err(e) if matches!(e.code(), "unreachable" | "unavailable") => {
+                Err(e) if e.code().is_out_of_reach() => {
                     tracing::warn!(error = %e, "the control plane is out of reach; trying again");
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(AgentReport::default()),
@@ -275,7 +275,7 @@ impl AgentBuilder {
             let claimed = match claimed {
                 Ok(c) => c.jobs,
                 // A refused credential will not come back: stop.
-                Err(e) if e.code() == "unauthorized" => {
+                Err(e) if e.code() == ErrorCode::Unauthorized => {
                     shutdown.cancel();
                     let _ = beats.await;
                     return Err(e);
@@ -477,7 +477,7 @@ impl Delivery {
                 Ok(true) => self.count(|r| r.completed += 1),
                 Ok(false) => self.count(|r| r.failed += 1),
                 Err(e)
-                    if matches!(e.code(), "unreachable" | "unavailable")
+                    if e.code().is_out_of_reach()
                         && self.ours(id)
                         && tokio::time::Instant::now() < deadline =>
                 {

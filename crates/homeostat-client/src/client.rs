@@ -257,7 +257,7 @@ impl Client {
             let (code, message) = match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(e) => (e.code, e.message),
                 Err(_) => (
-                    "unknown".to_owned(),
+                    homeostat_model::ErrorCode::Unknown,
                     String::from_utf8_lossy(&bytes).chars().take(500).collect(),
                 ),
             };

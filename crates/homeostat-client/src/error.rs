@@ -1,6 +1,8 @@
 //! The client's one error: what the server answered (its status and the
 //! API's stable code), or why no answer came.
 
+use homeostat_model::ErrorCode;
+
 /// A call that did not succeed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -12,8 +14,8 @@ pub enum ClientError {
         operation: &'static str,
         /// The HTTP status.
         status: u16,
-        /// The API's stable code (`not_found`, `conflict`, `stale_lease`, …).
-        code: String,
+        /// The API's code.
+        code: ErrorCode,
         /// The server's message.
         message: String,
     },
@@ -41,13 +43,13 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The API's code, or `unreachable` when no answer came.
-    pub fn code(&self) -> &str {
+    /// The API's code, or [`ErrorCode::Unreachable`] when no answer came.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ClientError::Api { code, .. } => code,
-            ClientError::Transport { .. } => "unreachable",
-            ClientError::Decode { .. } => "internal",
-            ClientError::Config(_) => "invalid",
+            ClientError::Api { code, .. } => *code,
+            ClientError::Transport { .. } => ErrorCode::Unreachable,
+            ClientError::Decode { .. } => ErrorCode::Unknown,
+            ClientError::Config(_) => ErrorCode::Invalid,
         }
     }
 

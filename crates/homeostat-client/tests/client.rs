@@ -50,7 +50,7 @@ async fn errors_keep_the_servers_status_code_and_message() {
             .await
             .unwrap_err();
         assert_eq!(err.status(), Some(status));
-        assert_eq!(err.code(), code);
+        assert_eq!(err.code().as_str(), code);
         assert!(
             err.to_string().contains(&format!("the {code} message")),
             "{err}"
@@ -63,7 +63,10 @@ async fn errors_keep_the_servers_status_code_and_message() {
         .mount(&server)
         .await;
     let err = client(&server).agents().await.unwrap_err();
-    assert_eq!((err.status(), err.code()), (Some(418), "unknown"));
+    assert_eq!(
+        (err.status(), err.code()),
+        (Some(418), homeostat_model::ErrorCode::Unknown)
+    );
     assert!(err.to_string().contains("teapot"));
 }
 
@@ -140,7 +143,7 @@ async fn a_registration_is_not_repeated_unless_the_server_did_nothing() {
         .mount(&server)
         .await;
     let err = client(&server).register(&req).await.unwrap_err();
-    assert_eq!(err.code(), "unavailable");
+    assert_eq!(err.code(), homeostat_model::ErrorCode::Unavailable);
 }
 
 #[tokio::test]
@@ -182,7 +185,7 @@ async fn a_call_times_out() {
     let started = Instant::now();
     let err = c.agents().await.unwrap_err();
     assert!(matches!(err, ClientError::Transport { .. }), "{err}");
-    assert_eq!(err.code(), "unreachable");
+    assert_eq!(err.code(), homeostat_model::ErrorCode::Unreachable);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 

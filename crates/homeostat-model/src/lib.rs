@@ -9,6 +9,7 @@ pub mod alertmanager;
 mod audit;
 pub mod duration;
 mod error;
+mod error_code;
 mod id;
 mod job;
 mod notification;
@@ -21,6 +22,7 @@ pub mod wire;
 pub use agent::{Agent, AgentStatus, NewAgent};
 pub use audit::{AuditAction, AuditEvent, NewAuditEvent};
 pub use error::ValidationError;
+pub use error_code::ErrorCode;
 pub use id::{AgentId, JobId, NotificationId, TenantId, TokenId};
 pub use job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, FailedAttempt, Job, JobState, MAX_PAYLOAD_BYTES,

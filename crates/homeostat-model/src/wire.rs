@@ -122,14 +122,13 @@ pub struct AuditPage {
     pub next_cursor: Option<i64>,
 }
 
-/// An error as the API returns it: a stable code from the store's
-/// vocabulary (`invalid`, `not_found`, `conflict`, `stale_lease`,
-/// `unauthorized`, `unavailable`, …) and a message for people.
+/// An error as the API returns it: a stable code ([`crate::ErrorCode`]) and
+/// a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// Stable, snake_case; clients branch on it.
-    pub code: String,
+    pub code: crate::ErrorCode,
     /// What went wrong, naming the field or the entity.
     pub message: String,
 }

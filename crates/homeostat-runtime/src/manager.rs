@@ -72,24 +72,6 @@ pub enum ManagerError {
     },
 }
 
-impl ManagerError {
-    /// A stable snake_case code: `invalid` for a registration the manager
-    /// refuses, `not_found` for an unknown controller, `internal` for a
-    /// failed dry run.
-    pub fn code(&self) -> &'static str {
-        match self {
-            ManagerError::UnknownController(_) => "not_found",
-            ManagerError::Plan { .. } => "internal",
-            ManagerError::EmptyName
-            | ManagerError::Duplicate(_)
-            | ManagerError::ZeroInterval(_)
-            | ManagerError::InvalidJitter { .. }
-            | ManagerError::ZeroTimeout(_)
-            | ManagerError::LeaseTtl { .. } => "invalid",
-        }
-    }
-}
-
 /// Configures a [`Manager`]: clock, leases, metrics, controllers.
 ///
 /// ```

@@ -304,7 +304,7 @@ mod tests {
         let done = job(JobState::Succeeded, at(0));
         let err = operator_transition(&done, JobState::Cancelled, AuditAction::JobCancelled, at(5))
             .unwrap_err();
-        assert_eq!(err.code(), "conflict");
+        assert_eq!(err.code(), homeostat_model::ErrorCode::Conflict);
         assert!(err.to_string().contains(&done.id.to_string()), "{err}");
     }
 

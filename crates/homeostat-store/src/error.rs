@@ -1,4 +1,4 @@
-use homeostat_model::{JobId, ValidationError};
+use homeostat_model::{ErrorCode, JobId, ValidationError};
 
 /// What can go wrong in the store. Messages name the operation and the ids;
 /// each variant's text is this layer's only, and the cause, when there is
@@ -109,29 +109,39 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A stable snake_case code for this kind of error, which the API
-    /// returns to clients: `invalid`, `not_found`, `conflict`, `stale_lease`,
-    /// `fenced`, `unauthorized`, `schema_too_new`, `unavailable` (retryable)
-    /// or `internal`.
-    pub fn code(&self) -> &'static str {
+    /// The code the API answers this error with.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            StoreError::Invalid(_) | StoreError::UnsupportedUrl { .. } => "invalid",
-            StoreError::NotFound { .. } => "not_found",
-            StoreError::Conflict { .. } => "conflict",
-            StoreError::StaleLease { .. } => "stale_lease",
-            StoreError::Fenced { .. } => "fenced",
-            StoreError::Unauthorized { .. } => "unauthorized",
-            StoreError::SchemaTooNew { .. } => "schema_too_new",
-            StoreError::Unavailable { .. } => "unavailable",
+            StoreError::Invalid(_) | StoreError::UnsupportedUrl { .. } => ErrorCode::Invalid,
+            StoreError::NotFound { .. } => ErrorCode::NotFound,
+            StoreError::Conflict { .. } => ErrorCode::Conflict,
+            StoreError::StaleLease { .. } => ErrorCode::StaleLease,
+            StoreError::Fenced { .. } => ErrorCode::Fenced,
+            StoreError::Unauthorized { .. } => ErrorCode::Unauthorized,
+            StoreError::SchemaTooNew { .. } => ErrorCode::SchemaTooNew,
+            StoreError::Unavailable { .. } => ErrorCode::Unavailable,
             StoreError::Corrupt { .. } | StoreError::Database { .. } | StoreError::Migration(_) => {
-                "internal"
+                ErrorCode::Internal
             }
+        }
+    }
+
+    /// What was being done when the database failed or answered with a
+    /// row it could not read (an internal error's public part: the detail
+    /// stays in the log).
+    pub fn operation(&self) -> Option<&'static str> {
+        match self {
+            StoreError::Corrupt { operation, .. }
+            | StoreError::Database { operation, .. }
+            | StoreError::Unavailable { operation, .. } => Some(operation),
+            StoreError::Migration(_) => Some("migrating the database"),
+            _ => None,
         }
     }
 
     /// Whether the same call may succeed if made again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable { .. })
+        self.code().is_retryable()
     }
 
     pub(crate) fn unsupported_url(url: &str) -> Self {
@@ -250,7 +260,7 @@ mod tests {
     #[test]
     fn a_database_error_prints_its_operation_once_and_keeps_the_cause_as_source() {
         let e = db_error("promoting scheduled jobs", sqlx::Error::PoolTimedOut);
-        assert_eq!(e.code(), "unavailable");
+        assert_eq!(e.code().as_str(), "unavailable");
         assert!(e.is_retryable());
         let text = e.to_string();
         assert_eq!(
@@ -265,7 +275,7 @@ mod tests {
     fn undecodable_values_are_corrupt_rows_not_driver_failures() {
         let e = db_error("reading a job", sqlx::Error::Decode("bad state".into()));
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
-        assert_eq!(e.code(), "internal");
+        assert_eq!(e.code().as_str(), "internal");
         assert_eq!(
             e.to_string(),
             "reading a job failed: a stored row is corrupt: bad state"
@@ -275,7 +285,7 @@ mod tests {
     #[test]
     fn an_unsupported_url_does_not_repeat_its_password() {
         let e = StoreError::unsupported_url("mysql://admin:hunter2@db/homeostat");
-        assert_eq!(e.code(), "invalid");
+        assert_eq!(e.code().as_str(), "invalid");
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert!(e.to_string().contains("\"mysql\""), "{e}");
     }
@@ -333,7 +343,7 @@ mod tests {
             ),
         ];
         for (e, code) in cases {
-            assert_eq!(e.code(), code, "{e}");
+            assert_eq!(e.code().as_str(), code, "{e}");
             assert_eq!(e.is_retryable(), code == "unavailable");
         }
     }

@@ -62,7 +62,7 @@ async fn a_terminated_connection_fails_one_call_as_unavailable_then_is_replaced(
     {
         Ok(_) => {}
         Err(e) => {
-            assert_eq!(e.code(), "unavailable", "{e:?}");
+            assert_eq!(e.code().as_str(), "unavailable", "{e:?}");
             assert!(e.is_retryable());
             assert!(matches!(e, StoreError::Unavailable { .. }));
         }

@@ -95,7 +95,7 @@ async fn unknown_urls_are_refused_by_scheme_without_their_password() {
         err.to_string(),
         "unsupported database URL scheme \"mysql\": expected sqlite:… or postgres://…"
     );
-    assert_eq!(err.code(), "invalid");
+    assert_eq!(err.code().as_str(), "invalid");
 }
 
 /// A PostgreSQL database migrated by an earlier build (schema 2), with jobs

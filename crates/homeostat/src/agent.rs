@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use homeostat_client::{Agent, Client, ClientError, JobError, JobHandler};
 use homeostat_model::wire::{HeartbeatRequest, RegisterRequest};
-use homeostat_model::{ClaimedJob, NewAgent};
+use homeostat_model::{ClaimedJob, ErrorCode, NewAgent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -108,7 +108,7 @@ fn save(path: &Path, state: &State) -> Result<(), String> {
 
 /// The control plane is out of reach or unavailable (a repeatable call).
 fn out_of_reach(e: &ClientError) -> bool {
-    matches!(e.code(), "unreachable" | "unavailable")
+    e.code().is_out_of_reach()
 }
 
 /// The call did not happen: it never reached a server, or the server said
@@ -121,9 +121,9 @@ fn nothing_happened(e: &ClientError) -> bool {
 /// Exit codes shared with the CLI.
 pub(crate) fn exit_code(e: &ClientError) -> ExitCode {
     ExitCode::from(match e.code() {
-        "not_found" => 3,
-        "conflict" | "stale_lease" => 4,
-        "unreachable" | "unavailable" => 5,
+        ErrorCode::NotFound => 3,
+        ErrorCode::Conflict | ErrorCode::StaleLease => 4,
+        ErrorCode::Unreachable | ErrorCode::Unavailable => 5,
         _ => 1,
     })
 }
@@ -149,7 +149,7 @@ async fn credential(args: &AgentArgs) -> Result<Client, (ExitCode, String)> {
                 tracing::info!(agent = %state.agent_id, "resuming with the saved credential");
                 Ok(client)
             }
-            Err(e) if e.code() == "unauthorized" => Err(fail(
+            Err(e) if e.code() == ErrorCode::Unauthorized => Err(fail(
                 1,
                 format!(
                     "the server refused this agent's saved credential (revoked, or another \
@@ -185,7 +185,7 @@ async fn credential(args: &AgentArgs) -> Result<Client, (ExitCode, String)> {
     })
     .await
         .map_err(|e| {
-        let hint = if e.code() == "unauthorized" {
+        let hint = if e.code() == ErrorCode::Unauthorized {
             ": the bootstrap token is unknown, expired or used up; ask an operator for a new one"
         } else {
             ""

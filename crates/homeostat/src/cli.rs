@@ -12,7 +12,9 @@ use homeostat_client::{Client, ClientError, JobQuery};
 use homeostat_model::operator::{
     KeyRole, NewApiKeyRequest, NewBootstrapTokenRequest, NewTenantRequest,
 };
-use homeostat_model::{AgentId, JobId, NewJob, NotificationId, PlanTier, TenantId, TokenId};
+use homeostat_model::{
+    AgentId, ErrorCode, JobId, NewJob, NotificationId, PlanTier, TenantId, TokenId,
+};
 use serde_json::Value;
 
 use crate::output::{self, Column, Format, outln};
@@ -326,9 +328,11 @@ pub(crate) fn main(connection: Connection, command: Command) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let hint = match e.code() {
-                "unauthorized" => " (check --token or HOMEOSTAT_TOKEN)",
-                "forbidden" => " (this needs a key with another role)",
-                "unreachable" => " (is the server running at --server or HOMEOSTAT_SERVER?)",
+                ErrorCode::Unauthorized => " (check --token or HOMEOSTAT_TOKEN)",
+                ErrorCode::Forbidden => " (this needs a key with another role)",
+                ErrorCode::Unreachable => {
+                    " (is the server running at --server or HOMEOSTAT_SERVER?)"
+                }
                 _ => "",
             };
             eprintln!("homeostat: {e}{hint}");

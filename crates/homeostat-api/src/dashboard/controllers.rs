@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use super::notice::{Done, NoticeQuery};
 use super::page::{Page, Problem, ago, fragment};
 use super::session::{CsrfForm, Session};
-use crate::routes::admin::{manager, manager_error};
+use crate::routes::admin::manager;
 use crate::state::ApiState;
 
 /// How many intervals without success flag a controller (the watchdog's
@@ -149,7 +149,10 @@ pub(crate) async fn plan(
     Path(name): Path<String>,
 ) -> Result<Response, Problem> {
     session.require_operator()?;
-    let plan = manager(&state)?.plan(&name).await.map_err(manager_error)?;
+    let plan = manager(&state)?
+        .plan(&name)
+        .await
+        .map_err(crate::ApiError::from)?;
     let view = PlanView {
         name: name.clone(),
         count: plan.count,

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use super::extract::{Form, Query};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use homeostat_model::{AgentId, Job, JobId, JobState, TenantId};
+use homeostat_model::{AgentId, ErrorCode, Job, JobId, JobState, TenantId};
 use homeostat_store::JobFilter;
 use serde::Deserialize;
 
@@ -504,7 +504,7 @@ pub(crate) async fn bulk(
             Ok(_) => done_count += 1,
             // It moved since it was listed (finished, cancelled by someone
             // else): not an error of this action.
-            Err(e) if e.code == "conflict" || e.code == "not_found" => {}
+            Err(e) if matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
     }

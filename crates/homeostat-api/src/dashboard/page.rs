@@ -136,6 +136,8 @@ pub(crate) fn render_login(error: Option<&str>, status: StatusCode, csrf: &str) 
 pub(crate) struct Problem {
     status: StatusCode,
     message: String,
+    /// An internal error's cause, for the request layer's log.
+    cause: Option<String>,
 }
 
 impl Problem {
@@ -143,13 +145,17 @@ impl Problem {
         Self {
             status,
             message: message.into(),
+            cause: None,
         }
     }
 }
 
 impl From<ApiError> for Problem {
     fn from(e: ApiError) -> Self {
-        Self::new(e.status, e.message)
+        Self {
+            cause: e.cause().map(str::to_owned),
+            ..Self::new(e.status, e.message)
+        }
     }
 }
 
@@ -171,7 +177,12 @@ impl IntoResponse for Problem {
             login: false,
             csrf: "",
         };
-        (self.status, html(page.render())).into_response()
+        let mut res = (self.status, html(page.render())).into_response();
+        if let Some(cause) = self.cause {
+            res.extensions_mut()
+                .insert(crate::error::FailureCause(cause));
+        }
+        res
     }
 }
 

@@ -184,7 +184,9 @@ impl FromRequestParts<ApiState> for Session {
                 csrf: csrf_token(&id),
                 id,
             }),
-            Err(e) if e.code() == "unauthorized" => Err(to_login(&parts.headers)),
+            Err(e) if e.code() == homeostat_model::ErrorCode::Unauthorized => {
+                Err(to_login(&parts.headers))
+            }
             Err(e) => Err(Problem::from(e).into_response()),
         }
     }
@@ -231,7 +233,7 @@ pub(crate) async fn login(
     }
     let identity = match state.store.authenticate_api_key(key).await {
         Ok(identity) => identity,
-        Err(e) if e.code() == "unauthorized" => {
+        Err(e) if e.code() == homeostat_model::ErrorCode::Unauthorized => {
             return login_form(
                 &state,
                 Some("That API key is unknown, revoked or expired."),

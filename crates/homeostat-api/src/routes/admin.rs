@@ -571,17 +571,6 @@ pub(crate) fn manager(state: &ApiState) -> Result<&Manager, ApiError> {
         .ok_or_else(|| ApiError::unavailable("no controller manager runs in this server"))
 }
 
-pub(crate) fn manager_error(e: homeostat_runtime::ManagerError) -> ApiError {
-    let status = match e.code() {
-        "not_found" => StatusCode::NOT_FOUND,
-        "invalid" => StatusCode::UNPROCESSABLE_ENTITY,
-        "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-        "conflict" => StatusCode::CONFLICT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ApiError::new(status, e.code(), e.to_string())
-}
-
 #[utoipa::path(
     get,
     path = "/v1/controllers",
@@ -645,7 +634,7 @@ pub(crate) async fn trigger_controller(
 /// Makes a run of `name` due now (admin keys), audited as the caller.
 pub(crate) async fn trigger(state: &ApiState, caller: &Caller, name: &str) -> Result<(), ApiError> {
     caller.require_admin()?;
-    manager(state)?.trigger(name).map_err(manager_error)?;
+    manager(state)?.trigger(name)?;
     state
         .store
         .append_audit(&[homeostat_model::NewAuditEvent {
@@ -676,7 +665,7 @@ pub(crate) async fn plan_controller(
 ) -> Result<Json<homeostat_runtime::Plan>, ApiError> {
     // A plan names the jobs and agents a run would touch, of every tenant.
     caller.require_operator("a controller's plan")?;
-    let plan = manager(&state)?.plan(&name).await.map_err(manager_error)?;
+    let plan = manager(&state)?.plan(&name).await?;
     Ok(Json(plan))
 }
 

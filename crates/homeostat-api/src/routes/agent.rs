@@ -152,7 +152,7 @@ pub(crate) async fn claim(
     let max = state.settings.max_claims_per_agent;
     let _slot = state.claims.take(agent.id, max).ok_or_else(|| {
         ApiError::limited(
-            "too_many_claims",
+            homeostat_model::ErrorCode::TooManyClaims,
             format!("the agent has {max} claims open already (api.max_claims_per_agent)"),
             1,
         )

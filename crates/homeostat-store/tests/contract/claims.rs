@@ -310,7 +310,7 @@ async fn an_agent_that_may_not_claim_is_told_why_even_with_nothing_queued(store:
         .await
         .unwrap_err();
     assert!(err.to_string().contains("the agent is offline"), "{err}");
-    assert_eq!(err.code(), "conflict");
+    assert_eq!(err.code().as_str(), "conflict");
 }
 
 /// Lease tokens are claim counters, easy to guess: every lease operation
