@@ -3,13 +3,16 @@
 //! SQLite: `homeostat run`, three `homeostat agent --exec` processes, 300
 //! jobs, an agent killed four times. Every job ends succeeded, completed
 //! once; each killed agent is marked offline within agent-health's interval
-//! plus its stale threshold plus 1 s, and its jobs run elsewhere; the audit
-//! chain verifies.
+//! plus its stale threshold plus 1 s of its last heartbeat (the audited
+//! time against the agent's last heartbeat, both the server's), and its
+//! jobs run elsewhere; the audit chain verifies.
 //!
 //! PostgreSQL: two replicas, agents split between them; the replica leading
-//! agent-health and job-recovery is killed midway. The other takes both
-//! over within the lease TTL + 1 s, no controller ever wrote under two
-//! leaders at once (audit epochs), and every job still ends succeeded.
+//! agent-health and job-recovery is killed midway. The other runs both
+//! within an interval + 1 s of the dead leader's leases running out (the
+//! lease rows' expiry against the runs' start times), no controller ever
+//! wrote under two leaders at once (audit epochs), and every job still
+//! ends succeeded. Wall clocks only guard against hangs.
 
 mod common;
 
@@ -132,20 +135,30 @@ async fn killed_agents_are_healed_around_and_every_job_completes_once() {
         let id = agent_id(&dir, n);
         agents[n].kill().unwrap();
         agents[n].wait().unwrap();
-        let killed = Instant::now();
-        loop {
+        // A wall clock only guards against a hang; the bound is checked on
+        // the server's own times: its last heartbeat from the agent, and
+        // the audited moment agent-health marked it offline.
+        let hang_guard = Instant::now() + Duration::from_secs(60);
+        let last_heard = loop {
             let a = get_json(&c, server.url(&format!("/v1/agents/{id}")), &admin).await;
             if a["status"] == "offline" {
-                break;
+                break timestamp(&a["last_heartbeat_at"]);
             }
             assert!(
-                killed.elapsed() < INTERVAL + STALE + Duration::from_secs(1),
-                "agent {n} still {} {:?} after SIGKILL",
-                a["status"],
-                killed.elapsed()
+                Instant::now() < hang_guard,
+                "agent {n} still {} a minute after SIGKILL",
+                a["status"]
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        };
+        let offline = offline_at(&c, &server, &admin, &id).await;
+        let silence = offline.duration_since(last_heard);
+        assert!(
+            silence
+                <= jiff::SignedDuration::try_from(INTERVAL + STALE + Duration::from_secs(1))
+                    .unwrap(),
+            "agent {n} marked offline {silence:?} after its last heartbeat"
+        );
         agents[n] = agent(&url, &dir, n, &bootstrap);
     }
 
@@ -207,19 +220,79 @@ async fn killed_agents_are_healed_around_and_every_job_completes_once() {
 }
 
 /// Who leads `name`, by `server`'s account.
+fn timestamp(v: &serde_json::Value) -> jiff::Timestamp {
+    v.as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("not a timestamp: {v}"))
+}
+
+/// When the audit log says agent-health last marked agent `id` offline.
+async fn offline_at(
+    c: &reqwest::Client,
+    server: &common::Server,
+    key: &str,
+    id: &str,
+) -> jiff::Timestamp {
+    let mut after = 0;
+    let mut at = None;
+    loop {
+        let url = server.url(&format!("/v1/audit?limit=1000&after={after}"));
+        let page = get_json(c, url, key).await;
+        for e in page["items"].as_array().unwrap() {
+            let ids = e["details"]["ids"].as_array();
+            if e["action"] == "agents.offline" && ids.is_some_and(|ids| ids.iter().any(|x| x == id))
+            {
+                at = Some(timestamp(&e["at"]));
+            }
+        }
+        match page["next_cursor"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    at.unwrap_or_else(|| panic!("no agents.offline event names agent {id}"))
+}
+
 async fn leader(
     c: &reqwest::Client,
     server: &common::Server,
     key: &str,
     name: &str,
 ) -> Option<String> {
-    let all = get_json(c, server.url("/v1/controllers"), key).await;
-    all["items"]
-        .as_array()?
-        .iter()
-        .find(|x| x["name"] == name)?["leader_replica"]
+    controller(c, server, key, name).await["leader_replica"]
         .as_str()
         .map(str::to_owned)
+}
+
+/// Controller `name` as `server` lists it.
+async fn controller(
+    c: &reqwest::Client,
+    server: &common::Server,
+    key: &str,
+    name: &str,
+) -> serde_json::Value {
+    let all = get_json(c, server.url("/v1/controllers"), key).await;
+    all["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|x| x["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no controller {name}: {all}"))
+}
+
+/// When controller `name`'s lease runs out, as the database has it (ms).
+fn lease_expiry(test: &homeostat_testkit::TestStore, name: &str) -> i64 {
+    let out = Command::new("psql")
+        .args([&homeostat_testkit::pg_url().unwrap(), "-qAtc"])
+        .arg(format!(
+            "SELECT expires_at FROM {}.leases WHERE name = '{name}'",
+            test.schema().unwrap()
+        ))
+        .output()
+        .expect("psql runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no lease {name}: {text:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,20 +354,33 @@ async fn a_killed_replica_hands_its_controllers_over_and_no_job_is_lost() {
     common::until_succeeded(&c, &two, &admin, 100, Duration::from_secs(60)).await;
     one.child.kill().unwrap();
     one.child.wait().unwrap();
-    let killed = Instant::now();
-    for name in ["agent-health", "job-recovery"] {
-        loop {
-            let now = leader(&c, &two, &admin, name).await;
-            if now.as_deref().is_some_and(|h| h != holder_one) {
-                break;
+    // The dead leader's leases run out when the database says; the other
+    // replica's first run of each controller comes within an interval of
+    // that, never before (both on the server's clocks). A wall clock only
+    // guards against a hang.
+    let expiries: Vec<(&str, i64)> = ["agent-health", "job-recovery"]
+        .into_iter()
+        .map(|name| (name, lease_expiry(&test, name)))
+        .collect();
+    let hang_guard = Instant::now() + LEASE_TTL + Duration::from_secs(60);
+    for (name, expires_ms) in expiries {
+        let first_run_ms = loop {
+            let status = controller(&c, &two, &admin, name).await;
+            let led_here = status["leader_replica"]
+                .as_str()
+                .is_some_and(|h| h != holder_one);
+            let started = status["last_run"]["started_at"].as_i64();
+            if let Some(started) = started.filter(|s| led_here && *s >= expires_ms - 1_000) {
+                break started;
             }
-            assert!(
-                killed.elapsed() < LEASE_TTL + Duration::from_secs(1),
-                "{name} not taken over after {:?}",
-                killed.elapsed()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            assert!(Instant::now() < hang_guard, "{name} never taken over");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let late = first_run_ms - expires_ms;
+        assert!(
+            (0..=(INTERVAL + Duration::from_secs(1)).as_millis() as i64).contains(&late),
+            "{name}: the new leader's first run started {late} ms after the dead leader's lease ran out"
+        );
     }
     // Every job ends succeeded: the first replica's agents are cut off,
     // their jobs come back when their leases expire or they go offline.
