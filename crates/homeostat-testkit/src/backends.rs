@@ -194,10 +194,22 @@ pub async fn sqlite() -> TestStore {
     sqlite_with(StoreOptions::default()).await
 }
 
-/// The PostgreSQL test URL, or `None` with a visible notice.
+/// The PostgreSQL test URL, or `None` with a notice. Where the PostgreSQL
+/// half must run (`HOMEOSTAT_TEST_REQUIRE_POSTGRES`, which `.ci/run` sets,
+/// or `CI`), a missing URL fails the test instead: a green run has run
+/// both backends.
 pub fn pg_url() -> Option<String> {
     match std::env::var("HOMEOSTAT_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
+        _ if ["HOMEOSTAT_TEST_REQUIRE_POSTGRES", "CI"]
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|x| !x.is_empty() && x != "0" && x != "false")) =>
+        {
+            panic!(
+                "HOMEOSTAT_TEST_DATABASE_URL is not set, and this run must test PostgreSQL \
+                 (HOMEOSTAT_TEST_REQUIRE_POSTGRES or CI is set)"
+            )
+        }
         _ => {
             eprintln!(
                 "SKIPPED (PostgreSQL): HOMEOSTAT_TEST_DATABASE_URL is not set; \

@@ -103,6 +103,22 @@ async fn the_document_covers_every_route_and_the_ui_is_served(store: &Store) {
 }
 
 on_both_backends!(the_document_covers_every_route_and_the_ui_is_served);
+/// The wire contract does not change unnoticed: the whole document is
+/// kept beside this test (`snapshots/`); a change to a route, a schema or
+/// an error shows as a diff to review (`cargo insta review`, or
+/// `INSTA_UPDATE=always cargo test -p homeostat-api --test api openapi`).
+#[test]
+fn the_document_is_the_reviewed_one() {
+    let doc = homeostat_api::openapi().to_pretty_json().unwrap();
+    // The version moves with every release; the contract does not.
+    let doc = doc.replacen(
+        &format!("\"version\": \"{}\"", env!("CARGO_PKG_VERSION")),
+        "\"version\": \"[version]\"",
+        1,
+    );
+    insta::assert_snapshot!("openapi", doc);
+}
+
 /// The document passes a validator of the OpenAPI specification
 /// (`openapi-spec-validator`, from PyPI; `.ci/run` installs it), as a
 /// client generator would need.
