@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use homeostat_model::Notification;
 use serde_json::json;
 use sha2::Sha256;
