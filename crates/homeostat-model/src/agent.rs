@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::{AgentId, TenantId, ValidationError, validate_name};
 
 /// Whether an agent takes work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AgentStatus {
     /// Heartbeating and claiming.
@@ -55,18 +56,22 @@ impl FromStr for AgentStatus {
 }
 
 /// What an agent says about itself when it registers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewAgent {
     /// Human-readable name (host name, pod name).
-    #[schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")
+    )]
     pub name: String,
     /// Free-form labels (at most 50; keys as names, values up to 200 characters).
     #[serde(default)]
-    #[schema(schema_with = crate::schema::labels)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::labels))]
     pub labels: BTreeMap<String, String>,
     /// Queues it pulls from (1 to 50).
-    #[schema(schema_with = crate::schema::queues)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::queues))]
     pub queues: Vec<String>,
 }
 
@@ -100,7 +105,8 @@ impl NewAgent {
 }
 
 /// An agent as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Agent {
     /// Identifier.
     pub id: AgentId,

@@ -5,7 +5,8 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// An event to append.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewAuditEvent {
     /// Who: `operator:<key id>`, `controller:<name>@<epoch>`, `tenant:<id>`.
     pub actor: String,
@@ -18,7 +19,8 @@ pub struct NewAuditEvent {
 }
 
 /// An event as stored, with its place in the chain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEvent {
     /// Position in the log; grows by one per event.
     pub seq: i64,
@@ -40,7 +42,8 @@ pub struct AuditEvent {
 
 /// Every action the audit log records, as `noun.verb`: one vocabulary for
 /// the store that writes them and the readers that filter on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum AuditAction {
     /// A tenant was created.
     #[serde(rename = "tenant.created")]

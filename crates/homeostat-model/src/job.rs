@@ -19,7 +19,8 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Waiting for its `run_at` (delayed, or backing off after a failure).
@@ -125,34 +126,41 @@ impl FromStr for JobState {
 }
 
 /// A job as submitted by a tenant or operator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// Queue agents pull from.
-    #[schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")
+    )]
     pub queue: String,
     /// What the job does, for the agent.
-    #[schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")
+    )]
     pub kind: String,
     /// Job input; at most [`MAX_PAYLOAD_BYTES`] serialized.
     #[serde(default)]
     pub payload: serde_json::Value,
     /// Added to the tenant's tier priority (−1000 to 1000).
     #[serde(default)]
-    #[schema(minimum = -1000, maximum = 1000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = -1000, maximum = 1000))]
     pub priority: i32,
     /// While a live job of the tenant has this fingerprint, enqueueing again
     /// returns that job (its occurrence count increased) instead.
     #[serde(default)]
-    #[schema(min_length = 1, max_length = 200)]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 200))]
     pub fingerprint: Option<String>,
     /// Attempts allowed, the first included (1 to 100).
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 100)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub max_attempts: Option<u32>,
     /// Longest a running attempt may take, in seconds (1 s to 24 h).
     #[serde(default)]
-    #[schema(minimum = 1, maximum = 86400)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
     pub timeout_secs: Option<u64>,
     /// Do not run before this time.
     #[serde(default)]
@@ -253,7 +261,8 @@ impl NewJob {
 }
 
 /// A job as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     /// Identifier.
     pub id: JobId,
@@ -315,7 +324,8 @@ pub struct Job {
 
 /// One attempt that failed: reported by its agent, timed out, or reclaimed
 /// when its lease expired or its agent went offline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailedAttempt {
     /// Its number (1-based).
     pub attempt: u32,

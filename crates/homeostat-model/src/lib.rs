@@ -14,6 +14,7 @@ mod id;
 mod job;
 mod notification;
 pub mod operator;
+#[cfg(feature = "openapi")]
 mod schema;
 mod tenant;
 mod token;

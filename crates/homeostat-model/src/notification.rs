@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::{NotificationId, ValidationError};
 
 /// Delivery state of a notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NotificationState {
     /// Waiting for its next attempt.
@@ -54,7 +55,8 @@ impl FromStr for NotificationState {
 }
 
 /// A notification as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Notification {
     /// Identifier.
     pub id: NotificationId,

@@ -9,7 +9,8 @@ use crate::{
 };
 
 /// A batch to enqueue (`POST /v1/jobs` with `jobs`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BatchEnqueueRequest {
     /// The tenant (admin keys only; a tenant key enqueues for its own).
@@ -21,7 +22,8 @@ pub struct BatchEnqueueRequest {
 
 /// The answer to an enqueue of one job: 201 when created, 200 with the live
 /// job when its fingerprint deduplicated.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnqueueResponse {
     /// What was done.
     #[serde(flatten)]
@@ -31,14 +33,16 @@ pub struct EnqueueResponse {
 }
 
 /// The answer to a batch enqueue.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchEnqueueResponse {
     /// One per job given, in order.
     pub jobs: Vec<Enqueued>,
 }
 
 /// A job with its audit history (`GET /v1/jobs/{id}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobDetail {
     /// The job, with its failed attempts.
     #[serde(flatten)]
@@ -48,11 +52,15 @@ pub struct JobDetail {
 }
 
 /// A tenant to create.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewTenantRequest {
     /// Unique name.
-    #[schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")
+    )]
     pub name: String,
     /// Plan tier (default `standard`).
     #[serde(default = "standard")]
@@ -64,7 +72,8 @@ fn standard() -> PlanTier {
 }
 
 /// A bootstrap token to create: agents register with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewBootstrapTokenRequest {
     /// The tenant whose agents it registers; none for platform agents.
@@ -72,11 +81,11 @@ pub struct NewBootstrapTokenRequest {
     pub tenant_id: Option<TenantId>,
     /// Lifetime in seconds (default a day, at most 30 days).
     #[serde(default = "day")]
-    #[schema(minimum = 1, maximum = 2592000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 2592000))]
     pub ttl_secs: u64,
     /// Registrations it allows (default 1, at most 10,000).
     #[serde(default = "one")]
-    #[schema(minimum = 1, maximum = 10000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 10000))]
     pub uses: u32,
 }
 
@@ -89,7 +98,8 @@ fn one() -> u32 {
 }
 
 /// What an API key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum KeyRole {
     /// Everything, every tenant.
@@ -101,7 +111,8 @@ pub enum KeyRole {
 }
 
 /// An API key to create.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewApiKeyRequest {
     /// Its role.
@@ -111,12 +122,13 @@ pub struct NewApiKeyRequest {
     pub tenant_id: Option<TenantId>,
     /// Lifetime in seconds (default: until revoked; at most 10 years).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 315360000)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 315360000))]
     pub ttl_secs: Option<u64>,
 }
 
 /// A created secret: its metadata and the secret itself, shown this once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreatedSecret {
     /// Metadata.
     #[serde(flatten)]
@@ -126,7 +138,8 @@ pub struct CreatedSecret {
 }
 
 /// What the Alertmanager intake did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SignalOutcome {
     /// One per firing alert that took a route.
     pub enqueued: Vec<Enqueued>,
@@ -138,7 +151,8 @@ pub struct SignalOutcome {
 }
 
 /// What revoking an agent did (`POST /v1/agents/{id}/revoke`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RevokedAgent {
     /// The agent, now offline.
     pub agent: Agent,
@@ -149,7 +163,8 @@ pub struct RevokedAgent {
 }
 
 /// A tenant's use of its quotas (`GET /v1/tenants/{id}/usage`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TenantUsage {
     /// The tenant.
     pub tenant_id: TenantId,
@@ -163,7 +178,8 @@ pub struct TenantUsage {
 }
 
 /// The quotas of one tenant; 0 is no limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QuotaLimits {
     /// Live jobs at once.
     pub live_jobs: u64,

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::{TenantId, ValidationError};
 
 /// A tenant's plan; sets the base priority of its jobs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PlanTier {
     /// Base priority 0.
@@ -63,7 +64,8 @@ impl FromStr for PlanTier {
 }
 
 /// A tenant as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tenant {
     /// Identifier.
     pub id: TenantId,

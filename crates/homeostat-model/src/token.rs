@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::{AgentId, TenantId, TokenId};
 
 /// What a token is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
     /// Lets an agent register (TTL, limited uses).
@@ -38,7 +39,8 @@ impl fmt::Display for TokenKind {
 }
 
 /// What an API key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case", tag = "scope", content = "tenant_id")]
 pub enum ApiScope {
     /// Everything.
@@ -50,7 +52,8 @@ pub enum ApiScope {
 }
 
 /// A token's metadata: never its secret or hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     /// Identifier.
     pub id: TokenId,

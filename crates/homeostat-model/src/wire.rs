@@ -11,7 +11,8 @@ use crate::{AgentId, JobId, JobState, NewAgent, TenantId, ValidationError};
 
 /// The result of an enqueue: the job's id and whether it was new, not the
 /// whole row (the store's `get_job` reads it when needed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Enqueued {
     /// The new job, or the live job with the same fingerprint.
     pub id: JobId,
@@ -22,7 +23,8 @@ pub struct Enqueued {
 }
 
 /// A job handed to an agent by a claim.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimedJob {
     /// The job.
     pub id: JobId,
@@ -47,7 +49,8 @@ pub struct ClaimedJob {
 }
 
 /// One completion in a batch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Completion {
     /// The job.
@@ -59,7 +62,8 @@ pub struct Completion {
 }
 
 /// What a batch of completions did, in the order given.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CompletedBatch {
     /// Jobs now succeeded.
     pub completed: Vec<JobId>,
@@ -68,7 +72,8 @@ pub struct CompletedBatch {
 }
 
 /// What a failure did to the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FailOutcome {
     /// `scheduled` (to be retried at `retry_at`) or `dead`.
     pub state: JobState,
@@ -77,14 +82,15 @@ pub struct FailOutcome {
 }
 
 /// One page of a listing, newest first.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T, C = JobId> {
     /// The items.
     pub items: Vec<T>,
     /// Pass as `after` to get the next page; `None` on the last page.
     // Every cursor is an id (a UUID); stated so, since the derive loses the
     // `Option` of a type parameter.
-    #[schema(value_type = Option<uuid::Uuid>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<uuid::Uuid>))]
     pub next_cursor: Option<C>,
 }
 
@@ -113,7 +119,8 @@ impl<T, C> Page<T, C> {
 
 /// One page of the audit log, oldest first: the shape of every listing,
 /// with the event sequence number as its cursor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditPage {
     /// The events.
     pub items: Vec<crate::AuditEvent>,
@@ -124,7 +131,8 @@ pub struct AuditPage {
 
 /// An error as the API returns it: a stable code ([`crate::ErrorCode`]) and
 /// a message for people.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// Stable, snake_case; clients branch on it.
@@ -135,7 +143,8 @@ pub struct ErrorBody {
 
 /// An agent's registration: a bootstrap token and what the agent says
 /// about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// The bootstrap token (spent by one use).
@@ -145,7 +154,8 @@ pub struct RegisterRequest {
 }
 
 /// A registered agent and its credential, shown this once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterResponse {
     /// The agent's id.
     pub agent_id: AgentId,
@@ -156,7 +166,8 @@ pub struct RegisterResponse {
 }
 
 /// A job an agent holds, and the lease token it holds it with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeldJob {
     /// The job.
@@ -166,12 +177,13 @@ pub struct HeldJob {
 }
 
 /// One heartbeat: the agent is alive, and still working on these jobs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     /// The jobs whose leases to extend (at most 1,000).
     #[serde(default)]
-    #[schema(max_items = 1000)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 1000))]
     pub jobs: Vec<HeldJob>,
     /// The agent process: a random id it makes when it starts and sends
     /// in every heartbeat. A new one means the agent restarted: the jobs
@@ -182,7 +194,8 @@ pub struct HeartbeatRequest {
 }
 
 /// The server's answer to a heartbeat.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
     /// Seconds until the next heartbeat is due.
     pub heartbeat_interval_secs: u64,
@@ -203,15 +216,16 @@ pub const MAX_CLAIM_CAPACITY: u32 = 100;
 
 /// A claim: up to `capacity` jobs from the agent's queues, waiting up to
 /// `wait_secs` for one to be enqueued when none is queued.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ClaimRequest {
     /// Jobs wanted (1 to 100).
-    #[schema(minimum = 1, maximum = 100)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub capacity: u32,
     /// Seconds to wait for work (default 30, at most 50; 0 answers at once).
     #[serde(default)]
-    #[schema(minimum = 0, maximum = 50)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 50))]
     pub wait_secs: Option<u32>,
     /// Only these of the agent's queues (default: all it registered).
     #[serde(default)]
@@ -244,14 +258,16 @@ impl ClaimRequest {
 }
 
 /// The jobs a claim took (none when the wait ran out).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClaimResponse {
     /// Best first.
     pub jobs: Vec<ClaimedJob>,
 }
 
 /// A job's completion, safe to resend with the same lease token.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
     /// The lease token from the claim.
@@ -262,24 +278,26 @@ pub struct CompleteRequest {
 }
 
 /// A failed attempt, safe to resend with the same lease token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct FailRequest {
     /// The lease token from the claim.
     pub lease_token: i64,
     /// What went wrong (never a secret; at most 8,192 characters).
-    #[schema(max_length = 8192)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 8192))]
     pub error: String,
     /// Whether another attempt may succeed; `false` sends the job to `dead`.
     pub retryable: bool,
 }
 
 /// Completions of many jobs in one call, safe to resend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CompleteBatchRequest {
     /// The jobs, each with its lease token and result (at most 1,000).
-    #[schema(max_items = 1000)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 1000))]
     pub completions: Vec<Completion>,
 }
 
@@ -287,7 +305,8 @@ pub struct CompleteBatchRequest {
 pub const MAX_COMPLETION_BATCH: usize = 1000;
 
 /// Why an agent gives a job back unfinished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseReason {
     /// The agent is stopping: the job goes back to its queue and the attempt
@@ -296,7 +315,8 @@ pub enum ReleaseReason {
 }
 
 /// A job given back unfinished, safe to resend with the same lease token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
     /// The lease token from the claim.
