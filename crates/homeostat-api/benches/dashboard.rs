@@ -16,6 +16,10 @@
 //! on the freshly loaded table (no ANALYZE: what a new database does before
 //! autovacuum's first pass) and then after ANALYZE.
 
+// Percentiles, rates and scaled sizes: float arithmetic on measured
+// figures, converted back where a value cannot leave its range.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use std::time::{Duration, Instant};
 
 use axum::body::Body;

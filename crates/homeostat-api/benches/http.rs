@@ -18,6 +18,10 @@
 //! a warm-up, not counted: the pools open their connections and PostgreSQL
 //! prepares its statements then.
 
+// Percentiles, rates and scaled sizes: float arithmetic on measured
+// figures, converted back where a value cannot leave its range.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

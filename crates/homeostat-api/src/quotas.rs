@@ -133,7 +133,10 @@ impl QuotaGate {
             ));
         }
         if bucket.tokens < want {
-            let wait = ((want - bucket.tokens) / rate).ceil() as u64;
+            // A positive number of seconds, small (a burst over a rate): the
+            // saturating float-to-int conversion cannot wrap.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let wait = ((want - bucket.tokens) / rate).ceil().max(0.0) as u64;
             return Err(exceeded(
                 format!(
                     "enqueue rate: the tenant may enqueue {} jobs a second, in bursts of {} (quotas.enqueue_rate)",

@@ -210,6 +210,8 @@ macro_rules! integers {
         fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
             const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
             match self.0.as_f64() {
+                // Integral and within ±2^53: the conversions are exact.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
                 Some(v) if self.0.is_f64() && v.fract() == 0.0 && v.abs() <= EXACT => {
                     if v < 0.0 {
                         visitor.visit_i64(v as i64)

@@ -263,7 +263,8 @@ impl AgentBuilder {
                 permits.push(p);
             }
             let req = ClaimRequest {
-                capacity: permits.len() as u32,
+                // At most `concurrency` (a u32).
+                capacity: u32::try_from(permits.len()).unwrap_or(u32::MAX),
                 wait_secs: Some(self.claim_wait),
                 queues: self.queues.clone(),
             };

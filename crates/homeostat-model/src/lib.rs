@@ -49,8 +49,9 @@ pub fn new_id() -> Id {
 pub fn id_at(at: jiff::Timestamp) -> Id {
     let ts = uuid::Timestamp::from_unix(
         uuid::NoContext,
-        at.as_second().max(0) as u64,
-        at.subsec_nanosecond().max(0) as u32,
+        // Before 1970 (never, but not a wrapped number if so): the epoch.
+        u64::try_from(at.as_second()).unwrap_or(0),
+        u32::try_from(at.subsec_nanosecond()).unwrap_or(0),
     );
     uuid::Uuid::new_v7(ts)
 }

@@ -5,6 +5,10 @@
 //! `cargo bench -p homeostat-runtime --bench scheduler -- [--controllers N]
 //! [--interval-ms MS] [--seconds S] [--exclusive]`
 
+// Percentiles, rates and scaled sizes: float arithmetic on measured
+// figures, converted back where a value cannot leave its range.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 

@@ -502,7 +502,10 @@ impl Driver {
         let span = &run.span;
         span.record("outcome", outcome.as_str());
         span.record("items", items);
-        span.record("duration_ms", duration.as_millis() as u64);
+        span.record(
+            "duration_ms",
+            u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        );
         match (&message, outcome.is_failure()) {
             (Some(error), true) => error!(
                 parent: span,

@@ -12,6 +12,10 @@
 //! PostgreSQL comes from `HOMEOSTAT_TEST_DATABASE_URL`; every run uses a
 //! fresh schema (dropped afterwards) and SQLite a fresh file.
 
+// Percentiles, rates and scaled sizes: float arithmetic on measured
+// figures, converted back where a value cannot leave its range.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -108,11 +108,11 @@ pub(crate) async fn finished_per_minute<B: Backend>(
         .arg(first)
         .arg(until_ms.div_euclid(60_000) + 1);
     for r in b.fetch(succeeded).await.op(op)? {
-        entry(&mut minutes, r.int("minute")?).succeeded += r.int("n")? as u64;
+        entry(&mut minutes, r.int("minute")?).succeeded += r.num::<u64>("n")?;
     }
     let failed = Stmt::new::<B>(FAILED).arg(first * 60_000).arg(until_ms);
     for r in b.fetch(failed).await.op(op)? {
-        entry(&mut minutes, r.int("minute")?).failed += r.int("n")? as u64;
+        entry(&mut minutes, r.int("minute")?).failed += r.num::<u64>("n")?;
     }
     Ok(minutes.into_values().collect())
 }
@@ -139,7 +139,7 @@ pub(crate) async fn dead_jobs<B: Backend>(
         .collect::<Result<Vec<_>, _>>()?;
     let count = b.fetch(Stmt::new::<B>(DEAD_COUNT)).await.op(op)?;
     let count = match count.first() {
-        Some(r) => r.int("n")? as u64,
+        Some(r) => r.num::<u64>("n")?,
         None => 0,
     };
     Ok((jobs, count))
@@ -168,7 +168,7 @@ pub(crate) async fn running_by_agent<B: Backend>(
         .await
         .op("counting running jobs per agent")?
     {
-        out.insert(r.id("lease_agent")?, r.int("n")? as u64);
+        out.insert(r.id("lease_agent")?, r.num::<u64>("n")?);
     }
     Ok(out)
 }

@@ -164,8 +164,8 @@ pub(crate) async fn delete_old<B: Backend>(
             .arg(run.cutoff_ms)
             .arg(i64::from(run.batch));
         let rows = b.fetch(stmt).await.op(op)?;
-        let n = rows.first().map(|r| r.int("n")).transpose()?.unwrap_or(0);
-        return Ok(n as u64);
+        let n = rows.first().map(|r| r.num("n")).transpose()?.unwrap_or(0);
+        return Ok(n);
     }
     let mut tx = b.begin(op).await?;
     check_fence::<B>(&mut tx, run.fence, op).await?;

@@ -281,6 +281,11 @@ pub(crate) trait RowExt {
     fn id<T: From<Id>>(&self, col: &str) -> Result<T, StoreError>;
     fn opt_id<T: From<Id>>(&self, col: &str) -> Result<Option<T>, StoreError>;
     fn list(&self, col: &str) -> Result<Vec<String>, StoreError>;
+
+    /// An integer column as `T`; out of `T`'s range is a corrupt row.
+    fn num<T: TryFrom<i64>>(&self, col: &str) -> Result<T, StoreError> {
+        crate::error::in_range("reading a row", col, self.int(col)?)
+    }
 }
 
 /// When an operation acts.

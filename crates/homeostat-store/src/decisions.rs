@@ -212,7 +212,7 @@ pub(crate) fn token_event(
 /// The smallest UUID v7 of a job created at or after `ms`: every id below
 /// it was created before `ms`.
 pub(crate) fn id_before(ms: i64) -> JobId {
-    JobId::from_uuid(uuid::Uuid::from_u128((ms.max(0) as u128) << 80))
+    JobId::from_uuid(uuid::Uuid::from_u128(u128::try_from(ms).unwrap_or(0) << 80))
 }
 
 /// Error texts from agents are kept, but bounded.

@@ -246,6 +246,16 @@ pub(crate) fn db_error(operation: &'static str, source: sqlx::Error) -> StoreErr
     }
 }
 
+/// A stored integer as `T` (a count, an attempt, an epoch): out of `T`'s
+/// range is a corrupt row, not a silently wrapped number.
+pub(crate) fn in_range<T: TryFrom<i64>>(
+    operation: &'static str,
+    col: &str,
+    v: i64,
+) -> Result<T, StoreError> {
+    T::try_from(v).map_err(|_| corrupt(operation, format!("{col} = {v} is out of range")))
+}
+
 pub(crate) fn corrupt(operation: &'static str, what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
         operation,
@@ -288,6 +298,15 @@ mod tests {
         assert_eq!(e.code().as_str(), "invalid");
         assert!(!e.to_string().contains("hunter2"), "{e}");
         assert!(e.to_string().contains("\"mysql\""), "{e}");
+    }
+
+    #[test]
+    fn a_stored_number_out_of_its_range_is_a_corrupt_row() {
+        assert_eq!(in_range::<u32>("reading a job", "attempt", 3).unwrap(), 3);
+        let e = in_range::<u32>("reading a job", "attempt", -1).unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e:?}");
+        assert!(e.to_string().contains("attempt = -1"), "{e}");
+        assert!(in_range::<u32>("reading a job", "attempt", 1 << 40).is_err());
     }
 
     #[test]

@@ -335,7 +335,7 @@ pub(crate) async fn fail<B: Backend>(
         job: id,
         token: lease_token,
     })?;
-    let (attempt, max) = (row.int("attempt")? as u32, row.int("max_attempts")? as u32);
+    let (attempt, max) = (row.num::<u32>("attempt")?, row.num::<u32>("max_attempts")?);
     let (state, retry_after) = fail_outcome(b.options(), attempt, max, permanent);
     let dead = state == JobState::Dead;
     let error = truncate(error);

@@ -157,7 +157,7 @@ pub(crate) async fn acquire<B: Backend>(
         Ok(Lease {
             name: name.to_owned(),
             holder: holder.to_owned(),
-            epoch: r.int("epoch")? as u64,
+            epoch: r.num::<u64>("epoch")?,
             expires_at: system_time(r.int("expires_at")?),
         })
     })

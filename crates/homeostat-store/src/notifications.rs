@@ -193,7 +193,7 @@ pub(crate) async fn record_delivery<B: Backend>(
             entity: "pending notification",
             id: id.to_string(),
         })?
-        .int("attempts")? as u32
+        .num::<u32>("attempts")?
         + 1;
     let (state, next, error) = delivery_outcome(delivery, attempts, now);
     let stmt = Stmt::new::<B>(RECORD)

@@ -221,7 +221,7 @@ pub(crate) async fn plan<B: Backend>(
         rows = rows.arg(bind);
     }
     let count = b.fetch(count).await.op(op)?;
-    let count = count.first().map(|r| r.int("n")).transpose()?.unwrap_or(0);
+    let count: u64 = count.first().map(|r| r.num("n")).transpose()?.unwrap_or(0);
     let items = b
         .fetch(rows.arg(i64::from(sample)))
         .await
@@ -235,8 +235,5 @@ pub(crate) async fn plan<B: Backend>(
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(SweepPlan {
-        count: count as u64,
-        items,
-    })
+    Ok(SweepPlan { count, items })
 }

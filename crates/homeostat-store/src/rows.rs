@@ -90,14 +90,14 @@ pub(crate) fn job(r: &impl RowExt) -> Result<Job, StoreError> {
         queue: r.text("queue")?,
         kind: r.text("kind")?,
         payload: json("payload", &r.text("payload")?)?,
-        priority: r.int("priority")? as i32,
+        priority: r.num::<i32>("priority")?,
         effective_priority: r.int("effective_priority")?,
         fingerprint: r.opt_text("fingerprint")?,
-        occurrences: r.int("occurrences")? as u32,
+        occurrences: r.num::<u32>("occurrences")?,
         state: parsed("state", r.text("state")?)?,
-        attempt: r.int("attempt")? as u32,
-        max_attempts: r.int("max_attempts")? as u32,
-        timeout_secs: (r.int("timeout_ms")? / 1000) as u64,
+        attempt: r.num::<u32>("attempt")?,
+        max_attempts: r.num::<u32>("max_attempts")?,
+        timeout_secs: r.num::<u64>("timeout_ms")? / 1000,
         run_at: ts(r.int("run_at")?),
         deadline: opt_ts("deadline_at")?,
         approval_expires_at: opt_ts("approval_expires_at")?,
@@ -156,7 +156,7 @@ pub(crate) fn enqueued(r: &impl RowExt) -> Result<EnqueuedRow, StoreError> {
     Ok(EnqueuedRow {
         id: r.id("id")?,
         fingerprint: r.opt_text("fingerprint")?,
-        occurrences: r.int("occurrences")? as u32,
+        occurrences: r.num::<u32>("occurrences")?,
     })
 }
 
@@ -166,7 +166,7 @@ pub(crate) fn notification(r: &impl RowExt) -> Result<Notification, StoreError> 
         event: r.text("event")?,
         payload: json("payload", &r.text("payload")?)?,
         state: parsed("state", r.text("state")?)?,
-        attempts: r.int("attempts")? as u32,
+        attempts: r.num::<u32>("attempts")?,
         next_attempt_at: ts(r.int("next_attempt_at")?),
         last_error: r.opt_text("last_error")?,
         created_at: ts(r.int("created_at")?),

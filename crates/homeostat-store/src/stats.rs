@@ -172,7 +172,7 @@ async fn live_jobs<B: Backend>(b: &B, counted_at: Timestamp) -> Result<Stats, St
         let count = JobCount {
             state: parse(r.text("state")?)?,
             queue: r.text("queue")?,
-            count: r.int("n")? as u64,
+            count: r.num::<u64>("n")?,
         };
         if let Some(oldest) = r.opt_int("oldest")? {
             stats.queues.push(QueueBacklog {
@@ -196,7 +196,7 @@ pub(crate) async fn agent_counts<B: Backend>(b: &B) -> Result<Vec<AgentCount>, S
                 .text("status")?
                 .parse()
                 .map_err(|e: homeostat_model::ValidationError| corrupt(op, e))?,
-            count: r.int("n")? as u64,
+            count: r.num::<u64>("n")?,
         });
     }
     Ok(agents)
@@ -217,7 +217,7 @@ pub(crate) async fn live_by_tenant<B: Backend>(
     for r in rows {
         out.entry(r.id("tenant_id")?)
             .or_default()
-            .push((r.text("queue")?, r.int("n")? as u64));
+            .push((r.text("queue")?, r.num::<u64>("n")?));
     }
     Ok(out)
 }

@@ -18,7 +18,7 @@ pub(crate) fn dur_ms(d: Duration) -> i64 {
 
 pub(crate) fn system_time(ms: i64) -> SystemTime {
     if ms >= 0 {
-        SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64)
+        SystemTime::UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs())
     } else {
         SystemTime::UNIX_EPOCH
     }

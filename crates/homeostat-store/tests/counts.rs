@@ -56,7 +56,10 @@ async fn a_cheap_count_is_exact_at_every_read(store: &Store) {
     for n in 1..=3 {
         store.at(at(n)).enqueue(t, &job("builds")).await.unwrap();
         let stats = store.at(at(n)).stats().await.unwrap();
-        assert_eq!((queued(&stats), stats.counted_at), (n as u64, at(n)));
+        assert_eq!(
+            (queued(&stats), stats.counted_at),
+            (u64::try_from(n).unwrap(), at(n))
+        );
     }
 }
 

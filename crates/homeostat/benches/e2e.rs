@@ -14,6 +14,10 @@
 //!
 //! `cargo bench -p homeostat --bench e2e -- [--backend sqlite|postgres] [--jobs N] [--runs N] [--kill [--restart]] [--outage SECS]`
 
+// Percentiles, rates and scaled sizes: float arithmetic on measured
+// figures, converted back where a value cannot leave its range.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -23,6 +23,10 @@
 //! anonymous part: heap, not mapped files) every SECS under load: a soak,
 //! with a long `--seconds`.
 
+// Percentiles, rates and scaled sizes: float arithmetic on measured
+// figures, converted back where a value cannot leave its range.
+#![allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -36,7 +36,7 @@ impl Rng {
         self.0
     }
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[(self.next() % items.len() as u64) as usize]
+        &items[usize::try_from(self.next() % items.len() as u64).unwrap()]
     }
 }
 
@@ -211,7 +211,7 @@ async fn ten_thousand_bad_requests_change_nothing_and_never_fail_the_server() {
     for w in 0..workers {
         let (c, base, tokens, ids) = (c.clone(), server.url(""), tokens.clone(), ids.clone());
         tasks.push(tokio::spawn(async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1));
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (u64::try_from(w).unwrap() + 1));
             for _ in 0..total / workers {
                 let r = request(&mut rng, &tokens, &ids);
                 let mut req = c.request(r.method.clone(), format!("{base}{}", r.path));

@@ -378,7 +378,8 @@ async fn a_killed_replica_hands_its_controllers_over_and_no_job_is_lost() {
         };
         let late = first_run_ms - expires_ms;
         assert!(
-            (0..=(INTERVAL + Duration::from_secs(1)).as_millis() as i64).contains(&late),
+            (0..=i64::try_from((INTERVAL + Duration::from_secs(1)).as_millis()).unwrap())
+                .contains(&late),
             "{name}: the new leader's first run started {late} ms after the dead leader's lease ran out"
         );
     }

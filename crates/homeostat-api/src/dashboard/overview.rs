@@ -92,7 +92,9 @@ fn bars(minutes: &[MinuteOutcomes], now: Timestamp) -> (Vec<Bar>, u64) {
         .max()
         .unwrap_or(0)
         .max(1);
-    let scale = |n: u64| ((n * u64::from(HEIGHT)).div_ceil(max)) as u32;
+    let scale = |n: u64| {
+        u32::try_from((n * u64::from(HEIGHT)).div_ceil(max)).map_or(HEIGHT, |h| h.min(HEIGHT))
+    };
     let bars = (0..60)
         .map(|i| {
             let minute = this_minute - 59 + i;
@@ -108,7 +110,7 @@ fn bars(minutes: &[MinuteOutcomes], now: Timestamp) -> (Vec<Bar>, u64) {
                 format!("{} min ago", 59 - i)
             };
             Bar {
-                x: i as u32 * (BAR + GAP),
+                x: u32::try_from(i).unwrap_or(0) * (BAR + GAP),
                 ok_y: HEIGHT - ok_h,
                 ok_h,
                 fail_y: HEIGHT - ok_h - fail_h,
@@ -267,7 +269,7 @@ pub(crate) async fn overview(
             job_line(j, expires)
         })
         .collect();
-    let attention = dead_count as usize
+    let attention = usize::try_from(dead_count).unwrap_or(usize::MAX)
         + awaiting.len()
         + lost_agents.len()
         + flagged.len()

@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use super::PgStore;
 use crate::backend::{At, Backend, pg_judged};
-use crate::error::{Context, StoreError, corrupt};
+use crate::error::{Context, StoreError, corrupt, in_range};
 use crate::registry::{self, AgentFacts};
 use crate::time::{dur_ms, ms, ts};
 use crate::{ClaimedJob, Completion, Enqueued};
@@ -300,11 +300,11 @@ impl PgStore {
                 queue: r.try_get_unchecked(2).op(op)?,
                 kind: r.try_get_unchecked(3).op(op)?,
                 payload: serde_json::from_str(payload).map_err(|e| corrupt(op, e))?,
-                attempt: int(5)? as u32,
-                max_attempts: int(6)? as u32,
+                attempt: in_range(op, "attempt", int(5)?)?,
+                max_attempts: in_range(op, "max_attempts", int(6)?)?,
                 lease_token: int(7)?,
                 lease_expires_at: ts(int(11)?),
-                timeout_secs: (int(8)? / 1000) as u64,
+                timeout_secs: in_range::<u64>(op, "timeout_ms", int(8)?)? / 1000,
             };
             claimed.push(((-int(9)?, int(10)?), job));
         }

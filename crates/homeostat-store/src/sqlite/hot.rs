@@ -9,7 +9,7 @@ use sqlx::Row;
 
 use super::{SqliteStore, Tx};
 use crate::backend::{Backend, RowExt};
-use crate::error::{Context, StoreError, corrupt};
+use crate::error::{Context, StoreError, corrupt, in_range};
 use crate::registry;
 use crate::time::{add, dur_ms, ms, ts};
 use crate::{ClaimedJob, Completion, Enqueued};
@@ -196,20 +196,23 @@ impl SqliteStore {
         let mut claimed = Vec::with_capacity(rows.len());
         let mut order = Vec::with_capacity(rows.len());
         for r in &rows {
-            let payload: String = r.get(4);
+            // By position, as the statement returns them; a value of
+            // another type or range is a corrupt row, not a panic.
+            let int = |i: usize| r.try_get::<i64, _>(i).op(op);
+            let payload: String = r.try_get(4).op(op)?;
             claimed.push(ClaimedJob {
                 id: r.id("id")?,
                 tenant_id: r.id("tenant_id")?,
-                queue: r.get(2),
-                kind: r.get(3),
+                queue: r.try_get(2).op(op)?,
+                kind: r.try_get(3).op(op)?,
                 payload: serde_json::from_str(&payload).map_err(|e| corrupt(op, e))?,
-                attempt: r.get::<i64, _>(5) as u32,
-                max_attempts: r.get::<i64, _>(6) as u32,
-                lease_token: r.get(7),
-                lease_expires_at: ts(r.get(8)),
-                timeout_secs: (r.get::<i64, _>(9) / 1000) as u64,
+                attempt: in_range(op, "attempt", int(5)?)?,
+                max_attempts: in_range(op, "max_attempts", int(6)?)?,
+                lease_token: int(7)?,
+                lease_expires_at: ts(int(8)?),
+                timeout_secs: in_range::<u64>(op, "timeout_ms", int(9)?)? / 1000,
             });
-            order.push((-r.get::<i64, _>(10), r.get::<i64, _>(11)));
+            order.push((-int(10)?, int(11)?));
         }
         // RETURNING gives no order; hand them out in claim order.
         let mut indexed: Vec<_> = order.into_iter().zip(claimed).collect();

@@ -212,7 +212,7 @@ async fn checkpoints(
         let took = started.elapsed();
         if took > SLOW_CHECKPOINT {
             tracing::warn!(
-                took_ms = took.as_millis() as u64,
+                took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
                 "a WAL checkpoint was slow"
             );
         }
