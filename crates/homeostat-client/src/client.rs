@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use homeostat_model::operator::{
-    BatchEnqueueRequest, BatchEnqueueResponse, CreatedSecret, EnqueueResponse, JobDetail,
-    NewApiKeyRequest, NewBootstrapTokenRequest, NewTenantRequest,
+    BatchEnqueueRequest, BatchEnqueueResponse, ControllerPlan, ControllerView, CreatedSecret,
+    EnqueueResponse, JobDetail, NewApiKeyRequest, NewBootstrapTokenRequest, NewTenantRequest,
+    VerifyReport,
 };
 use homeostat_model::wire::{
     ClaimRequest, ClaimResponse, CompleteBatchRequest, CompleteRequest, ErrorBody, FailRequest,
@@ -763,7 +764,7 @@ impl Client {
     }
 
     /// Walks the audit chain: events checked, and the first break.
-    pub async fn verify_audit(&self) -> Result<Value, ClientError> {
+    pub async fn verify_audit(&self) -> Result<VerifyReport, ClientError> {
         self.post(
             "verifying the audit chain",
             "/v1/audit/verify",
@@ -821,8 +822,8 @@ impl Client {
         .await
     }
 
-    /// Every controller's status (as JSON: last run, next run, leader).
-    pub async fn controllers(&self) -> Result<Vec<Value>, ClientError> {
+    /// Every controller's status: last run, next run, leader.
+    pub async fn controllers(&self) -> Result<Vec<ControllerView>, ClientError> {
         self.list("listing controllers", "/v1/controllers").await
     }
 
@@ -834,7 +835,7 @@ impl Client {
     }
 
     /// What a controller's run would change now.
-    pub async fn plan(&self, name: &str) -> Result<Value, ClientError> {
+    pub async fn plan(&self, name: &str) -> Result<ControllerPlan, ClientError> {
         self.get(
             "planning a controller",
             &format!("/v1/controllers/{name}/plan"),

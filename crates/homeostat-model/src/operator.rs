@@ -190,3 +190,98 @@ pub struct QuotaLimits {
     /// …with bursts up to this many.
     pub enqueue_burst: u64,
 }
+
+/// The first broken link of the audit chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ChainBreak {
+    /// Sequence number of the first event that does not verify.
+    pub seq: i64,
+    /// What is wrong there.
+    pub reason: String,
+}
+
+/// The outcome of walking the audit chain (`POST /v1/audit/verify`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VerifyReport {
+    /// Events checked.
+    pub checked: u64,
+    /// Sequence number the retained chain starts at.
+    pub first_seq: i64,
+    /// The first break, if any.
+    pub first_break: Option<ChainBreak>,
+}
+
+/// What a controller's run would change now (`GET
+/// /v1/controllers/{name}/plan`, a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ControllerPlan {
+    /// How many items a run would change.
+    pub count: u64,
+    /// The first of them.
+    pub items: Vec<PlannedChange>,
+    /// Anything else to know (that the controller cannot plan, say).
+    pub note: Option<String>,
+}
+
+/// One item a controller's run would change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PlannedChange {
+    /// `job:<id>`, `agent:<id>`, `token:<id>`, ….
+    pub subject: String,
+    /// Its state now.
+    pub from: String,
+    /// Its state after the run (`deleted` for removals).
+    pub to: String,
+    /// Why.
+    pub why: String,
+}
+
+/// A controller as a replica lists it (`GET /v1/controllers`): for an
+/// exclusive controller another replica leads, the runs as its leader
+/// published them. Times are Unix epoch milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ControllerView {
+    /// The controller's name.
+    pub name: String,
+    /// Its interval before jitter.
+    pub interval_ms: u64,
+    /// Whether it runs under a lease (one replica at a time).
+    pub exclusive: bool,
+    /// Whether the answering replica holds its lease.
+    pub leader: bool,
+    /// Whether a run is going now (on the answering replica).
+    pub running: bool,
+    /// The most recent run.
+    pub last_run: Option<ControllerRun>,
+    /// When it last succeeded.
+    pub last_success_at: Option<i64>,
+    /// Failed runs since the last success.
+    pub consecutive_failures: u32,
+    /// When its next run is due.
+    pub next_run: Option<i64>,
+    /// The replica holding its lease (none when not exclusive, or between
+    /// leaders).
+    pub leader_replica: Option<String>,
+}
+
+/// A controller's most recent run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ControllerRun {
+    /// When it started.
+    pub started_at: i64,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// How it ended: `success`, `error`, `timeout`, `panic`,
+    /// `skipped_overlap`, `not_leader`.
+    pub outcome: String,
+    /// Items changed (0 unless it succeeded).
+    pub items: u64,
+    /// The error, timeout or panic message.
+    pub error: Option<String>,
+}

@@ -4,7 +4,6 @@
 use std::future::Future;
 
 use homeostat_model::{AuditAction, NewAuditEvent};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::StoreError;
@@ -73,25 +72,7 @@ pub(crate) fn link(
     out
 }
 
-/// The first broken link of the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ChainBreak {
-    /// Sequence number of the first event that does not verify.
-    pub seq: i64,
-    /// What is wrong there.
-    pub reason: String,
-}
-
-/// The outcome of walking the chain.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VerifyReport {
-    /// Events checked.
-    pub checked: u64,
-    /// Sequence number the retained chain starts at.
-    pub first_seq: i64,
-    /// The first break, if any.
-    pub first_break: Option<ChainBreak>,
-}
+pub use homeostat_model::operator::{ChainBreak, VerifyReport};
 
 /// Walks pages of events in sequence order, keeping what it expects next.
 pub(crate) struct Verifier {

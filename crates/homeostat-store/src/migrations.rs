@@ -202,3 +202,54 @@ fn sqlite_set() -> Set {
     #[cfg(not(feature = "sqlite"))]
     return &[];
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file of a backend's migrations directory is in its set, under
+    /// its file's version, with its file's SQL; and nothing else is.
+    fn matches_its_directory(dir: &str, set: Set) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        let mut files: Vec<(i64, String)> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+            .map(|p| {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                let version = name
+                    .split('_')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or_else(|| panic!("{dir}/{name} does not start with its version"));
+                (version, std::fs::read_to_string(&p).unwrap())
+            })
+            .collect();
+        files.sort();
+        let listed: Vec<(i64, String)> = set
+            .iter()
+            .map(|(v, _, sql)| (*v, (*sql).to_owned()))
+            .collect();
+        let versions = |v: &[(i64, String)]| v.iter().map(|(n, _)| *n).collect::<Vec<_>>();
+        assert_eq!(
+            versions(&listed),
+            versions(&files),
+            "{dir} and its set differ"
+        );
+        for ((version, sql), (_, file)) in listed.iter().zip(&files) {
+            assert_eq!(sql, file, "{dir}: version {version} is not its file's SQL");
+        }
+    }
+
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn the_sqlite_set_is_its_directory() {
+        matches_its_directory("migrations/sqlite", SQLITE);
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn the_postgres_set_is_its_directory() {
+        matches_its_directory("migrations/postgres", POSTGRES);
+    }
+}

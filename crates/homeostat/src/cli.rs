@@ -386,7 +386,13 @@ async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> 
             }
         }
         Command::Controllers(Controllers::List) => {
-            let mut controllers = client.controllers().await?;
+            let controllers = client.controllers().await?;
+            // Plain data: serializing it cannot fail.
+            let mut controllers = serde_json::to_value(controllers)
+                .unwrap_or_default()
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             if out == Format::Table {
                 for c in &mut controllers {
                     // The API gives Unix milliseconds; people read times.
@@ -408,8 +414,12 @@ async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> 
             let plan = client.plan(&name).await?;
             match out {
                 Format::Table => {
-                    outln!("{name} would change {} item(s)", plan["count"]);
-                    let items = plan["items"].as_array().cloned().unwrap_or_default();
+                    outln!("{name} would change {} item(s)", plan.count);
+                    let items: Vec<Value> = plan
+                        .items
+                        .iter()
+                        .map(|c| serde_json::to_value(c).unwrap_or_default())
+                        .collect();
                     output::emit(&output::table(
                         &[
                             ("SUBJECT", "subject"),
@@ -676,22 +686,17 @@ async fn verify(client: &Client, out: Format) -> Result<ExitCode, ClientError> {
         s.finish_and_clear();
     }
     let report = report?;
-    let broken = !report["first_break"].is_null();
+    let broken = report.first_break.is_some();
     match out {
         Format::Table => {
             outln!(
                 "{} event(s) checked from #{}",
-                report["checked"],
-                report["first_seq"]
+                report.checked,
+                report.first_seq
             );
-            if broken {
-                outln!(
-                    "BROKEN at #{}: {}",
-                    report["first_break"]["seq"],
-                    report["first_break"]["reason"].as_str().unwrap_or_default()
-                );
-            } else {
-                outln!("the chain is intact");
+            match &report.first_break {
+                Some(b) => outln!("BROKEN at #{}: {}", b.seq, b.reason),
+                None => outln!("the chain is intact"),
             }
         }
         _ => output::one(out, &[], &report),

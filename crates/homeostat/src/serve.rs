@@ -56,6 +56,10 @@ pub(crate) fn main(config: Config) -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), BoxError> {
+    // Listened for from the start: a SIGTERM that comes as soon as the
+    // server answers (or while it opens its store) stops it cleanly instead
+    // of killing it by the signal's default action.
+    let stop = stop_signal();
     let url = config.store_url()?;
     let options = StoreOptions {
         max_connections: config.max_connections,
@@ -138,7 +142,7 @@ async fn run(config: Config) -> Result<(), BoxError> {
     // layered service cloned: ~115 KiB a connection, measured with 400 idle
     // ones); made once, each connection shares it.
     crate::connections::serve(listener, router(state.clone()), limits, async move {
-        stop_signal().await;
+        stop.await;
         tracing::info!("stopping: finishing in-flight requests");
         // Waiting claims answer (empty) at once; readiness fails.
         stopping.cancel();
@@ -189,25 +193,26 @@ pub(crate) fn admin_key(config: Config) -> ExitCode {
     }
 }
 
-async fn stop_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+/// The first SIGTERM or SIGINT. The handlers are installed by this call,
+/// not when the future is first polled.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
-                    _ = ctrl_c => {}
                     _ = term.recv() => {}
+                    _ = int.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                let _ = one.recv().await;
             }
+            (Err(_), Err(_)) => std::future::pending().await,
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 /// On the first start (no live admin key), creates an admin API key and

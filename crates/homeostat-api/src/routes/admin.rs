@@ -8,7 +8,8 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use homeostat_model::operator::{
-    CreatedSecret, KeyRole, NewApiKeyRequest, NewBootstrapTokenRequest, NewTenantRequest,
+    ControllerPlan, ControllerRun, ControllerView, CreatedSecret, KeyRole, NewApiKeyRequest,
+    NewBootstrapTokenRequest, NewTenantRequest, PlannedChange,
 };
 use homeostat_model::{
     Agent, AgentId, ApiScope, AuditPage, NotificationId, Page, Tenant, TenantId, TokenId,
@@ -16,7 +17,7 @@ use homeostat_model::{
 };
 use homeostat_runtime::{ControllerStatus, Manager};
 use homeostat_store::{NewBootstrapToken, VerifyReport};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponses};
@@ -548,7 +549,7 @@ pub(crate) async fn list_audit(
     path = "/v1/audit/verify",
     tag = "audit",
     responses(
-        (status = 200, description = "events checked and the first break, if any", body = Object),
+        (status = 200, description = "events checked and the first break, if any", body = VerifyReport),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -576,7 +577,7 @@ pub(crate) fn manager(state: &ApiState) -> Result<&Manager, ApiError> {
     path = "/v1/controllers",
     tag = "controllers",
     responses(
-        (status = 200, description = "{items, next_cursor}: each controller's last run, outcome, items, error, next run, leader (the whole list)", body = Object),
+        (status = 200, description = "{items, next_cursor}: each controller's last run, outcome, items, error, next run, leader (the whole list)", body = homeostat_model::Page<ControllerView, String>),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -591,23 +592,41 @@ pub(crate) async fn list_controllers(
     Ok(Json(Page::whole(
         statuses
             .into_iter()
-            .map(|status| ControllerView {
-                leader_replica: holders.remove(&status.name),
-                status,
+            .map(|status| {
+                let leader = holders.remove(&status.name);
+                controller_view(status, leader)
             })
             .collect(),
     )))
 }
 
-/// A controller as this replica's manager sees it, with the runs as its
-/// leader published them (for an exclusive controller another replica
-/// leads), and which replica leads it now (the lease's holder; none for a controller that is not exclusive,
-/// or between leaders).
-#[derive(Debug, Serialize)]
-pub(crate) struct ControllerView {
-    #[serde(flatten)]
-    status: ControllerStatus,
-    leader_replica: Option<String>,
+/// A controller as this replica's manager sees it (with the runs as its
+/// leader published them, for an exclusive controller another replica
+/// leads), and which replica leads it now.
+fn controller_view(s: ControllerStatus, leader_replica: Option<String>) -> ControllerView {
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    };
+    let to_ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    ControllerView {
+        interval_ms: to_ms(s.interval),
+        exclusive: s.exclusive,
+        leader: s.leader,
+        running: s.running,
+        last_run: s.last_run.map(|r| ControllerRun {
+            started_at: ms(r.started_at),
+            duration_ms: to_ms(r.duration),
+            outcome: r.outcome.as_str().to_owned(),
+            items: r.items,
+            error: r.error,
+        }),
+        last_success_at: s.last_success_at.map(ms),
+        consecutive_failures: s.consecutive_failures,
+        next_run: s.next_run.map(ms),
+        leader_replica,
+        name: s.name,
+    }
 }
 
 #[utoipa::path(
@@ -653,7 +672,7 @@ pub(crate) async fn trigger(state: &ApiState, caller: &Caller, name: &str) -> Re
     tag = "controllers",
     params(("name" = String, Path, description = "controller name")),
     responses(
-        (status = 200, description = "what a run would change now (a dry run)", body = Object),
+        (status = 200, description = "what a run would change now (a dry run)", body = ControllerPlan),
         ErrorResponses,
     ),
     security(("api_key" = [])),
@@ -662,11 +681,24 @@ pub(crate) async fn plan_controller(
     State(state): State<ApiState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<homeostat_runtime::Plan>, ApiError> {
+) -> Result<Json<ControllerPlan>, ApiError> {
     // A plan names the jobs and agents a run would touch, of every tenant.
     caller.require_operator("a controller's plan")?;
     let plan = manager(&state)?.plan(&name).await?;
-    Ok(Json(plan))
+    Ok(Json(ControllerPlan {
+        count: plan.count,
+        items: plan
+            .items
+            .into_iter()
+            .map(|c| PlannedChange {
+                subject: c.subject,
+                from: c.from,
+                to: c.to,
+                why: c.why,
+            })
+            .collect(),
+        note: plan.note,
+    }))
 }
 
 // --- notifications -------------------------------------------------------
