@@ -18,6 +18,7 @@ mod presence;
 mod quotas;
 mod readiness;
 mod routes;
+mod serve;
 mod state;
 mod strict_json;
 
@@ -31,6 +32,7 @@ pub use dashboard::MAX_BULK;
 pub use error::ApiError;
 pub use metrics::OTHER_QUEUES;
 pub use routes::jobs::{MAX_BATCH, MAX_PAGE};
+pub use serve::{Limits, serve, serve_router};
 pub use state::{AlertRoute, ApiSettings, ApiState, QuotaOverride, Quotas};
 
 /// The OpenAPI document's frame; the paths come from the handlers' own
