@@ -79,6 +79,68 @@ impl FromRequestParts<ApiState> for Caller {
     }
 }
 
+/// An admin API key: a handler that takes it states in its signature that
+/// it is for admins only (anything else is 403 before the handler runs).
+#[derive(Debug, Clone, Copy)]
+pub struct Admin(pub Caller);
+
+/// An admin or viewer API key: what spans tenants (a tenant key sees its
+/// own tenant only).
+#[derive(Debug, Clone, Copy)]
+pub struct Operator(pub Caller);
+
+/// An admin or tenant API key: what changes jobs (a viewer sees everything
+/// and changes nothing).
+#[derive(Debug, Clone, Copy)]
+pub struct Writer(pub Caller);
+
+impl TryFrom<Caller> for Admin {
+    type Error = ApiError;
+
+    /// The caller, if it is an admin key (the dashboard's actions, whose
+    /// caller comes from a session).
+    fn try_from(caller: Caller) -> Result<Self, ApiError> {
+        caller.require_admin()?;
+        Ok(Self(caller))
+    }
+}
+
+impl TryFrom<Caller> for Writer {
+    type Error = ApiError;
+
+    /// The caller, if its key may change jobs.
+    fn try_from(caller: Caller) -> Result<Self, ApiError> {
+        caller.require_write()?;
+        Ok(Self(caller))
+    }
+}
+
+impl FromRequestParts<ApiState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        Self::try_from(Caller::from_request_parts_of(&parts.headers, state).await?)
+    }
+}
+
+impl FromRequestParts<ApiState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let caller = Caller::from_request_parts_of(&parts.headers, state).await?;
+        caller.require_operator(&format!("{} {}", parts.method, parts.uri.path()))?;
+        Ok(Self(caller))
+    }
+}
+
+impl FromRequestParts<ApiState> for Writer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        Self::try_from(Caller::from_request_parts_of(&parts.headers, state).await?)
+    }
+}
+
 impl Caller {
     /// The API key a request's headers carry, authenticated.
     pub(crate) async fn from_request_parts_of(

@@ -27,7 +27,7 @@ use axum::extract::DefaultBodyLimit;
 use homeostat_model::ErrorCode;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
-pub use auth::{AgentCaller, Caller, Role};
+pub use auth::{Admin, AgentCaller, Caller, Operator, Role, Writer};
 pub use dashboard::MAX_BULK;
 pub use error::ApiError;
 pub use metrics::OTHER_QUEUES;

@@ -130,6 +130,7 @@ pub(crate) async fn drain(
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     let id: AgentId = parse_id("agent", &id)?;
-    crate::routes::admin::drain(&state, &session.caller, id).await?;
+    let admin = crate::Admin::try_from(session.caller)?;
+    crate::routes::admin::drain(&state, &admin, id).await?;
     Ok(NoticeQuery::redirect("/agents", Done::Drained, None))
 }

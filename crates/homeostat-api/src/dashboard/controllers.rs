@@ -188,6 +188,7 @@ pub(crate) async fn trigger(
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     // The operation refuses what the key may not do, as the API does.
-    crate::routes::admin::trigger(&state, &session.caller, &name).await?;
+    let admin = crate::Admin::try_from(session.caller)?;
+    crate::routes::admin::trigger(&state, &admin, &name).await?;
     Ok(NoticeQuery::redirect("/controllers", Done::Triggered, None))
 }

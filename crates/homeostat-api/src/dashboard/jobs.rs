@@ -385,7 +385,8 @@ pub(crate) async fn act(
     // The operation refuses what the key may not do, as the API does.
     let (op, done) = operation(&action)?;
     let id: JobId = parse_id("job", &id)?;
-    operate_job(&state, &session.caller, id, op).await?;
+    let writer = crate::Writer::try_from(session.caller)?;
+    operate_job(&state, &writer, id, op).await?;
     Ok(NoticeQuery::redirect(&format!("/jobs/{id}"), done, None))
 }
 
@@ -456,7 +457,7 @@ pub(crate) async fn bulk(
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     // Before the preview too: a viewer is offered no bulk action.
-    session.caller.require_write()?;
+    let writer = crate::Writer::try_from(session.caller)?;
     let (op, done, verb, applies): (_, _, _, fn(JobState) -> bool) = match form.action.as_str() {
         "cancel" => (Operation::Cancel, Done::Cancelled, "cancel", |s| {
             s.can_become(JobState::Cancelled)
@@ -500,7 +501,7 @@ pub(crate) async fn bulk(
     }
     let mut done_count = 0u64;
     for id in ids {
-        match operate_job(&state, &session.caller, id, op).await {
+        match operate_job(&state, &writer, id, op).await {
             Ok(_) => done_count += 1,
             // It moved since it was listed (finished, cancelled by someone
             // else): not an error of this action.

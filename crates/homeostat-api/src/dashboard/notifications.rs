@@ -80,7 +80,8 @@ pub(crate) async fn redrive(
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     let id: NotificationId = parse_id("notification", &id)?;
-    crate::routes::admin::redrive(&state, &session.caller, id).await?;
+    let admin = crate::Admin::try_from(session.caller)?;
+    crate::routes::admin::redrive(&state, &admin, id).await?;
     Ok(NoticeQuery::redirect(
         "/notifications",
         Done::Redriven,

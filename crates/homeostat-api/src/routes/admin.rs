@@ -19,7 +19,7 @@ use homeostat_runtime::{ControllerStatus, Manager};
 use homeostat_store::{NewBootstrapToken, VerifyReport};
 use serde::Deserialize;
 
-use crate::auth::Caller;
+use crate::auth::{Admin, Caller, Operator};
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Json, NoBody, Path, Query};
 use crate::state::ApiState;
@@ -135,20 +135,16 @@ pub(crate) async fn show_agent(
 )]
 pub(crate) async fn drain_agent(
     State(state): State<ApiState>,
-    caller: Caller,
+    admin: Admin,
     Path(id): Path<AgentId>,
     _: NoBody,
 ) -> Result<Json<Agent>, ApiError> {
-    Ok(Json(drain(&state, &caller, id).await?))
+    Ok(Json(drain(&state, &admin, id).await?))
 }
 
 /// Drains an agent (admin keys), audited as the caller.
-pub(crate) async fn drain(
-    state: &ApiState,
-    caller: &Caller,
-    id: AgentId,
-) -> Result<Agent, ApiError> {
-    caller.require_admin()?;
+pub(crate) async fn drain(state: &ApiState, admin: &Admin, id: AgentId) -> Result<Agent, ApiError> {
+    let caller = &admin.0;
     visible_agent(state, caller, id).await?;
     Ok(state.store.drain_agent(id, &caller.actor()).await?)
 }
@@ -166,11 +162,10 @@ pub(crate) async fn drain(
 )]
 pub(crate) async fn resume_agent(
     State(state): State<ApiState>,
-    caller: Caller,
+    Admin(caller): Admin,
     Path(id): Path<AgentId>,
     _: NoBody,
 ) -> Result<Json<Agent>, ApiError> {
-    caller.require_admin()?;
     visible_agent(&state, &caller, id).await?;
     Ok(Json(state.store.resume_agent(id, &caller.actor()).await?))
 }
@@ -188,11 +183,10 @@ pub(crate) async fn resume_agent(
 )]
 pub(crate) async fn remove_agent(
     State(state): State<ApiState>,
-    caller: Caller,
+    Admin(caller): Admin,
     Path(id): Path<AgentId>,
     _: NoBody,
 ) -> Result<Json<Agent>, ApiError> {
-    caller.require_admin()?;
     visible_agent(&state, &caller, id).await?;
     Ok(Json(state.store.remove_agent(id, &caller.actor()).await?))
 }
@@ -230,11 +224,10 @@ pub(crate) async fn agent_credentials(
 )]
 pub(crate) async fn revoke_agent(
     State(state): State<ApiState>,
-    caller: Caller,
+    Admin(caller): Admin,
     Path(id): Path<AgentId>,
     _: NoBody,
 ) -> Result<Json<homeostat_model::operator::RevokedAgent>, ApiError> {
-    caller.require_admin()?;
     visible_agent(&state, &caller, id).await?;
     let revoked = state.store.revoke_agent(id, &caller.actor()).await?;
     tracing::info!(agent = %id, reclaimed = revoked.reclaimed.len(), "agent revoked");
@@ -256,10 +249,9 @@ pub(crate) async fn revoke_agent(
 )]
 pub(crate) async fn create_tenant(
     State(state): State<ApiState>,
-    caller: Caller,
+    Admin(caller): Admin,
     Json(req): Json<NewTenantRequest>,
 ) -> Result<(StatusCode, Json<Tenant>), ApiError> {
-    caller.require_admin()?;
     let tenant = state
         .store
         .create_tenant(&req.name, req.tier, &caller.actor())
@@ -330,10 +322,9 @@ const MAX_API_KEY_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
 )]
 pub(crate) async fn create_bootstrap_token(
     State(state): State<ApiState>,
-    caller: Caller,
+    Admin(caller): Admin,
     Json(req): Json<NewBootstrapTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedSecret>), ApiError> {
-    caller.require_admin()?;
     let ttl = Duration::from_secs(req.ttl_secs);
     if ttl.is_zero() || ttl > MAX_BOOTSTRAP_TTL {
         return Err(ApiError::invalid(
@@ -379,10 +370,9 @@ pub(crate) async fn create_bootstrap_token(
 )]
 pub(crate) async fn create_api_key(
     State(state): State<ApiState>,
-    caller: Caller,
+    Admin(caller): Admin,
     Json(req): Json<NewApiKeyRequest>,
 ) -> Result<(StatusCode, Json<CreatedSecret>), ApiError> {
-    caller.require_admin()?;
     let scope = match (req.role, req.tenant_id) {
         (KeyRole::Admin, None) => ApiScope::Admin,
         (KeyRole::Viewer, None) => ApiScope::Viewer,
@@ -441,10 +431,10 @@ pub(crate) struct TokenQuery {
 )]
 pub(crate) async fn list_bootstrap_tokens(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Operator,
     Query(q): Query<TokenQuery>,
 ) -> Result<Json<Page<TokenInfo, TokenId>>, ApiError> {
-    list_tokens(&state, &caller, TokenKind::Bootstrap, q).await
+    list_tokens(&state, TokenKind::Bootstrap, q).await
 }
 
 #[utoipa::path(
@@ -460,20 +450,19 @@ pub(crate) async fn list_bootstrap_tokens(
 )]
 pub(crate) async fn list_api_keys(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Operator,
     Query(q): Query<TokenQuery>,
 ) -> Result<Json<Page<TokenInfo, TokenId>>, ApiError> {
-    list_tokens(&state, &caller, TokenKind::ApiKey, q).await
+    list_tokens(&state, TokenKind::ApiKey, q).await
 }
 
+/// Credentials' metadata: the handlers that call it take an operator key.
 async fn list_tokens(
     state: &ApiState,
-    caller: &Caller,
     kind: TokenKind,
     q: TokenQuery,
 ) -> Result<Json<Page<TokenInfo, TokenId>>, ApiError> {
     // Metadata only (never a secret): viewers read it as they read the rest.
-    caller.require_operator("the token list")?;
     Ok(Json(Page::whole(
         state.store.list_tokens(kind, q.tenant_id).await?,
     )))
@@ -492,11 +481,10 @@ async fn list_tokens(
 )]
 pub(crate) async fn revoke_token(
     State(state): State<ApiState>,
-    caller: Caller,
+    Admin(caller): Admin,
     Path(id): Path<TokenId>,
     _: NoBody,
 ) -> Result<StatusCode, ApiError> {
-    caller.require_admin()?;
     state.store.revoke_token(id, &caller.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -525,10 +513,9 @@ pub(crate) struct AuditQuery {
 )]
 pub(crate) async fn list_audit(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Operator,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    caller.require_operator("the audit log")?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be 1 to 1000"));
@@ -556,10 +543,9 @@ pub(crate) async fn list_audit(
 )]
 pub(crate) async fn verify_audit(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Admin,
     _: NoBody,
 ) -> Result<Json<VerifyReport>, ApiError> {
-    caller.require_admin()?;
     Ok(Json(state.store.verify_audit_chain(&mut |_| {}).await?))
 }
 
@@ -584,9 +570,8 @@ pub(crate) fn manager(state: &ApiState) -> Result<&Manager, ApiError> {
 )]
 pub(crate) async fn list_controllers(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Operator,
 ) -> Result<Json<Page<ControllerView, String>>, ApiError> {
-    caller.require_operator("controller status")?;
     let statuses = manager(&state)?.cluster_status().await;
     let mut holders = state.store.lease_holders().await?;
     Ok(Json(Page::whole(
@@ -642,17 +627,17 @@ fn controller_view(s: ControllerStatus, leader_replica: Option<String>) -> Contr
 )]
 pub(crate) async fn trigger_controller(
     State(state): State<ApiState>,
-    caller: Caller,
+    admin: Admin,
     Path(name): Path<String>,
     _: NoBody,
 ) -> Result<StatusCode, ApiError> {
-    trigger(&state, &caller, &name).await?;
+    trigger(&state, &admin, &name).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
 /// Makes a run of `name` due now (admin keys), audited as the caller.
-pub(crate) async fn trigger(state: &ApiState, caller: &Caller, name: &str) -> Result<(), ApiError> {
-    caller.require_admin()?;
+pub(crate) async fn trigger(state: &ApiState, admin: &Admin, name: &str) -> Result<(), ApiError> {
+    let caller = &admin.0;
     manager(state)?.trigger(name)?;
     state
         .store
@@ -679,11 +664,10 @@ pub(crate) async fn trigger(state: &ApiState, caller: &Caller, name: &str) -> Re
 )]
 pub(crate) async fn plan_controller(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Operator,
     Path(name): Path<String>,
 ) -> Result<Json<ControllerPlan>, ApiError> {
     // A plan names the jobs and agents a run would touch, of every tenant.
-    caller.require_operator("a controller's plan")?;
     let plan = manager(&state)?.plan(&name).await?;
     Ok(Json(ControllerPlan {
         count: plan.count,
@@ -732,10 +716,9 @@ fn dead() -> homeostat_model::NotificationState {
 )]
 pub(crate) async fn list_notifications(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Operator,
     Query(q): Query<NotificationQuery>,
 ) -> Result<Json<Page<homeostat_model::Notification, NotificationId>>, ApiError> {
-    caller.require_operator("the notification list")?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit: must be 1 to 1000"));
@@ -761,20 +744,20 @@ pub(crate) async fn list_notifications(
 )]
 pub(crate) async fn redrive_notification(
     State(state): State<ApiState>,
-    caller: Caller,
+    admin: Admin,
     Path(id): Path<homeostat_model::NotificationId>,
     _: NoBody,
 ) -> Result<Json<homeostat_model::Notification>, ApiError> {
-    Ok(Json(redrive(&state, &caller, id).await?))
+    Ok(Json(redrive(&state, &admin, id).await?))
 }
 
 /// Sends a dead notification again (admin keys), audited as the caller.
 pub(crate) async fn redrive(
     state: &ApiState,
-    caller: &Caller,
+    admin: &Admin,
     id: homeostat_model::NotificationId,
 ) -> Result<homeostat_model::Notification, ApiError> {
-    caller.require_admin()?;
+    let caller = &admin.0;
     Ok(state
         .store
         .redrive_notification(id, &caller.actor())

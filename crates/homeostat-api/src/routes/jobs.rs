@@ -11,7 +11,7 @@ use homeostat_model::{Job, JobId, JobState, NewJob, Page, TenantId};
 use homeostat_store::{IDEMPOTENCY_LIFETIME, JobFilter, MAX_IDEMPOTENCY_KEY_LEN};
 use serde::Deserialize;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Writer};
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::{Json, JsonValue, NoBody, Path, Query};
 use crate::state::ApiState;
@@ -72,7 +72,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 fn target_tenant(caller: &Caller, named: Option<TenantId>) -> Result<TenantId, ApiError> {
-    caller.require_write()?;
     match (caller.tenant(), named) {
         (Some(own), None) => Ok(own),
         (Some(own), Some(t)) if t == own => Ok(own),
@@ -101,7 +100,7 @@ fn target_tenant(caller: &Caller, named: Option<TenantId>) -> Result<TenantId, A
 )]
 pub(crate) async fn enqueue(
     State(state): State<ApiState>,
-    caller: Caller,
+    Writer(caller): Writer,
     headers: HeaderMap,
     JsonValue(body): JsonValue,
 ) -> Result<axum::response::Response, ApiError> {
@@ -290,11 +289,11 @@ pub(crate) enum Operation {
 /// Does `op` to a job the caller may change (another tenant's is 404).
 pub(crate) async fn operate_job(
     state: &ApiState,
-    caller: &Caller,
+    writer: &Writer,
     id: JobId,
     op: Operation,
 ) -> Result<Job, ApiError> {
-    caller.require_write()?;
+    let caller = &writer.0;
     visible_job(state, caller, id).await?;
     let actor = caller.actor();
     let job = match op {
@@ -342,11 +341,11 @@ pub(crate) async fn show(
 )]
 pub(crate) async fn cancel(
     State(state): State<ApiState>,
-    caller: Caller,
+    writer: Writer,
     Path(id): Path<JobId>,
     _: NoBody,
 ) -> Result<Json<Job>, ApiError> {
-    operate_job(&state, &caller, id, Operation::Cancel)
+    operate_job(&state, &writer, id, Operation::Cancel)
         .await
         .map(Json)
 }
@@ -364,11 +363,11 @@ pub(crate) async fn cancel(
 )]
 pub(crate) async fn retry(
     State(state): State<ApiState>,
-    caller: Caller,
+    writer: Writer,
     Path(id): Path<JobId>,
     _: NoBody,
 ) -> Result<Json<Job>, ApiError> {
-    operate_job(&state, &caller, id, Operation::Retry)
+    operate_job(&state, &writer, id, Operation::Retry)
         .await
         .map(Json)
 }
@@ -386,11 +385,11 @@ pub(crate) async fn retry(
 )]
 pub(crate) async fn approve(
     State(state): State<ApiState>,
-    caller: Caller,
+    writer: Writer,
     Path(id): Path<JobId>,
     _: NoBody,
 ) -> Result<Json<Job>, ApiError> {
-    operate_job(&state, &caller, id, Operation::Approve)
+    operate_job(&state, &writer, id, Operation::Approve)
         .await
         .map(Json)
 }

@@ -12,7 +12,7 @@ use homeostat_model::operator::SignalOutcome;
 use homeostat_model::{JobState, NewJob, TenantId};
 use serde_json::json;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Writer};
 use crate::error::{ApiError, ErrorResponses};
 use crate::extract::Json;
 use crate::state::{AlertRoute, ApiState};
@@ -56,10 +56,9 @@ fn job_of(alert: &Alert, route: &AlertRoute) -> NewJob {
 )]
 pub(crate) async fn alertmanager(
     State(state): State<ApiState>,
-    caller: Caller,
+    Writer(caller): Writer,
     Json(hook): Json<AlertmanagerWebhook>,
 ) -> Result<Json<SignalOutcome>, ApiError> {
-    caller.require_write()?;
     let mut out = SignalOutcome::default();
     let mut firing: BTreeMap<TenantId, Vec<NewJob>> = BTreeMap::new();
     let mut resolved = Vec::new();
