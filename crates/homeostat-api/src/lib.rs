@@ -92,7 +92,9 @@ impl utoipa::Modify for BearerSchemes {
 
 /// The routes and their OpenAPI document.
 fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
-    use routes::{admin, agent, jobs, probes, signals};
+    use routes::{
+        agent, agents, audit, controllers, jobs, notifications, probes, signals, tenants, tokens,
+    };
     use utoipa::OpenApi;
     use utoipa_axum::{router::OpenApiRouter, routes};
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -108,28 +110,28 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::retry))
         .routes(routes!(jobs::approve))
-        .routes(routes!(admin::list_agents))
-        .routes(routes!(admin::show_agent, admin::remove_agent))
-        .routes(routes!(admin::drain_agent))
-        .routes(routes!(admin::resume_agent))
-        .routes(routes!(admin::agent_credentials))
-        .routes(routes!(admin::revoke_agent))
-        .routes(routes!(admin::create_tenant, admin::list_tenants))
-        .routes(routes!(admin::tenant_usage))
+        .routes(routes!(agents::list_agents))
+        .routes(routes!(agents::show_agent, agents::remove_agent))
+        .routes(routes!(agents::drain_agent))
+        .routes(routes!(agents::resume_agent))
+        .routes(routes!(agents::agent_credentials))
+        .routes(routes!(agents::revoke_agent))
+        .routes(routes!(tenants::create_tenant, tenants::list_tenants))
+        .routes(routes!(tenants::tenant_usage))
         .routes(routes!(
-            admin::create_bootstrap_token,
-            admin::list_bootstrap_tokens
+            tokens::create_bootstrap_token,
+            tokens::list_bootstrap_tokens
         ))
-        .routes(routes!(admin::create_api_key, admin::list_api_keys))
-        .routes(routes!(admin::revoke_token))
+        .routes(routes!(tokens::create_api_key, tokens::list_api_keys))
+        .routes(routes!(tokens::revoke_token))
         .routes(routes!(signals::alertmanager))
-        .routes(routes!(admin::list_audit))
-        .routes(routes!(admin::verify_audit))
-        .routes(routes!(admin::list_notifications))
-        .routes(routes!(admin::redrive_notification))
-        .routes(routes!(admin::list_controllers))
-        .routes(routes!(admin::trigger_controller))
-        .routes(routes!(admin::plan_controller))
+        .routes(routes!(audit::list_audit))
+        .routes(routes!(audit::verify_audit))
+        .routes(routes!(notifications::list_notifications))
+        .routes(routes!(notifications::redrive_notification))
+        .routes(routes!(controllers::list_controllers))
+        .routes(routes!(controllers::trigger_controller))
+        .routes(routes!(controllers::plan_controller))
         .routes(routes!(probes::healthz))
         .routes(routes!(probes::readyz))
         .routes(routes!(metrics::serve))

@@ -74,13 +74,13 @@ pub(crate) async fn list(
             )
         })?),
     };
-    let query = crate::routes::admin::AgentsQuery {
+    let query = crate::routes::agents::AgentsQuery {
         status: wanted,
         tenant_id: None,
         after: q.after,
         limit: Some(PAGE),
     };
-    let agents = crate::routes::admin::visible_agents(&state, &session.caller, &query).await?;
+    let agents = crate::routes::agents::visible_agents(&state, &session.caller, &query).await?;
     let status = wanted.map_or("", homeostat_model::AgentStatus::as_str);
     let next = agents
         .next_cursor
@@ -131,6 +131,6 @@ pub(crate) async fn drain(
     session.check_csrf(&form.csrf)?;
     let id: AgentId = parse_id("agent", &id)?;
     let admin = crate::Admin::try_from(session.caller)?;
-    crate::routes::admin::drain(&state, &admin, id).await?;
+    crate::routes::agents::drain(&state, &admin, id).await?;
     Ok(NoticeQuery::redirect("/agents", Done::Drained, None))
 }

@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use super::notice::{Done, NoticeQuery};
 use super::page::{Page, Problem, ago, fragment};
 use super::session::{CsrfForm, Session};
-use crate::routes::admin::manager;
+use crate::routes::controllers::manager;
 use crate::state::ApiState;
 
 /// How many intervals without success flag a controller (the watchdog's
@@ -189,6 +189,6 @@ pub(crate) async fn trigger(
     session.check_csrf(&form.csrf)?;
     // The operation refuses what the key may not do, as the API does.
     let admin = crate::Admin::try_from(session.caller)?;
-    crate::routes::admin::trigger(&state, &admin, &name).await?;
+    crate::routes::controllers::trigger(&state, &admin, &name).await?;
     Ok(NoticeQuery::redirect("/controllers", Done::Triggered, None))
 }

@@ -81,7 +81,7 @@ pub(crate) async fn redrive(
     session.check_csrf(&form.csrf)?;
     let id: NotificationId = parse_id("notification", &id)?;
     let admin = crate::Admin::try_from(session.caller)?;
-    crate::routes::admin::redrive(&state, &admin, id).await?;
+    crate::routes::notifications::redrive(&state, &admin, id).await?;
     Ok(NoticeQuery::redirect(
         "/notifications",
         Done::Redriven,
