@@ -168,15 +168,11 @@ pub(crate) async fn claim(
     // of its last fifth, and the burst spreads out within a few waits.
     let wait = wait.mul_f64(1.0 - 0.2 * fastrand::f64());
     let started = tokio::time::Instant::now();
-    let deadline = started + wait;
     let answer = |jobs: Vec<homeostat_model::ClaimedJob>| {
         state.http.claimed(!jobs.is_empty(), started.elapsed());
         Json(ClaimResponse { jobs })
     };
-    // Each store call below is boxed: an async fn's future is as large as
-    // its largest await, kept for the request's whole life, and the store's
-    // futures are kilobytes each. Boxed, an idle long poll holds only what
-    // it waits with, and the store's futures live only while they run.
+    // Boxed: see long_poll.rs.
     if let Some(only) = &req.queues {
         let registered = Box::pin(state.store.get_agent(agent.id)).await?.queues;
         if let Some(q) = only.iter().find(|q| !registered.contains(q)) {
@@ -185,39 +181,15 @@ pub(crate) async fn claim(
             )));
         }
     }
-    let only = req.queues.as_deref();
-    let lease = state.settings.lease_ttl;
-    let mut woken = false;
-    loop {
-        // Waiting starts before the look, so a job queued between the two
-        // still wakes this claim. Jobs wake only as many waiting claims as
-        // they need, so a woken claim usually finds work.
-        let mut waiter = if wait.is_zero() {
-            None
-        } else {
-            Some(Box::pin(state.store.queued_waiter(agent.id, only, req.capacity)).await?)
-        };
-        let jobs = match only {
-            Some(only) => {
-                Box::pin(state.store.claim_from(agent.id, only, req.capacity, lease)).await?
-            }
-            None => Box::pin(state.store.claim(agent.id, req.capacity, lease)).await?,
-        };
-        if woken {
-            state.http.woken(!jobs.is_empty());
-        }
-        let Some(waiter) = waiter.as_mut() else {
-            return Ok(answer(jobs));
-        };
-        if !jobs.is_empty() || state.shutdown.is_cancelled() {
-            return Ok(answer(jobs));
-        }
-        tokio::select! {
-            () = waiter.changed() => woken = true,
-            () = tokio::time::sleep_until(deadline) => return Ok(answer(Vec::new())),
-            () = state.shutdown.cancelled() => return Ok(answer(Vec::new())),
-        }
-    }
+    let jobs = crate::long_poll::claim(
+        &state,
+        agent.id,
+        req.queues.as_deref(),
+        req.capacity,
+        wait,
+    )
+    .await?;
+    Ok(answer(jobs))
 }
 
 /// A lease token that is not the job's current one, or a job another
