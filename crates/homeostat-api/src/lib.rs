@@ -13,6 +13,7 @@ mod dashboard;
 mod error;
 mod extract;
 mod guard;
+mod http_metrics;
 mod long_poll;
 mod metrics;
 mod presence;

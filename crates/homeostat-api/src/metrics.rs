@@ -1,10 +1,10 @@
 //! `/metrics` in the OpenMetrics text format: what others registered (the
-//! controller manager's reconcile metrics), the API's own (requests by route
-//! and status with durations, claims and their wait), and the store read at
-//! scrape time (live jobs by state and queue, each queue's backlog and the
+//! controller manager's reconcile metrics), the API's own
+//! (http_metrics.rs; counted by [`track`], every request's layer), and the
+//! store read at scrape time (live jobs by state and queue, each queue's backlog and the
 //! age of its oldest job, agents by status).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::CONTENT_TYPE;
@@ -12,93 +12,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::error::ApiError;
 use crate::state::ApiState;
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteLabels {
-    route: String,
-    method: String,
-    status: u16,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RouteMethod {
-    route: String,
-    method: String,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClaimLabels {
-    outcome: &'static str,
-}
-
-/// The API's own metrics.
-#[derive(Debug)]
-pub(crate) struct HttpMetrics {
-    requests: Family<RouteLabels, Counter>,
-    durations: Family<RouteMethod, Histogram>,
-    claims: Family<ClaimLabels, Counter>,
-    wakeups: Family<ClaimLabels, Counter>,
-    claim_wait: Histogram,
-}
-
-impl HttpMetrics {
-    pub(crate) fn register(registry: &mut Registry) -> Self {
-        let m = Self {
-            requests: Family::default(),
-            durations: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0005, 4.0, 10))
-            }),
-            claims: Family::default(),
-            wakeups: Family::default(),
-            claim_wait: Histogram::new(exponential_buckets(0.001, 4.0, 10)),
-        };
-        registry.register(
-            "homeostat_http_requests",
-            "HTTP requests by route, method and status",
-            m.requests.clone(),
-        );
-        registry.register(
-            "homeostat_http_request_duration_seconds",
-            "Time to answer an HTTP request, by route and method",
-            m.durations.clone(),
-        );
-        registry.register(
-            "homeostat_claims",
-            "Agent claims, by outcome: jobs (answered with work) or empty (the wait ran out)",
-            m.claims.clone(),
-        );
-        registry.register(
-            "homeostat_claim_wakeups",
-            "Waiting claims woken by queued jobs, by what their next look found: jobs, or empty (a wasted wake-up: another claim was faster)",
-            m.wakeups.clone(),
-        );
-        registry.register(
-            "homeostat_claim_wait_seconds",
-            "Time a claim waited before it was answered",
-            m.claim_wait.clone(),
-        );
-        m
-    }
-
-    pub(crate) fn claimed(&self, got_jobs: bool, waited: Duration) {
-        let outcome = if got_jobs { "jobs" } else { "empty" };
-        self.claims.get_or_create(&ClaimLabels { outcome }).inc();
-        self.claim_wait.observe(waited.as_secs_f64());
-    }
-
-    pub(crate) fn woken(&self, found_jobs: bool) {
-        let outcome = if found_jobs { "jobs" } else { "empty" };
-        self.wakeups.get_or_create(&ClaimLabels { outcome }).inc();
-    }
-}
 
 /// Counts, times and logs every request by its route template (never its
 /// path: ids would make a series per job) and its request id; never a
@@ -129,20 +48,7 @@ pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Nex
     } else {
         tracing::debug!(%method, %route, status, ms = elapsed * 1e3, %request_id, "request");
     }
-    state
-        .http
-        .requests
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-            method: method.clone(),
-            status,
-        })
-        .inc();
-    state
-        .http
-        .durations
-        .get_or_create(&RouteMethod { route, method })
-        .observe(elapsed);
+    state.http.answered(route, method, status, elapsed);
     response
 }
 

@@ -11,7 +11,7 @@ use homeostat_store::Store;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::HttpMetrics;
+use crate::http_metrics::HttpMetrics;
 
 /// The server's protocol settings and limits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -181,14 +181,8 @@ pub(crate) async fn claim(
             )));
         }
     }
-    let jobs = crate::long_poll::claim(
-        &state,
-        agent.id,
-        req.queues.as_deref(),
-        req.capacity,
-        wait,
-    )
-    .await?;
+    let jobs = crate::long_poll::claim(&state, agent.id, req.queues.as_deref(), req.capacity, wait)
+        .await?;
     Ok(answer(jobs))
 }
 
