@@ -243,7 +243,19 @@ pub(crate) async fn run(args: AgentArgs) -> ExitCode {
             "killed the programs of jobs a previous agent left running"
         );
     }
-    let client = match credential(&args).await {
+    // Signals are heard from the start: a SIGTERM while the agent waits for
+    // its control plane stops it cleanly, not by the signal's default
+    // action.
+    let (shutdown, abort) = (CancellationToken::new(), CancellationToken::new());
+    tokio::spawn(signals(shutdown.clone(), abort.clone()));
+    let proven = tokio::select! {
+        c = credential(&args) => c,
+        () = shutdown.cancelled() => {
+            tracing::info!("stopped before the control plane was reached");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let client = match proven {
         Ok(c) => c,
         Err((code, message)) => {
             eprintln!("homeostat agent: {message}");
@@ -262,8 +274,6 @@ pub(crate) async fn run(args: AgentArgs) -> ExitCode {
         groups,
         pdeathsig,
     };
-    let (shutdown, abort) = (CancellationToken::new(), CancellationToken::new());
-    tokio::spawn(signals(shutdown.clone(), abort.clone()));
     let agent = Agent::builder(client)
         .queues(args.queues.clone())
         .concurrency(if args.once { 1 } else { args.concurrency })
@@ -291,15 +301,31 @@ pub(crate) async fn run(args: AgentArgs) -> ExitCode {
     }
 }
 
-/// The first SIGTERM or SIGINT drains; the second releases at once.
-async fn signals(shutdown: CancellationToken, abort: CancellationToken) {
+/// The first SIGTERM or SIGINT drains; the second releases at once. The
+/// handlers are installed by this call, before the returned future runs.
+fn signals(
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        return;
-    };
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            return;
+        };
+        stop_on(&mut term, &mut int, shutdown, abort).await;
+    }
+}
+
+async fn stop_on(
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) {
     for token in [shutdown, abort] {
         tokio::select! {
             _ = term.recv() => {}

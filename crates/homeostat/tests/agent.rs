@@ -280,7 +280,8 @@ async fn an_agent_runs_programs_as_jobs() {
         .args(["-TERM", &waiting.id().to_string()])
         .status()
         .unwrap();
-    let _ = wait_exit(&mut waiting, Duration::from_secs(20));
+    let stopped = wait_exit(&mut waiting, Duration::from_secs(20));
+    assert!(stopped.success(), "not a clean stop: {stopped:?}");
 
     // Without a saved credential or a bootstrap token: a usage error.
     std::fs::remove_file(dir.join("agent.json")).unwrap();
