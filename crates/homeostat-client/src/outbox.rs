@@ -86,8 +86,12 @@ impl Outbox {
         self.lock().iter().map(|(id, p)| (*id, p.clone())).collect()
     }
 
-    /// Keeps an outcome until [`Outbox::sent`].
+    /// Keeps an outcome until [`Outbox::sent`] (nothing to keep without a
+    /// file: the sending task holds it).
     pub(crate) fn keep(&self, id: JobId, pending: Pending) {
+        if !self.persistent() {
+            return;
+        }
         let mut all = self.lock();
         all.insert(id, pending);
         self.write(&all);
@@ -95,6 +99,9 @@ impl Outbox {
 
     /// Forgets an outcome the server answered (or that is no longer ours).
     pub(crate) fn sent(&self, id: JobId) {
+        if !self.persistent() {
+            return;
+        }
         let mut all = self.lock();
         if all.remove(&id).is_some() {
             self.write(&all);

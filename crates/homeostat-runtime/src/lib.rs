@@ -35,6 +35,7 @@ pub use lease::{InMemoryLeaseStore, Lease, LeaseError, LeaseStore};
 pub use manager::{
     DEFAULT_LEASE_TTL, MIN_LEASE_TTL, Manager, ManagerBuilder, ManagerError, ShutdownReport,
 };
+pub use status::unix_ms::to_millis as unix_millis;
 pub use status::{ControllerStatus, LastRun, Outcome};
 
 /// A boxed, sendable future: what object-safe runtime interfaces return.

@@ -159,7 +159,9 @@ pub(crate) mod unix_ms {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(crate) fn to_millis(t: SystemTime) -> i64 {
+    /// `t` as Unix epoch milliseconds (negative before 1970), as the
+    /// status serializes it.
+    pub fn to_millis(t: SystemTime) -> i64 {
         match t.duration_since(SystemTime::UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
             Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),

@@ -50,10 +50,7 @@ pub(crate) async fn list_controllers(
 /// leader published them, for an exclusive controller another replica
 /// leads), and which replica leads it now.
 fn controller_view(s: ControllerStatus, leader_replica: Option<String>) -> ControllerView {
-    let ms = |t: std::time::SystemTime| {
-        t.duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-    };
+    let ms = homeostat_runtime::unix_millis;
     let to_ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     ControllerView {
         interval_ms: to_ms(s.interval),
