@@ -26,7 +26,7 @@ use axum::body::Body;
 use axum::http::Request;
 use homeostat_api::{ApiSettings, ApiState, router};
 use homeostat_model::{ApiScope, NewAgent, PlanTier};
-use homeostat_store::{NewBootstrapToken, PgStore, Store, StoreClock, StoreOptions};
+use homeostat_store::{NewBootstrapToken, Store, StoreClock, StoreOptions};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -173,11 +173,9 @@ async fn main() {
         },
         ..StoreOptions::default()
     };
-    let store = Store::Postgres(
-        PgStore::connect_with(homeostat_testkit::pg_connect(&url, &schema), options)
-            .await
-            .unwrap(),
-    );
+    let store = Store::connect_postgres(homeostat_testkit::pg_connect(&url, &schema), options)
+        .await
+        .unwrap();
     let tenant = store
         .create_tenant("bench", PlanTier::Standard, "bench")
         .await

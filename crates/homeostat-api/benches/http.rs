@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use homeostat_api::{ApiSettings, ApiState, router};
 use homeostat_model::{AgentId, ApiScope, Completion, NewAgent, NewJob, PlanTier, TenantId};
-use homeostat_store::{NewBootstrapToken, PgStore, Store, StoreClock, StoreOptions};
+use homeostat_store::{NewBootstrapToken, Store, StoreClock, StoreOptions};
 use homeostat_testkit::TestStore;
 use serde_json::{Value, json};
 
@@ -101,7 +101,7 @@ async fn fresh(backend: &str) -> (TestStore, Store) {
 async fn replica(test: &TestStore, options: StoreOptions) -> Store {
     let url = homeostat_testkit::pg_url().unwrap();
     let connect = homeostat_testkit::pg_connect(&url, test.schema().unwrap());
-    Store::Postgres(PgStore::connect_with(connect, options).await.unwrap())
+    Store::connect_postgres(connect, options).await.unwrap()
 }
 
 async fn bootstrap(store: &Store, tenant: Option<TenantId>, uses: u32) -> String {

@@ -419,20 +419,11 @@ async fn audit_chain_verify_reports_a_break_once(store: &Store) {
     tenant(store, "globex", PlanTier::Free).await;
     let controller = AuditChainVerify::new(store.clone(), config().audit_chain_verify);
     assert_eq!(run_at(store, &controller, at(10)).await.unwrap(), 2);
-    match store {
-        Store::Sqlite(s) => {
-            sqlx::query("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
-                .execute(s.pool())
-                .await
-                .unwrap();
-        }
-        Store::Postgres(s) => {
-            sqlx::query("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
-                .execute(s.pool())
-                .await
-                .unwrap();
-        }
-    }
+    store
+        .pool_for_tests()
+        .execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
+        .await
+        .unwrap();
     let err = run_at(store, &controller, at(20)).await.unwrap_err();
     assert!(err.contains("audit chain broken at event 1"), "{err}");
     assert!(run_at(store, &controller, at(30)).await.is_err());

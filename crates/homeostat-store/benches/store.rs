@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use homeostat_model::{AgentId, Id, NewJob, PlanTier};
 use homeostat_runtime::ManualClock;
 use homeostat_store::{
-    Ageing, Completion, JobRetention, NewBootstrapToken, PgStore, Store, StoreClock, StoreOptions,
+    Ageing, Completion, JobRetention, NewBootstrapToken, PoolForTests, Store, StoreClock,
+    StoreOptions,
 };
 use jiff::{SignedDuration, Timestamp};
 use sqlx::AssertSqlSafe;
@@ -144,7 +145,7 @@ async fn fresh(backend: &str, clock: StoreClock) -> Db {
                 .unwrap()
                 .options([("search_path", schema.as_str())]);
             Db {
-                store: Store::Postgres(PgStore::connect_with(connect, options).await.unwrap()),
+                store: Store::connect_postgres(connect, options).await.unwrap(),
                 url,
                 schema: Some(schema),
             }
@@ -173,35 +174,22 @@ impl Db {
     }
 
     async fn exec(&self, sql: String) {
-        match &self.store {
-            Store::Sqlite(s) => {
-                sqlx::raw_sql(AssertSqlSafe(sql))
-                    .execute(s.pool())
-                    .await
-                    .unwrap();
-            }
-            Store::Postgres(s) => {
-                sqlx::raw_sql(AssertSqlSafe(sql))
-                    .execute(s.pool())
-                    .await
-                    .unwrap();
-            }
-        }
+        self.store.pool_for_tests().execute(&sql).await.unwrap();
     }
 
     async fn plan(&self, sql: &str) -> String {
-        let rows: Vec<String> = match &self.store {
-            Store::Sqlite(s) => {
+        let rows: Vec<String> = match self.store.pool_for_tests() {
+            PoolForTests::Sqlite(pool) => {
                 let rows: Vec<(i64, i64, i64, String)> =
                     sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-                        .fetch_all(s.pool())
+                        .fetch_all(pool)
                         .await
                         .unwrap();
                 rows.into_iter().map(|r| r.3).collect()
             }
-            Store::Postgres(s) => {
+            PoolForTests::Postgres(pool) => {
                 sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (COSTS OFF) {sql}")))
-                    .fetch_all(s.pool())
+                    .fetch_all(pool)
                     .await
                     .unwrap()
             }
@@ -279,7 +267,7 @@ async fn lifecycle(
         .await
         .unwrap();
     let agents = platform_agents(db, workers).await;
-    if let Store::Postgres(_) = db.store {
+    if db.store.backend() == "postgres" {
         db.exec("ALTER TABLE jobs SET (autovacuum_enabled = false)".into())
             .await;
     }
@@ -308,9 +296,9 @@ async fn lifecycle(
         Load::Analyzed | Load::Cold => {
             enqueue_rate = enqueue(1000, jobs).await;
             if load == Load::Analyzed {
-                match db.store {
-                    Store::Postgres(_) => db.exec("VACUUM ANALYZE jobs".into()).await,
-                    Store::Sqlite(_) => db.exec("ANALYZE".into()).await,
+                match db.store.backend() {
+                    "postgres" => db.exec("VACUUM ANALYZE jobs".into()).await,
+                    _ => db.exec("ANALYZE".into()).await,
                 }
             }
         }
@@ -431,11 +419,11 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// The WAL position in bytes (PostgreSQL), to count what a run wrote.
 async fn wal_position(db: &Db) -> Option<i64> {
-    match &db.store {
-        Store::Sqlite(_) => None,
-        Store::Postgres(s) => Some(
+    match db.store.pool_for_tests() {
+        PoolForTests::Sqlite(_) => None,
+        PoolForTests::Postgres(pool) => Some(
             sqlx::query_scalar("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
-                .fetch_one(s.pool())
+                .fetch_one(pool)
                 .await
                 .unwrap(),
         ),
@@ -509,10 +497,14 @@ fn process_cpu_secs() -> f64 {
 
 /// The minimal claim and complete statements on a bare table.
 async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
-    match &db.store {
-        Store::Sqlite(s) => {
-            // The same single write connection the store uses.
-            let pool = s.writer().clone();
+    match db.store.pool_for_tests() {
+        PoolForTests::Sqlite(read) => {
+            // A single write connection, as the store writes through.
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(read.connect_options().as_ref().clone())
+                .await
+                .unwrap();
             sqlx::raw_sql(
                 "CREATE TABLE bare (id INTEGER PRIMARY KEY, state TEXT NOT NULL, payload TEXT NOT NULL);
                  CREATE INDEX bare_queued ON bare (id) WHERE state = 'queued';",
@@ -566,8 +558,8 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
             assert_eq!(done, jobs);
             run
         }
-        Store::Postgres(s) => {
-            let pool = s.pool().clone();
+        PoolForTests::Postgres(pool) => {
+            let pool = pool.clone();
             sqlx::raw_sql(
                 "CREATE TABLE bare (id BIGSERIAL PRIMARY KEY, state TEXT NOT NULL, payload TEXT NOT NULL);
                  CREATE INDEX bare_queued ON bare (id) WHERE state = 'queued';",
@@ -628,20 +620,20 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
 /// UUID v7 text for an id created at `ms` (SQL expression over row number `i`).
 fn v7(db: &Db, ms: i64, salt: &str) -> String {
     let (hi, lo) = (ms >> 16, ms & 0xffff);
-    match db.store {
-        Store::Sqlite(_) => format!("printf('%08x-%04x-7000-{salt}-%012x', {hi}, {lo}, i)"),
-        Store::Postgres(_) => format!(
+    match db.store.pool_for_tests() {
+        PoolForTests::Sqlite(_) => format!("printf('%08x-%04x-7000-{salt}-%012x', {hi}, {lo}, i)"),
+        PoolForTests::Postgres(_) => format!(
             "(lpad(to_hex({hi}), 8, '0') || '-' || lpad(to_hex({lo}), 4, '0') || '-7000-{salt}-' || lpad(to_hex(i), 12, '0'))::uuid"
         ),
     }
 }
 
 fn series(db: &Db, n: usize) -> String {
-    match db.store {
-        Store::Sqlite(_) => format!(
+    match db.store.pool_for_tests() {
+        PoolForTests::Sqlite(_) => format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) SELECT i FROM n"
         ),
-        Store::Postgres(_) => format!("SELECT i FROM generate_series(1, {n}) AS g(i)"),
+        PoolForTests::Postgres(_) => format!("SELECT i FROM generate_series(1, {n}) AS g(i)"),
     }
 }
 
@@ -654,9 +646,9 @@ async fn seed_sweeps(db: &Db, rows: usize) {
         .create_tenant("sweeps", PlanTier::Free, "bench")
         .await
         .unwrap();
-    let tid = match db.store {
-        Store::Sqlite(_) => format!("'{}'", tenant.id),
-        Store::Postgres(_) => format!("'{}'::uuid", tenant.id),
+    let tid = match db.store.pool_for_tests() {
+        PoolForTests::Sqlite(_) => format!("'{}'", tenant.id),
+        PoolForTests::Postgres(_) => format!("'{}'::uuid", tenant.id),
     };
     let now = at(0).as_millisecond();
     let month_ago = now - 30 * 86_400_000;
@@ -696,7 +688,7 @@ async fn seed_sweeps(db: &Db, rows: usize) {
         ))
         .await;
     }
-    if let Store::Postgres(_) = db.store {
+    if db.store.backend() == "postgres" {
         db.exec("VACUUM ANALYZE jobs".into()).await;
     } else {
         db.exec("ANALYZE".into()).await;
@@ -808,21 +800,21 @@ fn plan_queries(now: i64) -> Vec<(&'static str, String)> {
 }
 
 async fn heartbeats(db: &Db, n: usize) -> f64 {
-    let (series, id) = match db.store {
-        Store::Sqlite(_) => (
+    let (series, id) = match db.store.pool_for_tests() {
+        PoolForTests::Sqlite(_) => (
             format!(
                 "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) SELECT i FROM n"
             ),
             "printf('00000000-0000-7000-9000-%012x', i)",
         ),
-        Store::Postgres(_) => (
+        PoolForTests::Postgres(_) => (
             format!("SELECT i FROM generate_series(1, {n}) AS g(i)"),
             "('00000000-0000-7000-9000-' || lpad(to_hex(i), 12, '0'))::uuid",
         ),
     };
-    let queues = match db.store {
-        Store::Sqlite(_) => "'[\"q\"]'",
-        Store::Postgres(_) => "ARRAY['q']",
+    let queues = match db.store.pool_for_tests() {
+        PoolForTests::Sqlite(_) => "'[\"q\"]'",
+        PoolForTests::Postgres(_) => "ARRAY['q']",
     };
     db.exec(format!(
         "INSERT INTO agents (id, name, labels, queues, status, last_heartbeat_at, registered_at)

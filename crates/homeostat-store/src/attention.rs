@@ -93,12 +93,13 @@ const AUDIT_SPAN: Sql = Sql::both("SELECT first_seq, next_seq FROM audit_chain W
 /// without a finished job are absent.
 pub(crate) async fn finished_per_minute<B: Backend>(
     b: &B,
+    tally: &crate::tally::Tally,
     since_ms: i64,
 ) -> Result<Vec<MinuteOutcomes>, StoreError> {
     let op = "counting finished jobs";
     // What this store counted is written first, so that its own view is
     // exact.
-    crate::tally::flush(b).await?;
+    crate::tally::flush(b, tally).await?;
     let mut minutes: BTreeMap<i64, MinuteOutcomes> = BTreeMap::new();
     // Up to a minute ahead: a replica whose clock runs behind another's
     // still counts what the other finished.

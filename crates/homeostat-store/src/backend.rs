@@ -13,7 +13,9 @@
 use std::borrow::Cow;
 use std::future::Future;
 
-use homeostat_model::{AgentId, Id, JobId, NewJob, NotificationId, TenantId, TokenId};
+use homeostat_model::{
+    AgentId, ClaimedJob, Completion, Id, JobId, NewJob, NotificationId, TenantId, TokenId,
+};
 use jiff::Timestamp;
 
 use crate::audit::ChainedEvent;
@@ -288,6 +290,21 @@ pub(crate) trait RowExt {
     }
 }
 
+/// What a listener hears from the other replicas.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) enum Heard<'a> {
+    /// Jobs were queued (a payload of [`crate::signals`]).
+    Queued(&'a str),
+    /// A lease was released (its name).
+    Released(&'a str),
+    /// Announcements may have been missed (the listener reconnects).
+    MaybeMissed,
+}
+
+/// Where a listener delivers what it hears.
+pub(crate) type Hearing = std::sync::Arc<dyn Fn(Heard<'_>) + Send + Sync>;
+
 /// When an operation acts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct At {
@@ -310,27 +327,30 @@ pub(crate) trait Backend: Sync {
     /// Store-wide policies.
     fn options(&self) -> &StoreOptions;
 
-    /// The jobs this store saw succeed, not yet written.
-    fn tally(&self) -> &crate::tally::Tally;
+    /// Tells the other replicas of queued jobs (`NOTIFY` on PostgreSQL,
+    /// `payloads` as [`crate::signals`] writes them); nothing on SQLite,
+    /// which has no other replica.
+    fn announce(&self, payloads: &[String]) -> impl Future<Output = ()> + Send;
 
-    /// The last count of the live jobs (`stats`).
-    fn counts(&self) -> &crate::stats::Counts;
+    /// Starts relaying what other replicas announce to `heard`, once (the
+    /// first waiting claim does); nothing on SQLite.
+    fn listen(&self, heard: &Hearing) {
+        let _ = heard;
+    }
 
-    /// This store's waiting claims.
-    fn signals(&self) -> &crate::signals::Signals;
+    /// Returns once [`Backend::listen`] hears the other replicas.
+    fn listening(&self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 
-    /// Leases given up, as this replica hears of them.
-    fn releases(&self) -> &crate::leases::Releases;
+    /// Whether the listener listens now; `None` with none, or before it
+    /// is started.
+    fn listener_connected(&self) -> Option<bool> {
+        None
+    }
 
-    /// Agents' credentials, verified once.
-    fn credentials(&self) -> &crate::credentials::CredentialCache;
-
-    /// Agents' tenants and queues, looked up once.
-    fn agent_facts(&self) -> &crate::registry::AgentFactsCache;
-
-    /// Tells the other replicas of jobs queued that this one's waiting
-    /// claims did not cover (nothing to tell on SQLite: one process).
-    fn announce(&self, shortfall: &[crate::signals::Shortfall]) -> impl Future<Output = ()> + Send;
+    /// Closes the connections.
+    fn close(&self) -> impl Future<Output = ()> + Send;
 
     /// The time now, by the store's clock.
     fn now(&self) -> Timestamp {
@@ -407,6 +427,36 @@ pub(crate) trait Backend: Sync {
         tx: &mut Self::Tx,
         events: &[ChainedEvent],
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Enqueues jobs in a transaction of their own (the tuned batch
+    /// insert), telling the other replicas of `announce` in the same
+    /// statement on PostgreSQL (delivered at commit).
+    fn enqueue_batch(
+        &self,
+        tenant_id: TenantId,
+        jobs: &[NewJob],
+        announce: &[String],
+    ) -> impl Future<Output = Result<Vec<Enqueued>, StoreError>> + Send;
+
+    /// Claims up to `limit` queued jobs of `tenant` (every tenant's for a
+    /// platform agent) from `queues` for `agent`, leased for `lease` (the
+    /// tuned claim).
+    fn claim(
+        &self,
+        agent: AgentId,
+        tenant: Option<TenantId>,
+        queues: &[String],
+        limit: u32,
+        lease: std::time::Duration,
+    ) -> impl Future<Output = Result<Vec<ClaimedJob>, StoreError>> + Send;
+
+    /// Completes jobs of `agent` whose lease tokens still match; for each,
+    /// whether it did (the tuned completion).
+    fn complete_batch(
+        &self,
+        agent: AgentId,
+        completions: &[Completion],
+    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
 
     /// Enqueues validated jobs inside `tx` (the tuned batch insert).
     fn enqueue_in(

@@ -74,8 +74,10 @@ impl CredentialCache {
 /// began within [`REVOCATION_CHECK`]; a request that finds it stale waits
 /// for the look. While the database does not answer, requests fail with
 /// that look's error rather than each trying again.
-pub(crate) async fn check_revocations<B: Backend>(b: &B) -> Result<(), StoreError> {
-    let cache = b.credentials();
+pub(crate) async fn check_revocations<B: Backend>(
+    b: &B,
+    cache: &CredentialCache,
+) -> Result<(), StoreError> {
     let mut looked = cache.looked.lock().await;
     let op = "looking for revoked agent credentials";
     if let Some(last) = *looked

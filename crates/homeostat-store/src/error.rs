@@ -224,13 +224,16 @@ impl<T> Context<T> for Result<T, sqlx::Error> {
     }
 }
 
+/// Whether `e` says the connection it ran on is broken (gone, not merely
+/// busy): connections opened before it are not to be trusted.
+pub(crate) fn breaks_connections(e: &sqlx::Error) -> bool {
+    is_unavailable(e) && !is_busy(e)
+}
+
 /// A driver error as the store reports it: `Unavailable` when the database
 /// or connection is gone, a corrupt row when a value does not decode.
 pub(crate) fn db_error(operation: &'static str, source: sqlx::Error) -> StoreError {
     if is_unavailable(&source) {
-        if !is_busy(&source) {
-            crate::health::connections_broke();
-        }
         return StoreError::Unavailable { operation, source };
     }
     match source {

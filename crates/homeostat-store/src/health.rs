@@ -1,48 +1,63 @@
 //! Replacing broken connections. The pools do not ping a connection before
 //! handing it out (a round trip per statement); instead, the first statement
 //! that meets a broken connection reports `Unavailable`, and from then on no
-//! connection opened before that moment is handed out again: a database
-//! restart or a network cut breaks them all at once, so each is replaced
-//! rather than failing one more call apiece.
-//!
-//! The moment is process-wide: a process holds one store as a rule, and a
-//! replaced healthy connection costs only a reconnect.
+//! connection of that pool opened before that moment is handed out again: a
+//! database restart or a network cut breaks them all at once, so each is
+//! replaced rather than failing one more call apiece.
 
-use std::sync::LazyLock;
-
-use crate::backend::{Backend, Sql, Stmt};
-use crate::error::{Context, StoreError};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-static BASE: LazyLock<Instant> = LazyLock::new(Instant::now);
+use crate::backend::{Backend, Sql, Stmt};
+use crate::error::{Context, StoreError};
 
-/// Microseconds after `BASE` when a broken connection was last met; 0: never.
-static BROKE_AT: AtomicU64 = AtomicU64::new(0);
-
-fn since_base(at: Instant) -> u64 {
-    u64::try_from(at.saturating_duration_since(*BASE).as_micros())
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
-
-/// A statement met a broken connection now.
-pub(crate) fn connections_broke() {
-    BROKE_AT.fetch_max(since_base(Instant::now()), Ordering::Relaxed);
-}
-
-/// Whether a pooled connection of this age was opened after the last
-/// breakage (and may be handed out). PostgreSQL's pool asks; SQLite's does
-/// not, since its connections hold no network state (and replacing one
-/// would empty an in-memory database).
+/// When one pool's statements last met a broken connection.
+#[derive(Debug)]
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-pub(crate) fn is_trusted(age: Duration) -> bool {
-    let broke = BROKE_AT.load(Ordering::Relaxed);
-    if broke == 0 {
-        return true;
+pub(crate) struct Breakage {
+    base: Instant,
+    /// Microseconds after `base` when a broken connection was last met;
+    /// 0: never.
+    broke_at: AtomicU64,
+}
+
+impl Default for Breakage {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            broke_at: AtomicU64::new(0),
+        }
     }
-    let opened = Instant::now().checked_sub(age).unwrap_or(*BASE);
-    since_base(opened) > broke
+}
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+impl Breakage {
+    fn since_base(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Notes `e` if it says the connection broke (not merely busy).
+    pub(crate) fn saw(&self, e: &sqlx::Error) {
+        if crate::error::breaks_connections(e) {
+            self.broke_at
+                .fetch_max(self.since_base(Instant::now()), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a pooled connection of this age was opened after the last
+    /// breakage (and may be handed out). PostgreSQL's pool asks; SQLite's
+    /// does not, since its connections hold no network state (and
+    /// replacing one would empty an in-memory database).
+    pub(crate) fn is_trusted(&self, age: Duration) -> bool {
+        let broke = self.broke_at.load(Ordering::Relaxed);
+        if broke == 0 {
+            return true;
+        }
+        let opened = Instant::now().checked_sub(age).unwrap_or(self.base);
+        self.since_base(opened) > broke
+    }
 }
 
 /// `$1` the replica, `$2` now: a write that must reach the disk (a
@@ -65,14 +80,35 @@ pub(crate) async fn probe_write<B: Backend>(b: &B, replica: &str) -> Result<(), 
 mod tests {
     use super::*;
 
+    fn broken() -> sqlx::Error {
+        sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+    }
+
     #[test]
     fn connections_older_than_a_breakage_are_not_trusted_newer_ones_are() {
-        // Make sure the base is set before the "old" connection opened.
-        let _ = *BASE;
+        let breakage = Breakage::default();
         std::thread::sleep(Duration::from_millis(2));
-        connections_broke();
-        assert!(!is_trusted(Duration::from_secs(5)));
+        assert!(breakage.is_trusted(Duration::from_secs(5)));
+        breakage.saw(&broken());
+        assert!(!breakage.is_trusted(Duration::from_secs(5)));
         std::thread::sleep(Duration::from_millis(2));
-        assert!(is_trusted(Duration::from_micros(100)));
+        assert!(breakage.is_trusted(Duration::from_micros(100)));
+    }
+
+    #[test]
+    fn a_breakage_in_one_pool_leaves_another_pools_connections_trusted() {
+        let (one, other) = (Breakage::default(), Breakage::default());
+        std::thread::sleep(Duration::from_millis(2));
+        one.saw(&broken());
+        assert!(!one.is_trusted(Duration::from_secs(5)));
+        assert!(other.is_trusted(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn errors_that_do_not_break_a_connection_change_nothing() {
+        let breakage = Breakage::default();
+        std::thread::sleep(Duration::from_millis(2));
+        breakage.saw(&sqlx::Error::RowNotFound);
+        assert!(breakage.is_trusted(Duration::from_secs(5)));
     }
 }

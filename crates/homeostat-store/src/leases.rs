@@ -185,7 +185,11 @@ pub(crate) async fn renew<B: Backend>(
     .transpose()
 }
 
-pub(crate) async fn release<B: Backend>(b: &B, lease: &Lease) -> Result<(), StoreError> {
+pub(crate) async fn release<B: Backend>(
+    b: &B,
+    releases: &Releases,
+    lease: &Lease,
+) -> Result<(), StoreError> {
     let op = "releasing a lease";
     let stmt = Stmt::new::<B>(RELEASE)
         .arg(&lease.name)
@@ -194,7 +198,7 @@ pub(crate) async fn release<B: Backend>(b: &B, lease: &Lease) -> Result<(), Stor
     let released = !b.fetch_write(stmt).await.op(op)?.is_empty();
     // PostgreSQL's listener hears every replica's release, this one's too.
     if released && !B::POSTGRES {
-        b.releases().released(&lease.name);
+        releases.released(&lease.name);
     }
     Ok(())
 }

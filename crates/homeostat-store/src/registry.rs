@@ -1,6 +1,6 @@
 //! Tenants, tokens and agents: the registry operations, audited.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use homeostat_model::{
@@ -478,16 +478,15 @@ pub(crate) async fn revoke_agent<B: Backend>(
     };
     audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
     B::commit(tx, op).await?;
-    // Other replicas learn of it within `REVOCATION_CHECK`; this one now.
-    b.credentials().forget(&[id]);
     Ok((agent, revoked))
 }
 
+/// Revokes a token; the agent it was the credential of, if any.
 pub(crate) async fn revoke_token<B: Backend>(
     b: &B,
     id: TokenId,
     actor: &str,
-) -> Result<(), StoreError> {
+) -> Result<Option<AgentId>, StoreError> {
     let now = b.now();
     let op = "revoking a token";
     let mut tx = b.begin(op).await?;
@@ -504,10 +503,7 @@ pub(crate) async fn revoke_token<B: Backend>(
     };
     audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
     B::commit(tx, op).await?;
-    // Other replicas learn of it within `REVOCATION_CHECK`; this one now.
-    b.credentials()
-        .forget(&agent.into_iter().collect::<Vec<_>>());
-    Ok(())
+    Ok(agent)
 }
 
 /// A live token of `kind` with this secret, compared in constant time.
@@ -565,11 +561,12 @@ pub(crate) fn identity<R: RowExt>(row: &R) -> Result<ApiKeyIdentity, StoreError>
 
 pub(crate) async fn authenticate_agent<B: Backend>(
     b: &B,
+    known: &crate::credentials::CredentialCache,
     secret_text: &str,
 ) -> Result<AgentId, StoreError> {
     let presented = secret::hash(secret_text);
-    crate::credentials::check_revocations(b).await?;
-    if let Some(agent) = b.credentials().get(&presented) {
+    crate::credentials::check_revocations(b, known).await?;
+    if let Some(agent) = known.get(&presented) {
         return Ok(agent);
     }
     let now = b.now();
@@ -588,7 +585,7 @@ pub(crate) async fn authenticate_agent<B: Backend>(
     let agent = row
         .opt_id("agent_id")?
         .ok_or_else(|| corrupt(op, "agent credential without an agent"))?;
-    b.credentials().insert(presented, agent);
+    known.insert(presented, agent);
     Ok(agent)
 }
 
@@ -621,13 +618,14 @@ pub(crate) async fn delete_dead_tokens<B: Backend>(
 /// Deletes up to `limit` agents offline and unheard for `offline_for`
 /// (autoscaled runners that came and went), oldest first, and revokes their
 /// credentials. An agent holds no job by then: agent-health reclaimed its
-/// jobs when it went offline. Their past jobs keep its id.
+/// jobs when it went offline. Their past jobs keep its id. The agents
+/// forgotten.
 pub(crate) async fn forget_departed_agents<B: Backend>(
     b: &B,
     offline_for: Duration,
     limit: u32,
     fence: Option<&Fence>,
-) -> Result<u64, StoreError> {
+) -> Result<Vec<AgentId>, StoreError> {
     let now = b.now();
     let heard_before = ms(now).saturating_sub(dur_ms(offline_for));
     let op = AuditAction::AgentsForgotten.as_str();
@@ -661,13 +659,7 @@ pub(crate) async fn forget_departed_agents<B: Backend>(
         audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
     }
     B::commit(tx, op).await?;
-    let forgotten: Vec<AgentId> = forgotten.into_iter().map(AgentId::from).collect();
-    b.credentials().forget(&forgotten);
-    let mut facts = b.agent_facts().lock().unwrap();
-    for agent in &forgotten {
-        facts.remove(agent);
-    }
-    Ok(n)
+    Ok(forgotten.into_iter().map(AgentId::from).collect())
 }
 
 // --- agents ------------------------------------------------------------
@@ -681,7 +673,7 @@ pub(crate) struct AgentFacts {
 }
 
 /// Each store's cache of [`AgentFacts`].
-pub(crate) type AgentFactsCache = Arc<Mutex<crate::bounded::BoundedMap<AgentId, AgentFacts>>>;
+pub(crate) type AgentFactsCache = Mutex<crate::bounded::BoundedMap<AgentId, AgentFacts>>;
 
 /// An agent's tenant and queues, cached after the first look.
 pub(crate) async fn agent_facts<B: Backend>(
@@ -925,8 +917,6 @@ pub(crate) async fn remove_agent<B: Backend>(
     };
     audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
     B::commit(tx, op).await?;
-    b.credentials().forget(&[id]);
-    b.agent_facts().lock().unwrap().remove(&id);
     Ok(agent)
 }
 

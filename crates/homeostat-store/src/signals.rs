@@ -30,7 +30,6 @@ use tokio::sync::oneshot;
 #[cfg(feature = "postgres")]
 pub(crate) const CHANNEL: &str = "homeostat_queued";
 /// Wakes every waiter, whatever its queues.
-#[cfg(feature = "postgres")]
 pub(crate) const ANY_QUEUE: &str = "*";
 /// While the listener connection is down, waiters are woken this often
 /// (a slow poll) so that no claim waits out its whole long poll.
@@ -43,7 +42,6 @@ enum Wake {
     /// A job of this tenant was queued on this queue.
     Queued { tenant: TenantId, queue: Arc<str> },
     /// Anything may have been queued (wake-ups may have been lost).
-    #[cfg(feature = "postgres")]
     Any,
 }
 
@@ -132,7 +130,6 @@ pub(crate) struct Shortfall {
 impl Shortfall {
     /// The `NOTIFY` payload: origin, count, tenant, queue (last: a queue
     /// name may hold spaces).
-    #[cfg(feature = "postgres")]
     pub(crate) fn payload(&self, origin: u64) -> String {
         format!("{origin:x} {} {} {}", self.jobs, self.tenant, self.queue)
     }
@@ -181,10 +178,9 @@ pub(crate) fn queued_by_queue(jobs: &[NewJob], now: Timestamp) -> Vec<(String, u
 }
 
 impl Signals {
-    /// This replica's id in announcements.
-    #[cfg(feature = "postgres")]
-    pub(crate) fn origin(&self) -> u64 {
-        self.origin
+    /// The announcements of `shortfall` to the other replicas.
+    pub(crate) fn payloads(&self, shortfall: &[Shortfall]) -> Vec<String> {
+        shortfall.iter().map(|s| s.payload(self.origin)).collect()
     }
 
     /// A claim of up to `capacity` jobs that waits on `queues` for jobs of
@@ -256,7 +252,6 @@ impl Signals {
     }
 
     /// Wakes every waiter.
-    #[cfg(feature = "postgres")]
     pub(crate) fn any(&self) {
         let entries: Vec<Entry> = {
             let mut reg = self.registry.lock().unwrap();
@@ -270,7 +265,6 @@ impl Signals {
 
     /// Relays an announcement heard from another replica (or from this one,
     /// which it ignores: it woke its own waiters already).
-    #[cfg(feature = "postgres")]
     pub(crate) fn heard(&self, payload: &str) {
         if payload == ANY_QUEUE {
             return self.any();
@@ -303,28 +297,32 @@ impl Signals {
 /// (committed), and tells the other replicas of what they did not cover.
 pub(crate) async fn wake<B: crate::backend::Backend>(
     b: &B,
+    signals: &Signals,
     tenant: TenantId,
     queued: &[(String, u32)],
 ) {
     if queued.is_empty() {
         return;
     }
-    let shortfall = b.signals().wake(tenant, queued);
-    b.announce(&shortfall).await;
+    let shortfall = signals.wake(tenant, queued);
+    b.announce(&signals.payloads(&shortfall)).await;
 }
 
-/// A claim that waits, for an agent: its tenant and the queues it claims
-/// from (`only`, or all it registered for), and its capacity.
-pub(crate) async fn waiter<B: crate::backend::Backend>(
+/// Enqueues `jobs` through the backend's tuned insert: this replica's
+/// waiting claims are taken for them first and woken once they are
+/// committed (or the insert failed: a spurious wake-up is harmless, a lost
+/// one is not); the other replicas hear of the rest.
+pub(crate) async fn enqueue<B: crate::backend::Backend>(
     b: &B,
-    agent: homeostat_model::AgentId,
-    only: Option<&[String]>,
-    capacity: u32,
-) -> Result<QueueWaiter, crate::StoreError> {
-    let facts =
-        crate::registry::agent_facts(b, b.agent_facts(), agent, "waiting for queued jobs").await?;
-    let queues = crate::decisions::claim_queues(&facts.queues, only);
-    Ok(b.signals().waiter(facts.tenant, &queues, capacity))
+    signals: &Signals,
+    tenant: TenantId,
+    jobs: &[NewJob],
+) -> Result<Vec<crate::Enqueued>, crate::StoreError> {
+    let reserved = signals.reserve(tenant, &queued_by_queue(jobs, b.now()));
+    let announce = signals.payloads(&reserved.shortfall);
+    let enqueued = b.enqueue_batch(tenant, jobs, &announce).await;
+    reserved.fire();
+    enqueued
 }
 
 /// A claim waiting for jobs on its queues. Take it *before* looking for

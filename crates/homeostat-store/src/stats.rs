@@ -120,8 +120,9 @@ struct Counted {
 
 pub(crate) async fn stats<B: Backend + Clone + Send + Sync + 'static>(
     b: &B,
+    counts: &Arc<Counts>,
 ) -> Result<Stats, StoreError> {
-    let (counts, options) = (b.counts(), b.options());
+    let options = b.options();
     let last = counts.last.lock().unwrap().clone();
     let mut stats = match last {
         Some(last) if last.took > options.cheap_count => {
@@ -129,28 +130,28 @@ pub(crate) async fn stats<B: Backend + Clone + Send + Sync + 'static>(
             // connection's time, however long a count takes.
             let every = options.recount_after.max(last.took * 10);
             if last.at.elapsed() >= every && !counts.counting.swap(true, Ordering::AcqRel) {
-                let b = b.clone();
+                let (b, counts) = (b.clone(), Arc::clone(counts));
                 tokio::spawn(async move {
-                    if let Err(e) = count_jobs(&b).await {
+                    if let Err(e) = count_jobs(&b, &counts).await {
                         tracing::warn!(error = %e, "counting the live jobs failed; reads keep the last count");
                     }
-                    b.counts().counting.store(false, Ordering::Release);
+                    counts.counting.store(false, Ordering::Release);
                 });
             }
             Stats::clone(&last.stats)
         }
-        _ => Stats::clone(&*count_jobs(b).await?),
+        _ => Stats::clone(&*count_jobs(b, counts).await?),
     };
     stats.agents = agent_counts(b).await?;
     Ok(stats)
 }
 
 /// Counts the live jobs and keeps the count for the reads that follow.
-async fn count_jobs<B: Backend>(b: &B) -> Result<Arc<Stats>, StoreError> {
+async fn count_jobs<B: Backend>(b: &B, counts: &Counts) -> Result<Arc<Stats>, StoreError> {
     let started = Instant::now();
     let counted_at = b.now();
     let stats = Arc::new(live_jobs(b, counted_at).await?);
-    *b.counts().last.lock().unwrap() = Some(Counted {
+    *counts.last.lock().unwrap() = Some(Counted {
         stats: stats.clone(),
         at: started,
         took: started.elapsed(),

@@ -73,35 +73,37 @@ impl Tally {
 
 /// Counts `jobs` that have just succeeded, and schedules a write of the
 /// counts in [`FLUSH_EVERY`] unless one is scheduled already.
-pub(crate) async fn succeeded<B: Backend + Clone + Send + 'static>(b: &B, jobs: usize) {
+pub(crate) async fn succeeded<B: Backend + Clone + Send + 'static>(
+    b: &B,
+    tally: &std::sync::Arc<Tally>,
+    jobs: usize,
+) {
     if jobs == 0 {
         return;
     }
-    let tally = b.tally();
     let minute = ms(b.now()).div_euclid(60_000);
     *tally.minutes.lock().unwrap().entry(minute).or_default() += jobs as i64;
     if !tally.scheduled.swap(true, Ordering::AcqRel) {
-        let b = b.clone();
+        let (b, tally) = (b.clone(), std::sync::Arc::clone(tally));
         tokio::spawn(async move {
             tokio::time::sleep(FLUSH_EVERY).await;
-            write_scheduled(&b).await;
+            write_scheduled(&b, &tally).await;
         });
     }
 }
 
 /// The scheduled write. A failure does not lose the counts: they wait for
 /// the next write (the next completion schedules one).
-async fn write_scheduled<B: Backend>(b: &B) {
-    b.tally().scheduled.store(false, Ordering::Release);
-    if let Err(e) = flush(b).await {
+async fn write_scheduled<B: Backend>(b: &B, tally: &Tally) {
+    tally.scheduled.store(false, Ordering::Release);
+    if let Err(e) = flush(b, tally).await {
         tracing::warn!(error = %e, "the counts of succeeded jobs wait for the next write");
     }
 }
 
 /// Writes the pending counts: one statement a minute counted (usually
 /// one). What a failed statement did not write stays pending.
-pub(crate) async fn flush<B: Backend>(b: &B) -> Result<(), StoreError> {
-    let tally = b.tally();
+pub(crate) async fn flush<B: Backend>(b: &B, tally: &Tally) -> Result<(), StoreError> {
     let mut minutes = tally.take().into_iter();
     while let Some((minute, jobs)) = minutes.next() {
         let stmt = Stmt::new::<B>(ADD).arg(minute).arg(tally.slot).arg(jobs);

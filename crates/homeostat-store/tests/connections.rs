@@ -28,12 +28,12 @@ async fn a_terminated_connection_fails_one_call_as_unavailable_then_is_replaced(
     let store = backends::postgres().await.unwrap();
     let schema = store.schema().unwrap().to_owned();
     // Several connections in the pool, so that more than one is broken.
-    let homeostat_store::Store::Postgres(pg) = &store.store else {
+    let homeostat_store::PoolForTests::Postgres(pool) = store.pool_for_tests() else {
         unreachable!()
     };
     let mut warm = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let pool = pg.pool().clone();
+        let pool = pool.clone();
         warm.spawn(async move { sqlx::query("SELECT pg_sleep(0.2)").execute(&pool).await });
     }
     while let Some(r) = warm.join_next().await {
@@ -42,11 +42,11 @@ async fn a_terminated_connection_fails_one_call_as_unavailable_then_is_replaced(
     // sqlx gives a connection back to the pool in a task of its own, after
     // the query's future is done: wait for them to be idle.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while pg.pool().num_idle() < 2 {
+    while pool.num_idle() < 2 {
         assert!(
             std::time::Instant::now() < deadline,
             "idle connections: {}",
-            pg.pool().num_idle()
+            pool.num_idle()
         );
         tokio::task::yield_now().await;
     }

@@ -179,14 +179,14 @@ async fn claims_reuse_their_cached_plan() {
             );
         }
     }
-    let Store::Postgres(pg) = store else {
+    let homeostat_store::PoolForTests::Postgres(pool) = store.pool_for_tests() else {
         unreachable!("a PostgreSQL test store")
     };
     let plans: Vec<(String, i64, i64)> = sqlx::query_as(
         "SELECT left(statement, 30), generic_plans, custom_plans FROM pg_prepared_statements
          WHERE statement LIKE '%UPDATE jobs SET state = ''running''%' ORDER BY statement",
     )
-    .fetch_all(pg.pool())
+    .fetch_all(pool)
     .await
     .unwrap();
     assert_eq!(plans.len(), 2, "one prepared statement per claim shape");

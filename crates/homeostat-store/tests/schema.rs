@@ -11,19 +11,19 @@ async fn sqlite_refuses_a_schema_newer_than_this_build() {
     let url = format!("sqlite:{}", path.display());
     let store = Store::connect(&url, StoreOptions::default()).await.unwrap();
     store.check_schema().await.unwrap();
-    let Store::Sqlite(s) = &store else {
+    let homeostat_store::PoolForTests::Sqlite(pool) = store.pool_for_tests() else {
         unreachable!()
     };
     // What this build migrates to: the version it says it supports.
     let applied: i64 = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-        .fetch_one(s.pool())
+        .fetch_one(pool)
         .await
         .unwrap();
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
          VALUES (999, 'from the future', TRUE, x'00', 0)",
     )
-    .execute(s.pool())
+    .execute(pool)
     .await
     .unwrap();
     // Readiness sees it at once, without a restart.
@@ -60,18 +60,18 @@ async fn postgres_refuses_a_schema_newer_than_this_build() {
     let Some(test) = backends::postgres().await else {
         return;
     };
-    let Store::Postgres(s) = &test.store else {
+    let homeostat_store::PoolForTests::Postgres(pool) = test.pool_for_tests() else {
         unreachable!()
     };
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
          VALUES (999, 'from the future', TRUE, '\\x00', 0)",
     )
-    .execute(s.pool())
+    .execute(pool)
     .await
     .unwrap();
-    let err = homeostat_store::PgStore::connect_with(
-        s.pool().connect_options().as_ref().clone(),
+    let err = Store::connect_postgres(
+        pool.connect_options().as_ref().clone(),
         StoreOptions::default(),
     )
     .await
@@ -176,19 +176,17 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
     .unwrap();
 
     pool.close().await;
-    let store = Store::Postgres(
-        homeostat_store::PgStore::connect_with(
-            backends::pg_connect(&url, &schema),
-            StoreOptions {
-                clock: homeostat_store::StoreClock::manual(
-                    homeostat_runtime::ManualClock::at_test_epoch(),
-                ),
-                ..StoreOptions::default()
-            },
-        )
-        .await
-        .unwrap(),
-    );
+    let store = Store::connect_postgres(
+        backends::pg_connect(&url, &schema),
+        StoreOptions {
+            clock: homeostat_store::StoreClock::manual(
+                homeostat_runtime::ManualClock::at_test_epoch(),
+            ),
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     let (job, running) = (JobId::from(job), JobId::from(running));
     let (tenant, agent) = (TenantId::from(tenant), AgentId::from(agent));
     let kept = store.get_job(job).await.unwrap();
@@ -259,9 +257,9 @@ async fn replicas_starting_at_once_migrate_once() {
     let starts: Vec<_> = (0..4)
         .map(|_| {
             let connect = backends::pg_connect(&url, &schema);
-            tokio::spawn(async move {
-                homeostat_store::PgStore::connect_with(connect, StoreOptions::default()).await
-            })
+            tokio::spawn(
+                async move { Store::connect_postgres(connect, StoreOptions::default()).await },
+            )
         })
         .collect();
     let mut stores = Vec::new();
@@ -276,7 +274,7 @@ async fn replicas_starting_at_once_migrate_once() {
     .unwrap();
     assert_eq!(applied, versions, "a migration was applied twice");
     for s in stores {
-        s.pool().close().await;
+        s.close().await;
     }
     sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&admin)

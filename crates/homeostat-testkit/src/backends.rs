@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use homeostat_runtime::{CancellationToken, Context, Fence, ManualClock};
-use homeostat_store::{PgStore, Store, StoreClock, StoreOptions};
+use homeostat_store::{Store, StoreClock, StoreOptions};
 use jiff::Timestamp;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
@@ -71,11 +71,11 @@ impl TestStore {
             clock,
             ..StoreOptions::default()
         };
-        Some(Store::Postgres(
-            PgStore::connect_with(pg_connect(url, schema), options)
+        Some(
+            Store::connect_postgres(pg_connect(url, schema), options)
                 .await
                 .expect("opening a replica"),
-        ))
+        )
     }
 
     /// Closes the store and removes its file or schema.
@@ -258,12 +258,12 @@ pub async fn postgres_with(options: StoreOptions) -> Option<TestStore> {
     };
     // Migrating may panic: the schema is removed then too.
     let mut guard = SchemaGuard(Some(cleanup.clone()));
-    let store = PgStore::connect_with(pg_connect(&url, &schema), options)
+    let store = Store::connect_postgres(pg_connect(&url, &schema), options)
         .await
         .expect("migrating the test schema");
     guard.0 = None;
     Some(TestStore {
-        store: Store::Postgres(store),
+        store,
         clock,
         cleanup: Some(cleanup),
     })

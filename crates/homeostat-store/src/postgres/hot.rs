@@ -10,7 +10,6 @@ use sqlx::Row;
 use super::PgStore;
 use crate::backend::{At, Backend, pg_judged};
 use crate::error::{Context, StoreError, corrupt, in_range};
-use crate::registry::{self, AgentFacts};
 use crate::time::{dur_ms, ms, ts};
 use crate::{ClaimedJob, Completion, Enqueued};
 
@@ -54,30 +53,20 @@ macro_rules! agent_may_claim {
 const REFUSED: &str = "QH001";
 
 impl PgStore {
-    pub(crate) async fn enqueue_batch(
+    pub(super) async fn enqueue_batch_now(
         &self,
         tenant_id: TenantId,
         jobs: &[NewJob],
+        announce: &[String],
     ) -> Result<Vec<Enqueued>, StoreError> {
         let op = "enqueueing jobs";
         for job in jobs {
             job.validate()?;
         }
-        // This replica's waiting claims are taken for the jobs now and woken
-        // once they are committed; the statement tells the other replicas
-        // of the rest (`NOTIFY`, delivered at commit).
-        let queued = crate::signals::queued_by_queue(jobs, self.now());
-        let reserved = self.signals.reserve(tenant_id, &queued);
-        let origin = self.signals.origin();
-        let announce: Vec<String> = reserved
-            .shortfall
-            .iter()
-            .map(|s| s.payload(origin))
-            .collect();
-        let mut conn = self.pool.acquire().await.op(op)?;
-        let enqueued = self.enqueue_on(&mut conn, tenant_id, jobs, &announce).await;
-        reserved.fire();
-        enqueued
+        // The statement tells the other replicas (`NOTIFY`, delivered at
+        // commit).
+        let mut conn = self.watch(self.pool.acquire().await).op(op)?;
+        self.enqueue_on(&mut conn, tenant_id, jobs, announce).await
     }
 
     /// Enqueues validated jobs on `conn` (a transaction, or not), sending
@@ -183,8 +172,8 @@ impl PgStore {
         .bind(dur_ms(Backend::options(self).default_queue_deadline))
         .bind(announce)
         .fetch_all(&mut *conn)
-        .await
-        .op(op)?;
+        .await;
+        let stored = self.watch(stored).op(op)?;
         let stored = stored
             .iter()
             .map(crate::rows::enqueued)
@@ -192,18 +181,16 @@ impl PgStore {
         crate::decisions::match_enqueued(jobs, &generated, stored)
     }
 
-    pub(crate) async fn claim(
+    pub(super) async fn claim_now(
         &self,
         agent_id: AgentId,
-        only: Option<&[String]>,
+        tenant: Option<TenantId>,
+        queues: &[String],
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let op = "claiming jobs";
         let judged = self.at().judged;
-        let AgentFacts { tenant, queues } =
-            registry::agent_facts(self, &self.agents, agent_id, op).await?;
-        let queues = crate::decisions::claim_queues(&queues, only);
         let tenant = tenant.map(Id::from);
         // The limit (and the list of queues) is a subquery, which the
         // planner does not look into: given the value, it costs a claim of
@@ -211,7 +198,7 @@ impl PgStore {
         // for all it knows) always looked dearer, so every claim was planned
         // anew (about a tenth of a millisecond). Hidden from both, the two
         // costs agree and the cached plan is reused (`tests/plans.rs`).
-        let rows = if let [queue] = queues.as_slice() {
+        let rows = if let [queue] = queues {
             // The usual case, shaped like the minimal claim. The rows are
             // updated by the address the locking scan found them at (no
             // second walk down the primary key): the lock keeps that version
@@ -274,7 +261,7 @@ impl PgStore {
             .bind(dur_ms(lease))
             .bind(judged)
             .bind(i64::from(limit))
-            .bind(&queues)
+            .bind(queues)
             .fetch_all(&self.pool)
             .await
         };
@@ -285,7 +272,7 @@ impl PgStore {
                 crate::decisions::claim_refusal(op, agent_id, status)?;
                 return Ok(Vec::new());
             }
-            rows => rows.op(op)?,
+            rows => self.watch(rows).op(op)?,
         };
         // Unchecked decoding: the statement above fixes each column's type,
         // and checking it again per value is a tenth of the claim's client
@@ -312,7 +299,7 @@ impl PgStore {
         Ok(claimed.into_iter().map(|(_, job)| job).collect())
     }
 
-    pub(crate) async fn complete_batch(
+    pub(super) async fn complete_batch_now(
         &self,
         agent: AgentId,
         completions: &[Completion],
@@ -325,7 +312,7 @@ impl PgStore {
             .iter()
             .map(|c| c.result.as_ref().map(|v| v.to_string()))
             .collect();
-        let done: Vec<Id> = sqlx::query_scalar(concat!(
+        let done = sqlx::query_scalar::<_, Id>(concat!(
             "UPDATE jobs SET state = 'succeeded', result = c.result, finished_at = $4,
                    updated_at = $4, lease_expires_at = NULL, timeout_at = NULL
                  FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
@@ -340,8 +327,8 @@ impl PgStore {
         .bind(ms(now))
         .bind(agent.as_uuid())
         .fetch_all(&self.pool)
-        .await
-        .op(op)?;
+        .await;
+        let done: Vec<Id> = self.watch(done).op(op)?;
         let done: std::collections::HashSet<Id> = done.into_iter().collect();
         Ok(ids.iter().map(|id| done.contains(id)).collect())
     }

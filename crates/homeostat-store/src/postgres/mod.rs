@@ -6,12 +6,12 @@ mod hot;
 
 use std::sync::Arc;
 
-use homeostat_model::{Id, NewJob, TenantId};
+use homeostat_model::{AgentId, ClaimedJob, Completion, Id, NewJob, TenantId};
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Postgres, Row, Transaction};
 
 use crate::audit::ChainedEvent;
-use crate::backend::{Arg, Backend, RowExt, Stmt};
+use crate::backend::{Arg, Backend, Heard, Hearing, RowExt, Stmt};
 use crate::error::{Context, StoreError, corrupt};
 use crate::{Enqueued, StoreOptions, migrations};
 
@@ -22,21 +22,15 @@ const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A store on a PostgreSQL database.
 #[derive(Debug, Clone)]
-pub struct PgStore {
+pub(crate) struct PgStore {
     pool: PgPool,
     options: StoreOptions,
-    /// Tenant and queues of agents, which never change after registration.
-    agents: crate::registry::AgentFactsCache,
-    /// Agents' credentials verified, and revocations looked for.
-    credentials: Arc<crate::credentials::CredentialCache>,
-    /// Jobs that succeeded, counted for the dashboard's chart.
-    tally: Arc<crate::tally::Tally>,
-    counts: Arc<crate::stats::Counts>,
-    /// Wake-ups for waiting claims, relayed from `LISTEN` by one listener
-    /// per store, started by the first waiter.
-    signals: crate::signals::Signals,
-    releases: crate::leases::Releases,
+    /// Relays `LISTEN` to the store's waiting claims: one per store,
+    /// started by the first waiter.
     listener: Arc<Listener>,
+    /// When a statement last met a broken connection: older connections
+    /// are replaced rather than handed out.
+    breakage: Arc<crate::health::Breakage>,
 }
 
 /// The listener task: started once, stopped by `close`.
@@ -60,14 +54,14 @@ impl Default for Listener {
 
 impl PgStore {
     /// Connects to `url` and migrates the database.
-    pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+    pub(crate) async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let connect: PgConnectOptions = url.parse().op("parsing the PostgreSQL URL")?;
         Self::connect_with(connect, options).await
     }
 
     /// Connects with `connect` (for instance with a `search_path` in its
     /// options) and migrates the database.
-    pub async fn connect_with(
+    pub(crate) async fn connect_with(
         connect: PgConnectOptions,
         options: StoreOptions,
     ) -> Result<Self, StoreError> {
@@ -97,14 +91,17 @@ impl PgStore {
         // No ping before each acquire: that is a round trip per statement. A
         // connection that broke fails its statement instead (`Unavailable`,
         // retryable), and every connection as old is replaced (`health`).
+        let breakage = Arc::new(crate::health::Breakage::default());
+        let trusted = Arc::clone(&breakage);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             // While the database is down, a call fails `unavailable` within
             // seconds rather than after sqlx's default 30 s of reconnecting.
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .test_before_acquire(false)
-            .before_acquire(|_, meta| {
-                Box::pin(async move { Ok(crate::health::is_trusted(meta.age)) })
+            .before_acquire(move |_, meta| {
+                let trusted = trusted.is_trusted(meta.age);
+                Box::pin(async move { Ok(trusted) })
             })
             .connect_with(connect)
             .await
@@ -121,53 +118,23 @@ impl PgStore {
         Ok(Self {
             pool,
             options,
-            agents: Arc::default(),
-            credentials: Arc::default(),
-            tally: Arc::default(),
-            counts: Arc::default(),
-            signals: crate::signals::Signals::default(),
-            releases: crate::leases::Releases::default(),
             listener: Arc::default(),
+            breakage,
         })
     }
 
     /// The connection pool, for tests and benchmarks.
-    pub fn pool(&self) -> &PgPool {
+    #[cfg(feature = "testing")]
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
 
-    pub(crate) async fn close(&self) {
-        self.listener.stop.cancel();
-        self.pool.close().await;
-    }
-
-    /// Starts this store's listener, once (the first waiting claim does).
-    pub(crate) fn listen(&self) {
-        self.listener.started.get_or_init(|| {
-            tokio::spawn(listen(
-                self.pool.clone(),
-                self.signals.clone(),
-                self.releases.clone(),
-                self.listener.stop.clone(),
-                self.listener.connected.clone(),
-            ));
-        });
-    }
-
-    /// Whether the listener listens now; `None` until it is started.
-    pub(crate) fn listener_connected(&self) -> Option<bool> {
-        self.listener
-            .started
-            .get()
-            .map(|()| *self.listener.connected.borrow())
-    }
-
-    /// Starts the listener and returns once it listens: from then on no
-    /// other replica's announcement is missed.
-    pub(crate) async fn listening(&self) {
-        self.listen();
-        let mut connected = self.listener.connected.subscribe();
-        let _ = connected.wait_for(|c| *c).await;
+    /// `r`, having noted whether its connection broke.
+    fn watch<T>(&self, r: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        if let Err(e) = &r {
+            self.breakage.saw(e);
+        }
+        r
     }
 }
 
@@ -177,8 +144,7 @@ impl PgStore {
 /// [`FALLBACK_POLL`](crate::signals::FALLBACK_POLL) instead.
 async fn listen(
     pool: PgPool,
-    signals: crate::signals::Signals,
-    releases: crate::leases::Releases,
+    heard: Hearing,
     stop: tokio_util::sync::CancellationToken,
     listening: tokio::sync::watch::Sender<bool>,
 ) {
@@ -196,7 +162,7 @@ async fn listen(
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "listening for queued jobs failed; polling");
-                    signals.any();
+                    heard(Heard::MaybeMissed);
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(FALLBACK_POLL) => continue,
@@ -206,23 +172,23 @@ async fn listen(
         };
         // Whatever was queued while nobody listened.
         listening.send_replace(true);
-        signals.any();
+        heard(Heard::MaybeMissed);
         loop {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
                 n = listener.try_recv() => match n {
                     Ok(Some(n)) if n.channel() == crate::leases::RELEASED => {
-                        releases.released(n.payload());
+                        heard(Heard::Released(n.payload()));
                     }
-                    Ok(Some(n)) => signals.heard(n.payload()),
+                    Ok(Some(n)) => heard(Heard::Queued(n.payload())),
                     // A stop closes the pool under the listener: its
                     // connection dropping then is the stop, not a fault.
                     Ok(None) | Err(_) if stop.is_cancelled() => return,
                     Ok(None) | Err(_) => {
                         listening.send_replace(false);
                         tracing::warn!("the connection listening for queued jobs dropped; reconnecting");
-                        signals.any();
+                        heard(Heard::MaybeMissed);
                         break;
                     }
                 },
@@ -301,41 +267,13 @@ impl Backend for PgStore {
         &self.options
     }
 
-    fn tally(&self) -> &crate::tally::Tally {
-        &self.tally
-    }
-
-    fn counts(&self) -> &crate::stats::Counts {
-        &self.counts
-    }
-
-    fn releases(&self) -> &crate::leases::Releases {
-        &self.releases
-    }
-
-    fn signals(&self) -> &crate::signals::Signals {
-        &self.signals
-    }
-
-    fn credentials(&self) -> &crate::credentials::CredentialCache {
-        &self.credentials
-    }
-
-    fn agent_facts(&self) -> &crate::registry::AgentFactsCache {
-        &self.agents
-    }
-
-    async fn announce(&self, shortfall: &[crate::signals::Shortfall]) {
-        if shortfall.is_empty() {
+    async fn announce(&self, payloads: &[String]) {
+        if payloads.is_empty() {
             return;
         }
-        let payloads: Vec<String> = shortfall
-            .iter()
-            .map(|s| s.payload(self.signals.origin()))
-            .collect();
         let sent = sqlx::query("SELECT count(pg_notify($1, p)) FROM UNNEST($2::text[]) AS p")
             .bind(crate::signals::CHANNEL)
-            .bind(&payloads)
+            .bind(payloads)
             .execute(&self.pool)
             .await;
         if let Err(e) = sent {
@@ -344,8 +282,66 @@ impl Backend for PgStore {
         }
     }
 
+    fn listen(&self, heard: &Hearing) {
+        self.listener.started.get_or_init(|| {
+            tokio::spawn(listen(
+                self.pool.clone(),
+                heard.clone(),
+                self.listener.stop.clone(),
+                self.listener.connected.clone(),
+            ));
+        });
+    }
+
+    fn listener_connected(&self) -> Option<bool> {
+        self.listener
+            .started
+            .get()
+            .map(|()| *self.listener.connected.borrow())
+    }
+
+    async fn listening(&self) {
+        let mut connected = self.listener.connected.subscribe();
+        let _ = connected.wait_for(|c| *c).await;
+    }
+
+    async fn close(&self) {
+        self.listener.stop.cancel();
+        self.pool.close().await;
+    }
+
+    async fn enqueue_batch(
+        &self,
+        tenant_id: TenantId,
+        jobs: &[NewJob],
+        announce: &[String],
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        self.enqueue_batch_now(tenant_id, jobs, announce).await
+    }
+
+    async fn claim(
+        &self,
+        agent: AgentId,
+        tenant: Option<TenantId>,
+        queues: &[String],
+        limit: u32,
+        lease: std::time::Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        self.claim_now(agent, tenant, queues, limit, lease).await
+    }
+
+    async fn complete_batch(
+        &self,
+        agent: AgentId,
+        completions: &[Completion],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.complete_batch_now(agent, completions).await
+    }
+
     async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {
-        self.pool.begin().await.op(op)
+        // A transaction's first statement (`BEGIN`) is where a broken
+        // connection shows; the statements within run on the same one.
+        self.watch(self.pool.begin().await).op(op)
     }
 
     async fn commit(tx: Tx, op: &'static str) -> Result<(), StoreError> {
@@ -361,7 +357,7 @@ impl Backend for PgStore {
     }
 
     async fn fetch(&self, stmt: Stmt<'_>) -> Result<Vec<PgRow>, sqlx::Error> {
-        query(stmt).fetch_all(&self.pool).await
+        self.watch(query(stmt).fetch_all(&self.pool).await)
     }
 
     async fn fetch_unpinned(&self, stmt: Stmt<'_>) -> Result<Vec<PgRow>, sqlx::Error> {
@@ -370,7 +366,7 @@ impl Backend for PgStore {
         // from the heap at random until vacuum marks the pages all-visible:
         // 1–2 s at a million, where a bitmap or sequential scan reads the
         // pages in order. The settings last until this transaction ends.
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.watch(self.pool.begin().await)?;
         sqlx::query(
             "SELECT set_config('enable_seqscan', 'on', true),
                     set_config('enable_bitmapscan', 'on', true)",
@@ -383,11 +379,13 @@ impl Backend for PgStore {
     }
 
     async fn fetch_write(&self, stmt: Stmt<'_>) -> Result<Vec<PgRow>, sqlx::Error> {
-        query(stmt).fetch_all(&self.pool).await
+        self.watch(query(stmt).fetch_all(&self.pool).await)
     }
 
     async fn execute_write(&self, stmt: Stmt<'_>) -> Result<u64, sqlx::Error> {
-        Ok(query(stmt).execute(&self.pool).await?.rows_affected())
+        Ok(self
+            .watch(query(stmt).execute(&self.pool).await)?
+            .rows_affected())
     }
 
     async fn insert_audit(tx: &mut Tx, events: &[ChainedEvent]) -> Result<(), sqlx::Error> {

@@ -31,7 +31,7 @@ macro_rules! claim_returning {
 }
 
 impl SqliteStore {
-    pub(crate) async fn enqueue_batch(
+    pub(super) async fn enqueue_batch_now(
         &self,
         tenant_id: TenantId,
         jobs: &[NewJob],
@@ -112,19 +112,18 @@ impl SqliteStore {
         crate::decisions::match_enqueued(jobs, &generated, stored)
     }
 
-    pub(crate) async fn claim(
+    pub(super) async fn claim_now(
         &self,
         agent_id: AgentId,
-        only: Option<&[String]>,
+        tenant: Option<TenantId>,
+        queues: &[String],
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let op = "claiming jobs";
         let now = self.now();
-        let facts = registry::agent_facts(self, &self.agents, agent_id, op).await?;
-        let tenant = facts.tenant.map(|t| t.to_string());
-        let queues = crate::decisions::claim_queues(&facts.queues, only);
-        let rows = if let [queue] = queues.as_slice() {
+        let tenant = tenant.map(|t| t.to_string());
+        let rows = if let [queue] = queues {
             // The usual case: one statement, which SQLite runs as its own
             // transaction on the single write connection.
             sqlx::query(concat!(
@@ -152,7 +151,7 @@ impl SqliteStore {
             // over all queues would sort every queued job.
             let mut tx = self.begin(op).await?;
             let mut candidates: Vec<(i64, i64, String)> = Vec::new();
-            for queue in &queues {
+            for queue in queues {
                 let rows = sqlx::query(
                     "SELECT id, effective_priority, queued_at FROM jobs INDEXED BY jobs_claim
                      WHERE state = 'queued' AND queue = ?1 AND (?2 IS NULL OR tenant_id = ?2)
@@ -220,7 +219,7 @@ impl SqliteStore {
         Ok(indexed.into_iter().map(|(_, job)| job).collect())
     }
 
-    pub(crate) async fn complete_batch(
+    pub(super) async fn complete_batch_now(
         &self,
         agent: AgentId,
         completions: &[Completion],

@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use homeostat_model::{Id, NewJob, TenantId};
+use homeostat_model::{AgentId, ClaimedJob, Completion, Id, NewJob, TenantId};
 use sqlx::sqlite::{
     SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -30,21 +30,10 @@ pub(crate) type Tx = Transaction<'static, Sqlite>;
 
 /// A store on one SQLite file.
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
+pub(crate) struct SqliteStore {
     pool: SqlitePool,
     writer: SqlitePool,
     options: StoreOptions,
-    /// Tenant and queues of agents, which never change after registration;
-    /// claims look them up here instead of in a statement of their own.
-    agents: crate::registry::AgentFactsCache,
-    /// Agents' credentials verified, and revocations looked for.
-    credentials: Arc<crate::credentials::CredentialCache>,
-    /// Jobs that succeeded, counted for the dashboard's chart.
-    tally: Arc<crate::tally::Tally>,
-    counts: Arc<crate::stats::Counts>,
-    /// Wake-ups for waiting claims, announced in-process.
-    signals: crate::signals::Signals,
-    releases: crate::leases::Releases,
     /// Set when the writer's connection may be broken (a disk error, or a
     /// transaction it could not end): its next acquire replaces it.
     writer_suspect: Arc<std::sync::atomic::AtomicBool>,
@@ -55,7 +44,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite:path` or
     /// `sqlite://path`) and migrates it.
-    pub async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
+    pub(crate) async fn connect(url: &str, options: StoreOptions) -> Result<Self, StoreError> {
         let connect = SqliteConnectOptions::from_str(url)
             .op("parsing the SQLite URL")?
             .create_if_missing(true)
@@ -119,28 +108,18 @@ impl SqliteStore {
             pool,
             writer,
             options,
-            agents: Arc::default(),
-            credentials: Arc::default(),
-            tally: Arc::default(),
-            counts: Arc::default(),
-            signals: crate::signals::Signals::default(),
-            releases: crate::leases::Releases::default(),
             writer_suspect,
             _checkpointer: Arc::new(stop.drop_guard()),
         })
     }
 
     /// The read pool, for tests and benchmarks.
-    pub fn pool(&self) -> &SqlitePool {
+    #[cfg(feature = "testing")]
+    pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    /// The single-connection write pool, for tests and benchmarks.
-    pub fn writer(&self) -> &SqlitePool {
-        &self.writer
-    }
-
-    pub(crate) async fn close(&self) {
+    async fn close_pools(&self) {
         self.pool.close().await;
         self.writer.close().await;
     }
@@ -327,31 +306,40 @@ impl Backend for SqliteStore {
         &self.options
     }
 
-    fn tally(&self) -> &crate::tally::Tally {
-        &self.tally
+    async fn announce(&self, _payloads: &[String]) {}
+
+    async fn close(&self) {
+        self.close_pools().await;
     }
 
-    fn counts(&self) -> &crate::stats::Counts {
-        &self.counts
+    async fn enqueue_batch(
+        &self,
+        tenant_id: TenantId,
+        jobs: &[NewJob],
+        _announce: &[String],
+    ) -> Result<Vec<Enqueued>, StoreError> {
+        // One process: no other replica to tell.
+        self.enqueue_batch_now(tenant_id, jobs).await
     }
 
-    fn releases(&self) -> &crate::leases::Releases {
-        &self.releases
+    async fn claim(
+        &self,
+        agent: AgentId,
+        tenant: Option<TenantId>,
+        queues: &[String],
+        limit: u32,
+        lease: std::time::Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        self.claim_now(agent, tenant, queues, limit, lease).await
     }
 
-    fn signals(&self) -> &crate::signals::Signals {
-        &self.signals
+    async fn complete_batch(
+        &self,
+        agent: AgentId,
+        completions: &[Completion],
+    ) -> Result<Vec<bool>, StoreError> {
+        self.complete_batch_now(agent, completions).await
     }
-
-    fn credentials(&self) -> &crate::credentials::CredentialCache {
-        &self.credentials
-    }
-
-    fn agent_facts(&self) -> &crate::registry::AgentFactsCache {
-        &self.agents
-    }
-
-    async fn announce(&self, _shortfall: &[crate::signals::Shortfall]) {}
 
     async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {
         match self.writer.begin_with("BEGIN IMMEDIATE").await {

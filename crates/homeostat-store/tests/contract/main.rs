@@ -20,12 +20,5 @@ pub(crate) const LEASE: Duration = Duration::from_secs(60);
 
 /// Runs tampering SQL directly against the backend.
 pub(crate) async fn raw(store: &Store, sql: &'static str) {
-    match store {
-        Store::Sqlite(s) => {
-            sqlx::query(sql).execute(s.pool()).await.unwrap();
-        }
-        Store::Postgres(s) => {
-            sqlx::query(sql).execute(s.pool()).await.unwrap();
-        }
-    }
+    store.pool_for_tests().execute(sql).await.unwrap();
 }

@@ -1,0 +1,78 @@
+//! The store's audit log.
+
+use homeostat_model::NewAuditEvent;
+
+use super::{Db, Store};
+use crate::{AuditFilter, StoreError, VerifyReport, attention, audit, audit_log, time};
+
+impl Store {
+    // --- audit ------------------------------------------------------------
+
+    /// Appends events to the audit log (for state changes made outside the
+    /// store's own operations).
+    pub async fn append_audit(&self, events: &[NewAuditEvent]) -> Result<(), StoreError> {
+        dispatch!(self, audit_log::append_events(events, time::ms(self.now())))
+    }
+
+    /// Audit events after `after_seq`, oldest first.
+    pub async fn audit_events(
+        &self,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<homeostat_model::AuditEvent>, StoreError> {
+        let events = dispatch!(self, audit_log::events(after_seq, limit))?;
+        Ok(events.into_iter().map(public_event).collect())
+    }
+
+    /// The audit events about one subject (`job:<id>`, `agent:<id>`, …),
+    /// oldest first.
+    pub async fn audit_events_of(
+        &self,
+        subject: &str,
+        limit: u32,
+    ) -> Result<Vec<homeostat_model::AuditEvent>, StoreError> {
+        let events = dispatch!(self, audit_log::events_of(subject, limit))?;
+        Ok(events.into_iter().map(public_event).collect())
+    }
+
+    /// Audit events before `before_seq` (from the newest when `None`),
+    /// newest first, matching `filter`.
+    pub async fn audit_page(
+        &self,
+        filter: &AuditFilter,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<homeostat_model::AuditEvent>, StoreError> {
+        let events = dispatch!(self, attention::audit_page(filter, before_seq, limit))?;
+        Ok(events.into_iter().map(public_event).collect())
+    }
+
+    /// How many events the retained audit chain holds (what a verification
+    /// walks).
+    pub async fn audit_len(&self) -> Result<u64, StoreError> {
+        let (first, next) = dispatch!(self, attention::audit_span())?;
+        Ok(u64::try_from(next - first).unwrap_or(0))
+    }
+
+    /// Walks the whole chain, calling `progress` with the count checked after
+    /// each page, and reports the first broken link.
+    pub async fn verify_audit_chain(
+        &self,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> Result<VerifyReport, StoreError> {
+        dispatch!(self, audit_log::verify(progress))
+    }
+}
+
+fn public_event(e: audit::ChainedEvent) -> homeostat_model::AuditEvent {
+    homeostat_model::AuditEvent {
+        seq: e.seq,
+        at: time::ts(e.at_ms),
+        actor: e.actor,
+        action: e.action,
+        subject: e.subject,
+        details: serde_json::from_str(&e.details).unwrap_or(serde_json::Value::Null),
+        prev_hash: hex::encode(&e.prev_hash),
+        hash: hex::encode(&e.hash),
+    }
+}
