@@ -165,28 +165,86 @@ const TRANSITION: Sql = Sql::pair(
     ),
 );
 
-const LIST: Sql = Sql::pair(
-    concat!(
-        "SELECT ",
-        job_columns!(),
-        " FROM jobs
-         WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR state = $2)
+/// The filters of a job list after its `WHERE`, in SQLite's dialect.
+macro_rules! list_filters_sqlite {
+    () => {
+        "($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR state = $2)
            AND ($3 IS NULL OR queue = $3) AND ($4 IS NULL OR id < $4)
            AND ($6 IS NULL OR kind = $6) AND ($7 IS NULL OR lease_agent = $7)
            AND ($8 IS NULL OR instr(fingerprint, $8) > 0)
          ORDER BY id DESC LIMIT $5"
-    ),
-    concat!(
-        "SELECT ",
-        job_columns!(),
-        " FROM jobs
-         WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR state = $2::job_state)
+    };
+}
+
+/// [`list_filters_sqlite!`] in PostgreSQL's dialect.
+macro_rules! list_filters_pg {
+    () => {
+        "($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR state = $2::job_state)
            AND ($3::text IS NULL OR queue = $3) AND ($4::uuid IS NULL OR id < $4)
            AND ($6::text IS NULL OR kind = $6) AND ($7::uuid IS NULL OR lease_agent = $7)
            AND ($8::text IS NULL OR strpos(fingerprint, $8) > 0)
          ORDER BY id DESC LIMIT $5"
+    };
+}
+
+/// Jobs newest first, filtered (`$1` tenant, `$2` state, `$3` queue,
+/// `$4` before this id, `$5` limit, `$6` kind, `$7` agent, `$8` part of
+/// the fingerprint; each `NULL` for any).
+const LIST: Sql = Sql::pair(
+    concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE ",
+        list_filters_sqlite!()
+    ),
+    concat!(
+        "SELECT ",
+        job_columns!(),
+        " FROM jobs WHERE ",
+        list_filters_pg!()
     ),
 );
+
+/// [`LIST`] of the jobs in one state, the state a literal of the text.
+macro_rules! list_in {
+    ($state:literal) => {
+        Sql::pair(
+            concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE state = '",
+                $state,
+                "' AND ",
+                list_filters_sqlite!()
+            ),
+            concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM jobs WHERE state = '",
+                $state,
+                "' AND ",
+                list_filters_pg!()
+            ),
+        )
+    };
+}
+
+/// The list of the jobs in `state`. With the state as a literal, the
+/// planner can read that state's partial index (dead jobs newest first
+/// from `jobs_dead`) instead of walking every newer job to find a rare
+/// state; the generic `$2 IS NULL OR …` form matches no partial index.
+fn list_in_state(state: JobState) -> Sql {
+    match state {
+        JobState::Scheduled => list_in!("scheduled"),
+        JobState::AwaitingApproval => list_in!("awaiting_approval"),
+        JobState::Queued => list_in!("queued"),
+        JobState::Running => list_in!("running"),
+        JobState::Succeeded => list_in!("succeeded"),
+        JobState::Dead => list_in!("dead"),
+        JobState::Cancelled => list_in!("cancelled"),
+        JobState::Expired => list_in!("expired"),
+    }
+}
 
 pub(crate) async fn enqueue_periodic<B: Backend>(
     b: &B,
@@ -455,20 +513,7 @@ pub(crate) async fn list_jobs<B: Backend>(
     limit: u32,
 ) -> Result<Page<Job>, StoreError> {
     let limit = limit.clamp(1, 1000);
-    // With the state as a literal, the planner can read that state's
-    // partial index (dead jobs newest first from `jobs_dead`) instead of
-    // walking every newer job to find a rare state; the generic
-    // `$2 IS NULL OR …` form matches no partial index. The literal comes
-    // from the enum, never from the caller's text.
-    let stmt = match filter.state {
-        Some(state) => Stmt::dynamic(LIST.text::<B>().replacen(
-            "WHERE ",
-            &format!("WHERE state = '{}' AND ", state.as_str()),
-            1,
-        )),
-        None => Stmt::new::<B>(LIST),
-    };
-    let stmt = stmt
+    let stmt = Stmt::new::<B>(filter.state.map_or(LIST, list_in_state))
         .arg(filter.tenant_id)
         .arg(filter.state.map(|s| s.as_str()))
         .arg(filter.queue.as_deref())

@@ -434,7 +434,79 @@ async fn approving_late_does_not_expire_the_job(store: &Store) {
     assert_eq!(swept.ids, vec![id]);
 }
 
+async fn listing_by_state_finds_exactly_the_jobs_in_each_state(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, Some(t), &["q"]).await;
+    for _ in 0..4 {
+        store.at(at(1)).enqueue(t, &job("q")).await.unwrap();
+    }
+    let claimed = store.at(at(2)).claim(a, 4, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    store
+        .at(at(3))
+        .complete(a, claimed[0].id, claimed[0].lease_token, None)
+        .await
+        .unwrap();
+    for (c, permanent) in [(&claimed[1], false), (&claimed[2], true)] {
+        let failure = Failure {
+            agent: a,
+            id: c.id,
+            lease_token: c.lease_token,
+            error: "exit 1",
+            permanent,
+        };
+        store.at(at(3)).fail(&failure).await.unwrap();
+    }
+    store.at(at(4)).enqueue(t, &job("q")).await.unwrap();
+    let cancelled = store.at(at(4)).enqueue(t, &job("q")).await.unwrap().id;
+    store
+        .at(at(5))
+        .cancel(cancelled, "operator:test")
+        .await
+        .unwrap();
+    let mut approval = job("q");
+    approval.approval_expires_at = Some(at(10_000));
+    store.at(at(5)).enqueue(t, &approval).await.unwrap();
+    let mut overdue = job("q");
+    overdue.deadline = Some(at(50));
+    store.at(at(5)).enqueue(t, &overdue).await.unwrap();
+    store
+        .at(at(100))
+        .expire_overdue_queued(100, None)
+        .await
+        .unwrap();
+
+    let all = store
+        .list_jobs(&JobFilter::default(), None, 100)
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(all.len(), 8);
+    for state in JobState::ALL {
+        let filter = JobFilter {
+            state: Some(state),
+            ..JobFilter::default()
+        };
+        let listed: Vec<_> = store
+            .list_jobs(&filter, None, 100)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        let expected: Vec<_> = all
+            .iter()
+            .filter(|j| j.state == state)
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(listed, expected, "jobs listed as {}", state.as_str());
+        assert!(!listed.is_empty(), "no job ended {}", state.as_str());
+    }
+}
+
 on_both_backends!(
+    listing_by_state_finds_exactly_the_jobs_in_each_state,
     approving_late_does_not_expire_the_job,
     failed_attempts_are_kept_on_the_job,
     full_lifecycle,
