@@ -34,7 +34,7 @@ const LAST_SLOT: Sql = Sql::both("SELECT last_slot FROM periodic_slots WHERE nam
 /// (ms); the jobs whose lease was extended, with its new expiry. Lease
 /// tokens are claim counters, easy to guess: the holder is what proves the
 /// lease. The tokens are
-/// materialized on SQLite, as in `registry::HEARTBEATS`: a join on positions
+/// materialized on SQLite, as in `registry::agents::HEARTBEATS`: a join on positions
 /// to `json_each` itself re-reads the list for every id.
 const EXTEND_LEASES: Sql = Sql::pair(
     concat!(

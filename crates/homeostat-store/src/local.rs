@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::backend::{Heard, Hearing};
 use crate::credentials::CredentialCache;
 use crate::leases::Releases;
-use crate::registry::AgentFactsCache;
+use crate::registry::agents::AgentFactsCache;
 use crate::signals::Signals;
 use crate::stats::Counts;
 use crate::tally::Tally;

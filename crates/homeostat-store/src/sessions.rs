@@ -9,7 +9,7 @@ use homeostat_model::TokenId;
 
 use crate::backend::{Backend, RowExt, Sql, Stmt};
 use crate::error::{Context, StoreError};
-use crate::registry::identity;
+use crate::registry::tokens::identity;
 use crate::time::{dur_ms, ms};
 use crate::{ApiKeyIdentity, secret};
 

@@ -190,7 +190,7 @@ impl SqliteStore {
             rows
         };
         if rows.is_empty() {
-            registry::require_online(self, agent_id, op).await?;
+            registry::agents::require_online(self, agent_id, op).await?;
         }
         let mut claimed = Vec::with_capacity(rows.len());
         let mut order = Vec::with_capacity(rows.len());

@@ -92,10 +92,10 @@ impl Store {
         &self,
         agent: AgentId,
         op: &'static str,
-    ) -> Result<registry::AgentFacts, StoreError> {
+    ) -> Result<registry::agents::AgentFacts, StoreError> {
         dispatch!(
             self,
-            registry::agent_facts(&self.local.agent_facts, agent, op)
+            registry::agents::agent_facts(&self.local.agent_facts, agent, op)
         )
     }
 

@@ -24,7 +24,7 @@ impl Store {
         tier: PlanTier,
         actor: &str,
     ) -> Result<Tenant, StoreError> {
-        dispatch!(self, registry::create_tenant(name, tier, actor))
+        dispatch!(self, registry::tenants::create_tenant(name, tier, actor))
     }
 
     /// Changes a tenant's plan tier (audited).
@@ -34,17 +34,17 @@ impl Store {
         tier: PlanTier,
         actor: &str,
     ) -> Result<Tenant, StoreError> {
-        dispatch!(self, registry::set_tenant_tier(id, tier, actor))
+        dispatch!(self, registry::tenants::set_tenant_tier(id, tier, actor))
     }
 
     /// One tenant.
     pub async fn get_tenant(&self, id: TenantId) -> Result<Tenant, StoreError> {
-        dispatch!(self, registry::get_tenant(id))
+        dispatch!(self, registry::tenants::get_tenant(id))
     }
 
     /// Every tenant, by name.
     pub async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
-        dispatch!(self, registry::list_tenants())
+        dispatch!(self, registry::tenants::list_tenants())
     }
 
     /// Issues a bootstrap token for agents of a tenant (or platform agents),
@@ -55,7 +55,7 @@ impl Store {
         token: &NewBootstrapToken,
         actor: &str,
     ) -> Result<IssuedSecret, StoreError> {
-        dispatch!(self, registry::issue_bootstrap_token(token, actor))
+        dispatch!(self, registry::tokens::issue_bootstrap_token(token, actor))
     }
 
     /// Issues an API key (audited, without the secret).
@@ -65,7 +65,7 @@ impl Store {
         ttl: Option<Duration>,
         actor: &str,
     ) -> Result<IssuedSecret, StoreError> {
-        dispatch!(self, registry::issue_api_key(scope, ttl, actor))
+        dispatch!(self, registry::tokens::issue_api_key(scope, ttl, actor))
     }
 
     /// Tokens of one kind (of one tenant, or all), oldest first: their
@@ -75,12 +75,12 @@ impl Store {
         kind: TokenKind,
         tenant: Option<TenantId>,
     ) -> Result<Vec<TokenInfo>, StoreError> {
-        dispatch!(self, registry::list_tokens(kind, tenant))
+        dispatch!(self, registry::tokens::list_tokens(kind, tenant))
     }
 
     /// Revokes a token (audited).
     pub async fn revoke_token(&self, id: TokenId, actor: &str) -> Result<(), StoreError> {
-        let agent = dispatch!(self, registry::revoke_token(id, actor))?;
+        let agent = dispatch!(self, registry::tokens::revoke_token(id, actor))?;
         // Other replicas learn of it within `REVOCATION_CHECK`; this one now.
         self.local.credentials.forget(&Vec::from_iter(agent));
         Ok(())
@@ -88,7 +88,7 @@ impl Store {
 
     /// The scope of a live API key.
     pub async fn authenticate_api_key(&self, secret: &str) -> Result<ApiKeyIdentity, StoreError> {
-        dispatch!(self, registry::authenticate_api_key(secret))
+        dispatch!(self, registry::tokens::authenticate_api_key(secret))
     }
 
     /// Starts a dashboard session for the API key `token_id` (one the
@@ -132,7 +132,7 @@ impl Store {
     pub async fn authenticate_agent(&self, secret: &str) -> Result<AgentId, StoreError> {
         dispatch!(
             self,
-            registry::authenticate_agent(&self.local.credentials, secret)
+            registry::tokens::authenticate_agent(&self.local.credentials, secret)
         )
     }
 
@@ -143,7 +143,10 @@ impl Store {
         bootstrap_secret: &str,
         agent: &NewAgent,
     ) -> Result<(Agent, IssuedSecret), StoreError> {
-        dispatch!(self, registry::register_agent(bootstrap_secret, agent))
+        dispatch!(
+            self,
+            registry::agents::register_agent(bootstrap_secret, agent)
+        )
     }
 
     /// Records heartbeats of many agents in one statement; an offline agent
@@ -163,18 +166,18 @@ impl Store {
         &self,
         heard: &[(AgentId, Timestamp)],
     ) -> Result<Vec<(AgentId, homeostat_model::AgentStatus)>, StoreError> {
-        dispatch!(self, registry::record_heartbeats(heard))
+        dispatch!(self, registry::agents::record_heartbeats(heard))
     }
 
     /// One agent.
     pub async fn get_agent(&self, id: AgentId) -> Result<Agent, StoreError> {
-        dispatch!(self, registry::get_agent(id))
+        dispatch!(self, registry::agents::get_agent(id))
     }
 
     /// The queues at least one online agent claims from (draining and
     /// offline agents claim nothing).
     pub async fn served_queues(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
-        dispatch!(self, registry::served_queues())
+        dispatch!(self, registry::agents::served_queues())
     }
 
     /// The names of those of `ids` that exist (removed agents are absent).
@@ -182,7 +185,7 @@ impl Store {
         &self,
         ids: &[AgentId],
     ) -> Result<std::collections::HashMap<AgentId, String>, StoreError> {
-        dispatch!(self, registry::agent_names(ids))
+        dispatch!(self, registry::agents::agent_names(ids))
     }
 
     /// Agents, of one tenant or all, by name.
@@ -192,18 +195,18 @@ impl Store {
         after: Option<AgentId>,
         limit: u32,
     ) -> Result<Page<Agent, AgentId>, StoreError> {
-        dispatch!(self, registry::list_agents(filter, after, limit))
+        dispatch!(self, registry::agents::list_agents(filter, after, limit))
     }
 
     /// Stops an agent from claiming new jobs (audited).
     pub async fn drain_agent(&self, id: AgentId, actor: &str) -> Result<Agent, StoreError> {
-        dispatch!(self, registry::drain_agent(id, actor))
+        dispatch!(self, registry::agents::drain_agent(id, actor))
     }
 
     /// Undoes a drain: the agent claims again (audited). An offline agent
     /// is a conflict: it comes back by heartbeating.
     pub async fn resume_agent(&self, id: AgentId, actor: &str) -> Result<Agent, StoreError> {
-        dispatch!(self, registry::resume_agent(id, actor))
+        dispatch!(self, registry::agents::resume_agent(id, actor))
     }
 
     /// Records the agent process a heartbeat came from. When it is a new
@@ -218,7 +221,7 @@ impl Store {
         held: &[JobId],
     ) -> Result<Vec<JobId>, StoreError> {
         let new = incarnation.to_string();
-        let previous = dispatch!(self, registry::swap_incarnation(id, &new))?;
+        let previous = dispatch!(self, registry::agents::swap_incarnation(id, &new))?;
         if previous.is_none_or(|p| p == new) {
             return Ok(Vec::new());
         }
@@ -263,14 +266,14 @@ impl Store {
     /// `agent.removed`); its past jobs keep its id. An agent that is not
     /// offline is a conflict: revoke it, or drain it and let it stop, first.
     pub async fn remove_agent(&self, id: AgentId, actor: &str) -> Result<Agent, StoreError> {
-        let agent = dispatch!(self, registry::remove_agent(id, actor))?;
+        let agent = dispatch!(self, registry::agents::remove_agent(id, actor))?;
         self.forget_agents(&[id]);
         Ok(agent)
     }
 
     /// An agent's credentials: metadata, never a secret; revoked ones too.
     pub async fn agent_credentials(&self, id: AgentId) -> Result<Vec<TokenInfo>, StoreError> {
-        dispatch!(self, registry::agent_credentials(id))
+        dispatch!(self, registry::tokens::agent_credentials(id))
     }
 
     /// Revokes every credential of an agent (its next request is refused,
@@ -283,7 +286,7 @@ impl Store {
         id: AgentId,
         actor: &str,
     ) -> Result<homeostat_model::operator::RevokedAgent, StoreError> {
-        let (agent, credentials) = dispatch!(self, registry::revoke_agent(id, actor))?;
+        let (agent, credentials) = dispatch!(self, registry::tokens::revoke_agent(id, actor))?;
         // Other replicas learn of it within `REVOCATION_CHECK`; this one now.
         self.local.credentials.forget(&[id]);
         let dead = serde_json::json!({"reason": "its agent was revoked", "actor": actor});

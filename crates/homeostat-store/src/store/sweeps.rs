@@ -24,7 +24,7 @@ impl Store {
     ) -> Result<Vec<AgentId>, StoreError> {
         dispatch!(
             self,
-            registry::mark_silent_agents_offline(stale_after, limit, fence)
+            registry::agents::mark_silent_agents_offline(stale_after, limit, fence)
         )
     }
 
@@ -123,7 +123,7 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<u64, StoreError> {
-        dispatch!(self, registry::delete_dead_tokens(limit, fence))
+        dispatch!(self, registry::tokens::delete_dead_tokens(limit, fence))
     }
 
     /// Deletes up to `limit` agents offline and unheard for `offline_for`,
@@ -137,7 +137,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let forgotten = dispatch!(
             self,
-            registry::forget_departed_agents(offline_for, limit, fence)
+            registry::agents::forget_departed_agents(offline_for, limit, fence)
         )?;
         self.forget_agents(&forgotten);
         Ok(forgotten.len() as u64)

@@ -1,48 +1,26 @@
-//! Tenants, tokens and agents: the registry operations, audited.
+//! Agents: registered, heard, drained, resumed, removed, forgotten, marked offline; audited.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use homeostat_model::{
-    Agent, AgentId, AgentStatus, ApiScope, AuditAction, NewAgent, NewAuditEvent, PlanTier, Tenant,
-    TenantId, TokenId, TokenInfo, TokenKind, new_id,
+    Agent, AgentId, AgentStatus, AuditAction, NewAgent, NewAuditEvent, TenantId, TokenId,
+    TokenKind, new_id,
 };
 use homeostat_runtime::Fence;
 use jiff::Timestamp;
 use serde_json::json;
 
+use super::not_found;
+use super::tokens::{NewToken, insert_token, live_token, live_token_stmt, revoke_credentials_of};
 use crate::backend::{Backend, RowExt, Sql, Stmt, pg_judged};
-use crate::decisions::{actor_for, token_event};
-use crate::error::{Context, StoreError, corrupt, db_error};
+use crate::decisions::actor_for;
+use crate::error::{Context, StoreError, corrupt};
 use crate::leases::check_fence;
 use crate::rows::{self, agent_columns};
-use crate::time::{add, dur_ms, ms, ts};
-use crate::{ApiKeyIdentity, IssuedSecret, NewBootstrapToken, audit_log, secret};
+use crate::time::{dur_ms, ms, ts};
+use crate::{IssuedSecret, audit_log, secret};
 
-const INSERT_TENANT: Sql =
-    Sql::both("INSERT INTO tenants (id, name, tier, created_at) VALUES ($1, $2, $3, $4)");
-const SET_TIER: Sql =
-    Sql::both("UPDATE tenants SET tier = $1 WHERE id = $2 RETURNING id, name, tier, created_at");
-const TENANT: Sql = Sql::both("SELECT id, name, tier, created_at FROM tenants WHERE id = $1");
-const TENANTS: Sql = Sql::both("SELECT id, name, tier, created_at FROM tenants ORDER BY name");
-
-const INSERT_TOKEN: Sql = Sql::both(
-    "INSERT INTO tokens (id, kind, hash, tenant_id, agent_id, admin, expires_at, uses_left, created_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-);
-const REVOKE_TOKEN: Sql = Sql::both(
-    "UPDATE tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 RETURNING kind, agent_id",
-);
-const LIVE_TOKEN: Sql = Sql::both(
-    "SELECT id, hash, tenant_id, agent_id, admin, uses_left FROM tokens
-     WHERE hash = $1 AND kind = $2 AND revoked_at IS NULL
-       AND (expires_at IS NULL OR expires_at > $3)
-       AND (uses_left IS NULL OR uses_left > 0)",
-);
-const LIST_TOKENS: Sql = Sql::both(
-    "SELECT id, kind, tenant_id, agent_id, admin, expires_at, uses_left, revoked_at, created_at
-     FROM tokens WHERE kind = $1 AND ($2 IS NULL OR tenant_id = $2) ORDER BY id",
-);
 /// Takes one use, only if one is left: of concurrent registrations that all
 /// read the token as live, the statement admits as many as it has uses
 /// (on PostgreSQL each waits for the one before and re-reads the row).
@@ -50,13 +28,7 @@ const USE_TOKEN: Sql = Sql::both(
     "UPDATE tokens SET uses_left = uses_left - 1
      WHERE id = $1 AND (uses_left IS NULL OR uses_left > 0)",
 );
-const DELETE_DEAD_TOKENS: Sql = Sql::both(
-    "DELETE FROM tokens WHERE id IN (
-       SELECT id FROM tokens WHERE expires_at <= $1
-       UNION SELECT id FROM tokens WHERE uses_left = 0
-       UNION SELECT id FROM tokens WHERE revoked_at IS NOT NULL
-       LIMIT $2)",
-);
+
 /// `$1` heard before (ms), `$2` how many: the agents offline longest,
 /// deleted. The outer predicate is checked again on each row as it is
 /// deleted, so an agent heard in between (PostgreSQL) stays.
@@ -67,6 +39,7 @@ const FORGET_AGENTS: Sql = Sql::both(
      AND status = 'offline' AND last_heartbeat_at < $1
      RETURNING id",
 );
+
 /// `$1` the agents, `$2` now. Revoked rather than deleted: other replicas
 /// learn of revocations, not of deletions (token-cleanup deletes them).
 const REVOKE_AGENT_CREDENTIALS: Sql = Sql::pair(
@@ -75,8 +48,8 @@ const REVOKE_AGENT_CREDENTIALS: Sql = Sql::pair(
     "UPDATE tokens SET revoked_at = $2 WHERE agent_id = ANY($1::uuid[]) AND revoked_at IS NULL",
 );
 
-/// `$6` now (judged: the last heartbeat), `$7` now.
 const AGENT_FACTS: Sql = Sql::both("SELECT tenant_id, queues FROM agents WHERE id = $1");
+
 const AGENT_STATUS: Sql = Sql::both("SELECT status FROM agents WHERE id = $1");
 
 /// `$6` now (judged: the last heartbeat), `$7` now.
@@ -90,6 +63,7 @@ const INSERT_AGENT: Sql = Sql::pair(
         ", $7)"
     ),
 );
+
 /// `$1` now (judged), `$2` the agents, `$3` how long ago each was heard
 /// (ms). A late batch never moves a heartbeat back. An offline agent stays
 /// offline here: [`BACK_ONLINE`] brings it back, audited (rare, so the
@@ -113,6 +87,7 @@ const HEARTBEATS: Sql = Sql::pair(
          RETURNING agents.id AS id, agents.status AS status"
     ),
 );
+
 /// `$1` the agents heard while offline: online again, unless their
 /// credentials were revoked (a heartbeat heard before the revocation,
 /// written after it).
@@ -128,29 +103,36 @@ const BACK_ONLINE: Sql = Sql::pair(
                    AND tokens.kind = 'agent_credential' AND tokens.revoked_at IS NULL)
      RETURNING id",
 );
+
 const INCARNATION: Sql = Sql::both("SELECT incarnation FROM agents WHERE id = $1");
+
 const SET_INCARNATION: Sql = Sql::both("UPDATE agents SET incarnation = $2 WHERE id = $1");
+
 /// `$1` the agents: their names.
 const AGENT_NAMES: Sql = Sql::pair(
     "SELECT id, name FROM agents WHERE id IN (SELECT value FROM json_each($1))",
     "SELECT id, name FROM agents WHERE id = ANY($1::uuid[])",
 );
+
 /// The queues some online agent claims from.
 const SERVED_QUEUES: Sql = Sql::pair(
     "SELECT DISTINCT q.value AS queue FROM agents, json_each(agents.queues) AS q
      WHERE agents.status = 'online'",
     "SELECT DISTINCT q AS queue FROM agents, unnest(agents.queues) AS q WHERE agents.status = 'online'",
 );
+
 /// `$1` the agent: deleted if offline.
 const REMOVE_AGENT: Sql = Sql::both(concat!(
     "DELETE FROM agents WHERE id = $1 AND status = 'offline' RETURNING ",
     agent_columns!()
 ));
+
 const AGENT: Sql = Sql::both(concat!(
     "SELECT ",
     agent_columns!(),
     " FROM agents WHERE id = $1"
 ));
+
 /// `$1` tenant, `$2` status, `$3` the agent after which the page starts,
 /// `$4` the page's size: by name, then id (the `agents_status_name` and
 /// `agents_name` indexes).
@@ -170,29 +152,19 @@ const AGENTS: Sql = Sql::pair(
          ORDER BY name, id LIMIT $4"
     ),
 );
-/// `$1` now, `$2` the agent.
-const REVOKE_CREDENTIALS_OF: Sql = Sql::both(
-    "UPDATE tokens SET revoked_at = $1
-     WHERE agent_id = $2 AND kind = 'agent_credential' AND revoked_at IS NULL RETURNING id",
-);
-const AGENT_OFFLINE: Sql = Sql::both(concat!(
-    "UPDATE agents SET status = 'offline' WHERE id = $1 RETURNING ",
-    agent_columns!()
-));
-const AGENT_CREDENTIALS: Sql = Sql::both(
-    "SELECT id, kind, tenant_id, agent_id, admin, expires_at, uses_left, revoked_at, created_at
-     FROM tokens WHERE kind = 'agent_credential' AND agent_id = $1 ORDER BY id",
-);
+
 const DRAIN_AGENT: Sql = Sql::both(concat!(
     "UPDATE agents SET status = 'draining' WHERE id = $1 RETURNING ",
     agent_columns!()
 ));
+
 /// A draining agent claims again; an online one stays so; an offline one is
 /// refused (it comes back by heartbeating).
 const RESUME_AGENT: Sql = Sql::both(concat!(
     "UPDATE agents SET status = 'online' WHERE id = $1 AND status <> 'offline' RETURNING ",
     agent_columns!()
 ));
+
 /// `$1` now (judged), `$2` limit, `$3` the stale timeout (ms).
 const SILENT_AGENTS_OFFLINE: Sql = Sql::pair(
     "UPDATE agents SET status = 'offline'
@@ -208,412 +180,6 @@ const SILENT_AGENTS_OFFLINE: Sql = Sql::pair(
          RETURNING id"
     ),
 );
-
-fn not_found(entity: &'static str, id: impl ToString) -> StoreError {
-    StoreError::NotFound {
-        entity,
-        id: id.to_string(),
-    }
-}
-
-// --- tenants -----------------------------------------------------------
-
-pub(crate) async fn create_tenant<B: Backend>(
-    b: &B,
-    name: &str,
-    tier: PlanTier,
-    actor: &str,
-) -> Result<Tenant, StoreError> {
-    let now = b.now();
-    homeostat_model::validate_name("name", name)?;
-    let op = "creating a tenant";
-    let mut tx = b.begin(op).await?;
-    let tenant = Tenant {
-        id: new_id().into(),
-        name: name.to_owned(),
-        tier,
-        created_at: ts(ms(now)),
-    };
-    let stmt = Stmt::new::<B>(INSERT_TENANT)
-        .arg(tenant.id)
-        .arg(name)
-        .arg(tier.as_str())
-        .arg(ms(now));
-    B::execute_in(&mut tx, stmt).await.map_err(|e| match e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict {
-            operation: op,
-            entity: "tenant",
-            id: name.to_owned(),
-            reason: "a tenant with this name exists".into(),
-        },
-        e => db_error(op, e),
-    })?;
-    let event = NewAuditEvent {
-        actor: actor.to_owned(),
-        action: AuditAction::TenantCreated.into(),
-        subject: format!("tenant:{}", tenant.id),
-        details: json!({"name": name, "tier": tier}),
-    };
-    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
-    B::commit(tx, op).await?;
-    Ok(tenant)
-}
-
-pub(crate) async fn set_tenant_tier<B: Backend>(
-    b: &B,
-    id: TenantId,
-    tier: PlanTier,
-    actor: &str,
-) -> Result<Tenant, StoreError> {
-    let now = b.now();
-    let op = "changing a tenant's tier";
-    let mut tx = b.begin(op).await?;
-    let stmt = Stmt::new::<B>(SET_TIER).arg(tier.as_str()).arg(id);
-    let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
-    let row = rows.first().ok_or_else(|| not_found("tenant", id))?;
-    let event = NewAuditEvent {
-        actor: actor.to_owned(),
-        action: AuditAction::TenantTierChanged.into(),
-        subject: format!("tenant:{id}"),
-        details: json!({"tier": tier}),
-    };
-    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
-    B::commit(tx, op).await?;
-    rows::tenant(row)
-}
-
-pub(crate) async fn get_tenant<B: Backend>(b: &B, id: TenantId) -> Result<Tenant, StoreError> {
-    let rows = b
-        .fetch(Stmt::new::<B>(TENANT).arg(id))
-        .await
-        .op("reading a tenant")?;
-    rows::tenant(rows.first().ok_or_else(|| not_found("tenant", id))?)
-}
-
-pub(crate) async fn list_tenants<B: Backend>(b: &B) -> Result<Vec<Tenant>, StoreError> {
-    b.fetch(Stmt::new::<B>(TENANTS))
-        .await
-        .op("listing tenants")?
-        .iter()
-        .map(rows::tenant)
-        .collect()
-}
-
-// --- tokens ------------------------------------------------------------
-
-/// A token to store: who it is for and how long it lives.
-struct NewToken {
-    kind: TokenKind,
-    prefix: &'static str,
-    tenant_id: Option<TenantId>,
-    agent_id: Option<AgentId>,
-    admin: bool,
-    expires_at: Option<i64>,
-    uses_left: Option<u32>,
-}
-
-async fn insert_token<B: Backend>(
-    tx: &mut B::Tx,
-    token: NewToken,
-    now: Timestamp,
-) -> Result<IssuedSecret, StoreError> {
-    let secret = secret::generate(token.prefix);
-    let info = TokenInfo {
-        id: new_id().into(),
-        kind: token.kind,
-        tenant_id: token.tenant_id,
-        agent_id: token.agent_id,
-        admin: token.admin,
-        expires_at: token.expires_at.map(ts),
-        uses_left: token.uses_left,
-        revoked_at: None,
-        created_at: ts(ms(now)),
-    };
-    let hash = secret::hash(&secret);
-    let stmt = Stmt::new::<B>(INSERT_TOKEN)
-        .arg(info.id)
-        .arg(token.kind.as_str())
-        .arg(hash.as_slice())
-        .arg(token.tenant_id)
-        .arg(token.agent_id)
-        .arg(token.admin)
-        .arg(token.expires_at)
-        .arg(token.uses_left.map(i64::from))
-        .arg(ms(now));
-    B::execute_in(tx, stmt).await.op("storing a token")?;
-    Ok(IssuedSecret { info, secret })
-}
-
-async fn issue<B: Backend>(
-    b: &B,
-    op: &'static str,
-    token: NewToken,
-    actor: &str,
-    now: Timestamp,
-) -> Result<IssuedSecret, StoreError> {
-    let mut tx = b.begin(op).await?;
-    let issued = insert_token::<B>(&mut tx, token, now).await?;
-    let event = token_event(actor, AuditAction::TokenCreated.as_str(), &issued.info);
-    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
-    B::commit(tx, op).await?;
-    Ok(issued)
-}
-
-pub(crate) async fn issue_bootstrap_token<B: Backend>(
-    b: &B,
-    new: &NewBootstrapToken,
-    actor: &str,
-) -> Result<IssuedSecret, StoreError> {
-    let now = b.now();
-    let token = NewToken {
-        kind: TokenKind::Bootstrap,
-        prefix: "hsb",
-        tenant_id: new.tenant_id,
-        agent_id: None,
-        admin: false,
-        expires_at: Some(add(now, new.ttl)),
-        uses_left: Some(new.uses),
-    };
-    issue(b, "issuing a bootstrap token", token, actor, now).await
-}
-
-pub(crate) async fn issue_api_key<B: Backend>(
-    b: &B,
-    scope: ApiScope,
-    ttl: Option<Duration>,
-    actor: &str,
-) -> Result<IssuedSecret, StoreError> {
-    let now = b.now();
-    let (tenant_id, admin) = match scope {
-        ApiScope::Admin => (None, true),
-        ApiScope::Tenant(t) => (Some(t), false),
-        // Neither every tenant's rights nor one tenant's: read only.
-        ApiScope::Viewer => (None, false),
-    };
-    let token = NewToken {
-        kind: TokenKind::ApiKey,
-        prefix: "hsk",
-        tenant_id,
-        agent_id: None,
-        admin,
-        expires_at: ttl.map(|t| add(now, t)),
-        uses_left: None,
-    };
-    issue(b, "issuing an API key", token, actor, now).await
-}
-
-pub(crate) async fn list_tokens<B: Backend>(
-    b: &B,
-    kind: TokenKind,
-    tenant: Option<TenantId>,
-) -> Result<Vec<TokenInfo>, StoreError> {
-    let op = "listing tokens";
-    let stmt = Stmt::new::<B>(LIST_TOKENS).arg(kind.as_str()).arg(tenant);
-    let rows = b.fetch(stmt).await.op(op)?;
-    rows.iter().map(|r| token_info(r, kind, op)).collect()
-}
-
-/// An agent's credentials (metadata, never the secret), revoked ones too.
-pub(crate) async fn agent_credentials<B: Backend>(
-    b: &B,
-    agent: AgentId,
-) -> Result<Vec<TokenInfo>, StoreError> {
-    let op = "listing an agent's credentials";
-    let rows = b
-        .fetch(Stmt::new::<B>(AGENT_CREDENTIALS).arg(agent))
-        .await
-        .op(op)?;
-    rows.iter()
-        .map(|r| token_info(r, TokenKind::AgentCredential, op))
-        .collect()
-}
-
-fn token_info<R: RowExt>(
-    r: &R,
-    kind: TokenKind,
-    op: &'static str,
-) -> Result<TokenInfo, StoreError> {
-    Ok(TokenInfo {
-        id: r.id("id")?,
-        kind,
-        tenant_id: r.opt_id("tenant_id")?,
-        agent_id: r.opt_id("agent_id")?,
-        admin: r.flag("admin")?,
-        expires_at: r.opt_int("expires_at")?.map(ts),
-        uses_left: r
-            .opt_int("uses_left")?
-            .map(|n| u32::try_from(n).map_err(|_| corrupt(op, "uses_left out of range")))
-            .transpose()?,
-        revoked_at: r.opt_int("revoked_at")?.map(ts),
-        created_at: ts(r.int("created_at")?),
-    })
-}
-
-/// Revokes every live credential of an agent and takes it offline, audited
-/// in one transaction; its running jobs are reclaimed next (by the caller).
-pub(crate) async fn revoke_agent<B: Backend>(
-    b: &B,
-    id: AgentId,
-    actor: &str,
-) -> Result<(Agent, Vec<TokenId>), StoreError> {
-    let now = b.now();
-    let op = "revoking an agent";
-    let mut tx = b.begin(op).await?;
-    let rows = B::fetch_in(&mut tx, Stmt::new::<B>(AGENT_OFFLINE).arg(id))
-        .await
-        .op(op)?;
-    let agent = rows::agent(rows.first().ok_or_else(|| not_found("agent", id))?)?;
-    let stmt = Stmt::new::<B>(REVOKE_CREDENTIALS_OF).arg(ms(now)).arg(id);
-    let revoked = B::fetch_in(&mut tx, stmt)
-        .await
-        .op(op)?
-        .iter()
-        .map(|r| r.id::<TokenId>("id"))
-        .collect::<Result<Vec<_>, _>>()?;
-    let event = NewAuditEvent {
-        actor: actor.to_owned(),
-        action: AuditAction::AgentRevoked.into(),
-        subject: format!("agent:{id}"),
-        details: json!({"credentials": revoked, "tenant_id": agent.tenant_id}),
-    };
-    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
-    B::commit(tx, op).await?;
-    Ok((agent, revoked))
-}
-
-/// Revokes a token; the agent it was the credential of, if any.
-pub(crate) async fn revoke_token<B: Backend>(
-    b: &B,
-    id: TokenId,
-    actor: &str,
-) -> Result<Option<AgentId>, StoreError> {
-    let now = b.now();
-    let op = "revoking a token";
-    let mut tx = b.begin(op).await?;
-    let stmt = Stmt::new::<B>(REVOKE_TOKEN).arg(ms(now)).arg(id);
-    let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
-    let row = rows.first().ok_or_else(|| not_found("token", id))?;
-    let kind = row.text("kind")?;
-    let agent: Option<AgentId> = row.opt_id("agent_id")?;
-    let event = NewAuditEvent {
-        actor: actor.to_owned(),
-        action: AuditAction::TokenRevoked.into(),
-        subject: format!("token:{id}"),
-        details: json!({"kind": kind}),
-    };
-    audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
-    B::commit(tx, op).await?;
-    Ok(agent)
-}
-
-/// A live token of `kind` with this secret, compared in constant time.
-fn live_token<B: Backend>(
-    rows: Vec<B::Row>,
-    presented: &[u8; 32],
-) -> Result<Option<B::Row>, StoreError> {
-    for row in rows {
-        if secret::matches(&row.bytes("hash")?, presented) {
-            return Ok(Some(row));
-        }
-    }
-    Ok(None)
-}
-
-fn live_token_stmt<'a, B: Backend>(
-    presented: &'a [u8; 32],
-    kind: TokenKind,
-    now: Timestamp,
-) -> Stmt<'a> {
-    Stmt::new::<B>(LIVE_TOKEN)
-        .arg(presented.as_slice())
-        .arg(kind.as_str())
-        .arg(ms(now))
-}
-
-pub(crate) async fn authenticate_api_key<B: Backend>(
-    b: &B,
-    secret_text: &str,
-) -> Result<ApiKeyIdentity, StoreError> {
-    let now = b.now();
-    let op = "checking a token";
-    let presented = secret::hash(secret_text);
-    let rows = b
-        .fetch(live_token_stmt::<B>(&presented, TokenKind::ApiKey, now))
-        .await
-        .op(op)?;
-    let row =
-        live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized { kind: "API key" })?;
-    identity(&row)
-}
-
-/// Who an API key's row (`id`, `admin`, `tenant_id`) is.
-pub(crate) fn identity<R: RowExt>(row: &R) -> Result<ApiKeyIdentity, StoreError> {
-    let scope = match (row.flag("admin")?, row.opt_id("tenant_id")?) {
-        (true, _) => ApiScope::Admin,
-        (false, Some(tenant)) => ApiScope::Tenant(tenant),
-        (false, None) => ApiScope::Viewer,
-    };
-    Ok(ApiKeyIdentity {
-        token_id: row.id("id")?,
-        scope,
-    })
-}
-
-pub(crate) async fn authenticate_agent<B: Backend>(
-    b: &B,
-    known: &crate::credentials::CredentialCache,
-    secret_text: &str,
-) -> Result<AgentId, StoreError> {
-    let presented = secret::hash(secret_text);
-    crate::credentials::check_revocations(b, known).await?;
-    if let Some(agent) = known.get(&presented) {
-        return Ok(agent);
-    }
-    let now = b.now();
-    let op = "checking a token";
-    let rows = b
-        .fetch(live_token_stmt::<B>(
-            &presented,
-            TokenKind::AgentCredential,
-            now,
-        ))
-        .await
-        .op(op)?;
-    let row = live_token::<B>(rows, &presented)?.ok_or(StoreError::Unauthorized {
-        kind: "agent credential",
-    })?;
-    let agent = row
-        .opt_id("agent_id")?
-        .ok_or_else(|| corrupt(op, "agent credential without an agent"))?;
-    known.insert(presented, agent);
-    Ok(agent)
-}
-
-pub(crate) async fn delete_dead_tokens<B: Backend>(
-    b: &B,
-    limit: u32,
-    fence: Option<&Fence>,
-) -> Result<u64, StoreError> {
-    let now = b.now();
-    let op = AuditAction::TokensDeleted.as_str();
-    let mut tx = b.begin(op).await?;
-    check_fence::<B>(&mut tx, fence, op).await?;
-    let stmt = Stmt::new::<B>(DELETE_DEAD_TOKENS)
-        .arg(ms(now))
-        .arg(i64::from(limit));
-    let n = B::execute_in(&mut tx, stmt).await.op(op)?;
-    if n > 0 {
-        let event = NewAuditEvent {
-            actor: actor_for(fence),
-            action: op.into(),
-            subject: "tokens".into(),
-            details: json!({"count": n, "reason": "expired, used up or revoked"}),
-        };
-        audit_log::append::<B>(&mut tx, &[event], ms(now)).await?;
-    }
-    B::commit(tx, op).await?;
-    Ok(n)
-}
 
 /// Deletes up to `limit` agents offline and unheard for `offline_for`
 /// (autoscaled runners that came and went), oldest first, and revokes their
@@ -661,8 +227,6 @@ pub(crate) async fn forget_departed_agents<B: Backend>(
     B::commit(tx, op).await?;
     Ok(forgotten.into_iter().map(AgentId::from).collect())
 }
-
-// --- agents ------------------------------------------------------------
 
 /// An agent's tenant and queues. They never change after registration, so
 /// claims read them from a cache instead of a statement of their own.
@@ -902,13 +466,7 @@ pub(crate) async fn remove_agent<B: Backend>(
         .await);
     };
     let agent = rows::agent(row)?;
-    let stmt = Stmt::new::<B>(REVOKE_CREDENTIALS_OF).arg(ms(now)).arg(id);
-    let revoked = B::fetch_in(&mut tx, stmt)
-        .await
-        .op(op)?
-        .iter()
-        .map(|r| r.id::<TokenId>("id"))
-        .collect::<Result<Vec<_>, _>>()?;
+    let revoked = revoke_credentials_of::<B>(&mut tx, id, ms(now), op).await?;
     let event = NewAuditEvent {
         actor: actor.to_owned(),
         action: AuditAction::AgentRemoved.into(),
