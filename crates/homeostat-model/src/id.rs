@@ -110,6 +110,11 @@ typed_id!(
     NotificationId,
     "notification"
 );
+typed_id!(
+    /// Identifies a verification of the audit chain.
+    VerificationId,
+    "verification"
+);
 
 #[cfg(test)]
 mod tests {

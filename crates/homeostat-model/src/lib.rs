@@ -24,7 +24,7 @@ pub use agent::{Agent, AgentStatus, NewAgent};
 pub use audit::{AuditAction, AuditEvent, NewAuditEvent};
 pub use error::ValidationError;
 pub use error_code::ErrorCode;
-pub use id::{AgentId, JobId, NotificationId, TenantId, TokenId};
+pub use id::{AgentId, JobId, NotificationId, TenantId, TokenId, VerificationId};
 pub use job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, FailedAttempt, Job, JobState, MAX_PAYLOAD_BYTES,
     MAX_TIMEOUT, NewJob,

@@ -201,7 +201,7 @@ pub struct ChainBreak {
     pub reason: String,
 }
 
-/// The outcome of walking the audit chain (`POST /v1/audit/verify`).
+/// The outcome of one walk of the audit chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VerifyReport {
@@ -211,6 +211,89 @@ pub struct VerifyReport {
     pub first_seq: i64,
     /// The first break, if any.
     pub first_break: Option<ChainBreak>,
+}
+
+/// Where a verification of the audit chain is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum VerificationState {
+    /// Requested; the audit-chain-verify leader picks it up on its next run.
+    Pending,
+    /// Being walked; `checked` grows.
+    Running,
+    /// Walked to the head: every event verifies.
+    Intact,
+    /// Walked to the first break (`first_break`).
+    Broken,
+    /// Stopped before the end (`error` says why); request another.
+    Failed,
+}
+
+impl VerificationState {
+    /// The state's wire spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Intact => "intact",
+            Self::Broken => "broken",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Whether the walk is over (intact, broken or failed).
+    pub const fn is_finished(self) -> bool {
+        matches!(self, Self::Intact | Self::Broken | Self::Failed)
+    }
+}
+
+impl std::str::FromStr for VerificationState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        [
+            Self::Pending,
+            Self::Running,
+            Self::Intact,
+            Self::Broken,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+        .ok_or_else(|| format!("unknown verification state {s:?}"))
+    }
+}
+
+/// A verification of the audit chain (`POST /v1/audit/verify`, `GET
+/// /v1/audit/verifications/{id}`): requested by an operator or by the
+/// audit-chain-verify controller's own schedule, walked by that
+/// controller's leader, its progress stored so every replica reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditVerification {
+    /// The verification's id.
+    pub id: crate::VerificationId,
+    /// Where it is.
+    pub state: VerificationState,
+    /// Who asked: an API key's actor, or `controller:audit-chain-verify`.
+    pub requested_by: String,
+    /// When it was asked for.
+    pub requested_at: jiff::Timestamp,
+    /// When the walk began (the latest start, if a leader's loss restarted it).
+    pub started_at: Option<jiff::Timestamp>,
+    /// When the walk ended.
+    pub finished_at: Option<jiff::Timestamp>,
+    /// Events checked so far.
+    pub checked: u64,
+    /// Events in the chain when the walk began (0 before).
+    pub total: u64,
+    /// Sequence number the retained chain started at, once walked.
+    pub first_seq: Option<i64>,
+    /// The first break, when broken.
+    pub first_break: Option<ChainBreak>,
+    /// Why the walk stopped, when failed.
+    pub error: Option<String>,
 }
 
 /// What a controller's run would change now (`GET

@@ -15,6 +15,7 @@ use std::future::Future;
 
 use homeostat_model::{
     AgentId, ClaimedJob, Completion, Id, JobId, NewJob, NotificationId, TenantId, TokenId,
+    VerificationId,
 };
 use jiff::Timestamp;
 
@@ -219,7 +220,15 @@ macro_rules! id_args {
     )*};
 }
 
-id_args!(Id, JobId, AgentId, TenantId, TokenId, NotificationId);
+id_args!(
+    Id,
+    JobId,
+    AgentId,
+    TenantId,
+    TokenId,
+    NotificationId,
+    VerificationId
+);
 
 impl<'a> From<&'a [i64]> for Arg<'a> {
     fn from(v: &'a [i64]) -> Self {

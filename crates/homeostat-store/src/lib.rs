@@ -63,6 +63,7 @@ mod sweeps;
 mod tally;
 mod time;
 mod types;
+mod verifications;
 
 pub use attention::MinuteOutcomes;
 pub use audit::{ChainBreak, VerifyReport};
@@ -83,3 +84,4 @@ pub use types::{
     IssuedSecret, JobFilter, JobRetention, NOTIFICATION_MAX_ATTEMPTS, NewBootstrapToken, Once,
     PeriodicEnqueue, StoreClock, StoreOptions, Swept, notification_backoff,
 };
+pub use verifications::{KEPT as VERIFICATIONS_KEPT, MAX_ATTEMPTS as MAX_VERIFICATION_ATTEMPTS};

@@ -57,6 +57,11 @@ pub(crate) const SQLITE: Set = &[
         "controller status, credentials by agent",
         include_str!("../migrations/sqlite/0010_status_and_credentials.sql"),
     ),
+    (
+        11,
+        "audit verifications",
+        include_str!("../migrations/sqlite/0011_audit_verifications.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -125,6 +130,11 @@ pub(crate) const POSTGRES: Set = &[
         13,
         "controller status, credentials by agent",
         include_str!("../migrations/postgres/0013_status_and_credentials.sql"),
+    ),
+    (
+        14,
+        "audit verifications",
+        include_str!("../migrations/postgres/0014_audit_verifications.sql"),
     ),
 ];
 

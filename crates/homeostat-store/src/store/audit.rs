@@ -1,9 +1,15 @@
 //! The store's audit log.
 
-use homeostat_model::NewAuditEvent;
+use std::time::Duration;
+
+use homeostat_model::operator::AuditVerification;
+use homeostat_model::{NewAuditEvent, VerificationId};
+use homeostat_runtime::Fence;
 
 use super::{Db, Store};
-use crate::{AuditFilter, StoreError, VerifyReport, attention, audit, audit_log, time};
+use crate::{
+    AuditFilter, StoreError, VerifyReport, attention, audit, audit_log, time, verifications,
+};
 
 impl Store {
     // --- audit ------------------------------------------------------------
@@ -61,6 +67,75 @@ impl Store {
         progress: &mut (dyn FnMut(u64) + Send),
     ) -> Result<VerifyReport, StoreError> {
         dispatch!(self, audit_log::verify(progress))
+    }
+
+    // --- verifications of the chain, walked by audit-chain-verify ------------
+
+    /// Asks for the chain to be verified: a new verification, pending until
+    /// the audit-chain-verify leader walks it, or the one already open.
+    pub async fn request_audit_verification(
+        &self,
+        by: &str,
+    ) -> Result<AuditVerification, StoreError> {
+        let open = dispatch!(self, verifications::request(by, None))?;
+        open.ok_or_else(|| crate::error::corrupt("requesting an audit verification", "none open"))
+    }
+
+    /// Opens a verification only if none was requested in the last `every`
+    /// (and none is open); the one opened.
+    pub async fn schedule_audit_verification(
+        &self,
+        by: &str,
+        every: Duration,
+    ) -> Result<Option<AuditVerification>, StoreError> {
+        dispatch!(self, verifications::request(by, Some(every)))
+    }
+
+    /// One verification.
+    pub async fn audit_verification(
+        &self,
+        id: VerificationId,
+    ) -> Result<AuditVerification, StoreError> {
+        dispatch!(self, verifications::get(id))
+    }
+
+    /// The newest verifications, newest first (the store keeps
+    /// [`crate::VERIFICATIONS_KEPT`] finished ones).
+    pub async fn audit_verifications(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<AuditVerification>, StoreError> {
+        dispatch!(self, verifications::latest(limit))
+    }
+
+    /// Takes the open verification for walking (fenced: only the
+    /// audit-chain-verify leader walks); `None` when none is open.
+    pub async fn start_audit_verification(
+        &self,
+        fence: Option<&Fence>,
+    ) -> Result<Option<AuditVerification>, StoreError> {
+        let total = self.audit_len().await?;
+        dispatch!(self, verifications::start(total, fence))
+    }
+
+    /// Records how far a running walk has got.
+    pub async fn record_audit_verification_progress(
+        &self,
+        id: VerificationId,
+        checked: u64,
+    ) -> Result<(), StoreError> {
+        dispatch!(self, verifications::progress(id, checked))
+    }
+
+    /// Records a walk's outcome: its report, or why it stopped. `None` if
+    /// the verification was no longer open.
+    pub async fn finish_audit_verification(
+        &self,
+        id: VerificationId,
+        outcome: Result<&VerifyReport, &str>,
+        fence: Option<&Fence>,
+    ) -> Result<Option<AuditVerification>, StoreError> {
+        dispatch!(self, verifications::finish(id, outcome, fence))
     }
 }
 

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use homeostat_store::{AuditRetentionRun, Store};
+use homeostat_runtime::{Fence, LeaseStore};
+use homeostat_store::{AuditRetentionRun, Store, StoreError};
 use homeostat_testkit::{At, at, on_both_backends};
 use serde_json::json;
 
@@ -262,7 +263,233 @@ async fn verification_while_writers_append_is_always_intact(store: &Store) {
     assert!(broken.reason.contains("deleted"), "{broken:?}");
 }
 
+async fn a_verification_is_requested_once_walked_by_the_leader_and_read_by_anyone(
+    store: &Store,
+) {
+    use homeostat_model::operator::VerificationState::{Broken, Intact, Pending, Running};
+    store
+        .append_audit(&[homeostat_model::NewAuditEvent {
+            actor: "operator:test".into(),
+            action: "test.event".into(),
+            subject: "thing:1".into(),
+            details: json!({}),
+        }])
+        .await
+        .unwrap();
+    let asked = store
+        .at(at(1))
+        .request_audit_verification("operator:alice")
+        .await
+        .unwrap();
+    assert_eq!(
+        (asked.state, asked.requested_by.as_str(), asked.requested_at),
+        (Pending, "operator:alice", at(1))
+    );
+    // A second request while one is open joins it.
+    let again = store
+        .request_audit_verification("operator:bob")
+        .await
+        .unwrap();
+    assert_eq!(again.id, asked.id);
+
+    let ttl = Duration::from_secs(60);
+    let lease = store
+        .acquire("audit-chain-verify", "replica-a", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    let fence = Fence {
+        name: lease.name.clone(),
+        epoch: lease.epoch,
+    };
+    let running = store
+        .at(at(2))
+        .start_audit_verification(Some(&fence))
+        .await
+        .unwrap()
+        .expect("the open verification is taken");
+    assert_eq!(
+        (running.id, running.state, running.started_at, running.total),
+        (asked.id, Running, Some(at(2)), 1)
+    );
+    store
+        .record_audit_verification_progress(asked.id, 1)
+        .await
+        .unwrap();
+    assert_eq!(store.audit_verification(asked.id).await.unwrap().checked, 1);
+
+    // A deposed leader cannot record an outcome.
+    store.release(&lease).await.unwrap();
+    let new = store
+        .acquire("audit-chain-verify", "replica-b", ttl)
+        .await
+        .unwrap()
+        .unwrap();
+    let report = store.verify_audit_chain(&mut |_| {}).await.unwrap();
+    let err = store
+        .finish_audit_verification(asked.id, Ok(&report), Some(&fence))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Fenced { .. }), "{err}");
+    let new_fence = Fence {
+        name: new.name.clone(),
+        epoch: new.epoch,
+    };
+    let done = store
+        .at(at(3))
+        .finish_audit_verification(asked.id, Ok(&report), Some(&new_fence))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.state, done.checked, done.finished_at, done.first_break),
+        (Intact, 1, Some(at(3)), None)
+    );
+    assert_eq!(
+        store.start_audit_verification(None).await.unwrap(),
+        None,
+        "nothing open to walk"
+    );
+
+    // A finished one is history: the next request opens another.
+    let next = store
+        .at(at(4))
+        .request_audit_verification("operator:bob")
+        .await
+        .unwrap();
+    assert_ne!(next.id, asked.id);
+    store.start_audit_verification(None).await.unwrap().unwrap();
+    let broken = homeostat_store::VerifyReport {
+        checked: 0,
+        first_seq: 1,
+        first_break: Some(homeostat_store::ChainBreak {
+            seq: 1,
+            reason: "edited".into(),
+        }),
+    };
+    let done = store
+        .finish_audit_verification(next.id, Ok(&broken), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((done.state, done.first_break), (Broken, broken.first_break));
+    let listed: Vec<_> = store
+        .audit_verifications(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    assert_eq!(listed, vec![next.id, asked.id], "newest first");
+    let missing = homeostat_model::VerificationId::from_uuid(homeostat_model::new_id());
+    assert!(matches!(
+        store.audit_verification(missing).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn an_interrupted_walk_starts_over_then_fails(store: &Store) {
+    use homeostat_model::operator::VerificationState::{Failed, Running};
+    let asked = store
+        .request_audit_verification("operator:alice")
+        .await
+        .unwrap();
+    for attempt in 1..=homeostat_store::MAX_VERIFICATION_ATTEMPTS {
+        // Each start finds the walk the last leader left running.
+        let v = store.start_audit_verification(None).await.unwrap().unwrap();
+        assert_eq!((v.id, v.state), (asked.id, Running), "attempt {attempt}");
+    }
+    assert_eq!(store.start_audit_verification(None).await.unwrap(), None);
+    let v = store.audit_verification(asked.id).await.unwrap();
+    assert_eq!(v.state, Failed);
+    assert!(v.error.unwrap().contains("interrupted 3 times"));
+    // Failed is finished: a new request opens a new one.
+    let again = store
+        .request_audit_verification("operator:alice")
+        .await
+        .unwrap();
+    assert_ne!(again.id, asked.id);
+}
+
+async fn the_schedule_opens_a_verification_only_when_none_was_asked_for_lately(store: &Store) {
+    let every = Duration::from_secs(3600);
+    let first = store
+        .at(at(0))
+        .schedule_audit_verification("controller:audit-chain-verify", every)
+        .await
+        .unwrap()
+        .expect("none asked for yet");
+    assert_eq!(
+        store
+            .at(at(10))
+            .schedule_audit_verification("controller:audit-chain-verify", every)
+            .await
+            .unwrap(),
+        None,
+        "one is open"
+    );
+    store.start_audit_verification(None).await.unwrap().unwrap();
+    store
+        .finish_audit_verification(first.id, Err("stopped"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        store
+            .at(at(3599))
+            .schedule_audit_verification("controller:audit-chain-verify", every)
+            .await
+            .unwrap(),
+        None,
+        "the last was asked for within the hour"
+    );
+    let second = store
+        .at(at(3601))
+        .schedule_audit_verification("controller:audit-chain-verify", every)
+        .await
+        .unwrap()
+        .expect("an hour after the last");
+    assert_ne!(second.id, first.id);
+}
+
+async fn only_the_newest_finished_verifications_are_kept(store: &Store) {
+    let kept = homeostat_store::VERIFICATIONS_KEPT as usize;
+    let mut ids = Vec::new();
+    for i in 0..kept + 3 {
+        let v = store
+            .at(at(i as i64))
+            .request_audit_verification("operator:alice")
+            .await
+            .unwrap();
+        store.start_audit_verification(None).await.unwrap().unwrap();
+        store
+            .finish_audit_verification(v.id, Err("stopped"), None)
+            .await
+            .unwrap();
+        ids.push(v.id);
+    }
+    let open = store
+        .at(at(1000))
+        .request_audit_verification("operator:alice")
+        .await
+        .unwrap();
+    let listed: Vec<_> = store
+        .audit_verifications(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id)
+        .collect();
+    let mut expected = vec![open.id];
+    expected.extend(ids.iter().rev().take(kept - 1));
+    assert_eq!(listed, expected, "the open one and the newest finished");
+}
+
 on_both_backends!(
+    a_verification_is_requested_once_walked_by_the_leader_and_read_by_anyone,
+    an_interrupted_walk_starts_over_then_fails,
+    the_schedule_opens_a_verification_only_when_none_was_asked_for_lately,
+    only_the_newest_finished_verifications_are_kept,
     verification_while_writers_append_is_always_intact,
     the_audit_chain_detects_edits_deletions_and_reordering,
     audit_retention_keeps_the_chain_verifiable,

@@ -1,0 +1,24 @@
+-- Verifications of the audit chain: requested by an operator (or by the
+-- audit-chain-verify controller's own schedule), walked by that
+-- controller's leader, progress and outcome stored so that every replica
+-- reads them.
+CREATE TABLE audit_verifications (
+    id            TEXT PRIMARY KEY,
+    state         TEXT NOT NULL,
+    requested_by  TEXT NOT NULL,
+    requested_at  INTEGER NOT NULL,
+    started_at    INTEGER,
+    finished_at   INTEGER,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    checked       INTEGER NOT NULL DEFAULT 0,
+    total         INTEGER NOT NULL DEFAULT 0,
+    first_seq     INTEGER,
+    break_seq     INTEGER,
+    break_reason  TEXT,
+    error         TEXT
+);
+
+-- At most one verification is open (pending or running): a request while
+-- one is open joins it.
+CREATE UNIQUE INDEX audit_verifications_open ON audit_verifications ((state IN ('pending', 'running')))
+    WHERE state IN ('pending', 'running');
