@@ -98,6 +98,23 @@ pub struct AuditRetentionConfig {
     pub dry_run: bool,
 }
 
+/// audit-chain-verify: walks of the audit chain, asked for or scheduled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditChainVerifyConfig {
+    /// How often the leader looks for a requested walk (batch unused).
+    #[serde(flatten)]
+    pub settings: Settings,
+    /// The controller asks for a walk itself when none was asked for in
+    /// this long.
+    #[serde(with = "homeostat_model::duration")]
+    pub every: Duration,
+    /// Longest one walk may take (its run's timeout); a walk cut off starts
+    /// over on the next run, up to
+    /// [`homeostat_store::MAX_VERIFICATION_ATTEMPTS`] times.
+    #[serde(with = "homeostat_model::duration")]
+    pub timeout: Duration,
+}
+
 /// watchdog: when a controller counts as unhealthy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WatchdogConfig {
@@ -141,8 +158,9 @@ pub struct ControllersConfig {
     pub job_retention: JobRetentionConfig,
     /// audit-retention (24 h; 365 d, batches of 10,000).
     pub audit_retention: AuditRetentionConfig,
-    /// audit-chain-verify (6 h).
-    pub audit_chain_verify: Settings,
+    /// audit-chain-verify (looks for requested walks every 5 s; walks
+    /// every 6 h unasked; a walk may take 1 h).
+    pub audit_chain_verify: AuditChainVerifyConfig,
     /// notification-dispatch (15 s, claims of 10; at most 10 per claim).
     pub notification_dispatch: Settings,
     /// watchdog (30 s; 3 intervals).
@@ -179,7 +197,11 @@ impl Default for ControllersConfig {
                 retention: 365 * DAY,
                 dry_run: false,
             },
-            audit_chain_verify: Settings::every(6 * HOUR, 1000),
+            audit_chain_verify: AuditChainVerifyConfig {
+                settings: Settings::every(5 * SECOND, 0),
+                every: 6 * HOUR,
+                timeout: HOUR,
+            },
             notification_dispatch: Settings::every(15 * SECOND, 10),
             watchdog: WatchdogConfig {
                 settings: Settings::every(30 * SECOND, 0),

@@ -39,7 +39,7 @@ mod watchdog;
 
 pub use agent_health::AgentHealth;
 pub use approval_expiration::ApprovalExpiration;
-pub use audit_chain_verify::AuditChainVerify;
+pub use audit_chain_verify::{AuditChainVerify, SCHEDULE_ACTOR as AUDIT_VERIFY_ACTOR};
 pub use audit_retention::AuditRetention;
 pub use config::*;
 pub use job_recovery::JobRecovery;
@@ -127,10 +127,15 @@ pub fn register_builtin(
         config.audit_retention.settings,
         AuditRetention::new(store.clone(), config.audit_retention.clone())
     );
-    add!(
-        config.audit_chain_verify,
-        AuditChainVerify::new(store.clone(), config.audit_chain_verify)
-    );
+    let verify = &config.audit_chain_verify;
+    if verify.settings.enabled {
+        // A walk outlasts the interval, which is how often requests are
+        // looked for.
+        builder.register(
+            AuditChainVerify::new(store.clone(), verify.clone()),
+            options.timeout(verify.timeout),
+        )?;
+    }
     add!(
         config.notification_dispatch,
         NotificationDispatch::new(store.clone(), notifier, config.notification_dispatch)

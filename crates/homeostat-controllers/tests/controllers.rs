@@ -414,21 +414,48 @@ async fn audit_retention_removes_old_events_and_keeps_the_chain(store: &Store) {
     assert_eq!(run_at(store, &controller, at(year + 10)).await.unwrap(), 0);
 }
 
-async fn audit_chain_verify_reports_a_break_once(store: &Store) {
+async fn audit_chain_verify_walks_when_asked_or_due_and_reports_a_break_once(store: &Store) {
+    use homeostat_model::operator::VerificationState::{Broken, Intact};
     tenant(store, "acme", PlanTier::Free).await;
     tenant(store, "globex", PlanTier::Free).await;
-    let controller = AuditChainVerify::new(store.clone(), config().audit_chain_verify);
+    let cfg = config().audit_chain_verify;
+    let controller = AuditChainVerify::new(store.clone(), cfg.clone());
+    let latest = || async { store.audit_verifications(1).await.unwrap().remove(0) };
+    // Nothing asked for yet: the controller asks itself, and walks.
     assert_eq!(run_at(store, &controller, at(10)).await.unwrap(), 2);
+    let first = latest().await;
+    assert_eq!(
+        (first.state, first.checked, first.requested_by.as_str()),
+        (Intact, 2, homeostat_controllers::AUDIT_VERIFY_ACTOR)
+    );
     store
         .pool_for_tests()
         .execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 1")
         .await
         .unwrap();
-    let err = run_at(store, &controller, at(20)).await.unwrap_err();
+    // Within `every` and unasked: no walk.
+    assert_eq!(run_at(store, &controller, at(20)).await.unwrap(), 0);
+    assert_eq!(latest().await.id, first.id);
+    // Asked for: walked at the next run, the break stored on the row.
+    let asked = store
+        .at(at(30))
+        .request_audit_verification("operator:alice")
+        .await
+        .unwrap();
+    let err = run_at(store, &controller, at(31)).await.unwrap_err();
     assert!(err.contains("audit chain broken at event 1"), "{err}");
-    assert!(run_at(store, &controller, at(30)).await.is_err());
+    let walked = store.audit_verification(asked.id).await.unwrap();
+    assert_eq!(
+        (walked.state, walked.first_break.map(|b| b.seq)),
+        (Broken, Some(1))
+    );
+    // Due again after `every`: walked unasked, the same break.
+    let due = at(30) + jiff::SignedDuration::try_from(cfg.every).unwrap();
+    assert!(run_at(store, &controller, due).await.is_err());
+    assert_eq!(latest().await.state, Broken);
+    assert_ne!(latest().await.id, asked.id);
     let due = store
-        .at(at(40))
+        .at(due)
         .claim_due_notifications(10, LEASE, None)
         .await
         .unwrap();
@@ -669,7 +696,7 @@ on_both_backends!(
     approval_expiration_and_token_cleanup_sweep_what_expired,
     job_retention_deletes_finished_jobs_past_retention,
     audit_retention_removes_old_events_and_keeps_the_chain,
-    audit_chain_verify_reports_a_break_once,
+    audit_chain_verify_walks_when_asked_or_due_and_reports_a_break_once,
     a_deposed_leader_changes_nothing,
     a_small_tenant_is_not_starved_by_a_flood,
 );

@@ -197,7 +197,7 @@ pub(crate) async fn start<B: Backend>(
     let error;
     let stmt = if attempts >= MAX_ATTEMPTS {
         error = format!(
-            "the walk was interrupted {attempts} times (its leader stopped or its run timed out)"
+            "the walk was cut off {attempts} times (its run failed or timed out, or its leader stopped)"
         );
         Stmt::new::<B>(FINISH)
             .arg(id)

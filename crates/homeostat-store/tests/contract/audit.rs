@@ -263,9 +263,7 @@ async fn verification_while_writers_append_is_always_intact(store: &Store) {
     assert!(broken.reason.contains("deleted"), "{broken:?}");
 }
 
-async fn a_verification_is_requested_once_walked_by_the_leader_and_read_by_anyone(
-    store: &Store,
-) {
+async fn a_verification_is_requested_once_walked_by_the_leader_and_read_by_anyone(store: &Store) {
     use homeostat_model::operator::VerificationState::{Broken, Intact, Pending, Running};
     store
         .append_audit(&[homeostat_model::NewAuditEvent {
@@ -402,7 +400,7 @@ async fn an_interrupted_walk_starts_over_then_fails(store: &Store) {
     assert_eq!(store.start_audit_verification(None).await.unwrap(), None);
     let v = store.audit_verification(asked.id).await.unwrap();
     assert_eq!(v.state, Failed);
-    assert!(v.error.unwrap().contains("interrupted 3 times"));
+    assert!(v.error.unwrap().contains("cut off 3 times"));
     // Failed is finished: a new request opens a new one.
     let again = store
         .request_audit_verification("operator:alice")
