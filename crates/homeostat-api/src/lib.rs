@@ -129,6 +129,8 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(signals::alertmanager))
         .routes(routes!(audit::list_audit))
         .routes(routes!(audit::verify_audit))
+        .routes(routes!(audit::list_verifications))
+        .routes(routes!(audit::get_verification))
         .routes(routes!(notifications::list_notifications))
         .routes(routes!(notifications::redrive_notification))
         .routes(routes!(controllers::list_controllers))

@@ -207,8 +207,6 @@ pub struct ApiState {
     pub(crate) started_at: std::time::SystemTime,
     /// Readiness, checked every second in the background.
     pub(crate) readiness: crate::readiness::Readiness,
-    /// The dashboard's audit verification, if one ran in this server.
-    pub(crate) verification: Arc<std::sync::Mutex<Option<crate::dashboard::Verification>>>,
 }
 
 impl ApiState {
@@ -246,7 +244,6 @@ impl ApiState {
             http,
             registry: Arc::new(registry),
             started_at: std::time::SystemTime::now(),
-            verification: Arc::default(),
         }
     }
 

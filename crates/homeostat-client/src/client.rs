@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use homeostat_model::operator::{
-    BatchEnqueueRequest, BatchEnqueueResponse, ControllerPlan, ControllerView, CreatedSecret,
-    EnqueueResponse, JobDetail, NewApiKeyRequest, NewBootstrapTokenRequest, NewTenantRequest,
-    VerifyReport,
+    AuditVerification, BatchEnqueueRequest, BatchEnqueueResponse, ControllerPlan, ControllerView,
+    CreatedSecret, EnqueueResponse, JobDetail, NewApiKeyRequest, NewBootstrapTokenRequest,
+    NewTenantRequest,
 };
 use homeostat_model::wire::{
     ClaimRequest, ClaimResponse, CompleteBatchRequest, CompleteRequest, ErrorBody, FailRequest,
@@ -20,7 +20,7 @@ use homeostat_model::wire::{
 };
 use homeostat_model::{
     Agent, AgentId, AuditPage, CompletedBatch, Completion, FailOutcome, Job, JobId, NewJob,
-    Notification, NotificationId, Page, Tenant, TenantId, TokenId, TokenInfo,
+    Notification, NotificationId, Page, Tenant, TenantId, TokenId, TokenInfo, VerificationId,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -763,15 +763,56 @@ impl Client {
         .await
     }
 
-    /// Walks the audit chain: events checked, and the first break.
-    pub async fn verify_audit(&self) -> Result<VerifyReport, ClientError> {
+    /// Asks for the audit chain to be walked (by the server's
+    /// audit-chain-verify leader): the verification, pending, or the one
+    /// already open, which the request joins.
+    pub async fn request_audit_verification(&self) -> Result<AuditVerification, ClientError> {
         self.post(
-            "verifying the audit chain",
+            "asking for an audit verification",
             "/v1/audit/verify",
             Value::Null,
             Repeat::Safe,
         )
         .await
+    }
+
+    /// One verification of the audit chain: its state, progress and outcome.
+    pub async fn audit_verification(
+        &self,
+        id: VerificationId,
+    ) -> Result<AuditVerification, ClientError> {
+        self.get(
+            "reading an audit verification",
+            &format!("/v1/audit/verifications/{id}"),
+        )
+        .await
+    }
+
+    /// The latest verifications of the audit chain, newest first.
+    pub async fn audit_verifications(&self) -> Result<Vec<AuditVerification>, ClientError> {
+        let page: Page<AuditVerification, VerificationId> = self
+            .get("listing audit verifications", "/v1/audit/verifications")
+            .await?;
+        Ok(page.items)
+    }
+
+    /// Asks for the audit chain to be walked and waits until the walk is
+    /// over, calling `progress` with the verification at each look (every
+    /// `every`); the finished verification (intact, broken or failed).
+    pub async fn verify_audit(
+        &self,
+        every: Duration,
+        mut progress: impl FnMut(&AuditVerification),
+    ) -> Result<AuditVerification, ClientError> {
+        let mut v = self.request_audit_verification().await?;
+        loop {
+            progress(&v);
+            if v.state.is_finished() {
+                return Ok(v);
+            }
+            tokio::time::sleep(every).await;
+            v = self.audit_verification(v.id).await?;
+        }
     }
 
     /// Every dead notification, newest first, page by page.

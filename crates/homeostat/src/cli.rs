@@ -225,8 +225,17 @@ pub(crate) enum Notifications {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Audit {
-    /// Walks the audit log's hash chain; exits 1 at a break.
-    Verify,
+    /// Asks the server to walk the audit log's hash chain (its
+    /// audit-chain-verify leader does) and follows the walk; exits 0 if the
+    /// chain is intact, 1 at a break or if the walk stopped.
+    Verify {
+        /// Print the verification asked for and exit, without following it
+        /// (`audit verifications` shows it later, from any replica).
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// The latest verifications of the chain, newest first.
+    Verifications,
 }
 
 fn parse_json(s: &str) -> Result<Value, String> {
@@ -307,6 +316,30 @@ const CONTROLLER_COLUMNS: &[Column] = &[
     ("NEXT RUN", "next_run"),
     ("FAILURES", "consecutive_failures"),
 ];
+const VERIFICATION_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("STATE", "state"),
+    ("CHECKED", "checked"),
+    ("OF", "total"),
+    ("BREAK AT", "first_break.seq"),
+    ("BY", "requested_by"),
+    ("ASKED", "requested_at"),
+];
+
+const VERIFICATION_FIELDS: &[Column] = &[
+    ("id", "id"),
+    ("state", "state"),
+    ("checked", "checked"),
+    ("total", "total"),
+    ("first seq", "first_seq"),
+    ("break at", "first_break.seq"),
+    ("break", "first_break.reason"),
+    ("error", "error"),
+    ("asked by", "requested_by"),
+    ("asked at", "requested_at"),
+    ("finished at", "finished_at"),
+];
+
 const NOTIFICATION_COLUMNS: &[Column] = &[
     ("ID", "id"),
     ("EVENT", "event"),
@@ -468,7 +501,16 @@ async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> 
                 &n,
             );
         }
-        Command::Audit(Audit::Verify) => return verify(&client, out).await,
+        Command::Audit(Audit::Verify { no_wait: true }) => {
+            let v = client.request_audit_verification().await?;
+            output::one(out, VERIFICATION_FIELDS, &v);
+        }
+        Command::Audit(Audit::Verify { no_wait: false }) => return verify(&client, out).await,
+        Command::Audit(Audit::Verifications) => output::list(
+            out,
+            VERIFICATION_COLUMNS,
+            &client.audit_verifications().await?,
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -672,38 +714,60 @@ async fn tokens(client: &Client, out: Format, t: Tokens) -> Result<(), ClientErr
 }
 
 async fn verify(client: &Client, out: Format) -> Result<ExitCode, ClientError> {
+    use homeostat_model::operator::VerificationState;
     use std::io::IsTerminal;
-    // The server walks the chain in one call: a spinner says it is at work,
-    // on a terminal only.
-    let spinner = std::io::stderr().is_terminal().then(|| {
-        let s = indicatif::ProgressBar::new_spinner();
-        s.set_message("verifying the audit chain");
-        s.enable_steady_tick(Duration::from_millis(100));
-        s
+    // The server's audit-chain-verify leader walks the chain; a bar follows
+    // the walk's stored progress, on a terminal only.
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = indicatif::ProgressBar::new(0);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} events")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.enable_steady_tick(Duration::from_millis(100));
+        b
     });
-    let report = client.verify_audit().await;
-    if let Some(s) = spinner {
-        s.finish_and_clear();
-    }
-    let report = report?;
-    let broken = report.first_break.is_some();
-    match out {
-        Format::Table => {
-            outln!(
-                "{} event(s) checked from #{}",
-                report.checked,
-                report.first_seq
-            );
-            match &report.first_break {
-                Some(b) => outln!("BROKEN at #{}: {}", b.seq, b.reason),
-                None => outln!("the chain is intact"),
+    let v = client
+        .verify_audit(Duration::from_millis(500), |v| {
+            if let Some(b) = &bar {
+                b.set_message(match v.state {
+                    VerificationState::Pending => "waiting for the audit-chain-verify leader",
+                    _ => "verifying the audit chain",
+                });
+                b.set_length(v.total);
+                b.set_position(v.checked);
             }
-        }
-        _ => output::one(out, &[], &report),
+        })
+        .await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
     }
-    Ok(if broken {
-        ExitCode::FAILURE
-    } else {
+    let v = v?;
+    match out {
+        Format::Table => match (&v.state, &v.first_break) {
+            (VerificationState::Intact, _) => outln!(
+                "the chain is intact: {} event(s) checked from #{}",
+                v.checked,
+                v.first_seq.unwrap_or(1)
+            ),
+            (VerificationState::Broken, Some(b)) => {
+                outln!(
+                    "BROKEN at #{}: {} ({} event(s) checked)",
+                    b.seq,
+                    b.reason,
+                    v.checked
+                )
+            }
+            _ => outln!(
+                "the walk stopped: {}",
+                v.error.as_deref().unwrap_or("no reason recorded")
+            ),
+        },
+        _ => output::one(out, VERIFICATION_FIELDS, &v),
+    }
+    Ok(if v.state == VerificationState::Intact {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }

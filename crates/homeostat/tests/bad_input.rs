@@ -126,7 +126,7 @@ async fn snapshot(c: &reqwest::Client, s: &common::Server, admin: &str) -> Value
     let keys = get_json(c, s.url("/v1/api-keys"), admin).await;
     let agents = get_json(c, s.url("/v1/agents?limit=1000"), admin).await["items"].clone();
     let audit = get_json(c, s.url("/v1/audit?limit=1000"), admin).await;
-    let verify = post_json(c, s.url("/v1/audit/verify"), Some(admin), &json!({})).await;
+    let verify = common::verify_audit(c, s, admin).await;
     json!({
         "jobs": jobs["items"],
         "tenants": tenants["items"],

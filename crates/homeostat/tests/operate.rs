@@ -284,6 +284,14 @@ async fn the_operators_commands() {
     );
     insta::assert_snapshot!("notifications_dead", cli.ok(&["notifications", "dead"]));
     insta::assert_snapshot!("audit_verify", cli.ok(&["audit", "verify"]));
+    let walks = cli.ok(&["audit", "verifications"]);
+    assert!(
+        walks.starts_with("ID") && walks.contains("intact"),
+        "{walks}"
+    );
+    let asked = cli.ok(&["audit", "verify", "--no-wait", "-o", "json"]);
+    let asked: serde_json::Value = serde_json::from_str(&asked).unwrap();
+    assert!(asked["id"].is_string(), "{asked}");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,7 +11,8 @@ use homeostat_model::AgentId;
 
 use super::names::{Named, Names};
 use super::notice::{Done, NoticeQuery};
-use super::page::{Page, Problem, ago, fragment, parse_id, short, when};
+use super::page::{Page, ago, fragment, parse_id, short, when};
+use super::problem::Problem;
 use super::session::{CsrfForm, Session};
 use crate::state::ApiState;
 

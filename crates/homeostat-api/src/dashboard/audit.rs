@@ -1,21 +1,21 @@
-//! `/audit`: the log newest first with filters; verifying the chain in the
-//! background, its progress polled by the page.
-
-use std::sync::{Arc, Mutex};
+//! `/audit`: the log newest first with filters; the latest verification of
+//! the chain (walked by the audit-chain-verify leader), its progress polled
+//! by the page.
 
 use askama::Template;
 use axum::extract::State;
 
 use super::extract::{Form, Query};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
+use homeostat_model::operator::{AuditVerification, VerificationState};
 use homeostat_store::AuditFilter;
-use jiff::Timestamp;
 use serde::Deserialize;
 
 use super::jobs::EventRow;
 use super::notice::{Done, NoticeQuery};
-use super::page::{Page, Problem, ago, fragment, query};
+use super::page::{Page, ago, fragment, query};
+use super::problem::Problem;
 use super::session::{CsrfForm, Session};
 use crate::state::ApiState;
 
@@ -32,16 +32,6 @@ pub(crate) struct Filters {
     actor: String,
     #[serde(default)]
     before: String,
-}
-
-/// A verification of the chain that this server ran or runs.
-#[derive(Debug, Clone)]
-pub(crate) struct Verification {
-    started_at: Timestamp,
-    by: String,
-    checked: u64,
-    total: u64,
-    outcome: Option<Result<String, String>>,
 }
 
 #[derive(Template)]
@@ -63,24 +53,37 @@ struct AuditView {
 #[derive(Template)]
 #[template(path = "verify.html")]
 struct VerifyView {
-    v: Option<Verification>,
+    v: Option<AuditVerification>,
     percent: u64,
-    since: String,
+    asked: String,
+    walked: String,
 }
 
-fn verify_fragment(state: &ApiState) -> Result<String, Problem> {
-    let v = state.verification.lock().unwrap().clone();
+/// The latest verification of the chain, as every replica reads it.
+async fn verify_fragment(state: &ApiState) -> Result<String, Problem> {
+    let v = state.store.audit_verifications(1).await?.into_iter().next();
     let percent = v.as_ref().map_or(0, |v| {
         (v.checked * 100)
             .checked_div(v.total)
             .unwrap_or(100)
             .min(100)
     });
-    let since = v
+    let now = state.store.now();
+    let asked = v
         .as_ref()
-        .map(|v| ago(state.store.now(), v.started_at))
+        .map(|v| ago(now, v.requested_at))
         .unwrap_or_default();
-    fragment(&VerifyView { v, percent, since })
+    let walked = v
+        .as_ref()
+        .and_then(|v| v.finished_at)
+        .map(|at| ago(now, at))
+        .unwrap_or_default();
+    fragment(&VerifyView {
+        v,
+        percent,
+        asked,
+        walked,
+    })
 }
 
 /// `GET /audit`.
@@ -126,7 +129,7 @@ pub(crate) async fn list(
         f: &f,
         can_verify: session.caller.is_admin(),
         csrf: &session.csrf,
-        verify: verify_fragment(&state)?,
+        verify: verify_fragment(&state).await?,
     };
     Ok(Page {
         title: "Audit log".into(),
@@ -147,11 +150,11 @@ pub(crate) async fn progress(
     session: Session,
 ) -> Result<Response, Problem> {
     session.require_operator()?;
-    Ok(Html(verify_fragment(&state)?).into_response())
+    Ok(Html(verify_fragment(&state).await?).into_response())
 }
 
-/// `POST /audit/verify` (admin keys): starts walking the chain, unless a
-/// walk already runs.
+/// `POST /audit/verify` (admin keys): asks for a walk of the chain (or
+/// joins the one open), which the audit-chain-verify leader runs.
 pub(crate) async fn start(
     State(state): State<ApiState>,
     session: Session,
@@ -159,45 +162,10 @@ pub(crate) async fn start(
 ) -> Result<Response, Problem> {
     session.check_csrf(&form.csrf)?;
     session.caller.require_admin()?;
-    let total = state.store.audit_len().await?;
-    {
-        let mut slot = state.verification.lock().unwrap();
-        if slot.as_ref().is_some_and(|v| v.outcome.is_none()) {
-            return Ok(Redirect::to("/audit").into_response());
-        }
-        *slot = Some(Verification {
-            started_at: state.store.now(),
-            by: session.caller.actor(),
-            checked: 0,
-            total,
-            outcome: None,
-        });
-    }
-    let slot: Arc<Mutex<Option<Verification>>> = state.verification.clone();
-    let store = state.store.clone();
-    tokio::spawn(async move {
-        let progress_slot = slot.clone();
-        let mut progress = move |checked: u64| {
-            if let Some(v) = progress_slot.lock().unwrap().as_mut() {
-                v.checked = checked;
-            }
-        };
-        let outcome = match store.verify_audit_chain(&mut progress).await {
-            Ok(report) => match report.first_break {
-                None => Ok(format!(
-                    "The chain is intact: {} events from #{} on.",
-                    report.checked, report.first_seq
-                )),
-                Some(b) => Err(format!(
-                    "The chain is broken at event #{}: {}",
-                    b.seq, b.reason
-                )),
-            },
-            Err(e) => Err(format!("The verification stopped: {e}")),
-        };
-        if let Some(v) = slot.lock().unwrap().as_mut() {
-            v.outcome = Some(outcome);
-        }
-    });
+    state
+        .store
+        .request_audit_verification(&session.caller.actor())
+        .await?;
+    crate::routes::audit::wake_the_walker(&state);
     Ok(NoticeQuery::redirect("/audit", Done::Verified, None))
 }

@@ -14,7 +14,8 @@ use homeostat_runtime::ControllerStatus;
 use jiff::Timestamp;
 
 use super::notice::{Done, NoticeQuery};
-use super::page::{Page, Problem, ago, fragment};
+use super::page::{Page, ago, fragment};
+use super::problem::Problem;
 use super::session::{CsrfForm, Session};
 use crate::routes::controllers::manager;
 use crate::state::ApiState;

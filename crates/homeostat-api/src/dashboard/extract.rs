@@ -4,7 +4,7 @@
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts};
 
-use super::page::Problem;
+use super::problem::Problem;
 
 /// A form body (`application/x-www-form-urlencoded`). Every form of the
 /// dashboard carries a CSRF token: one without it is refused (403) before

@@ -14,7 +14,8 @@ use serde::Deserialize;
 
 use super::names::{Named, Names};
 use super::notice::{Done, NoticeQuery};
-use super::page::{Page, Problem, ago, fragment, parse_id, query, short, when, when_opt};
+use super::page::{Page, ago, fragment, parse_id, query, short, when, when_opt};
+use super::problem::Problem;
 use super::session::{CsrfForm, Session};
 use crate::routes::jobs::{Operation, operate_job, visible_job};
 use crate::state::ApiState;

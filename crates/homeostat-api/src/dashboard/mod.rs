@@ -14,6 +14,7 @@ mod notice;
 mod notifications;
 mod overview;
 mod page;
+mod problem;
 mod session;
 
 use axum::Router;
@@ -21,7 +22,6 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 
-pub(crate) use audit::Verification;
 pub use jobs::MAX_BULK;
 
 use crate::state::ApiState;

@@ -9,7 +9,8 @@ use axum::response::Response;
 use homeostat_model::{NotificationId, NotificationState};
 
 use super::notice::{Done, NoticeQuery};
-use super::page::{Page, Problem, ago, fragment, parse_id, short};
+use super::page::{Page, ago, fragment, parse_id, short};
+use super::problem::Problem;
 use super::session::{CsrfForm, Session};
 use crate::state::ApiState;
 

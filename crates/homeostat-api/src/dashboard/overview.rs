@@ -11,7 +11,8 @@ use homeostat_store::MinuteOutcomes;
 use jiff::Timestamp;
 
 use super::controllers::{ControllerRow, controller_rows};
-use super::page::{Page, Problem, ago, fragment, short};
+use super::page::{Page, ago, fragment, short};
+use super::problem::Problem;
 use super::session::Session;
 use crate::state::ApiState;
 

@@ -1,15 +1,14 @@
 //! How a dashboard page answers: the whole document for a navigation, only
-//! the live part for htmx's polling, an error page for a problem. Also the
-//! formatting every view shares (times, ids).
+//! the live part for htmx's polling. Also the formatting every view shares
+//! (times, ids).
 
 use askama::Template;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use homeostat_store::StoreError;
 use jiff::Timestamp;
 
+use super::problem::{Problem, html};
 use super::session::Session;
-use crate::error::ApiError;
 
 /// The navigation: label and address.
 const NAV: [(&str, &str); 6] = [
@@ -34,15 +33,6 @@ struct Layout<'a> {
     live: bool,
     self_url: &'a str,
     body: &'a str,
-}
-
-#[derive(Template)]
-#[template(path = "bare.html")]
-struct Bare<'a> {
-    title: &'a str,
-    error: Option<&'a str>,
-    login: bool,
-    csrf: &'a str,
 }
 
 /// One page: its title, the navigation entry it belongs to, a part that
@@ -111,79 +101,6 @@ impl Page {
 pub(crate) fn fragment(t: &impl Template) -> Result<String, Problem> {
     t.render()
         .map_err(|e| Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-}
-
-fn html(rendered: askama::Result<String>) -> Response {
-    match rendered {
-        Ok(body) => Html(body).into_response(),
-        Err(e) => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
-    }
-}
-
-/// The sign-in page, with why the last attempt failed and the form's token.
-pub(crate) fn render_login(error: Option<&str>, status: StatusCode, csrf: &str) -> Response {
-    let page = Bare {
-        title: "Sign in",
-        error,
-        login: true,
-        csrf,
-    };
-    (status, html(page.render())).into_response()
-}
-
-/// What went wrong, as a page: the status and a sentence for a person.
-#[derive(Debug)]
-pub(crate) struct Problem {
-    status: StatusCode,
-    message: String,
-    /// An internal error's cause, for the request layer's log.
-    cause: Option<String>,
-}
-
-impl Problem {
-    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            cause: None,
-        }
-    }
-}
-
-impl From<ApiError> for Problem {
-    fn from(e: ApiError) -> Self {
-        Self {
-            cause: e.cause().map(str::to_owned),
-            ..Self::new(e.status, e.message)
-        }
-    }
-}
-
-impl From<StoreError> for Problem {
-    fn from(e: StoreError) -> Self {
-        ApiError::from(e).into()
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let title = self
-            .status
-            .canonical_reason()
-            .unwrap_or("Something went wrong");
-        let page = Bare {
-            title,
-            error: Some(&self.message),
-            login: false,
-            csrf: "",
-        };
-        let mut res = (self.status, html(page.render())).into_response();
-        if let Some(cause) = self.cause {
-            res.extensions_mut()
-                .insert(crate::error::FailureCause(cause));
-        }
-        res
-    }
 }
 
 /// An id from the address; one that does not parse names no entity (404).

@@ -21,7 +21,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::extract::Form;
-use super::page::{Problem, render_login};
+use super::problem::{Problem, render_login};
 use crate::auth::{Caller, Role};
 use crate::state::ApiState;
 

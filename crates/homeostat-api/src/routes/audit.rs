@@ -1,13 +1,17 @@
-//! The audit log (`/v1/audit`): pages of events, and a walk of the chain.
+//! The audit log (`/v1/audit`): pages of events, and verifications of the
+//! chain (asked for here, walked by the audit-chain-verify controller).
 
 use axum::extract::State;
-use homeostat_model::AuditPage;
-use homeostat_store::VerifyReport;
+use axum::http::StatusCode;
+use axum::http::header::LOCATION;
+use axum::response::IntoResponse;
+use homeostat_model::operator::AuditVerification;
+use homeostat_model::{AuditPage, Page, VerificationId};
 use serde::Deserialize;
 
 use crate::auth::{Admin, Operator};
 use crate::error::{ApiError, ErrorResponses};
-use crate::extract::{Json, NoBody, Query};
+use crate::extract::{Json, NoBody, Path, Query};
 use crate::state::ApiState;
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -55,15 +59,76 @@ pub(crate) async fn list_audit(
     path = "/v1/audit/verify",
     tag = "audit",
     responses(
-        (status = 200, description = "events checked and the first break, if any", body = VerifyReport),
+        (status = 202, description = "the verification asked for (or the one already open, which this request joins), pending until the audit-chain-verify leader walks it; follow `Location` for its progress", body = AuditVerification,
+         headers(("Location" = String, description = "/v1/audit/verifications/{id}"))),
         ErrorResponses,
     ),
     security(("api_key" = [])),
 )]
 pub(crate) async fn verify_audit(
     State(state): State<ApiState>,
-    _: Admin,
+    Admin(caller): Admin,
     _: NoBody,
-) -> Result<Json<VerifyReport>, ApiError> {
-    Ok(Json(state.store.verify_audit_chain(&mut |_| {}).await?))
+) -> Result<impl IntoResponse, ApiError> {
+    let v = state
+        .store
+        .request_audit_verification(&caller.actor())
+        .await?;
+    wake_the_walker(&state);
+    let location = format!("/v1/audit/verifications/{}", v.id);
+    Ok((StatusCode::ACCEPTED, [(LOCATION, location)], Json(v)))
+}
+
+/// Makes audit-chain-verify's next run due now, if it runs here: the walk
+/// starts at once where this replica leads it, and within the controller's
+/// interval where another does.
+pub(crate) fn wake_the_walker(state: &ApiState) {
+    if let Some(manager) = &state.manager {
+        // Not registered (disabled): the request waits for an operator's
+        // configuration, as the verification's `pending` state says.
+        let _ = manager.trigger("audit-chain-verify");
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verifications",
+    tag = "audit",
+    responses(
+        (status = 200, description = "the latest verifications of the audit chain, newest first: the open one, if any, and the last finished ones (the whole list)", body = homeostat_model::Page<AuditVerification, homeostat_model::VerificationId>),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn list_verifications(
+    State(state): State<ApiState>,
+    _: Operator,
+) -> Result<Json<Page<AuditVerification, VerificationId>>, ApiError> {
+    let items = state
+        .store
+        .audit_verifications(homeostat_store::VERIFICATIONS_KEPT + 1)
+        .await?;
+    Ok(Json(Page {
+        items,
+        next_cursor: None,
+    }))
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verifications/{id}",
+    tag = "audit",
+    params(("id" = String, Path, description = "the verification's id")),
+    responses(
+        (status = 200, description = "the verification: its state, progress (`checked` of `total`) and outcome", body = AuditVerification),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn get_verification(
+    State(state): State<ApiState>,
+    _: Operator,
+    Path(id): Path<VerificationId>,
+) -> Result<Json<AuditVerification>, ApiError> {
+    Ok(Json(state.store.audit_verification(id).await?))
 }

@@ -212,6 +212,47 @@ impl Api {
         })
     }
 
+    /// The verification `id` once its walk is over (the manager's
+    /// audit-chain-verify walks it), polled through the API.
+    pub(crate) async fn finished_verification(&self, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let v = self
+                .get(&format!("/v1/audit/verifications/{id}"), &self.admin)
+                .await;
+            assert_eq!(v.status, StatusCode::OK, "{}", v.text);
+            if !["pending", "running"].contains(&v.body["state"].as_str().unwrap()) {
+                return v.body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the verification never finished: {}",
+                v.text
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the walk audit-chain-verify asks for itself at its first
+    /// run (none was ever asked for) to be over, so that the next request
+    /// opens its own instead of joining it.
+    pub(crate) async fn first_walk_over(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let list = self.get("/v1/audit/verifications", &self.admin).await;
+            let items = list.body["items"].as_array().unwrap();
+            if let Some(v) = items.last() {
+                self.finished_verification(v["id"].as_str().unwrap()).await;
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "audit-chain-verify never asked for its first walk"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub(crate) async fn stop(self) {
         if let Some(m) = &self.state_manager() {
             m.shutdown(std::time::Duration::from_secs(5)).await;

@@ -40,6 +40,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/signals/alertmanager"),
     ("get", "/v1/audit"),
     ("post", "/v1/audit/verify"),
+    ("get", "/v1/audit/verifications"),
+    ("get", "/v1/audit/verifications/{id}"),
     ("get", "/v1/notifications"),
     ("post", "/v1/notifications/{id}/redrive"),
     ("get", "/v1/controllers"),

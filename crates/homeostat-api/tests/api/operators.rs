@@ -189,14 +189,70 @@ async fn the_audit_log_lists_and_verifies_without_secrets(store: &Store) {
         !events.text.contains(secret),
         "a secret reached the audit log"
     );
+    api.first_walk_over().await;
     let verify = api.post("/v1/audit/verify", &api.admin, json!({})).await;
-    assert_eq!(verify.status, StatusCode::OK, "{}", verify.text);
-    assert_eq!(verify.body["first_break"], serde_json::Value::Null);
-    let (_, tenant_key) = api.tenant("acme").await;
+    assert_eq!(verify.status, StatusCode::ACCEPTED, "{}", verify.text);
+    let id = verify.body["id"].as_str().unwrap().to_owned();
     assert_eq!(
-        api.get("/v1/audit", &tenant_key).await.status,
-        StatusCode::FORBIDDEN
+        verify.headers["location"],
+        format!("/v1/audit/verifications/{id}").as_str()
     );
+    assert!(
+        verify.body["requested_by"]
+            .as_str()
+            .unwrap()
+            .starts_with("api_key:"),
+        "{}",
+        verify.text
+    );
+    // A second request while it is open joins it.
+    let again = api.post("/v1/audit/verify", &api.admin, json!({})).await;
+    let joined = again.body["id"].as_str().unwrap();
+    let walked = api.finished_verification(&id).await;
+    if joined != id {
+        // The first finished before the second came: it opened another.
+        api.finished_verification(joined).await;
+    }
+    assert_eq!(walked["state"], json!("intact"), "{walked}");
+    assert_eq!(walked["first_break"], serde_json::Value::Null);
+    assert!(walked["checked"].as_u64().unwrap() > 0, "{walked}");
+    assert_eq!(walked["checked"], walked["total"], "{walked}");
+    let listed = api.get("/v1/audit/verifications", &api.admin).await;
+    assert!(
+        listed.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["id"] == json!(id)),
+        "{}",
+        listed.text
+    );
+    assert_eq!(listed.body["next_cursor"], serde_json::Value::Null);
+    let unknown = api
+        .get(
+            "/v1/audit/verifications/00000000-0000-7000-8000-000000000000",
+            &api.admin,
+        )
+        .await;
+    assert_eq!(
+        (unknown.status, unknown.code()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let malformed = api.get("/v1/audit/verifications/nope", &api.admin).await;
+    assert_eq!(
+        malformed.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        malformed.text
+    );
+    let (_, tenant_key) = api.tenant("acme").await;
+    for path in ["/v1/audit", "/v1/audit/verifications"] {
+        assert_eq!(
+            api.get(path, &tenant_key).await.status,
+            StatusCode::FORBIDDEN,
+            "{path}"
+        );
+    }
     api.stop().await;
 }
 

@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// A running `homeostat run`, killed when dropped.
 pub struct Server {
@@ -217,6 +217,32 @@ pub async fn get_json(client: &reqwest::Client, url: String, bearer: &str) -> Va
     serde_json::from_str(&text).unwrap()
 }
 
+/// Asks `server` for a walk of the audit chain and waits for the walk
+/// (by whichever replica leads audit-chain-verify) to be over: the
+/// finished verification.
+pub async fn verify_audit(client: &reqwest::Client, server: &Server, admin: &str) -> Value {
+    let asked = post_json(
+        client,
+        server.url("/v1/audit/verify"),
+        Some(admin),
+        &json!({}),
+    )
+    .await;
+    let path = format!("/v1/audit/verifications/{}", asked["id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let v = get_json(client, server.url(&path), admin).await;
+        if !["pending", "running"].contains(&v["state"].as_str().unwrap()) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the walk never finished: {v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A tenant named `name` and a bootstrap token for `uses` of its agents:
 /// the tenant's JSON and the token's secret.
 pub async fn tenant_and_bootstrap(
@@ -230,7 +256,7 @@ pub async fn tenant_and_bootstrap(
         client,
         server.url("/v1/tenants"),
         Some(admin),
-        &serde_json::json!({ "name": name }),
+        &json!({ "name": name }),
     )
     .await;
     let token = post_json(
