@@ -30,10 +30,12 @@ macro_rules! verification_columns {
 }
 
 /// `$1` id, `$2` by, `$3` now; `$4` when set: only if none was requested
-/// after it. Nothing is inserted while one is open (the unique index).
+/// after it. Nothing is inserted while one is open (the unique index). The
+/// sequence orders them (on SQLite, writers take turns; PostgreSQL
+/// numbers its own).
 const REQUEST: Sql = Sql::pair(
-    "INSERT INTO audit_verifications (id, state, requested_by, requested_at)
-     SELECT $1, 'pending', $2, $3
+    "INSERT INTO audit_verifications (id, seq, state, requested_by, requested_at)
+     SELECT $1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM audit_verifications), 'pending', $2, $3
      WHERE $4 IS NULL OR NOT EXISTS (SELECT 1 FROM audit_verifications WHERE requested_at > $4)
      ON CONFLICT DO NOTHING",
     "INSERT INTO audit_verifications (id, state, requested_by, requested_at)
@@ -52,7 +54,7 @@ const OPEN: Sql = Sql::both(concat!(
 /// `$1` how many to keep.
 const PRUNE: Sql = Sql::both(
     "DELETE FROM audit_verifications WHERE state NOT IN ('pending', 'running')
-       AND id NOT IN (SELECT id FROM audit_verifications ORDER BY id DESC LIMIT $1)",
+       AND seq NOT IN (SELECT seq FROM audit_verifications ORDER BY seq DESC LIMIT $1)",
 );
 
 const GET: Sql = Sql::both(concat!(
@@ -64,7 +66,7 @@ const GET: Sql = Sql::both(concat!(
 const LATEST: Sql = Sql::both(concat!(
     "SELECT ",
     verification_columns!(),
-    " FROM audit_verifications ORDER BY id DESC LIMIT $1"
+    " FROM audit_verifications ORDER BY seq DESC LIMIT $1"
 ));
 
 /// `$1` id, `$2` now, `$3` the chain's length.

@@ -4,6 +4,7 @@
 -- reads them.
 CREATE TABLE audit_verifications (
     id            UUID PRIMARY KEY,
+    seq           BIGINT GENERATED ALWAYS AS IDENTITY,
     state         TEXT NOT NULL,
     requested_by  TEXT NOT NULL,
     requested_at  BIGINT NOT NULL,
@@ -17,6 +18,9 @@ CREATE TABLE audit_verifications (
     break_reason  TEXT,
     error         TEXT
 );
+
+-- Newest first by `seq` (ids made in one millisecond do not sort by time).
+CREATE INDEX audit_verifications_seq ON audit_verifications (seq);
 
 -- At most one verification is open (pending or running): a request while
 -- one is open joins it.
