@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod fleet;
+
 /// A running `homeostat run`, killed when dropped.
 pub struct Server {
     pub child: Child,
