@@ -120,14 +120,36 @@ fn one(rows: &[impl RowExt]) -> Result<Option<AuditVerification>, StoreError> {
     rows.first().map(verification).transpose()
 }
 
-/// Opens a verification, or joins the one open. With `unless_within`, one
-/// is opened only if none was requested in that long (the controller's own
-/// schedule), and `None` means none was.
-pub(crate) async fn request<B: Backend>(
+/// Opens a verification, or joins the one open.
+pub(crate) async fn request<B: Backend>(b: &B, by: &str) -> Result<AuditVerification, StoreError> {
+    loop {
+        // None open after the insert met one: it finished in between, and a
+        // new one can be opened now.
+        if let (_, Some(open)) = insert(b, by, None).await? {
+            return Ok(open);
+        }
+    }
+}
+
+/// Opens a verification only if none is open and none was requested in the
+/// last `every` (the controller's own schedule); the one opened.
+pub(crate) async fn schedule<B: Backend>(
+    b: &B,
+    by: &str,
+    every: Duration,
+) -> Result<Option<AuditVerification>, StoreError> {
+    let (inserted, open) = insert(b, by, Some(every)).await?;
+    Ok(open.filter(|_| inserted))
+}
+
+/// Inserts a pending verification unless one is open (or, with
+/// `unless_within`, one was requested that recently): whether it did, and
+/// the one open after it.
+async fn insert<B: Backend>(
     b: &B,
     by: &str,
     unless_within: Option<Duration>,
-) -> Result<Option<AuditVerification>, StoreError> {
+) -> Result<(bool, Option<AuditVerification>), StoreError> {
     let op = "requesting an audit verification";
     let now = b.now();
     let mut tx = b.begin(op).await?;
@@ -136,20 +158,14 @@ pub(crate) async fn request<B: Backend>(
         .arg(by)
         .arg(ms(now))
         .arg(unless_within.map(|d| ms(now) - dur_ms(d)));
-    let inserted = B::execute_in(&mut tx, stmt).await.op(op)?;
+    let inserted = B::execute_in(&mut tx, stmt).await.op(op)? > 0;
     let open = one(&B::fetch_in(&mut tx, Stmt::new::<B>(OPEN)).await.op(op)?)?;
-    if inserted > 0 {
+    if inserted {
         let stmt = Stmt::new::<B>(PRUNE).arg(i64::from(KEPT));
         B::execute_in(&mut tx, stmt).await.op(op)?;
     }
     B::commit(tx, op).await?;
-    match open {
-        Some(v) => Ok((inserted > 0 || unless_within.is_none()).then_some(v)),
-        // The one open finished between the insert that met it and the read:
-        // a new one can be opened now.
-        None if unless_within.is_none() => Box::pin(request(b, by, None)).await,
-        None => Ok(None),
-    }
+    Ok((inserted, open))
 }
 
 pub(crate) async fn get<B: Backend>(

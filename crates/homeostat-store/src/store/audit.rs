@@ -77,8 +77,7 @@ impl Store {
         &self,
         by: &str,
     ) -> Result<AuditVerification, StoreError> {
-        let open = dispatch!(self, verifications::request(by, None))?;
-        open.ok_or_else(|| crate::error::corrupt("requesting an audit verification", "none open"))
+        dispatch!(self, verifications::request(by))
     }
 
     /// Opens a verification only if none was requested in the last `every`
@@ -88,7 +87,7 @@ impl Store {
         by: &str,
         every: Duration,
     ) -> Result<Option<AuditVerification>, StoreError> {
-        dispatch!(self, verifications::request(by, Some(every)))
+        dispatch!(self, verifications::schedule(by, every))
     }
 
     /// One verification.
