@@ -727,8 +727,24 @@ async fn verify(client: &Client, out: Format) -> Result<ExitCode, ClientError> {
         b.enable_steady_tick(Duration::from_millis(100));
         b
     });
+    let asked = std::time::Instant::now();
+    let mut hinted = false;
     let v = client
         .verify_audit(Duration::from_millis(500), |v| {
+            // The leader looks every few seconds; a walk pending much longer
+            // has nobody to walk it.
+            if v.state == VerificationState::Pending
+                && !hinted
+                && asked.elapsed() > Duration::from_secs(30)
+            {
+                hinted = true;
+                let hint = "still waiting for a replica to walk the chain: is \
+                    audit-chain-verify enabled and leading (`homeostat controllers list`)?";
+                match &bar {
+                    Some(b) => b.println(hint),
+                    None => eprintln!("{hint}"),
+                }
+            }
             if let Some(b) = &bar {
                 b.set_message(match v.state {
                     VerificationState::Pending => "waiting for the audit-chain-verify leader",

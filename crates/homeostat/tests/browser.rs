@@ -299,16 +299,23 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
         .click()
         .await
         .unwrap();
-    let verdict = until_found(&b, "#verify p.ok", Duration::from_secs(30)).await;
-    assert!(
-        verdict
-            .text()
-            .await
-            .unwrap()
-            .starts_with("The chain is intact"),
-        "{}",
-        verdict.text().await.unwrap()
-    );
+    // The page shows the latest walk and swaps it in place while it runs
+    // (an element read may go stale): read it again until it is the
+    // operator's own walk, finished.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let verdict = loop {
+        let text = match b.find(Locator::Css("#verify")).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if text.contains("by api_key:") && !text.contains("waiting") && !text.contains("Verifying")
+        {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the walk never ended: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(verdict.starts_with("The chain is intact"), "{verdict}");
     shot(&b, &shots, "audit").await;
 
     b.close().await.unwrap();

@@ -37,7 +37,7 @@ impl NoticeQuery {
             Done::Drained => "The agent is draining: it finishes its jobs and claims no more.",
             Done::Triggered => "A run is due now; the leading replica starts it.",
             Done::Redriven => "The notification is pending again.",
-            Done::Verified => "Verification started.",
+            Done::Verified => "Verification asked for.",
         };
         Some(match (done, self.n) {
             (Done::Cancelled | Done::Retried | Done::Approved, Some(n)) => {
