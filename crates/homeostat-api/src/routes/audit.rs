@@ -118,7 +118,7 @@ pub(crate) async fn list_verifications(
     get,
     path = "/v1/audit/verifications/{id}",
     tag = "audit",
-    params(("id" = String, Path, description = "the verification's id")),
+    params(("id" = uuid::Uuid, Path, description = "verification id")),
     responses(
         (status = 200, description = "the verification: its state, progress (`checked` of `total`) and outcome", body = AuditVerification),
         ErrorResponses,
