@@ -69,10 +69,11 @@ const LATEST: Sql = Sql::both(concat!(
     " FROM audit_verifications ORDER BY seq DESC LIMIT $1"
 ));
 
-/// `$1` id, `$2` now, `$3` the chain's length.
+/// `$1` id, `$2` now. The total is the retained chain's length as the walk
+/// begins.
 const START: Sql = Sql::both(concat!(
     "UPDATE audit_verifications SET state = 'running', started_at = $2, attempts = attempts + 1,
-       checked = 0, total = $3
+       checked = 0, total = (SELECT next_seq - first_seq FROM audit_chain WHERE id = 1)
      WHERE id = $1 RETURNING ",
     verification_columns!()
 ));
@@ -200,7 +201,6 @@ pub(crate) async fn latest<B: Backend>(
 /// [`MAX_ATTEMPTS`] times is failed instead.
 pub(crate) async fn start<B: Backend>(
     b: &B,
-    total: u64,
     fence: Option<&Fence>,
 ) -> Result<Option<AuditVerification>, StoreError> {
     let op = "starting an audit verification";
@@ -211,28 +211,16 @@ pub(crate) async fn start<B: Backend>(
     let Some(row) = open.first() else {
         return Ok(None);
     };
-    let (id, attempts) = (verification(row)?.id, row.int("attempts")?);
-    let error;
-    let stmt = if attempts >= MAX_ATTEMPTS {
-        error = format!(
+    let (id, attempts): (VerificationId, i64) = (row.id("id")?, row.int("attempts")?);
+    let v = if attempts >= MAX_ATTEMPTS {
+        let error = format!(
             "the walk was cut off {attempts} times (its run failed or timed out, or its leader stopped)"
         );
-        Stmt::new::<B>(FINISH)
-            .arg(id)
-            .arg(VerificationState::Failed.as_str())
-            .arg(now)
-            .arg(None::<i64>)
-            .arg(None::<i64>)
-            .arg(None::<i64>)
-            .arg(None::<&str>)
-            .arg(error.as_str())
+        record_outcome::<B>(&mut tx, id, Err(&error), now, op).await?
     } else {
-        Stmt::new::<B>(START)
-            .arg(id)
-            .arg(now)
-            .arg(i64::try_from(total).unwrap_or(i64::MAX))
+        let stmt = Stmt::new::<B>(START).arg(id).arg(now);
+        one(&B::fetch_in(&mut tx, stmt).await.op(op)?)?
     };
-    let v = one(&B::fetch_in(&mut tx, stmt).await.op(op)?)?;
     B::commit(tx, op).await?;
     Ok(v.filter(|v| v.state == VerificationState::Running))
 }
@@ -262,6 +250,22 @@ pub(crate) async fn finish<B: Backend>(
 ) -> Result<Option<AuditVerification>, StoreError> {
     let op = "finishing an audit verification";
     let now = ms(b.now());
+    let mut tx = b.begin(op).await?;
+    check_fence::<B>(&mut tx, fence, op).await?;
+    let v = record_outcome::<B>(&mut tx, id, outcome, now, op).await?;
+    B::commit(tx, op).await?;
+    Ok(v)
+}
+
+/// Writes a walk's outcome on the open verification `id`; `None` if it was
+/// no longer open.
+async fn record_outcome<B: Backend>(
+    tx: &mut B::Tx,
+    id: VerificationId,
+    outcome: Result<&VerifyReport, &str>,
+    now: i64,
+    op: &'static str,
+) -> Result<Option<AuditVerification>, StoreError> {
     let (state, checked, first_seq, first_break, error) = match outcome {
         Ok(r) => (
             if r.first_break.is_some() {
@@ -276,8 +280,6 @@ pub(crate) async fn finish<B: Backend>(
         ),
         Err(e) => (VerificationState::Failed, None, None, None, Some(e)),
     };
-    let mut tx = b.begin(op).await?;
-    check_fence::<B>(&mut tx, fence, op).await?;
     let stmt = Stmt::new::<B>(FINISH)
         .arg(id)
         .arg(state.as_str())
@@ -287,7 +289,5 @@ pub(crate) async fn finish<B: Backend>(
         .arg(first_break.map(|b| b.seq))
         .arg(first_break.map(|b| b.reason.as_str()))
         .arg(error);
-    let v = one(&B::fetch_in(&mut tx, stmt).await.op(op)?)?;
-    B::commit(tx, op).await?;
-    Ok(v)
+    one(&B::fetch_in(tx, stmt).await.op(op)?)
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::fleet::{INTERVAL, LEASE_TTL, QUICK, agent};
+use common::fleet::{INTERVAL, LEASE_TTL, QUICK, agent, until_registered};
 use common::{client, data_dir, get_json, post_json, ready};
 use serde_json::json;
 
@@ -96,11 +96,7 @@ async fn a_killed_replica_hands_its_controllers_over_and_no_job_is_lost() {
         agent(&url_one, &dir, 1, &bootstrap),
         agent(&url_two, &dir, 2, &bootstrap),
     ];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (0..3).any(|n| !dir.join(format!("agent-{n}.json")).exists()) {
-        assert!(Instant::now() < deadline, "the agents never registered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_registered(&dir, 3).await;
     let jobs: Vec<_> = (0..300)
         .map(|i| json!({"queue": "work", "kind": "step", "payload": {"i": i}}))
         .collect();

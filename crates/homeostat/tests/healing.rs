@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::fleet::{INTERVAL, QUICK, STALE, agent, agent_id, timestamp};
+use common::fleet::{INTERVAL, QUICK, STALE, agent, agent_id, timestamp, until_registered};
 use common::{client, data_dir, get_json, post_json, ready};
 use serde_json::json;
 
@@ -30,11 +30,7 @@ async fn killed_agents_are_healed_around_and_every_job_completes_once() {
     let url = server.url("");
     let mut agents: Vec<Child> = (0..3).map(|n| agent(&url, &dir, n, &bootstrap)).collect();
     // Each has registered (its state file) before jobs arrive.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (0..3).any(|n| !dir.join(format!("agent-{n}.json")).exists()) {
-        assert!(Instant::now() < deadline, "the agents never registered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_registered(&dir, 3).await;
 
     let jobs: Vec<_> = (0..300)
         .map(|i| json!({"queue": "work", "kind": "step", "payload": {"i": i}}))

@@ -113,8 +113,7 @@ impl Store {
         &self,
         fence: Option<&Fence>,
     ) -> Result<Option<AuditVerification>, StoreError> {
-        let total = self.audit_len().await?;
-        dispatch!(self, verifications::start(total, fence))
+        dispatch!(self, verifications::start(fence))
     }
 
     /// Records how far a running walk has got.

@@ -55,6 +55,19 @@ pub fn agent(server: &str, dir: &Path, n: usize, bootstrap: &str) -> Child {
         .unwrap()
 }
 
+/// Waits until agents `0..count` have registered (each saved its state
+/// file).
+pub async fn until_registered(dir: &Path, count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while (0..count).any(|n| !dir.join(format!("agent-{n}.json")).exists()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agents never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The agent id an agent process saved.
 pub fn agent_id(dir: &Path, n: usize) -> String {
     let state: serde_json::Value = serde_json::from_str(
