@@ -131,11 +131,20 @@ pub enum AuditAction {
     /// Audit events past retention were deleted.
     #[serde(rename = "audit.retention")]
     AuditRetention,
+    /// An operator set a limit (created or changed it).
+    #[serde(rename = "limit.set")]
+    LimitSet,
+    /// An operator deleted a limit.
+    #[serde(rename = "limit.deleted")]
+    LimitDeleted,
+    /// A limit's strategy cancelled jobs (cancel_newest, cancel_oldest).
+    #[serde(rename = "jobs.limit_cancelled")]
+    JobsLimitCancelled,
 }
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 28] = [
+    pub const ALL: [AuditAction; 31] = [
         AuditAction::TenantCreated,
         AuditAction::TenantTierChanged,
         AuditAction::TokenCreated,
@@ -164,6 +173,9 @@ impl AuditAction {
         AuditAction::JobsReprioritized,
         AuditAction::JobsPeriodic,
         AuditAction::AuditRetention,
+        AuditAction::LimitSet,
+        AuditAction::LimitDeleted,
+        AuditAction::JobsLimitCancelled,
     ];
 
     /// The name stored in the log.
@@ -197,6 +209,9 @@ impl AuditAction {
             AuditAction::JobsReprioritized => "jobs.reprioritized",
             AuditAction::JobsPeriodic => "jobs.periodic",
             AuditAction::AuditRetention => "audit.retention",
+            AuditAction::LimitSet => "limit.set",
+            AuditAction::LimitDeleted => "limit.deleted",
+            AuditAction::JobsLimitCancelled => "jobs.limit_cancelled",
         }
     }
 }

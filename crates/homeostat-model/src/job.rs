@@ -7,6 +7,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use crate::limit::{JobLimit, LimitKey, MAX_LIMITS_PER_JOB, validate_key};
 use crate::{AgentId, JobId, TenantId, ValidationError, validate_name};
 
 /// Attempts a job gets unless it says otherwise.
@@ -27,6 +28,8 @@ pub enum JobState {
     Scheduled,
     /// Waiting for an operator's approval.
     AwaitingApproval,
+    /// Waiting for a slot or a start under its limits (flow control).
+    Waiting,
     /// Ready to be claimed.
     Queued,
     /// Claimed by an agent under a lease.
@@ -52,9 +55,10 @@ impl JobState {
     ];
 
     /// Every state.
-    pub const ALL: [JobState; 8] = [
+    pub const ALL: [JobState; 9] = [
         JobState::Scheduled,
         JobState::AwaitingApproval,
+        JobState::Waiting,
         JobState::Queued,
         JobState::Running,
         JobState::Succeeded,
@@ -68,6 +72,7 @@ impl JobState {
         match self {
             JobState::Scheduled => "scheduled",
             JobState::AwaitingApproval => "awaiting_approval",
+            JobState::Waiting => "waiting",
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
@@ -87,11 +92,15 @@ impl JobState {
         use JobState::*;
         matches!(
             (self, to),
-            (Scheduled, Queued | Cancelled | Expired)
-                | (AwaitingApproval, Queued | Scheduled | Cancelled | Expired)
+            (Scheduled, Queued | Waiting | Cancelled | Expired)
+                | (
+                    AwaitingApproval,
+                    Queued | Waiting | Scheduled | Cancelled | Expired
+                )
+                | (Waiting, Queued | Cancelled | Expired)
                 | (Queued, Running | Cancelled | Expired)
                 | (Running, Succeeded | Scheduled | Queued | Dead | Cancelled)
-                | (Dead | Expired, Queued)
+                | (Dead | Expired, Queued | Waiting)
         )
     }
 
@@ -171,6 +180,11 @@ pub struct NewJob {
     /// Wait for an operator's approval; expire if none comes by this time.
     #[serde(default)]
     pub approval_expires_at: Option<Timestamp>,
+    /// Limits the job is under, with its keys (at most 4, together with
+    /// the limits that apply to it by themselves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(max_items = 4))]
+    pub limits: Vec<JobLimit>,
 }
 
 impl NewJob {
@@ -187,6 +201,7 @@ impl NewJob {
             run_at: None,
             deadline: None,
             approval_expires_at: None,
+            limits: Vec::new(),
         }
     }
 
@@ -233,6 +248,27 @@ impl NewJob {
                 format!("{t} is outside 1..={}", MAX_TIMEOUT.as_secs()),
             ));
         }
+        if self.limits.len() > MAX_LIMITS_PER_JOB {
+            return Err(ValidationError::new(
+                "limits",
+                format!(
+                    "names {} limits; a job may be under at most {MAX_LIMITS_PER_JOB}",
+                    self.limits.len()
+                ),
+            ));
+        }
+        for (i, l) in self.limits.iter().enumerate() {
+            validate_name(LIMIT_FIELDS[i], &l.limit)?;
+            if let Some(key) = &l.key {
+                validate_key(KEY_FIELDS[i], key)?;
+            }
+            if self.limits[..i].iter().any(|o| o.limit == l.limit) {
+                return Err(ValidationError::new(
+                    LIMIT_FIELDS[i],
+                    format!("names limit {:?} twice", l.limit),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -248,17 +284,35 @@ impl NewJob {
             .unwrap_or(DEFAULT_TIMEOUT)
     }
 
-    /// The state the job starts in at `now`.
+    /// The state the job starts in at `now`: a job under limits waits for
+    /// them to admit it rather than being queued.
     pub fn initial_state(&self, now: Timestamp) -> JobState {
         if self.approval_expires_at.is_some() {
             JobState::AwaitingApproval
         } else if self.run_at.is_some_and(|at| at > now) {
             JobState::Scheduled
-        } else {
+        } else if self.limits.is_empty() {
             JobState::Queued
+        } else {
+            JobState::Waiting
         }
     }
 }
+
+/// The field names of a job's limits, for errors that name them.
+pub const LIMIT_FIELDS: [&str; MAX_LIMITS_PER_JOB] = [
+    "limits[0].limit",
+    "limits[1].limit",
+    "limits[2].limit",
+    "limits[3].limit",
+];
+/// The field names of a job's limits' keys, for errors that name them.
+pub const KEY_FIELDS: [&str; MAX_LIMITS_PER_JOB] = [
+    "limits[0].key",
+    "limits[1].key",
+    "limits[2].key",
+    "limits[3].key",
+];
 
 /// A job as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,6 +374,9 @@ pub struct Job {
     /// Each failed attempt, oldest first (as River keeps its `errors`).
     #[serde(default)]
     pub attempts: Vec<FailedAttempt>,
+    /// The limits the job is under, with its keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitKey>,
 }
 
 /// One attempt that failed: reported by its agent, timed out, or reclaimed
@@ -354,6 +411,7 @@ mod tests {
             [
                 JobState::Scheduled,
                 JobState::AwaitingApproval,
+                JobState::Waiting,
                 JobState::Queued,
                 JobState::Running
             ]

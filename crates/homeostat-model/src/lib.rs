@@ -12,6 +12,7 @@ mod error;
 mod error_code;
 mod id;
 mod job;
+pub mod limit;
 mod notification;
 pub mod operator;
 #[cfg(feature = "openapi")]
@@ -26,8 +27,12 @@ pub use error::ValidationError;
 pub use error_code::ErrorCode;
 pub use id::{AgentId, JobId, NotificationId, TenantId, TokenId, VerificationId};
 pub use job::{
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, FailedAttempt, Job, JobState, MAX_PAYLOAD_BYTES,
-    MAX_TIMEOUT, NewJob,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, FailedAttempt, Job, JobState, KEY_FIELDS, LIMIT_FIELDS,
+    MAX_PAYLOAD_BYTES, MAX_TIMEOUT, NewJob,
+};
+pub use limit::{
+    JobLimit, JobLimitStatus, KeySource, KeyUsage, Limit, LimitKey, LimitSelector, LimitSpec,
+    LimitStrategy, LimitUsage, Rate,
 };
 pub use notification::{Notification, NotificationState};
 pub use tenant::{PlanTier, Tenant};

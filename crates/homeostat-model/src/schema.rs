@@ -39,3 +39,15 @@ pub(crate) fn labels() -> impl Into<RefOr<Schema>> {
             "Free-form labels: at most 50; keys as names, values up to 200 characters",
         ))
 }
+
+/// Where a limit's keys come from: `job`, `tenant` or a JSON pointer.
+pub(crate) fn key_source() -> impl Into<RefOr<Schema>> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::Type(Type::String))
+        .pattern(Some("^(job|tenant|/.*)$"))
+        .max_length(Some(200))
+        .default(Some(serde_json::json!("job")))
+        .description(Some(
+            "Where a job's key comes from: `job` (named at enqueue), `tenant`, or a JSON pointer into the payload (`/customer`)",
+        ))
+}

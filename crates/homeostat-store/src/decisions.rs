@@ -280,6 +280,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             attempts: Vec::new(),
+            limits: Vec::new(),
         }
     }
 

@@ -237,6 +237,7 @@ fn list_in_state(state: JobState) -> Sql {
     match state {
         JobState::Scheduled => list_in!("scheduled"),
         JobState::AwaitingApproval => list_in!("awaiting_approval"),
+        JobState::Waiting => list_in!("waiting"),
         JobState::Queued => list_in!("queued"),
         JobState::Running => list_in!("running"),
         JobState::Succeeded => list_in!("succeeded"),
@@ -444,6 +445,12 @@ pub(crate) async fn transition<B: Backend>(
         id: id.to_string(),
     })?)?;
     let (to, redrive) = operator_transition(&current, to, action, now)?;
+    // A job under limits goes back to wait for them, not to its queue.
+    let to = if to == JobState::Queued && !current.limits.is_empty() {
+        JobState::Waiting
+    } else {
+        to
+    };
     // A job's start-by deadline bounds its wait to start once it may, not
     // a person's wait to approve it: approving moves the deadline by the
     // time the job waited, due, for its approval. Approving never expires

@@ -4,11 +4,13 @@
 //! waiting here for queued jobs. The drivers hold none of it: they run
 //! statements; the store hands each operation the part it needs.
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
 
 use crate::backend::{Heard, Hearing};
 use crate::credentials::CredentialCache;
 use crate::leases::Releases;
+use crate::limits::LimitCache;
 use crate::registry::agents::AgentFactsCache;
 use crate::signals::Signals;
 use crate::stats::Counts;
@@ -31,6 +33,14 @@ pub(crate) struct Local {
     pub(crate) releases: Releases,
     /// Delivers what the listener hears to `signals` and `releases`.
     pub(crate) hearing: Hearing,
+    /// The limits, as this replica last read them.
+    pub(crate) limits: LimitCache,
+    /// Told when a slot under a limit may have been freed here.
+    pub(crate) admission: Arc<tokio::sync::Notify>,
+    /// This replica's admission task, once started.
+    pub(crate) admitter: OnceLock<()>,
+    /// Set when the store is closed: background tasks stop.
+    pub(crate) closed: Arc<AtomicBool>,
 }
 
 impl Default for Local {
@@ -52,6 +62,10 @@ impl Default for Local {
             signals,
             releases,
             hearing,
+            limits: LimitCache::default(),
+            admission: Arc::default(),
+            admitter: OnceLock::new(),
+            closed: Arc::default(),
         }
     }
 }

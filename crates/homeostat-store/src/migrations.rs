@@ -62,6 +62,11 @@ pub(crate) const SQLITE: Set = &[
         "audit verifications",
         include_str!("../migrations/sqlite/0011_audit_verifications.sql"),
     ),
+    (
+        12,
+        "limits",
+        include_str!("../migrations/sqlite/0012_limits.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -135,6 +140,16 @@ pub(crate) const POSTGRES: Set = &[
         14,
         "audit verifications",
         include_str!("../migrations/postgres/0014_audit_verifications.sql"),
+    ),
+    (
+        15,
+        "waiting state",
+        include_str!("../migrations/postgres/0015_waiting_state.sql"),
+    ),
+    (
+        16,
+        "limits",
+        include_str!("../migrations/postgres/0016_limits.sql"),
     ),
 ];
 

@@ -114,7 +114,7 @@ fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, String, Vec<i64>
             vec![now_ms],
         ),
         PlanKind::OverdueQueued => (
-            "jobs WHERE state = 'queued' AND attempt = 0 AND deadline_at < $1".into(),
+            "jobs WHERE state IN ('queued', 'waiting') AND attempt = 0 AND deadline_at < $1".into(),
             "'job:' || id",
             state.into(),
             "'expired'".into(),
@@ -131,7 +131,7 @@ fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, String, Vec<i64>
             "jobs WHERE state = 'scheduled' AND run_at <= $1".into(),
             "'job:' || id",
             state.into(),
-            "'queued'".into(),
+            "CASE WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END".into(),
             vec![now_ms],
         ),
         PlanKind::Priorities {

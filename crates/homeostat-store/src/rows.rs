@@ -15,7 +15,8 @@ macro_rules! job_columns {
         "id, tenant_id, queue, kind, payload, priority, effective_priority, fingerprint, \
          occurrences, CAST(state AS TEXT) AS state, attempt, max_attempts, timeout_ms, run_at, \
          deadline_at, approval_expires_at, lease_agent, lease_token, lease_expires_at, \
-         last_error, result, created_at, updated_at, started_at, finished_at, attempts"
+         last_error, result, created_at, updated_at, started_at, finished_at, attempts, \
+         limit_keys"
     };
 }
 pub(crate) use job_columns;
@@ -54,6 +55,10 @@ where
 }
 
 fn json(col: &str, text: &str) -> Result<serde_json::Value, StoreError> {
+    json_as(col, text)
+}
+
+fn json_as<T: serde::de::DeserializeOwned>(col: &str, text: &str) -> Result<T, StoreError> {
     serde_json::from_str(text)
         .map_err(|e| corrupt("reading a stored row", format!("column {col}: {e}")))
 }
@@ -117,7 +122,20 @@ pub(crate) fn job(r: &impl RowExt) -> Result<Job, StoreError> {
             Some(text) => failed_attempts(&text)?,
             None => Vec::new(),
         },
+        limits: match r.opt_text("limit_keys")? {
+            Some(text) => limit_keys(&text)?,
+            None => Vec::new(),
+        },
     })
+}
+
+/// The `limit_keys` column: a JSON array of `[limit, key]` pairs.
+pub(crate) fn limit_keys(text: &str) -> Result<Vec<homeostat_model::LimitKey>, StoreError> {
+    let pairs: Vec<(String, String)> = json_as("limit_keys", text)?;
+    Ok(pairs
+        .into_iter()
+        .map(|(limit, key)| homeostat_model::LimitKey { limit, key })
+        .collect())
 }
 
 /// The `attempts` column: JSON objects with times in epoch milliseconds.

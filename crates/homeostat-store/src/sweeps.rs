@@ -176,6 +176,31 @@ pub(crate) const DEADLINE_PASSED: Sweep = Sweep {
     ),
 };
 
+/// `$1` now (judged), `$2` limit: jobs waiting for their limits past their
+/// start-by deadline, as [`DEADLINE_PASSED`] expires queued ones.
+pub(crate) const WAITING_DEADLINE_PASSED: Sweep = Sweep {
+    action: AuditAction::JobsDeadlinePassed.as_str(),
+    reason: "deadline passed while waiting for its limits",
+    sql: Sql::pair(
+        "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
+           last_error = 'not started before its deadline (waiting for its limits)'
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'waiting' AND attempt = 0
+                      AND deadline_at < $1 LIMIT $2)
+         RETURNING id, state, tenant_id, queue",
+        concat!(
+            "WITH t(now) AS (SELECT ",
+            pg_judged!(1),
+            ")
+         UPDATE jobs SET state = 'expired', finished_at = t.now, updated_at = t.now,
+           last_error = 'not started before its deadline (waiting for its limits)'
+         FROM t
+         WHERE id IN (SELECT id FROM jobs, t WHERE state = 'waiting' AND attempt = 0
+                      AND deadline_at < t.now LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
+         RETURNING id, state::text AS state, tenant_id, queue"
+        ),
+    ),
+};
+
 /// `$1` now (judged), `$2` limit, `$3` first retry delay, `$4` longest
 /// delay (ms).
 const TIMED_OUT: Sweep = Sweep {
@@ -218,14 +243,17 @@ pub(crate) const PROMOTED: Sweep = Sweep {
     action: AuditAction::JobsPromoted.as_str(),
     reason: "run time reached",
     sql: Sql::pair(
-        "UPDATE jobs SET state = 'queued', queued_at = $1, updated_at = $1
+        "UPDATE jobs SET state = CASE WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END,
+           queued_at = $1, updated_at = $1
          WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1 LIMIT $2)
          RETURNING id, state, tenant_id, queue",
         concat!(
             "WITH t(now) AS (SELECT ",
             pg_judged!(1),
             ")
-         UPDATE jobs SET state = 'queued', queued_at = t.now, updated_at = t.now
+         UPDATE jobs SET state = CASE WHEN limit_keys IS NULL THEN 'queued'::job_state
+                                      ELSE 'waiting' END,
+           queued_at = t.now, updated_at = t.now
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'scheduled' AND run_at <= t.now
                       LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)

@@ -149,6 +149,14 @@ impl Swept {
         self.changed > self.dead.len() as u64
     }
 
+    /// Adds what another sweep of the same run changed.
+    pub(crate) fn merge(&mut self, other: Swept) {
+        self.changed += other.changed;
+        self.ids.extend(other.ids);
+        self.dead.extend(other.dead);
+        self.queued.extend(other.queued);
+    }
+
     /// The queued jobs by tenant, then queue.
     pub(crate) fn queued_by_tenant(
         &self,

@@ -120,6 +120,7 @@ impl PgStore {
             c.run_at.push(run_at);
             c.deadline.push(job.deadline.map(ms));
             c.approval.push(job.approval_expires_at.map(ms));
+            c.limit_keys.push(crate::limits::stored_keys(job));
         }
         // The statement also sends the announcements to the other replicas'
         // waiting claims (`NOTIFY`, delivered at commit; an uncorrelated
@@ -128,7 +129,7 @@ impl PgStore {
         let stored = sqlx::query(concat!(
             "WITH ins AS (INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
                effective_priority, fingerprint, occurrences, state, max_attempts, timeout_ms, run_at,
-               queued_at, deadline_at, approval_expires_at, created_at, updated_at)
+               queued_at, deadline_at, approval_expires_at, created_at, updated_at, limit_keys)
              SELECT id, $1, queue, kind, payload, priority, base, base, fingerprint, occurrences,
                state::job_state, max_attempts, timeout_ms, GREATEST(run_at, ",
             pg_judged!(17),
@@ -136,12 +137,12 @@ impl PgStore {
             pg_judged!(17),
             "), COALESCE(deadline_at, GREATEST(run_at, ",
             pg_judged!(17),
-            ") + $18), approval, $2, $2
+            ") + $18), approval, $2, $2, limit_keys
              FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
                          $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[],
-                         $14::bigint[], $15::bigint[], $16::bigint[])
+                         $14::bigint[], $15::bigint[], $16::bigint[], $20::text[])
                AS t(id, queue, kind, payload, priority, base, fingerprint, occurrences, state,
-                    max_attempts, timeout_ms, run_at, deadline_at, approval)
+                    max_attempts, timeout_ms, run_at, deadline_at, approval, limit_keys)
              ON CONFLICT (tenant_id, fingerprint)
                WHERE fingerprint IS NOT NULL AND state NOT IN ",
             crate::rows::terminal!(),
@@ -171,6 +172,7 @@ impl PgStore {
         .bind(judged)
         .bind(dur_ms(Backend::options(self).default_queue_deadline))
         .bind(announce)
+        .bind(&c.limit_keys)
         .fetch_all(&mut *conn)
         .await;
         let stored = self.watch(stored).op(op)?;
@@ -351,6 +353,7 @@ struct Columns {
     run_at: Vec<Option<i64>>,
     deadline: Vec<Option<i64>>,
     approval: Vec<Option<i64>>,
+    limit_keys: Vec<Option<String>>,
 }
 
 impl Columns {

@@ -81,16 +81,17 @@ impl SqliteStore {
                         run_at + dur_ms(Backend::options(self).default_queue_deadline)
                     }),
                     "approval": job.approval_expires_at.map(ms),
+                    "limits": crate::limits::stored_keys(job),
                 })
             })
             .collect();
         let stored = sqlx::query(concat!(
             "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
                effective_priority, fingerprint, state, max_attempts, timeout_ms, run_at,
-               queued_at, deadline_at, approval_expires_at, created_at, updated_at)
+               queued_at, deadline_at, approval_expires_at, created_at, updated_at, limit_keys)
              SELECT j->>'id', ?1, j->>'queue', j->>'kind', j->>'payload', j->>'priority',
                j->>'base', j->>'base', j->>'fp', j->>'state', j->>'max', j->>'timeout',
-               j->>'run_at', j->>'run_at', j->>'deadline', j->>'approval', ?2, ?2
+               j->>'run_at', j->>'run_at', j->>'deadline', j->>'approval', ?2, ?2, j->>'limits'
              FROM (SELECT value AS j FROM json_each(?3) ORDER BY key) WHERE true
              ON CONFLICT (tenant_id, fingerprint)
                WHERE fingerprint IS NOT NULL AND state NOT IN ",

@@ -35,7 +35,22 @@ impl Store {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        dispatch!(self, signals::enqueue(&self.local.signals, tenant_id, jobs))
+        let jobs = self.resolve_limits(tenant_id, jobs).await?;
+        let enqueued = dispatch!(
+            self,
+            signals::enqueue(&self.local.signals, tenant_id, &jobs)
+        )?;
+        self.admit_enqueued(&jobs).await?;
+        Ok(enqueued)
+    }
+
+    /// Admits at once what an enqueue left waiting for its limits, so a
+    /// job whose keys have room is claimable when the enqueue answers.
+    async fn admit_enqueued(&self, jobs: &[NewJob]) -> Result<(), StoreError> {
+        if jobs.iter().any(|j| !j.limits.is_empty()) {
+            self.admit_waiting("system").await?;
+        }
+        Ok(())
     }
 
     /// Enqueues like [`Store::enqueue_batch`], once per idempotency `key`
@@ -49,13 +64,15 @@ impl Store {
         jobs: &[NewJob],
         lifetime: Duration,
     ) -> Result<Once, StoreError> {
+        let jobs = self.resolve_limits(tenant_id, jobs).await?;
         let once = dispatch!(
             self,
-            idempotency::enqueue_once(tenant_id, key, jobs, lifetime)
+            idempotency::enqueue_once(tenant_id, key, &jobs, lifetime)
         )?;
         if !once.replayed {
-            let queued = signals::queued_by_queue(jobs, self.now());
+            let queued = signals::queued_by_queue(&jobs, self.now());
             dispatch!(self, signals::wake(&self.local.signals, tenant_id, &queued));
+            self.admit_enqueued(&jobs).await?;
         }
         Ok(once)
     }
@@ -159,6 +176,7 @@ impl Store {
         &self,
         swept: Result<Swept, StoreError>,
     ) -> Result<Swept, StoreError> {
+        self.limits_moved();
         if let Ok(swept) = &swept {
             for (tenant, queued) in swept.queued_by_tenant() {
                 dispatch!(self, signals::wake(&self.local.signals, tenant, &queued));
@@ -169,6 +187,7 @@ impl Store {
 
     /// Wakes waiting claims for one job queued again.
     pub(super) async fn woken_job(&self, job: Result<Job, StoreError>) -> Result<Job, StoreError> {
+        self.limits_moved();
         if let Ok(job) = &job
             && job.state == JobState::Queued
         {
@@ -193,8 +212,16 @@ impl Store {
         periodic: &PeriodicEnqueue<'_>,
         fence: Option<&Fence>,
     ) -> Result<Option<Enqueued>, StoreError> {
+        let resolved = self
+            .resolve_limits(periodic.tenant_id, std::slice::from_ref(periodic.job))
+            .await?;
+        let periodic = &PeriodicEnqueue {
+            job: &resolved[0],
+            ..*periodic
+        };
         let enqueued = dispatch!(self, jobs::enqueue_periodic(periodic, fence))?;
         if enqueued.is_some() {
+            self.admit_enqueued(&resolved).await?;
             let queued = signals::queued_by_queue(std::slice::from_ref(periodic.job), self.now());
             dispatch!(
                 self,
@@ -265,6 +292,7 @@ impl Store {
             self,
             tally::succeeded(&self.local.tally, out.completed.len())
         );
+        self.limits_moved();
         Ok(out)
     }
 
@@ -300,7 +328,9 @@ impl Store {
     /// Records a failed attempt: retried (`scheduled` after the backoff)
     /// while attempts are left and the error is not permanent, else `dead`.
     pub async fn fail(&self, failure: &Failure<'_>) -> Result<FailOutcome, StoreError> {
-        dispatch!(self, jobs::fail(failure))
+        let out = dispatch!(self, jobs::fail(failure));
+        self.limits_moved();
+        out
     }
 
     /// Extends the leases `agent` holds on running jobs, in one statement:
@@ -326,6 +356,7 @@ impl Store {
         lease_token: i64,
     ) -> Result<(), StoreError> {
         let (tenant, queue) = dispatch!(self, jobs::release(agent, id, lease_token))?;
+        self.limits_moved();
         dispatch!(
             self,
             signals::wake(&self.local.signals, tenant, &[(queue, 1)])
@@ -335,10 +366,12 @@ impl Store {
 
     /// Cancels a live job (audited).
     pub async fn cancel(&self, id: JobId, actor: &str) -> Result<Job, StoreError> {
-        dispatch!(
+        let job = dispatch!(
             self,
             jobs::transition(id, JobState::Cancelled, AuditAction::JobCancelled, actor)
-        )
+        );
+        self.limits_moved();
+        job
     }
 
     /// Approves a job awaiting approval (audited).

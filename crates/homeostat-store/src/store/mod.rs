@@ -39,6 +39,7 @@ macro_rules! dispatch {
 mod audit;
 mod jobs;
 mod leases;
+mod limits;
 mod notifications;
 mod registry;
 mod sweeps;
@@ -137,6 +138,9 @@ impl Store {
 
     /// Closes the connection pool.
     pub async fn close(&self) {
+        self.local
+            .closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = dispatch!(self, tally::flush(&self.local.tally)) {
             tracing::warn!(error = %e, "the last counts of succeeded jobs were not written");
         }

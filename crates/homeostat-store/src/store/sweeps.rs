@@ -63,10 +63,17 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(
+        let mut swept = dispatch!(
             self,
             sweeps::run_due(&sweeps::DEADLINE_PASSED, limit, fence)
-        )
+        )?;
+        let waiting = dispatch!(
+            self,
+            sweeps::run_due(&sweeps::WAITING_DEADLINE_PASSED, limit, fence)
+        )?;
+        swept.merge(waiting);
+        self.limits_moved();
+        Ok(swept)
     }
 
     /// Running jobs past their own timeout: a failed attempt (scheduled for
@@ -76,7 +83,9 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(self, sweeps::time_out_running(limit, fence))
+        let swept = dispatch!(self, sweeps::time_out_running(limit, fence));
+        self.limits_moved();
+        swept
     }
 
     /// Scheduled jobs whose time has come: queued.
