@@ -475,13 +475,24 @@ async fn listing_by_state_finds_exactly_the_jobs_in_each_state(store: &Store) {
         .expire_overdue_queued(100, None)
         .await
         .unwrap();
+    // Waiting: the second job under a limit of one.
+    let one = homeostat_model::LimitSpec {
+        max_running: Some(1),
+        ..Default::default()
+    };
+    store.set_limit("one", &one, "operator:test").await.unwrap();
+    for _ in 0..2 {
+        let mut limited = job("q");
+        limited.limits = vec![homeostat_model::JobLimit::new("one", "k")];
+        store.at(at(101)).enqueue(t, &limited).await.unwrap();
+    }
 
     let all = store
         .list_jobs(&JobFilter::default(), None, 100)
         .await
         .unwrap()
         .items;
-    assert_eq!(all.len(), 8);
+    assert_eq!(all.len(), 10);
     for state in JobState::ALL {
         let filter = JobFilter {
             state: Some(state),

@@ -6,6 +6,7 @@ mod audit;
 mod claims;
 mod jobs;
 mod leases;
+mod limits;
 mod notifications;
 mod registry;
 mod sweeps;
