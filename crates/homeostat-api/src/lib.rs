@@ -54,6 +54,7 @@ pub use state::{AlertRoute, ApiSettings, ApiState, QuotaOverride, Quotas};
     tags(
         (name = "agent", description = "The agent protocol: register, heartbeat, claim, complete, fail, release"),
         (name = "jobs", description = "Enqueue, list, show, cancel, retry, approve"),
+        (name = "limits", description = "Concurrency and rate limits by key"),
         (name = "agents", description = "The fleet"),
         (name = "tenants", description = "Tenants and their plan tier"),
         (name = "tokens", description = "Bootstrap tokens and API keys"),
@@ -95,7 +96,8 @@ impl utoipa::Modify for BearerSchemes {
 /// The routes and their OpenAPI document.
 fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     use routes::{
-        agent, agents, audit, controllers, jobs, notifications, probes, signals, tenants, tokens,
+        agent, agents, audit, controllers, jobs, limits, notifications, probes, signals, tenants,
+        tokens,
     };
     use utoipa::OpenApi;
     use utoipa_axum::{router::OpenApiRouter, routes};
@@ -112,6 +114,12 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::retry))
         .routes(routes!(jobs::approve))
+        .routes(routes!(limits::list_limits))
+        .routes(routes!(
+            limits::show_limit,
+            limits::set_limit,
+            limits::delete_limit
+        ))
         .routes(routes!(agents::list_agents))
         .routes(routes!(agents::show_agent, agents::remove_agent))
         .routes(routes!(agents::drain_agent))

@@ -49,6 +49,10 @@ pub struct JobDetail {
     pub job: Job,
     /// What operators and controllers did to it, oldest first.
     pub history: Vec<AuditEvent>,
+    /// How each limit the job is under stands now, and which keep it
+    /// waiting (empty for a job under none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limit_status: Vec<crate::JobLimitStatus>,
 }
 
 /// A tenant to create.

@@ -325,7 +325,12 @@ pub(crate) async fn show(
         .store
         .audit_events_of(&format!("job:{id}"), 1000)
         .await?;
-    Ok(Json(JobDetail { job, history }))
+    let limit_status = state.store.job_limits(&job).await?;
+    Ok(Json(JobDetail {
+        job,
+        history,
+        limit_status,
+    }))
 }
 
 #[utoipa::path(

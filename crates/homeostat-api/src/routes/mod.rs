@@ -5,6 +5,7 @@ pub(crate) mod agents;
 pub(crate) mod audit;
 pub(crate) mod controllers;
 pub(crate) mod jobs;
+pub(crate) mod limits;
 pub(crate) mod notifications;
 pub(crate) mod probes;
 pub(crate) mod signals;

@@ -7,6 +7,7 @@ mod dashboard;
 mod errors;
 mod fleet;
 mod jobs;
+mod limits;
 mod openapi;
 mod operators;
 mod quotas;
