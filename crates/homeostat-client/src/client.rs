@@ -19,8 +19,9 @@ use homeostat_model::wire::{
     ReleaseRequest,
 };
 use homeostat_model::{
-    Agent, AgentId, AuditPage, CompletedBatch, Completion, FailOutcome, Job, JobId, NewJob,
-    Notification, NotificationId, Page, Tenant, TenantId, TokenId, TokenInfo, VerificationId,
+    Agent, AgentId, AuditPage, CompletedBatch, Completion, FailOutcome, Job, JobId, Limit,
+    LimitSpec, LimitUsage, NewJob, Notification, NotificationId, Page, Tenant, TenantId, TokenId,
+    TokenInfo, VerificationId,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -859,6 +860,50 @@ impl Client {
             "/v1/signals/alertmanager",
             hook,
             Repeat::Safe,
+        )
+        .await
+    }
+
+    /// Every limit, with what holds and waits under it.
+    pub async fn limits(&self) -> Result<Vec<LimitUsage>, ClientError> {
+        self.list("listing limits", "/v1/limits").await
+    }
+
+    /// One limit, with what holds and waits under it and its busiest keys.
+    pub async fn limit(&self, name: &str) -> Result<LimitUsage, ClientError> {
+        self.get("reading a limit", &format!("/v1/limits/{name}"))
+            .await
+    }
+
+    /// Creates or changes a limit (a repeat sets the same values).
+    pub async fn set_limit(&self, name: &str, spec: &LimitSpec) -> Result<Limit, ClientError> {
+        let operation = "setting a limit";
+        let body = serde_json::to_value(spec).map_err(|e| ClientError::Decode {
+            operation,
+            detail: e.to_string(),
+        })?;
+        self.call(
+            operation,
+            Method::PUT,
+            &format!("/v1/limits/{name}"),
+            Some(body),
+            vec![],
+            Repeat::Safe,
+            None,
+        )
+        .await
+    }
+
+    /// Deletes a limit: jobs waiting on it alone are queued.
+    pub async fn delete_limit(&self, name: &str) -> Result<(), ClientError> {
+        self.call(
+            "deleting a limit",
+            Method::DELETE,
+            &format!("/v1/limits/{name}"),
+            None,
+            vec![],
+            Repeat::IfNothingHappened,
+            None,
         )
         .await
     }

@@ -154,6 +154,9 @@ pub struct ControllersConfig {
     pub approval_expiration: Settings,
     /// token-cleanup (1 h).
     pub token_cleanup: Settings,
+    /// limits (1 s): admits jobs whose limits' keys came due, prunes old
+    /// starts.
+    pub limits: Settings,
     /// job-retention (1 h; succeeded and cancelled 24 h, dead and expired 7 d).
     pub job_retention: JobRetentionConfig,
     /// audit-retention (24 h; 365 d, batches of 10,000).
@@ -188,6 +191,7 @@ impl Default for ControllersConfig {
             },
             approval_expiration: Settings::every(HOUR, 1000),
             token_cleanup: Settings::every(HOUR, 1000),
+            limits: Settings::every(SECOND, 1000),
             job_retention: JobRetentionConfig {
                 settings: Settings::every(HOUR, 1000),
                 retention: homeostat_store::JobRetention::default(),

@@ -29,6 +29,7 @@ mod job_recovery;
 mod job_retention;
 mod job_scheduler;
 mod job_timeout;
+mod limits;
 mod notification_dispatch;
 pub mod notifier;
 mod periodic_jobs;
@@ -46,6 +47,7 @@ pub use job_recovery::JobRecovery;
 pub use job_retention::JobRetention;
 pub use job_scheduler::JobScheduler;
 pub use job_timeout::JobTimeout;
+pub use limits::Limits;
 pub use notification_dispatch::NotificationDispatch;
 pub use notifier::Notifier;
 pub use periodic_jobs::{PeriodicJobs, PeriodicSchedule, ScheduleError};
@@ -115,6 +117,7 @@ pub fn register_builtin(
         config.approval_expiration,
         ApprovalExpiration::new(store.clone(), config.approval_expiration)
     );
+    add!(config.limits, Limits::new(store.clone(), config.limits));
     add!(
         config.token_cleanup,
         TokenCleanup::new(store.clone(), config.token_cleanup)

@@ -258,7 +258,7 @@ impl NewJob {
             ));
         }
         for (i, l) in self.limits.iter().enumerate() {
-            validate_name(LIMIT_FIELDS[i], &l.limit)?;
+            crate::limit::validate_limit_name(LIMIT_FIELDS[i], &l.limit)?;
             if let Some(key) = &l.key {
                 validate_key(KEY_FIELDS[i], key)?;
             }

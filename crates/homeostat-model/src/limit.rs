@@ -290,7 +290,7 @@ pub struct JobLimit {
     /// The limit's name.
     #[cfg_attr(
         feature = "openapi",
-        schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._:/-]+$")
+        schema(min_length = 1, max_length = 100, pattern = "^[A-Za-z0-9._-]+$")
     )]
     pub limit: String,
     /// The key (1 to 200 characters); required when the limit takes it
@@ -324,6 +324,30 @@ impl fmt::Display for LimitKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.limit, self.key)
     }
+}
+
+/// Checks a limit's name: 1 to 100 of `A-Z a-z 0-9 . _ -` (it is a path
+/// segment of the API, and `limit:key` names a key).
+pub fn validate_limit_name(field: &'static str, name: &str) -> Result<(), ValidationError> {
+    if name.is_empty() || name.len() > 100 {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "a limit's name must be 1 to 100 characters, got {}",
+                name.len()
+            ),
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(ValidationError::new(
+            field,
+            format!("a limit's name contains {bad:?}; allowed are letters, digits and . _ -"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a key: 1 to [`MAX_KEY_CHARS`] characters, no control characters.

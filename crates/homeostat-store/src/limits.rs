@@ -324,7 +324,7 @@ pub(crate) async fn set<B: Backend>(
     spec: &LimitSpec,
     actor: &str,
 ) -> Result<(Limit, bool), StoreError> {
-    homeostat_model::validate_name("name", name)?;
+    homeostat_model::limit::validate_limit_name("name", name)?;
     spec.validate()?;
     let op = "setting a limit";
     let now = ms(b.now());

@@ -84,6 +84,11 @@ pub(crate) enum Jobs {
         /// of enqueueing another (safe to rerun a script).
         #[arg(long, value_name = "KEY")]
         idempotency_key: Option<String>,
+        /// Puts the job under a limit: `NAME=KEY`, or `NAME` for a limit
+        /// that takes its key from the tenant or the payload (repeat, up
+        /// to 4; see `homeostat limits`).
+        #[arg(long = "limit", value_name = "NAME[=KEY]", value_parser = parse_job_limit)]
+        limits: Vec<homeostat_model::JobLimit>,
     },
     /// Lists jobs, newest first.
     List {
@@ -247,6 +252,72 @@ fn parse_role(s: &str) -> Result<KeyRole, String> {
         .map_err(|_| format!("{s:?}: the role is admin, tenant or viewer"))
 }
 
+fn parse_job_limit(s: &str) -> Result<homeostat_model::JobLimit, String> {
+    let (limit, key) = match s.split_once('=') {
+        Some((limit, key)) => (limit, Some(key.to_owned())),
+        None => (s, None),
+    };
+    if limit.is_empty() {
+        return Err(format!("{s:?}: give the limit as NAME=KEY or NAME"));
+    }
+    Ok(homeostat_model::JobLimit {
+        limit: limit.to_owned(),
+        key,
+    })
+}
+
+/// `N/SECONDS`: at most N starts in any window of SECONDS.
+fn parse_rate(s: &str) -> Result<homeostat_model::Rate, String> {
+    let bad = || format!("{s:?}: give the rate as STARTS/SECONDS, e.g. 10/60");
+    let (starts, secs) = s.split_once('/').ok_or_else(bad)?;
+    Ok(homeostat_model::Rate {
+        starts: starts.trim().parse().map_err(|_| bad())?,
+        per_secs: secs
+            .trim()
+            .trim_end_matches('s')
+            .parse()
+            .map_err(|_| bad())?,
+    })
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Limits {
+    /// Lists limits with what holds and waits under each.
+    List,
+    /// Shows a limit and its busiest keys.
+    Show { name: String },
+    /// Creates or changes a limit (the values given replace all of its
+    /// values). Jobs name it at enqueue (`jobs enqueue --limit NAME=KEY`),
+    /// or it applies to every job of `--queue`/`--kind`.
+    Set {
+        /// Its name: letters, digits and . _ -
+        name: String,
+        /// Jobs of one key queued or running at once.
+        #[arg(long)]
+        max_running: Option<u32>,
+        /// Starts of one key per window: STARTS/SECONDS, e.g. 10/60.
+        #[arg(long, value_parser = parse_rate)]
+        rate: Option<homeostat_model::Rate>,
+        /// When a key is full: wait (in order), round_robin (keys take
+        /// turns at the agents), cancel_newest (the new job is cancelled),
+        /// cancel_oldest (the oldest running job is cancelled).
+        #[arg(long, default_value = "wait")]
+        strategy: homeostat_model::LimitStrategy,
+        /// Where a job's key comes from: job (named at enqueue), tenant, or
+        /// a JSON pointer into the payload like /customer.
+        #[arg(long, default_value = "job")]
+        key_from: homeostat_model::KeySource,
+        /// Applies to every job of this queue without being named.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Applies to every job of this kind without being named.
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Deletes a limit: jobs waiting on it alone are queued.
+    Delete { name: String },
+}
+
 fn parse_tier(s: &str) -> Result<PlanTier, String> {
     serde_json::from_value(Value::String(s.to_owned()))
         .map_err(|_| format!("{s:?}: the tier is free, standard or premium"))
@@ -264,6 +335,7 @@ pub(crate) enum Command {
     Tenants(Tenants),
     Notifications(Notifications),
     Audit(Audit),
+    Limits(Limits),
 }
 
 const JOB_COLUMNS: &[Column] = &[
@@ -339,6 +411,104 @@ const VERIFICATION_FIELDS: &[Column] = &[
     ("asked at", "requested_at"),
     ("finished at", "finished_at"),
 ];
+
+const LIMIT_COLUMNS: &[Column] = &[
+    ("NAME", "name"),
+    ("MAX RUNNING", "max_running"),
+    ("RATE", "rate"),
+    ("STRATEGY", "strategy"),
+    ("KEY FROM", "key_from"),
+    ("HOLDING", "holding"),
+    ("WAITING", "waiting"),
+    ("BY RATE", "delayed_by_rate"),
+    ("KEYS", "active_keys"),
+];
+const KEY_COLUMNS: &[Column] = &[
+    ("KEY", "key"),
+    ("RUNNING", "running"),
+    ("QUEUED", "queued"),
+    ("STOPPING", "stopping"),
+    ("WAITING", "waiting"),
+    ("RECENT STARTS", "recent_starts"),
+];
+
+/// A limit's values as people read them: the rate as `N/Ss`.
+fn limit_row(usage: &homeostat_model::LimitUsage) -> Value {
+    let mut row = serde_json::to_value(usage).unwrap_or_default();
+    if let Some(rate) = usage.limit.spec.rate {
+        row["rate"] = Value::String(format!("{}/{}s", rate.starts, rate.per_secs));
+    }
+    row
+}
+
+async fn limits(client: &Client, out: Format, command: Limits) -> Result<(), ClientError> {
+    match command {
+        Limits::List => {
+            let all = client.limits().await?;
+            match out {
+                Format::Table => {
+                    let rows: Vec<Value> = all.iter().map(limit_row).collect();
+                    output::list(out, LIMIT_COLUMNS, &rows);
+                }
+                _ => output::list(out, LIMIT_COLUMNS, &all),
+            }
+        }
+        Limits::Show { name } => {
+            let usage = client.limit(&name).await?;
+            match out {
+                Format::Table => {
+                    output::one(out, LIMIT_COLUMNS, &limit_row(&usage));
+                    if let Some(on) = &usage.limit.spec.applies_to {
+                        outln!(
+                            "applies to queue {} kind {}",
+                            on.queue.as_deref().unwrap_or("*"),
+                            on.kind.as_deref().unwrap_or("*")
+                        );
+                    }
+                    if !usage.hottest.is_empty() {
+                        outln!("\nbusiest keys:");
+                        output::list(out, KEY_COLUMNS, &usage.hottest);
+                    }
+                }
+                _ => output::one(out, &[], &usage),
+            }
+        }
+        Limits::Set {
+            name,
+            max_running,
+            rate,
+            strategy,
+            key_from,
+            queue,
+            kind,
+        } => {
+            let applies_to = (queue.is_some() || kind.is_some())
+                .then_some(homeostat_model::LimitSelector { queue, kind });
+            let spec = homeostat_model::LimitSpec {
+                max_running,
+                rate,
+                strategy,
+                key_from,
+                applies_to,
+            };
+            let limit = client.set_limit(&name, &spec).await?;
+            match out {
+                Format::Table => outln!("limit {} set", limit.name),
+                Format::Id => outln!("{}", limit.name),
+                _ => output::one(out, &[], &limit),
+            }
+        }
+        Limits::Delete { name } => {
+            client.delete_limit(&name).await?;
+            match out {
+                Format::Table => outln!("limit {name} deleted"),
+                Format::Id => outln!("{name}"),
+                _ => output::one(out, &[], &serde_json::json!({"deleted": name})),
+            }
+        }
+    }
+    Ok(())
+}
 
 const NOTIFICATION_COLUMNS: &[Column] = &[
     ("ID", "id"),
@@ -467,6 +637,7 @@ async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> 
             }
         }
         Command::Tokens(t) => tokens(&client, out, t).await?,
+        Command::Limits(l) => limits(&client, out, l).await?,
         Command::Tenants(Tenants::Create { name, tier }) => {
             let t = client
                 .create_tenant(&NewTenantRequest { name, tier })
@@ -541,8 +712,10 @@ async fn jobs(client: &Client, out: Format, j: Jobs) -> Result<ExitCode, ClientE
             deadline,
             approval_expires_at,
             idempotency_key,
+            limits,
         } => {
             let mut job = NewJob::new(queue, kind);
+            job.limits = limits;
             job.payload = payload.unwrap_or(Value::Null);
             job.priority = priority;
             job.fingerprint = fingerprint;
@@ -594,6 +767,14 @@ async fn jobs(client: &Client, out: Format, j: Jobs) -> Result<ExitCode, ClientE
             match out {
                 Format::Table => {
                     output::one(out, JOB_FIELDS, &detail.job);
+                    for status in &detail.limit_status {
+                        let verb = if status.blocking {
+                            "waiting for"
+                        } else {
+                            "under"
+                        };
+                        outln!("{verb} {}", status.describe());
+                    }
                     if !detail.job.attempts.is_empty() {
                         outln!("\nfailed attempts:");
                         output::list(

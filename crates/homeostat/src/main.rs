@@ -79,6 +79,9 @@ enum Command {
     Tokens(Operate<cli::Tokens>),
     /// Tenants: create, list, usage.
     Tenants(Operate<cli::Tenants>),
+    /// Limits by key on how many jobs run at once and how often they
+    /// start: list, show, set, delete.
+    Limits(Operate<cli::Limits>),
     /// Notifications that could not be delivered: list, redrive.
     Notifications(Operate<cli::Notifications>),
     /// The audit log: verify its hash chain.
@@ -231,6 +234,7 @@ fn main() -> ExitCode {
         Command::Controllers(o) => cli::main(o.connection, cli::Command::Controllers(o.command)),
         Command::Tokens(o) => cli::main(o.connection, cli::Command::Tokens(o.command)),
         Command::Tenants(o) => cli::main(o.connection, cli::Command::Tenants(o.command)),
+        Command::Limits(o) => cli::main(o.connection, cli::Command::Limits(o.command)),
         Command::Notifications(o) => {
             cli::main(o.connection, cli::Command::Notifications(o.command))
         }

@@ -295,3 +295,84 @@ async fn the_operators_commands() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limits_commands() {
+    let dir = data_dir();
+    let c = client();
+    let server = common::start(&dir);
+    ready(&c, &server).await;
+    let cli = Cli {
+        server: server.url(""),
+        token: server.admin_key().unwrap(),
+    };
+    let tenant = cli.json(&["tenants", "create", "acme"]);
+    let tenant_id = tenant["id"].as_str().unwrap().to_owned();
+    let set = cli.ok(&["limits", "set", "per-customer", "--max-running", "1"]);
+    assert_eq!(set.trim(), "limit per-customer set");
+    let rated = cli.ok(&[
+        "limits",
+        "set",
+        "github",
+        "--rate",
+        "10/60",
+        "--key-from",
+        "tenant",
+        "--queue",
+        "sync",
+    ]);
+    assert_eq!(rated.trim(), "limit github set");
+    let bad = cli.run(&["limits", "set", "x", "--rate", "ten"]);
+    assert_eq!(bad.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("STARTS/SECONDS"));
+    let refused = cli.run(&["limits", "set", "x"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("max_running"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let e = cli.json(&[
+            "jobs",
+            "enqueue",
+            "--queue",
+            "builds",
+            "--kind",
+            "compile",
+            "--tenant",
+            &tenant_id,
+            "--limit",
+            "per-customer=42",
+        ]);
+        ids.push(e["id"].as_str().unwrap().to_owned());
+    }
+    let second = cli.ok(&["jobs", "show", &ids[1]]);
+    assert!(
+        second.contains("waiting for per-customer:42, 1 of 1 running"),
+        "{second}"
+    );
+    let listed = cli.ok(&["limits", "list"]);
+    assert!(listed.starts_with("NAME"), "{listed}");
+    assert!(listed.contains("10/60s"), "{listed}");
+    let shown = cli.ok(&["limits", "show", "per-customer"]);
+    assert!(shown.contains("busiest keys"), "{shown}");
+    let json = cli.json(&["limits", "show", "per-customer"]);
+    assert_eq!(json["waiting"], 1, "{json}");
+    assert_eq!(json["hottest"][0]["key"], "42", "{json}");
+
+    assert_eq!(
+        cli.ok(&["limits", "delete", "per-customer"]).trim(),
+        "limit per-customer deleted"
+    );
+    let job = cli.json(&["jobs", "show", &ids[1]]);
+    assert_eq!(job["state"], "queued", "{job}");
+    assert_eq!(
+        cli.run(&["limits", "delete", "per-customer"]).status.code(),
+        Some(3)
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
