@@ -522,6 +522,11 @@ pub(crate) fn stored_keys(job: &NewJob) -> Option<String> {
 
 type Pair = (String, String);
 
+/// A count from the database as a length (none below zero).
+fn count(n: i64) -> usize {
+    usize::try_from(n).unwrap_or(0)
+}
+
 fn pairs_json(keys: &[&Pair]) -> String {
     serde_json::to_string(keys).expect("pairs of strings serialize")
 }
@@ -705,7 +710,7 @@ pub(crate) async fn admit<B: Backend>(b: &B, actor: &str) -> Result<Admitted, St
                 if ids.len() as i64 == slots + BATCH {
                     rewake.push(pair.clone());
                 }
-                let keep = (slots as usize).min(ids.len());
+                let keep = count(slots).min(ids.len());
                 cancel.extend(ids[keep..].iter().map(|id| (*id, pair.clone())));
                 ids[..keep].to_vec()
             }
@@ -713,9 +718,11 @@ pub(crate) async fn admit<B: Backend>(b: &B, actor: &str) -> Result<Admitted, St
                 // The newest jobs of the key, waiting or holding, keep its
                 // slots; the older are cancelled. A running job cancelled
                 // holds its slot until its agent has had its lease to stop.
-                let max = limit
-                    .and_then(|l| l.spec.max_running)
-                    .map_or(BATCH, i64::from) as usize;
+                let max = count(
+                    limit
+                        .and_then(|l| l.spec.max_running)
+                        .map_or(BATCH, i64::from),
+                );
                 let waiting = job_ids::<B>(
                     &mut tx,
                     Stmt::new::<B>(WAITING_NEWEST).arg(l).arg(k).arg(BATCH),
@@ -734,7 +741,7 @@ pub(crate) async fn admit<B: Backend>(b: &B, actor: &str) -> Result<Admitted, St
                     .map(|id| (*id, true))
                     .chain(holders.iter().map(|id| (*id, false)))
                     .collect();
-                all.sort_by(|a, b| b.0.cmp(&a.0));
+                all.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
                 let mut kept = Vec::new();
                 for (i, (id, is_waiting)) in all.into_iter().enumerate() {
                     if i >= max {
@@ -1041,8 +1048,8 @@ pub(crate) async fn job_status<B: Backend>(
         out.push(JobLimitStatus {
             max_running: limit.and_then(|l| l.spec.max_running),
             rate: limit.and_then(|l| l.spec.rate),
-            holding: holding.max(0) as u64,
-            recent_starts: recent.max(0) as u64,
+            holding: u64::try_from(holding).unwrap_or(0),
+            recent_starts: u64::try_from(recent).unwrap_or(0),
             blocking: job.state == JobState::Waiting && limit.is_some() && room.free() <= 0,
             key,
         });

@@ -25,7 +25,7 @@ pub const MAX_BATCH: usize = 1000;
 #[derive(Debug)]
 pub(crate) enum EnqueueBody {
     Batch(BatchEnqueueRequest),
-    One(OneBody),
+    One(Box<OneBody>),
 }
 
 /// The request body of `POST /v1/jobs`, as documented: one job (its
@@ -34,7 +34,7 @@ pub(crate) enum EnqueueBody {
 #[serde(untagged)]
 #[allow(dead_code)] // the handler parses the body itself, naming bad fields
 pub(crate) enum EnqueueRequest {
-    One(EnqueueOne),
+    One(Box<EnqueueOne>),
     Batch(BatchEnqueueRequest),
 }
 
@@ -108,7 +108,10 @@ pub(crate) async fn enqueue(
     let body: EnqueueBody = parse_json(body)?;
     let (tenant, jobs, batch) = match body {
         EnqueueBody::Batch(b) => (b.tenant_id, b.jobs, true),
-        EnqueueBody::One(o) => (o.tenant_id, vec![o.job], false),
+        EnqueueBody::One(o) => {
+            let OneBody { tenant_id, job } = *o;
+            (tenant_id, vec![job], false)
+        }
     };
     let tenant = target_tenant(&caller, tenant)?;
     if jobs.is_empty() || jobs.len() > MAX_BATCH {
@@ -200,7 +203,7 @@ fn parse_json(value: serde_json::Value) -> Result<EnqueueBody, ApiError> {
         None => None,
     };
     let job = strict_json::from_value(&value)?;
-    Ok(EnqueueBody::One(OneBody { tenant_id, job }))
+    Ok(EnqueueBody::One(Box::new(OneBody { tenant_id, job })))
 }
 
 /// Filters and paging of `GET /v1/jobs`.
