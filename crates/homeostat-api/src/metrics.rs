@@ -194,6 +194,8 @@ pub(crate) async fn serve(
         waiting,
     );
 
+    limit_metrics(&state, &mut snapshot).await?;
+
     let mut body = String::new();
     let written = encode_registry(&mut body, &state.registry)
         .and_then(|()| encode_registry(&mut body, &snapshot))
@@ -219,6 +221,56 @@ pub(crate) async fn serve(
         prometheus_text(&body),
     )
         .into_response())
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: String,
+}
+
+/// Each limit's jobs: running, holding a slot, waiting, waiting for the
+/// rate alone, and its keys in use (a series per limit, never per key).
+async fn limit_metrics(state: &ApiState, snapshot: &mut Registry) -> Result<(), ApiError> {
+    let usage = state.store.limits_usage().await?;
+    let families: [(&str, &str, fn(&homeostat_model::LimitUsage) -> u64); 5] = [
+        (
+            "homeostat_limit_running",
+            "Jobs running under each limit",
+            |u| u.running,
+        ),
+        (
+            "homeostat_limit_holding",
+            "Jobs holding a slot of each limit (queued, running, or cancelled and stopping)",
+            |u| u.holding,
+        ),
+        (
+            "homeostat_limit_waiting",
+            "Jobs waiting for each limit to admit them",
+            |u| u.waiting,
+        ),
+        (
+            "homeostat_limit_delayed_by_rate",
+            "Jobs waiting only for each limit's rate (their key has a free slot)",
+            |u| u.delayed_by_rate,
+        ),
+        (
+            "homeostat_limit_active_keys",
+            "Keys of each limit with jobs holding or waiting",
+            |u| u.active_keys,
+        ),
+    ];
+    for (name, help, value) in families {
+        let family = Family::<LimitLabel, Gauge>::default();
+        for u in &usage {
+            family
+                .get_or_create(&LimitLabel {
+                    limit: u.limit.name.clone(),
+                })
+                .set(i64::try_from(value(u)).unwrap_or(i64::MAX));
+        }
+        snapshot.register(name, help, family);
+    }
+    Ok(())
 }
 
 /// OpenMetrics text as the Prometheus text format: a counter's family is

@@ -419,6 +419,8 @@ pub struct LimitUsage {
     /// Keys with jobs holding slots or waiting: running plus queued plus
     /// stopping.
     pub holding: u64,
+    /// Of them, jobs running now.
+    pub running: u64,
     /// Jobs waiting under the limit.
     pub waiting: u64,
     /// Jobs that wait because of the rate alone (their key has a free

@@ -939,6 +939,7 @@ fn usage_of(
     let mut usage = LimitUsage {
         limit: limit.clone(),
         holding: 0,
+        running: 0,
         waiting: 0,
         delayed_by_rate: 0,
         active_keys: 0,
@@ -948,6 +949,7 @@ fn usage_of(
     for k in &all {
         let holding = k.running + k.queued + k.stopping;
         usage.holding += holding;
+        usage.running += k.running;
         usage.waiting += k.waiting;
         if holding + k.waiting > 0 {
             usage.active_keys += 1;

@@ -42,6 +42,11 @@ pub(crate) struct Config {
     pub(crate) notifications: Notifications,
     /// The built-in controllers.
     pub(crate) controllers: ControllersConfig,
+    /// Limits by key, by name: set at start when they differ from the
+    /// stored ones (audited as `config`); limits set through the API or
+    /// CLI and absent here are left as they are.
+    #[serde(default)]
+    pub(crate) limits: std::collections::BTreeMap<String, homeostat_model::LimitSpec>,
 }
 
 /// Retries and deadlines of jobs.
@@ -105,6 +110,7 @@ impl Default for Config {
             api: ApiSettings::default(),
             notifications: Notifications::default(),
             controllers: ControllersConfig::default(),
+            limits: Default::default(),
         }
     }
 }
@@ -260,6 +266,14 @@ impl Config {
         }
         if self.max_connections == 0 {
             return bad("max_connections", "must be at least 1".into());
+        }
+        for (name, spec) in &self.limits {
+            if let Err(e) = homeostat_model::limit::validate_limit_name("name", name) {
+                return bad(&format!("limits.{name}"), e.message);
+            }
+            if let Err(e) = spec.validate() {
+                return bad(&format!("limits.{name}.{}", e.field), e.message);
+            }
         }
         let jobs = &self.jobs;
         if jobs.retry_initial.is_zero() || jobs.retry_initial > jobs.retry_max {
@@ -494,6 +508,27 @@ mod tests {
         let f = file("listn = \"0.0.0.0:1\"\n");
         let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
         assert!(err.contains("`listn`"), "{err}");
+    }
+
+    #[test]
+    fn limits_are_read_and_a_bad_one_is_refused_by_its_key() {
+        let f = file(
+            "[limits.per-customer]\nmax_running = 2\nkey_from = \"/customer\"\n\
+             rate = { starts = 10, per_secs = 60 }\n",
+        );
+        let config = Config::load_from(Some(&f.0), no_env()).unwrap();
+        let spec = &config.limits["per-customer"];
+        assert_eq!(spec.max_running, Some(2));
+        assert_eq!(spec.rate.unwrap().starts, 10);
+        let f = file("[limits.per-customer]\nmax_running = 0\n");
+        let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+        assert!(err.contains("limits.per-customer.max_running"), "{err}");
+        let f = file("[limits.per-customer]\nmax_runing = 2\n");
+        let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+        assert!(err.contains("max_runing"), "{err}");
+        let f = file("[limits.\"a/b\"]\nmax_running = 2\n");
+        let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+        assert!(err.contains("limits.a/b"), "{err}");
     }
 
     #[test]

@@ -81,6 +81,7 @@ async fn run(config: Config) -> Result<(), BoxError> {
         tracing::warn!("not yet listening for jobs queued by other replicas; retrying");
     }
     ensure_admin_key(&store).await?;
+    apply_limits(&store, &config.limits).await?;
 
     let mut registry = Registry::default();
     let mut builder = Manager::builder()
@@ -208,6 +209,25 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
 
 /// On the first start (no live admin key), creates an admin API key and
 /// prints it once on standard output; only its hash is stored.
+/// Sets the configuration file's limits that differ from the stored ones.
+async fn apply_limits(
+    store: &Store,
+    limits: &std::collections::BTreeMap<String, homeostat_model::LimitSpec>,
+) -> Result<(), BoxError> {
+    for (name, spec) in limits {
+        let stored = match store.limit(name).await {
+            Ok(limit) => Some(limit.spec),
+            Err(homeostat_store::StoreError::NotFound { .. }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if stored.as_ref() != Some(spec) {
+            store.set_limit(name, spec, "config").await?;
+            tracing::info!(limit = %name, "limit set from the configuration");
+        }
+    }
+    Ok(())
+}
+
 async fn ensure_admin_key(store: &Store) -> Result<(), BoxError> {
     let now = store.now();
     let keys = store.list_tokens(TokenKind::ApiKey, None).await?;

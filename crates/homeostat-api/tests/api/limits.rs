@@ -120,6 +120,20 @@ async fn limits_are_set_shown_enforced_and_deleted(store: &Store) {
     assert_eq!(shown.body["waiting"], 1, "{}", shown.text);
     assert_eq!(shown.body["hottest"][0]["key"], "42");
     assert_eq!(shown.body["hottest"][0]["running"], 2);
+    let metrics = api.get("/metrics", &api.admin).await;
+    for series in [
+        "homeostat_limit_waiting{limit=\"per-customer\"} 1",
+        "homeostat_limit_running{limit=\"per-customer\"} 2",
+        "homeostat_limit_holding{limit=\"per-customer\"} 2",
+        "homeostat_limit_delayed_by_rate{limit=\"per-customer\"} 0",
+        "homeostat_limit_active_keys{limit=\"per-customer\"} 1",
+    ] {
+        assert!(
+            metrics.text.contains(series),
+            "{series} in {}",
+            metrics.text
+        );
+    }
     let listed = api.get("/v1/limits", &api.admin).await;
     assert_eq!(listed.body["items"][0]["name"], "per-customer");
 
