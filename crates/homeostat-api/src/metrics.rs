@@ -223,6 +223,13 @@ pub(crate) async fn serve(
         .into_response())
 }
 
+/// A gauge family of limits: name, help, and the value of one limit.
+type LimitFamily = (
+    &'static str,
+    &'static str,
+    fn(&homeostat_model::LimitUsage) -> u64,
+);
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabel {
     limit: String,
@@ -232,7 +239,7 @@ struct LimitLabel {
 /// rate alone, and its keys in use (a series per limit, never per key).
 async fn limit_metrics(state: &ApiState, snapshot: &mut Registry) -> Result<(), ApiError> {
     let usage = state.store.limits_usage().await?;
-    let families: [(&str, &str, fn(&homeostat_model::LimitUsage) -> u64); 5] = [
+    let families: [LimitFamily; 5] = [
         (
             "homeostat_limit_running",
             "Jobs running under each limit",

@@ -281,6 +281,9 @@ struct JobView {
     error: String,
     failed: Vec<AttemptRow>,
     history: Vec<EventRow>,
+    /// Each limit the job is under: `limit:key, n of m running`, its
+    /// limit's name, and whether it keeps the job waiting.
+    limits: Vec<(String, String, bool)>,
     can_cancel: bool,
     can_retry: bool,
     can_approve: bool,
@@ -342,6 +345,13 @@ pub(crate) async fn show(
             })
             .collect(),
         history: history.iter().map(EventRow::new).collect(),
+        limits: state
+            .store
+            .job_limits(&job)
+            .await?
+            .iter()
+            .map(|s| (s.describe(), s.key.limit.clone(), s.blocking))
+            .collect(),
         can_cancel: act && job.state.can_become(JobState::Cancelled),
         can_retry: act && retryable(job.state),
         can_approve: act && job.state == JobState::AwaitingApproval,

@@ -9,6 +9,7 @@ mod audit;
 mod controllers;
 mod extract;
 mod jobs;
+mod limits;
 mod names;
 mod notice;
 mod notifications;
@@ -51,6 +52,7 @@ pub(crate) fn router() -> Router<ApiState> {
         .route("/jobs/{id}/{action}", post(jobs::act))
         .route("/agents", get(agents::list))
         .route("/agents/{id}/drain", post(agents::drain))
+        .route("/limits", get(limits::list))
         .route("/controllers", get(controllers::list))
         .route("/controllers/{name}/plan", get(controllers::plan))
         .route("/controllers/{name}/trigger", post(controllers::trigger))

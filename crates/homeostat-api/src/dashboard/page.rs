@@ -11,10 +11,11 @@ use super::problem::{Problem, html};
 use super::session::Session;
 
 /// The navigation: label and address.
-const NAV: [(&str, &str); 6] = [
+const NAV: [(&str, &str); 7] = [
     ("Overview", "/"),
     ("Jobs", "/jobs"),
     ("Agents", "/agents"),
+    ("Limits", "/limits"),
     ("Controllers", "/controllers"),
     ("Audit", "/audit"),
     ("Notifications", "/notifications"),

@@ -16,10 +16,11 @@ use serde_json::json;
 
 use crate::{Answer, Api};
 
-const PAGES: [&str; 7] = [
+const PAGES: [&str; 8] = [
     "/",
     "/jobs",
     "/agents",
+    "/limits",
     "/controllers",
     "/audit",
     "/notifications",
@@ -846,7 +847,67 @@ async fn the_audit_chain_is_verified_with_progress(store: &Store) {
     api.stop().await;
 }
 
+async fn the_limits_page_shows_each_limit_its_busiest_keys_and_what_waits(store: &Store) {
+    let api = Api::new(store).await;
+    let empty = api.page("/limits", &api.admin).await;
+    assert!(empty.text.contains("No limits"), "{}", empty.text);
+    let (_, tenant_key) = api.tenant("acme").await;
+    let put = api
+        .call(
+            axum::http::Method::PUT,
+            "/v1/limits/per-customer",
+            Some(&api.admin),
+            Some(json!({"max_running": 1, "key_from": "/customer"})),
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::CREATED, "{}", put.text);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            api.enqueue(
+                &tenant_key,
+                json!({"queue": "scans", "kind": "scan", "payload": {"customer": 42},
+                       "limits": [{"limit": "per-customer"}]}),
+            )
+            .await,
+        );
+    }
+    let page = api.page("/limits", &api.admin).await.text;
+    for shown in [
+        "id=\"limit-per-customer\"",
+        "1 at once per key",
+        "key from /customer",
+        "<code>42</code>",
+        "<span class=\"tag\">full</span>",
+        "<dt>Waiting</dt><dd>2</dd>",
+    ] {
+        assert!(
+            page.contains(shown),
+            "the limits page lacks {shown:?}:\n{page}"
+        );
+    }
+    let job = api
+        .page(&format!("/jobs/{}", ids[2]), &api.admin)
+        .await
+        .text;
+    assert!(job.contains("st-waiting"), "{job}");
+    assert!(
+        job.contains("<dt>Waiting for</dt><dd class=\"limit\"><a href=\"/limits#limit-per-customer\">per-customer:42, 1 of 1 running</a></dd>"),
+        "{job}"
+    );
+    // Tenants do not see limits (they span tenants).
+    let tenant_page = api.page("/limits", &tenant_key).await;
+    assert_eq!(
+        tenant_page.status,
+        StatusCode::FORBIDDEN,
+        "{}",
+        tenant_page.text
+    );
+    api.stop().await;
+}
+
 on_both_backends!(
+    the_limits_page_shows_each_limit_its_busiest_keys_and_what_waits,
     every_page_renders_on_an_empty_and_a_busy_store,
     signing_in_sets_an_http_only_strict_cookie,
     a_viewer_sees_everything_and_acts_on_nothing,
