@@ -176,6 +176,25 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
         )
         .await;
     }
+    // A limit of one scan per repository at a time, and three scans of one
+    // repository where no agent listens: one holds the slot, two wait.
+    let limit = c
+        .put(server.url("/v1/limits/per-repo"))
+        .bearer_auth(&admin)
+        .json(&json!({"max_running": 1, "key_from": "/repo"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limit.status(), 201);
+    let mut waiting_id = String::new();
+    for n in 0..3 {
+        let e = enqueue(
+            json!({"tenant_id": tenant["id"], "queue": "scans", "kind": "scan",
+            "payload": {"repo": "web", "n": n}, "limits": [{"limit": "per-repo"}]}),
+        )
+        .await;
+        waiting_id = e["id"].as_str().unwrap().to_owned();
+    }
     let approval = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2)).to_string();
     enqueue(
         json!({"tenant_id": tenant["id"], "queue": "deploys", "kind": "rollout",
@@ -271,6 +290,7 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
     for (path, name, ready_css) in [
         ("/jobs", "jobs", "table.jobs"),
         ("/agents", "agents", "main table"),
+        ("/limits", "limits", "section.limit table"),
         ("/controllers", "controllers", "main table"),
         ("/controllers/job-recovery/plan", "plan", "main .actions"),
         ("/notifications", "notifications", "main"),
@@ -279,6 +299,21 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
         until_found(&b, ready_css, Duration::from_secs(10)).await;
         shot(&b, &shots, name).await;
     }
+
+    // The limits page shows the full key and what waits; the waiting job's
+    // page says what it waits for and links to the limit.
+    b.goto(&server.url("/limits")).await.unwrap();
+    until_found(&b, "#limit-per-repo span.tag", Duration::from_secs(10)).await;
+    let limits = text_of(&b, "#limit-per-repo").await;
+    assert!(limits.contains("full"), "{limits}");
+    b.goto(&server.url(&format!("/jobs/{waiting_id}"))).await.unwrap();
+    until_found(&b, ".job-head .st-waiting", Duration::from_secs(10)).await;
+    let waits = text_of(&b, "dd.limit").await;
+    assert_eq!(waits, "per-repo:web, 1 of 1 running");
+    shot(&b, &shots, "job-waiting").await;
+    click(&b, "dd.limit a").await;
+    until_found(&b, "#limit-per-repo", Duration::from_secs(10)).await;
+    assert_eq!(b.current_url().await.unwrap().path(), "/limits");
 
     // Bulk cancel: a preview says how many, the confirmation does it.
     b.goto(&server.url("/jobs?queue=reports")).await.unwrap();
