@@ -2,8 +2,11 @@
 //!
 //! `cargo bench -p homeostat-store --bench store -- [--backend sqlite|postgres|both]
 //!  [--jobs N] [--workers N] [--batch N] [--runs N] [--only store|baseline] [--sweep-rows N]
-//!  [--skip-lifecycle] [--skip-sweeps] [--plans] [--cold | --steady [--producers N]]`
+//!  [--skip-lifecycle] [--skip-sweeps] [--plans] [--cold | --steady [--producers N] |
+//!  --limited KEYS]`
 //!
+//! `--limited KEYS` pairs each lifecycle with one whose every job is under
+//! a limit of 2 running per key over KEYS keys (docs/flow-control.md).
 //! `--cold` pairs each analyzed lifecycle with one on a table never
 //! analyzed; `--steady` with one whose jobs producers (2 by default, so that
 //! on two cores they enqueue faster than the workers drain) enqueue while
@@ -45,6 +48,9 @@ struct Args {
     against: Option<Load>,
     /// Producer tasks of the steady load.
     producers: usize,
+    /// Compare the lifecycle with every job under a limit of 2 running per
+    /// key over this many keys instead of with the raw-SQL baseline.
+    limited: Option<usize>,
 }
 
 fn args() -> Args {
@@ -61,6 +67,7 @@ fn args() -> Args {
         only: None,
         against: None,
         producers: 2,
+        limited: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -89,6 +96,13 @@ fn args() -> Args {
             "--skip-lifecycle" => a.lifecycle = false,
             "--skip-sweeps" => a.sweeps = false,
             "--plans" => a.plans = true,
+            "--limited" => {
+                a.limited = Some(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--limited KEYS"),
+                )
+            }
             "--cold" => a.against = Some(Load::Cold),
             "--steady" => a.against = Some(Load::Steady),
             "--producers" => {
@@ -260,7 +274,15 @@ async fn lifecycle(
     batch: u32,
     load: Load,
     producers: usize,
+    limited: Option<usize>,
 ) -> (Run, f64) {
+    if limited.is_some() {
+        let two = homeostat_model::LimitSpec {
+            max_running: Some(2),
+            ..Default::default()
+        };
+        db.store.set_limit("per-key", &two, "bench").await.unwrap();
+    }
     let tenant = db
         .store
         .create_tenant("bench", PlanTier::Standard, "bench")
@@ -276,7 +298,18 @@ async fn lifecycle(
         move |chunk: usize, total: usize| {
             let store = store.clone();
             async move {
-                let new: Vec<NewJob> = (0..chunk).map(|_| NewJob::new("bench", "noop")).collect();
+                let new: Vec<NewJob> = (0..chunk)
+                    .map(|i| {
+                        let mut job = NewJob::new("bench", "noop");
+                        if let Some(keys) = limited {
+                            job.limits = vec![homeostat_model::JobLimit::new(
+                                "per-key",
+                                (i % keys).to_string(),
+                            )];
+                        }
+                        job
+                    })
+                    .collect();
                 let start = Instant::now();
                 for _ in 0..total / chunk {
                     store.enqueue_batch(tenant.id, &new).await.unwrap();
@@ -305,6 +338,9 @@ async fn lifecycle(
         Load::Steady => {}
     }
     let producing = Arc::new(std::sync::atomic::AtomicBool::new(load == Load::Steady));
+    // Under limits an empty claim does not mean the queue is drained: jobs
+    // wait to be admitted as slots free.
+    let completed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cpu_before = process_cpu_secs();
     let timed = Timed::start(db).await;
     let producer = (load == Load::Steady).then(|| {
@@ -333,6 +369,7 @@ async fn lifecycle(
     for agent in agents {
         let store = db.store.clone();
         let producing = Arc::clone(&producing);
+        let completed = Arc::clone(&completed);
         tasks.push(tokio::spawn(async move {
             let mut done = 0usize;
             let (mut in_claim, mut in_complete) = (Duration::ZERO, Duration::ZERO);
@@ -347,7 +384,9 @@ async fn lifecycle(
                     .unwrap();
                 in_claim += t.elapsed();
                 if claimed.is_empty() {
-                    if still_producing {
+                    let admitting = limited.is_some()
+                        && completed.load(std::sync::atomic::Ordering::Acquire) < jobs;
+                    if still_producing || admitting {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         continue;
                     }
@@ -368,6 +407,7 @@ async fn lifecycle(
                 let batch = store.complete_batch(agent, &completions).await.unwrap();
                 in_complete += t.elapsed();
                 done += batch.completed.len();
+                completed.fetch_add(batch.completed.len(), std::sync::atomic::Ordering::AcqRel);
             }
         }));
     }
@@ -852,16 +892,44 @@ async fn main() {
                             batch,
                             Load::Analyzed,
                             args.producers,
+                            None,
                         )
                         .await;
                         db.drop_all().await;
                         s
                     };
-                    let r = if let Some(load) = args.against {
+                    let r = if let Some(keys) = args.limited {
                         let db = fresh(backend, StoreClock::system()).await;
-                        let (r, other_enqueue) =
-                            lifecycle(&db, args.jobs, args.workers, batch, load, args.producers)
-                                .await;
+                        let (r, limited_enqueue) = lifecycle(
+                            &db,
+                            args.jobs,
+                            args.workers,
+                            batch,
+                            Load::Analyzed,
+                            args.producers,
+                            Some(keys),
+                        )
+                        .await;
+                        db.drop_all().await;
+                        println!(
+                            "{backend} limited (2 per key, {keys} keys) batch={batch} run {run}: {:.0} jobs/s against {:.0} unlimited, ratio {:.2}; enqueue {limited_enqueue:.0} jobs/s",
+                            r.rate,
+                            s.rate,
+                            r.rate / s.rate
+                        );
+                        r
+                    } else if let Some(load) = args.against {
+                        let db = fresh(backend, StoreClock::system()).await;
+                        let (r, other_enqueue) = lifecycle(
+                            &db,
+                            args.jobs,
+                            args.workers,
+                            batch,
+                            load,
+                            args.producers,
+                            None,
+                        )
+                        .await;
                         db.drop_all().await;
                         println!(
                             "{backend} {load:?} batch={batch} run {run}: {:.0} jobs/s against {:.0} analyzed, ratio {:.2}; enqueue {other_enqueue:.0} jobs/s",
@@ -886,7 +954,7 @@ async fn main() {
                         r.wal(),
                         s.rate / r.rate
                     );
-                    ratio.push(if args.against.is_some() {
+                    ratio.push(if args.against.is_some() || args.limited.is_some() {
                         r.rate / s.rate
                     } else {
                         s.rate / r.rate
@@ -894,9 +962,10 @@ async fn main() {
                     store.push(s.rate);
                     raw.push(r.rate);
                 }
-                let other = match args.against {
-                    Some(load) => format!("{load:?}").to_lowercase(),
-                    None => "raw SQL".into(),
+                let other = match (args.limited, args.against) {
+                    (Some(keys), _) => format!("limited (2 per key, {keys} keys)"),
+                    (None, Some(load)) => format!("{load:?}").to_lowercase(),
+                    (None, None) => "raw SQL".into(),
                 };
                 println!(
                     "{backend} lifecycle batch={batch} jobs={} workers={} median of {}: store {:.0} jobs/s, {other} {:.0} jobs/s, ratio {:.2}",

@@ -306,7 +306,9 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
     until_found(&b, "#limit-per-repo span.tag", Duration::from_secs(10)).await;
     let limits = text_of(&b, "#limit-per-repo").await;
     assert!(limits.contains("full"), "{limits}");
-    b.goto(&server.url(&format!("/jobs/{waiting_id}"))).await.unwrap();
+    b.goto(&server.url(&format!("/jobs/{waiting_id}")))
+        .await
+        .unwrap();
     until_found(&b, ".job-head .st-waiting", Duration::from_secs(10)).await;
     let waits = text_of(&b, "dd.limit").await;
     assert_eq!(waits, "per-repo:web, 1 of 1 running");

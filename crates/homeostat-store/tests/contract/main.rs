@@ -7,6 +7,7 @@ mod claims;
 mod jobs;
 mod leases;
 mod limits;
+mod limits_simulation;
 mod notifications;
 mod registry;
 mod sweeps;
