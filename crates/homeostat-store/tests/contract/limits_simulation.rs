@@ -14,8 +14,12 @@ use homeostat_store::{Completion, Failure, JobFilter, Store};
 use homeostat_testkit::{TestStore, agent, at, on_both_backends, tenant};
 
 const LEASE: Duration = Duration::from_secs(20);
+const LEASE_MS: i64 = 20_000;
 const MAX: usize = 2;
 const RATE: usize = 3;
+const MAX_U32: u32 = 2;
+const RATE_U32: u32 = 3;
+const WINDOW_SECS: u64 = 10;
 const WINDOW_MS: i64 = 10_000;
 
 /// A job an agent runs: its lease as the agent knows it, and its keys.
@@ -130,7 +134,7 @@ impl Sim<'_> {
                 Held {
                     agent,
                     token: c.lease_token,
-                    lease_until: self.now_ms + LEASE.as_millis() as i64,
+                    lease_until: self.now_ms + LEASE_MS,
                     keys,
                 },
             );
@@ -196,8 +200,7 @@ impl Sim<'_> {
             let kept = store.heartbeat_jobs(agent, &mine, LEASE).await.unwrap();
             for ((id, _), kept) in mine.iter().zip(kept) {
                 if kept {
-                    self.held.get_mut(id).unwrap().lease_until =
-                        self.now_ms + LEASE.as_millis() as i64;
+                    self.held.get_mut(id).unwrap().lease_until = self.now_ms + LEASE_MS;
                 } else {
                     self.held.remove(id);
                 }
@@ -218,7 +221,7 @@ async fn no_key_ever_runs_past_its_limits_whatever_happens(test: &TestStore) {
     let store: &Store = test;
     let t = tenant(store, "acme", PlanTier::Free).await;
     let conc = LimitSpec {
-        max_running: Some(MAX as u32),
+        max_running: Some(MAX_U32),
         ..LimitSpec::default()
     };
     store
@@ -232,8 +235,8 @@ async fn no_key_ever_runs_past_its_limits_whatever_happens(test: &TestStore) {
     store.set_limit("rr", &rr, "operator:test").await.unwrap();
     let rated = LimitSpec {
         rate: Some(Rate {
-            starts: RATE as u32,
-            per_secs: (WINDOW_MS / 1000) as u64,
+            starts: RATE_U32,
+            per_secs: WINDOW_SECS,
         }),
         ..LimitSpec::default()
     };
