@@ -58,17 +58,20 @@ const EXTEND_LEASES: Sql = Sql::pair(
 );
 
 /// `$3` now, `$4` the agent holding the lease. The attempt is given back: a
-/// release is not a failure.
+/// release is not a failure. A job under limits waits for them again
+/// (docs/flow-control.md), as every job that goes back to be run does.
 const RELEASE: Sql = Sql::pair(
     concat!(
-        "UPDATE jobs SET state = 'queued', attempt = MAX(attempt - 1, 0), queued_at = $3,
+        "UPDATE jobs SET state = (CASE WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END), attempt = MAX(attempt - 1, 0),
+           queued_at = $3,
            updated_at = $3, lease_expires_at = NULL, timeout_at = NULL
          WHERE id = $1 AND lease_token = $2 AND lease_agent = $4 AND ",
         sqlite_running!(),
         " RETURNING tenant_id, queue"
     ),
     concat!(
-        "UPDATE jobs SET state = 'queued', attempt = GREATEST(attempt - 1, 0), queued_at = $3,
+        "UPDATE jobs SET state = (CASE WHEN limit_keys IS NULL THEN 'queued'::job_state ELSE 'waiting'::job_state END),
+           attempt = GREATEST(attempt - 1, 0), queued_at = $3,
            updated_at = $3, lease_expires_at = NULL, timeout_at = NULL
          WHERE id = $1 AND lease_token = $2 AND lease_agent = $4 AND ",
         pg_running!(),

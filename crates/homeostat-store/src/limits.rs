@@ -180,6 +180,17 @@ const WAITING: Sql = Sql::both(
      ORDER BY priority DESC, queued_at, job_id LIMIT $3",
 );
 
+/// `$1` JSON `[{"l": limit, "key": key, "n": how many}]`: each key's
+/// waiting jobs in the order they are admitted, in one statement
+/// (PostgreSQL; SQLite, in process, runs [`WAITING`] per key).
+const WAITING_OF_KEYS: &str =
+    "SELECT k.l AS limit_name, k.key AS key, c.job_id, c.priority, c.queued_at
+     FROM jsonb_to_recordset($1::jsonb) AS k(l text, key text, n bigint)
+     CROSS JOIN LATERAL (
+       SELECT job_id, priority, queued_at FROM job_limits
+       WHERE limit_name = k.l AND key = k.key AND phase = 'waiting'
+       ORDER BY priority DESC, queued_at, job_id LIMIT k.n) c";
+
 /// `$1` limit, `$2` key, `$3` how many: its waiting jobs, newest first.
 const WAITING_NEWEST: Sql = Sql::both(
     "SELECT job_id FROM job_limits WHERE limit_name = $1 AND key = $2 AND phase = 'waiting'
@@ -200,17 +211,26 @@ const KEYS_OF: Sql = Sql::pair(
     "SELECT job_id, limit_name, key FROM job_limits WHERE job_id = ANY($1)",
 );
 
-/// `$1` JSON `[{"id": …, "at": …}]`, `$2` now: admits waiting jobs.
+/// `$1` JSON `[{"id": …, "at": …}]`, `$2` now: admits waiting jobs, and
+/// (on PostgreSQL, in the same statement) moves their slots to `queued`;
+/// the trigger that follows jobs leaves this change to admission.
 const ADMIT: Sql = Sql::pair(
     "UPDATE jobs SET state = 'queued', queued_at = t.at, updated_at = $2
      FROM (SELECT value->>'id' AS id, value->>'at' AS at FROM json_each($1)) t
      WHERE jobs.id = t.id AND jobs.state = 'waiting'
-     RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue",
-    "UPDATE jobs SET state = 'queued', queued_at = t.at, updated_at = $2
-     FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, at bigint)
-     WHERE jobs.id = t.id AND jobs.state = 'waiting'
-     RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue",
+     RETURNING jobs.id AS id, jobs.tenant_id AS tenant_id, jobs.queue AS queue",
+    "WITH a AS (
+       UPDATE jobs SET state = 'queued', queued_at = t.at, updated_at = $2
+       FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, at bigint)
+       WHERE jobs.id = t.id AND jobs.state = 'waiting'
+       RETURNING jobs.id, jobs.tenant_id, jobs.queue),
+     s AS (UPDATE job_limits SET phase = 'queued' FROM a WHERE job_limits.job_id = a.id)
+     SELECT id, tenant_id, queue FROM a",
 );
+
+/// `$1` job ids: their slots held from now (SQLite's half of [`ADMIT`]).
+const ADMITTED_SLOTS: &str =
+    "UPDATE job_limits SET phase = 'queued' WHERE job_id IN (SELECT value FROM json_each($1))";
 
 /// `$1` job ids, `$2` now, `$3` why: cancels jobs a limit's strategy
 /// gave up; a running one's agent hears it at its next heartbeat.
@@ -675,6 +695,43 @@ pub(crate) async fn admit<B: Backend>(b: &B, actor: &str) -> Result<Admitted, St
     )
     .await?;
 
+    // The keys admitted in order, each with its room and how many of its
+    // waiting jobs to look at: at most twice its room, so that a job held
+    // back by another of its limits does not stop the next.
+    let wanted: Vec<(&Pair, i64)> = due
+        .iter()
+        .filter_map(|pair| {
+            let limit = limits.get(pair.0.as_str()).copied();
+            let strategy = limit.map_or(LimitStrategy::Wait, |l| l.spec.strategy);
+            let free = rooms.get(pair).copied().unwrap_or_default().free();
+            matches!(strategy, LimitStrategy::Wait | LimitStrategy::RoundRobin)
+                .then_some((pair, free))
+        })
+        .filter(|(_, free)| *free > 0)
+        .map(|(pair, free)| (pair, free + free.min(MARGIN)))
+        .collect();
+    let mut prefetched: HashMap<Pair, Vec<(i64, i64, Id)>> = HashMap::new();
+    if B::POSTGRES && !wanted.is_empty() {
+        let json = serde_json::Value::Array(
+            wanted
+                .iter()
+                .map(|(p, n)| json!({"l": p.0, "key": p.1, "n": n}))
+                .collect(),
+        )
+        .to_string();
+        let stmt = Stmt::new::<B>(Sql::both(WAITING_OF_KEYS)).arg(json.as_str());
+        for r in B::fetch_in(&mut tx, stmt).await.op(op)? {
+            prefetched
+                .entry((r.text("limit_name")?, r.text("key")?))
+                .or_default()
+                .push((-r.int("priority")?, r.int("queued_at")?, r.id("job_id")?));
+        }
+        for list in prefetched.values_mut() {
+            list.sort_unstable();
+        }
+    }
+    let wanted: HashMap<&Pair, i64> = wanted.into_iter().collect();
+
     // Each due key's candidates in its order, and what its strategy gives up.
     let mut lists: Vec<(Pair, Vec<Id>)> = Vec::with_capacity(due.len());
     let mut cancel: Vec<(Id, Pair)> = Vec::new();
@@ -686,13 +743,19 @@ pub(crate) async fn admit<B: Backend>(b: &B, actor: &str) -> Result<Admitted, St
         let (l, k) = (pair.0.as_str(), pair.1.as_str());
         let candidates = match strategy {
             LimitStrategy::Wait | LimitStrategy::RoundRobin => {
-                let free = room.free();
-                if free <= 0 {
+                let Some(&want) = wanted.get(pair) else {
                     continue;
-                }
-                let want = free + MARGIN;
-                let ids =
-                    job_ids::<B>(&mut tx, Stmt::new::<B>(WAITING).arg(l).arg(k).arg(want)).await?;
+                };
+                let ids = if B::POSTGRES {
+                    prefetched
+                        .remove(pair)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(_, _, id)| id)
+                        .collect()
+                } else {
+                    job_ids::<B>(&mut tx, Stmt::new::<B>(WAITING).arg(l).arg(k).arg(want)).await?
+                };
                 if ids.len() as i64 == want {
                     rewake.push(pair.clone());
                 }
@@ -869,6 +932,11 @@ pub(crate) async fn admit<B: Backend>(b: &B, actor: &str) -> Result<Admitted, St
         let json = serde_json::Value::Array(admit).to_string();
         let stmt = Stmt::new::<B>(ADMIT).arg(json.as_str()).arg(now);
         let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
+        if !B::POSTGRES {
+            let ids: Vec<Id> = rows.iter().map(|r| r.id("id")).collect::<Result<_, _>>()?;
+            let stmt = Stmt::new::<B>(Sql::both(ADMITTED_SLOTS)).arg(ids.as_slice());
+            B::execute_in(&mut tx, stmt).await.op(op)?;
+        }
         let mut by: HashMap<(TenantId, String), u32> = HashMap::new();
         for r in &rows {
             *by.entry((r.id("tenant_id")?, r.text("queue")?))

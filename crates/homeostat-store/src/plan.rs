@@ -86,7 +86,8 @@ fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, String, Vec<i64>
     } else {
         ("MIN", "MAX")
     };
-    let requeue_or_dead = "CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END";
+    let requeue_or_dead = "CASE WHEN attempt >= max_attempts THEN 'dead' \
+         WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END";
     // A job's state is an enum on PostgreSQL: read as text, as on SQLite.
     let state = "CAST(state AS TEXT)";
     let (source, subject, from, to, binds): (String, &str, String, String, Vec<i64>) = match kind {
@@ -103,7 +104,9 @@ fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, String, Vec<i64>
                 .into(),
             "'job:' || j.id",
             "CAST(j.state AS TEXT)".into(),
-            "CASE WHEN j.attempt >= j.max_attempts THEN 'dead' ELSE 'queued' END".into(),
+            "CASE WHEN j.attempt >= j.max_attempts THEN 'dead' \
+             WHEN j.limit_keys IS NULL THEN 'queued' ELSE 'waiting' END"
+                .into(),
             vec![now_ms - dur_ms(stale_after)],
         ),
         PlanKind::ExpiredLeases => (

@@ -34,7 +34,7 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
     sql: Sql::pair(
         concat!(
             "UPDATE jobs SET
-           state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+           state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE (CASE WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END) END,
            finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
            queued_at = $1, updated_at = $1, last_error = 'lease expired: the agent stopped heartbeating the job', ",
             sqlite_failed_attempt!("$1", "'lease expired: the agent stopped heartbeating the job'"),
@@ -48,7 +48,7 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
             pg_judged!(1),
             ")
          UPDATE jobs SET
-           state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
+           state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE (CASE WHEN limit_keys IS NULL THEN 'queued'::job_state ELSE 'waiting'::job_state END) END,
            finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
            queued_at = t.now, updated_at = t.now, last_error = 'lease expired: the agent stopped heartbeating the job', ",
             pg_failed_attempt!("t.now", "'lease expired: the agent stopped heartbeating the job'::text"),
@@ -71,7 +71,7 @@ macro_rules! reclaim_running {
         Sql::pair(
             concat!(
                 "UPDATE jobs SET
-           state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE 'queued' END,
+           state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE (CASE WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END) END,
            finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
            queued_at = $1, updated_at = $1, last_error = ",
                 $sqlite_error,
@@ -88,7 +88,7 @@ macro_rules! reclaim_running {
                 pg_judged!(1),
                 ")
          UPDATE jobs SET
-           state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE 'queued' END,
+           state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE (CASE WHEN limit_keys IS NULL THEN 'queued'::job_state ELSE 'waiting'::job_state END) END,
            finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
            queued_at = t.now, updated_at = t.now, last_error = ",
                 $pg_error,

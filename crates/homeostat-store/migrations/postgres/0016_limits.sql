@@ -92,6 +92,34 @@ LANGUAGE plpgsql AS $$
 DECLARE
     phase_now TEXT;
 BEGIN
+    -- The two changes every job under limits goes through get one statement
+    -- each (a row trigger's statements are most of what limits cost).
+    -- A claim: the job runs; its start counts in its keys' rates, and the
+    -- key is looked at again when the start's window ends.
+    IF OLD.state = 'queued' AND NEW.state = 'running' THEN
+        WITH u AS (
+            UPDATE job_limits SET phase = 'running' WHERE job_id = NEW.id
+            RETURNING limit_name, key),
+        s AS (
+            INSERT INTO limit_starts (limit_name, key, at)
+            SELECT u.limit_name, u.key, NEW.started_at
+            FROM u JOIN limits l ON l.name = u.limit_name
+            WHERE l.rate_starts IS NOT NULL
+            RETURNING limit_name, key)
+        INSERT INTO limit_wakeups (limit_name, key, due_at)
+        SELECT s.limit_name, s.key, NEW.started_at + l.rate_window_ms
+        FROM s JOIN limits l ON l.name = s.limit_name;
+        RETURN NULL;
+    END IF;
+    -- An end that frees the job's slots at once: its keys are woken.
+    IF OLD.state IN ('queued', 'running')
+       AND NEW.state IN ('succeeded', 'dead', 'expired', 'cancelled')
+       AND NOT (NEW.state = 'cancelled' AND OLD.state = 'running'
+                AND OLD.lease_expires_at IS NOT NULL) THEN
+        WITH d AS (DELETE FROM job_limits WHERE job_id = NEW.id RETURNING limit_name, key)
+        INSERT INTO limit_wakeups (limit_name, key, due_at) SELECT limit_name, key, 0 FROM d;
+        RETURN NULL;
+    END IF;
     phase_now := CASE
         WHEN NEW.state = 'waiting' THEN 'waiting'
         WHEN NEW.state = 'queued' THEN 'queued'
@@ -115,17 +143,6 @@ BEGIN
             hold_until = CASE WHEN phase_now = 'stopping' THEN OLD.lease_expires_at END
         WHERE job_id = NEW.id;
     END IF;
-    IF NEW.state = 'running' THEN
-        INSERT INTO limit_starts (limit_name, key, at)
-        SELECT jl.limit_name, jl.key, NEW.started_at
-        FROM job_limits jl JOIN limits l ON l.name = jl.limit_name
-        WHERE jl.job_id = NEW.id AND l.rate_starts IS NOT NULL;
-        -- The window of that start ends: the key may have room then.
-        INSERT INTO limit_wakeups (limit_name, key, due_at)
-        SELECT jl.limit_name, jl.key, NEW.started_at + l.rate_window_ms
-        FROM job_limits jl JOIN limits l ON l.name = jl.limit_name
-        WHERE jl.job_id = NEW.id AND l.rate_starts IS NOT NULL;
-    END IF;
     IF NEW.state = 'waiting'
        OR (OLD.state IN ('queued', 'running') AND NEW.state NOT IN ('queued', 'running')) THEN
         INSERT INTO limit_wakeups (limit_name, key, due_at)
@@ -138,23 +155,18 @@ END
 $$;
 
 CREATE TRIGGER jobs_limits_followed AFTER UPDATE OF state ON jobs
-    FOR EACH ROW WHEN (NEW.limit_keys IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state)
+    FOR EACH ROW WHEN (NEW.limit_keys IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state
+                       AND NOT (OLD.state = 'waiting' AND NEW.state = 'queued'))
     EXECUTE FUNCTION job_limits_followed();
+-- Admission (waiting -> queued) moves its jobs' slots in its own statement,
+-- a set at a time (src/limits.rs).
 
 -- A job under limits that goes back to be run again (a retry, a reclaim, a
 -- release) waits for its limits again rather than being queued: its start
 -- already counts in its keys' rates, and a second one must be admitted.
-CREATE FUNCTION job_limits_requeued() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.state := 'waiting';
-    RETURN NEW;
-END
-$$;
-
-CREATE TRIGGER jobs_limits_requeued BEFORE UPDATE OF state ON jobs
-    FOR EACH ROW WHEN (NEW.limit_keys IS NOT NULL AND OLD.state = 'running' AND NEW.state = 'queued')
-    EXECUTE FUNCTION job_limits_requeued();
+-- The statements that requeue say so themselves (`CASE WHEN limit_keys IS
+-- NULL THEN 'queued' ELSE 'waiting' END`): a BEFORE trigger that rewrote
+-- the state would run for every update of every job.
 
 -- Waiting jobs expire by their start-by deadline as queued ones do.
 CREATE INDEX jobs_waiting_deadline ON jobs (deadline_at) WHERE state = 'waiting' AND attempt = 0;

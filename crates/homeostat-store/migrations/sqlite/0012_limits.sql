@@ -62,19 +62,9 @@ BEGIN
     WHERE NEW.state = 'waiting';
 END;
 
--- A job under limits that goes back to be run again (a retry, a reclaim, a
--- release) waits for its limits again: the update below moves it on, and
--- its own trigger keeps job_limits in step (SQLite cannot change the row
--- in a BEFORE trigger as PostgreSQL does).
-CREATE TRIGGER jobs_limits_requeued AFTER UPDATE OF state ON jobs
-WHEN NEW.limit_keys IS NOT NULL AND OLD.state = 'running' AND NEW.state = 'queued'
-BEGIN
-    UPDATE jobs SET state = 'waiting' WHERE id = NEW.id;
-END;
-
 CREATE TRIGGER jobs_limits_followed AFTER UPDATE OF state ON jobs
 WHEN NEW.limit_keys IS NOT NULL AND OLD.state IS NOT NEW.state
-     AND NOT (OLD.state = 'running' AND NEW.state = 'queued')
+     AND NOT (OLD.state = 'waiting' AND NEW.state = 'queued')
 BEGIN
     -- Finished (not a running job just cancelled, whose agent still has its
     -- lease to stop it): no slot, no row.
