@@ -227,7 +227,7 @@ mod tests {
     fn every_controller_section_has_the_settings_keys_and_its_own() {
         let json = serde_json::to_value(ControllersConfig::default()).unwrap();
         let sections = json.as_object().unwrap();
-        assert_eq!(sections.len(), 13);
+        assert_eq!(sections.len(), 14);
         for (name, section) in sections {
             for key in ["enabled", "interval", "batch"] {
                 assert!(section.get(key).is_some(), "{name} lacks {key}");
