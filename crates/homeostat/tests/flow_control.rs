@@ -123,7 +123,7 @@ async fn limits_hold_across_replicas_and_agents_killed_midway() {
         assert_eq!(put.status(), 201, "{}", put.text().await.unwrap());
     }
     let (tenant, bootstrap) =
-        common::tenant_and_bootstrap(&c, &replicas[0], &admin, "acme", AGENTS as u32).await;
+        common::tenant_and_bootstrap(&c, &replicas[0], &admin, "acme", 16).await;
     let mut agents: Vec<Child> = (0..AGENTS)
         .map(|n| agent(&servers, &dir, n, &bootstrap))
         .collect();
