@@ -179,7 +179,9 @@ impl LimitSelector {
     }
 }
 
-/// A limit as an operator defines it (its name is the resource's).
+/// A limit as an operator defines it (its name is the resource's). It
+/// needs `max_running`, `rate` or both; `cancel_newest` and `cancel_oldest`
+/// need `max_running`: otherwise 422 naming the field.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -273,8 +275,9 @@ impl LimitSpec {
 pub struct Limit {
     /// Its name (`per-customer`).
     pub name: String,
-    /// What it limits.
-    #[serde(flatten)]
+    /// What it limits, as set (`PUT /v1/limits/{name}`'s body). Nested
+    /// rather than flattened: the spec refuses unknown fields, and a
+    /// flattened schema that does cannot describe the fields beside it.
     pub spec: LimitSpec,
     /// Created.
     pub created_at: Timestamp,

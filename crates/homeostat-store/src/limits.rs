@@ -685,15 +685,9 @@ pub(crate) async fn admit<B: Backend>(b: &B, actor: &str) -> Result<Admitted, St
         .map(limit_row)
         .collect::<Result<_, _>>()?;
     let limits: HashMap<&str, &Limit> = all.iter().map(|l| (l.name.as_str(), l)).collect();
+    let due_keys: Vec<&Pair> = due.iter().collect();
     let mut rooms: HashMap<Pair, Room> = HashMap::new();
-    counts::<B>(
-        &mut tx,
-        &due.iter().collect::<Vec<_>>(),
-        now,
-        &limits,
-        &mut rooms,
-    )
-    .await?;
+    counts::<B>(&mut tx, &due_keys, now, &limits, &mut rooms).await?;
 
     // The keys admitted in order, each with its room and how many of its
     // waiting jobs to look at: at most twice its room, so that a job held
@@ -853,14 +847,7 @@ pub(crate) async fn admit<B: Backend>(b: &B, actor: &str) -> Result<Admitted, St
         }
         audit_log::append::<B>(&mut tx, &events, ms(at.now)).await?;
         rooms.clear();
-        counts::<B>(
-            &mut tx,
-            &due.iter().collect::<Vec<_>>(),
-            now,
-            &limits,
-            &mut rooms,
-        )
-        .await?;
+        counts::<B>(&mut tx, &due_keys, now, &limits, &mut rooms).await?;
     }
 
     // Every limit the candidates are under, with its room.

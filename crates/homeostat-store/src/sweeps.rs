@@ -152,52 +152,58 @@ pub(crate) const AGENT_RESTARTED: Sweep = Sweep {
     ),
 };
 
+/// Jobs in `$state` never started by their deadline, expired with
+/// `$error` as their last error (a quoted SQL literal); `$1` now (judged),
+/// `$2` limit.
+macro_rules! deadline_passed {
+    ($state:literal, $error:literal) => {
+        Sql::pair(
+            concat!(
+                "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
+           last_error = ",
+                $error,
+                "
+         WHERE id IN (SELECT id FROM jobs WHERE state = '",
+                $state,
+                "' AND attempt = 0
+                      AND deadline_at < $1 LIMIT $2)
+         RETURNING id, state, tenant_id, queue"
+            ),
+            concat!(
+                "WITH t(now) AS (SELECT ",
+                pg_judged!(1),
+                ")
+         UPDATE jobs SET state = 'expired', finished_at = t.now, updated_at = t.now,
+           last_error = ",
+                $error,
+                "
+         FROM t
+         WHERE id IN (SELECT id FROM jobs, t WHERE state = '",
+                $state,
+                "' AND attempt = 0
+                      AND deadline_at < t.now LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
+         RETURNING id, state::text AS state, tenant_id, queue"
+            ),
+        )
+    };
+}
+
 /// `$1` now (judged), `$2` limit.
 pub(crate) const DEADLINE_PASSED: Sweep = Sweep {
     action: AuditAction::JobsDeadlinePassed.as_str(),
     reason: "deadline passed",
-    sql: Sql::pair(
-        "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
-           last_error = 'not started before its deadline'
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND attempt = 0
-                      AND deadline_at < $1 LIMIT $2)
-         RETURNING id, state, tenant_id, queue",
-        concat!(
-            "WITH t(now) AS (SELECT ",
-            pg_judged!(1),
-            ")
-         UPDATE jobs SET state = 'expired', finished_at = t.now, updated_at = t.now,
-           last_error = 'not started before its deadline'
-         FROM t
-         WHERE id IN (SELECT id FROM jobs, t WHERE state = 'queued' AND attempt = 0
-                      AND deadline_at < t.now LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state, tenant_id, queue"
-        ),
-    ),
+    sql: deadline_passed!("queued", "'not started before its deadline'"),
 };
 
 /// `$1` now (judged), `$2` limit: jobs waiting for their limits past their
-/// start-by deadline, as [`DEADLINE_PASSED`] expires queued ones.
+/// start-by deadline, as [`DEADLINE_PASSED`] expires queued ones (each
+/// state's own partial index).
 pub(crate) const WAITING_DEADLINE_PASSED: Sweep = Sweep {
     action: AuditAction::JobsDeadlinePassed.as_str(),
     reason: "deadline passed while waiting for its limits",
-    sql: Sql::pair(
-        "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
-           last_error = 'not started before its deadline (waiting for its limits)'
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'waiting' AND attempt = 0
-                      AND deadline_at < $1 LIMIT $2)
-         RETURNING id, state, tenant_id, queue",
-        concat!(
-            "WITH t(now) AS (SELECT ",
-            pg_judged!(1),
-            ")
-         UPDATE jobs SET state = 'expired', finished_at = t.now, updated_at = t.now,
-           last_error = 'not started before its deadline (waiting for its limits)'
-         FROM t
-         WHERE id IN (SELECT id FROM jobs, t WHERE state = 'waiting' AND attempt = 0
-                      AND deadline_at < t.now LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state, tenant_id, queue"
-        ),
+    sql: deadline_passed!(
+        "waiting",
+        "'not started before its deadline (waiting for its limits)'"
     ),
 };
 

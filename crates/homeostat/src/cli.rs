@@ -414,10 +414,10 @@ const VERIFICATION_FIELDS: &[Column] = &[
 
 const LIMIT_COLUMNS: &[Column] = &[
     ("NAME", "name"),
-    ("MAX RUNNING", "max_running"),
+    ("MAX RUNNING", "spec.max_running"),
     ("RATE", "rate"),
-    ("STRATEGY", "strategy"),
-    ("KEY FROM", "key_from"),
+    ("STRATEGY", "spec.strategy"),
+    ("KEY FROM", "spec.key_from"),
     ("HOLDING", "holding"),
     ("WAITING", "waiting"),
     ("BY RATE", "delayed_by_rate"),

@@ -62,11 +62,7 @@ async fn a_killed_replica_hands_its_controllers_over_and_no_job_is_lost() {
     let Some(test) = homeostat_testkit::postgres().await else {
         return;
     };
-    let db = format!(
-        "{}?options[search_path]={}",
-        homeostat_testkit::pg_url().unwrap(),
-        test.schema().unwrap()
-    );
+    let db = common::database_url(&test);
     let dir = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let c = client();

@@ -81,11 +81,7 @@ async fn limits_hold_across_replicas_and_agents_killed_midway() {
     let Some(test) = homeostat_testkit::postgres().await else {
         return;
     };
-    let url = format!(
-        "{}?options[search_path]={}",
-        homeostat_testkit::pg_url().unwrap(),
-        test.schema().unwrap()
-    );
+    let url = common::database_url(&test);
     let mut env: Vec<(&str, &str)> = QUICK.to_vec();
     env.push(("HOMEOSTAT_DATABASE_URL", url.as_str()));
     let c = client();

@@ -43,16 +43,23 @@ impl Cli {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_operators_commands() {
+/// A server on a fresh directory, and the CLI against it with its admin
+/// key.
+async fn cli_on_a_new_server() -> (std::path::PathBuf, common::Server, Cli) {
     let dir = data_dir();
-    let c = client();
     let server = common::start(&dir);
-    ready(&c, &server).await;
+    ready(&client(), &server).await;
     let cli = Cli {
         server: server.url(""),
         token: server.admin_key().unwrap(),
     };
+    (dir, server, cli)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_commands() {
+    let (dir, server, cli) = cli_on_a_new_server().await;
+    let c = client();
     let mut settings = insta::Settings::clone_current();
     settings.add_filter(
         r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
@@ -298,14 +305,7 @@ async fn the_operators_commands() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limits_commands() {
-    let dir = data_dir();
-    let c = client();
-    let server = common::start(&dir);
-    ready(&c, &server).await;
-    let cli = Cli {
-        server: server.url(""),
-        token: server.admin_key().unwrap(),
-    };
+    let (dir, server, cli) = cli_on_a_new_server().await;
     let tenant = cli.json(&["tenants", "create", "acme"]);
     let tenant_id = tenant["id"].as_str().unwrap().to_owned();
     let set = cli.ok(&["limits", "set", "per-customer", "--max-running", "1"]);

@@ -25,11 +25,7 @@ async fn a_stopping_leader_hands_its_controllers_over_at_once() {
     let Some(test) = homeostat_testkit::postgres().await else {
         return;
     };
-    let url = format!(
-        "{}?options[search_path]={}",
-        homeostat_testkit::pg_url().unwrap(),
-        test.schema().unwrap()
-    );
+    let url = common::database_url(&test);
     let env = [("HOMEOSTAT_DATABASE_URL", url.as_str())];
     let client = client();
     let (dir_a, dir_b) = (data_dir(), data_dir());
@@ -161,11 +157,7 @@ async fn a_clean_stop_on_postgres_logs_no_warning() {
     let Some(test) = homeostat_testkit::postgres().await else {
         return;
     };
-    let url = format!(
-        "{}?options[search_path]={}",
-        homeostat_testkit::pg_url().unwrap(),
-        test.schema().unwrap()
-    );
+    let url = common::database_url(&test);
     let env = [("HOMEOSTAT_DATABASE_URL", url.as_str())];
     let client = client();
     let dir = data_dir();

@@ -23,10 +23,10 @@ async fn limits_are_set_shown_enforced_and_deleted(store: &Store) {
     let made = put(json!({"max_running": 1, "key_from": "/customer"})).await;
     assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
     assert_eq!(made.body["name"], "per-customer");
-    assert_eq!(made.body["strategy"], "wait");
+    assert_eq!(made.body["spec"]["strategy"], "wait");
     let changed = put(json!({"max_running": 2, "key_from": "/customer"})).await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.text);
-    assert_eq!(changed.body["max_running"], 2);
+    assert_eq!(changed.body["spec"]["max_running"], 2);
 
     // Bad specs are refused whole, naming the field.
     for (body, field) in [

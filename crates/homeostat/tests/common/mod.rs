@@ -29,6 +29,15 @@ impl Drop for Server {
     }
 }
 
+/// The URL `homeostat run` reaches `test`'s PostgreSQL schema at.
+pub fn database_url(test: &homeostat_testkit::TestStore) -> String {
+    format!(
+        "{}?options[search_path]={}",
+        homeostat_testkit::pg_url().unwrap(),
+        test.schema().unwrap()
+    )
+}
+
 /// A fresh directory name under the temporary directory.
 pub fn data_dir() -> PathBuf {
     let nanos = std::time::SystemTime::now()
