@@ -32,6 +32,7 @@
 #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
 compile_error!("homeostat-store needs a backend: enable the `sqlite` or `postgres` feature");
 
+mod admission;
 mod attention;
 mod audit;
 mod audit_log;
@@ -66,6 +67,7 @@ mod time;
 mod types;
 mod verifications;
 
+pub use admission::Admitted;
 pub use attention::MinuteOutcomes;
 pub use audit::{ChainBreak, VerifyReport};
 pub use bounded::{AGENT_CACHE_ENTRIES, BoundedMap};
@@ -73,7 +75,6 @@ pub use credentials::REVOCATION_CHECK;
 pub use error::StoreError;
 pub use homeostat_model::{ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
 pub use idempotency::{LIFETIME as IDEMPOTENCY_LIFETIME, MAX_KEY_LEN as MAX_IDEMPOTENCY_KEY_LEN};
-pub use limits::Admitted;
 pub use plan::{PlanKind, PlannedItem, SweepPlan};
 pub use sessions::SessionLimits;
 pub use signals::QueueWaiter;

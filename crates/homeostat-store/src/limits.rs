@@ -9,28 +9,25 @@
 //! step with its state on every path that changes it and leave a wake-up
 //! for the keys whose room changed; admission takes the due wake-ups and
 //! decides for those keys only.
-//!
-//! Admission runs one at a time across replicas (a transaction-scoped
-//! advisory lock on PostgreSQL; SQLite's single writer), so the counts it
-//! reads cannot be raced by another admission: nothing else adds to a
-//! key's slots, and what frees them leaves a wake-up behind. Each run
-//! handles every due key in a batch.
+//! Admission itself is `admission.rs`; here are the limits' definitions,
+//! how a job's limits are resolved at enqueue, and what the limits show.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use homeostat_model::limit::{MAX_LIMITS_PER_JOB, derive_key, validate_key};
 use homeostat_model::{
-    AuditAction, Id, Job, JobLimit, JobLimitStatus, JobState, KEY_FIELDS, KeySource, KeyUsage,
-    LIMIT_FIELDS, Limit, LimitKey, LimitSelector, LimitSpec, LimitStrategy, LimitUsage,
-    NewAuditEvent, NewJob, Rate, TenantId, ValidationError,
+    AuditAction, Job, JobLimit, JobLimitStatus, JobState, KEY_FIELDS, KeySource, KeyUsage,
+    LIMIT_FIELDS, Limit, LimitKey, LimitSelector, LimitSpec, LimitUsage, NewAuditEvent, NewJob,
+    Rate, TenantId, ValidationError,
 };
 use homeostat_runtime::Fence;
 use serde_json::json;
 
+use crate::admission::{COUNTS, LOCK, Pair, Room, pairs_json};
 use crate::audit_log;
-use crate::backend::{Backend, RowExt, Sql, Stmt, pg_judged, sqlite_now};
+use crate::backend::{Backend, RowExt, Sql, Stmt};
 use crate::error::{Context, StoreError};
 use crate::leases::check_fence;
 use crate::time::{ms, ts};
@@ -38,17 +35,6 @@ use crate::time::{ms, ts};
 /// How long a replica trusts its copy of the limits: the bound for a
 /// limit set or deleted on another replica to apply to enqueues here.
 pub(crate) const FRESH: Duration = Duration::from_secs(1);
-
-/// Keys taken from the wake-ups in one admission.
-const KEYS_PER_RUN: i64 = 1000;
-
-/// Waiting jobs fetched for a key beyond its room: some may be held back
-/// by another of their limits.
-const MARGIN: i64 = 32;
-
-/// Waiting jobs a key with no room left to count (a deleted limit's, or a
-/// cancelling strategy's) is looked at per run.
-const BATCH: i64 = 1000;
 
 /// This replica's copy of the limits, refreshed when older than [`FRESH`].
 #[derive(Default)]
@@ -92,7 +78,7 @@ macro_rules! limit_columns {
     };
 }
 
-const LIST: Sql = Sql::both(concat!(
+pub(crate) const LIST: Sql = Sql::both(concat!(
     "SELECT ",
     limit_columns!(),
     " FROM limits ORDER BY name"
@@ -127,125 +113,6 @@ const WAKE_LIMIT: Sql = Sql::both(
      SELECT DISTINCT limit_name, key, 0 FROM job_limits WHERE limit_name = $1 AND phase = 'waiting'",
 );
 
-/// `$1` the limit, `$2` the key, `$3` when.
-const WAKE_KEY: Sql =
-    Sql::both("INSERT INTO limit_wakeups (limit_name, key, due_at) VALUES ($1, $2, $3)");
-
-/// Admission's lock: PostgreSQL's transaction-scoped advisory lock (the
-/// number is the store's own); SQLite's write lock is held already.
-const LOCK: Sql = Sql::pair(
-    "SELECT 1",
-    "SELECT pg_advisory_xact_lock(7525491488290488321)",
-);
-
-const NOW: Sql = Sql::pair(
-    concat!("SELECT ", sqlite_now!(), " AS now"),
-    concat!("SELECT ", pg_judged!(1), " AS now"),
-);
-
-/// `$1` now, `$2` how many: the due wake-ups, taken.
-const TAKE_WAKEUPS: Sql = Sql::both(
-    "DELETE FROM limit_wakeups WHERE id IN (
-       SELECT id FROM limit_wakeups WHERE due_at <= $1 ORDER BY due_at LIMIT $2)
-     RETURNING limit_name, key",
-);
-
-/// `$1` keys (JSON `[[limit, key], …]`), `$2` now: what holds each key's
-/// slots and how many started within its limit's window.
-const COUNTS: Sql = Sql::pair(
-    "SELECT k.l AS limit_name, k.key AS key,
-       (SELECT COUNT(*) FROM job_limits j WHERE j.limit_name = k.l AND j.key = k.key
-          AND j.phase IN ('queued', 'running', 'stopping')
-          AND (j.phase <> 'stopping' OR j.hold_until > $2)) AS holding,
-       (SELECT COUNT(*) FROM job_limits j WHERE j.limit_name = k.l AND j.key = k.key
-          AND j.phase IN ('queued', 'running', 'stopping') AND j.phase = 'queued') AS queued,
-       (SELECT COUNT(*) FROM limit_starts s WHERE s.limit_name = k.l AND s.key = k.key
-          AND s.at > $2 - (SELECT COALESCE(rate_window_ms, 0) FROM limits WHERE name = k.l)) AS recent
-     FROM (SELECT p.value->>0 AS l, p.value->>1 AS key FROM json_each($1) p) k",
-    "SELECT k.l AS limit_name, k.key AS key,
-       (SELECT COUNT(*) FROM job_limits j WHERE j.limit_name = k.l AND j.key = k.key
-          AND j.phase IN ('queued', 'running', 'stopping')
-          AND (j.phase <> 'stopping' OR j.hold_until > $2::bigint)) AS holding,
-       (SELECT COUNT(*) FROM job_limits j WHERE j.limit_name = k.l AND j.key = k.key
-          AND j.phase IN ('queued', 'running', 'stopping') AND j.phase = 'queued') AS queued,
-       (SELECT COUNT(*) FROM limit_starts s WHERE s.limit_name = k.l AND s.key = k.key
-          AND s.at > $2::bigint - (SELECT COALESCE(rate_window_ms, 0) FROM limits WHERE name = k.l)) AS recent
-     FROM (SELECT p->>0 AS l, p->>1 AS key FROM jsonb_array_elements($1::jsonb) p) k",
-);
-
-/// `$1` limit, `$2` key, `$3` how many: its waiting jobs in the order
-/// they are admitted.
-const WAITING: Sql = Sql::both(
-    "SELECT job_id FROM job_limits WHERE limit_name = $1 AND key = $2 AND phase = 'waiting'
-     ORDER BY priority DESC, queued_at, job_id LIMIT $3",
-);
-
-/// `$1` JSON `[{"l": limit, "key": key, "n": how many}]`: each key's
-/// waiting jobs in the order they are admitted, in one statement
-/// (PostgreSQL; SQLite, in process, runs [`WAITING`] per key).
-const WAITING_OF_KEYS: &str =
-    "SELECT k.l AS limit_name, k.key AS key, c.job_id, c.priority, c.queued_at
-     FROM jsonb_to_recordset($1::jsonb) AS k(l text, key text, n bigint)
-     CROSS JOIN LATERAL (
-       SELECT job_id, priority, queued_at FROM job_limits
-       WHERE limit_name = k.l AND key = k.key AND phase = 'waiting'
-       ORDER BY priority DESC, queued_at, job_id LIMIT k.n) c";
-
-/// `$1` limit, `$2` key, `$3` how many: its waiting jobs, newest first.
-const WAITING_NEWEST: Sql = Sql::both(
-    "SELECT job_id FROM job_limits WHERE limit_name = $1 AND key = $2 AND phase = 'waiting'
-     ORDER BY job_id DESC LIMIT $3",
-);
-
-/// `$1` limit, `$2` key: the jobs holding its slots that can be stopped,
-/// newest first.
-const HOLDERS_NEWEST: Sql = Sql::both(
-    "SELECT job_id FROM job_limits WHERE limit_name = $1 AND key = $2
-       AND phase IN ('queued', 'running', 'stopping') AND phase <> 'stopping'
-     ORDER BY job_id DESC",
-);
-
-/// `$1` job ids: every limit and key they are under.
-const KEYS_OF: Sql = Sql::pair(
-    "SELECT job_id, limit_name, key FROM job_limits WHERE job_id IN (SELECT value FROM json_each($1))",
-    "SELECT job_id, limit_name, key FROM job_limits WHERE job_id = ANY($1)",
-);
-
-/// `$1` JSON `[{"id": …, "at": …}]`, `$2` now: admits waiting jobs, and
-/// (on PostgreSQL, in the same statement) moves their slots to `queued`;
-/// the trigger that follows jobs leaves this change to admission.
-const ADMIT: Sql = Sql::pair(
-    "UPDATE jobs SET state = 'queued', queued_at = t.at, updated_at = $2
-     FROM (SELECT value->>'id' AS id, value->>'at' AS at FROM json_each($1)) t
-     WHERE jobs.id = t.id AND jobs.state = 'waiting'
-     RETURNING jobs.id AS id, jobs.tenant_id AS tenant_id, jobs.queue AS queue",
-    "WITH a AS (
-       UPDATE jobs SET state = 'queued', queued_at = t.at, updated_at = $2
-       FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, at bigint)
-       WHERE jobs.id = t.id AND jobs.state = 'waiting'
-       RETURNING jobs.id, jobs.tenant_id, jobs.queue),
-     s AS (UPDATE job_limits SET phase = 'queued' FROM a WHERE job_limits.job_id = a.id)
-     SELECT id, tenant_id, queue FROM a",
-);
-
-/// `$1` job ids: their slots held from now (SQLite's half of [`ADMIT`]).
-const ADMITTED_SLOTS: &str =
-    "UPDATE job_limits SET phase = 'queued' WHERE job_id IN (SELECT value FROM json_each($1))";
-
-/// `$1` job ids, `$2` now, `$3` why: cancels jobs a limit's strategy
-/// gave up; a running one's agent hears it at its next heartbeat.
-const CANCEL: Sql = Sql::pair(
-    "UPDATE jobs SET state = 'cancelled', finished_at = $2, updated_at = $2, last_error = $3,
-       lease_expires_at = NULL, timeout_at = NULL
-     WHERE id IN (SELECT value FROM json_each($1))
-       AND state IN ('waiting', 'queued', 'running')
-     RETURNING id, tenant_id",
-    "UPDATE jobs SET state = 'cancelled', finished_at = $2, updated_at = $2, last_error = $3,
-       lease_expires_at = NULL, timeout_at = NULL
-     WHERE id = ANY($1) AND state IN ('waiting', 'queued', 'running')
-     RETURNING id, tenant_id",
-);
-
 /// `$1` limit, `$2` now: per key, what holds and waits.
 const USAGE: Sql = Sql::both(
     "SELECT key,
@@ -267,7 +134,7 @@ const PRUNE_STARTS: Sql = Sql::both("DELETE FROM limit_starts WHERE at <= $1");
 const PRUNE_STOPPED: Sql =
     Sql::both("DELETE FROM job_limits WHERE phase = 'stopping' AND hold_until <= $1");
 
-fn limit_row(r: &impl RowExt) -> Result<Limit, StoreError> {
+pub(crate) fn limit_row(r: &impl RowExt) -> Result<Limit, StoreError> {
     let op = "reading a limit";
     let strategy = r.text("strategy")?;
     let key_from = r.text("key_from")?;
@@ -540,414 +407,6 @@ pub(crate) fn stored_keys(job: &NewJob) -> Option<String> {
     Some(serde_json::to_string(&pairs).expect("pairs of strings serialize"))
 }
 
-type Pair = (String, String);
-
-/// A count from the database as a length (none below zero).
-fn count(n: i64) -> usize {
-    usize::try_from(n).unwrap_or(0)
-}
-
-fn pairs_json(keys: &[&Pair]) -> String {
-    serde_json::to_string(keys).expect("pairs of strings serialize")
-}
-
-/// How a key stands, as admission counts it.
-#[derive(Debug, Clone, Copy, Default)]
-struct Room {
-    /// Slots left (`None`: no running maximum).
-    slots: Option<i64>,
-    /// Starts left in the window (`None`: no rate).
-    starts: Option<i64>,
-}
-
-impl Room {
-    fn of(limit: Option<&Limit>, holding: i64, queued: i64, recent: i64) -> Self {
-        let Some(limit) = limit else {
-            return Self::default();
-        };
-        Self {
-            slots: limit.spec.max_running.map(|m| i64::from(m) - holding),
-            starts: limit
-                .spec
-                .rate
-                .map(|r| i64::from(r.starts) - queued - recent),
-        }
-    }
-
-    fn free(&self) -> i64 {
-        self.slots
-            .unwrap_or(BATCH)
-            .min(self.starts.unwrap_or(BATCH))
-            .min(BATCH)
-    }
-
-    fn take(&mut self) {
-        if let Some(s) = self.slots.as_mut() {
-            *s -= 1;
-        }
-        if let Some(s) = self.starts.as_mut() {
-            *s -= 1;
-        }
-    }
-}
-
-/// What one admission did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Admitted {
-    /// Jobs moved from waiting to queued, per tenant and queue.
-    pub queued: Vec<(TenantId, String, u32)>,
-    /// Jobs a limit's strategy cancelled.
-    pub cancelled: u64,
-    /// Whether due wake-ups were left for another run.
-    pub more: bool,
-}
-
-impl Admitted {
-    /// How many jobs were queued.
-    pub fn queued_count(&self) -> u64 {
-        self.queued.iter().map(|(_, _, n)| u64::from(*n)).sum()
-    }
-}
-
-async fn counts<B: Backend>(
-    tx: &mut B::Tx,
-    keys: &[&Pair],
-    now: i64,
-    limits: &HashMap<&str, &Limit>,
-    into: &mut HashMap<Pair, Room>,
-) -> Result<(), StoreError> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let json = pairs_json(keys);
-    let stmt = Stmt::new::<B>(COUNTS).arg(json.as_str()).arg(now);
-    for r in B::fetch_in(tx, stmt).await.op("counting limits' slots")? {
-        let pair = (r.text("limit_name")?, r.text("key")?);
-        let room = Room::of(
-            limits.get(pair.0.as_str()).copied(),
-            r.int("holding")?,
-            r.int("queued")?,
-            r.int("recent")?,
-        );
-        into.insert(pair, room);
-    }
-    Ok(())
-}
-
-async fn job_ids<B: Backend>(tx: &mut B::Tx, stmt: Stmt<'_>) -> Result<Vec<Id>, StoreError> {
-    B::fetch_in(tx, stmt)
-        .await
-        .op("reading a key's jobs")?
-        .iter()
-        .map(|r| r.id("job_id"))
-        .collect()
-}
-
-/// Admits the waiting jobs of the keys whose wake-ups are due, as far as
-/// every limit each job is under has room; cancels what a cancelling
-/// strategy gives up. `actor` is audited for cancels.
-pub(crate) async fn admit<B: Backend>(b: &B, actor: &str) -> Result<Admitted, StoreError> {
-    let op = "admitting jobs under limits";
-    let at = b.at();
-    let mut tx = b.begin(op).await?;
-    B::execute_in(&mut tx, Stmt::new::<B>(LOCK)).await.op(op)?;
-    let now = match at.judged {
-        Some(now) => now,
-        None => B::fetch_in(&mut tx, Stmt::new::<B>(NOW).arg(None::<i64>))
-            .await
-            .op(op)?
-            .first()
-            .ok_or_else(|| crate::error::corrupt(op, "no time"))?
-            .int("now")?,
-    };
-    let taken = B::fetch_in(
-        &mut tx,
-        Stmt::new::<B>(TAKE_WAKEUPS).arg(now).arg(KEYS_PER_RUN),
-    )
-    .await
-    .op(op)?;
-    let mut out = Admitted {
-        more: taken.len() as i64 == KEYS_PER_RUN,
-        ..Admitted::default()
-    };
-    let due: BTreeSet<Pair> = taken
-        .iter()
-        .map(|r| Ok((r.text("limit_name")?, r.text("key")?)))
-        .collect::<Result<_, StoreError>>()?;
-    if due.is_empty() {
-        B::commit(tx, op).await?;
-        return Ok(out);
-    }
-    let all: Vec<Limit> = B::fetch_in(&mut tx, Stmt::new::<B>(LIST))
-        .await
-        .op(op)?
-        .iter()
-        .map(limit_row)
-        .collect::<Result<_, _>>()?;
-    let limits: HashMap<&str, &Limit> = all.iter().map(|l| (l.name.as_str(), l)).collect();
-    let due_keys: Vec<&Pair> = due.iter().collect();
-    let mut rooms: HashMap<Pair, Room> = HashMap::new();
-    counts::<B>(&mut tx, &due_keys, now, &limits, &mut rooms).await?;
-
-    // The keys admitted in order, each with its room and how many of its
-    // waiting jobs to look at: at most twice its room, so that a job held
-    // back by another of its limits does not stop the next.
-    let wanted: Vec<(&Pair, i64)> = due
-        .iter()
-        .filter_map(|pair| {
-            let limit = limits.get(pair.0.as_str()).copied();
-            let strategy = limit.map_or(LimitStrategy::Wait, |l| l.spec.strategy);
-            let free = rooms.get(pair).copied().unwrap_or_default().free();
-            matches!(strategy, LimitStrategy::Wait | LimitStrategy::RoundRobin)
-                .then_some((pair, free))
-        })
-        .filter(|(_, free)| *free > 0)
-        .map(|(pair, free)| (pair, free + free.min(MARGIN)))
-        .collect();
-    let mut prefetched: HashMap<Pair, Vec<(i64, i64, Id)>> = HashMap::new();
-    if B::POSTGRES && !wanted.is_empty() {
-        let json = serde_json::Value::Array(
-            wanted
-                .iter()
-                .map(|(p, n)| json!({"l": p.0, "key": p.1, "n": n}))
-                .collect(),
-        )
-        .to_string();
-        let stmt = Stmt::new::<B>(Sql::both(WAITING_OF_KEYS)).arg(json.as_str());
-        for r in B::fetch_in(&mut tx, stmt).await.op(op)? {
-            prefetched
-                .entry((r.text("limit_name")?, r.text("key")?))
-                .or_default()
-                .push((-r.int("priority")?, r.int("queued_at")?, r.id("job_id")?));
-        }
-        for list in prefetched.values_mut() {
-            list.sort_unstable();
-        }
-    }
-    let wanted: HashMap<&Pair, i64> = wanted.into_iter().collect();
-
-    // Each due key's candidates in its order, and what its strategy gives up.
-    let mut lists: Vec<(Pair, Vec<Id>)> = Vec::with_capacity(due.len());
-    let mut cancel: Vec<(Id, Pair)> = Vec::new();
-    let mut rewake: Vec<Pair> = Vec::new();
-    for pair in &due {
-        let limit = limits.get(pair.0.as_str()).copied();
-        let room = rooms.get(pair).copied().unwrap_or_default();
-        let strategy = limit.map_or(LimitStrategy::Wait, |l| l.spec.strategy);
-        let (l, k) = (pair.0.as_str(), pair.1.as_str());
-        let candidates = match strategy {
-            LimitStrategy::Wait | LimitStrategy::RoundRobin => {
-                let Some(&want) = wanted.get(pair) else {
-                    continue;
-                };
-                let ids = if B::POSTGRES {
-                    prefetched
-                        .remove(pair)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(_, _, id)| id)
-                        .collect()
-                } else {
-                    job_ids::<B>(&mut tx, Stmt::new::<B>(WAITING).arg(l).arg(k).arg(want)).await?
-                };
-                if ids.len() as i64 == want {
-                    rewake.push(pair.clone());
-                }
-                ids
-            }
-            LimitStrategy::CancelNewest => {
-                // The oldest waiting take the free slots; the rest are
-                // cancelled, unless only the rate holds them back.
-                let slots = room.slots.unwrap_or(BATCH).max(0);
-                let ids = job_ids::<B>(
-                    &mut tx,
-                    Stmt::new::<B>(WAITING).arg(l).arg(k).arg(slots + BATCH),
-                )
-                .await?;
-                if ids.len() as i64 == slots + BATCH {
-                    rewake.push(pair.clone());
-                }
-                let keep = count(slots).min(ids.len());
-                cancel.extend(ids[keep..].iter().map(|id| (*id, pair.clone())));
-                ids[..keep].to_vec()
-            }
-            LimitStrategy::CancelOldest => {
-                // The newest jobs of the key, waiting or holding, keep its
-                // slots; the older are cancelled. A running job cancelled
-                // holds its slot until its agent has had its lease to stop.
-                let max = count(
-                    limit
-                        .and_then(|l| l.spec.max_running)
-                        .map_or(BATCH, i64::from),
-                );
-                let waiting = job_ids::<B>(
-                    &mut tx,
-                    Stmt::new::<B>(WAITING_NEWEST).arg(l).arg(k).arg(BATCH),
-                )
-                .await?;
-                if waiting.len() as i64 == BATCH {
-                    rewake.push(pair.clone());
-                }
-                if waiting.is_empty() {
-                    continue;
-                }
-                let holders =
-                    job_ids::<B>(&mut tx, Stmt::new::<B>(HOLDERS_NEWEST).arg(l).arg(k)).await?;
-                let mut all: Vec<(Id, bool)> = waiting
-                    .iter()
-                    .map(|id| (*id, true))
-                    .chain(holders.iter().map(|id| (*id, false)))
-                    .collect();
-                all.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
-                let mut kept = Vec::new();
-                for (i, (id, is_waiting)) in all.into_iter().enumerate() {
-                    if i >= max {
-                        cancel.push((id, pair.clone()));
-                    } else if is_waiting {
-                        kept.push(id);
-                    }
-                }
-                kept.reverse();
-                kept
-            }
-        };
-        if !candidates.is_empty() {
-            lists.push((pair.clone(), candidates));
-        }
-    }
-
-    // Cancel first: a queued job cancelled frees its slot for this run.
-    if !cancel.is_empty() {
-        let ids: Vec<Id> = cancel.iter().map(|(id, _)| *id).collect();
-        let why = cancel.first().map(|(_, (l, k))| {
-            format!(
-                "cancelled by limit {l} (key {k}): its strategy gives the key's slots to other jobs"
-            )
-        });
-        let stmt = Stmt::new::<B>(CANCEL)
-            .arg(ids.as_slice())
-            .arg(now)
-            .arg(why.as_deref());
-        let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
-        out.cancelled = rows.len() as u64;
-        let mut events = Vec::new();
-        for (id, (l, k)) in &cancel {
-            let Some(row) = rows
-                .iter()
-                .find(|r| r.id::<Id>("id").is_ok_and(|x| x == *id))
-            else {
-                continue;
-            };
-            events.push(NewAuditEvent {
-                actor: actor.to_owned(),
-                action: AuditAction::JobsLimitCancelled.into(),
-                subject: format!("job:{id}"),
-                details: json!({"limit": l, "key": k, "tenant_id": row.id::<TenantId>("tenant_id")?}),
-            });
-        }
-        audit_log::append::<B>(&mut tx, &events, ms(at.now)).await?;
-        rooms.clear();
-        counts::<B>(&mut tx, &due_keys, now, &limits, &mut rooms).await?;
-    }
-
-    // Every limit the candidates are under, with its room.
-    let candidates: Vec<Id> = lists
-        .iter()
-        .flat_map(|(_, ids)| ids.iter().copied())
-        .collect();
-    let mut keys_of: HashMap<Id, Vec<Pair>> = HashMap::new();
-    if !candidates.is_empty() {
-        let rows = B::fetch_in(&mut tx, Stmt::new::<B>(KEYS_OF).arg(candidates.as_slice()))
-            .await
-            .op(op)?;
-        for r in &rows {
-            keys_of
-                .entry(r.id("job_id")?)
-                .or_default()
-                .push((r.text("limit_name")?, r.text("key")?));
-        }
-        let other: BTreeSet<&Pair> = keys_of
-            .values()
-            .flatten()
-            .filter(|p| !rooms.contains_key(*p))
-            .collect();
-        let other: Vec<&Pair> = other.into_iter().collect();
-        let mut more = HashMap::new();
-        counts::<B>(&mut tx, &other, now, &limits, &mut more).await?;
-        rooms.extend(more);
-    }
-
-    // Keys take turns: every key's first candidate, then every second …
-    let mut admit: Vec<serde_json::Value> = Vec::new();
-    let mut decided: HashSet<Id> = HashSet::new();
-    let mut turn = 0;
-    loop {
-        let mut any = false;
-        for (pair, ids) in &lists {
-            let Some(id) = ids.get(turn) else { continue };
-            any = true;
-            if !decided.insert(*id) {
-                continue;
-            }
-            let Some(keys) = keys_of.get(id) else {
-                continue;
-            };
-            if keys
-                .iter()
-                .all(|p| rooms.get(p).is_none_or(|r| r.free() > 0))
-            {
-                for p in keys {
-                    if let Some(r) = rooms.get_mut(p) {
-                        r.take();
-                    }
-                }
-                // Round-robin keys spread their jobs in the claim order, a
-                // millisecond apart, so that agents serve keys in turn.
-                let spread = limits
-                    .get(pair.0.as_str())
-                    .filter(|l| l.spec.strategy == LimitStrategy::RoundRobin)
-                    .map_or(0, |_| turn as i64);
-                admit.push(json!({"id": id.to_string(), "at": now + spread}));
-            }
-        }
-        if !any {
-            break;
-        }
-        turn += 1;
-    }
-    if !admit.is_empty() {
-        let json = serde_json::Value::Array(admit).to_string();
-        let stmt = Stmt::new::<B>(ADMIT).arg(json.as_str()).arg(now);
-        let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
-        if !B::POSTGRES {
-            let ids: Vec<Id> = rows.iter().map(|r| r.id("id")).collect::<Result<_, _>>()?;
-            let stmt = Stmt::new::<B>(Sql::both(ADMITTED_SLOTS)).arg(ids.as_slice());
-            B::execute_in(&mut tx, stmt).await.op(op)?;
-        }
-        let mut by: HashMap<(TenantId, String), u32> = HashMap::new();
-        for r in &rows {
-            *by.entry((r.id("tenant_id")?, r.text("queue")?))
-                .or_default() += 1;
-        }
-        out.queued = by.into_iter().map(|((t, q), n)| (t, q, n)).collect();
-    }
-    // A key whose waiting jobs were not all looked at, with room left,
-    // is looked at again: at once when this run admitted some of them,
-    // else after a pause (what held them back frees with a wake-up of its
-    // own; the pause bounds a run that admits nothing).
-    for pair in rewake {
-        if rooms.get(&pair).is_none_or(|r| r.free() > 0) {
-            let stmt = Stmt::new::<B>(WAKE_KEY)
-                .arg(pair.0.as_str())
-                .arg(pair.1.as_str())
-                .arg(now + 1000);
-            B::execute_in(&mut tx, stmt).await.op(op)?;
-        }
-    }
-    B::commit(tx, op).await?;
-    Ok(out)
-}
-
 /// Deletes starts older than every window and slots of stopped jobs past
 /// their hold; fenced by the caller's lease.
 pub(crate) async fn prune<B: Backend>(b: &B, fence: Option<&Fence>) -> Result<u64, StoreError> {
@@ -1115,10 +574,11 @@ pub(crate) async fn job_status<B: Backend>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn limit(name: &str, spec: LimitSpec) -> Limit {
+    /// A limit as stored, for tests.
+    pub(crate) fn limit(name: &str, spec: LimitSpec) -> Limit {
         Limit {
             name: name.into(),
             spec,
@@ -1198,24 +658,5 @@ mod tests {
         job.limits[1] = JobLimit::new("nope", "a");
         let err = resolve(&limits, tenant, &[job]).unwrap_err();
         assert!(matches!(err, StoreError::Invalid(e) if e.field == "limits[1].limit"));
-    }
-
-    #[test]
-    fn a_key_is_full_when_either_its_slots_or_its_starts_are_used() {
-        let spec = LimitSpec {
-            max_running: Some(2),
-            rate: Some(Rate {
-                starts: 3,
-                per_secs: 60,
-            }),
-            ..LimitSpec::default()
-        };
-        let l = limit("l", spec);
-        assert_eq!(Room::of(Some(&l), 1, 0, 0).free(), 1);
-        assert_eq!(Room::of(Some(&l), 0, 1, 2).free(), 0);
-        let mut room = Room::of(Some(&l), 0, 0, 1);
-        room.take();
-        assert_eq!(room.free(), 1);
-        assert_eq!(Room::of(None, 5, 5, 5).free(), BATCH);
     }
 }

@@ -9,7 +9,7 @@ use homeostat_model::{Job, JobLimitStatus, Limit, LimitSpec, LimitUsage, NewJob,
 use homeostat_runtime::Fence;
 
 use super::{Db, Store};
-use crate::{Admitted, StoreError, limits, signals};
+use crate::{Admitted, StoreError, admission, limits, signals};
 
 /// How often a replica's admission looks for wake-ups that came due (a
 /// rate's window ending, a cancelled job's hold running out) or that
@@ -84,7 +84,7 @@ impl Store {
     pub async fn admit_waiting(&self, actor: &str) -> Result<Admitted, StoreError> {
         let mut total = Admitted::default();
         for _ in 0..ADMISSION_RUNS {
-            let run = dispatch!(self, limits::admit(actor))?;
+            let run = dispatch!(self, admission::admit(actor))?;
             let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<(String, u32)>> =
                 Default::default();
             for (tenant, queue, n) in &run.queued {
