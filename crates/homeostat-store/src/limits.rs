@@ -113,14 +113,36 @@ const WAKE_LIMIT: Sql = Sql::both(
      SELECT DISTINCT limit_name, key, 0 FROM job_limits WHERE limit_name = $1 AND phase = 'waiting'",
 );
 
-/// `$1` limit, `$2` now: per key, what holds and waits.
+/// `$1` limit, `$2` now: per key, what holds and waits. Running or
+/// queued by the job's own state: a claim leaves the slot's phase as it was
+/// unless the job is under a rate (migrations `limits`).
 const USAGE: Sql = Sql::both(
-    "SELECT key,
-       SUM(CASE WHEN phase = 'running' THEN 1 ELSE 0 END) AS running,
-       SUM(CASE WHEN phase = 'queued' THEN 1 ELSE 0 END) AS queued,
-       SUM(CASE WHEN phase = 'stopping' AND hold_until > $2 THEN 1 ELSE 0 END) AS stopping,
-       SUM(CASE WHEN phase = 'waiting' THEN 1 ELSE 0 END) AS waiting
-     FROM job_limits WHERE limit_name = $1 AND phase <> 'idle' GROUP BY key",
+    "SELECT jl.key AS key,
+       SUM(CASE WHEN jl.phase IN ('queued', 'running') AND j.state = 'running' THEN 1 ELSE 0 END)
+         AS running,
+       SUM(CASE WHEN jl.phase IN ('queued', 'running') AND j.state = 'queued' THEN 1 ELSE 0 END)
+         AS queued,
+       SUM(CASE WHEN jl.phase = 'stopping' AND jl.hold_until > $2 THEN 1 ELSE 0 END) AS stopping,
+       SUM(CASE WHEN jl.phase = 'waiting' THEN 1 ELSE 0 END) AS waiting
+     FROM job_limits jl LEFT JOIN jobs j ON j.id = jl.job_id
+     WHERE jl.limit_name = $1 AND jl.phase <> 'idle' GROUP BY jl.key",
+);
+
+/// `$1` limit: its jobs start recording their starts (the limit has a
+/// rate), running ones counted as such.
+const RATED: Sql = Sql::pair(
+    "UPDATE jobs SET limit_rated = 1
+     WHERE id IN (SELECT job_id FROM job_limits WHERE limit_name = $1)
+       AND limit_rated IS NOT 1",
+    "UPDATE jobs SET limit_rated = true
+     WHERE id IN (SELECT job_id FROM job_limits WHERE limit_name = $1)
+       AND limit_rated IS NOT TRUE",
+);
+const RUNNING_PHASES: Sql = Sql::both(
+    "UPDATE job_limits SET phase = 'running'
+     WHERE limit_name = $1 AND phase = 'queued'
+       AND job_id IN (SELECT id FROM jobs WHERE id IN (
+         SELECT job_id FROM job_limits WHERE limit_name = $1) AND state = 'running')",
 );
 
 /// `$1` limit, `$2` the window's start: starts per key.
@@ -240,6 +262,17 @@ pub(crate) async fn set<B: Backend>(
     B::execute_in(&mut tx, Stmt::new::<B>(WAKE_LIMIT).arg(name))
         .await
         .op(op)?;
+    if spec.rate.is_some() {
+        // Under a rate, a claim records its start: every job of the limit
+        // does from now on, and a rate counts its queued jobs apart from
+        // its running ones.
+        B::execute_in(&mut tx, Stmt::new::<B>(RATED).arg(name))
+            .await
+            .op(op)?;
+        B::execute_in(&mut tx, Stmt::new::<B>(RUNNING_PHASES).arg(name))
+            .await
+            .op(op)?;
+    }
     let event = NewAuditEvent {
         actor: actor.to_owned(),
         action: AuditAction::LimitSet.into(),

@@ -24,6 +24,11 @@ CREATE TABLE limits (
 );
 
 ALTER TABLE jobs ADD COLUMN limit_keys TEXT;
+-- Whether one of the job's limits has a rate (NULL for every other job):
+-- only then does its claim have anything to record (a start), so only
+-- then does the trigger run on its claim. Set at insert, and for the jobs
+-- of a limit that gains a rate (src/limits.rs).
+ALTER TABLE jobs ADD COLUMN limit_rated BOOLEAN;
 
 -- One row per job and limit while the job is live (and, for a running job
 -- that was cancelled, until its agent has had its lease to stop it).
@@ -86,6 +91,20 @@ $$;
 CREATE TRIGGER jobs_limits_inserted AFTER INSERT ON jobs
     FOR EACH ROW WHEN (NEW.limit_keys IS NOT NULL)
     EXECUTE FUNCTION job_limits_inserted();
+
+CREATE FUNCTION job_limits_rated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.limit_rated := EXISTS (
+        SELECT 1 FROM limits l, jsonb_array_elements(NEW.limit_keys::jsonb) AS p
+        WHERE l.name = p->>0 AND l.rate_starts IS NOT NULL);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER jobs_limits_rated BEFORE INSERT ON jobs
+    FOR EACH ROW WHEN (NEW.limit_keys IS NOT NULL)
+    EXECUTE FUNCTION job_limits_rated();
 
 CREATE FUNCTION job_limits_followed() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -156,10 +175,15 @@ $$;
 
 CREATE TRIGGER jobs_limits_followed AFTER UPDATE OF state ON jobs
     FOR EACH ROW WHEN (NEW.limit_keys IS NOT NULL AND OLD.state IS DISTINCT FROM NEW.state
-                       AND NOT (OLD.state = 'waiting' AND NEW.state = 'queued'))
+                       AND NOT (OLD.state = 'waiting' AND NEW.state = 'queued')
+                       AND NOT (OLD.state = 'queued' AND NEW.state = 'running'
+                                AND NEW.limit_rated IS NOT TRUE))
     EXECUTE FUNCTION job_limits_followed();
 -- Admission (waiting -> queued) moves its jobs' slots in its own statement,
--- a set at a time (src/limits.rs).
+-- a set at a time (src/admission.rs). A claim of a job under no rate
+-- changes nothing a limit counts (queued and running both hold a slot): no
+-- trigger runs, and its slot's phase stays `queued` (what limits show reads
+-- the job's state).
 
 -- A job under limits that goes back to be run again (a retry, a reclaim, a
 -- release) waits for its limits again rather than being queued: its start

@@ -17,6 +17,7 @@ CREATE TABLE limits (
 );
 
 ALTER TABLE jobs ADD COLUMN limit_keys TEXT;
+ALTER TABLE jobs ADD COLUMN limit_rated INTEGER;
 
 CREATE TABLE job_limits (
     job_id      TEXT NOT NULL,
@@ -60,11 +61,15 @@ BEGIN
     INSERT INTO limit_wakeups (limit_name, key, due_at)
     SELECT p.value->>0, p.value->>1, 0 FROM json_each(NEW.limit_keys) AS p
     WHERE NEW.state = 'waiting';
+    UPDATE jobs SET limit_rated = 1 WHERE id = NEW.id AND EXISTS (
+        SELECT 1 FROM limits l, json_each(NEW.limit_keys) AS p
+        WHERE l.name = p.value->>0 AND l.rate_starts IS NOT NULL);
 END;
 
 CREATE TRIGGER jobs_limits_followed AFTER UPDATE OF state ON jobs
 WHEN NEW.limit_keys IS NOT NULL AND OLD.state IS NOT NEW.state
      AND NOT (OLD.state = 'waiting' AND NEW.state = 'queued')
+     AND NOT (OLD.state = 'queued' AND NEW.state = 'running' AND NEW.limit_rated IS NOT 1)
 BEGIN
     -- Finished (not a running job just cancelled, whose agent still has its
     -- lease to stop it): no slot, no row.
