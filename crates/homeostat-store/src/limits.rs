@@ -181,10 +181,14 @@ pub(crate) fn limit_row(r: &impl RowExt) -> Result<Limit, StoreError> {
             key_from: key_from
                 .parse()
                 .map_err(|_| crate::error::corrupt(op, format!("key_from {key_from:?}")))?,
-            applies_to: r.flag("applies")?.then(|| LimitSelector {
-                queue: r.opt_text("applies_queue").ok().flatten(),
-                kind: r.opt_text("applies_kind").ok().flatten(),
-            }),
+            applies_to: if r.flag("applies")? {
+                Some(LimitSelector {
+                    queue: r.opt_text("applies_queue")?,
+                    kind: r.opt_text("applies_kind")?,
+                })
+            } else {
+                None
+            },
         },
         created_at: ts(r.int("created_at")?),
         updated_at: ts(r.int("updated_at")?),

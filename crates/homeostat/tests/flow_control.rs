@@ -13,7 +13,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::fleet::QUICK;
@@ -37,17 +37,7 @@ echo "end $key $(date +%s%N) $HOMEOSTAT_JOB_ID" >> "$LOG"
 "#;
 
 fn agent(servers: &str, dir: &Path, n: usize, bootstrap: &str) -> Child {
-    Command::new(assert_cmd::cargo::cargo_bin("homeostat"))
-        .args(["agent", "--server", servers, "--queue", "work"])
-        .args(["--concurrency", "2", "--name", &format!("agent-{n}")])
-        .args(["--bootstrap-token", bootstrap, "--state-file"])
-        .arg(dir.join(format!("agent-{n}.json")))
-        .env("LOG", dir.join("work.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .args(["--exec", "sh", "-c", WORK])
-        .spawn()
-        .unwrap()
+    common::fleet::agent_running(servers, dir, n, bootstrap, 2, WORK)
 }
 
 /// The most commands of one key running at once, per key, from the

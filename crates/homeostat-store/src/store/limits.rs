@@ -124,8 +124,14 @@ impl Store {
             Ok(None) => Ok(Cow::Borrowed(jobs)),
             Ok(Some(resolved)) => Ok(Cow::Owned(resolved)),
             // A limit created on another replica within the copy's age:
-            // look again before refusing.
-            Err(StoreError::Invalid(_)) if jobs.iter().any(|j| !j.limits.is_empty()) => {
+            // look again before refusing (only then: a bad key or payload
+            // is refused without a read).
+            Err(StoreError::Invalid(_))
+                if jobs
+                    .iter()
+                    .flat_map(|j| &j.limits)
+                    .any(|l| defs.iter().all(|d| d.name != l.limit)) =>
+            {
                 self.local.limits.clear();
                 let defs = dispatch!(self, limits::definitions(&self.local.limits))?;
                 Ok(limits::resolve(&defs, tenant, jobs)?.map_or(Cow::Borrowed(jobs), Cow::Owned))

@@ -29,16 +29,23 @@ pub const QUICK: &[(&str, &str)] = &[
 ];
 
 pub fn agent(server: &str, dir: &Path, n: usize, bootstrap: &str) -> Child {
+    agent_running(server, dir, n, bootstrap, 4, WORK)
+}
+
+/// Agent `n` on the queue `work` of `servers` (comma-separated replicas),
+/// running `script` under `sh -c` for each job, `concurrency` at a time,
+/// with `$LOG` the directory's `work.log`.
+pub fn agent_running(
+    servers: &str,
+    dir: &Path,
+    n: usize,
+    bootstrap: &str,
+    concurrency: u32,
+    script: &str,
+) -> Child {
     Command::new(assert_cmd::cargo::cargo_bin("homeostat"))
-        .args([
-            "agent",
-            "--server",
-            server,
-            "--queue",
-            "work",
-            "--concurrency",
-            "4",
-        ])
+        .args(["agent", "--server", servers, "--queue", "work"])
+        .args(["--concurrency", &concurrency.to_string()])
         .args([
             "--name",
             &format!("agent-{n}"),
@@ -50,7 +57,7 @@ pub fn agent(server: &str, dir: &Path, n: usize, bootstrap: &str) -> Child {
         .env("LOG", dir.join("work.log"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .args(["--exec", "sh", "-c", WORK])
+        .args(["--exec", "sh", "-c", script])
         .spawn()
         .unwrap()
 }
