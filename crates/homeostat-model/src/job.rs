@@ -154,7 +154,7 @@ pub struct NewJob {
     /// Job input; at most [`MAX_PAYLOAD_BYTES`] serialized.
     #[serde(default)]
     pub payload: serde_json::Value,
-    /// Added to the tenant's tier priority (−1000 to 1000).
+    /// Priority (−1000 to 1000): higher goes first; ageing raises it.
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(minimum = -1000, maximum = 1000))]
     pub priority: i32,
@@ -328,9 +328,9 @@ pub struct Job {
     pub kind: String,
     /// Input.
     pub payload: serde_json::Value,
-    /// Priority as submitted (before tier and ageing).
+    /// Priority as submitted (before ageing).
     pub priority: i32,
-    /// Priority claims order by: tier base + submitted + ageing bonus.
+    /// Priority claims order by: submitted + ageing bonus.
     pub effective_priority: i64,
     /// Dedup fingerprint.
     pub fingerprint: Option<String>,

@@ -8,16 +8,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{TenantId, ValidationError};
 
-/// A tenant's plan; sets the base priority of its jobs.
+/// A tenant's plan; sets the weight of its share of the agents it shares
+/// with other tenants (docs/flow-control.md, "Fair share").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PlanTier {
-    /// Base priority 0.
+    /// Weight 1.
     Free,
-    /// Base priority 100.
+    /// Weight 2.
     Standard,
-    /// Base priority 200.
+    /// Weight 4.
     Premium,
 }
 
@@ -31,12 +32,13 @@ impl PlanTier {
         }
     }
 
-    /// Base priority of the tier's jobs.
-    pub fn base_priority(self) -> i64 {
+    /// The weight of the tier's share: a tenant of weight 4 gets four turns
+    /// to a weight-1 tenant's one while both wait in a queue.
+    pub fn weight(self) -> i64 {
         match self {
-            PlanTier::Free => 0,
-            PlanTier::Standard => 100,
-            PlanTier::Premium => 200,
+            PlanTier::Free => 1,
+            PlanTier::Standard => 2,
+            PlanTier::Premium => 4,
         }
     }
 }

@@ -119,12 +119,12 @@ const KEYS_OF: Sql = Sql::pair(
 /// (on PostgreSQL, in the same statement) moves their slots to `queued`;
 /// the trigger that follows jobs leaves this change to admission.
 const ADMIT: Sql = Sql::pair(
-    "UPDATE jobs SET state = 'queued', queued_at = t.at, updated_at = $2
+    "UPDATE jobs SET state = 'queued', queued_at = t.at, fair_at = t.at, updated_at = $2
      FROM (SELECT value->>'id' AS id, value->>'at' AS at FROM json_each($1)) t
      WHERE jobs.id = t.id AND jobs.state = 'waiting'
      RETURNING jobs.id AS id, jobs.tenant_id AS tenant_id, jobs.queue AS queue",
     "WITH a AS (
-       UPDATE jobs SET state = 'queued', queued_at = t.at, updated_at = $2
+       UPDATE jobs SET state = 'queued', queued_at = t.at, fair_at = t.at, updated_at = $2
        FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, at bigint)
        WHERE jobs.id = t.id AND jobs.state = 'waiting'
        RETURNING jobs.id, jobs.tenant_id, jobs.queue),

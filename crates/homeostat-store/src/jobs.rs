@@ -63,7 +63,7 @@ const EXTEND_LEASES: Sql = Sql::pair(
 const RELEASE: Sql = Sql::pair(
     concat!(
         "UPDATE jobs SET state = (CASE WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END), attempt = MAX(attempt - 1, 0),
-           queued_at = $3,
+           queued_at = $3, fair_at = $3,
            updated_at = $3, lease_expires_at = NULL, timeout_at = NULL
          WHERE id = $1 AND lease_token = $2 AND lease_agent = $4 AND ",
         sqlite_running!(),
@@ -71,7 +71,7 @@ const RELEASE: Sql = Sql::pair(
     ),
     concat!(
         "UPDATE jobs SET state = (CASE WHEN limit_keys IS NULL THEN 'queued'::job_state ELSE 'waiting'::job_state END),
-           attempt = GREATEST(attempt - 1, 0), queued_at = $3,
+           attempt = GREATEST(attempt - 1, 0), queued_at = $3, fair_at = $3,
            updated_at = $3, lease_expires_at = NULL, timeout_at = NULL
          WHERE id = $1 AND lease_token = $2 AND lease_agent = $4 AND ",
         pg_running!(),
@@ -143,7 +143,7 @@ const JOB_FOR_UPDATE: Sql = Sql::pair(
 /// can.
 const TRANSITION: Sql = Sql::pair(
     concat!(
-        "UPDATE jobs SET state = $2, updated_at = $3, queued_at = $3,
+        "UPDATE jobs SET state = $2, updated_at = $3, queued_at = $3, fair_at = $3,
            finished_at = CASE WHEN $2 IN ",
         terminal!(),
         " THEN $3 ELSE NULL END,
@@ -155,7 +155,7 @@ const TRANSITION: Sql = Sql::pair(
         job_columns!()
     ),
     concat!(
-        "UPDATE jobs SET state = $2::job_state, updated_at = $3, queued_at = $3,
+        "UPDATE jobs SET state = $2::job_state, updated_at = $3, queued_at = $3, fair_at = $3,
            finished_at = CASE WHEN $2 IN ",
         terminal!(),
         " THEN $3 ELSE NULL END,

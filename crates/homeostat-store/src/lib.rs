@@ -41,6 +41,7 @@ mod bounded;
 mod credentials;
 mod decisions;
 mod error;
+mod fair;
 mod health;
 mod idempotency;
 mod jobs;

@@ -67,6 +67,11 @@ pub(crate) const SQLITE: Set = &[
         "limits",
         include_str!("../migrations/sqlite/0012_limits.sql"),
     ),
+    (
+        13,
+        "fair share",
+        include_str!("../migrations/sqlite/0013_fair_share.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -150,6 +155,11 @@ pub(crate) const POSTGRES: Set = &[
         16,
         "limits",
         include_str!("../migrations/postgres/0016_limits.sql"),
+    ),
+    (
+        17,
+        "fair share",
+        include_str!("../migrations/postgres/0017_fair_share.sql"),
     ),
 ];
 

@@ -142,7 +142,7 @@ fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, String, Vec<i64>
             cap,
         } => {
             let aged = format!(
-                "{greatest}(base_priority, {least}($3, base_priority + (($1 - queued_at) / 60000) * $2))"
+                "{greatest}(base_priority, {least}($3, base_priority + (($1 - fair_at) / 60000) * $2))"
             );
             (
                 format!("jobs WHERE state = 'queued' AND effective_priority <> {aged}"),

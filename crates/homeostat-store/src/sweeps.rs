@@ -36,7 +36,7 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
             "UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE (CASE WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END) END,
            finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
-           queued_at = $1, updated_at = $1, last_error = 'lease expired: the agent stopped heartbeating the job', ",
+           queued_at = $1, fair_at = $1, updated_at = $1, last_error = 'lease expired: the agent stopped heartbeating the job', ",
             sqlite_failed_attempt!("$1", "'lease expired: the agent stopped heartbeating the job'"),
             ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1
@@ -50,7 +50,7 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
          UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE (CASE WHEN limit_keys IS NULL THEN 'queued'::job_state ELSE 'waiting'::job_state END) END,
            finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
-           queued_at = t.now, updated_at = t.now, last_error = 'lease expired: the agent stopped heartbeating the job', ",
+           queued_at = t.now, fair_at = t.now, updated_at = t.now, last_error = 'lease expired: the agent stopped heartbeating the job', ",
             pg_failed_attempt!("t.now", "'lease expired: the agent stopped heartbeating the job'::text"),
             ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          FROM t
@@ -73,7 +73,7 @@ macro_rules! reclaim_running {
                 "UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead' ELSE (CASE WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END) END,
            finished_at = CASE WHEN attempt >= max_attempts THEN $1 ELSE NULL END,
-           queued_at = $1, updated_at = $1, last_error = ",
+           queued_at = $1, fair_at = $1, updated_at = $1, last_error = ",
                 $sqlite_error,
                 ", ",
                 sqlite_failed_attempt!("$1", $sqlite_error),
@@ -90,7 +90,7 @@ macro_rules! reclaim_running {
          UPDATE jobs SET
            state = CASE WHEN attempt >= max_attempts THEN 'dead'::job_state ELSE (CASE WHEN limit_keys IS NULL THEN 'queued'::job_state ELSE 'waiting'::job_state END) END,
            finished_at = CASE WHEN attempt >= max_attempts THEN t.now ELSE NULL END,
-           queued_at = t.now, updated_at = t.now, last_error = ",
+           queued_at = t.now, fair_at = t.now, updated_at = t.now, last_error = ",
                 $pg_error,
                 ", ",
                 pg_failed_attempt!("t.now", $pg_error),
@@ -250,7 +250,7 @@ pub(crate) const PROMOTED: Sweep = Sweep {
     reason: "run time reached",
     sql: Sql::pair(
         "UPDATE jobs SET state = CASE WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END,
-           queued_at = $1, updated_at = $1
+           queued_at = $1, fair_at = $1, updated_at = $1
          WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1 LIMIT $2)
          RETURNING id, state, tenant_id, queue",
         concat!(
@@ -259,7 +259,7 @@ pub(crate) const PROMOTED: Sweep = Sweep {
             ")
          UPDATE jobs SET state = CASE WHEN limit_keys IS NULL THEN 'queued'::job_state
                                       ELSE 'waiting' END,
-           queued_at = t.now, updated_at = t.now
+           queued_at = t.now, fair_at = t.now, updated_at = t.now
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'scheduled' AND run_at <= t.now
                       LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
@@ -317,18 +317,18 @@ const DELETED: Sweep = Sweep {
 
 /// `$1` now (judged), `$2` bonus per minute, `$3` ceiling, `$4` limit.
 const REPRIORITIZE: Sql = Sql::pair(
-    "UPDATE jobs SET effective_priority = MAX(base_priority, MIN($3, base_priority + (($1 - queued_at) / 60000) * $2))
+    "UPDATE jobs SET effective_priority = MAX(base_priority, MIN($3, base_priority + (($1 - fair_at) / 60000) * $2))
      WHERE id IN (SELECT id FROM jobs WHERE state = 'queued'
-         AND effective_priority <> MAX(base_priority, MIN($3, base_priority + (($1 - queued_at) / 60000) * $2))
+         AND effective_priority <> MAX(base_priority, MIN($3, base_priority + (($1 - fair_at) / 60000) * $2))
          LIMIT $4)",
     concat!(
         "WITH t(now) AS (SELECT ",
         pg_judged!(1),
         ")
-     UPDATE jobs SET effective_priority = GREATEST(base_priority, LEAST($3, base_priority + ((t.now - queued_at) / 60000) * $2))
+     UPDATE jobs SET effective_priority = GREATEST(base_priority, LEAST($3, base_priority + ((t.now - fair_at) / 60000) * $2))
      FROM t
      WHERE id IN (SELECT id FROM jobs, t WHERE state = 'queued'
-         AND effective_priority <> GREATEST(base_priority, LEAST($3, base_priority + ((t.now - queued_at) / 60000) * $2))
+         AND effective_priority <> GREATEST(base_priority, LEAST($3, base_priority + ((t.now - fair_at) / 60000) * $2))
          LIMIT $4 FOR UPDATE OF jobs SKIP LOCKED)"
     ),
 );

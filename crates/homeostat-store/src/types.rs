@@ -78,6 +78,11 @@ pub struct StoreOptions {
     /// A queued job that has not started this long after it became due
     /// expires, unless it carries its own deadline.
     pub default_queue_deadline: Duration,
+    /// Fair share between tenants: how far a tenant's turn in a queue moves
+    /// per job it enqueues, at weight 1 (a free tier; standard moves half
+    /// as far, premium a quarter). Zero turns it off: jobs of one priority
+    /// are claimed in the order they were queued.
+    pub fair_share_turn: Duration,
     /// Delay before the first retry of a failed attempt; it doubles with each
     /// attempt (the runtime's [`Backoff`]) up to `retry_max`.
     pub retry_initial: Duration,
@@ -100,6 +105,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             default_queue_deadline: Duration::from_secs(3600),
+            fair_share_turn: Duration::from_secs(1),
             retry_initial: Duration::from_secs(10),
             retry_max: Duration::from_secs(3600),
             max_connections: 16,

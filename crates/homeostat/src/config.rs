@@ -63,6 +63,11 @@ pub(crate) struct JobPolicy {
     /// unless it carries its own deadline.
     #[serde(with = "homeostat_model::duration")]
     pub(crate) default_deadline: Duration,
+    /// Fair share between tenants: how far a free-tier tenant's turn in a
+    /// queue moves per job (standard half, premium a quarter); "0s" turns
+    /// it off.
+    #[serde(with = "homeostat_model::duration")]
+    pub(crate) fair_share_turn: Duration,
 }
 
 impl Default for JobPolicy {
@@ -72,6 +77,7 @@ impl Default for JobPolicy {
             retry_initial: store.retry_initial,
             retry_max: store.retry_max,
             default_deadline: store.default_queue_deadline,
+            fair_share_turn: store.fair_share_turn,
         }
     }
 }
@@ -284,6 +290,12 @@ impl Config {
         }
         if jobs.default_deadline.is_zero() {
             return bad("jobs.default_deadline", "must be above 0".into());
+        }
+        if jobs.fair_share_turn > Duration::from_secs(3600) {
+            return bad(
+                "jobs.fair_share_turn",
+                "must be at most 1h (0s turns fair share off)".into(),
+            );
         }
         let api = &self.api;
         if api.lease_ttl < Duration::from_secs(5) {

@@ -66,6 +66,7 @@ async fn run(config: Config) -> Result<(), BoxError> {
         retry_initial: config.jobs.retry_initial,
         retry_max: config.jobs.retry_max,
         default_queue_deadline: config.jobs.default_deadline,
+        fair_share_turn: config.jobs.fair_share_turn,
         ..StoreOptions::default()
     };
     // Migrations run here; on PostgreSQL they hold an advisory lock, so N

@@ -17,7 +17,7 @@ use crate::{ClaimedJob, Completion, Enqueued};
 macro_rules! claim_returning {
     () => {
         "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token, timeout_ms,
-         effective_priority, queued_at, lease_expires_at"
+         effective_priority, fair_at, lease_expires_at"
     };
 }
 
@@ -81,6 +81,7 @@ impl PgStore {
         let op = "enqueueing jobs";
         let At { now, judged } = self.at();
         let tier = tenant_tier(&mut *conn, tenant_id, op).await?;
+        let step = crate::fair::step_ms(Backend::options(self).fair_share_turn, tier);
         // Fold same-fingerprint jobs of the batch into one row (PostgreSQL
         // refuses to upsert one row twice in a statement). Each input has an
         // id; those of the inputs folded into an earlier row are never
@@ -111,7 +112,7 @@ impl PgStore {
             c.kind.push(job.kind.clone());
             c.payload.push(job.payload.to_string());
             c.priority.push(i64::from(job.priority));
-            c.base.push(tier + i64::from(job.priority));
+            c.base.push(i64::from(job.priority));
             c.fingerprint.push(job.fingerprint.clone());
             c.occurrences.push(*occurrences);
             c.state.push(job.initial_state(now).as_str().to_owned());
@@ -122,27 +123,51 @@ impl PgStore {
             c.approval.push(job.approval_expires_at.map(ms));
             c.limit_keys.push(crate::limits::stored_keys(job));
         }
+        c.rank =
+            crate::fair::ranks(c.state.iter().zip(&c.queue).zip(&c.base).map(
+                |((state, queue), base)| (state == "queued").then_some((queue.as_str(), *base)),
+            ));
         // The statement also sends the announcements to the other replicas'
         // waiting claims (`NOTIFY`, delivered at commit; an uncorrelated
         // subquery, so it runs once per statement, and none for an empty
-        // list).
+        // list). A batch entering a queue takes turns from the later of now, the
+        // head of the queue at its priority and the tenant's last queued
+        // turn in it plus a step (`crate::fair`): two index probes per
+        // queue and priority of the batch, none when fair share is off.
         let stored = sqlx::query(concat!(
-            "WITH ins AS (INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+            "WITH t AS (
+               SELECT * FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[],
+                         $8::bigint[], $9::text[], $10::bigint[], $11::text[], $12::bigint[],
+                         $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $20::text[],
+                         $21::bigint[])
+               AS t(id, queue, kind, payload, priority, base, fingerprint, occurrences, state,
+                    max_attempts, timeout_ms, run_at, deadline_at, approval, limit_keys, rank)),
+             f AS (
+               SELECT q.queue, q.base, GREATEST(",
+            pg_judged!(17),
+            ",
+                 (SELECT j.fair_at FROM jobs j
+                   WHERE j.state = 'queued' AND j.queue = q.queue AND j.effective_priority = q.base
+                   ORDER BY j.fair_at LIMIT 1),
+                 (SELECT j.fair_at + $22 FROM jobs j
+                   WHERE j.state = 'queued' AND j.tenant_id = $1 AND j.queue = q.queue
+                   ORDER BY j.fair_at DESC LIMIT 1)) AS start
+               FROM (SELECT DISTINCT queue, base FROM t WHERE state = 'queued' AND $22 > 0) q),
+             ins AS (INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
                effective_priority, fingerprint, occurrences, state, max_attempts, timeout_ms, run_at,
-               queued_at, deadline_at, approval_expires_at, created_at, updated_at, limit_keys)
-             SELECT id, $1, queue, kind, payload, priority, base, base, fingerprint, occurrences,
-               state::job_state, max_attempts, timeout_ms, GREATEST(run_at, ",
+               queued_at, fair_at, deadline_at, approval_expires_at, created_at, updated_at,
+               limit_keys)
+             SELECT t.id, $1, t.queue, kind, payload, priority, t.base, t.base, fingerprint,
+               occurrences, state::job_state, max_attempts, timeout_ms, GREATEST(run_at, ",
             pg_judged!(17),
             "), GREATEST(run_at, ",
             pg_judged!(17),
-            "), COALESCE(deadline_at, GREATEST(run_at, ",
+            "), COALESCE(f.start + t.rank * $22, GREATEST(run_at, ",
+            pg_judged!(17),
+            ")), COALESCE(deadline_at, GREATEST(run_at, ",
             pg_judged!(17),
             ") + $18), approval, $2, $2, limit_keys
-             FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
-                         $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[],
-                         $14::bigint[], $15::bigint[], $16::bigint[], $20::text[])
-               AS t(id, queue, kind, payload, priority, base, fingerprint, occurrences, state,
-                    max_attempts, timeout_ms, run_at, deadline_at, approval, limit_keys)
+             FROM t LEFT JOIN f ON f.queue = t.queue AND f.base = t.base AND t.state = 'queued'
              ON CONFLICT (tenant_id, fingerprint)
                WHERE fingerprint IS NOT NULL AND state NOT IN ",
             crate::rows::terminal!(),
@@ -173,6 +198,8 @@ impl PgStore {
         .bind(dur_ms(Backend::options(self).default_queue_deadline))
         .bind(announce)
         .bind(&c.limit_keys)
+        .bind(&c.rank)
+        .bind(step)
         .fetch_all(&mut *conn)
         .await;
         let stored = self.watch(stored).op(op)?;
@@ -217,7 +244,7 @@ impl PgStore {
                 " AND ctid = ANY(ARRAY(
                    SELECT ctid FROM jobs
                    WHERE state = 'queued' AND queue = $4 AND ($5::uuid IS NULL OR tenant_id = $5)
-                   ORDER BY effective_priority DESC, queued_at
+                   ORDER BY effective_priority DESC, fair_at
                    LIMIT (SELECT $6::bigint)
                    FOR UPDATE SKIP LOCKED))
                  RETURNING ",
@@ -238,16 +265,16 @@ impl PgStore {
             sqlx::query(concat!(
                 "WITH agent AS (SELECT tenant_id FROM agents WHERE id = $1),
                  picked AS (
-                   SELECT c.id, c.effective_priority, c.queued_at
+                   SELECT c.id, c.effective_priority, c.fair_at
                    FROM agent a, unnest((SELECT $5::text[])) AS q(name),
                    LATERAL (
-                     SELECT j.id, j.effective_priority, j.queued_at FROM jobs j
+                     SELECT j.id, j.effective_priority, j.fair_at FROM jobs j
                      WHERE j.state = 'queued' AND j.queue = q.name
                        AND (a.tenant_id IS NULL OR j.tenant_id = a.tenant_id)
-                     ORDER BY j.effective_priority DESC, j.queued_at
+                     ORDER BY j.effective_priority DESC, j.fair_at
                      LIMIT (SELECT $4::bigint)
                      FOR UPDATE SKIP LOCKED) c
-                   ORDER BY c.effective_priority DESC, c.queued_at
+                   ORDER BY c.effective_priority DESC, c.fair_at
                    LIMIT (SELECT $4::bigint))
                  UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
                    lease_token = lease_token + 1, ",
@@ -354,6 +381,7 @@ struct Columns {
     deadline: Vec<Option<i64>>,
     approval: Vec<Option<i64>>,
     limit_keys: Vec<Option<String>>,
+    rank: Vec<i64>,
 }
 
 impl Columns {
@@ -370,7 +398,7 @@ async fn tenant_tier(
     conn: &mut sqlx::PgConnection,
     tenant_id: TenantId,
     op: &'static str,
-) -> Result<i64, StoreError> {
+) -> Result<homeostat_model::PlanTier, StoreError> {
     let tier: Option<String> = sqlx::query_scalar("SELECT tier FROM tenants WHERE id = $1")
         .bind(tenant_id.as_uuid())
         .fetch_optional(conn)
@@ -380,6 +408,5 @@ async fn tenant_tier(
         entity: "tenant",
         id: tenant_id.to_string(),
     })?;
-    let tier: homeostat_model::PlanTier = tier.parse().map_err(|e| corrupt(op, e))?;
-    Ok(tier.base_priority())
+    tier.parse().map_err(|e| corrupt(op, e))
 }

@@ -26,7 +26,7 @@ macro_rules! claim_set {
 macro_rules! claim_returning {
     () => {
         "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
-         lease_expires_at, timeout_ms, effective_priority, queued_at"
+         lease_expires_at, timeout_ms, effective_priority, fair_at"
     };
 }
 
@@ -46,6 +46,55 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// The turn of each job that enters a queue now (`crate::fair`), from
+    /// two index probes per queue and priority of the batch.
+    async fn turns(
+        &self,
+        tx: &mut Tx,
+        tenant_id: TenantId,
+        tier: homeostat_model::PlanTier,
+        now: jiff::Timestamp,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Option<i64>>, StoreError> {
+        let op = "enqueueing jobs";
+        let step = crate::fair::step_ms(Backend::options(self).fair_share_turn, tier);
+        let flows: Vec<Option<(&str, i64)>> = jobs
+            .iter()
+            .map(|job| {
+                (step > 0 && job.initial_state(now) == homeostat_model::JobState::Queued)
+                    .then_some((job.queue.as_str(), i64::from(job.priority)))
+            })
+            .collect();
+        let ranks = crate::fair::ranks(flows.iter().copied());
+        let mut starts: std::collections::HashMap<(&str, i64), i64> =
+            std::collections::HashMap::new();
+        for &(queue, base) in flows.iter().flatten() {
+            if starts.contains_key(&(queue, base)) {
+                continue;
+            }
+            let (head, last): (Option<i64>, Option<i64>) = sqlx::query_as(
+                "SELECT (SELECT fair_at FROM jobs INDEXED BY jobs_claim
+                          WHERE state = 'queued' AND queue = ?1 AND effective_priority = ?2
+                          ORDER BY fair_at LIMIT 1),
+                        (SELECT fair_at FROM jobs INDEXED BY jobs_fair_flow
+                          WHERE state = 'queued' AND tenant_id = ?3 AND queue = ?1
+                          ORDER BY fair_at DESC LIMIT 1)",
+            )
+            .bind(queue)
+            .bind(base)
+            .bind(tenant_id.to_string())
+            .fetch_one(&mut **tx)
+            .await
+            .op(op)?;
+            starts.insert((queue, base), crate::fair::start(ms(now), head, last, step));
+        }
+        Ok(flows
+            .iter()
+            .zip(ranks)
+            .map(|(flow, rank)| flow.map(|f| starts[&f] + rank * step))
+            .collect())
+    }
+
     /// Enqueues validated jobs inside `tx`.
     pub(super) async fn enqueue_batch_in(
         &self,
@@ -57,13 +106,15 @@ impl SqliteStore {
         let now = self.now();
         let generated: Vec<JobId> = ids_at(now, jobs.len()).map(JobId::from).collect();
         let tier = tenant_tier(tx, tenant_id, op).await?;
+        let turns = self.turns(tx, tenant_id, tier, now, jobs).await?;
         // The whole batch travels as one JSON array into one statement;
         // SQLite applies the upsert row by row, so duplicates within the
         // batch fold into the first.
         let rows: Vec<serde_json::Value> = jobs
             .iter()
             .zip(&generated)
-            .map(|(job, id)| {
+            .zip(turns)
+            .map(|((job, id), turn)| {
                 let run_at = job.run_at.map(ms).unwrap_or(ms(now)).max(ms(now));
                 json!({
                     "id": id.to_string(),
@@ -71,12 +122,13 @@ impl SqliteStore {
                     "kind": job.kind,
                     "payload": job.payload.to_string(),
                     "priority": job.priority,
-                    "base": tier + i64::from(job.priority),
+                    "base": i64::from(job.priority),
                     "fp": job.fingerprint,
                     "state": job.initial_state(now).as_str(),
                     "max": job.max_attempts(),
                     "timeout": dur_ms(job.timeout()),
                     "run_at": run_at,
+                    "turn": turn.unwrap_or(run_at),
                     "deadline": job.deadline.map(ms).unwrap_or_else(|| {
                         run_at + dur_ms(Backend::options(self).default_queue_deadline)
                     }),
@@ -88,10 +140,11 @@ impl SqliteStore {
         let stored = sqlx::query(concat!(
             "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
                effective_priority, fingerprint, state, max_attempts, timeout_ms, run_at,
-               queued_at, deadline_at, approval_expires_at, created_at, updated_at, limit_keys)
+               queued_at, fair_at, deadline_at, approval_expires_at, created_at, updated_at,
+               limit_keys)
              SELECT j->>'id', ?1, j->>'queue', j->>'kind', j->>'payload', j->>'priority',
                j->>'base', j->>'base', j->>'fp', j->>'state', j->>'max', j->>'timeout',
-               j->>'run_at', j->>'run_at', j->>'deadline', j->>'approval', ?2, ?2, j->>'limits'
+               j->>'run_at', j->>'run_at', j->>'turn', j->>'deadline', j->>'approval', ?2, ?2, j->>'limits'
              FROM (SELECT value AS j FROM json_each(?3) ORDER BY key) WHERE true
              ON CONFLICT (tenant_id, fingerprint)
                WHERE fingerprint IS NOT NULL AND state NOT IN ",
@@ -133,7 +186,7 @@ impl SqliteStore {
                 " WHERE rowid IN (
                    SELECT rowid FROM jobs INDEXED BY jobs_claim
                    WHERE state = 'queued' AND queue = ?4 AND (?5 IS NULL OR tenant_id = ?5)
-                   ORDER BY effective_priority DESC, queued_at LIMIT ?6)
+                   ORDER BY effective_priority DESC, fair_at LIMIT ?6)
                  AND EXISTS (SELECT 1 FROM agents WHERE id = ?1 AND status = 'online')
                  RETURNING ",
                 claim_returning!()
@@ -154,9 +207,9 @@ impl SqliteStore {
             let mut candidates: Vec<(i64, i64, String)> = Vec::new();
             for queue in queues {
                 let rows = sqlx::query(
-                    "SELECT id, effective_priority, queued_at FROM jobs INDEXED BY jobs_claim
+                    "SELECT id, effective_priority, fair_at FROM jobs INDEXED BY jobs_claim
                      WHERE state = 'queued' AND queue = ?1 AND (?2 IS NULL OR tenant_id = ?2)
-                     ORDER BY effective_priority DESC, queued_at LIMIT ?3",
+                     ORDER BY effective_priority DESC, fair_at LIMIT ?3",
                 )
                 .bind(queue)
                 .bind(&tenant)
@@ -268,7 +321,7 @@ async fn tenant_tier(
     tx: &mut Tx,
     tenant_id: TenantId,
     op: &'static str,
-) -> Result<i64, StoreError> {
+) -> Result<homeostat_model::PlanTier, StoreError> {
     let tier: Option<String> = sqlx::query_scalar("SELECT tier FROM tenants WHERE id = ?")
         .bind(tenant_id.to_string())
         .fetch_optional(&mut **tx)
@@ -278,6 +331,5 @@ async fn tenant_tier(
         entity: "tenant",
         id: tenant_id.to_string(),
     })?;
-    let tier: homeostat_model::PlanTier = tier.parse().map_err(|e| corrupt(op, e))?;
-    Ok(tier.base_priority())
+    tier.parse().map_err(|e| corrupt(op, e))
 }

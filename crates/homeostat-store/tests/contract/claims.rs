@@ -145,27 +145,30 @@ async fn tenant_agents_see_only_their_tenants_jobs(store: &Store) {
 }
 
 async fn claims_follow_priority_and_age(store: &Store) {
-    let free = tenant(store, "small", PlanTier::Free).await;
-    let premium = tenant(store, "big", PlanTier::Premium).await;
+    let small = tenant(store, "small", PlanTier::Free).await;
+    let big = tenant(store, "big", PlanTier::Premium).await;
     let platform = agent(store, None, &["q"]).await;
-    let old_free = store.at(t0()).enqueue(free, &job("q")).await.unwrap().id;
-    // A big tenant floods the queue 20.5 minutes later.
+    let old_low = store.at(t0()).enqueue(small, &job("q")).await.unwrap().id;
+    // A flood of urgent jobs 20.5 minutes later.
     let flood_at = 21 * 60 - 30;
+    let urgent = NewJob {
+        priority: 200,
+        ..job("q")
+    };
     let flood = store
         .at(at(flood_at))
-        .enqueue_batch(premium, &(0..20).map(|_| job("q")).collect::<Vec<_>>())
+        .enqueue_batch(big, &vec![urgent; 20])
         .await
         .unwrap();
-    // By tier alone (premium 200, free 0) the flood goes first (which of
-    // its jobs is open: they tie on priority and queue time)...
+    // By priority alone the flood goes first...
     let first = store
         .at(at(flood_at + 1))
         .claim(platform, 1, LEASE)
         .await
         .unwrap();
-    assert!(flood.iter().any(|e| e.id == first[0].id));
-    // ...but at 10 points per minute waited (capped at 300) the small
-    // tenant's job, 21 minutes old, passes the fresh flood.
+    assert_eq!(first[0].id, flood[0].id);
+    // ...but at 10 points per minute waited (capped at 300) the low job,
+    // 21 minutes old, passes the fresh flood.
     store
         .at(at(21 * 60))
         .recompute_priorities(
@@ -183,9 +186,9 @@ async fn claims_follow_priority_and_age(store: &Store) {
         .claim(platform, 1, LEASE)
         .await
         .unwrap();
-    assert_eq!(next[0].id, old_free);
+    assert_eq!(next[0].id, old_low);
     assert_eq!(
-        store.get_job(old_free).await.unwrap().effective_priority,
+        store.get_job(old_low).await.unwrap().effective_priority,
         210
     );
 }

@@ -20,7 +20,10 @@ async fn full_lifecycle(store: &Store) {
     assert_eq!((enq.deduplicated, enq.occurrences), (false, 1));
     let stored = store.get_job(enq.id).await.unwrap();
     assert_eq!(stored.state, JobState::Queued);
-    assert_eq!(stored.effective_priority, 100, "standard tier base");
+    assert_eq!(
+        stored.effective_priority, 0,
+        "the submitted priority; a tier weighs shares"
+    );
 
     let claimed = store.at(at(1)).claim(a, 10, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 1);

@@ -4,6 +4,7 @@
 mod attention;
 mod audit;
 mod claims;
+mod fair_share;
 mod jobs;
 mod leases;
 mod limits;
