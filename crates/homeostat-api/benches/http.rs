@@ -2,7 +2,7 @@
 //!
 //! `cargo bench -p homeostat-api --bench http -- [--backend sqlite|postgres]
 //!  [--jobs N] [--agents N] [--batch N] [--runs N] [--latency] [--rate N]
-//!  [--seconds N] [--replicas 1|2]`
+//!  [--seconds N] [--replicas 1|2] [--fair]`
 //!
 //! Lifecycle (default): N queued jobs drained by 8 agents that claim 100 and
 //! complete them as a batch, once through the store directly (as the store
@@ -17,6 +17,13 @@
 //! replica and the producer enqueues through the other. The first second is
 //! a warm-up, not counted: the pools open their connections and PostgreSQL
 //! prepares its statements then.
+//!
+//! `--fair`: fair share between tenants. Tenant A enqueues 3,000 jobs
+//! through HTTP; then tenant B enqueues one job every 0.5 s, 20 in all; two
+//! platform agents claim one job at a time and spend 10 ms on each. B's
+//! wait runs from the moment its enqueue was sent to the moment a claim's
+//! answer carrying it arrived. Runs alternate fair share off
+//! (`fair_share_turn = 0s`, first come first served) and on (the default).
 
 // Percentiles, rates and scaled sizes: float arithmetic on measured
 // figures, converted back where a value cannot leave its range.
@@ -42,6 +49,7 @@ struct Args {
     rate: u64,
     seconds: u64,
     replicas: usize,
+    fair: bool,
 }
 
 fn args() -> Args {
@@ -55,6 +63,7 @@ fn args() -> Args {
         rate: 500,
         seconds: 10,
         replicas: 1,
+        fair: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,6 +78,7 @@ fn args() -> Args {
             "--seconds" => a.seconds = value().parse().expect("--seconds N"),
             "--replicas" => a.replicas = value().parse().expect("--replicas N"),
             "--latency" => a.latency = true,
+            "--fair" => a.fair = true,
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -79,9 +89,15 @@ fn args() -> Args {
 /// A fresh database (removed at the end by the test kit's guard) and a
 /// store on it with the system clock, as in production.
 async fn fresh(backend: &str) -> (TestStore, Store) {
+    fresh_with(backend, StoreOptions::default().fair_share_turn).await
+}
+
+/// [`fresh`], with fair share's turn.
+async fn fresh_with(backend: &str, turn: Duration) -> (TestStore, Store) {
     let options = || StoreOptions {
         max_connections: 16,
         clock: StoreClock::system(),
+        fair_share_turn: turn,
         ..StoreOptions::default()
     };
     if backend == "postgres" {
@@ -162,9 +178,19 @@ async fn post(client: &reqwest::Client, url: String, token: &str, body: Value) -
 }
 
 async fn register(client: &reqwest::Client, base: &str, token: &str, i: usize) -> String {
+    register_for(client, base, token, i, "bench").await
+}
+
+async fn register_for(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    i: usize,
+    queue: &str,
+) -> String {
     let body = json!({
         "bootstrap_token": token,
-        "agent": {"name": format!("bench-{i}"), "queues": ["bench"]},
+        "agent": {"name": format!("bench-{i}"), "queues": [queue]},
     });
     let res = client
         .post(format!("{base}/v1/agent/register"))
@@ -483,6 +509,133 @@ async fn latency(a: &Args) {
     test.cleanup().await;
 }
 
+/// One run of the fair-share scenario: B's waits, in milliseconds.
+async fn fair_once(backend: &str, turn: Duration) -> Vec<f64> {
+    const BACKLOG: usize = 3000;
+    const B_JOBS: usize = 20;
+    let (test, store) = fresh_with(backend, turn).await;
+    let mut keys = Vec::new();
+    for name in ["a", "b"] {
+        let t = store
+            .create_tenant(name, PlanTier::Standard, "bench")
+            .await
+            .unwrap();
+        let key = store
+            .issue_api_key(ApiScope::Tenant(t.id), None, "bench")
+            .await
+            .unwrap()
+            .secret;
+        keys.push(key);
+    }
+    let (base, server) = serve(&store, ApiSettings::default()).await;
+    let token = bootstrap(&store, None, 2).await;
+    let c = client();
+    let epoch = Instant::now();
+    let waits = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut agents = Vec::new();
+    for i in 0..2 {
+        let cred = register_for(&c, &base, &token, i, "shared").await;
+        let (client, base, waits, stop) = (client(), base.clone(), waits.clone(), stop.clone());
+        agents.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let claimed = tokio::select! {
+                    () = stop.cancelled() => return,
+                    b = post(
+                        &client,
+                        format!("{base}/v1/agent/claim"),
+                        &cred,
+                        json!({"capacity": 1, "wait_secs": 5}),
+                    ) => b,
+                };
+                let at = epoch.elapsed();
+                for j in claimed["jobs"].as_array().unwrap() {
+                    if let Some(sent) = j["payload"]["sent_ns"].as_u64() {
+                        let wait = at.saturating_sub(Duration::from_nanos(sent));
+                        waits.lock().unwrap().push(wait.as_secs_f64() * 1e3);
+                    }
+                    // The job's work.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    post(
+                        &client,
+                        format!("{base}/v1/agent/jobs/complete"),
+                        &cred,
+                        json!({"completions": [{"id": j["id"], "lease_token": j["lease_token"]}]}),
+                    )
+                    .await;
+                }
+            }
+        }));
+    }
+    let backlog: Vec<Value> = (0..1000)
+        .map(|_| json!({"queue": "shared", "kind": "bulk"}))
+        .collect();
+    for _ in 0..BACKLOG / 1000 {
+        post(
+            &c,
+            format!("{base}/v1/jobs"),
+            &keys[0],
+            json!({"jobs": backlog}),
+        )
+        .await;
+    }
+    let start = tokio::time::Instant::now();
+    for i in 0..B_JOBS {
+        tokio::time::sleep_until(start + Duration::from_millis(500) * i as u32).await;
+        let sent_ns = epoch.elapsed().as_nanos() as u64;
+        post(
+            &c,
+            format!("{base}/v1/jobs"),
+            &keys[1],
+            json!({"queue": "shared", "kind": "small", "payload": {"sent_ns": sent_ns}}),
+        )
+        .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while waits.lock().unwrap().len() < B_JOBS {
+        assert!(Instant::now() < deadline, "B's jobs were not all picked up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    for t in agents {
+        let _ = t.await;
+    }
+    server.abort();
+    store.close().await;
+    test.cleanup().await;
+    let waits = waits.lock().unwrap().clone();
+    waits
+}
+
+async fn fair(a: &Args) {
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    let turn = StoreOptions::default().fair_share_turn;
+    for run in 0..a.runs {
+        for side in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
+            let mut waits = if side == 0 {
+                fair_once(&a.backend, Duration::ZERO).await
+            } else {
+                fair_once(&a.backend, turn).await
+            };
+            let (m, max) = (median(&mut waits), waits[waits.len() - 1]);
+            println!(
+                "run {run}: fair share {}: B waited median {m:.1} ms, max {max:.1} ms",
+                if side == 0 { "off" } else { "on" }
+            );
+            if side == 0 { &mut off } else { &mut on }.push((m, max));
+        }
+    }
+    let summary = |v: &[(f64, f64)]| {
+        let (mut m, mut x): (Vec<f64>, Vec<f64>) = v.iter().copied().unzip();
+        (median(&mut m), median(&mut x))
+    };
+    let ((off_m, off_x), (on_m, on_x)) = (summary(&off), summary(&on));
+    println!(
+        "{} fair share, A 3000 queued, B 1 per 0.5 s, 2 agents x 10 ms jobs, median of {}: B waited median {off_m:.1} ms, max {off_x:.1} ms off; median {on_m:.1} ms, max {on_x:.1} ms on",
+        a.backend, a.runs,
+    );
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let a = args();
@@ -491,7 +644,9 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        if a.latency {
+        if a.fair {
+            fair(&a).await;
+        } else if a.latency {
             latency(&a).await;
         } else {
             lifecycle(&a).await;

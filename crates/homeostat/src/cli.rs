@@ -54,7 +54,7 @@ pub(crate) enum Jobs {
         /// Its tenant (admin keys; a tenant key enqueues for its own).
         #[arg(long)]
         tenant: Option<TenantId>,
-        /// Priority within its tenant's tier.
+        /// Priority, -1000 to 1000: higher is claimed first.
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         priority: i32,
         /// Deduplicates: while a job of the tenant with this fingerprint is
@@ -210,7 +210,8 @@ pub(crate) enum Tenants {
     /// Creates a tenant.
     Create {
         name: String,
-        /// free, standard or premium.
+        /// free, standard or premium: the weight (1, 2, 4) of its share of
+        /// the agents it shares with other tenants.
         #[arg(long, default_value = "standard", value_parser = parse_tier)]
         tier: PlanTier,
     },
