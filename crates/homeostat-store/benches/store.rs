@@ -3,7 +3,7 @@
 //! `cargo bench -p homeostat-store --bench store -- [--backend sqlite|postgres|both]
 //!  [--jobs N] [--workers N] [--batch N] [--runs N] [--only store|baseline] [--sweep-rows N]
 //!  [--skip-lifecycle] [--skip-sweeps] [--plans] [--cold | --steady [--producers N] |
-//!  --limited KEYS]`
+//!  --limited KEYS] [--fair-share-turn-ms MS]`
 //!
 //! `--limited KEYS` pairs each lifecycle with one whose every job is under
 //! a limit of 2 running per key over KEYS keys (docs/flow-control.md).
@@ -51,6 +51,8 @@ struct Args {
     /// Compare the lifecycle with every job under a limit of 2 running per
     /// key over this many keys instead of with the raw-SQL baseline.
     limited: Option<usize>,
+    /// Fair share's turn (`StoreOptions::fair_share_turn`); 0 turns it off.
+    fair_share_turn: Duration,
 }
 
 fn args() -> Args {
@@ -68,6 +70,7 @@ fn args() -> Args {
         against: None,
         producers: 2,
         limited: None,
+        fair_share_turn: StoreOptions::default().fair_share_turn,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -103,6 +106,13 @@ fn args() -> Args {
                         .expect("--limited KEYS"),
                 )
             }
+            "--fair-share-turn-ms" => {
+                a.fair_share_turn = Duration::from_millis(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--fair-share-turn-ms MS"),
+                )
+            }
             "--cold" => a.against = Some(Load::Cold),
             "--steady" => a.against = Some(Load::Steady),
             "--producers" => {
@@ -127,10 +137,11 @@ struct Db {
 /// A fresh database whose store runs on `clock`: the system clock for the
 /// lifecycle (as in production), a manual one for the sweeps, whose rows
 /// are seeded at fixed times.
-async fn fresh(backend: &str, clock: StoreClock) -> Db {
+async fn fresh(backend: &str, clock: StoreClock, fair_share_turn: Duration) -> Db {
     let options = StoreOptions {
         max_connections: 16,
         clock,
+        fair_share_turn,
         ..StoreOptions::default()
     };
     match backend {
@@ -884,7 +895,7 @@ async fn main() {
                     let (s, enqueue_rate) = if args.only.as_deref() == Some("baseline") {
                         (Run::skipped(), f64::NAN)
                     } else {
-                        let db = fresh(backend, StoreClock::system()).await;
+                        let db = fresh(backend, StoreClock::system(), args.fair_share_turn).await;
                         let s = lifecycle(
                             &db,
                             args.jobs,
@@ -899,7 +910,7 @@ async fn main() {
                         s
                     };
                     let r = if let Some(keys) = args.limited {
-                        let db = fresh(backend, StoreClock::system()).await;
+                        let db = fresh(backend, StoreClock::system(), args.fair_share_turn).await;
                         let (r, limited_enqueue) = lifecycle(
                             &db,
                             args.jobs,
@@ -919,7 +930,7 @@ async fn main() {
                         );
                         r
                     } else if let Some(load) = args.against {
-                        let db = fresh(backend, StoreClock::system()).await;
+                        let db = fresh(backend, StoreClock::system(), args.fair_share_turn).await;
                         let (r, other_enqueue) = lifecycle(
                             &db,
                             args.jobs,
@@ -941,7 +952,7 @@ async fn main() {
                     } else if args.only.as_deref() == Some("store") {
                         Run::skipped()
                     } else {
-                        let db = fresh(backend, StoreClock::system()).await;
+                        let db = fresh(backend, StoreClock::system(), args.fair_share_turn).await;
                         let r = baseline(&db, args.jobs, args.workers, batch).await;
                         db.drop_all().await;
                         r
@@ -977,7 +988,7 @@ async fn main() {
                     median(&mut ratio)
                 );
             }
-            let db = fresh(backend, StoreClock::system()).await;
+            let db = fresh(backend, StoreClock::system(), args.fair_share_turn).await;
             let tenant = db
                 .store
                 .create_tenant("enqueue", PlanTier::Free, "bench")
@@ -995,7 +1006,12 @@ async fn main() {
         }
         if args.sweeps {
             for rows in args.sweep_rows.clone() {
-                let db = fresh(backend, StoreClock::manual(ManualClock::new(at(0).into()))).await;
+                let db = fresh(
+                    backend,
+                    StoreClock::manual(ManualClock::new(at(0).into())),
+                    args.fair_share_turn,
+                )
+                .await;
                 let timings = sweeps(&db, rows, args.plans).await;
                 db.drop_all().await;
                 for (name, ms, changed) in timings {

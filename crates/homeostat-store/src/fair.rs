@@ -23,20 +23,38 @@ pub(crate) fn step_ms(turn: Duration, tier: PlanTier) -> i64 {
     dur_ms(turn) / tier.weight()
 }
 
-/// Each row's place among the rows of the batch that enter the same queue
-/// at the same priority (0, 1, …); 0 for a row that does not enter a
-/// queue now (`None`).
-pub(crate) fn ranks<'a>(rows: impl IntoIterator<Item = Option<(&'a str, i64)>>) -> Vec<i64> {
-    let mut next: HashMap<(&str, i64), i64> = HashMap::new();
-    rows.into_iter()
-        .map(|row| {
-            row.map_or(0, |flow| {
-                let n = next.entry(flow).or_insert(0);
-                *n += 1;
-                *n - 1
-            })
-        })
-        .collect()
+/// The flows a batch enters: each distinct (queue, priority) of its rows
+/// that enter a queue now, in order of first appearance; per row, its flow
+/// (1-based, 0 for a row that does not enter a queue now) and its place
+/// among the rows of that flow (0, 1, …).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Flows {
+    pub(crate) queues: Vec<String>,
+    pub(crate) priorities: Vec<i64>,
+    pub(crate) flow: Vec<i64>,
+    pub(crate) rank: Vec<i64>,
+}
+
+impl Flows {
+    pub(crate) fn of<'a>(rows: impl IntoIterator<Item = Option<(&'a str, i64)>>) -> Self {
+        let mut out = Flows::default();
+        let mut seen: HashMap<(&str, i64), (i64, i64)> = HashMap::new();
+        for row in rows {
+            let (flow, rank) = row.map_or((0, 0), |key| {
+                let n = seen.len() as i64;
+                let (flow, next) = seen.entry(key).or_insert_with(|| {
+                    out.queues.push(key.0.to_owned());
+                    out.priorities.push(key.1);
+                    (n + 1, 0)
+                });
+                *next += 1;
+                (*flow, *next - 1)
+            });
+            out.flow.push(flow);
+            out.rank.push(rank);
+        }
+        out
+    }
 }
 
 /// The first turn of a batch: the later of now, the head of the queue and
@@ -51,7 +69,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranks_count_per_queue_and_priority() {
+    fn rows_are_placed_per_queue_and_priority() {
         let rows = [
             Some(("a", 0)),
             Some(("a", 0)),
@@ -60,7 +78,11 @@ mod tests {
             Some(("a", 5)),
             Some(("a", 0)),
         ];
-        assert_eq!(ranks(rows), vec![0, 1, 0, 0, 0, 2]);
+        let flows = Flows::of(rows);
+        assert_eq!(flows.queues, vec!["a", "b", "a"]);
+        assert_eq!(flows.priorities, vec![0, 0, 5]);
+        assert_eq!(flows.flow, vec![1, 1, 0, 2, 3, 1]);
+        assert_eq!(flows.rank, vec![0, 1, 0, 0, 0, 2]);
     }
 
     #[test]

@@ -123,51 +123,50 @@ impl PgStore {
             c.approval.push(job.approval_expires_at.map(ms));
             c.limit_keys.push(crate::limits::stored_keys(job));
         }
-        c.rank =
-            crate::fair::ranks(c.state.iter().zip(&c.queue).zip(&c.base).map(
-                |((state, queue), base)| (state == "queued").then_some((queue.as_str(), *base)),
-            ));
+        let flows = crate::fair::Flows::of(c.state.iter().zip(&c.queue).zip(&c.base).map(
+            |((state, queue), base)| {
+                (step > 0 && state == "queued").then_some((queue.as_str(), *base))
+            },
+        ));
         // The statement also sends the announcements to the other replicas'
         // waiting claims (`NOTIFY`, delivered at commit; an uncorrelated
         // subquery, so it runs once per statement, and none for an empty
-        // list). A batch entering a queue takes turns from the later of now, the
-        // head of the queue at its priority and the tenant's last queued
-        // turn in it plus a step (`crate::fair`): two index probes per
-        // queue and priority of the batch, none when fair share is off.
+        // list). The rows entering a queue take turns from the later of now,
+        // the head of the queue at their priority and the tenant's last
+        // queued turn in it plus a step (`crate::fair`): two index probes
+        // per queue and priority of the batch, in an uncorrelated subquery
+        // (run once, before the rows), none when fair share is off.
         let stored = sqlx::query(concat!(
-            "WITH t AS (
-               SELECT * FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[],
-                         $8::bigint[], $9::text[], $10::bigint[], $11::text[], $12::bigint[],
-                         $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $20::text[],
-                         $21::bigint[])
-               AS t(id, queue, kind, payload, priority, base, fingerprint, occurrences, state,
-                    max_attempts, timeout_ms, run_at, deadline_at, approval, limit_keys, rank)),
-             f AS (
-               SELECT q.queue, q.base, GREATEST(",
-            pg_judged!(17),
-            ",
-                 (SELECT j.fair_at FROM jobs j
-                   WHERE j.state = 'queued' AND j.queue = q.queue AND j.effective_priority = q.base
-                   ORDER BY j.fair_at LIMIT 1),
-                 (SELECT j.fair_at + $22 FROM jobs j
-                   WHERE j.state = 'queued' AND j.tenant_id = $1 AND j.queue = q.queue
-                   ORDER BY j.fair_at DESC LIMIT 1)) AS start
-               FROM (SELECT DISTINCT queue, base FROM t WHERE state = 'queued' AND $22 > 0) q),
-             ins AS (INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+            "WITH ins AS (INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
                effective_priority, fingerprint, occurrences, state, max_attempts, timeout_ms, run_at,
                queued_at, fair_at, deadline_at, approval_expires_at, created_at, updated_at,
                limit_keys)
-             SELECT t.id, $1, t.queue, kind, payload, priority, t.base, t.base, fingerprint,
-               occurrences, state::job_state, max_attempts, timeout_ms, GREATEST(run_at, ",
+             SELECT id, $1, queue, kind, payload, priority, base, base, fingerprint, occurrences,
+               state::job_state, max_attempts, timeout_ms, GREATEST(run_at, ",
             pg_judged!(17),
             "), GREATEST(run_at, ",
             pg_judged!(17),
-            "), COALESCE(f.start + t.rank * $22, GREATEST(run_at, ",
+            "), CASE WHEN flow > 0 THEN (SELECT array_agg(GREATEST(",
             pg_judged!(17),
-            ")), COALESCE(deadline_at, GREATEST(run_at, ",
+            ",
+                   (SELECT j.fair_at FROM jobs j
+                     WHERE j.state = 'queued' AND j.queue = f.queue AND j.effective_priority = f.base
+                     ORDER BY j.fair_at LIMIT 1),
+                   (SELECT j.fair_at + $22 FROM jobs j
+                     WHERE j.state = 'queued' AND j.tenant_id = $1 AND j.queue = f.queue
+                     ORDER BY j.fair_at DESC LIMIT 1)) ORDER BY f.i)
+                 FROM UNNEST($23::text[], $24::bigint[]) WITH ORDINALITY AS f(queue, base, i)
+               )[flow] + rank * $22 ELSE GREATEST(run_at, ",
+            pg_judged!(17),
+            ") END, COALESCE(deadline_at, GREATEST(run_at, ",
             pg_judged!(17),
             ") + $18), approval, $2, $2, limit_keys
-             FROM t LEFT JOIN f ON f.queue = t.queue AND f.base = t.base AND t.state = 'queued'
+             FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
+                         $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[],
+                         $14::bigint[], $15::bigint[], $16::bigint[], $20::text[], $21::bigint[],
+                         $25::bigint[])
+               AS t(id, queue, kind, payload, priority, base, fingerprint, occurrences, state,
+                    max_attempts, timeout_ms, run_at, deadline_at, approval, limit_keys, rank, flow)
              ON CONFLICT (tenant_id, fingerprint)
                WHERE fingerprint IS NOT NULL AND state NOT IN ",
             crate::rows::terminal!(),
@@ -198,8 +197,11 @@ impl PgStore {
         .bind(dur_ms(Backend::options(self).default_queue_deadline))
         .bind(announce)
         .bind(&c.limit_keys)
-        .bind(&c.rank)
+        .bind(&flows.rank)
         .bind(step)
+        .bind(&flows.queues)
+        .bind(&flows.priorities)
+        .bind(&flows.flow)
         .fetch_all(&mut *conn)
         .await;
         let stored = self.watch(stored).op(op)?;
@@ -381,7 +383,6 @@ struct Columns {
     deadline: Vec<Option<i64>>,
     approval: Vec<Option<i64>>,
     limit_keys: Vec<Option<String>>,
-    rank: Vec<i64>,
 }
 
 impl Columns {

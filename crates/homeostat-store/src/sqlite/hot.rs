@@ -58,20 +58,12 @@ impl SqliteStore {
     ) -> Result<Vec<Option<i64>>, StoreError> {
         let op = "enqueueing jobs";
         let step = crate::fair::step_ms(Backend::options(self).fair_share_turn, tier);
-        let flows: Vec<Option<(&str, i64)>> = jobs
-            .iter()
-            .map(|job| {
-                (step > 0 && job.initial_state(now) == homeostat_model::JobState::Queued)
-                    .then_some((job.queue.as_str(), i64::from(job.priority)))
-            })
-            .collect();
-        let ranks = crate::fair::ranks(flows.iter().copied());
-        let mut starts: std::collections::HashMap<(&str, i64), i64> =
-            std::collections::HashMap::new();
-        for &(queue, base) in flows.iter().flatten() {
-            if starts.contains_key(&(queue, base)) {
-                continue;
-            }
+        let flows = crate::fair::Flows::of(jobs.iter().map(|job| {
+            (step > 0 && job.initial_state(now) == homeostat_model::JobState::Queued)
+                .then_some((job.queue.as_str(), i64::from(job.priority)))
+        }));
+        let mut starts = Vec::with_capacity(flows.queues.len());
+        for (queue, base) in flows.queues.iter().zip(&flows.priorities) {
             let (head, last): (Option<i64>, Option<i64>) = sqlx::query_as(
                 "SELECT (SELECT fair_at FROM jobs INDEXED BY jobs_claim
                           WHERE state = 'queued' AND queue = ?1 AND effective_priority = ?2
@@ -86,12 +78,17 @@ impl SqliteStore {
             .fetch_one(&mut **tx)
             .await
             .op(op)?;
-            starts.insert((queue, base), crate::fair::start(ms(now), head, last, step));
+            starts.push(crate::fair::start(ms(now), head, last, step));
         }
         Ok(flows
+            .flow
             .iter()
-            .zip(ranks)
-            .map(|(flow, rank)| flow.map(|f| starts[&f] + rank * step))
+            .zip(&flows.rank)
+            .map(|(&flow, rank)| {
+                usize::try_from(flow - 1)
+                    .ok()
+                    .map(|f| starts[f] + rank * step)
+            })
             .collect())
     }
 
