@@ -111,6 +111,11 @@ typed_id!(
     "notification"
 );
 typed_id!(
+    /// Identifies a workflow.
+    WorkflowId,
+    "workflow"
+);
+typed_id!(
     /// Identifies a verification of the audit chain.
     VerificationId,
     "verification"

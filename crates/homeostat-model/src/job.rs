@@ -24,6 +24,8 @@ pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
+    /// A workflow step waiting for the steps it needs to finish.
+    Pending,
     /// Waiting for its `run_at` (delayed, or backing off after a failure).
     Scheduled,
     /// Waiting for an operator's approval.
@@ -55,7 +57,8 @@ impl JobState {
     ];
 
     /// Every state.
-    pub const ALL: [JobState; 9] = [
+    pub const ALL: [JobState; 10] = [
+        JobState::Pending,
         JobState::Scheduled,
         JobState::AwaitingApproval,
         JobState::Waiting,
@@ -70,6 +73,7 @@ impl JobState {
     /// The wire and database name.
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Pending => "pending",
             JobState::Scheduled => "scheduled",
             JobState::AwaitingApproval => "awaiting_approval",
             JobState::Waiting => "waiting",
@@ -92,7 +96,10 @@ impl JobState {
         use JobState::*;
         matches!(
             (self, to),
-            (Scheduled, Queued | Waiting | Cancelled | Expired)
+            (
+                Pending,
+                Queued | Waiting | Scheduled | AwaitingApproval | Cancelled
+            ) | (Scheduled, Queued | Waiting | Cancelled | Expired)
                 | (
                     AwaitingApproval,
                     Queued | Waiting | Scheduled | Cancelled | Expired

@@ -20,12 +20,13 @@ mod schema;
 mod tenant;
 mod token;
 pub mod wire;
+mod workflow;
 
 pub use agent::{Agent, AgentStatus, NewAgent};
 pub use audit::{AuditAction, AuditEvent, NewAuditEvent};
 pub use error::ValidationError;
 pub use error_code::ErrorCode;
-pub use id::{AgentId, JobId, NotificationId, TenantId, TokenId, VerificationId};
+pub use id::{AgentId, JobId, NotificationId, TenantId, TokenId, VerificationId, WorkflowId};
 pub use job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, FailedAttempt, Job, JobState, KEY_FIELDS, LIMIT_FIELDS,
     MAX_PAYLOAD_BYTES, MAX_TIMEOUT, NewJob,
@@ -38,6 +39,9 @@ pub use notification::{Notification, NotificationState};
 pub use tenant::{PlanTier, Tenant};
 pub use token::{ApiScope, TokenInfo, TokenKind};
 pub use wire::{AuditPage, ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
+pub use workflow::{
+    MAX_STEPS, NewStep, NewWorkflow, StepCondition, Workflow, WorkflowState, WorkflowStep,
+};
 
 /// A raw identifier: UUID v7, unique without coordination and ordered by
 /// creation time. Entities are named by typed ids ([`JobId`], [`AgentId`],

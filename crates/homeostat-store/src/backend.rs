@@ -15,7 +15,7 @@ use std::future::Future;
 
 use homeostat_model::{
     AgentId, ClaimedJob, Completion, Id, JobId, NewJob, NotificationId, TenantId, TokenId,
-    VerificationId,
+    VerificationId, WorkflowId,
 };
 use jiff::Timestamp;
 
@@ -227,7 +227,8 @@ id_args!(
     TenantId,
     TokenId,
     NotificationId,
-    VerificationId
+    VerificationId,
+    WorkflowId
 );
 
 impl<'a> From<&'a [i64]> for Arg<'a> {

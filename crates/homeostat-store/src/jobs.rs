@@ -238,6 +238,7 @@ macro_rules! list_in {
 /// state; the generic `$2 IS NULL OR …` form matches no partial index.
 fn list_in_state(state: JobState) -> Sql {
     match state {
+        JobState::Pending => list_in!("pending"),
         JobState::Scheduled => list_in!("scheduled"),
         JobState::AwaitingApproval => list_in!("awaiting_approval"),
         JobState::Waiting => list_in!("waiting"),

@@ -67,6 +67,7 @@ mod tally;
 mod time;
 mod types;
 mod verifications;
+mod workflows;
 
 pub use admission::Admitted;
 pub use attention::MinuteOutcomes;

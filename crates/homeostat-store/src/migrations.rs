@@ -72,6 +72,11 @@ pub(crate) const SQLITE: Set = &[
         "fair share",
         include_str!("../migrations/sqlite/0013_fair_share.sql"),
     ),
+    (
+        14,
+        "workflows",
+        include_str!("../migrations/sqlite/0014_workflows.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -160,6 +165,16 @@ pub(crate) const POSTGRES: Set = &[
         17,
         "fair share",
         include_str!("../migrations/postgres/0017_fair_share.sql"),
+    ),
+    (
+        18,
+        "pending state",
+        include_str!("../migrations/postgres/0018_pending_state.sql"),
+    ),
+    (
+        19,
+        "workflows",
+        include_str!("../migrations/postgres/0019_workflows.sql"),
     ),
 ];
 

@@ -196,7 +196,9 @@ async fn postgres_keeps_jobs_through_the_jobs_table_rebuild() {
         ("builds", "build")
     );
     assert_eq!(kept.payload, serde_json::json!({"ref": "main"}));
-    assert_eq!((kept.priority, kept.effective_priority), (5, 130));
+    // Its tier's base (100) and its ageing no longer count: a tier weighs
+    // shares instead (migration 0017); ageing recomputes from its turn.
+    assert_eq!((kept.priority, kept.effective_priority), (5, 5));
     assert_eq!(kept.fingerprint.as_deref(), Some("fp-1"));
     assert_eq!(
         (kept.occurrences, kept.max_attempts, kept.timeout_secs),

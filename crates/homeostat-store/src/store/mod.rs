@@ -43,6 +43,7 @@ mod limits;
 mod notifications;
 mod registry;
 mod sweeps;
+mod workflows;
 
 /// The store: SQLite or PostgreSQL behind one interface.
 #[derive(Debug, Clone)]

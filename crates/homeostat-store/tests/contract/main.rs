@@ -13,6 +13,7 @@ mod notifications;
 mod registry;
 mod sweeps;
 mod wakeups;
+mod workflows;
 
 use std::time::Duration;
 

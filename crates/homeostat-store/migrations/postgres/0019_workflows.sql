@@ -1,0 +1,92 @@
+-- Workflows (docs/workflows.md): steps are jobs that need other steps.
+--
+-- A step's job carries its workflow (`jobs.workflow_id`; NULL for every
+-- other job, so the trigger below never runs for them). A step created
+-- with needs is `pending`; `workflow_steps` counts how many of its needs
+-- have not finished and how many did not succeed. The trigger runs in the
+-- transaction that finishes a step, whatever finishes it (completion,
+-- failure, cancel, expiry, a deadline): each dependent's counts move, and a
+-- dependent whose last need this was is released (queued, awaiting
+-- approval or scheduled, as its job asks) when its condition holds, or
+-- skipped (cancelled), which finishes it in turn and moves its own
+-- dependents.
+--
+-- No foreign key points at `jobs`: its checks would run on every update
+-- of every job. Retention removes a workflow's rows with its jobs.
+CREATE TABLE workflows (
+    id            UUID PRIMARY KEY,
+    tenant_id     UUID NOT NULL,
+    name          TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    cancelled_at  BIGINT
+);
+CREATE INDEX workflows_tenant ON workflows (tenant_id, id);
+
+CREATE TABLE workflow_steps (
+    job_id         UUID PRIMARY KEY,
+    workflow_id    UUID NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+    name           TEXT NOT NULL,
+    ord            BIGINT NOT NULL,
+    cond           TEXT NOT NULL,
+    needs_left     BIGINT NOT NULL,
+    not_succeeded  BIGINT NOT NULL DEFAULT 0,
+    skipped        BOOLEAN NOT NULL DEFAULT false,
+    -- A released step without a deadline of its own expires this long
+    -- after its release, not after the workflow's creation.
+    deadline_ms    BIGINT NOT NULL,
+    UNIQUE (workflow_id, name)
+);
+
+CREATE TABLE workflow_needs (
+    job_id     UUID NOT NULL,
+    parent_id  UUID NOT NULL,
+    PRIMARY KEY (parent_id, job_id)
+);
+CREATE INDEX workflow_needs_job ON workflow_needs (job_id);
+
+ALTER TABLE jobs ADD COLUMN workflow_id UUID;
+
+CREATE FUNCTION workflow_step_finished() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE workflow_steps s
+       SET needs_left = s.needs_left - 1,
+           not_succeeded = s.not_succeeded + (NEW.state <> 'succeeded')::int
+      FROM workflow_needs n
+     WHERE n.parent_id = NEW.id AND s.job_id = n.job_id;
+    UPDATE workflow_steps s SET skipped = true
+      FROM workflow_needs n, jobs j
+     WHERE n.parent_id = NEW.id AND s.job_id = n.job_id AND j.id = n.job_id
+       AND j.state = 'pending' AND s.needs_left = 0
+       AND NOT (s.cond = 'always' OR (s.cond = 'on_success' AND s.not_succeeded = 0)
+                OR (s.cond = 'on_failure' AND s.not_succeeded > 0));
+    UPDATE jobs j
+       SET state = CASE WHEN s.skipped THEN 'cancelled'::job_state
+                        WHEN j.approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
+                        WHEN j.run_at > NEW.updated_at THEN 'scheduled'::job_state
+                        ELSE 'queued'::job_state END,
+           queued_at = GREATEST(j.run_at, NEW.updated_at),
+           fair_at = GREATEST(j.run_at, NEW.updated_at),
+           deadline_at = CASE WHEN s.skipped THEN j.deadline_at
+                              ELSE COALESCE(j.deadline_at, GREATEST(j.run_at, NEW.updated_at) + s.deadline_ms) END,
+           finished_at = CASE WHEN s.skipped THEN NEW.updated_at END,
+           last_error = CASE WHEN s.skipped THEN 'skipped: its condition (' || s.cond || ') did not hold' END,
+           updated_at = NEW.updated_at
+      FROM workflow_needs n, workflow_steps s
+     WHERE n.parent_id = NEW.id AND s.job_id = n.job_id AND j.id = n.job_id
+       AND j.state = 'pending' AND s.needs_left = 0;
+    -- Claims waiting on the released steps' queues hear of them at commit,
+    -- on every replica, as of an enqueue (`crate::signals`; origin 0 is no
+    -- replica's, so each wakes its own waiters).
+    PERFORM pg_notify('homeostat_queued', '0 ' || count(*) || ' ' || j.tenant_id || ' ' || j.queue)
+      FROM workflow_needs n, jobs j
+     WHERE n.parent_id = NEW.id AND j.id = n.job_id AND j.state = 'queued'
+     GROUP BY j.tenant_id, j.queue;
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER jobs_workflow_finished AFTER UPDATE OF state ON jobs
+FOR EACH ROW
+WHEN (NEW.workflow_id IS NOT NULL
+      AND NEW.state IN ('succeeded', 'dead', 'cancelled', 'expired')
+      AND OLD.state NOT IN ('succeeded', 'dead', 'cancelled', 'expired'))
+EXECUTE FUNCTION workflow_step_finished();

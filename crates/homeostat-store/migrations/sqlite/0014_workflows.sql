@@ -1,0 +1,66 @@
+-- Workflows (docs/workflows.md): the same tables and trigger as
+-- PostgreSQL's migration 0019, in SQLite's dialect: see that file for why
+-- they are shaped so. A skipped step finishes in the trigger, which then
+-- runs for it in turn (the store turns `recursive_triggers` on).
+CREATE TABLE workflows (
+    id            TEXT PRIMARY KEY,
+    tenant_id     TEXT NOT NULL,
+    name          TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    cancelled_at  INTEGER
+);
+CREATE INDEX workflows_tenant ON workflows (tenant_id, id);
+
+CREATE TABLE workflow_steps (
+    job_id         TEXT PRIMARY KEY,
+    workflow_id    TEXT NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+    name           TEXT NOT NULL,
+    ord            INTEGER NOT NULL,
+    cond           TEXT NOT NULL,
+    needs_left     INTEGER NOT NULL,
+    not_succeeded  INTEGER NOT NULL DEFAULT 0,
+    skipped        INTEGER NOT NULL DEFAULT 0,
+    deadline_ms    INTEGER NOT NULL,
+    UNIQUE (workflow_id, name)
+);
+
+CREATE TABLE workflow_needs (
+    job_id     TEXT NOT NULL,
+    parent_id  TEXT NOT NULL,
+    PRIMARY KEY (parent_id, job_id)
+);
+CREATE INDEX workflow_needs_job ON workflow_needs (job_id);
+
+ALTER TABLE jobs ADD COLUMN workflow_id TEXT;
+
+CREATE TRIGGER jobs_workflow_finished AFTER UPDATE OF state ON jobs
+WHEN NEW.workflow_id IS NOT NULL
+     AND NEW.state IN ('succeeded', 'dead', 'cancelled', 'expired')
+     AND OLD.state NOT IN ('succeeded', 'dead', 'cancelled', 'expired')
+BEGIN
+    UPDATE workflow_steps
+       SET needs_left = needs_left - 1,
+           not_succeeded = not_succeeded + (NEW.state <> 'succeeded')
+     WHERE job_id IN (SELECT job_id FROM workflow_needs WHERE parent_id = NEW.id);
+    UPDATE workflow_steps SET skipped = 1
+     WHERE job_id IN (SELECT n.job_id FROM workflow_needs n JOIN jobs j ON j.id = n.job_id
+                       WHERE n.parent_id = NEW.id AND j.state = 'pending')
+       AND needs_left = 0
+       AND NOT (cond = 'always' OR (cond = 'on_success' AND not_succeeded = 0)
+                OR (cond = 'on_failure' AND not_succeeded > 0));
+    UPDATE jobs
+       SET state = CASE WHEN s.skipped THEN 'cancelled'
+                        WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'
+                        WHEN jobs.run_at > NEW.updated_at THEN 'scheduled'
+                        ELSE 'queued' END,
+           queued_at = MAX(jobs.run_at, NEW.updated_at),
+           fair_at = MAX(jobs.run_at, NEW.updated_at),
+           deadline_at = CASE WHEN s.skipped THEN jobs.deadline_at
+                              ELSE COALESCE(jobs.deadline_at, MAX(jobs.run_at, NEW.updated_at) + s.deadline_ms) END,
+           finished_at = CASE WHEN s.skipped THEN NEW.updated_at END,
+           last_error = CASE WHEN s.skipped THEN 'skipped: its condition (' || s.cond || ') did not hold' END,
+           updated_at = NEW.updated_at
+      FROM workflow_steps s
+     WHERE s.job_id = jobs.id AND s.needs_left = 0 AND jobs.state = 'pending'
+       AND jobs.id IN (SELECT job_id FROM workflow_needs WHERE parent_id = NEW.id);
+END;

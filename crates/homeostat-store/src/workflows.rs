@@ -1,0 +1,295 @@
+//! Workflows: steps that are jobs needing other steps (docs/workflows.md).
+//!
+//! A workflow is created in one transaction: its row, a job per step
+//! (`pending` when it needs steps, else in the state its job asks), the
+//! steps' conditions and counts, and the edges. From then on the database
+//! moves it: the trigger of migrations `workflows` runs in the transaction
+//! that finishes a step, whatever finishes it, and releases or skips the
+//! steps whose last need that was. Here are creation, reading and cancel.
+
+use std::collections::HashMap;
+
+use homeostat_model::{
+    JobId, JobState, NewWorkflow, StepCondition, TenantId, ValidationError, Workflow, WorkflowId,
+    WorkflowState, WorkflowStep,
+};
+use serde_json::json;
+
+use crate::backend::{Backend, RowExt, Sql, Stmt};
+use crate::error::{Context, StoreError};
+use crate::time::{dur_ms, ms, ts};
+
+/// `$1` id, `$2` tenant, `$3` name, `$4` now.
+const INSERT_WORKFLOW: Sql =
+    Sql::both("INSERT INTO workflows (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)");
+
+/// `$1` the steps' jobs as a JSON array, `$2` tenant, `$3` now, `$4` the
+/// workflow.
+const INSERT_JOBS: Sql = Sql::pair(
+    "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+       effective_priority, state, max_attempts, timeout_ms, run_at, queued_at, fair_at,
+       deadline_at, approval_expires_at, created_at, updated_at, workflow_id)
+     SELECT value->>'id', $2, value->>'queue', value->>'kind', value->>'payload',
+       value->>'priority', value->>'priority', value->>'priority', value->>'state',
+       value->>'max_attempts', value->>'timeout_ms', value->>'run_at', value->>'run_at',
+       value->>'run_at', value->>'deadline_at', value->>'approval', $3, $3, $4
+     FROM json_each($1)",
+    "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
+       effective_priority, state, max_attempts, timeout_ms, run_at, queued_at, fair_at,
+       deadline_at, approval_expires_at, created_at, updated_at, workflow_id)
+     SELECT t.id, $2, t.queue, t.kind, t.payload, t.priority, t.priority, t.priority,
+       t.state::job_state, t.max_attempts, t.timeout_ms, t.run_at, t.run_at, t.run_at,
+       t.deadline_at, t.approval, $3, $3, $4
+     FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, queue text, kind text, payload text,
+       priority bigint, state text, max_attempts bigint, timeout_ms bigint, run_at bigint,
+       deadline_at bigint, approval bigint)",
+);
+
+/// `$1` the steps as a JSON array, `$2` the workflow, `$3` the default
+/// deadline (ms after release).
+const INSERT_STEPS: Sql = Sql::pair(
+    "INSERT INTO workflow_steps (job_id, workflow_id, name, ord, cond, needs_left, deadline_ms)
+     SELECT value->>'job_id', $2, value->>'name', value->>'ord', value->>'cond',
+       value->>'needs_left', $3
+     FROM json_each($1)",
+    "INSERT INTO workflow_steps (job_id, workflow_id, name, ord, cond, needs_left, deadline_ms)
+     SELECT t.job_id, $2, t.name, t.ord, t.cond, t.needs_left, $3
+     FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, name text, ord bigint, cond text,
+       needs_left bigint)",
+);
+
+/// `$1` the edges as a JSON array.
+const INSERT_NEEDS: Sql = Sql::pair(
+    "INSERT INTO workflow_needs (job_id, parent_id)
+     SELECT value->>'job_id', value->>'parent_id' FROM json_each($1)",
+    "INSERT INTO workflow_needs (job_id, parent_id)
+     SELECT t.job_id, t.parent_id FROM jsonb_to_recordset($1::jsonb) AS t(job_id uuid, parent_id uuid)",
+);
+
+const GET: Sql =
+    Sql::both("SELECT id, tenant_id, name, created_at, cancelled_at FROM workflows WHERE id = $1");
+
+const STEPS: Sql = Sql::pair(
+    "SELECT s.name AS name, s.job_id AS job_id, j.state AS state, s.skipped AS skipped,
+       s.cond AS cond
+     FROM workflow_steps s JOIN jobs j ON j.id = s.job_id
+     WHERE s.workflow_id = $1 ORDER BY s.ord",
+    "SELECT s.name AS name, s.job_id AS job_id, j.state::text AS state, s.skipped AS skipped,
+       s.cond AS cond
+     FROM workflow_steps s JOIN jobs j ON j.id = s.job_id
+     WHERE s.workflow_id = $1 ORDER BY s.ord",
+);
+
+const NEEDS: Sql = Sql::both(
+    "SELECT c.name AS step, p.name AS need
+     FROM workflow_steps c
+     JOIN workflow_needs n ON n.job_id = c.job_id
+     JOIN workflow_steps p ON p.job_id = n.parent_id
+     WHERE c.workflow_id = $1 ORDER BY c.ord, p.ord",
+);
+
+/// `$1` workflow, `$2` now.
+const MARK_CANCELLED: Sql =
+    Sql::both("UPDATE workflows SET cancelled_at = COALESCE(cancelled_at, $2) WHERE id = $1");
+
+/// `$1` workflow, `$2` now: every step not finished is cancelled (a running
+/// one's agent hears of it at its next heartbeat, as for any job).
+const CANCEL_STEPS: Sql = Sql::both(
+    "UPDATE jobs SET state = 'cancelled', finished_at = $2, updated_at = $2,
+       last_error = 'cancelled with its workflow', lease_expires_at = NULL, timeout_at = NULL
+     WHERE workflow_id = $1 AND state NOT IN ('succeeded', 'dead', 'cancelled', 'expired')",
+);
+
+/// What a new workflow queued at once, for the claims that wait: per
+/// queue, how many.
+pub(crate) type Queued = Vec<(String, u32)>;
+
+/// Creates `wf` for `tenant`: every step or none.
+pub(crate) async fn create<B: Backend>(
+    b: &B,
+    tenant: TenantId,
+    wf: &NewWorkflow,
+) -> Result<(Workflow, Queued), StoreError> {
+    wf.validate()?;
+    for step in &wf.steps {
+        // A fingerprint could fold a step into another live job, and limits
+        // admit jobs the workflow has not released: neither is a step's.
+        if step.job.fingerprint.is_some() {
+            return Err(ValidationError::new(
+                "steps",
+                format!(
+                    "step {:?}: a step's job cannot have a fingerprint",
+                    step.name
+                ),
+            )
+            .into());
+        }
+        if !step.job.limits.is_empty() {
+            return Err(ValidationError::new(
+                "steps",
+                format!(
+                    "step {:?}: a step's job cannot be under limits yet",
+                    step.name
+                ),
+            )
+            .into());
+        }
+    }
+    let op = "submitting a workflow";
+    let now = b.now();
+    let now_ms = ms(now);
+    let id = WorkflowId::from(homeostat_model::id_at(now));
+    let ids: Vec<JobId> = homeostat_model::ids_at(now, wf.steps.len())
+        .map(JobId::from)
+        .collect();
+    let by_name: HashMap<&str, JobId> = wf
+        .steps
+        .iter()
+        .zip(&ids)
+        .map(|(s, id)| (s.name.as_str(), *id))
+        .collect();
+    let default_deadline = dur_ms(b.options().default_queue_deadline);
+    let mut jobs = Vec::with_capacity(wf.steps.len());
+    let mut steps = Vec::with_capacity(wf.steps.len());
+    let mut needs = Vec::new();
+    let mut queued: HashMap<&str, u32> = HashMap::new();
+    for (ord, (step, job_id)) in wf.steps.iter().zip(&ids).enumerate() {
+        let job = &step.job;
+        let run_at = job.run_at.map_or(now_ms, ms).max(now_ms);
+        let state = if step.needs.is_empty() {
+            job.initial_state(now)
+        } else {
+            JobState::Pending
+        };
+        if state == JobState::Queued {
+            *queued.entry(job.queue.as_str()).or_insert(0) += 1;
+        }
+        // A step released later gets its default deadline from its release.
+        let deadline = job
+            .deadline
+            .map(ms)
+            .or_else(|| (state != JobState::Pending).then_some(run_at + default_deadline));
+        jobs.push(json!({
+            "id": job_id.to_string(),
+            "queue": job.queue,
+            "kind": job.kind,
+            "payload": job.payload.to_string(),
+            "priority": job.priority,
+            "state": state.as_str(),
+            "max_attempts": job.max_attempts(),
+            "timeout_ms": dur_ms(job.timeout()),
+            "run_at": run_at,
+            "deadline_at": deadline,
+            "approval": job.approval_expires_at.map(ms),
+        }));
+        steps.push(json!({
+            "job_id": job_id.to_string(),
+            "name": step.name,
+            "ord": ord,
+            "cond": step.when.as_str(),
+            "needs_left": step.needs.len(),
+        }));
+        for need in &step.needs {
+            needs.push(json!({
+                "job_id": job_id.to_string(),
+                "parent_id": by_name[need.as_str()].to_string(),
+            }));
+        }
+    }
+    let (jobs, steps, needs) = (
+        serde_json::Value::Array(jobs).to_string(),
+        serde_json::Value::Array(steps).to_string(),
+        serde_json::Value::Array(needs).to_string(),
+    );
+    let mut tx = b.begin(op).await?;
+    let stmts = [
+        Stmt::new::<B>(INSERT_WORKFLOW)
+            .arg(id)
+            .arg(tenant)
+            .arg(wf.name.as_str())
+            .arg(now_ms),
+        Stmt::new::<B>(INSERT_JOBS)
+            .arg(jobs.as_str())
+            .arg(tenant)
+            .arg(now_ms)
+            .arg(id),
+        Stmt::new::<B>(INSERT_STEPS)
+            .arg(steps.as_str())
+            .arg(id)
+            .arg(default_deadline),
+        Stmt::new::<B>(INSERT_NEEDS).arg(needs.as_str()),
+    ];
+    for stmt in stmts {
+        B::execute_in(&mut tx, stmt).await.op(op)?;
+    }
+    B::commit(tx, op).await?;
+    let queued = queued.into_iter().map(|(q, n)| (q.to_owned(), n)).collect();
+    Ok((get(b, id).await?, queued))
+}
+
+/// One workflow, with its steps in the order they were submitted.
+pub(crate) async fn get<B: Backend>(b: &B, id: WorkflowId) -> Result<Workflow, StoreError> {
+    let op = "reading a workflow";
+    let rows = b.fetch(Stmt::new::<B>(GET).arg(id)).await.op(op)?;
+    let row = rows.first().ok_or_else(|| StoreError::NotFound {
+        entity: "workflow",
+        id: id.to_string(),
+    })?;
+    let cancelled_at = row.opt_int("cancelled_at")?;
+    let mut needs: HashMap<String, Vec<String>> = HashMap::new();
+    for r in b.fetch(Stmt::new::<B>(NEEDS).arg(id)).await.op(op)? {
+        needs
+            .entry(r.text("step")?)
+            .or_default()
+            .push(r.text("need")?);
+    }
+    let mut steps = Vec::new();
+    for r in b.fetch(Stmt::new::<B>(STEPS).arg(id)).await.op(op)? {
+        let name = r.text("name")?;
+        steps.push(WorkflowStep {
+            needs: needs.remove(&name).unwrap_or_default(),
+            name,
+            job_id: r.id("job_id")?,
+            state: r
+                .text("state")?
+                .parse()
+                .map_err(|e| crate::error::corrupt(op, e))?,
+            skipped: r.flag("skipped")?,
+            when: r
+                .text("cond")?
+                .parse::<StepCondition>()
+                .map_err(|e| crate::error::corrupt(op, e))?,
+        });
+    }
+    Ok(Workflow {
+        id,
+        tenant_id: row.id("tenant_id")?,
+        name: row.text("name")?,
+        state: WorkflowState::of(cancelled_at.is_some(), &steps),
+        created_at: ts(row.int("created_at")?),
+        cancelled_at: cancelled_at.map(ts),
+        steps,
+    })
+}
+
+/// Cancels a workflow: every step not finished is cancelled, and none
+/// starts from now on. Cancelling it again changes nothing.
+pub(crate) async fn cancel<B: Backend>(b: &B, id: WorkflowId) -> Result<Workflow, StoreError> {
+    let op = "cancelling a workflow";
+    let now = ms(b.now());
+    let mut tx = b.begin(op).await?;
+    let marked = B::execute_in(&mut tx, Stmt::new::<B>(MARK_CANCELLED).arg(id).arg(now))
+        .await
+        .op(op)?;
+    if marked == 0 {
+        return Err(StoreError::NotFound {
+            entity: "workflow",
+            id: id.to_string(),
+        });
+    }
+    B::execute_in(&mut tx, Stmt::new::<B>(CANCEL_STEPS).arg(id).arg(now))
+        .await
+        .op(op)?;
+    B::commit(tx, op).await?;
+    get(b, id).await
+}

@@ -1,0 +1,391 @@
+//! Workflows: steps run in the order of their needs, conditions decide what
+//! runs after a failure, a skip carries down, cancel stops every step, and a
+//! step reclaimed from a dead agent runs again before its dependents.
+
+use std::collections::HashSet;
+
+use homeostat_model::{
+    AgentId, JobId, JobState, NewJob, NewStep, NewWorkflow, PlanTier, StepCondition, Workflow,
+    WorkflowState,
+};
+use homeostat_store::{Failure, Store, StoreError};
+use homeostat_testkit::{At, agent, at, completions, on_both_backends, t0, tenant};
+
+use crate::LEASE;
+
+fn step(name: &str, needs: &[&str], when: StepCondition) -> NewStep {
+    NewStep {
+        name: name.into(),
+        job: NewJob::new("ci", name),
+        needs: needs.iter().map(|n| (*n).to_owned()).collect(),
+        when,
+    }
+}
+
+fn on_success(name: &str, needs: &[&str]) -> NewStep {
+    step(name, needs, StepCondition::OnSuccess)
+}
+
+fn job_of(wf: &Workflow, name: &str) -> JobId {
+    wf.steps.iter().find(|s| s.name == name).unwrap().job_id
+}
+
+fn state_of(wf: &Workflow, name: &str) -> JobState {
+    wf.steps.iter().find(|s| s.name == name).unwrap().state
+}
+
+/// Claims everything claimable; the names of the steps claimed.
+async fn claim_all(store: &Store, a: AgentId, wf: &Workflow, secs: i64) -> Vec<(String, i64)> {
+    let claimed = store.at(at(secs)).claim(a, 100, LEASE).await.unwrap();
+    claimed
+        .iter()
+        .map(|c| {
+            let name = wf
+                .steps
+                .iter()
+                .find(|s| s.job_id == c.id)
+                .unwrap()
+                .name
+                .clone();
+            (name, c.lease_token)
+        })
+        .collect()
+}
+
+async fn complete(store: &Store, a: AgentId, wf: &Workflow, name: &str, token: i64, secs: i64) {
+    store
+        .at(at(secs))
+        .complete(a, job_of(wf, name), token, None)
+        .await
+        .unwrap();
+}
+
+async fn steps_run_in_the_order_of_their_needs(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "pipeline".into(),
+                steps: vec![
+                    on_success("deploy", &["test-a", "test-b"]),
+                    on_success("test-a", &["build"]),
+                    on_success("test-b", &["build"]),
+                    on_success("build", &[]),
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(wf.state, WorkflowState::Running);
+    assert_eq!(state_of(&wf, "build"), JobState::Queued);
+    assert_eq!(state_of(&wf, "deploy"), JobState::Pending);
+    assert_eq!(wf.steps[0].needs, vec!["test-a", "test-b"]);
+
+    let first = claim_all(store, a, &wf, 1).await;
+    assert_eq!(
+        first.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        vec!["build"]
+    );
+    complete(store, a, &wf, "build", first[0].1, 2).await;
+    let tests = claim_all(store, a, &wf, 3).await;
+    let names: HashSet<&str> = tests.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(names, HashSet::from(["test-a", "test-b"]));
+    complete(store, a, &wf, &tests[0].0, tests[0].1, 4).await;
+    assert!(
+        claim_all(store, a, &wf, 5).await.is_empty(),
+        "deploy needs both"
+    );
+    let now = store.workflow(wf.id).await.unwrap();
+    assert_eq!(state_of(&now, "deploy"), JobState::Pending);
+    complete(store, a, &wf, &tests[1].0, tests[1].1, 6).await;
+    // Released by the completion of its last need, in its transaction.
+    let released = store.get_job(job_of(&wf, "deploy")).await.unwrap();
+    assert_eq!(released.state, JobState::Queued);
+    assert_eq!(released.updated_at, at(6));
+    assert_eq!(
+        released.deadline,
+        Some(at(6) + store.options().default_queue_deadline),
+        "its start-by deadline runs from its release"
+    );
+    let deploy = claim_all(store, a, &wf, 7).await;
+    assert_eq!(deploy[0].0, "deploy");
+    complete(store, a, &wf, "deploy", deploy[0].1, 8).await;
+    assert_eq!(
+        store.workflow(wf.id).await.unwrap().state,
+        WorkflowState::Succeeded
+    );
+}
+
+async fn conditions_decide_what_runs_after_a_failure(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "pipeline".into(),
+                steps: vec![
+                    on_success("build", &[]),
+                    on_success("test", &["build"]),
+                    on_success("deploy", &["test"]),
+                    step("report", &["build"], StepCondition::OnFailure),
+                    step("cleanup", &["deploy"], StepCondition::Always),
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    let build = claim_all(store, a, &wf, 1).await;
+    store
+        .at(at(2))
+        .fail(&Failure {
+            agent: a,
+            id: job_of(&wf, "build"),
+            lease_token: build[0].1,
+            error: "compile error",
+            permanent: true,
+        })
+        .await
+        .unwrap();
+    // The failure skipped test, which skipped deploy, whose finish released
+    // cleanup (always); report runs because build failed.
+    let now = store.workflow(wf.id).await.unwrap();
+    assert_eq!(state_of(&now, "build"), JobState::Dead);
+    for skipped in ["test", "deploy"] {
+        let s = now.steps.iter().find(|s| s.name == skipped).unwrap();
+        assert_eq!(
+            (s.state, s.skipped),
+            (JobState::Cancelled, true),
+            "{skipped}"
+        );
+    }
+    let next = claim_all(store, a, &wf, 3).await;
+    let names: HashSet<&str> = next.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(names, HashSet::from(["report", "cleanup"]));
+    let skipped = store.get_job(job_of(&wf, "test")).await.unwrap();
+    assert!(skipped.last_error.unwrap().contains("skipped"));
+    assert_eq!(now.state, WorkflowState::Running);
+    for (name, token) in &next {
+        complete(store, a, &wf, name, *token, 4).await;
+    }
+    assert_eq!(
+        store.workflow(wf.id).await.unwrap().state,
+        WorkflowState::Failed
+    );
+}
+
+async fn a_step_whose_failure_path_is_not_taken_is_skipped(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "pipeline".into(),
+                steps: vec![
+                    on_success("build", &[]),
+                    step("report", &["build"], StepCondition::OnFailure),
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    let build = claim_all(store, a, &wf, 1).await;
+    complete(store, a, &wf, "build", build[0].1, 2).await;
+    let now = store.workflow(wf.id).await.unwrap();
+    let report = now.steps.iter().find(|s| s.name == "report").unwrap();
+    assert_eq!((report.state, report.skipped), (JobState::Cancelled, true));
+    assert_eq!(now.state, WorkflowState::Succeeded, "a skip is no failure");
+}
+
+async fn cancel_stops_every_step(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "pipeline".into(),
+                steps: vec![
+                    on_success("build", &[]),
+                    on_success("test", &["build"]),
+                    step("cleanup", &["test"], StepCondition::Always),
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    let build = claim_all(store, a, &wf, 1).await;
+    let cancelled = store.at(at(2)).cancel_workflow(wf.id).await.unwrap();
+    assert_eq!(cancelled.state, WorkflowState::Cancelled);
+    assert_eq!(cancelled.cancelled_at, Some(at(2)));
+    assert!(
+        cancelled
+            .steps
+            .iter()
+            .all(|s| s.state == JobState::Cancelled)
+    );
+    // The running step's agent hears of it; its late completion is stale.
+    assert!(matches!(
+        store
+            .at(at(3))
+            .complete(a, job_of(&wf, "build"), build[0].1, None)
+            .await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    assert!(
+        claim_all(store, a, &wf, 4).await.is_empty(),
+        "nothing starts"
+    );
+    // Again: nothing changes.
+    let again = store.at(at(5)).cancel_workflow(wf.id).await.unwrap();
+    assert_eq!(again.cancelled_at, Some(at(2)));
+}
+
+async fn a_step_reclaimed_from_a_dead_agent_runs_again_before_its_dependents(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let lost = agent(store, None, &["ci"]).await;
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "pipeline".into(),
+                steps: vec![on_success("build", &[]), on_success("test", &["build"])],
+            },
+        )
+        .await
+        .unwrap();
+    claim_all(store, lost, &wf, 1).await;
+    // Its agent went silent; the lease ran out and the step is queued again.
+    store
+        .at(at(1) + LEASE + std::time::Duration::from_secs(1))
+        .requeue_expired_leases(100, None, None)
+        .await
+        .unwrap();
+    let now = store.workflow(wf.id).await.unwrap();
+    assert_eq!(state_of(&now, "build"), JobState::Queued);
+    assert_eq!(
+        state_of(&now, "test"),
+        JobState::Pending,
+        "its need is not done"
+    );
+    let other = agent(store, None, &["ci"]).await;
+    let later = 120;
+    let again = claim_all(store, other, &wf, later).await;
+    assert_eq!(again[0].0, "build");
+    complete(store, other, &wf, "build", again[0].1, later + 1).await;
+    let test = claim_all(store, other, &wf, later + 2).await;
+    assert_eq!(test.len(), 1);
+    assert_eq!(test[0].0, "test");
+}
+
+async fn a_wide_fan_in_runs_its_join_once(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let parts: Vec<String> = (0..200).map(|i| format!("part-{i}")).collect();
+    let mut steps: Vec<NewStep> = parts.iter().map(|p| on_success(p, &[])).collect();
+    let needs: Vec<&str> = parts.iter().map(String::as_str).collect();
+    steps.push(step("join", &needs, StepCondition::Always));
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "batch".into(),
+                steps,
+            },
+        )
+        .await
+        .unwrap();
+    let claimed = store.at(at(1)).claim(a, 200, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 200);
+    // Half fail, half succeed, in batches: the join is released once, by
+    // the last.
+    for (i, c) in claimed.iter().enumerate().skip(100) {
+        store
+            .at(at(2))
+            .fail(&Failure {
+                agent: a,
+                id: c.id,
+                lease_token: c.lease_token,
+                error: "no",
+                permanent: i % 2 == 0,
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .at(at(3))
+        .complete_batch(a, &completions(&claimed[..100]))
+        .await
+        .unwrap();
+    let now = store.workflow(wf.id).await.unwrap();
+    // The retryable half is scheduled again: not finished.
+    assert_eq!(state_of(&now, "join"), JobState::Pending);
+    let retried: Vec<_> = now
+        .steps
+        .iter()
+        .filter(|s| s.state == JobState::Scheduled)
+        .collect();
+    assert_eq!(retried.len(), 50);
+    for s in retried {
+        store.at(at(4)).cancel(s.job_id, "test").await.unwrap();
+    }
+    let join = claim_all(store, a, &wf, 5).await;
+    assert_eq!(
+        join.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(),
+        vec!["join"]
+    );
+}
+
+async fn bad_workflows_are_refused_whole(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let cycle = NewWorkflow {
+        name: "loop".into(),
+        steps: vec![on_success("a", &["b"]), on_success("b", &["a"])],
+    };
+    let err = store.at(t0()).submit_workflow(t, &cycle).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(e) if e.message.contains("needs itself")),
+        "{err}"
+    );
+    let mut fingerprinted = on_success("a", &[]);
+    fingerprinted.job.fingerprint = Some("x".into());
+    let err = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "fp".into(),
+                steps: vec![fingerprinted],
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(e) if e.message.contains("step \"a\"")),
+        "{err}"
+    );
+    let jobs = store
+        .list_jobs(&homeostat_store::JobFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert!(jobs.items.is_empty(), "nothing was created");
+}
+
+on_both_backends!(
+    steps_run_in_the_order_of_their_needs,
+    conditions_decide_what_runs_after_a_failure,
+    a_step_whose_failure_path_is_not_taken_is_skipped,
+    cancel_stops_every_step,
+    a_step_reclaimed_from_a_dead_agent_runs_again_before_its_dependents,
+    a_wide_fan_in_runs_its_join_once,
+    bad_workflows_are_refused_whole,
+);
