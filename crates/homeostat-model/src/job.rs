@@ -416,6 +416,7 @@ mod tests {
         assert_eq!(
             live,
             [
+                JobState::Pending,
                 JobState::Scheduled,
                 JobState::AwaitingApproval,
                 JobState::Waiting,

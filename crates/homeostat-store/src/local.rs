@@ -4,7 +4,7 @@
 //! waiting here for queued jobs. The drivers hold none of it: they run
 //! statements; the store hands each operation the part it needs.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::sync::{Arc, OnceLock};
 
 use crate::backend::{Heard, Hearing};
@@ -41,6 +41,8 @@ pub(crate) struct Local {
     pub(crate) admitter: OnceLock<()>,
     /// Set when the store is closed: background tasks stop.
     pub(crate) closed: Arc<AtomicBool>,
+    /// Whether workflows exist (`store::workflows`), once known.
+    pub(crate) workflows: AtomicU8,
 }
 
 impl Default for Local {
@@ -66,6 +68,7 @@ impl Default for Local {
             admission: Arc::default(),
             admitter: OnceLock::new(),
             closed: Arc::default(),
+            workflows: AtomicU8::new(crate::store::WORKFLOWS_UNKNOWN),
         }
     }
 }

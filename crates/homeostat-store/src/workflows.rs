@@ -100,9 +100,49 @@ const CANCEL_STEPS: Sql = Sql::both(
      WHERE workflow_id = $1 AND state NOT IN ('succeeded', 'dead', 'cancelled', 'expired')",
 );
 
+/// `$1` jobs just finished: their dependents queued now, by tenant and
+/// queue.
+const RELEASED: Sql = Sql::pair(
+    "SELECT j.tenant_id AS tenant_id, j.queue AS queue, COUNT(*) AS n
+     FROM workflow_needs n JOIN jobs j ON j.id = n.job_id
+     WHERE n.parent_id IN (SELECT value FROM json_each($1)) AND j.state = 'queued'
+     GROUP BY j.tenant_id, j.queue",
+    "SELECT j.tenant_id AS tenant_id, j.queue AS queue, COUNT(*) AS n
+     FROM workflow_needs n JOIN jobs j ON j.id = n.job_id
+     WHERE n.parent_id = ANY($1) AND j.state = 'queued'
+     GROUP BY j.tenant_id, j.queue",
+);
+
+const ANY_WORKFLOW: Sql = Sql::both("SELECT 1 AS one FROM workflows LIMIT 1");
+
 /// What a new workflow queued at once, for the claims that wait: per
 /// queue, how many.
 pub(crate) type Queued = Vec<(String, u32)>;
+
+/// Whether any workflow exists.
+pub(crate) async fn any<B: Backend>(b: &B) -> Result<bool, StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(ANY_WORKFLOW))
+        .await
+        .op("looking for workflows")?;
+    Ok(!rows.is_empty())
+}
+
+/// The steps that `finished` released into their queues (they may have
+/// been claimed since), by tenant and queue.
+pub(crate) async fn released<B: Backend>(
+    b: &B,
+    finished: &[homeostat_model::Id],
+) -> Result<Vec<(TenantId, String, u32)>, StoreError> {
+    let op = "looking for released workflow steps";
+    let rows = b
+        .fetch(Stmt::new::<B>(RELEASED).arg(finished))
+        .await
+        .op(op)?;
+    rows.iter()
+        .map(|r| Ok((r.id("tenant_id")?, r.text("queue")?, r.num("n")?)))
+        .collect()
+}
 
 /// Creates `wf` for `tenant`: every step or none.
 pub(crate) async fn create<B: Backend>(

@@ -293,6 +293,7 @@ impl Store {
             tally::succeeded(&self.local.tally, out.completed.len())
         );
         self.limits_moved();
+        self.workflows_moved(&out.completed).await;
         Ok(out)
     }
 
@@ -330,6 +331,9 @@ impl Store {
     pub async fn fail(&self, failure: &Failure<'_>) -> Result<FailOutcome, StoreError> {
         let out = dispatch!(self, jobs::fail(failure));
         self.limits_moved();
+        if matches!(&out, Ok(o) if o.state == JobState::Dead) {
+            self.workflows_moved(&[failure.id]).await;
+        }
         out
     }
 
@@ -371,6 +375,7 @@ impl Store {
             jobs::transition(id, JobState::Cancelled, AuditAction::JobCancelled, actor)
         );
         self.limits_moved();
+        self.workflows_moved(&[id]).await;
         job
     }
 

@@ -45,6 +45,8 @@ mod registry;
 mod sweeps;
 mod workflows;
 
+pub(crate) use workflows::WORKFLOWS_UNKNOWN;
+
 /// The store: SQLite or PostgreSQL behind one interface.
 #[derive(Debug, Clone)]
 pub struct Store {

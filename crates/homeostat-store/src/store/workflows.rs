@@ -1,6 +1,8 @@
 //! The store's workflows: submit, read, cancel.
 
-use homeostat_model::{NewWorkflow, TenantId, Workflow, WorkflowId};
+use std::sync::atomic::Ordering;
+
+use homeostat_model::{Id, JobId, NewWorkflow, TenantId, Workflow, WorkflowId};
 
 use super::{Db, Store};
 use crate::{StoreError, signals, workflows};
@@ -14,6 +16,7 @@ impl Store {
         workflow: &NewWorkflow,
     ) -> Result<Workflow, StoreError> {
         let (created, queued) = dispatch!(self, workflows::create(tenant, workflow))?;
+        self.local.workflows.store(WORKFLOWS_YES, Ordering::Release);
         dispatch!(self, signals::wake(&self.local.signals, tenant, &queued));
         Ok(created)
     }
@@ -28,4 +31,52 @@ impl Store {
     pub async fn cancel_workflow(&self, id: WorkflowId) -> Result<Workflow, StoreError> {
         dispatch!(self, workflows::cancel(id))
     }
+
+    /// Wakes the claims waiting for the steps that the jobs `finished`
+    /// here released. PostgreSQL's trigger announces them itself, to every
+    /// replica; on SQLite the store looks, once it knows workflows exist.
+    pub(crate) async fn workflows_moved(&self, finished: &[JobId]) {
+        #[cfg(feature = "sqlite")]
+        if let Db::Sqlite(s) = &self.db {
+            if finished.is_empty() {
+                return;
+            }
+            let known = self.local.workflows.load(Ordering::Acquire);
+            let in_use = match known {
+                WORKFLOWS_YES => true,
+                WORKFLOWS_NO => false,
+                _ => {
+                    let any = workflows::any(s).await.unwrap_or(true);
+                    // Only "none" is worth remembering; a submit here sets
+                    // "some" before any of its steps can finish.
+                    let _ = self.local.workflows.compare_exchange(
+                        known,
+                        if any { WORKFLOWS_YES } else { WORKFLOWS_NO },
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                    any
+                }
+            };
+            if !in_use {
+                return;
+            }
+            let ids: Vec<Id> = finished.iter().map(|id| id.as_uuid()).collect();
+            match workflows::released(s, &ids).await {
+                Ok(released) => {
+                    for (tenant, queue, n) in released {
+                        signals::wake(s, &self.local.signals, tenant, &[(queue, n)]).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "waking claims for released workflow steps"),
+            }
+        }
+        #[cfg(not(feature = "sqlite"))]
+        let _ = finished;
+    }
 }
+
+/// What this store knows of workflows' existence (`Local::workflows`).
+pub(crate) const WORKFLOWS_UNKNOWN: u8 = 0;
+const WORKFLOWS_NO: u8 = 1;
+const WORKFLOWS_YES: u8 = 2;

@@ -9,7 +9,7 @@ use homeostat_model::{
     WorkflowState,
 };
 use homeostat_store::{Failure, Store, StoreError};
-use homeostat_testkit::{At, agent, at, completions, on_both_backends, t0, tenant};
+use homeostat_testkit::{At, agent, at, completions, on_both_backends, t0, tenant, wakes};
 
 use crate::LEASE;
 
@@ -345,6 +345,37 @@ async fn a_wide_fan_in_runs_its_join_once(store: &Store) {
     );
 }
 
+async fn a_released_step_wakes_a_waiting_claim(store: &Store) {
+    store.listening().await;
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let builder = agent(store, None, &["ci"]).await;
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "pipeline".into(),
+                steps: vec![
+                    on_success("build", &[]),
+                    NewStep {
+                        job: NewJob::new("deploys", "deploy"),
+                        ..on_success("deploy", &["build"])
+                    },
+                ],
+            },
+        )
+        .await
+        .unwrap();
+    let deployer = agent(store, None, &["deploys"]).await;
+    let mut waiting = store.queued_waiter(deployer, None, 1).await.unwrap();
+    let build = claim_all(store, builder, &wf, 1).await;
+    complete(store, builder, &wf, "build", build[0].1, 2).await;
+    // Woken by the release, not by its long poll running out.
+    wakes(&mut waiting, "the deployer's claim").await;
+    let got = store.at(at(3)).claim(deployer, 1, LEASE).await.unwrap();
+    assert_eq!(got[0].id, job_of(&wf, "deploy"));
+}
+
 async fn bad_workflows_are_refused_whole(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let cycle = NewWorkflow {
@@ -387,5 +418,6 @@ on_both_backends!(
     cancel_stops_every_step,
     a_step_reclaimed_from_a_dead_agent_runs_again_before_its_dependents,
     a_wide_fan_in_runs_its_join_once,
+    a_released_step_wakes_a_waiting_claim,
     bad_workflows_are_refused_whole,
 );
