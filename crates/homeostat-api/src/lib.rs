@@ -54,9 +54,10 @@ pub use state::{AlertRoute, ApiSettings, ApiState, QuotaOverride, Quotas};
     tags(
         (name = "agent", description = "The agent protocol: register, heartbeat, claim, complete, fail, release"),
         (name = "jobs", description = "Enqueue, list, show, cancel, retry, approve"),
+        (name = "workflows", description = "Steps that are jobs needing other steps: submit, show, cancel"),
         (name = "limits", description = "Concurrency and rate limits by key"),
         (name = "agents", description = "The fleet"),
-        (name = "tenants", description = "Tenants and their plan tier"),
+        (name = "tenants", description = "Tenants and their plan tier (the weight of their fair share)"),
         (name = "tokens", description = "Bootstrap tokens and API keys"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "notifications", description = "Notifications that could not be delivered"),
@@ -97,7 +98,7 @@ impl utoipa::Modify for BearerSchemes {
 fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
     use routes::{
         agent, agents, audit, controllers, jobs, limits, notifications, probes, signals, tenants,
-        tokens,
+        tokens, workflows,
     };
     use utoipa::OpenApi;
     use utoipa_axum::{router::OpenApiRouter, routes};
@@ -114,6 +115,9 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::retry))
         .routes(routes!(jobs::approve))
+        .routes(routes!(workflows::submit_workflow))
+        .routes(routes!(workflows::show_workflow))
+        .routes(routes!(workflows::cancel_workflow))
         .routes(routes!(limits::list_limits))
         .routes(routes!(
             limits::show_limit,

@@ -71,7 +71,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-fn target_tenant(caller: &Caller, named: Option<TenantId>) -> Result<TenantId, ApiError> {
+pub(crate) fn target_tenant(
+    caller: &Caller,
+    named: Option<TenantId>,
+) -> Result<TenantId, ApiError> {
     match (caller.tenant(), named) {
         (Some(own), None) => Ok(own),
         (Some(own), Some(t)) if t == own => Ok(own),

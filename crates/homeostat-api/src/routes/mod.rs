@@ -11,3 +11,4 @@ pub(crate) mod probes;
 pub(crate) mod signals;
 pub(crate) mod tenants;
 pub(crate) mod tokens;
+pub(crate) mod workflows;

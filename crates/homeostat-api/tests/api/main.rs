@@ -12,6 +12,7 @@ mod openapi;
 mod operators;
 mod quotas;
 mod signals;
+mod workflows;
 
 use std::sync::Arc;
 

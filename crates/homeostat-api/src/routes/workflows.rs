@@ -1,0 +1,116 @@
+//! Workflows (`/v1/workflows`): steps that are jobs needing other steps,
+//! submitted at once (docs/workflows.md); read with each step's state, and
+//! cancelled.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use homeostat_model::{NewJob, NewWorkflow, TenantId, Workflow, WorkflowId};
+use serde::Deserialize;
+
+use crate::auth::{Caller, Writer};
+use crate::error::{ApiError, ErrorResponses};
+use crate::extract::{Json, JsonValue, NoBody, Path};
+use crate::routes::jobs::target_tenant;
+use crate::state::ApiState;
+use crate::strict_json;
+
+/// The request body of `POST /v1/workflows`, as documented: the workflow
+/// and, from an admin key, `tenant_id`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // the handler parses the body itself, naming bad fields
+pub(crate) struct SubmitWorkflow {
+    /// The tenant (admin keys only; a tenant key submits for its own).
+    tenant_id: Option<TenantId>,
+    #[serde(flatten)]
+    workflow: NewWorkflow,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/workflows",
+    tag = "workflows",
+    request_body = SubmitWorkflow,
+    responses(
+        (status = 201, description = "created, every step at once: the steps that need none start as their jobs ask, the others are pending", body = Workflow),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn submit_workflow(
+    State(state): State<ApiState>,
+    Writer(caller): Writer,
+    JsonValue(mut body): JsonValue,
+) -> Result<(StatusCode, Json<Workflow>), ApiError> {
+    let tenant_id = match body.as_object_mut().and_then(|o| o.remove("tenant_id")) {
+        Some(t) => Some(
+            strict_json::from_value(&t)
+                .map_err(|e| ApiError::malformed(format!("tenant_id: {}", e.message)))?,
+        ),
+        None => None,
+    };
+    let workflow: NewWorkflow = strict_json::from_value(&body)?;
+    let tenant = target_tenant(&caller, tenant_id)?;
+    workflow.validate()?;
+    // Its steps are jobs: the tenant's quotas count them as any others.
+    let jobs: Vec<NewJob> = workflow.steps.iter().map(|s| s.job.clone()).collect();
+    let quotas = state.settings.quotas.of(tenant);
+    state
+        .quotas
+        .admit(&state.store, tenant, quotas, &jobs)
+        .await?;
+    let created = state.store.submit_workflow(tenant, &workflow).await?;
+    let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    state
+        .quotas
+        .enqueued(tenant, created.steps.len() as u64, &queues);
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// The workflow, if the caller may see it: another tenant's is 404.
+async fn visible(state: &ApiState, caller: &Caller, id: WorkflowId) -> Result<Workflow, ApiError> {
+    let workflow = state.store.workflow(id).await?;
+    if !caller.sees(Some(workflow.tenant_id)) {
+        return Err(ApiError::not_found(format!("workflow {id} not found")));
+    }
+    Ok(workflow)
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}",
+    tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "workflow id")),
+    responses(
+        (status = 200, description = "the workflow, its state from its steps, each step with its job and state", body = Workflow),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn show_workflow(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<WorkflowId>,
+) -> Result<Json<Workflow>, ApiError> {
+    Ok(Json(visible(&state, &caller, id).await?))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/cancel",
+    tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "workflow id")),
+    responses(
+        (status = 200, description = "cancelled: its steps not finished are cancelled (a running one's agent learns it at its next heartbeat) and none starts; again, nothing changes", body = Workflow),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn cancel_workflow(
+    State(state): State<ApiState>,
+    writer: Writer,
+    Path(id): Path<WorkflowId>,
+    _: NoBody,
+) -> Result<Json<Workflow>, ApiError> {
+    visible(&state, &writer.0, id).await?;
+    Ok(Json(state.store.cancel_workflow(id).await?))
+}

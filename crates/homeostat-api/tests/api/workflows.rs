@@ -1,0 +1,194 @@
+//! Workflows over the API: submit, run through the agent protocol, show,
+//! cancel; errors that name the step; who may see and change what.
+
+use axum::http::{Method, StatusCode};
+use homeostat_store::Store;
+use homeostat_testkit::on_both_backends;
+use serde_json::{Value, json};
+
+use crate::Api;
+
+fn pipeline() -> Value {
+    json!({
+        "name": "release",
+        "steps": [
+            {"name": "build", "job": {"queue": "ci", "kind": "build"}},
+            {"name": "test", "job": {"queue": "ci", "kind": "test"}, "needs": ["build"]},
+            {"name": "report", "job": {"queue": "ci", "kind": "report"}, "needs": ["test"],
+             "when": "on_failure"},
+        ]
+    })
+}
+
+fn step_state<'a>(wf: &'a Value, name: &str) -> &'a str {
+    wf["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()["state"]
+        .as_str()
+        .unwrap()
+}
+
+/// Claims one job as `cred`; its id and lease token.
+async fn claim(api: &Api, cred: &str) -> (String, i64) {
+    let a = api
+        .post(
+            "/v1/agent/claim",
+            cred,
+            json!({"capacity": 1, "wait_secs": 0}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let job = &a.body["jobs"][0];
+    (
+        job["id"].as_str().unwrap().to_owned(),
+        job["lease_token"].as_i64().unwrap(),
+    )
+}
+
+async fn a_workflow_runs_through_the_agent_protocol(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant), &["ci"]).await;
+    let made = api.post("/v1/workflows", &key, pipeline()).await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    assert_eq!(made.body["state"], "running");
+    assert_eq!(step_state(&made.body, "test"), "pending");
+    let id = made.body["id"].as_str().unwrap().to_owned();
+
+    for kind in ["build", "test"] {
+        let (job, token) = claim(&api, &cred).await;
+        let shown = api.get(&format!("/v1/jobs/{job}"), &key).await;
+        assert_eq!(shown.body["kind"], kind);
+        let done = api
+            .post(
+                &format!("/v1/agent/jobs/{job}/complete"),
+                &cred,
+                json!({"lease_token": token}),
+            )
+            .await;
+        assert!(done.status.is_success(), "{}", done.text);
+    }
+    let wf = api.get(&format!("/v1/workflows/{id}"), &key).await;
+    assert_eq!(wf.status, StatusCode::OK, "{}", wf.text);
+    assert_eq!(step_state(&wf.body, "report"), "cancelled", "skipped");
+    assert_eq!(wf.body["steps"][2]["skipped"], true);
+    assert_eq!(wf.body["state"], "succeeded");
+    assert_eq!(wf.body["steps"][1]["needs"], json!(["build"]));
+
+    // Another tenant sees nothing of it; an admin does.
+    let (_, other) = api.tenant("globex").await;
+    let hidden = api.get(&format!("/v1/workflows/{id}"), &other).await;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND, "{}", hidden.text);
+    let cancel = api
+        .call(
+            Method::POST,
+            &format!("/v1/workflows/{id}/cancel"),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_eq!(cancel.status, StatusCode::NOT_FOUND, "{}", cancel.text);
+    assert_eq!(
+        api.get(&format!("/v1/workflows/{id}"), &api.admin)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+async fn a_cancelled_workflow_starts_nothing(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant), &["ci"]).await;
+    let made = api.post("/v1/workflows", &key, pipeline()).await;
+    let id = made.body["id"].as_str().unwrap().to_owned();
+    let (build, _) = claim(&api, &cred).await;
+    let cancelled = api
+        .call(
+            Method::POST,
+            &format!("/v1/workflows/{id}/cancel"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text);
+    assert_eq!(cancelled.body["state"], "cancelled");
+    // The running step's agent learns of it at its next heartbeat.
+    let beat = api
+        .post("/v1/agent/heartbeat", &cred, json!({"jobs": []}))
+        .await;
+    assert!(beat.status.is_success(), "{}", beat.text);
+    let job = api.get(&format!("/v1/jobs/{build}"), &key).await;
+    assert_eq!(job.body["state"], "cancelled");
+    let empty = api
+        .post(
+            "/v1/agent/claim",
+            &cred,
+            json!({"capacity": 5, "wait_secs": 0}),
+        )
+        .await;
+    assert_eq!(empty.body["jobs"], json!([]));
+}
+
+async fn bad_workflows_are_refused_naming_the_step(store: &Store) {
+    let api = Api::new(store).await;
+    let (_, key) = api.tenant("acme").await;
+    for (body, named) in [
+        (
+            json!({"name": "w", "steps": [
+                {"name": "a", "job": {"queue": "q", "kind": "k"}, "needs": ["b"]},
+                {"name": "b", "job": {"queue": "q", "kind": "k"}, "needs": ["a"]}]}),
+            "needs itself",
+        ),
+        (
+            json!({"name": "w", "steps": [
+                {"name": "deploy", "job": {"queue": "q", "kind": "k"}, "needs": ["bild"]}]}),
+            "\\\"deploy\\\" needs \\\"bild\\\"",
+        ),
+        (json!({"name": "w", "steps": []}), "steps"),
+        (
+            json!({"name": "w", "steps": [
+                {"name": "a", "job": {"queue": "q", "kind": "k", "priority": 5000}}]}),
+            "job.priority",
+        ),
+    ] {
+        let a = api.post("/v1/workflows", &key, body.clone()).await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {}",
+            a.text
+        );
+        assert!(a.text.contains(named), "{body}: {}", a.text);
+    }
+    // Bodies that do not parse: 400 naming the field.
+    for (body, named) in [
+        (
+            json!({"name": "w", "steps": [{"name": "a", "job": {"queue": "q", "kind": "k"}, "after": []}]}),
+            "after",
+        ),
+        (
+            json!({"name": "w", "steps": [{"name": "a", "job": {"queue": "q", "kind": "k"}, "when": "sometimes"}]}),
+            "sometimes",
+        ),
+    ] {
+        let a = api.post("/v1/workflows", &key, body).await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+        assert!(a.text.contains(named), "{}", a.text);
+    }
+    // An admin must name the tenant.
+    let a = api.post("/v1/workflows", &api.admin, pipeline()).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", a.text);
+    assert!(a.text.contains("tenant_id"), "{}", a.text);
+    let jobs = api.get("/v1/jobs", &key).await;
+    assert_eq!(jobs.body["items"], json!([]), "nothing was created");
+}
+
+on_both_backends!(
+    a_workflow_runs_through_the_agent_protocol,
+    a_cancelled_workflow_starts_nothing,
+    bad_workflows_are_refused_naming_the_step,
+);
