@@ -20,8 +20,8 @@ use homeostat_model::wire::{
 };
 use homeostat_model::{
     Agent, AgentId, AuditPage, CompletedBatch, Completion, FailOutcome, Job, JobId, Limit,
-    LimitSpec, LimitUsage, NewJob, Notification, NotificationId, Page, Tenant, TenantId, TokenId,
-    TokenInfo, VerificationId,
+    LimitSpec, LimitUsage, NewJob, NewWorkflow, Notification, NotificationId, Page, Tenant,
+    TenantId, TokenId, TokenInfo, VerificationId, Workflow, WorkflowId,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -859,6 +859,43 @@ impl Client {
             "delivering alerts",
             "/v1/signals/alertmanager",
             hook,
+            Repeat::Safe,
+        )
+        .await
+    }
+
+    /// Submits a workflow: every step at once (`tenant` from an admin key;
+    /// a tenant key submits for its own). Not repeated unless the server
+    /// said it did nothing: a second submit is a second workflow.
+    pub async fn submit_workflow(
+        &self,
+        tenant: Option<TenantId>,
+        workflow: &NewWorkflow,
+    ) -> Result<Workflow, ClientError> {
+        let operation = "submitting a workflow";
+        let mut body = serde_json::to_value(workflow).map_err(|e| ClientError::Decode {
+            operation,
+            detail: e.to_string(),
+        })?;
+        if let (Some(t), Some(map)) = (tenant, body.as_object_mut()) {
+            map.insert("tenant_id".into(), Value::String(t.to_string()));
+        }
+        self.post(operation, "/v1/workflows", body, Repeat::IfNothingHappened)
+            .await
+    }
+
+    /// One workflow with each step's state.
+    pub async fn workflow(&self, id: WorkflowId) -> Result<Workflow, ClientError> {
+        self.get("reading a workflow", &format!("/v1/workflows/{id}"))
+            .await
+    }
+
+    /// Cancels a workflow (again: nothing changes).
+    pub async fn cancel_workflow(&self, id: WorkflowId) -> Result<Workflow, ClientError> {
+        self.post(
+            "cancelling a workflow",
+            &format!("/v1/workflows/{id}/cancel"),
+            Value::Null,
             Repeat::Safe,
         )
         .await

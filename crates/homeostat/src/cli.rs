@@ -13,7 +13,8 @@ use homeostat_model::operator::{
     KeyRole, NewApiKeyRequest, NewBootstrapTokenRequest, NewTenantRequest,
 };
 use homeostat_model::{
-    AgentId, ErrorCode, JobId, NewJob, NotificationId, PlanTier, TenantId, TokenId,
+    AgentId, ErrorCode, JobId, NewJob, NewWorkflow, NotificationId, PlanTier, TenantId, TokenId,
+    Workflow, WorkflowId,
 };
 use serde_json::Value;
 
@@ -282,6 +283,92 @@ fn parse_rate(s: &str) -> Result<homeostat_model::Rate, String> {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum Workflows {
+    /// Submits a workflow from a JSON file ("-": standard input), every
+    /// step at once: {"name", "steps": [{"name", "job": {"queue", "kind",
+    /// …}, "needs": ["step", …], "when": "on_success|on_failure|always"}]}
+    /// (docs/workflows.md).
+    Submit {
+        #[arg(value_parser = parse_workflow_file)]
+        file: NewWorkflow,
+        /// Its tenant (admin keys; a tenant key submits for its own).
+        #[arg(long)]
+        tenant: Option<TenantId>,
+    },
+    /// Shows a workflow and each step's state.
+    Show { id: WorkflowId },
+    /// Cancels a workflow: its steps not finished are cancelled (a running
+    /// one's agent learns it at its next heartbeat) and none starts.
+    Cancel { id: WorkflowId },
+}
+
+fn parse_workflow_file(path: &str) -> Result<NewWorkflow, String> {
+    let text = if path == "-" {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("standard input: {e}"))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?
+    };
+    let workflow: NewWorkflow =
+        serde_json::from_str(&text).map_err(|e| format!("{path}: not a workflow: {e}"))?;
+    workflow
+        .validate()
+        .map_err(|e| format!("{path}: {}: {}", e.field, e.message))?;
+    Ok(workflow)
+}
+
+const STEP_COLUMNS: &[Column] = &[
+    ("STEP", "name"),
+    ("STATE", "state"),
+    ("NEEDS", "needs"),
+    ("WHEN", "when"),
+    ("JOB", "job_id"),
+];
+
+fn show_workflow(out: Format, workflow: &Workflow) {
+    match out {
+        Format::Table => {
+            outln!(
+                "workflow {} {}: {}",
+                workflow.id,
+                workflow.name,
+                workflow.state.as_str()
+            );
+            let rows: Vec<Value> = workflow
+                .steps
+                .iter()
+                .map(|s| {
+                    let state = if s.skipped {
+                        "skipped".to_owned()
+                    } else {
+                        s.state.to_string()
+                    };
+                    serde_json::json!({
+                        "name": s.name,
+                        "state": state,
+                        "needs": s.needs.join(","),
+                        "when": s.when.as_str(),
+                        "job_id": s.job_id,
+                    })
+                })
+                .collect();
+            output::list(out, STEP_COLUMNS, &rows);
+        }
+        Format::Id => outln!("{}", workflow.id),
+        _ => output::one(out, &[], workflow),
+    }
+}
+
+async fn workflows(client: &Client, out: Format, command: Workflows) -> Result<(), ClientError> {
+    let workflow = match command {
+        Workflows::Submit { file, tenant } => client.submit_workflow(tenant, &file).await?,
+        Workflows::Show { id } => client.workflow(id).await?,
+        Workflows::Cancel { id } => client.cancel_workflow(id).await?,
+    };
+    show_workflow(out, &workflow);
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum Limits {
     /// Lists limits with what holds and waits under each.
     List,
@@ -337,6 +424,7 @@ pub(crate) enum Command {
     Notifications(Notifications),
     Audit(Audit),
     Limits(Limits),
+    Workflows(Workflows),
 }
 
 const JOB_COLUMNS: &[Column] = &[
@@ -639,6 +727,7 @@ async fn run(c: &Connection, command: Command) -> Result<ExitCode, ClientError> 
         }
         Command::Tokens(t) => tokens(&client, out, t).await?,
         Command::Limits(l) => limits(&client, out, l).await?,
+        Command::Workflows(w) => workflows(&client, out, w).await?,
         Command::Tenants(Tenants::Create { name, tier }) => {
             let t = client
                 .create_tenant(&NewTenantRequest { name, tier })

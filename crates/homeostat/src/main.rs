@@ -82,6 +82,9 @@ enum Command {
     /// Limits by key on how many jobs run at once and how often they
     /// start: list, show, set, delete.
     Limits(Operate<cli::Limits>),
+    /// Workflows, steps that are jobs needing other steps: submit, show,
+    /// cancel.
+    Workflows(Operate<cli::Workflows>),
     /// Notifications that could not be delivered: list, redrive.
     Notifications(Operate<cli::Notifications>),
     /// The audit log: verify its hash chain.
@@ -235,6 +238,7 @@ fn main() -> ExitCode {
         Command::Tokens(o) => cli::main(o.connection, cli::Command::Tokens(o.command)),
         Command::Tenants(o) => cli::main(o.connection, cli::Command::Tenants(o.command)),
         Command::Limits(o) => cli::main(o.connection, cli::Command::Limits(o.command)),
+        Command::Workflows(o) => cli::main(o.connection, cli::Command::Workflows(o.command)),
         Command::Notifications(o) => {
             cli::main(o.connection, cli::Command::Notifications(o.command))
         }

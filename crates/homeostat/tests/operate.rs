@@ -303,6 +303,67 @@ async fn the_operators_commands() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The JSON example of docs/workflows.md, as written there.
+fn the_documented_pipeline() -> String {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/workflows.md"
+    ))
+    .unwrap();
+    let start = doc
+        .find("```json\n")
+        .expect("docs/workflows.md has a JSON example")
+        + 8;
+    let end = start + doc[start..].find("```").unwrap();
+    doc[start..end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workflows_commands() {
+    let (dir, server, cli) = cli_on_a_new_server().await;
+    let tenant = cli.json(&["tenants", "create", "acme"]);
+    let tenant_id = tenant["id"].as_str().unwrap().to_owned();
+    let file = dir.join("release.json");
+    std::fs::write(&file, the_documented_pipeline()).unwrap();
+    let file = file.to_str().unwrap();
+    let made = cli.json(&["workflows", "submit", file, "--tenant", &tenant_id]);
+    assert_eq!(made["state"], "running", "{made}");
+    assert_eq!(made["steps"][0]["state"], "queued", "{made}");
+    assert_eq!(
+        made["steps"][3]["needs"],
+        serde_json::json!(["test-unit", "test-e2e"])
+    );
+    let id = made["id"].as_str().unwrap().to_owned();
+    let shown = cli.ok(&["workflows", "show", &id]);
+    assert!(shown.contains("release-1.4: running"), "{shown}");
+    assert!(shown.contains("STEP"), "{shown}");
+    assert!(shown.contains("test-unit,test-e2e"), "{shown}");
+    assert!(shown.contains("on_failure"), "{shown}");
+    let cancelled = cli.ok(&["workflows", "cancel", &id]);
+    assert!(cancelled.contains("release-1.4: cancelled"), "{cancelled}");
+
+    // A file that is not a workflow is a usage error naming the step.
+    let bad = dir.join("loop.json");
+    std::fs::write(
+        &bad,
+        r#"{"name": "loop", "steps": [
+            {"name": "a", "job": {"queue": "q", "kind": "k"}, "needs": ["b"]},
+            {"name": "b", "job": {"queue": "q", "kind": "k"}, "needs": ["a"]}]}"#,
+    )
+    .unwrap();
+    let refused = cli.run(&["workflows", "submit", bad.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("needs itself"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let missing = cli.run(&["workflows", "show", "0190a8f0-0000-7000-8000-000000000000"]);
+    assert_eq!(missing.status.code(), Some(3), "not found");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_limits_commands() {
     let (dir, server, cli) = cli_on_a_new_server().await;
