@@ -603,8 +603,9 @@ async fn fair_once(backend: &str, turn: Duration) -> Vec<f64> {
     server.abort();
     store.close().await;
     test.cleanup().await;
-    let waits = waits.lock().unwrap().clone();
-    waits
+    let mut out = Vec::new();
+    out.append(&mut waits.lock().unwrap());
+    out
 }
 
 async fn fair(a: &Args) {
