@@ -54,7 +54,7 @@ pub use state::{AlertRoute, ApiSettings, ApiState, QuotaOverride, Quotas};
     tags(
         (name = "agent", description = "The agent protocol: register, heartbeat, claim, complete, fail, release"),
         (name = "jobs", description = "Enqueue, list, show, cancel, retry, approve"),
-        (name = "workflows", description = "Steps that are jobs needing other steps: submit, show, cancel"),
+        (name = "workflows", description = "Steps that are jobs needing other steps: submit, show, cancel, retry"),
         (name = "limits", description = "Concurrency and rate limits by key"),
         (name = "agents", description = "The fleet"),
         (name = "tenants", description = "Tenants and their plan tier (the weight of their fair share)"),
@@ -118,6 +118,7 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(workflows::submit_workflow))
         .routes(routes!(workflows::show_workflow))
         .routes(routes!(workflows::cancel_workflow))
+        .routes(routes!(workflows::retry_workflow))
         .routes(routes!(limits::list_limits))
         .routes(routes!(
             limits::show_limit,

@@ -901,6 +901,17 @@ impl Client {
         .await
     }
 
+    /// Retries a finished workflow's steps that did not finish well.
+    pub async fn retry_workflow(&self, id: WorkflowId) -> Result<Workflow, ClientError> {
+        self.post(
+            "retrying a workflow",
+            &format!("/v1/workflows/{id}/retry"),
+            Value::Null,
+            Repeat::IfNothingHappened,
+        )
+        .await
+    }
+
     /// Every limit, with what holds and waits under it.
     pub async fn limits(&self) -> Result<Vec<LimitUsage>, ClientError> {
         self.list("listing limits", "/v1/limits").await

@@ -140,11 +140,20 @@ pub enum AuditAction {
     /// A limit's strategy cancelled jobs (cancel_newest, cancel_oldest).
     #[serde(rename = "jobs.limit_cancelled")]
     JobsLimitCancelled,
+    /// A workflow was submitted.
+    #[serde(rename = "workflow.submitted")]
+    WorkflowSubmitted,
+    /// An operator or tenant cancelled a workflow.
+    #[serde(rename = "workflow.cancelled")]
+    WorkflowCancelled,
+    /// An operator or tenant retried a workflow's failed steps.
+    #[serde(rename = "workflow.retried")]
+    WorkflowRetried,
 }
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 31] = [
+    pub const ALL: [AuditAction; 34] = [
         AuditAction::TenantCreated,
         AuditAction::TenantTierChanged,
         AuditAction::TokenCreated,
@@ -176,6 +185,9 @@ impl AuditAction {
         AuditAction::LimitSet,
         AuditAction::LimitDeleted,
         AuditAction::JobsLimitCancelled,
+        AuditAction::WorkflowSubmitted,
+        AuditAction::WorkflowCancelled,
+        AuditAction::WorkflowRetried,
     ];
 
     /// The name stored in the log.
@@ -212,6 +224,9 @@ impl AuditAction {
             AuditAction::LimitSet => "limit.set",
             AuditAction::LimitDeleted => "limit.deleted",
             AuditAction::JobsLimitCancelled => "jobs.limit_cancelled",
+            AuditAction::WorkflowSubmitted => "workflow.submitted",
+            AuditAction::WorkflowCancelled => "workflow.cancelled",
+            AuditAction::WorkflowRetried => "workflow.retried",
         }
     }
 }

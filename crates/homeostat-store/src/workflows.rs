@@ -10,11 +10,12 @@
 use std::collections::HashMap;
 
 use homeostat_model::{
-    JobId, JobState, NewWorkflow, StepCondition, TenantId, ValidationError, Workflow, WorkflowId,
-    WorkflowState, WorkflowStep,
+    AuditAction, JobId, JobState, NewAuditEvent, NewWorkflow, StepCondition, TenantId,
+    ValidationError, Workflow, WorkflowId, WorkflowState, WorkflowStep,
 };
 use serde_json::json;
 
+use crate::audit_log;
 use crate::backend::{Backend, RowExt, Sql, Stmt};
 use crate::error::{Context, StoreError};
 use crate::time::{dur_ms, ms, ts};
@@ -100,6 +101,47 @@ const CANCEL_STEPS: Sql = Sql::both(
      WHERE workflow_id = $1 AND state NOT IN ('succeeded', 'dead', 'cancelled', 'expired')",
 );
 
+/// `$1` workflow: the counts of its steps that did not finish well start
+/// over, from their needs as they stand (a need that succeeded stays met).
+const RESET_STEPS: Sql = Sql::both(
+    "UPDATE workflow_steps SET skipped = false, not_succeeded = 0,
+       needs_left = (SELECT COUNT(*) FROM workflow_needs n JOIN jobs p ON p.id = n.parent_id
+                      WHERE n.job_id = workflow_steps.job_id AND p.state <> 'succeeded')
+     WHERE workflow_id = $1 AND job_id IN (
+       SELECT id FROM jobs WHERE workflow_id = $1 AND state IN ('dead', 'expired', 'cancelled'))",
+);
+
+/// `$1` workflow, `$2` now: its steps that did not finish well run again,
+/// their attempts starting over; those whose needs are all met at once.
+const RERUN_STEPS: Sql = Sql::pair(
+    "UPDATE jobs SET
+       state = CASE WHEN s.needs_left > 0 THEN 'pending'
+                    WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'
+                    ELSE 'queued' END,
+       attempt = 0, finished_at = NULL, last_error = NULL, lease_agent = NULL,
+       lease_expires_at = NULL, timeout_at = NULL, run_at = $2, queued_at = $2, fair_at = $2,
+       updated_at = $2,
+       deadline_at = CASE WHEN s.needs_left > 0 THEN NULL ELSE $2 + s.deadline_ms END
+     FROM workflow_steps s
+     WHERE s.job_id = jobs.id AND jobs.workflow_id = $1
+       AND jobs.state IN ('dead', 'expired', 'cancelled')
+     RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue, jobs.state AS state",
+    "UPDATE jobs SET
+       state = CASE WHEN s.needs_left > 0 THEN 'pending'::job_state
+                    WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
+                    ELSE 'queued'::job_state END,
+       attempt = 0, finished_at = NULL, last_error = NULL, lease_agent = NULL,
+       lease_expires_at = NULL, timeout_at = NULL, run_at = $2, queued_at = $2, fair_at = $2,
+       updated_at = $2,
+       deadline_at = CASE WHEN s.needs_left > 0 THEN NULL ELSE $2 + s.deadline_ms END
+     FROM workflow_steps s
+     WHERE s.job_id = jobs.id AND jobs.workflow_id = $1
+       AND jobs.state IN ('dead', 'expired', 'cancelled')
+     RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue, jobs.state::text AS state",
+);
+
+const UNCANCEL: Sql = Sql::both("UPDATE workflows SET cancelled_at = NULL WHERE id = $1");
+
 /// `$1` jobs just finished: their dependents queued now, by tenant and
 /// queue.
 const RELEASED: Sql = Sql::pair(
@@ -149,6 +191,7 @@ pub(crate) async fn create<B: Backend>(
     b: &B,
     tenant: TenantId,
     wf: &NewWorkflow,
+    actor: &str,
 ) -> Result<(Workflow, Queued), StoreError> {
     wf.validate()?;
     for step in &wf.steps {
@@ -262,6 +305,13 @@ pub(crate) async fn create<B: Backend>(
     for stmt in stmts {
         B::execute_in(&mut tx, stmt).await.op(op)?;
     }
+    let event = NewAuditEvent {
+        actor: actor.to_owned(),
+        action: AuditAction::WorkflowSubmitted.into(),
+        subject: format!("workflow:{id}"),
+        details: json!({"name": wf.name, "tenant_id": tenant, "steps": wf.steps.len()}),
+    };
+    audit_log::append::<B>(&mut tx, &[event], now_ms).await?;
     B::commit(tx, op).await?;
     let queued = queued.into_iter().map(|(q, n)| (q.to_owned(), n)).collect();
     Ok((get(b, id).await?, queued))
@@ -313,23 +363,90 @@ pub(crate) async fn get<B: Backend>(b: &B, id: WorkflowId) -> Result<Workflow, S
 }
 
 /// Cancels a workflow: every step not finished is cancelled, and none
-/// starts from now on. Cancelling it again changes nothing.
-pub(crate) async fn cancel<B: Backend>(b: &B, id: WorkflowId) -> Result<Workflow, StoreError> {
+/// starts from now on. Cancelling it again changes nothing (and is not
+/// audited again).
+pub(crate) async fn cancel<B: Backend>(
+    b: &B,
+    id: WorkflowId,
+    actor: &str,
+) -> Result<Workflow, StoreError> {
     let op = "cancelling a workflow";
     let now = ms(b.now());
+    let before = get(b, id).await?;
     let mut tx = b.begin(op).await?;
-    let marked = B::execute_in(&mut tx, Stmt::new::<B>(MARK_CANCELLED).arg(id).arg(now))
+    B::execute_in(&mut tx, Stmt::new::<B>(MARK_CANCELLED).arg(id).arg(now))
         .await
         .op(op)?;
-    if marked == 0 {
-        return Err(StoreError::NotFound {
-            entity: "workflow",
-            id: id.to_string(),
-        });
+    let cancelled = B::execute_in(&mut tx, Stmt::new::<B>(CANCEL_STEPS).arg(id).arg(now))
+        .await
+        .op(op)?;
+    if before.cancelled_at.is_none() {
+        let event = NewAuditEvent {
+            actor: actor.to_owned(),
+            action: AuditAction::WorkflowCancelled.into(),
+            subject: format!("workflow:{id}"),
+            details: json!({"steps_cancelled": cancelled}),
+        };
+        audit_log::append::<B>(&mut tx, &[event], now).await?;
     }
-    B::execute_in(&mut tx, Stmt::new::<B>(CANCEL_STEPS).arg(id).arg(now))
-        .await
-        .op(op)?;
     B::commit(tx, op).await?;
     get(b, id).await
+}
+
+/// Retries a workflow: its steps that did not finish well (dead, expired,
+/// cancelled or skipped) run again with their attempts starting over,
+/// each once its needs have; steps that succeeded keep their results. A
+/// cancelled workflow runs again too. Nothing to retry is a conflict.
+pub(crate) async fn retry<B: Backend>(
+    b: &B,
+    id: WorkflowId,
+    actor: &str,
+) -> Result<(Workflow, Vec<(TenantId, String, u32)>), StoreError> {
+    let op = "retrying a workflow";
+    let now = ms(b.now());
+    let before = get(b, id).await?;
+    if before.state == WorkflowState::Running {
+        return Err(StoreError::Conflict {
+            operation: op,
+            entity: "workflow",
+            id: id.to_string(),
+            reason: "it is still running (cancel it first)".into(),
+        });
+    }
+    let mut tx = b.begin(op).await?;
+    B::execute_in(&mut tx, Stmt::new::<B>(UNCANCEL).arg(id))
+        .await
+        .op(op)?;
+    B::execute_in(&mut tx, Stmt::new::<B>(RESET_STEPS).arg(id))
+        .await
+        .op(op)?;
+    let rows = B::fetch_in(&mut tx, Stmt::new::<B>(RERUN_STEPS).arg(id).arg(now))
+        .await
+        .op(op)?;
+    if rows.is_empty() {
+        return Err(StoreError::Conflict {
+            operation: op,
+            entity: "workflow",
+            id: id.to_string(),
+            reason: "every step succeeded: nothing to retry".into(),
+        });
+    }
+    let mut queued: HashMap<(TenantId, String), u32> = HashMap::new();
+    for r in &rows {
+        if r.text("state")? == "queued" {
+            *queued
+                .entry((r.id("tenant_id")?, r.text("queue")?))
+                .or_insert(0) += 1;
+        }
+    }
+    let event = NewAuditEvent {
+        actor: actor.to_owned(),
+        action: AuditAction::WorkflowRetried.into(),
+        subject: format!("workflow:{id}"),
+        details: json!({"steps_rerun": rows.len()}),
+    };
+    audit_log::append::<B>(&mut tx, &[event], now).await?;
+    B::commit(tx, op).await?;
+    let queued = queued.into_iter().map(|((t, q), n)| (t, q, n)).collect();
+    Ok((get(b, id).await?, queued))
 }

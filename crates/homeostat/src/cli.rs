@@ -300,6 +300,9 @@ pub(crate) enum Workflows {
     /// Cancels a workflow: its steps not finished are cancelled (a running
     /// one's agent learns it at its next heartbeat) and none starts.
     Cancel { id: WorkflowId },
+    /// Retries a finished workflow: its steps that did not finish well run
+    /// again, each once its needs have; succeeded steps keep their results.
+    Retry { id: WorkflowId },
 }
 
 fn parse_workflow_file(path: &str) -> Result<NewWorkflow, String> {
@@ -363,6 +366,7 @@ async fn workflows(client: &Client, out: Format, command: Workflows) -> Result<(
         Workflows::Submit { file, tenant } => client.submit_workflow(tenant, &file).await?,
         Workflows::Show { id } => client.workflow(id).await?,
         Workflows::Cancel { id } => client.cancel_workflow(id).await?,
+        Workflows::Retry { id } => client.retry_workflow(id).await?,
     };
     show_workflow(out, &workflow);
     Ok(())

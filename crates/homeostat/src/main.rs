@@ -83,7 +83,7 @@ enum Command {
     /// start: list, show, set, delete.
     Limits(Operate<cli::Limits>),
     /// Workflows, steps that are jobs needing other steps: submit, show,
-    /// cancel.
+    /// cancel, retry.
     Workflows(Operate<cli::Workflows>),
     /// Notifications that could not be delivered: list, redrive.
     Notifications(Operate<cli::Notifications>),

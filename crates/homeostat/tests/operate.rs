@@ -341,6 +341,10 @@ async fn the_workflows_commands() {
     assert!(shown.contains("on_failure"), "{shown}");
     let cancelled = cli.ok(&["workflows", "cancel", &id]);
     assert!(cancelled.contains("release-1.4: cancelled"), "{cancelled}");
+    let retried = cli.json(&["workflows", "retry", &id]);
+    assert_eq!(retried["state"], "running", "{retried}");
+    let running = cli.run(&["workflows", "retry", &id]);
+    assert_eq!(running.status.code(), Some(4), "a conflict: it runs");
 
     // A file that is not a workflow is a usage error naming the step.
     let bad = dir.join("loop.json");

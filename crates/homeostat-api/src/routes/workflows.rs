@@ -1,6 +1,6 @@
 //! Workflows (`/v1/workflows`): steps that are jobs needing other steps,
-//! submitted at once (docs/workflows.md); read with each step's state, and
-//! cancelled.
+//! submitted at once (docs/workflows.md); read with each step's state,
+//! cancelled and retried.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -58,7 +58,10 @@ pub(crate) async fn submit_workflow(
         .quotas
         .admit(&state.store, tenant, quotas, &jobs)
         .await?;
-    let created = state.store.submit_workflow(tenant, &workflow).await?;
+    let created = state
+        .store
+        .submit_workflow(tenant, &workflow, &caller.actor())
+        .await?;
     let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
     state
         .quotas
@@ -112,5 +115,30 @@ pub(crate) async fn cancel_workflow(
     _: NoBody,
 ) -> Result<Json<Workflow>, ApiError> {
     visible(&state, &writer.0, id).await?;
-    Ok(Json(state.store.cancel_workflow(id).await?))
+    Ok(Json(
+        state.store.cancel_workflow(id, &writer.0.actor()).await?,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/retry",
+    tag = "workflows",
+    params(("id" = uuid::Uuid, Path, description = "workflow id")),
+    responses(
+        (status = 200, description = "retried: its steps that did not finish well (dead, expired, cancelled, skipped) run again, each once its needs have; succeeded steps keep their results. 409 while it runs, or when every step succeeded", body = Workflow),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn retry_workflow(
+    State(state): State<ApiState>,
+    writer: Writer,
+    Path(id): Path<WorkflowId>,
+    _: NoBody,
+) -> Result<Json<Workflow>, ApiError> {
+    visible(&state, &writer.0, id).await?;
+    Ok(Json(
+        state.store.retry_workflow(id, &writer.0.actor()).await?,
+    ))
 }

@@ -29,6 +29,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/workflows"),
     ("get", "/v1/workflows/{id}"),
     ("post", "/v1/workflows/{id}/cancel"),
+    ("post", "/v1/workflows/{id}/retry"),
     ("get", "/v1/agents"),
     ("get", "/v1/agents/{id}"),
     ("delete", "/v1/agents/{id}"),

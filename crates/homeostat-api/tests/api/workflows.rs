@@ -131,6 +131,42 @@ async fn a_cancelled_workflow_starts_nothing(store: &Store) {
         )
         .await;
     assert_eq!(empty.body["jobs"], json!([]));
+
+    // Retried: what was cancelled runs again, from where it stands.
+    let retried = api
+        .call(
+            Method::POST,
+            &format!("/v1/workflows/{id}/retry"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.text);
+    assert_eq!(retried.body["state"], "running");
+    assert_eq!(step_state(&retried.body, "build"), "queued");
+    assert_eq!(step_state(&retried.body, "test"), "pending");
+    let again = api
+        .call(
+            Method::POST,
+            &format!("/v1/workflows/{id}/retry"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
+    let history = api.get(&format!("/v1/audit?limit=100"), &api.admin).await;
+    let actions: Vec<&str> = history.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["subject"] == format!("workflow:{id}"))
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions.len(),
+        3,
+        "submitted, cancelled, retried: {actions:?}"
+    );
 }
 
 async fn bad_workflows_are_refused_naming_the_step(store: &Store) {

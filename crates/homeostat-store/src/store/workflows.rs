@@ -10,12 +10,14 @@ use crate::{StoreError, signals, workflows};
 impl Store {
     /// Creates a workflow for `tenant`, every step or none; the steps that
     /// need none start as their jobs ask, the others wait for their needs.
+    /// Audited, with `actor`.
     pub async fn submit_workflow(
         &self,
         tenant: TenantId,
         workflow: &NewWorkflow,
+        actor: &str,
     ) -> Result<Workflow, StoreError> {
-        let (created, queued) = dispatch!(self, workflows::create(tenant, workflow))?;
+        let (created, queued) = dispatch!(self, workflows::create(tenant, workflow, actor))?;
         self.local.workflows.store(WORKFLOWS_YES, Ordering::Release);
         dispatch!(self, signals::wake(&self.local.signals, tenant, &queued));
         Ok(created)
@@ -28,8 +30,32 @@ impl Store {
 
     /// Cancels a workflow: its steps not finished are cancelled (running
     /// ones through the agent protocol, as any job), and none starts.
-    pub async fn cancel_workflow(&self, id: WorkflowId) -> Result<Workflow, StoreError> {
-        dispatch!(self, workflows::cancel(id))
+    /// Audited, once.
+    pub async fn cancel_workflow(
+        &self,
+        id: WorkflowId,
+        actor: &str,
+    ) -> Result<Workflow, StoreError> {
+        dispatch!(self, workflows::cancel(id, actor))
+    }
+
+    /// Retries a finished workflow: its steps that did not finish well
+    /// (dead, expired, cancelled, skipped) run again, each once its needs
+    /// have; steps that succeeded keep their results. Audited. A running
+    /// workflow, or one whose every step succeeded, is a conflict.
+    pub async fn retry_workflow(
+        &self,
+        id: WorkflowId,
+        actor: &str,
+    ) -> Result<Workflow, StoreError> {
+        let (workflow, queued) = dispatch!(self, workflows::retry(id, actor))?;
+        for (tenant, queue, n) in queued {
+            dispatch!(
+                self,
+                signals::wake(&self.local.signals, tenant, &[(queue, n)])
+            );
+        }
+        Ok(workflow)
     }
 
     /// Wakes the claims waiting for the steps that the jobs `finished`

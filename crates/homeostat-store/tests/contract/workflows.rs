@@ -76,6 +76,7 @@ async fn steps_run_in_the_order_of_their_needs(store: &Store) {
                     on_success("build", &[]),
                 ],
             },
+            "test",
         )
         .await
         .unwrap();
@@ -136,6 +137,7 @@ async fn conditions_decide_what_runs_after_a_failure(store: &Store) {
                     step("cleanup", &["deploy"], StepCondition::Always),
                 ],
             },
+            "test",
         )
         .await
         .unwrap();
@@ -192,6 +194,7 @@ async fn a_step_whose_failure_path_is_not_taken_is_skipped(store: &Store) {
                     step("report", &["build"], StepCondition::OnFailure),
                 ],
             },
+            "test",
         )
         .await
         .unwrap();
@@ -218,11 +221,16 @@ async fn cancel_stops_every_step(store: &Store) {
                     step("cleanup", &["test"], StepCondition::Always),
                 ],
             },
+            "test",
         )
         .await
         .unwrap();
     let build = claim_all(store, a, &wf, 1).await;
-    let cancelled = store.at(at(2)).cancel_workflow(wf.id).await.unwrap();
+    let cancelled = store
+        .at(at(2))
+        .cancel_workflow(wf.id, "test")
+        .await
+        .unwrap();
     assert_eq!(cancelled.state, WorkflowState::Cancelled);
     assert_eq!(cancelled.cancelled_at, Some(at(2)));
     assert!(
@@ -244,7 +252,11 @@ async fn cancel_stops_every_step(store: &Store) {
         "nothing starts"
     );
     // Again: nothing changes.
-    let again = store.at(at(5)).cancel_workflow(wf.id).await.unwrap();
+    let again = store
+        .at(at(5))
+        .cancel_workflow(wf.id, "test")
+        .await
+        .unwrap();
     assert_eq!(again.cancelled_at, Some(at(2)));
 }
 
@@ -259,6 +271,7 @@ async fn a_step_reclaimed_from_a_dead_agent_runs_again_before_its_dependents(sto
                 name: "pipeline".into(),
                 steps: vec![on_success("build", &[]), on_success("test", &["build"])],
             },
+            "test",
         )
         .await
         .unwrap();
@@ -301,6 +314,7 @@ async fn a_wide_fan_in_runs_its_join_once(store: &Store) {
                 name: "batch".into(),
                 steps,
             },
+            "test",
         )
         .await
         .unwrap();
@@ -363,6 +377,7 @@ async fn a_released_step_wakes_a_waiting_claim(store: &Store) {
                     },
                 ],
             },
+            "test",
         )
         .await
         .unwrap();
@@ -376,13 +391,105 @@ async fn a_released_step_wakes_a_waiting_claim(store: &Store) {
     assert_eq!(got[0].id, job_of(&wf, "deploy"));
 }
 
+async fn a_retry_reruns_what_failed_and_keeps_what_succeeded(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "pipeline".into(),
+                steps: vec![
+                    on_success("build", &[]),
+                    on_success("lint", &[]),
+                    on_success("test", &["build", "lint"]),
+                    on_success("deploy", &["test"]),
+                ],
+            },
+            "operator:ann",
+        )
+        .await
+        .unwrap();
+    let first = claim_all(store, a, &wf, 1).await;
+    for (name, token) in &first {
+        if name == "build" {
+            complete(store, a, &wf, name, *token, 2).await;
+        } else {
+            store
+                .at(at(2))
+                .fail(&Failure {
+                    agent: a,
+                    id: job_of(&wf, name),
+                    lease_token: *token,
+                    error: "lint errors",
+                    permanent: true,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let failed = store.workflow(wf.id).await.unwrap();
+    assert_eq!(failed.state, WorkflowState::Failed);
+    let build_result = store.get_job(job_of(&wf, "build")).await.unwrap();
+
+    let retried = store
+        .at(at(10))
+        .retry_workflow(wf.id, "operator:ann")
+        .await
+        .unwrap();
+    assert_eq!(retried.state, WorkflowState::Running);
+    assert_eq!(state_of(&retried, "build"), JobState::Succeeded, "kept");
+    assert_eq!(state_of(&retried, "lint"), JobState::Queued);
+    assert_eq!(state_of(&retried, "test"), JobState::Pending);
+    assert_eq!(state_of(&retried, "deploy"), JobState::Pending);
+    let lint = claim_all(store, a, &wf, 11).await;
+    assert_eq!(lint.len(), 1);
+    assert_eq!(lint[0].0, "lint");
+    complete(store, a, &wf, "lint", lint[0].1, 12).await;
+    // test needed build (kept) and lint (now succeeded): it runs.
+    let test = claim_all(store, a, &wf, 13).await;
+    assert_eq!(test[0].0, "test");
+    complete(store, a, &wf, "test", test[0].1, 14).await;
+    let deploy = claim_all(store, a, &wf, 15).await;
+    complete(store, a, &wf, "deploy", deploy[0].1, 16).await;
+    let done = store.workflow(wf.id).await.unwrap();
+    assert_eq!(done.state, WorkflowState::Succeeded);
+    assert_eq!(
+        store
+            .get_job(job_of(&wf, "build"))
+            .await
+            .unwrap()
+            .finished_at,
+        build_result.finished_at,
+        "the succeeded step did not run again"
+    );
+    // Nothing left to retry; a running workflow is not retried.
+    assert!(matches!(
+        store.retry_workflow(wf.id, "operator:ann").await,
+        Err(StoreError::Conflict { .. })
+    ));
+    let history = store
+        .audit_events_of(&format!("workflow:{}", wf.id), 10)
+        .await
+        .unwrap();
+    let actions: Vec<&str> = history.iter().map(|e| e.action.as_str()).collect();
+    assert!(actions.contains(&"workflow.submitted"), "{actions:?}");
+    assert!(actions.contains(&"workflow.retried"), "{actions:?}");
+    assert!(history.iter().all(|e| e.actor == "operator:ann"));
+}
+
 async fn bad_workflows_are_refused_whole(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let cycle = NewWorkflow {
         name: "loop".into(),
         steps: vec![on_success("a", &["b"]), on_success("b", &["a"])],
     };
-    let err = store.at(t0()).submit_workflow(t, &cycle).await.unwrap_err();
+    let err = store
+        .at(t0())
+        .submit_workflow(t, &cycle, "test")
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, StoreError::Invalid(e) if e.message.contains("needs itself")),
         "{err}"
@@ -397,6 +504,7 @@ async fn bad_workflows_are_refused_whole(store: &Store) {
                 name: "fp".into(),
                 steps: vec![fingerprinted],
             },
+            "test",
         )
         .await
         .unwrap_err();
@@ -419,5 +527,6 @@ on_both_backends!(
     a_step_reclaimed_from_a_dead_agent_runs_again_before_its_dependents,
     a_wide_fan_in_runs_its_join_once,
     a_released_step_wakes_a_waiting_claim,
+    a_retry_reruns_what_failed_and_keeps_what_succeeded,
     bad_workflows_are_refused_whole,
 );
