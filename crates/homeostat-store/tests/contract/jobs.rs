@@ -489,13 +489,33 @@ async fn listing_by_state_finds_exactly_the_jobs_in_each_state(store: &Store) {
         limited.limits = vec![homeostat_model::JobLimit::new("one", "k")];
         store.at(at(101)).enqueue(t, &limited).await.unwrap();
     }
+    // Pending: a workflow step whose need has not finished.
+    let steps = ["first", "second"].map(|name| homeostat_model::NewStep {
+        name: name.into(),
+        job: job("q"),
+        needs: if name == "second" {
+            vec!["first".into()]
+        } else {
+            vec![]
+        },
+        when: homeostat_model::StepCondition::OnSuccess,
+    });
+    let pipeline = homeostat_model::NewWorkflow {
+        name: "pipeline".into(),
+        steps: steps.to_vec(),
+    };
+    store
+        .at(at(102))
+        .submit_workflow(t, &pipeline, "test")
+        .await
+        .unwrap();
 
     let all = store
         .list_jobs(&JobFilter::default(), None, 100)
         .await
         .unwrap()
         .items;
-    assert_eq!(all.len(), 10);
+    assert_eq!(all.len(), 12);
     for state in JobState::ALL {
         let filter = JobFilter {
             state: Some(state),
