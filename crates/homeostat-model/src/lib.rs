@@ -40,7 +40,8 @@ pub use tenant::{PlanTier, Tenant};
 pub use token::{ApiScope, TokenInfo, TokenKind};
 pub use wire::{AuditPage, ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
 pub use workflow::{
-    MAX_STEPS, NewStep, NewWorkflow, StepCondition, Workflow, WorkflowState, WorkflowStep,
+    MAX_NEEDS_RESULTS_BYTES, MAX_STEPS, NeedOutcome, NewStep, NewWorkflow, StepCondition,
+    StepContext, Workflow, WorkflowState, WorkflowStep,
 };
 
 /// A raw identifier: UUID v7, unique without coordination and ordered by

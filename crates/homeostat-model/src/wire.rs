@@ -46,6 +46,10 @@ pub struct ClaimedJob {
     pub lease_expires_at: Timestamp,
     /// Timeout of this attempt in seconds.
     pub timeout_secs: u64,
+    /// A workflow step: its workflow, its name and how the steps it needs
+    /// ended, with their results (docs/workflows.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<crate::StepContext>,
 }
 
 /// One completion in a batch.
@@ -374,6 +378,7 @@ mod tests {
             lease_token: 7,
             lease_expires_at: Timestamp::from_second(1_767_225_600).unwrap(),
             timeout_secs: 600,
+            workflow: None,
         };
         let json = serde_json::to_string(&ClaimResponse {
             jobs: vec![job.clone()],

@@ -17,6 +17,10 @@ use crate::{JobId, JobState, NewJob, TenantId, ValidationError, WorkflowId, vali
 /// The most steps a workflow may have.
 pub const MAX_STEPS: usize = 5_000;
 
+/// The most bytes of its needs' results a step's claim carries (their
+/// JSON, all together); the counts are always whole.
+pub const MAX_NEEDS_RESULTS_BYTES: usize = 256 * 1024;
+
 /// When a step runs, given how the steps it needs ended.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -245,6 +249,44 @@ impl WorkflowState {
             WorkflowState::Succeeded
         }
     }
+}
+
+/// How one step a claimed step needs ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NeedOutcome {
+    /// Its job's state: `succeeded`, `dead`, `expired` or `cancelled`.
+    pub state: JobState,
+    /// Skipped: its condition did not hold.
+    #[serde(default)]
+    pub skipped: bool,
+    /// Its job's result, if it succeeded with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+/// What a claimed workflow step is, and how the steps it needs ended (the
+/// fan-in: a join step reads its parents' results here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StepContext {
+    /// Its workflow.
+    pub workflow_id: WorkflowId,
+    /// Its name.
+    pub step: String,
+    /// How many of its needs succeeded…
+    #[serde(default)]
+    pub succeeded: u32,
+    /// …and how many did not (failed, expired, cancelled, skipped).
+    #[serde(default)]
+    pub not_succeeded: u32,
+    /// Each need by name, in the order they were submitted, until their
+    /// results reach [`MAX_NEEDS_RESULTS_BYTES`].
+    #[serde(default)]
+    pub needs: std::collections::BTreeMap<String, NeedOutcome>,
+    /// Some needs were left out of `needs` (the counts have them all).
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// A step as stored.

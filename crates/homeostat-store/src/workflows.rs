@@ -10,8 +10,9 @@
 use std::collections::HashMap;
 
 use homeostat_model::{
-    AuditAction, JobId, JobState, NewAuditEvent, NewWorkflow, StepCondition, TenantId,
-    ValidationError, Workflow, WorkflowId, WorkflowState, WorkflowStep,
+    AuditAction, JobId, JobState, MAX_NEEDS_RESULTS_BYTES, NeedOutcome, NewAuditEvent, NewWorkflow,
+    StepCondition, StepContext, TenantId, ValidationError, Workflow, WorkflowId, WorkflowState,
+    WorkflowStep,
 };
 use serde_json::json;
 
@@ -155,6 +156,30 @@ const RELEASED: Sql = Sql::pair(
      GROUP BY j.tenant_id, j.queue",
 );
 
+/// `$1` claimed steps: their names.
+const STEP_NAMES: Sql = Sql::pair(
+    "SELECT job_id, name FROM workflow_steps WHERE job_id IN (SELECT value FROM json_each($1))",
+    "SELECT job_id, name FROM workflow_steps WHERE job_id = ANY($1)",
+);
+
+/// `$1` claimed steps: how each of their needs ended, in submitted order.
+const NEED_OUTCOMES: Sql = Sql::pair(
+    "SELECT n.job_id AS job_id, ps.name AS need, p.state AS state, ps.skipped AS skipped,
+       p.result AS result
+     FROM workflow_needs n
+     JOIN workflow_steps ps ON ps.job_id = n.parent_id
+     JOIN jobs p ON p.id = n.parent_id
+     WHERE n.job_id IN (SELECT value FROM json_each($1))
+     ORDER BY n.job_id, ps.ord",
+    "SELECT n.job_id AS job_id, ps.name AS need, p.state::text AS state, ps.skipped AS skipped,
+       p.result AS result
+     FROM workflow_needs n
+     JOIN workflow_steps ps ON ps.job_id = n.parent_id
+     JOIN jobs p ON p.id = n.parent_id
+     WHERE n.job_id = ANY($1)
+     ORDER BY n.job_id, ps.ord",
+);
+
 const ANY_WORKFLOW: Sql = Sql::both("SELECT 1 AS one FROM workflows LIMIT 1");
 
 /// What a new workflow queued at once, for the claims that wait: per
@@ -184,6 +209,89 @@ pub(crate) async fn released<B: Backend>(
     rows.iter()
         .map(|r| Ok((r.id("tenant_id")?, r.text("queue")?, r.num("n")?)))
         .collect()
+}
+
+/// What a claim knows of a step before [`fill_contexts`]: its workflow.
+pub(crate) fn context_of(workflow_id: WorkflowId) -> StepContext {
+    StepContext {
+        workflow_id,
+        step: String::new(),
+        succeeded: 0,
+        not_succeeded: 0,
+        needs: std::collections::BTreeMap::new(),
+        truncated: false,
+    }
+}
+
+/// Fills in the claimed workflow steps' names and how their needs ended,
+/// their results up to [`MAX_NEEDS_RESULTS_BYTES`] a step: two reads,
+/// only when a claim took a step.
+pub(crate) async fn fill_contexts<B: Backend>(
+    b: &B,
+    claimed: &mut [homeostat_model::ClaimedJob],
+) -> Result<(), StoreError> {
+    let ids: Vec<homeostat_model::Id> = claimed
+        .iter()
+        .filter(|c| c.workflow.is_some())
+        .map(|c| c.id.as_uuid())
+        .collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let op = "reading claimed workflow steps";
+    let mut by_id: HashMap<JobId, &mut StepContext> = claimed
+        .iter_mut()
+        .filter_map(|c| Some((c.id, c.workflow.as_mut()?)))
+        .collect();
+    for r in b
+        .fetch(Stmt::new::<B>(STEP_NAMES).arg(ids.as_slice()))
+        .await
+        .op(op)?
+    {
+        if let Some(ctx) = by_id.get_mut(&r.id::<JobId>("job_id")?) {
+            ctx.step = r.text("name")?;
+        }
+    }
+    let mut used: HashMap<JobId, usize> = HashMap::new();
+    for r in b
+        .fetch(Stmt::new::<B>(NEED_OUTCOMES).arg(ids.as_slice()))
+        .await
+        .op(op)?
+    {
+        let job: JobId = r.id("job_id")?;
+        let Some(ctx) = by_id.get_mut(&job) else {
+            continue;
+        };
+        let state: JobState = r
+            .text("state")?
+            .parse()
+            .map_err(|e| crate::error::corrupt(op, e))?;
+        if state == JobState::Succeeded {
+            ctx.succeeded += 1;
+        } else {
+            ctx.not_succeeded += 1;
+        }
+        let result = r.opt_text("result")?;
+        let size = used.entry(job).or_insert(0);
+        *size += result.as_ref().map_or(0, String::len);
+        if *size > MAX_NEEDS_RESULTS_BYTES {
+            ctx.truncated = true;
+            continue;
+        }
+        let result = result
+            .map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| crate::error::corrupt(op, e))?;
+        ctx.needs.insert(
+            r.text("need")?,
+            NeedOutcome {
+                state,
+                skipped: r.flag("skipped")?,
+                result,
+            },
+        );
+    }
+    Ok(())
 }
 
 /// Creates `wf` for `tenant`: every step or none.

@@ -1,5 +1,6 @@
-//! Runs a job as a program: the payload on standard input, the job's facts
-//! in `HOMEOSTAT_JOB_*` variables, in a process group of its own so that a
+//! Runs a job as a program: the payload on standard input (a workflow
+//! step: `{"payload", "workflow"}`, how its needs ended beside it), the
+//! job's facts in `HOMEOSTAT_JOB_*` (and `HOMEOSTAT_WORKFLOW_*`) variables, in a process group of its own so that a
 //! cancellation, a lost lease or a timeout kills everything it started.
 //! The program dies with its agent (a parent-death signal, set by
 //! util-linux's `setpriv` where it is installed), and its group is recorded
@@ -109,6 +110,11 @@ impl JobHandler for Exec {
         } else {
             tokio::process::Command::new(&self.program)
         };
+        if let Some(step) = &job.workflow {
+            command
+                .env("HOMEOSTAT_WORKFLOW_ID", step.workflow_id.to_string())
+                .env("HOMEOSTAT_WORKFLOW_STEP", &step.step);
+        }
         let mut child = command
             .args(&self.args)
             .env("HOMEOSTAT_JOB_ID", job.id.to_string())
@@ -129,7 +135,12 @@ impl JobHandler for Exec {
             pgid,
         };
         let mut stdin = child.stdin.take().expect("piped");
-        let payload = job.payload.to_string();
+        // A workflow step reads its payload beside how its needs ended
+        // (docs/workflows.md); any other job, its payload alone.
+        let payload = match &job.workflow {
+            Some(step) => serde_json::json!({"payload": job.payload, "workflow": step}).to_string(),
+            None => job.payload.to_string(),
+        };
         // A program that does not read its input must not block the job.
         let feed = tokio::spawn(async move {
             let _ = stdin.write_all(payload.as_bytes()).await;

@@ -17,7 +17,7 @@ use crate::{ClaimedJob, Completion, Enqueued};
 macro_rules! claim_returning {
     () => {
         "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token, timeout_ms,
-         effective_priority, fair_at, lease_expires_at"
+         effective_priority, fair_at, lease_expires_at, workflow_id"
     };
 }
 
@@ -323,6 +323,10 @@ impl PgStore {
                 lease_token: int(7)?,
                 lease_expires_at: ts(int(11)?),
                 timeout_secs: in_range::<u64>(op, "timeout_ms", int(8)?)? / 1000,
+                workflow: r
+                    .try_get_unchecked::<Option<Id>, _>(12)
+                    .op(op)?
+                    .map(|w| crate::workflows::context_of(w.into())),
             };
             claimed.push(((-int(9)?, int(10)?), job));
         }

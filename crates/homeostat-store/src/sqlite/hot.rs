@@ -26,7 +26,7 @@ macro_rules! claim_set {
 macro_rules! claim_returning {
     () => {
         "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
-         lease_expires_at, timeout_ms, effective_priority, fair_at"
+         lease_expires_at, timeout_ms, effective_priority, fair_at, workflow_id"
     };
 }
 
@@ -261,6 +261,9 @@ impl SqliteStore {
                 lease_token: int(7)?,
                 lease_expires_at: ts(int(8)?),
                 timeout_secs: in_range::<u64>(op, "timeout_ms", int(9)?)? / 1000,
+                workflow: r
+                    .opt_id::<homeostat_model::WorkflowId>("workflow_id")?
+                    .map(crate::workflows::context_of),
             });
             order.push((-int(10)?, int(11)?));
         }

@@ -126,7 +126,16 @@ impl Store {
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let facts = self.agent_facts(agent, "claiming jobs").await?;
         let queues = decisions::claim_queues(&facts.queues, only);
-        dispatch!(self.claim(agent, facts.tenant, &queues, limit, lease))
+        let mut claimed = dispatch!(self.claim(agent, facts.tenant, &queues, limit, lease))?;
+        if claimed.iter().any(|c| c.workflow.is_some()) {
+            // The jobs are claimed: failing the claim now would leave them
+            // leased to an agent that never heard of them. The workflow is
+            // still there to read (`GET /v1/workflows/{id}`).
+            if let Err(e) = dispatch!(self, crate::workflows::fill_contexts(&mut claimed)) {
+                tracing::warn!(error = %e, "claimed workflow steps go out without their needs");
+            }
+        }
+        Ok(claimed)
     }
 
     /// Returns once waiting claims hear of jobs queued by other replicas

@@ -479,6 +479,90 @@ async fn a_retry_reruns_what_failed_and_keeps_what_succeeded(store: &Store) {
     assert!(history.iter().all(|e| e.actor == "operator:ann"));
 }
 
+async fn a_join_is_claimed_with_its_needs_results(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "batch".into(),
+                steps: vec![
+                    on_success("scan-a", &[]),
+                    on_success("scan-b", &[]),
+                    on_success("scan-c", &["scan-b"]),
+                    step(
+                        "summary",
+                        &["scan-a", "scan-b", "scan-c"],
+                        StepCondition::Always,
+                    ),
+                ],
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let first = store.at(at(1)).claim(a, 10, LEASE).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let ctx = first[0]
+        .workflow
+        .as_ref()
+        .expect("a step knows its workflow");
+    assert_eq!(ctx.workflow_id, wf.id);
+    assert!(ctx.needs.is_empty() && ctx.succeeded == 0);
+    for c in &first {
+        let name = &c.workflow.as_ref().unwrap().step;
+        if name == "scan-a" {
+            store
+                .at(at(2))
+                .complete(
+                    a,
+                    c.id,
+                    c.lease_token,
+                    Some(serde_json::json!({"findings": 3})),
+                )
+                .await
+                .unwrap();
+        } else {
+            assert_eq!(name, "scan-b");
+            store
+                .at(at(2))
+                .fail(&Failure {
+                    agent: a,
+                    id: c.id,
+                    lease_token: c.lease_token,
+                    error: "unreachable",
+                    permanent: true,
+                })
+                .await
+                .unwrap();
+        }
+    }
+    // scan-c was skipped; the summary runs (always), told how each ended.
+    let summary = store.at(at(3)).claim(a, 10, LEASE).await.unwrap();
+    assert_eq!(summary.len(), 1);
+    let ctx = summary[0].workflow.as_ref().unwrap();
+    assert_eq!(ctx.step, "summary");
+    assert_eq!((ctx.succeeded, ctx.not_succeeded), (1, 2));
+    assert_eq!(ctx.needs["scan-a"].state, JobState::Succeeded);
+    assert_eq!(
+        ctx.needs["scan-a"].result,
+        Some(serde_json::json!({"findings": 3}))
+    );
+    assert_eq!(ctx.needs["scan-b"].state, JobState::Dead);
+    assert!(ctx.needs["scan-c"].skipped);
+    assert!(!ctx.truncated);
+    // A job outside any workflow carries nothing of the kind.
+    store
+        .at(at(4))
+        .enqueue(t, &NewJob::new("ci", "plain"))
+        .await
+        .unwrap();
+    let plain = store.at(at(5)).claim(a, 10, LEASE).await.unwrap();
+    assert!(plain[0].workflow.is_none());
+}
+
 async fn bad_workflows_are_refused_whole(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let cycle = NewWorkflow {
@@ -528,5 +612,6 @@ on_both_backends!(
     a_wide_fan_in_runs_its_join_once,
     a_released_step_wakes_a_waiting_claim,
     a_retry_reruns_what_failed_and_keeps_what_succeeded,
+    a_join_is_claimed_with_its_needs_results,
     bad_workflows_are_refused_whole,
 );
