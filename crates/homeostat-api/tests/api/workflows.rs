@@ -154,7 +154,7 @@ async fn a_cancelled_workflow_starts_nothing(store: &Store) {
         )
         .await;
     assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.text);
-    let history = api.get(&format!("/v1/audit?limit=100"), &api.admin).await;
+    let history = api.get("/v1/audit?limit=100", &api.admin).await;
     let actions: Vec<&str> = history.body["items"]
         .as_array()
         .unwrap()
