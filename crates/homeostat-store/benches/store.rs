@@ -3,10 +3,13 @@
 //! `cargo bench -p homeostat-store --bench store -- [--backend sqlite|postgres|both]
 //!  [--jobs N] [--workers N] [--batch N] [--runs N] [--only store|baseline] [--sweep-rows N]
 //!  [--skip-lifecycle] [--skip-sweeps] [--plans] [--cold | --steady [--producers N] |
-//!  --limited KEYS] [--fair-share-turn-ms MS]`
+//!  --limited KEYS | --workflows] [--fair-share-turn-ms MS]`
 //!
 //! `--limited KEYS` pairs each lifecycle with one whose every job is under
-//! a limit of 2 running per key over KEYS keys (docs/flow-control.md).
+//! a limit of 2 running per key over KEYS keys (docs/flow-control.md);
+//! `--workflows` with one whose jobs are workflow steps, in workflows of
+//! 1,000: 500 pairs, the second of each needing the first
+//! (docs/workflows.md).
 //! `--cold` pairs each analyzed lifecycle with one on a table never
 //! analyzed; `--steady` with one whose jobs producers (2 by default, so that
 //! on two cores they enqueue faster than the workers drain) enqueue while
@@ -48,9 +51,9 @@ struct Args {
     against: Option<Load>,
     /// Producer tasks of the steady load.
     producers: usize,
-    /// Compare the lifecycle with every job under a limit of 2 running per
-    /// key over this many keys instead of with the raw-SQL baseline.
-    limited: Option<usize>,
+    /// Compare the lifecycle with jobs of another shape (under limits, in
+    /// workflows) instead of with the raw-SQL baseline.
+    shape: Shape,
     /// Fair share's turn (`StoreOptions::fair_share_turn`); 0 turns it off.
     fair_share_turn: Duration,
 }
@@ -69,7 +72,7 @@ fn args() -> Args {
         only: None,
         against: None,
         producers: 2,
-        limited: None,
+        shape: Shape::Plain,
         fair_share_turn: StoreOptions::default().fair_share_turn,
     };
     let mut it = std::env::args().skip(1);
@@ -100,12 +103,13 @@ fn args() -> Args {
             "--skip-sweeps" => a.sweeps = false,
             "--plans" => a.plans = true,
             "--limited" => {
-                a.limited = Some(
+                a.shape = Shape::Limited(
                     it.next()
                         .and_then(|v| v.parse().ok())
                         .expect("--limited KEYS"),
                 )
             }
+            "--workflows" => a.shape = Shape::Workflows,
             "--fair-share-turn-ms" => {
                 a.fair_share_turn = Duration::from_millis(
                     it.next()
@@ -276,6 +280,28 @@ enum Load {
     Steady,
 }
 
+/// What the jobs of a lifecycle are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Independent jobs.
+    Plain,
+    /// Every job under a limit of 2 running per key over this many keys.
+    Limited(usize),
+    /// Workflow steps: workflows of 1,000, 500 pairs whose second needs
+    /// its first.
+    Workflows,
+}
+
+impl Shape {
+    fn describe(self) -> String {
+        match self {
+            Shape::Plain => "plain".into(),
+            Shape::Limited(keys) => format!("limited (2 per key, {keys} keys)"),
+            Shape::Workflows => "in workflows (pairs, 1,000 a workflow)".into(),
+        }
+    }
+}
+
 /// The full lifecycle through the store's API: jobs per second drained,
 /// and the batch enqueue rate.
 async fn lifecycle(
@@ -285,9 +311,9 @@ async fn lifecycle(
     batch: u32,
     load: Load,
     producers: usize,
-    limited: Option<usize>,
+    shape: Shape,
 ) -> (Run, f64) {
-    if limited.is_some() {
+    if matches!(shape, Shape::Limited(_)) {
         let two = homeostat_model::LimitSpec {
             max_running: Some(2),
             ..Default::default()
@@ -312,7 +338,7 @@ async fn lifecycle(
                 let new: Vec<NewJob> = (0..chunk)
                     .map(|i| {
                         let mut job = NewJob::new("bench", "noop");
-                        if let Some(keys) = limited {
+                        if let Shape::Limited(keys) = shape {
                             job.limits = vec![homeostat_model::JobLimit::new(
                                 "per-key",
                                 (i % keys).to_string(),
@@ -322,6 +348,32 @@ async fn lifecycle(
                     })
                     .collect();
                 let start = Instant::now();
+                if shape == Shape::Workflows {
+                    let steps: Vec<homeostat_model::NewStep> = (0..chunk)
+                        .map(|i| homeostat_model::NewStep {
+                            name: format!("s{i}"),
+                            job: NewJob::new("bench", "noop"),
+                            needs: if i % 2 == 1 {
+                                vec![format!("s{}", i - 1)]
+                            } else {
+                                vec![]
+                            },
+                            when: homeostat_model::StepCondition::OnSuccess,
+                        })
+                        .collect();
+                    let workflow = homeostat_model::NewWorkflow {
+                        name: "bench".into(),
+                        steps,
+                    };
+                    assert!(total.is_multiple_of(chunk), "whole workflows");
+                    for _ in 0..total / chunk {
+                        store
+                            .submit_workflow(tenant.id, &workflow, "bench")
+                            .await
+                            .unwrap();
+                    }
+                    return total as f64 / start.elapsed().as_secs_f64();
+                }
                 for _ in 0..total / chunk {
                     store.enqueue_batch(tenant.id, &new).await.unwrap();
                 }
@@ -395,7 +447,10 @@ async fn lifecycle(
                     .unwrap();
                 in_claim += t.elapsed();
                 if claimed.is_empty() {
-                    let admitting = limited.is_some()
+                    // Under limits or needs, an empty claim does not mean
+                    // the rest is drained: it is admitted or released as
+                    // jobs finish.
+                    let admitting = shape != Shape::Plain
                         && completed.load(std::sync::atomic::Ordering::Acquire) < jobs;
                     if still_producing || admitting {
                         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -903,27 +958,28 @@ async fn main() {
                             batch,
                             Load::Analyzed,
                             args.producers,
-                            None,
+                            Shape::Plain,
                         )
                         .await;
                         db.drop_all().await;
                         s
                     };
-                    let r = if let Some(keys) = args.limited {
+                    let r = if args.shape != Shape::Plain {
                         let db = fresh(backend, StoreClock::system(), args.fair_share_turn).await;
-                        let (r, limited_enqueue) = lifecycle(
+                        let (r, shaped_enqueue) = lifecycle(
                             &db,
                             args.jobs,
                             args.workers,
                             batch,
                             Load::Analyzed,
                             args.producers,
-                            Some(keys),
+                            args.shape,
                         )
                         .await;
                         db.drop_all().await;
                         println!(
-                            "{backend} limited (2 per key, {keys} keys) batch={batch} run {run}: {:.0} jobs/s against {:.0} unlimited, ratio {:.2}; enqueue {limited_enqueue:.0} jobs/s",
+                            "{backend} {} batch={batch} run {run}: {:.0} jobs/s against {:.0} plain, ratio {:.2}; enqueue {shaped_enqueue:.0} jobs/s",
+                            args.shape.describe(),
                             r.rate,
                             s.rate,
                             r.rate / s.rate
@@ -938,7 +994,7 @@ async fn main() {
                             batch,
                             load,
                             args.producers,
-                            None,
+                            Shape::Plain,
                         )
                         .await;
                         db.drop_all().await;
@@ -965,7 +1021,7 @@ async fn main() {
                         r.wal(),
                         s.rate / r.rate
                     );
-                    ratio.push(if args.against.is_some() || args.limited.is_some() {
+                    ratio.push(if args.against.is_some() || args.shape != Shape::Plain {
                         r.rate / s.rate
                     } else {
                         s.rate / r.rate
@@ -973,10 +1029,10 @@ async fn main() {
                     store.push(s.rate);
                     raw.push(r.rate);
                 }
-                let other = match (args.limited, args.against) {
-                    (Some(keys), _) => format!("limited (2 per key, {keys} keys)"),
-                    (None, Some(load)) => format!("{load:?}").to_lowercase(),
-                    (None, None) => "raw SQL".into(),
+                let other = match (args.shape, args.against) {
+                    (Shape::Limited(_) | Shape::Workflows, _) => args.shape.describe(),
+                    (Shape::Plain, Some(load)) => format!("{load:?}").to_lowercase(),
+                    (Shape::Plain, None) => "raw SQL".into(),
                 };
                 println!(
                     "{backend} lifecycle batch={batch} jobs={} workers={} median of {}: store {:.0} jobs/s, {other} {:.0} jobs/s, ratio {:.2}",

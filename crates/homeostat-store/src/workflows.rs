@@ -30,21 +30,21 @@ const INSERT_WORKFLOW: Sql =
 const INSERT_JOBS: Sql = Sql::pair(
     "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
        effective_priority, state, max_attempts, timeout_ms, run_at, queued_at, fair_at,
-       deadline_at, approval_expires_at, created_at, updated_at, workflow_id)
+       deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed)
      SELECT value->>'id', $2, value->>'queue', value->>'kind', value->>'payload',
        value->>'priority', value->>'priority', value->>'priority', value->>'state',
        value->>'max_attempts', value->>'timeout_ms', value->>'run_at', value->>'run_at',
-       value->>'run_at', value->>'deadline_at', value->>'approval', $3, $3, $4
+       value->>'run_at', value->>'deadline_at', value->>'approval', $3, $3, $4, value->>'needed'
      FROM json_each($1)",
     "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
        effective_priority, state, max_attempts, timeout_ms, run_at, queued_at, fair_at,
-       deadline_at, approval_expires_at, created_at, updated_at, workflow_id)
+       deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed)
      SELECT t.id, $2, t.queue, t.kind, t.payload, t.priority, t.priority, t.priority,
        t.state::job_state, t.max_attempts, t.timeout_ms, t.run_at, t.run_at, t.run_at,
-       t.deadline_at, t.approval, $3, $3, $4
+       t.deadline_at, t.approval, $3, $3, $4, t.needed
      FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, queue text, kind text, payload text,
        priority bigint, state text, max_attempts bigint, timeout_ms bigint, run_at bigint,
-       deadline_at bigint, approval bigint)",
+       deadline_at bigint, approval bigint, needed boolean)",
 );
 
 /// `$1` the steps as a JSON array, `$2` the workflow, `$3` the default
@@ -156,28 +156,26 @@ const RELEASED: Sql = Sql::pair(
      GROUP BY j.tenant_id, j.queue",
 );
 
-/// `$1` claimed steps: their names.
-const STEP_NAMES: Sql = Sql::pair(
-    "SELECT job_id, name FROM workflow_steps WHERE job_id IN (SELECT value FROM json_each($1))",
-    "SELECT job_id, name FROM workflow_steps WHERE job_id = ANY($1)",
-);
-
-/// `$1` claimed steps: how each of their needs ended, in submitted order.
-const NEED_OUTCOMES: Sql = Sql::pair(
-    "SELECT n.job_id AS job_id, ps.name AS need, p.state AS state, ps.skipped AS skipped,
-       p.result AS result
-     FROM workflow_needs n
-     JOIN workflow_steps ps ON ps.job_id = n.parent_id
-     JOIN jobs p ON p.id = n.parent_id
-     WHERE n.job_id IN (SELECT value FROM json_each($1))
-     ORDER BY n.job_id, ps.ord",
-    "SELECT n.job_id AS job_id, ps.name AS need, p.state::text AS state, ps.skipped AS skipped,
-       p.result AS result
-     FROM workflow_needs n
-     JOIN workflow_steps ps ON ps.job_id = n.parent_id
-     JOIN jobs p ON p.id = n.parent_id
-     WHERE n.job_id = ANY($1)
-     ORDER BY n.job_id, ps.ord",
+/// `$1` claimed steps: each one's name, and how each of its needs ended
+/// (a row per need, in submitted order; one row with no need for a step
+/// that has none).
+const CONTEXTS: Sql = Sql::pair(
+    "SELECT s.job_id AS job_id, s.name AS name, ps.name AS need, p.state AS state,
+       ps.skipped AS skipped, p.result AS result
+     FROM workflow_steps s
+     LEFT JOIN workflow_needs n ON n.job_id = s.job_id
+     LEFT JOIN workflow_steps ps ON ps.job_id = n.parent_id
+     LEFT JOIN jobs p ON p.id = n.parent_id
+     WHERE s.job_id IN (SELECT value FROM json_each($1))
+     ORDER BY s.job_id, ps.ord",
+    "SELECT s.job_id AS job_id, s.name AS name, ps.name AS need, p.state::text AS state,
+       ps.skipped AS skipped, p.result AS result
+     FROM workflow_steps s
+     LEFT JOIN workflow_needs n ON n.job_id = s.job_id
+     LEFT JOIN workflow_steps ps ON ps.job_id = n.parent_id
+     LEFT JOIN jobs p ON p.id = n.parent_id
+     WHERE s.job_id = ANY($1)
+     ORDER BY s.job_id, ps.ord",
 );
 
 const ANY_WORKFLOW: Sql = Sql::both("SELECT 1 AS one FROM workflows LIMIT 1");
@@ -224,8 +222,8 @@ pub(crate) fn context_of(workflow_id: WorkflowId) -> StepContext {
 }
 
 /// Fills in the claimed workflow steps' names and how their needs ended,
-/// their results up to [`MAX_NEEDS_RESULTS_BYTES`] a step: two reads,
-/// only when a claim took a step.
+/// their results up to [`MAX_NEEDS_RESULTS_BYTES`] a step: one read, only
+/// when a claim took a step.
 pub(crate) async fn fill_contexts<B: Backend>(
     b: &B,
     claimed: &mut [homeostat_model::ClaimedJob],
@@ -243,23 +241,20 @@ pub(crate) async fn fill_contexts<B: Backend>(
         .iter_mut()
         .filter_map(|c| Some((c.id, c.workflow.as_mut()?)))
         .collect();
-    for r in b
-        .fetch(Stmt::new::<B>(STEP_NAMES).arg(ids.as_slice()))
-        .await
-        .op(op)?
-    {
-        if let Some(ctx) = by_id.get_mut(&r.id::<JobId>("job_id")?) {
-            ctx.step = r.text("name")?;
-        }
-    }
     let mut used: HashMap<JobId, usize> = HashMap::new();
     for r in b
-        .fetch(Stmt::new::<B>(NEED_OUTCOMES).arg(ids.as_slice()))
+        .fetch(Stmt::new::<B>(CONTEXTS).arg(ids.as_slice()))
         .await
         .op(op)?
     {
         let job: JobId = r.id("job_id")?;
         let Some(ctx) = by_id.get_mut(&job) else {
+            continue;
+        };
+        if ctx.step.is_empty() {
+            ctx.step = r.text("name")?;
+        }
+        let Some(need) = r.opt_text("need")? else {
             continue;
         };
         let state: JobState = r
@@ -283,7 +278,7 @@ pub(crate) async fn fill_contexts<B: Backend>(
             .transpose()
             .map_err(|e| crate::error::corrupt(op, e))?;
         ctx.needs.insert(
-            r.text("need")?,
+            need,
             NeedOutcome {
                 state,
                 skipped: r.flag("skipped")?,
@@ -344,6 +339,11 @@ pub(crate) async fn create<B: Backend>(
     let mut steps = Vec::with_capacity(wf.steps.len());
     let mut needs = Vec::new();
     let mut queued: HashMap<&str, u32> = HashMap::new();
+    let needed: std::collections::HashSet<&str> = wf
+        .steps
+        .iter()
+        .flat_map(|s| s.needs.iter().map(String::as_str))
+        .collect();
     for (ord, (step, job_id)) in wf.steps.iter().zip(&ids).enumerate() {
         let job = &step.job;
         let run_at = job.run_at.map_or(now_ms, ms).max(now_ms);
@@ -372,6 +372,8 @@ pub(crate) async fn create<B: Backend>(
             "run_at": run_at,
             "deadline_at": deadline,
             "approval": job.approval_expires_at.map(ms),
+            // NULL, not false, for a leaf: as for every other job.
+            "needed": needed.contains(step.name.as_str()).then_some(true),
         }));
         steps.push(json!({
             "job_id": job_id.to_string(),

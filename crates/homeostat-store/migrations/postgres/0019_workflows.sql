@@ -1,7 +1,8 @@
 -- Workflows (docs/workflows.md): steps are jobs that need other steps.
 --
 -- A step's job carries its workflow (`jobs.workflow_id`; NULL for every
--- other job, so the trigger below never runs for them). A step created
+-- other job) and whether other steps need it (`jobs.needed`: the trigger
+-- below runs for those alone). A step created
 -- with needs is `pending`; `workflow_steps` counts how many of its needs
 -- have not finished and how many did not succeed. The trigger runs in the
 -- transaction that finishes a step, whatever finishes it (completion,
@@ -45,48 +46,57 @@ CREATE TABLE workflow_needs (
 CREATE INDEX workflow_needs_job ON workflow_needs (job_id);
 
 ALTER TABLE jobs ADD COLUMN workflow_id UUID;
+-- Other steps need this one: only then does its finish move anything (a
+-- leaf step, the most of a fan-out, finishes without the trigger).
+ALTER TABLE jobs ADD COLUMN needed BOOLEAN;
 
+-- One statement: each dependent's counts move; those whose last need this
+-- was are released or skipped; claims waiting on the released steps'
+-- queues hear of them at commit, on every replica, as of an enqueue
+-- (`crate::signals`; origin 0 is no replica's, so each wakes its own
+-- waiters). The counts are the row's before this update: `needs_left = 1`
+-- means this was its last need.
 CREATE FUNCTION workflow_step_finished() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    announced BIGINT;
 BEGIN
-    UPDATE workflow_steps s
-       SET needs_left = s.needs_left - 1,
-           not_succeeded = s.not_succeeded + (NEW.state <> 'succeeded')::int
-      FROM workflow_needs n
-     WHERE n.parent_id = NEW.id AND s.job_id = n.job_id;
-    UPDATE workflow_steps s SET skipped = true
-      FROM workflow_needs n, jobs j
-     WHERE n.parent_id = NEW.id AND s.job_id = n.job_id AND j.id = n.job_id
-       AND j.state = 'pending' AND s.needs_left = 0
-       AND NOT (s.cond = 'always' OR (s.cond = 'on_success' AND s.not_succeeded = 0)
-                OR (s.cond = 'on_failure' AND s.not_succeeded > 0));
-    UPDATE jobs j
-       SET state = CASE WHEN s.skipped THEN 'cancelled'::job_state
-                        WHEN j.approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
-                        WHEN j.run_at > NEW.updated_at THEN 'scheduled'::job_state
-                        ELSE 'queued'::job_state END,
-           queued_at = GREATEST(j.run_at, NEW.updated_at),
-           fair_at = GREATEST(j.run_at, NEW.updated_at),
-           deadline_at = CASE WHEN s.skipped THEN j.deadline_at
-                              ELSE COALESCE(j.deadline_at, GREATEST(j.run_at, NEW.updated_at) + s.deadline_ms) END,
-           finished_at = CASE WHEN s.skipped THEN NEW.updated_at END,
-           last_error = CASE WHEN s.skipped THEN 'skipped: its condition (' || s.cond || ') did not hold' END,
-           updated_at = NEW.updated_at
-      FROM workflow_needs n, workflow_steps s
-     WHERE n.parent_id = NEW.id AND s.job_id = n.job_id AND j.id = n.job_id
-       AND j.state = 'pending' AND s.needs_left = 0;
-    -- Claims waiting on the released steps' queues hear of them at commit,
-    -- on every replica, as of an enqueue (`crate::signals`; origin 0 is no
-    -- replica's, so each wakes its own waiters).
-    PERFORM pg_notify('homeostat_queued', '0 ' || count(*) || ' ' || j.tenant_id || ' ' || j.queue)
-      FROM workflow_needs n, jobs j
-     WHERE n.parent_id = NEW.id AND j.id = n.job_id AND j.state = 'queued'
-     GROUP BY j.tenant_id, j.queue;
+    WITH moved AS (
+        UPDATE workflow_steps s
+           SET needs_left = s.needs_left - 1,
+               not_succeeded = s.not_succeeded + (NEW.state <> 'succeeded')::int,
+               skipped = s.needs_left = 1 AND NOT (
+                   s.cond = 'always'
+                   OR (s.cond = 'on_success' AND s.not_succeeded + (NEW.state <> 'succeeded')::int = 0)
+                   OR (s.cond = 'on_failure' AND s.not_succeeded + (NEW.state <> 'succeeded')::int > 0))
+          FROM workflow_needs n
+         WHERE n.parent_id = NEW.id AND s.job_id = n.job_id
+        RETURNING s.job_id, s.needs_left, s.skipped, s.cond, s.deadline_ms),
+    released AS (
+        UPDATE jobs j
+           SET state = CASE WHEN m.skipped THEN 'cancelled'::job_state
+                            WHEN j.approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
+                            WHEN j.run_at > NEW.updated_at THEN 'scheduled'::job_state
+                            ELSE 'queued'::job_state END,
+               queued_at = GREATEST(j.run_at, NEW.updated_at),
+               fair_at = GREATEST(j.run_at, NEW.updated_at),
+               deadline_at = CASE WHEN m.skipped THEN j.deadline_at
+                                  ELSE COALESCE(j.deadline_at, GREATEST(j.run_at, NEW.updated_at) + m.deadline_ms) END,
+               finished_at = CASE WHEN m.skipped THEN NEW.updated_at END,
+               last_error = CASE WHEN m.skipped THEN 'skipped: its condition (' || m.cond || ') did not hold' END,
+               updated_at = NEW.updated_at
+          FROM moved m
+         WHERE j.id = m.job_id AND m.needs_left = 0 AND j.state = 'pending'
+        RETURNING j.tenant_id, j.queue, j.state)
+    SELECT count(pg_notify('homeostat_queued', '0 ' || r.n || ' ' || r.tenant_id || ' ' || r.queue))
+      INTO announced
+      FROM (SELECT tenant_id, queue, count(*) AS n FROM released
+             WHERE state = 'queued' GROUP BY tenant_id, queue) r;
     RETURN NULL;
 END $$;
 
 CREATE TRIGGER jobs_workflow_finished AFTER UPDATE OF state ON jobs
 FOR EACH ROW
-WHEN (NEW.workflow_id IS NOT NULL
+WHEN (NEW.needed
       AND NEW.state IN ('succeeded', 'dead', 'cancelled', 'expired')
       AND OLD.state NOT IN ('succeeded', 'dead', 'cancelled', 'expired'))
 EXECUTE FUNCTION workflow_step_finished();

@@ -32,9 +32,10 @@ CREATE TABLE workflow_needs (
 CREATE INDEX workflow_needs_job ON workflow_needs (job_id);
 
 ALTER TABLE jobs ADD COLUMN workflow_id TEXT;
+ALTER TABLE jobs ADD COLUMN needed INTEGER;
 
 CREATE TRIGGER jobs_workflow_finished AFTER UPDATE OF state ON jobs
-WHEN NEW.workflow_id IS NOT NULL
+WHEN NEW.needed
      AND NEW.state IN ('succeeded', 'dead', 'cancelled', 'expired')
      AND OLD.state NOT IN ('succeeded', 'dead', 'cancelled', 'expired')
 BEGIN
