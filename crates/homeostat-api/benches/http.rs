@@ -2,7 +2,7 @@
 //!
 //! `cargo bench -p homeostat-api --bench http -- [--backend sqlite|postgres]
 //!  [--jobs N] [--agents N] [--batch N] [--runs N] [--latency] [--rate N]
-//!  [--seconds N] [--replicas 1|2] [--fair]`
+//!  [--seconds N] [--replicas 1|2] [--fair] [--workflows]`
 //!
 //! Lifecycle (default): N queued jobs drained by 8 agents that claim 100 and
 //! complete them as a batch, once through the store directly (as the store
@@ -24,6 +24,13 @@
 //! wait runs from the moment its enqueue was sent to the moment a claim's
 //! answer carrying it arrived. Runs alternate fair share off
 //! (`fair_share_turn = 0s`, first come first served) and on (the default).
+//!
+//! `--workflows`: workflow hops through HTTP, 8 agents in long polls
+//! (`capacity` 10) completing at once. A 1,000-wide fan-out and fan-in: from
+//! the answer to the completion that finished the last parent to the answer
+//! to the claim that took the join step; and a 100-step chain: per hop,
+//! from the answer to a step's completion to the answer to the claim that
+//! took the next. `--runs` of each.
 
 // Percentiles, rates and scaled sizes: float arithmetic on measured
 // figures, converted back where a value cannot leave its range.
@@ -50,6 +57,7 @@ struct Args {
     seconds: u64,
     replicas: usize,
     fair: bool,
+    workflows: bool,
 }
 
 fn args() -> Args {
@@ -64,6 +72,7 @@ fn args() -> Args {
         seconds: 10,
         replicas: 1,
         fair: false,
+        workflows: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,6 +88,7 @@ fn args() -> Args {
             "--replicas" => a.replicas = value().parse().expect("--replicas N"),
             "--latency" => a.latency = true,
             "--fair" => a.fair = true,
+            "--workflows" => a.workflows = true,
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -637,6 +647,172 @@ async fn fair(a: &Args) {
     );
 }
 
+/// Runs `steps` as one workflow through HTTP with 8 long-polling agents;
+/// for each claimed step, when its claim's answer arrived, and for each
+/// completed one, when its completion's answer did (since `epoch`).
+async fn run_workflow(
+    backend: &str,
+    steps: Vec<Value>,
+) -> (
+    std::collections::HashMap<String, Duration>,
+    std::collections::HashMap<String, Duration>,
+) {
+    use std::collections::HashMap;
+    let total = steps.len();
+    let (test, store) = fresh(backend).await;
+    let tenant = store
+        .create_tenant("bench", PlanTier::Standard, "bench")
+        .await
+        .unwrap();
+    let key = store
+        .issue_api_key(ApiScope::Tenant(tenant.id), None, "bench")
+        .await
+        .unwrap()
+        .secret;
+    let (base, server) = serve(&store, ApiSettings::default()).await;
+    let token = bootstrap(&store, None, 8).await;
+    let c = client();
+    let epoch = Instant::now();
+    let claimed = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let completed = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut agents = Vec::new();
+    for i in 0..8 {
+        let cred = register(&c, &base, &token, i).await;
+        let (client, base, claimed, completed, stop) = (
+            client(),
+            base.clone(),
+            claimed.clone(),
+            completed.clone(),
+            stop.clone(),
+        );
+        agents.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let answer = tokio::select! {
+                    () = stop.cancelled() => return,
+                    b = post(
+                        &client,
+                        format!("{base}/v1/agent/claim"),
+                        &cred,
+                        json!({"capacity": 10, "wait_secs": 5}),
+                    ) => b,
+                };
+                let at = epoch.elapsed();
+                let jobs = answer["jobs"].as_array().unwrap();
+                if jobs.is_empty() {
+                    continue;
+                }
+                let names: Vec<String> = jobs
+                    .iter()
+                    .map(|j| j["workflow"]["step"].as_str().unwrap().to_owned())
+                    .collect();
+                {
+                    let mut c = claimed.lock().unwrap();
+                    for n in &names {
+                        c.insert(n.clone(), at);
+                    }
+                }
+                let completions: Vec<Value> = jobs
+                    .iter()
+                    .map(|j| json!({"id": j["id"], "lease_token": j["lease_token"]}))
+                    .collect();
+                post(
+                    &client,
+                    format!("{base}/v1/agent/jobs/complete"),
+                    &cred,
+                    json!({"completions": completions}),
+                )
+                .await;
+                let at = epoch.elapsed();
+                let mut done = completed.lock().unwrap();
+                for n in names {
+                    done.insert(n, at);
+                }
+            }
+        }));
+    }
+    // Every agent waits in its long poll before the workflow arrives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    post(
+        &c,
+        format!("{base}/v1/workflows"),
+        &key,
+        json!({"name": "bench", "steps": steps}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while completed.lock().unwrap().len() < total {
+        assert!(Instant::now() < deadline, "the workflow did not finish");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    for a in agents {
+        let _ = a.await;
+    }
+    server.abort();
+    store.close().await;
+    test.cleanup().await;
+    let claimed = std::mem::take(&mut *claimed.lock().unwrap());
+    let completed = std::mem::take(&mut *completed.lock().unwrap());
+    (claimed, completed)
+}
+
+async fn workflows(a: &Args) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let step = |name: String, needs: Vec<String>| {
+        json!({"name": name, "job": {"queue": "bench", "kind": "step"}, "needs": needs,
+               "when": "always"})
+    };
+    let mut joins = Vec::new();
+    let mut hops = Vec::new();
+    for run in 0..a.runs {
+        // A 1,000-wide fan-out and fan-in.
+        let parts: Vec<String> = (0..1000).map(|i| format!("p{i}")).collect();
+        let mut steps: Vec<Value> = parts.iter().map(|p| step(p.clone(), vec![])).collect();
+        steps.push(step("join".into(), parts.clone()));
+        let (claimed, completed) = run_workflow(&a.backend, steps).await;
+        let last = parts.iter().map(|p| completed[p]).max().unwrap();
+        let join = ms(claimed["join"].saturating_sub(last));
+        joins.push(join);
+        // A 100-step chain.
+        let steps: Vec<Value> = (0..100)
+            .map(|i| {
+                let needs = if i == 0 {
+                    vec![]
+                } else {
+                    vec![format!("c{}", i - 1)]
+                };
+                step(format!("c{i}"), needs)
+            })
+            .collect();
+        let (claimed, completed) = run_workflow(&a.backend, steps).await;
+        let mut run_hops: Vec<f64> = (1..100)
+            .map(
+                |i| ms(claimed[&format!("c{i}")].saturating_sub(completed[&format!("c{}", i - 1)])),
+            )
+            .collect();
+        let p50 = median(&mut run_hops.clone());
+        println!(
+            "run {run}: fan-in join claimed {join:.2} ms after the last parent's completion; chain hop p50 {p50:.2} ms, max {:.2} ms",
+            run_hops.iter().copied().fold(0.0, f64::max)
+        );
+        hops.append(&mut run_hops);
+    }
+    joins.sort_by(f64::total_cmp);
+    hops.sort_by(f64::total_cmp);
+    let pct = |v: &[f64], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    println!(
+        "{} workflows, 8 long-polling agents, {} runs: fan-in (1,000 parents) join after the last parent p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; chain (100 steps) per hop p50 {:.2} ms, p99 {:.2} ms",
+        a.backend,
+        a.runs,
+        pct(&joins, 0.5),
+        pct(&joins, 0.99),
+        joins[joins.len() - 1],
+        pct(&hops, 0.5),
+        pct(&hops, 0.99),
+    );
+}
+
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let a = args();
@@ -645,7 +821,9 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        if a.fair {
+        if a.workflows {
+            workflows(&a).await;
+        } else if a.fair {
             fair(&a).await;
         } else if a.latency {
             latency(&a).await;
