@@ -54,7 +54,7 @@ pub use state::{AlertRoute, ApiSettings, ApiState, QuotaOverride, Quotas};
     tags(
         (name = "agent", description = "The agent protocol: register, heartbeat, claim, complete, fail, release"),
         (name = "jobs", description = "Enqueue, list, show, cancel, retry, approve"),
-        (name = "workflows", description = "Steps that are jobs needing other steps: submit, show, cancel, retry"),
+        (name = "workflows", description = "Steps that are jobs needing other steps: submit, list, show, cancel, retry"),
         (name = "limits", description = "Concurrency and rate limits by key"),
         (name = "agents", description = "The fleet"),
         (name = "tenants", description = "Tenants and their plan tier (the weight of their fair share)"),
@@ -115,7 +115,10 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::cancel))
         .routes(routes!(jobs::retry))
         .routes(routes!(jobs::approve))
-        .routes(routes!(workflows::submit_workflow))
+        .routes(routes!(
+            workflows::submit_workflow,
+            workflows::list_workflows
+        ))
         .routes(routes!(workflows::show_workflow))
         .routes(routes!(workflows::cancel_workflow))
         .routes(routes!(workflows::retry_workflow))

@@ -21,7 +21,7 @@ use homeostat_model::wire::{
 use homeostat_model::{
     Agent, AgentId, AuditPage, CompletedBatch, Completion, FailOutcome, Job, JobId, Limit,
     LimitSpec, LimitUsage, NewJob, NewWorkflow, Notification, NotificationId, Page, Tenant,
-    TenantId, TokenId, TokenInfo, VerificationId, Workflow, WorkflowId,
+    TenantId, TokenId, TokenInfo, VerificationId, Workflow, WorkflowId, WorkflowSummary,
 };
 use reqwest::Method;
 use serde::Serialize;
@@ -882,6 +882,14 @@ impl Client {
         }
         self.post(operation, "/v1/workflows", body, Repeat::IfNothingHappened)
             .await
+    }
+
+    /// The newest workflows (up to `limit`), with their states.
+    pub async fn workflows(&self, limit: u32) -> Result<Vec<WorkflowSummary>, ClientError> {
+        let page: Page<WorkflowSummary, WorkflowId> = self
+            .get("listing workflows", &format!("/v1/workflows?limit={limit}"))
+            .await?;
+        Ok(page.items)
     }
 
     /// One workflow with each step's state.

@@ -41,7 +41,7 @@ pub use token::{ApiScope, TokenInfo, TokenKind};
 pub use wire::{AuditPage, ClaimedJob, CompletedBatch, Completion, Enqueued, FailOutcome, Page};
 pub use workflow::{
     MAX_NEEDS_RESULTS_BYTES, MAX_STEPS, NeedOutcome, NewStep, NewWorkflow, StepCondition,
-    StepContext, Workflow, WorkflowState, WorkflowStep,
+    StepContext, Workflow, WorkflowState, WorkflowStep, WorkflowSummary,
 };
 
 /// A raw identifier: UUID v7, unique without coordination and ordered by

@@ -307,6 +307,26 @@ pub struct WorkflowStep {
     pub when: StepCondition,
 }
 
+/// A workflow in a list: its state and how many steps it has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkflowSummary {
+    /// Identifier.
+    pub id: WorkflowId,
+    /// Owner.
+    pub tenant_id: TenantId,
+    /// Its name.
+    pub name: String,
+    /// From its steps.
+    pub state: WorkflowState,
+    /// How many steps it has…
+    pub steps: u32,
+    /// …and how many have not finished.
+    pub unfinished: u32,
+    /// Submitted.
+    pub created_at: Timestamp,
+}
+
 /// A workflow as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

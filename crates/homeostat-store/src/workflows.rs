@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use homeostat_model::{
     AuditAction, JobId, JobState, MAX_NEEDS_RESULTS_BYTES, NeedOutcome, NewAuditEvent, NewWorkflow,
     StepCondition, StepContext, TenantId, ValidationError, Workflow, WorkflowId, WorkflowState,
-    WorkflowStep,
+    WorkflowStep, WorkflowSummary,
 };
 use serde_json::json;
 
@@ -178,11 +178,87 @@ const CONTEXTS: Sql = Sql::pair(
      ORDER BY s.job_id, ps.ord",
 );
 
+/// `$1` tenant or NULL, `$2` before this id or NULL, `$3` how many: newest
+/// first, each with its steps counted by how they stand.
+const LIST: Sql = Sql::pair(
+    "SELECT w.id AS id, w.tenant_id AS tenant_id, w.name AS name, w.created_at AS created_at,
+       w.cancelled_at AS cancelled_at, COUNT(*) AS steps,
+       SUM(CASE WHEN j.state IN ('succeeded', 'dead', 'cancelled', 'expired') THEN 0 ELSE 1 END)
+         AS unfinished,
+       SUM(CASE WHEN j.state IN ('dead', 'expired') OR (j.state = 'cancelled' AND NOT s.skipped)
+         THEN 1 ELSE 0 END) AS failed
+     FROM workflows w
+     JOIN workflow_steps s ON s.workflow_id = w.id
+     JOIN jobs j ON j.id = s.job_id
+     WHERE w.id IN (SELECT id FROM workflows WHERE ($1 IS NULL OR tenant_id = $1)
+                      AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3)
+     GROUP BY w.id ORDER BY w.id DESC",
+    "SELECT w.id AS id, w.tenant_id AS tenant_id, w.name AS name, w.created_at AS created_at,
+       w.cancelled_at AS cancelled_at, COUNT(*) AS steps,
+       SUM(CASE WHEN j.state IN ('succeeded', 'dead', 'cancelled', 'expired') THEN 0 ELSE 1 END)
+         AS unfinished,
+       SUM(CASE WHEN j.state IN ('dead', 'expired') OR (j.state = 'cancelled' AND NOT s.skipped)
+         THEN 1 ELSE 0 END) AS failed
+     FROM workflows w
+     JOIN workflow_steps s ON s.workflow_id = w.id
+     JOIN jobs j ON j.id = s.job_id
+     WHERE w.id IN (SELECT id FROM workflows WHERE ($1::uuid IS NULL OR tenant_id = $1)
+                      AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3)
+     GROUP BY w.id ORDER BY w.id DESC",
+);
+
 const ANY_WORKFLOW: Sql = Sql::both("SELECT 1 AS one FROM workflows LIMIT 1");
 
 /// What a new workflow queued at once, for the claims that wait: per
 /// queue, how many.
 pub(crate) type Queued = Vec<(String, u32)>;
+
+/// A page of workflows, newest first (`tenant`'s alone, if named).
+pub(crate) async fn list<B: Backend>(
+    b: &B,
+    tenant: Option<TenantId>,
+    after: Option<WorkflowId>,
+    limit: u32,
+) -> Result<homeostat_model::Page<WorkflowSummary, WorkflowId>, StoreError> {
+    let op = "listing workflows";
+    let rows = b
+        .fetch(
+            Stmt::new::<B>(LIST)
+                .arg(tenant)
+                .arg(after)
+                .arg(i64::from(limit)),
+        )
+        .await
+        .op(op)?;
+    let items = rows
+        .iter()
+        .map(|r| {
+            let unfinished: u32 = r.num("unfinished")?;
+            let state = if r.opt_int("cancelled_at")?.is_some() {
+                WorkflowState::Cancelled
+            } else if unfinished > 0 {
+                WorkflowState::Running
+            } else if r.int("failed")? > 0 {
+                WorkflowState::Failed
+            } else {
+                WorkflowState::Succeeded
+            };
+            Ok(WorkflowSummary {
+                id: r.id("id")?,
+                tenant_id: r.id("tenant_id")?,
+                name: r.text("name")?,
+                state,
+                steps: r.num("steps")?,
+                unfinished,
+                created_at: ts(r.int("created_at")?),
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let next_cursor = (items.len() == limit as usize)
+        .then(|| items.last().map(|w| w.id))
+        .flatten();
+    Ok(homeostat_model::Page { items, next_cursor })
+}
 
 /// Whether any workflow exists.
 pub(crate) async fn any<B: Backend>(b: &B) -> Result<bool, StoreError> {

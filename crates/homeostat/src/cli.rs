@@ -295,6 +295,12 @@ pub(crate) enum Workflows {
         #[arg(long)]
         tenant: Option<TenantId>,
     },
+    /// Lists the newest workflows with their states.
+    List {
+        /// How many (1 to 500).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Shows a workflow and each step's state.
     Show { id: WorkflowId },
     /// Cancels a workflow: its steps not finished are cancelled (a running
@@ -361,8 +367,21 @@ fn show_workflow(out: Format, workflow: &Workflow) {
     }
 }
 
+const WORKFLOW_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("STATE", "state"),
+    ("STEPS", "steps"),
+    ("UNFINISHED", "unfinished"),
+    ("CREATED", "created_at"),
+];
+
 async fn workflows(client: &Client, out: Format, command: Workflows) -> Result<(), ClientError> {
     let workflow = match command {
+        Workflows::List { limit } => {
+            output::list(out, WORKFLOW_COLUMNS, &client.workflows(limit).await?);
+            return Ok(());
+        }
         Workflows::Submit { file, tenant } => client.submit_workflow(tenant, &file).await?,
         Workflows::Show { id } => client.workflow(id).await?,
         Workflows::Cancel { id } => client.cancel_workflow(id).await?,

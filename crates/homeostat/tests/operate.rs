@@ -339,6 +339,12 @@ async fn the_workflows_commands() {
     assert!(shown.contains("STEP"), "{shown}");
     assert!(shown.contains("test-unit,test-e2e"), "{shown}");
     assert!(shown.contains("on_failure"), "{shown}");
+    let listed = cli.ok(&["workflows", "list"]);
+    assert!(listed.starts_with("ID"), "{listed}");
+    assert!(
+        listed.contains("release-1.4") && listed.contains("running"),
+        "{listed}"
+    );
     let cancelled = cli.ok(&["workflows", "cancel", &id]);
     assert!(cancelled.contains("release-1.4: cancelled"), "{cancelled}");
     let retried = cli.json(&["workflows", "retry", &id]);

@@ -4,12 +4,12 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use homeostat_model::{NewJob, NewWorkflow, TenantId, Workflow, WorkflowId};
+use homeostat_model::{NewJob, NewWorkflow, Page, TenantId, Workflow, WorkflowId, WorkflowSummary};
 use serde::Deserialize;
 
 use crate::auth::{Caller, Writer};
 use crate::error::{ApiError, ErrorResponses};
-use crate::extract::{Json, JsonValue, NoBody, Path};
+use crate::extract::{Json, JsonValue, NoBody, Path, Query};
 use crate::routes::jobs::target_tenant;
 use crate::state::ApiState;
 use crate::strict_json;
@@ -67,6 +67,58 @@ pub(crate) async fn submit_workflow(
         .quotas
         .enqueued(tenant, created.steps.len() as u64, &queues);
     Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// Filters and paging of `GET /v1/workflows`.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// Only this tenant's (a tenant key sees its own alone).
+    tenant_id: Option<TenantId>,
+    /// The page after this workflow (`next_cursor`).
+    after: Option<WorkflowId>,
+    /// Workflows in one page (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/workflows",
+    tag = "workflows",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "a page of workflows, newest first, each with its state and how many steps have not finished", body = homeostat_model::Page<WorkflowSummary, uuid::Uuid>),
+        ErrorResponses,
+    ),
+    security(("api_key" = [])),
+)]
+pub(crate) async fn list_workflows(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page<WorkflowSummary, WorkflowId>>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=crate::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "limit: must be 1 to {}",
+            crate::MAX_PAGE
+        )));
+    }
+    let tenant = match (caller.tenant(), q.tenant_id) {
+        (Some(own), Some(t)) if t != own => {
+            return Ok(Json(Page {
+                items: vec![],
+                next_cursor: None,
+            }));
+        }
+        (Some(own), _) => Some(own),
+        (None, t) => t,
+    };
+    Ok(Json(
+        state.store.list_workflows(tenant, q.after, limit).await?,
+    ))
 }
 
 /// The workflow, if the caller may see it: another tenant's is 404.

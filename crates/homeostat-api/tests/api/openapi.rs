@@ -27,6 +27,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("put", "/v1/limits/{name}"),
     ("delete", "/v1/limits/{name}"),
     ("post", "/v1/workflows"),
+    ("get", "/v1/workflows"),
     ("get", "/v1/workflows/{id}"),
     ("post", "/v1/workflows/{id}/cancel"),
     ("post", "/v1/workflows/{id}/retry"),

@@ -78,8 +78,21 @@ async fn a_workflow_runs_through_the_agent_protocol(store: &Store) {
     assert_eq!(wf.body["state"], "succeeded");
     assert_eq!(wf.body["steps"][1]["needs"], json!(["build"]));
 
+    let listed = api.get("/v1/workflows", &key).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    assert_eq!(listed.body["items"][0]["id"], id.as_str());
+    assert_eq!(listed.body["items"][0]["state"], "succeeded");
+    assert_eq!(listed.body["items"][0]["steps"], 3);
+    assert_eq!(listed.body["items"][0]["unfinished"], 0);
+    let bad = api.get("/v1/workflows?limit=0", &key).await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.text);
+    let unknown = api.get("/v1/workflows?state=running", &key).await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.text);
+
     // Another tenant sees nothing of it; an admin does.
     let (_, other) = api.tenant("globex").await;
+    let theirs = api.get("/v1/workflows", &other).await;
+    assert_eq!(theirs.body["items"], json!([]));
     let hidden = api.get(&format!("/v1/workflows/{id}"), &other).await;
     assert_eq!(hidden.status, StatusCode::NOT_FOUND, "{}", hidden.text);
     let cancel = api

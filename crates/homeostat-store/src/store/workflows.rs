@@ -23,6 +23,18 @@ impl Store {
         Ok(created)
     }
 
+    /// A page of workflows, newest first: `tenant`'s alone if named, after
+    /// the cursor `after`.
+    pub async fn list_workflows(
+        &self,
+        tenant: Option<TenantId>,
+        after: Option<WorkflowId>,
+        limit: u32,
+    ) -> Result<homeostat_model::Page<homeostat_model::WorkflowSummary, WorkflowId>, StoreError>
+    {
+        dispatch!(self, workflows::list(tenant, after, limit))
+    }
+
     /// One workflow, its state from its steps.
     pub async fn workflow(&self, id: WorkflowId) -> Result<Workflow, StoreError> {
         dispatch!(self, workflows::get(id))

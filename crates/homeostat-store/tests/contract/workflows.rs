@@ -118,6 +118,23 @@ async fn steps_run_in_the_order_of_their_needs(store: &Store) {
         store.workflow(wf.id).await.unwrap().state,
         WorkflowState::Succeeded
     );
+    let page = store.list_workflows(Some(t), None, 10).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    let summary = &page.items[0];
+    assert_eq!(
+        (summary.id, summary.steps, summary.unfinished),
+        (wf.id, 4, 0)
+    );
+    assert_eq!(summary.state, WorkflowState::Succeeded);
+    let other = tenant(store, "globex", PlanTier::Standard).await;
+    assert!(
+        store
+            .list_workflows(Some(other), None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 async fn conditions_decide_what_runs_after_a_failure(store: &Store) {
