@@ -207,6 +207,8 @@ const LIST: Sql = Sql::pair(
      GROUP BY w.id ORDER BY w.id DESC",
 );
 
+const STEP_OF: Sql = Sql::both("SELECT workflow_id, name FROM workflow_steps WHERE job_id = $1");
+
 const ANY_WORKFLOW: Sql = Sql::both("SELECT 1 AS one FROM workflows LIMIT 1");
 
 /// What a new workflow queued at once, for the claims that wait: per
@@ -258,6 +260,20 @@ pub(crate) async fn list<B: Backend>(
         .then(|| items.last().map(|w| w.id))
         .flatten();
     Ok(homeostat_model::Page { items, next_cursor })
+}
+
+/// The workflow and step a job is, if it is one.
+pub(crate) async fn step_of<B: Backend>(
+    b: &B,
+    job: JobId,
+) -> Result<Option<(WorkflowId, String)>, StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(STEP_OF).arg(job))
+        .await
+        .op("reading a job's workflow step")?;
+    rows.first()
+        .map(|r| Ok((r.id("workflow_id")?, r.text("name")?)))
+        .transpose()
 }
 
 /// Whether any workflow exists.

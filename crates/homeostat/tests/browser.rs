@@ -195,6 +195,28 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
         .await;
         waiting_id = e["id"].as_str().unwrap().to_owned();
     }
+    // A release pipeline no agent serves: the build queued, the rest
+    // pending on it.
+    let step = |name: &str, needs: &[&str]| json!({"name": name, "job": {"queue": "releases", "kind": name}, "needs": needs});
+    let workflow: Value = c
+        .post(server.url("/v1/workflows"))
+        .bearer_auth(&admin)
+        .json(
+            &json!({"tenant_id": tenant["id"], "name": "release-1.4", "steps": [
+                step("build", &[]),
+                step("test-unit", &["build"]),
+                step("test-e2e", &["build"]),
+                step("lint", &["build"]),
+                step("deploy", &["test-unit", "test-e2e", "lint"]),
+            ]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let workflow_id = workflow["id"].as_str().unwrap().to_owned();
     let approval = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2)).to_string();
     enqueue(
         json!({"tenant_id": tenant["id"], "queue": "deploys", "kind": "rollout",
@@ -291,6 +313,7 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
         ("/jobs", "jobs", "table.jobs"),
         ("/agents", "agents", "main table"),
         ("/limits", "limits", "section.limit table"),
+        ("/workflows", "workflows", "main table"),
         ("/controllers", "controllers", "main table"),
         ("/controllers/job-recovery/plan", "plan", "main .actions"),
         ("/notifications", "notifications", "main"),
@@ -316,6 +339,29 @@ async fn an_operator_retries_a_dead_job_and_watches_it_succeed() {
     click(&b, "dd.limit a").await;
     until_found(&b, "#limit-per-repo", Duration::from_secs(10)).await;
     assert_eq!(b.current_url().await.unwrap().path(), "/limits");
+
+    // The workflow's graph: a box per step, a curve per need; a box leads
+    // to its step's job, whose page leads back.
+    b.goto(&server.url(&format!("/workflows/{workflow_id}")))
+        .await
+        .unwrap();
+    until_found(&b, "svg a.node", Duration::from_secs(10)).await;
+    let nodes = b.find_all(Locator::Css("svg a.node")).await.unwrap();
+    assert_eq!(nodes.len(), 5);
+    let edges = b.find_all(Locator::Css("svg path.edge")).await.unwrap();
+    assert_eq!(edges.len(), 6);
+    shot(&b, &shots, "workflow").await;
+    let build = workflow["steps"][0]["job_id"].as_str().unwrap().to_owned();
+    b.goto(&server.url(&format!("/jobs/{build}")))
+        .await
+        .unwrap();
+    until_found(&b, ".job-head .st-queued", Duration::from_secs(10)).await;
+    click(&b, &format!("a[href='/workflows/{workflow_id}']")).await;
+    until_found(&b, "svg a.node", Duration::from_secs(10)).await;
+    assert_eq!(
+        b.current_url().await.unwrap().path(),
+        format!("/workflows/{workflow_id}")
+    );
 
     // Bulk cancel: a preview says how many, the confirmation does it.
     b.goto(&server.url("/jobs?queue=reports")).await.unwrap();

@@ -283,6 +283,8 @@ struct JobView {
     history: Vec<EventRow>,
     /// Each limit the job is under: `limit:key, n of m running`, its
     /// limit's name, and whether it keeps the job waiting.
+    /// Its workflow and step, if it is one.
+    workflow: Option<(String, String)>,
     limits: Vec<(String, String, bool)>,
     can_cancel: bool,
     can_retry: bool,
@@ -345,6 +347,11 @@ pub(crate) async fn show(
             })
             .collect(),
         history: history.iter().map(EventRow::new).collect(),
+        workflow: state
+            .store
+            .workflow_step_of(job.id)
+            .await?
+            .map(|(w, step)| (w.to_string(), step)),
         limits: state
             .store
             .job_limits(&job)

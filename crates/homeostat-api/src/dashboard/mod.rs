@@ -17,6 +17,7 @@ mod overview;
 mod page;
 mod problem;
 mod session;
+mod workflows;
 
 use axum::Router;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
@@ -53,6 +54,8 @@ pub(crate) fn router() -> Router<ApiState> {
         .route("/agents", get(agents::list))
         .route("/agents/{id}/drain", post(agents::drain))
         .route("/limits", get(limits::list))
+        .route("/workflows", get(workflows::list))
+        .route("/workflows/{id}", get(workflows::show))
         .route("/controllers", get(controllers::list))
         .route("/controllers/{name}/plan", get(controllers::plan))
         .route("/controllers/{name}/trigger", post(controllers::trigger))

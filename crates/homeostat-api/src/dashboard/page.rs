@@ -11,9 +11,10 @@ use super::problem::{Problem, html};
 use super::session::Session;
 
 /// The navigation: label and address.
-const NAV: [(&str, &str); 7] = [
+const NAV: [(&str, &str); 8] = [
     ("Overview", "/"),
     ("Jobs", "/jobs"),
+    ("Workflows", "/workflows"),
     ("Agents", "/agents"),
     ("Limits", "/limits"),
     ("Controllers", "/controllers"),

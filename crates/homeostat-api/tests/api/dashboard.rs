@@ -906,7 +906,63 @@ async fn the_limits_page_shows_each_limit_its_busiest_keys_and_what_waits(store:
     api.stop().await;
 }
 
+async fn the_workflow_page_draws_its_steps_and_links_their_jobs(store: &Store) {
+    let api = Api::new(store).await;
+    let empty = api.page("/workflows", &api.admin).await;
+    assert!(empty.text.contains("No workflows"), "{}", empty.text);
+    let (_, key) = api.tenant("acme").await;
+    let made = api
+        .post(
+            "/v1/workflows",
+            &key,
+            json!({"name": "release", "steps": [
+                {"name": "build", "job": {"queue": "ci", "kind": "build"}},
+                {"name": "test", "job": {"queue": "ci", "kind": "test"}, "needs": ["build"]},
+                {"name": "deploy", "job": {"queue": "ci", "kind": "deploy"}, "needs": ["test"]},
+            ]}),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    let id = made.body["id"].as_str().unwrap().to_owned();
+    let build = made.body["steps"][0]["job_id"].as_str().unwrap().to_owned();
+    let list = api.page("/workflows", &key).await.text;
+    assert!(
+        list.contains(&format!("href=\"/workflows/{id}\"")),
+        "{list}"
+    );
+    assert!(list.contains("release"), "{list}");
+    let page = api.page(&format!("/workflows/{id}"), &key).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    let page = page.text;
+    for shown in [
+        "<svg",
+        "class=\"node node-queued\"",
+        "class=\"node node-pending\"",
+        "class=\"edge\"",
+        &format!("href=\"/jobs/{build}\""),
+    ] {
+        assert!(
+            page.contains(shown),
+            "the workflow page lacks {shown:?}:\n{page}"
+        );
+    }
+    // Two edges: build to test, test to deploy; the graph needs nothing
+    // from elsewhere.
+    assert_eq!(page.matches("class=\"edge\"").count(), 2);
+    assert!(!page.contains("<script src=\"http"), "{page}");
+    let job = api.page(&format!("/jobs/{build}"), &key).await.text;
+    assert!(
+        job.contains(&format!("<a href=\"/workflows/{id}\">step build</a>")),
+        "{job}"
+    );
+    // Another tenant's workflow is not found.
+    let (_, other) = api.tenant("globex").await;
+    let hidden = api.page(&format!("/workflows/{id}"), &other).await;
+    assert_eq!(hidden.status, StatusCode::NOT_FOUND);
+}
+
 on_both_backends!(
+    the_workflow_page_draws_its_steps_and_links_their_jobs,
     the_limits_page_shows_each_limit_its_busiest_keys_and_what_waits,
     every_page_renders_on_an_empty_and_a_busy_store,
     signing_in_sets_an_http_only_strict_cookie,

@@ -35,6 +35,14 @@ impl Store {
         dispatch!(self, workflows::list(tenant, after, limit))
     }
 
+    /// The workflow and the step a job is, if it is one.
+    pub async fn workflow_step_of(
+        &self,
+        job: JobId,
+    ) -> Result<Option<(WorkflowId, String)>, StoreError> {
+        dispatch!(self, workflows::step_of(job))
+    }
+
     /// One workflow, its state from its steps.
     pub async fn workflow(&self, id: WorkflowId) -> Result<Workflow, StoreError> {
         dispatch!(self, workflows::get(id))
