@@ -14,6 +14,7 @@ mod registry;
 mod sweeps;
 mod wakeups;
 mod workflows;
+mod workflows_simulation;
 
 use std::time::Duration;
 
