@@ -17,6 +17,10 @@ use homeostat_testkit::{At, agent, at, on_both_backends, tenant};
 
 const LEASE: Duration = Duration::from_secs(20);
 
+fn n32(n: usize) -> u32 {
+    u32::try_from(n).unwrap()
+}
+
 fn random_workflow(rng: &mut fastrand::Rng, n: usize) -> NewWorkflow {
     let steps = (0..n)
         .map(|i| {
@@ -118,9 +122,9 @@ async fn random_workflows_run_each_step_exactly_when_its_condition_holds(store: 
                         assert!(s.is_terminal(), "{name} started before {n} finished ({s})");
                         s != JobState::Succeeded
                     })
-                    .count() as u32;
+                    .count();
                 assert!(
-                    step.when.holds(failed, step.needs.len() as u32),
+                    step.when.holds(n32(failed), n32(step.needs.len())),
                     "{name} started though its condition {:?} does not hold",
                     step.when
                 );
@@ -174,8 +178,8 @@ async fn random_workflows_run_each_step_exactly_when_its_condition_holds(store: 
                 .needs
                 .iter()
                 .filter(|n| final_state[n.as_str()] != JobState::Succeeded)
-                .count() as u32;
-            let holds = step.when.holds(failed, step.needs.len() as u32);
+                .count();
+            let holds = step.when.holds(n32(failed), n32(step.needs.len()));
             assert_eq!(
                 s.skipped,
                 !holds,
