@@ -157,6 +157,9 @@ pub struct ControllersConfig {
     /// limits (1 s): admits jobs whose limits' keys came due, prunes old
     /// starts.
     pub limits: Settings,
+    /// workflows (30 s): releases or skips steps left pending though every
+    /// step they need has finished.
+    pub workflows: Settings,
     /// job-retention (1 h; succeeded and cancelled 24 h, dead and expired 7 d).
     pub job_retention: JobRetentionConfig,
     /// audit-retention (24 h; 365 d, batches of 10,000).
@@ -192,6 +195,7 @@ impl Default for ControllersConfig {
             approval_expiration: Settings::every(HOUR, 1000),
             token_cleanup: Settings::every(HOUR, 1000),
             limits: Settings::every(SECOND, 1000),
+            workflows: Settings::every(30 * SECOND, 1000),
             job_retention: JobRetentionConfig {
                 settings: Settings::every(HOUR, 1000),
                 retention: homeostat_store::JobRetention::default(),
@@ -227,7 +231,7 @@ mod tests {
     fn every_controller_section_has_the_settings_keys_and_its_own() {
         let json = serde_json::to_value(ControllersConfig::default()).unwrap();
         let sections = json.as_object().unwrap();
-        assert_eq!(sections.len(), 14);
+        assert_eq!(sections.len(), 15);
         for (name, section) in sections {
             for key in ["enabled", "interval", "batch"] {
                 assert!(section.get(key).is_some(), "{name} lacks {key}");

@@ -37,6 +37,7 @@ mod queue_priority;
 mod sweep;
 mod token_cleanup;
 mod watchdog;
+mod workflows;
 
 pub use agent_health::AgentHealth;
 pub use approval_expiration::ApprovalExpiration;
@@ -54,6 +55,7 @@ pub use periodic_jobs::{PeriodicJobs, PeriodicSchedule, ScheduleError};
 pub use queue_priority::QueuePriority;
 pub use token_cleanup::TokenCleanup;
 pub use watchdog::Watchdog;
+pub use workflows::Workflows;
 
 use homeostat_runtime::{ControllerOptions, ManagerBuilder, ManagerError};
 use homeostat_store::Store;
@@ -118,6 +120,10 @@ pub fn register_builtin(
         ApprovalExpiration::new(store.clone(), config.approval_expiration)
     );
     add!(config.limits, Limits::new(store.clone(), config.limits));
+    add!(
+        config.workflows,
+        Workflows::new(store.clone(), config.workflows)
+    );
     add!(
         config.token_cleanup,
         TokenCleanup::new(store.clone(), config.token_cleanup)

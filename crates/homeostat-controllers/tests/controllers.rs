@@ -550,6 +550,86 @@ async fn a_low_priority_job_is_not_starved_by_a_flood(store: &Store) {
     assert!(backlog.items.len() > 500, "the flood was still queued");
 }
 
+async fn workflows_releases_steps_the_trigger_left_pending(store: &Store) {
+    use homeostat_model::{NewStep, NewWorkflow, StepCondition};
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let a = agent(store, None, &["ci"]).await;
+    let step = |name: &str, needs: &[&str]| NewStep {
+        name: name.into(),
+        job: NewJob::new("ci", name),
+        needs: needs.iter().map(|n| (*n).to_owned()).collect(),
+        when: StepCondition::OnSuccess,
+    };
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "pipeline".into(),
+                steps: vec![step("build", &[]), step("deploy", &["build"])],
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let deploy = wf.steps[1].job_id;
+    // Counts gone wrong (by hand): the build's finish leaves the deploy
+    // waiting for a need that does not exist.
+    store
+        .pool_for_tests()
+        .execute("UPDATE workflow_steps SET needs_left = needs_left + 1")
+        .await
+        .unwrap();
+    let build = store.at(at(1)).claim(a, 1, LEASE).await.unwrap();
+    store
+        .at(at(2))
+        .complete(a, build[0].id, build[0].lease_token, None)
+        .await
+        .unwrap();
+    assert_eq!(state(store, deploy).await, JobState::Pending);
+
+    let controller = Workflows::new(store.clone(), config().workflows);
+    let plan = plan_at(store, &controller, at(3)).await;
+    assert_eq!(
+        changes(&plan),
+        vec![(
+            format!("job:{deploy}"),
+            "pending".into(),
+            "released or skipped".into()
+        )]
+    );
+    assert_eq!(run_at(store, &controller, at(3)).await.unwrap(), 1);
+    assert_eq!(state(store, deploy).await, JobState::Queued);
+    assert_eq!(run_at(store, &controller, at(4)).await.unwrap(), 0);
+    let audited = store.audit_events_of("workflows", 10).await.unwrap();
+    assert_eq!(audited.len(), 1);
+    assert_eq!(audited[0].action, "workflows.repaired");
+    assert!(audited[0].actor.starts_with("controller:workflows@"));
+    // A deposed leader changes nothing.
+    store
+        .pool_for_tests()
+        .execute("UPDATE workflow_steps SET needs_left = 1")
+        .await
+        .unwrap();
+    store
+        .pool_for_tests()
+        .execute(
+            "UPDATE jobs SET state = 'pending' WHERE workflow_id IS NOT NULL AND state = 'queued'",
+        )
+        .await
+        .unwrap();
+    let stale = Fence {
+        name: "workflows".into(),
+        epoch: 999,
+    };
+    assert!(
+        run_fenced(store, &controller, at(5), Some(stale))
+            .await
+            .is_err()
+    );
+    assert_eq!(state(store, deploy).await, JobState::Pending);
+}
+
 /// Agents each running one job, all heartbeating at t0.
 async fn fleet(store: &Store, n: usize) -> (Vec<homeostat_model::AgentId>, Vec<JobId>) {
     let t = tenant(store, "acme", PlanTier::Free).await;
@@ -704,4 +784,5 @@ on_both_backends!(
     audit_chain_verify_walks_when_asked_or_due_and_reports_a_break_once,
     a_deposed_leader_changes_nothing,
     a_low_priority_job_is_not_starved_by_a_flood,
+    workflows_releases_steps_the_trigger_left_pending,
 );

@@ -149,11 +149,15 @@ pub enum AuditAction {
     /// An operator or tenant retried a workflow's failed steps.
     #[serde(rename = "workflow.retried")]
     WorkflowRetried,
+    /// The workflows controller released or skipped steps left pending
+    /// with every need finished.
+    #[serde(rename = "workflows.repaired")]
+    WorkflowsRepaired,
 }
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 34] = [
+    pub const ALL: [AuditAction; 35] = [
         AuditAction::TenantCreated,
         AuditAction::TenantTierChanged,
         AuditAction::TokenCreated,
@@ -188,6 +192,7 @@ impl AuditAction {
         AuditAction::WorkflowSubmitted,
         AuditAction::WorkflowCancelled,
         AuditAction::WorkflowRetried,
+        AuditAction::WorkflowsRepaired,
     ];
 
     /// The name stored in the log.
@@ -227,6 +232,7 @@ impl AuditAction {
             AuditAction::WorkflowSubmitted => "workflow.submitted",
             AuditAction::WorkflowCancelled => "workflow.cancelled",
             AuditAction::WorkflowRetried => "workflow.retried",
+            AuditAction::WorkflowsRepaired => "workflows.repaired",
         }
     }
 }

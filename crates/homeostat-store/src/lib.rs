@@ -90,3 +90,4 @@ pub use types::{
     PeriodicEnqueue, StoreClock, StoreOptions, Swept, notification_backoff,
 };
 pub use verifications::{KEPT as VERIFICATIONS_KEPT, MAX_ATTEMPTS as MAX_VERIFICATION_ATTEMPTS};
+pub use workflows::Straggler;

@@ -207,6 +207,81 @@ const LIST: Sql = Sql::pair(
      GROUP BY w.id ORDER BY w.id DESC",
 );
 
+/// `$1` how many: steps still pending though every need has finished (or
+/// is gone): what the trigger should have released or skipped.
+const STRAGGLERS: Sql = Sql::both(
+    "SELECT s.job_id AS job_id, s.name AS name, s.workflow_id AS workflow_id
+     FROM workflow_steps s JOIN jobs j ON j.id = s.job_id
+     WHERE j.state = 'pending' AND NOT EXISTS (
+       SELECT 1 FROM workflow_needs n JOIN jobs p ON p.id = n.parent_id
+       WHERE n.job_id = s.job_id AND p.state NOT IN ('succeeded', 'dead', 'cancelled', 'expired'))
+     ORDER BY s.job_id LIMIT $1",
+);
+
+/// The count of a step's needs that did not succeed (a need gone counts:
+/// nothing says it did).
+macro_rules! not_succeeded {
+    () => {
+        "(SELECT COUNT(*) FROM workflow_needs n LEFT JOIN jobs p ON p.id = n.parent_id
+           WHERE n.job_id = workflow_steps.job_id AND (p.state IS NULL OR p.state <> 'succeeded'))"
+    };
+}
+
+/// `$1` stragglers: their counts from their needs as they stand.
+const RECOUNT: Sql = Sql::pair(
+    concat!(
+        "UPDATE workflow_steps SET needs_left = 0, not_succeeded = ",
+        not_succeeded!(),
+        ", skipped = NOT (cond = 'always' OR (cond = 'on_success' AND ",
+        not_succeeded!(),
+        " = 0) OR (cond = 'on_failure' AND ",
+        not_succeeded!(),
+        " > 0)) WHERE job_id IN (SELECT value FROM json_each($1))"
+    ),
+    concat!(
+        "UPDATE workflow_steps SET needs_left = 0, not_succeeded = ",
+        not_succeeded!(),
+        ", skipped = NOT (cond = 'always' OR (cond = 'on_success' AND ",
+        not_succeeded!(),
+        " = 0) OR (cond = 'on_failure' AND ",
+        not_succeeded!(),
+        " > 0)) WHERE job_id = ANY($1)"
+    ),
+);
+
+/// `$1` stragglers, `$2` now: released or skipped, as the trigger does.
+const RELEASE: Sql = Sql::pair(
+    "UPDATE jobs
+       SET state = CASE WHEN s.skipped THEN 'cancelled'
+                        WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'
+                        WHEN jobs.run_at > $2 THEN 'scheduled'
+                        ELSE 'queued' END,
+           queued_at = MAX(jobs.run_at, $2), fair_at = MAX(jobs.run_at, $2),
+           deadline_at = CASE WHEN s.skipped THEN jobs.deadline_at
+                              ELSE COALESCE(jobs.deadline_at, MAX(jobs.run_at, $2) + s.deadline_ms) END,
+           finished_at = CASE WHEN s.skipped THEN $2 END,
+           last_error = CASE WHEN s.skipped THEN 'skipped: its condition (' || s.cond || ') did not hold' END,
+           updated_at = $2
+      FROM workflow_steps s
+     WHERE s.job_id = jobs.id AND jobs.state = 'pending'
+       AND jobs.id IN (SELECT value FROM json_each($1))
+     RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue, jobs.state AS state",
+    "UPDATE jobs
+       SET state = CASE WHEN s.skipped THEN 'cancelled'::job_state
+                        WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
+                        WHEN jobs.run_at > $2 THEN 'scheduled'::job_state
+                        ELSE 'queued'::job_state END,
+           queued_at = GREATEST(jobs.run_at, $2), fair_at = GREATEST(jobs.run_at, $2),
+           deadline_at = CASE WHEN s.skipped THEN jobs.deadline_at
+                              ELSE COALESCE(jobs.deadline_at, GREATEST(jobs.run_at, $2) + s.deadline_ms) END,
+           finished_at = CASE WHEN s.skipped THEN $2 END,
+           last_error = CASE WHEN s.skipped THEN 'skipped: its condition (' || s.cond || ') did not hold' END,
+           updated_at = $2
+      FROM workflow_steps s
+     WHERE s.job_id = jobs.id AND jobs.state = 'pending' AND jobs.id = ANY($1)
+     RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue, jobs.state::text AS state",
+);
+
 const STEP_OF: Sql = Sql::both("SELECT workflow_id, name FROM workflow_steps WHERE job_id = $1");
 
 const ANY_WORKFLOW: Sql = Sql::both("SELECT 1 AS one FROM workflows LIMIT 1");
@@ -260,6 +335,86 @@ pub(crate) async fn list<B: Backend>(
         .then(|| items.last().map(|w| w.id))
         .flatten();
     Ok(homeostat_model::Page { items, next_cursor })
+}
+
+/// A step left pending with every need finished.
+#[derive(Debug, Clone)]
+pub struct Straggler {
+    /// Its job.
+    pub job_id: JobId,
+    /// Its name.
+    pub name: String,
+    /// Its workflow.
+    pub workflow_id: WorkflowId,
+}
+
+/// Up to `limit` steps the trigger left pending though every need has
+/// finished (what a repair would release or skip).
+pub(crate) async fn stragglers<B: Backend>(
+    b: &B,
+    limit: u32,
+) -> Result<Vec<Straggler>, StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(STRAGGLERS).arg(i64::from(limit)))
+        .await
+        .op("looking for pending workflow steps")?;
+    rows.iter()
+        .map(|r| {
+            Ok(Straggler {
+                job_id: r.id("job_id")?,
+                name: r.text("name")?,
+                workflow_id: r.id("workflow_id")?,
+            })
+        })
+        .collect()
+}
+
+/// Releases or skips up to `limit` stragglers, fenced and audited; what
+/// was queued, by tenant and queue, and how many were repaired.
+pub(crate) async fn repair<B: Backend>(
+    b: &B,
+    limit: u32,
+    fence: Option<&homeostat_runtime::Fence>,
+    actor: &str,
+) -> Result<(Vec<(TenantId, String, u32)>, usize), StoreError> {
+    let op = "repairing workflows";
+    let found = stragglers(b, limit).await?;
+    if found.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    let ids: Vec<homeostat_model::Id> = found.iter().map(|s| s.job_id.as_uuid()).collect();
+    let now = ms(b.now());
+    let mut tx = b.begin(op).await?;
+    crate::leases::check_fence::<B>(&mut tx, fence, op).await?;
+    B::execute_in(&mut tx, Stmt::new::<B>(RECOUNT).arg(ids.as_slice()))
+        .await
+        .op(op)?;
+    let rows = B::fetch_in(
+        &mut tx,
+        Stmt::new::<B>(RELEASE).arg(ids.as_slice()).arg(now),
+    )
+    .await
+    .op(op)?;
+    let mut queued: HashMap<(TenantId, String), u32> = HashMap::new();
+    for r in &rows {
+        if r.text("state")? == "queued" {
+            *queued
+                .entry((r.id("tenant_id")?, r.text("queue")?))
+                .or_insert(0) += 1;
+        }
+    }
+    let event = NewAuditEvent {
+        actor: actor.to_owned(),
+        action: AuditAction::WorkflowsRepaired.into(),
+        subject: "workflows".into(),
+        details: json!({"steps": found.iter().map(|s| json!({
+            "workflow_id": s.workflow_id, "step": s.name, "job_id": s.job_id,
+        })).collect::<Vec<_>>()}),
+    };
+    audit_log::append::<B>(&mut tx, &[event], now).await?;
+    B::commit(tx, op).await?;
+    let queued = queued.into_iter().map(|((t, q), n)| (t, q, n)).collect();
+    Ok((queued, rows.len()))
 }
 
 /// The workflow and step a job is, if it is one.

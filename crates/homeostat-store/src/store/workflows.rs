@@ -35,6 +35,35 @@ impl Store {
         dispatch!(self, workflows::list(tenant, after, limit))
     }
 
+    /// Steps left pending though every need has finished, up to `limit`:
+    /// what [`Store::repair_workflows`] would release or skip.
+    pub async fn workflow_stragglers(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<workflows::Straggler>, StoreError> {
+        dispatch!(self, workflows::stragglers(limit))
+    }
+
+    /// Releases or skips up to `limit` steps left pending though every
+    /// need has finished (the trigger releases them in the transaction
+    /// that finishes their last need: this is the backstop), fenced by the
+    /// controller's lease and audited (`workflows.repaired`); how many.
+    pub async fn repair_workflows(
+        &self,
+        limit: u32,
+        fence: Option<&homeostat_runtime::Fence>,
+        actor: &str,
+    ) -> Result<usize, StoreError> {
+        let (queued, repaired) = dispatch!(self, workflows::repair(limit, fence, actor))?;
+        for (tenant, queue, n) in queued {
+            dispatch!(
+                self,
+                signals::wake(&self.local.signals, tenant, &[(queue, n)])
+            );
+        }
+        Ok(repaired)
+    }
+
     /// The workflow and the step a job is, if it is one.
     pub async fn workflow_step_of(
         &self,
