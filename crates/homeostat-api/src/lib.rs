@@ -110,6 +110,7 @@ fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(agent::complete))
         .routes(routes!(agent::fail))
         .routes(routes!(agent::release))
+        .routes(routes!(agent::add_steps))
         .routes(routes!(jobs::enqueue, jobs::list))
         .routes(routes!(jobs::show))
         .routes(routes!(jobs::cancel))

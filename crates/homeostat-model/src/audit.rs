@@ -149,6 +149,9 @@ pub enum AuditAction {
     /// An operator or tenant retried a workflow's failed steps.
     #[serde(rename = "workflow.retried")]
     WorkflowRetried,
+    /// A running step added steps to its workflow.
+    #[serde(rename = "workflow.steps_added")]
+    WorkflowStepsAdded,
     /// The workflows controller released or skipped steps left pending
     /// with every need finished.
     #[serde(rename = "workflows.repaired")]
@@ -157,7 +160,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action.
-    pub const ALL: [AuditAction; 35] = [
+    pub const ALL: [AuditAction; 36] = [
         AuditAction::TenantCreated,
         AuditAction::TenantTierChanged,
         AuditAction::TokenCreated,
@@ -192,6 +195,7 @@ impl AuditAction {
         AuditAction::WorkflowSubmitted,
         AuditAction::WorkflowCancelled,
         AuditAction::WorkflowRetried,
+        AuditAction::WorkflowStepsAdded,
         AuditAction::WorkflowsRepaired,
     ];
 
@@ -232,6 +236,7 @@ impl AuditAction {
             AuditAction::WorkflowSubmitted => "workflow.submitted",
             AuditAction::WorkflowCancelled => "workflow.cancelled",
             AuditAction::WorkflowRetried => "workflow.retried",
+            AuditAction::WorkflowStepsAdded => "workflow.steps_added",
             AuditAction::WorkflowsRepaired => "workflows.repaired",
         }
     }

@@ -295,6 +295,21 @@ pub struct FailRequest {
     pub retryable: bool,
 }
 
+/// Steps a running workflow step adds to its workflow (fan-out at run
+/// time): they may need the step that adds them and one another; the
+/// steps that need the adding step wait for them too.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AddStepsRequest {
+    /// The lease token from the claim of the adding step.
+    pub lease_token: i64,
+    /// The new steps (1 to 1,000), named apart from every step of the
+    /// workflow.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 1000))]
+    pub steps: Vec<crate::NewStep>,
+}
+
 /// Completions of many jobs in one call, safe to resend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

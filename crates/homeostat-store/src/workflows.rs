@@ -282,6 +282,42 @@ const RELEASE: Sql = Sql::pair(
      RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue, jobs.state::text AS state",
 );
 
+/// `$1` the adding step: whether it runs under `$2` agent's `$3` lease,
+/// and its workflow (locked on PostgreSQL, so it cannot finish meanwhile).
+const ADDER: Sql = Sql::pair(
+    "SELECT j.tenant_id AS tenant_id, s.workflow_id AS workflow_id
+     FROM jobs j JOIN workflow_steps s ON s.job_id = j.id
+     WHERE j.id = $1 AND j.state = 'running' AND j.lease_agent = $2 AND j.lease_token = $3",
+    "SELECT j.tenant_id AS tenant_id, s.workflow_id AS workflow_id
+     FROM jobs j JOIN workflow_steps s ON s.job_id = j.id
+     WHERE j.id = $1 AND j.state = 'running' AND j.lease_agent = $2 AND j.lease_token = $3
+     FOR UPDATE OF j",
+);
+
+/// `$1` workflow: every step's name.
+const NAMES: Sql = Sql::both("SELECT name FROM workflow_steps WHERE workflow_id = $1");
+
+/// `$1` the adding step, `$2` how many steps it adds: the steps that need
+/// it wait for them too.
+const WAIT_MORE: Sql = Sql::both(
+    "UPDATE workflow_steps SET needs_left = needs_left + $2
+     WHERE job_id IN (SELECT job_id FROM workflow_needs WHERE parent_id = $1)",
+);
+
+/// `$1` the adding step, `$2` the new steps: the edges from its dependents.
+const MORE_NEEDS: Sql = Sql::pair(
+    "INSERT INTO workflow_needs (job_id, parent_id)
+     SELECT n.job_id, v.value FROM workflow_needs n, json_each($2) v WHERE n.parent_id = $1",
+    "INSERT INTO workflow_needs (job_id, parent_id)
+     SELECT n.job_id, v FROM workflow_needs n, UNNEST($2::uuid[]) v WHERE n.parent_id = $1",
+);
+
+/// `$1` jobs others now need.
+const NEEDED: Sql = Sql::pair(
+    "UPDATE jobs SET needed = 1 WHERE id IN (SELECT value FROM json_each($1))",
+    "UPDATE jobs SET needed = true WHERE id = ANY($1)",
+);
+
 const STEP_OF: Sql = Sql::both("SELECT workflow_id, name FROM workflow_steps WHERE job_id = $1");
 
 const ANY_WORKFLOW: Sql = Sql::both("SELECT 1 AS one FROM workflows LIMIT 1");
@@ -534,6 +570,197 @@ pub(crate) async fn fill_contexts<B: Backend>(
         );
     }
     Ok(())
+}
+
+/// Adds `steps` to the workflow of `adder`, a step `agent` runs under
+/// `lease_token` (fan-out at run time). The new steps may need `adder`
+/// and one another; the steps that need `adder` wait for them too.
+pub(crate) async fn add_steps<B: Backend>(
+    b: &B,
+    agent: homeostat_model::AgentId,
+    adder: JobId,
+    lease_token: i64,
+    steps: &[homeostat_model::NewStep],
+    actor: &str,
+) -> Result<(Workflow, Queued, TenantId), StoreError> {
+    let op = "adding workflow steps";
+    if steps.is_empty() || steps.len() > 1000 {
+        return Err(ValidationError::new("steps", "1 to 1,000 steps may be added at once").into());
+    }
+    let mut tx = b.begin(op).await?;
+    let rows = B::fetch_in(
+        &mut tx,
+        Stmt::new::<B>(ADDER).arg(adder).arg(agent).arg(lease_token),
+    )
+    .await
+    .op(op)?;
+    let Some(row) = rows.first() else {
+        return Err(StoreError::StaleLease {
+            operation: op,
+            job: adder,
+            token: lease_token,
+        });
+    };
+    let tenant: TenantId = row.id("tenant_id")?;
+    let workflow: WorkflowId = row.id("workflow_id")?;
+    let existing: std::collections::HashSet<String> =
+        B::fetch_in(&mut tx, Stmt::new::<B>(NAMES).arg(workflow))
+            .await
+            .op(op)?
+            .iter()
+            .map(|r| r.text("name"))
+            .collect::<Result<_, _>>()?;
+    let adder_name = B::fetch_in(&mut tx, Stmt::new::<B>(STEP_OF).arg(adder))
+        .await
+        .op(op)?
+        .first()
+        .map(|r| r.text("name"))
+        .transpose()?
+        .unwrap_or_default();
+    // The new steps on their own: names, jobs, and their graph among
+    // themselves (a need on the adding step is set aside here).
+    let own = NewWorkflow {
+        name: "added".into(),
+        steps: steps
+            .iter()
+            .map(|s| homeostat_model::NewStep {
+                needs: s
+                    .needs
+                    .iter()
+                    .filter(|n| **n != adder_name)
+                    .cloned()
+                    .collect(),
+                ..s.clone()
+            })
+            .collect(),
+    };
+    for s in steps {
+        if existing.contains(&s.name) {
+            return Err(ValidationError::new(
+                "steps",
+                format!("step {:?} is already a step of the workflow", s.name),
+            )
+            .into());
+        }
+        if s.job.fingerprint.is_some() || !s.job.limits.is_empty() {
+            return Err(ValidationError::new(
+                "steps",
+                format!(
+                    "step {:?}: a step's job cannot have a fingerprint or limits",
+                    s.name
+                ),
+            )
+            .into());
+        }
+        if let Some(n) = s
+            .needs
+            .iter()
+            .find(|n| **n != adder_name && existing.contains(n.as_str()))
+        {
+            return Err(ValidationError::new(
+                "steps",
+                format!(
+                    "step {:?} needs {n:?}: a step added at run time may need only the step that adds it ({adder_name:?}) and the steps added with it",
+                    s.name
+                ),
+            )
+            .into());
+        }
+    }
+    own.validate()?;
+    let now = b.now();
+    let now_ms = ms(now);
+    let ids: Vec<JobId> = homeostat_model::ids_at(now, steps.len())
+        .map(JobId::from)
+        .collect();
+    let mut by_name: HashMap<&str, JobId> = steps
+        .iter()
+        .zip(&ids)
+        .map(|(s, id)| (s.name.as_str(), *id))
+        .collect();
+    by_name.insert(adder_name.as_str(), adder);
+    let default_deadline = dur_ms(b.options().default_queue_deadline);
+    let (mut jobs, mut rows, mut needs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut queued: HashMap<&str, u32> = HashMap::new();
+    let base_ord = i64::try_from(existing.len()).unwrap_or(i64::MAX);
+    for (i, (step, id)) in steps.iter().zip(&ids).enumerate() {
+        let job = &step.job;
+        let run_at = job.run_at.map_or(now_ms, ms).max(now_ms);
+        let state = if step.needs.is_empty() {
+            job.initial_state(now)
+        } else {
+            JobState::Pending
+        };
+        if state == JobState::Queued {
+            *queued.entry(job.queue.as_str()).or_insert(0) += 1;
+        }
+        let deadline = job
+            .deadline
+            .map(ms)
+            .or_else(|| (state != JobState::Pending).then_some(run_at + default_deadline));
+        jobs.push(json!({
+            "id": id.to_string(), "queue": job.queue, "kind": job.kind,
+            "payload": job.payload.to_string(), "priority": job.priority,
+            "state": state.as_str(), "max_attempts": job.max_attempts(),
+            "timeout_ms": dur_ms(job.timeout()), "run_at": run_at, "deadline_at": deadline,
+            "approval": job.approval_expires_at.map(ms),
+            // The adding step's dependents wait for every new step.
+            "needed": true,
+        }));
+        rows.push(json!({
+            "job_id": id.to_string(), "name": step.name,
+            "ord": base_ord + i64::try_from(i).unwrap_or(0),
+            "cond": step.when.as_str(), "needs_left": step.needs.len(),
+        }));
+        for need in &step.needs {
+            needs.push(json!({
+                "job_id": id.to_string(),
+                "parent_id": by_name[need.as_str()].to_string(),
+            }));
+        }
+    }
+    let (jobs, rows, needs) = (
+        serde_json::Value::Array(jobs).to_string(),
+        serde_json::Value::Array(rows).to_string(),
+        serde_json::Value::Array(needs).to_string(),
+    );
+    let new_ids: Vec<homeostat_model::Id> = ids.iter().map(|i| i.as_uuid()).collect();
+    let added = i64::try_from(steps.len()).unwrap_or(i64::MAX);
+    let stmts = [
+        Stmt::new::<B>(INSERT_JOBS)
+            .arg(jobs.as_str())
+            .arg(tenant)
+            .arg(now_ms)
+            .arg(workflow),
+        Stmt::new::<B>(INSERT_STEPS)
+            .arg(rows.as_str())
+            .arg(workflow)
+            .arg(default_deadline),
+        Stmt::new::<B>(WAIT_MORE).arg(adder).arg(added),
+        Stmt::new::<B>(MORE_NEEDS)
+            .arg(adder)
+            .arg(new_ids.as_slice()),
+        Stmt::new::<B>(INSERT_NEEDS).arg(needs.as_str()),
+    ];
+    for stmt in stmts {
+        B::execute_in(&mut tx, stmt).await.op(op)?;
+    }
+    if steps.iter().any(|s| s.needs.contains(&adder_name)) {
+        let adder_id = [adder.as_uuid()];
+        B::execute_in(&mut tx, Stmt::new::<B>(NEEDED).arg(adder_id.as_slice()))
+            .await
+            .op(op)?;
+    }
+    let event = NewAuditEvent {
+        actor: actor.to_owned(),
+        action: AuditAction::WorkflowStepsAdded.into(),
+        subject: format!("workflow:{workflow}"),
+        details: json!({"by": adder_name, "steps": steps.iter().map(|s| &s.name).collect::<Vec<_>>()}),
+    };
+    audit_log::append::<B>(&mut tx, &[event], now_ms).await?;
+    B::commit(tx, op).await?;
+    let queued = queued.into_iter().map(|(q, n)| (q.to_owned(), n)).collect();
+    Ok((get(b, workflow).await?, queued, tenant))
 }
 
 /// Creates `wf` for `tenant`: every step or none.

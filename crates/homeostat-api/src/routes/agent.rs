@@ -381,6 +381,39 @@ pub(crate) async fn fail(
     Ok(Json(outcome))
 }
 
+/// `POST /v1/agent/jobs/{id}/steps`: a running workflow step adds steps to
+/// its workflow (fan-out at run time, e.g. one test per file it found).
+#[utoipa::path(
+    post,
+    path = "/v1/agent/jobs/{id}/steps",
+    tag = "agent",
+    params(("id" = uuid::Uuid, Path, description = "the running step's job id")),
+    request_body = homeostat_model::wire::AddStepsRequest,
+    responses(
+        (status = 200, description = "added: the new steps may need the adding step and one another; the steps that need the adding step wait for them too", body = homeostat_model::Workflow),
+        ErrorResponses,
+    ),
+    security(("agent_credential" = [])),
+)]
+pub(crate) async fn add_steps(
+    State(state): State<ApiState>,
+    agent: AgentCaller,
+    Path(id): Path<JobId>,
+    Json(req): Json<homeostat_model::wire::AddStepsRequest>,
+) -> Result<Json<homeostat_model::Workflow>, ApiError> {
+    let workflow = state
+        .store
+        .add_workflow_steps(
+            agent.id,
+            id,
+            req.lease_token,
+            &req.steps,
+            &format!("agent:{}", agent.id),
+        )
+        .await?;
+    Ok(Json(workflow))
+}
+
 /// `POST /v1/agent/jobs/{id}/release`: an agent that shuts down gives its
 /// unfinished jobs back; they are queued again at once and the attempt does
 /// not count.

@@ -15,6 +15,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/agent/jobs/complete"),
     ("post", "/v1/agent/jobs/{id}/complete"),
     ("post", "/v1/agent/jobs/{id}/fail"),
+    ("post", "/v1/agent/jobs/{id}/steps"),
     ("post", "/v1/agent/jobs/{id}/release"),
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs"),

@@ -236,7 +236,80 @@ async fn bad_workflows_are_refused_naming_the_step(store: &Store) {
     assert_eq!(jobs.body["items"], json!([]), "nothing was created");
 }
 
+async fn a_running_step_adds_steps_through_the_agent_protocol(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant), &["ci"]).await;
+    let made = api
+        .post(
+            "/v1/workflows",
+            &key,
+            json!({"name": "scan", "steps": [
+                {"name": "discover", "job": {"queue": "ci", "kind": "discover"}},
+                {"name": "summary", "job": {"queue": "ci", "kind": "summary"},
+                 "needs": ["discover"], "when": "always"},
+            ]}),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    let (job, token) = claim(&api, &cred).await;
+    let added = api
+        .post(
+            &format!("/v1/agent/jobs/{job}/steps"),
+            &cred,
+            json!({"lease_token": token, "steps": [
+                {"name": "scan-a", "job": {"queue": "ci", "kind": "scan"}},
+                {"name": "scan-b", "job": {"queue": "ci", "kind": "scan"}},
+            ]}),
+        )
+        .await;
+    assert_eq!(added.status, StatusCode::OK, "{}", added.text);
+    assert_eq!(added.body["steps"].as_array().unwrap().len(), 4);
+    assert_eq!(step_state(&added.body, "scan-a"), "queued");
+    let summary = added.body["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "summary")
+        .unwrap();
+    assert_eq!(summary["needs"], json!(["discover", "scan-a", "scan-b"]));
+    // A stale lease, a name taken, an unknown field.
+    let stale = api
+        .post(
+            &format!("/v1/agent/jobs/{job}/steps"),
+            &cred,
+            json!({"lease_token": token + 1, "steps": [
+                {"name": "x", "job": {"queue": "ci", "kind": "scan"}}]}),
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{}", stale.text);
+    assert_eq!(stale.code(), "stale_lease");
+    let taken = api
+        .post(
+            &format!("/v1/agent/jobs/{job}/steps"),
+            &cred,
+            json!({"lease_token": token, "steps": [
+                {"name": "summary", "job": {"queue": "ci", "kind": "scan"}}]}),
+        )
+        .await;
+    assert_eq!(
+        taken.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        taken.text
+    );
+    let unknown = api
+        .post(
+            &format!("/v1/agent/jobs/{job}/steps"),
+            &cred,
+            json!({"lease_token": token, "steps": [], "more": 1}),
+        )
+        .await;
+    assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.text);
+}
+
 on_both_backends!(
+    a_running_step_adds_steps_through_the_agent_protocol,
     a_workflow_runs_through_the_agent_protocol,
     a_cancelled_workflow_starts_nothing,
     bad_workflows_are_refused_naming_the_step,

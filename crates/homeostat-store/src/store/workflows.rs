@@ -64,6 +64,26 @@ impl Store {
         Ok(repaired)
     }
 
+    /// Adds steps to the workflow of `adder`, a step `agent` runs under
+    /// `lease_token` (fan-out at run time): they may need `adder` and one
+    /// another; the steps that need `adder` wait for them too. Audited
+    /// (`workflow.steps_added`). A lease no longer held is stale.
+    pub async fn add_workflow_steps(
+        &self,
+        agent: homeostat_model::AgentId,
+        adder: JobId,
+        lease_token: i64,
+        steps: &[homeostat_model::NewStep],
+        actor: &str,
+    ) -> Result<Workflow, StoreError> {
+        let (workflow, queued, tenant) = dispatch!(
+            self,
+            workflows::add_steps(agent, adder, lease_token, steps, actor)
+        )?;
+        dispatch!(self, signals::wake(&self.local.signals, tenant, &queued));
+        Ok(workflow)
+    }
+
     /// The workflow and the step a job is, if it is one.
     pub async fn workflow_step_of(
         &self,

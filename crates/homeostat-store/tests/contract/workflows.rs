@@ -580,6 +580,81 @@ async fn a_join_is_claimed_with_its_needs_results(store: &Store) {
     assert!(plain[0].workflow.is_none());
 }
 
+async fn a_running_step_fans_out_and_its_dependents_wait_for_the_new_steps(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "tests".into(),
+                steps: vec![
+                    on_success("discover", &[]),
+                    step("report", &["discover"], StepCondition::Always),
+                ],
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let discover = claim_all(store, a, &wf, 1).await;
+    let token = discover[0].1;
+    // It found three files: a test each, and a merge after them.
+    let mut added: Vec<NewStep> = (0..3)
+        .map(|i| on_success(&format!("test-{i}"), &[]))
+        .collect();
+    added.push(on_success(
+        "merge",
+        &["test-0", "test-1", "test-2", "discover"],
+    ));
+    let grown = store
+        .at(at(2))
+        .add_workflow_steps(a, job_of(&wf, "discover"), token, &added, "agent:test")
+        .await
+        .unwrap();
+    assert_eq!(grown.steps.len(), 6);
+    assert_eq!(state_of(&grown, "test-0"), JobState::Queued);
+    assert_eq!(state_of(&grown, "merge"), JobState::Pending);
+    // Bad additions are refused whole: a name taken, a need on another
+    // existing step, a stale lease.
+    for (bad, why) in [
+        (vec![on_success("report", &[])], "already a step"),
+        (vec![on_success("x", &["report"])], "may need only"),
+    ] {
+        let e = store
+            .at(at(2))
+            .add_workflow_steps(a, job_of(&wf, "discover"), token, &bad, "agent:test")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    assert!(matches!(
+        store
+            .at(at(2))
+            .add_workflow_steps(a, job_of(&wf, "discover"), token + 1, &added, "agent:test")
+            .await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    let tests = claim_all(store, a, &grown, 3).await;
+    assert_eq!(tests.len(), 3, "the three tests run beside their adder");
+    complete(store, a, &grown, "discover", token, 4).await;
+    for (name, token) in &tests {
+        complete(store, a, &grown, name, *token, 5).await;
+    }
+    // report waited for the new steps too (it needed their adder): merge
+    // and report are released together, merge once discover finished too.
+    let last = claim_all(store, a, &grown, 6).await;
+    let names: HashSet<&str> = last.iter().map(|c| c.0.as_str()).collect();
+    assert_eq!(names, HashSet::from(["merge"]));
+    complete(store, a, &grown, "merge", last[0].1, 7).await;
+    let report = claim_all(store, a, &grown, 8).await;
+    assert_eq!(report[0].0, "report");
+    let ctx_steps = store.workflow(wf.id).await.unwrap();
+    let report_step = ctx_steps.steps.iter().find(|s| s.name == "report").unwrap();
+    assert_eq!(report_step.needs.len(), 5, "{:?}", report_step.needs);
+}
+
 async fn bad_workflows_are_refused_whole(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let cycle = NewWorkflow {
@@ -630,5 +705,6 @@ on_both_backends!(
     a_released_step_wakes_a_waiting_claim,
     a_retry_reruns_what_failed_and_keeps_what_succeeded,
     a_join_is_claimed_with_its_needs_results,
+    a_running_step_fans_out_and_its_dependents_wait_for_the_new_steps,
     bad_workflows_are_refused_whole,
 );
