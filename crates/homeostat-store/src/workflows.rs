@@ -572,6 +572,122 @@ pub(crate) async fn fill_contexts<B: Backend>(
     Ok(())
 }
 
+/// The rows that store new steps — their jobs, the steps themselves and
+/// their edges, as JSON arrays for `INSERT_JOBS`, `INSERT_STEPS` and
+/// `INSERT_NEEDS` — and what they queue at once, by queue.
+struct StepRows<'a> {
+    jobs: String,
+    steps: String,
+    needs: String,
+    queued: HashMap<&'a str, u32>,
+}
+
+impl<'a> StepRows<'a> {
+    /// `steps` with the ids `ids`, ordered from `first_ord`; a need names
+    /// a step of `parents`; `needed` says whether others need a step. A
+    /// step with needs starts pending, and its start-by deadline (unless
+    /// its job sets one) runs from its release.
+    fn new(
+        steps: &'a [homeostat_model::NewStep],
+        ids: &[JobId],
+        first_ord: i64,
+        parents: &HashMap<&str, JobId>,
+        needed: impl Fn(&str) -> bool,
+        now: jiff::Timestamp,
+        default_deadline: i64,
+    ) -> Self {
+        let now_ms = ms(now);
+        let (mut jobs, mut rows, mut needs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut queued: HashMap<&str, u32> = HashMap::new();
+        for ((step, id), ord) in steps.iter().zip(ids).zip(first_ord..) {
+            let job = &step.job;
+            let run_at = job.run_at.map_or(now_ms, ms).max(now_ms);
+            let state = if step.needs.is_empty() {
+                job.initial_state(now)
+            } else {
+                JobState::Pending
+            };
+            if state == JobState::Queued {
+                *queued.entry(job.queue.as_str()).or_insert(0) += 1;
+            }
+            let deadline = job
+                .deadline
+                .map(ms)
+                .or_else(|| (state != JobState::Pending).then_some(run_at + default_deadline));
+            jobs.push(json!({
+                "id": id.to_string(),
+                "queue": job.queue,
+                "kind": job.kind,
+                "payload": job.payload.to_string(),
+                "priority": job.priority,
+                "state": state.as_str(),
+                "max_attempts": job.max_attempts(),
+                "timeout_ms": dur_ms(job.timeout()),
+                "run_at": run_at,
+                "deadline_at": deadline,
+                "approval": job.approval_expires_at.map(ms),
+                // NULL, not false, for a leaf: as for every other job.
+                "needed": needed(&step.name).then_some(true),
+            }));
+            rows.push(json!({
+                "job_id": id.to_string(),
+                "name": step.name,
+                "ord": ord,
+                "cond": step.when.as_str(),
+                "needs_left": step.needs.len(),
+            }));
+            for need in &step.needs {
+                needs.push(json!({
+                    "job_id": id.to_string(),
+                    "parent_id": parents[need.as_str()].to_string(),
+                }));
+            }
+        }
+        Self {
+            jobs: serde_json::Value::Array(jobs).to_string(),
+            steps: serde_json::Value::Array(rows).to_string(),
+            needs: serde_json::Value::Array(needs).to_string(),
+            queued,
+        }
+    }
+
+    /// Inserts them into `workflow` of `tenant`.
+    async fn insert<B: Backend>(
+        &self,
+        tx: &mut B::Tx,
+        tenant: TenantId,
+        workflow: WorkflowId,
+        now_ms: i64,
+        default_deadline: i64,
+        op: &'static str,
+    ) -> Result<(), StoreError> {
+        let stmts = [
+            Stmt::new::<B>(INSERT_JOBS)
+                .arg(self.jobs.as_str())
+                .arg(tenant)
+                .arg(now_ms)
+                .arg(workflow),
+            Stmt::new::<B>(INSERT_STEPS)
+                .arg(self.steps.as_str())
+                .arg(workflow)
+                .arg(default_deadline),
+            Stmt::new::<B>(INSERT_NEEDS).arg(self.needs.as_str()),
+        ];
+        for stmt in stmts {
+            B::execute_in(tx, stmt).await.op(op)?;
+        }
+        Ok(())
+    }
+
+    /// What they queued at once, by queue.
+    fn queued(&self) -> Queued {
+        self.queued
+            .iter()
+            .map(|(q, n)| ((*q).to_owned(), *n))
+            .collect()
+    }
+}
+
 /// Adds `steps` to the workflow of `adder`, a step `agent` runs under
 /// `lease_token` (fan-out at run time). The new steps may need `adder`
 /// and one another; the steps that need `adder` wait for them too.
@@ -680,71 +796,33 @@ pub(crate) async fn add_steps<B: Backend>(
         .collect();
     by_name.insert(adder_name.as_str(), adder);
     let default_deadline = dur_ms(b.options().default_queue_deadline);
-    let (mut jobs, mut rows, mut needs) = (Vec::new(), Vec::new(), Vec::new());
-    let mut queued: HashMap<&str, u32> = HashMap::new();
-    let base_ord = i64::try_from(existing.len()).unwrap_or(i64::MAX);
-    for (i, (step, id)) in steps.iter().zip(&ids).enumerate() {
-        let job = &step.job;
-        let run_at = job.run_at.map_or(now_ms, ms).max(now_ms);
-        let state = if step.needs.is_empty() {
-            job.initial_state(now)
-        } else {
-            JobState::Pending
-        };
-        if state == JobState::Queued {
-            *queued.entry(job.queue.as_str()).or_insert(0) += 1;
-        }
-        let deadline = job
-            .deadline
-            .map(ms)
-            .or_else(|| (state != JobState::Pending).then_some(run_at + default_deadline));
-        jobs.push(json!({
-            "id": id.to_string(), "queue": job.queue, "kind": job.kind,
-            "payload": job.payload.to_string(), "priority": job.priority,
-            "state": state.as_str(), "max_attempts": job.max_attempts(),
-            "timeout_ms": dur_ms(job.timeout()), "run_at": run_at, "deadline_at": deadline,
-            "approval": job.approval_expires_at.map(ms),
-            // The adding step's dependents wait for every new step.
-            "needed": true,
-        }));
-        rows.push(json!({
-            "job_id": id.to_string(), "name": step.name,
-            "ord": base_ord + i64::try_from(i).unwrap_or(0),
-            "cond": step.when.as_str(), "needs_left": step.needs.len(),
-        }));
-        for need in &step.needs {
-            needs.push(json!({
-                "job_id": id.to_string(),
-                "parent_id": by_name[need.as_str()].to_string(),
-            }));
-        }
-    }
-    let (jobs, rows, needs) = (
-        serde_json::Value::Array(jobs).to_string(),
-        serde_json::Value::Array(rows).to_string(),
-        serde_json::Value::Array(needs).to_string(),
+    // The adding step's dependents wait for every new step.
+    let rows = StepRows::new(
+        steps,
+        &ids,
+        i64::try_from(existing.len()).unwrap_or(i64::MAX),
+        &by_name,
+        |_| true,
+        now,
+        default_deadline,
     );
+    // Its dependents first, while the only edges from the adding step are
+    // theirs.
     let new_ids: Vec<homeostat_model::Id> = ids.iter().map(|i| i.as_uuid()).collect();
     let added = i64::try_from(steps.len()).unwrap_or(i64::MAX);
-    let stmts = [
-        Stmt::new::<B>(INSERT_JOBS)
-            .arg(jobs.as_str())
-            .arg(tenant)
-            .arg(now_ms)
-            .arg(workflow),
-        Stmt::new::<B>(INSERT_STEPS)
-            .arg(rows.as_str())
-            .arg(workflow)
-            .arg(default_deadline),
-        Stmt::new::<B>(WAIT_MORE).arg(adder).arg(added),
+    B::execute_in(&mut tx, Stmt::new::<B>(WAIT_MORE).arg(adder).arg(added))
+        .await
+        .op(op)?;
+    B::execute_in(
+        &mut tx,
         Stmt::new::<B>(MORE_NEEDS)
             .arg(adder)
             .arg(new_ids.as_slice()),
-        Stmt::new::<B>(INSERT_NEEDS).arg(needs.as_str()),
-    ];
-    for stmt in stmts {
-        B::execute_in(&mut tx, stmt).await.op(op)?;
-    }
+    )
+    .await
+    .op(op)?;
+    rows.insert::<B>(&mut tx, tenant, workflow, now_ms, default_deadline, op)
+        .await?;
     if steps.iter().any(|s| s.needs.contains(&adder_name)) {
         let adder_id = [adder.as_uuid()];
         B::execute_in(&mut tx, Stmt::new::<B>(NEEDED).arg(adder_id.as_slice()))
@@ -759,8 +837,7 @@ pub(crate) async fn add_steps<B: Backend>(
     };
     audit_log::append::<B>(&mut tx, &[event], now_ms).await?;
     B::commit(tx, op).await?;
-    let queued = queued.into_iter().map(|(q, n)| (q.to_owned(), n)).collect();
-    Ok((get(b, workflow).await?, queued, tenant))
+    Ok((get(b, workflow).await?, rows.queued(), tenant))
 }
 
 /// Creates `wf` for `tenant`: every step or none.
@@ -809,86 +886,33 @@ pub(crate) async fn create<B: Backend>(
         .map(|(s, id)| (s.name.as_str(), *id))
         .collect();
     let default_deadline = dur_ms(b.options().default_queue_deadline);
-    let mut jobs = Vec::with_capacity(wf.steps.len());
-    let mut steps = Vec::with_capacity(wf.steps.len());
-    let mut needs = Vec::new();
-    let mut queued: HashMap<&str, u32> = HashMap::new();
     let needed: std::collections::HashSet<&str> = wf
         .steps
         .iter()
         .flat_map(|s| s.needs.iter().map(String::as_str))
         .collect();
-    for (ord, (step, job_id)) in wf.steps.iter().zip(&ids).enumerate() {
-        let job = &step.job;
-        let run_at = job.run_at.map_or(now_ms, ms).max(now_ms);
-        let state = if step.needs.is_empty() {
-            job.initial_state(now)
-        } else {
-            JobState::Pending
-        };
-        if state == JobState::Queued {
-            *queued.entry(job.queue.as_str()).or_insert(0) += 1;
-        }
-        // A step released later gets its default deadline from its release.
-        let deadline = job
-            .deadline
-            .map(ms)
-            .or_else(|| (state != JobState::Pending).then_some(run_at + default_deadline));
-        jobs.push(json!({
-            "id": job_id.to_string(),
-            "queue": job.queue,
-            "kind": job.kind,
-            "payload": job.payload.to_string(),
-            "priority": job.priority,
-            "state": state.as_str(),
-            "max_attempts": job.max_attempts(),
-            "timeout_ms": dur_ms(job.timeout()),
-            "run_at": run_at,
-            "deadline_at": deadline,
-            "approval": job.approval_expires_at.map(ms),
-            // NULL, not false, for a leaf: as for every other job.
-            "needed": needed.contains(step.name.as_str()).then_some(true),
-        }));
-        steps.push(json!({
-            "job_id": job_id.to_string(),
-            "name": step.name,
-            "ord": ord,
-            "cond": step.when.as_str(),
-            "needs_left": step.needs.len(),
-        }));
-        for need in &step.needs {
-            needs.push(json!({
-                "job_id": job_id.to_string(),
-                "parent_id": by_name[need.as_str()].to_string(),
-            }));
-        }
-    }
-    let (jobs, steps, needs) = (
-        serde_json::Value::Array(jobs).to_string(),
-        serde_json::Value::Array(steps).to_string(),
-        serde_json::Value::Array(needs).to_string(),
+    let rows = StepRows::new(
+        &wf.steps,
+        &ids,
+        0,
+        &by_name,
+        |name| needed.contains(name),
+        now,
+        default_deadline,
     );
     let mut tx = b.begin(op).await?;
-    let stmts = [
+    B::execute_in(
+        &mut tx,
         Stmt::new::<B>(INSERT_WORKFLOW)
             .arg(id)
             .arg(tenant)
             .arg(wf.name.as_str())
             .arg(now_ms),
-        Stmt::new::<B>(INSERT_JOBS)
-            .arg(jobs.as_str())
-            .arg(tenant)
-            .arg(now_ms)
-            .arg(id),
-        Stmt::new::<B>(INSERT_STEPS)
-            .arg(steps.as_str())
-            .arg(id)
-            .arg(default_deadline),
-        Stmt::new::<B>(INSERT_NEEDS).arg(needs.as_str()),
-    ];
-    for stmt in stmts {
-        B::execute_in(&mut tx, stmt).await.op(op)?;
-    }
+    )
+    .await
+    .op(op)?;
+    rows.insert::<B>(&mut tx, tenant, id, now_ms, default_deadline, op)
+        .await?;
     let event = NewAuditEvent {
         actor: actor.to_owned(),
         action: AuditAction::WorkflowSubmitted.into(),
@@ -897,8 +921,7 @@ pub(crate) async fn create<B: Backend>(
     };
     audit_log::append::<B>(&mut tx, &[event], now_ms).await?;
     B::commit(tx, op).await?;
-    let queued = queued.into_iter().map(|(q, n)| (q.to_owned(), n)).collect();
-    Ok((get(b, id).await?, queued))
+    Ok((get(b, id).await?, rows.queued()))
 }
 
 /// One workflow, with its steps in the order they were submitted.
