@@ -132,7 +132,12 @@ impl Store {
     /// replica; on SQLite the store looks, once it knows workflows exist.
     pub(crate) async fn workflows_moved(&self, finished: &[JobId]) {
         #[cfg(feature = "sqlite")]
-        if let Db::Sqlite(s) = &self.db {
+        {
+            let s = match &self.db {
+                Db::Sqlite(s) => s,
+                #[cfg(feature = "postgres")]
+                Db::Postgres(_) => return,
+            };
             if finished.is_empty() {
                 return;
             }
