@@ -131,48 +131,47 @@ impl Store {
     /// here released. PostgreSQL's trigger announces them itself, to every
     /// replica; on SQLite the store looks, once it knows workflows exist.
     pub(crate) async fn workflows_moved(&self, finished: &[JobId]) {
-        #[cfg(feature = "sqlite")]
-        {
-            let s = match &self.db {
-                Db::Sqlite(s) => s,
-                #[cfg(feature = "postgres")]
-                Db::Postgres(_) => return,
-            };
-            if finished.is_empty() {
-                return;
-            }
-            let known = self.local.workflows.load(Ordering::Acquire);
-            let in_use = match known {
-                WORKFLOWS_YES => true,
-                WORKFLOWS_NO => false,
-                _ => {
-                    let any = workflows::any(s).await.unwrap_or(true);
-                    // Only "none" is worth remembering; a submit here sets
-                    // "some" before any of its steps can finish.
-                    let _ = self.local.workflows.compare_exchange(
-                        known,
-                        if any { WORKFLOWS_YES } else { WORKFLOWS_NO },
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
-                    any
-                }
-            };
-            if !in_use {
-                return;
-            }
-            let ids: Vec<Id> = finished.iter().map(|id| id.as_uuid()).collect();
-            match workflows::released(s, &ids).await {
-                Ok(released) => {
-                    for (tenant, queue, n) in released {
-                        signals::wake(s, &self.local.signals, tenant, &[(queue, n)]).await;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "waking claims for released workflow steps"),
+        dispatch!(self, wake_released(&self.local, finished));
+    }
+}
+
+/// [`Store::workflows_moved`] on backend `b`.
+async fn wake_released<B: crate::backend::Backend>(
+    b: &B,
+    local: &crate::local::Local,
+    finished: &[JobId],
+) {
+    if B::POSTGRES || finished.is_empty() {
+        return;
+    }
+    let known = local.workflows.load(Ordering::Acquire);
+    let in_use = match known {
+        WORKFLOWS_YES => true,
+        WORKFLOWS_NO => false,
+        _ => {
+            let any = workflows::any(b).await.unwrap_or(true);
+            // Only "none" is worth remembering; a submit here sets "some"
+            // before any of its steps can finish.
+            let _ = local.workflows.compare_exchange(
+                known,
+                if any { WORKFLOWS_YES } else { WORKFLOWS_NO },
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+            any
+        }
+    };
+    if !in_use {
+        return;
+    }
+    let ids: Vec<Id> = finished.iter().map(|id| id.as_uuid()).collect();
+    match workflows::released(b, &ids).await {
+        Ok(released) => {
+            for (tenant, queue, n) in released {
+                signals::wake(b, &local.signals, tenant, &[(queue, n)]).await;
             }
         }
-        #[cfg(not(feature = "sqlite"))]
-        let _ = finished;
+        Err(e) => tracing::warn!(error = %e, "waking claims for released workflow steps"),
     }
 }
 
