@@ -308,6 +308,25 @@ pub(crate) async fn wake<B: crate::backend::Backend>(
     b.announce(&signals.payloads(&shortfall)).await;
 }
 
+/// [`wake`] for jobs of several tenants: `(tenant, queue, how many)`.
+pub(crate) async fn wake_all<B: crate::backend::Backend>(
+    b: &B,
+    signals: &Signals,
+    queued: &[(TenantId, String, u32)],
+) {
+    let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<(String, u32)>> =
+        std::collections::BTreeMap::new();
+    for (tenant, queue, n) in queued {
+        by_tenant
+            .entry(*tenant)
+            .or_default()
+            .push((queue.clone(), *n));
+    }
+    for (tenant, queued) in by_tenant {
+        wake(b, signals, tenant, &queued).await;
+    }
+}
+
 /// Enqueues `jobs` through the backend's tuned insert: this replica's
 /// waiting claims are taken for them first and woken once they are
 /// committed (or the insert failed: a spurious wake-up is harmless, a lost

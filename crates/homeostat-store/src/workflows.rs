@@ -373,6 +373,20 @@ pub(crate) async fn list<B: Backend>(
     Ok(homeostat_model::Page { items, next_cursor })
 }
 
+/// Of the steps a statement moved (`tenant_id`, `queue`, `state`), those
+/// it queued, by tenant and queue: the claims to wake.
+fn queued_of<R: RowExt>(rows: &[R]) -> Result<Vec<(TenantId, String, u32)>, StoreError> {
+    let mut queued: HashMap<(TenantId, String), u32> = HashMap::new();
+    for r in rows {
+        if r.text("state")? == "queued" {
+            *queued
+                .entry((r.id("tenant_id")?, r.text("queue")?))
+                .or_insert(0) += 1;
+        }
+    }
+    Ok(queued.into_iter().map(|((t, q), n)| (t, q, n)).collect())
+}
+
 /// A step left pending with every need finished.
 #[derive(Debug, Clone)]
 pub struct Straggler {
@@ -431,14 +445,7 @@ pub(crate) async fn repair<B: Backend>(
     )
     .await
     .op(op)?;
-    let mut queued: HashMap<(TenantId, String), u32> = HashMap::new();
-    for r in &rows {
-        if r.text("state")? == "queued" {
-            *queued
-                .entry((r.id("tenant_id")?, r.text("queue")?))
-                .or_insert(0) += 1;
-        }
-    }
+    let queued = queued_of(&rows)?;
     let event = NewAuditEvent {
         actor: actor.to_owned(),
         action: AuditAction::WorkflowsRepaired.into(),
@@ -449,7 +456,6 @@ pub(crate) async fn repair<B: Backend>(
     };
     audit_log::append::<B>(&mut tx, &[event], now).await?;
     B::commit(tx, op).await?;
-    let queued = queued.into_iter().map(|((t, q), n)| (t, q, n)).collect();
     Ok((queued, rows.len()))
 }
 
@@ -1038,14 +1044,7 @@ pub(crate) async fn retry<B: Backend>(
             reason: "every step succeeded: nothing to retry".into(),
         });
     }
-    let mut queued: HashMap<(TenantId, String), u32> = HashMap::new();
-    for r in &rows {
-        if r.text("state")? == "queued" {
-            *queued
-                .entry((r.id("tenant_id")?, r.text("queue")?))
-                .or_insert(0) += 1;
-        }
-    }
+    let queued = queued_of(&rows)?;
     let event = NewAuditEvent {
         actor: actor.to_owned(),
         action: AuditAction::WorkflowRetried.into(),
@@ -1054,6 +1053,5 @@ pub(crate) async fn retry<B: Backend>(
     };
     audit_log::append::<B>(&mut tx, &[event], now).await?;
     B::commit(tx, op).await?;
-    let queued = queued.into_iter().map(|((t, q), n)| (t, q, n)).collect();
     Ok((get(b, id).await?, queued))
 }

@@ -85,17 +85,7 @@ impl Store {
         let mut total = Admitted::default();
         for _ in 0..ADMISSION_RUNS {
             let run = dispatch!(self, admission::admit(actor))?;
-            let mut by_tenant: std::collections::BTreeMap<TenantId, Vec<(String, u32)>> =
-                Default::default();
-            for (tenant, queue, n) in &run.queued {
-                by_tenant
-                    .entry(*tenant)
-                    .or_default()
-                    .push((queue.clone(), *n));
-            }
-            for (tenant, queued) in by_tenant {
-                dispatch!(self, signals::wake(&self.local.signals, tenant, &queued));
-            }
+            dispatch!(self, signals::wake_all(&self.local.signals, &run.queued));
             total.queued.extend(run.queued);
             total.cancelled += run.cancelled;
             total.more = run.more;

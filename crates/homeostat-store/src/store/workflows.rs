@@ -55,12 +55,7 @@ impl Store {
         actor: &str,
     ) -> Result<usize, StoreError> {
         let (queued, repaired) = dispatch!(self, workflows::repair(limit, fence, actor))?;
-        for (tenant, queue, n) in queued {
-            dispatch!(
-                self,
-                signals::wake(&self.local.signals, tenant, &[(queue, n)])
-            );
-        }
+        dispatch!(self, signals::wake_all(&self.local.signals, &queued));
         Ok(repaired)
     }
 
@@ -118,12 +113,7 @@ impl Store {
         actor: &str,
     ) -> Result<Workflow, StoreError> {
         let (workflow, queued) = dispatch!(self, workflows::retry(id, actor))?;
-        for (tenant, queue, n) in queued {
-            dispatch!(
-                self,
-                signals::wake(&self.local.signals, tenant, &[(queue, n)])
-            );
-        }
+        dispatch!(self, signals::wake_all(&self.local.signals, &queued));
         Ok(workflow)
     }
 
@@ -166,11 +156,7 @@ async fn wake_released<B: crate::backend::Backend>(
     }
     let ids: Vec<Id> = finished.iter().map(|id| id.as_uuid()).collect();
     match workflows::released(b, &ids).await {
-        Ok(released) => {
-            for (tenant, queue, n) in released {
-                signals::wake(b, &local.signals, tenant, &[(queue, n)]).await;
-            }
-        }
+        Ok(released) => signals::wake_all(b, &local.signals, &released).await,
         Err(e) => tracing::warn!(error = %e, "waking claims for released workflow steps"),
     }
 }
