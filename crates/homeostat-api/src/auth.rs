@@ -220,6 +220,17 @@ impl Caller {
         }
     }
 
+    /// The tenant a list asked for `named` is confined to: a tenant key's
+    /// own (`Some(None)` never comes back for it); `None` when a tenant key
+    /// names another tenant, whose list it sees as empty.
+    pub fn list_scope(&self, named: Option<TenantId>) -> Option<Option<TenantId>> {
+        match (self.tenant(), named) {
+            (Some(own), Some(t)) if t != own => None,
+            (Some(own), _) => Some(Some(own)),
+            (None, t) => Some(t),
+        }
+    }
+
     /// Whether this key sees entities of `tenant` (`None`: the platform's).
     pub fn sees(&self, tenant: Option<TenantId>) -> bool {
         match self.role {

@@ -61,15 +61,8 @@ pub(crate) async fn visible_agents(
             "limit: must be 1 to {MAX_AGENTS_PAGE}"
         )));
     }
-    let tenant_id = match (caller.tenant(), q.tenant_id) {
-        (Some(own), Some(t)) if t != own => {
-            return Ok(Page {
-                items: vec![],
-                next_cursor: None,
-            });
-        }
-        (Some(own), _) => Some(own),
-        (None, t) => t,
+    let Some(tenant_id) = caller.list_scope(q.tenant_id) else {
+        return Ok(Page::whole(vec![]));
     };
     let filter = homeostat_store::AgentFilter {
         tenant_id,

@@ -250,15 +250,8 @@ pub(crate) async fn list(
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid(format!("limit: must be 1 to {MAX_PAGE}")));
     }
-    let tenant_id = match (caller.tenant(), q.tenant_id) {
-        (Some(own), Some(t)) if t != own => {
-            return Ok(Json(Page {
-                items: vec![],
-                next_cursor: None,
-            }));
-        }
-        (Some(own), _) => Some(own),
-        (None, t) => t,
+    let Some(tenant_id) = caller.list_scope(q.tenant_id) else {
+        return Ok(Json(Page::whole(vec![])));
     };
     let filter = JobFilter {
         tenant_id,

@@ -106,15 +106,8 @@ pub(crate) async fn list_workflows(
             crate::MAX_PAGE
         )));
     }
-    let tenant = match (caller.tenant(), q.tenant_id) {
-        (Some(own), Some(t)) if t != own => {
-            return Ok(Json(Page {
-                items: vec![],
-                next_cursor: None,
-            }));
-        }
-        (Some(own), _) => Some(own),
-        (None, t) => t,
+    let Some(tenant) = caller.list_scope(q.tenant_id) else {
+        return Ok(Json(Page::whole(vec![])));
     };
     Ok(Json(
         state.store.list_workflows(tenant, q.after, limit).await?,
