@@ -26,14 +26,19 @@ const AGENTS: usize = 16;
 const RATED_KEYS: usize = 10;
 const RATE_STARTS: usize = 5;
 const RATE_WINDOW_MS: i64 = 1_000;
+/// Jobs of a key are enqueued this many in a row, so that the head of the
+/// queue always holds more of a key than its limit lets run: the limit is
+/// contended by construction, not by the luck of a reclaim.
+const RUN: usize = 5;
 
-/// Records "start|end <key> <nanoseconds> <job>" around 10–40 ms of work;
-/// the key is the payload's.
+/// Records "start|end <key> <nanoseconds> <job> <agent's pid>" around
+/// 10–40 ms of work; the key is the payload's. A command whose agent is
+/// SIGKILLed dies with it (`--pdeathsig`) and records no end.
 const WORK: &str = r#"
 key=$(sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
-echo "start $key $(date +%s%N) $HOMEOSTAT_JOB_ID" >> "$LOG"
+echo "start $key $(date +%s%N) $HOMEOSTAT_JOB_ID $PPID" >> "$LOG"
 sleep "0.0$(( $$ % 3 + 1 ))"
-echo "end $key $(date +%s%N) $HOMEOSTAT_JOB_ID" >> "$LOG"
+echo "end $key $(date +%s%N) $HOMEOSTAT_JOB_ID $PPID" >> "$LOG"
 "#;
 
 fn agent(servers: &str, dir: &Path, n: usize, bootstrap: &str) -> Child {
@@ -41,16 +46,55 @@ fn agent(servers: &str, dir: &Path, n: usize, bootstrap: &str) -> Child {
 }
 
 /// The most commands of one key running at once, per key, from the
-/// agents' records (an end before a start at the same instant).
-fn most_at_once(log: &str) -> HashMap<String, usize> {
-    let mut events: Vec<(u128, u8, String)> = log
-        .lines()
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            let (what, key, at) = (f.next()?, f.next()?, f.next()?.parse().ok()?);
-            Some((at, u8::from(what == "start"), key.to_owned()))
-        })
-        .collect();
+/// agents' records (an end before a start at the same instant). A command
+/// that recorded no end ran until its agent was killed (`killed`: agent
+/// pid to when the test saw it dead, same clock as `date +%s%N`), or for
+/// ever if its agent was not.
+fn most_at_once(log: &str, killed: &HashMap<u32, u128>) -> HashMap<String, usize> {
+    struct Run {
+        key: String,
+        job: String,
+        agent: u32,
+        start: u128,
+        end: Option<u128>,
+    }
+    let mut runs: Vec<Run> = Vec::new();
+    for line in log.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let [what, key, at, job, agent] = f[..] else {
+            continue;
+        };
+        let (Ok(at), Ok(agent)) = (at.parse::<u128>(), agent.parse::<u32>()) else {
+            continue;
+        };
+        if what == "start" {
+            runs.push(Run {
+                key: key.to_owned(),
+                job: job.to_owned(),
+                agent,
+                start: at,
+                end: None,
+            });
+        } else if let Some(run) = runs
+            .iter_mut()
+            .rev()
+            .find(|r| r.job == job && r.agent == agent && r.end.is_none())
+        {
+            run.end = Some(at);
+        }
+    }
+    let mut events: Vec<(u128, u8, String)> = Vec::new();
+    for run in runs {
+        let end = run.end.unwrap_or_else(|| {
+            killed
+                .get(&run.agent)
+                .copied()
+                .filter(|k| *k >= run.start)
+                .unwrap_or(u128::MAX)
+        });
+        events.push((run.start, 1, run.key.clone()));
+        events.push((end, 0, run.key));
+    }
     events.sort();
     let (mut now, mut most): (HashMap<String, usize>, HashMap<String, usize>) = Default::default();
     for (_, start, key) in events {
@@ -64,6 +108,14 @@ fn most_at_once(log: &str) -> HashMap<String, usize> {
         }
     }
     most
+}
+
+/// Now on the clock of the agents' records, in nanoseconds.
+fn nanos_now() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +171,7 @@ async fn limits_hold_across_replicas_and_agents_killed_midway() {
         let jobs: Vec<Value> = (chunk * 1000..(chunk + 1) * 1000)
             .map(|i| {
                 let mut limits = vec![json!({"limit": "per-key"})];
-                let mut payload = json!({"key": format!("k{}", i % KEYS)});
+                let mut payload = json!({"key": format!("k{}", (i / RUN) % KEYS)});
                 if i % 4 == 0 {
                     payload["api"] = json!(format!("a{}", i % RATED_KEYS));
                     limits.push(json!({"limit": "api"}));
@@ -139,11 +191,14 @@ async fn limits_hold_across_replicas_and_agents_killed_midway() {
     }
 
     // Chaos: agents and replicas SIGKILLed and started again.
+    let mut killed: HashMap<u32, u128> = HashMap::new();
     for round in 0..6 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let n = (round * 5 + 3) % AGENTS;
+        let pid = agents[n].id();
         agents[n].kill().unwrap();
         agents[n].wait().unwrap();
+        killed.insert(pid, nanos_now());
         agents[n] = agent(&servers, &dir, n, &bootstrap);
         if round % 2 == 1 {
             let i = 1 + (round / 2) % 2;
@@ -217,7 +272,7 @@ async fn limits_hold_across_replicas_and_agents_killed_midway() {
 
     // Never more than 2 commands of a key at once, by the agents' records.
     let log = std::fs::read_to_string(dir.join("work.log")).unwrap();
-    let most = most_at_once(&log);
+    let most = most_at_once(&log, &killed);
     assert_eq!(most.len(), KEYS, "every key ran");
     let worst = most.values().copied().max().unwrap();
     assert!(worst <= 2, "a key ran {worst} commands at once");
