@@ -30,21 +30,22 @@ const INSERT_WORKFLOW: Sql =
 const INSERT_JOBS: Sql = Sql::pair(
     "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
        effective_priority, state, max_attempts, timeout_ms, run_at, queued_at, fair_at,
-       deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed)
+       deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed, limit_keys)
      SELECT value->>'id', $2, value->>'queue', value->>'kind', value->>'payload',
        value->>'priority', value->>'priority', value->>'priority', value->>'state',
        value->>'max_attempts', value->>'timeout_ms', value->>'run_at', value->>'run_at',
-       value->>'run_at', value->>'deadline_at', value->>'approval', $3, $3, $4, value->>'needed'
+       value->>'run_at', value->>'deadline_at', value->>'approval', $3, $3, $4, value->>'needed',
+       value->>'limit_keys'
      FROM json_each($1)",
     "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
        effective_priority, state, max_attempts, timeout_ms, run_at, queued_at, fair_at,
-       deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed)
+       deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed, limit_keys)
      SELECT t.id, $2, t.queue, t.kind, t.payload, t.priority, t.priority, t.priority,
        t.state::job_state, t.max_attempts, t.timeout_ms, t.run_at, t.run_at, t.run_at,
-       t.deadline_at, t.approval, $3, $3, $4, t.needed
+       t.deadline_at, t.approval, $3, $3, $4, t.needed, t.limit_keys
      FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, queue text, kind text, payload text,
        priority bigint, state text, max_attempts bigint, timeout_ms bigint, run_at bigint,
-       deadline_at bigint, approval bigint, needed boolean)",
+       deadline_at bigint, approval bigint, needed boolean, limit_keys text)",
 );
 
 /// `$1` the steps as a JSON array, `$2` the workflow, `$3` the default
@@ -118,6 +119,7 @@ const RERUN_STEPS: Sql = Sql::pair(
     "UPDATE jobs SET
        state = CASE WHEN s.needs_left > 0 THEN 'pending'
                     WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'
+                    WHEN jobs.limit_keys IS NOT NULL THEN 'waiting'
                     ELSE 'queued' END,
        attempt = 0, finished_at = NULL, last_error = NULL, lease_agent = NULL,
        lease_expires_at = NULL, timeout_at = NULL, run_at = $2, queued_at = $2, fair_at = $2,
@@ -130,6 +132,7 @@ const RERUN_STEPS: Sql = Sql::pair(
     "UPDATE jobs SET
        state = CASE WHEN s.needs_left > 0 THEN 'pending'::job_state
                     WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
+                    WHEN jobs.limit_keys IS NOT NULL THEN 'waiting'::job_state
                     ELSE 'queued'::job_state END,
        attempt = 0, finished_at = NULL, last_error = NULL, lease_agent = NULL,
        lease_expires_at = NULL, timeout_at = NULL, run_at = $2, queued_at = $2, fair_at = $2,
@@ -255,6 +258,7 @@ const RELEASE: Sql = Sql::pair(
        SET state = CASE WHEN s.skipped THEN 'cancelled'
                         WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'
                         WHEN jobs.run_at > $2 THEN 'scheduled'
+                        WHEN jobs.limit_keys IS NOT NULL THEN 'waiting'
                         ELSE 'queued' END,
            queued_at = MAX(jobs.run_at, $2), fair_at = MAX(jobs.run_at, $2),
            deadline_at = CASE WHEN s.skipped THEN jobs.deadline_at
@@ -270,6 +274,7 @@ const RELEASE: Sql = Sql::pair(
        SET state = CASE WHEN s.skipped THEN 'cancelled'::job_state
                         WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
                         WHEN jobs.run_at > $2 THEN 'scheduled'::job_state
+                        WHEN jobs.limit_keys IS NOT NULL THEN 'waiting'::job_state
                         ELSE 'queued'::job_state END,
            queued_at = GREATEST(jobs.run_at, $2), fair_at = GREATEST(jobs.run_at, $2),
            deadline_at = CASE WHEN s.skipped THEN jobs.deadline_at
@@ -293,6 +298,8 @@ const ADDER: Sql = Sql::pair(
      WHERE j.id = $1 AND j.state = 'running' AND j.lease_agent = $2 AND j.lease_token = $3
      FOR UPDATE OF j",
 );
+
+const TENANT_OF: Sql = Sql::both("SELECT tenant_id FROM jobs WHERE id = $1");
 
 /// `$1` workflow: every step's name.
 const NAMES: Sql = Sql::both("SELECT name FROM workflow_steps WHERE workflow_id = $1");
@@ -634,6 +641,7 @@ impl<'a> StepRows<'a> {
                 "approval": job.approval_expires_at.map(ms),
                 // NULL, not false, for a leaf: as for every other job.
                 "needed": needed(&step.name).then_some(true),
+                "limit_keys": crate::limits::stored_keys(job),
             }));
             rows.push(json!({
                 "job_id": id.to_string(),
@@ -692,6 +700,18 @@ impl<'a> StepRows<'a> {
             .map(|(q, n)| ((*q).to_owned(), *n))
             .collect()
     }
+}
+
+/// The tenant of job `id`, if it exists.
+pub(crate) async fn tenant_of<B: Backend>(
+    b: &B,
+    id: JobId,
+) -> Result<Option<TenantId>, StoreError> {
+    let rows = b
+        .fetch(Stmt::new::<B>(TENANT_OF).arg(id))
+        .await
+        .op("reading a job's tenant")?;
+    rows.first().map(|r| r.id("tenant_id")).transpose()
 }
 
 /// Adds `steps` to the workflow of `adder`, a step `agent` runs under
@@ -764,13 +784,10 @@ pub(crate) async fn add_steps<B: Backend>(
             )
             .into());
         }
-        if s.job.fingerprint.is_some() || !s.job.limits.is_empty() {
+        if s.job.fingerprint.is_some() {
             return Err(ValidationError::new(
                 "steps",
-                format!(
-                    "step {:?}: a step's job cannot have a fingerprint or limits",
-                    s.name
-                ),
+                format!("step {:?}: a step's job cannot have a fingerprint", s.name),
             )
             .into());
         }
@@ -855,23 +872,12 @@ pub(crate) async fn create<B: Backend>(
 ) -> Result<(Workflow, Queued), StoreError> {
     wf.validate()?;
     for step in &wf.steps {
-        // A fingerprint could fold a step into another live job, and limits
-        // admit jobs the workflow has not released: neither is a step's.
+        // A fingerprint could fold a step into another live job.
         if step.job.fingerprint.is_some() {
             return Err(ValidationError::new(
                 "steps",
                 format!(
                     "step {:?}: a step's job cannot have a fingerprint",
-                    step.name
-                ),
-            )
-            .into());
-        }
-        if !step.job.limits.is_empty() {
-            return Err(ValidationError::new(
-                "steps",
-                format!(
-                    "step {:?}: a step's job cannot be under limits yet",
                     step.name
                 ),
             )

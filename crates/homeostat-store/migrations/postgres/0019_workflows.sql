@@ -76,6 +76,7 @@ BEGIN
            SET state = CASE WHEN m.skipped THEN 'cancelled'::job_state
                             WHEN j.approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
                             WHEN j.run_at > NEW.updated_at THEN 'scheduled'::job_state
+                            WHEN j.limit_keys IS NOT NULL THEN 'waiting'::job_state
                             ELSE 'queued'::job_state END,
                queued_at = GREATEST(j.run_at, NEW.updated_at),
                fair_at = GREATEST(j.run_at, NEW.updated_at),
@@ -100,3 +101,75 @@ WHEN (NEW.needed
       AND NEW.state IN ('succeeded', 'dead', 'cancelled', 'expired')
       AND OLD.state NOT IN ('succeeded', 'dead', 'cancelled', 'expired'))
 EXECUTE FUNCTION workflow_step_finished();
+
+-- A step under limits holds no slot while it is pending (its rows' phase
+-- is `idle`, as a scheduled job's), keeps its rows when a retry makes it
+-- pending again, and once released waits for its limits like any job
+-- (the release writes `waiting` for a job with limit keys). Migration
+-- 0016's function, with `pending` among the idle states.
+CREATE OR REPLACE FUNCTION job_limits_followed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    phase_now TEXT;
+BEGIN
+    -- The two changes every job under limits goes through get one statement
+    -- each (a row trigger's statements are most of what limits cost).
+    -- A claim: the job runs; its start counts in its keys' rates, and the
+    -- key is looked at again when the start's window ends.
+    IF OLD.state = 'queued' AND NEW.state = 'running' THEN
+        WITH u AS (
+            UPDATE job_limits SET phase = 'running' WHERE job_id = NEW.id
+            RETURNING limit_name, key),
+        s AS (
+            INSERT INTO limit_starts (limit_name, key, at)
+            SELECT u.limit_name, u.key, NEW.started_at
+            FROM u JOIN limits l ON l.name = u.limit_name
+            WHERE l.rate_starts IS NOT NULL
+            RETURNING limit_name, key)
+        INSERT INTO limit_wakeups (limit_name, key, due_at)
+        SELECT s.limit_name, s.key, NEW.started_at + l.rate_window_ms
+        FROM s JOIN limits l ON l.name = s.limit_name;
+        RETURN NULL;
+    END IF;
+    -- An end that frees the job's slots at once: its keys are woken.
+    IF OLD.state IN ('queued', 'running')
+       AND NEW.state IN ('succeeded', 'dead', 'expired', 'cancelled')
+       AND NOT (NEW.state = 'cancelled' AND OLD.state = 'running'
+                AND OLD.lease_expires_at IS NOT NULL) THEN
+        WITH d AS (DELETE FROM job_limits WHERE job_id = NEW.id RETURNING limit_name, key)
+        INSERT INTO limit_wakeups (limit_name, key, due_at) SELECT limit_name, key, 0 FROM d;
+        RETURN NULL;
+    END IF;
+    phase_now := CASE
+        WHEN NEW.state = 'waiting' THEN 'waiting'
+        WHEN NEW.state = 'queued' THEN 'queued'
+        WHEN NEW.state = 'running' THEN 'running'
+        WHEN NEW.state IN ('scheduled', 'awaiting_approval', 'pending') THEN 'idle'
+        WHEN NEW.state = 'cancelled' AND OLD.state = 'running'
+             AND OLD.lease_expires_at IS NOT NULL THEN 'stopping'
+        ELSE 'done' END;
+    IF phase_now = 'done' THEN
+        DELETE FROM job_limits WHERE job_id = NEW.id;
+    ELSE
+        IF OLD.state IN ('succeeded', 'dead', 'cancelled', 'expired') THEN
+            -- Back from a finished state (a retry): its rows again.
+            INSERT INTO job_limits (job_id, limit_name, key, phase, priority, queued_at)
+            SELECT NEW.id, p->>0, p->>1, phase_now, NEW.base_priority, NEW.queued_at
+            FROM jsonb_array_elements(NEW.limit_keys::jsonb) AS p
+            ON CONFLICT DO NOTHING;
+        END IF;
+        UPDATE job_limits SET phase = phase_now, priority = NEW.base_priority,
+            queued_at = NEW.queued_at,
+            hold_until = CASE WHEN phase_now = 'stopping' THEN OLD.lease_expires_at END
+        WHERE job_id = NEW.id;
+    END IF;
+    IF NEW.state = 'waiting'
+       OR (OLD.state IN ('queued', 'running') AND NEW.state NOT IN ('queued', 'running')) THEN
+        INSERT INTO limit_wakeups (limit_name, key, due_at)
+        SELECT p->>0, p->>1,
+               CASE WHEN phase_now = 'stopping' THEN OLD.lease_expires_at ELSE 0 END
+        FROM jsonb_array_elements(NEW.limit_keys::jsonb) AS p;
+    END IF;
+    RETURN NULL;
+END
+$$;

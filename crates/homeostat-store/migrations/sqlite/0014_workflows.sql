@@ -53,6 +53,7 @@ BEGIN
        SET state = CASE WHEN s.skipped THEN 'cancelled'
                         WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'
                         WHEN jobs.run_at > NEW.updated_at THEN 'scheduled'
+                        WHEN jobs.limit_keys IS NOT NULL THEN 'waiting'
                         ELSE 'queued' END,
            queued_at = MAX(jobs.run_at, NEW.updated_at),
            fair_at = MAX(jobs.run_at, NEW.updated_at),
@@ -64,4 +65,51 @@ BEGIN
       FROM workflow_steps s
      WHERE s.job_id = jobs.id AND s.needs_left = 0 AND jobs.state = 'pending'
        AND jobs.id IN (SELECT job_id FROM workflow_needs WHERE parent_id = NEW.id);
+END;
+
+-- A step under limits holds no slot while it is pending, keeps its rows
+-- when a retry makes it pending again, and once released waits for its
+-- limits (PostgreSQL's migration 0019 says why). Migration 0012's
+-- trigger, with `pending` among the idle states.
+DROP TRIGGER jobs_limits_followed;
+CREATE TRIGGER jobs_limits_followed AFTER UPDATE OF state ON jobs
+WHEN NEW.limit_keys IS NOT NULL AND OLD.state IS NOT NEW.state
+     AND NOT (OLD.state = 'waiting' AND NEW.state = 'queued')
+     AND NOT (OLD.state = 'queued' AND NEW.state = 'running' AND NEW.limit_rated IS NOT 1)
+BEGIN
+    -- Finished (not a running job just cancelled, whose agent still has its
+    -- lease to stop it): no slot, no row.
+    DELETE FROM job_limits WHERE job_id = NEW.id
+      AND NEW.state NOT IN ('waiting', 'queued', 'running', 'scheduled', 'awaiting_approval', 'pending')
+      AND NOT (NEW.state = 'cancelled' AND OLD.state = 'running'
+               AND OLD.lease_expires_at IS NOT NULL);
+    -- Back from a finished state (a retry): its rows again.
+    INSERT OR IGNORE INTO job_limits (job_id, limit_name, key, phase, priority, queued_at)
+    SELECT NEW.id, p.value->>0, p.value->>1, 'idle', NEW.base_priority, NEW.queued_at
+    FROM json_each(NEW.limit_keys) AS p
+    WHERE OLD.state IN ('succeeded', 'dead', 'cancelled', 'expired')
+      AND NEW.state IN ('waiting', 'queued', 'running', 'scheduled', 'awaiting_approval', 'pending');
+    UPDATE job_limits SET
+        phase = CASE WHEN NEW.state IN ('waiting', 'queued', 'running') THEN NEW.state
+                     WHEN NEW.state IN ('scheduled', 'awaiting_approval', 'pending') THEN 'idle'
+                     ELSE 'stopping' END,
+        priority = NEW.base_priority,
+        queued_at = NEW.queued_at,
+        hold_until = CASE WHEN NEW.state = 'cancelled' THEN OLD.lease_expires_at END
+    WHERE job_id = NEW.id;
+    INSERT INTO limit_starts (limit_name, key, at)
+    SELECT jl.limit_name, jl.key, NEW.started_at
+    FROM job_limits jl JOIN limits l ON l.name = jl.limit_name
+    WHERE NEW.state = 'running' AND jl.job_id = NEW.id AND l.rate_starts IS NOT NULL;
+    INSERT INTO limit_wakeups (limit_name, key, due_at)
+    SELECT jl.limit_name, jl.key, NEW.started_at + l.rate_window_ms
+    FROM job_limits jl JOIN limits l ON l.name = jl.limit_name
+    WHERE NEW.state = 'running' AND jl.job_id = NEW.id AND l.rate_starts IS NOT NULL;
+    INSERT INTO limit_wakeups (limit_name, key, due_at)
+    SELECT p.value->>0, p.value->>1,
+           CASE WHEN NEW.state = 'cancelled' AND OLD.state = 'running'
+                     AND OLD.lease_expires_at IS NOT NULL THEN OLD.lease_expires_at ELSE 0 END
+    FROM json_each(NEW.limit_keys) AS p
+    WHERE NEW.state = 'waiting'
+       OR (OLD.state IN ('queued', 'running') AND NEW.state NOT IN ('queued', 'running'));
 END;

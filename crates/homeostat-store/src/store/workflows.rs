@@ -1,8 +1,11 @@
 //! The store's workflows: submit, read, cancel.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
-use homeostat_model::{Id, JobId, NewWorkflow, TenantId, Workflow, WorkflowId};
+use homeostat_model::{
+    Id, JobId, NewStep, NewWorkflow, TenantId, ValidationError, Workflow, WorkflowId,
+};
 
 use super::{Db, Store};
 use crate::{StoreError, signals, workflows};
@@ -17,10 +20,64 @@ impl Store {
         workflow: &NewWorkflow,
         actor: &str,
     ) -> Result<Workflow, StoreError> {
+        let steps = self.steps_under_limits(tenant, &workflow.steps).await?;
+        let resolved;
+        let workflow = match steps {
+            Cow::Borrowed(_) => workflow,
+            Cow::Owned(steps) => {
+                resolved = NewWorkflow {
+                    name: workflow.name.clone(),
+                    steps,
+                };
+                &resolved
+            }
+        };
         let (created, queued) = dispatch!(self, workflows::create(tenant, workflow, actor))?;
         self.local.workflows.store(WORKFLOWS_YES, Ordering::Release);
         dispatch!(self, signals::wake(&self.local.signals, tenant, &queued));
+        self.limits_moved();
         Ok(created)
+    }
+
+    /// `steps` with their jobs' limits resolved as any enqueue's are (keys
+    /// derived, the limits that apply by queue and kind added), or as they
+    /// are when none is under a limit; an error names the step.
+    async fn steps_under_limits<'a>(
+        &self,
+        tenant: TenantId,
+        steps: &'a [NewStep],
+    ) -> Result<Cow<'a, [NewStep]>, StoreError> {
+        let mut out: Option<Vec<NewStep>> = None;
+        for (i, step) in steps.iter().enumerate() {
+            let job = self
+                .resolve_limits(tenant, std::slice::from_ref(&step.job))
+                .await
+                .map_err(|e| match e {
+                    StoreError::Invalid(v) => ValidationError::new(
+                        "steps",
+                        format!("step {:?}: {}: {}", step.name, v.field, v.message),
+                    )
+                    .into(),
+                    e => e,
+                })?;
+            match job {
+                Cow::Owned(mut jobs) => {
+                    let out = out.get_or_insert_with(|| steps[..i].to_vec());
+                    out.push(NewStep {
+                        name: step.name.clone(),
+                        job: jobs.pop().expect("one job resolved for one given"),
+                        needs: step.needs.clone(),
+                        when: step.when,
+                    });
+                }
+                Cow::Borrowed(_) => {
+                    if let Some(out) = &mut out {
+                        out.push(step.clone());
+                    }
+                }
+            }
+        }
+        Ok(out.map_or(Cow::Borrowed(steps), Cow::Owned))
     }
 
     /// A page of workflows, newest first: `tenant`'s alone if named, after
@@ -56,6 +113,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let (queued, repaired) = dispatch!(self, workflows::repair(limit, fence, actor))?;
         dispatch!(self, signals::wake_all(&self.local.signals, &queued));
+        self.limits_moved();
         Ok(repaired)
     }
 
@@ -71,11 +129,22 @@ impl Store {
         steps: &[homeostat_model::NewStep],
         actor: &str,
     ) -> Result<Workflow, StoreError> {
+        // Limits resolve by the workflow's tenant: looked up only when a
+        // limit may apply.
+        let steps = if self.local.limits.maybe_in_use() {
+            match dispatch!(self, workflows::tenant_of(adder))? {
+                Some(tenant) => self.steps_under_limits(tenant, steps).await?,
+                None => Cow::Borrowed(steps),
+            }
+        } else {
+            Cow::Borrowed(steps)
+        };
         let (workflow, queued, tenant) = dispatch!(
             self,
-            workflows::add_steps(agent, adder, lease_token, steps, actor)
+            workflows::add_steps(agent, adder, lease_token, &steps, actor)
         )?;
         dispatch!(self, signals::wake(&self.local.signals, tenant, &queued));
+        self.limits_moved();
         Ok(workflow)
     }
 
@@ -114,6 +183,7 @@ impl Store {
     ) -> Result<Workflow, StoreError> {
         let (workflow, queued) = dispatch!(self, workflows::retry(id, actor))?;
         dispatch!(self, signals::wake_all(&self.local.signals, &queued));
+        self.limits_moved();
         Ok(workflow)
     }
 

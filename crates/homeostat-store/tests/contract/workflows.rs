@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use homeostat_model::{
-    AgentId, JobId, JobState, NewJob, NewStep, NewWorkflow, PlanTier, StepCondition, Workflow,
-    WorkflowState,
+    AgentId, JobId, JobLimit, JobState, KeySource, LimitSelector, LimitSpec, NewJob, NewStep,
+    NewWorkflow, PlanTier, StepCondition, Workflow, WorkflowState,
 };
 use homeostat_store::{Failure, Store, StoreError};
 use homeostat_testkit::{At, agent, at, completions, on_both_backends, t0, tenant, wakes};
@@ -695,6 +695,160 @@ async fn bad_workflows_are_refused_whole(store: &Store) {
     assert!(jobs.items.is_empty(), "nothing was created");
 }
 
+/// Admits what is due until some step is queued: the steps of `wf` that
+/// then are. The replica's own admitter may hold admission's lock with the
+/// wake-up taken, so admission is asked again (the deadline only guards a
+/// hang).
+async fn admitted(store: &Store, wf: &Workflow) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        store.admit_waiting("test").await.unwrap();
+        let now = store.workflow(wf.id).await.unwrap();
+        let queued: Vec<String> = now
+            .steps
+            .iter()
+            .filter(|s| s.state == JobState::Queued)
+            .map(|s| s.name.clone())
+            .collect();
+        if !queued.is_empty() || std::time::Instant::now() > deadline {
+            return queued;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn steps_under_limits_wait_for_them_once_released(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let one = LimitSpec {
+        max_running: Some(1),
+        ..LimitSpec::default()
+    };
+    store
+        .set_limit("prod", &one, "operator:test")
+        .await
+        .unwrap();
+    // Tests run one at a time per tenant, by a limit that applies to them.
+    let tests = LimitSpec {
+        key_from: KeySource::Tenant,
+        applies_to: Some(LimitSelector {
+            queue: Some("ci".into()),
+            kind: Some("test".into()),
+        }),
+        ..one.clone()
+    };
+    store
+        .set_limit("tests", &tests, "operator:test")
+        .await
+        .unwrap();
+    let under = |name: &str, needs: &[&str], kind: &str, limit: Option<&str>| {
+        let mut s = on_success(name, needs);
+        s.job.kind = kind.into();
+        s.job.limits = limit.map(|l| JobLimit::new(l, "eu")).into_iter().collect();
+        s
+    };
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "pipeline".into(),
+                steps: vec![
+                    under("build", &[], "build", Some("prod")),
+                    under("test-a", &["build"], "test", None),
+                    under("test-b", &["build"], "test", None),
+                    under("deploy", &["test-a", "test-b"], "deploy", Some("prod")),
+                ],
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        state_of(&wf, "build"),
+        JobState::Waiting,
+        "a root under a limit waits for it"
+    );
+    assert_eq!(state_of(&wf, "deploy"), JobState::Pending);
+    // A pending step holds no slot: build is admitted beside deploy.
+    assert_eq!(admitted(store, &wf).await, ["build"]);
+    let build = claim_all(store, a, &wf, 1).await;
+    complete(store, a, &wf, "build", build[0].1, 2).await;
+
+    // Released, the tests wait for their limit: one runs at a time.
+    let now = store.workflow(wf.id).await.unwrap();
+    assert_eq!(state_of(&now, "test-a"), JobState::Waiting);
+    assert_eq!(state_of(&now, "test-b"), JobState::Waiting);
+    let first = admitted(store, &wf).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let claimed = claim_all(store, a, &wf, 3).await;
+    assert_eq!(claimed.len(), 1);
+    store
+        .at(at(4))
+        .fail(&Failure {
+            agent: a,
+            id: job_of(&wf, &claimed[0].0),
+            lease_token: claimed[0].1,
+            error: "flaky",
+            permanent: true,
+        })
+        .await
+        .unwrap();
+    let second = admitted(store, &wf).await;
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first);
+    let claimed = claim_all(store, a, &wf, 5).await;
+    complete(store, a, &wf, &claimed[0].0, claimed[0].1, 6).await;
+    let failed = store.workflow(wf.id).await.unwrap();
+    assert_eq!(failed.state, WorkflowState::Failed);
+
+    // Retried: the failed test waits for its limit again, and deploy,
+    // pending again, under its own once its needs succeed.
+    let retried = store
+        .at(at(10))
+        .retry_workflow(wf.id, "operator:ann")
+        .await
+        .unwrap();
+    assert_eq!(state_of(&retried, &first[0]), JobState::Waiting);
+    assert_eq!(state_of(&retried, "deploy"), JobState::Pending);
+    assert_eq!(admitted(store, &wf).await, first);
+    let claimed = claim_all(store, a, &wf, 11).await;
+    complete(store, a, &wf, &claimed[0].0, claimed[0].1, 12).await;
+    assert_eq!(
+        state_of(&store.workflow(wf.id).await.unwrap(), "deploy"),
+        JobState::Waiting
+    );
+    assert_eq!(admitted(store, &wf).await, ["deploy"]);
+    let deploy = claim_all(store, a, &wf, 13).await;
+    complete(store, a, &wf, "deploy", deploy[0].1, 14).await;
+    assert_eq!(
+        store.workflow(wf.id).await.unwrap().state,
+        WorkflowState::Succeeded
+    );
+    for name in ["prod", "tests"] {
+        let usage = store.limit_usage(name).await.unwrap();
+        assert_eq!((usage.holding, usage.waiting), (0, 0), "{name}");
+    }
+
+    // A step under a limit that does not exist is refused by name.
+    let err = store
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "bad".into(),
+                steps: vec![under("ship", &[], "ship", Some("nowhere"))],
+            },
+            "test",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Invalid(e)
+            if e.message.contains("step \"ship\"") && e.message.contains("nowhere")),
+        "{err}"
+    );
+}
+
 on_both_backends!(
     steps_run_in_the_order_of_their_needs,
     conditions_decide_what_runs_after_a_failure,
@@ -707,4 +861,5 @@ on_both_backends!(
     a_join_is_claimed_with_its_needs_results,
     a_running_step_fans_out_and_its_dependents_wait_for_the_new_steps,
     bad_workflows_are_refused_whole,
+    steps_under_limits_wait_for_them_once_released,
 );
