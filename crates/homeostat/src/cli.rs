@@ -284,10 +284,10 @@ fn parse_rate(s: &str) -> Result<homeostat_model::Rate, String> {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Workflows {
-    /// Submits a workflow from a JSON file ("-": standard input), every
-    /// step at once: {"name", "steps": [{"name", "job": {"queue", "kind",
-    /// …}, "needs": ["step", …], "when": "on_success|on_failure|always"}]}
-    /// (docs/workflows.md).
+    /// Submits a workflow from a JSON or YAML file ("-": standard input,
+    /// JSON when it opens with "{"), every step at once: {"name", "steps":
+    /// [{"name", "job": {"queue", "kind", …}, "needs": ["step", …], "when":
+    /// "on_success|on_failure|always"}]} (docs/workflows.md).
     Submit {
         #[arg(value_parser = parse_workflow_file)]
         file: NewWorkflow,
@@ -317,12 +317,29 @@ fn parse_workflow_file(path: &str) -> Result<NewWorkflow, String> {
     } else {
         std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?
     };
-    let workflow: NewWorkflow =
-        serde_json::from_str(&text).map_err(|e| format!("{path}: not a workflow: {e}"))?;
+    let workflow: NewWorkflow = if is_yaml(path, &text) {
+        serde_norway::from_str(&text).map_err(|e| format!("{path}: not a workflow: {e}"))?
+    } else {
+        serde_json::from_str(&text).map_err(|e| format!("{path}: not a workflow: {e}"))?
+    };
     workflow
         .validate()
         .map_err(|e| format!("{path}: {}: {}", e.field, e.message))?;
     Ok(workflow)
+}
+
+/// A workflow file is YAML by its name (`.yaml`, `.yml`), JSON by its name
+/// (`.json`), and otherwise (standard input) JSON when it opens with `{`.
+fn is_yaml(path: &str, text: &str) -> bool {
+    let ext = std::path::Path::new(path)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("yaml" | "yml") => true,
+        Some("json") => false,
+        _ => !text.trim_start().starts_with('{'),
+    }
 }
 
 const STEP_COLUMNS: &[Column] = &[

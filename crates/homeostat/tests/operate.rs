@@ -41,6 +41,35 @@ impl Cli {
         all.extend(["-o", "json"]);
         serde_json::from_str(&self.ok(&all)).unwrap()
     }
+
+    /// [`Cli::json`] with `input` on standard input.
+    fn json_with_stdin(&self, args: &[&str], input: &str) -> Value {
+        use std::io::Write;
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("homeostat"))
+            .args(args)
+            .args(["-o", "json"])
+            .env("HOMEOSTAT_SERVER", &self.server)
+            .env("HOMEOSTAT_TOKEN", &self.token)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
 }
 
 /// A server on a fresh directory, and the CLI against it with its admin
@@ -304,16 +333,18 @@ async fn the_operators_commands() {
 }
 
 /// The JSON example of docs/workflows.md, as written there.
-fn the_documented_pipeline() -> String {
+/// docs/workflows.md's example in `lang` (its first such block).
+fn the_documented_pipeline(lang: &str) -> String {
     let doc = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../docs/workflows.md"
     ))
     .unwrap();
+    let fence = format!("```{lang}\n");
     let start = doc
-        .find("```json\n")
-        .expect("docs/workflows.md has a JSON example")
-        + 8;
+        .find(&fence)
+        .unwrap_or_else(|| panic!("docs/workflows.md has a {lang} example"))
+        + fence.len();
     let end = start + doc[start..].find("```").unwrap();
     doc[start..end].to_owned()
 }
@@ -324,7 +355,7 @@ async fn the_workflows_commands() {
     let tenant = cli.json(&["tenants", "create", "acme"]);
     let tenant_id = tenant["id"].as_str().unwrap().to_owned();
     let file = dir.join("release.json");
-    std::fs::write(&file, the_documented_pipeline()).unwrap();
+    std::fs::write(&file, the_documented_pipeline("json")).unwrap();
     let file = file.to_str().unwrap();
     let made = cli.json(&["workflows", "submit", file, "--tenant", &tenant_id]);
     assert_eq!(made["state"], "running", "{made}");
@@ -351,6 +382,51 @@ async fn the_workflows_commands() {
     assert_eq!(retried["state"], "running", "{retried}");
     let running = cli.run(&["workflows", "retry", &id]);
     assert_eq!(running.status.code(), Some(4), "a conflict: it runs");
+
+    // The YAML example is the same workflow, from a file or standard input.
+    let yaml = dir.join("release.yaml");
+    std::fs::write(&yaml, the_documented_pipeline("yaml")).unwrap();
+    let from_yaml = cli.json(&[
+        "workflows",
+        "submit",
+        yaml.to_str().unwrap(),
+        "--tenant",
+        &tenant_id,
+    ]);
+    let shape = |w: &serde_json::Value| -> Vec<(String, String, String, String)> {
+        w["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["name"].to_string(),
+                    s["needs"].to_string(),
+                    s["when"].to_string(),
+                    s["state"].to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(shape(&from_yaml), shape(&made), "{from_yaml}");
+    let piped = cli.json_with_stdin(
+        &["workflows", "submit", "-", "--tenant", &tenant_id],
+        &the_documented_pipeline("yaml"),
+    );
+    assert_eq!(shape(&piped), shape(&made), "{piped}");
+    let bad_yaml = dir.join("bad.yml");
+    std::fs::write(
+        &bad_yaml,
+        "name: x\nsteps:\n  - name: a\n    job: [unclosed\n",
+    )
+    .unwrap();
+    let refused = cli.run(&["workflows", "submit", bad_yaml.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("not a workflow") && said.contains("line"),
+        "{said}"
+    );
 
     // A file that is not a workflow is a usage error naming the step.
     let bad = dir.join("loop.json");
