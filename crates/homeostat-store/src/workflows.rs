@@ -100,7 +100,8 @@ const MARK_CANCELLED: Sql =
 const CANCEL_STEPS: Sql = Sql::both(
     "UPDATE jobs SET state = 'cancelled', finished_at = $2, updated_at = $2,
        last_error = 'cancelled with its workflow', lease_expires_at = NULL, timeout_at = NULL
-     WHERE workflow_id = $1 AND state NOT IN ('succeeded', 'dead', 'cancelled', 'expired')",
+     WHERE id IN (SELECT job_id FROM workflow_steps WHERE workflow_id = $1)
+       AND state NOT IN ('succeeded', 'dead', 'cancelled', 'expired')",
 );
 
 /// `$1` workflow: the counts of its steps that did not finish well start
@@ -109,8 +110,9 @@ const RESET_STEPS: Sql = Sql::both(
     "UPDATE workflow_steps SET skipped = false, not_succeeded = 0,
        needs_left = (SELECT COUNT(*) FROM workflow_needs n JOIN jobs p ON p.id = n.parent_id
                       WHERE n.job_id = workflow_steps.job_id AND p.state <> 'succeeded')
-     WHERE workflow_id = $1 AND job_id IN (
-       SELECT id FROM jobs WHERE workflow_id = $1 AND state IN ('dead', 'expired', 'cancelled'))",
+     WHERE workflow_id = $1 AND EXISTS (
+       SELECT 1 FROM jobs j WHERE j.id = workflow_steps.job_id
+         AND j.state IN ('dead', 'expired', 'cancelled'))",
 );
 
 /// `$1` workflow, `$2` now: its steps that did not finish well run again,
@@ -126,7 +128,7 @@ const RERUN_STEPS: Sql = Sql::pair(
        updated_at = $2,
        deadline_at = CASE WHEN s.needs_left > 0 THEN NULL ELSE $2 + s.deadline_ms END
      FROM workflow_steps s
-     WHERE s.job_id = jobs.id AND jobs.workflow_id = $1
+     WHERE s.job_id = jobs.id AND s.workflow_id = $1
        AND jobs.state IN ('dead', 'expired', 'cancelled')
      RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue, jobs.state AS state",
     "UPDATE jobs SET
@@ -139,7 +141,7 @@ const RERUN_STEPS: Sql = Sql::pair(
        updated_at = $2,
        deadline_at = CASE WHEN s.needs_left > 0 THEN NULL ELSE $2 + s.deadline_ms END
      FROM workflow_steps s
-     WHERE s.job_id = jobs.id AND jobs.workflow_id = $1
+     WHERE s.job_id = jobs.id AND s.workflow_id = $1
        AND jobs.state IN ('dead', 'expired', 'cancelled')
      RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue, jobs.state::text AS state",
 );

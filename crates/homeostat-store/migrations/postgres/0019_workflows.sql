@@ -102,6 +102,23 @@ WHEN (NEW.needed
       AND OLD.state NOT IN ('succeeded', 'dead', 'cancelled', 'expired'))
 EXECUTE FUNCTION workflow_step_finished();
 
+-- Retention deletes a step's job by its own finish time, like any job's;
+-- the step's rows go with it, and a workflow with it its last step. (A
+-- step whose job is gone counts as met for a retry.)
+CREATE FUNCTION workflow_step_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM workflow_needs WHERE job_id = OLD.id;
+    DELETE FROM workflow_needs WHERE parent_id = OLD.id;
+    DELETE FROM workflow_steps WHERE job_id = OLD.id;
+    DELETE FROM workflows w WHERE w.id = OLD.workflow_id
+       AND NOT EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = OLD.workflow_id);
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER jobs_workflow_deleted AFTER DELETE ON jobs
+FOR EACH ROW WHEN (OLD.workflow_id IS NOT NULL)
+EXECUTE FUNCTION workflow_step_deleted();
+
 -- A step under limits holds no slot while it is pending (its rows' phase
 -- is `idle`, as a scheduled job's), keeps its rows when a retry makes it
 -- pending again, and once released waits for its limits like any job

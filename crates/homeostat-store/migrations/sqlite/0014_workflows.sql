@@ -67,6 +67,18 @@ BEGIN
        AND jobs.id IN (SELECT job_id FROM workflow_needs WHERE parent_id = NEW.id);
 END;
 
+-- Retention deletes a step's job by its own finish time; the step's rows
+-- go with it, and a workflow with its last step (PostgreSQL's 0019).
+CREATE TRIGGER jobs_workflow_deleted AFTER DELETE ON jobs
+WHEN OLD.workflow_id IS NOT NULL
+BEGIN
+    DELETE FROM workflow_needs WHERE job_id = OLD.id;
+    DELETE FROM workflow_needs WHERE parent_id = OLD.id;
+    DELETE FROM workflow_steps WHERE job_id = OLD.id;
+    DELETE FROM workflows WHERE id = OLD.workflow_id
+       AND NOT EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = OLD.workflow_id);
+END;
+
 -- A step under limits holds no slot while it is pending, keeps its rows
 -- when a retry makes it pending again, and once released waits for its
 -- limits (PostgreSQL's migration 0019 says why). Migration 0012's

@@ -849,6 +849,60 @@ async fn steps_under_limits_wait_for_them_once_released(store: &Store) {
     );
 }
 
+async fn retention_takes_a_step_with_its_job_and_a_workflow_with_its_last_step(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let wf = store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "pipeline".into(),
+                steps: vec![on_success("build", &[]), on_success("test", &["build"])],
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let build = claim_all(store, a, &wf, 1).await;
+    complete(store, a, &wf, "build", build[0].1, 2).await;
+    let test = claim_all(store, a, &wf, 100).await;
+    complete(store, a, &wf, "test", test[0].1, 101).await;
+    let retention = homeostat_store::JobRetention {
+        succeeded: std::time::Duration::from_secs(60),
+        failed: std::time::Duration::from_secs(60),
+    };
+    // build finished 60 s ago, test not yet: build goes, its step with it.
+    let deleted = store
+        .at(at(63))
+        .delete_finished_jobs(retention, 100, None)
+        .await
+        .unwrap();
+    assert_eq!(deleted.ids, [job_of(&wf, "build")]);
+    let left = store.workflow(wf.id).await.unwrap();
+    assert_eq!(
+        left.steps
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["test"]
+    );
+    assert!(left.steps[0].needs.is_empty(), "its need's rows went too");
+    assert_eq!(left.state, WorkflowState::Succeeded);
+    // The last step gone, the workflow goes.
+    store
+        .at(at(200))
+        .delete_finished_jobs(retention, 100, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.workflow(wf.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let listed = store.list_workflows(None, None, 10).await.unwrap();
+    assert!(listed.items.is_empty(), "{:?}", listed.items);
+}
+
 on_both_backends!(
     steps_run_in_the_order_of_their_needs,
     conditions_decide_what_runs_after_a_failure,
@@ -862,4 +916,5 @@ on_both_backends!(
     a_running_step_fans_out_and_its_dependents_wait_for_the_new_steps,
     bad_workflows_are_refused_whole,
     steps_under_limits_wait_for_them_once_released,
+    retention_takes_a_step_with_its_job_and_a_workflow_with_its_last_step,
 );
