@@ -10,6 +10,12 @@
 //! real connections); pairs alternate, and the ratio of the medians is
 //! reported.
 //!
+//! `--processes`: the HTTP side's agents are separate processes (this
+//! binary, run as an agent), registered with a tenant's bootstrap token as
+//! that tenant's agents, and the store side's agents are the tenant's too.
+//! Each side also reports the CPU this process spent per job: the library's
+//! against the server's (the agents' own is theirs).
+//!
 //! `--latency`: agents wait in long polls; a producer enqueues jobs through
 //! HTTP at `--rate` per second; each job's pickup latency runs from the
 //! moment its enqueue was sent to the moment a claim's answer carrying it
@@ -58,6 +64,7 @@ struct Args {
     replicas: usize,
     fair: bool,
     workflows: bool,
+    processes: bool,
 }
 
 fn args() -> Args {
@@ -73,6 +80,7 @@ fn args() -> Args {
         replicas: 1,
         fair: false,
         workflows: false,
+        processes: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -89,6 +97,7 @@ fn args() -> Args {
             "--latency" => a.latency = true,
             "--fair" => a.fair = true,
             "--workflows" => a.workflows = true,
+            "--processes" => a.processes = true,
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -296,8 +305,9 @@ async fn drain_http(base: &str, credentials: &[String], jobs: usize, batch: u32)
     jobs as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn platform_agents(store: &Store, n: usize) -> Vec<AgentId> {
-    let token = bootstrap(store, None, n as u32).await;
+/// `n` agents of `tenant` (platform agents for `None`) on the queue `bench`.
+async fn agents_of(store: &Store, tenant: Option<TenantId>, n: usize) -> Vec<AgentId> {
+    let token = bootstrap(store, tenant, n as u32).await;
     let mut out = Vec::new();
     for i in 0..n {
         let agent = NewAgent {
@@ -317,6 +327,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 async fn lifecycle(a: &Args) {
     let (mut direct, mut http) = (Vec::new(), Vec::new());
+    let (mut direct_cpu, mut http_cpu) = (Vec::new(), Vec::new());
     for run in 0..a.runs {
         // Alternate which side goes first, so drift favours neither.
         for side in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
@@ -325,28 +336,43 @@ async fn lifecycle(a: &Args) {
                 .create_tenant("bench", PlanTier::Standard, "bench")
                 .await
                 .unwrap();
+            // Tenant agents when the agents are processes, as a fleet's are.
+            let owner = a.processes.then_some(tenant.id);
+            let cpu = cpu_secs();
             if side == 0 {
-                let agents = platform_agents(&store, a.agents).await;
+                let agents = agents_of(&store, owner, a.agents).await;
                 enqueue_all(&store, tenant.id, a.jobs).await;
+                let cpu = cpu_secs();
                 direct.push(drain_store(&store, &agents, a.jobs, a.batch).await);
+                direct_cpu.push((cpu_secs() - cpu) / a.jobs as f64);
             } else {
                 let (base, server) = serve(&store, ApiSettings::default()).await;
-                let token = bootstrap(&store, None, a.agents as u32).await;
+                let token = bootstrap(&store, owner, a.agents as u32).await;
                 let c = client();
                 let mut creds = Vec::new();
                 for i in 0..a.agents {
                     creds.push(register(&c, &base, &token, i).await);
                 }
                 enqueue_all(&store, tenant.id, a.jobs).await;
-                http.push(drain_http(&base, &creds, a.jobs, a.batch).await);
+                let cpu = cpu_secs();
+                http.push(if a.processes {
+                    drain_http_processes(&base, &creds, a.jobs, a.batch).await
+                } else {
+                    drain_http(&base, &creds, a.jobs, a.batch).await
+                });
+                http_cpu.push((cpu_secs() - cpu) / a.jobs as f64);
                 server.abort();
             }
+            let _ = cpu;
             store.close().await;
             test.cleanup().await;
         }
         println!(
-            "run {run}: store {:.0} jobs/s, http {:.0} jobs/s",
-            direct[run], http[run]
+            "run {run}: store {:.0} jobs/s ({:.1} µs CPU a job), http {:.0} jobs/s ({:.1} µs of the server's CPU a job)",
+            direct[run],
+            direct_cpu[run] * 1e6,
+            http[run],
+            http_cpu[run] * 1e6
         );
     }
     // The ratio within each pair (the machine's speed drifts between
@@ -354,11 +380,111 @@ async fn lifecycle(a: &Args) {
     let mut ratios: Vec<f64> = http.iter().zip(&direct).map(|(h, d)| h / d).collect();
     let ratio = median(&mut ratios);
     let (lo, hi) = (ratios[0], ratios[ratios.len() - 1]);
+    let mut cpu_ratios: Vec<f64> = http_cpu
+        .iter()
+        .zip(&direct_cpu)
+        .map(|(h, d)| h / d)
+        .collect();
+    let cpu_ratio = median(&mut cpu_ratios);
     let (d, h) = (median(&mut direct), median(&mut http));
     println!(
-        "{} lifecycle jobs={} agents={} batch={} median of {}: store {d:.0} jobs/s, http {h:.0} jobs/s, http/store {ratio:.2} ({lo:.2}-{hi:.2})",
-        a.backend, a.jobs, a.agents, a.batch, a.runs,
+        "{} lifecycle jobs={} agents={}{} batch={} median of {}: store {d:.0} jobs/s, http {h:.0} jobs/s, http/store {ratio:.2} ({lo:.2}-{hi:.2}); server CPU a job / library's {cpu_ratio:.2}",
+        a.backend,
+        a.jobs,
+        a.agents,
+        if a.processes { " (processes)" } else { "" },
+        a.batch,
+        a.runs,
     );
+}
+
+/// This process's CPU time (user and system), in seconds.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are
+    // the 14th and 15th of the line, in clock ticks (100 a second).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Drains the queue through HTTP with each agent a process of its own:
+/// jobs per second, from the moment all were told to start.
+async fn drain_http_processes(base: &str, credentials: &[String], jobs: usize, batch: u32) -> f64 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let exe = std::env::current_exe().unwrap();
+    let mut children = Vec::new();
+    for cred in credentials {
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["--agent-process", base, cred, &batch.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(out.next_line().await.unwrap().as_deref(), Some("ready"));
+        children.push((child, out));
+    }
+    let start = Instant::now();
+    for (child, _) in &mut children {
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin.write_all(b"go\n").await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+    let mut done = 0;
+    for (child, out) in &mut children {
+        let line = out.next_line().await.unwrap().expect("an agent's count");
+        done += line.parse::<usize>().unwrap();
+        assert!(child.wait().await.unwrap().success());
+    }
+    let rate = jobs as f64 / start.elapsed().as_secs_f64();
+    assert_eq!(done, jobs);
+    rate
+}
+
+/// An agent process: connects, says "ready", waits for "go", then claims
+/// `batch` at a time and completes them until a claim comes back empty,
+/// and prints how many it completed.
+fn agent_process(base: &str, cred: &str, batch: u32) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = client();
+        println!("ready");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).unwrap();
+        let mut done = 0usize;
+        loop {
+            let claimed = post(
+                &c,
+                format!("{base}/v1/agent/claim"),
+                cred,
+                json!({"capacity": batch, "wait_secs": 0}),
+            )
+            .await;
+            let claimed = claimed["jobs"].as_array().unwrap();
+            if claimed.is_empty() {
+                break;
+            }
+            let completions: Vec<Value> = claimed
+                .iter()
+                .map(|j| json!({"id": j["id"], "lease_token": j["lease_token"]}))
+                .collect();
+            let answer = post(
+                &c,
+                format!("{base}/v1/agent/jobs/complete"),
+                cred,
+                json!({"completions": completions}),
+            )
+            .await;
+            done += answer["completed"].as_array().unwrap().len();
+        }
+        println!("{done}");
+    });
 }
 
 async fn latency(a: &Args) {
@@ -815,6 +941,13 @@ async fn workflows(a: &Args) {
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let argv: Vec<String> = std::env::args().collect();
+    if let [_, flag, base, cred, batch] = &argv[..]
+        && flag == "--agent-process"
+    {
+        agent_process(base, cred, batch.parse().expect("a batch size"));
+        return;
+    }
     let a = args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
