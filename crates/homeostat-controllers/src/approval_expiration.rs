@@ -7,7 +7,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{PlanKind, Store};
 
 use crate::Settings;
-use crate::sweep::{drain, total};
+use crate::sweep::{drain, left_more, swept, total};
 
 /// The approval-expiration controller.
 #[derive(Debug, Clone)]
@@ -43,6 +43,6 @@ impl Controller for ApprovalExpiration {
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
         let (batch, fence) = (self.settings.batch, ctx.fence());
         let done = drain(&ctx, batch, || self.store.expire_approvals(batch, fence)).await?;
-        Ok(Reconciled::items(total(&done)))
+        Ok(swept(total(&done), left_more(&done, batch)))
     }
 }

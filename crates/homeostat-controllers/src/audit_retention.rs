@@ -9,7 +9,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{AuditRetentionRun, PlanKind, Store};
 
 use crate::AuditRetentionConfig;
-use crate::sweep::{drain, total};
+use crate::sweep::{drain, left_more, swept, total};
 
 /// The audit-retention controller.
 #[derive(Debug, Clone)]
@@ -67,6 +67,6 @@ impl Controller for AuditRetention {
             self.store.delete_old_audit_events(run, fence)
         })
         .await?;
-        Ok(Reconciled::items(total(&done)))
+        Ok(swept(total(&done), left_more(&done, batch)))
     }
 }

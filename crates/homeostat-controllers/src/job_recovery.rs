@@ -22,7 +22,7 @@ use homeostat_store::{PlanKind, Store};
 use jiff::Timestamp;
 
 use crate::Settings;
-use crate::sweep::{drain, notify_dead, now, total};
+use crate::sweep::{drain, left_more, notify_dead, now, swept, total};
 
 /// The job-recovery controller.
 #[derive(Debug)]
@@ -94,7 +94,10 @@ impl JobRecovery {
         })
         .await?;
         self.hearing().last_ok = Some(started);
-        Ok(Reconciled::items(total(&requeued) + total(&expired)))
+        Ok(swept(
+            total(&requeued) + total(&expired),
+            left_more(&requeued, batch) || left_more(&expired, batch),
+        ))
     }
 }
 

@@ -7,7 +7,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{PlanKind, Store};
 
 use crate::JobRetentionConfig;
-use crate::sweep::{drain, total};
+use crate::sweep::{drain, left_more, swept, total};
 
 /// The job-retention controller.
 #[derive(Debug, Clone)]
@@ -50,6 +50,6 @@ impl Controller for JobRetention {
             self.store.delete_finished_jobs(retention, batch, fence)
         })
         .await?;
-        Ok(Reconciled::items(total(&done)))
+        Ok(swept(total(&done), left_more(&done, batch)))
     }
 }

@@ -7,7 +7,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{PlanKind, Store};
 
 use crate::Settings;
-use crate::sweep::{drain, total};
+use crate::sweep::{drain, left_more, swept, total};
 
 /// The job-scheduler controller.
 #[derive(Debug, Clone)]
@@ -39,6 +39,6 @@ impl Controller for JobScheduler {
     async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
         let (batch, fence) = (self.settings.batch, ctx.fence());
         let done = drain(&ctx, batch, || self.store.promote_scheduled(batch, fence)).await?;
-        Ok(Reconciled::items(total(&done)))
+        Ok(swept(total(&done), left_more(&done, batch)))
     }
 }

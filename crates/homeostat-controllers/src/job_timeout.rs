@@ -7,7 +7,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{PlanKind, Store};
 
 use crate::Settings;
-use crate::sweep::{drain, notify_dead, total};
+use crate::sweep::{drain, left_more, notify_dead, swept, total};
 
 /// The job-timeout controller.
 #[derive(Debug, Clone)]
@@ -46,6 +46,6 @@ impl Controller for JobTimeout {
             "timed out with no attempts left",
         )
         .await?;
-        Ok(Reconciled::items(total(&timed_out)))
+        Ok(swept(total(&timed_out), left_more(&timed_out, batch)))
     }
 }

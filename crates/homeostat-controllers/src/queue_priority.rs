@@ -12,7 +12,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{Ageing, PlanKind, Store};
 
 use crate::QueuePriorityConfig;
-use crate::sweep::{drain, total};
+use crate::sweep::{drain, left_more, swept, total};
 
 /// The queue-priority controller.
 #[derive(Debug, Clone)]
@@ -61,6 +61,6 @@ impl Controller for QueuePriority {
             self.store.recompute_priorities(ageing, batch, fence)
         })
         .await?;
-        Ok(Reconciled::items(total(&done)))
+        Ok(swept(total(&done), left_more(&done, batch)))
     }
 }

@@ -70,6 +70,27 @@ pub(crate) fn total<T: Changed>(results: &[T]) -> u64 {
     results.iter().map(Changed::changed).sum()
 }
 
+/// Whether [`drain`] stopped at [`MAX_BATCHES_PER_RUN`] with its last batch
+/// full: there is more to do now.
+pub(crate) fn left_more<T: Changed>(results: &[T], batch: u32) -> bool {
+    results.len() >= MAX_BATCHES_PER_RUN as usize
+        && results
+            .last()
+            .is_some_and(|r| r.changed() >= u64::from(batch))
+}
+
+/// A run that changed `items`, and comes back at once rather than at its
+/// next tick when it left `more` to do (a backlog larger than a run's
+/// batches drains run after run, not one run an interval).
+pub(crate) fn swept(items: u64, more: bool) -> homeostat_runtime::Reconciled {
+    let done = homeostat_runtime::Reconciled::items(items);
+    if more {
+        done.again_after(std::time::Duration::ZERO)
+    } else {
+        done
+    }
+}
+
 /// Queues a `job.dead` notification for each job a sweep killed.
 pub(crate) async fn notify_dead(
     store: &Store,

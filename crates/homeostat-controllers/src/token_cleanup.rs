@@ -7,7 +7,7 @@ use homeostat_runtime::{BoxError, Context, Controller, Plan, Reconciled};
 use homeostat_store::{PlanKind, Store};
 
 use crate::Settings;
-use crate::sweep::{drain, total};
+use crate::sweep::{drain, left_more, swept, total};
 
 /// The token-cleanup controller.
 #[derive(Debug, Clone)]
@@ -51,6 +51,9 @@ impl Controller for TokenCleanup {
             )
         })
         .await?;
-        Ok(Reconciled::items(total(&done) + total(&keys)))
+        Ok(swept(
+            total(&done) + total(&keys),
+            left_more(&done, batch) || left_more(&keys, batch),
+        ))
     }
 }

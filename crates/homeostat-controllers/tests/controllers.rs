@@ -337,6 +337,36 @@ async fn job_scheduler_promotes_due_jobs(store: &Store) {
     assert_eq!(run_at(store, &controller, at(15)).await.unwrap(), 0);
 }
 
+async fn a_sweep_that_stops_at_its_batch_cap_asks_to_run_again_at_once(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    // 105 due jobs against 100 batches of 1 a run.
+    let mut delayed = NewJob::new("q", "k");
+    delayed.run_at = Some(at(10));
+    store
+        .at(t0())
+        .enqueue_batch(t, &vec![delayed; 105])
+        .await
+        .unwrap();
+    let mut settings = config().job_scheduler;
+    settings.batch = 1;
+    let controller = JobScheduler::new(store.clone(), settings);
+    let fence = fence(store, controller.name()).await;
+    let run = || async {
+        let ctx = backends::context_at(store, controller.name(), at(15), Some(fence.clone()));
+        controller.reconcile(ctx).await.unwrap()
+    };
+    let first = run().await;
+    assert_eq!(first.items, 100);
+    assert_eq!(
+        first.again,
+        Some(Duration::ZERO),
+        "the backlog is not drained"
+    );
+    let second = run().await;
+    assert_eq!(second.items, 5);
+    assert_eq!(second.again, None, "drained: the interval applies");
+}
+
 async fn approval_expiration_and_token_cleanup_sweep_what_expired(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let mut gated = NewJob::new("q", "k");
@@ -778,6 +808,7 @@ on_both_backends!(
     job_recovery_requeues_expired_leases_and_expires_overdue_jobs,
     job_timeout_fails_attempts_past_their_timeout,
     job_scheduler_promotes_due_jobs,
+    a_sweep_that_stops_at_its_batch_cap_asks_to_run_again_at_once,
     approval_expiration_and_token_cleanup_sweep_what_expired,
     job_retention_deletes_finished_jobs_past_retention,
     audit_retention_removes_old_events_and_keeps_the_chain,

@@ -95,22 +95,36 @@ pub struct PlannedChange {
     pub why: String,
 }
 
-/// What one run changed.
+/// What one run changed, and whether it asks to run again before its
+/// interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Reconciled {
     /// Number of items changed (rows updated, notifications sent, ...).
     pub items: u64,
+    /// Run again this soon rather than at the next tick: a sweep that
+    /// stopped at its batch cap continues at once (`Duration::ZERO`); a
+    /// keyed controller comes back when its next key is due. Later than
+    /// the next tick changes nothing.
+    pub again: Option<Duration>,
 }
 
 impl Reconciled {
     /// A run that changed `items` items.
     pub fn items(items: u64) -> Self {
-        Self { items }
+        Self { items, again: None }
     }
 
     /// A run that found nothing to change.
     pub fn nothing() -> Self {
-        Self { items: 0 }
+        Self::items(0)
+    }
+
+    /// The same run, asking to run again after `delay` (at once for zero)
+    /// instead of waiting for its interval.
+    #[must_use]
+    pub fn again_after(mut self, delay: Duration) -> Self {
+        self.again = Some(delay);
+        self
     }
 }
 
@@ -136,6 +150,8 @@ pub enum RunReason {
     Retry,
     /// [`Manager::trigger`](crate::Manager::trigger).
     Trigger,
+    /// The previous run asked to run again ([`Reconciled::again_after`]).
+    Again,
 }
 
 impl RunReason {
@@ -146,6 +162,7 @@ impl RunReason {
             RunReason::Tick => "tick",
             RunReason::Retry => "retry",
             RunReason::Trigger => "trigger",
+            RunReason::Again => "again",
         }
     }
 }

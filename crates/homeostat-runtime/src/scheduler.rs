@@ -457,8 +457,19 @@ impl Driver {
 
     /// Records a run that ended by itself, then schedules what follows.
     async fn settle(&mut self, run: InFlight, result: RunResult) {
+        let again = match &result {
+            Ok(Ok(done)) => done.again,
+            _ => None,
+        };
         let (outcome, items, message) = classify(result);
         self.record(&run, outcome, items, message);
+        if let Some(delay) = again {
+            let at = self.shared.clock.now() + delay;
+            if at < self.next_due {
+                self.next_due = at;
+                self.next_reason = RunReason::Again;
+            }
+        }
         self.after_run(outcome).await;
         self.share_status().await;
     }

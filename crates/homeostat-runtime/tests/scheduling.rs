@@ -404,3 +404,41 @@ async fn plans_are_asked_by_name_and_default_to_unsupported() {
     ));
     manager.shutdown(S).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_run_that_asks_to_run_again_comes_back_before_its_interval() {
+    let clock = TokioClock::at_test_epoch();
+    let mut registry = Registry::default();
+    // A sweep with three batches to do: at once after the first two, then
+    // in 5 s (sooner than its minute), then as its interval says.
+    let (sweep, probe) = TestController::new("sweep", 60 * S, |_, n| async move {
+        Ok(match n {
+            0 | 1 => Reconciled::items(1000).again_after(Duration::ZERO),
+            2 => Reconciled::items(10).again_after(5 * S),
+            // Later than the next tick: the tick wins.
+            3 => Reconciled::nothing().again_after(600 * S),
+            _ => Reconciled::nothing(),
+        })
+    });
+    let manager = start(builder(&clock, &mut registry), vec![(sweep, exact())]);
+    tokio::time::sleep(Duration::from_secs(130)).await;
+    manager.shutdown(S).await;
+    let runs = probe.runs();
+    let offsets: Vec<f64> = runs
+        .iter()
+        .map(|r| secs(runs[0].started_at, r.started_at))
+        .collect();
+    assert_eq!(offsets, [0.0, 0.0, 0.0, 5.0, 65.0, 125.0]);
+    let reasons: Vec<RunReason> = runs.iter().map(|r| r.reason).collect();
+    assert_eq!(
+        reasons,
+        [
+            RunReason::Start,
+            RunReason::Again,
+            RunReason::Again,
+            RunReason::Again,
+            RunReason::Tick,
+            RunReason::Tick
+        ]
+    );
+}
