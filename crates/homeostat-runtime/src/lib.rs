@@ -17,12 +17,14 @@ mod backoff;
 mod clock;
 mod controller;
 mod event_loop;
+mod keyed;
 mod lease;
 mod manager;
 mod metrics;
 mod run;
 mod scheduler;
 mod status;
+mod work_queue;
 
 pub use backoff::{Backoff, RetryDecision};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
@@ -31,6 +33,7 @@ pub use controller::{
     Reconciled, RunReason,
 };
 pub use event_loop::{EventLoop, keep_latest};
+pub use keyed::{Action, KeyHandle, KeyedOptions, Reconciler};
 pub use lease::{InMemoryLeaseStore, Lease, LeaseError, LeaseStore};
 pub use manager::{
     DEFAULT_LEASE_TTL, MIN_LEASE_TTL, Manager, ManagerBuilder, ManagerError, ShutdownReport,

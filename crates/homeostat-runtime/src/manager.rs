@@ -179,6 +179,38 @@ impl ManagerBuilder {
         controller: C,
         options: ControllerOptions,
     ) -> Result<(), ManagerError> {
+        self.register_with(controller, options, Arc::new(Notify::new()))
+    }
+
+    /// Adds a keyed controller (docs/runtime.md, "Keyed controllers"): its
+    /// interval is the reconciler's resync, and `options` apply to its
+    /// runs (lease, timeout of a run); the handle puts keys in its queue
+    /// and tells it to run.
+    pub fn register_keyed<R: crate::Reconciler>(
+        &mut self,
+        reconciler: R,
+        options: ControllerOptions,
+        keyed: crate::KeyedOptions,
+    ) -> Result<crate::KeyHandle<R::Key>, ManagerError> {
+        let trigger = Arc::new(Notify::new());
+        let metrics = self.metrics.for_keys(reconciler.name());
+        let (controller, handle) = crate::keyed::Keyed::new(
+            reconciler,
+            keyed,
+            metrics,
+            Arc::clone(&trigger),
+            Arc::clone(&self.clock),
+        );
+        self.register_with(controller, options, trigger)?;
+        Ok(handle)
+    }
+
+    fn register_with<C: Controller>(
+        &mut self,
+        controller: C,
+        options: ControllerOptions,
+        trigger: Arc<Notify>,
+    ) -> Result<(), ManagerError> {
         let name = controller.name().to_owned();
         let interval = controller.interval();
         if name.is_empty() {
@@ -221,7 +253,7 @@ impl ManagerBuilder {
             timeout,
             options,
             controller,
-            trigger: Arc::new(Notify::new()),
+            trigger,
             status: Arc::new(Mutex::new(status)),
         }));
         Ok(())

@@ -44,6 +44,9 @@ pub(crate) struct Metrics {
     last_success: Family<ControllerLabels, Gauge<f64, AtomicU64>>,
     running: Family<ControllerLabels, Gauge>,
     leader: Family<ControllerLabels, Gauge>,
+    keys_queued: Family<ControllerLabels, Gauge>,
+    key_retries: Family<ControllerLabels, Counter>,
+    key_duration: DurationFamily,
 }
 
 impl Metrics {
@@ -57,6 +60,11 @@ impl Metrics {
             last_success: Family::default(),
             running: Family::default(),
             leader: Family::default(),
+            keys_queued: Family::default(),
+            key_retries: Family::default(),
+            key_duration: Family::new_with_constructor(|| {
+                Histogram::new(DURATION_BUCKETS.iter().copied())
+            }),
         }
     }
 
@@ -91,6 +99,21 @@ impl Metrics {
             "1 while this replica holds the controller's lease",
             self.leader.clone(),
         );
+        registry.register(
+            "homeostat_controller_keys_queued",
+            "Keys of a keyed controller waiting or being reconciled",
+            self.keys_queued.clone(),
+        );
+        registry.register(
+            "homeostat_controller_key_retries",
+            "Failed reconciles of a key, each retried after its backoff",
+            self.key_retries.clone(),
+        );
+        registry.register(
+            "homeostat_controller_key_reconcile_duration_seconds",
+            "Duration of one key's reconcile",
+            self.key_duration.clone(),
+        );
     }
 
     /// Handles for one controller, looked up once so the hot path does no
@@ -114,6 +137,27 @@ impl Metrics {
             last_success: self.last_success.get_or_create(&labels).clone(),
             running: self.running.get_or_create(&labels).clone(),
             leader: self.leader.get_or_create(&labels).clone(),
+        }
+    }
+}
+
+/// A keyed controller's metric handles.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyMetrics {
+    pub(crate) queued: Gauge,
+    pub(crate) retries: Counter,
+    pub(crate) duration: Histogram,
+}
+
+impl Metrics {
+    pub(crate) fn for_keys(&self, name: &str) -> KeyMetrics {
+        let labels = ControllerLabels {
+            controller: name.to_owned(),
+        };
+        KeyMetrics {
+            queued: self.keys_queued.get_or_create(&labels).clone(),
+            retries: self.key_retries.get_or_create(&labels).clone(),
+            duration: self.key_duration.get_or_create(&labels).clone(),
         }
     }
 }
