@@ -158,17 +158,18 @@ fn simulate(events: Vec<(u64, Op)>, work_ms: u64, debounce_ms: u64) {
         // takes the lease at its next try: a change, or its next tick.
         let settle = if handover { 200 } else { 20 };
         tokio::time::sleep(Duration::from_secs(settle)).await;
-        let w = world.lock().unwrap();
-        for (key, version) in &w.version {
-            assert_eq!(
-                w.applied.get(key),
-                Some(version),
-                "{key}'s last change was not applied: {:?} against {:?}",
-                w.applied,
-                w.version
-            );
+        {
+            let w = world.lock().unwrap();
+            for (key, version) in &w.version {
+                assert_eq!(
+                    w.applied.get(key),
+                    Some(version),
+                    "{key}'s last change was not applied: {:?} against {:?}",
+                    w.applied,
+                    w.version
+                );
+            }
         }
-        drop(w);
         for (manager, _) in &replicas {
             manager.shutdown(Duration::from_secs(1)).await;
         }
