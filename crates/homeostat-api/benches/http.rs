@@ -267,34 +267,9 @@ async fn drain_http(base: &str, credentials: &[String], jobs: usize, batch: u32)
     let start = Instant::now();
     let mut tasks = Vec::new();
     for cred in credentials {
-        let (client, base, cred) = (client(), base.to_owned(), cred.clone());
+        let (base, cred) = (base.to_owned(), cred.clone());
         tasks.push(tokio::spawn(async move {
-            let mut done = 0;
-            loop {
-                let claimed = post(
-                    &client,
-                    format!("{base}/v1/agent/claim"),
-                    &cred,
-                    json!({"capacity": batch, "wait_secs": 0}),
-                )
-                .await;
-                let claimed = claimed["jobs"].as_array().unwrap();
-                if claimed.is_empty() {
-                    return done;
-                }
-                let completions: Vec<Value> = claimed
-                    .iter()
-                    .map(|j| json!({"id": j["id"], "lease_token": j["lease_token"]}))
-                    .collect();
-                let answer = post(
-                    &client,
-                    format!("{base}/v1/agent/jobs/complete"),
-                    &cred,
-                    json!({"completions": completions}),
-                )
-                .await;
-                done += answer["completed"].as_array().unwrap().len();
-            }
+            drain_as(&client(), &base, &cred, batch).await
         }));
     }
     let mut done = 0;
@@ -303,6 +278,37 @@ async fn drain_http(base: &str, credentials: &[String], jobs: usize, batch: u32)
     }
     assert_eq!(done, jobs);
     jobs as f64 / start.elapsed().as_secs_f64()
+}
+
+/// One agent's share of a drain through HTTP: claims `batch` at a time and
+/// completes them until a claim comes back empty; how many it completed.
+async fn drain_as(client: &reqwest::Client, base: &str, cred: &str, batch: u32) -> usize {
+    let mut done = 0;
+    loop {
+        let claimed = post(
+            client,
+            format!("{base}/v1/agent/claim"),
+            cred,
+            json!({"capacity": batch, "wait_secs": 0}),
+        )
+        .await;
+        let claimed = claimed["jobs"].as_array().unwrap();
+        if claimed.is_empty() {
+            return done;
+        }
+        let completions: Vec<Value> = claimed
+            .iter()
+            .map(|j| json!({"id": j["id"], "lease_token": j["lease_token"]}))
+            .collect();
+        let answer = post(
+            client,
+            format!("{base}/v1/agent/jobs/complete"),
+            cred,
+            json!({"completions": completions}),
+        )
+        .await;
+        done += answer["completed"].as_array().unwrap().len();
+    }
 }
 
 /// `n` agents of `tenant` (platform agents for `None`) on the queue `bench`.
@@ -457,32 +463,7 @@ fn agent_process(base: &str, cred: &str, batch: u32) {
         println!("ready");
         let mut line = String::new();
         std::io::stdin().read_line(&mut line).unwrap();
-        let mut done = 0usize;
-        loop {
-            let claimed = post(
-                &c,
-                format!("{base}/v1/agent/claim"),
-                cred,
-                json!({"capacity": batch, "wait_secs": 0}),
-            )
-            .await;
-            let claimed = claimed["jobs"].as_array().unwrap();
-            if claimed.is_empty() {
-                break;
-            }
-            let completions: Vec<Value> = claimed
-                .iter()
-                .map(|j| json!({"id": j["id"], "lease_token": j["lease_token"]}))
-                .collect();
-            let answer = post(
-                &c,
-                format!("{base}/v1/agent/jobs/complete"),
-                cred,
-                json!({"completions": completions}),
-            )
-            .await;
-            done += answer["completed"].as_array().unwrap().len();
-        }
+        let done = drain_as(&c, base, cred, batch).await;
         println!("{done}");
     });
 }

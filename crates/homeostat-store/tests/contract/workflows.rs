@@ -26,6 +26,22 @@ fn on_success(name: &str, needs: &[&str]) -> NewStep {
     step(name, needs, StepCondition::OnSuccess)
 }
 
+/// Submits a workflow "pipeline" of `steps` for `t` at the test's start.
+async fn submit(store: &Store, t: homeostat_model::TenantId, steps: Vec<NewStep>) -> Workflow {
+    store
+        .at(t0())
+        .submit_workflow(
+            t,
+            &NewWorkflow {
+                name: "pipeline".into(),
+                steps,
+            },
+            "test",
+        )
+        .await
+        .unwrap()
+}
+
 fn job_of(wf: &Workflow, name: &str) -> JobId {
     wf.steps.iter().find(|s| s.name == name).unwrap().job_id
 }
@@ -63,23 +79,17 @@ async fn complete(store: &Store, a: AgentId, wf: &Workflow, name: &str, token: i
 async fn steps_run_in_the_order_of_their_needs(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let a = agent(store, None, &["ci"]).await;
-    let wf = store
-        .at(t0())
-        .submit_workflow(
-            t,
-            &NewWorkflow {
-                name: "pipeline".into(),
-                steps: vec![
-                    on_success("deploy", &["test-a", "test-b"]),
-                    on_success("test-a", &["build"]),
-                    on_success("test-b", &["build"]),
-                    on_success("build", &[]),
-                ],
-            },
-            "test",
-        )
-        .await
-        .unwrap();
+    let wf = submit(
+        store,
+        t,
+        vec![
+            on_success("deploy", &["test-a", "test-b"]),
+            on_success("test-a", &["build"]),
+            on_success("test-b", &["build"]),
+            on_success("build", &[]),
+        ],
+    )
+    .await;
     assert_eq!(wf.state, WorkflowState::Running);
     assert_eq!(state_of(&wf, "build"), JobState::Queued);
     assert_eq!(state_of(&wf, "deploy"), JobState::Pending);
@@ -140,24 +150,18 @@ async fn steps_run_in_the_order_of_their_needs(store: &Store) {
 async fn conditions_decide_what_runs_after_a_failure(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let a = agent(store, None, &["ci"]).await;
-    let wf = store
-        .at(t0())
-        .submit_workflow(
-            t,
-            &NewWorkflow {
-                name: "pipeline".into(),
-                steps: vec![
-                    on_success("build", &[]),
-                    on_success("test", &["build"]),
-                    on_success("deploy", &["test"]),
-                    step("report", &["build"], StepCondition::OnFailure),
-                    step("cleanup", &["deploy"], StepCondition::Always),
-                ],
-            },
-            "test",
-        )
-        .await
-        .unwrap();
+    let wf = submit(
+        store,
+        t,
+        vec![
+            on_success("build", &[]),
+            on_success("test", &["build"]),
+            on_success("deploy", &["test"]),
+            step("report", &["build"], StepCondition::OnFailure),
+            step("cleanup", &["deploy"], StepCondition::Always),
+        ],
+    )
+    .await;
     let build = claim_all(store, a, &wf, 1).await;
     store
         .at(at(2))
@@ -200,21 +204,15 @@ async fn conditions_decide_what_runs_after_a_failure(store: &Store) {
 async fn a_step_whose_failure_path_is_not_taken_is_skipped(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let a = agent(store, None, &["ci"]).await;
-    let wf = store
-        .at(t0())
-        .submit_workflow(
-            t,
-            &NewWorkflow {
-                name: "pipeline".into(),
-                steps: vec![
-                    on_success("build", &[]),
-                    step("report", &["build"], StepCondition::OnFailure),
-                ],
-            },
-            "test",
-        )
-        .await
-        .unwrap();
+    let wf = submit(
+        store,
+        t,
+        vec![
+            on_success("build", &[]),
+            step("report", &["build"], StepCondition::OnFailure),
+        ],
+    )
+    .await;
     let build = claim_all(store, a, &wf, 1).await;
     complete(store, a, &wf, "build", build[0].1, 2).await;
     let now = store.workflow(wf.id).await.unwrap();
@@ -226,22 +224,16 @@ async fn a_step_whose_failure_path_is_not_taken_is_skipped(store: &Store) {
 async fn cancel_stops_every_step(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let a = agent(store, None, &["ci"]).await;
-    let wf = store
-        .at(t0())
-        .submit_workflow(
-            t,
-            &NewWorkflow {
-                name: "pipeline".into(),
-                steps: vec![
-                    on_success("build", &[]),
-                    on_success("test", &["build"]),
-                    step("cleanup", &["test"], StepCondition::Always),
-                ],
-            },
-            "test",
-        )
-        .await
-        .unwrap();
+    let wf = submit(
+        store,
+        t,
+        vec![
+            on_success("build", &[]),
+            on_success("test", &["build"]),
+            step("cleanup", &["test"], StepCondition::Always),
+        ],
+    )
+    .await;
     let build = claim_all(store, a, &wf, 1).await;
     let cancelled = store
         .at(at(2))
@@ -280,18 +272,12 @@ async fn cancel_stops_every_step(store: &Store) {
 async fn a_step_reclaimed_from_a_dead_agent_runs_again_before_its_dependents(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let lost = agent(store, None, &["ci"]).await;
-    let wf = store
-        .at(t0())
-        .submit_workflow(
-            t,
-            &NewWorkflow {
-                name: "pipeline".into(),
-                steps: vec![on_success("build", &[]), on_success("test", &["build"])],
-            },
-            "test",
-        )
-        .await
-        .unwrap();
+    let wf = submit(
+        store,
+        t,
+        vec![on_success("build", &[]), on_success("test", &["build"])],
+    )
+    .await;
     claim_all(store, lost, &wf, 1).await;
     // Its agent went silent; the lease ran out and the step is queued again.
     store
@@ -380,24 +366,18 @@ async fn a_released_step_wakes_a_waiting_claim(store: &Store) {
     store.listening().await;
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let builder = agent(store, None, &["ci"]).await;
-    let wf = store
-        .at(t0())
-        .submit_workflow(
-            t,
-            &NewWorkflow {
-                name: "pipeline".into(),
-                steps: vec![
-                    on_success("build", &[]),
-                    NewStep {
-                        job: NewJob::new("deploys", "deploy"),
-                        ..on_success("deploy", &["build"])
-                    },
-                ],
+    let wf = submit(
+        store,
+        t,
+        vec![
+            on_success("build", &[]),
+            NewStep {
+                job: NewJob::new("deploys", "deploy"),
+                ..on_success("deploy", &["build"])
             },
-            "test",
-        )
-        .await
-        .unwrap();
+        ],
+    )
+    .await;
     let deployer = agent(store, None, &["deploys"]).await;
     let mut waiting = store.queued_waiter(deployer, None, 1).await.unwrap();
     let build = claim_all(store, builder, &wf, 1).await;
@@ -747,23 +727,17 @@ async fn steps_under_limits_wait_for_them_once_released(store: &Store) {
         s.job.limits = limit.map(|l| JobLimit::new(l, "eu")).into_iter().collect();
         s
     };
-    let wf = store
-        .at(t0())
-        .submit_workflow(
-            t,
-            &NewWorkflow {
-                name: "pipeline".into(),
-                steps: vec![
-                    under("build", &[], "build", Some("prod")),
-                    under("test-a", &["build"], "test", None),
-                    under("test-b", &["build"], "test", None),
-                    under("deploy", &["test-a", "test-b"], "deploy", Some("prod")),
-                ],
-            },
-            "test",
-        )
-        .await
-        .unwrap();
+    let wf = submit(
+        store,
+        t,
+        vec![
+            under("build", &[], "build", Some("prod")),
+            under("test-a", &["build"], "test", None),
+            under("test-b", &["build"], "test", None),
+            under("deploy", &["test-a", "test-b"], "deploy", Some("prod")),
+        ],
+    )
+    .await;
     assert_eq!(
         state_of(&wf, "build"),
         JobState::Waiting,
@@ -852,18 +826,12 @@ async fn steps_under_limits_wait_for_them_once_released(store: &Store) {
 async fn retention_takes_a_step_with_its_job_and_a_workflow_with_its_last_step(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let a = agent(store, None, &["ci"]).await;
-    let wf = store
-        .at(t0())
-        .submit_workflow(
-            t,
-            &NewWorkflow {
-                name: "pipeline".into(),
-                steps: vec![on_success("build", &[]), on_success("test", &["build"])],
-            },
-            "test",
-        )
-        .await
-        .unwrap();
+    let wf = submit(
+        store,
+        t,
+        vec![on_success("build", &[]), on_success("test", &["build"])],
+    )
+    .await;
     let build = claim_all(store, a, &wf, 1).await;
     complete(store, a, &wf, "build", build[0].1, 2).await;
     let test = claim_all(store, a, &wf, 100).await;
