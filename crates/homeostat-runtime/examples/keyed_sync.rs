@@ -1,7 +1,9 @@
 //! A keyed controller: keep a local copy of each group of an external
 //! directory in sync, one group (key) at a time, as the directory reports
 //! changes — and every key again at each resync, in case a change was
-//! missed. A group whose generation the copy already has is left alone.
+//! missed. Each group's status (`ObjectStatus`: the generation acted on,
+//! a `Ready` condition) is kept beside the copy; a group whose generation
+//! is current is left alone.
 //!
 //! Run it with `cargo run -p homeostat-runtime --example keyed_sync`; it
 //! exits non-zero unless the copy matches the directory in the end.
@@ -11,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use homeostat_runtime::{
-    Action, BoxError, Context, ControllerOptions, KeyedOptions, Manager, Reconciler,
+    Action, BoxError, Context, ControllerOptions, KeyedOptions, Manager, ObjectStatus, Reconciler,
 };
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
@@ -67,6 +69,7 @@ impl Directory {
 struct GroupSync {
     directory: Directory,
     local: Arc<Mutex<Groups>>,
+    status: Arc<Mutex<BTreeMap<String, ObjectStatus>>>,
 }
 
 impl Reconciler for GroupSync {
@@ -99,14 +102,23 @@ impl Reconciler for GroupSync {
             () = ctx.cancelled() => return Err("cancelled while reading the directory".into()),
         };
         let mut local = self.local.lock().unwrap();
+        let mut statuses = self.status.lock().unwrap();
         match desired {
-            // The generation the copy has: nothing to do.
-            Some(group) if local.get(&key).map(|g| g.generation) == Some(group.generation) => {}
+            // The generation acted on already: nothing to do.
+            Some(group)
+                if statuses
+                    .get(&key)
+                    .is_some_and(|s| s.is_current(group.generation)) => {}
             Some(group) => {
                 tracing::info!(group = key, generation = group.generation, "group copied");
+                let status = statuses.entry(key.clone()).or_default();
+                status.observe(group.generation);
+                let members = format!("{} members", group.members.len());
+                status.set_ready(true, "Synced", &members, ctx.now());
                 local.insert(key, group);
             }
             None => {
+                statuses.remove(&key);
                 if local.remove(&key).is_some() {
                     tracing::info!(group = key, "group removed");
                 }
@@ -130,6 +142,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         changes,
     };
     let local = Arc::new(Mutex::new(Groups::new()));
+    let status: Arc<Mutex<BTreeMap<String, ObjectStatus>>> = Arc::default();
 
     let mut registry = Registry::default();
     let mut builder = Manager::builder().metrics(&mut registry);
@@ -137,6 +150,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         GroupSync {
             directory: directory.clone(),
             local: Arc::clone(&local),
+            status: Arc::clone(&status),
         },
         ControllerOptions::default(),
         KeyedOptions::default()
@@ -161,7 +175,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while !in_sync() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let synced = in_sync();
+    let synced = in_sync()
+        && status.lock().unwrap().len() == local.lock().unwrap().len()
+        && status.lock().unwrap().values().all(ObjectStatus::is_ready);
     let groups = local.lock().unwrap().len();
     let report = manager.shutdown(Duration::from_secs(5)).await;
     println!("shutdown: {report:?}");

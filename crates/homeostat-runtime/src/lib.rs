@@ -15,6 +15,7 @@ use std::pin::Pin;
 
 mod backoff;
 mod clock;
+mod conditions;
 mod controller;
 mod event_loop;
 mod keyed;
@@ -28,6 +29,7 @@ mod work_queue;
 
 pub use backoff::{Backoff, RetryDecision};
 pub use clock::{Clock, ManualClock, SystemClock, TokioClock};
+pub use conditions::{Condition, ObjectStatus, READY};
 pub use controller::{
     Context, Controller, ControllerOptions, Fence, MAX_DEFAULT_TIMEOUT, Plan, PlannedChange,
     Reconciled, RunReason,
