@@ -697,6 +697,11 @@ async fn admitted(store: &Store, wf: &Workflow) -> Vec<String> {
     }
 }
 
+/// Out of `pending`, under a limit: waiting for it, or admitted by it.
+fn released(state: JobState) -> bool {
+    matches!(state, JobState::Waiting | JobState::Queued)
+}
+
 async fn steps_under_limits_wait_for_them_once_released(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let a = agent(store, None, &["ci"]).await;
@@ -749,10 +754,12 @@ async fn steps_under_limits_wait_for_them_once_released(store: &Store) {
     let build = claim_all(store, a, &wf, 1).await;
     complete(store, a, &wf, "build", build[0].1, 2).await;
 
-    // Released, the tests wait for their limit: one runs at a time.
+    // Released, the tests wait for their limit: one runs at a time. The
+    // store's own admission task may have admitted one already.
     let now = store.workflow(wf.id).await.unwrap();
-    assert_eq!(state_of(&now, "test-a"), JobState::Waiting);
-    assert_eq!(state_of(&now, "test-b"), JobState::Waiting);
+    let tests = [state_of(&now, "test-a"), state_of(&now, "test-b")];
+    assert!(tests.iter().all(|s| released(*s)), "{tests:?}");
+    assert!(tests.iter().filter(|s| **s == JobState::Queued).count() <= 1);
     let first = admitted(store, &wf).await;
     assert_eq!(first.len(), 1, "{first:?}");
     let claimed = claim_all(store, a, &wf, 3).await;
@@ -788,10 +795,8 @@ async fn steps_under_limits_wait_for_them_once_released(store: &Store) {
     assert_eq!(admitted(store, &wf).await, first);
     let claimed = claim_all(store, a, &wf, 11).await;
     complete(store, a, &wf, &claimed[0].0, claimed[0].1, 12).await;
-    assert_eq!(
-        state_of(&store.workflow(wf.id).await.unwrap(), "deploy"),
-        JobState::Waiting
-    );
+    let deploy = state_of(&store.workflow(wf.id).await.unwrap(), "deploy");
+    assert!(released(deploy), "{deploy:?}");
     assert_eq!(admitted(store, &wf).await, ["deploy"]);
     let deploy = claim_all(store, a, &wf, 13).await;
     complete(store, a, &wf, "deploy", deploy[0].1, 14).await;
