@@ -129,7 +129,8 @@ pub struct WatchdogConfig {
 /// periodic-jobs: cron schedules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeriodicConfig {
-    /// Interval (1 s) between looks at the schedules.
+    /// The resync (60 s): every schedule is looked at this often, besides
+    /// at each of its slots.
     #[serde(flatten)]
     pub settings: Settings,
     /// The schedules.
@@ -216,7 +217,7 @@ impl Default for ControllersConfig {
                 intervals: 3,
             },
             periodic: PeriodicConfig {
-                settings: Settings::every(SECOND, 0),
+                settings: Settings::every(60 * SECOND, 0),
                 schedules: Vec::new(),
             },
         }

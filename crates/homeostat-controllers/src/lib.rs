@@ -57,7 +57,7 @@ pub use token_cleanup::TokenCleanup;
 pub use watchdog::Watchdog;
 pub use workflows::Workflows;
 
-use homeostat_runtime::{ControllerOptions, ManagerBuilder, ManagerError};
+use homeostat_runtime::{ControllerOptions, KeyedOptions, ManagerBuilder, ManagerError};
 use homeostat_store::Store;
 
 #[doc(no_inline)]
@@ -155,7 +155,7 @@ pub fn register_builtin(
             config.periodic.settings,
             config.periodic.schedules.clone(),
         )?;
-        builder.register(periodic, options)?;
+        builder.register_keyed(periodic, options, KeyedOptions::default())?;
     }
     if config.watchdog.settings.enabled {
         // Every replica watches the controllers it leads.

@@ -1,5 +1,7 @@
 //! periodic-jobs: cron schedules from configuration (each with a time zone)
-//! enqueue exactly one job per slot across any number of replicas: the store
+//! enqueue exactly one job per slot across any number of replicas, each
+//! schedule a key of a keyed controller that comes back at its next slot.
+//! The store
 //! claims the slot and enqueues in one transaction, and a slot that is not
 //! newer than the last one claimed is refused. After downtime only the most
 //! recent missed slot is enqueued: at most one catch-up job per schedule.
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use croner::Cron;
 use homeostat_model::{NewJob, TenantId};
-use homeostat_runtime::{BoxError, Context, Controller, Plan, PlannedChange, Reconciled};
+use homeostat_runtime::{Action, BoxError, Context, Plan, PlannedChange, Reconciler};
 use homeostat_store::{PeriodicEnqueue, Store};
 use jiff::tz::TimeZone;
 
@@ -99,17 +101,40 @@ impl PeriodicJobs {
     }
 }
 
-impl Controller for PeriodicJobs {
+impl PeriodicJobs {
+    fn schedule(&self, name: &str) -> Option<&Compiled> {
+        self.schedules.iter().find(|c| c.schedule.name == name)
+    }
+}
+
+/// Keyed by schedule: each schedule is reconciled at its own slots (a
+/// requeue until the next one) rather than every schedule polled on every
+/// tick, so a thousand schedules cost a store write per slot that comes
+/// due, not a thousand a second; the resync (the interval) and a change of
+/// leader reconcile every schedule again, which is when a missed slot is
+/// caught up. The schedules come from configuration, so nothing else
+/// enqueues a key.
+impl Reconciler for PeriodicJobs {
+    type Key = String;
+
     fn name(&self) -> &str {
         "periodic-jobs"
     }
 
-    fn interval(&self) -> Duration {
+    fn resync(&self) -> Duration {
         self.settings.interval
     }
 
-    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
-        let now = now(&ctx)?;
+    async fn keys(&self, _ctx: &Context) -> Result<Vec<String>, BoxError> {
+        Ok(self
+            .schedules
+            .iter()
+            .map(|c| c.schedule.name.clone())
+            .collect())
+    }
+
+    async fn plan(&self, ctx: &Context) -> Result<Option<Plan>, BoxError> {
+        let now = now(ctx)?;
         let mut plan = Plan::default();
         for c in &self.schedules {
             let Ok(slot) = c
@@ -129,34 +154,33 @@ impl Controller for PeriodicJobs {
                 });
             }
         }
-        Ok(plan)
+        Ok(Some(plan))
     }
 
-    async fn reconcile(&self, ctx: Context) -> Result<Reconciled, BoxError> {
+    /// Enqueues the schedule's latest slot at or before now unless it ran
+    /// (earlier missed ones are not replayed), then comes back at the next.
+    async fn reconcile(&self, name: String, ctx: Context) -> Result<Action, BoxError> {
+        let Some(c) = self.schedule(&name) else {
+            return Ok(Action::Done);
+        };
         let now = now(&ctx)?;
-        let mut enqueued = 0;
-        for c in &self.schedules {
-            if ctx.is_cancelled() {
-                break;
-            }
-            let local = now.to_zoned(c.zone.clone());
-            // The latest slot at or before now; earlier missed ones are not
-            // replayed.
-            let Ok(slot) = c.cron.find_previous_occurrence(&local, true) else {
-                continue;
-            };
+        let local = now.to_zoned(c.zone.clone());
+        if let Ok(slot) = c.cron.find_previous_occurrence(&local, true) {
             let periodic = PeriodicEnqueue {
                 schedule: &c.schedule.name,
                 slot: slot.timestamp(),
                 tenant_id: c.schedule.tenant_id,
                 job: &c.schedule.job,
             };
-            let done = self.store.enqueue_periodic(&periodic, ctx.fence()).await?;
-            if let Some(e) = done {
+            if let Some(e) = self.store.enqueue_periodic(&periodic, ctx.fence()).await? {
                 tracing::info!(schedule = %c.schedule.name, slot = %slot, job = %e.id, "periodic job enqueued");
-                enqueued += 1;
             }
         }
-        Ok(Reconciled::items(enqueued))
+        Ok(match c.cron.find_next_occurrence(&local, false) {
+            Ok(next) => Action::RequeueAfter(
+                Duration::try_from(next.timestamp().duration_since(now)).unwrap_or_default(),
+            ),
+            Err(_) => Action::Done,
+        })
     }
 }

@@ -354,6 +354,22 @@ pub struct ControllerView {
     /// The replica holding its lease (none when not exclusive, or between
     /// leaders).
     pub leader_replica: Option<String>,
+    /// A keyed controller's queue (none for a periodic one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<ControllerKeys>,
+    /// Tasks its runs left going (a keyed controller's task per object).
+    #[serde(default)]
+    pub tasks: u64,
+}
+
+/// A keyed controller's queue, as its leader last showed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ControllerKeys {
+    /// Keys changed or due, waiting for a reconcile.
+    pub waiting: u64,
+    /// Keys being reconciled now.
+    pub active: u64,
 }
 
 /// A controller's most recent run.

@@ -178,6 +178,10 @@ impl fmt::Display for RunReason {
 pub struct Context {
     pub(crate) controller: Arc<str>,
     pub(crate) cancel: CancellationToken,
+    /// Fires when this replica's hold on the controller ends.
+    pub(crate) term: CancellationToken,
+    /// Where work that outlives the run is spawned (see [`crate::KeyTasks`]).
+    pub(crate) tasks: tokio_util::task::TaskTracker,
     pub(crate) fence: Option<Fence>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) scheduled_at: SystemTime,
@@ -199,7 +203,9 @@ impl Context {
         let now = clock.now();
         Self {
             controller: controller.into(),
+            term: cancel.clone(),
             cancel,
+            tasks: tokio_util::task::TaskTracker::new(),
             fence,
             clock,
             scheduled_at: now,
@@ -226,6 +232,14 @@ impl Context {
     /// Fires when the run must stop: timeout, lost leadership, shutdown.
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancel
+    }
+
+    /// Fires when this replica's hold on the controller ends: its lease is
+    /// lost or given back, or the manager shuts down (for a controller that
+    /// is not exclusive, only then). Work that outlives a run, such as a
+    /// key's task, stops on it; a run's own cancellation fires too.
+    pub fn term(&self) -> &CancellationToken {
+        &self.term
     }
 
     /// Whether the run has been asked to stop.

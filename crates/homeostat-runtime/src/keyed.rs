@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::Notify;
@@ -55,6 +55,13 @@ pub trait Reconciler: Send + Sync + 'static {
     fn keys(&self, ctx: &Context) -> impl Future<Output = Result<Vec<Self::Key>, BoxError>> + Send {
         let _ = ctx;
         async { Ok(Vec::new()) }
+    }
+
+    /// What a run would change now (a dry run), if the reconciler can say
+    /// better than its queue; the default (`None`) shows the keys waiting.
+    fn plan(&self, ctx: &Context) -> impl Future<Output = Result<Option<Plan>, BoxError>> + Send {
+        let _ = ctx;
+        async { Ok(None) }
     }
 
     /// Moves one object towards its desired state. Idempotent; should stop
@@ -167,6 +174,9 @@ pub(crate) struct Keyed<R: Reconciler> {
     last_epoch: Mutex<Option<Option<u64>>>,
     /// Consecutive failures by key.
     failures: Mutex<HashMap<R::Key, u32>>,
+    /// The controller's status, where the queue's counts are shown; set
+    /// once the manager has registered it.
+    status: Arc<OnceLock<Arc<Mutex<crate::ControllerStatus>>>>,
 }
 
 impl<R: Reconciler> Keyed<R> {
@@ -176,6 +186,7 @@ impl<R: Reconciler> Keyed<R> {
         metrics: KeyMetrics,
         trigger: Arc<Notify>,
         clock: Arc<dyn Clock>,
+        status: Arc<OnceLock<Arc<Mutex<crate::ControllerStatus>>>>,
     ) -> (Self, KeyHandle<R::Key>) {
         let queue = Arc::new(WorkQueue::new(options.debounce));
         let handle = KeyHandle {
@@ -190,6 +201,7 @@ impl<R: Reconciler> Keyed<R> {
             metrics,
             last_epoch: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
+            status,
         };
         (keyed, handle)
     }
@@ -199,6 +211,9 @@ impl<R: Reconciler> Keyed<R> {
         self.metrics
             .queued
             .set(i64::try_from(waiting + active).unwrap_or(i64::MAX));
+        if let Some(status) = self.status.get() {
+            status.lock().unwrap().keys = Some(crate::KeyCounts { waiting, active });
+        }
     }
 
     /// Records how `key`'s reconcile ended and when it comes back.
@@ -352,7 +367,10 @@ impl<R: Reconciler> Controller for Keyed<R> {
         }
     }
 
-    async fn plan(&self, _ctx: Context) -> Result<Plan, BoxError> {
+    async fn plan(&self, ctx: Context) -> Result<Plan, BoxError> {
+        if let Some(plan) = self.reconciler.plan(&ctx).await? {
+            return Ok(plan);
+        }
         let (waiting, active) = self.queue.depth();
         let items = self
             .queue

@@ -18,6 +18,7 @@ mod clock;
 mod conditions;
 mod controller;
 mod event_loop;
+mod key_tasks;
 mod keyed;
 mod lease;
 mod manager;
@@ -35,13 +36,14 @@ pub use controller::{
     Reconciled, RunReason,
 };
 pub use event_loop::{EventLoop, keep_latest};
+pub use key_tasks::{Ensured, KeyTasks, TaskContext};
 pub use keyed::{Action, KeyHandle, KeyedOptions, Reconciler};
 pub use lease::{InMemoryLeaseStore, Lease, LeaseError, LeaseStore};
 pub use manager::{
     DEFAULT_LEASE_TTL, MIN_LEASE_TTL, Manager, ManagerBuilder, ManagerError, ShutdownReport,
 };
 pub use status::unix_ms::to_millis as unix_millis;
-pub use status::{ControllerStatus, LastRun, Outcome};
+pub use status::{ControllerStatus, KeyCounts, LastRun, Outcome};
 
 /// A boxed, sendable future: what object-safe runtime interfaces return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

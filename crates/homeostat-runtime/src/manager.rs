@@ -194,14 +194,19 @@ impl ManagerBuilder {
     ) -> Result<crate::KeyHandle<R::Key>, ManagerError> {
         let trigger = Arc::new(Notify::new());
         let metrics = self.metrics.for_keys(reconciler.name());
+        let status = Arc::new(OnceLock::new());
         let (controller, handle) = crate::keyed::Keyed::new(
             reconciler,
             keyed,
             metrics,
             Arc::clone(&trigger),
             Arc::clone(&self.clock),
+            Arc::clone(&status),
         );
         self.register_with(controller, options, trigger)?;
+        let slot = self.slots.last().expect("the slot just registered");
+        slot.status.lock().unwrap().keys = Some(crate::KeyCounts::default());
+        let _ = status.set(Arc::clone(&slot.status));
         Ok(handle)
     }
 
@@ -244,6 +249,8 @@ impl ManagerBuilder {
             last_success_at: None,
             consecutive_failures: 0,
             next_run: None,
+            keys: None,
+            tasks: 0,
         };
         let controller: Arc<dyn DynController> = Arc::new(controller);
         self.slots.push(Arc::new(Slot {
@@ -369,9 +376,14 @@ impl Manager {
     /// the schedule.
     pub async fn plan(&self, name: &str) -> Result<crate::Plan, ManagerError> {
         let slot = self.slot(name)?;
+        // A dry run holds no term: nothing it might start would outlive it.
+        let term = CancellationToken::new();
+        term.cancel();
         let ctx = Context {
             controller: Arc::clone(&slot.name),
             cancel: CancellationToken::new(),
+            term,
+            tasks: tokio_util::task::TaskTracker::new(),
             fence: None,
             clock: Arc::clone(&self.inner.shared.clock),
             scheduled_at: self.inner.shared.clock.now(),

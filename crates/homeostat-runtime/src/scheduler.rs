@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, field, info, info_span, warn};
 
 use crate::backoff::{Backoff, spread};
@@ -83,6 +84,8 @@ struct Held {
     lease: Lease,
     renew_at: SystemTime,
     valid_until: SystemTime,
+    /// This leadership's term: cancelled when the lease is lost or given back.
+    term: CancellationToken,
 }
 
 enum Event {
@@ -108,6 +111,11 @@ pub(crate) struct Driver {
     failures: u32,
     stopping: bool,
     stopped_in_time: bool,
+    /// The term of a controller that is not exclusive: this manager's life.
+    unleased_term: CancellationToken,
+    /// Work the controller's runs left going (a key's task): stopped with
+    /// the term, and waited for at shutdown within the grace.
+    tasks: TaskTracker,
 }
 
 impl Driver {
@@ -135,6 +143,8 @@ impl Driver {
             failures: 0,
             stopping: false,
             stopped_in_time: true,
+            unleased_term: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -167,6 +177,7 @@ impl Driver {
                 }
             }
         }
+        self.end_tasks().await;
         self.release().await;
         let mut status = self.slot.status.lock().unwrap();
         status.next_run = None;
@@ -270,6 +281,7 @@ impl Driver {
         let mut status = self.slot.status.lock().unwrap();
         status.next_run = (!self.stopping).then_some(self.next_due);
         status.running = self.in_flight.is_some();
+        status.tasks = self.tasks.len();
         status.leader = !self.slot.options.exclusive || self.held.is_some();
     }
 
@@ -316,9 +328,15 @@ impl Driver {
             items = field::Empty,
             duration_ms = field::Empty,
         );
+        let term = match &self.held {
+            Some(held) => held.term.clone(),
+            None => self.unleased_term.clone(),
+        };
         let ctx = Context {
             controller: Arc::clone(&self.slot.name),
             cancel: cancel.clone(),
+            term,
+            tasks: self.tasks.clone(),
             fence,
             clock,
             scheduled_at,
@@ -386,6 +404,7 @@ impl Driver {
             lease,
             renew_at: sent + shared.renew_every(),
             valid_until,
+            term: CancellationToken::new(),
         });
         Some(fence)
     }
@@ -417,11 +436,11 @@ impl Driver {
         };
         match answer {
             Some(Ok(Some(renewed))) if renewed.epoch == lease.epoch => {
-                self.held = Some(Held {
-                    lease: renewed,
-                    renew_at: sent + shared.renew_every(),
-                    valid_until: sent + shared.renew_deadline(),
-                });
+                if let Some(held) = &mut self.held {
+                    held.lease = renewed;
+                    held.renew_at = sent + shared.renew_every();
+                    held.valid_until = sent + shared.renew_deadline();
+                }
             }
             Some(Ok(_)) => self.lose_lease("another replica took the lease"),
             Some(Err(e)) => {
@@ -440,6 +459,7 @@ impl Driver {
     /// writes the store would now refuse) is cancelled.
     fn lose_lease(&mut self, why: &str) {
         let Some(held) = self.held.take() else { return };
+        held.term.cancel();
         self.slot.metrics.leader.set(0);
         // A trigger asked this replica, as leader, for a run it may no longer make.
         self.pending_trigger = false;
@@ -563,6 +583,35 @@ impl Driver {
         if std::mem::take(&mut self.pending_trigger) {
             let now = self.shared.clock.now();
             self.start_run(now, RunReason::Trigger).await;
+        }
+    }
+
+    /// Ends the term and waits, until the shutdown deadline, for the work
+    /// the runs left going to stop: under the lease still held, so its last
+    /// writes (a final flush, a checkpoint) are not refused.
+    async fn end_tasks(&mut self) {
+        self.unleased_term.cancel();
+        if let Some(held) = &self.held {
+            held.term.cancel();
+        }
+        self.tasks.close();
+        if self.tasks.is_empty() {
+            return;
+        }
+        let clock = Arc::clone(&self.shared.clock);
+        let deadline = self.shared.shutdown_deadline.get().copied();
+        tokio::select! {
+            () = self.tasks.wait() => {}
+            () = async {
+                match deadline {
+                    Some(at) => clock.sleep_until(at).await,
+                    None => pending().await,
+                }
+            } => {
+                self.stopped_in_time = false;
+                warn!(controller = %self.slot.name, tasks = self.tasks.len(),
+                    "tasks still stopping at the shutdown deadline; left behind");
+            }
         }
     }
 

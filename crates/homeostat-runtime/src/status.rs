@@ -102,6 +102,22 @@ pub struct ControllerStatus {
     /// When the next tick is due (`None` once stopped).
     #[serde(with = "unix_ms::option")]
     pub next_run: Option<SystemTime>,
+    /// A keyed controller's keys: waiting and being reconciled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<KeyCounts>,
+    /// Tasks its runs left going (a keyed controller's tasks per key),
+    /// as of its last run.
+    #[serde(default)]
+    pub tasks: usize,
+}
+
+/// A keyed controller's queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCounts {
+    /// Keys changed or due, waiting for a reconcile.
+    pub waiting: usize,
+    /// Keys being reconciled now.
+    pub active: usize,
 }
 
 impl ControllerStatus {
@@ -116,6 +132,8 @@ impl ControllerStatus {
             last_success_at: leader.last_success_at,
             consecutive_failures: leader.consecutive_failures,
             next_run: leader.next_run,
+            keys: leader.keys,
+            tasks: leader.tasks,
             ..self
         }
     }
@@ -274,6 +292,8 @@ mod tests {
             last_success_at: None,
             consecutive_failures: 0,
             next_run: Some(at + Duration::from_secs(1)),
+            keys: None,
+            tasks: 0,
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["interval_ms"], 1000);
@@ -282,5 +302,27 @@ mod tests {
         assert_eq!(json["last_run"]["outcome"], "skipped_overlap");
         assert_eq!(json["last_success_at"], serde_json::Value::Null);
         assert_eq!(json["next_run"], 1_767_225_601_123i64);
+        assert!(
+            json.get("keys").is_none(),
+            "a periodic controller has no keys"
+        );
+        // A status published by a replica that knew no counts reads as none.
+        let mut older = json.clone();
+        older.as_object_mut().unwrap().remove("tasks");
+        let older: ControllerStatus = serde_json::from_value(older).unwrap();
+        assert_eq!((older.keys, older.tasks), (None, 0));
+        let keyed = ControllerStatus {
+            keys: Some(KeyCounts {
+                waiting: 3,
+                active: 1,
+            }),
+            tasks: 2,
+            ..status
+        };
+        let json = serde_json::to_value(&keyed).unwrap();
+        assert_eq!(json["keys"]["waiting"], 3);
+        assert_eq!(json["tasks"], 2);
+        let back: ControllerStatus = serde_json::from_value(json).unwrap();
+        assert_eq!(back, keyed);
     }
 }

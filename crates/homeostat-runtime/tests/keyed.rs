@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{exact, metric, secs, wait_until};
 use homeostat_runtime::{
-    Action, BoxError, Clock, Context, ControllerOptions, InMemoryLeaseStore, KeyHandle,
+    Action, BoxError, Clock, Context, ControllerOptions, InMemoryLeaseStore, KeyCounts, KeyHandle,
     KeyedOptions, Manager, Reconciler, TokioClock,
 };
 use prometheus_client::registry::Registry;
@@ -225,6 +225,16 @@ async fn concurrency_bounds_the_keys_reconciled_at_once() {
     for k in 0..7 {
         keys.enqueue(format!("k{k}"));
     }
+    // The status shows the queue as the run works it.
+    wait_until("three run", S, || recorder.calls().len() == 3).await;
+    let status = manager.controller_status("sync").unwrap();
+    assert_eq!(
+        status.keys,
+        Some(KeyCounts {
+            waiting: 4,
+            active: 3
+        })
+    );
     wait_until("all ran", 60 * S, || {
         recorder
             .calls()
@@ -242,6 +252,8 @@ async fn concurrency_bounds_the_keys_reconciled_at_once() {
         .collect();
     starts.sort_by(f64::total_cmp);
     assert_eq!(starts, [0.0, 0.0, 0.0, 10.0, 10.0, 10.0, 20.0]);
+    let status = manager.controller_status("sync").unwrap();
+    assert_eq!(status.keys, Some(KeyCounts::default()));
     manager.shutdown(S).await;
 }
 

@@ -516,6 +516,7 @@ const CONTROLLER_COLUMNS: &[Column] = &[
     ("LAST RUN", "last_run.started_at"),
     ("NEXT RUN", "next_run"),
     ("FAILURES", "consecutive_failures"),
+    ("KEYS WAITING", "keys.waiting"),
 ];
 const VERIFICATION_COLUMNS: &[Column] = &[
     ("ID", "id"),

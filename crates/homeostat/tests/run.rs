@@ -261,3 +261,84 @@ async fn foreign_variables_do_not_stop_it_and_a_lost_admin_key_is_replaced() {
     drop(again);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// periodic-jobs is a keyed controller, one key per schedule, each
+/// reconciled at its own slots: a schedule every 2 s enqueues a job for
+/// every slot, each within a second of it by the server's own audit
+/// times (a sweep polled every interval would be up to an interval late),
+/// and the controller shows its queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_schedules_enqueue_at_their_own_slots() {
+    let dir = data_dir();
+    let client = client();
+    let mut first = start(&dir);
+    ready(&client, &first).await;
+    let key = first.admin_key().expect("no admin key printed");
+    let tenant = post_json(
+        &client,
+        first.url("/v1/tenants"),
+        Some(&key),
+        &json!({"name": "reports"}),
+    )
+    .await;
+    assert!(first.terminate().success());
+
+    let schedules = format!(
+        r#"[{{name = "tick", cron = "*/2 * * * * *", timezone = "UTC", tenant_id = "{}", job = {{queue = "reports", kind = "tick"}}}}]"#,
+        tenant["id"].as_str().unwrap()
+    );
+    let mut server = start_with(
+        &dir,
+        &[("HOMEOSTAT_CONTROLLERS__PERIODIC__SCHEDULES", &schedules)],
+    );
+    ready(&client, &server).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let page = common::get_json(&client, server.url("/v1/audit?limit=1000"), &key).await;
+        let events: Vec<Value> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "jobs.periodic")
+            .cloned()
+            .collect();
+        if events.len() >= 5 {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let time = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    let slots: Vec<jiff::Timestamp> = events.iter().map(|e| time(&e["details"]["slot"])).collect();
+    // The first may be a catch-up of the slot before the start; from then
+    // on, every slot once, each enqueued within a second of it.
+    for (e, slot) in events.iter().zip(&slots).skip(1) {
+        let late = time(&e["at"]).duration_since(*slot);
+        assert!(
+            late >= jiff::SignedDuration::ZERO && late < jiff::SignedDuration::from_secs(1),
+            "slot {slot} enqueued {late:?} after it"
+        );
+    }
+    for pair in slots[1..].windows(2) {
+        assert_eq!(
+            pair[1].duration_since(pair[0]),
+            jiff::SignedDuration::from_secs(2),
+            "{slots:?}"
+        );
+    }
+    let controllers = common::get_json(&client, server.url("/v1/controllers"), &key).await;
+    let periodic = controllers["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "periodic-jobs")
+        .unwrap()
+        .clone();
+    let queued = periodic["keys"]["waiting"].as_u64().unwrap()
+        + periodic["keys"]["active"].as_u64().unwrap();
+    assert_eq!(
+        queued, 1,
+        "the schedule waits for its next slot: {periodic}"
+    );
+    assert!(server.terminate().success());
+}

@@ -36,6 +36,8 @@ pub(crate) struct ControllerRow {
     pub(crate) items: String,
     pub(crate) error: String,
     pub(crate) next_run: String,
+    /// A keyed controller's queue.
+    pub(crate) keys: Option<String>,
     /// Why the watchdog's rule flags it, if it does.
     pub(crate) flag: Option<String>,
 }
@@ -71,6 +73,12 @@ fn row(
             .next_run
             .and_then(timestamp)
             .map_or_else(|| "stopped".into(), |t| ago(now, t)),
+        keys: s.keys.map(|k| {
+            format!(
+                "keyed: {} waiting, {} reconciling, {} tasks",
+                k.waiting, k.active, s.tasks
+            )
+        }),
         flag: s.unhealthy(wall, since, FLAG_AFTER_INTERVALS),
     }
 }

@@ -4,7 +4,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use homeostat_model::Page;
-use homeostat_model::operator::{ControllerPlan, ControllerRun, ControllerView, PlannedChange};
+use homeostat_model::operator::{
+    ControllerKeys, ControllerPlan, ControllerRun, ControllerView, PlannedChange,
+};
 use homeostat_runtime::{ControllerStatus, Manager};
 
 use crate::auth::{Admin, Operator};
@@ -68,6 +70,11 @@ fn controller_view(s: ControllerStatus, leader_replica: Option<String>) -> Contr
         consecutive_failures: s.consecutive_failures,
         next_run: s.next_run.map(ms),
         leader_replica,
+        keys: s.keys.map(|k| ControllerKeys {
+            waiting: k.waiting as u64,
+            active: k.active as u64,
+        }),
+        tasks: s.tasks as u64,
         name: s.name,
     }
 }

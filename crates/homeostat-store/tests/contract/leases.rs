@@ -124,6 +124,11 @@ async fn only_the_holder_publishes_a_controllers_status(store: &Store) {
         ),
         consecutive_failures: 0,
         next_run: Some(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_005)),
+        keys: Some(homeostat_runtime::KeyCounts {
+            waiting: 4,
+            active: 1,
+        }),
+        tasks: 2,
     };
     assert!(store.published().await.unwrap().is_empty());
     let a = store.acquire("c", "a", ttl).await.unwrap().unwrap();
