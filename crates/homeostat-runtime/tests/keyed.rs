@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use common::{exact, metric, secs, wait_until};
 use homeostat_runtime::{
     Action, BoxError, Clock, Context, ControllerOptions, InMemoryLeaseStore, KeyCounts, KeyHandle,
-    KeyedOptions, Manager, Reconciler, TokioClock,
+    KeyedOptions, Manager, ObjectStatus, READY, Reconciler, TokioClock,
 };
 use prometheus_client::registry::Registry;
 
@@ -432,4 +432,120 @@ async fn shutdown_lets_reconciles_finish_within_the_grace_and_cancels_the_rest()
         0,
         "the slow reconcile was dropped, not left running"
     );
+}
+
+/// Objects with a generation; a reconcile acts only on a generation its
+/// status has not observed, and fails while an object is marked broken.
+#[derive(Default)]
+struct Specs {
+    generations: Mutex<HashMap<String, u64>>,
+    broken: Mutex<Vec<String>>,
+    statuses: Mutex<HashMap<String, ObjectStatus>>,
+    /// (key, generation) of each reconcile that did the work.
+    acted: Mutex<Vec<(String, u64)>>,
+    reconciles: Mutex<usize>,
+}
+
+struct Converge(Arc<Specs>, TokioClock);
+
+impl Reconciler for Converge {
+    type Key = String;
+
+    fn name(&self) -> &str {
+        "converge"
+    }
+
+    fn resync(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    async fn keys(&self, _ctx: &Context) -> Result<Vec<String>, BoxError> {
+        Ok(self.0.generations.lock().unwrap().keys().cloned().collect())
+    }
+
+    async fn reconcile(&self, key: String, _ctx: Context) -> Result<Action, BoxError> {
+        *self.0.reconciles.lock().unwrap() += 1;
+        let generation = self.0.generations.lock().unwrap()[&key];
+        let mut status = self
+            .0
+            .statuses
+            .lock()
+            .unwrap()
+            .get(&key)
+            .cloned()
+            .unwrap_or_default();
+        if status.is_current(generation) {
+            return Ok(Action::Done);
+        }
+        self.0.acted.lock().unwrap().push((key.clone(), generation));
+        status.observe(generation);
+        let broken = self.0.broken.lock().unwrap().contains(&key);
+        let (ready, reason) = if broken {
+            (false, "Broken")
+        } else {
+            (true, "Synced")
+        };
+        status.set_ready(ready, reason, "", self.1.now());
+        self.0.statuses.lock().unwrap().insert(key, status);
+        if broken {
+            return Err("broken".into());
+        }
+        Ok(Action::Done)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unchanged_generation_is_a_no_op_and_a_new_one_or_a_failure_acts_again() {
+    let clock = TokioClock::at_test_epoch();
+    let specs = Arc::new(Specs::default());
+    specs
+        .generations
+        .lock()
+        .unwrap()
+        .extend([("a".to_owned(), 1), ("b".to_owned(), 1)]);
+    let mut registry = Registry::default();
+    let mut builder = Manager::builder()
+        .clock(Arc::new(clock))
+        .metrics(&mut registry)
+        .seed(7);
+    let keys = builder
+        .register_keyed(
+            Converge(Arc::clone(&specs), clock),
+            exact(),
+            KeyedOptions::default(),
+        )
+        .unwrap();
+    let manager = builder.start().unwrap();
+    let acted = || specs.acted.lock().unwrap().clone();
+    wait_until("both act once", S, || acted().len() == 2).await;
+
+    // Change events and a resync with no new generation: reconciled, and
+    // nothing done.
+    for _ in 0..3 {
+        keys.enqueue("a".into());
+        tokio::time::sleep(S).await;
+    }
+    tokio::time::sleep(61 * S).await;
+    assert!(*specs.reconciles.lock().unwrap() >= 7);
+    assert_eq!(acted().len(), 2, "{:?}", acted());
+
+    // A new generation acts once; a failure leaves the object not ready,
+    // so its retry acts again on the same generation.
+    specs.generations.lock().unwrap().insert("a".into(), 2);
+    specs.broken.lock().unwrap().push("b".into());
+    specs.generations.lock().unwrap().insert("b".into(), 2);
+    keys.enqueue("a".into());
+    keys.enqueue("b".into());
+    wait_until("b is retried", 10 * S, || {
+        acted().iter().filter(|(k, g)| k == "b" && *g == 2).count() == 2
+    })
+    .await;
+    assert_eq!(
+        acted().iter().filter(|(k, _)| k == "a").collect::<Vec<_>>(),
+        [&("a".to_owned(), 1), &("a".to_owned(), 2)]
+    );
+    let b = specs.statuses.lock().unwrap()["b"].clone();
+    assert_eq!(b.observed_generation, Some(2));
+    assert_eq!(b.condition(READY).unwrap().reason, "Broken");
+    manager.shutdown(S).await;
 }
