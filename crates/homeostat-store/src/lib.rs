@@ -83,7 +83,7 @@ pub use signals::QueueWaiter;
 pub use stats::{AgentCount, JobCount, QueueBacklog, Stats};
 #[cfg(feature = "testing")]
 pub use store::PoolForTests;
-pub use store::Store;
+pub use store::{Backup, Store};
 pub use types::{
     Ageing, AgentFilter, ApiKeyIdentity, AuditFilter, AuditRetentionRun, Delivery, Failure,
     IssuedSecret, JobFilter, JobRetention, NOTIFICATION_MAX_ATTEMPTS, NewBootstrapToken, Once,

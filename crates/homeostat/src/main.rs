@@ -66,6 +66,15 @@ enum Command {
     /// audited (actor `homeostat:admin-key`); revoke the lost one with
     /// `homeostat tokens revoke ID`.
     AdminKey(StoreArgs),
+    /// Copies the embedded SQLite database to a new file while the server
+    /// runs: a consistent snapshot of one moment, checked by opening it.
+    ///
+    /// Reads the database as `run` does (--config, --data-dir, HOMEOSTAT_*).
+    /// The copy is private to its owner. To restore, stop the server, put
+    /// the copy in place of `homeostat.db` in the data directory (removing
+    /// `homeostat.db-wal` and `homeostat.db-shm`) and start it. PostgreSQL
+    /// is backed up with pg_dump (docs/server.md, "Backups"); exit 2.
+    Backup(BackupArgs),
     /// Checks or prints configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -158,6 +167,15 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+#[derive(Debug, clap::Args)]
+struct BackupArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The new file to write (refused if it exists).
+    #[arg(long, value_name = "FILE")]
+    to: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -291,6 +309,10 @@ fn main() -> ExitCode {
         }
         Command::AdminKey(args) => match args.load() {
             Ok(config) => serve::admin_key(config),
+            Err(code) => code,
+        },
+        Command::Backup(args) => match args.store.load() {
+            Ok(config) => serve::backup(config, &args.to),
             Err(code) => code,
         },
     }

@@ -10,7 +10,7 @@ use homeostat_controllers::notifier::Secret;
 use homeostat_controllers::{Notifier, register_builtin};
 use homeostat_model::{ApiScope, TokenKind};
 use homeostat_runtime::Manager;
-use homeostat_store::{Store, StoreOptions};
+use homeostat_store::{Store, StoreError, StoreOptions};
 use prometheus_client::registry::Registry;
 
 use crate::config::{Config, ConfigError, Notifications};
@@ -182,6 +182,72 @@ pub(crate) fn admin_key(config: Config) -> ExitCode {
         Err(e) => {
             eprintln!("homeostat: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `homeostat backup`: an online copy of the SQLite database to `to`.
+pub(crate) fn backup(config: Config, to: &std::path::Path) -> ExitCode {
+    crate::logging::init(config.log_format, "warn");
+    if config.database_url.is_some() {
+        eprintln!(
+            "homeostat: backup copies the embedded SQLite database; back PostgreSQL up with \
+             pg_dump (docs/server.md, \"Backups\")"
+        );
+        return ExitCode::from(2);
+    }
+    if !config.data_dir.join("homeostat.db").exists() {
+        eprintln!(
+            "homeostat: no database in {} to back up (is --data-dir the server's?)",
+            config.data_dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    let started = std::time::Instant::now();
+    let copied = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            StoreError::from(homeostat_model::ValidationError::new(
+                "runtime",
+                e.to_string(),
+            ))
+        })
+        .and_then(|rt| {
+            rt.block_on(async {
+                let url = config.store_url().map_err(|e| {
+                    homeostat_model::ValidationError::new("data_dir", e.to_string())
+                })?;
+                let store = Store::connect(&url, StoreOptions::default()).await?;
+                eprintln!(
+                    "homeostat: copying {} to {} …",
+                    config.data_dir.join("homeostat.db").display(),
+                    to.display()
+                );
+                let copied = store.backup_to(to).await;
+                store.close().await;
+                copied
+            })
+        });
+    match copied {
+        Ok(b) => {
+            println!(
+                "homeostat: backup written to {}: {:.1} MB, {} jobs, {} audit events, in {:.1} s",
+                to.display(),
+                b.bytes as f64 / 1e6,
+                b.jobs,
+                b.audit_events,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("homeostat: backup: {e}");
+            ExitCode::from(match e {
+                StoreError::Invalid(_) | StoreError::UnsupportedUrl { .. } => 2,
+                StoreError::Unavailable { .. } => 5,
+                _ => 1,
+            })
         }
     }
 }

@@ -8,6 +8,7 @@
 //! instead of being dropped whenever another connection writes. Reads use a
 //! pool of their own.
 
+mod backup;
 mod hot;
 
 use std::str::FromStr;

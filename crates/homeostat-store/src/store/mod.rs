@@ -37,6 +37,7 @@ macro_rules! dispatch {
 }
 
 mod audit;
+mod backup;
 mod jobs;
 mod leases;
 mod limits;
@@ -45,6 +46,7 @@ mod registry;
 mod sweeps;
 mod workflows;
 
+pub use backup::Backup;
 pub(crate) use workflows::WORKFLOWS_UNKNOWN;
 
 /// The store: SQLite or PostgreSQL behind one interface.
