@@ -59,22 +59,34 @@ async fn enqueue(c: &reqwest::Client, server: &common::Server, key: &str, tenant
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_online_sqlite_backup_restores_into_a_server_with_every_job_and_an_intact_chain() {
-    let dir = data_dir();
-    let c = client();
-    let server = start(&dir);
-    ready(&c, &server).await;
+/// A first start: the server, its admin key, a tenant, and the ids of the
+/// `n` jobs enqueued for it.
+async fn first_start(
+    c: &reqwest::Client,
+    dir: &Path,
+    env: &[(&str, &str)],
+    n: u32,
+) -> (common::Server, String, Value, Vec<String>) {
+    let server = start_with(dir, env);
+    ready(c, &server).await;
     let key = server.admin_key().unwrap();
     let tenant = post_json(
-        &c,
+        c,
         server.url("/v1/tenants"),
         Some(&key),
         &json!({"name": "acme"}),
     )
     .await;
-    enqueue(&c, &server, &key, &tenant, 50).await;
-    let before = job_ids(&c, &server, &key).await;
+    enqueue(c, &server, &key, &tenant, n).await;
+    let jobs = job_ids(c, &server, &key).await;
+    (server, key, tenant, jobs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_online_sqlite_backup_restores_into_a_server_with_every_job_and_an_intact_chain() {
+    let dir = data_dir();
+    let c = client();
+    let (server, key, tenant, before) = first_start(&c, &dir, &[], 50).await;
     assert_eq!(before.len(), 50);
 
     // Writes go on while the copy is taken.
@@ -186,18 +198,7 @@ async fn the_documented_pg_dump_procedure_restores_every_job_and_an_intact_chain
     let dir = data_dir();
     let env = [("HOMEOSTAT_DATABASE_URL", db.as_str())];
     let c = client();
-    let mut server = start_with(&dir, &env);
-    ready(&c, &server).await;
-    let key = server.admin_key().unwrap();
-    let tenant = post_json(
-        &c,
-        server.url("/v1/tenants"),
-        Some(&key),
-        &json!({"name": "acme"}),
-    )
-    .await;
-    enqueue(&c, &server, &key, &tenant, 40).await;
-    let before = job_ids(&c, &server, &key).await;
+    let (mut server, key, _, before) = first_start(&c, &dir, &env, 40).await;
     assert!(server.terminate().success());
 
     // docs/server.md, "Backups": dump the schema, lose it, restore it.
