@@ -155,10 +155,17 @@ impl ClientBuilder {
             }
             bases.push(base.into());
         }
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
-            .user_agent(self.user_agent)
+            .user_agent(self.user_agent);
+        if bases.iter().all(|b| b.starts_with("http://")) {
+            // No TLS to verify: the platform's certificate store, which a
+            // minimal container or a health check's chroot may not have,
+            // is not asked for.
+            http = http.tls_certs_only(std::iter::empty());
+        }
+        let http = http
             .build()
             .map_err(|e| ClientError::Config(e.to_string()))?;
         Ok(Client {
@@ -310,6 +317,21 @@ impl Client {
                 tracing::debug!(operation, error = %e, ?after, "retrying");
             })
             .await
+    }
+
+    /// Whether the server is ready (`GET /readyz`, once, no retry): its
+    /// checks when it is; a server that is not answers 503 with the
+    /// failing check (a [`ClientError::Api`]).
+    pub async fn ready(&self) -> Result<Value, ClientError> {
+        self.once(
+            "checking readiness",
+            &Method::GET,
+            "/readyz",
+            None,
+            &[],
+            None,
+        )
+        .await
     }
 
     async fn get<T: DeserializeOwned>(

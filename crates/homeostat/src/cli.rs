@@ -647,6 +647,39 @@ const NOTIFICATION_COLUMNS: &[Column] = &[
     ("LAST ERROR", "last_error"),
 ];
 
+/// `homeostat probe`: whether the server at `url` is ready.
+pub(crate) fn probe(url: &str) -> ExitCode {
+    let ready = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            let client = Client::builder(url)
+                .retries(0)
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok(rt.block_on(client.ready()))
+        });
+    match ready {
+        Ok(Ok(_)) => {
+            println!("ready");
+            ExitCode::SUCCESS
+        }
+        Ok(Err(e)) if e.status() == Some(503) => {
+            println!("not ready: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(Err(e)) => {
+            eprintln!("homeostat: {e}");
+            crate::agent::exit_code(&e)
+        }
+        Err(e) => {
+            eprintln!("homeostat: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Runs a command; prints the error with what to do next, and maps it to
 /// the exit code.
 pub(crate) fn main(connection: Connection, command: Command) -> ExitCode {

@@ -368,6 +368,19 @@ impl Config {
 
     /// The database URL: PostgreSQL's, or the SQLite file in the data
     /// directory (created if missing).
+    /// The base URL of this configuration's server from the same machine:
+    /// its probes listener if it has one, else its API's, a wildcard
+    /// address meaning loopback.
+    pub(crate) fn local_url(&self) -> String {
+        let at = self.api.probes_listen.as_deref().unwrap_or(&self.listen);
+        let local = match at.rsplit_once(':') {
+            Some(("0.0.0.0", port)) => format!("127.0.0.1:{port}"),
+            Some(("[::]", port)) => format!("[::1]:{port}"),
+            _ => at.to_owned(),
+        };
+        format!("http://{local}")
+    }
+
     pub(crate) fn store_url(&self) -> Result<String, ConfigError> {
         use std::os::unix::fs::DirBuilderExt;
         if let Some(url) = &self.database_url {

@@ -75,6 +75,14 @@ enum Command {
     /// `homeostat.db-wal` and `homeostat.db-shm`) and start it. PostgreSQL
     /// is backed up with pg_dump (docs/server.md, "Backups"); exit 2.
     Backup(BackupArgs),
+    /// Asks the server on this machine whether it is ready (GET /readyz),
+    /// for a container's or a supervisor's health check.
+    ///
+    /// The address is the configuration's `api.probes_listen`, else its
+    /// `listen`, as `run` reads them (--config, HOMEOSTAT_*), a wildcard
+    /// address meaning loopback; or --url. Exit 0 ready, 1 not ready (the
+    /// failing check is printed), 5 unreachable.
+    Probe(ProbeArgs),
     /// Checks or prints configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -167,6 +175,16 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+#[derive(Debug, clap::Args)]
+struct ProbeArgs {
+    /// A TOML configuration file (see `homeostat config default`).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The server's base URL, instead of the configuration's address.
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -311,6 +329,19 @@ fn main() -> ExitCode {
             Ok(config) => serve::admin_key(config),
             Err(code) => code,
         },
+        Command::Probe(args) => {
+            let url = match args.url {
+                Some(url) => url,
+                None => match config::Config::load(args.config.as_deref()) {
+                    Ok(config) => config.local_url(),
+                    Err(e) => {
+                        eprintln!("homeostat: configuration: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            cli::probe(&url)
+        }
         Command::Backup(args) => match args.store.load() {
             Ok(config) => serve::backup(config, &args.to),
             Err(code) => code,

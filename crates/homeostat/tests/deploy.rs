@@ -216,3 +216,208 @@ fn the_sqlite_overlay_runs_one_replica_on_a_volume_of_its_own() {
     assert_probes_and_grace(set, &env);
     assert_settings_accepted(&env, "the sqlite overlay");
 }
+
+/// The Dockerfile's stages: each one's instructions, continuation lines
+/// joined, comments dropped.
+fn stages(dockerfile: &str) -> Vec<Vec<(String, String)>> {
+    let mut stages: Vec<Vec<(String, String)>> = Vec::new();
+    for line in dockerfile.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (op, rest) = line.split_once(' ').unwrap_or((line, ""));
+        if op == "FROM" {
+            stages.push(Vec::new());
+        }
+        stages
+            .last_mut()
+            .expect("a FROM first")
+            .push((op.to_owned(), rest.trim().to_owned()));
+    }
+    stages
+}
+
+fn json_args(text: &str) -> Vec<String> {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{text}: {e}"))
+}
+
+fn sh(program: &str, args: &[&str]) {
+    let out = run(program, args);
+    assert!(out.status.success(), "{program} {args:?}: {out:?}");
+}
+
+/// The image's runtime stage, assembled as `deploy/container/Dockerfile`
+/// says and run under chroot as its user (there is no container runtime
+/// on these machines): the server starts on its volume, its health check
+/// passes, its database is the user's alone, and SIGTERM stops it cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_images_runtime_stage_runs_as_its_user_on_its_volume() {
+    let uid = String::from_utf8(run("id", &["-u"]).stdout).unwrap();
+    if uid.trim() != "0" {
+        eprintln!("SKIPPED: chroot needs root");
+        return;
+    }
+    let dockerfile = std::fs::read_to_string(deploy().join("container/Dockerfile")).unwrap();
+    let stages = stages(&dockerfile);
+    let (build, runtime) = (&stages[0], stages.last().unwrap());
+    assert!(stages.len() >= 2, "a build stage and a runtime stage");
+    let binary = assert_cmd::cargo::cargo_bin("homeostat");
+    let binary = binary.to_str().unwrap();
+    let scratch = scratch();
+    let out = scratch.join("out");
+    let root = scratch.join("root");
+
+    // The build stage's output: its `install` lines, this build's binary
+    // standing in for the release one.
+    for (op, rest) in build {
+        if op != "RUN" || !rest.starts_with("install ") {
+            continue;
+        }
+        for command in rest.split("&&").map(str::trim) {
+            let args: Vec<String> = command
+                .split_whitespace()
+                .skip(1)
+                .map(|a| {
+                    a.replace("target/release/homeostat", binary)
+                        .replace("/out/", &format!("{}/", out.display()))
+                })
+                .collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            sh("install", &args);
+        }
+    }
+
+    // The base image: distroless's cc image is glibc and libgcc; the
+    // libraries this binary links, and /tmp.
+    let ldd = String::from_utf8(run("ldd", &[binary]).stdout).unwrap();
+    for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
+        let to = root.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(lib, &to).unwrap();
+    }
+    sh(
+        "install",
+        &["-d", "-m", "1777", root.join("tmp").to_str().unwrap()],
+    );
+
+    let mut env: Vec<(String, String)> = Vec::new();
+    let (mut user, mut health, mut entrypoint, mut cmd) = (None, None, vec![], vec![]);
+    let (mut volumes, mut exposed) = (vec![], vec![]);
+    for (op, rest) in &runtime[1..] {
+        match op.as_str() {
+            "COPY" => {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                assert_eq!(words[0], "--from=build", "{rest}");
+                let (owner, paths) = match words[1].strip_prefix("--chown=") {
+                    Some(owner) => (owner, &words[2..]),
+                    None => ("0:0", &words[1..]),
+                };
+                let from = out.join(paths[0].trim_start_matches("/out/"));
+                let to = root.join(paths[1].trim_start_matches('/'));
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                sh("cp", &["-a", from.to_str().unwrap(), to.to_str().unwrap()]);
+                sh("chown", &["-R", owner, to.to_str().unwrap()]);
+            }
+            "ENV" => {
+                let (k, v) = rest.split_once('=').unwrap();
+                env.push((k.to_owned(), v.to_owned()));
+            }
+            "USER" => user = Some(rest.clone()),
+            "VOLUME" => volumes.push(rest.clone()),
+            "EXPOSE" => exposed.push(rest.clone()),
+            "HEALTHCHECK" => health = Some(json_args(rest.split_once("CMD ").unwrap().1)),
+            "ENTRYPOINT" => entrypoint = json_args(rest),
+            "CMD" => cmd = json_args(rest),
+            "STOPSIGNAL" => assert_eq!(rest, "SIGTERM", "the server drains on SIGTERM"),
+            other => panic!("the runtime stage's {other} is not assembled by this test: teach it"),
+        }
+    }
+    let user = user.expect("a USER: never root");
+    assert_ne!(user.split(':').next(), Some("0"));
+    let listen = env
+        .iter()
+        .find(|(k, _)| k == "HOMEOSTAT_LISTEN")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(exposed, [listen.rsplit(':').next().unwrap()]);
+    let data_dir = env
+        .iter()
+        .find(|(k, _)| k == "HOMEOSTAT_DATA_DIR")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(
+        volumes,
+        [data_dir.as_str()],
+        "the data directory is the volume"
+    );
+    let owner = |path: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).unwrap();
+        (format!("{}:{}", m.uid(), m.gid()), m.mode() & 0o777)
+    };
+    let volume = root.join(data_dir.trim_start_matches('/'));
+    assert_eq!(owner(&volume), (user.clone(), 0o700));
+
+    // `docker run -e HOMEOSTAT_LISTEN=…`: a free port on this machine.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    env.push(("HOMEOSTAT_LISTEN".into(), format!("127.0.0.1:{port}")));
+    // Found on this process's PATH: the command's own environment is the
+    // image's alone.
+    let chroot = std::env::var("PATH")
+        .unwrap()
+        .split(':')
+        .map(|d| Path::new(d).join("chroot"))
+        .find(|p| p.exists())
+        .expect("chroot");
+    let in_image = |args: &[String]| {
+        let mut c = Command::new(&chroot);
+        c.arg(format!("--userspec={user}"))
+            .arg(&root)
+            .args(args)
+            .env_clear()
+            .envs(env.iter().cloned());
+        c
+    };
+    let mut server = in_image(&[entrypoint.clone(), cmd].concat())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = health.expect("a HEALTHCHECK");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let probe = in_image(&health).output().unwrap();
+        if probe.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && server.try_wait().unwrap().is_none(),
+            "never healthy: {probe:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let db = volume.join("homeostat.db");
+    assert_eq!(
+        owner(&db),
+        (user.clone(), 0o600),
+        "the database is the user's alone"
+    );
+
+    sh("kill", &["-TERM", &server.id().to_string()]);
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut printed = String::new();
+    use std::io::Read;
+    server
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut printed)
+        .unwrap();
+    assert!(printed.lines().any(|l| l.starts_with("hsk_")), "{printed}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}
