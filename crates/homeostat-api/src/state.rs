@@ -220,6 +220,7 @@ impl ApiState {
         mut registry: prometheus_client::registry::Registry,
     ) -> Self {
         let http = Arc::new(HttpMetrics::register(&mut registry));
+        store.register_metrics(&mut registry);
         let presence = crate::presence::Presence::start(store.clone(), settings.heartbeat_flush);
         let shutdown = CancellationToken::new();
         let replica = match &manager {

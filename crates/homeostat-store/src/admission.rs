@@ -143,11 +143,11 @@ const CANCEL: Sql = Sql::pair(
        lease_expires_at = NULL, timeout_at = NULL
      WHERE id IN (SELECT value FROM json_each($1))
        AND state IN ('waiting', 'queued', 'running')
-     RETURNING id, tenant_id",
+     RETURNING id, tenant_id, queue, kind",
     "UPDATE jobs SET state = 'cancelled', finished_at = $2, updated_at = $2, last_error = $3,
        lease_expires_at = NULL, timeout_at = NULL
      WHERE id = ANY($1) AND state IN ('waiting', 'queued', 'running')
-     RETURNING id, tenant_id",
+     RETURNING id, tenant_id, queue, kind",
 );
 
 pub(crate) type Pair = (String, String);
@@ -208,6 +208,8 @@ pub struct Admitted {
     pub queued: Vec<(TenantId, String, u32)>,
     /// Jobs a limit's strategy cancelled.
     pub cancelled: u64,
+    /// Their queues and kinds (for the job metrics).
+    pub(crate) cancelled_jobs: Vec<(String, String)>,
     /// Whether due wake-ups were left for another run.
     pub more: bool,
 }
@@ -398,14 +400,15 @@ async fn pick<B: Backend>(
     })
 }
 
-/// Cancels the jobs a strategy gave up, audited as `actor`; how many.
+/// Cancels the jobs a strategy gave up, audited as `actor`; their queues
+/// and kinds.
 async fn cancel_given_up<B: Backend>(
     tx: &mut B::Tx,
     cancel: &[(Id, Pair)],
     now: i64,
     at_ms: i64,
     actor: &str,
-) -> Result<u64, StoreError> {
+) -> Result<Vec<(String, String)>, StoreError> {
     let op = "admitting jobs under limits";
     let ids: Vec<Id> = cancel.iter().map(|(id, _)| *id).collect();
     let why = cancel.first().map(|(_, (l, k))| {
@@ -434,7 +437,9 @@ async fn cancel_given_up<B: Backend>(
         });
     }
     audit_log::append::<B>(tx, &events, at_ms).await?;
-    Ok(rows.len() as u64)
+    rows.iter()
+        .map(|r| Ok((r.text("queue")?, r.text("kind")?)))
+        .collect()
 }
 
 /// Admits the waiting jobs of the keys whose wake-ups are due, as far as
@@ -490,7 +495,8 @@ pub(crate) async fn admit<B: Backend>(b: &B, actor: &str) -> Result<Admitted, St
     } = pick::<B>(&mut tx, &due, &limits, &rooms).await?;
     // Cancel first: a queued job cancelled frees its slot for this run.
     if !cancel.is_empty() {
-        out.cancelled = cancel_given_up::<B>(&mut tx, &cancel, now, ms(at.now), actor).await?;
+        out.cancelled_jobs = cancel_given_up::<B>(&mut tx, &cancel, now, ms(at.now), actor).await?;
+        out.cancelled = out.cancelled_jobs.len() as u64;
         rooms.clear();
         counts::<B>(&mut tx, &due_keys, now, &limits, &mut rooms).await?;
     }

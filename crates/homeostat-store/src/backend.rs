@@ -461,12 +461,12 @@ pub(crate) trait Backend: Sync {
     ) -> impl Future<Output = Result<Vec<ClaimedJob>, StoreError>> + Send;
 
     /// Completes jobs of `agent` whose lease tokens still match; for each,
-    /// whether it did (the tuned completion).
+    /// the attempt that ended, if it did (the tuned completion).
     fn complete_batch(
         &self,
         agent: AgentId,
         completions: &[Completion],
-    ) -> impl Future<Output = Result<Vec<bool>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Option<crate::job_metrics::Ended>>, StoreError>> + Send;
 
     /// Enqueues validated jobs inside `tx` (the tuned batch insert).
     fn enqueue_in(

@@ -82,12 +82,12 @@ const RELEASE: Sql = Sql::pair(
 /// `$3` the agent holding the lease.
 const FAILING: Sql = Sql::pair(
     concat!(
-        "SELECT attempt, max_attempts FROM jobs
+        "SELECT attempt, max_attempts, queue, kind, queued_at, started_at FROM jobs
          WHERE id = $1 AND lease_token = $2 AND lease_agent = $3 AND ",
         sqlite_running!()
     ),
     concat!(
-        "SELECT attempt, max_attempts FROM jobs
+        "SELECT attempt, max_attempts, queue, kind, queued_at, started_at FROM jobs
          WHERE id = $1 AND lease_token = $2 AND lease_agent = $3 AND ",
         pg_running!(),
         " FOR UPDATE"
@@ -376,7 +376,7 @@ pub(crate) async fn release<B: Backend>(
 pub(crate) async fn fail<B: Backend>(
     b: &B,
     failure: &Failure<'_>,
-) -> Result<FailOutcome, StoreError> {
+) -> Result<(FailOutcome, crate::job_metrics::Ended), StoreError> {
     let now = b.now();
     let op = "failing a job";
     let Failure {
@@ -399,6 +399,12 @@ pub(crate) async fn fail<B: Backend>(
         token: lease_token,
     })?;
     let (attempt, max) = (row.num::<u32>("attempt")?, row.num::<u32>("max_attempts")?);
+    let ended = crate::job_metrics::Ended {
+        queue: row.text("queue")?,
+        kind: row.text("kind")?,
+        queued_at: row.int("queued_at")?,
+        started_at: row.opt_int("started_at")?,
+    };
     let (state, retry_after) = fail_outcome(b.options(), attempt, max, permanent);
     let dead = state == JobState::Dead;
     let error = truncate(error);
@@ -424,10 +430,11 @@ pub(crate) async fn fail<B: Backend>(
         crate::notifications::add_in::<B>(&mut tx, "job.dead", &payload, ms(now)).await?;
     }
     B::commit(tx, op).await?;
-    Ok(FailOutcome {
+    let outcome = FailOutcome {
         state,
         retry_at: retry_after.and(run_at).map(ts),
-    })
+    };
+    Ok((outcome, ended))
 }
 
 /// Operator transitions: cancel, approve, redrive. Audited.

@@ -43,6 +43,8 @@ pub(crate) struct Local {
     pub(crate) closed: Arc<AtomicBool>,
     /// Whether workflows exist (`store::workflows`), once known.
     pub(crate) workflows: AtomicU8,
+    /// What happens to jobs here, for `/metrics`.
+    pub(crate) jobs: crate::job_metrics::JobMetrics,
 }
 
 impl Default for Local {
@@ -69,6 +71,7 @@ impl Default for Local {
             admitter: OnceLock::new(),
             closed: Arc::default(),
             workflows: AtomicU8::new(crate::store::WORKFLOWS_UNKNOWN),
+            jobs: crate::job_metrics::JobMetrics::default(),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::leases::check_fence;
 use crate::time::{dur_ms, ms};
 use crate::{Ageing, JobRetention, Swept, audit_log};
 
-/// A sweep statement returning `(id, state, tenant_id, queue)` of the
+/// A sweep statement returning `(id, state, tenant_id, queue, kind)` of the
 /// rows it changed, with
 /// the audit action and reason that describe it.
 pub(crate) struct Sweep {
@@ -41,7 +41,7 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
             ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1
                         AND lease_expires_at >= $3 LIMIT $2)
-         RETURNING id, state, tenant_id, queue"
+         RETURNING id, state, tenant_id, queue, kind"
         ),
         concat!(
             "WITH t(now) AS (SELECT ",
@@ -57,7 +57,7 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'running' AND lease_expires_at < t.now
                         AND lease_expires_at >= $3
                       LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state, tenant_id, queue"
+         RETURNING id, state::text AS state, tenant_id, queue, kind"
         ),
     ),
 };
@@ -81,7 +81,7 @@ macro_rules! reclaim_running {
          WHERE id IN (",
                 $sqlite_pick,
                 ")
-         RETURNING id, state, tenant_id, queue"
+         RETURNING id, state, tenant_id, queue, kind"
             ),
             concat!(
                 "WITH t(now) AS (SELECT ",
@@ -99,7 +99,7 @@ macro_rules! reclaim_running {
          WHERE id IN (",
                 $pg_pick,
                 ")
-         RETURNING id, state::text AS state, tenant_id, queue"
+         RETURNING id, state::text AS state, tenant_id, queue, kind"
             ),
         )
     };
@@ -167,7 +167,7 @@ macro_rules! deadline_passed {
                 $state,
                 "' AND attempt = 0
                       AND deadline_at < $1 LIMIT $2)
-         RETURNING id, state, tenant_id, queue"
+         RETURNING id, state, tenant_id, queue, kind"
             ),
             concat!(
                 "WITH t(now) AS (SELECT ",
@@ -182,7 +182,7 @@ macro_rules! deadline_passed {
                 $state,
                 "' AND attempt = 0
                       AND deadline_at < t.now LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state, tenant_id, queue"
+         RETURNING id, state::text AS state, tenant_id, queue, kind"
             ),
         )
     };
@@ -223,7 +223,7 @@ const TIMED_OUT: Sweep = Sweep {
             ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_running_lease
                       WHERE state = 'running' AND timeout_at < $1 LIMIT $2)
-         RETURNING id, state, tenant_id, queue"
+         RETURNING id, state, tenant_id, queue, kind"
         ),
         concat!(
             "WITH t(now) AS (SELECT ",
@@ -239,7 +239,7 @@ const TIMED_OUT: Sweep = Sweep {
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'running' AND timeout_at < t.now
                       LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state, tenant_id, queue"
+         RETURNING id, state::text AS state, tenant_id, queue, kind"
         ),
     ),
 };
@@ -252,7 +252,7 @@ pub(crate) const PROMOTED: Sweep = Sweep {
         "UPDATE jobs SET state = CASE WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END,
            queued_at = $1, fair_at = $1, updated_at = $1
          WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1 LIMIT $2)
-         RETURNING id, state, tenant_id, queue",
+         RETURNING id, state, tenant_id, queue, kind",
         concat!(
             "WITH t(now) AS (SELECT ",
             pg_judged!(1),
@@ -263,7 +263,7 @@ pub(crate) const PROMOTED: Sweep = Sweep {
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'scheduled' AND run_at <= t.now
                       LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state, tenant_id, queue"
+         RETURNING id, state::text AS state, tenant_id, queue, kind"
         ),
     ),
 };
@@ -277,7 +277,7 @@ pub(crate) const APPROVAL_EXPIRED: Sweep = Sweep {
            last_error = 'approval expired'
          WHERE id IN (SELECT id FROM jobs WHERE state = 'awaiting_approval'
                       AND approval_expires_at < $1 LIMIT $2)
-         RETURNING id, state, tenant_id, queue",
+         RETURNING id, state, tenant_id, queue, kind",
         concat!(
             "WITH t(now) AS (SELECT ",
             pg_judged!(1),
@@ -287,7 +287,7 @@ pub(crate) const APPROVAL_EXPIRED: Sweep = Sweep {
          FROM t
          WHERE id IN (SELECT id FROM jobs, t WHERE state = 'awaiting_approval'
                       AND approval_expires_at < t.now LIMIT $2 FOR UPDATE OF jobs SKIP LOCKED)
-         RETURNING id, state::text AS state, tenant_id, queue"
+         RETURNING id, state::text AS state, tenant_id, queue, kind"
         ),
     ),
 };
@@ -305,13 +305,13 @@ const DELETED: Sweep = Sweep {
              (state IN ('succeeded', 'cancelled') AND finished_at < $1)
              OR (state IN ('dead', 'expired') AND finished_at < $2))
            ORDER BY id LIMIT $3)
-         RETURNING id, state, tenant_id, queue",
+         RETURNING id, state, tenant_id, queue, kind",
         "DELETE FROM jobs WHERE id IN (
            SELECT id FROM jobs WHERE id < $4 AND (
              (state IN ('succeeded', 'cancelled') AND finished_at < $1)
              OR (state IN ('dead', 'expired') AND finished_at < $2))
            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-         RETURNING id, state::text AS state, tenant_id, queue",
+         RETURNING id, state::text AS state, tenant_id, queue, kind",
     ),
 };
 
@@ -351,11 +351,13 @@ async fn run<'a, B: Backend>(
     let mut swept = Swept::default();
     for r in &rows {
         let id = r.id("id")?;
-        match r.text("state")?.as_str() {
+        let (state, queue) = (r.text("state")?, r.text("queue")?);
+        match state.as_str() {
             "dead" => swept.dead.push(id),
-            "queued" => swept.queued.push((r.id("tenant_id")?, r.text("queue")?)),
+            "queued" => swept.queued.push((r.id("tenant_id")?, queue.clone())),
             _ => {}
         }
+        swept.moved.push((queue, r.text("kind")?, state));
         swept.ids.push(id);
     }
     swept.changed = swept.ids.len() as u64;

@@ -146,6 +146,8 @@ pub struct Swept {
     /// The tenant and queue of each of them that was queued (whose waiting
     /// claims to wake).
     pub(crate) queued: Vec<(TenantId, String)>,
+    /// Queue, kind and new state of each (for the job metrics).
+    pub(crate) moved: Vec<(String, String, String)>,
 }
 
 impl Swept {
@@ -161,6 +163,7 @@ impl Swept {
         self.ids.extend(other.ids);
         self.dead.extend(other.dead);
         self.queued.extend(other.queued);
+        self.moved.extend(other.moved);
     }
 
     /// The queued jobs by tenant, then queue.

@@ -96,12 +96,14 @@ const MARK_CANCELLED: Sql =
     Sql::both("UPDATE workflows SET cancelled_at = COALESCE(cancelled_at, $2) WHERE id = $1");
 
 /// `$1` workflow, `$2` now: every step not finished is cancelled (a running
-/// one's agent hears of it at its next heartbeat, as for any job).
+/// one's agent hears of it at its next heartbeat, as for any job); their
+/// queues and kinds.
 const CANCEL_STEPS: Sql = Sql::both(
     "UPDATE jobs SET state = 'cancelled', finished_at = $2, updated_at = $2,
        last_error = 'cancelled with its workflow', lease_expires_at = NULL, timeout_at = NULL
      WHERE id IN (SELECT job_id FROM workflow_steps WHERE workflow_id = $1)
-       AND state NOT IN ('succeeded', 'dead', 'cancelled', 'expired')",
+       AND state NOT IN ('succeeded', 'dead', 'cancelled', 'expired')
+     RETURNING queue, kind",
 );
 
 /// `$1` workflow: the counts of its steps that did not finish well start
@@ -990,7 +992,7 @@ pub(crate) async fn cancel<B: Backend>(
     b: &B,
     id: WorkflowId,
     actor: &str,
-) -> Result<Workflow, StoreError> {
+) -> Result<(Workflow, Vec<(String, String)>), StoreError> {
     let op = "cancelling a workflow";
     let now = ms(b.now());
     let before = get(b, id).await?;
@@ -998,9 +1000,14 @@ pub(crate) async fn cancel<B: Backend>(
     B::execute_in(&mut tx, Stmt::new::<B>(MARK_CANCELLED).arg(id).arg(now))
         .await
         .op(op)?;
-    let cancelled = B::execute_in(&mut tx, Stmt::new::<B>(CANCEL_STEPS).arg(id).arg(now))
+    let rows = B::fetch_in(&mut tx, Stmt::new::<B>(CANCEL_STEPS).arg(id).arg(now))
         .await
         .op(op)?;
+    let steps = rows
+        .iter()
+        .map(|r| Ok((r.text("queue")?, r.text("kind")?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let cancelled = steps.len();
     if before.cancelled_at.is_none() {
         let event = NewAuditEvent {
             actor: actor.to_owned(),
@@ -1011,7 +1018,7 @@ pub(crate) async fn cancel<B: Backend>(
         audit_log::append::<B>(&mut tx, &[event], now).await?;
     }
     B::commit(tx, op).await?;
-    get(b, id).await
+    Ok((get(b, id).await?, steps))
 }
 
 /// Retries a workflow: its steps that did not finish well (dead, expired,

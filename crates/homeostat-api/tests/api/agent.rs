@@ -168,7 +168,7 @@ async fn claims_out_of_bounds_are_refused_by_field(store: &Store) {
 }
 
 /// Claims one job on `queue` for `cred`: (job id, lease token).
-async fn claim_one(api: &Api, cred: &str) -> (String, i64) {
+pub(crate) async fn claim_one(api: &Api, cred: &str) -> (String, i64) {
     let claim = api
         .post(
             "/v1/agent/claim",

@@ -378,6 +378,77 @@ async fn probes_and_metrics(store: &Store) {
     api.stop().await;
 }
 
+/// What happens to jobs is counted where it happens: finished by queue,
+/// kind and outcome (succeeded, dead, cancelled), retries, reclaims, and
+/// how long each reported attempt waited and ran.
+async fn job_metrics_count_outcomes_retries_and_reclaims(store: &Store) {
+    let api = Api::new(store).await;
+    let (tenant_id, key) = api.tenant("acme").await;
+    let (agent_id, cred) = api.agent(Some(tenant_id), &["builds"]).await;
+    for _ in 0..5 {
+        api.enqueue(
+            &key,
+            json!({"queue": "builds", "kind": "compile", "max_attempts": 3}),
+        )
+        .await;
+    }
+    let (ok, token) = crate::agent::claim_one(&api, &cred).await;
+    let done = api
+        .post(
+            &format!("/v1/agent/jobs/{ok}/complete"),
+            &cred,
+            json!({"lease_token": token}),
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.text);
+    for retryable in [true, false] {
+        let (id, token) = crate::agent::claim_one(&api, &cred).await;
+        let failed = api
+            .post(
+                &format!("/v1/agent/jobs/{id}/fail"),
+                &cred,
+                json!({"lease_token": token, "error": "exit 1", "retryable": retryable}),
+            )
+            .await;
+        assert_eq!(failed.status, StatusCode::OK, "{}", failed.text);
+    }
+    // One running when its agent is revoked, one queued and cancelled.
+    let (_, _) = crate::agent::claim_one(&api, &cred).await;
+    let revoked = api
+        .post(
+            &format!("/v1/agents/{agent_id}/revoke"),
+            &api.admin,
+            json!({}),
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text);
+    let queued = api.get("/v1/jobs?state=queued&limit=10", &api.admin).await;
+    let last = queued.body["items"][0]["id"].as_str().unwrap().to_owned();
+    let cancelled = api
+        .post(&format!("/v1/jobs/{last}/cancel"), &api.admin, json!({}))
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text);
+
+    let metrics = api.call(Method::GET, "/metrics", None, None).await;
+    let labels = "queue=\"builds\",kind=\"compile\"";
+    for needle in [
+        format!("homeostat_jobs_finished_total{{{labels},outcome=\"succeeded\"}} 1"),
+        format!("homeostat_jobs_finished_total{{{labels},outcome=\"dead\"}} 1"),
+        format!("homeostat_jobs_finished_total{{{labels},outcome=\"cancelled\"}} 1"),
+        format!("homeostat_job_retries_total{{{labels}}} 1"),
+        format!("homeostat_job_reclaims_total{{{labels},reason=\"agent_revoked\"}} 1"),
+        format!("homeostat_job_running_seconds_count{{{labels}}} 3"),
+        format!("homeostat_job_queued_seconds_count{{{labels}}} 3"),
+    ] {
+        assert!(
+            metrics.text.contains(&needle),
+            "no {needle} in\n{}",
+            metrics.text
+        );
+    }
+    api.stop().await;
+}
+
 async fn dead_notifications_are_listed_and_redriven(store: &Store) {
     let api = Api::new(store).await;
     let id = api
@@ -588,4 +659,5 @@ on_both_backends!(
     the_audit_log_lists_and_verifies_without_secrets,
     controllers_report_trigger_and_plan,
     probes_and_metrics,
+    job_metrics_count_outcomes_retries_and_reclaims,
 );

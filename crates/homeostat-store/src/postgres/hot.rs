@@ -10,6 +10,7 @@ use sqlx::Row;
 use super::PgStore;
 use crate::backend::{At, Backend, pg_judged};
 use crate::error::{Context, StoreError, corrupt, in_range};
+use crate::job_metrics::Ended;
 use crate::time::{dur_ms, ms, ts};
 use crate::{ClaimedJob, Completion, Enqueued};
 
@@ -338,7 +339,7 @@ impl PgStore {
         &self,
         agent: AgentId,
         completions: &[Completion],
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<Option<Ended>>, StoreError> {
         let op = "completing jobs";
         let now = self.now();
         let ids: Vec<Id> = completions.iter().map(|c| c.id.as_uuid()).collect();
@@ -347,14 +348,14 @@ impl PgStore {
             .iter()
             .map(|c| c.result.as_ref().map(|v| v.to_string()))
             .collect();
-        let done = sqlx::query_scalar::<_, Id>(concat!(
+        let done = sqlx::query_as::<_, (Id, String, String, i64, Option<i64>)>(concat!(
             "UPDATE jobs SET state = 'succeeded', result = c.result, finished_at = $4,
                    updated_at = $4, lease_expires_at = NULL, timeout_at = NULL
                  FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
                  WHERE jobs.id = c.id AND jobs.lease_token = c.token
                    AND jobs.lease_agent = $5 AND jobs.",
             crate::backend::pg_running!(),
-            " RETURNING jobs.id"
+            " RETURNING jobs.id, jobs.queue, jobs.kind, jobs.queued_at, jobs.started_at"
         ))
         .bind(&ids)
         .bind(&tokens)
@@ -363,9 +364,9 @@ impl PgStore {
         .bind(agent.as_uuid())
         .fetch_all(&self.pool)
         .await;
-        let done: Vec<Id> = self.watch(done).op(op)?;
-        let done: std::collections::HashSet<Id> = done.into_iter().collect();
-        Ok(ids.iter().map(|id| done.contains(id)).collect())
+        let done = self.watch(done).op(op)?;
+        let mut done = crate::job_metrics::ended_by_id(done);
+        Ok(ids.iter().map(|id| done.remove(id)).collect())
     }
 }
 

@@ -10,6 +10,7 @@ use sqlx::Row;
 use super::{SqliteStore, Tx};
 use crate::backend::{Backend, RowExt};
 use crate::error::{Context, StoreError, corrupt, in_range};
+use crate::job_metrics::Ended;
 use crate::registry;
 use crate::time::{add, dur_ms, ms, ts};
 use crate::{ClaimedJob, Completion, Enqueued};
@@ -277,7 +278,7 @@ impl SqliteStore {
         &self,
         agent: AgentId,
         completions: &[Completion],
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<Option<Ended>>, StoreError> {
         let op = "completing jobs";
         let now = self.now();
         // [[id, token, result], …]: positional, cheaper for SQLite to take
@@ -293,7 +294,7 @@ impl SqliteStore {
             })
             .collect();
         // One statement: its own transaction on the single write connection.
-        let done: Vec<String> = sqlx::query_scalar(concat!(
+        let done: Vec<(String, String, String, i64, Option<i64>)> = sqlx::query_as(concat!(
             "UPDATE jobs SET state = 'succeeded', result = c.r, finished_at = ?2, updated_at = ?2,
                lease_expires_at = NULL, timeout_at = NULL
              FROM (SELECT value->>0 AS id, value->>1 AS t, value->>2 AS r
@@ -301,7 +302,7 @@ impl SqliteStore {
              WHERE jobs.id = c.id AND jobs.lease_token = c.t
                AND jobs.lease_agent = ?3 AND ",
             crate::backend::sqlite_running!(),
-            " RETURNING jobs.id"
+            " RETURNING jobs.id, jobs.queue, jobs.kind, jobs.queued_at, jobs.started_at"
         ))
         .bind(serde_json::to_string(&batch).map_err(|e| corrupt(op, e))?)
         .bind(ms(now))
@@ -309,10 +310,10 @@ impl SqliteStore {
         .fetch_all(&self.writer)
         .await
         .op(op)?;
-        let done: std::collections::HashSet<String> = done.into_iter().collect();
+        let mut done = crate::job_metrics::ended_by_id(done);
         Ok(completions
             .iter()
-            .map(|c| done.contains(&c.id.to_string()))
+            .map(|c| done.remove(&c.id.to_string()))
             .collect())
     }
 }

@@ -341,7 +341,7 @@ impl Backend for SqliteStore {
         &self,
         agent: AgentId,
         completions: &[Completion],
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<Vec<Option<crate::job_metrics::Ended>>, StoreError> {
         self.complete_batch_now(agent, completions).await
     }
 

@@ -194,6 +194,39 @@ impl Store {
         swept
     }
 
+    /// Registers this store's job metrics (jobs finished by queue, kind
+    /// and outcome, retries, reclaims, time queued and running) in
+    /// `registry`: what happens to jobs through this store, counted as it
+    /// happens.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.local.jobs.register(registry);
+    }
+
+    /// [`Store::woken`], with what the sweep did counted in the job
+    /// metrics (and as reclaims, for `reclaim`).
+    pub(super) async fn counted(
+        &self,
+        swept: Result<Swept, StoreError>,
+        reclaim: Option<crate::job_metrics::Reclaim>,
+    ) -> Result<Swept, StoreError> {
+        if let Ok(s) = &swept {
+            self.local.jobs.swept(&s.moved, reclaim);
+        }
+        self.woken(swept).await
+    }
+
+    /// A batch of reclaimed jobs, counted.
+    pub(super) fn counted_reclaims(
+        &self,
+        swept: Result<Swept, StoreError>,
+        why: crate::job_metrics::Reclaim,
+    ) -> Result<Swept, StoreError> {
+        if let Ok(s) = &swept {
+            self.local.jobs.swept(&s.moved, Some(why));
+        }
+        swept
+    }
+
     /// Wakes waiting claims for one job queued again.
     pub(super) async fn woken_job(&self, job: Result<Job, StoreError>) -> Result<Job, StoreError> {
         self.limits_moved();
@@ -290,11 +323,17 @@ impl Store {
             return Ok(out);
         }
         let accepted = dispatch!(self.complete_batch(agent, completions))?;
-        for (c, accepted) in completions.iter().zip(accepted) {
-            if accepted {
-                out.completed.push(c.id);
-            } else {
-                out.stale.push(c.id);
+        let now = crate::time::ms(self.now());
+        for (c, ended) in completions.iter().zip(accepted) {
+            match ended {
+                Some(ended) => {
+                    self.local.jobs.reported(&ended, now);
+                    self.local
+                        .jobs
+                        .finished(&ended.queue, &ended.kind, "succeeded");
+                    out.completed.push(c.id);
+                }
+                None => out.stale.push(c.id),
             }
         }
         dispatch!(
@@ -340,10 +379,17 @@ impl Store {
     pub async fn fail(&self, failure: &Failure<'_>) -> Result<FailOutcome, StoreError> {
         let out = dispatch!(self, jobs::fail(failure));
         self.limits_moved();
-        if matches!(&out, Ok(o) if o.state == JobState::Dead) {
+        let (out, ended) = out?;
+        self.local
+            .jobs
+            .reported(&ended, crate::time::ms(self.now()));
+        if out.state == JobState::Dead {
+            self.local.jobs.finished(&ended.queue, &ended.kind, "dead");
             self.workflows_moved(&[failure.id]).await;
+        } else {
+            self.local.jobs.retried(&ended.queue, &ended.kind);
         }
-        out
+        Ok(out)
     }
 
     /// Extends the leases `agent` holds on running jobs, in one statement:
@@ -384,6 +430,9 @@ impl Store {
             jobs::transition(id, JobState::Cancelled, AuditAction::JobCancelled, actor)
         );
         self.limits_moved();
+        if let Ok(job) = &job {
+            self.local.jobs.finished(&job.queue, &job.kind, "cancelled");
+        }
         self.workflows_moved(&[id]).await;
         job
     }

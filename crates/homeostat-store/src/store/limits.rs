@@ -88,6 +88,9 @@ impl Store {
             dispatch!(self, signals::wake_all(&self.local.signals, &run.queued));
             total.queued.extend(run.queued);
             total.cancelled += run.cancelled;
+            for (queue, kind) in &run.cancelled_jobs {
+                self.local.jobs.finished(queue, kind, "cancelled");
+            }
             total.more = run.more;
             if !run.more {
                 break;

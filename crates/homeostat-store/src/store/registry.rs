@@ -9,6 +9,7 @@ use homeostat_model::{
 use jiff::Timestamp;
 
 use super::{Db, RECLAIM_BATCH, Store};
+use crate::job_metrics::Reclaim;
 use crate::{
     AgentFilter, ApiKeyIdentity, IssuedSecret, NewBootstrapToken, Page, SessionLimits, StoreError,
     Swept, registry, sessions, sweeps,
@@ -228,7 +229,8 @@ impl Store {
         let held: Vec<homeostat_model::Id> = held.iter().map(|j| j.as_uuid()).collect();
         let dead = serde_json::json!({"reason": "its agent restarted without it"});
         self.reclaim_in_batches(dead, || async {
-            dispatch!(self, sweeps::reclaim_restarted(id, &held, RECLAIM_BATCH))
+            let swept = dispatch!(self, sweeps::reclaim_restarted(id, &held, RECLAIM_BATCH));
+            self.counted_reclaims(swept, Reclaim::AgentRestarted)
         })
         .await
     }
@@ -292,7 +294,8 @@ impl Store {
         let dead = serde_json::json!({"reason": "its agent was revoked", "actor": actor});
         let reclaimed = self
             .reclaim_in_batches(dead, || async {
-                dispatch!(self, sweeps::reclaim_revoked(id, RECLAIM_BATCH))
+                let swept = dispatch!(self, sweeps::reclaim_revoked(id, RECLAIM_BATCH));
+                self.counted_reclaims(swept, Reclaim::AgentRevoked)
             })
             .await?;
         Ok(homeostat_model::operator::RevokedAgent {

@@ -7,6 +7,7 @@ use homeostat_runtime::Fence;
 use jiff::Timestamp;
 
 use super::{Db, Store};
+use crate::job_metrics::Reclaim;
 use crate::{
     Ageing, AuditRetentionRun, JobRetention, PlanKind, StoreError, SweepPlan, Swept, audit_log,
     decisions, jobs, leases, plan, registry, sweeps, time,
@@ -34,11 +35,8 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        self.woken(dispatch!(
-            self,
-            sweeps::run_due(&sweeps::AGENT_OFFLINE, limit, fence)
-        ))
-        .await
+        let swept = dispatch!(self, sweeps::run_due(&sweeps::AGENT_OFFLINE, limit, fence));
+        self.counted(swept, Some(Reclaim::AgentOffline)).await
     }
 
     /// Running jobs whose lease expired: re-queued, or dead with no attempts
@@ -53,8 +51,8 @@ impl Store {
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
         let from = counted_from.map_or(i64::MIN, time::ms);
-        self.woken(dispatch!(self, sweeps::requeue_expired(limit, from, fence)))
-            .await
+        let swept = dispatch!(self, sweeps::requeue_expired(limit, from, fence));
+        self.counted(swept, Some(Reclaim::LeaseExpired)).await
     }
 
     /// Queued jobs never started by their deadline: expired.
@@ -73,6 +71,7 @@ impl Store {
         )?;
         swept.merge(waiting);
         self.limits_moved();
+        self.local.jobs.swept(&swept.moved, None);
         Ok(swept)
     }
 
@@ -85,6 +84,9 @@ impl Store {
     ) -> Result<Swept, StoreError> {
         let swept = dispatch!(self, sweeps::time_out_running(limit, fence));
         self.limits_moved();
+        if let Ok(swept) = &swept {
+            self.local.jobs.swept(&swept.moved, None);
+        }
         swept
     }
 
@@ -120,10 +122,12 @@ impl Store {
         limit: u32,
         fence: Option<&Fence>,
     ) -> Result<Swept, StoreError> {
-        dispatch!(
+        let swept = dispatch!(
             self,
             sweeps::run_due(&sweeps::APPROVAL_EXPIRED, limit, fence)
-        )
+        )?;
+        self.local.jobs.swept(&swept.moved, None);
+        Ok(swept)
     }
 
     /// Deletes expired, used-up and revoked tokens.

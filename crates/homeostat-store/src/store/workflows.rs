@@ -169,7 +169,11 @@ impl Store {
         id: WorkflowId,
         actor: &str,
     ) -> Result<Workflow, StoreError> {
-        dispatch!(self, workflows::cancel(id, actor))
+        let (workflow, cancelled) = dispatch!(self, workflows::cancel(id, actor))?;
+        for (queue, kind) in &cancelled {
+            self.local.jobs.finished(queue, kind, "cancelled");
+        }
+        Ok(workflow)
     }
 
     /// Retries a finished workflow: its steps that did not finish well

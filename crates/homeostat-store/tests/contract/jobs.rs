@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use homeostat_model::{AgentStatus, JobState, PlanTier, TenantId};
+use homeostat_model::{AgentStatus, JobState, NewJob, PlanTier, TenantId};
 use homeostat_store::{Failure, JobFilter, Store, StoreError};
 use homeostat_testkit::{At, agent, at, job, on_both_backends, t0, tenant};
 use jiff::Timestamp;
@@ -539,7 +539,60 @@ async fn listing_by_state_finds_exactly_the_jobs_in_each_state(store: &Store) {
     }
 }
 
+/// The controllers' sweeps are counted in the job metrics too: a lease
+/// that ran out (a reclaim; dead with its attempts used up), a job past
+/// its timeout (a retry), a job never started by its deadline (expired).
+async fn sweeps_are_counted_in_the_job_metrics(store: &Store) {
+    let mut registry = prometheus_client::registry::Registry::default();
+    store.register_metrics(&mut registry);
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, Some(t), &["q"]).await;
+    let mut once = job("q");
+    once.max_attempts = Some(1);
+    store.at(t0()).enqueue(t, &once).await.unwrap();
+    store.at(at(1)).claim(a, 1, LEASE).await.unwrap();
+    let mut slow = NewJob::new("q", "render");
+    slow.timeout_secs = Some(10);
+    slow.max_attempts = Some(3);
+    store.at(at(2)).enqueue(t, &slow).await.unwrap();
+    store.at(at(3)).claim(a, 1, LEASE).await.unwrap();
+    let mut late = NewJob::new("q", "report");
+    late.deadline = Some(at(30));
+    store.at(at(4)).enqueue(t, &late).await.unwrap();
+
+    let timed_out = store.at(at(20)).time_out_running(10, None).await.unwrap();
+    assert_eq!(timed_out.ids.len(), 1);
+    let expired = store
+        .at(at(31))
+        .expire_overdue_queued(10, None)
+        .await
+        .unwrap();
+    assert_eq!(expired.ids.len(), 1);
+    let reclaimed = store
+        .at(at(1 + 61))
+        .requeue_expired_leases(10, None, None)
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.dead.len(), 1);
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for needle in [
+        "homeostat_job_reclaims_total{queue=\"q\",kind=\"build\",reason=\"lease_expired\"} 1",
+        "homeostat_jobs_finished_total{queue=\"q\",kind=\"build\",outcome=\"dead\"} 1",
+        "homeostat_job_retries_total{queue=\"q\",kind=\"render\"} 1",
+        "homeostat_jobs_finished_total{queue=\"q\",kind=\"report\",outcome=\"expired\"} 1",
+    ] {
+        assert!(text.contains(needle), "no {needle} in\n{text}");
+    }
+    assert!(
+        !text.contains("kind=\"render\",reason"),
+        "a timeout is not a reclaim"
+    );
+}
+
 on_both_backends!(
+    sweeps_are_counted_in_the_job_metrics,
     listing_by_state_finds_exactly_the_jobs_in_each_state,
     approving_late_does_not_expire_the_job,
     failed_attempts_are_kept_on_the_job,
