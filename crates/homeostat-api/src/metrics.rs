@@ -195,6 +195,7 @@ pub(crate) async fn serve(
     );
 
     limit_metrics(&state, &mut snapshot).await?;
+    health_metrics(&state, &mut snapshot).await?;
 
     let mut body = String::new();
     let written = encode_registry(&mut body, &state.registry)
@@ -277,6 +278,67 @@ async fn limit_metrics(state: &ApiState, snapshot: &mut Registry) -> Result<(), 
         }
         snapshot.register(name, help, family);
     }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabel {
+    controller: String,
+}
+
+/// Whether the controllers this replica runs are healthy by the
+/// watchdog's rule (a series per controller it leads, or runs on every
+/// replica), and what the latest walk of the audit chain found.
+async fn health_metrics(state: &ApiState, snapshot: &mut Registry) -> Result<(), ApiError> {
+    if let Some(manager) = &state.manager {
+        let now = std::time::SystemTime::now();
+        let healthy = Family::<ControllerLabel, Gauge>::default();
+        for s in manager.status().iter().filter(|s| s.leader) {
+            let ok = s
+                .unhealthy(
+                    now,
+                    state.started_at,
+                    crate::dashboard::controllers::FLAG_AFTER_INTERVALS,
+                )
+                .is_none();
+            healthy
+                .get_or_create(&ControllerLabel {
+                    controller: s.name.clone(),
+                })
+                .set(i64::from(ok));
+        }
+        snapshot.register(
+            "homeostat_controller_healthy",
+            "1 while a controller this replica runs is healthy by the watchdog's rule (fewer than 3 failed runs in a row, a success within 3 intervals), else 0",
+            healthy,
+        );
+    }
+    let walks = state.store.audit_verifications(20).await?;
+    let last = walks.iter().find(|w| {
+        matches!(
+            w.state,
+            homeostat_model::operator::VerificationState::Intact
+                | homeostat_model::operator::VerificationState::Broken
+        )
+    });
+    let broken = Gauge::<i64>::default();
+    broken.set(i64::from(last.is_some_and(|w| {
+        w.state == homeostat_model::operator::VerificationState::Broken
+    })));
+    snapshot.register(
+        "homeostat_audit_chain_broken",
+        "1 when the latest walk of the audit log's hash chain to its end found a break, else 0",
+        broken,
+    );
+    let walked = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    if let Some(at) = last.and_then(|w| w.finished_at) {
+        walked.set(at.as_millisecond() as f64 / 1000.0);
+    }
+    snapshot.register(
+        "homeostat_audit_chain_walked_timestamp_seconds",
+        "When the latest walk of the audit chain to its end finished (Unix seconds; 0 before the first)",
+        walked,
+    );
     Ok(())
 }
 

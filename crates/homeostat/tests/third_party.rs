@@ -96,6 +96,106 @@ async fn promtool_finds_no_problem_in_the_metrics() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The alert rules shipped in `deploy/prometheus` pass promtool's check and
+/// their own unit tests, and read only metrics a server serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_pass_promtool_and_read_only_served_metrics() {
+    let promtool = require("promtool", "prometheus");
+    let rules_dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus");
+    for args in [
+        ["check", "rules", "homeostat-alerts.yml"],
+        ["test", "rules", "homeostat-alerts.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&rules_dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "promtool {args:?}: {out:?}");
+    }
+
+    let dir = data_dir();
+    let client = client();
+    let server = start(&dir);
+    ready(&client, &server).await;
+    // A job through its life and one left queued: every family the rules
+    // read has a series.
+    let key = server.admin_key().unwrap();
+    let (tenant, bootstrap) = common::tenant_and_bootstrap(&client, &server, &key, "acme", 1).await;
+    let agent = post_json(
+        &client,
+        server.url("/v1/agent/register"),
+        None,
+        &json!({"bootstrap_token": bootstrap, "agent": {"name": "a", "queues": ["builds"]}}),
+    )
+    .await;
+    let cred = agent["credential"].as_str().unwrap();
+    let jobs = json!({"tenant_id": tenant["id"], "jobs": [
+        {"queue": "builds", "kind": "k"}, {"queue": "builds", "kind": "k"}]});
+    post_json(&client, server.url("/v1/jobs"), Some(&key), &jobs).await;
+    let claimed = post_json(
+        &client,
+        server.url("/v1/agent/claim"),
+        Some(cred),
+        &json!({"capacity": 1, "wait_secs": 0}),
+    )
+    .await;
+    let job = &claimed["jobs"][0];
+    post_json(
+        &client,
+        server.url(&format!(
+            "/v1/agent/jobs/{}/complete",
+            job["id"].as_str().unwrap()
+        )),
+        Some(cred),
+        &json!({"lease_token": job["lease_token"]}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let text = client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        // Once this replica leads its controllers, their health is shown.
+        if text.contains("homeostat_controller_healthy{") || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let served: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let rules = std::fs::read_to_string(rules_dir.join("homeostat-alerts.yml")).unwrap();
+    let mut read = 0;
+    for line in rules.lines().filter(|l| !l.trim_start().starts_with('#')) {
+        for word in line.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("homeostat_") || word.ends_with('_') {
+                continue;
+            }
+            let family = ["_count", "_sum", "_bucket"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .unwrap_or(word);
+            assert!(
+                served.contains(&word) || served.contains(&family),
+                "the rules read {word}, which /metrics does not serve:\n{text}"
+            );
+            read += 1;
+        }
+    }
+    assert!(read >= 6, "only {read} metric names found in the rules");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Alertmanager, configured to send its webhook to homeostat with a tenant
 /// key; alerts posted to Alertmanager's own API.
 struct Alertmanager {

@@ -20,9 +20,10 @@ use super::session::{CsrfForm, Session};
 use crate::routes::controllers::manager;
 use crate::state::ApiState;
 
-/// How many intervals without success flag a controller (the watchdog's
+/// How many intervals without success flag a controller here and in
+/// `homeostat_controller_healthy` (the watchdog's
 /// default).
-const FLAG_AFTER_INTERVALS: u32 = 3;
+pub(crate) const FLAG_AFTER_INTERVALS: u32 = 3;
 
 /// One controller, formatted.
 #[derive(Debug, Clone)]

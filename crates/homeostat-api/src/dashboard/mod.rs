@@ -6,7 +6,7 @@
 
 mod agents;
 mod audit;
-mod controllers;
+pub(crate) mod controllers;
 mod extract;
 mod jobs;
 mod limits;
