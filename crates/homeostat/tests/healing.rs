@@ -121,14 +121,7 @@ async fn killed_agents_are_healed_around_and_every_job_completes_once() {
         }
     }
     // Completed once: one success each, never a stale completion accepted.
-    let metrics = c
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&c, &server).await;
     assert!(
         !metrics.contains("status=\"500\""),
         "a server error: {metrics}"

@@ -112,14 +112,7 @@ async fn a_fresh_server_is_ready_prints_its_admin_key_once_and_stops_on_sigterm(
     // Wait until the claim is parked (it shows as a request in flight only
     // when it ends, so poll the process's view: the server counts it).
     loop {
-        let text = client
-            .get(again.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::metrics(&client, &again).await;
         if text.contains("homeostat_claims_waiting 1") {
             break;
         }

@@ -154,14 +154,7 @@ async fn the_alert_rules_pass_promtool_and_read_only_served_metrics() {
     .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let text = loop {
-        let text = client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = common::metrics(&client, &server).await;
         // Once this replica leads its controllers, their health is shown.
         if text.contains("homeostat_controller_healthy{") || Instant::now() > deadline {
             break text;

@@ -219,6 +219,18 @@ pub async fn post_json(
     serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
+/// The server's `/metrics`, in the Prometheus text format.
+pub async fn metrics(client: &reqwest::Client, server: &Server) -> String {
+    client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// GETs JSON with a bearer credential, asserting a success status.
 pub async fn get_json(client: &reqwest::Client, url: String, bearer: &str) -> Value {
     let res = client.get(url).bearer_auth(bearer).send().await.unwrap();
