@@ -77,6 +77,11 @@ pub(crate) const SQLITE: Set = &[
         "workflows",
         include_str!("../migrations/sqlite/0014_workflows.sql"),
     ),
+    (
+        15,
+        "schema compat",
+        include_str!("../migrations/sqlite/0015_schema_compat.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -176,6 +181,11 @@ pub(crate) const POSTGRES: Set = &[
         "workflows",
         include_str!("../migrations/postgres/0019_workflows.sql"),
     ),
+    (
+        20,
+        "schema compat",
+        include_str!("../migrations/postgres/0020_schema_compat.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.
@@ -199,16 +209,78 @@ pub(crate) fn migrator(set: Set) -> Migrator {
     )
 }
 
-/// Refuses a database migrated by a newer build.
-pub(crate) fn check_version(found: Option<i64>, set: Set) -> Result<(), StoreError> {
+/// What a newer schema says of the builds that may use it (the oldest
+/// migration a build must know; migration `schema compat`).
+pub(crate) const OLDEST_READER: &str = "SELECT oldest_reader FROM schema_compat WHERE id = 1";
+
+/// Whether this build may use a database migrated to `found`, whose
+/// `oldest_reader` is read where the schema is newer than the build:
+/// `Ok(true)` to migrate it (or it is this build's), `Ok(false)` for a
+/// newer schema that declares this build a reader (a rolling upgrade's
+/// older replica: it runs without migrating); refused otherwise.
+pub(crate) fn check_version(
+    found: Option<i64>,
+    set: Set,
+    oldest_reader: Option<i64>,
+) -> Result<bool, StoreError> {
     let supported = latest(set);
     match found {
-        Some(database) if database > supported => Err(StoreError::SchemaTooNew {
-            database,
-            supported,
-        }),
-        _ => Ok(()),
+        Some(database) if database > supported => match oldest_reader {
+            Some(oldest) if oldest <= supported => Ok(false),
+            _ => Err(StoreError::SchemaTooNew {
+                database,
+                supported,
+            }),
+        },
+        _ => Ok(true),
     }
+}
+
+/// Brings a database up to `set`: reads its version on `read`, refuses it
+/// or leaves a newer readable one as it is (`check_version`), and
+/// otherwise migrates it on `write`.
+pub(crate) async fn bring_up<DB>(
+    read: &sqlx::Pool<DB>,
+    write: &sqlx::Pool<DB>,
+    set: Set,
+) -> Result<(), StoreError>
+where
+    DB: sqlx::Database,
+    DB::Connection: sqlx::migrate::Migrate,
+    i64: sqlx::Type<DB> + for<'r> sqlx::Decode<'r, DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(read)
+            .await
+            .unwrap_or(None);
+    let oldest_reader: Option<i64> = if is_newer(applied, set) {
+        sqlx::query_scalar(OLDEST_READER)
+            .fetch_optional(read)
+            .await
+            .unwrap_or(None)
+    } else {
+        None
+    };
+    if check_version(applied, set, oldest_reader)? {
+        migrator(set).run(write).await?;
+    } else {
+        tracing::warn!(
+            schema = applied,
+            build = latest(set),
+            "the schema is newer than this build's and declares it a reader: running without migrating (a rolling upgrade)"
+        );
+    }
+    Ok(())
+}
+
+/// Whether a database at `found` is newer than this build knows (so that
+/// its `oldest_reader` must be read).
+pub(crate) fn is_newer(found: Option<i64>, set: Set) -> bool {
+    found.is_some_and(|v| v > latest(set))
 }
 
 const APPLIED: crate::backend::Sql =
@@ -226,7 +298,19 @@ pub(crate) async fn check_current<B: crate::backend::Backend>(b: &B) -> Result<(
     } else {
         sqlite_set()
     };
-    check_version(found, set)?;
+    let oldest_reader = if is_newer(found, set) {
+        let rows = b
+            .fetch(Stmt::new::<B>(crate::backend::Sql::both(OLDEST_READER)))
+            .await
+            .ok();
+        rows.and_then(|r| r.first().map(|r| r.int("oldest_reader")))
+            .transpose()?
+    } else {
+        None
+    };
+    if !check_version(found, set, oldest_reader)? {
+        return Ok(()); // newer, and readable by this build
+    }
     let wanted = latest(set);
     if found != Some(wanted) {
         return Err(StoreError::Conflict {

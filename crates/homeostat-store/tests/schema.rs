@@ -19,6 +19,7 @@ async fn sqlite_refuses_a_schema_newer_than_this_build() {
         .fetch_one(pool)
         .await
         .unwrap();
+    // A future migration that changes what this build uses says so.
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
          VALUES (999, 'from the future', TRUE, x'00', 0)",
@@ -26,6 +27,10 @@ async fn sqlite_refuses_a_schema_newer_than_this_build() {
     .execute(pool)
     .await
     .unwrap();
+    sqlx::query("UPDATE schema_compat SET oldest_reader = 999")
+        .execute(pool)
+        .await
+        .unwrap();
     // Readiness sees it at once, without a restart.
     assert!(matches!(
         store.check_schema().await,
@@ -70,6 +75,10 @@ async fn postgres_refuses_a_schema_newer_than_this_build() {
     .execute(pool)
     .await
     .unwrap();
+    sqlx::query("UPDATE schema_compat SET oldest_reader = 999")
+        .execute(pool)
+        .await
+        .unwrap();
     let err = Store::connect_postgres(
         pool.connect_options().as_ref().clone(),
         StoreOptions::default(),
@@ -282,4 +291,235 @@ async fn replicas_starting_at_once_migrate_once() {
         .execute(&admin)
         .await
         .unwrap();
+}
+
+/// What the next release may do to the schema and still leave this build
+/// running during a rolling upgrade (docs/upgrade.md): add a nullable
+/// column, a column with a default, a table, an index — a migration this
+/// build does not know, which does not raise `oldest_reader`.
+const NEXT_RELEASE: &[&str] = &[
+    "ALTER TABLE jobs ADD COLUMN next_release_note TEXT",
+    "ALTER TABLE agents ADD COLUMN next_release_zone TEXT DEFAULT 'eu'",
+    "ALTER TABLE tenants ADD COLUMN next_release_flag BOOLEAN DEFAULT FALSE",
+    "CREATE TABLE next_release_things (id TEXT PRIMARY KEY, job_id TEXT)",
+    "CREATE INDEX next_release_jobs_note ON jobs (next_release_note)",
+];
+
+/// This build on a schema an additive next release migrated: the store it
+/// had open stays ready, a new one opens it without migrating, and a job
+/// goes through its life, a failure, a reclaim and the listings.
+async fn this_build_runs_on_the_next_releases_additive_schema(old: &Store, reopened: Store) {
+    old.check_schema().await.expect("ready on the newer schema");
+    reopened.check_schema().await.unwrap();
+    let store = &reopened;
+    let t = homeostat_testkit::tenant(store, "acme", homeostat_model::PlanTier::Standard).await;
+    let a = homeostat_testkit::agent(store, Some(t), &["q"]).await;
+    let lease = std::time::Duration::from_secs(60);
+    let first = store
+        .enqueue(t, &homeostat_testkit::job("q"))
+        .await
+        .unwrap()
+        .id;
+    let claimed = store.claim(a, 1, lease).await.unwrap();
+    assert_eq!(claimed[0].id, first);
+    let held = [(first, claimed[0].lease_token)];
+    assert_eq!(store.heartbeat_jobs(a, &held, lease).await.unwrap(), [true]);
+    store
+        .complete(
+            a,
+            first,
+            claimed[0].lease_token,
+            Some(serde_json::json!({"ok": 1})),
+        )
+        .await
+        .unwrap();
+    let second = store
+        .enqueue(t, &homeostat_testkit::job("q"))
+        .await
+        .unwrap()
+        .id;
+    let c = store.claim(a, 1, lease).await.unwrap().remove(0);
+    let failed = store
+        .fail(&homeostat_store::Failure {
+            agent: a,
+            id: second,
+            lease_token: c.lease_token,
+            error: "exit 1",
+            permanent: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.state, homeostat_model::JobState::Scheduled);
+    store.requeue_expired_leases(10, None, None).await.unwrap();
+    let job = store.get_job(first).await.unwrap();
+    assert_eq!(job.state, homeostat_model::JobState::Succeeded);
+    let listed = store
+        .list_jobs(&homeostat_store::JobFilter::default(), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 2);
+    store.stats().await.unwrap();
+    reopened.close().await;
+}
+
+/// Options of a store on `test`'s clock, as the test kit's factories need.
+fn on_clock_of(test: &homeostat_testkit::TestStore) -> StoreOptions {
+    StoreOptions {
+        clock: homeostat_store::StoreClock::manual(test.clock.clone()),
+        ..StoreOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn sqlite_runs_on_an_additive_newer_schema() {
+    let test = backends::sqlite().await;
+    let homeostat_store::PoolForTests::Sqlite(pool) = test.pool_for_tests() else {
+        unreachable!()
+    };
+    for ddl in NEXT_RELEASE {
+        sqlx::query(*ddl).execute(pool).await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES ((SELECT MAX(version) + 1 FROM _sqlx_migrations), 'next release', TRUE, x'00', 0)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let url = format!("sqlite:{}", test.path().unwrap().display());
+    let reopened = Store::connect(&url, on_clock_of(&test)).await.unwrap();
+    this_build_runs_on_the_next_releases_additive_schema(&test, reopened).await;
+    test.cleanup().await;
+}
+
+#[tokio::test]
+async fn postgres_runs_on_an_additive_newer_schema() {
+    let Some(test) = backends::postgres().await else {
+        return;
+    };
+    let homeostat_store::PoolForTests::Postgres(pool) = test.pool_for_tests() else {
+        unreachable!()
+    };
+    for ddl in NEXT_RELEASE {
+        sqlx::query(*ddl).execute(pool).await.unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES ((SELECT MAX(version) + 1 FROM _sqlx_migrations), 'next release', TRUE, '\\x00', 0)",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    let reopened =
+        Store::connect_postgres(pool.connect_options().as_ref().clone(), on_clock_of(&test))
+            .await
+            .unwrap();
+    this_build_runs_on_the_next_releases_additive_schema(&test, reopened).await;
+    test.cleanup().await;
+}
+
+/// The last schema version each backend shipped in a release: the
+/// migrations after it are the next release's, and must leave the
+/// previous release's replicas running (docs/upgrade.md), or say they do
+/// not by raising `oldest_reader`.
+const RELEASED: [(&str, i64); 2] = [("sqlite", 15), ("postgres", 20)];
+
+/// What in a migration would break a replica of the previous release
+/// still running on the schema; nothing when the migration declares
+/// itself breaking (it raises `oldest_reader`, and older builds refuse
+/// the schema instead of failing on it).
+fn breaks_the_previous_release(sql: &str) -> Vec<String> {
+    let sql: String = sql
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_uppercase();
+    if sql.contains("UPDATE SCHEMA_COMPAT SET OLDEST_READER") {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    for statement in sql
+        .split(';')
+        .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+    {
+        let removes = [
+            "DROP TABLE",
+            "DROP COLUMN",
+            "DROP TYPE",
+            "DROP TRIGGER",
+            "DROP FUNCTION",
+            "RENAME ",
+            "SET NOT NULL",
+        ]
+        .into_iter()
+        .find(|what| statement.contains(what));
+        let retypes = statement.contains("ALTER COLUMN") && statement.contains(" TYPE ");
+        let required = statement.contains("ADD COLUMN")
+            && statement.contains("NOT NULL")
+            && !statement.contains("DEFAULT");
+        if removes.is_some() || retypes || required {
+            found.push(statement);
+        }
+    }
+    found
+}
+
+#[test]
+fn the_additive_rule_tells_what_an_older_replica_survives() {
+    for ok in NEXT_RELEASE {
+        assert!(breaks_the_previous_release(ok).is_empty(), "{ok}");
+    }
+    for ok in [
+        "ALTER TABLE jobs ADD COLUMN attempts_left INTEGER NOT NULL DEFAULT 0",
+        "DROP INDEX jobs_claim_old",
+        "-- DROP TABLE jobs, in a comment\nCREATE TABLE t (x INT)",
+        "ALTER TABLE jobs DROP COLUMN note; UPDATE schema_compat SET oldest_reader = 21",
+    ] {
+        assert!(breaks_the_previous_release(ok).is_empty(), "{ok}");
+    }
+    for bad in [
+        "DROP TABLE periodic_slots",
+        "ALTER TABLE jobs DROP COLUMN result",
+        "ALTER TABLE jobs RENAME COLUMN result TO output",
+        "ALTER TABLE jobs ALTER COLUMN priority TYPE BIGINT",
+        "ALTER TABLE jobs ALTER COLUMN result SET NOT NULL",
+        "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL",
+        "CREATE TABLE t (x INT); DROP TRIGGER jobs_released",
+    ] {
+        assert!(!breaks_the_previous_release(bad).is_empty(), "{bad}");
+    }
+}
+
+#[test]
+fn the_next_releases_migrations_leave_the_previous_release_running() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut newest = Vec::new();
+    for (backend, released) in RELEASED {
+        let mut versions = Vec::new();
+        for entry in std::fs::read_dir(dir.join(backend)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let version: i64 = name[..4].parse().unwrap();
+            versions.push(version);
+            if version > released {
+                let sql = std::fs::read_to_string(&path).unwrap();
+                let breaking = breaks_the_previous_release(&sql);
+                assert!(
+                    breaking.is_empty(),
+                    "{backend}/{name} would break the previous release's replicas \
+                     during a rolling upgrade: {breaking:?} (add only, or raise \
+                     oldest_reader: docs/upgrade.md)"
+                );
+            }
+        }
+        newest.push((backend, versions.into_iter().max().unwrap()));
+    }
+    // The released versions are real ones: a typo would check nothing.
+    for ((backend, released), (_, newest)) in RELEASED.iter().zip(&newest) {
+        assert!(
+            released <= newest,
+            "{backend}: released {released} > {newest}"
+        );
+    }
 }

@@ -106,15 +106,7 @@ impl PgStore {
             .connect_with(connect)
             .await
             .op("connecting to PostgreSQL")?;
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(None);
-        migrations::check_version(applied, migrations::POSTGRES)?;
-        migrations::migrator(migrations::POSTGRES)
-            .run(&pool)
-            .await?;
+        migrations::bring_up(&pool, &pool, migrations::POSTGRES).await?;
         Ok(Self {
             pool,
             options,

@@ -97,15 +97,7 @@ impl SqliteStore {
             .connect_with(connect)
             .await
             .op("opening the SQLite database")?;
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&pool)
-                .await
-                .unwrap_or(None);
-        migrations::check_version(applied, migrations::SQLITE)?;
-        migrations::migrator(migrations::SQLITE)
-            .run(&writer)
-            .await?;
+        migrations::bring_up(&pool, &writer, migrations::SQLITE).await?;
         let stop = tokio_util::sync::CancellationToken::new();
         tokio::spawn(checkpoints(pool.clone(), writer.clone(), stop.clone()));
         Ok(Self {
