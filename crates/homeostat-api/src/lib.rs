@@ -23,6 +23,7 @@ mod routes;
 mod serve;
 mod state;
 mod strict_json;
+mod trace_context;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

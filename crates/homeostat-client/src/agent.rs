@@ -115,12 +115,55 @@ struct Running {
     /// Its outcome is decided and being sent: not released at shutdown
     /// when kept for the next process.
     decided: bool,
+    /// When its lease runs out at the earliest, as this agent knows it
+    /// (from when it sent the claim or the last heartbeat that extended
+    /// it): the job is stopped before, so that it never runs on once the
+    /// server may give it to another agent.
+    lease_until: tokio::time::Instant,
 }
 
 type RunningJobs = Arc<Mutex<HashMap<JobId, Running>>>;
 
-/// The server's intervals, from its heartbeat replies.
-const FIRST_HEARTBEAT: Duration = Duration::from_secs(10);
+/// The server's lease, from its heartbeat replies (milliseconds).
+type LeaseTtl = Arc<std::sync::atomic::AtomicU64>;
+
+/// How long before its lease runs out a job this agent could not extend
+/// is stopped: a quarter of the lease, at least a second (the program's
+/// stop takes a moment; the clocks of agent and server may run apart).
+fn stop_margin(ttl: Duration) -> Duration {
+    (ttl / 4).max(Duration::from_secs(1)).min(ttl / 2)
+}
+
+/// Stops every job whose lease this agent could not extend in time, until
+/// `shutdown` (checked every 100 ms).
+async fn keep_to_leases(running: RunningJobs, ttl: LeaseTtl, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let ttl = lease(&ttl);
+        if ttl.is_zero() {
+            continue; // not heard yet
+        }
+        let margin = stop_margin(ttl);
+        let now = tokio::time::Instant::now();
+        let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+        let late: Vec<JobId> = running
+            .iter()
+            .filter(|(_, r)| {
+                !r.decided && r.lease_until.checked_sub(margin).is_none_or(|at| at <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(job) = running.remove(&id) {
+                tracing::warn!(job = %id, "its lease could not be extended in time: stopping the job before the server may give it to another agent");
+                job.stop.cancel();
+            }
+        }
+    }
+}
 
 /// How long a handler told to stop may take to return.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -200,6 +243,7 @@ impl AgentBuilder {
                         lease_token: pending.lease_token,
                         stop: CancellationToken::new(),
                         decided: true,
+                        lease_until: tokio::time::Instant::now(),
                     },
                 );
             }
@@ -211,9 +255,17 @@ impl AgentBuilder {
         // The first heartbeat proves the credential before anything else;
         // a control plane out of reach is waited for (an agent may start
         // before its server, or during an outage), a refusal is final.
+        let lease_ttl: LeaseTtl = Arc::default();
+        let beat = Beat {
+            client: self.client.clone(),
+            incarnation,
+            running: running.clone(),
+            drained: drained.clone(),
+            lease_ttl: lease_ttl.clone(),
+        };
         let mut pause = Duration::from_secs(1);
         let first = loop {
-            match self.heartbeat(incarnation, &running, &drained).await {
+            match beat.beat().await {
                 Ok(every) => break every,
                 Err(e) if e.code().is_out_of_reach() => {
                     tracing::warn!(error = %e, "the control plane is out of reach; trying again");
@@ -226,13 +278,14 @@ impl AgentBuilder {
                 Err(e) => return Err(e),
             }
         };
-        let beats = tokio::spawn(heartbeats(
-            self.client.clone(),
-            incarnation,
+        // Heartbeats go on through the drain: running jobs keep their
+        // leases while they finish within the grace.
+        let beating = CancellationToken::new();
+        let beats = tokio::spawn(heartbeats(beat, beating.clone(), first));
+        let watch = tokio::spawn(keep_to_leases(
             running.clone(),
-            drained.clone(),
-            shutdown.clone(),
-            first,
+            lease_ttl.clone(),
+            beating.clone(),
         ));
         let free = Arc::new(Semaphore::new(self.concurrency as usize));
         let mut jobs = JoinSet::new();
@@ -268,6 +321,7 @@ impl AgentBuilder {
                 wait_secs: Some(self.claim_wait),
                 queues: self.queues.clone(),
             };
+            let claim_sent = tokio::time::Instant::now();
             let claimed = tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = drained.cancelled() => break,
@@ -278,7 +332,9 @@ impl AgentBuilder {
                 // A refused credential will not come back: stop.
                 Err(e) if e.code() == ErrorCode::Unauthorized => {
                     shutdown.cancel();
+                    beating.cancel();
                     let _ = beats.await;
+                    let _ = watch.await;
                     return Err(e);
                 }
                 // The server unreachable, or refusing claims for now (the
@@ -301,6 +357,7 @@ impl AgentBuilder {
                         lease_token: job.lease_token,
                         stop: stop.clone(),
                         decided: false,
+                        lease_until: claim_sent + lease(&lease_ttl),
                     },
                 );
                 let delivery = Delivery {
@@ -348,78 +405,105 @@ impl AgentBuilder {
         }
         jobs.shutdown().await;
         shutdown.cancel();
+        beating.cancel();
         let _ = beats.await;
+        let _ = watch.await;
         let report = report.lock().unwrap_or_else(|e| e.into_inner()).clone();
         Ok(report)
     }
-
-    async fn heartbeat(
-        &self,
-        incarnation: uuid::Uuid,
-        running: &RunningJobs,
-        drained: &CancellationToken,
-    ) -> Result<Duration, ClientError> {
-        beat(&self.client, incarnation, running, drained).await
-    }
 }
 
-/// One heartbeat: stops the jobs the server says we no longer hold, notes a
-/// drain, and returns the server's interval.
-async fn beat(
-    client: &Client,
-    incarnation: uuid::Uuid,
-    running: &RunningJobs,
-    drained: &CancellationToken,
-) -> Result<Duration, ClientError> {
-    let held: Vec<HeldJob> = running
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|(id, r)| HeldJob {
-            id: *id,
-            lease_token: r.lease_token,
-        })
-        .collect();
-    let reply = client
-        .heartbeat(&HeartbeatRequest {
-            jobs: held,
-            incarnation: Some(incarnation),
-        })
-        .await?;
-    {
-        let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
-        for id in reply.lost.iter().chain(&reply.cancelled) {
-            if let Some(job) = running.remove(id) {
-                tracing::info!(job = %id, "stopping a job: cancelled, or its lease was lost");
-                job.stop.cancel();
-            }
-        }
-    }
-    if reply.drain && !drained.is_cancelled() {
-        tracing::info!("drained by an operator: finishing running jobs, claiming no more");
-        drained.cancel();
-    }
-    Ok(Duration::from_secs(reply.heartbeat_interval_secs.max(1)))
+/// The lease this agent may count on for what it sends now.
+fn lease(ttl: &LeaseTtl) -> Duration {
+    Duration::from_millis(ttl.load(std::sync::atomic::Ordering::Relaxed))
 }
 
-async fn heartbeats(
+/// What a heartbeat needs.
+struct Beat {
     client: Client,
     incarnation: uuid::Uuid,
     running: RunningJobs,
     drained: CancellationToken,
-    shutdown: CancellationToken,
-    mut every: Duration,
-) {
+    lease_ttl: LeaseTtl,
+}
+
+impl Beat {
+    /// One heartbeat: extends the leases of what runs (as of when it was
+    /// sent), stops the jobs the server says we no longer hold, notes a
+    /// drain, and returns the server's interval.
+    async fn beat(&self) -> Result<Duration, ClientError> {
+        let held: Vec<HeldJob> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, r)| HeldJob {
+                id: *id,
+                lease_token: r.lease_token,
+            })
+            .collect();
+        let sent = tokio::time::Instant::now();
+        let reply = self
+            .client
+            .heartbeat(&HeartbeatRequest {
+                jobs: held.clone(),
+                incarnation: Some(self.incarnation),
+            })
+            .await?;
+        let ttl = Duration::from_secs(reply.lease_ttl_secs);
+        self.lease_ttl.store(
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            for id in reply.lost.iter().chain(&reply.cancelled) {
+                if let Some(job) = running.remove(id) {
+                    tracing::info!(job = %id, "stopping a job: cancelled, or its lease was lost");
+                    job.stop.cancel();
+                }
+            }
+            // The server extended the leases of the rest from when it read
+            // this heartbeat: from when it was sent, at the latest.
+            for h in &held {
+                if let Some(r) = running.get_mut(&h.id)
+                    && r.lease_token == h.lease_token
+                {
+                    r.lease_until = r.lease_until.max(sent + ttl);
+                }
+            }
+        }
+        if reply.drain && !self.drained.is_cancelled() {
+            tracing::info!("drained by an operator: finishing running jobs, claiming no more");
+            self.drained.cancel();
+        }
+        Ok(Duration::from_secs(reply.heartbeat_interval_secs.max(1)))
+    }
+}
+
+/// After a failed heartbeat, the next is sent this soon (the client has
+/// moved to another server), then later and later up to the interval.
+const HEARTBEAT_RETRY: Duration = Duration::from_millis(250);
+
+async fn heartbeats(beat: Beat, stop: CancellationToken, mut every: Duration) {
+    let mut interval = every;
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        match beat(&client, incarnation, &running, &drained).await {
-            Ok(next) => every = next,
+        match beat.beat().await {
+            Ok(next) => {
+                interval = next;
+                every = next;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "heartbeat failed; retrying");
-                every = FIRST_HEARTBEAT.min(every);
+                every = if every >= interval {
+                    HEARTBEAT_RETRY
+                } else {
+                    (every * 2).min(interval)
+                };
             }
         }
     }

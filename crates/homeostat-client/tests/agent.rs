@@ -32,6 +32,15 @@ struct Server {
 /// A server on loopback with a 1 s heartbeat interval, a tenant, its key,
 /// and an agent registered for queue `q`.
 async fn server() -> Server {
+    server_with(ApiSettings {
+        heartbeat_interval: Duration::from_secs(1),
+        ..ApiSettings::default()
+    })
+    .await
+}
+
+/// [`server`] with these settings.
+async fn server_with(settings: ApiSettings) -> Server {
     let test = homeostat_testkit::sqlite().await;
     let url = format!("sqlite:{}", test.path().unwrap().display());
     // Retries back off for 200 ms, not the default's seconds.
@@ -40,10 +49,6 @@ async fn server() -> Server {
         ..Default::default()
     };
     let store = Store::connect(&url, options).await.unwrap();
-    let settings = ApiSettings {
-        heartbeat_interval: Duration::from_secs(1),
-        ..ApiSettings::default()
-    };
     let state = ApiState::new(store.clone(), settings, None, Default::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -412,5 +417,81 @@ async fn an_outcome_is_sent_again_until_the_server_takes_it() {
     shutdown.cancel();
     let report = agent.await.unwrap().unwrap();
     assert_eq!(report.completed, 1, "{report:?}");
+    s.stop().await;
+}
+
+/// Hangs until stopped, noting when.
+struct NotesItsStop(Arc<std::sync::Mutex<Option<std::time::SystemTime>>>);
+
+impl JobHandler for NotesItsStop {
+    async fn handle(
+        &self,
+        _job: ClaimedJob,
+        stop: CancellationToken,
+    ) -> Result<Option<Value>, JobError> {
+        stop.cancelled().await;
+        *self.0.lock().unwrap() = Some(std::time::SystemTime::now());
+        Err(JobError::retryable("stopped"))
+    }
+}
+
+/// An agent that no server answers stops its job before the lease it last
+/// extended runs out, by the server's own lease time: it never runs on
+/// once the server may give the job to another agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_whose_lease_cannot_be_extended_stops_before_the_lease_runs_out() {
+    let s = server_with(ApiSettings {
+        heartbeat_interval: Duration::from_secs(1),
+        lease_ttl: Duration::from_secs(4),
+        ..ApiSettings::default()
+    })
+    .await;
+    let upstream = s.base.trim_start_matches("http://").to_owned();
+    let (cut, base) = Cut::start(upstream).await;
+    let agent_client = Client::builder(&base)
+        .build()
+        .unwrap()
+        .with_token(&s.credential);
+    let id = s.enqueue(json!({}), 3).await;
+    let stopped = Arc::new(std::sync::Mutex::new(None));
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(
+        Agent::builder(agent_client)
+            .claim_wait(1)
+            .run(NotesItsStop(stopped.clone()), shutdown.clone()),
+    );
+    s.until(id, JobState::Running).await;
+    // One more heartbeat reaches the server (it extends the lease); then
+    // none does.
+    let seen = s.heartbeats.load(Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.heartbeats.load(Ordering::SeqCst) < seen + 2 {
+        assert!(Instant::now() < deadline, "no heartbeat");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cut.down();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let at = loop {
+        if let Some(at) = *stopped.lock().unwrap() {
+            break at;
+        }
+        assert!(Instant::now() < deadline, "the job ran on past its lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let job = s.store.get_job(id).await.unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Running,
+        "the server has not taken it back"
+    );
+    let lease_end = std::time::SystemTime::from(job.lease_expires_at.unwrap());
+    assert!(
+        at < lease_end,
+        "stopped {:?} after its lease ran out",
+        at.duration_since(lease_end).unwrap_or_default()
+    );
+    shutdown.cancel();
+    let report = agent.await.unwrap().unwrap();
+    assert_eq!(report.stopped, 1, "{report:?}");
     s.stop().await;
 }

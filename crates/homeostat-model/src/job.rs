@@ -141,6 +141,30 @@ impl FromStr for JobState {
     }
 }
 
+/// Checks the form of a W3C `traceparent` (trace-context level 1):
+/// version, trace id, parent id and flags in lowercase hex, as the OpenAPI
+/// document's pattern says. homeostat keeps and hands it on; it does not
+/// judge the ids.
+pub fn validate_traceparent(value: &str) -> Result<(), ValidationError> {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let ok = matches!(parts.as_slice(), [version, trace, parent, flags]
+        if hex(version, 2) && hex(trace, 32) && hex(parent, 16) && hex(flags, 2));
+    if ok {
+        Ok(())
+    } else {
+        let shown: String = value.chars().take(80).collect();
+        Err(ValidationError::new(
+            "traceparent",
+            format!("{shown:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"),
+        ))
+    }
+}
+
 /// A job as submitted by a tenant or operator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -192,6 +216,16 @@ pub struct NewJob {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[cfg_attr(feature = "openapi", schema(max_items = 4))]
     pub limits: Vec<JobLimit>,
+    /// The W3C trace context of the enqueue (`00-<trace id>-<parent id>-<flags>`):
+    /// kept with the job and handed to the agent that claims it, so the
+    /// job's work continues the enqueuer's trace. The `traceparent` header
+    /// of an enqueue gives it to the jobs that do not name one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+    )]
+    pub traceparent: Option<String>,
 }
 
 impl NewJob {
@@ -209,6 +243,7 @@ impl NewJob {
             deadline: None,
             approval_expires_at: None,
             limits: Vec::new(),
+            traceparent: None,
         }
     }
 
@@ -275,6 +310,9 @@ impl NewJob {
                     format!("names limit {:?} twice", l.limit),
                 ));
             }
+        }
+        if let Some(tp) = &self.traceparent {
+            validate_traceparent(tp)?;
         }
         Ok(())
     }
@@ -384,6 +422,9 @@ pub struct Job {
     /// The limits the job is under, with its keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<LimitKey>,
+    /// The W3C trace context it was enqueued with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// One attempt that failed: reported by its agent, timed out, or reclaimed
@@ -478,5 +519,26 @@ mod tests {
         assert_eq!(job.initial_state(now), JobState::Scheduled);
         job.approval_expires_at = Some(now + jiff::SignedDuration::from_secs(3600));
         assert_eq!(job.initial_state(now), JobState::AwaitingApproval);
+    }
+}
+
+#[cfg(test)]
+mod traceparent_tests {
+    use super::validate_traceparent;
+
+    #[test]
+    fn only_w3c_traceparents_are_taken() {
+        validate_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b-01",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            let err = validate_traceparent(bad).unwrap_err();
+            assert_eq!(err.field, "traceparent", "{bad}");
+        }
     }
 }

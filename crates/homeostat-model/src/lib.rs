@@ -29,7 +29,7 @@ pub use error_code::ErrorCode;
 pub use id::{AgentId, JobId, NotificationId, TenantId, TokenId, VerificationId, WorkflowId};
 pub use job::{
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT, FailedAttempt, Job, JobState, KEY_FIELDS, LIMIT_FIELDS,
-    MAX_PAYLOAD_BYTES, MAX_TIMEOUT, NewJob,
+    MAX_PAYLOAD_BYTES, MAX_TIMEOUT, NewJob, validate_traceparent,
 };
 pub use limit::{
     JobLimit, JobLimitStatus, KeySource, KeyUsage, Limit, LimitKey, LimitSelector, LimitSpec,

@@ -50,6 +50,10 @@ pub struct ClaimedJob {
     /// ended, with their results (docs/workflows.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<crate::StepContext>,
+    /// The W3C trace context it was enqueued with: continue the trace in
+    /// the job's work (`homeostat agent` sets `TRACEPARENT` for its program).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// One completion in a batch.
@@ -394,6 +398,7 @@ mod tests {
             lease_expires_at: Timestamp::from_second(1_767_225_600).unwrap(),
             timeout_secs: 600,
             workflow: None,
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         };
         let json = serde_json::to_string(&ClaimResponse {
             jobs: vec![job.clone()],

@@ -281,6 +281,7 @@ mod tests {
             finished_at: None,
             attempts: Vec::new(),
             limits: Vec::new(),
+            traceparent: None,
         }
     }
 

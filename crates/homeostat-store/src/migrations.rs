@@ -82,6 +82,11 @@ pub(crate) const SQLITE: Set = &[
         "schema compat",
         include_str!("../migrations/sqlite/0015_schema_compat.sql"),
     ),
+    (
+        16,
+        "traceparent",
+        include_str!("../migrations/sqlite/0016_traceparent.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -185,6 +190,11 @@ pub(crate) const POSTGRES: Set = &[
         20,
         "schema compat",
         include_str!("../migrations/postgres/0020_schema_compat.sql"),
+    ),
+    (
+        21,
+        "traceparent",
+        include_str!("../migrations/postgres/0021_traceparent.sql"),
     ),
 ];
 

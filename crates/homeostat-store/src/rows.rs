@@ -16,7 +16,7 @@ macro_rules! job_columns {
          occurrences, CAST(state AS TEXT) AS state, attempt, max_attempts, timeout_ms, run_at, \
          deadline_at, approval_expires_at, lease_agent, lease_token, lease_expires_at, \
          last_error, result, created_at, updated_at, started_at, finished_at, attempts, \
-         limit_keys"
+         limit_keys, traceparent"
     };
 }
 pub(crate) use job_columns;
@@ -126,6 +126,7 @@ pub(crate) fn job(r: &impl RowExt) -> Result<Job, StoreError> {
             Some(text) => limit_keys(&text)?,
             None => Vec::new(),
         },
+        traceparent: r.opt_text("traceparent")?,
     })
 }
 

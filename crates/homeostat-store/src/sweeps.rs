@@ -105,7 +105,12 @@ macro_rules! reclaim_running {
     };
 }
 
-/// `$1` now (judged), `$2` limit.
+/// `$1` now (judged), `$2` limit. A job under limits is left to its lease:
+/// an agent taken offline may only be unheard (a replica that crashed lost
+/// its last heartbeats) and still run it, and a slot freed before the
+/// agent stops would let a key run one job more than its limit. It keeps
+/// to its lease (it stops a job it could not extend in time), so once the
+/// lease has run out the job is no longer run.
 pub(crate) const AGENT_OFFLINE: Sweep = Sweep {
     action: AuditAction::JobsAgentOffline.as_str(),
     reason: "agent offline",
@@ -113,10 +118,12 @@ pub(crate) const AGENT_OFFLINE: Sweep = Sweep {
         "'reclaimed: the agent went offline'",
         "SELECT j.id FROM jobs j INDEXED BY jobs_running_lease
                       JOIN agents a ON a.id = j.lease_agent
-                      WHERE j.state = 'running' AND a.status = 'offline' LIMIT $2",
-        "'reclaimed: the agent went offline'::text",
-        "SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent
                       WHERE j.state = 'running' AND a.status = 'offline'
+                        AND (j.limit_keys IS NULL OR j.lease_expires_at < $1) LIMIT $2",
+        "'reclaimed: the agent went offline'::text",
+        "SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent, t
+                      WHERE j.state = 'running' AND a.status = 'offline'
+                        AND (j.limit_keys IS NULL OR j.lease_expires_at < t.now)
                       LIMIT $2 FOR UPDATE OF j SKIP LOCKED"
     ),
 };

@@ -30,22 +30,24 @@ const INSERT_WORKFLOW: Sql =
 const INSERT_JOBS: Sql = Sql::pair(
     "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
        effective_priority, state, max_attempts, timeout_ms, run_at, queued_at, fair_at,
-       deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed, limit_keys)
+       deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed, limit_keys,
+       traceparent)
      SELECT value->>'id', $2, value->>'queue', value->>'kind', value->>'payload',
        value->>'priority', value->>'priority', value->>'priority', value->>'state',
        value->>'max_attempts', value->>'timeout_ms', value->>'run_at', value->>'run_at',
        value->>'run_at', value->>'deadline_at', value->>'approval', $3, $3, $4, value->>'needed',
-       value->>'limit_keys'
+       value->>'limit_keys', value->>'traceparent'
      FROM json_each($1)",
     "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
        effective_priority, state, max_attempts, timeout_ms, run_at, queued_at, fair_at,
-       deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed, limit_keys)
+       deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed, limit_keys,
+       traceparent)
      SELECT t.id, $2, t.queue, t.kind, t.payload, t.priority, t.priority, t.priority,
        t.state::job_state, t.max_attempts, t.timeout_ms, t.run_at, t.run_at, t.run_at,
-       t.deadline_at, t.approval, $3, $3, $4, t.needed, t.limit_keys
+       t.deadline_at, t.approval, $3, $3, $4, t.needed, t.limit_keys, t.traceparent
      FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, queue text, kind text, payload text,
        priority bigint, state text, max_attempts bigint, timeout_ms bigint, run_at bigint,
-       deadline_at bigint, approval bigint, needed boolean, limit_keys text)",
+       deadline_at bigint, approval bigint, needed boolean, limit_keys text, traceparent text)",
 );
 
 /// `$1` the steps as a JSON array, `$2` the workflow, `$3` the default
@@ -646,6 +648,7 @@ impl<'a> StepRows<'a> {
                 // NULL, not false, for a leaf: as for every other job.
                 "needed": needed(&step.name).then_some(true),
                 "limit_keys": crate::limits::stored_keys(job),
+                "traceparent": job.traceparent,
             }));
             rows.push(json!({
                 "job_id": id.to_string(),

@@ -86,14 +86,22 @@ async fn read_bounded(mut from: impl AsyncRead + Unpin, keep: usize, tail: bool)
 
 /// Kills the process group `pgid` (the job's program and its children).
 pub(crate) async fn kill_group(pgid: u32) {
+    signal_group(pgid, "KILL").await;
+}
+
+async fn signal_group(pgid: u32, signal: &str) {
     // kill(2) through libc needs `unsafe`, which this workspace denies; the
     // `kill` command sends the same signal to the group.
     let _ = tokio::process::Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
+        .args([&format!("-{signal}"), "--", &format!("-{pgid}")])
         .stderr(Stdio::null())
         .status()
         .await;
 }
+
+/// How long a stopped program has between SIGTERM and SIGKILL: well inside
+/// the margin an agent keeps before a lease it could not extend runs out.
+const TERM_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl JobHandler for Exec {
     async fn handle(
@@ -115,6 +123,12 @@ impl JobHandler for Exec {
                 .env("HOMEOSTAT_WORKFLOW_ID", step.workflow_id.to_string())
                 .env("HOMEOSTAT_WORKFLOW_STEP", &step.step);
         }
+        // The enqueuer's trace, for the program to continue (the W3C
+        // variable OpenTelemetry's SDKs read).
+        match &job.traceparent {
+            Some(tp) => command.env("TRACEPARENT", tp),
+            None => command.env_remove("TRACEPARENT"),
+        };
         let mut child = command
             .args(&self.args)
             .env("HOMEOSTAT_JOB_ID", job.id.to_string())
@@ -158,6 +172,10 @@ impl JobHandler for Exec {
         let status = tokio::select! {
             s = child.wait() => s,
             () = stop.cancelled() => {
+                // SIGTERM first, so the program may note it stopped; then
+                // the group goes, whatever it does.
+                signal_group(pgid, "TERM").await;
+                let _ = tokio::time::timeout(TERM_GRACE, child.wait()).await;
                 kill_group(pgid).await;
                 let _ = child.wait().await;
                 feed.abort();

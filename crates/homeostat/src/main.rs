@@ -50,12 +50,15 @@ enum Command {
     /// Registers once with a bootstrap token and keeps the credential in a
     /// state file (a restart reuses it). Each job runs CMD with its payload
     /// on standard input and HOMEOSTAT_JOB_ID, HOMEOSTAT_JOB_KIND,
-    /// HOMEOSTAT_JOB_QUEUE and HOMEOSTAT_JOB_ATTEMPT in its environment.
+    /// HOMEOSTAT_JOB_QUEUE and HOMEOSTAT_JOB_ATTEMPT in its environment (and
+    /// TRACEPARENT, the trace context of its enqueue, when it has one).
     /// Exit 0 completes the job with standard output as its result (JSON if
     /// it parses, else a string); exit 75 fails it as retryable; any other
     /// exit fails it as permanent, with the end of standard error as the
-    /// error. A cancellation, a lost lease or the job's timeout kills the
-    /// program's process group. SIGTERM or SIGINT stops claiming and lets
+    /// error. A cancellation, a lost lease (or one the agent could not
+    /// extend in time) or the job's timeout stops the program's process
+    /// group: SIGTERM, then SIGKILL half a second later. SIGTERM or SIGINT
+    /// stops claiming and lets
     /// running jobs finish (--grace); a second one gives them back at once.
     Agent(AgentCmd),
     /// Makes a new admin API key in the database directly, for when the one

@@ -20,6 +20,7 @@ case "$HOMEOSTAT_JOB_KIND" in
   ok) read -r input; echo "{\"ok\": true, \"attempt\": $HOMEOSTAT_JOB_ATTEMPT}";;
   retry) if [ "$HOMEOSTAT_JOB_ATTEMPT" = 1 ]; then echo 'try later' >&2; exit 75; fi; echo second;;
   fail) echo 'bad input' >&2; exit 3;;
+  trace) echo "\"${TRACEPARENT:-none}\"";;
   hang) sleep 300 & echo $! > "$PIDFILE"; wait;;
   wait) while [ ! -e "$GOFILE" ]; do sleep 0.05; done; echo ran >> "$RUNSFILE"; echo '{"done": true}';;
   orphan) echo $$ > "$LEADERFILE"; sleep 300 & echo $! > "$PIDFILE"; wait;;
@@ -178,6 +179,29 @@ async fn an_agent_runs_programs_as_jobs() {
     );
     let retried = job_until(&c, &server, &admin, &retry, "succeeded").await;
     assert_eq!(retried["result"], json!("second"));
+
+    // The enqueue's trace context reaches the program as TRACEPARENT.
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced: Value = c
+        .post(server.url("/v1/jobs"))
+        .bearer_auth(&admin)
+        .header("traceparent", tp)
+        .json(&json!({"tenant_id": tenant["id"], "queue": "q", "kind": "trace"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let traced = traced["id"].as_str().unwrap().to_owned();
+    let untraced = enqueue("trace").await;
+    let done = job_until(&c, &server, &admin, &traced, "succeeded").await;
+    assert_eq!(
+        (&done["result"], &done["traceparent"]),
+        (&json!(tp), &json!(tp))
+    );
+    let done = job_until(&c, &server, &admin, &untraced, "succeeded").await;
+    assert_eq!(done["result"], json!("none"));
     assert!(
         retried["attempts"][0]["error"]
             .as_str()

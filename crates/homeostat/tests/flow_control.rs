@@ -32,12 +32,15 @@ const RATE_WINDOW_MS: i64 = 1_000;
 const RUN: usize = 5;
 
 /// Records "start|end <key> <nanoseconds> <job> <agent's pid>" around
-/// 10–40 ms of work; the key is the payload's. A command whose agent is
-/// SIGKILLed dies with it (`--pdeathsig`) and records no end.
+/// 10–40 ms of work; the key is the payload's. A command its agent stops
+/// (a lost lease, one it could not extend in time) gets SIGTERM first and
+/// records its end then; one whose agent is SIGKILLed dies with it
+/// (`--pdeathsig`) and records no end.
 const WORK: &str = r#"
 key=$(sed -n 's/.*"key":"\([^"]*\)".*/\1/p')
 echo "start $key $(date +%s%N) $HOMEOSTAT_JOB_ID $PPID" >> "$LOG"
-sleep "0.0$(( $$ % 3 + 1 ))"
+trap 'echo "end $key $(date +%s%N) $HOMEOSTAT_JOB_ID $PPID" >> "$LOG"; exit 143' TERM
+sleep "0.0$(( $$ % 3 + 1 ))" & wait $!
 echo "end $key $(date +%s%N) $HOMEOSTAT_JOB_ID $PPID" >> "$LOG"
 "#;
 

@@ -30,6 +30,7 @@ class Server:
         env.update(
             HOMEOSTAT_LOG_FORMAT="json",
             HOMEOSTAT_API__HEARTBEAT_INTERVAL="1s",
+            HOMEOSTAT_API__LEASE_TTL="5s",
         )
         self.process = subprocess.Popen(
             [binary, "run", "--listen", "127.0.0.1:0", "--data-dir", self.dir],

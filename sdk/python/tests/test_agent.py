@@ -139,3 +139,32 @@ def test_a_drained_agent_finishes_what_it_holds_and_claims_nothing_more(server, 
     assert admin.job(first["id"])["state"] == "succeeded"
     assert admin.job(second["id"])["state"] == "queued"
     assert out["report"].completed == 1
+
+
+def test_a_job_whose_lease_cannot_be_extended_stops_before_it_runs_out(server, tenant):
+    import datetime
+
+    tenant_id, admin = tenant
+    _, client = registered(server, admin, tenant_id, "sdk-lease")
+    job = admin.enqueue("sdk-lease", "long", tenant_id=tenant_id)
+    started, stopped_at = threading.Event(), []
+
+    def long(job, stop):
+        started.set()
+        stop.wait(60)
+        stopped_at.append(datetime.datetime.now(datetime.timezone.utc))
+
+    agent = Agent(client, claim_wait=1)
+    stop, thread, out = running_agent(agent, long)
+    assert started.wait(20)
+    wait_for("the job runs", lambda: admin.job(job["id"])["state"] == "running")
+    # From now on no server answers the agent.
+    agent.client.base_url = "http://127.0.0.1:9"
+    wait_for("the agent stopped the job", lambda: stopped_at, within=30)
+    shown = admin.job(job["id"])
+    assert shown["state"] == "running", "the server has not taken it back yet"
+    lease_end = datetime.datetime.fromisoformat(shown["lease_expires_at"].replace("Z", "+00:00"))
+    assert stopped_at[0] < lease_end, (stopped_at[0], lease_end)
+    stop.set()
+    thread.join(timeout=30)
+    assert out["report"].stopped == 1

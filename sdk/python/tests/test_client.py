@@ -8,7 +8,8 @@ from homeostat import ApiError, Client
 
 def test_a_job_goes_through_its_whole_life(server, tenant):
     tenant_id, admin = tenant
-    enqueued = admin.enqueue("sdk-life", "compile", {"file": "a.c"}, tenant_id=tenant_id)
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    enqueued = admin.enqueue("sdk-life", "compile", {"file": "a.c"}, tenant_id=tenant_id, traceparent=tp)
     assert not enqueued["deduplicated"]
     assert admin.job(enqueued["id"])["state"] == "queued"
     token = admin.create_bootstrap_token(tenant_id)
@@ -19,6 +20,7 @@ def test_a_job_goes_through_its_whole_life(server, tenant):
     assert [j.id for j in claimed] == [enqueued["id"]]
     job = claimed[0]
     assert (job.kind, job.payload, job.attempt) == ("compile", {"file": "a.c"}, 1)
+    assert job.traceparent == tp
     beat = agent.heartbeat([job])
     assert (beat.lost, beat.cancelled, beat.drain) == ([], [], False)
     done = agent.complete(job, {"objects": 1})

@@ -93,7 +93,10 @@ pub(crate) fn target_tenant(
     path = "/v1/jobs",
     tag = "jobs",
     request_body = EnqueueRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "the same key from the same tenant within 24 h returns the first answer")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "the same key from the same tenant within 24 h returns the first answer"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: given to the jobs that name none (an invalid one is ignored)"),
+    ),
     responses(
         (status = 201, description = "created (one job: EnqueueResponse; a batch: BatchResponse)", body = EnqueueResponse),
         (status = 200, description = "deduplicated by fingerprint: the live job, its occurrences increased", body = EnqueueResponse),
@@ -109,13 +112,14 @@ pub(crate) async fn enqueue(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     let body: EnqueueBody = parse_json(body)?;
-    let (tenant, jobs, batch) = match body {
+    let (tenant, mut jobs, batch) = match body {
         EnqueueBody::Batch(b) => (b.tenant_id, b.jobs, true),
         EnqueueBody::One(o) => {
             let OneBody { tenant_id, job } = *o;
             (tenant_id, vec![job], false)
         }
     };
+    crate::trace_context::inherit(&headers, &mut jobs);
     let tenant = target_tenant(&caller, tenant)?;
     if jobs.is_empty() || jobs.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!(

@@ -30,6 +30,7 @@ pub(crate) struct SubmitWorkflow {
     path = "/v1/workflows",
     tag = "workflows",
     request_body = SubmitWorkflow,
+    params(("traceparent" = Option<String>, Header, description = "W3C trace context: given to the steps whose jobs name none (an invalid one is ignored)")),
     responses(
         (status = 201, description = "created, every step at once: the steps that need none start as their jobs ask, the others are pending", body = Workflow),
         ErrorResponses,
@@ -39,6 +40,7 @@ pub(crate) struct SubmitWorkflow {
 pub(crate) async fn submit_workflow(
     State(state): State<ApiState>,
     Writer(caller): Writer,
+    headers: axum::http::HeaderMap,
     JsonValue(mut body): JsonValue,
 ) -> Result<(StatusCode, Json<Workflow>), ApiError> {
     let tenant_id = match body.as_object_mut().and_then(|o| o.remove("tenant_id")) {
@@ -48,7 +50,8 @@ pub(crate) async fn submit_workflow(
         ),
         None => None,
     };
-    let workflow: NewWorkflow = strict_json::from_value(&body)?;
+    let mut workflow: NewWorkflow = strict_json::from_value(&body)?;
+    crate::trace_context::inherit(&headers, workflow.steps.iter_mut().map(|s| &mut s.job));
     let tenant = target_tenant(&caller, tenant_id)?;
     workflow.validate()?;
     // Its steps are jobs: the tenant's quotas count them as any others.

@@ -284,7 +284,79 @@ async fn an_admin_enqueues_for_a_named_tenant(store: &Store) {
     api.stop().await;
 }
 
+/// The trace context of an enqueue: a job's own `traceparent`, else the
+/// request's `traceparent` header; a bad field is refused by name, a bad
+/// header ignored (as the W3C recommendation asks).
+async fn a_trace_context_comes_from_the_job_or_the_request(store: &Store) {
+    let api = Api::new(store).await;
+    let (_, key) = api.tenant("acme").await;
+    let header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let enqueue = |body: serde_json::Value, traceparent: &str| {
+        Request::post("/v1/jobs")
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .header("traceparent", traceparent)
+            .body(axum::body::Body::from(body.to_string()))
+            .unwrap()
+    };
+    let from_header = api
+        .send(enqueue(json!({"queue": "q", "kind": "k"}), header))
+        .await;
+    assert_eq!(
+        from_header.status,
+        StatusCode::CREATED,
+        "{}",
+        from_header.text
+    );
+    assert_eq!(from_header.body["job"]["traceparent"], header);
+    let batch = json!({"jobs": [{"queue": "q", "kind": "k", "traceparent": own}, {"queue": "q", "kind": "k"}]});
+    let both = api.send(enqueue(batch, header)).await;
+    assert_eq!(both.status, StatusCode::CREATED, "{}", both.text);
+    let ids: Vec<&str> = both.body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    let first = api.get(&format!("/v1/jobs/{}", ids[0]), &key).await;
+    assert_eq!(first.body["traceparent"], own, "the job's own wins");
+    let second = api.get(&format!("/v1/jobs/{}", ids[1]), &key).await;
+    assert_eq!(second.body["traceparent"], header);
+    let bad_header = api
+        .send(enqueue(json!({"queue": "q", "kind": "k"}), "not-a-trace"))
+        .await;
+    assert_eq!(
+        bad_header.status,
+        StatusCode::CREATED,
+        "{}",
+        bad_header.text
+    );
+    assert!(bad_header.body["job"].get("traceparent").is_none());
+    let bad_field = api
+        .post(
+            "/v1/jobs",
+            &key,
+            json!({"queue": "q", "kind": "k", "traceparent": "00-zz"}),
+        )
+        .await;
+    assert_eq!(
+        bad_field.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        bad_field.text
+    );
+    assert!(
+        bad_field.body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("traceparent")
+    );
+    api.stop().await;
+}
+
 on_both_backends!(
+    a_trace_context_comes_from_the_job_or_the_request,
     enqueue_creates_then_deduplicates_by_fingerprint,
     a_batch_enqueues_all_or_names_the_bad_job,
     the_same_idempotency_key_returns_the_first_answer,

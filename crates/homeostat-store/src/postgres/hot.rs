@@ -18,7 +18,7 @@ use crate::{ClaimedJob, Completion, Enqueued};
 macro_rules! claim_returning {
     () => {
         "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token, timeout_ms,
-         effective_priority, fair_at, lease_expires_at, workflow_id"
+         effective_priority, fair_at, lease_expires_at, workflow_id, traceparent"
     };
 }
 
@@ -123,6 +123,7 @@ impl PgStore {
             c.deadline.push(job.deadline.map(ms));
             c.approval.push(job.approval_expires_at.map(ms));
             c.limit_keys.push(crate::limits::stored_keys(job));
+            c.traceparent.push(job.traceparent.clone());
         }
         let flows = crate::fair::Flows::of(c.state.iter().zip(&c.queue).zip(&c.base).map(
             |((state, queue), base)| {
@@ -141,7 +142,7 @@ impl PgStore {
             "WITH ins AS (INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
                effective_priority, fingerprint, occurrences, state, max_attempts, timeout_ms, run_at,
                queued_at, fair_at, deadline_at, approval_expires_at, created_at, updated_at,
-               limit_keys)
+               limit_keys, traceparent)
              SELECT id, $1, queue, kind, payload, priority, base, base, fingerprint, occurrences,
                state::job_state, max_attempts, timeout_ms, GREATEST(run_at, ",
             pg_judged!(17),
@@ -161,13 +162,14 @@ impl PgStore {
             pg_judged!(17),
             ") END, COALESCE(deadline_at, GREATEST(run_at, ",
             pg_judged!(17),
-            ") + $18), approval, $2, $2, limit_keys
+            ") + $18), approval, $2, $2, limit_keys, traceparent
              FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
                          $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[],
                          $14::bigint[], $15::bigint[], $16::bigint[], $20::text[], $21::bigint[],
-                         $25::bigint[])
+                         $25::bigint[], $26::text[])
                AS t(id, queue, kind, payload, priority, base, fingerprint, occurrences, state,
-                    max_attempts, timeout_ms, run_at, deadline_at, approval, limit_keys, rank, flow)
+                    max_attempts, timeout_ms, run_at, deadline_at, approval, limit_keys, rank, flow,
+                    traceparent)
              ON CONFLICT (tenant_id, fingerprint)
                WHERE fingerprint IS NOT NULL AND state NOT IN ",
             crate::rows::terminal!(),
@@ -203,6 +205,7 @@ impl PgStore {
         .bind(&flows.queues)
         .bind(&flows.priorities)
         .bind(&flows.flow)
+        .bind(&c.traceparent)
         .fetch_all(&mut *conn)
         .await;
         let stored = self.watch(stored).op(op)?;
@@ -328,6 +331,7 @@ impl PgStore {
                     .try_get_unchecked::<Option<Id>, _>(12)
                     .op(op)?
                     .map(|w| crate::workflows::context_of(w.into())),
+                traceparent: r.try_get_unchecked(13).op(op)?,
             };
             claimed.push(((-int(9)?, int(10)?), job));
         }
@@ -388,6 +392,7 @@ struct Columns {
     deadline: Vec<Option<i64>>,
     approval: Vec<Option<i64>>,
     limit_keys: Vec<Option<String>>,
+    traceparent: Vec<Option<String>>,
 }
 
 impl Columns {

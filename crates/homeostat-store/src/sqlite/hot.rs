@@ -27,7 +27,7 @@ macro_rules! claim_set {
 macro_rules! claim_returning {
     () => {
         "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
-         lease_expires_at, timeout_ms, effective_priority, fair_at, workflow_id"
+         lease_expires_at, timeout_ms, effective_priority, fair_at, workflow_id, traceparent"
     };
 }
 
@@ -132,6 +132,7 @@ impl SqliteStore {
                     }),
                     "approval": job.approval_expires_at.map(ms),
                     "limits": crate::limits::stored_keys(job),
+                    "traceparent": job.traceparent,
                 })
             })
             .collect();
@@ -139,10 +140,11 @@ impl SqliteStore {
             "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
                effective_priority, fingerprint, state, max_attempts, timeout_ms, run_at,
                queued_at, fair_at, deadline_at, approval_expires_at, created_at, updated_at,
-               limit_keys)
+               limit_keys, traceparent)
              SELECT j->>'id', ?1, j->>'queue', j->>'kind', j->>'payload', j->>'priority',
                j->>'base', j->>'base', j->>'fp', j->>'state', j->>'max', j->>'timeout',
-               j->>'run_at', j->>'run_at', j->>'turn', j->>'deadline', j->>'approval', ?2, ?2, j->>'limits'
+               j->>'run_at', j->>'run_at', j->>'turn', j->>'deadline', j->>'approval', ?2, ?2, j->>'limits',
+               j->>'traceparent'
              FROM (SELECT value AS j FROM json_each(?3) ORDER BY key) WHERE true
              ON CONFLICT (tenant_id, fingerprint)
                WHERE fingerprint IS NOT NULL AND state NOT IN ",
@@ -265,6 +267,7 @@ impl SqliteStore {
                 workflow: r
                     .opt_id::<homeostat_model::WorkflowId>("workflow_id")?
                     .map(crate::workflows::context_of),
+                traceparent: r.opt_text("traceparent")?,
             });
             order.push((-int(10)?, int(11)?));
         }

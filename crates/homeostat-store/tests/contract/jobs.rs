@@ -591,7 +591,64 @@ async fn sweeps_are_counted_in_the_job_metrics(store: &Store) {
     );
 }
 
+/// A job's trace context is kept and handed to the agent that claims it:
+/// in a batch (the tuned insert), beside a job with none, and in a
+/// workflow's steps.
+async fn the_trace_context_goes_from_enqueue_to_claim(store: &Store) {
+    let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, Some(t), &["q"]).await;
+    let mut traced = job("q");
+    traced.traceparent = Some(tp.into());
+    let made = store
+        .at(t0())
+        .enqueue_batch(t, &[traced.clone(), job("q")])
+        .await
+        .unwrap();
+    let claimed = store.at(at(1)).claim(a, 2, LEASE).await.unwrap();
+    let of = |id| {
+        claimed
+            .iter()
+            .find(|c| c.id == id)
+            .unwrap()
+            .traceparent
+            .clone()
+    };
+    assert_eq!(of(made[0].id).as_deref(), Some(tp));
+    assert_eq!(of(made[1].id), None);
+    assert_eq!(
+        store
+            .get_job(made[0].id)
+            .await
+            .unwrap()
+            .traceparent
+            .as_deref(),
+        Some(tp)
+    );
+    let wf = store
+        .at(at(2))
+        .submit_workflow(
+            t,
+            &homeostat_model::NewWorkflow {
+                name: "traced".into(),
+                steps: vec![homeostat_model::NewStep {
+                    name: "only".into(),
+                    job: traced,
+                    needs: Vec::new(),
+                    when: homeostat_model::StepCondition::OnSuccess,
+                }],
+            },
+            "operator:test",
+        )
+        .await
+        .unwrap();
+    let step = store.at(at(3)).claim(a, 1, LEASE).await.unwrap();
+    assert_eq!(step[0].id, wf.steps[0].job_id);
+    assert_eq!(step[0].traceparent.as_deref(), Some(tp));
+}
+
 on_both_backends!(
+    the_trace_context_goes_from_enqueue_to_claim,
     sweeps_are_counted_in_the_job_metrics,
     listing_by_state_finds_exactly_the_jobs_in_each_state,
     approving_late_does_not_expire_the_job,

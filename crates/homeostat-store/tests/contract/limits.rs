@@ -566,7 +566,64 @@ async fn a_limit_is_validated_and_its_changes_are_audited(store: &Store) {
     );
 }
 
+/// An agent taken offline may only be unheard (a replica crashed with its
+/// last heartbeats) and still run its jobs: one under a limit keeps its
+/// slot until its lease runs out, and a job of its key waits until then;
+/// one under no limit is taken back at once, as before.
+async fn an_offline_agents_limited_job_keeps_its_slot_until_its_lease_runs_out(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    store
+        .set_limit("one", &max(1), "operator:test")
+        .await
+        .unwrap();
+    let a = agent(store, Some(t), &["q"]).await;
+    let limited = store
+        .at(t0())
+        .enqueue(t, &keyed("q", "one", "k"))
+        .await
+        .unwrap()
+        .id;
+    only_queued(store, limited).await;
+    let free = store.at(t0()).enqueue(t, &job("q")).await.unwrap().id;
+    let claimed = store.at(at(1)).claim(a, 2, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let offline = store
+        .at(at(20))
+        .mark_silent_agents_offline(Duration::from_secs(10), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(offline, vec![a]);
+    let swept = store
+        .at(at(20))
+        .reclaim_offline_agent_jobs(100, None)
+        .await
+        .unwrap();
+    assert_eq!(swept.ids, vec![free]);
+    assert_eq!(state(store, limited).await, JobState::Running);
+    let next = store
+        .at(at(21))
+        .enqueue(t, &keyed("q", "one", "k"))
+        .await
+        .unwrap()
+        .id;
+    store.at(at(22)).admit_waiting("test").await.unwrap();
+    assert_eq!(
+        state(store, next).await,
+        JobState::Waiting,
+        "the slot is held"
+    );
+    // Its lease (60 s from the claim) runs out: taken back, slot freed.
+    let swept = store
+        .at(at(1 + 61))
+        .reclaim_offline_agent_jobs(100, None)
+        .await
+        .unwrap();
+    assert_eq!(swept.ids, vec![limited]);
+    assert_ne!(state(store, limited).await, JobState::Running);
+}
+
 on_both_backends!(
+    an_offline_agents_limited_job_keeps_its_slot_until_its_lease_runs_out,
     a_key_admits_up_to_its_maximum_and_a_finished_job_frees_its_slot,
     a_saturated_key_never_holds_back_a_free_one,
     every_way_a_slot_is_freed_admits_the_next_job,

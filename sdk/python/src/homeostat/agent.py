@@ -60,11 +60,21 @@ class AgentReport:
 
 
 class _Running:
-    def __init__(self, job: ClaimedJob) -> None:
+    def __init__(self, job: ClaimedJob, lease_until: float) -> None:
         self.job = job
         self.stop = threading.Event()
         self.why: Optional[str] = None  # why it was stopped
         self.thread: Optional[threading.Thread] = None
+        # When its lease runs out at the earliest (monotonic), as this agent
+        # knows it: from when it sent the claim or the last heartbeat that
+        # extended it.
+        self.lease_until = lease_until
+
+
+def _stop_margin(ttl: float) -> float:
+    """How long before its lease runs out a job this agent could not extend
+    is stopped: a quarter of the lease, at least a second."""
+    return min(max(ttl / 4, 1.0), ttl / 2)
 
 
 class Agent:
@@ -95,6 +105,7 @@ class Agent:
         self._report = AgentReport()
         self._drained = threading.Event()
         self._heartbeat_every = 10.0
+        self._lease_ttl = 0.0  # from the heartbeat replies
 
     @property
     def draining(self) -> bool:
@@ -106,8 +117,28 @@ class Agent:
     def run(self, handler: Handler, stop: threading.Event) -> AgentReport:
         """Runs jobs until ``stop`` is set (or an operator drains the agent
         and its jobs are done), then shuts down as the module says."""
+        # The first heartbeat tells the lease before anything is claimed;
+        # a server out of reach is waited for, a refused credential is final.
+        pause = 1.0
+        while not stop.is_set():
+            try:
+                reply = self.client.heartbeat([], self.incarnation)
+            except ApiError as e:
+                if not e.transient:
+                    raise
+                log.warning("the control plane is out of reach; trying again: %s", e)
+                stop.wait(pause)
+                pause = min(pause * 2, 30.0)
+                continue
+            self._heartbeat_every = float(reply.heartbeat_interval_secs or 10)
+            self._lease_ttl = float(reply.lease_ttl_secs)
+            break
+        if stop.is_set():
+            return self._report
         beating = threading.Thread(target=self._heartbeats, args=(stop,), daemon=True, name="homeostat-heartbeat")
         beating.start()
+        watching = threading.Thread(target=self._keep_to_leases, args=(stop,), daemon=True, name="homeostat-leases")
+        watching.start()
         claiming = threading.Thread(
             target=self._claims, args=(handler, stop), daemon=True, name="homeostat-claims"
         )
@@ -130,6 +161,7 @@ class Agent:
             while free < self.concurrency and self._free.acquire(blocking=False):
                 free += 1
             try:
+                sent = time.monotonic()
                 jobs = self.client.claim(free, self.claim_wait, self.queues)
                 backoff = 0.5
             except ApiError as e:
@@ -147,10 +179,10 @@ class Agent:
                     self._release(job)
                     self._free.release()
                     continue
-                self._start(job, handler)
+                self._start(job, handler, sent + self._lease_ttl)
 
-    def _start(self, job: ClaimedJob, handler: Handler) -> None:
-        running = _Running(job)
+    def _start(self, job: ClaimedJob, handler: Handler, lease_until: float) -> None:
+        running = _Running(job, lease_until)
         with self._lock:
             self._running[job.id] = running
         running.thread = threading.Thread(
@@ -220,14 +252,23 @@ class Agent:
 
     def _heartbeats(self, stop: threading.Event) -> None:
         while True:
+            held = self._held()
+            sent = time.monotonic()
             try:
-                reply = self.client.heartbeat(self._held(), self.incarnation)
+                reply = self.client.heartbeat(held, self.incarnation)
             except ApiError as e:
                 log.warning("heartbeat failed: %s", e)
-                wait = min(self._heartbeat_every, 2.0)
+                wait = 0.25  # sent again soon, not an interval later
             else:
                 self._heartbeat_every = float(reply.heartbeat_interval_secs or 10)
+                self._lease_ttl = float(reply.lease_ttl_secs)
                 wait = self._heartbeat_every
+                gone = set(reply.lost) | set(reply.cancelled)
+                with self._lock:
+                    for job in held:
+                        running = self._running.get(job.id)
+                        if running is not None and job.id not in gone:
+                            running.lease_until = max(running.lease_until, sent + self._lease_ttl)
                 if reply.drain and not self._drained.is_set():
                     log.info("drained by an operator: finishing what is held, claiming nothing")
                     self._drained.set()
@@ -244,6 +285,21 @@ class Agent:
                 if stop.is_set() and not self._held():
                     return
                 time.sleep(min(0.1, max(0.0, end - time.monotonic())))
+
+    def _keep_to_leases(self, stop: threading.Event) -> None:
+        """Stops every job whose lease this agent could not extend in time,
+        before the server may give it to another agent."""
+        while not (stop.is_set() and not self._held()):
+            time.sleep(0.1)
+            ttl = self._lease_ttl
+            if not ttl:
+                continue
+            now, margin = time.monotonic(), _stop_margin(ttl)
+            with self._lock:
+                late = [r.job.id for r in self._running.values() if r.lease_until - margin <= now]
+            for job_id in late:
+                log.warning("job %s: its lease could not be extended in time; stopping it", job_id)
+                self._stop_job(job_id, "its lease could not be extended in time")
 
     def _stop_job(self, job_id: str, why: str) -> None:
         with self._lock:

@@ -50,7 +50,9 @@ class ClaimedJob:
     max_attempts: int
     lease_token: int
     timeout_secs: int
-    raw: Mapping[str, JSON] = field(repr=False, compare=False)
+    #: The W3C trace context it was enqueued with: continue the trace.
+    traceparent: Optional[str] = None
+    raw: Mapping[str, JSON] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, j: Mapping[str, JSON]) -> "ClaimedJob":
@@ -64,6 +66,7 @@ class ClaimedJob:
             max_attempts=j["max_attempts"],
             lease_token=j["lease_token"],
             timeout_secs=j.get("timeout_secs", 0),
+            traceparent=j.get("traceparent"),
             raw=j,
         )
 
