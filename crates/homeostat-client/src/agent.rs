@@ -116,9 +116,9 @@ struct Running {
     /// when kept for the next process.
     decided: bool,
     /// When its lease runs out at the earliest, as this agent knows it
-    /// (from when it sent the claim or the last heartbeat that extended
-    /// it): the job is stopped before, so that it never runs on once the
-    /// server may give it to another agent.
+    /// (from when the claim was answered, or the last heartbeat that
+    /// extended it was sent): the job is stopped before, so that it never
+    /// runs on once the server may give it to another agent.
     lease_until: tokio::time::Instant,
 }
 
@@ -321,12 +321,14 @@ impl AgentBuilder {
                 wait_secs: Some(self.claim_wait),
                 queues: self.queues.clone(),
             };
-            let claim_sent = tokio::time::Instant::now();
             let claimed = tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = drained.cancelled() => break,
                 c = self.client.claim(&req) => c,
             };
+            // A long poll waits before the server claims: the leases start
+            // when it answers (their transit is within the stop margin).
+            let answered = tokio::time::Instant::now();
             let claimed = match claimed {
                 Ok(c) => c.jobs,
                 // A refused credential will not come back: stop.
@@ -357,7 +359,7 @@ impl AgentBuilder {
                         lease_token: job.lease_token,
                         stop: stop.clone(),
                         decided: false,
-                        lease_until: claim_sent + lease(&lease_ttl),
+                        lease_until: answered + lease(&lease_ttl),
                     },
                 );
                 let delivery = Delivery {

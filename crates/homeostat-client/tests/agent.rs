@@ -148,7 +148,8 @@ impl Server {
 }
 
 /// Does what each job's payload says: `ok`, `retry` (fails retryably on
-/// its first attempt), `fail` (permanently), or `hang` (until stopped).
+/// its first attempt), `fail` (permanently), `slow` (1.5 s of work), or
+/// `hang` (until stopped).
 struct Scripted {
     stopped: Arc<AtomicU32>,
 }
@@ -162,6 +163,16 @@ impl JobHandler for Scripted {
         match job.payload["do"].as_str().unwrap_or("ok") {
             "retry" if job.attempt == 1 => Err(JobError::retryable("first attempt fails")),
             "fail" => Err(JobError::permanent("bad input")),
+            "slow" => {
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(1500)) => {}
+                    () = stop.cancelled() => {
+                        self.stopped.fetch_add(1, Ordering::SeqCst);
+                        return Err(JobError::retryable("stopped"));
+                    }
+                }
+                Ok(Some(json!({"attempt": job.attempt})))
+            }
             "hang" => {
                 stop.cancelled().await;
                 self.stopped.fetch_add(1, Ordering::SeqCst);
@@ -493,5 +504,41 @@ async fn a_job_whose_lease_cannot_be_extended_stops_before_the_lease_runs_out() 
     shutdown.cancel();
     let report = agent.await.unwrap().unwrap();
     assert_eq!(report.stopped, 1, "{report:?}");
+    s.stop().await;
+}
+
+/// A job claimed at the end of a long poll that waited longer than a
+/// lease runs to its end: its lease starts when the claim is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_claimed_after_a_long_wait_keeps_its_whole_lease() {
+    let s = server_with(ApiSettings {
+        heartbeat_interval: Duration::from_secs(1),
+        lease_ttl: Duration::from_secs(4),
+        ..ApiSettings::default()
+    })
+    .await;
+    let (handler, stopped) = scripted();
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(
+        Agent::builder(s.agent.clone())
+            .claim_wait(20)
+            .run(handler, shutdown.clone()),
+    );
+    // Six heartbeats (the server's 1 s interval) into the agent's first
+    // long poll: longer than a lease.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.heartbeats.load(Ordering::SeqCst) < 6 {
+        assert!(Instant::now() < deadline, "no heartbeats");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = s.enqueue(json!({"do": "slow"}), 1).await;
+    s.until(id, JobState::Succeeded).await;
+    shutdown.cancel();
+    let report = agent.await.unwrap().unwrap();
+    assert_eq!(
+        (report.completed, stopped.load(Ordering::SeqCst)),
+        (1, 0),
+        "{report:?}"
+    );
     s.stop().await;
 }

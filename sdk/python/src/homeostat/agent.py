@@ -66,8 +66,8 @@ class _Running:
         self.why: Optional[str] = None  # why it was stopped
         self.thread: Optional[threading.Thread] = None
         # When its lease runs out at the earliest (monotonic), as this agent
-        # knows it: from when it sent the claim or the last heartbeat that
-        # extended it.
+        # knows it: from when the claim was answered, or the last heartbeat
+        # that extended it was sent.
         self.lease_until = lease_until
 
 
@@ -161,8 +161,10 @@ class Agent:
             while free < self.concurrency and self._free.acquire(blocking=False):
                 free += 1
             try:
-                sent = time.monotonic()
                 jobs = self.client.claim(free, self.claim_wait, self.queues)
+                # A long poll waits before the server claims: the leases
+                # start when it answers.
+                answered = time.monotonic()
                 backoff = 0.5
             except ApiError as e:
                 for _ in range(free):
@@ -179,7 +181,7 @@ class Agent:
                     self._release(job)
                     self._free.release()
                     continue
-                self._start(job, handler, sent + self._lease_ttl)
+                self._start(job, handler, answered + self._lease_ttl)
 
     def _start(self, job: ClaimedJob, handler: Handler, lease_until: float) -> None:
         running = _Running(job, lease_until)
