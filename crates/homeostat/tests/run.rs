@@ -256,10 +256,10 @@ async fn foreign_variables_do_not_stop_it_and_a_lost_admin_key_is_replaced() {
 }
 
 /// periodic-jobs is a keyed controller, one key per schedule, each
-/// reconciled at its own slots: a schedule every 2 s enqueues a job for
-/// every slot, each within a second of it by the server's own audit
-/// times (a sweep polled every interval would be up to an interval late),
-/// and the controller shows its queue.
+/// reconciled at its own slots: a schedule every 4 s enqueues a job for
+/// every slot, none missed, each within seconds of it by the server's own
+/// audit times (its resync, or a sweep at that interval, would be up to a
+/// minute late), and the controller shows its queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_schedules_enqueue_at_their_own_slots() {
     let dir = data_dir();
@@ -277,7 +277,7 @@ async fn periodic_schedules_enqueue_at_their_own_slots() {
     assert!(first.terminate().success());
 
     let schedules = format!(
-        r#"[{{name = "tick", cron = "*/2 * * * * *", timezone = "UTC", tenant_id = "{}", job = {{queue = "reports", kind = "tick"}}}}]"#,
+        r#"[{{name = "tick", cron = "*/4 * * * * *", timezone = "UTC", tenant_id = "{}", job = {{queue = "reports", kind = "tick"}}}}]"#,
         tenant["id"].as_str().unwrap()
     );
     let mut server = start_with(
@@ -304,18 +304,20 @@ async fn periodic_schedules_enqueue_at_their_own_slots() {
     let time = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
     let slots: Vec<jiff::Timestamp> = events.iter().map(|e| time(&e["details"]["slot"])).collect();
     // The first may be a catch-up of the slot before the start; from then
-    // on, every slot once, each enqueued within a second of it.
+    // on, every slot once, each at its own time: within the 4 s between
+    // slots on two loaded cores, where the 60 s resync would find a slot
+    // up to a minute late (so would a sweep at that interval).
     for (e, slot) in events.iter().zip(&slots).skip(1) {
         let late = time(&e["at"]).duration_since(*slot);
         assert!(
-            late >= jiff::SignedDuration::ZERO && late < jiff::SignedDuration::from_secs(1),
+            late >= jiff::SignedDuration::ZERO && late < jiff::SignedDuration::from_secs(4),
             "slot {slot} enqueued {late:?} after it"
         );
     }
     for pair in slots[1..].windows(2) {
         assert_eq!(
             pair[1].duration_since(pair[0]),
-            jiff::SignedDuration::from_secs(2),
+            jiff::SignedDuration::from_secs(4),
             "{slots:?}"
         );
     }
