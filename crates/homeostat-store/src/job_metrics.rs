@@ -156,23 +156,28 @@ impl JobMetrics {
     fn labels(&self, queue: &str, kind: &str) -> QueueKind {
         let mut kept = self.kept.lock().unwrap();
         let key = (queue.to_owned(), kind.to_owned());
-        if kept.contains(&key) || kept.len() < MAX_SERIES {
+        if !kept.contains(&key) {
+            if kept.len() >= MAX_SERIES {
+                return QueueKind {
+                    queue: OTHER.to_owned(),
+                    kind: OTHER.to_owned(),
+                };
+            }
             kept.insert(key.clone());
-            QueueKind {
-                queue: key.0,
-                kind: key.1,
-            }
-        } else {
-            QueueKind {
-                queue: OTHER.to_owned(),
-                kind: OTHER.to_owned(),
-            }
+        }
+        QueueKind {
+            queue: key.0,
+            kind: key.1,
         }
     }
 
     /// A job reached `outcome` (`succeeded`, `dead`, `cancelled`, `expired`).
     pub(crate) fn finished(&self, queue: &str, kind: &str, outcome: &'static str) {
-        let QueueKind { queue, kind } = self.labels(queue, kind);
+        self.finished_as(self.labels(queue, kind), outcome);
+    }
+
+    fn finished_as(&self, labels: QueueKind, outcome: &'static str) {
+        let QueueKind { queue, kind } = labels;
         self.finished
             .get_or_create(&Finished {
                 queue,
@@ -199,8 +204,10 @@ impl JobMetrics {
             .inc();
     }
 
-    /// An attempt its agent reported at `now` (ms): how long it waited and ran.
-    pub(crate) fn reported(&self, ended: &Ended, now: i64) {
+    /// An attempt its agent reported at `now` (ms): how long it waited and
+    /// ran, and what came of its job: `Some(outcome)` when it finished
+    /// (`succeeded`, `dead`), `None` when it will run again.
+    pub(crate) fn reported(&self, ended: &Ended, now: i64, outcome: Option<&'static str>) {
         let labels = self.labels(&ended.queue, &ended.kind);
         if let Some(started) = ended.started_at {
             let secs = |ms: i64| (ms.max(0) as f64) / 1000.0;
@@ -210,6 +217,12 @@ impl JobMetrics {
             self.running
                 .get_or_create(&labels)
                 .observe(secs(now - started));
+        }
+        match outcome {
+            Some(outcome) => self.finished_as(labels, outcome),
+            None => {
+                self.retries.get_or_create(&labels).inc();
+            }
         }
     }
 

@@ -327,10 +327,7 @@ impl Store {
         for (c, ended) in completions.iter().zip(accepted) {
             match ended {
                 Some(ended) => {
-                    self.local.jobs.reported(&ended, now);
-                    self.local
-                        .jobs
-                        .finished(&ended.queue, &ended.kind, "succeeded");
+                    self.local.jobs.reported(&ended, now, Some("succeeded"));
                     out.completed.push(c.id);
                 }
                 None => out.stale.push(c.id),
@@ -380,14 +377,12 @@ impl Store {
         let out = dispatch!(self, jobs::fail(failure));
         self.limits_moved();
         let (out, ended) = out?;
+        let dead = out.state == JobState::Dead;
         self.local
             .jobs
-            .reported(&ended, crate::time::ms(self.now()));
-        if out.state == JobState::Dead {
-            self.local.jobs.finished(&ended.queue, &ended.kind, "dead");
+            .reported(&ended, crate::time::ms(self.now()), dead.then_some("dead"));
+        if dead {
             self.workflows_moved(&[failure.id]).await;
-        } else {
-            self.local.jobs.retried(&ended.queue, &ended.kind);
         }
         Ok(out)
     }
