@@ -47,6 +47,7 @@ impl FromRequestParts<ApiState> for AgentCaller {
         // Boxed: this future would otherwise be part of every agent
         // request's for the request's whole life (a long poll's too).
         let id = Box::pin(state.store.authenticate_agent(secret)).await?;
+        tracing::Span::current().record("homeostat.agent.id", tracing::field::display(id));
         Ok(Self { id })
     }
 }
@@ -149,6 +150,9 @@ impl Caller {
     ) -> Result<Self, ApiError> {
         let secret = bearer(headers)?;
         let identity = state.store.authenticate_api_key(secret).await?;
+        if let ApiScope::Tenant(tenant) = identity.scope {
+            tracing::Span::current().record("homeostat.tenant.id", tracing::field::display(tenant));
+        }
         Ok(Self::from_identity(&identity))
     }
 }

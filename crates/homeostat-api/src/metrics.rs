@@ -15,6 +15,7 @@ use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::state::ApiState;
@@ -34,10 +35,16 @@ pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Nex
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    let span = request_span(&method, &route, req.headers());
     let started = Instant::now();
-    let response = next.run(req).await;
+    let response = next.run(req).instrument(span.clone()).await;
     let elapsed = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
+    // As a signed integer: OpenTelemetry has no unsigned one.
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
     // A probe's "not ready" is its answer, not a fault: the failing check
     // is logged where it fails, not once per probe.
     let answered = route == "/readyz";
@@ -50,6 +57,35 @@ pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Nex
     }
     state.http.answered(route, method, status, elapsed);
     response
+}
+
+/// The span of a request, exported when tracing is on (docs/telemetry.md):
+/// a child of the caller's `traceparent`, named by its route template, with
+/// its tenant or agent recorded once authenticated. Probes and scrapes have
+/// none: they would be most of what is exported and tell nothing.
+fn request_span(method: &str, route: &str, headers: &axum::http::HeaderMap) -> tracing::Span {
+    if matches!(route, "/healthz" | "/readyz" | "/metrics") {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        target: homeostat_model::trace::SPANS,
+        "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        homeostat.tenant.id = tracing::field::Empty,
+        homeostat.agent.id = tracing::field::Empty,
+        homeostat.job.id = tracing::field::Empty,
+        homeostat.queue = tracing::field::Empty,
+        homeostat.job.kind = tracing::field::Empty,
+    );
+    if let Some(tp) = crate::trace_context::traceparent(headers) {
+        homeostat_model::trace::continue_from(&span, &tp);
+    }
+    span
 }
 
 /// Marks a request that came through the probes listener.

@@ -20,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::outbox::{Outbox, Outcome, Pending};
 use crate::{Client, ClientError};
@@ -369,10 +370,14 @@ impl AgentBuilder {
                     outbox: outbox.clone(),
                 };
                 let handler = handler.clone();
-                jobs.spawn(async move {
-                    run_one(handler, job, stop, delivery).await;
-                    drop(permit);
-                });
+                let span = work_span(&job);
+                jobs.spawn(
+                    async move {
+                        run_one(handler, job, stop, delivery).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
             }
         }
         // Draining: no more claims; running jobs get the grace.
@@ -585,6 +590,30 @@ impl Delivery {
     }
 }
 
+/// The span of a job's work and the delivery of its outcome, exported when
+/// tracing is on: a child of the claim's span (the job's trace context), so
+/// the handler's own spans, a program's `TRACEPARENT` and the outcome's
+/// request continue the job's trace.
+fn work_span(job: &ClaimedJob) -> tracing::Span {
+    let span = tracing::info_span!(
+        target: homeostat_model::trace::SPANS,
+        "job",
+        otel.name = "job.run",
+        otel.kind = "consumer",
+        homeostat.job.id = %job.id,
+        homeostat.tenant.id = %job.tenant_id,
+        homeostat.queue = job.queue.as_str(),
+        homeostat.job.kind = job.kind.as_str(),
+        homeostat.job.attempt = i64::from(job.attempt),
+        homeostat.job.outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(tp) = &job.traceparent {
+        homeostat_model::trace::continue_from(&span, tp);
+    }
+    span
+}
+
 async fn run_one<H: JobHandler>(
     handler: Arc<H>,
     job: ClaimedJob,
@@ -599,6 +628,10 @@ async fn run_one<H: JobHandler>(
         stop.cancelled().await;
         tokio::time::sleep(STOP_GRACE).await;
     };
+    let mut job = job;
+    if let Some(tp) = homeostat_model::trace::current() {
+        job.traceparent = Some(tp);
+    }
     let handling = handler.handle(job, stop.clone());
     tokio::pin!(handling);
     let outcome = tokio::select! {
@@ -611,6 +644,14 @@ async fn run_one<H: JobHandler>(
             Some(Err(JobError::retryable(format!("timed out after {} s", timeout.as_secs()))))
         }
         () = abandoned => None,
+    };
+    let span = tracing::Span::current();
+    match &outcome {
+        Some(Ok(_)) => span.record("homeostat.job.outcome", "succeeded"),
+        Some(Err(_)) => span
+            .record("homeostat.job.outcome", "failed")
+            .record("otel.status_code", "error"),
+        None => span.record("homeostat.job.outcome", "stopped"),
     };
     // Still ours? It stays among the running jobs until its outcome is
     // delivered; decided, it is kept (on disk if asked) before it is sent.

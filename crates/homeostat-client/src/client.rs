@@ -243,6 +243,11 @@ impl Client {
         for (name, value) in extra {
             req = req.header(*name, value);
         }
+        // A call made inside an exported span continues its trace on the
+        // server (an outcome, the agent's work; an enqueue, the caller's).
+        if let Some(tp) = homeostat_model::trace::current() {
+            req = req.header("traceparent", tp);
+        }
         if let Some(body) = body {
             req = req.json(body);
         }

@@ -19,6 +19,8 @@ pub mod operator;
 mod schema;
 mod tenant;
 mod token;
+#[cfg(feature = "trace")]
+pub mod trace;
 pub mod wire;
 mod workflow;
 

@@ -290,7 +290,16 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Agent(cmd) => {
-            logging::init(config::LogFormat::Auto, "info");
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let telemetry =
+                match logging::init_with_traces(config::LogFormat::Auto, "info", "homeostat-agent")
+                {
+                    Ok(t) => t,
+                    Err(e) => {
+                        eprintln!("homeostat: {e}");
+                        return ExitCode::from(2);
+                    }
+                };
             let name = cmd.name.unwrap_or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
                     .map(|h| h.trim().to_owned())
@@ -310,13 +319,15 @@ fn main() -> ExitCode {
                 once: cmd.once,
                 exec: cmd.exec,
             };
-            match tokio::runtime::Runtime::new() {
+            let code = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt.block_on(agent::run(args)),
                 Err(e) => {
                     eprintln!("homeostat: cannot start the runtime: {e}");
                     ExitCode::FAILURE
                 }
-            }
+            };
+            telemetry.shutdown();
+            code
         }
         Command::Run(args) => {
             let mut config = match args.store.load() {

@@ -18,9 +18,17 @@ use crate::config::{Config, ConfigError, Notifications};
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub(crate) fn main(config: Config) -> ExitCode {
-    crate::logging::init(config.log_format, &config.log_level);
-    // reqwest's rustls needs a crypto provider, installed once per process.
+    // reqwest's rustls needs a crypto provider, installed once per process
+    // (before the trace exporter's client is made).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let telemetry =
+        match crate::logging::init_with_traces(config.log_format, &config.log_level, "homeostat") {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("homeostat: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,7 +39,10 @@ pub(crate) fn main(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    let ran = runtime.block_on(run(config));
+    drop(runtime);
+    telemetry.shutdown();
+    match ran {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let usage = e.is::<ConfigError>();

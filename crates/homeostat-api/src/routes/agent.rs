@@ -181,8 +181,10 @@ pub(crate) async fn claim(
             )));
         }
     }
-    let jobs = crate::long_poll::claim(&state, agent.id, req.queues.as_deref(), req.capacity, wait)
-        .await?;
+    let mut jobs =
+        crate::long_poll::claim(&state, agent.id, req.queues.as_deref(), req.capacity, wait)
+            .await?;
+    crate::trace_context::claimed(&mut jobs);
     Ok(answer(jobs))
 }
 
@@ -251,6 +253,7 @@ pub(crate) async fn complete(
 ) -> Result<Json<Job>, ApiError> {
     bounded_result(&state, &req.result)?;
     let job = held_job(&state, agent, id, req.lease_token).await?;
+    crate::trace_context::reporting_on(&job);
     if job.state == JobState::Succeeded {
         // The reply to the first completion was lost: answer it again.
         return Ok(Json(job));
@@ -356,6 +359,7 @@ pub(crate) async fn fail(
         return Err(ApiError::too_large("error: at most 8192 characters"));
     }
     let job = held_job(&state, agent, id, req.lease_token).await?;
+    crate::trace_context::reporting_on(&job);
     if job.state != JobState::Running {
         // A resend of a failure already recorded under this lease.
         if matches!(job.state, JobState::Scheduled | JobState::Dead)

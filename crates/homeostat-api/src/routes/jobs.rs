@@ -138,6 +138,7 @@ pub(crate) async fn enqueue(
     }
     let key = idempotency_key(&headers)?;
     let enqueued = enqueue_within_quotas(&state, tenant, &jobs, key.as_deref()).await?;
+    crate::trace_context::enqueued(tenant, &jobs, &enqueued);
     if batch {
         let created = enqueued.iter().any(|e| !e.deduplicated);
         let status = if created {
