@@ -62,9 +62,13 @@ pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Nex
 /// The span of a request, exported when tracing is on (docs/telemetry.md):
 /// a child of the caller's `traceparent`, named by its route template, with
 /// its tenant or agent recorded once authenticated. Probes and scrapes have
-/// none: they would be most of what is exported and tell nothing.
+/// none, nor do heartbeats: they would be most of what is exported (a
+/// fleet's agents beat every few seconds) and tell nothing of a job.
 fn request_span(method: &str, route: &str, headers: &axum::http::HeaderMap) -> tracing::Span {
-    if matches!(route, "/healthz" | "/readyz" | "/metrics") {
+    if matches!(
+        route,
+        "/healthz" | "/readyz" | "/metrics" | "/v1/agent/heartbeat"
+    ) {
         return tracing::Span::none();
     }
     let span = tracing::info_span!(

@@ -50,8 +50,10 @@ pub struct ClaimedJob {
     /// ended, with their results (docs/workflows.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<crate::StepContext>,
-    /// The W3C trace context it was enqueued with: continue the trace in
-    /// the job's work (`homeostat agent` sets `TRACEPARENT` for its program).
+    /// The W3C trace context to continue in the job's work: the one it was
+    /// enqueued with, or, when the server exports traces, its claim's span
+    /// (`homeostat agent` continues it, and sets `TRACEPARENT` for its
+    /// program).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
 }

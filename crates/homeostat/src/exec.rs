@@ -123,8 +123,9 @@ impl JobHandler for Exec {
                 .env("HOMEOSTAT_WORKFLOW_ID", step.workflow_id.to_string())
                 .env("HOMEOSTAT_WORKFLOW_STEP", &step.step);
         }
-        // The enqueuer's trace, for the program to continue (the W3C
-        // variable OpenTelemetry's SDKs read).
+        // The job's trace, for the program to continue (the W3C variable
+        // OpenTelemetry's SDKs read): the agent's span of this job's work
+        // when it exports traces, else the context the claim gave.
         match &job.traceparent {
             Some(tp) => command.env("TRACEPARENT", tp),
             None => command.env_remove("TRACEPARENT"),

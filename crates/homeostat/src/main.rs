@@ -43,7 +43,9 @@ enum Command {
     /// On an embedded SQLite database in the data directory by default; on
     /// PostgreSQL (shared by N replicas) with `--database-url`. Applies
     /// migrations, creates and prints an admin API key on the first start,
-    /// and stops cleanly on SIGTERM or SIGINT.
+    /// and stops cleanly on SIGTERM or SIGINT. Exports traces over OTLP
+    /// when OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_TRACES_EXPORTER=otlp) is
+    /// set (docs/telemetry.md).
     Run(RunArgs),
     /// Runs a program for each job an agent claims.
     ///
@@ -51,7 +53,9 @@ enum Command {
     /// state file (a restart reuses it). Each job runs CMD with its payload
     /// on standard input and HOMEOSTAT_JOB_ID, HOMEOSTAT_JOB_KIND,
     /// HOMEOSTAT_JOB_QUEUE and HOMEOSTAT_JOB_ATTEMPT in its environment (and
-    /// TRACEPARENT, the trace context of its enqueue, when it has one).
+    /// TRACEPARENT, the job's W3C trace context, when it has one). With
+    /// OTEL_EXPORTER_OTLP_ENDPOINT set, the agent exports a span for each
+    /// job's work (docs/telemetry.md).
     /// Exit 0 completes the job with standard output as its result (JSON if
     /// it parses, else a string); exit 75 fails it as retryable; any other
     /// exit fails it as permanent, with the end of standard error as the

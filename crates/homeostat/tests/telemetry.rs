@@ -15,6 +15,16 @@ use common::fleet::until_registered;
 use common::{client, data_dir, get_json, ready};
 use serde_json::{Value, json};
 
+/// A process killed when dropped, so a failed assertion leaves none behind.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The receiver, killed when dropped.
 struct Receiver {
     child: Child,
@@ -92,18 +102,20 @@ async fn one_trace_links_enqueue_claim_work_and_completion() {
     ready(&c, &server).await;
     let admin = server.admin_key().unwrap();
     let (tenant, bootstrap) = common::tenant_and_bootstrap(&c, &server, &admin, "acme", 1).await;
-    let mut agent: Child = Command::new(assert_cmd::cargo::cargo_bin("homeostat"))
-        .args(["agent", "--server", &server.url(""), "--queue", "work"])
-        .args(["--name", "agent-0", "--bootstrap-token", &bootstrap])
-        .arg("--state-file")
-        .arg(dir.join("agent-0.json"))
-        .envs(otel)
-        .env("LOG", dir.join("work"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .args(["--exec", "sh", "-c", WORK])
-        .spawn()
-        .unwrap();
+    let _agent = Killed(
+        Command::new(assert_cmd::cargo::cargo_bin("homeostat"))
+            .args(["agent", "--server", &server.url(""), "--queue", "work"])
+            .args(["--name", "agent-0", "--bootstrap-token", &bootstrap])
+            .arg("--state-file")
+            .arg(dir.join("agent-0.json"))
+            .envs(otel)
+            .env("LOG", dir.join("work"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .args(["--exec", "sh", "-c", WORK])
+            .spawn()
+            .unwrap(),
+    );
     until_registered(&dir, 1).await;
 
     // The enqueuer's own span, which the receiver never sees: the trace's
@@ -212,8 +224,6 @@ async fn one_trace_links_enqueue_claim_work_and_completion() {
         assert!(Instant::now() < deadline, "no controller run was exported");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = agent.kill();
-    let _ = agent.wait();
 }
 
 /// An `OTEL_*` setting homeostat cannot follow stops it with exit 2 and
