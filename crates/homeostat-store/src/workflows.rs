@@ -310,6 +310,10 @@ const TENANT_OF: Sql = Sql::both("SELECT tenant_id FROM jobs WHERE id = $1");
 /// `$1` workflow: every step's name.
 const NAMES: Sql = Sql::both("SELECT name FROM workflow_steps WHERE workflow_id = $1");
 
+/// The needs one addition of steps may create for the adding step's
+/// dependents (each needs each new step): 100 dependents of 1,000 steps.
+const MAX_ADDED_NEEDS: u64 = 100_000;
+
 /// `$1` the adding step, `$2` how many steps it adds: the steps that need
 /// it wait for them too.
 const WAIT_MORE: Sql = Sql::both(
@@ -783,6 +787,19 @@ pub(crate) async fn add_steps<B: Backend>(
             })
             .collect(),
     };
+    // A workflow grown at run time keeps the bound a submitted one has.
+    if existing.len() + steps.len() > homeostat_model::MAX_STEPS {
+        return Err(ValidationError::new(
+            "steps",
+            format!(
+                "the workflow has {} steps; with {} more it would pass the {} a workflow may have",
+                existing.len(),
+                steps.len(),
+                homeostat_model::MAX_STEPS
+            ),
+        )
+        .into());
+    }
     for s in steps {
         if existing.contains(&s.name) {
             return Err(ValidationError::new(
@@ -840,9 +857,23 @@ pub(crate) async fn add_steps<B: Backend>(
     // theirs.
     let new_ids: Vec<homeostat_model::Id> = ids.iter().map(|i| i.as_uuid()).collect();
     let added = i64::try_from(steps.len()).unwrap_or(i64::MAX);
-    B::execute_in(&mut tx, Stmt::new::<B>(WAIT_MORE).arg(adder).arg(added))
+    let dependents = B::execute_in(&mut tx, Stmt::new::<B>(WAIT_MORE).arg(adder).arg(added))
         .await
         .op(op)?;
+    // Each dependent needs each new step: a few new steps from a step many
+    // others need would write an edge per pair, far more than the request
+    // names. Refused (the transaction rolls back) past the bound.
+    let edges = dependents.saturating_mul(steps.len() as u64);
+    if edges > MAX_ADDED_NEEDS {
+        return Err(ValidationError::new(
+            "steps",
+            format!(
+                "{} steps added by {adder_name:?}, which {dependents} steps need, would add {edges} needs; at most {MAX_ADDED_NEEDS} at once",
+                steps.len()
+            ),
+        )
+        .into());
+    }
     B::execute_in(
         &mut tx,
         Stmt::new::<B>(MORE_NEEDS)

@@ -405,6 +405,15 @@ pub(crate) async fn add_steps(
     Path(id): Path<JobId>,
     Json(req): Json<homeostat_model::wire::AddStepsRequest>,
 ) -> Result<Json<homeostat_model::Workflow>, ApiError> {
+    // The steps are the tenant's jobs: its quotas count them as any others
+    // (an agent could otherwise enqueue past them).
+    let tenant = held_job(&state, agent, id, req.lease_token).await?.tenant_id;
+    let jobs: Vec<homeostat_model::NewJob> = req.steps.iter().map(|s| s.job.clone()).collect();
+    let quotas = state.settings.quotas.of(tenant);
+    state
+        .quotas
+        .admit(&state.store, tenant, quotas, &jobs)
+        .await?;
     let workflow = state
         .store
         .add_workflow_steps(
@@ -415,6 +424,10 @@ pub(crate) async fn add_steps(
             &format!("agent:{}", agent.id),
         )
         .await?;
+    let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    state
+        .quotas
+        .enqueued(tenant, req.steps.len() as u64, &queues);
     Ok(Json(workflow))
 }
 

@@ -308,7 +308,57 @@ async fn a_running_step_adds_steps_through_the_agent_protocol(store: &Store) {
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.text);
 }
 
+/// Steps an agent adds are the tenant's jobs: its quotas count them, and a
+/// refusal adds none.
+async fn steps_added_at_run_time_count_against_the_tenants_quotas(store: &Store) {
+    let settings = homeostat_api::ApiSettings {
+        quotas: homeostat_api::Quotas {
+            live_jobs: 3,
+            ..homeostat_api::Quotas::default()
+        },
+        ..homeostat_api::ApiSettings::default()
+    };
+    let api = Api::with_settings(store, settings).await;
+    let (tenant, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant), &["ci"]).await;
+    let made = api
+        .post(
+            "/v1/workflows",
+            &key,
+            json!({"name": "scan", "steps": [
+                {"name": "discover", "job": {"queue": "ci", "kind": "discover"}},
+                {"name": "summary", "job": {"queue": "ci", "kind": "summary"},
+                 "needs": ["discover"], "when": "always"},
+            ]}),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    let (job, token) = claim(&api, &cred).await;
+    let add = |names: &[&str]| {
+        json!({"lease_token": token, "steps": names.iter().map(|n| json!(
+            {"name": n, "job": {"queue": "ci", "kind": "scan"}})).collect::<Vec<_>>()})
+    };
+    let path = format!("/v1/agent/jobs/{job}/steps");
+    let refused = api.post(&path, &cred, add(&["scan-a", "scan-b"])).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.code(), "quota_exceeded");
+    assert!(refused.text.contains("quotas.live_jobs"), "{}", refused.text);
+    let wf = api
+        .get(&format!("/v1/workflows/{}", made.body["id"].as_str().unwrap()), &key)
+        .await;
+    assert_eq!(wf.body["steps"].as_array().unwrap().len(), 2, "none added");
+    let one = api.post(&path, &cred, add(&["scan-a"])).await;
+    assert_eq!(one.status, StatusCode::OK, "{}", one.text);
+    assert_eq!(one.body["steps"].as_array().unwrap().len(), 3);
+}
+
 on_both_backends!(
+    steps_added_at_run_time_count_against_the_tenants_quotas,
     a_running_step_adds_steps_through_the_agent_protocol,
     a_workflow_runs_through_the_agent_protocol,
     a_cancelled_workflow_starts_nothing,

@@ -635,6 +635,54 @@ async fn a_running_step_fans_out_and_its_dependents_wait_for_the_new_steps(store
     assert_eq!(report_step.needs.len(), 5, "{:?}", report_step.needs);
 }
 
+/// Steps added at run time cannot grow a workflow past the bound a
+/// submitted one has (`MAX_STEPS`), however many calls add them, nor write
+/// more needs at once than the bound on them (each of the adding step's
+/// dependents needs each new step).
+async fn a_workflow_grown_at_run_time_keeps_the_bounds_on_its_steps(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let max = homeostat_model::MAX_STEPS;
+    // discover, 200 steps that need it, and the rest on a queue no agent
+    // takes (so the claim below takes discover alone): 600 below the bound.
+    let mut steps = vec![on_success("discover", &[])];
+    steps.extend((0..200).map(|i| on_success(&format!("after-{i}"), &["discover"])));
+    steps.extend((201..max - 600).map(|i| NewStep {
+        job: NewJob::new("elsewhere", "idle"),
+        ..on_success(&format!("idle-{i}"), &[])
+    }));
+    let wf = submit(store, t, steps).await;
+    assert_eq!(wf.steps.len(), max - 600);
+    let discover = claim_all(store, a, &wf, 1).await;
+    assert_eq!(discover.len(), 1, "only discover is claimable");
+    let token = discover[0].1;
+    let add = |n: usize, prefix: &str| {
+        let steps: Vec<NewStep> = (0..n)
+            .map(|i| on_success(&format!("{prefix}-{i}"), &[]))
+            .collect();
+        let id = job_of(&wf, "discover");
+        async move {
+            store
+                .at(at(2))
+                .add_workflow_steps(a, id, token, &steps, "agent:test")
+                .await
+        }
+    };
+    // 200 dependents × 501 new steps: past the 100,000 needs at once.
+    let e = add(501, "wide").await.unwrap_err();
+    assert!(e.to_string().contains("at most 100000 at once"), "{e}");
+    // 601 more: past the bound on steps.
+    let e = add(601, "many").await.unwrap_err();
+    assert!(e.to_string().contains(&format!("pass the {max}")), "{e}");
+    let unchanged = store.workflow(wf.id).await.unwrap();
+    assert_eq!(unchanged.steps.len(), max - 600, "nothing was added");
+    // Within both: added; then what would pass the bound is refused.
+    let grown = add(100, "found").await.unwrap();
+    assert_eq!(grown.steps.len(), max - 500);
+    let e = add(501, "more").await.unwrap_err();
+    assert!(e.to_string().contains(&format!("pass the {max}")), "{e}");
+}
+
 async fn bad_workflows_are_refused_whole(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let cycle = NewWorkflow {
@@ -888,6 +936,7 @@ on_both_backends!(
     a_join_is_claimed_with_its_needs_results,
     a_running_step_fans_out_and_its_dependents_wait_for_the_new_steps,
     bad_workflows_are_refused_whole,
+    a_workflow_grown_at_run_time_keeps_the_bounds_on_its_steps,
     steps_under_limits_wait_for_them_once_released,
     retention_takes_a_step_with_its_job_and_a_workflow_with_its_last_step,
 );
