@@ -116,9 +116,20 @@ fn wanted(env: impl Fn(&str) -> Option<String>) -> Result<Option<Settings>, Stri
                 .any(|kv| kv.trim_start().starts_with("service.name="))
         });
     Ok(Some(Settings {
-        endpoint: endpoint.unwrap_or_else(|| "http://localhost:4318/v1/traces".to_owned()),
+        endpoint: shown(&endpoint.unwrap_or_else(|| "http://localhost:4318/v1/traces".to_owned())),
         named,
     }))
+}
+
+/// The endpoint as it may be logged: credentials in its URL
+/// (`https://user:secret@host`) are not.
+fn shown(endpoint: &str) -> String {
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("", endpoint));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => endpoint.to_owned(),
+    }
 }
 
 fn install(format: LogFormat, level: &str, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
@@ -227,6 +238,18 @@ mod tests {
         ] {
             assert_eq!(wanted(env(&off)), Ok(None), "{off:?}");
         }
+    }
+
+    #[test]
+    fn credentials_in_the_endpoint_are_not_shown() {
+        let s = wanted(env(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://user:s3cret@collector:4318/v1/traces",
+        )]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.endpoint, "https://***@collector:4318/v1/traces");
+        assert_eq!(super::shown("http://c:4318/a@b"), "http://c:4318/a@b");
     }
 
     #[test]

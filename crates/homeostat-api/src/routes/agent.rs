@@ -407,7 +407,9 @@ pub(crate) async fn add_steps(
 ) -> Result<Json<homeostat_model::Workflow>, ApiError> {
     // The steps are the tenant's jobs: its quotas count them as any others
     // (an agent could otherwise enqueue past them).
-    let tenant = held_job(&state, agent, id, req.lease_token).await?.tenant_id;
+    let tenant = held_job(&state, agent, id, req.lease_token)
+        .await?
+        .tenant_id;
     let jobs: Vec<homeostat_model::NewJob> = req.steps.iter().map(|s| s.job.clone()).collect();
     let quotas = state.settings.quotas.of(tenant);
     state

@@ -347,9 +347,16 @@ async fn steps_added_at_run_time_count_against_the_tenants_quotas(store: &Store)
         refused.text
     );
     assert_eq!(refused.code(), "quota_exceeded");
-    assert!(refused.text.contains("quotas.live_jobs"), "{}", refused.text);
+    assert!(
+        refused.text.contains("quotas.live_jobs"),
+        "{}",
+        refused.text
+    );
     let wf = api
-        .get(&format!("/v1/workflows/{}", made.body["id"].as_str().unwrap()), &key)
+        .get(
+            &format!("/v1/workflows/{}", made.body["id"].as_str().unwrap()),
+            &key,
+        )
         .await;
     assert_eq!(wf.body["steps"].as_array().unwrap().len(), 2, "none added");
     let one = api.post(&path, &cred, add(&["scan-a"])).await;
