@@ -219,6 +219,22 @@ pub(crate) async fn serve(
             .set(i64::try_from(a.count).unwrap_or(i64::MAX));
     }
     snapshot.register("homeostat_agents", "Agents by status", agents);
+    let workflows = Gauge::<i64>::default();
+    workflows.set(i64::try_from(stats.workflows_running).unwrap_or(i64::MAX));
+    snapshot.register(
+        "homeostat_workflows_running",
+        "Workflows with a step not finished (not cancelled)",
+        workflows,
+    );
+    let oldest_workflow = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    if let Some(at) = stats.oldest_workflow_at {
+        oldest_workflow.set(now.duration_since(at).as_secs_f64().max(0.0));
+    }
+    snapshot.register(
+        "homeostat_workflow_oldest_running_age_seconds",
+        "How long ago the oldest running workflow was submitted (0 when none runs)",
+        oldest_workflow,
+    );
     let counted = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     counted.set(now.duration_since(stats.counted_at).as_secs_f64().max(0.0));
     snapshot.register(

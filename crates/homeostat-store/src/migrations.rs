@@ -87,6 +87,11 @@ pub(crate) const SQLITE: Set = &[
         "traceparent",
         include_str!("../migrations/sqlite/0016_traceparent.sql"),
     ),
+    (
+        17,
+        "pending and waiting",
+        include_str!("../migrations/sqlite/0017_pending_and_waiting.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -195,6 +200,11 @@ pub(crate) const POSTGRES: Set = &[
         21,
         "traceparent",
         include_str!("../migrations/postgres/0021_traceparent.sql"),
+    ),
+    (
+        22,
+        "pending and waiting",
+        include_str!("../migrations/postgres/0022_pending_and_waiting.sql"),
     ),
 ];
 

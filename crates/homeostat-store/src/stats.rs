@@ -1,5 +1,6 @@
 //! What the metrics and the dashboard read: live jobs by state and queue,
-//! each queue's backlog and oldest waiting job, agents by status. Every
+//! each queue's backlog and oldest waiting job, running workflows, agents
+//! by status. Every
 //! count reads a live state's partial index, so its cost follows the live
 //! jobs, not the table (which also holds finished jobs until retention).
 //!
@@ -36,11 +37,16 @@ pub struct Stats {
     /// read, or up to `StoreOptions::recount_after` and a count's own time
     /// before it when the backlog is too large to count at every read.
     pub counted_at: Timestamp,
-    /// Jobs in each live state (scheduled, awaiting approval, queued,
-    /// running), by queue; finished jobs are history and are not counted.
+    /// Jobs in each live state (pending on a workflow's needs, scheduled,
+    /// awaiting approval, waiting for limits, queued, running), by queue;
+    /// finished jobs are history and are not counted.
     pub jobs: Vec<JobCount>,
     /// Each queue that has queued jobs.
     pub queues: Vec<QueueBacklog>,
+    /// Workflows with a step not finished, not cancelled.
+    pub workflows_running: u64,
+    /// When the oldest of them was submitted.
+    pub oldest_workflow_at: Option<Timestamp>,
     /// Agents by status.
     pub agents: Vec<AgentCount>,
 }
@@ -89,13 +95,34 @@ const LIVE_JOBS: Sql = Sql::both(
      UNION ALL
      SELECT 'awaiting_approval', queue, COUNT(*), NULL FROM jobs
        WHERE state = 'awaiting_approval' GROUP BY queue
+     UNION ALL
+     SELECT 'pending', queue, COUNT(*), NULL FROM jobs WHERE state = 'pending' GROUP BY queue
+     UNION ALL
+     SELECT 'waiting', queue, COUNT(*), NULL FROM jobs WHERE state = 'waiting' GROUP BY queue
      ORDER BY 1, 2",
 );
 
-/// Live jobs by tenant and queue: what the tenants' quotas weigh.
+/// Workflows with a live step, through the live states' indexes (a
+/// workflow's steps are its jobs; a cancelled one is not running, whatever
+/// its running steps' agents have not yet heard).
+const RUNNING_WORKFLOWS: Sql = Sql::both(
+    "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM workflows
+     WHERE cancelled_at IS NULL AND id IN (
+       SELECT workflow_id FROM jobs WHERE state = 'pending'
+       UNION SELECT workflow_id FROM jobs WHERE state = 'queued' AND workflow_id IS NOT NULL
+       UNION SELECT workflow_id FROM jobs WHERE state = 'running' AND workflow_id IS NOT NULL
+       UNION SELECT workflow_id FROM jobs WHERE state = 'scheduled' AND workflow_id IS NOT NULL
+       UNION SELECT workflow_id FROM jobs
+              WHERE state = 'awaiting_approval' AND workflow_id IS NOT NULL
+       UNION SELECT workflow_id FROM jobs WHERE state = 'waiting' AND workflow_id IS NOT NULL)",
+);
+
+/// Live jobs by tenant and queue: what the tenants' quotas weigh. Pending
+/// steps and jobs waiting for limits are live too: otherwise a tenant could
+/// hold any number of them past its quota.
 const LIVE_BY_TENANT: Sql = Sql::both(
     "SELECT tenant_id, queue, COUNT(*) AS n FROM jobs
-     WHERE state IN ('queued', 'running', 'scheduled', 'awaiting_approval')
+     WHERE state IN ('queued', 'running', 'scheduled', 'awaiting_approval', 'pending', 'waiting')
      GROUP BY tenant_id, queue",
 );
 
@@ -184,6 +211,16 @@ async fn live_jobs<B: Backend>(b: &B, counted_at: Timestamp) -> Result<Stats, St
         }
         stats.jobs.push(count);
     }
+    let op = "counting the running workflows";
+    if let Some(r) = b
+        .fetch_unpinned(Stmt::new::<B>(RUNNING_WORKFLOWS))
+        .await
+        .op(op)?
+        .first()
+    {
+        stats.workflows_running = r.num::<u64>("n")?;
+        stats.oldest_workflow_at = r.opt_int("oldest")?.map(ts);
+    }
     Ok(stats)
 }
 
@@ -203,8 +240,8 @@ pub(crate) async fn agent_counts<B: Backend>(b: &B) -> Result<Vec<AgentCount>, S
     Ok(agents)
 }
 
-/// Each tenant's live jobs (scheduled, awaiting approval, queued, running),
-/// by queue. One grouped count of the live jobs (their cost follows the
+/// Each tenant's live jobs (pending, scheduled, awaiting approval,
+/// waiting, queued, running), by queue. One grouped count of the live jobs (their cost follows the
 /// backlog): callers count seldom and keep the answer.
 pub(crate) async fn live_by_tenant<B: Backend>(
     b: &B,

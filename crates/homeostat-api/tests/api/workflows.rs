@@ -364,7 +364,77 @@ async fn steps_added_at_run_time_count_against_the_tenants_quotas(store: &Store)
     assert_eq!(one.body["steps"].as_array().unwrap().len(), 3);
 }
 
+/// A workflow's pending steps are live jobs: `/metrics` shows them and the
+/// workflow, and a tenant's quotas count them when they are counted afresh
+/// (a server that did not see the submit).
+async fn pending_steps_are_live_for_quotas_and_metrics(store: &Store) {
+    let settings = || homeostat_api::ApiSettings {
+        quotas: homeostat_api::Quotas {
+            live_jobs: 3,
+            ..homeostat_api::Quotas::default()
+        },
+        ..homeostat_api::ApiSettings::default()
+    };
+    let api = Api::with_settings(store, settings()).await;
+    let (_, key) = api.tenant("acme").await;
+    let made = api
+        .post(
+            "/v1/workflows",
+            &key,
+            json!({"name": "ci", "steps": [
+                {"name": "build", "job": {"queue": "ci", "kind": "build"}},
+                {"name": "test", "job": {"queue": "ci", "kind": "test"}, "needs": ["build"]},
+                {"name": "deploy", "job": {"queue": "ci", "kind": "deploy"}, "needs": ["test"]},
+            ]}),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    let metrics = api.call(Method::GET, "/metrics", None, None).await.text;
+    for needle in [
+        "homeostat_jobs{state=\"pending\",queue=\"ci\"} 2",
+        "homeostat_jobs{state=\"queued\",queue=\"ci\"} 1",
+        "homeostat_workflows_running 1",
+        "# TYPE homeostat_workflow_oldest_running_age_seconds gauge",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
+    }
+    // Another server counts the tenant's live jobs from the store: the two
+    // pending steps with the queued one fill its quota of three.
+    let other = Api::with_settings(store, settings()).await;
+    let refused = other
+        .post("/v1/jobs", &key, json!({"queue": "ci", "kind": "more"}))
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text
+    );
+    assert!(
+        refused.text.contains("quotas.live_jobs"),
+        "{}",
+        refused.text
+    );
+    // Cancelled, the workflow is no longer running.
+    let id = made.body["id"].as_str().unwrap();
+    let cancelled = api
+        .call(
+            Method::POST,
+            &format!("/v1/workflows/{id}/cancel"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.text);
+    let metrics = other.call(Method::GET, "/metrics", None, None).await.text;
+    assert!(
+        metrics.contains("homeostat_workflows_running 0"),
+        "{metrics}"
+    );
+}
+
 on_both_backends!(
+    pending_steps_are_live_for_quotas_and_metrics,
     steps_added_at_run_time_count_against_the_tenants_quotas,
     a_running_step_adds_steps_through_the_agent_protocol,
     a_workflow_runs_through_the_agent_protocol,
