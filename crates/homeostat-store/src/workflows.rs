@@ -339,6 +339,12 @@ const STEP_OF: Sql = Sql::both("SELECT workflow_id, name FROM workflow_steps WHE
 
 const ANY_WORKFLOW: Sql = Sql::both("SELECT 1 AS one FROM workflows LIMIT 1");
 
+/// `$1` a workflow: the queue of each step a retry would run again.
+const RERUN: Sql = Sql::both(
+    "SELECT j.queue AS queue FROM workflow_steps s JOIN jobs j ON j.id = s.job_id
+     WHERE s.workflow_id = $1 AND j.state IN ('dead', 'expired', 'cancelled')",
+);
+
 /// What a new workflow queued at once, for the claims that wait: per
 /// queue, how many.
 pub(crate) type Queued = Vec<(String, u32)>;
@@ -488,6 +494,20 @@ pub(crate) async fn step_of<B: Backend>(
     rows.first()
         .map(|r| Ok((r.id("workflow_id")?, r.text("name")?)))
         .transpose()
+}
+
+/// The queue of each step a retry of `id` would run again (what did not
+/// finish well), for the tenant's quotas to weigh before it does.
+pub(crate) async fn rerun_queues<B: Backend>(
+    b: &B,
+    id: WorkflowId,
+) -> Result<Vec<String>, StoreError> {
+    b.fetch(Stmt::new::<B>(RERUN).arg(id))
+        .await
+        .op("reading what a workflow's retry would run")?
+        .iter()
+        .map(|r| r.text("queue"))
+        .collect()
 }
 
 /// Whether any workflow exists.

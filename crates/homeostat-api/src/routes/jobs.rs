@@ -298,11 +298,28 @@ pub(crate) async fn operate_job(
     op: Operation,
 ) -> Result<Job, ApiError> {
     let caller = &writer.0;
-    visible_job(state, caller, id).await?;
+    let job = visible_job(state, caller, id).await?;
     let actor = caller.actor();
     let job = match op {
         Operation::Cancel => state.store.cancel(id, &actor).await?,
-        Operation::Retry => state.store.retry(id, &actor).await?,
+        Operation::Retry => {
+            // A retried job is live again: the tenant's quotas weigh it as
+            // an enqueue (a tenant could otherwise hold past them by
+            // retrying what died).
+            let again = [NewJob::new(&job.queue, &job.kind)];
+            let quotas = state.settings.quotas.of(job.tenant_id);
+            if matches!(job.state, JobState::Dead | JobState::Expired) {
+                state
+                    .quotas
+                    .admit(&state.store, job.tenant_id, quotas, &again)
+                    .await?;
+            }
+            let retried = state.store.retry(id, &actor).await?;
+            state
+                .quotas
+                .enqueued(job.tenant_id, 1, &[job.queue.as_str()]);
+            retried
+        }
         Operation::Approve => state.store.approve(id, &actor).await?,
     };
     Ok(job)

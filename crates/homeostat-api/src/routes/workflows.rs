@@ -185,8 +185,17 @@ pub(crate) async fn retry_workflow(
     Path(id): Path<WorkflowId>,
     _: NoBody,
 ) -> Result<Json<Workflow>, ApiError> {
-    visible(&state, &writer.0, id).await?;
-    Ok(Json(
-        state.store.retry_workflow(id, &writer.0.actor()).await?,
-    ))
+    let tenant = visible(&state, &writer.0, id).await?.tenant_id;
+    // What runs again is live again: the tenant's quotas weigh it first.
+    let queues = state.store.workflow_rerun_queues(id).await?;
+    let again: Vec<NewJob> = queues.iter().map(|q| NewJob::new(q, "retry")).collect();
+    let quotas = state.settings.quotas.of(tenant);
+    state
+        .quotas
+        .admit(&state.store, tenant, quotas, &again)
+        .await?;
+    let retried = state.store.retry_workflow(id, &writer.0.actor()).await?;
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    state.quotas.enqueued(tenant, queues.len() as u64, &queues);
+    Ok(Json(retried))
 }

@@ -433,7 +433,120 @@ async fn pending_steps_are_live_for_quotas_and_metrics(store: &Store) {
     );
 }
 
+/// What a retry makes live again, a job's or a workflow's, is weighed by
+/// the tenant's quotas as an enqueue: refused past them, nothing changed.
+async fn retries_count_against_the_tenants_quotas(store: &Store) {
+    let settings = || homeostat_api::ApiSettings {
+        quotas: homeostat_api::Quotas {
+            live_jobs: 3,
+            ..homeostat_api::Quotas::default()
+        },
+        ..homeostat_api::ApiSettings::default()
+    };
+    let api = Api::with_settings(store, settings()).await;
+    let (tenant, key) = api.tenant("acme").await;
+    let (_, cred) = api.agent(Some(tenant), &["ci"]).await;
+    let fail = |job: String, token: i64| {
+        let api = &api;
+        let cred = &cred;
+        async move {
+            let failed = api
+                .post(
+                    &format!("/v1/agent/jobs/{job}/fail"),
+                    cred,
+                    json!({"lease_token": token, "error": "broken", "retryable": false}),
+                )
+                .await;
+            assert_eq!(failed.status, StatusCode::OK, "{}", failed.text);
+        }
+    };
+    // A workflow whose first step dies: both steps finish (the second
+    // skipped), nothing of it is live.
+    let made = api
+        .post(
+            "/v1/workflows",
+            &key,
+            json!({"name": "ci", "steps": [
+                {"name": "build", "job": {"queue": "ci", "kind": "build"}},
+                {"name": "test", "job": {"queue": "ci", "kind": "test"}, "needs": ["build"]},
+            ]}),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    let (build, token) = claim(&api, &cred).await;
+    fail(build, token).await;
+    // A job that dies too.
+    let single = api
+        .post("/v1/jobs", &key, json!({"queue": "ci", "kind": "once"}))
+        .await;
+    assert_eq!(single.status, StatusCode::CREATED, "{}", single.text);
+    let (dead, token) = claim(&api, &cred).await;
+    fail(dead.clone(), token).await;
+    // A server that counts afresh (a server keeps its count for a moment
+    // and does not see jobs die): two live jobs of the three allowed.
+    let api = Api::with_settings(store, settings()).await;
+    for _ in 0..2 {
+        let ok = api
+            .post("/v1/jobs", &key, json!({"queue": "other", "kind": "k"}))
+            .await;
+        assert_eq!(ok.status, StatusCode::CREATED, "{}", ok.text);
+    }
+    let id = made.body["id"].as_str().unwrap();
+    let refused = api
+        .call(
+            Method::POST,
+            &format!("/v1/workflows/{id}/retry"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "two steps would run again: {}",
+        refused.text
+    );
+    assert!(refused.text.contains("quotas.live_jobs"), "{}", refused.text);
+    let wf = api.get(&format!("/v1/workflows/{id}"), &key).await;
+    assert_eq!(wf.body["state"], "failed", "nothing ran again: {}", wf.text);
+    // One more fits: the dead job runs again; then the quota is full.
+    let retried = api
+        .call(
+            Method::POST,
+            &format!("/v1/jobs/{dead}/retry"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.text);
+    let (again, token) = claim(&api, &cred).await;
+    assert_eq!(again, dead);
+    fail(again, token).await;
+    let api = Api::with_settings(store, settings()).await;
+    let third = api
+        .post("/v1/jobs", &key, json!({"queue": "other", "kind": "k"}))
+        .await;
+    assert_eq!(third.status, StatusCode::CREATED, "{}", third.text);
+    let refused = api
+        .call(
+            Method::POST,
+            &format!("/v1/jobs/{dead}/retry"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text
+    );
+    let job = api.get(&format!("/v1/jobs/{dead}"), &key).await;
+    assert_eq!(job.body["state"], "dead", "{}", job.text);
+}
+
 on_both_backends!(
+    retries_count_against_the_tenants_quotas,
     pending_steps_are_live_for_quotas_and_metrics,
     steps_added_at_run_time_count_against_the_tenants_quotas,
     a_running_step_adds_steps_through_the_agent_protocol,

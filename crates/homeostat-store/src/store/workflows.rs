@@ -161,6 +161,12 @@ impl Store {
         dispatch!(self, workflows::get(id))
     }
 
+    /// The queue of each step [`Store::retry_workflow`] would run again
+    /// now: what did not finish well (dead, expired, cancelled or skipped).
+    pub async fn workflow_rerun_queues(&self, id: WorkflowId) -> Result<Vec<String>, StoreError> {
+        dispatch!(self, workflows::rerun_queues(id))
+    }
+
     /// Cancels a workflow: its steps not finished are cancelled (running
     /// ones through the agent protocol, as any job), and none starts.
     /// Audited, once.
