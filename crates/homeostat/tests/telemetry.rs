@@ -147,19 +147,30 @@ async fn one_trace_links_enqueue_claim_work_and_completion() {
         assert!(Instant::now() < hang_guard, "the job never succeeded: {j}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    // The completion's request span ends after its answer: wait for it.
+    // Spans arrive as their processes' batches go out (the agent's work
+    // span ends after its outcome was answered): wait for every one.
     let complete = "POST /v1/agent/jobs/{id}/complete";
+    let expected = [
+        "POST /v1/jobs",
+        "job.enqueue",
+        "job.claim",
+        "job.run",
+        complete,
+    ];
     let trace = loop {
         let spans: Vec<Value> = received(&r)
             .into_iter()
             .filter(|s| s["trace_id"] == trace_id.as_str())
             .collect();
-        if spans.iter().any(|s| s["name"] == complete) {
+        if expected
+            .iter()
+            .all(|name| spans.iter().any(|s| s["name"] == *name))
+        {
             break spans;
         }
         assert!(
             Instant::now() < hang_guard,
-            "the trace never had its completion: {spans:#?}"
+            "the trace never had all of {expected:?}: {spans:#?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };

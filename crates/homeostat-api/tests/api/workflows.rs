@@ -506,7 +506,11 @@ async fn retries_count_against_the_tenants_quotas(store: &Store) {
         "two steps would run again: {}",
         refused.text
     );
-    assert!(refused.text.contains("quotas.live_jobs"), "{}", refused.text);
+    assert!(
+        refused.text.contains("quotas.live_jobs"),
+        "{}",
+        refused.text
+    );
     let wf = api.get(&format!("/v1/workflows/{id}"), &key).await;
     assert_eq!(wf.body["state"], "failed", "nothing ran again: {}", wf.text);
     // One more fits: the dead job runs again; then the quota is full.
