@@ -98,16 +98,19 @@ fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, String, Vec<i64>
             "'offline'".into(),
             vec![now_ms - dur_ms(stale_after)],
         ),
+        // As the sweep: a job under limits is left to its lease (its agent
+        // may only be unheard, and still run it).
         PlanKind::OfflineAgentJobs { stale_after } => (
             "jobs j JOIN agents a ON a.id = j.lease_agent WHERE j.state = 'running'
-               AND (a.status = 'offline' OR a.last_heartbeat_at < $1)"
+               AND (a.status = 'offline' OR a.last_heartbeat_at < $1)
+               AND (j.limit_keys IS NULL OR j.lease_expires_at < $2)"
                 .into(),
             "'job:' || j.id",
             "CAST(j.state AS TEXT)".into(),
             "CASE WHEN j.attempt >= j.max_attempts THEN 'dead' \
              WHEN j.limit_keys IS NULL THEN 'queued' ELSE 'waiting' END"
                 .into(),
-            vec![now_ms - dur_ms(stale_after)],
+            vec![now_ms - dur_ms(stale_after), now_ms],
         ),
         PlanKind::ExpiredLeases => (
             "jobs WHERE state = 'running' AND lease_expires_at < $1".into(),

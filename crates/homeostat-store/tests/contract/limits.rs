@@ -593,6 +593,19 @@ async fn an_offline_agents_limited_job_keeps_its_slot_until_its_lease_runs_out(s
         .await
         .unwrap();
     assert_eq!(offline, vec![a]);
+    // The plan says what the sweep does.
+    let plan = store
+        .at(at(20))
+        .plan(
+            homeostat_store::PlanKind::OfflineAgentJobs {
+                stale_after: Duration::from_secs(10),
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(plan.count, 1, "{plan:?}");
+    assert_eq!(plan.items[0].subject, format!("job:{free}"));
     let swept = store
         .at(at(20))
         .reclaim_offline_agent_jobs(100, None)
