@@ -308,17 +308,37 @@ async fn a_running_step_adds_steps_through_the_agent_protocol(store: &Store) {
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.text);
 }
 
-/// Steps an agent adds are the tenant's jobs: its quotas count them, and a
-/// refusal adds none.
-async fn steps_added_at_run_time_count_against_the_tenants_quotas(store: &Store) {
-    let settings = homeostat_api::ApiSettings {
+/// Settings where a tenant may have three live jobs.
+fn three_live_jobs() -> homeostat_api::ApiSettings {
+    homeostat_api::ApiSettings {
         quotas: homeostat_api::Quotas {
             live_jobs: 3,
             ..homeostat_api::Quotas::default()
         },
         ..homeostat_api::ApiSettings::default()
-    };
-    let api = Api::with_settings(store, settings).await;
+    }
+}
+
+/// A refusal for passing the live jobs quota.
+fn past_live_jobs(refused: &crate::Answer) {
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text
+    );
+    assert_eq!(refused.code(), "quota_exceeded");
+    assert!(
+        refused.text.contains("quotas.live_jobs"),
+        "{}",
+        refused.text
+    );
+}
+
+/// Steps an agent adds are the tenant's jobs: its quotas count them, and a
+/// refusal adds none.
+async fn steps_added_at_run_time_count_against_the_tenants_quotas(store: &Store) {
+    let api = Api::with_settings(store, three_live_jobs()).await;
     let (tenant, key) = api.tenant("acme").await;
     let (_, cred) = api.agent(Some(tenant), &["ci"]).await;
     let made = api
@@ -340,18 +360,7 @@ async fn steps_added_at_run_time_count_against_the_tenants_quotas(store: &Store)
     };
     let path = format!("/v1/agent/jobs/{job}/steps");
     let refused = api.post(&path, &cred, add(&["scan-a", "scan-b"])).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::TOO_MANY_REQUESTS,
-        "{}",
-        refused.text
-    );
-    assert_eq!(refused.code(), "quota_exceeded");
-    assert!(
-        refused.text.contains("quotas.live_jobs"),
-        "{}",
-        refused.text
-    );
+    past_live_jobs(&refused);
     let wf = api
         .get(
             &format!("/v1/workflows/{}", made.body["id"].as_str().unwrap()),
@@ -368,14 +377,7 @@ async fn steps_added_at_run_time_count_against_the_tenants_quotas(store: &Store)
 /// workflow, and a tenant's quotas count them when they are counted afresh
 /// (a server that did not see the submit).
 async fn pending_steps_are_live_for_quotas_and_metrics(store: &Store) {
-    let settings = || homeostat_api::ApiSettings {
-        quotas: homeostat_api::Quotas {
-            live_jobs: 3,
-            ..homeostat_api::Quotas::default()
-        },
-        ..homeostat_api::ApiSettings::default()
-    };
-    let api = Api::with_settings(store, settings()).await;
+    let api = Api::with_settings(store, three_live_jobs()).await;
     let (_, key) = api.tenant("acme").await;
     let made = api
         .post(
@@ -400,21 +402,11 @@ async fn pending_steps_are_live_for_quotas_and_metrics(store: &Store) {
     }
     // Another server counts the tenant's live jobs from the store: the two
     // pending steps with the queued one fill its quota of three.
-    let other = Api::with_settings(store, settings()).await;
+    let other = Api::with_settings(store, three_live_jobs()).await;
     let refused = other
         .post("/v1/jobs", &key, json!({"queue": "ci", "kind": "more"}))
         .await;
-    assert_eq!(
-        refused.status,
-        StatusCode::TOO_MANY_REQUESTS,
-        "{}",
-        refused.text
-    );
-    assert!(
-        refused.text.contains("quotas.live_jobs"),
-        "{}",
-        refused.text
-    );
+    past_live_jobs(&refused);
     // Cancelled, the workflow is no longer running.
     let id = made.body["id"].as_str().unwrap();
     let cancelled = api
@@ -436,14 +428,7 @@ async fn pending_steps_are_live_for_quotas_and_metrics(store: &Store) {
 /// What a retry makes live again, a job's or a workflow's, is weighed by
 /// the tenant's quotas as an enqueue: refused past them, nothing changed.
 async fn retries_count_against_the_tenants_quotas(store: &Store) {
-    let settings = || homeostat_api::ApiSettings {
-        quotas: homeostat_api::Quotas {
-            live_jobs: 3,
-            ..homeostat_api::Quotas::default()
-        },
-        ..homeostat_api::ApiSettings::default()
-    };
-    let api = Api::with_settings(store, settings()).await;
+    let api = Api::with_settings(store, three_live_jobs()).await;
     let (tenant, key) = api.tenant("acme").await;
     let (_, cred) = api.agent(Some(tenant), &["ci"]).await;
     let fail = |job: String, token: i64| {
@@ -484,7 +469,7 @@ async fn retries_count_against_the_tenants_quotas(store: &Store) {
     fail(dead.clone(), token).await;
     // A server that counts afresh (a server keeps its count for a moment
     // and does not see jobs die): two live jobs of the three allowed.
-    let api = Api::with_settings(store, settings()).await;
+    let api = Api::with_settings(store, three_live_jobs()).await;
     for _ in 0..2 {
         let ok = api
             .post("/v1/jobs", &key, json!({"queue": "other", "kind": "k"}))
@@ -500,17 +485,8 @@ async fn retries_count_against_the_tenants_quotas(store: &Store) {
             None,
         )
         .await;
-    assert_eq!(
-        refused.status,
-        StatusCode::TOO_MANY_REQUESTS,
-        "two steps would run again: {}",
-        refused.text
-    );
-    assert!(
-        refused.text.contains("quotas.live_jobs"),
-        "{}",
-        refused.text
-    );
+    // Two steps would run again.
+    past_live_jobs(&refused);
     let wf = api.get(&format!("/v1/workflows/{id}"), &key).await;
     assert_eq!(wf.body["state"], "failed", "nothing ran again: {}", wf.text);
     // One more fits: the dead job runs again; then the quota is full.
@@ -526,7 +502,7 @@ async fn retries_count_against_the_tenants_quotas(store: &Store) {
     let (again, token) = claim(&api, &cred).await;
     assert_eq!(again, dead);
     fail(again, token).await;
-    let api = Api::with_settings(store, settings()).await;
+    let api = Api::with_settings(store, three_live_jobs()).await;
     let third = api
         .post("/v1/jobs", &key, json!({"queue": "other", "kind": "k"}))
         .await;
@@ -539,12 +515,7 @@ async fn retries_count_against_the_tenants_quotas(store: &Store) {
             None,
         )
         .await;
-    assert_eq!(
-        refused.status,
-        StatusCode::TOO_MANY_REQUESTS,
-        "{}",
-        refused.text
-    );
+    past_live_jobs(&refused);
     let job = api.get(&format!("/v1/jobs/{dead}"), &key).await;
     assert_eq!(job.body["state"], "dead", "{}", job.text);
 }
