@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 class Server:
-    def __init__(self) -> None:
+    def __init__(self, **extra_env: str) -> None:
         binary = os.environ.get("HOMEOSTAT_BIN", str(ROOT / "target" / "debug" / "homeostat"))
         self.dir = tempfile.mkdtemp(prefix="homeostat-sdk-")
         env = {
@@ -31,6 +31,7 @@ class Server:
             HOMEOSTAT_LOG_FORMAT="json",
             HOMEOSTAT_API__HEARTBEAT_INTERVAL="1s",
             HOMEOSTAT_API__LEASE_TTL="5s",
+            **extra_env,
         )
         self.process = subprocess.Popen(
             [binary, "run", "--listen", "127.0.0.1:0", "--data-dir", self.dir],

@@ -274,18 +274,29 @@ class Client:
         body: Dict[str, JSON] = {"lease_token": job.lease_token}
         if result is not None:
             body["result"] = result
-        return self._call("completing a job", "POST", f"/v1/agent/jobs/{_seg(job.id)}/complete", body)
+        path = f"/v1/agent/jobs/{_seg(job.id)}/complete"
+        return self._call("completing a job", "POST", path, body, headers=_trace(job))
 
     def fail(self, job: ClaimedJob, error: str, retryable: bool = True) -> Dict[str, JSON]:
         """Reports a failure: retried after the server's backoff while
         attempts are left and ``retryable``, else dead."""
         body = {"lease_token": job.lease_token, "error": error, "retryable": retryable}
-        return self._call("failing a job", "POST", f"/v1/agent/jobs/{_seg(job.id)}/fail", body)
+        path = f"/v1/agent/jobs/{_seg(job.id)}/fail"
+        return self._call("failing a job", "POST", path, body, headers=_trace(job))
 
     def release(self, job: ClaimedJob) -> None:
         """Gives a job back to its queue; its attempt does not count."""
         body = {"lease_token": job.lease_token, "reason": "shutdown"}
-        self._call("releasing a job", "POST", f"/v1/agent/jobs/{_seg(job.id)}/release", body)
+        path = f"/v1/agent/jobs/{_seg(job.id)}/release"
+        self._call("releasing a job", "POST", path, body, headers=_trace(job))
+
+
+def _trace(job: ClaimedJob) -> Optional[Dict[str, str]]:
+    """The job's trace context for a report on it: a server exporting
+    traces makes the report's span a child of the job's claim
+    (docs/telemetry.md). A handler that makes spans of its own continues
+    ``job.traceparent`` itself."""
+    return {"traceparent": job.traceparent} if job.traceparent else None
 
 
 def _seg(value: str) -> str:
