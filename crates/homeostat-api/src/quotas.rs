@@ -60,6 +60,28 @@ fn exceeded(what: String, retry_after_secs: u64) -> ApiError {
     )
 }
 
+/// Does `make` if `tenant`'s quotas admit `jobs` (429 `quota_exceeded`
+/// otherwise, and nothing done), then adds the jobs `make` says it made
+/// live to this replica's count. Every path that makes a tenant's jobs live
+/// (an enqueue, a workflow, steps added at run time, a retry) goes through
+/// it.
+pub(crate) async fn within<T>(
+    state: &crate::state::ApiState,
+    tenant: TenantId,
+    jobs: &[NewJob],
+    make: impl std::future::Future<Output = Result<(T, u64), ApiError>>,
+) -> Result<T, ApiError> {
+    let limits = state.settings.quotas.of(tenant);
+    state
+        .quotas
+        .admit(&state.store, tenant, limits, jobs)
+        .await?;
+    let (made, live) = make.await?;
+    let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    state.quotas.enqueued(tenant, live, &queues);
+    Ok(made)
+}
+
 impl QuotaGate {
     /// Admits `jobs` for `tenant` under `limits`, or says which quota they
     /// would pass (429 `quota_exceeded`, with when to try again). The rate's

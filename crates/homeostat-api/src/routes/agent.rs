@@ -411,26 +411,22 @@ pub(crate) async fn add_steps(
         .await?
         .tenant_id;
     let jobs: Vec<homeostat_model::NewJob> = req.steps.iter().map(|s| s.job.clone()).collect();
-    let quotas = state.settings.quotas.of(tenant);
-    state
-        .quotas
-        .admit(&state.store, tenant, quotas, &jobs)
-        .await?;
-    let workflow = state
-        .store
-        .add_workflow_steps(
-            agent.id,
-            id,
-            req.lease_token,
-            &req.steps,
-            &format!("agent:{}", agent.id),
-        )
-        .await?;
-    let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-    state
-        .quotas
-        .enqueued(tenant, req.steps.len() as u64, &queues);
-    Ok(Json(workflow))
+    let add = async {
+        let workflow = state
+            .store
+            .add_workflow_steps(
+                agent.id,
+                id,
+                req.lease_token,
+                &req.steps,
+                &format!("agent:{}", agent.id),
+            )
+            .await?;
+        Ok((workflow, jobs.len() as u64))
+    };
+    Ok(Json(
+        crate::quotas::within(&state, tenant, &jobs, add).await?,
+    ))
 }
 
 /// `POST /v1/agent/jobs/{id}/release`: an agent that shuts down gives its

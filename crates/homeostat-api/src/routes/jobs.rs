@@ -175,25 +175,21 @@ pub(crate) async fn enqueue_within_quotas(
     jobs: &[NewJob],
     idempotency_key: Option<&str>,
 ) -> Result<Vec<homeostat_model::Enqueued>, ApiError> {
-    let limits = state.settings.quotas.of(tenant);
-    state
-        .quotas
-        .admit(&state.store, tenant, limits, jobs)
-        .await?;
-    let enqueued = match idempotency_key {
-        Some(key) => {
-            state
-                .store
-                .enqueue_once(tenant, key, jobs, IDEMPOTENCY_LIFETIME)
-                .await?
-                .enqueued
-        }
-        None => state.store.enqueue_batch(tenant, jobs).await?,
-    };
-    let created = enqueued.iter().filter(|e| !e.deduplicated).count() as u64;
-    let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-    state.quotas.enqueued(tenant, created, &queues);
-    Ok(enqueued)
+    crate::quotas::within(state, tenant, jobs, async {
+        let enqueued = match idempotency_key {
+            Some(key) => {
+                state
+                    .store
+                    .enqueue_once(tenant, key, jobs, IDEMPOTENCY_LIFETIME)
+                    .await?
+                    .enqueued
+            }
+            None => state.store.enqueue_batch(tenant, jobs).await?,
+        };
+        let created = enqueued.iter().filter(|e| !e.deduplicated).count() as u64;
+        Ok((enqueued, created))
+    })
+    .await
 }
 
 /// An untagged enum loses serde's messages; parse once as each shape so an
@@ -306,19 +302,15 @@ pub(crate) async fn operate_job(
             // A retried job is live again: the tenant's quotas weigh it as
             // an enqueue (a tenant could otherwise hold past them by
             // retrying what died).
-            let again = [NewJob::new(&job.queue, &job.kind)];
-            let quotas = state.settings.quotas.of(job.tenant_id);
-            if matches!(job.state, JobState::Dead | JobState::Expired) {
-                state
-                    .quotas
-                    .admit(&state.store, job.tenant_id, quotas, &again)
-                    .await?;
+            let retry = async { Ok((state.store.retry(id, &actor).await?, 1)) };
+            match job.state {
+                JobState::Dead | JobState::Expired => {
+                    let again = [NewJob::new(&job.queue, &job.kind)];
+                    crate::quotas::within(state, job.tenant_id, &again, retry).await?
+                }
+                // The store refuses it (409): no quota is weighed.
+                _ => retry.await?.0,
             }
-            let retried = state.store.retry(id, &actor).await?;
-            state
-                .quotas
-                .enqueued(job.tenant_id, 1, &[job.queue.as_str()]);
-            retried
         }
         Operation::Approve => state.store.approve(id, &actor).await?,
     };

@@ -56,19 +56,15 @@ pub(crate) async fn submit_workflow(
     workflow.validate()?;
     // Its steps are jobs: the tenant's quotas count them as any others.
     let jobs: Vec<NewJob> = workflow.steps.iter().map(|s| s.job.clone()).collect();
-    let quotas = state.settings.quotas.of(tenant);
-    state
-        .quotas
-        .admit(&state.store, tenant, quotas, &jobs)
-        .await?;
-    let created = state
-        .store
-        .submit_workflow(tenant, &workflow, &caller.actor())
-        .await?;
-    let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-    state
-        .quotas
-        .enqueued(tenant, created.steps.len() as u64, &queues);
+    let created = crate::quotas::within(&state, tenant, &jobs, async {
+        let created = state
+            .store
+            .submit_workflow(tenant, &workflow, &caller.actor())
+            .await?;
+        let live = created.steps.len() as u64;
+        Ok((created, live))
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -189,13 +185,11 @@ pub(crate) async fn retry_workflow(
     // What runs again is live again: the tenant's quotas weigh it first.
     let queues = state.store.workflow_rerun_queues(id).await?;
     let again: Vec<NewJob> = queues.iter().map(|q| NewJob::new(q, "retry")).collect();
-    let quotas = state.settings.quotas.of(tenant);
-    state
-        .quotas
-        .admit(&state.store, tenant, quotas, &again)
-        .await?;
-    let retried = state.store.retry_workflow(id, &writer.0.actor()).await?;
-    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
-    state.quotas.enqueued(tenant, queues.len() as u64, &queues);
-    Ok(Json(retried))
+    let retry = async {
+        let retried = state.store.retry_workflow(id, &writer.0.actor()).await?;
+        Ok((retried, again.len() as u64))
+    };
+    Ok(Json(
+        crate::quotas::within(&state, tenant, &again, retry).await?,
+    ))
 }
