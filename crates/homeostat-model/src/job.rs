@@ -302,7 +302,10 @@ impl NewJob {
         for (i, l) in self.limits.iter().enumerate() {
             crate::limit::validate_limit_name(LIMIT_FIELDS[i], &l.limit)?;
             if let Some(key) = &l.key {
-                validate_key(KEY_FIELDS[i], key)?;
+                // A resolved job's key may be a tenant's own (prefixed with
+                // the tenant); the store refuses a key that a job names
+                // with the prefix's separator before it scopes one.
+                validate_key(KEY_FIELDS[i], crate::limit::split_stored_key(key).1)?;
             }
             if self.limits[..i].iter().any(|o| o.limit == l.limit) {
                 return Err(ValidationError::new(

@@ -34,8 +34,8 @@ pub use job::{
     MAX_PAYLOAD_BYTES, MAX_TIMEOUT, NewJob, validate_traceparent,
 };
 pub use limit::{
-    JobLimit, JobLimitStatus, KeySource, KeyUsage, Limit, LimitKey, LimitSelector, LimitSpec,
-    LimitStrategy, LimitUsage, Rate,
+    JobLimit, JobLimitStatus, KeySource, KeyUsage, Limit, LimitKey, LimitScope, LimitSelector,
+    LimitSpec, LimitStrategy, LimitUsage, Rate, split_stored_key, stored_key,
 };
 pub use notification::{Notification, NotificationState};
 pub use tenant::{PlanTier, Tenant};

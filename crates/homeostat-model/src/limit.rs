@@ -7,7 +7,7 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{ValidationError, validate_name};
+use crate::{TenantId, ValidationError, validate_name};
 
 /// The most limits one job may be under (named and applied together).
 pub const MAX_LIMITS_PER_JOB: usize = 4;
@@ -144,6 +144,87 @@ impl<'de> Deserialize<'de> for KeySource {
     }
 }
 
+/// Whose jobs share a key: a limit's keys are each tenant's own unless the
+/// limit says they are shared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    /// Each tenant has its own keys: key `42` of one tenant and key `42` of
+    /// another are two keys, so no tenant can fill, or see, another's.
+    #[default]
+    Tenant,
+    /// Every tenant's jobs of a key share its slots and rate (one upstream
+    /// account, one machine): a tenant's jobs can wait for another's, and
+    /// a job's limit status counts every tenant's.
+    Shared,
+}
+
+impl LimitScope {
+    /// The wire and database name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Tenant => "tenant",
+            LimitScope::Shared => "shared",
+        }
+    }
+}
+
+impl fmt::Display for LimitScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for LimitScope {
+    type Err = ValidationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tenant" => Ok(LimitScope::Tenant),
+            "shared" => Ok(LimitScope::Shared),
+            _ => Err(ValidationError::new(
+                "scope",
+                format!("unknown scope {s:?}; one of tenant, shared"),
+            )),
+        }
+    }
+}
+
+// By its name, so that a wrong one is refused with an error that says it
+// is the scope.
+impl<'de> Deserialize<'de> for LimitScope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(|e: ValidationError| serde::de::Error::custom(e.message))
+    }
+}
+
+/// Between a tenant's id and its key in a key as stored: keys may not hold
+/// control characters, so a stored key with one is a tenant's.
+const TENANT_SEPARATOR: char = '\u{1f}';
+
+/// The key the store keeps for `key` of a job of `tenant` (a tenant's own
+/// key when `tenant` is given, the key itself when shared).
+pub fn stored_key(tenant: Option<TenantId>, key: &str) -> String {
+    match tenant {
+        Some(t) => format!("{t}{TENANT_SEPARATOR}{key}"),
+        None => key.to_owned(),
+    }
+}
+
+/// A stored key split into its tenant (for a tenant's own key) and the key.
+pub fn split_stored_key(stored: &str) -> (Option<TenantId>, &str) {
+    match stored.split_once(TENANT_SEPARATOR) {
+        Some((tenant, key)) => match tenant.parse() {
+            Ok(t) => (Some(t), key),
+            Err(_) => (None, stored),
+        },
+        None => (None, stored),
+    }
+}
+
 /// At most `starts` jobs of a key start in any window of `per_secs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -200,6 +281,10 @@ pub struct LimitSpec {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(schema_with = crate::schema::key_source))]
     pub key_from: KeySource,
+    /// Whether a key is each tenant's own (`tenant`, the default) or shared
+    /// by every tenant (`shared`). Irrelevant when the key is the tenant.
+    #[serde(default)]
+    pub scope: LimitScope,
     /// When set, every job it selects is under the limit without naming it
     /// (from the time the limit is set; jobs enqueued before keep theirs).
     /// The key must then come from the tenant or the payload.
@@ -321,6 +406,27 @@ pub struct LimitKey {
     pub limit: String,
     /// The key.
     pub key: String,
+    /// The tenant whose own key it is (limits scoped by tenant); absent for
+    /// a key every tenant shares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
+}
+
+impl LimitKey {
+    /// A limit's key as the store keeps it.
+    pub fn from_stored(limit: String, stored: &str) -> Self {
+        let (tenant, key) = split_stored_key(stored);
+        Self {
+            limit,
+            key: key.to_owned(),
+            tenant,
+        }
+    }
+
+    /// The key as the store keeps it.
+    pub fn stored(&self) -> String {
+        stored_key(self.tenant, &self.key)
+    }
 }
 
 impl fmt::Display for LimitKey {
@@ -399,6 +505,9 @@ pub fn derive_key(
 pub struct KeyUsage {
     /// The key.
     pub key: String,
+    /// The tenant whose own key it is; absent for a shared key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantId>,
     /// Jobs of the key running now.
     pub running: u64,
     /// Jobs of the key admitted and waiting for an agent (they hold a slot).
@@ -515,6 +624,35 @@ mod tests {
     }
 
     #[test]
+    fn a_tenants_own_key_is_stored_apart_from_a_shared_one_and_read_back() {
+        let tenant = TenantId::at(jiff::Timestamp::UNIX_EPOCH);
+        let own = stored_key(Some(tenant), "42");
+        assert_ne!(own, stored_key(None, "42"));
+        assert_ne!(
+            own,
+            stored_key(Some(TenantId::at(jiff::Timestamp::MAX)), "42")
+        );
+        assert_eq!(split_stored_key(&own), (Some(tenant), "42"));
+        assert_eq!(split_stored_key("42"), (None, "42"));
+        let key = LimitKey::from_stored("per-customer".into(), &own);
+        assert_eq!((key.tenant, key.key.as_str()), (Some(tenant), "42"));
+        assert_eq!(key.stored(), own);
+        assert_eq!(key.to_string(), "per-customer:42");
+        // A key as a job names it cannot pass for a tenant's: separators are
+        // control characters, which keys may not hold.
+        assert!(validate_key("key", &own).is_err());
+        let spec: LimitSpec = serde_json::from_value(json!({"max_running": 2})).unwrap();
+        assert_eq!(spec.scope, LimitScope::Tenant);
+        let spec: LimitSpec =
+            serde_json::from_value(json!({"max_running": 2, "scope": "shared"})).unwrap();
+        assert_eq!(spec.scope, LimitScope::Shared);
+        assert!(
+            serde_json::from_value::<LimitSpec>(json!({"max_running": 2, "scope": "global"}))
+                .is_err()
+        );
+    }
+
+    #[test]
     fn key_sources_read_job_tenant_or_a_pointer_and_refuse_the_rest() {
         assert_eq!("job".parse::<KeySource>().unwrap(), KeySource::Job);
         assert_eq!("tenant".parse::<KeySource>().unwrap(), KeySource::Tenant);
@@ -565,6 +703,7 @@ mod tests {
             key: LimitKey {
                 limit: "per-customer".into(),
                 key: "42".into(),
+                tenant: None,
             },
             max_running: Some(2),
             rate: None,

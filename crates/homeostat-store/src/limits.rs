@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use homeostat_model::limit::{MAX_LIMITS_PER_JOB, derive_key, validate_key};
 use homeostat_model::{
     AuditAction, Job, JobLimit, JobLimitStatus, JobState, KEY_FIELDS, KeySource, KeyUsage,
-    LIMIT_FIELDS, Limit, LimitKey, LimitSelector, LimitSpec, LimitUsage, NewAuditEvent, NewJob,
-    Rate, TenantId, ValidationError,
+    LIMIT_FIELDS, Limit, LimitKey, LimitScope, LimitSelector, LimitSpec, LimitUsage, NewAuditEvent,
+    NewJob, Rate, TenantId, ValidationError,
 };
 use homeostat_runtime::Fence;
 use serde_json::json;
@@ -74,7 +74,7 @@ impl LimitCache {
 macro_rules! limit_columns {
     () => {
         "name, max_running, rate_starts, rate_window_ms, strategy, key_from, applies, \
-         applies_queue, applies_kind, created_at, updated_at"
+         applies_queue, applies_kind, created_at, updated_at, scope"
     };
 }
 
@@ -90,16 +90,16 @@ const GET: Sql = Sql::both(concat!(
     " FROM limits WHERE name = $1"
 ));
 
-/// `$1`..`$9` the fields, `$10` now.
+/// `$1`..`$9` the fields, `$10` now, `$11` the scope.
 const UPSERT: Sql = Sql::both(concat!(
     "INSERT INTO limits (",
     limit_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)
      ON CONFLICT (name) DO UPDATE SET max_running = excluded.max_running,
        rate_starts = excluded.rate_starts, rate_window_ms = excluded.rate_window_ms,
        strategy = excluded.strategy, key_from = excluded.key_from, applies = excluded.applies,
        applies_queue = excluded.applies_queue, applies_kind = excluded.applies_kind,
-       updated_at = excluded.updated_at
+       updated_at = excluded.updated_at, scope = excluded.scope
      RETURNING ",
     limit_columns!()
 ));
@@ -160,6 +160,7 @@ pub(crate) fn limit_row(r: &impl RowExt) -> Result<Limit, StoreError> {
     let op = "reading a limit";
     let strategy = r.text("strategy")?;
     let key_from = r.text("key_from")?;
+    let scope = r.text("scope")?;
     let rate = match (r.opt_int("rate_starts")?, r.opt_int("rate_window_ms")?) {
         (Some(starts), Some(window)) => Some(Rate {
             starts: crate::error::in_range(op, "rate_starts", starts)?,
@@ -181,6 +182,9 @@ pub(crate) fn limit_row(r: &impl RowExt) -> Result<Limit, StoreError> {
             key_from: key_from
                 .parse()
                 .map_err(|_| crate::error::corrupt(op, format!("key_from {key_from:?}")))?,
+            scope: scope
+                .parse()
+                .map_err(|_| crate::error::corrupt(op, format!("scope {scope:?}")))?,
             applies_to: if r.flag("applies")? {
                 Some(LimitSelector {
                     queue: r.opt_text("applies_queue")?,
@@ -257,7 +261,8 @@ pub(crate) async fn set<B: Backend>(
         .arg(spec.applies_to.is_some())
         .arg(selector.queue.as_deref())
         .arg(selector.kind.as_deref())
-        .arg(now);
+        .arg(now)
+        .arg(spec.scope.as_str());
     let rows = B::fetch_in(&mut tx, stmt).await.op(op)?;
     let limit = limit_row(
         rows.first()
@@ -350,7 +355,7 @@ pub(crate) fn resolve(
     jobs.iter()
         .map(|job| {
             let mut out = job.clone();
-            out.limits = resolve_job(&by_name, &automatic, &tenant_key, job)?;
+            out.limits = resolve_job(&by_name, &automatic, (tenant, &tenant_key), job)?;
             Ok(out)
         })
         .collect::<Result<Vec<_>, StoreError>>()
@@ -360,9 +365,18 @@ pub(crate) fn resolve(
 fn resolve_job(
     by_name: &HashMap<&str, &Limit>,
     automatic: &[&Limit],
-    tenant: &str,
+    (tenant_id, tenant): (TenantId, &str),
     job: &NewJob,
 ) -> Result<Vec<JobLimit>, StoreError> {
+    // A tenant's own key carries the tenant, so that no other tenant's job
+    // of the same key shares, fills or counts in its slots; a key derived
+    // from the tenant already is the tenant's.
+    let scoped = |limit: &Limit, key: String| match (limit.spec.scope, &limit.spec.key_from) {
+        (LimitScope::Tenant, KeySource::Job | KeySource::Payload(_)) => {
+            homeostat_model::stored_key(Some(tenant_id), &key)
+        }
+        _ => key,
+    };
     let mut out = Vec::with_capacity(job.limits.len());
     for (i, named) in job.limits.iter().enumerate() {
         let field = LIMIT_FIELDS[i.min(MAX_LIMITS_PER_JOB - 1)];
@@ -396,7 +410,7 @@ fn resolve_job(
                 .map_err(|why| ValidationError::new(key_field, why))?,
         };
         validate_key(key_field, &key)?;
-        out.push(JobLimit::new(&limit.name, key));
+        out.push(JobLimit::new(&limit.name, scoped(limit, key)));
     }
     for limit in automatic {
         let selected = limit
@@ -414,7 +428,7 @@ fn resolve_job(
             )
         })?;
         validate_key("limits", &key)?;
-        out.push(JobLimit::new(&limit.name, key));
+        out.push(JobLimit::new(&limit.name, scoped(limit, key)));
     }
     if out.len() > MAX_LIMITS_PER_JOB {
         return Err(ValidationError::new(
@@ -475,10 +489,12 @@ fn usage_of(
 ) -> LimitUsage {
     let mut keys: HashMap<&str, KeyUsage> = HashMap::new();
     for (key, running, queued, stopping, waiting) in rows {
+        let (tenant, plain) = homeostat_model::split_stored_key(key);
         keys.insert(
             key,
             KeyUsage {
-                key: key.clone(),
+                key: plain.to_owned(),
+                tenant,
                 running: *running,
                 queued: *queued,
                 stopping: *stopping,
@@ -580,7 +596,7 @@ pub(crate) async fn job_status<B: Backend>(
     let pairs: Vec<Pair> = job
         .limits
         .iter()
-        .map(|k| (k.limit.clone(), k.key.clone()))
+        .map(|k| (k.limit.clone(), k.stored()))
         .collect();
     let refs: Vec<&Pair> = pairs.iter().collect();
     let json = pairs_json(&refs);
@@ -591,10 +607,7 @@ pub(crate) async fn job_status<B: Backend>(
     let limits = list(b).await?;
     let mut out = Vec::new();
     for r in &rows {
-        let key = LimitKey {
-            limit: r.text("limit_name")?,
-            key: r.text("key")?,
-        };
+        let key = LimitKey::from_stored(r.text("limit_name")?, &r.text("key")?);
         let limit = limits.iter().find(|l| l.name == key.limit);
         let (holding, queued, recent) = (r.int("holding")?, r.int("queued")?, r.int("recent")?);
         let room = Room::of(limit, holding, queued, recent);

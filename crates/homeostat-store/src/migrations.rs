@@ -92,6 +92,11 @@ pub(crate) const SQLITE: Set = &[
         "pending and waiting",
         include_str!("../migrations/sqlite/0017_pending_and_waiting.sql"),
     ),
+    (
+        18,
+        "limit scope",
+        include_str!("../migrations/sqlite/0018_limit_scope.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -205,6 +210,11 @@ pub(crate) const POSTGRES: Set = &[
         22,
         "pending and waiting",
         include_str!("../migrations/postgres/0022_pending_and_waiting.sql"),
+    ),
+    (
+        23,
+        "limit scope",
+        include_str!("../migrations/postgres/0023_limit_scope.sql"),
     ),
 ];
 

@@ -135,7 +135,7 @@ pub(crate) fn limit_keys(text: &str) -> Result<Vec<homeostat_model::LimitKey>, S
     let pairs: Vec<(String, String)> = json_as("limit_keys", text)?;
     Ok(pairs
         .into_iter()
-        .map(|(limit, key)| homeostat_model::LimitKey { limit, key })
+        .map(|(limit, key)| homeostat_model::LimitKey::from_stored(limit, &key))
         .collect())
 }
 

@@ -435,6 +435,12 @@ pub(crate) enum Limits {
         /// a JSON pointer into the payload like /customer.
         #[arg(long, default_value = "job")]
         key_from: homeostat_model::KeySource,
+        /// Whose jobs share a key: tenant (each tenant has its own keys,
+        /// so no tenant can fill or see another's) or shared (every
+        /// tenant's jobs of a key share its slots, e.g. one upstream
+        /// account).
+        #[arg(long, default_value = "tenant")]
+        scope: homeostat_model::LimitScope,
         /// Applies to every job of this queue without being named.
         #[arg(long)]
         queue: Option<String>,
@@ -548,6 +554,7 @@ const LIMIT_COLUMNS: &[Column] = &[
     ("RATE", "rate"),
     ("STRATEGY", "spec.strategy"),
     ("KEY FROM", "spec.key_from"),
+    ("SCOPE", "spec.scope"),
     ("HOLDING", "holding"),
     ("WAITING", "waiting"),
     ("BY RATE", "delayed_by_rate"),
@@ -555,6 +562,7 @@ const LIMIT_COLUMNS: &[Column] = &[
 ];
 const KEY_COLUMNS: &[Column] = &[
     ("KEY", "key"),
+    ("TENANT", "tenant"),
     ("RUNNING", "running"),
     ("QUEUED", "queued"),
     ("STOPPING", "stopping"),
@@ -609,6 +617,7 @@ async fn limits(client: &Client, out: Format, command: Limits) -> Result<(), Cli
             rate,
             strategy,
             key_from,
+            scope,
             queue,
             kind,
         } => {
@@ -619,6 +628,7 @@ async fn limits(client: &Client, out: Format, command: Limits) -> Result<(), Cli
                 rate,
                 strategy,
                 key_from,
+                scope,
                 applies_to,
             };
             let limit = client.set_limit(&name, &spec).await?;

@@ -19,6 +19,7 @@ struct LimitRow {
     bounds: String,
     strategy: &'static str,
     key_from: String,
+    scope: &'static str,
     applies_to: String,
     running: u64,
     holding: u64,
@@ -31,6 +32,8 @@ struct LimitRow {
 /// One key of a limit, formatted.
 struct KeyRow {
     key: String,
+    /// The tenant whose own key it is; empty for a shared key.
+    tenant: String,
     running: u64,
     queued: u64,
     stopping: u64,
@@ -45,6 +48,7 @@ fn key_row(usage: &LimitUsage, k: &KeyUsage) -> KeyRow {
     let holding = k.running + k.queued + k.stopping;
     KeyRow {
         key: k.key.clone(),
+        tenant: k.tenant.map_or_else(String::new, |t| t.to_string()),
         running: k.running,
         queued: k.queued,
         stopping: k.stopping,
@@ -71,6 +75,7 @@ fn row(usage: &LimitUsage) -> LimitRow {
         bounds: format!("{} per key", bounds.join(", ")),
         strategy: spec.strategy.as_str(),
         key_from: spec.key_from.to_string(),
+        scope: spec.scope.as_str(),
         applies_to: spec.applies_to.as_ref().map_or_else(String::new, |s| {
             format!(
                 "queue {} · kind {}",

@@ -177,4 +177,92 @@ async fn limits_are_set_shown_enforced_and_deleted(store: &Store) {
     assert_eq!(again.status, StatusCode::NOT_FOUND);
 }
 
-on_both_backends!(limits_are_set_shown_enforced_and_deleted);
+async fn a_tenant_neither_fills_nor_sees_another_tenants_keys(store: &Store) {
+    let api = Api::new(store).await;
+    let (acme, acme_key) = api.tenant("acme").await;
+    let (bolt, bolt_key) = api.tenant("bolt").await;
+    let made = api
+        .call(
+            Method::PUT,
+            "/v1/limits/per-customer",
+            Some(&api.admin),
+            Some(json!({"max_running": 1})),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
+    assert_eq!(made.body["spec"]["scope"], "tenant", "the default");
+    let job = |key: &str| {
+        json!({"queue": "scans", "kind": "scan",
+               "limits": [{"limit": "per-customer", "key": key}]})
+    };
+    // acme fills its key 42 and more wait behind it.
+    let first = api.enqueue(&acme_key, job("42")).await;
+    let second = api.enqueue(&acme_key, job("42")).await;
+    // bolt's key 42 is its own: not held back, and acme's jobs are not
+    // counted in what bolt is shown.
+    let bolts = api.enqueue(&bolt_key, job("42")).await;
+    for (id, key, state) in [
+        (&first, &acme_key, "queued"),
+        (&second, &acme_key, "waiting"),
+        (&bolts, &bolt_key, "queued"),
+    ] {
+        let shown = api.get(&format!("/v1/jobs/{id}"), key).await;
+        assert_eq!(shown.body["state"], state, "{}", shown.text);
+    }
+    let shown = api.get(&format!("/v1/jobs/{bolts}"), &bolt_key).await;
+    assert_eq!(shown.body["limits"][0]["key"], "42");
+    assert_eq!(shown.body["limits"][0]["tenant"], bolt.to_string());
+    assert_eq!(shown.body["limit_status"][0]["holding"], 1);
+    // A key spelled as another tenant's own is refused, naming the field,
+    // and nothing is enqueued.
+    let forged = format!("{acme}\u{1f}42");
+    let refused = api.post("/v1/jobs", &bolt_key, job(&forged)).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        refused.text
+    );
+    assert!(refused.text.contains("limits[0].key"), "{}", refused.text);
+    let listed = api.get("/v1/jobs?state=waiting", &bolt_key).await;
+    assert_eq!(
+        listed.body["items"].as_array().unwrap().len(),
+        0,
+        "{}",
+        listed.text
+    );
+    // The operator's view tells the two keys apart by tenant.
+    let usage = api.get("/v1/limits/per-customer", &api.admin).await;
+    let mut owners: Vec<String> = usage.body["hottest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            format!(
+                "{}:{}",
+                k["tenant"].as_str().unwrap(),
+                k["key"].as_str().unwrap()
+            )
+        })
+        .collect();
+    owners.sort();
+    let mut expected = vec![format!("{acme}:42"), format!("{bolt}:42")];
+    expected.sort();
+    assert_eq!(owners, expected, "{}", usage.text);
+    // A scope the server does not know is refused, naming it.
+    let bad = api
+        .call(
+            Method::PUT,
+            "/v1/limits/other",
+            Some(&api.admin),
+            Some(json!({"max_running": 1, "scope": "everyone"})),
+        )
+        .await;
+    assert!(bad.status.is_client_error(), "{}", bad.text);
+    assert!(bad.text.contains("scope"), "{}", bad.text);
+}
+
+on_both_backends!(
+    limits_are_set_shown_enforced_and_deleted,
+    a_tenant_neither_fills_nor_sees_another_tenants_keys,
+);

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use homeostat_model::{
-    AuditAction, JobId, JobLimit, JobState, KeySource, LimitSelector, LimitSpec, LimitStrategy,
-    NewJob, PlanTier, Rate,
+    AuditAction, JobId, JobLimit, JobState, KeySource, LimitScope, LimitSelector, LimitSpec,
+    LimitStrategy, NewJob, PlanTier, Rate,
 };
 use homeostat_store::{Failure, JobFilter, Store, StoreError};
 use homeostat_testkit::{At, agent, at, completions, job, on_both_backends, t0, tenant};
@@ -635,7 +635,87 @@ async fn an_offline_agents_limited_job_keeps_its_slot_until_its_lease_runs_out(s
     assert_ne!(state(store, limited).await, JobState::Running);
 }
 
+async fn a_tenants_keys_are_its_own_unless_the_limit_shares_them(store: &Store) {
+    let a = tenant(store, "acme", PlanTier::Free).await;
+    let b = tenant(store, "bolt", PlanTier::Free).await;
+    store
+        .set_limit("per-customer", &max(1), "operator:test")
+        .await
+        .unwrap();
+    let enqueue = async |t, i, limit: &str, key: &str| {
+        store
+            .at(at(i))
+            .enqueue(t, &keyed("q", limit, key))
+            .await
+            .unwrap()
+            .id
+    };
+    // Key 42 of acme is full; bolt's key 42 is another key: acme's jobs
+    // neither hold bolt's back nor count in what bolt is shown.
+    let a1 = enqueue(a, 1, "per-customer", "42").await;
+    let a2 = enqueue(a, 2, "per-customer", "42").await;
+    let b1 = enqueue(b, 3, "per-customer", "42").await;
+    use JobState::*;
+    assert_eq!(
+        states(store, &[a1, a2, b1]).await,
+        [Queued, Waiting, Queued]
+    );
+    let bolts = store.get_job(b1).await.unwrap();
+    assert_eq!(bolts.limits[0].key, "42");
+    assert_eq!(bolts.limits[0].tenant, Some(b));
+    let status = store.job_limits(&bolts).await.unwrap();
+    assert_eq!(status[0].holding, 1, "bolt sees its own slot only");
+    assert_eq!(status[0].key.tenant, Some(b));
+    assert_eq!(status[0].describe(), "per-customer:42, 1 of 1 running");
+    let status = store
+        .job_limits(&store.get_job(a2).await.unwrap())
+        .await
+        .unwrap();
+    assert!(status[0].blocking);
+    assert_eq!(status[0].holding, 1);
+    let usage = store.limit_usage("per-customer").await.unwrap();
+    assert_eq!(usage.active_keys, 2);
+    let mut owners: Vec<_> = usage
+        .hottest
+        .iter()
+        .map(|k| (k.tenant, k.key.as_str()))
+        .collect();
+    owners.sort();
+    let mut expected = vec![(Some(a), "42"), (Some(b), "42")];
+    expected.sort();
+    assert_eq!(owners, expected);
+
+    // A shared limit's key is every tenant's: bolt waits for acme.
+    let shared = LimitSpec {
+        scope: LimitScope::Shared,
+        ..max(1)
+    };
+    let set = store
+        .set_limit("upstream", &shared, "operator:test")
+        .await
+        .unwrap();
+    assert_eq!(set.0.spec.scope, LimitScope::Shared);
+    let a3 = enqueue(a, 4, "upstream", "api").await;
+    let b2 = enqueue(b, 5, "upstream", "api").await;
+    assert_eq!(states(store, &[a3, b2]).await, [Queued, Waiting]);
+    let waiting = store.get_job(b2).await.unwrap();
+    assert_eq!(waiting.limits[0].tenant, None);
+    let status = store.job_limits(&waiting).await.unwrap();
+    assert!(status[0].blocking);
+    assert_eq!(
+        status[0].holding, 1,
+        "a shared key counts every tenant's jobs"
+    );
+    let usage = store.limit_usage("upstream").await.unwrap();
+    assert_eq!(usage.hottest.len(), 1);
+    assert_eq!(
+        (usage.hottest[0].tenant, usage.hottest[0].waiting),
+        (None, 1)
+    );
+}
+
 on_both_backends!(
+    a_tenants_keys_are_its_own_unless_the_limit_shares_them,
     an_offline_agents_limited_job_keeps_its_slot_until_its_lease_runs_out,
     a_key_admits_up_to_its_maximum_and_a_finished_job_frees_its_slot,
     a_saturated_key_never_holds_back_a_free_one,
