@@ -410,17 +410,26 @@ async fn cancel_given_up<B: Backend>(
     actor: &str,
 ) -> Result<Vec<(String, String)>, StoreError> {
     let op = "admitting jobs under limits";
-    let ids: Vec<Id> = cancel.iter().map(|(id, _)| *id).collect();
-    let why = cancel.first().map(|(_, (l, k))| {
-        format!(
-            "cancelled by limit {l} (key {k}): its strategy gives the key's slots to other jobs"
-        )
-    });
-    let stmt = Stmt::new::<B>(CANCEL)
-        .arg(ids.as_slice())
-        .arg(now)
-        .arg(why.as_deref());
-    let rows = B::fetch_in(tx, stmt).await.op(op)?;
+    // One statement per key, so that each job says the key that gave it up.
+    let mut by_key: Vec<(&Pair, Vec<Id>)> = Vec::new();
+    for (id, pair) in cancel {
+        match by_key.iter_mut().find(|(p, _)| *p == pair) {
+            Some((_, ids)) => ids.push(*id),
+            None => by_key.push((pair, vec![*id])),
+        }
+    }
+    let mut rows = Vec::new();
+    for ((l, k), ids) in &by_key {
+        let why = format!(
+            "cancelled by limit {l} (key {}): its strategy gives the key's slots to other jobs",
+            homeostat_model::split_stored_key(k).1
+        );
+        let stmt = Stmt::new::<B>(CANCEL)
+            .arg(ids.as_slice())
+            .arg(now)
+            .arg(why.as_str());
+        rows.extend(B::fetch_in(tx, stmt).await.op(op)?);
+    }
     let mut events = Vec::new();
     for (id, (l, k)) in cancel {
         let Some(row) = rows
@@ -433,7 +442,11 @@ async fn cancel_given_up<B: Backend>(
             actor: actor.to_owned(),
             action: AuditAction::JobsLimitCancelled.into(),
             subject: format!("job:{id}"),
-            details: json!({"limit": l, "key": k, "tenant_id": row.id::<TenantId>("tenant_id")?}),
+            details: json!({
+                "limit": l,
+                "key": homeostat_model::split_stored_key(k).1,
+                "tenant_id": row.id::<TenantId>("tenant_id")?,
+            }),
         });
     }
     audit_log::append::<B>(tx, &events, at_ms).await?;

@@ -317,26 +317,57 @@ async fn cancel_newest_gives_up_the_jobs_beyond_the_free_slots(store: &Store) {
         .await
         .unwrap()
         .id;
-    let second = store
+    // One admission gives up jobs of two keys: each says its own key.
+    let batch = [
+        keyed("q", "deploy", "prod"),
+        keyed("q", "deploy", "stage"),
+        keyed("q", "deploy", "stage"),
+    ];
+    let ids: Vec<JobId> = store
         .at(at(1))
-        .enqueue(t, &keyed("q", "deploy", "prod"))
+        .enqueue_batch(t, &batch)
         .await
         .unwrap()
-        .id;
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let second = ids[0];
     assert_eq!(state(store, first).await, JobState::Queued);
     let late = store.get_job(second).await.unwrap();
     assert_eq!(late.state, JobState::Cancelled);
+    assert_eq!(
+        late.last_error.as_deref(),
+        Some(
+            "cancelled by limit deploy (key prod): its strategy gives the key's slots to other jobs"
+        ),
+        "the error names the limit and the key as the job named it"
+    );
+    let stages = states(store, &ids[1..]).await;
+    assert_eq!(
+        stages.iter().filter(|s| **s == JobState::Cancelled).count(),
+        1
+    );
+    let given_up = ids[1..]
+        .iter()
+        .zip(&stages)
+        .find(|(_, s)| **s == JobState::Cancelled)
+        .unwrap()
+        .0;
+    let stage = store.get_job(*given_up).await.unwrap();
     assert!(
-        late.last_error.unwrap().contains("deploy"),
-        "the error names the limit"
+        stage.last_error.unwrap().contains("(key stage)"),
+        "each job names its own key"
     );
     let events = store.audit_events(0, 1000).await.unwrap();
-    assert!(
-        events
-            .iter()
-            .any(|e| e.action == AuditAction::JobsLimitCancelled.as_str()
-                && e.subject == format!("job:{second}"))
-    );
+    let event = events
+        .iter()
+        .find(|e| {
+            e.action == AuditAction::JobsLimitCancelled.as_str()
+                && e.subject == format!("job:{second}")
+        })
+        .expect("the cancel is audited");
+    assert_eq!(event.details["key"], "prod");
+    assert_eq!(event.details["tenant_id"], t.to_string());
 }
 
 async fn cancel_oldest_gives_the_slot_to_the_newest_job(store: &Store) {
