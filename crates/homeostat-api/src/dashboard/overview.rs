@@ -26,6 +26,10 @@ struct QueueRow {
     awaiting_approval: u64,
     queued: u64,
     running: u64,
+    /// Waiting for their limits to admit them.
+    waiting: u64,
+    /// Workflow steps waiting on the steps they need.
+    pending: u64,
     oldest: String,
     /// Jobs wait here and no online agent claims from this queue.
     unserved: bool,
@@ -193,6 +197,8 @@ pub(crate) async fn overview(
                     awaiting_approval: 0,
                     queued: 0,
                     running: 0,
+                    waiting: 0,
+                    pending: 0,
                     oldest: "—".into(),
                     unserved: false,
                 });
@@ -204,6 +210,8 @@ pub(crate) async fn overview(
             JobState::AwaitingApproval => row.awaiting_approval = c.count,
             JobState::Queued => row.queued = c.count,
             JobState::Running => row.running = c.count,
+            JobState::Waiting => row.waiting = c.count,
+            JobState::Pending => row.pending = c.count,
             _ => {}
         }
     }

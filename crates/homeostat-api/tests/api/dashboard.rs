@@ -851,7 +851,7 @@ async fn the_limits_page_shows_each_limit_its_busiest_keys_and_what_waits(store:
     let api = Api::new(store).await;
     let empty = api.page("/limits", &api.admin).await;
     assert!(empty.text.contains("No limits"), "{}", empty.text);
-    let (_, tenant_key) = api.tenant("acme").await;
+    let (acme, tenant_key) = api.tenant("acme").await;
     let put = api
         .call(
             axum::http::Method::PUT,
@@ -877,7 +877,8 @@ async fn the_limits_page_shows_each_limit_its_busiest_keys_and_what_waits(store:
         "id=\"limit-per-customer\"",
         "1 at once per key",
         "key from /customer",
-        "<code>42</code>",
+        "keys each tenant's own",
+        &format!("<code>42</code> <span class=\"muted\">of tenant <code>{acme}</code></span>"),
         "<span class=\"tag\">full</span>",
         "<dt>Waiting</dt><dd>2</dd>",
     ] {
@@ -885,6 +886,25 @@ async fn the_limits_page_shows_each_limit_its_busiest_keys_and_what_waits(store:
             page.contains(shown),
             "the limits page lacks {shown:?}:\n{page}"
         );
+    }
+    // The overview counts the queue's jobs waiting for their limits, with a
+    // link to them (the counts may be a moment behind: poll).
+    let waiting = "<a href=\"/jobs?state=waiting&amp;queue=scans\">2</a>";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let overview = api.page("/", &api.admin).await.text;
+        if overview.contains(waiting) {
+            assert!(
+                overview
+                    .contains("<th class=\"n\" title=\"waiting for their limits\">Waiting</th>")
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the overview lacks {waiting:?}:\n{overview}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let job = api
         .page(&format!("/jobs/{}", ids[2]), &api.admin)
