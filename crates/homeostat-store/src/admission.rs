@@ -55,7 +55,9 @@ const TAKE_WAKEUPS: Sql = Sql::both(
 );
 
 /// `$1` keys (JSON `[[limit, key], …]`), `$2` now: what holds each key's
-/// slots and how many started within its limit's window.
+/// slots and how many started within its limit's window. One pass over a
+/// key's slots counts both figures, and only a limit with a rate looks at
+/// its starts (admission counts about a thousand keys a run).
 pub(crate) const COUNTS: Sql = Sql::pair(
     "SELECT k.l AS limit_name, k.key AS key,
        (SELECT COUNT(*) FROM job_limits j WHERE j.limit_name = k.l AND j.key = k.key
@@ -66,15 +68,17 @@ pub(crate) const COUNTS: Sql = Sql::pair(
        (SELECT COUNT(*) FROM limit_starts s WHERE s.limit_name = k.l AND s.key = k.key
           AND s.at > $2 - (SELECT COALESCE(rate_window_ms, 0) FROM limits WHERE name = k.l)) AS recent
      FROM (SELECT p.value->>0 AS l, p.value->>1 AS key FROM json_each($1) p) k",
-    "SELECT k.l AS limit_name, k.key AS key,
-       (SELECT COUNT(*) FROM job_limits j WHERE j.limit_name = k.l AND j.key = k.key
-          AND j.phase IN ('queued', 'running', 'stopping')
-          AND (j.phase <> 'stopping' OR j.hold_until > $2::bigint)) AS holding,
-       (SELECT COUNT(*) FROM job_limits j WHERE j.limit_name = k.l AND j.key = k.key
-          AND j.phase IN ('queued', 'running', 'stopping') AND j.phase = 'queued') AS queued,
-       (SELECT COUNT(*) FROM limit_starts s WHERE s.limit_name = k.l AND s.key = k.key
-          AND s.at > $2::bigint - (SELECT COALESCE(rate_window_ms, 0) FROM limits WHERE name = k.l)) AS recent
-     FROM (SELECT p->>0 AS l, p->>1 AS key FROM jsonb_array_elements($1::jsonb) p) k",
+    "SELECT k.l AS limit_name, k.key AS key, h.holding, h.queued,
+       CASE WHEN lim.rate_window_ms IS NULL THEN 0 ELSE
+         (SELECT COUNT(*) FROM limit_starts s WHERE s.limit_name = k.l AND s.key = k.key
+            AND s.at > $2::bigint - lim.rate_window_ms) END AS recent
+     FROM (SELECT p->>0 AS l, p->>1 AS key FROM jsonb_array_elements($1::jsonb) p) k
+     LEFT JOIN limits lim ON lim.name = k.l
+     CROSS JOIN LATERAL (
+       SELECT COUNT(*) FILTER (WHERE j.phase <> 'stopping' OR j.hold_until > $2::bigint) AS holding,
+              COUNT(*) FILTER (WHERE j.phase = 'queued') AS queued
+       FROM job_limits j WHERE j.limit_name = k.l AND j.key = k.key
+         AND j.phase IN ('queued', 'running', 'stopping')) h",
 );
 
 /// `$1` limit, `$2` key, `$3` how many: its waiting jobs in the order
