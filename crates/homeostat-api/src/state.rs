@@ -76,7 +76,8 @@ pub struct ApiSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Quotas {
-    /// Live jobs (scheduled, awaiting approval, queued, running) at once.
+    /// Live jobs at once: scheduled, awaiting approval, pending on their
+    /// workflow needs, waiting for their limits, queued or running.
     pub live_jobs: u64,
     /// Queues with live jobs at once.
     pub live_queues: u64,

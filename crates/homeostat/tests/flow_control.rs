@@ -51,9 +51,10 @@ fn agent(servers: &str, dir: &Path, n: usize, bootstrap: &str) -> Child {
 /// The most commands of one key running at once, per key, from the
 /// agents' records (an end before a start at the same instant). A command
 /// that recorded no end ran until its agent was killed (`killed`: agent
-/// pid to when the test saw it dead, same clock as `date +%s%N`), or for
-/// ever if its agent was not.
-fn most_at_once(log: &str, killed: &HashMap<u32, u128>) -> HashMap<String, usize> {
+/// pid to each time the test saw an agent of that pid dead, same clock as
+/// `date +%s%N`; a pid may be reused by a later agent, so the run ended at
+/// the first kill after its start), or for ever if its agent was not.
+fn most_at_once(log: &str, killed: &HashMap<u32, Vec<u128>>) -> HashMap<String, usize> {
     struct Run {
         key: String,
         job: String,
@@ -91,8 +92,7 @@ fn most_at_once(log: &str, killed: &HashMap<u32, u128>) -> HashMap<String, usize
         let end = run.end.unwrap_or_else(|| {
             killed
                 .get(&run.agent)
-                .copied()
-                .filter(|k| *k >= run.start)
+                .and_then(|kills| kills.iter().copied().filter(|k| *k >= run.start).min())
                 .unwrap_or(u128::MAX)
         });
         events.push((run.start, 1, run.key.clone()));
@@ -194,14 +194,14 @@ async fn limits_hold_across_replicas_and_agents_killed_midway() {
     }
 
     // Chaos: agents and replicas SIGKILLed and started again.
-    let mut killed: HashMap<u32, u128> = HashMap::new();
+    let mut killed: HashMap<u32, Vec<u128>> = HashMap::new();
     for round in 0..6 {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let n = (round * 5 + 3) % AGENTS;
         let pid = agents[n].id();
         agents[n].kill().unwrap();
         agents[n].wait().unwrap();
-        killed.insert(pid, nanos_now());
+        killed.entry(pid).or_default().push(nanos_now());
         agents[n] = agent(&servers, &dir, n, &bootstrap);
         if round % 2 == 1 {
             let i = 1 + (round / 2) % 2;

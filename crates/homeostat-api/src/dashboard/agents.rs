@@ -65,6 +65,7 @@ pub(crate) async fn list(
     let notice = NoticeQuery {
         done: q.done,
         n: q.n,
+        refused: None,
     };
     let wanted = match q.status.as_deref() {
         None | Some("") => None,

@@ -517,19 +517,23 @@ pub(crate) async fn bulk(
         }
         .respond(&session, &headers));
     }
-    let mut done_count = 0u64;
+    let (mut done_count, mut refused) = (0u64, 0u64);
     for id in ids {
         match operate_job(&state, &writer, id, op).await {
             Ok(_) => done_count += 1,
             // It moved since it was listed (finished, cancelled by someone
             // else): not an error of this action.
             Err(e) if matches!(e.code, ErrorCode::Conflict | ErrorCode::NotFound) => {}
+            // Its tenant is at its quota of live jobs: the set spans
+            // tenants, and the others' jobs are still retried.
+            Err(e) if e.code == ErrorCode::QuotaExceeded => refused += 1,
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(NoticeQuery::redirect(
+    Ok(NoticeQuery::redirect_bulk(
         &form.filters.url(),
         done,
-        Some(done_count),
+        done_count,
+        refused,
     ))
 }

@@ -24,6 +24,10 @@ pub(crate) struct NoticeQuery {
     pub(crate) done: Option<Done>,
     /// How many (bulk actions).
     pub(crate) n: Option<u64>,
+    /// How many a bulk retry left alone because their tenant's quota
+    /// refused them.
+    #[serde(default)]
+    pub(crate) refused: Option<u64>,
 }
 
 impl NoticeQuery {
@@ -39,10 +43,16 @@ impl NoticeQuery {
             Done::Redriven => "The notification is pending again.",
             Done::Verified => "Verification asked for.",
         };
+        let jobs = |n: u64| format!("{n} job{}", if n == 1 { "" } else { "s" });
         Some(match (done, self.n) {
-            (Done::Cancelled | Done::Retried | Done::Approved, Some(n)) => {
-                format!("{n} job{} {what}.", if n == 1 { "" } else { "s" })
-            }
+            (Done::Cancelled | Done::Retried | Done::Approved, Some(n)) => match self.refused {
+                Some(r) if r > 0 => format!(
+                    "{} {what}; {} left as they were: the quota of live jobs of their tenant is full.",
+                    jobs(n),
+                    jobs(r)
+                ),
+                _ => format!("{} {what}.", jobs(n)),
+            },
             (Done::Cancelled | Done::Retried | Done::Approved, None) => format!("Job {what}."),
             _ => what.to_owned(),
         })
@@ -51,6 +61,16 @@ impl NoticeQuery {
     /// The redirect to `path` telling `done` (Post/Redirect/Get).
     pub(crate) fn redirect(path: &str, done: Done, n: Option<u64>) -> Response {
         Redirect::to(&Self::to(path, done, n)).into_response()
+    }
+
+    /// The redirect after a bulk action: `n` done, `refused` refused by
+    /// quotas.
+    pub(crate) fn redirect_bulk(path: &str, done: Done, n: u64, refused: u64) -> Response {
+        let mut to = Self::to(path, done, Some(n));
+        if refused > 0 {
+            to.push_str(&format!("&refused={refused}"));
+        }
+        Redirect::to(&to).into_response()
     }
 
     /// The address of `path` telling `done`.
@@ -76,16 +96,27 @@ mod tests {
         let q = NoticeQuery {
             done: Some(Done::Cancelled),
             n: Some(3),
+            refused: None,
         };
         assert_eq!(q.message().unwrap(), "3 jobs cancelled.");
         let q = NoticeQuery {
             done: Some(Done::Retried),
             n: None,
+            refused: None,
         };
         assert_eq!(q.message().unwrap(), "Job queued again.");
         assert_eq!(
             NoticeQuery::to("/jobs?state=dead", Done::Retried, Some(2)),
             "/jobs?state=dead&done=retried&n=2"
+        );
+        let q = NoticeQuery {
+            done: Some(Done::Retried),
+            n: Some(2),
+            refused: Some(1),
+        };
+        assert_eq!(
+            q.message().unwrap(),
+            "2 jobs queued again; 1 job left as they were: the quota of live jobs of their tenant is full."
         );
     }
 }

@@ -763,6 +763,97 @@ async fn bulk_actions_preview_then_act_on_the_filtered_set(store: &Store) {
     api.stop().await;
 }
 
+async fn a_bulk_retry_goes_past_a_tenant_at_its_quota_and_says_so(store: &Store) {
+    // Before the server starts (its quota count is then fresh): two
+    // tenants with two dead jobs each in `reports`; acme also has two live
+    // jobs elsewhere, its whole quota of 2, and bolt none.
+    let mut ids = Vec::new();
+    for name in ["acme", "bolt"] {
+        let t = store
+            .create_tenant(name, homeostat_model::PlanTier::Standard, "operator:test")
+            .await
+            .unwrap();
+        let agent = homeostat_testkit::agent(store, Some(t.id), &["reports"]).await;
+        for _ in 0..2 {
+            store
+                .enqueue(t.id, &homeostat_testkit::job("reports"))
+                .await
+                .unwrap();
+        }
+        for c in store
+            .claim(agent, 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+        {
+            store
+                .fail(&homeostat_store::Failure {
+                    agent,
+                    id: c.id,
+                    lease_token: c.lease_token,
+                    error: "boom",
+                    permanent: true,
+                })
+                .await
+                .unwrap();
+            ids.push(c.id.to_string());
+        }
+        if name == "acme" {
+            for _ in 0..2 {
+                store
+                    .enqueue(t.id, &homeostat_testkit::job("other"))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let settings = homeostat_api::ApiSettings {
+        quotas: homeostat_api::Quotas {
+            live_jobs: 2,
+            ..homeostat_api::Quotas::default()
+        },
+        ..homeostat_api::ApiSettings::default()
+    };
+    let api = Api::with_settings(store, settings).await;
+    let csrf = api.csrf(&api.admin).await;
+    let retried = api
+        .form(
+            "/jobs/bulk",
+            Some(&api.admin),
+            &[
+                ("csrf", csrf.as_str()),
+                ("action", "retry"),
+                ("queue", "reports"),
+                ("confirm", "yes"),
+            ],
+        )
+        .await;
+    assert_eq!(retried.status, StatusCode::SEE_OTHER, "{}", retried.text);
+    let location = retried.headers["location"].to_str().unwrap().to_owned();
+    assert!(
+        location.ends_with("done=retried&n=2&refused=2"),
+        "{location}"
+    );
+    let mut states = Vec::new();
+    for id in &ids {
+        states.push(api.job_state(id).await);
+    }
+    use JobState::*;
+    assert_eq!(
+        states,
+        [Dead, Dead, Queued, Queued],
+        "bolt's jobs are retried past acme's refusals"
+    );
+    let landed = api.page(&location, &api.admin).await;
+    assert!(
+        landed.text.contains(
+            "2 jobs queued again; 2 jobs left as they were: the quota of live jobs of their tenant is full."
+        ),
+        "{}",
+        landed.text
+    );
+    api.stop().await;
+}
+
 async fn a_tenant_key_sees_only_its_own_jobs(store: &Store) {
     let api = Api::new(store).await;
     let (_, mine) = api.tenant("mine").await;
@@ -989,6 +1080,7 @@ on_both_backends!(
     a_viewer_sees_everything_and_acts_on_nothing,
     a_form_without_its_csrf_token_is_refused,
     bulk_actions_preview_then_act_on_the_filtered_set,
+    a_bulk_retry_goes_past_a_tenant_at_its_quota_and_says_so,
     a_tenant_key_sees_only_its_own_jobs,
     the_audit_chain_is_verified_with_progress,
 );
