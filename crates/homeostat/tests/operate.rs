@@ -506,9 +506,29 @@ async fn the_limits_commands() {
     assert!(listed.contains("10/60s"), "{listed}");
     let shown = cli.ok(&["limits", "show", "per-customer"]);
     assert!(shown.contains("busiest keys"), "{shown}");
+    assert!(shown.contains(&tenant_id), "whose key it is: {shown}");
     let json = cli.json(&["limits", "show", "per-customer"]);
     assert_eq!(json["waiting"], 1, "{json}");
     assert_eq!(json["hottest"][0]["key"], "42", "{json}");
+    assert_eq!(json["hottest"][0]["tenant"], tenant_id.as_str(), "{json}");
+    assert_eq!(json["spec"]["scope"], "tenant", "the default: {json}");
+    let shared = cli.json(&[
+        "limits",
+        "set",
+        "upstream",
+        "--max-running",
+        "5",
+        "--scope",
+        "shared",
+    ]);
+    assert_eq!(shared["spec"]["scope"], "shared", "{shared}");
+    let bad_scope = cli.run(&["limits", "set", "x", "--max-running", "1", "--scope", "all"]);
+    assert_eq!(bad_scope.status.code(), Some(2), "a usage error");
+    assert!(
+        String::from_utf8_lossy(&bad_scope.stderr).contains("tenant, shared"),
+        "{}",
+        String::from_utf8_lossy(&bad_scope.stderr)
+    );
 
     assert_eq!(
         cli.ok(&["limits", "delete", "per-customer"]).trim(),
