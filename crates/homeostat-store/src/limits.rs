@@ -535,12 +535,18 @@ fn usage_of(
     }
     all.retain(|k| k.running + k.queued + k.stopping + k.waiting > 0);
     all.sort_by(|a, b| {
-        (b.waiting, b.running + b.queued + b.stopping, &a.key, a.tenant).cmp(&(
-            a.waiting,
-            a.running + a.queued + a.stopping,
-            &b.key,
-            b.tenant,
-        ))
+        (
+            b.waiting,
+            b.running + b.queued + b.stopping,
+            &a.key,
+            a.tenant,
+        )
+            .cmp(&(
+                a.waiting,
+                a.running + a.queued + a.stopping,
+                &b.key,
+                b.tenant,
+            ))
     });
     all.truncate(20);
     usage.hottest = all;
