@@ -677,6 +677,7 @@ pub(crate) mod tests {
                 "named",
                 LimitSpec {
                     max_running: Some(1),
+                    scope: LimitScope::Shared,
                     ..LimitSpec::default()
                 },
             ),
@@ -705,7 +706,10 @@ pub(crate) mod tests {
         let resolved = resolve(&limits, tenant, &[job.clone()]).unwrap().unwrap();
         assert_eq!(
             stored_keys(&resolved[0]).unwrap(),
-            format!(r#"[["named","a"],["per-customer","42"],["tenant-wide","{tenant}"]]"#)
+            format!(
+                r#"[["named","a"],["per-customer","{tenant}\u001f42"],["tenant-wide","{tenant}"]]"#
+            ),
+            "a shared key as named, a tenant's own prefixed with the tenant, a tenant key as is"
         );
 
         job.limits[1].key = None;
