@@ -91,6 +91,12 @@ impl JobState {
         Self::TERMINAL.contains(&self)
     }
 
+    /// Whether an operator may run the job again: it finished without
+    /// succeeding or being cancelled (dead, expired).
+    pub fn is_retryable(self) -> bool {
+        self.is_terminal() && self.can_become(JobState::Queued)
+    }
+
     /// Whether `self → to` is a legal transition.
     pub fn can_become(self, to: JobState) -> bool {
         use JobState::*;
@@ -483,6 +489,15 @@ mod tests {
         );
         assert!(!JobState::Cancelled.can_become(JobState::Running));
         assert!(!JobState::Scheduled.can_become(JobState::Running));
+    }
+
+    #[test]
+    fn only_dead_and_expired_jobs_are_retried() {
+        let retryable: Vec<JobState> = JobState::ALL
+            .into_iter()
+            .filter(|s| s.is_retryable())
+            .collect();
+        assert_eq!(retryable, [JobState::Dead, JobState::Expired]);
     }
 
     #[test]

@@ -360,7 +360,7 @@ pub(crate) async fn show(
             .map(|s| (s.describe(), s.key.limit.clone(), s.blocking))
             .collect(),
         can_cancel: act && job.state.can_become(JobState::Cancelled),
-        can_retry: act && retryable(job.state),
+        can_retry: act && job.state.is_retryable(),
         can_approve: act && job.state == JobState::AwaitingApproval,
         csrf: session.csrf.clone(),
     };
@@ -372,10 +372,6 @@ pub(crate) async fn show(
     )
     .notice(notice.message())
     .respond(&session, &headers))
-}
-
-fn retryable(state: JobState) -> bool {
-    state.is_terminal() && state.can_become(JobState::Queued)
 }
 
 /// What one action does to one job.
@@ -480,7 +476,12 @@ pub(crate) async fn bulk(
         "cancel" => (Operation::Cancel, Done::Cancelled, "cancel", |s| {
             s.can_become(JobState::Cancelled)
         }),
-        "retry" => (Operation::Retry, Done::Retried, "retry", retryable),
+        "retry" => (
+            Operation::Retry,
+            Done::Retried,
+            "retry",
+            JobState::is_retryable,
+        ),
         other => {
             return Err(Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -303,13 +303,12 @@ pub(crate) async fn operate_job(
             // an enqueue (a tenant could otherwise hold past them by
             // retrying what died).
             let retry = async { Ok((state.store.retry(id, &actor).await?, 1)) };
-            match job.state {
-                JobState::Dead | JobState::Expired => {
-                    let again = [NewJob::new(&job.queue, &job.kind)];
-                    crate::quotas::within(state, job.tenant_id, &again, retry).await?
-                }
+            if job.state.is_retryable() {
+                let again = [NewJob::new(&job.queue, &job.kind)];
+                crate::quotas::within(state, job.tenant_id, &again, retry).await?
+            } else {
                 // The store refuses it (409): no quota is weighed.
-                _ => retry.await?.0,
+                retry.await?.0
             }
         }
         Operation::Approve => state.store.approve(id, &actor).await?,
