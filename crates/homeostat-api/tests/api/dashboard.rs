@@ -806,14 +806,7 @@ async fn a_bulk_retry_goes_past_a_tenant_at_its_quota_and_says_so(store: &Store)
             }
         }
     }
-    let settings = homeostat_api::ApiSettings {
-        quotas: homeostat_api::Quotas {
-            live_jobs: 2,
-            ..homeostat_api::Quotas::default()
-        },
-        ..homeostat_api::ApiSettings::default()
-    };
-    let api = Api::with_settings(store, settings).await;
+    let api = Api::with_settings(store, crate::live_jobs_quota(2)).await;
     let csrf = api.csrf(&api.admin).await;
     let retried = api
         .form(

@@ -51,6 +51,29 @@ impl Answer {
     pub(crate) fn code(&self) -> &str {
         self.body["code"].as_str().unwrap_or("<no code>")
     }
+
+    /// Asserts a refusal for passing the tenant's quota `quota`
+    /// (`live_jobs`, `live_queues`): 429 `quota_exceeded`, naming it.
+    pub(crate) fn refused_by_quota(&self, quota: &str) {
+        assert_eq!(self.status, StatusCode::TOO_MANY_REQUESTS, "{}", self.text);
+        assert_eq!(self.code(), "quota_exceeded");
+        assert!(
+            self.text.contains(&format!("quotas.{quota}")),
+            "{}",
+            self.text
+        );
+    }
+}
+
+/// Settings where a tenant may have `n` live jobs.
+pub(crate) fn live_jobs_quota(n: u64) -> ApiSettings {
+    ApiSettings {
+        quotas: homeostat_api::Quotas {
+            live_jobs: n,
+            ..homeostat_api::Quotas::default()
+        },
+        ..ApiSettings::default()
+    }
 }
 
 impl Api {

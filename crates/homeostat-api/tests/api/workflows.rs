@@ -20,6 +20,15 @@ fn pipeline() -> Value {
     })
 }
 
+/// A step that finds work and a summary that needs it, whatever its end.
+fn scan() -> Value {
+    json!({"name": "scan", "steps": [
+        {"name": "discover", "job": {"queue": "ci", "kind": "discover"}},
+        {"name": "summary", "job": {"queue": "ci", "kind": "summary"},
+         "needs": ["discover"], "when": "always"},
+    ]})
+}
+
 fn step_state<'a>(wf: &'a Value, name: &str) -> &'a str {
     wf["steps"]
         .as_array()
@@ -240,17 +249,7 @@ async fn a_running_step_adds_steps_through_the_agent_protocol(store: &Store) {
     let api = Api::new(store).await;
     let (tenant, key) = api.tenant("acme").await;
     let (_, cred) = api.agent(Some(tenant), &["ci"]).await;
-    let made = api
-        .post(
-            "/v1/workflows",
-            &key,
-            json!({"name": "scan", "steps": [
-                {"name": "discover", "job": {"queue": "ci", "kind": "discover"}},
-                {"name": "summary", "job": {"queue": "ci", "kind": "summary"},
-                 "needs": ["discover"], "when": "always"},
-            ]}),
-        )
-        .await;
+    let made = api.post("/v1/workflows", &key, scan()).await;
     assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
     let (job, token) = claim(&api, &cred).await;
     let added = api
@@ -308,50 +307,13 @@ async fn a_running_step_adds_steps_through_the_agent_protocol(store: &Store) {
     assert_eq!(unknown.status, StatusCode::BAD_REQUEST, "{}", unknown.text);
 }
 
-/// Settings where a tenant may have three live jobs.
-fn three_live_jobs() -> homeostat_api::ApiSettings {
-    homeostat_api::ApiSettings {
-        quotas: homeostat_api::Quotas {
-            live_jobs: 3,
-            ..homeostat_api::Quotas::default()
-        },
-        ..homeostat_api::ApiSettings::default()
-    }
-}
-
-/// A refusal for passing the live jobs quota.
-fn past_live_jobs(refused: &crate::Answer) {
-    assert_eq!(
-        refused.status,
-        StatusCode::TOO_MANY_REQUESTS,
-        "{}",
-        refused.text
-    );
-    assert_eq!(refused.code(), "quota_exceeded");
-    assert!(
-        refused.text.contains("quotas.live_jobs"),
-        "{}",
-        refused.text
-    );
-}
-
 /// Steps an agent adds are the tenant's jobs: its quotas count them, and a
 /// refusal adds none.
 async fn steps_added_at_run_time_count_against_the_tenants_quotas(store: &Store) {
-    let api = Api::with_settings(store, three_live_jobs()).await;
+    let api = Api::with_settings(store, crate::live_jobs_quota(3)).await;
     let (tenant, key) = api.tenant("acme").await;
     let (_, cred) = api.agent(Some(tenant), &["ci"]).await;
-    let made = api
-        .post(
-            "/v1/workflows",
-            &key,
-            json!({"name": "scan", "steps": [
-                {"name": "discover", "job": {"queue": "ci", "kind": "discover"}},
-                {"name": "summary", "job": {"queue": "ci", "kind": "summary"},
-                 "needs": ["discover"], "when": "always"},
-            ]}),
-        )
-        .await;
+    let made = api.post("/v1/workflows", &key, scan()).await;
     assert_eq!(made.status, StatusCode::CREATED, "{}", made.text);
     let (job, token) = claim(&api, &cred).await;
     let add = |names: &[&str]| {
@@ -360,7 +322,7 @@ async fn steps_added_at_run_time_count_against_the_tenants_quotas(store: &Store)
     };
     let path = format!("/v1/agent/jobs/{job}/steps");
     let refused = api.post(&path, &cred, add(&["scan-a", "scan-b"])).await;
-    past_live_jobs(&refused);
+    refused.refused_by_quota("live_jobs");
     let wf = api
         .get(
             &format!("/v1/workflows/{}", made.body["id"].as_str().unwrap()),
@@ -377,7 +339,7 @@ async fn steps_added_at_run_time_count_against_the_tenants_quotas(store: &Store)
 /// workflow, and a tenant's quotas count them when they are counted afresh
 /// (a server that did not see the submit).
 async fn pending_steps_are_live_for_quotas_and_metrics(store: &Store) {
-    let api = Api::with_settings(store, three_live_jobs()).await;
+    let api = Api::with_settings(store, crate::live_jobs_quota(3)).await;
     let (_, key) = api.tenant("acme").await;
     let made = api
         .post(
@@ -402,11 +364,11 @@ async fn pending_steps_are_live_for_quotas_and_metrics(store: &Store) {
     }
     // Another server counts the tenant's live jobs from the store: the two
     // pending steps with the queued one fill its quota of three.
-    let other = Api::with_settings(store, three_live_jobs()).await;
+    let other = Api::with_settings(store, crate::live_jobs_quota(3)).await;
     let refused = other
         .post("/v1/jobs", &key, json!({"queue": "ci", "kind": "more"}))
         .await;
-    past_live_jobs(&refused);
+    refused.refused_by_quota("live_jobs");
     // Cancelled, the workflow is no longer running.
     let id = made.body["id"].as_str().unwrap();
     let cancelled = api
@@ -434,7 +396,7 @@ async fn pending_steps_are_live_for_quotas_and_metrics(store: &Store) {
 /// What a retry makes live again, a job's or a workflow's, is weighed by
 /// the tenant's quotas as an enqueue: refused past them, nothing changed.
 async fn retries_count_against_the_tenants_quotas(store: &Store) {
-    let api = Api::with_settings(store, three_live_jobs()).await;
+    let api = Api::with_settings(store, crate::live_jobs_quota(3)).await;
     let (tenant, key) = api.tenant("acme").await;
     let (_, cred) = api.agent(Some(tenant), &["ci"]).await;
     let fail = |job: String, token: i64| {
@@ -475,7 +437,7 @@ async fn retries_count_against_the_tenants_quotas(store: &Store) {
     fail(dead.clone(), token).await;
     // A server that counts afresh (a server keeps its count for a moment
     // and does not see jobs die): two live jobs of the three allowed.
-    let api = Api::with_settings(store, three_live_jobs()).await;
+    let api = Api::with_settings(store, crate::live_jobs_quota(3)).await;
     for _ in 0..2 {
         let ok = api
             .post("/v1/jobs", &key, json!({"queue": "other", "kind": "k"}))
@@ -492,7 +454,7 @@ async fn retries_count_against_the_tenants_quotas(store: &Store) {
         )
         .await;
     // Two steps would run again.
-    past_live_jobs(&refused);
+    refused.refused_by_quota("live_jobs");
     let wf = api.get(&format!("/v1/workflows/{id}"), &key).await;
     assert_eq!(wf.body["state"], "failed", "nothing ran again: {}", wf.text);
     // One more fits: the dead job runs again; then the quota is full.
@@ -508,7 +470,7 @@ async fn retries_count_against_the_tenants_quotas(store: &Store) {
     let (again, token) = claim(&api, &cred).await;
     assert_eq!(again, dead);
     fail(again, token).await;
-    let api = Api::with_settings(store, three_live_jobs()).await;
+    let api = Api::with_settings(store, crate::live_jobs_quota(3)).await;
     let third = api
         .post("/v1/jobs", &key, json!({"queue": "other", "kind": "k"}))
         .await;
@@ -521,7 +483,7 @@ async fn retries_count_against_the_tenants_quotas(store: &Store) {
             None,
         )
         .await;
-    past_live_jobs(&refused);
+    refused.refused_by_quota("live_jobs");
     let job = api.get(&format!("/v1/jobs/{dead}"), &key).await;
     assert_eq!(job.body["state"], "dead", "{}", job.text);
 }
