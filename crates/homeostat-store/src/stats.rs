@@ -1,8 +1,8 @@
 //! What the metrics and the dashboard read: live jobs by state and queue,
 //! each queue's backlog and oldest waiting job, running workflows, agents
-//! by status. Every
-//! count reads a live state's partial index, so its cost follows the live
-//! jobs, not the table (which also holds finished jobs until retention).
+//! by status. Every count reads a live state's partial index, so its cost
+//! follows the live jobs, not the table (which also holds finished jobs
+//! until retention).
 //!
 //! Following the live jobs is still a scan of the backlog: a million
 //! queued jobs cost a count of a million index entries, tens to hundreds of
@@ -241,8 +241,9 @@ pub(crate) async fn agent_counts<B: Backend>(b: &B) -> Result<Vec<AgentCount>, S
 }
 
 /// Each tenant's live jobs (pending, scheduled, awaiting approval,
-/// waiting, queued, running), by queue. One grouped count of the live jobs (their cost follows the
-/// backlog): callers count seldom and keep the answer.
+/// waiting, queued, running), by queue. One grouped count of the live jobs
+/// (its cost follows the backlog): callers count seldom and keep the
+/// answer.
 pub(crate) async fn live_by_tenant<B: Backend>(
     b: &B,
 ) -> Result<std::collections::HashMap<homeostat_model::TenantId, Vec<(String, u64)>>, StoreError> {
