@@ -44,7 +44,7 @@ pub(crate) fn parse(bytes: &[u8], nul: Nul) -> Result<Value, ApiError> {
     }
     .deserialize(&mut de)
     .and_then(|v| de.end().map(|()| v))
-    .map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))?;
+    .map_err(|e| ApiError::malformed(bounded(format!("the body is not valid JSON: {e}"))))?;
     if seen_nul {
         let at = nul_path(&value, &mut String::new()).unwrap_or_default();
         return Err(ApiError::invalid(format!(
@@ -57,7 +57,20 @@ pub(crate) fn parse(bytes: &[u8], nul: Nul) -> Result<Value, ApiError> {
 /// `T` from a value read by [`parse`].
 pub(crate) fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, ApiError> {
     T::deserialize(Strict(value))
-        .map_err(|e| ApiError::malformed(format!("the body does not parse: {e}")))
+        .map_err(|e| ApiError::malformed(bounded(format!("the body does not parse: {e}"))))
+}
+
+/// The most characters of a refusal's message: serde's messages quote the
+/// value they refuse (`unknown variant `…``), whole.
+const MESSAGE_CHARS: usize = 300;
+
+/// `message` cut to [`MESSAGE_CHARS`] characters, so that a refusal does
+/// not echo a body's worth of its input back.
+fn bounded(message: String) -> String {
+    match message.char_indices().nth(MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message,
+    }
 }
 
 /// Where the first NUL is, as `field.list[2].field` (`body` for the top).
@@ -416,6 +429,30 @@ mod tests {
         assert_eq!(got.uses, Some(3));
         assert_eq!(got.inner, vec![Inner { name: "a".into() }]);
         assert_eq!(got.payload, Some(serde_json::json!([1, {"x": null}])));
+    }
+
+    #[test]
+    fn a_refusal_does_not_echo_a_long_value_whole() {
+        #[derive(Debug, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Colour {
+            Red,
+        }
+        let long = "x".repeat(100_000);
+        let err = from_slice::<Colour>(format!("{long:?}").as_bytes(), Nul::Refuse).unwrap_err();
+        assert_eq!(err.code, homeostat_model::ErrorCode::Malformed);
+        assert!(
+            err.message
+                .starts_with("the body does not parse: unknown variant")
+        );
+        assert_eq!(
+            err.message.chars().count(),
+            MESSAGE_CHARS + 1,
+            "cut, with …"
+        );
+        let err = from_slice::<Outer>(format!("{{\"uses\": {long:?}").as_bytes(), Nul::Refuse)
+            .unwrap_err();
+        assert!(err.message.chars().count() <= MESSAGE_CHARS + 1);
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl FromStr for AgentStatus {
             "draining" => Ok(AgentStatus::Draining),
             _ => Err(ValidationError::new(
                 "status",
-                format!("unknown agent status {s:?}"),
+                format!("unknown agent status {}", crate::error::shown(s)),
             )),
         }
     }

@@ -76,7 +76,7 @@ macro_rules! typed_id {
                 Uuid::parse_str(s).map(Self).map_err(|e| {
                     crate::ValidationError::new(
                         concat!($entity, "_id"),
-                        format!("{s:?} is not a UUID: {e}"),
+                        format!("{} is not a UUID: {e}", crate::error::shown(s)),
                     )
                 })
             }

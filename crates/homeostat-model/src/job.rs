@@ -143,7 +143,12 @@ impl FromStr for JobState {
         Self::ALL
             .into_iter()
             .find(|state| state.as_str() == s)
-            .ok_or_else(|| ValidationError::new("state", format!("unknown job state {s:?}")))
+            .ok_or_else(|| {
+                ValidationError::new(
+                    "state",
+                    format!("unknown job state {}", crate::error::shown(s)),
+                )
+            })
     }
 }
 
@@ -163,10 +168,12 @@ pub fn validate_traceparent(value: &str) -> Result<(), ValidationError> {
     if ok {
         Ok(())
     } else {
-        let shown: String = value.chars().take(80).collect();
         Err(ValidationError::new(
             "traceparent",
-            format!("{shown:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"),
+            format!(
+                "{} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
+                crate::error::shown(value)
+            ),
         ))
     }
 }

@@ -75,7 +75,8 @@ impl FromStr for LimitStrategy {
                 ValidationError::new(
                     "strategy",
                     format!(
-                        "unknown strategy {s:?}; one of wait, round_robin, cancel_newest, cancel_oldest"
+                        "unknown strategy {}; one of wait, round_robin, cancel_newest, cancel_oldest",
+                        crate::error::shown(s)
                     ),
                 )
             })
@@ -123,7 +124,8 @@ impl FromStr for KeySource {
             _ => Err(ValidationError::new(
                 "key_from",
                 format!(
-                    "{s:?} is not a key source; \"job\", \"tenant\" or a JSON pointer into the payload like \"/customer\" (at most 200 characters)"
+                    "{} is not a key source; \"job\", \"tenant\" or a JSON pointer into the payload like \"/customer\" (at most 200 characters)",
+                    crate::error::shown(s)
                 ),
             )),
         }
@@ -185,7 +187,10 @@ impl FromStr for LimitScope {
             "shared" => Ok(LimitScope::Shared),
             _ => Err(ValidationError::new(
                 "scope",
-                format!("unknown scope {s:?}; one of tenant, shared"),
+                format!(
+                    "unknown scope {}; one of tenant, shared",
+                    crate::error::shown(s)
+                ),
             )),
         }
     }

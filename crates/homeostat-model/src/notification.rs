@@ -48,7 +48,7 @@ impl FromStr for NotificationState {
             "dead" => Ok(NotificationState::Dead),
             _ => Err(ValidationError::new(
                 "state",
-                format!("unknown notification state {s:?}"),
+                format!("unknown notification state {}", crate::error::shown(s)),
             )),
         }
     }

@@ -265,7 +265,7 @@ impl std::str::FromStr for VerificationState {
         ]
         .into_iter()
         .find(|v| v.as_str() == s)
-        .ok_or_else(|| format!("unknown verification state {s:?}"))
+        .ok_or_else(|| format!("unknown verification state {}", crate::error::shown(s)))
     }
 }
 

@@ -59,7 +59,10 @@ impl FromStr for PlanTier {
             "premium" => Ok(PlanTier::Premium),
             _ => Err(ValidationError::new(
                 "tier",
-                format!("unknown plan tier {s:?}; expected free, standard or premium"),
+                format!(
+                    "unknown plan tier {}; expected free, standard or premium",
+                    crate::error::shown(s)
+                ),
             )),
         }
     }

@@ -68,7 +68,12 @@ impl std::str::FromStr for StepCondition {
         ]
         .into_iter()
         .find(|c| c.as_str() == s)
-        .ok_or_else(|| ValidationError::new("when", format!("unknown condition {s:?}")))
+        .ok_or_else(|| {
+            ValidationError::new(
+                "when",
+                format!("unknown condition {}", crate::error::shown(s)),
+            )
+        })
     }
 }
 
