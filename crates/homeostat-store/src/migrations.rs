@@ -97,6 +97,11 @@ pub(crate) const SQLITE: Set = &[
         "limit scope",
         include_str!("../migrations/sqlite/0018_limit_scope.sql"),
     ),
+    (
+        19,
+        "root step",
+        include_str!("../migrations/sqlite/0019_root_step.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -215,6 +220,11 @@ pub(crate) const POSTGRES: Set = &[
         23,
         "limit scope",
         include_str!("../migrations/postgres/0023_limit_scope.sql"),
+    ),
+    (
+        24,
+        "root step",
+        include_str!("../migrations/postgres/0024_root_step.sql"),
     ),
 ];
 

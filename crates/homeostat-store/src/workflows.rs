@@ -31,23 +31,24 @@ const INSERT_JOBS: Sql = Sql::pair(
     "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
        effective_priority, state, max_attempts, timeout_ms, run_at, queued_at, fair_at,
        deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed, limit_keys,
-       traceparent)
+       traceparent, root_step)
      SELECT value->>'id', $2, value->>'queue', value->>'kind', value->>'payload',
        value->>'priority', value->>'priority', value->>'priority', value->>'state',
        value->>'max_attempts', value->>'timeout_ms', value->>'run_at', value->>'run_at',
        value->>'run_at', value->>'deadline_at', value->>'approval', $3, $3, $4, value->>'needed',
-       value->>'limit_keys', value->>'traceparent'
+       value->>'limit_keys', value->>'traceparent', value->>'root_step'
      FROM json_each($1)",
     "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
        effective_priority, state, max_attempts, timeout_ms, run_at, queued_at, fair_at,
        deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed, limit_keys,
-       traceparent)
+       traceparent, root_step)
      SELECT t.id, $2, t.queue, t.kind, t.payload, t.priority, t.priority, t.priority,
        t.state::job_state, t.max_attempts, t.timeout_ms, t.run_at, t.run_at, t.run_at,
-       t.deadline_at, t.approval, $3, $3, $4, t.needed, t.limit_keys, t.traceparent
+       t.deadline_at, t.approval, $3, $3, $4, t.needed, t.limit_keys, t.traceparent, t.root_step
      FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, queue text, kind text, payload text,
        priority bigint, state text, max_attempts bigint, timeout_ms bigint, run_at bigint,
-       deadline_at bigint, approval bigint, needed boolean, limit_keys text, traceparent text)",
+       deadline_at bigint, approval bigint, needed boolean, limit_keys text, traceparent text,
+       root_step text)",
 );
 
 /// `$1` the steps as a JSON array, `$2` the workflow, `$3` the default
@@ -258,6 +259,70 @@ const RECOUNT: Sql = Sql::pair(
     ),
 );
 
+/// What a step's job becomes when its last need finishes at `now`, on
+/// PostgreSQL: `job` its row in `jobs`, `step` its row in `workflow_steps`
+/// (moved: `skipped` says whether its condition failed). The trigger of
+/// migration `workflows` writes the same.
+macro_rules! pg_release_set {
+    ($job:literal, $step:literal, $now:literal) => {
+        concat!(
+            "state = CASE WHEN ",
+            $step,
+            ".skipped THEN 'cancelled'::job_state
+                WHEN ",
+            $job,
+            ".approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
+                WHEN ",
+            $job,
+            ".run_at > ",
+            $now,
+            " THEN 'scheduled'::job_state
+                WHEN ",
+            $job,
+            ".limit_keys IS NOT NULL THEN 'waiting'::job_state
+                ELSE 'queued'::job_state END,
+             queued_at = GREATEST(",
+            $job,
+            ".run_at, ",
+            $now,
+            "),
+             fair_at = GREATEST(",
+            $job,
+            ".run_at, ",
+            $now,
+            "),
+             deadline_at = CASE WHEN ",
+            $step,
+            ".skipped THEN ",
+            $job,
+            ".deadline_at
+                ELSE COALESCE(",
+            $job,
+            ".deadline_at, GREATEST(",
+            $job,
+            ".run_at, ",
+            $now,
+            ") + ",
+            $step,
+            ".deadline_ms) END,
+             finished_at = CASE WHEN ",
+            $step,
+            ".skipped THEN ",
+            $now,
+            " END,
+             last_error = CASE WHEN ",
+            $step,
+            ".skipped THEN 'skipped: its condition (' || ",
+            $step,
+            ".cond || ') did not hold' END,
+             updated_at = ",
+            $now
+        )
+    };
+}
+
+pub(crate) use pg_release_set;
+
 /// `$1` stragglers, `$2` now: released or skipped, as the trigger does.
 const RELEASE: Sql = Sql::pair(
     "UPDATE jobs
@@ -276,21 +341,14 @@ const RELEASE: Sql = Sql::pair(
      WHERE s.job_id = jobs.id AND jobs.state = 'pending'
        AND jobs.id IN (SELECT value FROM json_each($1))
      RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue, jobs.state AS state",
-    "UPDATE jobs
-       SET state = CASE WHEN s.skipped THEN 'cancelled'::job_state
-                        WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
-                        WHEN jobs.run_at > $2 THEN 'scheduled'::job_state
-                        WHEN jobs.limit_keys IS NOT NULL THEN 'waiting'::job_state
-                        ELSE 'queued'::job_state END,
-           queued_at = GREATEST(jobs.run_at, $2), fair_at = GREATEST(jobs.run_at, $2),
-           deadline_at = CASE WHEN s.skipped THEN jobs.deadline_at
-                              ELSE COALESCE(jobs.deadline_at, GREATEST(jobs.run_at, $2) + s.deadline_ms) END,
-           finished_at = CASE WHEN s.skipped THEN $2 END,
-           last_error = CASE WHEN s.skipped THEN 'skipped: its condition (' || s.cond || ') did not hold' END,
-           updated_at = $2
+    concat!(
+        "UPDATE jobs SET ",
+        pg_release_set!("jobs", "s", "$2"),
+        "
       FROM workflow_steps s
      WHERE s.job_id = jobs.id AND jobs.state = 'pending' AND jobs.id = ANY($1)
-     RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue, jobs.state::text AS state",
+     RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue, jobs.state::text AS state"
+    ),
 );
 
 /// `$1` the adding step: whether it runs under `$2` agent's `$3` lease,
@@ -535,11 +593,13 @@ pub(crate) async fn released<B: Backend>(
         .collect()
 }
 
-/// What a claim knows of a step before [`fill_contexts`]: its workflow.
-pub(crate) fn context_of(workflow_id: WorkflowId) -> StepContext {
+/// What a claim knows of a step from its job's row: its workflow, and its
+/// name if it needs no other step (`jobs.root_step`: then that is all
+/// there is to know). [`fill_contexts`] reads the rest for the others.
+pub(crate) fn context_of(workflow_id: WorkflowId, root_step: Option<String>) -> StepContext {
     StepContext {
         workflow_id,
-        step: String::new(),
+        step: root_step.unwrap_or_default(),
         succeeded: 0,
         not_succeeded: 0,
         needs: std::collections::BTreeMap::new(),
@@ -549,14 +609,15 @@ pub(crate) fn context_of(workflow_id: WorkflowId) -> StepContext {
 
 /// Fills in the claimed workflow steps' names and how their needs ended,
 /// their results up to [`MAX_NEEDS_RESULTS_BYTES`] a step: one read, only
-/// when a claim took a step.
+/// when a claim took a step that is not known, from its row, to need
+/// nothing (a sixth of such a step's cost was this read).
 pub(crate) async fn fill_contexts<B: Backend>(
     b: &B,
     claimed: &mut [homeostat_model::ClaimedJob],
 ) -> Result<(), StoreError> {
     let ids: Vec<homeostat_model::Id> = claimed
         .iter()
-        .filter(|c| c.workflow.is_some())
+        .filter(|c| c.workflow.as_ref().is_some_and(|w| w.step.is_empty()))
         .map(|c| c.id.as_uuid())
         .collect();
     if ids.is_empty() {
@@ -673,6 +734,7 @@ impl<'a> StepRows<'a> {
                 "needed": needed(&step.name).then_some(true),
                 "limit_keys": crate::limits::stored_keys(job),
                 "traceparent": job.traceparent,
+                "root_step": step.needs.is_empty().then_some(&step.name),
             }));
             rows.push(json!({
                 "job_id": id.to_string(),

@@ -6,7 +6,9 @@ use homeostat_testkit::{self as backends, agent, completions, tenant, wakes, wok
 
 use std::time::{Duration, Instant};
 
-use homeostat_model::{NewJob, PlanTier};
+use homeostat_model::{
+    JobState, NewJob, NewStep, NewWorkflow, PlanTier, StepCondition, WorkflowState,
+};
 use homeostat_store::{Completion, Store, StoreClock};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,4 +113,65 @@ async fn jobs_wake_claims_waiting_on_another_replica_only_for_what_its_own_did_n
     one.close().await;
     two.close().await;
     test.cleanup().await;
+}
+
+/// A step's completion moves the steps that need it in its own statement
+/// on the replica that leased it, and through the trigger on any other:
+/// a join whose parents finish one each way is released by the second
+/// completion, in that completion's transaction, whichever comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_is_released_whichever_replica_completes_its_parents() {
+    let Some(test) = backends::postgres().await else {
+        return;
+    };
+    let one = test.replica().await.expect("PostgreSQL");
+    let two = test.replica().await.expect("PostgreSQL");
+    let t = tenant(&test, "acme", PlanTier::Standard).await;
+    let a = agent(&test, Some(t), &["ci"]).await;
+    let step = |name: &str, needs: &[&str]| NewStep {
+        name: name.into(),
+        job: NewJob::new("ci", name),
+        needs: needs.iter().map(|n| (*n).to_owned()).collect(),
+        when: StepCondition::OnSuccess,
+    };
+    // First the leasing replica's own completion, then the other's; then
+    // the other way round.
+    for leasing_first in [true, false] {
+        let wf = one
+            .submit_workflow(
+                t,
+                &NewWorkflow {
+                    name: "fan-in".into(),
+                    steps: vec![step("a", &[]), step("b", &[]), step("join", &["a", "b"])],
+                },
+                "test",
+            )
+            .await
+            .unwrap();
+        let claimed = one.claim(a, 10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(claimed.len(), 2, "a and b");
+        let done = completions(&claimed);
+        let (first, second) = if leasing_first {
+            (&one, &two)
+        } else {
+            (&two, &one)
+        };
+        first.complete_batch(a, &done[..1]).await.unwrap();
+        let join = wf.steps.iter().find(|s| s.name == "join").unwrap().job_id;
+        let pending = test.get_job(join).await.unwrap();
+        assert_eq!(pending.state, JobState::Pending, "one need left");
+        second.complete_batch(a, &done[1..]).await.unwrap();
+        let released = test.get_job(join).await.unwrap();
+        assert_eq!(
+            released.state,
+            JobState::Queued,
+            "leasing first: {leasing_first}"
+        );
+        let claimed = two.claim(a, 10, Duration::from_secs(60)).await.unwrap();
+        let ctx = claimed[0].workflow.as_ref().unwrap();
+        assert_eq!((ctx.step.as_str(), ctx.succeeded), ("join", 2));
+        two.complete_batch(a, &completions(&claimed)).await.unwrap();
+        let wf = test.workflow(wf.id).await.unwrap();
+        assert_eq!(wf.state, WorkflowState::Succeeded);
+    }
 }

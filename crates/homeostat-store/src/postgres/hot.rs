@@ -18,7 +18,7 @@ use crate::{ClaimedJob, Completion, Enqueued};
 macro_rules! claim_returning {
     () => {
         "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token, timeout_ms,
-         effective_priority, fair_at, lease_expires_at, workflow_id, traceparent"
+         effective_priority, fair_at, lease_expires_at, workflow_id, traceparent, root_step, needed"
     };
 }
 
@@ -313,6 +313,7 @@ impl PgStore {
         // and checking it again per value is a tenth of the claim's client
         // time. A wrong width still fails to decode, as an error.
         let mut claimed = Vec::with_capacity(rows.len());
+        let mut needed = Vec::new();
         for r in &rows {
             let int = |i: usize| r.try_get_unchecked::<i64, _>(i).op(op);
             let payload: &str = r.try_get_unchecked(4).op(op)?;
@@ -327,14 +328,21 @@ impl PgStore {
                 lease_token: int(7)?,
                 lease_expires_at: ts(int(11)?),
                 timeout_secs: in_range::<u64>(op, "timeout_ms", int(8)?)? / 1000,
-                workflow: r
-                    .try_get_unchecked::<Option<Id>, _>(12)
-                    .op(op)?
-                    .map(|w| crate::workflows::context_of(w.into())),
+                workflow: match r.try_get_unchecked::<Option<Id>, _>(12).op(op)? {
+                    Some(w) => Some(crate::workflows::context_of(
+                        w.into(),
+                        r.try_get_unchecked(14).op(op)?,
+                    )),
+                    None => None,
+                },
                 traceparent: r.try_get_unchecked(13).op(op)?,
             };
+            if r.try_get_unchecked::<Option<bool>, _>(15).op(op)? == Some(true) {
+                needed.push(job.id.as_uuid());
+            }
             claimed.push(((-int(9)?, int(10)?), job));
         }
+        self.leased_steps.leased(&needed, ms(self.now()));
         claimed.sort_by_key(|(key, _)| *key);
         Ok(claimed.into_iter().map(|(_, job)| job).collect())
     }
@@ -352,27 +360,94 @@ impl PgStore {
             .iter()
             .map(|c| c.result.as_ref().map(|v| v.to_string()))
             .collect();
-        let done = sqlx::query_as::<_, (Id, String, String, i64, Option<i64>)>(concat!(
-            "UPDATE jobs SET state = 'succeeded', result = c.result, finished_at = $4,
-                   updated_at = $4, lease_expires_at = NULL, timeout_at = NULL
-                 FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
-                 WHERE jobs.id = c.id AND jobs.lease_token = c.token
-                   AND jobs.lease_agent = $5 AND jobs.",
-            crate::backend::pg_running!(),
-            " RETURNING jobs.id, jobs.queue, jobs.kind, jobs.queued_at, jobs.started_at"
-        ))
-        .bind(&ids)
-        .bind(&tokens)
-        .bind(&results)
-        .bind(ms(now))
-        .bind(agent.as_uuid())
-        .fetch_all(&self.pool)
-        .await;
+        let statement = if self.leased_steps.take_any(&ids) {
+            COMPLETE_STEPS
+        } else {
+            COMPLETE
+        };
+        let done = sqlx::query(statement)
+            .bind(&ids)
+            .bind(&tokens)
+            .bind(&results)
+            .bind(ms(now))
+            .bind(agent.as_uuid())
+            .fetch_all(&self.pool)
+            .await;
         let done = self.watch(done).op(op)?;
+        let done = done
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get_unchecked::<Id, _>(0)?,
+                    r.try_get_unchecked(1)?,
+                    r.try_get_unchecked(2)?,
+                    r.try_get_unchecked(3)?,
+                    r.try_get_unchecked(4)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .op(op)?;
         let mut done = crate::job_metrics::ended_by_id(done);
         Ok(ids.iter().map(|id| done.remove(id)).collect())
     }
 }
+
+/// Completes `$1` ids under `$2` lease tokens with `$3` results, at `$4`,
+/// held by agent `$5`.
+const COMPLETE: &str = concat!(
+    "UPDATE jobs SET state = 'succeeded', result = c.result, finished_at = $4,
+       updated_at = $4, lease_expires_at = NULL, timeout_at = NULL
+     FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
+     WHERE jobs.id = c.id AND jobs.lease_token = c.token
+       AND jobs.lease_agent = $5 AND jobs.",
+    crate::backend::pg_running!(),
+    " RETURNING jobs.id, jobs.queue, jobs.kind, jobs.queued_at, jobs.started_at"
+);
+
+/// [`COMPLETE`], and the workflow steps whose needs the completed jobs
+/// were move in the same statement, for all of them at once, instead of
+/// the row trigger of migration `workflows` once each (its call was most
+/// of what a workflow step cost beyond a job). The completed rows that
+/// others need are marked `needed = false` — done, their dependents moved
+/// — which the trigger's `WHEN` skips; every other end of a step, and a
+/// completion by the plain statement, still goes through the trigger.
+/// The moves are the trigger's for a success (see its comments).
+const COMPLETE_STEPS: &str = concat!(
+    "WITH done AS (
+       UPDATE jobs SET state = 'succeeded', result = c.result, finished_at = $4,
+         updated_at = $4, lease_expires_at = NULL, timeout_at = NULL,
+         needed = CASE WHEN jobs.needed THEN false END
+       FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
+       WHERE jobs.id = c.id AND jobs.lease_token = c.token
+         AND jobs.lease_agent = $5 AND jobs.",
+    crate::backend::pg_running!(),
+    "
+       RETURNING jobs.id, jobs.queue, jobs.kind, jobs.queued_at, jobs.started_at, jobs.needed),
+     moved AS (
+       UPDATE workflow_steps s
+          SET needs_left = s.needs_left - e.n,
+              skipped = s.needs_left = e.n AND NOT (
+                  s.cond = 'always'
+                  OR (s.cond = 'on_success' AND s.not_succeeded = 0)
+                  OR (s.cond = 'on_failure' AND s.not_succeeded > 0))
+         FROM (SELECT n.job_id, count(*) AS n FROM done d
+                 JOIN workflow_needs n ON n.parent_id = d.id
+                WHERE d.needed = false GROUP BY n.job_id) e
+        WHERE s.job_id = e.job_id
+       RETURNING s.job_id, s.needs_left, s.skipped, s.cond, s.deadline_ms),
+     released AS (
+       UPDATE jobs j SET ",
+    crate::workflows::pg_release_set!("j", "m", "$4"),
+    "
+         FROM moved m
+        WHERE j.id = m.job_id AND m.needs_left = 0 AND j.state = 'pending'
+       RETURNING j.tenant_id, j.queue, j.state)
+     SELECT d.id, d.queue, d.kind, d.queued_at, d.started_at,
+       (SELECT count(pg_notify('homeostat_queued', '0 ' || r.n || ' ' || r.tenant_id || ' ' || r.queue))
+          FROM (SELECT tenant_id, queue, count(*) AS n FROM released
+                 WHERE state = 'queued' GROUP BY tenant_id, queue) r) AS announced
+       FROM done d"
+);
 
 /// Column arrays of a batch insert.
 #[derive(Default)]

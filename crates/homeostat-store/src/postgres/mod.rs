@@ -3,6 +3,7 @@
 //! statement; lease expiry is judged by the database's clock.
 
 mod hot;
+mod steps;
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub(crate) struct PgStore {
     /// When a statement last met a broken connection: older connections
     /// are replaced rather than handed out.
     breakage: Arc<crate::health::Breakage>,
+    /// Jobs leased here that other workflow steps need.
+    leased_steps: Arc<steps::LeasedSteps>,
 }
 
 /// The listener task: started once, stopped by `close`.
@@ -112,6 +115,7 @@ impl PgStore {
             options,
             listener: Arc::default(),
             breakage,
+            leased_steps: Arc::default(),
         })
     }
 

@@ -27,7 +27,8 @@ macro_rules! claim_set {
 macro_rules! claim_returning {
     () => {
         "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token,
-         lease_expires_at, timeout_ms, effective_priority, fair_at, workflow_id, traceparent"
+         lease_expires_at, timeout_ms, effective_priority, fair_at, workflow_id, traceparent,
+         root_step"
     };
 }
 
@@ -264,9 +265,10 @@ impl SqliteStore {
                 lease_token: int(7)?,
                 lease_expires_at: ts(int(8)?),
                 timeout_secs: in_range::<u64>(op, "timeout_ms", int(9)?)? / 1000,
-                workflow: r
-                    .opt_id::<homeostat_model::WorkflowId>("workflow_id")?
-                    .map(crate::workflows::context_of),
+                workflow: match r.opt_id::<homeostat_model::WorkflowId>("workflow_id")? {
+                    Some(w) => Some(crate::workflows::context_of(w, r.opt_text("root_step")?)),
+                    None => None,
+                },
                 traceparent: r.opt_text("traceparent")?,
             });
             order.push((-int(10)?, int(11)?));

@@ -1,0 +1,6 @@
+-- The name of a workflow step that needs no other step, on its job: all a
+-- claim tells the agent of such a step, so its claim reads nothing more
+-- (a step with needs has its needs' outcomes read after its claim). NULL
+-- for every other job, and for steps submitted by a build before this
+-- column, whose claims read their names as before.
+ALTER TABLE jobs ADD COLUMN root_step TEXT;
