@@ -163,7 +163,10 @@ impl From<StoreError> for ApiError {
                 ..Self::internal(message, cause)
             };
         }
-        Self::new(code, e.to_string())
+        match e {
+            StoreError::Invalid(e) => e.into(),
+            e => Self::new(code, e.to_string()),
+        }
     }
 }
 
@@ -181,9 +184,11 @@ impl From<homeostat_runtime::ManagerError> for ApiError {
     }
 }
 
+/// "field: what is wrong", as the API's own checks word it (the code,
+/// `invalid`, already says the rest).
 impl From<ValidationError> for ApiError {
     fn from(e: ValidationError) -> Self {
-        Self::invalid(e.to_string())
+        Self::invalid(format!("{}: {}", e.field, e.message))
     }
 }
 
@@ -291,6 +296,24 @@ mod tests {
         .into_response();
         assert_eq!(res.status(), StatusCode::NOT_FOUND);
         assert!(res.extensions().get::<FailureCause>().is_none());
+    }
+
+    #[test]
+    fn a_rule_the_store_checks_reads_as_the_apis_own_checks() {
+        let rule = || ValidationError::new("limits[0].key", "must not hold control characters");
+        for res in [
+            ApiError::from(StoreError::from(rule())),
+            ApiError::from(rule()),
+        ] {
+            let res = res.into_response();
+            assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            let body = body_of(res);
+            assert_eq!(body.code, ErrorCode::Invalid);
+            assert_eq!(
+                body.message,
+                "limits[0].key: must not hold control characters"
+            );
+        }
     }
 
     fn body_of(res: Response) -> ErrorBody {

@@ -321,6 +321,7 @@ macro_rules! pg_release_set {
     };
 }
 
+#[cfg(feature = "postgres")]
 pub(crate) use pg_release_set;
 
 /// `$1` stragglers, `$2` now: released or skipped, as the trigger does.
