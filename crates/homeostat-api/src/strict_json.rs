@@ -67,8 +67,8 @@ const MESSAGE_CHARS: usize = 300;
 /// `message` cut to [`MESSAGE_CHARS`] characters, so that a refusal does
 /// not echo a body's worth of its input back.
 fn bounded(message: String) -> String {
-    match message.char_indices().nth(MESSAGE_CHARS) {
-        Some((cut, _)) => format!("{}…", &message[..cut]),
+    match homeostat_model::clipped(&message, MESSAGE_CHARS) {
+        Some(head) => format!("{head}…"),
         None => message,
     }
 }

@@ -25,10 +25,18 @@ const SHOWN_CHARS: usize = 80;
 /// [`SHOWN_CHARS`] characters: a refusal names what it refused without
 /// echoing a body's worth of it back.
 pub(crate) fn shown(value: &str) -> String {
-    match value.char_indices().nth(SHOWN_CHARS) {
-        Some((cut, _)) => format!("{:?}…", &value[..cut]),
+    match clipped(value, SHOWN_CHARS) {
+        Some(head) => format!("{head:?}…"),
         None => format!("{value:?}"),
     }
+}
+
+/// The first `max_chars` characters of `text`, if it has more: where an
+/// error message cuts what it would otherwise repeat whole.
+pub fn clipped(text: &str, max_chars: usize) -> Option<&str> {
+    text.char_indices()
+        .nth(max_chars)
+        .map(|(cut, _)| &text[..cut])
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ mod workflow;
 
 pub use agent::{Agent, AgentStatus, NewAgent};
 pub use audit::{AuditAction, AuditEvent, NewAuditEvent};
-pub use error::ValidationError;
+pub use error::{ValidationError, clipped};
 pub use error_code::ErrorCode;
 pub use id::{AgentId, JobId, NotificationId, TenantId, TokenId, VerificationId, WorkflowId};
 pub use job::{

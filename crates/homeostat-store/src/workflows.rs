@@ -259,62 +259,35 @@ const RECOUNT: Sql = Sql::pair(
     ),
 );
 
-/// What a step's job becomes when its last need finishes at `now`, on
-/// PostgreSQL: `job` its row in `jobs`, `step` its row in `workflow_steps`
-/// (moved: `skipped` says whether its condition failed). The trigger of
+/// What a step's job becomes when its last need finishes at `$now` (a
+/// parameter), on PostgreSQL: the job's row is `jobs`, its step's moved
+/// row `s` (`skipped` says whether its condition failed). The trigger of
 /// migration `workflows` writes the same.
 macro_rules! pg_release_set {
-    ($job:literal, $step:literal, $now:literal) => {
+    ($now:literal) => {
         concat!(
-            "state = CASE WHEN ",
-            $step,
-            ".skipped THEN 'cancelled'::job_state
-                WHEN ",
-            $job,
-            ".approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
-                WHEN ",
-            $job,
-            ".run_at > ",
+            "state = CASE WHEN s.skipped THEN 'cancelled'::job_state
+                WHEN jobs.approval_expires_at IS NOT NULL THEN 'awaiting_approval'::job_state
+                WHEN jobs.run_at > ",
             $now,
             " THEN 'scheduled'::job_state
-                WHEN ",
-            $job,
-            ".limit_keys IS NOT NULL THEN 'waiting'::job_state
+                WHEN jobs.limit_keys IS NOT NULL THEN 'waiting'::job_state
                 ELSE 'queued'::job_state END,
-             queued_at = GREATEST(",
-            $job,
-            ".run_at, ",
+             queued_at = GREATEST(jobs.run_at, ",
             $now,
             "),
-             fair_at = GREATEST(",
-            $job,
-            ".run_at, ",
+             fair_at = GREATEST(jobs.run_at, ",
             $now,
             "),
-             deadline_at = CASE WHEN ",
-            $step,
-            ".skipped THEN ",
-            $job,
-            ".deadline_at
-                ELSE COALESCE(",
-            $job,
-            ".deadline_at, GREATEST(",
-            $job,
-            ".run_at, ",
+             deadline_at = CASE WHEN s.skipped THEN jobs.deadline_at
+                ELSE COALESCE(jobs.deadline_at, GREATEST(jobs.run_at, ",
             $now,
-            ") + ",
-            $step,
-            ".deadline_ms) END,
-             finished_at = CASE WHEN ",
-            $step,
-            ".skipped THEN ",
+            ") + s.deadline_ms) END,
+             finished_at = CASE WHEN s.skipped THEN ",
             $now,
             " END,
-             last_error = CASE WHEN ",
-            $step,
-            ".skipped THEN 'skipped: its condition (' || ",
-            $step,
-            ".cond || ') did not hold' END,
+             last_error = CASE WHEN s.skipped
+                THEN 'skipped: its condition (' || s.cond || ') did not hold' END,
              updated_at = ",
             $now
         )
@@ -344,7 +317,7 @@ const RELEASE: Sql = Sql::pair(
      RETURNING jobs.tenant_id AS tenant_id, jobs.queue AS queue, jobs.state AS state",
     concat!(
         "UPDATE jobs SET ",
-        pg_release_set!("jobs", "s", "$2"),
+        pg_release_set!("$2"),
         "
       FROM workflow_steps s
      WHERE s.job_id = jobs.id AND jobs.state = 'pending' AND jobs.id = ANY($1)

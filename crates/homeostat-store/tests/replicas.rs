@@ -126,6 +126,7 @@ async fn a_join_is_released_whichever_replica_completes_its_parents() {
     };
     let one = test.replica().await.expect("PostgreSQL");
     let two = test.replica().await.expect("PostgreSQL");
+    two.listening().await;
     let t = tenant(&test, "acme", PlanTier::Standard).await;
     let a = agent(&test, Some(t), &["ci"]).await;
     let step = |name: &str, needs: &[&str]| NewStep {
@@ -160,6 +161,9 @@ async fn a_join_is_released_whichever_replica_completes_its_parents() {
         let join = wf.steps.iter().find(|s| s.name == "join").unwrap().job_id;
         let pending = test.get_job(join).await.unwrap();
         assert_eq!(pending.state, JobState::Pending, "one need left");
+        // A claim waiting on the other replica hears of the release, by
+        // the trigger's NOTIFY or by the completion statement's.
+        let mut waiting = two.queued_waiter(a, None, 1).await.unwrap();
         second.complete_batch(a, &done[1..]).await.unwrap();
         let released = test.get_job(join).await.unwrap();
         assert_eq!(
@@ -167,6 +171,7 @@ async fn a_join_is_released_whichever_replica_completes_its_parents() {
             JobState::Queued,
             "leasing first: {leasing_first}"
         );
+        wakes(&mut waiting, "the claim waiting for the join").await;
         let claimed = two.claim(a, 10, Duration::from_secs(60)).await.unwrap();
         let ctx = claimed[0].workflow.as_ref().unwrap();
         assert_eq!((ctx.step.as_str(), ctx.succeeded), ("join", 2));

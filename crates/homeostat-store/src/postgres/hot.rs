@@ -317,6 +317,7 @@ impl PgStore {
         for r in &rows {
             let int = |i: usize| r.try_get_unchecked::<i64, _>(i).op(op);
             let payload: &str = r.try_get_unchecked(4).op(op)?;
+            let root_step: Option<String> = r.try_get_unchecked(14).op(op)?;
             let job = ClaimedJob {
                 id: JobId::from(r.try_get_unchecked::<Id, _>(0).op(op)?),
                 tenant_id: TenantId::from(r.try_get_unchecked::<Id, _>(1).op(op)?),
@@ -328,13 +329,10 @@ impl PgStore {
                 lease_token: int(7)?,
                 lease_expires_at: ts(int(11)?),
                 timeout_secs: in_range::<u64>(op, "timeout_ms", int(8)?)? / 1000,
-                workflow: match r.try_get_unchecked::<Option<Id>, _>(12).op(op)? {
-                    Some(w) => Some(crate::workflows::context_of(
-                        w.into(),
-                        r.try_get_unchecked(14).op(op)?,
-                    )),
-                    None => None,
-                },
+                workflow: r
+                    .try_get_unchecked::<Option<Id>, _>(12)
+                    .op(op)?
+                    .map(|w| crate::workflows::context_of(w.into(), root_step)),
                 traceparent: r.try_get_unchecked(13).op(op)?,
             };
             if r.try_get_unchecked::<Option<bool>, _>(15).op(op)? == Some(true) {
@@ -365,7 +363,7 @@ impl PgStore {
         } else {
             COMPLETE
         };
-        let done = sqlx::query(statement)
+        let done = sqlx::query_as::<_, (Id, String, String, i64, Option<i64>)>(statement)
             .bind(&ids)
             .bind(&tokens)
             .bind(&results)
@@ -374,19 +372,6 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await;
         let done = self.watch(done).op(op)?;
-        let done = done
-            .iter()
-            .map(|r| {
-                Ok((
-                    r.try_get_unchecked::<Id, _>(0)?,
-                    r.try_get_unchecked(1)?,
-                    r.try_get_unchecked(2)?,
-                    r.try_get_unchecked(3)?,
-                    r.try_get_unchecked(4)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .op(op)?;
         let mut done = crate::job_metrics::ended_by_id(done);
         Ok(ids.iter().map(|id| done.remove(id)).collect())
     }
@@ -436,17 +421,17 @@ const COMPLETE_STEPS: &str = concat!(
         WHERE s.job_id = e.job_id
        RETURNING s.job_id, s.needs_left, s.skipped, s.cond, s.deadline_ms),
      released AS (
-       UPDATE jobs j SET ",
-    crate::workflows::pg_release_set!("j", "m", "$4"),
+       UPDATE jobs SET ",
+    crate::workflows::pg_release_set!("$4"),
     "
-         FROM moved m
-        WHERE j.id = m.job_id AND m.needs_left = 0 AND j.state = 'pending'
-       RETURNING j.tenant_id, j.queue, j.state)
-     SELECT d.id, d.queue, d.kind, d.queued_at, d.started_at,
-       (SELECT count(pg_notify('homeostat_queued', '0 ' || r.n || ' ' || r.tenant_id || ' ' || r.queue))
-          FROM (SELECT tenant_id, queue, count(*) AS n FROM released
-                 WHERE state = 'queued' GROUP BY tenant_id, queue) r) AS announced
-       FROM done d"
+         FROM moved s
+        WHERE jobs.id = s.job_id AND s.needs_left = 0 AND jobs.state = 'pending'
+       RETURNING jobs.tenant_id, jobs.queue, jobs.state),
+     announced AS (
+       SELECT count(pg_notify('homeostat_queued', '0 ' || r.n || ' ' || r.tenant_id || ' ' || r.queue))
+         FROM (SELECT tenant_id, queue, count(*) AS n FROM released
+                WHERE state = 'queued' GROUP BY tenant_id, queue) r)
+     SELECT d.id, d.queue, d.kind, d.queued_at, d.started_at FROM done d, announced"
 );
 
 /// Column arrays of a batch insert.

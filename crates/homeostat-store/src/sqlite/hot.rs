@@ -254,6 +254,7 @@ impl SqliteStore {
             // another type or range is a corrupt row, not a panic.
             let int = |i: usize| r.try_get::<i64, _>(i).op(op);
             let payload: String = r.try_get(4).op(op)?;
+            let root_step = r.opt_text("root_step")?;
             claimed.push(ClaimedJob {
                 id: r.id("id")?,
                 tenant_id: r.id("tenant_id")?,
@@ -265,10 +266,9 @@ impl SqliteStore {
                 lease_token: int(7)?,
                 lease_expires_at: ts(int(8)?),
                 timeout_secs: in_range::<u64>(op, "timeout_ms", int(9)?)? / 1000,
-                workflow: match r.opt_id::<homeostat_model::WorkflowId>("workflow_id")? {
-                    Some(w) => Some(crate::workflows::context_of(w, r.opt_text("root_step")?)),
-                    None => None,
-                },
+                workflow: r
+                    .opt_id::<homeostat_model::WorkflowId>("workflow_id")?
+                    .map(|w| crate::workflows::context_of(w, root_step)),
                 traceparent: r.opt_text("traceparent")?,
             });
             order.push((-int(10)?, int(11)?));
