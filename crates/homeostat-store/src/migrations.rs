@@ -226,6 +226,11 @@ pub(crate) const POSTGRES: Set = &[
         "root step",
         include_str!("../migrations/postgres/0024_root_step.sql"),
     ),
+    (
+        25,
+        "step counts room",
+        include_str!("../migrations/postgres/0025_step_counts_room.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

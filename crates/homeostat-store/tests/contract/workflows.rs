@@ -476,6 +476,21 @@ async fn a_retry_reruns_what_failed_and_keeps_what_succeeded(store: &Store) {
     assert!(history.iter().all(|e| e.actor == "operator:ann"));
 }
 
+/// Three scans, the third needing the second, and a summary that needs
+/// them all, whatever became of them.
+fn scans_then_summary() -> Vec<NewStep> {
+    vec![
+        on_success("scan-a", &[]),
+        on_success("scan-b", &[]),
+        on_success("scan-c", &["scan-b"]),
+        step(
+            "summary",
+            &["scan-a", "scan-b", "scan-c"],
+            StepCondition::Always,
+        ),
+    ]
+}
+
 async fn a_join_is_claimed_with_its_needs_results(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let a = agent(store, None, &["ci"]).await;
@@ -485,16 +500,7 @@ async fn a_join_is_claimed_with_its_needs_results(store: &Store) {
             t,
             &NewWorkflow {
                 name: "batch".into(),
-                steps: vec![
-                    on_success("scan-a", &[]),
-                    on_success("scan-b", &[]),
-                    on_success("scan-c", &["scan-b"]),
-                    step(
-                        "summary",
-                        &["scan-a", "scan-b", "scan-c"],
-                        StepCondition::Always,
-                    ),
-                ],
+                steps: scans_then_summary(),
             },
             "test",
         )
@@ -558,6 +564,146 @@ async fn a_join_is_claimed_with_its_needs_results(store: &Store) {
         .unwrap();
     let plain = store.at(at(5)).claim(a, 10, LEASE).await.unwrap();
     assert!(plain[0].workflow.is_none());
+}
+
+/// Claims the one step claimable at `secs`: its name, lease token and
+/// what it is told of its needs.
+async fn claim_one(
+    store: &Store,
+    a: AgentId,
+    wf: &Workflow,
+    secs: i64,
+) -> (String, i64, homeostat_model::StepContext) {
+    let claimed = store.at(at(secs)).claim(a, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    let ctx = claimed[0]
+        .workflow
+        .clone()
+        .expect("a step knows its workflow");
+    let name = wf.steps.iter().find(|s| s.job_id == claimed[0].id).unwrap();
+    assert_eq!(ctx.step, name.name);
+    (ctx.step.clone(), claimed[0].lease_token, ctx)
+}
+
+/// The join's last parent ends by a completion (on PostgreSQL the
+/// completion's own statement releases the join), then, after a retry, by
+/// a failure (the trigger releases it): each claim tells how the needs
+/// ended that time, never the time before.
+async fn a_join_is_told_how_its_needs_ended_each_time_it_is_released(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let wf = submit(store, t, scans_then_summary()).await;
+    let fail = |name: &str, token: i64, secs: i64| {
+        let id = job_of(&wf, name);
+        async move {
+            store
+                .at(at(secs))
+                .fail(&Failure {
+                    agent: a,
+                    id,
+                    lease_token: token,
+                    error: "unreachable",
+                    permanent: true,
+                })
+                .await
+                .unwrap();
+        }
+    };
+    let first = claim_all(store, a, &wf, 1).await;
+    let token = |name: &str| first.iter().find(|(n, _)| n == name).unwrap().1;
+    fail("scan-b", token("scan-b"), 2).await;
+    store
+        .at(at(3))
+        .complete(
+            a,
+            job_of(&wf, "scan-a"),
+            token("scan-a"),
+            Some(serde_json::json!({"findings": 3})),
+        )
+        .await
+        .unwrap();
+    let (_, summary, ctx) = claim_one(store, a, &wf, 4).await;
+    assert_eq!((ctx.succeeded, ctx.not_succeeded), (1, 2));
+    assert_eq!(ctx.needs.len(), 3);
+    assert_eq!(ctx.needs["scan-a"].state, JobState::Succeeded);
+    assert_eq!(
+        ctx.needs["scan-a"].result,
+        Some(serde_json::json!({"findings": 3}))
+    );
+    assert_eq!(ctx.needs["scan-b"].state, JobState::Dead);
+    assert_eq!(ctx.needs["scan-b"].result, None);
+    assert!(ctx.needs["scan-c"].skipped && !ctx.needs["scan-a"].skipped);
+    assert!(!ctx.truncated);
+    fail("summary", summary, 5).await;
+
+    // Run again: scan-b succeeds, scan-c fails and so releases the summary.
+    store.at(at(6)).retry_workflow(wf.id, "test").await.unwrap();
+    let (name, token_b, ctx) = claim_one(store, a, &wf, 7).await;
+    assert_eq!(name, "scan-b");
+    assert!(ctx.needs.is_empty());
+    store
+        .at(at(8))
+        .complete(
+            a,
+            job_of(&wf, "scan-b"),
+            token_b,
+            Some(serde_json::json!(7)),
+        )
+        .await
+        .unwrap();
+    let (name, token_c, ctx) = claim_one(store, a, &wf, 9).await;
+    assert_eq!(name, "scan-c");
+    assert_eq!((ctx.succeeded, ctx.not_succeeded), (1, 0));
+    assert_eq!(ctx.needs["scan-b"].result, Some(serde_json::json!(7)));
+    fail("scan-c", token_c, 10).await;
+    let (name, _, ctx) = claim_one(store, a, &wf, 11).await;
+    assert_eq!(name, "summary");
+    assert_eq!((ctx.succeeded, ctx.not_succeeded), (2, 1));
+    assert_eq!(ctx.needs["scan-b"].state, JobState::Succeeded);
+    assert_eq!(ctx.needs["scan-b"].result, Some(serde_json::json!(7)));
+    assert_eq!(ctx.needs["scan-c"].state, JobState::Dead);
+    assert!(!ctx.needs["scan-c"].skipped);
+    assert_eq!(
+        ctx.needs["scan-a"].result,
+        Some(serde_json::json!({"findings": 3}))
+    );
+}
+
+/// Needs' results over the bound a claim carries: the first ones, in the
+/// order the needs were submitted, and the claim says it was cut.
+async fn a_join_is_told_of_its_needs_results_up_to_the_bound(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    let wf = submit(
+        store,
+        t,
+        vec![
+            on_success("part-1", &[]),
+            on_success("part-2", &[]),
+            on_success("part-3", &[]),
+            on_success("join", &["part-1", "part-2", "part-3"]),
+        ],
+    )
+    .await;
+    // Three results of a little over a third of the bound each.
+    let big = "x".repeat(homeostat_model::MAX_NEEDS_RESULTS_BYTES / 3 + 10);
+    let parts = claim_all(store, a, &wf, 1).await;
+    for (secs, (name, token)) in (2..).zip(&parts) {
+        store
+            .at(at(secs))
+            .complete(a, job_of(&wf, name), *token, Some(serde_json::json!(big)))
+            .await
+            .unwrap();
+    }
+    let (name, _, ctx) = claim_one(store, a, &wf, 10).await;
+    assert_eq!(name, "join");
+    assert_eq!((ctx.succeeded, ctx.not_succeeded), (3, 0));
+    assert!(ctx.truncated);
+    assert_eq!(
+        ctx.needs.keys().collect::<Vec<_>>(),
+        ["part-1", "part-2"],
+        "the first two fit"
+    );
 }
 
 async fn a_running_step_fans_out_and_its_dependents_wait_for_the_new_steps(store: &Store) {
@@ -934,6 +1080,8 @@ on_both_backends!(
     a_released_step_wakes_a_waiting_claim,
     a_retry_reruns_what_failed_and_keeps_what_succeeded,
     a_join_is_claimed_with_its_needs_results,
+    a_join_is_told_how_its_needs_ended_each_time_it_is_released,
+    a_join_is_told_of_its_needs_results_up_to_the_bound,
     a_running_step_fans_out_and_its_dependents_wait_for_the_new_steps,
     bad_workflows_are_refused_whole,
     a_workflow_grown_at_run_time_keeps_the_bounds_on_its_steps,
