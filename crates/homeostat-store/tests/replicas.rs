@@ -179,4 +179,7 @@ async fn a_join_is_released_whichever_replica_completes_its_parents() {
         let wf = test.workflow(wf.id).await.unwrap();
         assert_eq!(wf.state, WorkflowState::Succeeded);
     }
+    one.close().await;
+    two.close().await;
+    test.cleanup().await;
 }

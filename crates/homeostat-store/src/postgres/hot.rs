@@ -377,17 +377,29 @@ impl PgStore {
     }
 }
 
-/// Completes `$1` ids under `$2` lease tokens with `$3` results, at `$4`,
-/// held by agent `$5`.
-const COMPLETE: &str = concat!(
-    "UPDATE jobs SET state = 'succeeded', result = c.result, finished_at = $4,
-       updated_at = $4, lease_expires_at = NULL, timeout_at = NULL
-     FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
-     WHERE jobs.id = c.id AND jobs.lease_token = c.token
-       AND jobs.lease_agent = $5 AND jobs.",
-    crate::backend::pg_running!(),
-    " RETURNING jobs.id, jobs.queue, jobs.kind, jobs.queued_at, jobs.started_at"
-);
+/// The update that completes `$1` ids under `$2` lease tokens with `$3`
+/// results, at `$4`, held by agent `$5`, setting `$set` too and returning
+/// `$returning` after what [`crate::job_metrics::ended_by_id`] reads.
+macro_rules! complete_update {
+    ($set:literal, $returning:literal) => {
+        concat!(
+            "UPDATE jobs SET state = 'succeeded', result = c.result, finished_at = $4,
+               updated_at = $4, lease_expires_at = NULL, timeout_at = NULL",
+            $set,
+            "
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
+             WHERE jobs.id = c.id AND jobs.lease_token = c.token
+               AND jobs.lease_agent = $5 AND jobs.",
+            crate::backend::pg_running!(),
+            "
+             RETURNING jobs.id, jobs.queue, jobs.kind, jobs.queued_at, jobs.started_at",
+            $returning
+        )
+    };
+}
+
+/// Completes the jobs ([`complete_update`]).
+const COMPLETE: &str = complete_update!("", "");
 
 /// [`COMPLETE`], and the workflow steps whose needs the completed jobs
 /// were move in the same statement, for all of them at once, instead of
@@ -398,16 +410,12 @@ const COMPLETE: &str = concat!(
 /// completion by the plain statement, still goes through the trigger.
 /// The moves are the trigger's for a success (see its comments).
 const COMPLETE_STEPS: &str = concat!(
-    "WITH done AS (
-       UPDATE jobs SET state = 'succeeded', result = c.result, finished_at = $4,
-         updated_at = $4, lease_expires_at = NULL, timeout_at = NULL,
-         needed = CASE WHEN jobs.needed THEN false END
-       FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
-       WHERE jobs.id = c.id AND jobs.lease_token = c.token
-         AND jobs.lease_agent = $5 AND jobs.",
-    crate::backend::pg_running!(),
-    "
-       RETURNING jobs.id, jobs.queue, jobs.kind, jobs.queued_at, jobs.started_at, jobs.needed),
+    "WITH done AS (",
+    complete_update!(
+        ", needed = CASE WHEN jobs.needed THEN false END",
+        ", jobs.needed"
+    ),
+    "),
      moved AS (
        UPDATE workflow_steps s
           SET needs_left = s.needs_left - e.n,
