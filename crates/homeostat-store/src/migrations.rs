@@ -231,6 +231,11 @@ pub(crate) const POSTGRES: Set = &[
         "step counts room",
         include_str!("../migrations/postgres/0025_step_counts_room.sql"),
     ),
+    (
+        26,
+        "step context",
+        include_str!("../migrations/postgres/0026_step_context.sql"),
+    ),
 ];
 
 /// The newest schema version this build knows.

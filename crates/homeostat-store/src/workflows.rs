@@ -41,14 +41,15 @@ const INSERT_JOBS: Sql = Sql::pair(
     "INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
        effective_priority, state, max_attempts, timeout_ms, run_at, queued_at, fair_at,
        deadline_at, approval_expires_at, created_at, updated_at, workflow_id, needed, limit_keys,
-       traceparent, root_step)
+       traceparent, root_step, step)
      SELECT t.id, $2, t.queue, t.kind, t.payload, t.priority, t.priority, t.priority,
        t.state::job_state, t.max_attempts, t.timeout_ms, t.run_at, t.run_at, t.run_at,
-       t.deadline_at, t.approval, $3, $3, $4, t.needed, t.limit_keys, t.traceparent, t.root_step
+       t.deadline_at, t.approval, $3, $3, $4, t.needed, t.limit_keys, t.traceparent, t.root_step,
+       t.step
      FROM jsonb_to_recordset($1::jsonb) AS t(id uuid, queue text, kind text, payload text,
        priority bigint, state text, max_attempts bigint, timeout_ms bigint, run_at bigint,
        deadline_at bigint, approval bigint, needed boolean, limit_keys text, traceparent text,
-       root_step text)",
+       root_step text, step text)",
 );
 
 /// `$1` the steps as a JSON array, `$2` the workflow, `$3` the default
@@ -143,7 +144,7 @@ const RERUN_STEPS: Sql = Sql::pair(
                     ELSE 'queued'::job_state END,
        attempt = 0, finished_at = NULL, last_error = NULL, lease_agent = NULL,
        lease_expires_at = NULL, timeout_at = NULL, run_at = $2, queued_at = $2, fair_at = $2,
-       updated_at = $2,
+       updated_at = $2, step_context = NULL,
        deadline_at = CASE WHEN s.needs_left > 0 THEN NULL ELSE $2 + s.deadline_ms END
      FROM workflow_steps s
      WHERE s.job_id = jobs.id AND s.workflow_id = $1
@@ -581,6 +582,44 @@ pub(crate) fn context_of(workflow_id: WorkflowId, root_step: Option<String>) -> 
     }
 }
 
+/// A step's context as the completion that released it wrote it
+/// (`jobs.step_context` on PostgreSQL): its name, and each need — all
+/// succeeded, their results within [`MAX_NEEDS_RESULTS_BYTES`] — as a pair
+/// of its name and its result's JSON text.
+#[cfg(feature = "postgres")]
+pub(crate) fn written_context(
+    workflow_id: WorkflowId,
+    written: &str,
+) -> Result<StepContext, serde_json::Error> {
+    #[derive(serde::Deserialize)]
+    struct Written {
+        step: String,
+        needs: Vec<(String, Option<String>)>,
+    }
+    let Written { step, needs } = serde_json::from_str(written)?;
+    let succeeded = u32::try_from(needs.len()).unwrap_or(u32::MAX);
+    let needs = needs
+        .into_iter()
+        .map(|(name, result)| {
+            let result = result.map(|r| serde_json::from_str(&r)).transpose()?;
+            let outcome = NeedOutcome {
+                state: JobState::Succeeded,
+                skipped: false,
+                result,
+            };
+            Ok((name, outcome))
+        })
+        .collect::<Result<_, serde_json::Error>>()?;
+    Ok(StepContext {
+        workflow_id,
+        step,
+        succeeded,
+        not_succeeded: 0,
+        needs,
+        truncated: false,
+    })
+}
+
 /// Fills in the claimed workflow steps' names and how their needs ended,
 /// their results up to [`MAX_NEEDS_RESULTS_BYTES`] a step: one read, only
 /// when a claim took a step that is not known, from its row, to need
@@ -709,6 +748,7 @@ impl<'a> StepRows<'a> {
                 "limit_keys": crate::limits::stored_keys(job),
                 "traceparent": job.traceparent,
                 "root_step": step.needs.is_empty().then_some(&step.name),
+                "step": step.name,
             }));
             rows.push(json!({
                 "job_id": id.to_string(),

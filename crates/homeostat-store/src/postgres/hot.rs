@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use homeostat_model::{AgentId, Id, JobId, NewJob, TenantId, ids_at};
+use homeostat_model::{AgentId, Id, JobId, MAX_NEEDS_RESULTS_BYTES, NewJob, TenantId, ids_at};
 use sqlx::Row;
 
 use super::PgStore;
@@ -18,7 +18,8 @@ use crate::{ClaimedJob, Completion, Enqueued};
 macro_rules! claim_returning {
     () => {
         "id, tenant_id, queue, kind, payload, attempt, max_attempts, lease_token, timeout_ms,
-         effective_priority, fair_at, lease_expires_at, workflow_id, traceparent, root_step, needed"
+         effective_priority, fair_at, lease_expires_at, workflow_id, traceparent, root_step, needed,
+         step_context"
     };
 }
 
@@ -329,10 +330,14 @@ impl PgStore {
                 lease_token: int(7)?,
                 lease_expires_at: ts(int(11)?),
                 timeout_secs: in_range::<u64>(op, "timeout_ms", int(8)?)? / 1000,
-                workflow: r
-                    .try_get_unchecked::<Option<Id>, _>(12)
-                    .op(op)?
-                    .map(|w| crate::workflows::context_of(w.into(), root_step)),
+                workflow: match r.try_get_unchecked::<Option<Id>, _>(12).op(op)? {
+                    None => None,
+                    Some(w) => Some(match r.try_get_unchecked::<Option<&str>, _>(16).op(op)? {
+                        Some(written) => crate::workflows::written_context(w.into(), written)
+                            .map_err(|e| corrupt(op, e))?,
+                        None => crate::workflows::context_of(w.into(), root_step),
+                    }),
+                },
                 traceparent: r.try_get_unchecked(13).op(op)?,
             };
             if r.try_get_unchecked::<Option<bool>, _>(15).op(op)? == Some(true) {
@@ -398,6 +403,14 @@ macro_rules! complete_update {
     };
 }
 
+/// [`MAX_NEEDS_RESULTS_BYTES`] in SQL.
+macro_rules! max_needs_results_bytes {
+    () => {
+        "262144"
+    };
+}
+const _: () = assert!(MAX_NEEDS_RESULTS_BYTES == 262_144);
+
 /// Completes the jobs ([`complete_update`]).
 const COMPLETE: &str = complete_update!("", "");
 
@@ -409,13 +422,30 @@ const COMPLETE: &str = complete_update!("", "");
 /// — which the trigger's `WHEN` skips; every other end of a step, and a
 /// completion by the plain statement, still goes through the trigger.
 /// The moves are the trigger's for a success (see its comments).
+///
+/// A released step whose every need is among the completed rows has its
+/// context — its name, its needs' names and results — written on its job
+/// (`jobs.step_context`, migration 0026), and its claim reads nothing
+/// more; the count of its needs is read to know that (a running step may
+/// have added needs). Over [`MAX_NEEDS_RESULTS_BYTES`] of results, or
+/// with needs finished by other statements, it is left NULL, and the
+/// claim reads the context as before.
 const COMPLETE_STEPS: &str = concat!(
     "WITH done AS (",
     complete_update!(
         ", needed = CASE WHEN jobs.needed THEN false END",
-        ", jobs.needed"
+        ", jobs.needed, jobs.step, jobs.result"
     ),
     "),
+     finished AS (
+       SELECT n.job_id, count(*) AS n,
+              CASE WHEN bool_and(d.step IS NOT NULL)
+                    AND coalesce(sum(octet_length(d.result)), 0) <= ",
+    max_needs_results_bytes!(),
+    "
+                   THEN json_agg(json_build_array(d.step, d.result))::text END AS context
+         FROM done d JOIN workflow_needs n ON n.parent_id = d.id
+        WHERE d.needed = false GROUP BY n.job_id),
      moved AS (
        UPDATE workflow_steps s
           SET needs_left = s.needs_left - e.n,
@@ -423,15 +453,16 @@ const COMPLETE_STEPS: &str = concat!(
                   s.cond = 'always'
                   OR (s.cond = 'on_success' AND s.not_succeeded = 0)
                   OR (s.cond = 'on_failure' AND s.not_succeeded > 0))
-         FROM (SELECT n.job_id, count(*) AS n FROM done d
-                 JOIN workflow_needs n ON n.parent_id = d.id
-                WHERE d.needed = false GROUP BY n.job_id) e
+         FROM finished e
         WHERE s.job_id = e.job_id
-       RETURNING s.job_id, s.needs_left, s.skipped, s.cond, s.deadline_ms),
+       RETURNING s.job_id, s.name, s.needs_left, s.skipped, s.cond, s.deadline_ms, e.n, e.context),
      released AS (
        UPDATE jobs SET ",
     crate::workflows::pg_release_set!("$4"),
-    "
+    ",
+             step_context = CASE WHEN NOT s.skipped AND s.context IS NOT NULL
+                AND s.n = (SELECT count(*) FROM workflow_needs n WHERE n.job_id = s.job_id)
+                THEN '{\"step\":' || to_json(s.name) || ',\"needs\":' || s.context || '}' END
          FROM moved s
         WHERE jobs.id = s.job_id AND s.needs_left = 0 AND jobs.state = 'pending'
        RETURNING jobs.tenant_id, jobs.queue, jobs.state),

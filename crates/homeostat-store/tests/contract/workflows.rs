@@ -8,7 +8,7 @@ use homeostat_model::{
     AgentId, JobId, JobLimit, JobState, KeySource, LimitSelector, LimitSpec, NewJob, NewStep,
     NewWorkflow, PlanTier, StepCondition, Workflow, WorkflowState,
 };
-use homeostat_store::{Failure, Store, StoreError};
+use homeostat_store::{Completion, Failure, Store, StoreError};
 use homeostat_testkit::{At, agent, at, completions, on_both_backends, t0, tenant, wakes};
 
 use crate::LEASE;
@@ -669,9 +669,81 @@ async fn a_join_is_told_how_its_needs_ended_each_time_it_is_released(store: &Sto
     );
 }
 
+/// Completes `parts` (name, lease token, result) at `secs`: one batch if
+/// `together`, else one call each.
+async fn complete_parts(
+    store: &Store,
+    a: AgentId,
+    wf: &Workflow,
+    parts: &[(String, i64, serde_json::Value)],
+    together: bool,
+    secs: i64,
+) {
+    let batch: Vec<Completion> = parts
+        .iter()
+        .map(|(name, token, result)| Completion {
+            id: job_of(wf, name),
+            lease_token: *token,
+            result: Some(result.clone()),
+        })
+        .collect();
+    if together {
+        let done = store.at(at(secs)).complete_batch(a, &batch).await.unwrap();
+        assert_eq!(done.completed.len(), parts.len(), "{done:?}");
+    } else {
+        for c in &batch {
+            store
+                .at(at(secs))
+                .complete(a, c.id, c.lease_token, c.result.clone())
+                .await
+                .unwrap();
+        }
+    }
+}
+
 /// Needs' results over the bound a claim carries: the first ones, in the
-/// order the needs were submitted, and the claim says it was cut.
+/// order the needs were submitted, and the claim says it was cut — whether
+/// the needs finished one by one or in one completion.
 async fn a_join_is_told_of_its_needs_results_up_to_the_bound(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    // Three results of a little over a third of the bound each.
+    let big = serde_json::json!("x".repeat(homeostat_model::MAX_NEEDS_RESULTS_BYTES / 3 + 10));
+    for (together, secs) in [(false, 1), (true, 20)] {
+        let wf = submit(
+            store,
+            t,
+            vec![
+                on_success("part-1", &[]),
+                on_success("part-2", &[]),
+                on_success("part-3", &[]),
+                on_success("join", &["part-1", "part-2", "part-3"]),
+            ],
+        )
+        .await;
+        let parts: Vec<_> = claim_all(store, a, &wf, secs)
+            .await
+            .into_iter()
+            .map(|(name, token)| (name, token, big.clone()))
+            .collect();
+        assert_eq!(parts.len(), 3);
+        complete_parts(store, a, &wf, &parts, together, secs + 1).await;
+        let (name, _, ctx) = claim_one(store, a, &wf, secs + 2).await;
+        assert_eq!(name, "join");
+        assert_eq!((ctx.succeeded, ctx.not_succeeded), (3, 0), "{together}");
+        assert!(ctx.truncated, "{together}");
+        assert_eq!(
+            ctx.needs.keys().collect::<Vec<_>>(),
+            ["part-1", "part-2"],
+            "the first two fit ({together})"
+        );
+    }
+}
+
+/// Steps whose needs all finish in one completion, down a chain: each is
+/// told its name and every need's result (on PostgreSQL that completion
+/// writes it on the step's job, and the claim reads nothing more).
+async fn a_step_whose_needs_finish_together_is_told_their_results(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
     let a = agent(store, None, &["ci"]).await;
     let wf = submit(
@@ -680,30 +752,108 @@ async fn a_join_is_told_of_its_needs_results_up_to_the_bound(store: &Store) {
         vec![
             on_success("part-1", &[]),
             on_success("part-2", &[]),
-            on_success("part-3", &[]),
-            on_success("join", &["part-1", "part-2", "part-3"]),
+            on_success("join", &["part-1", "part-2"]),
+            on_success("after", &["join"]),
         ],
     )
     .await;
-    // Three results of a little over a third of the bound each.
-    let big = "x".repeat(homeostat_model::MAX_NEEDS_RESULTS_BYTES / 3 + 10);
-    let parts = claim_all(store, a, &wf, 1).await;
-    for (secs, (name, token)) in (2..).zip(&parts) {
-        store
-            .at(at(secs))
-            .complete(a, job_of(&wf, name), *token, Some(serde_json::json!(big)))
-            .await
-            .unwrap();
-    }
-    let (name, _, ctx) = claim_one(store, a, &wf, 10).await;
+    let parts: Vec<_> = claim_all(store, a, &wf, 1)
+        .await
+        .into_iter()
+        .map(|(name, token)| {
+            let result = if name == "part-1" {
+                serde_json::json!({"n": 1, "s": "a \"quoted\" 'word'"})
+            } else {
+                serde_json::Value::Null
+            };
+            (name, token, result)
+        })
+        .collect();
+    assert_eq!(parts.len(), 2);
+    complete_parts(store, a, &wf, &parts, true, 2).await;
+    let (name, token, ctx) = claim_one(store, a, &wf, 3).await;
     assert_eq!(name, "join");
-    assert_eq!((ctx.succeeded, ctx.not_succeeded), (3, 0));
-    assert!(ctx.truncated);
+    assert_eq!((ctx.succeeded, ctx.not_succeeded), (2, 0));
+    assert_eq!(ctx.needs.len(), 2);
+    assert_eq!(
+        ctx.needs["part-1"].result,
+        Some(serde_json::json!({"n": 1, "s": "a \"quoted\" 'word'"}))
+    );
+    assert_eq!(ctx.needs["part-2"].result, Some(serde_json::Value::Null));
+    for need in ctx.needs.values() {
+        assert_eq!((need.state, need.skipped), (JobState::Succeeded, false));
+    }
+    assert!(!ctx.truncated);
+    let joined = vec![("join".to_owned(), token, serde_json::json!([1, 2]))];
+    complete_parts(store, a, &wf, &joined, true, 4).await;
+    let (name, _, ctx) = claim_one(store, a, &wf, 5).await;
+    assert_eq!(name, "after");
+    assert_eq!((ctx.succeeded, ctx.not_succeeded), (1, 0));
     assert_eq!(
         ctx.needs.keys().collect::<Vec<_>>(),
-        ["part-1", "part-2"],
-        "the first two fit"
+        ["join"],
+        "only its own needs"
     );
+    assert_eq!(ctx.needs["join"].result, Some(serde_json::json!([1, 2])));
+}
+
+/// A step's needs grown at run time are all in what its claim is told,
+/// whether the adding step finished last and alone (a completion that
+/// finished one need of three) or with the steps it added.
+async fn a_step_whose_needs_grew_at_run_time_is_told_of_them_all(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Standard).await;
+    let a = agent(store, None, &["ci"]).await;
+    for (together, secs) in [(false, 1), (true, 20)] {
+        let wf = submit(
+            store,
+            t,
+            vec![
+                on_success("discover", &[]),
+                on_success("report", &["discover"]),
+            ],
+        )
+        .await;
+        let discover = claim_all(store, a, &wf, secs).await;
+        assert_eq!(discover.len(), 1);
+        let token = discover[0].1;
+        let added = vec![on_success("test-0", &[]), on_success("test-1", &[])];
+        let grown = store
+            .at(at(secs))
+            .add_workflow_steps(a, job_of(&wf, "discover"), token, &added, "agent:test")
+            .await
+            .unwrap();
+        let mut parts: Vec<_> = claim_all(store, a, &grown, secs + 1)
+            .await
+            .into_iter()
+            .map(|(name, token)| {
+                let result = serde_json::json!(name.clone());
+                (name, token, result)
+            })
+            .collect();
+        assert_eq!(parts.len(), 2);
+        if !together {
+            complete_parts(store, a, &grown, &parts, false, secs + 2).await;
+            parts.clear();
+        }
+        parts.push(("discover".into(), token, serde_json::json!({"files": 2})));
+        complete_parts(store, a, &grown, &parts, together, secs + 3).await;
+        let (name, _, ctx) = claim_one(store, a, &grown, secs + 4).await;
+        assert_eq!(name, "report");
+        assert_eq!((ctx.succeeded, ctx.not_succeeded), (3, 0), "{together}");
+        assert_eq!(
+            ctx.needs.keys().collect::<Vec<_>>(),
+            ["discover", "test-0", "test-1"],
+            "{together}"
+        );
+        assert_eq!(
+            ctx.needs["test-1"].result,
+            Some(serde_json::json!("test-1"))
+        );
+        assert_eq!(
+            ctx.needs["discover"].result,
+            Some(serde_json::json!({"files": 2}))
+        );
+    }
 }
 
 async fn a_running_step_fans_out_and_its_dependents_wait_for_the_new_steps(store: &Store) {
@@ -1082,6 +1232,8 @@ on_both_backends!(
     a_join_is_claimed_with_its_needs_results,
     a_join_is_told_how_its_needs_ended_each_time_it_is_released,
     a_join_is_told_of_its_needs_results_up_to_the_bound,
+    a_step_whose_needs_finish_together_is_told_their_results,
+    a_step_whose_needs_grew_at_run_time_is_told_of_them_all,
     a_running_step_fans_out_and_its_dependents_wait_for_the_new_steps,
     bad_workflows_are_refused_whole,
     a_workflow_grown_at_run_time_keeps_the_bounds_on_its_steps,
