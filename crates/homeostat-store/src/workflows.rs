@@ -622,8 +622,9 @@ pub(crate) fn written_context(
 
 /// Fills in the claimed workflow steps' names and how their needs ended,
 /// their results up to [`MAX_NEEDS_RESULTS_BYTES`] a step: one read, only
-/// when a claim took a step that is not known, from its row, to need
-/// nothing (a sixth of such a step's cost was this read).
+/// when a claim took a step whose row holds neither its whole context
+/// (`written_context`, on PostgreSQL) nor the name of a step that needs nothing (a
+/// sixth of such a step's cost was this read).
 pub(crate) async fn fill_contexts<B: Backend>(
     b: &B,
     claimed: &mut [homeostat_model::ClaimedJob],
