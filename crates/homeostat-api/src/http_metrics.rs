@@ -67,7 +67,7 @@ impl HttpMetrics {
         );
         registry.register(
             "homeostat_claim_wakeups",
-            "Waiting claims woken by queued jobs, by what their next look found: jobs, or empty (a wasted wake-up: another claim was faster)",
+            "Waiting claims woken by queued jobs, by what their next look found: jobs, or empty (a wasted wake-up: another claim was faster); withdrawn: not looked again, every job that woke it went to another claim first",
             m.wakeups.clone(),
         );
         registry.register(
@@ -99,9 +99,14 @@ impl HttpMetrics {
         self.claim_wait.observe(waited.as_secs_f64());
     }
 
-    /// A waiting claim woken, and whether its next look found jobs.
-    pub(crate) fn woken(&self, found_jobs: bool) {
-        let outcome = if found_jobs { "jobs" } else { "empty" };
+    /// A woken claim's look: the jobs it found, or `None` when it did not
+    /// look (the jobs that woke it went to other claims first).
+    pub(crate) fn woken(&self, looked: Option<&[homeostat_model::ClaimedJob]>) {
+        let outcome = match looked {
+            Some([]) => "empty",
+            Some(_) => "jobs",
+            None => "withdrawn",
+        };
         self.wakeups.get_or_create(&ClaimLabels { outcome }).inc();
     }
 }

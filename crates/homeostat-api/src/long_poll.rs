@@ -2,7 +2,9 @@
 //! none, waits until jobs are queued that it may take, the wait ends, or
 //! the server stops. Waiting starts before each look, so a job queued
 //! between the look and the wait still wakes it; jobs wake only as many
-//! waiting claims as they need, so a woken claim usually finds work.
+//! waiting claims as they need, so a woken claim usually finds work, and
+//! one whose jobs other claims took first does not look again (it keeps
+//! waiting).
 //!
 //! Each store call is boxed: an async fn's future is as large as its
 //! largest await, kept for the request's whole life, and the store's
@@ -12,7 +14,7 @@
 use std::time::Duration;
 
 use homeostat_model::{AgentId, ClaimedJob};
-use homeostat_store::StoreError;
+use homeostat_store::{QueueWaiter, StoreError};
 
 use crate::state::ApiState;
 
@@ -28,30 +30,42 @@ pub(crate) async fn claim(
 ) -> Result<Vec<ClaimedJob>, StoreError> {
     let deadline = tokio::time::Instant::now() + wait;
     let lease = state.settings.lease_ttl;
-    let mut woken = false;
+    // The waiter whose wake-up started this look, kept until the look has
+    // run (dropped before, it hands its jobs on).
+    let mut woken: Option<QueueWaiter> = None;
     loop {
-        let mut waiter = if wait.is_zero() {
+        let waiter = if wait.is_zero() {
             None
         } else {
             Some(Box::pin(state.store.queued_waiter(agent, only, capacity)).await?)
         };
-        let jobs = match only {
-            Some(only) => Box::pin(state.store.claim_from(agent, only, capacity, lease)).await?,
-            None => Box::pin(state.store.claim(agent, capacity, lease)).await?,
+        let jobs = match (woken.take(), only) {
+            (Some(woken), only) => {
+                let looked = Box::pin(
+                    state
+                        .store
+                        .claim_woken(&woken, agent, only, capacity, lease),
+                )
+                .await?;
+                state.http.woken(looked.as_deref());
+                looked.unwrap_or_default()
+            }
+            (None, Some(only)) => {
+                Box::pin(state.store.claim_from(agent, only, capacity, lease)).await?
+            }
+            (None, None) => Box::pin(state.store.claim(agent, capacity, lease)).await?,
         };
-        if woken {
-            state.http.woken(!jobs.is_empty());
-        }
-        let Some(waiter) = waiter.as_mut() else {
+        let Some(mut waiter) = waiter else {
             return Ok(jobs);
         };
         if !jobs.is_empty() || state.shutdown.is_cancelled() {
             return Ok(jobs);
         }
         tokio::select! {
-            () = waiter.changed() => woken = true,
+            () = waiter.changed() => {}
             () = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
             () = state.shutdown.cancelled() => return Ok(Vec::new()),
         }
+        woken = Some(waiter);
     }
 }

@@ -450,7 +450,9 @@ pub(crate) trait Backend: Sync {
 
     /// Claims up to `limit` queued jobs of `tenant` (every tenant's for a
     /// platform agent) from `queues` for `agent`, leased for `lease` (the
-    /// tuned claim).
+    /// tuned claim): `look` opened on the claim's connection just before
+    /// its statement (nothing claimed, no statement, when it says not to
+    /// look) and told what was taken before the connection is let go.
     fn claim(
         &self,
         agent: AgentId,
@@ -458,6 +460,7 @@ pub(crate) trait Backend: Sync {
         queues: &[String],
         limit: u32,
         lease: std::time::Duration,
+        look: &mut crate::signals::Look,
     ) -> impl Future<Output = Result<Vec<ClaimedJob>, StoreError>> + Send;
 
     /// Completes jobs of `agent` whose lease tokens still match; for each,

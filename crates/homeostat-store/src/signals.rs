@@ -17,11 +17,20 @@
 //! (`homeostat_claims_total{outcome="empty"}`). A missed one only delays a
 //! claim until its wait runs out, so whenever wake-ups may have been lost
 //! (the listener connection dropped) everyone is woken.
+//!
+//! Where the jobs are known by name (those this replica enqueues), a
+//! wake-up names them, and claims keep the names current: a claim that
+//! takes a job named to a woken claim that has not looked yet withdraws
+//! it, and a woken claim all of whose jobs were taken so does not look
+//! (see [`Look`]). Agents that come back for more on their own (a long
+//! poll begun anew, a claim after a completion) take most new jobs in a
+//! large fleet before the claims woken for them run; without names, each
+//! such job cost a claim that found nothing.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
-use homeostat_model::{JobState, NewJob, TenantId};
+use homeostat_model::{Enqueued, JobId, JobState, NewJob, TenantId};
 use jiff::Timestamp;
 use tokio::sync::oneshot;
 
@@ -48,22 +57,53 @@ enum Wake {
 /// One waiting claim.
 #[derive(Debug)]
 struct Entry {
+    id: u64,
     tenant: Option<TenantId>,
     queues: Vec<String>,
     capacity: u32,
     tx: oneshot::Sender<Wake>,
 }
 
+/// The jobs named to a woken claim that has not looked yet.
+#[derive(Debug)]
+struct Promise {
+    tenant: TenantId,
+    queue: Arc<str>,
+    jobs: Vec<JobId>,
+}
+
 /// The waiting claims, by queue and tenant (`None`: platform agents, which
-/// take every tenant's jobs), each set in the order they started waiting.
+/// take every tenant's jobs), each set in the order they started waiting;
+/// and the woken claims that have not looked yet, with the jobs named to
+/// them.
 #[derive(Debug, Default)]
 struct Registry {
     next: u64,
     by_queue: HashMap<(String, Option<TenantId>), BTreeSet<u64>>,
     waiters: HashMap<u64, Entry>,
+    /// By woken claim. A promise left with no jobs is a withdrawn wake-up.
+    promises: HashMap<u64, Promise>,
+    /// Each named job, to the claim it is named to.
+    promised: HashMap<JobId, u64>,
 }
 
 impl Registry {
+    fn promise(&mut self, claim: u64, promise: Promise) {
+        for job in &promise.jobs {
+            self.promised.insert(*job, claim);
+        }
+        self.promises.insert(claim, promise);
+    }
+
+    /// The promise of `claim`, taken out with its names.
+    fn unpromise(&mut self, claim: u64) -> Option<Promise> {
+        let promise = self.promises.remove(&claim)?;
+        for job in &promise.jobs {
+            self.promised.remove(job);
+        }
+        Some(promise)
+    }
+
     fn remove(&mut self, id: u64) -> Option<Entry> {
         let entry = self.waiters.remove(&id)?;
         for queue in &entry.queues {
@@ -138,13 +178,33 @@ impl Shortfall {
 /// Waiters taken for jobs about to be queued; woken when this is fired or
 /// dropped (after the commit, or after a failure: a spurious wake-up is
 /// harmless, a lost one is not).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Reserved {
+    signals: Signals,
     woken: Vec<(Entry, Wake)>,
+    /// The queued jobs by name, by queue, once known: named to the waiters
+    /// in turn, as many to each as it claims at once.
+    names: Vec<(Arc<str>, Vec<JobId>)>,
     pub(crate) shortfall: Vec<Shortfall>,
 }
 
 impl Reserved {
+    /// Names the jobs of `enqueued` that were queued (not deduplicated,
+    /// not scheduled for later) to the waiters woken for them.
+    pub(crate) fn name(&mut self, jobs: &[NewJob], enqueued: &[Enqueued], now: Timestamp) {
+        for (job, done) in jobs.iter().zip(enqueued) {
+            if done.deduplicated || job.initial_state(now) != JobState::Queued {
+                continue;
+            }
+            match self.names.iter_mut().find(|(q, _)| **q == *job.queue) {
+                Some((_, ids)) => ids.push(done.id),
+                None => self
+                    .names
+                    .push((Arc::from(job.queue.as_str()), vec![done.id])),
+            }
+        }
+    }
+
     /// Wakes the reserved waiters.
     pub(crate) fn fire(self) {
         drop(self);
@@ -153,11 +213,40 @@ impl Reserved {
 
 impl Drop for Reserved {
     fn drop(&mut self) {
-        for (entry, wake) in self.woken.drain(..) {
-            // A waiter that went away meanwhile hands nothing on: it was
-            // taken out of the registry, and the job stays queued for the
-            // next claim (or the next waiter woken by a later job).
-            let _ = entry.tx.send(wake);
+        let woken = std::mem::take(&mut self.woken);
+        if !self.names.is_empty() {
+            let mut reg = self.signals.registry.lock().unwrap();
+            for (entry, wake) in &woken {
+                let Wake::Queued { tenant, queue } = wake else {
+                    continue;
+                };
+                let Some((_, ids)) = self.names.iter_mut().find(|(q, _)| q == queue) else {
+                    continue;
+                };
+                let n = ids.len().min(entry.capacity.max(1) as usize);
+                let jobs: Vec<JobId> = ids.drain(..n).collect();
+                if !jobs.is_empty() {
+                    let (tenant, queue) = (*tenant, queue.clone());
+                    reg.promise(
+                        entry.id,
+                        Promise {
+                            tenant,
+                            queue,
+                            jobs,
+                        },
+                    );
+                }
+            }
+        }
+        for (entry, wake) in woken {
+            if entry.tx.send(wake).is_err() {
+                // Gone meanwhile (its `Drop` found it neither waiting nor
+                // promised): its jobs go to the next waiter.
+                let promise = self.signals.registry.lock().unwrap().unpromise(entry.id);
+                if let Some(promise) = promise {
+                    self.signals.hand_on(promise);
+                }
+            }
         }
     }
 }
@@ -204,6 +293,7 @@ impl Signals {
         reg.waiters.insert(
             id,
             Entry {
+                id,
                 tenant,
                 queues: queues.to_vec(),
                 capacity,
@@ -220,7 +310,12 @@ impl Signals {
     /// Takes waiters for `jobs` jobs of `tenant` queued on each queue of
     /// `queued`; what they do not cover is the shortfall.
     pub(crate) fn reserve(&self, tenant: TenantId, queued: &[(String, u32)]) -> Reserved {
-        let mut reserved = Reserved::default();
+        let mut reserved = Reserved {
+            signals: self.clone(),
+            woken: Vec::new(),
+            names: Vec::new(),
+            shortfall: Vec::new(),
+        };
         let mut reg = self.registry.lock().unwrap();
         for (queue, jobs) in queued {
             let (taken, left) = reg.take(tenant, queue, *jobs);
@@ -249,6 +344,17 @@ impl Signals {
         let shortfall = std::mem::take(&mut reserved.shortfall);
         reserved.fire();
         shortfall
+    }
+
+    /// Wakes waiters for the jobs of `promise`, which its claim will not
+    /// look for, naming them again. Jobs no waiter here covers stay queued
+    /// for the next claim.
+    fn hand_on(&self, promise: Promise) {
+        let queue = promise.queue.to_string();
+        let n = u32::try_from(promise.jobs.len()).unwrap_or(u32::MAX);
+        let mut reserved = self.reserve(promise.tenant, &[(queue, n)]);
+        reserved.names.push((promise.queue, promise.jobs));
+        reserved.fire();
     }
 
     /// Wakes every waiter.
@@ -337,9 +443,13 @@ pub(crate) async fn enqueue<B: crate::backend::Backend>(
     tenant: TenantId,
     jobs: &[NewJob],
 ) -> Result<Vec<crate::Enqueued>, crate::StoreError> {
-    let reserved = signals.reserve(tenant, &queued_by_queue(jobs, b.now()));
+    let now = b.now();
+    let mut reserved = signals.reserve(tenant, &queued_by_queue(jobs, now));
     let announce = signals.payloads(&reserved.shortfall);
     let enqueued = b.enqueue_batch(tenant, jobs, &announce).await;
+    if let Ok(enqueued) = &enqueued {
+        reserved.name(jobs, enqueued, now);
+    }
     reserved.fire();
     enqueued
 }
@@ -367,14 +477,122 @@ impl QueueWaiter {
 
 impl Drop for QueueWaiter {
     fn drop(&mut self) {
-        let registered = self.signals.registry.lock().unwrap().remove(self.id);
-        if registered.is_some() {
+        let (registered, promise) = {
+            let mut reg = self.signals.registry.lock().unwrap();
+            let registered = reg.remove(self.id).is_some();
+            (registered, reg.unpromise(self.id))
+        };
+        if registered {
             return;
         }
         // Woken but gone before it looked (its client went away): hand the
         // wake-up on, so that the job it was for still wakes a claim.
+        if let Some(promise) = promise {
+            if !promise.jobs.is_empty() {
+                self.signals.hand_on(promise);
+            }
+            return;
+        }
         if let Some(Ok(Wake::Queued { tenant, queue })) = self.rx.as_mut().map(|rx| rx.try_recv()) {
             self.signals.wake(tenant, &[(queue.to_string(), 1)]);
+        }
+    }
+}
+
+/// A claim's part in the wake-ups, around its one look for jobs.
+///
+/// A claim woken for named jobs, all of which other claims have taken
+/// since, does not look: it would find nothing. A claim that takes jobs
+/// named to a woken claim that has not looked yet withdraws them from it;
+/// a woken claim that filled up on other jobs than its own hands its own on
+/// to the next waiter (they are still queued), and so does one that failed.
+///
+/// The backends open it and report what was taken on the connection the
+/// claim runs on, before another claim may have it: on SQLite's one
+/// writer the names are then exact.
+#[derive(Debug)]
+pub(crate) struct Look {
+    signals: Signals,
+    /// The waiter whose wake-up this claim follows.
+    woken: Option<u64>,
+    capacity: u32,
+    /// The promise taken at [`Look::open`], until [`Look::took`].
+    promise: Option<Promise>,
+    withdrawn: bool,
+}
+
+impl Look {
+    /// The look of a claim that was not woken: it withdraws what it takes.
+    pub(crate) fn fresh(signals: &Signals, capacity: u32) -> Self {
+        Self {
+            signals: signals.clone(),
+            woken: None,
+            capacity,
+            promise: None,
+            withdrawn: false,
+        }
+    }
+
+    /// The look of a claim that `waiter`'s wake-up started.
+    pub(crate) fn woken(signals: &Signals, waiter: &QueueWaiter, capacity: u32) -> Self {
+        let mut look = Self::fresh(signals, capacity);
+        look.woken = Some(waiter.id);
+        look
+    }
+
+    /// Whether to look now; false when every job the claim was woken for
+    /// has gone to other claims.
+    pub(crate) fn open(&mut self) -> bool {
+        let Some(id) = self.woken else {
+            return true;
+        };
+        match self.signals.registry.lock().unwrap().unpromise(id) {
+            Some(promise) if promise.jobs.is_empty() => {
+                self.withdrawn = true;
+                false
+            }
+            promise => {
+                self.promise = promise;
+                true
+            }
+        }
+    }
+
+    /// Whether the claim's wake-up was withdrawn: it did not look.
+    pub(crate) fn withdrawn(&self) -> bool {
+        self.withdrawn
+    }
+
+    /// The claim took `taken`.
+    pub(crate) fn took(&mut self, taken: &[JobId]) {
+        {
+            let mut reg = self.signals.registry.lock().unwrap();
+            for job in taken {
+                if let Some(claim) = reg.promised.remove(job)
+                    && let Some(promise) = reg.promises.get_mut(&claim)
+                {
+                    promise.jobs.retain(|j| j != job);
+                }
+            }
+        }
+        let Some(mut own) = self.promise.take() else {
+            return;
+        };
+        // Took fewer than it could: no more of its queued jobs were left to
+        // take, its own included.
+        own.jobs.retain(|j| !taken.contains(j));
+        if !own.jobs.is_empty() && taken.len() >= self.capacity.max(1) as usize {
+            self.signals.hand_on(own);
+        }
+    }
+}
+
+impl Drop for Look {
+    fn drop(&mut self) {
+        // Opened and never told what it took: the claim failed, and its
+        // jobs are still queued.
+        if let Some(promise) = self.promise.take() {
+            self.signals.hand_on(promise);
         }
     }
 }
@@ -474,6 +692,140 @@ mod tests {
         assert!(now_or_never(w.changed()).is_none());
         reserved.fire();
         assert!(now_or_never(w.changed()).is_some());
+    }
+
+    /// Queues `jobs` new jobs on `builds` for `t`, naming them: what
+    /// [`enqueue`] does around its insert.
+    fn queue_named(s: &Signals, t: TenantId, jobs: usize) -> Vec<JobId> {
+        let new: Vec<NewJob> = (0..jobs).map(|_| NewJob::new("builds", "k")).collect();
+        let done: Vec<Enqueued> = (0..jobs)
+            .map(|_| Enqueued {
+                id: homeostat_model::new_id().into(),
+                deduplicated: false,
+                occurrences: 1,
+            })
+            .collect();
+        let now = Timestamp::now();
+        let mut reserved = s.reserve(t, &queued_by_queue(&new, now));
+        reserved.name(&new, &done, now);
+        reserved.fire();
+        done.iter().map(|d| d.id).collect()
+    }
+
+    /// A claim that was not woken (an agent back on its own) takes `jobs`.
+    fn fresh_claim_takes(s: &Signals, jobs: &[JobId]) {
+        let mut look = Look::fresh(s, 1);
+        assert!(look.open());
+        look.took(jobs);
+    }
+
+    #[test]
+    fn a_claim_that_takes_a_job_named_to_a_woken_claim_withdraws_its_wake_up() {
+        let s = Signals::default();
+        let t = tenant();
+        let mut woken = s.waiter(Some(t), &q("builds"), 1);
+        let jobs = queue_named(&s, t, 1);
+        assert!(now_or_never(woken.changed()).is_some());
+        // An agent back on its own takes the job first.
+        fresh_claim_takes(&s, &jobs);
+        let mut look = Look::woken(&s, &woken, 1);
+        assert!(!look.open(), "a claim woken for a taken job looked");
+        assert!(look.withdrawn());
+        drop((look, woken));
+        let reg = s.registry.lock().unwrap();
+        assert!(reg.promises.is_empty() && reg.promised.is_empty());
+    }
+
+    #[test]
+    fn a_woken_claim_looks_while_any_of_its_jobs_is_left() {
+        let s = Signals::default();
+        let t = tenant();
+        let mut woken = s.waiter(Some(t), &q("builds"), 2);
+        let jobs = queue_named(&s, t, 2);
+        assert!(now_or_never(woken.changed()).is_some());
+        fresh_claim_takes(&s, &jobs[..1]);
+        let mut look = Look::woken(&s, &woken, 2);
+        assert!(look.open());
+        assert!(!look.withdrawn());
+        look.took(&jobs[1..]);
+    }
+
+    #[test]
+    fn a_claim_woken_without_names_always_looks() {
+        let s = Signals::default();
+        let t = tenant();
+        let mut woken = s.waiter(Some(t), &q("builds"), 1);
+        s.wake(t, &[("builds".into(), 1)]);
+        assert!(now_or_never(woken.changed()).is_some());
+        fresh_claim_takes(&s, &[homeostat_model::new_id().into()]);
+        assert!(Look::woken(&s, &woken, 1).open());
+    }
+
+    #[test]
+    fn a_woken_claim_that_filled_up_on_other_jobs_hands_its_own_on() {
+        let s = Signals::default();
+        let t = tenant();
+        let mut first = s.waiter(Some(t), &q("builds"), 1);
+        let mut second = s.waiter(Some(t), &q("builds"), 1);
+        let mut third = s.waiter(Some(t), &q("builds"), 1);
+        let jobs = queue_named(&s, t, 2);
+        assert!(now_or_never(first.changed()).is_some());
+        assert!(now_or_never(second.changed()).is_some());
+        assert!(now_or_never(third.changed()).is_none());
+        // The first claim takes the job named to the second, not its own.
+        let mut look = Look::woken(&s, &first, 1);
+        assert!(look.open());
+        look.took(&jobs[1..]);
+        assert!(!Look::woken(&s, &second, 1).open());
+        assert!(
+            now_or_never(third.changed()).is_some(),
+            "the job left queued woke nobody"
+        );
+        let mut last = Look::woken(&s, &third, 1);
+        assert!(last.open());
+        last.took(&jobs[..1]);
+    }
+
+    #[test]
+    fn a_woken_claim_that_found_less_than_it_could_hands_nothing_on() {
+        let s = Signals::default();
+        let t = tenant();
+        let mut first = s.waiter(Some(t), &q("builds"), 2);
+        let mut next = s.waiter(Some(t), &q("builds"), 1);
+        queue_named(&s, t, 1);
+        assert!(now_or_never(first.changed()).is_some());
+        let mut look = Look::woken(&s, &first, 2);
+        assert!(look.open());
+        look.took(&[]);
+        assert!(now_or_never(next.changed()).is_none());
+    }
+
+    #[test]
+    fn a_claim_that_failed_or_went_away_hands_its_named_jobs_on() {
+        let s = Signals::default();
+        let t = tenant();
+        let mut failing = s.waiter(Some(t), &q("builds"), 1);
+        let gone = s.waiter(Some(t), &q("builds"), 1);
+        let mut next = s.waiter(Some(t), &q("builds"), 1);
+        let jobs = queue_named(&s, t, 2);
+        assert!(now_or_never(failing.changed()).is_some());
+        let mut look = Look::woken(&s, &failing, 1);
+        assert!(look.open());
+        drop(look);
+        assert!(now_or_never(next.changed()).is_some());
+        // The next claim was named the failed one's job: a fresh claim
+        // that takes it withdraws the next claim's wake-up.
+        fresh_claim_takes(&s, &jobs[..1]);
+        assert!(!Look::woken(&s, &next, 1).open());
+        // Woken, then gone before it looked: its job goes to a new waiter.
+        let mut later = s.waiter(Some(t), &q("builds"), 1);
+        drop(gone);
+        assert!(now_or_never(later.changed()).is_some());
+        let mut look = Look::woken(&s, &later, 1);
+        assert!(look.open());
+        look.took(&jobs[1..]);
+        let reg = s.registry.lock().unwrap();
+        assert!(reg.promised.is_empty());
     }
 
     #[test]

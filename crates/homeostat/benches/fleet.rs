@@ -505,6 +505,13 @@ async fn one_fleet(a: &Args, n: usize) {
 
     // Under load: the producer at `rate` jobs a second.
     let wasted0 = metric(&admin, &servers, "homeostat_claim_wakeups_total", "empty").await;
+    let withdrawn0 = metric(
+        &admin,
+        &servers,
+        "homeostat_claim_wakeups_total",
+        "withdrawn",
+    )
+    .await;
     tally.jobs.store(0, Ordering::Relaxed);
     let producer = {
         let (c, urls, tenant_key, stop) = (admin.clone(), urls.clone(), tenant_key, stop.clone());
@@ -555,6 +562,14 @@ async fn one_fleet(a: &Args, n: usize) {
     let rss_load: u64 = servers.iter().map(Server::rss_kib).sum();
     let fds_load: usize = servers.iter().map(Server::fds).sum();
     let wasted = metric(&admin, &servers, "homeostat_claim_wakeups_total", "empty").await - wasted0;
+    let withdrawn = metric(
+        &admin,
+        &servers,
+        "homeostat_claim_wakeups_total",
+        "withdrawn",
+    )
+    .await
+        - withdrawn0;
     let offline = admin
         .get(format!(
             "{}/v1/agents?status=offline&limit=1000",
@@ -581,7 +596,7 @@ async fn one_fleet(a: &Args, n: usize) {
         "{backend:8} agents {n:>6} | heartbeat p50 {:>7.1} p99 {:>7.1} ms | pickup p50 {:>7.1} p99 {:>7.1} ms | \
          jobs {jobs}/{enqueued} | errors idle {idle_errors} load {} | offline {offline} | waiting {waiting} | \
          RSS before {} MiB idle {} MiB load {} MiB | per idle poll {:.1} KiB | fds idle {fds_idle} load {fds_load} | \
-         db tx/heartbeat {} | wasted wake-ups/job {:.3} | failures {kinds:?}",
+         db tx/heartbeat {} | wasted wake-ups/job {:.3} | withdrawn/job {:.3} | failures {kinds:?}",
         percentile(&hb, 0.5),
         percentile(&hb, 0.99),
         percentile(&pick, 0.5),
@@ -593,6 +608,7 @@ async fn one_fleet(a: &Args, n: usize) {
         (rss_idle.saturating_sub(rss_before)) as f64 / n as f64,
         tx_per_beat.map_or("n/a".into(), |t| format!("{t:.4}")),
         wasted / jobs.max(1) as f64,
+        withdrawn / jobs.max(1) as f64,
         kinds = tally.kinds.lock().unwrap(),
         backend = a.backend,
     );

@@ -322,8 +322,10 @@ impl Backend for PgStore {
         queues: &[String],
         limit: u32,
         lease: std::time::Duration,
+        look: &mut crate::signals::Look,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        self.claim_now(agent, tenant, queues, limit, lease).await
+        self.claim_now(agent, tenant, queues, limit, lease, look)
+            .await
     }
 
     async fn complete_batch(

@@ -12,6 +12,7 @@ use crate::backend::{Backend, RowExt};
 use crate::error::{Context, StoreError, corrupt, in_range};
 use crate::job_metrics::Ended;
 use crate::registry;
+use crate::signals::Look;
 use crate::time::{add, dur_ms, ms, ts};
 use crate::{ClaimedJob, Completion, Enqueued};
 
@@ -174,14 +175,21 @@ impl SqliteStore {
         queues: &[String],
         limit: u32,
         lease: Duration,
+        look: &mut Look,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let op = "claiming jobs";
-        let now = self.now();
         let tenant = tenant.map(|t| t.to_string());
         let rows = if let [queue] = queues {
             // The usual case: one statement, which SQLite runs as its own
-            // transaction on the single write connection.
-            sqlx::query(concat!(
+            // transaction on the single write connection, held until the
+            // look knows what it took (claims run one at a time here, so
+            // the look's names are exact).
+            let mut writer = self.writer.acquire().await.op(op)?;
+            if !look.open() {
+                return Ok(Vec::new());
+            }
+            let now = self.now();
+            let rows = sqlx::query(concat!(
                 "UPDATE jobs SET ",
                 claim_set!(),
                 " WHERE rowid IN (
@@ -198,13 +206,19 @@ impl SqliteStore {
             .bind(queue)
             .bind(&tenant)
             .bind(i64::from(limit))
-            .fetch_all(&self.writer)
+            .fetch_all(&mut *writer)
             .await
-            .op(op)?
+            .op(op)?;
+            look.took(&taken_ids(&rows)?);
+            rows
         } else {
             // One index-ordered scan per queue, merged here: a single query
             // over all queues would sort every queued job.
             let mut tx = self.begin(op).await?;
+            if !look.open() {
+                return Ok(Vec::new());
+            }
+            let now = self.now();
             let mut candidates: Vec<(i64, i64, String)> = Vec::new();
             for queue in queues {
                 let rows = sqlx::query(
@@ -242,6 +256,7 @@ impl SqliteStore {
             .await
             .op(op)?;
             tx.commit().await.op(op)?;
+            look.took(&taken_ids(&rows)?);
             rows
         };
         if rows.is_empty() {
@@ -338,4 +353,9 @@ async fn tenant_tier(
         id: tenant_id.to_string(),
     })?;
     tier.parse().map_err(|e| corrupt(op, e))
+}
+
+/// The jobs a claim's rows took.
+fn taken_ids(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<JobId>, StoreError> {
+    rows.iter().map(|r| r.id("id")).collect()
 }

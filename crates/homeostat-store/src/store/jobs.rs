@@ -116,17 +116,19 @@ impl Store {
         )
     }
 
-    /// Claims for `agent` from its queues (`only` some of them).
+    /// Claims for `agent` from its queues (`only` some of them), with
+    /// `look` (see [`signals::Look`]).
     async fn claim_in(
         &self,
         agent: AgentId,
         only: Option<&[String]>,
         limit: u32,
         lease: Duration,
+        look: &mut signals::Look,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let facts = self.agent_facts(agent, "claiming jobs").await?;
         let queues = decisions::claim_queues(&facts.queues, only);
-        let mut claimed = dispatch!(self.claim(agent, facts.tenant, &queues, limit, lease))?;
+        let mut claimed = dispatch!(self.claim(agent, facts.tenant, &queues, limit, lease, look))?;
         if claimed.iter().any(|c| c.workflow.is_some()) {
             // The jobs are claimed: failing the claim now would leave them
             // leased to an agent that never heard of them. The workflow is
@@ -282,7 +284,8 @@ impl Store {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        self.claim_in(agent_id, None, limit, lease).await
+        let mut look = signals::Look::fresh(&self.local.signals, limit);
+        self.claim_in(agent_id, None, limit, lease, &mut look).await
     }
 
     /// [`Store::claim`] from some of the agent's queues only (queues it
@@ -294,7 +297,30 @@ impl Store {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        self.claim_in(agent_id, Some(queues), limit, lease).await
+        let mut look = signals::Look::fresh(&self.local.signals, limit);
+        self.claim_in(agent_id, Some(queues), limit, lease, &mut look)
+            .await
+    }
+
+    /// Claims like [`Store::claim_from`] (every queue of the agent's when
+    /// `only` is `None`) for a claim that `woken`'s wake-up started. `None`
+    /// when it does not look: every job queued by this replica that woke
+    /// it was taken by other claims meanwhile (it would find nothing; keep
+    /// waiting). Drop `woken` after this, not before: a waiter dropped
+    /// before its claim looked hands its jobs on to the next one.
+    pub async fn claim_woken(
+        &self,
+        woken: &QueueWaiter,
+        agent_id: AgentId,
+        only: Option<&[String]>,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Option<Vec<ClaimedJob>>, StoreError> {
+        let mut look = signals::Look::woken(&self.local.signals, woken, limit);
+        let claimed = self
+            .claim_in(agent_id, only, limit, lease, &mut look)
+            .await?;
+        Ok((!look.withdrawn()).then_some(claimed))
     }
 
     /// Extends the lease `agent` holds on a running job; refused for a stale

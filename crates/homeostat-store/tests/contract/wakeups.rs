@@ -125,7 +125,48 @@ async fn a_claim_woken_and_gone_before_it_looked_hands_its_wake_up_on(store: &St
     assert!(woken(&mut next).await, "the job's wake-up was lost");
 }
 
+async fn a_claim_woken_for_jobs_another_claim_took_does_not_look(store: &Store) {
+    store.listening().await;
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    // On two queues: the claim that merges them, beside the usual one.
+    for queues in [&["builds"][..], &["builds", "deploys"][..]] {
+        let waiting = agent(store, Some(t), queues).await;
+        let back = agent(store, Some(t), &["builds"]).await;
+        let mut w = store.queued_waiter(waiting, None, 1).await.unwrap();
+        let first = store.at(t0()).enqueue(t, &job("builds")).await.unwrap();
+        wakes(&mut w, "the waiting claim").await;
+        // An agent coming back on its own is faster.
+        let taken = store.at(at(1)).claim(back, 1, LEASE).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].id, first.id);
+        let looked = store
+            .at(at(1))
+            .claim_woken(&w, waiting, None, 1, LEASE)
+            .await
+            .unwrap();
+        assert_eq!(
+            looked, None,
+            "{queues:?}: a claim woken for a taken job looked"
+        );
+        drop(w);
+
+        // Its job still queued, a woken claim looks and takes it.
+        let mut w = store.queued_waiter(waiting, None, 1).await.unwrap();
+        let second = store.at(at(2)).enqueue(t, &job("builds")).await.unwrap();
+        wakes(&mut w, "the waiting claim").await;
+        let looked = store
+            .at(at(2))
+            .claim_woken(&w, waiting, None, 1, LEASE)
+            .await
+            .unwrap()
+            .expect("a woken claim whose job is queued did not look");
+        assert_eq!(looked.len(), 1);
+        assert_eq!(looked[0].id, second.id);
+    }
+}
+
 homeostat_testkit::on_both_backends!(
+    a_claim_woken_for_jobs_another_claim_took_does_not_look,
     queued_jobs_wake_as_many_waiting_claims_as_they_need,
     a_platform_agent_is_woken_by_any_tenants_jobs,
     a_claim_of_several_jobs_counts_as_several_waiters,
