@@ -228,8 +228,11 @@ impl PgStore {
         look: &mut Look,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let op = "claiming jobs";
-        // Claims run side by side here: the look's names are a good guess,
-        // not exact, and a wrong guess costs a claim that finds nothing.
+        // Opened once a connection is had: claims that finished while this
+        // one waited for it have withdrawn what they took. Claims run side
+        // by side here, so the look's names are a good guess, not exact,
+        // and a wrong guess costs a claim that finds nothing.
+        let mut conn = self.watch(self.pool.acquire().await).op(op)?;
         if !look.open() {
             return Ok(Vec::new());
         }
@@ -270,7 +273,7 @@ impl PgStore {
             .bind(queue)
             .bind(tenant)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
         } else {
             // Per queue an index-ordered scan that skips locked rows, then
@@ -305,9 +308,10 @@ impl PgStore {
             .bind(judged)
             .bind(i64::from(limit))
             .bind(queues)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
         };
+        drop(conn);
         let rows = match rows {
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(REFUSED) => {
                 let status = Some(e.message()).filter(|s| *s != "missing");
