@@ -558,6 +558,12 @@ impl Look {
         }
     }
 
+    /// Whether the claim was not woken (an agent back on its own).
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.woken.is_none()
+    }
+
     /// Whether the claim's wake-up was withdrawn: it did not look.
     pub(crate) fn withdrawn(&self) -> bool {
         self.withdrawn

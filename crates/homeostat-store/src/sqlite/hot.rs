@@ -180,10 +180,32 @@ impl SqliteStore {
         let op = "claiming jobs";
         let tenant = tenant.map(|t| t.to_string());
         let rows = if let [queue] = queues {
-            // The usual case: one statement, which SQLite runs as its own
-            // transaction on the single write connection, held until the
-            // look knows what it took (claims run one at a time here, so
-            // the look's names are exact).
+            // A claim that was not woken, on a queue whose last claim found
+            // less than it asked for, reads first whether anything is
+            // queued: an agent's long poll begins with such a look, and in
+            // a large fleet thousands of them a second find nothing. Read
+            // beside the writer, they leave it to the claims that find
+            // work. A job queued after the read wakes the waiter its claim
+            // took before looking, as one queued after the claim would.
+            if look.is_fresh() && !self.busy_queues.lock().unwrap().contains(queue) {
+                let any: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_claim
+                     WHERE state = 'queued' AND queue = ?1 AND (?2 IS NULL OR tenant_id = ?2))",
+                )
+                .bind(queue)
+                .bind(&tenant)
+                .fetch_one(&self.pool)
+                .await
+                .op(op)?;
+                if !any {
+                    registry::agents::require_online(self, agent_id, op).await?;
+                    return Ok(Vec::new());
+                }
+            }
+            // One statement, which SQLite runs as its own transaction on
+            // the single write connection, held until the look knows what
+            // it took (claims run one at a time here, so the look's names
+            // are exact).
             let mut writer = self.writer.acquire().await.op(op)?;
             if !look.open() {
                 return Ok(Vec::new());
@@ -210,6 +232,15 @@ impl SqliteStore {
             .await
             .op(op)?;
             look.took(&taken_ids(&rows)?);
+            let mut busy = self.busy_queues.lock().unwrap();
+            if rows.len() >= limit as usize {
+                if !busy.contains(queue) {
+                    busy.insert(queue.clone());
+                }
+            } else {
+                busy.remove(queue);
+            }
+            drop(busy);
             rows
         } else {
             // One index-ordered scan per queue, merged here: a single query

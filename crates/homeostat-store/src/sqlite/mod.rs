@@ -38,6 +38,10 @@ pub(crate) struct SqliteStore {
     /// Set when the writer's connection may be broken (a disk error, or a
     /// transaction it could not end): its next acquire replaces it.
     writer_suspect: Arc<std::sync::atomic::AtomicBool>,
+    /// Queues whose last claim took all it asked for: their next claim
+    /// goes to the writer at once, without reading first whether anything
+    /// is queued (see `claim_now`).
+    busy_queues: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Stops the checkpoint task when the last clone goes (held, not read).
     _checkpointer: Arc<tokio_util::sync::DropGuard>,
 }
@@ -105,6 +109,7 @@ impl SqliteStore {
             writer,
             options,
             writer_suspect,
+            busy_queues: Arc::default(),
             _checkpointer: Arc::new(stop.drop_guard()),
         })
     }
