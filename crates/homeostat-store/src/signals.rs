@@ -571,7 +571,7 @@ impl Look {
 
     /// The claim took `taken`.
     pub(crate) fn took(&mut self, taken: &[JobId]) {
-        {
+        if !taken.is_empty() {
             let mut reg = self.signals.registry.lock().unwrap();
             for job in taken {
                 if let Some(claim) = reg.promised.remove(job)

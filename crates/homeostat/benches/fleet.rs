@@ -504,14 +504,17 @@ async fn one_fleet(a: &Args, n: usize) {
     tally.heartbeat_ms.lock().unwrap().clear();
 
     // Under load: the producer at `rate` jobs a second.
-    let wasted0 = metric(&admin, &servers, "homeostat_claim_wakeups_total", "empty").await;
-    let withdrawn0 = metric(
-        &admin,
-        &servers,
-        "homeostat_claim_wakeups_total",
-        "withdrawn",
-    )
-    .await;
+    let (admin_ref, servers_ref) = (&admin, &servers);
+    let wakeups = move |outcome| {
+        metric(
+            admin_ref,
+            servers_ref,
+            "homeostat_claim_wakeups_total",
+            outcome,
+        )
+    };
+    let wasted0 = wakeups("empty").await;
+    let withdrawn0 = wakeups("withdrawn").await;
     tally.jobs.store(0, Ordering::Relaxed);
     let producer = {
         let (c, urls, tenant_key, stop) = (admin.clone(), urls.clone(), tenant_key, stop.clone());
@@ -561,15 +564,8 @@ async fn one_fleet(a: &Args, n: usize) {
     }
     let rss_load: u64 = servers.iter().map(Server::rss_kib).sum();
     let fds_load: usize = servers.iter().map(Server::fds).sum();
-    let wasted = metric(&admin, &servers, "homeostat_claim_wakeups_total", "empty").await - wasted0;
-    let withdrawn = metric(
-        &admin,
-        &servers,
-        "homeostat_claim_wakeups_total",
-        "withdrawn",
-    )
-    .await
-        - withdrawn0;
+    let wasted = wakeups("empty").await - wasted0;
+    let withdrawn = wakeups("withdrawn").await - withdrawn0;
     let offline = admin
         .get(format!(
             "{}/v1/agents?status=offline&limit=1000",
