@@ -440,12 +440,16 @@ pub(crate) trait Backend: Sync {
 
     /// Enqueues jobs in a transaction of their own (the tuned batch
     /// insert), telling the other replicas of `announce` in the same
-    /// statement on PostgreSQL (delivered at commit).
+    /// statement on PostgreSQL (delivered at commit). `promised`: per job,
+    /// whether a waiting claim of this replica is woken for it (on
+    /// PostgreSQL, claims that were not woken pass such a job by for a
+    /// moment, so that the woken one finds it).
     fn enqueue_batch(
         &self,
         tenant_id: TenantId,
         jobs: &[NewJob],
         announce: &[String],
+        promised: &[bool],
     ) -> impl Future<Output = Result<Vec<Enqueued>, StoreError>> + Send;
 
     /// Claims up to `limit` queued jobs of `tenant` (every tenant's for a

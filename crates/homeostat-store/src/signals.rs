@@ -205,6 +205,31 @@ impl Reserved {
         }
     }
 
+    /// Which of `jobs` the reserved waiters are woken for: on each queue,
+    /// the first jobs queued at once, as many as their capacities cover.
+    pub(crate) fn covers(&self, jobs: &[NewJob], now: Timestamp) -> Vec<bool> {
+        let mut room: Vec<(&str, u32)> = Vec::new();
+        for (entry, wake) in &self.woken {
+            let Wake::Queued { queue, .. } = wake else {
+                continue;
+            };
+            let capacity = entry.capacity.max(1);
+            match room.iter_mut().find(|(q, _)| *q == &**queue) {
+                Some((_, n)) => *n = n.saturating_add(capacity),
+                None => room.push((queue, capacity)),
+            }
+        }
+        jobs.iter()
+            .map(|job| {
+                job.initial_state(now) == JobState::Queued
+                    && room
+                        .iter_mut()
+                        .find(|(q, _)| *q == job.queue)
+                        .is_some_and(|(_, n)| n.checked_sub(1).map(|left| *n = left).is_some())
+            })
+            .collect()
+    }
+
     /// Wakes the reserved waiters.
     pub(crate) fn fire(self) {
         drop(self);
@@ -446,7 +471,8 @@ pub(crate) async fn enqueue<B: crate::backend::Backend>(
     let now = b.now();
     let mut reserved = signals.reserve(tenant, &queued_by_queue(jobs, now));
     let announce = signals.payloads(&reserved.shortfall);
-    let enqueued = b.enqueue_batch(tenant, jobs, &announce).await;
+    let promised = reserved.covers(jobs, now);
+    let enqueued = b.enqueue_batch(tenant, jobs, &announce, &promised).await;
     if let Ok(enqueued) = &enqueued {
         reserved.name(jobs, enqueued, now);
     }
@@ -559,7 +585,6 @@ impl Look {
     }
 
     /// Whether the claim was not woken (an agent back on its own).
-    #[cfg(feature = "sqlite")]
     pub(crate) fn is_fresh(&self) -> bool {
         self.woken.is_none()
     }
@@ -698,6 +723,35 @@ mod tests {
         assert!(now_or_never(w.changed()).is_none());
         reserved.fire();
         assert!(now_or_never(w.changed()).is_some());
+    }
+
+    #[test]
+    fn a_reservation_covers_the_first_jobs_queued_at_once_on_each_queue_up_to_its_capacities() {
+        let s = Signals::default();
+        let t = tenant();
+        let _two = s.waiter(Some(t), &q("builds"), 2);
+        let _one = s.waiter(Some(t), &q("builds"), 1);
+        let _deploys = s.waiter(Some(t), &q("deploys"), 5);
+        let now = Timestamp::now();
+        let later = NewJob {
+            run_at: Some(now + jiff::SignedDuration::from_secs(60)),
+            ..NewJob::new("builds", "k")
+        };
+        let jobs = [
+            later,
+            NewJob::new("builds", "k"),
+            NewJob::new("deploys", "k"),
+            NewJob::new("builds", "k"),
+            NewJob::new("builds", "k"),
+            NewJob::new("builds", "k"),
+            NewJob::new("tests", "k"),
+        ];
+        let reserved = s.reserve(t, &queued_by_queue(&jobs, now));
+        assert_eq!(
+            reserved.covers(&jobs, now),
+            [false, true, true, true, true, false, false],
+            "a scheduled job, three builds of four, the deploy, no test"
+        );
     }
 
     /// Queues `jobs` new jobs on `builds` for `t`, naming them: what

@@ -55,12 +55,19 @@ macro_rules! agent_may_claim {
 /// The SQLSTATE of `agent_may_claim`'s refusal.
 const REFUSED: &str = "QH001";
 
+/// How long a job queued for a woken claim is kept for woken claims (ms).
+/// A woken claim looks within milliseconds; this bounds the delay of a job
+/// whose woken claim never comes (its replica died): claims that were not
+/// woken take it after this.
+const PROMISED_MS: i64 = 250;
+
 impl PgStore {
     pub(super) async fn enqueue_batch_now(
         &self,
         tenant_id: TenantId,
         jobs: &[NewJob],
         announce: &[String],
+        promised: &[bool],
     ) -> Result<Vec<Enqueued>, StoreError> {
         let op = "enqueueing jobs";
         for job in jobs {
@@ -69,17 +76,20 @@ impl PgStore {
         // The statement tells the other replicas (`NOTIFY`, delivered at
         // commit).
         let mut conn = self.watch(self.pool.acquire().await).op(op)?;
-        self.enqueue_on(&mut conn, tenant_id, jobs, announce).await
+        self.enqueue_on(&mut conn, tenant_id, jobs, announce, promised)
+            .await
     }
 
     /// Enqueues validated jobs on `conn` (a transaction, or not), sending
-    /// the `announce` payloads with them.
+    /// the `announce` payloads with them; those `promised` (by index; none
+    /// past its end) kept for woken claims for [`PROMISED_MS`].
     pub(super) async fn enqueue_on(
         &self,
         conn: &mut sqlx::PgConnection,
         tenant_id: TenantId,
         jobs: &[NewJob],
         announce: &[String],
+        promised: &[bool],
     ) -> Result<Vec<Enqueued>, StoreError> {
         let op = "enqueueing jobs";
         let At { now, judged } = self.at();
@@ -126,6 +136,7 @@ impl PgStore {
             c.approval.push(job.approval_expires_at.map(ms));
             c.limit_keys.push(crate::limits::stored_keys(job));
             c.traceparent.push(job.traceparent.clone());
+            c.promised.push(promised.get(*i).copied().unwrap_or(false));
         }
         let flows = crate::fair::Flows::of(c.state.iter().zip(&c.queue).zip(&c.base).map(
             |((state, queue), base)| {
@@ -144,7 +155,7 @@ impl PgStore {
             "WITH ins AS (INSERT INTO jobs (id, tenant_id, queue, kind, payload, priority, base_priority,
                effective_priority, fingerprint, occurrences, state, max_attempts, timeout_ms, run_at,
                queued_at, fair_at, deadline_at, approval_expires_at, created_at, updated_at,
-               limit_keys, traceparent)
+               limit_keys, traceparent, promised_until)
              SELECT id, $1, queue, kind, payload, priority, base, base, fingerprint, occurrences,
                state::job_state, max_attempts, timeout_ms, GREATEST(run_at, ",
             pg_judged!(17),
@@ -164,14 +175,17 @@ impl PgStore {
             pg_judged!(17),
             ") END, COALESCE(deadline_at, GREATEST(run_at, ",
             pg_judged!(17),
-            ") + $18), approval, $2, $2, limit_keys, traceparent
+            ") + $18), approval, $2, $2, limit_keys, traceparent,
+               CASE WHEN promised THEN ",
+            pg_judged!(17),
+            " + $28 END
              FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
                          $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[],
                          $14::bigint[], $15::bigint[], $16::bigint[], $20::text[], $21::bigint[],
-                         $25::bigint[], $26::text[])
+                         $25::bigint[], $26::text[], $27::bool[])
                AS t(id, queue, kind, payload, priority, base, fingerprint, occurrences, state,
                     max_attempts, timeout_ms, run_at, deadline_at, approval, limit_keys, rank, flow,
-                    traceparent)
+                    traceparent, promised)
              ON CONFLICT (tenant_id, fingerprint)
                WHERE fingerprint IS NOT NULL AND state NOT IN ",
             crate::rows::terminal!(),
@@ -208,6 +222,8 @@ impl PgStore {
         .bind(&flows.priorities)
         .bind(&flows.flow)
         .bind(&c.traceparent)
+        .bind(&c.promised)
+        .bind(PROMISED_MS)
         .fetch_all(&mut *conn)
         .await;
         let stored = self.watch(stored).op(op)?;
@@ -238,6 +254,12 @@ impl PgStore {
         }
         let judged = self.at().judged;
         let tenant = tenant.map(Id::from);
+        // A claim that was not woken passes by jobs kept for woken claims
+        // (`jobs.promised_until`): claims run side by side here, so a woken
+        // claim's names cannot be withdrawn in time, and an agent back on
+        // its own, on any replica, would take its job and leave it a look
+        // that finds nothing.
+        let woken = !look.is_fresh();
         // The limit (and the list of queues) is a subquery, which the
         // planner does not look into: given the value, it costs a claim of
         // `limit` rows, and the cached generic plan (a tenth of the queue,
@@ -253,7 +275,7 @@ impl PgStore {
             // snapshot cannot see: it stays queued for the next claim.
             sqlx::query(concat!(
                 "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
-                   lease_token = lease_token + 1, ",
+                   lease_token = lease_token + 1, promised_until = NULL, ",
                 claim_times!(),
                 "
                  WHERE ",
@@ -261,6 +283,9 @@ impl PgStore {
                 " AND ctid = ANY(ARRAY(
                    SELECT ctid FROM jobs
                    WHERE state = 'queued' AND queue = $4 AND ($5::uuid IS NULL OR tenant_id = $5)
+                     AND ($7 OR promised_until IS NULL OR promised_until <= ",
+                pg_judged!(3),
+                ")
                    ORDER BY effective_priority DESC, fair_at
                    LIMIT (SELECT $6::bigint)
                    FOR UPDATE SKIP LOCKED))
@@ -273,6 +298,7 @@ impl PgStore {
             .bind(queue)
             .bind(tenant)
             .bind(i64::from(limit))
+            .bind(woken)
             .fetch_all(&mut *conn)
             .await
         } else {
@@ -288,13 +314,16 @@ impl PgStore {
                      SELECT j.id, j.effective_priority, j.fair_at FROM jobs j
                      WHERE j.state = 'queued' AND j.queue = q.name
                        AND (a.tenant_id IS NULL OR j.tenant_id = a.tenant_id)
+                       AND ($6 OR j.promised_until IS NULL OR j.promised_until <= ",
+                pg_judged!(3),
+                ")
                      ORDER BY j.effective_priority DESC, j.fair_at
                      LIMIT (SELECT $4::bigint)
                      FOR UPDATE SKIP LOCKED) c
                    ORDER BY c.effective_priority DESC, c.fair_at
                    LIMIT (SELECT $4::bigint))
                  UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_agent = $1,
-                   lease_token = lease_token + 1, ",
+                   lease_token = lease_token + 1, promised_until = NULL, ",
                 claim_times!(),
                 "
                  WHERE ",
@@ -308,6 +337,7 @@ impl PgStore {
             .bind(judged)
             .bind(i64::from(limit))
             .bind(queues)
+            .bind(woken)
             .fetch_all(&mut *conn)
             .await
         };
@@ -505,6 +535,7 @@ struct Columns {
     approval: Vec<Option<i64>>,
     limit_keys: Vec<Option<String>>,
     traceparent: Vec<Option<String>>,
+    promised: Vec<bool>,
 }
 
 impl Columns {

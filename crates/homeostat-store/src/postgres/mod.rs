@@ -311,8 +311,10 @@ impl Backend for PgStore {
         tenant_id: TenantId,
         jobs: &[NewJob],
         announce: &[String],
+        promised: &[bool],
     ) -> Result<Vec<Enqueued>, StoreError> {
-        self.enqueue_batch_now(tenant_id, jobs, announce).await
+        self.enqueue_batch_now(tenant_id, jobs, announce, promised)
+            .await
     }
 
     async fn claim(
@@ -417,6 +419,6 @@ impl Backend for PgStore {
         tenant_id: TenantId,
         jobs: &[NewJob],
     ) -> Result<Vec<Enqueued>, StoreError> {
-        self.enqueue_on(tx, tenant_id, jobs, &[]).await
+        self.enqueue_on(tx, tenant_id, jobs, &[], &[]).await
     }
 }

@@ -318,8 +318,12 @@ impl Backend for SqliteStore {
         tenant_id: TenantId,
         jobs: &[NewJob],
         _announce: &[String],
+        _promised: &[bool],
     ) -> Result<Vec<Enqueued>, StoreError> {
-        // One process: no other replica to tell.
+        // One process: no other replica to tell. Claims run one at a time
+        // on the writer, so a job named to a woken claim and taken by
+        // another withdraws that wake-up exactly (`signals::Look`): nothing
+        // to keep for it.
         self.enqueue_batch_now(tenant_id, jobs).await
     }
 

@@ -168,8 +168,61 @@ async fn a_job_named_to_a_woken_claim_costs_no_look_that_finds_nothing(store: &S
     }
 }
 
+async fn a_woken_claims_job_is_kept_for_it_on_postgres_and_withdrawn_from_it_on_sqlite(
+    store: &Store,
+) {
+    store.listening().await;
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    let postgres = store.backend() == "postgres";
+    // The agent back on its own claims from one queue, then from two: the
+    // claim that merges queues, beside the usual one.
+    for queues in [&["builds"][..], &["builds", "deploys"][..]] {
+        let waiting = agent(store, Some(t), &["builds"]).await;
+        let back = agent(store, Some(t), queues).await;
+        let mut w = store.queued_waiter(waiting, None, 1).await.unwrap();
+        let queued = store.at(t0()).enqueue(t, &job("builds")).await.unwrap();
+        wakes(&mut w, "the waiting claim").await;
+        let taken = store.at(t0()).claim(back, 1, LEASE).await.unwrap();
+        let looked = store
+            .at(t0())
+            .claim_woken(&w, waiting, None, 1, LEASE)
+            .await
+            .unwrap();
+        if postgres {
+            // Claims run side by side there: the job is kept for the
+            // woken claim, on every replica.
+            assert!(
+                taken.is_empty(),
+                "{queues:?}: a claim that was not woken took it"
+            );
+            let looked = looked.expect("the woken claim did not look");
+            assert_eq!(ids(&looked), [queued.id], "{queues:?}");
+        } else {
+            // One writer: the faster claim takes it and the woken claim,
+            // told, does not look.
+            assert_eq!(ids(&taken), [queued.id], "{queues:?}");
+            assert_eq!(looked, None, "{queues:?}");
+        }
+        drop(w);
+
+        // A job whose woken claim never looks (its replica died) is any
+        // claim's a moment later.
+        let mut w = store.queued_waiter(waiting, None, 1).await.unwrap();
+        let orphan = store.at(at(10)).enqueue(t, &job("builds")).await.unwrap();
+        wakes(&mut w, "the waiting claim").await;
+        if postgres {
+            let now = store.at(at(10)).claim(back, 1, LEASE).await.unwrap();
+            assert!(now.is_empty(), "{queues:?}: kept for no time");
+        }
+        let later = store.at(at(11)).claim(back, 1, LEASE).await.unwrap();
+        assert_eq!(ids(&later), [orphan.id], "{queues:?}: kept for ever");
+        drop(w);
+    }
+}
+
 homeostat_testkit::on_both_backends!(
     a_job_named_to_a_woken_claim_costs_no_look_that_finds_nothing,
+    a_woken_claims_job_is_kept_for_it_on_postgres_and_withdrawn_from_it_on_sqlite,
     queued_jobs_wake_as_many_waiting_claims_as_they_need,
     a_platform_agent_is_woken_by_any_tenants_jobs,
     a_claim_of_several_jobs_counts_as_several_waiters,
