@@ -236,11 +236,6 @@ pub(crate) const POSTGRES: Set = &[
         "step context",
         include_str!("../migrations/postgres/0026_step_context.sql"),
     ),
-    (
-        27,
-        "promised",
-        include_str!("../migrations/postgres/0027_promised.sql"),
-    ),
 ];
 
 /// The newest schema version this build knows.

@@ -1,7 +1,7 @@
 //! Rows into model types, once for both backends (each backend's
 //! [`RowExt`] decodes its own storage of ids, flags and lists).
 
-use homeostat_model::{Agent, Job, JobId, Notification, Tenant};
+use homeostat_model::{Agent, Job, JobId, JobState, Notification, Tenant};
 
 use crate::audit::ChainedEvent;
 use crate::backend::RowExt;
@@ -89,6 +89,7 @@ pub(crate) fn agent(r: &impl RowExt) -> Result<Agent, StoreError> {
 
 pub(crate) fn job(r: &impl RowExt) -> Result<Job, StoreError> {
     let opt_ts = |col: &str| -> Result<_, StoreError> { Ok(r.opt_int(col)?.map(ts)) };
+    let state = parsed("state", r.text("state")?)?;
     Ok(Job {
         id: r.id("id")?,
         tenant_id: r.id("tenant_id")?,
@@ -99,7 +100,7 @@ pub(crate) fn job(r: &impl RowExt) -> Result<Job, StoreError> {
         effective_priority: r.int("effective_priority")?,
         fingerprint: r.opt_text("fingerprint")?,
         occurrences: r.num::<u32>("occurrences")?,
-        state: parsed("state", r.text("state")?)?,
+        state,
         attempt: r.num::<u32>("attempt")?,
         max_attempts: r.num::<u32>("max_attempts")?,
         timeout_secs: r.num::<u64>("timeout_ms")? / 1000,
@@ -108,7 +109,14 @@ pub(crate) fn job(r: &impl RowExt) -> Result<Job, StoreError> {
         approval_expires_at: opt_ts("approval_expires_at")?,
         lease_agent: r.opt_id("lease_agent")?,
         lease_token: r.int("lease_token")?,
-        lease_expires_at: opt_ts("lease_expires_at")?,
+        // A queued job holds no lease. On PostgreSQL the column keeps a
+        // job queued for a woken claim for woken claims, a moment
+        // (`postgres::hot::PROMISED_MS`): not a lease to show.
+        lease_expires_at: if state == JobState::Queued {
+            None
+        } else {
+            opt_ts("lease_expires_at")?
+        },
         last_error: r.opt_text("last_error")?,
         result: r
             .opt_text("result")?

@@ -182,6 +182,8 @@ async fn a_woken_claims_job_is_kept_for_it_on_postgres_and_withdrawn_from_it_on_
         let mut w = store.queued_waiter(waiting, None, 1).await.unwrap();
         let queued = store.at(t0()).enqueue(t, &job("builds")).await.unwrap();
         wakes(&mut w, "the waiting claim").await;
+        let shown = store.get_job(queued.id).await.unwrap();
+        assert_eq!(shown.lease_expires_at, None, "a queued job shows a lease");
         let taken = store.at(t0()).claim(back, 1, LEASE).await.unwrap();
         let looked = store
             .at(t0())
