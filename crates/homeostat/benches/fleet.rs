@@ -257,6 +257,10 @@ struct Tally {
     jobs: AtomicU64,
     heartbeat_ms: Mutex<Vec<f64>>,
     pickup_ms: Mutex<Vec<f64>>,
+    /// Pickups over `SLOW_PICKUP_MS`: when the enqueue was sent (seconds
+    /// into the bench) and how long it took, for the timeline printed when
+    /// the tail is long.
+    slow: Mutex<Vec<(f64, f64)>>,
     measuring: AtomicBool,
 }
 
@@ -470,11 +474,11 @@ async fn one_fleet(a: &Args, n: usize) {
                     let sent_us = job["payload"]["t"].as_f64().unwrap_or(now_us);
                     if tally.measuring.load(Ordering::Relaxed) {
                         tally.jobs.fetch_add(1, Ordering::Relaxed);
-                        tally
-                            .pickup_ms
-                            .lock()
-                            .unwrap()
-                            .push((now_us - sent_us) / 1e3);
+                        let ms = (now_us - sent_us) / 1e3;
+                        tally.pickup_ms.lock().unwrap().push(ms);
+                        if ms > SLOW_PICKUP_MS {
+                            tally.slow.lock().unwrap().push((sent_us / 1e6, ms));
+                        }
                     }
                     let done = json!({"completions": [{"id": job["id"], "lease_token": job["lease_token"]}]});
                     let _ = polls
@@ -608,8 +612,31 @@ async fn one_fleet(a: &Args, n: usize) {
         kinds = tally.kinds.lock().unwrap(),
         backend = a.backend,
     );
+    print_slow(&tally.slow.lock().unwrap());
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pickup this slow is listed in the timeline.
+const SLOW_PICKUP_MS: f64 = 100.0;
+
+/// Where the slow pickups fell: per second of the bench in which their
+/// enqueues were sent, how many and the slowest. A long tail is one stall
+/// or many, and lines up (or not) with the servers' warnings above.
+fn print_slow(slow: &[(f64, f64)]) {
+    if slow.is_empty() {
+        return;
+    }
+    let mut by_second: std::collections::BTreeMap<u64, (usize, f64)> = Default::default();
+    for &(at, ms) in slow {
+        let e = by_second.entry(at as u64).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(ms);
+    }
+    println!("slow pickups (over {SLOW_PICKUP_MS} ms), by the second their enqueue was sent:");
+    for (second, (count, worst)) in by_second {
+        println!("  at {second:>5} s: {count:>4}, slowest {worst:.0} ms");
+    }
 }
 
 fn main() {

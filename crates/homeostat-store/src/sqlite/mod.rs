@@ -185,6 +185,8 @@ async fn checkpoints(
         let passive: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
             .fetch_one(&pool)
             .await;
+        let passive_took = started.elapsed();
+        let (frames, copied) = passive.as_ref().map_or((0, 0), |&(_, f, c)| (f, c));
         let result = match passive {
             Ok((_, frames, _)) if frames > WAL_LIMIT_FRAMES => restart_wal(&writer, frames).await,
             other => other.map(drop),
@@ -192,7 +194,10 @@ async fn checkpoints(
         let took = started.elapsed();
         if took > SLOW_CHECKPOINT {
             tracing::warn!(
-                took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                took_ms = millis(took),
+                passive_ms = millis(passive_took),
+                frames,
+                copied,
                 "a WAL checkpoint was slow"
             );
         }
@@ -205,10 +210,16 @@ async fn checkpoints(
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Restarts the WAL on the writer's connection, waiting at most
 /// [`RESTART_WAIT`] for readers; busy (a reader stayed) is not an error.
 async fn restart_wal(writer: &SqlitePool, frames: i64) -> Result<(), sqlx::Error> {
+    let asked = std::time::Instant::now();
     let mut conn = writer.acquire().await?;
+    let acquired = asked.elapsed();
     let wait = format!("PRAGMA busy_timeout = {}", RESTART_WAIT.as_millis());
     sqlx::query(AssertSqlSafe(wait)).execute(&mut *conn).await?;
     let restarted: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(RESTART)")
@@ -217,6 +228,17 @@ async fn restart_wal(writer: &SqlitePool, frames: i64) -> Result<(), sqlx::Error
     // The writer's own busy timeout, whatever the restart did.
     let back = format!("PRAGMA busy_timeout = {}", BUSY_TIMEOUT.as_millis());
     sqlx::query(AssertSqlSafe(back)).execute(&mut *conn).await?;
+    // Only this part stalls writes (the copy beside the writer does not):
+    // logged apart, so a slow checkpoint says which it was.
+    let held = asked.elapsed() - acquired;
+    if held > SLOW_CHECKPOINT {
+        tracing::warn!(
+            frames,
+            acquire_ms = millis(acquired),
+            held_ms = millis(held),
+            "restarting the WAL held the writer"
+        );
+    }
     match restarted? {
         (1, _, _) => {
             tracing::debug!(frames, "the WAL's readers stayed; restarting it later");

@@ -26,8 +26,23 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the server logged last: a flaky bound
+        // is otherwise lost with its run.
+        if std::thread::panicking() {
+            let log = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
+            let lines: Vec<&str> = log.lines().collect();
+            let from = lines.len().saturating_sub(LOG_TAIL);
+            eprintln!(
+                "--- the server's last {} log lines ---\n{}",
+                lines.len() - from,
+                lines[from..].join("\n")
+            );
+        }
     }
 }
+
+/// How many of its last log lines a server shows when its test fails.
+const LOG_TAIL: usize = 150;
 
 /// The URL `homeostat run` reaches `test`'s PostgreSQL schema at.
 pub fn database_url(test: &homeostat_testkit::TestStore) -> String {
