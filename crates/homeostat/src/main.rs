@@ -9,6 +9,7 @@ mod groups;
 mod logging;
 mod output;
 mod serve;
+mod stalls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

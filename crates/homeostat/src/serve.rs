@@ -71,6 +71,7 @@ async fn run(config: Config) -> Result<(), BoxError> {
     // server answers (or while it opens its store) stops it cleanly instead
     // of killing it by the signal's default action.
     let stop = stop_signal();
+    crate::stalls::watch();
     let url = config.store_url()?;
     let options = StoreOptions {
         max_connections: config.max_connections,

@@ -42,6 +42,9 @@ pub(crate) struct SqliteStore {
     /// goes to the writer at once, without reading first whether anything
     /// is queued (see `claim_now`).
     busy_queues: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// The operation that last took the write connection, and when: a
+    /// write that waited long for it names who had it.
+    writer_holder: Arc<std::sync::Mutex<Option<(&'static str, std::time::Instant)>>>,
     /// Stops the checkpoint task when the last clone goes (held, not read).
     _checkpointer: Arc<tokio_util::sync::DropGuard>,
 }
@@ -110,6 +113,7 @@ impl SqliteStore {
             options,
             writer_suspect,
             busy_queues: Arc::default(),
+            writer_holder: Arc::default(),
             _checkpointer: Arc::new(stop.drop_guard()),
         })
     }
@@ -129,6 +133,41 @@ impl SqliteStore {
     fn suspect_writer(&self) {
         self.writer_suspect
             .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    async fn begin_writing(&self, op: &'static str) -> Result<Tx, StoreError> {
+        match self.writer.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => Ok(tx),
+            // A connection left inside a transaction (its commit or rollback
+            // failed on a disk error) refuses to begin: replace it, once.
+            Err(sqlx::Error::InvalidSavePointStatement | sqlx::Error::BeginFailed) => {
+                self.suspect_writer();
+                self.writer.begin_with("BEGIN IMMEDIATE").await.op(op)
+            }
+            Err(e) => Err(crate::error::db_error(op, self.writer_error(e))),
+        }
+    }
+
+    /// Notes that `op` has the write connection, asked for at `asked`. A
+    /// long wait is logged with the operation that took it last, most
+    /// likely the one that held it: only one holds it at a time.
+    fn took_writer(&self, op: &'static str, asked: std::time::Instant) {
+        let waited = asked.elapsed();
+        let before = self
+            .writer_holder
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace((op, std::time::Instant::now()));
+        if waited > SLOW_WRITER_WAIT {
+            let (held_by, taken) = before.map_or(("", 0), |(o, at)| (o, millis(at.elapsed())));
+            tracing::warn!(
+                op,
+                waited_ms = millis(waited),
+                held_by,
+                held_by_took_it_ms_ago = taken,
+                "a write waited long for the SQLite write connection"
+            );
+        }
     }
 
     /// Passes a write's error on, marking the write connection suspect
@@ -157,6 +196,9 @@ const WAL_LIMIT_FRAMES: i64 = 4_096;
 /// A restart that cannot have the WAL in time gives up and is tried again
 /// at the next checkpoint.
 const RESTART_WAIT: Duration = Duration::from_millis(200);
+
+/// A write that waited this long for the write connection is logged.
+const SLOW_WRITER_WAIT: Duration = Duration::from_secs(1);
 
 /// A checkpoint slower than this is logged.
 const SLOW_CHECKPOINT: Duration = Duration::from_millis(500);
@@ -371,16 +413,12 @@ impl Backend for SqliteStore {
     }
 
     async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {
-        match self.writer.begin_with("BEGIN IMMEDIATE").await {
-            Ok(tx) => Ok(tx),
-            // A connection left inside a transaction (its commit or rollback
-            // failed on a disk error) refuses to begin: replace it, once.
-            Err(sqlx::Error::InvalidSavePointStatement | sqlx::Error::BeginFailed) => {
-                self.suspect_writer();
-                self.writer.begin_with("BEGIN IMMEDIATE").await.op(op)
-            }
-            Err(e) => Err(crate::error::db_error(op, self.writer_error(e))),
+        let asked = std::time::Instant::now();
+        let began = self.begin_writing(op).await;
+        if began.is_ok() {
+            self.took_writer(op, asked);
         }
+        began
     }
 
     async fn commit(tx: Tx, op: &'static str) -> Result<(), StoreError> {
