@@ -10,7 +10,8 @@
 //! pickup runs from the enqueue's send to the claim answer that carries
 //! the job), errors, agents marked offline, the servers' memory and file
 //! descriptors, memory per idle long poll (servers' RSS with every agent
-//! waiting, less their RSS before any agent registered, over N), database
+//! waiting, less their RSS before any agent registered, over N; and
+//! their RSS 5 s after every agent has gone, `left`), database
 //! transactions per heartbeat while idle (PostgreSQL: `pg_stat_database`,
 //! every source counted), and wasted wake-ups per job
 //! (`homeostat_claim_wakeups_total{outcome="empty"}`).
@@ -586,16 +587,24 @@ async fn one_fleet(a: &Args, n: usize) {
         .map_or(0, Vec::len);
     stop.cancel();
     let enqueued = producer.await.unwrap();
-    for t in agents {
+    for t in &agents {
         t.abort();
     }
+    for t in agents {
+        let _ = t.await;
+    }
+    // Every connection closes with its client: the long polls end, and
+    // what they held should go back to the system.
+    drop((polls, beats));
+    tokio::time::sleep(LEFT_AFTER).await;
+    let rss_left: u64 = servers.iter().map(Server::rss_kib).sum();
     let jobs = tally.jobs.load(Ordering::Relaxed);
     let hb = sorted(&tally.heartbeat_ms);
     let pick = sorted(&tally.pickup_ms);
     println!(
         "{backend:8} agents {n:>6} | heartbeat p50 {:>7.1} p99 {:>7.1} ms | pickup p50 {:>7.1} p99 {:>7.1} ms | \
          jobs {jobs}/{enqueued} | errors idle {idle_errors} load {} | offline {offline} | waiting {waiting} | \
-         RSS before {} MiB idle {} MiB load {} MiB | per idle poll {:.1} KiB | fds idle {fds_idle} load {fds_load} | \
+         RSS before {} MiB idle {} MiB load {} MiB left {} MiB | per idle poll {:.1} KiB | fds idle {fds_idle} load {fds_load} | \
          db tx/heartbeat {} | wasted wake-ups/job {:.3} | withdrawn/job {:.3} | failures {kinds:?}",
         percentile(&hb, 0.5),
         percentile(&hb, 0.99),
@@ -605,6 +614,7 @@ async fn one_fleet(a: &Args, n: usize) {
         rss_before / 1024,
         rss_idle / 1024,
         rss_load / 1024,
+        rss_left / 1024,
         (rss_idle.saturating_sub(rss_before)) as f64 / n as f64,
         tx_per_beat.map_or("n/a".into(), |t| format!("{t:.4}")),
         wasted / jobs.max(1) as f64,
@@ -616,6 +626,9 @@ async fn one_fleet(a: &Args, n: usize) {
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// How long after every agent left the servers' memory is read again.
+const LEFT_AFTER: Duration = Duration::from_secs(5);
 
 /// A pickup this slow is listed in the timeline.
 const SLOW_PICKUP_MS: f64 = 100.0;
