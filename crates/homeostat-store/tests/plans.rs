@@ -16,11 +16,12 @@ struct Reads {
     seq_tup_read: i64,
     idx_tup_fetch: i64,
     updated: i64,
+    inserted: i64,
 }
 
 async fn reads(admin: &sqlx::PgPool, schema: &str) -> Reads {
-    let (seq_tup_read, idx_tup_fetch, updated): (i64, i64, i64) = sqlx::query_as(
-        "SELECT seq_tup_read, COALESCE(idx_tup_fetch, 0), n_tup_upd FROM pg_stat_user_tables
+    let (seq_tup_read, idx_tup_fetch, updated, inserted): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT seq_tup_read, COALESCE(idx_tup_fetch, 0), n_tup_upd, n_tup_ins FROM pg_stat_user_tables
          WHERE schemaname = $1 AND relname = 'jobs'",
     )
     .bind(schema)
@@ -31,21 +32,24 @@ async fn reads(admin: &sqlx::PgPool, schema: &str) -> Reads {
         seq_tup_read,
         idx_tup_fetch,
         updated,
+        inserted,
     }
 }
 
-/// Backends publish their counters a moment after they go idle: waits until
-/// `updated` rows updates are counted.
-async fn reads_after(admin: &sqlx::PgPool, schema: &str, updated: i64) -> Reads {
+/// Backends publish their counters a moment after they go idle (up to
+/// seconds later), all of a backend's at once: waits until `updated` row
+/// updates and `inserted` inserts are counted, so that every read done
+/// before them is counted too.
+async fn reads_after(admin: &sqlx::PgPool, schema: &str, updated: i64, inserted: i64) -> Reads {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let r = reads(admin, schema).await;
-        if r.updated >= updated {
+        if r.updated >= updated && r.inserted >= inserted {
             return r;
         }
         assert!(
             Instant::now() < deadline,
-            "table statistics never counted {updated} updates: {r:?}"
+            "table statistics never counted {updated} updates and {inserted} inserts: {r:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -126,7 +130,9 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
     .unwrap();
     assert_eq!(analyzed, Some(0), "the table must stay unanalyzed");
 
-    let before = reads_after(&admin, &schema, 3 * 8).await;
+    // The growth's own reads (hundreds of thousands of index fetches) are
+    // published late: counted in `before` only once its inserts are.
+    let before = reads_after(&admin, &schema, 3 * 8, 8 + 100_000).await;
     const ROUNDS: i64 = 5;
     for round in 0..ROUNDS {
         // An enqueue reads the queue's head and the tenant's last turn
@@ -139,7 +145,13 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
         assert_eq!(lifecycle(1000 + round, 10).await, 10);
     }
     // Each job: claimed, heartbeated, completed.
-    let after = reads_after(&admin, &schema, before.updated + ROUNDS * 10 * 3).await;
+    let after = reads_after(
+        &admin,
+        &schema,
+        before.updated + ROUNDS * 10 * 3,
+        before.inserted + ROUNDS,
+    )
+    .await;
     assert_eq!(
         after.seq_tup_read, before.seq_tup_read,
         "an enqueue, claim, heartbeat or completion scanned the jobs table"
