@@ -9,9 +9,11 @@
 //! Per fleet size it reports: heartbeat and pickup latency (p50/p99; a
 //! pickup runs from the enqueue's send to the claim answer that carries
 //! the job), errors, agents marked offline, the servers' memory and file
-//! descriptors, memory per idle long poll (servers' RSS with every agent
-//! waiting, less their RSS before any agent registered, over N; and
-//! their RSS 5 s after every agent has gone, `left`), database
+//! descriptors, memory per registered agent (servers' RSS with every agent
+//! registered and heartbeating, less their RSS before any registered, over
+//! N), memory per idle long poll (their RSS once every agent also waits in
+//! a long poll, less the registered figure, over N), their RSS 5 s after
+//! every agent has gone (`left`), database
 //! transactions per heartbeat while idle (PostgreSQL: `pg_stat_database`,
 //! every source counted), and wasted wake-ups per job
 //! (`homeostat_claim_wakeups_total{outcome="empty"}`).
@@ -410,12 +412,11 @@ async fn one_fleet(a: &Args, n: usize) {
         .build()
         .unwrap();
     let mut agents = Vec::new();
-    for (url, cred) in creds {
-        let (polls, beats, tally, stop) =
-            (polls.clone(), beats.clone(), tally.clone(), stop.clone());
+    // Heartbeats first, so that what the registered fleet costs the
+    // servers is measured apart from what its long polls add.
+    for (hb_url, hb_cred) in creds.clone() {
+        let (beats, hb_tally, hb_stop) = (beats.clone(), tally.clone(), stop.clone());
         let period = Duration::from_secs(a.heartbeat);
-        let (hb_url, hb_cred) = (url.clone(), cred.clone());
-        let (hb_tally, hb_stop) = (tally.clone(), stop.clone());
         agents.push(tokio::spawn(async move {
             tokio::time::sleep(period.mul_f64(fastrand::f64())).await;
             let mut ticks = tokio::time::interval(period);
@@ -449,6 +450,13 @@ async fn one_fleet(a: &Args, n: usize) {
                 }
             }
         }));
+    }
+    // Every agent heard at least once (each began at a random point of its
+    // first period).
+    tokio::time::sleep(Duration::from_secs(a.heartbeat + 3)).await;
+    let rss_registered: u64 = servers.iter().map(Server::rss_kib).sum();
+    for (url, cred) in creds {
+        let (polls, tally, stop) = (polls.clone(), tally.clone(), stop.clone());
         agents.push(tokio::spawn(async move {
             while !stop.is_cancelled() {
                 let r = tokio::select! {
@@ -604,7 +612,7 @@ async fn one_fleet(a: &Args, n: usize) {
     println!(
         "{backend:8} agents {n:>6} | heartbeat p50 {:>7.1} p99 {:>7.1} ms | pickup p50 {:>7.1} p99 {:>7.1} ms | \
          jobs {jobs}/{enqueued} | errors idle {idle_errors} load {} | offline {offline} | waiting {waiting} | \
-         RSS before {} MiB idle {} MiB load {} MiB left {} MiB | per idle poll {:.1} KiB | fds idle {fds_idle} load {fds_load} | \
+         RSS before {} MiB registered {} MiB idle {} MiB load {} MiB left {} MiB | per agent {:.1} KiB | per idle poll {:.1} KiB | fds idle {fds_idle} load {fds_load} | \
          db tx/heartbeat {} | wasted wake-ups/job {:.3} | withdrawn/job {:.3} | failures {kinds:?}",
         percentile(&hb, 0.5),
         percentile(&hb, 0.99),
@@ -612,10 +620,12 @@ async fn one_fleet(a: &Args, n: usize) {
         percentile(&pick, 0.99),
         tally.errors.load(Ordering::Relaxed) - idle_errors,
         rss_before / 1024,
+        rss_registered / 1024,
         rss_idle / 1024,
         rss_load / 1024,
         rss_left / 1024,
-        (rss_idle.saturating_sub(rss_before)) as f64 / n as f64,
+        (rss_registered.saturating_sub(rss_before)) as f64 / n as f64,
+        (rss_idle.saturating_sub(rss_registered)) as f64 / n as f64,
         tx_per_beat.map_or("n/a".into(), |t| format!("{t:.4}")),
         wasted / jobs.max(1) as f64,
         withdrawn / jobs.max(1) as f64,
