@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(100);
 
 /// A timer this late is a stall worth a warning.
-pub(crate) const STALL: Duration = Duration::from_millis(500);
+const STALL: Duration = Duration::from_millis(500);
 
 /// Watches the runtime it is called on, for as long as the runtime runs,
 /// logging each stall.
