@@ -22,7 +22,12 @@ use crate::state::ApiState;
 
 /// Counts, times and logs every request by its route template (never its
 /// path: ids would make a series per job) and its request id; never a
-/// header, so no credential reaches a log line.
+/// header, so no credential reaches a log line. Every request ends by
+/// `api.request_timeout`: past it the answer is 408 with the API's error
+/// body (and the handler is dropped, which rolls back what it had not
+/// committed). One middleware, not two: each costs a request, a long
+/// poll's whole life, a boxed future and a boxed copy of the services
+/// inside it.
 pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
@@ -37,7 +42,18 @@ pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Nex
         .to_owned();
     let span = request_span(&method, &route, req.headers());
     let started = Instant::now();
-    let response = next.run(req).instrument(span.clone()).await;
+    let limit = state.settings.request_timeout;
+    let response = match tokio::time::timeout(limit, next.run(req))
+        .instrument(span.clone())
+        .await
+    {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            homeostat_model::ErrorCode::Timeout,
+            format!("the request took longer than {} s", limit.as_secs()),
+        )
+        .into_response(),
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();
     // As a signed integer: OpenTelemetry has no unsigned one.
