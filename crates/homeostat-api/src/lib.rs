@@ -177,8 +177,8 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed);
     // One stack, applied once: each `Router::layer` call wraps every route
     // in a boxed service of its own, which a request clones and whose
-    // future it boxes, so seven calls cost an idle long poll fourteen
-    // allocations (about 4 KiB) that one stack does without.
+    // future it boxes; seven calls cost an idle long poll six wrappings
+    // (about 3.5 KiB) more than one stack does (docs/benchmarks.md).
     api.layer(
         tower::ServiceBuilder::new()
             // Outside all: a caller's request id is checked before it is kept.

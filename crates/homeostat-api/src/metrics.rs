@@ -25,9 +25,9 @@ use crate::state::ApiState;
 /// header, so no credential reaches a log line. Every request ends by
 /// `api.request_timeout`: past it the answer is 408 with the API's error
 /// body (and the handler is dropped, which rolls back what it had not
-/// committed). One middleware, not two: each costs a request, a long
-/// poll's whole life, a boxed future and a boxed copy of the services
-/// inside it.
+/// committed). One middleware, not two: each `from_fn` costs every
+/// request (a long poll, for its whole life) a boxed future and a boxed
+/// copy of the services inside it.
 pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
