@@ -24,6 +24,7 @@ mod serve;
 mod state;
 mod strict_json;
 mod trace_context;
+mod track;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -175,17 +176,16 @@ pub fn router(state: ApiState) -> Router {
         .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    // One stack, applied once: each `Router::layer` call wraps every route
-    // in a boxed service of its own, which a request clones and whose
-    // future it boxes; seven calls cost an idle long poll six wrappings
-    // (about 3.5 KiB) more than one stack does (docs/benchmarks.md).
+    // One stack, applied once, of layers with no box inside: each
+    // `Router::layer` call wraps every route in a boxed service of its own,
+    // which a request clones and whose future it boxes, and so does each
+    // `from_fn` inside; an idle long poll keeps them all for its whole wait
+    // (docs/benchmarks.md). As one stack, a request's middleware is one
+    // future in one allocation.
     api.layer(
         tower::ServiceBuilder::new()
             // Outside all: a caller's request id is checked before it is kept.
-            .layer(axum::middleware::from_fn_with_state(
-                settings.max_body_bytes,
-                guard::guard,
-            ))
+            .layer(guard::GuardLayer::new(settings.max_body_bytes))
             // Every request has an id (the caller's, or a new one), and the
             // answer carries it back.
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -194,9 +194,9 @@ pub fn router(state: ApiState) -> Router {
             // instead of dropping the connection (and logs where).
             .layer(tower_http::catch_panic::CatchPanicLayer::custom(panicked))
             .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                metrics::track,
+            .layer(track::TrackLayer::new(
+                state.http.clone(),
+                settings.request_timeout,
             )),
     )
     .with_state(state)

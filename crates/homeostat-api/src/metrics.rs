@@ -1,112 +1,20 @@
 //! `/metrics` in the OpenMetrics text format: what others registered (the
 //! controller manager's reconcile metrics), the API's own
-//! (http_metrics.rs; counted by [`track`], every request's layer), and the
+//! (http_metrics.rs; counted by track.rs, every request's layer), and the
 //! store read at scrape time (live jobs by state and queue, each queue's backlog and the
 //! age of its oldest job, agents by status).
 
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::state::ApiState;
-
-/// Counts, times and logs every request by its route template (never its
-/// path: ids would make a series per job) and its request id; never a
-/// header, so no credential reaches a log line. Every request ends by
-/// `api.request_timeout`: past it the answer is 408 with the API's error
-/// body (and the handler is dropped, which rolls back what it had not
-/// committed). One middleware, not two: each `from_fn` costs every
-/// request (a long poll, for its whole life) a boxed future and a boxed
-/// copy of the services inside it.
-pub(crate) async fn track(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = req.method().as_str().to_owned();
-    let request_id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let span = request_span(&method, &route, req.headers());
-    let started = Instant::now();
-    let limit = state.settings.request_timeout;
-    let response = match tokio::time::timeout(limit, next.run(req))
-        .instrument(span.clone())
-        .await
-    {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            homeostat_model::ErrorCode::Timeout,
-            format!("the request took longer than {} s", limit.as_secs()),
-        )
-        .into_response(),
-    };
-    let elapsed = started.elapsed().as_secs_f64();
-    let status = response.status().as_u16();
-    // As a signed integer: OpenTelemetry has no unsigned one.
-    span.record("http.response.status_code", i64::from(status));
-    if status >= 500 {
-        span.record("otel.status_code", "error");
-    }
-    // A probe's "not ready" is its answer, not a fault: the failing check
-    // is logged where it fails, not once per probe.
-    let answered = route == "/readyz";
-    if let Some(cause) = response.extensions().get::<crate::error::FailureCause>() {
-        tracing::error!(%method, %route, status, ms = elapsed * 1e3, %request_id, cause = %cause.0, "request failed");
-    } else if status >= 500 && !answered {
-        tracing::warn!(%method, %route, status, ms = elapsed * 1e3, %request_id, "request failed");
-    } else {
-        tracing::debug!(%method, %route, status, ms = elapsed * 1e3, %request_id, "request");
-    }
-    state.http.answered(route, method, status, elapsed);
-    response
-}
-
-/// The span of a request, exported when tracing is on (docs/telemetry.md):
-/// a child of the caller's `traceparent`, named by its route template, with
-/// its tenant or agent recorded once authenticated. Probes and scrapes have
-/// none, nor do heartbeats: they would be most of what is exported (a
-/// fleet's agents beat every few seconds) and tell nothing of a job.
-fn request_span(method: &str, route: &str, headers: &axum::http::HeaderMap) -> tracing::Span {
-    if matches!(
-        route,
-        "/healthz" | "/readyz" | "/metrics" | "/v1/agent/heartbeat"
-    ) {
-        return tracing::Span::none();
-    }
-    let span = tracing::info_span!(
-        target: homeostat_model::trace::SPANS,
-        "request",
-        otel.name = format!("{method} {route}"),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        http.request.method = method,
-        http.route = route,
-        http.response.status_code = tracing::field::Empty,
-        homeostat.tenant.id = tracing::field::Empty,
-        homeostat.agent.id = tracing::field::Empty,
-        homeostat.job.id = tracing::field::Empty,
-        homeostat.queue = tracing::field::Empty,
-        homeostat.job.kind = tracing::field::Empty,
-    );
-    if let Some(tp) = crate::trace_context::traceparent(headers) {
-        homeostat_model::trace::continue_from(&span, &tp);
-    }
-    span
-}
 
 /// Marks a request that came through the probes listener.
 #[derive(Debug, Clone, Copy)]

@@ -188,9 +188,15 @@ impl Default for ApiSettings {
     }
 }
 
-/// Shared by every handler; cheap to clone.
+/// Shared by every handler; cheap to clone: one pointer, since a request's
+/// future holds its copies (two, in a handler's) for the request's whole
+/// life, a long poll's for its whole wait.
 #[derive(Debug, Clone)]
-pub struct ApiState {
+pub struct ApiState(Arc<Shared>);
+
+/// What [`ApiState`] points to (nothing in it is public).
+#[derive(Debug)]
+pub struct Shared {
     pub(crate) store: Store,
     pub(crate) settings: Arc<ApiSettings>,
     pub(crate) manager: Option<Manager>,
@@ -208,6 +214,14 @@ pub struct ApiState {
     pub(crate) started_at: std::time::SystemTime,
     /// Readiness, checked every second in the background.
     pub(crate) readiness: crate::readiness::Readiness,
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl ApiState {
@@ -234,7 +248,7 @@ impl ApiState {
             manager.is_some(),
             shutdown.clone(),
         );
-        Self {
+        Self(Arc::new(Shared {
             readiness,
             presence,
             claims: crate::claim_slots::ClaimSlots::default(),
@@ -246,7 +260,7 @@ impl ApiState {
             http,
             registry: Arc::new(registry),
             started_at: std::time::SystemTime::now(),
-        }
+        }))
     }
 
     /// Returns once readiness has been checked (so that the first probe
