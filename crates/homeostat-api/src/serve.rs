@@ -38,7 +38,7 @@ impl Default for Limits {
     /// `api.header_read_timeout`'s and a conservative bound's defaults.
     fn default() -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             max_open: 1_000,
         }
     }

@@ -39,6 +39,9 @@ pub struct ApiSettings {
     pub request_timeout: Duration,
     /// A connection sends a request's headers within this of opening or of
     /// its last answer, or is closed (silent, trickling, idle keep-alive).
+    /// At least twice `heartbeat_interval`: an agent's heartbeat connection
+    /// idles one interval between beats, and closed then, every beat would
+    /// open a new connection and some would race the close and fail.
     #[serde(with = "homeostat_model::duration")]
     pub header_read_timeout: Duration,
     /// Connections open at once (0: as many as the open-file limit allows);
@@ -167,7 +170,7 @@ impl Default for ApiSettings {
             max_body_bytes: 1024 * 1024,
             max_result_bytes: 64 * 1024,
             request_timeout: Duration::from_secs(60),
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             max_open_connections: 0,
             max_claims_per_agent: 4,
             session_idle: Duration::from_secs(30 * 60),

@@ -345,8 +345,19 @@ impl Config {
                 ),
             );
         }
-        if api.header_read_timeout.is_zero() {
-            return bad("api.header_read_timeout", "must be above 0".into());
+        // An agent's heartbeat connection idles one interval between beats:
+        // closed then, each beat opens a new connection, and one sent as the
+        // server closes fails and is retried (measured: at 1 s beats and a
+        // 1 s timeout, a new connection every other beat, one beat in thirty
+        // retried).
+        if api.header_read_timeout < api.heartbeat_interval * 2 {
+            return bad(
+                "api.header_read_timeout",
+                format!(
+                    "must be at least twice api.heartbeat_interval ({:?}), or agents' heartbeat connections are closed between beats",
+                    api.heartbeat_interval
+                ),
+            );
         }
         if api.session_idle.is_zero() || api.session_max_age < api.session_idle {
             return bad(
@@ -583,6 +594,14 @@ mod tests {
         let f = file("[api]\nheartbeat_interval = \"50s\"\nlease_ttl = \"60s\"\n");
         let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
         assert!(err.starts_with("api.heartbeat_interval"), "{err}");
+        let f = file("[api]\nheader_read_timeout = \"15s\"\n");
+        let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
+        assert!(
+            err.starts_with("api.header_read_timeout") && err.contains("heartbeat"),
+            "{err}"
+        );
+        let f = file("[api]\nheader_read_timeout = \"2s\"\nheartbeat_interval = \"1s\"\n");
+        assert!(Config::load_from(Some(&f.0), no_env()).is_ok());
         let f = file("[controllers.agent_health]\nstale_after = \"15s\"\n");
         let err = Config::load_from(Some(&f.0), no_env()).unwrap_err().0;
         assert!(

@@ -29,7 +29,13 @@ fn read_to_close(stream: &mut TcpStream, within: Duration) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_trickling_and_idle_connections_are_closed() {
     let dir = data_dir();
-    let server = start_with(&dir, &[("HOMEOSTAT_API__HEADER_READ_TIMEOUT", "1s")]);
+    let server = start_with(
+        &dir,
+        &[
+            ("HOMEOSTAT_API__HEADER_READ_TIMEOUT", "1s"),
+            ("HOMEOSTAT_API__HEARTBEAT_INTERVAL", "500ms"),
+        ],
+    );
     ready(&client(), &server).await;
     let address = server.address.clone();
     tokio::task::spawn_blocking(move || {
