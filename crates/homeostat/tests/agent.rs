@@ -445,3 +445,79 @@ async fn an_outcome_the_server_missed_is_sent_by_the_restarted_agent() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The sockets `pid` holds (their inodes).
+fn sockets_of(pid: u32) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                .map(|target| target.to_string_lossy().into_owned())
+                .filter(|target| target.starts_with("socket:"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// When the server last recorded a heartbeat of its one agent.
+async fn last_heartbeat(
+    c: &reqwest::Client,
+    server: &common::Server,
+    admin: &str,
+) -> Option<jiff::Timestamp> {
+    let agents = get_json(c, server.url("/v1/agents"), admin).await;
+    agents["items"][0]["last_heartbeat_at"]
+        .as_str()
+        .map(|t| t.parse().unwrap())
+}
+
+/// An agent's heartbeat connection idles one interval between beats; the
+/// server keeps it open (the idle bound is at least twice the interval), so
+/// the agent opens no connection while it beats: closed between beats,
+/// every other beat opened one and some raced the close and failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_keeps_its_connections_between_heartbeats() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = client();
+    let server = common::start_with(
+        &dir.join("data"),
+        &[
+            ("HOMEOSTAT_API__HEARTBEAT_INTERVAL", "1s"),
+            ("HOMEOSTAT_API__HEADER_READ_TIMEOUT", "2s"),
+        ],
+    );
+    ready(&c, &server).await;
+    let admin = server.admin_key().unwrap();
+    let (_, bootstrap) = common::tenant_and_bootstrap(&c, &server, &admin, "acme", 1).await;
+    let mut worker = agent(&server.url(""), &dir, Some(&bootstrap), &[]);
+    // The server's own record of the agent's beats paces the observation.
+    let last_beat = || last_heartbeat(&c, &server, &admin);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        if let Some(at) = last_beat().await {
+            break at;
+        }
+        assert!(Instant::now() < deadline, "the agent never heartbeated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Two beats on, its heartbeat connection is open.
+    while last_beat().await.unwrap() < first + jiff::SignedDuration::from_secs(2) {
+        assert!(Instant::now() < deadline, "the agent stopped heartbeating");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = sockets_of(worker.id());
+    let from = last_beat().await.unwrap();
+    let mut seen = held.clone();
+    // Four beats more, as the server recorded them.
+    while last_beat().await.unwrap() < from + jiff::SignedDuration::from_secs(4) {
+        assert!(Instant::now() < deadline, "the agent stopped heartbeating");
+        seen.extend(sockets_of(worker.id()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !held.is_empty() && seen == held,
+        "the agent opened connections while it heartbeated: held {held:?}, seen {seen:?}"
+    );
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}
