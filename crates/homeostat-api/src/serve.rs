@@ -38,7 +38,7 @@ impl Default for Limits {
     /// `api.header_read_timeout`'s and a conservative bound's defaults.
     fn default() -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: crate::ApiSettings::default().header_read_timeout,
             max_open: 1_000,
         }
     }

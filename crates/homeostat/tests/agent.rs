@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -114,20 +114,32 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_runs_programs_as_jobs() {
+/// A server on `listen` with `env`, its data in a fresh directory that the
+/// agent's files share, once ready: the directory, a client, the server and
+/// its admin key.
+async fn ready_server(
+    listen: &str,
+    env: &[(&str, &str)],
+) -> (PathBuf, reqwest::Client, common::Server, String) {
     let dir = data_dir();
     std::fs::create_dir_all(&dir).unwrap();
     let c = client();
-    let server = common::start_with(
-        &dir.join("data"),
+    let server = common::start_at(&dir.join("data"), listen, env);
+    ready(&c, &server).await;
+    let admin = server.admin_key().unwrap();
+    (dir, c, server, admin)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_runs_programs_as_jobs() {
+    let (dir, c, server, admin) = ready_server(
+        "127.0.0.1:0",
         &[
             ("HOMEOSTAT_API__HEARTBEAT_INTERVAL", "1s"),
             ("HOMEOSTAT_JOBS__RETRY_INITIAL", "1s"),
         ],
-    );
-    ready(&c, &server).await;
-    let admin = server.admin_key().unwrap();
+    )
+    .await;
     let tenant = post_json(
         &c,
         server.url("/v1/tenants"),
@@ -350,12 +362,7 @@ struct RunningJob {
 /// Starts a server on `listen`, an agent, and a job of `kind`; returns once
 /// the job runs.
 async fn a_running_job(listen: &str, kind: &str) -> RunningJob {
-    let dir = data_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let c = client();
-    let server = common::start_at(&dir.join("data"), listen, &[]);
-    ready(&c, &server).await;
-    let admin = server.admin_key().unwrap();
+    let (dir, c, server, admin) = ready_server(listen, &[]).await;
     let (tenant, bootstrap) = common::tenant_and_bootstrap(&c, &server, &admin, "acme", 1).await;
     let agent = agent(&server.url(""), &dir, Some(&bootstrap), &[]);
     let job = post_json(
@@ -476,18 +483,14 @@ async fn last_heartbeat(
 /// every other beat opened one and some raced the close and failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_keeps_its_connections_between_heartbeats() {
-    let dir = data_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let c = client();
-    let server = common::start_with(
-        &dir.join("data"),
+    let (dir, c, server, admin) = ready_server(
+        "127.0.0.1:0",
         &[
             ("HOMEOSTAT_API__HEARTBEAT_INTERVAL", "1s"),
             ("HOMEOSTAT_API__HEADER_READ_TIMEOUT", "2s"),
         ],
-    );
-    ready(&c, &server).await;
-    let admin = server.admin_key().unwrap();
+    )
+    .await;
     let (_, bootstrap) = common::tenant_and_bootstrap(&c, &server, &admin, "acme", 1).await;
     let mut worker = agent(&server.url(""), &dir, Some(&bootstrap), &[]);
     // The server's own record of the agent's beats paces the observation.
