@@ -635,7 +635,7 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
                         // Single statements in autocommit, as the store runs them.
                         let ids: Vec<i64> = sqlx::query_scalar(
                             "UPDATE bare SET state = 'running' WHERE id IN
-                               (SELECT id FROM bare WHERE state = 'queued' ORDER BY id LIMIT ?)
+                               (SELECT id FROM bare WHERE state = 'queued' ORDER BY id LIMIT CAST(? AS INTEGER))
                              RETURNING id",
                         )
                         .bind(i64::from(batch))

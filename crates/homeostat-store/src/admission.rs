@@ -50,7 +50,7 @@ const NOW: Sql = Sql::pair(
 /// `$1` now, `$2` how many: the due wake-ups, taken.
 const TAKE_WAKEUPS: Sql = Sql::both(
     "DELETE FROM limit_wakeups WHERE id IN (
-       SELECT id FROM limit_wakeups WHERE due_at <= $1 ORDER BY due_at LIMIT $2)
+       SELECT id FROM limit_wakeups WHERE due_at <= $1 ORDER BY due_at LIMIT CAST($2 AS BIGINT))
      RETURNING limit_name, key",
 );
 
@@ -85,7 +85,7 @@ pub(crate) const COUNTS: Sql = Sql::pair(
 /// they are admitted.
 const WAITING: Sql = Sql::both(
     "SELECT job_id FROM job_limits WHERE limit_name = $1 AND key = $2 AND phase = 'waiting'
-     ORDER BY priority DESC, queued_at, job_id LIMIT $3",
+     ORDER BY priority DESC, queued_at, job_id LIMIT CAST($3 AS BIGINT)",
 );
 
 /// `$1` JSON `[{"l": limit, "key": key, "n": how many}]`: each key's
@@ -102,7 +102,7 @@ const WAITING_OF_KEYS: &str =
 /// `$1` limit, `$2` key, `$3` how many: its waiting jobs, newest first.
 const WAITING_NEWEST: Sql = Sql::both(
     "SELECT job_id FROM job_limits WHERE limit_name = $1 AND key = $2 AND phase = 'waiting'
-     ORDER BY job_id DESC LIMIT $3",
+     ORDER BY job_id DESC LIMIT CAST($3 AS BIGINT)",
 );
 
 /// `$1` limit, `$2` key: the jobs holding its slots that can be stopped,

@@ -49,7 +49,7 @@ const FAILED: Sql = Sql::both(
 const DEAD: Sql = Sql::both(concat!(
     "SELECT ",
     job_columns!(),
-    " FROM jobs WHERE state = 'dead' ORDER BY id DESC LIMIT $1"
+    " FROM jobs WHERE state = 'dead' ORDER BY id DESC LIMIT CAST($1 AS BIGINT)"
 ));
 
 const DEAD_COUNT: Sql = Sql::both("SELECT COUNT(*) AS n FROM jobs WHERE state = 'dead'");
@@ -62,7 +62,7 @@ const AWAITING: Sql = Sql::pair(
         "SELECT ",
         job_columns!(),
         " FROM jobs WHERE state = 'awaiting_approval'
-          ORDER BY approval_expires_at IS NULL, approval_expires_at LIMIT $1"
+          ORDER BY approval_expires_at IS NULL, approval_expires_at LIMIT CAST($1 AS BIGINT)"
     ),
     concat!(
         "SELECT ",
@@ -80,7 +80,7 @@ const AUDIT_PAGE: Sql = Sql::pair(
     "SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit_events
      WHERE ($1 IS NULL OR seq < $1) AND ($2 IS NULL OR action = $2)
        AND ($3 IS NULL OR subject = $3) AND ($4 IS NULL OR actor = $4)
-     ORDER BY seq DESC LIMIT $5",
+     ORDER BY seq DESC LIMIT CAST($5 AS BIGINT)",
     "SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit_events
      WHERE ($1::bigint IS NULL OR seq < $1) AND ($2::text IS NULL OR action = $2)
        AND ($3::text IS NULL OR subject = $3) AND ($4::text IS NULL OR actor = $4)

@@ -22,28 +22,30 @@ const MOVE_HEAD: Sql =
 
 const EVENTS: Sql = Sql::both(
     "SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit_events
-     WHERE seq > $1 ORDER BY seq LIMIT $2",
+     WHERE seq > $1 ORDER BY seq LIMIT CAST($2 AS BIGINT)",
 );
 
 const EVENTS_OF: Sql = Sql::both(
     "SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit_events
-     WHERE subject = $1 ORDER BY seq LIMIT $2",
+     WHERE subject = $1 ORDER BY seq LIMIT CAST($2 AS BIGINT)",
 );
 
 const CHAIN: Sql = Sql::both(
     "SELECT next_seq, head_hash, first_seq, first_prev_hash FROM audit_chain WHERE id = 1",
 );
 
-const COUNT_OLD: Sql =
-    Sql::both("SELECT COUNT(*) AS n FROM (SELECT 1 FROM audit_events WHERE at < $1 LIMIT $2) t");
+const COUNT_OLD: Sql = Sql::both(
+    "SELECT COUNT(*) AS n FROM (SELECT 1 FROM audit_events WHERE at < $1 LIMIT CAST($2 AS BIGINT)) t",
+);
 
 const FIRST_SEQ: Sql = Sql::pair(
     "SELECT first_seq FROM audit_chain WHERE id = 1",
     "SELECT first_seq FROM audit_chain WHERE id = 1 FOR UPDATE",
 );
 
-const OLDEST: Sql =
-    Sql::both("SELECT seq, at, hash FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2");
+const OLDEST: Sql = Sql::both(
+    "SELECT seq, at, hash FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT CAST($2 AS BIGINT)",
+);
 
 const DELETE_THROUGH: Sql = Sql::both("DELETE FROM audit_events WHERE seq >= $1 AND seq <= $2");
 

@@ -28,7 +28,7 @@ const REMEMBER: Sql = Sql::both(
 
 const FORGET: Sql = Sql::both(
     "DELETE FROM idempotency_keys WHERE key IN (
-       SELECT key FROM idempotency_keys WHERE created_at <= $1 LIMIT $2)",
+       SELECT key FROM idempotency_keys WHERE created_at <= $1 LIMIT CAST($2 AS BIGINT))",
 );
 
 /// How long an idempotency key's answer is kept.

@@ -175,7 +175,7 @@ macro_rules! list_filters_sqlite {
            AND ($3 IS NULL OR queue = $3) AND ($4 IS NULL OR id < $4)
            AND ($6 IS NULL OR kind = $6) AND ($7 IS NULL OR lease_agent = $7)
            AND ($8 IS NULL OR instr(fingerprint, $8) > 0)
-         ORDER BY id DESC LIMIT $5"
+         ORDER BY id DESC LIMIT CAST($5 AS BIGINT)"
     };
 }
 

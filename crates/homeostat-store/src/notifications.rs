@@ -22,7 +22,7 @@ const INSERT: Sql = Sql::both(
 const CLAIM_DUE: Sql = Sql::both(concat!(
     "UPDATE notifications SET next_attempt_at = $2
      WHERE id IN (SELECT id FROM notifications WHERE state = 'pending'
-                  AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT $3)
+                  AND next_attempt_at <= $1 ORDER BY next_attempt_at LIMIT CAST($3 AS BIGINT))
      RETURNING ",
     notification_columns!()
 ));
@@ -46,7 +46,7 @@ const LIST: Sql = Sql::pair(
     concat!(
         "SELECT ",
         notification_columns!(),
-        " FROM notifications WHERE state = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+        " FROM notifications WHERE state = $1 AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT CAST($3 AS BIGINT)"
     ),
     concat!(
         "SELECT ",

@@ -206,7 +206,7 @@ fn sql(kind: PlanKind, now_ms: i64, postgres: bool) -> (String, String, Vec<i64>
     let limit = binds.len() + 1;
     let count = format!("SELECT COUNT(*) AS n FROM {source}");
     let sample = format!(
-        "SELECT {subject} AS subject, {from} AS from_state, {to} AS to_state FROM {source} LIMIT ${limit}"
+        "SELECT {subject} AS subject, {from} AS from_state, {to} AS to_state FROM {source} LIMIT CAST(${limit} AS BIGINT)"
     );
     (count, sample, binds)
 }

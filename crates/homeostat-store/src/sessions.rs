@@ -50,7 +50,7 @@ const DELETE_ENDED: Sql = Sql::both(
     "DELETE FROM dashboard_sessions WHERE hash IN (
        SELECT hash FROM dashboard_sessions WHERE last_seen_at <= $1 - $2
        UNION SELECT hash FROM dashboard_sessions WHERE created_at <= $1 - $3
-       LIMIT $4)",
+       LIMIT CAST($4 AS BIGINT))",
 );
 
 const READ_SECRET: Sql = Sql::both("SELECT secret FROM server_secrets WHERE name = $1");

@@ -40,7 +40,7 @@ pub(crate) const LEASE_EXPIRED: Sweep = Sweep {
             sqlite_failed_attempt!("$1", "'lease expired: the agent stopped heartbeating the job'"),
             ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          WHERE id IN (SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at < $1
-                        AND lease_expires_at >= $3 LIMIT $2)
+                        AND lease_expires_at >= $3 LIMIT CAST($2 AS BIGINT))
          RETURNING id, state, tenant_id, queue, kind"
         ),
         concat!(
@@ -119,7 +119,7 @@ pub(crate) const AGENT_OFFLINE: Sweep = Sweep {
         "SELECT j.id FROM jobs j INDEXED BY jobs_running_lease
                       JOIN agents a ON a.id = j.lease_agent
                       WHERE j.state = 'running' AND a.status = 'offline'
-                        AND (j.limit_keys IS NULL OR j.lease_expires_at < $1) LIMIT $2",
+                        AND (j.limit_keys IS NULL OR j.lease_expires_at < $1) LIMIT CAST($2 AS BIGINT)",
         "'reclaimed: the agent went offline'::text",
         "SELECT j.id FROM jobs j JOIN agents a ON a.id = j.lease_agent, t
                       WHERE j.state = 'running' AND a.status = 'offline'
@@ -135,7 +135,7 @@ pub(crate) const AGENT_REVOKED: Sweep = Sweep {
     reason: "the agent's credentials were revoked",
     sql: reclaim_running!(
         "'reclaimed: the agent was revoked'",
-        "SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3 LIMIT $2",
+        "SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3 LIMIT CAST($2 AS BIGINT)",
         "'reclaimed: the agent was revoked'::text",
         "SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3
                       LIMIT $2 FOR UPDATE SKIP LOCKED"
@@ -151,7 +151,7 @@ pub(crate) const AGENT_RESTARTED: Sweep = Sweep {
     sql: reclaim_running!(
         "'reclaimed: the agent restarted without it'",
         "SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3
-                        AND id NOT IN (SELECT value FROM json_each($4)) LIMIT $2",
+                        AND id NOT IN (SELECT value FROM json_each($4)) LIMIT CAST($2 AS BIGINT)",
         "'reclaimed: the agent restarted without it'::text",
         "SELECT id FROM jobs WHERE state = 'running' AND lease_agent = $3
                         AND NOT (id = ANY($4::uuid[]))
@@ -173,7 +173,7 @@ macro_rules! deadline_passed {
          WHERE id IN (SELECT id FROM jobs WHERE state = '",
                 $state,
                 "' AND attempt = 0
-                      AND deadline_at < $1 LIMIT $2)
+                      AND deadline_at < $1 LIMIT CAST($2 AS BIGINT))
          RETURNING id, state, tenant_id, queue, kind"
             ),
             concat!(
@@ -229,7 +229,7 @@ const TIMED_OUT: Sweep = Sweep {
             sqlite_failed_attempt!("$1", "'attempt timed out'"),
             ", lease_agent = NULL, lease_expires_at = NULL, timeout_at = NULL
          WHERE id IN (SELECT id FROM jobs INDEXED BY jobs_running_lease
-                      WHERE state = 'running' AND timeout_at < $1 LIMIT $2)
+                      WHERE state = 'running' AND timeout_at < $1 LIMIT CAST($2 AS BIGINT))
          RETURNING id, state, tenant_id, queue, kind"
         ),
         concat!(
@@ -258,7 +258,7 @@ pub(crate) const PROMOTED: Sweep = Sweep {
     sql: Sql::pair(
         "UPDATE jobs SET state = CASE WHEN limit_keys IS NULL THEN 'queued' ELSE 'waiting' END,
            queued_at = $1, fair_at = $1, updated_at = $1
-         WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1 LIMIT $2)
+         WHERE id IN (SELECT id FROM jobs WHERE state = 'scheduled' AND run_at <= $1 LIMIT CAST($2 AS BIGINT))
          RETURNING id, state, tenant_id, queue, kind",
         concat!(
             "WITH t(now) AS (SELECT ",
@@ -283,7 +283,7 @@ pub(crate) const APPROVAL_EXPIRED: Sweep = Sweep {
         "UPDATE jobs SET state = 'expired', finished_at = $1, updated_at = $1,
            last_error = 'approval expired'
          WHERE id IN (SELECT id FROM jobs WHERE state = 'awaiting_approval'
-                      AND approval_expires_at < $1 LIMIT $2)
+                      AND approval_expires_at < $1 LIMIT CAST($2 AS BIGINT))
          RETURNING id, state, tenant_id, queue, kind",
         concat!(
             "WITH t(now) AS (SELECT ",
@@ -311,7 +311,7 @@ const DELETED: Sweep = Sweep {
            SELECT id FROM jobs WHERE id < $4 AND (
              (state IN ('succeeded', 'cancelled') AND finished_at < $1)
              OR (state IN ('dead', 'expired') AND finished_at < $2))
-           ORDER BY id LIMIT $3)
+           ORDER BY id LIMIT CAST($3 AS BIGINT))
          RETURNING id, state, tenant_id, queue, kind",
         "DELETE FROM jobs WHERE id IN (
            SELECT id FROM jobs WHERE id < $4 AND (
@@ -327,7 +327,7 @@ const REPRIORITIZE: Sql = Sql::pair(
     "UPDATE jobs SET effective_priority = MAX(base_priority, MIN($3, base_priority + (($1 - fair_at) / 60000) * $2))
      WHERE id IN (SELECT id FROM jobs WHERE state = 'queued'
          AND effective_priority <> MAX(base_priority, MIN($3, base_priority + (($1 - fair_at) / 60000) * $2))
-         LIMIT $4)",
+         LIMIT CAST($4 AS BIGINT))",
     concat!(
         "WITH t(now) AS (SELECT ",
         pg_judged!(1),

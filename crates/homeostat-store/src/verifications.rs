@@ -54,7 +54,7 @@ const OPEN: Sql = Sql::both(concat!(
 /// `$1` how many to keep.
 const PRUNE: Sql = Sql::both(
     "DELETE FROM audit_verifications WHERE state NOT IN ('pending', 'running')
-       AND seq NOT IN (SELECT seq FROM audit_verifications ORDER BY seq DESC LIMIT $1)",
+       AND seq NOT IN (SELECT seq FROM audit_verifications ORDER BY seq DESC LIMIT CAST($1 AS BIGINT))",
 );
 
 const GET: Sql = Sql::both(concat!(
@@ -66,7 +66,7 @@ const GET: Sql = Sql::both(concat!(
 const LATEST: Sql = Sql::both(concat!(
     "SELECT ",
     verification_columns!(),
-    " FROM audit_verifications ORDER BY seq DESC LIMIT $1"
+    " FROM audit_verifications ORDER BY seq DESC LIMIT CAST($1 AS BIGINT)"
 ));
 
 /// `$1` id, `$2` now. The total is the retained chain's length as the walk

@@ -202,7 +202,7 @@ const LIST: Sql = Sql::pair(
      JOIN workflow_steps s ON s.workflow_id = w.id
      JOIN jobs j ON j.id = s.job_id
      WHERE w.id IN (SELECT id FROM workflows WHERE ($1 IS NULL OR tenant_id = $1)
-                      AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT $3)
+                      AND ($2 IS NULL OR id < $2) ORDER BY id DESC LIMIT CAST($3 AS BIGINT))
      GROUP BY w.id ORDER BY w.id DESC",
     "SELECT w.id AS id, w.tenant_id AS tenant_id, w.name AS name, w.created_at AS created_at,
        w.cancelled_at AS cancelled_at, COUNT(*) AS steps,
@@ -226,7 +226,7 @@ const STRAGGLERS: Sql = Sql::both(
      WHERE j.state = 'pending' AND NOT EXISTS (
        SELECT 1 FROM workflow_needs n JOIN jobs p ON p.id = n.parent_id
        WHERE n.job_id = s.job_id AND p.state NOT IN ('succeeded', 'dead', 'cancelled', 'expired'))
-     ORDER BY s.job_id LIMIT $1",
+     ORDER BY s.job_id LIMIT CAST($1 AS BIGINT)",
 );
 
 /// The count of a step's needs that did not succeed (a need gone counts:

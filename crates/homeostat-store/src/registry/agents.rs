@@ -35,7 +35,7 @@ const USE_TOKEN: Sql = Sql::both(
 const FORGET_AGENTS: Sql = Sql::both(
     "DELETE FROM agents WHERE id IN (
        SELECT id FROM agents WHERE status = 'offline' AND last_heartbeat_at < $1
-       ORDER BY last_heartbeat_at LIMIT $2)
+       ORDER BY last_heartbeat_at LIMIT CAST($2 AS BIGINT))
      AND status = 'offline' AND last_heartbeat_at < $1
      RETURNING id",
 );
@@ -142,7 +142,7 @@ const AGENTS: Sql = Sql::pair(
         agent_columns!(),
         " FROM agents WHERE ($1 IS NULL OR tenant_id = $1) AND ($2 IS NULL OR status = $2)
            AND ($3 IS NULL OR (name, id) > (SELECT name, id FROM agents WHERE id = $3))
-         ORDER BY name, id LIMIT $4"
+         ORDER BY name, id LIMIT CAST($4 AS BIGINT)"
     ),
     concat!(
         "SELECT ",
@@ -169,7 +169,7 @@ const RESUME_AGENT: Sql = Sql::both(concat!(
 const SILENT_AGENTS_OFFLINE: Sql = Sql::pair(
     "UPDATE agents SET status = 'offline'
      WHERE id IN (SELECT id FROM agents WHERE status <> 'offline'
-                  AND last_heartbeat_at < $1 - $3 LIMIT $2)
+                  AND last_heartbeat_at < $1 - $3 LIMIT CAST($2 AS BIGINT))
      RETURNING id",
     concat!(
         "UPDATE agents SET status = 'offline'

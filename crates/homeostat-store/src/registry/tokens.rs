@@ -51,7 +51,7 @@ const DELETE_DEAD_TOKENS: Sql = Sql::both(
        SELECT id FROM tokens WHERE expires_at <= $1
        UNION SELECT id FROM tokens WHERE uses_left = 0
        UNION SELECT id FROM tokens WHERE revoked_at IS NOT NULL
-       LIMIT $2)",
+       LIMIT CAST($2 AS BIGINT))",
 );
 
 const AGENT_OFFLINE: Sql = Sql::both(concat!(

@@ -219,7 +219,7 @@ impl SqliteStore {
                 " WHERE rowid IN (
                    SELECT rowid FROM jobs INDEXED BY jobs_claim
                    WHERE state = 'queued' AND queue = ?4 AND (?5 IS NULL OR tenant_id = ?5)
-                   ORDER BY effective_priority DESC, fair_at LIMIT ?6)
+                   ORDER BY effective_priority DESC, fair_at LIMIT CAST(?6 AS INTEGER))
                  AND EXISTS (SELECT 1 FROM agents WHERE id = ?1 AND status = 'online')
                  RETURNING ",
                 claim_returning!()
@@ -257,7 +257,7 @@ impl SqliteStore {
                 let rows = sqlx::query(
                     "SELECT id, effective_priority, fair_at FROM jobs INDEXED BY jobs_claim
                      WHERE state = 'queued' AND queue = ?1 AND (?2 IS NULL OR tenant_id = ?2)
-                     ORDER BY effective_priority DESC, fair_at LIMIT ?3",
+                     ORDER BY effective_priority DESC, fair_at LIMIT CAST(?3 AS INTEGER)",
                 )
                 .bind(queue)
                 .bind(&tenant)

@@ -317,8 +317,27 @@ fn arguments(args: &[Arg<'_>]) -> SqliteArguments {
 }
 
 fn query(stmt: Stmt<'_>) -> sqlx::query::Query<'static, Sqlite, SqliteArguments> {
+    debug_assert!(
+        !bare_limit(&stmt.sql),
+        "a statement binds its LIMIT bare (write LIMIT CAST($n AS BIGINT)): {}",
+        stmt.sql
+    );
     let args = arguments(&stmt.args);
     sqlx::query_with(AssertSqlSafe(stmt.sql), args)
+}
+
+/// Where `sql` binds its `LIMIT` as a bare parameter (`LIMIT $2`,
+/// `LIMIT ?6`). SQLite reads such a limit's value while it plans, so
+/// binding it again expires the prepared statement: every run of it is
+/// prepared anew, and a statement on `jobs` compiles all of that table's
+/// triggers each time (a claim spent more time being prepared than
+/// running: docs/benchmarks.md). `LIMIT CAST($2 AS BIGINT)` is not read
+/// while planning, and PostgreSQL plans it as it plans `LIMIT $2`.
+fn bare_limit(sql: &str) -> bool {
+    sql.split("LIMIT ").skip(1).any(|rest| {
+        rest.strip_prefix(['$', '?'])
+            .is_some_and(|n| !n.starts_with(char::is_alphabetic))
+    })
 }
 
 fn decode<T>(col: &str, r: Result<T, sqlx::Error>) -> Result<T, StoreError> {
@@ -510,5 +529,23 @@ fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
             operation: "creating the SQLite database file",
             source: sqlx::Error::Io(e),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bare_limit;
+
+    #[test]
+    fn a_limit_bound_bare_is_told_from_one_cast() {
+        assert!(bare_limit("SELECT id FROM jobs LIMIT $2"));
+        assert!(bare_limit(
+            "SELECT id FROM jobs WHERE x IN (SELECT id LIMIT ?6) AND y"
+        ));
+        assert!(bare_limit("SELECT id FROM jobs LIMIT ?"));
+        assert!(bare_limit("SELECT 1 LIMIT 1; SELECT id FROM jobs LIMIT ?)"));
+        assert!(!bare_limit("SELECT id FROM jobs LIMIT CAST($2 AS BIGINT)"));
+        assert!(!bare_limit("SELECT id FROM jobs LIMIT 1"));
+        assert!(!bare_limit("SELECT id FROM jobs"));
     }
 }
