@@ -213,6 +213,9 @@ impl SqliteStore {
                 return Ok(Vec::new());
             }
             let now = self.now();
+            // The limit goes through a cast: bound bare, SQLite would
+            // prepare the claim, and every trigger on jobs, again on each
+            // run (`bare_limit` in mod.rs).
             let rows = sqlx::query(concat!(
                 "UPDATE jobs SET ",
                 claim_set!(),
