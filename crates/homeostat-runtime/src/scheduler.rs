@@ -101,6 +101,9 @@ pub(crate) struct Driver {
     next_due: SystemTime,
     next_reason: RunReason,
     in_flight: Option<InFlight>,
+    /// A run that finished while the loop awaited the lease store: settled
+    /// at the loop's next turn.
+    ended: Option<(InFlight, RunResult)>,
     held: Option<Held>,
     /// The armed timer and the deadline it fires at.
     timer: Option<(SystemTime, BoxFuture<'static, ()>)>,
@@ -136,6 +139,7 @@ impl Driver {
             next_due,
             next_reason,
             in_flight: None,
+            ended: None,
             held: None,
             timer: None,
             trigger_signal,
@@ -150,6 +154,10 @@ impl Driver {
 
     pub(crate) async fn run(mut self) -> LoopExit {
         loop {
+            if let Some((run, result)) = self.ended.take() {
+                self.settle(run, result).await;
+                continue;
+            }
             if self.stopping && self.in_flight.is_none() {
                 break;
             }
@@ -423,16 +431,22 @@ impl Driver {
         let valid_until = held.valid_until;
         let sent = shared.clock.now();
         let stopping = self.stopping;
+        let renewal = beside_run(
+            &mut self.in_flight,
+            &mut self.ended,
+            shared.leases.renew_boxed(&lease, shared.lease_ttl),
+        );
         let answer = tokio::select! {
             biased;
             // A slow store must not hold up shutdown: drain now, and renew
             // (without this branch) while draining.
-            _ = shared.stop.cancelled(), if !stopping => {
-                self.stopping = true;
-                return;
-            }
-            answer = shared.leases.renew_boxed(&lease, shared.lease_ttl) => Some(answer),
-            _ = shared.clock.sleep_until(valid_until) => None,
+            _ = shared.stop.cancelled(), if !stopping => None,
+            answer = renewal => Some(Some(answer)),
+            _ = shared.clock.sleep_until(valid_until) => Some(None),
+        };
+        let Some(answer) = answer else {
+            self.stopping = true;
+            return;
         };
         match answer {
             Some(Ok(Some(renewed))) if renewed.epoch == lease.epoch => {
@@ -622,6 +636,33 @@ impl Driver {
             info!(controller = %self.slot.name, epoch = held.lease.epoch, "leadership released");
         }
     }
+}
+
+/// Awaits `work` (a call to the lease store) while the run in flight goes on.
+/// Only this loop polls the run: left unpolled while the loop awaited a
+/// renewal, a run holding what the store needed for it (SQLite's one write
+/// connection, a lock on its lease's row) held it until the lease ran out,
+/// and the leader stepped down with a healthy store. A run that ends
+/// meanwhile is moved to `ended`, for the loop to settle.
+async fn beside_run<T>(
+    in_flight: &mut Option<InFlight>,
+    ended: &mut Option<(InFlight, RunResult)>,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let result = match in_flight.as_mut() {
+        None => return work.await,
+        Some(run) => {
+            run.polled = true;
+            tokio::select! {
+                biased;
+                out = &mut work => return out,
+                result = run.finished() => result,
+            }
+        }
+    };
+    *ended = in_flight.take().map(|run| (run, result));
+    work.await
 }
 
 /// Gives a lease back, bounded in time: a store that does not answer leaves

@@ -347,11 +347,62 @@ async fn shutdown_is_not_held_up_by_a_hanging_renewal() {
     assert_eq!(store.inner.current("steady"), None, "released for a peer");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_run_holding_what_the_renewal_needs_goes_on_and_the_leader_stays() {
+    // The store has one connection, as SQLite's writer is: the run holds it
+    // from before the renewal is due (a third of the TTL, 5 s) until 8 s.
+    // The renewal waits for it, and the run must go on meanwhile: left
+    // unpolled, it held the connection until the lease ran out (10 s), and
+    // the leader stepped down with nothing wrong with its store.
+    let clock = TokioClock::at_test_epoch();
+    let store = Arc::new(SlowLeases::new(shared_store(&clock)));
+    let connection = Arc::clone(&store.connection);
+    let (holding, probe) = TestController::new("holding", 60 * S, move |_, _| {
+        let connection = Arc::clone(&connection);
+        async move {
+            let _held = connection.lock().await;
+            tokio::time::sleep(8 * S).await;
+            Ok(Reconciled::items(1))
+        }
+    });
+    let mut registry = Registry::default();
+    let mut builder = Manager::builder()
+        .clock(Arc::new(clock))
+        .lease_store(Arc::clone(&store))
+        .lease_ttl(TTL)
+        .holder("a")
+        .metrics(&mut registry);
+    builder.register(holding, exact()).unwrap();
+    let manager = builder.start().unwrap();
+    wait_until("the run started", S, || probe.count() == 1).await;
+    let acquired = clock.now();
+
+    // Past the lease's local deadline, two thirds of the TTL.
+    tokio::time::sleep(TTL * 2 / 3 + S).await;
+    let status = manager.controller_status("holding").unwrap();
+    assert!(status.leader, "the leader stepped down");
+    let last = status.last_run.expect("the run was settled");
+    assert_eq!(last.outcome, Outcome::Success, "{last:?}");
+    assert!(!probe.runs()[0].ctx.is_cancelled());
+    assert_eq!(outcomes(&registry, "holding", "not_leader"), 0.0);
+    let lease = store.inner.current("holding").unwrap();
+    assert_eq!((lease.holder.as_str(), lease.epoch), ("a", 1));
+    // Renewed when the run let the connection go, 8 s after acquiring.
+    let expires = secs(acquired, lease.expires_at);
+    assert!(
+        expires >= 8.0 + TTL.as_secs_f64(),
+        "expires {expires}s after acquiring"
+    );
+    manager.shutdown(S).await;
+}
+
 /// A lease store whose renewals can be made to hang, as a partitioned
-/// database would.
+/// database would, and whose calls wait for its one connection.
 struct SlowLeases {
     inner: Arc<InMemoryLeaseStore>,
     hang: std::sync::atomic::AtomicBool,
+    /// What every call waits for, as SQLite's one write connection.
+    connection: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SlowLeases {
@@ -359,6 +410,7 @@ impl SlowLeases {
         Self {
             inner,
             hang: Default::default(),
+            connection: Arc::default(),
         }
     }
     fn hang_renewals(&self) {
@@ -373,6 +425,7 @@ impl homeostat_runtime::LeaseStore for SlowLeases {
         holder: &str,
         ttl: Duration,
     ) -> Result<Option<homeostat_runtime::Lease>, homeostat_runtime::LeaseError> {
+        let _connection = self.connection.lock().await;
         homeostat_runtime::LeaseStore::acquire(&*self.inner, name, holder, ttl).await
     }
 
@@ -384,6 +437,7 @@ impl homeostat_runtime::LeaseStore for SlowLeases {
         if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
+        let _connection = self.connection.lock().await;
         homeostat_runtime::LeaseStore::renew(&*self.inner, lease, ttl).await
     }
 
@@ -391,6 +445,16 @@ impl homeostat_runtime::LeaseStore for SlowLeases {
         &self,
         lease: &homeostat_runtime::Lease,
     ) -> Result<(), homeostat_runtime::LeaseError> {
+        let _connection = self.connection.lock().await;
         homeostat_runtime::LeaseStore::release(&*self.inner, lease).await
+    }
+
+    async fn publish(
+        &self,
+        lease: &homeostat_runtime::Lease,
+        status: &homeostat_runtime::ControllerStatus,
+    ) -> Result<(), homeostat_runtime::LeaseError> {
+        let _connection = self.connection.lock().await;
+        homeostat_runtime::LeaseStore::publish(&*self.inner, lease, status).await
     }
 }
