@@ -49,7 +49,7 @@ const EXTEND_LEASES: Sql = Sql::pair(
     concat!(
         "UPDATE jobs SET lease_expires_at = ",
         pg_judged!(3),
-        " + $4 FROM UNNEST($1::uuid[], $2::bigint[]) AS h(id, token)
+        " + $4 FROM UNNEST((SELECT $1::uuid[]), $2::bigint[]) AS h(id, token)
          WHERE jobs.id = h.id AND jobs.lease_token = h.token AND jobs.lease_agent = $5
            AND jobs.",
         pg_running!(),

@@ -359,7 +359,7 @@ const MORE_NEEDS: Sql = Sql::pair(
     "INSERT INTO workflow_needs (job_id, parent_id)
      SELECT n.job_id, v.value FROM workflow_needs n, json_each($2) v WHERE n.parent_id = $1",
     "INSERT INTO workflow_needs (job_id, parent_id)
-     SELECT n.job_id, v FROM workflow_needs n, UNNEST($2::uuid[]) v WHERE n.parent_id = $1",
+     SELECT n.job_id, v FROM workflow_needs n, UNNEST((SELECT $2::uuid[])) v WHERE n.parent_id = $1",
 );
 
 /// `$1` jobs others now need.

@@ -219,3 +219,68 @@ async fn claims_reuse_their_cached_plan() {
     }
     test.cleanup().await;
 }
+
+/// Each statement of a job's life (enqueue, claim, lease extension,
+/// agents' heartbeats, completion) is planned a few times per connection,
+/// then runs its cached plan. The enqueue was planned anew on every call,
+/// 0.8 ms of the database's time each (more than running it): its custom
+/// plans, which see how long each array is, always looked cheaper than a
+/// generic plan that guesses ten rows (docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_life_reuses_its_cached_plans() {
+    if backends::pg_url().is_none() {
+        return;
+    }
+    let options = StoreOptions {
+        max_connections: 1,
+        ..StoreOptions::default()
+    };
+    let test = backends::postgres_with(options).await.unwrap();
+    let store: &Store = &test;
+    let tenant = tenant(store, "acme", PlanTier::Standard).await;
+    let one = agent(store, Some(tenant), &["q"]).await;
+    let lease = Duration::from_secs(60);
+    for n in [1, 2, 3, 1, 2, 3, 1, 2, 3, 1] {
+        let jobs: Vec<NewJob> = (0..n).map(|_| NewJob::new("q", "build")).collect();
+        store.enqueue_batch(tenant, &jobs).await.unwrap();
+        let claimed = store.claim(one, n as u32, lease).await.unwrap();
+        assert_eq!(claimed.len(), n);
+        let held: Vec<_> = claimed.iter().map(|c| (c.id, c.lease_token)).collect();
+        assert!(
+            store
+                .heartbeat_jobs(one, &held, lease)
+                .await
+                .unwrap()
+                .iter()
+                .all(|x| *x)
+        );
+        store.heartbeat_agents(&[one]).await.unwrap();
+        store
+            .complete_batch(one, &completions(&claimed))
+            .await
+            .unwrap();
+    }
+    let homeostat_store::PoolForTests::Postgres(pool) = store.pool_for_tests() else {
+        unreachable!("a PostgreSQL test store")
+    };
+    let plans: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT regexp_replace(left(statement, 60), '\\s+', ' ', 'g'), generic_plans, custom_plans
+         FROM pg_prepared_statements WHERE generic_plans + custom_plans >= 10",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let statements = |start: &str| plans.iter().filter(|p| p.0.starts_with(start)).count();
+    assert!(
+        statements("WITH ins AS (INSERT INTO jobs") == 1,
+        "{plans:?}"
+    );
+    assert!(statements("UPDATE jobs SET") >= 3, "{plans:?}");
+    assert!(statements("UPDATE agents") == 1, "{plans:?}");
+    let replanned: Vec<_> = plans.iter().filter(|(_, _, custom)| *custom > 5).collect();
+    assert!(
+        replanned.is_empty(),
+        "planned anew on each of 10 calls (statement, cached plan used, planned): {replanned:?}"
+    );
+    test.cleanup().await;
+}

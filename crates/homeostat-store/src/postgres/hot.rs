@@ -176,7 +176,7 @@ impl PgStore {
                    (SELECT j.fair_at + $22 FROM jobs j
                      WHERE j.state = 'queued' AND j.tenant_id = $1 AND j.queue = f.queue
                      ORDER BY j.fair_at DESC LIMIT 1)) ORDER BY f.i)
-                 FROM UNNEST($23::text[], $24::bigint[]) WITH ORDINALITY AS f(queue, base, i)
+                 FROM UNNEST((SELECT $23::text[]), $24::bigint[]) WITH ORDINALITY AS f(queue, base, i)
                )[flow] + rank * $22 ELSE GREATEST(run_at, ",
             pg_judged!(17),
             ") END, COALESCE(deadline_at, GREATEST(run_at, ",
@@ -185,7 +185,7 @@ impl PgStore {
                CASE WHEN promised THEN ",
             pg_judged!(17),
             " + $28 END
-             FROM UNNEST($3::uuid[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
+             FROM UNNEST((SELECT $3::uuid[]), $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
                          $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::bigint[],
                          $14::bigint[], $15::bigint[], $16::bigint[], $20::text[], $21::bigint[],
                          $25::bigint[], $26::text[], $27::bool[])
@@ -200,7 +200,7 @@ impl PgStore {
              RETURNING id, fingerprint, occurrences)
              SELECT id, fingerprint, occurrences FROM ins,
                (SELECT count(pg_notify('homeostat_queued', p)) AS announced
-                FROM UNNEST($19::text[]) AS p) AS n"
+                FROM UNNEST((SELECT $19::text[])) AS p) AS n"
         ))
         .bind(tenant_id.as_uuid())
         .bind(ms(now))
@@ -441,7 +441,7 @@ macro_rules! complete_update {
                updated_at = $4, lease_expires_at = NULL, timeout_at = NULL",
             $set,
             "
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS c(id, token, result)
+             FROM UNNEST((SELECT $1::uuid[]), $2::bigint[], $3::text[]) AS c(id, token, result)
              WHERE jobs.id = c.id AND jobs.lease_token = c.token
                AND jobs.lease_agent = $5 AND jobs.",
             crate::backend::pg_running!(),

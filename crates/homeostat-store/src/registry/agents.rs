@@ -82,7 +82,7 @@ const HEARTBEATS: Sql = Sql::pair(
         "UPDATE agents SET last_heartbeat_at = GREATEST(agents.last_heartbeat_at, ",
         pg_judged!(1),
         " - t.ago)
-         FROM UNNEST($2::uuid[], $3::bigint[]) AS t(id, ago)
+         FROM UNNEST((SELECT $2::uuid[]), $3::bigint[]) AS t(id, ago)
          WHERE agents.id = t.id
          RETURNING agents.id AS id, agents.status AS status"
     ),
