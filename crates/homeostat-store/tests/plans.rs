@@ -167,65 +167,13 @@ async fn claims_and_completions_keep_their_index_plans_on_a_grown_unanalyzed_tab
     test.cleanup().await;
 }
 
-/// A claim is planned once per connection, not once per call: its plan,
-/// cached after the first executions, is reused from then on. Planning it
-/// anew each time cost a tenth of a millisecond a claim (docs/benchmarks.md).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn claims_reuse_their_cached_plan() {
-    if backends::pg_url().is_none() {
-        return;
-    }
-    let options = StoreOptions {
-        max_connections: 1,
-        ..StoreOptions::default()
-    };
-    let test = backends::postgres_with(options).await.unwrap();
-    let store: &Store = &test;
-    let tenant = tenant(store, "acme", PlanTier::Standard).await;
-    let one = agent(store, Some(tenant), &["q"]).await;
-    let two = agent(store, Some(tenant), &["q", "r"]).await;
-    let jobs: Vec<NewJob> = (0..40).map(|_| NewJob::new("q", "build")).collect();
-    store.enqueue_batch(tenant, &jobs).await.unwrap();
-    // Both shapes of claim, with limits that differ from call to call.
-    for limit in [1, 2, 3, 1, 2, 3, 1, 2, 3, 1] {
-        for agent in [one, two] {
-            assert_eq!(
-                store
-                    .claim(agent, limit, Duration::from_secs(60))
-                    .await
-                    .unwrap()
-                    .len(),
-                limit as usize
-            );
-        }
-    }
-    let homeostat_store::PoolForTests::Postgres(pool) = store.pool_for_tests() else {
-        unreachable!("a PostgreSQL test store")
-    };
-    let plans: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT left(statement, 30), generic_plans, custom_plans FROM pg_prepared_statements
-         WHERE statement LIKE '%UPDATE jobs SET state = ''running''%' ORDER BY statement",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    assert_eq!(plans.len(), 2, "one prepared statement per claim shape");
-    for (statement, generic, custom) in plans {
-        assert!(
-            custom <= 5 && generic >= 5,
-            "a claim ({statement}…) was planned anew {custom} times in 10 calls \
-             (cached plan used {generic} times)"
-        );
-    }
-    test.cleanup().await;
-}
-
-/// Each statement of a job's life (enqueue, claim, lease extension,
-/// agents' heartbeats, completion) is planned a few times per connection,
-/// then runs its cached plan. The enqueue was planned anew on every call,
-/// 0.8 ms of the database's time each (more than running it): its custom
-/// plans, which see how long each array is, always looked cheaper than a
-/// generic plan that guesses ten rows (docs/benchmarks.md).
+/// Each statement of a job's life (enqueue, both shapes of claim, lease
+/// extension, agents' heartbeats, completion) is planned a few times per
+/// connection, then runs its cached plan. Planning a claim anew each time
+/// cost a tenth of a millisecond a claim; the enqueue was planned anew on
+/// every call, 0.8 ms of the database's time each (more than running it):
+/// its custom plans, which see how long each array is, always looked
+/// cheaper than a generic plan that guesses ten rows (docs/benchmarks.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_jobs_life_reuses_its_cached_plans() {
     if backends::pg_url().is_none() {
@@ -239,26 +187,24 @@ async fn a_jobs_life_reuses_its_cached_plans() {
     let store: &Store = &test;
     let tenant = tenant(store, "acme", PlanTier::Standard).await;
     let one = agent(store, Some(tenant), &["q"]).await;
+    let two = agent(store, Some(tenant), &["q", "r"]).await;
     let lease = Duration::from_secs(60);
+    // Batches whose sizes, and claims whose limits, differ from call to call.
     for n in [1, 2, 3, 1, 2, 3, 1, 2, 3, 1] {
-        let jobs: Vec<NewJob> = (0..n).map(|_| NewJob::new("q", "build")).collect();
+        let jobs: Vec<NewJob> = (0..2 * n).map(|_| NewJob::new("q", "build")).collect();
         store.enqueue_batch(tenant, &jobs).await.unwrap();
-        let claimed = store.claim(one, n as u32, lease).await.unwrap();
-        assert_eq!(claimed.len(), n);
-        let held: Vec<_> = claimed.iter().map(|c| (c.id, c.lease_token)).collect();
-        assert!(
+        for agent in [one, two] {
+            let claimed = store.claim(agent, n as u32, lease).await.unwrap();
+            assert_eq!(claimed.len(), n);
+            let held: Vec<_> = claimed.iter().map(|c| (c.id, c.lease_token)).collect();
+            let extended = store.heartbeat_jobs(agent, &held, lease).await.unwrap();
+            assert!(extended.iter().all(|x| *x));
+            store.heartbeat_agents(&[agent]).await.unwrap();
             store
-                .heartbeat_jobs(one, &held, lease)
+                .complete_batch(agent, &completions(&claimed))
                 .await
-                .unwrap()
-                .iter()
-                .all(|x| *x)
-        );
-        store.heartbeat_agents(&[one]).await.unwrap();
-        store
-            .complete_batch(one, &completions(&claimed))
-            .await
-            .unwrap();
+                .unwrap();
+        }
     }
     let homeostat_store::PoolForTests::Postgres(pool) = store.pool_for_tests() else {
         unreachable!("a PostgreSQL test store")
@@ -275,6 +221,8 @@ async fn a_jobs_life_reuses_its_cached_plans() {
         statements("WITH ins AS (INSERT INTO jobs") == 1,
         "{plans:?}"
     );
+    let claims = statements("UPDATE jobs SET state = 'running'") + statements("WITH agent AS");
+    assert!(claims == 2, "one per claim shape: {plans:?}");
     assert!(statements("UPDATE jobs SET") >= 3, "{plans:?}");
     assert!(statements("UPDATE agents") == 1, "{plans:?}");
     let replanned: Vec<_> = plans.iter().filter(|(_, _, custom)| *custom > 5).collect();
