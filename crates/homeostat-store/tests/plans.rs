@@ -190,12 +190,12 @@ async fn a_jobs_life_reuses_its_cached_plans() {
     let two = agent(store, Some(tenant), &["q", "r"]).await;
     let lease = Duration::from_secs(60);
     // Batches whose sizes, and claims whose limits, differ from call to call.
-    for n in [1, 2, 3, 1, 2, 3, 1, 2, 3, 1] {
+    for n in [1u32, 2, 3, 1, 2, 3, 1, 2, 3, 1] {
         let jobs: Vec<NewJob> = (0..2 * n).map(|_| NewJob::new("q", "build")).collect();
         store.enqueue_batch(tenant, &jobs).await.unwrap();
         for agent in [one, two] {
-            let claimed = store.claim(agent, n as u32, lease).await.unwrap();
-            assert_eq!(claimed.len(), n);
+            let claimed = store.claim(agent, n, lease).await.unwrap();
+            assert_eq!(claimed.len(), n as usize);
             let held: Vec<_> = claimed.iter().map(|c| (c.id, c.lease_token)).collect();
             let extended = store.heartbeat_jobs(agent, &held, lease).await.unwrap();
             assert!(extended.iter().all(|x| *x));
