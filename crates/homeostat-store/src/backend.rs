@@ -257,6 +257,16 @@ pub(crate) struct Stmt<'a> {
 }
 
 impl<'a> Stmt<'a> {
+    /// The statement's text when the source holds it (not built at run
+    /// time).
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn static_sql(&self) -> Option<&'static str> {
+        match self.sql {
+            Cow::Borrowed(text) => Some(text),
+            Cow::Owned(_) => None,
+        }
+    }
+
     /// `sql` in `B`'s dialect.
     pub(crate) fn new<B: Backend>(sql: Sql) -> Self {
         Self {

@@ -206,9 +206,7 @@ impl SqliteStore {
             // the single write connection, held until the look knows what
             // it took (claims run one at a time here, so the look's names
             // are exact).
-            let asked = std::time::Instant::now();
-            let mut writer = self.writer.acquire().await.op(op)?;
-            self.took_writer(op, asked);
+            let mut writer = self.take_writer(op).await.op(op)?;
             if !look.open() {
                 return Ok(Vec::new());
             }

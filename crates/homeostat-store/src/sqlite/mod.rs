@@ -44,7 +44,7 @@ pub(crate) struct SqliteStore {
     busy_queues: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// The operation that last took the write connection, and when: a
     /// write that waited long for it names who had it.
-    writer_holder: Arc<std::sync::Mutex<Option<(&'static str, std::time::Instant)>>>,
+    writer_holder: WriterHolder,
     /// Stops the checkpoint task when the last clone goes (held, not read).
     _checkpointer: Arc<tokio_util::sync::DropGuard>,
 }
@@ -106,14 +106,20 @@ impl SqliteStore {
             .op("opening the SQLite database")?;
         migrations::bring_up(&pool, &writer, migrations::SQLITE).await?;
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(checkpoints(pool.clone(), writer.clone(), stop.clone()));
+        let writer_holder = WriterHolder::default();
+        tokio::spawn(checkpoints(
+            pool.clone(),
+            writer.clone(),
+            writer_holder.clone(),
+            stop.clone(),
+        ));
         Ok(Self {
             pool,
             writer,
             options,
             writer_suspect,
             busy_queues: Arc::default(),
-            writer_holder: Arc::default(),
+            writer_holder,
             _checkpointer: Arc::new(stop.drop_guard()),
         })
     }
@@ -148,26 +154,24 @@ impl SqliteStore {
         }
     }
 
-    /// Notes that `op` has the write connection, asked for at `asked`. A
-    /// long wait is logged with the operation that took it last, most
-    /// likely the one that held it: only one holds it at a time.
     fn took_writer(&self, op: &'static str, asked: std::time::Instant) {
-        let waited = asked.elapsed();
-        let before = self
-            .writer_holder
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .replace((op, std::time::Instant::now()));
-        if waited > SLOW_WRITER_WAIT {
-            let (held_by, taken) = before.map_or(("", 0), |(o, at)| (o, millis(at.elapsed())));
-            tracing::warn!(
-                op,
-                waited_ms = millis(waited),
-                held_by,
-                held_by_took_it_ms_ago = taken,
-                "a write waited long for the SQLite write connection"
-            );
-        }
+        self.writer_holder.took(op, asked);
+    }
+
+    /// The write connection, for one statement that `op` names: every
+    /// taker is recorded, so that a write that waits long names who had it.
+    async fn take_writer(
+        &self,
+        op: &'static str,
+    ) -> Result<sqlx::pool::PoolConnection<Sqlite>, sqlx::Error> {
+        let asked = std::time::Instant::now();
+        let writer = self
+            .writer
+            .acquire()
+            .await
+            .map_err(|e| self.writer_error(e))?;
+        self.took_writer(op, asked);
+        Ok(writer)
     }
 
     /// Passes a write's error on, marking the write connection suspect
@@ -177,6 +181,47 @@ impl SqliteStore {
             self.suspect_writer();
         }
         e
+    }
+}
+
+/// What names a single write statement as the write connection's holder:
+/// its text (logged by its first words).
+fn stmt_label(stmt: &Stmt<'_>) -> &'static str {
+    stmt.static_sql()
+        .unwrap_or("a write statement built at run time")
+}
+
+/// Who last took the write connection, and when. Every taker records
+/// itself (transactions, single statements, claims, the WAL's restart), so
+/// a write that waited long names who had it.
+#[derive(Debug, Clone, Default)]
+struct WriterHolder(Arc<std::sync::Mutex<Option<(&'static str, std::time::Instant)>>>);
+
+impl WriterHolder {
+    /// Notes that `op` has the write connection, asked for at `asked`. A
+    /// long wait is logged with the operation that took it last, the one
+    /// that held it: only one holds it at a time.
+    fn took(&self, op: &'static str, asked: std::time::Instant) {
+        let waited = asked.elapsed();
+        let before = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace((op, std::time::Instant::now()));
+        if waited > SLOW_WRITER_WAIT {
+            let (held_by, taken) = before.map_or((String::new(), 0), |(o, at)| {
+                // A statement's first words name it.
+                let words: Vec<&str> = o.split_whitespace().take(10).collect();
+                (words.join(" "), millis(at.elapsed()))
+            });
+            tracing::warn!(
+                op,
+                waited_ms = millis(waited),
+                held_by,
+                held_by_took_it_ms_ago = taken,
+                "a write waited long for the SQLite write connection"
+            );
+        }
     }
 }
 
@@ -213,6 +258,7 @@ const SLOW_CHECKPOINT: Duration = Duration::from_millis(500);
 async fn checkpoints(
     pool: SqlitePool,
     writer: SqlitePool,
+    holder: WriterHolder,
     stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
@@ -230,7 +276,9 @@ async fn checkpoints(
         let passive_took = started.elapsed();
         let (frames, copied) = passive.as_ref().map_or((0, 0), |&(_, f, c)| (f, c));
         let result = match passive {
-            Ok((_, frames, _)) if frames > WAL_LIMIT_FRAMES => restart_wal(&writer, frames).await,
+            Ok((_, frames, _)) if frames > WAL_LIMIT_FRAMES => {
+                restart_wal(&writer, &holder, frames).await
+            }
             other => other.map(drop),
         };
         let took = started.elapsed();
@@ -258,9 +306,14 @@ fn millis(d: Duration) -> u64 {
 
 /// Restarts the WAL on the writer's connection, waiting at most
 /// [`RESTART_WAIT`] for readers; busy (a reader stayed) is not an error.
-async fn restart_wal(writer: &SqlitePool, frames: i64) -> Result<(), sqlx::Error> {
+async fn restart_wal(
+    writer: &SqlitePool,
+    holder: &WriterHolder,
+    frames: i64,
+) -> Result<(), sqlx::Error> {
     let asked = std::time::Instant::now();
     let mut conn = writer.acquire().await?;
+    holder.took("restarting the WAL", asked);
     let acquired = asked.elapsed();
     let wait = format!("PRAGMA busy_timeout = {}", RESTART_WAIT.as_millis());
     sqlx::query(AssertSqlSafe(wait)).execute(&mut *conn).await?;
@@ -463,15 +516,17 @@ impl Backend for SqliteStore {
 
     async fn fetch_write(&self, stmt: Stmt<'_>) -> Result<Vec<SqliteRow>, sqlx::Error> {
         // One statement: its own transaction on the single write connection.
+        let mut writer = self.take_writer(stmt_label(&stmt)).await?;
         query(stmt)
-            .fetch_all(&self.writer)
+            .fetch_all(&mut *writer)
             .await
             .map_err(|e| self.writer_error(e))
     }
 
     async fn execute_write(&self, stmt: Stmt<'_>) -> Result<u64, sqlx::Error> {
+        let mut writer = self.take_writer(stmt_label(&stmt)).await?;
         Ok(query(stmt)
-            .execute(&self.writer)
+            .execute(&mut *writer)
             .await
             .map_err(|e| self.writer_error(e))?
             .rows_affected())
@@ -534,7 +589,55 @@ fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::bare_limit;
+    use super::{WriterHolder, bare_limit};
+
+    /// A write that waited over a second for the write connection names
+    /// the one that took it before it, whatever that was: a statement by
+    /// its first words, the WAL's restart by name.
+    #[test]
+    fn a_long_wait_for_the_writer_names_who_had_it() {
+        #[derive(Clone, Default)]
+        struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Logs {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let holder = WriterHolder::default();
+        let now = std::time::Instant::now();
+        let long_ago = now
+            .checked_sub(std::time::Duration::from_millis(1500))
+            .unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            holder.took("UPDATE leases SET expires_at = $4\n WHERE name = $1", now);
+            holder.took("renewing a lease", long_ago);
+            holder.took("restarting the WAL", now);
+            holder.took("claiming jobs", long_ago);
+        });
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("op=\"renewing a lease\""), "{text}");
+        assert!(
+            lines[0].contains("held_by=\"UPDATE leases SET expires_at = $4 WHERE name = $1\""),
+            "{text}"
+        );
+        assert!(lines[1].contains("op=\"claiming jobs\""), "{text}");
+        assert!(
+            lines[1].contains("held_by=\"restarting the WAL\""),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_limit_bound_bare_is_told_from_one_cast() {
