@@ -20,11 +20,13 @@
 //!
 //! `cargo build --release -p homeostat && cargo bench -p homeostat --bench fleet --
 //!  [--backend sqlite|postgres] [--agents 100,1000,3000,10000] [--seconds 60]
-//!  [--idle-seconds 20] [--rate 50] [--heartbeat 10] [--rss-every SECS]`
+//!  [--idle-seconds 20] [--rate 50] [--heartbeat 10] [--rss-every SECS]
+//!  [--slow-ms 100]`
 //!
 //! `--rss-every SECS` prints the servers' resident memory (and its
 //! anonymous part: heap, not mapped files) every SECS under load: a soak,
-//! with a long `--seconds`.
+//! with a long `--seconds`. Pickups slower than `--slow-ms` are listed
+//! by the second their enqueue was sent.
 
 // Percentiles, rates and scaled sizes: float arithmetic on measured
 // figures, converted back where a value cannot leave its range.
@@ -47,6 +49,7 @@ struct Args {
     rate: u64,
     heartbeat: u64,
     rss_every: u64,
+    slow_ms: f64,
 }
 
 fn args() -> Args {
@@ -58,6 +61,7 @@ fn args() -> Args {
         rate: 50,
         heartbeat: 10,
         rss_every: 0,
+        slow_ms: 100.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,6 +79,7 @@ fn args() -> Args {
             "--rate" => a.rate = value().parse().expect("--rate N"),
             "--heartbeat" => a.heartbeat = value().parse().expect("--heartbeat N"),
             "--rss-every" => a.rss_every = value().parse().expect("--rss-every SECS"),
+            "--slow-ms" => a.slow_ms = value().parse().expect("--slow-ms MS"),
             "--bench" => {}
             other => panic!("unknown flag {other}"),
         }
@@ -260,7 +265,7 @@ struct Tally {
     jobs: AtomicU64,
     heartbeat_ms: Mutex<Vec<f64>>,
     pickup_ms: Mutex<Vec<f64>>,
-    /// Pickups over `SLOW_PICKUP_MS`: when the enqueue was sent (seconds
+    /// Pickups over `--slow-ms`: when the enqueue was sent (seconds
     /// into the bench) and how long it took, for the timeline printed when
     /// the tail is long.
     slow: Mutex<Vec<(f64, f64)>>,
@@ -455,6 +460,7 @@ async fn one_fleet(a: &Args, n: usize) {
     // first period).
     tokio::time::sleep(Duration::from_secs(a.heartbeat + 3)).await;
     let rss_registered: u64 = servers.iter().map(Server::rss_kib).sum();
+    let slow_ms = a.slow_ms;
     for (url, cred) in creds {
         let (polls, tally, stop) = (polls.clone(), tally.clone(), stop.clone());
         agents.push(tokio::spawn(async move {
@@ -485,7 +491,7 @@ async fn one_fleet(a: &Args, n: usize) {
                         tally.jobs.fetch_add(1, Ordering::Relaxed);
                         let ms = (now_us - sent_us) / 1e3;
                         tally.pickup_ms.lock().unwrap().push(ms);
-                        if ms > SLOW_PICKUP_MS {
+                        if ms > slow_ms {
                             tally.slow.lock().unwrap().push((sent_us / 1e6, ms));
                         }
                     }
@@ -632,7 +638,7 @@ async fn one_fleet(a: &Args, n: usize) {
         kinds = tally.kinds.lock().unwrap(),
         backend = a.backend,
     );
-    print_slow(&tally.slow.lock().unwrap());
+    print_slow(&tally.slow.lock().unwrap(), a.slow_ms);
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -640,13 +646,10 @@ async fn one_fleet(a: &Args, n: usize) {
 /// How long after every agent left the servers' memory is read again.
 const LEFT_AFTER: Duration = Duration::from_secs(5);
 
-/// A pickup this slow is listed in the timeline.
-const SLOW_PICKUP_MS: f64 = 100.0;
-
 /// Where the slow pickups fell: per second of the bench in which their
 /// enqueues were sent, how many and the slowest. A long tail is one stall
 /// or many, and lines up (or not) with the servers' warnings above.
-fn print_slow(slow: &[(f64, f64)]) {
+fn print_slow(slow: &[(f64, f64)], slow_ms: f64) {
     if slow.is_empty() {
         return;
     }
@@ -656,7 +659,7 @@ fn print_slow(slow: &[(f64, f64)]) {
         e.0 += 1;
         e.1 = e.1.max(ms);
     }
-    println!("slow pickups (over {SLOW_PICKUP_MS} ms), by the second their enqueue was sent:");
+    println!("slow pickups (over {slow_ms} ms), by the second their enqueue was sent:");
     for (second, (count, worst)) in by_second {
         println!("  at {second:>5} s: {count:>4}, slowest {worst:.0} ms");
     }
