@@ -154,10 +154,6 @@ impl SqliteStore {
         }
     }
 
-    fn took_writer(&self, op: &'static str, asked: std::time::Instant) {
-        self.writer_holder.took(op, asked);
-    }
-
     /// The write connection, for one statement that `op` names: every
     /// taker is recorded, so that a write that waits long names who had it.
     async fn take_writer(
@@ -170,7 +166,7 @@ impl SqliteStore {
             .acquire()
             .await
             .map_err(|e| self.writer_error(e))?;
-        self.took_writer(op, asked);
+        self.writer_holder.took(op, asked);
         Ok(writer)
     }
 
@@ -488,7 +484,7 @@ impl Backend for SqliteStore {
         let asked = std::time::Instant::now();
         let began = self.begin_writing(op).await;
         if began.is_ok() {
-            self.took_writer(op, asked);
+            self.writer_holder.took(op, asked);
         }
         began
     }
