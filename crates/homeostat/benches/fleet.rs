@@ -269,6 +269,10 @@ struct Tally {
     /// into the bench) and how long it took, for the timeline printed when
     /// the tail is long.
     slow: Mutex<Vec<(f64, f64)>>,
+    /// Every measured pickup: the job, when its enqueue was sent and when
+    /// the claim's answer arrived (microseconds into the bench), to split
+    /// it at the server's own timestamps afterwards.
+    picked: Mutex<Vec<(String, f64, f64)>>,
     measuring: AtomicBool,
 }
 
@@ -404,6 +408,9 @@ async fn one_fleet(a: &Args, n: usize) {
     let tally = Arc::new(Tally::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let bench_start = Instant::now();
+    // The same moment on the servers' clock (the same machine's), to place
+    // the bench's own times beside the jobs' timestamps.
+    let bench_epoch_ms = jiff::Timestamp::now().as_millisecond() as f64;
     // Long polls: one connection each (the pool opens one per waiting
     // claim); heartbeats share a pool of their own.
     let polls = reqwest::Client::builder()
@@ -493,6 +500,9 @@ async fn one_fleet(a: &Args, n: usize) {
                         tally.pickup_ms.lock().unwrap().push(ms);
                         if ms > slow_ms {
                             tally.slow.lock().unwrap().push((sent_us / 1e6, ms));
+                        }
+                        if let Some(id) = job["id"].as_str() {
+                            tally.picked.lock().unwrap().push((id.to_owned(), sent_us, now_us));
                         }
                     }
                     let done = json!({"completions": [{"id": job["id"], "lease_token": job["lease_token"]}]});
@@ -639,6 +649,16 @@ async fn one_fleet(a: &Args, n: usize) {
         backend = a.backend,
     );
     print_slow(&tally.slow.lock().unwrap(), a.slow_ms);
+    let picked = std::mem::take(&mut *tally.picked.lock().unwrap());
+    print_split(
+        &admin,
+        &servers[0].url,
+        &key,
+        picked,
+        bench_epoch_ms,
+        a.slow_ms,
+    )
+    .await;
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -663,6 +683,91 @@ fn print_slow(slow: &[(f64, f64)], slow_ms: f64) {
     for (second, (count, worst)) in by_second {
         println!("  at {second:>5} s: {count:>4}, slowest {worst:.0} ms");
     }
+}
+
+/// Where each pickup's time went, at the servers' own timestamps (whole
+/// milliseconds): before the job was written (the enqueue's request, on
+/// the way in), from its enqueue to its claim (`created_at` to
+/// `started_at`: the wake-up and the claim's transaction), and after (the
+/// claim's commit and answer, and this process reading it). For every
+/// pickup and for those over `slow_ms`: whether a slow one was slow in
+/// the servers or around them (this process runs the whole fleet on the
+/// same cores).
+async fn print_split(
+    c: &reqwest::Client,
+    base: &str,
+    key: &str,
+    picked: Vec<(String, f64, f64)>,
+    epoch_ms: f64,
+    slow_ms: f64,
+) {
+    let mut parts = Vec::with_capacity(picked.len());
+    for chunk in picked.chunks(32) {
+        let mut reads = Vec::new();
+        for (id, sent_us, got_us) in chunk {
+            let url = format!("{base}/v1/jobs/{id}");
+            let (c, key) = (c.clone(), key.to_owned());
+            let (sent, got) = (epoch_ms + sent_us / 1e3, epoch_ms + got_us / 1e3);
+            reads.push(tokio::spawn(async move {
+                let job: Value = c
+                    .get(url)
+                    .bearer_auth(key)
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                let at = |field: &str| {
+                    job[field]
+                        .as_str()?
+                        .parse::<jiff::Timestamp>()
+                        .ok()
+                        .map(|t| t.as_millisecond() as f64)
+                };
+                let (created, started) = (at("created_at")?, at("started_at")?);
+                Some((
+                    got - sent,
+                    [created - sent, started - created, got - started],
+                ))
+            }));
+        }
+        for r in reads {
+            if let Ok(Some(p)) = r.await {
+                parts.push(p);
+            }
+        }
+    }
+    let show = |label: &str, of: Vec<[f64; 3]>| {
+        if of.is_empty() {
+            return;
+        }
+        let p = |i: usize, q: f64| {
+            let mut v: Vec<f64> = of.iter().map(|s| s[i]).collect();
+            v.sort_by(f64::total_cmp);
+            percentile(&v, q)
+        };
+        println!(
+            "  {label} ({}): before the enqueue's write p50 {:.0} p99 {:.0} ms | enqueue to claim p50 {:.0} p99 {:.0} ms | after the claim p50 {:.0} p99 {:.0} ms",
+            of.len(),
+            p(0, 0.5),
+            p(0, 0.99),
+            p(1, 0.5),
+            p(1, 0.99),
+            p(2, 0.5),
+            p(2, 0.99),
+        );
+    };
+    println!("pickups split at the servers' timestamps (whole ms):");
+    show("every pickup", parts.iter().map(|p| p.1).collect());
+    show(
+        &format!("pickups over {slow_ms} ms"),
+        parts
+            .iter()
+            .filter(|p| p.0 > slow_ms)
+            .map(|p| p.1)
+            .collect(),
+    );
 }
 
 fn main() {
