@@ -45,7 +45,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use homeostat_api::{ApiSettings, ApiState, router};
+/// The server's allocator (crates/homeostat/src/main.rs), for both sides:
+/// what is measured is the server a user runs.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+use homeostat_api::{ApiSettings, ApiState};
 use homeostat_model::{AgentId, ApiScope, Completion, NewAgent, NewJob, PlanTier, TenantId};
 use homeostat_store::{NewBootstrapToken, Store, StoreClock, StoreOptions};
 use homeostat_testkit::TestStore;
@@ -166,12 +172,13 @@ async fn serve(store: &Store, settings: ApiSettings) -> (String, tokio::task::Jo
     let state = ApiState::new(store.clone(), settings, None, Default::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = router(state);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service())
-            .await
-            .unwrap();
-    });
+    // Served as `homeostat run` serves it (its connection table and all).
+    let task = tokio::spawn(homeostat_api::serve(
+        listener,
+        state,
+        homeostat_api::Limits::default(),
+        std::future::pending(),
+    ));
     (url, task)
 }
 
@@ -282,32 +289,70 @@ async fn drain_http(base: &str, credentials: &[String], jobs: usize, batch: u32)
 
 /// One agent's share of a drain through HTTP: claims `batch` at a time and
 /// completes them until a claim comes back empty; how many it completed.
+/// A lean client (addresses parsed once, answers read into the fields it
+/// needs): on these two shared cores the agents' CPU is taken from the
+/// server and the database, so what it costs is kept to the protocol's.
 async fn drain_as(client: &reqwest::Client, base: &str, cred: &str, batch: u32) -> usize {
+    #[derive(serde::Deserialize)]
+    struct Claimed<'a> {
+        #[serde(borrow)]
+        jobs: Vec<Lease<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Lease<'a> {
+        id: &'a str,
+        lease_token: i64,
+    }
+    #[derive(serde::Deserialize)]
+    struct Completed {
+        completed: Vec<serde::de::IgnoredAny>,
+    }
+    let claim_url: reqwest::Url = format!("{base}/v1/agent/claim").parse().unwrap();
+    let complete_url: reqwest::Url = format!("{base}/v1/agent/jobs/complete").parse().unwrap();
+    let auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {cred}")).unwrap();
+    let json = reqwest::header::HeaderValue::from_static("application/json");
+    let claim_body = format!(r#"{{"capacity":{batch},"wait_secs":0}}"#);
+    let send = |url: &reqwest::Url, body: String| {
+        client
+            .post(url.clone())
+            .header(reqwest::header::AUTHORIZATION, auth.clone())
+            .header(reqwest::header::CONTENT_TYPE, json.clone())
+            .body(body)
+            .send()
+    };
+    let answer = |res: reqwest::Response| async move {
+        let status = res.status();
+        let body = res.bytes().await.unwrap();
+        assert!(
+            status.is_success(),
+            "{status}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        body
+    };
     let mut done = 0;
     loop {
-        let claimed = post(
-            client,
-            format!("{base}/v1/agent/claim"),
-            cred,
-            json!({"capacity": batch, "wait_secs": 0}),
-        )
-        .await;
-        let claimed = claimed["jobs"].as_array().unwrap();
-        if claimed.is_empty() {
+        let claimed = answer(send(&claim_url, claim_body.clone()).await.unwrap()).await;
+        let claimed: Claimed<'_> = serde_json::from_slice(&claimed).unwrap();
+        if claimed.jobs.is_empty() {
             return done;
         }
-        let completions: Vec<Value> = claimed
-            .iter()
-            .map(|j| json!({"id": j["id"], "lease_token": j["lease_token"]}))
-            .collect();
-        let answer = post(
-            client,
-            format!("{base}/v1/agent/jobs/complete"),
-            cred,
-            json!({"completions": completions}),
-        )
-        .await;
-        done += answer["completed"].as_array().unwrap().len();
+        let mut completions = String::from(r#"{"completions":["#);
+        for (i, job) in claimed.jobs.iter().enumerate() {
+            use std::fmt::Write;
+            let comma = if i == 0 { "" } else { "," };
+            let _ = write!(
+                completions,
+                r#"{comma}{{"id":"{}","lease_token":{}}}"#,
+                job.id, job.lease_token
+            );
+        }
+        completions.push_str("]}");
+        let answer = answer(send(&complete_url, completions).await.unwrap()).await;
+        done += serde_json::from_slice::<Completed>(&answer)
+            .unwrap()
+            .completed
+            .len();
     }
 }
 
@@ -334,6 +379,8 @@ fn median(v: &mut [f64]) -> f64 {
 async fn lifecycle(a: &Args) {
     let (mut direct, mut http) = (Vec::new(), Vec::new());
     let (mut direct_cpu, mut http_cpu) = (Vec::new(), Vec::new());
+    // The database's CPU a job on each side, and the agent processes'.
+    let (mut direct_db, mut http_db, mut agents_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..a.runs {
         // Alternate which side goes first, so drift favours neither.
         for side in if run % 2 == 0 { [0, 1] } else { [1, 0] } {
@@ -348,9 +395,10 @@ async fn lifecycle(a: &Args) {
             if side == 0 {
                 let agents = agents_of(&store, owner, a.agents).await;
                 enqueue_all(&store, tenant.id, a.jobs).await;
-                let cpu = cpu_secs();
+                let (cpu, db) = (cpu_secs(), postgres_cpu_secs());
                 direct.push(drain_store(&store, &agents, a.jobs, a.batch).await);
                 direct_cpu.push((cpu_secs() - cpu) / a.jobs as f64);
+                direct_db.push((postgres_cpu_secs() - db) / a.jobs as f64);
             } else {
                 let (base, server) = serve(&store, ApiSettings::default()).await;
                 let token = bootstrap(&store, owner, a.agents as u32).await;
@@ -360,13 +408,15 @@ async fn lifecycle(a: &Args) {
                     creds.push(register(&c, &base, &token, i).await);
                 }
                 enqueue_all(&store, tenant.id, a.jobs).await;
-                let cpu = cpu_secs();
+                let (cpu, db, kids) = (cpu_secs(), postgres_cpu_secs(), children_cpu_secs());
                 http.push(if a.processes {
                     drain_http_processes(&base, &creds, a.jobs, a.batch).await
                 } else {
                     drain_http(&base, &creds, a.jobs, a.batch).await
                 });
                 http_cpu.push((cpu_secs() - cpu) / a.jobs as f64);
+                http_db.push((postgres_cpu_secs() - db) / a.jobs as f64);
+                agents_cpu.push((children_cpu_secs() - kids) / a.jobs as f64);
                 server.abort();
             }
             let _ = cpu;
@@ -374,11 +424,15 @@ async fn lifecycle(a: &Args) {
             test.cleanup().await;
         }
         println!(
-            "run {run}: store {:.0} jobs/s ({:.1} µs CPU a job), http {:.0} jobs/s ({:.1} µs of the server's CPU a job)",
+            "run {run}: store {:.0} jobs/s ({:.1} µs CPU a job), http {:.0} jobs/s ({:.1} µs of the server's CPU a job); \
+             the database's CPU a job {:.1} / {:.1} µs; the agent processes' {:.1} µs",
             direct[run],
             direct_cpu[run] * 1e6,
             http[run],
-            http_cpu[run] * 1e6
+            http_cpu[run] * 1e6,
+            direct_db[run] * 1e6,
+            http_db[run] * 1e6,
+            agents_cpu[run] * 1e6,
         );
     }
     // The ratio within each pair (the machine's speed drifts between
@@ -393,6 +447,16 @@ async fn lifecycle(a: &Args) {
         .collect();
     let cpu_ratio = median(&mut cpu_ratios);
     let (d, h) = (median(&mut direct), median(&mut http));
+    if a.processes || a.backend == "postgres" {
+        println!(
+            "CPU a job, medians: library {:.1} µs against server {:.1} µs; the database's {:.1} (library's side) against {:.1} µs (HTTP's); the agent processes' {:.1} µs",
+            median(&mut direct_cpu) * 1e6,
+            median(&mut http_cpu) * 1e6,
+            median(&mut direct_db) * 1e6,
+            median(&mut http_db) * 1e6,
+            median(&mut agents_cpu) * 1e6,
+        );
+    }
     println!(
         "{} lifecycle jobs={} agents={}{} batch={} median of {}: store {d:.0} jobs/s, http {h:.0} jobs/s, http/store {ratio:.2} ({lo:.2}-{hi:.2}); server CPU a job / library's {cpu_ratio:.2}",
         a.backend,
@@ -404,15 +468,54 @@ async fn lifecycle(a: &Args) {
     );
 }
 
-/// This process's CPU time (user and system), in seconds.
-fn cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command's closing parenthesis; utime and stime are
-    // the 14th and 15th of the line, in clock ticks (100 a second).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+/// The CPU times of a `/proc/PID/stat` line, in seconds: its own (user
+/// and system) and its waited-for children's; `None` unless its command
+/// is `only` (when given).
+fn stat_cpu(stat: &str, only: Option<&str>) -> Option<(f64, f64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    if only.is_some_and(|command| !head.ends_with(&format!("({command}"))) {
+        return None;
+    }
+    // Fields after the command's closing parenthesis: utime, stime, cutime
+    // and cstime are the 14th to 17th of the line, in clock ticks (100 a
+    // second).
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    Some((
+        (ticks(11) + ticks(12)) / 100.0,
+        (ticks(13) + ticks(14)) / 100.0,
+    ))
+}
+
+fn own_stat() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    stat_cpu(&stat, None).unwrap_or_default()
+}
+
+/// This process's CPU time, in seconds.
+fn cpu_secs() -> f64 {
+    own_stat().0
+}
+
+/// CPU time, in seconds, of this process's children that have been waited
+/// for: the agent processes.
+fn children_cpu_secs() -> f64 {
+    own_stat().1
+}
+
+/// CPU time, in seconds, of every `postgres` process on the machine and of
+/// the children they have reaped (backends whose connections closed): 0
+/// with no PostgreSQL here. Taken before and after a drain, what the
+/// database spent on it, whoever asked.
+fn postgres_cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+        .filter_map(|stat| stat_cpu(&stat, Some("postgres")))
+        .map(|(own, reaped)| own + reaped)
+        .sum()
 }
 
 /// Drains the queue through HTTP with each agent a process of its own:
