@@ -23,6 +23,9 @@ pub enum PlanTier {
 }
 
 impl PlanTier {
+    /// Every tier.
+    pub const ALL: [PlanTier; 3] = [PlanTier::Free, PlanTier::Standard, PlanTier::Premium];
+
     /// The wire and database name.
     pub fn as_str(self) -> &'static str {
         match self {

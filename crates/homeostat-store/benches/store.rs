@@ -58,6 +58,9 @@ struct Args {
     fair_share_turn: Duration,
 }
 
+/// Single-job enqueues the store bench times one after another.
+const SINGLE_ENQUEUES: usize = 3_000;
+
 fn args() -> Args {
     let mut a = Args {
         backends: vec!["sqlite", "postgres"],
@@ -1054,9 +1057,17 @@ async fn main() {
             let start = Instant::now();
             db.store.enqueue_batch(tenant.id, &batch).await.unwrap();
             let enqueue_ms = start.elapsed().as_secs_f64() * 1000.0;
+            // One job at a time, as most producers enqueue (an HTTP
+            // request each): what a single enqueue's statements cost.
+            let one = [NewJob::new("bench", "noop")];
+            let start = Instant::now();
+            for _ in 0..SINGLE_ENQUEUES {
+                db.store.enqueue_batch(tenant.id, &one).await.unwrap();
+            }
+            let single_per_sec = SINGLE_ENQUEUES as f64 / start.elapsed().as_secs_f64();
             let hb_ms = heartbeats(&db, 10_000).await;
             println!(
-                "{backend} batch enqueue of 10,000 jobs: {enqueue_ms:.1} ms; heartbeats of 10,000 agents: {hb_ms:.1} ms"
+                "{backend} batch enqueue of 10,000 jobs: {enqueue_ms:.1} ms; single enqueues, one at a time: {single_per_sec:.0} a second; heartbeats of 10,000 agents: {hb_ms:.1} ms"
             );
             db.drop_all().await;
         }

@@ -167,8 +167,8 @@ pub(crate) async fn enqueue(
 
 /// Enqueues `jobs` for `tenant` if its quotas admit them (429
 /// `quota_exceeded` otherwise), once per idempotency key when one is given.
-/// An unknown tenant (an admin's typo) is the store's 404: the enqueue reads
-/// the tenant's tier in its own transaction.
+/// An unknown tenant (an admin's typo) is the store's 404: the enqueue looks
+/// up the tenant's tier as it writes, and writes nothing for an unknown one.
 pub(crate) async fn enqueue_within_quotas(
     state: &ApiState,
     tenant: TenantId,
