@@ -55,6 +55,34 @@ async fn tiers_weigh_the_shares(store: &Store) {
     assert_eq!((n[&premium], n[&free]), (40, 10), "weights 4 and 1");
 }
 
+/// A tier changed weighs the tenant's next enqueue: the enqueue reads the
+/// tier as it writes, with no copy kept.
+async fn a_changed_tier_weighs_the_next_enqueue(store: &Store) {
+    let upgraded = tenant(store, "upgraded", PlanTier::Free).await;
+    let free = tenant(store, "free", PlanTier::Free).await;
+    let platform = agent(store, None, &["q"]).await;
+    // Both enqueue once at the old tier, so the statement has run for it.
+    for t in [free, upgraded] {
+        store.at(t0()).enqueue(t, &job("q")).await.unwrap();
+    }
+    let first = store.at(t0()).claim(platform, 2, LEASE).await.unwrap();
+    assert_eq!(first.len(), 2);
+    store
+        .set_tenant_tier(upgraded, PlanTier::Premium, "test")
+        .await
+        .unwrap();
+    for t in [free, upgraded] {
+        store
+            .at(at(1))
+            .enqueue_batch(t, &vec![job("q"); 80])
+            .await
+            .unwrap();
+    }
+    let claimed = store.at(at(2)).claim(platform, 50, LEASE).await.unwrap();
+    let n = by_tenant(&claimed);
+    assert_eq!((n[&upgraded], n[&free]), (40, 10), "weights 4 and 1");
+}
+
 async fn a_newcomer_joins_a_backlog_at_its_head(store: &Store) {
     let a = tenant(store, "a", PlanTier::Standard).await;
     let b = tenant(store, "b", PlanTier::Standard).await;
@@ -143,6 +171,7 @@ async fn ageing_counts_from_the_turn(store: &Store) {
 on_both_backends!(
     a_tenants_backlog_does_not_hold_back_another,
     tiers_weigh_the_shares,
+    a_changed_tier_weighs_the_next_enqueue,
     a_newcomer_joins_a_backlog_at_its_head,
     a_tenant_served_alone_owes_nothing,
     ageing_counts_from_the_turn,
