@@ -64,6 +64,35 @@ fn two_sweepers() -> Pair {
     }
 }
 
+/// Controllers that took their leases together do not renew them together:
+/// each renewal falls at a random point of the quarter before a third of
+/// the TTL, so a manager's renewals reach the store spread out, not as one
+/// burst for as long as they lead.
+#[tokio::test(start_paused = true)]
+async fn leases_taken_together_are_not_renewed_together() {
+    let clock = TokioClock::at_test_epoch();
+    let store = shared_store(&clock);
+    let mut registry = Registry::default();
+    let names: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+    let controllers = names
+        .iter()
+        .map(|name| (TestController::quick(name, 5 * S).0, exact()))
+        .collect();
+    let manager = start(replica(&clock, &store, "a", &mut registry), controllers);
+    // Every lease is taken at the same instant of the paused clock, then
+    // renewed several times.
+    tokio::time::sleep(2 * TTL).await;
+    let expiries: std::collections::BTreeSet<std::time::SystemTime> = names
+        .iter()
+        .map(|name| store.current(name).expect("held").expires_at)
+        .collect();
+    assert!(
+        expiries.len() > names.len() / 2,
+        "the leases are renewed in step: {expiries:?}"
+    );
+    manager.shutdown(S).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn only_one_replica_runs_and_the_other_counts_not_leader() {
     let Pair {
