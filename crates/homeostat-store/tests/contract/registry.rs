@@ -176,6 +176,43 @@ async fn agents_heartbeat_in_batches_and_drain(store: &Store) {
     );
 }
 
+/// A flush of more heartbeats than one statement writes (a server's second
+/// of a large fleet) records every one, and brings back online every agent
+/// that was offline, in whichever statement it fell.
+async fn a_large_flush_of_heartbeats_records_every_agent(store: &Store) {
+    let t = tenant(store, "fleet", PlanTier::Free).await;
+    let mut ids = Vec::new();
+    for _ in 0..600 {
+        ids.push(agent(store, Some(t), &["q"]).await);
+    }
+    let silent = store
+        .at(at(1_000))
+        .mark_silent_agents_offline(Duration::from_secs(90), 1_000, None)
+        .await
+        .unwrap();
+    assert_eq!(silent.len(), 600);
+    let heard: Vec<_> = ids.iter().map(|id| (*id, at(1_001))).collect();
+    let statuses = store.at(at(1_002)).record_heartbeats(&heard).await.unwrap();
+    assert_eq!(statuses.len(), 600);
+    assert!(
+        statuses.iter().all(|(_, s)| *s == AgentStatus::Online),
+        "an agent heard stayed offline"
+    );
+    for id in [ids[0], ids[299], ids[599]] {
+        let a = store.get_agent(id).await.unwrap();
+        assert_eq!(
+            (a.status, a.last_heartbeat_at),
+            (AgentStatus::Online, at(1_001))
+        );
+    }
+    let offline = AgentFilter {
+        tenant_id: Some(t),
+        status: Some(AgentStatus::Offline),
+    };
+    let page = store.list_agents(&offline, None, 1_000).await.unwrap();
+    assert!(page.items.is_empty(), "{} still offline", page.items.len());
+}
+
 async fn agents_list_by_status_in_pages(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let mut ids = Vec::new();
@@ -649,6 +686,7 @@ async fn an_agents_lifecycle_is_audited(store: &Store) {
 }
 
 on_both_backends!(
+    a_large_flush_of_heartbeats_records_every_agent,
     an_agents_lifecycle_is_audited,
     dashboard_sessions_end_by_idle_age_sign_out_and_key,
     a_revoked_agent_is_refused_and_its_jobs_reclaimed,
