@@ -347,13 +347,13 @@ pub(crate) async fn register_agent<B: Backend>(
     Ok((stored, credential))
 }
 
-/// Records when agents were heard (by the store's clock when each
-/// heartbeat arrived; on PostgreSQL counted back from the database's clock
-/// by how long ago that was), in one statement: an offline agent heard
-/// again is online. Each agent's status comes back.
 /// Agents' heartbeats written by one statement.
 const HEARTBEAT_CHUNK: usize = 250;
 
+/// Records when agents were heard (by the store's clock when each
+/// heartbeat arrived; on PostgreSQL counted back from the database's clock
+/// by how long ago that was), [`HEARTBEAT_CHUNK`] agents a statement: an
+/// offline agent heard again is online. Each agent's status comes back.
 pub(crate) async fn record_heartbeats<B: Backend>(
     b: &B,
     heard: &[(AgentId, Timestamp)],

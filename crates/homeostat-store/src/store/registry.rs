@@ -150,7 +150,7 @@ impl Store {
         )
     }
 
-    /// Records heartbeats of many agents in one statement; an offline agent
+    /// Records heartbeats of many agents, 250 a statement; an offline agent
     /// that heartbeats is online again. Returns how many agents exist.
     pub async fn heartbeat_agents(&self, ids: &[AgentId]) -> Result<u64, StoreError> {
         let now = self.now();
@@ -158,7 +158,7 @@ impl Store {
         Ok(self.record_heartbeats(&heard).await?.len() as u64)
     }
 
-    /// Records, in one statement, when each agent was heard (by this
+    /// Records, 250 agents a statement, when each agent was heard (by this
     /// store's clock when its heartbeat arrived; a server gathers them and
     /// writes them about once a second): an offline agent heard again is
     /// online. Each agent's status comes back (agents that no longer exist
