@@ -160,14 +160,10 @@ impl SqliteStore {
         &self,
         op: &'static str,
     ) -> Result<sqlx::pool::PoolConnection<Sqlite>, sqlx::Error> {
-        let asked = std::time::Instant::now();
-        let writer = self
-            .writer
-            .acquire()
+        self.writer_holder
+            .take(&self.writer, op)
             .await
-            .map_err(|e| self.writer_error(e))?;
-        self.writer_holder.took(op, asked);
-        Ok(writer)
+            .map_err(|e| self.writer_error(e))
     }
 
     /// Passes a write's error on, marking the write connection suspect
@@ -194,6 +190,18 @@ fn stmt_label(stmt: &Stmt<'_>) -> &'static str {
 struct WriterHolder(Arc<std::sync::Mutex<Option<(&'static str, std::time::Instant)>>>);
 
 impl WriterHolder {
+    /// The write connection of `writer`, for `op`, recorded as its holder.
+    async fn take(
+        &self,
+        writer: &SqlitePool,
+        op: &'static str,
+    ) -> Result<sqlx::pool::PoolConnection<Sqlite>, sqlx::Error> {
+        let asked = std::time::Instant::now();
+        let conn = writer.acquire().await?;
+        self.took(op, asked);
+        Ok(conn)
+    }
+
     /// Notes that `op` has the write connection, asked for at `asked`. A
     /// long wait is logged with the operation that took it last, the one
     /// that held it: only one holds it at a time.
@@ -308,8 +316,7 @@ async fn restart_wal(
     frames: i64,
 ) -> Result<(), sqlx::Error> {
     let asked = std::time::Instant::now();
-    let mut conn = writer.acquire().await?;
-    holder.took("restarting the WAL", asked);
+    let mut conn = holder.take(writer, "restarting the WAL").await?;
     let acquired = asked.elapsed();
     let wait = format!("PRAGMA busy_timeout = {}", RESTART_WAIT.as_millis());
     sqlx::query(AssertSqlSafe(wait)).execute(&mut *conn).await?;
