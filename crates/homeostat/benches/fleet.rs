@@ -264,16 +264,24 @@ struct Tally {
     kinds: Mutex<std::collections::BTreeMap<String, u64>>,
     jobs: AtomicU64,
     heartbeat_ms: Mutex<Vec<f64>>,
-    pickup_ms: Mutex<Vec<f64>>,
-    /// Pickups over `--slow-ms`: when the enqueue was sent (seconds
-    /// into the bench) and how long it took, for the timeline printed when
-    /// the tail is long.
-    slow: Mutex<Vec<(f64, f64)>>,
-    /// Every measured pickup: the job, when its enqueue was sent and when
-    /// the claim's answer arrived (microseconds into the bench), to split
-    /// it at the server's own timestamps afterwards.
-    picked: Mutex<Vec<(String, f64, f64)>>,
+    /// Every measured pickup: its latency, the timeline of slow ones and
+    /// the split at the servers' timestamps all come from these.
+    picked: Mutex<Vec<Pickup>>,
     measuring: AtomicBool,
+}
+
+/// A job picked up: when its enqueue was sent and when the claim's answer
+/// carrying it arrived, in microseconds into the bench.
+struct Pickup {
+    id: String,
+    sent_us: f64,
+    got_us: f64,
+}
+
+impl Pickup {
+    fn ms(&self) -> f64 {
+        (self.got_us - self.sent_us) / 1e3
+    }
 }
 
 impl Tally {
@@ -467,7 +475,6 @@ async fn one_fleet(a: &Args, n: usize) {
     // first period).
     tokio::time::sleep(Duration::from_secs(a.heartbeat + 3)).await;
     let rss_registered: u64 = servers.iter().map(Server::rss_kib).sum();
-    let slow_ms = a.slow_ms;
     for (url, cred) in creds {
         let (polls, tally, stop) = (polls.clone(), tally.clone(), stop.clone());
         agents.push(tokio::spawn(async move {
@@ -496,14 +503,11 @@ async fn one_fleet(a: &Args, n: usize) {
                     let sent_us = job["payload"]["t"].as_f64().unwrap_or(now_us);
                     if tally.measuring.load(Ordering::Relaxed) {
                         tally.jobs.fetch_add(1, Ordering::Relaxed);
-                        let ms = (now_us - sent_us) / 1e3;
-                        tally.pickup_ms.lock().unwrap().push(ms);
-                        if ms > slow_ms {
-                            tally.slow.lock().unwrap().push((sent_us / 1e6, ms));
-                        }
-                        if let Some(id) = job["id"].as_str() {
-                            tally.picked.lock().unwrap().push((id.to_owned(), sent_us, now_us));
-                        }
+                        tally.picked.lock().unwrap().push(Pickup {
+                            id: job["id"].as_str().unwrap_or_default().to_owned(),
+                            sent_us,
+                            got_us: now_us,
+                        });
                     }
                     let done = json!({"completions": [{"id": job["id"], "lease_token": job["lease_token"]}]});
                     let _ = polls
@@ -624,7 +628,9 @@ async fn one_fleet(a: &Args, n: usize) {
     let rss_left: u64 = servers.iter().map(Server::rss_kib).sum();
     let jobs = tally.jobs.load(Ordering::Relaxed);
     let hb = sorted(&tally.heartbeat_ms);
-    let pick = sorted(&tally.pickup_ms);
+    let picked = std::mem::take(&mut *tally.picked.lock().unwrap());
+    let mut pick: Vec<f64> = picked.iter().map(Pickup::ms).collect();
+    pick.sort_by(f64::total_cmp);
     println!(
         "{backend:8} agents {n:>6} | heartbeat p50 {:>7.1} p99 {:>7.1} ms | pickup p50 {:>7.1} p99 {:>7.1} ms | \
          jobs {jobs}/{enqueued} | errors idle {idle_errors} load {} | offline {offline} | waiting {waiting} | \
@@ -648,13 +654,12 @@ async fn one_fleet(a: &Args, n: usize) {
         kinds = tally.kinds.lock().unwrap(),
         backend = a.backend,
     );
-    print_slow(&tally.slow.lock().unwrap(), a.slow_ms);
-    let picked = std::mem::take(&mut *tally.picked.lock().unwrap());
+    print_slow(&picked, a.slow_ms);
     print_split(
         &admin,
         &servers[0].url,
         &key,
-        picked,
+        &picked,
         bench_epoch_ms,
         a.slow_ms,
     )
@@ -669,15 +674,15 @@ const LEFT_AFTER: Duration = Duration::from_secs(5);
 /// Where the slow pickups fell: per second of the bench in which their
 /// enqueues were sent, how many and the slowest. A long tail is one stall
 /// or many, and lines up (or not) with the servers' warnings above.
-fn print_slow(slow: &[(f64, f64)], slow_ms: f64) {
-    if slow.is_empty() {
-        return;
-    }
+fn print_slow(picked: &[Pickup], slow_ms: f64) {
     let mut by_second: std::collections::BTreeMap<u64, (usize, f64)> = Default::default();
-    for &(at, ms) in slow {
-        let e = by_second.entry(at as u64).or_default();
+    for p in picked.iter().filter(|p| p.ms() > slow_ms) {
+        let e = by_second.entry((p.sent_us / 1e6) as u64).or_default();
         e.0 += 1;
-        e.1 = e.1.max(ms);
+        e.1 = e.1.max(p.ms());
+    }
+    if by_second.is_empty() {
+        return;
     }
     println!("slow pickups (over {slow_ms} ms), by the second their enqueue was sent:");
     for (second, (count, worst)) in by_second {
@@ -697,17 +702,17 @@ async fn print_split(
     c: &reqwest::Client,
     base: &str,
     key: &str,
-    picked: Vec<(String, f64, f64)>,
+    picked: &[Pickup],
     epoch_ms: f64,
     slow_ms: f64,
 ) {
     let mut parts = Vec::with_capacity(picked.len());
     for chunk in picked.chunks(32) {
         let mut reads = Vec::new();
-        for (id, sent_us, got_us) in chunk {
-            let url = format!("{base}/v1/jobs/{id}");
+        for p in chunk {
+            let url = format!("{base}/v1/jobs/{}", p.id);
             let (c, key) = (c.clone(), key.to_owned());
-            let (sent, got) = (epoch_ms + sent_us / 1e3, epoch_ms + got_us / 1e3);
+            let (sent, got) = (epoch_ms + p.sent_us / 1e3, epoch_ms + p.got_us / 1e3);
             reads.push(tokio::spawn(async move {
                 let job: Value = c
                     .get(url)
