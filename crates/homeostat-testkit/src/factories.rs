@@ -17,6 +17,20 @@ pub async fn tenant(store: &Store, name: &str, tier: PlanTier) -> TenantId {
         .id
 }
 
+/// `n` online agents of `tenant` on `queues`, as [`agent`] registers them.
+pub async fn agents(
+    store: &Store,
+    tenant: Option<TenantId>,
+    queues: &[&str],
+    n: usize,
+) -> Vec<AgentId> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(agent(store, tenant, queues).await);
+    }
+    out
+}
+
 /// An online agent of `tenant` (a platform agent for `None`) on `queues`,
 /// registered with a bootstrap token of its own.
 pub async fn agent(store: &Store, tenant: Option<TenantId>, queues: &[&str]) -> AgentId {

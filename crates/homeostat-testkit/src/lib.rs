@@ -27,5 +27,5 @@ pub use backends::{
     sqlite_path, sqlite_with,
 };
 pub use clock::{At, at, t0};
-pub use factories::{agent, completions, job, tenant};
+pub use factories::{agent, agents, completions, job, tenant};
 pub use waiting::{wakes, woken};

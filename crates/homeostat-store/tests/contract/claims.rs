@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use homeostat_model::{JobId, JobState, NewJob, PlanTier};
 use homeostat_store::{Ageing, Completion, Failure, Store, StoreError};
-use homeostat_testkit::{At, agent, at, job, on_both_backends, t0, tenant};
+use homeostat_testkit::{At, agent, agents, at, job, on_both_backends, t0, tenant};
 use serde_json::json;
 
 use crate::LEASE;
@@ -16,10 +16,7 @@ async fn eight_claimers_take_every_job_exactly_once(store: &Store) {
     for chunk in jobs.chunks(2_500) {
         store.at(t0()).enqueue_batch(t, chunk).await.unwrap();
     }
-    let mut agents = Vec::new();
-    for _ in 0..8 {
-        agents.push(agent(store, Some(t), &["bulk"]).await);
-    }
+    let agents = agents(store, Some(t), &["bulk"], 8).await;
     let mut tasks = Vec::new();
     for a in agents {
         let store = store.clone();

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use homeostat_model::{JobId, PlanTier, TenantId};
+use homeostat_model::{AgentId, JobId, PlanTier, TenantId};
 use homeostat_store::{Ageing, ClaimedJob, Store, StoreOptions};
 use homeostat_testkit::{At, agent, at, job, on_both_backends, t0, tenant};
 
@@ -39,19 +39,34 @@ async fn a_tenants_backlog_does_not_hold_back_another(store: &Store) {
     );
 }
 
-async fn tiers_weigh_the_shares(store: &Store) {
-    let premium = tenant(store, "premium", PlanTier::Premium).await;
-    let free = tenant(store, "free", PlanTier::Free).await;
-    let platform = agent(store, None, &["q"]).await;
-    for t in [free, premium] {
+/// Enqueues 80 jobs for each of `tenants`, in turn, `from` seconds into
+/// the test, and has `platform` claim 50 a second later: how many each got.
+async fn fifty_of_80_each(
+    store: &Store,
+    platform: AgentId,
+    tenants: [TenantId; 2],
+    from: i64,
+) -> HashMap<TenantId, usize> {
+    for t in tenants {
         store
-            .at(t0())
+            .at(at(from))
             .enqueue_batch(t, &vec![job("q"); 80])
             .await
             .unwrap();
     }
-    let claimed = store.at(at(1)).claim(platform, 50, LEASE).await.unwrap();
-    let n = by_tenant(&claimed);
+    let claimed = store
+        .at(at(from + 1))
+        .claim(platform, 50, LEASE)
+        .await
+        .unwrap();
+    by_tenant(&claimed)
+}
+
+async fn tiers_weigh_the_shares(store: &Store) {
+    let premium = tenant(store, "premium", PlanTier::Premium).await;
+    let free = tenant(store, "free", PlanTier::Free).await;
+    let platform = agent(store, None, &["q"]).await;
+    let n = fifty_of_80_each(store, platform, [free, premium], 0).await;
     assert_eq!((n[&premium], n[&free]), (40, 10), "weights 4 and 1");
 }
 
@@ -71,15 +86,7 @@ async fn a_changed_tier_weighs_the_next_enqueue(store: &Store) {
         .set_tenant_tier(upgraded, PlanTier::Premium, "test")
         .await
         .unwrap();
-    for t in [free, upgraded] {
-        store
-            .at(at(1))
-            .enqueue_batch(t, &vec![job("q"); 80])
-            .await
-            .unwrap();
-    }
-    let claimed = store.at(at(2)).claim(platform, 50, LEASE).await.unwrap();
-    let n = by_tenant(&claimed);
+    let n = fifty_of_80_each(store, platform, [free, upgraded], 1).await;
     assert_eq!((n[&upgraded], n[&free]), (40, 10), "weights 4 and 1");
 }
 

@@ -11,7 +11,7 @@ use homeostat_model::{
     AgentId, JobId, JobLimit, JobState, LimitSpec, LimitStrategy, NewJob, PlanTier, Rate,
 };
 use homeostat_store::{Completion, Failure, JobFilter, Store};
-use homeostat_testkit::{TestStore, agent, at, on_both_backends, tenant};
+use homeostat_testkit::{TestStore, agents, at, on_both_backends, tenant};
 
 const LEASE: Duration = Duration::from_secs(20);
 const LEASE_MS: i64 = 20_000;
@@ -244,10 +244,7 @@ async fn no_key_ever_runs_past_its_limits_whatever_happens(test: &TestStore) {
         .set_limit("rated", &rated, "operator:test")
         .await
         .unwrap();
-    let mut agents = Vec::new();
-    for _ in 0..3 {
-        agents.push(agent(store, Some(t), &["q"]).await);
-    }
+    let agents = agents(store, Some(t), &["q"], 3).await;
     for seed in 1..=3u64 {
         let mut replicas = vec![store.clone()];
         if let Some(r) = test.replica().await {

@@ -6,7 +6,7 @@ use homeostat_model::AgentStatus;
 use homeostat_model::{ApiScope, NewAgent, PlanTier};
 use homeostat_store::AgentFilter;
 use homeostat_store::{NewBootstrapToken, Store, StoreError};
-use homeostat_testkit::{At, agent, at, job, on_both_backends, t0, tenant};
+use homeostat_testkit::{At, agent, agents, at, job, on_both_backends, t0, tenant};
 
 use crate::LEASE;
 
@@ -137,10 +137,7 @@ async fn tokens_are_hashed_consumed_and_cleaned_up(store: &Store) {
 
 async fn agents_heartbeat_in_batches_and_drain(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
-    let mut ids = Vec::new();
-    for _ in 0..5 {
-        ids.push(agent(store, Some(t), &["q"]).await);
-    }
+    let ids = agents(store, Some(t), &["q"], 5).await;
     assert_eq!(store.at(at(50)).heartbeat_agents(&ids).await.unwrap(), 5);
     let a = store.get_agent(ids[0]).await.unwrap();
     assert_eq!(a.last_heartbeat_at, at(50));
@@ -181,10 +178,7 @@ async fn agents_heartbeat_in_batches_and_drain(store: &Store) {
 /// that was offline, in whichever statement it fell.
 async fn a_large_flush_of_heartbeats_records_every_agent(store: &Store) {
     let t = tenant(store, "fleet", PlanTier::Free).await;
-    let mut ids = Vec::new();
-    for _ in 0..600 {
-        ids.push(agent(store, Some(t), &["q"]).await);
-    }
+    let ids = agents(store, Some(t), &["q"], 600).await;
     let silent = store
         .at(at(1_000))
         .mark_silent_agents_offline(Duration::from_secs(90), 1_000, None)
@@ -215,10 +209,7 @@ async fn a_large_flush_of_heartbeats_records_every_agent(store: &Store) {
 
 async fn agents_list_by_status_in_pages(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
-    let mut ids = Vec::new();
-    for _ in 0..7 {
-        ids.push(agent(store, Some(t), &["q"]).await);
-    }
+    let ids = agents(store, Some(t), &["q"], 7).await;
     let platform = agent(store, None, &["q"]).await;
     // Two go offline, one drains.
     store
