@@ -3,10 +3,15 @@
 //! `cargo bench -p homeostat-store --bench store -- [--backend sqlite|postgres|both]
 //!  [--jobs N] [--workers N] [--batch N] [--runs N] [--only store|baseline] [--sweep-rows N]
 //!  [--skip-lifecycle] [--skip-sweeps] [--plans] [--cold | --steady [--producers N] |
-//!  --limited KEYS | --workflows] [--fair-share-turn-ms MS]`
+//!  --limited KEYS | --slots-at-claim KEYS | --workflows] [--fair-share-turn-ms MS]`
 //!
 //! `--limited KEYS` pairs each lifecycle with one whose every job is under
 //! a limit of 2 running per key over KEYS keys (docs/flow-control.md);
+//! `--slots-at-claim KEYS` with a sketch of the other design, where a
+//! claim takes its jobs' slots and no job is admitted first: plain jobs,
+//! and beside each claim and completion a statement that takes and frees
+//! their keys' slots (2 per key over KEYS keys) in a table of counters,
+//! refusing a key that is full, as such a claim would;
 //! `--workflows` with one whose jobs are workflow steps, in workflows of
 //! 1,000: 500 pairs, the second of each needing the first
 //! (docs/workflows.md).
@@ -110,6 +115,13 @@ fn args() -> Args {
                     it.next()
                         .and_then(|v| v.parse().ok())
                         .expect("--limited KEYS"),
+                )
+            }
+            "--slots-at-claim" => {
+                a.shape = Shape::SlotsAtClaim(
+                    it.next()
+                        .and_then(|v| v.parse().ok())
+                        .expect("--slots-at-claim KEYS"),
                 )
             }
             "--workflows" => a.shape = Shape::Workflows,
@@ -290,6 +302,9 @@ enum Shape {
     Plain,
     /// Every job under a limit of 2 running per key over this many keys.
     Limited(usize),
+    /// Plain jobs, with the writes of slots taken at claim over this many
+    /// keys beside each claim and completion (a sketch of that design).
+    SlotsAtClaim(usize),
     /// Workflow steps: workflows of 1,000, 500 pairs whose second needs
     /// its first.
     Workflows,
@@ -300,6 +315,9 @@ impl Shape {
         match self {
             Shape::Plain => "plain".into(),
             Shape::Limited(keys) => format!("limited (2 per key, {keys} keys)"),
+            Shape::SlotsAtClaim(keys) => {
+                format!("slots taken at claim (sketch, 2 per key, {keys} keys)")
+            }
             Shape::Workflows => "in workflows (pairs, 1,000 a workflow)".into(),
         }
     }
@@ -323,6 +341,10 @@ async fn lifecycle(
         };
         db.store.set_limit("per-key", &two, "bench").await.unwrap();
     }
+    let slots = match shape {
+        Shape::SlotsAtClaim(keys) => Some(Arc::new(SlotCounters::create(db, keys).await)),
+        _ => None,
+    };
     let tenant = db
         .store
         .create_tenant("bench", PlanTier::Standard, "bench")
@@ -436,6 +458,7 @@ async fn lifecycle(
         let store = db.store.clone();
         let producing = Arc::clone(&producing);
         let completed = Arc::clone(&completed);
+        let slots = slots.clone();
         tasks.push(tokio::spawn(async move {
             let mut done = 0usize;
             let (mut in_claim, mut in_complete) = (Duration::ZERO, Duration::ZERO);
@@ -453,7 +476,7 @@ async fn lifecycle(
                     // Under limits or needs, an empty claim does not mean
                     // the rest is drained: it is admitted or released as
                     // jobs finish.
-                    let admitting = shape != Shape::Plain
+                    let admitting = matches!(shape, Shape::Limited(_) | Shape::Workflows)
                         && completed.load(std::sync::atomic::Ordering::Acquire) < jobs;
                     if still_producing || admitting {
                         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -472,9 +495,16 @@ async fn lifecycle(
                         result: None,
                     })
                     .collect();
+                let granted = match &slots {
+                    Some(slots) => slots.take(&claimed).await,
+                    None => Vec::new(),
+                };
                 let t = Instant::now();
                 let batch = store.complete_batch(agent, &completions).await.unwrap();
                 in_complete += t.elapsed();
+                if let Some(slots) = &slots {
+                    slots.free(granted).await;
+                }
                 done += batch.completed.len();
                 completed.fetch_add(batch.completed.len(), std::sync::atomic::Ordering::AcqRel);
             }
@@ -488,6 +518,9 @@ async fn lifecycle(
         enqueue_rate = producer.await.unwrap();
     }
     let run = timed.finish(db, jobs).await;
+    if let Some(slots) = slots {
+        slots.report().await;
+    }
     if std::env::var_os("HOMEOSTAT_BENCH_SPLIT").is_some() {
         eprintln!(
             "client CPU: {:.2} s for {:.2} s of wall time",
@@ -604,10 +637,110 @@ fn process_cpu_secs() -> f64 {
     ticks / 100.0
 }
 
-/// The minimal claim and complete statements on a bare table.
-async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
+/// The slots of the sketch of `--slots-at-claim`: one counter row per key,
+/// taken beside each claim and freed beside each completion, as a claim
+/// that admits its own jobs would (in its own statement there).
+struct SlotCounters {
+    pool: sqlx::PgPool,
+    keys: i64,
+    /// Jobs whose key was full when claimed: that design would have set
+    /// them aside until their key had room.
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+impl SlotCounters {
+    async fn create(db: &Db, keys: usize) -> SlotCounters {
+        let PoolForTests::Postgres(pool) = db.store.pool_for_tests() else {
+            panic!("--slots-at-claim sketches the PostgreSQL claim only");
+        };
+        // Room left on each page, so that a counter's update stays on its
+        // page and touches no index (a HOT update).
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE TABLE bench_slots (key TEXT PRIMARY KEY, running INT NOT NULL,
+               max_running INT NOT NULL) WITH (fillfactor = 50);
+             INSERT INTO bench_slots SELECT i::text, 0, 2 FROM generate_series(0, {keys} - 1) i;"
+        )))
+        .execute(pool)
+        .await
+        .unwrap();
+        sqlx::raw_sql("VACUUM ANALYZE bench_slots")
+            .execute(pool)
+            .await
+            .unwrap();
+        SlotCounters {
+            pool: pool.clone(),
+            keys: keys as i64,
+            refused: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes the claimed jobs' slots (each job's key drawn from its id);
+    /// the keys taken and how many each.
+    async fn take(&self, claimed: &[homeostat_store::ClaimedJob]) -> Vec<(String, i32)> {
+        let ids: Vec<String> = claimed.iter().map(|c| c.id.to_string()).collect();
+
+        let granted: Vec<(String, i32)> = sqlx::query_as(
+            "WITH k AS (
+               SELECT (abs(hashtext(id)::bigint) % $2)::text AS key, count(*)::int AS n
+               FROM unnest($1::text[]) AS id GROUP BY 1),
+             -- Locked in one order, so that two claims never wait for
+             -- each other's counters.
+             l AS (SELECT s.key FROM bench_slots s JOIN k ON s.key = k.key
+                   ORDER BY s.key FOR UPDATE)
+             UPDATE bench_slots s SET running = s.running + k.n FROM k, l
+             WHERE s.key = k.key AND l.key = k.key AND s.running + k.n <= s.max_running
+             RETURNING s.key, k.n",
+        )
+        .bind(&ids)
+        .bind(self.keys)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        let taken: usize = granted.iter().map(|(_, n)| *n as usize).sum();
+        self.refused
+            .fetch_add(claimed.len() - taken, std::sync::atomic::Ordering::Relaxed);
+        granted
+    }
+
+    async fn free(&self, granted: Vec<(String, i32)>) {
+        let (keys, counts): (Vec<String>, Vec<i32>) = granted.into_iter().unzip();
+
+        sqlx::query(
+            "WITH g AS (SELECT * FROM unnest($1::text[], $2::int[]) AS g(key, n)),
+             l AS (SELECT s.key FROM bench_slots s JOIN g ON s.key = g.key
+                   ORDER BY s.key FOR UPDATE)
+             UPDATE bench_slots s SET running = s.running - g.n FROM g, l
+             WHERE s.key = g.key AND l.key = g.key",
+        )
+        .bind(&keys)
+        .bind(&counts)
+        .execute(&self.pool)
+        .await
+        .unwrap();
+    }
+
+    async fn report(&self) {
+        let held: i64 = sqlx::query_scalar("SELECT COALESCE(SUM(running), 0) FROM bench_slots")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        assert_eq!(held, 0, "every slot taken was freed");
+        println!(
+            "  slots at claim: {} jobs found their key full",
+            self.refused.load(std::sync::atomic::Ordering::Relaxed)
+        );
+    }
+}
+
+/// The minimal claim and complete statements on a bare table; with
+/// `slots: Some(keys)` (PostgreSQL), the claim also takes each job's slot
+/// of its key (2 per key, the job's id modulo `keys`) in a table of
+/// counters, refusing a full key, and the completion frees it, each in
+/// its own statement: what slots taken at claim would add to them.
+async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32, slots: Option<usize>) -> Run {
     match db.store.pool_for_tests() {
         PoolForTests::Sqlite(read) => {
+            assert!(slots.is_none(), "slots at claim are sketched on PostgreSQL");
             // A single write connection, as the store writes through.
             let pool = sqlx::sqlite::SqlitePoolOptions::new()
                 .max_connections(1)
@@ -669,44 +802,92 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
         }
         PoolForTests::Postgres(pool) => {
             let pool = pool.clone();
-            sqlx::raw_sql(
+            sqlx::raw_sql(AssertSqlSafe(format!(
                 "CREATE TABLE bare (id BIGSERIAL PRIMARY KEY, state TEXT NOT NULL, payload TEXT NOT NULL);
-                 CREATE INDEX bare_queued ON bare (id) WHERE state = 'queued';",
-            )
-            .execute(&pool)
-            .await
-            .unwrap();
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO bare (state, payload) SELECT 'queued', 'null' FROM generate_series(1, {jobs})"
+                 CREATE INDEX bare_queued ON bare (id) WHERE state = 'queued';
+                 -- Room left on each page, so that a counter's update stays on
+                 -- its page and touches no index (a HOT update).
+                 CREATE TABLE slots (key BIGINT PRIMARY KEY, running INT NOT NULL,
+                   max_running INT NOT NULL) WITH (fillfactor = 50);
+                 INSERT INTO slots SELECT i, 0, 2 FROM generate_series(0, {} - 1) i;
+                 INSERT INTO bare (state, payload) SELECT 'queued', 'null' FROM generate_series(1, {jobs});",
+                slots.unwrap_or(0)
             )))
             .execute(&pool)
             .await
             .unwrap();
-            sqlx::query("VACUUM ANALYZE bare")
+            sqlx::raw_sql("VACUUM ANALYZE bare, slots")
                 .execute(&pool)
                 .await
                 .unwrap();
+            let (claim, complete) = match slots {
+                None => (
+                    "UPDATE bare SET state = 'running' WHERE id IN
+                       (SELECT id FROM bare WHERE state = 'queued' ORDER BY id LIMIT $1
+                        FOR UPDATE SKIP LOCKED)
+                     RETURNING id"
+                        .to_owned(),
+                    "UPDATE bare SET state = 'done' WHERE id = ANY($1)".to_owned(),
+                ),
+                // The counters are locked in one order, so that two claims
+                // never wait for each other's; a job whose key is full is
+                // left queued.
+                Some(keys) => (
+                    format!(
+                        "WITH c AS (SELECT id, id % {keys} AS key FROM bare WHERE state = 'queued'
+                                    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
+                         k AS (SELECT key, count(*)::int AS n FROM c GROUP BY key),
+                         l AS (SELECT s.key FROM slots s JOIN k ON s.key = k.key
+                               ORDER BY s.key FOR UPDATE),
+                         t AS (UPDATE slots s SET running = s.running + k.n FROM k, l
+                               WHERE s.key = k.key AND l.key = k.key
+                                 AND s.running + k.n <= s.max_running
+                               RETURNING s.key)
+                         UPDATE bare SET state = 'running' FROM c
+                         WHERE bare.id = c.id AND c.key IN (SELECT key FROM t)
+                         RETURNING bare.id"
+                    ),
+                    format!(
+                        "WITH d AS (UPDATE bare SET state = 'done' WHERE id = ANY($1)
+                                    RETURNING id % {keys} AS key),
+                         k AS (SELECT key, count(*)::int AS n FROM d GROUP BY key),
+                         l AS (SELECT s.key FROM slots s JOIN k ON s.key = k.key
+                               ORDER BY s.key FOR UPDATE)
+                         UPDATE slots s SET running = s.running - k.n FROM k, l
+                         WHERE s.key = k.key AND l.key = k.key"
+                    ),
+                ),
+            };
+            let sql = Arc::new((claim, complete));
             let timed = Timed::start(db).await;
             let mut tasks = Vec::new();
             for _ in 0..workers {
                 let pool = pool.clone();
+                let sql = Arc::clone(&sql);
                 tasks.push(tokio::spawn(async move {
+                    let (claim, complete) = (sql.0.as_str(), sql.1.as_str());
                     let mut done = 0;
                     loop {
-                        let ids: Vec<i64> = sqlx::query_scalar(
-                            "UPDATE bare SET state = 'running' WHERE id IN
-                               (SELECT id FROM bare WHERE state = 'queued' ORDER BY id LIMIT $1
-                                FOR UPDATE SKIP LOCKED)
-                             RETURNING id",
-                        )
-                        .bind(i64::from(batch))
-                        .fetch_all(&pool)
-                        .await
-                        .unwrap();
+                        let ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(claim))
+                            .bind(i64::from(batch))
+                            .fetch_all(&pool)
+                            .await
+                            .unwrap();
                         if ids.is_empty() {
-                            return done;
+                            // Under slots, an empty claim may only have met
+                            // full keys.
+                            let queued: bool = sqlx::query_scalar(
+                                "SELECT EXISTS (SELECT 1 FROM bare WHERE state = 'queued')",
+                            )
+                            .fetch_one(&pool)
+                            .await
+                            .unwrap();
+                            if slots.is_none() || !queued {
+                                return done;
+                            }
+                            continue;
                         }
-                        sqlx::query("UPDATE bare SET state = 'done' WHERE id = ANY($1)")
+                        sqlx::query(AssertSqlSafe(complete))
                             .bind(&ids)
                             .execute(&pool)
                             .await
@@ -724,6 +905,31 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32) -> Run {
             run
         }
     }
+}
+
+/// The bare claim and completion with and without slots taken in their
+/// own statements, one run each: what such slots cost a job, and the ratio
+/// that cost predicts for the store, whose plain jobs ran at `store_rate`
+/// in this run.
+async fn slots_in_the_claim(backend: &str, args: &Args, batch: u32, keys: usize, store_rate: f64) {
+    let mut rates = Vec::new();
+    for slots in [None, Some(keys)] {
+        let db = fresh(backend, StoreClock::system(), args.fair_share_turn).await;
+        rates.push(
+            baseline(&db, args.jobs, args.workers, batch, slots)
+                .await
+                .rate,
+        );
+        db.drop_all().await;
+    }
+    let extra_us = (1.0 / rates[1] - 1.0 / rates[0]) * 1e6;
+    println!(
+        "  bare claim {:.0} jobs/s, with slots in its statements {:.0} jobs/s: {extra_us:.1} µs a job more, \
+         which on the store's plain {store_rate:.0} jobs/s predicts a ratio of {:.2}",
+        rates[0],
+        rates[1],
+        1.0 / (1.0 + extra_us * 1e-6 * store_rate)
+    );
 }
 
 /// UUID v7 text for an id created at `ms` (SQL expression over row number `i`).
@@ -987,6 +1193,9 @@ async fn main() {
                             s.rate,
                             r.rate / s.rate
                         );
+                        if let Shape::SlotsAtClaim(keys) = args.shape {
+                            slots_in_the_claim(backend, &args, batch, keys, s.rate).await;
+                        }
                         r
                     } else if let Some(load) = args.against {
                         let db = fresh(backend, StoreClock::system(), args.fair_share_turn).await;
@@ -1012,7 +1221,7 @@ async fn main() {
                         Run::skipped()
                     } else {
                         let db = fresh(backend, StoreClock::system(), args.fair_share_turn).await;
-                        let r = baseline(&db, args.jobs, args.workers, batch).await;
+                        let r = baseline(&db, args.jobs, args.workers, batch, None).await;
                         db.drop_all().await;
                         r
                     };
@@ -1033,7 +1242,9 @@ async fn main() {
                     raw.push(r.rate);
                 }
                 let other = match (args.shape, args.against) {
-                    (Shape::Limited(_) | Shape::Workflows, _) => args.shape.describe(),
+                    (Shape::Limited(_) | Shape::SlotsAtClaim(_) | Shape::Workflows, _) => {
+                        args.shape.describe()
+                    }
                     (Shape::Plain, Some(load)) => format!("{load:?}").to_lowercase(),
                     (Shape::Plain, None) => "raw SQL".into(),
                 };
