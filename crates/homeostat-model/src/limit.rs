@@ -120,7 +120,25 @@ impl FromStr for KeySource {
         match s {
             "job" => Ok(KeySource::Job),
             "tenant" => Ok(KeySource::Tenant),
-            p if p.starts_with('/') && p.len() <= 200 => Ok(KeySource::Payload(p.to_owned())),
+            p if p.starts_with('/') && p.len() <= 200 => {
+                // RFC 6901: `~` escapes `~` (`~0`) and `/` (`~1`) only. A
+                // pointer with another escape names no value a payload
+                // can hold, and every job under the limit would be refused.
+                let escapes_ok = p
+                    .split('~')
+                    .skip(1)
+                    .all(|after| after.starts_with('0') || after.starts_with('1'));
+                if !escapes_ok {
+                    return Err(ValidationError::new(
+                        "key_from",
+                        format!(
+                            "{} is not a JSON pointer: `~` is followed by 0 (for ~) or 1 (for /) only",
+                            crate::error::shown(p)
+                        ),
+                    ));
+                }
+                Ok(KeySource::Payload(p.to_owned()))
+            }
             _ => Err(ValidationError::new(
                 "key_from",
                 format!(
@@ -440,8 +458,10 @@ impl fmt::Display for LimitKey {
     }
 }
 
-/// Checks a limit's name: 1 to 100 of `A-Z a-z 0-9 . _ -` (it is a path
-/// segment of the API, and `limit:key` names a key).
+/// Checks a limit's name: 1 to 100 of `A-Z a-z 0-9 . _ -`, not `.` or
+/// `..` and not starting with `-` (it is a path segment of the API, which
+/// clients resolve `.` and `..` out of, and an argument of the CLI, which
+/// reads `-x` as a flag; `limit:key` names a key).
 pub fn validate_limit_name(field: &'static str, name: &str) -> Result<(), ValidationError> {
     if name.is_empty() || name.len() > 100 {
         return Err(ValidationError::new(
@@ -449,6 +469,15 @@ pub fn validate_limit_name(field: &'static str, name: &str) -> Result<(), Valida
             format!(
                 "a limit's name must be 1 to 100 characters, got {}",
                 name.len()
+            ),
+        ));
+    }
+    if name == "." || name == ".." || name.starts_with('-') {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "a limit's name may not be . or .. or start with -, got {}",
+                crate::error::shown(name)
             ),
         ));
     }
@@ -658,6 +687,30 @@ mod tests {
     }
 
     #[test]
+    fn a_limits_name_is_one_a_path_and_a_command_line_can_carry() {
+        let long = "n".repeat(100);
+        for good in [
+            "per-customer",
+            "a",
+            "9.x_y-z",
+            "_x",
+            ".hidden",
+            "...",
+            long.as_str(),
+        ] {
+            assert!(validate_limit_name("name", good).is_ok(), "{good}");
+        }
+        for bad in [".", "..", "-lead", "", "a b", "a/b"] {
+            let err = validate_limit_name("name", bad).unwrap_err();
+            assert_eq!(err.field, "name", "{bad}");
+        }
+        for bad in [".", "..", "-lead"] {
+            let err = validate_limit_name("name", bad).unwrap_err();
+            assert!(err.message.contains("may not be . or .."), "{bad}");
+        }
+    }
+
+    #[test]
     fn key_sources_read_job_tenant_or_a_pointer_and_refuse_the_rest() {
         assert_eq!("job".parse::<KeySource>().unwrap(), KeySource::Job);
         assert_eq!("tenant".parse::<KeySource>().unwrap(), KeySource::Tenant);
@@ -667,6 +720,15 @@ mod tests {
         );
         let err = "customer".parse::<KeySource>().unwrap_err();
         assert_eq!(err.field, "key_from");
+        assert_eq!(
+            "/a~1b/~0c".parse::<KeySource>().unwrap(),
+            KeySource::Payload("/a~1b/~0c".into())
+        );
+        for bad in ["/a~2", "/a~", "/~/b"] {
+            let err = bad.parse::<KeySource>().unwrap_err();
+            assert_eq!(err.field, "key_from", "{bad}");
+            assert!(err.message.contains("not a JSON pointer"), "{bad}");
+        }
         let spec: LimitSpec =
             serde_json::from_value(json!({"max_running": 2, "key_from": "/c"})).unwrap();
         assert_eq!(spec.key_from, KeySource::Payload("/c".into()));

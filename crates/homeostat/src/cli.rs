@@ -418,7 +418,7 @@ pub(crate) enum Limits {
     /// values). Jobs name it at enqueue (`jobs enqueue --limit NAME=KEY`),
     /// or it applies to every job of `--queue`/`--kind`.
     Set {
-        /// Its name: letters, digits and . _ -
+        /// Its name: letters, digits and . _ - (not . or .., and not starting with -)
         name: String,
         /// Jobs of one key queued or running at once.
         #[arg(long)]

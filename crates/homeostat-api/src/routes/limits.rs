@@ -51,7 +51,7 @@ pub(crate) async fn show_limit(
     put,
     path = "/v1/limits/{name}",
     tag = "limits",
-    params(("name" = String, Path, description = "limit name: 1 to 100 of A-Z a-z 0-9 . _ -")),
+    params(("name" = String, Path, description = "limit name: 1 to 100 of A-Z a-z 0-9 . _ -, not . or .. and not starting with -")),
     request_body = LimitSpec,
     responses(
         (status = 201, description = "created", body = Limit),

@@ -65,6 +65,10 @@ async fn limits_are_set_shown_enforced_and_deleted(store: &Store) {
             "key_from",
         ),
         (json!({"max_running": 1, "strategy": "lifo"}), "lifo"),
+        (
+            json!({"max_running": 1, "key_from": "/customer~2id"}),
+            "not a JSON pointer",
+        ),
     ] {
         let a = api
             .call(Method::PUT, "/v1/limits/bad", Some(&api.admin), Some(body))
@@ -77,6 +81,27 @@ async fn limits_are_set_shown_enforced_and_deleted(store: &Store) {
         StatusCode::NOT_FOUND,
         "nothing was written"
     );
+    // Names a client resolves out of a path (`..`) or a CLI reads as a
+    // flag (`-x`): refused, naming the name.
+    for name in ["..", ".", "-x"] {
+        let a = api
+            .call(
+                Method::PUT,
+                &format!("/v1/limits/{name}"),
+                Some(&api.admin),
+                Some(json!({"max_running": 1})),
+            )
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{name}: {}",
+            a.text
+        );
+        assert!(a.text.contains("may not be . or .."), "{name}: {}", a.text);
+    }
+    let listed = api.get("/v1/limits", &api.admin).await;
+    assert!(!listed.text.contains("\"-x\""), "{}", listed.text);
     // Tenants neither set nor read limits (their keys span tenants).
     let a = api
         .call(
