@@ -1154,6 +1154,13 @@ async fn main() {
             for batch in args.batches.clone() {
                 // Store and baseline alternate, so a noisy neighbour
                 // weighs on both; the ratio is taken within each pair.
+                let other = match (args.shape, args.against) {
+                    (Shape::Limited(_) | Shape::SlotsAtClaim(_) | Shape::Workflows, _) => {
+                        args.shape.describe()
+                    }
+                    (Shape::Plain, Some(load)) => format!("{load:?}").to_lowercase(),
+                    (Shape::Plain, None) => "raw SQL".into(),
+                };
                 let (mut store, mut raw, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
                 for run in 1..=args.runs {
                     let (s, enqueue_rate) = if args.only.as_deref() == Some("baseline") {
@@ -1225,29 +1232,25 @@ async fn main() {
                         db.drop_all().await;
                         r
                     };
+                    // Against a baseline, the store's share of its rate;
+                    // against another load or shape, that one's share of
+                    // the store's.
+                    let this_ratio = if args.against.is_some() || args.shape != Shape::Plain {
+                        r.rate / s.rate
+                    } else {
+                        s.rate / r.rate
+                    };
                     println!(
-                        "{backend} lifecycle batch={batch} run {run}: store {:.0} jobs/s{}, raw SQL {:.0} jobs/s{}, ratio {:.2}; batch enqueue {enqueue_rate:.0} jobs/s",
+                        "{backend} lifecycle batch={batch} run {run}: store {:.0} jobs/s{}, {other} {:.0} jobs/s{}, ratio {this_ratio:.2}; batch enqueue {enqueue_rate:.0} jobs/s",
                         s.rate,
                         s.wal(),
                         r.rate,
                         r.wal(),
-                        s.rate / r.rate
                     );
-                    ratio.push(if args.against.is_some() || args.shape != Shape::Plain {
-                        r.rate / s.rate
-                    } else {
-                        s.rate / r.rate
-                    });
+                    ratio.push(this_ratio);
                     store.push(s.rate);
                     raw.push(r.rate);
                 }
-                let other = match (args.shape, args.against) {
-                    (Shape::Limited(_) | Shape::SlotsAtClaim(_) | Shape::Workflows, _) => {
-                        args.shape.describe()
-                    }
-                    (Shape::Plain, Some(load)) => format!("{load:?}").to_lowercase(),
-                    (Shape::Plain, None) => "raw SQL".into(),
-                };
                 println!(
                     "{backend} lifecycle batch={batch} jobs={} workers={} median of {}: store {:.0} jobs/s, {other} {:.0} jobs/s, ratio {:.2}",
                     args.jobs,

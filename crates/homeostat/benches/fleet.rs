@@ -747,10 +747,13 @@ async fn print_split(
         if of.is_empty() {
             return;
         }
+        // The servers' timestamps are whole milliseconds and the bench's
+        // are not: a part a fraction of a millisecond long can come out
+        // below zero, which is shown as the zero it is.
         let p = |i: usize, q: f64| {
             let mut v: Vec<f64> = of.iter().map(|s| s[i]).collect();
             v.sort_by(f64::total_cmp);
-            percentile(&v, q)
+            percentile(&v, q).max(0.0)
         };
         println!(
             "  {label} ({}): before the enqueue's write p50 {:.0} p99 {:.0} ms | enqueue to claim p50 {:.0} p99 {:.0} ms | after the claim p50 {:.0} p99 {:.0} ms",
