@@ -89,15 +89,25 @@ const WAITING: Sql = Sql::both(
 );
 
 /// `$1` JSON `[{"l": limit, "key": key, "n": how many}]`: each key's
-/// waiting jobs in the order they are admitted, in one statement
-/// (PostgreSQL; SQLite, in process, runs [`WAITING`] per key).
-const WAITING_OF_KEYS: &str =
+/// first `n` waiting jobs, in one statement. SQLite has no `LATERAL`, and
+/// its `LIMIT` cannot name a column: a correlated `IN` takes each key's
+/// first `$2` through the same index, for keys of one `n`. A statement per
+/// key cost SQLite's admission about half of the time it holds the one
+/// writer (docs/benchmarks.md).
+const WAITING_OF_KEYS: Sql = Sql::pair(
+    "SELECT k.value->>'l' AS limit_name, k.value->>'key' AS key, c.job_id, c.priority, c.queued_at
+     FROM json_each($1) k
+     JOIN job_limits c ON c.limit_name = k.value->>'l' AND c.job_id IN (
+       SELECT job_id FROM job_limits
+       WHERE limit_name = k.value->>'l' AND key = k.value->>'key' AND phase = 'waiting'
+       ORDER BY priority DESC, queued_at, job_id LIMIT CAST($2 AS INTEGER))",
     "SELECT k.l AS limit_name, k.key AS key, c.job_id, c.priority, c.queued_at
      FROM jsonb_to_recordset($1::jsonb) AS k(l text, key text, n bigint)
      CROSS JOIN LATERAL (
        SELECT job_id, priority, queued_at FROM job_limits
        WHERE limit_name = k.l AND key = k.key AND phase = 'waiting'
-       ORDER BY priority DESC, queued_at, job_id LIMIT k.n) c";
+       ORDER BY priority DESC, queued_at, job_id LIMIT k.n) c",
+);
 
 /// `$1` limit, `$2` key, `$3` how many: its waiting jobs, newest first.
 const WAITING_NEWEST: Sql = Sql::both(
@@ -290,24 +300,36 @@ async fn pick<B: Backend>(
         .map(|(pair, free)| (pair, free + free.min(MARGIN)))
         .collect();
     let mut prefetched: HashMap<Pair, Vec<(i64, i64, Id)>> = HashMap::new();
-    if B::POSTGRES && !wanted.is_empty() {
+    // PostgreSQL takes every key in one statement; SQLite one statement
+    // per number of jobs wanted (most runs want one or two numbers).
+    let mut groups: Vec<(i64, Vec<&(&Pair, i64)>)> = Vec::new();
+    for w in &wanted {
+        let n = if B::POSTGRES { 0 } else { w.1 };
+        match groups.iter_mut().find(|(m, _)| *m == n) {
+            Some((_, keys)) => keys.push(w),
+            None => groups.push((n, vec![w])),
+        }
+    }
+    for (n, keys) in groups {
         let json = serde_json::Value::Array(
-            wanted
-                .iter()
+            keys.iter()
                 .map(|(p, n)| json!({"l": p.0, "key": p.1, "n": n}))
                 .collect(),
         )
         .to_string();
-        let stmt = Stmt::new::<B>(Sql::both(WAITING_OF_KEYS)).arg(json.as_str());
+        let mut stmt = Stmt::new::<B>(WAITING_OF_KEYS).arg(json.as_str());
+        if !B::POSTGRES {
+            stmt = stmt.arg(n);
+        }
         for r in B::fetch_in(tx, stmt).await.op(op)? {
             prefetched
                 .entry((r.text("limit_name")?, r.text("key")?))
                 .or_default()
                 .push((-r.int("priority")?, r.int("queued_at")?, r.id("job_id")?));
         }
-        for list in prefetched.values_mut() {
-            list.sort_unstable();
-        }
+    }
+    for list in prefetched.values_mut() {
+        list.sort_unstable();
     }
     let wanted: HashMap<&Pair, i64> = wanted.into_iter().collect();
 
@@ -325,16 +347,12 @@ async fn pick<B: Backend>(
                 let Some(&want) = wanted.get(pair) else {
                     continue;
                 };
-                let ids = if B::POSTGRES {
-                    prefetched
-                        .remove(pair)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(_, _, id)| id)
-                        .collect()
-                } else {
-                    job_ids::<B>(tx, Stmt::new::<B>(WAITING).arg(l).arg(k).arg(want)).await?
-                };
+                let ids: Vec<Id> = prefetched
+                    .remove(pair)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(_, _, id)| id)
+                    .collect();
                 if ids.len() as i64 == want {
                     rewake.push(pair.clone());
                 }

@@ -745,7 +745,61 @@ async fn a_tenants_keys_are_its_own_unless_the_limit_shares_them(store: &Store) 
     );
 }
 
+/// Keys of different room admitted together each take their own number
+/// of waiting jobs, highest priority first (SQLite fetches keys of one
+/// number in a statement).
+async fn keys_of_different_room_each_admit_their_best(store: &Store) {
+    let t = tenant(store, "acme", PlanTier::Free).await;
+    store
+        .set_limit("one", &max(1), "operator:test")
+        .await
+        .unwrap();
+    store
+        .set_limit("three", &max(3), "operator:test")
+        .await
+        .unwrap();
+    let with = |limit: &str, priority: i32| {
+        let mut j = keyed("q", limit, "k");
+        j.priority = priority;
+        j
+    };
+    let batch = vec![
+        with("one", 0),
+        with("one", 5),
+        with("one", 1),
+        with("three", 0),
+        with("three", 1),
+        with("three", 2),
+        with("three", 3),
+        with("three", 4),
+    ];
+    let ids: Vec<JobId> = store
+        .enqueue_batch(t, &batch)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    // The replica's own admitter may be admitting the same wake-ups: ask
+    // until both keys are full (the deadline only guards a hang).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    use JobState::*;
+    let want = [
+        Waiting, Queued, Waiting, Waiting, Waiting, Queued, Queued, Queued,
+    ];
+    loop {
+        store.admit_waiting("test").await.unwrap();
+        let now = states(store, &ids).await;
+        if now == want || std::time::Instant::now() > deadline {
+            assert_eq!(now, want);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 on_both_backends!(
+    keys_of_different_room_each_admit_their_best,
     a_tenants_keys_are_its_own_unless_the_limit_shares_them,
     an_offline_agents_limited_job_keeps_its_slot_until_its_lease_runs_out,
     a_key_admits_up_to_its_maximum_and_a_finished_job_frees_its_slot,
