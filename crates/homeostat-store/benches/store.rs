@@ -637,6 +637,36 @@ fn process_cpu_secs() -> f64 {
     ticks / 100.0
 }
 
+/// A table `name` of slot counters, 2 per key for `keys` keys (0 to
+/// `keys - 1`), for the sketches of `--slots-at-claim`. Room is left on
+/// each page, so that a counter's update stays on its page and touches no
+/// index (a HOT update).
+fn slot_table(name: &str, keys: usize) -> String {
+    format!(
+        "CREATE TABLE {name} (key BIGINT PRIMARY KEY, running INT NOT NULL,
+           max_running INT NOT NULL) WITH (fillfactor = 50);
+         INSERT INTO {name} SELECT i, 0, 2 FROM generate_series(0, {keys} - 1) i;"
+    )
+}
+
+/// The CTEs that take (`take`: only where the key has room) or give back
+/// the slots counted in a CTE `k(key, n)` from table `name`, as CTE `t`
+/// returning each key changed and its `n`. The counters are locked in key
+/// order first, so that two statements never wait for each other's.
+fn slot_update(name: &str, take: bool) -> String {
+    let (sign, room) = if take {
+        ('+', " AND s.running + k.n <= s.max_running")
+    } else {
+        ('-', "")
+    };
+    format!(
+        "l AS (SELECT s.key FROM {name} s JOIN k ON s.key = k.key ORDER BY s.key FOR UPDATE),
+         t AS (UPDATE {name} s SET running = s.running {sign} k.n FROM k, l
+               WHERE s.key = k.key AND l.key = k.key{room}
+               RETURNING s.key, k.n)"
+    )
+}
+
 /// The slots of the sketch of `--slots-at-claim`: one counter row per key,
 /// taken beside each claim and freed beside each completion, as a claim
 /// that admits its own jobs would (in its own statement there).
@@ -653,16 +683,10 @@ impl SlotCounters {
         let PoolForTests::Postgres(pool) = db.store.pool_for_tests() else {
             panic!("--slots-at-claim sketches the PostgreSQL claim only");
         };
-        // Room left on each page, so that a counter's update stays on its
-        // page and touches no index (a HOT update).
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "CREATE TABLE bench_slots (key TEXT PRIMARY KEY, running INT NOT NULL,
-               max_running INT NOT NULL) WITH (fillfactor = 50);
-             INSERT INTO bench_slots SELECT i::text, 0, 2 FROM generate_series(0, {keys} - 1) i;"
-        )))
-        .execute(pool)
-        .await
-        .unwrap();
+        sqlx::raw_sql(AssertSqlSafe(slot_table("bench_slots", keys)))
+            .execute(pool)
+            .await
+            .unwrap();
         sqlx::raw_sql("VACUUM ANALYZE bench_slots")
             .execute(pool)
             .await
@@ -676,21 +700,16 @@ impl SlotCounters {
 
     /// Takes the claimed jobs' slots (each job's key drawn from its id);
     /// the keys taken and how many each.
-    async fn take(&self, claimed: &[homeostat_store::ClaimedJob]) -> Vec<(String, i32)> {
+    async fn take(&self, claimed: &[homeostat_store::ClaimedJob]) -> Vec<(i64, i32)> {
         let ids: Vec<String> = claimed.iter().map(|c| c.id.to_string()).collect();
-
-        let granted: Vec<(String, i32)> = sqlx::query_as(
+        let granted: Vec<(i64, i32)> = sqlx::query_as(AssertSqlSafe(format!(
             "WITH k AS (
-               SELECT (abs(hashtext(id)::bigint) % $2)::text AS key, count(*)::int AS n
+               SELECT abs(hashtext(id)::bigint) % $2 AS key, count(*)::int AS n
                FROM unnest($1::text[]) AS id GROUP BY 1),
-             -- Locked in one order, so that two claims never wait for
-             -- each other's counters.
-             l AS (SELECT s.key FROM bench_slots s JOIN k ON s.key = k.key
-                   ORDER BY s.key FOR UPDATE)
-             UPDATE bench_slots s SET running = s.running + k.n FROM k, l
-             WHERE s.key = k.key AND l.key = k.key AND s.running + k.n <= s.max_running
-             RETURNING s.key, k.n",
-        )
+             {}
+             SELECT key, n FROM t",
+            slot_update("bench_slots", true)
+        )))
         .bind(&ids)
         .bind(self.keys)
         .fetch_all(&self.pool)
@@ -702,16 +721,14 @@ impl SlotCounters {
         granted
     }
 
-    async fn free(&self, granted: Vec<(String, i32)>) {
-        let (keys, counts): (Vec<String>, Vec<i32>) = granted.into_iter().unzip();
-
-        sqlx::query(
-            "WITH g AS (SELECT * FROM unnest($1::text[], $2::int[]) AS g(key, n)),
-             l AS (SELECT s.key FROM bench_slots s JOIN g ON s.key = g.key
-                   ORDER BY s.key FOR UPDATE)
-             UPDATE bench_slots s SET running = s.running - g.n FROM g, l
-             WHERE s.key = g.key AND l.key = g.key",
-        )
+    async fn free(&self, granted: Vec<(i64, i32)>) {
+        let (keys, counts): (Vec<i64>, Vec<i32>) = granted.into_iter().unzip();
+        sqlx::query(AssertSqlSafe(format!(
+            "WITH k AS (SELECT * FROM unnest($1::bigint[], $2::int[]) AS k(key, n)),
+             {}
+             SELECT count(*) FROM t",
+            slot_update("bench_slots", false)
+        )))
         .bind(&keys)
         .bind(&counts)
         .execute(&self.pool)
@@ -735,8 +752,8 @@ impl SlotCounters {
 /// The minimal claim and complete statements on a bare table; with
 /// `slots: Some(keys)` (PostgreSQL), the claim also takes each job's slot
 /// of its key (2 per key, the job's id modulo `keys`) in a table of
-/// counters, refusing a full key, and the completion frees it, each in
-/// its own statement: what slots taken at claim would add to them.
+/// counters, refusing a full key, and the completion frees it, inside
+/// those two statements: what slots taken at claim would add to them.
 async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32, slots: Option<usize>) -> Run {
     match db.store.pool_for_tests() {
         PoolForTests::Sqlite(read) => {
@@ -805,13 +822,9 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32, slots: Optio
             sqlx::raw_sql(AssertSqlSafe(format!(
                 "CREATE TABLE bare (id BIGSERIAL PRIMARY KEY, state TEXT NOT NULL, payload TEXT NOT NULL);
                  CREATE INDEX bare_queued ON bare (id) WHERE state = 'queued';
-                 -- Room left on each page, so that a counter's update stays on
-                 -- its page and touches no index (a HOT update).
-                 CREATE TABLE slots (key BIGINT PRIMARY KEY, running INT NOT NULL,
-                   max_running INT NOT NULL) WITH (fillfactor = 50);
-                 INSERT INTO slots SELECT i, 0, 2 FROM generate_series(0, {} - 1) i;
+                 {}
                  INSERT INTO bare (state, payload) SELECT 'queued', 'null' FROM generate_series(1, {jobs});",
-                slots.unwrap_or(0)
+                slot_table("slots", slots.unwrap_or(0))
             )))
             .execute(&pool)
             .await
@@ -829,32 +842,25 @@ async fn baseline(db: &Db, jobs: usize, workers: usize, batch: u32, slots: Optio
                         .to_owned(),
                     "UPDATE bare SET state = 'done' WHERE id = ANY($1)".to_owned(),
                 ),
-                // The counters are locked in one order, so that two claims
-                // never wait for each other's; a job whose key is full is
-                // left queued.
+                // A job whose key is full is left queued.
                 Some(keys) => (
                     format!(
                         "WITH c AS (SELECT id, id % {keys} AS key FROM bare WHERE state = 'queued'
                                     ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
                          k AS (SELECT key, count(*)::int AS n FROM c GROUP BY key),
-                         l AS (SELECT s.key FROM slots s JOIN k ON s.key = k.key
-                               ORDER BY s.key FOR UPDATE),
-                         t AS (UPDATE slots s SET running = s.running + k.n FROM k, l
-                               WHERE s.key = k.key AND l.key = k.key
-                                 AND s.running + k.n <= s.max_running
-                               RETURNING s.key)
+                         {}
                          UPDATE bare SET state = 'running' FROM c
                          WHERE bare.id = c.id AND c.key IN (SELECT key FROM t)
-                         RETURNING bare.id"
+                         RETURNING bare.id",
+                        slot_update("slots", true)
                     ),
                     format!(
                         "WITH d AS (UPDATE bare SET state = 'done' WHERE id = ANY($1)
                                     RETURNING id % {keys} AS key),
                          k AS (SELECT key, count(*)::int AS n FROM d GROUP BY key),
-                         l AS (SELECT s.key FROM slots s JOIN k ON s.key = k.key
-                               ORDER BY s.key FOR UPDATE)
-                         UPDATE slots s SET running = s.running - k.n FROM k, l
-                         WHERE s.key = k.key AND l.key = k.key"
+                         {}
+                         SELECT count(*) FROM t",
+                        slot_update("slots", false)
                     ),
                 ),
             };

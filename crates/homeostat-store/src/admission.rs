@@ -300,11 +300,12 @@ async fn pick<B: Backend>(
         .map(|(pair, free)| (pair, free + free.min(MARGIN)))
         .collect();
     let mut prefetched: HashMap<Pair, Vec<(i64, i64, Id)>> = HashMap::new();
-    // PostgreSQL takes every key in one statement; SQLite one statement
-    // per number of jobs wanted (most runs want one or two numbers).
-    let mut groups: Vec<(i64, Vec<&(&Pair, i64)>)> = Vec::new();
+    // PostgreSQL takes every key in one statement (each key's number in
+    // the JSON); SQLite one statement per number of jobs wanted, bound as
+    // its `LIMIT` (most runs want one or two numbers).
+    let mut groups: Vec<(Option<i64>, Vec<_>)> = Vec::new();
     for w in &wanted {
-        let n = if B::POSTGRES { 0 } else { w.1 };
+        let n = (!B::POSTGRES).then_some(w.1);
         match groups.iter_mut().find(|(m, _)| *m == n) {
             Some((_, keys)) => keys.push(w),
             None => groups.push((n, vec![w])),
@@ -318,7 +319,7 @@ async fn pick<B: Backend>(
         )
         .to_string();
         let mut stmt = Stmt::new::<B>(WAITING_OF_KEYS).arg(json.as_str());
-        if !B::POSTGRES {
+        if let Some(n) = n {
             stmt = stmt.arg(n);
         }
         for r in B::fetch_in(tx, stmt).await.op(op)? {
