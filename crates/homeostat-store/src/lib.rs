@@ -42,6 +42,7 @@ mod credentials;
 mod decisions;
 mod error;
 mod fair;
+mod handoff;
 mod health;
 mod idempotency;
 mod job_metrics;

@@ -357,8 +357,9 @@ impl Backend for PgStore {
         &self,
         agent: AgentId,
         completions: &[Completion],
-    ) -> Result<Vec<Option<crate::job_metrics::Ended>>, StoreError> {
-        self.complete_batch_now(agent, completions).await
+        limited: bool,
+    ) -> Result<crate::handoff::Completed, StoreError> {
+        self.complete_batch_now(agent, completions, limited).await
     }
 
     async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {

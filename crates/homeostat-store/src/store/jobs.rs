@@ -348,9 +348,13 @@ impl Store {
         if completions.is_empty() {
             return Ok(out);
         }
-        let accepted = dispatch!(self.complete_batch(agent, completions))?;
+        let limited = self.local.limits.maybe_in_use();
+        let done = dispatch!(self.complete_batch(agent, completions, limited))?;
+        if !done.handed.is_empty() {
+            dispatch!(self, signals::wake_all(&self.local.signals, &done.handed));
+        }
         let now = crate::time::ms(self.now());
-        for (c, ended) in completions.iter().zip(accepted) {
+        for (c, ended) in completions.iter().zip(done.ended) {
             match ended {
                 Some(ended) => {
                     self.local.jobs.reported(&ended, now, Some("succeeded"));
