@@ -147,7 +147,7 @@ const ADMIT: Sql = Sql::pair(
 );
 
 /// `$1` job ids: their slots held from now (SQLite's half of [`ADMIT`]).
-pub(crate) const ADMITTED_SLOTS: &str =
+const ADMITTED_SLOTS: &str =
     "UPDATE job_limits SET phase = 'queued' WHERE job_id IN (SELECT value FROM json_each($1))";
 
 /// `$1` job ids, `$2` now, `$3` why: cancels jobs a limit's strategy

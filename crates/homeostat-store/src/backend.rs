@@ -478,15 +478,12 @@ pub(crate) trait Backend: Sync {
     ) -> impl Future<Output = Result<Vec<ClaimedJob>, StoreError>> + Send;
 
     /// Completes jobs of `agent` whose lease tokens still match; for each,
-    /// the attempt that ended, if it did (the tuned completion). When
-    /// `limited` (limits may be in use), slots freed are handed off
-    /// (src/handoff.rs).
+    /// the attempt that ended, if it did (the tuned completion).
     fn complete_batch(
         &self,
         agent: AgentId,
         completions: &[Completion],
-        limited: bool,
-    ) -> impl Future<Output = Result<crate::handoff::Completed, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<Option<crate::job_metrics::Ended>>, StoreError>> + Send;
 
     /// Enqueues validated jobs inside `tx` (the tuned batch insert).
     fn enqueue_in(

@@ -42,7 +42,6 @@ mod credentials;
 mod decisions;
 mod error;
 mod fair;
-mod handoff;
 mod health;
 mod idempotency;
 mod job_metrics;

@@ -12,7 +12,7 @@ use sqlx::Row;
 use super::PgStore;
 use crate::backend::{At, Backend, pg_judged};
 use crate::error::{Context, StoreError, corrupt, in_range};
-use crate::handoff::Completed;
+use crate::job_metrics::Ended;
 use crate::signals::Look;
 use crate::time::{dur_ms, ms, ts};
 use crate::{ClaimedJob, Completion, Enqueued};
@@ -427,8 +427,7 @@ impl PgStore {
         &self,
         agent: AgentId,
         completions: &[Completion],
-        limited: bool,
-    ) -> Result<Completed, StoreError> {
+    ) -> Result<Vec<Option<Ended>>, StoreError> {
         let op = "completing jobs";
         let now = self.now();
         let ids: Vec<Id> = completions.iter().map(|c| c.id.as_uuid()).collect();
@@ -437,47 +436,22 @@ impl PgStore {
             .iter()
             .map(|c| c.result.as_ref().map(|v| v.to_string()))
             .collect();
-        let (statement, handing) = if self.leased_steps.take_any(&ids) {
-            (COMPLETE_STEPS, false)
-        } else if limited {
-            (COMPLETE_HANDING, true)
+        let statement = if self.leased_steps.take_any(&ids) {
+            COMPLETE_STEPS
         } else {
-            (COMPLETE, false)
+            COMPLETE
         };
-        let query = sqlx::query(statement)
+        let done = sqlx::query_as::<_, (Id, String, String, i64, Option<i64>)>(statement)
             .bind(&ids)
             .bind(&tokens)
             .bind(&results)
             .bind(ms(now))
-            .bind(agent.as_uuid());
-        let rows = self.watch(query.fetch_all(&self.pool).await).op(op)?;
-        let mut out = Completed::default();
-        let mut done = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let id: Option<Id> = r.try_get(0).op(op)?;
-            let queue: String = r.try_get(1).op(op)?;
-            let queued_at: i64 = r.try_get(3).op(op)?;
-            match id {
-                Some(id) => done.push((
-                    id,
-                    queue,
-                    r.try_get(2).op(op)?,
-                    queued_at,
-                    r.try_get(4).op(op)?,
-                )),
-                // A summary row of the jobs handed a slot: their count by
-                // tenant and queue.
-                None if handing => {
-                    let tenant: Id = r.try_get(5).op(op)?;
-                    let n = u32::try_from(queued_at).map_err(|e| corrupt(op, e))?;
-                    out.handed.push((TenantId::from_uuid(tenant), queue, n));
-                }
-                None => return Err(corrupt(op, "a completed job without its id")),
-            }
-        }
+            .bind(agent.as_uuid())
+            .fetch_all(&self.pool)
+            .await;
+        let done = self.watch(done).op(op)?;
         let mut done = crate::job_metrics::ended_by_id(done);
-        out.ended = ids.iter().map(|id| done.remove(id)).collect();
-        Ok(out)
+        Ok(ids.iter().map(|id| done.remove(id)).collect())
     }
 }
 
@@ -512,46 +486,6 @@ const _: () = assert!(MAX_NEEDS_RESULTS_BYTES == 262_144);
 
 /// Completes the jobs ([`complete_update`]).
 const COMPLETE: &str = complete_update!("", "");
-
-/// [`COMPLETE`], and each slot a completed job frees handed to its key's
-/// next waiting job, in the same statement (src/handoff.rs). The next
-/// jobs are locked skipping those another transaction holds, so that two
-/// completions never wait on each other; a slot not handed off is left to
-/// admission, woken by the completion as before. Rows with a NULL id
-/// count the jobs handed a slot by tenant and queue (in `queued_at`'s
-/// place), for their claims to be woken.
-const COMPLETE_HANDING: &str = concat!(
-    "WITH done AS (",
-    complete_update!("", ", jobs.limit_keys, NULL::uuid AS tenant_id"),
-    "),
-     freed AS (
-       SELECT k->>0 AS l, k->>1 AS key, count(*) AS n
-         FROM done d CROSS JOIN LATERAL jsonb_array_elements(d.limit_keys::jsonb) k
-        WHERE d.limit_keys IS NOT NULL AND jsonb_array_length(d.limit_keys::jsonb) = 1
-        GROUP BY 1, 2),
-     next AS (
-       SELECT c.id FROM freed f
-         JOIN limits lim ON lim.name = f.l AND ",
-    crate::handoff::handed_limit!(),
-    "
-         CROSS JOIN LATERAL (
-           SELECT j.id, j.limit_keys FROM job_limits w JOIN jobs j ON j.id = w.job_id
-            WHERE w.limit_name = f.l AND w.key = f.key AND w.phase = 'waiting'
-              AND j.state = 'waiting'
-            ORDER BY w.priority DESC, w.queued_at, w.job_id LIMIT f.n
-            FOR UPDATE OF j SKIP LOCKED) c
-        WHERE jsonb_array_length(c.limit_keys::jsonb) = 1),
-     handed AS (
-       UPDATE jobs SET state = 'queued', queued_at = $4, fair_at = $4, updated_at = $4
-         FROM next WHERE jobs.id = next.id
-       RETURNING jobs.id, jobs.tenant_id, jobs.queue),
-     slots AS (
-       UPDATE job_limits SET phase = 'queued' FROM handed WHERE job_limits.job_id = handed.id)
-     SELECT d.id, d.queue, d.kind, d.queued_at, d.started_at, d.tenant_id FROM done d
-     UNION ALL
-     SELECT NULL, h.queue, NULL, count(*), NULL, h.tenant_id FROM handed h
-      GROUP BY h.tenant_id, h.queue"
-);
 
 /// [`COMPLETE`], and the workflow steps whose needs the completed jobs
 /// were move in the same statement, for all of them at once, instead of

@@ -10,7 +10,7 @@ use sqlx::Row;
 use super::{SqliteStore, Tx};
 use crate::backend::{Backend, RowExt};
 use crate::error::{Context, StoreError, corrupt, in_range};
-use crate::handoff::Completed;
+use crate::job_metrics::Ended;
 use crate::registry;
 use crate::signals::Look;
 use crate::time::{add, dur_ms, ms, ts};
@@ -332,8 +332,7 @@ impl SqliteStore {
         &self,
         agent: AgentId,
         completions: &[Completion],
-        limited: bool,
-    ) -> Result<Completed, StoreError> {
+    ) -> Result<Vec<Option<Ended>>, StoreError> {
         let op = "completing jobs";
         let now = self.now();
         // [[id, token, result], …]: positional, cheaper for SQLite to take
@@ -348,82 +347,30 @@ impl SqliteStore {
                 )
             })
             .collect();
-        let batch = serde_json::to_string(&batch).map_err(|e| corrupt(op, e))?;
-        let complete = sqlx::query_as(COMPLETE)
-            .bind(batch)
-            .bind(ms(now))
-            .bind(agent.to_string());
-        let mut out = Completed::default();
-        let done: Vec<DoneRow> = if limited {
-            // The completion and its handoffs commit together: a slot is
-            // handed off only in the transaction that frees it.
-            let mut tx = self.begin(op).await?;
-            let done: Vec<DoneRow> = complete.fetch_all(&mut *tx).await.op(op)?;
-            let freed = crate::handoff::freed_keys(done.iter().filter_map(|d| d.5.as_deref()));
-            let mut handed = Vec::new();
-            for (n, keys) in freed {
-                let keys = serde_json::to_string(&keys).map_err(|e| corrupt(op, e))?;
-                let rows: Vec<(String, String, String)> =
-                    sqlx::query_as(crate::handoff::SQLITE_HANDOFF)
-                        .bind(keys)
-                        .bind(n)
-                        .bind(ms(now))
-                        .fetch_all(&mut *tx)
-                        .await
-                        .op(op)?;
-                handed.extend(rows);
-            }
-            if !handed.is_empty() {
-                let ids: Vec<&str> = handed.iter().map(|(id, _, _)| id.as_str()).collect();
-                sqlx::query(crate::admission::ADMITTED_SLOTS)
-                    .bind(serde_json::to_string(&ids).map_err(|e| corrupt(op, e))?)
-                    .execute(&mut *tx)
-                    .await
-                    .op(op)?;
-                let by = handed
-                    .into_iter()
-                    .map(|(_, tenant, queue)| {
-                        Ok((tenant.parse().map_err(|e| corrupt(op, e))?, queue))
-                    })
-                    .collect::<Result<Vec<_>, StoreError>>()?;
-                out.handed = crate::handoff::by_queue(by);
-            }
-            tx.commit().await.op(op)?;
-            done
-        } else {
-            // One statement: its own transaction on the single write connection.
-            complete.fetch_all(&self.writer).await.op(op)?
-        };
-        let done = done
-            .into_iter()
-            .map(|(id, queue, kind, queued_at, started_at, _)| {
-                (id, queue, kind, queued_at, started_at)
-            })
-            .collect();
+        // One statement: its own transaction on the single write connection.
+        let done: Vec<(String, String, String, i64, Option<i64>)> = sqlx::query_as(concat!(
+            "UPDATE jobs SET state = 'succeeded', result = c.r, finished_at = ?2, updated_at = ?2,
+               lease_expires_at = NULL, timeout_at = NULL
+             FROM (SELECT value->>0 AS id, value->>1 AS t, value->>2 AS r
+                   FROM json_each(?1)) AS c
+             WHERE jobs.id = c.id AND jobs.lease_token = c.t
+               AND jobs.lease_agent = ?3 AND ",
+            crate::backend::sqlite_running!(),
+            " RETURNING jobs.id, jobs.queue, jobs.kind, jobs.queued_at, jobs.started_at"
+        ))
+        .bind(serde_json::to_string(&batch).map_err(|e| corrupt(op, e))?)
+        .bind(ms(now))
+        .bind(agent.to_string())
+        .fetch_all(&self.writer)
+        .await
+        .op(op)?;
         let mut done = crate::job_metrics::ended_by_id(done);
-        out.ended = completions
+        Ok(completions
             .iter()
             .map(|c| done.remove(&c.id.to_string()))
-            .collect();
-        Ok(out)
+            .collect())
     }
 }
-
-/// A completed job: id, queue, kind, queued_at, started_at, limit_keys.
-type DoneRow = (String, String, String, i64, Option<i64>, Option<String>);
-
-/// `?1` JSON `[[id, token, result], …]`, `?2` now, `?3` the agent: completes
-/// the jobs it holds under those lease tokens.
-const COMPLETE: &str = concat!(
-    "UPDATE jobs SET state = 'succeeded', result = c.r, finished_at = ?2, updated_at = ?2,
-       lease_expires_at = NULL, timeout_at = NULL
-     FROM (SELECT value->>0 AS id, value->>1 AS t, value->>2 AS r
-           FROM json_each(?1)) AS c
-     WHERE jobs.id = c.id AND jobs.lease_token = c.t
-       AND jobs.lease_agent = ?3 AND ",
-    crate::backend::sqlite_running!(),
-    " RETURNING jobs.id, jobs.queue, jobs.kind, jobs.queued_at, jobs.started_at, jobs.limit_keys"
-);
 
 async fn tenant_tier(
     tx: &mut Tx,

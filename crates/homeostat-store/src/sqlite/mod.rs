@@ -483,9 +483,8 @@ impl Backend for SqliteStore {
         &self,
         agent: AgentId,
         completions: &[Completion],
-        limited: bool,
-    ) -> Result<crate::handoff::Completed, StoreError> {
-        self.complete_batch_now(agent, completions, limited).await
+    ) -> Result<Vec<Option<crate::job_metrics::Ended>>, StoreError> {
+        self.complete_batch_now(agent, completions).await
     }
 
     async fn begin(&self, op: &'static str) -> Result<Tx, StoreError> {

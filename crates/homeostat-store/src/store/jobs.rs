@@ -348,13 +348,9 @@ impl Store {
         if completions.is_empty() {
             return Ok(out);
         }
-        let limited = self.local.limits.maybe_in_use();
-        let done = dispatch!(self.complete_batch(agent, completions, limited))?;
-        if !done.handed.is_empty() {
-            dispatch!(self, signals::wake_all(&self.local.signals, &done.handed));
-        }
+        let accepted = dispatch!(self.complete_batch(agent, completions))?;
         let now = crate::time::ms(self.now());
-        for (c, ended) in completions.iter().zip(done.ended) {
+        for (c, ended) in completions.iter().zip(accepted) {
             match ended {
                 Some(ended) => {
                     self.local.jobs.reported(&ended, now, Some("succeeded"));

@@ -7,7 +7,7 @@ use homeostat_model::{
     LimitStrategy, NewJob, PlanTier, Rate,
 };
 use homeostat_store::{Failure, JobFilter, Store, StoreError};
-use homeostat_testkit::{At, agent, at, completions, job, on_both_backends, t0, tenant, wakes};
+use homeostat_testkit::{At, agent, at, completions, job, on_both_backends, t0, tenant};
 
 use crate::LEASE;
 
@@ -798,78 +798,7 @@ async fn keys_of_different_room_each_admit_their_best(store: &Store) {
     }
 }
 
-/// A completion gives the slot it frees to its key's next waiting job in
-/// its own commit (src/handoff.rs): the job is queued at the completion's
-/// time, before any admission, and a claim waiting for work is woken for
-/// it (admission, finding the key full, would wake nobody). A next job
-/// under another limit too is left to admission, and the job behind it
-/// does not pass it.
-async fn a_completion_hands_its_slot_to_the_keys_next_job(store: &Store) {
-    use JobState::*;
-    store.listening().await;
-    let t = tenant(store, "acme", PlanTier::Free).await;
-    let a = agent(store, Some(t), &["q"]).await;
-    let idle = agent(store, Some(t), &["q"]).await;
-    store
-        .set_limit("one", &max(1), "operator:test")
-        .await
-        .unwrap();
-    store
-        .set_limit("other", &max(1), "operator:test")
-        .await
-        .unwrap();
-    let mut ids = Vec::new();
-    for i in 0..3 {
-        let job = store.at(at(i)).enqueue(t, &keyed("q", "one", "k")).await;
-        ids.push(job.unwrap().id);
-    }
-    let claimed = store.at(at(5)).claim(a, 10, LEASE).await.unwrap();
-    assert_eq!(claimed.len(), 1);
-    let mut waiter = store.queued_waiter(idle, None, 1).await.unwrap();
-    store
-        .at(at(10))
-        .complete_batch(a, &completions(&claimed))
-        .await
-        .unwrap();
-    let next = store.get_job(ids[1]).await.unwrap();
-    assert_eq!((next.state, next.updated_at), (Queued, at(10)));
-    assert_eq!(state(store, ids[2]).await, Waiting);
-    wakes(&mut waiter, "the idle agent").await;
-    let taken = store.claim(idle, 10, LEASE).await.unwrap();
-    assert_eq!(taken.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[1]]);
-
-    let b = agent(store, Some(t), &["r"]).await;
-    let both = NewJob {
-        limits: vec![JobLimit::new("one", "m"), JobLimit::new("other", "x")],
-        ..job("r")
-    };
-    let first = store.at(at(20)).enqueue(t, &keyed("r", "one", "m")).await;
-    let held = store.at(at(21)).enqueue(t, &both).await.unwrap().id;
-    let behind = store.at(at(22)).enqueue(t, &keyed("r", "one", "m")).await;
-    let behind = behind.unwrap().id;
-    let claimed = store.at(at(25)).claim(b, 10, LEASE).await.unwrap();
-    assert_eq!(claimed[0].id, first.unwrap().id);
-    store
-        .at(at(30))
-        .complete_batch(b, &completions(&claimed))
-        .await
-        .unwrap();
-    let job = store.get_job(held).await.unwrap();
-    assert!(
-        job.state == Waiting || job.updated_at != at(30),
-        "a job under two limits was handed one key's slot"
-    );
-    assert_eq!(
-        state(store, behind).await,
-        Waiting,
-        "it passed the job ahead"
-    );
-    only_queued(store, held).await;
-    assert_eq!(state(store, behind).await, Waiting);
-}
-
 on_both_backends!(
-    a_completion_hands_its_slot_to_the_keys_next_job,
     keys_of_different_room_each_admit_their_best,
     a_tenants_keys_are_its_own_unless_the_limit_shares_them,
     an_offline_agents_limited_job_keeps_its_slot_until_its_lease_runs_out,
