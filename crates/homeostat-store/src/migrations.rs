@@ -102,6 +102,11 @@ pub(crate) const SQLITE: Set = &[
         "root step",
         include_str!("../migrations/sqlite/0019_root_step.sql"),
     ),
+    (
+        20,
+        "waiting order",
+        include_str!("../migrations/sqlite/0020_waiting_order.sql"),
+    ),
 ];
 
 #[cfg(feature = "postgres")]
@@ -235,6 +240,11 @@ pub(crate) const POSTGRES: Set = &[
         26,
         "step context",
         include_str!("../migrations/postgres/0026_step_context.sql"),
+    ),
+    (
+        27,
+        "waiting order",
+        include_str!("../migrations/postgres/0027_waiting_order.sql"),
     ),
 ];
 
