@@ -18,6 +18,14 @@ fn max(n: u32) -> LimitSpec {
     }
 }
 
+/// Sets limit `name` to at most `n` running per key.
+async fn set_max(store: &Store, name: &str, n: u32) {
+    store
+        .set_limit(name, &max(n), "operator:test")
+        .await
+        .unwrap();
+}
+
 fn keyed(queue: &str, limit: &str, key: &str) -> NewJob {
     let mut j = job(queue);
     j.limits = vec![JobLimit::new(limit, key)];
@@ -70,10 +78,7 @@ async fn only_queued(store: &Store, id: JobId) {
 async fn a_key_admits_up_to_its_maximum_and_a_finished_job_frees_its_slot(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let a = agent(store, Some(t), &["q"]).await;
-    store
-        .set_limit("per-customer", &max(2), "operator:test")
-        .await
-        .unwrap();
+    set_max(store, "per-customer", 2).await;
     let mut ids = Vec::new();
     for i in 0..4 {
         ids.push(
@@ -118,10 +123,7 @@ async fn a_key_admits_up_to_its_maximum_and_a_finished_job_frees_its_slot(store:
 async fn a_saturated_key_never_holds_back_a_free_one(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let a = agent(store, Some(t), &["q"]).await;
-    store
-        .set_limit("per-customer", &max(1), "operator:test")
-        .await
-        .unwrap();
+    set_max(store, "per-customer", 1).await;
     let busy: Vec<NewJob> = (0..2000)
         .map(|_| keyed("q", "per-customer", "busy"))
         .collect();
@@ -145,10 +147,7 @@ async fn a_saturated_key_never_holds_back_a_free_one(store: &Store) {
 async fn every_way_a_slot_is_freed_admits_the_next_job(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
     let a = agent(store, Some(t), &["q"]).await;
-    store
-        .set_limit("one", &max(1), "operator:test")
-        .await
-        .unwrap();
+    set_max(store, "one", 1).await;
     let mut ids = Vec::new();
     for i in 0..7 {
         ids.push(
@@ -496,14 +495,8 @@ async fn keys_come_from_the_payload_or_tenant_and_limits_apply_by_queue(store: &
 
 async fn deleting_a_limit_releases_what_waits_on_it_alone(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
-    store
-        .set_limit("a", &max(1), "operator:test")
-        .await
-        .unwrap();
-    store
-        .set_limit("b", &max(1), "operator:test")
-        .await
-        .unwrap();
+    set_max(store, "a", 1).await;
+    set_max(store, "b", 1).await;
     let mut both = job("q");
     both.limits = vec![JobLimit::new("a", "k"), JobLimit::new("b", "k")];
     let first = store.enqueue(t, &keyed("q", "a", "k")).await.unwrap().id;
@@ -533,10 +526,7 @@ async fn deleting_a_limit_releases_what_waits_on_it_alone(store: &Store) {
 
 async fn a_waiting_job_expires_at_its_deadline_and_retry_waits_again(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
-    store
-        .set_limit("one", &max(1), "operator:test")
-        .await
-        .unwrap();
+    set_max(store, "one", 1).await;
     store
         .at(t0())
         .enqueue(t, &keyed("q", "one", "k"))
@@ -603,10 +593,7 @@ async fn a_limit_is_validated_and_its_changes_are_audited(store: &Store) {
 /// one under no limit is taken back at once, as before.
 async fn an_offline_agents_limited_job_keeps_its_slot_until_its_lease_runs_out(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Standard).await;
-    store
-        .set_limit("one", &max(1), "operator:test")
-        .await
-        .unwrap();
+    set_max(store, "one", 1).await;
     let a = agent(store, Some(t), &["q"]).await;
     let limited = store
         .at(t0())
@@ -669,10 +656,7 @@ async fn an_offline_agents_limited_job_keeps_its_slot_until_its_lease_runs_out(s
 async fn a_tenants_keys_are_its_own_unless_the_limit_shares_them(store: &Store) {
     let a = tenant(store, "acme", PlanTier::Free).await;
     let b = tenant(store, "bolt", PlanTier::Free).await;
-    store
-        .set_limit("per-customer", &max(1), "operator:test")
-        .await
-        .unwrap();
+    set_max(store, "per-customer", 1).await;
     let enqueue = async |t, i, limit: &str, key: &str| {
         store
             .at(at(i))
@@ -750,14 +734,8 @@ async fn a_tenants_keys_are_its_own_unless_the_limit_shares_them(store: &Store) 
 /// number in a statement).
 async fn keys_of_different_room_each_admit_their_best(store: &Store) {
     let t = tenant(store, "acme", PlanTier::Free).await;
-    store
-        .set_limit("one", &max(1), "operator:test")
-        .await
-        .unwrap();
-    store
-        .set_limit("three", &max(3), "operator:test")
-        .await
-        .unwrap();
+    set_max(store, "one", 1).await;
+    set_max(store, "three", 3).await;
     let with = |limit: &str, priority: i32| {
         let mut j = keyed("q", limit, "k");
         j.priority = priority;
