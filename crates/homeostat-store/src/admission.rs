@@ -166,6 +166,18 @@ const CANCEL: Sql = Sql::pair(
 
 pub(crate) type Pair = (String, String);
 
+/// `items`' values by key, keys in the order first seen.
+fn grouped<K: PartialEq, V>(items: impl Iterator<Item = (K, V)>) -> Vec<(K, Vec<V>)> {
+    let mut groups: Vec<(K, Vec<V>)> = Vec::new();
+    for (k, v) in items {
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, vs)) => vs.push(v),
+            None => groups.push((k, vec![v])),
+        }
+    }
+    groups
+}
+
 /// A count from the database as a length (none below zero).
 fn count(n: i64) -> usize {
     usize::try_from(n).unwrap_or(0)
@@ -303,14 +315,7 @@ async fn pick<B: Backend>(
     // PostgreSQL takes every key in one statement (each key's number in
     // the JSON); SQLite one statement per number of jobs wanted, bound as
     // its `LIMIT` (most runs want one or two numbers).
-    let mut groups: Vec<(Option<i64>, Vec<_>)> = Vec::new();
-    for w in &wanted {
-        let n = (!B::POSTGRES).then_some(w.1);
-        match groups.iter_mut().find(|(m, _)| *m == n) {
-            Some((_, keys)) => keys.push(w),
-            None => groups.push((n, vec![w])),
-        }
-    }
+    let groups = grouped(wanted.iter().map(|w| ((!B::POSTGRES).then_some(w.1), w)));
     for (n, keys) in groups {
         let json = serde_json::Value::Array(
             keys.iter()
@@ -434,13 +439,7 @@ async fn cancel_given_up<B: Backend>(
 ) -> Result<Vec<(String, String)>, StoreError> {
     let op = "admitting jobs under limits";
     // One statement per key, so that each job says the key that gave it up.
-    let mut by_key: Vec<(&Pair, Vec<Id>)> = Vec::new();
-    for (id, pair) in cancel {
-        match by_key.iter_mut().find(|(p, _)| *p == pair) {
-            Some((_, ids)) => ids.push(*id),
-            None => by_key.push((pair, vec![*id])),
-        }
-    }
+    let by_key = grouped(cancel.iter().map(|(id, pair)| (pair, *id)));
     let mut rows = Vec::new();
     for ((l, k), ids) in &by_key {
         let why = format!(
